@@ -1,0 +1,17 @@
+# The two commands a newcomer needs (see README): `make demo` and `make test`.
+# Both set up the virtualenv on first use (scripts/bootstrap).
+VENV ?= $(or $(EDGEFLEET_VENV),$(CURDIR)/.venv)
+export EDGEFLEET_VENV := $(VENV)
+
+.PHONY: setup demo test bench
+setup:
+	@./scripts/bootstrap
+
+demo: setup
+	$(VENV)/bin/edgefleet demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+bench: setup
+	$(VENV)/bin/python benchmarks/run_all.py

@@ -1,0 +1,33 @@
+"""DeviceGroup: devices of one hardware profile, selected by labels or ids (thing group, twin tags, local registry)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from components.platform import Platform
+from edgefleet.config import DeviceGroupConfig
+
+
+@dataclass
+class DeviceGroupArgs:
+    config: DeviceGroupConfig
+    platform: Platform
+
+
+class DeviceGroup(pulumi.ComponentResource):
+    def __init__(self, name: str, args: DeviceGroupArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        cfg = args.config
+        super().__init__("edgefleet:fleet:DeviceGroup", name, {
+            "platform": args.platform.name,
+            "hardware": cfg.hardware.model_dump(mode="json"),
+            "labels": dict(cfg.labels),
+            "devices": list(cfg.devices),
+        }, opts)
+        self.resource_name = name
+        self.config = cfg
+        self.platform = args.platform
+        out = args.platform.device_group(self, cfg)
+        self.target = out.target
+        self.register_outputs({"target": out.target})

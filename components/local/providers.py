@@ -1,0 +1,146 @@
+"""Dynamic providers for the local platform, for `pulumi up --stack local` with the Pulumi CLI.
+
+Pulumi pickles each provider into the resource's inputs and runs it in another process: providers hold no
+state, build what they need inside each method, and import nothing at module level beyond what unpickling
+needs. `PROVIDER_VERSION` sits among the inputs so a change in provider behaviour shows up as a diff.
+`edgefleet up --stack local` calls the same functions (store.publish, the hub, the engine) directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+
+PROVIDER_VERSION = "1"
+
+
+def _diff(olds: dict[str, Any], news: dict[str, Any], replace_on: tuple[str, ...]) -> DiffResult:
+    keys = sorted(k for k in set(olds) | set(news) if not k.startswith("__") and k in news)
+    changed = [k for k in keys if olds.get(k) != news.get(k)]
+    return DiffResult(changes=bool(changed), replaces=[k for k in changed if k in replace_on], delete_before_replace=False)
+
+
+class ModelStoreProvider(ResourceProvider):
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from pathlib import Path
+
+        path = Path(props["path"])
+        path.mkdir(parents=True, exist_ok=True)
+        return CreateResult(id_=str(path), outs={**props, "uri": path.resolve().as_uri()})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return _diff(olds, news, ("path",))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Artifacts outlive the stack resource: devices may still be downloading them."""
+
+
+class SigningKeyProvider(ResourceProvider):
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from pathlib import Path
+
+        from edgefleet.signing import LocalKeySigner, create_key_file
+
+        path = Path(props["key_file"])
+        if not path.exists():
+            create_key_file(path)
+        signer = LocalKeySigner(path)
+        return CreateResult(id_=signer.key_id, outs={**props, "key_id": signer.key_id, "public_key_pem": signer.public_key_pem().decode()})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return _diff(olds, news, ("key_file",))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Never deletes key material: devices in the field still trust it."""
+
+
+class ArtifactProvider(ResourceProvider):
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from pathlib import Path
+
+        from components.local.store import publish
+        from edgefleet.signing import LocalKeySigner
+
+        published = publish(Path(props["store"]), props["manifest"], Path(props["source"]), LocalKeySigner(props["key_file"]), props["source"])
+        return CreateResult(id_=f"{published.model}@{published.version}+{published.sha256[:12]}",
+                            outs={**props, "uri": published.uri, "signature": published.signature_text})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return _diff(olds, news, ("sha256", "version", "manifest", "store", "key_file"))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Content-addressed artifacts stay: a rollback may need them."""
+
+
+class RingDeploymentProvider(ResourceProvider):
+    """Points a ring's devices at the new version in the local hub."""
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from components.local.plan import ring_plan_from_props, desired_from_props
+        from components.local.hub import LocalHub
+
+        hub = LocalHub(props["hub"])
+        ring = ring_plan_from_props(hub, props, props["index"])
+        hub.set_desired(ring.target, desired_from_props(props))
+        return CreateResult(id_=f"{props['rollout']}/{props['ring']}", outs={**props, "devices": list(ring.target.selector)})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return _diff(olds, news, ("sha256", "version"))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self.create(news).outs)
+
+
+class RingGateProvider(ResourceProvider):
+    """Runs the engine until this ring's gate passes. On failure it rolls back and fails the update."""
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from components.local.plan import run_gate
+
+        progress = run_gate(props)
+        ring = progress["rings"][props["index"]]
+        return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
+                            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return _diff(olds, news, ("sha256", "version", "gate_config"))
+
+
+class ModelStore(Resource, module="edgefleet-local", name="ModelStore"):
+    uri: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(ModelStoreProvider(), name, {"uri": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+
+
+class SigningKey(Resource, module="edgefleet-local", name="SigningKey"):
+    key_id: pulumi.Output[str]
+    public_key_pem: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(SigningKeyProvider(), name, {"key_id": None, "public_key_pem": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+
+
+class Artifact(Resource, module="edgefleet-local", name="Artifact"):
+    uri: pulumi.Output[str]
+    signature: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(ArtifactProvider(), name, {"uri": None, "signature": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+
+
+class RingDeployment(Resource, module="edgefleet-local", name="RingDeployment"):
+    devices: pulumi.Output[list]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(RingDeploymentProvider(), name, {"devices": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+
+
+class RingGate(Resource, module="edgefleet-local", name="RingGate"):
+    gate: pulumi.Output[str]
+    measured: pulumi.Output[dict]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(RingGateProvider(), name, {"gate": None, "measured": None, **props, "provider_version": PROVIDER_VERSION}, opts)

@@ -1,0 +1,107 @@
+"""The one small interface behind which AWS, Azure and the local fleet live.
+
+Generic components (ModelStore, SigningKey, ModelVersion, DeviceGroup, Rollout) own the concepts and
+their outputs; a Platform realises each concept as child resources parented to that component. Reading
+`components/aws/platform.py` beside `components/local/platform.py` should show the same seven methods.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pulumi
+
+from edgefleet.config import DeviceGroupConfig, RingConfig, RolloutConfig, StackConfig
+from edgefleet.manifest import ModelManifest
+
+if TYPE_CHECKING:
+    from components.device_group import DeviceGroup
+    from components.model_store import ModelStore
+    from components.model_version import ModelVersion
+    from components.rollout.component import Ring
+    from components.signing_key import SigningKey
+    from components.app_registry import AppRegistry
+
+
+@dataclass
+class StoreOutputs:
+    uri: pulumi.Output[str]                 # prefix under which artifacts live: s3://…, https://…blob…, file://…
+    encrypted: bool
+    public_access_blocked: bool
+
+
+@dataclass
+class KeyOutputs:
+    key_ref: pulumi.Output[str]             # KMS key ARN, Key Vault key id, or the local key file path
+    public_key_pem: pulumi.Output[str]      # what devices trust
+    exportable: bool
+
+
+@dataclass
+class RegistryOutputs:
+    repository_url: pulumi.Output[str]
+
+
+@dataclass
+class GroupOutputs:
+    target: pulumi.Output[str]              # thing group ARN, twin target condition, or the local selector
+
+
+@dataclass
+class PublishOutputs:
+    uri: pulumi.Output[str]                 # where devices download this exact artifact
+    signature: pulumi.Output[str]           # the signature envelope over the manifest bytes
+    extra: dict[str, pulumi.Output[Any]] = field(default_factory=dict)
+
+
+@dataclass
+class RingOutputs:
+    deployment: pulumi.Output[str]          # the platform deployment for this ring
+    gate: pulumi.Output[str]                # resolves once the ring's gate passed; the next ring waits on it
+    devices: pulumi.Output[Any]
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    """What a Platform needs to build one ring: position, selection, gate, and what came before."""
+
+    rollout: RolloutConfig
+    index: int
+    ring: RingConfig
+    group: DeviceGroupConfig
+    previous_gate: pulumi.Output[str] | None
+
+
+class Platform(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, stack: StackConfig, project_dir: Path) -> None:
+        self.stack = stack
+        self.project_dir = Path(project_dir)
+
+    @abstractmethod
+    def model_store(self, parent: "ModelStore") -> StoreOutputs: ...
+
+    @abstractmethod
+    def signing_key(self, parent: "SigningKey") -> KeyOutputs: ...
+
+    @abstractmethod
+    def app_registry(self, parent: "AppRegistry") -> RegistryOutputs: ...
+
+    @abstractmethod
+    def device_group(self, parent: "DeviceGroup", group: DeviceGroupConfig) -> GroupOutputs: ...
+
+    @abstractmethod
+    def publish_model(self, parent: "ModelVersion", manifest: ModelManifest, manifest_text: str, artifact: Path,
+                      store: "ModelStore", key: "SigningKey") -> PublishOutputs: ...
+
+    @abstractmethod
+    def ring(self, parent: "Ring", spec: RingSpec, model: "ModelVersion", group: "DeviceGroup") -> RingOutputs: ...
+
+
+def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
+    """Options for a child resource: parented to the component, nothing else inherited from its opts."""
+    return pulumi.ResourceOptions(parent=parent, **kwargs)

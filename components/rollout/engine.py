@@ -1,0 +1,274 @@
+"""Ring-by-ring promotion with health gates and automatic rollback, resumable after a kill at any point.
+
+For each ring: record the intent, set the ring's desired version (skipped when the hub already has it, so a
+resumed run never deploys twice), wait for adoption, soak, and judge the gate. Every transition is saved to
+the hub before the next action, so a restarted engine continues from the saved state: a soak that began
+before the kill keeps its start time, and no gate is skipped. When a gate fails, every ring touched so far
+is set back to the last good version under a signed rollback order, the engine waits for devices to report
+it, and the rollout ends with a report naming the gate, the devices and the measured values. Later rings
+never receive the failed version.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from edgefleet.config import GateConfig
+
+from components.rollout.gate import evaluate, measure
+from components.rollout.hub import Clock, FleetHub
+from components.rollout.types import DesiredModel, RingTarget
+
+TERMINAL = ("succeeded", "rolled_back", "rollback_incomplete", "superseded")
+SAMPLE_EVERY = 0.5
+
+
+@dataclass(frozen=True)
+class RingPlan:
+    target: RingTarget
+    gate: GateConfig
+
+    @property
+    def name(self) -> str:
+        return self.target.ring
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    rollout: str
+    desired: DesiredModel
+    previous: DesiredModel | None            # last good version: what a failed rollout goes back to
+    rings: tuple[RingPlan, ...]
+
+    @property
+    def rollout_id(self) -> str:
+        return f"{self.rollout}@{self.desired.version}+{self.desired.sha256[:12]}"
+
+
+RollbackAuthorizer = Callable[[DesiredModel, str], DesiredModel]
+
+
+def new_progress(plan: RolloutPlan, now: float) -> dict[str, Any]:
+    return {
+        "rollout_id": plan.rollout_id, "rollout": plan.rollout, "model": plan.desired.model,
+        "version": plan.desired.version, "sha256": plan.desired.sha256,
+        "previous_version": plan.previous.version if plan.previous else None,
+        "status": "running", "started_at": now, "finished_at": None,
+        "desired": plan.desired.to_json(),
+        "rings": [_ring_record(r.name, i) for i, r in enumerate(plan.rings)],
+        "rollback": None, "report": None, "events": [], "samples": [],
+    }
+
+
+def _ring_record(name: str, index: int) -> dict[str, Any]:
+    return {"name": name, "index": index, "state": "pending", "deployed_at": None, "soak_started": None,
+            "finished_at": None, "verdict": None, "measured": None}
+
+
+class RolloutEngine:
+    def __init__(self, hub: FleetHub, clock: Clock, authorize_rollback: RollbackAuthorizer | None = None,
+                 poll_seconds: float = 0.5, on_update: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.hub = hub
+        self.clock = clock
+        self.authorize_rollback = authorize_rollback
+        self.poll_seconds = poll_seconds
+        self.on_update = on_update
+        self._last_sample = 0.0
+
+    # -- public ---------------------------------------------------------------------------------------
+    def run(self, plan: RolloutPlan, until_ring: int | None = None) -> dict[str, Any]:
+        """Runs the rollout to a terminal state, or until ring `until_ring` has passed its gate (a Pulumi gate
+        resource drives one ring at a time), and returns the progress record."""
+        progress = self.start(plan)
+        while progress["status"] not in TERMINAL:
+            if until_ring is not None and progress["rings"][until_ring]["state"] == "passed":
+                break
+            if not self.step(plan, progress):
+                self.clock.sleep(self.poll_seconds)
+        return progress
+
+    def start(self, plan: RolloutPlan) -> dict[str, Any]:
+        progress = self.hub.load_progress(plan.rollout_id)
+        if progress is None:
+            progress = new_progress(plan, self.clock.now())
+            self._event(progress, None, "started", version=plan.desired.version, previous=progress["previous_version"])
+            self._save(plan, progress)
+        elif progress["status"] not in TERMINAL:
+            known = [r["name"] for r in progress["rings"]]
+            planned = [r.name for r in plan.rings]
+            if planned[: len(known)] != known[: len(planned)]:
+                raise ValueError(f"rollout {plan.rollout_id} was recorded with rings {known}, now planned as {planned}; "
+                                 "ring order cannot change while a rollout is in flight")
+            for i, ring in enumerate(plan.rings[len(known):], start=len(known)):
+                progress["rings"].append(_ring_record(ring.name, i))
+            self._event(progress, None, "resumed")
+            self._save(plan, progress)
+        return progress
+
+    def step(self, plan: RolloutPlan, progress: dict[str, Any]) -> bool:
+        """Advances by at most one transition. Returns True when something changed (poll again at once)."""
+        if progress["status"] == "running":
+            return self._step_promote(plan, progress)
+        if progress["status"] == "rolling_back":
+            return self._step_rollback(plan, progress)
+        return False
+
+    # -- promotion -------------------------------------------------------------------------------------
+    def _step_promote(self, plan: RolloutPlan, progress: dict[str, Any]) -> bool:
+        ring_state = next((r for r in progress["rings"] if r["state"] not in ("passed",)), None)
+        if ring_state is None:
+            progress["status"] = "succeeded"
+            progress["finished_at"] = self.clock.now()
+            progress["report"] = {"outcome": "succeeded", "rings": [r["name"] for r in progress["rings"]]}
+            self._event(progress, None, "succeeded")
+            self._save(plan, progress)
+            return True
+        ring = plan.rings[ring_state["index"]]
+        now = self.clock.now()
+        if ring_state["state"] == "pending":
+            ring_state["state"] = "deploying"
+            self._save(plan, progress)          # intent first: a kill after this point resumes into the check below
+            return True
+        if ring_state["state"] == "deploying":
+            if self.hub.desired(ring.target) != plan.desired:
+                self.hub.set_desired(ring.target, plan.desired)
+                self._event(progress, ring.name, "deployed", version=plan.desired.version)
+            else:
+                self._event(progress, ring.name, "already-deployed", version=plan.desired.version)
+            ring_state["state"] = "waiting"
+            ring_state["deployed_at"] = now
+            self._save(plan, progress)
+            return True
+        obs = self.hub.observe(ring.target, plan.desired, since=ring_state["deployed_at"])
+        verdict = evaluate(ring.gate, obs, ring_state["deployed_at"], ring_state["soak_started"], now)
+        ring_state["measured"] = verdict.measured
+        self._sample(progress, ring.name, verdict.measured, now)
+        if verdict.outcome == "soak" and ring_state["soak_started"] is None:
+            ring_state["state"] = "soaking"
+            ring_state["soak_started"] = now
+            self._event(progress, ring.name, "soak-started", **_counts(verdict.measured))
+            self._save(plan, progress)
+            return True
+        if verdict.outcome == "wait" and ring_state["soak_started"] is not None:
+            ring_state["state"] = "waiting"       # adoption fell back below the bar: the soak starts over
+            ring_state["soak_started"] = None
+            self._event(progress, ring.name, "soak-reset", reasons=verdict.reasons)
+            self._save(plan, progress)
+            return True
+        if verdict.outcome == "pass":
+            ring_state["state"] = "passed"
+            ring_state["finished_at"] = now
+            ring_state["verdict"] = {"outcome": "pass", "reasons": verdict.reasons, "measured": verdict.measured}
+            self._event(progress, ring.name, "gate-passed", reasons=verdict.reasons, **_counts(verdict.measured))
+            self._save(plan, progress)
+            return True
+        if verdict.outcome == "fail":
+            ring_state["state"] = "failed"
+            ring_state["finished_at"] = now
+            ring_state["verdict"] = {"outcome": "fail", "reasons": verdict.reasons, "measured": verdict.measured,
+                                     "failures": [list(f) for f in obs.failures], "pending": list(obs.pending)}
+            self._event(progress, ring.name, "gate-failed", reasons=verdict.reasons, **_counts(verdict.measured))
+            touched = [r["name"] for r in progress["rings"] if r["state"] != "pending"]
+            reason = f"gate of ring {ring.name!r} failed: " + "; ".join(verdict.reasons)
+            rollback_to = self._rollback_desired(plan, reason)
+            progress["status"] = "rolling_back"
+            progress["rollback"] = {"started_at": now, "rings": touched, "to_version": plan.previous.version if plan.previous else None,
+                                    "reason": reason, "desired": rollback_to.to_json() if rollback_to else None,
+                                    "set": [], "confirmed": {}}
+            self._event(progress, None, "rollback-started", rings=touched, to_version=progress["rollback"]["to_version"])
+            self._save(plan, progress)
+            return True
+        self._maybe_save_sample(plan, progress, now)
+        return False
+
+    # -- rollback --------------------------------------------------------------------------------------
+    def _rollback_desired(self, plan: RolloutPlan, reason: str) -> DesiredModel | None:
+        if plan.previous is None:
+            return None
+        if self.authorize_rollback is None:
+            raise RuntimeError("rollback needs a signer for the rollback order, and none was given")
+        return self.authorize_rollback(replace(plan.previous, rollout=plan.rollout_id), reason)
+
+    def _step_rollback(self, plan: RolloutPlan, progress: dict[str, Any]) -> bool:
+        rb = progress["rollback"]
+        now = self.clock.now()
+        by_name = {r.name: r for r in plan.rings}
+        target_desired = DesiredModel.from_json(rb["desired"])
+        for name in rb["rings"]:
+            if name not in rb["set"]:
+                ring = by_name[name]
+                current = self.hub.desired(ring.target)
+                if not _same_version(current, target_desired):
+                    self.hub.set_desired(ring.target, target_desired)
+                rb["set"].append(name)
+                self._event(progress, name, "rolled-back-set", version=rb["to_version"])
+                self._save(plan, progress)
+                return True
+        pending = False
+        for name in rb["rings"]:
+            if rb["confirmed"].get(name):
+                continue
+            ring = by_name[name]
+            obs = self.hub.observe(ring.target, target_desired, since=rb["started_at"])
+            m = measure(obs)
+            self._sample(progress, name, m, now)
+            if m["devices"] and m["adopted"] >= m["devices"] * ring.gate.success_share:
+                rb["confirmed"][name] = True
+                self._event(progress, name, "rollback-confirmed", **_counts(m))
+                self._save(plan, progress)
+                return True
+            if now - rb["started_at"] > ring.gate.deadline_seconds:
+                rb["confirmed"][name] = False
+                rb.setdefault("unconfirmed", {})[name] = {"pending": list(obs.pending), **_counts(m)}
+                self._event(progress, name, "rollback-timeout", **_counts(m))
+                self._save(plan, progress)
+                return True
+            pending = True
+        if pending:
+            self._maybe_save_sample(plan, progress, now)
+            return False
+        failed_ring = next(r for r in progress["rings"] if r["state"] == "failed")
+        complete = all(rb["confirmed"].get(n) for n in rb["rings"])
+        progress["status"] = "rolled_back" if complete else "rollback_incomplete"
+        progress["finished_at"] = now
+        progress["report"] = {
+            "outcome": progress["status"], "failed_ring": failed_ring["name"],
+            "reasons": failed_ring["verdict"]["reasons"], "measured": failed_ring["verdict"]["measured"],
+            "failures": failed_ring["verdict"]["failures"], "rolled_back_rings": rb["rings"],
+            "rolled_back_to": rb["to_version"], "never_deployed": [r["name"] for r in progress["rings"] if r["state"] == "pending"],
+        }
+        self._event(progress, None, progress["status"], to_version=rb["to_version"])
+        self._save(plan, progress)
+        return True
+
+    # -- bookkeeping -----------------------------------------------------------------------------------
+    def _event(self, progress: dict[str, Any], ring: str | None, event: str, **details: Any) -> None:
+        progress["events"].append({"t": self.clock.now(), "ring": ring, "event": event, **details})
+
+    def _sample(self, progress: dict[str, Any], ring: str, m: dict[str, Any], now: float) -> None:
+        samples = progress["samples"]
+        if samples and samples[-1]["ring"] == ring and now - samples[-1]["t"] < SAMPLE_EVERY:
+            return
+        samples.append({"t": now, "ring": ring, "adopted": m["adopted"], "failed": m["failed"], "pending": m["pending"], "devices": m["devices"]})
+
+    def _maybe_save_sample(self, plan: RolloutPlan, progress: dict[str, Any], now: float) -> None:
+        if now - self._last_sample >= SAMPLE_EVERY:
+            self._save(plan, progress)
+
+    def _save(self, plan: RolloutPlan, progress: dict[str, Any]) -> None:
+        self._last_sample = self.clock.now()
+        self.hub.save_progress(plan.rollout_id, copy.deepcopy(progress))
+        if self.on_update is not None:
+            self.on_update(progress)
+
+
+def _same_version(a: DesiredModel | None, b: DesiredModel | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.version, a.sha256, a.is_rollback) == (b.version, b.sha256, b.is_rollback)
+
+
+def _counts(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m[k] for k in ("devices", "adopted", "failed", "pending") if k in m}

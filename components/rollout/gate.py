@@ -1,0 +1,71 @@
+"""A ring's gate verdict from one observation. Pure: same inputs, same verdict.
+
+Order of judgement: failures first (a bad canary must stop at once, not after its soak), then the
+deadline, then adoption, then the soak. Offline devices are pending, never failures, until the deadline.
+"""
+
+from __future__ import annotations
+
+from edgefleet.config import GateConfig
+
+from components.rollout.types import RingObservation, Verdict
+
+
+def measure(obs: RingObservation) -> dict[str, float | int | None]:
+    n = max(obs.devices, 1)
+    inf = obs.inferences
+    return {
+        "devices": obs.devices,
+        "adopted": obs.adopted,
+        "failed": obs.failed,
+        "pending": obs.pending_count,
+        "reporting": obs.reporting,
+        "adopted_share": round(obs.adopted / n, 4),
+        "failure_share": round(obs.failed / n, 4),
+        "reporting_share": round(obs.reporting / n, 4),
+        "error_rate": round(obs.errors / inf, 6) if inf else None,
+        "invalid_output_share": round(obs.invalid_outputs / inf, 6) if inf else None,
+        "p99_latency_ms": round(obs.p99_latency_ms, 3) if obs.p99_latency_ms is not None else None,
+        "inferences": inf,
+    }
+
+
+def breaches(gate: GateConfig, m: dict) -> list[str]:
+    """Conditions that fail the ring whatever the soak: failures and metric thresholds."""
+    out = []
+    if m["devices"] and m["failure_share"] > gate.max_failure_share:
+        out.append(f"failure share {m['failure_share']:.1%} > max {gate.max_failure_share:.1%} ({m['failed']} of {m['devices']} devices)")
+    if gate.max_error_rate is not None and m["error_rate"] is not None and m["error_rate"] > gate.max_error_rate:
+        out.append(f"error rate {m['error_rate']:.2%} > max {gate.max_error_rate:.2%}")
+    if gate.max_invalid_output_share is not None and m["invalid_output_share"] is not None and m["invalid_output_share"] > gate.max_invalid_output_share:
+        out.append(f"invalid (NaN/Inf) outputs {m['invalid_output_share']:.2%} > max {gate.max_invalid_output_share:.2%}")
+    if gate.max_p99_latency_ms is not None and m["p99_latency_ms"] is not None and m["p99_latency_ms"] > gate.max_p99_latency_ms:
+        out.append(f"p99 latency {m['p99_latency_ms']:.2f} ms > max {gate.max_p99_latency_ms:.2f} ms")
+    return out
+
+
+def adoption_met(gate: GateConfig, m: dict) -> bool:
+    return m["devices"] > 0 and m["adopted_share"] >= gate.success_share and m["reporting_share"] >= gate.min_reporting_share
+
+
+def evaluate(gate: GateConfig, obs: RingObservation, since_deploy: float, soak_started: float | None, now: float) -> Verdict:
+    """`soak_started` is when adoption was first met (None: not yet). Times in seconds on the hub's clock."""
+    m = measure(obs)
+    bad = breaches(gate, m)
+    if bad:
+        return Verdict("fail", bad, m)
+    if m["devices"] == 0:
+        return Verdict("fail", ["ring has no devices"], m)
+    elapsed = now - since_deploy
+    met = adoption_met(gate, m)
+    if met and soak_started is not None and now - soak_started >= gate.soak_seconds:
+        return Verdict("pass", [f"{m['adopted']}/{m['devices']} on the new version for {now - soak_started:.1f}s soak"], m)
+    if elapsed > gate.deadline_seconds:
+        why = (f"deadline {gate.deadline_seconds:.0f}s passed with {m['adopted']}/{m['devices']} adopted "
+               f"(needs {gate.success_share:.0%}), {m['reporting']}/{m['devices']} reporting (needs {gate.min_reporting_share:.0%})")
+        if met:
+            why = f"deadline {gate.deadline_seconds:.0f}s passed before the {gate.soak_seconds:.0f}s soak completed"
+        return Verdict("fail", [why], m)
+    if met:
+        return Verdict("soak", [f"soaking {0 if soak_started is None else now - soak_started:.1f}/{gate.soak_seconds:.0f}s"], m)
+    return Verdict("wait", [f"{m['adopted']}/{m['devices']} adopted, {m['pending']} pending"], m)

@@ -1,0 +1,48 @@
+"""Which devices fall in which ring. Pure and deterministic, so plans, tests and the hub all agree.
+
+A group selects devices by labels (all must match) or explicit ids. Within a group, devices are ordered by
+a stable hash of (rollout, device id): a ring with `percent: 5` takes the first 5% of that order, the next
+ring with `percent: 30` takes up to the first 30%, and so on. Adding devices to the fleet moves only the
+new devices into rings; existing devices keep their ring as long as the ring's cut-off does not move past
+them. Rings are disjoint: a device belongs to the first ring that selects it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+from edgefleet.config import DeviceGroupConfig, RingConfig
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def in_group(device: Device, group: DeviceGroupConfig) -> bool:
+    if group.devices and device.id in group.devices:
+        return True
+    return bool(group.labels) and all(device.labels.get(k) == v for k, v in group.labels.items())
+
+
+def rank(rollout: str, device_id: str) -> str:
+    return hashlib.sha256(f"{rollout}\0{device_id}".encode()).hexdigest()
+
+
+def ring_members(rollout: str, rings: list[RingConfig], groups: dict[str, DeviceGroupConfig], devices: list[Device]) -> dict[str, list[str]]:
+    """Ring name -> sorted device ids."""
+    taken: set[str] = set()
+    out: dict[str, list[str]] = {}
+    for ring in rings:
+        group = groups[ring.group]
+        members = sorted((d for d in devices if in_group(d, group) and all(d.labels.get(k) == v for k, v in ring.labels.items())),
+                         key=lambda d: rank(rollout, d.id))
+        if ring.percent is not None:
+            members = members[: math.ceil(len(members) * ring.percent / 100)]
+        chosen = [d.id for d in members if d.id not in taken]
+        taken.update(chosen)
+        out[ring.name] = sorted(chosen)
+    return out

@@ -1,0 +1,18 @@
+"""Signed rollback orders: the only way a device accepts a lower version than the one it runs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from edgefleet.signing import Signer, rollback_order, sign_bytes
+
+from components.rollout.engine import RollbackAuthorizer
+from components.rollout.types import DesiredModel
+
+
+def rollback_authorizer(signer: Signer) -> RollbackAuthorizer:
+    def authorize(previous: DesiredModel, reason: str) -> DesiredModel:
+        order = rollback_order(previous.model, previous.version, previous.sha256, reason)
+        return replace(previous, rollback_order=order.decode(), rollback_signature=sign_bytes(signer, order).to_bytes().decode())
+
+    return authorize

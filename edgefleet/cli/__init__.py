@@ -1,0 +1,46 @@
+"""`edgefleet` command line. One module per verb group; each registers itself on `app`.
+
+Errors a user can fix (EdgefleetError) print as `error: <where>: <what>` plus a fix, and exit 1;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from edgefleet.errors import EdgefleetError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Ship ONNX models to edge fleets, ring by ring, as Pulumi infrastructure-as-code.")
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_INPUT = 1
+EXIT_ROLLOUT_HALTED = 3
+EXIT_POLICY = 4
+
+
+def _register() -> None:
+    from edgefleet.cli import keys, model, synth  # noqa: F401  (each adds its commands to app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except EdgefleetError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(EXIT_INPUT)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # usage errors from typer's (vendored) click
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,94 @@
+"""`edgefleet model add | validate | sign | verify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from edgefleet.cli import app, console
+from edgefleet.manifest import ModelDir
+
+model_app = typer.Typer(no_args_is_help=True, help="Add, validate, sign and verify model versions.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("add")
+def add(
+    model_dir: Path = typer.Argument(..., help="models/<name>: created if missing."),
+    onnx: Path = typer.Option(..., "--onnx", help="The ONNX file of the new version."),
+    version: str = typer.Option(..., "--version", help="Semantic version, newer than the manifest's."),
+    metric: list[str] = typer.Option([], "--metric", help="NAME=VALUE@DATASET, repeatable."),
+    lower_is_better: list[str] = typer.Option([], "--lower-is-better", help="Metric names where lower is better."),
+    keep_metrics: bool = typer.Option(False, "--keep-metrics", help="Carry the previous version's metrics over."),
+    target: list[str] = typer.Option([], "--target", help="name=..,arch=..,providers=EP1+EP2,memory_mb=N,storage_mb=N (repeatable; default: keep)."),
+    min_agent_version: str | None = typer.Option(None, "--min-agent-version"),
+    description: str | None = typer.Option(None, "--description"),
+) -> None:
+    """Write or update models/<name>/model.yaml from the real ONNX graph (I/O read from the model, digest computed)."""
+    from edgefleet.model_add import add_version, parse_metric, parse_target
+
+    result = add_version(model_dir, onnx, version,
+                         metrics=[parse_metric(m, set(lower_is_better)) for m in metric],
+                         targets=[parse_target(t) for t in target], keep_metrics=keep_metrics,
+                         min_agent_version=min_agent_version, description=description)
+    m = result.manifest
+    what = f"{result.previous_version} -> {m.version}" if result.previous_version else f"new model at {m.version}"
+    console.print(f"{model_dir}/model.yaml: {m.name} {what}, sha256 {m.sha256[:16]}…, {m.size} bytes, opset {m.opset}")
+    if result.removed_signature:
+        console.print("removed the old model.yaml.sig: it signed the previous manifest; sign again with `edgefleet model sign`")
+
+
+@model_app.command("validate")
+def validate(
+    model_dir: Path = typer.Argument(..., help="models/<name>"),
+    runs: int = typer.Option(20, help="Timed smoke inferences."),
+) -> None:
+    """Load the model in onnxruntime, check it against its manifest, run a smoke inference, report latency."""
+    from edgefleet.onnx_check import validate as run_validate
+
+    mdir = ModelDir(model_dir)
+    manifest = mdir.load()
+    report = run_validate(manifest, mdir.artifact_path(manifest), str(mdir.manifest_path), runs=runs)
+    table = Table(title=f"{manifest.name} {manifest.version}  (opset {manifest.opset}, {manifest.size} bytes)")
+    for col in ("", "name", "type", "shape"):
+        table.add_column(col)
+    for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for s in specs:
+            table.add_row(kind, s.name, s.element_type, escape("[" + ", ".join(str(d) for d in s.shape) + "]"))
+    console.print(table)
+    console.print(f"smoke inference: {report.runs} runs on synthetic inputs, outputs finite, "
+                  f"latency p50 {report.latency_ms_p50:.3f} ms, p99 {report.latency_ms_p99:.3f} ms")
+    console.print(f"[green]ok[/] {mdir.manifest_path}")
+
+
+@model_app.command("sign")
+def sign(
+    model_dir: Path = typer.Argument(..., help="models/<name>"),
+    key: Path = typer.Option(..., "--key", help="P-256 private key (PEM), see `edgefleet keys create`."),
+) -> None:
+    """Write models/<name>/model.yaml.sig: ECDSA P-256 over the manifest, which pins the model's digest."""
+    from edgefleet.artifact import sign_model_dir
+    from edgefleet.signing import LocalKeySigner
+
+    signer = LocalKeySigner(key)
+    path = sign_model_dir(ModelDir(model_dir), signer)
+    console.print(f"wrote {path} (key {signer.key_id[:23]}…)")
+
+
+@model_app.command("verify")
+def verify(
+    model_dir: Path = typer.Argument(..., help="models/<name>"),
+    public_key: Path = typer.Option(..., "--public-key", help="The signer's public key (PEM)."),
+) -> None:
+    """Check the signature over the manifest and the model file against the digest it pins, as a device does."""
+    from edgefleet.artifact import verify_model_dir
+    from edgefleet.errors import EdgefleetError
+    from edgefleet.signing import load_public_key
+
+    if not public_key.is_file():
+        raise EdgefleetError(str(public_key), "public key file not found", "pass the .pub.pem written by `edgefleet keys create`")
+    manifest = verify_model_dir(ModelDir(model_dir), load_public_key(public_key.read_bytes(), str(public_key)))
+    console.print(f"[green]verified[/] {manifest.name} {manifest.version}: signature by the given key, sha256 {manifest.sha256[:16]}… matches")

@@ -1,0 +1,187 @@
+"""The typed model manifest, `models/<name>/model.yaml`: what a model version is and where it may run.
+
+The manifest pins the artifact's digest and size, so a signature over the manifest's bytes
+vouches for the model file too. Unknown keys are errors: a typo must never silently drop a field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import semver
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgefleet.errors import ConfigError, EdgefleetError, from_validation_error
+
+MANIFEST_FILE = "model.yaml"
+SIGNATURE_FILE = "model.yaml.sig"
+
+ElementType = Literal[
+    "float32", "float16", "float64", "bfloat16",
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "bool", "string",
+]
+Arch = Literal["amd64", "arm64", "armv7"]
+
+# onnxruntime's execution provider names; a target lists them in order of preference.
+KNOWN_PROVIDERS = (
+    "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
+    "OpenVINOExecutionProvider", "CoreMLExecutionProvider", "QNNExecutionProvider",
+    "XnnpackExecutionProvider", "ArmNNExecutionProvider", "ACLExecutionProvider",
+    "DmlExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider",
+)
+
+NAME_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
+Name = Annotated[str, Field(pattern=NAME_RE)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def check_semver(value: str) -> str:
+    try:
+        semver.Version.parse(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{value!r} is not a semantic version such as 1.4.0") from None
+    return value
+
+
+def version_key(value: str) -> semver.Version:
+    return semver.Version.parse(value)
+
+
+class TensorSpec(Strict):
+    """One graph input or output. Symbolic dimensions (batch) are strings; fixed ones are ints."""
+
+    name: str = Field(min_length=1)
+    element_type: ElementType
+    shape: list[Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1)]]
+
+    def signature(self) -> str:
+        dims = ", ".join(str(d) for d in self.shape)
+        return f"{self.name}: {self.element_type}[{dims}]"
+
+
+class Metric(Strict):
+    """An evaluation result and the data set it came from, so regressions compare like with like."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    value: float
+    dataset: str = Field(min_length=1)
+    higher_is_better: bool = True
+
+
+class HardwareProfile(Strict):
+    """A class of device: what it can execute and how much room a model may take on it."""
+
+    name: Name
+    arch: Arch
+    execution_providers: list[str] = Field(min_length=1)
+    memory_mb: int = Field(gt=0)
+    storage_mb: int = Field(gt=0)
+
+    @field_validator("execution_providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        for ep in value:
+            if ep not in KNOWN_PROVIDERS:
+                raise ValueError(f"unknown onnxruntime execution provider {ep!r}; known: {', '.join(KNOWN_PROVIDERS)}")
+        return value
+
+
+class ModelManifest(Strict):
+    name: Name
+    version: str
+    file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.onnx$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(gt=0)
+    opset: int = Field(ge=7)
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    metrics: list[Metric] = Field(default_factory=list)
+    targets: list[HardwareProfile] = Field(min_length=1)
+    min_agent_version: str
+    description: str = ""
+
+    _v_version = field_validator("version", "min_agent_version")(check_semver)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ModelManifest":
+        for label, items in (("inputs", self.inputs), ("outputs", self.outputs), ("metrics", self.metrics), ("targets", self.targets)):
+            names = [i.name for i in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{label} has duplicate names: {', '.join(dupes)}")
+        return self
+
+    @property
+    def semver(self) -> semver.Version:
+        return semver.Version.parse(self.version)
+
+    def metric(self, name: str) -> Metric | None:
+        return next((m for m in self.metrics if m.name == name), None)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=120)
+
+
+def parse_manifest_bytes(data: bytes, source: str) -> ModelManifest:
+    """Parses manifest bytes exactly as the device agent receives them."""
+    try:
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, f"not valid YAML: {exc}", "fix the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "expected a mapping of manifest fields at the top level")
+    try:
+        return ModelManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation_error(exc, source) from None
+
+
+class ModelDir:
+    """A model directory: the manifest, its artifact and (optionally) a detached signature."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_FILE
+
+    @property
+    def signature_path(self) -> Path:
+        return self.path / SIGNATURE_FILE
+
+    def exists(self) -> bool:
+        return self.manifest_path.is_file()
+
+    def manifest_bytes(self) -> bytes:
+        if not self.manifest_path.is_file():
+            raise EdgefleetError(str(self.manifest_path), "no manifest here",
+                                 f"create it with `edgefleet model add {self.path} --onnx FILE --version X.Y.Z`")
+        return self.manifest_path.read_bytes()
+
+    def load(self) -> ModelManifest:
+        manifest = parse_manifest_bytes(self.manifest_bytes(), str(self.manifest_path))
+        if manifest.name != self.path.name:
+            raise ConfigError(str(self.manifest_path), f"name: {manifest.name!r} does not match its directory {self.path.name!r}",
+                              f"rename the directory to models/{manifest.name} or set name: {self.path.name}")
+        return manifest
+
+    def artifact_path(self, manifest: ModelManifest) -> Path:
+        return self.path / manifest.file
+
+    def write(self, manifest: ModelManifest) -> None:
+        """Writes atomically so an interrupted `model add` never leaves a half-written manifest."""
+        from edgefleet.fsutil import atomic_write_bytes
+
+        atomic_write_bytes(self.manifest_path, manifest.to_yaml().encode())
+
+
+def is_valid_name(name: str) -> bool:
+    return re.match(NAME_RE, name) is not None

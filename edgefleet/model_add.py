@@ -1,0 +1,92 @@
+"""`edgefleet model add`: record a new model version from the real ONNX graph.
+
+Everything is computed and checked before anything is written; the artifact and the manifest are then
+each replaced atomically, and a stale signature is removed (it no longer matches the manifest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edgefleet.errors import EdgefleetError
+from edgefleet.fsutil import atomic_copy
+from edgefleet.manifest import HardwareProfile, Metric, ModelDir, ModelManifest, check_semver, is_valid_name, version_key
+from edgefleet.onnx_check import inspect
+
+AGENT_VERSION = "0.1.0"
+
+
+def parse_metric(text: str, lower_is_better: set[str]) -> Metric:
+    """`accuracy=0.95@imagenet-val` -> Metric."""
+    try:
+        name_value, dataset = text.split("@", 1)
+        name, value = name_value.split("=", 1)
+        return Metric(name=name.strip(), value=float(value), dataset=dataset.strip(), higher_is_better=name.strip() not in lower_is_better)
+    except (ValueError, ValidationError) as exc:
+        raise EdgefleetError(f"--metric {text}", f"expected NAME=VALUE@DATASET, e.g. accuracy=0.95@imagenet-val ({str(exc).splitlines()[0]})") from None
+
+
+def parse_target(text: str) -> HardwareProfile:
+    """`name=gw,arch=amd64,providers=CUDAExecutionProvider+CPUExecutionProvider,memory_mb=512,storage_mb=64`."""
+    try:
+        fields = dict(part.split("=", 1) for part in text.split(","))
+        return HardwareProfile(name=fields.pop("name"), arch=fields.pop("arch"), execution_providers=fields.pop("providers").split("+"),
+                               memory_mb=int(fields.pop("memory_mb")), storage_mb=int(fields.pop("storage_mb")), **fields)
+    except (ValueError, KeyError, ValidationError, TypeError) as exc:
+        raise EdgefleetError(f"--target {text}", f"expected name=..,arch=amd64|arm64|armv7,providers=EP1+EP2,memory_mb=N,storage_mb=N ({str(exc).splitlines()[0]})") from None
+
+
+@dataclass(frozen=True)
+class AddResult:
+    manifest: ModelManifest
+    previous_version: str | None
+    removed_signature: bool
+
+
+def add_version(model_dir: Path, onnx_file: Path, version: str, metrics: list[Metric] | None = None,
+                targets: list[HardwareProfile] | None = None, keep_metrics: bool = False,
+                min_agent_version: str | None = None, description: str | None = None) -> AddResult:
+    mdir = ModelDir(model_dir)
+    name = mdir.path.name
+    if not is_valid_name(name):
+        raise EdgefleetError(str(mdir.path), f"directory name {name!r} is not a valid model name (lower case, digits and dashes)", "rename the directory")
+    try:
+        check_semver(version)
+    except ValueError as exc:
+        raise EdgefleetError("--version", str(exc), "use MAJOR.MINOR.PATCH, e.g. 1.4.0") from None
+    previous = mdir.load() if mdir.exists() else None
+    if previous is not None and version_key(version) <= previous.semver:
+        raise EdgefleetError(str(mdir.manifest_path), f"version {version} is not newer than the manifest's {previous.version}",
+                             f"pass a version above {previous.version} (semver: bump patch for a retrain, minor for new behaviour, major for an I/O change)")
+    if metrics and keep_metrics:
+        raise EdgefleetError("--keep-metrics", "cannot be combined with --metric", "pass either the new evaluation (--metric) or --keep-metrics")
+    if previous is not None and not metrics and not keep_metrics and previous.metrics:
+        raise EdgefleetError("--metric", f"version {version} has no evaluation metrics; the manifest's {previous.version} had "
+                             f"{', '.join(m.name for m in previous.metrics)}",
+                             "pass --metric NAME=VALUE@DATASET for the new version, or --keep-metrics to carry the old ones over knowingly")
+    if previous is None and not targets:
+        raise EdgefleetError("--target", f"a new model needs at least one hardware target",
+                             "pass --target name=x86-gateway,arch=amd64,providers=CPUExecutionProvider,memory_mb=256,storage_mb=64")
+    graph = inspect(Path(onnx_file))
+    file_name = f"{name}.onnx"
+    manifest = ModelManifest(
+        name=name, version=version, file=file_name, sha256=graph.sha256, size=graph.size, opset=graph.opset,
+        inputs=graph.inputs, outputs=graph.outputs,
+        metrics=list(metrics) if metrics else (list(previous.metrics) if previous and keep_metrics else []),
+        targets=list(targets) if targets else list(previous.targets),
+        min_agent_version=min_agent_version or (previous.min_agent_version if previous else AGENT_VERSION),
+        description=description if description is not None else (previous.description if previous else ""),
+    )
+    target_file = mdir.path / file_name
+    mdir.path.mkdir(parents=True, exist_ok=True)
+    if Path(onnx_file).resolve() != target_file.resolve():
+        atomic_copy(Path(onnx_file), target_file)
+    mdir.write(manifest)
+    removed = False
+    if mdir.signature_path.exists():
+        mdir.signature_path.unlink()
+        removed = True
+    return AddResult(manifest, previous.version if previous else None, removed)

@@ -1,0 +1,179 @@
+"""What onnxruntime says about a model: its I/O signature, whether it loads, and a smoke inference.
+
+`model add` reads the signature from the real graph; `model validate` checks a manifest against it and
+refuses outputs that are NaN or infinite, which is how a broken export usually shows up.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgefleet.digest import sha256_file
+from edgefleet.errors import EdgefleetError
+from edgefleet.manifest import ModelManifest, TensorSpec
+
+ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(bfloat16)": "bfloat16",
+    "tensor(int8)": "int8", "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32", "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool", "tensor(string)": "string",
+}
+NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int8": np.int8, "int16": np.int16,
+               "int32": np.int32, "int64": np.int64, "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32,
+               "uint64": np.uint64, "bool": np.bool_}
+SYMBOLIC_DIM_SIZE = 1
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int
+    sha256: str
+    size: int
+
+
+def _open_session(path: Path, providers: list[str] | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several private exception types
+        first = str(exc).strip().splitlines()[0][:300]
+        raise EdgefleetError(str(path), f"not a loadable ONNX model: onnxruntime says: {first}",
+                             "export the model again; check the file was copied completely") from None
+
+
+def _spec(arg) -> TensorSpec:
+    if arg.type not in ORT_TYPES:
+        raise EdgefleetError(arg.name, f"unsupported tensor type {arg.type}")
+    shape = [d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and d else "?") for d in (arg.shape or [])]
+    return TensorSpec(name=arg.name, element_type=ORT_TYPES[arg.type], shape=shape)
+
+
+def read_opset(path: Path) -> int:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise EdgefleetError(str(path), f"not an ONNX model: {str(exc).splitlines()[0][:200]}", "pass an .onnx file") from None
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise EdgefleetError(str(path), "model imports no default-domain opset", "export with a standard ONNX opset")
+
+
+def inspect(path: Path) -> GraphInfo:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgefleetError(str(path), "file not found", "check the path to the .onnx file")
+    session = _open_session(path)
+    digest, size = sha256_file(path)
+    return GraphInfo([_spec(i) for i in session.get_inputs()], [_spec(o) for o in session.get_outputs()],
+                     read_opset(path), digest, size)
+
+
+def synthetic_inputs(specs: list[TensorSpec], seed: int = 0, batch: int = SYMBOLIC_DIM_SIZE) -> dict[str, np.ndarray]:
+    """Inputs shaped by the signature: symbolic dimensions become `batch`, values are seeded noise."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        shape = [d if isinstance(d, int) else batch for d in spec.shape]
+        if spec.element_type == "string":
+            feeds[spec.name] = np.full(shape, "edgefleet", dtype=object)
+        elif spec.element_type == "bool":
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
+        elif spec.element_type.startswith(("int", "uint")):
+            feeds[spec.name] = rng.integers(0, 8, size=shape).astype(NUMPY_TYPES[spec.element_type])
+        elif spec.element_type in NUMPY_TYPES:
+            feeds[spec.name] = rng.standard_normal(size=shape).astype(NUMPY_TYPES[spec.element_type])
+        else:
+            raise EdgefleetError(spec.name, f"cannot generate smoke inputs of type {spec.element_type}")
+    return feeds
+
+
+def non_finite_outputs(names: list[str], values: list) -> list[str]:
+    """Names of float outputs holding NaN or infinity."""
+    bad = []
+    for name, value in zip(names, values):
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad.append(name)
+    return bad
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    manifest: ModelManifest
+    graph: GraphInfo
+    latency_ms_p50: float
+    latency_ms_p99: float
+    runs: int
+
+
+def compare_signature(declared: list[TensorSpec], actual: list[TensorSpec], kind: str) -> list[str]:
+    problems = []
+    by_name = {t.name: t for t in actual}
+    for t in declared:
+        got = by_name.get(t.name)
+        if got is None:
+            problems.append(f"{kind} {t.name!r} is declared but the graph has no such {kind[:-1]} (graph has: {', '.join(by_name) or 'none'})")
+        elif got.element_type != t.element_type:
+            problems.append(f"{kind} {t.name!r}: declared {t.element_type}, graph has {got.element_type}")
+        elif list(got.shape) != list(t.shape):
+            problems.append(f"{kind} {t.name!r}: declared shape {t.shape}, graph has {got.shape}")
+    declared_names = {t.name for t in declared}
+    for t in actual:
+        if t.name not in declared_names:
+            problems.append(f"{kind} {t.name!r} is in the graph but not declared")
+    return problems
+
+
+def validate(manifest: ModelManifest, artifact: Path, manifest_path: str, runs: int = 20) -> ValidationReport:
+    """Every check `edgefleet model validate` makes, in the order a user would want them reported."""
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise EdgefleetError(manifest_path, f"file: {manifest.file} does not exist next to the manifest", "add the .onnx file or fix `file:`")
+    size = artifact.stat().st_size
+    if size < manifest.size:
+        raise EdgefleetError(str(artifact), f"truncated: {size} bytes on disk, the manifest pins {manifest.size}",
+                             "copy the model again; if it changed on purpose, run `edgefleet model add`")
+    digest, _ = sha256_file(artifact)
+    if size != manifest.size or digest != manifest.sha256:
+        raise EdgefleetError(str(artifact), f"digest mismatch: sha256 {digest} ({size} bytes), manifest pins {manifest.sha256} ({manifest.size} bytes)",
+                             "restore the pinned file, or run `edgefleet model add` to record a new version")
+    session = _open_session(artifact)
+    graph = GraphInfo([_spec(i) for i in session.get_inputs()], [_spec(o) for o in session.get_outputs()],
+                      read_opset(artifact), digest, size)
+    problems = compare_signature(manifest.inputs, graph.inputs, "inputs") + compare_signature(manifest.outputs, graph.outputs, "outputs")
+    if graph.opset != manifest.opset:
+        problems.append(f"opset: declared {manifest.opset}, graph imports {graph.opset}")
+    if problems:
+        raise EdgefleetError(manifest_path, "manifest disagrees with the graph:\n  - " + "\n  - ".join(problems),
+                             f"run `edgefleet model add {Path(manifest_path).parent} --onnx {artifact} --version X.Y.Z` to re-read the graph")
+    feeds = synthetic_inputs(manifest.inputs)
+    names = [o.name for o in manifest.outputs]
+    timings = []
+    for i in range(runs + 1):
+        start = time.perf_counter()
+        try:
+            values = session.run(names, feeds)
+        except Exception as exc:
+            raise EdgefleetError(str(artifact), f"smoke inference failed: {str(exc).splitlines()[0][:300]}",
+                                 "check the model runs on the declared input shapes") from None
+        if i:
+            timings.append((time.perf_counter() - start) * 1000)
+        bad = non_finite_outputs(names, values)
+        if bad:
+            raise EdgefleetError(str(artifact), f"smoke inference produced NaN or infinite values in output(s) {', '.join(bad)}",
+                                 "this model is broken in service; fix the export before shipping it")
+    timings.sort()
+    return ValidationReport(manifest, graph, timings[len(timings) // 2], timings[min(len(timings) - 1, int(len(timings) * 0.99))], runs)

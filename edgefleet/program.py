@@ -1,0 +1,107 @@
+"""The fleet program: reads the stack's typed config and declares everything. `__main__.py` calls `main`.
+
+Runs the same under `pulumi up` (config from the engine) and under `edgefleet synth` (mocks, config from
+the stack file); errors name `stacks/Pulumi.<stack>.yaml` and the key either way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+
+from edgefleet.config import KEYS, PROJECT, StackConfig, check_models_against_groups, parse_stack_config
+from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.manifest import ModelDir, ModelManifest
+
+
+def read_config() -> tuple[StackConfig, str]:
+    cfg = pulumi.Config(PROJECT)
+    raw = {}
+    for key in KEYS:
+        text = cfg.get(key)
+        if text is None:
+            continue
+        try:
+            raw[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raw[key] = text
+    source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
+    return parse_stack_config(raw, source), source
+
+
+def load_models(cfg: StackConfig, project_dir: Path, source: str) -> dict[str, tuple[ModelDir, ModelManifest]]:
+    models = {}
+    for i, ref in enumerate(cfg.models):
+        mdir = ModelDir(project_dir / ref.path)
+        if not mdir.exists():
+            raise ConfigError(source, f"{PROJECT}:models[{i}].path: {ref.path} has no model.yaml",
+                              f"create it with `edgefleet model add {ref.path} --onnx FILE --version X.Y.Z`")
+        manifest = mdir.load()
+        if manifest.name in models:
+            raise ConfigError(source, f"{PROJECT}:models[{i}].path: model {manifest.name!r} is listed twice", "list each model once")
+        models[manifest.name] = (mdir, manifest)
+    return models
+
+
+def make_platform(name: str, cfg: StackConfig, project_dir: Path):
+    if name == "local":
+        from components.local.platform import LocalPlatform as cls
+    elif name == "aws":
+        from components.aws.platform import AwsPlatform as cls
+    elif name == "azure":
+        from components.azure.platform import AzurePlatform as cls
+    else:  # parse_stack_config allows only the three
+        raise EdgefleetError(name, "unknown platform")
+    return cls(cfg, project_dir)
+
+
+@dataclass
+class Fleet:
+    config: StackConfig
+    platforms: dict
+    keys: dict
+    stores: dict
+    groups: dict
+    models: dict
+    rollouts: dict
+
+
+def declare(project_dir: Path | None = None) -> Fleet:
+    from components.app_registry import AppRegistry, AppRegistryArgs
+    from components.device_group import DeviceGroup, DeviceGroupArgs
+    from components.model_store import ModelStore, ModelStoreArgs
+    from components.model_version import ModelVersion, ModelVersionArgs, Publication
+    from components.rollout.component import Rollout, RolloutArgs
+    from components.signing_key import SigningKey, SigningKeyArgs
+
+    project_dir = Path(project_dir or Path.cwd())
+    cfg, source = read_config()
+    loaded = load_models(cfg, project_dir, source)
+    problems = check_models_against_groups(cfg, {n: m for n, (_, m) in loaded.items()},
+                                           {n: str(d.manifest_path.relative_to(project_dir)) for n, (d, _) in loaded.items()})
+    if problems:
+        key, problem, fix = problems[0]
+        raise ConfigError(source, f"{PROJECT}:{key}: {problem}", fix)
+
+    platforms = {p: make_platform(p, cfg, project_dir) for p in cfg.platforms}
+    keys = {p: SigningKey(f"{p}-signing", SigningKeyArgs(plat)) for p, plat in platforms.items()}
+    stores = {p: ModelStore(f"{p}-models", ModelStoreArgs(plat)) for p, plat in platforms.items()}
+    registries = {p: AppRegistry(f"{p}-apps", AppRegistryArgs(plat)) for p, plat in platforms.items()}
+    groups = {g.name: DeviceGroup(g.name, DeviceGroupArgs(g, platforms[cfg.group_platform(g)])) for g in cfg.groups}
+    models = {
+        name: ModelVersion(name, ModelVersionArgs(mdir.path, [Publication(plat, stores[p], keys[p]) for p, plat in platforms.items()]))
+        for name, (mdir, _) in loaded.items()
+    }
+    rollouts = {r.name: Rollout(r.name, RolloutArgs(r, models[r.model], groups, platforms)) for r in cfg.rollouts}
+
+    pulumi.export("models", {n: {"version": m.version, "digest": m.digest, "uri": m.uri} for n, m in models.items()})
+    pulumi.export("signingKeys", {p: k.public_key_pem for p, k in keys.items()})
+    pulumi.export("registries", {p: r.repository_url for p, r in registries.items()})
+    return Fleet(cfg, platforms, keys, stores, groups, models, rollouts)
+
+
+def main() -> None:
+    declare(Path.cwd())

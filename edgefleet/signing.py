@@ -1,0 +1,185 @@
+"""Detached ECDSA P-256 / SHA-256 signatures over model manifests and rollback orders.
+
+One scheme for every platform: AWS KMS (ECC_NIST_P256, ECDSA_SHA_256) and Azure Key Vault (P-256, ES256)
+both sign a SHA-256 digest with it, so the device carries one verifier whatever cloud published the model.
+The manifest pins the model's sha256 and size, so a signature over the manifest's exact bytes covers the
+model file as well; verification re-hashes the file.
+
+A signature file is a small JSON envelope:
+    {"format": "edgefleet-signature/v1", "algorithm": "ecdsa-p256-sha256",
+     "key_id": "sha256:<hex of the public key's DER SubjectPublicKeyInfo>", "signature": "<base64 DER>"}
+
+Why not the OpenSSF model-signing format: its signers take a key file or a Sigstore identity; keys that
+never leave KMS or Key Vault would need a custom signer on our side and the Sigstore stack on every
+device. This envelope needs only `cryptography` on the device. See docs/signing.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature, encode_dss_signature
+
+from edgefleet.errors import EdgefleetError
+
+SIGNATURE_FORMAT = "edgefleet-signature/v1"
+ROLLBACK_FORMAT = "edgefleet-rollback/v1"
+ALGORITHM = "ecdsa-p256-sha256"
+
+
+class SignatureError(EdgefleetError):
+    """A signature that does not verify. Never recoverable by retrying."""
+
+
+def key_id_of(public_key: ec.EllipticCurvePublicKey) -> str:
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def load_public_key(pem: bytes, source: str) -> ec.EllipticCurvePublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError as exc:
+        raise SignatureError(source, f"not a PEM public key ({exc})", "pass the .pub.pem written by `edgefleet keys create`") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise SignatureError(source, "public key is not ECDSA P-256", "use a P-256 (secp256r1) key")
+    return key
+
+
+def raw_to_der(raw: bytes) -> bytes:
+    """Key Vault returns r||s (64 bytes); the envelope stores DER like KMS does."""
+    if len(raw) != 64:
+        raise ValueError(f"expected a 64-byte r||s signature, got {len(raw)} bytes")
+    return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+
+
+def der_to_raw(der: bytes) -> bytes:
+    r, s = decode_dss_signature(der)
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """Anything that holds a P-256 key and signs SHA-256 digests with it without showing the key."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    def public_key_pem(self) -> bytes: ...
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """Returns a DER-encoded ECDSA signature over a 32-byte SHA-256 digest."""
+        ...
+
+
+class LocalKeySigner:
+    """A P-256 private key in a PEM file: the local stack's key, and CI's. Cloud stacks keep keys in KMS/Key Vault."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            key = serialization.load_pem_private_key(self.path.read_bytes(), password=None)
+        except FileNotFoundError:
+            raise SignatureError(str(self.path), "signing key file not found",
+                                 f"create one with `edgefleet keys create {self.path}`") from None
+        except (ValueError, TypeError) as exc:
+            raise SignatureError(str(self.path), f"not an unencrypted PEM private key ({exc})",
+                                 f"create one with `edgefleet keys create {self.path}`") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+            raise SignatureError(str(self.path), "signing key is not ECDSA P-256", "create a P-256 key with `edgefleet keys create`")
+        self._key = key
+
+    @property
+    def key_id(self) -> str:
+        return key_id_of(self._key.public_key())
+
+    def public_key_pem(self) -> bytes:
+        return self._key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        return self._key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+
+
+def create_key_file(path: str | os.PathLike[str]) -> Path:
+    """Writes a new P-256 key (mode 0600) and its public half beside it as <name>.pub.pem."""
+    from edgefleet.fsutil import atomic_write_bytes
+
+    path = Path(path)
+    if path.exists():
+        raise EdgefleetError(str(path), "a key already exists here; refusing to overwrite it", "pick another path or delete the old key deliberately")
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    atomic_write_bytes(path, pem, mode=0o600)
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    atomic_write_bytes(public_key_path(path), pub)
+    return path
+
+
+def public_key_path(private_key_path: str | os.PathLike[str]) -> Path:
+    p = Path(private_key_path)
+    return p.with_name(p.name.removesuffix(".pem") + ".pub.pem")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    key_id: str
+    signature: bytes
+
+    def to_bytes(self) -> bytes:
+        body = {"format": SIGNATURE_FORMAT, "algorithm": ALGORITHM, "key_id": self.key_id,
+                "signature": base64.b64encode(self.signature).decode()}
+        return (json.dumps(body, indent=2) + "\n").encode()
+
+    @classmethod
+    def parse(cls, data: bytes, source: str) -> "Envelope":
+        try:
+            body = json.loads(data)
+            if body.get("format") != SIGNATURE_FORMAT:
+                raise ValueError(f"format is {body.get('format')!r}, expected {SIGNATURE_FORMAT!r}")
+            if body.get("algorithm") != ALGORITHM:
+                raise ValueError(f"algorithm is {body.get('algorithm')!r}, expected {ALGORITHM!r}")
+            return cls(key_id=str(body["key_id"]), signature=base64.b64decode(body["signature"], validate=True))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SignatureError(source, f"not an edgefleet signature file ({exc})", "re-sign with `edgefleet model sign`") from None
+
+
+def sign_bytes(signer: Signer, payload: bytes) -> Envelope:
+    return Envelope(key_id=signer.key_id, signature=signer.sign_digest(hashlib.sha256(payload).digest()))
+
+
+def verify_bytes(payload: bytes, envelope: Envelope, trusted: ec.EllipticCurvePublicKey, source: str) -> None:
+    """Raises SignatureError unless `envelope` is a signature over exactly `payload` by `trusted`."""
+    want = key_id_of(trusted)
+    if envelope.key_id != want:
+        raise SignatureError(source, f"signed by key {envelope.key_id}, but the trusted key is {want}",
+                             "sign with the stack's signing key, or give the device the matching public key")
+    try:
+        trusted.verify(envelope.signature, hashlib.sha256(payload).digest(), ec.ECDSA(Prehashed(hashes.SHA256())))
+    except InvalidSignature:
+        raise SignatureError(source, "signature does not match the content (the manifest changed after signing, or the signature is corrupt)",
+                             "re-sign the manifest with `edgefleet model sign`, or restore the signed manifest") from None
+
+
+def rollback_order(model: str, version: str, sha256: str, reason: str) -> bytes:
+    """The exact bytes a rollback order signs: the one case where a device may accept a lower version."""
+    body = {"format": ROLLBACK_FORMAT, "model": model, "version": version, "sha256": sha256, "reason": reason}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_rollback_order(data: bytes, source: str) -> dict[str, str]:
+    try:
+        body = json.loads(data)
+        if body.get("format") != ROLLBACK_FORMAT:
+            raise ValueError(f"format is {body.get('format')!r}")
+        return {k: str(body[k]) for k in ("model", "version", "sha256", "reason")}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SignatureError(source, f"not a rollback order ({exc})") from None

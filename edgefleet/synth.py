@@ -1,0 +1,177 @@
+"""Offline synth: evaluate the Pulumi program under Pulumi's own mock runtime and write the declared graph.
+
+No CLI, no credentials, no cloud. The recording monitor sees exactly the RegisterResource requests the
+Pulumi engine would receive (type, name, parent, inputs, dependencies, options), and gives URNs the way the
+engine builds them (the parent type chain, without the stack). Secrets are redacted. The output is
+deterministic: same program, config and models, same bytes. This graph feeds the local stack, `edgefleet
+plan` and the policies.
+
+Pulumi's mocks do not read stack files, so the stack file is parsed here and handed over as config, the
+same shape the engine passes in PULUMI_CONFIG.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from edgefleet.config import load_stack, read_stack_file, to_pulumi_config
+from edgefleet.errors import EdgefleetError
+
+GRAPH_FORMAT = "edgefleet-graph/v1"
+SECRET = "[secret]"
+UNKNOWN = "[unknown]"
+PLATFORM_MOCKS = ("components.local.mocks", "components.aws.mocks", "components.azure.mocks")
+
+
+def project_name(project_dir: Path) -> str:
+    path = Path(project_dir) / "Pulumi.yaml"
+    if not path.is_file():
+        raise EdgefleetError(str(path), "not a Pulumi project (no Pulumi.yaml)", "run edgefleet from the project root or pass --project-dir")
+    return str((yaml.safe_load(path.read_text()) or {}).get("name", "edgefleet"))
+
+
+def _clean(value: Any) -> Any:
+    """Redacts secrets and unknowns; drops the pickled dynamic provider (bytes that say nothing to a reviewer)."""
+    from pulumi.runtime import rpc
+
+    if isinstance(value, dict):
+        sig = value.get(rpc._special_sig_key)
+        if sig == rpc._special_secret_sig:
+            return SECRET
+        return {k: _clean(v) for k, v in sorted(value.items()) if k != "__provider"}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if value is rpc.UNKNOWN or (isinstance(value, str) and value == rpc.UNKNOWN):
+        return UNKNOWN
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _platform_hooks() -> list[Any]:
+    hooks = []
+    for name in PLATFORM_MOCKS:
+        try:
+            hooks.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return hooks
+
+
+def _monitor_and_mocks(stack: str, project: str, region: str):
+    from pulumi.runtime import rpc
+    from pulumi.runtime.mocks import MockMonitor, Mocks
+
+    hooks = _platform_hooks()
+
+    class GraphMocks(Mocks):
+        """Echoes inputs and adds the outputs a provider would compute (ARNs, ids), deterministically."""
+
+        def new_resource(self, args):
+            state = dict(args.inputs)
+            for hook in hooks:
+                state.update(hook.computed(args.typ, args.name, args.inputs, region) or {})
+            return f"{args.name}-id", state
+
+        def call(self, args):
+            for hook in hooks:
+                out = hook.call(args.token, args.args, region) if hasattr(hook, "call") else None
+                if out is not None:
+                    return out
+            return {}
+
+    class RecordingMonitor(MockMonitor):
+        def __init__(self, mocks):
+            super().__init__(mocks)
+            self.records: dict[str, dict[str, Any]] = {}
+            self.root_urn = f"urn:pulumi:{stack}::{project}::pulumi:pulumi:Stack::{project}-{stack}"
+
+        def make_urn(self, parent: str, type_: str, name: str) -> str:
+            qualified = type_
+            if parent and parent != self.root_urn:
+                qualified = parent.split("::")[2] + "$" + type_
+            return f"urn:pulumi:{stack}::{project}::{qualified}::{name}"
+
+        def RegisterResource(self, request):
+            response = super().RegisterResource(request)
+            if request.type != "pulumi:pulumi:Stack":
+                urn = self.make_urn(request.parent, request.type, request.name)
+                self.records[urn] = {
+                    "urn": urn,
+                    "type": request.type,
+                    "name": request.name,
+                    "custom": bool(request.custom),
+                    "parent": None if request.parent in ("", self.root_urn) else request.parent,
+                    "inputs": _clean(rpc.deserialize_properties(request.object)),
+                    "dependencies": sorted(set(request.dependencies)),
+                    "property_dependencies": {k: sorted(v.urns) for k, v in sorted(request.propertyDependencies.items()) if v.urns},
+                    "options": {k: v for k, v in {
+                        "protect": request.protect or None,
+                        "delete_before_replace": request.deleteBeforeReplace or None,
+                        "replace_on_changes": sorted(request.replaceOnChanges) or None,
+                        "ignore_changes": sorted(request.ignoreChanges) or None,
+                        "additional_secret_outputs": sorted(request.additionalSecretOutputs) or None,
+                        "aliases": sorted(a.spec.name or a.urn for a in request.aliases) or None,
+                        "retain_on_delete": request.retainOnDelete or None,
+                    }.items() if v is not None},
+                }
+            return response
+
+        def RegisterResourceOutputs(self, request):
+            if request.urn in self.records:
+                self.records[request.urn]["outputs"] = _clean(rpc.deserialize_properties(request.outputs))
+            return super().RegisterResourceOutputs(request)
+
+    mocks = GraphMocks()
+    return RecordingMonitor(mocks), mocks
+
+
+@contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def synth(project_dir: Path, stack: str) -> dict[str, Any]:
+    """Evaluates the fleet program for `stack` and returns the declared graph."""
+    import pulumi
+    from pulumi.runtime import settings
+
+    project_dir = Path(project_dir).resolve()
+    project = project_name(project_dir)
+    raw, source = read_stack_file(project_dir, stack)
+    cfg, _ = load_stack(project_dir, stack)           # fails early, naming the stack file and key
+    region = cfg.aws.region if cfg.aws else "us-east-1"
+    monitor, mocks = _monitor_and_mocks(stack, project, region)
+    settings.ROOT.set(None)                            # a fresh root stack per synth, as a new `pulumi` process has
+    pulumi.runtime.set_all_config(to_pulumi_config(raw), [])
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
+
+    from edgefleet.program import declare
+
+    with _cwd(project_dir):
+        pulumi.runtime.test(lambda: declare(project_dir))()
+    return {
+        "format": GRAPH_FORMAT,
+        "project": project,
+        "stack": stack,
+        "stack_file": source,
+        "config": _clean(raw),
+        "resources": [monitor.records[u] for u in sorted(monitor.records)],
+    }
+
+
+def dumps(graph: dict[str, Any]) -> str:
+    return json.dumps(graph, indent=2, sort_keys=True) + "\n"
