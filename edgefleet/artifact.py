@@ -47,6 +47,10 @@ def verify_model_dir(model_dir: ModelDir, trusted: ec.EllipticCurvePublicKey) ->
     if not model_dir.signature_path.is_file():
         raise SignatureError(str(model_dir.signature_path), "no signature file", f"sign it with `edgefleet model sign {model_dir.path} --key KEY`")
     manifest_bytes = model_dir.manifest_bytes()
-    manifest = parse_manifest_bytes(manifest_bytes, str(model_dir.manifest_path))
-    return verify_artifact(manifest_bytes, model_dir.signature_path.read_bytes(), model_dir.artifact_path(manifest),
-                           trusted, str(model_dir.manifest_path))
+    signature_bytes = model_dir.signature_path.read_bytes()
+    source = str(model_dir.manifest_path)
+    # Check the signature before parsing: a tampered manifest must fail as a bad signature, and unverified
+    # bytes are never handed to the YAML parser (the parse is only needed to find the artifact's file name).
+    verify_bytes(manifest_bytes, Envelope.parse(signature_bytes, f"{source} (signature)"), trusted, source)
+    manifest = parse_manifest_bytes(manifest_bytes, source)
+    return verify_artifact(manifest_bytes, signature_bytes, model_dir.artifact_path(manifest), trusted, source)

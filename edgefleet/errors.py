@@ -35,7 +35,7 @@ def field_path(loc: tuple[Any, ...], prefix: str = "") -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{part}" if out and not out.endswith(":") else str(part)
     return out or "(top level)"
 
 
@@ -44,7 +44,7 @@ def from_validation_error(err: Any, source: str, prefix: str = "", cls: type[Edg
     lines = []
     for e in err.errors():
         loc = field_path(tuple(e["loc"]), prefix)
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; unknown keys are errors)"
         elif e["type"] == "missing":

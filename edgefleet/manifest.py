@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgefleet.errors import ConfigError, EdgefleetError, from_validation_error
 
+# libyaml's loader when PyYAML was built with it (the PyPI wheels are): ~10x faster, same safe subset.
+# Devices parse a manifest at every install and every start, so this is on the fleet's hot path.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 MANIFEST_FILE = "model.yaml"
 SIGNATURE_FILE = "model.yaml.sig"
 
@@ -132,7 +136,7 @@ class ModelManifest(Strict):
 def parse_manifest_bytes(data: bytes, source: str) -> ModelManifest:
     """Parses manifest bytes exactly as the device agent receives them."""
     try:
-        raw = yaml.safe_load(data.decode("utf-8"))
+        raw = yaml.load(data.decode("utf-8"), Loader=SAFE_LOADER)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(source, f"not valid YAML: {exc}", "fix the YAML syntax") from None
     if not isinstance(raw, dict):

@@ -11,12 +11,19 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import EdgefleetError, field_path, from_validation_error
 from edgefleet.fsutil import atomic_copy
 from edgefleet.manifest import HardwareProfile, Metric, ModelDir, ModelManifest, check_semver, is_valid_name, version_key
 from edgefleet.onnx_check import inspect
 
 AGENT_VERSION = "0.1.0"
+
+
+def _reason(exc: Exception) -> str:
+    """The field and problem of a ValidationError (its first line only says how many errors there were)."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{field_path(tuple(e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+    return str(exc).splitlines()[0]
 
 
 def parse_metric(text: str, lower_is_better: set[str]) -> Metric:
@@ -26,7 +33,7 @@ def parse_metric(text: str, lower_is_better: set[str]) -> Metric:
         name, value = name_value.split("=", 1)
         return Metric(name=name.strip(), value=float(value), dataset=dataset.strip(), higher_is_better=name.strip() not in lower_is_better)
     except (ValueError, ValidationError) as exc:
-        raise EdgefleetError(f"--metric {text}", f"expected NAME=VALUE@DATASET, e.g. accuracy=0.95@imagenet-val ({str(exc).splitlines()[0]})") from None
+        raise EdgefleetError(f"--metric {text}", f"expected NAME=VALUE@DATASET, e.g. accuracy=0.95@imagenet-val ({_reason(exc)})") from None
 
 
 def parse_target(text: str) -> HardwareProfile:
@@ -36,7 +43,7 @@ def parse_target(text: str) -> HardwareProfile:
         return HardwareProfile(name=fields.pop("name"), arch=fields.pop("arch"), execution_providers=fields.pop("providers").split("+"),
                                memory_mb=int(fields.pop("memory_mb")), storage_mb=int(fields.pop("storage_mb")), **fields)
     except (ValueError, KeyError, ValidationError, TypeError) as exc:
-        raise EdgefleetError(f"--target {text}", f"expected name=..,arch=amd64|arm64|armv7,providers=EP1+EP2,memory_mb=N,storage_mb=N ({str(exc).splitlines()[0]})") from None
+        raise EdgefleetError(f"--target {text}", f"expected name=..,arch=amd64|arm64|armv7,providers=EP1+EP2,memory_mb=N,storage_mb=N ({_reason(exc)})") from None
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,11 @@ def add_version(model_dir: Path, onnx_file: Path, version: str, metrics: list[Me
         check_semver(version)
     except ValueError as exc:
         raise EdgefleetError("--version", str(exc), "use MAJOR.MINOR.PATCH, e.g. 1.4.0") from None
+    if min_agent_version is not None:
+        try:
+            check_semver(min_agent_version)
+        except ValueError as exc:
+            raise EdgefleetError("--min-agent-version", str(exc), "use MAJOR.MINOR.PATCH, e.g. 0.2.0") from None
     previous = mdir.load() if mdir.exists() else None
     if previous is not None and version_key(version) <= previous.semver:
         raise EdgefleetError(str(mdir.manifest_path), f"version {version} is not newer than the manifest's {previous.version}",
@@ -72,14 +84,19 @@ def add_version(model_dir: Path, onnx_file: Path, version: str, metrics: list[Me
                              "pass --target name=x86-gateway,arch=amd64,providers=CPUExecutionProvider,memory_mb=256,storage_mb=64")
     graph = inspect(Path(onnx_file))
     file_name = f"{name}.onnx"
-    manifest = ModelManifest(
-        name=name, version=version, file=file_name, sha256=graph.sha256, size=graph.size, opset=graph.opset,
-        inputs=graph.inputs, outputs=graph.outputs,
-        metrics=list(metrics) if metrics else (list(previous.metrics) if previous and keep_metrics else []),
-        targets=list(targets) if targets else list(previous.targets),
-        min_agent_version=min_agent_version or (previous.min_agent_version if previous else AGENT_VERSION),
-        description=description if description is not None else (previous.description if previous else ""),
-    )
+    try:
+        manifest = ModelManifest(
+            name=name, version=version, file=file_name, sha256=graph.sha256, size=graph.size, opset=graph.opset,
+            inputs=graph.inputs, outputs=graph.outputs,
+            metrics=list(metrics) if metrics else (list(previous.metrics) if previous and keep_metrics else []),
+            targets=list(targets) if targets else list(previous.targets),
+            min_agent_version=min_agent_version or (previous.min_agent_version if previous else AGENT_VERSION),
+            description=description if description is not None else (previous.description if previous else ""),
+        )
+    except ValidationError as exc:  # e.g. a graph whose opset or I/O the manifest cannot describe
+        problem = from_validation_error(exc, str(onnx_file)).problem
+        raise EdgefleetError(str(onnx_file), f"a manifest cannot describe this graph: {problem}",
+                             "export the model with ONNX opset 7 or newer and named, typed inputs and outputs") from None
     target_file = mdir.path / file_name
     mdir.path.mkdir(parents=True, exist_ok=True)
     if Path(onnx_file).resolve() != target_file.resolve():

@@ -6,6 +6,7 @@ refuses outputs that are NaN or infinite, which is how a broken export usually s
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ def _open_session(path: Path, providers: list[str] | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: load and run failures reach the user once, in our own message
     opts.intra_op_num_threads = 1
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
@@ -49,6 +50,13 @@ def _open_session(path: Path, providers: list[str] | None = None):
         first = str(exc).strip().splitlines()[0][:300]
         raise EdgefleetError(str(path), f"not a loadable ONNX model: onnxruntime says: {first}",
                              "export the model again; check the file was copied completely") from None
+
+
+def _ort_reason(exc: Exception) -> str:
+    """onnxruntime's first line, without the C++ source location and failed condition that hide the reason
+    ("…/reshape_helper.h:84 onnxruntime::ReshapeHelper::ReshapeHelper(…) size != 0 … was false. The input tensor…")."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return re.sub(r"/\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", first)[:500]
 
 
 def _spec(arg) -> TensorSpec:
@@ -140,6 +148,8 @@ def compare_signature(declared: list[TensorSpec], actual: list[TensorSpec], kind
 def validate(manifest: ModelManifest, artifact: Path, manifest_path: str, runs: int = 20) -> ValidationReport:
     """Every check `edgefleet model validate` makes, in the order a user would want them reported."""
     artifact = Path(artifact)
+    if runs < 1:
+        raise EdgefleetError("--runs", f"must be at least 1 (got {runs})", "pass --runs 20, the default")
     if not artifact.is_file():
         raise EdgefleetError(manifest_path, f"file: {manifest.file} does not exist next to the manifest", "add the .onnx file or fix `file:`")
     size = artifact.stat().st_size
@@ -167,7 +177,7 @@ def validate(manifest: ModelManifest, artifact: Path, manifest_path: str, runs: 
         try:
             values = session.run(names, feeds)
         except Exception as exc:
-            raise EdgefleetError(str(artifact), f"smoke inference failed: {str(exc).splitlines()[0][:300]}",
+            raise EdgefleetError(str(artifact), f"smoke inference failed: {_ort_reason(exc)}",
                                  "check the model runs on the declared input shapes") from None
         if i:
             timings.append((time.perf_counter() - start) * 1000)

@@ -93,7 +93,7 @@ class LocalKeySigner:
                                  f"create one with `edgefleet keys create {self.path}`") from None
         except (ValueError, TypeError) as exc:
             raise SignatureError(str(self.path), f"not an unencrypted PEM private key ({exc})",
-                                 f"create one with `edgefleet keys create {self.path}`") from None
+                                 "pass the private key written by `edgefleet keys create PATH` (not its .pub.pem)") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
             raise SignatureError(str(self.path), "signing key is not ECDSA P-256", "create a P-256 key with `edgefleet keys create`")
         self._key = key

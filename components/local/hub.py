@@ -28,11 +28,14 @@ CREATE TABLE IF NOT EXISTS desired (
     device_id TEXT NOT NULL, model TEXT NOT NULL, desired TEXT, set_at REAL NOT NULL,
     PRIMARY KEY (device_id, model));
 CREATE TABLE IF NOT EXISTS ring_desired (
-    rollout TEXT NOT NULL, ring TEXT NOT NULL, desired TEXT, devices TEXT NOT NULL, set_at REAL NOT NULL,
+    rollout TEXT NOT NULL, ring TEXT NOT NULL, model TEXT NOT NULL, desired TEXT, devices TEXT NOT NULL, set_at REAL NOT NULL,
     PRIMARY KEY (rollout, ring));
 CREATE TABLE IF NOT EXISTS reports (
     device_id TEXT NOT NULL, model TEXT NOT NULL, report TEXT NOT NULL, reported_at REAL NOT NULL,
     PRIMARY KEY (device_id, model));
+CREATE TABLE IF NOT EXISTS served (
+    device_id TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL, first_seen REAL NOT NULL,
+    PRIMARY KEY (device_id, model, sha256));
 CREATE TABLE IF NOT EXISTS progress (
     rollout_id TEXT PRIMARY KEY, rollout TEXT NOT NULL, status TEXT NOT NULL, progress TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
@@ -46,8 +49,7 @@ class LocalHub:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._local = threading.local()
-        with self._tx() as db:
-            db.executescript(SCHEMA)
+        self._db().executescript(SCHEMA)              # idempotent; executescript manages its own transaction
 
     # -- connection -----------------------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -112,6 +114,19 @@ class LocalHub:
             out[dev] = cache[text]
         return out
 
+    def desired_changed_since(self, model: str, watermark: float) -> tuple[dict[str, DesiredModel | None], float]:
+        """Devices whose desired state changed after `watermark`, and the new watermark: the local stand-in
+        for the change notifications real platforms push (twin updates, Greengrass deployment notices)."""
+        rows = self._db().execute("SELECT device_id, desired, set_at FROM desired WHERE model=? AND set_at > ?", (model, watermark)).fetchall()
+        cache: dict[str | None, DesiredModel | None] = {}
+        out: dict[str, DesiredModel | None] = {}
+        for dev, text, set_at in rows:
+            if text not in cache:
+                cache[text] = DesiredModel.from_json(text)
+            out[dev] = cache[text]
+            watermark = max(watermark, set_at)
+        return out, watermark
+
     def put_reports(self, reports: list[DeviceReport]) -> None:
         """Stamps each report with the hub's clock (the time the hub received it) and stores it."""
         now = self.now()
@@ -120,9 +135,16 @@ class LocalHub:
                 "INSERT INTO reports (device_id, model, report, reported_at) VALUES (?,?,?,?) "
                 "ON CONFLICT(device_id, model) DO UPDATE SET report=excluded.report, reported_at=excluded.reported_at",
                 [(r.device_id, r.model, _stamp(r, now), now) for r in reports])
+            db.executemany("INSERT OR IGNORE INTO served (device_id, model, version, sha256, first_seen) VALUES (?,?,?,?,?)",
+                           [(r.device_id, r.model, r.version, r.sha256, now) for r in reports if r.version and r.sha256])
 
     def put_report(self, report: DeviceReport) -> None:
         self.put_reports([report])
+
+    def ever_served(self, model: str, version: str) -> list[str]:
+        """Every device that ever reported serving `version`: the evidence that a bad version stayed contained."""
+        rows = self._db().execute("SELECT DISTINCT device_id FROM served WHERE model=? AND version=? ORDER BY device_id", (model, version)).fetchall()
+        return [d for (d,) in rows]
 
     def reports(self, model: str, device_ids: list[str] | None = None) -> dict[str, DeviceReport]:
         if device_ids is None:
@@ -144,22 +166,24 @@ class LocalHub:
         return DesiredModel.from_json(row[0]) if row else None
 
     def set_desired(self, target: RingTarget, desired: DesiredModel | None) -> None:
+        """None clears the ring's model (a first rollout rolled back to nothing); the ring keeps its model name."""
         devices = list(target.selector)
         model = desired.model if desired else self._ring_model(target)
+        if model is None:
+            return                                    # clearing a ring that never had a model: nothing to do
         text = desired.to_json() if desired else None
         now = self.now()
         with self._tx() as db:
-            db.execute("INSERT INTO ring_desired (rollout, ring, desired, devices, set_at) VALUES (?,?,?,?,?) "
-                       "ON CONFLICT(rollout, ring) DO UPDATE SET desired=excluded.desired, devices=excluded.devices, set_at=excluded.set_at",
-                       (target.rollout, target.ring, text, json.dumps(devices), now))
-            if model is not None:
-                db.executemany("INSERT INTO desired (device_id, model, desired, set_at) VALUES (?,?,?,?) "
-                               "ON CONFLICT(device_id, model) DO UPDATE SET desired=excluded.desired, set_at=excluded.set_at",
-                               [(d, model, text, now) for d in devices])
+            db.execute("INSERT INTO ring_desired (rollout, ring, model, desired, devices, set_at) VALUES (?,?,?,?,?,?) "
+                       "ON CONFLICT(rollout, ring) DO UPDATE SET model=excluded.model, desired=excluded.desired, devices=excluded.devices, set_at=excluded.set_at",
+                       (target.rollout, target.ring, model, text, json.dumps(devices), now))
+            db.executemany("INSERT INTO desired (device_id, model, desired, set_at) VALUES (?,?,?,?) "
+                           "ON CONFLICT(device_id, model) DO UPDATE SET desired=excluded.desired, set_at=excluded.set_at",
+                           [(d, model, text, now) for d in devices])
 
     def _ring_model(self, target: RingTarget) -> str | None:
-        current = self.desired(target)
-        return current.model if current else None
+        row = self._db().execute("SELECT model FROM ring_desired WHERE rollout=? AND ring=?", (target.rollout, target.ring)).fetchone()
+        return row[0] if row else None
 
     def observe(self, target: RingTarget, desired: DesiredModel | None, since: float) -> RingObservation:
         devices = list(target.selector)
@@ -183,9 +207,9 @@ class LocalHub:
         return [json.loads(p) for (p,) in self._db().execute(sql, (rollout,) if rollout else ()).fetchall()]
 
     def ring_states(self) -> list[dict[str, Any]]:
-        rows = self._db().execute("SELECT rollout, ring, desired, devices, set_at FROM ring_desired ORDER BY rollout, ring").fetchall()
-        return [{"rollout": ro, "ring": ri, "desired": DesiredModel.from_json(d), "devices": json.loads(devs), "set_at": t}
-                for ro, ri, d, devs, t in rows]
+        rows = self._db().execute("SELECT rollout, ring, model, desired, devices, set_at FROM ring_desired ORDER BY rollout, ring").fetchall()
+        return [{"rollout": ro, "ring": ri, "model": m, "desired": DesiredModel.from_json(d), "devices": json.loads(devs), "set_at": t}
+                for ro, ri, m, d, devs, t in rows]
 
     # -- resource state (what `edgefleet up` last applied, like a Pulumi state file) --------------------
     def resource_outputs(self, urn: str) -> dict[str, Any] | None:

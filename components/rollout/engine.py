@@ -208,15 +208,19 @@ class RolloutEngine:
                 return True
         pending = False
         for name in rb["rings"]:
-            if rb["confirmed"].get(name):
+            if name in rb["confirmed"]:
                 continue
             ring = by_name[name]
             obs = self.hub.observe(ring.target, target_desired, since=rb["started_at"])
+            still_bad = self.hub.observe(ring.target, plan.desired, since=rb["started_at"]).adopted
             m = measure(obs)
             self._sample(progress, name, m, now)
-            if m["devices"] and m["adopted"] >= m["devices"] * ring.gate.success_share:
+            if still_bad == 0 and m["reporting"] and m["adopted"] >= m["reporting"] * ring.gate.success_share:
                 rb["confirmed"][name] = True
-                self._event(progress, name, "rollback-confirmed", **_counts(m))
+                silent = m["devices"] - m["reporting"]
+                if silent:
+                    rb.setdefault("silent", {})[name] = silent   # offline throughout: they get the restored version on reconnect
+                self._event(progress, name, "rollback-confirmed", silent=silent, **_counts(m))
                 self._save(plan, progress)
                 return True
             if now - rb["started_at"] > ring.gate.deadline_seconds:
@@ -238,6 +242,7 @@ class RolloutEngine:
             "reasons": failed_ring["verdict"]["reasons"], "measured": failed_ring["verdict"]["measured"],
             "failures": failed_ring["verdict"]["failures"], "rolled_back_rings": rb["rings"],
             "rolled_back_to": rb["to_version"], "never_deployed": [r["name"] for r in progress["rings"] if r["state"] == "pending"],
+            "silent_devices": rb.get("silent", {}), "unconfirmed": rb.get("unconfirmed", {}),
         }
         self._event(progress, None, progress["status"], to_version=rb["to_version"])
         self._save(plan, progress)

@@ -24,13 +24,15 @@ EXIT_POLICY = 4
 
 
 def _register() -> None:
-    from edgefleet.cli import keys, model, synth  # noqa: F401  (each adds its commands to app)
+    from edgefleet.cli import fleet, keys, model, plan, policy, synth  # noqa: F401  (each adds its commands to app)
 
 
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)   # without standalone mode, typer returns Exit codes
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except EdgefleetError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(EXIT_INPUT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from edgefleet.cli import app, console
 from edgefleet.signing import create_key_file, public_key_path
@@ -17,4 +18,4 @@ app.add_typer(keys_app, name="keys")
 def create(path: Path = typer.Argument(..., help="Where to write the private key (PEM, mode 0600).")) -> None:
     """Create a P-256 key pair: PATH (private) and PATH.pub.pem (give this one to devices)."""
     create_key_file(path)
-    console.print(f"wrote {path} (private, 0600) and {public_key_path(path)} (public)")
+    console.print(escape(f"wrote {path} (private, 0600) and {public_key_path(path)} (public)"), soft_wrap=True)

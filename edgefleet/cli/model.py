@@ -36,15 +36,17 @@ def add(
                          min_agent_version=min_agent_version, description=description)
     m = result.manifest
     what = f"{result.previous_version} -> {m.version}" if result.previous_version else f"new model at {m.version}"
-    console.print(f"{model_dir}/model.yaml: {m.name} {what}, sha256 {m.sha256[:16]}…, {m.size} bytes, opset {m.opset}")
+    console.print(escape(f"{model_dir}/model.yaml: {m.name} {what}, sha256 {m.sha256[:16]}…, {m.size} bytes, opset {m.opset}"),
+                  soft_wrap=True)
     if result.removed_signature:
-        console.print("removed the old model.yaml.sig: it signed the previous manifest; sign again with `edgefleet model sign`")
+        console.print("removed the old model.yaml.sig: it signed the previous manifest; sign again with `edgefleet model sign`",
+                      soft_wrap=True)
 
 
 @model_app.command("validate")
 def validate(
     model_dir: Path = typer.Argument(..., help="models/<name>"),
-    runs: int = typer.Option(20, help="Timed smoke inferences."),
+    runs: int = typer.Option(20, min=1, help="Timed smoke inferences."),
 ) -> None:
     """Load the model in onnxruntime, check it against its manifest, run a smoke inference, report latency."""
     from edgefleet.onnx_check import validate as run_validate
@@ -52,16 +54,16 @@ def validate(
     mdir = ModelDir(model_dir)
     manifest = mdir.load()
     report = run_validate(manifest, mdir.artifact_path(manifest), str(mdir.manifest_path), runs=runs)
-    table = Table(title=f"{manifest.name} {manifest.version}  (opset {manifest.opset}, {manifest.size} bytes)")
+    table = Table(title=escape(f"{manifest.name} {manifest.version}  (opset {manifest.opset}, {manifest.size} bytes)"))
     for col in ("", "name", "type", "shape"):
         table.add_column(col)
     for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
         for s in specs:
-            table.add_row(kind, s.name, s.element_type, escape("[" + ", ".join(str(d) for d in s.shape) + "]"))
+            table.add_row(kind, escape(s.name), s.element_type, escape("[" + ", ".join(str(d) for d in s.shape) + "]"))
     console.print(table)
     console.print(f"smoke inference: {report.runs} runs on synthetic inputs, outputs finite, "
-                  f"latency p50 {report.latency_ms_p50:.3f} ms, p99 {report.latency_ms_p99:.3f} ms")
-    console.print(f"[green]ok[/] {mdir.manifest_path}")
+                  f"latency p50 {report.latency_ms_p50:.3f} ms, p99 {report.latency_ms_p99:.3f} ms", soft_wrap=True)
+    console.print(f"[green]ok[/] {escape(str(mdir.manifest_path))}", soft_wrap=True)
 
 
 @model_app.command("sign")
@@ -75,7 +77,7 @@ def sign(
 
     signer = LocalKeySigner(key)
     path = sign_model_dir(ModelDir(model_dir), signer)
-    console.print(f"wrote {path} (key {signer.key_id[:23]}…)")
+    console.print(escape(f"wrote {path} (key {signer.key_id[:23]}…)"), soft_wrap=True)
 
 
 @model_app.command("verify")
@@ -91,4 +93,5 @@ def verify(
     if not public_key.is_file():
         raise EdgefleetError(str(public_key), "public key file not found", "pass the .pub.pem written by `edgefleet keys create`")
     manifest = verify_model_dir(ModelDir(model_dir), load_public_key(public_key.read_bytes(), str(public_key)))
-    console.print(f"[green]verified[/] {manifest.name} {manifest.version}: signature by the given key, sha256 {manifest.sha256[:16]}… matches")
+    console.print(f"[green]verified[/] {manifest.name} {manifest.version}: signature by the given key, sha256 {manifest.sha256[:16]}… matches",
+                  soft_wrap=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from edgefleet.cli import app, console
 
@@ -25,4 +26,4 @@ def synth_cmd(
         print(text, end="")
     else:
         atomic_write_bytes(out, text.encode())
-        console.print(f"wrote {out}: {len(graph['resources'])} resources in stack {stack}", highlight=False)
+        console.print(escape(f"wrote {out}: {len(graph['resources'])} resources in stack {stack}"), highlight=False, soft_wrap=True)

@@ -1,0 +1,218 @@
+"""The local fleet: the stack's devices, run by the real device agent on this machine.
+
+Most devices are simulated in-process: one thread steps each device's `DeviceAgent` (download, verify,
+swap, one real inference, report) and writes all reports in one transaction, so 1,000 devices fit on two
+cores. Some devices run as separate `python -m agent` processes, so faults are real: a killed process
+loses its memory and must recover from disk. Offline devices stay dark until `reconnect_after_seconds`.
+Simulated agents skip fsync (durable=False) — they are not real devices and thousands of fsyncs would
+measure the disk, not the system; agent processes are durable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgefleet.config import StackConfig
+
+from components.local.hub import LocalHub
+from components.rollout.types import DesiredModel, DeviceReport
+
+
+@dataclass(frozen=True)
+class LocalDevice:
+    id: str
+    labels: dict[str, str]
+    arch: str
+    providers: tuple[str, ...]
+    kind: str                        # "sim" | "process"
+    reconnect_after: float | None    # None: online from the start; inf: never
+
+
+def local_devices(cfg: StackConfig) -> list[LocalDevice]:
+    """Device ids are `<prefix>-<index>`; the first `processes` of a batch are agent processes, the last `offline` start dark."""
+    out: list[LocalDevice] = []
+    for batch in cfg.local.devices if cfg.local else []:
+        for i in range(batch.count):
+            offline = i >= batch.count - batch.offline
+            out.append(LocalDevice(
+                id=f"{batch.prefix}-{i:04d}", labels=dict(batch.labels), arch=batch.arch, providers=tuple(batch.execution_providers),
+                kind="process" if i < batch.processes else "sim",
+                reconnect_after=(batch.reconnect_after_seconds if batch.reconnect_after_seconds is not None else float("inf")) if offline else None))
+    return out
+
+
+def register(hub: LocalHub, devices: list[LocalDevice]) -> None:
+    hub.register_devices((d.id, d.labels, d.arch, list(d.providers), d.kind) for d in devices)
+
+
+class _Batch:
+    """Transport for simulated agents: desired state read for all devices in one query, reports written in one."""
+
+    def __init__(self) -> None:
+        self.desired_map: dict[str, DesiredModel | None] = {}
+        self.reports: list[DeviceReport] = []
+
+    def desired(self, device_id: str, model: str) -> DesiredModel | None:
+        return self.desired_map.get(device_id)
+
+    def report(self, report: DeviceReport) -> None:
+        self.reports.append(report)
+
+
+@dataclass
+class LocalFleet:
+    cfg: StackConfig
+    hub_path: Path
+    state_root: Path
+    public_key_pem: bytes
+    models: list[str]
+    sim_period: float = 0.5
+    devices: list[LocalDevice] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.devices = self.devices or local_devices(self.cfg)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._procs: dict[tuple[str, str], subprocess.Popen] = {}
+        self._started_at = 0.0
+        self.sweeps = 0
+        self.sweep_seconds: list[float] = []
+        self.error: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._started_at = time.time()
+        self._stop.clear()
+        key_path = self.state_root / "trusted.pub.pem"
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        key_path.write_bytes(self.public_key_pem)
+        for d in self.devices:
+            if d.kind == "process" and d.reconnect_after is None:
+                for model in self.models:
+                    self.start_process(d.id, model)
+        self._thread = threading.Thread(target=self._run_sims, name="edgefleet-sim-fleet", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        for key in list(self._procs):
+            self.stop_process(*key)
+
+    def __enter__(self) -> "LocalFleet":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- real agent processes ---------------------------------------------------------------------------
+    def start_process(self, device_id: str, model: str) -> subprocess.Popen:
+        d = next(x for x in self.devices if x.id == device_id)
+        log = self.state_root / device_id / f"agent-{model}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "agent", "--hub", str(self.hub_path), "--device-id", device_id, "--model", model,
+               "--state-dir", str(self.state_root / device_id), "--public-key", str(self.state_root / "trusted.pub.pem"),
+               "--providers", ",".join(d.providers), "--sync-seconds", "0.2", "--report-seconds", str(self.sim_period)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
+        self._procs[(device_id, model)] = proc
+        return proc
+
+    def kill_process(self, device_id: str, model: str) -> None:
+        """SIGKILL: the process gets no chance to clean up, as when a device loses power."""
+        proc = self._procs.pop((device_id, model))
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def stop_process(self, device_id: str, model: str) -> None:
+        proc = self._procs.pop((device_id, model), None)
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def processes(self) -> dict[tuple[str, str], subprocess.Popen]:
+        return dict(self._procs)
+
+    # -- simulated devices ------------------------------------------------------------------------------
+    def _online(self, d: LocalDevice, now: float) -> bool:
+        return d.reconnect_after is None or now - self._started_at >= d.reconnect_after
+
+    def _run_sims(self) -> None:
+        try:
+            self._sim_loop()
+        except BaseException as exc:  # surfaced by the caller through `error`
+            self.error = exc
+
+    def _sim_loop(self) -> None:
+        """Full sweeps every `sim_period` (sync, one real inference, report for every online device), and
+        between them a 50 ms check for desired-state changes so a ring's devices react at once."""
+        from agent.core import DeviceAgent
+        from agent.serving import SessionCache
+
+        hub = LocalHub(self.hub_path)
+        cache = SessionCache()
+        batch = _Batch()
+        sims = [d for d in self.devices if d.kind == "sim"]
+        by_id = {d.id: d for d in sims}
+        agents: dict[tuple[str, str], DeviceAgent] = {}
+        watermarks = {m: 0.0 for m in self.models}
+        late_processes = {d.id for d in self.devices if d.kind == "process" and d.reconnect_after is not None}
+
+        def agent_for(d: LocalDevice, model: str) -> DeviceAgent:
+            agent = agents.get((d.id, model))
+            if agent is None:
+                agent = DeviceAgent(d.id, model, self.state_root / d.id, self.public_key_pem, batch,
+                                    execution_providers=d.providers, durable=False, session_cache=cache)
+                agent.start()
+                agents[(d.id, model)] = agent
+            return agent
+
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            tick = time.time()
+            full = tick >= next_sweep
+            for model in self.models:
+                changed, watermarks[model] = hub.desired_changed_since(model, watermarks[model])
+                batch.reports = []
+                if full:
+                    online = [d for d in sims if self._online(d, tick)]
+                    batch.desired_map = hub.desired_for_devices([d.id for d in online], model)
+                else:
+                    online = [by_id[i] for i in changed if i in by_id and self._online(by_id[i], tick)]
+                    batch.desired_map = changed
+                for d in online:
+                    agent = agent_for(d, model)
+                    agent.sync()
+                    if full:
+                        agent.infer()
+                    agent.report()
+                if batch.reports:
+                    hub.put_reports(batch.reports)
+            for dev_id in list(late_processes):
+                d = next(x for x in self.devices if x.id == dev_id)
+                if self._online(d, tick):
+                    late_processes.discard(dev_id)
+                    for model in self.models:
+                        self.start_process(dev_id, model)
+            if full:
+                self.sweeps += 1
+                self.sweep_seconds.append(time.time() - tick)
+                next_sweep = tick + self.sim_period
+            self._stop.wait(0.05)
+        for agent in agents.values():
+            agent.close()
+        hub.close()

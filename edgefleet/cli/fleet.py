@@ -1,0 +1,127 @@
+"""`edgefleet up | status | demo`: the local stack end to end."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from edgefleet.cli import EXIT_ROLLOUT_HALTED, app, console
+
+FAILED = ("rolled_back", "rollback_incomplete")
+
+
+def progress_table(p: dict[str, Any]) -> Table:
+    arrow = f"{p.get('previous_version') or 'nothing'} → {p['version']}"
+    t = Table(title=f"{p['rollout']}: {p['model']} {arrow}   [{p['status']}]", title_justify="left", expand=False)
+    for col in ("ring", "state", "devices", "adopted", "failed", "pending", "p99 ms", "NaN/Inf", "errors", "gate"):
+        t.add_column(col, justify="right" if col not in ("ring", "state", "gate") else "left")
+    for ring in p["rings"]:
+        m = ring.get("measured") or {}
+        n = m.get("devices", 0)
+        bar = ""
+        if n:
+            filled = round(10 * m.get("adopted", 0) / n)
+            bar = f"{'█' * filled}{'░' * (10 - filled)} {m.get('adopted', 0)}"
+        verdict = ring.get("verdict") or {}
+        gate = {"pass": "[green]passed[/]", "fail": "[red]failed[/]"}.get(verdict.get("outcome"), "")
+        if ring["state"] == "soaking" and ring.get("soak_started"):
+            gate = f"soaking {time.time() - ring['soak_started']:.0f}s"
+        fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
+        t.add_row(ring["name"], ring["state"], str(n or ""), bar, str(m.get("failed", "")), str(m.get("pending", "")),
+                  fmt(m.get("p99_latency_ms"), ".2f"), fmt(m.get("invalid_output_share"), ".1%"), fmt(m.get("error_rate"), ".1%"), gate)
+    if p.get("report") and p["status"] in FAILED:
+        r = p["report"]
+        t.caption = f"[red]halted at {r['failed_ring']}: {'; '.join(r['reasons'])}[/] — rolled back {', '.join(r['rolled_back_rings'])} to {r['rolled_back_to'] or 'no model'}"
+    return t
+
+
+def outcome_line(o) -> str:
+    colour = {"succeeded": "green", "up-to-date": "green", "rolled_back": "red", "rollback_incomplete": "red", "previously-rolled-back": "yellow"}.get(o.status, "white")
+    text = f"[{colour}]{o.status}[/] {o.rollout}: {o.model} {o.from_version or 'nothing'} → {o.to_version}"
+    if o.status == "previously-rolled-back":
+        text += " (this version was rolled back before; declare a new version to try again)"
+    return text
+
+
+def run_up(project_dir: Path, stack: str, as_json: bool, on_fleet=None) -> list:
+    from components.local.up import up
+    from edgefleet.synth import synth
+
+    graph = synth(project_dir, stack)
+    if as_json:
+        return up(project_dir, stack, graph, on_fleet=on_fleet)
+    live = Live(console=console, refresh_per_second=4, transient=False)
+    last: dict[str, Any] = {}
+
+    def show(progress: dict[str, Any]) -> None:
+        last["p"] = progress
+        live.update(progress_table(progress))
+
+    with live:
+        outcomes = up(project_dir, stack, graph, on_update=show, on_fleet=on_fleet)
+        if "p" in last:
+            live.update(progress_table(last["p"]))
+    return outcomes
+
+
+@app.command("up")
+def up_cmd(
+    stack: str = typer.Option(..., "--stack", "-s"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document of results, no live display."),
+    project_dir: Path = typer.Option(Path("."), "--project-dir"),
+) -> None:
+    """Synth the program, compare declared model versions with the hub, and run the staged rollout on the local fleet."""
+    outcomes = run_up(project_dir, stack, as_json)
+    if as_json:
+        print(json.dumps([{"rollout": o.rollout, "model": o.model, "from": o.from_version, "to": o.to_version,
+                           "status": o.status, "report": (o.progress or {}).get("report")} for o in outcomes], indent=2))
+    else:
+        for o in outcomes:
+            console.print(outcome_line(o), highlight=False)
+        if not outcomes:
+            console.print("nothing to roll out: no local rollouts declared")
+    if any(o.status in FAILED for o in outcomes):
+        raise typer.Exit(EXIT_ROLLOUT_HALTED)
+
+
+@app.command("status")
+def status_cmd(
+    stack: str = typer.Option(..., "--stack", "-s"),
+    as_json: bool = typer.Option(False, "--json"),
+    project_dir: Path = typer.Option(Path("."), "--project-dir"),
+) -> None:
+    """Each ring's desired and reported versions, and drift (devices running something other than desired)."""
+    from edgefleet.status import fleet_status
+
+    rows = fleet_status(project_dir, stack)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"stack {stack}", title_justify="left")
+    for col in ("rollout", "ring", "desired", "devices", "reported versions", "drift", "silent"):
+        t.add_column(col)
+    for r in rows["rings"]:
+        reported = ", ".join(f"{v or 'none'}×{n}" for v, n in r["reported"].items())
+        t.add_row(r["rollout"], r["ring"], r["desired"] or "none", str(r["devices"]), reported,
+                  f"[red]{r['drift']}[/]" if r["drift"] else "0", str(r["silent"]))
+    console.print(t)
+    for ro in rows["rollouts"]:
+        console.print(f"{ro['rollout']}: last rollout {ro['version']} [{ro['status']}]", highlight=False)
+
+
+@app.command("demo")
+def demo_cmd(
+    workdir: Path = typer.Option(Path(".edgefleet/demo"), "--workdir", help="Scratch copy of the project the demo runs in (recreated)."),
+    devices: int = typer.Option(1000, "--devices", help="Fleet size."),
+) -> None:
+    """The whole story on a fresh machine: v1 to every ring, a good v2 through all rings, then a bad model
+    that halts at the canary and is rolled back. Prints the timeline and writes a picture of it."""
+    from edgefleet.demo import run_demo
+
+    run_demo(Path(".").resolve(), workdir, devices)

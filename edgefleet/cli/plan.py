@@ -1,0 +1,34 @@
+"""`edgefleet plan`: what a change does to which devices, as Markdown for a PR comment (or JSON)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from edgefleet.cli import app, err_console
+
+
+@app.command("plan")
+def plan_cmd(
+    stack: str = typer.Option(..., "--stack", "-s", help="Stack name: reads stacks/Pulumi.<stack>.yaml."),
+    base: str = typer.Option(..., "--base", "-b", help="Git ref to compare against (e.g. origin/main): synthesized from a temporary worktree."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of Markdown."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the output here (the PR comment body in CI)."),
+    project_dir: Path = typer.Option(Path("."), "--project-dir", help="The Pulumi project (holds Pulumi.yaml)."),
+) -> None:
+    """Diff the stack at --base against the working tree, offline: models, rings and devices, resources, policy."""
+    from edgefleet.fsutil import atomic_write_bytes
+    from edgefleet.plan import base_graph, compute_plan, render_markdown
+    from edgefleet.synth import synth
+
+    project_dir = project_dir.resolve()
+    err_console.print(f"synthesizing stack {stack} at {base} (temporary worktree) and in the working tree…", highlight=False)
+    old = base_graph(project_dir, stack, base)
+    new = synth(project_dir, stack)
+    plan = compute_plan(old, new, base_ref=base, project_dir=project_dir)
+    text = json.dumps(plan, indent=2, sort_keys=True) + "\n" if as_json else render_markdown(plan) + "\n"
+    print(text, end="")
+    if out is not None:
+        atomic_write_bytes(out, text.encode())

@@ -1,0 +1,103 @@
+"""`edgefleet demo`: the whole story in one command, on a scratch copy of the project.
+
+1. roll out detector 1.0.0 to a fresh fleet (every ring);
+2. `edgefleet model add` 1.1.0 (better accuracy) and roll it through canary → early → broad,
+   killing one real agent process mid-rollout to show it recovers from disk;
+3. `edgefleet model add` 1.2.0, a valid ONNX model whose outputs are all NaN: the canary gate fails on
+   invalid outputs, the canary is rolled back to 1.1.0 under a signed rollback order, and no device
+   outside the canary ever receives 1.2.0.
+Then prints the timeline and writes a picture of it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import yaml
+
+from edgefleet.cli import console
+from edgefleet.errors import EdgefleetError
+
+
+def _prepare(src: Path, work: Path, devices: int) -> None:
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "stacks").mkdir(parents=True)
+    shutil.copy2(src / "Pulumi.yaml", work / "Pulumi.yaml")
+    shutil.copytree(src / "models", work / "models")
+    doc = yaml.safe_load((src / "stacks" / "Pulumi.local.yaml").read_text())
+    batch = doc["config"]["edgefleet:local"]["devices"][0]
+    batch["count"] = devices
+    batch["offline"] = min(batch.get("offline", 0), max(0, devices // 100))
+    batch["reconnect_after_seconds"] = 6
+    (work / "stacks" / "Pulumi.local.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _kill_one_agent_later(fleet, delay: float, log: list[str]) -> None:
+    def kill() -> None:
+        procs = fleet.processes()
+        if not procs:
+            return
+        (device, model) = sorted(procs)[0]
+        fleet.kill_process(device, model)
+        log.append(f"killed agent process {device} (SIGKILL) mid-rollout")
+        fleet.start_process(device, model)
+        log.append(f"restarted {device}: it re-verifies its model from disk before serving")
+
+    timer = threading.Timer(delay, kill)
+    timer.daemon = True
+    timer.start()
+
+
+def containment(work: Path, model: str, version: str, canary: str) -> dict:
+    """Which devices ever served `version`, and which of those were outside the canary ring."""
+    from components.local.hub import LocalHub
+
+    hub = LocalHub(work / ".edgefleet" / "local" / "hub.sqlite")
+    served = set(hub.ever_served(model, version))
+    canary_devices = {d for s in hub.ring_states() if s["ring"] == canary for d in s["devices"]}
+    return {"ever_served": len(served), "outside_canary": sorted(served - canary_devices)}
+
+
+def run_demo(src: Path, work: Path, devices: int) -> None:
+    from edgefleet.cli.fleet import outcome_line, run_up
+    from edgefleet.model_add import add_version, parse_metric
+    from edgefleet.timeline import picture, text
+
+    src, work = Path(src).resolve(), Path(work).resolve()
+    samples = src / "models" / "samples"
+    metrics = json.loads((samples / "metrics.json").read_text())
+    _prepare(src, work, devices)
+    console.rule(f"[bold]1/3 roll out detector 1.0.0 to {devices} devices")
+    notes: list[str] = []
+    results = run_up(work, "local", as_json=False)
+    console.rule("[bold]2/3 edgefleet model add detector 1.1.0 (better accuracy) and roll it out")
+    m = metrics["1.1.0"]
+    add_version(work / "models" / "detector", samples / m["file"], "1.1.0",
+                metrics=[parse_metric(f"accuracy={m['accuracy']}@{m['dataset']}", set())])
+    results += run_up(work, "local", as_json=False, on_fleet=lambda fleet: _kill_one_agent_later(fleet, 3.0, notes))
+    for n in notes:
+        console.print(f"  fault: {n}")
+    console.rule("[bold]3/3 edgefleet model add detector 1.2.0 (NaN outputs) and try to roll it out")
+    m = metrics["1.2.0"]
+    add_version(work / "models" / "detector", samples / m["file"], "1.2.0",
+                metrics=[parse_metric(f"accuracy={metrics['1.1.0']['accuracy']}@{m['dataset']}", set())])
+    results += run_up(work, "local", as_json=False)
+    console.rule("[bold]outcome")
+    for o in results:
+        console.print(outcome_line(o), highlight=False)
+    records = [o.progress for o in results if o.progress]
+    console.rule("[bold]timeline")
+    for line in text(records):
+        print(line)
+    png = picture(records, work / "timeline.png", title=f"edgefleet demo: {devices} devices, rings × time")
+    contained = containment(work, "detector", "1.2.0", canary="canary")
+    console.print(f"\n1.2.0 was ever served by {contained['ever_served']} device(s), all in the canary: {contained['outside_canary'] == []}")
+    console.print(f"picture: {png}")
+    expected = ["succeeded", "succeeded", "rolled_back"]
+    if [o.status for o in results] != expected or contained["outside_canary"]:
+        raise EdgefleetError("edgefleet demo", f"the story did not go as expected: {[o.status for o in results]} (expected {expected})",
+                             f"see the timeline above and the hub at {work}/.edgefleet/local/hub.sqlite")

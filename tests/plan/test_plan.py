@@ -1,0 +1,196 @@
+"""`edgefleet plan` on a real git history: what a reviewer checks in the Markdown comment and the JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import onnx
+import pytest
+import yaml
+from plan_repo import git
+from onnx import TensorProto, helper
+
+from edgefleet.cli import EXIT_POLICY, main
+from edgefleet.errors import EdgefleetError
+from edgefleet.model_add import add_version, parse_metric
+from edgefleet.plan import base_graph, compute_plan, local_devices, render_markdown
+from edgefleet.synth import synth
+
+DATASET = "channel-dominance-eval-v1 (seed 7, 512 images)"
+
+
+def plan_for(repo: Path, base: str = "main") -> tuple[dict, str]:
+    plan = compute_plan(base_graph(repo, "local", base), synth(repo, "local"), base_ref=base, project_dir=repo)
+    return plan, render_markdown(plan)
+
+
+def cli(repo: Path, capsys, *args: str) -> tuple[int, str]:
+    """Runs `edgefleet ARGS` as the console script does; returns (exit code, stdout)."""
+    try:
+        main([*args, "--project-dir", str(repo)])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    return code, capsys.readouterr().out
+
+
+def local_stack(repo: Path) -> dict:
+    return yaml.safe_load((repo / "stacks" / "Pulumi.local.yaml").read_text())["config"]
+
+
+def bump_to_1_1_0(repo: Path) -> None:
+    add_version(repo / "models" / "detector", repo / "models" / "samples" / "detector-1.1.0.onnx", "1.1.0",
+                metrics=[parse_metric(f"accuracy=0.9492@{DATASET}", set())])
+
+
+def test_version_bump(fleet_repo, capsys):
+    bump_to_1_1_0(fleet_repo)
+    code, md = cli(fleet_repo, capsys, "plan", "--stack", "local", "--base", "main")
+    assert code == 0
+    cfg = local_stack(fleet_repo)
+    count = sum(b["count"] for b in cfg["edgefleet:local"]["devices"])
+    rings = cfg["edgefleet:rollouts"][0]["rings"]
+
+    assert "#### `detector` 1.0.0 → 1.1.0" in md
+    assert "| version | 1.0.0 | 1.1.0 ✱ |" in md
+    assert "| sha256 | `de6313948e98ba28…` |" in md
+    assert "**I/O signature: ✅ unchanged**" in md
+    assert "| accuracy ↑ | channel-dominance-eval-v1 (seed 7, 512 images) | 0.8613 | 0.9492 | +0.0879 improved |" in md
+    assert "#### Rollout `detector`: detector 1.0.0 → 1.1.0" in md
+    canary = math.ceil(count * rings[0]["percent"] / 100)
+    assert f"| 1 | `{rings[0]['name']}` | {rings[0]['percent']}% of group cameras [x86-camera] | {canary} | {canary} |" in md
+    assert f"Blast radius of step 1: **{canary} device(s)**" in md
+    assert "⚠️ **replace** `pulumi-python:dynamic/edgefleet-local:Artifact` **detector-local-artifact**" in md
+    assert "### Policy\n\n✅ passed" in md
+
+    code, text = cli(fleet_repo, capsys, "plan", "--stack", "local", "--base", "main", "--json")
+    plan = json.loads(text)
+    (model,) = plan["models"]
+    assert (model["old"]["version"], model["new"]["version"], model["io"]["verdict"]) == ("1.0.0", "1.1.0", "unchanged")
+    assert model["metrics"][0]["verdict"] == "improved"
+    (rollout,) = plan["rollouts"]
+    steps = [(r["name"], r["devices"], r["cumulative"]) for r in rollout["rings"]]
+    assert [s[0] for s in steps] == [r["name"] for r in rings]
+    assert steps[-1][2] == count and sum(s[1] for s in steps) == count, "every device is in exactly one ring"
+    assert rollout["rings"][0]["share"] == canary / count
+    replaced = {e["name"]: e for e in plan["resources"]["changes"] if e["action"] == "replace"}
+    assert set(replaced["detector-local-artifact"]["replace_keys"]) >= {"sha256", "version"}
+    assert plan["policy"]["passed"] and plan["policy"]["has_base"]
+    assert subprocess.run(["git", "worktree", "list"], cwd=fleet_repo, capture_output=True, text=True).stdout.count("\n") == 1
+
+
+def breaking_model(path: Path) -> Path:
+    """Same task, but the input is now `pixels`, 3x128x128: every caller of `image` breaks."""
+    x = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 3, 128, 128])
+    y = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["pixels"], ["scores"], axes=[2, 3], keepdims=0)], "detector", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_breaking_io_change(fleet_repo, tmp_path, capsys):
+    add_version(fleet_repo / "models" / "detector", breaking_model(tmp_path / "detector-2.onnx"), "2.0.0",
+                metrics=[parse_metric(f"accuracy=0.86@{DATASET}", set())])
+    plan, md = plan_for(fleet_repo)
+    assert "#### `detector` 1.0.0 → 2.0.0" in md
+    assert "**I/O signature: ⛔ **breaking**" in md
+    assert "⛔ input `image`: removed (was float32[batch, 3, 224, 224])" in md
+    assert "⛔ input `pixels`: added (float32[batch, 3, 128, 128]): callers do not feed it" in md
+    io = plan["models"][0]["io"]
+    assert io["verdict"] == "breaking" and {c["name"] for c in io["changes"] if c["breaking"]} == {"image", "pixels"}
+    assert plan["policy"]["blocking"] == ["breaking-io-needs-agent"]
+    assert "❌ **blocked**: `breaking-io-needs-agent`" in md and "min_agent_version stays 0.1.0" in md
+
+    code, out = cli(fleet_repo, capsys, "policy", "--stack", "local", "--base", "main")
+    assert code == EXIT_POLICY and "blocked" in out and "breaking-io-needs-agent" in out
+    code, _ = cli(fleet_repo, capsys, "policy", "--stack", "local")
+    assert code == 0, "without --base the I/O change cannot be seen, only the agent version"
+
+
+def test_ring_added(fleet_repo):
+    path = fleet_repo / "stacks" / "Pulumi.local.yaml"
+    doc = yaml.safe_load(path.read_text())
+    rings = doc["config"]["edgefleet:rollouts"][0]["rings"]
+    rings.insert(1, {"name": "pilot", "group": "cameras", "percent": 15, "gate": rings[0]["gate"]})
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    plan, md = plan_for(fleet_repo)
+
+    assert plan["models"] == []
+    (rollout,) = plan["rollouts"]
+    assert [r["name"] for r in rollout["rings"]] == [r["name"] for r in rings]
+    pilot = rollout["rings"][1]
+    assert pilot["status"] == "new" and pilot["base_devices"] is None and pilot["devices"] > 0
+    after = rollout["rings"][2]
+    assert after["status"] == "changed" and "index" in after["changes"] and after["devices"] < after["base_devices"]
+    assert "| 2 | `pilot` 🆕 | 15% of group cameras [x86-camera] |" in md
+    assert f"(was {after['base_devices']:,})" in md
+    assert "The model does not change; the ring layout does." in md
+    created = {e["name"] for e in plan["resources"]["changes"] if e["action"] == "create"}
+    assert created == {"detector-pilot", "detector-pilot-deployment", "detector-pilot-gate"}
+    assert plan["policy"]["passed"]
+
+
+def test_model_sent_to_hardware_that_cannot_run_it(fleet_repo, capsys):
+    """The program accepts it (the rollout's other group fits), the policy does not."""
+    path = fleet_repo / "stacks" / "Pulumi.local.yaml"
+    doc = yaml.safe_load(path.read_text())
+    cfg = doc["config"]
+    cfg["edgefleet:groups"].append({"name": "gateways", "labels": {"site": "plant-b"},
+                                    "hardware": {"name": "pi-zero", "arch": "armv7", "execution_providers": ["CPUExecutionProvider"],
+                                                 "memory_mb": 128, "storage_mb": 64}})
+    cfg["edgefleet:local"]["devices"].append({"count": 20, "prefix": "gw", "labels": {"site": "plant-b"}, "arch": "armv7"})
+    cfg["edgefleet:rollouts"][0]["rings"].append({"name": "gateways", "group": "gateways", "gate": {"soak_seconds": 4, "deadline_seconds": 60}})
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    plan, md = plan_for(fleet_repo)
+    assert plan["policy"]["blocking"] == ["hardware-can-run-model"]
+    assert "ring 'gateways' sends detector 1.0.0 to group 'gateways' (pi-zero), which can run none of its targets" in md
+    assert "x86-camera: arch amd64 != armv7" in md
+    row = plan["rollouts"][0]["rings"][-1]
+    assert (row["name"], row["devices"], row["hardware"]) == ("gateways", 20, "pi-zero")
+    code, out = cli(fleet_repo, capsys, "policy", "--stack", "local")
+    assert code == EXIT_POLICY and "hardware-can-run-model" in out
+
+
+def test_no_change(fleet_repo):
+    plan, md = plan_for(fleet_repo)
+    assert plan["changed"] is False and plan["models"] == [] and plan["rollouts"] == []
+    assert all(v == 0 for v in plan["resources"]["counts"].values())
+    assert "**No changes.**" in md and "no device is affected" in md
+
+
+def test_worktree_is_removed_when_the_base_fails(fleet_repo):
+    good = (fleet_repo / "stacks" / "Pulumi.local.yaml").read_text()
+    (fleet_repo / "stacks" / "Pulumi.local.yaml").write_text(good.replace("percent: 30", "percent: 3"))  # not cumulative: invalid
+    git(fleet_repo, "commit", "--quiet", "-am", "broken base")
+    (fleet_repo / "stacks" / "Pulumi.local.yaml").write_text(good)
+    with pytest.raises(EdgefleetError) as err:
+        base_graph(fleet_repo, "local", "main")
+    assert "synth at base" in str(err.value) and "percent" in str(err.value)
+    assert git(fleet_repo, "worktree", "list").count("\n") == 1
+    assert not (fleet_repo / ".git" / "worktrees").exists() or not any((fleet_repo / ".git" / "worktrees").iterdir())
+
+
+def test_unknown_base_ref_and_new_stack(fleet_repo):
+    with pytest.raises(EdgefleetError, match="--base no-such-branch: no such commit"):
+        base_graph(fleet_repo, "local", "no-such-branch")
+    (fleet_repo / "stacks" / "Pulumi.local.yaml").rename(fleet_repo / "stacks" / "Pulumi.edge.yaml")
+    plan = compute_plan(base_graph(fleet_repo, "edge", "main"), synth(fleet_repo, "edge"), base_ref="main")
+    assert plan["base_note"] == "stack edge did not exist at main"
+    assert plan["resources"]["counts"]["create"] == len(synth(fleet_repo, "edge")["resources"])
+    assert "_stack edge did not exist at main: everything below is new._" in render_markdown(plan)
+
+
+def test_plan_counts_the_devices_the_local_fleet_registers(fleet_repo):
+    from components.local import fleet
+    from edgefleet.config import load_stack
+
+    cfg, _ = load_stack(fleet_repo, "local")
+    devices = local_devices(cfg)
+    assert [(d.id, d.labels) for d in devices] == [(d.id, d.labels) for d in fleet.local_devices(cfg)]
+    assert devices[0].id == f"{cfg.local.devices[0].prefix}-0000"

@@ -1,0 +1,96 @@
+"""Property tests for the pure parts of the plan: ring membership and gate verdicts."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from components.rollout.gate import evaluate
+from components.rollout.membership import Device, ring_members
+from components.rollout.types import RingObservation
+from edgefleet.config import DeviceGroupConfig, GateConfig, RingConfig
+from edgefleet.manifest import HardwareProfile
+
+HW = HardwareProfile(name="cam", arch="amd64", execution_providers=["CPUExecutionProvider"], memory_mb=512, storage_mb=512)
+GROUPS = {"cams": DeviceGroupConfig(name="cams", hardware=HW, labels={"site": "a"})}
+
+device_ids = st.lists(st.from_regex(r"[a-z]{2,6}-[0-9]{1,4}", fullmatch=True), min_size=0, max_size=200, unique=True)
+percents = st.lists(st.floats(min_value=0.5, max_value=100), min_size=1, max_size=4, unique=True).map(sorted)
+
+
+def rings_for(ps: list[float]) -> list[RingConfig]:
+    return [RingConfig(name=f"r{i}", group="cams", percent=p) for i, p in enumerate(ps)]
+
+
+def fleet(ids: list[str], other: int = 0) -> list[Device]:
+    return [Device(i, {"site": "a"}) for i in ids] + [Device(f"elsewhere-{i}", {"site": "b"}) for i in range(other)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(device_ids, percents)
+def test_rings_are_disjoint_cover_their_cumulative_share_and_only_hold_group_members(ids, ps):
+    members = ring_members("detector", rings_for(ps), GROUPS, fleet(ids, other=5))
+    flat = [d for ring in members.values() for d in ring]
+    assert len(flat) == len(set(flat)), "a device is in two rings"
+    assert set(flat) <= set(ids), "a device outside the group was selected"
+    import math
+
+    total = 0
+    for p, ring in zip(ps, members.values()):
+        total += len(ring)
+        assert total == math.ceil(len(ids) * p / 100)
+    if ps[-1] == 100:
+        assert set(flat) == set(ids)
+
+
+@settings(max_examples=100, deadline=None)
+@given(device_ids, percents, st.permutations(range(10)))
+def test_membership_is_deterministic_and_independent_of_registry_order(ids, ps, perm):
+    a = ring_members("detector", rings_for(ps), GROUPS, fleet(ids))
+    shuffled = [ids[i] for i in sorted(range(len(ids)), key=lambda i: (perm[i % 10], i))]
+    assert ring_members("detector", rings_for(ps), GROUPS, fleet(shuffled)) == a
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.from_regex(r"[a-z]{2,6}-[0-9]{1,4}", fullmatch=True), min_size=20, max_size=120, unique=True), st.lists(st.from_regex(r"new-[0-9]{1,4}", fullmatch=True), max_size=20, unique=True))
+def test_adding_devices_never_moves_an_existing_device_to_an_earlier_ring(ids, new):
+    """New devices may push the cut-off, but an existing device never jumps ahead to an earlier ring."""
+    rings = rings_for([5, 30, 100])
+    before = ring_members("detector", rings, GROUPS, fleet(ids))
+    after = ring_members("detector", rings, GROUPS, fleet(ids + new))
+    order = [r.name for r in rings]
+    where_before = {d: order.index(r) for r, ds in before.items() for d in ds}
+    where_after = {d: order.index(r) for r, ds in after.items() for d in ds}
+    assert all(where_after[d] >= where_before[d] for d in ids)
+
+
+observations = st.builds(
+    lambda n, a, f, rep, inf, err, inv, p99: RingObservation(
+        devices=n, adopted=min(a, n), failed=min(f, n - min(a, n)), reporting=min(n, max(rep, min(a, n) + min(f, n - min(a, n)))),
+        inferences=inf, errors=min(err, inf), invalid_outputs=min(inv, inf), p99_latency_ms=p99),
+    st.integers(1, 50), st.integers(0, 50), st.integers(0, 50), st.integers(0, 50),
+    st.integers(0, 1000), st.integers(0, 1000), st.integers(0, 1000), st.one_of(st.none(), st.floats(0, 500)))
+gates = st.builds(GateConfig, soak_seconds=st.floats(0, 100), deadline_seconds=st.just(1000.0),
+                  success_share=st.floats(0.01, 1), max_failure_share=st.floats(0, 1),
+                  max_error_rate=st.one_of(st.none(), st.floats(0, 1)), max_invalid_output_share=st.one_of(st.none(), st.floats(0, 1)),
+                  max_p99_latency_ms=st.one_of(st.none(), st.floats(1, 500)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(gates, observations, st.integers(0, 50))
+def test_more_failed_devices_never_turn_a_failing_gate_into_a_passing_one(gate, obs, extra):
+    worse = RingObservation(**{**obs.__dict__, "failed": min(obs.devices - obs.adopted, obs.failed + extra)})
+    v = evaluate(gate, obs, since_deploy=0, soak_started=0, now=500)
+    w = evaluate(gate, worse, since_deploy=0, soak_started=0, now=500)
+    if v.outcome == "fail":
+        assert w.outcome == "fail"
+
+
+@settings(max_examples=300, deadline=None)
+@given(gates, observations, st.floats(0, 2000))
+def test_no_gate_passes_before_its_soak_or_with_adoption_below_the_bar(gate, obs, now):
+    v = evaluate(gate, obs, since_deploy=0, soak_started=0, now=now)
+    if v.outcome == "pass":
+        assert now >= gate.soak_seconds
+        assert obs.adopted / obs.devices >= gate.success_share
+        assert obs.failed / obs.devices <= gate.max_failure_share
