@@ -50,7 +50,7 @@ REPLACE_ON: dict[str, tuple[str, ...]] = {
     "azure-native:storage:BlobContainer": ("accountName", "containerName", "resourceGroupName"),
     "azure-native:containerregistry:Registry": ("registryName", "resourceGroupName", "location"),
     "azure-native:keyvault:Key": ("keyName", "vaultName", "resourceGroupName"),
-    "azure-native:devices:IotHubResource": ("resourceName", "resourceGroupName", "location"),
+    "azure-native:iothub:IotHubResource": ("resourceName", "resourceGroupName", "location"),
 }
 # Every property of a Greengrass v2 deployment is create-only in CloudFormation (tags aside).
 REPLACE_ALL_BUT: dict[str, tuple[str, ...]] = {"aws-native:greengrassv2:Deployment": ("tags",)}

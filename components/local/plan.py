@@ -9,14 +9,12 @@ from edgefleet.config import DeviceGroupConfig, GateConfig, RingConfig, RolloutC
 from edgefleet.signing import LocalKeySigner
 
 from components.local.hub import LocalHub
-from components.rollout.engine import RingPlan, RolloutEngine, RolloutPlan
+from components.rollout.engine import FAILED, RingPlan, RolloutEngine, RolloutPlan
 from components.rollout.hub import WallClock
 from components.rollout.membership import ring_members
+from components.rollout.report import failure_summary
 from components.rollout.rollback import rollback_authorizer
 from components.rollout.types import DesiredModel, RingTarget
-
-FAILED = ("rolled_back", "rollback_incomplete")
-
 
 def rollout_id(rollout: str, desired: DesiredModel) -> str:
     return f"{rollout}@{desired.version}+{desired.sha256[:12]}"
@@ -70,13 +68,5 @@ def run_gate(props: dict[str, Any]) -> dict[str, Any]:
     last = index == int(props["total_rings"]) - 1
     progress = engine_for(hub, props["key_file"], float(props["poll_seconds"])).run(plan, until_ring=None if last else index)
     if progress["status"] in FAILED:
-        raise RuntimeError(failure_summary(progress))
+        raise RuntimeError(failure_summary(progress, later_rings=int(props["total_rings"]) - len(progress["rings"])))
     return progress
-
-
-def failure_summary(progress: dict[str, Any]) -> str:
-    r = progress.get("report") or {}
-    where = ", ".join(f"{d}: {why}" for d, why in r.get("failures", [])[:5])
-    return (f"rollout {progress['rollout_id']} halted at ring {r.get('failed_ring')!r}: {'; '.join(r.get('reasons', []))}. "
-            f"Rolled back rings {r.get('rolled_back_rings')} to {r.get('rolled_back_to') or 'no model'} "
-            f"({progress['status']}); never deployed: {r.get('never_deployed')}" + (f". Failing devices: {where}" if where else ""))

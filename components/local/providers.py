@@ -22,7 +22,15 @@ def _diff(olds: dict[str, Any], news: dict[str, Any], replace_on: tuple[str, ...
     return DiffResult(changes=bool(changed), replaces=[k for k in changed if k in replace_on], delete_before_replace=False)
 
 
-class ModelStoreProvider(ResourceProvider):
+class _Idempotent(ResourceProvider):
+    """Every local create is idempotent (mkdir, existing key, content-addressed publish, set desired, a
+    resumable gate), so an in-place update re-runs it; the base class would return no outputs at all."""
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self.create(news).outs)
+
+
+class ModelStoreProvider(_Idempotent):
     def create(self, props: dict[str, Any]) -> CreateResult:
         from pathlib import Path
 
@@ -37,7 +45,7 @@ class ModelStoreProvider(ResourceProvider):
         """Artifacts outlive the stack resource: devices may still be downloading them."""
 
 
-class SigningKeyProvider(ResourceProvider):
+class SigningKeyProvider(_Idempotent):
     def create(self, props: dict[str, Any]) -> CreateResult:
         from pathlib import Path
 
@@ -56,7 +64,7 @@ class SigningKeyProvider(ResourceProvider):
         """Never deletes key material: devices in the field still trust it."""
 
 
-class ArtifactProvider(ResourceProvider):
+class ArtifactProvider(_Idempotent):
     def create(self, props: dict[str, Any]) -> CreateResult:
         from pathlib import Path
 
@@ -74,7 +82,7 @@ class ArtifactProvider(ResourceProvider):
         """Content-addressed artifacts stay: a rollback may need them."""
 
 
-class RingDeploymentProvider(ResourceProvider):
+class RingDeploymentProvider(_Idempotent):
     """Points a ring's devices at the new version in the local hub."""
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -89,11 +97,8 @@ class RingDeploymentProvider(ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return _diff(olds, news, ("sha256", "version"))
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(outs=self.create(news).outs)
 
-
-class RingGateProvider(ResourceProvider):
+class RingGateProvider(_Idempotent):
     """Runs the engine until this ring's gate passes. On failure it rolls back and fails the update."""
 
     def create(self, props: dict[str, Any]) -> CreateResult:

@@ -22,6 +22,7 @@ from components.rollout.hub import Clock, FleetHub
 from components.rollout.types import DesiredModel, RingTarget
 
 TERMINAL = ("succeeded", "rolled_back", "rollback_incomplete", "superseded")
+FAILED = ("rolled_back", "rollback_incomplete")
 SAMPLE_EVERY = 0.5
 
 

@@ -11,9 +11,9 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from components.rollout.engine import FAILED
 from edgefleet.cli import EXIT_ROLLOUT_HALTED, app, console
 
-FAILED = ("rolled_back", "rollback_incomplete")
 
 
 def progress_table(p: dict[str, Any]) -> Table:

@@ -1,0 +1,277 @@
+"""`FleetHub` over IoT Hub: a ring is its layered deployment, its health is the deployment's metrics.
+
+- desired: the model set by the newest configuration labelled with the ring's key.
+- set_desired: creates the layer for that model, then deletes the ring's other layers (the no-gap ordering of
+  configurations.apply_configuration); None removes the ring's layers, leaving the base deployment.
+- observe: for the ring's current configuration, counts come from the configuration itself: systemMetrics
+  (targetedCount as the ring's size, reportedFailedCount for modules the runtime could not run) and the custom
+  metrics `adopted`, `failed`, `reporting` (queries over the agent module's reported properties). IoT Hub
+  evaluates them about every five minutes, so a configuration without results yet is waited for rather than
+  read as an empty ring. Inference statistics of adopted devices and a sample of failing devices come from a
+  live twin query. For a version the ring is no longer set to (the engine asks how many devices still run a
+  rolled-back version) the counts come from live queries as well.
+- progress: JSON blobs next to the models (container `rollouts`), so any machine can resume a rollout.
+
+`run_gate` is what the RingGate dynamic provider calls under `pulumi up`: the same engine as the local fleet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from typing import Any, Protocol
+
+from components.azure.configurations import HubClient, apply_configuration
+from components.azure.manifest import (AGENT_MODULE, RING_LABEL, RingDeploymentSpec, desired_from_configuration,
+                                       metric_where, model_key, ring_configuration)
+from components.rollout.engine import FAILED
+from components.rollout.report import failure_summary
+from components.rollout.types import DesiredModel, RingObservation, RingTarget
+
+
+
+def rollout_id(rollout: str, desired: DesiredModel) -> str:
+    """Same form as RolloutPlan.rollout_id: the ring layers carry it, the agent echoes it back."""
+    return f"{rollout}@{desired.version}+{desired.sha256[:12]}"
+
+
+# -- progress -----------------------------------------------------------------------------------------------------
+class ProgressStore(Protocol):
+    def load(self, rollout_id: str) -> dict[str, Any] | None: ...
+
+    def save(self, rollout_id: str, progress: dict[str, Any]) -> None: ...
+
+    def list(self, rollout: str) -> list[dict[str, Any]]: ...
+
+
+class MemoryProgressStore:
+    def __init__(self) -> None:
+        self.records: dict[str, str] = {}
+
+    def load(self, rollout_id: str) -> dict[str, Any] | None:
+        text = self.records.get(rollout_id)
+        return json.loads(text) if text else None
+
+    def save(self, rollout_id: str, progress: dict[str, Any]) -> None:
+        self.records[rollout_id] = json.dumps(progress)
+
+    def list(self, rollout: str) -> list[dict[str, Any]]:
+        return [json.loads(t) for rid, t in sorted(self.records.items()) if rid.startswith(rollout + "@")]
+
+
+class BlobProgressStore:
+    """Progress records as blobs `<rollout>/<rollout id>.json`, written with the deploying identity (Entra ID)."""
+
+    def __init__(self, blob_endpoint: str, container: str, credential: Any = None) -> None:
+        self.blob_endpoint = blob_endpoint
+        self.container = container
+        self._credential = credential
+        self._client: Any = None
+
+    def _container(self) -> Any:
+        if self._client is None:
+            from azure.storage.blob import ContainerClient   # deploy-time dependency, see docs/azure.md
+
+            from components.azure.signer import default_credential
+
+            self._client = ContainerClient(self.blob_endpoint, self.container, credential=self._credential or default_credential())
+        return self._client
+
+    @staticmethod
+    def _name(rollout_id: str) -> str:
+        return f"{rollout_id.split('@', 1)[0]}/{urllib.parse.quote(rollout_id, safe='@+')}.json"
+
+    def load(self, rollout_id: str) -> dict[str, Any] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return json.loads(self._container().download_blob(self._name(rollout_id)).readall())
+        except ResourceNotFoundError:
+            return None
+
+    def save(self, rollout_id: str, progress: dict[str, Any]) -> None:
+        from azure.storage.blob import ContentSettings
+
+        self._container().upload_blob(self._name(rollout_id), json.dumps(progress).encode(), overwrite=True,
+                                      content_settings=ContentSettings(content_type="application/json"))
+
+    def list(self, rollout: str) -> list[dict[str, Any]]:
+        out = []
+        for blob in self._container().list_blobs(name_starts_with=f"{rollout}/"):
+            out.append(json.loads(self._container().download_blob(blob.name).readall()))
+        return out
+
+
+# -- the hub ------------------------------------------------------------------------------------------------------
+class AzureHub:
+    def __init__(self, client: HubClient, specs: dict[str, RingDeploymentSpec], progress: ProgressStore, *,
+                 poll_seconds: float = 30.0, metrics_timeout: float = 900.0, sleep=time.sleep, clock=time.time) -> None:
+        self.client = client
+        self.specs = specs
+        self.progress = progress
+        self.poll_seconds = poll_seconds
+        self.metrics_timeout = metrics_timeout
+        self._sleep = sleep
+        self._clock = clock
+
+    # configurations of a ring
+    def _spec(self, target: RingTarget) -> RingDeploymentSpec:
+        return self.specs[target.selector]
+
+    def ring_configurations(self, key: str) -> list[dict[str, Any]]:
+        """The ring's configurations, oldest first (IoT Hub applies the newest among equal priorities)."""
+        cfgs = [c for c in self.client.list_configurations() if (c.get("labels") or {}).get(RING_LABEL) == key]
+        return sorted(cfgs, key=lambda c: (c.get("createdTimeUtc") or "", c.get("id", "")))
+
+    def _current(self, spec: RingDeploymentSpec) -> dict[str, Any] | None:
+        cfgs = self.ring_configurations(spec.key)
+        return cfgs[-1] if cfgs else None
+
+    # FleetHub
+    def desired(self, target: RingTarget) -> DesiredModel | None:
+        spec = self._spec(target)
+        cfg = self._current(spec)
+        return desired_from_configuration(cfg, spec.model) if cfg else None
+
+    def set_desired(self, target: RingTarget, desired: DesiredModel | None) -> None:
+        spec = self._spec(target)
+        if desired is None:
+            for cfg in self.ring_configurations(spec.key):
+                self.client.delete_configuration(cfg["id"], "*")
+            return
+        apply_configuration(self.client, ring_configuration(spec, desired))
+
+    def observe(self, target: RingTarget, desired: DesiredModel | None, since: float) -> RingObservation:
+        spec = self._spec(target)
+        cfg = self._wait_for_metrics(spec)
+        devices = int(((cfg or {}).get("systemMetrics") or {}).get("results", {}).get("targetedCount", 0)) if cfg else \
+            self._count(f"SELECT COUNT() AS n FROM devices WHERE {spec.target_condition}")
+        if desired is None:
+            serving = self._count(f"SELECT COUNT() AS n FROM devices.modules WHERE moduleId = '{AGENT_MODULE}' AND "
+                                  f"properties.reported.models.{model_key(spec.model)}.ring = '{spec.key}'")
+            return RingObservation(devices=devices, adopted=max(0, devices - serving), failed=0, reporting=devices)
+        if cfg is not None and desired_from_configuration(cfg, spec.model) == desired:
+            system = (cfg.get("systemMetrics") or {}).get("results") or {}
+            custom = (cfg.get("metrics") or {}).get("results") or {}
+            adopted, reporting = int(custom.get("adopted", 0)), int(custom.get("reporting", 0))
+            failed = min(devices, int(custom.get("failed", 0)) + int(system.get("reportedFailedCount", 0)))
+        else:
+            adopted = self._count(f"SELECT COUNT() AS n FROM devices.modules WHERE {metric_where(spec, desired, 'adopted')}")
+            failed = self._count(f"SELECT COUNT() AS n FROM devices.modules WHERE {metric_where(spec, desired, 'failed')}")
+            reporting = self._count(f"SELECT COUNT() AS n FROM devices.modules WHERE {metric_where(spec, desired, 'reporting')}")
+        stats = self._stats(spec, desired) if adopted else {}
+        failures = self._failures(spec, desired) if failed else ()
+        return RingObservation(devices=devices, adopted=adopted, failed=failed, reporting=reporting,
+                               inferences=int(stats.get("inferences") or 0), errors=int(stats.get("errors") or 0),
+                               invalid_outputs=int(stats.get("invalidOutputs") or 0),
+                               p99_latency_ms=float(stats["p99"]) if stats.get("p99") is not None else None,
+                               failures=failures)
+
+    def load_progress(self, rollout_id: str) -> dict[str, Any] | None:
+        return self.progress.load(rollout_id)
+
+    def save_progress(self, rollout_id: str, progress: dict[str, Any]) -> None:
+        self.progress.save(rollout_id, progress)
+
+    def rollouts(self, rollout: str) -> list[dict[str, Any]]:
+        return sorted(self.progress.list(rollout), key=lambda p: p.get("started_at") or 0)
+
+    # helpers
+    def _wait_for_metrics(self, spec: RingDeploymentSpec) -> dict[str, Any] | None:
+        """The ring's configuration once IoT Hub has evaluated its metrics (or None after metrics_timeout)."""
+        deadline = self._clock() + self.metrics_timeout
+        while True:
+            cfg = self._current(spec)
+            if cfg is None:
+                return None
+            live = self.client.get_configuration(cfg["id"]) or cfg
+            if "targetedCount" in ((live.get("systemMetrics") or {}).get("results") or {}):
+                return live
+            if self._clock() >= deadline:
+                return live
+            self._sleep(self.poll_seconds)
+
+    def _count(self, sql: str) -> int:
+        rows = self.client.query(sql)
+        return int(rows[0].get("n", 0)) if rows else 0
+
+    def _stats(self, spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, Any]:
+        r = f"properties.reported.models.{model_key(spec.model)}"
+        rows = self.client.query(f"SELECT SUM({r}.inferences) AS inferences, SUM({r}.errors) AS errors, "
+                                 f"SUM({r}.invalidOutputs) AS invalidOutputs, MAX({r}.p99LatencyMs) AS p99 "
+                                 f"FROM devices.modules WHERE {metric_where(spec, desired, 'adopted')}")
+        return rows[0] if rows else {}
+
+    def _failures(self, spec: RingDeploymentSpec, desired: DesiredModel) -> tuple[tuple[str, str], ...]:
+        r = f"properties.reported.models.{model_key(spec.model)}"
+        rows = self.client.query(f"SELECT TOP 20 deviceId, {r}.error AS error FROM devices.modules "
+                                 f"WHERE {metric_where(spec, desired, 'failed')}", limit=20)
+        return tuple((str(row.get("deviceId")), str(row.get("error") or "failed")) for row in rows)
+
+
+# -- the gate, as the RingGate provider runs it --------------------------------------------------------------------
+def desired_from_props(props: dict[str, Any]) -> DesiredModel:
+    d = DesiredModel(model=props["model"], version=props["version"], sha256=props["sha256"], size=int(props["size"]),
+                     uri=props["uri"], manifest=props["manifest"], signature=props["signature"])
+    return DesiredModel(**{**d.__dict__, "rollout": rollout_id(props["rollout"], d)})
+
+
+def last_good(hub: AzureHub, rollout: str, before: str | None = None) -> DesiredModel | None:
+    good = [p for p in hub.rollouts(rollout) if p["status"] == "succeeded" and p["rollout_id"] != before]
+    return DesiredModel.from_json(good[-1]["desired"]) if good else None
+
+
+def hub_from_props(props: dict[str, Any], progress: ProgressStore | None = None, **kwargs: Any) -> AzureHub:
+    client = HubClient(props["hub_host"], props["key_name"], props["hub_key"], props.get("endpoint"))
+    specs = {s.key: s for s in (RingDeploymentSpec.from_json(d) for d in props["ring_specs"])}
+    store = progress or BlobProgressStore(props["blob_endpoint"], props["progress_container"])
+    return AzureHub(client, specs, store, poll_seconds=float(props["poll_seconds"]), **kwargs)
+
+
+def plan_from_props(hub: AzureHub, props: dict[str, Any]):
+    from edgefleet.config import RingConfig
+
+    from components.rollout.engine import RingPlan, RolloutPlan
+
+    rings = [RingConfig.model_validate(r, strict=False) for r in props["rings"]]
+    desired = desired_from_props(props)
+    rid = rollout_id(props["rollout"], desired)
+    plans = tuple(RingPlan(RingTarget(props["rollout"], r.name, i, f"{props['rollout']}.{r.name}"), r.gate) for i, r in enumerate(rings))
+    return RolloutPlan(props["rollout"], desired, last_good(hub, props["rollout"], before=rid), plans)
+
+
+def run_gate(props: dict[str, Any], hub: AzureHub | None = None, signer: Any = None, clock: Any = None) -> dict[str, Any]:
+    """Drives the engine through ring `index` (the whole rollout for the last ring). Raises when it rolled back."""
+    from components.rollout.engine import RolloutEngine
+    from components.rollout.hub import WallClock
+    from components.rollout.rollback import rollback_authorizer
+
+    hub = hub or hub_from_props(props)
+    if signer is None:
+        from components.azure.signer import KeyVaultSigner
+
+        signer = KeyVaultSigner(props["key_url"])
+    plan = plan_from_props(hub, props)
+    index = int(props["index"])
+    last = index == len(plan.rings) - 1
+    engine = RolloutEngine(hub, clock or WallClock(), rollback_authorizer(signer), poll_seconds=float(props["poll_seconds"]))
+    progress = engine.run(plan, until_ring=None if last else index)
+    if progress["status"] in FAILED:
+        reassert_rollback(hub, plan, progress)
+        raise RuntimeError(failure_summary(progress))
+    return progress
+
+
+def reassert_rollback(hub: AzureHub, plan, progress: dict[str, Any]) -> list[str]:
+    """A finished rollback stays in force: if a later `pulumi up` re-created a rolled-back layer, put the last good back."""
+    rb = progress.get("rollback") or {}
+    target = DesiredModel.from_json(rb.get("desired"))
+    fixed = []
+    for ring in plan.rings:
+        if ring.name in rb.get("rings", []) and hub.desired(ring.target) != target:
+            hub.set_desired(ring.target, target)
+            fixed.append(ring.name)
+    return fixed
+
+

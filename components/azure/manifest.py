@@ -1,0 +1,388 @@
+"""IoT Edge deployment manifests for a fleet: one base deployment per device group, one layer per ring.
+
+Why two kinds. IoT Hub merges layered deployments on top of the highest-priority standard deployment that
+targets a device, and layered deployments may not configure the runtime (`$edgeAgent` / `$edgeHub` system
+modules). So each device group gets a *base* deployment (the full manifest: runtime, system modules, the agent
+module, routes and the agent's trust settings) and each ring a *layer* one priority above it that pins the agent
+module and sets one model under `properties.desired.models.<model>` of the agent module twin. Layers of
+different models touch different paths, so several rollouts can run on one group at once. What a device in a
+ring runs is the base with its ring's layers merged in; `effective_manifest` computes it, and that is what must
+validate against the vendor schemas for the schemaVersion the base declares.
+
+Rings are disjoint, as the engine assumes: ring i targets its selection and *not* any earlier ring's selection.
+Twin tags a device lacks are undefined in IoT Hub's query language, and NOT of undefined is undefined, so each
+negated tag test is guarded with IS_DEFINED.
+
+Pure data: no Pulumi, no network. The platform feeds it Outputs through `apply`, the gate's hub calls it to
+build rollback layers, tests validate what it returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from components.rollout.types import DesiredModel
+
+AGENT_MODULE = "edgefleet-agent"
+AGENT_REPOSITORY = "edgefleet-agent"
+AGENT_FORMAT = "edgefleet-agent/1"          # schemaVersion of the agent module twin's desired properties
+ROUTE = "edgefleetAgentToUpstream"
+RING_LABEL = "edgefleet-ring"
+BASE_LABEL = "edgefleet-base"
+SYSTEM_IMAGES = {"edgeAgent": "mcr.microsoft.com/azureiotedge-agent", "edgeHub": "mcr.microsoft.com/azureiotedge-hub"}
+CREATE_OPTIONS_CHUNK = 512                  # IoT Edge splits longer createOptions into createOptions01..07
+CREATE_OPTIONS_CHUNKS = 8
+TWIN_DESIRED_LIMIT = 32 * 1024              # IoT Hub: desired properties of one twin, in bytes
+TAG_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+BAD_VALUE_RE = re.compile(r"['\\\x00-\x1f]")
+
+DEFAULT_CREATE_OPTIONS: dict[str, Any] = {
+    "HostConfig": {
+        "Binds": ["edgefleet-models:/var/lib/edgefleet"],          # models survive container restarts and image updates
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
+    },
+}
+
+
+# -- modules ---------------------------------------------------------------------------------------------------
+def settings(image: str, create_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Module settings; createOptions is JSON text, split into 512-character chunks the way IoT Edge reads them."""
+    out: dict[str, Any] = {"image": image}
+    if create_options is None:
+        return out
+    text = json.dumps(create_options, separators=(",", ":"), sort_keys=True)
+    chunks = [text[i:i + CREATE_OPTIONS_CHUNK] for i in range(0, len(text), CREATE_OPTIONS_CHUNK)] or ["{}"]
+    if len(chunks) > CREATE_OPTIONS_CHUNKS:
+        raise ValueError(f"createOptions for {image} is {len(text)} characters; IoT Edge takes at most "
+                         f"{CREATE_OPTIONS_CHUNK * CREATE_OPTIONS_CHUNKS}")
+    out["createOptions"] = chunks[0]
+    for i, chunk in enumerate(chunks[1:], start=1):
+        out[f"createOptions{i:02d}"] = chunk
+    return out
+
+
+@dataclass(frozen=True)
+class AgentModule:
+    """The edgefleet agent as an IoT Edge module: image from the stack's registry, pinned to the agent version."""
+
+    image: str
+    agent_version: str
+    restart_policy: str = "always"
+    create_options: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(DEFAULT_CREATE_OPTIONS))
+    env: dict[str, str] = field(default_factory=dict)
+
+    def spec(self, agent_schema: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "version": self.agent_version,
+            "type": "docker",
+            "status": "running",
+            "restartPolicy": self.restart_policy,
+            "settings": settings(self.image, self.create_options),
+            "env": {"EDGEFLEET_PLATFORM": {"value": "azure"}, "EDGEFLEET_AGENT_VERSION": {"value": self.agent_version},
+                    **{k: {"value": v} for k, v in sorted(self.env.items())}},
+        }
+        if agent_schema != "1.0":               # 1.0 has no startupOrder: the agent then starts in any order
+            out["startupOrder"] = 10
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "AgentModule":
+        return cls(**data)
+
+
+def system_modules(runtime: str, agent_schema: str) -> dict[str, Any]:
+    hub: dict[str, Any] = {"type": "docker", "status": "running", "restartPolicy": "always",
+                           "settings": settings(f"{SYSTEM_IMAGES['edgeHub']}:{runtime}", None)}
+    if agent_schema != "1.0":
+        hub["startupOrder"] = 0                 # edgeHub first: the agent talks to IoT Hub through it
+    return {
+        "edgeAgent": {"type": "docker", "settings": settings(f"{SYSTEM_IMAGES['edgeAgent']}:{runtime}", None)},
+        "edgeHub": hub,
+    }
+
+
+def route() -> str:
+    return f"FROM /messages/modules/{AGENT_MODULE}/outputs/* INTO $upstream"
+
+
+def model_key(model: str) -> str:
+    """The model's key under `models` in the twin: query paths cannot carry '-' or start with a digit."""
+    key = model.replace("-", "_")
+    return f"_{key}" if key[:1].isdigit() else key
+
+
+# -- the agent's desired properties ----------------------------------------------------------------------------
+def agent_desired(desired: DesiredModel, ring_key: str) -> dict[str, Any]:
+    """One model as the agent module twin carries it (camelCase, no nulls: a null deletes a twin property)."""
+    out: dict[str, Any] = {
+        "model": desired.model, "version": desired.version, "sha256": desired.sha256, "size": int(desired.size),
+        "uri": desired.uri, "manifest": desired.manifest, "signature": desired.signature,
+        "rollout": desired.rollout, "ring": ring_key,
+    }
+    if desired.rollback_order is not None:
+        out["rollbackOrder"] = desired.rollback_order
+        out["rollbackSignature"] = desired.rollback_signature
+    return out
+
+
+def desired_from_agent(data: dict[str, Any]) -> DesiredModel:
+    return DesiredModel(model=data["model"], version=data["version"], sha256=data["sha256"], size=int(data["size"]),
+                        uri=data["uri"], manifest=data["manifest"], signature=data["signature"], rollout=data.get("rollout", ""),
+                        rollback_order=data.get("rollbackOrder"), rollback_signature=data.get("rollbackSignature"))
+
+
+def base_manifest(*, agent: AgentModule, runtime: str, agent_schema: str, hub_schema: str, trust: dict[str, str],
+                  store_sas: str | None = None, registry: dict[str, str] | None = None) -> dict[str, Any]:
+    """The group's standard deployment: runtime, system modules, the agent module, routes, trust. No model."""
+    runtime_settings: dict[str, Any] = {"minDockerVersion": "v1.25"}
+    if registry:
+        runtime_settings["registryCredentials"] = {"edgefleet": dict(registry)}
+    desired: dict[str, Any] = {"schemaVersion": AGENT_FORMAT, "trust": dict(trust), "models": {}}
+    if store_sas:
+        desired["store"] = {"sasToken": store_sas}
+    hub: dict[str, Any] = {"schemaVersion": hub_schema, "routes": {ROUTE: route()},
+                           "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}}
+    return {
+        "$edgeAgent": {"properties.desired": {
+            "schemaVersion": agent_schema,
+            "runtime": {"type": "docker", "settings": runtime_settings},
+            "systemModules": system_modules(runtime, agent_schema),
+            "modules": {AGENT_MODULE: agent.spec(agent_schema)},
+        }},
+        "$edgeHub": {"properties.desired": hub},
+        AGENT_MODULE: {"properties.desired": desired},
+    }
+
+
+def ring_layer(*, agent: AgentModule, agent_schema: str, desired: DesiredModel, ring_key: str) -> dict[str, Any]:
+    """A ring's layered deployment: the agent module pinned, its route, and one model in its twin."""
+    return {
+        "$edgeAgent": {f"properties.desired.modules.{AGENT_MODULE}": agent.spec(agent_schema)},
+        "$edgeHub": {f"properties.desired.routes.{ROUTE}": route()},
+        AGENT_MODULE: {f"properties.desired.models.{model_key(desired.model)}": agent_desired(desired, ring_key)},
+    }
+
+
+def effective_manifest(base: dict[str, Any], *layers: dict[str, Any]) -> dict[str, Any]:
+    """What IoT Hub puts in the module twins of a device with `base` and `layers` (ascending priority) applied."""
+    out = copy.deepcopy(base)
+    for layer in layers:
+        for module, parts in layer.items():
+            twin = out.setdefault(module, {"properties.desired": {}})
+            for path, value in parts.items():
+                if path == "properties.desired":
+                    twin["properties.desired"] = copy.deepcopy(value)
+                    continue
+                if not path.startswith("properties.desired."):
+                    raise ValueError(f"{module}: {path!r} is neither properties.desired nor a path below it")
+                node = twin.setdefault("properties.desired", {})
+                *parents, leaf = path.removeprefix("properties.desired.").split(".")
+                for p in parents:
+                    node = node.setdefault(p, {})
+                node[leaf] = copy.deepcopy(value)
+    return out
+
+
+# -- what the agent's twin must hold (our contract, Draft 7) -----------------------------------------------------
+AGENT_DESIRED_SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "edgefleet agent module twin: desired properties",
+    "type": "object",
+    "required": ["schemaVersion", "trust", "models"],
+    "additionalProperties": False,
+    "properties": {
+        "schemaVersion": {"const": AGENT_FORMAT},
+        "trust": {"type": "object", "required": ["keyId", "publicKeyPem"], "additionalProperties": False, "properties": {
+            "keyId": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
+            "publicKeyPem": {"type": "string", "pattern": "^-----BEGIN PUBLIC KEY-----\n"}}},
+        "store": {"type": "object", "required": ["sasToken"], "additionalProperties": False,
+                  "properties": {"sasToken": {"type": "string", "minLength": 1}}},
+        "models": {"type": "object", "propertyNames": {"pattern": "^[a-z_][a-z0-9_]{0,62}$"},
+                   "additionalProperties": {"$ref": "#/definitions/model"}},
+    },
+    "definitions": {"model": {
+        "type": "object",
+        "required": ["model", "version", "sha256", "size", "uri", "manifest", "signature", "rollout", "ring"],
+        "additionalProperties": False,
+        "properties": {
+            "model": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+            "version": {"type": "string", "minLength": 5},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "size": {"type": "integer", "minimum": 1},
+            "uri": {"type": "string", "pattern": "^https://"},
+            "manifest": {"type": "string", "minLength": 1},
+            "signature": {"type": "string", "minLength": 1},
+            "rollout": {"type": "string", "minLength": 1},
+            "ring": {"type": "string", "minLength": 1},
+            "rollbackOrder": {"type": "string", "minLength": 1},
+            "rollbackSignature": {"type": "string", "minLength": 1},
+        },
+        "dependencies": {"rollbackOrder": ["rollbackSignature"], "rollbackSignature": ["rollbackOrder"]},
+    }},
+}
+
+
+def check_manifest(modules_content: dict[str, Any], contract: bool = True) -> list[str]:
+    """Problems the vendor schemas do not catch: createOptions must be JSON, twins must fit, and (with `contract`)
+    the agent twin's properties must follow our contract. Works on full manifests and on layers (path keys)."""
+    import jsonschema
+
+    problems: list[str] = []
+    agent = modules_content.get("$edgeAgent", {}).get("properties.desired", {})
+    for where, module in [*((f"systemModules.{k}", v) for k, v in agent.get("systemModules", {}).items()),
+                          *((f"modules.{k}", v) for k, v in agent.get("modules", {}).items())]:
+        s = module.get("settings", {})
+        parts = [s[k] for k in sorted(s) if re.fullmatch(r"createOptions(\d{2})?", k)]
+        if parts:
+            try:
+                json.loads("".join(parts))
+            except ValueError as e:
+                problems.append(f"$edgeAgent {where}.settings.createOptions is not JSON ({e})")
+    for module, twin in modules_content.items():
+        size = len(json.dumps(twin.get("properties.desired", {}), separators=(",", ":")).encode())
+        if size > TWIN_DESIRED_LIMIT:
+            problems.append(f"{module}: desired properties are {size} bytes; a module twin holds at most {TWIN_DESIRED_LIMIT}")
+    if not contract:
+        return problems
+    for path, value in modules_content.get(AGENT_MODULE, {}).items():
+        if path == "properties.desired":
+            schema = AGENT_DESIRED_SCHEMA
+        elif path.startswith("properties.desired.models."):
+            schema = {**AGENT_DESIRED_SCHEMA["definitions"]["model"], "definitions": AGENT_DESIRED_SCHEMA["definitions"]}
+        else:
+            problems.append(f"{AGENT_MODULE} {path}: not part of the agent's twin contract")
+            continue
+        for err in jsonschema.Draft7Validator(schema).iter_errors(value):
+            problems.append(f"{AGENT_MODULE} {path}{''.join(f'.{p}' for p in err.absolute_path)}: {err.message}")
+    return problems
+
+
+# -- targeting ---------------------------------------------------------------------------------------------------
+def _tag(key: str, value: str, guarded: bool) -> str:
+    test = f"tags.{key}='{value}'"
+    return f"(IS_DEFINED(tags.{key}) AND {test})" if guarded else test
+
+
+def selection(labels: dict[str, str], devices: list[str] | tuple[str, ...] = (), guarded: bool = False) -> str:
+    """A group's (or a ring's) devices: any listed id, or all labels matching as twin tags (as membership.in_group)."""
+    parts = []
+    if devices:
+        parts.append("(" + " OR ".join(f"deviceId='{d}'" for d in devices) + ")")
+    if labels:
+        parts.append("(" + " AND ".join(_tag(k, v, guarded) for k, v in sorted(labels.items())) + ")")
+    return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+
+
+def group_condition(labels: dict[str, str], devices: list[str] | tuple[str, ...] = ()) -> str:
+    return selection(labels, devices)
+
+
+def ring_selection(group_labels: dict[str, str], group_devices: list[str], ring_labels: dict[str, str], guarded: bool = False) -> str:
+    sel = selection(group_labels, group_devices, guarded)
+    if ring_labels:
+        sel = f"{sel} AND ({' AND '.join(_tag(k, v, guarded) for k, v in sorted(ring_labels.items()))})"
+    return sel
+
+
+def ring_conditions(rings: list[tuple[dict[str, str], list[str], dict[str, str]]]) -> list[str]:
+    """(group labels, group devices, ring labels) per ring, in order -> disjoint target conditions."""
+    out = []
+    for i, (gl, gd, rl) in enumerate(rings):
+        cond = ring_selection(gl, gd, rl)
+        for pgl, pgd, prl in rings[:i]:
+            cond += f" AND NOT ({ring_selection(pgl, pgd, prl, guarded=True)})"
+        out.append(cond)
+    return out
+
+
+def label_problems(labels: dict[str, str], key: str) -> list[tuple[str, str, str]]:
+    out = []
+    for k, v in labels.items():
+        if not TAG_KEY_RE.match(k):
+            out.append((f"{key}.{k}", f"{k!r} cannot be used as an IoT Hub twin tag in a target condition",
+                        "use letters, digits and underscores, starting with a letter"))
+        if BAD_VALUE_RE.search(v) or len(v) > 128:
+            out.append((f"{key}.{k}", f"value {v!r} cannot be quoted in a target condition", "use a value without quotes, backslashes or control characters, at most 128 characters"))
+    return out
+
+
+# -- a ring's configuration, for Pulumi and for the gate's rollbacks ----------------------------------------------
+@dataclass(frozen=True)
+class RingDeploymentSpec:
+    """Everything needed to build a ring's layer for any version: the gate rebuilds rollback layers from it."""
+
+    rollout: str
+    ring: str
+    index: int
+    model: str
+    target_condition: str
+    priority: int
+    agent: AgentModule
+    agent_schema: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.rollout}.{self.ring}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "agent": self.agent.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RingDeploymentSpec":
+        return cls(**{**data, "agent": AgentModule.from_json(data["agent"]), "index": int(data["index"]), "priority": int(data["priority"])})
+
+
+def _reported(model: str) -> str:
+    return f"properties.reported.models.{model_key(model)}"
+
+
+def metric_where(spec: RingDeploymentSpec, desired: DesiredModel, what: str) -> str:
+    """WHERE clauses over the agent module twins of this ring, for this rollout (the agent echoes ring and rollout)."""
+    r = _reported(spec.model)
+    where = f"moduleId = '{AGENT_MODULE}' AND {r}.ring = '{spec.key}' AND {r}.rollout = '{desired.rollout}'"
+    if what == "adopted":
+        where += f" AND {r}.version = '{desired.version}' AND {r}.sha256 = '{desired.sha256}' AND {r}.status = 'ok'"
+    elif what == "failed":
+        where += f" AND {r}.status = 'failed' AND {r}.failedVersion = '{desired.version}'"
+    elif what != "reporting":
+        raise ValueError(what)
+    return where
+
+
+def ring_metrics(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, str]:
+    """Custom metrics: devices reporting the new version healthy, reporting its failure, reporting at all."""
+    return {name: f"SELECT deviceId FROM devices.modules WHERE {metric_where(spec, desired, name)}"
+            for name in ("adopted", "failed", "reporting")}
+
+
+def ring_labels(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, str]:
+    return {RING_LABEL: spec.key, "edgefleet-rollout": spec.rollout, "edgefleet-model": desired.model,
+            "edgefleet-version": desired.version, "edgefleet-kind": "rollback" if desired.is_rollback else "ring"}
+
+
+def ring_configuration(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, Any]:
+    """The Configuration resource's properties (less hub access) for `desired` in this ring."""
+    return {
+        "id_prefix": f"ef-{spec.rollout}-{spec.ring}",
+        "id_hint": ("rb-" if desired.is_rollback else "") + f"v{desired.version}",
+        "content": {"modulesContent": ring_layer(agent=spec.agent, agent_schema=spec.agent_schema, desired=desired, ring_key=spec.key)},
+        "target_condition": spec.target_condition,
+        "priority": spec.priority,
+        "labels": ring_labels(spec, desired),
+        "metrics": ring_metrics(spec, desired),
+        "exclusive_label": RING_LABEL,
+    }
+
+
+def desired_from_configuration(cfg: dict[str, Any], model: str) -> DesiredModel | None:
+    """Reads back the model a ring layer sets (None if the configuration sets none)."""
+    twin = ((cfg.get("content") or {}).get("modulesContent") or {}).get(AGENT_MODULE) or {}
+    data = twin.get(f"properties.desired.models.{model_key(model)}")
+    return desired_from_agent(data) if isinstance(data, dict) else None

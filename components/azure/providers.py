@@ -1,0 +1,141 @@
+"""Dynamic providers for what ARM cannot do: read a Key Vault public key, publish a signed model, run a ring's gate.
+
+(IoT Edge deployments themselves are in configurations.py.) Pulumi pickles each provider into the resource's
+inputs and runs it in another process, so providers hold no state and no credentials: the deploying identity
+is picked up at run time by azure-identity (`az login`, a service principal's environment, or a managed
+identity), and the one shared secret, the IoT Hub policy key, arrives as a secret input. `PROVIDER_VERSION`
+sits among the inputs so a change in provider behaviour shows up as a diff.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+
+PROVIDER_VERSION = "1"
+
+
+def _diff(olds: dict[str, Any], news: dict[str, Any], replace_on: tuple[str, ...]) -> DiffResult:
+    keys = sorted(k for k in set(olds) | set(news) if not k.startswith("__") and k in news)
+    changed = [k for k in keys if olds.get(k) != news.get(k)]
+    return DiffResult(changes=bool(changed), replaces=[k for k in changed if k in replace_on], delete_before_replace=False)
+
+
+class SigningPublicKeyProvider(ResourceProvider):
+    """Reads the public half of the Key Vault signing key, which devices trust."""
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from components.azure.signer import KeyVaultSigner
+
+        signer = KeyVaultSigner(props["key_url"])
+        return CreateResult(id_=signer.key_id, outs={**props, "key_id": signer.key_id, "public_key_pem": signer.public_key_pem().decode()})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return _diff(olds, news, ("key_url",))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """The key itself is retained on delete: devices in the field still trust it."""
+
+
+def publish_artifact(props: dict[str, Any], signer: Any = None, container: Any = None) -> dict[str, str]:
+    """Uploads <model>/<sha256>.onnx, .yaml (exact manifest bytes) and .yaml.sig; re-uses a signature that verifies."""
+    from pathlib import Path
+
+    from components.azure.signer import KeyVaultSigner, default_credential
+    from edgefleet.artifact import verify_artifact
+    from edgefleet.digest import same_file_digest
+    from edgefleet.errors import EdgefleetError
+    from edgefleet.signing import SignatureError, load_public_key, sign_bytes
+
+    source = Path(props["source"])
+    problem = same_file_digest(source, props["sha256"], int(props["size"]))
+    if problem:
+        raise EdgefleetError(props["source"], f"refusing to publish: {problem}", "run `edgefleet model add` to re-pin the artifact")
+    signer = signer or KeyVaultSigner(props["key_url"])
+    if container is None:
+        from azure.storage.blob import ContainerClient   # deploy-time dependency, see docs/azure.md
+
+        container = ContainerClient(props["blob_endpoint"], props["container"], credential=default_credential())
+    base = f"{props['model']}/{props['sha256']}"
+    manifest = props["manifest"].encode()
+    names = {b.name: b for b in container.list_blobs(name_starts_with=base, include=["metadata"])}
+    onnx = names.get(f"{base}.onnx")
+    if onnx is None or (onnx.metadata or {}).get("sha256") != props["sha256"]:
+        with open(source, "rb") as fh:
+            container.upload_blob(f"{base}.onnx", fh, overwrite=True, metadata={"sha256": props["sha256"], "version": props["version"]})
+    signature = None
+    if f"{base}.yaml.sig" in names and f"{base}.yaml" in names and container.download_blob(f"{base}.yaml").readall() == manifest:
+        old = container.download_blob(f"{base}.yaml.sig").readall()
+        try:
+            verify_artifact(manifest, old, source, load_public_key(signer.public_key_pem(), "Key Vault"), props["source"])
+            signature = old
+        except SignatureError:
+            signature = None                     # signed by another key: sign again
+    if signature is None:
+        signature = sign_bytes(signer, manifest).to_bytes()
+        container.upload_blob(f"{base}.yaml", manifest, overwrite=True)
+        container.upload_blob(f"{base}.yaml.sig", signature, overwrite=True)
+    return {"uri": f"{props['blob_endpoint'].rstrip('/')}/{props['container']}/{base}.onnx", "signature": signature.decode()}
+
+
+class ModelArtifactProvider(ResourceProvider):
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        out = publish_artifact(props)
+        return CreateResult(id_=f"{props['model']}@{props['version']}+{props['sha256'][:12]}", outs={**props, **out})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return _diff(olds, news, ("sha256", "version", "manifest", "blob_endpoint", "container", "key_url"))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs={**news, **publish_artifact(news)})
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Content-addressed artifacts stay (and blob versioning keeps overwrites): a rollback may need them."""
+
+
+class RingGateProvider(ResourceProvider):
+    """Runs the engine until this ring's gate passes; on failure the engine rolls back and the update fails."""
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from components.azure.hub import run_gate
+
+        progress = run_gate(props)
+        ring = progress["rings"][int(props["index"])]
+        return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
+                            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return _diff(olds, news, ("sha256", "version", "rings", "deployment"))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs={**news})
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Nothing to undo: the ring's layer is the Configuration resource's."""
+
+
+class SigningPublicKey(Resource, module="edgefleet-azure", name="SigningPublicKey"):
+    key_id: pulumi.Output[str]
+    public_key_pem: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(SigningPublicKeyProvider(), name, {"key_id": None, "public_key_pem": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+
+
+class ModelArtifact(Resource, module="edgefleet-azure", name="ModelArtifact"):
+    uri: pulumi.Output[str]
+    signature: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(ModelArtifactProvider(), name, {"uri": None, "signature": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+
+
+class RingGate(Resource, module="edgefleet-azure", name="RingGate"):
+    gate: pulumi.Output[str]
+    measured: pulumi.Output[dict]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["hub_key"]))
+        super().__init__(RingGateProvider(), name, {"gate": None, "measured": None, **props, "provider_version": PROVIDER_VERSION}, opts)

@@ -1,0 +1,489 @@
+"""A local stand-in for IoT Hub's service API and Key Vault's key API, on 127.0.0.1, for the Azure tests.
+
+The hub implements what Microsoft documents for the calls edgefleet makes: SAS authentication, configurations
+(PUT create -> 201 or 409 when the id exists; PUT with If-Match -> 200, 412 on a stale ETag, 404 when missing,
+400 when the immutable content changes; GET 200/404; DELETE with If-Match -> 204/404/412), twin queries with
+x-ms-continuation paging, and error bodies of the form {"Message": "ErrorCode:<code>;<text>"}. Faults (429 with
+Retry-After, 5xx) are injected per call. Devices can be simulated: the hub applies configurations the way IoT
+Hub layers them (the highest-priority base, then layers above it by priority and creation time), the devices
+report through the agent twin contract, and `evaluate()` computes system and custom metrics by running the
+configurations' own queries (three-valued logic: comparisons with a missing property are undefined).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import itertools
+import json
+import re
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from components.azure.configurations import verify_sas
+from components.azure.manifest import AGENT_MODULE, desired_from_agent, effective_manifest
+from edgefleet.signing import der_to_raw
+
+HUB_HOST = "ef-test.azure-devices.net"
+POLICY = "edgefleet-deployer"
+KEY = base64.b64encode(b"local-test-policy-key-0123456789").decode()
+
+
+# -- a tiny evaluator for the IoT Hub query language subset edgefleet generates --------------------------------------
+UNDEF = object()
+TOKEN = re.compile(r"\s*(?:(?P<str>'[^']*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<op><>|!=|>=|<=|=|>|<)|(?P<p>[(),])|(?P<word>[A-Za-z_$][A-Za-z0-9_$.\[\]-]*))")
+
+
+def tokens(text: str) -> list[tuple[str, str]]:
+    out, pos = [], 0
+    while pos < len(text):
+        m = TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            if text[pos:].strip() == "":
+                break
+            raise ValueError(f"cannot parse query at {text[pos:]!r}")
+        kind = m.lastgroup
+        out.append((kind, m.group(kind)))
+        pos = m.end()
+    return out
+
+
+def resolve(doc: dict[str, Any], path: str) -> Any:
+    node: Any = doc
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return UNDEF
+        node = node[part]
+    return node
+
+
+def _and(a: Any, b: Any) -> Any:
+    if a is False or b is False:
+        return False
+    return UNDEF if a is UNDEF or b is UNDEF else True
+
+
+def _or(a: Any, b: Any) -> Any:
+    if a is True or b is True:
+        return True
+    return UNDEF if a is UNDEF or b is UNDEF else False
+
+
+class Condition:
+    """expr := term (OR term)*; term := factor (AND factor)*; factor := NOT factor | (expr) | IS_DEFINED(p) | operand op operand."""
+
+    def __init__(self, text: str) -> None:
+        self.toks = tokens(text)
+        self.i = 0
+        self.tree = self._expr()
+        if self.i != len(self.toks):
+            raise ValueError(f"trailing tokens in {text!r}: {self.toks[self.i:]}")
+
+    def _peek(self) -> tuple[str, str] | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def _take(self) -> tuple[str, str]:
+        self.i += 1
+        return self.toks[self.i - 1]
+
+    def _kw(self, word: str) -> bool:
+        t = self._peek()
+        if t and t[0] == "word" and t[1].upper() == word:
+            self.i += 1
+            return True
+        return False
+
+    def _expr(self):
+        node = self._term()
+        while self._kw("OR"):
+            node = ("or", node, self._term())
+        return node
+
+    def _term(self):
+        node = self._factor()
+        while self._kw("AND"):
+            node = ("and", node, self._factor())
+        return node
+
+    def _factor(self):
+        if self._kw("NOT"):
+            return ("not", self._factor())
+        t = self._peek()
+        if t == ("p", "("):
+            self._take()
+            node = self._expr()
+            assert self._take() == ("p", ")")
+            return node
+        if self._kw("IS_DEFINED"):
+            assert self._take() == ("p", "(")
+            path = self._take()[1]
+            assert self._take() == ("p", ")")
+            return ("defined", path)
+        left = self._operand()
+        op = self._take()
+        if op[0] != "op":
+            raise ValueError(f"expected a comparison, got {op}")
+        return ("cmp", op[1], left, self._operand())
+
+    def _operand(self):
+        kind, value = self._take()
+        if kind == "str":
+            return ("lit", value[1:-1])
+        if kind == "num":
+            return ("lit", float(value))
+        return ("path", value)
+
+    def eval(self, doc: dict[str, Any]) -> Any:
+        return self._eval(self.tree, doc)
+
+    def _eval(self, node, doc):
+        kind = node[0]
+        if kind == "or":
+            return _or(self._eval(node[1], doc), self._eval(node[2], doc))
+        if kind == "and":
+            return _and(self._eval(node[1], doc), self._eval(node[2], doc))
+        if kind == "not":
+            v = self._eval(node[1], doc)
+            return UNDEF if v is UNDEF else not v
+        if kind == "defined":
+            return resolve(doc, node[1]) is not UNDEF
+        _, op, a, b = node
+        x = a[1] if a[0] == "lit" else resolve(doc, a[1])
+        y = b[1] if b[0] == "lit" else resolve(doc, b[1])
+        if x is UNDEF or y is UNDEF:
+            return UNDEF
+        try:
+            return {"=": x == y, "!=": x != y, "<>": x != y, ">": x > y, "<": x < y, ">=": x >= y, "<=": x <= y}[op]
+        except TypeError:
+            return UNDEF
+
+
+def matches(condition: str, doc: dict[str, Any]) -> bool:
+    return Condition(condition).eval(doc) is True
+
+
+QUERY = re.compile(r"^SELECT\s+(?:TOP\s+(\d+)\s+)?(.*?)\s+FROM\s+(devices\.modules|devices)\s+WHERE\s+(.*)$", re.S | re.I)
+
+
+def run_query(sql: str, devices: list[dict[str, Any]], modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    m = QUERY.match(sql.strip())
+    if not m:
+        raise ValueError(f"unsupported query {sql!r}")
+    top, projection, collection, where = m.groups()
+    cond = Condition(where)
+    docs = [d for d in (modules if collection == "devices.modules" else devices) if cond.eval(d) is True]
+    items = [p.strip() for p in projection.split(",")]
+    agg = [re.match(r"^(COUNT|SUM|MAX|MIN)\((.*)\)\s+AS\s+(\w+)$", p, re.I) for p in items]
+    if all(agg):
+        row = {}
+        for a in agg:
+            fn, path, alias = a.group(1).upper(), a.group(2), a.group(3)
+            values = [v for v in (resolve(d, path) for d in docs) if v is not UNDEF] if path else []
+            row[alias] = {"COUNT": len(docs), "SUM": sum(values) if values else None,
+                          "MAX": max(values) if values else None, "MIN": min(values) if values else None}[fn]
+        return [row]
+    rows = []
+    for d in docs:
+        row = {}
+        for p in items:
+            pm = re.match(r"^(.*?)\s+AS\s+(\w+)$", p, re.I)
+            path, alias = (pm.group(1), pm.group(2)) if pm else (p, p.split(".")[-1])
+            v = resolve(d, path)
+            if v is not UNDEF:
+                row[alias] = v
+        rows.append(row)
+    return rows[: int(top)] if top else rows
+
+
+# -- the fake IoT Hub -----------------------------------------------------------------------------------------------
+@dataclass
+class SimDevice:
+    tags: dict[str, str]
+    refuse: set[str] = field(default_factory=set)         # versions this device reports as failed
+    reported: dict[str, Any] = field(default_factory=dict)
+
+
+class FakeIotHub:
+    def __init__(self, host: str = HUB_HOST, keys: dict[str, str] | None = None) -> None:
+        self.host = host
+        self.keys = keys or {POLICY: KEY}
+        self.configs: dict[str, dict[str, Any]] = {}
+        self.devices: dict[str, SimDevice] = {}
+        self.faults: list[tuple[str, str, int, dict[str, str]]] = []     # (method, path prefix, status, headers)
+        self.requests: list[dict[str, Any]] = []
+        self.timeline: list[tuple[str, str, list[str]]] = []              # (op, id, ids present after it)
+        self.page_size_cap = 2
+        self._etags = itertools.count(1)
+        self._created = itertools.count(1)
+        self.lock = threading.RLock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> "FakeIotHub":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def fail_next(self, method: str, path: str, status: int, **headers: str) -> None:
+        self.faults.append((method, path, status, headers))
+
+    # device side ------------------------------------------------------------------------------------------------
+    def device_doc(self, device_id: str) -> dict[str, Any]:
+        return {"deviceId": device_id, "tags": self.devices[device_id].tags}
+
+    def module_docs(self) -> list[dict[str, Any]]:
+        return [{"deviceId": d, "moduleId": AGENT_MODULE, "properties": {"reported": dev.reported}} for d, dev in sorted(self.devices.items())]
+
+    def applied(self, device_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The base and the layers IoT Hub would merge for this device."""
+        doc = self.device_doc(device_id)
+        hits = [c for c in self.configs.values() if matches(c["targetCondition"], doc)]
+        order = lambda c: (c["priority"], c["_created"])
+        bases = sorted((c for c in hits if "properties.desired" in c["content"]["modulesContent"].get("$edgeAgent", {})), key=order)
+        if not bases:
+            return None, []
+        base = bases[-1]
+        layers = sorted((c for c in hits if c is not base and c not in bases and c["priority"] > base["priority"]), key=order)
+        return base, layers
+
+    def apply(self) -> None:
+        """Devices pick up what the hub gives them and report through the agent twin contract."""
+        with self.lock:
+            for device_id, dev in self.devices.items():
+                base, layers = self.applied(device_id)
+                desired = {}
+                if base is not None:
+                    mc = effective_manifest(base["content"]["modulesContent"], *(l["content"]["modulesContent"] for l in layers))
+                    desired = mc.get(AGENT_MODULE, {}).get("properties.desired", {}).get("models", {})
+                models = {}
+                for key, data in desired.items():
+                    d = desired_from_agent(data)
+                    if d.version in dev.refuse:
+                        models[key] = {"status": "failed", "failedVersion": d.version, "error": f"refused {d.version}",
+                                       "ring": data["ring"], "rollout": d.rollout, "version": dev.reported.get("models", {}).get(key, {}).get("version", "0.0.0")}
+                    else:
+                        models[key] = {"status": "ok", "version": d.version, "sha256": d.sha256, "ring": data["ring"], "rollout": d.rollout,
+                                       "inferences": 100, "errors": 0, "invalidOutputs": 0, "p99LatencyMs": 5.0,
+                                       **({"rollback": True} if d.rollback_order else {})}
+                dev.reported = {"models": models}
+
+    def evaluate(self) -> None:
+        """What IoT Hub does every five minutes: recompute each configuration's metrics."""
+        with self.lock:
+            modules = self.module_docs()
+            for cfg in self.configs.values():
+                targeted = [d for d in self.devices if matches(cfg["targetCondition"], self.device_doc(d))]
+                cfg["systemMetrics"]["results"] = {"targetedCount": len(targeted), "appliedCount": len(targeted),
+                                                   "reportedSuccessfulCount": len(targeted), "reportedFailedCount": 0}
+                cfg["metrics"]["results"] = {name: len(run_query(q, [], modules)) for name, q in cfg["metrics"]["queries"].items()}
+
+    def tick(self) -> None:
+        self.apply()
+        self.evaluate()
+
+    # HTTP -------------------------------------------------------------------------------------------------------
+    def _handler(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None):
+                data = b"" if body is None else json.dumps(body).encode()
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                if data:
+                    self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _error(self, status: int, code: str, text: str, headers: dict[str, str] | None = None):
+                self._send(status, {"Message": f"ErrorCode:{code};{text}", "ExceptionMessage": "Tracking ID:local-G:0-TimeStamp:now"},
+                           {"iothub-errorcode": code, **(headers or {})})
+
+            def _handle(self, method: str):
+                url = urllib.parse.urlsplit(self.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                with hub.lock:
+                    hub.requests.append({"method": method, "path": url.path, "query": query, "headers": dict(self.headers), "body": body})
+                    for i, (m, prefix, status, headers) in enumerate(hub.faults):
+                        if m == method and url.path.startswith(prefix):
+                            hub.faults.pop(i)
+                            return self._error(status, "ThrottlingException" if status == 429 else "ServerError", "injected", headers)
+                    problem = verify_sas(self.headers.get("Authorization", ""), hub.host, hub.keys)
+                    if problem:
+                        return self._error(401, "IotHubUnauthorizedAccess", problem)
+                    if query.get("api-version") != "2021-04-12":
+                        return self._error(400, "InvalidProtocolVersion", f"api-version {query.get('api-version')!r}")
+                    parts = [urllib.parse.unquote(p) for p in url.path.split("/") if p]
+                    if parts[:1] == ["configurations"]:
+                        return self._configurations(method, parts[1:], body)
+                    if parts == ["devices", "query"] and method == "POST":
+                        return self._query(body["query"])
+                    return self._error(404, "NotFound", url.path)
+
+            def _configurations(self, method: str, rest: list[str], body: Any):
+                if not rest:
+                    return self._send(200, [hub._public(c) for c in sorted(hub.configs.values(), key=lambda c: c["id"])])
+                cid = rest[0]
+                cfg = hub.configs.get(cid)
+                if_match = self.headers.get("If-Match")
+                if method == "GET":
+                    return self._send(200, hub._public(cfg)) if cfg else self._error(404, "ConfigurationNotFound", f"configuration {cid} not found")
+                if method == "DELETE":
+                    if cfg is None:
+                        return self._error(404, "ConfigurationNotFound", f"configuration {cid} not found")
+                    if if_match not in ("*", '"*"') and if_match.strip('"') != cfg["etag"]:
+                        return self._error(412, "PreconditionFailed", "etag mismatch")
+                    del hub.configs[cid]
+                    hub.timeline.append(("delete", cid, sorted(hub.configs)))
+                    return self._send(204)
+                if method == "PUT":
+                    if body.get("id") != cid:
+                        return self._error(400, "ArgumentInvalid", "id in body and url differ")
+                    if if_match is None:
+                        if cfg is not None:
+                            return self._error(409, "ConfigurationAlreadyExists", f"configuration {cid} already exists")
+                        cfg = {**copy.deepcopy(body), "etag": hub._etag(), "_created": next(hub._created),
+                               "createdTimeUtc": f"2026-01-01T00:00:{next(hub._created):06d}Z",
+                               "systemMetrics": {"queries": {"targetedCount": "select deviceId from devices where ..."}, "results": {}},
+                               "metrics": {"queries": dict(body.get("metrics", {}).get("queries", {})), "results": {}}}
+                        hub.configs[cid] = cfg
+                        hub.timeline.append(("create", cid, sorted(hub.configs)))
+                        return self._send(201, hub._public(cfg))
+                    if cfg is None:
+                        return self._error(404, "ConfigurationNotFound", f"configuration {cid} not found")
+                    if if_match not in ("*", '"*"') and if_match.strip('"') != cfg["etag"]:
+                        return self._error(412, "PreconditionFailed", "The etag in the request does not match the configuration's etag")
+                    if json.dumps(body.get("content"), sort_keys=True) != json.dumps(cfg["content"], sort_keys=True):
+                        return self._error(400, "ArgumentInvalid", "Configuration content cannot be updated")
+                    for k in ("targetCondition", "priority", "labels"):
+                        cfg[k] = copy.deepcopy(body.get(k))
+                    cfg["metrics"]["queries"] = dict(body.get("metrics", {}).get("queries", {}))
+                    cfg["etag"] = hub._etag()
+                    return self._send(200, hub._public(cfg))
+                return self._error(405, "MethodNotAllowed", method)
+
+            def _query(self, sql: str):
+                rows = run_query(sql, [hub.device_doc(d) for d in sorted(hub.devices)], hub.module_docs())
+                start = int(self.headers.get("x-ms-continuation") or 0)
+                size = min(int(self.headers.get("x-ms-max-item-count") or 100), hub.page_size_cap)
+                page = rows[start:start + size]
+                more = {"x-ms-continuation": str(start + size)} if start + size < len(rows) else {}
+                return self._send(200, page, more)
+
+            def do_GET(self):
+                self._handle("GET")
+
+            def do_PUT(self):
+                self._handle("PUT")
+
+            def do_DELETE(self):
+                self._handle("DELETE")
+
+            def do_POST(self):
+                self._handle("POST")
+
+        return Handler
+
+    def _etag(self) -> str:
+        return base64.b64encode(str(next(self._etags)).encode()).decode()
+
+    @staticmethod
+    def _public(cfg: dict[str, Any]) -> dict[str, Any]:
+        return {k: copy.deepcopy(v) for k, v in cfg.items() if not k.startswith("_")}
+
+
+# -- the fake Key Vault ---------------------------------------------------------------------------------------------
+class FakeKeyVault:
+    """GET /keys/<name>/<version> and POST .../sign for one EC P-256 key; answers sign with raw r||s like Key Vault."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey | None = None, token: str = "test-token") -> None:
+        self.key = key or ec.generate_private_key(ec.SECP256R1())
+        self.token = token
+        self.signed = 0
+        vault = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _auth(self) -> bool:
+                if self.headers.get("Authorization") != f"Bearer {vault.token}":
+                    self._send(401, {"error": {"code": "Unauthorized", "message": "bad token"}})
+                    return False
+                return True
+
+            def do_GET(self):
+                if self._auth():
+                    n = vault.key.public_key().public_numbers()
+                    b = lambda i: base64.urlsafe_b64encode(i.to_bytes(32, "big")).rstrip(b"=").decode()
+                    self._send(200, {"key": {"kid": vault.kid, "kty": "EC", "crv": "P-256", "x": b(n.x), "y": b(n.y), "key_ops": ["sign", "verify"]}})
+
+            def do_POST(self):
+                if not self._auth():
+                    return
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if body.get("alg") != "ES256":
+                    return self._send(400, {"error": {"code": "BadParameter", "message": f"alg {body.get('alg')}"}})
+                digest = base64.urlsafe_b64decode(body["value"] + "=" * (-len(body["value"]) % 4))
+                der = vault.key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+                vault.signed += 1
+                self._send(200, {"kid": vault.kid, "value": base64.urlsafe_b64encode(der_to_raw(der)).rstrip(b"=").decode()})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        self.kid = f"http://127.0.0.1:{self.server.server_address[1]}/keys/edgefleet-signing/{'a' * 32}"
+
+    def public_pem(self) -> bytes:
+        return self.key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class StaticToken:
+    """A credential with azure-identity's get_token shape."""
+
+    def __init__(self, token: str = "test-token") -> None:
+        self.token = token
+        self.scopes: list[str] = []
+
+    def get_token(self, *scopes: str):
+        self.scopes += scopes
+
+        @dataclass
+        class AccessToken:
+            token: str
+            expires_on: int
+
+        return AccessToken(self.token, int(time.time()) + 3600)

@@ -1,0 +1,73 @@
+"""A bad Azure stack fails before anything is declared, naming the stack file and the key, with a fix."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pulumi
+import pytest
+import yaml
+
+from edgefleet.errors import ConfigError
+from edgefleet.synth import synth
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    shutil.copy(REPO / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    shutil.copytree(REPO / "models", tmp_path / "models")
+    shutil.copytree(REPO / "stacks", tmp_path / "stacks")
+    return tmp_path
+
+
+def edit(project: Path, change) -> None:
+    path = project / "stacks" / "Pulumi.azure-dev.yaml"
+    doc = yaml.safe_load(path.read_text())
+    change(doc["config"])
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.fixture
+def registrations(monkeypatch) -> list[str]:
+    """Every resource the program tries to declare."""
+    seen: list[str] = []
+    original = pulumi.Resource.__init__
+
+    def record(self, t, name, *args, **kwargs):
+        if t != "pulumi:pulumi:Stack":           # the runtime's root, registered before the program runs
+            seen.append(f"{t}::{name}")
+        return original(self, t, name, *args, **kwargs)
+
+    monkeypatch.setattr(pulumi.Resource, "__init__", record)
+    return seen
+
+
+CASES = [
+    (lambda c: c["edgefleet:rollouts"][0]["rings"][0]["gate"].update(deadline_seconds=120, soak_seconds=60),
+     "edgefleet:rollouts[0].rings[0].gate.deadline_seconds", "at least 600"),
+    (lambda c: c["edgefleet:azure"].update(location="West Europe"), "edgefleet:azure.location", "westeurope"),
+    (lambda c: c["edgefleet:azure"].pop("device_sas_expiry"), "edgefleet:azure.device_sas_expiry", "required"),
+    (lambda c: c["edgefleet:azure"].update(device_sas_expiry="2027-02-30"), "edgefleet:azure.device_sas_expiry", "calendar date"),
+    (lambda c: c["edgefleet:groups"][0]["labels"].update({"hw-rev": "b"}), "edgefleet:groups[0].labels.hw-rev", "letters, digits and underscores"),
+    (lambda c: c["edgefleet:rollouts"][0]["rings"][1].update(labels={"ring": "canary"}), "edgefleet:rollouts[0].rings[1].labels", "already took"),
+    (lambda c: c["edgefleet:rollouts"][0]["rings"][0].update(percent=5), "edgefleet:rollouts[0].rings[0].percent", "twin tag"),
+    (lambda c: c.pop("edgefleet:azure"), "edgefleet:azure", "edgefleet:azure"),
+]
+
+
+@pytest.mark.parametrize("change,key,fix", CASES, ids=[c[1] for c in CASES])
+def test_bad_config_names_the_stack_file_and_key_and_declares_nothing(project, registrations, change, key, fix):
+    edit(project, change)
+    with pytest.raises(ConfigError) as e:
+        synth(project, "azure-dev")
+    text = str(e.value)
+    assert "stacks/Pulumi.azure-dev.yaml" in text and key in text and fix in text, text
+    assert registrations == [], registrations
+
+
+def test_the_unchanged_copy_synthesizes(project):
+    graph = synth(project, "azure-dev")
+    assert any(r["type"] == "pulumi-python:dynamic/edgefleet-azure:RingGate" for r in graph["resources"])

@@ -1,0 +1,272 @@
+"""The Azure gate end to end against the local IoT Hub: metrics-driven promotion, rollback by re-applying the last
+good version under a signed rollback order, and the Key Vault signer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from azure_testkit import HUB_HOST, KEY, POLICY, FakeKeyVault, SimDevice, StaticToken
+from components.azure import manifest as mf
+from components.azure.configurations import ConfigurationProvider, HubClient
+from components.azure.hub import AzureHub, MemoryProgressStore, rollout_id, run_gate
+from components.rollout.types import DesiredModel
+from edgefleet.config import GateConfig, RingConfig
+from edgefleet.errors import EdgefleetError
+from edgefleet.signing import (Envelope, LocalKeySigner, SignatureError, create_key_file, load_public_key, parse_rollback_order,
+                               sign_bytes, verify_bytes)
+
+REPO = Path(__file__).resolve().parents[2]
+GATE = GateConfig(soak_seconds=600, deadline_seconds=1800, min_reporting_share=0.9, success_share=0.95, max_failure_share=0.0)
+RINGS = [RingConfig(name="canary", group="cameras", labels={"ring": "canary"}, gate=GATE),
+         RingConfig(name="broad", group="cameras", gate=GATE)]
+AGENT = mf.AgentModule(image="efdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")
+
+
+class TickingClock:
+    """The engine's clock: each sleep is IoT Hub's evaluation cycle passing (devices react, metrics refresh)."""
+
+    def __init__(self, hub) -> None:
+        self.t = 1_000.0
+        self.hub = hub
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        self.hub.tick()
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory) -> LocalKeySigner:
+    return LocalKeySigner(create_key_file(tmp_path_factory.mktemp("k") / "signing.pem"))
+
+
+def release(signer, version: str) -> dict:
+    text = (REPO / "models" / "detector" / "model.yaml").read_text().replace("version: 1.0.0", f"version: {version}")
+    sha = (version.replace(".", "") * 64)[:64]
+    return {"model": "detector", "version": version, "sha256": sha, "size": 2364, "manifest": text,
+            "uri": f"https://efdev.blob.core.windows.net/models/detector/{sha}.onnx",
+            "signature": sign_bytes(signer, text.encode()).to_bytes().decode()}
+
+
+@pytest.fixture
+def fleet(hub, signer):
+    for d in ("c1", "c2"):
+        hub.devices[d] = SimDevice(tags={"group": "cameras", "ring": "canary"})
+    for d in ("b1", "b2", "b3", "b4"):
+        hub.devices[d] = SimDevice(tags={"group": "cameras"})
+    access = {"hub_host": HUB_HOST, "endpoint": hub.endpoint, "key_name": POLICY, "hub_key": KEY}
+    base = mf.base_manifest(agent=AGENT, runtime="1.5", agent_schema="1.1", hub_schema="1.2",
+                            trust={"keyId": signer.key_id, "publicKeyPem": signer.public_key_pem().decode()}, store_sas="${secret:storeSas}")
+    ConfigurationProvider().create({**access, "id_prefix": "ef-base-cameras", "id_hint": "agent-0.1.0", "content": {"modulesContent": base},
+                                    "secrets": {"storeSas": "sv=x&sig=y"}, "target_condition": mf.group_condition({"group": "cameras"}),
+                                    "priority": 10, "labels": {mf.BASE_LABEL: "cameras"}, "metrics": {}, "exclusive_label": mf.BASE_LABEL,
+                                    "check": "edgefleet-agent"})
+    conditions = mf.ring_conditions([({"group": "cameras"}, [], dict(r.labels)) for r in RINGS])
+    specs = [mf.RingDeploymentSpec(rollout="detector", ring=r.name, index=i, model="detector", target_condition=conditions[i],
+                                   priority=11, agent=AGENT, agent_schema="1.1") for i, r in enumerate(RINGS)]
+    clock = TickingClock(hub)
+    store = MemoryProgressStore()
+
+    class Fleet:
+        def azure_hub(self) -> AzureHub:
+            return AzureHub(HubClient(HUB_HOST, POLICY, KEY, hub.endpoint), {s.key: s for s in specs}, store,
+                            poll_seconds=30, sleep=clock.sleep, clock=clock.now)
+
+        def deploy(self, index: int, rel: dict) -> None:
+            """What `pulumi up` does for ring `index`: create the ring's layer (Configuration), then run its gate (RingGate)."""
+            d = DesiredModel(**{k: rel[k] for k in ("model", "version", "sha256", "size", "uri", "manifest", "signature")})
+            d = DesiredModel(**{**d.__dict__, "rollout": rollout_id("detector", d)})
+            ConfigurationProvider().create({**access, **mf.ring_configuration(specs[index], d), "check": "edgefleet-agent"})
+
+        def gate(self, index: int, rel: dict) -> dict:
+            props = {**access, "rollout": "detector", "ring": RINGS[index].name, "index": index, "poll_seconds": 30,
+                     "rings": [r.model_dump(mode="json") for r in RINGS], "ring_specs": [s.to_json() for s in specs], **rel}
+            return run_gate(props, hub=self.azure_hub(), signer=signer, clock=clock)
+
+        def ring_configs(self, ring: str) -> list[dict]:
+            return self.azure_hub().ring_configurations(f"detector.{ring}")
+
+    return Fleet()
+
+
+def roll_out(fleet, rel) -> dict:
+    progress = None
+    for i in range(len(RINGS)):
+        fleet.deploy(i, rel)
+        progress = fleet.gate(i, rel)
+    return progress
+
+
+def test_a_healthy_version_passes_each_ring_on_the_hubs_metrics(hub, fleet, signer):
+    v1 = release(signer, "1.0.0")
+    fleet.deploy(0, v1)
+    first = fleet.gate(0, v1)
+    assert [r["state"] for r in first["rings"]] == ["passed", "pending"]
+    assert first["rings"][0]["measured"]["devices"] == 2 and first["rings"][0]["measured"]["adopted"] == 2
+    assert {hub.devices[d].reported["models"]["detector"]["version"] for d in ("c1", "c2")} == {"1.0.0"}
+    assert "detector" not in hub.devices["b1"].reported.get("models", {})          # broad has not been deployed yet
+    fleet.deploy(1, v1)
+    done = fleet.gate(1, v1)
+    assert done["status"] == "succeeded" and done["rings"][1]["measured"]["devices"] == 4
+    assert all(dev.reported["models"]["detector"]["status"] == "ok" for dev in hub.devices.values())
+
+
+def test_a_failing_canary_rolls_back_to_the_last_good_version_under_a_signed_order(hub, fleet, signer):
+    v1, v2 = release(signer, "1.0.0"), release(signer, "2.0.0")
+    assert roll_out(fleet, v1)["status"] == "succeeded"
+    hub.devices["c1"].refuse.add("2.0.0")
+    fleet.deploy(0, v2)
+    with pytest.raises(RuntimeError) as e:
+        fleet.gate(0, v2)
+    text = str(e.value)
+    assert "ring 'canary'" in text and "failure share" in text and "c1: refused 2.0.0" in text and "to 1.0.0" in text
+    (cfg,) = fleet.ring_configs("canary")                          # the failed layer is gone, the rollback layer replaced it
+    assert cfg["labels"]["edgefleet-kind"] == "rollback" and cfg["labels"]["edgefleet-version"] == "1.0.0"
+    model = cfg["content"]["modulesContent"][mf.AGENT_MODULE]["properties.desired.models.detector"]
+    order = model["rollbackOrder"].encode()
+    verify_bytes(order, Envelope.parse(model["rollbackSignature"].encode(), "order"), load_public_key(signer.public_key_pem(), "k"), "order")
+    assert parse_rollback_order(order, "order")["version"] == "1.0.0" and model["sha256"] == v1["sha256"]
+    assert {hub.devices[d].reported["models"]["detector"]["version"] for d in ("c1", "c2")} == {"1.0.0"}
+    (broad,) = fleet.ring_configs("broad")                         # later rings never saw 2.0.0
+    assert broad["labels"]["edgefleet-version"] == "1.0.0"
+    assert all(hub.devices[d].reported["models"]["detector"]["version"] == "1.0.0" for d in ("b1", "b2", "b3", "b4"))
+    # every moment of the rollback, the canary ring had a layer: created first, then the failed one deleted
+    canary_ops = [(op, cid) for op, cid, present in hub.timeline if cid.startswith("ef-detector-canary")]
+    assert canary_ops[-2][0] == "create" and "rb-v1-0-0" in canary_ops[-2][1] and canary_ops[-1][0] == "delete"
+
+
+def test_a_rolled_back_layer_that_pulumi_recreates_is_rolled_back_again(hub, fleet, signer):
+    v1, v2 = release(signer, "1.0.0"), release(signer, "2.0.0")
+    roll_out(fleet, v1)
+    hub.devices["c1"].refuse.add("2.0.0")
+    fleet.deploy(0, v2)
+    with pytest.raises(RuntimeError):
+        fleet.gate(0, v2)
+    fleet.deploy(0, v2)                                            # e.g. `pulumi refresh && pulumi up` without a fix
+    assert fleet.ring_configs("canary")[-1]["labels"]["edgefleet-version"] == "2.0.0"
+    with pytest.raises(RuntimeError, match="halted at ring 'canary'"):
+        fleet.gate(0, v2)
+    (cfg,) = fleet.ring_configs("canary")
+    assert (cfg["labels"]["edgefleet-kind"], cfg["labels"]["edgefleet-version"]) == ("rollback", "1.0.0")
+
+
+def test_metrics_not_yet_evaluated_are_waited_for_not_read_as_an_empty_ring(hub, fleet, signer):
+    v1 = release(signer, "1.0.0")
+    fleet.deploy(0, v1)
+    h = fleet.azure_hub()
+    target = type("T", (), {"selector": "detector.canary"})()
+    (cfg,) = fleet.ring_configs("canary")
+    assert "targetedCount" not in cfg["systemMetrics"]["results"]            # IoT Hub has not evaluated it yet
+    d = h.desired(target)
+    obs = h.observe(target, d, since=0)
+    assert obs.devices == 2 and obs.adopted == 2 and obs.inferences == 200 and obs.p99_latency_ms == 5.0
+
+
+# -- the Key Vault signer ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def vault():
+    v = FakeKeyVault()
+    yield v
+    v.stop()
+
+
+def test_key_vault_signatures_verify_with_the_public_key_devices_get(vault):
+    from components.azure.signer import KeyVaultSigner
+
+    token = StaticToken()
+    s = KeyVaultSigner(vault.kid, credential=token)
+    payload = b"name: detector\nversion: 1.0.0\n"
+    env = sign_bytes(s, payload)
+    assert s.public_key_pem() == vault.public_pem()
+    verify_bytes(payload, env, load_public_key(s.public_key_pem(), "vault"), "payload")
+    assert env.key_id == s.key_id and vault.signed == 1
+    assert token.scopes == ["https://vault.azure.net/.default"] * len(token.scopes)
+    with pytest.raises(SignatureError):                           # any change to the payload breaks it
+        verify_bytes(payload + b" ", env, load_public_key(s.public_key_pem(), "vault"), "payload")
+
+
+def test_key_vault_refusals_name_the_key_and_the_fix(vault):
+    from components.azure.signer import KeyVaultSigner
+
+    with pytest.raises(EdgefleetError) as e:
+        KeyVaultSigner(vault.kid, credential=StaticToken("expired")).public_key_pem()
+    assert vault.kid in str(e.value) and "401" in str(e.value) and "az login" in str(e.value)
+
+
+def test_a_signature_from_another_key_is_caught_before_it_reaches_a_device(vault, tmp_path):
+    from components.azure.signer import KeyVaultSigner
+
+    s = KeyVaultSigner(vault.kid, credential=StaticToken())
+    s._public = LocalKeySigner(create_key_file(tmp_path / "other.pem"))._key.public_key()   # e.g. an unpinned, rotated key
+    with pytest.raises(SignatureError, match="does not verify"):
+        s.sign_digest(b"\x00" * 32)
+
+
+def test_the_signer_holds_no_token_and_pickles_small(vault):
+    import pickle
+
+    from components.azure.signer import KeyVaultSigner
+
+    data = pickle.dumps(KeyVaultSigner(vault.kid))
+    assert b"Bearer" not in data and len(data) < 2000
+
+
+# -- publishing a model -------------------------------------------------------------------------------------------------
+class MemoryContainer:
+    """The ContainerClient calls publish_artifact makes, in memory."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, tuple[bytes, dict]] = {}
+        self.uploads: list[str] = []
+
+    def list_blobs(self, name_starts_with="", include=None):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(name=n, metadata=m if include and "metadata" in include else None)
+                for n, (_, m) in sorted(self.blobs.items()) if n.startswith(name_starts_with)]
+
+    def upload_blob(self, name, data, overwrite=False, metadata=None, **_):
+        assert overwrite or name not in self.blobs
+        self.blobs[name] = (data.read() if hasattr(data, "read") else bytes(data), dict(metadata or {}))
+        self.uploads.append(name)
+
+    def download_blob(self, name):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(readall=lambda: self.blobs[name][0])
+
+
+def test_publishing_uploads_a_content_addressed_signed_artifact_once(signer):
+    from components.azure.providers import publish_artifact
+    from edgefleet.artifact import verify_artifact
+
+    text = (REPO / "models" / "detector" / "model.yaml").read_text()
+    props = {"source": str(REPO / "models" / "detector" / "detector.onnx"), "model": "detector", "version": "1.0.0",
+             "sha256": "de6313948e98ba28a0087916ca93f9bcb594a0eee60e35670d696b304ed3b7bc", "size": 2364, "manifest": text,
+             "blob_endpoint": "https://efdev.blob.core.windows.net/", "container": "models", "key_url": "unused"}
+    box = MemoryContainer()
+    out = publish_artifact(props, signer=signer, container=box)
+    base = f"detector/{props['sha256']}"
+    assert out["uri"] == f"https://efdev.blob.core.windows.net/models/{base}.onnx"
+    assert sorted(box.blobs) == [f"{base}.onnx", f"{base}.yaml", f"{base}.yaml.sig"]
+    verify_artifact(box.blobs[f"{base}.yaml"][0], out["signature"].encode(), Path(props["source"]),
+                    load_public_key(signer.public_key_pem(), "k"), "store")
+    again = publish_artifact(props, signer=signer, container=box)          # a re-run: nothing uploaded, same signature
+    assert again == out and len(box.uploads) == 3
+
+
+def test_publishing_refuses_an_artifact_that_does_not_match_its_manifest(signer, tmp_path):
+    from components.azure.providers import publish_artifact
+
+    fake = tmp_path / "detector.onnx"
+    fake.write_bytes(b"not the model")
+    props = {"source": str(fake), "model": "detector", "version": "1.0.0", "sha256": "de6313948e98ba28a0087916ca93f9bcb594a0eee60e35670d696b304ed3b7bc",
+             "size": 2364, "manifest": "x", "blob_endpoint": "https://e/", "container": "models", "key_url": "unused"}
+    box = MemoryContainer()
+    with pytest.raises(EdgefleetError, match="refusing to publish"):
+        publish_artifact(props, signer=signer, container=box)
+    assert box.blobs == {}

@@ -1,0 +1,186 @@
+"""Deployment manifests against the vendor's schemas (as `az iot edge deployment create` applies them) and our twin contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from azure_testkit import matches
+from components.azure import manifest as mf
+from components.rollout.types import DesiredModel
+from edgefleet.signing import LocalKeySigner, create_key_file, key_id_of, load_public_key, rollback_order, sign_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA_PAIRS = [(a, h) for a in ("1.0", "1.1") for h in ("1.0", "1.1", "1.2")]
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory) -> LocalKeySigner:
+    return LocalKeySigner(create_key_file(tmp_path_factory.mktemp("k") / "signing.pem"))
+
+
+@pytest.fixture(scope="module")
+def desired(signer) -> DesiredModel:
+    text = (REPO / "models" / "detector" / "model.yaml").read_text()
+    sig = sign_bytes(signer, text.encode()).to_bytes().decode()
+    return DesiredModel(model="detector", version="1.0.0", sha256="de6313948e98ba28a0087916ca93f9bcb594a0eee60e35670d696b304ed3b7bc",
+                        size=2364, uri="https://efdev.blob.core.windows.net/models/detector/de63.onnx", manifest=text, signature=sig,
+                        rollout="detector@1.0.0+de6313948e98")
+
+
+AGENT = mf.AgentModule(image="efdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")
+
+
+def base(signer, agent_schema="1.1", hub_schema="1.2", **kw):
+    trust = {"keyId": signer.key_id, "publicKeyPem": signer.public_key_pem().decode()}
+    return mf.base_manifest(agent=kw.pop("agent", AGENT), runtime="1.5", agent_schema=agent_schema, hub_schema=hub_schema,
+                            trust=trust, store_sas="sv=2024&sr=c&sp=r&sig=x", **kw)
+
+
+def vendor_errors(edge_schemas, modules_content, draft=None) -> list[str]:
+    """What the az CLI does: each system module's part against the schema of the schemaVersion it declares."""
+    out = []
+    for module in ("$edgeAgent", "$edgeHub"):
+        version = modules_content[module]["properties.desired"]["schemaVersion"]
+        schema = edge_schemas[(module, version)]
+        cls = draft or (jsonschema.Draft7Validator if "draft-07" in schema.get("$schema", "") else jsonschema.Draft4Validator)
+        out += [f"{module}: {e.message}" for e in cls(schema).iter_errors({module: modules_content[module]})]
+    return out
+
+
+@pytest.mark.parametrize("agent_schema,hub_schema", SCHEMA_PAIRS)
+@pytest.mark.parametrize("draft", [jsonschema.Draft7Validator, None], ids=["draft7", "cli-draft"])
+def test_base_and_effective_ring_manifests_validate_for_every_schema_version(edge_schemas, signer, desired, agent_schema, hub_schema, draft):
+    b = base(signer, agent_schema, hub_schema)
+    layer = mf.ring_layer(agent=AGENT, agent_schema=agent_schema, desired=desired, ring_key="detector.canary")
+    effective = mf.effective_manifest(b, layer)
+    assert vendor_errors(edge_schemas, b, draft) == []
+    assert vendor_errors(edge_schemas, effective, draft) == []
+    assert mf.check_manifest(b) == [] and mf.check_manifest(layer) == [] and mf.check_manifest(effective) == []
+
+
+def test_the_agent_module_carries_image_create_options_restart_policy_and_the_model(signer, desired):
+    effective = mf.effective_manifest(base(signer), mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=desired, ring_key="detector.canary"))
+    module = effective["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE]
+    assert module["settings"]["image"] == "efdev.azurecr.io/edgefleet-agent:0.1.0"
+    assert json.loads(module["settings"]["createOptions"])["HostConfig"]["Binds"] == ["edgefleet-models:/var/lib/edgefleet"]
+    assert module["restartPolicy"] == "always" and module["status"] == "running"
+    twin = effective[mf.AGENT_MODULE]["properties.desired"]
+    model = twin["models"]["detector"]
+    assert (model["uri"], model["sha256"], model["version"], model["manifest"], model["signature"]) == \
+        (desired.uri, desired.sha256, desired.version, desired.manifest, desired.signature)
+    assert twin["trust"]["publicKeyPem"].startswith("-----BEGIN PUBLIC KEY-----")
+    assert twin["trust"]["keyId"] == key_id_of(load_public_key(twin["trust"]["publicKeyPem"].encode(), "twin"))
+    assert mf.desired_from_agent(model) == desired                   # what the agent reads back is what was signed
+
+
+def test_layers_use_path_keys_so_iot_hub_classifies_them_as_layered(desired):
+    layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=desired, ring_key="detector.canary")
+    for module, parts in layer.items():
+        assert all(k.startswith("properties.desired.") for k in parts), module     # never a whole properties.desired
+    assert "systemModules" not in json.dumps(layer)                                # the runtime is the base deployment's
+
+
+def test_a_rollback_layer_carries_the_signed_rollback_order(edge_schemas, signer, desired):
+    order = rollback_order("detector", "1.0.0", desired.sha256, "gate of ring 'canary' failed")
+    rb = DesiredModel(**{**desired.__dict__, "rollback_order": order.decode(), "rollback_signature": sign_bytes(signer, order).to_bytes().decode()})
+    layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=rb, ring_key="detector.canary")
+    model = layer[mf.AGENT_MODULE]["properties.desired.models.detector"]
+    assert model["rollbackOrder"] == order.decode() and model["rollbackSignature"]
+    assert mf.check_manifest(layer) == [] and mf.desired_from_agent(model) == rb
+    assert vendor_errors(edge_schemas, mf.effective_manifest(base(signer), layer)) == []
+
+
+@pytest.mark.parametrize("break_it,needle", [
+    (lambda m: m["$edgeHub"]["properties.desired"].pop("routes"), "routes"),
+    (lambda m: m["$edgeAgent"]["properties.desired"]["systemModules"]["edgeHub"].pop("restartPolicy"), "restartPolicy"),
+    (lambda m: m["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE]["settings"].update(createOptions={"HostConfig": {}}), "string"),
+    (lambda m: m["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE].update(restartPolicy="sometimes"), "sometimes"),
+    (lambda m: m["$edgeAgent"]["properties.desired"]["modules"].update({"bad name!": {}}), "bad name!"),
+])
+def test_a_broken_manifest_is_rejected_by_the_vendor_schema(edge_schemas, signer, break_it, needle):
+    m = base(signer)
+    break_it(m)
+    errors = vendor_errors(edge_schemas, m)
+    assert errors and any(needle in e for e in errors), errors
+
+
+def test_the_schema_is_the_one_the_manifest_declares(edge_schemas, signer):
+    m = base(signer, hub_schema="1.2")
+    m["$edgeHub"]["properties.desired"]["routes"][mf.ROUTE] = {"route": mf.route(), "priority": 0}   # 1.1+ allow route objects
+    assert vendor_errors(edge_schemas, m) == []
+    m["$edgeHub"]["properties.desired"]["schemaVersion"] = "1.0"                                    # 1.0 wants strings
+    assert any("is not of type 'string'" in e for e in vendor_errors(edge_schemas, m))
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("signature", None, "signature"),
+    ("sha256", "not-a-digest", "sha256"),
+    ("uri", "http://plain-text.example/model.onnx", "uri"),
+    ("rollbackOrder", '{"format":"edgefleet-rollback/v1"}', "rollbackSignature"),
+])
+def test_broken_agent_desired_properties_are_rejected(signer, desired, field, value, needle):
+    layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=desired, ring_key="detector.canary")
+    model = layer[mf.AGENT_MODULE]["properties.desired.models.detector"]
+    if value is None:
+        model.pop(field)
+    else:
+        model[field] = value
+    problems = mf.check_manifest(layer)
+    assert problems and any(needle in p for p in problems), problems
+
+
+def test_long_create_options_are_split_the_way_iot_edge_reads_them(edge_schemas, signer):
+    big = {"HostConfig": {"Binds": [f"/data/{i:04d}:/mnt/{i:04d}" for i in range(60)]}}
+    agent = mf.AgentModule(image=AGENT.image, agent_version="0.1.0", create_options=big)
+    m = base(signer, agent=agent)
+    s = m["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE]["settings"]
+    chunks = [s[k] for k in sorted(k for k in s if k.startswith("createOptions"))]
+    assert len(chunks) > 1 and all(len(c) <= 512 for c in chunks)
+    assert json.loads("".join(chunks)) == big
+    assert vendor_errors(edge_schemas, m) == [] and mf.check_manifest(m) == []
+    with pytest.raises(ValueError, match="at most 4096"):
+        mf.settings("img", {"x": "y" * 5000})
+
+
+def test_desired_properties_over_the_twin_limit_are_reported(signer, desired):
+    fat = DesiredModel(**{**desired.__dict__, "manifest": "#" * (mf.TWIN_DESIRED_LIMIT + 1)})
+    layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=fat, ring_key="detector.canary")
+    assert any("at most 32768" in p for p in mf.check_manifest(mf.effective_manifest(base(signer), layer)))
+
+
+def test_ring_target_conditions_are_disjoint_and_cover_the_group():
+    group = ({"group": "cameras"}, [], )
+    conds = mf.ring_conditions([(*group, {"ring": "canary"}), (*group, {"ring": "early"}), (*group, {})])
+    devices = {"c1": {"group": "cameras", "ring": "canary"}, "e1": {"group": "cameras", "ring": "early"},
+               "b1": {"group": "cameras"}, "b2": {"group": "cameras", "ring": "other"}, "x": {"group": "doorbells"}, "y": {}}
+    member = {d: [i for i, c in enumerate(conds) if matches(c, {"deviceId": d, "tags": t})] for d, t in devices.items()}
+    assert member == {"c1": [0], "e1": [1], "b1": [2], "b2": [2], "x": [], "y": []}   # b1 has no ring tag: NOT must not drop it
+
+
+def test_explicit_device_ids_select_like_the_local_registry():
+    cond = mf.group_condition({"group": "cameras"}, ["spare-7"])
+    assert matches(cond, {"deviceId": "spare-7", "tags": {}})
+    assert matches(cond, {"deviceId": "cam-1", "tags": {"group": "cameras"}})
+    assert not matches(cond, {"deviceId": "cam-2", "tags": {"group": "doorbells"}})
+
+
+def test_the_custom_metrics_count_what_the_agent_reports(desired):
+    from azure_testkit import run_query
+
+    spec = mf.RingDeploymentSpec(rollout="detector", ring="canary", index=0, model="detector", target_condition="tags.ring='canary'",
+                                 priority=11, agent=AGENT, agent_schema="1.1")
+    queries = mf.ring_metrics(spec, desired)
+    ok = {"status": "ok", "version": "1.0.0", "sha256": desired.sha256, "ring": spec.key, "rollout": desired.rollout}
+    twins = [
+        {"deviceId": "a", "moduleId": mf.AGENT_MODULE, "properties": {"reported": {"models": {"detector": ok}}}},
+        {"deviceId": "b", "moduleId": mf.AGENT_MODULE, "properties": {"reported": {"models": {"detector": {
+            "status": "failed", "failedVersion": "1.0.0", "version": "0.9.0", "ring": spec.key, "rollout": desired.rollout}}}}},
+        {"deviceId": "c", "moduleId": mf.AGENT_MODULE, "properties": {"reported": {"models": {"detector": {**ok, "ring": "detector.early"}}}}},
+        {"deviceId": "d", "moduleId": mf.AGENT_MODULE, "properties": {"reported": {}}},
+    ]
+    counts = {name: sorted(r["deviceId"] for r in run_query(q, [], twins)) for name, q in queries.items()}
+    assert counts == {"adopted": ["a"], "failed": ["b"], "reporting": ["a", "b"]}
