@@ -151,7 +151,7 @@ class AwsConfig(Strict):
 
         devices: int = Field(ge=1, le=1_000_000)
         max_per_minute: int = Field(default=50, ge=1, le=1000)
-        abort_failure_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+        abort_failure_percent: Annotated[float, Field(gt=0, le=100)] | None = None   # IoT aborts at >= this share: 0 would abort at once
         abort_min_executed: int = Field(default=1, ge=1)
         timeout_minutes: Annotated[int, Field(ge=1, le=10080)] | None = None
 
@@ -358,7 +358,17 @@ def check_stack(cfg: StackConfig) -> list[tuple[str, str, str]]:
             gate = ring.gate
             if not math.isfinite(gate.soak_seconds):
                 out.append((f"{key}.gate.soak_seconds", "must be finite", "use a number of seconds"))
+    if not out:
+        out += _platform_checks(cfg)
     return out
+
+
+def _platform_checks(cfg: StackConfig) -> list[tuple[str, str, str]]:
+    """Each cloud's own rules (ring queries, job policies, twin tags); imported lazily, they import this module."""
+    from components.aws.checks import check_aws_stack
+    from components.azure.checks import check_azure_stack
+
+    return check_aws_stack(cfg) + check_azure_stack(cfg)
 
 
 def check_models_against_groups(cfg: StackConfig, manifests: dict[str, ModelManifest], source_of: dict[str, str]) -> list[tuple[str, str, str]]:

@@ -25,7 +25,6 @@ import pulumi
 import pulumi_azure_native as azure
 
 from components.azure import manifest as mf
-from components.azure.checks import check_azure_stack
 from components.azure.configurations import Configuration
 from components.azure.hub import rollout_id
 from components.azure.providers import ModelArtifact, RingGate, SigningPublicKey
@@ -33,7 +32,6 @@ from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutp
                                  RingSpec, StoreOutputs, child)
 from components.rollout.types import DesiredModel
 from edgefleet.config import PROJECT, AzureConfig, DeviceGroupConfig
-from edgefleet.errors import ConfigError
 from edgefleet.manifest import ModelManifest
 
 HUB_POLICY = "edgefleet-deployer"
@@ -126,14 +124,7 @@ class AzurePlatform(Platform):
     def __init__(self, stack, project_dir: Path) -> None:
         super().__init__(stack, project_dir)
         self.source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
-        problems = check_azure_stack(stack)
-        if stack.azure is None:
-            problems.insert(0, ("azure", "the azure platform needs an `edgefleet:azure` section", "add `edgefleet:azure:` with at least location and device_sas_expiry"))
-        if problems:
-            key, problem, fix = problems[0]
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise ConfigError(self.source, f"{PROJECT}:{key}: {problem}{more}", fix)
-        self.az: AzureConfig = stack.azure
+        self.az: AzureConfig = stack.azure           # parse_stack_config ran check_azure_stack already
         self._foundation: Foundation | None = None
         self._store: _Store | None = None
         self._key: _Key | None = None

@@ -1,0 +1,78 @@
+"""Cross-field rules for stacks with AWS groups. Pure (no Pulumi, no boto3), so `check_stack` and the policy
+pack can call them; AwsPlatform runs them before it declares anything.
+
+Each problem is (key, problem, fix) with the key as it is written in the stack file under `edgefleet:`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from edgefleet.config import PROJECT, StackConfig
+
+# Thing attribute names allow [a-zA-Z0-9_.,@/:#-]; fleet-indexing query terms need plain tokens, so labels that
+# select AWS devices keep to letters, digits, '_', '.' and '-'.
+LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def aws_groups(cfg: StackConfig) -> set[str]:
+    return {g.name for g in cfg.groups if cfg.group_platform(g) == "aws"}
+
+
+def check_aws_stack(cfg: StackConfig) -> list[tuple[str, str, str]]:
+    if cfg.aws is None:
+        return []
+    out: list[tuple[str, str, str]] = []
+    on_aws = aws_groups(cfg)
+    groups = {g.name: g for g in cfg.groups}
+    for i, g in enumerate(cfg.groups):
+        if g.name not in on_aws:
+            continue
+        if g.labels and g.devices:
+            out.append((f"groups[{i}]", f"group {g.name!r} lists both labels and devices; on AWS a group is either a dynamic "
+                        "thing group (labels) or a static one (device ids)", "keep labels (preferred) or devices, not both"))
+        for k, v in g.labels.items():
+            if not (LABEL_RE.match(k) and LABEL_RE.match(v)):
+                out.append((f"groups[{i}].labels", f"label {k}: {v} cannot be a fleet-indexing query term",
+                            "use letters, digits, '_', '.' and '-' in label keys and values"))
+    ring_names: set[str] = set()
+    for i, r in enumerate(cfg.rollouts):
+        aws_rings = [(j, ring) for j, ring in enumerate(r.rings) if ring.group in on_aws]
+        if aws_rings and len(aws_rings) != len(r.rings):
+            j = next(j for j, ring in enumerate(r.rings) if ring.group not in on_aws and ring.group in groups)
+            out.append((f"rollouts[{i}].rings[{j}].group", f"rollout {r.name!r} mixes AWS rings with rings on "
+                        f"{cfg.group_platform(groups[r.rings[j].group])}: a rollout's gates read one platform's health",
+                        "split it into one rollout per platform (see stacks/Pulumi.multi.yaml)"))
+        for j, ring in aws_rings:
+            key = f"rollouts[{i}].rings[{j}]"
+            ring_names.add(ring.name)
+            policy = cfg.aws.rings.get(ring.name)
+            if policy is None:
+                out.append(("aws.rings", f"no entry for ring {ring.name!r} ({key}): AWS needs the devices the ring must reach",
+                            f"add `{ring.name}: {{devices: N}}` under {PROJECT}:aws.rings"))
+            elif policy.abort_min_executed > policy.devices:
+                out.append((f"aws.rings.{ring.name}.abort_min_executed",
+                            f"{policy.abort_min_executed} exceeds the ring's {policy.devices} devices, so its job could never abort",
+                            f"set abort_min_executed to at most {policy.devices}"))
+            for k, v in ring.labels.items():
+                if not (LABEL_RE.match(k) and LABEL_RE.match(v)):
+                    out.append((f"{key}.labels", f"label {k}: {v} cannot be a fleet-indexing query term",
+                                "use letters, digits, '_', '.' and '-' in label keys and values"))
+            group = groups[ring.group]
+            clash = {k for k, v in ring.labels.items() if k in group.labels and group.labels[k] != v}
+            if clash:
+                out.append((f"{key}.labels", f"ring {ring.name!r} asks for {', '.join(f'{k}: {ring.labels[k]}' for k in sorted(clash))} "
+                            f"but group {group.name!r} requires {', '.join(f'{k}: {group.labels[k]}' for k in sorted(clash))}: it selects no devices",
+                            "drop the conflicting ring label"))
+            for jj, earlier in aws_rings:
+                if jj >= j:
+                    break
+                if earlier.group == ring.group and all(ring.labels.get(k) == v for k, v in earlier.labels.items()):
+                    out.append((key, f"ring {ring.name!r} selects no devices: ring {earlier.name!r} before it already takes every "
+                                f"device it would select (rings are disjoint, a device belongs to the first ring that selects it)",
+                                f"give ring {earlier.name!r} a label of its own, such as ring: {earlier.name}"))
+                    break
+    for name in sorted(set(cfg.aws.rings) - ring_names):
+        out.append((f"aws.rings.{name}", f"no AWS ring is named {name!r} (rings: {', '.join(sorted(ring_names)) or 'none'})",
+                    "fix the ring name or remove the entry"))
+    return out

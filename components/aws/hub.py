@@ -1,0 +1,255 @@
+"""The FleetHub the rollout engine drives on AWS: Greengrass deployments, their IoT jobs, CloudWatch and S3.
+
+- desired / set_desired: the latest Greengrass deployment of the ring's thing group (one active deployment
+  per target: a new one supersedes it). set_desired creates a deployment, with an idempotency token, so a
+  gate resumed after a crash never deploys twice; a rollback deployment carries the signed rollback order
+  in the model component's configuration merge.
+- observe: the deployment's IoT job execution counts (succeeded = adopted; failed, rejected and timed out =
+  failed; queued = not reporting) and the agents' health metrics in CloudWatch for that ring and version.
+  The ring's declared device count is the floor of the denominator, so devices that never registered
+  count as pending, never as healthy.
+- load_progress / save_progress: one JSON object per rollout under rollouts/ in the model bucket
+  (versioned, KMS-encrypted), so a gate resumes where the last `pulumi up` stopped.
+
+boto3 is imported lazily and clients are built on first use: the gate's dynamic provider pickles nothing
+but its inputs, and tests pass moto-backed or Stubber-wrapped clients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from components.aws.plan import (Naming, RingComponents, RingJobPolicy, client_token, components_spec, deployment_request,
+                                 deployment_tags, progress_key)
+from components.rollout.types import DesiredModel, RingObservation, RingTarget
+
+METRICS = {"inferences": ("Inferences", "Sum"), "errors": ("Errors", "Sum"), "invalid": ("InvalidOutputs", "Sum"),
+           "latency": ("LatencyP99Ms", "p99")}
+FAILED_STATES = ("FAILED", "REJECTED", "TIMED_OUT")
+
+
+class Clients:
+    """boto3 clients for one region, created on first use with the default credential chain."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self._made: dict[str, Any] = {}
+
+    def _get(self, service: str) -> Any:
+        if service not in self._made:
+            import boto3
+
+            self._made[service] = boto3.client(service, region_name=self.region)
+        return self._made[service]
+
+    greengrass = property(lambda self: self._get("greengrassv2"))
+    iot = property(lambda self: self._get("iot"))
+    cloudwatch = property(lambda self: self._get("cloudwatch"))
+    s3 = property(lambda self: self._get("s3"))
+    kms = property(lambda self: self._get("kms"))
+
+
+@dataclass(frozen=True)
+class RingSite:
+    target_arn: str
+    policy: RingJobPolicy
+
+
+class AwsHub:
+    def __init__(self, *, region: str, stack: str, bucket: str, metric_namespace: str, rollout: str, model: str,
+                 model_component: str, agent_component: str, agent_version: str, sites: dict[str, RingSite],
+                 clients: Any = None, clock=time.time) -> None:
+        self.region = region
+        self.naming = Naming(stack)
+        self.bucket = bucket
+        self.metric_namespace = metric_namespace
+        self.rollout = rollout
+        self.model = model
+        self.model_component = model_component
+        self.agent_component = agent_component
+        self.agent_version = agent_version
+        self.sites = sites
+        self.clients = clients if clients is not None else Clients(region)
+        self._clock = clock
+        self._known: dict[str, DesiredModel] = {}
+
+    @classmethod
+    def from_props(cls, props: dict[str, Any], clients: Any = None, clock=time.time) -> "AwsHub":
+        sites = {r["name"]: RingSite(target, RingJobPolicy(**policy))
+                 for r, target, policy in zip(props["rings"], props["targets"], props["policies"], strict=True)}
+        return cls(region=props["region"], stack=props["stack"], bucket=props["bucket"], metric_namespace=props["metric_namespace"],
+                   rollout=props["rollout"], model=props["model"], model_component=props["model_component"],
+                   agent_component=props["agent_component"], agent_version=props["agent_version"], sites=sites, clients=clients,
+                   clock=clock)
+
+    def remember(self, *models: DesiredModel | None) -> None:
+        """Versions this hub can map a deployment back to (the rollout's own and its rollback target)."""
+        for m in models:
+            if m is not None:
+                self._known[m.version] = m
+
+    def now(self) -> float:
+        return self._clock()
+
+    # -- Greengrass ---------------------------------------------------------------------------------------
+    def latest_deployment(self, target_arn: str) -> dict[str, Any] | None:
+        resp = self.clients.greengrass.list_deployments(targetArn=target_arn, historyFilter="LATEST_ONLY")
+        latest = [d for d in resp.get("deployments", []) if d.get("isLatestForTarget", True) and not d.get("parentTargetArn")]
+        if not latest:
+            return None
+        return self.clients.greengrass.get_deployment(deploymentId=latest[0]["deploymentId"])
+
+    def _model_spec(self, deployment: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        spec = (deployment.get("components") or {}).get(self.model_component)
+        if spec is None:
+            return None, {}
+        merge = (spec.get("configurationUpdate") or {}).get("merge") or "{}"
+        try:
+            config = json.loads(merge)
+        except json.JSONDecodeError:
+            config = {}
+        return spec.get("componentVersion"), config if isinstance(config, dict) else {}
+
+    def _ring(self, target: RingTarget) -> tuple[RingSite, RingComponents]:
+        site = self.sites.get(target.ring)
+        if site is None or site.target_arn != target.selector:
+            raise KeyError(f"ring {target.ring!r} of rollout {self.rollout!r} is not one this gate was given ({', '.join(self.sites)})")
+        return site, RingComponents(self.model_component, self.agent_component, self.agent_version, self.rollout, target.ring)
+
+    # -- FleetHub -------------------------------------------------------------------------------------------
+    def desired(self, target: RingTarget) -> DesiredModel | None:
+        self._ring(target)
+        deployment = self.latest_deployment(target.selector)
+        if deployment is None:
+            return None
+        version, config = self._model_spec(deployment)
+        if version is None:
+            return None
+        # a version this gate knows maps back to the very DesiredModel the engine compares with; any other one
+        # (a deployment made by hand, say) maps to a stand-in that never equals what the engine wants
+        base = self._known.get(version) or DesiredModel(model=self.model, version=version, sha256="", size=0, uri="",
+                                                         manifest="", signature="")
+        rid = config.get("RolloutId", base.rollout)
+        order = config.get("RollbackOrder") or None
+        if order:
+            return replace(base, rollout=rid, rollback_order=order, rollback_signature=config.get("RollbackSignature") or None)
+        return base if base.rollout == rid else replace(base, rollout=rid)
+
+    def set_desired(self, target: RingTarget, desired: DesiredModel | None) -> None:
+        self.clients.greengrass.create_deployment(**self.deployment_request(target, desired))
+
+    def deployment_request(self, target: RingTarget, desired: DesiredModel | None) -> dict[str, Any]:
+        site, ring = self._ring(target)
+        if desired is None:
+            components, version, rollback, rid = {}, None, False, "none"
+        else:
+            order = (desired.rollback_order, desired.rollback_signature or "") if desired.is_rollback else None
+            components = components_spec(ring, desired.version, desired.rollout, order)
+            version, rollback, rid = desired.version, desired.is_rollback, desired.rollout
+        name = self.naming.deployment_name(self.rollout, target.ring, version, rollback=rollback)
+        token = client_token(site.target_arn, rid, version or "none", "rollback" if rollback else "forward")
+        return deployment_request(site.target_arn, name, components, site.policy, deployment_tags(self.rollout, target.ring, version),
+                                  client_token=token)
+
+    def _carries(self, deployment: dict[str, Any], desired: DesiredModel | None) -> bool:
+        version, config = self._model_spec(deployment)
+        if desired is None:
+            return version is None
+        return version == desired.version and bool(config.get("RollbackOrder")) == desired.is_rollback
+
+    def observe(self, target: RingTarget, desired: DesiredModel | None, since: float) -> RingObservation:
+        site, _ = self._ring(target)
+        expected = site.policy.devices
+        deployment = self.latest_deployment(target.selector)
+        if deployment is None or not deployment.get("iotJobId") or not self._carries(deployment, desired):
+            return RingObservation(devices=expected, adopted=0, failed=0, reporting=0)
+        job_id = deployment["iotJobId"]
+        counts = self.clients.iot.describe_job(jobId=job_id)["job"].get("jobProcessDetails") or {}
+        n = {k: int(counts.get(f"numberOf{k}Things", 0) or 0) for k in ("Succeeded", "Failed", "Rejected", "TimedOut", "InProgress", "Queued")}
+        failed = n["Failed"] + n["Rejected"] + n["TimedOut"]
+        targeted = n["Succeeded"] + failed + n["InProgress"] + n["Queued"]
+        devices = max(targeted, expected)
+        m = self.ring_metrics(target.ring, desired.version, since) if desired is not None else {}
+        failures = self._executions(job_id, FAILED_STATES, 50) if failed else ()
+        pending = self._executions(job_id, ("QUEUED",), 20) if n["Queued"] else ()
+        return RingObservation(
+            devices=devices, adopted=n["Succeeded"], failed=failed, reporting=n["Succeeded"] + failed + n["InProgress"],
+            inferences=int(m.get("inferences") or 0), errors=int(m.get("errors") or 0), invalid_outputs=int(m.get("invalid") or 0),
+            p99_latency_ms=m.get("latency"), failures=tuple((thing, status) for thing, status in failures),
+            pending=tuple(thing for thing, _ in pending))
+
+    def _executions(self, job_id: str, states: tuple[str, ...], limit: int) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for state in states:
+            resp = self.clients.iot.list_job_executions_for_job(jobId=job_id, status=state, maxResults=min(limit, 250))
+            for e in resp.get("executionSummaries", []):
+                out.append((e.get("thingArn", "").rsplit("/", 1)[-1], f"job execution {state.lower().replace('_', ' ')}"))
+            if len(out) >= limit:
+                break
+        return out[:limit]
+
+    # -- CloudWatch ------------------------------------------------------------------------------------------
+    def metric_queries(self, ring: str, version: str, period: int) -> list[dict[str, Any]]:
+        dims = [{"Name": "Rollout", "Value": self.rollout}, {"Name": "Ring", "Value": ring}, {"Name": "Version", "Value": version}]
+        return [{"Id": key, "ReturnData": True,
+                 "MetricStat": {"Metric": {"Namespace": self.metric_namespace, "MetricName": name, "Dimensions": dims},
+                                "Period": period, "Stat": stat}}
+                for key, (name, stat) in METRICS.items()]
+
+    def ring_metrics(self, ring: str, version: str, since: float) -> dict[str, float | None]:
+        """Sums of the counters and the p99 latency (the worst period's) since `since`, for agents on `version`."""
+        start = math.floor(since / 60) * 60
+        end = max(start + 60, math.ceil(self.now() / 60) * 60)
+        period = min(end - start, 3600)
+        kwargs: dict[str, Any] = {"MetricDataQueries": self.metric_queries(ring, version, period),
+                                  "StartTime": datetime.fromtimestamp(start, timezone.utc),
+                                  "EndTime": datetime.fromtimestamp(end, timezone.utc), "ScanBy": "TimestampAscending"}
+        values: dict[str, list[float]] = {k: [] for k in METRICS}
+        while True:
+            resp = self.clients.cloudwatch.get_metric_data(**kwargs)
+            for r in resp.get("MetricDataResults", []):
+                values.setdefault(r["Id"], []).extend(v for v in r.get("Values", []) if v is not None)
+            if not resp.get("NextToken"):
+                break
+            kwargs["NextToken"] = resp["NextToken"]
+        out: dict[str, float | None] = {k: sum(values[k]) if values[k] else None for k in ("inferences", "errors", "invalid")}
+        out["latency"] = max(values["latency"]) if values["latency"] else None
+        return out
+
+    # -- progress in S3 ---------------------------------------------------------------------------------------
+    def load_progress(self, rollout_id: str) -> dict[str, Any] | None:
+        s3 = self.clients.s3
+        try:
+            body = s3.get_object(Bucket=self.bucket, Key=progress_key(self.rollout, rollout_id))["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            return None
+        return json.loads(body)
+
+    def save_progress(self, rollout_id: str, progress: dict[str, Any]) -> None:
+        self.clients.s3.put_object(Bucket=self.bucket, Key=progress_key(self.rollout, rollout_id), ContentType="application/json",
+                                   Body=json.dumps(progress, sort_keys=True).encode(), ServerSideEncryption="aws:kms",
+                                   BucketKeyEnabled=True)
+
+    def rollouts(self, rollout: str) -> list[dict[str, Any]]:
+        """Progress records of `rollout`, oldest first."""
+        s3 = self.clients.s3
+        keys: list[str] = []
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": f"rollouts/{rollout}/"}
+        while True:
+            resp = s3.list_objects_v2(**kwargs)
+            keys += [o["Key"] for o in resp.get("Contents", [])]
+            if not resp.get("IsTruncated"):
+                break
+            kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+        records = [json.loads(s3.get_object(Bucket=self.bucket, Key=k)["Body"].read()) for k in keys]
+        return sorted(records, key=lambda p: p.get("started_at") or 0)
+
+    def last_good(self, rollout: str, before: str | None = None) -> DesiredModel | None:
+        """The rollback target: the desired model of the latest rollout of `rollout` that succeeded."""
+        good = [p for p in self.rollouts(rollout) if p.get("status") == "succeeded" and p.get("rollout_id") != before]
+        return DesiredModel.from_json(good[-1]["desired"]) if good else None

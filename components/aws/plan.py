@@ -1,0 +1,305 @@
+"""Pure data for the AWS platform: names, fleet-indexing queries, ring job policies and Greengrass deployment
+requests, and the gate's rollout plan built from a gate resource's inputs.
+
+The Pulumi program (platform.py) and the gate/rollback code (hub.py) build their CreateDeployment payloads
+with the same `deployment_request`, so the deployment Pulumi declares for a ring and the one the gate
+creates to roll it back differ only where they must (component version, the signed rollback order).
+No Pulumi and no boto3 imports here: tests and policies call these functions directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from edgefleet.config import AwsConfig, DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
+
+from components.rollout.engine import FAILED
+from components.rollout.report import failure_summary
+from components.rollout.types import DesiredModel
+
+ACCOUNT_RE = r"[0-9]{12}"
+GG_ARCH = {"amd64": "amd64", "arm64": "aarch64", "armv7": "arm"}      # manifest arch -> Greengrass platform architecture
+ROLLBACK_KEYS = ("/RollbackOrder", "/RollbackSignature")
+MIN_ABORT_PERCENT = 0.01
+
+
+# -- names --------------------------------------------------------------------------------------------------
+def partition(region: str) -> str:
+    return "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
+
+
+def fit(name: str, limit: int) -> str:
+    """`name`, or a stable shortening of it with a hash suffix when it exceeds an AWS name limit."""
+    if len(name) <= limit:
+        return name
+    return name[: limit - 9] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Naming:
+    """Physical names: prefixed with the stack so aws-dev and aws-prod can share an account and region."""
+
+    stack: str
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9-]", "-", self.stack.lower()).strip("-") or "stack"
+
+    @property
+    def prefix(self) -> str:
+        return f"edgefleet-{self.slug}"
+
+    def thing_type(self, aws: AwsConfig) -> str:
+        return aws.thing_type or fit(f"{self.prefix}-device", 128)
+
+    def group_thing_group(self, group: str) -> str:
+        return fit(f"{self.prefix}-{group}", 128)
+
+    def ring_thing_group(self, rollout: str, ring: str) -> str:
+        return fit(f"{self.prefix}-{rollout}-{ring}", 128)
+
+    def component(self, model: str, kind: str) -> str:
+        return fit(f"edgefleet.{self.slug}.{model}.{kind}", 128)
+
+    def model_component(self, model: str) -> str:
+        return self.component(model, "Model")
+
+    def agent_component(self, model: str) -> str:
+        return self.component(model, "Agent")
+
+    def deployment_name(self, rollout: str, ring: str, version: str | None, rollback: bool = False) -> str:
+        what = "remove model" if version is None else f"{'rollback to ' if rollback else ''}{version}"
+        return fit(f"{self.prefix} {rollout}/{ring}: {what}", 256)
+
+    def alarm(self, rollout: str, ring: str, what: str) -> str:
+        return fit(f"{self.prefix}-{rollout}-{ring}-{what}", 255)
+
+    @property
+    def device_role(self) -> str:
+        return fit(f"{self.prefix}-device", 64)
+
+    @property
+    def role_alias(self) -> str:
+        return fit(f"{self.prefix}-device-role-alias", 128)
+
+    @property
+    def core_policy(self) -> str:
+        return fit(f"{self.prefix}-core-device", 128)
+
+    @property
+    def repository(self) -> str:
+        return fit(f"{self.prefix}/agent", 256)
+
+
+def model_key(model: str, sha256: str, suffix: str = ".onnx") -> str:
+    """Content-addressed object key: a new version never overwrites an old one, so rollbacks can always download."""
+    return f"models/{model}/{sha256}{suffix}"
+
+
+def progress_key(rollout: str, rollout_id: str) -> str:
+    return f"rollouts/{rollout}/{rollout_id}.json"
+
+
+# -- ring selection: fleet-indexing queries ------------------------------------------------------------------
+def _attributes(labels: dict[str, str]) -> list[str]:
+    return [f"attributes.{k}:{v}" for k, v in sorted(labels.items())]
+
+
+def group_clause(group: DeviceGroupConfig, thing_type: str, group_thing_group: str) -> str:
+    """Which things belong to a device group: its labels on things of the fleet's type, or its static thing group."""
+    if group.labels:
+        return " AND ".join([f"thingTypeName:{thing_type}", *_attributes(group.labels)])
+    return f"thingGroupNames:{group_thing_group}"
+
+
+def ring_clause(ring: RingConfig, groups: dict[str, DeviceGroupConfig], thing_type: str, naming: Naming) -> str:
+    """What a ring selects before earlier rings take their share: its group's clause AND its own labels."""
+    base = group_clause(groups[ring.group], thing_type, naming.group_thing_group(ring.group))
+    return " AND ".join([base, *_attributes(ring.labels)])
+
+
+def ring_query(rollout: RolloutConfig, index: int, groups: dict[str, DeviceGroupConfig], thing_type: str, naming: Naming) -> str:
+    """Ring `index`'s dynamic thing group query. Rings are disjoint (a device belongs to the first ring that
+    selects it): Greengrass merges the deployments of every group a device is in and fails on two versions of
+    one component, so ring N excludes rings 0..N-1. Ring N's query reads rings 0..N only, never a later one."""
+    clauses = [ring_clause(r, groups, thing_type, naming) for r in rollout.rings[: index + 1]]
+    own = clauses[index]
+    if index == 0:
+        return own
+    return " AND ".join([f"({own})", *(f"NOT ({c})" for c in clauses[:index])])
+
+
+def searchable_attributes(groups: list[DeviceGroupConfig], rollouts: list[RolloutConfig]) -> list[str]:
+    """The thing type's searchable attributes (AWS allows three): `ring` first, then the most used label keys
+    of these groups and of the rings that select from them. (Fleet indexing indexes every attribute anyway.)"""
+    counts: dict[str, int] = {}
+    names = {g.name for g in groups}
+    for g in groups:
+        for k in g.labels:
+            counts[k] = counts.get(k, 0) + 1
+    for r in rollouts:
+        for ring in r.rings:
+            for k in (ring.labels if ring.group in names else {}):
+                counts[k] = counts.get(k, 0) + 1
+    ranked = sorted(counts, key=lambda k: (k != "ring", -counts[k], k))
+    return ranked[:3]
+
+
+# -- ring job policy -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RingJobPolicy:
+    devices: int
+    max_per_minute: int
+    abort_percent: float
+    abort_min_executed: int
+    timeout_minutes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def ring_job_policy(aws: AwsConfig, ring: RingConfig) -> RingJobPolicy:
+    """The ring's IoT job settings: explicit values from `edgefleet:aws.rings.<ring>`, else derived from its gate."""
+    p = aws.rings[ring.name]
+    gate: GateConfig = ring.gate
+    # IoT cancels the job once the failed share reaches the threshold, so a gate that tolerates no failure maps to
+    # the smallest threshold IoT takes (two decimals), not to 0, which every finished execution would reach.
+    abort = p.abort_failure_percent if p.abort_failure_percent is not None else max(gate.max_failure_share * 100, MIN_ABORT_PERCENT)
+    timeout = p.timeout_minutes if p.timeout_minutes is not None else min(10080, max(1, math.ceil(gate.deadline_seconds / 60)))
+    return RingJobPolicy(devices=p.devices, max_per_minute=p.max_per_minute, abort_percent=round(abort, 2),
+                         abort_min_executed=p.abort_min_executed, timeout_minutes=timeout)
+
+
+def iot_job_configuration(policy: RingJobPolicy) -> dict[str, Any]:
+    """The IoT job behind a ring's deployment: rate-limited, cancelled when failures pass the threshold, timed out."""
+    return {
+        "jobExecutionsRolloutConfig": {"maximumPerMinute": policy.max_per_minute},
+        "abortConfig": {"criteriaList": [{"failureType": "ALL", "action": "CANCEL",
+                                          "thresholdPercentage": policy.abort_percent,
+                                          "minNumberOfExecutedThings": policy.abort_min_executed}]},
+        "timeoutConfig": {"inProgressTimeoutInMinutes": policy.timeout_minutes},
+    }
+
+
+def deployment_policies() -> dict[str, Any]:
+    """ROLLBACK: a device whose components fail to start returns to its previous deployment by itself."""
+    return {
+        "failureHandlingPolicy": "ROLLBACK",
+        "componentUpdatePolicy": {"action": "NOTIFY_COMPONENTS", "timeoutInSeconds": 60},
+        "configurationValidationPolicy": {"timeoutInSeconds": 60},
+    }
+
+
+# -- deployment payloads ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RingComponents:
+    """The two components a ring runs for one model, and where the ring sits (merged into the model's config)."""
+
+    model_component: str
+    agent_component: str
+    agent_version: str
+    rollout: str
+    ring: str
+
+
+def components_spec(c: RingComponents, model_version: str | None, rollout_id: str,
+                    rollback: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The `components` map of a ring's deployment.
+
+    Forward: the model version, with any earlier rollback order reset away. Rollback: the last good version
+    with the signed rollback order merged into the model component's configuration, the only thing that
+    makes the agent accept a lower version. `model_version=None`: the ring runs no model (a first rollout
+    that failed), and Greengrass removes both components from the ring's devices.
+    """
+    if model_version is None:
+        return {}
+    merge: dict[str, Any] = {"Rollout": c.rollout, "Ring": c.ring, "RolloutId": rollout_id}
+    update: dict[str, Any] = {}
+    if rollback is None:
+        update["reset"] = list(ROLLBACK_KEYS)
+    else:
+        merge.update({"RollbackOrder": rollback[0], "RollbackSignature": rollback[1]})
+    update["merge"] = json.dumps(merge, sort_keys=True)
+    return {
+        c.model_component: {"componentVersion": model_version, "configurationUpdate": update},
+        c.agent_component: {"componentVersion": c.agent_version},
+    }
+
+
+def deployment_tags(rollout: str, ring: str, version: str | None) -> dict[str, str]:
+    return {"edgefleet:rollout": rollout, "edgefleet:ring": ring, "edgefleet:version": version or "none"}
+
+
+def deployment_request(target_arn: str, name: str, components: dict[str, Any], policy: RingJobPolicy,
+                       tags: dict[str, str], client_token: str | None = None) -> dict[str, Any]:
+    """greengrassv2 CreateDeployment parameters (also the aws-native Deployment's inputs, which share the shape)."""
+    req: dict[str, Any] = {
+        "targetArn": target_arn,
+        "deploymentName": name,
+        "components": components,
+        "deploymentPolicies": deployment_policies(),
+        "iotJobConfiguration": iot_job_configuration(policy),
+        "tags": tags,
+    }
+    if client_token is not None:
+        req["clientToken"] = client_token
+    return req
+
+
+def client_token(*parts: str) -> str:
+    """Idempotency token for CreateDeployment: a resumed gate re-sending a rollback creates it once."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:64]
+
+
+# -- the gate: resource inputs -> engine plan ---------------------------------------------------------------
+def rollout_id(rollout: str, desired: DesiredModel) -> str:
+    return f"{rollout}@{desired.version}+{desired.sha256[:12]}"
+
+
+def desired_from_props(props: dict[str, Any]) -> DesiredModel:
+    d = DesiredModel(model=props["model"], version=props["version"], sha256=props["sha256"], size=int(props["size"]),
+                     uri=props["uri"], manifest=props["manifest"], signature=props["signature"])
+    return DesiredModel(**{**d.__dict__, "rollout": rollout_id(props["rollout"], d)})
+
+
+def rings_from_props(props: dict[str, Any]) -> list[RingConfig]:
+    return [RingConfig.model_validate(r, strict=False) for r in props["rings"]]
+
+
+def run_gate(props: dict[str, Any], clients: Any = None, clock: Any = None) -> dict[str, Any]:
+    """Drives the engine through ring `index` (the whole rollout for the last ring) against Greengrass; on a
+    failed gate the engine rolls the touched rings back and this raises with the engine's report."""
+    from components.aws.hub import AwsHub
+    from components.aws.signer import KmsSigner
+    from components.rollout.engine import RingPlan, RolloutEngine, RolloutPlan
+    from components.rollout.hub import WallClock
+    from components.rollout.rollback import rollback_authorizer
+    from components.rollout.types import RingTarget
+
+    clock = clock or WallClock()
+    hub = AwsHub.from_props(props, clients=clients, clock=clock.now)
+    rings = rings_from_props(props)
+    desired = desired_from_props(props)
+    rid = desired.rollout
+    previous = hub.last_good(props["rollout"], before=rid)
+    hub.remember(desired, previous)
+    plan = RolloutPlan(props["rollout"], desired, previous, tuple(
+        RingPlan(RingTarget(rollout=props["rollout"], ring=r.name, index=i, selector=props["targets"][i]), r.gate)
+        for i, r in enumerate(rings)))
+    index = int(props["index"])
+    last = index == int(props["total_rings"]) - 1
+    signer = KmsSigner(props["signing_key"], props["region"], client=clients.kms if clients is not None else None)
+    engine = RolloutEngine(hub, clock, rollback_authorizer(signer), poll_seconds=float(props["poll_seconds"]))
+    progress = engine.run(plan, until_ring=None if last else index)
+    if progress["status"] in FAILED:
+        raise RuntimeError(failure_summary(progress, later_rings=int(props["total_rings"]) - len(rings)))
+    if progress["status"] == "superseded":
+        raise RuntimeError(f"rollout {rid} was superseded by a newer rollout of {props['rollout']!r}; run `pulumi up` again")
+    return progress
+
+

@@ -1,0 +1,399 @@
+"""The AWS platform: an AWS IoT Greengrass v2 fleet that receives models ring by ring.
+
+What each Platform method declares (pulumi-aws, plus pulumi-aws-native for Greengrass v2 and dynamic
+thing groups, which pulumi-aws lacks):
+- signing_key: an asymmetric KMS key (ECC_NIST_P256, SIGN_VERIFY) only the deploying role can sign with.
+- model_store: a versioned, KMS-encrypted S3 bucket with public access blocked and TLS-only access.
+- app_registry: the agent's ECR repository (immutable tags, scan on push, lifecycle policy).
+- device_group: the group's thing group (static for device ids, dynamic for labels), plus, once per stack,
+  the `edgefleet:aws:Fleet` component: thing type, fleet indexing, the Greengrass device role (token
+  exchange), its role alias and the core devices' IoT policy.
+- publish_model: content-addressed artifact, manifest and KMS signature objects; the model component
+  version and the agent component.
+- ring: the ring's dynamic thing group, its Greengrass deployment, its CloudWatch alarms and its gate.
+
+Deployments, replacement and what is never deleted
+--------------------------------------------------
+Every property of AWS::GreengrassV2::Deployment is create-only, so any change replaces the resource, and a
+thing group has one active deployment: creating a deployment for it supersedes (and cancels) the previous
+one. The ring's deployment therefore takes inputs from its own ring only: its thing group, the model and
+agent component versions, and its own job policy. Ring N+1 waits for gate N through `depends_on`, a
+pure ordering edge that puts nothing of ring N into ring N+1's inputs and nothing of ring N+1 into ring
+N's, so editing a later ring never replaces (and so never re-runs or cancels) an earlier, healthy one.
+The ring's thing-group query reads earlier rings only, for the same reason.
+
+Replacement is Pulumi's default create-before-delete: the new deployment becomes the ring's active one
+first (Greengrass supersedes the old revision itself), then Pulumi deletes the old resource. The resource's
+delete handler cancels and deletes the deployment and its IoT job (its CloudFormation schema lists
+greengrass:CancelDeployment, greengrass:DeleteDeployment, iot:DeleteJob). On a superseded revision that is
+harmless but erases the ring's deployment history; on a still-active deployment
+(delete_before_replace, a ring removed from the stack, `pulumi destroy`) it cancels the continuous
+deployment: devices joining the ring afterwards get nothing, and if the following create fails the ring
+has no deployment at all. So deployments are `retain_on_delete`: Pulumi never cancels a Greengrass
+deployment; superseding is Greengrass's job, and the history stays for audit and rollback. To take a
+model off a ring, deploy an empty deployment on purpose (docs/aws.md).
+
+Component versions and model objects are `retain_on_delete` too: a rollback deploys the last good
+component version, which must still exist with its S3 artifact (deleting a component version makes every
+deployment that names it fail), so moving to a new model version must not delete the old ones.
+
+Rollback: the gate (providers.RingGate) runs the rollout engine against AwsHub. On a failed gate it creates,
+outside Pulumi's state, a deployment of the last good model component version to every touched ring, with
+a signed rollback order merged into the model component's configuration (the only thing that makes the
+agent accept a lower version), then fails `pulumi up` with the engine's report. Later rings never see the
+bad version. The next forward deployment resets the rollback order away.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_aws_native as aws_native
+
+from components.aws import providers
+from components.aws.plan import (Naming, RingComponents, components_spec, deployment_policies, deployment_tags, group_clause,
+                                 iot_job_configuration, model_key, partition, ring_job_policy, ring_query, rollout_id,
+                                 searchable_attributes)
+from components.aws.policies import (bucket_policy, core_device_iot_policy, device_role_policy, device_role_trust,
+                                     ecr_lifecycle_policy, signing_key_policy, storage_key_policy)
+from components.aws.recipes import agent_recipe, model_recipe, recipe_text
+from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs, RingSpec,
+                                  StoreOutputs, child)
+from edgefleet.config import AwsConfig, DeviceGroupConfig
+from edgefleet.manifest import ModelManifest
+
+FLEET_TYPE = "edgefleet:aws:Fleet"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=False)
+
+
+class GreengrassFleet(pulumi.ComponentResource):
+    """What every ring of the stack relies on: the thing type the rings select on, fleet indexing (dynamic
+    thing groups need it), and the device side of credentials: the token-exchange role devices assume through
+    the role alias, least privilege (the model prefix, the agent image, the agent's metric namespace)."""
+
+    def __init__(self, name: str, platform: "AwsPlatform", opts: pulumi.ResourceOptions | None = None) -> None:
+        aws_cfg = platform.aws
+        thing_type = platform.naming.thing_type(aws_cfg)
+        super().__init__(FLEET_TYPE, name, {"region": aws_cfg.region, "thingType": thing_type,
+                                            "metricNamespace": aws_cfg.metric_namespace}, opts)
+        p = platform
+        store, registry = p.store, p.registry
+        self.thing_type = aws.iot.ThingType(f"{name}-thing-type", name=thing_type, properties={
+            "description": "edgefleet Greengrass core devices; rings select them by these attributes",
+            "searchable_attributes": searchable_attributes([g for g in p.stack.groups if p.stack.group_platform(g) == "aws"], p.stack.rollouts),
+        }, opts=p.opts(self))
+        self.indexing = None
+        if aws_cfg.manage_fleet_indexing:
+            # Dynamic thing groups are fleet-indexing queries: REGISTRY mode indexes thingTypeName, attributes and
+            # thingGroupNames, everything the ring queries use. Account- and region-wide: one stack should own it.
+            self.indexing = aws.iot.IndexingConfiguration(f"{name}-fleet-indexing", thing_indexing_configuration={
+                "thing_indexing_mode": "REGISTRY", "thing_connectivity_indexing_mode": "STATUS",
+            }, opts=p.opts(self))
+        self.role = aws.iam.Role(f"{name}-device-role", name=p.naming.device_role, assume_role_policy=_json(device_role_trust()),
+                                 description="Greengrass token exchange role: read models, pull the agent image, publish agent health",
+                                 max_session_duration=3600, opts=p.opts(self))
+        self.role_policy = aws.iam.RolePolicy(f"{name}-device-role-policy", role=self.role.id, policy=pulumi.Output.all(
+            store["bucket"].arn, store["key"].arn, registry["repository"].arn).apply(
+            lambda a: _json(device_role_policy(a[0], a[1], aws_cfg.region, a[2], aws_cfg.metric_namespace))), opts=p.opts(self))
+        self.role_alias = aws.iot.RoleAlias(f"{name}-role-alias", alias=p.naming.role_alias, role_arn=self.role.arn,
+                                            credential_duration=3600, opts=p.opts(self, depends_on=[self.role_policy]))
+        self.core_policy = aws.iot.Policy(f"{name}-core-device-policy", name=p.naming.core_policy, policy=pulumi.Output.all(
+            p.account, self.role_alias.arn).apply(lambda a: _json(core_device_iot_policy(p.partition, aws_cfg.region, a[0], a[1]))),
+            opts=p.opts(self))
+        self.register_outputs({"thingType": self.thing_type.arn, "deviceRole": self.role.arn, "roleAlias": self.role_alias.alias,
+                               "coreDevicePolicy": self.core_policy.name})
+
+
+class AwsPlatform(Platform):
+    name = "aws"
+
+    def __init__(self, stack, project_dir: Path) -> None:
+        super().__init__(stack, project_dir)
+        self.source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
+        self.aws: AwsConfig = stack.aws              # parse_stack_config ran check_aws_stack already
+        self.naming = Naming(pulumi.get_stack())
+        self.partition = partition(self.aws.region)
+        self._providers: tuple[aws.Provider, aws_native.Provider] | None = None
+        self._identity: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None
+        self.store: dict[str, Any] = {}
+        self.registry: dict[str, Any] = {}
+        self.signing: dict[str, Any] = {}
+        self._fleet: GreengrassFleet | None = None
+        self._ring_groups: dict[tuple[str, int], Any] = {}
+        self._gates: dict[tuple[str, int], providers.RingGate] = {}
+        self._components: dict[str, tuple[Any, Any]] = {}
+
+    # -- plumbing -------------------------------------------------------------------------------------------
+    def providers(self) -> tuple[aws.Provider, aws_native.Provider]:
+        """Explicit providers pinned to `edgefleet:aws.region`, so the stack file's region is the only one."""
+        if self._providers is None:
+            tags = {"edgefleet:stack": pulumi.get_stack(), "edgefleet:project": pulumi.get_project()}
+            self._providers = (
+                aws.Provider("edgefleet-aws", region=self.aws.region, default_tags={"tags": tags}),
+                aws_native.Provider("edgefleet-aws-native", region=self.aws.region),
+            )
+        return self._providers
+
+    def opts(self, parent: pulumi.Resource, native: bool = False, **kwargs: Any) -> pulumi.ResourceOptions:
+        aws_p, native_p = self.providers()
+        return child(parent, provider=native_p if native else aws_p, **kwargs)
+
+    def _invoke_opts(self) -> pulumi.InvokeOutputOptions:
+        return pulumi.InvokeOutputOptions(provider=self.providers()[0])
+
+    def identity(self) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
+        """(account id, deploying role ARN). The role defaults to the role `pulumi up` runs as."""
+        if self._identity is None:
+            caller = aws.get_caller_identity_output(opts=self._invoke_opts())
+            if self.aws.deploying_role_arn:
+                role = pulumi.Output.from_input(self.aws.deploying_role_arn)
+            else:
+                role = aws.iam.get_session_context_output(arn=caller.arn, opts=self._invoke_opts()).issuer_arn
+            self._identity = (caller.account_id, role)
+        return self._identity
+
+    @property
+    def account(self) -> pulumi.Output[str]:
+        return self.identity()[0]
+
+    def _need(self, what: str, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise RuntimeError(f"AwsPlatform: {what} must be declared first (edgefleet.program.declare creates keys, stores, "
+                               "registries, groups, models, rollouts in that order)")
+        return value
+
+    # -- Platform -------------------------------------------------------------------------------------------
+    def signing_key(self, parent) -> KeyOutputs:
+        n = parent.resource_name
+        account, deployer = self.identity()
+        key = aws.kms.Key(f"{n}-kms-key", description=f"edgefleet {pulumi.get_stack()}: signs model manifests and rollback orders",
+                          key_usage="SIGN_VERIFY", customer_master_key_spec="ECC_NIST_P256", deletion_window_in_days=30,
+                          policy=pulumi.Output.all(account, deployer).apply(lambda a: _json(signing_key_policy(self.partition, a[0], a[1]))),
+                          opts=self.opts(parent))
+        aws.kms.Alias(f"{n}-kms-alias", name=f"alias/{self.naming.prefix}-signing", target_key_id=key.key_id, opts=self.opts(parent))
+        public = aws.kms.get_public_key_output(key_id=key.arn, opts=self._invoke_opts())
+        self.signing = {"key": key, "public_key_pem": public.public_key_pem}
+        return KeyOutputs(key_ref=key.arn, public_key_pem=public.public_key_pem, exportable=False)
+
+    def model_store(self, parent) -> StoreOutputs:
+        n = parent.resource_name
+        account, deployer = self.identity()
+        key = aws.kms.Key(f"{n}-kms-key", description=f"edgefleet {pulumi.get_stack()}: encrypts the model store",
+                          key_usage="ENCRYPT_DECRYPT", customer_master_key_spec="SYMMETRIC_DEFAULT", enable_key_rotation=True,
+                          deletion_window_in_days=30, policy=pulumi.Output.all(account, deployer).apply(
+                              lambda a: _json(storage_key_policy(self.partition, a[0], self.aws.region, a[1]))), opts=self.opts(parent))
+        aws.kms.Alias(f"{n}-kms-alias", name=f"alias/{self.naming.prefix}-models", target_key_id=key.key_id, opts=self.opts(parent))
+        bucket = aws.s3.Bucket(f"{n}-bucket", force_destroy=False, opts=self.opts(parent))
+        public = aws.s3.BucketPublicAccessBlock(f"{n}-public-access", bucket=bucket.id, block_public_acls=True, block_public_policy=True,
+                                                ignore_public_acls=True, restrict_public_buckets=True, opts=self.opts(parent))
+        ownership = aws.s3.BucketOwnershipControls(f"{n}-ownership", bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"},
+                                                   opts=self.opts(parent))
+        versioning = aws.s3.BucketVersioning(f"{n}-versioning", bucket=bucket.id, versioning_configuration={"status": "Enabled"},
+                                             opts=self.opts(parent))
+        encryption = aws.s3.BucketServerSideEncryptionConfiguration(f"{n}-encryption", bucket=bucket.id, rules=[{
+            "apply_server_side_encryption_by_default": {"sse_algorithm": "aws:kms", "kms_master_key_id": key.arn},
+            "bucket_key_enabled": True}], opts=self.opts(parent))
+        policy = aws.s3.BucketPolicy(f"{n}-tls-only", bucket=bucket.id, policy=bucket.arn.apply(lambda arn: _json(bucket_policy(arn))),
+                                     opts=self.opts(parent, depends_on=[public]))
+        lifecycle = aws.s3.BucketLifecycleConfiguration(f"{n}-lifecycle", bucket=bucket.id, rules=[
+            # rollout records are rewritten on every gate poll: keep a week of their history, not every poll's
+            {"id": "rollout-record-history", "status": "Enabled", "filter": {"prefix": "rollouts/"},
+             "noncurrent_version_expiration": {"noncurrent_days": 7}},
+            {"id": "abort-incomplete-uploads", "status": "Enabled", "filter": {"prefix": ""},
+             "abort_incomplete_multipart_upload": {"days_after_initiation": 7}},
+        ], opts=self.opts(parent, depends_on=[versioning]))
+        self.store = {"bucket": bucket, "key": key, "ready": [public, ownership, versioning, encryption, policy, lifecycle]}
+        return StoreOutputs(uri=bucket.bucket.apply(lambda b: f"s3://{b}/models/"), encrypted=True, public_access_blocked=True)
+
+    def app_registry(self, parent) -> RegistryOutputs:
+        n = parent.resource_name
+        repo = aws.ecr.Repository(f"{n}-ecr", name=self.naming.repository, image_tag_mutability="IMMUTABLE",
+                                  image_scanning_configuration={"scan_on_push": True},
+                                  encryption_configurations=[{"encryption_type": "AES256"}], force_delete=False, opts=self.opts(parent))
+        aws.ecr.LifecyclePolicy(f"{n}-ecr-lifecycle", repository=repo.name, policy=_json(ecr_lifecycle_policy()), opts=self.opts(parent))
+        self.registry = {"repository": repo}
+        return RegistryOutputs(repository_url=repo.repository_url)
+
+    def fleet(self) -> GreengrassFleet:
+        if self._fleet is None:
+            self._need("the model store", self.store)
+            self._need("the app registry", self.registry)
+            self._fleet = GreengrassFleet("aws-greengrass", self)
+        return self._fleet
+
+    def device_group(self, parent, group: DeviceGroupConfig) -> GroupOutputs:
+        n = parent.resource_name
+        fleet = self.fleet()
+        name = self.naming.group_thing_group(group.name)
+        after = [fleet.thing_type] + ([fleet.indexing] if fleet.indexing is not None else [])
+        props = {"thing_group_description": f"edgefleet device group {group.name} ({group.hardware.name})"}
+        if group.labels:
+            query = group_clause(group, self.naming.thing_type(self.aws), name)
+            tg = aws_native.iot.ThingGroup(f"{n}-thing-group", thing_group_name=name, query_string=query, thing_group_properties=props,
+                                           opts=self.opts(parent, native=True, depends_on=after))
+        else:
+            tg = aws_native.iot.ThingGroup(f"{n}-thing-group", thing_group_name=name, thing_group_properties=props,
+                                           opts=self.opts(parent, native=True, depends_on=after))
+            for device in group.devices:
+                # the things themselves are created when devices are provisioned (Greengrass installer / fleet provisioning)
+                aws.iot.ThingGroupMembership(f"{n}-member-{device}", thing_name=device, thing_group_name=name,
+                                             opts=self.opts(parent, depends_on=[tg]))
+        return GroupOutputs(target=tg.arn)
+
+    def publish_model(self, parent, manifest: ModelManifest, manifest_text: str, artifact: Path, store, key) -> PublishOutputs:
+        n = parent.resource_name
+        st = self._need("the model store", self.store)
+        signing = self._need("the signing key", self.signing)
+        registry = self._need("the app registry", self.registry)
+        bucket = st["bucket"]
+        # Content-addressed and retained: a new version never overwrites an old one, and moving on never deletes
+        # what a rollback may need to download again.
+        keep = {"retain_on_delete": True, "depends_on": [*st["ready"], store, key]}
+        source = artifact.relative_to(self.project_dir) if artifact.is_relative_to(self.project_dir) else artifact
+        objects = {"sha256": manifest.sha256, "model": manifest.name, "version": manifest.version}
+        # uploaded by a dynamic provider that checks the file against the manifest's digest first and streams it
+        art = providers.ModelArtifact(f"{n}-artifact", {
+            "region": self.aws.region, "bucket": bucket.bucket, "key": model_key(manifest.name, manifest.sha256), "source": str(source),
+            "sha256": manifest.sha256, "size": manifest.size, "kms_key": st["key"].arn, "model": manifest.name, "version": manifest.version,
+        }, child(parent, **keep))
+        man = aws.s3.BucketObjectv2(f"{n}-manifest", bucket=bucket.id, key=model_key(manifest.name, manifest.sha256, ".yaml"),
+                                    content=manifest_text, content_type="application/yaml", server_side_encryption="aws:kms",
+                                    kms_key_id=st["key"].arn, bucket_key_enabled=True, metadata=objects, opts=self.opts(parent, **keep))
+        sig = providers.ManifestSignature(f"{n}-manifest-signature", {
+            "region": self.aws.region, "signing_key": signing["key"].arn, "model": manifest.name, "version": manifest.version,
+            "sha256": manifest.sha256, "manifest": manifest_text,
+        }, child(parent, depends_on=[key]))
+        sig_obj = aws.s3.BucketObjectv2(f"{n}-signature", bucket=bucket.id, key=model_key(manifest.name, manifest.sha256, ".yaml.sig"),
+                                        content=sig.signature, content_type="application/json", server_side_encryption="aws:kms",
+                                        kms_key_id=st["key"].arn, bucket_key_enabled=True, metadata=objects, opts=self.opts(parent, **keep))
+        uri = art.uri
+        model_component = self.naming.model_component(manifest.name)
+        model_cv = aws_native.greengrassv2.ComponentVersion(
+            f"{n}-model-component",
+            inline_recipe=pulumi.Output.all(uri, sig.signature).apply(
+                lambda a: recipe_text(model_recipe(model_component, manifest, manifest_text, a[1], a[0]))),
+            tags={"edgefleet:model": manifest.name, "edgefleet:version": manifest.version, "edgefleet:sha256": manifest.sha256},
+            # Greengrass reads the artifact to compute its digest when the version is created: the object must exist
+            opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[art, man, sig_obj]))
+        image = registry["repository"].repository_url.apply(lambda url: f"{url}:{self.aws.agent_version}")
+        agent_component = self.naming.agent_component(manifest.name)
+        agent_cv = aws_native.greengrassv2.ComponentVersion(
+            f"{n}-agent-component",
+            inline_recipe=pulumi.Output.all(image, signing["public_key_pem"]).apply(
+                lambda a: recipe_text(agent_recipe(agent_component, self.aws.agent_version, manifest.name, model_component, a[0],
+                                                   self.aws.metric_namespace, a[1]))),
+            tags={"edgefleet:model": manifest.name, "edgefleet:agent-version": self.aws.agent_version},
+            opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[model_cv]))
+        self._components[manifest.name] = (model_cv, agent_cv)
+        return PublishOutputs(uri=uri, signature=sig.signature, extra={
+            "modelComponent": model_cv.arn, "agentComponent": agent_cv.arn,
+            "manifestUri": bucket.bucket.apply(lambda b: f"s3://{b}/{model_key(manifest.name, manifest.sha256, '.yaml')}"),
+            "signatureUri": bucket.bucket.apply(lambda b: f"s3://{b}/{model_key(manifest.name, manifest.sha256, '.yaml.sig')}"),
+        })
+
+    def ring(self, parent, spec: RingSpec, model, group) -> RingOutputs:
+        n = parent.resource_name
+        rollout, ring, index = spec.rollout, spec.ring, spec.index
+        manifest = model.manifest
+        model_cv, agent_cv = self._components[manifest.name]
+        groups = {g.name: g for g in self.stack.groups}
+        policy = ring_job_policy(self.aws, ring)
+        rid = rollout_id(rollout.name, _desired_stub(manifest))
+
+        # 1. the ring's devices: a dynamic thing group that excludes earlier rings (never later ones)
+        query = ring_query(rollout, index, groups, self.naming.thing_type(self.aws), self.naming)
+        fleet = self.fleet()
+        tg = aws_native.iot.ThingGroup(
+            f"{n}-thing-group", thing_group_name=self.naming.ring_thing_group(rollout.name, ring.name), query_string=query,
+            thing_group_properties={"thing_group_description": f"edgefleet ring {ring.name} of rollout {rollout.name} "
+                                                                f"(ring {index + 1}, {policy.devices} devices)"},
+            opts=self.opts(parent, native=True, depends_on=[fleet.thing_type, group] + ([fleet.indexing] if fleet.indexing else [])))
+        self._ring_groups[(rollout.name, index)] = tg
+
+        # 2. the ring's deployment: inputs from this ring only; ordered after the previous ring's gate
+        previous_gate = self._gates.get((rollout.name, index - 1)) if index > 0 else None
+        if index > 0 and (previous_gate is None or spec.previous_gate is None):
+            raise RuntimeError(f"AwsPlatform: ring {index} of rollout {rollout.name!r} declared before ring {index - 1}'s gate")
+        components = pulumi.Output.all(model_cv.component_name, model_cv.component_version, agent_cv.component_name,
+                                       agent_cv.component_version).apply(
+            lambda a: components_spec(RingComponents(a[0], a[2], a[3], rollout.name, ring.name), a[1], rid))
+        deployment = aws_native.greengrassv2.Deployment(
+            f"{n}-deployment", target_arn=tg.arn,
+            deployment_name=self.naming.deployment_name(rollout.name, ring.name, manifest.version),
+            components=components, deployment_policies=deployment_policies(), iot_job_configuration=iot_job_configuration(policy),
+            tags=deployment_tags(rollout.name, ring.name, manifest.version),
+            opts=self.opts(parent, native=True, depends_on=[previous_gate] if previous_gate is not None else [],
+                           retain_on_delete=True, delete_before_replace=False))
+
+        # 3. what operators watch: the same thresholds the gate judges, as alarms on the agents' metrics
+        self._alarms(parent, rollout.name, ring, manifest.version)
+
+        # 4. the gate: waits, judges, and on failure rolls every touched ring back
+        rings = rollout.rings[: index + 1]
+        targets = [self._ring_groups[(rollout.name, i)].arn for i in range(index)] + [tg.arn]
+        published = model.published[self.name]
+        gate = providers.RingGate(f"{n}-gate", {
+            "region": self.aws.region, "stack": pulumi.get_stack(), "bucket": self.store["bucket"].bucket,
+            "signing_key": self.signing["key"].arn, "metric_namespace": self.aws.metric_namespace,
+            "rollout": rollout.name, "ring": ring.name, "index": index, "total_rings": len(rollout.rings),
+            "rings": [r.model_dump(mode="json") for r in rings], "targets": targets,
+            "policies": [ring_job_policy(self.aws, r).to_json() for r in rings],
+            "deployment": deployment.deployment_id, "model": manifest.name, "version": manifest.version, "sha256": manifest.sha256,
+            "size": manifest.size, "manifest": model.manifest_text, "uri": published.uri, "signature": published.signature,
+            "model_component": model_cv.component_name, "agent_component": agent_cv.component_name,
+            "agent_version": agent_cv.component_version, "gate_config": ring.gate.model_dump(mode="json"),
+            "poll_seconds": self.aws.poll_seconds,
+        }, child(parent, depends_on=[deployment], custom_timeouts=pulumi.CustomTimeouts(create=_gate_timeout(rings))))
+        self._gates[(rollout.name, index)] = gate
+        devices = pulumi.Output.all(tg.arn).apply(lambda a: {"thingGroup": a[0], "query": query, "expectedDevices": policy.devices})
+        return RingOutputs(deployment=deployment.deployment_id, gate=gate.gate, devices=devices)
+
+    def _alarms(self, parent, rollout: str, ring, version: str) -> list[aws.cloudwatch.MetricAlarm]:
+        n = parent.resource_name
+        gate = ring.gate
+        ns = self.aws.metric_namespace
+        dims = {"Rollout": rollout, "Ring": ring.name, "Version": version}
+
+        def metric(id_: str, name: str, stat: str = "Sum") -> dict[str, Any]:
+            return {"id": id_, "return_data": False, "metric": {"namespace": ns, "metric_name": name, "period": 60, "stat": stat, "dimensions": dims}}
+
+        common = {"comparison_operator": "GreaterThanThreshold", "evaluation_periods": 5, "datapoints_to_alarm": 3,
+                  "treat_missing_data": "notBreaching"}
+        out = []
+        ratios = [("error-rate", "Errors", gate.max_error_rate), ("invalid-outputs", "InvalidOutputs", gate.max_invalid_output_share)]
+        for what, metric_name, threshold in ratios:
+            if threshold is None:
+                continue
+            out.append(aws.cloudwatch.MetricAlarm(
+                f"{n}-{what}-alarm", name=self.naming.alarm(rollout, ring.name, what), threshold=threshold,
+                alarm_description=f"{metric_name} per inference above the gate's {threshold} on ring {ring.name} ({rollout} {version})",
+                metric_queries=[metric("bad", metric_name), metric("inferences", "Inferences"),
+                                {"id": "share", "expression": "bad / inferences", "label": f"{metric_name} share", "return_data": True}],
+                opts=self.opts(parent), **common))
+        if gate.max_p99_latency_ms is not None:
+            out.append(aws.cloudwatch.MetricAlarm(
+                f"{n}-p99-latency-alarm", name=self.naming.alarm(rollout, ring.name, "p99-latency"), threshold=gate.max_p99_latency_ms,
+                alarm_description=f"p99 inference latency above {gate.max_p99_latency_ms} ms on ring {ring.name} ({rollout} {version})",
+                namespace=ns, metric_name="LatencyP99Ms", extended_statistic="p99", period=60, dimensions=dims,
+                opts=self.opts(parent), **common))
+        return out
+
+
+def _desired_stub(manifest: ModelManifest):
+    from components.rollout.types import DesiredModel
+
+    return DesiredModel(model=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size, uri="", manifest="",
+                        signature="")
+
+
+def _gate_timeout(rings) -> str:
+    """Long enough for every ring up to this one to be judged, plus a rollback's wait."""
+    deadlines = [r.gate.deadline_seconds for r in rings]
+    return f"{int((sum(deadlines) + max(deadlines)) * 1.2) + 600}s"

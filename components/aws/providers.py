@@ -1,0 +1,126 @@
+"""Dynamic providers for the AWS platform: the model upload, the manifest signature (KMS) and the per-ring gate.
+
+Pulumi pickles each provider into the resource's inputs and runs it in another process with the deploying
+identity's credentials: nothing here captures credentials or clients, every method builds what it needs,
+and this module imports nothing at load time beyond Pulumi's dynamic API. `PROVIDER_VERSION` sits among
+the inputs so a change in provider behaviour shows up in `pulumi preview`.
+
+The gate owns nothing in AWS: `delete` is a no-op (the rollout record in S3 stays as history), and an
+input change that does not alter what the ring runs (for example a later ring appended) updates the
+gate's inputs without running it again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+
+PROVIDER_VERSION = "1"
+
+
+def _diff(olds: dict[str, Any], news: dict[str, Any], replace_on: tuple[str, ...]) -> DiffResult:
+    keys = sorted(k for k in set(olds) | set(news) if not k.startswith("__") and k in news)
+    changed = [k for k in keys if olds.get(k) != news.get(k)]
+    return DiffResult(changes=bool(changed), replaces=[k for k in changed if k in replace_on], delete_before_replace=False)
+
+
+class ModelArtifactProvider(ResourceProvider):
+    """Uploads the model file to its content-addressed key after checking it against the manifest's digest."""
+
+    REPLACE_ON = ("sha256", "size", "bucket", "key", "region")
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from pathlib import Path
+
+        import boto3
+
+        from components.aws.store import publish_artifact
+
+        s3 = boto3.client("s3", region_name=props["region"])
+        result = publish_artifact(s3, props["bucket"], props["key"], Path(props["source"]), props["sha256"], int(props["size"]),
+                                  props["kms_key"], {"model": props["model"], "version": props["version"]})
+        return CreateResult(id_=f"s3://{props['bucket']}/{props['key']}",
+                            outs={**props, "uri": f"s3://{props['bucket']}/{props['key']}", "version_id": result["version_id"]})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return _diff(olds, news, self.REPLACE_ON)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs={**news, "uri": olds["uri"], "version_id": olds.get("version_id")})
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Content-addressed artifacts stay: a rollback deploys a component version that downloads them."""
+
+
+class ManifestSignatureProvider(ResourceProvider):
+    """Signs the manifest's exact bytes with the stack's KMS key (Sign, MessageType=DIGEST)."""
+
+    REPLACE_ON = ("manifest", "sha256", "version", "signing_key", "region")
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from components.aws.signer import KmsSigner
+        from edgefleet.signing import sign_bytes
+
+        envelope = sign_bytes(KmsSigner(props["signing_key"], props["region"]), props["manifest"].encode())
+        return CreateResult(id_=f"{props['model']}@{props['version']}+{props['sha256'][:12]}",
+                            outs={**props, "signature": envelope.to_bytes().decode(), "key_id": envelope.key_id})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return _diff(olds, news, self.REPLACE_ON)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs={**news, "signature": olds["signature"], "key_id": olds["key_id"]})
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """A signature is data; the S3 object holding it is retained with the artifact."""
+
+
+class RingGateProvider(ResourceProvider):
+    """Runs the rollout engine against Greengrass until this ring's gate passes; on failure it rolls the
+    touched rings back to the last good version and fails the update with the engine's report."""
+
+    REPLACE_ON = ("deployment", "sha256", "version", "gate_config")
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        from components.aws.plan import run_gate
+
+        progress = run_gate(props)
+        ring = progress["rings"][int(props["index"])]
+        return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
+                            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return _diff(olds, news, self.REPLACE_ON)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs={**news, "gate": olds["gate"], "measured": olds.get("measured")})
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Nothing to undo: the ring keeps running what it runs; the rollout record stays in S3."""
+
+
+class ModelArtifact(Resource, module="edgefleet-aws", name="ModelArtifact"):
+    uri: pulumi.Output[str]
+    version_id: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(ModelArtifactProvider(), name, {"uri": None, "version_id": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+
+
+class ManifestSignature(Resource, module="edgefleet-aws", name="ManifestSignature"):
+    signature: pulumi.Output[str]
+    key_id: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(ManifestSignatureProvider(), name,
+                         {"signature": None, "key_id": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+
+
+class RingGate(Resource, module="edgefleet-aws", name="RingGate"):
+    gate: pulumi.Output[str]
+    measured: pulumi.Output[dict]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(RingGateProvider(), name, {"gate": None, "measured": None, **props, "provider_version": PROVIDER_VERSION}, opts)

@@ -1,0 +1,136 @@
+"""Greengrass component recipes: one model component version per model version, and the agent component.
+
+The model component carries the artifact (its S3 URI, content-addressed) and, as configuration, the exact
+signed manifest bytes and their signature. Greengrass computes each artifact's digest itself when the
+component version is created and the nucleus checks it on download: that proves integrity in transit, not
+who published the model. So the agent verifies the manifest's signature against the stack's key (and the
+artifact against the manifest) before it serves anything. Rollback orders arrive the same way: a rollback
+deployment merges `RollbackOrder`/`RollbackSignature` into the model component's configuration.
+
+The agent runs from the stack's ECR image (`python3 -m agent …` inside it), reads the model component's
+configuration through recipe variables set into its environment, and mounts the model's artifacts read-only.
+Recipes are plain dicts so tests can validate them against the GDK schema exactly as `gdk` does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from edgefleet.manifest import ModelManifest
+
+from components.aws.plan import GG_ARCH
+
+RECIPE_FORMAT = "2020-01-25"
+PUBLISHER = "edgefleet"
+DOCKER_MANAGER = "aws.greengrass.DockerApplicationManager"
+TOKEN_EXCHANGE = "aws.greengrass.TokenExchangeService"
+NUCLEUS_V2 = ">=2.0.0 <3.0.0"
+
+
+def model_recipe(component: str, manifest: ModelManifest, manifest_text: str, signature: str, artifact_uri: str) -> dict[str, Any]:
+    """A component with no process: Greengrass downloads the artifact; the agent that depends on it serves it.
+
+    One manifest per architecture the model targets, so a deployment to hardware the model was not built
+    for fails on the device instead of running it.
+    """
+    arches = sorted({GG_ARCH[t.arch] for t in manifest.targets})
+    artifact = {"URI": artifact_uri, "Unarchive": "NONE", "Permission": {"Read": "OWNER", "Execute": "NONE"}}
+    return {
+        "RecipeFormatVersion": RECIPE_FORMAT,
+        "ComponentName": component,
+        "ComponentVersion": manifest.version,
+        "ComponentDescription": f"{manifest.name} {manifest.version} (sha256 {manifest.sha256[:12]}): {manifest.description}"[:1024],
+        "ComponentPublisher": PUBLISHER,
+        "ComponentConfiguration": {"DefaultConfiguration": {
+            "Model": manifest.name,
+            "Version": manifest.version,
+            "Sha256": manifest.sha256,
+            "Size": manifest.size,
+            "File": f"{manifest.sha256}.onnx",
+            "Manifest": manifest_text,
+            "Signature": signature,
+            "RollbackOrder": "",
+            "RollbackSignature": "",
+            "Rollout": "",
+            "Ring": "",
+            "RolloutId": "",
+        }},
+        "Manifests": [{"Name": f"linux-{arch}", "Platform": {"os": "linux", "architecture": arch}, "Lifecycle": {}, "Artifacts": [artifact]}
+                      for arch in arches],
+    }
+
+
+AGENT_ENV = {
+    # name in the container      <- recipe variable (interpolated by the nucleus at deployment time)
+    "EDGEFLEET_MODEL_MANIFEST": "{model}:configuration:/Manifest",
+    "EDGEFLEET_MODEL_SIGNATURE": "{model}:configuration:/Signature",
+    "EDGEFLEET_MODEL_FILE": "{model}:configuration:/File",
+    "EDGEFLEET_ROLLBACK_ORDER": "{model}:configuration:/RollbackOrder",
+    "EDGEFLEET_ROLLBACK_SIGNATURE": "{model}:configuration:/RollbackSignature",
+    "EDGEFLEET_ROLLOUT": "{model}:configuration:/Rollout",
+    "EDGEFLEET_RING": "{model}:configuration:/Ring",
+    "EDGEFLEET_METRIC_NAMESPACE": "configuration:/MetricNamespace",
+}
+TRUSTED_KEY_ENV = "EDGEFLEET_TRUSTED_KEY_PEM"
+
+
+def agent_recipe(component: str, version: str, model_name: str, model_component: str, image: str,
+                 metric_namespace: str, trusted_key_pem: str, report_seconds: int = 60) -> dict[str, Any]:
+    """The device agent for one model: pulls `image` from ECR and runs `python3 -m agent` in it.
+
+    Values reach the container as environment variables set through Setenv, never spliced into the shell
+    command, so a manifest's quotes or newlines cannot break it; the trusted key is written to a file the
+    agent's `--public-key` reads. AWS credentials come from the token exchange service (the device role)
+    for the agent's CloudWatch metrics. If the agent refuses a model (bad signature, digest, or a downgrade
+    without a valid rollback order) it exits non-zero while keeping its last good model: the component breaks,
+    the deployment fails on that device and Greengrass (failureHandlingPolicy ROLLBACK) restores the previous
+    deployment, which is what the gate counts as a failed device.
+    """
+    env = {name: "{" + var.format(model=model_component) + "}" for name, var in AGENT_ENV.items()}
+    env[TRUSTED_KEY_ENV] = "{configuration:/TrustedKeyPem}"
+    passthrough = ["AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_REGION", *AGENT_ENV]
+    container = f"edgefleet-{model_name}"
+    run = " ".join([
+        f'printf \'%s\\n\' "${TRUSTED_KEY_ENV}" > {{work:path}}/trusted.pem &&',
+        "exec docker run --rm --network=host", f"--name {container}",
+        *(f"-e {name}" for name in passthrough),
+        f"-v {{{model_component}:artifacts:path}}:/models:ro",
+        "-v {work:path}:/state",
+        image,
+        f"python3 -m agent --transport greengrass --device-id {{iot:thingName}} --model {model_name} --model-dir /models",
+        "--state-dir /state --public-key /state/trusted.pem --report-seconds {configuration:/ReportSeconds}",
+    ])
+    return {
+        "RecipeFormatVersion": RECIPE_FORMAT,
+        "ComponentName": component,
+        "ComponentVersion": version,
+        "ComponentDescription": f"edgefleet device agent {version} serving model {model_name}",
+        "ComponentPublisher": PUBLISHER,
+        "ComponentDependencies": {
+            # HARD: the agent restarts when the model component changes version or configuration
+            model_component: {"VersionRequirement": ">=0.0.0", "DependencyType": "HARD"},
+            DOCKER_MANAGER: {"VersionRequirement": NUCLEUS_V2, "DependencyType": "HARD"},
+            TOKEN_EXCHANGE: {"VersionRequirement": NUCLEUS_V2, "DependencyType": "HARD"},
+        },
+        "ComponentConfiguration": {"DefaultConfiguration": {
+            "MetricNamespace": metric_namespace,
+            "ReportSeconds": report_seconds,
+            "TrustedKeyPem": trusted_key_pem,
+        }},
+        "Manifests": [{
+            "Name": "linux",
+            "Platform": {"os": "linux"},
+            "Lifecycle": {
+                "Setenv": env,
+                "Run": {"Script": run, "RequiresPrivilege": False},
+                "Shutdown": {"Script": f"docker stop {container} || true", "RequiresPrivilege": False},
+            },
+            "Artifacts": [{"URI": f"docker:{image}"}],
+        }],
+    }
+
+
+def recipe_text(recipe: dict[str, Any]) -> str:
+    """The inline recipe as Greengrass receives it (JSON; key order kept so a diff reads like the recipe)."""
+    return json.dumps(recipe, indent=2) + "\n"

@@ -1,0 +1,249 @@
+"""The AWS gate and hub: the rollout engine against Greengrass deployments, IoT jobs, CloudWatch and S3.
+
+S3, IoT jobs and CloudWatch run on moto. moto has no Greengrass v2, so its API is emulated behind a real
+botocore client (botocore validates every request against the service model; responses are validated too)
+and one request is pinned with botocore's Stubber. KMS signing runs through LocalKms, which answers as real
+KMS does for MessageType=DIGEST (moto does not; see test_aws_signer.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from moto import mock_aws
+
+from aws_testkit import ACCOUNT, REGION, Clients, FakeGreengrass, LocalKms, devices_report
+from components.aws.hub import AwsHub, RingSite
+from components.aws.plan import (Naming, RingComponents, RingJobPolicy, components_spec, deployment_request, deployment_tags,
+                                 rollout_id, run_gate)
+from components.rollout.types import DesiredModel, RingTarget
+from edgefleet.signing import Envelope, load_public_key, parse_rollback_order, verify_bytes
+
+BUCKET = "edgefleet-aws-dev-models"
+MODEL_C, AGENT_C = "edgefleet.aws-dev.detector.Model", "edgefleet.aws-dev.detector.Agent"
+NAMESPACE = "Edgefleet/Agent"
+POLICY = RingJobPolicy(devices=3, max_per_minute=5, abort_percent=0.01, abort_min_executed=1, timeout_minutes=30)
+GATE = {"soak_seconds": 5, "deadline_seconds": 60, "min_reporting_share": 1.0, "success_share": 1.0, "max_failure_share": 0.0,
+        "max_error_rate": 0.05, "max_invalid_output_share": 0.0, "max_p99_latency_ms": None}
+DEVICES = ["device-0", "device-1", "device-2"]
+OLD = DesiredModel(model="detector", version="1.0.0", sha256="a" * 64, size=10, uri=f"s3://{BUCKET}/models/detector/{'a' * 64}.onnx",
+                   manifest="name: detector\nversion: 1.0.0\n", signature='{"format": "edgefleet-signature/v1"}')
+
+
+def arn(ring: str) -> str:
+    return f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/edgefleet-aws-dev-detector-{ring}"
+
+
+class FakeClock:
+    """Starts at the real time (moto stamps metrics with it) and jumps ahead on sleep."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture
+def world(aws_env):
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        iot = boto3.client("iot", region_name=REGION)
+        gg = boto3.client("greengrassv2", region_name=REGION)
+        kms = boto3.client("kms", region_name=REGION)
+        fake_gg = FakeGreengrass(gg, iot)
+        local_kms = LocalKms(kms)
+        clients = Clients(greengrass=gg, iot=iot, cloudwatch=boto3.client("cloudwatch", region_name=REGION), s3=s3, kms=kms)
+        yield type("World", (), {"clients": clients, "gg": fake_gg, "kms": local_kms, "iot": iot})()
+
+
+def props(world, index: int, rings=("canary", "early"), version="1.1.0", sha="b" * 64, gate=None) -> dict:
+    return {
+        "region": REGION, "stack": "aws-dev", "bucket": BUCKET, "signing_key": world.kms.key_id, "metric_namespace": NAMESPACE,
+        "rollout": "detector", "ring": rings[index], "index": index, "total_rings": len(rings),
+        "rings": [{"name": r, "group": "cameras", "labels": {"ring": r}, "gate": gate or GATE} for r in rings[: index + 1]],
+        "targets": [arn(r) for r in rings[: index + 1]], "policies": [POLICY.to_json()] * (index + 1),
+        "deployment": "pulumi-deployment", "model": "detector", "version": version, "sha256": sha, "size": 10,
+        "manifest": f"name: detector\nversion: {version}\n", "uri": f"s3://{BUCKET}/models/detector/{sha}.onnx", "signature": "{}",
+        "model_component": MODEL_C, "agent_component": AGENT_C, "agent_version": "0.1.0", "gate_config": gate or GATE, "poll_seconds": 1,
+    }
+
+
+def pulumi_deploys(world, ring: str, version="1.1.0", sha="b" * 64) -> str:
+    """What the ring's aws-native Deployment does at `pulumi up`: the same request the program declares."""
+    rid = f"detector@{version}+{sha[:12]}"
+    req = deployment_request(arn(ring), Naming("aws-dev").deployment_name("detector", ring, version),
+                             components_spec(RingComponents(MODEL_C, AGENT_C, "0.1.0", "detector", ring), version, rid),
+                             POLICY, deployment_tags("detector", ring, version))
+    return world.clients.greengrass.create_deployment(**req)["iotJobId"]
+
+
+def metrics(world, ring: str, version: str, inferences: float, errors: float = 0, invalid: float = 0) -> None:
+    dims = [{"Name": "Rollout", "Value": "detector"}, {"Name": "Ring", "Value": ring}, {"Name": "Version", "Value": version}]
+    world.clients.cloudwatch.put_metric_data(Namespace=NAMESPACE, MetricData=[
+        {"MetricName": name, "Dimensions": dims, "Value": value, "Unit": "Count"}
+        for name, value in (("Inferences", inferences), ("Errors", errors), ("InvalidOutputs", invalid))])
+
+
+def save_succeeded(world, desired: DesiredModel) -> None:
+    rid = rollout_id("detector", desired)
+    hub = AwsHub.from_props(props(world, 0), clients=world.clients)
+    hub.save_progress(rid, {"rollout_id": rid, "rollout": "detector", "status": "succeeded", "started_at": 1.0,
+                            "desired": DesiredModel(**{**desired.__dict__, "rollout": rid}).to_json()})
+
+
+def devices_on_every_new_deployment(world, outcome) -> None:
+    """The fleet: when a deployment appears, each device of the ring reports on its job as `outcome` says."""
+    world.gg.on_create = lambda request, job_id: devices_report(job_id, outcome(request))
+
+
+def test_gate_passes_a_healthy_ring_without_deploying_again(world):
+    devices_on_every_new_deployment(world, lambda p: {d: "SUCCEEDED" for d in DEVICES})
+    pulumi_deploys(world, "canary")
+    metrics(world, "canary", "1.1.0", inferences=300, errors=3)
+    progress = run_gate(props(world, 0), clients=world.clients, clock=FakeClock())
+    assert progress["status"] == "running" and progress["rings"][0]["state"] == "passed"
+    assert [r["name"] for r in progress["rings"]] == ["canary"], "gate 0 knows nothing of later rings"
+    measured = progress["rings"][0]["measured"]
+    assert (measured["adopted"], measured["devices"], measured["inferences"], measured["error_rate"]) == (3, 3, 300, 0.01)
+    assert [e["event"] for e in progress["events"] if e["ring"] == "canary"][0] == "already-deployed"
+    assert len(world.gg.created()) == 1, "only Pulumi's deployment: the gate never redeploys a ring"
+    saved = json.loads(world.clients.s3.get_object(Bucket=BUCKET, Key="rollouts/detector/detector@1.1.0+bbbbbbbbbbbb.json")["Body"].read())
+    assert saved["rings"][0]["state"] == "passed"
+
+    pulumi_deploys(world, "early")
+    metrics(world, "early", "1.1.0", inferences=100)
+    done = run_gate(props(world, 1), clients=world.clients, clock=FakeClock())
+    assert done["status"] == "succeeded" and [r["state"] for r in done["rings"]] == ["passed", "passed"]
+    hub = AwsHub.from_props(props(world, 1), clients=world.clients)
+    assert hub.last_good("detector").version == "1.1.0"
+
+
+def test_failed_canary_rolls_back_to_the_last_good_version_with_a_signed_order(world):
+    save_succeeded(world, OLD)
+    devices_on_every_new_deployment(world, lambda p: (
+        {d: "SUCCEEDED" for d in DEVICES} if "RollbackOrder" in p["components"][MODEL_C]["configurationUpdate"]["merge"]
+        else {"device-0": "SUCCEEDED", "device-1": "FAILED", "device-2": "QUEUED"}))
+    pulumi_deploys(world, "canary")
+    with pytest.raises(RuntimeError) as err:
+        run_gate(props(world, 0), clients=world.clients, clock=FakeClock())
+    message = str(err.value)
+    assert "halted at ring 'canary'" in message and "to 1.0.0 (rolled_back)" in message and "never deployed: 1 later ring(s)" in message
+    assert "device-1: job execution failed" in message
+    rollbacks = world.gg.created()[1:]
+    assert len(rollbacks) == 1 and rollbacks[0]["targetArn"] == arn("canary")
+    request = rollbacks[0]
+    assert request["components"][AGENT_C] == {"componentVersion": "0.1.0"}
+    model = request["components"][MODEL_C]
+    assert model["componentVersion"] == "1.0.0"
+    merge = json.loads(model["configurationUpdate"]["merge"])
+    order = parse_rollback_order(merge["RollbackOrder"].encode(), "rollback order")
+    assert (order["model"], order["version"], order["sha256"]) == ("detector", "1.0.0", "a" * 64)
+    trusted = load_public_key(world.kms.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo), "kms")
+    verify_bytes(merge["RollbackOrder"].encode(), Envelope.parse(merge["RollbackSignature"].encode(), "sig"), trusted, "order")
+    assert request["deploymentPolicies"]["failureHandlingPolicy"] == "ROLLBACK" and request["clientToken"]
+    assert all(p["MessageType"] == "DIGEST" for op, p in world.kms.calls if op == "Sign")
+    assert not [p for p in world.gg.created() if p["targetArn"] == arn("early")], "later rings never see the bad version"
+
+    # a second `pulumi up` of the same version resumes the record: it fails again and deploys nothing new
+    with pytest.raises(RuntimeError, match="halted at ring 'canary'"):
+        run_gate(props(world, 0), clients=world.clients, clock=FakeClock())
+    assert len(world.gg.created()) == 2
+
+
+def test_unhealthy_metrics_fail_the_gate_even_when_every_device_took_the_update(world):
+    save_succeeded(world, OLD)
+    devices_on_every_new_deployment(world, lambda p: {d: "SUCCEEDED" for d in DEVICES})
+    pulumi_deploys(world, "canary")
+    metrics(world, "canary", "1.1.0", inferences=100, errors=20)
+    with pytest.raises(RuntimeError, match=r"error rate 20\.00% > max 5\.00%"):
+        run_gate(props(world, 0), clients=world.clients, clock=FakeClock())
+    assert json.loads(world.gg.created()[-1]["components"][MODEL_C]["configurationUpdate"]["merge"])["RollbackOrder"]
+
+
+def test_a_first_rollout_that_fails_takes_the_model_off_the_ring(world):
+    devices_on_every_new_deployment(world, lambda p: {d: ("SUCCEEDED" if not p["components"] else "FAILED") for d in DEVICES})
+    pulumi_deploys(world, "canary")
+    with pytest.raises(RuntimeError, match="to no model"):
+        run_gate(props(world, 0), clients=world.clients, clock=FakeClock())
+    assert world.gg.created()[-1]["components"] == {}, "an empty deployment removes the model and agent components"
+
+
+def test_observe_counts_iot_job_executions_against_the_declared_ring_size(world):
+    job = pulumi_deploys(world, "canary")
+    devices_report(job, {"device-0": "SUCCEEDED", "device-1": "TIMED_OUT"})          # device-2 never registered
+    metrics(world, "canary", "1.1.0", inferences=40, errors=1, invalid=2)
+    hub = AwsHub.from_props(props(world, 0), clients=world.clients, clock=time.time)
+    desired = DesiredModel(model="detector", version="1.1.0", sha256="b" * 64, size=10, uri="", manifest="", signature="",
+                           rollout="detector@1.1.0+bbbbbbbbbbbb")
+    obs = hub.observe(RingTarget("detector", "canary", 0, arn("canary")), desired, since=time.time() - 120)
+    assert (obs.devices, obs.adopted, obs.failed, obs.reporting) == (3, 1, 1, 2)
+    assert (obs.inferences, obs.errors, obs.invalid_outputs) == (40, 1, 2)
+    assert obs.failures == (("device-1", "job execution timed out"),)
+    other = hub.observe(RingTarget("detector", "canary", 0, arn("canary")), OLD, since=0)
+    assert (other.devices, other.adopted) == (3, 0), "a deployment of another version counts nobody as adopted"
+
+
+def test_p99_latency_is_read_from_cloudwatch(world):
+    """moto computes no percentile statistics, so this GetMetricData call is pinned with botocore's Stubber."""
+    cw = boto3.client("cloudwatch", region_name=REGION)
+    hub = AwsHub.from_props(props(world, 0), clients=Clients(cloudwatch=cw), clock=lambda: 1_700_000_100.0)
+    with Stubber(cw) as stub:
+        stub.add_response("get_metric_data", {"MetricDataResults": [
+            {"Id": "inferences", "Values": [500.0], "StatusCode": "Complete"},
+            {"Id": "errors", "Values": [], "StatusCode": "Complete"},
+            {"Id": "invalid", "Values": [0.0], "StatusCode": "Complete"},
+            {"Id": "latency", "Values": [180.5, 262.0], "StatusCode": "Complete"}]}, {
+            "MetricDataQueries": hub.metric_queries("canary", "1.1.0", 120),
+            "StartTime": datetime.fromtimestamp(1_699_999_980, timezone.utc), "EndTime": datetime.fromtimestamp(1_700_000_100, timezone.utc),
+            "ScanBy": "TimestampAscending"})
+        m = hub.ring_metrics("canary", "1.1.0", since=1_700_000_000.0)
+    assert m == {"inferences": 500.0, "errors": None, "invalid": 0.0, "latency": 262.0}
+    latency = [q for q in hub.metric_queries("canary", "1.1.0", 60) if q["Id"] == "latency"][0]["MetricStat"]
+    assert latency["Stat"] == "p99" and latency["Metric"]["MetricName"] == "LatencyP99Ms"
+
+
+def test_rollback_deployment_request_is_exactly_what_greengrass_accepts(world):
+    """Pinned with botocore's Stubber: the whole CreateDeployment request of a rollback, validated by botocore."""
+    gg = boto3.client("greengrassv2", region_name=REGION)
+    sites = {"canary": RingSite(arn("canary"), POLICY)}
+    hub = AwsHub(region=REGION, stack="aws-dev", bucket=BUCKET, metric_namespace=NAMESPACE, rollout="detector", model="detector",
+                 model_component=MODEL_C, agent_component=AGENT_C, agent_version="0.1.0", sites=sites, clients=Clients(greengrass=gg))
+    rollback = DesiredModel(**{**OLD.__dict__, "rollout": "detector@1.1.0+bbbbbbbbbbbb", "rollback_order": '{"format":"edgefleet-rollback/v1"}',
+                               "rollback_signature": '{"sig":1}'})
+    expected = {
+        "targetArn": arn("canary"), "deploymentName": "edgefleet-aws-dev detector/canary: rollback to 1.0.0",
+        "components": {
+            MODEL_C: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": json.dumps({
+                "Ring": "canary", "RollbackOrder": '{"format":"edgefleet-rollback/v1"}', "RollbackSignature": '{"sig":1}',
+                "Rollout": "detector", "RolloutId": "detector@1.1.0+bbbbbbbbbbbb"}, sort_keys=True)}},
+            AGENT_C: {"componentVersion": "0.1.0"}},
+        "deploymentPolicies": {"failureHandlingPolicy": "ROLLBACK", "componentUpdatePolicy": {"action": "NOTIFY_COMPONENTS", "timeoutInSeconds": 60},
+                               "configurationValidationPolicy": {"timeoutInSeconds": 60}},
+        "iotJobConfiguration": {"jobExecutionsRolloutConfig": {"maximumPerMinute": 5},
+                                "abortConfig": {"criteriaList": [{"failureType": "ALL", "action": "CANCEL", "thresholdPercentage": 0.01,
+                                                                  "minNumberOfExecutedThings": 1}]},
+                                "timeoutConfig": {"inProgressTimeoutInMinutes": 30}},
+        "tags": {"edgefleet:rollout": "detector", "edgefleet:ring": "canary", "edgefleet:version": "1.0.0"},
+        "clientToken": hub.deployment_request(RingTarget("detector", "canary", 0, arn("canary")), rollback)["clientToken"],
+    }
+    with Stubber(gg) as stub:
+        stub.add_response("create_deployment", {"deploymentId": "d-1", "iotJobId": "j-1"}, expected)
+        hub.set_desired(RingTarget("detector", "canary", 0, arn("canary")), rollback)
+        stub.assert_no_pending_responses()
+
+
+def test_hub_refuses_a_ring_its_gate_was_not_given(world):
+    hub = AwsHub.from_props(props(world, 0), clients=world.clients)
+    with pytest.raises(KeyError, match="not one this gate was given"):
+        hub.desired(RingTarget("detector", "early", 1, arn("early")))

@@ -1,0 +1,96 @@
+"""Pure planning for AWS: ring queries, job policies, deployment payloads, names; and static device groups."""
+
+from __future__ import annotations
+
+import re
+
+import botocore.session
+from botocore.validate import ParamValidator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aws_testkit import project_copy, synth_graph
+from components.aws.plan import (Naming, RingComponents, components_spec, deployment_request, deployment_tags, fit,
+                                 ring_job_policy, ring_query)
+from edgefleet.config import AwsConfig, DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
+from edgefleet.manifest import HardwareProfile
+
+HW = HardwareProfile(name="cam", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb=512, storage_mb=512)
+CREATE = botocore.session.get_session().get_service_model("greengrassv2").operation_model("CreateDeployment").input_shape
+NAMING = Naming("aws-dev")
+
+
+def _rollout(values: list[str]) -> RolloutConfig:
+    rings = [RingConfig(name=f"r{i}", group="cams", labels={"ring": v}) for i, v in enumerate(values)]
+    return RolloutConfig(name="detector", model="detector", rings=rings)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True), min_size=1, max_size=6, unique=True))
+def test_a_ring_query_reads_its_own_and_earlier_rings_only(values):
+    groups = {"cams": DeviceGroupConfig(name="cams", hardware=HW, labels={"site": "a"})}
+    rollout = _rollout(values)
+    for i in range(len(values)):
+        query = ring_query(rollout, i, groups, "tt", NAMING)
+        assert set(re.findall(r"attributes\.ring:([a-z0-9-]+)", query)) == set(values[: i + 1])
+        assert query.count("NOT (") == i
+        # the same query whatever comes after this ring
+        assert ring_query(_rollout(values[: i + 1]), i, groups, "tt", NAMING) == query
+
+
+def test_job_policy_derives_from_the_gate_unless_set():
+    aws = AwsConfig.model_validate({"region": "eu-west-1", "rings": {"canary": {"devices": 4}, "broad": {"devices": 9, "abort_failure_percent": 3,
+                                                                                                          "timeout_minutes": 15}}})
+    gate = GateConfig(soak_seconds=60, deadline_seconds=3601, max_failure_share=0.125)
+    derived = ring_job_policy(aws, RingConfig(name="canary", group="g", gate=gate))
+    assert (derived.devices, derived.abort_percent, derived.timeout_minutes, derived.max_per_minute) == (4, 12.5, 61, 50)
+    explicit = ring_job_policy(aws, RingConfig(name="broad", group="g", gate=gate))
+    assert (explicit.abort_percent, explicit.timeout_minutes) == (3, 15)
+    strict = ring_job_policy(aws, RingConfig(name="canary", group="g", gate=GateConfig(max_failure_share=0.0)))
+    assert strict.abort_percent == 0.01, "a zero-tolerance gate must not become a job that aborts after its first device"
+    long_deadline = ring_job_policy(aws, RingConfig(name="canary", group="g", gate=GateConfig(deadline_seconds=10 ** 7)))
+    assert long_deadline.timeout_minutes == 10080, "IoT jobs time out after at most 7 days"
+
+
+def test_every_kind_of_deployment_payload_is_a_valid_create_deployment_request():
+    aws = AwsConfig.model_validate({"region": "eu-west-1", "rings": {"canary": {"devices": 4}}})
+    policy = ring_job_policy(aws, RingConfig(name="canary", group="g"))
+    ring = RingComponents("edgefleet.aws-dev.detector.Model", "edgefleet.aws-dev.detector.Agent", "0.1.0", "detector", "canary")
+    target = "arn:aws:iot:eu-west-1:123456789012:thinggroup/edgefleet-aws-dev-detector-canary"
+    payloads = [
+        components_spec(ring, "1.2.0", "detector@1.2.0+abc"),
+        components_spec(ring, "1.1.0", "detector@1.2.0+abc", rollback=('{"format":"edgefleet-rollback/v1"}', '{"sig":"x"}')),
+        components_spec(ring, None, "detector@1.2.0+abc"),
+    ]
+    for components in payloads:
+        req = deployment_request(target, NAMING.deployment_name("detector", "canary", "1.2.0"), components, policy,
+                                 deployment_tags("detector", "canary", "1.2.0"), client_token="a" * 64)
+        report = ParamValidator().validate(req, CREATE)
+        assert not report.has_errors(), report.generate_report()
+    assert payloads[0]["edgefleet.aws-dev.detector.Model"]["configurationUpdate"]["reset"] == ["/RollbackOrder", "/RollbackSignature"]
+    assert "reset" not in payloads[1]["edgefleet.aws-dev.detector.Model"]["configurationUpdate"]
+    assert payloads[2] == {}
+
+
+def test_names_fit_aws_limits_stably():
+    long = Naming("a" * 100)
+    assert len(long.device_role) <= 64 and long.device_role == Naming("a" * 100).device_role
+    assert long.device_role != Naming("a" * 99 + "b").device_role
+    assert fit("short", 64) == "short"
+    assert Naming("Prod.EU_1").prefix == "edgefleet-prod-eu-1", "thing group names allow no dots"
+
+
+def test_explicit_device_ids_make_a_static_group_the_rings_select_from(tmp_path):
+    def edit(config):
+        group = config["edgefleet:groups"][0]
+        group.pop("labels")
+        group["devices"] = ["cam-1", "cam-2"]
+
+    graph = synth_graph(project_copy(tmp_path, edit))
+    group = graph.named("cameras-thing-group")
+    assert "queryString" not in group["inputs"], "a static thing group"
+    members = graph.of_type("aws:iot/thingGroupMembership:ThingGroupMembership")
+    assert sorted(m["inputs"]["thingName"] for m in members) == ["cam-1", "cam-2"]
+    assert all(m["inputs"]["thingGroupName"] == "edgefleet-aws-dev-cameras" for m in members)
+    canary = graph.named("detector-canary-thing-group")["inputs"]["queryString"]
+    assert canary == "thingGroupNames:edgefleet-aws-dev-cameras AND attributes.ring:canary"
