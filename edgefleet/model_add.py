@@ -16,7 +16,7 @@ from edgefleet.fsutil import atomic_copy
 from edgefleet.manifest import HardwareProfile, Metric, ModelDir, ModelManifest, check_semver, is_valid_name, version_key
 from edgefleet.onnx_check import inspect
 
-AGENT_VERSION = "0.1.0"
+from agent import __version__ as AGENT_VERSION  # a new model needs at least the agent in this checkout
 
 
 def _reason(exc: Exception) -> str:

@@ -169,9 +169,13 @@ def verify_bytes(payload: bytes, envelope: Envelope, trusted: ec.EllipticCurvePu
                              "re-sign the manifest with `edgefleet model sign`, or restore the signed manifest") from None
 
 
-def rollback_order(model: str, version: str, sha256: str, reason: str) -> bytes:
-    """The exact bytes a rollback order signs: the one case where a device may accept a lower version."""
-    body = {"format": ROLLBACK_FORMAT, "model": model, "version": version, "sha256": sha256, "reason": reason}
+def rollback_order(model: str, version: str, sha256: str, reason: str, from_version: str, from_sha256: str) -> bytes:
+    """The exact bytes a rollback order signs: the one case where a device may accept a lower version.
+
+    It names both ends, so it only moves a device off the version that failed: replayed later, on a device
+    that has since moved on, it no longer matches what that device runs and is refused."""
+    body = {"format": ROLLBACK_FORMAT, "model": model, "version": version, "sha256": sha256, "reason": reason,
+            "from_version": from_version, "from_sha256": from_sha256}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -180,6 +184,6 @@ def parse_rollback_order(data: bytes, source: str) -> dict[str, str]:
         body = json.loads(data)
         if body.get("format") != ROLLBACK_FORMAT:
             raise ValueError(f"format is {body.get('format')!r}")
-        return {k: str(body[k]) for k in ("model", "version", "sha256", "reason")}
+        return {k: str(body[k]) for k in ("model", "version", "sha256", "reason", "from_version", "from_sha256")}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SignatureError(source, f"not a rollback order ({exc})") from None

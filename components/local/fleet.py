@@ -25,6 +25,11 @@ from components.local.hub import LocalHub
 from components.rollout.types import DesiredModel, DeviceReport
 
 
+# Agent processes infer on a synthetic 20 fps camera stream, as a device would; back to back, three of
+# them would take both cores of this machine from the other 997 devices.
+FRAME_INTERVAL_SECONDS = 0.05
+
+
 @dataclass(frozen=True)
 class LocalDevice:
     id: str
@@ -121,7 +126,8 @@ class LocalFleet:
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "agent", "--hub", str(self.hub_path), "--device-id", device_id, "--model", model,
                "--state-dir", str(self.state_root / device_id), "--public-key", str(self.state_root / "trusted.pub.pem"),
-               "--providers", ",".join(d.providers), "--sync-seconds", "0.2", "--report-seconds", str(self.sim_period)]
+               "--providers", ",".join(d.providers), "--sync-seconds", "0.2", "--report-seconds", str(self.sim_period),
+               "--infer-interval", str(FRAME_INTERVAL_SECONDS)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
         proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
         self._procs[(device_id, model)] = proc

@@ -48,7 +48,7 @@ class RolloutPlan:
         return f"{self.rollout}@{self.desired.version}+{self.desired.sha256[:12]}"
 
 
-RollbackAuthorizer = Callable[[DesiredModel, str], DesiredModel]
+RollbackAuthorizer = Callable[[DesiredModel, DesiredModel, str], DesiredModel]   # (last good, failed, reason) -> signed rollback
 
 
 def new_progress(plan: RolloutPlan, now: float) -> dict[str, Any]:
@@ -190,7 +190,7 @@ class RolloutEngine:
             return None
         if self.authorize_rollback is None:
             raise RuntimeError("rollback needs a signer for the rollback order, and none was given")
-        return self.authorize_rollback(replace(plan.previous, rollout=plan.rollout_id), reason)
+        return self.authorize_rollback(replace(plan.previous, rollout=plan.rollout_id), plan.desired, reason)
 
     def _step_rollback(self, plan: RolloutPlan, progress: dict[str, Any]) -> bool:
         rb = progress["rollback"]

@@ -11,8 +11,8 @@ from components.rollout.types import DesiredModel
 
 
 def rollback_authorizer(signer: Signer) -> RollbackAuthorizer:
-    def authorize(previous: DesiredModel, reason: str) -> DesiredModel:
-        order = rollback_order(previous.model, previous.version, previous.sha256, reason)
+    def authorize(previous: DesiredModel, failed: DesiredModel, reason: str) -> DesiredModel:
+        order = rollback_order(previous.model, previous.version, previous.sha256, reason, failed.version, failed.sha256)
         return replace(previous, rollback_order=order.decode(), rollback_signature=sign_bytes(signer, order).to_bytes().decode())
 
     return authorize

@@ -85,7 +85,7 @@ def test_layers_use_path_keys_so_iot_hub_classifies_them_as_layered(desired):
 
 
 def test_a_rollback_layer_carries_the_signed_rollback_order(edge_schemas, signer, desired):
-    order = rollback_order("detector", "1.0.0", desired.sha256, "gate of ring 'canary' failed")
+    order = rollback_order("detector", "1.0.0", desired.sha256, "gate of ring 'canary' failed", "1.1.0", "cd" * 32)
     rb = DesiredModel(**{**desired.__dict__, "rollback_order": order.decode(), "rollback_signature": sign_bytes(signer, order).to_bytes().decode()})
     layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=rb, ring_key="detector.canary")
     model = layer[mf.AGENT_MODULE]["properties.desired.models.detector"]

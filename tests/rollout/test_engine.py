@@ -26,7 +26,7 @@ def rings(devices: list[str], sizes=(2, 6), gate: GateConfig = GATE) -> tuple[Ri
     return tuple(RingPlan(RingTarget("detector", names[i], i, tuple(devices[cuts[i]:cuts[i + 1]])), gate) for i in range(3))
 
 
-def unsigned_rollback(previous, reason):
+def unsigned_rollback(previous, failed, reason):
     from dataclasses import replace
 
     return replace(previous, rollback_order=f'{{"version": "{previous.version}"}}', rollback_signature="test-signature")

@@ -1,0 +1,526 @@
+"""DeviceAgent: keeps one model served on a device, moves it to the desired version only when that version
+verifies, and reports what it serves and how it behaves.
+
+Guarantees (tested in tests/agent):
+  * nothing is served unless its signed manifest verifies against the trusted key and the file on disk
+    matches the digest and size the manifest pins, both when installed and again at every start;
+  * no downgrade (and no different artifact under the same version) without a rollback order signed by
+    the same key naming exactly that model, version and sha256;
+  * a refused version is reported with the reason and not retried until the desired state changes
+    (download failures, which may be transient, are retried with exponential backoff);
+  * a swap is one reference assignment after the new session has loaded and run: requests in flight finish
+    on the old session, and the on-disk pointer is renamed into place before that assignment, so a kill at
+    any instant restarts on a verified model, old or new.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Callable, Hashable, Iterable
+
+from agent import __version__
+from agent.serving import LoadedModel, LoadError, SessionCache, available_providers, choose_providers, load_model
+from agent.store import Pointer, SlotRef, SlotStore, StoreError, pause_point
+from agent.transport import FetchError, Transport, download
+from components.rollout.types import DesiredModel, DeviceReport
+from edgefleet.artifact import verify_artifact
+from edgefleet.errors import EdgefleetError
+from edgefleet.manifest import ModelManifest, parse_manifest_bytes, version_key
+from edgefleet.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
+
+log = logging.getLogger("edgefleet.agent")
+
+RETRY_FIRST_SECONDS = 5.0
+RETRY_MAX_SECONDS = 300.0
+LATENCY_WINDOW_CAP = 100_000   # latencies kept per report window; beyond it the newest overwrite the oldest
+
+
+class Refused(Exception):
+    """A desired version the agent will not serve, with the sentence it reports."""
+
+    def __init__(self, reason: str, transient: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+@dataclass(frozen=True, eq=False)
+class _Serving:
+    ref: SlotRef
+    manifest: ModelManifest
+    loaded: LoadedModel
+    key: Hashable
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    desired: DesiredModel
+    reason: str
+    retry_at: float | None          # None: never retried until the desired state changes
+    attempts: int
+
+
+class _Window:
+    __slots__ = ("inferences", "errors", "invalid", "latencies")
+
+    def __init__(self) -> None:
+        self.inferences = 0
+        self.errors = 0
+        self.invalid = 0
+        self.latencies: list[float] = []
+
+
+def p99(latencies: list[float]) -> float | None:
+    if not latencies:
+        return None
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+class DeviceAgent:
+    def __init__(self, device_id: str, model: str, state_dir: Path, trusted_key_pem: bytes, transport: Transport,
+                 execution_providers: Iterable[str] = ("CPUExecutionProvider",), durable: bool = True,
+                 session_cache: SessionCache | None = None, refuse_invalid_warmup: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
+        """`durable=False` skips fsyncs and the state-directory lock: for simulated devices in one process only.
+        `session_cache` shares sessions between agents of one process. `refuse_invalid_warmup` refuses a model
+        whose warm-up output holds NaN/Inf; by default such a model is served and the ring's gate judges it."""
+        self.device_id = device_id
+        self.model = model
+        self.transport = transport
+        self.execution_providers = list(execution_providers)
+        self.refuse_invalid_warmup = refuse_invalid_warmup
+        self.clock = clock
+        self.store = SlotStore(Path(state_dir) / model, model, durable=durable)   # a device dir can hold several models
+        self._trusted = load_public_key(trusted_key_pem, f"{device_id}: trusted public key")
+        self._cache = session_cache if session_cache is not None else SessionCache()
+        self._sync_lock = threading.RLock()        # one install at a time; start() runs under it too
+        self._state_lock = threading.Lock()        # what a report snapshots together
+        self._metrics_lock = threading.Lock()
+        self._started = False
+        self._pointer = Pointer()
+        self._serving: _Serving | None = None
+        self._refusal: _Refusal | None = None
+        self._installing: DesiredModel | None = None
+        self._notice: str | None = None            # a problem found at start, reported until the next change
+        self._window = _Window()
+        self._feed_counter = 0
+
+    # -- what is served -------------------------------------------------------------------------------
+    @property
+    def current_version(self) -> str | None:
+        serving = self._serving
+        return serving.ref.version if serving else None
+
+    @property
+    def current_sha256(self) -> str | None:
+        serving = self._serving
+        return serving.ref.sha256 if serving else None
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The execution providers the served session actually runs on."""
+        serving = self._serving
+        return serving.loaded.providers if serving else ()
+
+    @property
+    def status(self) -> str:
+        return self._status(self._serving, self._refusal, self._installing)
+
+    @staticmethod
+    def _status(serving: _Serving | None, refusal: _Refusal | None, installing: DesiredModel | None) -> str:
+        if installing is not None:
+            return "updating"
+        if refusal is not None:
+            return "failed"
+        return "ok" if serving is not None else "idle"
+
+    # -- start-up -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Serves what the pointer names only after re-verifying it; falls back to the previous slot, else nothing."""
+        with self._sync_lock:
+            if self._started:
+                return
+            self.store.lock()
+            try:
+                pointer = self.store.read_pointer()
+            except StoreError as exc:
+                log.error("%s: %s; serving nothing until the desired state installs a model", self.device_id, exc)
+                try:
+                    self.store.clean(keep=None)
+                except OSError as clean_exc:
+                    log.warning("%s: could not remove temporary files: %s", self.device_id, clean_exc)
+                self._notice = f"at start: {exc}"
+                self._started = True
+                return
+            serving, problems = None, []
+            if pointer.current is not None:
+                for ref in (pointer.current, pointer.previous):
+                    if ref is None:
+                        continue
+                    try:
+                        serving = self._open_slot(ref)
+                        break
+                    except Refused as exc:
+                        problems.append(f"{ref.version} ({ref.slot}): {exc.reason}")
+                        log.error("%s: not serving %s %s: %s", self.device_id, self.model, ref.version, exc.reason)
+            recovered = pointer
+            if pointer.current is not None and serving is None:
+                recovered = Pointer()
+            elif serving is not None and serving.ref != pointer.current:
+                recovered = Pointer(current=serving.ref)
+            if recovered != pointer:
+                try:
+                    self.store.write_pointer(recovered)
+                except OSError as exc:
+                    log.error("%s: could not record the recovery on disk: %s", self.device_id, exc)
+            self._pointer = recovered
+            self._clean_quietly()
+            if problems:
+                outcome = f"serving previous {serving.ref.version}" if serving else "serving nothing"
+                self._notice = "at start: slot failed verification: " + "; ".join(problems) + f"; {outcome}"
+            with self._state_lock:
+                self._serving = serving
+            if serving is not None:
+                log.info("%s: serving %s %s after re-verifying it (providers %s)", self.device_id, self.model,
+                         serving.ref.version, ",".join(serving.loaded.providers))
+            self._started = True
+
+    def _verify_slot(self, slot: str) -> ModelManifest:
+        model_path, manifest_path, signature_path = self.store.slot_files(slot)
+        try:
+            manifest_bytes, signature_bytes = manifest_path.read_bytes(), signature_path.read_bytes()
+        except OSError as exc:
+            raise Refused(f"slot {slot} is incomplete: {exc.strerror}: {exc.filename}") from None
+        try:
+            return verify_artifact(manifest_bytes, signature_bytes, model_path, self._trusted, str(self.store.slot_dir(slot)))
+        except SignatureError as exc:
+            raise Refused(f"slot {slot} does not verify: {exc.problem}") from None
+        except EdgefleetError as exc:
+            raise Refused(f"slot {slot} holds an invalid manifest: {exc.problem}") from None
+
+    def _open_slot(self, ref: SlotRef) -> _Serving:
+        manifest = self._verify_slot(ref.slot)
+        if (manifest.name, manifest.version, manifest.sha256) != (self.model, ref.version, ref.sha256):
+            raise Refused(f"slot {ref.slot} holds {manifest.name} {manifest.version}, but the pointer names {self.model} {ref.version}")
+        model_path, _, _ = self.store.slot_files(ref.slot)
+        loaded, key = self._load(manifest, model_path)
+        return _Serving(ref, manifest, loaded, key)
+
+    def _load(self, manifest: ModelManifest, model_path: Path) -> tuple[LoadedModel, Hashable]:
+        providers = choose_providers(self.execution_providers, available_providers())
+        key = (manifest.sha256, tuple(providers))
+        try:
+            loaded = self._cache.acquire(key, lambda: load_model(model_path, manifest, providers, self._cache.feeds(manifest)))
+        except LoadError as exc:
+            raise Refused(str(exc)) from None
+        if loaded.warmup_invalid and self.refuse_invalid_warmup:
+            self._cache.release(key)
+            raise Refused(f"warm-up inference of {manifest.name} {manifest.version} produced NaN or infinite values "
+                          f"in output(s) {', '.join(loaded.warmup_invalid)}")
+        return loaded, key
+
+    # -- desired state --------------------------------------------------------------------------------
+    def sync(self) -> bool:
+        """Moves to the desired state if it verifies. Never raises for a bad artifact; True if anything changed."""
+        with self._sync_lock:
+            if not self._started:
+                self.start()
+            try:
+                desired = self.transport.desired(self.device_id, self.model)
+            except Exception as exc:
+                log.warning("%s: cannot read the desired state, keeping what is served: %s", self.device_id, exc)
+                return False
+            if desired is None:
+                return self._unload()
+            serving = self._serving
+            if serving is not None and (serving.ref.version, serving.ref.sha256) == (desired.version, desired.sha256):
+                return self._forget_refusal()
+            refusal = self._refusal
+            attempts = 1
+            if refusal is not None and refusal.desired == desired:
+                if refusal.retry_at is None or self.clock() < refusal.retry_at:
+                    return False
+                attempts = refusal.attempts + 1
+            self._installing = desired
+            try:
+                self._install(desired)
+                return True
+            except Refused as exc:
+                retry_at = None
+                if exc.transient:
+                    retry_at = self.clock() + min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(attempts - 1, 16))
+                with self._state_lock:
+                    self._refusal = _Refusal(desired, exc.reason, retry_at, attempts)
+                log.warning("%s: refused %s %s: %s%s", self.device_id, self.model, desired.version, exc.reason,
+                            f" (retrying in {retry_at - self.clock():.0f} s)" if retry_at else "")
+                self._clean_quietly()
+                return refusal is None or refusal.desired != desired or refusal.reason != exc.reason
+            finally:
+                self._installing = None
+
+    def _forget_refusal(self) -> bool:
+        if self._refusal is None:
+            return False
+        with self._state_lock:
+            self._refusal = None
+        return True
+
+    def _install(self, desired: DesiredModel) -> None:
+        manifest_bytes, signature_bytes = desired.manifest.encode("utf-8"), desired.signature.encode("utf-8")
+        manifest = self._verify_desired(desired, manifest_bytes, signature_bytes)
+        self._check_not_older(desired, manifest)
+        slot = self.store.slot_name(manifest.version, manifest_bytes)
+        try:
+            model_path = self._reusable_slot(slot, manifest_bytes)
+            if model_path is None:
+                model_path = self._fetch_slot(desired, manifest, slot, manifest_bytes, signature_bytes)
+            self._activate(SlotRef(slot, manifest.version, manifest.sha256), manifest, model_path)
+        except OSError as exc:
+            raise Refused(f"could not write {self.model} {manifest.version} under {self.store.root}: "
+                          f"{exc.strerror or exc}", transient=True) from None
+
+    def _verify_desired(self, desired: DesiredModel, manifest_bytes: bytes, signature_bytes: bytes) -> ModelManifest:
+        source = f"desired {desired.model} {desired.version}"
+        if desired.model != self.model:
+            raise Refused(f"desired state names model {desired.model!r}, but this agent serves {self.model!r}")
+        try:
+            verify_bytes(manifest_bytes, Envelope.parse(signature_bytes, source), self._trusted, source)
+        except SignatureError as exc:
+            raise Refused(f"signature does not verify: {exc.problem}") from None
+        try:
+            manifest = parse_manifest_bytes(manifest_bytes, source)
+        except EdgefleetError as exc:
+            raise Refused(f"the signed manifest is not a valid model manifest: {exc.problem}") from None
+        mismatches = [f"{name} {mine!r} vs signed {signed!r}" for name, mine, signed in (
+            ("model", desired.model, manifest.name), ("version", desired.version, manifest.version),
+            ("sha256", desired.sha256, manifest.sha256), ("size", desired.size, manifest.size)) if mine != signed]
+        if mismatches:
+            raise Refused("desired state does not match its signed manifest: " + "; ".join(mismatches))
+        if version_key(manifest.min_agent_version) > version_key(__version__):
+            raise Refused(f"{manifest.name} {manifest.version} needs agent {manifest.min_agent_version} or newer; this agent is {__version__}")
+        return manifest
+
+    def _check_not_older(self, desired: DesiredModel, manifest: ModelManifest) -> None:
+        """Compares with the served version, or when idle with the last one served."""
+        ref = self._pointer.current or self._pointer.previous
+        if ref is None:
+            return
+        new, old = version_key(manifest.version), version_key(ref.version)
+        if new > old or (new == old and manifest.sha256 == ref.sha256):
+            return
+        if new < old:
+            refused = f"downgrade from {ref.version} to {manifest.version} refused: "
+        else:
+            refused = f"replacing {ref.version} (sha256 {ref.sha256[:12]}…) with a different {manifest.version} artifact refused: "
+        if not desired.rollback_order or not desired.rollback_signature:
+            raise Refused(refused + "no signed rollback order")
+        source = f"rollback order for {self.model} {manifest.version}"
+        order_bytes = desired.rollback_order.encode("utf-8")
+        try:
+            verify_bytes(order_bytes, Envelope.parse(desired.rollback_signature.encode("utf-8"), source), self._trusted, source)
+        except SignatureError as exc:
+            raise Refused(refused + f"rollback order signature does not verify: {exc.problem}") from None
+        try:
+            order = parse_rollback_order(order_bytes, source)
+        except SignatureError as exc:
+            raise Refused(refused + exc.problem) from None
+        if (order["model"], order["version"], order["sha256"]) != (self.model, manifest.version, manifest.sha256):
+            raise Refused(refused + f"the signed rollback order names {order['model']} {order['version']} "
+                          f"(sha256 {order['sha256'][:12]}…), not {self.model} {manifest.version} (sha256 {manifest.sha256[:12]}…)")
+        if (order["from_version"], order["from_sha256"]) != (ref.version, ref.sha256):
+            raise Refused(refused + f"the signed rollback order moves devices off {order['from_version']} "
+                          f"(sha256 {order['from_sha256'][:12]}…), but this device runs {ref.version} (sha256 {ref.sha256[:12]}…)")
+        log.warning("%s: %s %s -> %s under a signed rollback order: %s", self.device_id, self.model, ref.version,
+                    manifest.version, order["reason"])
+
+    def _reusable_slot(self, slot: str, manifest_bytes: bytes) -> Path | None:
+        """A slot already holding this signed version (the previous one, on a rollback) saves a download."""
+        model_path, manifest_path, _ = self.store.slot_files(slot)
+        try:
+            if not manifest_path.is_file() or manifest_path.read_bytes() != manifest_bytes:
+                return None
+            self._verify_slot(slot)
+        except (OSError, Refused) as exc:
+            log.info("%s: slot %s cannot be reused, downloading again: %s", self.device_id, slot, exc)
+            return None
+        return model_path
+
+    def _fetch_slot(self, desired: DesiredModel, manifest: ModelManifest, slot: str,
+                    manifest_bytes: bytes, signature_bytes: bytes) -> Path:
+        part = self.store.download_path(slot)
+        try:
+            digest = download(desired.uri, part, expected_size=manifest.size)
+        except FetchError as exc:
+            raise Refused(str(exc), transient=True) from None
+        pause_point("downloaded")
+        if digest != manifest.sha256:
+            part.unlink(missing_ok=True)
+            raise Refused(f"sha256 mismatch: the downloaded artifact has sha256 {digest}, the signed manifest pins {manifest.sha256}")
+        try:
+            verify_artifact(manifest_bytes, signature_bytes, part, self._trusted, desired.uri)
+        except EdgefleetError as exc:
+            part.unlink(missing_ok=True)
+            raise Refused(f"the downloaded artifact does not verify: {exc.problem}") from None
+        return self.store.commit_slot(slot, part, manifest_bytes, signature_bytes)
+
+    def _activate(self, ref: SlotRef, manifest: ModelManifest, model_path: Path) -> None:
+        loaded, key = self._load(manifest, model_path)
+        previous = self._pointer.current or self._pointer.previous
+        pointer = Pointer(current=ref, previous=None if previous is None or previous.slot == ref.slot else previous)
+        try:
+            self.store.write_pointer(pointer)
+        except BaseException:
+            self._cache.release(key)
+            raise
+        self._switch(_Serving(ref, manifest, loaded, key), pointer)
+        log.info("%s: now serving %s %s (providers %s)", self.device_id, self.model, ref.version, ",".join(loaded.providers))
+        self._clean_quietly()
+
+    def _switch(self, serving: _Serving | None, pointer: Pointer) -> None:
+        """The swap itself: one reference; a request in flight keeps the session it started on."""
+        with self._state_lock:
+            old = self._serving
+            with self._metrics_lock:
+                self._serving = serving
+                self._window = _Window()
+            self._pointer = pointer
+            self._refusal = None
+            self._notice = None
+        if old is not None:
+            self._cache.release(old.key)
+
+    def _unload(self) -> bool:
+        if self._serving is None and self._pointer.current is None and self._refusal is None and self._notice is None:
+            return False
+        pointer = Pointer(current=None, previous=self._pointer.current or self._pointer.previous)
+        if pointer != self._pointer:
+            try:
+                self.store.write_pointer(pointer)
+            except OSError as exc:
+                log.error("%s: could not record the unload on disk (a restart would serve %s again): %s",
+                          self.device_id, self.current_version, exc)
+        self._switch(None, pointer)
+        log.info("%s: desired state is empty; serving nothing", self.device_id)
+        return True
+
+    def _clean_quietly(self) -> None:
+        try:
+            self.store.clean(keep=self._pointer.slots())
+        except OSError as exc:
+            log.warning("%s: could not remove stale files under %s: %s", self.device_id, self.store.root, exc)
+
+    # -- serving and metrics --------------------------------------------------------------------------
+    def infer(self) -> bool:
+        """One inference on the served session with the next synthetic input; False if nothing is served."""
+        serving = self._serving
+        if serving is None:
+            return False
+        loaded = serving.loaded
+        n = self._feed_counter
+        self._feed_counter = n + 1
+        feeds = loaded.feeds[n % len(loaded.feeds)]
+        failed = invalid = False
+        start = perf_counter()
+        try:
+            values = loaded.session.run(loaded.output_names, feeds)
+        except Exception as exc:
+            failed = True
+            log.debug("%s: inference failed: %s", self.device_id, exc)
+        else:
+            invalid = loaded.has_invalid(values)
+        ms = (perf_counter() - start) * 1000.0
+        with self._metrics_lock:
+            if serving is self._serving:    # a request that straddled a swap is not the new version's
+                w = self._window
+                w.inferences += 1
+                if failed:
+                    w.errors += 1
+                else:
+                    if invalid:
+                        w.invalid += 1
+                    lat = w.latencies
+                    if len(lat) < LATENCY_WINDOW_CAP:
+                        lat.append(ms)
+                    else:
+                        lat[w.inferences % LATENCY_WINDOW_CAP] = ms
+        return True
+
+    def build_report(self) -> DeviceReport:
+        """Snapshots what is served and the metrics since the last report, and starts a new window."""
+        with self._state_lock:
+            serving, refusal, installing, notice = self._serving, self._refusal, self._installing, self._notice
+            with self._metrics_lock:
+                window, self._window = self._window, _Window()
+        return DeviceReport(
+            device_id=self.device_id, model=self.model,
+            version=serving.ref.version if serving else None, sha256=serving.ref.sha256 if serving else None,
+            status=self._status(serving, refusal, installing),
+            error=refusal.reason if refusal else notice,
+            failed_version=refusal.desired.version if refusal else None,
+            inferences=window.inferences, errors=window.errors, invalid_outputs=window.invalid,
+            p99_latency_ms=p99(window.latencies), agent_version=__version__, reported_at=self.clock())
+
+    def report(self) -> None:
+        self.transport.report(self.build_report())
+
+    # -- the device process ---------------------------------------------------------------------------
+    def serve_forever(self, stop: threading.Event, sync_seconds: float = 0.5, report_seconds: float = 0.5,
+                      infer_interval_seconds: float = 0.0) -> None:
+        """Runs until `stop` is set: one inference thread, one reporting thread, and sync in this thread.
+
+        Reports run on their own thread so a long download shows as "updating" instead of going silent.
+        """
+        self.start()
+        halt = threading.Event()
+        threads = [threading.Thread(target=self._inference_loop, args=(halt, infer_interval_seconds),
+                                    name=f"agent-infer-{self.device_id}", daemon=True),
+                   threading.Thread(target=self._report_loop, args=(halt, report_seconds),
+                                    name=f"agent-report-{self.device_id}", daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            while not stop.is_set():
+                try:
+                    self.sync()
+                except Exception:
+                    log.exception("%s: sync failed unexpectedly; keeping the served model", self.device_id)
+                stop.wait(sync_seconds)
+        finally:
+            halt.set()
+            for t in threads:
+                t.join()
+            self._report_quietly()
+
+    def _inference_loop(self, halt: threading.Event, interval: float) -> None:
+        while not halt.is_set():
+            if not self.infer():
+                halt.wait(0.05)
+            elif interval > 0:
+                halt.wait(interval)
+
+    def _report_loop(self, halt: threading.Event, every: float) -> None:
+        self._report_quietly()
+        while not halt.wait(every):
+            self._report_quietly()
+
+    def _report_quietly(self) -> None:
+        try:
+            self.report()
+        except Exception as exc:
+            log.warning("%s: report failed: %s", self.device_id, exc)
+
+    def close(self) -> None:
+        """Releases the session and the state directory (call after serve_forever has returned)."""
+        with self._sync_lock:
+            with self._state_lock:
+                old, self._serving = self._serving, None
+            if old is not None:
+                self._cache.release(old.key)
+            self.store.unlock()
+            self._started = False

@@ -1,0 +1,120 @@
+"""How an agent talks to its fleet: reads desired state, writes reports, downloads artifacts.
+
+The agent only depends on the `Transport` protocol, so the local hub, a Greengrass IPC client or an
+IoT Edge module twin can sit behind it without the agent knowing which platform it runs on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from components.rollout.types import DesiredModel, DeviceReport
+
+CHUNK = 1 << 20
+HTTP_TIMEOUT_SECONDS = 30
+
+
+class Transport(Protocol):
+    def desired(self, device_id: str, model: str) -> DesiredModel | None: ...
+
+    def report(self, report: DeviceReport) -> None: ...
+
+
+class LocalHubTransport:
+    """The local platform: the agent reads and writes the fleet's SQLite hub directly."""
+
+    def __init__(self, hub_path: str | os.PathLike[str]) -> None:
+        from components.local.hub import LocalHub
+
+        path = Path(hub_path)
+        if not path.is_file():
+            # LocalHub would create an empty hub here, and the agent would idle forever without saying why.
+            raise FileNotFoundError(f"{path}: no local hub database here; pass the hub the fleet writes (edgefleet up --stack local)")
+        self.hub = LocalHub(path)
+
+    def desired(self, device_id: str, model: str) -> DesiredModel | None:
+        return self.hub.device_desired(device_id, model)
+
+    def report(self, report: DeviceReport) -> None:
+        self.hub.put_report(report)
+
+    def close(self) -> None:
+        self.hub.close()
+
+
+class FetchError(Exception):
+    """A download that did not deliver the whole artifact. May succeed later, unlike a bad signature."""
+
+
+def fetch(uri: str, dest: Path) -> None:
+    """Streams `uri` (file:// or http(s)://) to `dest`; raises FetchError on any short or failed read."""
+    download(uri, Path(dest))
+
+
+def download(uri: str, dest: Path, expected_size: int | None = None) -> str:
+    """Streams `uri` to `dest` in constant memory and returns the sha256 of what was written.
+
+    With `expected_size`, stops at the first byte past it and reports a short file as truncated, so a
+    partial upload in the store or a dropped connection never reaches verification as "valid but short".
+    On failure `dest` is removed.
+    """
+    dest = Path(dest)
+    try:
+        return _stream(uri, dest, expected_size)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
+def _stream(uri: str, dest: Path, expected_size: int | None) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise FetchError(f"download failed: {uri} names host {parts.netloc!r}; file:// URIs must be local")
+        path = Path(urllib.request.url2pathname(unquote(parts.path)))
+        try:
+            source = open(path, "rb")
+        except OSError as exc:
+            raise FetchError(f"download failed: cannot open {uri}: {exc.strerror}") from None
+        declared = None
+    elif parts.scheme in ("http", "https"):
+        try:
+            source = urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_SECONDS)
+        except urllib.error.HTTPError as exc:
+            raise FetchError(f"download failed: HTTP {exc.code} {exc.reason} from {uri}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise FetchError(f"download failed: cannot reach {uri}: {getattr(exc, 'reason', exc)}") from None
+        length = source.headers.get("Content-Length")
+        declared = int(length) if length and length.isdigit() else None
+    else:
+        raise FetchError(f"download failed: unsupported URI scheme {parts.scheme!r} in {uri} (expected file, http or https)")
+
+    want = expected_size if expected_size is not None else declared
+    digest = hashlib.sha256()
+    total = 0
+    with source, open(dest, "wb") as out:
+        while True:
+            try:
+                chunk = source.read(CHUNK)
+            except http.client.IncompleteRead as exc:
+                total += len(exc.partial)
+                raise FetchError(f"download truncated: {total} of {want or '?'} bytes from {uri} (connection closed early)") from None
+            except OSError as exc:
+                raise FetchError(f"download failed after {total} bytes from {uri}: {exc}") from None
+            if not chunk:
+                break
+            total += len(chunk)
+            if expected_size is not None and total > expected_size:
+                raise FetchError(f"download too large: more than the {expected_size} bytes the signed manifest pins, from {uri}")
+            digest.update(chunk)
+            out.write(chunk)
+    if want is not None and total < want:
+        raise FetchError(f"download truncated: {total} of {want} bytes from {uri}")
+    return digest.hexdigest()

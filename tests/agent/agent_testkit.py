@@ -1,0 +1,127 @@
+"""Helpers shared by the agent tests: signed sample models published the way the fleet publishes them,
+a transport and a clock the test controls, and a small HTTP model store that can misbehave."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.rollout.types import DesiredModel, DeviceReport
+from edgefleet.artifact import sign_model_dir
+from edgefleet.manifest import HardwareProfile, ModelDir
+from edgefleet.model_add import add_version
+from edgefleet.signing import LocalKeySigner, rollback_order, sign_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "models" / "samples"
+MODEL = "detector"
+TARGET = HardwareProfile(name="x86-gateway", arch="amd64", execution_providers=["CPUExecutionProvider"], memory_mb=256, storage_mb=64)
+
+
+@dataclass(frozen=True)
+class Keys:
+    signer: LocalKeySigner
+    pem: bytes
+    pem_path: Path
+    other: LocalKeySigner          # a key the devices do not trust
+
+
+class Publisher:
+    """Records versions with `edgefleet model add`, signs them, and returns the DesiredModel the hub would carry."""
+
+    def __init__(self, root: Path, keys: Keys) -> None:
+        self.root = root
+        self.keys = keys
+        self.count = 0
+
+    def publish(self, version: str, onnx: str, signer: LocalKeySigner | None = None, **add_kwargs) -> DesiredModel:
+        self.count += 1
+        model_dir = self.root / f"{self.count:03d}-{version}" / MODEL
+        add_version(model_dir, SAMPLES / onnx, version, metrics=[], targets=[TARGET], **add_kwargs)
+        mdir = ModelDir(model_dir)
+        sign_model_dir(mdir, signer or self.keys.signer)
+        manifest = mdir.load()
+        return DesiredModel(model=MODEL, version=version, sha256=manifest.sha256, size=manifest.size,
+                            uri=mdir.artifact_path(manifest).as_uri(), manifest=mdir.manifest_bytes().decode(),
+                            signature=mdir.signature_path.read_text(), rollout="detector-rollout")
+
+    def rollback(self, desired: DesiredModel, off: DesiredModel, signer: LocalKeySigner | None = None, version: str | None = None,
+                 sha256: str | None = None) -> DesiredModel:
+        """`desired` under a rollback order that moves devices off `off` (the version that failed)."""
+        order = rollback_order(MODEL, version or desired.version, sha256 or desired.sha256, "ring canary failed its gate",
+                               off.version, off.sha256)
+        envelope = sign_bytes(signer or self.keys.signer, order)
+        return dataclasses.replace(desired, rollback_order=order.decode(), rollback_signature=envelope.to_bytes().decode())
+
+
+class FakeTransport:
+    def __init__(self, desired: DesiredModel | None = None) -> None:
+        self.desired_model = desired
+        self.reports: list[DeviceReport] = []
+
+    def desired(self, device_id: str, model: str) -> DesiredModel | None:
+        return self.desired_model
+
+    def report(self, report: DeviceReport) -> None:
+        self.reports.append(report)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def artifact_path(desired: DesiredModel) -> Path:
+    return Path(desired.uri.removeprefix("file://"))
+
+
+def artifact_bytes(desired: DesiredModel) -> bytes:
+    return artifact_path(desired).read_bytes()
+
+
+def copy_to(desired: DesiredModel, dest: Path, data: bytes | None = None) -> DesiredModel:
+    """The same desired state, with its artifact served from `dest` (holding `data` if given)."""
+    dest.write_bytes(artifact_bytes(desired) if data is None else data)
+    return dataclasses.replace(desired, uri=dest.as_uri())
+
+
+class HttpStore:
+    """An HTTP model store on localhost. `claim` sends a Content-Length larger than the body, then hangs up."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, int | None]] = {}
+        store = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                entry = store.files.get(self.path)
+                if entry is None:
+                    self.send_error(404, "Not Found")
+                    return
+                body, claim = entry
+                self.send_response(200)
+                self.send_header("Content-Length", str(claim or len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str, body: bytes, claim: int | None = None) -> str:
+        self.files[f"/{name}"] = (body, claim)
+        return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,148 @@
+"""The typed manifest, models/<name>/model.yaml: every field typed, unknown keys are errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.manifest import HardwareProfile, ModelDir, ModelManifest, TensorSpec, parse_manifest_bytes
+
+from .conftest import DETECTOR
+
+SOURCE = "models/detector/model.yaml"
+
+
+@pytest.fixture
+def doc() -> dict:
+    return yaml.safe_load((DETECTOR / "model.yaml").read_text())
+
+
+def parse(doc: dict) -> ModelManifest:
+    return parse_manifest_bytes(yaml.safe_dump(doc).encode(), SOURCE)
+
+
+def problem_of(doc: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(doc)
+    assert info.value.where == SOURCE
+    return info.value.problem
+
+
+def test_committed_manifest_declares_every_field():
+    m = ModelDir(DETECTOR).load()
+    assert (m.name, m.version, m.file, m.size, m.opset) == ("detector", "1.0.0", "detector.onnx", 2364, 17)
+    assert len(m.sha256) == 64
+    assert m.inputs == [TensorSpec(name="image", element_type="float32", shape=["batch", 3, 224, 224])]
+    assert m.outputs == [TensorSpec(name="scores", element_type="float32", shape=["batch", 3])]
+    assert m.inputs[0].signature() == "image: float32[batch, 3, 224, 224]"
+    acc = m.metric("accuracy")
+    assert acc is not None and acc.value == pytest.approx(0.8613) and acc.dataset.startswith("channel-dominance-eval-v1")
+    assert m.metric("f1") is None
+    assert [t.name for t in m.targets] == ["x86-camera", "jetson-orin"]
+    assert m.targets[1].execution_providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]  # order of preference
+    assert (m.targets[0].arch, m.targets[0].memory_mb, m.targets[0].storage_mb) == ("amd64", 256, 64)
+    assert m.min_agent_version == "0.1.0"
+    assert str(m.semver) == "1.0.0"
+
+
+def test_to_yaml_round_trips(doc):
+    m = parse(doc)
+    assert parse_manifest_bytes(m.to_yaml().encode(), SOURCE) == m
+
+
+def test_manifest_is_immutable(doc):
+    m = parse(doc)
+    with pytest.raises(Exception):
+        m.version = "2.0.0"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d.update(foo=1), "foo: unknown key (check the spelling; unknown keys are errors)"),
+    (lambda d: d["inputs"][0].update(dtype="float32"), "inputs[0].dtype: unknown key"),
+    (lambda d: d["targets"][0].update(gpu=True), "targets[0].gpu: unknown key"),
+    (lambda d: d["metrics"][0].update(split="val"), "metrics[0].split: unknown key"),
+    (lambda d: d.pop("sha256"), "sha256: required key is missing"),
+    (lambda d: d.update(version="1.0"), "version: '1.0' is not a semantic version such as 1.4.0"),
+    (lambda d: d.update(version=1.0), "version: Input should be a valid string (got 1.0)"),
+    (lambda d: d.update(min_agent_version="latest"), "min_agent_version: 'latest' is not a semantic version"),
+    (lambda d: d.update(sha256="ABC"), "sha256: String should match pattern '^[0-9a-f]{64}$' (got 'ABC')"),
+    (lambda d: d.update(size="2364"), "size: Input should be a valid integer (got '2364')"),
+    (lambda d: d.update(size=0), "size: Input should be greater than 0"),
+    (lambda d: d.update(opset=6), "opset: Input should be greater than or equal to 7"),
+    (lambda d: d.update(file="../escape.onnx"), "file: String should match pattern"),
+    (lambda d: d.update(file="detector.pt"), "file: String should match pattern"),
+    (lambda d: d.update(name="Detector"), "name: String should match pattern"),
+    (lambda d: d["inputs"][0].update(element_type="float"), "inputs[0].element_type: Input should be 'float32'"),
+    (lambda d: d["targets"][0].update(arch="x86"), "targets[0].arch: Input should be 'amd64', 'arm64' or 'armv7' (got 'x86')"),
+    (lambda d: d["targets"][0].update(execution_providers=["GPU"]),
+     "targets[0].execution_providers: unknown onnxruntime execution provider 'GPU'"),
+    (lambda d: d["targets"][0].update(execution_providers=[]), "targets[0].execution_providers: List should have at least 1 item"),
+    (lambda d: d["targets"][0].update(memory_mb=0), "targets[0].memory_mb: Input should be greater than 0"),
+    (lambda d: d.update(targets=[]), "targets: List should have at least 1 item"),
+    (lambda d: d.update(inputs=[]), "inputs: List should have at least 1 item"),
+    (lambda d: d["inputs"].append(copy.deepcopy(d["inputs"][0])), "inputs has duplicate names: image"),
+    (lambda d: d["targets"].append(copy.deepcopy(d["targets"][0])), "targets has duplicate names: x86-camera"),
+    (lambda d: d["metrics"][0].update(value="high"), "metrics[0].value: Input should be a valid number"),
+    (lambda d: d["metrics"][0].update(name="Top-1"), "metrics[0].name: String should match pattern"),
+    (lambda d: d["inputs"][0].update(shape=[0, 3]), "inputs[0].shape[0]"),
+])
+def test_bad_manifest_names_the_field(doc, mutate, expected):
+    mutate(doc)
+    problem = problem_of(doc)
+    assert expected in problem
+    assert "Value error," not in problem          # pydantic's internal prefix never reaches the user
+
+
+def test_every_bad_field_is_listed_at_once(doc):
+    doc.update(foo=1, size="big")
+    problem = problem_of(doc)
+    assert "foo: unknown key" in problem and "size: Input should be a valid integer" in problem
+
+
+def test_symbolic_and_fixed_dims(doc):
+    doc["inputs"][0]["shape"] = ["batch", 3, "height", "width"]
+    assert parse(doc).inputs[0].shape == ["batch", 3, "height", "width"]
+
+
+def test_integer_metric_value_is_a_number(doc):
+    doc["metrics"][0]["value"] = 1
+    assert parse(doc).metrics[0].value == 1
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"name: [", "not valid YAML"),
+    (b"\xff\xfe\x00", "not valid YAML"),
+    (b"- a\n- b\n", "expected a mapping of manifest fields at the top level"),
+    (b"", "expected a mapping of manifest fields at the top level"),
+])
+def test_unparseable_manifest(data, expected):
+    with pytest.raises(ConfigError) as info:
+        parse_manifest_bytes(data, SOURCE)
+    assert str(info.value).startswith(f"{SOURCE}: {expected}")
+
+
+def test_name_must_match_directory(models_dir):
+    (models_dir / "camera").mkdir()
+    (models_dir / "camera" / "model.yaml").write_bytes((DETECTOR / "model.yaml").read_bytes())
+    with pytest.raises(ConfigError) as info:
+        ModelDir(models_dir / "camera").load()
+    assert "name: 'detector' does not match its directory 'camera'" in str(info.value)
+    assert str(models_dir / "camera" / "model.yaml") in str(info.value)
+
+
+def test_missing_manifest(tmp_path):
+    with pytest.raises(EdgefleetError) as info:
+        ModelDir(tmp_path / "nothing").load()
+    assert str(info.value).startswith(f"{tmp_path / 'nothing' / 'model.yaml'}: no manifest here")
+    assert "edgefleet model add" in str(info.value)
+
+
+def test_hardware_profile_is_typed():
+    hp = HardwareProfile(name="orin", arch="arm64", execution_providers=["TensorrtExecutionProvider", "CPUExecutionProvider"],
+                         memory_mb=512, storage_mb=64)
+    assert hp.execution_providers[0] == "TensorrtExecutionProvider"
+    with pytest.raises(Exception):
+        HardwareProfile(name="orin", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb="512", storage_mb=64)
