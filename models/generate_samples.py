@@ -3,7 +3,7 @@
 The task is small and real: an image (3x224x224) belongs to the colour channel with the highest mean.
 Weights are built analytically (no training), with seeded noise, so versions differ measurably:
 
-  detector 1.0.0   noisier weights                       -> models/detector/ (the declared version)
+  detector 1.0.0   noisier weights                       -> models/samples/detector-1.0.0.onnx (models/detector/ declares it)
   detector 1.1.0   cleaner weights, better accuracy      -> models/samples/detector-1.1.0.onnx
   detector 1.2.0   valid ONNX, same signature, but every
                    output is NaN (a broken export)        -> models/samples/detector-1.2.0-nan.onnx

@@ -196,7 +196,7 @@ def test_up_refuses_a_cloud_stack_and_points_at_pulumi(project):
     cfg = doc["config"]
     cfg["edgefleet:platforms"] = ["aws"]
     del cfg["edgefleet:local"]
-    cfg["edgefleet:aws"] = {"region": "eu-west-1"}
+    cfg["edgefleet:aws"] = {"region": "eu-west-1", "rings": {"canary": {"devices": 4}, "early": {"devices": 12}, "broad": {"devices": 24}}}
     for ring in cfg["edgefleet:rollouts"][0]["rings"]:
         del ring["percent"]
         ring["labels"] = {"ring": ring["name"]}
