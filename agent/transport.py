@@ -68,9 +68,23 @@ def download(uri: str, dest: Path, expected_size: int | None = None) -> str:
     dest = Path(dest)
     try:
         return _stream(uri, dest, expected_size)
+    except (FetchError, ValueError) as exc:
+        dest.unlink(missing_ok=True)
+        # a query string can be a credential (an Azure SAS): keep it out of logs and reports
+        shown = redact_uri(uri)
+        if isinstance(exc, FetchError) and shown == uri:
+            raise
+        message = str(exc).replace(uri, shown) if isinstance(exc, FetchError) else f"download failed: invalid URI {shown}"
+        raise FetchError(message) from None
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with its query string (e.g. a SAS token) replaced, for messages that are logged or reported."""
+    head, sep, _ = uri.partition("?")
+    return f"{head}?<redacted>" if sep else uri
 
 
 def _stream(uri: str, dest: Path, expected_size: int | None) -> str:

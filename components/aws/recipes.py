@@ -75,6 +75,9 @@ AGENT_ENV = {
 TRUSTED_KEY_ENV = "EDGEFLEET_TRUSTED_KEY_PEM"
 
 
+INSTALL_TIMEOUT_SECONDS = 600   # download + verify + load of a large model on a slow device
+
+
 def agent_recipe(component: str, version: str, model_name: str, model_component: str, image: str,
                  metric_namespace: str, trusted_key_pem: str, report_seconds: int = 60) -> dict[str, Any]:
     """The device agent for one model: pulls `image` from ECR and runs `python3 -m agent` in it.
@@ -91,16 +94,24 @@ def agent_recipe(component: str, version: str, model_name: str, model_component:
     env[TRUSTED_KEY_ENV] = "{configuration:/TrustedKeyPem}"
     passthrough = ["AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_REGION", *AGENT_ENV]
     container = f"edgefleet-{model_name}"
-    run = " ".join([
-        f'printf \'%s\\n\' "${TRUSTED_KEY_ENV}" > {{work:path}}/trusted.pem &&',
-        "exec docker run --rm --network=host", f"--name {container}",
-        *(f"-e {name}" for name in passthrough),
-        f"-v {{{model_component}:artifacts:path}}:/models:ro",
-        "-v {work:path}:/state",
-        image,
-        f"python3 -m agent --transport greengrass --device-id {{iot:thingName}} --model {model_name} --model-dir /models",
-        "--state-dir /state --public-key /state/trusted.pem --report-seconds {configuration:/ReportSeconds}",
-    ])
+
+    def agent(name: str, *flags: str) -> str:
+        return " ".join([
+            f'printf \'%s\\n\' "${TRUSTED_KEY_ENV}" > {{work:path}}/trusted.pem &&',
+            "exec docker run --rm --network=host", f"--name {name}",
+            *(f"-e {var}" for var in passthrough),
+            f"-v {{{model_component}:artifacts:path}}:/models:ro",
+            "-v {work:path}:/state",
+            image,
+            f"python3 -m agent --transport greengrass --device-id {{iot:thingName}} --model {model_name} --model-dir /models",
+            "--state-dir /state --public-key /state/trusted.pem", *flags,
+        ])
+
+    # Install verifies and installs the model before the component counts as running: a refused model fails
+    # the install (exit 3), so the deployment fails on this device and the gate counts it, instead of the
+    # deployment succeeding while Run is still about to refuse.
+    install = agent(f"{container}-install", "--install-only")
+    run = agent(container, "--report-seconds {configuration:/ReportSeconds}")
     return {
         "RecipeFormatVersion": RECIPE_FORMAT,
         "ComponentName": component,
@@ -123,6 +134,7 @@ def agent_recipe(component: str, version: str, model_name: str, model_component:
             "Platform": {"os": "linux"},
             "Lifecycle": {
                 "Setenv": env,
+                "Install": {"Script": install, "Timeout": INSTALL_TIMEOUT_SECONDS, "RequiresPrivilege": False},
                 "Run": {"Script": run, "RequiresPrivilege": False},
                 "Shutdown": {"Script": f"docker stop {container} || true", "RequiresPrivilege": False},
             },

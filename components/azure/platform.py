@@ -226,9 +226,13 @@ class AzurePlatform(Platform):
         return RegistryOutputs(repository_url=registry.login_server.apply(lambda s: f"{s}/{mf.AGENT_REPOSITORY}"))
 
     def _agent(self) -> pulumi.Output[mf.AgentModule]:
+        """The agent module, with the signing key's id pinned in its environment: the twin also carries the public
+        key, but a twin-only writer cannot make devices trust another key without changing the $edgeAgent deployment."""
         registry = self._needs("the registry", self._registry)
-        return registry.login_server.apply(
-            lambda s: mf.AgentModule(image=f"{s}/{mf.AGENT_REPOSITORY}:{self.az.agent_version}", agent_version=self.az.agent_version))
+        key = self._needs("the signing key", self._key)
+        return pulumi.Output.all(registry.login_server, key.public.key_id).apply(
+            lambda a: mf.AgentModule(image=f"{a[0]}/{mf.AGENT_REPOSITORY}:{self.az.agent_version}", agent_version=self.az.agent_version,
+                                     env={"EDGEFLEET_TRUSTED_KEY_ID": a[1]}))
 
     # -- device groups: one base deployment each ------------------------------------------------------------------
     def device_group(self, parent, group: DeviceGroupConfig) -> GroupOutputs:

@@ -55,6 +55,10 @@ def test_agent_recipe_validates_and_keeps_values_out_of_the_shell():
     assert "{edgefleet.dev.detector.Model:artifacts:path}:/models:ro" in script
     deps = recipe["ComponentDependencies"]
     assert set(deps) == {"edgefleet.dev.detector.Model", "aws.greengrass.DockerApplicationManager", "aws.greengrass.TokenExchangeService"}
+    install = lifecycle["Install"]["Script"]
+    assert "--install-only" in install and "--install-only" not in script, \
+        "a refused model must fail Install, so the deployment fails on the device before the component runs"
+    assert "BEGIN PUBLIC KEY" not in install and "{edgefleet.dev.detector.Model:artifacts:path}:/models:ro" in install
 
 
 @pytest.mark.parametrize("break_it, where", [

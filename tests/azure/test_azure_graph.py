@@ -173,3 +173,20 @@ def test_the_multi_cloud_stack_declares_both_platforms(stack):
     assert any(t.startswith("aws") for t in types)
     groups = {r["name"]: r["inputs"]["platform"] for r in graph["resources"] if r["type"] == "edgefleet:fleet:DeviceGroup"}
     assert groups == {"aws-cameras": "aws", "azure-cameras": "azure"}
+
+
+def test_every_deployment_pins_the_signing_key_id_in_the_agent_modules_environment(azure_dev_graph):
+    """Devices take the public key from the twin only when its id matches this pin, which lives in the
+    $edgeAgent deployment, not in the module twin a twin-only writer could change."""
+    found = 0
+    for r in azure_dev_graph["resources"]:
+        content = r["inputs"].get("content")
+        if not isinstance(content, dict) or "modulesContent" not in content:
+            continue
+        agent = content["modulesContent"]["$edgeAgent"]
+        module = agent.get("properties.desired", {}).get("modules", {}).get("edgefleet-agent") \
+            or agent.get("properties.desired.modules.edgefleet-agent")
+        assert module is not None, r["name"]
+        assert "EDGEFLEET_TRUSTED_KEY_ID" in module["env"], f"{r['name']} does not pin the trusted key id"
+        found += 1
+    assert found == 4, "expected the base deployment and three ring layers"

@@ -1,0 +1,203 @@
+"""The agent on AWS IoT Greengrass v2: desired state from the component's environment, health to CloudWatch.
+
+Contract (docs/aws.md, "The agent on Greengrass"; components/aws/recipes.py is the source of truth):
+
+- The model component carries the exact signed manifest and its signature as configuration. The agent
+  component's recipe sets them, through recipe variables, into the container's environment
+  (`EDGEFLEET_MODEL_MANIFEST`, `EDGEFLEET_MODEL_SIGNATURE`, `EDGEFLEET_MODEL_FILE`, `EDGEFLEET_ROLLBACK_ORDER`,
+  `EDGEFLEET_ROLLBACK_SIGNATURE`, `EDGEFLEET_ROLLOUT`, `EDGEFLEET_RING`, `EDGEFLEET_METRIC_NAMESPACE`) and
+  mounts the artifacts Greengrass downloaded read-only at `--model-dir`. The desired model is therefore
+  fixed for the life of the process: a new deployment restarts the component (HARD dependency).
+- The recipe passes no version, sha256 or size: they are read from the manifest text itself. That is safe
+  because the agent verifies the manifest's signature before it trusts any of it.
+- Health goes to CloudWatch (`PutMetricData`): `Inferences`, `Errors`, `InvalidOutputs` (Count) and
+  `LatencyP99Ms` (Milliseconds) with dimensions `Rollout`, `Ring`, `Version`, which is exactly what
+  `components.aws.hub.AwsHub.metric_queries` reads. Credentials come from the token exchange service
+  through boto3's container provider (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, `AWS_CONTAINER_AUTHORIZATION_TOKEN`);
+  the region from `AWS_REGION`. boto3 is imported and the client built on the first report, never at import.
+- A refused model is not served; the process exits with `EXIT_REFUSED` (see `python -m agent --help`) so
+  that the component breaks and the deployment fails on this device: the gate counts job executions, so
+  an agent that kept running would be counted as having adopted the version it refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from agent import __version__
+from components.rollout.types import DesiredModel, DeviceReport
+from edgefleet.errors import EdgefleetError
+from edgefleet.manifest import parse_manifest_bytes
+
+log = logging.getLogger("edgefleet.agent.greengrass")
+
+EXIT_REFUSED = 3
+
+ENV_MANIFEST = "EDGEFLEET_MODEL_MANIFEST"
+ENV_SIGNATURE = "EDGEFLEET_MODEL_SIGNATURE"
+ENV_FILE = "EDGEFLEET_MODEL_FILE"
+ENV_ROLLBACK_ORDER = "EDGEFLEET_ROLLBACK_ORDER"
+ENV_ROLLBACK_SIGNATURE = "EDGEFLEET_ROLLBACK_SIGNATURE"
+ENV_ROLLOUT = "EDGEFLEET_ROLLOUT"
+ENV_RING = "EDGEFLEET_RING"
+ENV_NAMESPACE = "EDGEFLEET_METRIC_NAMESPACE"
+REQUIRED_ENV = (ENV_MANIFEST, ENV_SIGNATURE, ENV_FILE)
+
+COUNT_METRICS = (("Inferences", "inferences"), ("Errors", "errors"), ("InvalidOutputs", "invalid_outputs"))
+LATENCY_METRIC = "LatencyP99Ms"
+BACKLOG_DATUMS = 200          # unsent data points kept for the next report (50 windows), oldest dropped first
+PUT_BATCH = 1000              # PutMetricData takes at most 1000 metric data points per request
+CLIENT_RETRIES = 3            # botocore "standard" retry mode: attempts per request, with backoff
+CONNECT_TIMEOUT_SECONDS = 5
+READ_TIMEOUT_SECONDS = 10
+
+
+class GreengrassConfigError(Exception):
+    """The component's environment cannot describe a model: the recipe or the deployment is broken."""
+
+
+@dataclass(frozen=True)
+class GreengrassEnvironment:
+    manifest: str
+    signature: str
+    model_file: str
+    rollback_order: str | None
+    rollback_signature: str | None
+    rollout: str
+    ring: str
+    namespace: str
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> "GreengrassEnvironment":
+        missing = [name for name in REQUIRED_ENV if not environ.get(name, "").strip()]
+        if missing:
+            raise GreengrassConfigError(
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: the agent component's recipe sets them "
+                "from the model component's configuration (components/aws/recipes.py AGENT_ENV)")
+        model_file = environ[ENV_FILE].strip()
+        if Path(model_file).name != model_file or model_file in (".", ".."):
+            raise GreengrassConfigError(f"{ENV_FILE}={model_file!r} must be a plain file name under --model-dir")
+        return cls(manifest=environ[ENV_MANIFEST], signature=environ[ENV_SIGNATURE], model_file=model_file,
+                   rollback_order=environ.get(ENV_ROLLBACK_ORDER) or None,
+                   rollback_signature=environ.get(ENV_ROLLBACK_SIGNATURE) or None,
+                   rollout=environ.get(ENV_ROLLOUT, "").strip(), ring=environ.get(ENV_RING, "").strip(),
+                   namespace=environ.get(ENV_NAMESPACE, "").strip())
+
+
+def desired_from_environment(env: GreengrassEnvironment, model: str, model_dir: Path) -> DesiredModel:
+    """The DesiredModel the environment describes, with a file:// URI to the artifact Greengrass downloaded.
+
+    version, sha256 and size come from the (still unverified) manifest; DeviceAgent verifies its signature
+    and compares these fields with the signed ones before anything is installed. A manifest that does not
+    parse still yields a DesiredModel, so the agent refuses it with a reason instead of crashing.
+    """
+    uri = (Path(model_dir).absolute() / env.model_file).as_uri()
+    common = dict(uri=uri, manifest=env.manifest, signature=env.signature, rollout=env.rollout,
+                  rollback_order=env.rollback_order, rollback_signature=env.rollback_signature)
+    try:
+        m = parse_manifest_bytes(env.manifest.encode("utf-8"), f"{ENV_MANIFEST}")
+    except (EdgefleetError, UnicodeEncodeError):
+        found = re.search(r"^version:\s*['\"]?([^'\"\s#]+)", env.manifest, re.MULTILINE)
+        return DesiredModel(model=model, version=found.group(1) if found else "unknown", sha256="", size=0, **common)
+    return DesiredModel(model=m.name, version=m.version, sha256=m.sha256, size=m.size, **common)
+
+
+class CloudWatchMetrics:
+    """Publishes each report window to CloudWatch. Never raises: a failure is logged and the data points are
+    kept (at most BACKLOG_DATUMS) for the next report, so a short outage does not hide a bad window."""
+
+    def __init__(self, namespace: str, rollout: str, ring: str, client: Any = None, region: str | None = None) -> None:
+        self.namespace = namespace
+        self.rollout = rollout
+        self.ring = ring
+        self.region = region
+        self._client = client
+        self._backlog: deque[dict[str, Any]] = deque(maxlen=BACKLOG_DATUMS)
+        self._lock = threading.Lock()
+        self._warned_unconfigured = False
+
+    @property
+    def configured(self) -> bool:
+        # CloudWatch rejects empty dimension values; a deployment made without edgefleet's merge has none
+        return bool(self.namespace and self.rollout and self.ring)
+
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            self._client = boto3.client(
+                "cloudwatch", region_name=self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+                config=Config(retries={"max_attempts": CLIENT_RETRIES, "mode": "standard"}, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                              read_timeout=READ_TIMEOUT_SECONDS, user_agent_extra=f"edgefleet-agent/{__version__}"))
+        return self._client
+
+    def datums(self, report: DeviceReport) -> list[dict[str, Any]]:
+        if report.version is None:
+            return []                       # nothing served: no version to file the window under
+        dims = [{"Name": "Rollout", "Value": self.rollout}, {"Name": "Ring", "Value": self.ring},
+                {"Name": "Version", "Value": report.version}]
+        at = datetime.fromtimestamp(report.reported_at, timezone.utc)
+        out = [{"MetricName": name, "Dimensions": dims, "Timestamp": at, "Value": float(getattr(report, field)), "Unit": "Count"}
+               for name, field in COUNT_METRICS]
+        if report.p99_latency_ms is not None:
+            out.append({"MetricName": LATENCY_METRIC, "Dimensions": dims, "Timestamp": at,
+                        "Value": float(report.p99_latency_ms), "Unit": "Milliseconds"})
+        return out
+
+    def publish(self, report: DeviceReport) -> bool:
+        """True if everything pending reached CloudWatch."""
+        if not self.configured:
+            if not self._warned_unconfigured:
+                log.warning("metrics are not published: %s=%r, %s=%r, %s=%r (the ring's deployment sets them)",
+                            ENV_NAMESPACE, self.namespace, ENV_ROLLOUT, self.rollout, ENV_RING, self.ring)
+                self._warned_unconfigured = True
+            return False
+        with self._lock:
+            self._backlog.extend(self.datums(report))
+            if not self._backlog:
+                return True
+            try:
+                client = self.client()
+                while self._backlog:
+                    batch = [self._backlog[i] for i in range(min(PUT_BATCH, len(self._backlog)))]
+                    client.put_metric_data(Namespace=self.namespace, MetricData=batch)
+                    for _ in batch:
+                        self._backlog.popleft()
+            except Exception as exc:  # noqa: BLE001 - a metrics outage must never stop serving
+                log.warning("CloudWatch metrics not published (%d data points kept for the next report): %s: %s",
+                            len(self._backlog), type(exc).__name__, exc)
+                return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        return len(self._backlog)
+
+
+class GreengrassTransport:
+    """Transport for `python -m agent --transport greengrass`. The desired state never changes in-process."""
+
+    def __init__(self, model: str, model_dir: Path, environ: Mapping[str, str] | None = None,
+                 cloudwatch_client: Any = None) -> None:
+        self.env = GreengrassEnvironment.from_environ(os.environ if environ is None else environ)
+        self.model_dir = Path(model_dir)
+        self._desired = desired_from_environment(self.env, model, self.model_dir)
+        self.metrics = CloudWatchMetrics(self.env.namespace, self.env.rollout, self.env.ring, client=cloudwatch_client)
+
+    def desired(self, device_id: str, model: str) -> DesiredModel | None:
+        return self._desired
+
+    def report(self, report: DeviceReport) -> None:
+        self.metrics.publish(report)
+
+    def close(self) -> None:
+        pass

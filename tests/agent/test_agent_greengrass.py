@@ -1,0 +1,384 @@
+"""The agent on Greengrass: the environment and command line the platform's recipes give it, CloudWatch metrics
+where the ring's gate reads them, refusals that fail the deployment, and an image that holds what it imports.
+
+The component's environment is derived from the platform's own recipes (components/aws/recipes.py) and a ring's
+deployment (components/aws/plan.py components_spec), with a small stand-in for the nucleus's recipe-variable
+interpolation; the command line is the one in the agent recipe's Run script. No nucleus, no Docker here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from agent.core import DeviceAgent
+from agent.greengrass import (EXIT_REFUSED, REQUIRED_ENV, CloudWatchMetrics, GreengrassEnvironment, GreengrassTransport,
+                              desired_from_environment)
+from agent_testkit import MODEL, REPO, FakeTransport, artifact_bytes
+from components.aws.plan import RingComponents, components_spec
+from components.aws.recipes import AGENT_ENV, agent_recipe, model_recipe
+from components.rollout.types import DesiredModel, DeviceReport
+from edgefleet.manifest import parse_manifest_bytes
+
+REGION = "eu-west-1"
+NAMESPACE = "Edgefleet/Agent"
+ROLLOUT = "detector"
+MODEL_C = "edgefleet.aws-dev.detector.Model"
+AGENT_C = "edgefleet.aws-dev.detector.Agent"
+IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/edgefleet-aws-dev/agent:0.1.0"
+
+
+# -- what Greengrass hands the container ------------------------------------------------------------------------------
+def _recipes(desired: DesiredModel, pem: bytes) -> tuple[dict, dict]:
+    manifest = parse_manifest_bytes(desired.manifest.encode(), "test")
+    model = model_recipe(MODEL_C, manifest, desired.manifest, desired.signature, f"s3://bucket/models/{MODEL}/{desired.sha256}.onnx")
+    agent = agent_recipe(AGENT_C, "0.1.0", MODEL, MODEL_C, IMAGE, NAMESPACE, pem.decode())
+    return model, agent
+
+
+def _interpolate(value: str, config: dict[str, dict], own: str) -> str:
+    """The nucleus's `{[component:]configuration:/Key}` recipe variables (top-level keys are all the recipes use)."""
+    def one(m: re.Match) -> str:
+        return str(config[m.group(1) or own][m.group(2)])
+    return re.sub(r"\{(?:([^:{}]+):)?configuration:/([^{}/]+)\}", one, value)
+
+
+def component_environment(desired: DesiredModel, pem: bytes, model_dir: Path, ring: str = "canary",
+                          data: bytes | None = None) -> dict[str, str]:
+    """The agent container's EDGEFLEET_* environment for a ring's deployment of `desired` (a rollback when it
+    carries an order), and the artifact placed in `model_dir` under the name Greengrass gives it."""
+    model, agent = _recipes(desired, pem)
+    config = {MODEL_C: dict(model["ComponentConfiguration"]["DefaultConfiguration"]),
+              AGENT_C: dict(agent["ComponentConfiguration"]["DefaultConfiguration"])}
+    order = (desired.rollback_order, desired.rollback_signature or "") if desired.rollback_order else None
+    update = components_spec(RingComponents(MODEL_C, AGENT_C, "0.1.0", ROLLOUT, ring), desired.version, desired.rollout, order)[MODEL_C]
+    for pointer in update["configurationUpdate"].get("reset", []):
+        key = pointer.lstrip("/")
+        config[MODEL_C][key] = model["ComponentConfiguration"]["DefaultConfiguration"][key]
+    config[MODEL_C].update(json.loads(update["configurationUpdate"]["merge"]))
+    artifact_name = model["Manifests"][0]["Artifacts"][0]["URI"].rsplit("/", 1)[-1]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / artifact_name).write_bytes(artifact_bytes(desired) if data is None else data)
+    setenv = agent["Manifests"][0]["Lifecycle"]["Setenv"]
+    return {name: _interpolate(setenv[name], config, AGENT_C) for name in AGENT_ENV}
+
+
+def recipe_command(pem: bytes, desired: DesiredModel, model_dir: Path, state_dir: Path, key: Path,
+                   report_seconds: str = "60") -> list[str]:
+    """The agent recipe's `python3 -m agent …` command, with the container's paths mapped to test directories."""
+    _, agent = _recipes(desired, pem)
+    script = agent["Manifests"][0]["Lifecycle"]["Run"]["Script"]
+    words = shlex.split(script[script.index("python3 -m agent"):])
+    assert words[:3] == ["python3", "-m", "agent"]
+    paths = {"/models": str(model_dir), "/state": str(state_dir), "/state/trusted.pem": str(key),
+             "{iot:thingName}": "thing-1", "{configuration:/ReportSeconds}": report_seconds}
+    return [sys.executable, "-m", "agent", *(paths.get(w, w) for w in words[3:])]
+
+
+def offline_env(component: dict[str, str], region: bool = False) -> dict[str, str]:
+    """The process environment: no credentials or endpoint that could reach a real AWS account."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EDGEFLEET_"))}
+    env.update(component, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true",
+               AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    if region:
+        env["AWS_REGION"] = REGION
+    return env
+
+
+def seed(state: Path, pem: bytes, desired: DesiredModel) -> None:
+    agent = DeviceAgent("thing-1", MODEL, state, pem, FakeTransport(desired))
+    agent.sync()
+    assert agent.current_version == desired.version
+    agent.close()
+
+
+def served(state: Path, pem: bytes) -> tuple[str | None, str | None]:
+    """What a restart would serve, after re-verifying it."""
+    agent = DeviceAgent("thing-1", MODEL, state, pem, FakeTransport())
+    agent.start()
+    try:
+        return agent.current_version, agent.status
+    finally:
+        agent.close()
+
+
+@pytest.fixture
+def aws_offline(monkeypatch):
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_REGION", REGION)        # the recipe passes AWS_REGION into the container
+
+
+# -- the environment -----------------------------------------------------------------------------------------------------
+def test_the_components_environment_is_the_desired_model(tmp_path, keys, v110):
+    env = component_environment(v110, keys.pem, tmp_path / "models", ring="early")
+    assert set(REQUIRED_ENV) <= set(env) == set(AGENT_ENV)
+    desired = GreengrassTransport(MODEL, tmp_path / "models", environ=env).desired("thing-1", MODEL)
+    assert desired == dataclasses.replace(v110, uri=(tmp_path / "models" / f"{v110.sha256}.onnx").as_uri(), rollout=ROLLOUT)
+    assert Path(desired.uri.removeprefix("file://")).read_bytes() == artifact_bytes(v110)
+    transport = GreengrassTransport(MODEL, tmp_path / "models", environ=env)
+    assert (transport.metrics.namespace, transport.metrics.rollout, transport.metrics.ring) == (NAMESPACE, ROLLOUT, "early")
+
+
+def test_an_unparsable_manifest_still_yields_a_model_the_agent_refuses(tmp_path, keys, v110, make_agent):
+    env = GreengrassEnvironment.from_environ({**component_environment(v110, keys.pem, tmp_path / "m"),
+                                              "EDGEFLEET_MODEL_MANIFEST": "version: 9.9.9\n[not yaml"})
+    desired = desired_from_environment(env, MODEL, tmp_path / "m")
+    assert (desired.version, desired.sha256, desired.size) == ("9.9.9", "", 0)
+    agent = make_agent(transport=FakeTransport(desired))
+    agent.sync()
+    assert agent.build_report().error.startswith("signature does not verify")
+
+
+# -- metrics ------------------------------------------------------------------------------------------------------------
+def test_metrics_land_where_the_gate_reads_them(tmp_path, keys, v110, aws_offline):
+    import boto3
+    from moto import mock_aws
+
+    from components.aws.hub import METRICS, AwsHub
+
+    env = component_environment(v110, keys.pem, tmp_path / "models")
+    with mock_aws():
+        transport = GreengrassTransport(MODEL, tmp_path / "models", environ=env)   # builds its client on the first report
+        agent = DeviceAgent("thing-1", MODEL, tmp_path / "state", keys.pem, transport)
+        try:
+            agent.sync()
+            for _ in range(40):
+                agent.infer()
+            agent.report()
+        finally:
+            agent.close()
+        assert transport.metrics.pending == 0
+
+        cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+        hub = AwsHub(region=REGION, stack="aws-dev", bucket="unused", metric_namespace=NAMESPACE, rollout=ROLLOUT, model=MODEL,
+                     model_component=MODEL_C, agent_component=AGENT_C, agent_version="0.1.0", sites={},
+                     clients=SimpleNamespace(cloudwatch=PercentileAsMaximum(cloudwatch)))
+        got = hub.ring_metrics("canary", "1.1.0", since=time.time() - 300)
+        assert (got["inferences"], got["errors"], got["invalid"]) == (40, 0, 0) and got["latency"] > 0
+
+        # The gate's own queries, each pinned to the unit the contract names; moto computes no percentiles,
+        # so the p99 query is read as Maximum (one data point per window either way).
+        units = {"Inferences": "Count", "Errors": "Count", "InvalidOutputs": "Count", "LatencyP99Ms": "Milliseconds"}
+        queries = hub.metric_queries("canary", "1.1.0", 300)
+        assert {q["MetricStat"]["Metric"]["MetricName"] for q in queries} == {name for name, _ in METRICS.values()} == set(units)
+        for q in queries:
+            stat = q["MetricStat"]
+            stat["Unit"] = units[stat["Metric"]["MetricName"]]
+            if stat["Stat"] == "p99":
+                stat["Stat"] = "Maximum"
+        start = time.time() - 300
+        resp = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=start, EndTime=time.time() + 60)
+        values = {r["Id"]: r["Values"] for r in resp["MetricDataResults"]}
+        assert values["inferences"] == [40.0] and values["errors"] == [0.0] and values["invalid"] == [0.0]
+        assert len(values["latency"]) == 1 and values["latency"][0] > 0
+        for q in queries:
+            q["MetricStat"]["Unit"] = "Seconds"
+        wrong = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=start, EndTime=time.time() + 60)
+        assert all(r["Values"] == [] for r in wrong["MetricDataResults"])
+
+        listed = cloudwatch.list_metrics(Namespace=NAMESPACE)["Metrics"]
+        assert {m["MetricName"] for m in listed} == set(units)
+        assert all(sorted((d["Name"], d["Value"]) for d in m["Dimensions"]) ==
+                   [("Ring", "canary"), ("Rollout", ROLLOUT), ("Version", "1.1.0")] for m in listed)
+
+
+class PercentileAsMaximum:
+    """moto computes no percentile statistics: answer the gate's p99 query with Maximum, which is the same
+    value when each device files one LatencyP99Ms data point per window."""
+
+    def __init__(self, cloudwatch) -> None:
+        self.cloudwatch = cloudwatch
+
+    def get_metric_data(self, **kwargs):
+        kwargs = json.loads(json.dumps(kwargs, default=str))
+        for q in kwargs["MetricDataQueries"]:
+            if q["MetricStat"]["Stat"] == "p99":
+                q["MetricStat"]["Stat"] = "Maximum"
+        return self.cloudwatch.get_metric_data(**kwargs)
+
+
+class FlakyCloudWatch:
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[dict] = []
+
+    def put_metric_data(self, **kwargs) -> None:
+        self.calls.append(kwargs)
+        if len(self.calls) <= self.failures:
+            raise ConnectionError("endpoint unreachable")
+
+
+def _report(version: str | None, inferences: int = 5, p99: float | None = 1.5) -> DeviceReport:
+    return DeviceReport(device_id="thing-1", model=MODEL, version=version, sha256="ab" * 32 if version else None, status="ok",
+                        inferences=inferences, p99_latency_ms=p99, agent_version="0.1.0", reported_at=time.time())
+
+
+def test_a_metrics_outage_is_logged_kept_for_later_and_never_raised(caplog):
+    client = FlakyCloudWatch(failures=1)
+    metrics = CloudWatchMetrics(NAMESPACE, ROLLOUT, "canary", client=client)
+    assert metrics.publish(_report("1.1.0")) is False
+    assert metrics.pending == 4 and "CloudWatch metrics not published (4 data points kept" in caplog.text
+    assert metrics.publish(_report("1.1.0", p99=None)) is True
+    assert len(client.calls[-1]["MetricData"]) == 7 and metrics.pending == 0
+    assert metrics.publish(_report(None)) is True and len(client.calls) == 2       # nothing served: nothing to file
+
+    down = CloudWatchMetrics(NAMESPACE, ROLLOUT, "canary", client=FlakyCloudWatch(failures=10_000))
+    for _ in range(100):
+        down.publish(_report("1.1.0"))
+    assert down.pending == 200                                                      # bounded: the oldest go first
+    unconfigured = CloudWatchMetrics(NAMESPACE, "", "", client=FlakyCloudWatch(failures=0))
+    assert unconfigured.publish(_report("1.1.0")) is False and "metrics are not published" in caplog.text
+
+
+def test_the_agent_serves_on_when_cloudwatch_is_unreachable(tmp_path, keys, v110):
+    env = offline_env(component_environment(v110, keys.pem, tmp_path / "models"))          # no region: every report fails
+    cmd = recipe_command(keys.pem, v110, tmp_path / "models", tmp_path / "state", keys.pem_path, report_seconds="0.1")
+    log = tmp_path / "agent.log"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("CloudWatch metrics not published") < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "now serving detector 1.1.0" in log.read_text()
+
+
+# -- refusals fail the deployment ------------------------------------------------------------------------------------------
+def _refusal_cases(publisher, keys, v100, v110):
+    tampered = bytearray(artifact_bytes(v110))
+    tampered[len(tampered) // 2] ^= 0xFF
+    return {
+        "tampered artifact": (v100, v110, bytes(tampered), "sha256 mismatch: the downloaded artifact has sha256"),
+        "wrong key": (v100, publisher.publish("1.1.0", "detector-1.1.0.onnx", signer=keys.other), None,
+                      "signature does not verify: signed by key"),
+        "downgrade without order": (v110, v100, None, "downgrade from 1.1.0 to 1.0.0 refused: no signed rollback order"),
+    }
+
+
+@pytest.mark.parametrize("case", ["tampered artifact", "wrong key", "downgrade without order"])
+def test_a_refused_model_exits_non_zero_and_keeps_the_previous_one(tmp_path, keys, publisher, v100, v110, case):
+    before, desired, data, reason = _refusal_cases(publisher, keys, v100, v110)[case]
+    state = tmp_path / "state"
+    seed(state, keys.pem, before)
+    env = offline_env(component_environment(desired, keys.pem, tmp_path / "models", data=data), region=True)
+    proc = subprocess.run(recipe_command(keys.pem, desired, tmp_path / "models", state, keys.pem_path), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_REFUSED, proc.stderr
+    assert f"edgefleet-agent: refused detector {desired.version}: {reason}" in proc.stderr
+    assert f"keeping detector {before.version} in {state}" in proc.stderr
+    assert served(state, keys.pem) == (before.version, "ok")
+
+
+def test_a_downgrade_with_a_signed_rollback_order_is_accepted(tmp_path, keys, publisher, v100, v110, v120_nan):
+    state = tmp_path / "state"
+    seed(state, keys.pem, v110)
+
+    wrong = publisher.rollback(v100, off=v120_nan)          # an order that moves devices off 1.2.0, not off 1.1.0
+    env = offline_env(component_environment(wrong, keys.pem, tmp_path / "wrong"), region=True)
+    cmd = recipe_command(keys.pem, wrong, tmp_path / "wrong", state, keys.pem_path) + ["--install-only"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == EXIT_REFUSED and "the signed rollback order moves devices off 1.2.0" in proc.stderr
+    assert served(state, keys.pem) == ("1.1.0", "ok")
+
+    order = publisher.rollback(v100, off=v110)
+    env = offline_env(component_environment(order, keys.pem, tmp_path / "models"), region=True)
+    assert env["EDGEFLEET_ROLLBACK_ORDER"] == order.rollback_order
+    cmd = recipe_command(keys.pem, order, tmp_path / "models", state, keys.pem_path) + ["--install-only"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "under a signed rollback order: ring canary failed its gate" in proc.stderr
+    assert served(state, keys.pem) == ("1.0.0", "ok")
+
+
+def test_an_incomplete_environment_cannot_start(tmp_path, keys, v110):
+    env = offline_env({k: v for k, v in component_environment(v110, keys.pem, tmp_path / "m").items()
+                       if k != "EDGEFLEET_MODEL_MANIFEST"}, region=True)
+    proc = subprocess.run(recipe_command(keys.pem, v110, tmp_path / "m", tmp_path / "s", keys.pem_path), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "edgefleet-agent: EDGEFLEET_MODEL_MANIFEST is not set" in proc.stderr
+
+
+# -- the image ------------------------------------------------------------------------------------------------------------
+IMPORTS = "import agent.__main__, agent.core, agent.greengrass, agent.iotedge, agent.transport, agent.store, agent.serving"
+
+
+def test_the_agent_imports_no_deploy_time_package_and_the_image_holds_what_it_imports():
+    code = ("import json, sys\nbefore = set(sys.modules)\n" + IMPORTS + "\n"
+            "mods = {m: getattr(sys.modules[m], '__file__', None) for m in set(sys.modules) - before}\n"
+            "print(json.dumps(mods))")
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    loaded: dict[str, str | None] = json.loads(proc.stdout)
+    tops = {m.split(".")[0] for m in loaded}
+    assert not tops & {"pulumi", "typer", "rich", "onnx", "boto3", "botocore", "azure", "jsonschema", "matplotlib", "moto"}, tops
+    assert not [m for m in loaded if m.startswith(("edgefleet.cli", "components.local", "components.aws"))]
+
+    # every first-party module is copied into the image, and no more than the agent needs
+    dockerfile = (REPO / "agent" / "Dockerfile").read_text()
+    copied = {word for line in re.findall(r"^COPY ((?:.*\\\n)*.*)$", dockerfile, re.MULTILINE)
+              for word in line.replace("\\\n", " ").split()[:-1]}
+    first_party = {str(Path(f).relative_to(REPO)) for m, f in loaded.items() if m.split(".")[0] in ("agent", "components", "edgefleet")}
+    assert first_party <= copied, sorted(first_party - copied)
+    assert {c for c in copied if c.endswith(".py")} == first_party | {"agent/__main__.py"}
+    assert not re.search(r"^ENTRYPOINT", dockerfile, re.MULTILINE) and 'CMD ["python3", "-m", "agent", "--transport", "iotedge"' in dockerfile
+
+    # every third-party package it imports is in agent/requirements.txt, or installed by one that is
+    wanted = {re.split(r"[<>=\s#\[]", line.strip(), maxsplit=1)[0].lower()
+              for line in (REPO / "agent" / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")}
+    assert {"onnxruntime", "numpy", "cryptography", "pyyaml", "pydantic", "semver", "boto3", "azure-iot-device"} == wanted
+    closure, todo = set(), [w for w in wanted if _installed(w)]
+    while todo:
+        dist = todo.pop()
+        if dist in closure:
+            continue
+        closure.add(dist)
+        for req in importlib.metadata.requires(dist) or []:
+            if "extra ==" not in req:
+                name = re.split(r"[<>=!~;\s\[(]", req, maxsplit=1)[0].lower().replace("_", "-")
+                if _installed(name):
+                    todo.append(name)
+    owners = importlib.metadata.packages_distributions()
+    installed = {m.split(".")[0] for m, f in loaded.items() if f and "site-packages" in Path(f).parts}
+    assert installed >= {"onnxruntime", "numpy", "cryptography", "yaml", "pydantic", "semver"}
+    for top in sorted(installed):
+        dists = {d.lower().replace("_", "-") for d in owners.get(top, [])}
+        assert dists & closure, f"{top} (from {dists or 'nowhere'}) is imported by the agent but not installed by agent/requirements.txt"
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def test_help_names_the_transports_and_exit_codes():
+    proc = subprocess.run([sys.executable, "-m", "agent", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for text in ("--transport {local,greengrass,iotedge}", "exit codes:", f"{EXIT_REFUSED}  the desired model was refused",
+                 "--model-dir", "--install-only"):
+        assert text in proc.stdout

@@ -1,0 +1,447 @@
+"""The agent as an IoT Edge module: the module twin the platform builds becomes what the agent installs, and
+what the agent reports is what the ring's gate (components/azure/hub.py) counts.
+
+The twin's desired properties are built with the platform's own code (`base_manifest`, `ring_layer`,
+`effective_manifest`), and the gate's verdict inputs come from `AzureHub.observe` running its own queries
+against the reported properties the agents wrote. IoT Hub's query engine is not available here, so
+`FakeIoTHub.query` evaluates the small subset of its SQL that those queries use (equality terms joined by
+AND, COUNT/SUM/MAX, TOP n); everything else about the queries is the hub's.
+
+azure-iot-device is not needed: `FakeModuleClient` implements the methods and handler properties of the
+SDK's `IoTHubModuleClient` that the transport uses (and a test checks them against the SDK when installed).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from agent.core import DeviceAgent
+from agent.iotedge import EdgeSupervisor, IoTEdgeTransport, TrustRefused, resolve_trust
+from agent_testkit import MODEL, REPO, FakeTransport, artifact_bytes
+from components.azure.hub import AzureHub, MemoryProgressStore, rollout_id
+from components.azure.manifest import (AGENT_MODULE, AgentModule, RingDeploymentSpec, base_manifest, effective_manifest,
+                                       model_key, ring_layer)
+from components.rollout.types import DesiredModel, RingTarget
+from edgefleet.signing import key_id_of, load_public_key
+
+SAS = "sv=2022-11-02&sr=c&sp=r&se=2031-01-01T00%3A00%3A00Z&sig=S3CRETsasSIGNATURE%2Bx%3D"
+SECRET = "S3CRETsasSIGNATURE"
+AGENT = AgentModule(image="edgefleetdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")
+SPEC = RingDeploymentSpec(rollout="detector", ring="canary", index=0, model=MODEL, target_condition="(tags.ring='canary')",
+                          priority=11, agent=AGENT, agent_schema="1.1")
+
+
+# -- the SDK and the hub, faked ------------------------------------------------------------------------------------
+def _merge(doc: dict, patch: dict) -> dict:
+    """Twin merge semantics, written independently of agent.iotedge.merge_patch."""
+    for k, v in patch.items():
+        if v is None:
+            doc.pop(k, None)
+        elif isinstance(v, dict):
+            doc[k] = _merge(doc.get(k) if isinstance(doc.get(k), dict) else {}, v)
+        else:
+            doc[k] = v
+    return doc
+
+
+class FakeModuleClient:
+    """azure.iot.device.IoTHubModuleClient (sync, v2) as the transport uses it: `get_twin()` returns
+    {"desired": …, "reported": …}; the desired-patch handler takes the patch (with "$version"); the connection
+    handler takes no argument; `patch_twin_reported_properties` merges (null removes); `shutdown()`."""
+
+    def __init__(self, desired: dict | None = None, reported: dict | None = None) -> None:
+        self.desired = copy.deepcopy(desired or {})
+        self.desired["$version"] = 1
+        self.reported = copy.deepcopy(reported or {})
+        self.on_twin_desired_properties_patch_received = None
+        self.on_connection_state_change = None
+        self.connected = True
+        self.sent: list[dict] = []
+        self.get_twin_calls = 0
+        self.is_shut_down = False
+
+    @classmethod
+    def create_from_edge_environment(cls, **kwargs) -> "FakeModuleClient":
+        return cls()
+
+    def get_twin(self) -> dict:
+        self.get_twin_calls += 1
+        return {"desired": copy.deepcopy(self.desired), "reported": copy.deepcopy(self.reported)}
+
+    def patch_twin_reported_properties(self, reported_properties_patch: dict) -> None:
+        self.sent.append(copy.deepcopy(reported_properties_patch))
+        _merge(self.reported, copy.deepcopy(reported_properties_patch))
+
+    def shutdown(self) -> None:
+        self.is_shut_down = True
+
+    # the service side
+    def service_update(self, patch: dict, deliver: bool = True) -> dict:
+        _merge(self.desired, copy.deepcopy(patch))
+        self.desired["$version"] += 1
+        sent = {**copy.deepcopy(patch), "$version": self.desired["$version"]}
+        if deliver and self.on_twin_desired_properties_patch_received is not None:
+            self.on_twin_desired_properties_patch_received(sent)
+        return sent
+
+
+def _path(doc: dict, path: str) -> Any:
+    node: Any = doc
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _matches(doc: dict, where: str) -> bool:
+    for term in where.split(" AND "):
+        m = re.fullmatch(r"\(*\s*([\w.$]+)\s*=\s*'([^']*)'\s*\)*", term.strip())
+        assert m, f"the fake hub cannot evaluate {term!r}"
+        if _path(doc, m.group(1)) != m.group(2):
+            return False
+    return True
+
+
+class FakeIoTHub:
+    """The HubClient calls AzureHub.observe makes when the ring has no configuration with metric results:
+    live queries over `devices` (device twins, by tags) and `devices.modules` (module twins)."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, dict] = {}
+        self.modules: dict[str, FakeModuleClient] = {}
+        self.queries: list[str] = []
+
+    def add(self, device_id: str, ring: str, client: FakeModuleClient) -> None:
+        self.devices[device_id] = {"deviceId": device_id, "tags": {"ring": ring}}
+        self.modules[device_id] = client
+
+    def list_configurations(self) -> list[dict]:
+        return []
+
+    def get_configuration(self, cid: str) -> dict | None:
+        return None
+
+    def query(self, sql: str, limit: int | None = None) -> list[dict]:
+        self.queries.append(sql)
+        m = re.fullmatch(r"SELECT (?:TOP (\d+) )?(.+?) FROM (devices\.modules|devices) WHERE (.+)", sql)
+        assert m, f"the fake hub cannot parse {sql!r}"
+        top, projection, source, where = m.groups()
+        if source == "devices":
+            docs = list(self.devices.values())
+        else:
+            docs = [{"deviceId": d, "moduleId": AGENT_MODULE, "properties": {"reported": copy.deepcopy(c.reported)}}
+                    for d, c in self.modules.items()]
+        rows = [d for d in docs if _matches(d, where)]
+        fields = [f.strip() for f in projection.split(", ")]
+        aggregate = {}
+        for f in fields:
+            fm = re.fullmatch(r"(COUNT|SUM|MAX)\(([\w.]*)\) AS (\w+)", f)
+            if fm:
+                fn, path, alias = fm.groups()
+                values = [v for v in (_path(r, path) for r in rows) if v is not None] if path else rows
+                aggregate[alias] = len(values) if fn == "COUNT" else (sum(values) if fn == "SUM" else max(values, default=None))
+        if aggregate:
+            return [aggregate]
+        out = []
+        for r in rows[: int(top) if top else None]:
+            row = {}
+            for f in fields:
+                path, _, alias = f.partition(" AS ")
+                row[alias or path.rsplit(".", 1)[-1]] = _path(r, path)
+            out.append(row)
+        return out
+
+
+# -- helpers -------------------------------------------------------------------------------------------------------
+def ring_desired(v: DesiredModel, http_store, sas: str = SAS) -> DesiredModel:
+    """The DesiredModel the Azure gate deploys: rollout id as the platform forms it, artifact in a store that
+    answers only requests carrying the SAS."""
+    path = f"/models/{MODEL}/{v.sha256}.onnx"
+    http_store.files[f"{path}?{sas}"] = (artifact_bytes(v), None)
+    base = f"http://127.0.0.1:{http_store.server.server_address[1]}{path}"
+    return dataclasses.replace(v, uri=base, rollout=rollout_id(SPEC.rollout, v))
+
+
+def module_twin_desired(desired: DesiredModel | None, pem: bytes, key_id: str | None = None, sas: str | None = SAS) -> dict:
+    """properties.desired of the agent module twin, built by the platform's code: base deployment ⊕ ring layer."""
+    trust = {"keyId": key_id or key_id_of(load_public_key(pem, "test")), "publicKeyPem": pem.decode()}
+    base = base_manifest(agent=AGENT, runtime="1.5", agent_schema="1.1", hub_schema="1.2", trust=trust, store_sas=sas)
+    layers = [ring_layer(agent=AGENT, agent_schema="1.1", desired=desired, ring_key=SPEC.key)] if desired else []
+    return effective_manifest(base, *layers)[AGENT_MODULE]["properties.desired"]
+
+
+def connected(desired: dict, reported: dict | None = None) -> tuple[FakeModuleClient, IoTEdgeTransport]:
+    client = FakeModuleClient(desired, reported)
+    transport = IoTEdgeTransport(client)
+    transport.connect()
+    return client, transport
+
+
+def documented_reported_fields() -> set[str]:
+    """The field names docs/azure.md lists for properties.reported.models.<key>."""
+    text = (REPO / "docs" / "azure.md").read_text()
+    sentence = text[text.index("Reported, under"):text.index("When a model leaves the desired properties")]
+    return {w for w in re.findall(r"`([A-Za-z0-9]+)`", sentence)} - {"ok", "failed"}
+
+
+@pytest.fixture
+def make(tmp_path, keys):
+    made: list[DeviceAgent] = []
+
+    def agent(transport, name: str, pem: bytes | None = None) -> DeviceAgent:
+        a = DeviceAgent(name, MODEL, tmp_path / name, pem or keys.pem, transport)
+        made.append(a)
+        return a
+
+    yield agent
+    for a in made:
+        a.close()
+
+
+# -- desired ---------------------------------------------------------------------------------------------------------
+def test_the_platforms_twin_becomes_the_desired_model_with_the_sas_appended(keys, v110, http_store):
+    want = ring_desired(v110, http_store)
+    _, transport = connected(module_twin_desired(want, keys.pem))
+    got = transport.desired("cam-1", MODEL)
+    assert got == dataclasses.replace(want, uri=f"{want.uri}?{SAS}")
+    assert transport.desired("cam-1", "other-model") is None
+
+
+def test_the_sas_reaches_the_store_and_never_a_log_or_a_report(keys, v110, http_store, make, caplog):
+    caplog.set_level(logging.DEBUG)
+    want = ring_desired(v110, http_store)
+    client, transport = connected(module_twin_desired(want, keys.pem))
+    good = make(transport, "cam-1")
+    assert good.sync() and good.current_version == "1.1.0"      # the store answers only with the SAS
+
+    bad_client, bad_transport = connected(module_twin_desired(want, keys.pem, sas=SAS.replace("sp=r", "sp=w")))
+    bad = make(bad_transport, "cam-2")
+    bad.sync()
+    bad.report()
+    entry = bad_client.reported["models"][model_key(MODEL)]
+    assert entry["status"] == "failed" and entry["error"].startswith("download failed: HTTP 404 Not Found from http://")
+    assert entry["error"].endswith("?<redacted>")
+    assert SECRET not in json.dumps(bad_client.sent) and SECRET not in json.dumps(client.sent)
+    assert not [r for r in caplog.records if SECRET in r.getMessage()]
+
+
+def test_the_sas_is_never_sent_over_plain_http_to_another_host(keys, v110):
+    far = dataclasses.replace(v110, uri="http://store.example.com/models/detector/x.onnx", rollout="detector@1.1.0+x")
+    _, transport = connected(module_twin_desired(far, keys.pem))
+    with pytest.raises(ValueError, match="only ever sent over TLS") as err:
+        transport.desired("cam-1", MODEL)
+    assert SECRET not in str(err.value)
+
+
+def test_patches_update_the_desired_state(keys, v100, v110, http_store):
+    one, two = ring_desired(v100, http_store), ring_desired(v110, http_store)
+    client, transport = connected(module_twin_desired(one, keys.pem))
+    assert transport.desired("cam-1", MODEL).version == "1.0.0"
+
+    sent = client.service_update({"models": {model_key(MODEL): module_twin_desired(two, keys.pem)["models"][model_key(MODEL)]}})
+    assert transport.desired("cam-1", MODEL) == dataclasses.replace(two, uri=f"{two.uri}?{SAS}")
+    assert not transport.refresh()                       # in step with the twin: no read needed
+
+    client.on_twin_desired_properties_patch_received({**sent, "models": {model_key(MODEL): {"version": "0.0.1"}}})
+    assert transport.desired("cam-1", MODEL).version == "1.1.0"   # a replayed (old $version) patch is ignored
+
+    client.service_update({"store": {"sasToken": "sv=new&sig=rotated"}}, deliver=False)      # missed while offline
+    client.service_update({"models": {"other": {"model": "other"}}})                          # $version gap
+    assert transport.desired("cam-1", MODEL).uri.endswith("?" + SAS)
+    assert transport.refresh() and transport.desired("cam-1", MODEL).uri.endswith("?sv=new&sig=rotated")
+
+    client.service_update({"store": {"sasToken": SAS}}, deliver=False)
+    client.on_connection_state_change()                  # reconnected: patches sent meanwhile are not replayed
+    assert transport.refresh() and transport.desired("cam-1", MODEL).uri.endswith("?" + SAS)
+
+    client.service_update({"models": {model_key(MODEL): None}})
+    assert transport.desired("cam-1", MODEL) is None
+
+
+def test_a_patch_racing_the_first_twin_read_neither_truncates_nor_is_lost(keys, v110, http_store):
+    client = FakeModuleClient(module_twin_desired(ring_desired(v110, http_store), keys.pem))
+    read = client.get_twin
+
+    def racing():
+        twin = read()
+        client.service_update({"store": {"sasToken": "sv=new&sig=rotated"}})     # delivered while the read is in flight
+        return twin
+
+    client.get_twin = racing
+    transport = IoTEdgeTransport(client)
+    transport.connect()
+    assert transport.desired("cam-1", MODEL).uri.endswith("?" + SAS)          # the whole document, not the patch alone
+    client.get_twin = read
+    assert transport.refresh() and transport.desired("cam-1", MODEL).uri.endswith("?sv=new&sig=rotated")
+
+
+def test_an_unreachable_hub_is_retried_with_backoff_and_the_cache_kept(keys, v110, http_store):
+    now = [0.0]
+    client = FakeModuleClient(module_twin_desired(ring_desired(v110, http_store), keys.pem))
+    transport = IoTEdgeTransport(client, clock=lambda: now[0])
+    transport.connect()
+    client.get_twin = lambda: (_ for _ in ()).throw(ConnectionError("no route to the edge hub"))
+    client.on_connection_state_change()
+    with pytest.raises(ConnectionError):
+        transport.refresh()
+    assert transport.refresh() is False                  # backing off: not asked again at every sync period
+    assert transport.desired("cam-1", MODEL).version == "1.1.0"
+    now[0] += 2.5
+    with pytest.raises(ConnectionError):
+        transport.refresh()
+
+
+# -- reports and the gate ---------------------------------------------------------------------------------------------
+def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, make):
+    want = ring_desired(v110, http_store)
+    client, transport = connected(module_twin_desired(want, keys.pem))
+    agent = make(transport, "cam-1")
+    agent.sync()
+    for _ in range(20):
+        agent.infer()
+    agent.report()
+    entry = client.sent[-1]["models"][model_key(MODEL)]
+    assert set(entry) == documented_reported_fields()      # every field, null when absent (IoT Hub then drops it)
+    assert set(client.reported["models"][model_key(MODEL)]) == documented_reported_fields() - {"error", "failedVersion"}
+    assert {k: v for k, v in entry.items() if k != "p99LatencyMs"} == {
+        "version": "1.1.0", "sha256": v110.sha256, "status": "ok", "error": None, "failedVersion": None,
+        "inferences": 20, "errors": 0, "invalidOutputs": 0, "agentVersion": "0.1.0",
+        "ring": SPEC.key, "rollout": want.rollout}
+    assert entry["p99LatencyMs"] > 0
+
+
+def test_the_gate_counts_adopted_and_failed_devices_from_what_agents_report(tmp_path, keys, v100, v110, http_store, make):
+    want = ring_desired(v110, http_store)
+    twin = module_twin_desired(want, keys.pem)
+    hub = FakeIoTHub()
+
+    ok_client, ok = connected(twin)                          # takes 1.1.0
+    adopted = make(ok, "cam-ok")
+    adopted.sync()
+    for _ in range(30):
+        adopted.infer()
+    adopted.report()
+
+    bad_client, bad = connected(twin)                        # trusts another key: the signature does not verify
+    refused = make(bad, "cam-bad", pem=keys.other.public_key_pem())
+    refused.sync()
+    refused.report()
+
+    old_client, old = connected(twin)                        # still serves 1.0.0: has not synced since 1.1.0 was set
+    seed = DeviceAgent("cam-old", MODEL, tmp_path / "cam-old", keys.pem, FakeTransport(v100))
+    seed.sync()
+    seed.close()
+    behind = make(old, "cam-old")
+    behind.start()
+    behind.report()
+
+    trust_client = FakeModuleClient(module_twin_desired(want, keys.pem, key_id="sha256:" + "0" * 64))
+    untrusting = IoTEdgeTransport(trust_client)
+    untrusting.connect()
+    EdgeSupervisor(untrusting, "cam-trust", tmp_path / "cam-trust", threaded=False).step()
+
+    other_client, other = connected({**twin, "models": {model_key(MODEL): {**twin["models"][model_key(MODEL)], "ring": "detector.early"}}})
+    elsewhere = make(other, "cam-early")
+    elsewhere.sync()
+    elsewhere.report()
+
+    for name, client, ring in (("cam-ok", ok_client, "canary"), ("cam-bad", bad_client, "canary"), ("cam-old", old_client, "canary"),
+                               ("cam-trust", trust_client, "canary"), ("cam-early", other_client, "early")):
+        hub.add(name, ring, client)
+    gate = AzureHub(hub, {SPEC.key: SPEC}, MemoryProgressStore(), poll_seconds=0, metrics_timeout=0)
+    seen = gate.observe(RingTarget(SPEC.rollout, SPEC.ring, 0, SPEC.key), want, since=0)
+
+    assert (seen.devices, seen.adopted, seen.failed, seen.reporting) == (4, 1, 2, 4)
+    assert (seen.inferences, seen.errors, seen.invalid_outputs) == (30, 0, 0) and seen.p99_latency_ms > 0
+    reasons = dict(seen.failures)
+    assert reasons["cam-bad"].startswith("signature does not verify: signed by key")
+    assert reasons["cam-trust"].startswith("trusted key refused: trust.keyId sha256:000")
+    assert "version" not in trust_client.reported["models"][model_key(MODEL)]      # null: it serves nothing
+    assert not (tmp_path / "cam-trust" / MODEL).exists()
+
+
+def test_a_model_leaving_the_twin_clears_its_reported_entry(keys, v110, http_store, make):
+    want = ring_desired(v110, http_store)
+    client, transport = connected(module_twin_desired(want, keys.pem), reported={"models": {"retired": {"version": "0.9.0"}}})
+    assert client.sent == [{"models": {"retired": None}}]   # left by an earlier run: removed at connect
+    agent = make(transport, "cam-1")
+    agent.sync()
+    agent.report()
+    assert model_key(MODEL) in client.reported["models"]
+
+    client.service_update({"models": {model_key(MODEL): None}})
+    assert agent.sync() and agent.current_version is None
+    agent.report()
+    assert client.sent[-1] == {"models": {model_key(MODEL): None}}
+    assert client.reported["models"] == {}
+    agent.report()
+    assert len([p for p in client.sent if p == {"models": {model_key(MODEL): None}}]) == 1
+
+
+# -- trust -------------------------------------------------------------------------------------------------------------
+def test_trust_from_the_twin_only_when_its_key_id_matches(keys):
+    kid = key_id_of(load_public_key(keys.pem, "test"))
+    twin = {"keyId": kid, "publicKeyPem": keys.pem.decode()}
+    assert resolve_trust(None, twin).key_id == kid
+    assert resolve_trust(None, twin, pinned_key_id=kid).source == "module twin trust"
+    with pytest.raises(TrustRefused, match=r"trust.keyId sha256:0+ does not match the key in trust.publicKeyPem \(sha256:"):
+        resolve_trust(None, {**twin, "keyId": "sha256:" + "0" * 64})
+    with pytest.raises(TrustRefused, match="not the pinned --trusted-key-id"):
+        resolve_trust(None, twin, pinned_key_id="sha256:" + "1" * 64)
+    with pytest.raises(TrustRefused, match="no trusted key"):
+        resolve_trust(None, None)
+    other = keys.other.public_key_pem()
+    chosen = resolve_trust(other, {**twin, "keyId": "sha256:" + "0" * 64})      # a key file wins over the twin
+    assert (chosen.pem, chosen.source) == (other, "--public-key")
+
+
+def test_the_supervisor_runs_one_agent_per_model_and_stops_removed_ones(tmp_path, keys, v110, http_store):
+    want = ring_desired(v110, http_store)
+    client, transport = connected(module_twin_desired(want, keys.pem))
+    sup = EdgeSupervisor(transport, "cam-1", tmp_path / "state", sync_seconds=0.05, report_seconds=0.05)
+    try:
+        sup.step()
+        assert set(sup.agents) == {MODEL} and sup.trust.source == "module twin trust"
+        deadline = time.monotonic() + 20
+        while (client.reported.get("models", {}).get(model_key(MODEL), {}).get("inferences") or 0) == 0:
+            assert time.monotonic() < deadline, client.reported
+            time.sleep(0.02)
+        assert client.reported["models"][model_key(MODEL)]["status"] == "ok"
+
+        client.service_update({"models": {model_key(MODEL): None}})
+        sup.step()
+        assert sup.agents == {} and client.reported["models"] == {}
+        pointer = json.loads((tmp_path / "state" / MODEL / "current.json").read_text())
+        assert pointer["current"] is None and pointer["previous"]["version"] == "1.1.0"
+    finally:
+        sup.close()
+
+
+# -- the real SDK and the process ---------------------------------------------------------------------------------------
+def test_the_fake_client_has_the_sdks_surface():
+    sdk = pytest.importorskip("azure.iot.device", reason="azure-iot-device is not installed (CI installs pyproject's deps only)")
+    cls = sdk.IoTHubModuleClient
+    for name in ("create_from_edge_environment", "get_twin", "patch_twin_reported_properties", "shutdown"):
+        assert callable(getattr(cls, name)) and callable(getattr(FakeModuleClient, name))
+    for name in ("on_twin_desired_properties_patch_received", "on_connection_state_change", "connected"):
+        assert isinstance(getattr(cls, name), property), name
+
+
+def test_outside_iot_edge_the_agent_exits_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IOTEDGE_", "EdgeHub", "EdgeModule"))}
+    proc = subprocess.run([sys.executable, "-m", "agent", "--transport", "iotedge", "--device-id", "cam-1",
+                           "--state-dir", str(tmp_path / "state")], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "edgefleet-agent: cannot create the IoT Edge module client:" in proc.stderr
