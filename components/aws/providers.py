@@ -17,13 +17,9 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
+from components.dynamic import input_diff
+
 PROVIDER_VERSION = "1"
-
-
-def _diff(olds: dict[str, Any], news: dict[str, Any], replace_on: tuple[str, ...]) -> DiffResult:
-    keys = sorted(k for k in set(olds) | set(news) if not k.startswith("__") and k in news)
-    changed = [k for k in keys if olds.get(k) != news.get(k)]
-    return DiffResult(changes=bool(changed), replaces=[k for k in changed if k in replace_on], delete_before_replace=False)
 
 
 class ModelArtifactProvider(ResourceProvider):
@@ -45,7 +41,7 @@ class ModelArtifactProvider(ResourceProvider):
                             outs={**props, "uri": f"s3://{props['bucket']}/{props['key']}", "version_id": result["version_id"]})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return _diff(olds, news, self.REPLACE_ON)
+        return input_diff(olds, news, self.REPLACE_ON)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs={**news, "uri": olds["uri"], "version_id": olds.get("version_id")})
@@ -68,7 +64,7 @@ class ManifestSignatureProvider(ResourceProvider):
                             outs={**props, "signature": envelope.to_bytes().decode(), "key_id": envelope.key_id})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return _diff(olds, news, self.REPLACE_ON)
+        return input_diff(olds, news, self.REPLACE_ON)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs={**news, "signature": olds["signature"], "key_id": olds["key_id"]})
@@ -92,7 +88,7 @@ class RingGateProvider(ResourceProvider):
                             outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return _diff(olds, news, self.REPLACE_ON)
+        return input_diff(olds, news, self.REPLACE_ON)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs={**news, "gate": olds["gate"], "measured": olds.get("measured")})

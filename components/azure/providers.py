@@ -14,13 +14,9 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
+from components.dynamic import input_diff
+
 PROVIDER_VERSION = "1"
-
-
-def _diff(olds: dict[str, Any], news: dict[str, Any], replace_on: tuple[str, ...]) -> DiffResult:
-    keys = sorted(k for k in set(olds) | set(news) if not k.startswith("__") and k in news)
-    changed = [k for k in keys if olds.get(k) != news.get(k)]
-    return DiffResult(changes=bool(changed), replaces=[k for k in changed if k in replace_on], delete_before_replace=False)
 
 
 class SigningPublicKeyProvider(ResourceProvider):
@@ -33,7 +29,7 @@ class SigningPublicKeyProvider(ResourceProvider):
         return CreateResult(id_=signer.key_id, outs={**props, "key_id": signer.key_id, "public_key_pem": signer.public_key_pem().decode()})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return _diff(olds, news, ("key_url",))
+        return input_diff(olds, news, ("key_url",))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """The key itself is retained on delete: devices in the field still trust it."""
@@ -86,7 +82,7 @@ class ModelArtifactProvider(ResourceProvider):
         return CreateResult(id_=f"{props['model']}@{props['version']}+{props['sha256'][:12]}", outs={**props, **out})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return _diff(olds, news, ("sha256", "version", "manifest", "blob_endpoint", "container", "key_url"))
+        return input_diff(olds, news, ("sha256", "version", "manifest", "blob_endpoint", "container", "key_url"))
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs={**news, **publish_artifact(news)})
@@ -107,10 +103,12 @@ class RingGateProvider(ResourceProvider):
                             outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return _diff(olds, news, ("sha256", "version", "rings", "deployment"))
+        return input_diff(olds, news, ("sha256", "version", "rings", "deployment"))
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(outs={**news})
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        """Only settings such as the poll interval changed: the ring already passed, and the next ring waits on
+        `gate`, so the outputs must survive the update."""
+        return UpdateResult(outs={**news, "gate": olds.get("gate"), "measured": olds.get("measured")})
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """Nothing to undo: the ring's layer is the Configuration resource's."""

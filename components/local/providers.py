@@ -13,13 +13,9 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
+from components.dynamic import input_diff
+
 PROVIDER_VERSION = "1"
-
-
-def _diff(olds: dict[str, Any], news: dict[str, Any], replace_on: tuple[str, ...]) -> DiffResult:
-    keys = sorted(k for k in set(olds) | set(news) if not k.startswith("__") and k in news)
-    changed = [k for k in keys if olds.get(k) != news.get(k)]
-    return DiffResult(changes=bool(changed), replaces=[k for k in changed if k in replace_on], delete_before_replace=False)
 
 
 class _Idempotent(ResourceProvider):
@@ -39,7 +35,7 @@ class ModelStoreProvider(_Idempotent):
         return CreateResult(id_=str(path), outs={**props, "uri": path.resolve().as_uri()})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return _diff(olds, news, ("path",))
+        return input_diff(olds, news, ("path",))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """Artifacts outlive the stack resource: devices may still be downloading them."""
@@ -58,7 +54,7 @@ class SigningKeyProvider(_Idempotent):
         return CreateResult(id_=signer.key_id, outs={**props, "key_id": signer.key_id, "public_key_pem": signer.public_key_pem().decode()})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return _diff(olds, news, ("key_file",))
+        return input_diff(olds, news, ("key_file",))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """Never deletes key material: devices in the field still trust it."""
@@ -76,7 +72,7 @@ class ArtifactProvider(_Idempotent):
                             outs={**props, "uri": published.uri, "signature": published.signature_text})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return _diff(olds, news, ("sha256", "version", "manifest", "store", "key_file"))
+        return input_diff(olds, news, ("sha256", "version", "manifest", "store", "key_file"))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """Content-addressed artifacts stay: a rollback may need them."""
@@ -95,7 +91,7 @@ class RingDeploymentProvider(_Idempotent):
         return CreateResult(id_=f"{props['rollout']}/{props['ring']}", outs={**props, "devices": list(ring.target.selector)})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return _diff(olds, news, ("sha256", "version"))
+        return input_diff(olds, news, ("sha256", "version"))
 
 
 class RingGateProvider(_Idempotent):
@@ -110,7 +106,7 @@ class RingGateProvider(_Idempotent):
                             outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return _diff(olds, news, ("sha256", "version", "gate_config"))
+        return input_diff(olds, news, ("sha256", "version", "gate_config"))
 
 
 class ModelStore(Resource, module="edgefleet-local", name="ModelStore"):

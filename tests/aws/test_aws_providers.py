@@ -26,9 +26,15 @@ def test_provider_module_has_no_import_time_side_effects_beyond_pulumis_dynamic_
     tree = ast.parse(Path(providers.__file__).read_text())
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     modules = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in top}
-    assert modules == {"__future__", "typing", "pulumi", "pulumi.dynamic"}
+    assert modules == {"__future__", "typing", "pulumi", "pulumi.dynamic", "components.dynamic"}
     calls = [n for n in tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
     assert not calls
+    import components.dynamic as shared
+
+    shared_tree = ast.parse(Path(shared.__file__).read_text())
+    shared_imports = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
+                      for n in shared_tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    assert shared_imports == {"__future__", "typing", "pulumi.dynamic"}, "the shared diff helper must stay side-effect free too"
 
 
 @pytest.mark.parametrize("cls", [providers.RingGateProvider, providers.ManifestSignatureProvider, providers.ModelArtifactProvider])

@@ -270,3 +270,14 @@ def test_publishing_refuses_an_artifact_that_does_not_match_its_manifest(signer,
     with pytest.raises(EdgefleetError, match="refusing to publish"):
         publish_artifact(props, signer=signer, container=box)
     assert box.blobs == {}
+
+
+def test_an_in_place_gate_update_keeps_the_output_the_next_ring_waits_on():
+    from components.azure.providers import RingGateProvider
+
+    olds = {"rollout": "detector", "ring": "canary", "poll_seconds": 30, "gate": "detector@1.1.0+ab:canary:passed", "measured": {"adopted": 3}}
+    news = {"rollout": "detector", "ring": "canary", "poll_seconds": 60, "gate": None, "measured": None}
+    diff = RingGateProvider().diff("id", olds, news)
+    assert diff.changes and not diff.replaces
+    outs = RingGateProvider().update("id", olds, news).outs
+    assert outs["gate"] == "detector@1.1.0+ab:canary:passed" and outs["poll_seconds"] == 60
