@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS desired (
     device_id TEXT NOT NULL, model TEXT NOT NULL, desired TEXT, set_at REAL NOT NULL,
     PRIMARY KEY (device_id, model));
 CREATE TABLE IF NOT EXISTS ring_desired (
-    rollout TEXT NOT NULL, ring TEXT NOT NULL, model TEXT NOT NULL, desired TEXT, devices TEXT NOT NULL, set_at REAL NOT NULL,
+    rollout TEXT NOT NULL, ring TEXT NOT NULL, idx INTEGER NOT NULL, model TEXT NOT NULL, desired TEXT, devices TEXT NOT NULL, set_at REAL NOT NULL,
     PRIMARY KEY (rollout, ring));
 CREATE TABLE IF NOT EXISTS reports (
     device_id TEXT NOT NULL, model TEXT NOT NULL, report TEXT NOT NULL, reported_at REAL NOT NULL,
@@ -174,9 +174,10 @@ class LocalHub:
         text = desired.to_json() if desired else None
         now = self.now()
         with self._tx() as db:
-            db.execute("INSERT INTO ring_desired (rollout, ring, model, desired, devices, set_at) VALUES (?,?,?,?,?,?) "
-                       "ON CONFLICT(rollout, ring) DO UPDATE SET model=excluded.model, desired=excluded.desired, devices=excluded.devices, set_at=excluded.set_at",
-                       (target.rollout, target.ring, model, text, json.dumps(devices), now))
+            db.execute("INSERT INTO ring_desired (rollout, ring, idx, model, desired, devices, set_at) VALUES (?,?,?,?,?,?,?) "
+                       "ON CONFLICT(rollout, ring) DO UPDATE SET idx=excluded.idx, model=excluded.model, desired=excluded.desired, "
+                       "devices=excluded.devices, set_at=excluded.set_at",
+                       (target.rollout, target.ring, target.index, model, text, json.dumps(devices), now))
             db.executemany("INSERT INTO desired (device_id, model, desired, set_at) VALUES (?,?,?,?) "
                            "ON CONFLICT(device_id, model) DO UPDATE SET desired=excluded.desired, set_at=excluded.set_at",
                            [(d, model, text, now) for d in devices])
@@ -207,7 +208,7 @@ class LocalHub:
         return [json.loads(p) for (p,) in self._db().execute(sql, (rollout,) if rollout else ()).fetchall()]
 
     def ring_states(self) -> list[dict[str, Any]]:
-        rows = self._db().execute("SELECT rollout, ring, model, desired, devices, set_at FROM ring_desired ORDER BY rollout, ring").fetchall()
+        rows = self._db().execute("SELECT rollout, ring, model, desired, devices, set_at FROM ring_desired ORDER BY rollout, idx").fetchall()
         return [{"rollout": ro, "ring": ri, "model": m, "desired": DesiredModel.from_json(d), "devices": json.loads(devs), "set_at": t}
                 for ro, ri, m, d, devs, t in rows]
 

@@ -44,6 +44,8 @@ def progress_table(p: dict[str, Any]) -> Table:
 def outcome_line(o) -> str:
     colour = {"succeeded": "green", "up-to-date": "green", "rolled_back": "red", "rollback_incomplete": "red", "previously-rolled-back": "yellow"}.get(o.status, "white")
     text = f"[{colour}]{o.status}[/] {o.rollout}: {o.model} {o.from_version or 'nothing'} → {o.to_version}"
+    if o.status == "up-to-date":
+        text = f"[{colour}]{o.status}[/] {o.rollout}: {o.model} {o.to_version} is already rolled out to every ring"
     if o.status == "previously-rolled-back":
         text += " (this version was rolled back before; declare a new version to try again)"
     return text
@@ -112,7 +114,7 @@ def status_cmd(
                   f"[red]{r['drift']}[/]" if r["drift"] else "0", str(r["silent"]))
     console.print(t)
     for ro in rows["rollouts"]:
-        console.print(f"{ro['rollout']}: last rollout {ro['version']} [{ro['status']}]", highlight=False)
+        console.print(f"{ro['rollout']}: last rollout {ro['version']} ({ro['status']})", highlight=False)
 
 
 @app.command("demo")
