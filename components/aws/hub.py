@@ -26,6 +26,7 @@ from typing import Any
 
 from components.aws.plan import (Naming, RingComponents, RingJobPolicy, client_token, components_spec, deployment_request,
                                  deployment_tags, progress_key)
+from components.rollout.engine import last_good
 from components.rollout.types import DesiredModel, RingObservation, RingTarget
 
 METRICS = {"inferences": ("Inferences", "Sum"), "errors": ("Errors", "Sum"), "invalid": ("InvalidOutputs", "Sum"),
@@ -251,5 +252,4 @@ class AwsHub:
 
     def last_good(self, rollout: str, before: str | None = None) -> DesiredModel | None:
         """The rollback target: the desired model of the latest rollout of `rollout` that succeeded."""
-        good = [p for p in self.rollouts(rollout) if p.get("status") == "succeeded" and p.get("rollout_id") != before]
-        return DesiredModel.from_json(good[-1]["desired"]) if good else None
+        return last_good(self.rollouts(rollout), before)

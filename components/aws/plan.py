@@ -18,7 +18,7 @@ from typing import Any
 
 from edgefleet.config import AwsConfig, DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
 
-from components.rollout.engine import FAILED
+from components.rollout.engine import FAILED, rollout_id
 from components.rollout.report import failure_summary
 from components.rollout.types import DesiredModel
 
@@ -257,10 +257,6 @@ def client_token(*parts: str) -> str:
 
 
 # -- the gate: resource inputs -> engine plan ---------------------------------------------------------------
-def rollout_id(rollout: str, desired: DesiredModel) -> str:
-    return f"{rollout}@{desired.version}+{desired.sha256[:12]}"
-
-
 def desired_from_props(props: dict[str, Any]) -> DesiredModel:
     d = DesiredModel(model=props["model"], version=props["version"], sha256=props["sha256"], size=int(props["size"]),
                      uri=props["uri"], manifest=props["manifest"], signature=props["signature"])

@@ -25,15 +25,10 @@ from typing import Any, Protocol
 from components.azure.configurations import HubClient, apply_configuration
 from components.azure.manifest import (AGENT_MODULE, RING_LABEL, RingDeploymentSpec, desired_from_configuration,
                                        metric_where, model_key, ring_configuration)
-from components.rollout.engine import FAILED
+from components.rollout.engine import FAILED, last_good, rollout_id
 from components.rollout.report import failure_summary
 from components.rollout.types import DesiredModel, RingObservation, RingTarget
 
-
-
-def rollout_id(rollout: str, desired: DesiredModel) -> str:
-    """Same form as RolloutPlan.rollout_id: the ring layers carry it, the agent echoes it back."""
-    return f"{rollout}@{desired.version}+{desired.sha256[:12]}"
 
 
 # -- progress -----------------------------------------------------------------------------------------------------
@@ -217,11 +212,6 @@ def desired_from_props(props: dict[str, Any]) -> DesiredModel:
     return DesiredModel(**{**d.__dict__, "rollout": rollout_id(props["rollout"], d)})
 
 
-def last_good(hub: AzureHub, rollout: str, before: str | None = None) -> DesiredModel | None:
-    good = [p for p in hub.rollouts(rollout) if p["status"] == "succeeded" and p["rollout_id"] != before]
-    return DesiredModel.from_json(good[-1]["desired"]) if good else None
-
-
 def hub_from_props(props: dict[str, Any], progress: ProgressStore | None = None, **kwargs: Any) -> AzureHub:
     client = HubClient(props["hub_host"], props["key_name"], props["hub_key"], props.get("endpoint"))
     specs = {s.key: s for s in (RingDeploymentSpec.from_json(d) for d in props["ring_specs"])}
@@ -238,7 +228,7 @@ def plan_from_props(hub: AzureHub, props: dict[str, Any]):
     desired = desired_from_props(props)
     rid = rollout_id(props["rollout"], desired)
     plans = tuple(RingPlan(RingTarget(props["rollout"], r.name, i, f"{props['rollout']}.{r.name}"), r.gate) for i, r in enumerate(rings))
-    return RolloutPlan(props["rollout"], desired, last_good(hub, props["rollout"], before=rid), plans)
+    return RolloutPlan(props["rollout"], desired, last_good(hub.rollouts(props["rollout"]), before=rid), plans)
 
 
 def run_gate(props: dict[str, Any], hub: AzureHub | None = None, signer: Any = None, clock: Any = None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import pulumi_azure_native as azure
 
 from components.azure import manifest as mf
 from components.azure.configurations import Configuration
-from components.azure.hub import rollout_id
+from components.rollout.engine import rollout_id
 from components.azure.providers import ModelArtifact, RingGate, SigningPublicKey
 from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs,
                                  RingSpec, StoreOutputs, child)

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgefleet.config import DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
+from edgefleet.config import DeviceGroupConfig, RingConfig, RolloutConfig
 from edgefleet.signing import LocalKeySigner
 
 from components.local.hub import LocalHub
-from components.rollout.engine import FAILED, RingPlan, RolloutEngine, RolloutPlan
+from components.rollout.engine import FAILED, RingPlan, RolloutEngine, RolloutPlan, last_good, rollout_id
 from components.rollout.hub import WallClock
 from components.rollout.membership import ring_members
 from components.rollout.report import failure_summary
 from components.rollout.rollback import rollback_authorizer
 from components.rollout.types import DesiredModel, RingTarget
-
-def rollout_id(rollout: str, desired: DesiredModel) -> str:
-    return f"{rollout}@{desired.version}+{desired.sha256[:12]}"
-
 
 def ring_plans(hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGroupConfig], rid: str,
                rings: list[RingConfig] | None = None) -> list[RingPlan]:
@@ -27,12 +23,6 @@ def ring_plans(hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGr
     members = ring_members(rollout.name, rings, groups, hub.devices())
     return [RingPlan(RingTarget(rollout=rollout.name, ring=r.name, index=i, selector=tuple(members[r.name])), r.gate)
             for i, r in enumerate(rings)]
-
-
-def last_good(hub: LocalHub, rollout: str, before: str | None = None) -> DesiredModel | None:
-    """The desired model of the latest rollout of `rollout` that succeeded (the rollback target)."""
-    good = [p for p in hub.rollouts(rollout) if p["status"] == "succeeded" and p["rollout_id"] != before]
-    return DesiredModel.from_json(good[-1]["desired"]) if good else None
 
 
 def engine_for(hub: LocalHub, key_file: str, poll_seconds: float, on_update=None) -> RolloutEngine:
@@ -63,7 +53,7 @@ def run_gate(props: dict[str, Any]) -> dict[str, Any]:
     rollout, groups = _rollout_from_props(props)
     desired = desired_from_props(props)
     rid = rollout_id(rollout.name, desired)
-    plan = RolloutPlan(rollout.name, desired, last_good(hub, rollout.name, before=rid), tuple(ring_plans(hub, rollout, groups, rid)))
+    plan = RolloutPlan(rollout.name, desired, last_good(hub.rollouts(rollout.name), before=rid), tuple(ring_plans(hub, rollout, groups, rid)))
     index = int(props["index"])
     last = index == int(props["total_rings"]) - 1
     progress = engine_for(hub, props["key_file"], float(props["poll_seconds"])).run(plan, until_ring=None if last else index)

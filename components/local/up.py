@@ -18,9 +18,9 @@ from edgefleet.signing import LocalKeySigner, create_key_file
 
 from components.local.fleet import LocalFleet, local_devices, register
 from components.local.hub import LocalHub
-from components.local.plan import engine_for, last_good, ring_plans, rollout_id
+from components.local.plan import engine_for, ring_plans
 from components.local.store import Published, publish
-from components.rollout.engine import TERMINAL, RolloutPlan
+from components.rollout.engine import TERMINAL, RolloutPlan, last_good, rollout_id
 
 ARTIFACT = "pulumi-python:dynamic/edgefleet-local:Artifact"
 
@@ -101,7 +101,7 @@ def up(project_dir: Path, stack: str, graph: dict[str, Any], on_update: Callable
         desired = published.desired("")
         rid = rollout_id(d.config.name, desired)
         desired = published.desired(rid)
-        previous = last_good(hub, d.config.name, before=rid)
+        previous = last_good(hub.rollouts(d.config.name), before=rid)
         existing = hub.load_progress(rid)
         if existing is not None and existing["status"] in TERMINAL:
             status = "up-to-date" if existing["status"] == "succeeded" else "previously-rolled-back"

@@ -45,7 +45,18 @@ class RolloutPlan:
 
     @property
     def rollout_id(self) -> str:
-        return f"{self.rollout}@{self.desired.version}+{self.desired.sha256[:12]}"
+        return rollout_id(self.rollout, self.desired)
+
+
+def rollout_id(rollout: str, desired: DesiredModel) -> str:
+    """Names one rollout of one artifact: the key of its progress record, carried by deployments and echoed by agents."""
+    return f"{rollout}@{desired.version}+{desired.sha256[:12]}"
+
+
+def last_good(records: list[dict[str, Any]], before: str | None = None) -> DesiredModel | None:
+    """The rollback target: the desired model of the latest succeeded rollout among `records` (oldest first)."""
+    good = [p for p in records if p.get("status") == "succeeded" and p.get("rollout_id") != before]
+    return DesiredModel.from_json(good[-1]["desired"]) if good else None
 
 
 RollbackAuthorizer = Callable[[DesiredModel, DesiredModel, str], DesiredModel]   # (last good, failed, reason) -> signed rollback

@@ -29,7 +29,8 @@ import pytest
 from agent.core import DeviceAgent
 from agent.iotedge import EdgeSupervisor, IoTEdgeTransport, TrustRefused, resolve_trust
 from agent_testkit import MODEL, REPO, FakeTransport, artifact_bytes
-from components.azure.hub import AzureHub, MemoryProgressStore, rollout_id
+from components.azure.hub import AzureHub, MemoryProgressStore
+from components.rollout.engine import rollout_id
 from components.azure.manifest import (AGENT_MODULE, AgentModule, RingDeploymentSpec, base_manifest, effective_manifest,
                                        model_key, ring_layer)
 from components.rollout.types import DesiredModel, RingTarget

@@ -21,7 +21,8 @@ from moto import mock_aws
 from aws_testkit import ACCOUNT, REGION, Clients, FakeGreengrass, LocalKms, devices_report
 from components.aws.hub import AwsHub, RingSite
 from components.aws.plan import (Naming, RingComponents, RingJobPolicy, components_spec, deployment_request, deployment_tags,
-                                 rollout_id, run_gate)
+                                 run_gate)
+from components.rollout.engine import rollout_id
 from components.rollout.types import DesiredModel, RingTarget
 from edgefleet.signing import Envelope, load_public_key, parse_rollback_order, verify_bytes
 

@@ -10,7 +10,8 @@ import pytest
 from azure_testkit import HUB_HOST, KEY, POLICY, FakeKeyVault, SimDevice, StaticToken
 from components.azure import manifest as mf
 from components.azure.configurations import ConfigurationProvider, HubClient
-from components.azure.hub import AzureHub, MemoryProgressStore, rollout_id, run_gate
+from components.azure.hub import AzureHub, MemoryProgressStore, run_gate
+from components.rollout.engine import rollout_id
 from components.rollout.types import DesiredModel
 from edgefleet.config import GateConfig, RingConfig
 from edgefleet.errors import EdgefleetError
