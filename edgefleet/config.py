@@ -263,6 +263,13 @@ def stack_file(project_dir: Path, stack: str) -> Path:
     return Path(project_dir) / "stacks" / f"Pulumi.{stack}.yaml"
 
 
+def check_known_key(name: str, source: str) -> None:
+    """A misspelt key would otherwise be dropped silently and its section fall back to defaults."""
+    if name not in KEYS:
+        raise ConfigError(source, f"config.{PROJECT}:{name}: unknown key",
+                          f"edgefleet keys are: {', '.join(PROJECT + ':' + k for k in KEYS)}")
+
+
 def read_stack_file(project_dir: Path, stack: str) -> tuple[dict[str, Any], str]:
     """Returns the stack file's `edgefleet:` keys (namespace stripped) and the path to name in errors."""
     path = stack_file(project_dir, stack)
@@ -286,8 +293,7 @@ def read_stack_file(project_dir: Path, stack: str) -> tuple[dict[str, Any], str]
         ns, _, name = str(key).partition(":")
         if ns != PROJECT:
             continue  # provider settings such as aws:region belong to their providers
-        if name not in KEYS:
-            raise ConfigError(source, f"config.{key}: unknown key", f"edgefleet keys are: {', '.join(PROJECT + ':' + k for k in KEYS)}")
+        check_known_key(name, source)
         if isinstance(value, dict) and "secure" in value and len(value) == 1:
             raise ConfigError(source, f"config.{key}: edgefleet keys hold no secrets", "store secrets in the provider's own config")
         raw[name] = value

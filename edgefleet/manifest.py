@@ -74,7 +74,7 @@ class Metric(Strict):
     """An evaluation result and the data set it came from, so regressions compare like with like."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    value: float
+    value: float = Field(allow_inf_nan=False)
     dataset: str = Field(min_length=1)
     higher_is_better: bool = True
 

@@ -73,6 +73,11 @@ def add_version(model_dir: Path, onnx_file: Path, version: str, metrics: list[Me
     if previous is not None and version_key(version) <= previous.semver:
         raise EdgefleetError(str(mdir.manifest_path), f"version {version} is not newer than the manifest's {previous.version}",
                              f"pass a version above {previous.version} (semver: bump patch for a retrain, minor for new behaviour, major for an I/O change)")
+    for flag, items in (("--metric", metrics or []), ("--target", targets or [])):
+        names = [item.name for item in items]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise EdgefleetError(flag, f"{', '.join(dupes)} given more than once", f"pass each {flag} name once")
     if metrics and keep_metrics:
         raise EdgefleetError("--keep-metrics", "cannot be combined with --metric", "pass either the new evaluation (--metric) or --keep-metrics")
     if previous is not None and not metrics and not keep_metrics and previous.metrics:
@@ -80,7 +85,7 @@ def add_version(model_dir: Path, onnx_file: Path, version: str, metrics: list[Me
                              f"{', '.join(m.name for m in previous.metrics)}",
                              "pass --metric NAME=VALUE@DATASET for the new version, or --keep-metrics to carry the old ones over knowingly")
     if previous is None and not targets:
-        raise EdgefleetError("--target", f"a new model needs at least one hardware target",
+        raise EdgefleetError("--target", "a new model needs at least one hardware target",
                              "pass --target name=x86-gateway,arch=amd64,providers=CPUExecutionProvider,memory_mb=256,storage_mb=64")
     graph = inspect(Path(onnx_file))
     file_name = f"{name}.onnx"

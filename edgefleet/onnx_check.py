@@ -59,11 +59,26 @@ def _ort_reason(exc: Exception) -> str:
     return re.sub(r"/\S+\.(?:h|cc|cpp):\d+ .*? was false\. ", "", first)[:500]
 
 
-def _spec(arg) -> TensorSpec:
+def _spec(arg, path: Path) -> TensorSpec:
     if arg.type not in ORT_TYPES:
-        raise EdgefleetError(arg.name, f"unsupported tensor type {arg.type}")
+        raise EdgefleetError(str(path), f"{arg.name}: type {arg.type} is not a tensor, which a manifest cannot describe",
+                             "export with tensor inputs and outputs only (skl2onnx classifiers: options={'zipmap': False})")
     shape = [d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and d else "?") for d in (arg.shape or [])]
     return TensorSpec(name=arg.name, element_type=ORT_TYPES[arg.type], shape=shape)
+
+
+def _signature(session, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    inputs = [_spec(i, path) for i in session.get_inputs()]
+    for spec in inputs:
+        if not _can_generate(spec.element_type):
+            raise EdgefleetError(str(path), f"input {spec.name} is {spec.element_type}: no smoke input can be generated for it, "
+                                 "so neither `model validate` nor the agent could run the model",
+                                 "export with float16, float32 or integer inputs")
+    return inputs, [_spec(o, path) for o in session.get_outputs()]
+
+
+def _can_generate(element_type: str) -> bool:
+    return element_type in NUMPY_TYPES or element_type == "string"
 
 
 def read_opset(path: Path) -> int:
@@ -85,8 +100,7 @@ def inspect(path: Path) -> GraphInfo:
         raise EdgefleetError(str(path), "file not found", "check the path to the .onnx file")
     session = _open_session(path)
     digest, size = sha256_file(path)
-    return GraphInfo([_spec(i) for i in session.get_inputs()], [_spec(o) for o in session.get_outputs()],
-                     read_opset(path), digest, size)
+    return GraphInfo(*_signature(session, path), read_opset(path), digest, size)
 
 
 def synthetic_inputs(specs: list[TensorSpec], seed: int = 0, batch: int = SYMBOLIC_DIM_SIZE) -> dict[str, np.ndarray]:
@@ -161,8 +175,7 @@ def validate(manifest: ModelManifest, artifact: Path, manifest_path: str, runs: 
         raise EdgefleetError(str(artifact), f"digest mismatch: sha256 {digest} ({size} bytes), manifest pins {manifest.sha256} ({manifest.size} bytes)",
                              "restore the pinned file, or run `edgefleet model add` to record a new version")
     session = _open_session(artifact)
-    graph = GraphInfo([_spec(i) for i in session.get_inputs()], [_spec(o) for o in session.get_outputs()],
-                      read_opset(artifact), digest, size)
+    graph = GraphInfo(*_signature(session, artifact), read_opset(artifact), digest, size)
     problems = compare_signature(manifest.inputs, graph.inputs, "inputs") + compare_signature(manifest.outputs, graph.outputs, "outputs")
     if graph.opset != manifest.opset:
         problems.append(f"opset: declared {manifest.opset}, graph imports {graph.opset}")

@@ -12,12 +12,20 @@ from pathlib import Path
 
 import pulumi
 
-from edgefleet.config import KEYS, PROJECT, StackConfig, check_models_against_groups, parse_stack_config
+from pulumi.runtime.config import CONFIG, get_config_env
+
+from edgefleet.config import KEYS, PROJECT, StackConfig, check_known_key, check_models_against_groups, parse_stack_config
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.manifest import ModelDir, ModelManifest
 
 
 def read_config() -> tuple[StackConfig, str]:
+    """The engine's config, held to the same rules as `read_stack_file`: an unknown `edgefleet:` key is an error."""
+    source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
+    for key in {**get_config_env(), **CONFIG.get()}:
+        ns, _, name = key.partition(":")
+        if ns == PROJECT:
+            check_known_key(name, source)
     cfg = pulumi.Config(PROJECT)
     raw = {}
     for key in KEYS:
@@ -28,7 +36,6 @@ def read_config() -> tuple[StackConfig, str]:
             raw[key] = json.loads(text)
         except json.JSONDecodeError:
             raw[key] = text
-    source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
     return parse_stack_config(raw, source), source
 
 
@@ -40,6 +47,12 @@ def load_models(cfg: StackConfig, project_dir: Path, source: str) -> dict[str, t
             raise ConfigError(source, f"{PROJECT}:models[{i}].path: {ref.path} has no model.yaml",
                               f"create it with `edgefleet model add {ref.path} --onnx FILE --version X.Y.Z`")
         manifest = mdir.load()
+        artifact = mdir.artifact_path(manifest)
+        size = artifact.stat().st_size if artifact.is_file() else None
+        if size != manifest.size:   # a stat, not a hash: the digest is checked where the model is published
+            found = "is missing" if size is None else f"is {size} bytes, the manifest pins {manifest.size}"
+            raise ConfigError(source, f"{PROJECT}:models[{i}].path: {ref.path}/{manifest.file} {found}",
+                              f"restore the file (git lfs pull?) or record it with `edgefleet model add {ref.path} --onnx FILE --version X.Y.Z`")
         if manifest.name in models:
             raise ConfigError(source, f"{PROJECT}:models[{i}].path: model {manifest.name!r} is listed twice", "list each model once")
         models[manifest.name] = (mdir, manifest)

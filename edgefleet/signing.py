@@ -11,7 +11,7 @@ A signature file is a small JSON envelope:
 
 Why not the OpenSSF model-signing format: its signers take a key file or a Sigstore identity; keys that
 never leave KMS or Key Vault would need a custom signer on our side and the Sigstore stack on every
-device. This envelope needs only `cryptography` on the device. See docs/signing.md.
+device. This envelope needs only `cryptography` on the device. docs/signing.md has the whole contract.
 """
 
 from __future__ import annotations
@@ -114,8 +114,10 @@ def create_key_file(path: str | os.PathLike[str]) -> Path:
     from edgefleet.fsutil import atomic_write_bytes
 
     path = Path(path)
-    if path.exists():
-        raise EdgefleetError(str(path), "a key already exists here; refusing to overwrite it", "pick another path or delete the old key deliberately")
+    for existing in (path, public_key_path(path)):
+        if existing.exists():
+            raise EdgefleetError(str(existing), "a key already exists here; refusing to overwrite it",
+                                 "pick another path or delete the old key deliberately")
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     atomic_write_bytes(path, pem, mode=0o600)

@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 
 import typer
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except EdgefleetError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(EXIT_INPUT)
+    except OSError as exc:   # a path the user gave that cannot be read or written
+        where = re.sub(r"\.([^/]+)\.tmp-\d+-\d+$", r"\1", str(exc.filename or "file"))   # name the target, not fsutil's temp file
+        err_console.print(f"[bold red]error:[/] {escape(str(where))}: {escape(exc.strerror or str(exc))}\n  fix: check the path exists "
+                          "and that you may write there", highlight=False, markup=True, soft_wrap=True)
         sys.exit(EXIT_INPUT)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

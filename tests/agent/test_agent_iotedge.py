@@ -4,8 +4,8 @@ what the agent reports is what the ring's gate (components/azure/hub.py) counts.
 The twin's desired properties are built with the platform's own code (`base_manifest`, `ring_layer`,
 `effective_manifest`), and the gate's verdict inputs come from `AzureHub.observe` running its own queries
 against the reported properties the agents wrote. IoT Hub's query engine is not available here, so
-`FakeIoTHub.query` evaluates the small subset of its SQL that those queries use (equality terms joined by
-AND, COUNT/SUM/MAX, TOP n); everything else about the queries is the hub's.
+`FakeIoTHub.query` evaluates them with the Azure tests' evaluator of the SQL subset edgefleet generates
+(tests/azure/azure_testkit.py); everything else about the queries is the hub's.
 
 azure-iot-device is not needed: `FakeModuleClient` implements the methods and handler properties of the
 SDK's `IoTHubModuleClient` that the transport uses (and a test checks them against the SDK when installed).
@@ -22,13 +22,13 @@ import re
 import subprocess
 import sys
 import time
-from typing import Any
 
 import pytest
 
 from agent.core import DeviceAgent
 from agent.iotedge import EdgeSupervisor, IoTEdgeTransport, TrustRefused, resolve_trust
 from agent_testkit import MODEL, REPO, FakeTransport, artifact_bytes
+from azure_testkit import run_query
 from components.azure.hub import AzureHub, MemoryProgressStore
 from components.rollout.engine import rollout_id
 from components.azure.manifest import (AGENT_MODULE, AgentModule, RingDeploymentSpec, base_manifest, effective_manifest,
@@ -97,24 +97,6 @@ class FakeModuleClient:
         return sent
 
 
-def _path(doc: dict, path: str) -> Any:
-    node: Any = doc
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _matches(doc: dict, where: str) -> bool:
-    for term in where.split(" AND "):
-        m = re.fullmatch(r"\(*\s*([\w.$]+)\s*=\s*'([^']*)'\s*\)*", term.strip())
-        assert m, f"the fake hub cannot evaluate {term!r}"
-        if _path(doc, m.group(1)) != m.group(2):
-            return False
-    return True
-
-
 class FakeIoTHub:
     """The HubClient calls AzureHub.observe makes when the ring has no configuration with metric results:
     live queries over `devices` (device twins, by tags) and `devices.modules` (module twins)."""
@@ -136,33 +118,10 @@ class FakeIoTHub:
 
     def query(self, sql: str, limit: int | None = None) -> list[dict]:
         self.queries.append(sql)
-        m = re.fullmatch(r"SELECT (?:TOP (\d+) )?(.+?) FROM (devices\.modules|devices) WHERE (.+)", sql)
-        assert m, f"the fake hub cannot parse {sql!r}"
-        top, projection, source, where = m.groups()
-        if source == "devices":
-            docs = list(self.devices.values())
-        else:
-            docs = [{"deviceId": d, "moduleId": AGENT_MODULE, "properties": {"reported": copy.deepcopy(c.reported)}}
-                    for d, c in self.modules.items()]
-        rows = [d for d in docs if _matches(d, where)]
-        fields = [f.strip() for f in projection.split(", ")]
-        aggregate = {}
-        for f in fields:
-            fm = re.fullmatch(r"(COUNT|SUM|MAX)\(([\w.]*)\) AS (\w+)", f)
-            if fm:
-                fn, path, alias = fm.groups()
-                values = [v for v in (_path(r, path) for r in rows) if v is not None] if path else rows
-                aggregate[alias] = len(values) if fn == "COUNT" else (sum(values) if fn == "SUM" else max(values, default=None))
-        if aggregate:
-            return [aggregate]
-        out = []
-        for r in rows[: int(top) if top else None]:
-            row = {}
-            for f in fields:
-                path, _, alias = f.partition(" AS ")
-                row[alias or path.rsplit(".", 1)[-1]] = _path(r, path)
-            out.append(row)
-        return out
+        modules = [{"deviceId": d, "moduleId": AGENT_MODULE, "properties": {"reported": copy.deepcopy(c.reported)}}
+                   for d, c in self.modules.items()]
+        rows = run_query(sql, list(self.devices.values()), modules)
+        return rows[:limit] if limit else rows
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -87,6 +88,25 @@ def test_unknown_edgefleet_key(project_copy):
     err = error_of(project_copy, cfg)
     assert str(err).startswith(f"{SOURCE}: config.edgefleet:groupz: unknown key")
     assert all(f"edgefleet:{k}" in err.fix for k in KEYS)
+
+
+def test_under_pulumi_up_an_unknown_key_fails_the_same_way(monkeypatch):
+    """`pulumi up` hands the program its config through PULUMI_CONFIG, not the stack file: a typo must not be dropped."""
+    import pulumi
+
+    from edgefleet.program import read_config
+
+    cfg = {k: json.dumps(v) for k, v in local_stack_config().items()}
+    cfg["edgefleet:polcy"] = json.dumps({"production": True})
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps({**cfg, "aws:region": "eu-west-1"}))
+    monkeypatch.setattr(pulumi, "get_stack", lambda: "prod")
+    with pytest.raises(ConfigError) as info:
+        read_config()
+    assert str(info.value).startswith("stacks/Pulumi.prod.yaml: config.edgefleet:polcy: unknown key")
+    del cfg["edgefleet:polcy"]
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(cfg))
+    parsed, source = read_config()
+    assert source == "stacks/Pulumi.prod.yaml" and [g.name for g in parsed.groups]
 
 
 @pytest.mark.parametrize("text, expected", [

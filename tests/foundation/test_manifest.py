@@ -64,6 +64,7 @@ def test_manifest_is_immutable(doc):
     (lambda d: d["inputs"][0].update(dtype="float32"), "inputs[0].dtype: unknown key"),
     (lambda d: d["targets"][0].update(gpu=True), "targets[0].gpu: unknown key"),
     (lambda d: d["metrics"][0].update(split="val"), "metrics[0].split: unknown key"),
+    (lambda d: d["metrics"][0].update(value=float("nan")), "metrics[0].value: Input should be a finite number"),
     (lambda d: d.pop("sha256"), "sha256: required key is missing"),
     (lambda d: d.update(version="1.0"), "version: '1.0' is not a semantic version such as 1.4.0"),
     (lambda d: d.update(version=1.0), "version: Input should be a valid string (got 1.0)"),

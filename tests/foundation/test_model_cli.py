@@ -133,6 +133,11 @@ def test_add_prerelease_then_release_is_newer(run_cli, detector_dir):
     (["--version", "1.2.0", "--keep-metrics", "--target", "name=x,arch=amd64,providers=GPU,memory_mb=1,storage_mb=1"],
      ["unknown onnxruntime execution provider 'GPU'"]),
     (["--version", "1.2.0", "--keep-metrics", "--target", "name=x,arch=amd64"], ["--target name=x,arch=amd64: expected name=..,arch="]),
+    (["--version", "1.2.0", "--metric", "accuracy=0.9@a", "--metric", "accuracy=0.8@b"],
+     ["--metric: accuracy given more than once", "pass each --metric name once"]),
+    (["--version", "1.2.0", "--keep-metrics", "--target", TARGET, "--target", TARGET],
+     ["--target: x86-gw given more than once"]),
+    (["--version", "1.2.0", "--metric", "accuracy=nan@x"], ["--metric accuracy=nan@x", "value: Input should be a finite number"]),
 ])
 def test_add_bad_arguments(run_cli, detector_dir, args, expected):
     res = run_cli("model", "add", detector_dir, "--onnx", SAMPLES / "detector-1.1.0.onnx", *args)
@@ -162,6 +167,39 @@ def test_add_refuses_a_non_onnx_file(run_cli, models_dir, content):
     bad.write_bytes(content)
     res = run_cli("model", "add", models_dir / "fresh", "--onnx", bad, "--version", "1.0.0", "--target", TARGET)
     assert_user_error(res, f"{bad}: not a loadable ONNX model: onnxruntime says:")
+    assert not (models_dir / "fresh").exists()
+
+
+def _graph_with(tmp: Path, name: str, input_type: int, output) -> Path:
+    """A one-node graph whose input or output is of a kind a manifest cannot describe or feed."""
+    from onnx import TensorProto, helper, save
+
+    x = helper.make_tensor_value_info("x", input_type, [1, 4])
+    node = helper.make_node("SequenceConstruct", ["x"], ["y"]) if output == "sequence" else helper.make_node("Identity", ["x"], ["y"])
+    y = (helper.make_tensor_sequence_value_info("y", input_type, [1, 4]) if output == "sequence"
+         else helper.make_tensor_value_info("y", input_type, [1, 4]))
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp / f"{name}.onnx"
+    save(model, str(path))
+    return path
+
+
+def test_add_refuses_a_sequence_output_naming_the_file_and_the_export_fix(run_cli, models_dir):
+    from onnx import TensorProto
+
+    bad = _graph_with(models_dir, "zipmap", TensorProto.FLOAT, "sequence")
+    res = run_cli("model", "add", models_dir / "fresh", "--onnx", bad, "--version", "1.0.0", "--target", TARGET)
+    assert_user_error(res, f"{bad}: y: type seq(tensor(float)) is not a tensor", "zipmap")
+    assert not (models_dir / "fresh").exists()
+
+
+def test_add_refuses_an_input_no_smoke_inference_can_feed(run_cli, models_dir):
+    from onnx import TensorProto
+
+    bad = _graph_with(models_dir, "bf16", TensorProto.BFLOAT16, "tensor")
+    res = run_cli("model", "add", models_dir / "fresh", "--onnx", bad, "--version", "1.0.0", "--target", TARGET)
+    assert_user_error(res, f"{bad}: input x is bfloat16: no smoke input can be generated", "export with float16")
     assert not (models_dir / "fresh").exists()
 
 

@@ -72,6 +72,20 @@ def test_keys_create_refuses_to_overwrite(run_cli, keypair):
     assert key.read_bytes() == before
 
 
+def test_keys_create_refuses_to_overwrite_a_public_key_left_beside_it(run_cli, tmp_path):
+    """The .pub.pem may be what devices already trust: replacing it would lock them out of every new model."""
+    pub = tmp_path / "stack.pub.pem"
+    pub.write_bytes(b"trusted by the fleet")
+    assert_user_error(run_cli("keys", "create", tmp_path / "stack.pem"), f"{pub}: a key already exists here")
+    assert pub.read_bytes() == b"trusted by the fleet" and not (tmp_path / "stack.pem").exists()
+
+
+def test_a_path_that_cannot_be_written_is_an_error_naming_it_not_a_traceback(run_cli):
+    res = run_cli("keys", "create", "/proc/edgefleet/stack.pem")
+    assert_user_error(res, "/proc/edgefleet: No such file or directory", "fix: check the path exists")
+    assert "Traceback" not in res.err_text
+
+
 # -- sign and verify through the CLI -------------------------------------------------------------------------------
 def test_sign_then_verify(run_cli, detector_dir, keypair):
     key, pub = keypair

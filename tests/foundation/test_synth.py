@@ -239,6 +239,18 @@ def test_model_path_without_manifest(project_copy):
     assert str(err).startswith("stacks/Pulumi.test.yaml: edgefleet:models[0].path: models/nothere has no model.yaml")
 
 
+@pytest.mark.parametrize("damage, found", [
+    (lambda f: f.unlink(), "models/detector/detector.onnx is missing"),
+    (lambda f: f.write_bytes(f.read_bytes()[:100]), "models/detector/detector.onnx is 100 bytes, the manifest pins"),
+])
+def test_a_model_file_missing_or_cut_short_fails_synth_instead_of_declaring_it(project_copy, damage, found):
+    """Checked before anything is declared: `pulumi preview` would otherwise show a model it cannot ship."""
+    damage(project_copy / "models" / "detector" / "detector.onnx")
+    err = synth_error(project_copy, local_stack_config())
+    assert str(err).startswith(f"stacks/Pulumi.test.yaml: edgefleet:models[0].path: {found}")
+    assert "edgefleet model add models/detector" in err.fix
+
+
 def test_model_listed_twice(project_copy):
     cfg = local_stack_config()
     cfg["edgefleet:models"] = [{"path": "models/detector"}, {"path": "models/../models/detector"}]
