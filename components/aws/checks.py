@@ -13,6 +13,7 @@ from edgefleet.config import PROJECT, StackConfig
 # Thing attribute names allow [a-zA-Z0-9_.,@/:#-]; fleet-indexing query terms need plain tokens, so labels that
 # select AWS devices keep to letters, digits, '_', '.' and '-'.
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+THING_NAME_RE = re.compile(r"^[A-Za-z0-9:_-]{1,128}$")      # the IoT API's ThingName
 
 
 def aws_groups(cfg: StackConfig) -> set[str]:
@@ -30,7 +31,15 @@ def check_aws_stack(cfg: StackConfig) -> list[tuple[str, str, str]]:
             continue
         if g.labels and g.devices:
             out.append((f"groups[{i}]", f"group {g.name!r} lists both labels and devices; on AWS a group is either a dynamic "
-                        "thing group (labels) or a static one (device ids)", "keep labels (preferred) or devices, not both"))
+                        "thing group (labels) or a static one (device ids)",
+                        "keep labels (devices join when they register) or devices (things registered before `pulumi up`), not both"))
+        bad = [d for d in g.devices if not THING_NAME_RE.match(d)]
+        if bad:
+            out.append((f"groups[{i}].devices", f"not IoT thing names: {', '.join(map(repr, bad))}",
+                        "list the names the things are registered under: letters, digits, ':', '_' and '-', at most 128"))
+        twice = sorted({d for d in g.devices if g.devices.count(d) > 1})
+        if twice:
+            out.append((f"groups[{i}].devices", f"listed more than once: {', '.join(map(repr, twice))}", "list each device once"))
         for k, v in g.labels.items():
             if not (LABEL_RE.match(k) and LABEL_RE.match(v)):
                 out.append((f"groups[{i}].labels", f"label {k}: {v} cannot be a fleet-indexing query term",
@@ -72,7 +81,23 @@ def check_aws_stack(cfg: StackConfig) -> list[tuple[str, str, str]]:
                                 f"device it would select (rings are disjoint, a device belongs to the first ring that selects it)",
                                 f"give ring {earlier.name!r} a label of its own, such as ring: {earlier.name}"))
                     break
+        if aws_rings and not any(o[0].startswith(f"rollouts[{i}]") or o[0].startswith("groups") for o in out):
+            out.extend(_query_lengths(r, i, groups))
     for name in sorted(set(cfg.aws.rings) - ring_names):
         out.append((f"aws.rings.{name}", f"no AWS ring is named {name!r} (rings: {', '.join(sorted(ring_names)) or 'none'})",
                     "fix the ring name or remove the entry"))
     return out
+
+
+def _query_lengths(rollout, i: int, groups) -> list[tuple[str, str, str]]:
+    """AWS IoT refuses a fleet-indexing query of more than 12 terms, and each ring's query excludes every ring
+    before it, so a long rollout outgrows the limit at `pulumi up`; caught here instead."""
+    from components.aws.plan import MAX_QUERY_TERMS, Naming, query_terms, ring_query
+
+    for j in range(len(rollout.rings)):
+        terms = query_terms(ring_query(rollout, j, groups, "thing-type", Naming("stack")))
+        if terms > MAX_QUERY_TERMS:
+            return [(f"rollouts[{i}].rings[{j}]", f"ring {rollout.rings[j].name!r} needs a fleet-indexing query of {terms} terms "
+                     f"(its group's and its own labels, and one per earlier ring it excludes); AWS IoT allows at most {MAX_QUERY_TERMS}",
+                     "use fewer rings, or give the group fewer labels; split a long rollout into two rollouts over two groups")]
+    return []

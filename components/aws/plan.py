@@ -117,37 +117,43 @@ def group_clause(group: DeviceGroupConfig, thing_type: str, group_thing_group: s
     return f"thingGroupNames:{group_thing_group}"
 
 
-def ring_clause(ring: RingConfig, groups: dict[str, DeviceGroupConfig], thing_type: str, naming: Naming) -> str:
-    """What a ring selects before earlier rings take their share: its group's clause AND its own labels."""
+def ring_terms(ring: RingConfig, groups: dict[str, DeviceGroupConfig], thing_type: str, naming: Naming) -> list[str]:
+    """What a ring selects before earlier rings take their share: its group's terms AND its own labels."""
     base = group_clause(groups[ring.group], thing_type, naming.group_thing_group(ring.group))
-    return " AND ".join([base, *_attributes(ring.labels)])
+    return [*base.split(" AND "), *(t for t in _attributes(ring.labels) if t not in base.split(" AND "))]
+
+
+def ring_clause(ring: RingConfig, groups: dict[str, DeviceGroupConfig], thing_type: str, naming: Naming) -> str:
+    return " AND ".join(ring_terms(ring, groups, thing_type, naming))
 
 
 def ring_query(rollout: RolloutConfig, index: int, groups: dict[str, DeviceGroupConfig], thing_type: str, naming: Naming) -> str:
     """Ring `index`'s dynamic thing group query. Rings are disjoint (a device belongs to the first ring that
     selects it): Greengrass merges the deployments of every group a device is in and fails on two versions of
-    one component, so ring N excludes rings 0..N-1. Ring N's query reads rings 0..N only, never a later one."""
-    clauses = [ring_clause(r, groups, thing_type, naming) for r in rollout.rings[: index + 1]]
-    own = clauses[index]
+    one component, so ring N excludes rings 0..N-1. Ring N's query reads rings 0..N only, never a later one.
+
+    An earlier ring's terms that ring N already requires are left out of its NOT: own AND NOT (A AND B) is
+    own AND NOT B when own implies A. That keeps queries within fleet indexing's 12 terms for longer."""
+    terms = [ring_terms(r, groups, thing_type, naming) for r in rollout.rings[: index + 1]]
+    own = terms[index]
     if index == 0:
-        return own
-    return " AND ".join([f"({own})", *(f"NOT ({c})" for c in clauses[:index])])
+        return " AND ".join(own)
+    excluded = [[t for t in earlier if t not in own] or earlier for earlier in terms[:index]]   # all implied: selects nothing, as it should
+    return " AND ".join([*own, *(f"NOT ({' AND '.join(e)})" if len(e) > 1 else f"NOT {e[0]}" for e in excluded)])
 
 
-def searchable_attributes(groups: list[DeviceGroupConfig], rollouts: list[RolloutConfig]) -> list[str]:
-    """The thing type's searchable attributes (AWS allows three): `ring` first, then the most used label keys
-    of these groups and of the rings that select from them. (Fleet indexing indexes every attribute anyway.)"""
-    counts: dict[str, int] = {}
-    names = {g.name for g in groups}
-    for g in groups:
-        for k in g.labels:
-            counts[k] = counts.get(k, 0) + 1
-    for r in rollouts:
-        for ring in r.rings:
-            for k in (ring.labels if ring.group in names else {}):
-                counts[k] = counts.get(k, 0) + 1
-    ranked = sorted(counts, key=lambda k: (k != "ring", -counts[k], k))
-    return ranked[:3]
+MAX_QUERY_TERMS = 12     # "the maximum number of terms in a query is 12" (AWS IoT developer guide, query syntax)
+
+
+def query_terms(query: str) -> int:
+    """Field terms in a fleet-indexing query, which AWS IoT caps at 12 per query."""
+    return len(re.findall(r"[\w.]+:\S+", query))
+
+
+# AWS allows three searchable attributes per thing type and they are create-only (UpdateThingType changes only
+# mqtt5Configuration), so the thing type does not follow the labels in use: fleet indexing (REGISTRY mode)
+# indexes every attribute, which is what the rings' dynamic thing groups query.
+SEARCHABLE_ATTRIBUTES = ("ring",)
 
 
 # -- ring job policy -----------------------------------------------------------------------------------------

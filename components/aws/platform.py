@@ -55,9 +55,9 @@ import pulumi_aws as aws
 import pulumi_aws_native as aws_native
 
 from components.aws import providers
-from components.aws.plan import (Naming, RingComponents, components_spec, deployment_policies, deployment_tags, group_clause,
-                                 iot_job_configuration, model_key, partition, ring_job_policy, ring_query,
-                                 searchable_attributes)
+from components.aws.plan import (SEARCHABLE_ATTRIBUTES, Naming, RingComponents, components_spec, deployment_policies,
+                                 deployment_tags, group_clause, iot_job_configuration, model_key, partition, ring_job_policy,
+                                 ring_query)
 from components.aws.policies import (bucket_policy, core_device_iot_policy, device_role_policy, device_role_trust,
                                      ecr_lifecycle_policy, signing_key_policy, storage_key_policy)
 from components.aws.recipes import agent_recipe, model_recipe, recipe_text
@@ -86,10 +86,12 @@ class GreengrassFleet(pulumi.ComponentResource):
                                             "metricNamespace": aws_cfg.metric_namespace}, opts)
         p = platform
         store, registry = p.store, p.registry
+        # `properties` force replacement, and a fixed-name thing type cannot be created before the old one is
+        # deleted (deprecate, then wait five minutes): they are constants, and changes to them are ignored.
         self.thing_type = aws.iot.ThingType(f"{name}-thing-type", name=thing_type, properties={
-            "description": "edgefleet Greengrass core devices; rings select them by these attributes",
-            "searchable_attributes": searchable_attributes([g for g in p.stack.groups if p.stack.group_platform(g) == "aws"], p.stack.rollouts),
-        }, opts=p.opts(self))
+            "description": "edgefleet Greengrass core devices; rings select them by thing attributes",
+            "searchable_attributes": list(SEARCHABLE_ATTRIBUTES),
+        }, opts=p.opts(self, ignore_changes=["properties"]))
         self.indexing = None
         if aws_cfg.manage_fleet_indexing:
             # Dynamic thing groups are fleet-indexing queries: REGISTRY mode indexes thingTypeName, attributes and
@@ -243,7 +245,7 @@ class AwsPlatform(Platform):
             tg = aws_native.iot.ThingGroup(f"{n}-thing-group", thing_group_name=name, thing_group_properties=props,
                                            opts=self.opts(parent, native=True, depends_on=after))
             for device in group.devices:
-                # the things themselves are created when devices are provisioned (Greengrass installer / fleet provisioning)
+                # AddThingToThingGroup needs the thing: ids name things registered before `pulumi up` (docs/aws.md, Devices)
                 aws.iot.ThingGroupMembership(f"{n}-member-{device}", thing_name=device, thing_group_name=name,
                                              opts=self.opts(parent, depends_on=[tg]))
         return GroupOutputs(target=tg.arn)

@@ -1,9 +1,10 @@
 """Policy documents for the AWS platform, as pure functions of ARNs (tests read them without Pulumi).
 
 Least privilege by construction: every Allow names its actions one by one (no `*` or `service:*`), and
-resources are the model prefix, the agent repository and the keys. The only `*` resources are on actions
-AWS does not scope by resource (ecr:GetAuthorizationToken; cloudwatch:PutMetricData, which is pinned to the
-agent's namespace by condition; the Greengrass data-plane calls a core device makes).
+resources are the model prefix (the bucket itself for s3:GetBucketLocation only), the agent repository and the
+keys. The only `*` resources are on actions AWS does not scope by resource (ecr:GetAuthorizationToken;
+cloudwatch:PutMetricData, which is pinned to the agent's namespace by condition; the Greengrass data-plane calls
+a core device makes).
 """
 
 from __future__ import annotations
@@ -72,7 +73,12 @@ def device_role_trust() -> dict[str, Any]:
 
 def device_role_policy(bucket_arn: str, storage_key_arn: str, region: str, repository_arn: str, metric_namespace: str) -> dict[str, Any]:
     """What a device may do with AWS credentials: read model artifacts, pull the agent image, publish health."""
+    # The nucleus's S3 downloader calls GetBucketLocation before each artifact download (else the deployment fails
+    # with S3_GET_BUCKET_LOCATION_ACCESS_DENIED). AWS's token-exchange role policy grants it on "*" and its
+    # component-artifact policy adds s3:GetObject on the bucket's objects: docs.aws.amazon.com/greengrass/v2/
+    # developerguide/device-service-role.html (#device-service-role-permissions, #device-service-role-access-s3-bucket).
     return _doc(
+        {"Sid": "LocateModelBucket", "Effect": "Allow", "Action": ["s3:GetBucketLocation"], "Resource": bucket_arn},
         {"Sid": "ReadModelArtifacts", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"{bucket_arn}/models/*"},
         {"Sid": "DecryptModelArtifacts", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": storage_key_arn,
          "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}},

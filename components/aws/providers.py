@@ -83,7 +83,11 @@ class RingGateProvider(ResourceProvider):
         from components.aws.plan import run_gate
 
         progress = run_gate(props)
-        ring = progress["rings"][int(props["index"])]
+        ring = next((r for r in progress["rings"] if r["name"] == props["ring"]), None)
+        if ring is None or ring["state"] != "passed":
+            # never report a gate passed for a ring the rollout record did not judge
+            raise RuntimeError(f"rollout {progress['rollout_id']} ({progress['status']}) did not judge ring {props['ring']!r}: "
+                               f"its record has rings {[r['name'] for r in progress['rings']]}")
         return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
                             outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
 

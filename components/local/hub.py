@@ -3,22 +3,31 @@
 It plays IoT Hub / Greengrass for the local platform: the engine drives it through the FleetHub methods,
 agents (threads of the simulator or separate processes) read their desired state and write reports.
 WAL mode lets one writer and many readers share the file across processes; every write is one short
-transaction, so a process killed mid-write leaves the previous state intact.
+transaction, so a process killed mid-write leaves the previous state intact. One process at a time drives a
+rollout: `lease` hands out that right, and writes to a rollout's progress or rings from anyone else are refused
+while it is held.
 No Pulumi imports: agent processes load this module.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from edgefleet.errors import EdgefleetError
+
 from components.rollout.membership import Device
-from components.rollout.types import DesiredModel, DeviceReport, RingObservation, RingTarget
+from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, DesiredModel, DeviceReport, RingObservation, RingTarget
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -40,7 +49,27 @@ CREATE TABLE IF NOT EXISTS progress (
     rollout_id TEXT PRIMARY KEY, rollout TEXT NOT NULL, status TEXT NOT NULL, progress TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
     urn TEXT PRIMARY KEY, type TEXT NOT NULL, outputs TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, token TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    acquired_at REAL NOT NULL, expires_at REAL NOT NULL);
 """
+
+
+@dataclass
+class Lease:
+    """The right to drive one rollout. `took_over` names a previous holder whose lease had expired (or whose
+    process is gone); `lost` says why the lease was lost while held (the holder was suspended past its ttl)."""
+
+    name: str
+    owner: str
+    token: str
+    ttl: float
+    took_over: str | None = None
+    lost: str | None = None
+
+
+def default_owner() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}"
 
 
 class LocalHub:
@@ -49,6 +78,7 @@ class LocalHub:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._local = threading.local()
+        self._held: dict[str, Lease] = {}
         self._db().executescript(SCHEMA)              # idempotent; executescript manages its own transaction
 
     # -- connection -----------------------------------------------------------------------------------
@@ -174,6 +204,7 @@ class LocalHub:
         text = desired.to_json() if desired else None
         now = self.now()
         with self._tx() as db:
+            self._fence(db, target.rollout)
             db.execute("INSERT INTO ring_desired (rollout, ring, idx, model, desired, devices, set_at) VALUES (?,?,?,?,?,?,?) "
                        "ON CONFLICT(rollout, ring) DO UPDATE SET idx=excluded.idx, model=excluded.model, desired=excluded.desired, "
                        "devices=excluded.devices, set_at=excluded.set_at",
@@ -198,6 +229,7 @@ class LocalHub:
 
     def save_progress(self, rollout_id: str, progress: dict[str, Any]) -> None:
         with self._tx() as db:
+            self._fence(db, progress["rollout"])
             db.execute("INSERT INTO progress (rollout_id, rollout, status, progress, updated_at) VALUES (?,?,?,?,?) "
                        "ON CONFLICT(rollout_id) DO UPDATE SET status=excluded.status, progress=excluded.progress, updated_at=excluded.updated_at",
                        (rollout_id, progress["rollout"], progress["status"], json.dumps(progress), self.now()))
@@ -211,6 +243,103 @@ class LocalHub:
         rows = self._db().execute("SELECT rollout, ring, model, desired, devices, set_at FROM ring_desired ORDER BY rollout, idx").fetchall()
         return [{"rollout": ro, "ring": ri, "model": m, "desired": DesiredModel.from_json(d), "devices": json.loads(devs), "set_at": t}
                 for ro, ri, m, d, devs, t in rows]
+
+    # -- leases: one driver per rollout ------------------------------------------------------------------
+    @contextmanager
+    def lease(self, name: str, owner: str | None = None, ttl: float = 30.0) -> Iterator[Lease]:
+        """Holds the exclusive right to drive rollout `name` (a rollout's name, not one version's id: all its
+        versions share the same rings) for the duration of the block, renewed every ttl/3 by a thread.
+
+        Raises EdgefleetError when another live holder has it. A holder that stopped renewing for `ttl`
+        seconds, or whose process on this host is gone, is taken over. Re-entrant within one LocalHub."""
+        if name in self._held:
+            yield self._held[name]
+            return
+        held = self._acquire(name, owner or default_owner(), ttl)
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._renew_until, args=(held, stop), name=f"edgefleet-lease-{name}", daemon=True)
+        renewer.start()
+        try:
+            yield held
+        finally:
+            stop.set()
+            renewer.join()
+            self._held.pop(name, None)
+            with self._tx() as db:
+                db.execute("DELETE FROM leases WHERE name=? AND token=?", (name, held.token))
+
+    def lease_holder(self, name: str) -> dict[str, Any] | None:
+        """Who drives rollout `name` (owner, host, pid, acquired_at, expires_at), live or expired; None: nobody."""
+        return self._lease_row(self._db(), name)
+
+    def _acquire(self, name: str, owner: str, ttl: float) -> Lease:
+        held = Lease(name, owner, uuid.uuid4().hex, ttl)
+        with self._tx() as db:
+            now = self.now()
+            row = self._lease_row(db, name)
+            if row is not None and self._live(row, now):
+                raise self._held_error(name, row, now)
+            if row is not None:
+                held.took_over = f"{row['owner']} (pid {row['pid']} on {row['host']})"
+            db.execute("INSERT INTO leases (name, owner, token, host, pid, acquired_at, expires_at) VALUES (?,?,?,?,?,?,?) "
+                       "ON CONFLICT(name) DO UPDATE SET owner=excluded.owner, token=excluded.token, host=excluded.host, "
+                       "pid=excluded.pid, acquired_at=excluded.acquired_at, expires_at=excluded.expires_at",
+                       (name, owner, held.token, socket.gethostname(), os.getpid(), now, now + ttl))
+        self._held[name] = held
+        return held
+
+    def _renew_until(self, held: Lease, stop: threading.Event) -> None:
+        try:
+            while not stop.wait(held.ttl / 3):
+                with self._tx() as db:
+                    now = self.now()
+                    if db.execute("UPDATE leases SET expires_at=? WHERE name=? AND token=?", (now + held.ttl, held.name, held.token)).rowcount == 0:
+                        row = self._lease_row(db, held.name)
+                        held.lost = f"taken over by {row['owner']} (pid {row['pid']} on {row['host']})" if row else "released by someone else"
+                        return
+        finally:
+            self.close()                              # this thread's own connection
+
+    def _fence(self, db: sqlite3.Connection, name: str) -> None:
+        """Inside a write transaction: refuses the write unless this hub holds `name` or no live lease exists."""
+        row = self._lease_row(db, name)
+        mine = self._held.get(name)
+        if mine is not None:
+            if row is None or row["token"] != mine.token:
+                raise EdgefleetError(str(self.path), f"this run lost its lease on rollout {name!r}"
+                                     + (f": {mine.lost}" if mine.lost else f" to {row['owner']}" if row else ""),
+                                     "another process drives this rollout now; check `edgefleet status` and run again once it is done")
+            return
+        if row is not None and self._live(row, self.now()):
+            raise self._held_error(name, row, self.now())
+
+    @staticmethod
+    def _lease_row(db: sqlite3.Connection, name: str) -> dict[str, Any] | None:
+        row = db.execute("SELECT owner, token, host, pid, acquired_at, expires_at FROM leases WHERE name=?", (name,)).fetchone()
+        return None if row is None else dict(zip(("owner", "token", "host", "pid", "acquired_at", "expires_at"), row))
+
+    @staticmethod
+    def _live(row: dict[str, Any], now: float) -> bool:
+        """Unexpired, and not left by a process of this host that no longer exists."""
+        if row["expires_at"] <= now:
+            return False
+        if row["host"] == socket.gethostname() and row["pid"] != os.getpid():
+            try:
+                os.kill(row["pid"], 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                pass
+        return True
+
+    def _held_error(self, name: str, row: dict[str, Any], now: float) -> EdgefleetError:
+        return EdgefleetError(
+            str(self.path),
+            f"rollout {name!r} is being driven by {row['owner']} (pid {row['pid']} on {row['host']}), "
+            f"holding its lease since {time.strftime('%H:%M:%S', time.localtime(row['acquired_at']))}, "
+            f"valid {max(0.0, row['expires_at'] - now):.0f}s more unless renewed",
+            "wait for that run to finish (`edgefleet status` shows its progress) or stop it, then run again; "
+            "a lease left by a killed process is taken over at once on this host, elsewhere once it expires")
 
     # -- resource state (what `edgefleet up` last applied, like a Pulumi state file) --------------------
     def resource_outputs(self, urn: str) -> dict[str, Any] | None:
@@ -242,6 +371,7 @@ def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desire
     p99s: list[float] = []
     failures: list[tuple[str, str]] = []
     pending: list[str] = []
+    per_device: dict[str, list[tuple[str, float]]] = {k: [] for k in OFFENDER_METRICS}
     for dev in devices:
         r = reports.get(dev)
         fresh = r is not None and r.reported_at >= since
@@ -254,6 +384,10 @@ def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desire
             invalid += r.invalid_outputs
             if r.p99_latency_ms is not None:
                 p99s.append(r.p99_latency_ms)
+                per_device["p99_latency_ms"].append((dev, round(r.p99_latency_ms, 3)))
+            if r.inferences:
+                per_device["error_rate"].append((dev, round(r.errors / r.inferences, 6)))
+                per_device["invalid_output_share"].append((dev, round(r.invalid_outputs / r.inferences, 6)))
         elif r is not None and fresh and desired is not None and r.status == "failed" and r.failed_version == desired.version:
             failed += 1
             failures.append((dev, r.error or "failed"))
@@ -264,5 +398,14 @@ def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desire
         devices=len(devices), adopted=adopted, failed=failed, reporting=reporting,
         inferences=inferences, errors=errors, invalid_outputs=invalid,
         p99_latency_ms=p99s[min(len(p99s) - 1, int(len(p99s) * 0.99))] if p99s else None,
-        failures=tuple(failures[:50]), pending=tuple(pending[:50]),
+        failures=tuple(failures[:50]), pending=tuple(pending[:50]), offenders=_worst(per_device),
     )
+
+
+def _worst(per_device: dict[str, list[tuple[str, float]]]) -> tuple[tuple[str, str, float], ...]:
+    """The worst devices per metric, bounded; zero rates are nobody's fault and are left out."""
+    out: list[tuple[str, str, float]] = []
+    for metric, values in per_device.items():
+        ranked = heapq.nsmallest(OFFENDERS_PER_METRIC, (v for v in values if v[1] > 0), key=lambda v: (-v[1], v[0]))
+        out += [(dev, metric, value) for dev, value in ranked]
+    return tuple(out)

@@ -2,11 +2,14 @@
 
 For each ring: record the intent, set the ring's desired version (skipped when the hub already has it, so a
 resumed run never deploys twice), wait for adoption, soak, and judge the gate. Every transition is saved to
-the hub before the next action, so a restarted engine continues from the saved state: a soak that began
-before the kill keeps its start time, and no gate is skipped. When a gate fails, every ring touched so far
-is set back to the last good version under a signed rollback order, the engine waits for devices to report
-it, and the rollout ends with a report naming the gate, the devices and the measured values. Later rings
-never receive the failed version.
+the hub before the next action, so a restarted engine continues from the saved state and no gate is skipped.
+A soak counts only watched time: devices report just their latest window, so a ring left unobserved for
+longer than `max_unobserved_seconds` (a long kill, a suspended laptop) starts its soak over, and that gap
+does not count against the ring's deadline either; a short kill keeps the soak's start time. A succeeded
+rollout whose plan gains rings reopens for them. When a gate fails, every ring touched so far is set back
+to the last good version under a signed rollback order, the engine waits for devices to report it, and the
+rollout ends with a report naming the gate, the devices (failing, and offending by their own metrics) and
+the measured values. Later rings never receive the failed version.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from components.rollout.types import DesiredModel, RingTarget
 TERMINAL = ("succeeded", "rolled_back", "rollback_incomplete", "superseded")
 FAILED = ("rolled_back", "rollback_incomplete")
 SAMPLE_EVERY = 0.5
+MIN_UNOBSERVED = 10.0                        # floor of the default gap bound: a busy 2-core box must not reset soaks
 
 
 @dataclass(frozen=True)
@@ -76,16 +80,18 @@ def new_progress(plan: RolloutPlan, now: float) -> dict[str, Any]:
 
 def _ring_record(name: str, index: int) -> dict[str, Any]:
     return {"name": name, "index": index, "state": "pending", "deployed_at": None, "soak_started": None,
-            "finished_at": None, "verdict": None, "measured": None}
+            "finished_at": None, "verdict": None, "measured": None, "observed_at": None, "unobserved": 0.0}
 
 
 class RolloutEngine:
     def __init__(self, hub: FleetHub, clock: Clock, authorize_rollback: RollbackAuthorizer | None = None,
-                 poll_seconds: float = 0.5, on_update: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 poll_seconds: float = 0.5, on_update: Callable[[dict[str, Any]], None] | None = None,
+                 max_unobserved_seconds: float | None = None) -> None:
         self.hub = hub
         self.clock = clock
         self.authorize_rollback = authorize_rollback
         self.poll_seconds = poll_seconds
+        self.max_unobserved = max_unobserved_seconds if max_unobserved_seconds is not None else max(5 * poll_seconds, MIN_UNOBSERVED)
         self.on_update = on_update
         self._last_sample = 0.0
 
@@ -106,6 +112,13 @@ class RolloutEngine:
         if progress is None:
             progress = new_progress(plan, self.clock.now())
             self._event(progress, None, "started", version=plan.desired.version, previous=progress["previous_version"])
+            self._save(plan, progress)
+        elif extends(progress, plan):
+            added = [r.name for r in plan.rings[len(progress["rings"]):]]
+            for i, ring in enumerate(plan.rings[len(progress["rings"]):], start=len(progress["rings"])):
+                progress["rings"].append(_ring_record(ring.name, i))
+            progress.update(status="running", finished_at=None, report=None)
+            self._event(progress, None, "reopened", rings=added, passed=[r["name"] for r in progress["rings"] if r["state"] == "passed"])
             self._save(plan, progress)
         elif progress["status"] not in TERMINAL:
             known = [r["name"] for r in progress["rings"]]
@@ -150,13 +163,17 @@ class RolloutEngine:
             else:
                 self._event(progress, ring.name, "already-deployed", version=plan.desired.version)
             ring_state["state"] = "waiting"
-            ring_state["deployed_at"] = now
+            ring_state["deployed_at"] = ring_state["observed_at"] = now
             self._save(plan, progress)
             return True
+        gap = now - (ring_state.get("observed_at") or ring_state["soak_started"] or ring_state["deployed_at"])
+        if gap > self.max_unobserved:
+            return self._unobserved(plan, progress, ring_state, gap, now)
         obs = self.hub.observe(ring.target, plan.desired, since=ring_state["deployed_at"])
-        verdict = evaluate(ring.gate, obs, ring_state["deployed_at"], ring_state["soak_started"], now)
+        ring_state["observed_at"] = self.clock.now()          # after the call: a slow platform query is watched time
+        verdict = evaluate(ring.gate, obs, ring_state["deployed_at"] + ring_state.get("unobserved", 0.0), ring_state["soak_started"], now)
         ring_state["measured"] = verdict.measured
-        self._sample(progress, ring.name, verdict.measured, now)
+        self._sample(progress, ring.name, verdict.measured, now, force=verdict.outcome in ("pass", "fail"))
         if verdict.outcome == "soak" and ring_state["soak_started"] is None:
             ring_state["state"] = "soaking"
             ring_state["soak_started"] = now
@@ -180,7 +197,8 @@ class RolloutEngine:
             ring_state["state"] = "failed"
             ring_state["finished_at"] = now
             ring_state["verdict"] = {"outcome": "fail", "reasons": verdict.reasons, "measured": verdict.measured,
-                                     "failures": [list(f) for f in obs.failures], "pending": list(obs.pending)}
+                                     "failures": [list(f) for f in obs.failures], "offenders": verdict.offenders,
+                                     "pending": list(obs.pending)}
             self._event(progress, ring.name, "gate-failed", reasons=verdict.reasons, **_counts(verdict.measured))
             touched = [r["name"] for r in progress["rings"] if r["state"] != "pending"]
             reason = f"gate of ring {ring.name!r} failed: " + "; ".join(verdict.reasons)
@@ -194,6 +212,21 @@ class RolloutEngine:
             return True
         self._maybe_save_sample(plan, progress, now)
         return False
+
+    def _unobserved(self, plan: RolloutPlan, progress: dict[str, Any], ring_state: dict[str, Any], gap: float, now: float) -> bool:
+        """Nobody watched the ring for `gap` seconds: breaches then are invisible now, so that time is not soak
+        time (the soak starts over) and not deadline time (the ring's deadline moves out by the gap)."""
+        ring_state["unobserved"] = round(ring_state.get("unobserved", 0.0) + gap, 3)
+        ring_state["observed_at"] = now
+        why = f"ring not observed for {gap:.1f}s (bound {self.max_unobserved:.1f}s); devices report only their latest window"
+        if ring_state["soak_started"] is not None:
+            ring_state["state"] = "waiting"
+            ring_state["soak_started"] = None
+            self._event(progress, ring_state["name"], "soak-reset", reasons=[why + ", so the soak starts over"], unobserved=round(gap, 3))
+        else:
+            self._event(progress, ring_state["name"], "observation-gap", reasons=[why + ", so the deadline moves out by it"], unobserved=round(gap, 3))
+        self._save(plan, progress)
+        return True
 
     # -- rollback --------------------------------------------------------------------------------------
     def _rollback_desired(self, plan: RolloutPlan, reason: str) -> DesiredModel | None:
@@ -226,8 +259,9 @@ class RolloutEngine:
             obs = self.hub.observe(ring.target, target_desired, since=rb["started_at"])
             still_bad = self.hub.observe(ring.target, plan.desired, since=rb["started_at"]).adopted
             m = measure(obs)
-            self._sample(progress, name, m, now)
-            if still_bad == 0 and m["reporting"] and m["adopted"] >= m["reporting"] * ring.gate.success_share:
+            confirmed = still_bad == 0 and m["reporting"] and m["adopted"] >= m["reporting"] * ring.gate.success_share
+            self._sample(progress, name, m, now, force=bool(confirmed))
+            if confirmed:
                 rb["confirmed"][name] = True
                 silent = m["devices"] - m["reporting"]
                 if silent:
@@ -252,7 +286,8 @@ class RolloutEngine:
         progress["report"] = {
             "outcome": progress["status"], "failed_ring": failed_ring["name"],
             "reasons": failed_ring["verdict"]["reasons"], "measured": failed_ring["verdict"]["measured"],
-            "failures": failed_ring["verdict"]["failures"], "rolled_back_rings": rb["rings"],
+            "failures": failed_ring["verdict"]["failures"], "offenders": failed_ring["verdict"].get("offenders", []),
+            "rolled_back_rings": rb["rings"],
             "rolled_back_to": rb["to_version"], "never_deployed": [r["name"] for r in progress["rings"] if r["state"] == "pending"],
             "silent_devices": rb.get("silent", {}), "unconfirmed": rb.get("unconfirmed", {}),
         }
@@ -264,10 +299,15 @@ class RolloutEngine:
     def _event(self, progress: dict[str, Any], ring: str | None, event: str, **details: Any) -> None:
         progress["events"].append({"t": self.clock.now(), "ring": ring, "event": event, **details})
 
-    def _sample(self, progress: dict[str, Any], ring: str, m: dict[str, Any], now: float) -> None:
+    def _sample(self, progress: dict[str, Any], ring: str, m: dict[str, Any], now: float, force: bool = False) -> None:
+        """Thinned to one per SAMPLE_EVERY per ring, except at a verdict (`force`): the timeline must show what the
+        gate saw when it decided, even when that came moments after the last sample."""
         samples = progress["samples"]
-        if samples and samples[-1]["ring"] == ring and now - samples[-1]["t"] < SAMPLE_EVERY:
+        last = samples[-1] if samples and samples[-1]["ring"] == ring else None
+        if last is not None and now - last["t"] < SAMPLE_EVERY and not force:
             return
+        if last is not None and last["t"] == now:
+            samples.pop()
         samples.append({"t": now, "ring": ring, "adopted": m["adopted"], "failed": m["failed"], "pending": m["pending"], "devices": m["devices"]})
 
     def _maybe_save_sample(self, plan: RolloutPlan, progress: dict[str, Any], now: float) -> None:
@@ -279,6 +319,14 @@ class RolloutEngine:
         self.hub.save_progress(plan.rollout_id, copy.deepcopy(progress))
         if self.on_update is not None:
             self.on_update(progress)
+
+
+def extends(progress: dict[str, Any], plan: RolloutPlan) -> bool:
+    """A succeeded rollout whose plan has since gained rings after the recorded ones: it reopens to take the
+    new rings through their gates. Failed and rolled-back rollouts stay final; a changed ring order never reopens."""
+    known = [r["name"] for r in progress["rings"]]
+    planned = [r.name for r in plan.rings]
+    return progress["status"] == "succeeded" and len(planned) > len(known) and planned[: len(known)] == known
 
 
 def _same_version(a: DesiredModel | None, b: DesiredModel | None) -> bool:

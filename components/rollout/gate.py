@@ -30,18 +30,39 @@ def measure(obs: RingObservation) -> dict[str, float | int | None]:
     }
 
 
-def breaches(gate: GateConfig, m: dict) -> list[str]:
-    """Conditions that fail the ring whatever the soak: failures and metric thresholds."""
+THRESHOLDS = {"error_rate": "max_error_rate", "invalid_output_share": "max_invalid_output_share", "p99_latency_ms": "max_p99_latency_ms"}
+MAX_OFFENDERS = 20
+
+
+def _breached(gate: GateConfig, m: dict) -> list[tuple[str, str]]:
+    """(measure key, reason) per breached condition, so a failure can name the devices behind each metric."""
     out = []
     if m["devices"] and m["failure_share"] > gate.max_failure_share:
-        out.append(f"failure share {m['failure_share']:.1%} > max {gate.max_failure_share:.1%} ({m['failed']} of {m['devices']} devices)")
+        out.append(("failure_share", f"failure share {m['failure_share']:.1%} > max {gate.max_failure_share:.1%} ({m['failed']} of {m['devices']} devices)"))
     if gate.max_error_rate is not None and m["error_rate"] is not None and m["error_rate"] > gate.max_error_rate:
-        out.append(f"error rate {m['error_rate']:.2%} > max {gate.max_error_rate:.2%}")
+        out.append(("error_rate", f"error rate {m['error_rate']:.2%} > max {gate.max_error_rate:.2%}"))
     if gate.max_invalid_output_share is not None and m["invalid_output_share"] is not None and m["invalid_output_share"] > gate.max_invalid_output_share:
-        out.append(f"invalid (NaN/Inf) outputs {m['invalid_output_share']:.2%} > max {gate.max_invalid_output_share:.2%}")
+        out.append(("invalid_output_share", f"invalid (NaN/Inf) outputs {m['invalid_output_share']:.2%} > max {gate.max_invalid_output_share:.2%}"))
     if gate.max_p99_latency_ms is not None and m["p99_latency_ms"] is not None and m["p99_latency_ms"] > gate.max_p99_latency_ms:
-        out.append(f"p99 latency {m['p99_latency_ms']:.2f} ms > max {gate.max_p99_latency_ms:.2f} ms")
+        out.append(("p99_latency_ms", f"p99 latency {m['p99_latency_ms']:.2f} ms > max {gate.max_p99_latency_ms:.2f} ms"))
     return out
+
+
+def breaches(gate: GateConfig, m: dict) -> list[str]:
+    """Conditions that fail the ring whatever the soak: failures and metric thresholds."""
+    return [why for _, why in _breached(gate, m)]
+
+
+def offenders(gate: GateConfig, obs: RingObservation, metrics: list[str], limit: int = MAX_OFFENDERS) -> list[dict]:
+    """The devices whose own window is over a breached metric's threshold, worst first, shared fairly between
+    the breached metrics and bounded so a report stays readable."""
+    metrics = [k for k in metrics if k in THRESHOLDS]
+    out: list[dict] = []
+    for metric in metrics:
+        bound = getattr(gate, THRESHOLDS[metric])
+        over = sorted((o for o in obs.offenders if o[1] == metric and o[2] > bound), key=lambda o: (-o[2], o[0]))
+        out += [{"device": d, "metric": metric, "value": v, "max": bound} for d, _, v in over[: max(1, limit // len(metrics))]]
+    return out[:limit]
 
 
 def adoption_met(gate: GateConfig, m: dict) -> bool:
@@ -51,9 +72,9 @@ def adoption_met(gate: GateConfig, m: dict) -> bool:
 def evaluate(gate: GateConfig, obs: RingObservation, since_deploy: float, soak_started: float | None, now: float) -> Verdict:
     """`soak_started` is when adoption was first met (None: not yet). Times in seconds on the hub's clock."""
     m = measure(obs)
-    bad = breaches(gate, m)
+    bad = _breached(gate, m)
     if bad:
-        return Verdict("fail", bad, m)
+        return Verdict("fail", [why for _, why in bad], m, offenders(gate, obs, [k for k, _ in bad]))
     if m["devices"] == 0:
         return Verdict("fail", ["ring has no devices"], m)
     elapsed = now - since_deploy

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 DeviceStatus = Literal["ok", "failed", "updating", "idle"]
+OFFENDER_METRICS = ("error_rate", "invalid_output_share", "p99_latency_ms")   # keys of gate.measure()
+OFFENDERS_PER_METRIC = 20
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,12 @@ class RingTarget:
 
 @dataclass(frozen=True)
 class RingObservation:
-    """What the platform can tell about a ring for one desired version. Local knows each device; clouds give counts."""
+    """What the platform can tell about a ring for one desired version. Local knows each device; clouds give counts.
+
+    `offenders` lets a failed metric gate name the devices behind it: for each of the metrics in
+    OFFENDER_METRICS, the worst devices serving the desired version (at most OFFENDERS_PER_METRIC each,
+    worst first). Optional: a platform that only has aggregates leaves it empty; the report then names none.
+    """
 
     devices: int                             # targeted
     adopted: int                             # serving the desired version, healthy
@@ -88,6 +95,7 @@ class RingObservation:
     p99_latency_ms: float | None = None
     failures: tuple[tuple[str, str], ...] = ()   # (device, reason), a sample for the report
     pending: tuple[str, ...] = ()            # devices not yet on the desired version (a sample)
+    offenders: tuple[tuple[str, str, float], ...] = ()   # (device, metric, value) from that device's own window
 
     @property
     def pending_count(self) -> int:
@@ -99,3 +107,4 @@ class Verdict:
     outcome: Literal["wait", "soak", "pass", "fail"]
     reasons: list[str] = field(default_factory=list)
     measured: dict[str, Any] = field(default_factory=dict)
+    offenders: list[dict[str, Any]] = field(default_factory=list)   # on a metric failure: devices over the breached thresholds

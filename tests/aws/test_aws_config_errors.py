@@ -48,6 +48,10 @@ CASES = {
                                        "edgefleet:rollouts[0].rings[2].group", "mixes AWS rings with rings on local"),
     "labels and device ids in one group": (lambda c: c["edgefleet:groups"][0].update(devices=["cam-1"]), "edgefleet:groups[0]",
                                            "both labels and devices"),
+    "device id that is no thing name": (lambda c: (c["edgefleet:groups"][0].pop("labels"), c["edgefleet:groups"][0].update(devices=["cam 1"])),
+                                        "edgefleet:groups[0].devices", "not IoT thing names: 'cam 1'"),
+    "device id listed twice": (lambda c: (c["edgefleet:groups"][0].pop("labels"), c["edgefleet:groups"][0].update(devices=["cam-1", "cam-1"])),
+                               "edgefleet:groups[0].devices", "listed more than once: 'cam-1'"),
 }
 
 

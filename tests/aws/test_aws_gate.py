@@ -248,3 +248,37 @@ def test_hub_refuses_a_ring_its_gate_was_not_given(world):
     hub = AwsHub.from_props(props(world, 0), clients=world.clients)
     with pytest.raises(KeyError, match="not one this gate was given"):
         hub.desired(RingTarget("detector", "early", 1, arn("early")))
+
+
+# APPENDED RING: relies on the shared engine (components/rollout/engine.py) reopening a succeeded rollout record
+# when a ring is appended. Without that, the gate refuses to report the new ring passed (RuntimeError), where it
+# used to crash with IndexError.
+def test_appended_ring_gate_judges_the_new_ring_after_a_succeeded_rollout(world, monkeypatch):
+    """canary and early succeeded; the stack then appends broad. Pulumi updates the earlier gates in place (only
+    total_rings changed), creates broad's deployment, then broad's RingGate: its create must judge broad."""
+    import components.aws.plan as plan_module
+    from components.aws.providers import RingGateProvider
+
+    two, three = ("canary", "early"), ("canary", "early", "broad")
+    devices_on_every_new_deployment(world, lambda p: {d: "SUCCEEDED" for d in DEVICES})
+    for index, ring in enumerate(two):
+        pulumi_deploys(world, ring)
+        metrics(world, ring, "1.1.0", inferences=100)
+        run_gate(props(world, index, rings=two), clients=world.clients, clock=FakeClock())
+    hub = AwsHub.from_props(props(world, 1, rings=two), clients=world.clients)
+    assert hub.last_good("detector").version == "1.1.0"
+
+    provider = RingGateProvider()
+    for index in range(2):
+        diff = provider.diff("gate", props(world, index, rings=two), props(world, index, rings=three))
+        assert diff.replaces == [], "appending a ring never re-runs an earlier ring's gate"
+
+    pulumi_deploys(world, "broad")
+    metrics(world, "broad", "1.1.0", inferences=100)
+    real = plan_module.run_gate
+    monkeypatch.setattr(plan_module, "run_gate", lambda p: real(p, clients=world.clients, clock=FakeClock()))
+    created = provider.create(props(world, 2, rings=three))
+    assert created.outs["gate"] == "detector@1.1.0+bbbbbbbbbbbb:broad:passed"
+    saved = json.loads(world.clients.s3.get_object(Bucket=BUCKET, Key="rollouts/detector/detector@1.1.0+bbbbbbbbbbbb.json")["Body"].read())
+    assert saved["status"] == "succeeded" and [(r["name"], r["state"]) for r in saved["rings"]] == [(r, "passed") for r in three]
+    assert len(world.gg.created()) == 3, "only Pulumi's three deployments: the gate deploys nothing for a healthy ring"

@@ -4,6 +4,7 @@ Greengrass fleet needs, the properties a security reviewer checks, parents, and 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import botocore.session
@@ -139,6 +140,7 @@ def test_device_role_reads_only_the_model_prefix_and_the_agent_image(graph: Grap
     assert not [a for a in actions if "*" in a], "no wildcard actions"
     by_action = {a: s for s in statements(policy) for a in s["Action"]}
     assert by_action["s3:GetObject"]["Resource"] == f"arn:aws:s3:::{_bucket(graph)}/models/*"
+    assert {a for a in actions if a.startswith("s3:")} == {"s3:GetObject", "s3:GetBucketLocation"}
     assert by_action["ecr:BatchGetImage"]["Resource"] == by_action["ecr:GetDownloadUrlForLayer"]["Resource"]
     assert by_action["ecr:BatchGetImage"]["Resource"].endswith(":repository/edgefleet-aws-dev/agent")
     assert by_action["cloudwatch:PutMetricData"]["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Edgefleet/Agent"}}
@@ -152,6 +154,18 @@ def test_device_role_reads_only_the_model_prefix_and_the_agent_image(graph: Grap
     assert assume[0]["Resource"] == "arn:aws:iot:eu-west-1:123456789012:rolealias/edgefleet-aws-dev-device-role-alias"
 
 
+def test_device_role_may_locate_the_model_bucket_before_downloading(graph: Graph):
+    """The nucleus calls GetBucketLocation before every S3 artifact download; without it every model deployment
+    fails with S3_GET_BUCKET_LOCATION_ACCESS_DENIED. Granted on this bucket, not on every bucket."""
+    policy = doc(graph.one("aws:iam/rolePolicy:RolePolicy")["inputs"]["policy"])
+    locate = [s for s in statements(policy) if "s3:GetBucketLocation" in s["Action"]]
+    assert len(locate) == 1 and locate[0]["Effect"] == "Allow" and locate[0]["Action"] == ["s3:GetBucketLocation"]
+    assert locate[0]["Resource"] == f"arn:aws:s3:::{_bucket(graph)}"
+    model = json.loads(graph.named("detector-model-component")["inputs"]["inlineRecipe"])
+    buckets = {a["URI"].removeprefix("s3://").split("/")[0] for m in model["Manifests"] for a in m["Artifacts"]}
+    assert buckets == {_bucket(graph)}, "the bucket the role may locate is the one the recipe downloads from"
+
+
 def test_no_allow_statement_anywhere_grants_a_wildcard_action(graph: Graph):
     policies = [graph.one("aws:iam/rolePolicy:RolePolicy")["inputs"]["policy"], graph.one("aws:iot/policy:Policy")["inputs"]["policy"],
                 graph.one("aws:s3/bucketPolicy:BucketPolicy")["inputs"]["policy"]]
@@ -163,7 +177,7 @@ def test_no_allow_statement_anywhere_grants_a_wildcard_action(graph: Graph):
 def test_rings_select_on_the_thing_type_and_attributes_fleet_indexing_indexes(graph: Graph):
     thing_type = graph.one("aws:iot/thingType:ThingType")["inputs"]
     assert thing_type["name"] == "edgefleet-aws-dev-device"
-    assert thing_type["properties"]["searchableAttributes"] == ["ring", "site"]
+    assert thing_type["properties"]["searchableAttributes"] == ["ring"]
     indexing = graph.one("aws:iot/indexingConfiguration:IndexingConfiguration")["inputs"]["thingIndexingConfiguration"]
     assert indexing["thingIndexingMode"] == "REGISTRY"
     groups = {r["name"]: r for r in graph.of_type("aws-native:iot:ThingGroup")}
@@ -172,9 +186,9 @@ def test_rings_select_on_the_thing_type_and_attributes_fleet_indexing_indexes(gr
     assert device_group["inputs"]["queryString"] == "thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a"
     canary, early, broad = (groups[f"detector-{r}-thing-group"]["inputs"]["queryString"] for r in RING_NAMES)
     assert canary == "thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a AND attributes.ring:canary"
-    assert early.startswith("(thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a AND attributes.ring:early)")
-    assert "NOT (thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a AND attributes.ring:canary)" in early
-    assert broad.count("NOT (") == 2, "the last ring takes the group minus the earlier rings"
+    assert early == "thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a AND attributes.ring:early AND NOT attributes.ring:canary"
+    assert broad == ("thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a AND NOT attributes.ring:canary "
+                     "AND NOT attributes.ring:early"), "the last ring takes the group minus the earlier rings"
     for ring in RING_NAMES:
         tg = groups[f"detector-{ring}-thing-group"]
         assert graph.parent(tg)["type"] == "edgefleet:rollout:Ring" and tg["inputs"]["thingGroupName"] == f"edgefleet-aws-dev-detector-{ring}"
@@ -318,6 +332,88 @@ def test_changing_a_later_ring_leaves_earlier_rings_untouched(tmp_path):
             assert (a["inputs"], sorted(a["dependencies"])) == (b["inputs"], sorted(b["dependencies"])), f"{ring} {kind} changed"
     assert before.named("detector-broad-deployment")["inputs"] != after.named("detector-broad-deployment")["inputs"]
     assert after.named("detector-late-deployment")["dependencies"].count(after.named("detector-broad-gate")["urn"]) == 1
+
+
+def test_adding_a_label_key_leaves_the_thing_type_untouched(tmp_path):
+    """Thing type properties force replacement, and a fixed-name thing type cannot be replaced create-before-delete
+    (deleting one takes a deprecation and five minutes): a new label key on a group or a ring must not touch it."""
+    def edit(config):
+        config["edgefleet:groups"][0]["labels"]["line"] = "l3"
+        config["edgefleet:rollouts"][0]["rings"][1]["labels"]["shift"] = "night"
+
+    before = synth_graph(PROJECT).one("aws:iot/thingType:ThingType")
+    after_graph = synth_graph(project_copy(tmp_path, edit))
+    after = after_graph.one("aws:iot/thingType:ThingType")
+    assert "attributes.line:l3" in after_graph.named("cameras-thing-group")["inputs"]["queryString"], "the edit took effect"
+    assert (before["urn"], before["inputs"], before["options"]) == (after["urn"], after["inputs"], after["options"])
+    assert after["options"]["ignore_changes"] == ["properties"], "a later edit of the constants must not replace it either"
+
+
+def _iot_shape(operation: str):
+    return botocore.session.get_session().get_service_model("iot").operation_model(operation).input_shape
+
+
+def _constraint_errors(value, shape, path: str = "") -> list[str]:
+    """What ParamValidator leaves out: string maximum lengths and patterns from the service model."""
+    if shape.type_name == "structure" and isinstance(value, dict):
+        return [e for k, v in value.items() if k in shape.members for e in _constraint_errors(v, shape.members[k], f"{path}.{k}")]
+    if shape.type_name == "list" and isinstance(value, list):
+        return [e for i, v in enumerate(value) for e in _constraint_errors(v, shape.member, f"{path}[{i}]")]
+    if shape.type_name == "map" and isinstance(value, dict):
+        return [e for k, v in value.items() for e in _constraint_errors(k, shape.key, f"{path} key") + _constraint_errors(v, shape.value, f"{path}.{k}")]
+    if shape.type_name == "string" and isinstance(value, str):
+        meta, out = shape.metadata, []
+        if "max" in meta and len(value) > meta["max"]:
+            out.append(f"{path}: longer than {meta['max']}")
+        pattern = meta.get("pattern", "").replace(r"\p{Graph}", r"\x21-\x7e")      # Java's POSIX class, ASCII only
+        if pattern and r"\p{" not in pattern and not re.fullmatch(pattern, value):
+            out.append(f"{path}: {value!r} does not match {pattern}")
+        return out
+    return []
+
+
+def _validate(params: dict, operation: str) -> None:
+    shape = _iot_shape(operation)
+    report = ParamValidator().validate(params, shape)
+    assert not report.has_errors(), f"{operation}: {report.generate_report()}"
+    assert _constraint_errors(params, shape) == [], operation
+
+
+def _with_static_group(config):
+    """aws-dev plus a group of explicit device ids (a static thing group) with its own rollout."""
+    hardware = config["edgefleet:groups"][0]["hardware"]
+    config["edgefleet:groups"].append({"name": "gateways", "hardware": hardware, "devices": ["gw-001", "gw-002", "gw_003"]})
+    config["edgefleet:rollouts"].append({"name": "gw-detector", "model": "detector", "rings": [
+        {"name": "gw-canary", "group": "gateways", "labels": {"ring": "canary"}, "gate": config["edgefleet:rollouts"][0]["rings"][0]["gate"]},
+        {"name": "gw-broad", "group": "gateways", "gate": config["edgefleet:rollouts"][0]["rings"][2]["gate"]}]})
+    config["edgefleet:aws"]["rings"].update({"gw-canary": {"devices": 1}, "gw-broad": {"devices": 2}})
+
+
+def test_declared_thing_groups_are_valid_iot_requests(tmp_path):
+    """aws-native ThingGroup inputs share the IoT API's shapes: a group with a query is CreateDynamicThingGroup,
+    one without is CreateThingGroup (how CloudFormation's handler creates it); each membership is an
+    AddThingToThingGroup. Validated with botocore's ParamValidator plus the model's length and pattern limits."""
+    graph = synth_graph(project_copy(tmp_path, _with_static_group))
+    groups = {r["name"]: r["inputs"] for r in graph.of_type("aws-native:iot:ThingGroup")}
+    static = [n for n, g in groups.items() if "queryString" not in g]
+    assert static == ["gateways-thing-group"] and len(groups) == 7, sorted(groups)
+    for inputs in groups.values():
+        _validate(inputs, "CreateDynamicThingGroup" if "queryString" in inputs else "CreateThingGroup")
+    assert "thingGroupNames:edgefleet-aws-dev-gateways" in groups["gw-detector-gw-canary-thing-group"]["queryString"]
+    members = graph.of_type("aws:iot/thingGroupMembership:ThingGroupMembership")
+    assert sorted(m["inputs"]["thingName"] for m in members) == ["gw-001", "gw-002", "gw_003"]
+    for m in members:
+        _validate({"thingGroupName": m["inputs"]["thingGroupName"], "thingName": m["inputs"]["thingName"]}, "AddThingToThingGroup")
+        assert graph.named("gateways-thing-group")["urn"] in m["dependencies"]
+
+
+def test_the_thing_group_validation_catches_what_iot_rejects():
+    _validate({"thingGroupName": "edgefleet-aws-dev-cameras", "queryString": "thingTypeName:t"}, "CreateDynamicThingGroup")
+    for bad in ({"thingGroupName": "edgefleet.aws-dev"}, {"thingGroupName": "x" * 129}, {"thingGroupName": "g", "queryString": "q"}):
+        with pytest.raises(AssertionError):
+            _validate(bad, "CreateThingGroup")
+    with pytest.raises(AssertionError):
+        _validate({"thingGroupName": "g"}, "CreateDynamicThingGroup")
 
 
 @pytest.mark.parametrize("ring", RING_NAMES)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 
 import botocore.session
+import pytest
+import yaml
 from botocore.validate import ParamValidator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aws_testkit import project_copy, synth_graph
 from components.aws.plan import (Naming, RingComponents, components_spec, deployment_request, deployment_tags, fit,
-                                 ring_job_policy, ring_query)
+                                 query_terms, ring_job_policy, ring_query)
+from edgefleet.errors import EdgefleetError
 from edgefleet.config import AwsConfig, DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
 from edgefleet.manifest import HardwareProfile
 
@@ -25,17 +28,73 @@ def _rollout(values: list[str]) -> RolloutConfig:
     return RolloutConfig(name="detector", model="detector", rings=rings)
 
 
+def matches(query: str, thing: dict) -> bool:
+    """Fleet indexing's AND / NOT / parentheses over field:value terms, the subset ring queries use."""
+    tokens = re.findall(r"\(|\)|[^\s()]+", query)
+    pos = 0
+
+    def expr() -> bool:
+        nonlocal pos
+        value = factor()
+        while pos < len(tokens) and tokens[pos] == "AND":
+            pos += 1
+            value = factor() and value
+        return value
+
+    def factor() -> bool:
+        nonlocal pos
+        tok = tokens[pos]
+        pos += 1
+        if tok == "NOT":
+            return not factor()
+        if tok == "(":
+            value = expr()
+            assert tokens[pos] == ")"
+            pos += 1
+            return value
+        field, _, want = tok.partition(":")
+        have = thing.get(field)
+        return want in have if isinstance(have, list) else have == want
+
+    result = expr()
+    assert pos == len(tokens), f"unparsed: {tokens[pos:]}"
+    return result
+
+
+labels = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
+
+
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True), min_size=1, max_size=6, unique=True))
-def test_a_ring_query_reads_its_own_and_earlier_rings_only(values):
+@given(st.lists(labels, min_size=1, max_size=6, unique=True),
+       st.lists(st.tuples(st.sampled_from(["tt", "other"]), st.sampled_from(["a", "b"]), labels), max_size=30))
+def test_each_thing_lands_in_the_first_ring_that_selects_it_and_only_there(values, things):
     groups = {"cams": DeviceGroupConfig(name="cams", hardware=HW, labels={"site": "a"})}
     rollout = _rollout(values)
-    for i in range(len(values)):
-        query = ring_query(rollout, i, groups, "tt", NAMING)
-        assert set(re.findall(r"attributes\.ring:([a-z0-9-]+)", query)) == set(values[: i + 1])
-        assert query.count("NOT (") == i
-        # the same query whatever comes after this ring
-        assert ring_query(_rollout(values[: i + 1]), i, groups, "tt", NAMING) == query
+    queries = [ring_query(rollout, i, groups, "tt", NAMING) for i in range(len(values))]
+    for i, query in enumerate(queries):
+        assert ring_query(_rollout(values[: i + 1]), i, groups, "tt", NAMING) == query, "a later ring changed an earlier ring's query"
+        assert query_terms(query) == 3 + i <= 12
+    for ttype, site, ring in [*things, *(("tt", "a", v) for v in values)]:
+        thing = {"thingTypeName": ttype, "attributes.site": site, "attributes.ring": ring}
+        selected = [i for i, q in enumerate(queries) if matches(q, thing)]
+        intended = [values.index(ring)] if ttype == "tt" and site == "a" and ring in values else []
+        assert selected == intended, (thing, queries)
+
+
+def test_a_query_over_fleet_indexings_twelve_terms_is_refused_before_anything_is_declared(tmp_path):
+    project = project_copy(tmp_path)
+    stack = project / "stacks" / "Pulumi.aws-dev.yaml"
+    doc = yaml.safe_load(stack.read_text())
+    rollout = doc["config"]["edgefleet:rollouts"][0]
+    rings = rollout["rings"]
+    extra = [{**rings[0], "name": f"wave{n}", "labels": {"ring": f"wave{n}"}} for n in range(9)]
+    rollout["rings"] = [*rings[:-1], *extra, rings[-1]]
+    doc["config"]["edgefleet:aws"]["rings"].update({f"wave{n}": {"devices": 5} for n in range(9)})
+    stack.write_text(yaml.safe_dump(doc))
+    with pytest.raises(EdgefleetError) as info:
+        synth_graph(project, "aws-dev")
+    assert str(info.value).startswith("stacks/Pulumi.aws-dev.yaml: edgefleet:rollouts[0].rings[10]: ring 'wave8' needs")
+    assert "13 terms" in str(info.value) and "at most 12" in str(info.value)
 
 
 def test_job_policy_derives_from_the_gate_unless_set():

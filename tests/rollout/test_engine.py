@@ -147,8 +147,6 @@ def test_adoption_dropping_during_the_soak_restarts_the_soak():
     d = sorted(devices)[0]
     # adopts 1.1.0, then drops offline mid-soak and comes back: the soak must start over
     devices[d] = Behaviour()
-    clock_events = []
-    progress, hub, plan = None, None, None
     clock = FakeClock()
     hub = FakeHub(clock, devices, running=V1)
     plan = RolloutPlan("detector", V2, V1, rings(sorted(devices)))
@@ -253,3 +251,153 @@ def test_killed_at_every_step_the_engine_resumes_without_skipping_a_gate_or_depl
             if ring["state"] == "passed":
                 assert ring["finished_at"] - ring["soak_started"] >= GATE.soak_seconds, f"{where}: soak cut short"
         assert all(hub.running(d)[0].version == ("1.0.0" if bad else "1.1.0") for d in hub.behaviours), where
+
+
+# -- a ring appended after success ------------------------------------------------------------------------
+def test_a_ring_appended_after_success_reopens_the_rollout_and_deploys_only_the_new_ring():
+    clock = FakeClock()
+    hub = FakeHub(clock, fleet(), running=V1)
+    three = rings(sorted(hub.behaviours))
+    two = RolloutPlan("detector", V2, V1, three[:2])
+    first = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(two)
+    assert first["status"] == "succeeded" and len(first["rings"]) == 2
+    before = {r["name"]: (r["deployed_at"], r["finished_at"]) for r in first["rings"]}
+    calls = len(hub.calls)
+    clock.sleep(60.0)
+    plan = RolloutPlan("detector", V2, V1, three)
+    progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(plan, until_ring=None)
+    assert progress["status"] == "succeeded"
+    assert [r["state"] for r in progress["rings"]] == ["passed", "passed", "passed"]
+    assert {r["name"]: (r["deployed_at"], r["finished_at"]) for r in progress["rings"][:2]} == before, "a passed ring was redone"
+    assert [(c[1], c[2]) for c in hub.calls[calls:] if c[0] == "set_desired"] == [("broad", "1.1.0")]
+    reopened = events(progress, "reopened")
+    assert len(reopened) == 1 and reopened[0]["rings"] == ["broad"] and reopened[0]["passed"] == ["canary", "early"]
+    broad = progress["rings"][2]
+    assert broad["finished_at"] - broad["soak_started"] >= GATE.soak_seconds
+    assert all(hub.running(d)[0].version == "1.1.0" for d in hub.behaviours)
+
+
+def test_a_rolled_back_rollout_stays_final_when_a_ring_is_appended():
+    devices = fleet()
+    devices[sorted(devices)[0]] = Behaviour(invalid={"1.1.0": 1.0})
+    clock = FakeClock()
+    hub = FakeHub(clock, devices, running=V1)
+    three = rings(sorted(devices))
+    first = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(RolloutPlan("detector", V2, V1, three[:2]))
+    assert first["status"] == "rolled_back"
+    calls = len(hub.calls)
+    again = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(RolloutPlan("detector", V2, V1, three))
+    assert again["status"] == "rolled_back" and len(again["rings"]) == 2
+    assert len(hub.calls) == calls
+
+
+# -- the soak counts only watched time ----------------------------------------------------------------------
+def _until_soaking(engine, plan, progress, clock):
+    while progress["rings"][0]["state"] != "soaking":
+        engine.step(plan, progress) or clock.sleep(1.0)
+
+
+def test_a_long_kill_mid_soak_restarts_the_soak_instead_of_passing_on_the_first_look():
+    clock = FakeClock()
+    hub = FakeHub(clock, fleet(), running=V1)
+    plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
+    engine = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0)
+    _until_soaking(engine, plan, engine.start(plan), clock)       # killed right after soak-started was saved
+    clock.sleep(1000.0)
+    resumed_at = clock.now()
+    progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(plan)
+    assert progress["status"] == "succeeded", "the downtime must not count against the deadline either"
+    canary = progress["rings"][0]
+    assert canary["finished_at"] >= resumed_at + GATE.soak_seconds, "passed without watching a full soak"
+    assert canary["soak_started"] >= resumed_at
+    reset = [e for e in events(progress, "soak-reset") if e["ring"] == "canary"]
+    assert len(reset) == 1 and reset[0]["unobserved"] >= 1000 and "not observed for 1000" in reset[0]["reasons"][0]
+
+
+def test_a_long_kill_while_waiting_for_adoption_moves_the_deadline_out_instead_of_failing():
+    clock = FakeClock()
+    hub = FakeHub(clock, fleet(), running=V1)
+    plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
+    engine = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0)
+    progress = engine.start(plan)
+    while progress["rings"][0]["state"] != "waiting":
+        engine.step(plan, progress)
+    clock.sleep(500.0)                                             # deadline is 120 s
+    progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(plan)
+    assert progress["status"] == "succeeded"
+    assert [e["ring"] for e in events(progress, "observation-gap")] == ["canary"]
+
+
+def test_a_short_kill_keeps_the_soak_start():
+    clock = FakeClock()
+    hub = FakeHub(clock, fleet(), running=V1)
+    plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
+    engine = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0)
+    _until_soaking(engine, plan, engine.start(plan), clock)
+    started = hub.load_progress(plan.rollout_id)["rings"][0]["soak_started"]
+    clock.sleep(3.0)
+    progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(plan)
+    assert progress["rings"][0]["soak_started"] == started
+    assert events(progress, "soak-reset") == []
+
+
+def test_a_slow_platform_query_is_watched_time_and_does_not_reset_the_soak():
+    """Azure's observe can wait minutes for IoT Hub metrics: time spent inside it is observation, not a gap."""
+    clock = FakeClock()
+    hub = FakeHub(clock, fleet(), running=V1)
+    fast = hub.observe
+
+    def slow(target, d, since):
+        obs = fast(target, d, since)
+        clock.sleep(60.0)
+        return obs
+
+    hub.observe = slow
+    plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours), gate=GATE.model_copy(update={"deadline_seconds": 1000})))
+    progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(plan)
+    assert progress["status"] == "succeeded"
+    assert events(progress, "soak-reset") == [] and events(progress, "observation-gap") == []
+
+
+# -- the failure report names devices and values ----------------------------------------------------------
+@pytest.mark.parametrize("behaviour, metric, value, bound, text", [
+    (Behaviour(invalid={"1.1.0": 1.0}), "invalid_output_share", 1.0, 0.0, "NaN/Inf outputs 100.00% (max 0.00%)"),
+    (Behaviour(errors={"1.1.0": 0.5}), "error_rate", 0.5, 0.01, "error rate 50.00% (max 1.00%)"),
+    (Behaviour(p99={"1.1.0": 400.0}), "p99_latency_ms", 400.0, 50.0, "p99 latency 400.00 ms (max 50.00 ms)"),
+])
+def test_a_metric_gate_failure_names_the_offending_devices_with_their_values(behaviour, metric, value, bound, text):
+    from components.rollout.report import failure_summary
+
+    devices = fleet()
+    bad = sorted(devices)[1]
+    devices[bad] = behaviour
+    progress, _, _ = run(devices)
+    expected = [{"device": bad, "metric": metric, "value": value, "max": bound}]
+    assert progress["report"]["offenders"] == expected, "healthy devices are not offenders; the bad one is"
+    assert progress["rings"][0]["verdict"]["offenders"] == expected
+    assert f"Offending devices: {bad} {text}" in failure_summary(progress)
+
+
+def test_failure_summary_keeps_old_records_and_long_lists_readable():
+    from components.rollout.report import failure_summary
+
+    old = {"rollout_id": "r@1", "status": "rolled_back", "report": {"failed_ring": "canary", "reasons": ["x"], "failures": []}}
+    assert "Offending" not in failure_summary(old)
+    many = [{"device": f"d{i}", "metric": "error_rate", "value": 0.5, "max": 0.01} for i in range(20)]
+    text = failure_summary({**old, "report": {**old["report"], "offenders": many}})
+    assert "d4 error rate" in text and "d5 " not in text and "(+15 more in the report)" in text
+
+
+# -- the timeline sees what the gate saw ----------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [False, True], ids=["passes", "fails"])
+def test_a_sample_is_recorded_at_every_gate_verdict(bad):
+    devices = fleet()
+    if bad:
+        devices[sorted(devices)[0]] = Behaviour(invalid={"1.1.0": 1.0})
+    progress, _, _ = run(devices, poll=0.2)
+    decided = [r for r in progress["rings"] if r["verdict"]]
+    assert decided
+    for ring in decided:
+        at = [s for s in progress["samples"] if s["ring"] == ring["name"] and s["t"] == ring["finished_at"]]
+        assert len(at) == 1, f"no sample at the {ring['name']} verdict"
+        assert at[0]["adopted"] == ring["verdict"]["measured"]["adopted"] > 0

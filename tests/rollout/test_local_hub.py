@@ -1,0 +1,151 @@
+"""The local hub's share of the engine contract: per-device offenders in observations, and the lease that
+keeps two processes from driving one rollout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components.local.hub import LocalHub, observe_reports
+from components.rollout.engine import RolloutEngine, RolloutPlan
+from components.rollout.gate import MAX_OFFENDERS, evaluate
+from components.rollout.types import OFFENDERS_PER_METRIC, DeviceReport, RingTarget
+from edgefleet.config import GateConfig
+from edgefleet.errors import EdgefleetError
+from tests.rollout.fakes import desired
+
+V2 = desired("1.1.0")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def report(dev: str, errors=0, invalid=0, p99=5.0, version=V2) -> DeviceReport:
+    return DeviceReport(device_id=dev, model="detector", version=version.version, sha256=version.sha256, status="ok",
+                        inferences=100, errors=errors, invalid_outputs=invalid, p99_latency_ms=p99, reported_at=10.0)
+
+
+# -- offenders -----------------------------------------------------------------------------------------------
+def test_observation_lists_the_worst_devices_per_metric_bounded_and_leaves_out_clean_ones():
+    devices = [f"d{i:03d}" for i in range(200)]
+    reports = {d: report(d, errors=i % 7, invalid=1 if i < 3 else 0, p99=5.0 + i) for i, d in enumerate(devices)}
+    obs = observe_reports(devices, reports, V2, since=0.0)
+    by_metric = {m: [(d, v) for d, mm, v in obs.offenders if mm == m] for m in ("error_rate", "invalid_output_share", "p99_latency_ms")}
+    assert all(len(v) <= OFFENDERS_PER_METRIC for v in by_metric.values())
+    assert by_metric["invalid_output_share"] == [("d000", 0.01), ("d001", 0.01), ("d002", 0.01)]
+    assert by_metric["p99_latency_ms"][0] == ("d199", 204.0)
+    assert [v for _, v in by_metric["error_rate"]] == sorted((v for _, v in by_metric["error_rate"]), reverse=True)
+    assert all(v > 0 for vs in by_metric.values() for _, v in vs)
+
+
+def test_gate_offenders_keep_only_breached_metrics_over_their_threshold_and_stay_bounded():
+    devices = [f"d{i:03d}" for i in range(100)]
+    reports = {d: report(d, errors=50, invalid=0, p99=5.0 if i else 900.0) for i, d in enumerate(devices)}
+    obs = observe_reports(devices, reports, V2, since=0.0)
+    gate = GateConfig(soak_seconds=0, deadline_seconds=10, success_share=1.0, min_reporting_share=1.0,
+                      max_error_rate=0.1, max_p99_latency_ms=100.0)
+    v = evaluate(gate, obs, since_deploy=0, soak_started=None, now=1)
+    assert v.outcome == "fail"
+    assert len(v.offenders) <= MAX_OFFENDERS
+    assert {"device": "d000", "metric": "p99_latency_ms", "value": 900.0, "max": 100.0} in v.offenders
+    assert {o["metric"] for o in v.offenders} == {"error_rate", "p99_latency_ms"}
+    assert all(o["value"] > o["max"] for o in v.offenders)
+
+
+# -- the lease ---------------------------------------------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def progress_record(rollout: str = "detector") -> dict:
+    return {"rollout_id": f"{rollout}@1", "rollout": rollout, "status": "running", "started_at": 0}
+
+
+def test_a_held_lease_refuses_a_second_driver_with_the_hub_file_the_holder_and_the_fix(tmp_path):
+    path = tmp_path / "hub.sqlite"
+    a, b = LocalHub(path), LocalHub(path)
+    with a.lease("detector", owner="edgefleet up (stack local)"):
+        with pytest.raises(EdgefleetError) as err:
+            with b.lease("detector", owner="pulumi gate canary"):
+                pass
+        text = str(err.value)
+        assert str(path) in text and "edgefleet up (stack local)" in text and "fix:" in text and "wait for that run" in text
+        target = RingTarget("detector", "canary", 0, ("d1",))
+        with pytest.raises(EdgefleetError, match="being driven by edgefleet up"):
+            b.save_progress("detector@1", progress_record())
+        with pytest.raises(EdgefleetError, match="being driven by edgefleet up"):
+            b.set_desired(target, V2)
+        a.save_progress("detector@1", progress_record())
+        a.set_desired(target, V2)
+        b.save_progress("other@1", progress_record("other"))     # other rollouts are not held
+        with a.lease("detector") as again:                     # re-entrant for its holder
+            assert again.owner == "edgefleet up (stack local)"
+        assert a.lease_holder("detector")["owner"] == "edgefleet up (stack local)"
+    assert a.lease_holder("detector") is None
+    with b.lease("detector", owner="pulumi gate canary") as held:
+        assert held.took_over is None
+        b.save_progress("detector@1", progress_record())
+
+
+def test_the_holder_renews_its_lease_while_it_runs(tmp_path):
+    path = tmp_path / "hub.sqlite"
+    a, b = LocalHub(path), LocalHub(path)
+    with a.lease("detector", owner="A", ttl=0.3):
+        time.sleep(1.0)                                        # three ttls: only renewal keeps it
+        with pytest.raises(EdgefleetError, match="being driven by A"):
+            with b.lease("detector", owner="B"):
+                pass
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_holder_can_no_longer_write(tmp_path):
+    path = tmp_path / "hub.sqlite"
+    clock = Clock()
+    a, b = LocalHub(path, clock=clock), LocalHub(path, clock=clock)
+    with a.lease("detector", owner="A", ttl=30):
+        clock.t += 31                                          # A stalled past its ttl (renewal thread never ran)
+        with b.lease("detector", owner="B") as held:
+            assert held.took_over and "A" in held.took_over
+            with pytest.raises(EdgefleetError, match="lost its lease"):
+                a.save_progress("detector@1", progress_record())
+            b.save_progress("detector@1", progress_record())
+        assert a.lease_holder("detector") is None
+    assert a.lease_holder("detector") is None, "the old holder's exit must not release someone else's lease"
+
+
+def test_a_lease_left_by_a_killed_process_on_this_host_is_taken_over_at_once(tmp_path):
+    path = tmp_path / "hub.sqlite"
+    LocalHub(path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom components.local.hub import LocalHub\n"
+         f"h = LocalHub({str(path)!r})\nwith h.lease('detector', owner='edgefleet up', ttl=3600):\n"
+         "    print('held', flush=True)\n    time.sleep(120)\n"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        mine = LocalHub(path)
+        with pytest.raises(EdgefleetError, match=f"pid {holder.pid}"):
+            with mine.lease("detector"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with mine.lease("detector", owner="edgefleet up (again)") as held:
+        assert held.took_over and f"pid {holder.pid}" in held.took_over
+
+
+def test_an_engine_without_the_lease_cannot_drive_a_held_rollout(tmp_path):
+    from tests.rollout.fakes import FakeClock
+
+    path = tmp_path / "hub.sqlite"
+    a, b = LocalHub(path), LocalHub(path)
+    plan = RolloutPlan("detector", V2, None, ())
+    with a.lease("detector", owner="edgefleet up"):
+        with pytest.raises(EdgefleetError, match="being driven by edgefleet up"):
+            RolloutEngine(b, FakeClock()).run(plan)
+    assert b.load_progress(plan.rollout_id) is None
