@@ -3,7 +3,7 @@
 The base graph is synthesized from a temporary `git worktree` of the base ref (removed afterwards, even on
 error), by that checkout's own program when it has one, in a child process so its modules never mix
 with the working tree's. Everything after that is pure: `compute_plan(base, head)` diffs the graphs into
-models, rollouts (rings in order, devices and share of the fleet per step), resources (create / update /
+models, rollouts (rings in order, devices and cumulative share per step), resources (create / update /
 replace / delete by URN) and the policy report, and `render_markdown` turns that into a PR comment.
 """
 
@@ -56,6 +56,11 @@ REPLACE_ON: dict[str, tuple[str, ...]] = {
 REPLACE_ALL_BUT: dict[str, tuple[str, ...]] = {"aws-native:greengrassv2:Deployment": ("tags",)}
 # IoT Hub configurations (IoT Edge layered deployments) cannot change their content once created.
 IMMUTABLE_CONTENT = ("content",)
+# A provider moved to another region or location creates everything it manages anew there: Pulumi replaces the
+# provider and, with it, every resource the provider manages.
+PROVIDER_PREFIX = "pulumi:providers:"
+PROVIDER_LOCATION_KEYS = ("region", "location")
+PROVIDER_MOVED = "provider region changed"
 
 
 def _is_iot_hub_configuration(type_: str) -> bool:
@@ -145,11 +150,28 @@ def local_devices(cfg) -> list:
 
 @dataclass(frozen=True)
 class Membership:
-    """Per rollout: ring -> device ids, and how many devices the rollout's groups hold. Local stacks only."""
+    """Per rollout: ring -> device count, and how many devices the rollout's rings hold.
 
-    rings: dict[str, dict[str, list[str]]]
+    Local rollouts are counted over the devices the local fleet registers, exactly. Cloud rings select by
+    thing attributes / twin tags, so the only size they have before deploy is the one the stack declares
+    (`edgefleet:aws.rings.<ring>.devices`); those rollouts are listed in `declared`.
+    """
+
+    rings: dict[str, dict[str, int]]
     rollout_devices: dict[str, int]
     fleet: int | None
+    declared: frozenset[str] = frozenset()
+
+    def counted(self, rollout: str) -> str | None:
+        if rollout not in self.rings:
+            return None
+        return "declared" if rollout in self.declared else "local"
+
+
+def _declared_sizes(cfg, platform: str) -> Mapping[str, int]:
+    """Ring name -> the devices the stack declares it must reach, for a cloud platform that declares them."""
+    policies = getattr(getattr(cfg, platform, None), "rings", None) or {}
+    return {name: p.devices for name, p in policies.items() if isinstance(getattr(p, "devices", None), int)}
 
 
 def membership(graph: Mapping[str, Any]) -> Membership:
@@ -162,14 +184,20 @@ def membership(graph: Mapping[str, Any]) -> Membership:
     cfg = parse_stack_config(graph["config"], graph["stack_file"])
     devices = local_devices(cfg)
     groups = {g.name: g for g in cfg.groups}
-    rings, totals = {}, {}
+    rings, totals, declared = {}, {}, set()
     for ro in cfg.rollouts:
         rollout_groups = [groups[r.group] for r in ro.rings]
-        if not devices or any(cfg.group_platform(g) != "local" for g in rollout_groups):
-            continue
-        rings[ro.name] = ring_members(ro.name, ro.rings, groups, devices)
-        totals[ro.name] = sum(1 for d in devices if any(in_group(d, g) for g in rollout_groups))
-    return Membership(rings, totals, len(devices) if devices else None)
+        platforms = {cfg.group_platform(g) for g in rollout_groups}
+        if platforms == {"local"} and devices:
+            rings[ro.name] = {r: len(ids) for r, ids in ring_members(ro.name, ro.rings, groups, devices).items()}
+            totals[ro.name] = sum(1 for d in devices if any(in_group(d, g) for g in rollout_groups))
+        elif len(platforms) == 1 and platforms != {"local"}:
+            sizes = _declared_sizes(cfg, next(iter(platforms)))
+            if sizes and all(r.name in sizes for r in ro.rings):
+                rings[ro.name] = {r.name: sizes[r.name] for r in ro.rings}
+                totals[ro.name] = sum(rings[ro.name].values())
+                declared.add(ro.name)
+    return Membership(rings, totals, len(devices) if devices else None, frozenset(declared))
 
 
 def policy_settings(graph: Mapping[str, Any], base: Mapping[str, Any] | None = None, project_dir: Path | None = None) -> rules.Settings:
@@ -178,8 +206,9 @@ def policy_settings(graph: Mapping[str, Any], base: Mapping[str, Any] | None = N
     return rules.Settings.from_config(
         graph.get("config") or {}, stack=str(graph.get("stack", "")),
         base_models=rules.base_model_facts(base["resources"]) if base is not None else None,
-        ring_devices={ro: {r: len(ids) for r, ids in rs.items()} for ro, rs in members.rings.items()},
-        rollout_devices=dict(members.rollout_devices),
+        # Declared cloud sizes reach the rules through the stack config, where they are reported as declared.
+        ring_devices={ro: dict(rs) for ro, rs in members.rings.items() if ro not in members.declared},
+        rollout_devices={ro: n for ro, n in members.rollout_devices.items() if ro not in members.declared},
         project_dir=str(project_dir) if project_dir is not None else None,
     )
 
@@ -283,14 +312,15 @@ def _selector(ring: Mapping[str, Any], group: Mapping[str, Any] | None) -> str:
     return what + (f" [{hw}]" if hw else "")
 
 
-def _ring_rows(g: rules.Graph, rollout: Mapping[str, Any], counts: Mapping[str, list[str]] | None, fleet: int | None,
-               stack_fleet: int | None, base_rings: Mapping[str, dict], base_counts: Mapping[str, list[str]] | None) -> list[dict]:
+def _ring_rows(g: rules.Graph, rollout: Mapping[str, Any], counts: Mapping[str, int] | None, fleet: int | None,
+               stack_fleet: int | None, base_rings: Mapping[str, dict], base_counts: Mapping[str, int] | None,
+               counted: str | None = None) -> list[dict]:
     groups = g.groups()
     rows, cumulative = [], 0
     for ring in g.rings(rollout):
         inputs = ring.get("inputs") or {}
         name = rules.ring_name(ring)
-        devices = len(counts[name]) if counts is not None and name in counts else None
+        devices = counts[name] if counts is not None and name in counts else None
         old = base_rings.get(name)
         changes = []
         if old is None:
@@ -300,14 +330,17 @@ def _ring_rows(g: rules.Graph, rollout: Mapping[str, Any], counts: Mapping[str, 
                 if dig(old, "inputs", key) != inputs.get(key):
                     changes.append(key)
             status = "changed" if changes else "unchanged"
-        base_devices = len(base_counts[name]) if base_counts is not None and name in base_counts else None
+        base_devices = base_counts[name] if base_counts is not None and name in base_counts else None
+        if old is not None and None not in (devices, base_devices) and devices != base_devices:
+            changes.append("devices")
+            status = "changed"
         if devices is not None:
             cumulative += devices
         rows.append({
             "index": inputs.get("index"), "name": name, "group": inputs.get("group"), "platform": inputs.get("platform"),
             "hardware": dig(groups.get(inputs.get("group"), {}), "inputs", "hardware", "name"),
             "percent": inputs.get("percent"), "labels": inputs.get("labels") or {}, "selector": _selector(ring, groups.get(inputs.get("group"))),
-            "devices": devices, "base_devices": base_devices,
+            "devices": devices, "counted": counted if devices is not None else None, "base_devices": base_devices,
             "cumulative": cumulative if devices is not None else None,
             "share": (cumulative / fleet) if devices is not None and fleet else None,
             "stack_share": (cumulative / stack_fleet) if devices is not None and stack_fleet else None,
@@ -324,8 +357,10 @@ def diff_rollouts(base_g: rules.Graph, head_g: rules.Graph, base_m: Membership, 
         name, inputs = ro["name"], ro.get("inputs") or {}
         old = base_ro.get(name)
         base_rings = {rules.ring_name(r): r for r in base_g.rings(old)} if old else {}
-        rows = _ring_rows(head_g, ro, head_m.rings.get(name), head_m.rollout_devices.get(name), head_m.fleet,
-                          base_rings, base_m.rings.get(name))
+        counted = head_m.counted(name)
+        stack_fleet = head_m.fleet if counted == "local" else None   # declared sizes are of this rollout's rings only
+        rows = _ring_rows(head_g, ro, head_m.rings.get(name), head_m.rollout_devices.get(name), stack_fleet,
+                          base_rings, base_m.rings.get(name), counted)
         removed = [n for n in base_rings if n not in {r["name"] for r in rows}]
         version_changed = old is None or dig(old, "inputs", "sha256") != inputs.get("sha256") or dig(old, "inputs", "version") != inputs.get("version")
         rings_changed = bool(removed) or any(r["status"] != "unchanged" for r in rows)
@@ -336,14 +371,15 @@ def diff_rollouts(base_g: rules.Graph, head_g: rules.Graph, base_m: Membership, 
             "from_version": dig(old, "inputs", "version") if old else None, "to_version": inputs.get("version"),
             "from_sha256": dig(old, "inputs", "sha256") if old else None, "to_sha256": inputs.get("sha256"),
             "version_changed": version_changed, "rings": rows, "removed_rings": removed,
-            "devices": head_m.rollout_devices.get(name), "fleet": head_m.fleet,
+            "devices": head_m.rollout_devices.get(name), "fleet": stack_fleet, "counted": counted,
         })
     for name, old in sorted(base_ro.items()):
         if name not in {r["name"] for r in head_g.of_type(rules.ROLLOUT)}:
             out.append({"name": name, "model": dig(old, "inputs", "model"), "status": "removed",
                         "from_version": dig(old, "inputs", "version"), "to_version": None, "from_sha256": dig(old, "inputs", "sha256"),
                         "to_sha256": None, "version_changed": True, "rings": [], "removed_rings": [rules.ring_name(r) for r in base_g.rings(old)],
-                        "devices": base_m.rollout_devices.get(name), "fleet": base_m.fleet})
+                        "devices": base_m.rollout_devices.get(name), "fleet": base_m.fleet if base_m.counted(name) == "local" else None,
+                        "counted": base_m.counted(name)})
     return out
 
 
@@ -435,8 +471,54 @@ def diff_resources(base: list[Mapping[str, Any]], head: list[Mapping[str, Any]])
         if urn not in news and urn not in aliased:
             out.append({"urn": urn, "type": o["type"], "name": o["name"], "custom": o.get("custom", True), "action": "delete",
                         "changed": [], "replace_keys": [], "why": ""})
+    out = follow_moved_providers(news, out)
     order = {a: i for i, a in enumerate(ACTIONS)}
     return sorted(out, key=lambda e: (order[e["action"]], e["type"], e["name"]))
+
+
+def provider_ref(rec: Mapping[str, Any]) -> str | None:
+    """The provider reference a record carries (`urn::id` as the engine passes it, or the URN), when synth recorded one."""
+    ref = rec.get("provider") or (rec.get("options") or {}).get("provider")
+    return ref if isinstance(ref, str) and ref else None
+
+
+def follow_moved_providers(news: Mapping[str, Mapping[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A provider whose region/location changed is replaced, and so is every resource it manages.
+
+    Which resources a provider manages comes from the provider reference a record carries (`options.provider`,
+    which edgefleet synth records). For a graph that records none (one synthesized by an older edgefleet at the
+    base ref), every custom resource of the provider's package (`aws:` for `pulumi:providers:aws`) is taken to
+    use it: the program passes its one explicit provider per package to all.
+    """
+    by_urn = {e["urn"]: e for e in entries}
+    moved: dict[str, str] = {}
+    for e in entries:
+        keys = [k for k in e["changed"] if k in PROVIDER_LOCATION_KEYS]
+        if e["type"].startswith(PROVIDER_PREFIX) and e["action"] in ("update", "replace") and keys:
+            e.update(action="replace", replace_keys=sorted(set(e["replace_keys"]) | set(keys)),
+                     why=f"{', '.join(keys)} changed: a provider in another region manages new resources")
+            moved[e["urn"]] = e["type"].removeprefix(PROVIDER_PREFIX)
+    if not moved:
+        return entries
+    refs_recorded = any(provider_ref(r) for r in news.values())
+    for urn, r in news.items():
+        if not r.get("custom", True) or r["type"].startswith(PROVIDER_PREFIX):
+            continue
+        ref = provider_ref(r)
+        if ref is not None:
+            hit = any(ref == m or ref.startswith(m + "::") for m in moved)
+        else:
+            hit = not refs_recorded and r["type"].split(":", 1)[0] in moved.values()
+        if not hit:
+            continue
+        e = by_urn.get(urn)
+        if e is None:
+            e = {"urn": urn, "type": r["type"], "name": r["name"], "custom": True, "action": "update", "changed": [], "replace_keys": [], "why": ""}
+            entries.append(e)
+        if e["action"] in ("update", "replace"):
+            e.update(action="replace", replace_keys=sorted(set(e["replace_keys"]) | {"(provider)"}),
+                     why=PROVIDER_MOVED + (f"; {e['why']}" if e["why"] else ""))
+    return entries
 
 
 # -- the plan ----------------------------------------------------------------------------------------------------------
@@ -524,19 +606,29 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
     if not r["version_changed"]:
         lines += [f"The model does not change; the ring layout does. Devices that land in a new or changed ring are "
                   f"(re)targeted with {r['model']} {r['to_version']}.", ""]
-    if r["devices"] is not None:
+    declared = r.get("counted") == "declared"
+    if declared:
+        platform = (r["rings"][0]["platform"] if r["rings"] else None) or "aws"
+        fleet = (f"{r['devices']:,} devices as declared in `edgefleet:{platform}.rings.<ring>.devices`: rings select devices by "
+                 f"thing attributes / twin tags, so the devices that register decide the real counts at deploy")
+        whole = "of the rollout's declared devices"
+    elif r["devices"] is not None:
         fleet = f"{r['devices']:,} devices in its groups" + (f", {r['fleet']:,} in the stack's fleet" if r["fleet"] else "")
+        whole = "of the fleet" if r["fleet"] else "of its groups' devices"
     else:
         fleet = "device counts are known at deploy: rings select devices by thing attributes / twin tags"
+        whole = ""
     lines += [f"Rings run in this order, each after the previous one's gate passes ({fleet}):", "",
-              "| step | ring | selects | devices | cumulative | share of fleet | gate |", "|---|---|---|---|---|---|---|"]
+              "| step | ring | selects | devices | cumulative devices | cumulative share | gate |", "|---|---|---|---|---|---|---|"]
     for row in r["rings"]:
         mark = {"new": " 🆕", "changed": " ✱"}.get(row["status"], "")
         devices = _num(row["devices"]) if row["devices"] is not None else "known at deploy"
+        if row["counted"] == "declared":
+            devices += " (declared)"
         if row["base_devices"] is not None and row["devices"] is not None and row["base_devices"] != row["devices"]:
             devices += f" (was {row['base_devices']:,})"
-        share = rules.fmt_share(row["stack_share"] if row["stack_share"] is not None else row["share"]) if row["share"] is not None else "n/a"
-        lines.append(f"| {row['index'] + 1} | `{row['name']}`{mark} | {_md(row['selector'])} | {devices} | {_num(row['cumulative'])} | {share} | {_md(row['gate_summary'])} |")
+        lines.append(f"| {row['index'] + 1} | `{row['name']}`{mark} | {_md(row['selector'])} | {devices} | {_num(row['cumulative'])} | "
+                     f"{_share(row)} | {_md(row['gate_summary'])} |")
     for row in r["rings"]:
         if row["changes"]:
             lines.append(f"- ring `{row['name']}` changed: {', '.join(row['changes'])}")
@@ -544,9 +636,17 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
         lines.append(f"- rings removed: {', '.join(r['removed_rings'])}")
     first = r["rings"][0] if r["rings"] else None
     if first and first["devices"] is not None:
-        lines += ["", f"Blast radius of step 1: **{first['devices']:,} device(s)** ({rules.fmt_share(first['stack_share'] or 0)} of the fleet) "
+        share = f" ({_share(first)} {whole})" if first["share"] is not None else ""
+        lines += ["", f"Blast radius of step 1: **{first['devices']:,} device(s){' (declared)' if declared else ''}**{share} "
                       f"for at least {first['soak_seconds']:g}s before ring `{r['rings'][1]['name'] if len(r['rings']) > 1 else '—'}` sees it."]
     return lines + [""]
+
+
+def _share(row: Mapping[str, Any]) -> str:
+    """The cumulative share after this step: of the stack's fleet when known, else of the rollout's devices."""
+    if row["share"] is None:
+        return "n/a"
+    return rules.fmt_share(row["stack_share"] if row["stack_share"] is not None else row["share"])
 
 
 def _resources_md(res: dict[str, Any]) -> list[str]:

@@ -122,6 +122,8 @@ def _monitor_and_mocks(stack: str, project: str, region: str):
                         "additional_secret_outputs": sorted(request.additionalSecretOutputs) or None,
                         "aliases": sorted(a.spec.name or a.urn for a in request.aliases) or None,
                         "retain_on_delete": request.retainOnDelete or None,
+                        # `urn::id` as the engine gets it; the mock's id says nothing, the URN names the provider
+                        "provider": request.provider.rsplit("::", 1)[0] if request.provider else None,
                     }.items() if v is not None},
                 }
             return response

@@ -51,6 +51,12 @@ KMS_EXTERNAL_KEYS = ("aws:kms/externalKey:ExternalKey", "aws:kms/replicaExternal
 IAM_POLICY_DOCS = ("aws:iam/policy:Policy", "aws:iam/rolePolicy:RolePolicy", "aws:iam/userPolicy:UserPolicy",
                    "aws:iam/groupPolicy:GroupPolicy", "aws:iot/policy:Policy")
 IAM_ROLE = "aws:iam/role:Role"
+# Resource policies: documents attached to a resource rather than an identity, same grammar, same risk.
+RESOURCE_POLICY_DOCS = {
+    KMS_KEY: "KMS key policy", "aws:kms/keyPolicy:KeyPolicy": "KMS key policy",
+    S3_POLICY: "S3 bucket policy", **{b: "S3 bucket policy (inline)" for b in S3_BUCKETS},
+    "aws:ecr/repositoryPolicy:RepositoryPolicy": "ECR repository policy",
+}
 IAM_ATTACHMENTS = ("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "aws:iam/policyAttachment:PolicyAttachment")
 AZ_STORAGE_ACCOUNT = "azure-native:storage:StorageAccount"
 AZ_BLOB_CONTAINER = "azure-native:storage:BlobContainer"
@@ -253,6 +259,8 @@ class Settings:
 
     `base_models` (model name -> the manifest it replaces) exists only when a base graph was synthesized
     (`--base`); `ring_devices` / `rollout_devices` only where membership is computable offline (local).
+    `declared_ring_devices` (platform -> ring -> devices) is what cloud stacks declare each ring must reach
+    (`edgefleet:aws.rings.<ring>.devices`): the only size a label-selected cloud ring has before deploy.
     `project_dir` lets the digest rule re-hash local artifacts; it is never set under CrossGuard.
     """
 
@@ -267,6 +275,7 @@ class Settings:
     base_models: Mapping[str, Any] | None = None
     ring_devices: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     rollout_devices: Mapping[str, int] = field(default_factory=dict)
+    declared_ring_devices: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     project_dir: str | None = None
 
     def level(self, rule: "Rule") -> str:
@@ -289,6 +298,7 @@ class Settings:
             max_metric_regression=float(policy.get("max_metric_regression", DEFAULT_MAX_METRIC_REGRESSION)),
             enforcement={str(k): str(v) for k, v in (policy.get("enforcement") or {}).items()},
             agent_versions=agent_versions(config),
+            declared_ring_devices=declared_ring_devices(config),
             **extra,
         )
 
@@ -300,6 +310,20 @@ def agent_versions(config: Mapping[str, Any]) -> dict[str, str]:
         section = config.get(platform)
         if isinstance(section, Mapping):
             out[platform] = str(section.get("agent_version") or DEFAULT_AGENT_VERSION)
+    return out
+
+
+def declared_ring_devices(config: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Ring sizes cloud stacks declare (`edgefleet:<platform>.rings.<ring>.devices`), by platform then ring name."""
+    out: dict[str, dict[str, int]] = {}
+    for platform in ("aws", "azure"):
+        rings = dig(config, platform, "rings")
+        if not isinstance(rings, Mapping):
+            continue
+        counts = {str(name): policy["devices"] for name, policy in rings.items()
+                  if isinstance(policy, Mapping) and type(policy.get("devices")) is int}
+        if counts:
+            out[platform] = counts
     return out
 
 
@@ -329,6 +353,7 @@ SETTING_SCHEMA: dict[str, dict[str, Any]] = {
     "base_models": {"type": "object"},
     "ring_devices": {"type": "object"},
     "rollout_devices": {"type": "object"},
+    "declared_ring_devices": {"type": "object"},
 }
 
 
@@ -632,6 +657,12 @@ def first_ring_share(g: Graph, s: Settings, rollout: Mapping[str, Any], rings: l
     counts, total = s.ring_devices.get(name) or {}, s.rollout_devices.get(name)
     if total and ring_name(first) in counts:
         return counts[ring_name(first)] / total, f"{counts[ring_name(first)]} of {total} devices"
+    platforms = {str(dig(r, "inputs", "platform")) for r in rings}
+    declared = (s.declared_ring_devices.get(next(iter(platforms))) or {}) if len(platforms) == 1 else {}
+    if declared and all(ring_name(r) in declared for r in rings):
+        # Rings are disjoint (a device belongs to the first ring that selects it), so their sizes add up.
+        count, total = declared[ring_name(first)], sum(declared[ring_name(r)] for r in rings)
+        return count / total, f"{count} of {total} devices, as declared in edgefleet:{next(iter(platforms))}.rings.<ring>.devices"
     groups = {dig(r, "inputs", "group") for r in rings}
     percent, labels = dig(first, "inputs", "percent"), dig(first, "inputs", "labels") or {}
     if len(groups) == 1 and isinstance(percent, (int, float)):
@@ -823,6 +854,16 @@ def check_iam(g: Graph, s: Settings) -> Iterator[Finding]:
             yield Finding(f"{p['type'].split(':')[1]} {p['name']!r}: policy document not known before deploy", p["urn"], unverified=True)
         elif _wildcards(doc):
             yield Finding(f"{p['type'].split(':')[1]} {p['name']!r} allows wildcard actions: {', '.join(_wildcards(doc))}", p["urn"])
+    for r in g.of_type(*RESOURCE_POLICY_DOCS):
+        doc = dig(r, "inputs", "policy")
+        if doc is None:
+            continue        # none declared (a KMS key then gets AWS's default key policy)
+        found = True
+        what = f"{RESOURCE_POLICY_DOCS[r['type']]} {r['name']!r}"
+        if is_unknown(doc):
+            yield Finding(f"{what}: document not known before deploy", r["urn"], unverified=True)
+        elif _wildcards(doc):
+            yield Finding(f"{what} allows wildcard actions: {', '.join(_wildcards(doc))}", r["urn"])
     for r in g.of_type(IAM_ROLE):
         found = True
         for i, inline in enumerate(dig(r, "inputs", "inlinePolicies") or []):
@@ -840,7 +881,7 @@ def check_iam(g: Graph, s: Settings) -> Iterator[Finding]:
         if dig(a, "inputs", "policyArn") in ADMIN_POLICY_ARNS:
             yield Finding(f"{a['name']!r} attaches {dig(a, 'inputs', 'policyArn')}", a["urn"])
     if not found:
-        raise NotApplicable("the stack declares no IAM or IoT policies")
+        raise NotApplicable("the stack declares no IAM, IoT, KMS key or resource policies")
 
 
 RULES: tuple[Rule, ...] = (
@@ -851,7 +892,7 @@ RULES: tuple[Rule, ...] = (
          description="The sha256/size the manifest pins are what every publication, ring and deployment carries, "
                      "and (offline) what the artifact file on disk hashes to."),
     Rule("production-canary-ring", "Production rollouts start with a small, soaked canary", MANDATORY, check_production_canary,
-         ("production", "canary_max_share", "min_canary_soak_seconds", "ring_devices", "rollout_devices"),
+         ("production", "canary_max_share", "min_canary_soak_seconds", "ring_devices", "rollout_devices", "declared_ring_devices"),
          "With policy.production, each rollout's first ring covers at most policy.canary_max_share of its devices and "
          "soaks at least policy.min_canary_soak_seconds."),
     Rule("metric-floor", "Evaluation metrics meet the stack's floors", MANDATORY, check_metric_floor, ("metric_floors",),
@@ -872,8 +913,9 @@ RULES: tuple[Rule, ...] = (
     Rule("signing-key-not-exportable", "Signing keys cannot be exported", MANDATORY, check_signing_key,
          description="SigningKey outputs exportable: false; no KMS external (imported) keys; Key Vault keys not exportable and without release policy."),
     Rule("iam-no-wildcard-actions", "IAM grants no wildcard actions", MANDATORY, check_iam,
-         description="IAM and IoT policies, role inline and trust policies allow no action containing '*', no Allow+NotAction, "
-                     "and no AdministratorAccess-like managed policies."),
+         description="IAM and IoT policies, role inline and trust policies, KMS key policies and S3/ECR resource policies "
+                     "allow no action containing '*' and no Allow+NotAction (Deny statements may use wildcards), "
+                     "and no AdministratorAccess-like managed policies are attached."),
 )
 RULES_BY_NAME = {r.name: r for r in RULES}
 

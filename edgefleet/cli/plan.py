@@ -1,4 +1,8 @@
-"""`edgefleet plan`: what a change does to which devices, as Markdown for a PR comment (or JSON)."""
+"""`edgefleet plan`: what a change does to which devices, as Markdown for a PR comment (or JSON).
+
+Exits with EXIT_POLICY, after every output is written, when a mandatory rule fails: the plan already ran
+the rules against the base, so CI gates on it without synthesizing the base a second time.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from edgefleet.cli import app, err_console
+from edgefleet.cli import EXIT_POLICY, app, err_console
 
 
 @app.command("plan")
@@ -16,6 +20,7 @@ def plan_cmd(
     base: str = typer.Option(..., "--base", "-b", help="Git ref to compare against (e.g. origin/main): synthesized from a temporary worktree."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of Markdown."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the output here (the PR comment body in CI)."),
+    json_out: Path | None = typer.Option(None, "--json-out", help="Also write the plan as JSON here, from the same run."),
     project_dir: Path = typer.Option(Path("."), "--project-dir", help="The Pulumi project (holds Pulumi.yaml)."),
 ) -> None:
     """Diff the stack at --base against the working tree, offline: models, rings and devices, resources, policy."""
@@ -28,7 +33,14 @@ def plan_cmd(
     old = base_graph(project_dir, stack, base)
     new = synth(project_dir, stack)
     plan = compute_plan(old, new, base_ref=base, project_dir=project_dir)
-    text = json.dumps(plan, indent=2, sort_keys=True) + "\n" if as_json else render_markdown(plan) + "\n"
+    as_data = json.dumps(plan, indent=2, sort_keys=True) + "\n"
+    text = as_data if as_json else render_markdown(plan) + "\n"
     print(text, end="")
     if out is not None:
         atomic_write_bytes(out, text.encode())
+    if json_out is not None:
+        atomic_write_bytes(json_out, as_data.encode())
+    if plan["policy"]["blocking"]:
+        err_console.print(f"blocked by mandatory rule(s): {', '.join(plan['policy']['blocking'])}", highlight=False)
+        # Not typer.Exit: under main()'s standalone_mode=False typer *returns* that code and main() drops it.
+        raise SystemExit(EXIT_POLICY)

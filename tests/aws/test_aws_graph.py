@@ -63,6 +63,13 @@ def test_the_stack_declares_a_whole_greengrass_fleet(graph: Graph):
     }
 
 
+def test_every_cloud_resource_names_the_stacks_explicit_provider(graph: Graph):
+    """The region comes from the stack's own provider, never an ambient default; the plan follows these references."""
+    providers = {r["type"].removeprefix("pulumi:providers:"): r["urn"] for r in graph.resources if r["type"].startswith("pulumi:providers:")}
+    cloud = [r for r in graph.resources if r["custom"] and r["type"].split(":", 1)[0] in providers]
+    assert cloud and all(r["options"].get("provider") == providers[r["type"].split(":", 1)[0]] for r in cloud)
+
+
 def test_model_store_is_versioned_kms_encrypted_private_and_tls_only(graph: Graph):
     bucket = graph.one("aws:s3/bucket:Bucket")
     assert graph.parent(bucket)["type"] == "edgefleet:storage:ModelStore"

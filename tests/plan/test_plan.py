@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -16,14 +17,15 @@ from onnx import TensorProto, helper
 from edgefleet.cli import EXIT_POLICY, main
 from edgefleet.errors import EdgefleetError
 from edgefleet.model_add import add_version, parse_metric
-from edgefleet.plan import base_graph, compute_plan, local_devices, render_markdown
+from edgefleet.plan import base_graph, compute_plan, diff_resources, local_devices, render_markdown
 from edgefleet.synth import synth
 
+ROOT = Path(__file__).resolve().parents[2]
 DATASET = "channel-dominance-eval-v1 (seed 7, 512 images)"
 
 
-def plan_for(repo: Path, base: str = "main") -> tuple[dict, str]:
-    plan = compute_plan(base_graph(repo, "local", base), synth(repo, "local"), base_ref=base, project_dir=repo)
+def plan_for(repo: Path, base: str = "main", stack: str = "local") -> tuple[dict, str]:
+    plan = compute_plan(base_graph(repo, stack, base), synth(repo, stack), base_ref=base, project_dir=repo)
     return plan, render_markdown(plan)
 
 
@@ -68,6 +70,7 @@ def test_version_bump(fleet_repo, capsys):
 
     code, text = cli(fleet_repo, capsys, "plan", "--stack", "local", "--base", "main", "--json")
     plan = json.loads(text)
+    assert "| step | ring | selects | devices | cumulative devices | cumulative share | gate |" in md
     (model,) = plan["models"]
     assert (model["old"]["version"], model["new"]["version"], model["io"]["verdict"]) == ("1.0.0", "1.1.0", "unchanged")
     assert model["metrics"][0]["verdict"] == "improved"
@@ -155,6 +158,8 @@ def test_model_sent_to_hardware_that_cannot_run_it(fleet_repo, capsys):
     assert (row["name"], row["devices"], row["hardware"]) == ("gateways", 20, "pi-zero")
     code, out = cli(fleet_repo, capsys, "policy", "--stack", "local")
     assert code == EXIT_POLICY and "hardware-can-run-model" in out
+    code, out = cli(fleet_repo, capsys, "plan", "--stack", "local", "--base", "main")
+    assert code == EXIT_POLICY and "❌ **blocked**: `hardware-can-run-model`" in out, "the plan gates CI on its own policy section"
 
 
 def test_no_change(fleet_repo):
@@ -194,3 +199,104 @@ def test_plan_counts_the_devices_the_local_fleet_registers(fleet_repo):
     devices = local_devices(cfg)
     assert [(d.id, d.labels) for d in devices] == [(d.id, d.labels) for d in fleet.local_devices(cfg)]
     assert devices[0].id == f"{cfg.local.devices[0].prefix}-0000"
+
+
+def test_one_run_writes_markdown_and_json_and_synthesizes_the_base_once(fleet_repo, tmp_path, capsys, monkeypatch):
+    import edgefleet.plan
+
+    calls = []
+    real = edgefleet.plan.base_graph
+    monkeypatch.setattr(edgefleet.plan, "base_graph", lambda *a: calls.append(a) or real(*a))
+    bump_to_1_1_0(fleet_repo)
+    md_path, json_path = tmp_path / "plan.md", tmp_path / "plan.json"
+    code, out = cli(fleet_repo, capsys, "plan", "--stack", "local", "--base", "main", "--out", str(md_path), "--json-out", str(json_path))
+    assert code == 0 and len(calls) == 1
+    assert md_path.read_text() == out and out.startswith("<!-- edgefleet-plan -->")
+    plan = json.loads(json_path.read_text())
+    assert plan["models"][0]["new"]["version"] == "1.1.0" and render_markdown(plan) + "\n" == out
+
+
+def test_aws_rings_show_their_declared_sizes_and_blast_radius(fleet_repo):
+    """AWS rings select by thing attributes; the plan counts them by `edgefleet:aws.rings.<ring>.devices`, labelled so."""
+    bump_to_1_1_0(fleet_repo)
+    plan, md = plan_for(fleet_repo, stack="aws-dev")
+    declared = yaml.safe_load((fleet_repo / "stacks" / "Pulumi.aws-dev.yaml").read_text())["config"]["edgefleet:aws"]["rings"]
+    (rollout,) = plan["rollouts"]
+    assert rollout["counted"] == "declared" and rollout["devices"] == 555 and rollout["fleet"] is None
+    rows = [(r["name"], r["devices"], r["counted"], r["cumulative"]) for r in rollout["rings"]]
+    assert rows == [("canary", 5, "declared", 5), ("early", 50, "declared", 55), ("broad", 500, "declared", 555)]
+    assert [r["devices"] for r in rollout["rings"]] == [declared[r["name"]]["devices"] for r in rollout["rings"]]
+    assert rollout["rings"][0]["share"] == 5 / 555
+    assert "known at deploy" not in md
+    assert "555 devices as declared in `edgefleet:aws.rings.<ring>.devices`" in md
+    assert "| 1 | `canary` | group cameras where ring=canary [jetson-orin] | 5 (declared) | 5 | 0.9% |" in md
+    assert "| 3 | `broad` | group cameras [jetson-orin] | 500 (declared) | 555 | 100% |" in md
+    assert "Blast radius of step 1: **5 device(s) (declared)** (0.9% of the rollout's declared devices) for at least 900s" in md
+
+
+def test_a_declared_ring_size_change_shows_the_rollout(fleet_repo):
+    path = fleet_repo / "stacks" / "Pulumi.aws-dev.yaml"
+    path.write_text(path.read_text().replace("canary: {devices: 5,", "canary: {devices: 8,"))
+    plan, md = plan_for(fleet_repo, stack="aws-dev")
+    (rollout,) = plan["rollouts"]
+    canary = rollout["rings"][0]
+    assert (canary["devices"], canary["base_devices"], canary["status"], canary["changes"]) == (8, 5, "changed", ["devices"])
+    assert "| 8 (declared) (was 5) |" in md
+
+
+def test_a_provider_region_change_replaces_everything_it_manages(fleet_repo):
+    path = fleet_repo / "stacks" / "Pulumi.aws-dev.yaml"
+    path.write_text(path.read_text().replace("region: eu-west-1", "region: eu-central-1"))
+    plan, md = plan_for(fleet_repo, stack="aws-dev")
+    changes = plan["resources"]["changes"]
+    providers = {e["type"]: e for e in changes if e["type"].startswith("pulumi:providers:")}
+    assert set(providers) == {"pulumi:providers:aws", "pulumi:providers:aws-native"}
+    assert all(e["action"] == "replace" and e["replace_keys"] == ["region"] for e in providers.values())
+    managed = [r for r in synth(fleet_repo, "aws-dev")["resources"]
+               if r["custom"] and r["type"].split(":", 1)[0] in ("aws", "aws-native")]
+    by_urn = {e["urn"]: e for e in changes}
+    assert managed and all(by_urn[r["urn"]]["action"] == "replace" for r in managed)
+    assert all("provider region changed" in by_urn[r["urn"]]["why"] for r in managed)
+    assert "⚠️ **replace** `aws:s3/bucket:Bucket` **aws-models-bucket**: provider region changed" in md
+    assert "⚠️ **replace** `pulumi:providers:aws` **edgefleet-aws**: region changed" in md
+
+
+def test_recorded_provider_references_decide_what_a_moved_provider_replaces():
+    stack = "urn:pulumi:prod::edgefleet::"
+
+    def res(type_, name, provider=None, **inputs):
+        return {"urn": f"{stack}{type_}::{name}", "type": type_, "name": name, "custom": True, "parent": None,
+                "inputs": inputs, "options": {"provider": provider} if provider else {}}
+
+    east, west = res("pulumi:providers:aws", "east", region="us-east-1"), res("pulumi:providers:aws", "west", region="us-west-2")
+    base = [east, west, res("aws:s3/bucket:Bucket", "a", provider=f"{east['urn']}::id-1"),
+            res("aws:s3/bucket:Bucket", "b", provider=f"{west['urn']}::id-2"), res("aws:s3/bucket:Bucket", "c")]
+    head = [dict(r) for r in base]
+    head[0] = {**east, "inputs": {"region": "eu-west-1"}}
+    actions = {e["name"]: (e["action"], e["why"]) for e in diff_resources(base, head)}
+    assert actions["east"][0] == "replace"
+    assert actions["a"] == ("replace", "provider region changed")
+    assert "b" not in actions and "c" not in actions, "another provider's and the default provider's resources stay"
+
+
+def test_a_store_made_public_blocks_the_plan(capsys, monkeypatch):
+    """The plan of a change that opens the model store shows the mandatory failure, and `edgefleet plan` exits non-zero."""
+    import edgefleet.plan
+    import edgefleet.synth
+
+    base = synth(ROOT, "aws-dev")
+    head = copy.deepcopy(base)
+    pab = next(r for r in head["resources"] if r["type"] == "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    pab["inputs"]["blockPublicPolicy"] = False
+    plan = compute_plan(base, head, base_ref="main", project_dir=ROOT)
+    assert plan["changed"] and plan["policy"]["blocking"] == ["store-private-encrypted"]
+    (change,) = plan["resources"]["changes"]
+    assert (change["name"], change["action"], change["changed"]) == (pab["name"], "update", ["blockPublicPolicy"])
+    md = render_markdown(plan)
+    assert "❌ **blocked**: `store-private-encrypted`" in md
+    assert f"| `store-private-encrypted` | mandatory | ❌ failed | S3 bucket 'aws-models-bucket': public access block {pab['name']!r} leaves blockPublicPolicy off |" in md
+
+    monkeypatch.setattr(edgefleet.plan, "base_graph", lambda *a: base)
+    monkeypatch.setattr(edgefleet.synth, "synth", lambda *a: head)
+    code, out = cli(ROOT, capsys, "plan", "--stack", "aws-dev", "--base", "main")
+    assert code == EXIT_POLICY and out.strip() == md.strip()

@@ -92,6 +92,27 @@ def test_production_canary_by_labels_is_unverified_not_failed():
     assert r.status == "passed" and r.findings and all(f.unverified for f in r.findings)
 
 
+def test_production_canary_uses_declared_cloud_ring_sizes():
+    declared = {"aws": {"canary": 5, "broad": 495}}
+    r = result(fleet(), "production-canary-ring", production=True, canary_max_share=0.001, declared_ring_devices=declared)
+    assert r.status == "failed" and "covering 1% (5 of 500 devices, as declared in edgefleet:aws.rings.<ring>.devices)" in messages(r)
+    r = result(fleet(), "production-canary-ring", production=True, canary_max_share=0.05, declared_ring_devices=declared)
+    assert r.status == "passed" and not r.findings
+    partial = {"aws": {"canary": 5}}
+    r = result(fleet(), "production-canary-ring", production=True, canary_max_share=0.001, declared_ring_devices=partial)
+    assert r.status == "passed" and r.findings[0].unverified, "a ring without a declared size leaves the total unknown"
+    r = result(fleet(), "production-canary-ring", production=True, canary_max_share=0.001, declared_ring_devices={"azure": declared["aws"]})
+    assert r.status == "passed" and r.findings[0].unverified, "another platform's sizes say nothing about these rings"
+
+
+def test_declared_ring_sizes_come_from_the_stack_config_and_reach_crossguard():
+    config = {"aws": {"region": "eu-west-1", "rings": {"canary": {"devices": 5, "max_per_minute": 5}, "broad": {"devices": 500}}}}
+    settings = Settings.from_config(config)
+    assert settings.declared_ring_devices == {"aws": {"canary": 5, "broad": 500}}
+    assert rules.settings_from_pulumi_config({f"edgefleet:{k}": json.dumps(v) for k, v in config.items()}) == settings
+    assert rules.crossguard_config(settings)["production-canary-ring"]["declared_ring_devices"] == {"aws": {"canary": 5, "broad": 500}}
+
+
 def test_single_ring_production_rollout_fails():
     r = result(fleet(rings=[{"ring": "everyone"}]), "production-canary-ring", production=True)
     assert r.status == "failed" and "covering 100%" in messages(r)
@@ -277,6 +298,33 @@ def test_iam_wildcards():
     assert result([rec("aws:iam/policy:Policy", "deny", inputs={"policy": doc("*", effect="Deny")})], "iam-no-wildcard-actions").status == "passed"
     unknown = result([rec("aws:iam/policy:Policy", "p", inputs={"policy": "[unknown]"})], "iam-no-wildcard-actions")
     assert unknown.status == "passed" and unknown.findings[0].unverified
+
+
+@pytest.mark.parametrize("type_,label", [
+    ("aws:kms/key:Key", "KMS key policy"),
+    ("aws:kms/keyPolicy:KeyPolicy", "KMS key policy"),
+    ("aws:s3/bucketPolicy:BucketPolicy", "S3 bucket policy"),
+    ("aws:ecr/repositoryPolicy:RepositoryPolicy", "ECR repository policy"),
+])
+def test_resource_policies_allow_no_wildcard_actions(type_, label):
+    service = "s3" if "s3" in type_ else type_.split(":")[1].split("/")[0]
+    ok = result([rec(type_, "res", inputs={"policy": doc(f"{service}:Describe")})], "iam-no-wildcard-actions")
+    assert ok.status == "passed"
+    r = result([rec(type_, "res", inputs={"policy": doc(f"{service}:*")})], "iam-no-wildcard-actions")
+    assert r.status == "failed" and f"{label} 'res' allows wildcard actions: {service}:*" in messages(r)
+
+
+def test_deny_statements_may_use_wildcards_in_resource_policies():
+    deny_non_tls = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "*",
+         "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]})
+    assert result([rec("aws:s3/bucketPolicy:BucketPolicy", "tls-only", inputs={"policy": deny_non_tls})], "iam-no-wildcard-actions").status == "passed"
+
+
+def test_kms_key_without_a_declared_policy_or_with_an_unknown_one():
+    assert result([rec("aws:kms/key:Key", "k", inputs={"keyUsage": "SIGN_VERIFY"})], "iam-no-wildcard-actions").status == "not-applicable"
+    r = result([rec("aws:kms/key:Key", "k", inputs={"policy": "[unknown]"})], "iam-no-wildcard-actions")
+    assert r.status == "passed" and r.findings[0].unverified and "KMS key policy 'k'" in r.findings[0].message
 
 
 # -- enforcement levels ---------------------------------------------------------------------------------------------------
