@@ -47,12 +47,13 @@ from components.azure import rest
 from edgefleet.errors import EdgefleetError
 
 API_VERSION = "2021-04-12"
-PROVIDER_VERSION = "1"
+PROVIDER_VERSION = "2"                      # 2: a changed hub key refreshes the saved outputs
 SCHEMA_VERSION = "1.0"                      # the configuration object's own schema version
 ID_MAX = 128
 SECRET_RE = re.compile(r"\$\{secret:([A-Za-z0-9_]+)\}")
 MUTABLE = ("target_condition", "priority", "labels", "metrics")
 IMMUTABLE = ("content", "secrets", "id_prefix", "id_hint", "hub_host")
+ACCESS = ("hub_key", "key_name", "endpoint")
 
 
 class IotHubError(EdgefleetError):
@@ -282,11 +283,14 @@ class ConfigurationProvider(ResourceProvider):
         return CreateResult(id_=config_id, outs=_outs(props, config_id, live))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        keys = [k for k in (*IMMUTABLE, *MUTABLE, "key_name", "endpoint", "exclusive_label", "provider_version")
-                if olds.get(k) != news.get(k)]
+        """Hub access (policy key, key name, endpoint) is an in-place update: never a reason to replace the
+        deployment, but the saved outputs must carry the current key, or a later delete signs with a dead one (401)."""
+        keys = [k for k in (*IMMUTABLE, *MUTABLE, *ACCESS, "exclusive_label", "provider_version") if olds.get(k) != news.get(k)]
         return DiffResult(changes=bool(keys), replaces=[k for k in keys if k in IMMUTABLE], delete_before_replace=False)
 
     def update(self, config_id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        """Writes the mutable fields if they changed, else only re-reads the configuration (with the new key, if
+        that is what changed); either way the outputs become `news`."""
         secrets = dict(news.get("secrets") or {})
         client = _client(news)
         if all(olds.get(k) == news.get(k) for k in MUTABLE):
@@ -296,7 +300,15 @@ class ConfigurationProvider(ResourceProvider):
         return UpdateResult(outs=_outs(news, config_id, live))
 
     def delete(self, config_id: str, props: dict[str, Any]) -> None:
-        _client(props).delete_configuration(config_id, "*")
+        try:
+            _client(props).delete_configuration(config_id, "*")
+        except IotHubError as e:
+            if e.status != 401:
+                raise
+            raise IotHubError(e.where, e.problem, "the saved hub policy key is no longer valid: if the key was regenerated in the same "
+                              "`pulumi up` that replaced this deployment, its ring's new deployment has already removed it (check with "
+                              f"`az iot edge deployment show -d {config_id} -n <hub>`); then drop it from the state with `pulumi state delete <urn>`",
+                              e.status, e.code) from None
 
     def read(self, config_id: str, props: dict[str, Any]) -> ReadResult:
         live = _client(props).get_configuration(config_id)

@@ -3,10 +3,16 @@
 - desired: the model set by the newest configuration labelled with the ring's key.
 - set_desired: creates the layer for that model, then deletes the ring's other layers (the no-gap ordering of
   configurations.apply_configuration); None removes the ring's layers, leaving the base deployment.
-- observe: for the ring's current configuration, counts come from the configuration itself: systemMetrics
-  (targetedCount as the ring's size, reportedFailedCount for modules the runtime could not run) and the custom
-  metrics `adopted`, `failed`, `reporting` (queries over the agent module's reported properties). IoT Hub
-  evaluates them about every five minutes, so a configuration without results yet is waited for rather than
+- observe: for the ring's current configuration, counts come from the configuration itself. System metrics
+  (Microsoft's definitions): targetedCount, devices the target condition selects, is the ring's size;
+  appliedCount, those IoT Hub has applied the deployment to; reportedSuccessfulCount / reportedFailedCount,
+  applied devices whose IoT Edge runtime reported the current desired state as applied (lastDesiredStatus 200)
+  or not. Custom metrics `adopted`, `failed`, `reporting` are queries over the agent module's reported
+  properties. A device the deployment is not applied to yet has reported nothing for it: it is pending (counted
+  in neither adopted nor failed) until the gate's deadline. A runtime failure (reportedFailedCount > 0) is a
+  failure of the ring: its devices are read with the configuration's own "reportedFailedCount" query, named with
+  the runtime's status in the report, and counted once with devices whose agent reported the failure. IoT Hub
+  evaluates metrics about every five minutes, so a configuration without results yet is waited for rather than
   read as an empty ring. Inference statistics of adopted devices and a sample of failing devices come from a
   live twin query. For a version the ring is no longer set to (the engine asks how many devices still run a
   rolled-back version) the counts come from live queries as well.
@@ -18,6 +24,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.parse
 from typing import Any, Protocol
@@ -29,6 +36,11 @@ from components.rollout.engine import FAILED, last_good, rollout_id
 from components.rollout.report import failure_summary
 from components.rollout.types import DesiredModel, RingObservation, RingTarget
 
+FAILURE_SAMPLE = 20
+# Microsoft's "Reporting Failure" system metric, for a hub that returns no queries with the configuration.
+RUNTIME_FAILED_QUERY = ("SELECT deviceId FROM devices.modules WHERE moduleId = '$edgeAgent' AND configurations.[[{id}]].status = 'Applied' "
+                        "AND properties.desired.$version = properties.reported.lastDesiredVersion "
+                        "AND properties.reported.lastDesiredStatus.code != 200")
 
 
 # -- progress -----------------------------------------------------------------------------------------------------
@@ -146,17 +158,25 @@ class AzureHub:
             serving = self._count(f"SELECT COUNT() AS n FROM devices.modules WHERE moduleId = '{AGENT_MODULE}' AND "
                                   f"properties.reported.models.{model_key(spec.model)}.ring = '{spec.key}'")
             return RingObservation(devices=devices, adopted=max(0, devices - serving), failed=0, reporting=devices)
+        runtime: list[tuple[str, str]] = []
         if cfg is not None and desired_from_configuration(cfg, spec.model) == desired:
             system = (cfg.get("systemMetrics") or {}).get("results") or {}
             custom = (cfg.get("metrics") or {}).get("results") or {}
             adopted, reporting = int(custom.get("adopted", 0)), int(custom.get("reporting", 0))
-            failed = min(devices, int(custom.get("failed", 0)) + int(system.get("reportedFailedCount", 0)))
+            agent_failed, runtime_failed = int(custom.get("failed", 0)), int(system.get("reportedFailedCount", 0))
+            runtime = self._runtime_failures(cfg) if runtime_failed else []
+            both = {d for d, _ in runtime}
+            if both and agent_failed:
+                both |= {str(r.get("deviceId")) for r in self.client.query(
+                    f"SELECT deviceId FROM devices.modules WHERE {metric_where(spec, desired, 'failed')}")}
+            failed = min(devices, max(agent_failed, runtime_failed, len(both)))
+            adopted = min(adopted, max(0, devices - failed))
         else:
             adopted = self._count(f"SELECT COUNT() AS n FROM devices.modules WHERE {metric_where(spec, desired, 'adopted')}")
             failed = self._count(f"SELECT COUNT() AS n FROM devices.modules WHERE {metric_where(spec, desired, 'failed')}")
             reporting = self._count(f"SELECT COUNT() AS n FROM devices.modules WHERE {metric_where(spec, desired, 'reporting')}")
         stats = self._stats(spec, desired) if adopted else {}
-        failures = self._failures(spec, desired) if failed else ()
+        failures = self._failures(spec, desired, runtime) if failed else ()
         return RingObservation(devices=devices, adopted=adopted, failed=failed, reporting=reporting,
                                inferences=int(stats.get("inferences") or 0), errors=int(stats.get("errors") or 0),
                                invalid_outputs=int(stats.get("invalidOutputs") or 0),
@@ -198,11 +218,29 @@ class AzureHub:
                                  f"FROM devices.modules WHERE {metric_where(spec, desired, 'adopted')}")
         return rows[0] if rows else {}
 
-    def _failures(self, spec: RingDeploymentSpec, desired: DesiredModel) -> tuple[tuple[str, str], ...]:
+    def _failures(self, spec: RingDeploymentSpec, desired: DesiredModel,
+                  runtime: list[tuple[str, str]] | None = None) -> tuple[tuple[str, str], ...]:
+        """A sample for the report: what agents reported, then what the IoT Edge runtime did, one entry a device."""
         r = f"properties.reported.models.{model_key(spec.model)}"
-        rows = self.client.query(f"SELECT TOP 20 deviceId, {r}.error AS error FROM devices.modules "
-                                 f"WHERE {metric_where(spec, desired, 'failed')}", limit=20)
-        return tuple((str(row.get("deviceId")), str(row.get("error") or "failed")) for row in rows)
+        rows = self.client.query(f"SELECT TOP {FAILURE_SAMPLE} deviceId, {r}.error AS error FROM devices.modules "
+                                 f"WHERE {metric_where(spec, desired, 'failed')}", limit=FAILURE_SAMPLE)
+        out: dict[str, str] = {}
+        for device, why in [*((str(row.get("deviceId")), str(row.get("error") or "failed")) for row in rows), *(runtime or [])]:
+            out[device] = f"{out[device]}; {why}" if device in out else why
+        return tuple(list(out.items())[:FAILURE_SAMPLE])
+
+    def _runtime_failures(self, cfg: dict[str, Any]) -> list[tuple[str, str]]:
+        """Devices counted in reportedFailedCount, with the runtime's lastDesiredStatus: the configuration's own
+        query when the hub returned it (keyed by metric id, or by display name in older API versions)."""
+        queries = (cfg.get("systemMetrics") or {}).get("queries") or {}
+        sql = queries.get("reportedFailedCount") or queries.get("Reporting Failure") or RUNTIME_FAILED_QUERY.format(id=cfg["id"])
+        m = re.search(r"\bwhere\b(.*)$", sql, re.I | re.S)
+        if not m:
+            return []
+        rows = self.client.query("SELECT deviceId, properties.reported.lastDesiredStatus.code AS code, "
+                                 f"properties.reported.lastDesiredStatus.description AS description FROM devices.modules WHERE {m.group(1).strip()}")
+        return [(str(row.get("deviceId")), f"IoT Edge runtime did not apply the deployment (lastDesiredStatus {row.get('code')}"
+                 + (f": {row['description']}" if row.get("description") else "") + ")") for row in rows]
 
 
 # -- the gate, as the RingGate provider runs it --------------------------------------------------------------------

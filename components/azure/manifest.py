@@ -20,6 +20,7 @@ build rollback layers, tests validate what it returns.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,8 @@ SYSTEM_IMAGES = {"edgeAgent": "mcr.microsoft.com/azureiotedge-agent", "edgeHub":
 CREATE_OPTIONS_CHUNK = 512                  # IoT Edge splits longer createOptions into createOptions01..07
 CREATE_OPTIONS_CHUNKS = 8
 TWIN_DESIRED_LIMIT = 32 * 1024              # IoT Hub: desired properties of one twin, in bytes
+TWIN_STRING_LIMIT = 4 * 1024                # IoT Hub: one string value in a twin, UTF-8 bytes
+SCHEMA_FILES = {"$edgeAgent": "azure-iot-edgeagent-deployment-{}.json", "$edgeHub": "azure-iot-edgehub-deployment-{}.json"}
 TAG_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 BAD_VALUE_RE = re.compile(r"['\\\x00-\x1f]")
 
@@ -229,26 +232,131 @@ AGENT_DESIRED_SCHEMA: dict[str, Any] = {
 }
 
 
-def check_manifest(modules_content: dict[str, Any], contract: bool = True) -> list[str]:
-    """Problems the vendor schemas do not catch: createOptions must be JSON, twins must fit, and (with `contract`)
-    the agent twin's properties must follow our contract. Works on full manifests and on layers (path keys)."""
+class Problem(str):
+    """One thing wrong with a manifest, as text (where, what), with `fix` saying what to do about it."""
+
+    fix: str
+
+    def __new__(cls, text: str, fix: str = "") -> "Problem":
+        self = super().__new__(cls, text)
+        self.fix = fix
+        return self
+
+
+def json_path(parts: Any) -> str:
+    """`$['$edgeAgent']['properties.desired']…`: bracket form, because IoT Edge keys contain dots."""
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f"[{str(p)!r}]" for p in parts)
+
+
+@functools.lru_cache(maxsize=None)
+def vendor_schema(module: str, version: str) -> tuple[str, tuple[Any, ...]] | None:
+    """(file name, validators) for the IoT Edge deployment schema of `module` at `version`, shipped in schemas/."""
+    from importlib import resources
+
     import jsonschema
 
-    problems: list[str] = []
+    name = SCHEMA_FILES[module].format(version)
+    res = resources.files("components.azure.schemas") / name
+    if not res.is_file():
+        return None
+    schema = json.loads(res.read_text(encoding="utf-8"))
+    classes = sorted({jsonschema.validators.validator_for(schema), jsonschema.Draft7Validator}, key=lambda c: c.__name__)
+    return name, tuple(cls(schema) for cls in classes)
+
+
+VENDOR_FIX = ("the manifest is generated from the stack's edgefleet:azure settings: set edge_agent_schema / edge_hub_schema to "
+              "versions IoT Edge supports together with the runtime (edge_runtime); if they are, this is an edgefleet bug, "
+              "report it with the message above")
+
+
+def vendor_problems(modules_content: dict[str, Any]) -> list[Problem]:
+    """The `$edgeAgent` and `$edgeHub` parts of a full (non-layered) manifest against the vendor schema of the
+    schemaVersion each declares, as `az iot edge deployment create` checks them, under both the draft the schema
+    names and Draft 7 (the CLI's). Layers are not validated (the CLI skips them too); their effective manifest is."""
+    from jsonschema.exceptions import best_match
+
+    agent = modules_content.get("$edgeAgent", {})
+    if "properties.desired" not in agent:
+        return []
+    out: list[Problem] = []
+    for module in SCHEMA_FILES:
+        version = str(modules_content.get(module, {}).get("properties.desired", {}).get("schemaVersion", ""))
+        found = vendor_schema(module, version) if re.fullmatch(r"\d+\.\d+", version) else None
+        if found is None:
+            out.append(Problem(f"{module} {json_path([module, 'properties.desired', 'schemaVersion'])}: schemaVersion {version!r} has no "
+                               f"vendor schema in components/azure/schemas", VENDOR_FIX))
+            continue
+        name, validators = found
+        seen = set()
+        for validator in validators:
+            for err in validator.iter_errors({module: modules_content.get(module)}):
+                err = best_match(err.context) if err.context else err
+                where = json_path(err.absolute_path)
+                if (where, err.message) in seen:
+                    continue
+                seen.add((where, err.message))
+                out.append(Problem(f"{module} does not validate against {name} at {where}: {err.message}", VENDOR_FIX))
+    return out
+
+
+def _strings(value: Any, parts: list[Any]):
+    if isinstance(value, str):
+        yield parts, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, [*parts, k])
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, [*parts, i])
+
+
+def twin_problems(modules_content: dict[str, Any]) -> list[Problem]:
+    """IoT Hub's twin limits: every string value at most 4 KB, a twin's desired properties at most 32 KB."""
+    out: list[Problem] = []
+    for module, twin in modules_content.items():
+        for parts, text in _strings(twin, [module]):
+            size = len(text.encode("utf-8"))
+            if size > TWIN_STRING_LIMIT:
+                field_name = str(parts[-1])
+                fix = (f"shorten the model's models/<model>/model.yaml to at most {TWIN_STRING_LIMIT} bytes (descriptions, notes, "
+                       "unused metrics or targets): the agent module twin carries it verbatim, and it is signed at deploy time"
+                       if field_name == "manifest" else f"keep this value under {TWIN_STRING_LIMIT} bytes")
+                out.append(Problem(f"{module} {json_path(parts)}: string value is {size} bytes; IoT Hub twin string values "
+                                   f"are at most {TWIN_STRING_LIMIT}", fix))
+        desired = {k: v for k, v in twin.items() if k == "properties.desired" or k.startswith("properties.desired.")}
+        size = len(json.dumps(desired, separators=(",", ":")).encode())
+        if size > TWIN_DESIRED_LIMIT:
+            out.append(Problem(f"{module}: desired properties are {size} bytes; a module twin holds at most {TWIN_DESIRED_LIMIT}",
+                               "deploy fewer models to one group at once, or shorten their manifests"))
+    return out
+
+
+CONTRACT_FIX = "this is an edgefleet bug or a tampered input; report it with the message above"
+
+
+def check_manifest(modules_content: dict[str, Any], contract: bool = True) -> list[Problem]:
+    """Everything IoT Hub or IoT Edge would refuse, or break on: the vendor schemas (full manifests), createOptions
+    as JSON, the twin limits and, with `contract`, the agent twin's properties against our contract. Works on full
+    manifests and on layers (path keys)."""
+    import jsonschema
+
+    problems: list[Problem] = vendor_problems(modules_content)
     agent = modules_content.get("$edgeAgent", {}).get("properties.desired", {})
     for where, module in [*((f"systemModules.{k}", v) for k, v in agent.get("systemModules", {}).items()),
                           *((f"modules.{k}", v) for k, v in agent.get("modules", {}).items())]:
         s = module.get("settings", {})
         parts = [s[k] for k in sorted(s) if re.fullmatch(r"createOptions(\d{2})?", k)]
-        if parts:
-            try:
-                json.loads("".join(parts))
-            except ValueError as e:
-                problems.append(f"$edgeAgent {where}.settings.createOptions is not JSON ({e})")
-    for module, twin in modules_content.items():
-        size = len(json.dumps(twin.get("properties.desired", {}), separators=(",", ":")).encode())
-        if size > TWIN_DESIRED_LIMIT:
-            problems.append(f"{module}: desired properties are {size} bytes; a module twin holds at most {TWIN_DESIRED_LIMIT}")
+        if not parts:
+            continue
+        fix = "createOptions must be Docker's container create options as JSON text (a string, split into 512-character chunks)"
+        if not all(isinstance(p, str) for p in parts):
+            problems.append(Problem(f"$edgeAgent {where}.settings.createOptions is not a string", fix))
+            continue
+        try:
+            json.loads("".join(parts))
+        except ValueError as e:
+            problems.append(Problem(f"$edgeAgent {where}.settings.createOptions is not JSON ({e})", fix))
+    problems += twin_problems(modules_content)
     if not contract:
         return problems
     for path, value in modules_content.get(AGENT_MODULE, {}).items():
@@ -257,10 +365,10 @@ def check_manifest(modules_content: dict[str, Any], contract: bool = True) -> li
         elif path.startswith("properties.desired.models."):
             schema = {**AGENT_DESIRED_SCHEMA["definitions"]["model"], "definitions": AGENT_DESIRED_SCHEMA["definitions"]}
         else:
-            problems.append(f"{AGENT_MODULE} {path}: not part of the agent's twin contract")
+            problems.append(Problem(f"{AGENT_MODULE} {path}: not part of the agent's twin contract", CONTRACT_FIX))
             continue
         for err in jsonschema.Draft7Validator(schema).iter_errors(value):
-            problems.append(f"{AGENT_MODULE} {path}{''.join(f'.{p}' for p in err.absolute_path)}: {err.message}")
+            problems.append(Problem(f"{AGENT_MODULE} {path}{''.join(f'.{p}' for p in err.absolute_path)}: {err.message}", CONTRACT_FIX))
     return problems
 
 

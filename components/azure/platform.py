@@ -25,6 +25,7 @@ import pulumi
 import pulumi_azure_native as azure
 
 from components.azure import manifest as mf
+from components.azure.checks import check_azure_manifests
 from components.azure.configurations import Configuration
 from components.rollout.engine import rollout_id
 from components.azure.providers import ModelArtifact, RingGate, SigningPublicKey
@@ -32,6 +33,7 @@ from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutp
                                  RingSpec, StoreOutputs, child)
 from components.rollout.types import DesiredModel
 from edgefleet.config import PROJECT, AzureConfig, DeviceGroupConfig
+from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.manifest import ModelManifest
 
 HUB_POLICY = "edgefleet-deployer"
@@ -125,6 +127,11 @@ class AzurePlatform(Platform):
         super().__init__(stack, project_dir)
         self.source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
         self.az: AzureConfig = stack.azure           # parse_stack_config ran check_azure_stack already
+        password = pulumi.Config(f"{PROJECT}-azure").get_secret("registryPassword") is not None
+        problems = check_azure_manifests(stack, self.project_dir, registry_password=password)
+        if problems:
+            key, problem, fix = problems[0]
+            raise ConfigError(self.source, f"{PROJECT}:{key}: {problem}", fix)
         self._foundation: Foundation | None = None
         self._store: _Store | None = None
         self._key: _Key | None = None
@@ -330,7 +337,8 @@ class AzurePlatform(Platform):
 
 
 def _check(modules_content: dict[str, Any], what: str) -> None:
-    """Structure at declaration time; the agent contract is checked on real values when the provider creates it."""
+    """The real manifest at declaration time (vendor schemas, twin limits); the agent contract is checked on
+    deploy-time values when the provider creates it."""
     problems = mf.check_manifest(modules_content, contract=False)
     if problems:
-        raise ValueError(f"the IoT Edge manifest for the {what} is invalid: " + "; ".join(problems))
+        raise EdgefleetError(f"IoT Edge manifest for the {what}", "; ".join(problems), problems[0].fix)

@@ -4,7 +4,10 @@
 inputs and runs it in another process, so providers hold no state and no credentials: the deploying identity
 is picked up at run time by azure-identity (`az login`, a service principal's environment, or a managed
 identity), and the one shared secret, the IoT Hub policy key, arrives as a secret input. `PROVIDER_VERSION`
-sits among the inputs so a change in provider behaviour shows up as a diff.
+sits among the inputs so a change in provider behaviour shows up as a diff (2: waits out RBAC propagation).
+
+SigningPublicKey and ModelArtifact run right after the stack grants the deploying identity its Key Vault and
+Storage roles; on a fresh stack those take minutes to apply, so their work runs under `rbac.until_granted`.
 """
 
 from __future__ import annotations
@@ -16,34 +19,45 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider,
 
 from components.dynamic import input_diff
 
-PROVIDER_VERSION = "1"
+PROVIDER_VERSION = "2"
 
 
 class SigningPublicKeyProvider(ResourceProvider):
     """Reads the public half of the Key Vault signing key, which devices trust."""
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        from components.azure.signer import KeyVaultSigner
-
-        signer = KeyVaultSigner(props["key_url"])
-        return CreateResult(id_=signer.key_id, outs={**props, "key_id": signer.key_id, "public_key_pem": signer.public_key_pem().decode()})
+        out = read_public_key(props)
+        return CreateResult(id_=out["key_id"], outs={**props, **out})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return input_diff(olds, news, ("key_url",))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        """Only the provider version changed (the key is a replace): read the key again so the outputs stay."""
+        return UpdateResult(outs={**news, **read_public_key(news)})
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """The key itself is retained on delete: devices in the field still trust it."""
 
 
-def publish_artifact(props: dict[str, Any], signer: Any = None, container: Any = None) -> dict[str, str]:
-    """Uploads <model>/<sha256>.onnx, .yaml (exact manifest bytes) and .yaml.sig; re-uses a signature that verifies."""
+def read_public_key(props: dict[str, Any], signer: Any = None, wait: Any = None) -> dict[str, str]:
+    from components.azure.rbac import until_granted
+    from components.azure.signer import KeyVaultSigner
+
+    signer = signer or KeyVaultSigner(props["key_url"])
+    return until_granted(f"Key Vault key {props['key_url']}",
+                         lambda: {"key_id": signer.key_id, "public_key_pem": signer.public_key_pem().decode()}, wait)
+
+
+def publish_artifact(props: dict[str, Any], signer: Any = None, container: Any = None, wait: Any = None) -> dict[str, str]:
+    """Uploads <model>/<sha256>.onnx, .yaml (exact manifest bytes) and .yaml.sig; re-uses a signature that verifies.
+    Idempotent, so a 403 while the deployer's roles propagate is retried from the top."""
     from pathlib import Path
 
+    from components.azure.rbac import until_granted
     from components.azure.signer import KeyVaultSigner, default_credential
-    from edgefleet.artifact import verify_artifact
     from edgefleet.digest import same_file_digest
     from edgefleet.errors import EdgefleetError
-    from edgefleet.signing import SignatureError, load_public_key, sign_bytes
 
     source = Path(props["source"])
     problem = same_file_digest(source, props["sha256"], int(props["size"]))
@@ -54,6 +68,14 @@ def publish_artifact(props: dict[str, Any], signer: Any = None, container: Any =
         from azure.storage.blob import ContainerClient   # deploy-time dependency, see docs/azure.md
 
         container = ContainerClient(props["blob_endpoint"], props["container"], credential=default_credential())
+    return until_granted(f"publishing {props['model']} {props['version']} to {props['blob_endpoint'].rstrip('/')}/{props['container']}",
+                         lambda: _publish(props, source, signer, container), wait)
+
+
+def _publish(props: dict[str, Any], source: Any, signer: Any, container: Any) -> dict[str, str]:
+    from edgefleet.artifact import verify_artifact
+    from edgefleet.signing import SignatureError, load_public_key, sign_bytes
+
     base = f"{props['model']}/{props['sha256']}"
     manifest = props["manifest"].encode()
     names = {b.name: b for b in container.list_blobs(name_starts_with=base, include=["metadata"])}

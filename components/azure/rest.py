@@ -1,9 +1,10 @@
 """One JSON-over-HTTPS call with Azure's retry contract, shared by the IoT Hub and Key Vault clients.
 
-Retries 429 and 5xx (and dropped connections) with exponential backoff and full jitter, waiting at least as
-long as the service's Retry-After says (seconds or an HTTP date). Anything else that is not a success is
-returned to the caller, which knows what the request was for and names it in the error. Standard library
-only, so the dynamic providers pickle small and need nothing installed beyond the project.
+Retries 429 and every 5xx (and dropped connections) with exponential backoff and full jitter, waiting at least
+as long as the service's Retry-After says (seconds or an HTTP date): a 5xx says the service failed, not the
+request, so the same request may succeed later. Any other answer that is not a success is returned to the
+caller, which knows what the request was for and names it in the error. Standard library only, so the dynamic
+providers pickle small and need nothing installed beyond the project.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-RETRYABLE = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 300.0
+
+
+def retryable(status: int) -> bool:
+    return status == 429 or 500 <= status <= 599
 
 
 @dataclass
@@ -88,7 +92,7 @@ def send(method: str, url: str, headers: Callable[[], dict[str, str]], body: Any
                 return Response(r.status, {k.lower(): v for k, v in r.headers.items()}, r.read())
         except urllib.error.HTTPError as e:
             last = Response(e.code, {k.lower(): v for k, v in (e.headers or {}).items()}, e.read() or b"")
-            if e.code not in RETRYABLE:
+            if not retryable(e.code):
                 return last
             problem = f"HTTP {e.code}"
             wait = policy.delay(attempt, retry_after_seconds(last.header("retry-after")))

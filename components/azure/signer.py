@@ -34,6 +34,16 @@ FIXES = {
 }
 
 
+class KeyVaultError(EdgefleetError):
+    """Key Vault refused a request. `code` is the most specific code it sent (the inner error's, such as
+    ForbiddenByRbac, when there is one), so callers can tell a role still propagating from a real refusal."""
+
+    def __init__(self, where: str, problem: str, fix: str | None = None, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(where, problem, fix)
+        self.status = status
+        self.code = code
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -78,11 +88,14 @@ class KeyVaultSigner:
         if resp.status != 200:
             try:
                 err = (resp.json() or {}).get("error") or {}
-            except ValueError:
+            except (ValueError, AttributeError):
                 err = {}
+            err = err if isinstance(err, dict) else {}
             msg = err.get("message") or resp.body.decode(errors="replace")[:300]
-            raise EdgefleetError(f"Key Vault key {self.key_url}", f"HTTP {resp.status} {err.get('code', '')}: {msg}".replace("  ", " "),
-                                 FIXES.get(resp.status))
+            code = (err.get("innererror") or {}).get("code") or err.get("code") or ""
+            codes = " ".join(dict.fromkeys(c for c in (err.get("code"), code) if c))
+            raise KeyVaultError(f"Key Vault key {self.key_url}", f"HTTP {resp.status}{' ' + codes if codes else ''}: {msg}",
+                                FIXES.get(resp.status), resp.status, code or None)
         return resp.json()
 
     def public_key(self) -> ec.EllipticCurvePublicKey:

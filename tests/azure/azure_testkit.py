@@ -5,9 +5,13 @@ The hub implements what Microsoft documents for the calls edgefleet makes: SAS a
 400 when the immutable content changes; GET 200/404; DELETE with If-Match -> 204/404/412), twin queries with
 x-ms-continuation paging, and error bodies of the form {"Message": "ErrorCode:<code>;<text>"}. Faults (429 with
 Retry-After, 5xx) are injected per call. Devices can be simulated: the hub applies configurations the way IoT
-Hub layers them (the highest-priority base, then layers above it by priority and creation time), the devices
-report through the agent twin contract, and `evaluate()` computes system and custom metrics by running the
-configurations' own queries (three-valued logic: comparisons with a missing property are undefined).
+Hub layers them (the highest-priority base, then layers above it by priority and creation time) and marks them
+Applied on the device's $edgeAgent twin (except for `unapplied` devices, which it has not reached yet); the
+runtime reports lastDesiredStatus (500 for a version in `runtime_fails`, and then the agent's report does not
+change), the agents report through the agent twin contract, and `evaluate()` computes the system metrics
+(targeted, applied, reported success and failure) and custom metrics by running the configurations' own queries
+(three-valued logic: comparisons with a missing property are undefined). The Key Vault can answer 403
+ForbiddenByRbac for a while, as a vault does until a new role assignment reaches it.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ def tokens(text: str) -> list[tuple[str, str]]:
 def resolve(doc: dict[str, Any], path: str) -> Any:
     node: Any = doc
     for part in path.split("."):
+        if part.startswith("[[") and part.endswith("]]"):          # configurations.[[<id>]].status: an id as a key
+            part = part[2:-2]
         if not isinstance(node, dict) or part not in node:
             return UNDEF
         node = node[part]
@@ -207,8 +213,23 @@ def run_query(sql: str, devices: list[dict[str, Any]], modules: list[dict[str, A
 @dataclass
 class SimDevice:
     tags: dict[str, str]
-    refuse: set[str] = field(default_factory=set)         # versions this device reports as failed
+    refuse: set[str] = field(default_factory=set)         # versions this device's agent reports as failed
+    runtime_fails: dict[str, str] = field(default_factory=dict)   # version -> why its IoT Edge runtime cannot apply it
     reported: dict[str, Any] = field(default_factory=dict)
+    edge_agent: dict[str, Any] = field(default_factory=lambda: {   # the $edgeAgent module twin, as IoT Hub keeps it
+        "configurations": {}, "properties": {"desired": {"$version": 1}, "reported": {}}})
+    _content: str = ""
+
+
+EDGE_AGENT = "$edgeAgent"
+
+
+def system_queries(config_id: str, target_condition: str) -> dict[str, str]:
+    """The system metrics IoT Hub defines for an IoT Edge deployment, keyed by metric id as the REST API returns them."""
+    applied = f"SELECT deviceId FROM devices.modules WHERE moduleId = '{EDGE_AGENT}' AND configurations.[[{config_id}]].status = 'Applied'"
+    current = " AND properties.desired.$version = properties.reported.lastDesiredVersion AND properties.reported.lastDesiredStatus.code"
+    return {"targetedCount": f"SELECT deviceId FROM devices WHERE {target_condition}", "appliedCount": applied,
+            "reportedSuccessfulCount": f"{applied}{current} = 200", "reportedFailedCount": f"{applied}{current} != 200"}
 
 
 class FakeIotHub:
@@ -221,6 +242,7 @@ class FakeIotHub:
         self.requests: list[dict[str, Any]] = []
         self.timeline: list[tuple[str, str, list[str]]] = []              # (op, id, ids present after it)
         self.page_size_cap = 2
+        self.unapplied: set[str] = set()                                  # devices IoT Hub has not applied deployments to yet
         self._etags = itertools.count(1)
         self._created = itertools.count(1)
         self.lock = threading.RLock()
@@ -247,7 +269,12 @@ class FakeIotHub:
         return {"deviceId": device_id, "tags": self.devices[device_id].tags}
 
     def module_docs(self) -> list[dict[str, Any]]:
-        return [{"deviceId": d, "moduleId": AGENT_MODULE, "properties": {"reported": dev.reported}} for d, dev in sorted(self.devices.items())]
+        """Module twins: each device's agent module and its $edgeAgent."""
+        out = []
+        for d, dev in sorted(self.devices.items()):
+            out.append({"deviceId": d, "moduleId": AGENT_MODULE, "properties": {"reported": dev.reported}})
+            out.append({"deviceId": d, "moduleId": EDGE_AGENT, **copy.deepcopy(dev.edge_agent)})
+        return out
 
     def applied(self, device_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The base and the layers IoT Hub would merge for this device."""
@@ -262,14 +289,30 @@ class FakeIotHub:
         return base, layers
 
     def apply(self) -> None:
-        """Devices pick up what the hub gives them and report through the agent twin contract."""
+        """IoT Hub applies the configurations to each device's twins (not to `unapplied` ones); its IoT Edge runtime
+        reports lastDesiredStatus for the new desired state, and, unless the runtime failed, the agent reports through
+        the agent twin contract."""
         with self.lock:
             for device_id, dev in self.devices.items():
+                if device_id in self.unapplied:
+                    continue
                 base, layers = self.applied(device_id)
                 desired = {}
+                mc: dict[str, Any] = {}
                 if base is not None:
                     mc = effective_manifest(base["content"]["modulesContent"], *(l["content"]["modulesContent"] for l in layers))
                     desired = mc.get(AGENT_MODULE, {}).get("properties.desired", {}).get("models", {})
+                twin = dev.edge_agent
+                twin["configurations"] = {c["id"]: {"status": "Applied"} for c in ([base, *layers] if base else [])}
+                content = json.dumps(mc, sort_keys=True)
+                if content != dev._content:
+                    dev._content = content
+                    twin["properties"]["desired"]["$version"] += 1
+                broken = [dev.runtime_fails[data["version"]] for data in desired.values() if data.get("version") in dev.runtime_fails]
+                twin["properties"]["reported"] = {"lastDesiredVersion": twin["properties"]["desired"]["$version"],
+                                                  "lastDesiredStatus": {"code": 500, "description": broken[0]} if broken else {"code": 200}}
+                if broken:
+                    continue                        # the agent module did not get the new desired state: its report stays
                 models = {}
                 for key, data in desired.items():
                     d = desired_from_agent(data)
@@ -286,10 +329,10 @@ class FakeIotHub:
         """What IoT Hub does every five minutes: recompute each configuration's metrics."""
         with self.lock:
             modules = self.module_docs()
+            devices = [self.device_doc(d) for d in sorted(self.devices)]
             for cfg in self.configs.values():
-                targeted = [d for d in self.devices if matches(cfg["targetCondition"], self.device_doc(d))]
-                cfg["systemMetrics"]["results"] = {"targetedCount": len(targeted), "appliedCount": len(targeted),
-                                                   "reportedSuccessfulCount": len(targeted), "reportedFailedCount": 0}
+                cfg["systemMetrics"]["queries"] = system_queries(cfg["id"], cfg["targetCondition"])
+                cfg["systemMetrics"]["results"] = {name: len(run_query(q, devices, modules)) for name, q in cfg["systemMetrics"]["queries"].items()}
                 cfg["metrics"]["results"] = {name: len(run_query(q, [], modules)) for name, q in cfg["metrics"]["queries"].items()}
 
     def tick(self) -> None:
@@ -366,7 +409,7 @@ class FakeIotHub:
                             return self._error(409, "ConfigurationAlreadyExists", f"configuration {cid} already exists")
                         cfg = {**copy.deepcopy(body), "etag": hub._etag(), "_created": next(hub._created),
                                "createdTimeUtc": f"2026-01-01T00:00:{next(hub._created):06d}Z",
-                               "systemMetrics": {"queries": {"targetedCount": "select deviceId from devices where ..."}, "results": {}},
+                               "systemMetrics": {"queries": system_queries(cid, body.get("targetCondition", "")), "results": {}},
                                "metrics": {"queries": dict(body.get("metrics", {}).get("queries", {})), "results": {}}}
                         hub.configs[cid] = cfg
                         hub.timeline.append(("create", cid, sorted(hub.configs)))
@@ -422,6 +465,9 @@ class FakeKeyVault:
         self.key = key or ec.generate_private_key(ec.SECP256R1())
         self.token = token
         self.signed = 0
+        self.forbidden = 0                     # answer this many more requests with 403 ...
+        self.forbidden_code = "ForbiddenByRbac"    # ... and this inner error code
+        self.requests = 0
         vault = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -437,8 +483,15 @@ class FakeKeyVault:
                 self.wfile.write(data)
 
             def _auth(self) -> bool:
+                vault.requests += 1
                 if self.headers.get("Authorization") != f"Bearer {vault.token}":
                     self._send(401, {"error": {"code": "Unauthorized", "message": "bad token"}})
+                    return False
+                if vault.forbidden > 0:
+                    vault.forbidden -= 1
+                    self._send(403, {"error": {"code": "Forbidden", "innererror": {"code": vault.forbidden_code}, "message": (
+                        "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments or role "
+                        "definitions were changed recently, please observe propagation time.\r\nAssignment: (not found)")}})
                     return False
                 return True
 

@@ -10,29 +10,19 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = Path(__file__).resolve().parents[2]
-VENDORED = HERE / "schemas"
-REFERENCE = REPO / ".." / "shared" / "reference" / "azure-iot-edge"
+SHIPPED = REPO / "components" / "azure" / "schemas"          # package data: what the product validates with
 
 sys.path.insert(0, str(HERE))          # azure_testkit, wherever pytest is started from
 
 
-def schema_dir() -> Path | None:
-    """The vendored copy first (a clean clone has it), then ../shared/reference beside the repository."""
-    for d in (VENDORED, REFERENCE):
-        if (d / "azure-iot-edgeagent-deployment-1.1.json").is_file():
-            return d
-    return None
-
-
 @pytest.fixture(scope="session")
 def edge_schemas() -> dict[tuple[str, str], dict]:
-    d = schema_dir()
-    if d is None:
-        pytest.skip(f"IoT Edge deployment schemas not found in {VENDORED} or {REFERENCE.resolve()}")
+    """The schemas the package ships, read as files so the tests do not lean on the product's loader."""
     out = {}
-    for path in d.glob("azure-iot-edge*-deployment-*.json"):
+    for path in SHIPPED.glob("azure-iot-edge*-deployment-*.json"):
         kind = "$edgeAgent" if "edgeagent" in path.name else "$edgeHub"
         out[(kind, path.stem.rsplit("-", 1)[1])] = json.loads(path.read_text())
+    assert len(out) == 5, f"expected the five vendored schemas in {SHIPPED}"
     return out
 
 
@@ -52,6 +42,24 @@ def no_sleep(monkeypatch):
 
     waits: list[float] = []
     monkeypatch.setattr(configurations, "_sleep", waits.append)
+    return waits
+
+
+@pytest.fixture
+def rbac_waits(monkeypatch):
+    """The RBAC propagation wait on a fake clock that each requested sleep advances: records the sleeps, takes no time."""
+    from components.azure import rbac
+
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(rbac, "_sleep", sleep)
+    monkeypatch.setattr(rbac, "_clock", lambda: now[0])
+    monkeypatch.delenv(rbac.ENV, raising=False)
     return waits
 
 

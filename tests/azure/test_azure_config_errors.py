@@ -51,6 +51,7 @@ CASES = [
     (lambda c: c["edgefleet:azure"].update(location="West Europe"), "edgefleet:azure.location", "westeurope"),
     (lambda c: c["edgefleet:azure"].pop("device_sas_expiry"), "edgefleet:azure.device_sas_expiry", "required"),
     (lambda c: c["edgefleet:azure"].update(device_sas_expiry="2027-02-30"), "edgefleet:azure.device_sas_expiry", "calendar date"),
+    (lambda c: c["edgefleet:azure"].update(device_sas_expiry="2020-01-01"), "edgefleet:azure.device_sas_expiry", "at least 30 days ahead"),
     (lambda c: c["edgefleet:groups"][0]["labels"].update({"hw-rev": "b"}), "edgefleet:groups[0].labels.hw-rev", "letters, digits and underscores"),
     (lambda c: c["edgefleet:rollouts"][0]["rings"][1].update(labels={"ring": "canary"}), "edgefleet:rollouts[0].rings[1].labels", "already took"),
     (lambda c: c["edgefleet:rollouts"][0]["rings"][0].update(percent=5), "edgefleet:rollouts[0].rings[0].percent", "twin tag"),
@@ -71,3 +72,43 @@ def test_bad_config_names_the_stack_file_and_key_and_declares_nothing(project, r
 def test_the_unchanged_copy_synthesizes(project):
     graph = synth(project, "azure-dev")
     assert any(r["type"] == "pulumi-python:dynamic/edgefleet-azure:RingGate" for r in graph["resources"])
+
+
+def test_the_device_sas_must_outlive_a_rotation():
+    import datetime
+
+    from components.azure.checks import MIN_SAS_DAYS, sas_expiry_problems
+
+    today = datetime.date(2026, 11, 25)
+    assert sas_expiry_problems("2026-12-25", today) == []                          # exactly 30 days
+    (key, problem, fix), = sas_expiry_problems("2026-12-24", today)
+    assert key == "azure.device_sas_expiry" and "29 day(s) away" in problem
+    assert f"at least {MIN_SAS_DAYS} days ahead (on or after 2026-12-25)" in fix
+    (_, problem, _), = sas_expiry_problems("2020-01-01", today)
+    assert "in the past" in problem and "already-expired" in problem
+
+
+def test_a_manifest_the_vendor_schema_refuses_stops_the_stack_before_anything_is_declared(project, registrations, monkeypatch):
+    from components.azure import manifest as mf
+
+    spec = mf.AgentModule.spec
+    monkeypatch.setattr(mf.AgentModule, "spec", lambda self, schema: {**spec(self, schema), "restartPolicy": "sometimes"})
+    with pytest.raises(ConfigError) as e:
+        synth(project, "azure-dev")
+    text = str(e.value)
+    assert "stacks/Pulumi.azure-dev.yaml" in text and "edgefleet:groups[0]" in text
+    assert "azure-iot-edgeagent-deployment-1.1.json" in text
+    assert "$['$edgeAgent']['properties.desired']['modules']['edgefleet-agent']['restartPolicy']" in text
+    assert "fix:" in text and "edge_agent_schema" in text
+    assert registrations == [], registrations
+
+
+def test_a_model_manifest_too_long_for_a_twin_string_stops_the_stack(project, registrations):
+    path = project / "models" / "detector" / "model.yaml"
+    path.write_text(path.read_text() + "# " + "notes " * 700 + "\n")
+    with pytest.raises(ConfigError) as e:
+        synth(project, "azure-dev")
+    text = str(e.value)
+    assert "stacks/Pulumi.azure-dev.yaml" in text and "edgefleet:models[0].path" in text
+    assert "models/detector/model.yaml is" in text and "4096" in text and "shorten models/detector/model.yaml" in text
+    assert registrations == [], registrations

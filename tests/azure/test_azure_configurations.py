@@ -184,3 +184,44 @@ def test_the_provider_pickles_without_credentials():
 
     data = pickle.dumps(ConfigurationProvider())
     assert KEY.encode() not in data and b"SharedAccessSignature" not in data
+
+
+@pytest.mark.parametrize("status", [429, 500, 501, 502, 504, 505, 507, 511, 599])
+def test_429_and_every_5xx_are_retried(hub, no_sleep, status):
+    hub.fail_next("GET", "/configurations", status)
+    assert HubClient(HUB_HOST, POLICY, KEY, hub.endpoint).list_configurations() == []
+    assert len(no_sleep) == 1 and [r["method"] for r in hub.requests] == ["GET", "GET"]
+
+
+def test_retry_after_is_honoured_on_a_server_error_too(hub, no_sleep):
+    hub.fail_next("GET", "/configurations", 503, **{"Retry-After": "11"})
+    HubClient(HUB_HOST, POLICY, KEY, hub.endpoint).list_configurations()
+    assert no_sleep and no_sleep[0] >= 11.0
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 408, 409, 412])
+def test_other_4xx_are_not_retried(hub, no_sleep, status):
+    hub.fail_next("GET", "/configurations", status)
+    with pytest.raises(IotHubError) as e:
+        HubClient(HUB_HOST, POLICY, KEY, hub.endpoint).list_configurations()
+    assert e.value.status == status and not no_sleep
+
+
+def test_a_new_hub_key_is_an_in_place_update_that_the_later_delete_uses(hub):
+    """A rotated policy key must reach the saved outputs (never replacing the deployment), or deleting the
+    configuration after a later replacement signs with the dead key and gets 401."""
+    old = ConfigurationProvider().create(props(hub))
+    new_key = "bmV3LXBvbGljeS1rZXktYWZ0ZXItcm90YXRpb24="
+    hub.keys[POLICY] = new_key                                       # regenerated on the hub; the stack reads it again
+    news = props(hub, hub_key=new_key)
+    d = ConfigurationProvider().diff(old.id, old.outs, news)
+    assert d.changes and not d.replaces
+    puts = len([r for r in hub.requests if r["method"] == "PUT"])
+    updated = ConfigurationProvider().update(old.id, old.outs, news)
+    assert updated.outs["hub_key"] == new_key and updated.outs["etag"] == hub.configs[old.id]["etag"]
+    assert len([r for r in hub.requests if r["method"] == "PUT"]) == puts       # content untouched: nothing written
+    with pytest.raises(IotHubError) as e:                             # what the stale outputs would have done
+        ConfigurationProvider().delete(old.id, old.outs)
+    assert e.value.status == 401 and "policy key" in str(e.value) and "pulumi state delete" in str(e.value)
+    ConfigurationProvider().delete(old.id, updated.outs)
+    assert old.id not in hub.configs

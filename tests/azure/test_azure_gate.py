@@ -282,3 +282,78 @@ def test_an_in_place_gate_update_keeps_the_output_the_next_ring_waits_on():
     assert diff.changes and not diff.replaces
     outs = RingGateProvider().update("id", olds, news).outs
     assert outs["gate"] == "detector@1.1.0+ab:canary:passed" and outs["poll_seconds"] == 60
+
+
+# -- the system metrics: targeted, applied, reported success and failure ----------------------------------------------
+def canary(fleet):
+    return fleet.azure_hub(), type("T", (), {"selector": "detector.canary"})()
+
+
+def test_devices_the_layer_is_not_applied_to_yet_are_pending_not_failed(hub, fleet, signer):
+    v1 = release(signer, "1.0.0")
+    hub.unapplied.add("c2")                                        # IoT Hub has not reached c2 yet
+    fleet.deploy(0, v1)
+    hub.tick()
+    (cfg,) = fleet.ring_configs("canary")
+    assert {k: hub.configs[cfg["id"]]["systemMetrics"]["results"][k] for k in ("targetedCount", "appliedCount", "reportedFailedCount")} == \
+        {"targetedCount": 2, "appliedCount": 1, "reportedFailedCount": 0}
+    h, target = canary(fleet)
+    obs = h.observe(target, h.desired(target), since=0)
+    assert (obs.devices, obs.adopted, obs.failed, obs.pending_count) == (2, 1, 0, 1)
+    hub.unapplied.clear()
+    assert fleet.gate(0, v1)["rings"][0]["state"] == "passed"
+
+
+def test_a_runtime_failure_fails_the_ring_and_names_the_device(hub, fleet, signer):
+    v1, v2 = release(signer, "1.0.0"), release(signer, "2.0.0")
+    roll_out(fleet, v1)
+    hub.devices["c1"].runtime_fails["2.0.0"] = "pull access denied for efdev.azurecr.io/edgefleet-agent"
+    fleet.deploy(0, v2)
+    hub.tick()
+    (cfg,) = fleet.ring_configs("canary")
+    results = hub.configs[cfg["id"]]["systemMetrics"]["results"]
+    assert (results["reportedFailedCount"], results["reportedSuccessfulCount"]) == (1, 1)
+    assert hub.configs[cfg["id"]]["metrics"]["results"]["failed"] == 0       # the agent never saw 2.0.0: only the runtime tells
+    h, target = canary(fleet)
+    obs = h.observe(target, h.desired(target), since=0)
+    assert obs.failed == 1 and obs.adopted == 1
+    (device, why), = obs.failures
+    assert device == "c1" and "lastDesiredStatus 500: pull access denied" in why
+    with pytest.raises(RuntimeError) as e:
+        fleet.gate(0, v2)
+    assert "failure share" in str(e.value) and "c1: IoT Edge runtime did not apply the deployment" in str(e.value)
+    assert {hub.devices[d].reported["models"]["detector"]["version"] for d in ("c1", "c2")} == {"1.0.0"}
+
+
+def test_a_device_failing_in_both_agent_and_runtime_is_counted_once(hub, fleet, signer):
+    v1, v2 = release(signer, "1.0.0"), release(signer, "2.0.0")
+    roll_out(fleet, v1)
+    hub.devices["c1"].refuse.add("2.0.0")
+    fleet.deploy(0, v2)
+    hub.tick()                                                      # the agent reports the refusal ...
+    hub.devices["c1"].runtime_fails["2.0.0"] = "module edgefleet-agent failed to start"
+    hub.tick()                                                      # ... then the runtime reports its own failure
+    (cfg,) = fleet.ring_configs("canary")
+    live = hub.configs[cfg["id"]]
+    assert (live["metrics"]["results"]["failed"], live["systemMetrics"]["results"]["reportedFailedCount"]) == (1, 1)
+    h, target = canary(fleet)
+    obs = h.observe(target, h.desired(target), since=0)
+    assert obs.failed == 1 and obs.devices == 2
+    (device, why), = obs.failures
+    assert device == "c1" and why.startswith("refused 2.0.0; IoT Edge runtime did not apply")
+
+
+def test_runtime_failures_are_read_with_the_configurations_own_query(hub, fleet, signer):
+    """IoT Hub returns the system metrics' queries with the configuration; older API versions key them by display name."""
+    fleet.deploy(0, release(signer, "1.0.0"))
+    hub.devices["c2"].runtime_fails["1.0.0"] = "no space left on device"
+    hub.tick()
+    (cfg,) = fleet.ring_configs("canary")
+    live = hub.configs[cfg["id"]]
+    live["systemMetrics"]["queries"] = {"Reporting Failure": live["systemMetrics"]["queries"].pop("reportedFailedCount")}
+    h, _ = canary(fleet)
+    assert h._runtime_failures(hub._public(live)) == [
+        ("c2", "IoT Edge runtime did not apply the deployment (lastDesiredStatus 500: no space left on device)")]
+    live["systemMetrics"]["queries"] = {}
+    assert [d for d, _ in h._runtime_failures(hub._public(live))] == ["c2"]       # Microsoft's documented query as the fallback
+    assert any("$edgeAgent" in r["body"]["query"] for r in hub.requests if r["path"] == "/devices/query")

@@ -184,3 +184,57 @@ def test_the_custom_metrics_count_what_the_agent_reports(desired):
     ]
     counts = {name: sorted(r["deviceId"] for r in run_query(q, [], twins)) for name, q in queries.items()}
     assert counts == {"adopted": ["a"], "failed": ["b"], "reporting": ["a", "b"]}
+
+
+# -- the product's own validation: shipped vendor schemas and IoT Hub's twin limits ------------------------------------
+def test_the_shipped_schemas_are_the_published_reference_copies():
+    reference = REPO / ".." / "shared" / "reference" / "azure-iot-edge"
+    if not reference.is_dir():
+        pytest.skip(f"{reference} is not beside this checkout")
+    shipped = sorted((REPO / "components" / "azure" / "schemas").glob("*.json"))
+    assert [p.name for p in shipped] == sorted(p.name for p in reference.glob("azure-iot-edge*-deployment-*.json"))
+    for p in shipped:
+        assert p.read_bytes() == (reference / p.name).read_bytes(), p.name
+
+
+def test_every_manifest_synthesized_for_azure_dev_validates(azure_dev_graph, edge_schemas):
+    configs = [r["inputs"]["content"]["modulesContent"] for r in azure_dev_graph["resources"]
+               if r["type"].endswith("edgefleet-azure:Configuration")]
+    bases = [mc for mc in configs if "properties.desired" in mc["$edgeAgent"]]
+    layers = [mc for mc in configs if "properties.desired" not in mc["$edgeAgent"]]
+    assert len(bases) == 1 and len(layers) == 3
+    for manifest in [*bases, *(mf.effective_manifest(bases[0], layer) for layer in layers)]:
+        assert vendor_errors(edge_schemas, manifest) == []
+        assert mf.vendor_problems(manifest) == [] and mf.check_manifest(manifest, contract=False) == []
+
+
+@pytest.mark.parametrize("field,value,path,message", [
+    ("restartPolicy", "sometimes", "['restartPolicy']", "'sometimes' is not one of"),
+    ("settings", {"image": AGENT.image, "createOptions": {"HostConfig": {}}}, "['settings']['createOptions']", "is not of type 'string'"),
+])
+def test_a_bad_restart_policy_or_create_options_is_refused_naming_schema_path_and_fix(signer, field, value, path, message):
+    m = base(signer)
+    m["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE][field] = value
+    problems = mf.check_manifest(m, contract=False)
+    where = f"$['$edgeAgent']['properties.desired']['modules']['{mf.AGENT_MODULE}']{path}"
+    hit = [p for p in problems if "azure-iot-edgeagent-deployment-1.1.json" in p and where in p and message in p]
+    assert hit, problems
+    assert "edge_agent_schema" in hit[0].fix
+
+
+def test_a_schema_version_without_a_vendor_schema_is_refused(signer):
+    m = base(signer)
+    m["$edgeHub"]["properties.desired"]["schemaVersion"] = "9.9"
+    (problem,) = mf.vendor_problems(m)
+    assert "$edgeHub" in problem and "'9.9' has no vendor schema" in problem
+
+
+def test_twin_string_values_are_held_to_iot_hubs_4_kb(signer, desired):
+    at = DesiredModel(**{**desired.__dict__, "manifest": "#" * mf.TWIN_STRING_LIMIT})
+    over = DesiredModel(**{**desired.__dict__, "manifest": "é" * (mf.TWIN_STRING_LIMIT // 2) + "#"})     # counted in UTF-8 bytes
+    ok = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=at, ring_key="detector.canary")
+    assert mf.check_manifest(ok) == [] and mf.check_manifest(mf.effective_manifest(base(signer), ok)) == []
+    bad = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=over, ring_key="detector.canary")
+    (problem,) = mf.check_manifest(bad)
+    assert "['properties.desired.models.detector']['manifest']" in problem and "4097 bytes" in problem and "at most 4096" in problem
+    assert "model.yaml" in problem.fix and "shorten" in problem.fix
