@@ -14,9 +14,12 @@ Recipes are plain dicts so tests can validate them against the GDK schema exactl
 
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 from typing import Any
 
+from edgefleet.errors import EdgefleetError
 from edgefleet.manifest import ModelManifest
 
 from components.aws.plan import GG_ARCH
@@ -143,6 +146,36 @@ def agent_recipe(component: str, version: str, model_name: str, model_component:
     }
 
 
+SCHEMA = Path(__file__).parent / "schemas" / "recipe_schema.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    import jsonschema
+
+    return jsonschema.Draft7Validator(json.loads(SCHEMA.read_text(encoding="utf-8")))
+
+
+def gdk_lower(value: Any) -> Any:
+    """GDK lower-cases every key of the recipe, recursively, lists included, before it validates."""
+    if isinstance(value, dict):
+        return {str(k).lower(): gdk_lower(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [gdk_lower(v) for v in value]
+    return value
+
+
+def recipe_errors(recipe: dict[str, Any]) -> list[str]:
+    """What the Greengrass Development Kit's schema says of a recipe, the way `gdk component build` checks it."""
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(recipe)'}: {e.message}" for e in _validator().iter_errors(gdk_lower(recipe))]
+
+
 def recipe_text(recipe: dict[str, Any]) -> str:
-    """The inline recipe as Greengrass receives it (JSON; key order kept so a diff reads like the recipe)."""
+    """The inline recipe as Greengrass receives it (JSON; key order kept so a diff reads like the recipe).
+    Refuses a recipe the GDK schema rejects: CreateComponentVersion would, after earlier resources were made."""
+    errors = recipe_errors(recipe)
+    if errors:
+        raise EdgefleetError(f"Greengrass recipe {recipe.get('ComponentName', '?')}", "does not validate against the GDK recipe schema ("
+                             f"{SCHEMA.name}): " + "; ".join(errors[:5]), "this is an edgefleet bug or a value the schema forbids; "
+                             "check the component name, version and configuration in the stack file")
     return json.dumps(recipe, indent=2) + "\n"

@@ -3,7 +3,6 @@ recipe validation. (A uniquely named module: several test folders have a conftes
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +11,6 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parents[2]
 STACK = "aws-dev"
-SCHEMA = Path(__file__).parent / "gdk" / "recipe_schema.json"
 REGION = "eu-west-1"
 
 
@@ -65,25 +63,6 @@ def project_copy(tmp_path: Path, edit: Callable[[dict[str, Any]], None] | None =
         edit(doc["config"])
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return root
-
-
-# -- GDK recipe validation, exactly as `gdk component build` does it -------------------------------------------
-def gdk_lower(value: Any) -> Any:
-    """GDK lower-cases every key of the recipe, recursively, lists included."""
-    if isinstance(value, dict):
-        return {str(k).lower(): gdk_lower(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [gdk_lower(v) for v in value]
-    return value
-
-
-def gdk_errors(recipe: dict[str, Any]) -> list[str]:
-    import jsonschema
-
-    schema = json.loads(SCHEMA.read_text())
-    jsonschema.Draft7Validator.check_schema(schema)
-    validator = jsonschema.Draft7Validator(schema)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(gdk_lower(recipe))]
 
 
 # -- AWS services moto does not have (Greengrass v2) or gets wrong (KMS Sign with MessageType=DIGEST) ------------

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from aws_testkit import PROJECT, SCHEMA, Graph, gdk_errors
-from components.aws.recipes import agent_recipe, model_recipe, recipe_text
+from aws_testkit import PROJECT, Graph
+from components.aws.recipes import SCHEMA, agent_recipe, model_recipe, recipe_errors as gdk_errors, recipe_text
+from edgefleet.errors import EdgefleetError
 from edgefleet.manifest import ModelDir
 
 SHARED_SCHEMA = PROJECT.parent / "shared" / "reference" / "greengrass" / "recipe_schema.json"
@@ -81,3 +82,13 @@ def test_validation_is_case_insensitive_like_gdk():
     shouted = {k.upper(): v for k, v in recipe.items()}
     assert gdk_errors(shouted) == []
     assert Path(SCHEMA).is_file()
+
+
+def test_a_recipe_the_schema_rejects_is_refused_before_it_is_declared():
+    manifest, text = _manifest()
+    recipe = model_recipe("edgefleet.dev.detector.Model", manifest, text, "{}", "s3://b/models/detector/x.onnx")
+    recipe["ComponentVersion"] = 7                    # the schema wants a string
+    with pytest.raises(EdgefleetError) as info:
+        recipe_text(recipe)
+    assert str(info.value).startswith("Greengrass recipe edgefleet.dev.detector.Model: does not validate against the GDK recipe schema")
+    assert "componentversion: 7 is not of type 'string'" in str(info.value)
