@@ -48,6 +48,8 @@ class GateConfig(Strict):
     max_p99_latency_ms: Annotated[float, Field(gt=0)] | None = None
     max_error_rate: Share | None = None
     max_invalid_output_share: Share | None = 0.0
+    # Metric thresholds judge nothing until the new version has served: a ring must not pass on silence.
+    min_inferences: int = Field(default=1, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> "GateConfig":

@@ -21,6 +21,26 @@ import yaml
 from edgefleet.cli import console
 from edgefleet.errors import EdgefleetError
 
+NEEDS = ("Pulumi.yaml", "stacks/Pulumi.local.yaml", "models/detector/model.yaml", "models/samples/metrics.json")
+
+
+def find_project(given: Path | None = None) -> Path:
+    """The project the demo copies: `--project`, else the current directory when it is one, else the checkout
+    this package was loaded from; so `edgefleet demo` works from any directory."""
+    if given is not None:
+        candidates = [Path(given)]
+    else:
+        candidates = [Path.cwd(), Path(__file__).resolve().parents[1]]
+    for c in candidates:
+        if all((c / n).is_file() for n in NEEDS):
+            return c.resolve()
+    where = candidates[0]
+    missing = [n for n in NEEDS if not (where / n).is_file()]
+    raise EdgefleetError(str(where), f"not an edgefleet project: the demo copies {', '.join(NEEDS)} from it, and {', '.join(missing)} "
+                         + ("is" if len(missing) == 1 else "are") + " missing"
+                         + ("" if given is not None else f" (nor is {candidates[1]} one: edgefleet is not running from a checkout)"),
+                         "run it from the project's root, or pass `--project PATH` (a clone of the edgefleet repository)")
+
 
 def _prepare(src: Path, work: Path, devices: int) -> None:
     if work.exists():
@@ -63,11 +83,22 @@ def containment(work: Path, model: str, version: str, canary: str) -> dict:
 
 
 def run_demo(src: Path, work: Path, devices: int) -> None:
+    from components.local.fleet import exclusive
+
+    src, work = Path(src).resolve(), Path(work).resolve()
+    if src == work or src.is_relative_to(work):
+        raise EdgefleetError("--workdir", f"{work} holds the project itself, and the demo recreates its workdir", "pick a scratch directory")
+    lock = work.with_name(f"{work.name}.lock")        # beside the workdir, which the demo deletes and recreates
+    with exclusive(lock, f"another `edgefleet demo` is running in {work}",
+                   "wait for it to finish or stop it (`kill {pid}`), or give this one its own `--workdir`"):
+        _run_demo(src, work, devices)
+
+
+def _run_demo(src: Path, work: Path, devices: int) -> None:
     from edgefleet.cli.fleet import outcome_line, run_up
     from edgefleet.model_add import add_version, parse_metric
     from edgefleet.timeline import picture, text
 
-    src, work = Path(src).resolve(), Path(work).resolve()
     samples = src / "models" / "samples"
     metrics = json.loads((samples / "metrics.json").read_text())
     _prepare(src, work, devices)

@@ -5,21 +5,26 @@ swap, one real inference, report) and writes all reports in one transaction, so 
 cores. Some devices run as separate `python -m agent` processes, so faults are real: a killed process
 loses its memory and must recover from disk. Offline devices stay dark until `reconnect_after_seconds`.
 Simulated agents skip fsync (durable=False) — they are not real devices and thousands of fsyncs would
-measure the disk, not the system; agent processes are durable.
+measure the disk, not the system; agent processes are durable. One fleet per hub: two would step the same
+devices, so a fleet holds an exclusive lock beside the hub database while it runs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from edgefleet.config import StackConfig
+from edgefleet.config import PROJECT, DeviceGroupConfig, StackConfig
+from edgefleet.errors import ConfigError, EdgefleetError
 
 from components.local.hub import LocalHub
 from components.rollout.types import DesiredModel, DeviceReport
@@ -40,17 +45,92 @@ class LocalDevice:
     reconnect_after: float | None    # None: online from the start; inf: never
 
 
-def local_devices(cfg: StackConfig) -> list[LocalDevice]:
-    """Device ids are `<prefix>-<index>`; the first `processes` of a batch are agent processes, the last `offline` start dark."""
+def local_devices(cfg: StackConfig, source: str = "the stack file") -> list[LocalDevice]:
+    """Device ids are `<prefix>-<index>`; the first `processes` of a batch are agent processes, the last `offline` start dark.
+
+    A device's arch and execution providers come from the hardware profile of the device groups that select
+    it, the profile that plans, policies and model targets are checked against; a batch that says otherwise
+    is a config error rather than a fleet that differs from what was checked."""
     out: list[LocalDevice] = []
-    for batch in cfg.local.devices if cfg.local else []:
-        for i in range(batch.count):
-            offline = i >= batch.count - batch.offline
+    if cfg.local is None:
+        return out
+    local_groups = [(j, g) for j, g in enumerate(cfg.groups) if cfg.group_platform(g) == "local"]
+    by_id: dict[str, list[tuple[int, DeviceGroupConfig]]] = {}
+    for j, g in local_groups:
+        for dev in g.devices:
+            by_id.setdefault(dev, []).append((j, g))
+    for i, batch in enumerate(cfg.local.devices):
+        by_labels = [(j, g) for j, g in local_groups if g.labels and all(batch.labels.get(k) == v for k, v in g.labels.items())]
+        labelled = {j for j, _ in by_labels}
+        for n in range(batch.count):
+            dev_id = f"{batch.prefix}-{n:04d}"
+            arch, providers = _hardware(cfg, i, batch, dev_id, by_labels + [m for m in by_id.get(dev_id, ()) if m[0] not in labelled], source)
+            offline = n >= batch.count - batch.offline
             out.append(LocalDevice(
-                id=f"{batch.prefix}-{i:04d}", labels=dict(batch.labels), arch=batch.arch, providers=tuple(batch.execution_providers),
-                kind="process" if i < batch.processes else "sim",
+                id=dev_id, labels=dict(batch.labels), arch=arch, providers=providers,
+                kind="process" if n < batch.processes else "sim",
                 reconnect_after=(batch.reconnect_after_seconds if batch.reconnect_after_seconds is not None else float("inf")) if offline else None))
     return out
+
+
+def _hardware(cfg: StackConfig, i: int, batch, dev_id: str, groups: list[tuple[int, DeviceGroupConfig]], source: str) -> tuple[str, tuple[str, ...]]:
+    if not groups:
+        return batch.arch, tuple(batch.execution_providers)    # in no group, so in no ring: nothing was checked against it
+    (j, first), *rest = groups
+    hw = first.hardware
+    for k, other in rest:
+        if (other.hardware.arch, other.hardware.execution_providers) != (hw.arch, hw.execution_providers):
+            raise ConfigError(source, f"{PROJECT}:groups[{k}].hardware: device {dev_id} is in groups {first.name!r} and {other.name!r}, "
+                              f"whose hardware profiles differ ({hw.arch} {hw.execution_providers} vs "
+                              f"{other.hardware.arch} {other.hardware.execution_providers})",
+                              "a device has one hardware profile: make the groups' profiles agree, or their labels / device lists disjoint")
+    for key, mine, theirs in (("execution_providers", list(batch.execution_providers), list(hw.execution_providers)), ("arch", batch.arch, hw.arch)):
+        if key in batch.model_fields_set and mine != theirs:
+            raise ConfigError(source, f"{PROJECT}:local.devices[{i}].{key}: {mine} disagrees with {theirs}, the hardware profile of group "
+                              f"{first.name!r} ({PROJECT}:groups[{j}].hardware.{key}) that selects device {dev_id}",
+                              f"remove `{key}` from the batch (local devices take their group's hardware profile), or make it match")
+    return hw.arch, tuple(hw.execution_providers)
+
+
+def lock_path(hub_path: Path, purpose: str) -> Path:
+    return Path(hub_path).with_name(f"{Path(hub_path).name}.{purpose}.lock")
+
+
+@contextmanager
+def exclusive(path: Path, what: str, fix: str) -> Iterator[None]:
+    """An exclusive, non-blocking flock holding the holder's pid: a second holder fails at once, saying who
+    holds it, instead of racing on the hub. The kernel drops the lock when the holder dies, even by SIGKILL."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)       # not inherited by agent processes (PEP 446)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise EdgefleetError(str(path), f"{what} (pid {holder} holds this lock)", fix.format(pid=holder)) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_holder(path: Path) -> str | None:
+    """The pid holding `path`'s lock, or None when nobody does."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def register(hub: LocalHub, devices: list[LocalDevice]) -> None:
@@ -83,6 +163,7 @@ class LocalFleet:
 
     def __post_init__(self) -> None:
         self.devices = self.devices or local_devices(self.cfg)
+        self._locks = ExitStack()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._procs: dict[tuple[str, str], subprocess.Popen] = {}
@@ -93,6 +174,10 @@ class LocalFleet:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
+        self._locks.enter_context(exclusive(
+            lock_path(self.hub_path, "fleet"), f"a local fleet is already running on the hub {self.hub_path}",
+            "stop it first (Ctrl-C in its terminal, or `kill {pid}`): `edgefleet up` runs its own fleet, "
+            "`edgefleet fleet run` is for `pulumi up --stack local`"))
         self._started_at = time.time()
         self._stop.clear()
         key_path = self.state_root / "trusted.pub.pem"
@@ -111,6 +196,7 @@ class LocalFleet:
             self._thread.join(timeout=30)
         for key in list(self._procs):
             self.stop_process(*key)
+        self._locks.close()
 
     def __enter__(self) -> "LocalFleet":
         self.start()

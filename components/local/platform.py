@@ -58,11 +58,11 @@ class LocalPlatform(Platform):
             "total_rings": len(spec.rollout.rings), "rings": [r.model_dump(mode="json") for r in rings], "groups": groups,
             "model": manifest.name, "version": manifest.version, "sha256": manifest.sha256, "size": manifest.size,
             "manifest": model.manifest_text, "uri": published.uri, "signature": published.signature,
+            "key_file": self.stack.signing.key_file, "poll_seconds": self.local.poll_seconds, "stack": pulumi.get_stack(),
         }
         after = {"after": spec.previous_gate} if spec.previous_gate is not None else {}
         deployment = providers.RingDeployment(f"{parent.resource_name}-deployment", {**common, **after}, child(parent))
         gate = providers.RingGate(f"{parent.resource_name}-gate", {
             **common, "deployment": deployment.id, "gate_config": spec.ring.gate.model_dump(mode="json"),
-            "key_file": self.stack.signing.key_file, "poll_seconds": self.local.poll_seconds,
         }, child(parent, custom_timeouts=pulumi.CustomTimeouts(create=f"{int(spec.ring.gate.deadline_seconds * 2) + 60}s")))
         return RingOutputs(deployment=deployment.id, gate=gate.gate, devices=deployment.devices)

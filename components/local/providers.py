@@ -15,7 +15,7 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider,
 
 from components.dynamic import input_diff
 
-PROVIDER_VERSION = "1"
+PROVIDER_VERSION = "2"
 
 
 class _Idempotent(ResourceProvider):
@@ -79,16 +79,13 @@ class ArtifactProvider(_Idempotent):
 
 
 class RingDeploymentProvider(_Idempotent):
-    """Points a ring's devices at the new version in the local hub."""
+    """Points a ring's devices at the declared version in the local hub, as `edgefleet up` would: a declared
+    older version goes out under a signed rollback order, a version a gate rejected is refused."""
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        from components.local.plan import ring_plan_from_props, desired_from_props
-        from components.local.hub import LocalHub
+        from components.local.plan import deploy_ring
 
-        hub = LocalHub(props["hub"])
-        ring = ring_plan_from_props(hub, props, props["index"])
-        hub.set_desired(ring.target, desired_from_props(props))
-        return CreateResult(id_=f"{props['rollout']}/{props['ring']}", outs={**props, "devices": list(ring.target.selector)})
+        return CreateResult(id_=f"{props['rollout']}/{props['ring']}", outs={**props, "devices": deploy_ring(props)})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return input_diff(olds, news, ("sha256", "version"))
@@ -101,9 +98,11 @@ class RingGateProvider(_Idempotent):
         from components.local.plan import run_gate
 
         progress = run_gate(props)
-        ring = progress["rings"][props["index"]]
+        rings = progress["rings"]
+        index = int(props["index"])
+        measured = rings[index].get("measured") if index < len(rings) else None
         return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
-                            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
+                            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": measured})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return input_diff(olds, news, ("sha256", "version", "gate_config"))

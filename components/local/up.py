@@ -1,26 +1,32 @@
 """`edgefleet up --stack local`: apply the synthesized graph to the local platform.
 
 Reads what the program declared (the same graph `edgefleet synth` writes), publishes each model version
-to the local store signed by the stack's key, compares declared versions with the rollouts the hub
-records, and runs the rollout engine for each change while the local fleet runs. Under the Pulumi CLI
-the dynamic providers in providers.py do the same steps resource by resource.
+to the local store signed by the stack's key, compares each declared version with what the hub's rings
+are set to (plan.decide), and runs the rollout engine for each change while the local fleet runs: a newer
+version rolls forward, an older one is an intentional rollback under a signed rollback order. Under the
+Pulumi CLI the dynamic providers in providers.py make the same decision resource by resource, while
+`edgefleet fleet run` (serve) runs the devices.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from edgefleet.config import DeviceGroupConfig, RingConfig, RolloutConfig, StackConfig, load_stack
 from edgefleet.errors import EdgefleetError
+from edgefleet.manifest import parse_manifest_bytes
 from edgefleet.signing import LocalKeySigner, create_key_file
 
-from components.local.fleet import LocalFleet, local_devices, register
+from components.local.fleet import LocalFleet, exclusive, local_devices, lock_path, register
 from components.local.hub import LocalHub
-from components.local.plan import engine_for, ring_plans
+from components.local.plan import Decision, decide, engine_for, plan_for
 from components.local.store import Published, publish
-from components.rollout.engine import TERMINAL, RolloutPlan, last_good, rollout_id
+from components.rollout.engine import RolloutPlan
+from components.rollout.types import DesiredModel
 
 ARTIFACT = "pulumi-python:dynamic/edgefleet-local:Artifact"
 
@@ -40,8 +46,14 @@ class Outcome:
     model: str
     from_version: str | None
     to_version: str
-    status: str                     # up-to-date | succeeded | rolled_back | rollback_incomplete | previously-rolled-back
+    status: str                     # up-to-date | succeeded | rolled_back | rollback_incomplete | previously-rolled-back | refused
     progress: dict[str, Any] | None
+    kind: str = "forward"           # forward | rollback (a declared older version)
+    problem: str = ""               # refusals: why, and the fix
+    fix: str = ""
+
+
+REFUSED = ("previously-rolled-back", "refused")
 
 
 def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
@@ -76,44 +88,55 @@ def signer_for(cfg: StackConfig, project_dir: Path) -> LocalKeySigner:
     return LocalKeySigner(path)
 
 
-def _supersede(hub: LocalHub, rollout: str, keep: str) -> None:
-    for p in hub.rollouts(rollout):
-        if p["status"] not in TERMINAL and p["rollout_id"] != keep:
-            p["status"] = "superseded"
-            hub.save_progress(p["rollout_id"], p)
+def local_stack(project_dir: Path, stack: str, verb: str) -> tuple[StackConfig, str]:
+    cfg, source = load_stack(project_dir, stack)
+    if "local" not in cfg.platforms or cfg.local is None:
+        raise EdgefleetError(source, f"{verb} drives the local platform; this stack targets {', '.join(cfg.platforms)}",
+                             f"use `pulumi up --stack {stack}` with the Pulumi CLI, or preview offline with `edgefleet plan --stack {stack}`")
+    return cfg, source
+
+
+def local_models(cfg: StackConfig) -> list[str]:
+    """Models that local rollouts ship: the local fleet runs one agent per device and model."""
+    return sorted({r.model for r in cfg.rollouts
+                   if all(cfg.group_platform(cfg.group(ring.group)) == "local" for ring in r.rings)})
 
 
 def up(project_dir: Path, stack: str, graph: dict[str, Any], on_update: Callable[[dict[str, Any]], None] | None = None,
        on_fleet: Callable[[LocalFleet], None] | None = None) -> list[Outcome]:
     project_dir = Path(project_dir).resolve()
-    cfg, source = load_stack(project_dir, stack)
-    if "local" not in cfg.platforms or cfg.local is None:
-        raise EdgefleetError(source, f"edgefleet up drives the local platform; this stack targets {', '.join(cfg.platforms)}",
-                             f"use `pulumi up --stack {stack}` with the Pulumi CLI, or preview offline with `edgefleet plan --stack {stack}`")
+    cfg, source = local_stack(project_dir, stack, "edgefleet up")
+    hub_path = project_dir / cfg.local.hub
+    with exclusive(lock_path(hub_path, "up"), f"another `edgefleet up --stack {stack}` is rolling out on this hub",
+                   "wait for it to finish, or stop it (Ctrl-C in its terminal, or `kill {pid}`); "
+                   "a stopped rollout resumes where it stood on the next `edgefleet up`"):
+        return _up(project_dir, cfg, source, hub_path, graph, on_update, on_fleet)
+
+
+def _up(project_dir: Path, cfg: StackConfig, source: str, hub_path: Path, graph: dict[str, Any],
+        on_update: Callable[[dict[str, Any]], None] | None, on_fleet: Callable[[LocalFleet], None] | None) -> list[Outcome]:
+    devices = local_devices(cfg, source)
     signer = signer_for(cfg, project_dir)
-    hub = LocalHub(project_dir / cfg.local.hub)
-    devices = local_devices(cfg)
+    hub = LocalHub(hub_path)
     register(hub, devices)
-    work: list[tuple[DeclaredRollout, RolloutPlan]] = []
+    work: list[tuple[DeclaredRollout, Decision, RolloutPlan]] = []
     outcomes: list[Outcome] = []
     for d in declared(graph):
         published: Published = publish(project_dir / cfg.local.store, d.manifest_text, project_dir / d.source, signer, d.source)
-        desired = published.desired("")
-        rid = rollout_id(d.config.name, desired)
-        desired = published.desired(rid)
-        previous = last_good(hub.rollouts(d.config.name), before=rid)
-        existing = hub.load_progress(rid)
-        if existing is not None and existing["status"] in TERMINAL:
-            status = "up-to-date" if existing["status"] == "succeeded" else "previously-rolled-back"
-            outcomes.append(Outcome(d.config.name, d.model, existing.get("previous_version"), desired.version, status, existing))
-            continue
-        _supersede(hub, d.config.name, keep=rid)
-        plan = RolloutPlan(d.config.name, desired, previous, tuple(ring_plans(hub, d.config, d.groups, rid)))
-        work.append((d, plan))
+        wanted = published.desired("")
+        decision = decide(hub, d.config, d.groups, wanted)
+        if decision.action == "up-to-date":
+            outcomes.append(Outcome(d.config.name, d.model, None, wanted.version, "up-to-date", decision.record))
+        elif decision.action == "refused":
+            running = sorted({v for v in decision.ring_versions.values() if v})
+            outcomes.append(Outcome(d.config.name, d.model, ", ".join(running) or None, wanted.version, decision.status,
+                                    decision.record, problem=decision.problem, fix=decision.fix))
+        else:
+            work.append((d, decision, plan_for(d.config.name, decision, wanted, signer)))
     if not work:
         return outcomes
-    fleet = LocalFleet(cfg, project_dir / cfg.local.hub, project_dir / ".edgefleet" / "local" / "devices", signer.public_key_pem(),
-                       sorted({d.model for d, _ in work}), sim_period=cfg.local.report_seconds)
+    fleet = LocalFleet(cfg, hub_path, project_dir / ".edgefleet" / "local" / "devices", signer.public_key_pem(),
+                       sorted({d.model for d, _, _ in work}), sim_period=cfg.local.report_seconds, devices=devices)
 
     def watch(progress: dict[str, Any]) -> None:
         if fleet.error is not None:
@@ -124,9 +147,67 @@ def up(project_dir: Path, stack: str, graph: dict[str, Any], on_update: Callable
     with fleet:
         if on_fleet is not None:
             on_fleet(fleet)
-        for d, plan in work:
+        for d, decision, plan in work:
             engine = engine_for(hub, str(project_dir / cfg.signing.key_file), cfg.local.poll_seconds, on_update=watch)
             progress = engine.run(plan)
-            outcomes.append(Outcome(d.config.name, d.model, plan.previous.version if plan.previous else None,
-                                    plan.desired.version, progress["status"], progress))
+            outcomes.append(Outcome(d.config.name, d.model, progress.get("previous_version"), plan.desired.version,
+                                    progress["status"], progress, kind=decision.kind))
     return outcomes
+
+
+def declared_state(project_dir: Path, stack: str, graph: dict[str, Any]) -> list[dict[str, Any]]:
+    """Declared versus running, per rollout, and what `edgefleet up` would do about it; reads the hub, writes nothing."""
+    project_dir = Path(project_dir).resolve()
+    cfg, _ = local_stack(project_dir, stack, "edgefleet status")
+    hub = LocalHub(project_dir / cfg.local.hub)
+    out = []
+    for d in declared(graph):
+        manifest = parse_manifest_bytes(d.manifest_text.encode(), d.source)
+        wanted = DesiredModel(model=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size,
+                              uri="", manifest=d.manifest_text, signature="")
+        decision = decide(hub, d.config, d.groups, wanted)
+        devices = [dev for r in decision.rings for dev in r.target.selector]
+        reported = Counter(r.version for r in hub.reports(d.model, devices).values())
+        set_to = sorted({v for v in decision.ring_versions.values() if v})
+        if decision.action == "up-to-date":
+            next_step = "in sync: every ring is set to the declared version"
+        elif decision.action == "resume":
+            next_step = f"rollout {decision.rollout_id} is in flight: `edgefleet up --stack {stack}` resumes it"
+        elif decision.action == "refused":
+            next_step = f"`edgefleet up` refuses: {decision.problem}; fix: {decision.fix}"
+        elif decision.kind == "rollback":
+            next_step = (f"declared {wanted.version} is older than the rings' {decision.downgrade_from.version}: `edgefleet up --stack {stack}` "
+                         "rolls back to it ring by ring, under a signed rollback order")
+        else:
+            next_step = f"`edgefleet up --stack {stack}` rolls out {wanted.version} ring by ring"
+        out.append({"rollout": d.config.name, "model": d.model, "declared": wanted.version, "rings_set_to": decision.ring_versions,
+                    "running": dict(sorted(reported.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))),
+                    "in_sync": decision.action == "up-to-date" and set(reported) <= {wanted.version},
+                    "action": decision.action, "kind": decision.kind, "next": next_step, "set_to": set_to})
+    return out
+
+
+def serve(project_dir: Path, stack: str, stop: threading.Event, on_ready: Callable[[LocalFleet, LocalHub], None] | None = None,
+          on_tick: Callable[[LocalFleet, LocalHub], None] | None = None, tick_seconds: float = 10.0) -> None:
+    """`edgefleet fleet run`: registers the stack's devices and runs them until `stop` is set, so that the
+    ring gates of `pulumi up --stack local` (another process) find devices that adopt and report."""
+    project_dir = Path(project_dir).resolve()
+    cfg, source = local_stack(project_dir, stack, "edgefleet fleet run")
+    devices = local_devices(cfg, source)
+    models = local_models(cfg)
+    if not models:
+        raise EdgefleetError(source, f"no rollout of {stack} targets local device groups, so the fleet would have no model to run",
+                             "declare a rollout under edgefleet:rollouts whose rings use local groups")
+    hub = LocalHub(project_dir / cfg.local.hub)
+    register(hub, devices)
+    signer = signer_for(cfg, project_dir)
+    fleet = LocalFleet(cfg, project_dir / cfg.local.hub, project_dir / ".edgefleet" / "local" / "devices", signer.public_key_pem(),
+                       models, sim_period=cfg.local.report_seconds, devices=devices)
+    with fleet:
+        if on_ready is not None:
+            on_ready(fleet, hub)
+        while not stop.wait(tick_seconds if on_tick else 0.5):
+            if fleet.error is not None:
+                raise RuntimeError(f"the simulated fleet stopped: {fleet.error!r}") from fleet.error
+            if on_tick is not None:
+                on_tick(fleet, hub)

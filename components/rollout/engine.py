@@ -46,10 +46,11 @@ class RolloutPlan:
     desired: DesiredModel
     previous: DesiredModel | None            # last good version: what a failed rollout goes back to
     rings: tuple[RingPlan, ...]
+    attempt_id: str = ""                     # a retry or a declared rollback of an artifact records under its own id
 
     @property
     def rollout_id(self) -> str:
-        return rollout_id(self.rollout, self.desired)
+        return self.attempt_id or rollout_id(self.rollout, self.desired)
 
 
 def rollout_id(rollout: str, desired: DesiredModel) -> str:

@@ -1,19 +1,24 @@
-"""`edgefleet up | status | demo`: the local stack end to end."""
+"""`edgefleet up | status | demo | fleet run`: the local stack end to end."""
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from components.rollout.engine import FAILED
-from edgefleet.cli import EXIT_ROLLOUT_HALTED, app, console
+from edgefleet.cli import EXIT_INPUT, EXIT_ROLLOUT_HALTED, app, console, err_console
 
+fleet_app = typer.Typer(no_args_is_help=True, help="Run the local stack's simulated fleet, for `pulumi up --stack local`.")
+app.add_typer(fleet_app, name="fleet")
 
 
 def progress_table(p: dict[str, Any]) -> Table:
@@ -42,12 +47,15 @@ def progress_table(p: dict[str, Any]) -> Table:
 
 
 def outcome_line(o) -> str:
-    colour = {"succeeded": "green", "up-to-date": "green", "rolled_back": "red", "rollback_incomplete": "red", "previously-rolled-back": "yellow"}.get(o.status, "white")
+    colour = {"succeeded": "green", "up-to-date": "green", "rolled_back": "red", "rollback_incomplete": "red",
+              "previously-rolled-back": "red", "refused": "red"}.get(o.status, "white")
     text = f"[{colour}]{o.status}[/] {o.rollout}: {o.model} {o.from_version or 'nothing'} → {o.to_version}"
+    if o.kind == "rollback":
+        text += " (declared rollback, under a signed rollback order)"
     if o.status == "up-to-date":
-        text = f"[{colour}]{o.status}[/] {o.rollout}: {o.model} {o.to_version} is already rolled out to every ring"
-    if o.status == "previously-rolled-back":
-        text += " (this version was rolled back before; declare a new version to try again)"
+        text = f"[{colour}]{o.status}[/] {o.rollout}: every ring is set to {o.model} {o.to_version}"
+    if o.status in ("previously-rolled-back", "refused"):
+        text = f"[{colour}]{o.status}[/] {o.rollout}: {escape(o.problem)}\n  fix: {escape(o.fix)}"
     return text
 
 
@@ -69,6 +77,8 @@ def run_up(project_dir: Path, stack: str, as_json: bool, on_fleet=None) -> list:
         outcomes = up(project_dir, stack, graph, on_update=show, on_fleet=on_fleet)
         if "p" in last:
             live.update(progress_table(last["p"]))
+    if "p" in last and not console.is_terminal:
+        console.line()                                 # rich leaves a non-terminal's last frame unterminated
     return outcomes
 
 
@@ -79,17 +89,22 @@ def up_cmd(
     project_dir: Path = typer.Option(Path("."), "--project-dir"),
 ) -> None:
     """Synth the program, compare declared model versions with the hub, and run the staged rollout on the local fleet."""
+    from components.local.up import REFUSED
+
     outcomes = run_up(project_dir, stack, as_json)
     if as_json:
-        print(json.dumps([{"rollout": o.rollout, "model": o.model, "from": o.from_version, "to": o.to_version,
-                           "status": o.status, "report": (o.progress or {}).get("report")} for o in outcomes], indent=2))
+        print(json.dumps([{"rollout": o.rollout, "model": o.model, "from": o.from_version, "to": o.to_version, "kind": o.kind,
+                           "status": o.status, "report": (o.progress or {}).get("report"), "problem": o.problem or None,
+                           "fix": o.fix or None} for o in outcomes], indent=2))
     else:
         for o in outcomes:
-            console.print(outcome_line(o), highlight=False)
+            console.print(outcome_line(o), highlight=False, soft_wrap=True)
         if not outcomes:
             console.print("nothing to roll out: no local rollouts declared")
     if any(o.status in FAILED for o in outcomes):
         raise typer.Exit(EXIT_ROLLOUT_HALTED)
+    if any(o.status in REFUSED for o in outcomes):
+        raise typer.Exit(EXIT_INPUT)
 
 
 @app.command("status")
@@ -98,10 +113,14 @@ def status_cmd(
     as_json: bool = typer.Option(False, "--json"),
     project_dir: Path = typer.Option(Path("."), "--project-dir"),
 ) -> None:
-    """Each ring's desired and reported versions, and drift (devices running something other than desired)."""
+    """Each ring's desired and reported versions, drift (devices running something other than desired), and
+    whether the declared versions are what the rings run."""
+    from components.local.up import declared_state
     from edgefleet.status import fleet_status
+    from edgefleet.synth import synth
 
     rows = fleet_status(project_dir, stack)
+    rows["declared"] = declared_state(project_dir, stack, synth(project_dir, stack))
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -115,15 +134,61 @@ def status_cmd(
     console.print(t)
     for ro in rows["rollouts"]:
         console.print(f"{ro['rollout']}: last rollout {ro['version']} ({ro['status']})", highlight=False)
+    for d in rows["declared"]:
+        running = ", ".join(f"{v or 'none'}×{n}" for v, n in d["running"].items()) or "no reports"
+        rings = ", ".join(d["set_to"]) or "nothing"
+        colour = "green" if d["in_sync"] else "yellow"
+        console.print(f"[{colour}]{d['rollout']}: declared {d['model']} {d['declared']}; rings set to {rings}; devices run {running}[/]",
+                      highlight=False, soft_wrap=True)
+        if not d["in_sync"]:
+            console.print(f"  {escape(d['next'])}", highlight=False, soft_wrap=True)
 
 
 @app.command("demo")
 def demo_cmd(
-    workdir: Path = typer.Option(Path(".edgefleet/demo"), "--workdir", help="Scratch copy of the project the demo runs in (recreated)."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="Scratch copy of the project the demo runs in (recreated); default <project>/.edgefleet/demo."),
     devices: int = typer.Option(1000, "--devices", help="Fleet size."),
+    project: Path | None = typer.Option(None, "--project", help="The edgefleet project to copy; default: the current directory if it is "
+                                        "one, else the checkout edgefleet runs from."),
 ) -> None:
     """The whole story on a fresh machine: v1 to every ring, a good v2 through all rings, then a bad model
     that halts at the canary and is rolled back. Prints the timeline and writes a picture of it."""
-    from edgefleet.demo import run_demo
+    from edgefleet.demo import find_project, run_demo
 
-    run_demo(Path(".").resolve(), workdir, devices)
+    src = find_project(project)
+    run_demo(src, workdir if workdir is not None else src / ".edgefleet" / "demo", devices)
+
+
+@fleet_app.command("run")
+def fleet_run_cmd(
+    stack: str = typer.Option(..., "--stack", "-s"),
+    project_dir: Path = typer.Option(Path("."), "--project-dir"),
+    every: float = typer.Option(10.0, "--every", help="Seconds between status lines."),
+) -> None:
+    """Register the stack's simulated devices in the local hub and run them (and their agent processes) until
+    Ctrl-C: the fleet that `pulumi up --stack local`, run in another terminal, rolls out to."""
+    from components.local.up import serve
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def ready(fleet, hub) -> None:
+        procs = sum(1 for d in fleet.devices if d.kind == "process")
+        console.print(f"local fleet of stack {stack}: {len(fleet.devices)} devices registered in {hub.path} "
+                      f"({procs} agent processes), running {', '.join(fleet.models)}", highlight=False, soft_wrap=True)
+        console.print(f"now run `pulumi up --stack {stack}` in another terminal; Ctrl-C here stops the fleet", highlight=False)
+
+    def tick(fleet, hub) -> None:
+        for model in fleet.models:
+            counts: dict[str, int] = {}
+            for r in hub.reports(model).values():
+                counts[r.version or "none"] = counts.get(r.version or "none", 0) + 1
+            running = ", ".join(f"{v}×{n}" for v, n in sorted(counts.items())) or "no reports yet"
+            console.print(f"{time.strftime('%H:%M:%S')} {model}: {running}", highlight=False)
+
+    try:
+        serve(project_dir, stack, stop, on_ready=ready, on_tick=tick, tick_seconds=every)
+    except KeyboardInterrupt:
+        err_console.print("fleet stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -172,7 +172,7 @@ def test_add_refuses_a_non_onnx_file(run_cli, models_dir, content):
 
 def _graph_with(tmp: Path, name: str, input_type: int, output) -> Path:
     """A one-node graph whose input or output is of a kind a manifest cannot describe or feed."""
-    from onnx import TensorProto, helper, save
+    from onnx import helper, save
 
     x = helper.make_tensor_value_info("x", input_type, [1, 4])
     node = helper.make_node("SequenceConstruct", ["x"], ["y"]) if output == "sequence" else helper.make_node("Identity", ["x"], ["y"])

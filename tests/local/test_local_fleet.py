@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -126,8 +126,8 @@ def test_a_model_signed_by_another_key_is_refused_by_every_canary_device(project
     monkeypatch.setattr(up_module, "signer_for", lambda cfg, d: LocalKeySigner(other))   # publish with a key devices do not trust
     real_fleet = up_module.LocalFleet
 
-    def fleet(cfg, hub_path, state_root, public_key_pem, models, sim_period):
-        return real_fleet(cfg, hub_path, state_root, trusted(cfg, p).public_key_pem(), models, sim_period)
+    def fleet(cfg, hub_path, state_root, public_key_pem, models, **kw):
+        return real_fleet(cfg, hub_path, state_root, trusted(cfg, p).public_key_pem(), models, **kw)
 
     monkeypatch.setattr(up_module, "LocalFleet", fleet)
     outcome = run(p)
@@ -138,17 +138,27 @@ def test_a_model_signed_by_another_key_is_refused_by_every_canary_device(project
 
 
 @pytest.mark.slow
-def test_a_downgrade_without_a_rollback_order_is_refused(project):
+def test_a_downgrade_without_a_rollback_order_is_refused(project, monkeypatch):
+    """A declared older version goes out under a signed rollback order (test_declared.py); a controller that
+    sent one without it (a bug, or a tampered hub) is refused by every device it reaches."""
     p = project(devices=20, processes=1)
     add(p, "detector-1.1.0.onnx", "1.1.0")  # the copy starts at 1.0.0; make 1.1.0 the running version
     assert run(p).status == "succeeded"
     manifest = p / "models" / "detector" / "model.yaml"
-    manifest.write_text(manifest.read_text().replace("version: 1.1.0", "version: 1.0.9"))  # hand-edited to go back
+    manifest.write_text(manifest.read_text().replace("version: 1.1.0", "version: 1.0.9"))
+    real_plan_for = up_module.plan_for
+
+    def unsigned(*args):
+        plan = real_plan_for(*args)
+        return dataclasses.replace(plan, desired=dataclasses.replace(plan.desired, rollback_order=None, rollback_signature=None))
+
+    monkeypatch.setattr(up_module, "plan_for", unsigned)
     outcome = run(p)
     assert outcome.status == "rolled_back"
     failures = outcome.progress["report"]["failures"]
-    assert failures and all("downgrade" in why for _, why in failures), failures
+    assert failures and all("downgrade from 1.1.0 to 1.0.9 refused: no signed rollback order" in why for _, why in failures), failures
     assert set(reported_versions(p).values()) == {"1.1.0"}
+    assert hub(p).ever_served("detector", "1.0.9") == []
 
 
 @pytest.mark.slow

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 
 from components.local import providers
-from components.local.fleet import LocalFleet, local_devices, register
+from components.local.fleet import LocalFleet, local_devices, lock_holder, lock_path, register
 from components.local.hub import LocalHub
+from components.local.up import serve
 from edgefleet.artifact import verify_artifact
 from edgefleet.config import load_stack
 from edgefleet.model_add import add_version, parse_metric
@@ -113,6 +116,132 @@ def test_gate_provider_passes_a_healthy_ring_and_fails_the_update_with_the_reaso
     message = str(failed.value)
     assert "halted at ring 'canary'" in message and "invalid (NaN/Inf) outputs" in message
     assert "Rolled back rings ['canary'] to 1.0.0" in message and "never deployed: 2 later ring(s)" in message
+
+
+# -- RingGateProvider called directly, with `edgefleet fleet run` (serve) as the other terminal ---------------
+@pytest.fixture
+def fleet_run(project, monkeypatch):
+    """A short-soak project copy (long enough for one inference sweep: metric gates need inferences), its artifact published through the provider, and a function that starts
+    `edgefleet fleet run` in a thread (stopped at teardown)."""
+    p = project(devices=12, processes=0, soak=0.5)
+    monkeypatch.chdir(p)
+    create_key_file(p / ".edgefleet" / "keys" / "signing.pem")
+    stops: list[tuple[threading.Event, threading.Thread]] = []
+
+    def start() -> None:
+        stop, ready = threading.Event(), threading.Event()
+        thread = threading.Thread(target=serve, args=(p, "local", stop), kwargs={"on_ready": lambda *_: ready.set()}, daemon=True)
+        thread.start()
+        assert ready.wait(30), "the fleet did not start"
+        stops.append((stop, thread))
+
+    yield p, start
+    for stop, thread in stops:
+        stop.set()
+        thread.join(30)
+
+
+def published(p: Path) -> tuple[dict, object]:
+    graph = synth(p, "local")
+    return graph, providers.ArtifactProvider().create(inputs(graph, "detector-local-artifact"))
+
+
+def roll(p: Path) -> list:
+    """What `pulumi up` does for one model version: deployment then gate, ring after ring."""
+    graph, art = published(p)
+    gates = []
+    for ring in ("canary", "early", "broad"):
+        providers.RingDeploymentProvider().create(resolved(graph, f"detector-{ring}-deployment", art))
+        gates.append(providers.RingGateProvider().create(resolved(graph, f"detector-{ring}-gate", art)))
+    return gates
+
+
+def test_gate_provider_create_with_no_devices_registered_says_to_run_edgefleet_fleet_run(fleet_run):
+    p, _ = fleet_run
+    graph, art = published(p)
+    for name in ("detector-canary-deployment", "detector-canary-gate"):
+        cls = providers.RingDeploymentProvider if name.endswith("deployment") else providers.RingGateProvider
+        with pytest.raises(RuntimeError) as err:
+            cls().create(resolved(graph, name, art))
+        assert "ring 'canary' of rollout 'detector' has no devices in the local hub" in str(err.value)
+        assert "Run `edgefleet fleet run --stack local` in another terminal" in str(err.value)
+
+
+def test_gate_provider_create_with_devices_but_no_fleet_running_fails_at_once_instead_of_timing_out(fleet_run):
+    p, _ = fleet_run
+    cfg, _ = load_stack(p, "local")
+    register(LocalHub(p / cfg.local.hub), local_devices(cfg))
+    graph, art = published(p)
+    providers.RingDeploymentProvider().create(resolved(graph, "detector-canary-deployment", art))
+    with pytest.raises(RuntimeError) as err:
+        providers.RingGateProvider().create(resolved(graph, "detector-canary-gate", art))
+    assert "no local fleet is running" in str(err.value) and "edgefleet fleet run --stack local" in str(err.value)
+
+
+def test_gate_provider_create_passes_each_ring_and_update_reruns_without_redeploying(fleet_run):
+    p, start = fleet_run
+    start()
+    assert lock_holder(lock_path(p / ".edgefleet" / "local" / "hub.sqlite", "fleet")) == str(os.getpid())
+    gates = roll(p)
+    assert [g.outs["gate"].rsplit(":", 2)[1:] for g in gates] == [["canary", "passed"], ["early", "passed"], ["broad", "passed"]]
+    assert gates[0].outs["measured"]["adopted"] == gates[0].outs["measured"]["devices"] > 0
+    hub = LocalHub(p / ".edgefleet" / "local" / "hub.sqlite")
+    [record] = hub.rollouts("detector")
+    assert record["status"] == "succeeded"
+    events = len(record["events"])
+
+    graph, art = published(p)
+    news = {**resolved(graph, "detector-early-gate", art), "provider_version": "3"}
+    diff = providers.RingGateProvider().diff(gates[1].id, gates[1].outs, news)
+    assert diff.changes and diff.replaces == [], "a provider change alone is an in-place update"
+    updated = providers.RingGateProvider().update(gates[1].id, gates[1].outs, news)
+    assert updated.outs["gate"] == gates[1].outs["gate"] and updated.outs["measured"] == gates[1].outs["measured"]
+    assert len(hub.rollouts("detector")[-1]["events"]) == events, "an update of an up-to-date gate must not deploy or gate again"
+
+
+def test_gate_provider_diff_replaces_on_a_new_version_or_gate_and_is_quiet_otherwise(deployed):
+    p, graph, art = deployed
+    olds = {**resolved(graph, "detector-canary-gate", art), "gate": "g", "measured": {}}
+    gate = providers.RingGateProvider()
+    assert not gate.diff("id", olds, resolved(graph, "detector-canary-gate", art)).changes
+    stricter = {**resolved(graph, "detector-canary-gate", art)}
+    stricter["gate_config"] = {**stricter["gate_config"], "success_share": 0.5}
+    assert gate.diff("id", olds, stricter).replaces == ["gate_config"]
+    add_version(p / "models" / "detector", SAMPLES / "detector-1.1.0.onnx", "1.1.0", metrics=[parse_metric("accuracy=0.9@e", set())])
+    newer = resolved(synth(p, "local"), "detector-canary-gate", art)
+    assert {"version", "sha256"} <= set(gate.diff("id", olds, newer).replaces)
+
+
+def test_under_pulumi_a_declared_older_version_rolls_back_and_a_rejected_one_is_never_redeployed(fleet_run):
+    p, start = fleet_run
+    start()
+    model_dir = p / "models" / "detector"
+    shutil.copytree(model_dir, p.parent / "v1.0.0")
+    roll(p)
+    add_version(model_dir, SAMPLES / "detector-1.1.0.onnx", "1.1.0", metrics=[parse_metric("accuracy=0.9@e", set())])
+    roll(p)
+    hub = LocalHub(p / ".edgefleet" / "local" / "hub.sqlite")
+
+    shutil.rmtree(model_dir)
+    shutil.copytree(p.parent / "v1.0.0", model_dir)
+    roll(p)
+    record = hub.rollouts("detector")[-1]
+    assert (record["status"], record["version"], record["previous_version"]) == ("succeeded", "1.0.0", "1.1.0")
+    assert all(s["desired"].version == "1.0.0" and s["desired"].is_rollback for s in hub.ring_states())
+    assert {r.version for r in hub.reports("detector").values()} == {"1.0.0"}
+
+    add_version(model_dir, SAMPLES / "detector-1.2.0-nan.onnx", "1.2.0", metrics=[parse_metric("accuracy=0.9@e", set())])
+    graph, art = published(p)
+    providers.RingDeploymentProvider().create(resolved(graph, "detector-canary-deployment", art))
+    with pytest.raises(RuntimeError) as failed:
+        providers.RingGateProvider().create(resolved(graph, "detector-canary-gate", art))
+    assert "halted at ring 'canary'" in str(failed.value)
+    canary_after_rollback = next(s["desired"] for s in hub.ring_states() if s["ring"] == "canary")
+    with pytest.raises(RuntimeError) as refused:
+        providers.RingDeploymentProvider().create(resolved(graph, "detector-canary-deployment", art))
+    assert "failed the gate of ring 'canary'" in str(refused.value) and "--version 1.2.1" in str(refused.value)
+    assert next(s["desired"] for s in hub.ring_states() if s["ring"] == "canary") == canary_after_rollback, \
+        "a version a gate rejected must not reach the canary again"
 
 
 @pytest.mark.parametrize("cls", [providers.ModelStoreProvider, providers.SigningKeyProvider, providers.ArtifactProvider,

@@ -98,3 +98,16 @@ def test_no_gate_passes_before_its_soak_or_with_adoption_below_the_bar(gate, obs
         assert now >= gate.soak_seconds
         assert obs.adopted / obs.devices >= gate.success_share
         assert obs.failed / obs.devices <= gate.max_failure_share
+        assert obs.inferences >= gate.min_inferences
+
+
+def test_a_soaked_ring_that_served_nothing_waits_for_evidence_then_fails_at_its_deadline():
+    """A NaN model passes every metric threshold while no inference has been reported: silence is not health."""
+    gate = GateConfig(soak_seconds=0, deadline_seconds=60, max_invalid_output_share=0.0)
+    silent = RingObservation(devices=5, adopted=5, failed=0, reporting=5, inferences=0)
+    waiting = evaluate(gate, silent, since_deploy=0, soak_started=0, now=10)
+    assert waiting.outcome == "soak" and "waiting for 1 inferences" in waiting.reasons[0]
+    served = evaluate(gate, RingObservation(**{**silent.__dict__, "inferences": 40}), since_deploy=0, soak_started=0, now=10)
+    assert served.outcome == "pass"
+    late = evaluate(gate, silent, since_deploy=0, soak_started=0, now=61)
+    assert late.outcome == "fail" and "its health metrics were never measured" in late.reasons[0]

@@ -1,0 +1,194 @@
+"""`edgefleet up` makes the hub's rings run what is declared: an older declaration is a staged rollback under a
+signed rollback order, a version a gate rejected is refused with the fix, and an unfinished rollout is never
+superseded. Real agents (simulated in-process) on a 12-device fleet with half-second soaks: a run takes a second or two."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from components.local.fleet import exclusive, lock_path
+from components.local.hub import LocalHub
+from components.local.up import declared_state, up
+from components.rollout.types import DesiredModel, RingTarget
+from edgefleet.cli import EXIT_INPUT, main
+from edgefleet.errors import EdgefleetError
+from edgefleet.model_add import add_version, parse_metric
+from edgefleet.synth import synth
+
+SAMPLES = Path(__file__).resolve().parents[2] / "models" / "samples"
+
+
+class Versions:
+    """Declares model versions in a project copy: `add` records a new one, `declare` puts a recorded one back."""
+
+    def __init__(self, project_dir: Path) -> None:
+        self.dir = project_dir / "models" / "detector"
+        self.saved = project_dir.parent / f"{project_dir.name}-versions"
+        self._save("1.0.0")
+
+    def _save(self, version: str) -> None:
+        shutil.copytree(self.dir, self.saved / version)
+
+    def add(self, sample: str, version: str) -> None:
+        add_version(self.dir, SAMPLES / sample, version, metrics=[parse_metric("accuracy=0.95@eval", set())])
+        self._save(version)
+
+    def declare(self, version: str) -> None:
+        shutil.rmtree(self.dir)
+        shutil.copytree(self.saved / version, self.dir)
+
+
+def run(p: Path, **kw):
+    [outcome] = up(p, "local", synth(p, "local"), **kw)
+    return outcome
+
+
+def hub(p: Path) -> LocalHub:
+    return LocalHub(p / ".edgefleet" / "local" / "hub.sqlite")
+
+
+def reported(p: Path) -> set[str | None]:
+    return {r.version for r in hub(p).reports("detector").values()}
+
+
+def rings(p: Path) -> dict[str, tuple[str, bool]]:
+    return {s["ring"]: (s["desired"].version, s["desired"].is_rollback) for s in hub(p).ring_states()}
+
+
+def cli(*args: str, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.fixture
+def fleet(project):
+    p = project(devices=12, processes=0, soak=0.5)
+    return p, Versions(p)
+
+
+def test_declaring_an_older_version_rolls_every_ring_back_to_it_under_a_signed_order(fleet, capsys):
+    p, versions = fleet
+    assert run(p).status == "succeeded"
+    versions.add("detector-1.1.0.onnx", "1.1.0")
+    assert run(p).status == "succeeded"
+    assert reported(p) == {"1.1.0"}
+
+    versions.declare("1.0.0")
+    [state] = declared_state(p, "local", synth(p, "local"))
+    assert (state["declared"], state["set_to"], state["in_sync"], state["kind"]) == ("1.0.0", ["1.1.0"], False, "rollback")
+    assert "rolls back to it ring by ring" in state["next"]
+    code, out = cli("status", "--stack", "local", "--project-dir", str(p), capsys=capsys)
+    assert code == 0 and "declared detector 1.0.0; rings set to 1.1.0; devices run 1.1.0×12" in " ".join(out.split())
+
+    back = run(p)
+    assert (back.status, back.kind, back.from_version, back.to_version) == ("succeeded", "rollback", "1.1.0", "1.0.0")
+    assert reported(p) == {"1.0.0"}, "every device must run the declared version"
+    assert rings(p) == {"canary": ("1.0.0", True), "early": ("1.0.0", True), "broad": ("1.0.0", True)}
+    assert [r["state"] for r in back.progress["rings"]] == ["passed"] * 3, "a declared rollback is staged and gated like any rollout"
+    assert back.progress["rollout_id"].startswith("detector@1.0.0+") and "~from-1.1.0+" in back.progress["rollout_id"]
+
+    assert run(p).status == "up-to-date"
+    [state] = declared_state(p, "local", synth(p, "local"))
+    assert state["in_sync"] and state["running"] == {"1.0.0": 12}
+
+    versions.declare("1.1.0")
+    again = run(p)
+    assert (again.status, again.kind, again.from_version) == ("succeeded", "forward", "1.0.0")
+    assert again.progress["rollout_id"].endswith("#2"), "a second rollout of one artifact gets its own record"
+    assert reported(p) == {"1.1.0"}
+
+
+def test_a_version_a_gate_rolled_back_is_refused_with_the_fix_and_not_redeployed(fleet, capsys):
+    p, versions = fleet
+    assert run(p).status == "succeeded"
+    versions.add("detector-1.2.0-nan.onnx", "1.2.0")
+    assert run(p).status == "rolled_back"
+    before = hub(p).rollouts("detector")
+    desired_before = rings(p)
+
+    again = run(p)
+    assert again.status == "previously-rolled-back"
+    assert "failed the gate of ring 'canary'" in again.problem and "invalid (NaN/Inf) outputs" in again.problem
+    assert "--version 1.2.1" in again.fix and "declare the version the rings run (1.0.0)" in again.fix
+    assert hub(p).rollouts("detector") == before and rings(p) == desired_before, "nothing may be deployed again"
+
+    code, out = cli("up", "--stack", "local", "--project-dir", str(p), capsys=capsys)
+    text = " ".join(out.split())
+    assert code == EXIT_INPUT and "previously-rolled-back" in text and "fix: if the cause is fixed" in text
+
+    versions.declare("1.0.0")
+    assert run(p).status == "up-to-date", "going back to what the rings run is in sync at once"
+
+
+class Killed(Exception):
+    pass
+
+
+def test_an_unfinished_rollout_is_not_superseded_and_resumes_when_declared_again(fleet):
+    p, versions = fleet
+    assert run(p).status == "succeeded"
+    versions.add("detector-1.1.0.onnx", "1.1.0")
+
+    def kill_after_canary(progress):
+        if progress["rings"][0]["state"] == "passed":
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(p, on_update=kill_after_canary)
+    in_flight = hub(p).rollouts("detector")[-1]
+    assert in_flight["status"] == "running" and rings(p)["canary"][0] == "1.1.0"
+
+    versions.add("detector-1.2.0-nan.onnx", "1.2.0")
+    refused = run(p)
+    assert refused.status == "refused"
+    assert f"rollout {in_flight['rollout_id']}" in refused.problem and "still in flight" in refused.problem
+    assert refused.fix.startswith("declare detector 1.1.0 again")
+    assert hub(p).rollouts("detector")[-1]["status"] == "running", "the unfinished rollout must not be marked superseded"
+    assert hub(p).ever_served("detector", "1.2.0") == []
+
+    versions.declare("1.1.0")
+    resumed = run(p)
+    assert (resumed.status, resumed.progress["rollout_id"]) == ("succeeded", in_flight["rollout_id"])
+    assert any(e["event"] == "resumed" for e in resumed.progress["events"])
+    assert reported(p) == {"1.1.0"}
+
+
+def test_a_declared_rollback_from_rings_on_several_newer_versions_is_refused(fleet):
+    """A rollback order names the one version it moves devices off; rings left on several newer ones cannot get one."""
+    p, versions = fleet
+    assert run(p).status == "succeeded"
+    versions.add("detector-1.1.0.onnx", "1.1.0")
+    assert run(p).status == "succeeded"
+    state = hub(p)
+    canary = next(s for s in state.ring_states() if s["ring"] == "canary")
+    first = next(r for r in state.rollouts("detector") if r["version"] == "1.0.0")
+    state.set_desired(RingTarget("detector", "canary", 0, tuple(canary["devices"])), DesiredModel.from_json(first["desired"]))
+    versions.declare("1.0.0")
+    manifest = versions.dir / "model.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 0.9.0"))
+    outcome = run(p)
+    assert outcome.status == "refused" and "older than what the rings run (canary 1.0.0, early 1.1.0, broad 1.1.0)" in outcome.problem
+    assert "declare the newest of them" in outcome.fix
+
+
+def test_two_ups_on_one_hub_the_second_fails_naming_the_lock_the_holder_and_the_fix(fleet):
+    p, _ = fleet
+    lock = lock_path(p / ".edgefleet" / "local" / "hub.sqlite", "up")
+    with exclusive(lock, "held by the test", "n/a"):
+        with pytest.raises(EdgefleetError) as err:
+            run(p)
+    text = str(err.value)
+    assert str(lock) in text and "another `edgefleet up --stack local` is rolling out on this hub" in text
+    import os
+
+    assert f"pid {os.getpid()}" in text and "resumes where it stood" in text
+    assert run(p).status == "succeeded", "the lock is released with its holder"
