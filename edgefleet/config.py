@@ -375,8 +375,15 @@ def _platform_checks(cfg: StackConfig) -> list[tuple[str, str, str]]:
     """Each cloud's own rules (ring queries, job policies, twin tags); imported lazily, they import this module."""
     from components.aws.checks import check_aws_stack
     from components.azure.checks import check_azure_stack
+    from components.local.fleet import local_devices
 
-    return check_aws_stack(cfg) + check_azure_stack(cfg)
+    out = check_aws_stack(cfg) + check_azure_stack(cfg)
+    try:
+        local_devices(cfg)                     # each device's hardware must be its group's, which plans and policies check
+    except ConfigError as exc:
+        key, _, problem = exc.problem.partition(": ")
+        out.append((key.removeprefix(f"{PROJECT}:"), problem, exc.fix or ""))
+    return out
 
 
 def check_models_against_groups(cfg: StackConfig, manifests: dict[str, ModelManifest], source_of: dict[str, str]) -> list[tuple[str, str, str]]:

@@ -90,6 +90,14 @@ def test_unknown_edgefleet_key(project_copy):
     assert all(f"edgefleet:{k}" in err.fix for k in KEYS)
 
 
+def test_a_local_batch_contradicting_its_groups_hardware_fails_at_load_so_plan_and_policy_see_it(project_copy):
+    cfg = local_stack_config()
+    cfg["edgefleet:local"]["devices"][0]["execution_providers"] = ["CUDAExecutionProvider"]
+    err = error_of(project_copy, cfg)
+    assert str(err).startswith(f"{SOURCE}: edgefleet:local.devices[0].execution_providers: ['CUDAExecutionProvider'] disagrees with")
+    assert "local devices take their group's hardware profile" in err.fix
+
+
 def test_under_pulumi_up_an_unknown_key_fails_the_same_way(monkeypatch):
     """`pulumi up` hands the program its config through PULUMI_CONFIG, not the stack file: a typo must not be dropped."""
     import pulumi

@@ -150,9 +150,8 @@ def test_a_batch_that_repeats_its_groups_hardware_is_fine_and_overlapping_groups
                                       "hardware": {"name": "orin", "arch": "arm64", "execution_providers": ["CUDAExecutionProvider"],
                                                    "memory_mb": 1024, "storage_mb": 4096}})
     edit_stack(p, overlap)
-    cfg, source = load_stack(p, "local")
-    with pytest.raises(ConfigError) as err:
-        local_devices(cfg, source)
+    with pytest.raises(ConfigError) as err:          # at load, so `edgefleet plan` and `policy` refuse it too
+        load_stack(p, "local")
     assert "edgefleet:groups[1].hardware: device cam-0001 is in groups 'cameras' and 'gpu'" in str(err.value)
 
 
