@@ -12,7 +12,11 @@ Contract (docs/aws.md, "The agent on Greengrass"; components/aws/recipes.py is t
   because the agent verifies the manifest's signature before it trusts any of it.
 - Health goes to CloudWatch (`PutMetricData`): `Inferences`, `Errors`, `InvalidOutputs` (Count) and
   `LatencyP99Ms` (Milliseconds) with dimensions `Rollout`, `Ring`, `Version`, which is exactly what
-  `components.aws.hub.AwsHub.metric_queries` reads. Credentials come from the token exchange service
+  `components.aws.hub.AwsHub.metric_queries` reads. A window with errors or invalid outputs also files
+  `DeviceErrorRate` / `DeviceInvalidOutputShare` (fractions of the window's inferences) with a fourth dimension,
+  `Device` (the thing name), so a failed gate can name the devices behind it (`AwsHub.device_offenders`).
+  Healthy windows file none: CloudWatch bills each metric stream, so per-device cost follows misbehaving
+  devices only. Credentials come from the token exchange service
   through boto3's container provider (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, `AWS_CONTAINER_AUTHORIZATION_TOKEN`);
   the region from `AWS_REGION`. boto3 is imported and the client built on the first report, never at import.
 - A refused model is not served; the process exits with `EXIT_REFUSED` (see `python -m agent --help`) so
@@ -53,8 +57,9 @@ REQUIRED_ENV = (ENV_MANIFEST, ENV_SIGNATURE, ENV_FILE)
 
 COUNT_METRICS = (("Inferences", "inferences"), ("Errors", "errors"), ("InvalidOutputs", "invalid_outputs"))
 LATENCY_METRIC = "LatencyP99Ms"
-BACKLOG_DATUMS = 200          # unsent data points kept for the next report (50 windows), oldest dropped first
-PUT_BATCH = 1000              # PutMetricData takes at most 1000 metric data points per request
+DEVICE_METRICS = (("DeviceErrorRate", "errors"), ("DeviceInvalidOutputShare", "invalid_outputs"))   # share of the window's inferences
+BACKLOG_DATUMS = 200          # unsent data points kept for the next report (33 to 50 windows), oldest dropped first
+PUT_BATCH = 1000              # PutMetricData takes at most 1000 metrics (and 1 MB) per request
 CLIENT_RETRIES = 3            # botocore "standard" retry mode: attempts per request, with backoff
 CONNECT_TIMEOUT_SECONDS = 5
 READ_TIMEOUT_SECONDS = 10
@@ -151,7 +156,18 @@ class CloudWatchMetrics:
         if report.p99_latency_ms is not None:
             out.append({"MetricName": LATENCY_METRIC, "Dimensions": dims, "Timestamp": at,
                         "Value": float(report.p99_latency_ms), "Unit": "Milliseconds"})
-        return out
+        return out + self.device_datums(report, dims, at)
+
+    @staticmethod
+    def device_datums(report: DeviceReport, dims: list[dict[str, str]], at: datetime) -> list[dict[str, Any]]:
+        """This device's own error and invalid-output shares, only for a window that had some: every
+        (metric, dimensions) pair is a billed metric, so a healthy device must never create one."""
+        if not report.inferences or not report.device_id:
+            return []
+        device = [*dims, {"Name": "Device", "Value": report.device_id}]
+        return [{"MetricName": name, "Dimensions": device, "Timestamp": at, "Value": getattr(report, field) / report.inferences,
+                 "Unit": "None"}
+                for name, field in DEVICE_METRICS if getattr(report, field) > 0]
 
     def publish(self, report: DeviceReport) -> bool:
         """True if everything pending reached CloudWatch."""

@@ -7,7 +7,9 @@
 - observe: the deployment's IoT job execution counts (succeeded = adopted; failed, rejected and timed out =
   failed; queued = not reporting) and the agents' health metrics in CloudWatch for that ring and version.
   The ring's declared device count is the floor of the denominator, so devices that never registered
-  count as pending, never as healthy.
+  count as pending, never as healthy. When the ring's error rate or invalid-output share is over its gate,
+  it also names the devices behind it (`device_offenders`) from the per-device metrics agents file only for
+  bad windows.
 - load_progress / save_progress: one JSON object per rollout under rollouts/ in the model bucket
   (versioned, KMS-encrypted), so a gate resumes where the last `pulumi up` stopped.
 
@@ -18,20 +20,30 @@ but its inputs, and tests pass moto-backed or Stubber-wrapped clients.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from edgefleet.config import GateConfig
+
 from components.aws.plan import (Naming, RingComponents, RingJobPolicy, client_token, components_spec, deployment_request,
-                                 deployment_tags, progress_key)
+                                 deployment_tags, progress_key, rings_from_props)
 from components.rollout.engine import last_good
-from components.rollout.types import DesiredModel, RingObservation, RingTarget
+from components.rollout.gate import THRESHOLDS, measure
+from components.rollout.types import OFFENDERS_PER_METRIC, DesiredModel, RingObservation, RingTarget
+
+log = logging.getLogger("edgefleet.aws.hub")
 
 METRICS = {"inferences": ("Inferences", "Sum"), "errors": ("Errors", "Sum"), "invalid": ("InvalidOutputs", "Sum"),
            "latency": ("LatencyP99Ms", "p99")}
+DEVICE_METRICS = {"error_rate": "DeviceErrorRate", "invalid_output_share": "DeviceInvalidOutputShare"}   # agent/greengrass.py
 FAILED_STATES = ("FAILED", "REJECTED", "TIMED_OUT")
+MAX_QUERIES = 500             # GetMetricData without a Metrics Insights query: at most 500 metrics per request
+PROBED_THINGS = 250           # succeeded job executions read directly: one ListJobExecutionsForJob page
+LOOKBACK_SECONDS = 3 * 3600   # as ListMetrics RecentlyActive=PT3H; 182 one-minute periods x 500 metrics < 100,800 data points
 
 
 class Clients:
@@ -64,7 +76,7 @@ class RingSite:
 class AwsHub:
     def __init__(self, *, region: str, stack: str, bucket: str, metric_namespace: str, rollout: str, model: str,
                  model_component: str, agent_component: str, agent_version: str, sites: dict[str, RingSite],
-                 clients: Any = None, clock=time.time) -> None:
+                 clients: Any = None, clock=time.time, gates: dict[str, GateConfig] | None = None) -> None:
         self.region = region
         self.naming = Naming(stack)
         self.bucket = bucket
@@ -75,6 +87,7 @@ class AwsHub:
         self.agent_component = agent_component
         self.agent_version = agent_version
         self.sites = sites
+        self.gates = gates
         self.clients = clients if clients is not None else Clients(region)
         self._clock = clock
         self._known: dict[str, DesiredModel] = {}
@@ -86,7 +99,7 @@ class AwsHub:
         return cls(region=props["region"], stack=props["stack"], bucket=props["bucket"], metric_namespace=props["metric_namespace"],
                    rollout=props["rollout"], model=props["model"], model_component=props["model_component"],
                    agent_component=props["agent_component"], agent_version=props["agent_version"], sites=sites, clients=clients,
-                   clock=clock)
+                   clock=clock, gates={r.name: r.gate for r in rings_from_props(props)})
 
     def remember(self, *models: DesiredModel | None) -> None:
         """Versions this hub can map a deployment back to (the rollout's own and its rollback target)."""
@@ -178,11 +191,28 @@ class AwsHub:
         m = self.ring_metrics(target.ring, desired.version, since) if desired is not None else {}
         failures = self._executions(job_id, FAILED_STATES, 50) if failed else ()
         pending = self._executions(job_id, ("QUEUED",), 20) if n["Queued"] else ()
-        return RingObservation(
+        obs = RingObservation(
             devices=devices, adopted=n["Succeeded"], failed=failed, reporting=n["Succeeded"] + failed + n["InProgress"],
             inferences=int(m.get("inferences") or 0), errors=int(m.get("errors") or 0), invalid_outputs=int(m.get("invalid") or 0),
             p99_latency_ms=m.get("latency"), failures=tuple((thing, status) for thing, status in failures),
             pending=tuple(thing for thing, _ in pending))
+        breached = self.offender_metrics(target.ring, obs)
+        if desired is None or not breached:
+            return obs
+        return replace(obs, offenders=self.device_offenders(target.ring, desired.version, since, breached, job_id))
+
+    def offender_metrics(self, ring: str, obs: RingObservation) -> list[str]:
+        """The per-device metrics worth reading: those whose ring value is over the ring's gate (the only case
+        in which the engine reports offenders), so a healthy ring costs no CloudWatch call beyond the aggregates.
+        A hub built without gates reads any metric above zero."""
+        m = measure(obs)
+        gate = (self.gates or {}).get(ring)
+        out = []
+        for key in DEVICE_METRICS:
+            bound = getattr(gate, THRESHOLDS[key]) if gate is not None else 0.0
+            if obs.adopted and bound is not None and m[key] is not None and m[key] > bound:
+                out.append(key)
+        return out
 
     def _executions(self, job_id: str, states: tuple[str, ...], limit: int) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -196,7 +226,7 @@ class AwsHub:
 
     # -- CloudWatch ------------------------------------------------------------------------------------------
     def metric_queries(self, ring: str, version: str, period: int) -> list[dict[str, Any]]:
-        dims = [{"Name": "Rollout", "Value": self.rollout}, {"Name": "Ring", "Value": ring}, {"Name": "Version", "Value": version}]
+        dims = self._dimensions(ring, version)
         return [{"Id": key, "ReturnData": True,
                  "MetricStat": {"Metric": {"Namespace": self.metric_namespace, "MetricName": name, "Dimensions": dims},
                                 "Period": period, "Stat": stat}}
@@ -221,6 +251,93 @@ class AwsHub:
         out: dict[str, float | None] = {k: sum(values[k]) if values[k] else None for k in ("inferences", "errors", "invalid")}
         out["latency"] = max(values["latency"]) if values["latency"] else None
         return out
+
+    def device_offenders(self, ring: str, version: str, since: float, metrics: list[str],
+                         job_id: str | None = None) -> tuple[tuple[str, str, float], ...]:
+        """(device, metric, value) for the worst devices on `version`, at most OFFENDERS_PER_METRIC per metric, each
+        value from the device's latest window since `since` (within the last three hours) that filed one.
+
+        Candidates are the devices ListMetrics knows for the metric, then the ring's succeeded job executions
+        (one page), because CloudWatch can take up to 15 minutes to list a new metric and a bad canary fails
+        sooner; together at most MAX_QUERIES, shared between `metrics`, read in one GetMetricData call. Names
+        only explain a verdict the aggregates already reached, so a failed call (a deploying role without
+        cloudwatch:ListMetrics, throttling) is logged and leaves them out instead of stopping the rollback.
+        """
+        metrics = [k for k in metrics if k in DEVICE_METRICS]
+        if not metrics:
+            return ()
+        budget = MAX_QUERIES // len(metrics)
+        probed: list[str] = []
+        if job_id:
+            try:
+                probed = [thing for thing, _ in self._executions(job_id, ("SUCCEEDED",), PROBED_THINGS)]
+            except Exception as exc:  # noqa: BLE001 - naming devices must never stop a gate
+                log.warning("offending devices: could not list the job's devices: %s: %s", type(exc).__name__, exc)
+        pairs: list[tuple[str, str]] = []
+        for key in metrics:
+            devices = dict.fromkeys([*self._listed_devices(ring, version, DEVICE_METRICS[key], budget), *probed])
+            pairs += [(device, key) for device in list(devices)[:budget]]
+        if not pairs:
+            return ()
+        try:
+            latest = self._latest_values(ring, version, since, pairs)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("offending devices not read from CloudWatch: %s: %s", type(exc).__name__, exc)
+            return ()
+        out: list[tuple[str, str, float]] = []
+        for key in metrics:
+            ranked = sorted(((d, v) for (d, k), v in latest.items() if k == key and v > 0), key=lambda dv: (-dv[1], dv[0]))
+            out += [(d, key, round(v, 6)) for d, v in ranked[:OFFENDERS_PER_METRIC]]
+        return tuple(out)
+
+    def _dimensions(self, ring: str, version: str) -> list[dict[str, str]]:
+        return [{"Name": "Rollout", "Value": self.rollout}, {"Name": "Ring", "Value": ring}, {"Name": "Version", "Value": version}]
+
+    def _listed_devices(self, ring: str, version: str, metric_name: str, limit: int) -> list[str]:
+        """Devices that filed `metric_name` for this ring and version in about the last three hours, at most `limit`."""
+        kwargs: dict[str, Any] = {"Namespace": self.metric_namespace, "MetricName": metric_name,
+                                  "Dimensions": self._dimensions(ring, version), "RecentlyActive": "PT3H"}
+        devices: list[str] = []
+        try:
+            while len(devices) < limit:
+                resp = self.clients.cloudwatch.list_metrics(**kwargs)
+                for metric in resp.get("Metrics", []):
+                    devices += [d["Value"] for d in metric.get("Dimensions", []) if d.get("Name") == "Device"]
+                if not resp.get("NextToken"):
+                    break
+                kwargs["NextToken"] = resp["NextToken"]
+        except Exception as exc:  # noqa: BLE001
+            log.warning("offending devices: ListMetrics failed (%s: %s); reading the job's devices only", type(exc).__name__, exc)
+        return list(dict.fromkeys(devices))[:limit]
+
+    def offender_queries(self, ring: str, version: str, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        dims = self._dimensions(ring, version)
+        return [{"Id": f"d{i}", "ReturnData": True,
+                 "MetricStat": {"Metric": {"Namespace": self.metric_namespace, "MetricName": DEVICE_METRICS[key],
+                                           "Dimensions": [*dims, {"Name": "Device", "Value": device}]},
+                                "Period": 60, "Stat": "Maximum"}}
+                for i, (device, key) in enumerate(pairs[:MAX_QUERIES])]
+
+    def _latest_values(self, ring: str, version: str, since: float, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        """Each (device, metric) pair's value in the latest minute that has one. The end runs a minute past now
+        so that a device clock slightly ahead of the gate's does not hide its last window."""
+        now = self.now()
+        start = math.floor(max(since, now - LOOKBACK_SECONDS) / 60) * 60
+        end = math.ceil(now / 60) * 60 + 60
+        queries = self.offender_queries(ring, version, pairs)
+        kwargs: dict[str, Any] = {"MetricDataQueries": queries, "StartTime": datetime.fromtimestamp(start, timezone.utc),
+                                  "EndTime": datetime.fromtimestamp(end, timezone.utc), "ScanBy": "TimestampDescending"}
+        seen: dict[str, tuple[datetime, float]] = {}
+        while True:
+            resp = self.clients.cloudwatch.get_metric_data(**kwargs)
+            for r in resp.get("MetricDataResults", []):
+                for at, value in zip(r.get("Timestamps", []), r.get("Values", [])):
+                    if value is not None and (r["Id"] not in seen or at > seen[r["Id"]][0]):
+                        seen[r["Id"]] = (at, float(value))
+            if not resp.get("NextToken"):
+                break
+            kwargs["NextToken"] = resp["NextToken"]
+        return {pairs[int(qid[1:])]: value for qid, (_, value) in seen.items()}
 
     # -- progress in S3 ---------------------------------------------------------------------------------------
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None:

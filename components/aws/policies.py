@@ -3,8 +3,8 @@
 Least privilege by construction: every Allow names its actions one by one (no `*` or `service:*`), and
 resources are the model prefix (the bucket itself for s3:GetBucketLocation only), the agent repository and the
 keys. The only `*` resources are on actions AWS does not scope by resource (ecr:GetAuthorizationToken;
-cloudwatch:PutMetricData, which is pinned to the agent's namespace by condition; the Greengrass data-plane calls
-a core device makes).
+cloudwatch:PutMetricData, which is pinned to the agent's namespace by condition; the gate's CloudWatch reads and
+Greengrass deployment reads; the Greengrass data-plane calls a core device makes).
 """
 
 from __future__ import annotations
@@ -86,6 +86,21 @@ def device_role_policy(bucket_arn: str, storage_key_arn: str, region: str, repos
         {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
         {"Sid": "PublishAgentHealth", "Effect": "Allow", "Action": ["cloudwatch:PutMetricData"], "Resource": "*",
          "Condition": {"StringEquals": {"cloudwatch:namespace": metric_namespace}}},
+    )
+
+
+def gate_observation_policy(partition: str, region: str, account: str) -> dict[str, Any]:
+    """What a ring gate reads to judge a ring (`components.aws.hub.AwsHub.observe`), for the deploying role, which
+    Pulumi does not manage. CloudWatch's read actions take no resource or namespace condition (only PutMetricData
+    has `cloudwatch:namespace`), so they are on `*`; IoT jobs are scoped to the account's jobs. ListMetrics finds
+    the devices that filed per-device metrics when a metric gate fails; without it the gate still judges and rolls
+    back, and names only devices it finds through the job's executions."""
+    return _doc(
+        {"Sid": "ReadRingDeployments", "Effect": "Allow", "Action": ["greengrass:ListDeployments", "greengrass:GetDeployment"],
+         "Resource": "*"},
+        {"Sid": "ReadRingJobs", "Effect": "Allow", "Action": ["iot:DescribeJob", "iot:ListJobExecutionsForJob"],
+         "Resource": f"arn:{partition}:iot:{region}:{account}:job/*"},
+        {"Sid": "ReadAgentHealth", "Effect": "Allow", "Action": ["cloudwatch:GetMetricData", "cloudwatch:ListMetrics"], "Resource": "*"},
     )
 
 

@@ -24,8 +24,8 @@ from types import SimpleNamespace
 import pytest
 
 from agent.core import DeviceAgent
-from agent.greengrass import (EXIT_REFUSED, REQUIRED_ENV, CloudWatchMetrics, GreengrassEnvironment, GreengrassTransport,
-                              desired_from_environment)
+from agent.greengrass import (DEVICE_METRICS, EXIT_REFUSED, REQUIRED_ENV, CloudWatchMetrics, GreengrassEnvironment,
+                              GreengrassTransport, desired_from_environment)
 from agent_testkit import MODEL, REPO, FakeTransport, artifact_bytes
 from components.aws.plan import RingComponents, components_spec
 from components.aws.recipes import AGENT_ENV, agent_recipe, model_recipe
@@ -196,6 +196,62 @@ def test_metrics_land_where_the_gate_reads_them(tmp_path, keys, v110, aws_offlin
         assert {m["MetricName"] for m in listed} == set(units)
         assert all(sorted((d["Name"], d["Value"]) for d in m["Dimensions"]) ==
                    [("Ring", "canary"), ("Rollout", ROLLOUT), ("Version", "1.1.0")] for m in listed)
+
+
+def test_a_nan_device_files_its_own_metric_where_the_gate_looks_for_offenders(tmp_path, keys, v120_nan, aws_offline):
+    """A real agent serving a model that outputs NaN: its window files DeviceInvalidOutputShare under its thing name,
+    which the hub's offender read returns; it files no DeviceErrorRate, since nothing failed."""
+    import boto3
+    from moto import mock_aws
+
+    from components.aws.hub import DEVICE_METRICS as HUB_DEVICE_METRICS
+    from components.aws.hub import AwsHub
+
+    assert sorted(HUB_DEVICE_METRICS.values()) == sorted(name for name, _ in DEVICE_METRICS)
+    env = component_environment(v120_nan, keys.pem, tmp_path / "models")
+    with mock_aws():
+        transport = GreengrassTransport(MODEL, tmp_path / "models", environ=env)
+        agent = DeviceAgent("thing-7", MODEL, tmp_path / "state", keys.pem, transport)
+        try:
+            agent.sync()
+            for _ in range(25):
+                agent.infer()
+            agent.report()
+        finally:
+            agent.close()
+        assert transport.metrics.pending == 0
+
+        cloudwatch = boto3.client("cloudwatch", region_name=REGION)
+        per_device = [m for m in cloudwatch.list_metrics(Namespace=NAMESPACE)["Metrics"]
+                      if any(d["Name"] == "Device" for d in m["Dimensions"])]
+        assert [(m["MetricName"], sorted((d["Name"], d["Value"]) for d in m["Dimensions"])) for m in per_device] == [
+            ("DeviceInvalidOutputShare", [("Device", "thing-7"), ("Ring", "canary"), ("Rollout", ROLLOUT), ("Version", "1.2.0")])]
+        hub = AwsHub(region=REGION, stack="aws-dev", bucket="unused", metric_namespace=NAMESPACE, rollout=ROLLOUT, model=MODEL,
+                     model_component=MODEL_C, agent_component=AGENT_C, agent_version="0.1.0", sites={},
+                     clients=SimpleNamespace(cloudwatch=cloudwatch))
+        assert hub.device_offenders("canary", "1.2.0", time.time() - 300, ["error_rate", "invalid_output_share"]) == (
+            ("thing-7", "invalid_output_share", 1.0),)
+
+
+def test_only_a_window_with_errors_or_invalid_outputs_files_per_device_metrics():
+    """Each (metric, dimensions) pair CloudWatch sees is a billed metric: healthy windows must create none."""
+    metrics = CloudWatchMetrics(NAMESPACE, ROLLOUT, "canary", client=FlakyCloudWatch(failures=0))
+
+    def device_datums(**fields):
+        report = dataclasses.replace(_report("1.1.0", inferences=200), **fields)
+        return {d["MetricName"]: d for d in metrics.datums(report) if any(x["Name"] == "Device" for x in d["Dimensions"])}
+
+    assert device_datums() == {}
+    assert device_datums(errors=0, invalid_outputs=0, inferences=0) == {}
+    assert device_datums(errors=3, inferences=0) == {}, "no rate without inferences"
+    bad = device_datums(errors=5, invalid_outputs=50)
+    assert {k: (d["Value"], d["Unit"]) for k, d in bad.items()} == {"DeviceErrorRate": (0.025, "None"),
+                                                                   "DeviceInvalidOutputShare": (0.25, "None")}
+    assert bad["DeviceErrorRate"]["Dimensions"] == [
+        {"Name": "Rollout", "Value": ROLLOUT}, {"Name": "Ring", "Value": "canary"}, {"Name": "Version", "Value": "1.1.0"},
+        {"Name": "Device", "Value": "thing-1"}]
+    assert set(device_datums(invalid_outputs=1)) == {"DeviceInvalidOutputShare"}
+    assert len(metrics.datums(dataclasses.replace(_report("1.1.0"), errors=1, invalid_outputs=1))) == 6
 
 
 class PercentileAsMaximum:
