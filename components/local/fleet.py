@@ -12,6 +12,7 @@ devices, so a fleet holds an exclusive lock beside the hub database while it run
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -151,6 +152,23 @@ class _Batch:
         self.reports.append(report)
 
 
+@contextmanager
+def _agent_log(path: Path) -> Iterator[None]:
+    """The simulated agents' warnings go to a file beside the process agents' logs, as a device's would: each
+    refusal is in its report already, and a thousand lines on the terminal would bury the rollout's progress."""
+    logger = logging.getLogger("edgefleet.agent")
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        handler.close()
+
+
 @dataclass
 class LocalFleet:
     cfg: StackConfig
@@ -187,6 +205,7 @@ class LocalFleet:
             if d.kind == "process" and d.reconnect_after is None:
                 for model in self.models:
                     self.start_process(d.id, model)
+        self._locks.enter_context(_agent_log(self.state_root / "simulated-agents.log"))
         self._thread = threading.Thread(target=self._run_sims, name="edgefleet-sim-fleet", daemon=True)
         self._thread.start()
 

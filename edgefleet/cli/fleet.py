@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from components.rollout.engine import FAILED
+from components.rollout.report import failure_summary
 from edgefleet.cli import EXIT_INPUT, EXIT_ROLLOUT_HALTED, app, console, err_console
 
 fleet_app = typer.Typer(no_args_is_help=True, help="Run the local stack's simulated fleet, for `pulumi up --stack local`.")
@@ -56,6 +57,8 @@ def outcome_line(o) -> str:
         text = f"[{colour}]{o.status}[/] {o.rollout}: every ring is set to {o.model} {o.to_version}"
     if o.status in ("previously-rolled-back", "refused"):
         text = f"[{colour}]{o.status}[/] {o.rollout}: {escape(o.problem)}\n  fix: {escape(o.fix)}"
+    if o.status in FAILED and o.progress:
+        text += f"\n  {escape(failure_summary(o.progress))}"
     return text
 
 
