@@ -3,8 +3,11 @@
 Contract (docs/azure.md, "The agent module twin"; components/azure/manifest.py is the source of truth):
 
 - desired: `properties.desired` = {"schemaVersion": "edgefleet-agent/1", "trust": {"keyId", "publicKeyPem"},
-  "store": {"sasToken"}, "models": {<key>: {model, version, sha256, size, uri, manifest, signature, rollout,
-  ring[, rollbackOrder, rollbackSignature]}}}, <key> = `components.azure.manifest.model_key(model)`. The agent
+  "store": {"sasToken"}, "models": {<key>: {model, version, sha256, size, uri, manifest[, manifest01 …],
+  manifestChunks, signature[, signature01 …], signatureChunks, rollout, ring[, rollbackOrder, rollbackSignature]}}},
+  <key> = `components.azure.manifest.model_key(model)`. IoT Hub holds at most 4 KB in a twin string, so the
+  manifest and signature come in `<name>Chunks` pieces named the way IoT Edge splits createOptions; the agent joins
+  exactly that many (`desired_from_agent`) before verifying, which reproduces the signed bytes. The agent
   downloads `uri + "?" + store.sasToken`; the token is never logged nor reported.
 - reported: `properties.reported.models.<key>` = exactly REPORTED_FIELDS, with `ring` and `rollout` echoed from
   the desired entry (the ring's custom metrics count by them). A value the agent does not have is sent as
@@ -192,8 +195,8 @@ class IoTEdgeTransport:
             found = desired_from_agent(entry)
         except KeyError as exc:
             raise ValueError(f"properties.desired.models.{key} lacks {exc}") from None
-        except (TypeError, ValueError):
-            raise ValueError(f"properties.desired.models.{key}.size is not an integer") from None
+        except ValueError as exc:
+            raise ValueError(f"properties.desired.models.{key}: {exc}") from None
         if not sas:
             return found
         parts = urlsplit(found.uri)

@@ -90,7 +90,7 @@ def check_azure_manifests(cfg: StackConfig, project_dir: Path, registry_password
     """(key, problem, fix) for each manifest of the stack that IoT Hub or IoT Edge would refuse: every group's base
     deployment and every ring's effective manifest (base plus the layers of every rollout on the group), built with
     stand-ins for what only a deployment produces (registry, key, signature, URIs), against the vendor schemas, the
-    twin limits and the agent twin's contract. Reads the models' manifests, which the agent twin carries verbatim."""
+    twin limits and the agent twin's contract. Reads the models' manifests, which the agent twin carries (chunked)."""
     from components.azure import manifest as mf
     from components.rollout.engine import rollout_id
     from components.rollout.types import DesiredModel
@@ -120,25 +120,18 @@ def check_azure_manifests(cfg: StackConfig, project_dir: Path, registry_password
     if out:
         return out
     models = {}
-    for k, ref in enumerate(cfg.models):
+    for ref in cfg.models:
         mdir = ModelDir(Path(project_dir) / ref.path)
         if mdir.exists():
             m = mdir.load()
-            models[m.name] = (k, ref.path, m, mdir.manifest_bytes().decode())
+            models[m.name] = (m, mdir.manifest_bytes().decode())
     signature = Envelope(key_id=STANDIN_KEY_ID, signature=bytes(72)).to_bytes().decode()
     layers: dict[str, list[dict]] = {}
     for i, r in enumerate(cfg.rollouts):
         groups = [next((g for g in cfg.groups if g.name == ring.group), None) for ring in r.rings]
         if not groups or any(g is None or g.name not in bases for g in groups) or r.model not in models:
             continue
-        k, path, m, text = models[r.model]
-        size = len(text.encode())
-        if size > mf.TWIN_STRING_LIMIT:
-            out.append((f"models[{k}].path", f"{path}/model.yaml is {size} bytes, and the agent module twin carries it as one string, "
-                        f"which IoT Hub limits to {mf.TWIN_STRING_LIMIT} bytes (rollout {r.name!r} deploys it to IoT Edge)",
-                        f"shorten {path}/model.yaml to at most {mf.TWIN_STRING_LIMIT} bytes (long descriptions, notes, unused metrics "
-                        "or targets); it is signed at deploy time, so nothing else needs re-pinning"))
-            continue
+        m, text = models[r.model]
         d = DesiredModel(model=m.name, version=m.version, sha256=m.sha256, size=m.size, manifest=text, signature=signature,
                          uri=f"https://efstandin.blob.core.windows.net/models/{m.name}/{m.sha256}.onnx")
         d = DesiredModel(**{**d.__dict__, "rollout": rollout_id(r.name, d)})

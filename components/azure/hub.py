@@ -16,6 +16,10 @@
   read as an empty ring. Inference statistics of adopted devices and a sample of failing devices come from a
   live twin query. For a version the ring is no longer set to (the engine asks how many devices still run a
   rolled-back version) the counts come from live queries as well.
+- offenders: the devices behind a metric, one bounded query per metric (TOP 20, rates computed here, worst first),
+  and only for a metric that can fail the gate: IoT Hub allows 20 queries a minute per S1/S2 unit, and the gate polls
+  every `poll_seconds`. With the ring's gates known (`run_gate`), that is a metric whose ring-wide value breaches
+  its threshold, so a healthy ring costs no query; without them, one that is above zero.
 - progress: JSON blobs next to the models (container `rollouts`), so any machine can resume a rollout.
 
 `run_gate` is what the RingGate dynamic provider calls under `pulumi up`: the same engine as the local fleet.
@@ -23,7 +27,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 import time
 import urllib.parse
@@ -33,14 +39,18 @@ from components.azure.configurations import HubClient, apply_configuration
 from components.azure.manifest import (AGENT_MODULE, RING_LABEL, RingDeploymentSpec, desired_from_configuration,
                                        metric_where, model_key, ring_configuration)
 from components.rollout.engine import FAILED, last_good, rollout_id
+from components.rollout.gate import THRESHOLDS, measure
 from components.rollout.report import failure_summary
-from components.rollout.types import DesiredModel, RingObservation, RingTarget
+from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, DesiredModel, RingObservation, RingTarget
 
 FAILURE_SAMPLE = 20
 # Microsoft's "Reporting Failure" system metric, for a hub that returns no queries with the configuration.
 RUNTIME_FAILED_QUERY = ("SELECT deviceId FROM devices.modules WHERE moduleId = '$edgeAgent' AND configurations.[[{id}]].status = 'Applied' "
                         "AND properties.desired.$version = properties.reported.lastDesiredVersion "
                         "AND properties.reported.lastDesiredStatus.code != 200")
+# Per offender metric: the reported property its value comes from, and the divisor a rate needs.
+OFFENDER_QUERIES = {"error_rate": ("errors", ("inferences",)), "invalid_output_share": ("invalidOutputs", ("inferences",)),
+                    "p99_latency_ms": ("p99LatencyMs", ())}
 
 
 # -- progress -----------------------------------------------------------------------------------------------------
@@ -113,10 +123,12 @@ class BlobProgressStore:
 # -- the hub ------------------------------------------------------------------------------------------------------
 class AzureHub:
     def __init__(self, client: HubClient, specs: dict[str, RingDeploymentSpec], progress: ProgressStore, *,
-                 poll_seconds: float = 30.0, metrics_timeout: float = 900.0, sleep=time.sleep, clock=time.time) -> None:
+                 gates: dict[str, Any] | None = None, poll_seconds: float = 30.0, metrics_timeout: float = 900.0,
+                 sleep=time.sleep, clock=time.time) -> None:
         self.client = client
         self.specs = specs
         self.progress = progress
+        self.gates = dict(gates or {})          # ring key -> GateConfig: which metrics are worth an offender query
         self.poll_seconds = poll_seconds
         self.metrics_timeout = metrics_timeout
         self._sleep = sleep
@@ -177,11 +189,13 @@ class AzureHub:
             reporting = self._count(f"SELECT COUNT() AS n FROM devices.modules WHERE {metric_where(spec, desired, 'reporting')}")
         stats = self._stats(spec, desired) if adopted else {}
         failures = self._failures(spec, desired, runtime) if failed else ()
-        return RingObservation(devices=devices, adopted=adopted, failed=failed, reporting=reporting,
-                               inferences=int(stats.get("inferences") or 0), errors=int(stats.get("errors") or 0),
-                               invalid_outputs=int(stats.get("invalidOutputs") or 0),
-                               p99_latency_ms=float(stats["p99"]) if stats.get("p99") is not None else None,
-                               failures=failures)
+        obs = RingObservation(devices=devices, adopted=adopted, failed=failed, reporting=reporting,
+                              inferences=int(stats.get("inferences") or 0), errors=int(stats.get("errors") or 0),
+                              invalid_outputs=int(stats.get("invalidOutputs") or 0),
+                              p99_latency_ms=float(stats["p99"]) if stats.get("p99") is not None else None,
+                              failures=failures)
+        offenders = self._offenders(spec, desired, obs) if adopted else ()
+        return dataclasses.replace(obs, offenders=offenders) if offenders else obs
 
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None:
         return self.progress.load(rollout_id)
@@ -229,6 +243,36 @@ class AzureHub:
             out[device] = f"{out[device]}; {why}" if device in out else why
         return tuple(list(out.items())[:FAILURE_SAMPLE])
 
+    def _offenders(self, spec: RingDeploymentSpec, desired: DesiredModel, obs: RingObservation) -> tuple[tuple[str, str, float], ...]:
+        """(device, metric, value) from each adopted device's own window, worst first, at most OFFENDERS_PER_METRIC a
+        metric. IoT Hub's query language documents no ORDER BY: TOP returns any matching devices, so the rates (which
+        need two properties) are ranked among those; p99 is filtered by the gate's threshold when it is known."""
+        gate = self.gates.get(spec.key)
+        ring = measure(obs)
+        r = f"properties.reported.models.{model_key(spec.model)}"
+        out: list[tuple[str, str, float]] = []
+        for metric in OFFENDER_METRICS:
+            bound = getattr(gate, THRESHOLDS[metric]) if gate is not None else 0.0
+            if bound is None or ring[metric] is None or ring[metric] <= bound:
+                continue
+            prop, also = OFFENDER_QUERIES[metric]
+            above = f"{math.floor(bound * 1000) / 1000:.3f}" if metric == "p99_latency_ms" else "0"
+            rows = self.client.query(
+                f"SELECT TOP {OFFENDERS_PER_METRIC} deviceId, {', '.join(f'{r}.{p} AS {p}' for p in (prop, *also))} FROM devices.modules "
+                f"WHERE {metric_where(spec, desired, 'adopted')} AND {r}.{prop} > {above}", limit=OFFENDERS_PER_METRIC)
+            ranked = []
+            for row in rows:
+                value, inferences = _number(row.get(prop)), _number(row.get("inferences"))
+                if value is None or value <= 0:
+                    continue
+                if not also:
+                    ranked.append((str(row.get("deviceId")), round(value, 3)))
+                elif inferences is not None and inferences > 0:
+                    ranked.append((str(row.get("deviceId")), round(value / inferences, 6)))
+            ranked.sort(key=lambda o: (-o[1], o[0]))
+            out += [(device, metric, value) for device, value in ranked[:OFFENDERS_PER_METRIC]]
+        return tuple(out)
+
     def _runtime_failures(self, cfg: dict[str, Any]) -> list[tuple[str, str]]:
         """Devices counted in reportedFailedCount, with the runtime's lastDesiredStatus: the configuration's own
         query when the hub returned it (keyed by metric id, or by display name in older API versions)."""
@@ -243,6 +287,11 @@ class AzureHub:
                  + (f": {row['description']}" if row.get("description") else "") + ")") for row in rows]
 
 
+def _number(value: Any) -> float | None:
+    """A reported number, or None for anything an agent should not have sent (JSON booleans are not counts)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 # -- the gate, as the RingGate provider runs it --------------------------------------------------------------------
 def desired_from_props(props: dict[str, Any]) -> DesiredModel:
     d = DesiredModel(model=props["model"], version=props["version"], sha256=props["sha256"], size=int(props["size"]),
@@ -251,10 +300,13 @@ def desired_from_props(props: dict[str, Any]) -> DesiredModel:
 
 
 def hub_from_props(props: dict[str, Any], progress: ProgressStore | None = None, **kwargs: Any) -> AzureHub:
+    from edgefleet.config import RingConfig
+
     client = HubClient(props["hub_host"], props["key_name"], props["hub_key"], props.get("endpoint"))
     specs = {s.key: s for s in (RingDeploymentSpec.from_json(d) for d in props["ring_specs"])}
+    gates = {f"{props['rollout']}.{r.name}": r.gate for r in (RingConfig.model_validate(d, strict=False) for d in props["rings"])}
     store = progress or BlobProgressStore(props["blob_endpoint"], props["progress_container"])
-    return AzureHub(client, specs, store, poll_seconds=float(props["poll_seconds"]), **kwargs)
+    return AzureHub(client, specs, store, gates=gates, poll_seconds=float(props["poll_seconds"]), **kwargs)
 
 
 def plan_from_props(hub: AzureHub, props: dict[str, Any]):

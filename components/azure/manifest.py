@@ -39,6 +39,10 @@ CREATE_OPTIONS_CHUNK = 512                  # IoT Edge splits longer createOptio
 CREATE_OPTIONS_CHUNKS = 8
 TWIN_DESIRED_LIMIT = 32 * 1024              # IoT Hub: desired properties of one twin, in bytes
 TWIN_STRING_LIMIT = 4 * 1024                # IoT Hub: one string value in a twin, UTF-8 bytes
+CHUNKED_FIELDS = ("manifest", "signature")  # model entry strings split like createOptions when over TWIN_STRING_LIMIT
+MAX_CHUNKS = 100                            # `name`, then `name01` … `name99`: IoT Edge's two-digit suffixes
+CHUNK_KEY_RE = re.compile(rf"^({'|'.join(CHUNKED_FIELDS)})(0[1-9]|[1-9][0-9])$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")   # not counted in a twin's size
 SCHEMA_FILES = {"$edgeAgent": "azure-iot-edgeagent-deployment-{}.json", "$edgeHub": "azure-iot-edgehub-deployment-{}.json"}
 TAG_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 BAD_VALUE_RE = re.compile(r"['\\\x00-\x1f]")
@@ -122,11 +126,55 @@ def model_key(model: str) -> str:
 
 
 # -- the agent's desired properties ----------------------------------------------------------------------------
+def split_utf8(text: str, limit: int = TWIN_STRING_LIMIT) -> list[str]:
+    """`text` in pieces of at most `limit` UTF-8 bytes, cut between characters, so joining them gives the same bytes."""
+    data = text.encode("utf-8")
+    out, start = [], 0
+    while start < len(data):
+        end = min(start + limit, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:      # never inside a multi-byte character
+            end -= 1
+        out.append(data[start:end].decode("utf-8"))
+        start = end
+    return out or [""]
+
+
+def chunk_keys(name: str, count: int) -> list[str]:
+    return [name, *(f"{name}{i:02d}" for i in range(1, count))]
+
+
+def chunked(name: str, text: str) -> dict[str, Any]:
+    """A long string as IoT Edge writes createOptions (`name`, `name01`, `name02`, …), with the number of pieces:
+    a layer replaces the model entry of an earlier one, and a twin notification that carries the whole desired
+    properties drops keys without nulling them, so a longer predecessor's `name02` may linger where the agent merged it."""
+    parts = split_utf8(text)
+    if len(parts) > MAX_CHUNKS:
+        raise ValueError(f"{name} is {len(text.encode())} bytes; a twin entry holds at most {MAX_CHUNKS} chunks of {TWIN_STRING_LIMIT}")
+    return {**dict(zip(chunk_keys(name, len(parts)), parts)), f"{name}Chunks": len(parts)}
+
+
+def join_chunks(data: dict[str, Any], name: str) -> str:
+    """The string `chunked` split. Raises KeyError for a missing piece, ValueError for a bad count or piece. An entry
+    without a count was written before chunking: it is the one string `name`."""
+    count = data.get(f"{name}Chunks", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_CHUNKS:
+        raise ValueError(f"{name}Chunks is {count!r}, not a number of chunks from 1 to {MAX_CHUNKS}")
+    parts = []
+    for key in chunk_keys(name, count):
+        if key not in data:
+            raise KeyError(key)
+        if not isinstance(data[key], str):
+            raise ValueError(f"{key} is not a string")
+        parts.append(data[key])
+    return "".join(parts)
+
+
 def agent_desired(desired: DesiredModel, ring_key: str) -> dict[str, Any]:
-    """One model as the agent module twin carries it (camelCase, no nulls: a null deletes a twin property)."""
+    """One model as the agent module twin carries it (camelCase, no nulls: a null deletes a twin property). The
+    manifest and signature are chunked: IoT Hub limits each twin string to 4 KB, and a model.yaml may be longer."""
     out: dict[str, Any] = {
         "model": desired.model, "version": desired.version, "sha256": desired.sha256, "size": int(desired.size),
-        "uri": desired.uri, "manifest": desired.manifest, "signature": desired.signature,
+        "uri": desired.uri, **chunked("manifest", desired.manifest), **chunked("signature", desired.signature),
         "rollout": desired.rollout, "ring": ring_key,
     }
     if desired.rollback_order is not None:
@@ -136,9 +184,15 @@ def agent_desired(desired: DesiredModel, ring_key: str) -> dict[str, Any]:
 
 
 def desired_from_agent(data: dict[str, Any]) -> DesiredModel:
-    return DesiredModel(model=data["model"], version=data["version"], sha256=data["sha256"], size=int(data["size"]),
-                        uri=data["uri"], manifest=data["manifest"], signature=data["signature"], rollout=data.get("rollout", ""),
-                        rollback_order=data.get("rollbackOrder"), rollback_signature=data.get("rollbackSignature"))
+    """The DesiredModel a twin entry carries, chunks joined: the exact signed bytes."""
+    try:
+        size = int(data["size"])
+    except (TypeError, ValueError):
+        raise ValueError(f"size {data['size']!r} is not an integer") from None
+    return DesiredModel(model=data["model"], version=data["version"], sha256=data["sha256"], size=size, uri=data["uri"],
+                        manifest=join_chunks(data, "manifest"), signature=join_chunks(data, "signature"),
+                        rollout=data.get("rollout", ""), rollback_order=data.get("rollbackOrder"),
+                        rollback_signature=data.get("rollbackSignature"))
 
 
 def base_manifest(*, agent: AgentModule, runtime: str, agent_schema: str, hub_schema: str, trust: dict[str, str],
@@ -212,8 +266,10 @@ AGENT_DESIRED_SCHEMA: dict[str, Any] = {
     },
     "definitions": {"model": {
         "type": "object",
-        "required": ["model", "version", "sha256", "size", "uri", "manifest", "signature", "rollout", "ring"],
+        "required": ["model", "version", "sha256", "size", "uri", "manifest", "manifestChunks", "signature", "signatureChunks",
+                     "rollout", "ring"],
         "additionalProperties": False,
+        "patternProperties": {CHUNK_KEY_RE.pattern: {"type": "string", "minLength": 1}},
         "properties": {
             "model": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
             "version": {"type": "string", "minLength": 5},
@@ -222,6 +278,8 @@ AGENT_DESIRED_SCHEMA: dict[str, Any] = {
             "uri": {"type": "string", "pattern": "^https://"},
             "manifest": {"type": "string", "minLength": 1},
             "signature": {"type": "string", "minLength": 1},
+            "manifestChunks": {"type": "integer", "minimum": 1, "maximum": MAX_CHUNKS},
+            "signatureChunks": {"type": "integer", "minimum": 1, "maximum": MAX_CHUNKS},
             "rollout": {"type": "string", "minLength": 1},
             "ring": {"type": "string", "minLength": 1},
             "rollbackOrder": {"type": "string", "minLength": 1},
@@ -310,24 +368,66 @@ def _strings(value: Any, parts: list[Any]):
             yield from _strings(v, [*parts, i])
 
 
+def twin_size(value: Any) -> int:
+    """A twin section's size as IoT Hub computes it: keys and string values as UTF-8 (control characters not
+    counted), numbers 8 bytes, booleans 4, objects the sum of their keys and values; read-only `$` elements excluded."""
+    if isinstance(value, dict):
+        return sum(len(k.encode("utf-8")) + twin_size(v) for k, v in value.items() if k not in ("$version", "$metadata", "$etag"))
+    if isinstance(value, list):
+        return sum(twin_size(v) for v in value)
+    if isinstance(value, bool):
+        return 4
+    if isinstance(value, (int, float)):
+        return 8
+    if isinstance(value, str):
+        return len(CONTROL_RE.sub("", value).encode("utf-8"))
+    return 0
+
+
+def _model_entries(twin: dict[str, Any]) -> dict[str, Any]:
+    """The agent twin's model entries by key, in a full manifest or a layer (path keys)."""
+    out = dict((twin.get("properties.desired") or {}).get("models") or {})
+    out.update({k.removeprefix("properties.desired.models."): v for k, v in twin.items() if k.startswith("properties.desired.models.")})
+    return {k: v for k, v in out.items() if isinstance(v, dict)}
+
+
+def _manifest_bytes(entry: dict[str, Any]) -> int:
+    return sum(len(v.encode("utf-8")) for k, v in entry.items() if isinstance(v, str)
+               and (k == "manifest" or ((m := CHUNK_KEY_RE.match(k)) is not None and m.group(1) == "manifest")))
+
+
 def twin_problems(modules_content: dict[str, Any]) -> list[Problem]:
-    """IoT Hub's twin limits: every string value at most 4 KB, a twin's desired properties at most 32 KB."""
+    """IoT Hub's twin limits: every string value at most 4 KB (the agent twin's manifest and signature are chunked
+    to fit), a twin's desired properties at most 32 KB."""
     out: list[Problem] = []
     for module, twin in modules_content.items():
         for parts, text in _strings(twin, [module]):
             size = len(text.encode("utf-8"))
             if size > TWIN_STRING_LIMIT:
-                field_name = str(parts[-1])
-                fix = (f"shorten the model's models/<model>/model.yaml to at most {TWIN_STRING_LIMIT} bytes (descriptions, notes, "
-                       "unused metrics or targets): the agent module twin carries it verbatim, and it is signed at deploy time"
-                       if field_name == "manifest" else f"keep this value under {TWIN_STRING_LIMIT} bytes")
                 out.append(Problem(f"{module} {json_path(parts)}: string value is {size} bytes; IoT Hub twin string values "
-                                   f"are at most {TWIN_STRING_LIMIT}", fix))
+                                   f"are at most {TWIN_STRING_LIMIT}", f"keep this value under {TWIN_STRING_LIMIT} bytes"))
         desired = {k: v for k, v in twin.items() if k == "properties.desired" or k.startswith("properties.desired.")}
-        size = len(json.dumps(desired, separators=(",", ":")).encode())
+        size = twin_size(desired)
         if size > TWIN_DESIRED_LIMIT:
-            out.append(Problem(f"{module}: desired properties are {size} bytes; a module twin holds at most {TWIN_DESIRED_LIMIT}",
-                               "deploy fewer models to one group at once, or shorten their manifests"))
+            manifests = sorted(((_manifest_bytes(e), k) for k, e in _model_entries(twin).items()), reverse=True) if module == AGENT_MODULE else []
+            carried = "; it carries " + ", ".join(f"the {n}-byte model.yaml of {k}" for n, k in manifests) if manifests else ""
+            out.append(Problem(f"{module}: desired properties are {size} bytes; a module twin holds at most {TWIN_DESIRED_LIMIT}{carried}",
+                               "deploy fewer models to this group at once, or shorten the largest model.yaml (long descriptions, "
+                               "notes, unused metrics or targets); it is signed at deploy time, so nothing else needs re-pinning"))
+    return out
+
+
+def chunk_problems(entry: dict[str, Any]) -> list[str]:
+    """A model entry's chunk keys against its counts: a missing piece, or one the count does not cover."""
+    out = []
+    for name in CHUNKED_FIELDS:
+        count = entry.get(f"{name}Chunks")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_CHUNKS:
+            continue                                   # the schema names it
+        want = chunk_keys(name, count)
+        out += [f"{k} is missing ({name}Chunks is {count})" for k in want if k not in entry]
+        out += [f"{k} is beyond {name}Chunks ({count})" for k in sorted(entry)
+                if k not in want and (m := CHUNK_KEY_RE.match(k)) and m.group(1) == name]
     return out
 
 
@@ -369,6 +469,8 @@ def check_manifest(modules_content: dict[str, Any], contract: bool = True) -> li
             continue
         for err in jsonschema.Draft7Validator(schema).iter_errors(value):
             problems.append(Problem(f"{AGENT_MODULE} {path}{''.join(f'.{p}' for p in err.absolute_path)}: {err.message}", CONTRACT_FIX))
+    for key, entry in _model_entries(modules_content.get(AGENT_MODULE, {})).items():
+        problems += [Problem(f"{AGENT_MODULE} models.{key}: {why}", CONTRACT_FIX) for why in chunk_problems(entry)]
     return problems
 
 

@@ -27,14 +27,17 @@ import pytest
 
 from agent.core import DeviceAgent
 from agent.iotedge import EdgeSupervisor, IoTEdgeTransport, TrustRefused, resolve_trust
-from agent_testkit import MODEL, REPO, FakeTransport, artifact_bytes
+from agent_testkit import MODEL, REPO, SAMPLES, TARGET, FakeTransport, artifact_bytes
 from azure_testkit import run_query
 from components.azure.hub import AzureHub, MemoryProgressStore
 from components.rollout.engine import rollout_id
-from components.azure.manifest import (AGENT_MODULE, AgentModule, RingDeploymentSpec, base_manifest, effective_manifest,
-                                       model_key, ring_layer)
+from components.azure.manifest import (AGENT_MODULE, TWIN_STRING_LIMIT, AgentModule, RingDeploymentSpec, base_manifest,
+                                       check_manifest, effective_manifest, model_key, ring_layer)
 from components.rollout.types import DesiredModel, RingTarget
-from edgefleet.signing import key_id_of, load_public_key
+from edgefleet.artifact import sign_model_dir
+from edgefleet.manifest import HardwareProfile, Metric, ModelDir
+from edgefleet.model_add import add_version
+from edgefleet.signing import key_id_of, load_public_key, sign_bytes
 
 SAS = "sv=2022-11-02&sr=c&sp=r&se=2031-01-01T00%3A00%3A00Z&sig=S3CRETsasSIGNATURE%2Bx%3D"
 SECRET = "S3CRETsasSIGNATURE"
@@ -263,6 +266,90 @@ def test_an_unreachable_hub_is_retried_with_backoff_and_the_cache_kept(keys, v11
         transport.refresh()
 
 
+# -- manifests longer than a twin string ----------------------------------------------------------------------------
+def publish_large(root, keys, version: str) -> DesiredModel:
+    """A legitimately long model.yaml: many evaluation metrics and hardware targets, and a non-ASCII description."""
+    metrics = [Metric(name=f"recall_class_{i:03d}", value=round(0.5 + i / 1000, 4), dataset=f"field-eval-2025 (site {i}, Kamerahöhe 3 m)")
+               for i in range(70)]
+    targets = [HardwareProfile(name=f"edge-box-{i:02d}", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb=256,
+                               storage_mb=64) for i in range(12)]
+    model_dir = root / version / MODEL
+    add_version(model_dir, SAMPLES / "detector-1.1.0.onnx", version, metrics=metrics, targets=[TARGET, *targets],
+                description="Détecteur de canal dominant — évalué sur 70 classes")
+    mdir = ModelDir(model_dir)
+    sign_model_dir(mdir, keys.signer)
+    manifest = mdir.load()
+    return DesiredModel(model=MODEL, version=version, sha256=manifest.sha256, size=manifest.size, uri=mdir.artifact_path(manifest).as_uri(),
+                        manifest=mdir.manifest_bytes().decode(), signature=mdir.signature_path.read_text(), rollout="detector-rollout")
+
+
+def padded(v: DesiredModel, size: int, keys) -> DesiredModel:
+    """`v` with its manifest padded by a YAML comment to exactly `size` UTF-8 bytes, ending in a two-byte character, re-signed."""
+    text = v.manifest + "#"
+    text += "x" * (size - len(text.encode()) - 2) + "é"
+    assert len(text.encode()) == size
+    return dataclasses.replace(v, manifest=text, signature=sign_bytes(keys.signer, text.encode()).to_bytes().decode())
+
+
+def served_manifest(state_dir) -> bytes:
+    pointer = json.loads((state_dir / MODEL / "current.json").read_text())
+    return (state_dir / MODEL / "slots" / pointer["current"]["slot"] / "model.yaml").read_bytes()
+
+
+def test_a_manifest_over_4_kb_reaches_the_agent_in_chunks_verifies_and_installs(tmp_path, keys, http_store, make):
+    want = ring_desired(publish_large(tmp_path / "published", keys, "1.5.0"), http_store)
+    assert len(want.manifest.encode()) > 2 * TWIN_STRING_LIMIT
+    twin = module_twin_desired(want, keys.pem)
+    entry = twin["models"][model_key(MODEL)]
+    pieces = [entry[k] for k in ("manifest", "manifest01", "manifest02")]
+    assert entry["manifestChunks"] == 3 and all(len(p.encode()) <= TWIN_STRING_LIMIT for p in pieces)
+    assert check_manifest({AGENT_MODULE: {"properties.desired": twin}}, contract=False) == []      # IoT Hub's twin limits (the uri is http here)
+    client, transport = connected(twin)
+    agent = make(transport, "cam-1")
+    assert agent.sync() and agent.current_version == "1.5.0"
+    assert served_manifest(tmp_path / "cam-1") == want.manifest.encode()         # the signed bytes, reassembled exactly
+    agent.report()
+    assert client.reported["models"][model_key(MODEL)]["status"] == "ok"
+
+
+@pytest.mark.parametrize("size,chunks", [(TWIN_STRING_LIMIT, 1), (TWIN_STRING_LIMIT + 1, 2)])
+def test_the_4096_byte_boundary(tmp_path, keys, v110, http_store, make, size, chunks):
+    want = ring_desired(padded(v110, size, keys), http_store)
+    entry = module_twin_desired(want, keys.pem)["models"][model_key(MODEL)]
+    assert entry["manifestChunks"] == chunks and ("manifest01" in entry) == (chunks == 2)
+    if chunks == 2:
+        assert entry["manifest01"] == "é" and len(entry["manifest"].encode()) == TWIN_STRING_LIMIT - 1   # not cut inside "é"
+    _, transport = connected(module_twin_desired(want, keys.pem))
+    agent = make(transport, "cam-1")
+    assert agent.sync() and agent.current_version == "1.1.0"
+    assert served_manifest(tmp_path / "cam-1") == want.manifest.encode()
+
+
+def test_chunks_a_longer_manifest_left_behind_are_ignored(tmp_path, keys, publisher, http_store, make):
+    big = ring_desired(publish_large(tmp_path / "published", keys, "1.5.0"), http_store)
+    small = ring_desired(publisher.publish("1.6.0", "detector-1.1.0.onnx"), http_store)
+    client, transport = connected(module_twin_desired(big, keys.pem))
+    agent = make(transport, "cam-1")
+    assert agent.sync() and agent.current_version == "1.5.0"
+    # a notification carrying the whole new desired properties, without nulls for the keys it no longer has
+    client.desired = {**module_twin_desired(small, keys.pem), "$version": client.desired["$version"] + 1}
+    client.on_twin_desired_properties_patch_received(copy.deepcopy(client.desired))
+    assert "manifest02" in transport.models()[model_key(MODEL)]                  # merged into the cache, still there
+    assert transport.desired("cam-1", MODEL) == dataclasses.replace(small, uri=f"{small.uri}?{SAS}")
+    assert agent.sync() and agent.current_version == "1.6.0"
+
+
+def test_a_missing_chunk_is_named_and_nothing_is_installed(tmp_path, keys, http_store, make):
+    want = ring_desired(publish_large(tmp_path / "published", keys, "1.5.0"), http_store)
+    twin = module_twin_desired(want, keys.pem)
+    del twin["models"][model_key(MODEL)]["manifest01"]
+    _, transport = connected(twin)
+    with pytest.raises(ValueError, match=r"properties.desired.models.detector lacks 'manifest01'"):
+        transport.desired("cam-1", MODEL)
+    agent = make(transport, "cam-1")
+    assert not agent.sync() and agent.current_version is None
+
+
 # -- reports and the gate ---------------------------------------------------------------------------------------------
 def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, make):
     want = ring_desired(v110, http_store)
@@ -330,6 +417,30 @@ def test_the_gate_counts_adopted_and_failed_devices_from_what_agents_report(tmp_
     assert reasons["cam-trust"].startswith("trusted key refused: trust.keyId sha256:000")
     assert "version" not in trust_client.reported["models"][model_key(MODEL)]      # null: it serves nothing
     assert not (tmp_path / "cam-trust" / MODEL).exists()
+
+
+def test_the_gate_names_the_device_whose_agent_reports_nan_outputs(tmp_path, keys, v110, v120_nan, http_store, make):
+    from components.rollout.gate import evaluate
+    from components.rollout.report import offender_text
+    from edgefleet.config import GateConfig
+
+    hub = FakeIoTHub()
+    for name, version in (("cam-good", v110), ("cam-nan", v120_nan)):
+        want = ring_desired(version, http_store)
+        client, transport = connected(module_twin_desired(want, keys.pem))
+        agent = make(transport, name)
+        agent.sync()
+        for _ in range(10):
+            agent.infer()
+        agent.report()
+        hub.add(name, "canary", client)
+    nan = ring_desired(v120_nan, http_store)
+    gate = AzureHub(hub, {SPEC.key: SPEC}, MemoryProgressStore(), gates={SPEC.key: GateConfig()}, poll_seconds=0, metrics_timeout=0)
+    seen = gate.observe(RingTarget(SPEC.rollout, SPEC.ring, 0, SPEC.key), nan, since=0)
+    assert (seen.adopted, seen.invalid_outputs) == (1, 10)                       # cam-good serves 1.1.0: pending for 1.2.0
+    assert seen.offenders == (("cam-nan", "invalid_output_share", 1.0),)
+    verdict = evaluate(GateConfig(), seen, since_deploy=0, soak_started=None, now=1)
+    assert verdict.outcome == "fail" and [offender_text(o) for o in verdict.offenders] == ["cam-nan NaN/Inf outputs 100.00% (max 0.00%)"]
 
 
 def test_a_model_leaving_the_twin_clears_its_reported_entry(keys, v110, http_store, make):

@@ -8,7 +8,8 @@ Retry-After, 5xx) are injected per call. Devices can be simulated: the hub appli
 Hub layers them (the highest-priority base, then layers above it by priority and creation time) and marks them
 Applied on the device's $edgeAgent twin (except for `unapplied` devices, which it has not reached yet); the
 runtime reports lastDesiredStatus (500 for a version in `runtime_fails`, and then the agent's report does not
-change), the agents report through the agent twin contract, and `evaluate()` computes the system metrics
+change), the agents report through the agent twin contract (healthy metrics unless a device's `metrics` say otherwise
+for a version), and `evaluate()` computes the system metrics
 (targeted, applied, reported success and failure) and custom metrics by running the configurations' own queries
 (three-valued logic: comparisons with a missing property are undefined). The Key Vault can answer 403
 ForbiddenByRbac for a while, as a vault does until a new role assignment reaches it.
@@ -215,6 +216,7 @@ class SimDevice:
     tags: dict[str, str]
     refuse: set[str] = field(default_factory=set)         # versions this device's agent reports as failed
     runtime_fails: dict[str, str] = field(default_factory=dict)   # version -> why its IoT Edge runtime cannot apply it
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)   # version -> reported metrics other than the healthy defaults
     reported: dict[str, Any] = field(default_factory=dict)
     edge_agent: dict[str, Any] = field(default_factory=lambda: {   # the $edgeAgent module twin, as IoT Hub keeps it
         "configurations": {}, "properties": {"desired": {"$version": 1}, "reported": {}}})
@@ -322,7 +324,7 @@ class FakeIotHub:
                     else:
                         models[key] = {"status": "ok", "version": d.version, "sha256": d.sha256, "ring": data["ring"], "rollout": d.rollout,
                                        "inferences": 100, "errors": 0, "invalidOutputs": 0, "p99LatencyMs": 5.0,
-                                       **({"rollback": True} if d.rollback_order else {})}
+                                       **dev.metrics.get(d.version, {}), **({"rollback": True} if d.rollback_order else {})}
                 dev.reported = {"models": models}
 
     def evaluate(self) -> None:

@@ -103,12 +103,28 @@ def test_a_manifest_the_vendor_schema_refuses_stops_the_stack_before_anything_is
     assert registrations == [], registrations
 
 
-def test_a_model_manifest_too_long_for_a_twin_string_stops_the_stack(project, registrations):
+def test_a_model_manifest_over_4_kb_is_deployed_in_chunks(project):
+    from components.azure import manifest as mf
+
     path = project / "models" / "detector" / "model.yaml"
-    path.write_text(path.read_text() + "# " + "notes " * 700 + "\n")
+    path.write_text(path.read_text() + "# " + "notes " * 1200 + "\n")
+    graph = synth(project, "azure-dev")
+    twins = [r["inputs"]["content"]["modulesContent"][mf.AGENT_MODULE] for r in graph["resources"]
+             if r["type"].endswith("edgefleet-azure:Configuration")]
+    layers = [t["properties.desired.models.detector"] for t in twins if "properties.desired.models.detector" in t]
+    assert len(layers) == 3
+    for model in layers:
+        assert model["manifestChunks"] == 2 and len(model["manifest"].encode()) == mf.TWIN_STRING_LIMIT
+        assert mf.desired_from_agent(model).manifest.encode() == path.read_bytes()
+
+
+def test_a_model_manifest_too_long_for_the_agent_twin_stops_the_stack(project, registrations):
+    path = project / "models" / "detector" / "model.yaml"
+    path.write_text(path.read_text() + "# " + "notes " * 5600 + "\n")       # over the twin's 32 KB of desired properties
     with pytest.raises(ConfigError) as e:
         synth(project, "azure-dev")
     text = str(e.value)
-    assert "stacks/Pulumi.azure-dev.yaml" in text and "edgefleet:models[0].path" in text
-    assert "models/detector/model.yaml is" in text and "4096" in text and "shorten models/detector/model.yaml" in text
+    assert "stacks/Pulumi.azure-dev.yaml" in text and "edgefleet:rollouts[0].rings[0]" in text
+    assert "a module twin holds at most 32768" in text and f"the {path.stat().st_size}-byte model.yaml of detector" in text
+    assert "shorten the largest model.yaml" in text
     assert registrations == [], registrations

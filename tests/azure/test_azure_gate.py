@@ -10,7 +10,7 @@ import pytest
 from azure_testkit import HUB_HOST, KEY, POLICY, FakeKeyVault, SimDevice, StaticToken
 from components.azure import manifest as mf
 from components.azure.configurations import ConfigurationProvider, HubClient
-from components.azure.hub import AzureHub, MemoryProgressStore, run_gate
+from components.azure.hub import AzureHub, MemoryProgressStore, hub_from_props, run_gate
 from components.rollout.engine import rollout_id
 from components.rollout.types import DesiredModel
 from edgefleet.config import GateConfig, RingConfig
@@ -84,9 +84,10 @@ def fleet(hub, signer):
             ConfigurationProvider().create({**access, **mf.ring_configuration(specs[index], d), "check": "edgefleet-agent"})
 
         def gate(self, index: int, rel: dict) -> dict:
+            """The RingGate provider's run: the hub it builds from its inputs (so it knows the rings' gates)."""
             props = {**access, "rollout": "detector", "ring": RINGS[index].name, "index": index, "poll_seconds": 30,
                      "rings": [r.model_dump(mode="json") for r in RINGS], "ring_specs": [s.to_json() for s in specs], **rel}
-            return run_gate(props, hub=self.azure_hub(), signer=signer, clock=clock)
+            return run_gate(props, hub=hub_from_props(props, store, sleep=clock.sleep, clock=clock.now), signer=signer, clock=clock)
 
         def ring_configs(self, ring: str) -> list[dict]:
             return self.azure_hub().ring_configurations(f"detector.{ring}")
@@ -114,6 +115,24 @@ def test_a_healthy_version_passes_each_ring_on_the_hubs_metrics(hub, fleet, sign
     done = fleet.gate(1, v1)
     assert done["status"] == "succeeded" and done["rings"][1]["measured"]["devices"] == 4
     assert all(dev.reported["models"]["detector"]["status"] == "ok" for dev in hub.devices.values())
+    queries = [r["body"]["query"] for r in hub.requests if r["path"] == "/devices/query"]
+    assert queries and not [q for q in queries if q.startswith("SELECT TOP") and " > " in q]   # a healthy ring asks for no offenders
+
+
+def test_a_canary_device_serving_nan_is_named_in_the_failure_report(hub, fleet, signer):
+    v1, v2 = release(signer, "1.0.0"), release(signer, "2.0.0")
+    assert roll_out(fleet, v1)["status"] == "succeeded"
+    hub.devices["c2"].metrics["2.0.0"] = {"inferences": 80, "invalidOutputs": 20}     # serves 2.0.0, a quarter of its outputs NaN
+    fleet.deploy(0, v2)
+    with pytest.raises(RuntimeError) as e:
+        fleet.gate(0, v2)
+    text = str(e.value)
+    assert "halted at ring 'canary'" in text and "invalid (NaN/Inf) outputs 11.11% > max 0.00%" in text
+    assert "Offending devices: c2 NaN/Inf outputs 25.00% (max 0.00%)" in text and "c1" not in text.split("Offending devices:")[1]
+    assert "to 1.0.0" in text and {hub.devices[d].reported["models"]["detector"]["version"] for d in ("c1", "c2")} == {"1.0.0"}
+    (offending,) = [q for q in (r["body"]["query"] for r in hub.requests if r["path"] == "/devices/query")
+                    if q.startswith("SELECT TOP") and " > " in q]                  # only the breached metric was asked about
+    assert "invalidOutputs > 0" in offending
 
 
 def test_a_failing_canary_rolls_back_to_the_last_good_version_under_a_signed_order(hub, fleet, signer):

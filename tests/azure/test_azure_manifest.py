@@ -149,7 +149,14 @@ def test_long_create_options_are_split_the_way_iot_edge_reads_them(edge_schemas,
 def test_desired_properties_over_the_twin_limit_are_reported(signer, desired):
     fat = DesiredModel(**{**desired.__dict__, "manifest": "#" * (mf.TWIN_DESIRED_LIMIT + 1)})
     layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=fat, ring_key="detector.canary")
-    assert any("at most 32768" in p for p in mf.check_manifest(mf.effective_manifest(base(signer), layer)))
+    (problem,) = mf.check_manifest(mf.effective_manifest(base(signer), layer))
+    assert "edgefleet-agent: desired properties are" in problem and "at most 32768" in problem
+    assert "the 32769-byte model.yaml of detector" in problem and "shorten the largest model.yaml" in problem.fix
+
+
+def test_twin_size_is_counted_the_way_iot_hub_documents_it():
+    doc = {"ab": "x\ny", "n": 3, "f": 0.5, "ok": True, "o": {"é": "ü"}, "$version": 7, "$metadata": {"ab": {"$lastUpdated": "…"}}}
+    assert mf.twin_size(doc) == (2 + 2) + (1 + 8) + (1 + 8) + (2 + 4) + (1 + 2 + 2)      # no control characters, no read-only parts
 
 
 def test_ring_target_conditions_are_disjoint_and_cover_the_group():
@@ -229,12 +236,58 @@ def test_a_schema_version_without_a_vendor_schema_is_refused(signer):
     assert "$edgeHub" in problem and "'9.9' has no vendor schema" in problem
 
 
-def test_twin_string_values_are_held_to_iot_hubs_4_kb(signer, desired):
-    at = DesiredModel(**{**desired.__dict__, "manifest": "#" * mf.TWIN_STRING_LIMIT})
-    over = DesiredModel(**{**desired.__dict__, "manifest": "é" * (mf.TWIN_STRING_LIMIT // 2) + "#"})     # counted in UTF-8 bytes
-    ok = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=at, ring_key="detector.canary")
-    assert mf.check_manifest(ok) == [] and mf.check_manifest(mf.effective_manifest(base(signer), ok)) == []
-    bad = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=over, ring_key="detector.canary")
-    (problem,) = mf.check_manifest(bad)
-    assert "['properties.desired.models.detector']['manifest']" in problem and "4097 bytes" in problem and "at most 4096" in problem
-    assert "model.yaml" in problem.fix and "shorten" in problem.fix
+def entry(layer: dict) -> dict:
+    return layer[mf.AGENT_MODULE]["properties.desired.models.detector"]
+
+
+@pytest.mark.parametrize("text,pieces", [
+    ("#" * mf.TWIN_STRING_LIMIT, ["#" * mf.TWIN_STRING_LIMIT]),                                  # exactly 4096 bytes: one string
+    ("é" * (mf.TWIN_STRING_LIMIT // 2) + "#", ["é" * (mf.TWIN_STRING_LIMIT // 2), "#"]),         # 4097 bytes: two
+    ("#" + "é" * (mf.TWIN_STRING_LIMIT // 2), ["#" + "é" * (mf.TWIN_STRING_LIMIT // 2 - 1), "é"]),   # never cut inside a character
+    ("x" * (2 * mf.TWIN_STRING_LIMIT + 1), ["x" * mf.TWIN_STRING_LIMIT] * 2 + ["x"]),
+])
+def test_a_manifest_is_chunked_at_4096_utf8_bytes_like_create_options(signer, desired, text, pieces):
+    d = DesiredModel(**{**desired.__dict__, "manifest": text})
+    layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=d, ring_key="detector.canary")
+    model = entry(layer)
+    assert [model[k] for k in mf.chunk_keys("manifest", len(pieces))] == pieces and model["manifestChunks"] == len(pieces)
+    assert not [k for k in model if k.startswith("manifest") and k not in (*mf.chunk_keys("manifest", len(pieces)), "manifestChunks")]
+    assert all(len(p.encode()) <= mf.TWIN_STRING_LIMIT for p in pieces)
+    assert model["signatureChunks"] == 1 and model["signature"] == desired.signature
+    assert mf.desired_from_agent(model).manifest.encode() == text.encode()        # the signed bytes, exactly
+    effective = mf.effective_manifest(base(signer), layer)
+    assert mf.check_manifest(layer) == [] and mf.check_manifest(effective) == []
+
+
+def test_other_twin_strings_are_still_held_to_iot_hubs_4_kb(signer, desired):
+    order = "x" * (mf.TWIN_STRING_LIMIT + 1)
+    rb = DesiredModel(**{**desired.__dict__, "rollback_order": order, "rollback_signature": desired.signature})
+    (problem,) = mf.check_manifest(mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=rb, ring_key="detector.canary"))
+    assert "['properties.desired.models.detector']['rollbackOrder']" in problem and "4097 bytes" in problem and "at most 4096" in problem
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda m: m.pop("manifest01"), "manifest01 is missing (manifestChunks is 3)"),
+    (lambda m: m.update(manifest03="tail"), "manifest03 is beyond manifestChunks (3)"),
+    (lambda m: m.update(manifestChunks=0), "manifestChunks"),
+    (lambda m: m.pop("signatureChunks"), "signatureChunks"),
+])
+def test_chunks_that_do_not_match_their_count_are_refused(desired, change, needle):
+    d = DesiredModel(**{**desired.__dict__, "manifest": "#" * (2 * mf.TWIN_STRING_LIMIT + 5)})
+    layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=d, ring_key="detector.canary")
+    change(entry(layer))
+    problems = mf.check_manifest(layer)
+    assert any(needle in p for p in problems), problems
+
+
+def test_the_agent_joins_exactly_the_counted_chunks(desired):
+    long = DesiredModel(**{**desired.__dict__, "manifest": "a" * mf.TWIN_STRING_LIMIT + "b" * 10})
+    model = mf.agent_desired(long, "detector.canary")
+    shorter = {**model, **mf.agent_desired(desired, "detector.canary")}      # merged over a longer one: manifest01 lingers
+    assert "manifest01" in shorter and mf.desired_from_agent(shorter) == desired
+    legacy = {k: v for k, v in mf.agent_desired(desired, "detector.canary").items() if not k.endswith("Chunks")}
+    assert mf.desired_from_agent(legacy) == desired                          # written before chunking: one string
+    with pytest.raises(KeyError, match="manifest01"):
+        mf.desired_from_agent({k: v for k, v in model.items() if k != "manifest01"})
+    with pytest.raises(ValueError, match="manifestChunks is 'two'"):
+        mf.desired_from_agent({**model, "manifestChunks": "two"})
