@@ -146,24 +146,29 @@ def test_an_unparsable_manifest_still_yields_a_model_the_agent_refuses(tmp_path,
 
 
 # -- metrics ------------------------------------------------------------------------------------------------------------
+def serve_and_report(desired, keys, tmp_path, device: str, inferences: int) -> None:
+    """One agent as the nucleus runs it: installs `desired`, serves `inferences` requests, files one report."""
+    env = component_environment(desired, keys.pem, tmp_path / "models")
+    transport = GreengrassTransport(MODEL, tmp_path / "models", environ=env)   # builds its client on the first report
+    agent = DeviceAgent(device, MODEL, tmp_path / "state", keys.pem, transport)
+    try:
+        agent.sync()
+        for _ in range(inferences):
+            agent.infer()
+        agent.report()
+    finally:
+        agent.close()
+    assert transport.metrics.pending == 0
+
+
 def test_metrics_land_where_the_gate_reads_them(tmp_path, keys, v110, aws_offline):
     import boto3
     from moto import mock_aws
 
     from components.aws.hub import METRICS, AwsHub
 
-    env = component_environment(v110, keys.pem, tmp_path / "models")
     with mock_aws():
-        transport = GreengrassTransport(MODEL, tmp_path / "models", environ=env)   # builds its client on the first report
-        agent = DeviceAgent("thing-1", MODEL, tmp_path / "state", keys.pem, transport)
-        try:
-            agent.sync()
-            for _ in range(40):
-                agent.infer()
-            agent.report()
-        finally:
-            agent.close()
-        assert transport.metrics.pending == 0
+        serve_and_report(v110, keys, tmp_path, "thing-1", 40)
 
         cloudwatch = boto3.client("cloudwatch", region_name=REGION)
         hub = AwsHub(region=REGION, stack="aws-dev", bucket="unused", metric_namespace=NAMESPACE, rollout=ROLLOUT, model=MODEL,
@@ -208,18 +213,8 @@ def test_a_nan_device_files_its_own_metric_where_the_gate_looks_for_offenders(tm
     from components.aws.hub import AwsHub
 
     assert sorted(HUB_DEVICE_METRICS.values()) == sorted(name for name, _ in DEVICE_METRICS)
-    env = component_environment(v120_nan, keys.pem, tmp_path / "models")
     with mock_aws():
-        transport = GreengrassTransport(MODEL, tmp_path / "models", environ=env)
-        agent = DeviceAgent("thing-7", MODEL, tmp_path / "state", keys.pem, transport)
-        try:
-            agent.sync()
-            for _ in range(25):
-                agent.infer()
-            agent.report()
-        finally:
-            agent.close()
-        assert transport.metrics.pending == 0
+        serve_and_report(v120_nan, keys, tmp_path, "thing-7", 25)
 
         cloudwatch = boto3.client("cloudwatch", region_name=REGION)
         per_device = [m for m in cloudwatch.list_metrics(Namespace=NAMESPACE)["Metrics"]
