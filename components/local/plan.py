@@ -200,10 +200,11 @@ def deploy_ring(props: dict[str, Any]) -> list[str]:
     ring = decision.rings[index]
     if decision.action in ("run", "resume"):
         plan = plan_for(props["rollout"], decision, declared, LocalKeySigner(props["key_file"]))
-        progress = engine_for(hub, props["key_file"], float(props["poll_seconds"])).start(plan)
-        promoting = progress["status"] == "running" and all(r["state"] == "passed" for r in progress["rings"][:index])
-        if promoting and hub.desired(ring.target) != plan.desired:   # never during a rollback, never past an unpassed gate
-            hub.set_desired(ring.target, plan.desired)
+        with hub.lease(props["rollout"], owner="pulumi up (ring deployment)"):
+            progress = engine_for(hub, props["key_file"], float(props["poll_seconds"])).start(plan)
+            promoting = progress["status"] == "running" and all(r["state"] == "passed" for r in progress["rings"][:index])
+            if promoting and hub.desired(ring.target) != plan.desired:   # never during a rollback, never past an unpassed gate
+                hub.set_desired(ring.target, plan.desired)
     return list(ring.target.selector)
 
 
@@ -221,7 +222,8 @@ def run_gate(props: dict[str, Any]) -> dict[str, Any]:
     plan = plan_for(props["rollout"], decision, declared, LocalKeySigner(props["key_file"]))
     index = int(props["index"])
     last = index == int(props["total_rings"]) - 1
-    progress = engine_for(hub, props["key_file"], float(props["poll_seconds"])).run(plan, until_ring=None if last else index)
+    with hub.lease(props["rollout"], owner="pulumi up (ring gate)"):     # `edgefleet up` may drive the same rings
+        progress = engine_for(hub, props["key_file"], float(props["poll_seconds"])).run(plan, until_ring=None if last else index)
     if progress["status"] in FAILED:
         raise RuntimeError(failure_summary(progress, later_rings=int(props["total_rings"]) - len(progress["rings"])))
     return progress

@@ -149,7 +149,8 @@ def _up(project_dir: Path, cfg: StackConfig, source: str, hub_path: Path, graph:
             on_fleet(fleet)
         for d, decision, plan in work:
             engine = engine_for(hub, str(project_dir / cfg.signing.key_file), cfg.local.poll_seconds, on_update=watch)
-            progress = engine.run(plan)
+            with hub.lease(d.config.name, owner="edgefleet up"):     # a `pulumi up --stack local` gate may drive the same rings
+                progress = engine.run(plan)
             outcomes.append(Outcome(d.config.name, d.model, progress.get("previous_version"), plan.desired.version,
                                     progress["status"], progress, kind=decision.kind))
     return outcomes

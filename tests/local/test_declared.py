@@ -192,3 +192,14 @@ def test_two_ups_on_one_hub_the_second_fails_naming_the_lock_the_holder_and_the_
 
     assert f"pid {os.getpid()}" in text and "resumes where it stood" in text
     assert run(p).status == "succeeded", "the lock is released with its holder"
+
+
+def test_up_beside_a_pulumi_gate_driving_the_same_rollout_is_refused_by_the_hubs_lease(fleet):
+    """`edgefleet up` and `pulumi up --stack local` hold different file locks, so the rollout's lease in the hub
+    is what keeps them from driving the same rings at once."""
+    p, _ = fleet
+    with hub(p).lease("detector", owner="pulumi up (ring gate)"):
+        with pytest.raises(EdgefleetError) as err:
+            run(p)
+    assert "pulumi up (ring gate)" in str(err.value) and "hub.sqlite" in str(err.value)
+    assert run(p).status == "succeeded", "released with its holder"
