@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import ConfigError, EdgefleetError
 from policies import rules
 from policies.rules import compare_io, dig, manifest_of
 
@@ -178,12 +178,24 @@ def membership(graph: Mapping[str, Any]) -> Membership:
     """Ring membership from the graph's stack config (the same function the hub uses); empty when not computable."""
     if not graph.get("config") or not graph.get("stack_file"):
         return Membership({}, {}, None)
-    from components.rollout.membership import in_group, ring_members
-    from edgefleet.config import parse_stack_config
+    from pydantic import ValidationError
 
-    cfg = parse_stack_config(graph["config"], graph["stack_file"])
-    devices = local_devices(cfg)
+    from components.rollout.membership import in_group, ring_members
+    from edgefleet.config import StackConfig
+
+    # Typed, but not held to today's cross-field rules: a base that a newer rule rejects (the PR that fixes it)
+    # must still plan. The working tree's own synth has already enforced them on the head.
+    try:
+        cfg = StackConfig.model_validate(graph["config"])
+    except ValidationError:
+        return Membership({}, {}, None)
+    try:
+        devices = local_devices(cfg)
+    except ConfigError:
+        devices = []
     groups = {g.name: g for g in cfg.groups}
+    if any(r.group not in groups for ro in cfg.rollouts for r in ro.rings):
+        return Membership({}, {}, None)
     rings, totals, declared = {}, {}, set()
     for ro in cfg.rollouts:
         rollout_groups = [groups[r.group] for r in ro.rings]

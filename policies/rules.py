@@ -29,6 +29,7 @@ COMPUTED_PREFIX = "[computed"       # "[computed at deploy]": what a provider fi
 DEFAULT_CANARY_MAX_SHARE = 0.1
 DEFAULT_MIN_CANARY_SOAK_SECONDS = 300.0
 DEFAULT_MAX_METRIC_REGRESSION = 0.02
+DEFAULT_SAS_WARNING_DAYS = 30     # time to notice, rotate, and let every device pick up a new base deployment
 DEFAULT_AGENT_VERSION = "0.1.0"     # cloud stacks' agent_version default and the agent in this checkout (local)
 
 MODEL = "edgefleet:models:ModelVersion"
@@ -276,6 +277,9 @@ class Settings:
     ring_devices: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     rollout_devices: Mapping[str, int] = field(default_factory=dict)
     declared_ring_devices: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    azure_sas_expiry: str | None = None
+    today: str | None = None                       # ISO date the expiry rule counts from; None: today (UTC)
+    sas_warning_days: int = DEFAULT_SAS_WARNING_DAYS
     project_dir: str | None = None
 
     def level(self, rule: "Rule") -> str:
@@ -299,6 +303,7 @@ class Settings:
             enforcement={str(k): str(v) for k, v in (policy.get("enforcement") or {}).items()},
             agent_versions=agent_versions(config),
             declared_ring_devices=declared_ring_devices(config),
+            azure_sas_expiry=dig(config, "azure", "device_sas_expiry"),
             **extra,
         )
 
@@ -354,6 +359,9 @@ SETTING_SCHEMA: dict[str, dict[str, Any]] = {
     "ring_devices": {"type": "object"},
     "rollout_devices": {"type": "object"},
     "declared_ring_devices": {"type": "object"},
+    "azure_sas_expiry": {"type": "string"},
+    "today": {"type": "string"},
+    "sas_warning_days": {"type": "integer", "minimum": 1},
 }
 
 
@@ -884,6 +892,26 @@ def check_iam(g: Graph, s: Settings) -> Iterator[Finding]:
         raise NotApplicable("the stack declares no IAM, IoT, KMS key or resource policies")
 
 
+def check_device_credentials(g: Graph, s: Settings) -> Iterator[Finding]:
+    """The SAS Azure devices download models with ends on a fixed date; after it, every new model fails on every
+    device while the old one keeps serving, so nothing looks wrong until a rollout stalls."""
+    import datetime
+
+    if not s.azure_sas_expiry:
+        raise NotApplicable("no Azure model store SAS in this stack")
+    try:
+        when = datetime.date.fromisoformat(str(s.azure_sas_expiry))
+    except ValueError:
+        raise NotApplicable(f"edgefleet:azure.device_sas_expiry {s.azure_sas_expiry!r} is not a date (the config check names it)") from None
+    today = datetime.date.fromisoformat(s.today) if s.today else datetime.datetime.now(datetime.timezone.utc).date()
+    days = (when - today).days
+    if days < s.sas_warning_days:
+        stores = [r["urn"] for r in g.of_type(STORE) if dig(r, "inputs", "platform") == "azure"] or [None]
+        yield Finding(f"the devices' SAS for the Azure model store (edgefleet:azure.device_sas_expiry) ends {when.isoformat()}, "
+                      + (f"{days} day(s) away" if days >= 0 else f"{-days} day(s) ago")
+                      + f": move it at least {s.sas_warning_days} days ahead and `pulumi up` so devices get the new one", stores[0])
+
+
 RULES: tuple[Rule, ...] = (
     Rule("model-signed-by-stack-key", "Models are signed by the stack's signing key", MANDATORY, check_model_signed,
          description="Every ModelVersion names this stack's SigningKey for each store it publishes to, and its published "
@@ -912,6 +940,11 @@ RULES: tuple[Rule, ...] = (
          description="ECR repositories are IMMUTABLE; Azure container registries have no admin user and no anonymous pull."),
     Rule("signing-key-not-exportable", "Signing keys cannot be exported", MANDATORY, check_signing_key,
          description="SigningKey outputs exportable: false; no KMS external (imported) keys; Key Vault keys not exportable and without release policy."),
+    Rule("device-credentials-fresh", "Device credentials are not about to expire", ADVISORY, check_device_credentials,
+         ("azure_sas_expiry", "today", "sas_warning_days"),
+         "The SAS Azure devices download models with (edgefleet:azure.device_sas_expiry) ends more than "
+         "sas_warning_days (30) days from now. Advisory by default so an urgent fix can still ship; loading a stack "
+         "whose SAS has already expired is an error."),
     Rule("iam-no-wildcard-actions", "IAM grants no wildcard actions", MANDATORY, check_iam,
          description="IAM and IoT policies, role inline and trust policies, KMS key policies and S3/ECR resource policies "
                      "allow no action containing '*' and no Allow+NotAction (Deny statements may use wildcards), "

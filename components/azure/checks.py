@@ -58,18 +58,18 @@ def check_azure_stack(cfg: StackConfig, today: datetime.date | None = None) -> l
 
 
 def sas_expiry_problems(expiry: str, today: datetime.date | None = None) -> list[tuple[str, str, str]]:
-    """Devices download models with a SAS that ends on `expiry`; one already expired, or about to, breaks every
-    download, and only surfaces on devices."""
+    """Devices download models with a SAS that ends on `expiry`; an expired one breaks every download, and only
+    surfaces on devices. One that is merely close is left to the advisory `device-credentials-fresh` policy."""
     today = today or datetime.datetime.now(datetime.timezone.utc).date()
     try:
         when = datetime.date.fromisoformat(expiry)
     except ValueError:
         return []                                   # AzureConfig already names the bad date
     days = (when - today).days
-    if days >= MIN_SAS_DAYS:
-        return []
+    if days > 0:
+        return []              # close to expiry is the `device-credentials-fresh` policy's warning, so urgent fixes still ship
     problem = (f"{expiry} is in the past: devices would get an already-expired SAS for the model store" if days < 0 else
-               f"{expiry} is {days} day(s) away: the devices' SAS for the model store would expire before a rotation can reach them")
+               f"{expiry} is today: devices would get a SAS for the model store that expires within hours")
     soonest = today + datetime.timedelta(days=MIN_SAS_DAYS)
     return [("azure.device_sas_expiry", problem,
              f"set a date at least {MIN_SAS_DAYS} days ahead (on or after {soonest.isoformat()}), e.g. "

@@ -51,7 +51,7 @@ CASES = [
     (lambda c: c["edgefleet:azure"].update(location="West Europe"), "edgefleet:azure.location", "westeurope"),
     (lambda c: c["edgefleet:azure"].pop("device_sas_expiry"), "edgefleet:azure.device_sas_expiry", "required"),
     (lambda c: c["edgefleet:azure"].update(device_sas_expiry="2027-02-30"), "edgefleet:azure.device_sas_expiry", "calendar date"),
-    (lambda c: c["edgefleet:azure"].update(device_sas_expiry="2020-01-01"), "edgefleet:azure.device_sas_expiry", "at least 30 days ahead"),
+    (lambda c: c["edgefleet:azure"].update(device_sas_expiry="2020-01-01"), "edgefleet:azure.device_sas_expiry", "is in the past"),
     (lambda c: c["edgefleet:groups"][0]["labels"].update({"hw-rev": "b"}), "edgefleet:groups[0].labels.hw-rev", "letters, digits and underscores"),
     (lambda c: c["edgefleet:rollouts"][0]["rings"][1].update(labels={"ring": "canary"}), "edgefleet:rollouts[0].rings[1].labels", "already took"),
     (lambda c: c["edgefleet:rollouts"][0]["rings"][0].update(percent=5), "edgefleet:rollouts[0].rings[0].percent", "twin tag"),
@@ -74,15 +74,16 @@ def test_the_unchanged_copy_synthesizes(project):
     assert any(r["type"] == "pulumi-python:dynamic/edgefleet-azure:RingGate" for r in graph["resources"])
 
 
-def test_the_device_sas_must_outlive_a_rotation():
+def test_an_expired_device_sas_is_refused_and_a_close_one_left_to_the_advisory_policy():
+    """Refusing a SAS that is merely close would block the urgent fix or rollback that has to ship now."""
     import datetime
 
     from components.azure.checks import MIN_SAS_DAYS, sas_expiry_problems
 
     today = datetime.date(2026, 11, 25)
-    assert sas_expiry_problems("2026-12-25", today) == []                          # exactly 30 days
-    (key, problem, fix), = sas_expiry_problems("2026-12-24", today)
-    assert key == "azure.device_sas_expiry" and "29 day(s) away" in problem
+    assert sas_expiry_problems("2026-11-26", today) == []                          # tomorrow: the policy warns
+    (key, problem, fix), = sas_expiry_problems("2026-11-25", today)
+    assert key == "azure.device_sas_expiry" and "is today" in problem
     assert f"at least {MIN_SAS_DAYS} days ahead (on or after 2026-12-25)" in fix
     (_, problem, _), = sas_expiry_problems("2020-01-01", today)
     assert "in the past" in problem and "already-expired" in problem

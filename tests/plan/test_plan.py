@@ -169,6 +169,15 @@ def test_no_change(fleet_repo):
     assert "**No changes.**" in md and "no device is affected" in md
 
 
+def test_a_base_that_todays_rules_reject_still_plans_so_the_fixing_pr_can_merge(fleet_repo):
+    """The base was declared under older rules; the plan reads its config typed but not re-judged."""
+    head = synth(fleet_repo, "local")
+    base = copy.deepcopy(head)
+    base["config"]["local"]["devices"][0]["execution_providers"] = ["CUDAExecutionProvider"]   # refused at load today
+    plan = compute_plan(base, head, base_ref="main", project_dir=fleet_repo)      # raised ConfigError before
+    assert plan["changed"] is False and all(v == 0 for v in plan["resources"]["counts"].values())
+
+
 def test_worktree_is_removed_when_the_base_fails(fleet_repo):
     good = (fleet_repo / "stacks" / "Pulumi.local.yaml").read_text()
     (fleet_repo / "stacks" / "Pulumi.local.yaml").write_text(good.replace("percent: 30", "percent: 3"))  # not cumulative: invalid

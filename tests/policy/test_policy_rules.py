@@ -373,3 +373,21 @@ def test_rules_do_not_mutate_the_graph():
     before = copy.deepcopy(g)
     evaluate(g, Settings(production=True, metric_floors={"accuracy": 0.99}, base_models={"detector": manifest()}))
     assert g == before
+
+
+# -- device credentials ---------------------------------------------------------------------------------------------
+def test_a_device_sas_close_to_expiry_is_an_advisory_warning_and_a_distant_one_passes():
+    near = result(fleet(), "device-credentials-fresh", azure_sas_expiry="2026-12-10", today="2026-11-25")
+    assert (near.status, near.level) == ("failed", "advisory") and not near.blocking
+    assert "ends 2026-12-10, 15 day(s) away" in messages(near) and "move it at least 30 days ahead" in messages(near)
+    far = result(fleet(), "device-credentials-fresh", azure_sas_expiry="2027-06-30", today="2026-11-25")
+    assert far.status == "passed"
+    mandatory = result(fleet(), "device-credentials-fresh", azure_sas_expiry="2026-12-10", today="2026-11-25",
+                       enforcement={"device-credentials-fresh": "mandatory"})
+    assert mandatory.blocking
+    assert result(fleet(), "device-credentials-fresh").status == "not-applicable"
+
+
+def test_the_sas_expiry_reaches_the_rule_from_the_stack_config():
+    settings = rules.Settings.from_config({"azure": {"device_sas_expiry": "2027-06-30"}})
+    assert settings.azure_sas_expiry == "2027-06-30"
