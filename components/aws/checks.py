@@ -7,6 +7,7 @@ Each problem is (key, problem, fix) with the key as it is written in the stack f
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from edgefleet.config import PROJECT, StackConfig
 
@@ -101,3 +102,43 @@ def _query_lengths(rollout, i: int, groups) -> list[tuple[str, str, str]]:
                      f"(its group's and its own labels, and one per earlier ring it excludes); AWS IoT allows at most {MAX_QUERY_TERMS}",
                      "use fewer rings, or give the group fewer labels; split a long rollout into two rollouts over two groups")]
     return []
+
+
+def check_aws_recipes(cfg: StackConfig, project_dir: Path, stack: str) -> list[tuple[str, str, str]]:
+    """(key, problem, fix) for each Greengrass recipe the stack would create that the GDK schema rejects, built
+    with stand-ins for what only `pulumi up` produces (the artifact URI, the KMS signature, the image URL, the
+    public key). The real recipes are built inside Output applies, which run only after the upload and the
+    signature (and never in a preview): this is what refuses a bad one before anything is declared."""
+    from components.aws.plan import Naming, model_key
+    from components.aws.recipes import agent_recipe, model_recipe, recipe_errors
+    from edgefleet.manifest import ModelDir
+    from edgefleet.signing import Envelope, standin_public_key_pem
+
+    if cfg.aws is None:
+        return []
+    naming = Naming(stack)
+    on_aws = aws_groups(cfg)
+    shipped = {r.model for r in cfg.rollouts if any(ring.group in on_aws for ring in r.rings)}
+    signature = Envelope("sha256:" + "0" * 64, bytes(72)).to_bytes().decode()        # a DER P-256 signature's size
+    image = f"123456789012.dkr.ecr.{cfg.aws.region}.amazonaws.com/{naming.repository}:{cfg.aws.agent_version}"
+    out = []
+    for i, ref in enumerate(cfg.models):
+        mdir = ModelDir(project_dir / ref.path)
+        if not mdir.exists():
+            continue                                    # the program names a missing manifest itself
+        manifest = mdir.load()
+        if manifest.name not in shipped:
+            continue
+        text = mdir.manifest_bytes().decode("utf-8")
+        model_c, agent_c = naming.model_component(manifest.name), naming.agent_component(manifest.name)
+        uri = f"s3://{'b' * 63}/{model_key(manifest.name, manifest.sha256)}"
+        for what, recipe in (("model", model_recipe(model_c, manifest, text, signature, uri)),
+                             ("agent", agent_recipe(agent_c, cfg.aws.agent_version,
+                                                    manifest.name, model_c, image, cfg.aws.metric_namespace, standin_public_key_pem()))):
+            errors = recipe_errors(recipe)
+            if errors:
+                more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+                out.append((f"models[{i}]", f"the Greengrass {what} component recipe for {manifest.name} {manifest.version} does not "
+                            f"validate against the GDK recipe schema: {errors[0]}{more}",
+                            "check the model's version and name in its model.yaml, and edgefleet:aws.agent_version"))
+    return out

@@ -55,6 +55,7 @@ import pulumi_aws as aws
 import pulumi_aws_native as aws_native
 
 from components.aws import providers
+from components.aws.checks import check_aws_recipes
 from components.aws.plan import (SEARCHABLE_ATTRIBUTES, Naming, RingComponents, components_spec, deployment_policies,
                                  deployment_tags, group_clause, iot_job_configuration, model_key, partition, ring_job_policy,
                                  ring_query)
@@ -64,7 +65,8 @@ from components.aws.recipes import agent_recipe, model_recipe, recipe_text
 from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs, RingSpec,
                                   StoreOutputs, child)
 from components.rollout.engine import rollout_id
-from edgefleet.config import AwsConfig, DeviceGroupConfig
+from edgefleet.config import PROJECT, AwsConfig, DeviceGroupConfig
+from edgefleet.errors import ConfigError
 from edgefleet.manifest import ModelManifest
 
 FLEET_TYPE = "edgefleet:aws:Fleet"
@@ -121,6 +123,10 @@ class AwsPlatform(Platform):
         super().__init__(stack, project_dir)
         self.source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
         self.aws: AwsConfig = stack.aws              # parse_stack_config ran check_aws_stack already
+        problems = check_aws_recipes(stack, self.project_dir, pulumi.get_stack())
+        if problems:
+            key, problem, fix = problems[0]
+            raise ConfigError(self.source, f"{PROJECT}:{key}: {problem}", fix)
         self.naming = Naming(pulumi.get_stack())
         self.partition = partition(self.aws.region)
         self._providers: tuple[aws.Provider, aws_native.Provider] | None = None

@@ -19,7 +19,7 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider,
 
 from components.dynamic import input_diff
 
-PROVIDER_VERSION = "1"
+PROVIDER_VERSION = "2"
 
 
 class ModelArtifactProvider(ResourceProvider):
@@ -81,13 +81,10 @@ class RingGateProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         from components.aws.plan import run_gate
+        from components.rollout.engine import passed_ring
 
         progress = run_gate(props)
-        ring = next((r for r in progress["rings"] if r["name"] == props["ring"]), None)
-        if ring is None or ring["state"] != "passed":
-            # never report a gate passed for a ring the rollout record did not judge
-            raise RuntimeError(f"rollout {progress['rollout_id']} ({progress['status']}) did not judge ring {props['ring']!r}: "
-                               f"its record has rings {[r['name'] for r in progress['rings']]}")
+        ring = passed_ring(progress, props["ring"])
         return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
                             outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
 

@@ -7,11 +7,11 @@ the stack file and key.
 
 from __future__ import annotations
 
-import base64
 import datetime
 from pathlib import Path
 
 from edgefleet.config import StackConfig
+from edgefleet.signing import standin_public_key_pem
 
 from components.azure.manifest import label_problems
 
@@ -81,11 +81,6 @@ STANDIN_REGISTRY = "efstandin.azurecr.io"
 STANDIN_KEY_ID = "sha256:" + "0" * 64
 
 
-def _standin_pem() -> str:
-    body = base64.b64encode(bytes(91)).decode()                   # the size of a DER P-256 SubjectPublicKeyInfo
-    return "-----BEGIN PUBLIC KEY-----\n" + "\n".join(body[i:i + 64] for i in range(0, len(body), 64)) + "\n-----END PUBLIC KEY-----\n"
-
-
 def check_azure_manifests(cfg: StackConfig, project_dir: Path, registry_password: bool = False) -> list[tuple[str, str, str]]:
     """(key, problem, fix) for each manifest of the stack that IoT Hub or IoT Edge would refuse: every group's base
     deployment and every ring's effective manifest (base plus the layers of every rollout on the group), built with
@@ -114,7 +109,7 @@ def check_azure_manifests(cfg: StackConfig, project_dir: Path, registry_password
     for i, g in enumerate(cfg.groups):
         if cfg.group_platform(g) == "azure":
             base = mf.base_manifest(agent=agent, runtime=az.edge_runtime, agent_schema=az.edge_agent_schema, hub_schema=az.edge_hub_schema,
-                                    trust={"keyId": STANDIN_KEY_ID, "publicKeyPem": _standin_pem()}, store_sas="${secret:storeSas}", registry=creds)
+                                    trust={"keyId": STANDIN_KEY_ID, "publicKeyPem": standin_public_key_pem()}, store_sas="${secret:storeSas}", registry=creds)
             refuse(f"groups[{i}]", f"base deployment of group {g.name!r}", mf.check_manifest(base))
             bases[g.name] = (i, base)
     if out:

@@ -179,8 +179,8 @@ class AzureHub:
             runtime = self._runtime_failures(cfg) if runtime_failed else []
             both = {d for d, _ in runtime}
             if both and agent_failed:
-                both |= {str(r.get("deviceId")) for r in self.client.query(
-                    f"SELECT deviceId FROM devices.modules WHERE {metric_where(spec, desired, 'failed')}")}
+                both |= {str(r.get("deviceId")) for r in self.client.query(   # bounded: a lower bound of the union is enough
+                    f"SELECT TOP {FAILURE_SAMPLE} deviceId FROM devices.modules WHERE {metric_where(spec, desired, 'failed')}")}
             failed = min(devices, max(agent_failed, runtime_failed, len(both)))
             adopted = min(adopted, max(0, devices - failed))
         else:
@@ -274,14 +274,15 @@ class AzureHub:
         return tuple(out)
 
     def _runtime_failures(self, cfg: dict[str, Any]) -> list[tuple[str, str]]:
-        """Devices counted in reportedFailedCount, with the runtime's lastDesiredStatus: the configuration's own
-        query when the hub returned it (keyed by metric id, or by display name in older API versions)."""
+        """A sample (TOP FAILURE_SAMPLE: this runs every poll, against IoT Hub's query quota) of the devices counted
+        in reportedFailedCount, with the runtime's lastDesiredStatus: the configuration's own query when the hub
+        returned it (keyed by metric id, or by display name in older API versions)."""
         queries = (cfg.get("systemMetrics") or {}).get("queries") or {}
         sql = queries.get("reportedFailedCount") or queries.get("Reporting Failure") or RUNTIME_FAILED_QUERY.format(id=cfg["id"])
         m = re.search(r"\bwhere\b(.*)$", sql, re.I | re.S)
         if not m:
             return []
-        rows = self.client.query("SELECT deviceId, properties.reported.lastDesiredStatus.code AS code, "
+        rows = self.client.query(f"SELECT TOP {FAILURE_SAMPLE} deviceId, properties.reported.lastDesiredStatus.code AS code, "
                                  f"properties.reported.lastDesiredStatus.description AS description FROM devices.modules WHERE {m.group(1).strip()}")
         return [(str(row.get("deviceId")), f"IoT Edge runtime did not apply the deployment (lastDesiredStatus {row.get('code')}"
                  + (f": {row['description']}" if row.get("description") else "") + ")") for row in rows]

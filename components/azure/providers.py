@@ -118,9 +118,10 @@ class RingGateProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         from components.azure.hub import run_gate
+        from components.rollout.engine import passed_ring
 
         progress = run_gate(props)
-        ring = progress["rings"][int(props["index"])]
+        ring = passed_ring(progress, props["ring"])
         return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
                             outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
 

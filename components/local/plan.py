@@ -214,7 +214,10 @@ def run_gate(props: dict[str, Any]) -> dict[str, Any]:
     fleet_lock = lock_path(Path(props["hub"]), "fleet")
     decision, declared = _decision_from_props(hub, props)
     if decision.action == "up-to-date":
-        return decision.record or {"rollout_id": f"{props['rollout']}@{props['version']}", "rings": [{"measured": None}] * (int(props["index"]) + 1)}
+        recorded = decision.record if decision.record and any(r["name"] == props["ring"] for r in decision.record["rings"]) else None
+        # every ring is set to the declared artifact already: this ring's gate has nothing left to judge
+        return recorded or {"rollout_id": f"{props['rollout']}@{props['version']}", "status": "up-to-date",
+                            "rings": [{"name": props["ring"], "state": "passed", "measured": None}]}
     if lock_holder(fleet_lock) is None:
         raise RuntimeError(
             f"no local fleet is running on the hub {props['hub']} (nobody holds {fleet_lock}), so ring {props['ring']!r} could only time out. "

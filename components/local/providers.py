@@ -96,13 +96,12 @@ class RingGateProvider(_Idempotent):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         from components.local.plan import run_gate
+        from components.rollout.engine import passed_ring
 
         progress = run_gate(props)
-        rings = progress["rings"]
-        index = int(props["index"])
-        measured = rings[index].get("measured") if index < len(rings) else None
+        ring = passed_ring(progress, props["ring"])
         return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
-                            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": measured})
+                            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring.get("measured")})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return input_diff(olds, news, ("sha256", "version", "gate_config"))

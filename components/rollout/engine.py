@@ -322,6 +322,17 @@ class RolloutEngine:
             self.on_update(progress)
 
 
+def passed_ring(progress: dict[str, Any], ring: str) -> dict[str, Any]:
+    """The record of ring `ring`, whose gate passed. A gate resource reports only what the engine judged: a ring
+    missing from the record (added in the middle of a finished rollout) or not passed is an error, never a pass."""
+    record = next((r for r in progress["rings"] if r.get("name") == ring), None)
+    if record is None or record.get("state") != "passed":
+        raise RuntimeError(f"rollout {progress['rollout_id']} ({progress['status']}) did not pass ring {ring!r}: its record has rings "
+                           f"{[(r.get('name'), r.get('state')) for r in progress['rings']]}; rings can be appended to a finished "
+                           "rollout, not inserted: declare a new model version to take every ring through its gate")
+    return record
+
+
 def extends(progress: dict[str, Any], plan: RolloutPlan) -> bool:
     """A succeeded rollout whose plan has since gained rings after the recorded ones: it reopens to take the
     new rings through their gates. Failed and rolled-back rollouts stay final; a changed ring order never reopens."""

@@ -92,3 +92,19 @@ def test_a_recipe_the_schema_rejects_is_refused_before_it_is_declared():
         recipe_text(recipe)
     assert str(info.value).startswith("Greengrass recipe edgefleet.dev.detector.Model: does not validate against the GDK recipe schema")
     assert "componentversion: 7 is not of type 'string'" in str(info.value)
+
+
+def test_a_model_version_greengrass_cannot_take_is_refused_before_anything_is_declared(tmp_path):
+    """Valid semver, but longer than a ComponentVersion may be: caught at declaration, not after the upload and
+    the KMS signature (the real recipe is built inside an Output apply, which a preview never runs)."""
+    from aws_testkit import project_copy, synth_graph
+
+    project = project_copy(tmp_path)
+    manifest = project / "models" / "detector" / "model.yaml"
+    long_version = "1.0.0-" + "rc" * 32
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", f"version: {long_version}", 1))
+    with pytest.raises(EdgefleetError) as info:
+        synth_graph(project, "aws-dev")
+    assert str(info.value).startswith(f"stacks/Pulumi.aws-dev.yaml: edgefleet:models[0]: the Greengrass model component recipe for "
+                                      f"detector {long_version} does not validate against the GDK recipe schema: componentversion:")
+    assert "is too long" in str(info.value) and "model.yaml" in info.value.fix

@@ -242,6 +242,7 @@ class FakeIotHub:
         self.devices: dict[str, SimDevice] = {}
         self.faults: list[tuple[str, str, int, dict[str, str]]] = []     # (method, path prefix, status, headers)
         self.requests: list[dict[str, Any]] = []
+        self.queries: list[str] = []                                       # every twin query, as sent
         self.timeline: list[tuple[str, str, list[str]]] = []              # (op, id, ids present after it)
         self.page_size_cap = 2
         self.unapplied: set[str] = set()                                  # devices IoT Hub has not applied deployments to yet
@@ -430,6 +431,8 @@ class FakeIotHub:
                 return self._error(405, "MethodNotAllowed", method)
 
             def _query(self, sql: str):
+                if not self.headers.get("x-ms-continuation"):
+                    hub.queries.append(sql)
                 rows = run_query(sql, [hub.device_doc(d) for d in sorted(hub.devices)], hub.module_docs())
                 start = int(self.headers.get("x-ms-continuation") or 0)
                 size = min(int(self.headers.get("x-ms-max-item-count") or 100), hub.page_size_cap)

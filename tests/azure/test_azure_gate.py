@@ -3,6 +3,8 @@ good version under a signed rollback order, and the Key Vault signer."""
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import pytest
@@ -360,6 +362,9 @@ def test_a_device_failing_in_both_agent_and_runtime_is_counted_once(hub, fleet, 
     assert obs.failed == 1 and obs.devices == 2
     (device, why), = obs.failures
     assert device == "c1" and why.startswith("refused 2.0.0; IoT Edge runtime did not apply")
+    listing = [q for q in hub.queries if not re.match(r"SELECT (COUNT|SUM|MAX)\(", q)]
+    assert listing and all(q.startswith("SELECT TOP ") for q in listing), \
+        "every poll runs these against IoT Hub's query quota: a query that lists devices must be bounded"
 
 
 def test_runtime_failures_are_read_with_the_configurations_own_query(hub, fleet, signer):

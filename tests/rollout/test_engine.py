@@ -401,3 +401,19 @@ def test_a_sample_is_recorded_at_every_gate_verdict(bad):
         at = [s for s in progress["samples"] if s["ring"] == ring["name"] and s["t"] == ring["finished_at"]]
         assert len(at) == 1, f"no sample at the {ring['name']} verdict"
         assert at[0]["adopted"] == ring["verdict"]["measured"]["adopted"] > 0
+
+
+def test_a_gate_resource_reports_only_a_ring_the_engine_passed():
+    """A ring inserted in the middle of a finished rollout is not in its record: a gate must fail, not borrow
+    another ring's pass (the AWS, Azure and local gate providers all answer through `passed_ring`)."""
+    from components.rollout.engine import passed_ring
+
+    progress = {"rollout_id": "detector@1.1.0+abc", "status": "succeeded",
+                "rings": [{"name": "canary", "state": "passed", "measured": {"adopted": 5}},
+                          {"name": "broad", "state": "passed", "measured": {"adopted": 50}}]}
+    assert passed_ring(progress, "broad")["measured"] == {"adopted": 50}
+    with pytest.raises(RuntimeError, match=r"did not pass ring 'early'.*declare a new model version"):
+        passed_ring(progress, "early")
+    progress["rings"][1]["state"] = "failed"
+    with pytest.raises(RuntimeError, match="did not pass ring 'broad'"):
+        passed_ring(progress, "broad")
