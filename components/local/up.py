@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgefleet.config import DeviceGroupConfig, RingConfig, RolloutConfig, StackConfig, load_stack
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.manifest import parse_manifest_bytes
 from edgefleet.signing import LocalKeySigner, create_key_file
 
@@ -25,7 +25,7 @@ from components.local.fleet import LocalFleet, exclusive, local_devices, lock_pa
 from components.local.hub import LocalHub
 from components.local.plan import Decision, decide, engine_for, plan_for
 from components.local.store import Published, publish
-from components.rollout.engine import RolloutPlan
+from components.rollout.engine import RolloutPlan, rings_changed
 from components.rollout.types import DesiredModel
 
 ARTIFACT = "pulumi-python:dynamic/edgefleet-local:Artifact"
@@ -132,7 +132,11 @@ def _up(project_dir: Path, cfg: StackConfig, source: str, hub_path: Path, graph:
             outcomes.append(Outcome(d.config.name, d.model, ", ".join(running) or None, wanted.version, decision.status,
                                     decision.record, problem=decision.problem, fix=decision.fix))
         else:
-            work.append((d, decision, plan_for(d.config.name, decision, wanted, signer)))
+            plan = plan_for(d.config.name, decision, wanted, signer)
+            changed = rings_changed(decision.record, plan) if decision.action == "resume" and decision.record else None
+            if changed is not None:            # before the fleet starts: nothing is touched
+                raise ConfigError(source, f"edgefleet:rollouts ({d.config.name}).rings: {changed.problem}", changed.fix)
+            work.append((d, decision, plan))
     if not work:
         return outcomes
     fleet = LocalFleet(cfg, hub_path, project_dir / ".edgefleet" / "local" / "devices", signer.public_key_pem(),

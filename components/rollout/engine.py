@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from edgefleet.config import GateConfig
+from edgefleet.errors import EdgefleetError
 
 from components.rollout.gate import evaluate, measure
 from components.rollout.hub import Clock, FleetHub
@@ -122,14 +123,22 @@ class RolloutEngine:
             self._event(progress, None, "reopened", rings=added, passed=[r["name"] for r in progress["rings"] if r["state"] == "passed"])
             self._save(plan, progress)
         elif progress["status"] not in TERMINAL:
+            changed = rings_changed(progress, plan)
+            if changed is not None:
+                raise changed
             known = [r["name"] for r in progress["rings"]]
-            planned = [r.name for r in plan.rings]
-            if planned[: len(known)] != known[: len(planned)]:
-                raise ValueError(f"rollout {plan.rollout_id} was recorded with rings {known}, now planned as {planned}; "
-                                 "ring order cannot change while a rollout is in flight")
             for i, ring in enumerate(plan.rings[len(known):], start=len(known)):
                 progress["rings"].append(_ring_record(ring.name, i))
+            # Devices report only their latest window, and whatever ran them may have stopped with this controller
+            # (the local fleet does): nothing shows what happened while nobody watched, so a soak starts over.
+            interrupted = [r["name"] for r in progress["rings"] if r["state"] == "soaking"]
+            for r in progress["rings"]:
+                if r["state"] == "soaking":
+                    r.update(state="waiting", soak_started=None)
             self._event(progress, None, "resumed")
+            for name in interrupted:
+                self._event(progress, name, "soak-reset", reasons=["the controller restarted mid-soak: what devices did while nobody "
+                                                                   "watched is not in their latest reports, so the soak starts over"])
             self._save(plan, progress)
         return progress
 
@@ -320,6 +329,23 @@ class RolloutEngine:
         self.hub.save_progress(plan.rollout_id, copy.deepcopy(progress))
         if self.on_update is not None:
             self.on_update(progress)
+
+
+class RingsChanged(EdgefleetError):
+    """The stack's rings no longer match those of a rollout in flight; the caller names its stack file."""
+
+
+def rings_changed(progress: dict[str, Any], plan: RolloutPlan) -> RingsChanged | None:
+    """Rings may be appended to a rollout in flight, never removed, renamed or reordered: its record, its rollback
+    and the devices it reached are all keyed by them."""
+    known = [r["name"] for r in progress["rings"]]
+    planned = [r.name for r in plan.rings]
+    if planned[: len(known)] == known:
+        return None
+    return RingsChanged(f"edgefleet:rollouts ({plan.rollout})",
+                        f"rollout {plan.rollout_id} is in flight with rings {known}, and the stack now plans {planned}; "
+                        "rings cannot be removed, renamed or reordered while a rollout is in flight",
+                        f"restore the rings {known} (more may follow them) until it finishes, then change them")
 
 
 def passed_ring(progress: dict[str, Any], ring: str) -> dict[str, Any]:

@@ -88,13 +88,14 @@ def evaluate(gate: GateConfig, obs: RingObservation, since_deploy: float, soak_s
         why = (f"deadline {gate.deadline_seconds:.0f}s passed with {m['adopted']}/{m['devices']} adopted "
                f"(needs {gate.success_share:.0%}), {m['reporting']}/{m['devices']} reporting (needs {gate.min_reporting_share:.0%})")
         if soaked:
-            why = (f"deadline {gate.deadline_seconds:.0f}s passed with {m['inferences'] or 0} inferences reported on the new version "
-                   f"(needs {gate.min_inferences}): its health metrics were never measured")
+            why = (f"deadline {gate.deadline_seconds:.0f}s passed with {m['inferences'] or 0} inferences on the new version in the "
+                   f"devices' latest report windows (needs {gate.min_inferences}): its health metrics were never measured")
         elif met:
             why = f"deadline {gate.deadline_seconds:.0f}s passed before the {gate.soak_seconds:.0f}s soak completed"
         return Verdict("fail", [why], m)
     if soaked:
-        return Verdict("soak", [f"soak done, waiting for {gate.min_inferences} inferences on the new version (has {m['inferences'] or 0})"], m)
+        return Verdict("soak", [f"soak done, waiting for {gate.min_inferences} inferences on the new version in the devices' "
+                                f"latest report windows (has {m['inferences'] or 0})"], m)
     if met:
         return Verdict("soak", [f"soaking {0 if soak_started is None else now - soak_started:.1f}/{gate.soak_seconds:.0f}s"], m)
     return Verdict("wait", [f"{m['adopted']}/{m['devices']} adopted, {m['pending']} pending"], m)

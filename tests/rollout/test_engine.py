@@ -311,7 +311,9 @@ def test_a_long_kill_mid_soak_restarts_the_soak_instead_of_passing_on_the_first_
     assert canary["finished_at"] >= resumed_at + GATE.soak_seconds, "passed without watching a full soak"
     assert canary["soak_started"] >= resumed_at
     reset = [e for e in events(progress, "soak-reset") if e["ring"] == "canary"]
-    assert len(reset) == 1 and reset[0]["unobserved"] >= 1000 and "not observed for 1000" in reset[0]["reasons"][0]
+    assert len(reset) == 1 and "the controller restarted mid-soak" in reset[0]["reasons"][0]
+    gap = [e for e in events(progress, "observation-gap") if e["ring"] == "canary"]
+    assert len(gap) == 1 and gap[0]["unobserved"] >= 1000 and "not observed for 1000" in gap[0]["reasons"][0]
 
 
 def test_a_long_kill_while_waiting_for_adoption_moves_the_deadline_out_instead_of_failing():
@@ -328,7 +330,9 @@ def test_a_long_kill_while_waiting_for_adoption_moves_the_deadline_out_instead_o
     assert [e["ring"] for e in events(progress, "observation-gap")] == ["canary"]
 
 
-def test_a_short_kill_keeps_the_soak_start():
+def test_a_controller_restarted_mid_soak_starts_the_soak_over_however_short_the_kill():
+    """The local fleet stops with `edgefleet up`: a soak resumed from its saved start would pass on reports from
+    before the kill, having watched nothing (it did, 9.4 s into an 8 s soak, before this)."""
     clock = FakeClock()
     hub = FakeHub(clock, fleet(), running=V1)
     plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
@@ -336,9 +340,26 @@ def test_a_short_kill_keeps_the_soak_start():
     _until_soaking(engine, plan, engine.start(plan), clock)
     started = hub.load_progress(plan.rollout_id)["rings"][0]["soak_started"]
     clock.sleep(3.0)
+    resumed_at = clock.now()
     progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(plan)
-    assert progress["rings"][0]["soak_started"] == started
-    assert events(progress, "soak-reset") == []
+    assert progress["status"] == "succeeded"
+    assert progress["rings"][0]["soak_started"] >= resumed_at > started
+    assert [e["ring"] for e in events(progress, "soak-reset")] == [plan.rings[0].name]
+
+
+def test_changing_the_rings_of_a_rollout_in_flight_is_an_error_with_the_fix():
+    from components.rollout.engine import RingsChanged
+
+    clock = FakeClock()
+    hub = FakeHub(clock, fleet(), running=V1)
+    plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
+    engine = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0)
+    _until_soaking(engine, plan, engine.start(plan), clock)
+    for changed in (plan.rings[:-1], (plan.rings[1], plan.rings[0], *plan.rings[2:])):
+        with pytest.raises(RingsChanged) as err:
+            RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).start(RolloutPlan("detector", V2, V1, tuple(changed)))
+        assert "cannot be removed, renamed or reordered while a rollout is in flight" in err.value.problem
+        assert err.value.fix.startswith(f"restore the rings {[r.name for r in plan.rings]}")
 
 
 def test_a_slow_platform_query_is_watched_time_and_does_not_reset_the_soak():
