@@ -40,7 +40,7 @@ REPLACE_ON: dict[str, tuple[str, ...]] = {
     "aws:iam/policy:Policy": ("name", "namePrefix", "path", "description"),
     "aws:iam/rolePolicy:RolePolicy": ("name", "namePrefix", "role"),
     "aws:iot/thingGroup:ThingGroup": ("name",),
-    "aws:iot/thingType:ThingType": ("name",),
+    "aws:iot/thingType:ThingType": ("name", "properties"),
     "aws:iot/policy:Policy": ("name",),
     "aws:iot/roleAlias:RoleAlias": ("alias",),
     "aws:s3/bucketObjectv2:BucketObjectv2": ("bucket", "key"),
@@ -467,7 +467,8 @@ def diff_resources(base: list[Mapping[str, Any]], head: list[Mapping[str, Any]])
             out.append({**entry, "action": "create"})
             continue
         a, b = old.get("inputs") or {}, r.get("inputs") or {}
-        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        ignored = {p for p in (r.get("options") or {}).get("ignore_changes") or [] if _top_key(p) == p}   # as Pulumi: old value kept
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in ignored)
         if old.get("parent") != r.get("parent"):
             changed.append("(parent)")
         if old["urn"] != urn:

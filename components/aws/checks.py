@@ -77,7 +77,7 @@ def check_aws_stack(cfg: StackConfig) -> list[tuple[str, str, str]]:
             for jj, earlier in aws_rings:
                 if jj >= j:
                     break
-                if earlier.group == ring.group and all(ring.labels.get(k) == v for k, v in earlier.labels.items()):
+                if _implied(earlier, ring, groups):
                     out.append((key, f"ring {ring.name!r} selects no devices: ring {earlier.name!r} before it already takes every "
                                 f"device it would select (rings are disjoint, a device belongs to the first ring that selects it)",
                                 f"give ring {earlier.name!r} a label of its own, such as ring: {earlier.name}"))
@@ -142,3 +142,14 @@ def check_aws_recipes(cfg: StackConfig, project_dir: Path, stack: str) -> list[t
                             f"validate against the GDK recipe schema: {errors[0]}{more}",
                             "check the model's version and name in its model.yaml, and edgefleet:aws.agent_version"))
     return out
+
+
+def _implied(earlier, ring, groups) -> bool:
+    """Every device `ring` would select is one `earlier` selects too (its query terms are a subset of the ring's):
+    rings are disjoint, so `ring` would get nobody. Across groups as well, e.g. {site: a} then {site: a, hw: x}."""
+    from components.aws.plan import Naming, ring_terms
+
+    if ring.group not in groups or earlier.group not in groups:
+        return False
+    naming = Naming("stack")
+    return set(ring_terms(earlier, groups, "thing-type", naming)) <= set(ring_terms(ring, groups, "thing-type", naming))

@@ -25,6 +25,10 @@ CASES = {
     "ring that selects nothing": (lambda c: _rings(c)[0].pop("labels"), "edgefleet:rollouts[0].rings[1]", "selects no devices"),
     "ring label against its group": (lambda c: _rings(c)[1].update(labels={"site": "plant-b"}), "edgefleet:rollouts[0].rings[1].labels",
                                      "selects no devices"),
+    "ring whose group an earlier ring's group already covers": (
+        lambda c: (c["edgefleet:groups"].append({**c["edgefleet:groups"][0], "name": "gpu-cams", "labels": {"site": "plant-a", "hw": "gpu"}}),
+                   _rings(c)[0].pop("labels"), _rings(c)[1].update(group="gpu-cams", labels={"hw": "gpu"})),
+        "edgefleet:rollouts[0].rings[1]", "selects no devices"),
     "success share above 1": (lambda c: _rings(c)[0]["gate"].update(success_share=1.5), "edgefleet:rollouts[0].rings[0].gate.success_share",
                               "less than or equal to 1"),
     "abort threshold above 100%": (lambda c: c["edgefleet:aws"]["rings"]["early"].update(abort_failure_percent=150),

@@ -309,3 +309,16 @@ def test_a_store_made_public_blocks_the_plan(capsys, monkeypatch):
     monkeypatch.setattr(edgefleet.synth, "synth", lambda *a: head)
     code, out = cli(ROOT, capsys, "plan", "--stack", "aws-dev", "--base", "main")
     assert code == EXIT_POLICY and out.strip() == md.strip()
+
+
+def test_a_change_the_program_tells_pulumi_to_ignore_is_not_in_the_plan():
+    """The thing type keeps `ignore_changes=["properties"]` (a replacement would collide with its fixed name): Pulumi
+    keeps the old value, so the plan must not announce a change either."""
+    def thing_type(attrs, ignore):
+        return {"urn": "urn:pulumi:s::p::aws:iot/thingType:ThingType::t", "type": "aws:iot/thingType:ThingType", "name": "t",
+                "custom": True, "parent": None, "inputs": {"name": "t", "properties": {"searchableAttributes": attrs}},
+                "options": {"ignore_changes": ["properties"]} if ignore else {}}
+
+    assert diff_resources([thing_type(["ring", "site"], True)], [thing_type(["ring"], True)]) == []
+    [entry] = diff_resources([thing_type(["ring", "site"], False)], [thing_type(["ring"], False)])
+    assert (entry["action"], entry["replace_keys"]) == ("replace", ["properties"])

@@ -45,4 +45,4 @@ def test_no_comment_or_cloud_preview_for_forks_and_dependabot():
     comment = step(doc["jobs"]["plan"], "Sticky PR comment")["if"]
     for condition in (comment, doc["jobs"]["preview-cloud"]["if"]):
         assert "github.event.pull_request.head.repo.full_name == github.repository" in condition
-        assert "github.actor != 'dependabot[bot]'" in condition
+        assert "github.event.pull_request.user.login != 'dependabot[bot]'" in condition, "github.actor is whoever re-ran the job"
