@@ -77,7 +77,10 @@ def sas_expiry_problems(expiry: str, today: datetime.date | None = None) -> list
 
 
 # -- the manifests a stack would deploy, before anything is declared ------------------------------------------------
-STANDIN_REGISTRY = "efstandin.azurecr.io"
+# Stand-ins as long as the real names can be (registry 50, storage account 24 characters), so a manifest
+# that fits here fits once the real names are known.
+STANDIN_REGISTRY = "e" * 50 + ".azurecr.io"
+STANDIN_ACCOUNT = "e" * 24
 STANDIN_KEY_ID = "sha256:" + "0" * 64
 
 
@@ -128,7 +131,7 @@ def check_azure_manifests(cfg: StackConfig, project_dir: Path, registry_password
             continue
         m, text = models[r.model]
         d = DesiredModel(model=m.name, version=m.version, sha256=m.sha256, size=m.size, manifest=text, signature=signature,
-                         uri=f"https://efstandin.blob.core.windows.net/models/{m.name}/{m.sha256}.onnx")
+                         uri=f"https://{STANDIN_ACCOUNT}.blob.core.windows.net/models/{m.name}/{m.sha256}.onnx")
         d = DesiredModel(**{**d.__dict__, "rollout": rollout_id(r.name, d)})
         conditions = mf.ring_conditions([(dict(g.labels), list(g.devices), dict(ring.labels)) for g, ring in zip(groups, r.rings)])
         first_in_group: set[str] = set()
