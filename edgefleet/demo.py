@@ -22,6 +22,7 @@ from edgefleet.cli import console
 from edgefleet.errors import EdgefleetError
 
 NEEDS = ("Pulumi.yaml", "stacks/Pulumi.local.yaml", "models/detector/model.yaml", "models/samples/metrics.json")
+MARKER = ".edgefleet-demo"         # written into every workdir the demo creates: only those does it delete
 
 
 def find_project(given: Path | None = None) -> Path:
@@ -42,10 +43,28 @@ def find_project(given: Path | None = None) -> Path:
                          "run it from the project's root, or pass `--project PATH` (a clone of the edgefleet repository)")
 
 
-def _prepare(src: Path, work: Path, devices: int) -> None:
+def check_workdir(work: Path, legacy: bool = False) -> None:
+    """The demo recreates its workdir, so it deletes only a directory it made (its marker inside) or an empty one:
+    `--workdir ~` must never cost a home directory. `legacy`: the default workdir under the project's own
+    `.edgefleet/`, which demos from before the marker left without one."""
+    if not work.exists() or legacy:
+        return
+    if not work.is_dir():
+        raise EdgefleetError(str(work), "the demo's --workdir is a file, and the demo needs a directory there",
+                             "pass `--workdir` a new or empty directory")
+    if not (work / MARKER).is_file() and any(work.iterdir()):
+        raise EdgefleetError(str(work), f"--workdir is a directory the demo did not create (it is not empty and has no {MARKER} "
+                             "marker), and the demo deletes and recreates its workdir",
+                             "pass `--workdir` a new or empty directory (e.g. `--workdir /tmp/edgefleet-demo`), or leave it out "
+                             "for the default <project>/.edgefleet/demo")
+
+
+def _prepare(src: Path, work: Path, devices: int, legacy: bool = False) -> None:
+    check_workdir(work, legacy)
     if work.exists():
         shutil.rmtree(work)
     (work / "stacks").mkdir(parents=True)
+    (work / MARKER).write_text("a scratch copy made by `edgefleet demo`; the next demo in this directory deletes it\n")
     shutil.copy2(src / "Pulumi.yaml", work / "Pulumi.yaml")
     shutil.copytree(src / "models", work / "models")
     doc = yaml.safe_load((src / "stacks" / "Pulumi.local.yaml").read_text())
@@ -85,23 +104,25 @@ def containment(work: Path, model: str, version: str, canary: str) -> dict:
 def run_demo(src: Path, work: Path, devices: int) -> None:
     from components.local.fleet import exclusive
 
-    src, work = Path(src).resolve(), Path(work).resolve()
+    src, work = Path(src).resolve(), Path(work).expanduser().resolve()
     if src == work or src.is_relative_to(work):
         raise EdgefleetError("--workdir", f"{work} holds the project itself, and the demo recreates its workdir", "pick a scratch directory")
+    legacy = work == src / ".edgefleet" / "demo"
+    check_workdir(work, legacy)                       # before the lock file, which goes beside the workdir
     lock = work.with_name(f"{work.name}.lock")        # beside the workdir, which the demo deletes and recreates
     with exclusive(lock, f"another `edgefleet demo` is running in {work}",
                    "wait for it to finish or stop it (`kill {pid}`), or give this one its own `--workdir`"):
-        _run_demo(src, work, devices)
+        _run_demo(src, work, devices, legacy)
 
 
-def _run_demo(src: Path, work: Path, devices: int) -> None:
+def _run_demo(src: Path, work: Path, devices: int, legacy: bool = False) -> None:
     from edgefleet.cli.fleet import outcome_line, run_up
     from edgefleet.model_add import add_version, parse_metric
     from edgefleet.timeline import picture, text
 
     samples = src / "models" / "samples"
     metrics = json.loads((samples / "metrics.json").read_text())
-    _prepare(src, work, devices)
+    _prepare(src, work, devices, legacy)
     console.rule(f"[bold]1/3 roll out detector 1.0.0 to {devices} devices")
     notes: list[str] = []
     results = run_up(work, "local", as_json=False)

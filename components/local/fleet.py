@@ -11,6 +11,8 @@ devices, so a fleet holds an exclusive lock beside the hub database while it run
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import logging
 import os
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +137,35 @@ def lock_holder(path: Path) -> str | None:
         os.close(fd)
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _libc_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()            # looked up before any fork: the child between fork and exec only calls it
+
+
+def _die_with_parent(parent: int):
+    """A preexec_fn asking Linux to SIGTERM the agent when the fleet's process dies, even by SIGKILL: an orphaned
+    agent keeps its state directory locked, and the next fleet's agent for that device could not start. None
+    elsewhere (no such signal; agents are stopped by `stop()` only)."""
+    if _PRCTL is None:
+        return None
+
+    def preexec() -> None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:           # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+    return preexec
+
+
 def register(hub: LocalHub, devices: list[LocalDevice]) -> None:
     hub.register_devices((d.id, d.labels, d.arch, list(d.providers), d.kind) for d in devices)
 
@@ -185,6 +217,7 @@ class LocalFleet:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._procs: dict[tuple[str, str], subprocess.Popen] = {}
+        self._spawner: ThreadPoolExecutor | None = None
         self._started_at = 0.0
         self.sweeps = 0
         self.sweep_seconds: list[float] = []
@@ -215,6 +248,9 @@ class LocalFleet:
             self._thread.join(timeout=30)
         for key in list(self._procs):
             self.stop_process(*key)
+        if self._spawner is not None:
+            self._spawner.shutdown()
+            self._spawner = None
         self._locks.close()
 
     def __enter__(self) -> "LocalFleet":
@@ -234,9 +270,18 @@ class LocalFleet:
                "--providers", ",".join(d.providers), "--sync-seconds", "0.2", "--report-seconds", str(self.sim_period),
                "--infer-interval", str(FRAME_INTERVAL_SECONDS)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
+        if self._spawner is None:
+            self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgefleet-agent-spawner")
+        # Linux sends the parent-death signal when the thread that forked the child ends, not the process: callers
+        # include short-lived threads (the demo's fault timer), so one long-lived thread forks every agent.
+        proc = self._spawner.submit(self._spawn, cmd, log, env).result()
         self._procs[(device_id, model)] = proc
         return proc
+
+    @staticmethod
+    def _spawn(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent(os.getpid()))
 
     def kill_process(self, device_id: str, model: str) -> None:
         """SIGKILL: the process gets no chance to clean up, as when a device loses power."""

@@ -3,17 +3,19 @@ against the local hub. Shared by the dynamic providers and `edgefleet up`, so bo
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlparse
 
 from edgefleet.config import DeviceGroupConfig, RingConfig, RolloutConfig
-from edgefleet.manifest import version_key
+from edgefleet.manifest import parse_manifest_bytes, version_key
 from edgefleet.signing import LocalKeySigner, Signer, parse_rollback_order, rollback_order, sign_bytes
 
 from components.local.fleet import lock_holder, lock_path
 from components.local.hub import LocalHub
-from components.rollout.engine import FAILED, TERMINAL, RingPlan, RolloutEngine, RolloutPlan, last_good, rollout_id
+from components.rollout.engine import FAILED, TERMINAL, RingPlan, RolloutEngine, RolloutPlan, extends, last_good, rollout_id
 from components.rollout.hub import WallClock
 from components.rollout.membership import ring_members
 from components.rollout.report import failure_summary
@@ -38,7 +40,8 @@ def engine_for(hub: LocalHub, key_file: str, poll_seconds: float, on_update=None
 @dataclass(frozen=True)
 class Decision:
     """What applying one declared rollout does. `action`: run (a new rollout), resume (one in flight for this
-    very artifact), up-to-date (every ring is set to it), or refused (problem and fix say why and what to do)."""
+    very artifact, or its succeeded one reopened for appended rings), up-to-date (every ring is set to it), or
+    refused (problem and fix say why and what to do)."""
 
     action: Literal["run", "resume", "up-to-date", "refused"]
     rings: tuple[RingPlan, ...]
@@ -49,18 +52,23 @@ class Decision:
     record: dict[str, Any] | None = None          # the record resumed, or the declared artifact's latest one
     kind: Literal["forward", "rollback"] = "forward"
     status: str = ""                               # refused: previously-rolled-back | refused
+    appended: tuple[str, ...] = ()                 # resume of a succeeded rollout: the rings it reopens for
     problem: str = ""
     fix: str = ""
 
 
-def decide(hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGroupConfig], declared: DesiredModel) -> Decision:
+def decide(hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGroupConfig], declared: DesiredModel,
+           model_dir: str | None = None, apply: str = "apply it") -> Decision:
     """Compares the declared artifact with what the hub's rings are set to.
 
     A declaration older than the rings is an intentional rollback: a staged rollout whose desired state carries
-    a signed rollback order. Refused: a version a gate rolled back (a new version number is the retry), a
+    a signed rollback order. Rings appended to the artifact's succeeded rollout reopen that rollout, so only
+    they are deployed and gated (a new attempt would soak every ring again, and its rollback target would be
+    this very version). Refused: a version a gate rolled back (a new version number is the retry), a
     different artifact under a version the rings run, and any change while another rollout is in flight —
     superseding it would leave the rings it reached on a version no gate passed, which the new rollout's
-    rollback could not undo (a rollback order names the one version it moves devices off)."""
+    rollback could not undo (a rollback order names the one version it moves devices off). `model_dir` and
+    `apply` (the command that applies the stack) make that refusal's fix a command to copy."""
     plans = tuple(ring_plans(hub, rollout, groups))
     records = hub.rollouts(rollout.name)
     artifact = (declared.version, declared.sha256)
@@ -82,11 +90,20 @@ def decide(hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGroupC
                                 f"({p['status']}, rings reached: {', '.join(reached)}) and {declared.version} is declared now; an unfinished "
                                 "rollout is not superseded: the rings it reached would keep a version no gate passed",
                         fix=f"declare {p['model']} {p['version']} again and apply it to finish that rollout (it resumes where it stopped "
-                            f"and its gates decide), then declare {declared.version}")
+                            f"and its gates decide), then declare {declared.version}"
+                            + _restore_hint(p, declared, model_dir or f"models/{p['model']}", apply))
     mine = [p for p in records if (p["version"], p["sha256"]) == artifact]
     set_to = {(d.version, d.sha256) for d in current.values() if d is not None}
     if set_to == {artifact} and all(d is not None for d in current.values()):
         return Decision("up-to-date", **base, record=mine[-1] if mine else None)
+    reopen = _reopens(mine[-1], plans, current, artifact) if mine else None
+    if reopen is not None:
+        p = mine[-1]
+        order = _rollback_of(p)
+        previous = (last_good(records, before=p["rollout_id"]) if order is None
+                    else _artifact_desired(records, current, order["from_version"], order["from_sha256"]))
+        return Decision("resume", **base, rollout_id=p["rollout_id"], previous=previous, record=p,
+                        kind="forward" if order is None else "rollback", appended=reopen)
     if mine and mine[-1]["status"] in FAILED:
         p = mine[-1]
         ring = (p.get("report") or {}).get("failed_ring", "?")
@@ -132,6 +149,51 @@ def plan_for(rollout: str, decision: Decision, declared: DesiredModel, signer: S
     else:
         desired = replace(declared, rollout=decision.rollout_id)
     return RolloutPlan(rollout, desired, decision.previous, decision.rings, attempt_id=decision.rollout_id)
+
+
+def _reopens(record: dict[str, Any], plans: tuple[RingPlan, ...], current: dict[str, DesiredModel | None],
+             artifact: tuple[str, str]) -> tuple[str, ...] | None:
+    """The rings a succeeded rollout reopens for (the engine's `extends`), when its rings still run its artifact."""
+    if not extends(record, RolloutPlan(record["rollout"], DesiredModel.from_json(record["desired"]), None, plans)):
+        return None
+    known = [r["name"] for r in record["rings"]]
+    if any(current[name] is None or (current[name].version, current[name].sha256) != artifact for name in known):
+        return None
+    newer = [d for d in current.values() if d is not None and version_key(d.version) > version_key(artifact[0])]
+    return None if newer else tuple(r.name for r in plans[len(known):])
+
+
+def _store_files(desired: DesiredModel) -> tuple[Path, Path] | None:
+    """The manifest and artifact the local store holds for a published version (store.py's layout)."""
+    url = urlparse(desired.uri or "")
+    if url.scheme != "file":
+        return None
+    artifact = Path(unquote(url.path))
+    return artifact.with_suffix(".yaml"), artifact
+
+
+def _restore_hint(record: dict[str, Any], declared: DesiredModel, model_dir: str, apply: str) -> str:
+    """A way back to the unfinished version that needs no `model add` (which refuses to go below the manifest's
+    version): copy its published manifest and artifact back from the local store, which keeps every version."""
+    flight = DesiredModel.from_json(record["desired"])
+    files = _store_files(flight) if flight else None
+    if files is None or not all(f.is_file() for f in files):
+        return ""
+
+    def copy(files: tuple[Path, Path], manifest_text: str) -> str:
+        name = parse_manifest_bytes(manifest_text.encode(), "the manifest").file
+        return (f"cp {shlex.quote(str(files[0]))} {shlex.quote(f'{model_dir}/model.yaml')} && "
+                f"cp {shlex.quote(str(files[1]))} {shlex.quote(f'{model_dir}/{name}')}")
+
+    hint = (f". The local store keeps {flight.version} (`edgefleet model add` refuses a version below the manifest's): restore it with "
+            f"`{copy(files, flight.manifest)}`, {apply}, ")
+    if declared.manifest:
+        folder = files[1].parent
+        hint += (f"then put {declared.version} back with "
+                 f"`{copy((folder / f'{declared.sha256}.yaml', folder / f'{declared.sha256}.onnx'), declared.manifest)}` and {apply} again")
+    else:
+        hint += f"then declare {declared.version} again"
+    return hint
 
 
 def _attempt_id(records: list[dict[str, Any]], first: str) -> str:
@@ -185,7 +247,7 @@ def _decision_from_props(hub: LocalHub, props: dict[str, Any]) -> tuple[Decision
             f"nothing registers the stack's simulated devices. Run `edgefleet fleet run --stack {props.get('stack', '<stack>')}` in another "
             "terminal (it registers them and runs the fleet until Ctrl-C), then `pulumi up` again")
     declared = desired_from_props(props)
-    decision = decide(hub, rollout, groups, declared)
+    decision = decide(hub, rollout, groups, declared, apply=f"run `pulumi up --stack {props.get('stack', '<stack>')}`")
     if decision.action == "refused":
         raise RuntimeError(f"{decision.problem}. Fix: {decision.fix}")
     return decision, declared

@@ -51,6 +51,7 @@ class Outcome:
     kind: str = "forward"           # forward | rollback (a declared older version)
     problem: str = ""               # refusals: why, and the fix
     fix: str = ""
+    reopened: tuple[str, ...] = ()  # rings appended to a succeeded rollout, the only ones this run deployed and gated
 
 
 REFUSED = ("previously-rolled-back", "refused")
@@ -110,10 +111,14 @@ def up(project_dir: Path, stack: str, graph: dict[str, Any], on_update: Callable
     with exclusive(lock_path(hub_path, "up"), f"another `edgefleet up --stack {stack}` is rolling out on this hub",
                    "wait for it to finish, or stop it (Ctrl-C in its terminal, or `kill {pid}`); "
                    "a stopped rollout resumes where it stood on the next `edgefleet up`"):
-        return _up(project_dir, cfg, source, hub_path, graph, on_update, on_fleet)
+        return _up(project_dir, stack, cfg, source, hub_path, graph, on_update, on_fleet)
 
 
-def _up(project_dir: Path, cfg: StackConfig, source: str, hub_path: Path, graph: dict[str, Any],
+def _model_dir(project_dir: Path, d: DeclaredRollout) -> Path:
+    return (project_dir / d.source).parent
+
+
+def _up(project_dir: Path, stack: str, cfg: StackConfig, source: str, hub_path: Path, graph: dict[str, Any],
         on_update: Callable[[dict[str, Any]], None] | None, on_fleet: Callable[[LocalFleet], None] | None) -> list[Outcome]:
     devices = local_devices(cfg, source)
     signer = signer_for(cfg, project_dir)
@@ -124,7 +129,7 @@ def _up(project_dir: Path, cfg: StackConfig, source: str, hub_path: Path, graph:
     for d in declared(graph):
         published: Published = publish(project_dir / cfg.local.store, d.manifest_text, project_dir / d.source, signer, d.source)
         wanted = published.desired("")
-        decision = decide(hub, d.config, d.groups, wanted)
+        decision = decide(hub, d.config, d.groups, wanted, model_dir=str(_model_dir(project_dir, d)), apply=f"run `edgefleet up --stack {stack}`")
         if decision.action == "up-to-date":
             outcomes.append(Outcome(d.config.name, d.model, None, wanted.version, "up-to-date", decision.record))
         elif decision.action == "refused":
@@ -156,7 +161,7 @@ def _up(project_dir: Path, cfg: StackConfig, source: str, hub_path: Path, graph:
             with hub.lease(d.config.name, owner="edgefleet up"):     # a `pulumi up --stack local` gate may drive the same rings
                 progress = engine.run(plan)
             outcomes.append(Outcome(d.config.name, d.model, progress.get("previous_version"), plan.desired.version,
-                                    progress["status"], progress, kind=decision.kind))
+                                    progress["status"], progress, kind=decision.kind, reopened=decision.appended))
     return outcomes
 
 
@@ -170,12 +175,15 @@ def declared_state(project_dir: Path, stack: str, graph: dict[str, Any]) -> list
         manifest = parse_manifest_bytes(d.manifest_text.encode(), d.source)
         wanted = DesiredModel(model=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size,
                               uri="", manifest=d.manifest_text, signature="")
-        decision = decide(hub, d.config, d.groups, wanted)
+        decision = decide(hub, d.config, d.groups, wanted, model_dir=str(_model_dir(project_dir, d)), apply=f"run `edgefleet up --stack {stack}`")
         devices = [dev for r in decision.rings for dev in r.target.selector]
         reported = Counter(r.version for r in hub.reports(d.model, devices).values())
         set_to = sorted({v for v in decision.ring_versions.values() if v})
         if decision.action == "up-to-date":
             next_step = "in sync: every ring is set to the declared version"
+        elif decision.action == "resume" and decision.appended:
+            next_step = (f"rollout {decision.rollout_id} succeeded and the stack appends rings {', '.join(decision.appended)}: "
+                         f"`edgefleet up --stack {stack}` reopens it and takes only those through their gates")
         elif decision.action == "resume":
             next_step = f"rollout {decision.rollout_id} is in flight: `edgefleet up --stack {stack}` resumes it"
         elif decision.action == "refused":

@@ -123,7 +123,7 @@ class RolloutEngine:
             self._event(progress, None, "reopened", rings=added, passed=[r["name"] for r in progress["rings"] if r["state"] == "passed"])
             self._save(plan, progress)
         elif progress["status"] not in TERMINAL:
-            changed = rings_changed(progress, plan)
+            changed = rings_changed(progress, plan, whole=False)     # `edgefleet up` checks the whole plan first
             if changed is not None:
                 raise changed
             known = [r["name"] for r in progress["rings"]]
@@ -335,12 +335,13 @@ class RingsChanged(EdgefleetError):
     """The stack's rings no longer match those of a rollout in flight; the caller names its stack file."""
 
 
-def rings_changed(progress: dict[str, Any], plan: RolloutPlan) -> RingsChanged | None:
+def rings_changed(progress: dict[str, Any], plan: RolloutPlan, whole: bool = True) -> RingsChanged | None:
     """Rings may be appended to a rollout in flight, never removed, renamed or reordered: its record, its rollback
-    and the devices it reached are all keyed by them."""
+    and the devices it reached are all keyed by them. `whole=False` is for a plan that is a prefix by design: a
+    Pulumi gate resource knows the rings up to its own, and an earlier one may run again after later ones."""
     known = [r["name"] for r in progress["rings"]]
     planned = [r.name for r in plan.rings]
-    if planned[: len(known)] == known:
+    if planned[: len(known)] == known or (not whole and known[: len(planned)] == planned):
         return None
     return RingsChanged(f"edgefleet:rollouts ({plan.rollout})",
                         f"rollout {plan.rollout_id} is in flight with rings {known}, and the stack now plans {planned}; "

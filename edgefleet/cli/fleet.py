@@ -53,6 +53,8 @@ def outcome_line(o) -> str:
     text = f"[{colour}]{o.status}[/] {o.rollout}: {o.model} {o.from_version or 'nothing'} → {o.to_version}"
     if o.kind == "rollback":
         text += " (declared rollback, under a signed rollback order)"
+    if o.reopened:
+        text += f" (reopened for appended ring{'s' if len(o.reopened) > 1 else ''} {', '.join(o.reopened)})"
     if o.status == "up-to-date":
         text = f"[{colour}]{o.status}[/] {o.rollout}: every ring is set to {o.model} {o.to_version}"
     if o.status in ("previously-rolled-back", "refused"):
@@ -97,7 +99,7 @@ def up_cmd(
     outcomes = run_up(project_dir, stack, as_json)
     if as_json:
         print(json.dumps([{"rollout": o.rollout, "model": o.model, "from": o.from_version, "to": o.to_version, "kind": o.kind,
-                           "status": o.status, "report": (o.progress or {}).get("report"), "problem": o.problem or None,
+                           "status": o.status, "reopened": list(o.reopened), "report": (o.progress or {}).get("report"), "problem": o.problem or None,
                            "fix": o.fix or None} for o in outcomes], indent=2))
     else:
         for o in outcomes:
@@ -149,7 +151,8 @@ def status_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    workdir: Path | None = typer.Option(None, "--workdir", help="Scratch copy of the project the demo runs in (recreated); default <project>/.edgefleet/demo."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="Scratch copy of the project the demo runs in, recreated: a new or empty "
+                                        "directory, or one an earlier demo made; default <project>/.edgefleet/demo."),
     devices: int = typer.Option(1000, "--devices", help="Fleet size."),
     project: Path | None = typer.Option(None, "--project", help="The edgefleet project to copy; default: the current directory if it is "
                                         "one, else the checkout edgefleet runs from."),

@@ -4,17 +4,22 @@ superseded. Real agents (simulated in-process) on a 12-device fleet with half-se
 
 from __future__ import annotations
 
+import copy
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from components.local.fleet import exclusive, lock_path
 from components.local.hub import LocalHub
 from components.local.up import declared_state, up
 from components.rollout.types import DesiredModel, RingTarget
 from edgefleet.cli import EXIT_INPUT, main
-from edgefleet.errors import EdgefleetError
+from edgefleet.cli.fleet import outcome_line
+from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.model_add import add_version, parse_metric
 from edgefleet.synth import synth
 
@@ -137,11 +142,6 @@ def test_an_unfinished_rollout_is_not_superseded_and_resumes_when_declared_again
     p, versions = fleet
     assert run(p).status == "succeeded"
     versions.add("detector-1.1.0.onnx", "1.1.0")
-
-    def kill_after_canary(progress):
-        if progress["rings"][0]["state"] == "passed":
-            raise Killed
-
     with pytest.raises(Killed):
         run(p, on_update=kill_after_canary)
     in_flight = hub(p).rollouts("detector")[-1]
@@ -203,3 +203,140 @@ def test_up_beside_a_pulumi_gate_driving_the_same_rollout_is_refused_by_the_hubs
             run(p)
     assert "pulumi up (ring gate)" in str(err.value) and "hub.sqlite" in str(err.value)
     assert run(p).status == "succeeded", "released with its holder"
+
+
+# -- rings appended, changed, and the way back after a kill ---------------------------------------------------
+def edit_stack(p: Path, change) -> None:
+    path = p / "stacks" / "Pulumi.local.yaml"
+    doc = yaml.safe_load(path.read_text())
+    change(doc["config"])
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def append_ring(p: Path, name: str = "lab", count: int = 4, **gate) -> None:
+    """A ring of new devices (a batch and a group of their own) after the stack's last ring."""
+    def change(c):
+        c["edgefleet:local"]["devices"].append({"count": count, "prefix": name, "labels": {"site": name}, "processes": 0})
+        c["edgefleet:groups"].append({"name": name, "labels": {"site": name}, "hardware": copy.deepcopy(c["edgefleet:groups"][0]["hardware"])})
+        rings = c["edgefleet:rollouts"][0]["rings"]
+        rings.append({"name": name, "group": name, "gate": {**rings[-1]["gate"], **gate}})
+    edit_stack(p, change)
+
+
+def kill_after_canary(progress):
+    if progress["rings"][0]["state"] == "passed":
+        raise Killed
+
+
+def test_a_ring_appended_to_a_succeeded_rollout_reopens_it_and_only_the_new_ring_is_deployed_and_gated(fleet):
+    p, _ = fleet
+    first = run(p)
+    assert first.status == "succeeded"
+    set_at = {s["ring"]: s["set_at"] for s in hub(p).ring_states()}
+    append_ring(p)
+    [state] = declared_state(p, "local", synth(p, "local"))
+    assert state["action"] == "resume" and "appends rings lab" in state["next"] and "reopens it" in state["next"]
+
+    again = run(p)
+    assert (again.status, again.reopened, again.progress["rollout_id"]) == ("succeeded", ("lab",), first.progress["rollout_id"])
+    assert [r["rollout_id"] for r in hub(p).rollouts("detector")] == [first.progress["rollout_id"]], "no second attempt"
+    assert {k: v for k, v in ((s["ring"], s["set_at"]) for s in hub(p).ring_states()) if k in set_at} == set_at, "an earlier ring was redeployed"
+    keys = ("state", "deployed_at", "soak_started", "finished_at")
+    assert [{k: r[k] for k in keys} for r in again.progress["rings"][:3]] == [{k: r[k] for k in keys} for r in first.progress["rings"]]
+    reopened_at = next(i for i, e in enumerate(again.progress["events"]) if e["event"] == "reopened")
+    assert {e["ring"] for e in again.progress["events"][reopened_at:]} <= {None, "lab"}, "an earlier ring was soaked again"
+    assert [r["state"] for r in again.progress["rings"]] == ["passed"] * 4
+    assert reported(p) == {"1.0.0"} and len(hub(p).reports("detector")) == 16
+    assert "reopened for appended ring lab" in outcome_line(again)
+    assert run(p).status == "up-to-date"
+
+
+def test_a_failing_appended_ring_rolls_the_reopened_rollout_back_to_the_version_before_it(fleet):
+    p, versions = fleet
+    assert run(p).status == "succeeded"
+    versions.add("detector-1.1.0.onnx", "1.1.0")
+    good = run(p)
+    assert good.status == "succeeded"
+    append_ring(p, max_p99_latency_ms=0.001)
+
+    bad = run(p)
+    report = bad.progress["report"]
+    assert (bad.status, bad.progress["rollout_id"], bad.reopened) == ("rolled_back", good.progress["rollout_id"], ("lab",))
+    assert report["failed_ring"] == "lab" and "p99 latency" in report["reasons"][0]
+    assert report["rolled_back_to"] == "1.0.0", "the rollback target is the version before, never the reopened version itself"
+    assert rings(p) == {r: ("1.0.0", True) for r in ("canary", "early", "broad", "lab")}
+    assert reported(p) == {"1.0.0"} and len(hub(p).reports("detector")) == 16
+    assert run(p).status == "previously-rolled-back", "a version a gate rejected is not deployed again"
+
+
+def test_a_failing_ring_appended_to_a_first_rollout_rolls_it_back_to_nothing(fleet):
+    p, _ = fleet
+    assert run(p).status == "succeeded"
+    append_ring(p, max_p99_latency_ms=0.001)
+    bad = run(p)
+    assert (bad.status, bad.progress["report"]["failed_ring"], bad.progress["report"]["rolled_back_to"]) == ("rolled_back", "lab", None)
+    assert {s["ring"]: s["desired"] for s in hub(p).ring_states()} == dict.fromkeys(("canary", "early", "broad", "lab"))
+    assert reported(p) == {None}, "no device keeps serving a version a gate rejected"
+
+
+def test_after_a_kill_and_a_newer_declaration_the_refusal_restores_the_unfinished_version_from_the_store(fleet):
+    """`model add` cannot go back below the manifest's version, so the refusal's fix copies the unfinished one back
+    from the local store, resumes it, then puts the newer declaration back: commands that work as written."""
+    p, versions = fleet
+    assert run(p).status == "succeeded"
+    versions.add("detector-1.1.0.onnx", "1.1.0")
+    with pytest.raises(Killed):
+        run(p, on_update=kill_after_canary)
+    in_flight = hub(p).rollouts("detector")[-1]
+    versions.add("detector-1.2.0-nan.onnx", "1.2.0")
+    with pytest.raises(EdgefleetError, match="not newer than the manifest's 1.2.0"):
+        versions.add("detector-1.1.0.onnx", "1.1.0")
+
+    refused = run(p)
+    assert refused.status == "refused" and refused.fix.startswith("declare detector 1.1.0 again")
+    store = p / ".edgefleet" / "local" / "store" / "detector"
+    restore, put_back = re.findall(r"`(cp [^`]+)`", refused.fix)
+    assert f"{store / in_flight['sha256']}.yaml" in restore and f"{store / in_flight['sha256']}.onnx" in restore
+    assert "run `edgefleet up --stack local`" in refused.fix
+
+    subprocess.run(restore, shell=True, check=True, cwd="/")
+    resumed = run(p)
+    assert (resumed.status, resumed.progress["rollout_id"]) == ("succeeded", in_flight["rollout_id"])
+    assert reported(p) == {"1.1.0"}
+    subprocess.run(put_back, shell=True, check=True, cwd="/")
+    newer = run(p)
+    assert (newer.to_version, newer.status, newer.from_version) == ("1.2.0", "rolled_back", "1.1.0")
+
+
+def test_rings_of_a_rollout_in_flight_can_be_appended_but_not_removed_or_renamed_and_up_says_so_before_the_fleet_starts(fleet):
+    p, versions = fleet
+    assert run(p).status == "succeeded"
+    versions.add("detector-1.1.0.onnx", "1.1.0")
+    with pytest.raises(Killed):
+        run(p, on_update=kill_after_canary)
+    stack = (p / "stacks" / "Pulumi.local.yaml").read_text()
+    before = (hub(p).ring_states(), hub(p).rollouts("detector"))
+
+    def rename(c):
+        c["edgefleet:rollouts"][0]["rings"][1]["name"] = "middle"
+
+    def remove(c):
+        del c["edgefleet:rollouts"][0]["rings"][1]
+
+    for change in (rename, remove):
+        edit_stack(p, change)
+        fleets = []
+        with pytest.raises(ConfigError) as err:
+            run(p, on_fleet=fleets.append)
+        text = " ".join(str(err.value).split())
+        assert "stacks/Pulumi.local.yaml" in text
+        assert "rings cannot be removed, renamed or reordered while a rollout is in flight" in text
+        assert "restore the rings ['canary', 'early', 'broad']" in text
+        assert fleets == [] and (hub(p).ring_states(), hub(p).rollouts("detector")) == before, "nothing may be touched"
+        (p / "stacks" / "Pulumi.local.yaml").write_text(stack)
+
+    append_ring(p)
+    resumed = run(p)
+    assert (resumed.status, resumed.progress["rollout_id"]) == ("succeeded", before[1][-1]["rollout_id"])
+    assert [r["name"] for r in resumed.progress["rings"]] == ["canary", "early", "broad", "lab"]
+    assert reported(p) == {"1.1.0"} and len(hub(p).reports("detector")) == 16

@@ -19,7 +19,7 @@ from components.local.hub import LocalHub
 from components.local.up import up
 from edgefleet.cli import EXIT_INPUT, main
 from edgefleet.config import load_stack
-from edgefleet.demo import find_project, run_demo
+from edgefleet.demo import MARKER, _prepare, find_project, run_demo
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.synth import synth
 
@@ -176,3 +176,97 @@ def test_a_second_demo_in_one_workdir_is_refused_before_it_touches_anything(tmp_
     assert not work.exists()
     with pytest.raises(EdgefleetError):
         run_demo(ROOT, ROOT.parent, 10)
+
+
+def test_the_demo_deletes_only_a_workdir_it_created_or_an_empty_one(tmp_path, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("keep me")
+    with pytest.raises(EdgefleetError) as err:
+        run_demo(ROOT, home, 10)
+    text = " ".join(str(err.value).split())
+    assert str(home) in text and "did not create" in text and MARKER in text and "new or empty directory" in text
+    assert (home / "notes.txt").read_text() == "keep me" and not (tmp_path / "home.lock").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--workdir", str(home), "--project", str(ROOT)])
+    assert exit_.value.code == EXIT_INPUT and "did not create" in capsys.readouterr().err
+    assert (home / "notes.txt").read_text() == "keep me"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _prepare(ROOT, empty, 10)
+    assert (empty / MARKER).is_file() and (empty / "stacks" / "Pulumi.local.yaml").is_file()
+    (empty / "leftover").write_text("from the last demo")
+    _prepare(ROOT, empty, 10)
+    assert not (empty / "leftover").exists(), "a workdir the demo made is recreated"
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(EdgefleetError, match="is a file"):
+        run_demo(ROOT, tmp_path / "file", 10)
+
+
+# -- agent processes stop with their fleet -------------------------------------------------------------------------
+def alive(pid: int) -> bool:
+    """Running, not a zombie: an orphan's exit is reaped by init, which in a container may never do it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+FLEET_CHILD = """
+import sys, time
+from pathlib import Path
+from components.local.fleet import LocalFleet, local_devices, register
+from components.local.hub import LocalHub
+from components.local.up import signer_for
+from edgefleet.config import load_stack
+p = Path(sys.argv[1])
+cfg, _ = load_stack(p, "local")
+register(LocalHub(p / cfg.local.hub), local_devices(cfg))
+fleet = LocalFleet(cfg, p / cfg.local.hub, p / ".edgefleet" / "local" / "devices", signer_for(cfg, p).public_key_pem(),
+                   ["detector"], devices=local_devices(cfg))
+fleet.start()
+print(*[proc.pid for proc in fleet.processes().values()], flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_agent_processes_stop_when_the_fleets_process_is_sigkilled(project):
+    p = project(devices=2, processes=1)
+    child = subprocess.Popen([sys.executable, "-c", FLEET_CHILD, str(p)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        [agent] = [int(pid) for pid in child.stdout.readline().split()]
+        hub = LocalHub(p / ".edgefleet" / "local" / "hub.sqlite")
+        deadline = time.time() + 30
+        while "cam-0000" not in hub.reports("detector") and time.time() < deadline:
+            time.sleep(0.1)
+        assert alive(agent) and "cam-0000" in hub.reports("detector"), "the agent process never ran"
+    finally:
+        child.kill()
+        child.wait(10)
+    deadline = time.time() + 10
+    while alive(agent) and time.time() < deadline:
+        time.sleep(0.1)
+    if alive(agent):
+        os.kill(agent, signal.SIGKILL)
+        pytest.fail("the agent process outlived its fleet's SIGKILLed process")
+
+
+def test_an_agent_restarted_from_a_short_lived_thread_outlives_that_thread(project):
+    """Linux sends the parent-death signal when the forking *thread* ends: the demo restarts a killed agent from a timer thread."""
+    p = project(devices=2, processes=1)
+    cfg, _ = load_stack(p, "local")
+    from components.local.up import signer_for
+
+    fleet = LocalFleet(cfg, p / cfg.local.hub, p / ".edgefleet" / "local" / "devices", signer_for(cfg, p).public_key_pem(),
+                       ["detector"], devices=local_devices(cfg))
+    with fleet:
+        [(device, model)] = fleet.processes()
+        fleet.kill_process(device, model)
+        restart = threading.Thread(target=fleet.start_process, args=(device, model))
+        restart.start()
+        restart.join()
+        time.sleep(1.5)
+        proc = fleet.processes()[(device, model)]
+        assert proc.poll() is None and alive(proc.pid), "the restarted agent died with the thread that started it"
