@@ -138,12 +138,17 @@ class Killed(Exception):
     pass
 
 
-def test_an_unfinished_rollout_is_not_superseded_and_resumes_when_declared_again(fleet):
-    p, versions = fleet
+def killed_after_canary(p: Path, versions: Versions) -> None:
+    """1.0.0 everywhere, then 1.1.0's `edgefleet up` stopped once the canary passed: a rollout left in flight."""
     assert run(p).status == "succeeded"
     versions.add("detector-1.1.0.onnx", "1.1.0")
     with pytest.raises(Killed):
         run(p, on_update=kill_after_canary)
+
+
+def test_an_unfinished_rollout_is_not_superseded_and_resumes_when_declared_again(fleet):
+    p, versions = fleet
+    killed_after_canary(p, versions)
     in_flight = hub(p).rollouts("detector")[-1]
     assert in_flight["status"] == "running" and rings(p)["canary"][0] == "1.1.0"
 
@@ -283,10 +288,7 @@ def test_after_a_kill_and_a_newer_declaration_the_refusal_restores_the_unfinishe
     """`model add` cannot go back below the manifest's version, so the refusal's fix copies the unfinished one back
     from the local store, resumes it, then puts the newer declaration back: commands that work as written."""
     p, versions = fleet
-    assert run(p).status == "succeeded"
-    versions.add("detector-1.1.0.onnx", "1.1.0")
-    with pytest.raises(Killed):
-        run(p, on_update=kill_after_canary)
+    killed_after_canary(p, versions)
     in_flight = hub(p).rollouts("detector")[-1]
     versions.add("detector-1.2.0-nan.onnx", "1.2.0")
     with pytest.raises(EdgefleetError, match="not newer than the manifest's 1.2.0"):
@@ -310,10 +312,7 @@ def test_after_a_kill_and_a_newer_declaration_the_refusal_restores_the_unfinishe
 
 def test_rings_of_a_rollout_in_flight_can_be_appended_but_not_removed_or_renamed_and_up_says_so_before_the_fleet_starts(fleet):
     p, versions = fleet
-    assert run(p).status == "succeeded"
-    versions.add("detector-1.1.0.onnx", "1.1.0")
-    with pytest.raises(Killed):
-        run(p, on_update=kill_after_canary)
+    killed_after_canary(p, versions)
     stack = (p / "stacks" / "Pulumi.local.yaml").read_text()
     before = (hub(p).ring_states(), hub(p).rollouts("detector"))
 
