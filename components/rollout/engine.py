@@ -261,6 +261,15 @@ class RolloutEngine:
                 self._event(progress, name, "rolled-back-set", version=rb["to_version"])
                 self._save(plan, progress)
                 return True
+        gap = now - (rb.get("observed_at") or rb["started_at"])
+        if gap > self.max_unobserved:
+            # as for a ring's deadline: time nobody watched (a killed controller) must not time the rollback out
+            rb["unobserved"] = round(rb.get("unobserved", 0.0) + gap, 3)
+            rb["observed_at"] = now
+            self._event(progress, None, "observation-gap", unobserved=round(gap, 3),
+                        reasons=[f"rollback not observed for {gap:.1f}s (bound {self.max_unobserved:.1f}s), so its deadline moves out by it"])
+            self._save(plan, progress)
+            return True
         pending = False
         for name in rb["rings"]:
             if name in rb["confirmed"]:
@@ -268,6 +277,7 @@ class RolloutEngine:
             ring = by_name[name]
             obs = self.hub.observe(ring.target, target_desired, since=rb["started_at"])
             still_bad = self.hub.observe(ring.target, plan.desired, since=rb["started_at"]).adopted
+            rb["observed_at"] = self.clock.now()
             m = measure(obs)
             confirmed = still_bad == 0 and m["reporting"] and m["adopted"] >= m["reporting"] * ring.gate.success_share
             self._sample(progress, name, m, now, force=bool(confirmed))
@@ -279,7 +289,7 @@ class RolloutEngine:
                 self._event(progress, name, "rollback-confirmed", silent=silent, **_counts(m))
                 self._save(plan, progress)
                 return True
-            if now - rb["started_at"] > ring.gate.deadline_seconds:
+            if now - rb["started_at"] - rb.get("unobserved", 0.0) > ring.gate.deadline_seconds:
                 rb["confirmed"][name] = False
                 rb.setdefault("unconfirmed", {})[name] = {"pending": list(obs.pending), **_counts(m)}
                 self._event(progress, name, "rollback-timeout", **_counts(m))

@@ -444,3 +444,20 @@ def test_a_gate_resource_reports_only_a_ring_the_engine_passed():
     progress["rings"][1]["state"] = "failed"
     with pytest.raises(RuntimeError, match="did not pass ring 'broad'"):
         passed_ring(progress, "broad")
+
+
+def test_a_long_kill_during_a_rollback_moves_its_deadline_instead_of_timing_it_out():
+    devices = fleet()
+    devices[sorted(devices)[0]] = Behaviour(invalid={"1.1.0": 1.0})
+    clock = FakeClock()
+    hub = FakeHub(clock, devices, running=V1)
+    plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
+    engine = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0)
+    progress = engine.start(plan)
+    while progress["status"] != "rolling_back" or len(progress["rollback"]["set"]) < len(progress["rollback"]["rings"]):
+        engine.step(plan, progress) or clock.sleep(1.0)
+    clock.sleep(GATE.deadline_seconds * 5)                    # killed with the rollback set, resumed much later
+    progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(plan)
+    assert progress["status"] == "rolled_back", progress["events"][-3:]
+    gap = [e for e in events(progress, "observation-gap") if e["ring"] is None]
+    assert len(gap) == 1 and gap[0]["unobserved"] >= GATE.deadline_seconds * 5
