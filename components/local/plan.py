@@ -58,7 +58,7 @@ class Decision:
 
 
 def decide(hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGroupConfig], declared: DesiredModel,
-           model_dir: str | None = None, apply: str = "apply it") -> Decision:
+           model_dir: str | None = None, apply: str = "apply it", stack: str | None = None) -> Decision:
     """Compares the declared artifact with what the hub's rings are set to.
 
     A declaration older than the rings is an intentional rollback: a staged rollout whose desired state carries
@@ -91,7 +91,9 @@ def decide(hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGroupC
                                 "rollout is not superseded: the rings it reached would keep a version no gate passed",
                         fix=f"declare {p['model']} {p['version']} again and apply it to finish that rollout (it resumes where it stopped "
                             f"and its gates decide), then declare {declared.version}"
-                            + _restore_hint(p, declared, model_dir or f"models/{p['model']}", apply))
+                            + _restore_hint(p, declared, model_dir or f"models/{p['model']}", apply)
+                            + (f"; or abandon it: `edgefleet up --stack {stack} --abort REASON` rolls the rings it reached back to "
+                               f"{p['previous_version'] or 'no model'} under a signed rollback order" if stack else ""))
     mine = [p for p in records if (p["version"], p["sha256"]) == artifact]
     set_to = {(d.version, d.sha256) for d in current.values() if d is not None}
     if set_to == {artifact} and all(d is not None for d in current.values()):

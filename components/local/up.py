@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,7 @@ from components.local.fleet import LocalFleet, exclusive, local_devices, lock_pa
 from components.local.hub import LocalHub
 from components.local.plan import Decision, decide, engine_for, plan_for
 from components.local.store import Published, publish
-from components.rollout.engine import RolloutPlan, rings_changed
+from components.rollout.engine import TERMINAL, RolloutPlan, rings_changed
 from components.rollout.types import DesiredModel
 
 ARTIFACT = "pulumi-python:dynamic/edgefleet-local:Artifact"
@@ -104,14 +104,16 @@ def local_models(cfg: StackConfig) -> list[str]:
 
 
 def up(project_dir: Path, stack: str, graph: dict[str, Any], on_update: Callable[[dict[str, Any]], None] | None = None,
-       on_fleet: Callable[[LocalFleet], None] | None = None) -> list[Outcome]:
+       on_fleet: Callable[[LocalFleet], None] | None = None, abort: str | None = None) -> list[Outcome]:
+    """Makes the rings run what is declared. With `abort` (the reason), instead rolls back every rollout left in
+    flight (a killed `up`, a version nobody wants to finish) to its previous version, whatever is declared."""
     project_dir = Path(project_dir).resolve()
     cfg, source = local_stack(project_dir, stack, "edgefleet up")
     hub_path = project_dir / cfg.local.hub
     with exclusive(lock_path(hub_path, "up"), f"another `edgefleet up --stack {stack}` is rolling out on this hub",
                    "wait for it to finish, or stop it (Ctrl-C in its terminal, or `kill {pid}`); "
                    "a stopped rollout resumes where it stood on the next `edgefleet up`"):
-        return _up(project_dir, stack, cfg, source, hub_path, graph, on_update, on_fleet)
+        return _up(project_dir, stack, cfg, source, hub_path, graph, on_update, on_fleet, abort)
 
 
 def _model_dir(project_dir: Path, d: DeclaredRollout) -> Path:
@@ -119,7 +121,8 @@ def _model_dir(project_dir: Path, d: DeclaredRollout) -> Path:
 
 
 def _up(project_dir: Path, stack: str, cfg: StackConfig, source: str, hub_path: Path, graph: dict[str, Any],
-        on_update: Callable[[dict[str, Any]], None] | None, on_fleet: Callable[[LocalFleet], None] | None) -> list[Outcome]:
+        on_update: Callable[[dict[str, Any]], None] | None, on_fleet: Callable[[LocalFleet], None] | None,
+        abort: str | None = None) -> list[Outcome]:
     devices = local_devices(cfg, source)
     signer = signer_for(cfg, project_dir)
     hub = LocalHub(hub_path)
@@ -127,9 +130,16 @@ def _up(project_dir: Path, stack: str, cfg: StackConfig, source: str, hub_path: 
     work: list[tuple[DeclaredRollout, Decision, RolloutPlan]] = []
     outcomes: list[Outcome] = []
     for d in declared(graph):
-        published: Published = publish(project_dir / cfg.local.store, d.manifest_text, project_dir / d.source, signer, d.source)
-        wanted = published.desired("")
-        decision = decide(hub, d.config, d.groups, wanted, model_dir=str(_model_dir(project_dir, d)), apply=f"run `edgefleet up --stack {stack}`")
+        if abort is not None:
+            flight = [p for p in hub.rollouts(d.config.name) if p["status"] not in TERMINAL]
+            if not flight:
+                continue
+            wanted = replace(DesiredModel.from_json(flight[-1]["desired"]), rollout="")   # decide() resumes exactly this one
+        else:
+            published: Published = publish(project_dir / cfg.local.store, d.manifest_text, project_dir / d.source, signer, d.source)
+            wanted = published.desired("")
+        decision = decide(hub, d.config, d.groups, wanted, model_dir=str(_model_dir(project_dir, d)), apply=f"run `edgefleet up --stack {stack}`",
+                          stack=stack)
         if decision.action == "up-to-date":
             outcomes.append(Outcome(d.config.name, d.model, None, wanted.version, "up-to-date", decision.record))
         elif decision.action == "refused":
@@ -159,7 +169,7 @@ def _up(project_dir: Path, stack: str, cfg: StackConfig, source: str, hub_path: 
         for d, decision, plan in work:
             engine = engine_for(hub, str(project_dir / cfg.signing.key_file), cfg.local.poll_seconds, on_update=watch)
             with hub.lease(d.config.name, owner="edgefleet up"):     # a `pulumi up --stack local` gate may drive the same rings
-                progress = engine.run(plan)
+                progress = engine.run(plan) if abort is None else engine.abort(plan, abort)
             outcomes.append(Outcome(d.config.name, d.model, progress.get("previous_version"), plan.desired.version,
                                     progress["status"], progress, kind=decision.kind, reopened=decision.appended))
     return outcomes
@@ -175,7 +185,8 @@ def declared_state(project_dir: Path, stack: str, graph: dict[str, Any]) -> list
         manifest = parse_manifest_bytes(d.manifest_text.encode(), d.source)
         wanted = DesiredModel(model=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size,
                               uri="", manifest=d.manifest_text, signature="")
-        decision = decide(hub, d.config, d.groups, wanted, model_dir=str(_model_dir(project_dir, d)), apply=f"run `edgefleet up --stack {stack}`")
+        decision = decide(hub, d.config, d.groups, wanted, model_dir=str(_model_dir(project_dir, d)), apply=f"run `edgefleet up --stack {stack}`",
+                          stack=stack)
         devices = [dev for r in decision.rings for dev in r.target.selector]
         reported = Counter(r.version for r in hub.reports(d.model, devices).values())
         set_to = sorted({v for v in decision.ring_versions.values() if v})

@@ -204,24 +204,43 @@ class RolloutEngine:
             self._save(plan, progress)
             return True
         if verdict.outcome == "fail":
-            ring_state["state"] = "failed"
-            ring_state["finished_at"] = now
             ring_state["verdict"] = {"outcome": "fail", "reasons": verdict.reasons, "measured": verdict.measured,
                                      "failures": [list(f) for f in obs.failures], "offenders": verdict.offenders,
                                      "pending": list(obs.pending)}
             self._event(progress, ring.name, "gate-failed", reasons=verdict.reasons, **_counts(verdict.measured))
-            touched = [r["name"] for r in progress["rings"] if r["state"] != "pending"]
-            reason = f"gate of ring {ring.name!r} failed: " + "; ".join(verdict.reasons)
-            rollback_to = self._rollback_desired(plan, reason)
-            progress["status"] = "rolling_back"
-            progress["rollback"] = {"started_at": now, "rings": touched, "to_version": plan.previous.version if plan.previous else None,
-                                    "reason": reason, "desired": rollback_to.to_json() if rollback_to else None,
-                                    "set": [], "confirmed": {}}
-            self._event(progress, None, "rollback-started", rings=touched, to_version=progress["rollback"]["to_version"])
-            self._save(plan, progress)
+            self._begin_rollback(plan, progress, ring_state, f"gate of ring {ring.name!r} failed: " + "; ".join(verdict.reasons))
             return True
         self._maybe_save_sample(plan, progress, now)
         return False
+
+    def _begin_rollback(self, plan: RolloutPlan, progress: dict[str, Any], ring_state: dict[str, Any], reason: str) -> None:
+        """Every ring touched so far goes back to the last good version, under a rollback order signed for `reason`."""
+        now = self.clock.now()
+        touched = [r["name"] for r in progress["rings"] if r["state"] != "pending"]     # an aborted ring may not be deployed yet
+        ring_state["state"] = "failed"
+        ring_state["finished_at"] = now
+        rollback_to = self._rollback_desired(plan, reason)
+        progress["status"] = "rolling_back"
+        progress["rollback"] = {"started_at": now, "rings": touched, "to_version": plan.previous.version if plan.previous else None,
+                                "reason": reason, "desired": rollback_to.to_json() if rollback_to else None,
+                                "set": [], "confirmed": {}}
+        self._event(progress, None, "rollback-started", rings=touched, to_version=progress["rollback"]["to_version"])
+        self._save(plan, progress)
+
+    def abort(self, plan: RolloutPlan, reason: str) -> dict[str, Any]:
+        """An operator stops a rollout in flight: the rings it touched go back to the last good version, exactly as
+        after a failed gate, and the rollout ends rolled back. The way out of a rollout nobody wants to finish."""
+        progress = self.start(plan)
+        if progress["status"] == "running":
+            ring_state = next((r for r in progress["rings"] if r["state"] != "passed"), progress["rings"][-1])
+            why = f"aborted by the operator: {reason}"
+            ring_state["verdict"] = {"outcome": "aborted", "reasons": [why], "measured": ring_state.get("measured"),
+                                     "failures": [], "offenders": [], "pending": []}
+            self._event(progress, ring_state["name"], "aborted", reasons=[why])
+            self._begin_rollback(plan, progress, ring_state, why)
+        elif progress["status"] != "rolling_back":
+            raise EdgefleetError(f"rollout {plan.rollout_id}", f"is {progress['status']}: there is nothing in flight to abort")
+        return self.run(plan)
 
     def _unobserved(self, plan: RolloutPlan, progress: dict[str, Any], ring_state: dict[str, Any], gap: float, now: float) -> bool:
         """Nobody watched the ring for `gap` seconds: breaches then are invisible now, so that time is not soak

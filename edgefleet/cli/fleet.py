@@ -64,13 +64,13 @@ def outcome_line(o) -> str:
     return text
 
 
-def run_up(project_dir: Path, stack: str, as_json: bool, on_fleet=None) -> list:
+def run_up(project_dir: Path, stack: str, as_json: bool, on_fleet=None, abort: str | None = None) -> list:
     from components.local.up import up
     from edgefleet.synth import synth
 
     graph = synth(project_dir, stack)
     if as_json:
-        return up(project_dir, stack, graph, on_fleet=on_fleet)
+        return up(project_dir, stack, graph, on_fleet=on_fleet, abort=abort)
     live = Live(console=console, refresh_per_second=4, transient=False)
     last: dict[str, Any] = {}
 
@@ -79,7 +79,7 @@ def run_up(project_dir: Path, stack: str, as_json: bool, on_fleet=None) -> list:
         live.update(progress_table(progress))
 
     with live:
-        outcomes = up(project_dir, stack, graph, on_update=show, on_fleet=on_fleet)
+        outcomes = up(project_dir, stack, graph, on_update=show, on_fleet=on_fleet, abort=abort)
         if "p" in last:
             live.update(progress_table(last["p"]))
     if "p" in last and not console.is_terminal:
@@ -92,11 +92,14 @@ def up_cmd(
     stack: str = typer.Option(..., "--stack", "-s"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document of results, no live display."),
     project_dir: Path = typer.Option(Path("."), "--project-dir"),
+    abort: str | None = typer.Option(None, "--abort", metavar="REASON",
+                                     help="Instead, roll every rollout left in flight back to its previous version, "
+                                          "under a rollback order signed with REASON."),
 ) -> None:
     """Synth the program, compare declared model versions with the hub, and run the staged rollout on the local fleet."""
     from components.local.up import REFUSED
 
-    outcomes = run_up(project_dir, stack, as_json)
+    outcomes = run_up(project_dir, stack, as_json, abort=abort)
     if as_json:
         print(json.dumps([{"rollout": o.rollout, "model": o.model, "from": o.from_version, "to": o.to_version, "kind": o.kind,
                            "status": o.status, "reopened": list(o.reopened), "report": (o.progress or {}).get("report"), "problem": o.problem or None,
@@ -105,7 +108,11 @@ def up_cmd(
         for o in outcomes:
             console.print(outcome_line(o), highlight=False, soft_wrap=True)
         if not outcomes:
-            console.print("nothing to roll out: no local rollouts declared")
+            console.print("nothing in flight to abort" if abort is not None else "nothing to roll out: no local rollouts declared")
+    if abort is not None:                               # rolled back on purpose: success, unless a ring did not confirm it
+        if any(o.status == "rollback_incomplete" for o in outcomes):
+            raise typer.Exit(EXIT_ROLLOUT_HALTED)
+        return
     if any(o.status in FAILED for o in outcomes):
         raise typer.Exit(EXIT_ROLLOUT_HALTED)
     if any(o.status in REFUSED for o in outcomes):

@@ -339,3 +339,25 @@ def test_rings_of_a_rollout_in_flight_can_be_appended_but_not_removed_or_renamed
     assert (resumed.status, resumed.progress["rollout_id"]) == ("succeeded", before[1][-1]["rollout_id"])
     assert [r["name"] for r in resumed.progress["rings"]] == ["canary", "early", "broad", "lab"]
     assert reported(p) == {"1.1.0"} and len(hub(p).reports("detector")) == 16
+
+
+def test_abort_rolls_a_rollout_left_in_flight_back_and_unblocks_the_next_version(fleet, capsys):
+    """The way out that needs no old files: `edgefleet up --abort REASON` takes the rings the unfinished rollout
+    reached back to its previous version under a signed order; the next declared version then rolls out."""
+    p, versions = fleet
+    killed_after_canary(p, versions)
+    in_flight = hub(p).rollouts("detector")[-1]
+    versions.add("detector-1.1.0.onnx", "1.2.0")                     # moved on; 1.1.0's files are gone from models/
+    refused = run(p)
+    assert refused.status == "refused" and "`edgefleet up --stack local --abort REASON`" in refused.fix
+
+    code, out = cli("up", "--stack", "local", "--project-dir", str(p), "--abort", "1.1.0 leaks memory", capsys=capsys)
+    assert code == 0, out
+    record = next(r for r in hub(p).rollouts("detector") if r["rollout_id"] == in_flight["rollout_id"])
+    assert record["status"] == "rolled_back" and record["report"]["reasons"] == ["aborted by the operator: 1.1.0 leaks memory"]
+    assert reported(p) == {"1.0.0"} and all(is_rollback for _, is_rollback in (rings(p)[r] for r in record["report"]["rolled_back_rings"]))
+    code, out = cli("up", "--stack", "local", "--project-dir", str(p), "--abort", "again", capsys=capsys)
+    assert code == 0 and "nothing in flight to abort" in out
+
+    newer = run(p)
+    assert (newer.status, newer.from_version, newer.to_version) == ("succeeded", "1.0.0", "1.2.0")

@@ -461,3 +461,25 @@ def test_a_long_kill_during_a_rollback_moves_its_deadline_instead_of_timing_it_o
     assert progress["status"] == "rolled_back", progress["events"][-3:]
     gap = [e for e in events(progress, "observation-gap") if e["ring"] is None]
     assert len(gap) == 1 and gap[0]["unobserved"] >= GATE.deadline_seconds * 5
+
+
+def test_an_operator_abort_rolls_every_touched_ring_back_under_a_signed_order():
+    from edgefleet.errors import EdgefleetError
+
+    clock = FakeClock()
+    hub = FakeHub(clock, fleet(), running=V1)
+    plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
+    engine = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0)
+    progress = engine.start(plan)
+    while progress["rings"][1]["state"] != "soaking":                # canary passed, early soaking: then the process dies
+        engine.step(plan, progress) or clock.sleep(1.0)
+    progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).abort(plan, "found a bug in 1.1.0")
+    assert progress["status"] == "rolled_back"
+    report = progress["report"]
+    assert (report["failed_ring"], report["rolled_back_rings"], report["never_deployed"]) == ("early", ["canary", "early"], ["broad"])
+    assert report["reasons"] == ["aborted by the operator: found a bug in 1.1.0"]
+    assert all(hub.running(d)[0].version == "1.0.0" for d in hub.behaviours)
+    rollback_sets = [c for c in hub.calls if c[0] == "set_desired" and c[2] == "1.0.0"]
+    assert sorted((c[1], c[3]) for c in rollback_sets) == [("canary", True), ("early", True)]
+    with pytest.raises(EdgefleetError, match="is rolled_back: there is nothing in flight to abort"):
+        RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).abort(plan, "again")
