@@ -44,6 +44,15 @@ def events(progress, name=None):
     return [e for e in progress["events"] if name is None or e["event"] == name]
 
 
+def started(devices=None):
+    """A 1.0.0 -> 1.1.0 rollout over `devices` (the default fleet), just started: clock, hub, plan, engine, progress."""
+    clock = FakeClock()
+    hub = FakeHub(clock, devices or fleet(), running=V1)
+    plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
+    engine = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0)
+    return clock, hub, plan, engine, engine.start(plan)
+
+
 def test_good_rollout_promotes_ring_by_ring_and_every_device_ends_on_the_new_version():
     progress, hub, plan = run(fleet())
     assert progress["status"] == "succeeded"
@@ -317,11 +326,7 @@ def test_a_long_kill_mid_soak_restarts_the_soak_instead_of_passing_on_the_first_
 
 
 def test_a_long_kill_while_waiting_for_adoption_moves_the_deadline_out_instead_of_failing():
-    clock = FakeClock()
-    hub = FakeHub(clock, fleet(), running=V1)
-    plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
-    engine = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0)
-    progress = engine.start(plan)
+    clock, hub, plan, engine, progress = started()
     while progress["rings"][0]["state"] != "waiting":
         engine.step(plan, progress)
     clock.sleep(500.0)                                             # deadline is 120 s
@@ -449,11 +454,7 @@ def test_a_gate_resource_reports_only_a_ring_the_engine_passed():
 def test_a_long_kill_during_a_rollback_moves_its_deadline_instead_of_timing_it_out():
     devices = fleet()
     devices[sorted(devices)[0]] = Behaviour(invalid={"1.1.0": 1.0})
-    clock = FakeClock()
-    hub = FakeHub(clock, devices, running=V1)
-    plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
-    engine = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0)
-    progress = engine.start(plan)
+    clock, hub, plan, engine, progress = started(devices)
     while progress["status"] != "rolling_back" or len(progress["rollback"]["set"]) < len(progress["rollback"]["rings"]):
         engine.step(plan, progress) or clock.sleep(1.0)
     clock.sleep(GATE.deadline_seconds * 5)                    # killed with the rollback set, resumed much later
@@ -466,11 +467,7 @@ def test_a_long_kill_during_a_rollback_moves_its_deadline_instead_of_timing_it_o
 def test_an_operator_abort_rolls_every_touched_ring_back_under_a_signed_order():
     from edgefleet.errors import EdgefleetError
 
-    clock = FakeClock()
-    hub = FakeHub(clock, fleet(), running=V1)
-    plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
-    engine = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0)
-    progress = engine.start(plan)
+    clock, hub, plan, engine, progress = started()
     while progress["rings"][1]["state"] != "soaking":                # canary passed, early soaking: then the process dies
         engine.step(plan, progress) or clock.sleep(1.0)
     progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).abort(plan, "found a bug in 1.1.0")
