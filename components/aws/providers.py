@@ -17,6 +17,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
+from components.dynamic import RingGateProvider as GateProvider
 from components.dynamic import input_diff
 
 PROVIDER_VERSION = "2"
@@ -73,29 +74,15 @@ class ManifestSignatureProvider(ResourceProvider):
         """A signature is data; the S3 object holding it is retained with the artifact."""
 
 
-class RingGateProvider(ResourceProvider):
-    """Runs the rollout engine against Greengrass until this ring's gate passes; on failure it rolls the
-    touched rings back to the last good version and fails the update with the engine's report."""
+class RingGateProvider(GateProvider):
+    """Against Greengrass: the touched rings roll back to the last good component version; the record stays in S3."""
 
     REPLACE_ON = ("deployment", "sha256", "version", "gate_config")
 
-    def create(self, props: dict[str, Any]) -> CreateResult:
+    def run_gate(self, props: dict[str, Any]) -> dict[str, Any]:
         from components.aws.plan import run_gate
-        from components.rollout.engine import passed_ring
 
-        progress = run_gate(props)
-        ring = passed_ring(progress, props["ring"])
-        return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
-                            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
-
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return input_diff(olds, news, self.REPLACE_ON)
-
-    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(outs={**news, "gate": olds["gate"], "measured": olds.get("measured")})
-
-    def delete(self, _id: str, _props: dict[str, Any]) -> None:
-        """Nothing to undo: the ring keeps running what it runs; the rollout record stays in S3."""
+        return run_gate(props)
 
 
 class ModelArtifact(Resource, module="edgefleet-aws", name="ModelArtifact"):

@@ -17,6 +17,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
+from components.dynamic import RingGateProvider as GateProvider
 from components.dynamic import input_diff
 
 PROVIDER_VERSION = "2"
@@ -113,28 +114,16 @@ class ModelArtifactProvider(ResourceProvider):
         """Content-addressed artifacts stay (and blob versioning keeps overwrites): a rollback may need them."""
 
 
-class RingGateProvider(ResourceProvider):
-    """Runs the engine until this ring's gate passes; on failure the engine rolls back and the update fails."""
+class RingGateProvider(GateProvider):
+    """Against IoT Hub: a failed ring goes back to the last good manifest; the ring's layer is the Configuration
+    resource's, so deleting the gate undoes nothing."""
 
-    def create(self, props: dict[str, Any]) -> CreateResult:
+    REPLACE_ON = ("sha256", "version", "rings", "deployment")
+
+    def run_gate(self, props: dict[str, Any]) -> dict[str, Any]:
         from components.azure.hub import run_gate
-        from components.rollout.engine import passed_ring
 
-        progress = run_gate(props)
-        ring = passed_ring(progress, props["ring"])
-        return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
-                            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring["measured"]})
-
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return input_diff(olds, news, ("sha256", "version", "rings", "deployment"))
-
-    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        """Only settings such as the poll interval changed: the ring already passed, and the next ring waits on
-        `gate`, so the outputs must survive the update."""
-        return UpdateResult(outs={**news, "gate": olds.get("gate"), "measured": olds.get("measured")})
-
-    def delete(self, _id: str, _props: dict[str, Any]) -> None:
-        """Nothing to undo: the ring's layer is the Configuration resource's."""
+        return run_gate(props)
 
 
 class SigningPublicKey(Resource, module="edgefleet-azure", name="SigningPublicKey"):

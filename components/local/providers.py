@@ -13,6 +13,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
+from components.dynamic import RingGateProvider as GateProvider
 from components.dynamic import input_diff
 
 PROVIDER_VERSION = "2"
@@ -91,20 +92,15 @@ class RingDeploymentProvider(_Idempotent):
         return input_diff(olds, news, ("sha256", "version"))
 
 
-class RingGateProvider(_Idempotent):
-    """Runs the engine until this ring's gate passes. On failure it rolls back and fails the update."""
+class RingGateProvider(_Idempotent, GateProvider):
+    """Against the local hub. An in-place update runs the gate again, like every local create (_Idempotent)."""
 
-    def create(self, props: dict[str, Any]) -> CreateResult:
+    REPLACE_ON = ("sha256", "version", "gate_config")
+
+    def run_gate(self, props: dict[str, Any]) -> dict[str, Any]:
         from components.local.plan import run_gate
-        from components.rollout.engine import passed_ring
 
-        progress = run_gate(props)
-        ring = passed_ring(progress, props["ring"])
-        return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
-                            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring.get("measured")})
-
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return input_diff(olds, news, ("sha256", "version", "gate_config"))
+        return run_gate(props)
 
 
 class ModelStore(Resource, module="edgefleet-local", name="ModelStore"):
