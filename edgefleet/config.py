@@ -307,11 +307,16 @@ def parse_stack_config(raw: dict[str, Any], source: str) -> StackConfig:
         cfg = StackConfig.model_validate(raw)
     except ValidationError as exc:
         raise from_validation_error(exc, source, prefix=f"{PROJECT}:") from None
-    problems = check_stack(cfg)
+    raise_first(check_stack(cfg), source)
+    return cfg
+
+
+def raise_first(problems: list[tuple[str, str, str]], source: str) -> None:
+    """A check's (key, problem, fix) list as the error a user reads: the first, naming the file and key, and how
+    many more there are. Nothing when the list is empty."""
     if problems:
         key, problem, fix = problems[0]
         raise ConfigError(source, f"{PROJECT}:{key}: {problem}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), fix)
-    return cfg
 
 
 def load_stack(project_dir: Path, stack: str) -> tuple[StackConfig, str]:

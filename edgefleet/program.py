@@ -14,7 +14,7 @@ import pulumi
 
 from pulumi.runtime.config import CONFIG, get_config_env
 
-from edgefleet.config import KEYS, PROJECT, StackConfig, check_known_key, check_models_against_groups, parse_stack_config
+from edgefleet.config import KEYS, PROJECT, StackConfig, check_known_key, check_models_against_groups, parse_stack_config, raise_first
 from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.manifest import ModelDir, ModelManifest
 
@@ -93,11 +93,8 @@ def declare(project_dir: Path | None = None) -> Fleet:
     project_dir = Path(project_dir or Path.cwd())
     cfg, source = read_config()
     loaded = load_models(cfg, project_dir, source)
-    problems = check_models_against_groups(cfg, {n: m for n, (_, m) in loaded.items()},
-                                           {n: str(d.manifest_path.relative_to(project_dir)) for n, (d, _) in loaded.items()})
-    if problems:
-        key, problem, fix = problems[0]
-        raise ConfigError(source, f"{PROJECT}:{key}: {problem}", fix)
+    raise_first(check_models_against_groups(cfg, {n: m for n, (_, m) in loaded.items()},
+                                            {n: str(d.manifest_path.relative_to(project_dir)) for n, (d, _) in loaded.items()}), source)
 
     platforms = {p: make_platform(p, cfg, project_dir) for p in cfg.platforms}
     keys = {p: SigningKey(f"{p}-signing", SigningKeyArgs(plat)) for p, plat in platforms.items()}

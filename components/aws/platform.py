@@ -65,8 +65,7 @@ from components.aws.recipes import agent_recipe, model_recipe, recipe_text
 from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs, RingSpec,
                                   StoreOutputs, child)
 from components.rollout.engine import rollout_id
-from edgefleet.config import PROJECT, AwsConfig, DeviceGroupConfig
-from edgefleet.errors import ConfigError
+from edgefleet.config import AwsConfig, DeviceGroupConfig, raise_first
 from edgefleet.manifest import ModelManifest
 
 FLEET_TYPE = "edgefleet:aws:Fleet"
@@ -123,10 +122,7 @@ class AwsPlatform(Platform):
         super().__init__(stack, project_dir)
         self.source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
         self.aws: AwsConfig = stack.aws              # parse_stack_config ran check_aws_stack already
-        problems = check_aws_recipes(stack, self.project_dir, pulumi.get_stack())
-        if problems:
-            key, problem, fix = problems[0]
-            raise ConfigError(self.source, f"{PROJECT}:{key}: {problem}", fix)
+        raise_first(check_aws_recipes(stack, self.project_dir, pulumi.get_stack()), self.source)
         self.naming = Naming(pulumi.get_stack())
         self.partition = partition(self.aws.region)
         self._providers: tuple[aws.Provider, aws_native.Provider] | None = None

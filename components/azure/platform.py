@@ -32,8 +32,8 @@ from components.azure.providers import ModelArtifact, RingGate, SigningPublicKey
 from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs,
                                  RingSpec, StoreOutputs, child)
 from components.rollout.types import DesiredModel
-from edgefleet.config import PROJECT, AzureConfig, DeviceGroupConfig
-from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.config import PROJECT, AzureConfig, DeviceGroupConfig, raise_first
+from edgefleet.errors import EdgefleetError
 from edgefleet.manifest import ModelManifest
 
 HUB_POLICY = "edgefleet-deployer"
@@ -128,10 +128,7 @@ class AzurePlatform(Platform):
         self.source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
         self.az: AzureConfig = stack.azure           # parse_stack_config ran check_azure_stack already
         password = pulumi.Config(f"{PROJECT}-azure").get_secret("registryPassword") is not None
-        problems = check_azure_manifests(stack, self.project_dir, registry_password=password)
-        if problems:
-            key, problem, fix = problems[0]
-            raise ConfigError(self.source, f"{PROJECT}:{key}: {problem}", fix)
+        raise_first(check_azure_manifests(stack, self.project_dir, registry_password=password), self.source)
         self._foundation: Foundation | None = None
         self._store: _Store | None = None
         self._key: _Key | None = None
