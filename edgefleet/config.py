@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgefleet.errors import ConfigError, from_validation_error
-from edgefleet.manifest import NAME_RE, HardwareProfile, ModelManifest
+from edgefleet.manifest import NAME_RE, HardwareProfile, ModelManifest, check_semver
 
 PROJECT = "edgefleet"
 PlatformName = Literal["local", "aws", "azure"]
@@ -203,16 +203,7 @@ class AzureConfig(Strict):
                              "(`az account list-locations -o table` lists them)")
         return value
 
-    @field_validator("agent_version")
-    @classmethod
-    def _agent_version(cls, value: str) -> str:
-        import semver
-
-        try:
-            semver.Version.parse(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a semantic version such as 0.1.0") from None
-        return value
+    _v_agent_version = field_validator("agent_version")(check_semver)
 
     @field_validator("device_sas_expiry")
     @classmethod
