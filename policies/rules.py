@@ -458,11 +458,17 @@ def _local_exempt(rec: Mapping[str, Any], settings: Settings) -> bool:
 
 
 # -- model rules ----------------------------------------------------------------------------------------------------
-def check_model_signed(g: Graph, s: Settings) -> Iterator[Finding]:
-    """Every ModelVersion names signing keys of this stack, and something under it actually uses each key."""
+def declared_models(g: Graph) -> list[dict]:
+    """The ModelVersion records the model rules judge; a stack without models makes them not applicable."""
     models = g.of_type(MODEL)
     if not models:
         raise NotApplicable("the stack declares no models")
+    return models
+
+
+def check_model_signed(g: Graph, s: Settings) -> Iterator[Finding]:
+    """Every ModelVersion names signing keys of this stack, and something under it actually uses each key."""
+    models = declared_models(g)
     stack_keys = {r["urn"]: r for r in g.of_type(KEY)}
     for m in models:
         name = model_name(m)
@@ -514,9 +520,7 @@ def _source_path(value: Any) -> str | None:
 
 def check_model_digest(g: Graph, s: Settings) -> Iterator[Finding]:
     """The digest the manifest pins is the one every publication, ring and (offline) the artifact file carries."""
-    models = g.of_type(MODEL)
-    if not models:
-        raise NotApplicable("the stack declares no models")
+    models = declared_models(g)
     for m in models:
         name = model_name(m)
         manifest = manifest_of(m)
@@ -610,9 +614,7 @@ def _model_platforms(g: Graph, m: Mapping[str, Any]) -> list[str]:
 
 def check_breaking_io(g: Graph, s: Settings) -> Iterator[Finding]:
     """A model may need a newer agent only if the fleet runs one; a breaking I/O change must raise min_agent_version."""
-    models = g.of_type(MODEL)
-    if not models:
-        raise NotApplicable("the stack declares no models")
+    models = declared_models(g)
     for m in models:
         new = manifest_of(m)
         if new is None:
