@@ -161,6 +161,22 @@ class Envelope:
             raise SignatureError(source, f"not an edgefleet signature file ({exc})", "re-sign with `edgefleet model sign`") from None
 
 
+def require_digest(digest: bytes) -> None:
+    """What every `Signer.sign_digest` is handed: a SHA-256 digest, never the payload."""
+    if len(digest) != hashlib.sha256().digest_size:
+        raise ValueError(f"expected a 32-byte SHA-256 digest, got {len(digest)} bytes")
+
+
+def signs_digest(public: ec.EllipticCurvePublicKey, signature: bytes, digest: bytes) -> bool:
+    """Whether `signature` (DER) is ECDSA P-256 over exactly this SHA-256 digest: the one check devices make, and
+    the one the cloud signers make on what their service returned."""
+    try:
+        public.verify(signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    except InvalidSignature:
+        return False
+    return True
+
+
 def sign_bytes(signer: Signer, payload: bytes) -> Envelope:
     return Envelope(key_id=signer.key_id, signature=signer.sign_digest(hashlib.sha256(payload).digest()))
 
@@ -171,11 +187,9 @@ def verify_bytes(payload: bytes, envelope: Envelope, trusted: ec.EllipticCurvePu
     if envelope.key_id != want:
         raise SignatureError(source, f"signed by key {envelope.key_id}, but the trusted key is {want}",
                              "sign with the stack's signing key, or give the device the matching public key")
-    try:
-        trusted.verify(envelope.signature, hashlib.sha256(payload).digest(), ec.ECDSA(Prehashed(hashes.SHA256())))
-    except InvalidSignature:
+    if not signs_digest(trusted, envelope.signature, hashlib.sha256(payload).digest()):
         raise SignatureError(source, "signature does not match the content (the manifest changed after signing, or the signature is corrupt)",
-                             "re-sign the manifest with `edgefleet model sign`, or restore the signed manifest") from None
+                             "re-sign the manifest with `edgefleet model sign`, or restore the signed manifest")
 
 
 def rollback_order(model: str, version: str, sha256: str, reason: str, from_version: str, from_sha256: str) -> bytes:

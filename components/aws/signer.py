@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from edgefleet.signing import SignatureError, key_id_of
+from edgefleet.signing import SignatureError, key_id_of, require_digest, signs_digest
 
 KEY_SPEC = "ECC_NIST_P256"
 ALGORITHM = "ECDSA_SHA_256"
@@ -63,15 +61,12 @@ class KmsSigner:
         return self._public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def sign_digest(self, digest: bytes) -> bytes:
-        if len(digest) != 32:
-            raise ValueError(f"expected a 32-byte SHA-256 digest, got {len(digest)} bytes")
+        require_digest(digest)
         public = self._public_key()                      # refuses a key of the wrong kind before anything is signed
         resp = self.client.sign(KeyId=self.kms_key, Message=digest, MessageType="DIGEST", SigningAlgorithm=ALGORITHM)
         signature = resp["Signature"]
-        try:
-            public.verify(signature, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-        except InvalidSignature:
+        if not signs_digest(public, signature, digest):
             raise SignatureError(self.kms_key, "KMS returned a signature that does not verify over the digest it was given "
                                  "(did the signer hash the digest again, ignoring MessageType=DIGEST?)",
-                                 "sign with real AWS KMS; emulators such as moto do not implement MessageType=DIGEST") from None
+                                 "sign with real AWS KMS; emulators such as moto do not implement MessageType=DIGEST")
         return signature

@@ -11,18 +11,15 @@ Credentials: anything with `get_token(scope)` (azure-identity's credentials have
 from __future__ import annotations
 
 import base64
-import hashlib
 import urllib.parse
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from components.azure import rest
 from edgefleet.errors import EdgefleetError
-from edgefleet.signing import SignatureError, key_id_of, raw_to_der
+from edgefleet.signing import SignatureError, key_id_of, raw_to_der, require_digest, signs_digest
 
 API_VERSION = "7.4"
 SCOPE = "https://vault.azure.net/.default"
@@ -116,13 +113,10 @@ class KeyVaultSigner:
         return self.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def sign_digest(self, digest: bytes) -> bytes:
-        if len(digest) != hashlib.sha256().digest_size:
-            raise ValueError(f"expected a 32-byte SHA-256 digest, got {len(digest)} bytes")
+        require_digest(digest)
         raw = unb64url(self._call("POST", "/sign", {"alg": "ES256", "value": b64url(digest)})["value"])
         der = raw_to_der(raw)
-        try:
-            self.public_key().verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-        except InvalidSignature:
+        if not signs_digest(self.public_key(), der, digest):
             raise SignatureError(f"Key Vault key {self.key_url}", "Key Vault's signature does not verify with the key's public half",
-                                 "pin the key version (keyUriWithVersion) so signing and the published public key agree") from None
+                                 "pin the key version (keyUriWithVersion) so signing and the published public key agree")
         return der
