@@ -15,6 +15,13 @@ def pointer(agent_) -> dict:
     return json.loads((agent_.store.root / "current.json").read_text())
 
 
+def sync_through(agent_, transport, *versions) -> None:
+    """Points the agent at each desired model in turn, as a ring's successive deployments would."""
+    for desired in versions:
+        transport.desired_model = desired
+        agent_.sync()
+
+
 def test_good_update_is_served_and_reported(make_agent, transport, v100, v110):
     agent_ = make_agent()
     transport.desired_model = v100
@@ -103,10 +110,7 @@ def test_desired_fields_must_match_the_signed_manifest(make_agent, transport, v1
 
 def test_downgrade_without_rollback_order_is_refused(make_agent, transport, v100, v110):
     agent_ = make_agent()
-    transport.desired_model = v110
-    agent_.sync()
-    transport.desired_model = v100
-    agent_.sync()
+    sync_through(agent_, transport, v110, v100)
     report = agent_.build_report()
     assert (report.status, report.version, report.failed_version) == ("failed", "1.1.0", "1.0.0")
     assert report.error == "downgrade from 1.1.0 to 1.0.0 refused: no signed rollback order"
@@ -114,10 +118,7 @@ def test_downgrade_without_rollback_order_is_refused(make_agent, transport, v100
 
 def test_downgrade_with_signed_rollback_order_is_accepted(make_agent, transport, publisher, v100, v110, loads):
     agent_ = make_agent()
-    transport.desired_model = v100
-    agent_.sync()
-    transport.desired_model = v110
-    agent_.sync()
+    sync_through(agent_, transport, v100, v110)
     transport.desired_model = publisher.rollback(v100, v110)
     assert agent_.sync() is True
     report = agent_.build_report()
@@ -251,10 +252,7 @@ def test_refusal_is_remembered_until_the_desired_state_changes(make_agent, trans
 
 def test_going_back_to_the_served_version_clears_the_failure(make_agent, transport, v100, v110):
     agent_ = make_agent()
-    transport.desired_model = v110
-    agent_.sync()
-    transport.desired_model = v100
-    agent_.sync()
+    sync_through(agent_, transport, v110, v100)
     assert agent_.status == "failed"
     transport.desired_model = v110
     assert agent_.sync() is True
@@ -263,10 +261,7 @@ def test_going_back_to_the_served_version_clears_the_failure(make_agent, transpo
 
 def test_nan_model_is_served_and_reported_as_invalid_outputs(make_agent, transport, v100, v120_nan):
     agent_ = make_agent()
-    transport.desired_model = v100
-    agent_.sync()
-    transport.desired_model = v120_nan
-    agent_.sync()
+    sync_through(agent_, transport, v100, v120_nan)
     assert agent_.current_version == "1.2.0"
     for _ in range(10):
         assert agent_.infer() is True
@@ -276,10 +271,7 @@ def test_nan_model_is_served_and_reported_as_invalid_outputs(make_agent, transpo
 
 def test_nan_model_is_refused_when_warmup_must_be_finite(make_agent, transport, v100, v120_nan):
     agent_ = make_agent(refuse_invalid_warmup=True)
-    transport.desired_model = v100
-    agent_.sync()
-    transport.desired_model = v120_nan
-    agent_.sync()
+    sync_through(agent_, transport, v100, v120_nan)
     report = agent_.build_report()
     assert (report.status, report.version, report.failed_version) == ("failed", "1.0.0", "1.2.0")
     assert report.error == f"warm-up inference of {MODEL} 1.2.0 produced NaN or infinite values in output(s) scores"
@@ -322,10 +314,7 @@ def test_desired_none_unloads_and_reports_idle(make_agent, transport, v100, tmp_
 
 def test_downgrade_is_refused_while_idle(make_agent, transport, v100, v110):
     agent_ = make_agent()
-    transport.desired_model = v110
-    agent_.sync()
-    transport.desired_model = None
-    agent_.sync()
+    sync_through(agent_, transport, v110, None)
     transport.desired_model = v100
     agent_.sync()
     assert agent_.build_report().error == "downgrade from 1.1.0 to 1.0.0 refused: no signed rollback order"
