@@ -31,12 +31,13 @@ sys.path.insert(0, str(REPO))
 
 import onnxruntime  # noqa: E402
 
-from agent.core import DeviceAgent  # noqa: E402
-from components.rollout.types import DesiredModel, DeviceReport  # noqa: E402
-from edgefleet.artifact import sign_model_dir  # noqa: E402
-from edgefleet.manifest import HardwareProfile, ModelDir  # noqa: E402
+from edgefleet_agent.core import DeviceAgent  # noqa: E402
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport  # noqa: E402
+from edgefleet.signing import sign_model_dir  # noqa: E402
+from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir  # noqa: E402
 from edgefleet.model_add import add_version  # noqa: E402
-from edgefleet.signing import LocalKeySigner, create_key_file, public_key_path, rollback_order, sign_bytes  # noqa: E402
+from edgefleet.signing import LocalKeySigner, create_key_file, public_key_path
+from edgefleet_agent.contract.signing import rollback_order, sign_bytes  # noqa: E402
 
 SAMPLES = REPO / "models" / "samples"
 OUT = REPO / "benchmarks" / "out" / "agent.json"

@@ -56,10 +56,11 @@ def child(mode: str, artifact: str, key: str, template: str) -> None:
     import resource
 
     t_import = time.perf_counter()
-    from edgefleet.artifact import verify_artifact
-    from edgefleet.digest import sha256_file
-    from edgefleet.manifest import ModelManifest, parse_manifest_bytes
-    from edgefleet.signing import LocalKeySigner, load_public_key, sign_bytes, verify_bytes
+    from edgefleet_agent.contract.artifact import verify_artifact
+    from edgefleet_agent.contract.digest import sha256_file
+    from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes
+    from edgefleet.signing import LocalKeySigner
+    from edgefleet_agent.contract.signing import load_public_key, sign_bytes, verify_bytes
     import_s = time.perf_counter() - t_import
 
     result: dict = {"mode": mode, "import_s": import_s}

@@ -14,7 +14,7 @@ import pulumi
 from components.model_store import ModelStore
 from components.platform import Platform
 from components.signing_key import SigningKey
-from edgefleet.manifest import ModelDir
+from edgefleet_agent.contract.manifest import ModelDir
 
 
 @dataclass

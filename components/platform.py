@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pulumi
 
 from edgefleet.config import DeviceGroupConfig, RingConfig, RolloutConfig, StackConfig
-from edgefleet.manifest import ModelManifest
+from edgefleet_agent.contract.manifest import ModelManifest
 
 if TYPE_CHECKING:
     from components.device_group import DeviceGroup

@@ -16,8 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgefleet.errors import ConfigError, from_validation_error
-from edgefleet.manifest import NAME_RE, HardwareProfile, ModelManifest, check_semver
+from edgefleet_agent.contract.errors import ConfigError, from_validation_error
+from edgefleet_agent.contract.manifest import HardwareProfile, ModelManifest, NAME_RE, check_semver
 
 PROJECT = "edgefleet"
 PlatformName = Literal["local", "aws", "azure"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from edgefleet.cli import console
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError
 
 NEEDS = ("Pulumi.yaml", "stacks/Pulumi.local.yaml", "models/detector/model.yaml", "models/samples/metrics.json")
 MARKER = ".edgefleet-demo"         # written into every workdir the demo creates: only those does it delete

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edgefleet.errors import EdgefleetError, field_path, from_validation_error
-from edgefleet.fsutil import atomic_copy
-from edgefleet.manifest import HardwareProfile, Metric, ModelDir, ModelManifest, check_semver, is_valid_name, version_key
+from edgefleet_agent.contract.errors import EdgefleetError, field_path, from_validation_error
+from edgefleet_agent.fsutil import atomic_copy
+from edgefleet_agent.contract.manifest import (BASELINE_AGENT_VERSION, HardwareProfile, Metric, ModelDir, ModelManifest, check_semver,
+                                               is_valid_name, version_key)
 from edgefleet.onnx_check import inspect
 
-from agent import __version__ as AGENT_VERSION  # a new model needs at least the agent in this checkout
 
 
 def _reason(exc: Exception) -> str:
@@ -95,7 +95,7 @@ def add_version(model_dir: Path, onnx_file: Path, version: str, metrics: list[Me
             inputs=graph.inputs, outputs=graph.outputs,
             metrics=list(metrics) if metrics else (list(previous.metrics) if previous and keep_metrics else []),
             targets=list(targets) if targets else list(previous.targets),
-            min_agent_version=min_agent_version or (previous.min_agent_version if previous else AGENT_VERSION),
+            min_agent_version=min_agent_version or (previous.min_agent_version if previous else BASELINE_AGENT_VERSION),
             description=description if description is not None else (previous.description if previous else ""),
         )
     except ValidationError as exc:  # e.g. a graph whose opset or I/O the manifest cannot describe

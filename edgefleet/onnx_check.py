@@ -11,11 +11,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
-from edgefleet.digest import sha256_file
-from edgefleet.errors import EdgefleetError
-from edgefleet.manifest import ModelManifest, TensorSpec
+from edgefleet_agent.contract.digest import sha256_file
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.manifest import ModelManifest, TensorSpec
+from edgefleet_agent.tensors import NUMPY_TYPES, non_finite_outputs, synthetic_inputs
 
 ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64", "tensor(bfloat16)": "bfloat16",
@@ -23,10 +23,6 @@ ORT_TYPES = {
     "tensor(uint8)": "uint8", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32", "tensor(uint64)": "uint64",
     "tensor(bool)": "bool", "tensor(string)": "string",
 }
-NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int8": np.int8, "int16": np.int16,
-               "int32": np.int32, "int64": np.int64, "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32,
-               "uint64": np.uint64, "bool": np.bool_}
-SYMBOLIC_DIM_SIZE = 1
 
 
 @dataclass(frozen=True)
@@ -101,35 +97,6 @@ def inspect(path: Path) -> GraphInfo:
     session = _open_session(path)
     digest, size = sha256_file(path)
     return GraphInfo(*_signature(session, path), read_opset(path), digest, size)
-
-
-def synthetic_inputs(specs: list[TensorSpec], seed: int = 0, batch: int = SYMBOLIC_DIM_SIZE) -> dict[str, np.ndarray]:
-    """Inputs shaped by the signature: symbolic dimensions become `batch`, values are seeded noise."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for spec in specs:
-        shape = [d if isinstance(d, int) else batch for d in spec.shape]
-        if spec.element_type == "string":
-            feeds[spec.name] = np.full(shape, "edgefleet", dtype=object)
-        elif spec.element_type == "bool":
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
-        elif spec.element_type.startswith(("int", "uint")):
-            feeds[spec.name] = rng.integers(0, 8, size=shape).astype(NUMPY_TYPES[spec.element_type])
-        elif spec.element_type in NUMPY_TYPES:
-            feeds[spec.name] = rng.standard_normal(size=shape).astype(NUMPY_TYPES[spec.element_type])
-        else:
-            raise EdgefleetError(spec.name, f"cannot generate smoke inputs of type {spec.element_type}")
-    return feeds
-
-
-def non_finite_outputs(names: list[str], values: list) -> list[str]:
-    """Names of float outputs holding NaN or infinity."""
-    bad = []
-    for name, value in zip(names, values):
-        arr = np.asarray(value)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            bad.append(name)
-    return bad
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from policies import rules
 from policies.rules import compare_io, dig, manifest_of
 

@@ -15,8 +15,8 @@ import pulumi
 from pulumi.runtime.config import CONFIG, get_config_env
 
 from edgefleet.config import KEYS, PROJECT, StackConfig, check_known_key, check_models_against_groups, parse_stack_config, raise_first
-from edgefleet.errors import ConfigError, EdgefleetError
-from edgefleet.manifest import ModelDir, ModelManifest
+from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
+from edgefleet_agent.contract.manifest import ModelDir, ModelManifest
 
 
 def read_config() -> tuple[StackConfig, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.config import load_stack
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError
 
 
 def fleet_status(project_dir: Path, stack: str) -> dict[str, Any]:

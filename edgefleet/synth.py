@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import yaml
 
 from edgefleet.config import parse_stack_config, read_stack_file, to_pulumi_config
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError
 
 GRAPH_FORMAT = "edgefleet-graph/v1"
 SECRET = "[secret]"

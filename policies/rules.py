@@ -30,7 +30,8 @@ DEFAULT_CANARY_MAX_SHARE = 0.1
 DEFAULT_MIN_CANARY_SOAK_SECONDS = 300.0
 DEFAULT_MAX_METRIC_REGRESSION = 0.02
 DEFAULT_SAS_WARNING_DAYS = 30     # time to notice, rotate, and let every device pick up a new base deployment
-DEFAULT_AGENT_VERSION = "0.1.0"     # cloud stacks' agent_version default and the agent in this checkout (local)
+DEFAULT_AGENT_VERSION = "0.1.0"     # cloud stacks' agent_version default (the agent image they deploy)
+LOCAL_AGENT_VERSION = "0.2.0"       # the agent in this checkout, which the local fleet runs (edgefleet_agent.__version__)
 
 MODEL = "edgefleet:models:ModelVersion"
 ROLLOUT = "edgefleet:rollout:Rollout"
@@ -310,7 +311,7 @@ class Settings:
 
 def agent_versions(config: Mapping[str, Any]) -> dict[str, str]:
     """The agent version each platform's devices run: cloud stacks declare it; the local fleet runs this checkout's."""
-    out = {"local": DEFAULT_AGENT_VERSION}
+    out = {"local": LOCAL_AGENT_VERSION}
     for platform in ("aws", "azure"):
         section = config.get(platform)
         if isinstance(section, Mapping):

@@ -111,8 +111,9 @@ def check_aws_recipes(cfg: StackConfig, project_dir: Path, stack: str) -> list[t
     signature (and never in a preview): this is what refuses a bad one before anything is declared."""
     from components.aws.plan import Naming, model_key
     from components.aws.recipes import agent_recipe, model_recipe, recipe_errors
-    from edgefleet.manifest import ModelDir
-    from edgefleet.signing import Envelope, standin_public_key_pem
+    from edgefleet_agent.contract.manifest import ModelDir
+    from edgefleet.signing import standin_public_key_pem
+    from edgefleet_agent.contract.signing import Envelope
 
     if cfg.aws is None:
         return []

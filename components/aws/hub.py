@@ -33,7 +33,8 @@ from components.aws.plan import (Naming, RingComponents, RingJobPolicy, client_t
                                  deployment_tags, progress_key, rings_from_props)
 from components.rollout.engine import last_good
 from components.rollout.gate import THRESHOLDS, measure
-from components.rollout.types import OFFENDERS_PER_METRIC, DesiredModel, RingObservation, RingTarget
+from components.rollout.types import OFFENDERS_PER_METRIC, RingObservation, RingTarget
+from edgefleet_agent.contract.state import DesiredModel
 
 log = logging.getLogger("edgefleet.aws.hub")
 

@@ -20,7 +20,7 @@ from edgefleet.config import AwsConfig, DeviceGroupConfig, GateConfig, RingConfi
 
 from components.rollout.engine import FAILED, rollout_id
 from components.rollout.report import failure_summary
-from components.rollout.types import DesiredModel
+from edgefleet_agent.contract.state import DesiredModel
 
 ACCOUNT_RE = r"[0-9]{12}"
 GG_ARCH = {"amd64": "amd64", "arm64": "aarch64", "armv7": "arm"}      # manifest arch -> Greengrass platform architecture

@@ -66,7 +66,7 @@ from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutp
                                   StoreOutputs, child)
 from components.rollout.engine import rollout_id
 from edgefleet.config import AwsConfig, DeviceGroupConfig, raise_first
-from edgefleet.manifest import ModelManifest
+from edgefleet_agent.contract.manifest import ModelManifest
 
 FLEET_TYPE = "edgefleet:aws:Fleet"
 
@@ -392,7 +392,7 @@ class AwsPlatform(Platform):
 
 
 def _desired_stub(manifest: ModelManifest):
-    from components.rollout.types import DesiredModel
+    from edgefleet_agent.contract.state import DesiredModel
 
     return DesiredModel(model=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size, uri="", manifest="",
                         signature="")

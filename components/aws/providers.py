@@ -58,7 +58,7 @@ class ManifestSignatureProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         from components.aws.signer import KmsSigner
-        from edgefleet.signing import sign_bytes
+        from edgefleet_agent.contract.signing import sign_bytes
 
         envelope = sign_bytes(KmsSigner(props["signing_key"], props["region"]), props["manifest"].encode())
         return CreateResult(id_=f"{props['model']}@{props['version']}+{props['sha256'][:12]}",

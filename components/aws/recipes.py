@@ -19,8 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgefleet.errors import EdgefleetError
-from edgefleet.manifest import ModelManifest
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.greengrass import AGENT_CONFIGURATION, ENV_NAMESPACE, ENV_TRUSTED_KEY, MODEL_CONFIGURATION
+from edgefleet_agent.contract.manifest import ModelManifest
 
 from components.aws.plan import GG_ARCH
 
@@ -64,18 +65,10 @@ def model_recipe(component: str, manifest: ModelManifest, manifest_text: str, si
     }
 
 
-AGENT_ENV = {
-    # name in the container      <- recipe variable (interpolated by the nucleus at deployment time)
-    "EDGEFLEET_MODEL_MANIFEST": "{model}:configuration:/Manifest",
-    "EDGEFLEET_MODEL_SIGNATURE": "{model}:configuration:/Signature",
-    "EDGEFLEET_MODEL_FILE": "{model}:configuration:/File",
-    "EDGEFLEET_ROLLBACK_ORDER": "{model}:configuration:/RollbackOrder",
-    "EDGEFLEET_ROLLBACK_SIGNATURE": "{model}:configuration:/RollbackSignature",
-    "EDGEFLEET_ROLLOUT": "{model}:configuration:/Rollout",
-    "EDGEFLEET_RING": "{model}:configuration:/Ring",
-    "EDGEFLEET_METRIC_NAMESPACE": "configuration:/MetricNamespace",
-}
-TRUSTED_KEY_ENV = "EDGEFLEET_TRUSTED_KEY_PEM"
+# name in the container <- recipe variable (interpolated by the nucleus at deployment time)
+AGENT_ENV = {**{env: f"{{model}}:configuration:/{key}" for env, key in MODEL_CONFIGURATION.items()},
+             ENV_NAMESPACE: f"configuration:/{AGENT_CONFIGURATION[ENV_NAMESPACE]}"}
+TRUSTED_KEY_ENV = ENV_TRUSTED_KEY
 
 
 INSTALL_TIMEOUT_SECONDS = 600   # download + verify + load of a large model on a slow device
@@ -94,7 +87,7 @@ def agent_recipe(component: str, version: str, model_name: str, model_component:
     deployment, which is what the gate counts as a failed device.
     """
     env = {name: "{" + var.format(model=model_component) + "}" for name, var in AGENT_ENV.items()}
-    env[TRUSTED_KEY_ENV] = "{configuration:/TrustedKeyPem}"
+    env[TRUSTED_KEY_ENV] = "{configuration:/" + AGENT_CONFIGURATION[ENV_TRUSTED_KEY] + "}"
     passthrough = ["AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_REGION", *AGENT_ENV]
     container = f"edgefleet-{model_name}"
 

@@ -13,7 +13,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgefleet.signing import SignatureError, key_id_of, require_digest, signs_digest
+from edgefleet_agent.contract.signing import SignatureError, key_id_of, require_digest, signs_digest
 
 KEY_SPEC = "ECC_NIST_P256"
 ALGORITHM = "ECDSA_SHA_256"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgefleet.digest import same_file_digest
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.digest import same_file_digest
+from edgefleet_agent.contract.errors import EdgefleetError
 
 
 def publish_artifact(s3: Any, bucket: str, key: str, path: Path, sha256: str, size: int, kms_key: str,

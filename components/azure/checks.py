@@ -91,9 +91,9 @@ def check_azure_manifests(cfg: StackConfig, project_dir: Path, registry_password
     twin limits and the agent twin's contract. Reads the models' manifests, which the agent twin carries (chunked)."""
     from components.azure import manifest as mf
     from components.rollout.engine import rollout_id
-    from components.rollout.types import DesiredModel
-    from edgefleet.manifest import ModelDir
-    from edgefleet.signing import Envelope
+    from edgefleet_agent.contract.state import DesiredModel
+    from edgefleet_agent.contract.manifest import ModelDir
+    from edgefleet_agent.contract.signing import Envelope
 
     az = cfg.azure
     if "azure" not in cfg.platforms or az is None:

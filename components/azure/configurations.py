@@ -44,7 +44,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, Resource, ResourceProvider, UpdateResult
 
 from components.azure import rest
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError
 
 API_VERSION = "2021-04-12"
 PROVIDER_VERSION = "2"                      # 2: a changed hub key refreshes the saved outputs

@@ -36,12 +36,13 @@ import urllib.parse
 from typing import Any, Protocol
 
 from components.azure.configurations import HubClient, apply_configuration
-from components.azure.manifest import (AGENT_MODULE, RING_LABEL, RingDeploymentSpec, desired_from_configuration,
-                                       metric_where, model_key, ring_configuration)
+from components.azure.manifest import AGENT_MODULE, RING_LABEL, RingDeploymentSpec, desired_from_configuration, metric_where, ring_configuration
+from edgefleet_agent.contract.iotedge import model_key
 from components.rollout.engine import FAILED, last_good, rollout_id
 from components.rollout.gate import THRESHOLDS, measure
 from components.rollout.report import failure_summary
-from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, DesiredModel, RingObservation, RingTarget
+from components.rollout.types import OFFENDERS_PER_METRIC, OFFENDER_METRICS, RingObservation, RingTarget
+from edgefleet_agent.contract.state import DesiredModel
 
 FAILURE_SAMPLE = 20
 # Microsoft's "Reporting Failure" system metric, for a hub that returns no queries with the configuration.

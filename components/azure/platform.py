@@ -31,10 +31,10 @@ from components.rollout.engine import rollout_id
 from components.azure.providers import ModelArtifact, RingGate, SigningPublicKey
 from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs,
                                  RingSpec, StoreOutputs, child)
-from components.rollout.types import DesiredModel
+from edgefleet_agent.contract.state import DesiredModel
 from edgefleet.config import PROJECT, AzureConfig, DeviceGroupConfig, raise_first
-from edgefleet.errors import EdgefleetError
-from edgefleet.manifest import ModelManifest
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.manifest import ModelManifest
 
 HUB_POLICY = "edgefleet-deployer"
 HUB_POLICY_RIGHTS = "RegistryRead, RegistryWrite, ServiceConnect"   # configurations (registry) and twin queries (service)

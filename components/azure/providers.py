@@ -57,8 +57,8 @@ def publish_artifact(props: dict[str, Any], signer: Any = None, container: Any =
 
     from components.azure.rbac import until_granted
     from components.azure.signer import KeyVaultSigner, default_credential
-    from edgefleet.digest import same_file_digest
-    from edgefleet.errors import EdgefleetError
+    from edgefleet_agent.contract.digest import same_file_digest
+    from edgefleet_agent.contract.errors import EdgefleetError
 
     source = Path(props["source"])
     problem = same_file_digest(source, props["sha256"], int(props["size"]))
@@ -74,8 +74,8 @@ def publish_artifact(props: dict[str, Any], signer: Any = None, container: Any =
 
 
 def _publish(props: dict[str, Any], source: Any, signer: Any, container: Any) -> dict[str, str]:
-    from edgefleet.artifact import verify_artifact
-    from edgefleet.signing import SignatureError, load_public_key, sign_bytes
+    from edgefleet_agent.contract.artifact import verify_artifact
+    from edgefleet_agent.contract.signing import SignatureError, load_public_key, sign_bytes
 
     base = f"{props['model']}/{props['sha256']}"
     manifest = props["manifest"].encode()

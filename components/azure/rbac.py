@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError
 
 ROLE_FOR_CODE = {"ForbiddenByRbac": "Key Vault Crypto User on the vault",
                  "AuthorizationPermissionMismatch": "Storage Blob Data Contributor on the storage account"}

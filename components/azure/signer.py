@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from components.azure import rest
-from edgefleet.errors import EdgefleetError
-from edgefleet.signing import SignatureError, key_id_of, raw_to_der, require_digest, signs_digest
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.signing import SignatureError, key_id_of, raw_to_der, require_digest, signs_digest
 
 API_VERSION = "7.4"
 SCOPE = "https://vault.azure.net/.default"

@@ -2,7 +2,7 @@
 
 Most devices are simulated in-process: one thread steps each device's `DeviceAgent` (download, verify,
 swap, one real inference, report) and writes all reports in one transaction, so 1,000 devices fit on two
-cores. Some devices run as separate `python -m agent` processes, so faults are real: a killed process
+cores. Some devices run as separate `edgefleet-agent` processes (`python -m edgefleet_agent`), so faults are real: a killed process
 loses its memory and must recover from disk. Offline devices stay dark until `reconnect_after_seconds`.
 Simulated agents skip fsync (durable=False) — they are not real devices and thousands of fsyncs would
 measure the disk, not the system; agent processes are durable. One fleet per hub: two would step the same
@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Iterator
 
 from edgefleet.config import PROJECT, DeviceGroupConfig, StackConfig
-from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 
 from components.local.hub import LocalHub
-from components.rollout.types import DesiredModel, DeviceReport
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
 
 # Agent processes infer on a synthetic 20 fps camera stream, as a device would; back to back, three of
@@ -265,11 +265,11 @@ class LocalFleet:
         d = next(x for x in self.devices if x.id == device_id)
         log = self.state_root / device_id / f"agent-{model}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "agent", "--hub", str(self.hub_path), "--device-id", device_id, "--model", model,
+        cmd = [sys.executable, "-m", "edgefleet_agent", "--hub", str(self.hub_path), "--device-id", device_id, "--model", model,
                "--state-dir", str(self.state_root / device_id), "--public-key", str(self.state_root / "trusted.pub.pem"),
                "--providers", ",".join(d.providers), "--sync-seconds", "0.2", "--report-seconds", str(self.sim_period),
                "--infer-interval", str(FRAME_INTERVAL_SECONDS)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+        env = dict(os.environ)
         if self._spawner is None:
             self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgefleet-agent-spawner")
         # Linux sends the parent-death signal when the thread that forked the child ends, not the process: callers
@@ -316,8 +316,8 @@ class LocalFleet:
     def _sim_loop(self) -> None:
         """Full sweeps every `sim_period` (sync, one real inference, report for every online device), and
         between them a 50 ms check for desired-state changes so a ring's devices react at once."""
-        from agent.core import DeviceAgent
-        from agent.serving import SessionCache
+        from edgefleet_agent.core import DeviceAgent
+        from edgefleet_agent.serving import SessionCache
 
         hub = LocalHub(self.hub_path)
         cache = SessionCache()

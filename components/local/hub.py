@@ -5,13 +5,12 @@ agents (threads of the simulator or separate processes) read their desired state
 WAL mode lets one writer and many readers share the file across processes; every write is one short
 transaction, so a process killed mid-write leaves the previous state intact. One process at a time drives a
 rollout: `lease` hands out that right, and writes to a rollout's progress or rings from anyone else are refused
-while it is held.
-No Pulumi imports: agent processes load this module.
+while it is held. The file's schema and the agents' reads and writes are the device contract's
+(edgefleet_agent/contract/localhub.py); this module adds what only the controller does.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import socket
@@ -22,37 +21,17 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError
+
+from edgefleet_agent.contract.localhub import AgentHub
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
 from components.rollout.membership import Device
-from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, DesiredModel, DeviceReport, RingObservation, RingTarget
+from components.rollout.observe import observe_reports
+from components.rollout.types import RingObservation, RingTarget
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    id TEXT PRIMARY KEY, labels TEXT NOT NULL, arch TEXT NOT NULL, providers TEXT NOT NULL,
-    kind TEXT NOT NULL, registered_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS desired (
-    device_id TEXT NOT NULL, model TEXT NOT NULL, desired TEXT, set_at REAL NOT NULL,
-    PRIMARY KEY (device_id, model));
-CREATE TABLE IF NOT EXISTS ring_desired (
-    rollout TEXT NOT NULL, ring TEXT NOT NULL, idx INTEGER NOT NULL, model TEXT NOT NULL, desired TEXT, devices TEXT NOT NULL, set_at REAL NOT NULL,
-    PRIMARY KEY (rollout, ring));
-CREATE TABLE IF NOT EXISTS reports (
-    device_id TEXT NOT NULL, model TEXT NOT NULL, report TEXT NOT NULL, reported_at REAL NOT NULL,
-    PRIMARY KEY (device_id, model));
-CREATE TABLE IF NOT EXISTS served (
-    device_id TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL, first_seen REAL NOT NULL,
-    PRIMARY KEY (device_id, model, sha256));
-CREATE TABLE IF NOT EXISTS progress (
-    rollout_id TEXT PRIMARY KEY, rollout TEXT NOT NULL, status TEXT NOT NULL, progress TEXT NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS resources (
-    urn TEXT PRIMARY KEY, type TEXT NOT NULL, outputs TEXT NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS leases (
-    name TEXT PRIMARY KEY, owner TEXT NOT NULL, token TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
-    acquired_at REAL NOT NULL, expires_at REAL NOT NULL);
-"""
 
 
 @dataclass
@@ -72,45 +51,12 @@ def default_owner() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
 
-class LocalHub:
-    def __init__(self, path: str | Path, clock=time.time) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._clock = clock
-        self._local = threading.local()
+class LocalHub(AgentHub):
+    """The controller's side of the hub: registry, rings, rollout records, leases. Agents use AgentHub."""
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(path, clock)
         self._held: dict[str, Lease] = {}
-        self._db().executescript(SCHEMA)              # idempotent; executescript manages its own transaction
-
-    # -- connection -----------------------------------------------------------------------------------
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
-        return db
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-    def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
-
-    def now(self) -> float:
-        return self._clock()
 
     # -- device registry ------------------------------------------------------------------------------
     def register_devices(self, devices: Iterable[tuple[str, dict[str, str], str, list[str], str]]) -> None:
@@ -130,11 +76,7 @@ class LocalHub:
         rows = self._db().execute("SELECT id, labels, arch, providers, kind FROM devices ORDER BY id").fetchall()
         return [{"id": i, "labels": json.loads(l), "arch": a, "providers": json.loads(p), "kind": k} for i, l, a, p, k in rows]
 
-    # -- agent side -----------------------------------------------------------------------------------
-    def device_desired(self, device_id: str, model: str) -> DesiredModel | None:
-        row = self._db().execute("SELECT desired FROM desired WHERE device_id=? AND model=?", (device_id, model)).fetchone()
-        return DesiredModel.from_json(row[0]) if row else None
-
+    # -- the simulator's batched reads ------------------------------------------------------------------
     def desired_for_devices(self, device_ids: list[str], model: str) -> dict[str, DesiredModel | None]:
         out: dict[str, DesiredModel | None] = {}
         cache: dict[str, DesiredModel | None] = {}
@@ -156,20 +98,6 @@ class LocalHub:
             out[dev] = cache[text]
             watermark = max(watermark, set_at)
         return out, watermark
-
-    def put_reports(self, reports: list[DeviceReport]) -> None:
-        """Stamps each report with the hub's clock (the time the hub received it) and stores it."""
-        now = self.now()
-        with self._tx() as db:
-            db.executemany(
-                "INSERT INTO reports (device_id, model, report, reported_at) VALUES (?,?,?,?) "
-                "ON CONFLICT(device_id, model) DO UPDATE SET report=excluded.report, reported_at=excluded.reported_at",
-                [(r.device_id, r.model, _stamp(r, now), now) for r in reports])
-            db.executemany("INSERT OR IGNORE INTO served (device_id, model, version, sha256, first_seen) VALUES (?,?,?,?,?)",
-                           [(r.device_id, r.model, r.version, r.sha256, now) for r in reports if r.version and r.sha256])
-
-    def put_report(self, report: DeviceReport) -> None:
-        self.put_reports([report])
 
     def ever_served(self, model: str, version: str) -> list[str]:
         """Every device that ever reported serving `version`: the evidence that a bad version stayed contained."""
@@ -353,59 +281,3 @@ class LocalHub:
                        (urn, type_, json.dumps(outputs, sort_keys=True), self.now()))
 
 
-def _stamp(report: DeviceReport, now: float) -> str:
-    data = json.loads(report.to_json())
-    data["reported_at"] = now
-    return json.dumps(data, sort_keys=True)
-
-
-def is_on(report: DeviceReport, desired: DesiredModel | None) -> bool:
-    if desired is None:
-        return report.version is None
-    return report.version == desired.version and report.sha256 == desired.sha256 and report.status == "ok"
-
-
-def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desired: DesiredModel | None, since: float) -> RingObservation:
-    """Classifies each device of a ring against `desired`. Shared by every platform that sees per-device reports."""
-    adopted = failed = reporting = inferences = errors = invalid = 0
-    p99s: list[float] = []
-    failures: list[tuple[str, str]] = []
-    pending: list[str] = []
-    per_device: dict[str, list[tuple[str, float]]] = {k: [] for k in OFFENDER_METRICS}
-    for dev in devices:
-        r = reports.get(dev)
-        fresh = r is not None and r.reported_at >= since
-        if fresh:
-            reporting += 1
-        if r is not None and fresh and is_on(r, desired):
-            adopted += 1
-            inferences += r.inferences
-            errors += r.errors
-            invalid += r.invalid_outputs
-            if r.p99_latency_ms is not None:
-                p99s.append(r.p99_latency_ms)
-                per_device["p99_latency_ms"].append((dev, round(r.p99_latency_ms, 3)))
-            if r.inferences:
-                per_device["error_rate"].append((dev, round(r.errors / r.inferences, 6)))
-                per_device["invalid_output_share"].append((dev, round(r.invalid_outputs / r.inferences, 6)))
-        elif r is not None and fresh and desired is not None and r.status == "failed" and r.failed_version == desired.version:
-            failed += 1
-            failures.append((dev, r.error or "failed"))
-        else:
-            pending.append(dev)
-    p99s.sort()
-    return RingObservation(
-        devices=len(devices), adopted=adopted, failed=failed, reporting=reporting,
-        inferences=inferences, errors=errors, invalid_outputs=invalid,
-        p99_latency_ms=p99s[min(len(p99s) - 1, int(len(p99s) * 0.99))] if p99s else None,
-        failures=tuple(failures[:50]), pending=tuple(pending[:50]), offenders=_worst(per_device),
-    )
-
-
-def _worst(per_device: dict[str, list[tuple[str, float]]]) -> tuple[tuple[str, str, float], ...]:
-    """The worst devices per metric, bounded; zero rates are nobody's fault and are left out."""
-    out: list[tuple[str, str, float]] = []
-    for metric, values in per_device.items():
-        ranked = heapq.nsmallest(OFFENDERS_PER_METRIC, (v for v in values if v[1] > 0), key=lambda v: (-v[1], v[0]))
-        out += [(dev, metric, value) for dev, value in ranked]
-    return tuple(out)

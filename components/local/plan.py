@@ -10,8 +10,9 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 from edgefleet.config import DeviceGroupConfig, RingConfig, RolloutConfig
-from edgefleet.manifest import parse_manifest_bytes, version_key
-from edgefleet.signing import LocalKeySigner, Signer, parse_rollback_order, rollback_order, sign_bytes
+from edgefleet_agent.contract.manifest import parse_manifest_bytes, version_key
+from edgefleet.signing import LocalKeySigner
+from edgefleet_agent.contract.signing import Signer, parse_rollback_order, rollback_order, sign_bytes
 
 from components.local.fleet import lock_holder, lock_path
 from components.local.hub import LocalHub
@@ -20,7 +21,8 @@ from components.rollout.hub import WallClock
 from components.rollout.membership import ring_members
 from components.rollout.report import failure_summary
 from components.rollout.rollback import rollback_authorizer
-from components.rollout.types import DesiredModel, RingTarget
+from components.rollout.types import RingTarget
+from edgefleet_agent.contract.state import DesiredModel
 
 
 def ring_plans(hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGroupConfig], rid: str = "",

@@ -10,8 +10,8 @@ from components.local import providers
 from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs,
                                  RingSpec, StoreOutputs, child)
 from edgefleet.config import DeviceGroupConfig, LocalConfig
-from edgefleet.errors import ConfigError
-from edgefleet.manifest import ModelManifest
+from edgefleet_agent.contract.errors import ConfigError
+from edgefleet_agent.contract.manifest import ModelManifest
 
 
 class LocalPlatform(Platform):

@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.artifact import verify_artifact
-from edgefleet.digest import same_file_digest
-from edgefleet.errors import EdgefleetError
-from edgefleet.fsutil import atomic_copy, atomic_write_bytes
-from edgefleet.manifest import parse_manifest_bytes
-from edgefleet.signing import SignatureError, Signer, load_public_key, sign_bytes
+from edgefleet_agent.contract.artifact import verify_artifact
+from edgefleet_agent.contract.digest import same_file_digest
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.fsutil import atomic_copy, atomic_write_bytes
+from edgefleet_agent.contract.manifest import parse_manifest_bytes
+from edgefleet_agent.contract.signing import SignatureError, Signer, load_public_key, sign_bytes
 
-from components.rollout.types import DesiredModel
+from edgefleet_agent.contract.state import DesiredModel
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgefleet.config import DeviceGroupConfig, RingConfig, RolloutConfig, StackConfig, load_stack
-from edgefleet.errors import ConfigError, EdgefleetError
-from edgefleet.manifest import parse_manifest_bytes
+from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
+from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet.signing import LocalKeySigner, create_key_file
 
 from components.local.fleet import LocalFleet, exclusive, local_devices, lock_path, register
@@ -26,7 +26,7 @@ from components.local.hub import LocalHub
 from components.local.plan import Decision, decide, engine_for, plan_for
 from components.local.store import Published, publish
 from components.rollout.engine import TERMINAL, RolloutPlan, rings_changed
-from components.rollout.types import DesiredModel
+from edgefleet_agent.contract.state import DesiredModel
 
 ARTIFACT = "pulumi-python:dynamic/edgefleet-local:Artifact"
 

@@ -19,11 +19,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from edgefleet.config import GateConfig
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError
 
 from components.rollout.gate import evaluate, measure
 from components.rollout.hub import Clock, FleetHub
-from components.rollout.types import DesiredModel, RingTarget
+from components.rollout.types import RingTarget
+from edgefleet_agent.contract.state import DesiredModel
 
 TERMINAL = ("succeeded", "rolled_back", "rollback_incomplete", "superseded")
 FAILED = ("rolled_back", "rollback_incomplete")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from components.rollout.types import DesiredModel, RingObservation, RingTarget
+from components.rollout.types import RingObservation, RingTarget
+from edgefleet_agent.contract.state import DesiredModel
 
 
 class FleetHub(Protocol):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from edgefleet.signing import Signer, rollback_order, sign_bytes
+from edgefleet_agent.contract.signing import Signer, rollback_order, sign_bytes
 
 from components.rollout.engine import RollbackAuthorizer
-from components.rollout.types import DesiredModel
+from edgefleet_agent.contract.state import DesiredModel
 
 
 def rollback_authorizer(signer: Signer) -> RollbackAuthorizer:

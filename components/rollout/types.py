@@ -1,69 +1,12 @@
-"""Data that crosses between the engine, the platforms and the device agent. JSON-friendly on purpose:
-it is stored in the local hub, in cloud deployment documents, and in the agent's reports."""
+"""The engine's own values: how a platform addresses a ring, what it observed there, and a gate's verdict."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-DeviceStatus = Literal["ok", "failed", "updating", "idle"]
 OFFENDER_METRICS = ("error_rate", "invalid_output_share", "p99_latency_ms")   # keys of gate.measure()
 OFFENDERS_PER_METRIC = 20
-
-
-@dataclass(frozen=True)
-class DesiredModel:
-    """What a device should run. The manifest text is the exact signed bytes (UTF-8)."""
-
-    model: str
-    version: str
-    sha256: str
-    size: int
-    uri: str
-    manifest: str
-    signature: str
-    rollout: str = ""
-    rollback_order: str | None = None        # set only on a sanctioned downgrade: signed JSON (signing.rollback_order)
-    rollback_signature: str | None = None
-
-    @property
-    def is_rollback(self) -> bool:
-        return self.rollback_order is not None
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | None) -> "DesiredModel | None":
-        return None if not text else cls(**json.loads(text))
-
-
-@dataclass(frozen=True)
-class DeviceReport:
-    """What an agent says about itself: the version it serves and how that version behaves."""
-
-    device_id: str
-    model: str
-    version: str | None                      # version being served; None when nothing verified is loaded
-    sha256: str | None
-    status: DeviceStatus
-    error: str | None = None                 # why the desired version was refused or broke
-    failed_version: str | None = None        # the desired version that was refused
-    inferences: int = 0                      # in the last reporting window
-    errors: int = 0
-    invalid_outputs: int = 0                 # outputs holding NaN / Inf
-    p99_latency_ms: float | None = None
-    agent_version: str = ""
-    reported_at: float = 0.0
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "DeviceReport":
-        return cls(**json.loads(text))
 
 
 @dataclass(frozen=True)

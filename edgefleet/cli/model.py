@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.cli import app, console
-from edgefleet.manifest import ModelDir
+from edgefleet_agent.contract.manifest import ModelDir
 
 model_app = typer.Typer(no_args_is_help=True, help="Add, validate, sign and verify model versions.")
 app.add_typer(model_app, name="model")
@@ -72,7 +72,7 @@ def sign(
     key: Path = typer.Option(..., "--key", help="P-256 private key (PEM), see `edgefleet keys create`."),
 ) -> None:
     """Write models/<name>/model.yaml.sig: ECDSA P-256 over the manifest, which pins the model's digest."""
-    from edgefleet.artifact import sign_model_dir
+    from edgefleet.signing import sign_model_dir
     from edgefleet.signing import LocalKeySigner
 
     signer = LocalKeySigner(key)
@@ -86,9 +86,9 @@ def verify(
     public_key: Path = typer.Option(..., "--public-key", help="The signer's public key (PEM)."),
 ) -> None:
     """Check the signature over the manifest and the model file against the digest it pins, as a device does."""
-    from edgefleet.artifact import verify_model_dir
-    from edgefleet.errors import EdgefleetError
-    from edgefleet.signing import load_public_key
+    from edgefleet_agent.contract.artifact import verify_model_dir
+    from edgefleet_agent.contract.errors import EdgefleetError
+    from edgefleet_agent.contract.signing import load_public_key
 
     if not public_key.is_file():
         raise EdgefleetError(str(public_key), "public key file not found", "pass the .pub.pem written by `edgefleet keys create`")

@@ -24,7 +24,7 @@ def plan_cmd(
     project_dir: Path = typer.Option(Path("."), "--project-dir", help="The Pulumi project (holds Pulumi.yaml)."),
 ) -> None:
     """Diff the stack at --base against the working tree, offline: models, rings and devices, resources, policy."""
-    from edgefleet.fsutil import atomic_write_bytes
+    from edgefleet_agent.fsutil import atomic_write_bytes
     from edgefleet.plan import base_graph, compute_plan, render_markdown
     from edgefleet.synth import synth
 

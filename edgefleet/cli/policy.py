@@ -27,7 +27,7 @@ def policy_cmd(
     project_dir: Path = typer.Option(Path("."), "--project-dir", help="The Pulumi project (holds Pulumi.yaml)."),
 ) -> None:
     """Check the stack against edgefleet's rules (signing, digests, canaries, metrics, agent, hardware, hardening)."""
-    from edgefleet.fsutil import atomic_write_bytes
+    from edgefleet_agent.fsutil import atomic_write_bytes
     from edgefleet.plan import base_graph, policy_settings, run_policy
     from edgefleet.synth import synth
     from policies.rules import crossguard_config

@@ -9,11 +9,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.rollout.types import DesiredModel, DeviceReport
-from edgefleet.artifact import sign_model_dir
-from edgefleet.manifest import HardwareProfile, ModelDir
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet.signing import sign_model_dir
+from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir
 from edgefleet.model_add import add_version
-from edgefleet.signing import LocalKeySigner, rollback_order, sign_bytes
+from edgefleet.signing import LocalKeySigner
+from edgefleet_agent.contract.signing import rollback_order, sign_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "models" / "samples"

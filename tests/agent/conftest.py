@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "azure"))   # azure_testkit's IoT Hub query evaluator
 
-from agent.core import DeviceAgent
+from edgefleet_agent.core import DeviceAgent
 from agent_testkit import MODEL, Clock, FakeTransport, HttpStore, Keys, Publisher
-from components.rollout.types import DesiredModel
+from edgefleet_agent.contract.state import DesiredModel
 from edgefleet.signing import LocalKeySigner, create_key_file, public_key_path
 
 
@@ -72,16 +72,16 @@ def make_agent(tmp_path, keys, transport, clock):
 @pytest.fixture
 def loads(monkeypatch) -> list[Path]:
     """Every model file onnxruntime is asked to open, so a test can prove a bad file never was."""
-    import agent.serving
+    import edgefleet_agent.serving
 
     opened: list[Path] = []
-    real = agent.serving.open_session
+    real = edgefleet_agent.serving.open_session
 
     def spy(path, providers):
         opened.append(Path(path))
         return real(path, providers)
 
-    monkeypatch.setattr(agent.serving, "open_session", spy)
+    monkeypatch.setattr(edgefleet_agent.serving, "open_session", spy)
     return opened
 
 

@@ -25,19 +25,21 @@ import time
 
 import pytest
 
-from agent.core import DeviceAgent
-from agent.iotedge import EdgeSupervisor, IoTEdgeTransport, TrustRefused, resolve_trust
+from edgefleet_agent import __version__ as AGENT_VERSION
+from edgefleet_agent.core import DeviceAgent
+from edgefleet_agent.transports.iotedge import EdgeSupervisor, IoTEdgeTransport, TrustRefused, resolve_trust
 from agent_testkit import MODEL, REPO, SAMPLES, TARGET, FakeTransport, artifact_bytes
 from azure_testkit import run_query
 from components.azure.hub import AzureHub, MemoryProgressStore
 from components.rollout.engine import rollout_id
-from components.azure.manifest import (AGENT_MODULE, TWIN_STRING_LIMIT, AgentModule, RingDeploymentSpec, base_manifest,
-                                       check_manifest, effective_manifest, model_key, ring_layer)
-from components.rollout.types import DesiredModel, RingTarget
-from edgefleet.artifact import sign_model_dir
-from edgefleet.manifest import HardwareProfile, Metric, ModelDir
+from components.azure.manifest import AGENT_MODULE, AgentModule, RingDeploymentSpec, base_manifest, check_manifest, effective_manifest, ring_layer
+from edgefleet_agent.contract.iotedge import TWIN_STRING_LIMIT, model_key
+from components.rollout.types import RingTarget
+from edgefleet_agent.contract.state import DesiredModel
+from edgefleet.signing import sign_model_dir
+from edgefleet_agent.contract.manifest import HardwareProfile, Metric, ModelDir
 from edgefleet.model_add import add_version
-from edgefleet.signing import key_id_of, load_public_key, sign_bytes
+from edgefleet_agent.contract.signing import key_id_of, load_public_key, sign_bytes
 
 SAS = "sv=2022-11-02&sr=c&sp=r&se=2031-01-01T00%3A00%3A00Z&sig=S3CRETsasSIGNATURE%2Bx%3D"
 SECRET = "S3CRETsasSIGNATURE"
@@ -364,7 +366,7 @@ def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, mak
     assert set(client.reported["models"][model_key(MODEL)]) == documented_reported_fields() - {"error", "failedVersion"}
     assert {k: v for k, v in entry.items() if k != "p99LatencyMs"} == {
         "version": "1.1.0", "sha256": v110.sha256, "status": "ok", "error": None, "failedVersion": None,
-        "inferences": 20, "errors": 0, "invalidOutputs": 0, "agentVersion": "0.1.0",
+        "inferences": 20, "errors": 0, "invalidOutputs": 0, "agentVersion": AGENT_VERSION,
         "ring": SPEC.key, "rollout": want.rollout}
     assert entry["p99LatencyMs"] > 0
 

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-import agent.core
-from agent.store import StoreError
+import edgefleet_agent.core
+from edgefleet_agent.store import StoreError
 from agent_testkit import MODEL, FakeTransport
 
 
@@ -35,8 +35,8 @@ def restart(make_agent):
 def test_restart_reverifies_before_serving(make_agent, installed, monkeypatch, loads):
     current, _ = installed
     verified = []
-    real = agent.core.verify_artifact
-    monkeypatch.setattr(agent.core, "verify_artifact", lambda m, s, path, *a: verified.append(path) or real(m, s, path, *a))
+    real = edgefleet_agent.core.verify_artifact
+    monkeypatch.setattr(edgefleet_agent.core, "verify_artifact", lambda m, s, path, *a: verified.append(path) or real(m, s, path, *a))
     agent_ = restart(make_agent)
     assert (agent_.current_version, agent_.status) == ("1.1.0", "ok")
     assert verified == [current / "model.onnx"] and loads == [current / "model.onnx"]
@@ -57,7 +57,7 @@ def test_corrupt_current_slot_falls_back_to_previous(make_agent, installed, load
     elif damage == "delete the signature":
         (current / "model.yaml.sig").unlink()
     elif damage == "re-sign with another key":
-        from edgefleet.signing import sign_bytes
+        from edgefleet_agent.contract.signing import sign_bytes
         (current / "model.yaml.sig").write_bytes(sign_bytes(keys.other, (current / "model.yaml").read_bytes()).to_bytes())
     else:
         for name in ("model.onnx", "model.yaml", "model.yaml.sig"):
@@ -162,7 +162,7 @@ def test_fresh_state_directory_is_idle(make_agent):
 
 
 def test_two_models_share_a_device_state_directory(make_agent, tmp_path, keys, v100, v110):
-    from agent.core import DeviceAgent
+    from edgefleet_agent.core import DeviceAgent
 
     detector = make_agent(transport=FakeTransport(v110))
     other = DeviceAgent("dev-1", "classifier", tmp_path / "state", keys.pem, FakeTransport(None))

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-import agent.serving
-from agent.serving import CPU, SessionCache, choose_providers
+import edgefleet_agent.serving
+from edgefleet_agent.serving import CPU, SessionCache, choose_providers
 from agent_testkit import FakeTransport
 
 
@@ -63,8 +63,8 @@ class SlowSession:
 
 def test_request_in_flight_finishes_on_the_old_session(make_agent, transport, v100, v110, monkeypatch):
     sessions = []
-    real = agent.serving.open_session
-    monkeypatch.setattr(agent.serving, "open_session", lambda path, providers: sessions.append(SlowSession(real(path, providers))) or sessions[-1])
+    real = edgefleet_agent.serving.open_session
+    monkeypatch.setattr(edgefleet_agent.serving, "open_session", lambda path, providers: sessions.append(SlowSession(real(path, providers))) or sessions[-1])
     agent_ = make_agent()
     transport.desired_model = v100
     agent_.sync()

@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from agent.transport import FetchError, LocalHubTransport, download, fetch
+from edgefleet_agent.download import FetchError, download, fetch
+from edgefleet_agent.transports.local import LocalHubTransport
 
 
 def test_fetch_file_uri(tmp_path):

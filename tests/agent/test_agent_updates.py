@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import agent.core
-from agent import __version__
-from agent.core import RETRY_FIRST_SECONDS
+import edgefleet_agent.core
+from edgefleet_agent import __version__
+from edgefleet_agent.core import RETRY_FIRST_SECONDS
 from agent_testkit import MODEL, artifact_bytes, copy_to
 
 
@@ -211,8 +211,8 @@ def test_truncated_download_is_refused_and_retried_with_backoff(make_agent, tran
     short = tmp_path / "short.onnx"
     transport.desired_model = copy_to(v110, short, artifact_bytes(v110)[:1200])
     calls = []
-    real = agent.core.download
-    monkeypatch.setattr(agent.core, "download", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = edgefleet_agent.core.download
+    monkeypatch.setattr(edgefleet_agent.core, "download", lambda *a, **k: calls.append(a) or real(*a, **k))
     assert agent_.sync() is True
     report = agent_.build_report()
     assert (report.status, report.version, report.failed_version) == ("failed", "1.0.0", "1.1.0")
@@ -233,8 +233,8 @@ def test_refusal_is_remembered_until_the_desired_state_changes(make_agent, trans
     agent_ = make_agent()
     transport.desired_model = foreign = publisher.publish("1.1.0", "detector-1.1.0.onnx", signer=keys.other)
     verified = []
-    real = agent.core.verify_bytes
-    monkeypatch.setattr(agent.core, "verify_bytes", lambda *a: verified.append(a) or real(*a))
+    real = edgefleet_agent.core.verify_bytes
+    monkeypatch.setattr(edgefleet_agent.core, "verify_bytes", lambda *a: verified.append(a) or real(*a))
     assert agent_.sync() is True
     clock.now += 3600
     for _ in range(20):
@@ -279,7 +279,7 @@ def test_nan_model_is_refused_when_warmup_must_be_finite(make_agent, transport, 
 
 
 def test_unloadable_model_is_refused(make_agent, transport, publisher, v100, monkeypatch):
-    import agent.serving
+    import edgefleet_agent.serving
 
     agent_ = make_agent()
     transport.desired_model = v100
@@ -288,7 +288,7 @@ def test_unloadable_model_is_refused(make_agent, transport, publisher, v100, mon
     def broken(path, providers):
         raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model failed")
 
-    monkeypatch.setattr(agent.serving, "open_session", broken)
+    monkeypatch.setattr(edgefleet_agent.serving, "open_session", broken)
     transport.desired_model = publisher.publish("1.1.1", "detector-1.1.0.onnx")
     agent_.sync()
     assert agent_.build_report().error == f"onnxruntime could not load {MODEL} 1.1.1: [ONNXRuntimeError] : 1 : FAIL : Load model failed"
@@ -364,8 +364,8 @@ def test_download_retries_back_off(make_agent, transport, v110, tmp_path, clock,
     agent_ = make_agent()
     transport.desired_model = copy_to(v110, tmp_path / "short.onnx", artifact_bytes(v110)[:10])
     calls = []
-    real = agent.core.download
-    monkeypatch.setattr(agent.core, "download", lambda *a, **k: calls.append(clock.now) or real(*a, **k))
+    real = edgefleet_agent.core.download
+    monkeypatch.setattr(edgefleet_agent.core, "download", lambda *a, **k: calls.append(clock.now) or real(*a, **k))
     for _ in range(1300):
         agent_.sync()
         clock.now += 1

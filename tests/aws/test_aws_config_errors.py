@@ -6,7 +6,7 @@ import pytest
 
 import edgefleet.synth as synth_module
 from aws_testkit import project_copy
-from edgefleet.errors import ConfigError
+from edgefleet_agent.contract.errors import ConfigError
 from edgefleet.synth import synth
 
 STACK_FILE = "stacks/Pulumi.aws-dev.yaml"

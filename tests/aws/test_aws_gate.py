@@ -23,8 +23,9 @@ from components.aws.hub import AwsHub, RingSite
 from components.aws.plan import (Naming, RingComponents, RingJobPolicy, components_spec, deployment_request, deployment_tags,
                                  run_gate)
 from components.rollout.engine import rollout_id
-from components.rollout.types import DesiredModel, RingTarget
-from edgefleet.signing import Envelope, load_public_key, parse_rollback_order, verify_bytes
+from components.rollout.types import RingTarget
+from edgefleet_agent.contract.state import DesiredModel
+from edgefleet_agent.contract.signing import Envelope, load_public_key, parse_rollback_order, verify_bytes
 
 BUCKET = "edgefleet-aws-dev-models"
 MODEL_C, AGENT_C = "edgefleet.aws-dev.detector.Model", "edgefleet.aws-dev.detector.Agent"

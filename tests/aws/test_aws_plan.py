@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from aws_testkit import project_copy, synth_graph
 from components.aws.plan import (Naming, RingComponents, components_spec, deployment_request, deployment_tags, fit,
                                  query_terms, ring_job_policy, ring_query)
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet.config import AwsConfig, DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
-from edgefleet.manifest import HardwareProfile
+from edgefleet_agent.contract.manifest import HardwareProfile
 
 HW = HardwareProfile(name="cam", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb=512, storage_mb=512)
 CREATE = botocore.session.get_session().get_service_model("greengrassv2").operation_model("CreateDeployment").input_shape

@@ -17,7 +17,7 @@ from pulumi.dynamic.dynamic import serialize_provider
 from aws_testkit import PROJECT, REGION
 from components.aws import providers
 from components.aws.store import publish_artifact
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError
 
 MODEL = PROJECT / "models/detector/detector.onnx"
 

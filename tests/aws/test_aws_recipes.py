@@ -10,8 +10,8 @@ import pytest
 
 from aws_testkit import PROJECT, Graph
 from components.aws.recipes import SCHEMA, agent_recipe, model_recipe, recipe_errors as gdk_errors, recipe_text
-from edgefleet.errors import EdgefleetError
-from edgefleet.manifest import ModelDir
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.manifest import ModelDir
 
 SHARED_SCHEMA = PROJECT.parent / "shared" / "reference" / "greengrass" / "recipe_schema.json"
 

@@ -14,7 +14,7 @@ from moto import mock_aws
 
 from aws_testkit import PROJECT, REGION
 from components.aws.signer import KmsSigner
-from edgefleet.signing import Envelope, SignatureError, Signer, key_id_of, load_public_key, sign_bytes, verify_bytes
+from edgefleet_agent.contract.signing import Envelope, SignatureError, Signer, key_id_of, load_public_key, sign_bytes, verify_bytes
 
 KEY_ARN = f"arn:aws:kms:{REGION}:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 MANIFEST = (PROJECT / "models/detector/model.yaml").read_bytes()

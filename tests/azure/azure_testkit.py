@@ -34,8 +34,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from components.azure.configurations import verify_sas
-from components.azure.manifest import AGENT_MODULE, desired_from_agent, effective_manifest
-from edgefleet.signing import der_to_raw
+from components.azure.manifest import AGENT_MODULE, effective_manifest
+from edgefleet_agent.contract.iotedge import desired_from_agent
+from edgefleet_agent.contract.signing import der_to_raw
 
 HUB_HOST = "ef-test.azure-devices.net"
 POLICY = "edgefleet-deployer"

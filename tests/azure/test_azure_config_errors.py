@@ -9,7 +9,7 @@ import pulumi
 import pytest
 import yaml
 
-from edgefleet.errors import ConfigError
+from edgefleet_agent.contract.errors import ConfigError
 from edgefleet.synth import synth
 
 REPO = Path(__file__).resolve().parents[2]

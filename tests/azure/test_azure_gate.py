@@ -14,11 +14,11 @@ from components.azure import manifest as mf
 from components.azure.configurations import ConfigurationProvider, HubClient
 from components.azure.hub import AzureHub, MemoryProgressStore, hub_from_props, run_gate
 from components.rollout.engine import rollout_id
-from components.rollout.types import DesiredModel
+from edgefleet_agent.contract.state import DesiredModel
 from edgefleet.config import GateConfig, RingConfig
-from edgefleet.errors import EdgefleetError
-from edgefleet.signing import (Envelope, LocalKeySigner, SignatureError, create_key_file, load_public_key, parse_rollback_order,
-                               sign_bytes, verify_bytes)
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet.signing import LocalKeySigner, create_key_file
+from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, sign_bytes, verify_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 GATE = GateConfig(soak_seconds=600, deadline_seconds=1800, min_reporting_share=0.9, success_share=0.95, max_failure_share=0.0)
@@ -264,7 +264,7 @@ class MemoryContainer:
 
 def test_publishing_uploads_a_content_addressed_signed_artifact_once(signer):
     from components.azure.providers import publish_artifact
-    from edgefleet.artifact import verify_artifact
+    from edgefleet_agent.contract.artifact import verify_artifact
 
     text = (REPO / "models" / "detector" / "model.yaml").read_text()
     props = {"source": str(REPO / "models" / "detector" / "detector.onnx"), "model": "detector", "version": "1.0.0",

@@ -9,7 +9,8 @@ from azure_testkit import run_query
 from components.azure import manifest as mf
 from components.azure.hub import AzureHub, MemoryProgressStore
 from components.rollout.gate import evaluate
-from components.rollout.types import OFFENDERS_PER_METRIC, DesiredModel, RingTarget
+from components.rollout.types import OFFENDERS_PER_METRIC, RingTarget
+from edgefleet_agent.contract.state import DesiredModel
 from edgefleet.config import GateConfig
 
 AGENT = mf.AgentModule(image="efdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")

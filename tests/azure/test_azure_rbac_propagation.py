@@ -12,8 +12,8 @@ from azure_testkit import FakeKeyVault, StaticToken
 from components.azure import rbac
 from components.azure.providers import SigningPublicKeyProvider, publish_artifact, read_public_key
 from components.azure.signer import KeyVaultSigner
-from edgefleet.errors import EdgefleetError
-from edgefleet.signing import load_public_key
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.signing import load_public_key
 
 REPO = Path(__file__).resolve().parents[2]
 SHA = "de6313948e98ba28a0087916ca93f9bcb594a0eee60e35670d696b304ed3b7bc"
@@ -122,7 +122,7 @@ def test_publishing_waits_for_storage_and_key_vault_roles_and_uploads_once(vault
     out = publish_artifact(artifact_props(), signer=signer, container=box)
     assert len(rbac_waits) == 4
     assert box.uploads.count(f"detector/{SHA}.onnx") == 1 and box.uploads.count(f"detector/{SHA}.yaml.sig") == 1
-    from edgefleet.artifact import verify_artifact
+    from edgefleet_agent.contract.artifact import verify_artifact
 
     verify_artifact(box.blobs[f"detector/{SHA}.yaml"][0], out["signature"].encode(), REPO / "models" / "detector" / "detector.onnx",
                     load_public_key(vault.public_pem(), "vault"), "store")

@@ -9,8 +9,8 @@ import pytest
 
 from edgefleet.config import (KEYS, StackConfig, check_stack, hardware_runs, load_stack, parse_stack_config, read_stack_file,
                               to_pulumi_config)
-from edgefleet.errors import ConfigError
-from edgefleet.manifest import HardwareProfile
+from edgefleet_agent.contract.errors import ConfigError
+from edgefleet_agent.contract.manifest import HardwareProfile
 
 from .conftest import assert_user_error, local_stack_config, write_stack
 

@@ -9,9 +9,9 @@ import tracemalloc
 
 import pytest
 
-from edgefleet import digest
-from edgefleet.digest import CHUNK, same_file_digest, sha256_bytes, sha256_file
-from edgefleet.fsutil import atomic_copy, atomic_write_bytes
+from edgefleet_agent.contract import digest
+from edgefleet_agent.contract.digest import CHUNK, same_file_digest, sha256_bytes, sha256_file
+from edgefleet_agent.fsutil import atomic_copy, atomic_write_bytes
 
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345])

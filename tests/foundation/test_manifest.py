@@ -7,8 +7,8 @@ import copy
 import pytest
 import yaml
 
-from edgefleet.errors import ConfigError, EdgefleetError
-from edgefleet.manifest import HardwareProfile, ModelDir, ModelManifest, TensorSpec, parse_manifest_bytes
+from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
+from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir, ModelManifest, TensorSpec, parse_manifest_bytes
 
 from .conftest import DETECTOR
 

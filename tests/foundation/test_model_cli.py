@@ -12,7 +12,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from edgefleet.manifest import ModelDir
+from edgefleet_agent.contract.manifest import ModelDir
 
 from .conftest import SAMPLES, TARGET, assert_user_error, clone_model, edit_manifest, run_cli_subprocess
 
@@ -357,7 +357,7 @@ def test_validate_runs_must_be_positive(run_cli, detector_dir):
 
 
 def test_validate_function_rejects_zero_runs(detector_dir):
-    from edgefleet.errors import EdgefleetError
+    from edgefleet_agent.contract.errors import EdgefleetError
     from edgefleet.onnx_check import validate
 
     mdir = ModelDir(detector_dir)
@@ -366,8 +366,8 @@ def test_validate_function_rejects_zero_runs(detector_dir):
 
 
 def test_synthetic_inputs_follow_the_signature():
-    from edgefleet.manifest import TensorSpec
-    from edgefleet.onnx_check import non_finite_outputs, synthetic_inputs
+    from edgefleet_agent.contract.manifest import TensorSpec
+    from edgefleet_agent.tensors import non_finite_outputs, synthetic_inputs
 
     feeds = synthetic_inputs([TensorSpec(name="a", element_type="float16", shape=["batch", 4]),
                               TensorSpec(name="b", element_type="int32", shape=[2]),

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
-from edgefleet.manifest import ModelDir
+from edgefleet_agent.contract.manifest import ModelDir
 
 from .conftest import DETECTOR, REPO, SAMPLES
 

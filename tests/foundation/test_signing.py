@@ -14,10 +14,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from edgefleet.artifact import sign_model_dir, verify_artifact, verify_model_dir
-from edgefleet.manifest import ModelDir
-from edgefleet.signing import (ALGORITHM, SIGNATURE_FORMAT, Envelope, LocalKeySigner, SignatureError, der_to_raw,
-                               load_public_key, parse_rollback_order, raw_to_der, rollback_order, sign_bytes, verify_bytes)
+from edgefleet.signing import sign_model_dir
+from edgefleet_agent.contract.artifact import verify_artifact, verify_model_dir
+from edgefleet_agent.contract.manifest import ModelDir
+from edgefleet.signing import LocalKeySigner
+from edgefleet_agent.contract.signing import ALGORITHM, Envelope, SIGNATURE_FORMAT, SignatureError, der_to_raw, load_public_key, parse_rollback_order, raw_to_der, rollback_order, sign_bytes, verify_bytes
 
 from .conftest import assert_user_error
 
@@ -270,7 +271,8 @@ def test_signing_modules_do_not_import_pulumi_or_onnxruntime():
     import subprocess
     import sys
 
-    code = ("import sys, edgefleet.artifact, edgefleet.digest, edgefleet.signing, edgefleet.manifest; "
+    code = ("import sys, edgefleet_agent.contract.artifact, edgefleet_agent.contract.digest, edgefleet_agent.contract.signing, "
+            "edgefleet_agent.contract.manifest, edgefleet.signing; "
             "print(sorted(m for m in ('pulumi', 'onnxruntime', 'onnx', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

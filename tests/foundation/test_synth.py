@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgefleet.errors import EdgefleetError
-from edgefleet.manifest import ModelDir
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.manifest import ModelDir
 from edgefleet.synth import GRAPH_FORMAT, SECRET, dumps, synth
 
 from .conftest import assert_user_error, copy_project, local_stack_config, write_stack

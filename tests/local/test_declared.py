@@ -16,10 +16,11 @@ import yaml
 from components.local.fleet import exclusive, lock_path
 from components.local.hub import LocalHub
 from components.local.up import declared_state, up
-from components.rollout.types import DesiredModel, RingTarget
+from components.rollout.types import RingTarget
+from edgefleet_agent.contract.state import DesiredModel
 from edgefleet.cli import EXIT_INPUT, main
 from edgefleet.cli.fleet import outcome_line
-from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from edgefleet.model_add import add_version, parse_metric
 from edgefleet.synth import synth
 

@@ -20,7 +20,7 @@ from components.local.up import up
 from edgefleet.cli import EXIT_INPUT, main
 from edgefleet.config import load_stack
 from edgefleet.demo import MARKER, _prepare, find_project, run_demo
-from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from edgefleet.synth import synth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def agent_processes(hub_path: Path) -> list[int]:
                 cmd = (d / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"agent" in cmd and str(hub_path).encode() in cmd:
+            if b"edgefleet_agent" in cmd and str(hub_path).encode() in cmd:
                 out.append(int(d.name))
     return out
 

@@ -199,7 +199,7 @@ def test_offline_devices_are_pending_then_catch_up_when_they_reconnect(project):
 def test_up_refuses_a_cloud_stack_and_points_at_pulumi(project):
     import yaml
 
-    from edgefleet.errors import EdgefleetError
+    from edgefleet_agent.contract.errors import EdgefleetError
 
     p = project()
     doc = yaml.safe_load((p / "stacks" / "Pulumi.local.yaml").read_text())

@@ -15,7 +15,7 @@ from plan_repo import git
 from onnx import TensorProto, helper
 
 from edgefleet.cli import EXIT_POLICY, main
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet.model_add import add_version, parse_metric
 from edgefleet.plan import base_graph, compute_plan, diff_resources, local_devices, render_markdown
 from edgefleet.synth import synth

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefleet.config import AwsConfig, AzureConfig, PolicyConfig, hardware_runs
-from edgefleet.manifest import KNOWN_PROVIDERS, HardwareProfile
-from edgefleet.model_add import AGENT_VERSION
+from edgefleet_agent.contract.manifest import HardwareProfile, KNOWN_PROVIDERS
+from edgefleet_agent import __version__ as AGENT_VERSION
 from policies import rules
 
 profiles = st.builds(
@@ -31,7 +31,7 @@ def test_defaults_agree_with_the_stack_config_models():
         (cfg.production, cfg.canary_max_share, cfg.min_canary_soak_seconds, cfg.max_metric_regression)
     assert AwsConfig.model_fields["agent_version"].default == rules.DEFAULT_AGENT_VERSION
     assert AzureConfig.model_fields["agent_version"].default == rules.DEFAULT_AGENT_VERSION
-    assert AGENT_VERSION == rules.DEFAULT_AGENT_VERSION, "the local fleet runs this checkout's agent"
+    assert AGENT_VERSION == rules.LOCAL_AGENT_VERSION, "the local fleet runs this checkout's agent"
 
 
 @given(st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)), st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)))

@@ -355,7 +355,7 @@ def test_settings_from_stack_config_and_pulumi_config_agree():
     a = Settings.from_config(config, stack="prod")
     b = rules.settings_from_pulumi_config({f"edgefleet:{k}": json.dumps(v) for k, v in config.items()} | {"aws:region": "us-east-1"}, "prod")
     assert a == b
-    assert a.production and a.canary_max_share == 0.05 and a.agent_versions == {"local": "0.1.0", "aws": "0.4.0"}
+    assert a.production and a.canary_max_share == 0.05 and a.agent_versions == {"local": rules.LOCAL_AGENT_VERSION, "aws": "0.4.0"}
     assert a.level(rules.RULES_BY_NAME["metric-floor"]) == "advisory"
 
 

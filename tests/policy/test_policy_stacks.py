@@ -69,7 +69,7 @@ def test_the_local_store_is_exempt_until_the_stack_is_production():
 
 def test_a_stack_that_does_not_synthesize_fails_instead_of_skipping(monkeypatch):
     from edgefleet import synth
-    from edgefleet.errors import EdgefleetError
+    from edgefleet_agent.contract.errors import EdgefleetError
 
     def broken(project_dir, stack):
         raise EdgefleetError(f"stacks/Pulumi.{stack}.yaml", "broken on purpose")

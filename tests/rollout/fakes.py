@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from components.local.hub import observe_reports
-from components.rollout.types import DesiredModel, DeviceReport, RingObservation, RingTarget
+from components.rollout.observe import observe_reports
+from components.rollout.types import RingObservation, RingTarget
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
 
 class FakeClock:

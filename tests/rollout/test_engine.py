@@ -465,7 +465,7 @@ def test_a_long_kill_during_a_rollback_moves_its_deadline_instead_of_timing_it_o
 
 
 def test_an_operator_abort_rolls_every_touched_ring_back_under_a_signed_order():
-    from edgefleet.errors import EdgefleetError
+    from edgefleet_agent.contract.errors import EdgefleetError
 
     clock, hub, plan, engine, progress = started()
     while progress["rings"][1]["state"] != "soaking":                # canary passed, early soaking: then the process dies

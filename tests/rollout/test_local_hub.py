@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from components.local.hub import LocalHub, observe_reports
+from components.local.hub import LocalHub
+from components.rollout.observe import observe_reports
 from components.rollout.engine import RolloutEngine, RolloutPlan
 from components.rollout.gate import MAX_OFFENDERS, evaluate
-from components.rollout.types import OFFENDERS_PER_METRIC, DeviceReport, RingTarget
+from components.rollout.types import OFFENDERS_PER_METRIC, RingTarget
+from edgefleet_agent.contract.state import DeviceReport
 from edgefleet.config import GateConfig
-from edgefleet.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError
 from tests.rollout.fakes import desired
 
 V2 = desired("1.1.0")

@@ -1,52 +1,17 @@
-"""How an agent talks to its fleet: reads desired state, writes reports, downloads artifacts.
-
-The agent only depends on the `Transport` protocol, so the local hub, a Greengrass IPC client or an
-IoT Edge module twin can sit behind it without the agent knowing which platform it runs on.
-"""
+"""Downloading an artifact: streamed in constant memory, hashed as it arrives, checked against the size the
+signed manifest pins. Whatever the platform, the agent downloads with this code."""
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import unquote, urlsplit
-
-from components.rollout.types import DesiredModel, DeviceReport
 
 CHUNK = 1 << 20
 HTTP_TIMEOUT_SECONDS = 30
-
-
-class Transport(Protocol):
-    def desired(self, device_id: str, model: str) -> DesiredModel | None: ...
-
-    def report(self, report: DeviceReport) -> None: ...
-
-
-class LocalHubTransport:
-    """The local platform: the agent reads and writes the fleet's SQLite hub directly."""
-
-    def __init__(self, hub_path: str | os.PathLike[str]) -> None:
-        from components.local.hub import LocalHub
-
-        path = Path(hub_path)
-        if not path.is_file():
-            # LocalHub would create an empty hub here, and the agent would idle forever without saying why.
-            raise FileNotFoundError(f"{path}: no local hub database here; pass the hub the fleet writes (edgefleet up --stack local)")
-        self.hub = LocalHub(path)
-
-    def desired(self, device_id: str, model: str) -> DesiredModel | None:
-        return self.hub.device_desired(device_id, model)
-
-    def report(self, report: DeviceReport) -> None:
-        self.hub.put_report(report)
-
-    def close(self) -> None:
-        self.hub.close()
 
 
 class FetchError(Exception):

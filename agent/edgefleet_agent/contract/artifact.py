@@ -1,7 +1,7 @@
-"""Sign and verify a model version: manifest signature first, then the artifact against the digest it pins.
+"""Verify a model version: manifest signature first, then the artifact against the digest it pins.
 
-The device agent calls `verify_artifact` with the same code the CLI uses, so "it verified on my laptop"
-means the same thing as "it verified on the device".
+The device agent, `edgefleet-agent serve` and `edgefleet model verify` all call this code, so "it verified on
+my laptop" means the same thing as "it verified on the device".
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgefleet.digest import same_file_digest
-from edgefleet.errors import EdgefleetError
-from edgefleet.manifest import ModelDir, ModelManifest, parse_manifest_bytes
-from edgefleet.signing import Envelope, SignatureError, Signer, sign_bytes, verify_bytes
+from edgefleet_agent.contract.digest import same_file_digest
+from edgefleet_agent.contract.manifest import ModelDir, ModelManifest, parse_manifest_bytes
+from edgefleet_agent.contract.signing import Envelope, SignatureError, verify_bytes
 
 
 def verify_artifact(manifest_bytes: bytes, signature_bytes: bytes, model_path: Path,
@@ -26,21 +25,6 @@ def verify_artifact(manifest_bytes: bytes, signature_bytes: bytes, model_path: P
         raise SignatureError(source, f"artifact does not match the signed manifest: {problem}",
                              "re-download the artifact; if it changed on purpose, run `edgefleet model add` and re-sign")
     return manifest
-
-
-def sign_model_dir(model_dir: ModelDir, signer: Signer) -> Path:
-    """Signs the manifest after checking it pins the artifact next to it, then writes model.yaml.sig."""
-    from edgefleet.fsutil import atomic_write_bytes
-
-    manifest_bytes = model_dir.manifest_bytes()
-    manifest = model_dir.load()
-    problem = same_file_digest(model_dir.artifact_path(manifest), manifest.sha256, manifest.size)
-    if problem:
-        raise EdgefleetError(str(model_dir.manifest_path), f"refusing to sign: {problem}",
-                             f"run `edgefleet model add {model_dir.path} --onnx FILE --version X.Y.Z` to re-pin the artifact")
-    envelope = sign_bytes(signer, manifest_bytes)
-    atomic_write_bytes(model_dir.signature_path, envelope.to_bytes())
-    return model_dir.signature_path
 
 
 def verify_model_dir(model_dir: ModelDir, trusted: ec.EllipticCurvePublicKey) -> ModelManifest:

@@ -1,11 +1,11 @@
 """The agent as an Azure IoT Edge module: desired state from the module twin, reports to its reported properties.
 
-Contract (docs/azure.md, "The agent module twin"; components/azure/manifest.py is the source of truth):
+Contract (docs/azure.md, "The agent module twin"; edgefleet_agent/contract/iotedge.py is the source of truth):
 
 - desired: `properties.desired` = {"schemaVersion": "edgefleet-agent/1", "trust": {"keyId", "publicKeyPem"},
   "store": {"sasToken"}, "models": {<key>: {model, version, sha256, size, uri, manifest[, manifest01 …],
   manifestChunks, signature[, signature01 …], signatureChunks, rollout, ring[, rollbackOrder, rollbackSignature]}}},
-  <key> = `components.azure.manifest.model_key(model)`. IoT Hub holds at most 4 KB in a twin string, so the
+  <key> = `contract.iotedge.model_key(model)`. IoT Hub holds at most 4 KB in a twin string, so the
   manifest and signature come in `<name>Chunks` pieces named the way IoT Edge splits createOptions; the agent joins
   exactly that many (`desired_from_agent`) before verifying, which reproduces the signed bytes. The agent
   downloads `uri + "?" + store.sasToken`; the token is never logged nor reported.
@@ -32,19 +32,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
-from agent import __version__
-from components.azure.manifest import AGENT_FORMAT, desired_from_agent, model_key
-from components.rollout.types import DesiredModel, DeviceReport
-from edgefleet.errors import EdgefleetError
-from edgefleet.signing import key_id_of, load_public_key
+from edgefleet_agent import __version__
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.iotedge import AGENT_FORMAT, desired_from_agent, model_key, reported_entry
+from edgefleet_agent.contract.signing import key_id_of, load_public_key
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
 log = logging.getLogger("edgefleet.agent.iotedge")
 
-REPORTED_FIELDS = ("version", "sha256", "status", "error", "failedVersion", "inferences", "errors", "invalidOutputs",
-                   "p99LatencyMs", "agentVersion", "ring", "rollout")
 RESYNC_SECONDS = 900.0        # a full get_twin at least this often, whatever patches said
 RETRY_MAX_SECONDS = 60.0      # longest wait between twin reads while the hub cannot be reached
-REDACTED = "<redacted>"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")   # plain http allowed only to a store on the device itself (tests)
 
 
@@ -59,17 +56,6 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
         else:
             target[key] = copy.deepcopy(value)
     return target
-
-
-def reported_entry(report: DeviceReport, desired_entry: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
-    """One model's reported properties, exactly the documented fields (ring and rollout echoed from desired)."""
-    error = report.error
-    if error and secret:
-        error = error.replace(secret, REDACTED)
-    return {"version": report.version, "sha256": report.sha256, "status": report.status, "error": error,
-            "failedVersion": report.failed_version, "inferences": report.inferences, "errors": report.errors,
-            "invalidOutputs": report.invalid_outputs, "p99LatencyMs": report.p99_latency_ms,
-            "agentVersion": report.agent_version, "ring": desired_entry.get("ring"), "rollout": desired_entry.get("rollout")}
 
 
 class IoTEdgeTransport:
@@ -369,8 +355,8 @@ class EdgeSupervisor:
         return {e["model"] for e in self.transport.models().values() if isinstance(e.get("model"), str) and e["model"]}
 
     def _start(self, name: str, trust: Trust) -> None:
-        from agent.core import DeviceAgent
-        from agent.store import StoreError
+        from edgefleet_agent.core import DeviceAgent
+        from edgefleet_agent.store import StoreError
 
         agent = None
         try:

@@ -15,9 +15,9 @@ from typing import Any, Callable, Hashable
 import numpy as np
 import onnxruntime as ort
 
-from edgefleet.errors import EdgefleetError
-from edgefleet.manifest import ModelManifest
-from edgefleet.onnx_check import non_finite_outputs, synthetic_inputs
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.manifest import ModelManifest
+from edgefleet_agent.tensors import non_finite_outputs, synthetic_inputs
 
 CPU = "CPUExecutionProvider"
 FEED_POOL = 4          # distinct synthetic inputs cycled through, so the stream is not one repeated tensor

@@ -2,24 +2,31 @@
 
 The manifest pins the artifact's digest and size, so a signature over the manifest's bytes
 vouches for the model file too. Unknown keys are errors: a typo must never silently drop a field.
+
+`format` versions the manifest's shape. Format 1 is written without the key, so manifests stay byte-identical
+to what agents before it read; a later format names itself, and an agent refuses a format newer than
+MANIFEST_FORMAT with a message naming the agent version the manifest asks for, instead of failing on a key it
+does not know. The controller raises `min_agent_version` to what the fields it writes need.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 import semver
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer,
+                      model_validator)
 
-from edgefleet.errors import ConfigError, EdgefleetError, from_validation_error
+from edgefleet_agent.contract.errors import ConfigError, EdgefleetError, FormatError, from_validation_error
 
 # libyaml's loader when PyYAML was built with it (the PyPI wheels are): ~10x faster, same safe subset.
 # Devices parse a manifest at every install and every start, so this is on the fleet's hot path.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+MANIFEST_FORMAT = 1
 MANIFEST_FILE = "model.yaml"
 SIGNATURE_FILE = "model.yaml.sig"
 
@@ -37,6 +44,11 @@ KNOWN_PROVIDERS = (
     "XnnpackExecutionProvider", "ArmNNExecutionProvider", "ACLExecutionProvider",
     "DmlExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider",
 )
+
+# The agent version that first reads each manifest field added after format 1's: a manifest that uses one must name
+# at least that version in min_agent_version, so no agent receives a field it would refuse as unknown.
+BASELINE_AGENT_VERSION = "0.1.0"
+FIELDS_SINCE: dict[str, str] = {}
 
 NAME_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_RE)]
@@ -110,6 +122,7 @@ class ModelManifest(Strict):
     targets: list[HardwareProfile] = Field(min_length=1)
     min_agent_version: str
     description: str = ""
+    format: int = Field(default=1, ge=1, le=MANIFEST_FORMAT)
 
     _v_version = field_validator("version", "min_agent_version")(check_semver)
 
@@ -122,6 +135,15 @@ class ModelManifest(Strict):
                 raise ValueError(f"{label} has duplicate names: {', '.join(dupes)}")
         return self
 
+    @model_validator(mode="after")
+    def _readable_by_its_agents(self) -> "ModelManifest":
+        need = required_agent_version(dict(self))
+        if version_key(self.min_agent_version) < version_key(need):
+            used = ", ".join(f for f, v in FIELDS_SINCE.items() if version_key(v) > version_key(self.min_agent_version) and _used(dict(self), f))
+            raise ValueError(f"min_agent_version {self.min_agent_version} is older than {need}, the first agent that reads {used}; "
+                             f"set min_agent_version: {need}")
+        return self
+
     @property
     def semver(self) -> semver.Version:
         return semver.Version.parse(self.version)
@@ -129,8 +151,24 @@ class ModelManifest(Strict):
     def metric(self, name: str) -> Metric | None:
         return next((m for m in self.metrics if m.name == name), None)
 
+    @model_serializer(mode="wrap")
+    def _format_1_unwritten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body: dict[str, Any] = handler(self)
+        if body.get("format") == 1:
+            del body["format"]
+        return body
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=120)
+
+
+def _used(fields: Mapping[str, Any], name: str) -> bool:
+    return fields.get(name) not in (None, "", [], {})
+
+
+def required_agent_version(fields: Mapping[str, Any]) -> str:
+    """The oldest agent that reads every field a manifest with these field values uses."""
+    return max([BASELINE_AGENT_VERSION, *(v for f, v in FIELDS_SINCE.items() if _used(fields, f))], key=version_key)
 
 
 def parse_manifest_bytes(data: bytes, source: str) -> ModelManifest:
@@ -141,6 +179,11 @@ def parse_manifest_bytes(data: bytes, source: str) -> ModelManifest:
         raise ConfigError(source, f"not valid YAML: {exc}", "fix the YAML syntax") from None
     if not isinstance(raw, dict):
         raise ConfigError(source, "expected a mapping of manifest fields at the top level")
+    fmt = raw.get("format", 1)
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > MANIFEST_FORMAT:
+        wants = raw.get("min_agent_version")
+        raise FormatError(source, f"manifest format {fmt} is newer than the {MANIFEST_FORMAT} this agent reads",
+                          f"upgrade the agent{f' to {wants} or newer, as min_agent_version asks' if isinstance(wants, str) else ''}")
     try:
         return ModelManifest.model_validate(raw)
     except ValidationError as exc:
@@ -182,7 +225,7 @@ class ModelDir:
 
     def write(self, manifest: ModelManifest) -> None:
         """Writes atomically so an interrupted `model add` never leaves a half-written manifest."""
-        from edgefleet.fsutil import atomic_write_bytes
+        from edgefleet_agent.fsutil import atomic_write_bytes
 
         atomic_write_bytes(self.manifest_path, manifest.to_yaml().encode())
 

@@ -27,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - non-POSIX devices run without the single-agent lock
     fcntl = None  # type: ignore[assignment]
 
-from edgefleet.fsutil import fsync_dir
+from edgefleet_agent.fsutil import fsync_dir
 
 POINTER_FORMAT = "edgefleet-agent-pointer/v1"
 POINTER_FILE = "current.json"

@@ -1,4 +1,5 @@
-"""The one error type users see: where the problem is, what it is, and how to fix it."""
+"""The one error type users see, on the device and in the controller: where the problem is, what it is, and how
+to fix it. The controller's CLI prints it without a traceback; the agent reports it as the reason it refused."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ class EdgefleetError(Exception):
 
 class ConfigError(EdgefleetError):
     """A stack file or manifest that does not describe a valid fleet."""
+
+
+class FormatError(EdgefleetError):
+    """A document of the device contract in a format this reader does not know (newer, or not that document)."""
 
 
 def field_path(loc: tuple[Any, ...], prefix: str = "") -> str:

@@ -36,28 +36,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
-from agent import __version__
-from components.rollout.types import DesiredModel, DeviceReport
-from edgefleet.errors import EdgefleetError
-from edgefleet.manifest import parse_manifest_bytes
+from edgefleet_agent import __version__
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.greengrass import (COUNT_METRICS, DEVICE_DIMENSION, DEVICE_METRICS, DIMENSIONS, ENV_FILE, ENV_MANIFEST,
+                                                 ENV_NAMESPACE, ENV_RING, ENV_ROLLBACK_ORDER, ENV_ROLLBACK_SIGNATURE, ENV_ROLLOUT,
+                                                 ENV_SIGNATURE, LATENCY_METRIC, REQUIRED_ENV)
+from edgefleet_agent.contract.manifest import parse_manifest_bytes
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
 log = logging.getLogger("edgefleet.agent.greengrass")
 
 EXIT_REFUSED = 3
 
-ENV_MANIFEST = "EDGEFLEET_MODEL_MANIFEST"
-ENV_SIGNATURE = "EDGEFLEET_MODEL_SIGNATURE"
-ENV_FILE = "EDGEFLEET_MODEL_FILE"
-ENV_ROLLBACK_ORDER = "EDGEFLEET_ROLLBACK_ORDER"
-ENV_ROLLBACK_SIGNATURE = "EDGEFLEET_ROLLBACK_SIGNATURE"
-ENV_ROLLOUT = "EDGEFLEET_ROLLOUT"
-ENV_RING = "EDGEFLEET_RING"
-ENV_NAMESPACE = "EDGEFLEET_METRIC_NAMESPACE"
-REQUIRED_ENV = (ENV_MANIFEST, ENV_SIGNATURE, ENV_FILE)
-
-COUNT_METRICS = (("Inferences", "inferences"), ("Errors", "errors"), ("InvalidOutputs", "invalid_outputs"))
-LATENCY_METRIC = "LatencyP99Ms"
-DEVICE_METRICS = (("DeviceErrorRate", "errors"), ("DeviceInvalidOutputShare", "invalid_outputs"))   # share of the window's inferences
 BACKLOG_DATUMS = 200          # unsent data points kept for the next report (33 to 50 windows), oldest dropped first
 PUT_BATCH = 1000              # PutMetricData takes at most 1000 metrics (and 1 MB) per request
 CLIENT_RETRIES = 3            # botocore "standard" retry mode: attempts per request, with backoff
@@ -86,7 +76,7 @@ class GreengrassEnvironment:
         if missing:
             raise GreengrassConfigError(
                 f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: the agent component's recipe sets them "
-                "from the model component's configuration (components/aws/recipes.py AGENT_ENV)")
+                "from the model component's configuration (components/aws/recipes.py, edgefleet_agent/contract/greengrass.py)")
         model_file = environ[ENV_FILE].strip()
         if Path(model_file).name != model_file or model_file in (".", ".."):
             raise GreengrassConfigError(f"{ENV_FILE}={model_file!r} must be a plain file name under --model-dir")
@@ -148,8 +138,7 @@ class CloudWatchMetrics:
     def datums(self, report: DeviceReport) -> list[dict[str, Any]]:
         if report.version is None:
             return []                       # nothing served: no version to file the window under
-        dims = [{"Name": "Rollout", "Value": self.rollout}, {"Name": "Ring", "Value": self.ring},
-                {"Name": "Version", "Value": report.version}]
+        dims = [{"Name": name, "Value": value} for name, value in zip(DIMENSIONS, (self.rollout, self.ring, report.version))]
         at = datetime.fromtimestamp(report.reported_at, timezone.utc)
         out = [{"MetricName": name, "Dimensions": dims, "Timestamp": at, "Value": float(getattr(report, field)), "Unit": "Count"}
                for name, field in COUNT_METRICS]
@@ -164,7 +153,7 @@ class CloudWatchMetrics:
         (metric, dimensions) pair is a billed metric, so a healthy device must never create one."""
         if not report.inferences or not report.device_id:
             return []
-        device = [*dims, {"Name": "Device", "Value": report.device_id}]
+        device = [*dims, {"Name": DEVICE_DIMENSION, "Value": report.device_id}]
         return [{"MetricName": name, "Dimensions": device, "Timestamp": at, "Value": getattr(report, field) / report.inferences,
                  "Unit": "None"}
                 for name, field in DEVICE_METRICS if getattr(report, field) > 0]

@@ -1,0 +1,104 @@
+"""Desired state and device reports: what the controller tells a device and what the device says back.
+
+JSON on the wire (the local hub, IoT Hub twins and Greengrass configuration carry these or their fields).
+Each carries `format`, the version of its own shape: an agent refuses a desired state in a format newer than it
+reads and says so, instead of failing to parse it; within one format, fields are only ever added, with
+defaults, so an older reader ignores what it does not know. Format 1 is written without the key, byte for byte
+what agents before formats existed read and wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from edgefleet_agent.contract.errors import FormatError
+
+DESIRED_FORMAT = 1
+REPORT_FORMAT = 1
+
+DeviceStatus = Literal["ok", "failed", "updating", "idle"]
+
+
+def _dump(document: object) -> str:
+    body = dataclasses.asdict(document)  # type: ignore[call-overload]
+    if body.get("format") == 1:
+        del body["format"]
+    return json.dumps(body, sort_keys=True)
+
+
+def _known_fields(cls: type, body: dict[str, Any], what: str, newest: int) -> dict[str, Any]:
+    fmt = body.get("format", 1)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise FormatError(what, f"format {fmt!r} is not a format number")
+    if fmt > newest:
+        raise FormatError(what, f"is in format {fmt}, newer than the {newest} this agent reads",
+                          "upgrade the agent to the version the model's manifest names in min_agent_version")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in body.items() if k in names}
+
+
+@dataclass(frozen=True)
+class DesiredModel:
+    """What a device should run. The manifest text is the exact signed bytes (UTF-8)."""
+
+    model: str
+    version: str
+    sha256: str
+    size: int
+    uri: str
+    manifest: str
+    signature: str
+    rollout: str = ""
+    rollback_order: str | None = None        # set only on a sanctioned downgrade: signed JSON (signing.rollback_order)
+    rollback_signature: str | None = None
+    format: int = DESIRED_FORMAT
+
+    @property
+    def is_rollback(self) -> bool:
+        return self.rollback_order is not None
+
+    def to_json(self) -> str:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> DesiredModel | None:
+        """Raises FormatError for a format newer than this reader, or a body that is not a desired state."""
+        if not text:
+            return None
+        body = json.loads(text)
+        if not isinstance(body, dict):
+            raise FormatError("desired state", "is not a JSON object")
+        return cls(**_known_fields(cls, body, "desired state", DESIRED_FORMAT))
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """What an agent says about itself: the version it serves and how that version behaves."""
+
+    device_id: str
+    model: str
+    version: str | None                      # version being served; None when nothing verified is loaded
+    sha256: str | None
+    status: DeviceStatus
+    error: str | None = None                 # why the desired version was refused or broke
+    failed_version: str | None = None        # the desired version that was refused
+    inferences: int = 0                      # in the last reporting window
+    errors: int = 0
+    invalid_outputs: int = 0                 # outputs holding NaN / Inf
+    p99_latency_ms: float | None = None
+    agent_version: str = ""
+    reported_at: float = 0.0
+    format: int = REPORT_FORMAT
+
+    def to_json(self) -> str:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> DeviceReport:
+        body = json.loads(text)
+        if not isinstance(body, dict):
+            raise FormatError("device report", "is not a JSON object")
+        return cls(**_known_fields(cls, body, "device report", REPORT_FORMAT))
