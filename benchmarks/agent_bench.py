@@ -36,7 +36,7 @@ from edgefleet_agent.contract.state import DesiredModel, DeviceReport  # noqa: E
 from edgefleet.signing import sign_model_dir  # noqa: E402
 from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir  # noqa: E402
 from edgefleet.model_add import add_version  # noqa: E402
-from edgefleet.signing import LocalKeySigner, create_key_file, public_key_path
+from components.local.signer import LocalKeySigner, create_key_file, public_key_path
 from edgefleet_agent.contract.signing import rollback_order, sign_bytes  # noqa: E402
 
 SAMPLES = REPO / "models" / "samples"

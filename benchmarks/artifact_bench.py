@@ -59,7 +59,7 @@ def child(mode: str, artifact: str, key: str, template: str) -> None:
     from edgefleet_agent.contract.artifact import verify_artifact
     from edgefleet_agent.contract.digest import sha256_file
     from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes
-    from edgefleet.signing import LocalKeySigner
+    from components.local.signer import LocalKeySigner
     from edgefleet_agent.contract.signing import load_public_key, sign_bytes, verify_bytes
     import_s = time.perf_counter() - t_import
 
@@ -137,7 +137,7 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from edgefleet.signing import create_key_file
+    from components.local.signer import create_key_file
 
     for tool in ("sha256sum", "openssl"):
         if shutil.which(tool) is None:

@@ -33,7 +33,7 @@ from components.rollout.engine import RolloutPlan, rollout_id  # noqa: E402
 from edgefleet.config import load_stack  # noqa: E402
 from edgefleet_agent.contract.manifest import ModelDir  # noqa: E402
 from edgefleet.model_add import add_version, parse_metric  # noqa: E402
-from edgefleet.signing import LocalKeySigner, create_key_file  # noqa: E402
+from components.local.signer import LocalKeySigner, create_key_file  # noqa: E402
 
 
 class Timed:

@@ -19,5 +19,6 @@ class AppRegistry(pulumi.ComponentResource):
         super().__init__("edgefleet:registry:AppRegistry", name, {"platform": args.platform.name}, opts)
         self.resource_name = name
         out = args.platform.app_registry(self)
+        self.outputs = out
         self.repository_url = out.repository_url
         self.register_outputs({"repositoryUrl": out.repository_url})

@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.platform import Platform
-from edgefleet.config import DeviceGroupConfig
+from components.platform import Platform, StackBase
+from components.rollout.spec import DeviceGroupConfig
 
 
 @dataclass
 class DeviceGroupArgs:
     config: DeviceGroupConfig
     platform: Platform
+    base: StackBase
 
 
 class DeviceGroup(pulumi.ComponentResource):
@@ -28,6 +29,8 @@ class DeviceGroup(pulumi.ComponentResource):
         self.resource_name = name
         self.config = cfg
         self.platform = args.platform
-        out = args.platform.device_group(self, cfg)
+        self.base = args.base
+        out = args.platform.device_group(self, cfg, args.base)
+        self.outputs = out
         self.target = out.target
         self.register_outputs({"target": out.target})

@@ -20,6 +20,7 @@ class ModelStore(pulumi.ComponentResource):
         self.resource_name = name
         self.platform = args.platform
         out = args.platform.model_store(self)
+        self.outputs = out
         self.uri = out.uri
         self.encrypted = out.encrypted
         self.public_access_blocked = out.public_access_blocked

@@ -11,19 +11,16 @@ from pathlib import Path
 
 import pulumi
 
-from components.model_store import ModelStore
-from components.platform import Platform
-from components.signing_key import SigningKey
+from components.platform import Platform, PublishOutputs, StackBase
 from edgefleet_agent.contract.manifest import ModelDir
 
 
 @dataclass
 class Publication:
-    """Where the version is published on one platform: its store and the key that signs it there."""
+    """Where the version is published on one platform: its store and the key that signs it there (the base)."""
 
     platform: Platform
-    store: ModelStore
-    key: SigningKey
+    base: StackBase
 
 
 @dataclass
@@ -43,15 +40,15 @@ class ModelVersion(pulumi.ComponentResource):
             "sha256": manifest.sha256,
             "size": manifest.size,
             "manifest": manifest.model_dump(mode="json"),
-            "signingKeys": [p.key.urn for p in args.publications],
-            "stores": [p.store.urn for p in args.publications],
+            "signingKeys": [p.base.key.urn for p in args.publications],
+            "stores": [p.base.store.urn for p in args.publications],
         }, opts)
         self.resource_name = name
         self.manifest = manifest
         self.manifest_text = manifest_text
-        self.published = {}
+        self.published: dict[str, PublishOutputs] = {}
         for pub in args.publications:
-            self.published[pub.platform.name] = pub.platform.publish_model(self, manifest, manifest_text, mdir.artifact_path(manifest), pub.store, pub.key)
+            self.published[pub.platform.name] = pub.platform.publish_model(self, manifest, manifest_text, mdir.artifact_path(manifest), pub.base)
         first = next(iter(self.published.values()))
         self.version = pulumi.Output.from_input(manifest.version)
         self.digest = pulumi.Output.from_input(manifest.sha256)

@@ -1,8 +1,12 @@
 """The one small interface behind which AWS, Azure and the local fleet live.
 
-Generic components (ModelStore, SigningKey, ModelVersion, DeviceGroup, Rollout) own the concepts and
+Generic components (ModelStore, SigningKey, AppRegistry, ModelVersion, DeviceGroup, Rollout) own the concepts and
 their outputs; a Platform realises each concept as child resources parented to that component. Reading
-`components/aws/platform.py` beside `components/local/platform.py` should show the same seven methods.
+`components/aws/platform.py` beside `components/local/platform.py` should show the same methods.
+
+A platform is a value: whatever a step needs from an earlier one arrives as an argument (the stack's base
+resources, the model's publication, the rings before this one), each carrying the platform's own `handles`
+(its bucket, its key, its thing group…), so no method depends on what another was called with before.
 """
 
 from __future__ import annotations
@@ -14,16 +18,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pulumi
 
-from edgefleet.config import DeviceGroupConfig, RingConfig, RolloutConfig, StackConfig
+from components.rollout.spec import DeviceGroupConfig, RingConfig, RolloutConfig
 from edgefleet_agent.contract.manifest import ModelManifest
 
 if TYPE_CHECKING:
+    from components.app_registry import AppRegistry
     from components.device_group import DeviceGroup
     from components.model_store import ModelStore
     from components.model_version import ModelVersion
-    from components.rollout.component import Ring
+    from components.rollout_component import Ring
     from components.signing_key import SigningKey
-    from components.app_registry import AppRegistry
 
 
 @dataclass
@@ -31,6 +35,7 @@ class StoreOutputs:
     uri: pulumi.Output[str]                 # prefix under which artifacts live: s3://…, https://…blob…, file://…
     encrypted: bool
     public_access_blocked: bool
+    handles: Any = None                     # the platform's own resources, for the steps that follow
 
 
 @dataclass
@@ -38,16 +43,19 @@ class KeyOutputs:
     key_ref: pulumi.Output[str]             # KMS key ARN, Key Vault key id, or the local key file path
     public_key_pem: pulumi.Output[str]      # what devices trust
     exportable: bool
+    handles: Any = None
 
 
 @dataclass
 class RegistryOutputs:
     repository_url: pulumi.Output[str]
+    handles: Any = None
 
 
 @dataclass
 class GroupOutputs:
     target: pulumi.Output[str]              # thing group ARN, twin target condition, or the local selector
+    handles: Any = None
 
 
 @dataclass
@@ -55,6 +63,7 @@ class PublishOutputs:
     uri: pulumi.Output[str]                 # where devices download this exact artifact
     signature: pulumi.Output[str]           # the signature envelope over the manifest bytes
     extra: dict[str, pulumi.Output[Any]] = field(default_factory=dict)
+    handles: Any = None
 
 
 @dataclass
@@ -62,44 +71,58 @@ class RingOutputs:
     deployment: pulumi.Output[str]          # the platform deployment for this ring
     gate: pulumi.Output[str]                # resolves once the ring's gate passed; the next ring waits on it
     devices: pulumi.Output[Any]
+    handles: Any = None
+
+
+@dataclass(frozen=True)
+class StackBase:
+    """A platform's stack-wide resources, declared once: what groups, models and rings build on."""
+
+    key: SigningKey
+    store: ModelStore
+    registry: AppRegistry
 
 
 @dataclass(frozen=True)
 class RingSpec:
-    """What a Platform needs to build one ring: position, selection, gate, and what came before."""
+    """What a Platform needs to build one ring: position, selection, gate, and the rings declared before it."""
 
     rollout: RolloutConfig
     index: int
     ring: RingConfig
     group: DeviceGroupConfig
-    previous_gate: pulumi.Output[str] | None
+    previous: tuple[RingOutputs, ...] = ()
+
+    @property
+    def previous_gate(self) -> pulumi.Output[str] | None:
+        return self.previous[-1].gate if self.previous else None
 
 
 class Platform(ABC):
     name: ClassVar[str]
 
-    def __init__(self, stack: StackConfig, project_dir: Path) -> None:
+    def __init__(self, stack: Any, project_dir: Path) -> None:
         self.stack = stack
         self.project_dir = Path(project_dir)
 
     @abstractmethod
-    def model_store(self, parent: "ModelStore") -> StoreOutputs: ...
+    def signing_key(self, parent: SigningKey) -> KeyOutputs: ...
 
     @abstractmethod
-    def signing_key(self, parent: "SigningKey") -> KeyOutputs: ...
+    def model_store(self, parent: ModelStore) -> StoreOutputs: ...
 
     @abstractmethod
-    def app_registry(self, parent: "AppRegistry") -> RegistryOutputs: ...
+    def app_registry(self, parent: AppRegistry) -> RegistryOutputs: ...
 
     @abstractmethod
-    def device_group(self, parent: "DeviceGroup", group: DeviceGroupConfig) -> GroupOutputs: ...
+    def device_group(self, parent: DeviceGroup, group: DeviceGroupConfig, base: StackBase) -> GroupOutputs: ...
 
     @abstractmethod
-    def publish_model(self, parent: "ModelVersion", manifest: ModelManifest, manifest_text: str, artifact: Path,
-                      store: "ModelStore", key: "SigningKey") -> PublishOutputs: ...
+    def publish_model(self, parent: ModelVersion, manifest: ModelManifest, manifest_text: str, artifact: Path,
+                      base: StackBase) -> PublishOutputs: ...
 
     @abstractmethod
-    def ring(self, parent: "Ring", spec: RingSpec, model: "ModelVersion", group: "DeviceGroup") -> RingOutputs: ...
+    def ring(self, parent: Ring, spec: RingSpec, model: ModelVersion, group: DeviceGroup, base: StackBase) -> RingOutputs: ...
 
 
 def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:

@@ -3,6 +3,7 @@
 Each entry says where the platform's parts live, as `module:attribute` paths loaded on first use, so this
 module imports nothing: the CrossGuard pack's own virtualenv (policies/) reads it with no project installed.
 
+    title       how messages name the platform
     config      the schema of its `edgefleet:<name>` stack section (a pydantic model)
     checks      load-time checks, run before anything is declared: (StackConfig) -> [(key, problem, fix)]
     platform    the Platform that declares its resources (components/platform.py)
@@ -24,6 +25,7 @@ from typing import Any
 @dataclass(frozen=True)
 class PlatformEntry:
     name: str
+    title: str                # how messages name it
     config: str
     checks: str
     platform: str
@@ -42,6 +44,7 @@ class PlatformEntry:
 PLATFORMS: dict[str, PlatformEntry] = {
     "local": PlatformEntry(
         name="local",
+        title="local",
         config="components.local.config:LocalConfig",
         checks="components.local.checks:check_stack",
         platform="components.local.platform:LocalPlatform",
@@ -52,6 +55,7 @@ PLATFORMS: dict[str, PlatformEntry] = {
     ),
     "aws": PlatformEntry(
         name="aws",
+        title="AWS",
         config="components.aws.config:AwsConfig",
         checks="components.aws.checks:check_stack",
         platform="components.aws.platform:AwsPlatform",
@@ -62,6 +66,7 @@ PLATFORMS: dict[str, PlatformEntry] = {
     ),
     "azure": PlatformEntry(
         name="azure",
+        title="Azure",
         config="components.azure.config:AzureConfig",
         checks="components.azure.checks:check_stack",
         platform="components.azure.platform:AzurePlatform",

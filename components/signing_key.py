@@ -20,6 +20,7 @@ class SigningKey(pulumi.ComponentResource):
         self.resource_name = name
         self.platform = args.platform
         out = args.platform.signing_key(self)
+        self.outputs = out
         self.key_ref = out.key_ref
         self.public_key_pem = out.public_key_pem
         self.exportable = out.exportable

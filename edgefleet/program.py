@@ -9,17 +9,27 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pulumi
 
 from pulumi.runtime.config import CONFIG, get_config_env
 
-from edgefleet.config import KEYS, PROJECT, StackConfig, check_known_key, check_models_against_groups, parse_stack_config, raise_first
-from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
+from components import registry
+from components.app_registry import AppRegistry, AppRegistryArgs
+from components.device_group import DeviceGroup, DeviceGroupArgs
+from components.model_store import ModelStore, ModelStoreArgs
+from components.model_version import ModelVersion, ModelVersionArgs, Publication
+from components.platform import Platform, StackBase
+from components.rollout_component import Rollout, RolloutArgs
+from components.signing_key import SigningKey, SigningKeyArgs
+from components.stack import KEYS, PROJECT, check_models_against_groups, raise_first
+from edgefleet.config import check_known_key, parse_stack_config
+from edgefleet_agent.contract.errors import ConfigError
 from edgefleet_agent.contract.manifest import ModelDir, ModelManifest
 
 
-def read_config() -> tuple[StackConfig, str]:
+def read_config() -> tuple[Any, str]:
     """The engine's config, held to the same rules as `read_stack_file`: an unknown `edgefleet:` key is an error."""
     source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
     for key in {**get_config_env(), **CONFIG.get()}:
@@ -39,7 +49,7 @@ def read_config() -> tuple[StackConfig, str]:
     return parse_stack_config(raw, source), source
 
 
-def load_models(cfg: StackConfig, project_dir: Path, source: str) -> dict[str, tuple[ModelDir, ModelManifest]]:
+def load_models(cfg: Any, project_dir: Path, source: str) -> dict[str, tuple[ModelDir, ModelManifest]]:
     models = {}
     for i, ref in enumerate(cfg.models):
         mdir = ModelDir(project_dir / ref.path)
@@ -59,37 +69,22 @@ def load_models(cfg: StackConfig, project_dir: Path, source: str) -> dict[str, t
     return models
 
 
-def make_platform(name: str, cfg: StackConfig, project_dir: Path):
-    if name == "local":
-        from components.local.platform import LocalPlatform as cls
-    elif name == "aws":
-        from components.aws.platform import AwsPlatform as cls
-    elif name == "azure":
-        from components.azure.platform import AzurePlatform as cls
-    else:  # parse_stack_config allows only the three
-        raise EdgefleetError(name, "unknown platform")
-    return cls(cfg, project_dir)
+def make_platform(name: str, cfg: Any, project_dir: Path) -> Platform:
+    """The registry's platform for `name`, built from the stack (parse_stack_config allows only registered names)."""
+    return registry.platform(name).load("platform")(cfg, project_dir)
 
 
 @dataclass
 class Fleet:
-    config: StackConfig
-    platforms: dict
-    keys: dict
-    stores: dict
-    groups: dict
-    models: dict
-    rollouts: dict
+    config: Any
+    platforms: dict[str, Platform]
+    bases: dict[str, StackBase]
+    groups: dict[str, DeviceGroup]
+    models: dict[str, ModelVersion]
+    rollouts: dict[str, Rollout]
 
 
 def declare(project_dir: Path | None = None) -> Fleet:
-    from components.app_registry import AppRegistry, AppRegistryArgs
-    from components.device_group import DeviceGroup, DeviceGroupArgs
-    from components.model_store import ModelStore, ModelStoreArgs
-    from components.model_version import ModelVersion, ModelVersionArgs, Publication
-    from components.rollout.component import Rollout, RolloutArgs
-    from components.signing_key import SigningKey, SigningKeyArgs
-
     project_dir = Path(project_dir or Path.cwd())
     cfg, source = read_config()
     loaded = load_models(cfg, project_dir, source)
@@ -100,9 +95,11 @@ def declare(project_dir: Path | None = None) -> Fleet:
     keys = {p: SigningKey(f"{p}-signing", SigningKeyArgs(plat)) for p, plat in platforms.items()}
     stores = {p: ModelStore(f"{p}-models", ModelStoreArgs(plat)) for p, plat in platforms.items()}
     registries = {p: AppRegistry(f"{p}-apps", AppRegistryArgs(plat)) for p, plat in platforms.items()}
-    groups = {g.name: DeviceGroup(g.name, DeviceGroupArgs(g, platforms[cfg.group_platform(g)])) for g in cfg.groups}
+    bases = {p: StackBase(key=keys[p], store=stores[p], registry=registries[p]) for p in platforms}
+    groups = {g.name: DeviceGroup(g.name, DeviceGroupArgs(g, platforms[cfg.group_platform(g)], bases[cfg.group_platform(g)]))
+              for g in cfg.groups}
     models = {
-        name: ModelVersion(name, ModelVersionArgs(mdir.path, [Publication(plat, stores[p], keys[p]) for p, plat in platforms.items()]))
+        name: ModelVersion(name, ModelVersionArgs(mdir.path, [Publication(plat, bases[p]) for p, plat in platforms.items()]))
         for name, (mdir, _) in loaded.items()
     }
     rollouts = {r.name: Rollout(r.name, RolloutArgs(r, models[r.model], groups, platforms)) for r in cfg.rollouts}
@@ -110,7 +107,7 @@ def declare(project_dir: Path | None = None) -> Fleet:
     pulumi.export("models", {n: {"version": m.version, "digest": m.digest, "uri": m.uri} for n, m in models.items()})
     pulumi.export("signingKeys", {p: k.public_key_pem for p, k in keys.items()})
     pulumi.export("registries", {p: r.repository_url for p, r in registries.items()})
-    return Fleet(cfg, platforms, keys, stores, groups, models, rollouts)
+    return Fleet(cfg, platforms, bases, groups, models, rollouts)
 
 
 def main() -> None:

@@ -1,44 +1,22 @@
-"""`edgefleet status`: what each ring should run, what its devices last said they run, and the drift."""
+"""`edgefleet status`: for each of the stack's platforms, what each ring should run, what its devices last said
+they run, and the drift, from that platform's status reader (components/registry.py)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from components import registry
 from edgefleet.config import load_stack
-from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet.synth import synth
 
 
 def fleet_status(project_dir: Path, stack: str) -> dict[str, Any]:
-    from components.local.hub import LocalHub
-
-    project_dir = Path(project_dir).resolve()
-    cfg, source = load_stack(project_dir, stack)
-    if cfg.local is None:
-        raise EdgefleetError(source, "status reads the local hub; this stack has no local platform",
-                             "for cloud stacks, see the Greengrass / IoT Hub consoles or `pulumi stack output`")
-    path = project_dir / cfg.local.hub
-    if not path.is_file():
-        raise EdgefleetError(str(path), "no local hub yet", f"run `edgefleet up --stack {stack}` first")
-    hub = LocalHub(path)
-    rings = []
-    for state in hub.ring_states():
-        desired = state["desired"]
-        reports = hub.reports(state["model"], state["devices"])
-        want = desired.version if desired else None
-        reported = Counter(r.version for r in reports.values())
-        rings.append({
-            "rollout": state["rollout"], "ring": state["ring"],
-            "desired": (f"{want} (rollback)" if desired and desired.is_rollback else want),
-            "devices": len(state["devices"]),
-            "reported": dict(sorted(reported.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))),
-            "drift": sum(1 for r in reports.values() if r.version != want),
-            "drift_devices": sorted(d for d, r in reports.items() if r.version != want)[:20],
-            "silent": len(state["devices"]) - len(reports),
-            "failures": sorted({r.error for r in reports.values() if r.status == "failed" and r.error})[:5],
-        })
-    latest: dict[str, dict] = {}
-    for p in hub.rollouts():
-        latest[p["rollout"]] = p
-    return {"rings": rings, "rollouts": [{"rollout": k, "version": v["version"], "status": v["status"]} for k, v in latest.items()]}
+    cfg, source = load_stack(Path(project_dir).resolve(), stack)
+    graph = synth(project_dir, stack)
+    out: dict[str, Any] = {"rings": [], "rollouts": [], "declared": []}
+    for name in cfg.platforms:
+        part = registry.platform(name).load("status")(project_dir, cfg, source, stack, graph)
+        for key in out:
+            out[key] += part.get(key, [])
+    return out

@@ -13,7 +13,6 @@ same shape the engine passes in PULUMI_CONFIG.
 from __future__ import annotations
 
 import gc
-import importlib
 import json
 import os
 from contextlib import contextmanager
@@ -22,13 +21,13 @@ from typing import Any, Iterator
 
 import yaml
 
+from components import registry
 from edgefleet.config import parse_stack_config, read_stack_file, to_pulumi_config
 from edgefleet_agent.contract.errors import EdgefleetError
 
 GRAPH_FORMAT = "edgefleet-graph/v1"
 SECRET = "[secret]"
 UNKNOWN = "[unknown]"
-PLATFORM_MOCKS = ("components.local.mocks", "components.aws.mocks", "components.azure.mocks")
 
 
 def project_name(project_dir: Path) -> str:
@@ -57,14 +56,8 @@ def _clean(value: Any) -> Any:
 
 
 def _platform_hooks() -> list[Any]:
-    hooks = []
-    for name in PLATFORM_MOCKS:
-        try:
-            hooks.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return hooks
+    """Each registered platform's mocks: what its providers compute at deploy time, shown deterministically."""
+    return [entry.load("mocks") for entry in registry.PLATFORMS.values()]
 
 
 def _monitor_and_mocks(stack: str, project: str, region: str):

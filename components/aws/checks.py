@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from edgefleet.config import PROJECT, StackConfig
+from components.stack import PROJECT, StackConfig
 
 # Thing attribute names allow [a-zA-Z0-9_.,@/:#-]; fleet-indexing query terms need plain tokens, so labels that
 # select AWS devices keep to letters, digits, '_', '.' and '-'.
@@ -21,7 +21,7 @@ def aws_groups(cfg: StackConfig) -> set[str]:
     return {g.name for g in cfg.groups if cfg.group_platform(g) == "aws"}
 
 
-def check_aws_stack(cfg: StackConfig) -> list[tuple[str, str, str]]:
+def check_stack(cfg: StackConfig) -> list[tuple[str, str, str]]:
     if cfg.aws is None:
         return []
     out: list[tuple[str, str, str]] = []
@@ -48,11 +48,6 @@ def check_aws_stack(cfg: StackConfig) -> list[tuple[str, str, str]]:
     ring_names: set[str] = set()
     for i, r in enumerate(cfg.rollouts):
         aws_rings = [(j, ring) for j, ring in enumerate(r.rings) if ring.group in on_aws]
-        if aws_rings and len(aws_rings) != len(r.rings):
-            j = next(j for j, ring in enumerate(r.rings) if ring.group not in on_aws and ring.group in groups)
-            out.append((f"rollouts[{i}].rings[{j}].group", f"rollout {r.name!r} mixes AWS rings with rings on "
-                        f"{cfg.group_platform(groups[r.rings[j].group])}: a rollout's gates read one platform's health",
-                        "split it into one rollout per platform (see stacks/Pulumi.multi.yaml)"))
         for j, ring in aws_rings:
             key = f"rollouts[{i}].rings[{j}]"
             ring_names.add(ring.name)
@@ -112,7 +107,7 @@ def check_aws_recipes(cfg: StackConfig, project_dir: Path, stack: str) -> list[t
     from components.aws.plan import Naming, model_key
     from components.aws.recipes import agent_recipe, model_recipe, recipe_errors
     from edgefleet_agent.contract.manifest import ModelDir
-    from edgefleet.signing import standin_public_key_pem
+    from edgefleet_agent.contract.signing import standin_public_key_pem
     from edgefleet_agent.contract.signing import Envelope
 
     if cfg.aws is None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from edgefleet.config import GateConfig
+from components.rollout.spec import GateConfig
 
 from components.aws.plan import (Naming, RingComponents, RingJobPolicy, client_token, components_spec, deployment_request,
                                  deployment_tags, progress_key, rings_from_props)

@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from edgefleet.config import AwsConfig, DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
+from components.aws.config import AwsConfig
+from components.rollout.spec import DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
 
 from components.rollout.engine import FAILED, rollout_id
 from components.rollout.report import failure_summary

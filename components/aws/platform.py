@@ -47,6 +47,7 @@ bad version. The next forward deployment resets the rollback order away.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,11 @@ from components.aws.policies import (bucket_policy, core_device_iot_policy, devi
                                      ecr_lifecycle_policy, signing_key_policy, storage_key_policy)
 from components.aws.recipes import agent_recipe, model_recipe, recipe_text
 from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs, RingSpec,
-                                  StoreOutputs, child)
+                                 StackBase, StoreOutputs, child)
 from components.rollout.engine import rollout_id
-from edgefleet.config import AwsConfig, DeviceGroupConfig, raise_first
+from components.aws.config import AwsConfig
+from components.rollout.spec import DeviceGroupConfig
+from components.stack import raise_first
 from edgefleet_agent.contract.manifest import ModelManifest
 
 FLEET_TYPE = "edgefleet:aws:Fleet"
@@ -80,13 +83,13 @@ class GreengrassFleet(pulumi.ComponentResource):
     thing groups need it), and the device side of credentials: the token-exchange role devices assume through
     the role alias, least privilege (the model prefix, the agent image, the agent's metric namespace)."""
 
-    def __init__(self, name: str, platform: "AwsPlatform", opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(self, name: str, platform: "AwsPlatform", base: StackBase, opts: pulumi.ResourceOptions | None = None) -> None:
         aws_cfg = platform.aws
         thing_type = platform.naming.thing_type(aws_cfg)
         super().__init__(FLEET_TYPE, name, {"region": aws_cfg.region, "thingType": thing_type,
                                             "metricNamespace": aws_cfg.metric_namespace}, opts)
         p = platform
-        store, registry = p.store, p.registry
+        store, registry = base.store.outputs.handles, base.registry.outputs.handles
         # `properties` force replacement, and a fixed-name thing type cannot be created before the old one is
         # deleted (deprecate, then wait five minutes): they are constants, and changes to them are ignored.
         self.thing_type = aws.iot.ThingType(f"{name}-thing-type", name=thing_type, properties={
@@ -104,7 +107,7 @@ class GreengrassFleet(pulumi.ComponentResource):
                                  description="Greengrass token exchange role: read models, pull the agent image, publish agent health",
                                  max_session_duration=3600, opts=p.opts(self))
         self.role_policy = aws.iam.RolePolicy(f"{name}-device-role-policy", role=self.role.id, policy=pulumi.Output.all(
-            store["bucket"].arn, store["key"].arn, registry["repository"].arn).apply(
+            store.bucket.arn, store.key.arn, registry.repository.arn).apply(
             lambda a: _json(device_role_policy(a[0], a[1], aws_cfg.region, a[2], aws_cfg.metric_namespace))), opts=p.opts(self))
         self.role_alias = aws.iot.RoleAlias(f"{name}-role-alias", alias=p.naming.role_alias, role_arn=self.role.arn,
                                             credential_duration=3600, opts=p.opts(self, depends_on=[self.role_policy]))
@@ -115,25 +118,49 @@ class GreengrassFleet(pulumi.ComponentResource):
                                "coreDevicePolicy": self.core_policy.name})
 
 
+@dataclass(frozen=True)
+class Store:
+    bucket: aws.s3.Bucket
+    key: aws.kms.Key
+    ready: list[pulumi.Resource]          # what an object upload must wait for (policies, encryption, versioning)
+
+
+@dataclass(frozen=True)
+class Key:
+    key: aws.kms.Key
+    public_key_pem: pulumi.Output[str]
+
+
+@dataclass(frozen=True)
+class Registry:
+    repository: aws.ecr.Repository
+
+
+@dataclass(frozen=True)
+class Components:
+    model: Any                            # aws_native.greengrassv2.ComponentVersion of the model
+    agent: Any                            # … and of its agent
+
+
+@dataclass(frozen=True)
+class RingParts:
+    thing_group: Any                      # aws_native.iot.ThingGroup
+    gate: providers.RingGate
+
+
 class AwsPlatform(Platform):
     name = "aws"
 
     def __init__(self, stack, project_dir: Path) -> None:
         super().__init__(stack, project_dir)
         self.source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
-        self.aws: AwsConfig = stack.aws              # parse_stack_config ran check_aws_stack already
+        self.aws: AwsConfig = stack.aws              # parse_stack_config ran checks.check_stack already
         raise_first(check_aws_recipes(stack, self.project_dir, pulumi.get_stack()), self.source)
         self.naming = Naming(pulumi.get_stack())
         self.partition = partition(self.aws.region)
         self._providers: tuple[aws.Provider, aws_native.Provider] | None = None
         self._identity: tuple[pulumi.Output[str], pulumi.Output[str]] | None = None
-        self.store: dict[str, Any] = {}
-        self.registry: dict[str, Any] = {}
-        self.signing: dict[str, Any] = {}
         self._fleet: GreengrassFleet | None = None
-        self._ring_groups: dict[tuple[str, int], Any] = {}
-        self._gates: dict[tuple[str, int], providers.RingGate] = {}
-        self._components: dict[str, tuple[Any, Any]] = {}
 
     # -- plumbing -------------------------------------------------------------------------------------------
     def providers(self) -> tuple[aws.Provider, aws_native.Provider]:
@@ -168,12 +195,6 @@ class AwsPlatform(Platform):
     def account(self) -> pulumi.Output[str]:
         return self.identity()[0]
 
-    def _need(self, what: str, value: dict[str, Any]) -> dict[str, Any]:
-        if not value:
-            raise RuntimeError(f"AwsPlatform: {what} must be declared first (edgefleet.program.declare creates keys, stores, "
-                               "registries, groups, models, rollouts in that order)")
-        return value
-
     # -- Platform -------------------------------------------------------------------------------------------
     def signing_key(self, parent) -> KeyOutputs:
         n = parent.resource_name
@@ -184,8 +205,7 @@ class AwsPlatform(Platform):
                           opts=self.opts(parent))
         aws.kms.Alias(f"{n}-kms-alias", name=f"alias/{self.naming.prefix}-signing", target_key_id=key.key_id, opts=self.opts(parent))
         public = aws.kms.get_public_key_output(key_id=key.arn, opts=self._invoke_opts())
-        self.signing = {"key": key, "public_key_pem": public.public_key_pem}
-        return KeyOutputs(key_ref=key.arn, public_key_pem=public.public_key_pem, exportable=False)
+        return KeyOutputs(key_ref=key.arn, public_key_pem=public.public_key_pem, exportable=False, handles=Key(key, public.public_key_pem))
 
     def model_store(self, parent) -> StoreOutputs:
         n = parent.resource_name
@@ -214,8 +234,8 @@ class AwsPlatform(Platform):
             {"id": "abort-incomplete-uploads", "status": "Enabled", "filter": {"prefix": ""},
              "abort_incomplete_multipart_upload": {"days_after_initiation": 7}},
         ], opts=self.opts(parent, depends_on=[versioning]))
-        self.store = {"bucket": bucket, "key": key, "ready": [public, ownership, versioning, encryption, policy, lifecycle]}
-        return StoreOutputs(uri=bucket.bucket.apply(lambda b: f"s3://{b}/models/"), encrypted=True, public_access_blocked=True)
+        return StoreOutputs(uri=bucket.bucket.apply(lambda b: f"s3://{b}/models/"), encrypted=True, public_access_blocked=True,
+                            handles=Store(bucket, key, [public, ownership, versioning, encryption, policy, lifecycle]))
 
     def app_registry(self, parent) -> RegistryOutputs:
         n = parent.resource_name
@@ -223,19 +243,17 @@ class AwsPlatform(Platform):
                                   image_scanning_configuration={"scan_on_push": True},
                                   encryption_configurations=[{"encryption_type": "AES256"}], force_delete=False, opts=self.opts(parent))
         aws.ecr.LifecyclePolicy(f"{n}-ecr-lifecycle", repository=repo.name, policy=_json(ecr_lifecycle_policy()), opts=self.opts(parent))
-        self.registry = {"repository": repo}
-        return RegistryOutputs(repository_url=repo.repository_url)
+        return RegistryOutputs(repository_url=repo.repository_url, handles=Registry(repo))
 
-    def fleet(self) -> GreengrassFleet:
+    def fleet(self, base: StackBase) -> GreengrassFleet:
+        """The stack's one Greengrass fleet (thing type, indexing, device role), declared with the first group or ring."""
         if self._fleet is None:
-            self._need("the model store", self.store)
-            self._need("the app registry", self.registry)
-            self._fleet = GreengrassFleet("aws-greengrass", self)
+            self._fleet = GreengrassFleet("aws-greengrass", self, base)
         return self._fleet
 
-    def device_group(self, parent, group: DeviceGroupConfig) -> GroupOutputs:
+    def device_group(self, parent, group: DeviceGroupConfig, base: StackBase) -> GroupOutputs:
         n = parent.resource_name
-        fleet = self.fleet()
+        fleet = self.fleet(base)
         name = self.naming.group_thing_group(group.name)
         after = [fleet.thing_type] + ([fleet.indexing] if fleet.indexing is not None else [])
         props = {"thing_group_description": f"edgefleet device group {group.name} ({group.hardware.name})"}
@@ -252,32 +270,33 @@ class AwsPlatform(Platform):
                                              opts=self.opts(parent, depends_on=[tg]))
         return GroupOutputs(target=tg.arn)
 
-    def publish_model(self, parent, manifest: ModelManifest, manifest_text: str, artifact: Path, store, key) -> PublishOutputs:
+    def publish_model(self, parent, manifest: ModelManifest, manifest_text: str, artifact: Path, base: StackBase) -> PublishOutputs:
         n = parent.resource_name
-        st = self._need("the model store", self.store)
-        signing = self._need("the signing key", self.signing)
-        registry = self._need("the app registry", self.registry)
-        bucket = st["bucket"]
+        st: Store = base.store.outputs.handles
+        signing: Key = base.key.outputs.handles
+        registry: Registry = base.registry.outputs.handles
+        store, key = base.store, base.key
+        bucket = st.bucket
         # Content-addressed and retained: a new version never overwrites an old one, and moving on never deletes
         # what a rollback may need to download again.
-        keep = {"retain_on_delete": True, "depends_on": [*st["ready"], store, key]}
+        keep = {"retain_on_delete": True, "depends_on": [*st.ready, store, key]}
         source = artifact.relative_to(self.project_dir) if artifact.is_relative_to(self.project_dir) else artifact
         objects = {"sha256": manifest.sha256, "model": manifest.name, "version": manifest.version}
         # uploaded by a dynamic provider that checks the file against the manifest's digest first and streams it
         art = providers.ModelArtifact(f"{n}-artifact", {
             "region": self.aws.region, "bucket": bucket.bucket, "key": model_key(manifest.name, manifest.sha256), "source": str(source),
-            "sha256": manifest.sha256, "size": manifest.size, "kms_key": st["key"].arn, "model": manifest.name, "version": manifest.version,
+            "sha256": manifest.sha256, "size": manifest.size, "kms_key": st.key.arn, "model": manifest.name, "version": manifest.version,
         }, child(parent, **keep))
         man = aws.s3.BucketObjectv2(f"{n}-manifest", bucket=bucket.id, key=model_key(manifest.name, manifest.sha256, ".yaml"),
                                     content=manifest_text, content_type="application/yaml", server_side_encryption="aws:kms",
-                                    kms_key_id=st["key"].arn, bucket_key_enabled=True, metadata=objects, opts=self.opts(parent, **keep))
+                                    kms_key_id=st.key.arn, bucket_key_enabled=True, metadata=objects, opts=self.opts(parent, **keep))
         sig = providers.ManifestSignature(f"{n}-manifest-signature", {
-            "region": self.aws.region, "signing_key": signing["key"].arn, "model": manifest.name, "version": manifest.version,
+            "region": self.aws.region, "signing_key": signing.key.arn, "model": manifest.name, "version": manifest.version,
             "sha256": manifest.sha256, "manifest": manifest_text,
         }, child(parent, depends_on=[key]))
         sig_obj = aws.s3.BucketObjectv2(f"{n}-signature", bucket=bucket.id, key=model_key(manifest.name, manifest.sha256, ".yaml.sig"),
                                         content=sig.signature, content_type="application/json", server_side_encryption="aws:kms",
-                                        kms_key_id=st["key"].arn, bucket_key_enabled=True, metadata=objects, opts=self.opts(parent, **keep))
+                                        kms_key_id=st.key.arn, bucket_key_enabled=True, metadata=objects, opts=self.opts(parent, **keep))
         uri = art.uri
         model_component = self.naming.model_component(manifest.name)
         model_cv = aws_native.greengrassv2.ComponentVersion(
@@ -287,45 +306,43 @@ class AwsPlatform(Platform):
             tags={"edgefleet:model": manifest.name, "edgefleet:version": manifest.version, "edgefleet:sha256": manifest.sha256},
             # Greengrass reads the artifact to compute its digest when the version is created: the object must exist
             opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[art, man, sig_obj]))
-        image = registry["repository"].repository_url.apply(lambda url: f"{url}:{self.aws.agent_version}")
+        image = registry.repository.repository_url.apply(lambda url: f"{url}:{self.aws.agent_version}")
         agent_component = self.naming.agent_component(manifest.name)
         agent_cv = aws_native.greengrassv2.ComponentVersion(
             f"{n}-agent-component",
-            inline_recipe=pulumi.Output.all(image, signing["public_key_pem"]).apply(
+            inline_recipe=pulumi.Output.all(image, signing.public_key_pem).apply(
                 lambda a: recipe_text(agent_recipe(agent_component, self.aws.agent_version, manifest.name, model_component, a[0],
                                                    self.aws.metric_namespace, a[1]))),
             tags={"edgefleet:model": manifest.name, "edgefleet:agent-version": self.aws.agent_version},
             opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[model_cv]))
-        self._components[manifest.name] = (model_cv, agent_cv)
-        return PublishOutputs(uri=uri, signature=sig.signature, extra={
+        return PublishOutputs(uri=uri, signature=sig.signature, handles=Components(model_cv, agent_cv), extra={
             "modelComponent": model_cv.arn, "agentComponent": agent_cv.arn,
             "manifestUri": bucket.bucket.apply(lambda b: f"s3://{b}/{model_key(manifest.name, manifest.sha256, '.yaml')}"),
             "signatureUri": bucket.bucket.apply(lambda b: f"s3://{b}/{model_key(manifest.name, manifest.sha256, '.yaml.sig')}"),
         })
 
-    def ring(self, parent, spec: RingSpec, model, group) -> RingOutputs:
+    def ring(self, parent, spec: RingSpec, model, group, base: StackBase) -> RingOutputs:
         n = parent.resource_name
         rollout, ring, index = spec.rollout, spec.ring, spec.index
         manifest = model.manifest
-        model_cv, agent_cv = self._components[manifest.name]
+        published = model.published[self.name]
+        model_cv, agent_cv = published.handles.model, published.handles.agent
+        earlier: list[RingParts] = [r.handles for r in spec.previous]
         groups = {g.name: g for g in self.stack.groups}
         policy = ring_job_policy(self.aws, ring)
         rid = rollout_id(rollout.name, _desired_stub(manifest))
 
         # 1. the ring's devices: a dynamic thing group that excludes earlier rings (never later ones)
         query = ring_query(rollout, index, groups, self.naming.thing_type(self.aws), self.naming)
-        fleet = self.fleet()
+        fleet = self.fleet(base)
         tg = aws_native.iot.ThingGroup(
             f"{n}-thing-group", thing_group_name=self.naming.ring_thing_group(rollout.name, ring.name), query_string=query,
             thing_group_properties={"thing_group_description": f"edgefleet ring {ring.name} of rollout {rollout.name} "
                                                                 f"(ring {index + 1}, {policy.devices} devices)"},
             opts=self.opts(parent, native=True, depends_on=[fleet.thing_type, group] + ([fleet.indexing] if fleet.indexing else [])))
-        self._ring_groups[(rollout.name, index)] = tg
 
         # 2. the ring's deployment: inputs from this ring only; ordered after the previous ring's gate
-        previous_gate = self._gates.get((rollout.name, index - 1)) if index > 0 else None
-        if index > 0 and (previous_gate is None or spec.previous_gate is None):
-            raise RuntimeError(f"AwsPlatform: ring {index} of rollout {rollout.name!r} declared before ring {index - 1}'s gate")
+        previous_gate = earlier[-1].gate if earlier else None
         components = pulumi.Output.all(model_cv.component_name, model_cv.component_version, agent_cv.component_name,
                                        agent_cv.component_version).apply(
             lambda a: components_spec(RingComponents(a[0], a[2], a[3], rollout.name, ring.name), a[1], rid))
@@ -342,11 +359,10 @@ class AwsPlatform(Platform):
 
         # 4. the gate: waits, judges, and on failure rolls every touched ring back
         rings = rollout.rings[: index + 1]
-        targets = [self._ring_groups[(rollout.name, i)].arn for i in range(index)] + [tg.arn]
-        published = model.published[self.name]
+        targets = [r.thing_group.arn for r in earlier] + [tg.arn]
         gate = providers.RingGate(f"{n}-gate", {
-            "region": self.aws.region, "stack": pulumi.get_stack(), "bucket": self.store["bucket"].bucket,
-            "signing_key": self.signing["key"].arn, "metric_namespace": self.aws.metric_namespace,
+            "region": self.aws.region, "stack": pulumi.get_stack(), "bucket": base.store.outputs.handles.bucket.bucket,
+            "signing_key": base.key.outputs.handles.key.arn, "metric_namespace": self.aws.metric_namespace,
             "rollout": rollout.name, "ring": ring.name, "index": index, "total_rings": len(rollout.rings),
             "rings": [r.model_dump(mode="json") for r in rings], "targets": targets,
             "policies": [ring_job_policy(self.aws, r).to_json() for r in rings],
@@ -356,9 +372,8 @@ class AwsPlatform(Platform):
             "agent_version": agent_cv.component_version, "gate_config": ring.gate.model_dump(mode="json"),
             "poll_seconds": self.aws.poll_seconds,
         }, child(parent, depends_on=[deployment], custom_timeouts=pulumi.CustomTimeouts(create=_gate_timeout(rings))))
-        self._gates[(rollout.name, index)] = gate
         devices = pulumi.Output.all(tg.arn).apply(lambda a: {"thingGroup": a[0], "query": query, "expectedDevices": policy.devices})
-        return RingOutputs(deployment=deployment.deployment_id, gate=gate.gate, devices=devices)
+        return RingOutputs(deployment=deployment.deployment_id, gate=gate.gate, devices=devices, handles=RingParts(tg, gate))
 
     def _alarms(self, parent, rollout: str, ring, version: str) -> list[aws.cloudwatch.MetricAlarm]:
         n = parent.resource_name

@@ -1,6 +1,6 @@
 """Azure-specific rules over a stack's config. Pure, so `edgefleet policy` and the CrossGuard pack can call them.
 
-`check_azure_stack` runs with the config's validation; `check_azure_manifests` (which also reads the models'
+`check_stack` runs with the config's validation; `check_azure_manifests` (which also reads the models'
 manifests) runs when AzurePlatform is created. Both run before anything is declared, so a bad stack fails naming
 the stack file and key.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from edgefleet.config import StackConfig
-from edgefleet.signing import standin_public_key_pem
+from components.stack import StackConfig
+from edgefleet_agent.contract.signing import standin_public_key_pem
 
 from components.azure.manifest import label_problems
 
@@ -19,7 +19,7 @@ METRICS_INTERVAL_SECONDS = 300          # IoT Hub evaluates deployments and thei
 MIN_SAS_DAYS = 30                       # time to notice, rotate and let every device pick up a new base deployment
 
 
-def check_azure_stack(cfg: StackConfig, today: datetime.date | None = None) -> list[tuple[str, str, str]]:
+def check_stack(cfg: StackConfig, today: datetime.date | None = None) -> list[tuple[str, str, str]]:
     """(key, problem, fix) for each rule an Azure stack breaks. `today` (UTC) is for tests."""
     out: list[tuple[str, str, str]] = []
     if "azure" not in cfg.platforms:

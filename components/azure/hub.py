@@ -302,7 +302,7 @@ def desired_from_props(props: dict[str, Any]) -> DesiredModel:
 
 
 def hub_from_props(props: dict[str, Any], progress: ProgressStore | None = None, **kwargs: Any) -> AzureHub:
-    from edgefleet.config import RingConfig
+    from components.rollout.spec import RingConfig
 
     client = HubClient(props["hub_host"], props["key_name"], props["hub_key"], props.get("endpoint"))
     specs = {s.key: s for s in (RingDeploymentSpec.from_json(d) for d in props["ring_specs"])}
@@ -312,7 +312,7 @@ def hub_from_props(props: dict[str, Any], progress: ProgressStore | None = None,
 
 
 def plan_from_props(hub: AzureHub, props: dict[str, Any]):
-    from edgefleet.config import RingConfig
+    from components.rollout.spec import RingConfig
 
     from components.rollout.engine import RingPlan, RolloutPlan
 

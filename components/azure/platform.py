@@ -30,9 +30,11 @@ from components.azure.configurations import Configuration
 from components.rollout.engine import rollout_id
 from components.azure.providers import ModelArtifact, RingGate, SigningPublicKey
 from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs,
-                                 RingSpec, StoreOutputs, child)
+                                 RingSpec, StackBase, StoreOutputs, child)
 from edgefleet_agent.contract.state import DesiredModel
-from edgefleet.config import PROJECT, AzureConfig, DeviceGroupConfig, raise_first
+from components.azure.config import AzureConfig
+from components.rollout.spec import DeviceGroupConfig
+from components.stack import PROJECT, raise_first
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import ModelManifest
 
@@ -120,31 +122,31 @@ class _Key:
     public: SigningPublicKey
 
 
+@dataclass
+class _Base:
+    """A device group's base deployment and its content, which every ring's layer is checked on top of."""
+
+    configuration: Configuration
+    content: pulumi.Output[dict]
+
+
 class AzurePlatform(Platform):
     name = "azure"
 
     def __init__(self, stack, project_dir: Path) -> None:
         super().__init__(stack, project_dir)
         self.source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
-        self.az: AzureConfig = stack.azure           # parse_stack_config ran check_azure_stack already
+        self.az: AzureConfig = stack.azure           # parse_stack_config ran checks.check_stack already
         password = pulumi.Config(f"{PROJECT}-azure").get_secret("registryPassword") is not None
         raise_first(check_azure_manifests(stack, self.project_dir, registry_password=password), self.source)
         self._foundation: Foundation | None = None
-        self._store: _Store | None = None
-        self._key: _Key | None = None
-        self._registry: azure.containerregistry.Registry | None = None
-        self._base: dict[str, tuple[Configuration, pulumi.Output[dict]]] = {}
 
     @property
     def foundation(self) -> Foundation:
+        """The stack's resource group, IoT Hub and identity, declared with whichever part of the stack comes first."""
         if self._foundation is None:
             self._foundation = Foundation("azure", self.az)
         return self._foundation
-
-    def _needs(self, what: str, value: Any) -> Any:
-        if value is None:
-            raise RuntimeError(f"AzurePlatform: {what} must be declared first (the program declares keys, stores, registries, then groups)")
-        return value
 
     # -- store ------------------------------------------------------------------------------------------------
     def model_store(self, parent) -> StoreOutputs:
@@ -178,8 +180,8 @@ class AzurePlatform(Platform):
             resource="c", permissions="r", protocols="https",
             shared_access_expiry_time=f"{self.az.device_sas_expiry}T00:00:00Z")
         endpoint = account.primary_endpoints.apply(lambda e: e.blob)
-        self._store = _Store(account, endpoint, pulumi.Output.secret(sas.service_sas_token), access)
-        return StoreOutputs(uri=endpoint.apply(lambda e: f"{e.rstrip('/')}/{MODELS_CONTAINER}/"), encrypted=True, public_access_blocked=True)
+        return StoreOutputs(uri=endpoint.apply(lambda e: f"{e.rstrip('/')}/{MODELS_CONTAINER}/"), encrypted=True, public_access_blocked=True,
+                            handles=_Store(account, endpoint, pulumi.Output.secret(sas.service_sas_token), access))
 
     # -- signing key --------------------------------------------------------------------------------------------
     def signing_key(self, parent) -> KeyOutputs:
@@ -206,8 +208,8 @@ class AzurePlatform(Platform):
             opts=child(parent, retain_on_delete=True))       # devices in the field trust it: never deleted with the stack
         access = f.grant(f"{name}-deployer-crypto", parent, vault.id, KEY_VAULT_CRYPTO_USER)
         public = SigningPublicKey(f"{name}-public", {"key_url": key.key_uri_with_version}, child(parent, depends_on=[access]))
-        self._key = _Key(key, key.key_uri_with_version, public)
-        return KeyOutputs(key_ref=key.key_uri_with_version, public_key_pem=public.public_key_pem, exportable=False)
+        return KeyOutputs(key_ref=key.key_uri_with_version, public_key_pem=public.public_key_pem, exportable=False,
+                          handles=_Key(key, key.key_uri_with_version, public))
 
     # -- registry -------------------------------------------------------------------------------------------------
     def app_registry(self, parent) -> RegistryOutputs:
@@ -226,24 +228,23 @@ class AzurePlatform(Platform):
             f"{name}-devices-token", token_name=DEVICE_TOKEN, registry_name=registry.name, resource_group_name=f.rg.name,
             scope_map_id=scope.id, status="enabled", opts=child(parent))
         f.grant(f"{name}-deployer-push", parent, registry.id, ACR_PUSH)
-        self._registry = registry
-        return RegistryOutputs(repository_url=registry.login_server.apply(lambda s: f"{s}/{mf.AGENT_REPOSITORY}"))
+        return RegistryOutputs(repository_url=registry.login_server.apply(lambda s: f"{s}/{mf.AGENT_REPOSITORY}"), handles=registry)
 
-    def _agent(self) -> pulumi.Output[mf.AgentModule]:
+    def _agent(self, base: StackBase) -> pulumi.Output[mf.AgentModule]:
         """The agent module, with the signing key's id pinned in its environment: the twin also carries the public
         key, but a twin-only writer cannot make devices trust another key without changing the $edgeAgent deployment."""
-        registry = self._needs("the registry", self._registry)
-        key = self._needs("the signing key", self._key)
+        registry: azure.containerregistry.Registry = base.registry.outputs.handles
+        key: _Key = base.key.outputs.handles
         return pulumi.Output.all(registry.login_server, key.public.key_id).apply(
             lambda a: mf.AgentModule(image=f"{a[0]}/{mf.AGENT_REPOSITORY}:{self.az.agent_version}", agent_version=self.az.agent_version,
                                      env={"EDGEFLEET_TRUSTED_KEY_ID": a[1]}))
 
     # -- device groups: one base deployment each ------------------------------------------------------------------
-    def device_group(self, parent, group: DeviceGroupConfig) -> GroupOutputs:
+    def device_group(self, parent, group: DeviceGroupConfig, base: StackBase) -> GroupOutputs:
         f = self.foundation
-        store = self._needs("the model store", self._store)
-        key = self._needs("the signing key", self._key)
-        registry = self._needs("the registry", self._registry)
+        store: _Store = base.store.outputs.handles
+        key: _Key = base.key.outputs.handles
+        registry: azure.containerregistry.Registry = base.registry.outputs.handles
         condition = mf.group_condition(dict(group.labels), list(group.devices))
         password = pulumi.Config(f"{PROJECT}-azure").get_secret("registryPassword")
         secrets: dict[str, Any] = {"storeSas": store.device_sas}
@@ -259,7 +260,7 @@ class AzurePlatform(Platform):
             _check(mc, f"base deployment of group {group.name!r}")
             return {"modulesContent": mc}
 
-        body = pulumi.Output.all(self._agent(), registry.login_server, key.public.public_key_pem, key.public.key_id).apply(content)
+        body = pulumi.Output.all(self._agent(base), registry.login_server, key.public.public_key_pem, key.public.key_id).apply(content)
         config = Configuration(f"{parent.resource_name}-base", {
             **f.hub_access(),
             "id_prefix": f"ef-base-{group.name}", "id_hint": f"agent-{self.az.agent_version}",
@@ -268,39 +269,39 @@ class AzurePlatform(Platform):
             "labels": {mf.BASE_LABEL: group.name, "edgefleet-kind": "base", "edgefleet-group": group.name},
             "metrics": {}, "exclusive_label": mf.BASE_LABEL, "check": "edgefleet-agent",
         }, child(parent, depends_on=[store.access]))
-        self._base[group.name] = (config, body)
-        return GroupOutputs(target=pulumi.Output.from_input(condition))
+        return GroupOutputs(target=pulumi.Output.from_input(condition), handles=_Base(config, body))
 
     # -- models ---------------------------------------------------------------------------------------------------
-    def publish_model(self, parent, manifest: ModelManifest, manifest_text: str, artifact: Path, store, key) -> PublishOutputs:
-        s = self._needs("the model store", self._store)
-        k = self._needs("the signing key", self._key)
+    def publish_model(self, parent, manifest: ModelManifest, manifest_text: str, artifact: Path, base: StackBase) -> PublishOutputs:
+        s: _Store = base.store.outputs.handles
+        k: _Key = base.key.outputs.handles
         source = str(artifact.relative_to(self.project_dir) if artifact.is_relative_to(self.project_dir) else artifact)
         art = ModelArtifact(f"{parent.resource_name}-azure-artifact", {
             "blob_endpoint": s.blob_endpoint, "container": MODELS_CONTAINER, "key_url": k.key_url, "source": source,
             "model": manifest.name, "version": manifest.version, "sha256": manifest.sha256, "size": manifest.size,
             "manifest": manifest_text,
-        }, child(parent, depends_on=[store, key]))
+        }, child(parent, depends_on=[base.store, base.key]))
         return PublishOutputs(uri=art.uri, signature=art.signature)
 
     # -- rings: a layered deployment and a gate each --------------------------------------------------------------
-    def _ring_specs(self, spec: RingSpec, model_name: str) -> pulumi.Output[list[dict[str, Any]]]:
+    def _ring_specs(self, spec: RingSpec, model_name: str, base: StackBase) -> pulumi.Output[list[dict[str, Any]]]:
         rings = spec.rollout.rings
         groups = [self.stack.group(r.group) for r in rings]
         conditions = mf.ring_conditions([(dict(g.labels), list(g.devices), dict(r.labels)) for g, r in zip(groups, rings)])
-        return self._agent().apply(lambda agent: [mf.RingDeploymentSpec(
+        return self._agent(base).apply(lambda agent: [mf.RingDeploymentSpec(
             rollout=spec.rollout.name, ring=r.name, index=i, model=model_name, target_condition=conditions[i],
             priority=self.az.deployment_priority + 1, agent=agent, agent_schema=self.az.edge_agent_schema).to_json()
             for i, r in enumerate(rings)])
 
-    def ring(self, parent, spec: RingSpec, model, group) -> RingOutputs:
+    def ring(self, parent, spec: RingSpec, model, group, base: StackBase) -> RingOutputs:
         f = self.foundation
-        store = self._needs("the model store", self._store)
-        key = self._needs("the signing key", self._key)
-        base, base_content = self._needs(f"the base deployment of group {spec.group.name!r}", self._base.get(spec.group.name))
+        store: _Store = base.store.outputs.handles
+        key: _Key = base.key.outputs.handles
+        group_base: _Base = group.outputs.handles
+        base_content = group_base.content
         published = model.published[self.name]
         manifest = model.manifest
-        specs = self._ring_specs(spec, manifest.name)
+        specs = self._ring_specs(spec, manifest.name, base)
 
         def layer(args: list[Any]) -> dict[str, Any]:
             ring_specs, uri, signature, base_mc = args
@@ -319,7 +320,7 @@ class AzurePlatform(Platform):
             **{k: props.apply(lambda p, k=k: p[k]) for k in
                ("id_prefix", "id_hint", "content", "target_condition", "priority", "labels", "metrics", "exclusive_label")},
             "check": "edgefleet-agent", **after,
-        }, child(parent, depends_on=[base]))
+        }, child(parent, depends_on=[group_base.configuration]))
         gate_cfg = spec.ring.gate
         gate = RingGate(f"{parent.resource_name}-gate", {
             **f.hub_access(),

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from edgefleet.config import PROJECT, DeviceGroupConfig, StackConfig
+from components.rollout.spec import DeviceGroupConfig
+from components.stack import PROJECT, StackConfig
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 
 from components.local.hub import LocalHub

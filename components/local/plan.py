@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-from edgefleet.config import DeviceGroupConfig, RingConfig, RolloutConfig
+from components.rollout.spec import DeviceGroupConfig, RingConfig, RolloutConfig
 from edgefleet_agent.contract.manifest import parse_manifest_bytes, version_key
-from edgefleet.signing import LocalKeySigner
+from components.local.signer import LocalKeySigner
 from edgefleet_agent.contract.signing import Signer, parse_rollback_order, rollback_order, sign_bytes
 
 from components.local.fleet import lock_holder, lock_path

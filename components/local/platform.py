@@ -7,9 +7,10 @@ from pathlib import Path
 import pulumi
 
 from components.local import providers
-from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs,
-                                 RingSpec, StoreOutputs, child)
-from edgefleet.config import DeviceGroupConfig, LocalConfig
+from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs, RingSpec,
+                                 StackBase, StoreOutputs, child)
+from components.local.config import LocalConfig
+from components.rollout.spec import DeviceGroupConfig
 from edgefleet_agent.contract.errors import ConfigError
 from edgefleet_agent.contract.manifest import ModelManifest
 
@@ -35,20 +36,20 @@ class LocalPlatform(Platform):
     def app_registry(self, parent) -> RegistryOutputs:
         return RegistryOutputs(repository_url=pulumi.Output.from_input("source:agent (the local fleet runs the agent from this checkout)"))
 
-    def device_group(self, parent, group: DeviceGroupConfig) -> GroupOutputs:
+    def device_group(self, parent, group: DeviceGroupConfig, base: StackBase) -> GroupOutputs:
         selector = {"labels": dict(group.labels), "devices": list(group.devices)}
         return GroupOutputs(target=pulumi.Output.from_input(pulumi.Output.json_dumps(selector)))
 
-    def publish_model(self, parent, manifest: ModelManifest, manifest_text: str, artifact: Path, store, key) -> PublishOutputs:
+    def publish_model(self, parent, manifest: ModelManifest, manifest_text: str, artifact: Path, base: StackBase) -> PublishOutputs:
         source = str(artifact.relative_to(self.project_dir) if artifact.is_relative_to(self.project_dir) else artifact)
         art = providers.Artifact(f"{parent.resource_name}-local-artifact", {
             "store": self.local.store, "key_file": self.stack.signing.key_file, "source": source,
             "model": manifest.name, "version": manifest.version, "sha256": manifest.sha256, "size": manifest.size,
             "manifest": manifest_text,
-        }, child(parent, depends_on=[store, key]))
+        }, child(parent, depends_on=[base.store, base.key]))
         return PublishOutputs(uri=art.uri, signature=art.signature)
 
-    def ring(self, parent, spec: RingSpec, model, group) -> RingOutputs:
+    def ring(self, parent, spec: RingSpec, model, group, base: StackBase) -> RingOutputs:
         published = model.published[self.name]
         manifest = model.manifest
         rings = spec.rollout.rings[: spec.index + 1]

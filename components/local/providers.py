@@ -46,7 +46,7 @@ class SigningKeyProvider(_Idempotent):
     def create(self, props: dict[str, Any]) -> CreateResult:
         from pathlib import Path
 
-        from edgefleet.signing import LocalKeySigner, create_key_file
+        from components.local.signer import LocalKeySigner, create_key_file
 
         path = Path(props["key_file"])
         if not path.exists():
@@ -66,7 +66,7 @@ class ArtifactProvider(_Idempotent):
         from pathlib import Path
 
         from components.local.store import publish
-        from edgefleet.signing import LocalKeySigner
+        from components.local.signer import LocalKeySigner
 
         published = publish(Path(props["store"]), props["manifest"], Path(props["source"]), LocalKeySigner(props["key_file"]), props["source"])
         return CreateResult(id_=f"{published.model}@{published.version}+{published.sha256[:12]}",

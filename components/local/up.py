@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from edgefleet.config import DeviceGroupConfig, RingConfig, RolloutConfig, StackConfig, load_stack
+from components.rollout.spec import DeviceGroupConfig, RingConfig, RolloutConfig
+from components.stack import StackConfig, parse_stack
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
-from edgefleet.signing import LocalKeySigner, create_key_file
+from components.local.signer import LocalKeySigner, create_key_file
 
 from components.local.fleet import LocalFleet, exclusive, local_devices, lock_path, register
 from components.local.hub import LocalHub
@@ -89,12 +90,18 @@ def signer_for(cfg: StackConfig, project_dir: Path) -> LocalKeySigner:
     return LocalKeySigner(path)
 
 
-def local_stack(project_dir: Path, stack: str, verb: str) -> tuple[StackConfig, str]:
-    cfg, source = load_stack(project_dir, stack)
+def local_stack(cfg: Any, source: str, stack: str, verb: str) -> Any:
+    """`cfg` if it has a local platform to drive; otherwise an error saying what to run instead."""
     if "local" not in cfg.platforms or cfg.local is None:
         raise EdgefleetError(source, f"{verb} drives the local platform; this stack targets {', '.join(cfg.platforms)}",
                              f"use `pulumi up --stack {stack}` with the Pulumi CLI, or preview offline with `edgefleet plan --stack {stack}`")
-    return cfg, source
+    return cfg
+
+
+def graph_stack(graph: dict[str, Any], stack: str, verb: str) -> tuple[Any, str]:
+    """The stack config a synthesized graph was declared from (synth validated it), checked to have a local platform."""
+    source = graph.get("stack_file") or f"stacks/Pulumi.{stack}.yaml"
+    return local_stack(parse_stack(graph["config"], source), source, stack, verb), source
 
 
 def local_models(cfg: StackConfig) -> list[str]:
@@ -108,7 +115,7 @@ def up(project_dir: Path, stack: str, graph: dict[str, Any], on_update: Callable
     """Makes the rings run what is declared. With `abort` (the reason), instead rolls back every rollout left in
     flight (a killed `up`, a version nobody wants to finish) to its previous version, whatever is declared."""
     project_dir = Path(project_dir).resolve()
-    cfg, source = local_stack(project_dir, stack, "edgefleet up")
+    cfg, source = graph_stack(graph, stack, "edgefleet up")
     hub_path = project_dir / cfg.local.hub
     with exclusive(lock_path(hub_path, "up"), f"another `edgefleet up --stack {stack}` is rolling out on this hub",
                    "wait for it to finish, or stop it (Ctrl-C in its terminal, or `kill {pid}`); "
@@ -178,7 +185,7 @@ def _up(project_dir: Path, stack: str, cfg: StackConfig, source: str, hub_path: 
 def declared_state(project_dir: Path, stack: str, graph: dict[str, Any]) -> list[dict[str, Any]]:
     """Declared versus running, per rollout, and what `edgefleet up` would do about it; reads the hub, writes nothing."""
     project_dir = Path(project_dir).resolve()
-    cfg, _ = local_stack(project_dir, stack, "edgefleet status")
+    cfg, _ = graph_stack(graph, stack, "edgefleet status")
     hub = LocalHub(project_dir / cfg.local.hub)
     out = []
     for d in declared(graph):
@@ -211,12 +218,12 @@ def declared_state(project_dir: Path, stack: str, graph: dict[str, Any]) -> list
     return out
 
 
-def serve(project_dir: Path, stack: str, stop: threading.Event, on_ready: Callable[[LocalFleet, LocalHub], None] | None = None,
+def serve(project_dir: Path, stack: str, cfg: Any, source: str, stop: threading.Event, on_ready: Callable[[LocalFleet, LocalHub], None] | None = None,
           on_tick: Callable[[LocalFleet, LocalHub], None] | None = None, tick_seconds: float = 10.0) -> None:
     """`edgefleet fleet run`: registers the stack's devices and runs them until `stop` is set, so that the
     ring gates of `pulumi up --stack local` (another process) find devices that adopt and report."""
     project_dir = Path(project_dir).resolve()
-    cfg, source = local_stack(project_dir, stack, "edgefleet fleet run")
+    local_stack(cfg, source, stack, "edgefleet fleet run")
     devices = local_devices(cfg, source)
     models = local_models(cfg)
     if not models:

@@ -18,7 +18,7 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from edgefleet.config import GateConfig
+from components.rollout.spec import GateConfig
 from edgefleet_agent.contract.errors import EdgefleetError
 
 from components.rollout.gate import evaluate, measure

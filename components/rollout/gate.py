@@ -6,7 +6,7 @@ deadline, then adoption, then the soak. Offline devices are pending, never failu
 
 from __future__ import annotations
 
-from edgefleet.config import GateConfig
+from components.rollout.spec import GateConfig
 
 from components.rollout.types import RingObservation, Verdict
 

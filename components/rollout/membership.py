@@ -13,7 +13,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-from edgefleet.config import DeviceGroupConfig, RingConfig
+from components.rollout.spec import DeviceGroupConfig, RingConfig
 
 
 @dataclass(frozen=True)

@@ -127,12 +127,9 @@ def status_cmd(
 ) -> None:
     """Each ring's desired and reported versions, drift (devices running something other than desired), and
     whether the declared versions are what the rings run."""
-    from components.local.up import declared_state
     from edgefleet.status import fleet_status
-    from edgefleet.synth import synth
 
     rows = fleet_status(project_dir, stack)
-    rows["declared"] = declared_state(project_dir, stack, synth(project_dir, stack))
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -181,6 +178,7 @@ def fleet_run_cmd(
     """Register the stack's simulated devices in the local hub and run them (and their agent processes) until
     Ctrl-C: the fleet that `pulumi up --stack local`, run in another terminal, rolls out to."""
     from components.local.up import serve
+    from edgefleet.config import load_stack
 
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -200,7 +198,8 @@ def fleet_run_cmd(
             console.print(f"{time.strftime('%H:%M:%S')} {model}: {running}", highlight=False)
 
     try:
-        serve(project_dir, stack, stop, on_ready=ready, on_tick=tick, tick_seconds=every)
+        cfg, source = load_stack(Path(project_dir).resolve(), stack)
+        serve(project_dir, stack, cfg, source, stop, on_ready=ready, on_tick=tick, tick_seconds=every)
     except KeyboardInterrupt:
         err_console.print("fleet stopped")
     finally:

@@ -73,7 +73,7 @@ def sign(
 ) -> None:
     """Write models/<name>/model.yaml.sig: ECDSA P-256 over the manifest, which pins the model's digest."""
     from edgefleet.signing import sign_model_dir
-    from edgefleet.signing import LocalKeySigner
+    from components.local.signer import LocalKeySigner
 
     signer = LocalKeySigner(key)
     path = sign_model_dir(ModelDir(model_dir), signer)

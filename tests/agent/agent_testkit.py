@@ -13,7 +13,7 @@ from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 from edgefleet.signing import sign_model_dir
 from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir
 from edgefleet.model_add import add_version
-from edgefleet.signing import LocalKeySigner
+from components.local.signer import LocalKeySigner
 from edgefleet_agent.contract.signing import rollback_order, sign_bytes
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "azure"))   # azure
 from edgefleet_agent.core import DeviceAgent
 from agent_testkit import MODEL, Clock, FakeTransport, HttpStore, Keys, Publisher
 from edgefleet_agent.contract.state import DesiredModel
-from edgefleet.signing import LocalKeySigner, create_key_file, public_key_path
+from components.local.signer import LocalKeySigner, create_key_file, public_key_path
 
 
 @pytest.fixture(scope="session")

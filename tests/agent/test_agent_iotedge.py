@@ -424,7 +424,7 @@ def test_the_gate_counts_adopted_and_failed_devices_from_what_agents_report(tmp_
 def test_the_gate_names_the_device_whose_agent_reports_nan_outputs(tmp_path, keys, v110, v120_nan, http_store, make):
     from components.rollout.gate import evaluate
     from components.rollout.report import offender_text
-    from edgefleet.config import GateConfig
+    from components.rollout.spec import GateConfig
 
     hub = FakeIoTHub()
     for name, version in (("cam-good", v110), ("cam-nan", v120_nan)):

@@ -15,7 +15,8 @@ from aws_testkit import project_copy, synth_graph
 from components.aws.plan import (Naming, RingComponents, components_spec, deployment_request, deployment_tags, fit,
                                  query_terms, ring_job_policy, ring_query)
 from edgefleet_agent.contract.errors import EdgefleetError
-from edgefleet.config import AwsConfig, DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
+from components.aws.config import AwsConfig
+from components.rollout.spec import DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
 from edgefleet_agent.contract.manifest import HardwareProfile
 
 HW = HardwareProfile(name="cam", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb=512, storage_mb=512)

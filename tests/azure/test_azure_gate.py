@@ -15,9 +15,9 @@ from components.azure.configurations import ConfigurationProvider, HubClient
 from components.azure.hub import AzureHub, MemoryProgressStore, hub_from_props, run_gate
 from components.rollout.engine import rollout_id
 from edgefleet_agent.contract.state import DesiredModel
-from edgefleet.config import GateConfig, RingConfig
+from components.rollout.spec import GateConfig, RingConfig
 from edgefleet_agent.contract.errors import EdgefleetError
-from edgefleet.signing import LocalKeySigner, create_key_file
+from components.local.signer import LocalKeySigner, create_key_file
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, sign_bytes, verify_bytes
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import pytest
 from azure_testkit import matches
 from components.azure import manifest as mf
 from edgefleet_agent.contract.state import DesiredModel
-from edgefleet.signing import LocalKeySigner, create_key_file
+from components.local.signer import LocalKeySigner, create_key_file
 from edgefleet_agent.contract.signing import key_id_of, load_public_key, rollback_order, sign_bytes
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from components.azure.hub import AzureHub, MemoryProgressStore
 from components.rollout.gate import evaluate
 from components.rollout.types import OFFENDERS_PER_METRIC, RingTarget
 from edgefleet_agent.contract.state import DesiredModel
-from edgefleet.config import GateConfig
+from components.rollout.spec import GateConfig
 
 AGENT = mf.AgentModule(image="efdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")
 SPEC = mf.RingDeploymentSpec(rollout="detector", ring="canary", index=0, model="detector", target_condition="tags.ring='canary'",

@@ -128,7 +128,7 @@ def edit_manifest(model_dir: Path, **changes) -> None:
 @pytest.fixture(scope="session")
 def keypair(tmp_path_factory) -> tuple[Path, Path]:
     """(private key, public key) created with `edgefleet keys create`'s code path."""
-    from edgefleet.signing import create_key_file, public_key_path
+    from components.local.signer import create_key_file, public_key_path
 
     key = create_key_file(tmp_path_factory.mktemp("keys") / "signing.pem")
     return key, public_key_path(key)
@@ -136,7 +136,7 @@ def keypair(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def other_keypair(tmp_path_factory) -> tuple[Path, Path]:
-    from edgefleet.signing import create_key_file, public_key_path
+    from components.local.signer import create_key_file, public_key_path
 
     key = create_key_file(tmp_path_factory.mktemp("other-keys") / "other.pem")
     return key, public_key_path(key)

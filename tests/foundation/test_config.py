@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from edgefleet.config import (KEYS, StackConfig, check_stack, hardware_runs, load_stack, parse_stack_config, read_stack_file,
-                              to_pulumi_config)
+from components.stack import KEYS, StackConfig, check_stack, hardware_runs
+from edgefleet.config import load_stack, parse_stack_config, read_stack_file, to_pulumi_config
 from edgefleet_agent.contract.errors import ConfigError
 from edgefleet_agent.contract.manifest import HardwareProfile
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from edgefleet.signing import sign_model_dir
 from edgefleet_agent.contract.artifact import verify_artifact, verify_model_dir
 from edgefleet_agent.contract.manifest import ModelDir
-from edgefleet.signing import LocalKeySigner
+from components.local.signer import LocalKeySigner
 from edgefleet_agent.contract.signing import ALGORITHM, Envelope, SIGNATURE_FORMAT, SignatureError, der_to_raw, load_public_key, parse_rollback_order, raw_to_der, rollback_order, sign_bytes, verify_bytes
 
 from .conftest import assert_user_error
@@ -51,7 +51,7 @@ def test_private_key_is_never_readable_by_others(tmp_path, monkeypatch):
     """The key file is created 0600; it is not written world-readable and chmod-ed afterwards."""
     import os
 
-    from edgefleet.signing import create_key_file
+    from components.local.signer import create_key_file
 
     modes = []
     real_open = os.open

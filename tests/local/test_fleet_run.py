@@ -132,7 +132,7 @@ def test_a_device_batch_that_contradicts_its_groups_hardware_is_a_config_error_n
     p = project(devices=3)
     edit_stack(p, lambda c: c["edgefleet:local"]["devices"][0].update({key: value}))
     with pytest.raises(ConfigError) as err:
-        up(p, "local", {"resources": []})
+        up(p, "local", synth(p, "local"))
     text = str(err.value)
     assert text.startswith("stacks/Pulumi.local.yaml: edgefleet:local.devices[0]." + key)
     assert f"disagrees with {theirs}, the hardware profile of group 'cameras' (edgefleet:groups[0].hardware.{key})" in text

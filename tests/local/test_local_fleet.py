@@ -11,7 +11,7 @@ import components.local.up as up_module
 from components.local.hub import LocalHub
 from components.local.up import up
 from edgefleet.model_add import add_version, parse_metric
-from edgefleet.signing import create_key_file
+from components.local.signer import create_key_file
 from edgefleet.synth import synth
 
 SAMPLES = Path(__file__).resolve().parents[2] / "models" / "samples"
@@ -121,7 +121,7 @@ def test_a_model_signed_by_another_key_is_refused_by_every_canary_device(project
     real_signer_for = up_module.signer_for
     trusted = real_signer_for
 
-    from edgefleet.signing import LocalKeySigner
+    from components.local.signer import LocalKeySigner
 
     monkeypatch.setattr(up_module, "signer_for", lambda cfg, d: LocalKeySigner(other))   # publish with a key devices do not trust
     real_fleet = up_module.LocalFleet
@@ -212,7 +212,7 @@ def test_up_refuses_a_cloud_stack_and_points_at_pulumi(project):
         ring["labels"] = {"ring": ring["name"]}
     (p / "stacks" / "Pulumi.cloud.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(EdgefleetError) as err:
-        up(p, "cloud", {"resources": []})
+        up(p, "cloud", synth(p, "cloud"))
     assert "stacks/Pulumi.cloud.yaml" in str(err.value)
     assert "edgefleet up drives the local platform; this stack targets aws" in str(err.value)
     assert "pulumi up --stack cloud" in str(err.value)

@@ -21,7 +21,7 @@ from components.local.up import serve
 from edgefleet_agent.contract.artifact import verify_artifact
 from edgefleet.config import load_stack
 from edgefleet.model_add import add_version, parse_metric
-from edgefleet.signing import LocalKeySigner, create_key_file
+from components.local.signer import LocalKeySigner, create_key_file
 from edgefleet_agent.contract.signing import load_public_key
 from edgefleet.synth import synth
 
@@ -131,7 +131,7 @@ def fleet_run(project, monkeypatch):
 
     def start() -> None:
         stop, ready = threading.Event(), threading.Event()
-        thread = threading.Thread(target=serve, args=(p, "local", stop), kwargs={"on_ready": lambda *_: ready.set()}, daemon=True)
+        thread = threading.Thread(target=serve, args=(p, "local", *load_stack(p, "local"), stop), kwargs={"on_ready": lambda *_: ready.set()}, daemon=True)
         thread.start()
         assert ready.wait(30), "the fleet did not start"
         stops.append((stop, thread))

@@ -6,7 +6,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.config import AwsConfig, AzureConfig, PolicyConfig, hardware_runs
+from components.aws.config import AwsConfig
+from components.azure.config import AzureConfig
+from components.stack import PolicyConfig, hardware_runs
 from edgefleet_agent.contract.manifest import HardwareProfile, KNOWN_PROVIDERS
 from edgefleet_agent import __version__ as AGENT_VERSION
 from policies import rules

@@ -16,7 +16,7 @@ from components.rollout.engine import RolloutEngine, RolloutPlan
 from components.rollout.gate import MAX_OFFENDERS, evaluate
 from components.rollout.types import OFFENDERS_PER_METRIC, RingTarget
 from edgefleet_agent.contract.state import DeviceReport
-from edgefleet.config import GateConfig
+from components.rollout.spec import GateConfig
 from edgefleet_agent.contract.errors import EdgefleetError
 from tests.rollout.fakes import desired
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from components.rollout.gate import evaluate
 from components.rollout.membership import Device, ring_members
 from components.rollout.types import RingObservation
-from edgefleet.config import DeviceGroupConfig, GateConfig, RingConfig
+from components.rollout.spec import DeviceGroupConfig, GateConfig, RingConfig
 from edgefleet_agent.contract.manifest import HardwareProfile
 
 HW = HardwareProfile(name="cam", arch="amd64", execution_providers=["CPUExecutionProvider"], memory_mb=512, storage_mb=512)

@@ -81,6 +81,13 @@ class Signer(Protocol):
         ...
 
 
+def standin_public_key_pem() -> str:
+    """A PEM the size and shape of a P-256 public key, for checks that must build what a deployment will carry
+    before the stack's key exists (Key Vault and KMS create it at `pulumi up`)."""
+    body = base64.b64encode(bytes(91)).decode()                   # the size of a DER P-256 SubjectPublicKeyInfo
+    return "-----BEGIN PUBLIC KEY-----\n" + "\n".join(body[i:i + 64] for i in range(0, len(body), 64)) + "\n-----END PUBLIC KEY-----\n"
+
+
 @dataclass(frozen=True)
 class Envelope:
     key_id: str

@@ -13,8 +13,8 @@ import pulumi
 
 from components.device_group import DeviceGroup
 from components.model_version import ModelVersion
-from components.platform import Platform, RingSpec
-from edgefleet.config import RolloutConfig
+from components.platform import Platform, RingOutputs, RingSpec, StackBase
+from components.rollout.spec import RolloutConfig
 
 
 @dataclass
@@ -23,6 +23,7 @@ class RingArgs:
     model: ModelVersion
     group: DeviceGroup
     platform: Platform
+    base: StackBase
 
 
 class Ring(pulumi.ComponentResource):
@@ -42,7 +43,8 @@ class Ring(pulumi.ComponentResource):
             "sha256": args.model.manifest.sha256,
         }, opts)
         self.resource_name = name
-        out = args.platform.ring(self, spec, args.model, args.group)
+        out = args.platform.ring(self, spec, args.model, args.group, args.base)
+        self.outputs = out
         self.deployment = out.deployment
         self.gate = out.gate
         self.register_outputs({"deployment": out.deployment, "gate": out.gate, "devices": out.devices})
@@ -65,13 +67,13 @@ class Rollout(pulumi.ComponentResource):
             "sha256": args.model.manifest.sha256,
             "rings": [r.name for r in cfg.rings],
         }, opts)
-        previous_gate: pulumi.Output[str] | None = None
+        previous: list[RingOutputs] = []
         self.rings: list[Ring] = []
         for index, ring_cfg in enumerate(cfg.rings):
             group = args.groups[ring_cfg.group]
             platform = group.platform
-            spec = RingSpec(rollout=cfg, index=index, ring=ring_cfg, group=group.config, previous_gate=previous_gate)
-            ring = Ring(f"{name}-{ring_cfg.name}", RingArgs(spec, args.model, group, platform), pulumi.ResourceOptions(parent=self))
+            spec = RingSpec(rollout=cfg, index=index, ring=ring_cfg, group=group.config, previous=tuple(previous))
+            ring = Ring(f"{name}-{ring_cfg.name}", RingArgs(spec, args.model, group, platform, group.base), pulumi.ResourceOptions(parent=self))
             self.rings.append(ring)
-            previous_gate = ring.gate
+            previous.append(ring.outputs)
         self.register_outputs({"rings": [r.gate for r in self.rings]})

@@ -1,0 +1,86 @@
+"""What a rollout declares and the engine runs on: device groups, rings and their gates.
+
+These are the stack file's `groups` and `rollouts` sections (components/stack.py composes them into the whole
+stack's schema), validated once when the stack loads, and the values the engine, membership and every
+platform's gate read. They depend on the device contract only (hardware profiles, names).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edgefleet_agent.contract.manifest import NAME_RE, HardwareProfile
+
+Name = Annotated[str, Field(pattern=NAME_RE)]
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class GateConfig(Strict):
+    """When a ring counts as healthy. Shares are of the ring's devices; metrics are over devices on the new version."""
+
+    soak_seconds: float = Field(default=300, ge=0)
+    deadline_seconds: float = Field(default=3600, gt=0)
+    min_reporting_share: Share = 0.9
+    success_share: Annotated[float, Field(gt=0, le=1)] = 0.95
+    max_failure_share: Share = 0.05
+    max_p99_latency_ms: Annotated[float, Field(gt=0)] | None = None
+    max_error_rate: Share | None = None
+    max_invalid_output_share: Share | None = 0.0
+    # Metric thresholds judge nothing until the new version has served: a ring must not pass on silence.
+    min_inferences: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "GateConfig":
+        if self.deadline_seconds < self.soak_seconds:
+            raise ValueError(f"deadline_seconds ({self.deadline_seconds}) is shorter than soak_seconds ({self.soak_seconds}); no ring could ever pass")
+        return self
+
+
+class RingConfig(Strict):
+    """A step of a rollout: which devices of a group, and the gate they must pass before the next ring.
+
+    `percent` is cumulative: a ring with percent 30 after one with 5 adds the next 25% of the group.
+    Rings are disjoint: a device belongs to the first ring that selects it.
+    """
+
+    name: Name
+    group: Name
+    percent: Annotated[float, Field(gt=0, le=100)] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    gate: GateConfig = GateConfig()
+
+
+class RolloutConfig(Strict):
+    name: Name
+    model: Name
+    rings: list[RingConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_rings(self) -> "RolloutConfig":
+        names = [r.name for r in self.rings]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"ring names must be unique within a rollout: {', '.join(dupes)}")
+        return self
+
+
+class DeviceGroupConfig(Strict):
+    """Devices of one hardware profile, chosen by labels (thing attributes / twin tags) or explicit ids."""
+
+    name: Name
+    platform: str | None = None                 # the stack checks it names one of its platforms
+    hardware: HardwareProfile
+    labels: dict[str, str] = Field(default_factory=dict)
+    devices: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _selects_something(self) -> "DeviceGroupConfig":
+        if not self.labels and not self.devices:
+            raise ValueError("a group needs labels or devices to select its members")
+        return self

@@ -1,0 +1,177 @@
+"""The stack configuration's schema, `edgefleet:` keys in `stacks/Pulumi.<stack>.yaml`, and its cross-field rules.
+
+The sections every stack has (platforms, models, groups, rollouts, signing, policy) are here; each platform's own
+section (`edgefleet:local`, `edgefleet:aws`, …) is that platform's schema, found through components/registry.py.
+`check_stack` holds the rules that span sections, as a pure function the policies can reuse; each platform's
+load-time checks run after it. Reading the stack file (or Pulumi's config) is the controller's: edgefleet/config.py.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, create_model
+
+from components import registry
+from components.rollout.spec import DeviceGroupConfig, RolloutConfig, Strict
+from edgefleet_agent.contract.errors import ConfigError, from_validation_error
+from edgefleet_agent.contract.manifest import HardwareProfile, ModelManifest
+
+PROJECT = "edgefleet"
+PlatformName = Literal[registry.NAMES]  # type: ignore[valid-type]
+Problem = tuple[str, str, str]          # (key under edgefleet:, what is wrong, how to fix it)
+
+
+class GroupConfig(DeviceGroupConfig):
+    """A device group as a stack declares it: on one of the registry's platforms."""
+
+    platform: PlatformName | None = None
+
+
+class ModelRef(Strict):
+    path: str = Field(min_length=1)
+
+
+class SigningConfig(Strict):
+    """Local stacks sign with a key file (created on first `edgefleet up`); cloud stacks create KMS / Key Vault keys."""
+
+    key_file: str = ".edgefleet/keys/signing.pem"
+
+
+Enforcement = Literal["advisory", "mandatory", "disabled"]
+
+
+class PolicyConfig(Strict):
+    """Thresholds and enforcement levels for the rules in policies/ (run by `edgefleet policy` and CrossGuard)."""
+
+    production: bool = False
+    canary_max_share: Annotated[float, Field(gt=0, le=1)] = 0.1
+    min_canary_soak_seconds: float = Field(default=300, ge=0)
+    metric_floors: dict[str, float] = Field(default_factory=dict)
+    max_metric_regression: float = Field(default=0.02, ge=0)
+    enforcement: dict[str, Enforcement] = Field(default_factory=dict)
+
+
+class StackCore(Strict):
+    """The sections every stack has; StackConfig adds one optional section per registered platform."""
+
+    platforms: list[PlatformName] = Field(min_length=1)  # type: ignore[valid-type]
+    models: list[ModelRef] = Field(min_length=1)
+    groups: list[GroupConfig] = Field(min_length=1)
+    rollouts: list[RolloutConfig] = Field(default_factory=list)
+    signing: SigningConfig = SigningConfig()
+
+    def group(self, name: str) -> GroupConfig:
+        return next(g for g in self.groups if g.name == name)
+
+    def group_platform(self, group: DeviceGroupConfig) -> str:
+        return group.platform or self.platforms[0]
+
+    def section(self, platform: str) -> Any:
+        """The platform's own `edgefleet:<platform>` settings, or None."""
+        return getattr(self, platform, None)
+
+
+StackConfig = create_model(  # type: ignore[call-overload]
+    "StackConfig", __base__=StackCore, __doc__="A whole stack: the common sections, each platform's section, the policy settings.",
+    **{name: (entry.load("config") | None, None) for name, entry in registry.PLATFORMS.items()},
+    policy=(PolicyConfig, PolicyConfig()),
+)
+KEYS = tuple(StackConfig.model_fields)
+
+
+def parse_stack(raw: dict[str, Any], source: str) -> Any:
+    """The validated StackConfig of a stack's `edgefleet:` keys; errors name `source` and the key."""
+    try:
+        cfg = StackConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation_error(exc, source, prefix=f"{PROJECT}:") from None
+    raise_first(check_stack(cfg), source)
+    return cfg
+
+
+def raise_first(problems: list[Problem], source: str) -> None:
+    """A check's (key, problem, fix) list as the error a user reads: the first, naming the file and key, and how
+    many more there are. Nothing when the list is empty."""
+    if problems:
+        key, problem, fix = problems[0]
+        raise ConfigError(source, f"{PROJECT}:{key}: {problem}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), fix)
+
+
+def check_stack(cfg: Any) -> list[Problem]:
+    """Cross-field rules: (key, problem, fix) for each. Pure, so policies can reuse it."""
+    out: list[Problem] = []
+    if len(set(cfg.platforms)) != len(cfg.platforms):
+        out.append(("platforms", "lists a platform twice", "list each platform once"))
+    for p in cfg.platforms:
+        if cfg.section(p) is None:
+            out.append((p, f"platform {p!r} is listed in platforms but has no `{PROJECT}:{p}` section", f"add `{PROJECT}:{p}:` with its settings"))
+    groups = {}
+    for i, g in enumerate(cfg.groups):
+        if g.name in groups:
+            out.append((f"groups[{i}].name", f"group {g.name!r} is declared twice", "give each group a unique name"))
+        groups[g.name] = g
+        if g.platform is not None and g.platform not in cfg.platforms:
+            out.append((f"groups[{i}].platform", f"{g.platform!r} is not one of this stack's platforms {cfg.platforms}", "add it to platforms or change the group's platform"))
+        if g.platform is None and len(cfg.platforms) > 1:
+            out.append((f"groups[{i}].platform", "required when the stack has more than one platform", f"set platform to one of {cfg.platforms}"))
+    names = [r.name for r in cfg.rollouts]
+    for i, r in enumerate(cfg.rollouts):
+        if r.name in names[:i]:
+            out.append((f"rollouts[{i}].name", f"rollout {r.name!r} is declared twice", "give each rollout a unique name"))
+        last_percent: dict[str, float] = {}
+        on = [(j, cfg.group_platform(groups[ring.group])) for j, ring in enumerate(r.rings) if ring.group in groups]
+        mixed = next(((j, p) for j, p in on if p != on[0][1]), None)
+        if mixed is not None:
+            first = registry.platform(on[0][1]).title
+            out.append((f"rollouts[{i}].rings[{mixed[0]}].group", f"rollout {r.name!r} mixes {first} rings with rings on {mixed[1]}: "
+                        "a rollout's gates read one platform's health", "split it into one rollout per platform (see stacks/Pulumi.multi.yaml)"))
+        for j, ring in enumerate(r.rings):
+            key = f"rollouts[{i}].rings[{j}]"
+            group = groups.get(ring.group)
+            if group is None:
+                out.append((f"{key}.group", f"no device group named {ring.group!r}", f"declare it under {PROJECT}:groups or use one of: {', '.join(groups) or 'none'}"))
+                continue
+            platform = cfg.group_platform(group)
+            if ring.percent is not None:
+                if platform != "local":
+                    out.append((f"{key}.percent", f"percentage rings need the device registry, which only the local platform keeps; group {group.name!r} is on {platform}",
+                                "select the ring's devices with labels (a thing attribute / twin tag such as ring: canary)"))
+                if ring.percent <= last_percent.get(ring.group, 0):
+                    out.append((f"{key}.percent", f"{ring.percent} does not exceed the previous ring's {last_percent[ring.group]} for group {ring.group!r} (percent is cumulative)",
+                                "make each ring's percent larger than the ring before it"))
+                last_percent[ring.group] = ring.percent
+            elif platform != "local" and not ring.labels and not group.labels and not group.devices:
+                out.append((f"{key}", "ring selects no devices", "give the ring labels such as {ring: canary}"))
+            gate = ring.gate
+            if not math.isfinite(gate.soak_seconds):
+                out.append((f"{key}.gate.soak_seconds", "must be finite", "use a number of seconds"))
+    if not out:
+        for entry in registry.PLATFORMS.values():      # each platform's own rules (ring queries, job policies, twin tags)
+            out += entry.load("checks")(cfg)
+    return out
+
+
+def check_models_against_groups(cfg: Any, manifests: dict[str, ModelManifest], source_of: dict[str, str]) -> list[Problem]:
+    """Rollouts must name declared models, and the model's targets must match at least one of its groups' hardware."""
+    out = []
+    for i, r in enumerate(cfg.rollouts):
+        manifest = manifests.get(r.model)
+        if manifest is None:
+            out.append((f"rollouts[{i}].model", f"no model named {r.model!r} among {PROJECT}:models ({', '.join(manifests) or 'none'})",
+                        "add its directory under edgefleet:models or fix the name"))
+            continue
+        groups = [cfg.group(ring.group) for ring in r.rings if any(g.name == ring.group for g in cfg.groups)]
+        if groups and not any(hardware_runs(t, g.hardware) for g in groups for t in manifest.targets):
+            out.append((f"rollouts[{i}].model", f"model {r.model!r} targets {', '.join(t.name for t in manifest.targets)}, which match no hardware of groups "
+                        f"{', '.join(sorted({g.name for g in groups}))} (see {source_of.get(r.model, 'its manifest')})",
+                        "add a target for the groups' hardware to the manifest, or deploy to groups it can run on"))
+    return out
+
+
+def hardware_runs(target: HardwareProfile, hardware: HardwareProfile) -> bool:
+    """A device profile runs a target when arch matches, it has one of the target's providers, and budgets fit."""
+    return (target.arch == hardware.arch
+            and any(ep in hardware.execution_providers for ep in target.execution_providers)
+            and target.memory_mb <= hardware.memory_mb and target.storage_mb <= hardware.storage_mb)
