@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from components.rollout.spec import GateConfig
 from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.state import DesiredModel
 
 from components.rollout.gate import evaluate, measure
 from components.rollout.hub import Clock, FleetHub
+from components.rollout.progress import (FAILED, TERMINAL, Progress, RingRecord, RingState, RolloutStatus, as_progress, last_good,
+                                         ring_record, rollout_id)
+from components.rollout.spec import GateConfig
 from components.rollout.types import RingTarget
-from edgefleet_agent.contract.state import DesiredModel
 
-TERMINAL = ("succeeded", "rolled_back", "rollback_incomplete", "superseded")
-FAILED = ("rolled_back", "rollback_incomplete")
+__all__ = ["FAILED", "TERMINAL", "RingPlan", "RolloutEngine", "RolloutPlan", "last_good", "rollout_id"]
+
 SAMPLE_EVERY = 0.5
 MIN_UNOBSERVED = 10.0                        # floor of the default gap bound: a busy 2-core box must not reset soaks
 
@@ -55,40 +57,24 @@ class RolloutPlan:
         return self.attempt_id or rollout_id(self.rollout, self.desired)
 
 
-def rollout_id(rollout: str, desired: DesiredModel) -> str:
-    """Names one rollout of one artifact: the key of its progress record, carried by deployments and echoed by agents."""
-    return f"{rollout}@{desired.version}+{desired.sha256[:12]}"
-
-
-def last_good(records: list[dict[str, Any]], before: str | None = None) -> DesiredModel | None:
-    """The rollback target: the desired model of the latest succeeded rollout among `records` (oldest first)."""
-    good = [p for p in records if p.get("status") == "succeeded" and p.get("rollout_id") != before]
-    return DesiredModel.from_json(good[-1]["desired"]) if good else None
-
-
 RollbackAuthorizer = Callable[[DesiredModel, DesiredModel, str], DesiredModel]   # (last good, failed, reason) -> signed rollback
 
 
-def new_progress(plan: RolloutPlan, now: float) -> dict[str, Any]:
+def new_progress(plan: RolloutPlan, now: float) -> Progress:
     return {
         "rollout_id": plan.rollout_id, "rollout": plan.rollout, "model": plan.desired.model,
         "version": plan.desired.version, "sha256": plan.desired.sha256,
         "previous_version": plan.previous.version if plan.previous else None,
-        "status": "running", "started_at": now, "finished_at": None,
+        "status": RolloutStatus.RUNNING, "started_at": now, "finished_at": None,
         "desired": plan.desired.to_json(),
-        "rings": [_ring_record(r.name, i) for i, r in enumerate(plan.rings)],
+        "rings": [ring_record(r.name, i) for i, r in enumerate(plan.rings)],
         "rollback": None, "report": None, "events": [], "samples": [],
     }
 
 
-def _ring_record(name: str, index: int) -> dict[str, Any]:
-    return {"name": name, "index": index, "state": "pending", "deployed_at": None, "soak_started": None,
-            "finished_at": None, "verdict": None, "measured": None, "observed_at": None, "unobserved": 0.0}
-
-
 class RolloutEngine:
     def __init__(self, hub: FleetHub, clock: Clock, authorize_rollback: RollbackAuthorizer | None = None,
-                 poll_seconds: float = 0.5, on_update: Callable[[dict[str, Any]], None] | None = None,
+                 poll_seconds: float = 0.5, on_update: Callable[[Progress], None] | None = None,
                  max_unobserved_seconds: float | None = None) -> None:
         self.hub = hub
         self.clock = clock
@@ -99,19 +85,20 @@ class RolloutEngine:
         self._last_sample = 0.0
 
     # -- public ---------------------------------------------------------------------------------------
-    def run(self, plan: RolloutPlan, until_ring: int | None = None) -> dict[str, Any]:
+    def run(self, plan: RolloutPlan, until_ring: int | None = None) -> Progress:
         """Runs the rollout to a terminal state, or until ring `until_ring` has passed its gate (a Pulumi gate
         resource drives one ring at a time), and returns the progress record."""
         progress = self.start(plan)
         while progress["status"] not in TERMINAL:
-            if until_ring is not None and progress["rings"][until_ring]["state"] == "passed":
+            if until_ring is not None and progress["rings"][until_ring]["state"] == RingState.PASSED:
                 break
             if not self.step(plan, progress):
                 self.clock.sleep(self.poll_seconds)
         return progress
 
-    def start(self, plan: RolloutPlan) -> dict[str, Any]:
-        progress = self.hub.load_progress(plan.rollout_id)
+    def start(self, plan: RolloutPlan) -> Progress:
+        stored = self.hub.load_progress(plan.rollout_id)
+        progress = as_progress(stored) if stored is not None else None
         if progress is None:
             progress = new_progress(plan, self.clock.now())
             self._event(progress, None, "started", version=plan.desired.version, previous=progress["previous_version"])
@@ -119,9 +106,9 @@ class RolloutEngine:
         elif extends(progress, plan):
             added = [r.name for r in plan.rings[len(progress["rings"]):]]
             for i, ring in enumerate(plan.rings[len(progress["rings"]):], start=len(progress["rings"])):
-                progress["rings"].append(_ring_record(ring.name, i))
-            progress.update(status="running", finished_at=None, report=None)
-            self._event(progress, None, "reopened", rings=added, passed=[r["name"] for r in progress["rings"] if r["state"] == "passed"])
+                progress["rings"].append(ring_record(ring.name, i))
+            progress["status"], progress["finished_at"], progress["report"] = RolloutStatus.RUNNING, None, None
+            self._event(progress, None, "reopened", rings=added, passed=[r["name"] for r in progress["rings"] if r["state"] == RingState.PASSED])
             self._save(plan, progress)
         elif progress["status"] not in TERMINAL:
             changed = rings_changed(progress, plan, whole=False)     # `edgefleet up` checks the whole plan first
@@ -129,13 +116,13 @@ class RolloutEngine:
                 raise changed
             known = [r["name"] for r in progress["rings"]]
             for i, ring in enumerate(plan.rings[len(known):], start=len(known)):
-                progress["rings"].append(_ring_record(ring.name, i))
+                progress["rings"].append(ring_record(ring.name, i))
             # Devices report only their latest window, and whatever ran them may have stopped with this controller
             # (the local fleet does): nothing shows what happened while nobody watched, so a soak starts over.
-            interrupted = [r["name"] for r in progress["rings"] if r["state"] == "soaking"]
+            interrupted = [r["name"] for r in progress["rings"] if r["state"] == RingState.SOAKING]
             for r in progress["rings"]:
-                if r["state"] == "soaking":
-                    r.update(state="waiting", soak_started=None)
+                if r["state"] == RingState.SOAKING:
+                    r["state"], r["soak_started"] = RingState.WAITING, None
             self._event(progress, None, "resumed")
             for name in interrupted:
                 self._event(progress, name, "soak-reset", reasons=["the controller restarted mid-soak: what devices did while nobody "
@@ -143,19 +130,19 @@ class RolloutEngine:
             self._save(plan, progress)
         return progress
 
-    def step(self, plan: RolloutPlan, progress: dict[str, Any]) -> bool:
+    def step(self, plan: RolloutPlan, progress: Progress) -> bool:
         """Advances by at most one transition. Returns True when something changed (poll again at once)."""
-        if progress["status"] == "running":
+        if progress["status"] == RolloutStatus.RUNNING:
             return self._step_promote(plan, progress)
-        if progress["status"] == "rolling_back":
+        if progress["status"] == RolloutStatus.ROLLING_BACK:
             return self._step_rollback(plan, progress)
         return False
 
     # -- promotion -------------------------------------------------------------------------------------
-    def _step_promote(self, plan: RolloutPlan, progress: dict[str, Any]) -> bool:
-        ring_state = next((r for r in progress["rings"] if r["state"] not in ("passed",)), None)
+    def _step_promote(self, plan: RolloutPlan, progress: Progress) -> bool:
+        ring_state = next((r for r in progress["rings"] if r["state"] != RingState.PASSED), None)
         if ring_state is None:
-            progress["status"] = "succeeded"
+            progress["status"] = RolloutStatus.SUCCEEDED
             progress["finished_at"] = self.clock.now()
             progress["report"] = {"outcome": "succeeded", "rings": [r["name"] for r in progress["rings"]]}
             self._event(progress, None, "succeeded")
@@ -163,42 +150,44 @@ class RolloutEngine:
             return True
         ring = plan.rings[ring_state["index"]]
         now = self.clock.now()
-        if ring_state["state"] == "pending":
-            ring_state["state"] = "deploying"
+        if ring_state["state"] == RingState.PENDING:
+            ring_state["state"] = RingState.DEPLOYING
             self._save(plan, progress)          # intent first: a kill after this point resumes into the check below
             return True
-        if ring_state["state"] == "deploying":
+        if ring_state["state"] == RingState.DEPLOYING:
             if self.hub.desired(ring.target) != plan.desired:
                 self.hub.set_desired(ring.target, plan.desired)
                 self._event(progress, ring.name, "deployed", version=plan.desired.version)
             else:
                 self._event(progress, ring.name, "already-deployed", version=plan.desired.version)
-            ring_state["state"] = "waiting"
+            ring_state["state"] = RingState.WAITING
             ring_state["deployed_at"] = ring_state["observed_at"] = now
             self._save(plan, progress)
             return True
-        gap = now - (ring_state.get("observed_at") or ring_state["soak_started"] or ring_state["deployed_at"])
+        deployed_at = ring_state["deployed_at"]
+        assert deployed_at is not None, "a ring past deploying has a deployment time"
+        gap = now - (ring_state["observed_at"] or ring_state["soak_started"] or deployed_at)
         if gap > self.max_unobserved:
             return self._unobserved(plan, progress, ring_state, gap, now)
-        obs = self.hub.observe(ring.target, plan.desired, since=ring_state["deployed_at"])
+        obs = self.hub.observe(ring.target, plan.desired, since=deployed_at)
         ring_state["observed_at"] = self.clock.now()          # after the call: a slow platform query is watched time
-        verdict = evaluate(ring.gate, obs, ring_state["deployed_at"] + ring_state.get("unobserved", 0.0), ring_state["soak_started"], now)
+        verdict = evaluate(ring.gate, obs, deployed_at + ring_state["unobserved"], ring_state["soak_started"], now)
         ring_state["measured"] = verdict.measured
         self._sample(progress, ring.name, verdict.measured, now, force=verdict.outcome in ("pass", "fail"))
         if verdict.outcome == "soak" and ring_state["soak_started"] is None:
-            ring_state["state"] = "soaking"
+            ring_state["state"] = RingState.SOAKING
             ring_state["soak_started"] = now
             self._event(progress, ring.name, "soak-started", **_counts(verdict.measured))
             self._save(plan, progress)
             return True
         if verdict.outcome == "wait" and ring_state["soak_started"] is not None:
-            ring_state["state"] = "waiting"       # adoption fell back below the bar: the soak starts over
+            ring_state["state"] = RingState.WAITING       # adoption fell back below the bar: the soak starts over
             ring_state["soak_started"] = None
             self._event(progress, ring.name, "soak-reset", reasons=verdict.reasons)
             self._save(plan, progress)
             return True
         if verdict.outcome == "pass":
-            ring_state["state"] = "passed"
+            ring_state["state"] = RingState.PASSED
             ring_state["finished_at"] = now
             ring_state["verdict"] = {"outcome": "pass", "reasons": verdict.reasons, "measured": verdict.measured}
             self._event(progress, ring.name, "gate-passed", reasons=verdict.reasons, **_counts(verdict.measured))
@@ -214,43 +203,43 @@ class RolloutEngine:
         self._maybe_save_sample(plan, progress, now)
         return False
 
-    def _begin_rollback(self, plan: RolloutPlan, progress: dict[str, Any], ring_state: dict[str, Any], reason: str) -> None:
+    def _begin_rollback(self, plan: RolloutPlan, progress: Progress, ring_state: RingRecord, reason: str) -> None:
         """Every ring touched so far goes back to the last good version, under a rollback order signed for `reason`."""
         now = self.clock.now()
-        touched = [r["name"] for r in progress["rings"] if r["state"] != "pending"]     # an aborted ring may not be deployed yet
-        ring_state["state"] = "failed"
+        touched = [r["name"] for r in progress["rings"] if r["state"] != RingState.PENDING]     # an aborted ring may not be deployed yet
+        ring_state["state"] = RingState.FAILED
         ring_state["finished_at"] = now
         rollback_to = self._rollback_desired(plan, reason)
-        progress["status"] = "rolling_back"
-        progress["rollback"] = {"started_at": now, "rings": touched, "to_version": plan.previous.version if plan.previous else None,
-                                "reason": reason, "desired": rollback_to.to_json() if rollback_to else None,
-                                "set": [], "confirmed": {}}
-        self._event(progress, None, "rollback-started", rings=touched, to_version=progress["rollback"]["to_version"])
+        progress["status"] = RolloutStatus.ROLLING_BACK
+        to_version = plan.previous.version if plan.previous else None
+        progress["rollback"] = {"started_at": now, "rings": touched, "to_version": to_version, "reason": reason,
+                                "desired": rollback_to.to_json() if rollback_to else None, "set": [], "confirmed": {}}
+        self._event(progress, None, "rollback-started", rings=touched, to_version=to_version)
         self._save(plan, progress)
 
-    def abort(self, plan: RolloutPlan, reason: str) -> dict[str, Any]:
+    def abort(self, plan: RolloutPlan, reason: str) -> Progress:
         """An operator stops a rollout in flight: the rings it touched go back to the last good version, exactly as
         after a failed gate, and the rollout ends rolled back. The way out of a rollout nobody wants to finish."""
         progress = self.start(plan)
-        if progress["status"] == "running":
-            ring_state = next((r for r in progress["rings"] if r["state"] != "passed"), progress["rings"][-1])
+        if progress["status"] == RolloutStatus.RUNNING:
+            ring_state = next((r for r in progress["rings"] if r["state"] != RingState.PASSED), progress["rings"][-1])
             why = f"aborted by the operator: {reason}"
             ring_state["verdict"] = {"outcome": "aborted", "reasons": [why], "measured": ring_state.get("measured"),
                                      "failures": [], "offenders": [], "pending": []}
             self._event(progress, ring_state["name"], "aborted", reasons=[why])
             self._begin_rollback(plan, progress, ring_state, why)
-        elif progress["status"] != "rolling_back":
+        elif progress["status"] != RolloutStatus.ROLLING_BACK:
             raise EdgefleetError(f"rollout {plan.rollout_id}", f"is {progress['status']}: there is nothing in flight to abort")
         return self.run(plan)
 
-    def _unobserved(self, plan: RolloutPlan, progress: dict[str, Any], ring_state: dict[str, Any], gap: float, now: float) -> bool:
+    def _unobserved(self, plan: RolloutPlan, progress: Progress, ring_state: RingRecord, gap: float, now: float) -> bool:
         """Nobody watched the ring for `gap` seconds: breaches then are invisible now, so that time is not soak
         time (the soak starts over) and not deadline time (the ring's deadline moves out by the gap)."""
-        ring_state["unobserved"] = round(ring_state.get("unobserved", 0.0) + gap, 3)
+        ring_state["unobserved"] = round(ring_state["unobserved"] + gap, 3)
         ring_state["observed_at"] = now
         why = f"ring not observed for {gap:.1f}s (bound {self.max_unobserved:.1f}s); devices report only their latest window"
         if ring_state["soak_started"] is not None:
-            ring_state["state"] = "waiting"
+            ring_state["state"] = RingState.WAITING
             ring_state["soak_started"] = None
             self._event(progress, ring_state["name"], "soak-reset", reasons=[why + ", so the soak starts over"], unobserved=round(gap, 3))
         else:
@@ -266,8 +255,9 @@ class RolloutEngine:
             raise RuntimeError("rollback needs a signer for the rollback order, and none was given")
         return self.authorize_rollback(replace(plan.previous, rollout=plan.rollout_id), plan.desired, reason)
 
-    def _step_rollback(self, plan: RolloutPlan, progress: dict[str, Any]) -> bool:
+    def _step_rollback(self, plan: RolloutPlan, progress: Progress) -> bool:
         rb = progress["rollback"]
+        assert rb is not None, "a rollout rolling back has a rollback record"
         now = self.clock.now()
         by_name = {r.name: r for r in plan.rings}
         target_desired = DesiredModel.from_json(rb["desired"])
@@ -319,16 +309,17 @@ class RolloutEngine:
         if pending:
             self._maybe_save_sample(plan, progress, now)
             return False
-        failed_ring = next(r for r in progress["rings"] if r["state"] == "failed")
+        failed_ring = next(r for r in progress["rings"] if r["state"] == RingState.FAILED)
+        failed_verdict = failed_ring["verdict"] or {}
         complete = all(rb["confirmed"].get(n) for n in rb["rings"])
-        progress["status"] = "rolled_back" if complete else "rollback_incomplete"
+        progress["status"] = RolloutStatus.ROLLED_BACK if complete else RolloutStatus.ROLLBACK_INCOMPLETE
         progress["finished_at"] = now
         progress["report"] = {
             "outcome": progress["status"], "failed_ring": failed_ring["name"],
-            "reasons": failed_ring["verdict"]["reasons"], "measured": failed_ring["verdict"]["measured"],
-            "failures": failed_ring["verdict"]["failures"], "offenders": failed_ring["verdict"].get("offenders", []),
+            "reasons": failed_verdict["reasons"], "measured": failed_verdict["measured"],
+            "failures": failed_verdict["failures"], "offenders": failed_verdict.get("offenders", []),
             "rolled_back_rings": rb["rings"],
-            "rolled_back_to": rb["to_version"], "never_deployed": [r["name"] for r in progress["rings"] if r["state"] == "pending"],
+            "rolled_back_to": rb["to_version"], "never_deployed": [r["name"] for r in progress["rings"] if r["state"] == RingState.PENDING],
             "silent_devices": rb.get("silent", {}), "unconfirmed": rb.get("unconfirmed", {}),
         }
         self._event(progress, None, progress["status"], to_version=rb["to_version"])
@@ -336,10 +327,10 @@ class RolloutEngine:
         return True
 
     # -- bookkeeping -----------------------------------------------------------------------------------
-    def _event(self, progress: dict[str, Any], ring: str | None, event: str, **details: Any) -> None:
+    def _event(self, progress: Progress, ring: str | None, event: str, **details: Any) -> None:
         progress["events"].append({"t": self.clock.now(), "ring": ring, "event": event, **details})
 
-    def _sample(self, progress: dict[str, Any], ring: str, m: dict[str, Any], now: float, force: bool = False) -> None:
+    def _sample(self, progress: Progress, ring: str, m: Mapping[str, Any], now: float, force: bool = False) -> None:
         """Thinned to one per SAMPLE_EVERY per ring, except at a verdict (`force`): the timeline must show what the
         gate saw when it decided, even when that came moments after the last sample."""
         samples = progress["samples"]
@@ -350,13 +341,13 @@ class RolloutEngine:
             samples.pop()
         samples.append({"t": now, "ring": ring, "adopted": m["adopted"], "failed": m["failed"], "pending": m["pending"], "devices": m["devices"]})
 
-    def _maybe_save_sample(self, plan: RolloutPlan, progress: dict[str, Any], now: float) -> None:
+    def _maybe_save_sample(self, plan: RolloutPlan, progress: Progress, now: float) -> None:
         if now - self._last_sample >= SAMPLE_EVERY:
             self._save(plan, progress)
 
-    def _save(self, plan: RolloutPlan, progress: dict[str, Any]) -> None:
+    def _save(self, plan: RolloutPlan, progress: Progress) -> None:
         self._last_sample = self.clock.now()
-        self.hub.save_progress(plan.rollout_id, copy.deepcopy(progress))
+        self.hub.save_progress(plan.rollout_id, copy.deepcopy(dict(progress)))
         if self.on_update is not None:
             self.on_update(progress)
 
@@ -365,7 +356,7 @@ class RingsChanged(EdgefleetError):
     """The stack's rings no longer match those of a rollout in flight; the caller names its stack file."""
 
 
-def rings_changed(progress: dict[str, Any], plan: RolloutPlan, whole: bool = True) -> RingsChanged | None:
+def rings_changed(progress: Progress, plan: RolloutPlan, whole: bool = True) -> RingsChanged | None:
     """Rings may be appended to a rollout in flight, never removed, renamed or reordered: its record, its rollback
     and the devices it reached are all keyed by them. `whole=False` is for a plan that is a prefix by design: a
     Pulumi gate resource knows the rings up to its own, and an earlier one may run again after later ones."""
@@ -379,23 +370,23 @@ def rings_changed(progress: dict[str, Any], plan: RolloutPlan, whole: bool = Tru
                         f"restore the rings {known} (more may follow them) until it finishes, then change them")
 
 
-def passed_ring(progress: dict[str, Any], ring: str) -> dict[str, Any]:
+def passed_ring(progress: Progress, ring: str) -> RingRecord:
     """The record of ring `ring`, whose gate passed. A gate resource reports only what the engine judged: a ring
     missing from the record (added in the middle of a finished rollout) or not passed is an error, never a pass."""
     record = next((r for r in progress["rings"] if r.get("name") == ring), None)
-    if record is None or record.get("state") != "passed":
+    if record is None or record.get("state") != RingState.PASSED:
         raise RuntimeError(f"rollout {progress['rollout_id']} ({progress['status']}) did not pass ring {ring!r}: its record has rings "
                            f"{[(r.get('name'), r.get('state')) for r in progress['rings']]}; rings can be appended to a finished "
                            "rollout, not inserted: declare a new model version to take every ring through its gate")
     return record
 
 
-def extends(progress: dict[str, Any], plan: RolloutPlan) -> bool:
+def extends(progress: Progress, plan: RolloutPlan) -> bool:
     """A succeeded rollout whose plan has since gained rings after the recorded ones: it reopens to take the
     new rings through their gates. Failed and rolled-back rollouts stay final; a changed ring order never reopens."""
     known = [r["name"] for r in progress["rings"]]
     planned = [r.name for r in plan.rings]
-    return progress["status"] == "succeeded" and len(planned) > len(known) and planned[: len(known)] == known
+    return progress["status"] == RolloutStatus.SUCCEEDED and len(planned) > len(known) and planned[: len(known)] == known
 
 
 def _same_version(a: DesiredModel | None, b: DesiredModel | None) -> bool:
@@ -404,5 +395,5 @@ def _same_version(a: DesiredModel | None, b: DesiredModel | None) -> bool:
     return (a.version, a.sha256, a.is_rollback) == (b.version, b.sha256, b.is_rollback)
 
 
-def _counts(m: dict[str, Any]) -> dict[str, Any]:
+def _counts(m: Mapping[str, Any]) -> dict[str, Any]:
     return {k: m[k] for k in ("devices", "adopted", "failed", "pending") if k in m}

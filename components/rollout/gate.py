@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from components.rollout.spec import GateConfig
 
-from components.rollout.types import RingObservation, Verdict
+from typing import Any
+
+from components.rollout.types import Measured, RingObservation, Verdict
 
 
-def measure(obs: RingObservation) -> dict[str, float | int | None]:
+def measure(obs: RingObservation) -> Measured:
     n = max(obs.devices, 1)
     inf = obs.inferences
     return {
@@ -34,7 +36,7 @@ THRESHOLDS = {"error_rate": "max_error_rate", "invalid_output_share": "max_inval
 MAX_OFFENDERS = 20
 
 
-def _breached(gate: GateConfig, m: dict) -> list[tuple[str, str]]:
+def _breached(gate: GateConfig, m: Measured) -> list[tuple[str, str]]:
     """(measure key, reason) per breached condition, so a failure can name the devices behind each metric."""
     out = []
     if m["devices"] and m["failure_share"] > gate.max_failure_share:
@@ -48,16 +50,16 @@ def _breached(gate: GateConfig, m: dict) -> list[tuple[str, str]]:
     return out
 
 
-def breaches(gate: GateConfig, m: dict) -> list[str]:
+def breaches(gate: GateConfig, m: Measured) -> list[str]:
     """Conditions that fail the ring whatever the soak: failures and metric thresholds."""
     return [why for _, why in _breached(gate, m)]
 
 
-def offenders(gate: GateConfig, obs: RingObservation, metrics: list[str], limit: int = MAX_OFFENDERS) -> list[dict]:
+def offenders(gate: GateConfig, obs: RingObservation, metrics: list[str], limit: int = MAX_OFFENDERS) -> list[dict[str, Any]]:
     """The devices whose own window is over a breached metric's threshold, worst first, shared fairly between
     the breached metrics and bounded so a report stays readable."""
     metrics = [k for k in metrics if k in THRESHOLDS]
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     for metric in metrics:
         bound = getattr(gate, THRESHOLDS[metric])
         over = sorted((o for o in obs.offenders if o[1] == metric and o[2] > bound), key=lambda o: (-o[2], o[0]))
@@ -65,7 +67,7 @@ def offenders(gate: GateConfig, obs: RingObservation, metrics: list[str], limit:
     return out[:limit]
 
 
-def adoption_met(gate: GateConfig, m: dict) -> bool:
+def adoption_met(gate: GateConfig, m: Measured) -> bool:
     return m["devices"] > 0 and m["adopted_share"] >= gate.success_share and m["reporting_share"] >= gate.min_reporting_share
 
 
@@ -79,10 +81,11 @@ def evaluate(gate: GateConfig, obs: RingObservation, since_deploy: float, soak_s
         return Verdict("fail", ["ring has no devices"], m)
     elapsed = now - since_deploy
     met = adoption_met(gate, m)
-    soaked = met and soak_started is not None and now - soak_started >= gate.soak_seconds
+    soaked_for = now - soak_started if met and soak_started is not None else None
+    soaked = soaked_for is not None and soaked_for >= gate.soak_seconds
     served = (m["inferences"] or 0) >= gate.min_inferences
     if soaked and served:
-        return Verdict("pass", [f"{m['adopted']}/{m['devices']} on the new version for {now - soak_started:.1f}s soak, "
+        return Verdict("pass", [f"{m['adopted']}/{m['devices']} on the new version for {soaked_for:.1f}s soak, "
                                 f"{m['inferences'] or 0} inferences"], m)
     if elapsed > gate.deadline_seconds:
         why = (f"deadline {gate.deadline_seconds:.0f}s passed with {m['adopted']}/{m['devices']} adopted "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 OFFENDER_METRICS = ("error_rate", "invalid_output_share", "p99_latency_ms")   # keys of gate.measure()
 OFFENDERS_PER_METRIC = 20
@@ -45,9 +45,26 @@ class RingObservation:
         return max(0, self.devices - self.adopted - self.failed)
 
 
+class Measured(TypedDict):
+    """What a gate measured of a ring: counts, shares of its devices, and the health of those on the new version."""
+
+    devices: int
+    adopted: int
+    failed: int
+    pending: int
+    reporting: int
+    adopted_share: float
+    failure_share: float
+    reporting_share: float
+    error_rate: float | None
+    invalid_output_share: float | None
+    p99_latency_ms: float | None
+    inferences: int
+
+
 @dataclass
 class Verdict:
     outcome: Literal["wait", "soak", "pass", "fail"]
-    reasons: list[str] = field(default_factory=list)
-    measured: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str]
+    measured: Measured
     offenders: list[dict[str, Any]] = field(default_factory=list)   # on a metric failure: devices over the breached thresholds
