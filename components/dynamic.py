@@ -1,5 +1,6 @@
-"""What every edgefleet dynamic provider shares: how an input change maps to update or replace, and the
-ring gate, which differs between platforms only in how it drives the engine."""
+"""What every edgefleet dynamic provider shares: how an input change maps to update or replace, and the ring gate,
+which differs between platforms only in the hub it drives (components/rollout/driver.py runs it). Providers read
+their inputs through components/props.py."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ def input_diff(olds: dict[str, Any], news: dict[str, Any], replace_on: tuple[str
 
 
 class RingGateProvider(ResourceProvider):
-    """Runs the rollout engine until this ring's gate passes (`run_gate`, per platform); on failure the engine
-    rolls the touched rings back and `run_gate` raises, failing the update. Reports only a ring the engine
-    passed, and keeps `gate` (what the next ring's deployment waits on) and `measured` across an update."""
+    """Runs the rollout engine until this ring's gate passes (`run_gate`, per platform: the shared driver over its
+    hub); on failure the engine rolls the touched rings back and `run_gate` raises, failing the update. Reports only a
+    ring the engine passed, and keeps `gate` (what the next ring's deployment waits on) and `measured` across an update."""
 
     REPLACE_ON: tuple[str, ...] = ("sha256", "version")
 
@@ -30,7 +31,7 @@ class RingGateProvider(ResourceProvider):
         from components.rollout.engine import passed_ring
 
         progress = self.run_gate(props)
-        ring = passed_ring(progress, props["ring"])
+        ring = passed_ring(progress, props["ring"])  # type: ignore[arg-type]
         return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
                             outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring.get("measured")})
 

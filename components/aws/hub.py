@@ -25,13 +25,13 @@ import math
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from components.rollout.spec import GateConfig
 
-from components.aws.plan import (Naming, RingComponents, RingJobPolicy, client_token, components_spec, deployment_request,
-                                 deployment_tags, progress_key, rings_from_props)
-from components.rollout.engine import last_good
+from components.aws.plan import (AwsRingGateProps, Naming, RingComponents, RingJobPolicy, client_token, components_spec,
+                                 deployment_request, deployment_tags, progress_key)
+from components.rollout.progress import last_good, rollout_id
 from components.rollout.gate import THRESHOLDS, measure
 from components.rollout.types import OFFENDERS_PER_METRIC, RingObservation, RingTarget
 from edgefleet_agent.contract.state import DesiredModel
@@ -94,19 +94,27 @@ class AwsHub:
         self._known: dict[str, DesiredModel] = {}
 
     @classmethod
-    def from_props(cls, props: dict[str, Any], clients: Any = None, clock=time.time) -> "AwsHub":
-        sites = {r["name"]: RingSite(target, RingJobPolicy(**policy))
-                 for r, target, policy in zip(props["rings"], props["targets"], props["policies"], strict=True)}
-        return cls(region=props["region"], stack=props["stack"], bucket=props["bucket"], metric_namespace=props["metric_namespace"],
-                   rollout=props["rollout"], model=props["model"], model_component=props["model_component"],
-                   agent_component=props["agent_component"], agent_version=props["agent_version"], sites=sites, clients=clients,
-                   clock=clock, gates={r.name: r.gate for r in rings_from_props(props)})
+    def from_props(cls, props: Mapping[str, Any] | AwsRingGateProps, clients: Any = None, clock: Callable[[], float] = time.time) -> "AwsHub":
+        p = props if isinstance(props, AwsRingGateProps) else AwsRingGateProps.of(props)
+        sites = {r.name: RingSite(target, RingJobPolicy(**policy)) for r, target, policy in zip(p.ring_configs(), p.targets, p.policies, strict=True)}
+        hub = cls(region=p.region, stack=p.stack, bucket=p.bucket, metric_namespace=p.metric_namespace, rollout=p.rollout, model=p.model,
+                  model_component=p.model_component, agent_component=p.agent_component, agent_version=p.agent_version, sites=sites,
+                  clients=clients, clock=clock, gates={r.name: r.gate for r in p.ring_configs()})
+        declared = p.declared()
+        hub.remember(replace(declared, rollout=rollout_id(p.rollout, declared)))
+        return hub
 
     def remember(self, *models: DesiredModel | None) -> None:
-        """Versions this hub can map a deployment back to (the rollout's own and its rollback target)."""
+        """Versions this hub can map a deployment back to (the rollout's own, and those its records name)."""
         for m in models:
             if m is not None:
                 self._known[m.version] = m
+
+    def _known_version(self, version: str) -> DesiredModel | None:
+        if version not in self._known:
+            for record in self.rollouts(self.rollout):            # a rollback target, an earlier version
+                self.remember(DesiredModel.from_json(record.get("desired")))
+        return self._known.get(version)
 
     def now(self) -> float:
         return self._clock()
@@ -147,7 +155,7 @@ class AwsHub:
             return None
         # a version this gate knows maps back to the very DesiredModel the engine compares with; any other one
         # (a deployment made by hand, say) maps to a stand-in that never equals what the engine wants
-        base = self._known.get(version) or DesiredModel(model=self.model, version=version, sha256="", size=0, uri="",
+        base = self._known_version(version) or DesiredModel(model=self.model, version=version, sha256="", size=0, uri="",
                                                          manifest="", signature="")
         rid = config.get("RolloutId", base.rollout)
         order = config.get("RollbackOrder") or None

@@ -1,5 +1,5 @@
 """Pure data for the AWS platform: names, fleet-indexing queries, ring job policies and Greengrass deployment
-requests, and the gate's rollout plan built from a gate resource's inputs.
+requests, and the gate's typed inputs, handed to the shared gate driver (components/rollout/driver.py).
 
 The Pulumi program (platform.py) and the gate/rollback code (hub.py) build their CreateDeployment payloads
 with the same `deployment_request`, so the deployment Pulumi declares for a ring and the one the gate
@@ -13,14 +13,17 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
 
 from components.aws.config import AwsConfig
 from components.rollout.spec import DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
 
-from components.rollout.engine import FAILED, rollout_id
-from components.rollout.report import failure_summary
+from components.props import RingGateProps
+from components.rollout.driver import GateInputs
+from components.rollout.driver import run_gate as drive_gate
+from components.rollout.hub import WallClock
+from components.rollout.progress import Progress, rollout_id
 from edgefleet_agent.contract.state import DesiredModel
 
 ACCOUNT_RE = r"[0-9]{12}"
@@ -263,46 +266,39 @@ def client_token(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:64]
 
 
-# -- the gate: resource inputs -> engine plan ---------------------------------------------------------------
-def desired_from_props(props: dict[str, Any]) -> DesiredModel:
-    d = DesiredModel(model=props["model"], version=props["version"], sha256=props["sha256"], size=int(props["size"]),
-                     uri=props["uri"], manifest=props["manifest"], signature=props["signature"])
-    return DesiredModel(**{**d.__dict__, "rollout": rollout_id(props["rollout"], d)})
+# -- the gate: typed resource inputs -> the shared driver ------------------------------------------------------
+class AwsRingGateProps(RingGateProps):
+    """A ring gate on AWS: where the rollout records and the agents' metrics are, the rings' thing groups and job
+    policies, the components the rings deploy, and the KMS key that signs rollback orders."""
+
+    region: str
+    bucket: str
+    signing_key: str
+    metric_namespace: str
+    total_rings: int
+    targets: list[str]                    # each ring's thing group ARN
+    policies: list[dict[str, Any]]        # each ring's RingJobPolicy
+    model_component: str
+    agent_component: str
+    agent_version: str
 
 
-def rings_from_props(props: dict[str, Any]) -> list[RingConfig]:
-    return [RingConfig.model_validate(r, strict=False) for r in props["rings"]]
+def desired_from_props(props: Mapping[str, Any]) -> DesiredModel:
+    """The declared artifact with the rollout id its deployments carry (RolloutId in the model's configuration)."""
+    d = AwsRingGateProps.of(props).declared()
+    return replace(d, rollout=rollout_id(props["rollout"], d))
 
 
-def run_gate(props: dict[str, Any], clients: Any = None, clock: Any = None) -> dict[str, Any]:
-    """Drives the engine through ring `index` (the whole rollout for the last ring) against Greengrass; on a
-    failed gate the engine rolls the touched rings back and this raises with the engine's report."""
+
+def run_gate(props: Mapping[str, Any], clients: Any = None, clock: Any = None) -> Progress:
+    """The RingGate resource on AWS: the shared driver over Greengrass deployments and the agents' CloudWatch metrics."""
     from components.aws.hub import AwsHub
     from components.aws.signer import KmsSigner
-    from components.rollout.engine import RingPlan, RolloutEngine, RolloutPlan
-    from components.rollout.hub import WallClock
-    from components.rollout.rollback import rollback_authorizer
-    from components.rollout.types import RingTarget
 
+    p = AwsRingGateProps.of(props)
     clock = clock or WallClock()
-    hub = AwsHub.from_props(props, clients=clients, clock=clock.now)
-    rings = rings_from_props(props)
-    desired = desired_from_props(props)
-    rid = desired.rollout
-    previous = hub.last_good(props["rollout"], before=rid)
-    hub.remember(desired, previous)
-    plan = RolloutPlan(props["rollout"], desired, previous, tuple(
-        RingPlan(RingTarget(rollout=props["rollout"], ring=r.name, index=i, selector=props["targets"][i]), r.gate)
-        for i, r in enumerate(rings)))
-    index = int(props["index"])
-    last = index == int(props["total_rings"]) - 1
-    signer = KmsSigner(props["signing_key"], props["region"], client=clients.kms if clients is not None else None)
-    engine = RolloutEngine(hub, clock, rollback_authorizer(signer), poll_seconds=float(props["poll_seconds"]))
-    progress = engine.run(plan, until_ring=None if last else index)
-    if progress["status"] in FAILED:
-        raise RuntimeError(failure_summary(progress, later_rings=int(props["total_rings"]) - len(rings)))
-    if progress["status"] == "superseded":
-        raise RuntimeError(f"rollout {rid} was superseded by a newer rollout of {props['rollout']!r}; run `pulumi up` again")
-    return progress
-
-
+    hub = AwsHub.from_props(p, clients=clients, clock=clock.now)
+    gate = GateInputs(rollout=p.rollout, ring=p.ring, index=p.index, total_rings=p.total_rings, rings=p.ring_plans(p.targets),
+                      declared=p.declared(), poll_seconds=p.poll_seconds, apply=f"run `pulumi up --stack {p.stack}`")
+    signer = KmsSigner(p.signing_key, p.region, client=clients.kms if clients is not None else None)
+    return drive_gate(gate, hub, signer, clock)

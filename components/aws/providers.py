@@ -19,8 +19,30 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider,
 
 from components.dynamic import RingGateProvider as GateProvider
 from components.dynamic import input_diff
+from components.props import Props
 
 PROVIDER_VERSION = "2"
+
+
+class ModelArtifactProps(Props):
+    region: str
+    bucket: str
+    key: str
+    source: str
+    sha256: str
+    size: int
+    kms_key: str
+    model: str
+    version: str
+
+
+class ManifestSignatureProps(Props):
+    region: str
+    signing_key: str
+    model: str
+    version: str
+    sha256: str
+    manifest: str
 
 
 class ModelArtifactProvider(ResourceProvider):
@@ -35,11 +57,10 @@ class ModelArtifactProvider(ResourceProvider):
 
         from components.aws.store import publish_artifact
 
-        s3 = boto3.client("s3", region_name=props["region"])
-        result = publish_artifact(s3, props["bucket"], props["key"], Path(props["source"]), props["sha256"], int(props["size"]),
-                                  props["kms_key"], {"model": props["model"], "version": props["version"]})
-        return CreateResult(id_=f"s3://{props['bucket']}/{props['key']}",
-                            outs={**props, "uri": f"s3://{props['bucket']}/{props['key']}", "version_id": result["version_id"]})
+        p = ModelArtifactProps.of(props)
+        s3 = boto3.client("s3", region_name=p.region)
+        result = publish_artifact(s3, p.bucket, p.key, Path(p.source), p.sha256, p.size, p.kms_key, {"model": p.model, "version": p.version})
+        return CreateResult(id_=f"s3://{p.bucket}/{p.key}", outs={**props, "uri": f"s3://{p.bucket}/{p.key}", "version_id": result["version_id"]})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return input_diff(olds, news, self.REPLACE_ON)
@@ -60,8 +81,9 @@ class ManifestSignatureProvider(ResourceProvider):
         from components.aws.signer import KmsSigner
         from edgefleet_agent.contract.signing import sign_bytes
 
-        envelope = sign_bytes(KmsSigner(props["signing_key"], props["region"]), props["manifest"].encode())
-        return CreateResult(id_=f"{props['model']}@{props['version']}+{props['sha256'][:12]}",
+        p = ManifestSignatureProps.of(props)
+        envelope = sign_bytes(KmsSigner(p.signing_key, p.region), p.manifest.encode())
+        return CreateResult(id_=f"{p.model}@{p.version}+{p.sha256[:12]}",
                             outs={**props, "signature": envelope.to_bytes().decode(), "key_id": envelope.key_id})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:

@@ -38,12 +38,13 @@ import json
 import re
 import time
 import urllib.parse
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, Resource, ResourceProvider, UpdateResult
 
 from components.azure import rest
+from components.props import Props
 from edgefleet_agent.contract.errors import EdgefleetError
 
 API_VERSION = "2021-04-12"
@@ -254,20 +255,43 @@ def _sleep(seconds: float) -> None:
 
 
 # -- the dynamic provider ---------------------------------------------------------------------------------------
-def _client(props: dict[str, Any]) -> HubClient:
-    return HubClient(props["hub_host"], props["key_name"], props["hub_key"], props.get("endpoint"))
+class ConfigurationSpec(Props):
+    """One IoT Hub configuration: its id's parts, content (secrets as `${secret:name}`), target, labels, metrics."""
+
+    id_prefix: str
+    id_hint: str = ""
+    content: dict[str, Any]
+    secrets: dict[str, str] = {}
+    target_condition: str
+    priority: int
+    labels: dict[str, str] = {}
+    metrics: dict[str, str] = {}
+    exclusive_label: str | None = None
+    check: str | None = None           # "edgefleet-agent": check the agent contract on the real values before sending
 
 
-def _body(config_id: str, props: dict[str, Any], secrets: dict[str, str]) -> dict[str, Any]:
-    queries = {name: q.replace("{config_id}", config_id) for name, q in (props.get("metrics") or {}).items()}
+class ConfigurationProps(ConfigurationSpec):
+    """The Configuration resource: the configuration and how to reach its hub."""
+
+    hub_host: str
+    key_name: str
+    hub_key: str
+    endpoint: str | None = None
+
+
+def _client(p: ConfigurationProps) -> HubClient:
+    return HubClient(p.hub_host, p.key_name, p.hub_key, p.endpoint)
+
+
+def _body(config_id: str, p: ConfigurationSpec) -> dict[str, Any]:
     return {
         "id": config_id,
         "schemaVersion": SCHEMA_VERSION,
-        "labels": dict(props.get("labels") or {}),
-        "content": fill_secrets(props["content"], secrets),
-        "targetCondition": props["target_condition"],
-        "priority": int(props["priority"]),
-        "metrics": {"queries": queries},
+        "labels": dict(p.labels),
+        "content": fill_secrets(p.content, dict(p.secrets)),
+        "targetCondition": p.target_condition,
+        "priority": p.priority,
+        "metrics": {"queries": {name: q.replace("{config_id}", config_id) for name, q in p.metrics.items()}},
     }
 
 
@@ -279,7 +303,8 @@ class ConfigurationProvider(ResourceProvider):
     """CRUD for one IoT Hub configuration. See the module docstring for why create-before-delete is safe."""
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        config_id, live = apply_configuration(_client(props), props)
+        p = ConfigurationProps.of(props)
+        config_id, live = apply_configuration(_client(p), p)
         return CreateResult(id_=config_id, outs=_outs(props, config_id, live))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -291,17 +316,17 @@ class ConfigurationProvider(ResourceProvider):
     def update(self, config_id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         """Writes the mutable fields if they changed, else only re-reads the configuration (with the new key, if
         that is what changed); either way the outputs become `news`."""
-        secrets = dict(news.get("secrets") or {})
-        client = _client(news)
+        p = ConfigurationProps.of(news)
+        client = _client(p)
         if all(olds.get(k) == news.get(k) for k in MUTABLE):
             live = client.get_configuration(config_id) or {}
             return UpdateResult(outs=_outs(news, config_id, {**live, "etag": live.get("etag", olds.get("etag"))}))
-        live = client.update_configuration(_body(config_id, news, secrets), olds.get("etag") or "*")
+        live = client.update_configuration(_body(config_id, p), olds.get("etag") or "*")
         return UpdateResult(outs=_outs(news, config_id, live))
 
     def delete(self, config_id: str, props: dict[str, Any]) -> None:
         try:
-            _client(props).delete_configuration(config_id, "*")
+            _client(ConfigurationProps.of(props)).delete_configuration(config_id, "*")
         except IotHubError as e:
             if e.status != 401:
                 raise
@@ -311,7 +336,7 @@ class ConfigurationProvider(ResourceProvider):
                               e.status, e.code) from None
 
     def read(self, config_id: str, props: dict[str, Any]) -> ReadResult:
-        live = _client(props).get_configuration(config_id)
+        live = _client(ConfigurationProps.of(props)).get_configuration(config_id)
         if live is None:
             return ReadResult(None, {})
         outs = {**props, "target_condition": live.get("targetCondition"), "priority": live.get("priority"),
@@ -319,12 +344,12 @@ class ConfigurationProvider(ResourceProvider):
         return ReadResult(config_id, outs)
 
 
-def apply_configuration(client: HubClient, props: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def apply_configuration(client: HubClient, props: Mapping[str, Any] | ConfigurationSpec) -> tuple[str, dict[str, Any]]:
     """Creates the configuration `props` describe, then retires its siblings: the ordering that leaves no gap."""
-    secrets = dict(props.get("secrets") or {})
-    config_id = configuration_id(props["id_prefix"], props.get("id_hint", ""), props["content"], secrets)
-    body = _body(config_id, props, secrets)
-    if props.get("check") == "edgefleet-agent":        # real values only exist now: check the agent contract before sending
+    p = props if isinstance(props, ConfigurationSpec) else ConfigurationSpec.of(props)
+    config_id = configuration_id(p.id_prefix, p.id_hint, p.content, dict(p.secrets))
+    body = _body(config_id, p)
+    if p.check == "edgefleet-agent":        # real values only exist now: check the agent contract before sending
         from components.azure.manifest import check_manifest
 
         problems = check_manifest(body["content"].get("modulesContent") or {})
@@ -337,7 +362,7 @@ def apply_configuration(client: HubClient, props: dict[str, Any]) -> tuple[str, 
         if e.status != 409:
             raise
         live = adopt_existing(client, body)
-    sweep_siblings(client, props, config_id)
+    sweep_siblings(client, p, config_id)
     return config_id, live
 
 
@@ -355,10 +380,10 @@ def adopt_existing(client: HubClient, body: dict[str, Any]) -> dict[str, Any]:
     return live
 
 
-def sweep_siblings(client: HubClient, props: dict[str, Any], keep: str) -> list[str]:
+def sweep_siblings(client: HubClient, p: ConfigurationSpec, keep: str) -> list[str]:
     """After the new configuration exists, removes the others that claim the same slot (same exclusive label value)."""
-    label = props.get("exclusive_label")
-    value = (props.get("labels") or {}).get(label) if label else None
+    label = p.exclusive_label
+    value = p.labels.get(label) if label else None
     if not value:
         return []
     removed = []

@@ -28,19 +28,23 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 import json
 import math
 import re
 import time
 import urllib.parse
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
 
 from components.azure.configurations import HubClient, apply_configuration
 from components.azure.manifest import AGENT_MODULE, RING_LABEL, RingDeploymentSpec, desired_from_configuration, metric_where, ring_configuration
 from edgefleet_agent.contract.iotedge import model_key
-from components.rollout.engine import FAILED, last_good, rollout_id
+from components.props import ProviderInputError, RingGateProps
+from components.rollout.driver import GateInputs
+from components.rollout.driver import run_gate as drive_gate
 from components.rollout.gate import THRESHOLDS, measure
-from components.rollout.report import failure_summary
+from components.rollout.hub import WallClock
+from components.rollout.progress import Progress, rollout_id
 from components.rollout.types import OFFENDERS_PER_METRIC, OFFENDER_METRICS, RingObservation, RingTarget
 from edgefleet_agent.contract.state import DesiredModel
 
@@ -294,66 +298,49 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-# -- the gate, as the RingGate provider runs it --------------------------------------------------------------------
-def desired_from_props(props: dict[str, Any]) -> DesiredModel:
-    d = DesiredModel(model=props["model"], version=props["version"], sha256=props["sha256"], size=int(props["size"]),
-                     uri=props["uri"], manifest=props["manifest"], signature=props["signature"])
-    return DesiredModel(**{**d.__dict__, "rollout": rollout_id(props["rollout"], d)})
+# -- the gate: typed resource inputs -> the shared driver ---------------------------------------------------------
+class AzureRingGateProps(RingGateProps):
+    """A ring gate on Azure: the hub it reads and writes (service policy and key), where rollout records are kept, the
+    Key Vault key that signs rollback orders, and each ring's layered deployment."""
+
+    hub_host: str
+    key_name: str
+    hub_key: str
+    ring_specs: list[dict[str, Any]]
+    endpoint: str | None = None          # the hub's REST endpoint when not https://<hub_host> (the tests' local server)
+    blob_endpoint: str | None = None     # rollout records; the gate needs these two and key_url unless it is handed a
+    progress_container: str | None = None  # progress store and a signer (tests)
+    key_url: str | None = None
 
 
-def hub_from_props(props: dict[str, Any], progress: ProgressStore | None = None, **kwargs: Any) -> AzureHub:
-    from components.rollout.spec import RingConfig
-
-    client = HubClient(props["hub_host"], props["key_name"], props["hub_key"], props.get("endpoint"))
-    specs = {s.key: s for s in (RingDeploymentSpec.from_json(d) for d in props["ring_specs"])}
-    gates = {f"{props['rollout']}.{r.name}": r.gate for r in (RingConfig.model_validate(d, strict=False) for d in props["rings"])}
-    store = progress or BlobProgressStore(props["blob_endpoint"], props["progress_container"])
-    return AzureHub(client, specs, store, gates=gates, poll_seconds=float(props["poll_seconds"]), **kwargs)
+def desired_from_props(props: Mapping[str, Any]) -> DesiredModel:
+    d = AzureRingGateProps.of(props).declared()
+    return replace(d, rollout=rollout_id(props["rollout"], d))
 
 
-def plan_from_props(hub: AzureHub, props: dict[str, Any]):
-    from components.rollout.spec import RingConfig
+def hub_from_props(props: Mapping[str, Any] | AzureRingGateProps, progress: ProgressStore | None = None, **kwargs: Any) -> AzureHub:
+    p = props if isinstance(props, AzureRingGateProps) else AzureRingGateProps.of(props)
+    client = HubClient(p.hub_host, p.key_name, p.hub_key, p.endpoint)
+    specs = {s.key: s for s in (RingDeploymentSpec.from_json(d) for d in p.ring_specs)}
+    gates = {f"{p.rollout}.{r.name}": r.gate for r in p.ring_configs()}
+    if progress is None and not (p.blob_endpoint and p.progress_container):
+        raise ProviderInputError("AzureRingGateProps: blob_endpoint and progress_container are required to keep rollout records")
+    store = progress or BlobProgressStore(p.blob_endpoint, p.progress_container)
+    return AzureHub(client, specs, store, gates=gates, poll_seconds=p.poll_seconds, **kwargs)
 
-    from components.rollout.engine import RingPlan, RolloutPlan
 
-    rings = [RingConfig.model_validate(r, strict=False) for r in props["rings"]]
-    desired = desired_from_props(props)
-    rid = rollout_id(props["rollout"], desired)
-    plans = tuple(RingPlan(RingTarget(props["rollout"], r.name, i, f"{props['rollout']}.{r.name}"), r.gate) for i, r in enumerate(rings))
-    return RolloutPlan(props["rollout"], desired, last_good(hub.rollouts(props["rollout"]), before=rid), plans)
-
-
-def run_gate(props: dict[str, Any], hub: AzureHub | None = None, signer: Any = None, clock: Any = None) -> dict[str, Any]:
-    """Drives the engine through ring `index` (the whole rollout for the last ring). Raises when it rolled back."""
-    from components.rollout.engine import RolloutEngine
-    from components.rollout.hub import WallClock
-    from components.rollout.rollback import rollback_authorizer
-
-    hub = hub or hub_from_props(props)
+def run_gate(props: Mapping[str, Any], hub: AzureHub | None = None, signer: Any = None, clock: Any = None) -> Progress:
+    """The RingGate resource on Azure: the shared driver over the rings' layered deployments and the module twins."""
+    p = AzureRingGateProps.of(props)
+    hub = hub or hub_from_props(p)
     if signer is None:
         from components.azure.signer import KeyVaultSigner
 
-        signer = KeyVaultSigner(props["key_url"])
-    plan = plan_from_props(hub, props)
-    index = int(props["index"])
-    last = index == len(plan.rings) - 1
-    engine = RolloutEngine(hub, clock or WallClock(), rollback_authorizer(signer), poll_seconds=float(props["poll_seconds"]))
-    progress = engine.run(plan, until_ring=None if last else index)
-    if progress["status"] in FAILED:
-        reassert_rollback(hub, plan, progress)
-        raise RuntimeError(failure_summary(progress))
-    return progress
-
-
-def reassert_rollback(hub: AzureHub, plan, progress: dict[str, Any]) -> list[str]:
-    """A finished rollback stays in force: if a later `pulumi up` re-created a rolled-back layer, put the last good back."""
-    rb = progress.get("rollback") or {}
-    target = DesiredModel.from_json(rb.get("desired"))
-    fixed = []
-    for ring in plan.rings:
-        if ring.name in rb.get("rings", []) and hub.desired(ring.target) != target:
-            hub.set_desired(ring.target, target)
-            fixed.append(ring.name)
-    return fixed
-
-
+        if not p.key_url:
+            raise ProviderInputError("AzureRingGateProps: key_url is required to sign rollback orders")
+        signer = KeyVaultSigner(p.key_url)
+    rings = p.ring_configs()
+    gate = GateInputs(rollout=p.rollout, ring=p.ring, index=p.index, total_rings=len(rings),
+                      rings=p.ring_plans([f"{p.rollout}.{r.name}" for r in rings]), declared=p.declared(), poll_seconds=p.poll_seconds,
+                      apply=f"run `pulumi up --stack {p.stack}`")
+    return drive_gate(gate, hub, signer, clock or WallClock())

@@ -19,8 +19,25 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider,
 
 from components.dynamic import RingGateProvider as GateProvider
 from components.dynamic import input_diff
+from components.props import Props
 
 PROVIDER_VERSION = "2"
+
+
+class SigningPublicKeyProps(Props):
+    key_url: str
+
+
+class ModelArtifactProps(Props):
+    blob_endpoint: str
+    container: str
+    key_url: str
+    source: str
+    model: str
+    version: str
+    sha256: str
+    size: int
+    manifest: str
 
 
 class SigningPublicKeyProvider(ResourceProvider):
@@ -45,8 +62,9 @@ def read_public_key(props: dict[str, Any], signer: Any = None, wait: Any = None)
     from components.azure.rbac import until_granted
     from components.azure.signer import KeyVaultSigner
 
-    signer = signer or KeyVaultSigner(props["key_url"])
-    return until_granted(f"Key Vault key {props['key_url']}",
+    key_url = SigningPublicKeyProps.of(props).key_url
+    signer = signer or KeyVaultSigner(key_url)
+    return until_granted(f"Key Vault key {key_url}",
                          lambda: {"key_id": signer.key_id, "public_key_pem": signer.public_key_pem().decode()}, wait)
 
 
@@ -60,35 +78,36 @@ def publish_artifact(props: dict[str, Any], signer: Any = None, container: Any =
     from edgefleet_agent.contract.digest import same_file_digest
     from edgefleet_agent.contract.errors import EdgefleetError
 
-    source = Path(props["source"])
-    problem = same_file_digest(source, props["sha256"], int(props["size"]))
+    p = ModelArtifactProps.of(props)
+    source = Path(p.source)
+    problem = same_file_digest(source, p.sha256, p.size)
     if problem:
-        raise EdgefleetError(props["source"], f"refusing to publish: {problem}", "run `edgefleet model add` to re-pin the artifact")
-    signer = signer or KeyVaultSigner(props["key_url"])
+        raise EdgefleetError(p.source, f"refusing to publish: {problem}", "run `edgefleet model add` to re-pin the artifact")
+    signer = signer or KeyVaultSigner(p.key_url)
     if container is None:
         from azure.storage.blob import ContainerClient   # deploy-time dependency, see docs/azure.md
 
-        container = ContainerClient(props["blob_endpoint"], props["container"], credential=default_credential())
-    return until_granted(f"publishing {props['model']} {props['version']} to {props['blob_endpoint'].rstrip('/')}/{props['container']}",
-                         lambda: _publish(props, source, signer, container), wait)
+        container = ContainerClient(p.blob_endpoint, p.container, credential=default_credential())
+    return until_granted(f"publishing {p.model} {p.version} to {p.blob_endpoint.rstrip('/')}/{p.container}",
+                         lambda: _publish(p, source, signer, container), wait)
 
 
-def _publish(props: dict[str, Any], source: Any, signer: Any, container: Any) -> dict[str, str]:
+def _publish(p: ModelArtifactProps, source: Any, signer: Any, container: Any) -> dict[str, str]:
     from edgefleet_agent.contract.artifact import verify_artifact
     from edgefleet_agent.contract.signing import SignatureError, load_public_key, sign_bytes
 
-    base = f"{props['model']}/{props['sha256']}"
-    manifest = props["manifest"].encode()
+    base = f"{p.model}/{p.sha256}"
+    manifest = p.manifest.encode()
     names = {b.name: b for b in container.list_blobs(name_starts_with=base, include=["metadata"])}
     onnx = names.get(f"{base}.onnx")
-    if onnx is None or (onnx.metadata or {}).get("sha256") != props["sha256"]:
+    if onnx is None or (onnx.metadata or {}).get("sha256") != p.sha256:
         with open(source, "rb") as fh:
-            container.upload_blob(f"{base}.onnx", fh, overwrite=True, metadata={"sha256": props["sha256"], "version": props["version"]})
+            container.upload_blob(f"{base}.onnx", fh, overwrite=True, metadata={"sha256": p.sha256, "version": p.version})
     signature = None
     if f"{base}.yaml.sig" in names and f"{base}.yaml" in names and container.download_blob(f"{base}.yaml").readall() == manifest:
         old = container.download_blob(f"{base}.yaml.sig").readall()
         try:
-            verify_artifact(manifest, old, source, load_public_key(signer.public_key_pem(), "Key Vault"), props["source"])
+            verify_artifact(manifest, old, source, load_public_key(signer.public_key_pem(), "Key Vault"), p.source)
             signature = old
         except SignatureError:
             signature = None                     # signed by another key: sign again
@@ -96,13 +115,13 @@ def _publish(props: dict[str, Any], source: Any, signer: Any, container: Any) ->
         signature = sign_bytes(signer, manifest).to_bytes()
         container.upload_blob(f"{base}.yaml", manifest, overwrite=True)
         container.upload_blob(f"{base}.yaml.sig", signature, overwrite=True)
-    return {"uri": f"{props['blob_endpoint'].rstrip('/')}/{props['container']}/{base}.onnx", "signature": signature.decode()}
+    return {"uri": f"{p.blob_endpoint.rstrip('/')}/{p.container}/{base}.onnx", "signature": signature.decode()}
 
 
 class ModelArtifactProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
-        out = publish_artifact(props)
-        return CreateResult(id_=f"{props['model']}@{props['version']}+{props['sha256'][:12]}", outs={**props, **out})
+        p = ModelArtifactProps.of(props)
+        return CreateResult(id_=f"{p.model}@{p.version}+{p.sha256[:12]}", outs={**props, **publish_artifact(props)})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return input_diff(olds, news, ("sha256", "version", "manifest", "blob_endpoint", "container", "key_url"))

@@ -15,8 +15,28 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider,
 
 from components.dynamic import RingGateProvider as GateProvider
 from components.dynamic import input_diff
+from components.props import Props
 
 PROVIDER_VERSION = "2"
+
+
+class ModelStoreProps(Props):
+    path: str
+
+
+class SigningKeyProps(Props):
+    key_file: str
+
+
+class ArtifactProps(Props):
+    store: str
+    key_file: str
+    source: str
+    model: str
+    version: str
+    sha256: str
+    size: int
+    manifest: str
 
 
 class _Idempotent(ResourceProvider):
@@ -31,7 +51,7 @@ class ModelStoreProvider(_Idempotent):
     def create(self, props: dict[str, Any]) -> CreateResult:
         from pathlib import Path
 
-        path = Path(props["path"])
+        path = Path(ModelStoreProps.of(props).path)
         path.mkdir(parents=True, exist_ok=True)
         return CreateResult(id_=str(path), outs={**props, "uri": path.resolve().as_uri()})
 
@@ -48,7 +68,7 @@ class SigningKeyProvider(_Idempotent):
 
         from components.local.signer import LocalKeySigner, create_key_file
 
-        path = Path(props["key_file"])
+        path = Path(SigningKeyProps.of(props).key_file)
         if not path.exists():
             create_key_file(path)
         signer = LocalKeySigner(path)
@@ -68,7 +88,8 @@ class ArtifactProvider(_Idempotent):
         from components.local.store import publish
         from components.local.signer import LocalKeySigner
 
-        published = publish(Path(props["store"]), props["manifest"], Path(props["source"]), LocalKeySigner(props["key_file"]), props["source"])
+        p = ArtifactProps.of(props)
+        published = publish(Path(p.store), p.manifest, Path(p.source), LocalKeySigner(p.key_file), p.source)
         return CreateResult(id_=f"{published.model}@{published.version}+{published.sha256[:12]}",
                             outs={**props, "uri": published.uri, "signature": published.signature_text})
 
@@ -86,7 +107,10 @@ class RingDeploymentProvider(_Idempotent):
     def create(self, props: dict[str, Any]) -> CreateResult:
         from components.local.plan import deploy_ring
 
-        return CreateResult(id_=f"{props['rollout']}/{props['ring']}", outs={**props, "devices": deploy_ring(props)})
+        from components.local.plan import LocalRingProps
+
+        p = LocalRingProps.of(props)
+        return CreateResult(id_=f"{p.rollout}/{p.ring}", outs={**props, "devices": deploy_ring(props)})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return input_diff(olds, news, ("sha256", "version"))

@@ -24,7 +24,8 @@ from components.local.signer import LocalKeySigner, create_key_file
 
 from components.local.fleet import LocalFleet, exclusive, local_devices, lock_path, register
 from components.local.hub import LocalHub
-from components.local.plan import Decision, decide, engine_for, plan_for
+from components.local.plan import decide, engine_for
+from components.rollout.decide import Decision, plan_for
 from components.local.store import Published, publish
 from components.rollout.engine import TERMINAL, RolloutPlan, rings_changed
 from edgefleet_agent.contract.state import DesiredModel

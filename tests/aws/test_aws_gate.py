@@ -100,7 +100,9 @@ def metrics(world, ring: str, version: str, inferences: float, errors: float = 0
 def save_succeeded(world, desired: DesiredModel) -> None:
     rid = rollout_id("detector", desired)
     hub = AwsHub.from_props(props(world, 0), clients=world.clients)
-    hub.save_progress(rid, {"rollout_id": rid, "rollout": "detector", "status": "succeeded", "started_at": 1.0,
+    hub.save_progress(rid, {"rollout_id": rid, "rollout": "detector", "model": desired.model, "version": desired.version,
+                            "sha256": desired.sha256, "previous_version": None, "status": "succeeded", "started_at": 1.0,
+                            "rings": [{"name": r, "index": i, "state": "passed"} for i, r in enumerate(("canary", "early"))],
                             "desired": DesiredModel(**{**desired.__dict__, "rollout": rid}).to_json()})
 
 

@@ -26,7 +26,7 @@ def test_provider_module_has_no_import_time_side_effects_beyond_pulumis_dynamic_
     tree = ast.parse(Path(providers.__file__).read_text())
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     modules = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in top}
-    assert modules == {"__future__", "typing", "pulumi", "pulumi.dynamic", "components.dynamic"}
+    assert modules == {"__future__", "typing", "pulumi", "pulumi.dynamic", "components.dynamic", "components.props"}
     calls = [n for n in tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
     assert not calls
     import components.dynamic as shared
@@ -35,6 +35,10 @@ def test_provider_module_has_no_import_time_side_effects_beyond_pulumis_dynamic_
     shared_imports = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
                       for n in shared_tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
     assert shared_imports == {"__future__", "typing", "pulumi.dynamic"}, "the shared diff helper must stay side-effect free too"
+    import components.props as props
+
+    props_tree = ast.parse(Path(props.__file__).read_text())
+    assert not [n for n in props_tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)], "typed props: declarations only"
 
 
 @pytest.mark.parametrize("cls", [providers.RingGateProvider, providers.ManifestSignatureProvider, providers.ModelArtifactProvider])

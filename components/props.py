@@ -1,0 +1,64 @@
+"""The typed inputs of edgefleet's dynamic resources: one Props type per resource, validated once when its provider
+runs. No Pulumi here: gate code and tests build them from plain dicts too."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from components.rollout.engine import RingPlan
+from components.rollout.spec import RingConfig
+from components.rollout.types import RingTarget
+from edgefleet_agent.contract.state import DesiredModel
+
+
+class ProviderInputError(RuntimeError):
+    """Inputs a provider cannot run on: a resource recorded by an older edgefleet, or state edited by hand."""
+
+
+class Props(BaseModel):
+    """A dynamic resource's inputs, validated once from what Pulumi hands its provider. Lax (Pulumi gives numbers as
+    floats) and ignoring keys it does not declare: Pulumi's own (`__provider`), outputs kept among the inputs, and
+    keys older records carry, so resources already deployed keep updating and deleting."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @classmethod
+    def of(cls, inputs: Mapping[str, Any]) -> Any:
+        try:
+            return cls.model_validate(dict(inputs))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ProviderInputError(f"{cls.__name__}: the resource's inputs are not what this provider runs on ({problems}); "
+                                     "run `pulumi up` with the edgefleet version that declared it, or `pulumi refresh`") from None
+
+
+class RingGateProps(Props):
+    """The inputs every platform's ring gate carries: the ring, the rings up to it, the declared artifact."""
+
+    rollout: str
+    ring: str
+    index: int
+    rings: list[dict[str, Any]]      # the stack's ring configs up to this one (RingConfig, as JSON)
+    model: str
+    version: str
+    sha256: str
+    size: int
+    manifest: str
+    uri: str
+    signature: str
+    poll_seconds: float
+    stack: str = "<stack>"
+
+    def ring_configs(self) -> list[RingConfig]:
+        return [RingConfig.model_validate(r, strict=False) for r in self.rings]
+
+    def declared(self) -> DesiredModel:
+        """The declared artifact; its rollout id is the decision's (components/rollout/decide.py)."""
+        return DesiredModel(model=self.model, version=self.version, sha256=self.sha256, size=self.size, uri=self.uri,
+                            manifest=self.manifest, signature=self.signature)
+
+    def ring_plans(self, selectors: list[Any]) -> tuple[RingPlan, ...]:
+        return tuple(RingPlan(RingTarget(self.rollout, r.name, i, selector), r.gate)
+                     for i, (r, selector) in enumerate(zip(self.ring_configs(), selectors, strict=True)))
