@@ -17,8 +17,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from edgefleet_agent import __version__
+
+if TYPE_CHECKING:
+    from edgefleet_agent.transports.greengrass import GreengrassTransport
+    from edgefleet_agent.transports.local import LocalHubTransport
 
 EXIT_OK, EXIT_CANNOT_START, EXIT_REFUSED = 0, 2, 3
 TRANSPORTS = ("local", "greengrass", "iotedge")
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
 
-    def on_signal(signum, _frame) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger("edgefleet.agent").info("%s: %s received, stopping", args.device_id, signal.Signals(signum).name)
         stop.set()
 
@@ -126,6 +132,7 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
     from edgefleet_agent.contract.signing import load_public_key
 
     greengrass = args.transport == "greengrass"
+    transport: GreengrassTransport | LocalHubTransport
     try:
         pem = args.public_key.read_bytes()
         load_public_key(pem, f"{args.public_key}: trusted public key")
