@@ -144,12 +144,11 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
             except GreengrassConfigError as exc:
                 return fail(exc)
         else:
-            from edgefleet_agent.transports.local import LocalHubTransport
-
             try:
-                transport = LocalHubTransport(args.hub)
-            except ImportError as exc:   # the device image (agent/Dockerfile) leaves the local platform out
+                from edgefleet_agent.transports.local import LocalHubTransport
+            except ImportError as exc:   # a Python built without sqlite3, as on some device images
                 return fail(f"the local transport is not part of this installation ({exc})")
+            transport = LocalHubTransport(args.hub)
         agent = DeviceAgent(args.device_id, args.model, args.state_dir, pem, transport,
                             execution_providers=[p.strip() for p in args.providers.split(",") if p.strip()])
     except (OSError, EdgefleetError) as exc:
