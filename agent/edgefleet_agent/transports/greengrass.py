@@ -148,10 +148,12 @@ class CloudWatchMetrics:
     def datums(self, report: DeviceReport) -> list[MetricDatumTypeDef]:
         if report.version is None:
             return []                       # nothing served: no version to file the window under
-        dims: list[DimensionTypeDef] = [{"Name": name, "Value": value} for name, value in zip(DIMENSIONS, (self.rollout, self.ring, report.version))]
+        dims: list[DimensionTypeDef] = [{"Name": name, "Value": value}
+                                        for name, value in zip(DIMENSIONS, (self.rollout, self.ring, report.version))]
         at = datetime.fromtimestamp(report.reported_at, timezone.utc)
-        out: list[MetricDatumTypeDef] = [{"MetricName": name, "Dimensions": dims, "Timestamp": at, "Value": float(getattr(report, field)), "Unit": "Count"}
-               for name, field in COUNT_METRICS]
+        out: list[MetricDatumTypeDef] = [
+            {"MetricName": name, "Dimensions": dims, "Timestamp": at, "Value": float(getattr(report, field)), "Unit": "Count"}
+            for name, field in COUNT_METRICS]
         if report.p99_latency_ms is not None:
             out.append({"MetricName": LATENCY_METRIC, "Dimensions": dims, "Timestamp": at,
                         "Value": float(report.p99_latency_ms), "Unit": "Milliseconds"})
