@@ -17,8 +17,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from edgefleet_agent import __version__
+
+if TYPE_CHECKING:
+    from edgefleet_agent.transports.greengrass import GreengrassTransport
+    from edgefleet_agent.transports.local import LocalHubTransport
 
 EXIT_OK, EXIT_CANNOT_START, EXIT_REFUSED = 0, 2, 3
 TRANSPORTS = ("local", "greengrass", "iotedge")
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
 
-    def on_signal(signum, _frame) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger("edgefleet.agent").info("%s: %s received, stopping", args.device_id, signal.Signals(signum).name)
         stop.set()
 
@@ -126,6 +132,7 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
     from edgefleet_agent.contract.signing import load_public_key
 
     greengrass = args.transport == "greengrass"
+    transport: GreengrassTransport | LocalHubTransport
     try:
         pem = args.public_key.read_bytes()
         load_public_key(pem, f"{args.public_key}: trusted public key")
@@ -137,12 +144,11 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
             except GreengrassConfigError as exc:
                 return fail(exc)
         else:
-            from edgefleet_agent.transports.local import LocalHubTransport
-
             try:
-                transport = LocalHubTransport(args.hub)
-            except ImportError as exc:   # the device image (agent/Dockerfile) leaves the local platform out
+                from edgefleet_agent.transports.local import LocalHubTransport
+            except ImportError as exc:   # a Python built without sqlite3, as on some device images
                 return fail(f"the local transport is not part of this installation ({exc})")
+            transport = LocalHubTransport(args.hub)
         agent = DeviceAgent(args.device_id, args.model, args.state_dir, pem, transport,
                             execution_providers=[p.strip() for p in args.providers.split(",") if p.strip()])
     except (OSError, EdgefleetError) as exc:

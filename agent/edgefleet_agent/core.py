@@ -28,7 +28,7 @@ from edgefleet_agent.serving import LoadError, LoadedModel, SessionCache, availa
 from edgefleet_agent.store import Pointer, SlotRef, SlotStore, StoreError, pause_point
 from edgefleet_agent.download import FetchError, download
 from edgefleet_agent.transports import Transport
-from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
 from edgefleet_agent.contract.artifact import verify_artifact
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes, version_key
@@ -130,11 +130,11 @@ class DeviceAgent:
         return serving.loaded.providers if serving else ()
 
     @property
-    def status(self) -> str:
+    def status(self) -> DeviceStatus:
         return self._status(self._serving, self._refusal, self._installing)
 
     @staticmethod
-    def _status(serving: _Serving | None, refusal: _Refusal | None, installing: DesiredModel | None) -> str:
+    def _status(serving: _Serving | None, refusal: _Refusal | None, installing: DesiredModel | None) -> DeviceStatus:
         if installing is not None:
             return "updating"
         if refusal is not None:

@@ -8,6 +8,7 @@ import http.client
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 CHUNK = 1 << 20
@@ -59,19 +60,20 @@ def _stream(uri: str, dest: Path, expected_size: int | None) -> str:
             raise FetchError(f"download failed: {uri} names host {parts.netloc!r}; file:// URIs must be local")
         path = Path(urllib.request.url2pathname(unquote(parts.path)))
         try:
-            source = open(path, "rb")
+            source: BinaryIO = open(path, "rb")
         except OSError as exc:
             raise FetchError(f"download failed: cannot open {uri}: {exc.strerror}") from None
         declared = None
     elif parts.scheme in ("http", "https"):
         try:
-            source = urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_SECONDS)
+            response: http.client.HTTPResponse = urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_SECONDS)
         except urllib.error.HTTPError as exc:
             raise FetchError(f"download failed: HTTP {exc.code} {exc.reason} from {uri}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise FetchError(f"download failed: cannot reach {uri}: {getattr(exc, 'reason', exc)}") from None
-        length = source.headers.get("Content-Length")
+        length = response.headers.get("Content-Length")
         declared = int(length) if length and length.isdigit() else None
+        source = response
     else:
         raise FetchError(f"download failed: unsupported URI scheme {parts.scheme!r} in {uri} (expected file, http or https)")
 

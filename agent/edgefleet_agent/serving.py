@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable
+from typing import Callable, Hashable, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +22,15 @@ from edgefleet_agent.tensors import non_finite_outputs, synthetic_inputs
 CPU = "CPUExecutionProvider"
 FEED_POOL = 4          # distinct synthetic inputs cycled through, so the stream is not one repeated tensor
 WARMUP_RUNS = 2        # the first run allocates; the second is what a served request costs
+
+
+class Session(Protocol):
+    """What the agent uses of onnxruntime.InferenceSession, which ships no types. Manifests describe tensor
+    outputs only, so a run returns arrays."""
+
+    def run(self, output_names: list[str], input_feed: dict[str, np.ndarray], /) -> list[np.ndarray]: ...
+
+    def get_providers(self) -> list[str]: ...
 
 
 class LoadError(Exception):
@@ -42,26 +51,27 @@ def available_providers() -> list[str]:
 class LoadedModel:
     """A session that has already run: swapping to it costs one reference assignment."""
 
-    session: Any
+    session: Session
     providers: tuple[str, ...]
     output_names: list[str]
     float_outputs: tuple[int, ...]
     feeds: tuple[dict[str, np.ndarray], ...]
     warmup_invalid: tuple[str, ...]
 
-    def has_invalid(self, values: list) -> bool:
+    def has_invalid(self, values: list[np.ndarray]) -> bool:
         for i in self.float_outputs:
             if not np.isfinite(values[i]).all():
                 return True
         return False
 
 
-def open_session(path: Path, providers: list[str]):
+def open_session(path: Path, providers: list[str]) -> Session:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    session: Session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    return session
 
 
 def _first_line(exc: BaseException) -> str:
@@ -87,7 +97,7 @@ def load_model(path: Path, manifest: ModelManifest, providers: list[str],
     if feeds is None:
         feeds = make_feeds(manifest)
     names = [o.name for o in manifest.outputs]
-    values: list = []
+    values: list[np.ndarray] = []
     for i in range(WARMUP_RUNS):
         try:
             values = session.run(names, feeds[i % len(feeds)])

@@ -6,6 +6,8 @@ the same ones, so both judge a model on the same data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -36,7 +38,7 @@ def synthetic_inputs(specs: list[TensorSpec], seed: int = 0, batch: int = SYMBOL
     return feeds
 
 
-def non_finite_outputs(names: list[str], values: list) -> list[str]:
+def non_finite_outputs(names: list[str], values: Sequence[object]) -> list[str]:
     """Names of float outputs holding NaN or infinity."""
     bad = []
     for name, value in zip(names, values):

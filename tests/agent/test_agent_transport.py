@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 
 import pytest
 
+from agent_testkit import MODEL
 from edgefleet_agent.download import FetchError, download, fetch
 from edgefleet_agent.transports.local import LocalHubTransport
 
@@ -83,3 +86,15 @@ def test_local_hub_transport_refuses_a_missing_hub(tmp_path):
     with pytest.raises(FileNotFoundError, match="no local hub database here"):
         LocalHubTransport(tmp_path / "hub.db")
     assert not (tmp_path / "hub.db").exists()
+
+
+def test_without_sqlite3_the_local_transport_exits_2_and_says_why(tmp_path, keys):
+    """A Python built without sqlite3 has no local transport: a reason and exit 2, not a traceback."""
+    hub = tmp_path / "hub.db"
+    hub.touch()
+    code = "import sys\nsys.modules['sqlite3'] = None\nfrom edgefleet_agent.__main__ import main\nsys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "--hub", str(hub), "--device-id", "cam-1", "--model", MODEL,
+                           "--public-key", str(keys.pem_path), "--state-dir", str(tmp_path / "state")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("edgefleet-agent: the local transport is not part of this installation"), proc.stderr

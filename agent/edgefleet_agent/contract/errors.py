@@ -3,7 +3,10 @@ to fix it. The controller's CLI prints it without a traceback; the agent reports
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class EdgefleetError(Exception):
@@ -33,7 +36,7 @@ class FormatError(EdgefleetError):
     """A document of the device contract in a format this reader does not know (newer, or not that document)."""
 
 
-def field_path(loc: tuple[Any, ...], prefix: str = "") -> str:
+def field_path(loc: tuple[int | str, ...], prefix: str = "") -> str:
     """Renders a pydantic error location as `rings[0].gate.success_share`."""
     out = prefix
     for part in loc:
@@ -44,7 +47,7 @@ def field_path(loc: tuple[Any, ...], prefix: str = "") -> str:
     return out or "(top level)"
 
 
-def from_validation_error(err: Any, source: str, prefix: str = "", cls: type[EdgefleetError] = ConfigError) -> EdgefleetError:
+def from_validation_error(err: ValidationError, source: str, prefix: str = "", cls: type[EdgefleetError] = ConfigError) -> EdgefleetError:
     """Turns a pydantic ValidationError into one EdgefleetError listing every bad field."""
     lines = []
     for e in err.errors():

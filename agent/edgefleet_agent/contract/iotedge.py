@@ -13,9 +13,9 @@ The controller writes the desired side (components/azure/manifest.py), the agent
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypedDict
 
-from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
 
 AGENT_FORMAT = "edgefleet-agent/1"          # schemaVersion of the agent module twin's desired properties
 TWIN_STRING_LIMIT = 4 * 1024                # IoT Hub: one string value in a twin, UTF-8 bytes
@@ -23,8 +23,26 @@ CHUNKED_FIELDS = ("manifest", "signature")  # model entry strings split like cre
 MAX_CHUNKS = 100                            # `name`, then `name01` … `name99`: IoT Edge's two-digit suffixes
 CHUNK_KEY_RE = re.compile(rf"^({'|'.join(CHUNKED_FIELDS)})(0[1-9]|[1-9][0-9])$")
 REDACTED = "<redacted>"
-REPORTED_FIELDS = ("version", "sha256", "status", "error", "failedVersion", "inferences", "errors", "invalidOutputs",
-                   "p99LatencyMs", "agentVersion", "ring", "rollout")
+
+
+class ReportedEntry(TypedDict):
+    """One model's reported properties. None is sent as null, which IoT Hub applies as "remove this property"."""
+
+    version: str | None
+    sha256: str | None
+    status: DeviceStatus
+    error: str | None
+    failedVersion: str | None
+    inferences: int
+    errors: int
+    invalidOutputs: int
+    p99LatencyMs: float | None
+    agentVersion: str
+    ring: object            # echoed from the desired entry as the twin holds it
+    rollout: object
+
+
+REPORTED_FIELDS = tuple(ReportedEntry.__annotations__)
 
 
 def model_key(model: str) -> str:
@@ -50,7 +68,7 @@ def chunk_keys(name: str, count: int) -> list[str]:
     return [name, *(f"{name}{i:02d}" for i in range(1, count))]
 
 
-def chunked(name: str, text: str) -> dict[str, Any]:
+def chunked(name: str, text: str) -> dict[str, str | int]:
     """A long string as IoT Edge writes createOptions (`name`, `name01`, `name02`, …), with the number of pieces:
     a layer replaces the model entry of an earlier one, and a twin notification that carries the whole desired
     properties drops keys without nulling them, so a longer predecessor's `name02` may linger where the agent merged it."""
@@ -102,7 +120,7 @@ def desired_from_agent(data: dict[str, Any]) -> DesiredModel:
                         rollback_signature=data.get("rollbackSignature"))
 
 
-def reported_entry(report: DeviceReport, desired_entry: dict[str, Any], secret: str | None = None) -> dict[str, Any]:
+def reported_entry(report: DeviceReport, desired_entry: dict[str, Any], secret: str | None = None) -> ReportedEntry:
     """One model's reported properties, exactly the documented fields (ring and rollout echoed from desired)."""
     error = report.error
     if error and secret:

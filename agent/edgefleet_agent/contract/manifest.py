@@ -24,7 +24,7 @@ from edgefleet_agent.contract.errors import ConfigError, EdgefleetError, FormatE
 
 # libyaml's loader when PyYAML was built with it (the PyPI wheels are): ~10x faster, same safe subset.
 # Devices parse a manifest at every install and every start, so this is on the fleet's hot path.
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SAFE_LOADER: type[yaml.CSafeLoader] | type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MANIFEST_FORMAT = 1
 MANIFEST_FILE = "model.yaml"

@@ -12,9 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from edgefleet_agent.contract.errors import FormatError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 DESIRED_FORMAT = 1
 REPORT_FORMAT = 1
@@ -22,14 +25,14 @@ REPORT_FORMAT = 1
 DeviceStatus = Literal["ok", "failed", "updating", "idle"]
 
 
-def _dump(document: object) -> str:
-    body = dataclasses.asdict(document)  # type: ignore[call-overload]
+def _dump(document: DataclassInstance) -> str:
+    body = dataclasses.asdict(document)
     if body.get("format") == 1:
         del body["format"]
     return json.dumps(body, sort_keys=True)
 
 
-def _known_fields(cls: type, body: dict[str, Any], what: str, newest: int) -> dict[str, Any]:
+def _known_fields(cls: type[DataclassInstance], body: dict[str, Any], what: str, newest: int) -> dict[str, Any]:
     fmt = body.get("format", 1)
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
         raise FormatError(what, f"format {fmt!r} is not a format number")

@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 from edgefleet_agent import __version__
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -43,6 +43,9 @@ from edgefleet_agent.contract.greengrass import (COUNT_METRICS, DEVICE_DIMENSION
                                                  ENV_SIGNATURE, LATENCY_METRIC, REQUIRED_ENV)
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+
+if TYPE_CHECKING:
+    from types_boto3_cloudwatch.type_defs import DimensionTypeDef, MetricDatumTypeDef
 
 log = logging.getLogger("edgefleet.agent.greengrass")
 
@@ -95,27 +98,34 @@ def desired_from_environment(env: GreengrassEnvironment, model: str, model_dir: 
     parse still yields a DesiredModel, so the agent refuses it with a reason instead of crashing.
     """
     uri = (Path(model_dir).absolute() / env.model_file).as_uri()
-    common = dict(uri=uri, manifest=env.manifest, signature=env.signature, rollout=env.rollout,
-                  rollback_order=env.rollback_order, rollback_signature=env.rollback_signature)
     try:
         m = parse_manifest_bytes(env.manifest.encode("utf-8"), f"{ENV_MANIFEST}")
     except (EdgefleetError, UnicodeEncodeError):
         found = re.search(r"^version:\s*['\"]?([^'\"\s#]+)", env.manifest, re.MULTILINE)
-        return DesiredModel(model=model, version=found.group(1) if found else "unknown", sha256="", size=0, **common)
-    return DesiredModel(model=m.name, version=m.version, sha256=m.sha256, size=m.size, **common)
+        version, sha256, size = found.group(1) if found else "unknown", "", 0
+    else:
+        model, version, sha256, size = m.name, m.version, m.sha256, m.size
+    return DesiredModel(model=model, version=version, sha256=sha256, size=size, uri=uri, manifest=env.manifest, signature=env.signature,
+                        rollout=env.rollout, rollback_order=env.rollback_order, rollback_signature=env.rollback_signature)
+
+
+class MetricsClient(Protocol):
+    """What CloudWatchMetrics calls of boto3's CloudWatch client (tests pass a stand-in)."""
+
+    def put_metric_data(self, *, Namespace: str, MetricData: Sequence[MetricDatumTypeDef]) -> object: ...
 
 
 class CloudWatchMetrics:
     """Publishes each report window to CloudWatch. Never raises: a failure is logged and the data points are
     kept (at most BACKLOG_DATUMS) for the next report, so a short outage does not hide a bad window."""
 
-    def __init__(self, namespace: str, rollout: str, ring: str, client: Any = None, region: str | None = None) -> None:
+    def __init__(self, namespace: str, rollout: str, ring: str, client: MetricsClient | None = None, region: str | None = None) -> None:
         self.namespace = namespace
         self.rollout = rollout
         self.ring = ring
         self.region = region
         self._client = client
-        self._backlog: deque[dict[str, Any]] = deque(maxlen=BACKLOG_DATUMS)
+        self._backlog: deque[MetricDatumTypeDef] = deque(maxlen=BACKLOG_DATUMS)
         self._lock = threading.Lock()
         self._warned_unconfigured = False
 
@@ -124,7 +134,7 @@ class CloudWatchMetrics:
         # CloudWatch rejects empty dimension values; a deployment made without edgefleet's merge has none
         return bool(self.namespace and self.rollout and self.ring)
 
-    def client(self) -> Any:
+    def client(self) -> MetricsClient:
         if self._client is None:
             import boto3
             from botocore.config import Config
@@ -135,25 +145,27 @@ class CloudWatchMetrics:
                               read_timeout=READ_TIMEOUT_SECONDS, user_agent_extra=f"edgefleet-agent/{__version__}"))
         return self._client
 
-    def datums(self, report: DeviceReport) -> list[dict[str, Any]]:
+    def datums(self, report: DeviceReport) -> list[MetricDatumTypeDef]:
         if report.version is None:
             return []                       # nothing served: no version to file the window under
-        dims = [{"Name": name, "Value": value} for name, value in zip(DIMENSIONS, (self.rollout, self.ring, report.version))]
+        dims: list[DimensionTypeDef] = [{"Name": name, "Value": value}
+                                        for name, value in zip(DIMENSIONS, (self.rollout, self.ring, report.version))]
         at = datetime.fromtimestamp(report.reported_at, timezone.utc)
-        out = [{"MetricName": name, "Dimensions": dims, "Timestamp": at, "Value": float(getattr(report, field)), "Unit": "Count"}
-               for name, field in COUNT_METRICS]
+        out: list[MetricDatumTypeDef] = [
+            {"MetricName": name, "Dimensions": dims, "Timestamp": at, "Value": float(getattr(report, field)), "Unit": "Count"}
+            for name, field in COUNT_METRICS]
         if report.p99_latency_ms is not None:
             out.append({"MetricName": LATENCY_METRIC, "Dimensions": dims, "Timestamp": at,
                         "Value": float(report.p99_latency_ms), "Unit": "Milliseconds"})
         return out + self.device_datums(report, dims, at)
 
     @staticmethod
-    def device_datums(report: DeviceReport, dims: list[dict[str, str]], at: datetime) -> list[dict[str, Any]]:
+    def device_datums(report: DeviceReport, dims: list[DimensionTypeDef], at: datetime) -> list[MetricDatumTypeDef]:
         """This device's own error and invalid-output shares, only for a window that had some: every
         (metric, dimensions) pair is a billed metric, so a healthy device must never create one."""
         if not report.inferences or not report.device_id:
             return []
-        device = [*dims, {"Name": DEVICE_DIMENSION, "Value": report.device_id}]
+        device: list[DimensionTypeDef] = [*dims, {"Name": DEVICE_DIMENSION, "Value": report.device_id}]
         return [{"MetricName": name, "Dimensions": device, "Timestamp": at, "Value": getattr(report, field) / report.inferences,
                  "Unit": "None"}
                 for name, field in DEVICE_METRICS if getattr(report, field) > 0]
@@ -192,7 +204,7 @@ class GreengrassTransport:
     """Transport for `python -m agent --transport greengrass`. The desired state never changes in-process."""
 
     def __init__(self, model: str, model_dir: Path, environ: Mapping[str, str] | None = None,
-                 cloudwatch_client: Any = None) -> None:
+                 cloudwatch_client: MetricsClient | None = None) -> None:
         self.env = GreengrassEnvironment.from_environ(os.environ if environ is None else environ)
         self.model_dir = Path(model_dir)
         self._desired = desired_from_environment(self.env, model, self.model_dir)

@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 from urllib.parse import urlsplit
 
 from edgefleet_agent import __version__
@@ -37,6 +37,9 @@ from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.iotedge import AGENT_FORMAT, desired_from_agent, model_key, reported_entry
 from edgefleet_agent.contract.signing import key_id_of, load_public_key
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+
+if TYPE_CHECKING:
+    from edgefleet_agent.core import DeviceAgent
 
 log = logging.getLogger("edgefleet.agent.iotedge")
 
@@ -58,11 +61,24 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
     return target
 
 
+class ModuleClient(Protocol):
+    """What the transport uses of azure.iot.device's IoTHubModuleClient (sync, v2), which ships no types."""
+
+    on_connection_state_change: Callable[[], None] | None
+    on_twin_desired_properties_patch_received: Callable[[dict[str, Any]], None] | None
+
+    def get_twin(self) -> dict[str, Any]: ...
+
+    def patch_twin_reported_properties(self, reported_properties_patch: dict[str, Any], /) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
 class IoTEdgeTransport:
     """Transport over an IoT Edge module twin. Thread-safe: the SDK calls the patch handler on its own thread,
     each model's agent reads `desired` from its sync loop and calls `report` from its reporting thread."""
 
-    def __init__(self, client: Any, *, resync_seconds: float = RESYNC_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: ModuleClient, *, resync_seconds: float = RESYNC_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.resync_seconds = resync_seconds
         self._clock = clock
@@ -77,13 +93,13 @@ class IoTEdgeTransport:
         self._retry_at: float | None = None
 
     @classmethod
-    def from_edge_environment(cls, **kwargs: Any) -> "IoTEdgeTransport":
+    def from_edge_environment(cls, *, resync_seconds: float = RESYNC_SECONDS, clock: Callable[[], float] = time.monotonic) -> "IoTEdgeTransport":
         """The module client IoT Edge provides to this container (raises ImportError or OSError outside one)."""
         try:
             from azure.iot.device import IoTHubModuleClient
         except ImportError as exc:
             raise ImportError(f"azure-iot-device is not installed ({exc}); install agent/requirements.txt") from None
-        return cls(IoTHubModuleClient.create_from_edge_environment(), **kwargs)
+        return cls(IoTHubModuleClient.create_from_edge_environment(), resync_seconds=resync_seconds, clock=clock)
 
     # -- the twin -------------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -107,8 +123,8 @@ class IoTEdgeTransport:
                 self._failures += 1
                 self._retry_at = self._clock() + min(RETRY_MAX_SECONDS, 2.0 ** min(self._failures, 6))
             raise
-        desired = twin.get("desired") if isinstance(twin.get("desired"), dict) else {}
-        reported = twin.get("reported") if isinstance(twin.get("reported"), dict) else {}
+        desired: dict[str, Any] = d if isinstance(d := twin.get("desired"), dict) else {}
+        reported: dict[str, Any] = r if isinstance(r := twin.get("reported"), dict) else {}
         version = desired.get("$version")
         with self._lock:
             newer_patch = isinstance(self._version, int) and isinstance(version, int) and self._version > version
@@ -124,7 +140,7 @@ class IoTEdgeTransport:
         self._forget_reports(reported, wanted)
         return True
 
-    def _on_desired_patch(self, patch: Any) -> None:
+    def _on_desired_patch(self, patch: object) -> None:
         try:
             if not isinstance(patch, dict):
                 return
@@ -157,7 +173,7 @@ class IoTEdgeTransport:
         with self._lock:
             return copy.deepcopy(self._models_locked())
 
-    def trust(self) -> Any:
+    def trust(self) -> object:
         with self._lock:
             return copy.deepcopy(self._desired.get("trust"))
 
@@ -244,7 +260,7 @@ class Trust:
     source: str
 
 
-def resolve_trust(file_pem: bytes | None, twin_trust: Any, pinned_key_id: str | None = None,
+def resolve_trust(file_pem: bytes | None, twin_trust: object, pinned_key_id: str | None = None,
                   file_label: str = "--public-key") -> Trust:
     """The key models must be signed with. A key file given on the command line wins. Otherwise the twin's
     `trust.publicKeyPem` is used only if its key id is the twin's `trust.keyId` (and the pinned id, if any)."""
@@ -274,7 +290,7 @@ def resolve_trust(file_pem: bytes | None, twin_trust: Any, pinned_key_id: str | 
 # -- one agent per model ---------------------------------------------------------------------------------------------
 @dataclass
 class _Running:
-    agent: Any
+    agent: DeviceAgent
     stop: threading.Event
     thread: threading.Thread | None
 
@@ -378,7 +394,7 @@ class EdgeSupervisor:
         self.agents[name] = _Running(agent, stop, thread)
         log.info("%s: agent for %s started (key %s from %s)", self.device_id, name, trust.key_id, trust.source)
 
-    def _serve(self, agent: Any, stop: threading.Event) -> None:
+    def _serve(self, agent: DeviceAgent, stop: threading.Event) -> None:
         try:
             agent.serve_forever(stop, sync_seconds=self.sync_seconds, report_seconds=self.report_seconds,
                                 infer_interval_seconds=self.infer_interval)
@@ -408,7 +424,7 @@ class EdgeSupervisor:
             log.error("%s: trusted key refused, serving nothing: %s", self.device_id, reason)
         self.refusal, self._refusal_reported_at = reason, now
         for key, entry in self.transport.models().items():
-            name = entry.get("model") if isinstance(entry.get("model"), str) else key
+            name = m if isinstance(m := entry.get("model"), str) else key
             if self.model is not None and name != self.model:
                 continue
             try:
