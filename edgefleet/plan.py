@@ -21,8 +21,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
-from policies import rules
-from policies.rules import compare_io, dig, manifest_of
+from policies.compatibility import compare_io, signature_text
+from policies.engine import Report
+from policies.graph import ROLLOUT, Graph, base_model_facts, dig, manifest_of, ring_name
+from policies.rollouts import fmt_share
+from policies.rules import evaluate
+from policies.settings import Settings
 
 PLAN_FORMAT = "edgefleet-plan/v1"
 ACTIONS = ("create", "replace", "update", "delete")
@@ -212,12 +216,12 @@ def membership(graph: Mapping[str, Any]) -> Membership:
     return Membership(rings, totals, len(devices) if devices else None, frozenset(declared))
 
 
-def policy_settings(graph: Mapping[str, Any], base: Mapping[str, Any] | None = None, project_dir: Path | None = None) -> rules.Settings:
+def policy_settings(graph: Mapping[str, Any], base: Mapping[str, Any] | None = None, project_dir: Path | None = None) -> Settings:
     """The rules' settings for a synthesized graph: its stack's policy config, ring counts, and the base's models."""
     members = membership(graph)
-    return rules.Settings.from_config(
+    return Settings.from_config(
         graph.get("config") or {}, stack=str(graph.get("stack", "")),
-        base_models=rules.base_model_facts(base["resources"]) if base is not None else None,
+        base_models=base_model_facts(base["resources"]) if base is not None else None,
         # Declared cloud sizes reach the rules through the stack config, where they are reported as declared.
         ring_devices={ro: dict(rs) for ro, rs in members.rings.items() if ro not in members.declared},
         rollout_devices={ro: n for ro, n in members.rollout_devices.items() if ro not in members.declared},
@@ -225,10 +229,10 @@ def policy_settings(graph: Mapping[str, Any], base: Mapping[str, Any] | None = N
     )
 
 
-def run_policy(graph: Mapping[str, Any], base: Mapping[str, Any] | None = None, project_dir: Path | None = None) -> rules.Report:
+def run_policy(graph: Mapping[str, Any], base: Mapping[str, Any] | None = None, project_dir: Path | None = None) -> Report:
     settings = policy_settings(graph, base, project_dir)
     try:
-        return rules.evaluate(graph["resources"], settings)
+        return evaluate(graph["resources"], settings)
     except ValueError as exc:
         raise EdgefleetError(str(graph.get("stack_file") or "stack file"), str(exc),
                              "name rules as listed, each with advisory, mandatory or disabled (docs/plan-and-policy.md)") from None
@@ -284,8 +288,8 @@ def diff_models(base: Mapping[str, dict], head: Mapping[str, dict]) -> list[dict
             "size_delta": (new["size"] - old["size"]) if old and new else None,
             "io": {"verdict": io.verdict if io else ("new" if new else "removed"),
                    "changes": [{"kind": c.kind, "name": c.name, "detail": c.detail, "breaking": c.breaking} for c in (io.changes if io else ())],
-                   "inputs": [f"{t['name']}: {rules.signature_text(t)}" for t in (new or old).get("inputs") or []],
-                   "outputs": [f"{t['name']}: {rules.signature_text(t)}" for t in (new or old).get("outputs") or []]},
+                   "inputs": [f"{t['name']}: {signature_text(t)}" for t in (new or old).get("inputs") or []],
+                   "outputs": [f"{t['name']}: {signature_text(t)}" for t in (new or old).get("outputs") or []]},
             "metrics": _metric_rows(old, new),
             "targets": {"added": [_target_text(t) for n, t in news_t.items() if n not in olds_t],
                         "removed": [_target_text(t) for n, t in olds_t.items() if n not in news_t],
@@ -302,12 +306,12 @@ GATE_KEYS = ("soak_seconds", "deadline_seconds", "min_reporting_share", "success
 
 def gate_summary(gate: Mapping[str, Any]) -> str:
     parts = [f"soak {gate.get('soak_seconds', 0):g}s", f"deadline {gate.get('deadline_seconds', 0):g}s",
-             f"reporting ≥ {rules.fmt_share(gate.get('min_reporting_share', 0))}",
-             f"healthy ≥ {rules.fmt_share(gate.get('success_share', 0))}", f"failed ≤ {rules.fmt_share(gate.get('max_failure_share', 0))}"]
+             f"reporting ≥ {fmt_share(gate.get('min_reporting_share', 0))}",
+             f"healthy ≥ {fmt_share(gate.get('success_share', 0))}", f"failed ≤ {fmt_share(gate.get('max_failure_share', 0))}"]
     if gate.get("max_error_rate") is not None:
-        parts.append(f"error rate ≤ {rules.fmt_share(gate['max_error_rate'])}")
+        parts.append(f"error rate ≤ {fmt_share(gate['max_error_rate'])}")
     if gate.get("max_invalid_output_share") is not None:
-        parts.append(f"NaN/Inf outputs ≤ {rules.fmt_share(gate['max_invalid_output_share'])}")
+        parts.append(f"NaN/Inf outputs ≤ {fmt_share(gate['max_invalid_output_share'])}")
     if gate.get("max_p99_latency_ms") is not None:
         parts.append(f"p99 ≤ {gate['max_p99_latency_ms']:g} ms")
     return ", ".join(parts)
@@ -324,14 +328,14 @@ def _selector(ring: Mapping[str, Any], group: Mapping[str, Any] | None) -> str:
     return what + (f" [{hw}]" if hw else "")
 
 
-def _ring_rows(g: rules.Graph, rollout: Mapping[str, Any], counts: Mapping[str, int] | None, fleet: int | None,
+def _ring_rows(g: Graph, rollout: Mapping[str, Any], counts: Mapping[str, int] | None, fleet: int | None,
                stack_fleet: int | None, base_rings: Mapping[str, dict], base_counts: Mapping[str, int] | None,
                counted: str | None = None) -> list[dict]:
     groups = g.groups()
     rows, cumulative = [], 0
     for ring in g.rings(rollout):
         inputs = ring.get("inputs") or {}
-        name = rules.ring_name(ring)
+        name = ring_name(ring)
         devices = counts[name] if counts is not None and name in counts else None
         old = base_rings.get(name)
         changes = []
@@ -362,13 +366,13 @@ def _ring_rows(g: rules.Graph, rollout: Mapping[str, Any], counts: Mapping[str, 
     return rows
 
 
-def diff_rollouts(base_g: rules.Graph, head_g: rules.Graph, base_m: Membership, head_m: Membership) -> list[dict[str, Any]]:
-    base_ro = {r["name"]: r for r in base_g.of_type(rules.ROLLOUT)}
+def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Membership) -> list[dict[str, Any]]:
+    base_ro = {r["name"]: r for r in base_g.of_type(ROLLOUT)}
     out = []
-    for ro in head_g.of_type(rules.ROLLOUT):
+    for ro in head_g.of_type(ROLLOUT):
         name, inputs = ro["name"], ro.get("inputs") or {}
         old = base_ro.get(name)
-        base_rings = {rules.ring_name(r): r for r in base_g.rings(old)} if old else {}
+        base_rings = {ring_name(r): r for r in base_g.rings(old)} if old else {}
         counted = head_m.counted(name)
         stack_fleet = head_m.fleet if counted == "local" else None   # declared sizes are of this rollout's rings only
         rows = _ring_rows(head_g, ro, head_m.rings.get(name), head_m.rollout_devices.get(name), stack_fleet,
@@ -386,10 +390,10 @@ def diff_rollouts(base_g: rules.Graph, head_g: rules.Graph, base_m: Membership, 
             "devices": head_m.rollout_devices.get(name), "fleet": stack_fleet, "counted": counted,
         })
     for name, old in sorted(base_ro.items()):
-        if name not in {r["name"] for r in head_g.of_type(rules.ROLLOUT)}:
+        if name not in {r["name"] for r in head_g.of_type(ROLLOUT)}:
             out.append({"name": name, "model": dig(old, "inputs", "model"), "status": "removed",
                         "from_version": dig(old, "inputs", "version"), "to_version": None, "from_sha256": dig(old, "inputs", "sha256"),
-                        "to_sha256": None, "version_changed": True, "rings": [], "removed_rings": [rules.ring_name(r) for r in base_g.rings(old)],
+                        "to_sha256": None, "version_changed": True, "rings": [], "removed_rings": [ring_name(r) for r in base_g.rings(old)],
                         "devices": base_m.rollout_devices.get(name), "fleet": base_m.fleet if base_m.counted(name) == "local" else None,
                         "counted": base_m.counted(name)})
     return out
@@ -537,7 +541,7 @@ def follow_moved_providers(news: Mapping[str, Mapping[str, Any]], entries: list[
 # -- the plan ----------------------------------------------------------------------------------------------------------
 def compute_plan(base: Mapping[str, Any], head: Mapping[str, Any], base_ref: str = "", project_dir: Path | None = None) -> dict[str, Any]:
     """Everything a reviewer needs, as JSON-friendly data. Pure over the two graphs (and, for the digest rule, the files)."""
-    base_g, head_g = rules.Graph(base["resources"]), rules.Graph(head["resources"])
+    base_g, head_g = Graph(base["resources"]), Graph(head["resources"])
     base_m, head_m = membership(base), membership(head)
     resources = diff_resources(base["resources"], head["resources"])
     report = run_policy(head, base, project_dir)
@@ -659,7 +663,7 @@ def _share(row: Mapping[str, Any]) -> str:
     """The cumulative share after this step: of the stack's fleet when known, else of the rollout's devices."""
     if row["share"] is None:
         return "n/a"
-    return rules.fmt_share(row["stack_share"] if row["stack_share"] is not None else row["share"])
+    return fmt_share(row["stack_share"] if row["stack_share"] is not None else row["share"])
 
 
 def _resources_md(res: dict[str, Any]) -> list[str]:
