@@ -4,7 +4,7 @@ The stack file's `edgefleet:policy` section (or PULUMI_CONFIG, which is what the
 the thresholds; each registered platform's rules module says what its own section sets (platforms.py). The
 CrossGuard pack's per-policy config overrides them, so SETTING_SCHEMA is the pack's config schema.
 
-Standard library only; imports graph and platforms, as `policies.x` or, in the pack's own virtualenv, as `x`.
+Standard library only; imports platforms, as `policies.platforms` or, in the pack's own virtualenv, as `platforms`.
 """
 
 from __future__ import annotations
