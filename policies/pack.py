@@ -1,4 +1,4 @@
-"""The rules in rules.py as CrossGuard policies. `__main__.py` serves them; tests call `validate` directly.
+"""The rules (rules.py) as CrossGuard policies. `__main__.py` serves them; tests call `validate` directly.
 
 What the engine gives a policy pack, and how it becomes edgefleet's graph records:
 
@@ -30,27 +30,33 @@ from pulumi_policy import (EnforcementLevel, PolicyConfigSchema, ReportViolation
 from pulumi_policy.proxy import UnknownValueError
 
 if __package__:          # imported as `policies.pack` (CLI, tests)
-    from . import rules
+    from .engine import ADVISORY, DISABLED, MANDATORY, Rule, run_rule
+    from .graph import SECRET, UNKNOWN, Graph
+    from .rules import RULES
+    from .settings import SETTING_SCHEMA, Settings, settings_from_pulumi_config
 else:                    # run by the pack's __main__.py, with policies/ as sys.path[0]
-    import rules  # type: ignore[no-redef]
+    from engine import ADVISORY, DISABLED, MANDATORY, Rule, run_rule  # type: ignore[no-redef]
+    from graph import SECRET, UNKNOWN, Graph  # type: ignore[no-redef]
+    from rules import RULES  # type: ignore[no-redef]
+    from settings import SETTING_SCHEMA, Settings, settings_from_pulumi_config  # type: ignore[no-redef]
 
 PACK_NAME = "edgefleet"
 COLLECTOR = "edgefleet-collect-inputs"
 UNVERIFIED = "edgefleet-unverifiable"
-LEVEL = {rules.ADVISORY: EnforcementLevel.ADVISORY, rules.MANDATORY: EnforcementLevel.MANDATORY, rules.DISABLED: EnforcementLevel.DISABLED}
+LEVEL = {ADVISORY: EnforcementLevel.ADVISORY, MANDATORY: EnforcementLevel.MANDATORY, DISABLED: EnforcementLevel.DISABLED}
 
 
 def plain(value: Any) -> Any:
     """A policy SDK value as plain JSON-ish data: unknowns become "[unknown]", secrets "[secret]"."""
     if isinstance(value, Secret):
-        return rules.SECRET
+        return SECRET
     if isinstance(value, Mapping):
         out = {}
         for key in list(value):
             try:
                 out[key] = plain(value[key])
             except UnknownValueError:
-                out[key] = rules.UNKNOWN
+                out[key] = UNKNOWN
         return out
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         items = []
@@ -58,7 +64,7 @@ def plain(value: Any) -> Any:
             try:
                 items.append(plain(value[i]))
             except UnknownValueError:
-                items.append(rules.UNKNOWN)
+                items.append(UNKNOWN)
         return items
     return value
 
@@ -99,28 +105,28 @@ def to_records(resources: Sequence[Any], collector: InputCollector) -> list[dict
     return out
 
 
-def settings_from_environment(environ: Mapping[str, str] | None = None) -> rules.Settings:
+def settings_from_environment(environ: Mapping[str, str] | None = None) -> Settings:
     """The stack's edgefleet settings from PULUMI_CONFIG / PULUMI_STACK, which the engine sets for policy packs."""
     environ = os.environ if environ is None else environ
     try:
         config = json.loads(environ.get("PULUMI_CONFIG") or "{}")
     except json.JSONDecodeError:
         config = {}
-    return rules.settings_from_pulumi_config(config if isinstance(config, dict) else {}, environ.get("PULUMI_STACK", ""))
+    return settings_from_pulumi_config(config if isinstance(config, dict) else {}, environ.get("PULUMI_STACK", ""))
 
 
-def _stack_policy(rule: rules.Rule, base: rules.Settings, collector: InputCollector) -> StackValidationPolicy:
+def _stack_policy(rule: Rule, base: Settings, collector: InputCollector) -> StackValidationPolicy:
     def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
         settings = base.with_overrides(dict(args.get_config() or {}))
-        graph = rules.Graph(to_records(args.resources, collector))
+        graph = Graph(to_records(args.resources, collector))
         # The engine already applied the enforcement level; run the check itself under it.
-        result = rules.run_rule(rule, graph, settings, level=rules.MANDATORY)
+        result = run_rule(rule, graph, settings, level=MANDATORY)
         if result.status == "not-applicable":
             args.not_applicable(result.note)
         for finding in result.violations:
             report_violation(finding.message, finding.urn)
 
-    schema = {key: rules.SETTING_SCHEMA[key] for key in rule.settings}
+    schema = {key: SETTING_SCHEMA[key] for key in rule.settings}
     return StackValidationPolicy(
         name=rule.name, description=rule.title, validate=validate,
         enforcement_level=LEVEL[base.level(rule)],
@@ -129,16 +135,16 @@ def _stack_policy(rule: rules.Rule, base: rules.Settings, collector: InputCollec
     )
 
 
-def _unverified_policy(base: rules.Settings, collector: InputCollector) -> StackValidationPolicy:
+def _unverified_policy(base: Settings, collector: InputCollector) -> StackValidationPolicy:
     """What no rule could check before deploy (unknown values), as advisories: CrossGuard levels are per policy,
     so a rule cannot report one finding as mandatory and another as advisory itself."""
     def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
         settings = base.with_overrides(dict(args.get_config() or {}))
-        graph = rules.Graph(to_records(args.resources, collector))
-        for rule in rules.RULES:
-            if settings.level(rule) == rules.DISABLED:
+        graph = Graph(to_records(args.resources, collector))
+        for rule in RULES:
+            if settings.level(rule) == DISABLED:
                 continue
-            for finding in rules.run_rule(rule, graph, settings).findings:
+            for finding in run_rule(rule, graph, settings).findings:
                 if finding.unverified:
                     report_violation(f"[{rule.name}] {finding.message}", finding.urn)
 
@@ -146,13 +152,13 @@ def _unverified_policy(base: rules.Settings, collector: InputCollector) -> Stack
                                  validate=validate, enforcement_level=EnforcementLevel.ADVISORY)
 
 
-def build_policies(settings: rules.Settings | None = None, collector: InputCollector | None = None) -> list:
+def build_policies(settings: Settings | None = None, collector: InputCollector | None = None) -> list:
     """The pack's policies: the input collector, one stack policy per rule, and the unverifiable-facts advisory."""
     settings = settings if settings is not None else settings_from_environment()
     collector = collector or InputCollector()
     policies: list = [ResourceValidationPolicy(
         name=COLLECTOR, description="Records each resource's inputs for edgefleet's stack policies (never reports).",
         validate=collector.record, enforcement_level=EnforcementLevel.ADVISORY)]
-    policies += [_stack_policy(rule, settings, collector) for rule in rules.RULES]
+    policies += [_stack_policy(rule, settings, collector) for rule in RULES]
     policies.append(_unverified_policy(settings, collector))
     return policies

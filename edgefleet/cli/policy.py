@@ -1,4 +1,4 @@
-"""`edgefleet policy`: the rules in policies/rules.py over the stack's declared graph, offline.
+"""`edgefleet policy`: the rules (policies/rules.py) over the stack's declared graph, offline.
 
 Exits with EXIT_POLICY when a mandatory rule fails, so CI can gate on it. The same rules run under
 `pulumi preview --policy-pack policies`; `--pack-config` writes that pack's config from the stack file.
@@ -30,7 +30,7 @@ def policy_cmd(
     from edgefleet_agent.fsutil import atomic_write_bytes
     from edgefleet.plan import base_graph, policy_settings, run_policy
     from edgefleet.synth import synth
-    from policies.rules import crossguard_config
+    from policies.crossguard import crossguard_config
 
     project_dir = project_dir.resolve()
     graph = synth(project_dir, stack)

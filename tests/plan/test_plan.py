@@ -17,7 +17,9 @@ from onnx import TensorProto, helper
 from edgefleet.cli import EXIT_POLICY, main
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet.model_add import add_version, parse_metric
-from edgefleet.plan import base_graph, compute_plan, diff_resources, local_devices, render_markdown
+from edgefleet.plan import base_graph, compute_plan, render_markdown
+from edgefleet.plan.diff import diff_resources
+from edgefleet.plan.membership import local_devices
 from edgefleet.synth import synth
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,6 +15,8 @@ from pulumi_policy.policy import PolicyCustomTimeouts, _NotApplicableError
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
 from policies import pack, rules
+from policies.compatibility import parse_version
+from policies.settings import DEFAULT_CANARY_MAX_SHARE, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +45,7 @@ def engine_view(graph):
 
 def run_pack(graph, settings=None, config=None, analyze_inputs=True):
     """-> {policy name: [(message, urn)]}; not-applicable policies map to their reason."""
-    policies = pack.build_policies(settings or rules.Settings())
+    policies = pack.build_policies(settings or Settings())
     analyze, stack = engine_view(graph)
     out = {}
     for p in policies:
@@ -62,7 +64,7 @@ def run_pack(graph, settings=None, config=None, analyze_inputs=True):
 
 
 def test_pack_has_the_collector_every_rule_and_the_unverified_advisory():
-    policies = pack.build_policies(rules.Settings(enforcement={"metric-floor": "advisory", "registry-hardened": "disabled"}))
+    policies = pack.build_policies(Settings(enforcement={"metric-floor": "advisory", "registry-hardened": "disabled"}))
     assert isinstance(policies[0], ResourceValidationPolicy) and policies[0].name == pack.COLLECTOR
     stack = [p for p in policies if isinstance(p, StackValidationPolicy)]
     assert [p.name for p in stack] == [r.name for r in rules.RULES] + [pack.UNVERIFIED]
@@ -125,7 +127,7 @@ def test_settings_come_from_pulumi_config_like_the_program_gets_them():
     assert s.stack == "prod" and s.production and s.agent_versions["aws"] == "0.3.0"
     assert s.level(rules.RULES_BY_NAME["metric-floor"]) == "advisory"
     empty = pack.settings_from_environment({})
-    assert (empty.production, empty.enforcement, empty.canary_max_share) == (False, {}, rules.DEFAULT_CANARY_MAX_SHARE)
+    assert (empty.production, empty.enforcement, empty.canary_max_share) == (False, {}, DEFAULT_CANARY_MAX_SHARE)
 
 
 def test_the_real_local_graph_passes_through_the_adapter():
@@ -143,7 +145,7 @@ def test_pack_files_are_laid_out_as_pulumi_expects():
 
     project = yaml.safe_load((ROOT / "policies" / "PulumiPolicy.yaml").read_text())
     assert project["runtime"]["name"] == "python" and project["runtime"]["options"]["virtualenv"] == "venv"
-    assert rules.parse_version(project["version"])
+    assert parse_version(project["version"])
     assert "pulumi-policy" in (ROOT / "policies" / "requirements.txt").read_text()
     main_py = (ROOT / "policies" / "__main__.py").read_text()
     assert "PolicyPack(" in main_py and "build_policies()" in main_py

@@ -8,8 +8,12 @@ import json
 import pytest
 from policy_graphs import PI, SHA2, fleet, find, manifest, rec
 
-from policies import rules
-from policies.rules import Settings, evaluate
+from policies import local, rules
+from policies.compatibility import compare_io
+from policies.crossguard import crossguard_config
+from policies.engine import LEVELS
+from policies.rules import evaluate
+from policies.settings import Settings, settings_from_pulumi_config
 
 
 def result(graph, name, **settings):
@@ -109,8 +113,8 @@ def test_declared_ring_sizes_come_from_the_stack_config_and_reach_crossguard():
     config = {"aws": {"region": "eu-west-1", "rings": {"canary": {"devices": 5, "max_per_minute": 5}, "broad": {"devices": 500}}}}
     settings = Settings.from_config(config)
     assert settings.declared_ring_devices == {"aws": {"canary": 5, "broad": 500}}
-    assert rules.settings_from_pulumi_config({f"edgefleet:{k}": json.dumps(v) for k, v in config.items()}) == settings
-    assert rules.crossguard_config(settings)["production-canary-ring"]["declared_ring_devices"] == {"aws": {"canary": 5, "broad": 500}}
+    assert settings_from_pulumi_config({f"edgefleet:{k}": json.dumps(v) for k, v in config.items()}) == settings
+    assert crossguard_config(settings)["production-canary-ring"]["declared_ring_devices"] == {"aws": {"canary": 5, "broad": 500}}
 
 
 def test_single_ring_production_rollout_fails():
@@ -170,9 +174,9 @@ def test_model_needing_a_newer_agent_than_the_fleet_runs_fails():
 def test_adding_an_output_is_compatible_and_removing_one_breaks():
     old = manifest()
     more = manifest(outputs=old["outputs"] + [{"name": "boxes", "element_type": "float32", "shape": ["batch", 4]}])
-    verdict = rules.compare_io(old, more)
+    verdict = compare_io(old, more)
     assert verdict.verdict == "compatible" and not verdict.reasons
-    assert rules.compare_io(more, old).verdict == "breaking"
+    assert compare_io(more, old).verdict == "breaking"
 
 
 @pytest.mark.parametrize("new_input,reason", [
@@ -182,13 +186,13 @@ def test_adding_an_output_is_compatible_and_removing_one_breaks():
     ({"name": "image", "element_type": "float32", "shape": ["batch", 224, 224]}, "rank changed"),
 ])
 def test_io_breaking_reasons(new_input, reason):
-    verdict = rules.compare_io(manifest(), manifest(inputs=[new_input]))
+    verdict = compare_io(manifest(), manifest(inputs=[new_input]))
     assert verdict.verdict == "breaking" and any(reason in r for r in verdict.reasons)
 
 
 def test_relaxing_an_input_dim_is_compatible():
     old = manifest(inputs=[{"name": "image", "element_type": "float32", "shape": [1, 3, 224, 224]}])
-    assert rules.compare_io(old, manifest()).verdict == "compatible"
+    assert compare_io(old, manifest()).verdict == "compatible"
 
 
 # -- hardware -------------------------------------------------------------------------------------------------------
@@ -340,7 +344,7 @@ def test_enforcement_levels_decide_what_blocks():
 
 
 def test_every_rule_has_a_valid_default_level_and_unknown_rule_names_are_errors():
-    assert all(r.default_level in rules.LEVELS for r in rules.RULES)
+    assert all(r.default_level in LEVELS for r in rules.RULES)
     assert len(rules.RULES_BY_NAME) == len(rules.RULES)
     with pytest.raises(ValueError, match="names no rule 'no-such-rule'"):
         evaluate([], Settings(enforcement={"no-such-rule": "advisory"}))
@@ -353,15 +357,15 @@ def test_settings_from_stack_config_and_pulumi_config_agree():
               "policy": {"production": True, "canary_max_share": 0.05, "metric_floors": {"accuracy": 0.8},
                          "enforcement": {"metric-floor": "advisory"}}}
     a = Settings.from_config(config, stack="prod")
-    b = rules.settings_from_pulumi_config({f"edgefleet:{k}": json.dumps(v) for k, v in config.items()} | {"aws:region": "us-east-1"}, "prod")
+    b = settings_from_pulumi_config({f"edgefleet:{k}": json.dumps(v) for k, v in config.items()} | {"aws:region": "us-east-1"}, "prod")
     assert a == b
-    assert a.production and a.canary_max_share == 0.05 and a.agent_versions == {"local": rules.LOCAL_AGENT_VERSION, "aws": "0.4.0"}
+    assert a.production and a.canary_max_share == 0.05 and a.agent_versions == {"local": local.AGENT_VERSION, "aws": "0.4.0"}
     assert a.level(rules.RULES_BY_NAME["metric-floor"]) == "advisory"
 
 
 def test_crossguard_config_carries_levels_and_each_rules_settings():
     settings = Settings(enforcement={"metric-floor": "advisory"}, metric_floors={"accuracy": 0.8}, base_models={"detector": manifest()})
-    config = rules.crossguard_config(settings)
+    config = crossguard_config(settings)
     assert config["metric-floor"] == {"enforcementLevel": "advisory", "metric_floors": {"accuracy": 0.8}}
     assert config["metric-regression"]["base_models"]["detector"]["version"] == "1.0.0"
     assert config["hardware-can-run-model"] == {"enforcementLevel": "mandatory"}
@@ -389,5 +393,5 @@ def test_a_device_sas_close_to_expiry_is_an_advisory_warning_and_a_distant_one_p
 
 
 def test_the_sas_expiry_reaches_the_rule_from_the_stack_config():
-    settings = rules.Settings.from_config({"azure": {"device_sas_expiry": "2027-06-30"}})
+    settings = Settings.from_config({"azure": {"device_sas_expiry": "2027-06-30"}})
     assert settings.azure_sas_expiry == "2027-06-30"

@@ -1,0 +1,185 @@
+"""The plan as a pull-request comment: Markdown that one sticky comment (found by COMMENT_MARKER) keeps up to date.
+
+Pure over the plan's data; imports diff (the action order) and policies/ (the share format).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from edgefleet.plan.diff import ACTIONS
+from policies.rollouts import fmt_share
+
+COMMENT_MARKER = "<!-- edgefleet-plan -->"
+
+
+def _num(n: int | None) -> str:
+    return "n/a" if n is None else f"{n:,}"
+
+
+def _bytes(n: int | None) -> str:
+    return "n/a" if n is None else f"{n:,} B"
+
+
+def _signed(n: float, unit: str = "") -> str:
+    return f"{n:+,}{unit}" if isinstance(n, int) else f"{n:+.4g}{unit}"
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _model_md(m: dict[str, Any]) -> list[str]:
+    old, new = m["old"], m["new"]
+    if m["status"] == "added":
+        head = f"#### `{m['name']}` — new model {new['version']}"
+    elif m["status"] == "removed":
+        return [f"#### `{m['name']}` — removed (was {old['version']})", ""]
+    else:
+        head = f"#### `{m['name']}` {old['version']} → {new['version']}"
+    lines = [head, "", "| | base | this change |", "|---|---|---|"]
+    for key, label in (("version", "version"), ("sha256", "sha256"), ("size", "size"), ("opset", "opset"), ("min_agent_version", "min agent")):
+        a, b = (old or {}).get(key), new.get(key)
+        if key == "sha256":
+            a, b = (f"`{a[:16]}…`" if a else "—"), f"`{b[:16]}…`"
+        elif key == "size":
+            delta = f" ({_signed(m['size_delta'])} B, {m['size_delta'] / old['size'] * 100:+.1f}%)" if old and m["size_delta"] else ""
+            a, b = (_bytes(a) if old else "—"), _bytes(b) + delta
+        else:
+            a = a if old else "—"
+        lines.append(f"| {label} | {a} | {b}{' ✱' if old and (old or {}).get(key) != new.get(key) else ''} |")
+    io = m["io"]
+    badge = {"unchanged": "✅ unchanged", "compatible": "✅ compatible", "breaking": "⛔ **breaking**", "new": "new"}.get(io["verdict"], io["verdict"])
+    lines += ["", f"**I/O signature: {badge}**", ""]
+    lines += [f"- input `{_md(s)}`" for s in io["inputs"]] + [f"- output `{_md(s)}`" for s in io["outputs"]]
+    for c in io["changes"]:
+        lines.append(f"- {'⛔' if c['breaking'] else '➕'} {c['kind']} `{c['name']}`: {_md(c['detail'])}")
+    if m["metrics"]:
+        lines += ["", "| metric | dataset | base | this change | change |", "|---|---|---|---|---|"]
+        for r in m["metrics"]:
+            arrow = "↑" if r["higher_is_better"] else "↓"
+            delta = "" if r["delta"] is None else _signed(r["delta"])
+            lines.append(f"| {r['name']} {arrow} | {_md(r['dataset'])} | {'—' if r['old'] is None else r['old']} | "
+                         f"{'—' if r['new'] is None else r['new']} | {delta} {r['verdict']} |")
+    t = m["targets"]
+    lines += ["", "**Targets:** " + "; ".join(t["all"])]
+    for kind in ("added", "removed", "changed"):
+        if t[kind]:
+            lines.append(f"- target {kind}: " + "; ".join(t[kind]))
+    return lines + [""]
+
+
+def _rollout_md(r: dict[str, Any]) -> list[str]:
+    if r["status"] == "removed":
+        return [f"#### Rollout `{r['name']}` — removed (devices keep {r['model']} {r['from_version']}; rings {', '.join(r['removed_rings'])} go away)", ""]
+    what = (f"{r['model']} {r['from_version']} → {r['to_version']}" if r["status"] == "changed" and r["version_changed"]
+            else f"{r['model']} {r['to_version']}")
+    lines = [f"#### Rollout `{r['name']}`: {what}" + (" (new rollout)" if r["status"] == "new" else ""), ""]
+    if not r["version_changed"]:
+        lines += [f"The model does not change; the ring layout does. Devices that land in a new or changed ring are "
+                  f"(re)targeted with {r['model']} {r['to_version']}.", ""]
+    declared = r.get("counted") == "declared"
+    if declared:
+        platform = (r["rings"][0]["platform"] if r["rings"] else None) or "aws"
+        fleet = (f"{r['devices']:,} devices as declared in `edgefleet:{platform}.rings.<ring>.devices`: rings select devices by "
+                 f"thing attributes / twin tags, so the devices that register decide the real counts at deploy")
+        whole = "of the rollout's declared devices"
+    elif r["devices"] is not None:
+        fleet = f"{r['devices']:,} devices in its groups" + (f", {r['fleet']:,} in the stack's fleet" if r["fleet"] else "")
+        whole = "of the fleet" if r["fleet"] else "of its groups' devices"
+    else:
+        fleet = "device counts are known at deploy: rings select devices by thing attributes / twin tags"
+        whole = ""
+    lines += [f"Rings run in this order, each after the previous one's gate passes ({fleet}):", "",
+              "| step | ring | selects | devices | cumulative devices | cumulative share | gate |", "|---|---|---|---|---|---|---|"]
+    for row in r["rings"]:
+        mark = {"new": " 🆕", "changed": " ✱"}.get(row["status"], "")
+        devices = _num(row["devices"]) if row["devices"] is not None else "known at deploy"
+        if row["counted"] == "declared":
+            devices += " (declared)"
+        if row["base_devices"] is not None and row["devices"] is not None and row["base_devices"] != row["devices"]:
+            devices += f" (was {row['base_devices']:,})"
+        lines.append(f"| {row['index'] + 1} | `{row['name']}`{mark} | {_md(row['selector'])} | {devices} | {_num(row['cumulative'])} | "
+                     f"{_share(row)} | {_md(row['gate_summary'])} |")
+    for row in r["rings"]:
+        if row["changes"]:
+            lines.append(f"- ring `{row['name']}` changed: {', '.join(row['changes'])}")
+    if r["removed_rings"]:
+        lines.append(f"- rings removed: {', '.join(r['removed_rings'])}")
+    first = r["rings"][0] if r["rings"] else None
+    if first and first["devices"] is not None:
+        share = f" ({_share(first)} {whole})" if first["share"] is not None else ""
+        lines += ["", f"Blast radius of step 1: **{first['devices']:,} device(s){' (declared)' if declared else ''}**{share} "
+                      f"for at least {first['soak_seconds']:g}s before ring `{r['rings'][1]['name'] if len(r['rings']) > 1 else '—'}` sees it."]
+    return lines + [""]
+
+
+def _share(row: Mapping[str, Any]) -> str:
+    """The cumulative share after this step: of the stack's fleet when known, else of the rollout's devices."""
+    if row["share"] is None:
+        return "n/a"
+    return fmt_share(row["stack_share"] if row["stack_share"] is not None else row["share"])
+
+
+def _resources_md(res: dict[str, Any]) -> list[str]:
+    counts = res["counts"]
+    lines = ["### Resources", "", " · ".join(f"**{counts[a]}** {a}" for a in ACTIONS), ""]
+    replaced = [e for e in res["changes"] if e["action"] == "replace"]
+    for e in replaced:
+        lines.append(f"- ⚠️ **replace** `{e['type']}` **{e['name']}**: {_md(e['why'])}")
+    if replaced:
+        lines.append("")
+    for action in ACTIONS:
+        entries = [e for e in res["changes"] if e["action"] == action]
+        if not entries:
+            continue
+        by_type: dict[str, list[dict]] = {}
+        for e in entries:
+            by_type.setdefault(e["type"], []).append(e)
+        lines += [f"<details><summary>{action}: {len(entries)}</summary>", "", "| type | resources |", "|---|---|"]
+        for type_, es in by_type.items():
+            names = ", ".join(f"{e['name']}" + (f" ({', '.join(e['changed'])})" if e["changed"] else "") for e in es)
+            lines.append(f"| `{type_}` | {_md(names)} |")
+        lines += ["", "</details>", ""]
+    return lines
+
+
+def policy_md(policy: dict[str, Any]) -> list[str]:
+    icon = {"passed": "✅", "failed": "❌", "not-applicable": "➖", "disabled": "⏸"}
+    status = "❌ **blocked**: " + ", ".join(f"`{n}`" for n in policy["blocking"]) if policy["blocking"] else "✅ passed"
+    lines = ["### Policy", "", f"{status}" + ("" if policy["has_base"] else " (no base graph: regression checks not run)"), "",
+             "| rule | level | result | details |", "|---|---|---|---|"]
+    for r in policy["rules"]:
+        result = icon.get(r["status"], "") + " " + r["status"]
+        if r["status"] == "failed" and r["level"] == "advisory":
+            result = "⚠️ advisory"
+        details = "<br>".join(_md(("(unverified) " if f["unverified"] else "") + f["message"]) for f in r["findings"]) or _md(r["note"])
+        lines.append(f"| `{r['name']}` | {r['level']} | {result} | {details} |")
+    return lines + [""]
+
+
+def render_markdown(plan: dict[str, Any]) -> str:
+    base = f"`{plan['base_ref']}`" if plan["base_ref"] else "nothing"
+    lines = [COMMENT_MARKER, f"## edgefleet plan · stack `{plan['stack']}` · {base} → this change", ""]
+    if plan.get("base_note"):
+        lines += [f"_{plan['base_note']}: everything below is new._", ""]
+    if not plan["changed"]:
+        lines += ["**No changes.** This change leaves every model, rollout and resource of this stack as it is; no device is affected.", ""]
+        return "\n".join(lines + policy_md(plan["policy"]))
+    counts = plan["resources"]["counts"]
+    shipping = [r for r in plan["rollouts"] if r["status"] != "removed"]
+    summary = [f"{len(plan['models'])} model(s) changed" if plan["models"] else "no model changes",
+               f"{len(shipping)} rollout(s) ship" if shipping else "no rollout ships",
+               ", ".join(f"{counts[a]} {a}" for a in ACTIONS if counts[a]) or "no resource changes"]
+    lines += ["**Summary:** " + "; ".join(summary) + ".", ""]
+    if plan["models"]:
+        lines += ["### Models", ""]
+        for m in plan["models"]:
+            lines += _model_md(m)
+    if plan["rollouts"]:
+        lines += ["### Rollouts", ""]
+        for r in plan["rollouts"]:
+            lines += _rollout_md(r)
+    lines += _resources_md(plan["resources"])
+    lines += policy_md(plan["policy"])
+    return "\n".join(lines)

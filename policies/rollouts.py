@@ -1,0 +1,68 @@
+"""The rollout rules: a production rollout starts with a small canary ring that soaks long enough.
+
+Standard library only; imports graph, engine and settings, as `policies.x` or, in the CrossGuard pack's own
+virtualenv, as `x`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
+if __package__:
+    from .engine import Finding, NotApplicable
+    from .graph import ROLLOUT, Graph, dig, ring_name
+    from .settings import Settings
+else:
+    from engine import Finding, NotApplicable  # type: ignore[no-redef]
+    from graph import ROLLOUT, Graph, dig, ring_name  # type: ignore[no-redef]
+    from settings import Settings  # type: ignore[no-redef]
+
+
+def fmt_share(share: float) -> str:
+    """A share of devices as the canary rule and `edgefleet plan` print it: 0.05 -> 5%, 0.125 -> 12.5%."""
+    return f"{share * 100:.1f}%".replace(".0%", "%")
+
+
+def first_ring_share(g: Graph, s: Settings, rollout: Mapping[str, Any], rings: list[dict]) -> tuple[float | None, str]:
+    """The first ring's share of the rollout's devices, and how it was known (None: not computable offline)."""
+    name, first = rollout["name"], rings[0]
+    counts, total = s.ring_devices.get(name) or {}, s.rollout_devices.get(name)
+    if total and ring_name(first) in counts:
+        return counts[ring_name(first)] / total, f"{counts[ring_name(first)]} of {total} devices"
+    platforms = {str(dig(r, "inputs", "platform")) for r in rings}
+    declared = (s.declared_ring_devices.get(next(iter(platforms))) or {}) if len(platforms) == 1 else {}
+    if declared and all(ring_name(r) in declared for r in rings):
+        # Rings are disjoint (a device belongs to the first ring that selects it), so their sizes add up.
+        count, total = declared[ring_name(first)], sum(declared[ring_name(r)] for r in rings)
+        return count / total, f"{count} of {total} devices, as declared in edgefleet:{next(iter(platforms))}.rings.<ring>.devices"
+    groups = {dig(r, "inputs", "group") for r in rings}
+    percent, labels = dig(first, "inputs", "percent"), dig(first, "inputs", "labels") or {}
+    if len(groups) == 1 and isinstance(percent, (int, float)):
+        return percent / 100, f"{percent:g}% of group {next(iter(groups))}"
+    if len(groups) == 1 and not labels:
+        return 1.0, f"all of group {next(iter(groups))}"
+    return None, f"ring selects by labels {labels or '(its group)'}; device counts are only known at deploy"
+
+
+def check_production_canary(g: Graph, s: Settings) -> Iterator[Finding]:
+    if not s.production:
+        raise NotApplicable("not a production stack (edgefleet:policy.production is false)")
+    rollouts = g.of_type(ROLLOUT)
+    if not rollouts:
+        raise NotApplicable("the stack declares no rollouts")
+    for ro in rollouts:
+        rings = g.rings(ro)
+        if not rings:
+            yield Finding(f"rollout {ro['name']!r} has no rings", ro["urn"])
+            continue
+        first = rings[0]
+        soak = dig(first, "inputs", "gate", "soak_seconds")
+        if isinstance(soak, (int, float)) and soak < s.min_canary_soak_seconds:
+            yield Finding(f"rollout {ro['name']!r}: first ring {ring_name(first)!r} soaks {soak:g}s, under the production minimum "
+                          f"{s.min_canary_soak_seconds:g}s (edgefleet:policy.min_canary_soak_seconds)", first["urn"])
+        share, how = first_ring_share(g, s, ro, rings)
+        if share is None:
+            yield Finding(f"rollout {ro['name']!r}: cannot verify that ring {ring_name(first)!r} is a canary: {how}", first["urn"], unverified=True)
+        elif share > s.canary_max_share + 1e-12:
+            yield Finding(f"rollout {ro['name']!r} starts with ring {ring_name(first)!r} covering {fmt_share(share)} ({how}); a production "
+                          f"canary may cover at most {fmt_share(s.canary_max_share)} (edgefleet:policy.canary_max_share)", first["urn"])
