@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edgefleet_agent.contract.errors import EdgefleetError, field_path, from_validation_error
-from edgefleet_agent.fsutil import atomic_copy
+from edgefleet_agent.fsutil import atomic_copy, atomic_write_bytes
 from edgefleet_agent.contract.manifest import (BASELINE_AGENT_VERSION, HardwareProfile, Metric, ModelDir, ModelManifest, check_semver,
                                                is_valid_name, version_key)
 from edgefleet.onnx_check import inspect
@@ -106,7 +106,7 @@ def add_version(model_dir: Path, onnx_file: Path, version: str, metrics: list[Me
     mdir.path.mkdir(parents=True, exist_ok=True)
     if Path(onnx_file).resolve() != target_file.resolve():
         atomic_copy(Path(onnx_file), target_file)
-    mdir.write(manifest)
+    atomic_write_bytes(mdir.manifest_path, manifest.to_yaml().encode())   # a crash never leaves half a manifest
     removed = False
     if mdir.signature_path.exists():
         mdir.signature_path.unlink()

@@ -163,7 +163,7 @@ def demo_cmd(
 ) -> None:
     """The whole story on a fresh machine: v1 to every ring, a good v2 through all rings, then a bad model
     that halts at the canary and is rolled back. Prints the timeline and writes a picture of it."""
-    from edgefleet.demo import find_project, run_demo
+    from edgefleet.cli.demo import find_project, run_demo
 
     src = find_project(project)
     run_demo(src, workdir if workdir is not None else src / ".edgefleet" / "demo", devices)

@@ -55,7 +55,7 @@ def membership(graph: Mapping[str, Any]) -> Membership:
     from pydantic import ValidationError
 
     from components.rollout.membership import in_group, ring_members
-    from edgefleet.config import StackConfig
+    from components.stack import StackConfig
 
     # Typed, but not held to today's cross-field rules: a base that a newer rule rejects (the PR that fixes it)
     # must still plan. The working tree's own synth has already enforced them on the head.

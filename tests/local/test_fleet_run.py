@@ -19,7 +19,7 @@ from components.local.hub import LocalHub
 from components.local.up import up
 from edgefleet.cli import EXIT_INPUT, main
 from edgefleet.config import load_stack
-from edgefleet.demo import MARKER, _prepare, find_project, run_demo
+from edgefleet.cli.demo import MARKER, _prepare, find_project, run_demo
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from edgefleet.synth import synth
 

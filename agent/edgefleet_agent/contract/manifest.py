@@ -223,12 +223,6 @@ class ModelDir:
     def artifact_path(self, manifest: ModelManifest) -> Path:
         return self.path / manifest.file
 
-    def write(self, manifest: ModelManifest) -> None:
-        """Writes atomically so an interrupted `model add` never leaves a half-written manifest."""
-        from edgefleet_agent.fsutil import atomic_write_bytes
-
-        atomic_write_bytes(self.manifest_path, manifest.to_yaml().encode())
-
 
 def is_valid_name(name: str) -> bool:
     return re.match(NAME_RE, name) is not None
