@@ -34,13 +34,15 @@ from components.aws.plan import (AwsRingGateProps, Naming, RingComponents, RingJ
 from components.rollout.progress import last_good, rollout_id
 from components.rollout.gate import THRESHOLDS, measure
 from components.rollout.types import OFFENDERS_PER_METRIC, RingObservation, RingTarget
+from edgefleet_agent.contract import greengrass as gg
 from edgefleet_agent.contract.state import DesiredModel
 
 log = logging.getLogger("edgefleet.aws.hub")
 
-METRICS = {"inferences": ("Inferences", "Sum"), "errors": ("Errors", "Sum"), "invalid": ("InvalidOutputs", "Sum"),
-           "latency": ("LatencyP99Ms", "p99")}
-DEVICE_METRICS = {"error_rate": "DeviceErrorRate", "invalid_output_share": "DeviceInvalidOutputShare"}   # agent/greengrass.py
+_COUNTS = dict((field, name) for name, field in gg.COUNT_METRICS)
+METRICS = {"inferences": (_COUNTS["inferences"], "Sum"), "errors": (_COUNTS["errors"], "Sum"),
+           "invalid": (_COUNTS["invalid_outputs"], "Sum"), "latency": (gg.LATENCY_METRIC, "p99")}
+DEVICE_METRICS = dict(zip(("error_rate", "invalid_output_share"), (name for name, _ in gg.DEVICE_METRICS), strict=True))
 FAILED_STATES = ("FAILED", "REJECTED", "TIMED_OUT")
 MAX_QUERIES = 500             # GetMetricData without a Metrics Insights query: at most 500 metrics per request
 PROBED_THINGS = 250           # succeeded job executions read directly: one ListJobExecutionsForJob page
@@ -300,7 +302,7 @@ class AwsHub:
         return tuple(out)
 
     def _dimensions(self, ring: str, version: str) -> list[dict[str, str]]:
-        return [{"Name": "Rollout", "Value": self.rollout}, {"Name": "Ring", "Value": ring}, {"Name": "Version", "Value": version}]
+        return [{"Name": name, "Value": value} for name, value in zip(gg.DIMENSIONS, (self.rollout, ring, version), strict=True)]
 
     def _listed_devices(self, ring: str, version: str, metric_name: str, limit: int) -> list[str]:
         """Devices that filed `metric_name` for this ring and version in about the last three hours, at most `limit`."""
@@ -311,7 +313,7 @@ class AwsHub:
             while len(devices) < limit:
                 resp = self.clients.cloudwatch.list_metrics(**kwargs)
                 for metric in resp.get("Metrics", []):
-                    devices += [d["Value"] for d in metric.get("Dimensions", []) if d.get("Name") == "Device"]
+                    devices += [d["Value"] for d in metric.get("Dimensions", []) if d.get("Name") == gg.DEVICE_DIMENSION]
                 if not resp.get("NextToken"):
                     break
                 kwargs["NextToken"] = resp["NextToken"]
@@ -323,7 +325,7 @@ class AwsHub:
         dims = self._dimensions(ring, version)
         return [{"Id": f"d{i}", "ReturnData": True,
                  "MetricStat": {"Metric": {"Namespace": self.metric_namespace, "MetricName": DEVICE_METRICS[key],
-                                           "Dimensions": [*dims, {"Name": "Device", "Value": device}]},
+                                           "Dimensions": [*dims, {"Name": gg.DEVICE_DIMENSION, "Value": device}]},
                                 "Period": 60, "Stat": "Maximum"}}
                 for i, (device, key) in enumerate(pairs[:MAX_QUERIES])]
 

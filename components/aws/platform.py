@@ -69,6 +69,7 @@ from components.rollout.engine import rollout_id
 from components.aws.config import AwsConfig
 from components.rollout.spec import DeviceGroupConfig
 from components.stack import raise_first
+from edgefleet_agent.contract import greengrass as gg
 from edgefleet_agent.contract.manifest import ModelManifest
 
 FLEET_TYPE = "edgefleet:aws:Fleet"
@@ -379,7 +380,8 @@ class AwsPlatform(Platform):
         n = parent.resource_name
         gate = ring.gate
         ns = self.aws.metric_namespace
-        dims = {"Rollout": rollout, "Ring": ring.name, "Version": version}
+        dims = dict(zip(gg.DIMENSIONS, (rollout, ring.name, version), strict=True))
+        counts = {field: name for name, field in gg.COUNT_METRICS}
 
         def metric(id_: str, name: str, stat: str = "Sum") -> dict[str, Any]:
             return {"id": id_, "return_data": False, "metric": {"namespace": ns, "metric_name": name, "period": 60, "stat": stat, "dimensions": dims}}
@@ -387,21 +389,21 @@ class AwsPlatform(Platform):
         common = {"comparison_operator": "GreaterThanThreshold", "evaluation_periods": 5, "datapoints_to_alarm": 3,
                   "treat_missing_data": "notBreaching"}
         out = []
-        ratios = [("error-rate", "Errors", gate.max_error_rate), ("invalid-outputs", "InvalidOutputs", gate.max_invalid_output_share)]
+        ratios = [("error-rate", counts["errors"], gate.max_error_rate), ("invalid-outputs", counts["invalid_outputs"], gate.max_invalid_output_share)]
         for what, metric_name, threshold in ratios:
             if threshold is None:
                 continue
             out.append(aws.cloudwatch.MetricAlarm(
                 f"{n}-{what}-alarm", name=self.naming.alarm(rollout, ring.name, what), threshold=threshold,
                 alarm_description=f"{metric_name} per inference above the gate's {threshold} on ring {ring.name} ({rollout} {version})",
-                metric_queries=[metric("bad", metric_name), metric("inferences", "Inferences"),
+                metric_queries=[metric("bad", metric_name), metric("inferences", counts["inferences"]),
                                 {"id": "share", "expression": "bad / inferences", "label": f"{metric_name} share", "return_data": True}],
                 opts=self.opts(parent), **common))
         if gate.max_p99_latency_ms is not None:
             out.append(aws.cloudwatch.MetricAlarm(
                 f"{n}-p99-latency-alarm", name=self.naming.alarm(rollout, ring.name, "p99-latency"), threshold=gate.max_p99_latency_ms,
                 alarm_description=f"p99 inference latency above {gate.max_p99_latency_ms} ms on ring {ring.name} ({rollout} {version})",
-                namespace=ns, metric_name="LatencyP99Ms", extended_statistic="p99", period=60, dimensions=dims,
+                namespace=ns, metric_name=gg.LATENCY_METRIC, extended_statistic="p99", period=60, dimensions=dims,
                 opts=self.opts(parent), **common))
         return out
 
