@@ -15,7 +15,7 @@ from edgefleet_agent.contract.signing import Signer, parse_rollback_order, rollb
 from edgefleet_agent.contract.state import DesiredModel
 
 from components.rollout.engine import RingPlan, RolloutPlan, extends
-from components.rollout.progress import FAILED, TERMINAL, RingState, last_good, rollout_id
+from components.rollout.progress import FAILED, TERMINAL, RingState, as_progress, last_good, rollout_id
 
 
 @dataclass(frozen=True)
@@ -58,18 +58,17 @@ def decide(rollout: str, plans: tuple[RingPlan, ...], records: list[dict[str, An
     ring is set to (`current`), this decides."""
     artifact = (declared.version, declared.sha256)
     versions = {name: d.version if d else None for name, d in current.items()}
-    base = dict(rings=plans, ring_versions=versions)
     for p in records:
         if p["status"] in TERMINAL:
             continue
         if (p["version"], p["sha256"]) == artifact:
             order = _rollback_of(p)
             if order is None:
-                return Decision("resume", **base, rollout_id=p["rollout_id"], previous=last_good(records, before=p["rollout_id"]), record=p)
-            return Decision("resume", **base, rollout_id=p["rollout_id"], record=p, kind="rollback",
+                return Decision("resume", plans, versions, rollout_id=p["rollout_id"], previous=last_good(records, before=p["rollout_id"]), record=p)
+            return Decision("resume", plans, versions, rollout_id=p["rollout_id"], record=p, kind="rollback",
                             previous=_artifact_desired(records, current, order["from_version"], order["from_sha256"]))
         reached = [r["name"] for r in p["rings"] if r["state"] != RingState.PENDING] or ["none yet"]
-        return Decision("refused", **base, record=p, status="refused",
+        return Decision("refused", plans, versions, record=p, status="refused",
                         problem=f"rollout {p['rollout_id']} ({p['model']} {p['previous_version'] or 'nothing'} → {p['version']}) is still in flight "
                                 f"({p['status']}, rings reached: {', '.join(reached)}) and {declared.version} is declared now; an unfinished "
                                 "rollout is not superseded: the rings it reached would keep a version no gate passed",
@@ -81,27 +80,27 @@ def decide(rollout: str, plans: tuple[RingPlan, ...], records: list[dict[str, An
     mine = [p for p in records if (p["version"], p["sha256"]) == artifact]
     set_to = {(d.version, d.sha256) for d in current.values() if d is not None}
     if set_to == {artifact} and all(d is not None for d in current.values()):
-        return Decision("up-to-date", **base, record=mine[-1] if mine else None)
+        return Decision("up-to-date", plans, versions, record=mine[-1] if mine else None)
     reopen = _reopens(mine[-1], plans, current, artifact) if mine else None
     if reopen is not None:
         p = mine[-1]
         order = _rollback_of(p)
         previous = (last_good(records, before=p["rollout_id"]) if order is None
                     else _artifact_desired(records, current, order["from_version"], order["from_sha256"]))
-        return Decision("resume", **base, rollout_id=p["rollout_id"], previous=previous, record=p,
+        return Decision("resume", plans, versions, rollout_id=p["rollout_id"], previous=previous, record=p,
                         kind="forward" if order is None else "rollback", appended=reopen)
     if mine and mine[-1]["status"] in FAILED:
         p = mine[-1]
         ring = (p.get("report") or {}).get("failed_ring", "?")
         reasons = "; ".join((p.get("report") or {}).get("reasons") or []) or p["status"]
-        return Decision("refused", **base, record=p, status="previously-rolled-back",
+        return Decision("refused", plans, versions, record=p, status="previously-rolled-back",
                         problem=f"{declared.model} {declared.version} failed the gate of ring {ring!r} in rollout {p['rollout_id']} ({reasons}) "
                                 f"and was rolled back; a version a gate rejected is not deployed again",
                         fix=f"if the cause is fixed, declare it as a new version (`edgefleet model add models/{declared.model} --onnx … "
                             f"--version {_next_patch(declared.version, records)}`), or declare the version the rings run "
                             f"({', '.join(sorted({v for v in versions.values() if v})) or 'none'})")
     if any(d is not None and d.version == declared.version and d.sha256 != declared.sha256 for d in current.values()):
-        return Decision("refused", **base, status="refused",
+        return Decision("refused", plans, versions, status="refused",
                         problem=f"{declared.model} {declared.version} is declared with artifact sha256 {declared.sha256[:12]}…, but the rings run "
                                 "a different artifact under that version; devices never replace a version in place",
                         fix=f"give the new artifact a new version: `edgefleet model add models/{declared.model} --onnx … "
@@ -109,22 +108,26 @@ def decide(rollout: str, plans: tuple[RingPlan, ...], records: list[dict[str, An
     newer = [d for d in current.values() if d is not None and version_key(d.version) > version_key(declared.version)]
     if not newer:
         rid = attempt_id(records, rollout_id(rollout, declared))
-        return Decision("run", **base, rollout_id=rid, previous=last_good(records, before=rid))
+        return Decision("run", plans, versions, rollout_id=rid, previous=last_good(records, before=rid))
     if len({(d.version, d.sha256) for d in newer}) > 1:
         running = ", ".join(f"{name} {v or 'none'}" for name, v in versions.items())
-        return Decision("refused", **base, status="refused",
+        return Decision("refused", plans, versions, status="refused",
                         problem=f"{declared.version} is older than what the rings run ({running}); a rollback moves devices off one "
                                 "version, and the rings are set to several",
                         fix=f"declare the newest of them and apply it so every ring runs one version, then declare {declared.version}")
     source = newer[0]
     rid = attempt_id(records, f"{rollout_id(rollout, declared)}~from-{source.version}+{source.sha256[:12]}")
-    return Decision("run", **base, rollout_id=rid, previous=_artifact_desired(records, current, source.version, source.sha256),
+    return Decision("run", plans, versions, rollout_id=rid, previous=_artifact_desired(records, current, source.version, source.sha256),
                     downgrade_from=source, kind="rollback")
 
 
 def plan_for(rollout: str, decision: Decision, declared: DesiredModel, signer: Signer) -> RolloutPlan:
     """The engine plan for a decision to run or resume; a declared rollback's desired state carries its signed order."""
+    if decision.action not in ("run", "resume") or decision.rollout_id is None:
+        raise ValueError(f"a {decision.action!r} decision has no rollout to plan")
+    desired: DesiredModel | None
     if decision.action == "resume":
+        assert decision.record is not None, "a resume names the record it resumes"
         desired = DesiredModel.from_json(decision.record["desired"])
     elif decision.downgrade_from is not None:
         src = decision.downgrade_from
@@ -134,16 +137,19 @@ def plan_for(rollout: str, decision: Decision, declared: DesiredModel, signer: S
                           rollback_signature=sign_bytes(signer, order).to_bytes().decode())
     else:
         desired = replace(declared, rollout=decision.rollout_id)
+    if desired is None:
+        raise ValueError(f"the record of {decision.rollout_id} holds no desired state")
     return RolloutPlan(rollout, desired, decision.previous, decision.rings, attempt_id=decision.rollout_id)
 
 
 def _reopens(record: dict[str, Any], plans: tuple[RingPlan, ...], current: dict[str, DesiredModel | None],
              artifact: tuple[str, str]) -> tuple[str, ...] | None:
     """The rings a succeeded rollout reopens for (the engine's `extends`), when its rings still run its artifact."""
-    if not extends(record, RolloutPlan(record["rollout"], DesiredModel.from_json(record["desired"]), None, plans)):
+    desired = DesiredModel.from_json(record["desired"])
+    if desired is None or not extends(as_progress(record), RolloutPlan(record["rollout"], desired, None, plans)):
         return None
     known = [r["name"] for r in record["rings"]]
-    if any(current[name] is None or (current[name].version, current[name].sha256) != artifact for name in known):
+    if any((d := current[name]) is None or (d.version, d.sha256) != artifact for name in known):
         return None
     newer = [d for d in current.values() if d is not None and version_key(d.version) > version_key(artifact[0])]
     return None if newer else tuple(r.name for r in plans[len(known):])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 SHOWN = 5
 METRICS = {"error_rate": ("error rate", "{:.2%}"), "invalid_output_share": ("NaN/Inf outputs", "{:.2%}"),
@@ -21,7 +21,7 @@ def _listed(items: list[str]) -> str:
     return ", ".join(items[:SHOWN]) + more
 
 
-def failure_summary(progress: dict[str, Any], later_rings: int = 0) -> str:
+def failure_summary(progress: Mapping[str, Any], later_rings: int = 0) -> str:
     """`later_rings` counts rings beyond those this run knew: a Pulumi gate resource only knows the rings up
     to its own, so the rings after it (which it never let start) are counted, not named."""
     r = progress.get("report") or {}
