@@ -31,7 +31,7 @@ def find_project(given: Path | None = None) -> Path:
     if given is not None:
         candidates = [Path(given)]
     else:
-        candidates = [Path.cwd(), Path(__file__).resolve().parents[1]]
+        candidates = [Path.cwd(), Path(__file__).resolve().parents[2]]
     for c in candidates:
         if all((c / n).is_file() for n in NEEDS):
             return c.resolve()
