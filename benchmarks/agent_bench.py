@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import logging
 import os
@@ -31,13 +32,13 @@ sys.path.insert(0, str(REPO))
 
 import onnxruntime  # noqa: E402
 
-from edgefleet_agent.core import DeviceAgent  # noqa: E402
-from edgefleet_agent.contract.state import DesiredModel, DeviceReport  # noqa: E402
+from components.local.signer import LocalKeySigner, create_key_file, public_key_path  # noqa: E402
+from edgefleet.model_add import add_version  # noqa: E402
 from edgefleet.signing import sign_model_dir  # noqa: E402
 from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir  # noqa: E402
-from edgefleet.model_add import add_version  # noqa: E402
-from components.local.signer import LocalKeySigner, create_key_file, public_key_path
 from edgefleet_agent.contract.signing import rollback_order, sign_bytes  # noqa: E402
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport  # noqa: E402
+from edgefleet_agent.core import DeviceAgent  # noqa: E402
 
 SAMPLES = REPO / "models" / "samples"
 OUT = REPO / "benchmarks" / "out" / "agent.json"
@@ -160,7 +161,7 @@ def swaps(agent: DeviceAgent, transport: Transport, v100: DesiredModel, v110: De
         from bisect import bisect_left, bisect_right
         lo, hi = max(bisect_left(done, t0) - 1, 0), min(bisect_right(done, t1) + 1, len(done))
         seq = done[lo:hi]
-        return max((b - a for a, b in zip(seq, seq[1:])), default=float("nan")) * 1000
+        return max((b - a for a, b in itertools.pairwise(seq)), default=float("nan")) * 1000
 
     pauses = [max_gap(a, b) for a, b in windows]
     quiet_gaps = [max_gap(a, b) for a, b in quiet]

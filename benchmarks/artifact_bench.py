@@ -56,10 +56,10 @@ def child(mode: str, artifact: str, key: str, template: str) -> None:
     import resource
 
     t_import = time.perf_counter()
+    from components.local.signer import LocalKeySigner
     from edgefleet_agent.contract.artifact import verify_artifact
     from edgefleet_agent.contract.digest import sha256_file
     from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes
-    from components.local.signer import LocalKeySigner
     from edgefleet_agent.contract.signing import load_public_key, sign_bytes, verify_bytes
     import_s = time.perf_counter() - t_import
 

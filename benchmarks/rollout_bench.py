@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT))
 from components.local.fleet import LocalFleet, local_devices, register  # noqa: E402
 from components.local.hub import LocalHub  # noqa: E402
 from components.local.plan import engine_for, ring_plans  # noqa: E402
+from components.local.signer import LocalKeySigner, create_key_file  # noqa: E402
 from components.local.store import publish  # noqa: E402
 from components.rollout.engine import RolloutPlan, rollout_id  # noqa: E402
 from edgefleet.config import load_stack  # noqa: E402
-from edgefleet_agent.contract.manifest import ModelDir  # noqa: E402
 from edgefleet.model_add import add_version, parse_metric  # noqa: E402
-from components.local.signer import LocalKeySigner, create_key_file  # noqa: E402
+from edgefleet_agent.contract.manifest import ModelDir  # noqa: E402
 
 
 class Timed:

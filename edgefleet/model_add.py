@@ -11,12 +11,19 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edgefleet_agent.contract.errors import EdgefleetError, field_path, from_validation_error
-from edgefleet_agent.fsutil import atomic_copy, atomic_write_bytes
-from edgefleet_agent.contract.manifest import (BASELINE_AGENT_VERSION, HardwareProfile, Metric, ModelDir, ModelManifest, check_semver,
-                                               is_valid_name, version_key)
 from edgefleet.onnx_check import inspect
-
+from edgefleet_agent.contract.errors import EdgefleetError, field_path, from_validation_error
+from edgefleet_agent.contract.manifest import (
+    BASELINE_AGENT_VERSION,
+    HardwareProfile,
+    Metric,
+    ModelDir,
+    ModelManifest,
+    check_semver,
+    is_valid_name,
+    version_key,
+)
+from edgefleet_agent.fsutil import atomic_copy, atomic_write_bytes
 
 
 def _reason(exc: Exception) -> str:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-
 from pulumi.runtime.config import CONFIG, get_config_env
 
 from components import registry

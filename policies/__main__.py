@@ -4,9 +4,8 @@ PolicyPack starts a gRPC server and blocks forever: nothing may import this modu
 `pack.build_policies()[i].validate(...)` instead). Pulumi runs it with policies/ as sys.path[0].
 """
 
-from pulumi_policy import PolicyPack
-
 from pack import PACK_NAME, build_policies
+from pulumi_policy import PolicyPack
 
 PolicyPack(
     name=PACK_NAME,

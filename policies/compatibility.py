@@ -52,7 +52,7 @@ def _shape_changes(kind: str, name: str, old: list, new: list) -> list[IoChange]
     if len(old) != len(new):
         return [IoChange(kind, name, f"rank changed: [{', '.join(map(str, old))}] -> [{', '.join(map(str, new))}]", True)]
     out = []
-    for i, (a, b) in enumerate(zip(old, new)):
+    for i, (a, b) in enumerate(zip(old, new, strict=True)):
         if a == b:
             continue
         fixed_a, fixed_b = isinstance(a, int), isinstance(b, int)

@@ -15,21 +15,54 @@ from typing import Any, Iterable, Mapping
 if __package__:
     from .engine import ADVISORY, LEVELS, MANDATORY, Report, Rule, run_rule
     from .graph import Graph
-    from .hardening import (DEVICE_CREDENTIALS_RULE, IAM_RULE, REGISTRY_RULE, SIGNING_KEY_RULE, STORE_RULE, check_device_credentials,
-                            check_iam, check_registry, check_signing_key, check_store)
-    from .models import (check_breaking_io, check_hardware, check_metric_floor, check_metric_regression, check_model_digest,
-                         check_model_signed)
+    from .hardening import (
+        DEVICE_CREDENTIALS_RULE,
+        IAM_RULE,
+        REGISTRY_RULE,
+        SIGNING_KEY_RULE,
+        STORE_RULE,
+        check_device_credentials,
+        check_iam,
+        check_registry,
+        check_signing_key,
+        check_store,
+    )
+    from .models import (
+        check_breaking_io,
+        check_hardware,
+        check_metric_floor,
+        check_metric_regression,
+        check_model_digest,
+        check_model_signed,
+    )
     from .rollouts import check_production_canary
     from .settings import Settings
 else:
     from engine import ADVISORY, LEVELS, MANDATORY, Report, Rule, run_rule  # type: ignore[no-redef]
     from graph import Graph  # type: ignore[no-redef]
-    from hardening import (DEVICE_CREDENTIALS_RULE, IAM_RULE, REGISTRY_RULE, SIGNING_KEY_RULE, STORE_RULE,  # type: ignore[no-redef]
-                           check_device_credentials, check_iam, check_registry, check_signing_key, check_store)
-    from models import (check_breaking_io, check_hardware, check_metric_floor, check_metric_regression,  # type: ignore[no-redef]
-                        check_model_digest, check_model_signed)
+    from hardening import (  # type: ignore[no-redef]
+        DEVICE_CREDENTIALS_RULE,
+        IAM_RULE,
+        REGISTRY_RULE,
+        SIGNING_KEY_RULE,
+        STORE_RULE,
+        check_device_credentials,
+        check_iam,
+        check_registry,
+        check_signing_key,
+        check_store,
+    )
     from rollouts import check_production_canary  # type: ignore[no-redef]
     from settings import Settings  # type: ignore[no-redef]
+
+    from models import (  # type: ignore[no-redef]
+        check_breaking_io,
+        check_hardware,
+        check_metric_floor,
+        check_metric_regression,
+        check_model_digest,
+        check_model_signed,
+    )
 
 RULES: tuple[Rule, ...] = (
     Rule("model-signed-by-stack-key", "Models are signed by the stack's signing key", MANDATORY, check_model_signed,

@@ -126,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
     """One model on one transport: the local hub, or the Greengrass component's environment."""
-    from edgefleet_agent.core import DeviceAgent
-    from edgefleet_agent.store import StoreError
     from edgefleet_agent.contract.errors import EdgefleetError
     from edgefleet_agent.contract.signing import load_public_key
+    from edgefleet_agent.core import DeviceAgent
+    from edgefleet_agent.store import StoreError
 
     greengrass = args.transport == "greengrass"
     transport: GreengrassTransport | LocalHubTransport

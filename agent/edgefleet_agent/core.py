@@ -24,15 +24,15 @@ from time import perf_counter
 from typing import Callable, Hashable, Iterable
 
 from edgefleet_agent import __version__
-from edgefleet_agent.serving import LoadError, LoadedModel, SessionCache, available_providers, choose_providers, load_model
-from edgefleet_agent.store import Pointer, SlotRef, SlotStore, StoreError, pause_point
-from edgefleet_agent.download import FetchError, download
-from edgefleet_agent.transports import Transport
-from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
 from edgefleet_agent.contract.artifact import verify_artifact
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes, version_key
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
+from edgefleet_agent.download import FetchError, download
+from edgefleet_agent.serving import LoadedModel, LoadError, SessionCache, available_providers, choose_providers, load_model
+from edgefleet_agent.store import Pointer, SlotRef, SlotStore, StoreError, pause_point
+from edgefleet_agent.transports import Transport
 
 log = logging.getLogger("edgefleet.agent")
 

@@ -41,7 +41,7 @@ def synthetic_inputs(specs: list[TensorSpec], seed: int = 0, batch: int = SYMBOL
 def non_finite_outputs(names: list[str], values: Sequence[object]) -> list[str]:
     """Names of float outputs holding NaN or infinity."""
     bad = []
-    for name, value in zip(names, values):
+    for name, value in zip(names, values, strict=True):
         arr = np.asarray(value)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             bad.append(name)

@@ -107,8 +107,7 @@ def check_aws_recipes(cfg: StackConfig, project_dir: Path, stack: str) -> list[t
     from components.aws.plan import Naming, model_key
     from components.aws.recipes import agent_recipe, model_recipe, recipe_errors
     from edgefleet_agent.contract.manifest import ModelDir
-    from edgefleet_agent.contract.signing import standin_public_key_pem
-    from edgefleet_agent.contract.signing import Envelope
+    from edgefleet_agent.contract.signing import Envelope, standin_public_key_pem
 
     if cfg.aws is None:
         return []

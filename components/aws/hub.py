@@ -27,12 +27,20 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
-from components.rollout.spec import GateConfig
-
-from components.aws.plan import (AwsRingGateProps, Naming, RingComponents, RingJobPolicy, client_token, components_spec,
-                                 deployment_request, deployment_tags, progress_key)
-from components.rollout.progress import last_good, rollout_id
+from components.aws.plan import (
+    AwsRingGateProps,
+    Naming,
+    RingComponents,
+    RingJobPolicy,
+    client_token,
+    components_spec,
+    deployment_request,
+    deployment_tags,
+    progress_key,
+)
 from components.rollout.gate import THRESHOLDS, measure
+from components.rollout.progress import last_good, rollout_id
+from components.rollout.spec import GateConfig
 from components.rollout.types import OFFENDERS_PER_METRIC, RingObservation, RingTarget
 from edgefleet_agent.contract import greengrass as gg
 from edgefleet_agent.contract.state import DesiredModel
@@ -342,7 +350,7 @@ class AwsHub:
         while True:
             resp = self.clients.cloudwatch.get_metric_data(**kwargs)
             for r in resp.get("MetricDataResults", []):
-                for at, value in zip(r.get("Timestamps", []), r.get("Values", [])):
+                for at, value in zip(r.get("Timestamps", []), r.get("Values", []), strict=True):
                     if value is not None and (r["Id"] not in seen or at > seen[r["Id"]][0]):
                         seen[r["Id"]] = (at, float(value))
             if not resp.get("NextToken"):

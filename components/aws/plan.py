@@ -17,13 +17,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from components.aws.config import AwsConfig
-from components.rollout.spec import DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
-
 from components.props import RingGateProps
 from components.rollout.driver import GateInputs
 from components.rollout.driver import run_gate as drive_gate
 from components.rollout.hub import WallClock
 from components.rollout.progress import Progress, rollout_id
+from components.rollout.spec import DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
 from edgefleet_agent.contract.state import DesiredModel
 
 ACCOUNT_RE = r"[0-9]{12}"

@@ -57,16 +57,44 @@ import pulumi_aws_native as aws_native
 
 from components.aws import providers
 from components.aws.checks import check_aws_recipes
-from components.aws.plan import (SEARCHABLE_ATTRIBUTES, Naming, RingComponents, components_spec, deployment_policies,
-                                 deployment_tags, group_clause, iot_job_configuration, model_key, partition, ring_job_policy,
-                                 ring_query)
-from components.aws.policies import (bucket_policy, core_device_iot_policy, device_role_policy, device_role_trust,
-                                     ecr_lifecycle_policy, signing_key_policy, storage_key_policy)
-from components.aws.recipes import agent_recipe, model_recipe, recipe_text
-from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs, RingSpec,
-                                 StackBase, StoreOutputs, child)
-from components.rollout.engine import rollout_id
 from components.aws.config import AwsConfig
+from components.aws.plan import (
+    SEARCHABLE_ATTRIBUTES,
+    Naming,
+    RingComponents,
+    components_spec,
+    deployment_policies,
+    deployment_tags,
+    group_clause,
+    iot_job_configuration,
+    model_key,
+    partition,
+    ring_job_policy,
+    ring_query,
+)
+from components.aws.policies import (
+    bucket_policy,
+    core_device_iot_policy,
+    device_role_policy,
+    device_role_trust,
+    ecr_lifecycle_policy,
+    signing_key_policy,
+    storage_key_policy,
+)
+from components.aws.recipes import agent_recipe, model_recipe, recipe_text
+from components.platform import (
+    GroupOutputs,
+    KeyOutputs,
+    Platform,
+    PublishOutputs,
+    RegistryOutputs,
+    RingOutputs,
+    RingSpec,
+    StackBase,
+    StoreOutputs,
+    child,
+)
+from components.rollout.engine import rollout_id
 from components.rollout.spec import DeviceGroupConfig
 from components.stack import raise_first
 from edgefleet_agent.contract import greengrass as gg

@@ -19,11 +19,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from components.aws.plan import GG_ARCH
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.greengrass import AGENT_CONFIGURATION, ENV_NAMESPACE, ENV_TRUSTED_KEY, MODEL_CONFIGURATION
 from edgefleet_agent.contract.manifest import ModelManifest
-
-from components.aws.plan import GG_ARCH
 
 RECIPE_FORMAT = "2020-01-25"
 PUBLISHER = "edgefleet"

@@ -10,10 +10,9 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from components.azure.manifest import label_problems
 from components.stack import StackConfig
 from edgefleet_agent.contract.signing import standin_public_key_pem
-
-from components.azure.manifest import label_problems
 
 METRICS_INTERVAL_SECONDS = 300          # IoT Hub evaluates deployments and their metrics about every five minutes
 MIN_SAS_DAYS = 30                       # time to notice, rotate and let every device pick up a new base deployment
@@ -91,9 +90,9 @@ def check_azure_manifests(cfg: StackConfig, project_dir: Path, registry_password
     twin limits and the agent twin's contract. Reads the models' manifests, which the agent twin carries (chunked)."""
     from components.azure import manifest as mf
     from components.rollout.engine import rollout_id
-    from edgefleet_agent.contract.state import DesiredModel
     from edgefleet_agent.contract.manifest import ModelDir
     from edgefleet_agent.contract.signing import Envelope
+    from edgefleet_agent.contract.state import DesiredModel
 
     az = cfg.azure
     if "azure" not in cfg.platforms or az is None:
@@ -133,9 +132,9 @@ def check_azure_manifests(cfg: StackConfig, project_dir: Path, registry_password
         d = DesiredModel(model=m.name, version=m.version, sha256=m.sha256, size=m.size, manifest=text, signature=signature,
                          uri=f"https://{STANDIN_ACCOUNT}.blob.core.windows.net/models/{m.name}/{m.sha256}.onnx")
         d = DesiredModel(**{**d.__dict__, "rollout": rollout_id(r.name, d)})
-        conditions = mf.ring_conditions([(dict(g.labels), list(g.devices), dict(ring.labels)) for g, ring in zip(groups, r.rings)])
+        conditions = mf.ring_conditions([(dict(g.labels), list(g.devices), dict(ring.labels)) for g, ring in zip(groups, r.rings, strict=True)])
         first_in_group: set[str] = set()
-        for j, (g, ring) in enumerate(zip(groups, r.rings)):
+        for j, (g, ring) in enumerate(zip(groups, r.rings, strict=True)):
             spec = mf.RingDeploymentSpec(rollout=r.name, ring=ring.name, index=j, model=m.name, target_condition=conditions[j],
                                          priority=az.deployment_priority + 1, agent=agent, agent_schema=az.edge_agent_schema)
             layer = mf.ring_configuration(spec, d)["content"]["modulesContent"]

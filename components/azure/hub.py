@@ -28,24 +28,31 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import replace
 import json
 import math
 import re
 import time
 import urllib.parse
+from dataclasses import replace
 from typing import Any, Mapping, Protocol
 
 from components.azure.configurations import HubClient, apply_configuration
-from components.azure.manifest import AGENT_MODULE, RING_LABEL, RingDeploymentSpec, desired_from_configuration, metric_where, ring_configuration
-from edgefleet_agent.contract.iotedge import model_key
+from components.azure.manifest import (
+    AGENT_MODULE,
+    RING_LABEL,
+    RingDeploymentSpec,
+    desired_from_configuration,
+    metric_where,
+    ring_configuration,
+)
 from components.props import ProviderInputError, RingGateProps
 from components.rollout.driver import GateInputs
 from components.rollout.driver import run_gate as drive_gate
 from components.rollout.gate import THRESHOLDS, measure
 from components.rollout.hub import WallClock
 from components.rollout.progress import Progress, rollout_id
-from components.rollout.types import OFFENDERS_PER_METRIC, OFFENDER_METRICS, RingObservation, RingTarget
+from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, RingObservation, RingTarget
+from edgefleet_agent.contract.iotedge import model_key
 from edgefleet_agent.contract.state import DesiredModel
 
 FAILURE_SAMPLE = 20
@@ -93,7 +100,7 @@ class BlobProgressStore:
 
     def _container(self) -> Any:
         if self._client is None:
-            from azure.storage.blob import ContainerClient   # deploy-time dependency, see docs/azure.md
+            from azure.storage.blob import ContainerClient  # deploy-time dependency, see docs/azure.md
 
             from components.azure.signer import default_credential
 

@@ -26,9 +26,17 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgefleet_agent.contract.iotedge import (AGENT_FORMAT, CHUNK_KEY_RE, CHUNKED_FIELDS, MAX_CHUNKS, TWIN_STRING_LIMIT, agent_desired,
-                                              desired_from_agent,
-                                              chunk_keys, model_key)
+from edgefleet_agent.contract.iotedge import (
+    AGENT_FORMAT,
+    CHUNK_KEY_RE,
+    CHUNKED_FIELDS,
+    MAX_CHUNKS,
+    TWIN_STRING_LIMIT,
+    agent_desired,
+    chunk_keys,
+    desired_from_agent,
+    model_key,
+)
 from edgefleet_agent.contract.state import DesiredModel
 
 AGENT_MODULE = "edgefleet-agent"

@@ -26,17 +26,27 @@ import pulumi_azure_native as azure
 
 from components.azure import manifest as mf
 from components.azure.checks import check_azure_manifests
-from components.azure.configurations import Configuration
-from components.rollout.engine import rollout_id
-from components.azure.providers import ModelArtifact, RingGate, SigningPublicKey
-from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs,
-                                 RingSpec, StackBase, StoreOutputs, child)
-from edgefleet_agent.contract.state import DesiredModel
 from components.azure.config import AzureConfig
+from components.azure.configurations import Configuration
+from components.azure.providers import ModelArtifact, RingGate, SigningPublicKey
+from components.platform import (
+    GroupOutputs,
+    KeyOutputs,
+    Platform,
+    PublishOutputs,
+    RegistryOutputs,
+    RingOutputs,
+    RingSpec,
+    StackBase,
+    StoreOutputs,
+    child,
+)
+from components.rollout.engine import rollout_id
 from components.rollout.spec import DeviceGroupConfig
 from components.stack import PROJECT, raise_first
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import ModelManifest
+from edgefleet_agent.contract.state import DesiredModel
 
 HUB_POLICY = "edgefleet-deployer"
 HUB_POLICY_RIGHTS = "RegistryRead, RegistryWrite, ServiceConnect"   # configurations (registry) and twin queries (service)
@@ -287,7 +297,7 @@ class AzurePlatform(Platform):
     def _ring_specs(self, spec: RingSpec, model_name: str, base: StackBase) -> pulumi.Output[list[dict[str, Any]]]:
         rings = spec.rollout.rings
         groups = [self.stack.group(r.group) for r in rings]
-        conditions = mf.ring_conditions([(dict(g.labels), list(g.devices), dict(r.labels)) for g, r in zip(groups, rings)])
+        conditions = mf.ring_conditions([(dict(g.labels), list(g.devices), dict(r.labels)) for g, r in zip(groups, rings, strict=True)])
         return self._agent(base).apply(lambda agent: [mf.RingDeploymentSpec(
             rollout=spec.rollout.name, ring=r.name, index=i, model=model_name, target_condition=conditions[i],
             priority=self.az.deployment_priority + 1, agent=agent, agent_schema=self.az.edge_agent_schema).to_json()

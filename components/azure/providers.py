@@ -85,7 +85,7 @@ def publish_artifact(props: dict[str, Any], signer: Any = None, container: Any =
         raise EdgefleetError(p.source, f"refusing to publish: {problem}", "run `edgefleet model add` to re-pin the artifact")
     signer = signer or KeyVaultSigner(p.key_url)
     if container is None:
-        from azure.storage.blob import ContainerClient   # deploy-time dependency, see docs/azure.md
+        from azure.storage.blob import ContainerClient  # deploy-time dependency, see docs/azure.md
 
         container = ContainerClient(p.blob_endpoint, p.container, credential=default_credential())
     return until_granted(f"publishing {p.model} {p.version} to {p.blob_endpoint.rstrip('/')}/{p.container}",

@@ -50,7 +50,7 @@ def unb64url(text: str) -> bytes:
 
 
 def default_credential() -> Any:
-    from azure.identity import DefaultAzureCredential   # deploy-time dependency, see docs/azure.md
+    from azure.identity import DefaultAzureCredential  # deploy-time dependency, see docs/azure.md
 
     return DefaultAzureCredential()
 

@@ -27,13 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from components.local.hub import LocalHub
 from components.rollout.spec import DeviceGroupConfig
 from components.stack import PROJECT, StackConfig
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
-
-from components.local.hub import LocalHub
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
-
 
 # Agent processes infer on a synthetic 20 fps camera stream, as a device would; back to back, three of
 # them would take both cores of this machine from the other 997 devices.

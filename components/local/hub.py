@@ -23,15 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from edgefleet_agent.contract.errors import EdgefleetError
-
-from edgefleet_agent.contract.localhub import AgentHub
-from edgefleet_agent.contract.state import DesiredModel, DeviceReport
-
 from components.rollout.membership import Device
 from components.rollout.observe import observe_reports
 from components.rollout.types import RingObservation, RingTarget
-
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.localhub import AgentHub
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
 
 @dataclass
@@ -74,7 +71,7 @@ class LocalHub(AgentHub):
 
     def device_rows(self) -> list[dict[str, Any]]:
         rows = self._db().execute("SELECT id, labels, arch, providers, kind FROM devices ORDER BY id").fetchall()
-        return [{"id": i, "labels": json.loads(l), "arch": a, "providers": json.loads(p), "kind": k} for i, l, a, p, k in rows]
+        return [{"id": i, "labels": json.loads(labels), "arch": a, "providers": json.loads(p), "kind": k} for i, labels, a, p, k in rows]
 
     # -- the simulator's batched reads ------------------------------------------------------------------
     def desired_for_devices(self, device_ids: list[str], model: str) -> dict[str, DesiredModel | None]:
@@ -244,7 +241,7 @@ class LocalHub(AgentHub):
     @staticmethod
     def _lease_row(db: sqlite3.Connection, name: str) -> dict[str, Any] | None:
         row = db.execute("SELECT owner, token, host, pid, acquired_at, expires_at FROM leases WHERE name=?", (name,)).fetchone()
-        return None if row is None else dict(zip(("owner", "token", "host", "pid", "acquired_at", "expires_at"), row))
+        return None if row is None else dict(zip(("owner", "token", "host", "pid", "acquired_at", "expires_at"), row, strict=True))
 
     @staticmethod
     def _live(row: dict[str, Any], now: float) -> bool:

@@ -9,12 +9,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from components.rollout.spec import DeviceGroupConfig, RingConfig, RolloutConfig
-from edgefleet_agent.contract.manifest import parse_manifest_bytes
-from components.local.signer import LocalKeySigner
-
 from components.local.fleet import lock_holder, lock_path
 from components.local.hub import LocalHub
+from components.local.signer import LocalKeySigner
 from components.props import RingGateProps
 from components.rollout.decide import Decision, plan_for
 from components.rollout.decide import decide as decide_rings
@@ -25,7 +22,9 @@ from components.rollout.hub import WallClock
 from components.rollout.membership import ring_members
 from components.rollout.progress import Progress, RingState, RolloutStatus
 from components.rollout.rollback import rollback_authorizer
+from components.rollout.spec import DeviceGroupConfig, RingConfig, RolloutConfig
 from components.rollout.types import RingTarget
+from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel
 
 

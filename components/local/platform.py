@@ -7,9 +7,19 @@ from pathlib import Path
 import pulumi
 
 from components.local import providers
-from components.platform import (GroupOutputs, KeyOutputs, Platform, PublishOutputs, RegistryOutputs, RingOutputs, RingSpec,
-                                 StackBase, StoreOutputs, child)
 from components.local.config import LocalConfig
+from components.platform import (
+    GroupOutputs,
+    KeyOutputs,
+    Platform,
+    PublishOutputs,
+    RegistryOutputs,
+    RingOutputs,
+    RingSpec,
+    StackBase,
+    StoreOutputs,
+    child,
+)
 from components.rollout.spec import DeviceGroupConfig
 from edgefleet_agent.contract.errors import ConfigError
 from edgefleet_agent.contract.manifest import ModelManifest

@@ -85,8 +85,8 @@ class ArtifactProvider(_Idempotent):
     def create(self, props: dict[str, Any]) -> CreateResult:
         from pathlib import Path
 
-        from components.local.store import publish
         from components.local.signer import LocalKeySigner
+        from components.local.store import publish
 
         p = ArtifactProps.of(props)
         published = publish(Path(p.store), p.manifest, Path(p.source), LocalKeySigner(p.key_file), p.source)
@@ -105,9 +105,7 @@ class RingDeploymentProvider(_Idempotent):
     older version goes out under a signed rollback order, a version a gate rejected is refused."""
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        from components.local.plan import deploy_ring
-
-        from components.local.plan import LocalRingProps
+        from components.local.plan import LocalRingProps, deploy_ring
 
         p = LocalRingProps.of(props)
         return CreateResult(id_=f"{p.rollout}/{p.ring}", outs={**props, "devices": deploy_ring(props)})

@@ -13,11 +13,10 @@ from pathlib import Path
 from edgefleet_agent.contract.artifact import verify_artifact
 from edgefleet_agent.contract.digest import same_file_digest
 from edgefleet_agent.contract.errors import EdgefleetError
-from edgefleet_agent.fsutil import atomic_copy, atomic_write_bytes
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet_agent.contract.signing import SignatureError, Signer, load_public_key, sign_bytes
-
 from edgefleet_agent.contract.state import DesiredModel
+from edgefleet_agent.fsutil import atomic_copy, atomic_write_bytes
 
 
 @dataclass(frozen=True)

@@ -16,18 +16,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from components.local.fleet import LocalFleet, exclusive, local_devices, lock_path, register
+from components.local.hub import LocalHub
+from components.local.plan import decide, engine_for
+from components.local.signer import LocalKeySigner, create_key_file
+from components.local.store import Published, publish
+from components.rollout.decide import Decision, plan_for
+from components.rollout.engine import TERMINAL, RolloutPlan, rings_changed
 from components.rollout.spec import DeviceGroupConfig, RingConfig, RolloutConfig
 from components.stack import StackConfig, parse_stack
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
-from components.local.signer import LocalKeySigner, create_key_file
-
-from components.local.fleet import LocalFleet, exclusive, local_devices, lock_path, register
-from components.local.hub import LocalHub
-from components.local.plan import decide, engine_for
-from components.rollout.decide import Decision, plan_for
-from components.local.store import Published, publish
-from components.rollout.engine import TERMINAL, RolloutPlan, rings_changed
 from edgefleet_agent.contract.state import DesiredModel
 
 ARTIFACT = "pulumi-python:dynamic/edgefleet-local:Artifact"

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
+from components.rollout.engine import RingPlan, RolloutPlan, extends
+from components.rollout.progress import FAILED, TERMINAL, RingState, as_progress, last_good, rollout_id
 from edgefleet_agent.contract.manifest import version_key
 from edgefleet_agent.contract.signing import Signer, parse_rollback_order, rollback_order, sign_bytes
 from edgefleet_agent.contract.state import DesiredModel
-
-from components.rollout.engine import RingPlan, RolloutPlan, extends
-from components.rollout.progress import FAILED, TERMINAL, RingState, as_progress, last_good, rollout_id
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,14 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol
 
-from edgefleet_agent.contract.signing import Signer
-from edgefleet_agent.contract.state import DesiredModel
-
 from components.rollout.decide import Decision, RestoreHint, attempt_id, decide, plan_for
 from components.rollout.engine import RingPlan, RolloutEngine
 from components.rollout.hub import Clock, FleetHub
 from components.rollout.progress import FAILED, Progress, RingState, RolloutStatus, as_progress, last_good, rollout_id
 from components.rollout.report import failure_summary
 from components.rollout.rollback import rollback_authorizer
+from edgefleet_agent.contract.signing import Signer
+from edgefleet_agent.contract.state import DesiredModel
 
 
 class GateHub(FleetHub, Protocol):

@@ -18,15 +18,24 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
-from edgefleet_agent.contract.errors import EdgefleetError
-from edgefleet_agent.contract.state import DesiredModel
-
 from components.rollout.gate import evaluate, measure
 from components.rollout.hub import Clock, FleetHub
-from components.rollout.progress import (FAILED, TERMINAL, Progress, RingRecord, RingState, RolloutStatus, as_progress, last_good,
-                                         ring_record, rollout_id)
+from components.rollout.progress import (
+    FAILED,
+    TERMINAL,
+    Progress,
+    RingRecord,
+    RingState,
+    RolloutStatus,
+    as_progress,
+    last_good,
+    ring_record,
+    rollout_id,
+)
 from components.rollout.spec import GateConfig
 from components.rollout.types import RingTarget
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.state import DesiredModel
 
 __all__ = ["FAILED", "TERMINAL", "RingPlan", "RolloutEngine", "RolloutPlan", "last_good", "rollout_id"]
 

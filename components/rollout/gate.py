@@ -6,10 +6,9 @@ deadline, then adoption, then the soak. Offline devices are pending, never failu
 
 from __future__ import annotations
 
-from components.rollout.spec import GateConfig
-
 from typing import Any
 
+from components.rollout.spec import GateConfig
 from components.rollout.types import Measured, RingObservation, Verdict
 
 

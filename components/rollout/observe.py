@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import heapq
 
+from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, RingObservation
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
-
-from components.rollout.types import OFFENDERS_PER_METRIC, OFFENDER_METRICS, RingObservation
 
 
 def is_on(report: DeviceReport, desired: DesiredModel | None) -> bool:

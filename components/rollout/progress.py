@@ -10,9 +10,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Iterable, NotRequired, TypedDict
 
-from edgefleet_agent.contract.state import DesiredModel
-
 from components.rollout.types import Measured
+from edgefleet_agent.contract.state import DesiredModel
 
 
 class RolloutStatus(StrEnum):

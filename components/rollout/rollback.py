@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from edgefleet_agent.contract.signing import Signer, rollback_order, sign_bytes
-
 from components.rollout.engine import RollbackAuthorizer
+from edgefleet_agent.contract.signing import Signer, rollback_order, sign_bytes
 from edgefleet_agent.contract.state import DesiredModel
 
 

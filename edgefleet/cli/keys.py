@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from edgefleet.cli import app, console
 from components.local.signer import create_key_file, public_key_path
+from edgefleet.cli import app, console
 
 keys_app = typer.Typer(no_args_is_help=True, help="Create local ECDSA P-256 signing keys.")
 app.add_typer(keys_app, name="keys")

@@ -72,8 +72,8 @@ def sign(
     key: Path = typer.Option(..., "--key", help="P-256 private key (PEM), see `edgefleet keys create`."),
 ) -> None:
     """Write models/<name>/model.yaml.sig: ECDSA P-256 over the manifest, which pins the model's digest."""
-    from edgefleet.signing import sign_model_dir
     from components.local.signer import LocalKeySigner
+    from edgefleet.signing import sign_model_dir
 
     signer = LocalKeySigner(key)
     path = sign_model_dir(ModelDir(model_dir), signer)

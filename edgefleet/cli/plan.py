@@ -24,9 +24,9 @@ def plan_cmd(
     project_dir: Path = typer.Option(Path("."), "--project-dir", help="The Pulumi project (holds Pulumi.yaml)."),
 ) -> None:
     """Diff the stack at --base against the working tree, offline: models, rings and devices, resources, policy."""
-    from edgefleet_agent.fsutil import atomic_write_bytes
     from edgefleet.plan import base_graph, compute_plan, render_markdown
     from edgefleet.synth import synth
+    from edgefleet_agent.fsutil import atomic_write_bytes
 
     project_dir = project_dir.resolve()
     err_console.print(f"synthesizing stack {stack} at {base} (temporary worktree) and in the working tree…", highlight=False)

@@ -27,9 +27,9 @@ def policy_cmd(
     project_dir: Path = typer.Option(Path("."), "--project-dir", help="The Pulumi project (holds Pulumi.yaml)."),
 ) -> None:
     """Check the stack against edgefleet's rules (signing, digests, canaries, metrics, agent, hardware, hardening)."""
-    from edgefleet_agent.fsutil import atomic_write_bytes
     from edgefleet.plan import base_graph, policy_settings, run_policy
     from edgefleet.synth import synth
+    from edgefleet_agent.fsutil import atomic_write_bytes
     from policies.crossguard import crossguard_config
 
     project_dir = project_dir.resolve()

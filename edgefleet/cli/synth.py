@@ -17,8 +17,8 @@ def synth_cmd(
     project_dir: Path = typer.Option(Path("."), "--project-dir", help="The Pulumi project (holds Pulumi.yaml)."),
 ) -> None:
     """Evaluate the Pulumi program under Pulumi's mock runtime (no CLI, no credentials) and write the declared graph."""
-    from edgefleet_agent.fsutil import atomic_write_bytes
     from edgefleet.synth import dumps, synth
+    from edgefleet_agent.fsutil import atomic_write_bytes
 
     graph = synth(project_dir, stack)
     text = dumps(graph)

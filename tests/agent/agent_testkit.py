@@ -9,12 +9,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from components.local.signer import LocalKeySigner
+from edgefleet.model_add import add_version
 from edgefleet.signing import sign_model_dir
 from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir
-from edgefleet.model_add import add_version
-from components.local.signer import LocalKeySigner
 from edgefleet_agent.contract.signing import rollback_order, sign_bytes
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "models" / "samples"

@@ -9,10 +9,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "azure"))   # azure_testkit's IoT Hub query evaluator
 
-from edgefleet_agent.core import DeviceAgent
 from agent_testkit import MODEL, Clock, FakeTransport, HttpStore, Keys, Publisher
-from edgefleet_agent.contract.state import DesiredModel
+
 from components.local.signer import LocalKeySigner, create_key_file, public_key_path
+from edgefleet_agent.contract.state import DesiredModel
+from edgefleet_agent.core import DeviceAgent
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from edgefleet_agent.core import DeviceAgent  # noqa: E402
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport  # noqa: E402
+from edgefleet_agent.core import DeviceAgent  # noqa: E402
 
 
 class FileTransport:

@@ -22,15 +22,21 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from edgefleet_agent.core import DeviceAgent
-from edgefleet_agent.contract.greengrass import DEVICE_METRICS, REQUIRED_ENV
-from edgefleet_agent.transports.greengrass import CloudWatchMetrics, EXIT_REFUSED, GreengrassEnvironment, GreengrassTransport, desired_from_environment
 from agent_testkit import MODEL, REPO, FakeTransport, artifact_bytes
+
 from components.aws.plan import RingComponents, components_spec
 from components.aws.recipes import AGENT_ENV, agent_recipe, model_recipe
-from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet_agent.contract.greengrass import DEVICE_METRICS, REQUIRED_ENV
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
+from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet_agent.core import DeviceAgent
+from edgefleet_agent.transports.greengrass import (
+    EXIT_REFUSED,
+    CloudWatchMetrics,
+    GreengrassEnvironment,
+    GreengrassTransport,
+    desired_from_environment,
+)
 
 REGION = "eu-west-1"
 NAMESPACE = "Edgefleet/Agent"

@@ -24,22 +24,30 @@ import sys
 import time
 
 import pytest
-
-from edgefleet_agent import __version__ as AGENT_VERSION
-from edgefleet_agent.core import DeviceAgent
-from edgefleet_agent.transports.iotedge import EdgeSupervisor, IoTEdgeTransport, TrustRefused, resolve_trust
 from agent_testkit import MODEL, REPO, SAMPLES, TARGET, FakeTransport, artifact_bytes
 from azure_testkit import run_query
+
 from components.azure.hub import AzureHub, MemoryProgressStore
+from components.azure.manifest import (
+    AGENT_MODULE,
+    AgentModule,
+    RingDeploymentSpec,
+    base_manifest,
+    check_manifest,
+    effective_manifest,
+    ring_layer,
+)
 from components.rollout.engine import rollout_id
-from components.azure.manifest import AGENT_MODULE, AgentModule, RingDeploymentSpec, base_manifest, check_manifest, effective_manifest, ring_layer
-from edgefleet_agent.contract.iotedge import TWIN_STRING_LIMIT, model_key
 from components.rollout.types import RingTarget
-from edgefleet_agent.contract.state import DesiredModel
-from edgefleet.signing import sign_model_dir
-from edgefleet_agent.contract.manifest import HardwareProfile, Metric, ModelDir
 from edgefleet.model_add import add_version
+from edgefleet.signing import sign_model_dir
+from edgefleet_agent import __version__ as AGENT_VERSION
+from edgefleet_agent.contract.iotedge import TWIN_STRING_LIMIT, model_key
+from edgefleet_agent.contract.manifest import HardwareProfile, Metric, ModelDir
 from edgefleet_agent.contract.signing import key_id_of, load_public_key, sign_bytes
+from edgefleet_agent.contract.state import DesiredModel
+from edgefleet_agent.core import DeviceAgent
+from edgefleet_agent.transports.iotedge import EdgeSupervisor, IoTEdgeTransport, TrustRefused, resolve_trust
 
 SAS = "sv=2022-11-02&sr=c&sp=r&se=2031-01-01T00%3A00%3A00Z&sig=S3CRETsasSIGNATURE%2Bx%3D"
 SECRET = "S3CRETsasSIGNATURE"

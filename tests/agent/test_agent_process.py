@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from edgefleet_agent.core import DeviceAgent
-from edgefleet_agent.store import PAUSE_ENV, STAGES
 from agent_testkit import MODEL, REPO, FakeTransport
+
 from components.local.hub import LocalHub
 from components.rollout.types import RingTarget
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet_agent.core import DeviceAgent
+from edgefleet_agent.store import PAUSE_ENV, STAGES
 
 pytestmark = pytest.mark.slow
 

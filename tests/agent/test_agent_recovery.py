@@ -6,10 +6,10 @@ import json
 import shutil
 
 import pytest
+from agent_testkit import MODEL, FakeTransport
 
 import edgefleet_agent.core
 from edgefleet_agent.store import StoreError
-from agent_testkit import MODEL, FakeTransport
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import threading
 import time
 
 import pytest
+from agent_testkit import FakeTransport
 
 import edgefleet_agent.serving
 from edgefleet_agent.serving import CPU, SessionCache, choose_providers
-from agent_testkit import FakeTransport
 
 
 def test_inference_continues_during_swaps(make_agent, transport, publisher, v100, v110):

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from agent_testkit import MODEL
+
 from edgefleet_agent.download import FetchError, download, fetch
 from edgefleet_agent.transports.local import LocalHubTransport
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+
+from agent_testkit import MODEL, artifact_bytes, copy_to
 
 import edgefleet_agent.core
 from edgefleet_agent import __version__
 from edgefleet_agent.core import RETRY_FIRST_SECONDS
-from agent_testkit import MODEL, artifact_bytes, copy_to
 
 
 def pointer(agent_) -> dict:
@@ -369,6 +371,6 @@ def test_download_retries_back_off(make_agent, transport, v110, tmp_path, clock,
     for _ in range(1300):
         agent_.sync()
         clock.now += 1
-    gaps = [round(b - a) for a, b in zip(calls, calls[1:])]
+    gaps = [round(b - a) for a, b in itertools.pairwise(calls)]
     assert gaps[:6] == [5, 10, 20, 40, 80, 160] and set(gaps[6:]) == {300}
     assert agent_.status == "failed"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from aws_testkit import PROJECT, REGION, Graph, synth_graph
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from aws_testkit import project_copy
 
 import edgefleet.synth as synth_module
-from aws_testkit import project_copy
-from edgefleet_agent.contract.errors import ConfigError
 from edgefleet.synth import synth
+from edgefleet_agent.contract.errors import ConfigError
 
 STACK_FILE = "stacks/Pulumi.aws-dev.yaml"
 

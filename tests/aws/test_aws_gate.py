@@ -14,18 +14,17 @@ from datetime import datetime, timezone
 
 import boto3
 import pytest
+from aws_testkit import ACCOUNT, REGION, Clients, FakeGreengrass, LocalKms, devices_report
 from botocore.stub import Stubber
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from moto import mock_aws
 
-from aws_testkit import ACCOUNT, REGION, Clients, FakeGreengrass, LocalKms, devices_report
 from components.aws.hub import AwsHub, RingSite
-from components.aws.plan import (Naming, RingComponents, RingJobPolicy, components_spec, deployment_request, deployment_tags,
-                                 run_gate)
+from components.aws.plan import Naming, RingComponents, RingJobPolicy, components_spec, deployment_request, deployment_tags, run_gate
 from components.rollout.engine import rollout_id
 from components.rollout.types import RingTarget
-from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.contract.signing import Envelope, load_public_key, parse_rollback_order, verify_bytes
+from edgefleet_agent.contract.state import DesiredModel
 
 BUCKET = "edgefleet-aws-dev-models"
 MODEL_C, AGENT_C = "edgefleet.aws-dev.detector.Model", "edgefleet.aws-dev.detector.Agent"

@@ -10,9 +10,8 @@ from collections import Counter
 import botocore.session
 import pytest
 import yaml
-from botocore.validate import ParamValidator
-
 from aws_testkit import PROJECT, Graph, project_copy, synth_graph
+from botocore.validate import ParamValidator
 
 RING_NAMES = ("canary", "early", "broad")
 SHA = yaml.safe_load((PROJECT / "models/detector/model.yaml").read_text())["sha256"]

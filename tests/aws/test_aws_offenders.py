@@ -10,16 +10,16 @@ import json
 import time
 
 import pytest
-
 import test_aws_gate
-from edgefleet_agent.transports.greengrass import CloudWatchMetrics
 from aws_testkit import devices_report
+from test_aws_gate import BUCKET, DEVICES, NAMESPACE, OLD, FakeClock, arn, props, pulumi_deploys, save_succeeded
+
 from components.aws.hub import MAX_QUERIES, AwsHub
 from components.aws.plan import run_gate
 from components.aws.policies import allow_actions, device_role_policy, gate_observation_policy, wildcard_actions
 from components.rollout.types import OFFENDERS_PER_METRIC, RingTarget
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
-from test_aws_gate import BUCKET, DEVICES, NAMESPACE, OLD, FakeClock, arn, props, pulumi_deploys, save_succeeded
+from edgefleet_agent.transports.greengrass import CloudWatchMetrics
 
 world = test_aws_gate.world          # the moto-backed fixture, shared
 

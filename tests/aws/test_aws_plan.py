@@ -7,16 +7,25 @@ import re
 import botocore.session
 import pytest
 import yaml
+from aws_testkit import project_copy, synth_graph
 from botocore.validate import ParamValidator
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aws_testkit import project_copy, synth_graph
-from components.aws.plan import (Naming, RingComponents, components_spec, deployment_request, deployment_tags, fit,
-                                 query_terms, ring_job_policy, ring_query)
-from edgefleet_agent.contract.errors import EdgefleetError
 from components.aws.config import AwsConfig
+from components.aws.plan import (
+    Naming,
+    RingComponents,
+    components_spec,
+    deployment_request,
+    deployment_tags,
+    fit,
+    query_terms,
+    ring_job_policy,
+    ring_query,
+)
 from components.rollout.spec import DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
+from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import HardwareProfile
 
 HW = HardwareProfile(name="cam", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb=512, storage_mb=512)

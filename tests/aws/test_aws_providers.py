@@ -11,10 +11,10 @@ from pathlib import Path
 import boto3
 import dill
 import pytest
+from aws_testkit import PROJECT, REGION
 from moto import mock_aws
 from pulumi.dynamic.dynamic import serialize_provider
 
-from aws_testkit import PROJECT, REGION
 from components.aws import providers
 from components.aws.store import publish_artifact
 from edgefleet_agent.contract.errors import EdgefleetError

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from aws_testkit import PROJECT, Graph
-from components.aws.recipes import SCHEMA, agent_recipe, model_recipe, recipe_errors as gdk_errors, recipe_text
+
+from components.aws.recipes import SCHEMA, agent_recipe, model_recipe, recipe_text
+from components.aws.recipes import recipe_errors as gdk_errors
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import ModelDir
 

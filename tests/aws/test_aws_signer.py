@@ -6,13 +6,13 @@ import hashlib
 
 import boto3
 import pytest
+from aws_testkit import PROJECT, REGION
 from botocore.stub import Stubber
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from moto import mock_aws
 
-from aws_testkit import PROJECT, REGION
 from components.aws.signer import KmsSigner
 from edgefleet_agent.contract.signing import Envelope, SignatureError, Signer, key_id_of, load_public_key, sign_bytes, verify_bytes
 

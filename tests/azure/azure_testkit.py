@@ -284,7 +284,10 @@ class FakeIotHub:
         """The base and the layers IoT Hub would merge for this device."""
         doc = self.device_doc(device_id)
         hits = [c for c in self.configs.values() if matches(c["targetCondition"], doc)]
-        order = lambda c: (c["priority"], c["_created"])
+
+        def order(c):
+            return (c["priority"], c["_created"])
+
         bases = sorted((c for c in hits if "properties.desired" in c["content"]["modulesContent"].get("$edgeAgent", {})), key=order)
         if not bases:
             return None, []
@@ -304,7 +307,7 @@ class FakeIotHub:
                 desired = {}
                 mc: dict[str, Any] = {}
                 if base is not None:
-                    mc = effective_manifest(base["content"]["modulesContent"], *(l["content"]["modulesContent"] for l in layers))
+                    mc = effective_manifest(base["content"]["modulesContent"], *(layer["content"]["modulesContent"] for layer in layers))
                     desired = mc.get(AGENT_MODULE, {}).get("properties.desired", {}).get("models", {})
                 twin = dev.edge_agent
                 twin["configurations"] = {c["id"]: {"status": "Applied"} for c in ([base, *layers] if base else [])}
@@ -504,7 +507,10 @@ class FakeKeyVault:
             def do_GET(self):
                 if self._auth():
                     n = vault.key.public_key().public_numbers()
-                    b = lambda i: base64.urlsafe_b64encode(i.to_bytes(32, "big")).rstrip(b"=").decode()
+
+                    def b(i):
+                        return base64.urlsafe_b64encode(i.to_bytes(32, "big")).rstrip(b"=").decode()
+
                     self._send(200, {"key": {"kid": vault.kid, "kty": "EC", "crv": "P-256", "x": b(n.x), "y": b(n.y), "key_ops": ["sign", "verify"]}})
 
             def do_POST(self):

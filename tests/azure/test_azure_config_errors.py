@@ -9,8 +9,8 @@ import pulumi
 import pytest
 import yaml
 
-from edgefleet_agent.contract.errors import ConfigError
 from edgefleet.synth import synth
+from edgefleet_agent.contract.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

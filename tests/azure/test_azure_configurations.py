@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from azure_testkit import HUB_HOST, KEY, POLICY
+
 from components.azure import configurations as cf
 from components.azure.configurations import ConfigurationProvider, HubClient, IotHubError, configuration_id
 

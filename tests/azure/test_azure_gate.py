@@ -4,21 +4,20 @@ good version under a signed rollback order, and the Key Vault signer."""
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import pytest
-
 from azure_testkit import HUB_HOST, KEY, POLICY, FakeKeyVault, SimDevice, StaticToken
+
 from components.azure import manifest as mf
 from components.azure.configurations import ConfigurationProvider, HubClient
 from components.azure.hub import AzureHub, MemoryProgressStore, hub_from_props, run_gate
+from components.local.signer import LocalKeySigner, create_key_file
 from components.rollout.engine import rollout_id
-from edgefleet_agent.contract.state import DesiredModel
 from components.rollout.spec import GateConfig, RingConfig
 from edgefleet_agent.contract.errors import EdgefleetError
-from components.local.signer import LocalKeySigner, create_key_file
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, sign_bytes, verify_bytes
+from edgefleet_agent.contract.state import DesiredModel
 
 REPO = Path(__file__).resolve().parents[2]
 GATE = GateConfig(soak_seconds=600, deadline_seconds=1800, min_reporting_share=0.9, success_share=0.95, max_failure_share=0.0)

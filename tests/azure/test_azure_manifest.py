@@ -7,12 +7,12 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-
 from azure_testkit import matches
+
 from components.azure import manifest as mf
-from edgefleet_agent.contract.state import DesiredModel
 from components.local.signer import LocalKeySigner, create_key_file
 from edgefleet_agent.contract.signing import key_id_of, load_public_key, rollback_order, sign_bytes
+from edgefleet_agent.contract.state import DesiredModel
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_PAIRS = [(a, h) for a in ("1.0", "1.1") for h in ("1.0", "1.1", "1.2")]

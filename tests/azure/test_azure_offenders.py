@@ -6,12 +6,13 @@ from __future__ import annotations
 import copy
 
 from azure_testkit import run_query
+
 from components.azure import manifest as mf
 from components.azure.hub import AzureHub, MemoryProgressStore
 from components.rollout.gate import evaluate
+from components.rollout.spec import GateConfig
 from components.rollout.types import OFFENDERS_PER_METRIC, RingTarget
 from edgefleet_agent.contract.state import DesiredModel
-from components.rollout.spec import GateConfig
 
 AGENT = mf.AgentModule(image="efdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")
 SPEC = mf.RingDeploymentSpec(rollout="detector", ring="canary", index=0, model="detector", target_condition="tags.ring='canary'",

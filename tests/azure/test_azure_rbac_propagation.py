@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from azure.core.exceptions import HttpResponseError
-
 from azure_testkit import FakeKeyVault, StaticToken
+
 from components.azure import rbac
 from components.azure.providers import SigningPublicKeyProvider, publish_artifact, read_public_key
 from components.azure.signer import KeyVaultSigner

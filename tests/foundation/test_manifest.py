@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir, ModelManifest, TensorSpec, parse_manifest_bytes
@@ -55,7 +56,7 @@ def test_to_yaml_round_trips(doc):
 
 def test_manifest_is_immutable(doc):
     m = parse(doc)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         m.version = "2.0.0"  # type: ignore[misc]
 
 
@@ -145,5 +146,5 @@ def test_hardware_profile_is_typed():
     hp = HardwareProfile(name="orin", arch="arm64", execution_providers=["TensorrtExecutionProvider", "CPUExecutionProvider"],
                          memory_mb=512, storage_mb=64)
     assert hp.execution_providers[0] == "TensorrtExecutionProvider"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         HardwareProfile(name="orin", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb="512", storage_mb=64)

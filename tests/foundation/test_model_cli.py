@@ -357,8 +357,8 @@ def test_validate_runs_must_be_positive(run_cli, detector_dir):
 
 
 def test_validate_function_rejects_zero_runs(detector_dir):
-    from edgefleet_agent.contract.errors import EdgefleetError
     from edgefleet.onnx_check import validate
+    from edgefleet_agent.contract.errors import EdgefleetError
 
     mdir = ModelDir(detector_dir)
     with pytest.raises(EdgefleetError, match="--runs: must be at least 1"):

@@ -14,11 +14,23 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from components.local.signer import LocalKeySigner
 from edgefleet.signing import sign_model_dir
 from edgefleet_agent.contract.artifact import verify_artifact, verify_model_dir
 from edgefleet_agent.contract.manifest import ModelDir
-from components.local.signer import LocalKeySigner
-from edgefleet_agent.contract.signing import ALGORITHM, Envelope, SIGNATURE_FORMAT, SignatureError, der_to_raw, load_public_key, parse_rollback_order, raw_to_der, rollback_order, sign_bytes, verify_bytes
+from edgefleet_agent.contract.signing import (
+    ALGORITHM,
+    SIGNATURE_FORMAT,
+    Envelope,
+    SignatureError,
+    der_to_raw,
+    load_public_key,
+    parse_rollback_order,
+    raw_to_der,
+    rollback_order,
+    sign_bytes,
+    verify_bytes,
+)
 
 from .conftest import assert_user_error
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edgefleet.synth import GRAPH_FORMAT, SECRET, dumps, synth
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import ModelDir
-from edgefleet.synth import GRAPH_FORMAT, SECRET, dumps, synth
 
 from .conftest import assert_user_error, copy_project, local_stack_config, write_stack
 
@@ -104,7 +105,7 @@ def test_ring_chain_dependencies(by_name):
     """Ring N+1's deployment depends on ring N's gate; each gate depends on its own ring's deployment."""
     first = by_name["detector-canary-deployment"]
     assert "after" not in first["inputs"] and "after" not in first["property_dependencies"]
-    for prev, ring in zip(RINGS, RINGS[1:]):
+    for prev, ring in itertools.pairwise(RINGS):
         deployment = by_name[f"detector-{ring}-deployment"]
         prev_gate = by_name[f"detector-{prev}-gate"]
         assert deployment["property_dependencies"]["after"] == [prev_gate["urn"]]

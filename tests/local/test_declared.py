@@ -17,12 +17,12 @@ from components.local.fleet import exclusive, lock_path
 from components.local.hub import LocalHub
 from components.local.up import declared_state, up
 from components.rollout.types import RingTarget
-from edgefleet_agent.contract.state import DesiredModel
 from edgefleet.cli import EXIT_INPUT, main
 from edgefleet.cli.fleet import outcome_line
-from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from edgefleet.model_add import add_version, parse_metric
 from edgefleet.synth import synth
+from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
+from edgefleet_agent.contract.state import DesiredModel
 
 SAMPLES = Path(__file__).resolve().parents[2] / "models" / "samples"
 

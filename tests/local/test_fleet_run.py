@@ -18,10 +18,10 @@ from components.local.fleet import LocalFleet, exclusive, local_devices, lock_ho
 from components.local.hub import LocalHub
 from components.local.up import up
 from edgefleet.cli import EXIT_INPUT, main
-from edgefleet.config import load_stack
 from edgefleet.cli.demo import MARKER, _prepare, find_project, run_demo
-from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
+from edgefleet.config import load_stack
 from edgefleet.synth import synth
+from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ import pytest
 
 import components.local.up as up_module
 from components.local.hub import LocalHub
+from components.local.signer import create_key_file
 from components.local.up import up
 from edgefleet.model_add import add_version, parse_metric
-from components.local.signer import create_key_file
 from edgefleet.synth import synth
 
 SAMPLES = Path(__file__).resolve().parents[2] / "models" / "samples"

@@ -17,13 +17,13 @@ from pulumi.dynamic.dynamic import serialize_provider
 from components.local import providers
 from components.local.fleet import LocalFleet, local_devices, lock_holder, lock_path, register
 from components.local.hub import LocalHub
+from components.local.signer import LocalKeySigner, create_key_file
 from components.local.up import serve
-from edgefleet_agent.contract.artifact import verify_artifact
 from edgefleet.config import load_stack
 from edgefleet.model_add import add_version, parse_metric
-from components.local.signer import LocalKeySigner, create_key_file
-from edgefleet_agent.contract.signing import load_public_key
 from edgefleet.synth import synth
+from edgefleet_agent.contract.artifact import verify_artifact
+from edgefleet_agent.contract.signing import load_public_key
 
 SAMPLES = Path(__file__).resolve().parents[2] / "models" / "samples"
 

@@ -11,16 +11,16 @@ from pathlib import Path
 import onnx
 import pytest
 import yaml
-from plan_repo import git
 from onnx import TensorProto, helper
+from plan_repo import git
 
 from edgefleet.cli import EXIT_POLICY, main
-from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet.model_add import add_version, parse_metric
 from edgefleet.plan import base_graph, compute_plan, render_markdown
 from edgefleet.plan.diff import diff_resources
 from edgefleet.plan.membership import local_devices
 from edgefleet.synth import synth
+from edgefleet_agent.contract.errors import EdgefleetError
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASET = "channel-dominance-eval-v1 (seed 7, 512 images)"

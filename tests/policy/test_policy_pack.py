@@ -9,8 +9,16 @@ from pathlib import Path
 
 import pytest
 from policy_graphs import PI, fleet, manifest, rec
-from pulumi_policy import (EnforcementLevel, PolicyProviderResource, PolicyResource, PolicyResourceOptions,
-                           ResourceValidationArgs, ResourceValidationPolicy, StackValidationArgs, StackValidationPolicy)
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyProviderResource,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
 from pulumi_policy.policy import PolicyCustomTimeouts, _NotApplicableError
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
@@ -56,7 +64,7 @@ def run_pack(graph, settings=None, config=None, analyze_inputs=True):
             continue
         found = []
         try:
-            p.validate(StackValidationArgs(stack, (config or {}).get(p.name)), lambda m, u=None: found.append((m, u)))
+            p.validate(StackValidationArgs(stack, (config or {}).get(p.name)), lambda m, u=None, found=found: found.append((m, u)))
             out[p.name] = found
         except _NotApplicableError as exc:
             out[p.name] = f"n/a: {exc.reason}"

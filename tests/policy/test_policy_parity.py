@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from components.aws.config import AwsConfig
 from components.azure.config import AzureConfig
 from components.stack import PolicyConfig, hardware_runs
-from edgefleet_agent.contract.manifest import HardwareProfile, KNOWN_PROVIDERS
 from edgefleet_agent import __version__ as AGENT_VERSION
+from edgefleet_agent.contract.manifest import KNOWN_PROVIDERS, HardwareProfile
 from policies import aws, azure, compatibility, local
 from policies.settings import Settings
 

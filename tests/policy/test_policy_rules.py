@@ -6,7 +6,7 @@ import copy
 import json
 
 import pytest
-from policy_graphs import PI, SHA2, fleet, find, manifest, rec
+from policy_graphs import PI, SHA2, find, fleet, manifest, rec
 
 from policies import local, rules
 from policies.compatibility import compare_io

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from components.rollout.engine import RingPlan, RolloutEngine, RolloutPlan
-from components.rollout.types import RingTarget
 from components.rollout.spec import GateConfig
+from components.rollout.types import RingTarget
 from tests.rollout.fakes import Behaviour, FakeClock, FakeHub, desired
 
 V1, V2 = desired("1.0.0"), desired("1.1.0")

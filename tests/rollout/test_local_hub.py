@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from components.local.hub import LocalHub
-from components.rollout.observe import observe_reports
 from components.rollout.engine import RolloutEngine, RolloutPlan
 from components.rollout.gate import MAX_OFFENDERS, evaluate
-from components.rollout.types import OFFENDERS_PER_METRIC, RingTarget
-from edgefleet_agent.contract.state import DeviceReport
+from components.rollout.observe import observe_reports
 from components.rollout.spec import GateConfig
+from components.rollout.types import OFFENDERS_PER_METRIC, RingTarget
 from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.state import DeviceReport
 from tests.rollout.fakes import desired
 
 V2 = desired("1.1.0")

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from components.rollout.gate import evaluate
 from components.rollout.membership import Device, ring_members
-from components.rollout.types import RingObservation
 from components.rollout.spec import DeviceGroupConfig, GateConfig, RingConfig
+from components.rollout.types import RingObservation
 from edgefleet_agent.contract.manifest import HardwareProfile
 
 HW = HardwareProfile(name="cam", arch="amd64", execution_providers=["CPUExecutionProvider"], memory_mb=512, storage_mb=512)
@@ -36,7 +36,7 @@ def test_rings_are_disjoint_cover_their_cumulative_share_and_only_hold_group_mem
     import math
 
     total = 0
-    for p, ring in zip(ps, members.values()):
+    for p, ring in zip(ps, members.values(), strict=True):
         total += len(ring)
         assert total == math.ceil(len(ids) * p / 100)
     if ps[-1] == 100:

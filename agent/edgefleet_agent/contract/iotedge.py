@@ -75,7 +75,7 @@ def chunked(name: str, text: str) -> dict[str, str | int]:
     parts = split_utf8(text)
     if len(parts) > MAX_CHUNKS:
         raise ValueError(f"{name} is {len(text.encode())} bytes; a twin entry holds at most {MAX_CHUNKS} chunks of {TWIN_STRING_LIMIT}")
-    return {**dict(zip(chunk_keys(name, len(parts)), parts)), f"{name}Chunks": len(parts)}
+    return {**dict(zip(chunk_keys(name, len(parts)), parts, strict=True)), f"{name}Chunks": len(parts)}
 
 
 def join_chunks(data: dict[str, Any], name: str) -> str:

@@ -17,8 +17,16 @@ from typing import Annotated, Any, Literal, Mapping
 
 import semver
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError, FormatError, from_validation_error
 

@@ -38,9 +38,22 @@ from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 from edgefleet_agent import __version__
 from edgefleet_agent.contract.errors import EdgefleetError
-from edgefleet_agent.contract.greengrass import (COUNT_METRICS, DEVICE_DIMENSION, DEVICE_METRICS, DIMENSIONS, ENV_FILE, ENV_MANIFEST,
-                                                 ENV_NAMESPACE, ENV_RING, ENV_ROLLBACK_ORDER, ENV_ROLLBACK_SIGNATURE, ENV_ROLLOUT,
-                                                 ENV_SIGNATURE, LATENCY_METRIC, REQUIRED_ENV)
+from edgefleet_agent.contract.greengrass import (
+    COUNT_METRICS,
+    DEVICE_DIMENSION,
+    DEVICE_METRICS,
+    DIMENSIONS,
+    ENV_FILE,
+    ENV_MANIFEST,
+    ENV_NAMESPACE,
+    ENV_RING,
+    ENV_ROLLBACK_ORDER,
+    ENV_ROLLBACK_SIGNATURE,
+    ENV_ROLLOUT,
+    ENV_SIGNATURE,
+    LATENCY_METRIC,
+    REQUIRED_ENV,
+)
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
@@ -149,7 +162,7 @@ class CloudWatchMetrics:
         if report.version is None:
             return []                       # nothing served: no version to file the window under
         dims: list[DimensionTypeDef] = [{"Name": name, "Value": value}
-                                        for name, value in zip(DIMENSIONS, (self.rollout, self.ring, report.version))]
+                                        for name, value in zip(DIMENSIONS, (self.rollout, self.ring, report.version), strict=True)]
         at = datetime.fromtimestamp(report.reported_at, timezone.utc)
         out: list[MetricDatumTypeDef] = [
             {"MetricName": name, "Dimensions": dims, "Timestamp": at, "Value": float(getattr(report, field)), "Unit": "Count"}
