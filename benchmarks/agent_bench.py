@@ -62,14 +62,22 @@ def publish(root: Path, signer: LocalKeySigner, version: str, onnx: str) -> Desi
     add_version(mdir.path, SAMPLES / onnx, version, metrics=[], targets=[TARGET])
     sign_model_dir(mdir, signer)
     m = mdir.load()
-    return DesiredModel(model="detector", version=version, sha256=m.sha256, size=m.size, uri=mdir.artifact_path(m).as_uri(),
-                        manifest=mdir.manifest_bytes().decode(), signature=mdir.signature_path.read_text())
+    return DesiredModel(
+        model="detector",
+        version=version,
+        sha256=m.sha256,
+        size=m.size,
+        uri=mdir.artifact_path(m).as_uri(),
+        manifest=mdir.manifest_bytes().decode(),
+        signature=mdir.signature_path.read_text(),
+    )
 
 
 def with_rollback(desired: DesiredModel, off: DesiredModel, signer: LocalKeySigner) -> DesiredModel:
     order = rollback_order(desired.model, desired.version, desired.sha256, "benchmark", off.version, off.sha256)
-    return DesiredModel(**{**desired.__dict__, "rollback_order": order.decode(),
-                           "rollback_signature": sign_bytes(signer, order).to_bytes().decode()})
+    return DesiredModel(
+        **{**desired.__dict__, "rollback_order": order.decode(), "rollback_signature": sign_bytes(signer, order).to_bytes().decode()}
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -113,14 +121,20 @@ def throughput(agent: DeviceAgent, rounds: int, seconds: float) -> dict:
         plain_rates.append(p)
         ratios.append(a / p)
     ratio = statistics.median(ratios)
-    return {"rounds": rounds, "seconds_per_side_per_round": seconds,
-            "agent_inferences_per_s": statistics.median(agent_rates), "plain_inferences_per_s": statistics.median(plain_rates),
-            "agent_over_plain_ratio_median": ratio, "overhead_pct_median": (1 - ratio) * 100,
-            "ratios": ratios}
+    return {
+        "rounds": rounds,
+        "seconds_per_side_per_round": seconds,
+        "agent_inferences_per_s": statistics.median(agent_rates),
+        "plain_inferences_per_s": statistics.median(plain_rates),
+        "agent_over_plain_ratio_median": ratio,
+        "overhead_pct_median": (1 - ratio) * 100,
+        "ratios": ratios,
+    }
 
 
-def swaps(agent: DeviceAgent, transport: Transport, v100: DesiredModel, v110: DesiredModel, signer: LocalKeySigner,
-          count: int, settle_s: float) -> dict:
+def swaps(
+    agent: DeviceAgent, transport: Transport, v100: DesiredModel, v110: DesiredModel, signer: LocalKeySigner, count: int, settle_s: float
+) -> dict:
     rollback = with_rollback(v100, v110, signer)
     done: list[float] = []
     falses = [0]
@@ -149,7 +163,7 @@ def swaps(agent: DeviceAgent, transport: Transport, v100: DesiredModel, v110: De
         windows.append((t0, t1))
         versions.append(agent.current_version)
         time.sleep(settle_s)
-        q0 = perf_counter()            # a window as long as this swap, with no swap in it: the machine's noise floor
+        q0 = perf_counter()  # a window as long as this swap, with no swap in it: the machine's noise floor
         time.sleep(t1 - t0)
         quiet.append((q0, perf_counter()))
         time.sleep(settle_s)
@@ -159,6 +173,7 @@ def swaps(agent: DeviceAgent, transport: Transport, v100: DesiredModel, v110: De
 
     def max_gap(t0: float, t1: float) -> float:
         from bisect import bisect_left, bisect_right
+
         lo, hi = max(bisect_left(done, t0) - 1, 0), min(bisect_right(done, t1) + 1, len(done))
         seq = done[lo:hi]
         return max((b - a for a, b in itertools.pairwise(seq)), default=float("nan")) * 1000
@@ -166,12 +181,24 @@ def swaps(agent: DeviceAgent, transport: Transport, v100: DesiredModel, v110: De
     pauses = [max_gap(a, b) for a, b in windows]
     quiet_gaps = [max_gap(a, b) for a, b in quiet]
     durations = [(b - a) * 1000 for a, b in windows]
-    return {"swaps": count, "versions_served": sorted(set(versions)), "inferences_completed": len(done),
-            "failed_inferences": errors + falses[0], "infer_returned_false": falses[0], "inference_errors": errors,
-            "pause_ms_p50": pct(pauses, 0.5), "pause_ms_p99": pct(pauses, 0.99), "pause_ms_max": max(pauses),
-            "no_swap_gap_ms_p50": pct(quiet_gaps, 0.5), "no_swap_gap_ms_p99": pct(quiet_gaps, 0.99),
-            "swap_duration_ms_p50": pct(durations, 0.5), "swap_duration_ms_p99": pct(durations, 0.99),
-            "pause_ms": pauses, "no_swap_gap_ms": quiet_gaps, "swap_duration_ms": durations}
+    return {
+        "swaps": count,
+        "versions_served": sorted(set(versions)),
+        "inferences_completed": len(done),
+        "failed_inferences": errors + falses[0],
+        "infer_returned_false": falses[0],
+        "inference_errors": errors,
+        "pause_ms_p50": pct(pauses, 0.5),
+        "pause_ms_p99": pct(pauses, 0.99),
+        "pause_ms_max": max(pauses),
+        "no_swap_gap_ms_p50": pct(quiet_gaps, 0.5),
+        "no_swap_gap_ms_p99": pct(quiet_gaps, 0.99),
+        "swap_duration_ms_p50": pct(durations, 0.5),
+        "swap_duration_ms_p99": pct(durations, 0.99),
+        "pause_ms": pauses,
+        "no_swap_gap_ms": quiet_gaps,
+        "swap_duration_ms": durations,
+    }
 
 
 def main() -> int:
@@ -180,9 +207,11 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=0.5, help="per side per throughput round")
     p.add_argument("--swaps", type=int, default=50)
     args = p.parse_args()
-    logging.getLogger("edgefleet.agent").setLevel(logging.ERROR)   # the rollback notices would drown the table
-    print(f"$ {Path(sys.executable).relative_to(REPO) if Path(sys.executable).is_relative_to(REPO) else sys.executable} "
-          f"benchmarks/agent_bench.py --rounds {args.rounds} --seconds {args.seconds} --swaps {args.swaps}")
+    logging.getLogger("edgefleet.agent").setLevel(logging.ERROR)  # the rollback notices would drown the table
+    print(
+        f"$ {Path(sys.executable).relative_to(REPO) if Path(sys.executable).is_relative_to(REPO) else sys.executable} "
+        f"benchmarks/agent_bench.py --rounds {args.rounds} --seconds {args.seconds} --swaps {args.swaps}"
+    )
     print(f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, {os.cpu_count()} CPUs, {platform.machine()}")
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-agent-bench-") as tmp:
@@ -195,26 +224,45 @@ def main() -> int:
         agent = DeviceAgent("bench-1", "detector", root / "state", public_key_path(key).read_bytes(), transport, durable=True)
         transport.desired_model = v100
         agent.sync()
-        gc.freeze()   # as `python -m agent` does after start-up
+        gc.freeze()  # as `python -m agent` does after start-up
         tp = throughput(agent, args.rounds, args.seconds)
         sw = swaps(agent, transport, v100, v110, signer, args.swaps, settle_s=0.04)
         agent.close()
 
-    result = {"command": f"benchmarks/agent_bench.py --rounds {args.rounds} --seconds {args.seconds} --swaps {args.swaps}",
-              "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "cpus": os.cpu_count(),
-              "throughput": tp, "swaps": sw,
-              "targets": {"overhead_pct_max": 5.0, "pause_ms_p99_max": 20.0, "failed_inferences": 0},
-              "met": {"overhead": tp["overhead_pct_median"] <= 5.0, "pause": sw["pause_ms_p99"] <= 20.0,
-                      "failed": sw["failed_inferences"] == 0}}
+    result = {
+        "command": f"benchmarks/agent_bench.py --rounds {args.rounds} --seconds {args.seconds} --swaps {args.swaps}",
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "cpus": os.cpu_count(),
+        "throughput": tp,
+        "swaps": sw,
+        "targets": {"overhead_pct_max": 5.0, "pause_ms_p99_max": 20.0, "failed_inferences": 0},
+        "met": {"overhead": tp["overhead_pct_median"] <= 5.0, "pause": sw["pause_ms_p99"] <= 20.0, "failed": sw["failed_inferences"] == 0},
+    }
     rows = [
         ("plain session.run", f"{tp['plain_inferences_per_s']:,.0f} inf/s", "baseline"),
         ("agent infer()", f"{tp['agent_inferences_per_s']:,.0f} inf/s", ""),
-        ("agent / plain (median of rounds)", f"{tp['agent_over_plain_ratio_median']:.3f}",
-         f"overhead {tp['overhead_pct_median']:.1f}% (target <= 5%)"),
-        ("swaps (1.0.0 <-> 1.1.0, durable)", f"{sw['swaps']}", f"{sw['inferences_completed']:,} inferences alongside; downgrades under a signed rollback order"),
-        ("swap duration p50 / p99", f"{sw['swap_duration_ms_p50']:.1f} / {sw['swap_duration_ms_p99']:.1f} ms", "verify + load + warm + fsync (kept slots: no download after the first two)"),
+        (
+            "agent / plain (median of rounds)",
+            f"{tp['agent_over_plain_ratio_median']:.3f}",
+            f"overhead {tp['overhead_pct_median']:.1f}% (target <= 5%)",
+        ),
+        (
+            "swaps (1.0.0 <-> 1.1.0, durable)",
+            f"{sw['swaps']}",
+            f"{sw['inferences_completed']:,} inferences alongside; downgrades under a signed rollback order",
+        ),
+        (
+            "swap duration p50 / p99",
+            f"{sw['swap_duration_ms_p50']:.1f} / {sw['swap_duration_ms_p99']:.1f} ms",
+            "verify + load + warm + fsync (kept slots: no download after the first two)",
+        ),
         ("inference pause during swap p50 / p99", f"{sw['pause_ms_p50']:.2f} / {sw['pause_ms_p99']:.2f} ms", "target p99 <= 20 ms"),
-        ("largest gap, same window, no swap p50 / p99", f"{sw['no_swap_gap_ms_p50']:.2f} / {sw['no_swap_gap_ms_p99']:.2f} ms", "noise floor"),
+        (
+            "largest gap, same window, no swap p50 / p99",
+            f"{sw['no_swap_gap_ms_p50']:.2f} / {sw['no_swap_gap_ms_p99']:.2f} ms",
+            "noise floor",
+        ),
         ("failed inferences", f"{sw['failed_inferences']}", "target 0"),
     ]
     width = max(len(r[0]) for r in rows)

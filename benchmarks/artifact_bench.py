@@ -61,13 +61,14 @@ def child(mode: str, artifact: str, key: str, template: str) -> None:
     from edgefleet_agent.contract.digest import sha256_file
     from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes
     from edgefleet_agent.contract.signing import load_public_key, sign_bytes, verify_bytes
+
     import_s = time.perf_counter() - t_import
 
     result: dict = {"mode": mode, "import_s": import_s}
     if mode in ("run", "publish"):
         fields = parse_manifest_bytes(Path(template).read_bytes(), template).model_dump(mode="json")
         t0 = time.perf_counter()
-        digest, size = sha256_file(artifact)                                   # the one streaming pass
+        digest, size = sha256_file(artifact)  # the one streaming pass
         t1 = time.perf_counter()
         manifest = ModelManifest.model_validate({**fields, "sha256": digest, "size": size})
         manifest_bytes = manifest.to_yaml().encode()
@@ -78,8 +79,9 @@ def child(mode: str, artifact: str, key: str, template: str) -> None:
         trusted = load_public_key(signer.public_key_pem(), "public key")
         verify_bytes(manifest_bytes, envelope, trusted, "manifest")
         t4 = time.perf_counter()
-        result.update(sha256=digest, size=size, hash_s=t1 - t0, manifest_s=t2 - t1, sign_s=t3 - t2,
-                      verify_signature_s=t4 - t3, publisher_s=t4 - t0)
+        result.update(
+            sha256=digest, size=size, hash_s=t1 - t0, manifest_s=t2 - t1, sign_s=t3 - t2, verify_signature_s=t4 - t3, publisher_s=t4 - t0
+        )
     if mode == "run":
         signature_bytes = envelope.to_bytes()
         t5 = time.perf_counter()
@@ -144,12 +146,17 @@ def main() -> int:
             print(f"error: {tool} not found on PATH", file=sys.stderr)
             return 1
     size = args.size_mib << 20
-    reproduce = "python benchmarks/artifact_bench.py" + (f" --size-mib {args.size_mib}" if args.size_mib != 1024 else "") + \
-                (f" --runs {args.runs}" if args.runs != 5 else "")
+    reproduce = (
+        "python benchmarks/artifact_bench.py"
+        + (f" --size-mib {args.size_mib}" if args.size_mib != 1024 else "")
+        + (f" --runs {args.runs}" if args.runs != 5 else "")
+    )
     print(f"reproduce: {reproduce}")
     load_before = os.getloadavg()
-    print(f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} at start "
-          "(other work on the machine slows both sides; the runs are interleaved so the ratio stays fair)")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} at start "
+        "(other work on the machine slows both sides; the runs are interleaved so the ratio stays fair)"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="edgefleet-artifact-bench-", dir=args.tmpdir))
     try:
         artifact = tmp / "model.onnx"
@@ -166,12 +173,14 @@ def main() -> int:
         assert warm["sha256"] == want, "edgefleet and sha256sum disagree"
         _, idle = run_child("idle", artifact, key)
 
-        samples: dict[str, list[float]] = {k: [] for k in (
-            "sha256sum", "openssl", "publisher", "device_verify", "oneshot_wall", "hash", "manifest", "sign", "verify_signature")}
+        samples: dict[str, list[float]] = {
+            k: []
+            for k in ("sha256sum", "openssl", "publisher", "device_verify", "oneshot_wall", "hash", "manifest", "sign", "verify_signature")
+        }
         rss: list[float] = []
         order = ["sha256sum", "openssl", "edgefleet", "oneshot"]
         for i in range(args.runs):
-            for which in order[i % 4:] + order[: i % 4]:              # rotate so no tool always runs first
+            for which in order[i % 4 :] + order[: i % 4]:  # rotate so no tool always runs first
                 if which == "sha256sum":
                     samples["sha256sum"].append(timed(["sha256sum", str(artifact)])[0])
                 elif which == "openssl":
@@ -214,15 +223,21 @@ def main() -> int:
     publisher_ratio = med["publisher"] / base
     device_ratio = med["device_verify"] / base
     print("-" * 86)
-    print(f"ratio publisher path / sha256sum          {publisher_ratio:.3f}  (target <= {RATIO_TARGET}: "
-          f"{'met' if publisher_ratio <= RATIO_TARGET else 'MISSED'})")
+    print(
+        f"ratio publisher path / sha256sum          {publisher_ratio:.3f}  (target <= {RATIO_TARGET}: "
+        f"{'met' if publisher_ratio <= RATIO_TARGET else 'MISSED'})"
+    )
     print(f"ratio device-side verify / sha256sum      {device_ratio:.3f}  (reported separately; it re-hashes the file)")
     print(f"ratio publisher path / openssl dgst       {med['publisher'] / med['openssl']:.3f}  (same SHA-256 implementation)")
-    print(f"peak RSS of the edgefleet child           {peak:.1f} MiB  (limit {MEMORY_LIMIT_MIB} MiB: "
-          f"{'met' if peak <= MEMORY_LIMIT_MIB else 'MISSED'}; same interpreter and imports without hashing: "
-          f"{idle['maxrss_mib']:.1f} MiB)")
-    print(f"child imported pulumi/onnxruntime/onnx/numpy: {'no' if not warm['heavy_modules'] else warm['heavy_modules']}; "
-          f"edgefleet imports took {idle['import_s'] * 1000:.0f} ms")
+    print(
+        f"peak RSS of the edgefleet child           {peak:.1f} MiB  (limit {MEMORY_LIMIT_MIB} MiB: "
+        f"{'met' if peak <= MEMORY_LIMIT_MIB else 'MISSED'}; same interpreter and imports without hashing: "
+        f"{idle['maxrss_mib']:.1f} MiB)"
+    )
+    print(
+        f"child imported pulumi/onnxruntime/onnx/numpy: {'no' if not warm['heavy_modules'] else warm['heavy_modules']}; "
+        f"edgefleet imports took {idle['import_s'] * 1000:.0f} ms"
+    )
 
     result = {
         "benchmark": "artifact_bench",
@@ -231,9 +246,12 @@ def main() -> int:
         "runs": args.runs,
         "medians_s": med,
         "samples_s": samples,
-        "ratios": {"publisher_vs_sha256sum": publisher_ratio, "device_verify_vs_sha256sum": device_ratio,
-                   "publisher_vs_openssl": med["publisher"] / med["openssl"],
-                   "oneshot_process_vs_sha256sum": med["oneshot_wall"] / base},
+        "ratios": {
+            "publisher_vs_sha256sum": publisher_ratio,
+            "device_verify_vs_sha256sum": device_ratio,
+            "publisher_vs_openssl": med["publisher"] / med["openssl"],
+            "oneshot_process_vs_sha256sum": med["oneshot_wall"] / base,
+        },
         "ratio_target": RATIO_TARGET,
         "ratio_target_met": publisher_ratio <= RATIO_TARGET,
         "peak_rss_mib": peak,
@@ -241,14 +259,26 @@ def main() -> int:
         "memory_limit_mib": MEMORY_LIMIT_MIB,
         "memory_limit_met": peak <= MEMORY_LIMIT_MIB,
         "child_heavy_modules": warm["heavy_modules"],
-        "included_in_publisher_path": ["sha256_file (one streaming pass)", "ModelManifest pinning digest+size, to YAML",
-                                       "LocalKeySigner load + sign_bytes over the manifest", "verify_bytes of that signature"],
-        "included_in_device_verify": ["Envelope.parse", "verify signature over manifest", "parse manifest",
-                                      "re-hash artifact (sha256_file) and compare digest and size"],
-        "environment": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                        "loadavg_1min_start_end": [load_before[0], os.getloadavg()[0]],
-                        "sha256sum": subprocess.run(["sha256sum", "--version"], capture_output=True, text=True).stdout.splitlines()[0],
-                        "openssl": subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()},
+        "included_in_publisher_path": [
+            "sha256_file (one streaming pass)",
+            "ModelManifest pinning digest+size, to YAML",
+            "LocalKeySigner load + sign_bytes over the manifest",
+            "verify_bytes of that signature",
+        ],
+        "included_in_device_verify": [
+            "Envelope.parse",
+            "verify signature over manifest",
+            "parse manifest",
+            "re-hash artifact (sha256_file) and compare digest and size",
+        ],
+        "environment": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "loadavg_1min_start_end": [load_before[0], os.getloadavg()[0]],
+            "sha256sum": subprocess.run(["sha256sum", "--version"], capture_output=True, text=True).stdout.splitlines()[0],
+            "openssl": subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip(),
+        },
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -85,8 +85,9 @@ def run_once(devices: int, soak: float) -> dict:
         register(hub, local_devices(cfg))
         rollout = cfg.rollouts[0]
         groups = {g.name: g for g in cfg.groups}
-        fleet = LocalFleet(cfg, p / cfg.local.hub, p / ".edgefleet" / "devices", signer.public_key_pem(), ["detector"],
-                           sim_period=cfg.local.report_seconds)
+        fleet = LocalFleet(
+            cfg, p / cfg.local.hub, p / ".edgefleet" / "devices", signer.public_key_pem(), ["detector"], sim_period=cfg.local.report_seconds
+        )
 
         def plan_for(previous):
             mdir = ModelDir(p / "models" / "detector")
@@ -101,8 +102,12 @@ def run_once(devices: int, soak: float) -> dict:
             v1 = plan_for(None)
             first = engine_for(hub, str(key), cfg.local.poll_seconds).run(v1)
             assert first["status"] == "succeeded", first["status"]
-            add_version(p / "models" / "detector", ROOT / "models" / "samples" / "detector-1.1.0.onnx", "1.1.0",
-                        metrics=[parse_metric("accuracy=0.95@bench", set())])
+            add_version(
+                p / "models" / "detector",
+                ROOT / "models" / "samples" / "detector-1.1.0.onnx",
+                "1.1.0",
+                metrics=[parse_metric("accuracy=0.95@bench", set())],
+            )
             v2 = plan_for(v1.desired)
             timed = Timed(hub)
             engine = engine_for(timed, str(key), cfg.local.poll_seconds)
@@ -113,12 +118,21 @@ def run_once(devices: int, soak: float) -> dict:
         soaks = sum(r.gate.soak_seconds for r in v2.rings)
         adoption = {r["name"]: round(r["soak_started"] - r["deployed_at"], 2) for r in progress["rings"]}
         beyond = wall - soaks
-        return {"devices": devices, "rings": [len(r.target.selector) for r in v2.rings], "soak_each_s": soak,
-                "wall_s": round(wall, 2), "sum_soak_s": soaks, "beyond_soak_s": round(beyond, 2),
-                "beyond_soak_ratio": round(beyond / soaks, 4), "controller_s": round(timed.seconds, 3),
-                "controller_ratio": round(timed.seconds / soaks, 4), "controller_calls": timed.calls,
-                "device_and_poll_s": round(beyond - timed.seconds, 2), "adoption_s_per_ring": adoption,
-                "sim_sweep_median_s": round(sorted(fleet.sweep_seconds)[len(fleet.sweep_seconds) // 2], 3)}
+        return {
+            "devices": devices,
+            "rings": [len(r.target.selector) for r in v2.rings],
+            "soak_each_s": soak,
+            "wall_s": round(wall, 2),
+            "sum_soak_s": soaks,
+            "beyond_soak_s": round(beyond, 2),
+            "beyond_soak_ratio": round(beyond / soaks, 4),
+            "controller_s": round(timed.seconds, 3),
+            "controller_ratio": round(timed.seconds / soaks, 4),
+            "controller_calls": timed.calls,
+            "device_and_poll_s": round(beyond - timed.seconds, 2),
+            "adoption_s_per_ring": adoption,
+            "sim_sweep_median_s": round(sorted(fleet.sweep_seconds)[len(fleet.sweep_seconds) // 2], 3),
+        }
 
 
 def main() -> int:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
-    ("artifact", ["artifact_bench.py"]),          # 1 GiB hash+sign+verify vs sha256sum, peak memory
-    ("synth", ["synth_bench.py"]),                # 1,000 declarations vs bare Pulumi mock registration
-    ("agent", ["agent_bench.py"]),                # agent inference overhead, swap pause, failed inferences
+    ("artifact", ["artifact_bench.py"]),  # 1 GiB hash+sign+verify vs sha256sum, peak memory
+    ("synth", ["synth_bench.py"]),  # 1,000 declarations vs bare Pulumi mock registration
+    ("agent", ["agent_bench.py"]),  # agent inference overhead, swap pause, failed inferences
     ("rollout", ["rollout_bench.py", "--runs", "3"]),  # 1,000-device rollout: time beyond the soaks
 ]
 

@@ -77,8 +77,13 @@ def run_bare(count: int, sized_inputs: bool) -> float:
     import pulumi
     from pulumi.runtime import settings
 
-    hardware = {"name": "x86-camera", "arch": "amd64", "execution_providers": ["CPUExecutionProvider"],
-                "memory_mb": 1024, "storage_mb": 4096}
+    hardware = {
+        "name": "x86-camera",
+        "arch": "amd64",
+        "execution_providers": ["CPUExecutionProvider"],
+        "memory_mb": 1024,
+        "storage_mb": 4096,
+    }
 
     class Trivial(pulumi.ComponentResource):
         def __init__(self, name: str, props: dict) -> None:
@@ -94,8 +99,9 @@ def run_bare(count: int, sized_inputs: bool) -> float:
 
     def program():
         for i in range(count):
-            props = {"platform": "local", "hardware": hardware, "labels": {"site": f"site-{i % 50:02d}"}, "devices": []} \
-                if sized_inputs else {}
+            props = (
+                {"platform": "local", "hardware": hardware, "labels": {"site": f"site-{i % 50:02d}"}, "devices": []} if sized_inputs else {}
+            )
             Trivial(f"r{i:04d}", props)
 
     start = time.perf_counter()
@@ -118,7 +124,7 @@ def profile_synth(project: Path, top: int = 25) -> tuple[str, dict[str, float]]:
 
     def timed_monitor(*a, **k):
         monitor, mocks = original(*a, **k)
-        cls = type(monitor)                    # a class made per synth call: patching it touches nothing else
+        cls = type(monitor)  # a class made per synth call: patching it touches nothing else
         register = cls.RegisterResource
 
         def RegisterResource(self, request):
@@ -141,7 +147,7 @@ def profile_synth(project: Path, top: int = 25) -> tuple[str, dict[str, float]]:
     finally:
         synth_mod._monitor_and_mocks = original
     stats = pstats.Stats(prof)
-    total = max(v[3] for v in stats.stats.values())   # cumulative time of the outermost frame
+    total = max(v[3] for v in stats.stats.values())  # cumulative time of the outermost frame
 
     def cum(file_part: str, func: str) -> float:
         return sum(v[3] for (f, _, fn), v in stats.stats.items() if file_part in f and fn == func)
@@ -169,23 +175,31 @@ def main() -> int:
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
 
-    reproduce = "python benchmarks/synth_bench.py" + (f" --groups {args.groups}" if args.groups != 1000 else "") + \
-                (f" --runs {args.runs}" if args.runs != 5 else "") + (" --profile" if args.profile else "")
+    reproduce = (
+        "python benchmarks/synth_bench.py"
+        + (f" --groups {args.groups}" if args.groups != 1000 else "")
+        + (f" --runs {args.runs}" if args.runs != 5 else "")
+        + (" --profile" if args.profile else "")
+    )
     print(f"reproduce: {reproduce}")
     load_before = os.getloadavg()
-    print(f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} at start "
-          "(other work on the machine slows both sides; the runs are interleaved so the ratio stays fair)")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} at start "
+        "(other work on the machine slows both sides; the runs are interleaved so the ratio stays fair)"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="edgefleet-synth-bench-"))
     try:
         project = make_project(tmp, args.groups)
-        _, resources, graph_bytes = run_synth(project)            # warm-up: imports, caches (not counted)
+        _, resources, graph_bytes = run_synth(project)  # warm-up: imports, caches (not counted)
         run_bare(resources, False)
         synth_s, bare_s, bare_sized_s = [], [], []
         for i in range(args.runs):
-            steps = [("synth", lambda: synth_s.append(run_synth(project)[0])),
-                     ("bare", lambda: bare_s.append(run_bare(resources, False))),
-                     ("bare_sized", lambda: bare_sized_s.append(run_bare(resources, True)))]
-            for _, step in steps[i % 3:] + steps[: i % 3]:            # rotate the order between runs
+            steps = [
+                ("synth", lambda: synth_s.append(run_synth(project)[0])),
+                ("bare", lambda: bare_s.append(run_bare(resources, False))),
+                ("bare_sized", lambda: bare_sized_s.append(run_bare(resources, True))),
+            ]
+            for _, step in steps[i % 3 :] + steps[: i % 3]:  # rotate the order between runs
                 step()
         breakdown = None
         if args.profile:
@@ -194,13 +208,17 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     med_synth, med_bare, med_sized = (statistics.median(x) for x in (synth_s, bare_s, bare_sized_s))
-    print(f"\n{args.groups} device groups -> {resources} resources in the graph ({graph_bytes / 1024:.0f} KiB of JSON); "
-          f"{args.runs} interleaved runs each, medians")
+    print(
+        f"\n{args.groups} device groups -> {resources} resources in the graph ({graph_bytes / 1024:.0f} KiB of JSON); "
+        f"{args.runs} interleaved runs each, medians"
+    )
     print(f"{'path':<62} {'seconds':>8} {'ms/resource':>12} {'ratio':>7}")
     print("-" * 92)
-    for name, secs in ((f"bare Pulumi mocks: {resources} trivial ComponentResources", med_bare),
-                       (f"bare Pulumi mocks: {resources} with DeviceGroup-sized inputs", med_sized),
-                       ("edgefleet synth (stack file -> graph JSON)", med_synth)):
+    for name, secs in (
+        (f"bare Pulumi mocks: {resources} trivial ComponentResources", med_bare),
+        (f"bare Pulumi mocks: {resources} with DeviceGroup-sized inputs", med_sized),
+        ("edgefleet synth (stack file -> graph JSON)", med_synth),
+    ):
         print(f"{name:<62} {secs:8.3f} {secs / resources * 1000:12.3f} {secs / med_bare:6.2f}x")
     print("-" * 92)
     print(f"ratio edgefleet synth / bare Pulumi registration   {med_synth / med_bare:.2f}")
@@ -225,8 +243,12 @@ def main() -> int:
         "samples_s": {"edgefleet_synth": synth_s, "bare_trivial": bare_s, "bare_sized_inputs": bare_sized_s},
         "ratios": {"synth_vs_bare": med_synth / med_bare, "synth_vs_bare_sized_inputs": med_synth / med_sized},
         "profile_breakdown_s": breakdown,
-        "environment": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                        "loadavg_1min_start_end": [load_before[0], os.getloadavg()[0]]},
+        "environment": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "loadavg_1min_start_end": [load_before[0], os.getloadavg()[0]],
+        },
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

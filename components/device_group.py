@@ -20,12 +20,17 @@ class DeviceGroupArgs:
 class DeviceGroup(pulumi.ComponentResource):
     def __init__(self, name: str, args: DeviceGroupArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         cfg = args.config
-        super().__init__("edgefleet:fleet:DeviceGroup", name, {
-            "platform": args.platform.name,
-            "hardware": cfg.hardware.model_dump(mode="json"),
-            "labels": dict(cfg.labels),
-            "devices": list(cfg.devices),
-        }, opts)
+        super().__init__(
+            "edgefleet:fleet:DeviceGroup",
+            name,
+            {
+                "platform": args.platform.name,
+                "hardware": cfg.hardware.model_dump(mode="json"),
+                "labels": dict(cfg.labels),
+                "devices": list(cfg.devices),
+            },
+            opts,
+        )
         self.resource_name = name
         self.config = cfg
         self.platform = args.platform

@@ -32,8 +32,10 @@ class RingGateProvider(ResourceProvider):
 
         progress = self.run_gate(props)
         ring = passed_ring(progress, props["ring"])  # type: ignore[arg-type]
-        return CreateResult(id_=f"{progress['rollout_id']}/{props['ring']}",
-                            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring.get("measured")})
+        return CreateResult(
+            id_=f"{progress['rollout_id']}/{props['ring']}",
+            outs={**props, "gate": f"{progress['rollout_id']}:{props['ring']}:passed", "measured": ring.get("measured")},
+        )
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return input_diff(olds, news, self.REPLACE_ON)

@@ -32,16 +32,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class StoreOutputs:
-    uri: pulumi.Output[str]                 # prefix under which artifacts live: s3://…, https://…blob…, file://…
+    uri: pulumi.Output[str]  # prefix under which artifacts live: s3://…, https://…blob…, file://…
     encrypted: bool
     public_access_blocked: bool
-    handles: Any = None                     # the platform's own resources, for the steps that follow
+    handles: Any = None  # the platform's own resources, for the steps that follow
 
 
 @dataclass
 class KeyOutputs:
-    key_ref: pulumi.Output[str]             # KMS key ARN, Key Vault key id, or the local key file path
-    public_key_pem: pulumi.Output[str]      # what devices trust
+    key_ref: pulumi.Output[str]  # KMS key ARN, Key Vault key id, or the local key file path
+    public_key_pem: pulumi.Output[str]  # what devices trust
     exportable: bool
     handles: Any = None
 
@@ -54,22 +54,22 @@ class RegistryOutputs:
 
 @dataclass
 class GroupOutputs:
-    target: pulumi.Output[str]              # thing group ARN, twin target condition, or the local selector
+    target: pulumi.Output[str]  # thing group ARN, twin target condition, or the local selector
     handles: Any = None
 
 
 @dataclass
 class PublishOutputs:
-    uri: pulumi.Output[str]                 # where devices download this exact artifact
-    signature: pulumi.Output[str]           # the signature envelope over the manifest bytes
+    uri: pulumi.Output[str]  # where devices download this exact artifact
+    signature: pulumi.Output[str]  # the signature envelope over the manifest bytes
     extra: dict[str, pulumi.Output[Any]] = field(default_factory=dict)
     handles: Any = None
 
 
 @dataclass
 class RingOutputs:
-    deployment: pulumi.Output[str]          # the platform deployment for this ring
-    gate: pulumi.Output[str]                # resolves once the ring's gate passed; the next ring waits on it
+    deployment: pulumi.Output[str]  # the platform deployment for this ring
+    gate: pulumi.Output[str]  # resolves once the ring's gate passed; the next ring waits on it
     devices: pulumi.Output[Any]
     handles: Any = None
 
@@ -118,8 +118,9 @@ class Platform(ABC):
     def device_group(self, parent: DeviceGroup, group: DeviceGroupConfig, base: StackBase) -> GroupOutputs: ...
 
     @abstractmethod
-    def publish_model(self, parent: ModelVersion, manifest: ModelManifest, manifest_text: str, artifact: Path,
-                      base: StackBase) -> PublishOutputs: ...
+    def publish_model(
+        self, parent: ModelVersion, manifest: ModelManifest, manifest_text: str, artifact: Path, base: StackBase
+    ) -> PublishOutputs: ...
 
     @abstractmethod
     def ring(self, parent: Ring, spec: RingSpec, model: ModelVersion, group: DeviceGroup, base: StackBase) -> RingOutputs: ...

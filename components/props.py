@@ -30,8 +30,10 @@ class Props(BaseModel):
             return cls.model_validate(dict(inputs))
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            raise ProviderInputError(f"{cls.__name__}: the resource's inputs are not what this provider runs on ({problems}); "
-                                     "run `pulumi up` with the edgefleet version that declared it, or `pulumi refresh`") from None
+            raise ProviderInputError(
+                f"{cls.__name__}: the resource's inputs are not what this provider runs on ({problems}); "
+                "run `pulumi up` with the edgefleet version that declared it, or `pulumi refresh`"
+            ) from None
 
 
 class RingGateProps(Props):
@@ -40,7 +42,7 @@ class RingGateProps(Props):
     rollout: str
     ring: str
     index: int
-    rings: list[dict[str, Any]]      # the stack's ring configs up to this one (RingConfig, as JSON)
+    rings: list[dict[str, Any]]  # the stack's ring configs up to this one (RingConfig, as JSON)
     model: str
     version: str
     sha256: str
@@ -56,9 +58,18 @@ class RingGateProps(Props):
 
     def declared(self) -> DesiredModel:
         """The declared artifact; its rollout id is the decision's (components/rollout/decide.py)."""
-        return DesiredModel(model=self.model, version=self.version, sha256=self.sha256, size=self.size, uri=self.uri,
-                            manifest=self.manifest, signature=self.signature)
+        return DesiredModel(
+            model=self.model,
+            version=self.version,
+            sha256=self.sha256,
+            size=self.size,
+            uri=self.uri,
+            manifest=self.manifest,
+            signature=self.signature,
+        )
 
     def ring_plans(self, selectors: list[Any]) -> tuple[RingPlan, ...]:
-        return tuple(RingPlan(RingTarget(self.rollout, r.name, i, selector), r.gate)
-                     for i, (r, selector) in enumerate(zip(self.ring_configs(), selectors, strict=True)))
+        return tuple(
+            RingPlan(RingTarget(self.rollout, r.name, i, selector), r.gate)
+            for i, (r, selector) in enumerate(zip(self.ring_configs(), selectors, strict=True))
+        )

@@ -25,7 +25,7 @@ from typing import Any
 @dataclass(frozen=True)
 class PlatformEntry:
     name: str
-    title: str                # how messages name it
+    title: str  # how messages name it
     config: str
     checks: str
     platform: str

@@ -29,19 +29,24 @@ class RingArgs:
 class Ring(pulumi.ComponentResource):
     def __init__(self, name: str, args: RingArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         spec = args.spec
-        super().__init__("edgefleet:rollout:Ring", name, {
-            "rollout": spec.rollout.name,
-            "ring": spec.ring.name,
-            "index": spec.index,
-            "group": spec.group.name,
-            "platform": args.platform.name,
-            "percent": spec.ring.percent,
-            "labels": dict(spec.ring.labels),
-            "gate": spec.ring.gate.model_dump(mode="json"),
-            "model": args.model.manifest.name,
-            "version": args.model.manifest.version,
-            "sha256": args.model.manifest.sha256,
-        }, opts)
+        super().__init__(
+            "edgefleet:rollout:Ring",
+            name,
+            {
+                "rollout": spec.rollout.name,
+                "ring": spec.ring.name,
+                "index": spec.index,
+                "group": spec.group.name,
+                "platform": args.platform.name,
+                "percent": spec.ring.percent,
+                "labels": dict(spec.ring.labels),
+                "gate": spec.ring.gate.model_dump(mode="json"),
+                "model": args.model.manifest.name,
+                "version": args.model.manifest.version,
+                "sha256": args.model.manifest.sha256,
+            },
+            opts,
+        )
         self.resource_name = name
         out = args.platform.ring(self, spec, args.model, args.group, args.base)
         self.outputs = out
@@ -61,19 +66,26 @@ class RolloutArgs:
 class Rollout(pulumi.ComponentResource):
     def __init__(self, name: str, args: RolloutArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         cfg = args.config
-        super().__init__("edgefleet:rollout:Rollout", name, {
-            "model": args.model.manifest.name,
-            "version": args.model.manifest.version,
-            "sha256": args.model.manifest.sha256,
-            "rings": [r.name for r in cfg.rings],
-        }, opts)
+        super().__init__(
+            "edgefleet:rollout:Rollout",
+            name,
+            {
+                "model": args.model.manifest.name,
+                "version": args.model.manifest.version,
+                "sha256": args.model.manifest.sha256,
+                "rings": [r.name for r in cfg.rings],
+            },
+            opts,
+        )
         previous: list[RingOutputs] = []
         self.rings: list[Ring] = []
         for index, ring_cfg in enumerate(cfg.rings):
             group = args.groups[ring_cfg.group]
             platform = group.platform
             spec = RingSpec(rollout=cfg, index=index, ring=ring_cfg, group=group.config, previous=tuple(previous))
-            ring = Ring(f"{name}-{ring_cfg.name}", RingArgs(spec, args.model, group, platform, group.base), pulumi.ResourceOptions(parent=self))
+            ring = Ring(
+                f"{name}-{ring_cfg.name}", RingArgs(spec, args.model, group, platform, group.base), pulumi.ResourceOptions(parent=self)
+            )
             self.rings.append(ring)
             previous.append(ring.outputs)
         self.register_outputs({"rings": [r.gate for r in self.rings]})

@@ -20,7 +20,7 @@ from edgefleet_agent.contract.manifest import HardwareProfile, ModelManifest
 
 PROJECT = "edgefleet"
 PlatformName = Literal[registry.NAMES]  # type: ignore[valid-type]
-Problem = tuple[str, str, str]          # (key under edgefleet:, what is wrong, how to fix it)
+Problem = tuple[str, str, str]  # (key under edgefleet:, what is wrong, how to fix it)
 
 
 class GroupConfig(DeviceGroupConfig):
@@ -74,7 +74,9 @@ class StackCore(Strict):
 
 
 StackConfig = create_model(  # type: ignore[call-overload]
-    "StackConfig", __base__=StackCore, __doc__="A whole stack: the common sections, each platform's section, the policy settings.",
+    "StackConfig",
+    __base__=StackCore,
+    __doc__="A whole stack: the common sections, each platform's section, the policy settings.",
     **{name: (entry.load("config") | None, None) for name, entry in registry.PLATFORMS.items()},
     policy=(PolicyConfig, PolicyConfig()),
 )
@@ -106,16 +108,26 @@ def check_stack(cfg: Any) -> list[Problem]:
         out.append(("platforms", "lists a platform twice", "list each platform once"))
     for p in cfg.platforms:
         if cfg.section(p) is None:
-            out.append((p, f"platform {p!r} is listed in platforms but has no `{PROJECT}:{p}` section", f"add `{PROJECT}:{p}:` with its settings"))
+            out.append(
+                (p, f"platform {p!r} is listed in platforms but has no `{PROJECT}:{p}` section", f"add `{PROJECT}:{p}:` with its settings")
+            )
     groups = {}
     for i, g in enumerate(cfg.groups):
         if g.name in groups:
             out.append((f"groups[{i}].name", f"group {g.name!r} is declared twice", "give each group a unique name"))
         groups[g.name] = g
         if g.platform is not None and g.platform not in cfg.platforms:
-            out.append((f"groups[{i}].platform", f"{g.platform!r} is not one of this stack's platforms {cfg.platforms}", "add it to platforms or change the group's platform"))
+            out.append(
+                (
+                    f"groups[{i}].platform",
+                    f"{g.platform!r} is not one of this stack's platforms {cfg.platforms}",
+                    "add it to platforms or change the group's platform",
+                )
+            )
         if g.platform is None and len(cfg.platforms) > 1:
-            out.append((f"groups[{i}].platform", "required when the stack has more than one platform", f"set platform to one of {cfg.platforms}"))
+            out.append(
+                (f"groups[{i}].platform", "required when the stack has more than one platform", f"set platform to one of {cfg.platforms}")
+            )
     names = [r.name for r in cfg.rollouts]
     for i, r in enumerate(cfg.rollouts):
         if r.name in names[:i]:
@@ -125,22 +137,43 @@ def check_stack(cfg: Any) -> list[Problem]:
         mixed = next(((j, p) for j, p in on if p != on[0][1]), None)
         if mixed is not None:
             first = registry.platform(on[0][1]).title
-            out.append((f"rollouts[{i}].rings[{mixed[0]}].group", f"rollout {r.name!r} mixes {first} rings with rings on {mixed[1]}: "
-                        "a rollout's gates read one platform's health", "split it into one rollout per platform (see stacks/Pulumi.multi.yaml)"))
+            out.append(
+                (
+                    f"rollouts[{i}].rings[{mixed[0]}].group",
+                    f"rollout {r.name!r} mixes {first} rings with rings on {mixed[1]}: a rollout's gates read one platform's health",
+                    "split it into one rollout per platform (see stacks/Pulumi.multi.yaml)",
+                )
+            )
         for j, ring in enumerate(r.rings):
             key = f"rollouts[{i}].rings[{j}]"
             group = groups.get(ring.group)
             if group is None:
-                out.append((f"{key}.group", f"no device group named {ring.group!r}", f"declare it under {PROJECT}:groups or use one of: {', '.join(groups) or 'none'}"))
+                out.append(
+                    (
+                        f"{key}.group",
+                        f"no device group named {ring.group!r}",
+                        f"declare it under {PROJECT}:groups or use one of: {', '.join(groups) or 'none'}",
+                    )
+                )
                 continue
             platform = cfg.group_platform(group)
             if ring.percent is not None:
                 if platform != "local":
-                    out.append((f"{key}.percent", f"percentage rings need the device registry, which only the local platform keeps; group {group.name!r} is on {platform}",
-                                "select the ring's devices with labels (a thing attribute / twin tag such as ring: canary)"))
+                    out.append(
+                        (
+                            f"{key}.percent",
+                            f"percentage rings need the device registry, which only the local platform keeps; group {group.name!r} is on {platform}",
+                            "select the ring's devices with labels (a thing attribute / twin tag such as ring: canary)",
+                        )
+                    )
                 if ring.percent <= last_percent.get(ring.group, 0):
-                    out.append((f"{key}.percent", f"{ring.percent} does not exceed the previous ring's {last_percent[ring.group]} for group {ring.group!r} (percent is cumulative)",
-                                "make each ring's percent larger than the ring before it"))
+                    out.append(
+                        (
+                            f"{key}.percent",
+                            f"{ring.percent} does not exceed the previous ring's {last_percent[ring.group]} for group {ring.group!r} (percent is cumulative)",
+                            "make each ring's percent larger than the ring before it",
+                        )
+                    )
                 last_percent[ring.group] = ring.percent
             elif platform != "local" and not ring.labels and not group.labels and not group.devices:
                 out.append((f"{key}", "ring selects no devices", "give the ring labels such as {ring: canary}"))
@@ -148,7 +181,7 @@ def check_stack(cfg: Any) -> list[Problem]:
             if not math.isfinite(gate.soak_seconds):
                 out.append((f"{key}.gate.soak_seconds", "must be finite", "use a number of seconds"))
     if not out:
-        for entry in registry.PLATFORMS.values():      # each platform's own rules (ring queries, job policies, twin tags)
+        for entry in registry.PLATFORMS.values():  # each platform's own rules (ring queries, job policies, twin tags)
             out += entry.load("checks")(cfg)
     return out
 
@@ -159,19 +192,32 @@ def check_models_against_groups(cfg: Any, manifests: dict[str, ModelManifest], s
     for i, r in enumerate(cfg.rollouts):
         manifest = manifests.get(r.model)
         if manifest is None:
-            out.append((f"rollouts[{i}].model", f"no model named {r.model!r} among {PROJECT}:models ({', '.join(manifests) or 'none'})",
-                        "add its directory under edgefleet:models or fix the name"))
+            out.append(
+                (
+                    f"rollouts[{i}].model",
+                    f"no model named {r.model!r} among {PROJECT}:models ({', '.join(manifests) or 'none'})",
+                    "add its directory under edgefleet:models or fix the name",
+                )
+            )
             continue
         groups = [cfg.group(ring.group) for ring in r.rings if any(g.name == ring.group for g in cfg.groups)]
         if groups and not any(hardware_runs(t, g.hardware) for g in groups for t in manifest.targets):
-            out.append((f"rollouts[{i}].model", f"model {r.model!r} targets {', '.join(t.name for t in manifest.targets)}, which match no hardware of groups "
-                        f"{', '.join(sorted({g.name for g in groups}))} (see {source_of.get(r.model, 'its manifest')})",
-                        "add a target for the groups' hardware to the manifest, or deploy to groups it can run on"))
+            out.append(
+                (
+                    f"rollouts[{i}].model",
+                    f"model {r.model!r} targets {', '.join(t.name for t in manifest.targets)}, which match no hardware of groups "
+                    f"{', '.join(sorted({g.name for g in groups}))} (see {source_of.get(r.model, 'its manifest')})",
+                    "add a target for the groups' hardware to the manifest, or deploy to groups it can run on",
+                )
+            )
     return out
 
 
 def hardware_runs(target: HardwareProfile, hardware: HardwareProfile) -> bool:
     """A device profile runs a target when arch matches, it has one of the target's providers, and budgets fit."""
-    return (target.arch == hardware.arch
-            and any(ep in hardware.execution_providers for ep in target.execution_providers)
-            and target.memory_mb <= hardware.memory_mb and target.storage_mb <= hardware.storage_mb)
+    return (
+        target.arch == hardware.arch
+        and any(ep in hardware.execution_providers for ep in target.execution_providers)
+        and target.memory_mb <= hardware.memory_mb
+        and target.storage_mb <= hardware.storage_mb
+    )

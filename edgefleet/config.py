@@ -24,8 +24,9 @@ def stack_file(project_dir: Path, stack: str) -> Path:
 def check_known_key(name: str, source: str) -> None:
     """A misspelt key would otherwise be dropped silently and its section fall back to defaults."""
     if name not in KEYS:
-        raise ConfigError(source, f"config.{PROJECT}:{name}: unknown key",
-                          f"edgefleet keys are: {', '.join(PROJECT + ':' + k for k in KEYS)}")
+        raise ConfigError(
+            source, f"config.{PROJECT}:{name}: unknown key", f"edgefleet keys are: {', '.join(PROJECT + ':' + k for k in KEYS)}"
+        )
 
 
 def read_stack_file(project_dir: Path, stack: str) -> tuple[dict[str, Any], str]:
@@ -34,15 +35,18 @@ def read_stack_file(project_dir: Path, stack: str) -> tuple[dict[str, Any], str]
     source = str(path.relative_to(project_dir)) if path.is_relative_to(project_dir) else str(path)
     if not path.is_file():
         known = sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in path.parent.glob("Pulumi.*.yaml"))
-        raise ConfigError(source, f"no such stack file (stack {stack!r})", f"use one of: {', '.join(known) or 'none yet'}, or create {source}")
+        raise ConfigError(
+            source, f"no such stack file (stack {stack!r})", f"use one of: {', '.join(known) or 'none yet'}, or create {source}"
+        )
     try:
         # libyaml's parser when PyYAML has it: same safe loader, ~10x faster on a 1,000-group stack file
         doc = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(source, f"not valid YAML: {exc}", "fix the YAML syntax") from None
     if not isinstance(doc, dict):
-        raise ConfigError(source, f"expected a mapping with a `config:` key at the top level, got {type(doc).__name__}",
-                          "see docs/configuration.md")
+        raise ConfigError(
+            source, f"expected a mapping with a `config:` key at the top level, got {type(doc).__name__}", "see docs/configuration.md"
+        )
     config = doc.get("config") or {}
     if not isinstance(config, dict):
         raise ConfigError(source, "config: must be a mapping of keys", "see docs/configuration.md")

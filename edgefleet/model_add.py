@@ -47,10 +47,18 @@ def parse_target(text: str) -> HardwareProfile:
     """`name=gw,arch=amd64,providers=CUDAExecutionProvider+CPUExecutionProvider,memory_mb=512,storage_mb=64`."""
     try:
         fields = dict(part.split("=", 1) for part in text.split(","))
-        return HardwareProfile(name=fields.pop("name"), arch=fields.pop("arch"), execution_providers=fields.pop("providers").split("+"),
-                               memory_mb=int(fields.pop("memory_mb")), storage_mb=int(fields.pop("storage_mb")), **fields)
+        return HardwareProfile(
+            name=fields.pop("name"),
+            arch=fields.pop("arch"),
+            execution_providers=fields.pop("providers").split("+"),
+            memory_mb=int(fields.pop("memory_mb")),
+            storage_mb=int(fields.pop("storage_mb")),
+            **fields,
+        )
     except (ValueError, KeyError, ValidationError, TypeError) as exc:
-        raise EdgefleetError(f"--target {text}", f"expected name=..,arch=amd64|arm64|armv7,providers=EP1+EP2,memory_mb=N,storage_mb=N ({_reason(exc)})") from None
+        raise EdgefleetError(
+            f"--target {text}", f"expected name=..,arch=amd64|arm64|armv7,providers=EP1+EP2,memory_mb=N,storage_mb=N ({_reason(exc)})"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -60,13 +68,22 @@ class AddResult:
     removed_signature: bool
 
 
-def add_version(model_dir: Path, onnx_file: Path, version: str, metrics: list[Metric] | None = None,
-                targets: list[HardwareProfile] | None = None, keep_metrics: bool = False,
-                min_agent_version: str | None = None, description: str | None = None) -> AddResult:
+def add_version(
+    model_dir: Path,
+    onnx_file: Path,
+    version: str,
+    metrics: list[Metric] | None = None,
+    targets: list[HardwareProfile] | None = None,
+    keep_metrics: bool = False,
+    min_agent_version: str | None = None,
+    description: str | None = None,
+) -> AddResult:
     mdir = ModelDir(model_dir)
     name = mdir.path.name
     if not is_valid_name(name):
-        raise EdgefleetError(str(mdir.path), f"directory name {name!r} is not a valid model name (lower case, digits and dashes)", "rename the directory")
+        raise EdgefleetError(
+            str(mdir.path), f"directory name {name!r} is not a valid model name (lower case, digits and dashes)", "rename the directory"
+        )
     try:
         check_semver(version)
     except ValueError as exc:
@@ -78,28 +95,45 @@ def add_version(model_dir: Path, onnx_file: Path, version: str, metrics: list[Me
             raise EdgefleetError("--min-agent-version", str(exc), "use MAJOR.MINOR.PATCH, e.g. 0.2.0") from None
     previous = mdir.load() if mdir.exists() else None
     if previous is not None and version_key(version) <= previous.semver:
-        raise EdgefleetError(str(mdir.manifest_path), f"version {version} is not newer than the manifest's {previous.version}",
-                             f"pass a version above {previous.version} (semver: bump patch for a retrain, minor for new behaviour, major for an I/O change)")
+        raise EdgefleetError(
+            str(mdir.manifest_path),
+            f"version {version} is not newer than the manifest's {previous.version}",
+            f"pass a version above {previous.version} (semver: bump patch for a retrain, minor for new behaviour, major for an I/O change)",
+        )
     for flag, items in (("--metric", metrics or []), ("--target", targets or [])):
         names = [item.name for item in items]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise EdgefleetError(flag, f"{', '.join(dupes)} given more than once", f"pass each {flag} name once")
     if metrics and keep_metrics:
-        raise EdgefleetError("--keep-metrics", "cannot be combined with --metric", "pass either the new evaluation (--metric) or --keep-metrics")
+        raise EdgefleetError(
+            "--keep-metrics", "cannot be combined with --metric", "pass either the new evaluation (--metric) or --keep-metrics"
+        )
     if previous is not None and not metrics and not keep_metrics and previous.metrics:
-        raise EdgefleetError("--metric", f"version {version} has no evaluation metrics; the manifest's {previous.version} had "
-                             f"{', '.join(m.name for m in previous.metrics)}",
-                             "pass --metric NAME=VALUE@DATASET for the new version, or --keep-metrics to carry the old ones over knowingly")
+        raise EdgefleetError(
+            "--metric",
+            f"version {version} has no evaluation metrics; the manifest's {previous.version} had "
+            f"{', '.join(m.name for m in previous.metrics)}",
+            "pass --metric NAME=VALUE@DATASET for the new version, or --keep-metrics to carry the old ones over knowingly",
+        )
     if previous is None and not targets:
-        raise EdgefleetError("--target", "a new model needs at least one hardware target",
-                             "pass --target name=x86-gateway,arch=amd64,providers=CPUExecutionProvider,memory_mb=256,storage_mb=64")
+        raise EdgefleetError(
+            "--target",
+            "a new model needs at least one hardware target",
+            "pass --target name=x86-gateway,arch=amd64,providers=CPUExecutionProvider,memory_mb=256,storage_mb=64",
+        )
     graph = inspect(Path(onnx_file))
     file_name = f"{name}.onnx"
     try:
         manifest = ModelManifest(
-            name=name, version=version, file=file_name, sha256=graph.sha256, size=graph.size, opset=graph.opset,
-            inputs=graph.inputs, outputs=graph.outputs,
+            name=name,
+            version=version,
+            file=file_name,
+            sha256=graph.sha256,
+            size=graph.size,
+            opset=graph.opset,
+            inputs=graph.inputs,
+            outputs=graph.outputs,
             metrics=list(metrics) if metrics else (list(previous.metrics) if previous and keep_metrics else []),
             targets=list(targets) if targets else list(previous.targets),
             min_agent_version=min_agent_version or (previous.min_agent_version if previous else BASELINE_AGENT_VERSION),
@@ -107,13 +141,16 @@ def add_version(model_dir: Path, onnx_file: Path, version: str, metrics: list[Me
         )
     except ValidationError as exc:  # e.g. a graph whose opset or I/O the manifest cannot describe
         problem = from_validation_error(exc, str(onnx_file)).problem
-        raise EdgefleetError(str(onnx_file), f"a manifest cannot describe this graph: {problem}",
-                             "export the model with ONNX opset 7 or newer and named, typed inputs and outputs") from None
+        raise EdgefleetError(
+            str(onnx_file),
+            f"a manifest cannot describe this graph: {problem}",
+            "export the model with ONNX opset 7 or newer and named, typed inputs and outputs",
+        ) from None
     target_file = mdir.path / file_name
     mdir.path.mkdir(parents=True, exist_ok=True)
     if Path(onnx_file).resolve() != target_file.resolve():
         atomic_copy(Path(onnx_file), target_file)
-    atomic_write_bytes(mdir.manifest_path, manifest.to_yaml().encode())   # a crash never leaves half a manifest
+    atomic_write_bytes(mdir.manifest_path, manifest.to_yaml().encode())  # a crash never leaves half a manifest
     removed = False
     if mdir.signature_path.exists():
         mdir.signature_path.unlink()

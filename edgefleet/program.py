@@ -53,15 +53,21 @@ def load_models(cfg: Any, project_dir: Path, source: str) -> dict[str, tuple[Mod
     for i, ref in enumerate(cfg.models):
         mdir = ModelDir(project_dir / ref.path)
         if not mdir.exists():
-            raise ConfigError(source, f"{PROJECT}:models[{i}].path: {ref.path} has no model.yaml",
-                              f"create it with `edgefleet model add {ref.path} --onnx FILE --version X.Y.Z`")
+            raise ConfigError(
+                source,
+                f"{PROJECT}:models[{i}].path: {ref.path} has no model.yaml",
+                f"create it with `edgefleet model add {ref.path} --onnx FILE --version X.Y.Z`",
+            )
         manifest = mdir.load()
         artifact = mdir.artifact_path(manifest)
         size = artifact.stat().st_size if artifact.is_file() else None
-        if size != manifest.size:   # a stat, not a hash: the digest is checked where the model is published
+        if size != manifest.size:  # a stat, not a hash: the digest is checked where the model is published
             found = "is missing" if size is None else f"is {size} bytes, the manifest pins {manifest.size}"
-            raise ConfigError(source, f"{PROJECT}:models[{i}].path: {ref.path}/{manifest.file} {found}",
-                              f"restore the file (git lfs pull?) or record it with `edgefleet model add {ref.path} --onnx FILE --version X.Y.Z`")
+            raise ConfigError(
+                source,
+                f"{PROJECT}:models[{i}].path: {ref.path}/{manifest.file} {found}",
+                f"restore the file (git lfs pull?) or record it with `edgefleet model add {ref.path} --onnx FILE --version X.Y.Z`",
+            )
         if manifest.name in models:
             raise ConfigError(source, f"{PROJECT}:models[{i}].path: model {manifest.name!r} is listed twice", "list each model once")
         models[manifest.name] = (mdir, manifest)
@@ -87,16 +93,21 @@ def declare(project_dir: Path | None = None) -> Fleet:
     project_dir = Path(project_dir or Path.cwd())
     cfg, source = read_config()
     loaded = load_models(cfg, project_dir, source)
-    raise_first(check_models_against_groups(cfg, {n: m for n, (_, m) in loaded.items()},
-                                            {n: str(d.manifest_path.relative_to(project_dir)) for n, (d, _) in loaded.items()}), source)
+    raise_first(
+        check_models_against_groups(
+            cfg, {n: m for n, (_, m) in loaded.items()}, {n: str(d.manifest_path.relative_to(project_dir)) for n, (d, _) in loaded.items()}
+        ),
+        source,
+    )
 
     platforms = {p: make_platform(p, cfg, project_dir) for p in cfg.platforms}
     keys = {p: SigningKey(f"{p}-signing", SigningKeyArgs(plat)) for p, plat in platforms.items()}
     stores = {p: ModelStore(f"{p}-models", ModelStoreArgs(plat)) for p, plat in platforms.items()}
     registries = {p: AppRegistry(f"{p}-apps", AppRegistryArgs(plat)) for p, plat in platforms.items()}
     bases = {p: StackBase(key=keys[p], store=stores[p], registry=registries[p]) for p in platforms}
-    groups = {g.name: DeviceGroup(g.name, DeviceGroupArgs(g, platforms[cfg.group_platform(g)], bases[cfg.group_platform(g)]))
-              for g in cfg.groups}
+    groups = {
+        g.name: DeviceGroup(g.name, DeviceGroupArgs(g, platforms[cfg.group_platform(g)], bases[cfg.group_platform(g)])) for g in cfg.groups
+    }
     models = {
         name: ModelVersion(name, ModelVersionArgs(mdir.path, [Publication(plat, bases[p]) for p, plat in platforms.items()]))
         for name, (mdir, _) in loaded.items()

@@ -20,8 +20,11 @@ def sign_model_dir(model_dir: ModelDir, signer: Signer) -> Path:
     manifest = model_dir.load()
     problem = same_file_digest(model_dir.artifact_path(manifest), manifest.sha256, manifest.size)
     if problem:
-        raise EdgefleetError(str(model_dir.manifest_path), f"refusing to sign: {problem}",
-                             f"run `edgefleet model add {model_dir.path} --onnx FILE --version X.Y.Z` to re-pin the artifact")
+        raise EdgefleetError(
+            str(model_dir.manifest_path),
+            f"refusing to sign: {problem}",
+            f"run `edgefleet model add {model_dir.path} --onnx FILE --version X.Y.Z` to re-pin the artifact",
+        )
     envelope = sign_bytes(signer, manifest_bytes)
     atomic_write_bytes(model_dir.signature_path, envelope.to_bytes())
     return model_dir.signature_path

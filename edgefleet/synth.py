@@ -33,7 +33,9 @@ UNKNOWN = "[unknown]"
 def project_name(project_dir: Path) -> str:
     path = Path(project_dir) / "Pulumi.yaml"
     if not path.is_file():
-        raise EdgefleetError(str(path), "not a Pulumi project (no Pulumi.yaml)", "run edgefleet from the project root or pass --project-dir")
+        raise EdgefleetError(
+            str(path), "not a Pulumi project (no Pulumi.yaml)", "run edgefleet from the project root or pass --project-dir"
+        )
     return str((yaml.safe_load(path.read_text()) or {}).get("name", "edgefleet"))
 
 
@@ -107,17 +109,21 @@ def _monitor_and_mocks(stack: str, project: str, region: str):
                     "inputs": _clean(rpc.deserialize_properties(request.object)),
                     "dependencies": sorted(set(request.dependencies)),
                     "property_dependencies": {k: sorted(v.urns) for k, v in sorted(request.propertyDependencies.items()) if v.urns},
-                    "options": {k: v for k, v in {
-                        "protect": request.protect or None,
-                        "delete_before_replace": request.deleteBeforeReplace or None,
-                        "replace_on_changes": sorted(request.replaceOnChanges) or None,
-                        "ignore_changes": sorted(request.ignoreChanges) or None,
-                        "additional_secret_outputs": sorted(request.additionalSecretOutputs) or None,
-                        "aliases": sorted(a.spec.name or a.urn for a in request.aliases) or None,
-                        "retain_on_delete": request.retainOnDelete or None,
-                        # `urn::id` as the engine gets it; the mock's id says nothing, the URN names the provider
-                        "provider": request.provider.rsplit("::", 1)[0] if request.provider else None,
-                    }.items() if v is not None},
+                    "options": {
+                        k: v
+                        for k, v in {
+                            "protect": request.protect or None,
+                            "delete_before_replace": request.deleteBeforeReplace or None,
+                            "replace_on_changes": sorted(request.replaceOnChanges) or None,
+                            "ignore_changes": sorted(request.ignoreChanges) or None,
+                            "additional_secret_outputs": sorted(request.additionalSecretOutputs) or None,
+                            "aliases": sorted(a.spec.name or a.urn for a in request.aliases) or None,
+                            "retain_on_delete": request.retainOnDelete or None,
+                            # `urn::id` as the engine gets it; the mock's id says nothing, the URN names the provider
+                            "provider": request.provider.rsplit("::", 1)[0] if request.provider else None,
+                        }.items()
+                        if v is not None
+                    },
                 }
             return response
 
@@ -166,10 +172,10 @@ def synth(project_dir: Path, stack: str) -> dict[str, Any]:
     project_dir = Path(project_dir).resolve()
     project = project_name(project_dir)
     raw, source = read_stack_file(project_dir, stack)
-    cfg = parse_stack_config(raw, source)             # fails early, naming the stack file and key (read once)
+    cfg = parse_stack_config(raw, source)  # fails early, naming the stack file and key (read once)
     region = cfg.aws.region if cfg.aws else "us-east-1"
     monitor, mocks = _monitor_and_mocks(stack, project, region)
-    settings.ROOT.set(None)                            # a fresh root stack per synth, as a new `pulumi` process has
+    settings.ROOT.set(None)  # a fresh root stack per synth, as a new `pulumi` process has
     pulumi.runtime.set_all_config(to_pulumi_config(raw), [])
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
 

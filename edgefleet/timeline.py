@@ -20,10 +20,14 @@ def text(records: list[dict[str, Any]], t0: float | None = None) -> list[str]:
             counts = ""
             if "adopted" in details:
                 counts = f" {details['adopted']}/{details['devices']} adopted, {details.get('failed', 0)} failed, {details.get('pending', 0)} pending"
-            reasons = ("; ".join(details["reasons"]) if details.get("reasons") else "")
+            reasons = "; ".join(details["reasons"]) if details.get("reasons") else ""
             extra = f"  {reasons}" if reasons else ""
-            version = f" {details['version']}" if "version" in details else (f" → {details['to_version']}" if "to_version" in details else "")
-            lines.append(f"+{e['t'] - t0:7.1f}s  {r['model']} {r['version']:<8} {(e['ring'] or '-'):<8} {e['event']}{version}{counts}{extra}")
+            version = (
+                f" {details['version']}" if "version" in details else (f" → {details['to_version']}" if "to_version" in details else "")
+            )
+            lines.append(
+                f"+{e['t'] - t0:7.1f}s  {r['model']} {r['version']:<8} {(e['ring'] or '-'):<8} {e['event']}{version}{counts}{extra}"
+            )
     return lines
 
 
@@ -61,21 +65,50 @@ def picture(records: list[dict[str, Any]], path: Path, title: str = "edgefleet r
             y = row[ring["name"]] - h / 2
             start = ring["deployed_at"] - t0
             stop = (ring["finished_at"] or r.get("finished_at") or (t0 + end)) - t0
-            ax.broken_barh([(start, max(stop - start, 0.05))], (y, h), facecolors=color[r["version"]], alpha=0.35, edgecolor=color[r["version"]])
-            pts = [(s["t"] - t0, s["adopted"] / max(s["devices"], 1)) for s in r["samples"] if s["ring"] == ring["name"] and s["t"] - t0 <= stop + 0.01]
+            ax.broken_barh(
+                [(start, max(stop - start, 0.05))], (y, h), facecolors=color[r["version"]], alpha=0.35, edgecolor=color[r["version"]]
+            )
+            pts = [
+                (s["t"] - t0, s["adopted"] / max(s["devices"], 1))
+                for s in r["samples"]
+                if s["ring"] == ring["name"] and s["t"] - t0 <= stop + 0.01
+            ]
             if pts:
                 ax.plot([p[0] for p in pts], [y + p[1] * h for p in pts], color=color[r["version"]], lw=1.6)
             verdict = (ring.get("verdict") or {}).get("outcome")
             if verdict == "pass":
                 ax.text(stop, row[ring["name"]], " ✓", va="center", ha="left", color="#2E7D32", fontsize=13, fontweight="bold")
             elif verdict == "fail":
-                ax.text(stop, row[ring["name"]] + h / 2 + 0.04, "✗ gate failed", va="bottom", ha="center", color="#C62828", fontsize=9, fontweight="bold")
+                ax.text(
+                    stop,
+                    row[ring["name"]] + h / 2 + 0.04,
+                    "✗ gate failed",
+                    va="bottom",
+                    ha="center",
+                    color="#C62828",
+                    fontsize=9,
+                    fontweight="bold",
+                )
             if rb_start and ring["name"] in rb.get("rings", []):
                 rb_end = (r.get("finished_at") or t0 + end) - t0
                 prev = r.get("previous_version")
-                ax.broken_barh([(rb_start - t0, max(rb_end - (rb_start - t0), 0.05))], (y, h), facecolors="none",
-                               edgecolor=color.get(prev, "#555555"), hatch="////", lw=1.0)
-                ax.text(rb_end, row[ring["name"]] - h / 2 - 0.08, f"rolled back → {prev or 'no model'}", fontsize=7, va="top", ha="right", color="#555555")
+                ax.broken_barh(
+                    [(rb_start - t0, max(rb_end - (rb_start - t0), 0.05))],
+                    (y, h),
+                    facecolors="none",
+                    edgecolor=color.get(prev, "#555555"),
+                    hatch="////",
+                    lw=1.0,
+                )
+                ax.text(
+                    rb_end,
+                    row[ring["name"]] - h / 2 - 0.08,
+                    f"rolled back → {prev or 'no model'}",
+                    fontsize=7,
+                    va="top",
+                    ha="right",
+                    color="#555555",
+                )
         ax.axvline(r["started_at"] - t0, color="#999999", lw=0.8, ls=":")
         ax.text(r["started_at"] - t0, len(rings) - 0.35, f" {r['version']}", fontsize=8, color=color[r["version"]], va="bottom")
     ax.set_yticks([row[n] for n in rings], rings)

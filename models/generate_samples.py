@@ -52,7 +52,8 @@ def build(noise: float, seed: int, nan: bool = False) -> onnx.ModelProto:
         # sqrt of a negative probability: NaN everywhere, which only shows up when the model runs.
         nodes += [helper.make_node("Neg", ["probs"], ["neg"]), helper.make_node("Sqrt", ["neg"], ["scores"])]
     graph = helper.make_graph(
-        nodes, "detector",
+        nodes,
+        "detector",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", CHANNELS, SIZE, SIZE])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", CLASSES])],
         inits,

@@ -11,5 +11,5 @@ PolicyPack(
     name=PACK_NAME,
     policies=build_policies(),
     description="edgefleet: signed, digest-pinned models; canary-first production rollouts; metric floors and "
-                "regressions; agent support for I/O changes; hardware fit; private, encrypted, hardened platforms.",
+    "regressions; agent support for I/O changes; hardware fit; private, encrypted, hardened platforms.",
 )

@@ -21,31 +21,43 @@ else:
     from hardening import IAM_RULE, REGISTRY_RULE, SIGNING_KEY_RULE, STORE_RULE  # type: ignore[no-redef]
     from settings import Settings, cloud_settings  # type: ignore[no-redef]
 
-DEFAULT_AGENT_VERSION = "0.1.0"     # AwsConfig.agent_version's default (the agent image a stack deploys); tests/policy checks
+DEFAULT_AGENT_VERSION = "0.1.0"  # AwsConfig.agent_version's default (the agent image a stack deploys); tests/policy checks
 
 S3_BUCKETS = ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2")
 S3_PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
-S3_SSE = ("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
-          "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2")
+S3_SSE = (
+    "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+    "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2",
+)
 S3_ACLS = ("aws:s3/bucketAcl:BucketAcl", "aws:s3/bucketAclV2:BucketAclV2")
 S3_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
 ECR_REPOSITORY = "aws:ecr/repository:Repository"
 KMS_KEY = "aws:kms/key:Key"
 KMS_EXTERNAL_KEYS = ("aws:kms/externalKey:ExternalKey", "aws:kms/replicaExternalKey:ReplicaExternalKey")
-IAM_POLICY_DOCS = ("aws:iam/policy:Policy", "aws:iam/rolePolicy:RolePolicy", "aws:iam/userPolicy:UserPolicy",
-                   "aws:iam/groupPolicy:GroupPolicy", "aws:iot/policy:Policy")
+IAM_POLICY_DOCS = (
+    "aws:iam/policy:Policy",
+    "aws:iam/rolePolicy:RolePolicy",
+    "aws:iam/userPolicy:UserPolicy",
+    "aws:iam/groupPolicy:GroupPolicy",
+    "aws:iot/policy:Policy",
+)
 IAM_ROLE = "aws:iam/role:Role"
 # Resource policies: documents attached to a resource rather than an identity, same grammar, same risk.
 RESOURCE_POLICY_DOCS = {
-    KMS_KEY: "KMS key policy", "aws:kms/keyPolicy:KeyPolicy": "KMS key policy",
-    S3_POLICY: "S3 bucket policy", **{b: "S3 bucket policy (inline)" for b in S3_BUCKETS},
+    KMS_KEY: "KMS key policy",
+    "aws:kms/keyPolicy:KeyPolicy": "KMS key policy",
+    S3_POLICY: "S3 bucket policy",
+    **{b: "S3 bucket policy (inline)" for b in S3_BUCKETS},
     "aws:ecr/repositoryPolicy:RepositoryPolicy": "ECR repository policy",
 }
 IAM_ATTACHMENTS = ("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "aws:iam/policyAttachment:PolicyAttachment")
 
 PUBLIC_S3_ACLS = ("public-read", "public-read-write", "authenticated-read")
-ADMIN_POLICY_ARNS = ("arn:aws:iam::aws:policy/AdministratorAccess", "arn:aws:iam::aws:policy/PowerUserAccess",
-                     "arn:aws:iam::aws:policy/IAMFullAccess")
+ADMIN_POLICY_ARNS = (
+    "arn:aws:iam::aws:policy/AdministratorAccess",
+    "arn:aws:iam::aws:policy/PowerUserAccess",
+    "arn:aws:iam::aws:policy/IAMFullAccess",
+)
 
 
 def stack_settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,15 +93,23 @@ def check_store(g: Graph, s: Settings) -> Iterator[Finding]:
         if not pabs:
             yield Finding(f"S3 bucket {b['name']!r} has no aws.s3.BucketPublicAccessBlock: declare one with all four flags true", b["urn"])
         for p in pabs:
-            off = [k for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets") if dig(p, "inputs", k) is not True]
+            off = [
+                k
+                for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+                if dig(p, "inputs", k) is not True
+            ]
             if off:
                 yield Finding(f"S3 bucket {b['name']!r}: public access block {p['name']!r} leaves {', '.join(off)} off", p["urn"])
         inline = dig(b, "inputs", "serverSideEncryptionConfiguration")
         sses = [x for x in g.of_type(*S3_SSE) if _refers_to(x, b, "bucket")]
-        if not (isinstance(inline, Mapping) and _sse_rule_ok(inline.get("rule") or inline.get("rules"))) and \
-                not any(_sse_rule_ok(dig(x, "inputs", "rules")) for x in sses):
-            yield Finding(f"S3 bucket {b['name']!r} declares no server-side encryption (aws.s3.BucketServerSideEncryptionConfiguration "
-                          f"with sse_algorithm aws:kms): say how artifacts are encrypted rather than rely on the account default", b["urn"])
+        if not (isinstance(inline, Mapping) and _sse_rule_ok(inline.get("rule") or inline.get("rules"))) and not any(
+            _sse_rule_ok(dig(x, "inputs", "rules")) for x in sses
+        ):
+            yield Finding(
+                f"S3 bucket {b['name']!r} declares no server-side encryption (aws.s3.BucketServerSideEncryptionConfiguration "
+                f"with sse_algorithm aws:kms): say how artifacts are encrypted rather than rely on the account default",
+                b["urn"],
+            )
     for a in g.of_type(*S3_ACLS):
         found = True
         if dig(a, "inputs", "acl") in PUBLIC_S3_ACLS:
@@ -113,8 +133,11 @@ def check_registry(g: Graph, s: Settings) -> Iterator[Finding]:
         if is_unknown(mutability):
             yield Finding(f"ECR repository {r['name']!r}: tag mutability not known before deploy", r["urn"], unverified=True)
         elif mutability != "IMMUTABLE":
-            yield Finding(f"ECR repository {r['name']!r} has imageTagMutability {mutability}: a pushed agent tag could be "
-                          f"overwritten under devices; set IMMUTABLE", r["urn"])
+            yield Finding(
+                f"ECR repository {r['name']!r} has imageTagMutability {mutability}: a pushed agent tag could be "
+                f"overwritten under devices; set IMMUTABLE",
+                r["urn"],
+            )
     if not found:
         raise NotApplicable("no ECR repositories")
 
@@ -125,7 +148,7 @@ def check_signing_key(g: Graph, s: Settings) -> Iterator[Finding]:
         found = True
         yield Finding(f"KMS key {k['name']!r} holds imported key material, a copy of which exists outside KMS: use aws.kms.Key", k["urn"])
     if g.of_type(KMS_KEY):
-        found = True        # an aws.kms.Key's private half never leaves KMS
+        found = True  # an aws.kms.Key's private half never leaves KMS
     if not found:
         raise NotApplicable("no KMS keys")
 
@@ -170,7 +193,7 @@ def check_iam(g: Graph, s: Settings) -> Iterator[Finding]:
     for r in g.of_type(*RESOURCE_POLICY_DOCS):
         doc = dig(r, "inputs", "policy")
         if doc is None:
-            continue        # none declared (a KMS key then gets AWS's default key policy)
+            continue  # none declared (a KMS key then gets AWS's default key policy)
         found = True
         what = f"{RESOURCE_POLICY_DOCS[r['type']]} {r['name']!r}"
         if is_unknown(doc):
@@ -182,7 +205,9 @@ def check_iam(g: Graph, s: Settings) -> Iterator[Finding]:
         for i, inline in enumerate(dig(r, "inputs", "inlinePolicies") or []):
             bad = _wildcards(dig(inline, "policy"))
             if bad:
-                yield Finding(f"IAM role {r['name']!r} inline policy {dig(inline, 'name') or i!r} allows wildcard actions: {', '.join(bad)}", r["urn"])
+                yield Finding(
+                    f"IAM role {r['name']!r} inline policy {dig(inline, 'name') or i!r} allows wildcard actions: {', '.join(bad)}", r["urn"]
+                )
         bad = _wildcards(dig(r, "inputs", "assumeRolePolicy"))
         if bad:
             yield Finding(f"IAM role {r['name']!r} trust policy allows wildcard actions: {', '.join(bad)}", r["urn"])

@@ -22,7 +22,7 @@ else:
     from hardening import DEVICE_CREDENTIALS_RULE, REGISTRY_RULE, SIGNING_KEY_RULE, STORE_RULE  # type: ignore[no-redef]
     from settings import Settings, cloud_settings  # type: ignore[no-redef]
 
-DEFAULT_AGENT_VERSION = "0.1.0"     # AzureConfig.agent_version's default (the agent image a stack deploys); tests/policy checks
+DEFAULT_AGENT_VERSION = "0.1.0"  # AzureConfig.agent_version's default (the agent image a stack deploys); tests/policy checks
 
 AZ_STORAGE_ACCOUNT = "azure-native:storage:StorageAccount"
 AZ_BLOB_CONTAINER = "azure-native:storage:BlobContainer"
@@ -51,7 +51,9 @@ def check_store(g: Graph, s: Settings) -> Iterator[Finding]:
     for c in g.of_type(AZ_BLOB_CONTAINER):
         found = True
         if dig(c, "inputs", "publicAccess") in ("Blob", "Container"):
-            yield Finding(f"blob container {c['name']!r} allows anonymous reads (publicAccess: {dig(c, 'inputs', 'publicAccess')})", c["urn"])
+            yield Finding(
+                f"blob container {c['name']!r} allows anonymous reads (publicAccess: {dig(c, 'inputs', 'publicAccess')})", c["urn"]
+            )
     if not found:
         raise NotApplicable("no Azure storage accounts or blob containers")
 
@@ -93,10 +95,17 @@ def check_device_credentials(g: Graph, s: Settings) -> Iterator[Finding]:
     days = (when - today).days
     if days < s.sas_warning_days:
         stores = [r["urn"] for r in g.of_type(STORE) if dig(r, "inputs", "platform") == "azure"] or [None]
-        yield Finding(f"the devices' SAS for the Azure model store (edgefleet:azure.device_sas_expiry) ends {when.isoformat()}, "
-                      + (f"{days} day(s) away" if days >= 0 else f"{-days} day(s) ago")
-                      + f": move it at least {s.sas_warning_days} days ahead and `pulumi up` so devices get the new one", stores[0])
+        yield Finding(
+            f"the devices' SAS for the Azure model store (edgefleet:azure.device_sas_expiry) ends {when.isoformat()}, "
+            + (f"{days} day(s) away" if days >= 0 else f"{-days} day(s) ago")
+            + f": move it at least {s.sas_warning_days} days ahead and `pulumi up` so devices get the new one",
+            stores[0],
+        )
 
 
-PARTS = {STORE_RULE: check_store, REGISTRY_RULE: check_registry, SIGNING_KEY_RULE: check_signing_key,
-         DEVICE_CREDENTIALS_RULE: check_device_credentials}
+PARTS = {
+    STORE_RULE: check_store,
+    REGISTRY_RULE: check_registry,
+    SIGNING_KEY_RULE: check_signing_key,
+    DEVICE_CREDENTIALS_RULE: check_device_credentials,
+}

@@ -28,7 +28,7 @@ def version_lt(a: str, b: str) -> bool:
 
 @dataclass(frozen=True)
 class IoChange:
-    kind: str           # "input" | "output"
+    kind: str  # "input" | "output"
     name: str
     detail: str
     breaking: bool
@@ -36,7 +36,7 @@ class IoChange:
 
 @dataclass(frozen=True)
 class IoVerdict:
-    verdict: str        # "unchanged" | "compatible" | "breaking"
+    verdict: str  # "unchanged" | "compatible" | "breaking"
     changes: tuple[IoChange, ...]
 
     @property
@@ -58,9 +58,9 @@ def _shape_changes(kind: str, name: str, old: list, new: list) -> list[IoChange]
         fixed_a, fixed_b = isinstance(a, int), isinstance(b, int)
         if fixed_a and fixed_b:
             out.append(IoChange(kind, name, f"fixed dim {i} changed {a} -> {b}", True))
-        elif fixed_a:   # fixed -> symbolic: an input accepts more; an output may now vary in size
+        elif fixed_a:  # fixed -> symbolic: an input accepts more; an output may now vary in size
             out.append(IoChange(kind, name, f"dim {i} {a} -> symbolic {b!r}", kind == "output"))
-        elif fixed_b:   # symbolic -> fixed: an input accepts less; an output only narrows
+        elif fixed_b:  # symbolic -> fixed: an input accepts less; an output only narrows
             out.append(IoChange(kind, name, f"dim {i} symbolic {a!r} -> fixed {b}", kind == "input"))
         else:
             out.append(IoChange(kind, name, f"symbolic dim {i} renamed {a!r} -> {b!r}", False))
@@ -118,4 +118,3 @@ def hardware_problems(target: Mapping[str, Any], hardware: Mapping[str, Any]) ->
 
 def hardware_runs(target: Mapping[str, Any], hardware: Mapping[str, Any]) -> bool:
     return not hardware_problems(target, hardware)
-

@@ -24,7 +24,7 @@ LEVELS = (ADVISORY, MANDATORY, DISABLED)
 class Finding:
     message: str
     urn: str | None = None
-    unverified: bool = False       # could not be checked before deploy (unknown value): reported, never blocks
+    unverified: bool = False  # could not be checked before deploy (unknown value): reported, never blocks
 
 
 class NotApplicable(Exception):
@@ -37,7 +37,7 @@ class Rule:
     title: str
     default_level: str
     check: Callable[[Graph, Settings], Iterable[Finding]]
-    settings: tuple[str, ...] = ()      # Settings fields it reads: its CrossGuard config keys
+    settings: tuple[str, ...] = ()  # Settings fields it reads: its CrossGuard config keys
     description: str = ""
 
 
@@ -46,7 +46,7 @@ class RuleResult:
     name: str
     title: str
     level: str
-    status: str                     # passed | failed | not-applicable | disabled
+    status: str  # passed | failed | not-applicable | disabled
     findings: list[Finding] = field(default_factory=list)
     note: str = ""
 
@@ -75,10 +75,14 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "stack": self.stack, "has_base": self.has_base, "passed": not self.blocking,
+            "stack": self.stack,
+            "has_base": self.has_base,
+            "passed": not self.blocking,
             "blocking": [r.name for r in self.blocking],
-            "rules": [{**{k: v for k, v in asdict(r).items() if k != "findings"},
-                       "findings": [asdict(f) for f in r.findings]} for r in self.results],
+            "rules": [
+                {**{k: v for k, v in asdict(r).items() if k != "findings"}, "findings": [asdict(f) for f in r.findings]}
+                for r in self.results
+            ],
         }
 
 
@@ -92,4 +96,3 @@ def run_rule(rule: Rule, graph: Graph, settings: Settings, level: str | None = N
         return RuleResult(rule.name, rule.title, level, "not-applicable", note=str(exc))
     status = "failed" if any(not f.unverified for f in findings) else "passed"
     return RuleResult(rule.name, rule.title, level, status, findings)
-

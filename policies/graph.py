@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-UNKNOWN = "[unknown]"               # edgefleet synth: an output the mock runtime could not compute
+UNKNOWN = "[unknown]"  # edgefleet synth: an output the mock runtime could not compute
 SECRET = "[secret]"
-COMPUTED_PREFIX = "[computed"       # "[computed at deploy]": what a provider fills in at `pulumi up`
+COMPUTED_PREFIX = "[computed"  # "[computed at deploy]": what a provider fills in at `pulumi up`
 
 # edgefleet's component types: the same on every platform.
 MODEL = "edgefleet:models:ModelVersion"
@@ -90,7 +90,6 @@ def manifest_of(rec: Mapping[str, Any]) -> dict | None:
 
 def ring_name(rec: Mapping[str, Any]) -> str:
     return str(dig(rec, "inputs", "ring") or rec.get("name"))
-
 
 
 def base_model_facts(resources: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

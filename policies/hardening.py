@@ -37,8 +37,8 @@ class Parts:
     """What the platforms' parts of one rule found."""
 
     findings: list[Finding]
-    checked: bool               # some platform declares something its part checks
-    reasons: list[str]          # why each of the other parts had nothing to check
+    checked: bool  # some platform declares something its part checks
+    reasons: list[str]  # why each of the other parts had nothing to check
 
 
 def platform_parts(rule: str, g: Graph, s: Settings) -> Parts:
@@ -74,8 +74,11 @@ def check_store(g: Graph, s: Settings) -> Iterator[Finding]:
     parts = platform_parts(STORE_RULE, g, s)
     yield from parts.findings
     if not (found or parts.checked):
-        raise NotApplicable("only local-platform stores (a directory on this machine; checked when policy.production is true)"
-                            if stores else "the stack declares no model stores")
+        raise NotApplicable(
+            "only local-platform stores (a directory on this machine; checked when policy.production is true)"
+            if stores
+            else "the stack declares no model stores"
+        )
 
 
 def check_registry(g: Graph, s: Settings) -> Iterator[Finding]:
@@ -94,14 +97,20 @@ def check_signing_key(g: Graph, s: Settings) -> Iterator[Finding]:
         found = True
         exportable = dig(k, "outputs", "exportable")
         if exportable is True:
-            yield Finding(f"signing key {k['name']!r} ({dig(k, 'inputs', 'platform')}) is exportable: its private half can leave the key store", k["urn"])
+            yield Finding(
+                f"signing key {k['name']!r} ({dig(k, 'inputs', 'platform')}) is exportable: its private half can leave the key store",
+                k["urn"],
+            )
         elif is_unknown(exportable):
             yield Finding(f"signing key {k['name']!r}: exportability not known before deploy", k["urn"], unverified=True)
     parts = platform_parts(SIGNING_KEY_RULE, g, s)
     yield from parts.findings
     if not (found or parts.checked):
-        raise NotApplicable("only local-platform keys (a key file on this machine; checked when policy.production is true)"
-                            if keys else "the stack declares no signing keys")
+        raise NotApplicable(
+            "only local-platform keys (a key file on this machine; checked when policy.production is true)"
+            if keys
+            else "the stack declares no signing keys"
+        )
 
 
 def check_device_credentials(g: Graph, s: Settings) -> Iterator[Finding]:

@@ -43,26 +43,37 @@ def check_model_signed(g: Graph, s: Settings) -> Iterator[Finding]:
         name = model_name(m)
         keys = dig(m, "inputs", "signingKeys")
         if keys is None:
-            yield Finding(f"model {name!r}: its signingKeys input is not visible, so its signer cannot be checked", m["urn"], unverified=True)
+            yield Finding(
+                f"model {name!r}: its signingKeys input is not visible, so its signer cannot be checked", m["urn"], unverified=True
+            )
             continue
         if not keys:
             yield Finding(f"model {name!r} names no signing key: devices would refuse it", m["urn"])
             continue
         stores = dig(m, "inputs", "stores") or []
         if len(stores) != len(keys):
-            yield Finding(f"model {name!r} is published to {len(stores)} store(s) but signed with {len(keys)} key(s): every publication needs the stack's key", m["urn"])
+            yield Finding(
+                f"model {name!r} is published to {len(stores)} store(s) but signed with {len(keys)} key(s): every publication needs the stack's key",
+                m["urn"],
+            )
         publishers = [r for r in g.descendants(m["urn"]) if r.get("custom")]
         for key_urn in keys:
             if is_unknown(key_urn):
                 yield Finding(f"model {name!r}: a signing key reference is unknown before deploy", m["urn"], unverified=True)
                 continue
             if key_urn not in stack_keys:
-                yield Finding(f"model {name!r} is signed with {key_urn}, which is not a signing key declared by this stack ({len(stack_keys)} declared)", m["urn"])
+                yield Finding(
+                    f"model {name!r} is signed with {key_urn}, which is not a signing key declared by this stack ({len(stack_keys)} declared)",
+                    m["urn"],
+                )
                 continue
             key_tree = g.subtree(key_urn)
             if publishers and not any(key_tree & set(p.get("dependencies") or []) for p in publishers):
-                yield Finding(f"model {name!r} names key {stack_keys[key_urn]['name']!r} but none of its published resources "
-                              f"({', '.join(p['name'] for p in publishers)}) depends on that key", m["urn"])
+                yield Finding(
+                    f"model {name!r} names key {stack_keys[key_urn]['name']!r} but none of its published resources "
+                    f"({', '.join(p['name'] for p in publishers)}) depends on that key",
+                    m["urn"],
+                )
         signature = dig(m, "outputs", "signature", default=UNKNOWN)
         if signature in ("", None) and "signature" in (m.get("outputs") or {}):
             yield Finding(f"model {name!r} has an empty signature output", m["urn"])
@@ -114,7 +125,9 @@ def check_model_digest(g: Graph, s: Settings) -> Iterator[Finding]:
             if isinstance(text, str):
                 found = _MANIFEST_SHA.search(text)
                 if found and found.group(1) != pinned:
-                    yield Finding(f"model {name!r}: {r['name']} carries a manifest pinning {found.group(1)[:12]}…, not {str(pinned)[:12]}…", r["urn"])
+                    yield Finding(
+                        f"model {name!r}: {r['name']} carries a manifest pinning {found.group(1)[:12]}…, not {str(pinned)[:12]}…", r["urn"]
+                    )
             source = _source_path(dig(r, "inputs", "source"))
             if s.project_dir and source:
                 path = Path(s.project_dir) / source
@@ -123,8 +136,11 @@ def check_model_digest(g: Graph, s: Settings) -> Iterator[Finding]:
                     continue
                 digest_on_disk, size_on_disk = _sha256_file(path)
                 if digest_on_disk != pinned or size_on_disk != size:
-                    yield Finding(f"model {name!r}: {source} has sha256 {digest_on_disk[:12]}… ({size_on_disk} bytes), the manifest pins "
-                                  f"{str(pinned)[:12]}… ({size} bytes): run `edgefleet model add` to record the new file, or restore it", r["urn"])
+                    yield Finding(
+                        f"model {name!r}: {source} has sha256 {digest_on_disk[:12]}… ({size_on_disk} bytes), the manifest pins "
+                        f"{str(pinned)[:12]}… ({size} bytes): run `edgefleet model add` to record the new file, or restore it",
+                        r["urn"],
+                    )
 
 
 def check_metric_floor(g: Graph, s: Settings) -> Iterator[Finding]:
@@ -144,13 +160,18 @@ def check_metric_floor(g: Graph, s: Settings) -> Iterator[Finding]:
             elif got.get("higher_is_better", True) and got["value"] < floor:
                 yield Finding(f"{where}: {metric} {got['value']} is below the stack's floor {floor} (on {got.get('dataset')})", m["urn"])
             elif not got.get("higher_is_better", True) and got["value"] > floor:
-                yield Finding(f"{where}: {metric} {got['value']} is above the stack's limit {floor} (lower is better; on {got.get('dataset')})", m["urn"])
+                yield Finding(
+                    f"{where}: {metric} {got['value']} is above the stack's limit {floor} (lower is better; on {got.get('dataset')})",
+                    m["urn"],
+                )
 
 
 def check_metric_regression(g: Graph, s: Settings) -> Iterator[Finding]:
     if s.base_models is None:
-        raise NotApplicable("needs the version each model replaces: run `edgefleet policy --base REF` "
-                            "(under CrossGuard, pass base_models in the pack config, see docs/plan-and-policy.md)")
+        raise NotApplicable(
+            "needs the version each model replaces: run `edgefleet policy --base REF` "
+            "(under CrossGuard, pass base_models in the pack config, see docs/plan-and-policy.md)"
+        )
     for m in g.of_type(MODEL):
         new = manifest_of(m)
         old = s.base_models.get(model_name(m))
@@ -161,15 +182,25 @@ def check_metric_regression(g: Graph, s: Settings) -> Iterator[Finding]:
             after = news.get(before["name"])
             label = f"model {new.get('name')} {old.get('version')} -> {new.get('version')}: {before['name']}"
             if after is None:
-                yield Finding(f"{label} was evaluated at {before['value']} and the new version drops it: re-evaluate on {before.get('dataset')}", m["urn"])
+                yield Finding(
+                    f"{label} was evaluated at {before['value']} and the new version drops it: re-evaluate on {before.get('dataset')}",
+                    m["urn"],
+                )
                 continue
             if after.get("dataset") != before.get("dataset"):
-                yield Finding(f"{label} measured on {after.get('dataset')!r}, the old one on {before.get('dataset')!r}: not comparable", m["urn"], unverified=True)
+                yield Finding(
+                    f"{label} measured on {after.get('dataset')!r}, the old one on {before.get('dataset')!r}: not comparable",
+                    m["urn"],
+                    unverified=True,
+                )
                 continue
             worse = (before["value"] - after["value"]) if before.get("higher_is_better", True) else (after["value"] - before["value"])
             if worse > s.max_metric_regression + 1e-12:
-                yield Finding(f"{label} regresses {before['value']} -> {after['value']} ({worse:+.4g} worse; the stack allows "
-                              f"{s.max_metric_regression})", m["urn"])
+                yield Finding(
+                    f"{label} regresses {before['value']} -> {after['value']} ({worse:+.4g} worse; the stack allows "
+                    f"{s.max_metric_regression})",
+                    m["urn"],
+                )
 
 
 def _model_platforms(g: Graph, m: Mapping[str, Any]) -> list[str]:
@@ -194,16 +225,22 @@ def check_breaking_io(g: Graph, s: Settings) -> Iterator[Finding]:
         for platform in _model_platforms(g, m):
             have = s.agent_versions.get(platform)
             if have and need and version_lt(have, need):
-                yield Finding(f"{label} needs agent >= {need}; the {platform} fleet runs {have} and would refuse it: "
-                              f"roll out the agent first (edgefleet:{platform}.agent_version)", m["urn"])
+                yield Finding(
+                    f"{label} needs agent >= {need}; the {platform} fleet runs {have} and would refuse it: "
+                    f"roll out the agent first (edgefleet:{platform}.agent_version)",
+                    m["urn"],
+                )
         old = (s.base_models or {}).get(new.get("name"))
         if old is None:
             continue
         verdict = compare_io(old, new)
         if verdict.verdict == "breaking" and not version_lt(old.get("min_agent_version", "0.0.0"), need or "0.0.0"):
-            yield Finding(f"{label} changes its I/O incompatibly ({'; '.join(verdict.reasons)}) but min_agent_version stays {need} "
-                          f"(was {old.get('min_agent_version')}): declare the agent version that supports the new signature "
-                          f"(`edgefleet model add … --min-agent-version X.Y.Z`)", m["urn"])
+            yield Finding(
+                f"{label} changes its I/O incompatibly ({'; '.join(verdict.reasons)}) but min_agent_version stays {need} "
+                f"(was {old.get('min_agent_version')}): declare the agent version that supports the new signature "
+                f"(`edgefleet model add … --min-agent-version X.Y.Z`)",
+                m["urn"],
+            )
 
 
 def check_hardware(g: Graph, s: Settings) -> Iterator[Finding]:
@@ -226,4 +263,6 @@ def check_hardware(g: Graph, s: Settings) -> Iterator[Finding]:
         size = manifest.get("size") or 0
         for budget in ("storage_mb", "memory_mb"):
             if hardware.get(budget) and size > hardware[budget] * MIB:
-                yield Finding(f"{label}: the model is {size / MIB:.1f} MB, over the group's {budget} budget of {hardware[budget]} MB", ring["urn"])
+                yield Finding(
+                    f"{label}: the model is {size / MIB:.1f} MB, over the group's {budget} budget of {hardware[budget]} MB", ring["urn"]
+                )

@@ -37,12 +37,12 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UnknownValueError
 
-if __package__:          # imported as `policies.pack` (CLI, tests)
+if __package__:  # imported as `policies.pack` (CLI, tests)
     from .engine import ADVISORY, DISABLED, MANDATORY, Rule, run_rule
     from .graph import SECRET, UNKNOWN, Graph
     from .rules import RULES
     from .settings import SETTING_SCHEMA, Settings, settings_from_pulumi_config
-else:                    # run by the pack's __main__.py, with policies/ as sys.path[0]
+else:  # run by the pack's __main__.py, with policies/ as sys.path[0]
     from engine import ADVISORY, DISABLED, MANDATORY, Rule, run_rule  # type: ignore[no-redef]
     from graph import SECRET, UNKNOWN, Graph  # type: ignore[no-redef]
     from rules import RULES  # type: ignore[no-redef]
@@ -101,15 +101,19 @@ def to_records(resources: Sequence[Any], collector: InputCollector) -> list[dict
         outputs = plain(r.props)
         inputs = collector.get(r.urn)
         parent = r.parent.urn if r.parent is not None else getattr(r.opts, "parent", None)
-        out.append({
-            "urn": r.urn, "type": r.resource_type, "name": r.name,
-            "custom": r.provider is not None,          # components have no provider
-            "parent": parent or None,
-            "inputs": inputs if inputs is not None else ({} if r.provider is None else outputs),
-            "outputs": outputs,
-            "dependencies": [d.urn for d in r.dependencies],
-            "property_dependencies": {k: [d.urn for d in v] for k, v in (r.property_dependencies or {}).items()},
-        })
+        out.append(
+            {
+                "urn": r.urn,
+                "type": r.resource_type,
+                "name": r.name,
+                "custom": r.provider is not None,  # components have no provider
+                "parent": parent or None,
+                "inputs": inputs if inputs is not None else ({} if r.provider is None else outputs),
+                "outputs": outputs,
+                "dependencies": [d.urn for d in r.dependencies],
+                "property_dependencies": {k: [d.urn for d in v] for k, v in (r.property_dependencies or {}).items()},
+            }
+        )
     return out
 
 
@@ -136,7 +140,9 @@ def _stack_policy(rule: Rule, base: Settings, collector: InputCollector) -> Stac
 
     schema = {key: SETTING_SCHEMA[key] for key in rule.settings}
     return StackValidationPolicy(
-        name=rule.name, description=rule.title, validate=validate,
+        name=rule.name,
+        description=rule.title,
+        validate=validate,
         enforcement_level=LEVEL[base.level(rule)],
         config_schema=PolicyConfigSchema(properties=schema) if schema else None,
         remediation_steps=rule.description or None,
@@ -146,6 +152,7 @@ def _stack_policy(rule: Rule, base: Settings, collector: InputCollector) -> Stac
 def _unverified_policy(base: Settings, collector: InputCollector) -> StackValidationPolicy:
     """What no rule could check before deploy (unknown values), as advisories: CrossGuard levels are per policy,
     so a rule cannot report one finding as mandatory and another as advisory itself."""
+
     def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
         settings = base.with_overrides(dict(args.get_config() or {}))
         graph = Graph(to_records(args.resources, collector))
@@ -156,17 +163,26 @@ def _unverified_policy(base: Settings, collector: InputCollector) -> StackValida
                 if finding.unverified:
                     report_violation(f"[{rule.name}] {finding.message}", finding.urn)
 
-    return StackValidationPolicy(name=UNVERIFIED, description="Facts edgefleet's rules could not check before deploy",
-                                 validate=validate, enforcement_level=EnforcementLevel.ADVISORY)
+    return StackValidationPolicy(
+        name=UNVERIFIED,
+        description="Facts edgefleet's rules could not check before deploy",
+        validate=validate,
+        enforcement_level=EnforcementLevel.ADVISORY,
+    )
 
 
 def build_policies(settings: Settings | None = None, collector: InputCollector | None = None) -> list:
     """The pack's policies: the input collector, one stack policy per rule, and the unverifiable-facts advisory."""
     settings = settings if settings is not None else settings_from_environment()
     collector = collector or InputCollector()
-    policies: list = [ResourceValidationPolicy(
-        name=COLLECTOR, description="Records each resource's inputs for edgefleet's stack policies (never reports).",
-        validate=collector.record, enforcement_level=EnforcementLevel.ADVISORY)]
+    policies: list = [
+        ResourceValidationPolicy(
+            name=COLLECTOR,
+            description="Records each resource's inputs for edgefleet's stack policies (never reports).",
+            validate=collector.record,
+            enforcement_level=EnforcementLevel.ADVISORY,
+        )
+    ]
     policies += [_stack_policy(rule, settings, collector) for rule in RULES]
     policies.append(_unverified_policy(settings, collector))
     return policies

@@ -48,7 +48,8 @@ def registry() -> ModuleType:
     except ImportError as exc:
         raise PlatformRulesError(
             f"{REGISTRY_FILE}: cannot be imported next to the policy pack ({exc}); fix: run the pack from a checkout of "
-            f"the project (`pulumi preview --policy-pack policies`), where components/ sits beside policies/") from None
+            f"the project (`pulumi preview --policy-pack policies`), where components/ sits beside policies/"
+        ) from None
     return loaded
 
 
@@ -60,17 +61,23 @@ def modules() -> tuple[tuple[str, ModuleType], ...]:
         dotted = entry.policies
         where = f"{REGISTRY_FILE}: PLATFORMS[{name!r}].policies"
         if not dotted.startswith("policies.") or ":" in dotted or dotted.count(".") != 1:
-            raise PlatformRulesError(f"{where} is {dotted!r}, not a module of policies/; fix: set it to "
-                                     f"'policies.{name}' and put the platform's rules in policies/{name}.py")
+            raise PlatformRulesError(
+                f"{where} is {dotted!r}, not a module of policies/; fix: set it to "
+                f"'policies.{name}' and put the platform's rules in policies/{name}.py"
+            )
         try:
             module = importlib.import_module(dotted if __package__ else dotted.removeprefix("policies."))
         except ImportError as exc:
-            raise PlatformRulesError(f"{where} names {dotted!r}, which does not import ({exc}); fix: create "
-                                     f"policies/{dotted.removeprefix('policies.')}.py (standard library only)") from None
+            raise PlatformRulesError(
+                f"{where} names {dotted!r}, which does not import ({exc}); fix: create "
+                f"policies/{dotted.removeprefix('policies.')}.py (standard library only)"
+            ) from None
         missing = [hook for hook in HOOKS if not hasattr(module, hook)]
         if missing:
-            raise PlatformRulesError(f"policies/{dotted.removeprefix('policies.')}.py (named by {where}) lacks "
-                                     f"{', '.join(missing)}; fix: define them as policies/platforms.py describes")
+            raise PlatformRulesError(
+                f"policies/{dotted.removeprefix('policies.')}.py (named by {where}) lacks "
+                f"{', '.join(missing)}; fix: define them as policies/platforms.py describes"
+            )
         out.append((name, module))
     return tuple(out)
 

@@ -58,11 +58,19 @@ def check_production_canary(g: Graph, s: Settings) -> Iterator[Finding]:
         first = rings[0]
         soak = dig(first, "inputs", "gate", "soak_seconds")
         if isinstance(soak, (int, float)) and soak < s.min_canary_soak_seconds:
-            yield Finding(f"rollout {ro['name']!r}: first ring {ring_name(first)!r} soaks {soak:g}s, under the production minimum "
-                          f"{s.min_canary_soak_seconds:g}s (edgefleet:policy.min_canary_soak_seconds)", first["urn"])
+            yield Finding(
+                f"rollout {ro['name']!r}: first ring {ring_name(first)!r} soaks {soak:g}s, under the production minimum "
+                f"{s.min_canary_soak_seconds:g}s (edgefleet:policy.min_canary_soak_seconds)",
+                first["urn"],
+            )
         share, how = first_ring_share(g, s, ro, rings)
         if share is None:
-            yield Finding(f"rollout {ro['name']!r}: cannot verify that ring {ring_name(first)!r} is a canary: {how}", first["urn"], unverified=True)
+            yield Finding(
+                f"rollout {ro['name']!r}: cannot verify that ring {ring_name(first)!r} is a canary: {how}", first["urn"], unverified=True
+            )
         elif share > s.canary_max_share + 1e-12:
-            yield Finding(f"rollout {ro['name']!r} starts with ring {ring_name(first)!r} covering {fmt_share(share)} ({how}); a production "
-                          f"canary may cover at most {fmt_share(s.canary_max_share)} (edgefleet:policy.canary_max_share)", first["urn"])
+            yield Finding(
+                f"rollout {ro['name']!r} starts with ring {ring_name(first)!r} covering {fmt_share(share)} ({how}); a production "
+                f"canary may cover at most {fmt_share(s.canary_max_share)} (edgefleet:policy.canary_max_share)",
+                first["urn"],
+            )

@@ -65,42 +65,103 @@ else:
     )
 
 RULES: tuple[Rule, ...] = (
-    Rule("model-signed-by-stack-key", "Models are signed by the stack's signing key", MANDATORY, check_model_signed,
-         description="Every ModelVersion names this stack's SigningKey for each store it publishes to, and its published "
-                     "resources depend on that key; devices verify the signature before loading a model."),
-    Rule("model-digest-matches-artifact", "Manifest digest matches the artifact", MANDATORY, check_model_digest,
-         description="The sha256/size the manifest pins are what every publication, ring and deployment carries, "
-                     "and (offline) what the artifact file on disk hashes to."),
-    Rule("production-canary-ring", "Production rollouts start with a small, soaked canary", MANDATORY, check_production_canary,
-         ("production", "canary_max_share", "min_canary_soak_seconds", "ring_devices", "rollout_devices", "declared_ring_devices"),
-         "With policy.production, each rollout's first ring covers at most policy.canary_max_share of its devices and "
-         "soaks at least policy.min_canary_soak_seconds."),
-    Rule("metric-floor", "Evaluation metrics meet the stack's floors", MANDATORY, check_metric_floor, ("metric_floors",),
-         "Every model declares each metric named in policy.metric_floors, at or above the floor (at or below it when lower is better)."),
-    Rule("metric-regression", "Metrics do not regress from the version replaced", MANDATORY, check_metric_regression,
-         ("max_metric_regression", "base_models"),
-         "Against the base graph, no metric gets worse by more than policy.max_metric_regression (absolute, in the metric's units)."),
-    Rule("breaking-io-needs-agent", "Breaking I/O changes declare a supporting agent", MANDATORY, check_breaking_io,
-         ("agent_versions", "base_models"),
-         "A model's min_agent_version is one the fleet runs; an incompatible I/O change (against the base) raises min_agent_version."),
-    Rule("hardware-can-run-model", "Models go only to hardware that can run them", MANDATORY, check_hardware,
-         description="Each ring's group hardware matches one of the model's targets (arch, execution provider, memory and "
-                     "storage budgets) and the model fits the group's budgets."),
-    Rule(STORE_RULE, "Model stores are private and encrypted", MANDATORY, check_store,
-         description="ModelStore outputs, S3 buckets (public access block, SSE, ACLs, bucket policies), Azure storage accounts and containers."),
-    Rule(REGISTRY_RULE, "Registries have no admin user and immutable tags", MANDATORY, check_registry,
-         description="ECR repositories are IMMUTABLE; Azure container registries have no admin user and no anonymous pull."),
-    Rule(SIGNING_KEY_RULE, "Signing keys cannot be exported", MANDATORY, check_signing_key,
-         description="SigningKey outputs exportable: false; no KMS external (imported) keys; Key Vault keys not exportable and without release policy."),
-    Rule(DEVICE_CREDENTIALS_RULE, "Device credentials are not about to expire", ADVISORY, check_device_credentials,
-         ("azure_sas_expiry", "today", "sas_warning_days"),
-         "The SAS Azure devices download models with (edgefleet:azure.device_sas_expiry) ends more than "
-         "sas_warning_days (30) days from now. Advisory by default so an urgent fix can still ship; loading a stack "
-         "whose SAS has already expired is an error."),
-    Rule(IAM_RULE, "IAM grants no wildcard actions", MANDATORY, check_iam,
-         description="IAM and IoT policies, role inline and trust policies, KMS key policies and S3/ECR resource policies "
-                     "allow no action containing '*' and no Allow+NotAction (Deny statements may use wildcards), "
-                     "and no AdministratorAccess-like managed policies are attached."),
+    Rule(
+        "model-signed-by-stack-key",
+        "Models are signed by the stack's signing key",
+        MANDATORY,
+        check_model_signed,
+        description="Every ModelVersion names this stack's SigningKey for each store it publishes to, and its published "
+        "resources depend on that key; devices verify the signature before loading a model.",
+    ),
+    Rule(
+        "model-digest-matches-artifact",
+        "Manifest digest matches the artifact",
+        MANDATORY,
+        check_model_digest,
+        description="The sha256/size the manifest pins are what every publication, ring and deployment carries, "
+        "and (offline) what the artifact file on disk hashes to.",
+    ),
+    Rule(
+        "production-canary-ring",
+        "Production rollouts start with a small, soaked canary",
+        MANDATORY,
+        check_production_canary,
+        ("production", "canary_max_share", "min_canary_soak_seconds", "ring_devices", "rollout_devices", "declared_ring_devices"),
+        "With policy.production, each rollout's first ring covers at most policy.canary_max_share of its devices and "
+        "soaks at least policy.min_canary_soak_seconds.",
+    ),
+    Rule(
+        "metric-floor",
+        "Evaluation metrics meet the stack's floors",
+        MANDATORY,
+        check_metric_floor,
+        ("metric_floors",),
+        "Every model declares each metric named in policy.metric_floors, at or above the floor (at or below it when lower is better).",
+    ),
+    Rule(
+        "metric-regression",
+        "Metrics do not regress from the version replaced",
+        MANDATORY,
+        check_metric_regression,
+        ("max_metric_regression", "base_models"),
+        "Against the base graph, no metric gets worse by more than policy.max_metric_regression (absolute, in the metric's units).",
+    ),
+    Rule(
+        "breaking-io-needs-agent",
+        "Breaking I/O changes declare a supporting agent",
+        MANDATORY,
+        check_breaking_io,
+        ("agent_versions", "base_models"),
+        "A model's min_agent_version is one the fleet runs; an incompatible I/O change (against the base) raises min_agent_version.",
+    ),
+    Rule(
+        "hardware-can-run-model",
+        "Models go only to hardware that can run them",
+        MANDATORY,
+        check_hardware,
+        description="Each ring's group hardware matches one of the model's targets (arch, execution provider, memory and "
+        "storage budgets) and the model fits the group's budgets.",
+    ),
+    Rule(
+        STORE_RULE,
+        "Model stores are private and encrypted",
+        MANDATORY,
+        check_store,
+        description="ModelStore outputs, S3 buckets (public access block, SSE, ACLs, bucket policies), Azure storage accounts and containers.",
+    ),
+    Rule(
+        REGISTRY_RULE,
+        "Registries have no admin user and immutable tags",
+        MANDATORY,
+        check_registry,
+        description="ECR repositories are IMMUTABLE; Azure container registries have no admin user and no anonymous pull.",
+    ),
+    Rule(
+        SIGNING_KEY_RULE,
+        "Signing keys cannot be exported",
+        MANDATORY,
+        check_signing_key,
+        description="SigningKey outputs exportable: false; no KMS external (imported) keys; Key Vault keys not exportable and without release policy.",
+    ),
+    Rule(
+        DEVICE_CREDENTIALS_RULE,
+        "Device credentials are not about to expire",
+        ADVISORY,
+        check_device_credentials,
+        ("azure_sas_expiry", "today", "sas_warning_days"),
+        "The SAS Azure devices download models with (edgefleet:azure.device_sas_expiry) ends more than "
+        "sas_warning_days (30) days from now. Advisory by default so an urgent fix can still ship; loading a stack "
+        "whose SAS has already expired is an error.",
+    ),
+    Rule(
+        IAM_RULE,
+        "IAM grants no wildcard actions",
+        MANDATORY,
+        check_iam,
+        description="IAM and IoT policies, role inline and trust policies, KMS key policies and S3/ECR resource policies "
+        "allow no action containing '*' and no Allow+NotAction (Deny statements may use wildcards), "
+        "and no AdministratorAccess-like managed policies are attached.",
+    ),
 )
 RULES_BY_NAME = {r.name: r for r in RULES}
 
@@ -109,7 +170,9 @@ def evaluate(resources: Iterable[Mapping[str, Any]], settings: Settings) -> Repo
     """Runs every rule over a graph's records under the stack's enforcement levels."""
     unknown = sorted(set(settings.enforcement) - set(RULES_BY_NAME))
     if unknown:
-        raise ValueError(f"edgefleet:policy.enforcement names no rule {', '.join(map(repr, unknown))}; rules are: {', '.join(RULES_BY_NAME)}")
+        raise ValueError(
+            f"edgefleet:policy.enforcement names no rule {', '.join(map(repr, unknown))}; rules are: {', '.join(RULES_BY_NAME)}"
+        )
     bad = {k: v for k, v in settings.enforcement.items() if v not in LEVELS}
     if bad:
         raise ValueError(f"edgefleet:policy.enforcement: {bad} - levels are {', '.join(LEVELS)}")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 DEFAULT_CANARY_MAX_SHARE = 0.1
 DEFAULT_MIN_CANARY_SOAK_SECONDS = 300.0
 DEFAULT_MAX_METRIC_REGRESSION = 0.02
-DEFAULT_SAS_WARNING_DAYS = 30     # time to notice, rotate, and let every device pick up a new base deployment
+DEFAULT_SAS_WARNING_DAYS = 30  # time to notice, rotate, and let every device pick up a new base deployment
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Settings:
     rollout_devices: Mapping[str, int] = field(default_factory=dict)
     declared_ring_devices: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     azure_sas_expiry: str | None = None
-    today: str | None = None                       # ISO date the expiry rule counts from; None: today (UTC)
+    today: str | None = None  # ISO date the expiry rule counts from; None: today (UTC)
     sas_warning_days: int = DEFAULT_SAS_WARNING_DAYS
     project_dir: str | None = None
 
@@ -104,8 +104,11 @@ def cloud_settings(config: Mapping[str, Any], platform: str, default_agent_versi
     out: dict[str, Any] = {"agent_versions": {platform: str(section.get("agent_version") or default_agent_version)}}
     rings = section.get("rings")
     if isinstance(rings, Mapping):
-        counts = {str(name): policy["devices"] for name, policy in rings.items()
-                  if isinstance(policy, Mapping) and type(policy.get("devices")) is int}
+        counts = {
+            str(name): policy["devices"]
+            for name, policy in rings.items()
+            if isinstance(policy, Mapping) and type(policy.get("devices")) is int
+        }
         if counts:
             out["declared_ring_devices"] = {platform: counts}
     return out
@@ -118,7 +121,7 @@ def settings_from_pulumi_config(env_config: Mapping[str, str], stack: str = "") 
         ns, _, name = key.partition(":")
         if ns != "edgefleet":
             continue
-        name = name.removeprefix("config:")      # older engines wrote `project:config:key`
+        name = name.removeprefix("config:")  # older engines wrote `project:config:key`
         try:
             raw[name] = json.loads(value) if isinstance(value, str) else value
         except json.JSONDecodeError:

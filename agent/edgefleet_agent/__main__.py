@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_CANNOT_START, EXIT_REFUSED = 0, 2, 3
 TRANSPORTS = ("local", "greengrass", "iotedge")
 DEFAULT_REPORT_SECONDS = {"local": 0.5, "greengrass": 60.0, "iotedge": 60.0}
-QUIET_LOGGERS = ("azure", "botocore", "boto3", "urllib3", "paho")   # their debug output can hold tokens
+QUIET_LOGGERS = ("azure", "botocore", "boto3", "urllib3", "paho")  # their debug output can hold tokens
 
 EPILOG = f"""\
 transports:
@@ -52,40 +52,64 @@ exit codes:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="edgefleet-agent", description="edgefleet device agent " + __version__,
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="edgefleet-agent",
+        description="edgefleet device agent " + __version__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--transport", choices=TRANSPORTS, default="local", help="where the desired state comes from (default: local)")
     p.add_argument("--hub", type=Path, help="local: the local hub's SQLite file (required)")
     p.add_argument("--device-id", help="this device's id (iotedge: default $IOTEDGE_DEVICEID)")
     p.add_argument("--model", help="model name, e.g. detector (iotedge: default every model in the module twin)")
     p.add_argument("--model-dir", type=Path, help="greengrass: where the model component's artifacts are mounted (required)")
     p.add_argument("--state-dir", required=True, type=Path, help="where this device keeps its model slots")
-    p.add_argument("--public-key", type=Path,
-                   help="PEM public key the models must be signed with (required, except for iotedge, which can use the twin's)")
-    p.add_argument("--trusted-key-id", default=os.environ.get("EDGEFLEET_TRUSTED_KEY_ID") or None,
-                   help="iotedge: the only key id (sha256:…) the twin may name (default $EDGEFLEET_TRUSTED_KEY_ID)")
-    p.add_argument("--providers", default="CPUExecutionProvider",
-                   help="execution providers in order of preference, comma-separated (CPU is always the last resort)")
+    p.add_argument(
+        "--public-key",
+        type=Path,
+        help="PEM public key the models must be signed with (required, except for iotedge, which can use the twin's)",
+    )
+    p.add_argument(
+        "--trusted-key-id",
+        default=os.environ.get("EDGEFLEET_TRUSTED_KEY_ID") or None,
+        help="iotedge: the only key id (sha256:…) the twin may name (default $EDGEFLEET_TRUSTED_KEY_ID)",
+    )
+    p.add_argument(
+        "--providers",
+        default="CPUExecutionProvider",
+        help="execution providers in order of preference, comma-separated (CPU is always the last resort)",
+    )
     p.add_argument("--sync-seconds", type=float, default=0.5)
-    p.add_argument("--report-seconds", type=float, default=None,
-                   help="report period (default: 0.5 local, 60 greengrass and iotedge: each report is a CloudWatch "
-                        "call or a twin update)")
+    p.add_argument(
+        "--report-seconds",
+        type=float,
+        default=None,
+        help="report period (default: 0.5 local, 60 greengrass and iotedge: each report is a CloudWatch call or a twin update)",
+    )
     p.add_argument("--infer-interval", type=float, default=0.0, help="pause between inferences (0: back to back)")
-    p.add_argument("--install-only", action="store_true",
-                   help=f"greengrass: install and verify the desired model, then exit {EXIT_OK} (or {EXIT_REFUSED} if refused) without "
-                        "serving; for a component's Startup step")
+    p.add_argument(
+        "--install-only",
+        action="store_true",
+        help=f"greengrass: install and verify the desired model, then exit {EXIT_OK} (or {EXIT_REFUSED} if refused) without "
+        "serving; for a component's Startup step",
+    )
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
 
     t = args.transport
-    need = {"local": ("hub", "device_id", "model", "public_key"),
-            "greengrass": ("device_id", "model", "model_dir", "public_key"),
-            "iotedge": ()}[t]
+    need = {
+        "local": ("hub", "device_id", "model", "public_key"),
+        "greengrass": ("device_id", "model", "model_dir", "public_key"),
+        "iotedge": (),
+    }[t]
     missing = [f"--{name.replace('_', '-')}" for name in need if getattr(args, name) is None]
     if missing:
         p.error(f"--transport {t} needs {', '.join(missing)}")
-    unused = [flag for flag, name, used_by in (("--hub", "hub", "local"), ("--model-dir", "model_dir", "greengrass"))
-              if getattr(args, name) is not None and t != used_by]
+    unused = [
+        flag
+        for flag, name, used_by in (("--hub", "hub", "local"), ("--model-dir", "model_dir", "greengrass"))
+        if getattr(args, name) is not None and t != used_by
+    ]
     if unused:
         p.error(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --transport {t}")
     if args.install_only and t != "greengrass":
@@ -146,11 +170,17 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
         else:
             try:
                 from edgefleet_agent.transports.local import LocalHubTransport
-            except ImportError as exc:   # a Python built without sqlite3, as on some device images
+            except ImportError as exc:  # a Python built without sqlite3, as on some device images
                 return fail(f"the local transport is not part of this installation ({exc})")
             transport = LocalHubTransport(args.hub)
-        agent = DeviceAgent(args.device_id, args.model, args.state_dir, pem, transport,
-                            execution_providers=[p.strip() for p in args.providers.split(",") if p.strip()])
+        agent = DeviceAgent(
+            args.device_id,
+            args.model,
+            args.state_dir,
+            pem,
+            transport,
+            execution_providers=[p.strip() for p in args.providers.split(",") if p.strip()],
+        )
     except (OSError, EdgefleetError) as exc:
         return fail(exc)
 
@@ -158,21 +188,20 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
         if greengrass:
             agent.start()
             agent.sync()
-            first = agent.build_report()       # nothing has run yet: this window is empty
+            first = agent.build_report()  # nothing has run yet: this window is empty
             if first.status == "failed":
                 kept = f"{args.model} {first.version}" if first.version else "no model"
-                return fail(f"refused {args.model} {first.failed_version}: {first.error}; keeping {kept} in {args.state_dir}",
-                            EXIT_REFUSED)
+                return fail(f"refused {args.model} {first.failed_version}: {first.error}; keeping {kept} in {args.state_dir}", EXIT_REFUSED)
             if args.install_only:
-                logging.getLogger("edgefleet.agent").info("%s: %s %s installed and verified", args.device_id, args.model,
-                                                          first.version)
+                logging.getLogger("edgefleet.agent").info("%s: %s %s installed and verified", args.device_id, args.model, first.version)
                 return EXIT_OK
         agent.start()
         # Everything loaded so far lives as long as the process: freezing it keeps full garbage collections
         # (which hold the GIL) from scanning it, the largest source of inference pauses during a swap.
         gc.freeze()
-        agent.serve_forever(stop, sync_seconds=args.sync_seconds, report_seconds=args.report_seconds,
-                            infer_interval_seconds=args.infer_interval)
+        agent.serve_forever(
+            stop, sync_seconds=args.sync_seconds, report_seconds=args.report_seconds, infer_interval_seconds=args.infer_interval
+        )
     except StoreError as exc:
         return fail(exc)
     finally:
@@ -203,11 +232,18 @@ def run_iotedge(args: argparse.Namespace, stop: threading.Event) -> int:
             transport.connect()
         except Exception as exc:  # noqa: BLE001 - the SDK raises its own ClientError family
             return fail(f"cannot read the module twin: {type(exc).__name__}: {exc}")
-        supervisor = EdgeSupervisor(transport, args.device_id, args.state_dir, public_key_pem=pem,
-                                    pinned_key_id=args.trusted_key_id, model=args.model,
-                                    providers=[p.strip() for p in args.providers.split(",") if p.strip()],
-                                    sync_seconds=args.sync_seconds, report_seconds=args.report_seconds,
-                                    infer_interval=args.infer_interval)
+        supervisor = EdgeSupervisor(
+            transport,
+            args.device_id,
+            args.state_dir,
+            public_key_pem=pem,
+            pinned_key_id=args.trusted_key_id,
+            model=args.model,
+            providers=[p.strip() for p in args.providers.split(",") if p.strip()],
+            sync_seconds=args.sync_seconds,
+            report_seconds=args.report_seconds,
+            infer_interval=args.infer_interval,
+        )
         try:
             supervisor.run(stop)
         finally:

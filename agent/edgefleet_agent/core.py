@@ -38,7 +38,7 @@ log = logging.getLogger("edgefleet.agent")
 
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
-LATENCY_WINDOW_CAP = 100_000   # latencies kept per report window; beyond it the newest overwrite the oldest
+LATENCY_WINDOW_CAP = 100_000  # latencies kept per report window; beyond it the newest overwrite the oldest
 
 
 class Refused(Exception):
@@ -62,7 +62,7 @@ class _Serving:
 class _Refusal:
     desired: DesiredModel
     reason: str
-    retry_at: float | None          # None: never retried until the desired state changes
+    retry_at: float | None  # None: never retried until the desired state changes
     attempts: int
 
 
@@ -84,10 +84,19 @@ def p99(latencies: list[float]) -> float | None:
 
 
 class DeviceAgent:
-    def __init__(self, device_id: str, model: str, state_dir: Path, trusted_key_pem: bytes, transport: Transport,
-                 execution_providers: Iterable[str] = ("CPUExecutionProvider",), durable: bool = True,
-                 session_cache: SessionCache | None = None, refuse_invalid_warmup: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        model: str,
+        state_dir: Path,
+        trusted_key_pem: bytes,
+        transport: Transport,
+        execution_providers: Iterable[str] = ("CPUExecutionProvider",),
+        durable: bool = True,
+        session_cache: SessionCache | None = None,
+        refuse_invalid_warmup: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         """`durable=False` skips fsyncs and the state-directory lock: for simulated devices in one process only.
         `session_cache` shares sessions between agents of one process. `refuse_invalid_warmup` refuses a model
         whose warm-up output holds NaN/Inf; by default such a model is served and the ring's gate judges it."""
@@ -97,18 +106,18 @@ class DeviceAgent:
         self.execution_providers = list(execution_providers)
         self.refuse_invalid_warmup = refuse_invalid_warmup
         self.clock = clock
-        self.store = SlotStore(Path(state_dir) / model, model, durable=durable)   # a device dir can hold several models
+        self.store = SlotStore(Path(state_dir) / model, model, durable=durable)  # a device dir can hold several models
         self._trusted = load_public_key(trusted_key_pem, f"{device_id}: trusted public key")
         self._cache = session_cache if session_cache is not None else SessionCache()
-        self._sync_lock = threading.RLock()        # one install at a time; start() runs under it too
-        self._state_lock = threading.Lock()        # what a report snapshots together
+        self._sync_lock = threading.RLock()  # one install at a time; start() runs under it too
+        self._state_lock = threading.Lock()  # what a report snapshots together
         self._metrics_lock = threading.Lock()
         self._started = False
         self._pointer = Pointer()
         self._serving: _Serving | None = None
         self._refusal: _Refusal | None = None
         self._installing: DesiredModel | None = None
-        self._notice: str | None = None            # a problem found at start, reported until the next change
+        self._notice: str | None = None  # a problem found at start, reported until the next change
         self._window = _Window()
         self._feed_counter = 0
 
@@ -188,8 +197,13 @@ class DeviceAgent:
             with self._state_lock:
                 self._serving = serving
             if serving is not None:
-                log.info("%s: serving %s %s after re-verifying it (providers %s)", self.device_id, self.model,
-                         serving.ref.version, ",".join(serving.loaded.providers))
+                log.info(
+                    "%s: serving %s %s after re-verifying it (providers %s)",
+                    self.device_id,
+                    self.model,
+                    serving.ref.version,
+                    ",".join(serving.loaded.providers),
+                )
             self._started = True
 
     def _verify_slot(self, slot: str) -> ModelManifest:
@@ -222,8 +236,10 @@ class DeviceAgent:
             raise Refused(str(exc)) from None
         if loaded.warmup_invalid and self.refuse_invalid_warmup:
             self._cache.release(key)
-            raise Refused(f"warm-up inference of {manifest.name} {manifest.version} produced NaN or infinite values "
-                          f"in output(s) {', '.join(loaded.warmup_invalid)}")
+            raise Refused(
+                f"warm-up inference of {manifest.name} {manifest.version} produced NaN or infinite values "
+                f"in output(s) {', '.join(loaded.warmup_invalid)}"
+            )
         return loaded, key
 
     # -- desired state --------------------------------------------------------------------------------
@@ -258,8 +274,14 @@ class DeviceAgent:
                     retry_at = self.clock() + min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(attempts - 1, 16))
                 with self._state_lock:
                     self._refusal = _Refusal(desired, exc.reason, retry_at, attempts)
-                log.warning("%s: refused %s %s: %s%s", self.device_id, self.model, desired.version, exc.reason,
-                            f" (retrying in {retry_at - self.clock():.0f} s)" if retry_at else "")
+                log.warning(
+                    "%s: refused %s %s: %s%s",
+                    self.device_id,
+                    self.model,
+                    desired.version,
+                    exc.reason,
+                    f" (retrying in {retry_at - self.clock():.0f} s)" if retry_at else "",
+                )
                 self._clean_quietly()
                 return refusal is None or refusal.desired != desired or refusal.reason != exc.reason
             finally:
@@ -283,8 +305,9 @@ class DeviceAgent:
                 model_path = self._fetch_slot(desired, manifest, slot, manifest_bytes, signature_bytes)
             self._activate(SlotRef(slot, manifest.version, manifest.sha256), manifest, model_path)
         except OSError as exc:
-            raise Refused(f"could not write {self.model} {manifest.version} under {self.store.root}: "
-                          f"{exc.strerror or exc}", transient=True) from None
+            raise Refused(
+                f"could not write {self.model} {manifest.version} under {self.store.root}: {exc.strerror or exc}", transient=True
+            ) from None
 
     def _verify_desired(self, desired: DesiredModel, manifest_bytes: bytes, signature_bytes: bytes) -> ModelManifest:
         source = f"desired {desired.model} {desired.version}"
@@ -298,13 +321,22 @@ class DeviceAgent:
             manifest = parse_manifest_bytes(manifest_bytes, source)
         except EdgefleetError as exc:
             raise Refused(f"the signed manifest is not a valid model manifest: {exc.problem}") from None
-        mismatches = [f"{name} {mine!r} vs signed {signed!r}" for name, mine, signed in (
-            ("model", desired.model, manifest.name), ("version", desired.version, manifest.version),
-            ("sha256", desired.sha256, manifest.sha256), ("size", desired.size, manifest.size)) if mine != signed]
+        mismatches = [
+            f"{name} {mine!r} vs signed {signed!r}"
+            for name, mine, signed in (
+                ("model", desired.model, manifest.name),
+                ("version", desired.version, manifest.version),
+                ("sha256", desired.sha256, manifest.sha256),
+                ("size", desired.size, manifest.size),
+            )
+            if mine != signed
+        ]
         if mismatches:
             raise Refused("desired state does not match its signed manifest: " + "; ".join(mismatches))
         if version_key(manifest.min_agent_version) > version_key(__version__):
-            raise Refused(f"{manifest.name} {manifest.version} needs agent {manifest.min_agent_version} or newer; this agent is {__version__}")
+            raise Refused(
+                f"{manifest.name} {manifest.version} needs agent {manifest.min_agent_version} or newer; this agent is {__version__}"
+            )
         return manifest
 
     def _check_not_older(self, desired: DesiredModel, manifest: ModelManifest) -> None:
@@ -332,13 +364,18 @@ class DeviceAgent:
         except SignatureError as exc:
             raise Refused(refused + exc.problem) from None
         if (order["model"], order["version"], order["sha256"]) != (self.model, manifest.version, manifest.sha256):
-            raise Refused(refused + f"the signed rollback order names {order['model']} {order['version']} "
-                          f"(sha256 {order['sha256'][:12]}…), not {self.model} {manifest.version} (sha256 {manifest.sha256[:12]}…)")
+            raise Refused(
+                refused + f"the signed rollback order names {order['model']} {order['version']} "
+                f"(sha256 {order['sha256'][:12]}…), not {self.model} {manifest.version} (sha256 {manifest.sha256[:12]}…)"
+            )
         if (order["from_version"], order["from_sha256"]) != (ref.version, ref.sha256):
-            raise Refused(refused + f"the signed rollback order moves devices off {order['from_version']} "
-                          f"(sha256 {order['from_sha256'][:12]}…), but this device runs {ref.version} (sha256 {ref.sha256[:12]}…)")
-        log.warning("%s: %s %s -> %s under a signed rollback order: %s", self.device_id, self.model, ref.version,
-                    manifest.version, order["reason"])
+            raise Refused(
+                refused + f"the signed rollback order moves devices off {order['from_version']} "
+                f"(sha256 {order['from_sha256'][:12]}…), but this device runs {ref.version} (sha256 {ref.sha256[:12]}…)"
+            )
+        log.warning(
+            "%s: %s %s -> %s under a signed rollback order: %s", self.device_id, self.model, ref.version, manifest.version, order["reason"]
+        )
 
     def _reusable_slot(self, slot: str, manifest_bytes: bytes) -> Path | None:
         """A slot already holding this signed version (the previous one, on a rollback) saves a download."""
@@ -352,8 +389,7 @@ class DeviceAgent:
             return None
         return model_path
 
-    def _fetch_slot(self, desired: DesiredModel, manifest: ModelManifest, slot: str,
-                    manifest_bytes: bytes, signature_bytes: bytes) -> Path:
+    def _fetch_slot(self, desired: DesiredModel, manifest: ModelManifest, slot: str, manifest_bytes: bytes, signature_bytes: bytes) -> Path:
         part = self.store.download_path(slot)
         try:
             digest = download(desired.uri, part, expected_size=manifest.size)
@@ -404,8 +440,12 @@ class DeviceAgent:
             try:
                 self.store.write_pointer(pointer)
             except OSError as exc:
-                log.error("%s: could not record the unload on disk (a restart would serve %s again): %s",
-                          self.device_id, self.current_version, exc)
+                log.error(
+                    "%s: could not record the unload on disk (a restart would serve %s again): %s",
+                    self.device_id,
+                    self.current_version,
+                    exc,
+                )
         self._switch(None, pointer)
         log.info("%s: desired state is empty; serving nothing", self.device_id)
         return True
@@ -437,7 +477,7 @@ class DeviceAgent:
             invalid = loaded.has_invalid(values)
         ms = (perf_counter() - start) * 1000.0
         with self._metrics_lock:
-            if serving is self._serving:    # a request that straddled a swap is not the new version's
+            if serving is self._serving:  # a request that straddled a swap is not the new version's
                 w = self._window
                 w.inferences += 1
                 if failed:
@@ -459,30 +499,40 @@ class DeviceAgent:
             with self._metrics_lock:
                 window, self._window = self._window, _Window()
         return DeviceReport(
-            device_id=self.device_id, model=self.model,
-            version=serving.ref.version if serving else None, sha256=serving.ref.sha256 if serving else None,
+            device_id=self.device_id,
+            model=self.model,
+            version=serving.ref.version if serving else None,
+            sha256=serving.ref.sha256 if serving else None,
             status=self._status(serving, refusal, installing),
             error=refusal.reason if refusal else notice,
             failed_version=refusal.desired.version if refusal else None,
-            inferences=window.inferences, errors=window.errors, invalid_outputs=window.invalid,
-            p99_latency_ms=p99(window.latencies), agent_version=__version__, reported_at=self.clock())
+            inferences=window.inferences,
+            errors=window.errors,
+            invalid_outputs=window.invalid,
+            p99_latency_ms=p99(window.latencies),
+            agent_version=__version__,
+            reported_at=self.clock(),
+        )
 
     def report(self) -> None:
         self.transport.report(self.build_report())
 
     # -- the device process ---------------------------------------------------------------------------
-    def serve_forever(self, stop: threading.Event, sync_seconds: float = 0.5, report_seconds: float = 0.5,
-                      infer_interval_seconds: float = 0.0) -> None:
+    def serve_forever(
+        self, stop: threading.Event, sync_seconds: float = 0.5, report_seconds: float = 0.5, infer_interval_seconds: float = 0.0
+    ) -> None:
         """Runs until `stop` is set: one inference thread, one reporting thread, and sync in this thread.
 
         Reports run on their own thread so a long download shows as "updating" instead of going silent.
         """
         self.start()
         halt = threading.Event()
-        threads = [threading.Thread(target=self._inference_loop, args=(halt, infer_interval_seconds),
-                                    name=f"agent-infer-{self.device_id}", daemon=True),
-                   threading.Thread(target=self._report_loop, args=(halt, report_seconds),
-                                    name=f"agent-report-{self.device_id}", daemon=True)]
+        threads = [
+            threading.Thread(
+                target=self._inference_loop, args=(halt, infer_interval_seconds), name=f"agent-infer-{self.device_id}", daemon=True
+            ),
+            threading.Thread(target=self._report_loop, args=(halt, report_seconds), name=f"agent-report-{self.device_id}", daemon=True),
+        ]
         for t in threads:
             t.start()
         try:

@@ -20,8 +20,8 @@ from edgefleet_agent.contract.manifest import ModelManifest
 from edgefleet_agent.tensors import non_finite_outputs, synthetic_inputs
 
 CPU = "CPUExecutionProvider"
-FEED_POOL = 4          # distinct synthetic inputs cycled through, so the stream is not one repeated tensor
-WARMUP_RUNS = 2        # the first run allocates; the second is what a served request costs
+FEED_POOL = 4  # distinct synthetic inputs cycled through, so the stream is not one repeated tensor
+WARMUP_RUNS = 2  # the first run allocates; the second is what a served request costs
 
 
 class Session(Protocol):
@@ -86,8 +86,9 @@ def make_feeds(manifest: ModelManifest) -> tuple[dict[str, np.ndarray], ...]:
         raise LoadError(f"cannot generate inputs for {manifest.name} {manifest.version}: {exc.problem}") from None
 
 
-def load_model(path: Path, manifest: ModelManifest, providers: list[str],
-               feeds: tuple[dict[str, np.ndarray], ...] | None = None) -> LoadedModel:
+def load_model(
+    path: Path, manifest: ModelManifest, providers: list[str], feeds: tuple[dict[str, np.ndarray], ...] | None = None
+) -> LoadedModel:
     """Opens and warms the session; raises LoadError with a sentence a fleet operator can act on."""
     label = f"{manifest.name} {manifest.version}"
     try:
@@ -104,8 +105,14 @@ def load_model(path: Path, manifest: ModelManifest, providers: list[str],
         except Exception as exc:
             raise LoadError(f"warm-up inference of {label} failed: {_first_line(exc)}") from None
     floats = tuple(i for i, o in enumerate(manifest.outputs) if o.element_type.startswith(("float", "bfloat")))
-    return LoadedModel(session=session, providers=tuple(session.get_providers()), output_names=names,
-                       float_outputs=floats, feeds=feeds, warmup_invalid=tuple(non_finite_outputs(names, values)))
+    return LoadedModel(
+        session=session,
+        providers=tuple(session.get_providers()),
+        output_names=names,
+        float_outputs=floats,
+        feeds=feeds,
+        warmup_invalid=tuple(non_finite_outputs(names, values)),
+    )
 
 
 class _Entry:

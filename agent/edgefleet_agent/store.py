@@ -141,7 +141,7 @@ class SlotStore:
         """Moves a verified download into a complete slot directory, published by one rename."""
         if not self.slots_dir.is_dir():
             self.slots_dir.mkdir(parents=True)
-            self._fsync_dir(self.root)   # the pointer will name a slot under it: its entry must outlive a crash
+            self._fsync_dir(self.root)  # the pointer will name a slot under it: its entry must outlive a crash
         tmp = self.slots_dir / f"{TMP_PREFIX}{slot}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -175,9 +175,12 @@ class SlotStore:
         return Pointer(*refs)
 
     def write_pointer(self, pointer: Pointer) -> None:
-        body = {"format": POINTER_FORMAT, "model": self.model,
-                "current": asdict(pointer.current) if pointer.current else None,
-                "previous": asdict(pointer.previous) if pointer.previous else None}
+        body = {
+            "format": POINTER_FORMAT,
+            "model": self.model,
+            "current": asdict(pointer.current) if pointer.current else None,
+            "previous": asdict(pointer.previous) if pointer.previous else None,
+        }
         tmp = self.root / f".{POINTER_FILE}.tmp"
         try:
             self._write_file(tmp, (json.dumps(body, indent=2) + "\n").encode())

@@ -13,9 +13,20 @@ import numpy as np
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import TensorSpec
 
-NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64, "int8": np.int8, "int16": np.int16,
-               "int32": np.int32, "int64": np.int64, "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32,
-               "uint64": np.uint64, "bool": np.bool_}
+NUMPY_TYPES = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "float64": np.float64,
+    "int8": np.int8,
+    "int16": np.int16,
+    "int32": np.int32,
+    "int64": np.int64,
+    "uint8": np.uint8,
+    "uint16": np.uint16,
+    "uint32": np.uint32,
+    "uint64": np.uint64,
+    "bool": np.bool_,
+}
 SYMBOLIC_DIM_SIZE = 1
 
 

@@ -10,10 +10,25 @@ from components.rollout.spec import Name, Strict
 
 # Regions where Greengrass v2 is offered (AWS docs, "AWS IoT Greengrass endpoints and quotas").
 AWS_REGIONS = (
-    "us-east-1", "us-east-2", "us-west-2", "ca-central-1", "sa-east-1",
-    "eu-west-1", "eu-west-2", "eu-central-1", "eu-north-1", "eu-south-1",
-    "ap-south-1", "ap-northeast-1", "ap-northeast-2", "ap-southeast-1", "ap-southeast-2",
-    "me-central-1", "cn-north-1", "us-gov-west-1", "us-gov-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-west-2",
+    "ca-central-1",
+    "sa-east-1",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-central-1",
+    "eu-north-1",
+    "eu-south-1",
+    "ap-south-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "me-central-1",
+    "cn-north-1",
+    "us-gov-west-1",
+    "us-gov-east-1",
 )
 
 
@@ -31,17 +46,17 @@ class AwsConfig(Strict):
 
         devices: int = Field(ge=1, le=1_000_000)
         max_per_minute: int = Field(default=50, ge=1, le=1000)
-        abort_failure_percent: Annotated[float, Field(gt=0, le=100)] | None = None   # IoT aborts at >= this share: 0 would abort at once
+        abort_failure_percent: Annotated[float, Field(gt=0, le=100)] | None = None  # IoT aborts at >= this share: 0 would abort at once
         abort_min_executed: int = Field(default=1, ge=1)
         timeout_minutes: Annotated[int, Field(ge=1, le=10080)] | None = None
 
-    region: Literal[AWS_REGIONS]                        # regions with Greengrass v2; anything else fails naming aws.region
-    thing_type: Name | None = None                      # default: edgefleet-<stack>-device
+    region: Literal[AWS_REGIONS]  # regions with Greengrass v2; anything else fails naming aws.region
+    thing_type: Name | None = None  # default: edgefleet-<stack>-device
     metric_namespace: str = Field(default="Edgefleet/Agent", pattern=r"^[A-Za-z0-9._/#:-]{1,255}$")
     agent_version: str = Field(default="0.1.0", pattern=r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")  # the agent image tag
     deploying_role_arn: str | None = Field(default=None, pattern=r"^arn:aws(-cn|-us-gov)?:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$")
     rings: dict[Name, RingPolicy] = Field(default_factory=dict)
-    manage_fleet_indexing: bool = True                 # false when another stack owns this account's fleet-indexing settings
+    manage_fleet_indexing: bool = True  # false when another stack owns this account's fleet-indexing settings
     poll_seconds: Annotated[float, Field(ge=1, le=300)] = 15
 
     @field_validator("metric_namespace")

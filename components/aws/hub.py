@@ -48,13 +48,17 @@ from edgefleet_agent.contract.state import DesiredModel
 log = logging.getLogger("edgefleet.aws.hub")
 
 _COUNTS = dict((field, name) for name, field in gg.COUNT_METRICS)
-METRICS = {"inferences": (_COUNTS["inferences"], "Sum"), "errors": (_COUNTS["errors"], "Sum"),
-           "invalid": (_COUNTS["invalid_outputs"], "Sum"), "latency": (gg.LATENCY_METRIC, "p99")}
+METRICS = {
+    "inferences": (_COUNTS["inferences"], "Sum"),
+    "errors": (_COUNTS["errors"], "Sum"),
+    "invalid": (_COUNTS["invalid_outputs"], "Sum"),
+    "latency": (gg.LATENCY_METRIC, "p99"),
+}
 DEVICE_METRICS = dict(zip(("error_rate", "invalid_output_share"), (name for name, _ in gg.DEVICE_METRICS), strict=True))
 FAILED_STATES = ("FAILED", "REJECTED", "TIMED_OUT")
-MAX_QUERIES = 500             # GetMetricData without a Metrics Insights query: at most 500 metrics per request
-PROBED_THINGS = 250           # succeeded job executions read directly: one ListJobExecutionsForJob page
-LOOKBACK_SECONDS = 3 * 3600   # as ListMetrics RecentlyActive=PT3H; 182 one-minute periods x 500 metrics < 100,800 data points
+MAX_QUERIES = 500  # GetMetricData without a Metrics Insights query: at most 500 metrics per request
+PROBED_THINGS = 250  # succeeded job executions read directly: one ListJobExecutionsForJob page
+LOOKBACK_SECONDS = 3 * 3600  # as ListMetrics RecentlyActive=PT3H; 182 one-minute periods x 500 metrics < 100,800 data points
 
 
 class Clients:
@@ -85,9 +89,23 @@ class RingSite:
 
 
 class AwsHub:
-    def __init__(self, *, region: str, stack: str, bucket: str, metric_namespace: str, rollout: str, model: str,
-                 model_component: str, agent_component: str, agent_version: str, sites: dict[str, RingSite],
-                 clients: Any = None, clock=time.time, gates: dict[str, GateConfig] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        region: str,
+        stack: str,
+        bucket: str,
+        metric_namespace: str,
+        rollout: str,
+        model: str,
+        model_component: str,
+        agent_component: str,
+        agent_version: str,
+        sites: dict[str, RingSite],
+        clients: Any = None,
+        clock=time.time,
+        gates: dict[str, GateConfig] | None = None,
+    ) -> None:
         self.region = region
         self.naming = Naming(stack)
         self.bucket = bucket
@@ -104,12 +122,29 @@ class AwsHub:
         self._known: dict[str, DesiredModel] = {}
 
     @classmethod
-    def from_props(cls, props: Mapping[str, Any] | AwsRingGateProps, clients: Any = None, clock: Callable[[], float] = time.time) -> "AwsHub":
+    def from_props(
+        cls, props: Mapping[str, Any] | AwsRingGateProps, clients: Any = None, clock: Callable[[], float] = time.time
+    ) -> "AwsHub":
         p = props if isinstance(props, AwsRingGateProps) else AwsRingGateProps.of(props)
-        sites = {r.name: RingSite(target, RingJobPolicy(**policy)) for r, target, policy in zip(p.ring_configs(), p.targets, p.policies, strict=True)}
-        hub = cls(region=p.region, stack=p.stack, bucket=p.bucket, metric_namespace=p.metric_namespace, rollout=p.rollout, model=p.model,
-                  model_component=p.model_component, agent_component=p.agent_component, agent_version=p.agent_version, sites=sites,
-                  clients=clients, clock=clock, gates={r.name: r.gate for r in p.ring_configs()})
+        sites = {
+            r.name: RingSite(target, RingJobPolicy(**policy))
+            for r, target, policy in zip(p.ring_configs(), p.targets, p.policies, strict=True)
+        }
+        hub = cls(
+            region=p.region,
+            stack=p.stack,
+            bucket=p.bucket,
+            metric_namespace=p.metric_namespace,
+            rollout=p.rollout,
+            model=p.model,
+            model_component=p.model_component,
+            agent_component=p.agent_component,
+            agent_version=p.agent_version,
+            sites=sites,
+            clients=clients,
+            clock=clock,
+            gates={r.name: r.gate for r in p.ring_configs()},
+        )
         declared = p.declared()
         hub.remember(replace(declared, rollout=rollout_id(p.rollout, declared)))
         return hub
@@ -122,7 +157,7 @@ class AwsHub:
 
     def _known_version(self, version: str) -> DesiredModel | None:
         if version not in self._known:
-            for record in self.rollouts(self.rollout):            # a rollback target, an earlier version
+            for record in self.rollouts(self.rollout):  # a rollback target, an earlier version
                 self.remember(DesiredModel.from_json(record.get("desired")))
         return self._known.get(version)
 
@@ -165,8 +200,9 @@ class AwsHub:
             return None
         # a version this gate knows maps back to the very DesiredModel the engine compares with; any other one
         # (a deployment made by hand, say) maps to a stand-in that never equals what the engine wants
-        base = self._known_version(version) or DesiredModel(model=self.model, version=version, sha256="", size=0, uri="",
-                                                         manifest="", signature="")
+        base = self._known_version(version) or DesiredModel(
+            model=self.model, version=version, sha256="", size=0, uri="", manifest="", signature=""
+        )
         rid = config.get("RolloutId", base.rollout)
         order = config.get("RollbackOrder") or None
         if order:
@@ -186,8 +222,9 @@ class AwsHub:
             version, rollback, rid = desired.version, desired.is_rollback, desired.rollout
         name = self.naming.deployment_name(self.rollout, target.ring, version, rollback=rollback)
         token = client_token(site.target_arn, rid, version or "none", "rollback" if rollback else "forward")
-        return deployment_request(site.target_arn, name, components, site.policy, deployment_tags(self.rollout, target.ring, version),
-                                  client_token=token)
+        return deployment_request(
+            site.target_arn, name, components, site.policy, deployment_tags(self.rollout, target.ring, version), client_token=token
+        )
 
     def _carries(self, deployment: dict[str, Any], desired: DesiredModel | None) -> bool:
         version, config = self._model_spec(deployment)
@@ -203,7 +240,10 @@ class AwsHub:
             return RingObservation(devices=expected, adopted=0, failed=0, reporting=0)
         job_id = deployment["iotJobId"]
         counts = self.clients.iot.describe_job(jobId=job_id)["job"].get("jobProcessDetails") or {}
-        n = {k: int(counts.get(f"numberOf{k}Things", 0) or 0) for k in ("Succeeded", "Failed", "Rejected", "TimedOut", "InProgress", "Queued")}
+        n = {
+            k: int(counts.get(f"numberOf{k}Things", 0) or 0)
+            for k in ("Succeeded", "Failed", "Rejected", "TimedOut", "InProgress", "Queued")
+        }
         failed = n["Failed"] + n["Rejected"] + n["TimedOut"]
         targeted = n["Succeeded"] + failed + n["InProgress"] + n["Queued"]
         devices = max(targeted, expected)
@@ -211,10 +251,17 @@ class AwsHub:
         failures = self._executions(job_id, FAILED_STATES, 50) if failed else ()
         pending = self._executions(job_id, ("QUEUED",), 20) if n["Queued"] else ()
         obs = RingObservation(
-            devices=devices, adopted=n["Succeeded"], failed=failed, reporting=n["Succeeded"] + failed + n["InProgress"],
-            inferences=int(m.get("inferences") or 0), errors=int(m.get("errors") or 0), invalid_outputs=int(m.get("invalid") or 0),
-            p99_latency_ms=m.get("latency"), failures=tuple((thing, status) for thing, status in failures),
-            pending=tuple(thing for thing, _ in pending))
+            devices=devices,
+            adopted=n["Succeeded"],
+            failed=failed,
+            reporting=n["Succeeded"] + failed + n["InProgress"],
+            inferences=int(m.get("inferences") or 0),
+            errors=int(m.get("errors") or 0),
+            invalid_outputs=int(m.get("invalid") or 0),
+            p99_latency_ms=m.get("latency"),
+            failures=tuple((thing, status) for thing, status in failures),
+            pending=tuple(thing for thing, _ in pending),
+        )
         breached = self.offender_metrics(target.ring, obs)
         if desired is None or not breached:
             return obs
@@ -246,19 +293,30 @@ class AwsHub:
     # -- CloudWatch ------------------------------------------------------------------------------------------
     def metric_queries(self, ring: str, version: str, period: int) -> list[dict[str, Any]]:
         dims = self._dimensions(ring, version)
-        return [{"Id": key, "ReturnData": True,
-                 "MetricStat": {"Metric": {"Namespace": self.metric_namespace, "MetricName": name, "Dimensions": dims},
-                                "Period": period, "Stat": stat}}
-                for key, (name, stat) in METRICS.items()]
+        return [
+            {
+                "Id": key,
+                "ReturnData": True,
+                "MetricStat": {
+                    "Metric": {"Namespace": self.metric_namespace, "MetricName": name, "Dimensions": dims},
+                    "Period": period,
+                    "Stat": stat,
+                },
+            }
+            for key, (name, stat) in METRICS.items()
+        ]
 
     def ring_metrics(self, ring: str, version: str, since: float) -> dict[str, float | None]:
         """Sums of the counters and the p99 latency (the worst period's) since `since`, for agents on `version`."""
         start = math.floor(since / 60) * 60
         end = max(start + 60, math.ceil(self.now() / 60) * 60)
         period = min(end - start, 3600)
-        kwargs: dict[str, Any] = {"MetricDataQueries": self.metric_queries(ring, version, period),
-                                  "StartTime": datetime.fromtimestamp(start, timezone.utc),
-                                  "EndTime": datetime.fromtimestamp(end, timezone.utc), "ScanBy": "TimestampAscending"}
+        kwargs: dict[str, Any] = {
+            "MetricDataQueries": self.metric_queries(ring, version, period),
+            "StartTime": datetime.fromtimestamp(start, timezone.utc),
+            "EndTime": datetime.fromtimestamp(end, timezone.utc),
+            "ScanBy": "TimestampAscending",
+        }
         values: dict[str, list[float]] = {k: [] for k in METRICS}
         while True:
             resp = self.clients.cloudwatch.get_metric_data(**kwargs)
@@ -271,8 +329,9 @@ class AwsHub:
         out["latency"] = max(values["latency"]) if values["latency"] else None
         return out
 
-    def device_offenders(self, ring: str, version: str, since: float, metrics: list[str],
-                         job_id: str | None = None) -> tuple[tuple[str, str, float], ...]:
+    def device_offenders(
+        self, ring: str, version: str, since: float, metrics: list[str], job_id: str | None = None
+    ) -> tuple[tuple[str, str, float], ...]:
         """(device, metric, value) for the worst devices on `version`, at most OFFENDERS_PER_METRIC per metric, each
         value from the device's latest window since `since` (within the last three hours) that filed one.
 
@@ -314,8 +373,12 @@ class AwsHub:
 
     def _listed_devices(self, ring: str, version: str, metric_name: str, limit: int) -> list[str]:
         """Devices that filed `metric_name` for this ring and version in about the last three hours, at most `limit`."""
-        kwargs: dict[str, Any] = {"Namespace": self.metric_namespace, "MetricName": metric_name,
-                                  "Dimensions": self._dimensions(ring, version), "RecentlyActive": "PT3H"}
+        kwargs: dict[str, Any] = {
+            "Namespace": self.metric_namespace,
+            "MetricName": metric_name,
+            "Dimensions": self._dimensions(ring, version),
+            "RecentlyActive": "PT3H",
+        }
         devices: list[str] = []
         try:
             while len(devices) < limit:
@@ -331,11 +394,22 @@ class AwsHub:
 
     def offender_queries(self, ring: str, version: str, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
         dims = self._dimensions(ring, version)
-        return [{"Id": f"d{i}", "ReturnData": True,
-                 "MetricStat": {"Metric": {"Namespace": self.metric_namespace, "MetricName": DEVICE_METRICS[key],
-                                           "Dimensions": [*dims, {"Name": gg.DEVICE_DIMENSION, "Value": device}]},
-                                "Period": 60, "Stat": "Maximum"}}
-                for i, (device, key) in enumerate(pairs[:MAX_QUERIES])]
+        return [
+            {
+                "Id": f"d{i}",
+                "ReturnData": True,
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": self.metric_namespace,
+                        "MetricName": DEVICE_METRICS[key],
+                        "Dimensions": [*dims, {"Name": gg.DEVICE_DIMENSION, "Value": device}],
+                    },
+                    "Period": 60,
+                    "Stat": "Maximum",
+                },
+            }
+            for i, (device, key) in enumerate(pairs[:MAX_QUERIES])
+        ]
 
     def _latest_values(self, ring: str, version: str, since: float, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], float]:
         """Each (device, metric) pair's value in the latest minute that has one. The end runs a minute past now
@@ -344,8 +418,12 @@ class AwsHub:
         start = math.floor(max(since, now - LOOKBACK_SECONDS) / 60) * 60
         end = math.ceil(now / 60) * 60 + 60
         queries = self.offender_queries(ring, version, pairs)
-        kwargs: dict[str, Any] = {"MetricDataQueries": queries, "StartTime": datetime.fromtimestamp(start, timezone.utc),
-                                  "EndTime": datetime.fromtimestamp(end, timezone.utc), "ScanBy": "TimestampDescending"}
+        kwargs: dict[str, Any] = {
+            "MetricDataQueries": queries,
+            "StartTime": datetime.fromtimestamp(start, timezone.utc),
+            "EndTime": datetime.fromtimestamp(end, timezone.utc),
+            "ScanBy": "TimestampDescending",
+        }
         seen: dict[str, tuple[datetime, float]] = {}
         while True:
             resp = self.clients.cloudwatch.get_metric_data(**kwargs)
@@ -368,9 +446,14 @@ class AwsHub:
         return json.loads(body)
 
     def save_progress(self, rollout_id: str, progress: dict[str, Any]) -> None:
-        self.clients.s3.put_object(Bucket=self.bucket, Key=progress_key(self.rollout, rollout_id), ContentType="application/json",
-                                   Body=json.dumps(progress, sort_keys=True).encode(), ServerSideEncryption="aws:kms",
-                                   BucketKeyEnabled=True)
+        self.clients.s3.put_object(
+            Bucket=self.bucket,
+            Key=progress_key(self.rollout, rollout_id),
+            ContentType="application/json",
+            Body=json.dumps(progress, sort_keys=True).encode(),
+            ServerSideEncryption="aws:kms",
+            BucketKeyEnabled=True,
+        )
 
     def rollouts(self, rollout: str) -> list[dict[str, Any]]:
         """Progress records of `rollout`, oldest first."""

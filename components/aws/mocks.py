@@ -53,15 +53,26 @@ def computed(type_: str, name: str, inputs: dict[str, Any], region: str) -> dict
         return {"arn": arn("kms", inputs.get("name", f"alias/{name}")), "targetKeyArn": arn("kms", f"key/{inputs.get('targetKeyId')}")}
     if type_ == "aws:s3/bucket:Bucket":
         bucket = inputs.get("bucket") or f"{name}-{_hex(7, 'bucket', name)}"
-        return {"bucket": bucket, "arn": f"arn:{p}:s3:::{bucket}", "bucketDomainName": f"{bucket}.s3.amazonaws.com",
-                "bucketRegionalDomainName": f"{bucket}.s3.{region}.amazonaws.com", "region": region}
+        return {
+            "bucket": bucket,
+            "arn": f"arn:{p}:s3:::{bucket}",
+            "bucketDomainName": f"{bucket}.s3.amazonaws.com",
+            "bucketRegionalDomainName": f"{bucket}.s3.{region}.amazonaws.com",
+            "region": region,
+        }
     if type_ == "aws:s3/bucketObjectv2:BucketObjectv2":
-        return {"versionId": _hex(32, "version", name), "etag": _hex(32, "etag", name),
-                "arn": f"arn:{p}:s3:::{inputs.get('bucket')}/{inputs.get('key')}"}
+        return {
+            "versionId": _hex(32, "version", name),
+            "etag": _hex(32, "etag", name),
+            "arn": f"arn:{p}:s3:::{inputs.get('bucket')}/{inputs.get('key')}",
+        }
     if type_ == "aws:ecr/repository:Repository":
         repo = inputs.get("name", name)
-        return {"arn": arn("ecr", f"repository/{repo}"), "registryId": ACCOUNT,
-                "repositoryUrl": f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{repo}"}
+        return {
+            "arn": arn("ecr", f"repository/{repo}"),
+            "registryId": ACCOUNT,
+            "repositoryUrl": f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{repo}",
+        }
     if type_ == "aws:iam/role:Role":
         role = inputs.get("name", name)
         return {"arn": f"arn:{p}:iam::{ACCOUNT}:role/{role}", "name": role, "uniqueId": "AROA" + _hex(17, "role", name).upper()}
@@ -77,8 +88,7 @@ def computed(type_: str, name: str, inputs: dict[str, Any], region: str) -> dict
     if type_ == "aws-native:greengrassv2:ComponentVersion":
         recipe = _recipe(inputs)
         cname, cversion = recipe.get("ComponentName", COMPUTED), recipe.get("ComponentVersion", COMPUTED)
-        return {"componentName": cname, "componentVersion": cversion,
-                "arn": arn("greengrass", f"components:{cname}:versions:{cversion}")}
+        return {"componentName": cname, "componentVersion": cversion, "arn": arn("greengrass", f"components:{cname}:versions:{cversion}")}
     if type_ == "aws-native:greengrassv2:Deployment":
         return {"deploymentId": _uid("deployment", name, json.dumps(inputs, sort_keys=True, default=str))}
     if type_ == "aws:cloudwatch/metricAlarm:MetricAlarm":
@@ -89,15 +99,34 @@ def computed(type_: str, name: str, inputs: dict[str, Any], region: str) -> dict
 def call(token: str, args: dict[str, Any], region: str) -> dict[str, Any] | None:
     p = partition(region)
     if token == "aws:index/getCallerIdentity:getCallerIdentity":
-        return {"accountId": ACCOUNT, "arn": f"arn:{p}:sts::{ACCOUNT}:assumed-role/{DEPLOYER_ROLE}/pulumi",
-                "userId": "AROA" + _hex(17, "deployer").upper() + ":pulumi", "id": ACCOUNT}
+        return {
+            "accountId": ACCOUNT,
+            "arn": f"arn:{p}:sts::{ACCOUNT}:assumed-role/{DEPLOYER_ROLE}/pulumi",
+            "userId": "AROA" + _hex(17, "deployer").upper() + ":pulumi",
+            "id": ACCOUNT,
+        }
     if token == "aws:iam/getSessionContext:getSessionContext":
         role = str(args.get("arn", "")).split("/")[1] if "assumed-role/" in str(args.get("arn", "")) else DEPLOYER_ROLE
-        return {"arn": args.get("arn"), "issuerArn": f"arn:{p}:iam::{ACCOUNT}:role/{role}", "issuerName": role,
-                "issuerId": "AROA" + _hex(17, "deployer").upper(), "sessionName": "pulumi", "id": args.get("arn")}
+        return {
+            "arn": args.get("arn"),
+            "issuerArn": f"arn:{p}:iam::{ACCOUNT}:role/{role}",
+            "issuerName": role,
+            "issuerId": "AROA" + _hex(17, "deployer").upper(),
+            "sessionName": "pulumi",
+            "id": args.get("arn"),
+        }
     if token == "aws:kms/getPublicKey:getPublicKey":
         key = args.get("keyId", "")
-        return {"id": key, "keyId": key, "arn": key, "publicKeyPem": COMPUTED, "publicKey": COMPUTED, "keySpec": "ECC_NIST_P256",
-                "keyUsage": "SIGN_VERIFY", "signingAlgorithms": ["ECDSA_SHA_256"], "customerMasterKeySpec": "ECC_NIST_P256",
-                "encryptionAlgorithms": []}
+        return {
+            "id": key,
+            "keyId": key,
+            "arn": key,
+            "publicKeyPem": COMPUTED,
+            "publicKey": COMPUTED,
+            "keySpec": "ECC_NIST_P256",
+            "keyUsage": "SIGN_VERIFY",
+            "signingAlgorithms": ["ECDSA_SHA_256"],
+            "customerMasterKeySpec": "ECC_NIST_P256",
+            "encryptionAlgorithms": [],
+        }
     return None

@@ -26,7 +26,7 @@ from components.rollout.spec import DeviceGroupConfig, GateConfig, RingConfig, R
 from edgefleet_agent.contract.state import DesiredModel
 
 ACCOUNT_RE = r"[0-9]{12}"
-GG_ARCH = {"amd64": "amd64", "arm64": "aarch64", "armv7": "arm"}      # manifest arch -> Greengrass platform architecture
+GG_ARCH = {"amd64": "amd64", "arm64": "aarch64", "armv7": "arm"}  # manifest arch -> Greengrass platform architecture
 ROLLBACK_KEYS = ("/RollbackOrder", "/RollbackSignature")
 MIN_ABORT_PERCENT = 0.01
 
@@ -141,11 +141,11 @@ def ring_query(rollout: RolloutConfig, index: int, groups: dict[str, DeviceGroup
     own = terms[index]
     if index == 0:
         return " AND ".join(own)
-    excluded = [[t for t in earlier if t not in own] or earlier for earlier in terms[:index]]   # all implied: selects nothing, as it should
+    excluded = [[t for t in earlier if t not in own] or earlier for earlier in terms[:index]]  # all implied: selects nothing, as it should
     return " AND ".join([*own, *(f"NOT ({' AND '.join(e)})" if len(e) > 1 else f"NOT {e[0]}" for e in excluded)])
 
 
-MAX_QUERY_TERMS = 12     # "the maximum number of terms in a query is 12" (AWS IoT developer guide, query syntax)
+MAX_QUERY_TERMS = 12  # "the maximum number of terms in a query is 12" (AWS IoT developer guide, query syntax)
 
 
 def query_terms(query: str) -> int:
@@ -180,17 +180,29 @@ def ring_job_policy(aws: AwsConfig, ring: RingConfig) -> RingJobPolicy:
     # the smallest threshold IoT takes (two decimals), not to 0, which every finished execution would reach.
     abort = p.abort_failure_percent if p.abort_failure_percent is not None else max(gate.max_failure_share * 100, MIN_ABORT_PERCENT)
     timeout = p.timeout_minutes if p.timeout_minutes is not None else min(10080, max(1, math.ceil(gate.deadline_seconds / 60)))
-    return RingJobPolicy(devices=p.devices, max_per_minute=p.max_per_minute, abort_percent=round(abort, 2),
-                         abort_min_executed=p.abort_min_executed, timeout_minutes=timeout)
+    return RingJobPolicy(
+        devices=p.devices,
+        max_per_minute=p.max_per_minute,
+        abort_percent=round(abort, 2),
+        abort_min_executed=p.abort_min_executed,
+        timeout_minutes=timeout,
+    )
 
 
 def iot_job_configuration(policy: RingJobPolicy) -> dict[str, Any]:
     """The IoT job behind a ring's deployment: rate-limited, cancelled when failures pass the threshold, timed out."""
     return {
         "jobExecutionsRolloutConfig": {"maximumPerMinute": policy.max_per_minute},
-        "abortConfig": {"criteriaList": [{"failureType": "ALL", "action": "CANCEL",
-                                          "thresholdPercentage": policy.abort_percent,
-                                          "minNumberOfExecutedThings": policy.abort_min_executed}]},
+        "abortConfig": {
+            "criteriaList": [
+                {
+                    "failureType": "ALL",
+                    "action": "CANCEL",
+                    "thresholdPercentage": policy.abort_percent,
+                    "minNumberOfExecutedThings": policy.abort_min_executed,
+                }
+            ]
+        },
         "timeoutConfig": {"inProgressTimeoutInMinutes": policy.timeout_minutes},
     }
 
@@ -216,8 +228,9 @@ class RingComponents:
     ring: str
 
 
-def components_spec(c: RingComponents, model_version: str | None, rollout_id: str,
-                    rollback: tuple[str, str] | None = None) -> dict[str, Any]:
+def components_spec(
+    c: RingComponents, model_version: str | None, rollout_id: str, rollback: tuple[str, str] | None = None
+) -> dict[str, Any]:
     """The `components` map of a ring's deployment.
 
     Forward: the model version, with any earlier rollback order reset away. Rollback: the last good version
@@ -244,8 +257,9 @@ def deployment_tags(rollout: str, ring: str, version: str | None) -> dict[str, s
     return {"edgefleet:rollout": rollout, "edgefleet:ring": ring, "edgefleet:version": version or "none"}
 
 
-def deployment_request(target_arn: str, name: str, components: dict[str, Any], policy: RingJobPolicy,
-                       tags: dict[str, str], client_token: str | None = None) -> dict[str, Any]:
+def deployment_request(
+    target_arn: str, name: str, components: dict[str, Any], policy: RingJobPolicy, tags: dict[str, str], client_token: str | None = None
+) -> dict[str, Any]:
     """greengrassv2 CreateDeployment parameters (also the aws-native Deployment's inputs, which share the shape)."""
     req: dict[str, Any] = {
         "targetArn": target_arn,
@@ -275,8 +289,8 @@ class AwsRingGateProps(RingGateProps):
     signing_key: str
     metric_namespace: str
     total_rings: int
-    targets: list[str]                    # each ring's thing group ARN
-    policies: list[dict[str, Any]]        # each ring's RingJobPolicy
+    targets: list[str]  # each ring's thing group ARN
+    policies: list[dict[str, Any]]  # each ring's RingJobPolicy
     model_component: str
     agent_component: str
     agent_version: str
@@ -288,7 +302,6 @@ def desired_from_props(props: Mapping[str, Any]) -> DesiredModel:
     return replace(d, rollout=rollout_id(props["rollout"], d))
 
 
-
 def run_gate(props: Mapping[str, Any], clients: Any = None, clock: Any = None) -> Progress:
     """The RingGate resource on AWS: the shared driver over Greengrass deployments and the agents' CloudWatch metrics."""
     from components.aws.hub import AwsHub
@@ -297,7 +310,15 @@ def run_gate(props: Mapping[str, Any], clients: Any = None, clock: Any = None) -
     p = AwsRingGateProps.of(props)
     clock = clock or WallClock()
     hub = AwsHub.from_props(p, clients=clients, clock=clock.now)
-    gate = GateInputs(rollout=p.rollout, ring=p.ring, index=p.index, total_rings=p.total_rings, rings=p.ring_plans(p.targets),
-                      declared=p.declared(), poll_seconds=p.poll_seconds, apply=f"run `pulumi up --stack {p.stack}`")
+    gate = GateInputs(
+        rollout=p.rollout,
+        ring=p.ring,
+        index=p.index,
+        total_rings=p.total_rings,
+        rings=p.ring_plans(p.targets),
+        declared=p.declared(),
+        poll_seconds=p.poll_seconds,
+        apply=f"run `pulumi up --stack {p.stack}`",
+    )
     signer = KmsSigner(p.signing_key, p.region, client=clients.kms if clients is not None else None)
     return drive_gate(gate, hub, signer, clock)

@@ -115,43 +115,80 @@ class GreengrassFleet(pulumi.ComponentResource):
     def __init__(self, name: str, platform: "AwsPlatform", base: StackBase, opts: pulumi.ResourceOptions | None = None) -> None:
         aws_cfg = platform.aws
         thing_type = platform.naming.thing_type(aws_cfg)
-        super().__init__(FLEET_TYPE, name, {"region": aws_cfg.region, "thingType": thing_type,
-                                            "metricNamespace": aws_cfg.metric_namespace}, opts)
+        super().__init__(
+            FLEET_TYPE, name, {"region": aws_cfg.region, "thingType": thing_type, "metricNamespace": aws_cfg.metric_namespace}, opts
+        )
         p = platform
         store, registry = base.store.outputs.handles, base.registry.outputs.handles
         # `properties` force replacement, and a fixed-name thing type cannot be created before the old one is
         # deleted (deprecate, then wait five minutes): they are constants, and changes to them are ignored.
-        self.thing_type = aws.iot.ThingType(f"{name}-thing-type", name=thing_type, properties={
-            "description": "edgefleet Greengrass core devices; rings select them by thing attributes",
-            "searchable_attributes": list(SEARCHABLE_ATTRIBUTES),
-        }, opts=p.opts(self, ignore_changes=["properties"]))
+        self.thing_type = aws.iot.ThingType(
+            f"{name}-thing-type",
+            name=thing_type,
+            properties={
+                "description": "edgefleet Greengrass core devices; rings select them by thing attributes",
+                "searchable_attributes": list(SEARCHABLE_ATTRIBUTES),
+            },
+            opts=p.opts(self, ignore_changes=["properties"]),
+        )
         self.indexing = None
         if aws_cfg.manage_fleet_indexing:
             # Dynamic thing groups are fleet-indexing queries: REGISTRY mode indexes thingTypeName, attributes and
             # thingGroupNames, everything the ring queries use. Account- and region-wide: one stack should own it.
-            self.indexing = aws.iot.IndexingConfiguration(f"{name}-fleet-indexing", thing_indexing_configuration={
-                "thing_indexing_mode": "REGISTRY", "thing_connectivity_indexing_mode": "STATUS",
-            }, opts=p.opts(self))
-        self.role = aws.iam.Role(f"{name}-device-role", name=p.naming.device_role, assume_role_policy=_json(device_role_trust()),
-                                 description="Greengrass token exchange role: read models, pull the agent image, publish agent health",
-                                 max_session_duration=3600, opts=p.opts(self))
-        self.role_policy = aws.iam.RolePolicy(f"{name}-device-role-policy", role=self.role.id, policy=pulumi.Output.all(
-            store.bucket.arn, store.key.arn, registry.repository.arn).apply(
-            lambda a: _json(device_role_policy(a[0], a[1], aws_cfg.region, a[2], aws_cfg.metric_namespace))), opts=p.opts(self))
-        self.role_alias = aws.iot.RoleAlias(f"{name}-role-alias", alias=p.naming.role_alias, role_arn=self.role.arn,
-                                            credential_duration=3600, opts=p.opts(self, depends_on=[self.role_policy]))
-        self.core_policy = aws.iot.Policy(f"{name}-core-device-policy", name=p.naming.core_policy, policy=pulumi.Output.all(
-            p.account, self.role_alias.arn).apply(lambda a: _json(core_device_iot_policy(p.partition, aws_cfg.region, a[0], a[1]))),
-            opts=p.opts(self))
-        self.register_outputs({"thingType": self.thing_type.arn, "deviceRole": self.role.arn, "roleAlias": self.role_alias.alias,
-                               "coreDevicePolicy": self.core_policy.name})
+            self.indexing = aws.iot.IndexingConfiguration(
+                f"{name}-fleet-indexing",
+                thing_indexing_configuration={
+                    "thing_indexing_mode": "REGISTRY",
+                    "thing_connectivity_indexing_mode": "STATUS",
+                },
+                opts=p.opts(self),
+            )
+        self.role = aws.iam.Role(
+            f"{name}-device-role",
+            name=p.naming.device_role,
+            assume_role_policy=_json(device_role_trust()),
+            description="Greengrass token exchange role: read models, pull the agent image, publish agent health",
+            max_session_duration=3600,
+            opts=p.opts(self),
+        )
+        self.role_policy = aws.iam.RolePolicy(
+            f"{name}-device-role-policy",
+            role=self.role.id,
+            policy=pulumi.Output.all(store.bucket.arn, store.key.arn, registry.repository.arn).apply(
+                lambda a: _json(device_role_policy(a[0], a[1], aws_cfg.region, a[2], aws_cfg.metric_namespace))
+            ),
+            opts=p.opts(self),
+        )
+        self.role_alias = aws.iot.RoleAlias(
+            f"{name}-role-alias",
+            alias=p.naming.role_alias,
+            role_arn=self.role.arn,
+            credential_duration=3600,
+            opts=p.opts(self, depends_on=[self.role_policy]),
+        )
+        self.core_policy = aws.iot.Policy(
+            f"{name}-core-device-policy",
+            name=p.naming.core_policy,
+            policy=pulumi.Output.all(p.account, self.role_alias.arn).apply(
+                lambda a: _json(core_device_iot_policy(p.partition, aws_cfg.region, a[0], a[1]))
+            ),
+            opts=p.opts(self),
+        )
+        self.register_outputs(
+            {
+                "thingType": self.thing_type.arn,
+                "deviceRole": self.role.arn,
+                "roleAlias": self.role_alias.alias,
+                "coreDevicePolicy": self.core_policy.name,
+            }
+        )
 
 
 @dataclass(frozen=True)
 class Store:
     bucket: aws.s3.Bucket
     key: aws.kms.Key
-    ready: list[pulumi.Resource]          # what an object upload must wait for (policies, encryption, versioning)
+    ready: list[pulumi.Resource]  # what an object upload must wait for (policies, encryption, versioning)
 
 
 @dataclass(frozen=True)
@@ -167,13 +204,13 @@ class Registry:
 
 @dataclass(frozen=True)
 class Components:
-    model: Any                            # aws_native.greengrassv2.ComponentVersion of the model
-    agent: Any                            # … and of its agent
+    model: Any  # aws_native.greengrassv2.ComponentVersion of the model
+    agent: Any  # … and of its agent
 
 
 @dataclass(frozen=True)
 class RingParts:
-    thing_group: Any                      # aws_native.iot.ThingGroup
+    thing_group: Any  # aws_native.iot.ThingGroup
     gate: providers.RingGate
 
 
@@ -183,7 +220,7 @@ class AwsPlatform(Platform):
     def __init__(self, stack, project_dir: Path) -> None:
         super().__init__(stack, project_dir)
         self.source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
-        self.aws: AwsConfig = stack.aws              # parse_stack_config ran checks.check_stack already
+        self.aws: AwsConfig = stack.aws  # parse_stack_config ran checks.check_stack already
         raise_first(check_aws_recipes(stack, self.project_dir, pulumi.get_stack()), self.source)
         self.naming = Naming(pulumi.get_stack())
         self.partition = partition(self.aws.region)
@@ -228,10 +265,15 @@ class AwsPlatform(Platform):
     def signing_key(self, parent) -> KeyOutputs:
         n = parent.resource_name
         account, deployer = self.identity()
-        key = aws.kms.Key(f"{n}-kms-key", description=f"edgefleet {pulumi.get_stack()}: signs model manifests and rollback orders",
-                          key_usage="SIGN_VERIFY", customer_master_key_spec="ECC_NIST_P256", deletion_window_in_days=30,
-                          policy=pulumi.Output.all(account, deployer).apply(lambda a: _json(signing_key_policy(self.partition, a[0], a[1]))),
-                          opts=self.opts(parent))
+        key = aws.kms.Key(
+            f"{n}-kms-key",
+            description=f"edgefleet {pulumi.get_stack()}: signs model manifests and rollback orders",
+            key_usage="SIGN_VERIFY",
+            customer_master_key_spec="ECC_NIST_P256",
+            deletion_window_in_days=30,
+            policy=pulumi.Output.all(account, deployer).apply(lambda a: _json(signing_key_policy(self.partition, a[0], a[1]))),
+            opts=self.opts(parent),
+        )
         aws.kms.Alias(f"{n}-kms-alias", name=f"alias/{self.naming.prefix}-signing", target_key_id=key.key_id, opts=self.opts(parent))
         public = aws.kms.get_public_key_output(key_id=key.arn, opts=self._invoke_opts())
         return KeyOutputs(key_ref=key.arn, public_key_pem=public.public_key_pem, exportable=False, handles=Key(key, public.public_key_pem))
@@ -239,38 +281,90 @@ class AwsPlatform(Platform):
     def model_store(self, parent) -> StoreOutputs:
         n = parent.resource_name
         account, deployer = self.identity()
-        key = aws.kms.Key(f"{n}-kms-key", description=f"edgefleet {pulumi.get_stack()}: encrypts the model store",
-                          key_usage="ENCRYPT_DECRYPT", customer_master_key_spec="SYMMETRIC_DEFAULT", enable_key_rotation=True,
-                          deletion_window_in_days=30, policy=pulumi.Output.all(account, deployer).apply(
-                              lambda a: _json(storage_key_policy(self.partition, a[0], self.aws.region, a[1]))), opts=self.opts(parent))
+        key = aws.kms.Key(
+            f"{n}-kms-key",
+            description=f"edgefleet {pulumi.get_stack()}: encrypts the model store",
+            key_usage="ENCRYPT_DECRYPT",
+            customer_master_key_spec="SYMMETRIC_DEFAULT",
+            enable_key_rotation=True,
+            deletion_window_in_days=30,
+            policy=pulumi.Output.all(account, deployer).apply(
+                lambda a: _json(storage_key_policy(self.partition, a[0], self.aws.region, a[1]))
+            ),
+            opts=self.opts(parent),
+        )
         aws.kms.Alias(f"{n}-kms-alias", name=f"alias/{self.naming.prefix}-models", target_key_id=key.key_id, opts=self.opts(parent))
         bucket = aws.s3.Bucket(f"{n}-bucket", force_destroy=False, opts=self.opts(parent))
-        public = aws.s3.BucketPublicAccessBlock(f"{n}-public-access", bucket=bucket.id, block_public_acls=True, block_public_policy=True,
-                                                ignore_public_acls=True, restrict_public_buckets=True, opts=self.opts(parent))
-        ownership = aws.s3.BucketOwnershipControls(f"{n}-ownership", bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"},
-                                                   opts=self.opts(parent))
-        versioning = aws.s3.BucketVersioning(f"{n}-versioning", bucket=bucket.id, versioning_configuration={"status": "Enabled"},
-                                             opts=self.opts(parent))
-        encryption = aws.s3.BucketServerSideEncryptionConfiguration(f"{n}-encryption", bucket=bucket.id, rules=[{
-            "apply_server_side_encryption_by_default": {"sse_algorithm": "aws:kms", "kms_master_key_id": key.arn},
-            "bucket_key_enabled": True}], opts=self.opts(parent))
-        policy = aws.s3.BucketPolicy(f"{n}-tls-only", bucket=bucket.id, policy=bucket.arn.apply(lambda arn: _json(bucket_policy(arn))),
-                                     opts=self.opts(parent, depends_on=[public]))
-        lifecycle = aws.s3.BucketLifecycleConfiguration(f"{n}-lifecycle", bucket=bucket.id, rules=[
-            # rollout records are rewritten on every gate poll: keep a week of their history, not every poll's
-            {"id": "rollout-record-history", "status": "Enabled", "filter": {"prefix": "rollouts/"},
-             "noncurrent_version_expiration": {"noncurrent_days": 7}},
-            {"id": "abort-incomplete-uploads", "status": "Enabled", "filter": {"prefix": ""},
-             "abort_incomplete_multipart_upload": {"days_after_initiation": 7}},
-        ], opts=self.opts(parent, depends_on=[versioning]))
-        return StoreOutputs(uri=bucket.bucket.apply(lambda b: f"s3://{b}/models/"), encrypted=True, public_access_blocked=True,
-                            handles=Store(bucket, key, [public, ownership, versioning, encryption, policy, lifecycle]))
+        public = aws.s3.BucketPublicAccessBlock(
+            f"{n}-public-access",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=self.opts(parent),
+        )
+        ownership = aws.s3.BucketOwnershipControls(
+            f"{n}-ownership", bucket=bucket.id, rule={"object_ownership": "BucketOwnerEnforced"}, opts=self.opts(parent)
+        )
+        versioning = aws.s3.BucketVersioning(
+            f"{n}-versioning", bucket=bucket.id, versioning_configuration={"status": "Enabled"}, opts=self.opts(parent)
+        )
+        encryption = aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{n}-encryption",
+            bucket=bucket.id,
+            rules=[
+                {
+                    "apply_server_side_encryption_by_default": {"sse_algorithm": "aws:kms", "kms_master_key_id": key.arn},
+                    "bucket_key_enabled": True,
+                }
+            ],
+            opts=self.opts(parent),
+        )
+        policy = aws.s3.BucketPolicy(
+            f"{n}-tls-only",
+            bucket=bucket.id,
+            policy=bucket.arn.apply(lambda arn: _json(bucket_policy(arn))),
+            opts=self.opts(parent, depends_on=[public]),
+        )
+        lifecycle = aws.s3.BucketLifecycleConfiguration(
+            f"{n}-lifecycle",
+            bucket=bucket.id,
+            rules=[
+                # rollout records are rewritten on every gate poll: keep a week of their history, not every poll's
+                {
+                    "id": "rollout-record-history",
+                    "status": "Enabled",
+                    "filter": {"prefix": "rollouts/"},
+                    "noncurrent_version_expiration": {"noncurrent_days": 7},
+                },
+                {
+                    "id": "abort-incomplete-uploads",
+                    "status": "Enabled",
+                    "filter": {"prefix": ""},
+                    "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
+                },
+            ],
+            opts=self.opts(parent, depends_on=[versioning]),
+        )
+        return StoreOutputs(
+            uri=bucket.bucket.apply(lambda b: f"s3://{b}/models/"),
+            encrypted=True,
+            public_access_blocked=True,
+            handles=Store(bucket, key, [public, ownership, versioning, encryption, policy, lifecycle]),
+        )
 
     def app_registry(self, parent) -> RegistryOutputs:
         n = parent.resource_name
-        repo = aws.ecr.Repository(f"{n}-ecr", name=self.naming.repository, image_tag_mutability="IMMUTABLE",
-                                  image_scanning_configuration={"scan_on_push": True},
-                                  encryption_configurations=[{"encryption_type": "AES256"}], force_delete=False, opts=self.opts(parent))
+        repo = aws.ecr.Repository(
+            f"{n}-ecr",
+            name=self.naming.repository,
+            image_tag_mutability="IMMUTABLE",
+            image_scanning_configuration={"scan_on_push": True},
+            encryption_configurations=[{"encryption_type": "AES256"}],
+            force_delete=False,
+            opts=self.opts(parent),
+        )
         aws.ecr.LifecyclePolicy(f"{n}-ecr-lifecycle", repository=repo.name, policy=_json(ecr_lifecycle_policy()), opts=self.opts(parent))
         return RegistryOutputs(repository_url=repo.repository_url, handles=Registry(repo))
 
@@ -288,15 +382,25 @@ class AwsPlatform(Platform):
         props = {"thing_group_description": f"edgefleet device group {group.name} ({group.hardware.name})"}
         if group.labels:
             query = group_clause(group, self.naming.thing_type(self.aws), name)
-            tg = aws_native.iot.ThingGroup(f"{n}-thing-group", thing_group_name=name, query_string=query, thing_group_properties=props,
-                                           opts=self.opts(parent, native=True, depends_on=after))
+            tg = aws_native.iot.ThingGroup(
+                f"{n}-thing-group",
+                thing_group_name=name,
+                query_string=query,
+                thing_group_properties=props,
+                opts=self.opts(parent, native=True, depends_on=after),
+            )
         else:
-            tg = aws_native.iot.ThingGroup(f"{n}-thing-group", thing_group_name=name, thing_group_properties=props,
-                                           opts=self.opts(parent, native=True, depends_on=after))
+            tg = aws_native.iot.ThingGroup(
+                f"{n}-thing-group",
+                thing_group_name=name,
+                thing_group_properties=props,
+                opts=self.opts(parent, native=True, depends_on=after),
+            )
             for device in group.devices:
                 # AddThingToThingGroup needs the thing: ids name things registered before `pulumi up` (docs/aws.md, Devices)
-                aws.iot.ThingGroupMembership(f"{n}-member-{device}", thing_name=device, thing_group_name=name,
-                                             opts=self.opts(parent, depends_on=[tg]))
+                aws.iot.ThingGroupMembership(
+                    f"{n}-member-{device}", thing_name=device, thing_group_name=name, opts=self.opts(parent, depends_on=[tg])
+                )
         return GroupOutputs(target=tg.arn)
 
     def publish_model(self, parent, manifest: ModelManifest, manifest_text: str, artifact: Path, base: StackBase) -> PublishOutputs:
@@ -312,43 +416,93 @@ class AwsPlatform(Platform):
         source = artifact.relative_to(self.project_dir) if artifact.is_relative_to(self.project_dir) else artifact
         objects = {"sha256": manifest.sha256, "model": manifest.name, "version": manifest.version}
         # uploaded by a dynamic provider that checks the file against the manifest's digest first and streams it
-        art = providers.ModelArtifact(f"{n}-artifact", {
-            "region": self.aws.region, "bucket": bucket.bucket, "key": model_key(manifest.name, manifest.sha256), "source": str(source),
-            "sha256": manifest.sha256, "size": manifest.size, "kms_key": st.key.arn, "model": manifest.name, "version": manifest.version,
-        }, child(parent, **keep))
-        man = aws.s3.BucketObjectv2(f"{n}-manifest", bucket=bucket.id, key=model_key(manifest.name, manifest.sha256, ".yaml"),
-                                    content=manifest_text, content_type="application/yaml", server_side_encryption="aws:kms",
-                                    kms_key_id=st.key.arn, bucket_key_enabled=True, metadata=objects, opts=self.opts(parent, **keep))
-        sig = providers.ManifestSignature(f"{n}-manifest-signature", {
-            "region": self.aws.region, "signing_key": signing.key.arn, "model": manifest.name, "version": manifest.version,
-            "sha256": manifest.sha256, "manifest": manifest_text,
-        }, child(parent, depends_on=[key]))
-        sig_obj = aws.s3.BucketObjectv2(f"{n}-signature", bucket=bucket.id, key=model_key(manifest.name, manifest.sha256, ".yaml.sig"),
-                                        content=sig.signature, content_type="application/json", server_side_encryption="aws:kms",
-                                        kms_key_id=st.key.arn, bucket_key_enabled=True, metadata=objects, opts=self.opts(parent, **keep))
+        art = providers.ModelArtifact(
+            f"{n}-artifact",
+            {
+                "region": self.aws.region,
+                "bucket": bucket.bucket,
+                "key": model_key(manifest.name, manifest.sha256),
+                "source": str(source),
+                "sha256": manifest.sha256,
+                "size": manifest.size,
+                "kms_key": st.key.arn,
+                "model": manifest.name,
+                "version": manifest.version,
+            },
+            child(parent, **keep),
+        )
+        man = aws.s3.BucketObjectv2(
+            f"{n}-manifest",
+            bucket=bucket.id,
+            key=model_key(manifest.name, manifest.sha256, ".yaml"),
+            content=manifest_text,
+            content_type="application/yaml",
+            server_side_encryption="aws:kms",
+            kms_key_id=st.key.arn,
+            bucket_key_enabled=True,
+            metadata=objects,
+            opts=self.opts(parent, **keep),
+        )
+        sig = providers.ManifestSignature(
+            f"{n}-manifest-signature",
+            {
+                "region": self.aws.region,
+                "signing_key": signing.key.arn,
+                "model": manifest.name,
+                "version": manifest.version,
+                "sha256": manifest.sha256,
+                "manifest": manifest_text,
+            },
+            child(parent, depends_on=[key]),
+        )
+        sig_obj = aws.s3.BucketObjectv2(
+            f"{n}-signature",
+            bucket=bucket.id,
+            key=model_key(manifest.name, manifest.sha256, ".yaml.sig"),
+            content=sig.signature,
+            content_type="application/json",
+            server_side_encryption="aws:kms",
+            kms_key_id=st.key.arn,
+            bucket_key_enabled=True,
+            metadata=objects,
+            opts=self.opts(parent, **keep),
+        )
         uri = art.uri
         model_component = self.naming.model_component(manifest.name)
         model_cv = aws_native.greengrassv2.ComponentVersion(
             f"{n}-model-component",
             inline_recipe=pulumi.Output.all(uri, sig.signature).apply(
-                lambda a: recipe_text(model_recipe(model_component, manifest, manifest_text, a[1], a[0]))),
+                lambda a: recipe_text(model_recipe(model_component, manifest, manifest_text, a[1], a[0]))
+            ),
             tags={"edgefleet:model": manifest.name, "edgefleet:version": manifest.version, "edgefleet:sha256": manifest.sha256},
             # Greengrass reads the artifact to compute its digest when the version is created: the object must exist
-            opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[art, man, sig_obj]))
+            opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[art, man, sig_obj]),
+        )
         image = registry.repository.repository_url.apply(lambda url: f"{url}:{self.aws.agent_version}")
         agent_component = self.naming.agent_component(manifest.name)
         agent_cv = aws_native.greengrassv2.ComponentVersion(
             f"{n}-agent-component",
             inline_recipe=pulumi.Output.all(image, signing.public_key_pem).apply(
-                lambda a: recipe_text(agent_recipe(agent_component, self.aws.agent_version, manifest.name, model_component, a[0],
-                                                   self.aws.metric_namespace, a[1]))),
+                lambda a: recipe_text(
+                    agent_recipe(
+                        agent_component, self.aws.agent_version, manifest.name, model_component, a[0], self.aws.metric_namespace, a[1]
+                    )
+                )
+            ),
             tags={"edgefleet:model": manifest.name, "edgefleet:agent-version": self.aws.agent_version},
-            opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[model_cv]))
-        return PublishOutputs(uri=uri, signature=sig.signature, handles=Components(model_cv, agent_cv), extra={
-            "modelComponent": model_cv.arn, "agentComponent": agent_cv.arn,
-            "manifestUri": bucket.bucket.apply(lambda b: f"s3://{b}/{model_key(manifest.name, manifest.sha256, '.yaml')}"),
-            "signatureUri": bucket.bucket.apply(lambda b: f"s3://{b}/{model_key(manifest.name, manifest.sha256, '.yaml.sig')}"),
-        })
+            opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[model_cv]),
+        )
+        return PublishOutputs(
+            uri=uri,
+            signature=sig.signature,
+            handles=Components(model_cv, agent_cv),
+            extra={
+                "modelComponent": model_cv.arn,
+                "agentComponent": agent_cv.arn,
+                "manifestUri": bucket.bucket.apply(lambda b: f"s3://{b}/{model_key(manifest.name, manifest.sha256, '.yaml')}"),
+                "signatureUri": bucket.bucket.apply(lambda b: f"s3://{b}/{model_key(manifest.name, manifest.sha256, '.yaml.sig')}"),
+            },
+        )
 
     def ring(self, parent, spec: RingSpec, model, group, base: StackBase) -> RingOutputs:
         n = parent.resource_name
@@ -365,23 +519,37 @@ class AwsPlatform(Platform):
         query = ring_query(rollout, index, groups, self.naming.thing_type(self.aws), self.naming)
         fleet = self.fleet(base)
         tg = aws_native.iot.ThingGroup(
-            f"{n}-thing-group", thing_group_name=self.naming.ring_thing_group(rollout.name, ring.name), query_string=query,
-            thing_group_properties={"thing_group_description": f"edgefleet ring {ring.name} of rollout {rollout.name} "
-                                                                f"(ring {index + 1}, {policy.devices} devices)"},
-            opts=self.opts(parent, native=True, depends_on=[fleet.thing_type, group] + ([fleet.indexing] if fleet.indexing else [])))
+            f"{n}-thing-group",
+            thing_group_name=self.naming.ring_thing_group(rollout.name, ring.name),
+            query_string=query,
+            thing_group_properties={
+                "thing_group_description": f"edgefleet ring {ring.name} of rollout {rollout.name} "
+                f"(ring {index + 1}, {policy.devices} devices)"
+            },
+            opts=self.opts(parent, native=True, depends_on=[fleet.thing_type, group] + ([fleet.indexing] if fleet.indexing else [])),
+        )
 
         # 2. the ring's deployment: inputs from this ring only; ordered after the previous ring's gate
         previous_gate = earlier[-1].gate if earlier else None
-        components = pulumi.Output.all(model_cv.component_name, model_cv.component_version, agent_cv.component_name,
-                                       agent_cv.component_version).apply(
-            lambda a: components_spec(RingComponents(a[0], a[2], a[3], rollout.name, ring.name), a[1], rid))
+        components = pulumi.Output.all(
+            model_cv.component_name, model_cv.component_version, agent_cv.component_name, agent_cv.component_version
+        ).apply(lambda a: components_spec(RingComponents(a[0], a[2], a[3], rollout.name, ring.name), a[1], rid))
         deployment = aws_native.greengrassv2.Deployment(
-            f"{n}-deployment", target_arn=tg.arn,
+            f"{n}-deployment",
+            target_arn=tg.arn,
             deployment_name=self.naming.deployment_name(rollout.name, ring.name, manifest.version),
-            components=components, deployment_policies=deployment_policies(), iot_job_configuration=iot_job_configuration(policy),
+            components=components,
+            deployment_policies=deployment_policies(),
+            iot_job_configuration=iot_job_configuration(policy),
             tags=deployment_tags(rollout.name, ring.name, manifest.version),
-            opts=self.opts(parent, native=True, depends_on=[previous_gate] if previous_gate is not None else [],
-                           retain_on_delete=True, delete_before_replace=False))
+            opts=self.opts(
+                parent,
+                native=True,
+                depends_on=[previous_gate] if previous_gate is not None else [],
+                retain_on_delete=True,
+                delete_before_replace=False,
+            ),
+        )
 
         # 3. what operators watch: the same thresholds the gate judges, as alarms on the agents' metrics
         self._alarms(parent, rollout.name, ring, manifest.version)
@@ -389,18 +557,37 @@ class AwsPlatform(Platform):
         # 4. the gate: waits, judges, and on failure rolls every touched ring back
         rings = rollout.rings[: index + 1]
         targets = [r.thing_group.arn for r in earlier] + [tg.arn]
-        gate = providers.RingGate(f"{n}-gate", {
-            "region": self.aws.region, "stack": pulumi.get_stack(), "bucket": base.store.outputs.handles.bucket.bucket,
-            "signing_key": base.key.outputs.handles.key.arn, "metric_namespace": self.aws.metric_namespace,
-            "rollout": rollout.name, "ring": ring.name, "index": index, "total_rings": len(rollout.rings),
-            "rings": [r.model_dump(mode="json") for r in rings], "targets": targets,
-            "policies": [ring_job_policy(self.aws, r).to_json() for r in rings],
-            "deployment": deployment.deployment_id, "model": manifest.name, "version": manifest.version, "sha256": manifest.sha256,
-            "size": manifest.size, "manifest": model.manifest_text, "uri": published.uri, "signature": published.signature,
-            "model_component": model_cv.component_name, "agent_component": agent_cv.component_name,
-            "agent_version": agent_cv.component_version, "gate_config": ring.gate.model_dump(mode="json"),
-            "poll_seconds": self.aws.poll_seconds,
-        }, child(parent, depends_on=[deployment], custom_timeouts=pulumi.CustomTimeouts(create=_gate_timeout(rings))))
+        gate = providers.RingGate(
+            f"{n}-gate",
+            {
+                "region": self.aws.region,
+                "stack": pulumi.get_stack(),
+                "bucket": base.store.outputs.handles.bucket.bucket,
+                "signing_key": base.key.outputs.handles.key.arn,
+                "metric_namespace": self.aws.metric_namespace,
+                "rollout": rollout.name,
+                "ring": ring.name,
+                "index": index,
+                "total_rings": len(rollout.rings),
+                "rings": [r.model_dump(mode="json") for r in rings],
+                "targets": targets,
+                "policies": [ring_job_policy(self.aws, r).to_json() for r in rings],
+                "deployment": deployment.deployment_id,
+                "model": manifest.name,
+                "version": manifest.version,
+                "sha256": manifest.sha256,
+                "size": manifest.size,
+                "manifest": model.manifest_text,
+                "uri": published.uri,
+                "signature": published.signature,
+                "model_component": model_cv.component_name,
+                "agent_component": agent_cv.component_name,
+                "agent_version": agent_cv.component_version,
+                "gate_config": ring.gate.model_dump(mode="json"),
+                "poll_seconds": self.aws.poll_seconds,
+            },
+            child(parent, depends_on=[deployment], custom_timeouts=pulumi.CustomTimeouts(create=_gate_timeout(rings))),
+        )
         devices = pulumi.Output.all(tg.arn).apply(lambda a: {"thingGroup": a[0], "query": query, "expectedDevices": policy.devices})
         return RingOutputs(deployment=deployment.deployment_id, gate=gate.gate, devices=devices, handles=RingParts(tg, gate))
 
@@ -412,35 +599,66 @@ class AwsPlatform(Platform):
         counts = {field: name for name, field in gg.COUNT_METRICS}
 
         def metric(id_: str, name: str, stat: str = "Sum") -> dict[str, Any]:
-            return {"id": id_, "return_data": False, "metric": {"namespace": ns, "metric_name": name, "period": 60, "stat": stat, "dimensions": dims}}
+            return {
+                "id": id_,
+                "return_data": False,
+                "metric": {"namespace": ns, "metric_name": name, "period": 60, "stat": stat, "dimensions": dims},
+            }
 
-        common = {"comparison_operator": "GreaterThanThreshold", "evaluation_periods": 5, "datapoints_to_alarm": 3,
-                  "treat_missing_data": "notBreaching"}
+        common = {
+            "comparison_operator": "GreaterThanThreshold",
+            "evaluation_periods": 5,
+            "datapoints_to_alarm": 3,
+            "treat_missing_data": "notBreaching",
+        }
         out = []
-        ratios = [("error-rate", counts["errors"], gate.max_error_rate), ("invalid-outputs", counts["invalid_outputs"], gate.max_invalid_output_share)]
+        ratios = [
+            ("error-rate", counts["errors"], gate.max_error_rate),
+            ("invalid-outputs", counts["invalid_outputs"], gate.max_invalid_output_share),
+        ]
         for what, metric_name, threshold in ratios:
             if threshold is None:
                 continue
-            out.append(aws.cloudwatch.MetricAlarm(
-                f"{n}-{what}-alarm", name=self.naming.alarm(rollout, ring.name, what), threshold=threshold,
-                alarm_description=f"{metric_name} per inference above the gate's {threshold} on ring {ring.name} ({rollout} {version})",
-                metric_queries=[metric("bad", metric_name), metric("inferences", counts["inferences"]),
-                                {"id": "share", "expression": "bad / inferences", "label": f"{metric_name} share", "return_data": True}],
-                opts=self.opts(parent), **common))
+            out.append(
+                aws.cloudwatch.MetricAlarm(
+                    f"{n}-{what}-alarm",
+                    name=self.naming.alarm(rollout, ring.name, what),
+                    threshold=threshold,
+                    alarm_description=f"{metric_name} per inference above the gate's {threshold} on ring {ring.name} ({rollout} {version})",
+                    metric_queries=[
+                        metric("bad", metric_name),
+                        metric("inferences", counts["inferences"]),
+                        {"id": "share", "expression": "bad / inferences", "label": f"{metric_name} share", "return_data": True},
+                    ],
+                    opts=self.opts(parent),
+                    **common,
+                )
+            )
         if gate.max_p99_latency_ms is not None:
-            out.append(aws.cloudwatch.MetricAlarm(
-                f"{n}-p99-latency-alarm", name=self.naming.alarm(rollout, ring.name, "p99-latency"), threshold=gate.max_p99_latency_ms,
-                alarm_description=f"p99 inference latency above {gate.max_p99_latency_ms} ms on ring {ring.name} ({rollout} {version})",
-                namespace=ns, metric_name=gg.LATENCY_METRIC, extended_statistic="p99", period=60, dimensions=dims,
-                opts=self.opts(parent), **common))
+            out.append(
+                aws.cloudwatch.MetricAlarm(
+                    f"{n}-p99-latency-alarm",
+                    name=self.naming.alarm(rollout, ring.name, "p99-latency"),
+                    threshold=gate.max_p99_latency_ms,
+                    alarm_description=f"p99 inference latency above {gate.max_p99_latency_ms} ms on ring {ring.name} ({rollout} {version})",
+                    namespace=ns,
+                    metric_name=gg.LATENCY_METRIC,
+                    extended_statistic="p99",
+                    period=60,
+                    dimensions=dims,
+                    opts=self.opts(parent),
+                    **common,
+                )
+            )
         return out
 
 
 def _desired_stub(manifest: ModelManifest):
     from edgefleet_agent.contract.state import DesiredModel
 
-    return DesiredModel(model=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size, uri="", manifest="",
-                        signature="")
+    return DesiredModel(
+        model=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size, uri="", manifest="", signature=""
+    )
 
 
 def _gate_timeout(rings) -> str:

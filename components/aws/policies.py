@@ -14,10 +14,28 @@ from typing import Any
 VERSION = "2012-10-17"
 
 KEY_ADMIN = [
-    "kms:DescribeKey", "kms:GetKeyPolicy", "kms:PutKeyPolicy", "kms:ListResourceTags", "kms:TagResource", "kms:UntagResource",
-    "kms:UpdateKeyDescription", "kms:EnableKey", "kms:DisableKey", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
-    "kms:CreateAlias", "kms:UpdateAlias", "kms:DeleteAlias", "kms:GetKeyRotationStatus", "kms:EnableKeyRotation",
-    "kms:DisableKeyRotation", "kms:ListAliases", "kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant", "kms:RetireGrant",
+    "kms:DescribeKey",
+    "kms:GetKeyPolicy",
+    "kms:PutKeyPolicy",
+    "kms:ListResourceTags",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:UpdateKeyDescription",
+    "kms:EnableKey",
+    "kms:DisableKey",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+    "kms:CreateAlias",
+    "kms:UpdateAlias",
+    "kms:DeleteAlias",
+    "kms:GetKeyRotationStatus",
+    "kms:EnableKeyRotation",
+    "kms:DisableKeyRotation",
+    "kms:ListAliases",
+    "kms:CreateGrant",
+    "kms:ListGrants",
+    "kms:RevokeGrant",
+    "kms:RetireGrant",
 ]
 
 
@@ -34,10 +52,20 @@ def signing_key_policy(partition: str, account: str, deployer_role: str) -> dict
     may read the public key. The account root gets no kms:Sign, so no IAM policy can grant signing."""
     return _doc(
         {"Sid": "DeployerAdministersKey", "Effect": "Allow", "Principal": {"AWS": deployer_role}, "Action": KEY_ADMIN, "Resource": "*"},
-        {"Sid": "OnlyDeployerSigns", "Effect": "Allow", "Principal": {"AWS": deployer_role},
-         "Action": ["kms:Sign", "kms:GetPublicKey"], "Resource": "*"},
-        {"Sid": "AccountReadsPublicKey", "Effect": "Allow", "Principal": {"AWS": account_root(partition, account)},
-         "Action": ["kms:GetPublicKey", "kms:DescribeKey"], "Resource": "*"},
+        {
+            "Sid": "OnlyDeployerSigns",
+            "Effect": "Allow",
+            "Principal": {"AWS": deployer_role},
+            "Action": ["kms:Sign", "kms:GetPublicKey"],
+            "Resource": "*",
+        },
+        {
+            "Sid": "AccountReadsPublicKey",
+            "Effect": "Allow",
+            "Principal": {"AWS": account_root(partition, account)},
+            "Action": ["kms:GetPublicKey", "kms:DescribeKey"],
+            "Resource": "*",
+        },
     )
 
 
@@ -47,10 +75,21 @@ def storage_key_policy(partition: str, account: str, region: str, deployer_role:
     the device role here instead would make the key wait for the role and the role's policy for the key."""
     return _doc(
         {"Sid": "DeployerAdministersKey", "Effect": "Allow", "Principal": {"AWS": deployer_role}, "Action": KEY_ADMIN, "Resource": "*"},
-        {"Sid": "DeployerUsesKey", "Effect": "Allow", "Principal": {"AWS": deployer_role},
-         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey"], "Resource": "*"},
-        {"Sid": "AccountDecryptsThroughS3", "Effect": "Allow", "Principal": {"AWS": account_root(partition, account)},
-         "Action": ["kms:Decrypt"], "Resource": "*", "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}},
+        {
+            "Sid": "DeployerUsesKey",
+            "Effect": "Allow",
+            "Principal": {"AWS": deployer_role},
+            "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey"],
+            "Resource": "*",
+        },
+        {
+            "Sid": "AccountDecryptsThroughS3",
+            "Effect": "Allow",
+            "Principal": {"AWS": account_root(partition, account)},
+            "Action": ["kms:Decrypt"],
+            "Resource": "*",
+            "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
+        },
     )
 
 
@@ -58,11 +97,25 @@ def bucket_policy(bucket_arn: str) -> dict[str, Any]:
     """Refuse every request that is not TLS, and every upload that asks for an encryption other than KMS
     (uploads that ask for none get the bucket's default, SSE-KMS with the stack's key)."""
     return _doc(
-        {"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-         "Resource": [bucket_arn, f"{bucket_arn}/*"], "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
-        {"Sid": "DenyNonKmsEncryption", "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": f"{bucket_arn}/*",
-         "Condition": {"StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"},
-                       "Null": {"s3:x-amz-server-side-encryption": "false"}}},
+        {
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [bucket_arn, f"{bucket_arn}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        },
+        {
+            "Sid": "DenyNonKmsEncryption",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:PutObject",
+            "Resource": f"{bucket_arn}/*",
+            "Condition": {
+                "StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"},
+                "Null": {"s3:x-amz-server-side-encryption": "false"},
+            },
+        },
     )
 
 
@@ -80,12 +133,27 @@ def device_role_policy(bucket_arn: str, storage_key_arn: str, region: str, repos
     return _doc(
         {"Sid": "LocateModelBucket", "Effect": "Allow", "Action": ["s3:GetBucketLocation"], "Resource": bucket_arn},
         {"Sid": "ReadModelArtifacts", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"{bucket_arn}/models/*"},
-        {"Sid": "DecryptModelArtifacts", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": storage_key_arn,
-         "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}},
-        {"Sid": "PullAgentImage", "Effect": "Allow", "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"], "Resource": repository_arn},
+        {
+            "Sid": "DecryptModelArtifacts",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt"],
+            "Resource": storage_key_arn,
+            "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
+        },
+        {
+            "Sid": "PullAgentImage",
+            "Effect": "Allow",
+            "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+            "Resource": repository_arn,
+        },
         {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
-        {"Sid": "PublishAgentHealth", "Effect": "Allow", "Action": ["cloudwatch:PutMetricData"], "Resource": "*",
-         "Condition": {"StringEquals": {"cloudwatch:namespace": metric_namespace}}},
+        {
+            "Sid": "PublishAgentHealth",
+            "Effect": "Allow",
+            "Action": ["cloudwatch:PutMetricData"],
+            "Resource": "*",
+            "Condition": {"StringEquals": {"cloudwatch:namespace": metric_namespace}},
+        },
     )
 
 
@@ -96,10 +164,18 @@ def gate_observation_policy(partition: str, region: str, account: str) -> dict[s
     the devices that filed per-device metrics when a metric gate fails; without it the gate still judges and rolls
     back, and names only devices it finds through the job's executions."""
     return _doc(
-        {"Sid": "ReadRingDeployments", "Effect": "Allow", "Action": ["greengrass:ListDeployments", "greengrass:GetDeployment"],
-         "Resource": "*"},
-        {"Sid": "ReadRingJobs", "Effect": "Allow", "Action": ["iot:DescribeJob", "iot:ListJobExecutionsForJob"],
-         "Resource": f"arn:{partition}:iot:{region}:{account}:job/*"},
+        {
+            "Sid": "ReadRingDeployments",
+            "Effect": "Allow",
+            "Action": ["greengrass:ListDeployments", "greengrass:GetDeployment"],
+            "Resource": "*",
+        },
+        {
+            "Sid": "ReadRingJobs",
+            "Effect": "Allow",
+            "Action": ["iot:DescribeJob", "iot:ListJobExecutionsForJob"],
+            "Resource": f"arn:{partition}:iot:{region}:{account}:job/*",
+        },
         {"Sid": "ReadAgentHealth", "Effect": "Allow", "Action": ["cloudwatch:GetMetricData", "cloudwatch:ListMetrics"], "Resource": "*"},
     )
 
@@ -111,27 +187,52 @@ def core_device_iot_policy(partition: str, region: str, account: str, role_alias
     thing = "${iot:Connection.Thing.ThingName}"
     return _doc(
         {"Sid": "Connect", "Effect": "Allow", "Action": ["iot:Connect"], "Resource": f"{base}:client/{thing}*"},
-        {"Sid": "OwnTopics", "Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": f"{base}:topic/$aws/things/{thing}/*"},
+        {
+            "Sid": "OwnTopics",
+            "Effect": "Allow",
+            "Action": ["iot:Publish", "iot:Receive"],
+            "Resource": f"{base}:topic/$aws/things/{thing}/*",
+        },
         {"Sid": "OwnTopicFilters", "Effect": "Allow", "Action": ["iot:Subscribe"], "Resource": f"{base}:topicfilter/$aws/things/{thing}/*"},
-        {"Sid": "OwnShadow", "Effect": "Allow", "Action": ["iot:GetThingShadow", "iot:UpdateThingShadow", "iot:DeleteThingShadow"],
-         "Resource": f"{base}:thing/{thing}"},
+        {
+            "Sid": "OwnShadow",
+            "Effect": "Allow",
+            "Action": ["iot:GetThingShadow", "iot:UpdateThingShadow", "iot:DeleteThingShadow"],
+            "Resource": f"{base}:thing/{thing}",
+        },
         {"Sid": "Credentials", "Effect": "Allow", "Action": ["iot:AssumeRoleWithCertificate"], "Resource": role_alias_arn},
-        {"Sid": "GreengrassDataPlane", "Effect": "Allow", "Action": [
-            "greengrass:GetComponentVersionArtifact", "greengrass:ResolveComponentCandidates",
-            "greengrass:GetDeploymentConfiguration", "greengrass:ListThingGroupsForCoreDevice"], "Resource": "*"},
+        {
+            "Sid": "GreengrassDataPlane",
+            "Effect": "Allow",
+            "Action": [
+                "greengrass:GetComponentVersionArtifact",
+                "greengrass:ResolveComponentCandidates",
+                "greengrass:GetDeploymentConfiguration",
+                "greengrass:ListThingGroupsForCoreDevice",
+            ],
+            "Resource": "*",
+        },
     )
 
 
 def ecr_lifecycle_policy() -> dict[str, Any]:
     """Untagged layers go after a week; tagged agent versions are kept (rollbacks may need any of them) up to 200."""
-    return {"rules": [
-        {"rulePriority": 1, "description": "expire untagged images after 7 days",
-         "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 7},
-         "action": {"type": "expire"}},
-        {"rulePriority": 2, "description": "keep the newest 200 agent images",
-         "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 200},
-         "action": {"type": "expire"}},
-    ]}
+    return {
+        "rules": [
+            {
+                "rulePriority": 1,
+                "description": "expire untagged images after 7 days",
+                "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 7},
+                "action": {"type": "expire"},
+            },
+            {
+                "rulePriority": 2,
+                "description": "keep the newest 200 agent images",
+                "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 200},
+                "action": {"type": "expire"},
+            },
+        ]
+    }
 
 
 def allow_actions(doc: dict[str, Any]) -> list[str]:

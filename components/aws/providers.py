@@ -59,8 +59,12 @@ class ModelArtifactProvider(ResourceProvider):
 
         p = ModelArtifactProps.of(props)
         s3 = boto3.client("s3", region_name=p.region)
-        result = publish_artifact(s3, p.bucket, p.key, Path(p.source), p.sha256, p.size, p.kms_key, {"model": p.model, "version": p.version})
-        return CreateResult(id_=f"s3://{p.bucket}/{p.key}", outs={**props, "uri": f"s3://{p.bucket}/{p.key}", "version_id": result["version_id"]})
+        result = publish_artifact(
+            s3, p.bucket, p.key, Path(p.source), p.sha256, p.size, p.kms_key, {"model": p.model, "version": p.version}
+        )
+        return CreateResult(
+            id_=f"s3://{p.bucket}/{p.key}", outs={**props, "uri": f"s3://{p.bucket}/{p.key}", "version_id": result["version_id"]}
+        )
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return input_diff(olds, news, self.REPLACE_ON)
@@ -83,8 +87,10 @@ class ManifestSignatureProvider(ResourceProvider):
 
         p = ManifestSignatureProps.of(props)
         envelope = sign_bytes(KmsSigner(p.signing_key, p.region), p.manifest.encode())
-        return CreateResult(id_=f"{p.model}@{p.version}+{p.sha256[:12]}",
-                            outs={**props, "signature": envelope.to_bytes().decode(), "key_id": envelope.key_id})
+        return CreateResult(
+            id_=f"{p.model}@{p.version}+{p.sha256[:12]}",
+            outs={**props, "signature": envelope.to_bytes().decode(), "key_id": envelope.key_id},
+        )
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return input_diff(olds, news, self.REPLACE_ON)
@@ -112,7 +118,9 @@ class ModelArtifact(Resource, module="edgefleet-aws", name="ModelArtifact"):
     version_id: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(ModelArtifactProvider(), name, {"uri": None, "version_id": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+        super().__init__(
+            ModelArtifactProvider(), name, {"uri": None, "version_id": None, **props, "provider_version": PROVIDER_VERSION}, opts
+        )
 
 
 class ManifestSignature(Resource, module="edgefleet-aws", name="ManifestSignature"):
@@ -120,8 +128,9 @@ class ManifestSignature(Resource, module="edgefleet-aws", name="ManifestSignatur
     key_id: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(ManifestSignatureProvider(), name,
-                         {"signature": None, "key_id": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+        super().__init__(
+            ManifestSignatureProvider(), name, {"signature": None, "key_id": None, **props, "provider_version": PROVIDER_VERSION}, opts
+        )
 
 
 class RingGate(Resource, module="edgefleet-aws", name="RingGate"):

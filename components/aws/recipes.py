@@ -45,36 +45,50 @@ def model_recipe(component: str, manifest: ModelManifest, manifest_text: str, si
         "ComponentVersion": manifest.version,
         "ComponentDescription": f"{manifest.name} {manifest.version} (sha256 {manifest.sha256[:12]}): {manifest.description}"[:1024],
         "ComponentPublisher": PUBLISHER,
-        "ComponentConfiguration": {"DefaultConfiguration": {
-            "Model": manifest.name,
-            "Version": manifest.version,
-            "Sha256": manifest.sha256,
-            "Size": manifest.size,
-            "File": f"{manifest.sha256}.onnx",
-            "Manifest": manifest_text,
-            "Signature": signature,
-            "RollbackOrder": "",
-            "RollbackSignature": "",
-            "Rollout": "",
-            "Ring": "",
-            "RolloutId": "",
-        }},
-        "Manifests": [{"Name": f"linux-{arch}", "Platform": {"os": "linux", "architecture": arch}, "Lifecycle": {}, "Artifacts": [artifact]}
-                      for arch in arches],
+        "ComponentConfiguration": {
+            "DefaultConfiguration": {
+                "Model": manifest.name,
+                "Version": manifest.version,
+                "Sha256": manifest.sha256,
+                "Size": manifest.size,
+                "File": f"{manifest.sha256}.onnx",
+                "Manifest": manifest_text,
+                "Signature": signature,
+                "RollbackOrder": "",
+                "RollbackSignature": "",
+                "Rollout": "",
+                "Ring": "",
+                "RolloutId": "",
+            }
+        },
+        "Manifests": [
+            {"Name": f"linux-{arch}", "Platform": {"os": "linux", "architecture": arch}, "Lifecycle": {}, "Artifacts": [artifact]}
+            for arch in arches
+        ],
     }
 
 
 # name in the container <- recipe variable (interpolated by the nucleus at deployment time)
-AGENT_ENV = {**{env: f"{{model}}:configuration:/{key}" for env, key in MODEL_CONFIGURATION.items()},
-             ENV_NAMESPACE: f"configuration:/{AGENT_CONFIGURATION[ENV_NAMESPACE]}"}
+AGENT_ENV = {
+    **{env: f"{{model}}:configuration:/{key}" for env, key in MODEL_CONFIGURATION.items()},
+    ENV_NAMESPACE: f"configuration:/{AGENT_CONFIGURATION[ENV_NAMESPACE]}",
+}
 TRUSTED_KEY_ENV = ENV_TRUSTED_KEY
 
 
-INSTALL_TIMEOUT_SECONDS = 600   # download + verify + load of a large model on a slow device
+INSTALL_TIMEOUT_SECONDS = 600  # download + verify + load of a large model on a slow device
 
 
-def agent_recipe(component: str, version: str, model_name: str, model_component: str, image: str,
-                 metric_namespace: str, trusted_key_pem: str, report_seconds: int = 60) -> dict[str, Any]:
+def agent_recipe(
+    component: str,
+    version: str,
+    model_name: str,
+    model_component: str,
+    image: str,
+    metric_namespace: str,
+    trusted_key_pem: str,
+    report_seconds: int = 60,
+) -> dict[str, Any]:
     """The device agent for one model: pulls `image` from ECR and runs `python3 -m agent` in it.
 
     Values reach the container as environment variables set through Setenv, never spliced into the shell
@@ -91,16 +105,20 @@ def agent_recipe(component: str, version: str, model_name: str, model_component:
     container = f"edgefleet-{model_name}"
 
     def agent(name: str, *flags: str) -> str:
-        return " ".join([
-            f'printf \'%s\\n\' "${TRUSTED_KEY_ENV}" > {{work:path}}/trusted.pem &&',
-            "exec docker run --rm --network=host", f"--name {name}",
-            *(f"-e {var}" for var in passthrough),
-            f"-v {{{model_component}:artifacts:path}}:/models:ro",
-            "-v {work:path}:/state",
-            image,
-            f"python3 -m agent --transport greengrass --device-id {{iot:thingName}} --model {model_name} --model-dir /models",
-            "--state-dir /state --public-key /state/trusted.pem", *flags,
-        ])
+        return " ".join(
+            [
+                f"printf '%s\\n' \"${TRUSTED_KEY_ENV}\" > {{work:path}}/trusted.pem &&",
+                "exec docker run --rm --network=host",
+                f"--name {name}",
+                *(f"-e {var}" for var in passthrough),
+                f"-v {{{model_component}:artifacts:path}}:/models:ro",
+                "-v {work:path}:/state",
+                image,
+                f"python3 -m agent --transport greengrass --device-id {{iot:thingName}} --model {model_name} --model-dir /models",
+                "--state-dir /state --public-key /state/trusted.pem",
+                *flags,
+            ]
+        )
 
     # Install verifies and installs the model before the component counts as running: a refused model fails
     # the install (exit 3), so the deployment fails on this device and the gate counts it, instead of the
@@ -119,22 +137,26 @@ def agent_recipe(component: str, version: str, model_name: str, model_component:
             DOCKER_MANAGER: {"VersionRequirement": NUCLEUS_V2, "DependencyType": "HARD"},
             TOKEN_EXCHANGE: {"VersionRequirement": NUCLEUS_V2, "DependencyType": "HARD"},
         },
-        "ComponentConfiguration": {"DefaultConfiguration": {
-            "MetricNamespace": metric_namespace,
-            "ReportSeconds": report_seconds,
-            "TrustedKeyPem": trusted_key_pem,
-        }},
-        "Manifests": [{
-            "Name": "linux",
-            "Platform": {"os": "linux"},
-            "Lifecycle": {
-                "Setenv": env,
-                "Install": {"Script": install, "Timeout": INSTALL_TIMEOUT_SECONDS, "RequiresPrivilege": False},
-                "Run": {"Script": run, "RequiresPrivilege": False},
-                "Shutdown": {"Script": f"docker stop {container} || true", "RequiresPrivilege": False},
-            },
-            "Artifacts": [{"URI": f"docker:{image}"}],
-        }],
+        "ComponentConfiguration": {
+            "DefaultConfiguration": {
+                "MetricNamespace": metric_namespace,
+                "ReportSeconds": report_seconds,
+                "TrustedKeyPem": trusted_key_pem,
+            }
+        },
+        "Manifests": [
+            {
+                "Name": "linux",
+                "Platform": {"os": "linux"},
+                "Lifecycle": {
+                    "Setenv": env,
+                    "Install": {"Script": install, "Timeout": INSTALL_TIMEOUT_SECONDS, "RequiresPrivilege": False},
+                    "Run": {"Script": run, "RequiresPrivilege": False},
+                    "Shutdown": {"Script": f"docker stop {container} || true", "RequiresPrivilege": False},
+                },
+                "Artifacts": [{"URI": f"docker:{image}"}],
+            }
+        ],
     }
 
 
@@ -167,7 +189,9 @@ def recipe_text(recipe: dict[str, Any]) -> str:
     Refuses a recipe the GDK schema rejects: CreateComponentVersion would, after earlier resources were made."""
     errors = recipe_errors(recipe)
     if errors:
-        raise EdgefleetError(f"Greengrass recipe {recipe.get('ComponentName', '?')}", "does not validate against the GDK recipe schema ("
-                             f"{SCHEMA.name}): " + "; ".join(errors[:5]), "this is an edgefleet bug or a value the schema forbids; "
-                             "check the component name, version and configuration in the stack file")
+        raise EdgefleetError(
+            f"Greengrass recipe {recipe.get('ComponentName', '?')}",
+            f"does not validate against the GDK recipe schema ({SCHEMA.name}): " + "; ".join(errors[:5]),
+            "this is an edgefleet bug or a value the schema forbids; check the component name, version and configuration in the stack file",
+        )
     return json.dumps(recipe, indent=2) + "\n"

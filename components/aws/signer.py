@@ -40,10 +40,13 @@ class KmsSigner:
     def _public_key(self) -> ec.EllipticCurvePublicKey:
         if self._public is None:
             resp = self.client.get_public_key(KeyId=self.kms_key)
-            spec = resp.get("KeySpec") or resp.get("CustomerMasterKeySpec")     # the latter is the deprecated name
+            spec = resp.get("KeySpec") or resp.get("CustomerMasterKeySpec")  # the latter is the deprecated name
             if spec != KEY_SPEC or resp.get("KeyUsage") != "SIGN_VERIFY":
-                raise SignatureError(self.kms_key, f"KMS key is {spec}/{resp.get('KeyUsage')}, not {KEY_SPEC}/SIGN_VERIFY",
-                                     "use the stack's signing key (edgefleet declares it with those settings)")
+                raise SignatureError(
+                    self.kms_key,
+                    f"KMS key is {spec}/{resp.get('KeyUsage')}, not {KEY_SPEC}/SIGN_VERIFY",
+                    "use the stack's signing key (edgefleet declares it with those settings)",
+                )
             if ALGORITHM not in resp.get("SigningAlgorithms", [ALGORITHM]):
                 raise SignatureError(self.kms_key, f"KMS key does not offer {ALGORITHM}", "use an ECC_NIST_P256 key")
             key = serialization.load_der_public_key(resp["PublicKey"])
@@ -62,11 +65,14 @@ class KmsSigner:
 
     def sign_digest(self, digest: bytes) -> bytes:
         require_digest(digest)
-        public = self._public_key()                      # refuses a key of the wrong kind before anything is signed
+        public = self._public_key()  # refuses a key of the wrong kind before anything is signed
         resp = self.client.sign(KeyId=self.kms_key, Message=digest, MessageType="DIGEST", SigningAlgorithm=ALGORITHM)
         signature = resp["Signature"]
         if not signs_digest(public, signature, digest):
-            raise SignatureError(self.kms_key, "KMS returned a signature that does not verify over the digest it was given "
-                                 "(did the signer hash the digest again, ignoring MessageType=DIGEST?)",
-                                 "sign with real AWS KMS; emulators such as moto do not implement MessageType=DIGEST")
+            raise SignatureError(
+                self.kms_key,
+                "KMS returned a signature that does not verify over the digest it was given "
+                "(did the signer hash the digest again, ignoring MessageType=DIGEST?)",
+                "sign with real AWS KMS; emulators such as moto do not implement MessageType=DIGEST",
+            )
         return signature

@@ -15,18 +15,27 @@ from edgefleet_agent.contract.digest import same_file_digest
 from edgefleet_agent.contract.errors import EdgefleetError
 
 
-def publish_artifact(s3: Any, bucket: str, key: str, path: Path, sha256: str, size: int, kms_key: str,
-                     metadata: dict[str, str]) -> dict[str, Any]:
+def publish_artifact(
+    s3: Any, bucket: str, key: str, path: Path, sha256: str, size: int, kms_key: str, metadata: dict[str, str]
+) -> dict[str, Any]:
     problem = same_file_digest(Path(path), sha256, size)
     if problem:
         raise EdgefleetError(str(path), f"refusing to upload: {problem}", "run `edgefleet model add` to re-pin the artifact")
     existing = _head(s3, bucket, key)
     if existing is not None and existing.get("Metadata", {}).get("sha256") == sha256 and existing.get("ContentLength") == size:
         return {"uploaded": False, "version_id": existing.get("VersionId"), "etag": existing.get("ETag")}
-    s3.upload_file(str(path), bucket, key, ExtraArgs={
-        "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key, "ChecksumAlgorithm": "SHA256",
-        "ContentType": "application/octet-stream", "Metadata": {**metadata, "sha256": sha256},
-    })
+    s3.upload_file(
+        str(path),
+        bucket,
+        key,
+        ExtraArgs={
+            "ServerSideEncryption": "aws:kms",
+            "SSEKMSKeyId": kms_key,
+            "ChecksumAlgorithm": "SHA256",
+            "ContentType": "application/octet-stream",
+            "Metadata": {**metadata, "sha256": sha256},
+        },
+    )
     head = _head(s3, bucket, key) or {}
     return {"uploaded": True, "version_id": head.get("VersionId"), "etag": head.get("ETag")}
 

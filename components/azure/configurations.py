@@ -48,8 +48,8 @@ from components.props import Props
 from edgefleet_agent.contract.errors import EdgefleetError
 
 API_VERSION = "2021-04-12"
-PROVIDER_VERSION = "2"                      # 2: a changed hub key refreshes the saved outputs
-SCHEMA_VERSION = "1.0"                      # the configuration object's own schema version
+PROVIDER_VERSION = "2"  # 2: a changed hub key refreshes the saved outputs
+SCHEMA_VERSION = "1.0"  # the configuration object's own schema version
 ID_MAX = 128
 SECRET_RE = re.compile(r"\$\{secret:([A-Za-z0-9_]+)\}")
 MUTABLE = ("target_condition", "priority", "labels", "metrics")
@@ -124,10 +124,12 @@ def configuration_id(prefix: str, hint: str, content: Any, secrets: dict[str, st
 def fill_secrets(value: Any, secrets: dict[str, str]) -> Any:
     """Replaces `${secret:name}` placeholders, so previews and the graph show content without secret values."""
     if isinstance(value, str):
+
         def sub(m: re.Match) -> str:
             if m.group(1) not in secrets:
                 raise KeyError(f"content refers to secret {m.group(1)!r}, which was not given")
             return secrets[m.group(1)]
+
         return SECRET_RE.sub(sub, value)
     if isinstance(value, dict):
         return {k: fill_secrets(v, secrets) for k, v in value.items()}
@@ -170,8 +172,9 @@ FIXES = {
 class HubClient:
     """The subset of IoT Hub's service REST API edgefleet uses: configurations and twin queries."""
 
-    def __init__(self, host: str, key_name: str, key: str, endpoint: str | None = None,
-                 policy: rest.RetryPolicy | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, host: str, key_name: str, key: str, endpoint: str | None = None, policy: rest.RetryPolicy | None = None, timeout: float = 30.0
+    ) -> None:
         self.host = host
         self.key_name = key_name
         self._key = key
@@ -179,7 +182,7 @@ class HubClient:
         self.policy = policy or rest.RetryPolicy(sleep=lambda s: _sleep(s))
         self.timeout = timeout
 
-    def __repr__(self) -> str:                 # never show the key
+    def __repr__(self) -> str:  # never show the key
         return f"HubClient({self.host!r}, key_name={self.key_name!r})"
 
     def _headers(self, extra: dict[str, str] | None = None) -> Callable[[], dict[str, str]]:
@@ -188,20 +191,38 @@ class HubClient:
     def _url(self, path: str, **query: str) -> str:
         return f"{self.endpoint}{path}?" + urllib.parse.urlencode({**query, "api-version": API_VERSION})
 
-    def _call(self, method: str, path: str, what: str, body: Any = None, headers: dict[str, str] | None = None,
-              ok: tuple[int, ...] = (200,), tolerate: tuple[int, ...] = ()) -> rest.Response:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        ok: tuple[int, ...] = (200,),
+        tolerate: tuple[int, ...] = (),
+    ) -> rest.Response:
         try:
             resp = rest.send(method, self._url(path), self._headers(headers), body, policy=self.policy, timeout=self.timeout)
         except rest.TransportError as e:
             status = e.last.status if e.last else None
             code, msg = _hub_message(e.last) if e.last else (None, str(e))
-            raise IotHubError(f"IoT Hub {self.host}, {what}", f"gave up after {self.policy.attempts} attempts: {msg}",
-                              "the hub is throttling or unavailable; wait and run `pulumi up` again", status, code) from None
+            raise IotHubError(
+                f"IoT Hub {self.host}, {what}",
+                f"gave up after {self.policy.attempts} attempts: {msg}",
+                "the hub is throttling or unavailable; wait and run `pulumi up` again",
+                status,
+                code,
+            ) from None
         if resp.status in ok or resp.status in tolerate:
             return resp
         code, msg = _hub_message(resp)
-        raise IotHubError(f"IoT Hub {self.host}, {what}", f"HTTP {resp.status}{' ' + code if code else ''}: {msg}",
-                          FIXES.get(resp.status), resp.status, code)
+        raise IotHubError(
+            f"IoT Hub {self.host}, {what}",
+            f"HTTP {resp.status}{' ' + code if code else ''}: {msg}",
+            FIXES.get(resp.status),
+            resp.status,
+            code,
+        )
 
     # configurations
     def get_configuration(self, config_id: str) -> dict[str, Any] | None:
@@ -216,13 +237,25 @@ class HubClient:
         return self._call("PUT", f"/configurations/{_q(body['id'])}", f"configuration {body['id']!r}", body, ok=(200, 201)).json()
 
     def update_configuration(self, body: dict[str, Any], etag: str) -> dict[str, Any]:
-        return self._call("PUT", f"/configurations/{_q(body['id'])}", f"configuration {body['id']!r}", body,
-                          headers={"If-Match": quote_etag(etag)}, ok=(200,)).json()
+        return self._call(
+            "PUT",
+            f"/configurations/{_q(body['id'])}",
+            f"configuration {body['id']!r}",
+            body,
+            headers={"If-Match": quote_etag(etag)},
+            ok=(200,),
+        ).json()
 
     def delete_configuration(self, config_id: str, etag: str = "*") -> bool:
         """True if it was deleted now, False if it was already gone."""
-        resp = self._call("DELETE", f"/configurations/{_q(config_id)}", f"configuration {config_id!r}",
-                          headers={"If-Match": quote_etag(etag)}, ok=(204, 200), tolerate=(404,))
+        resp = self._call(
+            "DELETE",
+            f"/configurations/{_q(config_id)}",
+            f"configuration {config_id!r}",
+            headers={"If-Match": quote_etag(etag)},
+            ok=(204, 200),
+            tolerate=(404,),
+        )
         return resp.status != 404
 
     # twin queries
@@ -267,7 +300,7 @@ class ConfigurationSpec(Props):
     labels: dict[str, str] = {}
     metrics: dict[str, str] = {}
     exclusive_label: str | None = None
-    check: str | None = None           # "edgefleet-agent": check the agent contract on the real values before sending
+    check: str | None = None  # "edgefleet-agent": check the agent contract on the real values before sending
 
 
 class ConfigurationProps(ConfigurationSpec):
@@ -330,17 +363,28 @@ class ConfigurationProvider(ResourceProvider):
         except IotHubError as e:
             if e.status != 401:
                 raise
-            raise IotHubError(e.where, e.problem, "the saved hub policy key is no longer valid: if the key was regenerated in the same "
-                              "`pulumi up` that replaced this deployment, its ring's new deployment has already removed it (check with "
-                              f"`az iot edge deployment show -d {config_id} -n <hub>`); then drop it from the state with `pulumi state delete <urn>`",
-                              e.status, e.code) from None
+            raise IotHubError(
+                e.where,
+                e.problem,
+                "the saved hub policy key is no longer valid: if the key was regenerated in the same "
+                "`pulumi up` that replaced this deployment, its ring's new deployment has already removed it (check with "
+                f"`az iot edge deployment show -d {config_id} -n <hub>`); then drop it from the state with `pulumi state delete <urn>`",
+                e.status,
+                e.code,
+            ) from None
 
     def read(self, config_id: str, props: dict[str, Any]) -> ReadResult:
         live = _client(ConfigurationProps.of(props)).get_configuration(config_id)
         if live is None:
             return ReadResult(None, {})
-        outs = {**props, "target_condition": live.get("targetCondition"), "priority": live.get("priority"),
-                "labels": live.get("labels") or {}, "etag": live.get("etag"), "created_time": live.get("createdTimeUtc")}
+        outs = {
+            **props,
+            "target_condition": live.get("targetCondition"),
+            "priority": live.get("priority"),
+            "labels": live.get("labels") or {},
+            "etag": live.get("etag"),
+            "created_time": live.get("createdTimeUtc"),
+        }
         return ReadResult(config_id, outs)
 
 
@@ -349,13 +393,16 @@ def apply_configuration(client: HubClient, props: Mapping[str, Any] | Configurat
     p = props if isinstance(props, ConfigurationSpec) else ConfigurationSpec.of(props)
     config_id = configuration_id(p.id_prefix, p.id_hint, p.content, dict(p.secrets))
     body = _body(config_id, p)
-    if p.check == "edgefleet-agent":        # real values only exist now: check the agent contract before sending
+    if p.check == "edgefleet-agent":  # real values only exist now: check the agent contract before sending
         from components.azure.manifest import check_manifest
 
         problems = check_manifest(body["content"].get("modulesContent") or {})
         if problems:
-            raise IotHubError(f"IoT Hub {client.host}, configuration {config_id!r}", "not sent, the content is invalid: " + "; ".join(problems),
-                              "this is an edgefleet bug or a tampered input; report it with the message above")
+            raise IotHubError(
+                f"IoT Hub {client.host}, configuration {config_id!r}",
+                "not sent, the content is invalid: " + "; ".join(problems),
+                "this is an edgefleet bug or a tampered input; report it with the message above",
+            )
     try:
         live = client.create_configuration(body)
     except IotHubError as e:
@@ -369,13 +416,19 @@ def apply_configuration(client: HubClient, props: Mapping[str, Any] | Configurat
 def adopt_existing(client: HubClient, body: dict[str, Any]) -> dict[str, Any]:
     """409 on create: ours already (a retried create whose first answer was lost) is adopted; anything else is an error."""
     live = client.get_configuration(body["id"])
-    if live is None:                            # deleted between the two calls: create again
+    if live is None:  # deleted between the two calls: create again
         return client.create_configuration(body)
     if canonical(live.get("content")) != canonical(body["content"]):
-        raise IotHubError(f"IoT Hub {client.host}, configuration {body['id']!r}",
-                          "HTTP 409: a configuration with this id already exists with different content", FIXES[409], 409)
-    if any(live.get(k) != body[k] for k in ("targetCondition", "priority", "labels")) or \
-            (live.get("metrics") or {}).get("queries") != body["metrics"]["queries"]:
+        raise IotHubError(
+            f"IoT Hub {client.host}, configuration {body['id']!r}",
+            "HTTP 409: a configuration with this id already exists with different content",
+            FIXES[409],
+            409,
+        )
+    if (
+        any(live.get(k) != body[k] for k in ("targetCondition", "priority", "labels"))
+        or (live.get("metrics") or {}).get("queries") != body["metrics"]["queries"]
+    ):
         live = client.update_configuration(body, live.get("etag") or "*")
     return live
 
@@ -403,5 +456,9 @@ class Configuration(Resource, module="edgefleet-azure", name="Configuration"):
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
         opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["hub_key", "secrets"]))
-        super().__init__(ConfigurationProvider(), name,
-                         {"config_id": None, "etag": None, "created_time": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+        super().__init__(
+            ConfigurationProvider(),
+            name,
+            {"config_id": None, "etag": None, "created_time": None, **props, "provider_version": PROVIDER_VERSION},
+            opts,
+        )

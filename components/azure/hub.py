@@ -57,12 +57,17 @@ from edgefleet_agent.contract.state import DesiredModel
 
 FAILURE_SAMPLE = 20
 # Microsoft's "Reporting Failure" system metric, for a hub that returns no queries with the configuration.
-RUNTIME_FAILED_QUERY = ("SELECT deviceId FROM devices.modules WHERE moduleId = '$edgeAgent' AND configurations.[[{id}]].status = 'Applied' "
-                        "AND properties.desired.$version = properties.reported.lastDesiredVersion "
-                        "AND properties.reported.lastDesiredStatus.code != 200")
+RUNTIME_FAILED_QUERY = (
+    "SELECT deviceId FROM devices.modules WHERE moduleId = '$edgeAgent' AND configurations.[[{id}]].status = 'Applied' "
+    "AND properties.desired.$version = properties.reported.lastDesiredVersion "
+    "AND properties.reported.lastDesiredStatus.code != 200"
+)
 # Per offender metric: the reported property its value comes from, and the divisor a rate needs.
-OFFENDER_QUERIES = {"error_rate": ("errors", ("inferences",)), "invalid_output_share": ("invalidOutputs", ("inferences",)),
-                    "p99_latency_ms": ("p99LatencyMs", ())}
+OFFENDER_QUERIES = {
+    "error_rate": ("errors", ("inferences",)),
+    "invalid_output_share": ("invalidOutputs", ("inferences",)),
+    "p99_latency_ms": ("p99LatencyMs", ()),
+}
 
 
 # -- progress -----------------------------------------------------------------------------------------------------
@@ -122,8 +127,12 @@ class BlobProgressStore:
     def save(self, rollout_id: str, progress: dict[str, Any]) -> None:
         from azure.storage.blob import ContentSettings
 
-        self._container().upload_blob(self._name(rollout_id), json.dumps(progress).encode(), overwrite=True,
-                                      content_settings=ContentSettings(content_type="application/json"))
+        self._container().upload_blob(
+            self._name(rollout_id),
+            json.dumps(progress).encode(),
+            overwrite=True,
+            content_settings=ContentSettings(content_type="application/json"),
+        )
 
     def list(self, rollout: str) -> list[dict[str, Any]]:
         out = []
@@ -134,13 +143,22 @@ class BlobProgressStore:
 
 # -- the hub ------------------------------------------------------------------------------------------------------
 class AzureHub:
-    def __init__(self, client: HubClient, specs: dict[str, RingDeploymentSpec], progress: ProgressStore, *,
-                 gates: dict[str, Any] | None = None, poll_seconds: float = 30.0, metrics_timeout: float = 900.0,
-                 sleep=time.sleep, clock=time.time) -> None:
+    def __init__(
+        self,
+        client: HubClient,
+        specs: dict[str, RingDeploymentSpec],
+        progress: ProgressStore,
+        *,
+        gates: dict[str, Any] | None = None,
+        poll_seconds: float = 30.0,
+        metrics_timeout: float = 900.0,
+        sleep=time.sleep,
+        clock=time.time,
+    ) -> None:
         self.client = client
         self.specs = specs
         self.progress = progress
-        self.gates = dict(gates or {})          # ring key -> GateConfig: which metrics are worth an offender query
+        self.gates = dict(gates or {})  # ring key -> GateConfig: which metrics are worth an offender query
         self.poll_seconds = poll_seconds
         self.metrics_timeout = metrics_timeout
         self._sleep = sleep
@@ -176,11 +194,16 @@ class AzureHub:
     def observe(self, target: RingTarget, desired: DesiredModel | None, since: float) -> RingObservation:
         spec = self._spec(target)
         cfg = self._wait_for_metrics(spec)
-        devices = int(((cfg or {}).get("systemMetrics") or {}).get("results", {}).get("targetedCount", 0)) if cfg else \
-            self._count(f"SELECT COUNT() AS n FROM devices WHERE {spec.target_condition}")
+        devices = (
+            int(((cfg or {}).get("systemMetrics") or {}).get("results", {}).get("targetedCount", 0))
+            if cfg
+            else self._count(f"SELECT COUNT() AS n FROM devices WHERE {spec.target_condition}")
+        )
         if desired is None:
-            serving = self._count(f"SELECT COUNT() AS n FROM devices.modules WHERE moduleId = '{AGENT_MODULE}' AND "
-                                  f"properties.reported.models.{model_key(spec.model)}.ring = '{spec.key}'")
+            serving = self._count(
+                f"SELECT COUNT() AS n FROM devices.modules WHERE moduleId = '{AGENT_MODULE}' AND "
+                f"properties.reported.models.{model_key(spec.model)}.ring = '{spec.key}'"
+            )
             return RingObservation(devices=devices, adopted=max(0, devices - serving), failed=0, reporting=devices)
         runtime: list[tuple[str, str]] = []
         if cfg is not None and desired_from_configuration(cfg, spec.model) == desired:
@@ -191,8 +214,12 @@ class AzureHub:
             runtime = self._runtime_failures(cfg) if runtime_failed else []
             both = {d for d, _ in runtime}
             if both and agent_failed:
-                both |= {str(r.get("deviceId")) for r in self.client.query(   # bounded: a lower bound of the union is enough
-                    f"SELECT TOP {FAILURE_SAMPLE} deviceId FROM devices.modules WHERE {metric_where(spec, desired, 'failed')}")}
+                both |= {
+                    str(r.get("deviceId"))
+                    for r in self.client.query(  # bounded: a lower bound of the union is enough
+                        f"SELECT TOP {FAILURE_SAMPLE} deviceId FROM devices.modules WHERE {metric_where(spec, desired, 'failed')}"
+                    )
+                }
             failed = min(devices, max(agent_failed, runtime_failed, len(both)))
             adopted = min(adopted, max(0, devices - failed))
         else:
@@ -201,11 +228,17 @@ class AzureHub:
             reporting = self._count(f"SELECT COUNT() AS n FROM devices.modules WHERE {metric_where(spec, desired, 'reporting')}")
         stats = self._stats(spec, desired) if adopted else {}
         failures = self._failures(spec, desired, runtime) if failed else ()
-        obs = RingObservation(devices=devices, adopted=adopted, failed=failed, reporting=reporting,
-                              inferences=int(stats.get("inferences") or 0), errors=int(stats.get("errors") or 0),
-                              invalid_outputs=int(stats.get("invalidOutputs") or 0),
-                              p99_latency_ms=float(stats["p99"]) if stats.get("p99") is not None else None,
-                              failures=failures)
+        obs = RingObservation(
+            devices=devices,
+            adopted=adopted,
+            failed=failed,
+            reporting=reporting,
+            inferences=int(stats.get("inferences") or 0),
+            errors=int(stats.get("errors") or 0),
+            invalid_outputs=int(stats.get("invalidOutputs") or 0),
+            p99_latency_ms=float(stats["p99"]) if stats.get("p99") is not None else None,
+            failures=failures,
+        )
         offenders = self._offenders(spec, desired, obs) if adopted else ()
         return dataclasses.replace(obs, offenders=offenders) if offenders else obs
 
@@ -239,17 +272,22 @@ class AzureHub:
 
     def _stats(self, spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, Any]:
         r = f"properties.reported.models.{model_key(spec.model)}"
-        rows = self.client.query(f"SELECT SUM({r}.inferences) AS inferences, SUM({r}.errors) AS errors, "
-                                 f"SUM({r}.invalidOutputs) AS invalidOutputs, MAX({r}.p99LatencyMs) AS p99 "
-                                 f"FROM devices.modules WHERE {metric_where(spec, desired, 'adopted')}")
+        rows = self.client.query(
+            f"SELECT SUM({r}.inferences) AS inferences, SUM({r}.errors) AS errors, "
+            f"SUM({r}.invalidOutputs) AS invalidOutputs, MAX({r}.p99LatencyMs) AS p99 "
+            f"FROM devices.modules WHERE {metric_where(spec, desired, 'adopted')}"
+        )
         return rows[0] if rows else {}
 
-    def _failures(self, spec: RingDeploymentSpec, desired: DesiredModel,
-                  runtime: list[tuple[str, str]] | None = None) -> tuple[tuple[str, str], ...]:
+    def _failures(
+        self, spec: RingDeploymentSpec, desired: DesiredModel, runtime: list[tuple[str, str]] | None = None
+    ) -> tuple[tuple[str, str], ...]:
         """A sample for the report: what agents reported, then what the IoT Edge runtime did, one entry a device."""
         r = f"properties.reported.models.{model_key(spec.model)}"
-        rows = self.client.query(f"SELECT TOP {FAILURE_SAMPLE} deviceId, {r}.error AS error FROM devices.modules "
-                                 f"WHERE {metric_where(spec, desired, 'failed')}", limit=FAILURE_SAMPLE)
+        rows = self.client.query(
+            f"SELECT TOP {FAILURE_SAMPLE} deviceId, {r}.error AS error FROM devices.modules WHERE {metric_where(spec, desired, 'failed')}",
+            limit=FAILURE_SAMPLE,
+        )
         out: dict[str, str] = {}
         for device, why in [*((str(row.get("deviceId")), str(row.get("error") or "failed")) for row in rows), *(runtime or [])]:
             out[device] = f"{out[device]}; {why}" if device in out else why
@@ -271,7 +309,9 @@ class AzureHub:
             above = f"{math.floor(bound * 1000) / 1000:.3f}" if metric == "p99_latency_ms" else "0"
             rows = self.client.query(
                 f"SELECT TOP {OFFENDERS_PER_METRIC} deviceId, {', '.join(f'{r}.{p} AS {p}' for p in (prop, *also))} FROM devices.modules "
-                f"WHERE {metric_where(spec, desired, 'adopted')} AND {r}.{prop} > {above}", limit=OFFENDERS_PER_METRIC)
+                f"WHERE {metric_where(spec, desired, 'adopted')} AND {r}.{prop} > {above}",
+                limit=OFFENDERS_PER_METRIC,
+            )
             ranked = []
             for row in rows:
                 value, inferences = _number(row.get(prop)), _number(row.get("inferences"))
@@ -294,10 +334,19 @@ class AzureHub:
         m = re.search(r"\bwhere\b(.*)$", sql, re.I | re.S)
         if not m:
             return []
-        rows = self.client.query(f"SELECT TOP {FAILURE_SAMPLE} deviceId, properties.reported.lastDesiredStatus.code AS code, "
-                                 f"properties.reported.lastDesiredStatus.description AS description FROM devices.modules WHERE {m.group(1).strip()}")
-        return [(str(row.get("deviceId")), f"IoT Edge runtime did not apply the deployment (lastDesiredStatus {row.get('code')}"
-                 + (f": {row['description']}" if row.get("description") else "") + ")") for row in rows]
+        rows = self.client.query(
+            f"SELECT TOP {FAILURE_SAMPLE} deviceId, properties.reported.lastDesiredStatus.code AS code, "
+            f"properties.reported.lastDesiredStatus.description AS description FROM devices.modules WHERE {m.group(1).strip()}"
+        )
+        return [
+            (
+                str(row.get("deviceId")),
+                f"IoT Edge runtime did not apply the deployment (lastDesiredStatus {row.get('code')}"
+                + (f": {row['description']}" if row.get("description") else "")
+                + ")",
+            )
+            for row in rows
+        ]
 
 
 def _number(value: Any) -> float | None:
@@ -314,8 +363,8 @@ class AzureRingGateProps(RingGateProps):
     key_name: str
     hub_key: str
     ring_specs: list[dict[str, Any]]
-    endpoint: str | None = None          # the hub's REST endpoint when not https://<hub_host> (the tests' local server)
-    blob_endpoint: str | None = None     # rollout records; the gate needs these two and key_url unless it is handed a
+    endpoint: str | None = None  # the hub's REST endpoint when not https://<hub_host> (the tests' local server)
+    blob_endpoint: str | None = None  # rollout records; the gate needs these two and key_url unless it is handed a
     progress_container: str | None = None  # progress store and a signer (tests)
     key_url: str | None = None
 
@@ -347,7 +396,14 @@ def run_gate(props: Mapping[str, Any], hub: AzureHub | None = None, signer: Any 
             raise ProviderInputError("AzureRingGateProps: key_url is required to sign rollback orders")
         signer = KeyVaultSigner(p.key_url)
     rings = p.ring_configs()
-    gate = GateInputs(rollout=p.rollout, ring=p.ring, index=p.index, total_rings=len(rings),
-                      rings=p.ring_plans([f"{p.rollout}.{r.name}" for r in rings]), declared=p.declared(), poll_seconds=p.poll_seconds,
-                      apply=f"run `pulumi up --stack {p.stack}`")
+    gate = GateInputs(
+        rollout=p.rollout,
+        ring=p.ring,
+        index=p.index,
+        total_rings=len(rings),
+        rings=p.ring_plans([f"{p.rollout}.{r.name}" for r in rings]),
+        declared=p.declared(),
+        poll_seconds=p.poll_seconds,
+        apply=f"run `pulumi up --stack {p.stack}`",
+    )
     return drive_gate(gate, hub, signer, clock or WallClock())

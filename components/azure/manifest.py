@@ -45,17 +45,17 @@ ROUTE = "edgefleetAgentToUpstream"
 RING_LABEL = "edgefleet-ring"
 BASE_LABEL = "edgefleet-base"
 SYSTEM_IMAGES = {"edgeAgent": "mcr.microsoft.com/azureiotedge-agent", "edgeHub": "mcr.microsoft.com/azureiotedge-hub"}
-CREATE_OPTIONS_CHUNK = 512                  # IoT Edge splits longer createOptions into createOptions01..07
+CREATE_OPTIONS_CHUNK = 512  # IoT Edge splits longer createOptions into createOptions01..07
 CREATE_OPTIONS_CHUNKS = 8
-TWIN_DESIRED_LIMIT = 32 * 1024              # IoT Hub: desired properties of one twin, in bytes
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")   # not counted in a twin's size
+TWIN_DESIRED_LIMIT = 32 * 1024  # IoT Hub: desired properties of one twin, in bytes
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # not counted in a twin's size
 SCHEMA_FILES = {"$edgeAgent": "azure-iot-edgeagent-deployment-{}.json", "$edgeHub": "azure-iot-edgehub-deployment-{}.json"}
 TAG_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 BAD_VALUE_RE = re.compile(r"['\\\x00-\x1f]")
 
 DEFAULT_CREATE_OPTIONS: dict[str, Any] = {
     "HostConfig": {
-        "Binds": ["edgefleet-models:/var/lib/edgefleet"],          # models survive container restarts and image updates
+        "Binds": ["edgefleet-models:/var/lib/edgefleet"],  # models survive container restarts and image updates
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
     },
 }
@@ -68,10 +68,11 @@ def settings(image: str, create_options: dict[str, Any] | None) -> dict[str, Any
     if create_options is None:
         return out
     text = json.dumps(create_options, separators=(",", ":"), sort_keys=True)
-    chunks = [text[i:i + CREATE_OPTIONS_CHUNK] for i in range(0, len(text), CREATE_OPTIONS_CHUNK)] or ["{}"]
+    chunks = [text[i : i + CREATE_OPTIONS_CHUNK] for i in range(0, len(text), CREATE_OPTIONS_CHUNK)] or ["{}"]
     if len(chunks) > CREATE_OPTIONS_CHUNKS:
-        raise ValueError(f"createOptions for {image} is {len(text)} characters; IoT Edge takes at most "
-                         f"{CREATE_OPTIONS_CHUNK * CREATE_OPTIONS_CHUNKS}")
+        raise ValueError(
+            f"createOptions for {image} is {len(text)} characters; IoT Edge takes at most {CREATE_OPTIONS_CHUNK * CREATE_OPTIONS_CHUNKS}"
+        )
     out["createOptions"] = chunks[0]
     for i, chunk in enumerate(chunks[1:], start=1):
         out[f"createOptions{i:02d}"] = chunk
@@ -95,10 +96,13 @@ class AgentModule:
             "status": "running",
             "restartPolicy": self.restart_policy,
             "settings": settings(self.image, self.create_options),
-            "env": {"EDGEFLEET_PLATFORM": {"value": "azure"}, "EDGEFLEET_AGENT_VERSION": {"value": self.agent_version},
-                    **{k: {"value": v} for k, v in sorted(self.env.items())}},
+            "env": {
+                "EDGEFLEET_PLATFORM": {"value": "azure"},
+                "EDGEFLEET_AGENT_VERSION": {"value": self.agent_version},
+                **{k: {"value": v} for k, v in sorted(self.env.items())},
+            },
         }
-        if agent_schema != "1.0":               # 1.0 has no startupOrder: the agent then starts in any order
+        if agent_schema != "1.0":  # 1.0 has no startupOrder: the agent then starts in any order
             out["startupOrder"] = 10
         return out
 
@@ -111,10 +115,14 @@ class AgentModule:
 
 
 def system_modules(runtime: str, agent_schema: str) -> dict[str, Any]:
-    hub: dict[str, Any] = {"type": "docker", "status": "running", "restartPolicy": "always",
-                           "settings": settings(f"{SYSTEM_IMAGES['edgeHub']}:{runtime}", None)}
+    hub: dict[str, Any] = {
+        "type": "docker",
+        "status": "running",
+        "restartPolicy": "always",
+        "settings": settings(f"{SYSTEM_IMAGES['edgeHub']}:{runtime}", None),
+    }
     if agent_schema != "1.0":
-        hub["startupOrder"] = 0                 # edgeHub first: the agent talks to IoT Hub through it
+        hub["startupOrder"] = 0  # edgeHub first: the agent talks to IoT Hub through it
     return {
         "edgeAgent": {"type": "docker", "settings": settings(f"{SYSTEM_IMAGES['edgeAgent']}:{runtime}", None)},
         "edgeHub": hub,
@@ -126,8 +134,16 @@ def route() -> str:
 
 
 # -- the agent's desired properties ----------------------------------------------------------------------------
-def base_manifest(*, agent: AgentModule, runtime: str, agent_schema: str, hub_schema: str, trust: dict[str, str],
-                  store_sas: str | None = None, registry: dict[str, str] | None = None) -> dict[str, Any]:
+def base_manifest(
+    *,
+    agent: AgentModule,
+    runtime: str,
+    agent_schema: str,
+    hub_schema: str,
+    trust: dict[str, str],
+    store_sas: str | None = None,
+    registry: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The group's standard deployment: runtime, system modules, the agent module, routes, trust. No model."""
     runtime_settings: dict[str, Any] = {"minDockerVersion": "v1.25"}
     if registry:
@@ -135,15 +151,20 @@ def base_manifest(*, agent: AgentModule, runtime: str, agent_schema: str, hub_sc
     desired: dict[str, Any] = {"schemaVersion": AGENT_FORMAT, "trust": dict(trust), "models": {}}
     if store_sas:
         desired["store"] = {"sasToken": store_sas}
-    hub: dict[str, Any] = {"schemaVersion": hub_schema, "routes": {ROUTE: route()},
-                           "storeAndForwardConfiguration": {"timeToLiveSecs": 7200}}
+    hub: dict[str, Any] = {
+        "schemaVersion": hub_schema,
+        "routes": {ROUTE: route()},
+        "storeAndForwardConfiguration": {"timeToLiveSecs": 7200},
+    }
     return {
-        "$edgeAgent": {"properties.desired": {
-            "schemaVersion": agent_schema,
-            "runtime": {"type": "docker", "settings": runtime_settings},
-            "systemModules": system_modules(runtime, agent_schema),
-            "modules": {AGENT_MODULE: agent.spec(agent_schema)},
-        }},
+        "$edgeAgent": {
+            "properties.desired": {
+                "schemaVersion": agent_schema,
+                "runtime": {"type": "docker", "settings": runtime_settings},
+                "systemModules": system_modules(runtime, agent_schema),
+                "modules": {AGENT_MODULE: agent.spec(agent_schema)},
+            }
+        },
         "$edgeHub": {"properties.desired": hub},
         AGENT_MODULE: {"properties.desired": desired},
     }
@@ -187,37 +208,63 @@ AGENT_DESIRED_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "schemaVersion": {"const": AGENT_FORMAT},
-        "trust": {"type": "object", "required": ["keyId", "publicKeyPem"], "additionalProperties": False, "properties": {
-            "keyId": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
-            "publicKeyPem": {"type": "string", "pattern": "^-----BEGIN PUBLIC KEY-----\n"}}},
-        "store": {"type": "object", "required": ["sasToken"], "additionalProperties": False,
-                  "properties": {"sasToken": {"type": "string", "minLength": 1}}},
-        "models": {"type": "object", "propertyNames": {"pattern": "^[a-z_][a-z0-9_]{0,62}$"},
-                   "additionalProperties": {"$ref": "#/definitions/model"}},
-    },
-    "definitions": {"model": {
-        "type": "object",
-        "required": ["model", "version", "sha256", "size", "uri", "manifest", "manifestChunks", "signature", "signatureChunks",
-                     "rollout", "ring"],
-        "additionalProperties": False,
-        "patternProperties": {CHUNK_KEY_RE.pattern: {"type": "string", "minLength": 1}},
-        "properties": {
-            "model": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
-            "version": {"type": "string", "minLength": 5},
-            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-            "size": {"type": "integer", "minimum": 1},
-            "uri": {"type": "string", "pattern": "^https://"},
-            "manifest": {"type": "string", "minLength": 1},
-            "signature": {"type": "string", "minLength": 1},
-            "manifestChunks": {"type": "integer", "minimum": 1, "maximum": MAX_CHUNKS},
-            "signatureChunks": {"type": "integer", "minimum": 1, "maximum": MAX_CHUNKS},
-            "rollout": {"type": "string", "minLength": 1},
-            "ring": {"type": "string", "minLength": 1},
-            "rollbackOrder": {"type": "string", "minLength": 1},
-            "rollbackSignature": {"type": "string", "minLength": 1},
+        "trust": {
+            "type": "object",
+            "required": ["keyId", "publicKeyPem"],
+            "additionalProperties": False,
+            "properties": {
+                "keyId": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
+                "publicKeyPem": {"type": "string", "pattern": "^-----BEGIN PUBLIC KEY-----\n"},
+            },
         },
-        "dependencies": {"rollbackOrder": ["rollbackSignature"], "rollbackSignature": ["rollbackOrder"]},
-    }},
+        "store": {
+            "type": "object",
+            "required": ["sasToken"],
+            "additionalProperties": False,
+            "properties": {"sasToken": {"type": "string", "minLength": 1}},
+        },
+        "models": {
+            "type": "object",
+            "propertyNames": {"pattern": "^[a-z_][a-z0-9_]{0,62}$"},
+            "additionalProperties": {"$ref": "#/definitions/model"},
+        },
+    },
+    "definitions": {
+        "model": {
+            "type": "object",
+            "required": [
+                "model",
+                "version",
+                "sha256",
+                "size",
+                "uri",
+                "manifest",
+                "manifestChunks",
+                "signature",
+                "signatureChunks",
+                "rollout",
+                "ring",
+            ],
+            "additionalProperties": False,
+            "patternProperties": {CHUNK_KEY_RE.pattern: {"type": "string", "minLength": 1}},
+            "properties": {
+                "model": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+                "version": {"type": "string", "minLength": 5},
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "size": {"type": "integer", "minimum": 1},
+                "uri": {"type": "string", "pattern": "^https://"},
+                "manifest": {"type": "string", "minLength": 1},
+                "signature": {"type": "string", "minLength": 1},
+                "manifestChunks": {"type": "integer", "minimum": 1, "maximum": MAX_CHUNKS},
+                "signatureChunks": {"type": "integer", "minimum": 1, "maximum": MAX_CHUNKS},
+                "rollout": {"type": "string", "minLength": 1},
+                "ring": {"type": "string", "minLength": 1},
+                "rollbackOrder": {"type": "string", "minLength": 1},
+                "rollbackSignature": {"type": "string", "minLength": 1},
+            },
+            "dependencies": {"rollbackOrder": ["rollbackSignature"], "rollbackSignature": ["rollbackOrder"]},
+        }
+    },
 }
 
 
@@ -253,9 +300,11 @@ def vendor_schema(module: str, version: str) -> tuple[str, tuple[Any, ...]] | No
     return name, tuple(cls(schema) for cls in classes)
 
 
-VENDOR_FIX = ("the manifest is generated from the stack's edgefleet:azure settings: set edge_agent_schema / edge_hub_schema to "
-              "versions IoT Edge supports together with the runtime (edge_runtime); if they are, this is an edgefleet bug, "
-              "report it with the message above")
+VENDOR_FIX = (
+    "the manifest is generated from the stack's edgefleet:azure settings: set edge_agent_schema / edge_hub_schema to "
+    "versions IoT Edge supports together with the runtime (edge_runtime); if they are, this is an edgefleet bug, "
+    "report it with the message above"
+)
 
 
 def vendor_problems(modules_content: dict[str, Any]) -> list[Problem]:
@@ -272,8 +321,13 @@ def vendor_problems(modules_content: dict[str, Any]) -> list[Problem]:
         version = str(modules_content.get(module, {}).get("properties.desired", {}).get("schemaVersion", ""))
         found = vendor_schema(module, version) if re.fullmatch(r"\d+\.\d+", version) else None
         if found is None:
-            out.append(Problem(f"{module} {json_path([module, 'properties.desired', 'schemaVersion'])}: schemaVersion {version!r} has no "
-                               f"vendor schema in components/azure/schemas", VENDOR_FIX))
+            out.append(
+                Problem(
+                    f"{module} {json_path([module, 'properties.desired', 'schemaVersion'])}: schemaVersion {version!r} has no "
+                    f"vendor schema in components/azure/schemas",
+                    VENDOR_FIX,
+                )
+            )
             continue
         name, validators = found
         seen = set()
@@ -323,8 +377,11 @@ def _model_entries(twin: dict[str, Any]) -> dict[str, Any]:
 
 
 def _manifest_bytes(entry: dict[str, Any]) -> int:
-    return sum(len(v.encode("utf-8")) for k, v in entry.items() if isinstance(v, str)
-               and (k == "manifest" or ((m := CHUNK_KEY_RE.match(k)) is not None and m.group(1) == "manifest")))
+    return sum(
+        len(v.encode("utf-8"))
+        for k, v in entry.items()
+        if isinstance(v, str) and (k == "manifest" or ((m := CHUNK_KEY_RE.match(k)) is not None and m.group(1) == "manifest"))
+    )
 
 
 def twin_problems(modules_content: dict[str, Any]) -> list[Problem]:
@@ -335,16 +392,27 @@ def twin_problems(modules_content: dict[str, Any]) -> list[Problem]:
         for parts, text in _strings(twin, [module]):
             size = len(text.encode("utf-8"))
             if size > TWIN_STRING_LIMIT:
-                out.append(Problem(f"{module} {json_path(parts)}: string value is {size} bytes; IoT Hub twin string values "
-                                   f"are at most {TWIN_STRING_LIMIT}", f"keep this value under {TWIN_STRING_LIMIT} bytes"))
+                out.append(
+                    Problem(
+                        f"{module} {json_path(parts)}: string value is {size} bytes; IoT Hub twin string values "
+                        f"are at most {TWIN_STRING_LIMIT}",
+                        f"keep this value under {TWIN_STRING_LIMIT} bytes",
+                    )
+                )
         desired = {k: v for k, v in twin.items() if k == "properties.desired" or k.startswith("properties.desired.")}
         size = twin_size(desired)
         if size > TWIN_DESIRED_LIMIT:
-            manifests = sorted(((_manifest_bytes(e), k) for k, e in _model_entries(twin).items()), reverse=True) if module == AGENT_MODULE else []
+            manifests = (
+                sorted(((_manifest_bytes(e), k) for k, e in _model_entries(twin).items()), reverse=True) if module == AGENT_MODULE else []
+            )
             carried = "; it carries " + ", ".join(f"the {n}-byte model.yaml of {k}" for n, k in manifests) if manifests else ""
-            out.append(Problem(f"{module}: desired properties are {size} bytes; a module twin holds at most {TWIN_DESIRED_LIMIT}{carried}",
-                               "deploy fewer models to this group at once, or shorten the largest model.yaml (long descriptions, "
-                               "notes, unused metrics or targets); it is signed at deploy time, so nothing else needs re-pinning"))
+            out.append(
+                Problem(
+                    f"{module}: desired properties are {size} bytes; a module twin holds at most {TWIN_DESIRED_LIMIT}{carried}",
+                    "deploy fewer models to this group at once, or shorten the largest model.yaml (long descriptions, "
+                    "notes, unused metrics or targets); it is signed at deploy time, so nothing else needs re-pinning",
+                )
+            )
     return out
 
 
@@ -354,11 +422,14 @@ def chunk_problems(entry: dict[str, Any]) -> list[str]:
     for name in CHUNKED_FIELDS:
         count = entry.get(f"{name}Chunks")
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_CHUNKS:
-            continue                                   # the schema names it
+            continue  # the schema names it
         want = chunk_keys(name, count)
         out += [f"{k} is missing ({name}Chunks is {count})" for k in want if k not in entry]
-        out += [f"{k} is beyond {name}Chunks ({count})" for k in sorted(entry)
-                if k not in want and (m := CHUNK_KEY_RE.match(k)) and m.group(1) == name]
+        out += [
+            f"{k} is beyond {name}Chunks ({count})"
+            for k in sorted(entry)
+            if k not in want and (m := CHUNK_KEY_RE.match(k)) and m.group(1) == name
+        ]
     return out
 
 
@@ -373,8 +444,10 @@ def check_manifest(modules_content: dict[str, Any], contract: bool = True) -> li
 
     problems: list[Problem] = vendor_problems(modules_content)
     agent = modules_content.get("$edgeAgent", {}).get("properties.desired", {})
-    for where, module in [*((f"systemModules.{k}", v) for k, v in agent.get("systemModules", {}).items()),
-                          *((f"modules.{k}", v) for k, v in agent.get("modules", {}).items())]:
+    for where, module in [
+        *((f"systemModules.{k}", v) for k, v in agent.get("systemModules", {}).items()),
+        *((f"modules.{k}", v) for k, v in agent.get("modules", {}).items()),
+    ]:
         s = module.get("settings", {})
         parts = [s[k] for k in sorted(s) if re.fullmatch(r"createOptions(\d{2})?", k)]
         if not parts:
@@ -447,10 +520,21 @@ def label_problems(labels: dict[str, str], key: str) -> list[tuple[str, str, str
     out = []
     for k, v in labels.items():
         if not TAG_KEY_RE.match(k):
-            out.append((f"{key}.{k}", f"{k!r} cannot be used as an IoT Hub twin tag in a target condition",
-                        "use letters, digits and underscores, starting with a letter"))
+            out.append(
+                (
+                    f"{key}.{k}",
+                    f"{k!r} cannot be used as an IoT Hub twin tag in a target condition",
+                    "use letters, digits and underscores, starting with a letter",
+                )
+            )
         if BAD_VALUE_RE.search(v) or len(v) > 128:
-            out.append((f"{key}.{k}", f"value {v!r} cannot be quoted in a target condition", "use a value without quotes, backslashes or control characters, at most 128 characters"))
+            out.append(
+                (
+                    f"{key}.{k}",
+                    f"value {v!r} cannot be quoted in a target condition",
+                    "use a value without quotes, backslashes or control characters, at most 128 characters",
+                )
+            )
     return out
 
 
@@ -477,7 +561,9 @@ class RingDeploymentSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RingDeploymentSpec":
-        return cls(**{**data, "agent": AgentModule.from_json(data["agent"]), "index": int(data["index"]), "priority": int(data["priority"])})
+        return cls(
+            **{**data, "agent": AgentModule.from_json(data["agent"]), "index": int(data["index"]), "priority": int(data["priority"])}
+        )
 
 
 def _reported(model: str) -> str:
@@ -499,13 +585,20 @@ def metric_where(spec: RingDeploymentSpec, desired: DesiredModel, what: str) -> 
 
 def ring_metrics(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, str]:
     """Custom metrics: devices reporting the new version healthy, reporting its failure, reporting at all."""
-    return {name: f"SELECT deviceId FROM devices.modules WHERE {metric_where(spec, desired, name)}"
-            for name in ("adopted", "failed", "reporting")}
+    return {
+        name: f"SELECT deviceId FROM devices.modules WHERE {metric_where(spec, desired, name)}"
+        for name in ("adopted", "failed", "reporting")
+    }
 
 
 def ring_labels(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, str]:
-    return {RING_LABEL: spec.key, "edgefleet-rollout": spec.rollout, "edgefleet-model": desired.model,
-            "edgefleet-version": desired.version, "edgefleet-kind": "rollback" if desired.is_rollback else "ring"}
+    return {
+        RING_LABEL: spec.key,
+        "edgefleet-rollout": spec.rollout,
+        "edgefleet-model": desired.model,
+        "edgefleet-version": desired.version,
+        "edgefleet-kind": "rollback" if desired.is_rollback else "ring",
+    }
 
 
 def ring_configuration(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, Any]:

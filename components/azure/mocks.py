@@ -59,8 +59,12 @@ def call(token: str, args: dict[str, Any], region: str) -> dict[str, Any] | None
     if token == "azure-native:authorization:getClientConfig":
         return {"clientId": "00000000-0000-0000-0000-0000000000cc", "objectId": OBJECT, "subscriptionId": SUBSCRIPTION, "tenantId": TENANT}
     if token == "azure-native:iothub:listIotHubResourceKeysForKeyName":
-        return {"keyName": args.get("keyName"), "primaryKey": "bW9jay1wcmltYXJ5LWtleQ==", "secondaryKey": "bW9jay1zZWNvbmRhcnkta2V5",
-                "rights": "RegistryRead, RegistryWrite, ServiceConnect"}
+        return {
+            "keyName": args.get("keyName"),
+            "primaryKey": "bW9jay1wcmltYXJ5LWtleQ==",
+            "secondaryKey": "bW9jay1zZWNvbmRhcnkta2V5",
+            "rights": "RegistryRead, RegistryWrite, ServiceConnect",
+        }
     if token == "azure-native:storage:listStorageAccountServiceSAS":
         return {"serviceSasToken": "sv=mock&sr=c&sp=r&spr=https&sig=mock"}
     return None

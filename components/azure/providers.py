@@ -64,8 +64,9 @@ def read_public_key(props: dict[str, Any], signer: Any = None, wait: Any = None)
 
     key_url = SigningPublicKeyProps.of(props).key_url
     signer = signer or KeyVaultSigner(key_url)
-    return until_granted(f"Key Vault key {key_url}",
-                         lambda: {"key_id": signer.key_id, "public_key_pem": signer.public_key_pem().decode()}, wait)
+    return until_granted(
+        f"Key Vault key {key_url}", lambda: {"key_id": signer.key_id, "public_key_pem": signer.public_key_pem().decode()}, wait
+    )
 
 
 def publish_artifact(props: dict[str, Any], signer: Any = None, container: Any = None, wait: Any = None) -> dict[str, str]:
@@ -88,8 +89,11 @@ def publish_artifact(props: dict[str, Any], signer: Any = None, container: Any =
         from azure.storage.blob import ContainerClient  # deploy-time dependency, see docs/azure.md
 
         container = ContainerClient(p.blob_endpoint, p.container, credential=default_credential())
-    return until_granted(f"publishing {p.model} {p.version} to {p.blob_endpoint.rstrip('/')}/{p.container}",
-                         lambda: _publish(p, source, signer, container), wait)
+    return until_granted(
+        f"publishing {p.model} {p.version} to {p.blob_endpoint.rstrip('/')}/{p.container}",
+        lambda: _publish(p, source, signer, container),
+        wait,
+    )
 
 
 def _publish(p: ModelArtifactProps, source: Any, signer: Any, container: Any) -> dict[str, str]:
@@ -110,7 +114,7 @@ def _publish(p: ModelArtifactProps, source: Any, signer: Any, container: Any) ->
             verify_artifact(manifest, old, source, load_public_key(signer.public_key_pem(), "Key Vault"), p.source)
             signature = old
         except SignatureError:
-            signature = None                     # signed by another key: sign again
+            signature = None  # signed by another key: sign again
     if signature is None:
         signature = sign_bytes(signer, manifest).to_bytes()
         container.upload_blob(f"{base}.yaml", manifest, overwrite=True)
@@ -150,7 +154,9 @@ class SigningPublicKey(Resource, module="edgefleet-azure", name="SigningPublicKe
     public_key_pem: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(SigningPublicKeyProvider(), name, {"key_id": None, "public_key_pem": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+        super().__init__(
+            SigningPublicKeyProvider(), name, {"key_id": None, "public_key_pem": None, **props, "provider_version": PROVIDER_VERSION}, opts
+        )
 
 
 class ModelArtifact(Resource, module="edgefleet-azure", name="ModelArtifact"):
@@ -158,7 +164,9 @@ class ModelArtifact(Resource, module="edgefleet-azure", name="ModelArtifact"):
     signature: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(ModelArtifactProvider(), name, {"uri": None, "signature": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+        super().__init__(
+            ModelArtifactProvider(), name, {"uri": None, "signature": None, **props, "provider_version": PROVIDER_VERSION}, opts
+        )
 
 
 class RingGate(Resource, module="edgefleet-azure", name="RingGate"):

@@ -19,8 +19,10 @@ from typing import Callable, TypeVar
 
 from edgefleet_agent.contract.errors import EdgefleetError
 
-ROLE_FOR_CODE = {"ForbiddenByRbac": "Key Vault Crypto User on the vault",
-                 "AuthorizationPermissionMismatch": "Storage Blob Data Contributor on the storage account"}
+ROLE_FOR_CODE = {
+    "ForbiddenByRbac": "Key Vault Crypto User on the vault",
+    "AuthorizationPermissionMismatch": "Storage Blob Data Contributor on the storage account",
+}
 ENV = "EDGEFLEET_AZURE_RBAC_WAIT_SECONDS"
 DEFAULT_TIMEOUT = 600.0
 
@@ -55,11 +57,13 @@ class PropagationWait:
         try:
             timeout = float(text)
         except ValueError:
-            raise EdgefleetError(ENV, f"{text!r} is not a number of seconds", f"unset it or set e.g. {ENV}={int(DEFAULT_TIMEOUT)}") from None
+            raise EdgefleetError(
+                ENV, f"{text!r} is not a number of seconds", f"unset it or set e.g. {ENV}={int(DEFAULT_TIMEOUT)}"
+            ) from None
         return cls(timeout=max(0.0, timeout))
 
     def delay(self, attempt: int) -> float:
-        d = min(self.max_delay, self.base_delay * 2 ** attempt)
+        d = min(self.max_delay, self.base_delay * 2**attempt)
         return d / 2 + random.uniform(0, d / 2)
 
 
@@ -91,7 +95,8 @@ def until_granted(what: str, action: Callable[[], T], wait: PropagationWait | No
             if left <= 0:
                 role = ROLE_FOR_CODE[code]
                 raise EdgefleetError(
-                    what, f"still refused (HTTP 403 {code}) after waiting {wait.timeout:g}s for the deploying identity's "
+                    what,
+                    f"still refused (HTTP 403 {code}) after waiting {wait.timeout:g}s for the deploying identity's "
                     f"role assignment ({role}) to take effect: {_first_line(exc)}",
                     f"the stack grants {role} to the identity running `pulumi up`; if it was just created, run `pulumi up` "
                     f"again in a few minutes (or wait longer: {ENV}=1200). Otherwise check that you are signed in as that "

@@ -19,6 +19,10 @@ REPLACE_ALL_BUT: dict[str, tuple[str, ...]] = {}
 # IoT Hub configurations (IoT Edge layered deployments) cannot change their content once created. Each SDK (and
 # edgefleet's own dynamic provider) spells their type differently, so they are known by name.
 IMMUTABLE_BY_NAME: tuple[dict, ...] = (
-    {"type_mentions": ("azure", "iothub"), "kind_mentions": ("configuration", "edgedeployment", "layereddeployment"),
-     "inputs": ("content",), "why": "IoT Hub configuration content is immutable"},
+    {
+        "type_mentions": ("azure", "iothub"),
+        "kind_mentions": ("configuration", "edgedeployment", "layereddeployment"),
+        "inputs": ("content",),
+        "why": "IoT Hub configuration content is immutable",
+    },
 )

@@ -47,7 +47,7 @@ class RetryPolicy:
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
-        backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2 ** attempt))
+        backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
         return max(backoff, retry_after) if retry_after is not None else backoff
 
 
@@ -75,8 +75,15 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return min(max(when - (time.time() if now is None else now), 0.0), MAX_RETRY_AFTER)
 
 
-def send(method: str, url: str, headers: Callable[[], dict[str, str]], body: Any = None, *,
-         policy: RetryPolicy | None = None, timeout: float = 30.0) -> Response:
+def send(
+    method: str,
+    url: str,
+    headers: Callable[[], dict[str, str]],
+    body: Any = None,
+    *,
+    policy: RetryPolicy | None = None,
+    timeout: float = 30.0,
+) -> Response:
     """Sends until a non-retryable answer. `headers` is called per attempt so tokens are fresh on each try."""
     policy = policy or RetryPolicy()
     data = None if body is None else json.dumps(body, separators=(",", ":")).encode()

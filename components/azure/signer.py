@@ -62,7 +62,9 @@ class KeyVaultSigner:
         parts = urllib.parse.urlsplit(key_url)
         segments = [s for s in parts.path.split("/") if s]
         if parts.scheme not in ("https", "http") or len(segments) not in (2, 3) or segments[0] != "keys":
-            raise EdgefleetError(key_url, "not a Key Vault key id", "use the key's id: https://<vault>.vault.azure.net/keys/<name>/<version>")
+            raise EdgefleetError(
+                key_url, "not a Key Vault key id", "use the key's id: https://<vault>.vault.azure.net/keys/<name>/<version>"
+            )
         self.key_url = key_url.rstrip("/")
         self._credential = credential
         self._policy = policy or rest.RetryPolicy()
@@ -91,17 +93,27 @@ class KeyVaultSigner:
             msg = err.get("message") or resp.body.decode(errors="replace")[:300]
             code = (err.get("innererror") or {}).get("code") or err.get("code") or ""
             codes = " ".join(dict.fromkeys(c for c in (err.get("code"), code) if c))
-            raise KeyVaultError(f"Key Vault key {self.key_url}", f"HTTP {resp.status}{' ' + codes if codes else ''}: {msg}",
-                                FIXES.get(resp.status), resp.status, code or None)
+            raise KeyVaultError(
+                f"Key Vault key {self.key_url}",
+                f"HTTP {resp.status}{' ' + codes if codes else ''}: {msg}",
+                FIXES.get(resp.status),
+                resp.status,
+                code or None,
+            )
         return resp.json()
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         if self._public is None:
             jwk = self._call("GET", "")["key"]
             if jwk.get("kty") not in ("EC", "EC-HSM") or jwk.get("crv") != "P-256":
-                raise SignatureError(f"Key Vault key {self.key_url}", f"key is {jwk.get('kty')} {jwk.get('crv')}, not EC P-256",
-                                     "create the signing key with kty EC and curve P-256")
-            numbers = ec.EllipticCurvePublicNumbers(int.from_bytes(unb64url(jwk["x"]), "big"), int.from_bytes(unb64url(jwk["y"]), "big"), ec.SECP256R1())
+                raise SignatureError(
+                    f"Key Vault key {self.key_url}",
+                    f"key is {jwk.get('kty')} {jwk.get('crv')}, not EC P-256",
+                    "create the signing key with kty EC and curve P-256",
+                )
+            numbers = ec.EllipticCurvePublicNumbers(
+                int.from_bytes(unb64url(jwk["x"]), "big"), int.from_bytes(unb64url(jwk["y"]), "big"), ec.SECP256R1()
+            )
             self._public = numbers.public_key()
         return self._public
 
@@ -117,6 +129,9 @@ class KeyVaultSigner:
         raw = unb64url(self._call("POST", "/sign", {"alg": "ES256", "value": b64url(digest)})["value"])
         der = raw_to_der(raw)
         if not signs_digest(self.public_key(), der, digest):
-            raise SignatureError(f"Key Vault key {self.key_url}", "Key Vault's signature does not verify with the key's public half",
-                                 "pin the key version (keyUriWithVersion) so signing and the published public key agree")
+            raise SignatureError(
+                f"Key Vault key {self.key_url}",
+                "Key Vault's signature does not verify with the key's public half",
+                "pin the key version (keyUriWithVersion) so signing and the published public key agree",
+            )
         return der

@@ -10,5 +10,8 @@ from edgefleet_agent.contract.errors import EdgefleetError
 
 
 def read_status(project_dir: Path, cfg: Any, source: str, stack: str, graph: dict[str, Any]) -> dict[str, Any]:
-    raise EdgefleetError(source, "status reads the local hub; this stack has no local platform",
-                         "for cloud stacks, see the IoT Hub console or `pulumi stack output`")
+    raise EdgefleetError(
+        source,
+        "status reads the local hub; this stack has no local platform",
+        "for cloud stacks, see the IoT Hub console or `pulumi stack output`",
+    )

@@ -19,7 +19,7 @@ class LocalDevices(Strict):
     execution_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     processes: int = Field(default=0, ge=0)
     offline: int = Field(default=0, ge=0)
-    reconnect_after_seconds: Annotated[float, Field(ge=0)] | None = None   # offline devices come back after this (None: never)
+    reconnect_after_seconds: Annotated[float, Field(ge=0)] | None = None  # offline devices come back after this (None: never)
 
     @model_validator(mode="after")
     def _fits(self) -> "LocalDevices":

@@ -44,8 +44,8 @@ class LocalDevice:
     labels: dict[str, str]
     arch: str
     providers: tuple[str, ...]
-    kind: str                        # "sim" | "process"
-    reconnect_after: float | None    # None: online from the start; inf: never
+    kind: str  # "sim" | "process"
+    reconnect_after: float | None  # None: online from the start; inf: never
 
 
 def local_devices(cfg: StackConfig, source: str = "the stack file") -> list[LocalDevice]:
@@ -67,31 +67,52 @@ def local_devices(cfg: StackConfig, source: str = "the stack file") -> list[Loca
         labelled = {j for j, _ in by_labels}
         for n in range(batch.count):
             dev_id = f"{batch.prefix}-{n:04d}"
-            arch, providers = _hardware(cfg, i, batch, dev_id, by_labels + [m for m in by_id.get(dev_id, ()) if m[0] not in labelled], source)
+            arch, providers = _hardware(
+                cfg, i, batch, dev_id, by_labels + [m for m in by_id.get(dev_id, ()) if m[0] not in labelled], source
+            )
             offline = n >= batch.count - batch.offline
-            out.append(LocalDevice(
-                id=dev_id, labels=dict(batch.labels), arch=arch, providers=providers,
-                kind="process" if n < batch.processes else "sim",
-                reconnect_after=(batch.reconnect_after_seconds if batch.reconnect_after_seconds is not None else float("inf")) if offline else None))
+            out.append(
+                LocalDevice(
+                    id=dev_id,
+                    labels=dict(batch.labels),
+                    arch=arch,
+                    providers=providers,
+                    kind="process" if n < batch.processes else "sim",
+                    reconnect_after=(batch.reconnect_after_seconds if batch.reconnect_after_seconds is not None else float("inf"))
+                    if offline
+                    else None,
+                )
+            )
     return out
 
 
-def _hardware(cfg: StackConfig, i: int, batch, dev_id: str, groups: list[tuple[int, DeviceGroupConfig]], source: str) -> tuple[str, tuple[str, ...]]:
+def _hardware(
+    cfg: StackConfig, i: int, batch, dev_id: str, groups: list[tuple[int, DeviceGroupConfig]], source: str
+) -> tuple[str, tuple[str, ...]]:
     if not groups:
-        return batch.arch, tuple(batch.execution_providers)    # in no group, so in no ring: nothing was checked against it
+        return batch.arch, tuple(batch.execution_providers)  # in no group, so in no ring: nothing was checked against it
     (j, first), *rest = groups
     hw = first.hardware
     for k, other in rest:
         if (other.hardware.arch, other.hardware.execution_providers) != (hw.arch, hw.execution_providers):
-            raise ConfigError(source, f"{PROJECT}:groups[{k}].hardware: device {dev_id} is in groups {first.name!r} and {other.name!r}, "
-                              f"whose hardware profiles differ ({hw.arch} {hw.execution_providers} vs "
-                              f"{other.hardware.arch} {other.hardware.execution_providers})",
-                              "a device has one hardware profile: make the groups' profiles agree, or their labels / device lists disjoint")
-    for key, mine, theirs in (("execution_providers", list(batch.execution_providers), list(hw.execution_providers)), ("arch", batch.arch, hw.arch)):
+            raise ConfigError(
+                source,
+                f"{PROJECT}:groups[{k}].hardware: device {dev_id} is in groups {first.name!r} and {other.name!r}, "
+                f"whose hardware profiles differ ({hw.arch} {hw.execution_providers} vs "
+                f"{other.hardware.arch} {other.hardware.execution_providers})",
+                "a device has one hardware profile: make the groups' profiles agree, or their labels / device lists disjoint",
+            )
+    for key, mine, theirs in (
+        ("execution_providers", list(batch.execution_providers), list(hw.execution_providers)),
+        ("arch", batch.arch, hw.arch),
+    ):
         if key in batch.model_fields_set and mine != theirs:
-            raise ConfigError(source, f"{PROJECT}:local.devices[{i}].{key}: {mine} disagrees with {theirs}, the hardware profile of group "
-                              f"{first.name!r} ({PROJECT}:groups[{j}].hardware.{key}) that selects device {dev_id}",
-                              f"remove `{key}` from the batch (local devices take their group's hardware profile), or make it match")
+            raise ConfigError(
+                source,
+                f"{PROJECT}:local.devices[{i}].{key}: {mine} disagrees with {theirs}, the hardware profile of group "
+                f"{first.name!r} ({PROJECT}:groups[{j}].hardware.{key}) that selects device {dev_id}",
+                f"remove `{key}` from the batch (local devices take their group's hardware profile), or make it match",
+            )
     return hw.arch, tuple(hw.execution_providers)
 
 
@@ -104,7 +125,7 @@ def exclusive(path: Path, what: str, fix: str) -> Iterator[None]:
     """An exclusive, non-blocking flock holding the holder's pid: a second holder fails at once, saying who
     holds it, instead of racing on the hub. The kernel drops the lock when the holder dies, even by SIGKILL."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)       # not inherited by agent processes (PEP 446)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by agent processes (PEP 446)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -148,7 +169,7 @@ def _libc_prctl():
         return None
 
 
-_PRCTL = _libc_prctl()            # looked up before any fork: the child between fork and exec only calls it
+_PRCTL = _libc_prctl()  # looked up before any fork: the child between fork and exec only calls it
 
 
 def _die_with_parent(parent: int):
@@ -160,8 +181,9 @@ def _die_with_parent(parent: int):
 
     def preexec() -> None:
         _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:           # the parent died before the signal was armed
+        if os.getppid() != parent:  # the parent died before the signal was armed
             os.kill(os.getpid(), signal.SIGTERM)
+
     return preexec
 
 
@@ -224,10 +246,14 @@ class LocalFleet:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._locks.enter_context(exclusive(
-            lock_path(self.hub_path, "fleet"), f"a local fleet is already running on the hub {self.hub_path}",
-            "stop it first (Ctrl-C in its terminal, or `kill {pid}`): `edgefleet up` runs its own fleet, "
-            "`edgefleet fleet run` is for `pulumi up --stack local`"))
+        self._locks.enter_context(
+            exclusive(
+                lock_path(self.hub_path, "fleet"),
+                f"a local fleet is already running on the hub {self.hub_path}",
+                "stop it first (Ctrl-C in its terminal, or `kill {pid}`): `edgefleet up` runs its own fleet, "
+                "`edgefleet fleet run` is for `pulumi up --stack local`",
+            )
+        )
         self._started_at = time.time()
         self._stop.clear()
         key_path = self.state_root / "trusted.pub.pem"
@@ -264,10 +290,29 @@ class LocalFleet:
         d = next(x for x in self.devices if x.id == device_id)
         log = self.state_root / device_id / f"agent-{model}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "edgefleet_agent", "--hub", str(self.hub_path), "--device-id", device_id, "--model", model,
-               "--state-dir", str(self.state_root / device_id), "--public-key", str(self.state_root / "trusted.pub.pem"),
-               "--providers", ",".join(d.providers), "--sync-seconds", "0.2", "--report-seconds", str(self.sim_period),
-               "--infer-interval", str(FRAME_INTERVAL_SECONDS)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edgefleet_agent",
+            "--hub",
+            str(self.hub_path),
+            "--device-id",
+            device_id,
+            "--model",
+            model,
+            "--state-dir",
+            str(self.state_root / device_id),
+            "--public-key",
+            str(self.state_root / "trusted.pub.pem"),
+            "--providers",
+            ",".join(d.providers),
+            "--sync-seconds",
+            "0.2",
+            "--report-seconds",
+            str(self.sim_period),
+            "--infer-interval",
+            str(FRAME_INTERVAL_SECONDS),
+        ]
         env = dict(os.environ)
         if self._spawner is None:
             self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgefleet-agent-spawner")
@@ -330,8 +375,16 @@ class LocalFleet:
         def agent_for(d: LocalDevice, model: str) -> DeviceAgent:
             agent = agents.get((d.id, model))
             if agent is None:
-                agent = DeviceAgent(d.id, model, self.state_root / d.id, self.public_key_pem, batch,
-                                    execution_providers=d.providers, durable=False, session_cache=cache)
+                agent = DeviceAgent(
+                    d.id,
+                    model,
+                    self.state_root / d.id,
+                    self.public_key_pem,
+                    batch,
+                    execution_providers=d.providers,
+                    durable=False,
+                    session_cache=cache,
+                )
                 agent.start()
                 agents[(d.id, model)] = agent
             return agent

@@ -63,7 +63,8 @@ class LocalHub(AgentHub):
             db.executemany(
                 "INSERT INTO devices (id, labels, arch, providers, kind, registered_at) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT(id) DO UPDATE SET labels=excluded.labels, arch=excluded.arch, providers=excluded.providers, kind=excluded.kind",
-                [(i, json.dumps(labels, sort_keys=True), arch, json.dumps(eps), kind, now) for i, labels, arch, eps, kind in devices])
+                [(i, json.dumps(labels, sort_keys=True), arch, json.dumps(eps), kind, now) for i, labels, arch, eps, kind in devices],
+            )
 
     def devices(self) -> list[Device]:
         rows = self._db().execute("SELECT id, labels FROM devices ORDER BY id").fetchall()
@@ -86,7 +87,9 @@ class LocalHub(AgentHub):
     def desired_changed_since(self, model: str, watermark: float) -> tuple[dict[str, DesiredModel | None], float]:
         """Devices whose desired state changed after `watermark`, and the new watermark: the local stand-in
         for the change notifications real platforms push (twin updates, Greengrass deployment notices)."""
-        rows = self._db().execute("SELECT device_id, desired, set_at FROM desired WHERE model=? AND set_at > ?", (model, watermark)).fetchall()
+        rows = (
+            self._db().execute("SELECT device_id, desired, set_at FROM desired WHERE model=? AND set_at > ?", (model, watermark)).fetchall()
+        )
         cache: dict[str | None, DesiredModel | None] = {}
         out: dict[str, DesiredModel | None] = {}
         for dev, text, set_at in rows:
@@ -98,7 +101,11 @@ class LocalHub(AgentHub):
 
     def ever_served(self, model: str, version: str) -> list[str]:
         """Every device that ever reported serving `version`: the evidence that a bad version stayed contained."""
-        rows = self._db().execute("SELECT DISTINCT device_id FROM served WHERE model=? AND version=? ORDER BY device_id", (model, version)).fetchall()
+        rows = (
+            self._db()
+            .execute("SELECT DISTINCT device_id FROM served WHERE model=? AND version=? ORDER BY device_id", (model, version))
+            .fetchall()
+        )
         return [d for (d,) in rows]
 
     def reports(self, model: str, device_ids: list[str] | None = None) -> dict[str, DeviceReport]:
@@ -111,7 +118,7 @@ class LocalHub(AgentHub):
     def _select_in(self, sql: str, head: list[Any], ids: list[str]) -> list[tuple]:
         out: list[tuple] = []
         for i in range(0, len(ids), 900):
-            chunk = ids[i:i + 900]
+            chunk = ids[i : i + 900]
             out += self._db().execute(sql.format(",".join("?" * len(chunk))), [*head, *chunk]).fetchall()
         return out
 
@@ -125,18 +132,22 @@ class LocalHub(AgentHub):
         devices = list(target.selector)
         model = desired.model if desired else self._ring_model(target)
         if model is None:
-            return                                    # clearing a ring that never had a model: nothing to do
+            return  # clearing a ring that never had a model: nothing to do
         text = desired.to_json() if desired else None
         now = self.now()
         with self._tx() as db:
             self._fence(db, target.rollout)
-            db.execute("INSERT INTO ring_desired (rollout, ring, idx, model, desired, devices, set_at) VALUES (?,?,?,?,?,?,?) "
-                       "ON CONFLICT(rollout, ring) DO UPDATE SET idx=excluded.idx, model=excluded.model, desired=excluded.desired, "
-                       "devices=excluded.devices, set_at=excluded.set_at",
-                       (target.rollout, target.ring, target.index, model, text, json.dumps(devices), now))
-            db.executemany("INSERT INTO desired (device_id, model, desired, set_at) VALUES (?,?,?,?) "
-                           "ON CONFLICT(device_id, model) DO UPDATE SET desired=excluded.desired, set_at=excluded.set_at",
-                           [(d, model, text, now) for d in devices])
+            db.execute(
+                "INSERT INTO ring_desired (rollout, ring, idx, model, desired, devices, set_at) VALUES (?,?,?,?,?,?,?) "
+                "ON CONFLICT(rollout, ring) DO UPDATE SET idx=excluded.idx, model=excluded.model, desired=excluded.desired, "
+                "devices=excluded.devices, set_at=excluded.set_at",
+                (target.rollout, target.ring, target.index, model, text, json.dumps(devices), now),
+            )
+            db.executemany(
+                "INSERT INTO desired (device_id, model, desired, set_at) VALUES (?,?,?,?) "
+                "ON CONFLICT(device_id, model) DO UPDATE SET desired=excluded.desired, set_at=excluded.set_at",
+                [(d, model, text, now) for d in devices],
+            )
 
     def _ring_model(self, target: RingTarget) -> str | None:
         row = self._db().execute("SELECT model FROM ring_desired WHERE rollout=? AND ring=?", (target.rollout, target.ring)).fetchone()
@@ -155,9 +166,11 @@ class LocalHub(AgentHub):
     def save_progress(self, rollout_id: str, progress: dict[str, Any]) -> None:
         with self._tx() as db:
             self._fence(db, progress["rollout"])
-            db.execute("INSERT INTO progress (rollout_id, rollout, status, progress, updated_at) VALUES (?,?,?,?,?) "
-                       "ON CONFLICT(rollout_id) DO UPDATE SET status=excluded.status, progress=excluded.progress, updated_at=excluded.updated_at",
-                       (rollout_id, progress["rollout"], progress["status"], json.dumps(progress), self.now()))
+            db.execute(
+                "INSERT INTO progress (rollout_id, rollout, status, progress, updated_at) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(rollout_id) DO UPDATE SET status=excluded.status, progress=excluded.progress, updated_at=excluded.updated_at",
+                (rollout_id, progress["rollout"], progress["status"], json.dumps(progress), self.now()),
+            )
 
     def rollouts(self, rollout: str | None = None) -> list[dict[str, Any]]:
         """Progress records, oldest first."""
@@ -165,9 +178,13 @@ class LocalHub(AgentHub):
         return [json.loads(p) for (p,) in self._db().execute(sql, (rollout,) if rollout else ()).fetchall()]
 
     def ring_states(self) -> list[dict[str, Any]]:
-        rows = self._db().execute("SELECT rollout, ring, model, desired, devices, set_at FROM ring_desired ORDER BY rollout, idx").fetchall()
-        return [{"rollout": ro, "ring": ri, "model": m, "desired": DesiredModel.from_json(d), "devices": json.loads(devs), "set_at": t}
-                for ro, ri, m, d, devs, t in rows]
+        rows = (
+            self._db().execute("SELECT rollout, ring, model, desired, devices, set_at FROM ring_desired ORDER BY rollout, idx").fetchall()
+        )
+        return [
+            {"rollout": ro, "ring": ri, "model": m, "desired": DesiredModel.from_json(d), "devices": json.loads(devs), "set_at": t}
+            for ro, ri, m, d, devs, t in rows
+        ]
 
     # -- leases: one driver per rollout ------------------------------------------------------------------
     @contextmanager
@@ -206,10 +223,12 @@ class LocalHub(AgentHub):
                 raise self._held_error(name, row, now)
             if row is not None:
                 held.took_over = f"{row['owner']} (pid {row['pid']} on {row['host']})"
-            db.execute("INSERT INTO leases (name, owner, token, host, pid, acquired_at, expires_at) VALUES (?,?,?,?,?,?,?) "
-                       "ON CONFLICT(name) DO UPDATE SET owner=excluded.owner, token=excluded.token, host=excluded.host, "
-                       "pid=excluded.pid, acquired_at=excluded.acquired_at, expires_at=excluded.expires_at",
-                       (name, owner, held.token, socket.gethostname(), os.getpid(), now, now + ttl))
+            db.execute(
+                "INSERT INTO leases (name, owner, token, host, pid, acquired_at, expires_at) VALUES (?,?,?,?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET owner=excluded.owner, token=excluded.token, host=excluded.host, "
+                "pid=excluded.pid, acquired_at=excluded.acquired_at, expires_at=excluded.expires_at",
+                (name, owner, held.token, socket.gethostname(), os.getpid(), now, now + ttl),
+            )
         self._held[name] = held
         return held
 
@@ -218,12 +237,19 @@ class LocalHub(AgentHub):
             while not stop.wait(held.ttl / 3):
                 with self._tx() as db:
                     now = self.now()
-                    if db.execute("UPDATE leases SET expires_at=? WHERE name=? AND token=?", (now + held.ttl, held.name, held.token)).rowcount == 0:
+                    if (
+                        db.execute(
+                            "UPDATE leases SET expires_at=? WHERE name=? AND token=?", (now + held.ttl, held.name, held.token)
+                        ).rowcount
+                        == 0
+                    ):
                         row = self._lease_row(db, held.name)
-                        held.lost = f"taken over by {row['owner']} (pid {row['pid']} on {row['host']})" if row else "released by someone else"
+                        held.lost = (
+                            f"taken over by {row['owner']} (pid {row['pid']} on {row['host']})" if row else "released by someone else"
+                        )
                         return
         finally:
-            self.close()                              # this thread's own connection
+            self.close()  # this thread's own connection
 
     def _fence(self, db: sqlite3.Connection, name: str) -> None:
         """Inside a write transaction: refuses the write unless this hub holds `name` or no live lease exists."""
@@ -231,9 +257,12 @@ class LocalHub(AgentHub):
         mine = self._held.get(name)
         if mine is not None:
             if row is None or row["token"] != mine.token:
-                raise EdgefleetError(str(self.path), f"this run lost its lease on rollout {name!r}"
-                                     + (f": {mine.lost}" if mine.lost else f" to {row['owner']}" if row else ""),
-                                     "another process drives this rollout now; check `edgefleet status` and run again once it is done")
+                raise EdgefleetError(
+                    str(self.path),
+                    f"this run lost its lease on rollout {name!r}"
+                    + (f": {mine.lost}" if mine.lost else f" to {row['owner']}" if row else ""),
+                    "another process drives this rollout now; check `edgefleet status` and run again once it is done",
+                )
             return
         if row is not None and self._live(row, self.now()):
             raise self._held_error(name, row, self.now())
@@ -264,7 +293,8 @@ class LocalHub(AgentHub):
             f"holding its lease since {time.strftime('%H:%M:%S', time.localtime(row['acquired_at']))}, "
             f"valid {max(0.0, row['expires_at'] - now):.0f}s more unless renewed",
             "wait for that run to finish (`edgefleet status` shows its progress) or stop it, then run again; "
-            "a lease left by a killed process is taken over at once on this host, elsewhere once it expires")
+            "a lease left by a killed process is taken over at once on this host, elsewhere once it expires",
+        )
 
     # -- resource state (what `edgefleet up` last applied, like a Pulumi state file) --------------------
     def resource_outputs(self, urn: str) -> dict[str, Any] | None:
@@ -273,8 +303,8 @@ class LocalHub(AgentHub):
 
     def put_resource(self, urn: str, type_: str, outputs: dict[str, Any]) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO resources (urn, type, outputs, updated_at) VALUES (?,?,?,?) "
-                       "ON CONFLICT(urn) DO UPDATE SET outputs=excluded.outputs, updated_at=excluded.updated_at",
-                       (urn, type_, json.dumps(outputs, sort_keys=True), self.now()))
-
-
+            db.execute(
+                "INSERT INTO resources (urn, type, outputs, updated_at) VALUES (?,?,?,?) "
+                "ON CONFLICT(urn) DO UPDATE SET outputs=excluded.outputs, updated_at=excluded.updated_at",
+                (urn, type_, json.dumps(outputs, sort_keys=True), self.now()),
+            )

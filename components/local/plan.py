@@ -28,27 +28,46 @@ from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel
 
 
-def ring_plans(hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGroupConfig], rid: str = "",
-               rings: list[RingConfig] | None = None) -> list[RingPlan]:
+def ring_plans(
+    hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGroupConfig], rid: str = "", rings: list[RingConfig] | None = None
+) -> list[RingPlan]:
     """Ring membership from the hub's device registry (pure function of registry and config)."""
     rings = list(rings if rings is not None else rollout.rings)
     members = ring_members(rollout.name, rings, groups, hub.devices())
-    return [RingPlan(RingTarget(rollout=rollout.name, ring=r.name, index=i, selector=tuple(members[r.name])), r.gate)
-            for i, r in enumerate(rings)]
+    return [
+        RingPlan(RingTarget(rollout=rollout.name, ring=r.name, index=i, selector=tuple(members[r.name])), r.gate)
+        for i, r in enumerate(rings)
+    ]
 
 
 def engine_for(hub: LocalHub, key_file: str, poll_seconds: float, on_update=None) -> RolloutEngine:
     return RolloutEngine(hub, WallClock(), rollback_authorizer(LocalKeySigner(key_file)), poll_seconds=poll_seconds, on_update=on_update)
 
 
-def decide(hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGroupConfig], declared: DesiredModel,
-           model_dir: str | None = None, apply: str = "apply it", stack: str | None = None) -> Decision:
+def decide(
+    hub: LocalHub,
+    rollout: RolloutConfig,
+    groups: dict[str, DeviceGroupConfig],
+    declared: DesiredModel,
+    model_dir: str | None = None,
+    apply: str = "apply it",
+    stack: str | None = None,
+) -> Decision:
     """The engine's decision (components/rollout/decide.py) for the local hub's rings, with the local store's way back
     to a version in flight."""
     plans = tuple(ring_plans(hub, rollout, groups))
     current = {r.name: hub.desired(r.target) for r in plans}
-    return decide_rings(rollout.name, plans, hub.rollouts(rollout.name), current, declared, model_dir=model_dir, apply=apply,
-                        stack=stack, restore_hint=_restore_hint)
+    return decide_rings(
+        rollout.name,
+        plans,
+        hub.rollouts(rollout.name),
+        current,
+        declared,
+        model_dir=model_dir,
+        apply=apply,
+        stack=stack,
+        restore_hint=_restore_hint,
+    )
 
 
 def _store_files(desired: DesiredModel) -> tuple[Path, Path] | None:
@@ -70,15 +89,21 @@ def _restore_hint(record: dict[str, Any], declared: DesiredModel, model_dir: str
 
     def copy(files: tuple[Path, Path], manifest_text: str) -> str:
         name = parse_manifest_bytes(manifest_text.encode(), "the manifest").file
-        return (f"cp {shlex.quote(str(files[0]))} {shlex.quote(f'{model_dir}/model.yaml')} && "
-                f"cp {shlex.quote(str(files[1]))} {shlex.quote(f'{model_dir}/{name}')}")
+        return (
+            f"cp {shlex.quote(str(files[0]))} {shlex.quote(f'{model_dir}/model.yaml')} && "
+            f"cp {shlex.quote(str(files[1]))} {shlex.quote(f'{model_dir}/{name}')}"
+        )
 
-    hint = (f". The local store keeps {flight.version} (`edgefleet model add` refuses a version below the manifest's): restore it with "
-            f"`{copy(files, flight.manifest)}`, {apply}, ")
+    hint = (
+        f". The local store keeps {flight.version} (`edgefleet model add` refuses a version below the manifest's): restore it with "
+        f"`{copy(files, flight.manifest)}`, {apply}, "
+    )
     if declared.manifest:
         folder = files[1].parent
-        hint += (f"then put {declared.version} back with "
-                 f"`{copy((folder / f'{declared.sha256}.yaml', folder / f'{declared.sha256}.onnx'), declared.manifest)}` and {apply} again")
+        hint += (
+            f"then put {declared.version} back with "
+            f"`{copy((folder / f'{declared.sha256}.yaml', folder / f'{declared.sha256}.onnx'), declared.manifest)}` and {apply} again"
+        )
     else:
         hint += f"then declare {declared.version} again"
     return hint
@@ -110,9 +135,18 @@ def _gate(hub: LocalHub, p: LocalRingProps) -> tuple[GateInputs, Decision]:
         raise RuntimeError(
             f"ring {p.ring!r} of rollout {p.rollout!r} has no devices in the local hub {p.hub}: under `pulumi up` nothing registers "
             f"the stack's simulated devices. Run `edgefleet fleet run --stack {p.stack}` in another terminal (it registers them and "
-            "runs the fleet until Ctrl-C), then `pulumi up` again")
-    gate = GateInputs(rollout=p.rollout, ring=p.ring, index=p.index, total_rings=p.total_rings, rings=plans, declared=p.declared(),
-                      poll_seconds=p.poll_seconds, apply=p.apply)
+            "runs the fleet until Ctrl-C), then `pulumi up` again"
+        )
+    gate = GateInputs(
+        rollout=p.rollout,
+        ring=p.ring,
+        index=p.index,
+        total_rings=p.total_rings,
+        rings=plans,
+        declared=p.declared(),
+        poll_seconds=p.poll_seconds,
+        apply=p.apply,
+    )
     decision = gate_decision(gate, hub, restore_hint=_restore_hint)
     if decision.action == "refused":
         raise GateFailed(f"{decision.problem}. Fix: {decision.fix}")
@@ -130,8 +164,10 @@ def deploy_ring(props: dict[str, Any]) -> list[str]:
         plan = plan_for(p.rollout, decision, gate.declared, LocalKeySigner(p.key_file))
         with hub.lease(p.rollout, owner="pulumi up (ring deployment)"):
             progress = engine_for(hub, p.key_file, p.poll_seconds).start(plan)
-            promoting = progress["status"] == RolloutStatus.RUNNING and all(r["state"] == RingState.PASSED for r in progress["rings"][:p.index])
-            if promoting and hub.desired(ring.target) != plan.desired:   # never during a rollback, never past an unpassed gate
+            promoting = progress["status"] == RolloutStatus.RUNNING and all(
+                r["state"] == RingState.PASSED for r in progress["rings"][: p.index]
+            )
+            if promoting and hub.desired(ring.target) != plan.desired:  # never during a rollback, never past an unpassed gate
                 hub.set_desired(ring.target, plan.desired)
     return list(ring.target.selector)
 
@@ -146,6 +182,13 @@ def run_gate(props: dict[str, Any]) -> Progress:
     if decision.action != "up-to-date" and lock_holder(fleet_lock) is None:
         raise RuntimeError(
             f"no local fleet is running on the hub {p.hub} (nobody holds {fleet_lock}), so ring {p.ring!r} could only time out. "
-            f"Run `edgefleet fleet run --stack {p.stack}` in another terminal, then `pulumi up` again")
-    return drive_gate(gate, hub, LocalKeySigner(p.key_file), WallClock(), decision=decision,
-                      lease=lambda: hub.lease(p.rollout, owner="pulumi up (ring gate)"))
+            f"Run `edgefleet fleet run --stack {p.stack}` in another terminal, then `pulumi up` again"
+        )
+    return drive_gate(
+        gate,
+        hub,
+        LocalKeySigner(p.key_file),
+        WallClock(),
+        decision=decision,
+        lease=lambda: hub.lease(p.rollout, owner="pulumi up (ring gate)"),
+    )

@@ -39,8 +39,9 @@ class LocalPlatform(Platform):
         return StoreOutputs(uri=store.uri, encrypted=False, public_access_blocked=True)
 
     def signing_key(self, parent) -> KeyOutputs:
-        key = providers.SigningKey(f"{parent.resource_name}-keyfile", {"key_file": self.stack.signing.key_file},
-                                   child(parent, additional_secret_outputs=[]))
+        key = providers.SigningKey(
+            f"{parent.resource_name}-keyfile", {"key_file": self.stack.signing.key_file}, child(parent, additional_secret_outputs=[])
+        )
         return KeyOutputs(key_ref=pulumi.Output.from_input(self.stack.signing.key_file), public_key_pem=key.public_key_pem, exportable=True)
 
     def app_registry(self, parent) -> RegistryOutputs:
@@ -52,11 +53,20 @@ class LocalPlatform(Platform):
 
     def publish_model(self, parent, manifest: ModelManifest, manifest_text: str, artifact: Path, base: StackBase) -> PublishOutputs:
         source = str(artifact.relative_to(self.project_dir) if artifact.is_relative_to(self.project_dir) else artifact)
-        art = providers.Artifact(f"{parent.resource_name}-local-artifact", {
-            "store": self.local.store, "key_file": self.stack.signing.key_file, "source": source,
-            "model": manifest.name, "version": manifest.version, "sha256": manifest.sha256, "size": manifest.size,
-            "manifest": manifest_text,
-        }, child(parent, depends_on=[base.store, base.key]))
+        art = providers.Artifact(
+            f"{parent.resource_name}-local-artifact",
+            {
+                "store": self.local.store,
+                "key_file": self.stack.signing.key_file,
+                "source": source,
+                "model": manifest.name,
+                "version": manifest.version,
+                "sha256": manifest.sha256,
+                "size": manifest.size,
+                "manifest": manifest_text,
+            },
+            child(parent, depends_on=[base.store, base.key]),
+        )
         return PublishOutputs(uri=art.uri, signature=art.signature)
 
     def ring(self, parent, spec: RingSpec, model, group, base: StackBase) -> RingOutputs:
@@ -65,15 +75,33 @@ class LocalPlatform(Platform):
         rings = spec.rollout.rings[: spec.index + 1]
         groups = {r.group: self.stack.group(r.group).model_dump(mode="json") for r in rings}
         common = {
-            "hub": self.local.hub, "rollout": spec.rollout.name, "ring": spec.ring.name, "index": spec.index,
-            "total_rings": len(spec.rollout.rings), "rings": [r.model_dump(mode="json") for r in rings], "groups": groups,
-            "model": manifest.name, "version": manifest.version, "sha256": manifest.sha256, "size": manifest.size,
-            "manifest": model.manifest_text, "uri": published.uri, "signature": published.signature,
-            "key_file": self.stack.signing.key_file, "poll_seconds": self.local.poll_seconds, "stack": pulumi.get_stack(),
+            "hub": self.local.hub,
+            "rollout": spec.rollout.name,
+            "ring": spec.ring.name,
+            "index": spec.index,
+            "total_rings": len(spec.rollout.rings),
+            "rings": [r.model_dump(mode="json") for r in rings],
+            "groups": groups,
+            "model": manifest.name,
+            "version": manifest.version,
+            "sha256": manifest.sha256,
+            "size": manifest.size,
+            "manifest": model.manifest_text,
+            "uri": published.uri,
+            "signature": published.signature,
+            "key_file": self.stack.signing.key_file,
+            "poll_seconds": self.local.poll_seconds,
+            "stack": pulumi.get_stack(),
         }
         after = {"after": spec.previous_gate} if spec.previous_gate is not None else {}
         deployment = providers.RingDeployment(f"{parent.resource_name}-deployment", {**common, **after}, child(parent))
-        gate = providers.RingGate(f"{parent.resource_name}-gate", {
-            **common, "deployment": deployment.id, "gate_config": spec.ring.gate.model_dump(mode="json"),
-        }, child(parent, custom_timeouts=pulumi.CustomTimeouts(create=f"{int(spec.ring.gate.deadline_seconds * 2) + 60}s")))
+        gate = providers.RingGate(
+            f"{parent.resource_name}-gate",
+            {
+                **common,
+                "deployment": deployment.id,
+                "gate_config": spec.ring.gate.model_dump(mode="json"),
+            },
+            child(parent, custom_timeouts=pulumi.CustomTimeouts(create=f"{int(spec.ring.gate.deadline_seconds * 2) + 60}s")),
+        )
         return RingOutputs(deployment=deployment.id, gate=gate.gate, devices=deployment.devices)

@@ -90,8 +90,10 @@ class ArtifactProvider(_Idempotent):
 
         p = ArtifactProps.of(props)
         published = publish(Path(p.store), p.manifest, Path(p.source), LocalKeySigner(p.key_file), p.source)
-        return CreateResult(id_=f"{published.model}@{published.version}+{published.sha256[:12]}",
-                            outs={**props, "uri": published.uri, "signature": published.signature_text})
+        return CreateResult(
+            id_=f"{published.model}@{published.version}+{published.sha256[:12]}",
+            outs={**props, "uri": published.uri, "signature": published.signature_text},
+        )
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return input_diff(olds, news, ("sha256", "version", "manifest", "store", "key_file"))
@@ -137,7 +139,9 @@ class SigningKey(Resource, module="edgefleet-local", name="SigningKey"):
     public_key_pem: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(SigningKeyProvider(), name, {"key_id": None, "public_key_pem": None, **props, "provider_version": PROVIDER_VERSION}, opts)
+        super().__init__(
+            SigningKeyProvider(), name, {"key_id": None, "public_key_pem": None, **props, "provider_version": PROVIDER_VERSION}, opts
+        )
 
 
 class Artifact(Resource, module="edgefleet-local", name="Artifact"):

@@ -22,11 +22,15 @@ class LocalKeySigner:
         try:
             key = serialization.load_pem_private_key(self.path.read_bytes(), password=None)
         except FileNotFoundError:
-            raise SignatureError(str(self.path), "signing key file not found",
-                                 f"create one with `edgefleet keys create {self.path}`") from None
+            raise SignatureError(
+                str(self.path), "signing key file not found", f"create one with `edgefleet keys create {self.path}`"
+            ) from None
         except (ValueError, TypeError) as exc:
-            raise SignatureError(str(self.path), f"not an unencrypted PEM private key ({exc})",
-                                 "pass the private key written by `edgefleet keys create PATH` (not its .pub.pem)") from None
+            raise SignatureError(
+                str(self.path),
+                f"not an unencrypted PEM private key ({exc})",
+                "pass the private key written by `edgefleet keys create PATH` (not its .pub.pem)",
+            ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
             raise SignatureError(str(self.path), "signing key is not ECDSA P-256", "create a P-256 key with `edgefleet keys create`")
         self._key = key
@@ -49,8 +53,9 @@ def create_key_file(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     for existing in (path, public_key_path(path)):
         if existing.exists():
-            raise EdgefleetError(str(existing), "a key already exists here; refusing to overwrite it",
-                                 "pick another path or delete the old key deliberately")
+            raise EdgefleetError(
+                str(existing), "a key already exists here; refusing to overwrite it", "pick another path or delete the old key deliberately"
+            )
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     atomic_write_bytes(path, pem, mode=0o600)

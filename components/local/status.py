@@ -24,18 +24,24 @@ def read_status(project_dir: Path, cfg: Any, source: str, stack: str, graph: dic
         reports = hub.reports(state["model"], state["devices"])
         want = desired.version if desired else None
         reported = Counter(r.version for r in reports.values())
-        rings.append({
-            "rollout": state["rollout"], "ring": state["ring"],
-            "desired": (f"{want} (rollback)" if desired and desired.is_rollback else want),
-            "devices": len(state["devices"]),
-            "reported": dict(sorted(reported.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))),
-            "drift": sum(1 for r in reports.values() if r.version != want),
-            "drift_devices": sorted(d for d, r in reports.items() if r.version != want)[:20],
-            "silent": len(state["devices"]) - len(reports),
-            "failures": sorted({r.error for r in reports.values() if r.status == "failed" and r.error})[:5],
-        })
+        rings.append(
+            {
+                "rollout": state["rollout"],
+                "ring": state["ring"],
+                "desired": (f"{want} (rollback)" if desired and desired.is_rollback else want),
+                "devices": len(state["devices"]),
+                "reported": dict(sorted(reported.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))),
+                "drift": sum(1 for r in reports.values() if r.version != want),
+                "drift_devices": sorted(d for d, r in reports.items() if r.version != want)[:20],
+                "silent": len(state["devices"]) - len(reports),
+                "failures": sorted({r.error for r in reports.values() if r.status == "failed" and r.error})[:5],
+            }
+        )
     latest: dict[str, dict] = {}
     for p in hub.rollouts():
         latest[p["rollout"]] = p
-    return {"rings": rings, "rollouts": [{"rollout": k, "version": v["version"], "status": v["status"]} for k, v in latest.items()],
-            "declared": declared_state(project_dir, stack, graph)}
+    return {
+        "rings": rings,
+        "rollouts": [{"rollout": k, "version": v["version"], "status": v["status"]} for k, v in latest.items()],
+        "declared": declared_state(project_dir, stack, graph),
+    }

@@ -30,8 +30,16 @@ class Published:
     model: str
 
     def desired(self, rollout: str) -> DesiredModel:
-        return DesiredModel(model=self.model, version=self.version, sha256=self.sha256, size=self.size, uri=self.uri,
-                            manifest=self.manifest_text, signature=self.signature_text, rollout=rollout)
+        return DesiredModel(
+            model=self.model,
+            version=self.version,
+            sha256=self.sha256,
+            size=self.size,
+            uri=self.uri,
+            manifest=self.manifest_text,
+            signature=self.signature_text,
+            rollout=rollout,
+        )
 
 
 def publish(store: Path, manifest_text: str, artifact: Path, signer: Signer, source: str) -> Published:
@@ -52,10 +60,17 @@ def publish(store: Path, manifest_text: str, artifact: Path, signer: Signer, sou
             verify_artifact(manifest_bytes, sig_path.read_bytes(), dest, load_public_key(signer.public_key_pem(), "signer"), source)
             signature = sig_path.read_bytes()
         except SignatureError:
-            signature = None                      # signed by an older key: sign again below
+            signature = None  # signed by an older key: sign again below
     if signature is None:
         signature = sign_bytes(signer, manifest_bytes).to_bytes()
         atomic_write_bytes(manifest_path, manifest_bytes)
         atomic_write_bytes(sig_path, signature)
-    return Published(uri=dest.resolve().as_uri(), manifest_text=manifest_text, signature_text=signature.decode(),
-                     sha256=manifest.sha256, size=manifest.size, version=manifest.version, model=manifest.name)
+    return Published(
+        uri=dest.resolve().as_uri(),
+        manifest_text=manifest_text,
+        signature_text=signature.decode(),
+        sha256=manifest.sha256,
+        size=manifest.size,
+        version=manifest.version,
+        model=manifest.name,
+    )

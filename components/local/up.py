@@ -47,10 +47,10 @@ class Outcome:
     model: str
     from_version: str | None
     to_version: str
-    status: str                     # up-to-date | succeeded | rolled_back | rollback_incomplete | previously-rolled-back | refused
+    status: str  # up-to-date | succeeded | rolled_back | rollback_incomplete | previously-rolled-back | refused
     progress: dict[str, Any] | None
-    kind: str = "forward"           # forward | rollback (a declared older version)
-    problem: str = ""               # refusals: why, and the fix
+    kind: str = "forward"  # forward | rollback (a declared older version)
+    problem: str = ""  # refusals: why, and the fix
     fix: str = ""
     reopened: tuple[str, ...] = ()  # rings appended to a succeeded rollout, the only ones this run deployed and gated
 
@@ -65,9 +65,14 @@ def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
     for r in graph["resources"]:
         children.setdefault(r["parent"], []).append(r)
     artifacts = {by_urn[r["parent"]]["name"]: r["inputs"] for r in graph["resources"] if r["type"] == ARTIFACT}
-    groups = {r["name"]: DeviceGroupConfig.model_validate({"name": r["name"], **{k: r["inputs"][k] for k in ("hardware", "labels", "devices")},
-                                                          "platform": r["inputs"]["platform"]}, strict=False)
-              for r in graph["resources"] if r["type"] == "edgefleet:fleet:DeviceGroup"}
+    groups = {
+        r["name"]: DeviceGroupConfig.model_validate(
+            {"name": r["name"], **{k: r["inputs"][k] for k in ("hardware", "labels", "devices")}, "platform": r["inputs"]["platform"]},
+            strict=False,
+        )
+        for r in graph["resources"]
+        if r["type"] == "edgefleet:fleet:DeviceGroup"
+    }
     out = []
     for r in graph["resources"]:
         if r["type"] != "edgefleet:rollout:Rollout":
@@ -75,9 +80,16 @@ def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
         rings = sorted((c["inputs"] for c in children.get(r["urn"], []) if c["type"] == "edgefleet:rollout:Ring"), key=lambda i: i["index"])
         if not rings or any(ring["platform"] != "local" for ring in rings):
             continue
-        cfg = RolloutConfig(name=r["name"], model=r["inputs"]["model"],
-                            rings=[RingConfig.model_validate({k: ring[k] for k in ("group", "labels", "gate")} | {"name": ring["ring"], "percent": ring.get("percent")}, strict=False)
-                                   for ring in rings])
+        cfg = RolloutConfig(
+            name=r["name"],
+            model=r["inputs"]["model"],
+            rings=[
+                RingConfig.model_validate(
+                    {k: ring[k] for k in ("group", "labels", "gate")} | {"name": ring["ring"], "percent": ring.get("percent")}, strict=False
+                )
+                for ring in rings
+            ],
+        )
         art = artifacts[r["inputs"]["model"]]
         out.append(DeclaredRollout(cfg, groups, r["inputs"]["model"], art["manifest"], art["source"]))
     return out
@@ -93,8 +105,11 @@ def signer_for(cfg: StackConfig, project_dir: Path) -> LocalKeySigner:
 def local_stack(cfg: Any, source: str, stack: str, verb: str) -> Any:
     """`cfg` if it has a local platform to drive; otherwise an error saying what to run instead."""
     if "local" not in cfg.platforms or cfg.local is None:
-        raise EdgefleetError(source, f"{verb} drives the local platform; this stack targets {', '.join(cfg.platforms)}",
-                             f"use `pulumi up --stack {stack}` with the Pulumi CLI, or preview offline with `edgefleet plan --stack {stack}`")
+        raise EdgefleetError(
+            source,
+            f"{verb} drives the local platform; this stack targets {', '.join(cfg.platforms)}",
+            f"use `pulumi up --stack {stack}` with the Pulumi CLI, or preview offline with `edgefleet plan --stack {stack}`",
+        )
     return cfg
 
 
@@ -106,20 +121,28 @@ def graph_stack(graph: dict[str, Any], stack: str, verb: str) -> tuple[Any, str]
 
 def local_models(cfg: StackConfig) -> list[str]:
     """Models that local rollouts ship: the local fleet runs one agent per device and model."""
-    return sorted({r.model for r in cfg.rollouts
-                   if all(cfg.group_platform(cfg.group(ring.group)) == "local" for ring in r.rings)})
+    return sorted({r.model for r in cfg.rollouts if all(cfg.group_platform(cfg.group(ring.group)) == "local" for ring in r.rings)})
 
 
-def up(project_dir: Path, stack: str, graph: dict[str, Any], on_update: Callable[[dict[str, Any]], None] | None = None,
-       on_fleet: Callable[[LocalFleet], None] | None = None, abort: str | None = None) -> list[Outcome]:
+def up(
+    project_dir: Path,
+    stack: str,
+    graph: dict[str, Any],
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    on_fleet: Callable[[LocalFleet], None] | None = None,
+    abort: str | None = None,
+) -> list[Outcome]:
     """Makes the rings run what is declared. With `abort` (the reason), instead rolls back every rollout left in
     flight (a killed `up`, a version nobody wants to finish) to its previous version, whatever is declared."""
     project_dir = Path(project_dir).resolve()
     cfg, source = graph_stack(graph, stack, "edgefleet up")
     hub_path = project_dir / cfg.local.hub
-    with exclusive(lock_path(hub_path, "up"), f"another `edgefleet up --stack {stack}` is rolling out on this hub",
-                   "wait for it to finish, or stop it (Ctrl-C in its terminal, or `kill {pid}`); "
-                   "a stopped rollout resumes where it stood on the next `edgefleet up`"):
+    with exclusive(
+        lock_path(hub_path, "up"),
+        f"another `edgefleet up --stack {stack}` is rolling out on this hub",
+        "wait for it to finish, or stop it (Ctrl-C in its terminal, or `kill {pid}`); "
+        "a stopped rollout resumes where it stood on the next `edgefleet up`",
+    ):
         return _up(project_dir, stack, cfg, source, hub_path, graph, on_update, on_fleet, abort)
 
 
@@ -127,9 +150,17 @@ def _model_dir(project_dir: Path, d: DeclaredRollout) -> Path:
     return (project_dir / d.source).parent
 
 
-def _up(project_dir: Path, stack: str, cfg: StackConfig, source: str, hub_path: Path, graph: dict[str, Any],
-        on_update: Callable[[dict[str, Any]], None] | None, on_fleet: Callable[[LocalFleet], None] | None,
-        abort: str | None = None) -> list[Outcome]:
+def _up(
+    project_dir: Path,
+    stack: str,
+    cfg: StackConfig,
+    source: str,
+    hub_path: Path,
+    graph: dict[str, Any],
+    on_update: Callable[[dict[str, Any]], None] | None,
+    on_fleet: Callable[[LocalFleet], None] | None,
+    abort: str | None = None,
+) -> list[Outcome]:
     devices = local_devices(cfg, source)
     signer = signer_for(cfg, project_dir)
     hub = LocalHub(hub_path)
@@ -141,28 +172,52 @@ def _up(project_dir: Path, stack: str, cfg: StackConfig, source: str, hub_path: 
             flight = [p for p in hub.rollouts(d.config.name) if p["status"] not in TERMINAL]
             if not flight:
                 continue
-            wanted = replace(DesiredModel.from_json(flight[-1]["desired"]), rollout="")   # decide() resumes exactly this one
+            wanted = replace(DesiredModel.from_json(flight[-1]["desired"]), rollout="")  # decide() resumes exactly this one
         else:
             published: Published = publish(project_dir / cfg.local.store, d.manifest_text, project_dir / d.source, signer, d.source)
             wanted = published.desired("")
-        decision = decide(hub, d.config, d.groups, wanted, model_dir=str(_model_dir(project_dir, d)), apply=f"run `edgefleet up --stack {stack}`",
-                          stack=stack)
+        decision = decide(
+            hub,
+            d.config,
+            d.groups,
+            wanted,
+            model_dir=str(_model_dir(project_dir, d)),
+            apply=f"run `edgefleet up --stack {stack}`",
+            stack=stack,
+        )
         if decision.action == "up-to-date":
             outcomes.append(Outcome(d.config.name, d.model, None, wanted.version, "up-to-date", decision.record))
         elif decision.action == "refused":
             running = sorted({v for v in decision.ring_versions.values() if v})
-            outcomes.append(Outcome(d.config.name, d.model, ", ".join(running) or None, wanted.version, decision.status,
-                                    decision.record, problem=decision.problem, fix=decision.fix))
+            outcomes.append(
+                Outcome(
+                    d.config.name,
+                    d.model,
+                    ", ".join(running) or None,
+                    wanted.version,
+                    decision.status,
+                    decision.record,
+                    problem=decision.problem,
+                    fix=decision.fix,
+                )
+            )
         else:
             plan = plan_for(d.config.name, decision, wanted, signer)
             changed = rings_changed(decision.record, plan) if decision.action == "resume" and decision.record else None
-            if changed is not None:            # before the fleet starts: nothing is touched
+            if changed is not None:  # before the fleet starts: nothing is touched
                 raise ConfigError(source, f"edgefleet:rollouts ({d.config.name}).rings: {changed.problem}", changed.fix)
             work.append((d, decision, plan))
     if not work:
         return outcomes
-    fleet = LocalFleet(cfg, hub_path, project_dir / ".edgefleet" / "local" / "devices", signer.public_key_pem(),
-                       sorted({d.model for d, _, _ in work}), sim_period=cfg.local.report_seconds, devices=devices)
+    fleet = LocalFleet(
+        cfg,
+        hub_path,
+        project_dir / ".edgefleet" / "local" / "devices",
+        signer.public_key_pem(),
+        sorted({d.model for d, _, _ in work}),
+        sim_period=cfg.local.report_seconds,
+        devices=devices,
+    )
 
     def watch(progress: dict[str, Any]) -> None:
         if fleet.error is not None:
@@ -175,10 +230,20 @@ def _up(project_dir: Path, stack: str, cfg: StackConfig, source: str, hub_path: 
             on_fleet(fleet)
         for d, decision, plan in work:
             engine = engine_for(hub, str(project_dir / cfg.signing.key_file), cfg.local.poll_seconds, on_update=watch)
-            with hub.lease(d.config.name, owner="edgefleet up"):     # a `pulumi up --stack local` gate may drive the same rings
+            with hub.lease(d.config.name, owner="edgefleet up"):  # a `pulumi up --stack local` gate may drive the same rings
                 progress = engine.run(plan) if abort is None else engine.abort(plan, abort)
-            outcomes.append(Outcome(d.config.name, d.model, progress.get("previous_version"), plan.desired.version,
-                                    progress["status"], progress, kind=decision.kind, reopened=decision.appended))
+            outcomes.append(
+                Outcome(
+                    d.config.name,
+                    d.model,
+                    progress.get("previous_version"),
+                    plan.desired.version,
+                    progress["status"],
+                    progress,
+                    kind=decision.kind,
+                    reopened=decision.appended,
+                )
+            )
     return outcomes
 
 
@@ -190,36 +255,72 @@ def declared_state(project_dir: Path, stack: str, graph: dict[str, Any]) -> list
     out = []
     for d in declared(graph):
         manifest = parse_manifest_bytes(d.manifest_text.encode(), d.source)
-        wanted = DesiredModel(model=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size,
-                              uri="", manifest=d.manifest_text, signature="")
-        decision = decide(hub, d.config, d.groups, wanted, model_dir=str(_model_dir(project_dir, d)), apply=f"run `edgefleet up --stack {stack}`",
-                          stack=stack)
+        wanted = DesiredModel(
+            model=manifest.name,
+            version=manifest.version,
+            sha256=manifest.sha256,
+            size=manifest.size,
+            uri="",
+            manifest=d.manifest_text,
+            signature="",
+        )
+        decision = decide(
+            hub,
+            d.config,
+            d.groups,
+            wanted,
+            model_dir=str(_model_dir(project_dir, d)),
+            apply=f"run `edgefleet up --stack {stack}`",
+            stack=stack,
+        )
         devices = [dev for r in decision.rings for dev in r.target.selector]
         reported = Counter(r.version for r in hub.reports(d.model, devices).values())
         set_to = sorted({v for v in decision.ring_versions.values() if v})
         if decision.action == "up-to-date":
             next_step = "in sync: every ring is set to the declared version"
         elif decision.action == "resume" and decision.appended:
-            next_step = (f"rollout {decision.rollout_id} succeeded and the stack appends rings {', '.join(decision.appended)}: "
-                         f"`edgefleet up --stack {stack}` reopens it and takes only those through their gates")
+            next_step = (
+                f"rollout {decision.rollout_id} succeeded and the stack appends rings {', '.join(decision.appended)}: "
+                f"`edgefleet up --stack {stack}` reopens it and takes only those through their gates"
+            )
         elif decision.action == "resume":
             next_step = f"rollout {decision.rollout_id} is in flight: `edgefleet up --stack {stack}` resumes it"
         elif decision.action == "refused":
             next_step = f"`edgefleet up` refuses: {decision.problem}; fix: {decision.fix}"
         elif decision.kind == "rollback":
-            next_step = (f"declared {wanted.version} is older than the rings' {decision.downgrade_from.version}: `edgefleet up --stack {stack}` "
-                         "rolls back to it ring by ring, under a signed rollback order")
+            next_step = (
+                f"declared {wanted.version} is older than the rings' {decision.downgrade_from.version}: `edgefleet up --stack {stack}` "
+                "rolls back to it ring by ring, under a signed rollback order"
+            )
         else:
             next_step = f"`edgefleet up --stack {stack}` rolls out {wanted.version} ring by ring"
-        out.append({"rollout": d.config.name, "model": d.model, "declared": wanted.version, "rings_set_to": decision.ring_versions,
-                    "running": dict(sorted(reported.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))),
-                    "in_sync": decision.action == "up-to-date" and set(reported) <= {wanted.version},
-                    "action": decision.action, "kind": decision.kind, "next": next_step, "set_to": set_to})
+        out.append(
+            {
+                "rollout": d.config.name,
+                "model": d.model,
+                "declared": wanted.version,
+                "rings_set_to": decision.ring_versions,
+                "running": dict(sorted(reported.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))),
+                "in_sync": decision.action == "up-to-date" and set(reported) <= {wanted.version},
+                "action": decision.action,
+                "kind": decision.kind,
+                "next": next_step,
+                "set_to": set_to,
+            }
+        )
     return out
 
 
-def serve(project_dir: Path, stack: str, cfg: Any, source: str, stop: threading.Event, on_ready: Callable[[LocalFleet, LocalHub], None] | None = None,
-          on_tick: Callable[[LocalFleet, LocalHub], None] | None = None, tick_seconds: float = 10.0) -> None:
+def serve(
+    project_dir: Path,
+    stack: str,
+    cfg: Any,
+    source: str,
+    stop: threading.Event,
+    on_ready: Callable[[LocalFleet, LocalHub], None] | None = None,
+    on_tick: Callable[[LocalFleet, LocalHub], None] | None = None,
+    tick_seconds: float = 10.0,
+) -> None:
     """`edgefleet fleet run`: registers the stack's devices and runs them until `stop` is set, so that the
     ring gates of `pulumi up --stack local` (another process) find devices that adopt and report."""
     project_dir = Path(project_dir).resolve()
@@ -227,13 +328,23 @@ def serve(project_dir: Path, stack: str, cfg: Any, source: str, stop: threading.
     devices = local_devices(cfg, source)
     models = local_models(cfg)
     if not models:
-        raise EdgefleetError(source, f"no rollout of {stack} targets local device groups, so the fleet would have no model to run",
-                             "declare a rollout under edgefleet:rollouts whose rings use local groups")
+        raise EdgefleetError(
+            source,
+            f"no rollout of {stack} targets local device groups, so the fleet would have no model to run",
+            "declare a rollout under edgefleet:rollouts whose rings use local groups",
+        )
     hub = LocalHub(project_dir / cfg.local.hub)
     register(hub, devices)
     signer = signer_for(cfg, project_dir)
-    fleet = LocalFleet(cfg, project_dir / cfg.local.hub, project_dir / ".edgefleet" / "local" / "devices", signer.public_key_pem(),
-                       models, sim_period=cfg.local.report_seconds, devices=devices)
+    fleet = LocalFleet(
+        cfg,
+        project_dir / cfg.local.hub,
+        project_dir / ".edgefleet" / "local" / "devices",
+        signer.public_key_pem(),
+        models,
+        sim_period=cfg.local.report_seconds,
+        devices=devices,
+    )
     with fleet:
         if on_ready is not None:
             on_ready(fleet, hub)

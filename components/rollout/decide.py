@@ -28,21 +28,30 @@ class Decision:
     ring_versions: dict[str, str | None]
     rollout_id: str | None = None
     previous: DesiredModel | None = None
-    downgrade_from: DesiredModel | None = None    # the rings' version when the declaration is older: a declared rollback
-    record: dict[str, Any] | None = None          # the record resumed, or the declared artifact's latest one
+    downgrade_from: DesiredModel | None = None  # the rings' version when the declaration is older: a declared rollback
+    record: dict[str, Any] | None = None  # the record resumed, or the declared artifact's latest one
     kind: Literal["forward", "rollback"] = "forward"
-    status: str = ""                               # refused: previously-rolled-back | refused
-    appended: tuple[str, ...] = ()                 # resume of a succeeded rollout: the rings it reopens for
+    status: str = ""  # refused: previously-rolled-back | refused
+    appended: tuple[str, ...] = ()  # resume of a succeeded rollout: the rings it reopens for
     problem: str = ""
     fix: str = ""
 
 
-RestoreHint = Callable[[dict[str, Any], DesiredModel, str, str], str]   # (record in flight, declared, model dir, apply) -> advice
+RestoreHint = Callable[[dict[str, Any], DesiredModel, str, str], str]  # (record in flight, declared, model dir, apply) -> advice
 
 
-def decide(rollout: str, plans: tuple[RingPlan, ...], records: list[dict[str, Any]], current: dict[str, DesiredModel | None],
-           declared: DesiredModel, *, model_dir: str | None = None, apply: str = "apply it", stack: str | None = None,
-           restore_hint: RestoreHint | None = None) -> Decision:
+def decide(
+    rollout: str,
+    plans: tuple[RingPlan, ...],
+    records: list[dict[str, Any]],
+    current: dict[str, DesiredModel | None],
+    declared: DesiredModel,
+    *,
+    model_dir: str | None = None,
+    apply: str = "apply it",
+    stack: str | None = None,
+    restore_hint: RestoreHint | None = None,
+) -> Decision:
     """Compares the declared artifact with what the hub's rings are set to.
 
     A declaration older than the rings is an intentional rollback: a staged rollout whose desired state carries
@@ -63,19 +72,38 @@ def decide(rollout: str, plans: tuple[RingPlan, ...], records: list[dict[str, An
         if (p["version"], p["sha256"]) == artifact:
             order = _rollback_of(p)
             if order is None:
-                return Decision("resume", plans, versions, rollout_id=p["rollout_id"], previous=last_good(records, before=p["rollout_id"]), record=p)
-            return Decision("resume", plans, versions, rollout_id=p["rollout_id"], record=p, kind="rollback",
-                            previous=_artifact_desired(records, current, order["from_version"], order["from_sha256"]))
+                return Decision(
+                    "resume", plans, versions, rollout_id=p["rollout_id"], previous=last_good(records, before=p["rollout_id"]), record=p
+                )
+            return Decision(
+                "resume",
+                plans,
+                versions,
+                rollout_id=p["rollout_id"],
+                record=p,
+                kind="rollback",
+                previous=_artifact_desired(records, current, order["from_version"], order["from_sha256"]),
+            )
         reached = [r["name"] for r in p["rings"] if r["state"] != RingState.PENDING] or ["none yet"]
-        return Decision("refused", plans, versions, record=p, status="refused",
-                        problem=f"rollout {p['rollout_id']} ({p['model']} {p['previous_version'] or 'nothing'} → {p['version']}) is still in flight "
-                                f"({p['status']}, rings reached: {', '.join(reached)}) and {declared.version} is declared now; an unfinished "
-                                "rollout is not superseded: the rings it reached would keep a version no gate passed",
-                        fix=f"declare {p['model']} {p['version']} again and apply it to finish that rollout (it resumes where it stopped "
-                            f"and its gates decide), then declare {declared.version}"
-                            + (restore_hint(p, declared, model_dir or f"models/{p['model']}", apply) if restore_hint else "")
-                            + (f"; or abandon it: `edgefleet up --stack {stack} --abort REASON` rolls the rings it reached back to "
-                               f"{p['previous_version'] or 'no model'} under a signed rollback order" if stack else ""))
+        return Decision(
+            "refused",
+            plans,
+            versions,
+            record=p,
+            status="refused",
+            problem=f"rollout {p['rollout_id']} ({p['model']} {p['previous_version'] or 'nothing'} → {p['version']}) is still in flight "
+            f"({p['status']}, rings reached: {', '.join(reached)}) and {declared.version} is declared now; an unfinished "
+            "rollout is not superseded: the rings it reached would keep a version no gate passed",
+            fix=f"declare {p['model']} {p['version']} again and apply it to finish that rollout (it resumes where it stopped "
+            f"and its gates decide), then declare {declared.version}"
+            + (restore_hint(p, declared, model_dir or f"models/{p['model']}", apply) if restore_hint else "")
+            + (
+                f"; or abandon it: `edgefleet up --stack {stack} --abort REASON` rolls the rings it reached back to "
+                f"{p['previous_version'] or 'no model'} under a signed rollback order"
+                if stack
+                else ""
+            ),
+        )
     mine = [p for p in records if (p["version"], p["sha256"]) == artifact]
     set_to = {(d.version, d.sha256) for d in current.values() if d is not None}
     if set_to == {artifact} and all(d is not None for d in current.values()):
@@ -84,40 +112,74 @@ def decide(rollout: str, plans: tuple[RingPlan, ...], records: list[dict[str, An
     if reopen is not None:
         p = mine[-1]
         order = _rollback_of(p)
-        previous = (last_good(records, before=p["rollout_id"]) if order is None
-                    else _artifact_desired(records, current, order["from_version"], order["from_sha256"]))
-        return Decision("resume", plans, versions, rollout_id=p["rollout_id"], previous=previous, record=p,
-                        kind="forward" if order is None else "rollback", appended=reopen)
+        previous = (
+            last_good(records, before=p["rollout_id"])
+            if order is None
+            else _artifact_desired(records, current, order["from_version"], order["from_sha256"])
+        )
+        return Decision(
+            "resume",
+            plans,
+            versions,
+            rollout_id=p["rollout_id"],
+            previous=previous,
+            record=p,
+            kind="forward" if order is None else "rollback",
+            appended=reopen,
+        )
     if mine and mine[-1]["status"] in FAILED:
         p = mine[-1]
         ring = (p.get("report") or {}).get("failed_ring", "?")
         reasons = "; ".join((p.get("report") or {}).get("reasons") or []) or p["status"]
-        return Decision("refused", plans, versions, record=p, status="previously-rolled-back",
-                        problem=f"{declared.model} {declared.version} failed the gate of ring {ring!r} in rollout {p['rollout_id']} ({reasons}) "
-                                f"and was rolled back; a version a gate rejected is not deployed again",
-                        fix=f"if the cause is fixed, declare it as a new version (`edgefleet model add models/{declared.model} --onnx … "
-                            f"--version {_next_patch(declared.version, records)}`), or declare the version the rings run "
-                            f"({', '.join(sorted({v for v in versions.values() if v})) or 'none'})")
+        return Decision(
+            "refused",
+            plans,
+            versions,
+            record=p,
+            status="previously-rolled-back",
+            problem=f"{declared.model} {declared.version} failed the gate of ring {ring!r} in rollout {p['rollout_id']} ({reasons}) "
+            f"and was rolled back; a version a gate rejected is not deployed again",
+            fix=f"if the cause is fixed, declare it as a new version (`edgefleet model add models/{declared.model} --onnx … "
+            f"--version {_next_patch(declared.version, records)}`), or declare the version the rings run "
+            f"({', '.join(sorted({v for v in versions.values() if v})) or 'none'})",
+        )
     if any(d is not None and d.version == declared.version and d.sha256 != declared.sha256 for d in current.values()):
-        return Decision("refused", plans, versions, status="refused",
-                        problem=f"{declared.model} {declared.version} is declared with artifact sha256 {declared.sha256[:12]}…, but the rings run "
-                                "a different artifact under that version; devices never replace a version in place",
-                        fix=f"give the new artifact a new version: `edgefleet model add models/{declared.model} --onnx … "
-                            f"--version {_next_patch(declared.version, records)}`")
+        return Decision(
+            "refused",
+            plans,
+            versions,
+            status="refused",
+            problem=f"{declared.model} {declared.version} is declared with artifact sha256 {declared.sha256[:12]}…, but the rings run "
+            "a different artifact under that version; devices never replace a version in place",
+            fix=f"give the new artifact a new version: `edgefleet model add models/{declared.model} --onnx … "
+            f"--version {_next_patch(declared.version, records)}`",
+        )
     newer = [d for d in current.values() if d is not None and version_key(d.version) > version_key(declared.version)]
     if not newer:
         rid = attempt_id(records, rollout_id(rollout, declared))
         return Decision("run", plans, versions, rollout_id=rid, previous=last_good(records, before=rid))
     if len({(d.version, d.sha256) for d in newer}) > 1:
         running = ", ".join(f"{name} {v or 'none'}" for name, v in versions.items())
-        return Decision("refused", plans, versions, status="refused",
-                        problem=f"{declared.version} is older than what the rings run ({running}); a rollback moves devices off one "
-                                "version, and the rings are set to several",
-                        fix=f"declare the newest of them and apply it so every ring runs one version, then declare {declared.version}")
+        return Decision(
+            "refused",
+            plans,
+            versions,
+            status="refused",
+            problem=f"{declared.version} is older than what the rings run ({running}); a rollback moves devices off one "
+            "version, and the rings are set to several",
+            fix=f"declare the newest of them and apply it so every ring runs one version, then declare {declared.version}",
+        )
     source = newer[0]
     rid = attempt_id(records, f"{rollout_id(rollout, declared)}~from-{source.version}+{source.sha256[:12]}")
-    return Decision("run", plans, versions, rollout_id=rid, previous=_artifact_desired(records, current, source.version, source.sha256),
-                    downgrade_from=source, kind="rollback")
+    return Decision(
+        "run",
+        plans,
+        versions,
+        rollout_id=rid,
+        previous=_artifact_desired(records, current, source.version, source.sha256),
+        downgrade_from=source,
+        kind="rollback",
+    )
 
 
 def plan_for(rollout: str, decision: Decision, declared: DesiredModel, signer: Signer) -> RolloutPlan:
@@ -130,10 +192,20 @@ def plan_for(rollout: str, decision: Decision, declared: DesiredModel, signer: S
         desired = DesiredModel.from_json(decision.record["desired"])
     elif decision.downgrade_from is not None:
         src = decision.downgrade_from
-        order = rollback_order(declared.model, declared.version, declared.sha256,
-                               f"declared rollback of {rollout}: {src.version} → {declared.version}", src.version, src.sha256)
-        desired = replace(declared, rollout=decision.rollout_id, rollback_order=order.decode(),
-                          rollback_signature=sign_bytes(signer, order).to_bytes().decode())
+        order = rollback_order(
+            declared.model,
+            declared.version,
+            declared.sha256,
+            f"declared rollback of {rollout}: {src.version} → {declared.version}",
+            src.version,
+            src.sha256,
+        )
+        desired = replace(
+            declared,
+            rollout=decision.rollout_id,
+            rollback_order=order.decode(),
+            rollback_signature=sign_bytes(signer, order).to_bytes().decode(),
+        )
     else:
         desired = replace(declared, rollout=decision.rollout_id)
     if desired is None:
@@ -141,8 +213,9 @@ def plan_for(rollout: str, decision: Decision, declared: DesiredModel, signer: S
     return RolloutPlan(rollout, desired, decision.previous, decision.rings, attempt_id=decision.rollout_id)
 
 
-def _reopens(record: dict[str, Any], plans: tuple[RingPlan, ...], current: dict[str, DesiredModel | None],
-             artifact: tuple[str, str]) -> tuple[str, ...] | None:
+def _reopens(
+    record: dict[str, Any], plans: tuple[RingPlan, ...], current: dict[str, DesiredModel | None], artifact: tuple[str, str]
+) -> tuple[str, ...] | None:
     """The rings a succeeded rollout reopens for (the engine's `extends`), when its rings still run its artifact."""
     desired = DesiredModel.from_json(record["desired"])
     if desired is None or not extends(as_progress(record), RolloutPlan(record["rollout"], desired, None, plans)):
@@ -151,7 +224,7 @@ def _reopens(record: dict[str, Any], plans: tuple[RingPlan, ...], current: dict[
     if any((d := current[name]) is None or (d.version, d.sha256) != artifact for name in known):
         return None
     newer = [d for d in current.values() if d is not None and version_key(d.version) > version_key(artifact[0])]
-    return None if newer else tuple(r.name for r in plans[len(known):])
+    return None if newer else tuple(r.name for r in plans[len(known) :])
 
 
 def attempt_id(records: list[dict[str, Any]], first: str) -> str:
@@ -170,7 +243,9 @@ def _rollback_of(record: dict[str, Any]) -> dict[str, str] | None:
     return parse_rollback_order(desired.rollback_order.encode(), f"rollout {record['rollout_id']}")
 
 
-def _artifact_desired(records: list[dict[str, Any]], current: dict[str, DesiredModel | None], version: str, sha256: str) -> DesiredModel | None:
+def _artifact_desired(
+    records: list[dict[str, Any]], current: dict[str, DesiredModel | None], version: str, sha256: str
+) -> DesiredModel | None:
     """What a declared rollback returns to if its gate fails: the artifact the rings ran before it."""
     for p in reversed(records):
         if p["status"] == "succeeded" and (p["version"], p["sha256"]) == (version, sha256):

@@ -35,11 +35,11 @@ class GateInputs:
     rollout: str
     ring: str
     index: int
-    total_rings: int                 # rings the rollout declares; those after `rings` are counted in a failure report
-    rings: tuple[RingPlan, ...]      # rings 0..index: how the platform addresses each, and its gate
-    declared: DesiredModel           # the artifact the stack declares (its rollout id comes from the decision)
+    total_rings: int  # rings the rollout declares; those after `rings` are counted in a failure report
+    rings: tuple[RingPlan, ...]  # rings 0..index: how the platform addresses each, and its gate
+    declared: DesiredModel  # the artifact the stack declares (its rollout id comes from the decision)
     poll_seconds: float
-    apply: str = "run `pulumi up`"   # the command that applies the stack, for refusals' fixes
+    apply: str = "run `pulumi up`"  # the command that applies the stack, for refusals' fixes
 
     @property
     def last(self) -> bool:
@@ -51,24 +51,44 @@ class GateFailed(RuntimeError):
     is what `pulumi up` prints."""
 
 
-def gate_decision(gate: GateInputs, hub: GateHub, restore_hint: RestoreHint | None = None, model_dir: str | None = None,
-                  stack: str | None = None) -> Decision:
+def gate_decision(
+    gate: GateInputs, hub: GateHub, restore_hint: RestoreHint | None = None, model_dir: str | None = None, stack: str | None = None
+) -> Decision:
     records = hub.rollouts(gate.rollout)
     current = {r.name: hub.desired(r.target) for r in gate.rings}
-    decision = decide(gate.rollout, gate.rings, records, current, gate.declared, model_dir=model_dir, apply=gate.apply, stack=stack,
-                      restore_hint=restore_hint)
+    decision = decide(
+        gate.rollout,
+        gate.rings,
+        records,
+        current,
+        gate.declared,
+        model_dir=model_dir,
+        apply=gate.apply,
+        stack=stack,
+        restore_hint=restore_hint,
+    )
     if decision.action == "up-to-date" and not _passed(decision.record, gate.ring):
         # Every ring is set to the declared artifact, yet no record shows this ring's gate passed: a platform whose own
         # deployment resource set the ring before its gate ran (AWS, Azure). Nobody judged it: judge it now.
-        rid = decision.record["rollout_id"] if decision.record and decision.record["status"] not in FAILED else \
-            attempt_id(records, rollout_id(gate.rollout, gate.declared))
+        rid = (
+            decision.record["rollout_id"]
+            if decision.record and decision.record["status"] not in FAILED
+            else attempt_id(records, rollout_id(gate.rollout, gate.declared))
+        )
         decision = replace(decision, action="run", rollout_id=rid, previous=last_good(records, before=rid))
     return decision
 
 
-def run_gate(gate: GateInputs, hub: GateHub, signer: Signer, clock: Clock, *, decision: Decision | None = None,
-             lease: Callable[[], AbstractContextManager[Any]] = nullcontext,
-             on_update: Callable[[Progress], None] | None = None) -> Progress:
+def run_gate(
+    gate: GateInputs,
+    hub: GateHub,
+    signer: Signer,
+    clock: Clock,
+    *,
+    decision: Decision | None = None,
+    lease: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    on_update: Callable[[Progress], None] | None = None,
+) -> Progress:
     """Runs the engine until this ring's gate passes (the whole rollout for the last ring) and returns the record;
     raises GateFailed when the declaration is refused or the engine rolled back."""
     decision = decision or gate_decision(gate, hub)
@@ -76,7 +96,11 @@ def run_gate(gate: GateInputs, hub: GateHub, signer: Signer, clock: Clock, *, de
         if decision.status == "previously-rolled-back" and decision.record is not None:
             # a platform whose deployment resource runs before its gate has just set the rejected version again: undo that
             restored = restore_rollback(gate, hub, decision.record)
-            again = f" Rings {', '.join(restored)} were set to it again and are back on the version they were rolled back to." if restored else ""
+            again = (
+                f" Rings {', '.join(restored)} were set to it again and are back on the version they were rolled back to."
+                if restored
+                else ""
+            )
             raise GateFailed(f"{failure_summary(as_progress(decision.record))}.{again} {decision.problem}. Fix: {decision.fix}")
         raise GateFailed(f"{decision.problem}. Fix: {decision.fix}")
     if decision.action == "up-to-date":

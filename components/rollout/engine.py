@@ -40,7 +40,7 @@ from edgefleet_agent.contract.state import DesiredModel
 __all__ = ["FAILED", "TERMINAL", "RingPlan", "RolloutEngine", "RolloutPlan", "last_good", "rollout_id"]
 
 SAMPLE_EVERY = 0.5
-MIN_UNOBSERVED = 10.0                        # floor of the default gap bound: a busy 2-core box must not reset soaks
+MIN_UNOBSERVED = 10.0  # floor of the default gap bound: a busy 2-core box must not reset soaks
 
 
 @dataclass(frozen=True)
@@ -57,34 +57,48 @@ class RingPlan:
 class RolloutPlan:
     rollout: str
     desired: DesiredModel
-    previous: DesiredModel | None            # last good version: what a failed rollout goes back to
+    previous: DesiredModel | None  # last good version: what a failed rollout goes back to
     rings: tuple[RingPlan, ...]
-    attempt_id: str = ""                     # a retry or a declared rollback of an artifact records under its own id
+    attempt_id: str = ""  # a retry or a declared rollback of an artifact records under its own id
 
     @property
     def rollout_id(self) -> str:
         return self.attempt_id or rollout_id(self.rollout, self.desired)
 
 
-RollbackAuthorizer = Callable[[DesiredModel, DesiredModel, str], DesiredModel]   # (last good, failed, reason) -> signed rollback
+RollbackAuthorizer = Callable[[DesiredModel, DesiredModel, str], DesiredModel]  # (last good, failed, reason) -> signed rollback
 
 
 def new_progress(plan: RolloutPlan, now: float) -> Progress:
     return {
-        "rollout_id": plan.rollout_id, "rollout": plan.rollout, "model": plan.desired.model,
-        "version": plan.desired.version, "sha256": plan.desired.sha256,
+        "rollout_id": plan.rollout_id,
+        "rollout": plan.rollout,
+        "model": plan.desired.model,
+        "version": plan.desired.version,
+        "sha256": plan.desired.sha256,
         "previous_version": plan.previous.version if plan.previous else None,
-        "status": RolloutStatus.RUNNING, "started_at": now, "finished_at": None,
+        "status": RolloutStatus.RUNNING,
+        "started_at": now,
+        "finished_at": None,
         "desired": plan.desired.to_json(),
         "rings": [ring_record(r.name, i) for i, r in enumerate(plan.rings)],
-        "rollback": None, "report": None, "events": [], "samples": [],
+        "rollback": None,
+        "report": None,
+        "events": [],
+        "samples": [],
     }
 
 
 class RolloutEngine:
-    def __init__(self, hub: FleetHub, clock: Clock, authorize_rollback: RollbackAuthorizer | None = None,
-                 poll_seconds: float = 0.5, on_update: Callable[[Progress], None] | None = None,
-                 max_unobserved_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        hub: FleetHub,
+        clock: Clock,
+        authorize_rollback: RollbackAuthorizer | None = None,
+        poll_seconds: float = 0.5,
+        on_update: Callable[[Progress], None] | None = None,
+        max_unobserved_seconds: float | None = None,
+    ) -> None:
         self.hub = hub
         self.clock = clock
         self.authorize_rollback = authorize_rollback
@@ -113,18 +127,20 @@ class RolloutEngine:
             self._event(progress, None, "started", version=plan.desired.version, previous=progress["previous_version"])
             self._save(plan, progress)
         elif extends(progress, plan):
-            added = [r.name for r in plan.rings[len(progress["rings"]):]]
-            for i, ring in enumerate(plan.rings[len(progress["rings"]):], start=len(progress["rings"])):
+            added = [r.name for r in plan.rings[len(progress["rings"]) :]]
+            for i, ring in enumerate(plan.rings[len(progress["rings"]) :], start=len(progress["rings"])):
                 progress["rings"].append(ring_record(ring.name, i))
             progress["status"], progress["finished_at"], progress["report"] = RolloutStatus.RUNNING, None, None
-            self._event(progress, None, "reopened", rings=added, passed=[r["name"] for r in progress["rings"] if r["state"] == RingState.PASSED])
+            self._event(
+                progress, None, "reopened", rings=added, passed=[r["name"] for r in progress["rings"] if r["state"] == RingState.PASSED]
+            )
             self._save(plan, progress)
         elif progress["status"] not in TERMINAL:
-            changed = rings_changed(progress, plan, whole=False)     # `edgefleet up` checks the whole plan first
+            changed = rings_changed(progress, plan, whole=False)  # `edgefleet up` checks the whole plan first
             if changed is not None:
                 raise changed
             known = [r["name"] for r in progress["rings"]]
-            for i, ring in enumerate(plan.rings[len(known):], start=len(known)):
+            for i, ring in enumerate(plan.rings[len(known) :], start=len(known)):
                 progress["rings"].append(ring_record(ring.name, i))
             # Devices report only their latest window, and whatever ran them may have stopped with this controller
             # (the local fleet does): nothing shows what happened while nobody watched, so a soak starts over.
@@ -134,8 +150,15 @@ class RolloutEngine:
                     r["state"], r["soak_started"] = RingState.WAITING, None
             self._event(progress, None, "resumed")
             for name in interrupted:
-                self._event(progress, name, "soak-reset", reasons=["the controller restarted mid-soak: what devices did while nobody "
-                                                                   "watched is not in their latest reports, so the soak starts over"])
+                self._event(
+                    progress,
+                    name,
+                    "soak-reset",
+                    reasons=[
+                        "the controller restarted mid-soak: what devices did while nobody "
+                        "watched is not in their latest reports, so the soak starts over"
+                    ],
+                )
             self._save(plan, progress)
         return progress
 
@@ -161,7 +184,7 @@ class RolloutEngine:
         now = self.clock.now()
         if ring_state["state"] == RingState.PENDING:
             ring_state["state"] = RingState.DEPLOYING
-            self._save(plan, progress)          # intent first: a kill after this point resumes into the check below
+            self._save(plan, progress)  # intent first: a kill after this point resumes into the check below
             return True
         if ring_state["state"] == RingState.DEPLOYING:
             if self.hub.desired(ring.target) != plan.desired:
@@ -179,7 +202,7 @@ class RolloutEngine:
         if gap > self.max_unobserved:
             return self._unobserved(plan, progress, ring_state, gap, now)
         obs = self.hub.observe(ring.target, plan.desired, since=deployed_at)
-        ring_state["observed_at"] = self.clock.now()          # after the call: a slow platform query is watched time
+        ring_state["observed_at"] = self.clock.now()  # after the call: a slow platform query is watched time
         verdict = evaluate(ring.gate, obs, deployed_at + ring_state["unobserved"], ring_state["soak_started"], now)
         ring_state["measured"] = verdict.measured
         self._sample(progress, ring.name, verdict.measured, now, force=verdict.outcome in ("pass", "fail"))
@@ -190,7 +213,7 @@ class RolloutEngine:
             self._save(plan, progress)
             return True
         if verdict.outcome == "wait" and ring_state["soak_started"] is not None:
-            ring_state["state"] = RingState.WAITING       # adoption fell back below the bar: the soak starts over
+            ring_state["state"] = RingState.WAITING  # adoption fell back below the bar: the soak starts over
             ring_state["soak_started"] = None
             self._event(progress, ring.name, "soak-reset", reasons=verdict.reasons)
             self._save(plan, progress)
@@ -203,9 +226,14 @@ class RolloutEngine:
             self._save(plan, progress)
             return True
         if verdict.outcome == "fail":
-            ring_state["verdict"] = {"outcome": "fail", "reasons": verdict.reasons, "measured": verdict.measured,
-                                     "failures": [list(f) for f in obs.failures], "offenders": verdict.offenders,
-                                     "pending": list(obs.pending)}
+            ring_state["verdict"] = {
+                "outcome": "fail",
+                "reasons": verdict.reasons,
+                "measured": verdict.measured,
+                "failures": [list(f) for f in obs.failures],
+                "offenders": verdict.offenders,
+                "pending": list(obs.pending),
+            }
             self._event(progress, ring.name, "gate-failed", reasons=verdict.reasons, **_counts(verdict.measured))
             self._begin_rollback(plan, progress, ring_state, f"gate of ring {ring.name!r} failed: " + "; ".join(verdict.reasons))
             return True
@@ -215,14 +243,21 @@ class RolloutEngine:
     def _begin_rollback(self, plan: RolloutPlan, progress: Progress, ring_state: RingRecord, reason: str) -> None:
         """Every ring touched so far goes back to the last good version, under a rollback order signed for `reason`."""
         now = self.clock.now()
-        touched = [r["name"] for r in progress["rings"] if r["state"] != RingState.PENDING]     # an aborted ring may not be deployed yet
+        touched = [r["name"] for r in progress["rings"] if r["state"] != RingState.PENDING]  # an aborted ring may not be deployed yet
         ring_state["state"] = RingState.FAILED
         ring_state["finished_at"] = now
         rollback_to = self._rollback_desired(plan, reason)
         progress["status"] = RolloutStatus.ROLLING_BACK
         to_version = plan.previous.version if plan.previous else None
-        progress["rollback"] = {"started_at": now, "rings": touched, "to_version": to_version, "reason": reason,
-                                "desired": rollback_to.to_json() if rollback_to else None, "set": [], "confirmed": {}}
+        progress["rollback"] = {
+            "started_at": now,
+            "rings": touched,
+            "to_version": to_version,
+            "reason": reason,
+            "desired": rollback_to.to_json() if rollback_to else None,
+            "set": [],
+            "confirmed": {},
+        }
         self._event(progress, None, "rollback-started", rings=touched, to_version=to_version)
         self._save(plan, progress)
 
@@ -233,8 +268,14 @@ class RolloutEngine:
         if progress["status"] == RolloutStatus.RUNNING:
             ring_state = next((r for r in progress["rings"] if r["state"] != RingState.PASSED), progress["rings"][-1])
             why = f"aborted by the operator: {reason}"
-            ring_state["verdict"] = {"outcome": "aborted", "reasons": [why], "measured": ring_state.get("measured"),
-                                     "failures": [], "offenders": [], "pending": []}
+            ring_state["verdict"] = {
+                "outcome": "aborted",
+                "reasons": [why],
+                "measured": ring_state.get("measured"),
+                "failures": [],
+                "offenders": [],
+                "pending": [],
+            }
             self._event(progress, ring_state["name"], "aborted", reasons=[why])
             self._begin_rollback(plan, progress, ring_state, why)
         elif progress["status"] != RolloutStatus.ROLLING_BACK:
@@ -252,7 +293,13 @@ class RolloutEngine:
             ring_state["soak_started"] = None
             self._event(progress, ring_state["name"], "soak-reset", reasons=[why + ", so the soak starts over"], unobserved=round(gap, 3))
         else:
-            self._event(progress, ring_state["name"], "observation-gap", reasons=[why + ", so the deadline moves out by it"], unobserved=round(gap, 3))
+            self._event(
+                progress,
+                ring_state["name"],
+                "observation-gap",
+                reasons=[why + ", so the deadline moves out by it"],
+                unobserved=round(gap, 3),
+            )
         self._save(plan, progress)
         return True
 
@@ -285,8 +332,13 @@ class RolloutEngine:
             # as for a ring's deadline: time nobody watched (a killed controller) must not time the rollback out
             rb["unobserved"] = round(rb.get("unobserved", 0.0) + gap, 3)
             rb["observed_at"] = now
-            self._event(progress, None, "observation-gap", unobserved=round(gap, 3),
-                        reasons=[f"rollback not observed for {gap:.1f}s (bound {self.max_unobserved:.1f}s), so its deadline moves out by it"])
+            self._event(
+                progress,
+                None,
+                "observation-gap",
+                unobserved=round(gap, 3),
+                reasons=[f"rollback not observed for {gap:.1f}s (bound {self.max_unobserved:.1f}s), so its deadline moves out by it"],
+            )
             self._save(plan, progress)
             return True
         pending = False
@@ -304,7 +356,7 @@ class RolloutEngine:
                 rb["confirmed"][name] = True
                 silent = m["devices"] - m["reporting"]
                 if silent:
-                    rb.setdefault("silent", {})[name] = silent   # offline throughout: they get the restored version on reconnect
+                    rb.setdefault("silent", {})[name] = silent  # offline throughout: they get the restored version on reconnect
                 self._event(progress, name, "rollback-confirmed", silent=silent, **_counts(m))
                 self._save(plan, progress)
                 return True
@@ -324,12 +376,17 @@ class RolloutEngine:
         progress["status"] = RolloutStatus.ROLLED_BACK if complete else RolloutStatus.ROLLBACK_INCOMPLETE
         progress["finished_at"] = now
         progress["report"] = {
-            "outcome": progress["status"], "failed_ring": failed_ring["name"],
-            "reasons": failed_verdict["reasons"], "measured": failed_verdict["measured"],
-            "failures": failed_verdict["failures"], "offenders": failed_verdict.get("offenders", []),
+            "outcome": progress["status"],
+            "failed_ring": failed_ring["name"],
+            "reasons": failed_verdict["reasons"],
+            "measured": failed_verdict["measured"],
+            "failures": failed_verdict["failures"],
+            "offenders": failed_verdict.get("offenders", []),
             "rolled_back_rings": rb["rings"],
-            "rolled_back_to": rb["to_version"], "never_deployed": [r["name"] for r in progress["rings"] if r["state"] == RingState.PENDING],
-            "silent_devices": rb.get("silent", {}), "unconfirmed": rb.get("unconfirmed", {}),
+            "rolled_back_to": rb["to_version"],
+            "never_deployed": [r["name"] for r in progress["rings"] if r["state"] == RingState.PENDING],
+            "silent_devices": rb.get("silent", {}),
+            "unconfirmed": rb.get("unconfirmed", {}),
         }
         self._event(progress, None, progress["status"], to_version=rb["to_version"])
         self._save(plan, progress)
@@ -348,7 +405,9 @@ class RolloutEngine:
             return
         if last is not None and last["t"] == now:
             samples.pop()
-        samples.append({"t": now, "ring": ring, "adopted": m["adopted"], "failed": m["failed"], "pending": m["pending"], "devices": m["devices"]})
+        samples.append(
+            {"t": now, "ring": ring, "adopted": m["adopted"], "failed": m["failed"], "pending": m["pending"], "devices": m["devices"]}
+        )
 
     def _maybe_save_sample(self, plan: RolloutPlan, progress: Progress, now: float) -> None:
         if now - self._last_sample >= SAMPLE_EVERY:
@@ -373,10 +432,12 @@ def rings_changed(progress: Progress, plan: RolloutPlan, whole: bool = True) -> 
     planned = [r.name for r in plan.rings]
     if planned[: len(known)] == known or (not whole and known[: len(planned)] == planned):
         return None
-    return RingsChanged(f"edgefleet:rollouts ({plan.rollout})",
-                        f"rollout {plan.rollout_id} is in flight with rings {known}, and the stack now plans {planned}; "
-                        "rings cannot be removed, renamed or reordered while a rollout is in flight",
-                        f"restore the rings {known} (more may follow them) until it finishes, then change them")
+    return RingsChanged(
+        f"edgefleet:rollouts ({plan.rollout})",
+        f"rollout {plan.rollout_id} is in flight with rings {known}, and the stack now plans {planned}; "
+        "rings cannot be removed, renamed or reordered while a rollout is in flight",
+        f"restore the rings {known} (more may follow them) until it finishes, then change them",
+    )
 
 
 def passed_ring(progress: Progress, ring: str) -> RingRecord:
@@ -384,9 +445,11 @@ def passed_ring(progress: Progress, ring: str) -> RingRecord:
     missing from the record (added in the middle of a finished rollout) or not passed is an error, never a pass."""
     record = next((r for r in progress["rings"] if r.get("name") == ring), None)
     if record is None or record.get("state") != RingState.PASSED:
-        raise RuntimeError(f"rollout {progress['rollout_id']} ({progress['status']}) did not pass ring {ring!r}: its record has rings "
-                           f"{[(r.get('name'), r.get('state')) for r in progress['rings']]}; rings can be appended to a finished "
-                           "rollout, not inserted: declare a new model version to take every ring through its gate")
+        raise RuntimeError(
+            f"rollout {progress['rollout_id']} ({progress['status']}) did not pass ring {ring!r}: its record has rings "
+            f"{[(r.get('name'), r.get('state')) for r in progress['rings']]}; rings can be appended to a finished "
+            "rollout, not inserted: declare a new model version to take every ring through its gate"
+        )
     return record
 
 

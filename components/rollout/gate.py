@@ -39,11 +39,22 @@ def _breached(gate: GateConfig, m: Measured) -> list[tuple[str, str]]:
     """(measure key, reason) per breached condition, so a failure can name the devices behind each metric."""
     out = []
     if m["devices"] and m["failure_share"] > gate.max_failure_share:
-        out.append(("failure_share", f"failure share {m['failure_share']:.1%} > max {gate.max_failure_share:.1%} ({m['failed']} of {m['devices']} devices)"))
+        out.append(
+            (
+                "failure_share",
+                f"failure share {m['failure_share']:.1%} > max {gate.max_failure_share:.1%} ({m['failed']} of {m['devices']} devices)",
+            )
+        )
     if gate.max_error_rate is not None and m["error_rate"] is not None and m["error_rate"] > gate.max_error_rate:
         out.append(("error_rate", f"error rate {m['error_rate']:.2%} > max {gate.max_error_rate:.2%}"))
-    if gate.max_invalid_output_share is not None and m["invalid_output_share"] is not None and m["invalid_output_share"] > gate.max_invalid_output_share:
-        out.append(("invalid_output_share", f"invalid (NaN/Inf) outputs {m['invalid_output_share']:.2%} > max {gate.max_invalid_output_share:.2%}"))
+    if (
+        gate.max_invalid_output_share is not None
+        and m["invalid_output_share"] is not None
+        and m["invalid_output_share"] > gate.max_invalid_output_share
+    ):
+        out.append(
+            ("invalid_output_share", f"invalid (NaN/Inf) outputs {m['invalid_output_share']:.2%} > max {gate.max_invalid_output_share:.2%}")
+        )
     if gate.max_p99_latency_ms is not None and m["p99_latency_ms"] is not None and m["p99_latency_ms"] > gate.max_p99_latency_ms:
         out.append(("p99_latency_ms", f"p99 latency {m['p99_latency_ms']:.2f} ms > max {gate.max_p99_latency_ms:.2f} ms"))
     return out
@@ -84,20 +95,31 @@ def evaluate(gate: GateConfig, obs: RingObservation, since_deploy: float, soak_s
     soaked = soaked_for is not None and soaked_for >= gate.soak_seconds
     served = (m["inferences"] or 0) >= gate.min_inferences
     if soaked and served:
-        return Verdict("pass", [f"{m['adopted']}/{m['devices']} on the new version for {soaked_for:.1f}s soak, "
-                                f"{m['inferences'] or 0} inferences"], m)
+        return Verdict(
+            "pass", [f"{m['adopted']}/{m['devices']} on the new version for {soaked_for:.1f}s soak, {m['inferences'] or 0} inferences"], m
+        )
     if elapsed > gate.deadline_seconds:
-        why = (f"deadline {gate.deadline_seconds:.0f}s passed with {m['adopted']}/{m['devices']} adopted "
-               f"(needs {gate.success_share:.0%}), {m['reporting']}/{m['devices']} reporting (needs {gate.min_reporting_share:.0%})")
+        why = (
+            f"deadline {gate.deadline_seconds:.0f}s passed with {m['adopted']}/{m['devices']} adopted "
+            f"(needs {gate.success_share:.0%}), {m['reporting']}/{m['devices']} reporting (needs {gate.min_reporting_share:.0%})"
+        )
         if soaked:
-            why = (f"deadline {gate.deadline_seconds:.0f}s passed with {m['inferences'] or 0} inferences on the new version in the "
-                   f"devices' latest report windows (needs {gate.min_inferences}): its health metrics were never measured")
+            why = (
+                f"deadline {gate.deadline_seconds:.0f}s passed with {m['inferences'] or 0} inferences on the new version in the "
+                f"devices' latest report windows (needs {gate.min_inferences}): its health metrics were never measured"
+            )
         elif met:
             why = f"deadline {gate.deadline_seconds:.0f}s passed before the {gate.soak_seconds:.0f}s soak completed"
         return Verdict("fail", [why], m)
     if soaked:
-        return Verdict("soak", [f"soak done, waiting for {gate.min_inferences} inferences on the new version in the devices' "
-                                f"latest report windows (has {m['inferences'] or 0})"], m)
+        return Verdict(
+            "soak",
+            [
+                f"soak done, waiting for {gate.min_inferences} inferences on the new version in the devices' "
+                f"latest report windows (has {m['inferences'] or 0})"
+            ],
+            m,
+        )
     if met:
         return Verdict("soak", [f"soaking {0 if soak_started is None else now - soak_started:.1f}/{gate.soak_seconds:.0f}s"], m)
     return Verdict("wait", [f"{m['adopted']}/{m['devices']} adopted, {m['pending']} pending"], m)

@@ -32,14 +32,18 @@ def rank(rollout: str, device_id: str) -> str:
     return hashlib.sha256(f"{rollout}\0{device_id}".encode()).hexdigest()
 
 
-def ring_members(rollout: str, rings: list[RingConfig], groups: dict[str, DeviceGroupConfig], devices: list[Device]) -> dict[str, list[str]]:
+def ring_members(
+    rollout: str, rings: list[RingConfig], groups: dict[str, DeviceGroupConfig], devices: list[Device]
+) -> dict[str, list[str]]:
     """Ring name -> sorted device ids."""
     taken: set[str] = set()
     out: dict[str, list[str]] = {}
     for ring in rings:
         group = groups[ring.group]
-        members = sorted((d for d in devices if in_group(d, group) and all(d.labels.get(k) == v for k, v in ring.labels.items())),
-                         key=lambda d: rank(rollout, d.id))
+        members = sorted(
+            (d for d in devices if in_group(d, group) and all(d.labels.get(k) == v for k, v in ring.labels.items())),
+            key=lambda d: rank(rollout, d.id),
+        )
         if ring.percent is not None:
             members = members[: math.ceil(len(members) * ring.percent / 100)]
         chosen = [d.id for d in members if d.id not in taken]

@@ -45,10 +45,17 @@ def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desire
             pending.append(dev)
     p99s.sort()
     return RingObservation(
-        devices=len(devices), adopted=adopted, failed=failed, reporting=reporting,
-        inferences=inferences, errors=errors, invalid_outputs=invalid,
+        devices=len(devices),
+        adopted=adopted,
+        failed=failed,
+        reporting=reporting,
+        inferences=inferences,
+        errors=errors,
+        invalid_outputs=invalid,
         p99_latency_ms=p99s[min(len(p99s) - 1, int(len(p99s) * 0.99))] if p99s else None,
-        failures=tuple(failures[:50]), pending=tuple(pending[:50]), offenders=_worst(per_device),
+        failures=tuple(failures[:50]),
+        pending=tuple(pending[:50]),
+        offenders=_worst(per_device),
     )
 
 

@@ -24,10 +24,10 @@ class RolloutStatus(StrEnum):
 
 
 class RingState(StrEnum):
-    PENDING = "pending"        # not deployed yet
-    DEPLOYING = "deploying"    # intent recorded; the ring's desired state is being set
-    WAITING = "waiting"        # deployed, waiting for adoption (or after a soak reset)
-    SOAKING = "soaking"        # adoption met, soaking
+    PENDING = "pending"  # not deployed yet
+    DEPLOYING = "deploying"  # intent recorded; the ring's desired state is being set
+    WAITING = "waiting"  # deployed, waiting for adoption (or after a soak reset)
+    SOAKING = "soaking"  # adoption met, soaking
     PASSED = "passed"
     FAILED = "failed"
 
@@ -43,20 +43,20 @@ class RingRecord(TypedDict):
     deployed_at: float | None
     soak_started: float | None
     finished_at: float | None
-    verdict: dict[str, Any] | None       # {"outcome": "pass"|"fail"|"aborted", "reasons", "measured", …}
-    measured: Measured | None            # gate.measure() of the latest observation
+    verdict: dict[str, Any] | None  # {"outcome": "pass"|"fail"|"aborted", "reasons", "measured", …}
+    measured: Measured | None  # gate.measure() of the latest observation
     observed_at: float | None
-    unobserved: float                    # seconds nobody watched: they move the ring's deadline out
+    unobserved: float  # seconds nobody watched: they move the ring's deadline out
 
 
 class RollbackRecord(TypedDict):
     started_at: float
-    rings: list[str]                     # every ring touched, in order
+    rings: list[str]  # every ring touched, in order
     to_version: str | None
     reason: str
-    desired: str | None                  # the signed rollback desired state (DesiredModel JSON)
-    set: list[str]                       # rings whose desired state is set back
-    confirmed: dict[str, bool]           # ring -> devices confirmed back (False: timed out)
+    desired: str | None  # the signed rollback desired state (DesiredModel JSON)
+    set: list[str]  # rings whose desired state is set back
+    confirmed: dict[str, bool]  # ring -> devices confirmed back (False: timed out)
     observed_at: NotRequired[float]
     unobserved: NotRequired[float]
     silent: NotRequired[dict[str, int]]
@@ -73,10 +73,10 @@ class Progress(TypedDict):
     status: RolloutStatus
     started_at: float
     finished_at: float | None
-    desired: str                         # DesiredModel JSON: the exact signed desired state the rings get
+    desired: str  # DesiredModel JSON: the exact signed desired state the rings get
     rings: list[RingRecord]
     rollback: RollbackRecord | None
-    report: dict[str, Any] | None        # the outcome, and on failure the gate, values, devices (report.py renders it)
+    report: dict[str, Any] | None  # the outcome, and on failure the gate, values, devices (report.py renders it)
     events: list[dict[str, Any]]
     samples: list[dict[str, Any]]
 
@@ -87,8 +87,18 @@ def rollout_id(rollout: str, desired: DesiredModel) -> str:
 
 
 def ring_record(name: str, index: int) -> RingRecord:
-    return {"name": name, "index": index, "state": RingState.PENDING, "deployed_at": None, "soak_started": None,
-            "finished_at": None, "verdict": None, "measured": None, "observed_at": None, "unobserved": 0.0}
+    return {
+        "name": name,
+        "index": index,
+        "state": RingState.PENDING,
+        "deployed_at": None,
+        "soak_started": None,
+        "finished_at": None,
+        "verdict": None,
+        "measured": None,
+        "observed_at": None,
+        "unobserved": 0.0,
+    }
 
 
 def as_progress(raw: dict[str, Any]) -> Progress:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 SHOWN = 5
-METRICS = {"error_rate": ("error rate", "{:.2%}"), "invalid_output_share": ("NaN/Inf outputs", "{:.2%}"),
-           "p99_latency_ms": ("p99 latency", "{:.2f} ms")}
+METRICS = {
+    "error_rate": ("error rate", "{:.2%}"),
+    "invalid_output_share": ("NaN/Inf outputs", "{:.2%}"),
+    "p99_latency_ms": ("p99 latency", "{:.2f} ms"),
+}
 
 
 def offender_text(o: dict[str, Any]) -> str:
@@ -30,7 +33,10 @@ def failure_summary(progress: Mapping[str, Any], later_rings: int = 0) -> str:
     never = ", ".join(r.get("never_deployed") or [])
     if later_rings > 0:
         never = (never + ", " if never else "") + f"{later_rings} later ring(s)"
-    return (f"rollout {progress['rollout_id']} halted at ring {r.get('failed_ring')!r}: {'; '.join(r.get('reasons', []))}. "
-            f"Rolled back rings {r.get('rolled_back_rings')} to {r.get('rolled_back_to') or 'no model'} "
-            f"({progress['status']}); never deployed: {never or 'none'}"
-            + (f". Failing devices: {failing}" if failing else "") + (f". Offending devices: {offending}" if offending else ""))
+    return (
+        f"rollout {progress['rollout_id']} halted at ring {r.get('failed_ring')!r}: {'; '.join(r.get('reasons', []))}. "
+        f"Rolled back rings {r.get('rolled_back_rings')} to {r.get('rolled_back_to') or 'no model'} "
+        f"({progress['status']}); never deployed: {never or 'none'}"
+        + (f". Failing devices: {failing}" if failing else "")
+        + (f". Offending devices: {offending}" if offending else "")
+    )

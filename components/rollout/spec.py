@@ -38,7 +38,9 @@ class GateConfig(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "GateConfig":
         if self.deadline_seconds < self.soak_seconds:
-            raise ValueError(f"deadline_seconds ({self.deadline_seconds}) is shorter than soak_seconds ({self.soak_seconds}); no ring could ever pass")
+            raise ValueError(
+                f"deadline_seconds ({self.deadline_seconds}) is shorter than soak_seconds ({self.soak_seconds}); no ring could ever pass"
+            )
         return self
 
 
@@ -74,7 +76,7 @@ class DeviceGroupConfig(Strict):
     """Devices of one hardware profile, chosen by labels (thing attributes / twin tags) or explicit ids."""
 
     name: Name
-    platform: str | None = None                 # the stack checks it names one of its platforms
+    platform: str | None = None  # the stack checks it names one of its platforms
     hardware: HardwareProfile
     labels: dict[str, str] = Field(default_factory=dict)
     devices: list[str] = Field(default_factory=list)

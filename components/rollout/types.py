@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
-OFFENDER_METRICS = ("error_rate", "invalid_output_share", "p99_latency_ms")   # keys of gate.measure()
+OFFENDER_METRICS = ("error_rate", "invalid_output_share", "p99_latency_ms")  # keys of gate.measure()
 OFFENDERS_PER_METRIC = 20
 
 
@@ -28,17 +28,17 @@ class RingObservation:
     worst first). Optional: a platform that only has aggregates leaves it empty; the report then names none.
     """
 
-    devices: int                             # targeted
-    adopted: int                             # serving the desired version, healthy
-    failed: int                              # reported a failure for the desired version
-    reporting: int                           # reported anything since the ring was deployed
-    inferences: int = 0                      # summed over adopted devices, last window
+    devices: int  # targeted
+    adopted: int  # serving the desired version, healthy
+    failed: int  # reported a failure for the desired version
+    reporting: int  # reported anything since the ring was deployed
+    inferences: int = 0  # summed over adopted devices, last window
     errors: int = 0
     invalid_outputs: int = 0
     p99_latency_ms: float | None = None
-    failures: tuple[tuple[str, str], ...] = ()   # (device, reason), a sample for the report
-    pending: tuple[str, ...] = ()            # devices not yet on the desired version (a sample)
-    offenders: tuple[tuple[str, str, float], ...] = ()   # (device, metric, value) from that device's own window
+    failures: tuple[tuple[str, str], ...] = ()  # (device, reason), a sample for the report
+    pending: tuple[str, ...] = ()  # devices not yet on the desired version (a sample)
+    offenders: tuple[tuple[str, str, float], ...] = ()  # (device, metric, value) from that device's own window
 
     @property
     def pending_count(self) -> int:
@@ -67,4 +67,4 @@ class Verdict:
     outcome: Literal["wait", "soak", "pass", "fail"]
     reasons: list[str]
     measured: Measured
-    offenders: list[dict[str, Any]] = field(default_factory=list)   # on a metric failure: devices over the breached thresholds
+    offenders: list[dict[str, Any]] = field(default_factory=list)  # on a metric failure: devices over the breached thresholds

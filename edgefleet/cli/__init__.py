@@ -15,8 +15,12 @@ from rich.markup import escape
 
 from edgefleet_agent.contract.errors import EdgefleetError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Ship ONNX models to edge fleets, ring by ring, as Pulumi infrastructure-as-code.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Ship ONNX models to edge fleets, ring by ring, as Pulumi infrastructure-as-code.",
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -32,16 +36,21 @@ def _register() -> None:
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
-        code = app(args=argv, standalone_mode=False)   # without standalone mode, typer returns Exit codes
+        code = app(args=argv, standalone_mode=False)  # without standalone mode, typer returns Exit codes
         if isinstance(code, int) and code:
             sys.exit(code)
     except EdgefleetError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(EXIT_INPUT)
-    except OSError as exc:   # a path the user gave that cannot be read or written
-        where = re.sub(r"\.([^/]+)\.tmp-\d+-\d+$", r"\1", str(exc.filename or "file"))   # name the target, not fsutil's temp file
-        err_console.print(f"[bold red]error:[/] {escape(str(where))}: {escape(exc.strerror or str(exc))}\n  fix: check the path exists "
-                          "and that you may write there", highlight=False, markup=True, soft_wrap=True)
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = re.sub(r"\.([^/]+)\.tmp-\d+-\d+$", r"\1", str(exc.filename or "file"))  # name the target, not fsutil's temp file
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(where))}: {escape(exc.strerror or str(exc))}\n  fix: check the path exists "
+            "and that you may write there",
+            highlight=False,
+            markup=True,
+            soft_wrap=True,
+        )
         sys.exit(EXIT_INPUT)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -22,7 +22,7 @@ from edgefleet.cli import console
 from edgefleet_agent.contract.errors import EdgefleetError
 
 NEEDS = ("Pulumi.yaml", "stacks/Pulumi.local.yaml", "models/detector/model.yaml", "models/samples/metrics.json")
-MARKER = ".edgefleet-demo"         # written into every workdir the demo creates: only those does it delete
+MARKER = ".edgefleet-demo"  # written into every workdir the demo creates: only those does it delete
 
 
 def find_project(given: Path | None = None) -> Path:
@@ -37,10 +37,14 @@ def find_project(given: Path | None = None) -> Path:
             return c.resolve()
     where = candidates[0]
     missing = [n for n in NEEDS if not (where / n).is_file()]
-    raise EdgefleetError(str(where), f"not an edgefleet project: the demo copies {', '.join(NEEDS)} from it, and {', '.join(missing)} "
-                         + ("is" if len(missing) == 1 else "are") + " missing"
-                         + ("" if given is not None else f" (nor is {candidates[1]} one: edgefleet is not running from a checkout)"),
-                         "run it from the project's root, or pass `--project PATH` (a clone of the edgefleet repository)")
+    raise EdgefleetError(
+        str(where),
+        f"not an edgefleet project: the demo copies {', '.join(NEEDS)} from it, and {', '.join(missing)} "
+        + ("is" if len(missing) == 1 else "are")
+        + " missing"
+        + ("" if given is not None else f" (nor is {candidates[1]} one: edgefleet is not running from a checkout)"),
+        "run it from the project's root, or pass `--project PATH` (a clone of the edgefleet repository)",
+    )
 
 
 def check_workdir(work: Path, legacy: bool = False) -> None:
@@ -50,13 +54,17 @@ def check_workdir(work: Path, legacy: bool = False) -> None:
     if not work.exists() or legacy:
         return
     if not work.is_dir():
-        raise EdgefleetError(str(work), "the demo's --workdir is a file, and the demo needs a directory there",
-                             "pass `--workdir` a new or empty directory")
+        raise EdgefleetError(
+            str(work), "the demo's --workdir is a file, and the demo needs a directory there", "pass `--workdir` a new or empty directory"
+        )
     if not (work / MARKER).is_file() and any(work.iterdir()):
-        raise EdgefleetError(str(work), f"--workdir is a directory the demo did not create (it is not empty and has no {MARKER} "
-                             "marker), and the demo deletes and recreates its workdir",
-                             "pass `--workdir` a new or empty directory (e.g. `--workdir /tmp/edgefleet-demo`), or leave it out "
-                             "for the default <project>/.edgefleet/demo")
+        raise EdgefleetError(
+            str(work),
+            f"--workdir is a directory the demo did not create (it is not empty and has no {MARKER} "
+            "marker), and the demo deletes and recreates its workdir",
+            "pass `--workdir` a new or empty directory (e.g. `--workdir /tmp/edgefleet-demo`), or leave it out "
+            "for the default <project>/.edgefleet/demo",
+        )
 
 
 def _prepare(src: Path, work: Path, devices: int, legacy: bool = False) -> None:
@@ -106,12 +114,17 @@ def run_demo(src: Path, work: Path, devices: int) -> None:
 
     src, work = Path(src).resolve(), Path(work).expanduser().resolve()
     if src == work or src.is_relative_to(work):
-        raise EdgefleetError("--workdir", f"{work} holds the project itself, and the demo recreates its workdir", "pick a scratch directory")
+        raise EdgefleetError(
+            "--workdir", f"{work} holds the project itself, and the demo recreates its workdir", "pick a scratch directory"
+        )
     legacy = work == src / ".edgefleet" / "demo"
-    check_workdir(work, legacy)                       # before the lock file, which goes beside the workdir
-    lock = work.with_name(f"{work.name}.lock")        # beside the workdir, which the demo deletes and recreates
-    with exclusive(lock, f"another `edgefleet demo` is running in {work}",
-                   "wait for it to finish or stop it (`kill {pid}`), or give this one its own `--workdir`"):
+    check_workdir(work, legacy)  # before the lock file, which goes beside the workdir
+    lock = work.with_name(f"{work.name}.lock")  # beside the workdir, which the demo deletes and recreates
+    with exclusive(
+        lock,
+        f"another `edgefleet demo` is running in {work}",
+        "wait for it to finish or stop it (`kill {pid}`), or give this one its own `--workdir`",
+    ):
         _run_demo(src, work, devices, legacy)
 
 
@@ -128,15 +141,23 @@ def _run_demo(src: Path, work: Path, devices: int, legacy: bool = False) -> None
     results = run_up(work, "local", as_json=False)
     console.rule("[bold]2/3 edgefleet model add detector 1.1.0 (better accuracy) and roll it out")
     m = metrics["1.1.0"]
-    add_version(work / "models" / "detector", samples / m["file"], "1.1.0",
-                metrics=[parse_metric(f"accuracy={m['accuracy']}@{m['dataset']}", set())])
+    add_version(
+        work / "models" / "detector",
+        samples / m["file"],
+        "1.1.0",
+        metrics=[parse_metric(f"accuracy={m['accuracy']}@{m['dataset']}", set())],
+    )
     results += run_up(work, "local", as_json=False, on_fleet=lambda fleet: _kill_one_agent_later(fleet, 3.0, notes))
     for n in notes:
         console.print(f"  fault: {n}")
     console.rule("[bold]3/3 edgefleet model add detector 1.2.0 (NaN outputs) and try to roll it out")
     m = metrics["1.2.0"]
-    add_version(work / "models" / "detector", samples / m["file"], "1.2.0",
-                metrics=[parse_metric(f"accuracy={metrics['1.1.0']['accuracy']}@{m['dataset']}", set())])
+    add_version(
+        work / "models" / "detector",
+        samples / m["file"],
+        "1.2.0",
+        metrics=[parse_metric(f"accuracy={metrics['1.1.0']['accuracy']}@{m['dataset']}", set())],
+    )
     results += run_up(work, "local", as_json=False)
     console.rule("[bold]outcome")
     for o in results:
@@ -147,9 +168,14 @@ def _run_demo(src: Path, work: Path, devices: int, legacy: bool = False) -> None
         print(line)
     png = picture(records, work / "timeline.png", title=f"edgefleet demo: {devices} devices, rings × time")
     contained = containment(work, "detector", "1.2.0", canary="canary")
-    console.print(f"\n1.2.0 was ever served by {contained['ever_served']} device(s), all in the canary: {contained['outside_canary'] == []}")
+    console.print(
+        f"\n1.2.0 was ever served by {contained['ever_served']} device(s), all in the canary: {contained['outside_canary'] == []}"
+    )
     console.print(f"picture: {png}")
     expected = ["succeeded", "succeeded", "rolled_back"]
     if [o.status for o in results] != expected or contained["outside_canary"]:
-        raise EdgefleetError("edgefleet demo", f"the story did not go as expected: {[o.status for o in results]} (expected {expected})",
-                             f"see the timeline above and the hub at {work}/.edgefleet/local/hub.sqlite")
+        raise EdgefleetError(
+            "edgefleet demo",
+            f"the story did not go as expected: {[o.status for o in results]} (expected {expected})",
+            f"see the timeline above and the hub at {work}/.edgefleet/local/hub.sqlite",
+        )

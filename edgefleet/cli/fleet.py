@@ -39,8 +39,18 @@ def progress_table(p: dict[str, Any]) -> Table:
         if ring["state"] == "soaking" and ring.get("soak_started"):
             gate = f"soaking {time.time() - ring['soak_started']:.0f}s"
         fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
-        t.add_row(ring["name"], ring["state"], str(n or ""), bar, str(m.get("failed", "")), str(m.get("pending", "")),
-                  fmt(m.get("p99_latency_ms"), ".2f"), fmt(m.get("invalid_output_share"), ".1%"), fmt(m.get("error_rate"), ".1%"), gate)
+        t.add_row(
+            ring["name"],
+            ring["state"],
+            str(n or ""),
+            bar,
+            str(m.get("failed", "")),
+            str(m.get("pending", "")),
+            fmt(m.get("p99_latency_ms"), ".2f"),
+            fmt(m.get("invalid_output_share"), ".1%"),
+            fmt(m.get("error_rate"), ".1%"),
+            gate,
+        )
     if p.get("report") and p["status"] in FAILED:
         r = p["report"]
         t.caption = f"[red]halted at {r['failed_ring']}: {'; '.join(r['reasons'])}[/] — rolled back {', '.join(r['rolled_back_rings'])} to {r['rolled_back_to'] or 'no model'}"
@@ -48,8 +58,14 @@ def progress_table(p: dict[str, Any]) -> Table:
 
 
 def outcome_line(o) -> str:
-    colour = {"succeeded": "green", "up-to-date": "green", "rolled_back": "red", "rollback_incomplete": "red",
-              "previously-rolled-back": "red", "refused": "red"}.get(o.status, "white")
+    colour = {
+        "succeeded": "green",
+        "up-to-date": "green",
+        "rolled_back": "red",
+        "rollback_incomplete": "red",
+        "previously-rolled-back": "red",
+        "refused": "red",
+    }.get(o.status, "white")
     text = f"[{colour}]{o.status}[/] {o.rollout}: {o.model} {o.from_version or 'nothing'} → {o.to_version}"
     if o.kind == "rollback":
         text += " (declared rollback, under a signed rollback order)"
@@ -83,7 +99,7 @@ def run_up(project_dir: Path, stack: str, as_json: bool, on_fleet=None, abort: s
         if "p" in last:
             live.update(progress_table(last["p"]))
     if "p" in last and not console.is_terminal:
-        console.line()                                 # rich leaves a non-terminal's last frame unterminated
+        console.line()  # rich leaves a non-terminal's last frame unterminated
     return outcomes
 
 
@@ -92,24 +108,44 @@ def up_cmd(
     stack: str = typer.Option(..., "--stack", "-s"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document of results, no live display."),
     project_dir: Path = typer.Option(Path("."), "--project-dir"),
-    abort: str | None = typer.Option(None, "--abort", metavar="REASON",
-                                     help="Instead, roll every rollout left in flight back to its previous version, "
-                                          "under a rollback order signed with REASON."),
+    abort: str | None = typer.Option(
+        None,
+        "--abort",
+        metavar="REASON",
+        help="Instead, roll every rollout left in flight back to its previous version, under a rollback order signed with REASON.",
+    ),
 ) -> None:
     """Synth the program, compare declared model versions with the hub, and run the staged rollout on the local fleet."""
     from components.local.up import REFUSED
 
     outcomes = run_up(project_dir, stack, as_json, abort=abort)
     if as_json:
-        print(json.dumps([{"rollout": o.rollout, "model": o.model, "from": o.from_version, "to": o.to_version, "kind": o.kind,
-                           "status": o.status, "reopened": list(o.reopened), "report": (o.progress or {}).get("report"), "problem": o.problem or None,
-                           "fix": o.fix or None} for o in outcomes], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "rollout": o.rollout,
+                        "model": o.model,
+                        "from": o.from_version,
+                        "to": o.to_version,
+                        "kind": o.kind,
+                        "status": o.status,
+                        "reopened": list(o.reopened),
+                        "report": (o.progress or {}).get("report"),
+                        "problem": o.problem or None,
+                        "fix": o.fix or None,
+                    }
+                    for o in outcomes
+                ],
+                indent=2,
+            )
+        )
     else:
         for o in outcomes:
             console.print(outcome_line(o), highlight=False, soft_wrap=True)
         if not outcomes:
             console.print("nothing in flight to abort" if abort is not None else "nothing to roll out: no local rollouts declared")
-    if abort is not None:                               # rolled back on purpose: success, unless a ring did not confirm it
+    if abort is not None:  # rolled back on purpose: success, unless a ring did not confirm it
         if any(o.status == "rollback_incomplete" for o in outcomes):
             raise typer.Exit(EXIT_ROLLOUT_HALTED)
         return
@@ -138,8 +174,15 @@ def status_cmd(
         t.add_column(col)
     for r in rows["rings"]:
         reported = ", ".join(f"{v or 'none'}×{n}" for v, n in r["reported"].items())
-        t.add_row(r["rollout"], r["ring"], r["desired"] or "none", str(r["devices"]), reported,
-                  f"[red]{r['drift']}[/]" if r["drift"] else "0", str(r["silent"]))
+        t.add_row(
+            r["rollout"],
+            r["ring"],
+            r["desired"] or "none",
+            str(r["devices"]),
+            reported,
+            f"[red]{r['drift']}[/]" if r["drift"] else "0",
+            str(r["silent"]),
+        )
     console.print(t)
     for ro in rows["rollouts"]:
         console.print(f"{ro['rollout']}: last rollout {ro['version']} ({ro['status']})", highlight=False)
@@ -147,19 +190,29 @@ def status_cmd(
         running = ", ".join(f"{v or 'none'}×{n}" for v, n in d["running"].items()) or "no reports"
         rings = ", ".join(d["set_to"]) or "nothing"
         colour = "green" if d["in_sync"] else "yellow"
-        console.print(f"[{colour}]{d['rollout']}: declared {d['model']} {d['declared']}; rings set to {rings}; devices run {running}[/]",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"[{colour}]{d['rollout']}: declared {d['model']} {d['declared']}; rings set to {rings}; devices run {running}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
         if not d["in_sync"]:
             console.print(f"  {escape(d['next'])}", highlight=False, soft_wrap=True)
 
 
 @app.command("demo")
 def demo_cmd(
-    workdir: Path | None = typer.Option(None, "--workdir", help="Scratch copy of the project the demo runs in, recreated: a new or empty "
-                                        "directory, or one an earlier demo made; default <project>/.edgefleet/demo."),
+    workdir: Path | None = typer.Option(
+        None,
+        "--workdir",
+        help="Scratch copy of the project the demo runs in, recreated: a new or empty "
+        "directory, or one an earlier demo made; default <project>/.edgefleet/demo.",
+    ),
     devices: int = typer.Option(1000, "--devices", help="Fleet size."),
-    project: Path | None = typer.Option(None, "--project", help="The edgefleet project to copy; default: the current directory if it is "
-                                        "one, else the checkout edgefleet runs from."),
+    project: Path | None = typer.Option(
+        None,
+        "--project",
+        help="The edgefleet project to copy; default: the current directory if it is one, else the checkout edgefleet runs from.",
+    ),
 ) -> None:
     """The whole story on a fresh machine: v1 to every ring, a good v2 through all rings, then a bad model
     that halts at the canary and is rolled back. Prints the timeline and writes a picture of it."""
@@ -185,8 +238,12 @@ def fleet_run_cmd(
 
     def ready(fleet, hub) -> None:
         procs = sum(1 for d in fleet.devices if d.kind == "process")
-        console.print(f"local fleet of stack {stack}: {len(fleet.devices)} devices registered in {hub.path} "
-                      f"({procs} agent processes), running {', '.join(fleet.models)}", highlight=False, soft_wrap=True)
+        console.print(
+            f"local fleet of stack {stack}: {len(fleet.devices)} devices registered in {hub.path} "
+            f"({procs} agent processes), running {', '.join(fleet.models)}",
+            highlight=False,
+            soft_wrap=True,
+        )
         console.print(f"now run `pulumi up --stack {stack}` in another terminal; Ctrl-C here stops the fleet", highlight=False)
 
     def tick(fleet, hub) -> None:

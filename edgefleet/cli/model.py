@@ -23,24 +23,34 @@ def add(
     metric: list[str] = typer.Option([], "--metric", help="NAME=VALUE@DATASET, repeatable."),
     lower_is_better: list[str] = typer.Option([], "--lower-is-better", help="Metric names where lower is better."),
     keep_metrics: bool = typer.Option(False, "--keep-metrics", help="Carry the previous version's metrics over."),
-    target: list[str] = typer.Option([], "--target", help="name=..,arch=..,providers=EP1+EP2,memory_mb=N,storage_mb=N (repeatable; default: keep)."),
+    target: list[str] = typer.Option(
+        [], "--target", help="name=..,arch=..,providers=EP1+EP2,memory_mb=N,storage_mb=N (repeatable; default: keep)."
+    ),
     min_agent_version: str | None = typer.Option(None, "--min-agent-version"),
     description: str | None = typer.Option(None, "--description"),
 ) -> None:
     """Write or update models/<name>/model.yaml from the real ONNX graph (I/O read from the model, digest computed)."""
     from edgefleet.model_add import add_version, parse_metric, parse_target
 
-    result = add_version(model_dir, onnx, version,
-                         metrics=[parse_metric(m, set(lower_is_better)) for m in metric],
-                         targets=[parse_target(t) for t in target], keep_metrics=keep_metrics,
-                         min_agent_version=min_agent_version, description=description)
+    result = add_version(
+        model_dir,
+        onnx,
+        version,
+        metrics=[parse_metric(m, set(lower_is_better)) for m in metric],
+        targets=[parse_target(t) for t in target],
+        keep_metrics=keep_metrics,
+        min_agent_version=min_agent_version,
+        description=description,
+    )
     m = result.manifest
     what = f"{result.previous_version} -> {m.version}" if result.previous_version else f"new model at {m.version}"
-    console.print(escape(f"{model_dir}/model.yaml: {m.name} {what}, sha256 {m.sha256[:16]}…, {m.size} bytes, opset {m.opset}"),
-                  soft_wrap=True)
+    console.print(
+        escape(f"{model_dir}/model.yaml: {m.name} {what}, sha256 {m.sha256[:16]}…, {m.size} bytes, opset {m.opset}"), soft_wrap=True
+    )
     if result.removed_signature:
-        console.print("removed the old model.yaml.sig: it signed the previous manifest; sign again with `edgefleet model sign`",
-                      soft_wrap=True)
+        console.print(
+            "removed the old model.yaml.sig: it signed the previous manifest; sign again with `edgefleet model sign`", soft_wrap=True
+        )
 
 
 @model_app.command("validate")
@@ -61,8 +71,11 @@ def validate(
         for s in specs:
             table.add_row(kind, escape(s.name), s.element_type, escape("[" + ", ".join(str(d) for d in s.shape) + "]"))
     console.print(table)
-    console.print(f"smoke inference: {report.runs} runs on synthetic inputs, outputs finite, "
-                  f"latency p50 {report.latency_ms_p50:.3f} ms, p99 {report.latency_ms_p99:.3f} ms", soft_wrap=True)
+    console.print(
+        f"smoke inference: {report.runs} runs on synthetic inputs, outputs finite, "
+        f"latency p50 {report.latency_ms_p50:.3f} ms, p99 {report.latency_ms_p99:.3f} ms",
+        soft_wrap=True,
+    )
     console.print(f"[green]ok[/] {escape(str(mdir.manifest_path))}", soft_wrap=True)
 
 
@@ -93,5 +106,7 @@ def verify(
     if not public_key.is_file():
         raise EdgefleetError(str(public_key), "public key file not found", "pass the .pub.pem written by `edgefleet keys create`")
     manifest = verify_model_dir(ModelDir(model_dir), load_public_key(public_key.read_bytes(), str(public_key)))
-    console.print(f"[green]verified[/] {manifest.name} {manifest.version}: signature by the given key, sha256 {manifest.sha256[:16]}… matches",
-                  soft_wrap=True)
+    console.print(
+        f"[green]verified[/] {manifest.name} {manifest.version}: signature by the given key, sha256 {manifest.sha256[:16]}… matches",
+        soft_wrap=True,
+    )

@@ -17,7 +17,9 @@ from edgefleet.cli import EXIT_POLICY, app, err_console
 @app.command("plan")
 def plan_cmd(
     stack: str = typer.Option(..., "--stack", "-s", help="Stack name: reads stacks/Pulumi.<stack>.yaml."),
-    base: str = typer.Option(..., "--base", "-b", help="Git ref to compare against (e.g. origin/main): synthesized from a temporary worktree."),
+    base: str = typer.Option(
+        ..., "--base", "-b", help="Git ref to compare against (e.g. origin/main): synthesized from a temporary worktree."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of Markdown."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the output here (the PR comment body in CI)."),
     json_out: Path | None = typer.Option(None, "--json-out", help="Also write the plan as JSON here, from the same run."),

@@ -21,9 +21,13 @@ STYLE = {"passed": "green", "failed": "red", "not-applicable": "dim", "disabled"
 @app.command("policy")
 def policy_cmd(
     stack: str = typer.Option(..., "--stack", "-s", help="Stack name: reads stacks/Pulumi.<stack>.yaml."),
-    base: str | None = typer.Option(None, "--base", "-b", help="Git ref of the versions being replaced (enables the regression and I/O rules)."),
+    base: str | None = typer.Option(
+        None, "--base", "-b", help="Git ref of the versions being replaced (enables the regression and I/O rules)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    pack_config: Path | None = typer.Option(None, "--pack-config", help="Write a --policy-pack-config file for `pulumi preview --policy-pack policies`."),
+    pack_config: Path | None = typer.Option(
+        None, "--pack-config", help="Write a --policy-pack-config file for `pulumi preview --policy-pack policies`."
+    ),
     project_dir: Path = typer.Option(Path("."), "--project-dir", help="The Pulumi project (holds Pulumi.yaml)."),
 ) -> None:
     """Check the stack against edgefleet's rules (signing, digests, canaries, metrics, agent, hardware, hardening)."""
@@ -39,11 +43,15 @@ def policy_cmd(
     if pack_config is not None:
         config = crossguard_config(policy_settings(graph, old))
         atomic_write_bytes(pack_config, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
-        err_console.print(f"wrote {pack_config}: pass it to `pulumi preview --policy-pack policies --policy-pack-config {pack_config}`", highlight=False)
+        err_console.print(
+            f"wrote {pack_config}: pass it to `pulumi preview --policy-pack policies --policy-pack-config {pack_config}`", highlight=False
+        )
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
-        table = Table(title=f"policy · stack {stack}" + (f" · base {base}" if base else " · no base (regression rules not run)"), show_lines=True)
+        table = Table(
+            title=f"policy · stack {stack}" + (f" · base {base}" if base else " · no base (regression rules not run)"), show_lines=True
+        )
         for col in ("rule", "level", "result"):
             table.add_column(col, no_wrap=True)
         table.add_column("details", overflow="fold")
@@ -53,7 +61,10 @@ def policy_cmd(
             table.add_row(r.name, r.level, f"[{STYLE.get(r.status, '')}]{result}[/]", escape(details))
         console.print(table)
         if report.blocking:
-            console.print(f"[bold red]blocked[/] by {len(report.blocking)} mandatory rule(s): {', '.join(r.name for r in report.blocking)}", highlight=False)
+            console.print(
+                f"[bold red]blocked[/] by {len(report.blocking)} mandatory rule(s): {', '.join(r.name for r in report.blocking)}",
+                highlight=False,
+            )
         else:
             console.print(f"[green]passed[/]: no mandatory rule fails ({len(report.advisories)} advisory finding(s))", highlight=False)
     if report.blocking:

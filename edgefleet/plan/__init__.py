@@ -33,9 +33,14 @@ def compute_plan(base: Mapping[str, Any], head: Mapping[str, Any], base_ref: str
     models = diff_models(base_g.models(), head_g.models())
     rollouts = diff_rollouts(base_g, head_g, base_m, head_m)
     return {
-        "format": PLAN_FORMAT, "project": head.get("project"), "stack": head.get("stack"), "base_ref": base_ref,
-        "base_note": base.get("note"), "changed": any(counts.values()) or bool(models) or bool(rollouts),
-        "models": models, "rollouts": rollouts,
+        "format": PLAN_FORMAT,
+        "project": head.get("project"),
+        "stack": head.get("stack"),
+        "base_ref": base_ref,
+        "base_note": base.get("note"),
+        "changed": any(counts.values()) or bool(models) or bool(rollouts),
+        "models": models,
+        "rollouts": rollouts,
         "resources": {"counts": counts, "changes": resources},
         "policy": report.to_dict(),
     }

@@ -25,8 +25,14 @@ def _metric_rows(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -
     for name in list(olds) + [n for n in news if n not in olds]:
         a, b = olds.get(name), news.get(name)
         higher = (b or a).get("higher_is_better", True)
-        row = {"name": name, "dataset": (b or a).get("dataset"), "higher_is_better": higher,
-               "old": a["value"] if a else None, "new": b["value"] if b else None, "delta": None}
+        row = {
+            "name": name,
+            "dataset": (b or a).get("dataset"),
+            "higher_is_better": higher,
+            "old": a["value"] if a else None,
+            "new": b["value"] if b else None,
+            "delta": None,
+        }
         if a and b:
             row["delta"] = round(b["value"] - a["value"], 10)
             if a.get("dataset") != b.get("dataset"):
@@ -62,31 +68,54 @@ def diff_models(base: Mapping[str, dict], head: Mapping[str, dict]) -> list[dict
         io = compare_io(old, new) if old and new else None
         olds_t = {t["name"]: t for t in (old or {}).get("targets") or []}
         news_t = {t["name"]: t for t in (new or {}).get("targets") or []}
-        out.append({
-            "name": name, "status": status, "old": _model_facts(old), "new": _model_facts(new),
-            "size_delta": (new["size"] - old["size"]) if old and new else None,
-            "io": {"verdict": io.verdict if io else ("new" if new else "removed"),
-                   "changes": [{"kind": c.kind, "name": c.name, "detail": c.detail, "breaking": c.breaking} for c in (io.changes if io else ())],
-                   "inputs": [f"{t['name']}: {signature_text(t)}" for t in (new or old).get("inputs") or []],
-                   "outputs": [f"{t['name']}: {signature_text(t)}" for t in (new or old).get("outputs") or []]},
-            "metrics": _metric_rows(old, new),
-            "targets": {"added": [_target_text(t) for n, t in news_t.items() if n not in olds_t],
-                        "removed": [_target_text(t) for n, t in olds_t.items() if n not in news_t],
-                        "changed": [_target_text(t) for n, t in news_t.items() if n in olds_t and olds_t[n] != t],
-                        "all": [_target_text(t) for t in news_t.values()]},
-        })
+        out.append(
+            {
+                "name": name,
+                "status": status,
+                "old": _model_facts(old),
+                "new": _model_facts(new),
+                "size_delta": (new["size"] - old["size"]) if old and new else None,
+                "io": {
+                    "verdict": io.verdict if io else ("new" if new else "removed"),
+                    "changes": [
+                        {"kind": c.kind, "name": c.name, "detail": c.detail, "breaking": c.breaking} for c in (io.changes if io else ())
+                    ],
+                    "inputs": [f"{t['name']}: {signature_text(t)}" for t in (new or old).get("inputs") or []],
+                    "outputs": [f"{t['name']}: {signature_text(t)}" for t in (new or old).get("outputs") or []],
+                },
+                "metrics": _metric_rows(old, new),
+                "targets": {
+                    "added": [_target_text(t) for n, t in news_t.items() if n not in olds_t],
+                    "removed": [_target_text(t) for n, t in olds_t.items() if n not in news_t],
+                    "changed": [_target_text(t) for n, t in news_t.items() if n in olds_t and olds_t[n] != t],
+                    "all": [_target_text(t) for t in news_t.values()],
+                },
+            }
+        )
     return out
 
 
 # -- rollouts ---------------------------------------------------------------------------------------------------------
-GATE_KEYS = ("soak_seconds", "deadline_seconds", "min_reporting_share", "success_share", "max_failure_share",
-             "max_error_rate", "max_invalid_output_share", "max_p99_latency_ms")
+GATE_KEYS = (
+    "soak_seconds",
+    "deadline_seconds",
+    "min_reporting_share",
+    "success_share",
+    "max_failure_share",
+    "max_error_rate",
+    "max_invalid_output_share",
+    "max_p99_latency_ms",
+)
 
 
 def gate_summary(gate: Mapping[str, Any]) -> str:
-    parts = [f"soak {gate.get('soak_seconds', 0):g}s", f"deadline {gate.get('deadline_seconds', 0):g}s",
-             f"reporting ≥ {fmt_share(gate.get('min_reporting_share', 0))}",
-             f"healthy ≥ {fmt_share(gate.get('success_share', 0))}", f"failed ≤ {fmt_share(gate.get('max_failure_share', 0))}"]
+    parts = [
+        f"soak {gate.get('soak_seconds', 0):g}s",
+        f"deadline {gate.get('deadline_seconds', 0):g}s",
+        f"reporting ≥ {fmt_share(gate.get('min_reporting_share', 0))}",
+        f"healthy ≥ {fmt_share(gate.get('success_share', 0))}",
+        f"failed ≤ {fmt_share(gate.get('max_failure_share', 0))}",
+    ]
     if gate.get("max_error_rate") is not None:
         parts.append(f"error rate ≤ {fmt_share(gate['max_error_rate'])}")
     if gate.get("max_invalid_output_share") is not None:
@@ -107,9 +136,16 @@ def _selector(ring: Mapping[str, Any], group: Mapping[str, Any] | None) -> str:
     return what + (f" [{hw}]" if hw else "")
 
 
-def _ring_rows(g: Graph, rollout: Mapping[str, Any], counts: Mapping[str, int] | None, fleet: int | None,
-               stack_fleet: int | None, base_rings: Mapping[str, dict], base_counts: Mapping[str, int] | None,
-               counted: str | None = None) -> list[dict]:
+def _ring_rows(
+    g: Graph,
+    rollout: Mapping[str, Any],
+    counts: Mapping[str, int] | None,
+    fleet: int | None,
+    stack_fleet: int | None,
+    base_rings: Mapping[str, dict],
+    base_counts: Mapping[str, int] | None,
+    counted: str | None = None,
+) -> list[dict]:
     groups = g.groups()
     rows, cumulative = [], 0
     for ring in g.rings(rollout):
@@ -131,17 +167,29 @@ def _ring_rows(g: Graph, rollout: Mapping[str, Any], counts: Mapping[str, int] |
             status = "changed"
         if devices is not None:
             cumulative += devices
-        rows.append({
-            "index": inputs.get("index"), "name": name, "group": inputs.get("group"), "platform": inputs.get("platform"),
-            "hardware": dig(groups.get(inputs.get("group"), {}), "inputs", "hardware", "name"),
-            "percent": inputs.get("percent"), "labels": inputs.get("labels") or {}, "selector": _selector(ring, groups.get(inputs.get("group"))),
-            "devices": devices, "counted": counted if devices is not None else None, "base_devices": base_devices,
-            "cumulative": cumulative if devices is not None else None,
-            "share": (cumulative / fleet) if devices is not None and fleet else None,
-            "stack_share": (cumulative / stack_fleet) if devices is not None and stack_fleet else None,
-            "soak_seconds": dig(inputs, "gate", "soak_seconds"), "gate": {k: dig(inputs, "gate", k) for k in GATE_KEYS},
-            "gate_summary": gate_summary(inputs.get("gate") or {}), "status": status, "changes": changes,
-        })
+        rows.append(
+            {
+                "index": inputs.get("index"),
+                "name": name,
+                "group": inputs.get("group"),
+                "platform": inputs.get("platform"),
+                "hardware": dig(groups.get(inputs.get("group"), {}), "inputs", "hardware", "name"),
+                "percent": inputs.get("percent"),
+                "labels": inputs.get("labels") or {},
+                "selector": _selector(ring, groups.get(inputs.get("group"))),
+                "devices": devices,
+                "counted": counted if devices is not None else None,
+                "base_devices": base_devices,
+                "cumulative": cumulative if devices is not None else None,
+                "share": (cumulative / fleet) if devices is not None and fleet else None,
+                "stack_share": (cumulative / stack_fleet) if devices is not None and stack_fleet else None,
+                "soak_seconds": dig(inputs, "gate", "soak_seconds"),
+                "gate": {k: dig(inputs, "gate", k) for k in GATE_KEYS},
+                "gate_summary": gate_summary(inputs.get("gate") or {}),
+                "status": status,
+                "changes": changes,
+            }
+        )
     return rows
 
 
@@ -153,30 +201,54 @@ def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Memb
         old = base_ro.get(name)
         base_rings = {ring_name(r): r for r in base_g.rings(old)} if old else {}
         counted = head_m.counted(name)
-        stack_fleet = head_m.fleet if counted == "local" else None   # declared sizes are of this rollout's rings only
-        rows = _ring_rows(head_g, ro, head_m.rings.get(name), head_m.rollout_devices.get(name), stack_fleet,
-                          base_rings, base_m.rings.get(name), counted)
+        stack_fleet = head_m.fleet if counted == "local" else None  # declared sizes are of this rollout's rings only
+        rows = _ring_rows(
+            head_g, ro, head_m.rings.get(name), head_m.rollout_devices.get(name), stack_fleet, base_rings, base_m.rings.get(name), counted
+        )
         removed = [n for n in base_rings if n not in {r["name"] for r in rows}]
-        version_changed = old is None or dig(old, "inputs", "sha256") != inputs.get("sha256") or dig(old, "inputs", "version") != inputs.get("version")
+        version_changed = (
+            old is None or dig(old, "inputs", "sha256") != inputs.get("sha256") or dig(old, "inputs", "version") != inputs.get("version")
+        )
         rings_changed = bool(removed) or any(r["status"] != "unchanged" for r in rows)
         if old is not None and not version_changed and not rings_changed:
             continue
-        out.append({
-            "name": name, "model": inputs.get("model"), "status": "new" if old is None else "changed",
-            "from_version": dig(old, "inputs", "version") if old else None, "to_version": inputs.get("version"),
-            "from_sha256": dig(old, "inputs", "sha256") if old else None, "to_sha256": inputs.get("sha256"),
-            "version_changed": version_changed, "rings": rows, "removed_rings": removed,
-            "devices": head_m.rollout_devices.get(name), "fleet": stack_fleet, "counted": counted,
-        })
+        out.append(
+            {
+                "name": name,
+                "model": inputs.get("model"),
+                "status": "new" if old is None else "changed",
+                "from_version": dig(old, "inputs", "version") if old else None,
+                "to_version": inputs.get("version"),
+                "from_sha256": dig(old, "inputs", "sha256") if old else None,
+                "to_sha256": inputs.get("sha256"),
+                "version_changed": version_changed,
+                "rings": rows,
+                "removed_rings": removed,
+                "devices": head_m.rollout_devices.get(name),
+                "fleet": stack_fleet,
+                "counted": counted,
+            }
+        )
     for name, old in sorted(base_ro.items()):
         if name not in {r["name"] for r in head_g.of_type(ROLLOUT)}:
-            out.append({"name": name, "model": dig(old, "inputs", "model"), "status": "removed",
-                        "from_version": dig(old, "inputs", "version"), "to_version": None, "from_sha256": dig(old, "inputs", "sha256"),
-                        "to_sha256": None, "version_changed": True, "rings": [], "removed_rings": [ring_name(r) for r in base_g.rings(old)],
-                        "devices": base_m.rollout_devices.get(name), "fleet": base_m.fleet if base_m.counted(name) == "local" else None,
-                        "counted": base_m.counted(name)})
+            out.append(
+                {
+                    "name": name,
+                    "model": dig(old, "inputs", "model"),
+                    "status": "removed",
+                    "from_version": dig(old, "inputs", "version"),
+                    "to_version": None,
+                    "from_sha256": dig(old, "inputs", "sha256"),
+                    "to_sha256": None,
+                    "version_changed": True,
+                    "rings": [],
+                    "removed_rings": [ring_name(r) for r in base_g.rings(old)],
+                    "devices": base_m.rollout_devices.get(name),
+                    "fleet": base_m.fleet if base_m.counted(name) == "local" else None,
+                    "counted": base_m.counted(name),
+                }
+            )
     return out
-
 
 
 # -- resources ---------------------------------------------------------------------------------------------------------
@@ -193,12 +265,20 @@ def diff_resources(base: list[Mapping[str, Any]], head: list[Mapping[str, Any]])
     out = []
     for urn, r in news.items():
         old = olds.get(urn) or next((olds[o] for o, n in aliased.items() if n == urn), None)
-        entry = {"urn": urn, "type": r["type"], "name": r["name"], "custom": r.get("custom", True), "changed": [], "replace_keys": [], "why": ""}
+        entry = {
+            "urn": urn,
+            "type": r["type"],
+            "name": r["name"],
+            "custom": r.get("custom", True),
+            "changed": [],
+            "replace_keys": [],
+            "why": "",
+        }
         if old is None:
             out.append({**entry, "action": "create"})
             continue
         a, b = old.get("inputs") or {}, r.get("inputs") or {}
-        ignored = {p for p in (r.get("options") or {}).get("ignore_changes") or [] if top_key(p) == p}   # as Pulumi: old value kept
+        ignored = {p for p in (r.get("options") or {}).get("ignore_changes") or [] if top_key(p) == p}  # as Pulumi: old value kept
         changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in ignored)
         if old.get("parent") != r.get("parent"):
             changed.append("(parent)")
@@ -209,12 +289,29 @@ def diff_resources(base: list[Mapping[str, Any]], head: list[Mapping[str, Any]])
                 out.append({**entry, "action": "update"})
             continue
         keys, how = replace_keys(r, a, b, changed) if r.get("custom", True) else ([], "")
-        out.append({**entry, "action": "replace" if keys else "update", "changed": changed, "replace_keys": keys,
-                    "why": entry["why"] or (f"{', '.join(keys)} changed ({how})" if keys else "")})
+        out.append(
+            {
+                **entry,
+                "action": "replace" if keys else "update",
+                "changed": changed,
+                "replace_keys": keys,
+                "why": entry["why"] or (f"{', '.join(keys)} changed ({how})" if keys else ""),
+            }
+        )
     for urn, o in olds.items():
         if urn not in news and urn not in aliased:
-            out.append({"urn": urn, "type": o["type"], "name": o["name"], "custom": o.get("custom", True), "action": "delete",
-                        "changed": [], "replace_keys": [], "why": ""})
+            out.append(
+                {
+                    "urn": urn,
+                    "type": o["type"],
+                    "name": o["name"],
+                    "custom": o.get("custom", True),
+                    "action": "delete",
+                    "changed": [],
+                    "replace_keys": [],
+                    "why": "",
+                }
+            )
     out = follow_moved_providers(news, out)
     order = {a: i for i, a in enumerate(ACTIONS)}
     return sorted(out, key=lambda e: (order[e["action"]], e["type"], e["name"]))

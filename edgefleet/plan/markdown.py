@@ -38,7 +38,13 @@ def _model_md(m: dict[str, Any]) -> list[str]:
     else:
         head = f"#### `{m['name']}` {old['version']} → {new['version']}"
     lines = [head, "", "| | base | this change |", "|---|---|---|"]
-    for key, label in (("version", "version"), ("sha256", "sha256"), ("size", "size"), ("opset", "opset"), ("min_agent_version", "min agent")):
+    for key, label in (
+        ("version", "version"),
+        ("sha256", "sha256"),
+        ("size", "size"),
+        ("opset", "opset"),
+        ("min_agent_version", "min agent"),
+    ):
         a, b = (old or {}).get(key), new.get(key)
         if key == "sha256":
             a, b = (f"`{a[:16]}…`" if a else "—"), f"`{b[:16]}…`"
@@ -49,7 +55,9 @@ def _model_md(m: dict[str, Any]) -> list[str]:
             a = a if old else "—"
         lines.append(f"| {label} | {a} | {b}{' ✱' if old and (old or {}).get(key) != new.get(key) else ''} |")
     io = m["io"]
-    badge = {"unchanged": "✅ unchanged", "compatible": "✅ compatible", "breaking": "⛔ **breaking**", "new": "new"}.get(io["verdict"], io["verdict"])
+    badge = {"unchanged": "✅ unchanged", "compatible": "✅ compatible", "breaking": "⛔ **breaking**", "new": "new"}.get(
+        io["verdict"], io["verdict"]
+    )
     lines += ["", f"**I/O signature: {badge}**", ""]
     lines += [f"- input `{_md(s)}`" for s in io["inputs"]] + [f"- output `{_md(s)}`" for s in io["outputs"]]
     for c in io["changes"]:
@@ -59,8 +67,10 @@ def _model_md(m: dict[str, Any]) -> list[str]:
         for r in m["metrics"]:
             arrow = "↑" if r["higher_is_better"] else "↓"
             delta = "" if r["delta"] is None else _signed(r["delta"])
-            lines.append(f"| {r['name']} {arrow} | {_md(r['dataset'])} | {'—' if r['old'] is None else r['old']} | "
-                         f"{'—' if r['new'] is None else r['new']} | {delta} {r['verdict']} |")
+            lines.append(
+                f"| {r['name']} {arrow} | {_md(r['dataset'])} | {'—' if r['old'] is None else r['old']} | "
+                f"{'—' if r['new'] is None else r['new']} | {delta} {r['verdict']} |"
+            )
     t = m["targets"]
     lines += ["", "**Targets:** " + "; ".join(t["all"])]
     for kind in ("added", "removed", "changed"):
@@ -71,18 +81,29 @@ def _model_md(m: dict[str, Any]) -> list[str]:
 
 def _rollout_md(r: dict[str, Any]) -> list[str]:
     if r["status"] == "removed":
-        return [f"#### Rollout `{r['name']}` — removed (devices keep {r['model']} {r['from_version']}; rings {', '.join(r['removed_rings'])} go away)", ""]
-    what = (f"{r['model']} {r['from_version']} → {r['to_version']}" if r["status"] == "changed" and r["version_changed"]
-            else f"{r['model']} {r['to_version']}")
+        return [
+            f"#### Rollout `{r['name']}` — removed (devices keep {r['model']} {r['from_version']}; rings {', '.join(r['removed_rings'])} go away)",
+            "",
+        ]
+    what = (
+        f"{r['model']} {r['from_version']} → {r['to_version']}"
+        if r["status"] == "changed" and r["version_changed"]
+        else f"{r['model']} {r['to_version']}"
+    )
     lines = [f"#### Rollout `{r['name']}`: {what}" + (" (new rollout)" if r["status"] == "new" else ""), ""]
     if not r["version_changed"]:
-        lines += [f"The model does not change; the ring layout does. Devices that land in a new or changed ring are "
-                  f"(re)targeted with {r['model']} {r['to_version']}.", ""]
+        lines += [
+            f"The model does not change; the ring layout does. Devices that land in a new or changed ring are "
+            f"(re)targeted with {r['model']} {r['to_version']}.",
+            "",
+        ]
     declared = r.get("counted") == "declared"
     if declared:
         platform = (r["rings"][0]["platform"] if r["rings"] else None) or "aws"
-        fleet = (f"{r['devices']:,} devices as declared in `edgefleet:{platform}.rings.<ring>.devices`: rings select devices by "
-                 f"thing attributes / twin tags, so the devices that register decide the real counts at deploy")
+        fleet = (
+            f"{r['devices']:,} devices as declared in `edgefleet:{platform}.rings.<ring>.devices`: rings select devices by "
+            f"thing attributes / twin tags, so the devices that register decide the real counts at deploy"
+        )
         whole = "of the rollout's declared devices"
     elif r["devices"] is not None:
         fleet = f"{r['devices']:,} devices in its groups" + (f", {r['fleet']:,} in the stack's fleet" if r["fleet"] else "")
@@ -90,8 +111,12 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
     else:
         fleet = "device counts are known at deploy: rings select devices by thing attributes / twin tags"
         whole = ""
-    lines += [f"Rings run in this order, each after the previous one's gate passes ({fleet}):", "",
-              "| step | ring | selects | devices | cumulative devices | cumulative share | gate |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        f"Rings run in this order, each after the previous one's gate passes ({fleet}):",
+        "",
+        "| step | ring | selects | devices | cumulative devices | cumulative share | gate |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in r["rings"]:
         mark = {"new": " 🆕", "changed": " ✱"}.get(row["status"], "")
         devices = _num(row["devices"]) if row["devices"] is not None else "known at deploy"
@@ -99,8 +124,10 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
             devices += " (declared)"
         if row["base_devices"] is not None and row["devices"] is not None and row["base_devices"] != row["devices"]:
             devices += f" (was {row['base_devices']:,})"
-        lines.append(f"| {row['index'] + 1} | `{row['name']}`{mark} | {_md(row['selector'])} | {devices} | {_num(row['cumulative'])} | "
-                     f"{_share(row)} | {_md(row['gate_summary'])} |")
+        lines.append(
+            f"| {row['index'] + 1} | `{row['name']}`{mark} | {_md(row['selector'])} | {devices} | {_num(row['cumulative'])} | "
+            f"{_share(row)} | {_md(row['gate_summary'])} |"
+        )
     for row in r["rings"]:
         if row["changes"]:
             lines.append(f"- ring `{row['name']}` changed: {', '.join(row['changes'])}")
@@ -109,8 +136,11 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
     first = r["rings"][0] if r["rings"] else None
     if first and first["devices"] is not None:
         share = f" ({_share(first)} {whole})" if first["share"] is not None else ""
-        lines += ["", f"Blast radius of step 1: **{first['devices']:,} device(s){' (declared)' if declared else ''}**{share} "
-                      f"for at least {first['soak_seconds']:g}s before ring `{r['rings'][1]['name'] if len(r['rings']) > 1 else '—'}` sees it."]
+        lines += [
+            "",
+            f"Blast radius of step 1: **{first['devices']:,} device(s){' (declared)' if declared else ''}**{share} "
+            f"for at least {first['soak_seconds']:g}s before ring `{r['rings'][1]['name'] if len(r['rings']) > 1 else '—'}` sees it.",
+        ]
     return lines + [""]
 
 
@@ -147,8 +177,14 @@ def _resources_md(res: dict[str, Any]) -> list[str]:
 def policy_md(policy: dict[str, Any]) -> list[str]:
     icon = {"passed": "✅", "failed": "❌", "not-applicable": "➖", "disabled": "⏸"}
     status = "❌ **blocked**: " + ", ".join(f"`{n}`" for n in policy["blocking"]) if policy["blocking"] else "✅ passed"
-    lines = ["### Policy", "", f"{status}" + ("" if policy["has_base"] else " (no base graph: regression checks not run)"), "",
-             "| rule | level | result | details |", "|---|---|---|---|"]
+    lines = [
+        "### Policy",
+        "",
+        f"{status}" + ("" if policy["has_base"] else " (no base graph: regression checks not run)"),
+        "",
+        "| rule | level | result | details |",
+        "|---|---|---|---|",
+    ]
     for r in policy["rules"]:
         result = icon.get(r["status"], "") + " " + r["status"]
         if r["status"] == "failed" and r["level"] == "advisory":
@@ -168,9 +204,11 @@ def render_markdown(plan: dict[str, Any]) -> str:
         return "\n".join(lines + policy_md(plan["policy"]))
     counts = plan["resources"]["counts"]
     shipping = [r for r in plan["rollouts"] if r["status"] != "removed"]
-    summary = [f"{len(plan['models'])} model(s) changed" if plan["models"] else "no model changes",
-               f"{len(shipping)} rollout(s) ship" if shipping else "no rollout ships",
-               ", ".join(f"{counts[a]} {a}" for a in ACTIONS if counts[a]) or "no resource changes"]
+    summary = [
+        f"{len(plan['models'])} model(s) changed" if plan["models"] else "no model changes",
+        f"{len(shipping)} rollout(s) ship" if shipping else "no rollout ships",
+        ", ".join(f"{counts[a]} {a}" for a in ACTIONS if counts[a]) or "no resource changes",
+    ]
     lines += ["**Summary:** " + "; ".join(summary) + ".", ""]
     if plan["models"]:
         lines += ["### Models", ""]

@@ -21,7 +21,8 @@ def policy_settings(graph: Mapping[str, Any], base: Mapping[str, Any] | None = N
     """The rules' settings for a synthesized graph: its stack's policy config, ring counts, and the base's models."""
     members = membership(graph)
     return Settings.from_config(
-        graph.get("config") or {}, stack=str(graph.get("stack", "")),
+        graph.get("config") or {},
+        stack=str(graph.get("stack", "")),
         base_models=base_model_facts(base["resources"]) if base is not None else None,
         # Declared cloud sizes reach the rules through the stack config, where they are reported as declared.
         ring_devices={ro: dict(rs) for ro, rs in members.rings.items() if ro not in members.declared},
@@ -35,5 +36,8 @@ def run_policy(graph: Mapping[str, Any], base: Mapping[str, Any] | None = None, 
     try:
         return evaluate(graph["resources"], settings)
     except ValueError as exc:
-        raise EdgefleetError(str(graph.get("stack_file") or "stack file"), str(exc),
-                             "name rules as listed, each with advisory, mandatory or disabled (docs/plan-and-policy.md)") from None
+        raise EdgefleetError(
+            str(graph.get("stack_file") or "stack file"),
+            str(exc),
+            "name rules as listed, each with advisory, mandatory or disabled (docs/plan-and-policy.md)",
+        ) from None

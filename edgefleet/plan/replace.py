@@ -43,8 +43,14 @@ class ReplaceTables:
 
     def immutable(self, type_: str) -> dict[str, Any] | None:
         kind = type_.rsplit(":", 1)[-1].lower()
-        return next((rule for rule in self.immutable_by_name
-                     if any(m in type_.lower() for m in rule["type_mentions"]) and any(w in kind for w in rule["kind_mentions"])), None)
+        return next(
+            (
+                rule
+                for rule in self.immutable_by_name
+                if any(m in type_.lower() for m in rule["type_mentions"]) and any(w in kind for w in rule["kind_mentions"])
+            ),
+            None,
+        )
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,17 +64,26 @@ def replace_tables() -> ReplaceTables:
         try:
             module = entry.load("replace_on")
         except ImportError as exc:
-            raise EdgefleetError("components/registry.py", f"PLATFORMS[{name!r}].replace_on names {entry.replace_on!r}, which does not import ({exc})",
-                                 f"create {where} with {', '.join(TABLES)} (empty where the platform has none; see edgefleet/plan/replace.py)") from None
+            raise EdgefleetError(
+                "components/registry.py",
+                f"PLATFORMS[{name!r}].replace_on names {entry.replace_on!r}, which does not import ({exc})",
+                f"create {where} with {', '.join(TABLES)} (empty where the platform has none; see edgefleet/plan/replace.py)",
+            ) from None
         missing = [t for t in TABLES if not hasattr(module, t)]
         if missing:
-            raise EdgefleetError(where, f"defines no {', '.join(missing)} (named by components/registry.py PLATFORMS[{name!r}].replace_on)",
-                                 "define each table, empty where the platform has none (see edgefleet/plan/replace.py)")
+            raise EdgefleetError(
+                where,
+                f"defines no {', '.join(missing)} (named by components/registry.py PLATFORMS[{name!r}].replace_on)",
+                "define each table, empty where the platform has none (see edgefleet/plan/replace.py)",
+            )
         for table, merged in (("REPLACE_ON", replace_on), ("REPLACE_ALL_BUT", replace_all_but)):
             for type_, inputs in getattr(module, table).items():
                 if type_ in owner:
-                    raise EdgefleetError(where, f"{table}[{type_!r}]: {owner[type_]} already declares that type",
-                                         "keep each resource type in the table of the one platform that declares it")
+                    raise EdgefleetError(
+                        where,
+                        f"{table}[{type_!r}]: {owner[type_]} already declares that type",
+                        "keep each resource type in the table of the one platform that declares it",
+                    )
                 owner[type_] = f"{where} {table}"
                 merged[type_] = tuple(inputs)
         immutable_by_name += module.IMMUTABLE_BY_NAME
@@ -154,8 +169,11 @@ def follow_moved_providers(news: Mapping[str, Mapping[str, Any]], entries: list[
     for e in entries:
         keys = [k for k in e["changed"] if k in PROVIDER_LOCATION_KEYS]
         if e["type"].startswith(PROVIDER_PREFIX) and e["action"] in ("update", "replace") and keys:
-            e.update(action="replace", replace_keys=sorted(set(e["replace_keys"]) | set(keys)),
-                     why=f"{', '.join(keys)} changed: a provider in another region manages new resources")
+            e.update(
+                action="replace",
+                replace_keys=sorted(set(e["replace_keys"]) | set(keys)),
+                why=f"{', '.join(keys)} changed: a provider in another region manages new resources",
+            )
             moved[e["urn"]] = e["type"].removeprefix(PROVIDER_PREFIX)
     if not moved:
         return entries
@@ -172,9 +190,21 @@ def follow_moved_providers(news: Mapping[str, Mapping[str, Any]], entries: list[
             continue
         e = by_urn.get(urn)
         if e is None:
-            e = {"urn": urn, "type": r["type"], "name": r["name"], "custom": True, "action": "update", "changed": [], "replace_keys": [], "why": ""}
+            e = {
+                "urn": urn,
+                "type": r["type"],
+                "name": r["name"],
+                "custom": True,
+                "action": "update",
+                "changed": [],
+                "replace_keys": [],
+                "why": "",
+            }
             entries.append(e)
         if e["action"] in ("update", "replace"):
-            e.update(action="replace", replace_keys=sorted(set(e["replace_keys"]) | {"(provider)"}),
-                     why=PROVIDER_MOVED + (f"; {e['why']}" if e["why"] else ""))
+            e.update(
+                action="replace",
+                replace_keys=sorted(set(e["replace_keys"]) | {"(provider)"}),
+                why=PROVIDER_MOVED + (f"; {e['why']}" if e["why"] else ""),
+            )
     return entries

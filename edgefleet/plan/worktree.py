@@ -24,9 +24,13 @@ def _git(cwd: Path, *args: str) -> str:
     try:
         out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError:
-        raise EdgefleetError("git", "git is not installed", "install git; `edgefleet plan --base` reads the base from a git worktree") from None
+        raise EdgefleetError(
+            "git", "git is not installed", "install git; `edgefleet plan --base` reads the base from a git worktree"
+        ) from None
     if out.returncode != 0:
-        raise EdgefleetError(f"git {' '.join(args)}", (out.stderr or out.stdout).strip().splitlines()[-1] if (out.stderr or out.stdout).strip() else "failed")
+        raise EdgefleetError(
+            f"git {' '.join(args)}", (out.stderr or out.stdout).strip().splitlines()[-1] if (out.stderr or out.stdout).strip() else "failed"
+        )
     return out.stdout.strip()
 
 
@@ -37,12 +41,17 @@ def base_worktree(project_dir: Path, ref: str) -> Iterator[Path]:
     try:
         root = Path(_git(project_dir, "rev-parse", "--show-toplevel")).resolve()
     except EdgefleetError:
-        raise EdgefleetError(str(project_dir), "not inside a git repository", "run `edgefleet plan` from a git checkout of the project") from None
+        raise EdgefleetError(
+            str(project_dir), "not inside a git repository", "run `edgefleet plan` from a git checkout of the project"
+        ) from None
     try:
         commit = _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
     except EdgefleetError:
-        raise EdgefleetError(f"--base {ref}", "no such commit, branch or tag in this repository",
-                             f"fetch it first (e.g. `git fetch origin {ref.split('/')[-1]}`) or pass a commit") from None
+        raise EdgefleetError(
+            f"--base {ref}",
+            "no such commit, branch or tag in this repository",
+            f"fetch it first (e.g. `git fetch origin {ref.split('/')[-1]}`) or pass a commit",
+        ) from None
     tmp = Path(tempfile.mkdtemp(prefix="edgefleet-base-"))
     tree = tmp / "tree"
     try:
@@ -55,7 +64,15 @@ def base_worktree(project_dir: Path, ref: str) -> Iterator[Path]:
 
 
 def empty_graph(project: str, stack: str, note: str) -> dict[str, Any]:
-    return {"format": "edgefleet-graph/v1", "project": project, "stack": stack, "stack_file": None, "config": {}, "resources": [], "note": note}
+    return {
+        "format": "edgefleet-graph/v1",
+        "project": project,
+        "stack": stack,
+        "stack_file": None,
+        "config": {},
+        "resources": [],
+        "note": note,
+    }
 
 
 def synth_subprocess(project_dir: Path, stack: str, where: str = "") -> dict[str, Any]:
@@ -64,12 +81,22 @@ def synth_subprocess(project_dir: Path, stack: str, where: str = "") -> dict[str
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(project_dir), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgefleet", "synth", "--stack", stack, "--project-dir", str(project_dir), "--out", str(out)],
-                              cwd=project_dir, env=env, capture_output=True, text=True, check=False, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgefleet", "synth", "--stack", stack, "--project-dir", str(project_dir), "--out", str(out)],
+            cwd=project_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
         if proc.returncode != 0:
             detail = "\n  ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
-            raise EdgefleetError(f"synth at base{' ' + where if where else ''}", f"stack {stack} does not synthesize there:\n  {detail}",
-                                 "fix the base, or compare against another ref with --base")
+            raise EdgefleetError(
+                f"synth at base{' ' + where if where else ''}",
+                f"stack {stack} does not synthesize there:\n  {detail}",
+                "fix the base, or compare against another ref with --base",
+            )
         return json.loads(out.read_text())
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
@@ -86,4 +113,3 @@ def base_graph(project_dir: Path, stack: str, ref: str) -> dict[str, Any]:
         if not (base_dir / "stacks" / f"Pulumi.{stack}.yaml").is_file():
             return empty_graph(project, stack, f"stack {stack} did not exist at {ref}")
         return synth_subprocess(base_dir, stack, where=ref)
-

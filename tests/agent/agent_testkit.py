@@ -27,7 +27,7 @@ class Keys:
     signer: LocalKeySigner
     pem: bytes
     pem_path: Path
-    other: LocalKeySigner          # a key the devices do not trust
+    other: LocalKeySigner  # a key the devices do not trust
 
 
 class Publisher:
@@ -45,15 +45,29 @@ class Publisher:
         mdir = ModelDir(model_dir)
         sign_model_dir(mdir, signer or self.keys.signer)
         manifest = mdir.load()
-        return DesiredModel(model=MODEL, version=version, sha256=manifest.sha256, size=manifest.size,
-                            uri=mdir.artifact_path(manifest).as_uri(), manifest=mdir.manifest_bytes().decode(),
-                            signature=mdir.signature_path.read_text(), rollout="detector-rollout")
+        return DesiredModel(
+            model=MODEL,
+            version=version,
+            sha256=manifest.sha256,
+            size=manifest.size,
+            uri=mdir.artifact_path(manifest).as_uri(),
+            manifest=mdir.manifest_bytes().decode(),
+            signature=mdir.signature_path.read_text(),
+            rollout="detector-rollout",
+        )
 
-    def rollback(self, desired: DesiredModel, off: DesiredModel, signer: LocalKeySigner | None = None, version: str | None = None,
-                 sha256: str | None = None) -> DesiredModel:
+    def rollback(
+        self,
+        desired: DesiredModel,
+        off: DesiredModel,
+        signer: LocalKeySigner | None = None,
+        version: str | None = None,
+        sha256: str | None = None,
+    ) -> DesiredModel:
         """`desired` under a rollback order that moves devices off `off` (the version that failed)."""
-        order = rollback_order(MODEL, version or desired.version, sha256 or desired.sha256, "ring canary failed its gate",
-                               off.version, off.sha256)
+        order = rollback_order(
+            MODEL, version or desired.version, sha256 or desired.sha256, "ring canary failed its gate", off.version, off.sha256
+        )
         envelope = sign_bytes(signer or self.keys.signer, order)
         return dataclasses.replace(desired, rollback_order=order.decode(), rollback_signature=envelope.to_bytes().decode())
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "azure"))   # azure_testkit's IoT Hub query evaluator
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "azure"))  # azure_testkit's IoT Hub query evaluator
 
 from agent_testkit import MODEL, Clock, FakeTransport, HttpStore, Keys, Publisher
 

@@ -1,6 +1,6 @@
 """A device agent process whose transport is two JSON files, for crash tests that must not depend on the hub.
 
-    python tests/agent/file_agent.py STATE_DIR PUBLIC_KEY DESIRED_JSON REPORT_JSON
+python tests/agent/file_agent.py STATE_DIR PUBLIC_KEY DESIRED_JSON REPORT_JSON
 """
 
 from __future__ import annotations

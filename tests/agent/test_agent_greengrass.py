@@ -56,18 +56,23 @@ def _recipes(desired: DesiredModel, pem: bytes) -> tuple[dict, dict]:
 
 def _interpolate(value: str, config: dict[str, dict], own: str) -> str:
     """The nucleus's `{[component:]configuration:/Key}` recipe variables (top-level keys are all the recipes use)."""
+
     def one(m: re.Match) -> str:
         return str(config[m.group(1) or own][m.group(2)])
+
     return re.sub(r"\{(?:([^:{}]+):)?configuration:/([^{}/]+)\}", one, value)
 
 
-def component_environment(desired: DesiredModel, pem: bytes, model_dir: Path, ring: str = "canary",
-                          data: bytes | None = None) -> dict[str, str]:
+def component_environment(
+    desired: DesiredModel, pem: bytes, model_dir: Path, ring: str = "canary", data: bytes | None = None
+) -> dict[str, str]:
     """The agent container's EDGEFLEET_* environment for a ring's deployment of `desired` (a rollback when it
     carries an order), and the artifact placed in `model_dir` under the name Greengrass gives it."""
     model, agent = _recipes(desired, pem)
-    config = {MODEL_C: dict(model["ComponentConfiguration"]["DefaultConfiguration"]),
-              AGENT_C: dict(agent["ComponentConfiguration"]["DefaultConfiguration"])}
+    config = {
+        MODEL_C: dict(model["ComponentConfiguration"]["DefaultConfiguration"]),
+        AGENT_C: dict(agent["ComponentConfiguration"]["DefaultConfiguration"]),
+    }
     order = (desired.rollback_order, desired.rollback_signature or "") if desired.rollback_order else None
     update = components_spec(RingComponents(MODEL_C, AGENT_C, "0.1.0", ROLLOUT, ring), desired.version, desired.rollout, order)[MODEL_C]
     for pointer in update["configurationUpdate"].get("reset", []):
@@ -81,23 +86,34 @@ def component_environment(desired: DesiredModel, pem: bytes, model_dir: Path, ri
     return {name: _interpolate(setenv[name], config, AGENT_C) for name in AGENT_ENV}
 
 
-def recipe_command(pem: bytes, desired: DesiredModel, model_dir: Path, state_dir: Path, key: Path,
-                   report_seconds: str = "60") -> list[str]:
+def recipe_command(pem: bytes, desired: DesiredModel, model_dir: Path, state_dir: Path, key: Path, report_seconds: str = "60") -> list[str]:
     """The agent recipe's `python3 -m agent …` command, with the container's paths mapped to test directories."""
     _, agent = _recipes(desired, pem)
     script = agent["Manifests"][0]["Lifecycle"]["Run"]["Script"]
-    words = shlex.split(script[script.index("python3 -m agent"):])
+    words = shlex.split(script[script.index("python3 -m agent") :])
     assert words[:3] == ["python3", "-m", "agent"]
-    paths = {"/models": str(model_dir), "/state": str(state_dir), "/state/trusted.pem": str(key),
-             "{iot:thingName}": "thing-1", "{configuration:/ReportSeconds}": report_seconds}
+    paths = {
+        "/models": str(model_dir),
+        "/state": str(state_dir),
+        "/state/trusted.pem": str(key),
+        "{iot:thingName}": "thing-1",
+        "{configuration:/ReportSeconds}": report_seconds,
+    }
     return [sys.executable, "-m", "agent", *(paths.get(w, w) for w in words[3:])]
 
 
 def offline_env(component: dict[str, str], region: bool = False) -> dict[str, str]:
     """The process environment: no credentials or endpoint that could reach a real AWS account."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EDGEFLEET_"))}
-    env.update(component, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true",
-               AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    env.update(
+        component,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",
+    )
     if region:
         env["AWS_REGION"] = REGION
     return env
@@ -127,7 +143,7 @@ def aws_offline(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_REGION", REGION)        # the recipe passes AWS_REGION into the container
+    monkeypatch.setenv("AWS_REGION", REGION)  # the recipe passes AWS_REGION into the container
 
 
 # -- the environment -----------------------------------------------------------------------------------------------------
@@ -142,8 +158,9 @@ def test_the_components_environment_is_the_desired_model(tmp_path, keys, v110):
 
 
 def test_an_unparsable_manifest_still_yields_a_model_the_agent_refuses(tmp_path, keys, v110, make_agent):
-    env = GreengrassEnvironment.from_environ({**component_environment(v110, keys.pem, tmp_path / "m"),
-                                              "EDGEFLEET_MODEL_MANIFEST": "version: 9.9.9\n[not yaml"})
+    env = GreengrassEnvironment.from_environ(
+        {**component_environment(v110, keys.pem, tmp_path / "m"), "EDGEFLEET_MODEL_MANIFEST": "version: 9.9.9\n[not yaml"}
+    )
     desired = desired_from_environment(env, MODEL, tmp_path / "m")
     assert (desired.version, desired.sha256, desired.size) == ("9.9.9", "", 0)
     agent = make_agent(transport=FakeTransport(desired))
@@ -155,7 +172,7 @@ def test_an_unparsable_manifest_still_yields_a_model_the_agent_refuses(tmp_path,
 def serve_and_report(desired, keys, tmp_path, device: str, inferences: int) -> None:
     """One agent as the nucleus runs it: installs `desired`, serves `inferences` requests, files one report."""
     env = component_environment(desired, keys.pem, tmp_path / "models")
-    transport = GreengrassTransport(MODEL, tmp_path / "models", environ=env)   # builds its client on the first report
+    transport = GreengrassTransport(MODEL, tmp_path / "models", environ=env)  # builds its client on the first report
     agent = DeviceAgent(device, MODEL, tmp_path / "state", keys.pem, transport)
     try:
         agent.sync()
@@ -177,9 +194,19 @@ def test_metrics_land_where_the_gate_reads_them(tmp_path, keys, v110, aws_offlin
         serve_and_report(v110, keys, tmp_path, "thing-1", 40)
 
         cloudwatch = boto3.client("cloudwatch", region_name=REGION)
-        hub = AwsHub(region=REGION, stack="aws-dev", bucket="unused", metric_namespace=NAMESPACE, rollout=ROLLOUT, model=MODEL,
-                     model_component=MODEL_C, agent_component=AGENT_C, agent_version="0.1.0", sites={},
-                     clients=SimpleNamespace(cloudwatch=PercentileAsMaximum(cloudwatch)))
+        hub = AwsHub(
+            region=REGION,
+            stack="aws-dev",
+            bucket="unused",
+            metric_namespace=NAMESPACE,
+            rollout=ROLLOUT,
+            model=MODEL,
+            model_component=MODEL_C,
+            agent_component=AGENT_C,
+            agent_version="0.1.0",
+            sites={},
+            clients=SimpleNamespace(cloudwatch=PercentileAsMaximum(cloudwatch)),
+        )
         got = hub.ring_metrics("canary", "1.1.0", since=time.time() - 300)
         assert (got["inferences"], got["errors"], got["invalid"]) == (40, 0, 0) and got["latency"] > 0
 
@@ -205,8 +232,10 @@ def test_metrics_land_where_the_gate_reads_them(tmp_path, keys, v110, aws_offlin
 
         listed = cloudwatch.list_metrics(Namespace=NAMESPACE)["Metrics"]
         assert {m["MetricName"] for m in listed} == set(units)
-        assert all(sorted((d["Name"], d["Value"]) for d in m["Dimensions"]) ==
-                   [("Ring", "canary"), ("Rollout", ROLLOUT), ("Version", "1.1.0")] for m in listed)
+        assert all(
+            sorted((d["Name"], d["Value"]) for d in m["Dimensions"]) == [("Ring", "canary"), ("Rollout", ROLLOUT), ("Version", "1.1.0")]
+            for m in listed
+        )
 
 
 def test_a_nan_device_files_its_own_metric_where_the_gate_looks_for_offenders(tmp_path, keys, v120_nan, aws_offline):
@@ -223,15 +252,28 @@ def test_a_nan_device_files_its_own_metric_where_the_gate_looks_for_offenders(tm
         serve_and_report(v120_nan, keys, tmp_path, "thing-7", 25)
 
         cloudwatch = boto3.client("cloudwatch", region_name=REGION)
-        per_device = [m for m in cloudwatch.list_metrics(Namespace=NAMESPACE)["Metrics"]
-                      if any(d["Name"] == "Device" for d in m["Dimensions"])]
+        per_device = [
+            m for m in cloudwatch.list_metrics(Namespace=NAMESPACE)["Metrics"] if any(d["Name"] == "Device" for d in m["Dimensions"])
+        ]
         assert [(m["MetricName"], sorted((d["Name"], d["Value"]) for d in m["Dimensions"])) for m in per_device] == [
-            ("DeviceInvalidOutputShare", [("Device", "thing-7"), ("Ring", "canary"), ("Rollout", ROLLOUT), ("Version", "1.2.0")])]
-        hub = AwsHub(region=REGION, stack="aws-dev", bucket="unused", metric_namespace=NAMESPACE, rollout=ROLLOUT, model=MODEL,
-                     model_component=MODEL_C, agent_component=AGENT_C, agent_version="0.1.0", sites={},
-                     clients=SimpleNamespace(cloudwatch=cloudwatch))
+            ("DeviceInvalidOutputShare", [("Device", "thing-7"), ("Ring", "canary"), ("Rollout", ROLLOUT), ("Version", "1.2.0")])
+        ]
+        hub = AwsHub(
+            region=REGION,
+            stack="aws-dev",
+            bucket="unused",
+            metric_namespace=NAMESPACE,
+            rollout=ROLLOUT,
+            model=MODEL,
+            model_component=MODEL_C,
+            agent_component=AGENT_C,
+            agent_version="0.1.0",
+            sites={},
+            clients=SimpleNamespace(cloudwatch=cloudwatch),
+        )
         assert hub.device_offenders("canary", "1.2.0", time.time() - 300, ["error_rate", "invalid_output_share"]) == (
-            ("thing-7", "invalid_output_share", 1.0),)
+            ("thing-7", "invalid_output_share", 1.0),
+        )
 
 
 def test_only_a_window_with_errors_or_invalid_outputs_files_per_device_metrics():
@@ -246,11 +288,16 @@ def test_only_a_window_with_errors_or_invalid_outputs_files_per_device_metrics()
     assert device_datums(errors=0, invalid_outputs=0, inferences=0) == {}
     assert device_datums(errors=3, inferences=0) == {}, "no rate without inferences"
     bad = device_datums(errors=5, invalid_outputs=50)
-    assert {k: (d["Value"], d["Unit"]) for k, d in bad.items()} == {"DeviceErrorRate": (0.025, "None"),
-                                                                   "DeviceInvalidOutputShare": (0.25, "None")}
+    assert {k: (d["Value"], d["Unit"]) for k, d in bad.items()} == {
+        "DeviceErrorRate": (0.025, "None"),
+        "DeviceInvalidOutputShare": (0.25, "None"),
+    }
     assert bad["DeviceErrorRate"]["Dimensions"] == [
-        {"Name": "Rollout", "Value": ROLLOUT}, {"Name": "Ring", "Value": "canary"}, {"Name": "Version", "Value": "1.1.0"},
-        {"Name": "Device", "Value": "thing-1"}]
+        {"Name": "Rollout", "Value": ROLLOUT},
+        {"Name": "Ring", "Value": "canary"},
+        {"Name": "Version", "Value": "1.1.0"},
+        {"Name": "Device", "Value": "thing-1"},
+    ]
     assert set(device_datums(invalid_outputs=1)) == {"DeviceInvalidOutputShare"}
     assert len(metrics.datums(dataclasses.replace(_report("1.1.0"), errors=1, invalid_outputs=1))) == 6
 
@@ -282,8 +329,17 @@ class FlakyCloudWatch:
 
 
 def _report(version: str | None, inferences: int = 5, p99: float | None = 1.5) -> DeviceReport:
-    return DeviceReport(device_id="thing-1", model=MODEL, version=version, sha256="ab" * 32 if version else None, status="ok",
-                        inferences=inferences, p99_latency_ms=p99, agent_version="0.1.0", reported_at=time.time())
+    return DeviceReport(
+        device_id="thing-1",
+        model=MODEL,
+        version=version,
+        sha256="ab" * 32 if version else None,
+        status="ok",
+        inferences=inferences,
+        p99_latency_ms=p99,
+        agent_version="0.1.0",
+        reported_at=time.time(),
+    )
 
 
 def test_a_metrics_outage_is_logged_kept_for_later_and_never_raised(caplog):
@@ -293,18 +349,18 @@ def test_a_metrics_outage_is_logged_kept_for_later_and_never_raised(caplog):
     assert metrics.pending == 4 and "CloudWatch metrics not published (4 data points kept" in caplog.text
     assert metrics.publish(_report("1.1.0", p99=None)) is True
     assert len(client.calls[-1]["MetricData"]) == 7 and metrics.pending == 0
-    assert metrics.publish(_report(None)) is True and len(client.calls) == 2       # nothing served: nothing to file
+    assert metrics.publish(_report(None)) is True and len(client.calls) == 2  # nothing served: nothing to file
 
     down = CloudWatchMetrics(NAMESPACE, ROLLOUT, "canary", client=FlakyCloudWatch(failures=10_000))
     for _ in range(100):
         down.publish(_report("1.1.0"))
-    assert down.pending == 200                                                      # bounded: the oldest go first
+    assert down.pending == 200  # bounded: the oldest go first
     unconfigured = CloudWatchMetrics(NAMESPACE, "", "", client=FlakyCloudWatch(failures=0))
     assert unconfigured.publish(_report("1.1.0")) is False and "metrics are not published" in caplog.text
 
 
 def test_the_agent_serves_on_when_cloudwatch_is_unreachable(tmp_path, keys, v110):
-    env = offline_env(component_environment(v110, keys.pem, tmp_path / "models"))          # no region: every report fails
+    env = offline_env(component_environment(v110, keys.pem, tmp_path / "models"))  # no region: every report fails
     cmd = recipe_command(keys.pem, v110, tmp_path / "models", tmp_path / "state", keys.pem_path, report_seconds="0.1")
     log = tmp_path / "agent.log"
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
@@ -328,8 +384,12 @@ def _refusal_cases(publisher, keys, v100, v110):
     tampered[len(tampered) // 2] ^= 0xFF
     return {
         "tampered artifact": (v100, v110, bytes(tampered), "sha256 mismatch: the downloaded artifact has sha256"),
-        "wrong key": (v100, publisher.publish("1.1.0", "detector-1.1.0.onnx", signer=keys.other), None,
-                      "signature does not verify: signed by key"),
+        "wrong key": (
+            v100,
+            publisher.publish("1.1.0", "detector-1.1.0.onnx", signer=keys.other),
+            None,
+            "signature does not verify: signed by key",
+        ),
         "downgrade without order": (v110, v100, None, "downgrade from 1.1.0 to 1.0.0 refused: no signed rollback order"),
     }
 
@@ -340,8 +400,14 @@ def test_a_refused_model_exits_non_zero_and_keeps_the_previous_one(tmp_path, key
     state = tmp_path / "state"
     seed(state, keys.pem, before)
     env = offline_env(component_environment(desired, keys.pem, tmp_path / "models", data=data), region=True)
-    proc = subprocess.run(recipe_command(keys.pem, desired, tmp_path / "models", state, keys.pem_path), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        recipe_command(keys.pem, desired, tmp_path / "models", state, keys.pem_path),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == EXIT_REFUSED, proc.stderr
     assert f"edgefleet-agent: refused detector {desired.version}: {reason}" in proc.stderr
     assert f"keeping detector {before.version} in {state}" in proc.stderr
@@ -352,7 +418,7 @@ def test_a_downgrade_with_a_signed_rollback_order_is_accepted(tmp_path, keys, pu
     state = tmp_path / "state"
     seed(state, keys.pem, v110)
 
-    wrong = publisher.rollback(v100, off=v120_nan)          # an order that moves devices off 1.2.0, not off 1.1.0
+    wrong = publisher.rollback(v100, off=v120_nan)  # an order that moves devices off 1.2.0, not off 1.1.0
     env = offline_env(component_environment(wrong, keys.pem, tmp_path / "wrong"), region=True)
     cmd = recipe_command(keys.pem, wrong, tmp_path / "wrong", state, keys.pem_path) + ["--install-only"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
@@ -370,34 +436,62 @@ def test_a_downgrade_with_a_signed_rollback_order_is_accepted(tmp_path, keys, pu
 
 
 def test_an_incomplete_environment_cannot_start(tmp_path, keys, v110):
-    env = offline_env({k: v for k, v in component_environment(v110, keys.pem, tmp_path / "m").items()
-                       if k != "EDGEFLEET_MODEL_MANIFEST"}, region=True)
-    proc = subprocess.run(recipe_command(keys.pem, v110, tmp_path / "m", tmp_path / "s", keys.pem_path), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = offline_env(
+        {k: v for k, v in component_environment(v110, keys.pem, tmp_path / "m").items() if k != "EDGEFLEET_MODEL_MANIFEST"}, region=True
+    )
+    proc = subprocess.run(
+        recipe_command(keys.pem, v110, tmp_path / "m", tmp_path / "s", keys.pem_path),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "edgefleet-agent: EDGEFLEET_MODEL_MANIFEST is not set" in proc.stderr
 
 
 # -- the distribution ----------------------------------------------------------------------------------------------------
-IMPORTS = ("import edgefleet_agent.__main__, edgefleet_agent.core, edgefleet_agent.transports.greengrass, "
-           "edgefleet_agent.transports.iotedge, edgefleet_agent.transports.local, edgefleet_agent.store, edgefleet_agent.serving")
+IMPORTS = (
+    "import edgefleet_agent.__main__, edgefleet_agent.core, edgefleet_agent.transports.greengrass, "
+    "edgefleet_agent.transports.iotedge, edgefleet_agent.transports.local, edgefleet_agent.store, edgefleet_agent.serving"
+)
 
 
 def test_the_agent_imports_nothing_of_the_controller_and_only_what_its_distribution_installs():
     """The device install is `pip install ./agent`: every module the agent loads must come from that distribution or
     from what its dependencies install (.ci/run proves the same in a fresh virtualenv; this catches it sooner)."""
-    code = ("import json, sys\nbefore = set(sys.modules)\n" + IMPORTS + "\n"
-            "mods = {m: getattr(sys.modules[m], '__file__', None) for m in set(sys.modules) - before}\n"
-            "print(json.dumps(mods))")
+    code = (
+        "import json, sys\nbefore = set(sys.modules)\n" + IMPORTS + "\n"
+        "mods = {m: getattr(sys.modules[m], '__file__', None) for m in set(sys.modules) - before}\n"
+        "print(json.dumps(mods))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     loaded: dict[str, str | None] = json.loads(proc.stdout)
     tops = {m.split(".")[0] for m in loaded}
-    assert not tops & {"pulumi", "typer", "rich", "onnx", "boto3", "botocore", "azure", "jsonschema", "matplotlib", "moto",
-                       "edgefleet", "components", "policies", "agent"}, tops
+    assert not tops & {
+        "pulumi",
+        "typer",
+        "rich",
+        "onnx",
+        "boto3",
+        "botocore",
+        "azure",
+        "jsonschema",
+        "matplotlib",
+        "moto",
+        "edgefleet",
+        "components",
+        "policies",
+        "agent",
+    }, tops
 
-    wanted = {re.split(r"[<>=!~;\s\[(]", req, maxsplit=1)[0].lower().replace("_", "-")
-              for req in importlib.metadata.requires("edgefleet-agent") or [] if "extra ==" not in req}
+    wanted = {
+        re.split(r"[<>=!~;\s\[(]", req, maxsplit=1)[0].lower().replace("_", "-")
+        for req in importlib.metadata.requires("edgefleet-agent") or []
+        if "extra ==" not in req
+    }
     assert wanted == {"onnxruntime", "numpy", "cryptography", "pyyaml", "pydantic", "semver"}
     closure, todo = set(), [w for w in wanted if _installed(w)]
     while todo:
@@ -422,7 +516,9 @@ def test_the_image_installs_the_distribution_and_keeps_python_m_agent():
     dockerfile = (REPO / "agent" / "Dockerfile").read_text()
     assert not re.search(r"^COPY .*\.py", dockerfile, re.MULTILINE), "the image installs the distribution, it copies no module list"
     assert 'pip install "/tmp/edgefleet-agent[greengrass,iotedge]"' in dockerfile
-    assert not re.search(r"^ENTRYPOINT", dockerfile, re.MULTILINE) and 'CMD ["python3", "-m", "agent", "--transport", "iotedge"' in dockerfile
+    assert (
+        not re.search(r"^ENTRYPOINT", dockerfile, re.MULTILINE) and 'CMD ["python3", "-m", "agent", "--transport", "iotedge"' in dockerfile
+    )
 
 
 def _installed(dist: str) -> bool:
@@ -436,6 +532,11 @@ def _installed(dist: str) -> bool:
 def test_help_names_the_transports_and_exit_codes():
     proc = subprocess.run([sys.executable, "-m", "agent", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    for text in ("--transport {local,greengrass,iotedge}", "exit codes:", f"{EXIT_REFUSED}  the desired model was refused",
-                 "--model-dir", "--install-only"):
+    for text in (
+        "--transport {local,greengrass,iotedge}",
+        "exit codes:",
+        f"{EXIT_REFUSED}  the desired model was refused",
+        "--model-dir",
+        "--install-only",
+    ):
         assert text in proc.stdout

@@ -52,8 +52,16 @@ from edgefleet_agent.transports.iotedge import EdgeSupervisor, IoTEdgeTransport,
 SAS = "sv=2022-11-02&sr=c&sp=r&se=2031-01-01T00%3A00%3A00Z&sig=S3CRETsasSIGNATURE%2Bx%3D"
 SECRET = "S3CRETsasSIGNATURE"
 AGENT = AgentModule(image="edgefleetdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")
-SPEC = RingDeploymentSpec(rollout="detector", ring="canary", index=0, model=MODEL, target_condition="(tags.ring='canary')",
-                          priority=11, agent=AGENT, agent_schema="1.1")
+SPEC = RingDeploymentSpec(
+    rollout="detector",
+    ring="canary",
+    index=0,
+    model=MODEL,
+    target_condition="(tags.ring='canary')",
+    priority=11,
+    agent=AGENT,
+    agent_schema="1.1",
+)
 
 
 # -- the SDK and the hub, faked ------------------------------------------------------------------------------------
@@ -131,8 +139,10 @@ class FakeIoTHub:
 
     def query(self, sql: str, limit: int | None = None) -> list[dict]:
         self.queries.append(sql)
-        modules = [{"deviceId": d, "moduleId": AGENT_MODULE, "properties": {"reported": copy.deepcopy(c.reported)}}
-                   for d, c in self.modules.items()]
+        modules = [
+            {"deviceId": d, "moduleId": AGENT_MODULE, "properties": {"reported": copy.deepcopy(c.reported)}}
+            for d, c in self.modules.items()
+        ]
         rows = run_query(sql, list(self.devices.values()), modules)
         return rows[:limit] if limit else rows
 
@@ -165,7 +175,7 @@ def connected(desired: dict, reported: dict | None = None) -> tuple[FakeModuleCl
 def documented_reported_fields() -> set[str]:
     """The field names docs/azure.md lists for properties.reported.models.<key>."""
     text = (REPO / "docs" / "azure.md").read_text()
-    sentence = text[text.index("Reported, under"):text.index("When a model leaves the desired properties")]
+    sentence = text[text.index("Reported, under") : text.index("When a model leaves the desired properties")]
     return {w for w in re.findall(r"`([A-Za-z0-9]+)`", sentence)} - {"ok", "failed"}
 
 
@@ -197,7 +207,7 @@ def test_the_sas_reaches_the_store_and_never_a_log_or_a_report(keys, v110, http_
     want = ring_desired(v110, http_store)
     client, transport = connected(module_twin_desired(want, keys.pem))
     good = make(transport, "cam-1")
-    assert good.sync() and good.current_version == "1.1.0"      # the store answers only with the SAS
+    assert good.sync() and good.current_version == "1.1.0"  # the store answers only with the SAS
 
     bad_client, bad_transport = connected(module_twin_desired(want, keys.pem, sas=SAS.replace("sp=r", "sp=w")))
     bad = make(bad_transport, "cam-2")
@@ -225,18 +235,18 @@ def test_patches_update_the_desired_state(keys, v100, v110, http_store):
 
     sent = client.service_update({"models": {model_key(MODEL): module_twin_desired(two, keys.pem)["models"][model_key(MODEL)]}})
     assert transport.desired("cam-1", MODEL) == dataclasses.replace(two, uri=f"{two.uri}?{SAS}")
-    assert not transport.refresh()                       # in step with the twin: no read needed
+    assert not transport.refresh()  # in step with the twin: no read needed
 
     client.on_twin_desired_properties_patch_received({**sent, "models": {model_key(MODEL): {"version": "0.0.1"}}})
-    assert transport.desired("cam-1", MODEL).version == "1.1.0"   # a replayed (old $version) patch is ignored
+    assert transport.desired("cam-1", MODEL).version == "1.1.0"  # a replayed (old $version) patch is ignored
 
-    client.service_update({"store": {"sasToken": "sv=new&sig=rotated"}}, deliver=False)      # missed while offline
-    client.service_update({"models": {"other": {"model": "other"}}})                          # $version gap
+    client.service_update({"store": {"sasToken": "sv=new&sig=rotated"}}, deliver=False)  # missed while offline
+    client.service_update({"models": {"other": {"model": "other"}}})  # $version gap
     assert transport.desired("cam-1", MODEL).uri.endswith("?" + SAS)
     assert transport.refresh() and transport.desired("cam-1", MODEL).uri.endswith("?sv=new&sig=rotated")
 
     client.service_update({"store": {"sasToken": SAS}}, deliver=False)
-    client.on_connection_state_change()                  # reconnected: patches sent meanwhile are not replayed
+    client.on_connection_state_change()  # reconnected: patches sent meanwhile are not replayed
     assert transport.refresh() and transport.desired("cam-1", MODEL).uri.endswith("?" + SAS)
 
     client.service_update({"models": {model_key(MODEL): None}})
@@ -249,13 +259,13 @@ def test_a_patch_racing_the_first_twin_read_neither_truncates_nor_is_lost(keys, 
 
     def racing():
         twin = read()
-        client.service_update({"store": {"sasToken": "sv=new&sig=rotated"}})     # delivered while the read is in flight
+        client.service_update({"store": {"sasToken": "sv=new&sig=rotated"}})  # delivered while the read is in flight
         return twin
 
     client.get_twin = racing
     transport = IoTEdgeTransport(client)
     transport.connect()
-    assert transport.desired("cam-1", MODEL).uri.endswith("?" + SAS)          # the whole document, not the patch alone
+    assert transport.desired("cam-1", MODEL).uri.endswith("?" + SAS)  # the whole document, not the patch alone
     client.get_twin = read
     assert transport.refresh() and transport.desired("cam-1", MODEL).uri.endswith("?sv=new&sig=rotated")
 
@@ -269,7 +279,7 @@ def test_an_unreachable_hub_is_retried_with_backoff_and_the_cache_kept(keys, v11
     client.on_connection_state_change()
     with pytest.raises(ConnectionError):
         transport.refresh()
-    assert transport.refresh() is False                  # backing off: not asked again at every sync period
+    assert transport.refresh() is False  # backing off: not asked again at every sync period
     assert transport.desired("cam-1", MODEL).version == "1.1.0"
     now[0] += 2.5
     with pytest.raises(ConnectionError):
@@ -279,18 +289,36 @@ def test_an_unreachable_hub_is_retried_with_backoff_and_the_cache_kept(keys, v11
 # -- manifests longer than a twin string ----------------------------------------------------------------------------
 def publish_large(root, keys, version: str) -> DesiredModel:
     """A legitimately long model.yaml: many evaluation metrics and hardware targets, and a non-ASCII description."""
-    metrics = [Metric(name=f"recall_class_{i:03d}", value=round(0.5 + i / 1000, 4), dataset=f"field-eval-2025 (site {i}, Kamerahöhe 3 m)")
-               for i in range(70)]
-    targets = [HardwareProfile(name=f"edge-box-{i:02d}", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb=256,
-                               storage_mb=64) for i in range(12)]
+    metrics = [
+        Metric(name=f"recall_class_{i:03d}", value=round(0.5 + i / 1000, 4), dataset=f"field-eval-2025 (site {i}, Kamerahöhe 3 m)")
+        for i in range(70)
+    ]
+    targets = [
+        HardwareProfile(name=f"edge-box-{i:02d}", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb=256, storage_mb=64)
+        for i in range(12)
+    ]
     model_dir = root / version / MODEL
-    add_version(model_dir, SAMPLES / "detector-1.1.0.onnx", version, metrics=metrics, targets=[TARGET, *targets],
-                description="Détecteur de canal dominant — évalué sur 70 classes")
+    add_version(
+        model_dir,
+        SAMPLES / "detector-1.1.0.onnx",
+        version,
+        metrics=metrics,
+        targets=[TARGET, *targets],
+        description="Détecteur de canal dominant — évalué sur 70 classes",
+    )
     mdir = ModelDir(model_dir)
     sign_model_dir(mdir, keys.signer)
     manifest = mdir.load()
-    return DesiredModel(model=MODEL, version=version, sha256=manifest.sha256, size=manifest.size, uri=mdir.artifact_path(manifest).as_uri(),
-                        manifest=mdir.manifest_bytes().decode(), signature=mdir.signature_path.read_text(), rollout="detector-rollout")
+    return DesiredModel(
+        model=MODEL,
+        version=version,
+        sha256=manifest.sha256,
+        size=manifest.size,
+        uri=mdir.artifact_path(manifest).as_uri(),
+        manifest=mdir.manifest_bytes().decode(),
+        signature=mdir.signature_path.read_text(),
+        rollout="detector-rollout",
+    )
 
 
 def padded(v: DesiredModel, size: int, keys) -> DesiredModel:
@@ -313,11 +341,13 @@ def test_a_manifest_over_4_kb_reaches_the_agent_in_chunks_verifies_and_installs(
     entry = twin["models"][model_key(MODEL)]
     pieces = [entry[k] for k in ("manifest", "manifest01", "manifest02")]
     assert entry["manifestChunks"] == 3 and all(len(p.encode()) <= TWIN_STRING_LIMIT for p in pieces)
-    assert check_manifest({AGENT_MODULE: {"properties.desired": twin}}, contract=False) == []      # IoT Hub's twin limits (the uri is http here)
+    assert (
+        check_manifest({AGENT_MODULE: {"properties.desired": twin}}, contract=False) == []
+    )  # IoT Hub's twin limits (the uri is http here)
     client, transport = connected(twin)
     agent = make(transport, "cam-1")
     assert agent.sync() and agent.current_version == "1.5.0"
-    assert served_manifest(tmp_path / "cam-1") == want.manifest.encode()         # the signed bytes, reassembled exactly
+    assert served_manifest(tmp_path / "cam-1") == want.manifest.encode()  # the signed bytes, reassembled exactly
     agent.report()
     assert client.reported["models"][model_key(MODEL)]["status"] == "ok"
 
@@ -328,7 +358,7 @@ def test_the_4096_byte_boundary(tmp_path, keys, v110, http_store, make, size, ch
     entry = module_twin_desired(want, keys.pem)["models"][model_key(MODEL)]
     assert entry["manifestChunks"] == chunks and ("manifest01" in entry) == (chunks == 2)
     if chunks == 2:
-        assert entry["manifest01"] == "é" and len(entry["manifest"].encode()) == TWIN_STRING_LIMIT - 1   # not cut inside "é"
+        assert entry["manifest01"] == "é" and len(entry["manifest"].encode()) == TWIN_STRING_LIMIT - 1  # not cut inside "é"
     _, transport = connected(module_twin_desired(want, keys.pem))
     agent = make(transport, "cam-1")
     assert agent.sync() and agent.current_version == "1.1.0"
@@ -344,7 +374,7 @@ def test_chunks_a_longer_manifest_left_behind_are_ignored(tmp_path, keys, publis
     # a notification carrying the whole new desired properties, without nulls for the keys it no longer has
     client.desired = {**module_twin_desired(small, keys.pem), "$version": client.desired["$version"] + 1}
     client.on_twin_desired_properties_patch_received(copy.deepcopy(client.desired))
-    assert "manifest02" in transport.models()[model_key(MODEL)]                  # merged into the cache, still there
+    assert "manifest02" in transport.models()[model_key(MODEL)]  # merged into the cache, still there
     assert transport.desired("cam-1", MODEL) == dataclasses.replace(small, uri=f"{small.uri}?{SAS}")
     assert agent.sync() and agent.current_version == "1.6.0"
 
@@ -370,12 +400,21 @@ def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, mak
         agent.infer()
     agent.report()
     entry = client.sent[-1]["models"][model_key(MODEL)]
-    assert set(entry) == documented_reported_fields()      # every field, null when absent (IoT Hub then drops it)
+    assert set(entry) == documented_reported_fields()  # every field, null when absent (IoT Hub then drops it)
     assert set(client.reported["models"][model_key(MODEL)]) == documented_reported_fields() - {"error", "failedVersion"}
     assert {k: v for k, v in entry.items() if k != "p99LatencyMs"} == {
-        "version": "1.1.0", "sha256": v110.sha256, "status": "ok", "error": None, "failedVersion": None,
-        "inferences": 20, "errors": 0, "invalidOutputs": 0, "agentVersion": AGENT_VERSION,
-        "ring": SPEC.key, "rollout": want.rollout}
+        "version": "1.1.0",
+        "sha256": v110.sha256,
+        "status": "ok",
+        "error": None,
+        "failedVersion": None,
+        "inferences": 20,
+        "errors": 0,
+        "invalidOutputs": 0,
+        "agentVersion": AGENT_VERSION,
+        "ring": SPEC.key,
+        "rollout": want.rollout,
+    }
     assert entry["p99LatencyMs"] > 0
 
 
@@ -384,19 +423,19 @@ def test_the_gate_counts_adopted_and_failed_devices_from_what_agents_report(tmp_
     twin = module_twin_desired(want, keys.pem)
     hub = FakeIoTHub()
 
-    ok_client, ok = connected(twin)                          # takes 1.1.0
+    ok_client, ok = connected(twin)  # takes 1.1.0
     adopted = make(ok, "cam-ok")
     adopted.sync()
     for _ in range(30):
         adopted.infer()
     adopted.report()
 
-    bad_client, bad = connected(twin)                        # trusts another key: the signature does not verify
+    bad_client, bad = connected(twin)  # trusts another key: the signature does not verify
     refused = make(bad, "cam-bad", pem=keys.other.public_key_pem())
     refused.sync()
     refused.report()
 
-    old_client, old = connected(twin)                        # still serves 1.0.0: has not synced since 1.1.0 was set
+    old_client, old = connected(twin)  # still serves 1.0.0: has not synced since 1.1.0 was set
     seed = DeviceAgent("cam-old", MODEL, tmp_path / "cam-old", keys.pem, FakeTransport(v100))
     seed.sync()
     seed.close()
@@ -414,8 +453,13 @@ def test_the_gate_counts_adopted_and_failed_devices_from_what_agents_report(tmp_
     elsewhere.sync()
     elsewhere.report()
 
-    for name, client, ring in (("cam-ok", ok_client, "canary"), ("cam-bad", bad_client, "canary"), ("cam-old", old_client, "canary"),
-                               ("cam-trust", trust_client, "canary"), ("cam-early", other_client, "early")):
+    for name, client, ring in (
+        ("cam-ok", ok_client, "canary"),
+        ("cam-bad", bad_client, "canary"),
+        ("cam-old", old_client, "canary"),
+        ("cam-trust", trust_client, "canary"),
+        ("cam-early", other_client, "early"),
+    ):
         hub.add(name, ring, client)
     gate = AzureHub(hub, {SPEC.key: SPEC}, MemoryProgressStore(), poll_seconds=0, metrics_timeout=0)
     seen = gate.observe(RingTarget(SPEC.rollout, SPEC.ring, 0, SPEC.key), want, since=0)
@@ -425,7 +469,7 @@ def test_the_gate_counts_adopted_and_failed_devices_from_what_agents_report(tmp_
     reasons = dict(seen.failures)
     assert reasons["cam-bad"].startswith("signature does not verify: signed by key")
     assert reasons["cam-trust"].startswith("trusted key refused: trust.keyId sha256:000")
-    assert "version" not in trust_client.reported["models"][model_key(MODEL)]      # null: it serves nothing
+    assert "version" not in trust_client.reported["models"][model_key(MODEL)]  # null: it serves nothing
     assert not (tmp_path / "cam-trust" / MODEL).exists()
 
 
@@ -447,7 +491,7 @@ def test_the_gate_names_the_device_whose_agent_reports_nan_outputs(tmp_path, key
     nan = ring_desired(v120_nan, http_store)
     gate = AzureHub(hub, {SPEC.key: SPEC}, MemoryProgressStore(), gates={SPEC.key: GateConfig()}, poll_seconds=0, metrics_timeout=0)
     seen = gate.observe(RingTarget(SPEC.rollout, SPEC.ring, 0, SPEC.key), nan, since=0)
-    assert (seen.adopted, seen.invalid_outputs) == (1, 10)                       # cam-good serves 1.1.0: pending for 1.2.0
+    assert (seen.adopted, seen.invalid_outputs) == (1, 10)  # cam-good serves 1.1.0: pending for 1.2.0
     assert seen.offenders == (("cam-nan", "invalid_output_share", 1.0),)
     verdict = evaluate(GateConfig(), seen, since_deploy=0, soak_started=None, now=1)
     assert verdict.outcome == "fail" and [offender_text(o) for o in verdict.offenders] == ["cam-nan NaN/Inf outputs 100.00% (max 0.00%)"]
@@ -456,7 +500,7 @@ def test_the_gate_names_the_device_whose_agent_reports_nan_outputs(tmp_path, key
 def test_a_model_leaving_the_twin_clears_its_reported_entry(keys, v110, http_store, make):
     want = ring_desired(v110, http_store)
     client, transport = connected(module_twin_desired(want, keys.pem), reported={"models": {"retired": {"version": "0.9.0"}}})
-    assert client.sent == [{"models": {"retired": None}}]   # left by an earlier run: removed at connect
+    assert client.sent == [{"models": {"retired": None}}]  # left by an earlier run: removed at connect
     agent = make(transport, "cam-1")
     agent.sync()
     agent.report()
@@ -484,7 +528,7 @@ def test_trust_from_the_twin_only_when_its_key_id_matches(keys):
     with pytest.raises(TrustRefused, match="no trusted key"):
         resolve_trust(None, None)
     other = keys.other.public_key_pem()
-    chosen = resolve_trust(other, {**twin, "keyId": "sha256:" + "0" * 64})      # a key file wins over the twin
+    chosen = resolve_trust(other, {**twin, "keyId": "sha256:" + "0" * 64})  # a key file wins over the twin
     assert (chosen.pem, chosen.source) == (other, "--public-key")
 
 
@@ -522,7 +566,13 @@ def test_the_fake_client_has_the_sdks_surface():
 
 def test_outside_iot_edge_the_agent_exits_2(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IOTEDGE_", "EdgeHub", "EdgeModule"))}
-    proc = subprocess.run([sys.executable, "-m", "agent", "--transport", "iotedge", "--device-id", "cam-1",
-                           "--state-dir", str(tmp_path / "state")], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "--transport", "iotedge", "--device-id", "cam-1", "--state-dir", str(tmp_path / "state")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "edgefleet-agent: cannot create the IoT Edge module client:" in proc.stderr

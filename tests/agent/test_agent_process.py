@@ -77,8 +77,25 @@ class HubDevice(Device):
         self.hub = LocalHub(tmp_path / "hub.db")
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "agent", "--hub", str(self.hub.path), "--device-id", "dev-1", "--model", MODEL,
-                "--state-dir", str(self.state), "--public-key", str(self.key), "--sync-seconds", "0.05", "--report-seconds", "0.05"]
+        return [
+            sys.executable,
+            "-m",
+            "agent",
+            "--hub",
+            str(self.hub.path),
+            "--device-id",
+            "dev-1",
+            "--model",
+            MODEL,
+            "--state-dir",
+            str(self.state),
+            "--public-key",
+            str(self.key),
+            "--sync-seconds",
+            "0.05",
+            "--report-seconds",
+            "0.05",
+        ]
 
     def set_desired(self, desired: DesiredModel) -> None:
         self.hub.set_desired(RingTarget("detector-rollout", "canary", 0, ["dev-1"]), desired)
@@ -89,8 +106,14 @@ class HubDevice(Device):
 
 class FileDevice(Device):
     def command(self) -> list[str]:
-        return [sys.executable, str(REPO / "tests" / "agent" / "file_agent.py"), str(self.state), str(self.key),
-                str(self.tmp_path / "desired.json"), str(self.tmp_path / "report.json")]
+        return [
+            sys.executable,
+            str(REPO / "tests" / "agent" / "file_agent.py"),
+            str(self.state),
+            str(self.key),
+            str(self.tmp_path / "desired.json"),
+            str(self.tmp_path / "report.json"),
+        ]
 
     def set_desired(self, desired: DesiredModel) -> None:
         (self.tmp_path / "desired.json").write_text(desired.to_json())
@@ -131,8 +154,10 @@ def test_kill_during_swap_restarts_on_a_verified_model(device, keys, v100, v110,
 
     restarted_at = time.time()
     device.start("restarted")
-    report = device.wait_for(lambda: (r := device.last_report()) and r.reported_at >= restarted_at
-                             and r.version == "1.1.0" and r.inferences > 0 and r, "a report of 1.1.0 in service")
+    report = device.wait_for(
+        lambda: (r := device.last_report()) and r.reported_at >= restarted_at and r.version == "1.1.0" and r.inferences > 0 and r,
+        "a report of 1.1.0 in service",
+    )
     assert (report.sha256, report.status, report.errors, report.invalid_outputs) == (v110.sha256, "ok", 0, 0)
     assert device.signal(signal.SIGTERM) == 0, device.log.read_text()
 
@@ -156,15 +181,35 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_bad_public_key_exits_with_a_clear_error(tmp_path):
     bad = tmp_path / "key.pem"
     bad.write_text("not a key")
-    proc = run_cli("--hub", str(tmp_path / "hub.db"), "--device-id", "d", "--model", MODEL,
-                   "--state-dir", str(tmp_path / "s"), "--public-key", str(bad))
+    proc = run_cli(
+        "--hub",
+        str(tmp_path / "hub.db"),
+        "--device-id",
+        "d",
+        "--model",
+        MODEL,
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--public-key",
+        str(bad),
+    )
     assert proc.returncode == 2
     assert f"{bad}: trusted public key: not a PEM public key" in proc.stderr
 
 
 def test_missing_hub_exits_with_a_clear_error(tmp_path, keys):
-    proc = run_cli("--hub", str(tmp_path / "nope.db"), "--device-id", "d", "--model", MODEL,
-                   "--state-dir", str(tmp_path / "s"), "--public-key", str(keys.pem_path))
+    proc = run_cli(
+        "--hub",
+        str(tmp_path / "nope.db"),
+        "--device-id",
+        "d",
+        "--model",
+        MODEL,
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--public-key",
+        str(keys.pem_path),
+    )
     assert proc.returncode == 2
     assert "no local hub database here" in proc.stderr
     assert not (tmp_path / "nope.db").exists()

@@ -44,7 +44,9 @@ def test_restart_reverifies_before_serving(make_agent, installed, monkeypatch, l
     assert agent_.build_report().error is None
 
 
-@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete the signature", "re-sign with another key", "swap in the other version"])
+@pytest.mark.parametrize(
+    "damage", ["flip a byte", "truncate", "delete the signature", "re-sign with another key", "swap in the other version"]
+)
 def test_corrupt_current_slot_falls_back_to_previous(make_agent, installed, loads, damage, keys):
     current, previous = installed
     model = current / "model.onnx"
@@ -58,6 +60,7 @@ def test_corrupt_current_slot_falls_back_to_previous(make_agent, installed, load
         (current / "model.yaml.sig").unlink()
     elif damage == "re-sign with another key":
         from edgefleet_agent.contract.signing import sign_bytes
+
         (current / "model.yaml.sig").write_bytes(sign_bytes(keys.other, (current / "model.yaml").read_bytes()).to_bytes())
     else:
         for name in ("model.onnx", "model.yaml", "model.yaml.sig"):

@@ -64,7 +64,9 @@ class SlowSession:
 def test_request_in_flight_finishes_on_the_old_session(make_agent, transport, v100, v110, monkeypatch):
     sessions = []
     real = edgefleet_agent.serving.open_session
-    monkeypatch.setattr(edgefleet_agent.serving, "open_session", lambda path, providers: sessions.append(SlowSession(real(path, providers))) or sessions[-1])
+    monkeypatch.setattr(
+        edgefleet_agent.serving, "open_session", lambda path, providers: sessions.append(SlowSession(real(path, providers))) or sessions[-1]
+    )
     agent_ = make_agent()
     transport.desired_model = v100
     agent_.sync()
@@ -131,13 +133,20 @@ def test_session_cache_forgets_failed_loads():
     assert len(cache) == 0
 
 
-@pytest.mark.parametrize("preference, available, expected", [
-    (["CUDAExecutionProvider", CPU], [CPU], [CPU]),
-    (["CUDAExecutionProvider", "OpenVINOExecutionProvider"], ["OpenVINOExecutionProvider", "CUDAExecutionProvider", CPU], ["CUDAExecutionProvider", CPU]),
-    (["TensorrtExecutionProvider"], ["CUDAExecutionProvider", CPU], [CPU]),
-    ([CPU, "CUDAExecutionProvider"], ["CUDAExecutionProvider", CPU], [CPU]),
-    ([], [CPU], [CPU]),
-])
+@pytest.mark.parametrize(
+    "preference, available, expected",
+    [
+        (["CUDAExecutionProvider", CPU], [CPU], [CPU]),
+        (
+            ["CUDAExecutionProvider", "OpenVINOExecutionProvider"],
+            ["OpenVINOExecutionProvider", "CUDAExecutionProvider", CPU],
+            ["CUDAExecutionProvider", CPU],
+        ),
+        (["TensorrtExecutionProvider"], ["CUDAExecutionProvider", CPU], [CPU]),
+        ([CPU, "CUDAExecutionProvider"], ["CUDAExecutionProvider", CPU], [CPU]),
+        ([], [CPU], [CPU]),
+    ],
+)
 def test_choose_providers(preference, available, expected):
     assert choose_providers(preference, available) == expected
 

@@ -49,10 +49,13 @@ def test_missing_file(tmp_path):
         fetch((tmp_path / "nope.onnx").as_uri(), tmp_path / "out")
 
 
-@pytest.mark.parametrize("uri, message", [
-    ("ftp://example.com/m.onnx", "unsupported URI scheme 'ftp'"),
-    ("file://otherhost/m.onnx", "file:// URIs must be local"),
-])
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("ftp://example.com/m.onnx", "unsupported URI scheme 'ftp'"),
+        ("file://otherhost/m.onnx", "file:// URIs must be local"),
+    ],
+)
 def test_unsupported_uris(tmp_path, uri, message):
     with pytest.raises(FetchError, match=message):
         fetch(uri, tmp_path / "out")
@@ -74,7 +77,7 @@ def test_http_connection_closed_early(tmp_path, http_store):
 
 def test_http_error_status(tmp_path, http_store):
     with pytest.raises(FetchError, match=r"download failed: HTTP 404 Not Found from http://"):
-        fetch(http_store.url("exists", b"") .rsplit("/", 1)[0] + "/missing", tmp_path / "out")
+        fetch(http_store.url("exists", b"").rsplit("/", 1)[0] + "/missing", tmp_path / "out")
 
 
 def test_http_unreachable(tmp_path):
@@ -93,8 +96,25 @@ def test_without_sqlite3_the_local_transport_exits_2_and_says_why(tmp_path, keys
     hub = tmp_path / "hub.db"
     hub.touch()
     code = "import sys\nsys.modules['sqlite3'] = None\nfrom edgefleet_agent.__main__ import main\nsys.exit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, "--hub", str(hub), "--device-id", "cam-1", "--model", MODEL,
-                           "--public-key", str(keys.pem_path), "--state-dir", str(tmp_path / "state")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "--hub",
+            str(hub),
+            "--device-id",
+            "cam-1",
+            "--model",
+            MODEL,
+            "--public-key",
+            str(keys.pem_path),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("edgefleet-agent: the local transport is not part of this installation"), proc.stderr

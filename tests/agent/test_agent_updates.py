@@ -88,8 +88,9 @@ def test_tampered_manifest_fails_its_signature(make_agent, transport, v110):
     agent_.sync()
     report = agent_.build_report()
     assert (report.status, report.version, report.failed_version) == ("failed", None, "1.1.0")
-    assert report.error == ("signature does not verify: signature does not match the content "
-                            "(the manifest changed after signing, or the signature is corrupt)")
+    assert report.error == (
+        "signature does not verify: signature does not match the content (the manifest changed after signing, or the signature is corrupt)"
+    )
 
 
 def test_wrong_signing_key(make_agent, transport, publisher, keys):
@@ -99,15 +100,16 @@ def test_wrong_signing_key(make_agent, transport, publisher, keys):
     agent_.sync()
     report = agent_.build_report()
     assert report.status == "failed" and report.version is None
-    assert report.error == (f"signature does not verify: signed by key {keys.other.key_id}, "
-                            f"but the trusted key is {keys.signer.key_id}")
+    assert report.error == (f"signature does not verify: signed by key {keys.other.key_id}, but the trusted key is {keys.signer.key_id}")
 
 
 def test_desired_fields_must_match_the_signed_manifest(make_agent, transport, v100, v110):
     agent_ = make_agent()
     transport.desired_model = dataclasses.replace(v110, sha256=v100.sha256)
     agent_.sync()
-    assert agent_.build_report().error == f"desired state does not match its signed manifest: sha256 {v100.sha256!r} vs signed {v110.sha256!r}"
+    assert (
+        agent_.build_report().error == f"desired state does not match its signed manifest: sha256 {v100.sha256!r} vs signed {v110.sha256!r}"
+    )
 
 
 def test_downgrade_without_rollback_order_is_refused(make_agent, transport, v100, v110):
@@ -148,8 +150,10 @@ def test_rollback_order_signed_by_another_key_is_refused(make_agent, transport, 
     agent_.sync()
     report = agent_.build_report()
     assert (report.status, report.version, report.failed_version) == ("failed", "1.1.0", "1.0.0")
-    assert report.error == ("downgrade from 1.1.0 to 1.0.0 refused: rollback order signature does not verify: "
-                            f"signed by key {keys.other.key_id}, but the trusted key is {keys.signer.key_id}")
+    assert report.error == (
+        "downgrade from 1.1.0 to 1.0.0 refused: rollback order signature does not verify: "
+        f"signed by key {keys.other.key_id}, but the trusted key is {keys.signer.key_id}"
+    )
 
 
 def test_rollback_order_naming_another_version_is_refused(make_agent, transport, publisher, v100, v110):
@@ -160,8 +164,10 @@ def test_rollback_order_naming_another_version_is_refused(make_agent, transport,
     agent_.sync()
     report = agent_.build_report()
     assert (report.status, report.version) == ("failed", "1.1.0")
-    assert report.error == (f"downgrade from 1.1.0 to 1.0.0 refused: the signed rollback order names {MODEL} 0.9.0 "
-                            f"(sha256 {v100.sha256[:12]}…), not {MODEL} 1.0.0 (sha256 {v100.sha256[:12]}…)")
+    assert report.error == (
+        f"downgrade from 1.1.0 to 1.0.0 refused: the signed rollback order names {MODEL} 0.9.0 "
+        f"(sha256 {v100.sha256[:12]}…), not {MODEL} 1.0.0 (sha256 {v100.sha256[:12]}…)"
+    )
 
 
 def test_rollback_order_naming_another_digest_is_refused(make_agent, transport, publisher, v100, v110):
@@ -170,7 +176,9 @@ def test_rollback_order_naming_another_digest_is_refused(make_agent, transport, 
     agent_.sync()
     transport.desired_model = publisher.rollback(v100, v110, sha256=v110.sha256)
     agent_.sync()
-    assert agent_.build_report().error.startswith(f"downgrade from 1.1.0 to 1.0.0 refused: the signed rollback order names {MODEL} 1.0.0 (sha256 {v110.sha256[:12]}")
+    assert agent_.build_report().error.startswith(
+        f"downgrade from 1.1.0 to 1.0.0 refused: the signed rollback order names {MODEL} 1.0.0 (sha256 {v110.sha256[:12]}"
+    )
 
 
 def test_a_replayed_rollback_order_for_another_failed_version_is_refused(make_agent, transport, publisher, v100, v110):
@@ -183,8 +191,10 @@ def test_a_replayed_rollback_order_for_another_failed_version_is_refused(make_ag
     agent_.sync()
     report = agent_.build_report()
     assert (report.status, report.version) == ("failed", "1.1.0")
-    assert report.error == ("downgrade from 1.1.0 to 1.0.0 refused: the signed rollback order moves devices off 1.2.0 "
-                            f"(sha256 {'ee' * 6}…), but this device runs 1.1.0 (sha256 {v110.sha256[:12]}…)")
+    assert report.error == (
+        "downgrade from 1.1.0 to 1.0.0 refused: the signed rollback order moves devices off 1.2.0 "
+        f"(sha256 {'ee' * 6}…), but this device runs 1.1.0 (sha256 {v110.sha256[:12]}…)"
+    )
 
 
 def test_same_version_with_another_artifact_is_refused(make_agent, transport, publisher, v110):
@@ -194,8 +204,9 @@ def test_same_version_with_another_artifact_is_refused(make_agent, transport, pu
     transport.desired_model = impostor = publisher.publish("1.1.0", "detector-1.0.0.onnx")
     agent_.sync()
     assert (agent_.current_version, agent_.current_sha256) == ("1.1.0", v110.sha256)
-    assert agent_.build_report().error == (f"replacing 1.1.0 (sha256 {v110.sha256[:12]}…) with a different 1.1.0 artifact "
-                                           "refused: no signed rollback order")
+    assert agent_.build_report().error == (
+        f"replacing 1.1.0 (sha256 {v110.sha256[:12]}…) with a different 1.1.0 artifact refused: no signed rollback order"
+    )
     assert impostor.sha256 != v110.sha256
 
 

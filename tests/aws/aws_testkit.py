@@ -66,7 +66,7 @@ def project_copy(tmp_path: Path, edit: Callable[[dict[str, Any]], None] | None =
 
 
 # -- AWS services moto does not have (Greengrass v2) or gets wrong (KMS Sign with MessageType=DIGEST) ------------
-ACCOUNT = "123456789012"     # moto's default account
+ACCOUNT = "123456789012"  # moto's default account
 
 
 def emulate(client: Any, handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
@@ -111,7 +111,7 @@ class FakeGreengrass:
 
     def __init__(self, greengrass: Any, iot: Any, on_create: Callable[[dict[str, Any], str], None] | None = None) -> None:
         self.iot = iot
-        self.on_create = on_create                 # the fleet: called with (request, IoT job id) for each new deployment
+        self.on_create = on_create  # the fleet: called with (request, IoT job id) for each new deployment
         self.deployments: dict[str, dict[str, Any]] = {}
         self.latest: dict[str, str] = {}
         self.calls = emulate(greengrass, {"CreateDeployment": self.create, "ListDeployments": self.list, "GetDeployment": self.get})
@@ -122,7 +122,7 @@ class FakeGreengrass:
         import uuid
 
         token = params.get("clientToken")
-        if token and token in self.tokens:                      # idempotent retry, as the API promises
+        if token and token in self.tokens:  # idempotent retry, as the API promises
             return {"deploymentId": self.tokens[token], "iotJobId": self.deployments[self.tokens[token]]["iotJobId"]}
         dep_id = str(uuid.uuid4())
         job_id = f"gg-{dep_id}"
@@ -131,11 +131,19 @@ class FakeGreengrass:
         if target in self.latest:
             self.deployments[self.latest[target]]["isLatestForTarget"] = False
         self.deployments[dep_id] = {
-            "targetArn": target, "revisionId": str(len(self.deployments) + 1), "deploymentId": dep_id,
-            "deploymentName": params.get("deploymentName", ""), "deploymentStatus": "ACTIVE", "iotJobId": job_id,
-            "iotJobArn": f"arn:aws:iot:{REGION}:{ACCOUNT}:job/{job_id}", "components": params.get("components", {}),
-            "deploymentPolicies": params.get("deploymentPolicies", {}), "iotJobConfiguration": params.get("iotJobConfiguration", {}),
-            "creationTimestamp": datetime.datetime.now(datetime.timezone.utc), "isLatestForTarget": True, "tags": params.get("tags", {}),
+            "targetArn": target,
+            "revisionId": str(len(self.deployments) + 1),
+            "deploymentId": dep_id,
+            "deploymentName": params.get("deploymentName", ""),
+            "deploymentStatus": "ACTIVE",
+            "iotJobId": job_id,
+            "iotJobArn": f"arn:aws:iot:{REGION}:{ACCOUNT}:job/{job_id}",
+            "components": params.get("components", {}),
+            "deploymentPolicies": params.get("deploymentPolicies", {}),
+            "iotJobConfiguration": params.get("iotJobConfiguration", {}),
+            "creationTimestamp": datetime.datetime.now(datetime.timezone.utc),
+            "isLatestForTarget": True,
+            "tags": params.get("tags", {}),
         }
         self.latest[target] = dep_id
         if token:
@@ -146,8 +154,11 @@ class FakeGreengrass:
 
     def list(self, params: dict[str, Any]) -> dict[str, Any]:
         keys = ("targetArn", "revisionId", "deploymentId", "deploymentName", "creationTimestamp", "deploymentStatus", "isLatestForTarget")
-        found = [d for d in self.deployments.values() if d["targetArn"] == params.get("targetArn")
-                 and (params.get("historyFilter") != "LATEST_ONLY" or d["isLatestForTarget"])]
+        found = [
+            d
+            for d in self.deployments.values()
+            if d["targetArn"] == params.get("targetArn") and (params.get("historyFilter") != "LATEST_ONLY" or d["isLatestForTarget"])
+        ]
         return {"deployments": [{k: d[k] for k in keys} for d in found]}
 
     def get(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -172,8 +183,14 @@ class LocalKms:
         from cryptography.hazmat.primitives import serialization
 
         der = self.key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        return {"KeyId": self.key_id, "PublicKey": der, "KeySpec": "ECC_NIST_P256", "CustomerMasterKeySpec": "ECC_NIST_P256",
-                "KeyUsage": "SIGN_VERIFY", "SigningAlgorithms": ["ECDSA_SHA_256"]}
+        return {
+            "KeyId": self.key_id,
+            "PublicKey": der,
+            "KeySpec": "ECC_NIST_P256",
+            "CustomerMasterKeySpec": "ECC_NIST_P256",
+            "KeyUsage": "SIGN_VERIFY",
+            "SigningAlgorithms": ["ECDSA_SHA_256"],
+        }
 
     def sign(self, params: dict[str, Any]) -> dict[str, Any]:
         from cryptography.hazmat.primitives import hashes
@@ -182,8 +199,11 @@ class LocalKms:
 
         assert params["MessageType"] == "DIGEST" and params["SigningAlgorithm"] == "ECDSA_SHA_256", params
         message = params["Message"]
-        return {"KeyId": self.key_id, "SigningAlgorithm": "ECDSA_SHA_256",
-                "Signature": self.key.sign(message, ec.ECDSA(Prehashed(hashes.SHA256())))}
+        return {
+            "KeyId": self.key_id,
+            "SigningAlgorithm": "ECDSA_SHA_256",
+            "Signature": self.key.sign(message, ec.ECDSA(Prehashed(hashes.SHA256()))),
+        }
 
     def public_key(self):
         return self.key.public_key()
@@ -208,7 +228,7 @@ def devices_report(job_id: str, statuses: dict[str, str]) -> None:
 
     backend = iot_backends[ACCOUNT][REGION]
     for key in [k for k, e in backend.job_executions.items() if k[0] == job_id and ":thinggroup/" in e.thing_arn]:
-        del backend.job_executions[key]                          # moto's execution for the group ARN itself
+        del backend.job_executions[key]  # moto's execution for the group ARN itself
     for thing, status in statuses.items():
         backend.job_executions[(job_id, thing)] = FakeJobExecution(job_id, f"arn:aws:iot:{REGION}:{ACCOUNT}:thing/{thing}", status=status)
     counts = {s: 0 for s in ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT", "CANCELED", "REMOVED")}
@@ -216,7 +236,15 @@ def devices_report(job_id: str, statuses: dict[str, str]) -> None:
         if jid == job_id:
             counts[e.status] += 1
     details = backend.jobs[job_id].job_process_details
-    details.update({"numberOfQueuedThings": counts["QUEUED"], "numberOfInProgressThings": counts["IN_PROGRESS"],
-                    "numberOfSucceededThings": counts["SUCCEEDED"], "numberOfFailedThings": counts["FAILED"],
-                    "numberOfRejectedThings": counts["REJECTED"], "numberOfTimedOutThings": counts["TIMED_OUT"],
-                    "numberOfCanceledThings": counts["CANCELED"], "numberOfRemovedThings": counts["REMOVED"]})
+    details.update(
+        {
+            "numberOfQueuedThings": counts["QUEUED"],
+            "numberOfInProgressThings": counts["IN_PROGRESS"],
+            "numberOfSucceededThings": counts["SUCCEEDED"],
+            "numberOfFailedThings": counts["FAILED"],
+            "numberOfRejectedThings": counts["REJECTED"],
+            "numberOfTimedOutThings": counts["TIMED_OUT"],
+            "numberOfCanceledThings": counts["CANCELED"],
+            "numberOfRemovedThings": counts["REMOVED"],
+        }
+    )

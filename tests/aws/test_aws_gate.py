@@ -30,11 +30,26 @@ BUCKET = "edgefleet-aws-dev-models"
 MODEL_C, AGENT_C = "edgefleet.aws-dev.detector.Model", "edgefleet.aws-dev.detector.Agent"
 NAMESPACE = "Edgefleet/Agent"
 POLICY = RingJobPolicy(devices=3, max_per_minute=5, abort_percent=0.01, abort_min_executed=1, timeout_minutes=30)
-GATE = {"soak_seconds": 5, "deadline_seconds": 60, "min_reporting_share": 1.0, "success_share": 1.0, "max_failure_share": 0.0,
-        "max_error_rate": 0.05, "max_invalid_output_share": 0.0, "max_p99_latency_ms": None}
+GATE = {
+    "soak_seconds": 5,
+    "deadline_seconds": 60,
+    "min_reporting_share": 1.0,
+    "success_share": 1.0,
+    "max_failure_share": 0.0,
+    "max_error_rate": 0.05,
+    "max_invalid_output_share": 0.0,
+    "max_p99_latency_ms": None,
+}
 DEVICES = ["device-0", "device-1", "device-2"]
-OLD = DesiredModel(model="detector", version="1.0.0", sha256="a" * 64, size=10, uri=f"s3://{BUCKET}/models/detector/{'a' * 64}.onnx",
-                   manifest="name: detector\nversion: 1.0.0\n", signature='{"format": "edgefleet-signature/v1"}')
+OLD = DesiredModel(
+    model="detector",
+    version="1.0.0",
+    sha256="a" * 64,
+    size=10,
+    uri=f"s3://{BUCKET}/models/detector/{'a' * 64}.onnx",
+    manifest="name: detector\nversion: 1.0.0\n",
+    signature='{"format": "edgefleet-signature/v1"}',
+)
 
 
 def arn(ring: str) -> str:
@@ -70,39 +85,76 @@ def world(aws_env):
 
 def props(world, index: int, rings=("canary", "early"), version="1.1.0", sha="b" * 64, gate=None) -> dict:
     return {
-        "region": REGION, "stack": "aws-dev", "bucket": BUCKET, "signing_key": world.kms.key_id, "metric_namespace": NAMESPACE,
-        "rollout": "detector", "ring": rings[index], "index": index, "total_rings": len(rings),
+        "region": REGION,
+        "stack": "aws-dev",
+        "bucket": BUCKET,
+        "signing_key": world.kms.key_id,
+        "metric_namespace": NAMESPACE,
+        "rollout": "detector",
+        "ring": rings[index],
+        "index": index,
+        "total_rings": len(rings),
         "rings": [{"name": r, "group": "cameras", "labels": {"ring": r}, "gate": gate or GATE} for r in rings[: index + 1]],
-        "targets": [arn(r) for r in rings[: index + 1]], "policies": [POLICY.to_json()] * (index + 1),
-        "deployment": "pulumi-deployment", "model": "detector", "version": version, "sha256": sha, "size": 10,
-        "manifest": f"name: detector\nversion: {version}\n", "uri": f"s3://{BUCKET}/models/detector/{sha}.onnx", "signature": "{}",
-        "model_component": MODEL_C, "agent_component": AGENT_C, "agent_version": "0.1.0", "gate_config": gate or GATE, "poll_seconds": 1,
+        "targets": [arn(r) for r in rings[: index + 1]],
+        "policies": [POLICY.to_json()] * (index + 1),
+        "deployment": "pulumi-deployment",
+        "model": "detector",
+        "version": version,
+        "sha256": sha,
+        "size": 10,
+        "manifest": f"name: detector\nversion: {version}\n",
+        "uri": f"s3://{BUCKET}/models/detector/{sha}.onnx",
+        "signature": "{}",
+        "model_component": MODEL_C,
+        "agent_component": AGENT_C,
+        "agent_version": "0.1.0",
+        "gate_config": gate or GATE,
+        "poll_seconds": 1,
     }
 
 
 def pulumi_deploys(world, ring: str, version="1.1.0", sha="b" * 64) -> str:
     """What the ring's aws-native Deployment does at `pulumi up`: the same request the program declares."""
     rid = f"detector@{version}+{sha[:12]}"
-    req = deployment_request(arn(ring), Naming("aws-dev").deployment_name("detector", ring, version),
-                             components_spec(RingComponents(MODEL_C, AGENT_C, "0.1.0", "detector", ring), version, rid),
-                             POLICY, deployment_tags("detector", ring, version))
+    req = deployment_request(
+        arn(ring),
+        Naming("aws-dev").deployment_name("detector", ring, version),
+        components_spec(RingComponents(MODEL_C, AGENT_C, "0.1.0", "detector", ring), version, rid),
+        POLICY,
+        deployment_tags("detector", ring, version),
+    )
     return world.clients.greengrass.create_deployment(**req)["iotJobId"]
 
 
 def metrics(world, ring: str, version: str, inferences: float, errors: float = 0, invalid: float = 0) -> None:
     dims = [{"Name": "Rollout", "Value": "detector"}, {"Name": "Ring", "Value": ring}, {"Name": "Version", "Value": version}]
-    world.clients.cloudwatch.put_metric_data(Namespace=NAMESPACE, MetricData=[
-        {"MetricName": name, "Dimensions": dims, "Value": value, "Unit": "Count"}
-        for name, value in (("Inferences", inferences), ("Errors", errors), ("InvalidOutputs", invalid))])
+    world.clients.cloudwatch.put_metric_data(
+        Namespace=NAMESPACE,
+        MetricData=[
+            {"MetricName": name, "Dimensions": dims, "Value": value, "Unit": "Count"}
+            for name, value in (("Inferences", inferences), ("Errors", errors), ("InvalidOutputs", invalid))
+        ],
+    )
 
 
 def save_succeeded(world, desired: DesiredModel) -> None:
     rid = rollout_id("detector", desired)
     hub = AwsHub.from_props(props(world, 0), clients=world.clients)
-    hub.save_progress(rid, {"rollout_id": rid, "rollout": "detector", "model": desired.model, "version": desired.version,
-                            "sha256": desired.sha256, "previous_version": None, "status": "succeeded", "started_at": 1.0,
-                            "rings": [{"name": r, "index": i, "state": "passed"} for i, r in enumerate(("canary", "early"))],
-                            "desired": DesiredModel(**{**desired.__dict__, "rollout": rid}).to_json()})
+    hub.save_progress(
+        rid,
+        {
+            "rollout_id": rid,
+            "rollout": "detector",
+            "model": desired.model,
+            "version": desired.version,
+            "sha256": desired.sha256,
+            "previous_version": None,
+            "status": "succeeded",
+            "started_at": 1.0,
+            "rings": [{"name": r, "index": i, "state": "passed"} for i, r in enumerate(("canary", "early"))],
+            "desired": DesiredModel(**{**desired.__dict__, "rollout": rid}).to_json(),
+        },
+    )
 
 
 def devices_on_every_new_deployment(world, outcome) -> None:
@@ -134,9 +186,14 @@ def test_gate_passes_a_healthy_ring_without_deploying_again(world):
 
 def test_failed_canary_rolls_back_to_the_last_good_version_with_a_signed_order(world):
     save_succeeded(world, OLD)
-    devices_on_every_new_deployment(world, lambda p: (
-        {d: "SUCCEEDED" for d in DEVICES} if "RollbackOrder" in p["components"][MODEL_C]["configurationUpdate"]["merge"]
-        else {"device-0": "SUCCEEDED", "device-1": "FAILED", "device-2": "QUEUED"}))
+    devices_on_every_new_deployment(
+        world,
+        lambda p: (
+            {d: "SUCCEEDED" for d in DEVICES}
+            if "RollbackOrder" in p["components"][MODEL_C]["configurationUpdate"]["merge"]
+            else {"device-0": "SUCCEEDED", "device-1": "FAILED", "device-2": "QUEUED"}
+        ),
+    )
     pulumi_deploys(world, "canary")
     with pytest.raises(RuntimeError) as err:
         run_gate(props(world, 0), clients=world.clients, clock=FakeClock())
@@ -184,11 +241,19 @@ def test_a_first_rollout_that_fails_takes_the_model_off_the_ring(world):
 
 def test_observe_counts_iot_job_executions_against_the_declared_ring_size(world):
     job = pulumi_deploys(world, "canary")
-    devices_report(job, {"device-0": "SUCCEEDED", "device-1": "TIMED_OUT"})          # device-2 never registered
+    devices_report(job, {"device-0": "SUCCEEDED", "device-1": "TIMED_OUT"})  # device-2 never registered
     metrics(world, "canary", "1.1.0", inferences=40, errors=1, invalid=2)
     hub = AwsHub.from_props(props(world, 0), clients=world.clients, clock=time.time)
-    desired = DesiredModel(model="detector", version="1.1.0", sha256="b" * 64, size=10, uri="", manifest="", signature="",
-                           rollout="detector@1.1.0+bbbbbbbbbbbb")
+    desired = DesiredModel(
+        model="detector",
+        version="1.1.0",
+        sha256="b" * 64,
+        size=10,
+        uri="",
+        manifest="",
+        signature="",
+        rollout="detector@1.1.0+bbbbbbbbbbbb",
+    )
     obs = hub.observe(RingTarget("detector", "canary", 0, arn("canary")), desired, since=time.time() - 120)
     assert (obs.devices, obs.adopted, obs.failed, obs.reporting) == (3, 1, 1, 2)
     assert (obs.inferences, obs.errors, obs.invalid_outputs) == (40, 1, 2)
@@ -202,14 +267,23 @@ def test_p99_latency_is_read_from_cloudwatch(world):
     cw = boto3.client("cloudwatch", region_name=REGION)
     hub = AwsHub.from_props(props(world, 0), clients=Clients(cloudwatch=cw), clock=lambda: 1_700_000_100.0)
     with Stubber(cw) as stub:
-        stub.add_response("get_metric_data", {"MetricDataResults": [
-            {"Id": "inferences", "Values": [500.0], "StatusCode": "Complete"},
-            {"Id": "errors", "Values": [], "StatusCode": "Complete"},
-            {"Id": "invalid", "Values": [0.0], "StatusCode": "Complete"},
-            {"Id": "latency", "Values": [180.5, 262.0], "StatusCode": "Complete"}]}, {
-            "MetricDataQueries": hub.metric_queries("canary", "1.1.0", 120),
-            "StartTime": datetime.fromtimestamp(1_699_999_980, timezone.utc), "EndTime": datetime.fromtimestamp(1_700_000_100, timezone.utc),
-            "ScanBy": "TimestampAscending"})
+        stub.add_response(
+            "get_metric_data",
+            {
+                "MetricDataResults": [
+                    {"Id": "inferences", "Values": [500.0], "StatusCode": "Complete"},
+                    {"Id": "errors", "Values": [], "StatusCode": "Complete"},
+                    {"Id": "invalid", "Values": [0.0], "StatusCode": "Complete"},
+                    {"Id": "latency", "Values": [180.5, 262.0], "StatusCode": "Complete"},
+                ]
+            },
+            {
+                "MetricDataQueries": hub.metric_queries("canary", "1.1.0", 120),
+                "StartTime": datetime.fromtimestamp(1_699_999_980, timezone.utc),
+                "EndTime": datetime.fromtimestamp(1_700_000_100, timezone.utc),
+                "ScanBy": "TimestampAscending",
+            },
+        )
         m = hub.ring_metrics("canary", "1.1.0", since=1_700_000_000.0)
     assert m == {"inferences": 500.0, "errors": None, "invalid": 0.0, "latency": 262.0}
     latency = [q for q in hub.metric_queries("canary", "1.1.0", 60) if q["Id"] == "latency"][0]["MetricStat"]
@@ -220,23 +294,60 @@ def test_rollback_deployment_request_is_exactly_what_greengrass_accepts(world):
     """Pinned with botocore's Stubber: the whole CreateDeployment request of a rollback, validated by botocore."""
     gg = boto3.client("greengrassv2", region_name=REGION)
     sites = {"canary": RingSite(arn("canary"), POLICY)}
-    hub = AwsHub(region=REGION, stack="aws-dev", bucket=BUCKET, metric_namespace=NAMESPACE, rollout="detector", model="detector",
-                 model_component=MODEL_C, agent_component=AGENT_C, agent_version="0.1.0", sites=sites, clients=Clients(greengrass=gg))
-    rollback = DesiredModel(**{**OLD.__dict__, "rollout": "detector@1.1.0+bbbbbbbbbbbb", "rollback_order": '{"format":"edgefleet-rollback/v1"}',
-                               "rollback_signature": '{"sig":1}'})
+    hub = AwsHub(
+        region=REGION,
+        stack="aws-dev",
+        bucket=BUCKET,
+        metric_namespace=NAMESPACE,
+        rollout="detector",
+        model="detector",
+        model_component=MODEL_C,
+        agent_component=AGENT_C,
+        agent_version="0.1.0",
+        sites=sites,
+        clients=Clients(greengrass=gg),
+    )
+    rollback = DesiredModel(
+        **{
+            **OLD.__dict__,
+            "rollout": "detector@1.1.0+bbbbbbbbbbbb",
+            "rollback_order": '{"format":"edgefleet-rollback/v1"}',
+            "rollback_signature": '{"sig":1}',
+        }
+    )
     expected = {
-        "targetArn": arn("canary"), "deploymentName": "edgefleet-aws-dev detector/canary: rollback to 1.0.0",
+        "targetArn": arn("canary"),
+        "deploymentName": "edgefleet-aws-dev detector/canary: rollback to 1.0.0",
         "components": {
-            MODEL_C: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": json.dumps({
-                "Ring": "canary", "RollbackOrder": '{"format":"edgefleet-rollback/v1"}', "RollbackSignature": '{"sig":1}',
-                "Rollout": "detector", "RolloutId": "detector@1.1.0+bbbbbbbbbbbb"}, sort_keys=True)}},
-            AGENT_C: {"componentVersion": "0.1.0"}},
-        "deploymentPolicies": {"failureHandlingPolicy": "ROLLBACK", "componentUpdatePolicy": {"action": "NOTIFY_COMPONENTS", "timeoutInSeconds": 60},
-                               "configurationValidationPolicy": {"timeoutInSeconds": 60}},
-        "iotJobConfiguration": {"jobExecutionsRolloutConfig": {"maximumPerMinute": 5},
-                                "abortConfig": {"criteriaList": [{"failureType": "ALL", "action": "CANCEL", "thresholdPercentage": 0.01,
-                                                                  "minNumberOfExecutedThings": 1}]},
-                                "timeoutConfig": {"inProgressTimeoutInMinutes": 30}},
+            MODEL_C: {
+                "componentVersion": "1.0.0",
+                "configurationUpdate": {
+                    "merge": json.dumps(
+                        {
+                            "Ring": "canary",
+                            "RollbackOrder": '{"format":"edgefleet-rollback/v1"}',
+                            "RollbackSignature": '{"sig":1}',
+                            "Rollout": "detector",
+                            "RolloutId": "detector@1.1.0+bbbbbbbbbbbb",
+                        },
+                        sort_keys=True,
+                    )
+                },
+            },
+            AGENT_C: {"componentVersion": "0.1.0"},
+        },
+        "deploymentPolicies": {
+            "failureHandlingPolicy": "ROLLBACK",
+            "componentUpdatePolicy": {"action": "NOTIFY_COMPONENTS", "timeoutInSeconds": 60},
+            "configurationValidationPolicy": {"timeoutInSeconds": 60},
+        },
+        "iotJobConfiguration": {
+            "jobExecutionsRolloutConfig": {"maximumPerMinute": 5},
+            "abortConfig": {
+                "criteriaList": [{"failureType": "ALL", "action": "CANCEL", "thresholdPercentage": 0.01, "minNumberOfExecutedThings": 1}]
+            },
+            "timeoutConfig": {"inProgressTimeoutInMinutes": 30},
+        },
         "tags": {"edgefleet:rollout": "detector", "edgefleet:ring": "canary", "edgefleet:version": "1.0.0"},
         "clientToken": hub.deployment_request(RingTarget("detector", "canary", 0, arn("canary")), rollback)["clientToken"],
     }

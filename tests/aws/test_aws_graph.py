@@ -15,7 +15,7 @@ from botocore.validate import ParamValidator
 
 RING_NAMES = ("canary", "early", "broad")
 SHA = yaml.safe_load((PROJECT / "models/detector/model.yaml").read_text())["sha256"]
-DEPLOYER = "arn:aws:iam::123456789012:role/edgefleet-deployer"     # what the mocked caller identity resolves to
+DEPLOYER = "arn:aws:iam::123456789012:role/edgefleet-deployer"  # what the mocked caller identity resolves to
 
 
 def doc(text: str) -> dict:
@@ -38,33 +38,54 @@ def test_the_stack_declares_a_whole_greengrass_fleet(graph: Graph):
     counts = Counter(r["type"] for r in graph.resources)
     assert counts == {
         # generic components and the AWS fleet component
-        "edgefleet:signing:SigningKey": 1, "edgefleet:storage:ModelStore": 1, "edgefleet:registry:AppRegistry": 1,
-        "edgefleet:fleet:DeviceGroup": 1, "edgefleet:models:ModelVersion": 1, "edgefleet:rollout:Rollout": 1,
-        "edgefleet:rollout:Ring": 3, "edgefleet:aws:Fleet": 1,
-        "pulumi:providers:aws": 1, "pulumi:providers:aws-native": 1,
+        "edgefleet:signing:SigningKey": 1,
+        "edgefleet:storage:ModelStore": 1,
+        "edgefleet:registry:AppRegistry": 1,
+        "edgefleet:fleet:DeviceGroup": 1,
+        "edgefleet:models:ModelVersion": 1,
+        "edgefleet:rollout:Rollout": 1,
+        "edgefleet:rollout:Ring": 3,
+        "edgefleet:aws:Fleet": 1,
+        "pulumi:providers:aws": 1,
+        "pulumi:providers:aws-native": 1,
         # signing key and model store
-        "aws:kms/key:Key": 2, "aws:kms/alias:Alias": 2, "aws:s3/bucket:Bucket": 1, "aws:s3/bucketVersioning:BucketVersioning": 1,
+        "aws:kms/key:Key": 2,
+        "aws:kms/alias:Alias": 2,
+        "aws:s3/bucket:Bucket": 1,
+        "aws:s3/bucketVersioning:BucketVersioning": 1,
         "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": 1,
-        "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1, "aws:s3/bucketOwnershipControls:BucketOwnershipControls": 1,
-        "aws:s3/bucketPolicy:BucketPolicy": 1, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": 1,
+        "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
+        "aws:s3/bucketOwnershipControls:BucketOwnershipControls": 1,
+        "aws:s3/bucketPolicy:BucketPolicy": 1,
+        "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": 1,
         # app registry and device access
-        "aws:ecr/repository:Repository": 1, "aws:ecr/lifecyclePolicy:LifecyclePolicy": 1, "aws:iam/role:Role": 1,
-        "aws:iam/rolePolicy:RolePolicy": 1, "aws:iot/roleAlias:RoleAlias": 1, "aws:iot/policy:Policy": 1,
-        "aws:iot/thingType:ThingType": 1, "aws:iot/indexingConfiguration:IndexingConfiguration": 1,
+        "aws:ecr/repository:Repository": 1,
+        "aws:ecr/lifecyclePolicy:LifecyclePolicy": 1,
+        "aws:iam/role:Role": 1,
+        "aws:iam/rolePolicy:RolePolicy": 1,
+        "aws:iot/roleAlias:RoleAlias": 1,
+        "aws:iot/policy:Policy": 1,
+        "aws:iot/thingType:ThingType": 1,
+        "aws:iot/indexingConfiguration:IndexingConfiguration": 1,
         # device group + one thing group per ring
         "aws-native:iot:ThingGroup": 4,
         # the model version: artifact, manifest, signature, model and agent components
-        "pulumi-python:dynamic/edgefleet-aws:ModelArtifact": 1, "pulumi-python:dynamic/edgefleet-aws:ManifestSignature": 1,
-        "aws:s3/bucketObjectv2:BucketObjectv2": 2, "aws-native:greengrassv2:ComponentVersion": 2,
+        "pulumi-python:dynamic/edgefleet-aws:ModelArtifact": 1,
+        "pulumi-python:dynamic/edgefleet-aws:ManifestSignature": 1,
+        "aws:s3/bucketObjectv2:BucketObjectv2": 2,
+        "aws-native:greengrassv2:ComponentVersion": 2,
         # per ring: deployment, alarms (error rate, invalid outputs, p99), gate
-        "aws-native:greengrassv2:Deployment": 3, "aws:cloudwatch/metricAlarm:MetricAlarm": 9,
+        "aws-native:greengrassv2:Deployment": 3,
+        "aws:cloudwatch/metricAlarm:MetricAlarm": 9,
         "pulumi-python:dynamic/edgefleet-aws:RingGate": 3,
     }
 
 
 def test_every_cloud_resource_names_the_stacks_explicit_provider(graph: Graph):
     """The region comes from the stack's own provider, never an ambient default; the plan follows these references."""
-    providers = {r["type"].removeprefix("pulumi:providers:"): r["urn"] for r in graph.resources if r["type"].startswith("pulumi:providers:")}
+    providers = {
+        r["type"].removeprefix("pulumi:providers:"): r["urn"] for r in graph.resources if r["type"].startswith("pulumi:providers:")
+    }
     cloud = [r for r in graph.resources if r["custom"] and r["type"].split(":", 1)[0] in providers]
     assert cloud and all(r["options"].get("provider") == providers[r["type"].split(":", 1)[0]] for r in cloud)
 
@@ -173,8 +194,11 @@ def test_device_role_may_locate_the_model_bucket_before_downloading(graph: Graph
 
 
 def test_no_allow_statement_anywhere_grants_a_wildcard_action(graph: Graph):
-    policies = [graph.one("aws:iam/rolePolicy:RolePolicy")["inputs"]["policy"], graph.one("aws:iot/policy:Policy")["inputs"]["policy"],
-                graph.one("aws:s3/bucketPolicy:BucketPolicy")["inputs"]["policy"]]
+    policies = [
+        graph.one("aws:iam/rolePolicy:RolePolicy")["inputs"]["policy"],
+        graph.one("aws:iot/policy:Policy")["inputs"]["policy"],
+        graph.one("aws:s3/bucketPolicy:BucketPolicy")["inputs"]["policy"],
+    ]
     policies += [k["inputs"]["policy"] for k in graph.of_type("aws:kms/key:Key")]
     for text in policies:
         assert not [a for a in allowed(doc(text)) if "*" in a]
@@ -192,12 +216,18 @@ def test_rings_select_on_the_thing_type_and_attributes_fleet_indexing_indexes(gr
     assert device_group["inputs"]["queryString"] == "thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a"
     canary, early, broad = (groups[f"detector-{r}-thing-group"]["inputs"]["queryString"] for r in RING_NAMES)
     assert canary == "thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a AND attributes.ring:canary"
-    assert early == "thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a AND attributes.ring:early AND NOT attributes.ring:canary"
-    assert broad == ("thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a AND NOT attributes.ring:canary "
-                     "AND NOT attributes.ring:early"), "the last ring takes the group minus the earlier rings"
+    assert (
+        early
+        == "thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a AND attributes.ring:early AND NOT attributes.ring:canary"
+    )
+    assert broad == (
+        "thingTypeName:edgefleet-aws-dev-device AND attributes.site:plant-a AND NOT attributes.ring:canary AND NOT attributes.ring:early"
+    ), "the last ring takes the group minus the earlier rings"
     for ring in RING_NAMES:
         tg = groups[f"detector-{ring}-thing-group"]
-        assert graph.parent(tg)["type"] == "edgefleet:rollout:Ring" and tg["inputs"]["thingGroupName"] == f"edgefleet-aws-dev-detector-{ring}"
+        assert (
+            graph.parent(tg)["type"] == "edgefleet:rollout:Ring" and tg["inputs"]["thingGroupName"] == f"edgefleet-aws-dev-detector-{ring}"
+        )
 
 
 def test_components_carry_the_artifact_manifest_and_signature(graph: Graph):
@@ -210,19 +240,21 @@ def test_components_carry_the_artifact_manifest_and_signature(graph: Graph):
     assert not any("Digest" in a for m in recipe["Manifests"] for a in m["Artifacts"]), "Greengrass computes digests itself"
     config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     assert config["Manifest"] == (PROJECT / "models/detector/model.yaml").read_text()
-    assert config["Signature"] == "[computed at deploy]"           # the ManifestSignature output
+    assert config["Signature"] == "[computed at deploy]"  # the ManifestSignature output
     sig = graph.one("pulumi-python:dynamic/edgefleet-aws:ManifestSignature")
     assert sig["urn"] in model["property_dependencies"]["inlineRecipe"]
     artifact = graph.one("pulumi-python:dynamic/edgefleet-aws:ModelArtifact")
     assert artifact["urn"] in model["dependencies"], "the artifact exists before Greengrass reads it to compute its digest"
     arches = {m["Platform"]["architecture"] for m in recipe["Manifests"]}
-    assert arches == {"amd64", "aarch64"}                            # the model's two targets
+    assert arches == {"amd64", "aarch64"}  # the model's two targets
     agent_recipe = json.loads(agent["inputs"]["inlineRecipe"])
     assert agent_recipe["ComponentDependencies"]["edgefleet.aws-dev.detector.Model"]["DependencyType"] == "HARD"
     run = agent_recipe["Manifests"][0]["Lifecycle"]["Run"]["Script"]
     assert "python3 -m agent" in run and "123456789012.dkr.ecr.eu-west-1.amazonaws.com/edgefleet-aws-dev/agent:0.1.0" in run
     assert "name: detector" not in run, "manifest text reaches the agent through Setenv, never inside the shell command"
-    assert agent_recipe["Manifests"][0]["Artifacts"] == [{"URI": "docker:123456789012.dkr.ecr.eu-west-1.amazonaws.com/edgefleet-aws-dev/agent:0.1.0"}]
+    assert agent_recipe["Manifests"][0]["Artifacts"] == [
+        {"URI": "docker:123456789012.dkr.ecr.eu-west-1.amazonaws.com/edgefleet-aws-dev/agent:0.1.0"}
+    ]
     for r in (model, agent):
         assert r["options"].get("retain_on_delete") is True, "a rollback deploys old component versions: never delete them"
         assert graph.parent(r)["type"] == "edgefleet:models:ModelVersion"
@@ -245,8 +277,9 @@ def test_one_deployment_per_ring_with_the_rings_job_policy(graph: Graph):
         job = inputs["iotJobConfiguration"]
         rate, abort, min_executed, timeout = expected_jobs[ring]
         assert job["jobExecutionsRolloutConfig"] == {"maximumPerMinute": rate}
-        assert job["abortConfig"]["criteriaList"] == [{"failureType": "ALL", "action": "CANCEL", "thresholdPercentage": abort,
-                                                       "minNumberOfExecutedThings": min_executed}]
+        assert job["abortConfig"]["criteriaList"] == [
+            {"failureType": "ALL", "action": "CANCEL", "thresholdPercentage": abort, "minNumberOfExecutedThings": min_executed}
+        ]
         assert job["timeoutConfig"] == {"inProgressTimeoutInMinutes": timeout}
         components = inputs["components"]
         assert components["edgefleet.aws-dev.detector.Model"]["componentVersion"] == "1.0.0"
@@ -321,6 +354,7 @@ def test_deployments_in_the_graph_are_valid_create_deployment_requests(graph: Gr
 def test_changing_a_later_ring_leaves_earlier_rings_untouched(tmp_path):
     """Every Deployment property forces replacement, and a replaced deployment supersedes the ring's active one:
     editing ring 3 (or adding ring 4) must not change any input of rings 1 and 2."""
+
     def edit(config):
         broad = config["edgefleet:rollouts"][0]["rings"][2]
         broad["gate"]["soak_seconds"] = 60
@@ -343,6 +377,7 @@ def test_changing_a_later_ring_leaves_earlier_rings_untouched(tmp_path):
 def test_adding_a_label_key_leaves_the_thing_type_untouched(tmp_path):
     """Thing type properties force replacement, and a fixed-name thing type cannot be replaced create-before-delete
     (deleting one takes a deprecation and five minutes): a new label key on a group or a ring must not touch it."""
+
     def edit(config):
         config["edgefleet:groups"][0]["labels"]["line"] = "l3"
         config["edgefleet:rollouts"][0]["rings"][1]["labels"]["shift"] = "night"
@@ -366,12 +401,16 @@ def _constraint_errors(value, shape, path: str = "") -> list[str]:
     if shape.type_name == "list" and isinstance(value, list):
         return [e for i, v in enumerate(value) for e in _constraint_errors(v, shape.member, f"{path}[{i}]")]
     if shape.type_name == "map" and isinstance(value, dict):
-        return [e for k, v in value.items() for e in _constraint_errors(k, shape.key, f"{path} key") + _constraint_errors(v, shape.value, f"{path}.{k}")]
+        return [
+            e
+            for k, v in value.items()
+            for e in _constraint_errors(k, shape.key, f"{path} key") + _constraint_errors(v, shape.value, f"{path}.{k}")
+        ]
     if shape.type_name == "string" and isinstance(value, str):
         meta, out = shape.metadata, []
         if "max" in meta and len(value) > meta["max"]:
             out.append(f"{path}: longer than {meta['max']}")
-        pattern = meta.get("pattern", "").replace(r"\p{Graph}", r"\x21-\x7e")      # Java's POSIX class, ASCII only
+        pattern = meta.get("pattern", "").replace(r"\p{Graph}", r"\x21-\x7e")  # Java's POSIX class, ASCII only
         if pattern and r"\p{" not in pattern and not re.fullmatch(pattern, value):
             out.append(f"{path}: {value!r} does not match {pattern}")
         return out
@@ -389,9 +428,21 @@ def _with_static_group(config):
     """aws-dev plus a group of explicit device ids (a static thing group) with its own rollout."""
     hardware = config["edgefleet:groups"][0]["hardware"]
     config["edgefleet:groups"].append({"name": "gateways", "hardware": hardware, "devices": ["gw-001", "gw-002", "gw_003"]})
-    config["edgefleet:rollouts"].append({"name": "gw-detector", "model": "detector", "rings": [
-        {"name": "gw-canary", "group": "gateways", "labels": {"ring": "canary"}, "gate": config["edgefleet:rollouts"][0]["rings"][0]["gate"]},
-        {"name": "gw-broad", "group": "gateways", "gate": config["edgefleet:rollouts"][0]["rings"][2]["gate"]}]})
+    config["edgefleet:rollouts"].append(
+        {
+            "name": "gw-detector",
+            "model": "detector",
+            "rings": [
+                {
+                    "name": "gw-canary",
+                    "group": "gateways",
+                    "labels": {"ring": "canary"},
+                    "gate": config["edgefleet:rollouts"][0]["rings"][0]["gate"],
+                },
+                {"name": "gw-broad", "group": "gateways", "gate": config["edgefleet:rollouts"][0]["rings"][2]["gate"]},
+            ],
+        }
+    )
     config["edgefleet:aws"]["rings"].update({"gw-canary": {"devices": 1}, "gw-broad": {"devices": 2}})
 
 

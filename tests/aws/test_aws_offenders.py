@@ -21,10 +21,11 @@ from components.rollout.types import OFFENDERS_PER_METRIC, RingTarget
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 from edgefleet_agent.transports.greengrass import CloudWatchMetrics
 
-world = test_aws_gate.world          # the moto-backed fixture, shared
+world = test_aws_gate.world  # the moto-backed fixture, shared
 
-V110 = DesiredModel(model="detector", version="1.1.0", sha256="b" * 64, size=10, uri="", manifest="", signature="",
-                    rollout="detector@1.1.0+bbbbbbbbbbbb")
+V110 = DesiredModel(
+    model="detector", version="1.1.0", sha256="b" * 64, size=10, uri="", manifest="", signature="", rollout="detector@1.1.0+bbbbbbbbbbbb"
+)
 CANARY = RingTarget("detector", "canary", 0, arn("canary"))
 
 
@@ -33,8 +34,17 @@ def agent_reports(world, ring: str, windows: dict[str, tuple[int, int, int]], ve
     moto computes no percentiles, and the ring's p99 query would fail on it."""
     for device, (inferences, errors, invalid) in windows.items():
         metrics = CloudWatchMetrics(NAMESPACE, "detector", ring, client=world.clients.cloudwatch)
-        report = DeviceReport(device_id=device, model="detector", version=version, sha256="b" * 64, status="ok",
-                              inferences=inferences, errors=errors, invalid_outputs=invalid, reported_at=time.time())
+        report = DeviceReport(
+            device_id=device,
+            model="detector",
+            version=version,
+            sha256="b" * 64,
+            status="ok",
+            inferences=inferences,
+            errors=errors,
+            invalid_outputs=invalid,
+            reported_at=time.time(),
+        )
         assert metrics.publish(report) and metrics.pending == 0
 
 
@@ -70,7 +80,7 @@ def test_offenders_travel_from_the_agent_transport_to_observe(world):
 
 def test_a_healthy_ring_costs_no_per_device_call(world):
     canary_all_succeeded(world)
-    agent_reports(world, "canary", {"device-0": (100, 1, 0), "device-1": (100, 0, 0), "device-2": (100, 0, 0)})   # 0.33% < 5%
+    agent_reports(world, "canary", {"device-0": (100, 1, 0), "device-1": (100, 0, 0), "device-2": (100, 0, 0)})  # 0.33% < 5%
     calls = record_calls(world.clients.cloudwatch)
     obs = AwsHub.from_props(props(world, 0), clients=world.clients).observe(CANARY, V110, since=time.time() - 120)
     assert obs.errors == 1 and obs.offenders == ()
@@ -102,7 +112,8 @@ def test_listmetrics_names_devices_without_reading_job_executions(world):
     agent_reports(world, "canary", {"device-0": (100, 0, 0), "device-1": (100, 0, 0), "device-2": (100, 0, 30)})
     hub = AwsHub.from_props(props(world, 0), clients=world.clients)
     assert hub.device_offenders("canary", "1.1.0", time.time() - 120, ["invalid_output_share"]) == (
-        ("device-2", "invalid_output_share", 0.3),)
+        ("device-2", "invalid_output_share", 0.3),
+    )
 
 
 def test_the_latest_window_counts_and_other_versions_rings_and_old_windows_do_not(world):
@@ -110,18 +121,30 @@ def test_the_latest_window_counts_and_other_versions_rings_and_old_windows_do_no
     metrics = CloudWatchMetrics(NAMESPACE, "detector", "canary", client=world.clients.cloudwatch)
 
     def window(device, at, invalid, version="1.1.0", ring_metrics=metrics):
-        ring_metrics.publish(DeviceReport(device_id=device, model="detector", version=version, sha256="b" * 64, status="ok",
-                                          inferences=100, invalid_outputs=invalid, reported_at=at))
+        ring_metrics.publish(
+            DeviceReport(
+                device_id=device,
+                model="detector",
+                version=version,
+                sha256="b" * 64,
+                status="ok",
+                inferences=100,
+                invalid_outputs=invalid,
+                reported_at=at,
+            )
+        )
 
     window("device-0", now - 600, 90)
-    window("device-0", now - 120, 20)                             # its latest bad window
-    window("device-1", now - 3600, 100)                           # before the ring was deployed
-    window("device-2", now - 60, 70, version="1.0.0")             # another version
+    window("device-0", now - 120, 20)  # its latest bad window
+    window("device-1", now - 3600, 100)  # before the ring was deployed
+    window("device-2", now - 60, 70, version="1.0.0")  # another version
     window("device-2", now - 60, 80, ring_metrics=CloudWatchMetrics(NAMESPACE, "detector", "early", client=world.clients.cloudwatch))
     window("device-2", now - 60, 1)
     hub = AwsHub.from_props(props(world, 0), clients=world.clients, clock=lambda: now)
     assert hub.device_offenders("canary", "1.1.0", now - 900, ["invalid_output_share"]) == (
-        ("device-0", "invalid_output_share", 0.2), ("device-2", "invalid_output_share", 0.01))
+        ("device-0", "invalid_output_share", 0.2),
+        ("device-2", "invalid_output_share", 0.01),
+    )
 
 
 def test_offender_reads_stay_within_cloudwatch_limits(world):
@@ -134,16 +157,27 @@ def test_offender_reads_stay_within_cloudwatch_limits(world):
     class Recording:
         def get_metric_data(self, **kwargs):
             sent.append(kwargs)
-            return {"MetricDataResults": [{"Id": q["Id"], "Timestamps": [kwargs["StartTime"]], "Values": [0.5 + int(q["Id"][1:]) / 10_000],
-                                           "StatusCode": "Complete"} for q in kwargs["MetricDataQueries"]]}
+            return {
+                "MetricDataResults": [
+                    {
+                        "Id": q["Id"],
+                        "Timestamps": [kwargs["StartTime"]],
+                        "Values": [0.5 + int(q["Id"][1:]) / 10_000],
+                        "StatusCode": "Complete",
+                    }
+                    for q in kwargs["MetricDataQueries"]
+                ]
+            }
 
     hub.clients = type(world.clients)(cloudwatch=Recording())
-    offenders = hub.device_offenders("canary", "1.1.0", 0.0, ["error_rate", "invalid_output_share"])   # the widest window
+    offenders = hub.device_offenders("canary", "1.1.0", 0.0, ["error_rate", "invalid_output_share"])  # the widest window
     assert len(sent) == 1 and len(sent[0]["MetricDataQueries"]) == MAX_QUERIES == 500
     queries = sent[0]["MetricDataQueries"]
     assert len({q["Id"] for q in queries}) == 500 and all(q["Id"][0].islower() for q in queries)
-    by_metric = {name: sum(q["MetricStat"]["Metric"]["MetricName"] == name for q in queries)
-                 for name in ("DeviceErrorRate", "DeviceInvalidOutputShare")}
+    by_metric = {
+        name: sum(q["MetricStat"]["Metric"]["MetricName"] == name for q in queries)
+        for name in ("DeviceErrorRate", "DeviceInvalidOutputShare")
+    }
     assert by_metric == {"DeviceErrorRate": 250, "DeviceInvalidOutputShare": 250}
     assert (sent[0]["EndTime"] - sent[0]["StartTime"]).total_seconds() / 60 * 500 <= 100_800, "one page of data points"
     for metric in ("error_rate", "invalid_output_share"):
@@ -176,7 +210,9 @@ def test_a_gate_without_cloudwatch_listmetrics_still_rolls_back_and_names_the_de
     agent_reports(world, "canary", {"device-0": (100, 30, 0), "device-1": (100, 0, 0), "device-2": (100, 0, 0)})
 
     def denied(**_):
-        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not authorized to perform: cloudwatch:ListMetrics"}}, "ListMetrics")
+        raise ClientError(
+            {"Error": {"Code": "AccessDenied", "Message": "not authorized to perform: cloudwatch:ListMetrics"}}, "ListMetrics"
+        )
 
     world.clients.cloudwatch.list_metrics = denied
     with pytest.raises(RuntimeError) as err:
@@ -188,11 +224,17 @@ def test_a_gate_without_cloudwatch_listmetrics_still_rolls_back_and_names_the_de
 # -- IAM ----------------------------------------------------------------------------------------------------------------
 def test_the_device_role_may_publish_per_device_metrics_in_the_agents_namespace_only(world):
     calls: list[dict] = []
-    world.clients.cloudwatch.meta.events.register("provide-client-params.cloudwatch.PutMetricData",
-                                                  lambda params, **_: calls.append(params))
+    world.clients.cloudwatch.meta.events.register(
+        "provide-client-params.cloudwatch.PutMetricData", lambda params, **_: calls.append(params)
+    )
     agent_reports(world, "canary", {"device-1": (10, 2, 3)})
-    policy = device_role_policy("arn:aws:s3:::b", "arn:aws:kms:eu-west-1:123456789012:key/k", "eu-west-1",
-                                "arn:aws:ecr:eu-west-1:123456789012:repository/r", NAMESPACE)
+    policy = device_role_policy(
+        "arn:aws:s3:::b",
+        "arn:aws:kms:eu-west-1:123456789012:key/k",
+        "eu-west-1",
+        "arn:aws:ecr:eu-west-1:123456789012:repository/r",
+        NAMESPACE,
+    )
     publish = [s for s in policy["Statement"] if "cloudwatch:PutMetricData" in s["Action"]]
     assert len(publish) == 1 and publish[0]["Condition"] == {"StringEquals": {"cloudwatch:namespace": NAMESPACE}}
     assert {c["Namespace"] for c in calls} == {NAMESPACE}

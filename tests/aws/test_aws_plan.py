@@ -75,8 +75,10 @@ labels = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(labels, min_size=1, max_size=6, unique=True),
-       st.lists(st.tuples(st.sampled_from(["tt", "other"]), st.sampled_from(["a", "b"]), labels), max_size=30))
+@given(
+    st.lists(labels, min_size=1, max_size=6, unique=True),
+    st.lists(st.tuples(st.sampled_from(["tt", "other"]), st.sampled_from(["a", "b"]), labels), max_size=30),
+)
 def test_each_thing_lands_in_the_first_ring_that_selects_it_and_only_there(values, things):
     groups = {"cams": DeviceGroupConfig(name="cams", hardware=HW, labels={"site": "a"})}
     rollout = _rollout(values)
@@ -108,8 +110,12 @@ def test_a_query_over_fleet_indexings_twelve_terms_is_refused_before_anything_is
 
 
 def test_job_policy_derives_from_the_gate_unless_set():
-    aws = AwsConfig.model_validate({"region": "eu-west-1", "rings": {"canary": {"devices": 4}, "broad": {"devices": 9, "abort_failure_percent": 3,
-                                                                                                          "timeout_minutes": 15}}})
+    aws = AwsConfig.model_validate(
+        {
+            "region": "eu-west-1",
+            "rings": {"canary": {"devices": 4}, "broad": {"devices": 9, "abort_failure_percent": 3, "timeout_minutes": 15}},
+        }
+    )
     gate = GateConfig(soak_seconds=60, deadline_seconds=3601, max_failure_share=0.125)
     derived = ring_job_policy(aws, RingConfig(name="canary", group="g", gate=gate))
     assert (derived.devices, derived.abort_percent, derived.timeout_minutes, derived.max_per_minute) == (4, 12.5, 61, 50)
@@ -117,7 +123,7 @@ def test_job_policy_derives_from_the_gate_unless_set():
     assert (explicit.abort_percent, explicit.timeout_minutes) == (3, 15)
     strict = ring_job_policy(aws, RingConfig(name="canary", group="g", gate=GateConfig(max_failure_share=0.0)))
     assert strict.abort_percent == 0.01, "a zero-tolerance gate must not become a job that aborts after its first device"
-    long_deadline = ring_job_policy(aws, RingConfig(name="canary", group="g", gate=GateConfig(deadline_seconds=10 ** 7)))
+    long_deadline = ring_job_policy(aws, RingConfig(name="canary", group="g", gate=GateConfig(deadline_seconds=10**7)))
     assert long_deadline.timeout_minutes == 10080, "IoT jobs time out after at most 7 days"
 
 
@@ -132,8 +138,14 @@ def test_every_kind_of_deployment_payload_is_a_valid_create_deployment_request()
         components_spec(ring, None, "detector@1.2.0+abc"),
     ]
     for components in payloads:
-        req = deployment_request(target, NAMING.deployment_name("detector", "canary", "1.2.0"), components, policy,
-                                 deployment_tags("detector", "canary", "1.2.0"), client_token="a" * 64)
+        req = deployment_request(
+            target,
+            NAMING.deployment_name("detector", "canary", "1.2.0"),
+            components,
+            policy,
+            deployment_tags("detector", "canary", "1.2.0"),
+            client_token="a" * 64,
+        )
         report = ParamValidator().validate(req, CREATE)
         assert not report.has_errors(), report.generate_report()
     assert payloads[0]["edgefleet.aws-dev.detector.Model"]["configurationUpdate"]["reset"] == ["/RollbackOrder", "/RollbackSignature"]

@@ -32,8 +32,11 @@ def test_provider_module_has_no_import_time_side_effects_beyond_pulumis_dynamic_
     import components.dynamic as shared
 
     shared_tree = ast.parse(Path(shared.__file__).read_text())
-    shared_imports = {n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
-                      for n in shared_tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    shared_imports = {
+        n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
+        for n in shared_tree.body
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+    }
     assert shared_imports == {"__future__", "typing", "pulumi.dynamic"}, "the shared diff helper must stay side-effect free too"
     import components.props as props
 
@@ -52,8 +55,16 @@ def test_providers_pickle_without_clients_or_credentials(cls):
 
 def test_gate_reruns_only_when_what_the_ring_runs_changes():
     gate = providers.RingGateProvider()
-    olds = {"deployment": "d-1", "sha256": "a", "version": "1.0.0", "gate_config": {"soak_seconds": 5}, "total_rings": 3,
-            "policies": [{"devices": 5}], "gate": "x:canary:passed", "measured": {}}
+    olds = {
+        "deployment": "d-1",
+        "sha256": "a",
+        "version": "1.0.0",
+        "gate_config": {"soak_seconds": 5},
+        "total_rings": 3,
+        "policies": [{"devices": 5}],
+        "gate": "x:canary:passed",
+        "measured": {},
+    }
     assert gate.diff("id", olds, {**olds, "deployment": "d-2"}).replaces == ["deployment"]
     assert gate.diff("id", olds, {**olds, "gate_config": {"soak_seconds": 9}}).replaces == ["gate_config"]
     appended = gate.diff("id", olds, {**olds, "total_rings": 4})
@@ -64,8 +75,16 @@ def test_gate_reruns_only_when_what_the_ring_runs_changes():
 
 def test_signature_is_kept_unless_the_manifest_or_key_changes():
     sig = providers.ManifestSignatureProvider()
-    olds = {"manifest": "m", "sha256": "a", "version": "1", "signing_key": "k", "region": REGION, "provider_version": "1",
-            "signature": "s", "key_id": "kid"}
+    olds = {
+        "manifest": "m",
+        "sha256": "a",
+        "version": "1",
+        "signing_key": "k",
+        "region": REGION,
+        "provider_version": "1",
+        "signature": "s",
+        "key_id": "kid",
+    }
     assert sig.diff("id", olds, {**olds, "manifest": "m2"}).replaces == ["manifest"]
     assert sig.diff("id", olds, {**olds, "provider_version": "2"}).replaces == []
     assert sig.update("id", olds, {**olds, "provider_version": "2"}).outs["signature"] == "s"

@@ -25,8 +25,14 @@ def _der(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _public_key_response(key) -> dict:
-    return {"KeyId": KEY_ARN, "PublicKey": _der(key), "KeySpec": "ECC_NIST_P256", "CustomerMasterKeySpec": "ECC_NIST_P256",
-            "KeyUsage": "SIGN_VERIFY", "SigningAlgorithms": ["ECDSA_SHA_256"]}
+    return {
+        "KeyId": KEY_ARN,
+        "PublicKey": _der(key),
+        "KeySpec": "ECC_NIST_P256",
+        "CustomerMasterKeySpec": "ECC_NIST_P256",
+        "KeyUsage": "SIGN_VERIFY",
+        "SigningAlgorithms": ["ECDSA_SHA_256"],
+    }
 
 
 def _kms(aws_env):
@@ -40,16 +46,18 @@ def test_real_kms_path_signs_the_digest_and_edgefleet_verifies_it(aws_env):
     kms = _kms(aws_env)
     with Stubber(kms) as stub:
         stub.add_response("get_public_key", _public_key_response(key), {"KeyId": KEY_ARN})
-        stub.add_response("sign", {"KeyId": KEY_ARN, "SigningAlgorithm": "ECDSA_SHA_256",
-                                   "Signature": key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))},
-                          {"KeyId": KEY_ARN, "Message": digest, "MessageType": "DIGEST", "SigningAlgorithm": "ECDSA_SHA_256"})
+        stub.add_response(
+            "sign",
+            {"KeyId": KEY_ARN, "SigningAlgorithm": "ECDSA_SHA_256", "Signature": key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))},
+            {"KeyId": KEY_ARN, "Message": digest, "MessageType": "DIGEST", "SigningAlgorithm": "ECDSA_SHA_256"},
+        )
         signer = KmsSigner(KEY_ARN, REGION, client=kms)
         assert isinstance(signer, Signer)
         envelope = sign_bytes(signer, MANIFEST)
         stub.assert_no_pending_responses()
     trusted = load_public_key(signer.public_key_pem(), "kms public key")
     assert envelope.key_id == key_id_of(key.public_key()) == signer.key_id
-    verify_bytes(MANIFEST, Envelope.parse(envelope.to_bytes(), "sig"), trusted, "model.yaml")   # raises if it does not verify
+    verify_bytes(MANIFEST, Envelope.parse(envelope.to_bytes(), "sig"), trusted, "model.yaml")  # raises if it does not verify
     with pytest.raises(SignatureError):
         verify_bytes(MANIFEST + b"\n# tampered", envelope, trusted, "model.yaml")
 
@@ -62,8 +70,9 @@ def test_a_signature_over_the_hash_of_the_digest_is_refused_at_publish_time(aws_
     kms = _kms(aws_env)
     with Stubber(kms) as stub:
         stub.add_response("get_public_key", _public_key_response(key), {"KeyId": KEY_ARN})
-        stub.add_response("sign", {"KeyId": KEY_ARN, "SigningAlgorithm": "ECDSA_SHA_256",
-                                   "Signature": key.sign(digest, ec.ECDSA(hashes.SHA256()))}, None)
+        stub.add_response(
+            "sign", {"KeyId": KEY_ARN, "SigningAlgorithm": "ECDSA_SHA_256", "Signature": key.sign(digest, ec.ECDSA(hashes.SHA256()))}, None
+        )
         with pytest.raises(SignatureError, match="does not verify over the digest"):
             KmsSigner(KEY_ARN, REGION, client=kms).sign_digest(digest)
 
@@ -91,8 +100,12 @@ def test_moto_public_key_matches_and_its_digest_gap_is_caught(aws_env):
     key_id = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["Arn"]
     signer = KmsSigner(key_id, REGION)
     moto_der = kms.get_public_key(KeyId=key_id)["PublicKey"]
-    assert load_public_key(signer.public_key_pem(), "moto").public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == moto_der
+    assert (
+        load_public_key(signer.public_key_pem(), "moto").public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        == moto_der
+    )
     digest = hashlib.sha256(MANIFEST).digest()
     with pytest.raises(SignatureError, match="emulators such as moto"):
         signer.sign_digest(digest)

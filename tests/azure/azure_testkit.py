@@ -45,7 +45,9 @@ KEY = base64.b64encode(b"local-test-policy-key-0123456789").decode()
 
 # -- a tiny evaluator for the IoT Hub query language subset edgefleet generates --------------------------------------
 UNDEF = object()
-TOKEN = re.compile(r"\s*(?:(?P<str>'[^']*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<op><>|!=|>=|<=|=|>|<)|(?P<p>[(),])|(?P<word>[A-Za-z_$][A-Za-z0-9_$.\[\]-]*))")
+TOKEN = re.compile(
+    r"\s*(?:(?P<str>'[^']*')|(?P<num>-?\d+(?:\.\d+)?)|(?P<op><>|!=|>=|<=|=|>|<)|(?P<p>[(),])|(?P<word>[A-Za-z_$][A-Za-z0-9_$.\[\]-]*))"
+)
 
 
 def tokens(text: str) -> list[tuple[str, str]]:
@@ -65,7 +67,7 @@ def tokens(text: str) -> list[tuple[str, str]]:
 def resolve(doc: dict[str, Any], path: str) -> Any:
     node: Any = doc
     for part in path.split("."):
-        if part.startswith("[[") and part.endswith("]]"):          # configurations.[[<id>]].status: an id as a key
+        if part.startswith("[[") and part.endswith("]]"):  # configurations.[[<id>]].status: an id as a key
             part = part[2:-2]
         if not isinstance(node, dict) or part not in node:
             return UNDEF
@@ -93,7 +95,7 @@ class Condition:
         self.i = 0
         self.tree = self._expr()
         if self.i != len(self.toks):
-            raise ValueError(f"trailing tokens in {text!r}: {self.toks[self.i:]}")
+            raise ValueError(f"trailing tokens in {text!r}: {self.toks[self.i :]}")
 
     def _peek(self) -> tuple[str, str] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -195,8 +197,12 @@ def run_query(sql: str, devices: list[dict[str, Any]], modules: list[dict[str, A
         for a in agg:
             fn, path, alias = a.group(1).upper(), a.group(2), a.group(3)
             values = [v for v in (resolve(d, path) for d in docs) if v is not UNDEF] if path else []
-            row[alias] = {"COUNT": len(docs), "SUM": sum(values) if values else None,
-                          "MAX": max(values) if values else None, "MIN": min(values) if values else None}[fn]
+            row[alias] = {
+                "COUNT": len(docs),
+                "SUM": sum(values) if values else None,
+                "MAX": max(values) if values else None,
+                "MIN": min(values) if values else None,
+            }[fn]
         return [row]
     rows = []
     for d in docs:
@@ -215,12 +221,16 @@ def run_query(sql: str, devices: list[dict[str, Any]], modules: list[dict[str, A
 @dataclass
 class SimDevice:
     tags: dict[str, str]
-    refuse: set[str] = field(default_factory=set)         # versions this device's agent reports as failed
-    runtime_fails: dict[str, str] = field(default_factory=dict)   # version -> why its IoT Edge runtime cannot apply it
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)   # version -> reported metrics other than the healthy defaults
+    refuse: set[str] = field(default_factory=set)  # versions this device's agent reports as failed
+    runtime_fails: dict[str, str] = field(default_factory=dict)  # version -> why its IoT Edge runtime cannot apply it
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # version -> reported metrics other than the healthy defaults
     reported: dict[str, Any] = field(default_factory=dict)
-    edge_agent: dict[str, Any] = field(default_factory=lambda: {   # the $edgeAgent module twin, as IoT Hub keeps it
-        "configurations": {}, "properties": {"desired": {"$version": 1}, "reported": {}}})
+    edge_agent: dict[str, Any] = field(
+        default_factory=lambda: {  # the $edgeAgent module twin, as IoT Hub keeps it
+            "configurations": {},
+            "properties": {"desired": {"$version": 1}, "reported": {}},
+        }
+    )
     _content: str = ""
 
 
@@ -231,8 +241,12 @@ def system_queries(config_id: str, target_condition: str) -> dict[str, str]:
     """The system metrics IoT Hub defines for an IoT Edge deployment, keyed by metric id as the REST API returns them."""
     applied = f"SELECT deviceId FROM devices.modules WHERE moduleId = '{EDGE_AGENT}' AND configurations.[[{config_id}]].status = 'Applied'"
     current = " AND properties.desired.$version = properties.reported.lastDesiredVersion AND properties.reported.lastDesiredStatus.code"
-    return {"targetedCount": f"SELECT deviceId FROM devices WHERE {target_condition}", "appliedCount": applied,
-            "reportedSuccessfulCount": f"{applied}{current} = 200", "reportedFailedCount": f"{applied}{current} != 200"}
+    return {
+        "targetedCount": f"SELECT deviceId FROM devices WHERE {target_condition}",
+        "appliedCount": applied,
+        "reportedSuccessfulCount": f"{applied}{current} = 200",
+        "reportedFailedCount": f"{applied}{current} != 200",
+    }
 
 
 class FakeIotHub:
@@ -241,12 +255,12 @@ class FakeIotHub:
         self.keys = keys or {POLICY: KEY}
         self.configs: dict[str, dict[str, Any]] = {}
         self.devices: dict[str, SimDevice] = {}
-        self.faults: list[tuple[str, str, int, dict[str, str]]] = []     # (method, path prefix, status, headers)
+        self.faults: list[tuple[str, str, int, dict[str, str]]] = []  # (method, path prefix, status, headers)
         self.requests: list[dict[str, Any]] = []
-        self.queries: list[str] = []                                       # every twin query, as sent
-        self.timeline: list[tuple[str, str, list[str]]] = []              # (op, id, ids present after it)
+        self.queries: list[str] = []  # every twin query, as sent
+        self.timeline: list[tuple[str, str, list[str]]] = []  # (op, id, ids present after it)
         self.page_size_cap = 2
-        self.unapplied: set[str] = set()                                  # devices IoT Hub has not applied deployments to yet
+        self.unapplied: set[str] = set()  # devices IoT Hub has not applied deployments to yet
         self._etags = itertools.count(1)
         self._created = itertools.count(1)
         self.lock = threading.RLock()
@@ -316,20 +330,38 @@ class FakeIotHub:
                     dev._content = content
                     twin["properties"]["desired"]["$version"] += 1
                 broken = [dev.runtime_fails[data["version"]] for data in desired.values() if data.get("version") in dev.runtime_fails]
-                twin["properties"]["reported"] = {"lastDesiredVersion": twin["properties"]["desired"]["$version"],
-                                                  "lastDesiredStatus": {"code": 500, "description": broken[0]} if broken else {"code": 200}}
+                twin["properties"]["reported"] = {
+                    "lastDesiredVersion": twin["properties"]["desired"]["$version"],
+                    "lastDesiredStatus": {"code": 500, "description": broken[0]} if broken else {"code": 200},
+                }
                 if broken:
-                    continue                        # the agent module did not get the new desired state: its report stays
+                    continue  # the agent module did not get the new desired state: its report stays
                 models = {}
                 for key, data in desired.items():
                     d = desired_from_agent(data)
                     if d.version in dev.refuse:
-                        models[key] = {"status": "failed", "failedVersion": d.version, "error": f"refused {d.version}",
-                                       "ring": data["ring"], "rollout": d.rollout, "version": dev.reported.get("models", {}).get(key, {}).get("version", "0.0.0")}
+                        models[key] = {
+                            "status": "failed",
+                            "failedVersion": d.version,
+                            "error": f"refused {d.version}",
+                            "ring": data["ring"],
+                            "rollout": d.rollout,
+                            "version": dev.reported.get("models", {}).get(key, {}).get("version", "0.0.0"),
+                        }
                     else:
-                        models[key] = {"status": "ok", "version": d.version, "sha256": d.sha256, "ring": data["ring"], "rollout": d.rollout,
-                                       "inferences": 100, "errors": 0, "invalidOutputs": 0, "p99LatencyMs": 5.0,
-                                       **dev.metrics.get(d.version, {}), **({"rollback": True} if d.rollback_order else {})}
+                        models[key] = {
+                            "status": "ok",
+                            "version": d.version,
+                            "sha256": d.sha256,
+                            "ring": data["ring"],
+                            "rollout": d.rollout,
+                            "inferences": 100,
+                            "errors": 0,
+                            "invalidOutputs": 0,
+                            "p99LatencyMs": 5.0,
+                            **dev.metrics.get(d.version, {}),
+                            **({"rollback": True} if d.rollback_order else {}),
+                        }
                 dev.reported = {"models": models}
 
     def evaluate(self) -> None:
@@ -339,7 +371,9 @@ class FakeIotHub:
             devices = [self.device_doc(d) for d in sorted(self.devices)]
             for cfg in self.configs.values():
                 cfg["systemMetrics"]["queries"] = system_queries(cfg["id"], cfg["targetCondition"])
-                cfg["systemMetrics"]["results"] = {name: len(run_query(q, devices, modules)) for name, q in cfg["systemMetrics"]["queries"].items()}
+                cfg["systemMetrics"]["results"] = {
+                    name: len(run_query(q, devices, modules)) for name, q in cfg["systemMetrics"]["queries"].items()
+                }
                 cfg["metrics"]["results"] = {name: len(run_query(q, [], modules)) for name, q in cfg["metrics"]["queries"].items()}
 
     def tick(self) -> None:
@@ -366,8 +400,11 @@ class FakeIotHub:
                 self.wfile.write(data)
 
             def _error(self, status: int, code: str, text: str, headers: dict[str, str] | None = None):
-                self._send(status, {"Message": f"ErrorCode:{code};{text}", "ExceptionMessage": "Tracking ID:local-G:0-TimeStamp:now"},
-                           {"iothub-errorcode": code, **(headers or {})})
+                self._send(
+                    status,
+                    {"Message": f"ErrorCode:{code};{text}", "ExceptionMessage": "Tracking ID:local-G:0-TimeStamp:now"},
+                    {"iothub-errorcode": code, **(headers or {})},
+                )
 
             def _handle(self, method: str):
                 url = urllib.parse.urlsplit(self.path)
@@ -399,7 +436,11 @@ class FakeIotHub:
                 cfg = hub.configs.get(cid)
                 if_match = self.headers.get("If-Match")
                 if method == "GET":
-                    return self._send(200, hub._public(cfg)) if cfg else self._error(404, "ConfigurationNotFound", f"configuration {cid} not found")
+                    return (
+                        self._send(200, hub._public(cfg))
+                        if cfg
+                        else self._error(404, "ConfigurationNotFound", f"configuration {cid} not found")
+                    )
                 if method == "DELETE":
                     if cfg is None:
                         return self._error(404, "ConfigurationNotFound", f"configuration {cid} not found")
@@ -414,10 +455,14 @@ class FakeIotHub:
                     if if_match is None:
                         if cfg is not None:
                             return self._error(409, "ConfigurationAlreadyExists", f"configuration {cid} already exists")
-                        cfg = {**copy.deepcopy(body), "etag": hub._etag(), "_created": next(hub._created),
-                               "createdTimeUtc": f"2026-01-01T00:00:{next(hub._created):06d}Z",
-                               "systemMetrics": {"queries": system_queries(cid, body.get("targetCondition", "")), "results": {}},
-                               "metrics": {"queries": dict(body.get("metrics", {}).get("queries", {})), "results": {}}}
+                        cfg = {
+                            **copy.deepcopy(body),
+                            "etag": hub._etag(),
+                            "_created": next(hub._created),
+                            "createdTimeUtc": f"2026-01-01T00:00:{next(hub._created):06d}Z",
+                            "systemMetrics": {"queries": system_queries(cid, body.get("targetCondition", "")), "results": {}},
+                            "metrics": {"queries": dict(body.get("metrics", {}).get("queries", {})), "results": {}},
+                        }
                         hub.configs[cid] = cfg
                         hub.timeline.append(("create", cid, sorted(hub.configs)))
                         return self._send(201, hub._public(cfg))
@@ -440,7 +485,7 @@ class FakeIotHub:
                 rows = run_query(sql, [hub.device_doc(d) for d in sorted(hub.devices)], hub.module_docs())
                 start = int(self.headers.get("x-ms-continuation") or 0)
                 size = min(int(self.headers.get("x-ms-max-item-count") or 100), hub.page_size_cap)
-                page = rows[start:start + size]
+                page = rows[start : start + size]
                 more = {"x-ms-continuation": str(start + size)} if start + size < len(rows) else {}
                 return self._send(200, page, more)
 
@@ -474,8 +519,8 @@ class FakeKeyVault:
         self.key = key or ec.generate_private_key(ec.SECP256R1())
         self.token = token
         self.signed = 0
-        self.forbidden = 0                     # answer this many more requests with 403 ...
-        self.forbidden_code = "ForbiddenByRbac"    # ... and this inner error code
+        self.forbidden = 0  # answer this many more requests with 403 ...
+        self.forbidden_code = "ForbiddenByRbac"  # ... and this inner error code
         self.requests = 0
         vault = self
 
@@ -498,9 +543,19 @@ class FakeKeyVault:
                     return False
                 if vault.forbidden > 0:
                     vault.forbidden -= 1
-                    self._send(403, {"error": {"code": "Forbidden", "innererror": {"code": vault.forbidden_code}, "message": (
-                        "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments or role "
-                        "definitions were changed recently, please observe propagation time.\r\nAssignment: (not found)")}})
+                    self._send(
+                        403,
+                        {
+                            "error": {
+                                "code": "Forbidden",
+                                "innererror": {"code": vault.forbidden_code},
+                                "message": (
+                                    "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments or role "
+                                    "definitions were changed recently, please observe propagation time.\r\nAssignment: (not found)"
+                                ),
+                            }
+                        },
+                    )
                     return False
                 return True
 
@@ -511,7 +566,10 @@ class FakeKeyVault:
                     def b(i):
                         return base64.urlsafe_b64encode(i.to_bytes(32, "big")).rstrip(b"=").decode()
 
-                    self._send(200, {"key": {"kid": vault.kid, "kty": "EC", "crv": "P-256", "x": b(n.x), "y": b(n.y), "key_ops": ["sign", "verify"]}})
+                    self._send(
+                        200,
+                        {"key": {"kid": vault.kid, "kty": "EC", "crv": "P-256", "x": b(n.x), "y": b(n.y), "key_ops": ["sign", "verify"]}},
+                    )
 
             def do_POST(self):
                 if not self._auth():

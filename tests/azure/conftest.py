@@ -10,9 +10,9 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "components" / "azure" / "schemas"          # package data: what the product validates with
+SHIPPED = REPO / "components" / "azure" / "schemas"  # package data: what the product validates with
 
-sys.path.insert(0, str(HERE))          # azure_testkit, wherever pytest is started from
+sys.path.insert(0, str(HERE))  # azure_testkit, wherever pytest is started from
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def registrations(monkeypatch) -> list[str]:
     original = pulumi.Resource.__init__
 
     def record(self, t, name, *args, **kwargs):
-        if t != "pulumi:pulumi:Stack":           # the runtime's root, registered before the program runs
+        if t != "pulumi:pulumi:Stack":  # the runtime's root, registered before the program runs
             seen.append(f"{t}::{name}")
         return original(self, t, name, *args, **kwargs)
 
@@ -46,14 +46,25 @@ def registrations(monkeypatch) -> list[str]:
 
 
 CASES = [
-    (lambda c: c["edgefleet:rollouts"][0]["rings"][0]["gate"].update(deadline_seconds=120, soak_seconds=60),
-     "edgefleet:rollouts[0].rings[0].gate.deadline_seconds", "at least 600"),
+    (
+        lambda c: c["edgefleet:rollouts"][0]["rings"][0]["gate"].update(deadline_seconds=120, soak_seconds=60),
+        "edgefleet:rollouts[0].rings[0].gate.deadline_seconds",
+        "at least 600",
+    ),
     (lambda c: c["edgefleet:azure"].update(location="West Europe"), "edgefleet:azure.location", "westeurope"),
     (lambda c: c["edgefleet:azure"].pop("device_sas_expiry"), "edgefleet:azure.device_sas_expiry", "required"),
     (lambda c: c["edgefleet:azure"].update(device_sas_expiry="2027-02-30"), "edgefleet:azure.device_sas_expiry", "calendar date"),
     (lambda c: c["edgefleet:azure"].update(device_sas_expiry="2020-01-01"), "edgefleet:azure.device_sas_expiry", "is in the past"),
-    (lambda c: c["edgefleet:groups"][0]["labels"].update({"hw-rev": "b"}), "edgefleet:groups[0].labels.hw-rev", "letters, digits and underscores"),
-    (lambda c: c["edgefleet:rollouts"][0]["rings"][1].update(labels={"ring": "canary"}), "edgefleet:rollouts[0].rings[1].labels", "already took"),
+    (
+        lambda c: c["edgefleet:groups"][0]["labels"].update({"hw-rev": "b"}),
+        "edgefleet:groups[0].labels.hw-rev",
+        "letters, digits and underscores",
+    ),
+    (
+        lambda c: c["edgefleet:rollouts"][0]["rings"][1].update(labels={"ring": "canary"}),
+        "edgefleet:rollouts[0].rings[1].labels",
+        "already took",
+    ),
     (lambda c: c["edgefleet:rollouts"][0]["rings"][0].update(percent=5), "edgefleet:rollouts[0].rings[0].percent", "twin tag"),
     (lambda c: c.pop("edgefleet:azure"), "edgefleet:azure", "edgefleet:azure"),
 ]
@@ -81,11 +92,11 @@ def test_an_expired_device_sas_is_refused_and_a_close_one_left_to_the_advisory_p
     from components.azure.checks import MIN_SAS_DAYS, sas_expiry_problems
 
     today = datetime.date(2026, 11, 25)
-    assert sas_expiry_problems("2026-11-26", today) == []                          # tomorrow: the policy warns
-    (key, problem, fix), = sas_expiry_problems("2026-11-25", today)
+    assert sas_expiry_problems("2026-11-26", today) == []  # tomorrow: the policy warns
+    ((key, problem, fix),) = sas_expiry_problems("2026-11-25", today)
     assert key == "azure.device_sas_expiry" and "is today" in problem
     assert f"at least {MIN_SAS_DAYS} days ahead (on or after 2026-12-25)" in fix
-    (_, problem, _), = sas_expiry_problems("2020-01-01", today)
+    ((_, problem, _),) = sas_expiry_problems("2020-01-01", today)
     assert "in the past" in problem and "already-expired" in problem
 
 
@@ -110,8 +121,11 @@ def test_a_model_manifest_over_4_kb_is_deployed_in_chunks(project):
     path = project / "models" / "detector" / "model.yaml"
     path.write_text(path.read_text() + "# " + "notes " * 1200 + "\n")
     graph = synth(project, "azure-dev")
-    twins = [r["inputs"]["content"]["modulesContent"][mf.AGENT_MODULE] for r in graph["resources"]
-             if r["type"].endswith("edgefleet-azure:Configuration")]
+    twins = [
+        r["inputs"]["content"]["modulesContent"][mf.AGENT_MODULE]
+        for r in graph["resources"]
+        if r["type"].endswith("edgefleet-azure:Configuration")
+    ]
     layers = [t["properties.desired.models.detector"] for t in twins if "properties.desired.models.detector" in t]
     assert len(layers) == 3
     for model in layers:
@@ -121,7 +135,7 @@ def test_a_model_manifest_over_4_kb_is_deployed_in_chunks(project):
 
 def test_a_model_manifest_too_long_for_the_agent_twin_stops_the_stack(project, registrations):
     path = project / "models" / "detector" / "model.yaml"
-    path.write_text(path.read_text() + "# " + "notes " * 5600 + "\n")       # over the twin's 32 KB of desired properties
+    path.write_text(path.read_text() + "# " + "notes " * 5600 + "\n")  # over the twin's 32 KB of desired properties
     with pytest.raises(ConfigError) as e:
         synth(project, "azure-dev")
     text = str(e.value)

@@ -11,14 +11,22 @@ from components.azure.configurations import ConfigurationProvider, HubClient, Io
 
 def props(hub, **over):
     base = {
-        "hub_host": HUB_HOST, "endpoint": hub.endpoint, "key_name": POLICY, "hub_key": KEY,
-        "id_prefix": "ef-detector-canary", "id_hint": "v1.0.0",
-        "content": {"modulesContent": {"edgefleet-agent": {"properties.desired.models.detector": {"version": "1.0.0", "sas": "${secret:tok}"}}}},
+        "hub_host": HUB_HOST,
+        "endpoint": hub.endpoint,
+        "key_name": POLICY,
+        "hub_key": KEY,
+        "id_prefix": "ef-detector-canary",
+        "id_hint": "v1.0.0",
+        "content": {
+            "modulesContent": {"edgefleet-agent": {"properties.desired.models.detector": {"version": "1.0.0", "sas": "${secret:tok}"}}}
+        },
         "secrets": {"tok": "sv=secret-value"},
-        "target_condition": "tags.ring='canary'", "priority": 11,
+        "target_condition": "tags.ring='canary'",
+        "priority": 11,
         "labels": {"edgefleet-ring": "detector.canary", "edgefleet-kind": "ring"},
         "metrics": {"adopted": "SELECT deviceId FROM devices.modules WHERE moduleId = 'edgefleet-agent'"},
-        "exclusive_label": "edgefleet-ring", "provider_version": cf.PROVIDER_VERSION,
+        "exclusive_label": "edgefleet-ring",
+        "provider_version": cf.PROVIDER_VERSION,
     }
     return {**base, **over}
 
@@ -32,7 +40,7 @@ def test_create_puts_a_configuration_signed_with_a_sas_token_and_fills_secrets(h
     assert live["targetCondition"] == "tags.ring='canary'" and live["priority"] == 11
     put = next(r for r in hub.requests if r["method"] == "PUT")
     assert put["headers"]["Authorization"].startswith("SharedAccessSignature sr=ef-test.azure-devices.net&sig=")
-    assert "If-Match" not in put["headers"]                        # create: an existing id must answer 409, not be overwritten
+    assert "If-Match" not in put["headers"]  # create: an existing id must answer 409, not be overwritten
     assert created.outs["etag"] == live["etag"] and created.outs["config_id"] == created.id
     assert "sv=secret-value" not in repr(created.outs["content"])  # the outputs keep the placeholder; the value stays in `secrets`
 
@@ -72,13 +80,14 @@ def test_update_with_a_stale_etag_fails_naming_the_configuration_and_the_hubs_me
     p = props(hub)
     created = ConfigurationProvider().create(p)
     HubClient(HUB_HOST, POLICY, KEY, hub.endpoint).update_configuration(
-        {**hub._public(hub.configs[created.id]), "priority": 50}, hub.configs[created.id]["etag"])      # someone else changed it
+        {**hub._public(hub.configs[created.id]), "priority": 50}, hub.configs[created.id]["etag"]
+    )  # someone else changed it
     with pytest.raises(IotHubError) as e:
         ConfigurationProvider().update(created.id, created.outs, {**p, "priority": 12})
     text = str(e.value)
     assert e.value.status == 412 and created.id in text and HUB_HOST in text
     assert "PreconditionFailed" in text and "etag" in text.lower() and "pulumi refresh" in text
-    assert hub.configs[created.id]["priority"] == 50              # the other writer's change is not overwritten
+    assert hub.configs[created.id]["priority"] == 50  # the other writer's change is not overwritten
 
 
 def test_a_conflicting_configuration_with_other_content_is_an_error(hub):
@@ -93,7 +102,7 @@ def test_a_conflicting_configuration_with_other_content_is_an_error(hub):
 def test_a_create_whose_first_answer_was_lost_adopts_its_own_configuration(hub):
     p = props(hub)
     first = ConfigurationProvider().create(p)
-    again = ConfigurationProvider().create(p)                      # e.g. a retry after a timeout: the hub says 409
+    again = ConfigurationProvider().create(p)  # e.g. a retry after a timeout: the hub says 409
     assert again.id == first.id and len(hub.configs) == 1
     assert any(r["method"] == "PUT" for r in hub.requests)
 
@@ -102,7 +111,7 @@ def test_throttling_is_retried_after_the_time_the_hub_asks_for(hub, no_sleep):
     hub.fail_next("PUT", "/configurations/", 429, **{"Retry-After": "7"})
     created = ConfigurationProvider().create(props(hub))
     assert created.id in hub.configs
-    assert no_sleep and no_sleep[0] >= 7.0                         # Retry-After honoured (backoff may only add to it)
+    assert no_sleep and no_sleep[0] >= 7.0  # Retry-After honoured (backoff may only add to it)
     assert [r["method"] for r in hub.requests].count("PUT") == 2
 
 
@@ -123,7 +132,7 @@ def test_retries_give_up_with_a_clear_error(hub, no_sleep):
 
 
 def test_a_client_error_is_not_retried_and_names_the_hubs_message(hub, no_sleep):
-    bad = HubClient(HUB_HOST, POLICY, "d3Jvbmcta2V5", hub.endpoint)          # wrong key: 401 from the hub
+    bad = HubClient(HUB_HOST, POLICY, "d3Jvbmcta2V5", hub.endpoint)  # wrong key: 401 from the hub
     with pytest.raises(IotHubError) as e:
         bad.get_configuration("anything")
     assert e.value.status == 401 and "IotHubUnauthorizedAccess" in str(e.value) and "signature does not match" in str(e.value)
@@ -135,7 +144,7 @@ def test_delete_is_unconditional_and_idempotent(hub):
     ConfigurationProvider().delete(created.id, created.outs)
     assert created.id not in hub.configs
     assert [r for r in hub.requests if r["method"] == "DELETE"][-1]["headers"]["If-Match"] == "*"
-    ConfigurationProvider().delete(created.id, created.outs)      # already gone: 404 is success for delete
+    ConfigurationProvider().delete(created.id, created.outs)  # already gone: 404 is success for delete
 
 
 def test_read_reports_a_configuration_deleted_outside_pulumi(hub):
@@ -148,24 +157,32 @@ def test_read_reports_a_configuration_deleted_outside_pulumi(hub):
 def test_replacement_creates_the_new_configuration_before_the_old_one_goes(hub):
     """Pulumi's create-before-delete plus the sibling sweep: at no instant has the ring no configuration."""
     old = ConfigurationProvider().create(props(hub))
-    new_p = props(hub, id_hint="v1.1.0", content={"modulesContent": {"edgefleet-agent": {"properties.desired.models.detector": {"version": "1.1.0"}}}})
+    new_p = props(
+        hub, id_hint="v1.1.0", content={"modulesContent": {"edgefleet-agent": {"properties.desired.models.detector": {"version": "1.1.0"}}}}
+    )
     assert "content" in ConfigurationProvider().diff(old.id, old.outs, new_p).replaces
-    new = ConfigurationProvider().create(new_p)                     # Pulumi creates the replacement first ...
-    ConfigurationProvider().delete(old.id, old.outs)               # ... and deletes the old one at the end (already swept: 404)
+    new = ConfigurationProvider().create(new_p)  # Pulumi creates the replacement first ...
+    ConfigurationProvider().delete(old.id, old.outs)  # ... and deletes the old one at the end (already swept: 404)
     assert set(hub.configs) == {new.id} and new.id != old.id
     ops = [(op, cid) for op, cid, _ in hub.timeline]
     assert ops == [("create", old.id), ("create", new.id), ("delete", old.id)]
-    assert all(present for _, _, present in hub.timeline)           # never an empty ring
+    assert all(present for _, _, present in hub.timeline)  # never an empty ring
 
 
 def test_a_new_ring_configuration_retires_the_rollback_layer_the_gate_left(hub):
     ring = ConfigurationProvider().create(props(hub))
-    rollback = ConfigurationProvider().create(props(hub, id_hint="rb-v0.9.0", content={"modulesContent": {"rb": {"properties.desired": {}}}},
-                                                    labels={"edgefleet-ring": "detector.canary", "edgefleet-kind": "rollback"}))
-    assert set(hub.configs) == {rollback.id}                       # the rollback replaced the ring's layer, no gap
+    rollback = ConfigurationProvider().create(
+        props(
+            hub,
+            id_hint="rb-v0.9.0",
+            content={"modulesContent": {"rb": {"properties.desired": {}}}},
+            labels={"edgefleet-ring": "detector.canary", "edgefleet-kind": "rollback"},
+        )
+    )
+    assert set(hub.configs) == {rollback.id}  # the rollback replaced the ring's layer, no gap
     other = ConfigurationProvider().create(props(hub, id_prefix="ef-detector-early", labels={"edgefleet-ring": "detector.early"}))
     fixed = ConfigurationProvider().create(props(hub, id_hint="v1.0.1", content={"modulesContent": {"x": {"properties.desired": {}}}}))
-    assert set(hub.configs) == {fixed.id, other.id}                # only the same ring's siblings go
+    assert set(hub.configs) == {fixed.id, other.id}  # only the same ring's siblings go
     assert ring.id not in hub.configs
 
 
@@ -176,7 +193,7 @@ def test_twin_queries_follow_continuation_tokens(hub):
         hub.devices[f"cam-{i}"] = SimDevice(tags={"group": "cameras"})
     rows = HubClient(HUB_HOST, POLICY, KEY, hub.endpoint).query("SELECT deviceId FROM devices WHERE tags.group = 'cameras'")
     assert sorted(r["deviceId"] for r in rows) == [f"cam-{i}" for i in range(5)]
-    assert sum(1 for r in hub.requests if r["path"] == "/devices/query") == 3       # pages of 2, 2, 1
+    assert sum(1 for r in hub.requests if r["path"] == "/devices/query") == 3  # pages of 2, 2, 1
 
 
 def test_the_provider_pickles_without_credentials():
@@ -212,15 +229,15 @@ def test_a_new_hub_key_is_an_in_place_update_that_the_later_delete_uses(hub):
     configuration after a later replacement signs with the dead key and gets 401."""
     old = ConfigurationProvider().create(props(hub))
     new_key = "bmV3LXBvbGljeS1rZXktYWZ0ZXItcm90YXRpb24="
-    hub.keys[POLICY] = new_key                                       # regenerated on the hub; the stack reads it again
+    hub.keys[POLICY] = new_key  # regenerated on the hub; the stack reads it again
     news = props(hub, hub_key=new_key)
     d = ConfigurationProvider().diff(old.id, old.outs, news)
     assert d.changes and not d.replaces
     puts = len([r for r in hub.requests if r["method"] == "PUT"])
     updated = ConfigurationProvider().update(old.id, old.outs, news)
     assert updated.outs["hub_key"] == new_key and updated.outs["etag"] == hub.configs[old.id]["etag"]
-    assert len([r for r in hub.requests if r["method"] == "PUT"]) == puts       # content untouched: nothing written
-    with pytest.raises(IotHubError) as e:                             # what the stale outputs would have done
+    assert len([r for r in hub.requests if r["method"] == "PUT"]) == puts  # content untouched: nothing written
+    with pytest.raises(IotHubError) as e:  # what the stale outputs would have done
         ConfigurationProvider().delete(old.id, old.outs)
     assert e.value.status == 401 and "policy key" in str(e.value) and "pulumi state delete" in str(e.value)
     ConfigurationProvider().delete(old.id, updated.outs)

@@ -21,8 +21,10 @@ from edgefleet_agent.contract.state import DesiredModel
 
 REPO = Path(__file__).resolve().parents[2]
 GATE = GateConfig(soak_seconds=600, deadline_seconds=1800, min_reporting_share=0.9, success_share=0.95, max_failure_share=0.0)
-RINGS = [RingConfig(name="canary", group="cameras", labels={"ring": "canary"}, gate=GATE),
-         RingConfig(name="broad", group="cameras", gate=GATE)]
+RINGS = [
+    RingConfig(name="canary", group="cameras", labels={"ring": "canary"}, gate=GATE),
+    RingConfig(name="broad", group="cameras", gate=GATE),
+]
 AGENT = mf.AgentModule(image="efdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")
 
 
@@ -49,9 +51,15 @@ def signer(tmp_path_factory) -> LocalKeySigner:
 def release(signer, version: str) -> dict:
     text = (REPO / "models" / "detector" / "model.yaml").read_text().replace("version: 1.0.0", f"version: {version}")
     sha = (version.replace(".", "") * 64)[:64]
-    return {"model": "detector", "version": version, "sha256": sha, "size": 2364, "manifest": text,
-            "uri": f"https://efdev.blob.core.windows.net/models/detector/{sha}.onnx",
-            "signature": sign_bytes(signer, text.encode()).to_bytes().decode()}
+    return {
+        "model": "detector",
+        "version": version,
+        "sha256": sha,
+        "size": 2364,
+        "manifest": text,
+        "uri": f"https://efdev.blob.core.windows.net/models/detector/{sha}.onnx",
+        "signature": sign_bytes(signer, text.encode()).to_bytes().decode(),
+    }
 
 
 @pytest.fixture
@@ -61,22 +69,56 @@ def fleet(hub, signer):
     for d in ("b1", "b2", "b3", "b4"):
         hub.devices[d] = SimDevice(tags={"group": "cameras"})
     access = {"hub_host": HUB_HOST, "endpoint": hub.endpoint, "key_name": POLICY, "hub_key": KEY}
-    base = mf.base_manifest(agent=AGENT, runtime="1.5", agent_schema="1.1", hub_schema="1.2",
-                            trust={"keyId": signer.key_id, "publicKeyPem": signer.public_key_pem().decode()}, store_sas="${secret:storeSas}")
-    ConfigurationProvider().create({**access, "id_prefix": "ef-base-cameras", "id_hint": "agent-0.1.0", "content": {"modulesContent": base},
-                                    "secrets": {"storeSas": "sv=x&sig=y"}, "target_condition": mf.group_condition({"group": "cameras"}),
-                                    "priority": 10, "labels": {mf.BASE_LABEL: "cameras"}, "metrics": {}, "exclusive_label": mf.BASE_LABEL,
-                                    "check": "edgefleet-agent"})
+    base = mf.base_manifest(
+        agent=AGENT,
+        runtime="1.5",
+        agent_schema="1.1",
+        hub_schema="1.2",
+        trust={"keyId": signer.key_id, "publicKeyPem": signer.public_key_pem().decode()},
+        store_sas="${secret:storeSas}",
+    )
+    ConfigurationProvider().create(
+        {
+            **access,
+            "id_prefix": "ef-base-cameras",
+            "id_hint": "agent-0.1.0",
+            "content": {"modulesContent": base},
+            "secrets": {"storeSas": "sv=x&sig=y"},
+            "target_condition": mf.group_condition({"group": "cameras"}),
+            "priority": 10,
+            "labels": {mf.BASE_LABEL: "cameras"},
+            "metrics": {},
+            "exclusive_label": mf.BASE_LABEL,
+            "check": "edgefleet-agent",
+        }
+    )
     conditions = mf.ring_conditions([({"group": "cameras"}, [], dict(r.labels)) for r in RINGS])
-    specs = [mf.RingDeploymentSpec(rollout="detector", ring=r.name, index=i, model="detector", target_condition=conditions[i],
-                                   priority=11, agent=AGENT, agent_schema="1.1") for i, r in enumerate(RINGS)]
+    specs = [
+        mf.RingDeploymentSpec(
+            rollout="detector",
+            ring=r.name,
+            index=i,
+            model="detector",
+            target_condition=conditions[i],
+            priority=11,
+            agent=AGENT,
+            agent_schema="1.1",
+        )
+        for i, r in enumerate(RINGS)
+    ]
     clock = TickingClock(hub)
     store = MemoryProgressStore()
 
     class Fleet:
         def azure_hub(self) -> AzureHub:
-            return AzureHub(HubClient(HUB_HOST, POLICY, KEY, hub.endpoint), {s.key: s for s in specs}, store,
-                            poll_seconds=30, sleep=clock.sleep, clock=clock.now)
+            return AzureHub(
+                HubClient(HUB_HOST, POLICY, KEY, hub.endpoint),
+                {s.key: s for s in specs},
+                store,
+                poll_seconds=30,
+                sleep=clock.sleep,
+                clock=clock.now,
+            )
 
         def deploy(self, index: int, rel: dict) -> None:
             """What `pulumi up` does for ring `index`: create the ring's layer (Configuration), then run its gate (RingGate)."""
@@ -86,8 +128,16 @@ def fleet(hub, signer):
 
         def gate(self, index: int, rel: dict) -> dict:
             """The RingGate provider's run: the hub it builds from its inputs (so it knows the rings' gates)."""
-            props = {**access, "rollout": "detector", "ring": RINGS[index].name, "index": index, "poll_seconds": 30,
-                     "rings": [r.model_dump(mode="json") for r in RINGS], "ring_specs": [s.to_json() for s in specs], **rel}
+            props = {
+                **access,
+                "rollout": "detector",
+                "ring": RINGS[index].name,
+                "index": index,
+                "poll_seconds": 30,
+                "rings": [r.model_dump(mode="json") for r in RINGS],
+                "ring_specs": [s.to_json() for s in specs],
+                **rel,
+            }
             return run_gate(props, hub=hub_from_props(props, store, sleep=clock.sleep, clock=clock.now), signer=signer, clock=clock)
 
         def ring_configs(self, ring: str) -> list[dict]:
@@ -111,19 +161,19 @@ def test_a_healthy_version_passes_each_ring_on_the_hubs_metrics(hub, fleet, sign
     assert [r["state"] for r in first["rings"]] == ["passed", "pending"]
     assert first["rings"][0]["measured"]["devices"] == 2 and first["rings"][0]["measured"]["adopted"] == 2
     assert {hub.devices[d].reported["models"]["detector"]["version"] for d in ("c1", "c2")} == {"1.0.0"}
-    assert "detector" not in hub.devices["b1"].reported.get("models", {})          # broad has not been deployed yet
+    assert "detector" not in hub.devices["b1"].reported.get("models", {})  # broad has not been deployed yet
     fleet.deploy(1, v1)
     done = fleet.gate(1, v1)
     assert done["status"] == "succeeded" and done["rings"][1]["measured"]["devices"] == 4
     assert all(dev.reported["models"]["detector"]["status"] == "ok" for dev in hub.devices.values())
     queries = [r["body"]["query"] for r in hub.requests if r["path"] == "/devices/query"]
-    assert queries and not [q for q in queries if q.startswith("SELECT TOP") and " > " in q]   # a healthy ring asks for no offenders
+    assert queries and not [q for q in queries if q.startswith("SELECT TOP") and " > " in q]  # a healthy ring asks for no offenders
 
 
 def test_a_canary_device_serving_nan_is_named_in_the_failure_report(hub, fleet, signer):
     v1, v2 = release(signer, "1.0.0"), release(signer, "2.0.0")
     assert roll_out(fleet, v1)["status"] == "succeeded"
-    hub.devices["c2"].metrics["2.0.0"] = {"inferences": 80, "invalidOutputs": 20}     # serves 2.0.0, a quarter of its outputs NaN
+    hub.devices["c2"].metrics["2.0.0"] = {"inferences": 80, "invalidOutputs": 20}  # serves 2.0.0, a quarter of its outputs NaN
     fleet.deploy(0, v2)
     with pytest.raises(RuntimeError) as e:
         fleet.gate(0, v2)
@@ -131,8 +181,9 @@ def test_a_canary_device_serving_nan_is_named_in_the_failure_report(hub, fleet, 
     assert "halted at ring 'canary'" in text and "invalid (NaN/Inf) outputs 11.11% > max 0.00%" in text
     assert "Offending devices: c2 NaN/Inf outputs 25.00% (max 0.00%)" in text and "c1" not in text.split("Offending devices:")[1]
     assert "to 1.0.0" in text and {hub.devices[d].reported["models"]["detector"]["version"] for d in ("c1", "c2")} == {"1.0.0"}
-    (offending,) = [q for q in (r["body"]["query"] for r in hub.requests if r["path"] == "/devices/query")
-                    if q.startswith("SELECT TOP") and " > " in q]                  # only the breached metric was asked about
+    (offending,) = [
+        q for q in (r["body"]["query"] for r in hub.requests if r["path"] == "/devices/query") if q.startswith("SELECT TOP") and " > " in q
+    ]  # only the breached metric was asked about
     assert "invalidOutputs > 0" in offending
 
 
@@ -145,14 +196,16 @@ def test_a_failing_canary_rolls_back_to_the_last_good_version_under_a_signed_ord
         fleet.gate(0, v2)
     text = str(e.value)
     assert "ring 'canary'" in text and "failure share" in text and "c1: refused 2.0.0" in text and "to 1.0.0" in text
-    (cfg,) = fleet.ring_configs("canary")                          # the failed layer is gone, the rollback layer replaced it
+    (cfg,) = fleet.ring_configs("canary")  # the failed layer is gone, the rollback layer replaced it
     assert cfg["labels"]["edgefleet-kind"] == "rollback" and cfg["labels"]["edgefleet-version"] == "1.0.0"
     model = cfg["content"]["modulesContent"][mf.AGENT_MODULE]["properties.desired.models.detector"]
     order = model["rollbackOrder"].encode()
-    verify_bytes(order, Envelope.parse(model["rollbackSignature"].encode(), "order"), load_public_key(signer.public_key_pem(), "k"), "order")
+    verify_bytes(
+        order, Envelope.parse(model["rollbackSignature"].encode(), "order"), load_public_key(signer.public_key_pem(), "k"), "order"
+    )
     assert parse_rollback_order(order, "order")["version"] == "1.0.0" and model["sha256"] == v1["sha256"]
     assert {hub.devices[d].reported["models"]["detector"]["version"] for d in ("c1", "c2")} == {"1.0.0"}
-    (broad,) = fleet.ring_configs("broad")                         # later rings never saw 2.0.0
+    (broad,) = fleet.ring_configs("broad")  # later rings never saw 2.0.0
     assert broad["labels"]["edgefleet-version"] == "1.0.0"
     assert all(hub.devices[d].reported["models"]["detector"]["version"] == "1.0.0" for d in ("b1", "b2", "b3", "b4"))
     # every moment of the rollback, the canary ring had a layer: created first, then the failed one deleted
@@ -167,7 +220,7 @@ def test_a_rolled_back_layer_that_pulumi_recreates_is_rolled_back_again(hub, fle
     fleet.deploy(0, v2)
     with pytest.raises(RuntimeError):
         fleet.gate(0, v2)
-    fleet.deploy(0, v2)                                            # e.g. `pulumi refresh && pulumi up` without a fix
+    fleet.deploy(0, v2)  # e.g. `pulumi refresh && pulumi up` without a fix
     assert fleet.ring_configs("canary")[-1]["labels"]["edgefleet-version"] == "2.0.0"
     with pytest.raises(RuntimeError, match="halted at ring 'canary'"):
         fleet.gate(0, v2)
@@ -181,7 +234,7 @@ def test_metrics_not_yet_evaluated_are_waited_for_not_read_as_an_empty_ring(hub,
     h = fleet.azure_hub()
     target = type("T", (), {"selector": "detector.canary"})()
     (cfg,) = fleet.ring_configs("canary")
-    assert "targetedCount" not in cfg["systemMetrics"]["results"]            # IoT Hub has not evaluated it yet
+    assert "targetedCount" not in cfg["systemMetrics"]["results"]  # IoT Hub has not evaluated it yet
     d = h.desired(target)
     obs = h.observe(target, d, since=0)
     assert obs.devices == 2 and obs.adopted == 2 and obs.inferences == 200 and obs.p99_latency_ms == 5.0
@@ -206,7 +259,7 @@ def test_key_vault_signatures_verify_with_the_public_key_devices_get(vault):
     verify_bytes(payload, env, load_public_key(s.public_key_pem(), "vault"), "payload")
     assert env.key_id == s.key_id and vault.signed == 1
     assert token.scopes == ["https://vault.azure.net/.default"] * len(token.scopes)
-    with pytest.raises(SignatureError):                           # any change to the payload breaks it
+    with pytest.raises(SignatureError):  # any change to the payload breaks it
         verify_bytes(payload + b" ", env, load_public_key(s.public_key_pem(), "vault"), "payload")
 
 
@@ -222,7 +275,7 @@ def test_a_signature_from_another_key_is_caught_before_it_reaches_a_device(vault
     from components.azure.signer import KeyVaultSigner
 
     s = KeyVaultSigner(vault.kid, credential=StaticToken())
-    s._public = LocalKeySigner(create_key_file(tmp_path / "other.pem"))._key.public_key()   # e.g. an unpinned, rotated key
+    s._public = LocalKeySigner(create_key_file(tmp_path / "other.pem"))._key.public_key()  # e.g. an unpinned, rotated key
     with pytest.raises(SignatureError, match="does not verify"):
         s.sign_digest(b"\x00" * 32)
 
@@ -247,8 +300,11 @@ class MemoryContainer:
     def list_blobs(self, name_starts_with="", include=None):
         from types import SimpleNamespace
 
-        return [SimpleNamespace(name=n, metadata=m if include and "metadata" in include else None)
-                for n, (_, m) in sorted(self.blobs.items()) if n.startswith(name_starts_with)]
+        return [
+            SimpleNamespace(name=n, metadata=m if include and "metadata" in include else None)
+            for n, (_, m) in sorted(self.blobs.items())
+            if n.startswith(name_starts_with)
+        ]
 
     def upload_blob(self, name, data, overwrite=False, metadata=None, **_):
         assert overwrite or name not in self.blobs
@@ -266,17 +322,30 @@ def test_publishing_uploads_a_content_addressed_signed_artifact_once(signer):
     from edgefleet_agent.contract.artifact import verify_artifact
 
     text = (REPO / "models" / "detector" / "model.yaml").read_text()
-    props = {"source": str(REPO / "models" / "detector" / "detector.onnx"), "model": "detector", "version": "1.0.0",
-             "sha256": "de6313948e98ba28a0087916ca93f9bcb594a0eee60e35670d696b304ed3b7bc", "size": 2364, "manifest": text,
-             "blob_endpoint": "https://efdev.blob.core.windows.net/", "container": "models", "key_url": "unused"}
+    props = {
+        "source": str(REPO / "models" / "detector" / "detector.onnx"),
+        "model": "detector",
+        "version": "1.0.0",
+        "sha256": "de6313948e98ba28a0087916ca93f9bcb594a0eee60e35670d696b304ed3b7bc",
+        "size": 2364,
+        "manifest": text,
+        "blob_endpoint": "https://efdev.blob.core.windows.net/",
+        "container": "models",
+        "key_url": "unused",
+    }
     box = MemoryContainer()
     out = publish_artifact(props, signer=signer, container=box)
     base = f"detector/{props['sha256']}"
     assert out["uri"] == f"https://efdev.blob.core.windows.net/models/{base}.onnx"
     assert sorted(box.blobs) == [f"{base}.onnx", f"{base}.yaml", f"{base}.yaml.sig"]
-    verify_artifact(box.blobs[f"{base}.yaml"][0], out["signature"].encode(), Path(props["source"]),
-                    load_public_key(signer.public_key_pem(), "k"), "store")
-    again = publish_artifact(props, signer=signer, container=box)          # a re-run: nothing uploaded, same signature
+    verify_artifact(
+        box.blobs[f"{base}.yaml"][0],
+        out["signature"].encode(),
+        Path(props["source"]),
+        load_public_key(signer.public_key_pem(), "k"),
+        "store",
+    )
+    again = publish_artifact(props, signer=signer, container=box)  # a re-run: nothing uploaded, same signature
     assert again == out and len(box.uploads) == 3
 
 
@@ -285,8 +354,17 @@ def test_publishing_refuses_an_artifact_that_does_not_match_its_manifest(signer,
 
     fake = tmp_path / "detector.onnx"
     fake.write_bytes(b"not the model")
-    props = {"source": str(fake), "model": "detector", "version": "1.0.0", "sha256": "de6313948e98ba28a0087916ca93f9bcb594a0eee60e35670d696b304ed3b7bc",
-             "size": 2364, "manifest": "x", "blob_endpoint": "https://e/", "container": "models", "key_url": "unused"}
+    props = {
+        "source": str(fake),
+        "model": "detector",
+        "version": "1.0.0",
+        "sha256": "de6313948e98ba28a0087916ca93f9bcb594a0eee60e35670d696b304ed3b7bc",
+        "size": 2364,
+        "manifest": "x",
+        "blob_endpoint": "https://e/",
+        "container": "models",
+        "key_url": "unused",
+    }
     box = MemoryContainer()
     with pytest.raises(EdgefleetError, match="refusing to publish"):
         publish_artifact(props, signer=signer, container=box)
@@ -296,7 +374,13 @@ def test_publishing_refuses_an_artifact_that_does_not_match_its_manifest(signer,
 def test_an_in_place_gate_update_keeps_the_output_the_next_ring_waits_on():
     from components.azure.providers import RingGateProvider
 
-    olds = {"rollout": "detector", "ring": "canary", "poll_seconds": 30, "gate": "detector@1.1.0+ab:canary:passed", "measured": {"adopted": 3}}
+    olds = {
+        "rollout": "detector",
+        "ring": "canary",
+        "poll_seconds": 30,
+        "gate": "detector@1.1.0+ab:canary:passed",
+        "measured": {"adopted": 3},
+    }
     news = {"rollout": "detector", "ring": "canary", "poll_seconds": 60, "gate": None, "measured": None}
     diff = RingGateProvider().diff("id", olds, news)
     assert diff.changes and not diff.replaces
@@ -311,12 +395,15 @@ def canary(fleet):
 
 def test_devices_the_layer_is_not_applied_to_yet_are_pending_not_failed(hub, fleet, signer):
     v1 = release(signer, "1.0.0")
-    hub.unapplied.add("c2")                                        # IoT Hub has not reached c2 yet
+    hub.unapplied.add("c2")  # IoT Hub has not reached c2 yet
     fleet.deploy(0, v1)
     hub.tick()
     (cfg,) = fleet.ring_configs("canary")
-    assert {k: hub.configs[cfg["id"]]["systemMetrics"]["results"][k] for k in ("targetedCount", "appliedCount", "reportedFailedCount")} == \
-        {"targetedCount": 2, "appliedCount": 1, "reportedFailedCount": 0}
+    assert {k: hub.configs[cfg["id"]]["systemMetrics"]["results"][k] for k in ("targetedCount", "appliedCount", "reportedFailedCount")} == {
+        "targetedCount": 2,
+        "appliedCount": 1,
+        "reportedFailedCount": 0,
+    }
     h, target = canary(fleet)
     obs = h.observe(target, h.desired(target), since=0)
     assert (obs.devices, obs.adopted, obs.failed, obs.pending_count) == (2, 1, 0, 1)
@@ -333,11 +420,11 @@ def test_a_runtime_failure_fails_the_ring_and_names_the_device(hub, fleet, signe
     (cfg,) = fleet.ring_configs("canary")
     results = hub.configs[cfg["id"]]["systemMetrics"]["results"]
     assert (results["reportedFailedCount"], results["reportedSuccessfulCount"]) == (1, 1)
-    assert hub.configs[cfg["id"]]["metrics"]["results"]["failed"] == 0       # the agent never saw 2.0.0: only the runtime tells
+    assert hub.configs[cfg["id"]]["metrics"]["results"]["failed"] == 0  # the agent never saw 2.0.0: only the runtime tells
     h, target = canary(fleet)
     obs = h.observe(target, h.desired(target), since=0)
     assert obs.failed == 1 and obs.adopted == 1
-    (device, why), = obs.failures
+    ((device, why),) = obs.failures
     assert device == "c1" and "lastDesiredStatus 500: pull access denied" in why
     with pytest.raises(RuntimeError) as e:
         fleet.gate(0, v2)
@@ -350,20 +437,21 @@ def test_a_device_failing_in_both_agent_and_runtime_is_counted_once(hub, fleet, 
     roll_out(fleet, v1)
     hub.devices["c1"].refuse.add("2.0.0")
     fleet.deploy(0, v2)
-    hub.tick()                                                      # the agent reports the refusal ...
+    hub.tick()  # the agent reports the refusal ...
     hub.devices["c1"].runtime_fails["2.0.0"] = "module edgefleet-agent failed to start"
-    hub.tick()                                                      # ... then the runtime reports its own failure
+    hub.tick()  # ... then the runtime reports its own failure
     (cfg,) = fleet.ring_configs("canary")
     live = hub.configs[cfg["id"]]
     assert (live["metrics"]["results"]["failed"], live["systemMetrics"]["results"]["reportedFailedCount"]) == (1, 1)
     h, target = canary(fleet)
     obs = h.observe(target, h.desired(target), since=0)
     assert obs.failed == 1 and obs.devices == 2
-    (device, why), = obs.failures
+    ((device, why),) = obs.failures
     assert device == "c1" and why.startswith("refused 2.0.0; IoT Edge runtime did not apply")
     listing = [q for q in hub.queries if not re.match(r"SELECT (COUNT|SUM|MAX)\(", q)]
-    assert listing and all(q.startswith("SELECT TOP ") for q in listing), \
+    assert listing and all(q.startswith("SELECT TOP ") for q in listing), (
         "every poll runs these against IoT Hub's query quota: a query that lists devices must be bounded"
+    )
 
 
 def test_runtime_failures_are_read_with_the_configurations_own_query(hub, fleet, signer):
@@ -376,7 +464,8 @@ def test_runtime_failures_are_read_with_the_configurations_own_query(hub, fleet,
     live["systemMetrics"]["queries"] = {"Reporting Failure": live["systemMetrics"]["queries"].pop("reportedFailedCount")}
     h, _ = canary(fleet)
     assert h._runtime_failures(hub._public(live)) == [
-        ("c2", "IoT Edge runtime did not apply the deployment (lastDesiredStatus 500: no space left on device)")]
+        ("c2", "IoT Edge runtime did not apply the deployment (lastDesiredStatus 500: no space left on device)")
+    ]
     live["systemMetrics"]["queries"] = {}
-    assert [d for d, _ in h._runtime_failures(hub._public(live))] == ["c2"]       # Microsoft's documented query as the fallback
+    assert [d for d, _ in h._runtime_failures(hub._public(live))] == ["c2"]  # Microsoft's documented query as the fallback
     assert any("$edgeAgent" in r["body"]["query"] for r in hub.requests if r["path"] == "/devices/query")

@@ -33,12 +33,12 @@ def test_the_stack_declares_every_azure_resource(azure_dev_graph):
     assert counts["azure-native:iothub:IotHubResource"] == 1
     assert counts["azure-native:storage:StorageAccount"] == 1
     assert counts["azure-native:storage:BlobServiceProperties"] == 1
-    assert counts["azure-native:storage:BlobContainer"] == 2            # models, rollout progress
+    assert counts["azure-native:storage:BlobContainer"] == 2  # models, rollout progress
     assert counts["azure-native:keyvault:Vault"] == 1
     assert counts["azure-native:keyvault:Key"] == 1
     assert counts["azure-native:containerregistry:Registry"] == 1
     assert counts["azure-native:authorization:RoleAssignment"] == 3
-    assert counts[DYN + "Configuration"] == 4                            # a base per group + a layer per ring (3)
+    assert counts[DYN + "Configuration"] == 4  # a base per group + a layer per ring (3)
     assert counts[DYN + "RingGate"] == 3
     assert counts[DYN + "ModelArtifact"] == 1 and counts[DYN + "SigningPublicKey"] == 1
     assert not [t for t in counts if "edgefleet-local" in t or t.startswith("aws")]
@@ -83,17 +83,23 @@ def test_the_deploying_identity_gets_exactly_the_data_plane_roles_it_needs(azure
         assert a["inputs"]["roleDefinitionId"].startswith(f"/subscriptions/{mocks.SUBSCRIPTION}/providers/Microsoft.Authorization/")
         (target,) = a["property_dependencies"]["scope"]
         scoped[role] = target.rsplit("::", 1)[1]
-    assert scoped == {KEY_VAULT_CRYPTO_USER: "azure-signing-vault", STORAGE_BLOB_DATA_CONTRIBUTOR: "azure-models-account", ACR_PUSH: "azure-apps-acr"}
+    assert scoped == {
+        KEY_VAULT_CRYPTO_USER: "azure-signing-vault",
+        STORAGE_BLOB_DATA_CONTRIBUTOR: "azure-models-account",
+        ACR_PUSH: "azure-apps-acr",
+    }
 
 
 def test_the_hub_has_one_least_privilege_policy_and_its_key_is_secret(azure_dev_graph):
     hub = one(azure_dev_graph, "azure-native:iothub:IotHubResource")["inputs"]
-    assert hub["properties"]["authorizationPolicies"] == [{"keyName": "edgefleet-deployer", "rights": "RegistryRead, RegistryWrite, ServiceConnect"}]
+    assert hub["properties"]["authorizationPolicies"] == [
+        {"keyName": "edgefleet-deployer", "rights": "RegistryRead, RegistryWrite, ServiceConnect"}
+    ]
     assert hub["properties"]["minTlsVersion"] == "1.2" and hub["sku"]["name"] == "S1"
     for r in of_type(azure_dev_graph, DYN + "Configuration") + of_type(azure_dev_graph, DYN + "RingGate"):
         assert r["inputs"]["hub_key"] == "[secret]", r["name"]
     text = json.dumps(azure_dev_graph)
-    assert "bW9jay1wcmltYXJ5LWtleQ==" not in text and "sig=mock" not in text     # the mock key and SAS never appear
+    assert "bW9jay1wcmltYXJ5LWtleQ==" not in text and "sig=mock" not in text  # the mock key and SAS never appear
 
 
 def test_the_base_deployment_targets_the_group_and_keeps_the_store_sas_out_of_its_content(azure_dev_graph):
@@ -104,7 +110,7 @@ def test_the_base_deployment_targets_the_group_and_keeps_the_store_sas_out_of_it
     assert twin["store"]["sasToken"] == "${secret:storeSas}"
     agent = base["content"]["modulesContent"]["$edgeAgent"]["properties.desired"]
     assert agent["modules"]["edgefleet-agent"]["settings"]["image"].endswith(".azurecr.io/edgefleet-agent:0.1.0")
-    assert agent["runtime"]["settings"].get("registryCredentials") is None       # no password configured for this stack
+    assert agent["runtime"]["settings"].get("registryCredentials") is None  # no password configured for this stack
 
 
 def test_each_ring_is_a_layer_above_the_base_with_disjoint_targets_and_metrics(azure_dev_graph):
@@ -118,7 +124,7 @@ def test_each_ring_is_a_layer_above_the_base_with_disjoint_targets_and_metrics(a
         assert set(mc) == {"$edgeAgent", "$edgeHub", "edgefleet-agent"}
         assert mc["edgefleet-agent"]["properties.desired.models.detector"]["version"] == "1.0.0"
         base_urn = by_name(azure_dev_graph, "cameras-base")["urn"]
-        assert base_urn in r["dependencies"]                                   # layers need the base deployment
+        assert base_urn in r["dependencies"]  # layers need the base deployment
     assert "tags.ring='canary'" in rings["canary"]["inputs"]["target_condition"]
     assert "NOT" in rings["broad"]["inputs"]["target_condition"]
 
@@ -131,7 +137,7 @@ def test_rings_are_chained_through_their_gates(azure_dev_graph):
     gate = by_name(azure_dev_graph, "detector-early-gate")
     assert [u.rsplit("::", 1)[1] for u in gate["property_dependencies"]["deployment"]] == ["detector-early-deployment"]
     assert gate["inputs"]["progress_container"] == "rollouts"
-    assert gate["inputs"]["key_url"].endswith("/keys/edgefleet-signing/" + "0" * 32)      # pinned key version
+    assert gate["inputs"]["key_url"].endswith("/keys/edgefleet-signing/" + "0" * 32)  # pinned key version
 
 
 def test_children_are_parented_to_their_components(azure_dev_graph):
@@ -152,6 +158,7 @@ def test_globally_unique_names_are_stable_and_valid(azure_dev_graph):
     assert re.fullmatch(r"[a-z0-9]{3,24}", account) and re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]{1,22}[a-zA-Z0-9]", vault)
     assert re.fullmatch(r"[a-zA-Z0-9]{5,50}", acr) and re.fullmatch(r"[a-zA-Z0-9-]{3,50}", hub)
     from components.azure.platform import global_names
+
     assert global_names(mocks.SUBSCRIPTION, "edgefleet", "azure-dev")["storage"] == account
     assert global_names("another-subscription", "edgefleet", "azure-dev")["storage"] != account
 
@@ -184,8 +191,9 @@ def test_every_deployment_pins_the_signing_key_id_in_the_agent_modules_environme
         if not isinstance(content, dict) or "modulesContent" not in content:
             continue
         agent = content["modulesContent"]["$edgeAgent"]
-        module = agent.get("properties.desired", {}).get("modules", {}).get("edgefleet-agent") \
-            or agent.get("properties.desired.modules.edgefleet-agent")
+        module = agent.get("properties.desired", {}).get("modules", {}).get("edgefleet-agent") or agent.get(
+            "properties.desired.modules.edgefleet-agent"
+        )
         assert module is not None, r["name"]
         assert "EDGEFLEET_TRUSTED_KEY_ID" in module["env"], f"{r['name']} does not pin the trusted key id"
         found += 1

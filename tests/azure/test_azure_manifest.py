@@ -27,9 +27,16 @@ def signer(tmp_path_factory) -> LocalKeySigner:
 def desired(signer) -> DesiredModel:
     text = (REPO / "models" / "detector" / "model.yaml").read_text()
     sig = sign_bytes(signer, text.encode()).to_bytes().decode()
-    return DesiredModel(model="detector", version="1.0.0", sha256="de6313948e98ba28a0087916ca93f9bcb594a0eee60e35670d696b304ed3b7bc",
-                        size=2364, uri="https://efdev.blob.core.windows.net/models/detector/de63.onnx", manifest=text, signature=sig,
-                        rollout="detector@1.0.0+de6313948e98")
+    return DesiredModel(
+        model="detector",
+        version="1.0.0",
+        sha256="de6313948e98ba28a0087916ca93f9bcb594a0eee60e35670d696b304ed3b7bc",
+        size=2364,
+        uri="https://efdev.blob.core.windows.net/models/detector/de63.onnx",
+        manifest=text,
+        signature=sig,
+        rollout="detector@1.0.0+de6313948e98",
+    )
 
 
 AGENT = mf.AgentModule(image="efdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")
@@ -37,8 +44,15 @@ AGENT = mf.AgentModule(image="efdev.azurecr.io/edgefleet-agent:0.1.0", agent_ver
 
 def base(signer, agent_schema="1.1", hub_schema="1.2", **kw):
     trust = {"keyId": signer.key_id, "publicKeyPem": signer.public_key_pem().decode()}
-    return mf.base_manifest(agent=kw.pop("agent", AGENT), runtime="1.5", agent_schema=agent_schema, hub_schema=hub_schema,
-                            trust=trust, store_sas="sv=2024&sr=c&sp=r&sig=x", **kw)
+    return mf.base_manifest(
+        agent=kw.pop("agent", AGENT),
+        runtime="1.5",
+        agent_schema=agent_schema,
+        hub_schema=hub_schema,
+        trust=trust,
+        store_sas="sv=2024&sr=c&sp=r&sig=x",
+        **kw,
+    )
 
 
 def vendor_errors(edge_schemas, modules_content, draft=None) -> list[str]:
@@ -54,7 +68,9 @@ def vendor_errors(edge_schemas, modules_content, draft=None) -> list[str]:
 
 @pytest.mark.parametrize("agent_schema,hub_schema", SCHEMA_PAIRS)
 @pytest.mark.parametrize("draft", [jsonschema.Draft7Validator, None], ids=["draft7", "cli-draft"])
-def test_base_and_effective_ring_manifests_validate_for_every_schema_version(edge_schemas, signer, desired, agent_schema, hub_schema, draft):
+def test_base_and_effective_ring_manifests_validate_for_every_schema_version(
+    edge_schemas, signer, desired, agent_schema, hub_schema, draft
+):
     b = base(signer, agent_schema, hub_schema)
     layer = mf.ring_layer(agent=AGENT, agent_schema=agent_schema, desired=desired, ring_key="detector.canary")
     effective = mf.effective_manifest(b, layer)
@@ -64,30 +80,39 @@ def test_base_and_effective_ring_manifests_validate_for_every_schema_version(edg
 
 
 def test_the_agent_module_carries_image_create_options_restart_policy_and_the_model(signer, desired):
-    effective = mf.effective_manifest(base(signer), mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=desired, ring_key="detector.canary"))
+    effective = mf.effective_manifest(
+        base(signer), mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=desired, ring_key="detector.canary")
+    )
     module = effective["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE]
     assert module["settings"]["image"] == "efdev.azurecr.io/edgefleet-agent:0.1.0"
     assert json.loads(module["settings"]["createOptions"])["HostConfig"]["Binds"] == ["edgefleet-models:/var/lib/edgefleet"]
     assert module["restartPolicy"] == "always" and module["status"] == "running"
     twin = effective[mf.AGENT_MODULE]["properties.desired"]
     model = twin["models"]["detector"]
-    assert (model["uri"], model["sha256"], model["version"], model["manifest"], model["signature"]) == \
-        (desired.uri, desired.sha256, desired.version, desired.manifest, desired.signature)
+    assert (model["uri"], model["sha256"], model["version"], model["manifest"], model["signature"]) == (
+        desired.uri,
+        desired.sha256,
+        desired.version,
+        desired.manifest,
+        desired.signature,
+    )
     assert twin["trust"]["publicKeyPem"].startswith("-----BEGIN PUBLIC KEY-----")
     assert twin["trust"]["keyId"] == key_id_of(load_public_key(twin["trust"]["publicKeyPem"].encode(), "twin"))
-    assert mf.desired_from_agent(model) == desired                   # what the agent reads back is what was signed
+    assert mf.desired_from_agent(model) == desired  # what the agent reads back is what was signed
 
 
 def test_layers_use_path_keys_so_iot_hub_classifies_them_as_layered(desired):
     layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=desired, ring_key="detector.canary")
     for module, parts in layer.items():
-        assert all(k.startswith("properties.desired.") for k in parts), module     # never a whole properties.desired
-    assert "systemModules" not in json.dumps(layer)                                # the runtime is the base deployment's
+        assert all(k.startswith("properties.desired.") for k in parts), module  # never a whole properties.desired
+    assert "systemModules" not in json.dumps(layer)  # the runtime is the base deployment's
 
 
 def test_a_rollback_layer_carries_the_signed_rollback_order(edge_schemas, signer, desired):
     order = rollback_order("detector", "1.0.0", desired.sha256, "gate of ring 'canary' failed", "1.1.0", "cd" * 32)
-    rb = DesiredModel(**{**desired.__dict__, "rollback_order": order.decode(), "rollback_signature": sign_bytes(signer, order).to_bytes().decode()})
+    rb = DesiredModel(
+        **{**desired.__dict__, "rollback_order": order.decode(), "rollback_signature": sign_bytes(signer, order).to_bytes().decode()}
+    )
     layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=rb, ring_key="detector.canary")
     model = layer[mf.AGENT_MODULE]["properties.desired.models.detector"]
     assert model["rollbackOrder"] == order.decode() and model["rollbackSignature"]
@@ -95,13 +120,21 @@ def test_a_rollback_layer_carries_the_signed_rollback_order(edge_schemas, signer
     assert vendor_errors(edge_schemas, mf.effective_manifest(base(signer), layer)) == []
 
 
-@pytest.mark.parametrize("break_it,needle", [
-    (lambda m: m["$edgeHub"]["properties.desired"].pop("routes"), "routes"),
-    (lambda m: m["$edgeAgent"]["properties.desired"]["systemModules"]["edgeHub"].pop("restartPolicy"), "restartPolicy"),
-    (lambda m: m["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE]["settings"].update(createOptions={"HostConfig": {}}), "string"),
-    (lambda m: m["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE].update(restartPolicy="sometimes"), "sometimes"),
-    (lambda m: m["$edgeAgent"]["properties.desired"]["modules"].update({"bad name!": {}}), "bad name!"),
-])
+@pytest.mark.parametrize(
+    "break_it,needle",
+    [
+        (lambda m: m["$edgeHub"]["properties.desired"].pop("routes"), "routes"),
+        (lambda m: m["$edgeAgent"]["properties.desired"]["systemModules"]["edgeHub"].pop("restartPolicy"), "restartPolicy"),
+        (
+            lambda m: m["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE]["settings"].update(
+                createOptions={"HostConfig": {}}
+            ),
+            "string",
+        ),
+        (lambda m: m["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE].update(restartPolicy="sometimes"), "sometimes"),
+        (lambda m: m["$edgeAgent"]["properties.desired"]["modules"].update({"bad name!": {}}), "bad name!"),
+    ],
+)
 def test_a_broken_manifest_is_rejected_by_the_vendor_schema(edge_schemas, signer, break_it, needle):
     m = base(signer)
     break_it(m)
@@ -111,18 +144,21 @@ def test_a_broken_manifest_is_rejected_by_the_vendor_schema(edge_schemas, signer
 
 def test_the_schema_is_the_one_the_manifest_declares(edge_schemas, signer):
     m = base(signer, hub_schema="1.2")
-    m["$edgeHub"]["properties.desired"]["routes"][mf.ROUTE] = {"route": mf.route(), "priority": 0}   # 1.1+ allow route objects
+    m["$edgeHub"]["properties.desired"]["routes"][mf.ROUTE] = {"route": mf.route(), "priority": 0}  # 1.1+ allow route objects
     assert vendor_errors(edge_schemas, m) == []
-    m["$edgeHub"]["properties.desired"]["schemaVersion"] = "1.0"                                    # 1.0 wants strings
+    m["$edgeHub"]["properties.desired"]["schemaVersion"] = "1.0"  # 1.0 wants strings
     assert any("is not of type 'string'" in e for e in vendor_errors(edge_schemas, m))
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("signature", None, "signature"),
-    ("sha256", "not-a-digest", "sha256"),
-    ("uri", "http://plain-text.example/model.onnx", "uri"),
-    ("rollbackOrder", '{"format":"edgefleet-rollback/v1"}', "rollbackSignature"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("signature", None, "signature"),
+        ("sha256", "not-a-digest", "sha256"),
+        ("uri", "http://plain-text.example/model.onnx", "uri"),
+        ("rollbackOrder", '{"format":"edgefleet-rollback/v1"}', "rollbackSignature"),
+    ],
+)
 def test_broken_agent_desired_properties_are_rejected(signer, desired, field, value, needle):
     layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=desired, ring_key="detector.canary")
     model = layer[mf.AGENT_MODULE]["properties.desired.models.detector"]
@@ -157,16 +193,25 @@ def test_desired_properties_over_the_twin_limit_are_reported(signer, desired):
 
 def test_twin_size_is_counted_the_way_iot_hub_documents_it():
     doc = {"ab": "x\ny", "n": 3, "f": 0.5, "ok": True, "o": {"é": "ü"}, "$version": 7, "$metadata": {"ab": {"$lastUpdated": "…"}}}
-    assert mf.twin_size(doc) == (2 + 2) + (1 + 8) + (1 + 8) + (2 + 4) + (1 + 2 + 2)      # no control characters, no read-only parts
+    assert mf.twin_size(doc) == (2 + 2) + (1 + 8) + (1 + 8) + (2 + 4) + (1 + 2 + 2)  # no control characters, no read-only parts
 
 
 def test_ring_target_conditions_are_disjoint_and_cover_the_group():
-    group = ({"group": "cameras"}, [], )
+    group = (
+        {"group": "cameras"},
+        [],
+    )
     conds = mf.ring_conditions([(*group, {"ring": "canary"}), (*group, {"ring": "early"}), (*group, {})])
-    devices = {"c1": {"group": "cameras", "ring": "canary"}, "e1": {"group": "cameras", "ring": "early"},
-               "b1": {"group": "cameras"}, "b2": {"group": "cameras", "ring": "other"}, "x": {"group": "doorbells"}, "y": {}}
+    devices = {
+        "c1": {"group": "cameras", "ring": "canary"},
+        "e1": {"group": "cameras", "ring": "early"},
+        "b1": {"group": "cameras"},
+        "b2": {"group": "cameras", "ring": "other"},
+        "x": {"group": "doorbells"},
+        "y": {},
+    }
     member = {d: [i for i, c in enumerate(conds) if matches(c, {"deviceId": d, "tags": t})] for d, t in devices.items()}
-    assert member == {"c1": [0], "e1": [1], "b1": [2], "b2": [2], "x": [], "y": []}   # b1 has no ring tag: NOT must not drop it
+    assert member == {"c1": [0], "e1": [1], "b1": [2], "b2": [2], "x": [], "y": []}  # b1 has no ring tag: NOT must not drop it
 
 
 def test_explicit_device_ids_select_like_the_local_registry():
@@ -179,15 +224,42 @@ def test_explicit_device_ids_select_like_the_local_registry():
 def test_the_custom_metrics_count_what_the_agent_reports(desired):
     from azure_testkit import run_query
 
-    spec = mf.RingDeploymentSpec(rollout="detector", ring="canary", index=0, model="detector", target_condition="tags.ring='canary'",
-                                 priority=11, agent=AGENT, agent_schema="1.1")
+    spec = mf.RingDeploymentSpec(
+        rollout="detector",
+        ring="canary",
+        index=0,
+        model="detector",
+        target_condition="tags.ring='canary'",
+        priority=11,
+        agent=AGENT,
+        agent_schema="1.1",
+    )
     queries = mf.ring_metrics(spec, desired)
     ok = {"status": "ok", "version": "1.0.0", "sha256": desired.sha256, "ring": spec.key, "rollout": desired.rollout}
     twins = [
         {"deviceId": "a", "moduleId": mf.AGENT_MODULE, "properties": {"reported": {"models": {"detector": ok}}}},
-        {"deviceId": "b", "moduleId": mf.AGENT_MODULE, "properties": {"reported": {"models": {"detector": {
-            "status": "failed", "failedVersion": "1.0.0", "version": "0.9.0", "ring": spec.key, "rollout": desired.rollout}}}}},
-        {"deviceId": "c", "moduleId": mf.AGENT_MODULE, "properties": {"reported": {"models": {"detector": {**ok, "ring": "detector.early"}}}}},
+        {
+            "deviceId": "b",
+            "moduleId": mf.AGENT_MODULE,
+            "properties": {
+                "reported": {
+                    "models": {
+                        "detector": {
+                            "status": "failed",
+                            "failedVersion": "1.0.0",
+                            "version": "0.9.0",
+                            "ring": spec.key,
+                            "rollout": desired.rollout,
+                        }
+                    }
+                }
+            },
+        },
+        {
+            "deviceId": "c",
+            "moduleId": mf.AGENT_MODULE,
+            "properties": {"reported": {"models": {"detector": {**ok, "ring": "detector.early"}}}},
+        },
         {"deviceId": "d", "moduleId": mf.AGENT_MODULE, "properties": {"reported": {}}},
     ]
     counts = {name: sorted(r["deviceId"] for r in run_query(q, [], twins)) for name, q in queries.items()}
@@ -206,8 +278,11 @@ def test_the_shipped_schemas_are_the_published_reference_copies():
 
 
 def test_every_manifest_synthesized_for_azure_dev_validates(azure_dev_graph, edge_schemas):
-    configs = [r["inputs"]["content"]["modulesContent"] for r in azure_dev_graph["resources"]
-               if r["type"].endswith("edgefleet-azure:Configuration")]
+    configs = [
+        r["inputs"]["content"]["modulesContent"]
+        for r in azure_dev_graph["resources"]
+        if r["type"].endswith("edgefleet-azure:Configuration")
+    ]
     bases = [mc for mc in configs if "properties.desired" in mc["$edgeAgent"]]
     layers = [mc for mc in configs if "properties.desired" not in mc["$edgeAgent"]]
     assert len(bases) == 1 and len(layers) == 3
@@ -216,10 +291,18 @@ def test_every_manifest_synthesized_for_azure_dev_validates(azure_dev_graph, edg
         assert mf.vendor_problems(manifest) == [] and mf.check_manifest(manifest, contract=False) == []
 
 
-@pytest.mark.parametrize("field,value,path,message", [
-    ("restartPolicy", "sometimes", "['restartPolicy']", "'sometimes' is not one of"),
-    ("settings", {"image": AGENT.image, "createOptions": {"HostConfig": {}}}, "['settings']['createOptions']", "is not of type 'string'"),
-])
+@pytest.mark.parametrize(
+    "field,value,path,message",
+    [
+        ("restartPolicy", "sometimes", "['restartPolicy']", "'sometimes' is not one of"),
+        (
+            "settings",
+            {"image": AGENT.image, "createOptions": {"HostConfig": {}}},
+            "['settings']['createOptions']",
+            "is not of type 'string'",
+        ),
+    ],
+)
 def test_a_bad_restart_policy_or_create_options_is_refused_naming_schema_path_and_fix(signer, field, value, path, message):
     m = base(signer)
     m["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE][field] = value
@@ -241,12 +324,15 @@ def entry(layer: dict) -> dict:
     return layer[mf.AGENT_MODULE]["properties.desired.models.detector"]
 
 
-@pytest.mark.parametrize("text,pieces", [
-    ("#" * mf.TWIN_STRING_LIMIT, ["#" * mf.TWIN_STRING_LIMIT]),                                  # exactly 4096 bytes: one string
-    ("é" * (mf.TWIN_STRING_LIMIT // 2) + "#", ["é" * (mf.TWIN_STRING_LIMIT // 2), "#"]),         # 4097 bytes: two
-    ("#" + "é" * (mf.TWIN_STRING_LIMIT // 2), ["#" + "é" * (mf.TWIN_STRING_LIMIT // 2 - 1), "é"]),   # never cut inside a character
-    ("x" * (2 * mf.TWIN_STRING_LIMIT + 1), ["x" * mf.TWIN_STRING_LIMIT] * 2 + ["x"]),
-])
+@pytest.mark.parametrize(
+    "text,pieces",
+    [
+        ("#" * mf.TWIN_STRING_LIMIT, ["#" * mf.TWIN_STRING_LIMIT]),  # exactly 4096 bytes: one string
+        ("é" * (mf.TWIN_STRING_LIMIT // 2) + "#", ["é" * (mf.TWIN_STRING_LIMIT // 2), "#"]),  # 4097 bytes: two
+        ("#" + "é" * (mf.TWIN_STRING_LIMIT // 2), ["#" + "é" * (mf.TWIN_STRING_LIMIT // 2 - 1), "é"]),  # never cut inside a character
+        ("x" * (2 * mf.TWIN_STRING_LIMIT + 1), ["x" * mf.TWIN_STRING_LIMIT] * 2 + ["x"]),
+    ],
+)
 def test_a_manifest_is_chunked_at_4096_utf8_bytes_like_create_options(signer, desired, text, pieces):
     d = DesiredModel(**{**desired.__dict__, "manifest": text})
     layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=d, ring_key="detector.canary")
@@ -255,7 +341,7 @@ def test_a_manifest_is_chunked_at_4096_utf8_bytes_like_create_options(signer, de
     assert not [k for k in model if k.startswith("manifest") and k not in (*mf.chunk_keys("manifest", len(pieces)), "manifestChunks")]
     assert all(len(p.encode()) <= mf.TWIN_STRING_LIMIT for p in pieces)
     assert model["signatureChunks"] == 1 and model["signature"] == desired.signature
-    assert mf.desired_from_agent(model).manifest.encode() == text.encode()        # the signed bytes, exactly
+    assert mf.desired_from_agent(model).manifest.encode() == text.encode()  # the signed bytes, exactly
     effective = mf.effective_manifest(base(signer), layer)
     assert mf.check_manifest(layer) == [] and mf.check_manifest(effective) == []
 
@@ -267,12 +353,15 @@ def test_other_twin_strings_are_still_held_to_iot_hubs_4_kb(signer, desired):
     assert "['properties.desired.models.detector']['rollbackOrder']" in problem and "4097 bytes" in problem and "at most 4096" in problem
 
 
-@pytest.mark.parametrize("change,needle", [
-    (lambda m: m.pop("manifest01"), "manifest01 is missing (manifestChunks is 3)"),
-    (lambda m: m.update(manifest03="tail"), "manifest03 is beyond manifestChunks (3)"),
-    (lambda m: m.update(manifestChunks=0), "manifestChunks"),
-    (lambda m: m.pop("signatureChunks"), "signatureChunks"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        (lambda m: m.pop("manifest01"), "manifest01 is missing (manifestChunks is 3)"),
+        (lambda m: m.update(manifest03="tail"), "manifest03 is beyond manifestChunks (3)"),
+        (lambda m: m.update(manifestChunks=0), "manifestChunks"),
+        (lambda m: m.pop("signatureChunks"), "signatureChunks"),
+    ],
+)
 def test_chunks_that_do_not_match_their_count_are_refused(desired, change, needle):
     d = DesiredModel(**{**desired.__dict__, "manifest": "#" * (2 * mf.TWIN_STRING_LIMIT + 5)})
     layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=d, ring_key="detector.canary")
@@ -284,10 +373,10 @@ def test_chunks_that_do_not_match_their_count_are_refused(desired, change, needl
 def test_the_agent_joins_exactly_the_counted_chunks(desired):
     long = DesiredModel(**{**desired.__dict__, "manifest": "a" * mf.TWIN_STRING_LIMIT + "b" * 10})
     model = mf.agent_desired(long, "detector.canary")
-    shorter = {**model, **mf.agent_desired(desired, "detector.canary")}      # merged over a longer one: manifest01 lingers
+    shorter = {**model, **mf.agent_desired(desired, "detector.canary")}  # merged over a longer one: manifest01 lingers
     assert "manifest01" in shorter and mf.desired_from_agent(shorter) == desired
     legacy = {k: v for k, v in mf.agent_desired(desired, "detector.canary").items() if not k.endswith("Chunks")}
-    assert mf.desired_from_agent(legacy) == desired                          # written before chunking: one string
+    assert mf.desired_from_agent(legacy) == desired  # written before chunking: one string
     with pytest.raises(KeyError, match="manifest01"):
         mf.desired_from_agent({k: v for k, v in model.items() if k != "manifest01"})
     with pytest.raises(ValueError, match="manifestChunks is 'two'"):

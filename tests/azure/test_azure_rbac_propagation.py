@@ -60,9 +60,17 @@ class FlakyContainer:
 
 
 def artifact_props() -> dict:
-    return {"source": str(REPO / "models" / "detector" / "detector.onnx"), "model": "detector", "version": "1.0.0", "sha256": SHA,
-            "size": 2364, "manifest": (REPO / "models" / "detector" / "model.yaml").read_text(),
-            "blob_endpoint": "https://efdev.blob.core.windows.net/", "container": "models", "key_url": "unused"}
+    return {
+        "source": str(REPO / "models" / "detector" / "detector.onnx"),
+        "model": "detector",
+        "version": "1.0.0",
+        "sha256": SHA,
+        "size": 2364,
+        "manifest": (REPO / "models" / "detector" / "model.yaml").read_text(),
+        "blob_endpoint": "https://efdev.blob.core.windows.net/",
+        "container": "models",
+        "key_url": "unused",
+    }
 
 
 def test_the_public_key_is_read_once_key_vault_stops_answering_forbidden_by_rbac(vault, rbac_waits):
@@ -93,7 +101,7 @@ def test_a_role_that_never_arrives_fails_after_the_bounded_wait_naming_the_role_
     text = str(e.value)
     assert vault.kid in text and "ForbiddenByRbac" in text and "after waiting 600s" in text
     assert "Key Vault Crypto User" in text and "pulumi up" in text and rbac.ENV in text
-    assert sum(rbac_waits) == pytest.approx(600.0) and len(rbac_waits) < 40        # backoff, not a busy loop
+    assert sum(rbac_waits) == pytest.approx(600.0) and len(rbac_waits) < 40  # backoff, not a busy loop
 
 
 def test_the_wait_is_configurable_and_zero_turns_it_off(vault, rbac_waits, monkeypatch):
@@ -117,19 +125,24 @@ def test_other_key_vault_refusals_fail_at_once(vault, rbac_waits, code):
 
 def test_publishing_waits_for_storage_and_key_vault_roles_and_uploads_once(vault, rbac_waits):
     box = FlakyContainer(refusals=2)
-    vault.forbidden = 2                                      # then Key Vault, when it comes to signing
+    vault.forbidden = 2  # then Key Vault, when it comes to signing
     signer = KeyVaultSigner(vault.kid, credential=StaticToken())
     out = publish_artifact(artifact_props(), signer=signer, container=box)
     assert len(rbac_waits) == 4
     assert box.uploads.count(f"detector/{SHA}.onnx") == 1 and box.uploads.count(f"detector/{SHA}.yaml.sig") == 1
     from edgefleet_agent.contract.artifact import verify_artifact
 
-    verify_artifact(box.blobs[f"detector/{SHA}.yaml"][0], out["signature"].encode(), REPO / "models" / "detector" / "detector.onnx",
-                    load_public_key(vault.public_pem(), "vault"), "store")
+    verify_artifact(
+        box.blobs[f"detector/{SHA}.yaml"][0],
+        out["signature"].encode(),
+        REPO / "models" / "detector" / "detector.onnx",
+        load_public_key(vault.public_pem(), "vault"),
+        "store",
+    )
 
 
 def test_a_storage_refusal_that_is_not_propagation_fails_at_once(vault, rbac_waits):
-    box = FlakyContainer(refusals=1, code="AuthorizationFailure")          # e.g. the account's firewall
+    box = FlakyContainer(refusals=1, code="AuthorizationFailure")  # e.g. the account's firewall
     with pytest.raises(HttpResponseError, match="AuthorizationFailure"):
         publish_artifact(artifact_props(), signer=KeyVaultSigner(vault.kid, credential=StaticToken()), container=box)
     assert rbac_waits == [] and box.uploads == []

@@ -117,14 +117,17 @@ def test_under_pulumi_up_an_unknown_key_fails_the_same_way(monkeypatch):
     assert source == "stacks/Pulumi.prod.yaml" and [g.name for g in parsed.groups]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("config: [unclosed\n", "not valid YAML"),
-    ("config:\n  edgefleet:platforms: [local\n  other: 1\n", "not valid YAML"),
-    ("config:\n\tedgefleet:platforms: [local]\n", "not valid YAML"),
-    ("- config\n", "expected a mapping with a `config:` key at the top level, got list"),
-    ("just a string\n", "expected a mapping with a `config:` key at the top level, got str"),
-    ("config: [1, 2]\n", "config: must be a mapping of keys"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("config: [unclosed\n", "not valid YAML"),
+        ("config:\n  edgefleet:platforms: [local\n  other: 1\n", "not valid YAML"),
+        ("config:\n\tedgefleet:platforms: [local]\n", "not valid YAML"),
+        ("- config\n", "expected a mapping with a `config:` key at the top level, got list"),
+        ("just a string\n", "expected a mapping with a `config:` key at the top level, got str"),
+        ("config: [1, 2]\n", "config: must be a mapping of keys"),
+    ],
+)
 def test_bad_yaml(project_copy, text, expected):
     err = error_of(project_copy, text=text)
     assert err.where == SOURCE and err.problem.startswith(expected)
@@ -148,21 +151,32 @@ def test_edgefleet_keys_hold_no_secrets(project_copy):
 
 
 # -- typed fields ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("mutate, expected", [
-    (lambda c: ring(c, 0)["gate"].update(soak=3), "edgefleet:rollouts[0].rings[0].gate.soak: unknown key (check the spelling"),
-    (lambda c: ring(c, 0).update(percent="5"), "edgefleet:rollouts[0].rings[0].percent: Input should be a valid number (got '5')"),
-    (lambda c: ring(c, 0).update(percent=0), "edgefleet:rollouts[0].rings[0].percent: Input should be greater than 0"),
-    (lambda c: ring(c, 0).update(percent=101), "edgefleet:rollouts[0].rings[0].percent: Input should be less than or equal to 100"),
-    (lambda c: ring(c, 0)["gate"].update(success_share=1.5), "edgefleet:rollouts[0].rings[0].gate.success_share: Input should be less than or equal to 1"),
-    (lambda c: c.update({"edgefleet:platforms": "local"}), "edgefleet:platforms: Input should be a valid list (got 'local')"),
-    (lambda c: c.update({"edgefleet:platforms": ["gcp"]}), "edgefleet:platforms[0]: Input should be 'local', 'aws' or 'azure'"),
-    (lambda c: c["edgefleet:groups"][0].update(name="Cameras"), "edgefleet:groups[0].name: String should match pattern"),
-    (lambda c: c["edgefleet:groups"][0]["hardware"].update(arch="x86"), "edgefleet:groups[0].hardware.arch: Input should be"),
-    (lambda c: c["edgefleet:groups"][0].update(labels={}), "edgefleet:groups[0]: a group needs labels or devices to select its members"),
-    (lambda c: c.pop("edgefleet:models"), "edgefleet:models: required key is missing"),
-    (lambda c: c["edgefleet:local"]["devices"][0].update(processes=600, offline=600),
-     "edgefleet:local.devices[0]: processes (600) + offline (600) exceed count (1000)"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: ring(c, 0)["gate"].update(soak=3), "edgefleet:rollouts[0].rings[0].gate.soak: unknown key (check the spelling"),
+        (lambda c: ring(c, 0).update(percent="5"), "edgefleet:rollouts[0].rings[0].percent: Input should be a valid number (got '5')"),
+        (lambda c: ring(c, 0).update(percent=0), "edgefleet:rollouts[0].rings[0].percent: Input should be greater than 0"),
+        (lambda c: ring(c, 0).update(percent=101), "edgefleet:rollouts[0].rings[0].percent: Input should be less than or equal to 100"),
+        (
+            lambda c: ring(c, 0)["gate"].update(success_share=1.5),
+            "edgefleet:rollouts[0].rings[0].gate.success_share: Input should be less than or equal to 1",
+        ),
+        (lambda c: c.update({"edgefleet:platforms": "local"}), "edgefleet:platforms: Input should be a valid list (got 'local')"),
+        (lambda c: c.update({"edgefleet:platforms": ["gcp"]}), "edgefleet:platforms[0]: Input should be 'local', 'aws' or 'azure'"),
+        (lambda c: c["edgefleet:groups"][0].update(name="Cameras"), "edgefleet:groups[0].name: String should match pattern"),
+        (lambda c: c["edgefleet:groups"][0]["hardware"].update(arch="x86"), "edgefleet:groups[0].hardware.arch: Input should be"),
+        (
+            lambda c: c["edgefleet:groups"][0].update(labels={}),
+            "edgefleet:groups[0]: a group needs labels or devices to select its members",
+        ),
+        (lambda c: c.pop("edgefleet:models"), "edgefleet:models: required key is missing"),
+        (
+            lambda c: c["edgefleet:local"]["devices"][0].update(processes=600, offline=600),
+            "edgefleet:local.devices[0]: processes (600) + offline (600) exceed count (1000)",
+        ),
+    ],
+)
 def test_typed_field_errors_name_the_key(project_copy, mutate, expected):
     cfg = local_stack_config()
     mutate(cfg)
@@ -176,8 +190,9 @@ def test_deadline_shorter_than_soak(project_copy):
     cfg = local_stack_config()
     ring(cfg, 1)["gate"].update(soak_seconds=400, deadline_seconds=60)
     err = error_of(project_copy, cfg)
-    assert err.problem == ("edgefleet:rollouts[0].rings[1].gate: deadline_seconds (60.0) is shorter than soak_seconds (400.0); "
-                           "no ring could ever pass")
+    assert err.problem == (
+        "edgefleet:rollouts[0].rings[1].gate: deadline_seconds (60.0) is shorter than soak_seconds (400.0); no ring could ever pass"
+    )
 
 
 def test_duplicate_ring_names(project_copy):
@@ -212,16 +227,19 @@ def test_ring_whose_group_does_not_exist(project_copy):
 def test_percent_ring_on_a_non_local_platform(project_copy):
     cfg = aws_stack(local_stack_config())
     err = error_of(project_copy, cfg)
-    assert err.problem.startswith("edgefleet:rollouts[0].rings[0].percent: percentage rings need the device registry, "
-                                  "which only the local platform keeps; group 'cameras' is on aws (and 2 more)")
+    assert err.problem.startswith(
+        "edgefleet:rollouts[0].rings[0].percent: percentage rings need the device registry, "
+        "which only the local platform keeps; group 'cameras' is on aws (and 2 more)"
+    )
     assert "labels" in err.fix
 
 
 def test_percent_must_grow_ring_by_ring(project_copy):
     cfg = local_stack_config()
     ring(cfg, 0)["percent"] = 50
-    assert error_of(project_copy, cfg).problem == ("edgefleet:rollouts[0].rings[1].percent: 30.0 does not exceed the previous "
-                                                   "ring's 50.0 for group 'cameras' (percent is cumulative)")
+    assert error_of(project_copy, cfg).problem == (
+        "edgefleet:rollouts[0].rings[1].percent: 30.0 does not exceed the previous ring's 50.0 for group 'cameras' (percent is cumulative)"
+    )
 
 
 def test_platform_without_its_section(project_copy):
@@ -262,8 +280,9 @@ def test_check_stack_is_pure_and_lists_everything():
 
 
 def test_hardware_runs():
-    target = HardwareProfile(name="t", arch="arm64", execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-                             memory_mb=512, storage_mb=64)
+    target = HardwareProfile(
+        name="t", arch="arm64", execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"], memory_mb=512, storage_mb=64
+    )
     device = HardwareProfile(name="d", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb=1024, storage_mb=64)
     assert hardware_runs(target, device)
     assert not hardware_runs(target, device.model_copy(update={"arch": "amd64"}))
@@ -283,5 +302,8 @@ def test_bad_config_through_synth_cli(run_cli, project_copy):
 def test_missing_stack_through_synth_cli(run_cli, project_copy):
     only_local_stack(project_copy)
     res = run_cli("synth", "--stack", "prod", "--project-dir", project_copy)
-    assert_user_error(res, "error: stacks/Pulumi.prod.yaml: no such stack file (stack 'prod')",
-                      "fix: use one of: local, or create stacks/Pulumi.prod.yaml")
+    assert_user_error(
+        res,
+        "error: stacks/Pulumi.prod.yaml: no such stack file (stack 'prod')",
+        "fix: use one of: local, or create stacks/Pulumi.prod.yaml",
+    )

@@ -63,7 +63,7 @@ def test_sha256_file_streams_in_bounded_reads(tmp_path, monkeypatch):
     assert sha256_file(path)[1] == size
     assert calls, "sha256_file did not read through the opened file"
     assert all(kind in ("read", "readinto") and 0 < n <= CHUNK for kind, n in calls), calls
-    assert len(calls) >= size // CHUNK + 1          # many bounded reads, not one big one
+    assert len(calls) >= size // CHUNK + 1  # many bounded reads, not one big one
 
 
 def test_sha256_file_memory_does_not_grow_with_the_file(tmp_path):
@@ -116,7 +116,7 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]       # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]  # no temporary file left behind
 
 
 def test_atomic_copy(tmp_path):
@@ -126,4 +126,3 @@ def test_atomic_copy(tmp_path):
     atomic_copy(src, dst)
     assert dst.read_bytes() == src.read_bytes()
     assert sorted(p.name for p in dst.parent.iterdir()) == ["dst.bin"]
-

@@ -60,42 +60,47 @@ def test_manifest_is_immutable(doc):
         m.version = "2.0.0"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("mutate, expected", [
-    (lambda d: d.update(foo=1), "foo: unknown key (check the spelling; unknown keys are errors)"),
-    (lambda d: d["inputs"][0].update(dtype="float32"), "inputs[0].dtype: unknown key"),
-    (lambda d: d["targets"][0].update(gpu=True), "targets[0].gpu: unknown key"),
-    (lambda d: d["metrics"][0].update(split="val"), "metrics[0].split: unknown key"),
-    (lambda d: d["metrics"][0].update(value=float("nan")), "metrics[0].value: Input should be a finite number"),
-    (lambda d: d.pop("sha256"), "sha256: required key is missing"),
-    (lambda d: d.update(version="1.0"), "version: '1.0' is not a semantic version such as 1.4.0"),
-    (lambda d: d.update(version=1.0), "version: Input should be a valid string (got 1.0)"),
-    (lambda d: d.update(min_agent_version="latest"), "min_agent_version: 'latest' is not a semantic version"),
-    (lambda d: d.update(sha256="ABC"), "sha256: String should match pattern '^[0-9a-f]{64}$' (got 'ABC')"),
-    (lambda d: d.update(size="2364"), "size: Input should be a valid integer (got '2364')"),
-    (lambda d: d.update(size=0), "size: Input should be greater than 0"),
-    (lambda d: d.update(opset=6), "opset: Input should be greater than or equal to 7"),
-    (lambda d: d.update(file="../escape.onnx"), "file: String should match pattern"),
-    (lambda d: d.update(file="detector.pt"), "file: String should match pattern"),
-    (lambda d: d.update(name="Detector"), "name: String should match pattern"),
-    (lambda d: d["inputs"][0].update(element_type="float"), "inputs[0].element_type: Input should be 'float32'"),
-    (lambda d: d["targets"][0].update(arch="x86"), "targets[0].arch: Input should be 'amd64', 'arm64' or 'armv7' (got 'x86')"),
-    (lambda d: d["targets"][0].update(execution_providers=["GPU"]),
-     "targets[0].execution_providers: unknown onnxruntime execution provider 'GPU'"),
-    (lambda d: d["targets"][0].update(execution_providers=[]), "targets[0].execution_providers: List should have at least 1 item"),
-    (lambda d: d["targets"][0].update(memory_mb=0), "targets[0].memory_mb: Input should be greater than 0"),
-    (lambda d: d.update(targets=[]), "targets: List should have at least 1 item"),
-    (lambda d: d.update(inputs=[]), "inputs: List should have at least 1 item"),
-    (lambda d: d["inputs"].append(copy.deepcopy(d["inputs"][0])), "inputs has duplicate names: image"),
-    (lambda d: d["targets"].append(copy.deepcopy(d["targets"][0])), "targets has duplicate names: x86-camera"),
-    (lambda d: d["metrics"][0].update(value="high"), "metrics[0].value: Input should be a valid number"),
-    (lambda d: d["metrics"][0].update(name="Top-1"), "metrics[0].name: String should match pattern"),
-    (lambda d: d["inputs"][0].update(shape=[0, 3]), "inputs[0].shape[0]"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d.update(foo=1), "foo: unknown key (check the spelling; unknown keys are errors)"),
+        (lambda d: d["inputs"][0].update(dtype="float32"), "inputs[0].dtype: unknown key"),
+        (lambda d: d["targets"][0].update(gpu=True), "targets[0].gpu: unknown key"),
+        (lambda d: d["metrics"][0].update(split="val"), "metrics[0].split: unknown key"),
+        (lambda d: d["metrics"][0].update(value=float("nan")), "metrics[0].value: Input should be a finite number"),
+        (lambda d: d.pop("sha256"), "sha256: required key is missing"),
+        (lambda d: d.update(version="1.0"), "version: '1.0' is not a semantic version such as 1.4.0"),
+        (lambda d: d.update(version=1.0), "version: Input should be a valid string (got 1.0)"),
+        (lambda d: d.update(min_agent_version="latest"), "min_agent_version: 'latest' is not a semantic version"),
+        (lambda d: d.update(sha256="ABC"), "sha256: String should match pattern '^[0-9a-f]{64}$' (got 'ABC')"),
+        (lambda d: d.update(size="2364"), "size: Input should be a valid integer (got '2364')"),
+        (lambda d: d.update(size=0), "size: Input should be greater than 0"),
+        (lambda d: d.update(opset=6), "opset: Input should be greater than or equal to 7"),
+        (lambda d: d.update(file="../escape.onnx"), "file: String should match pattern"),
+        (lambda d: d.update(file="detector.pt"), "file: String should match pattern"),
+        (lambda d: d.update(name="Detector"), "name: String should match pattern"),
+        (lambda d: d["inputs"][0].update(element_type="float"), "inputs[0].element_type: Input should be 'float32'"),
+        (lambda d: d["targets"][0].update(arch="x86"), "targets[0].arch: Input should be 'amd64', 'arm64' or 'armv7' (got 'x86')"),
+        (
+            lambda d: d["targets"][0].update(execution_providers=["GPU"]),
+            "targets[0].execution_providers: unknown onnxruntime execution provider 'GPU'",
+        ),
+        (lambda d: d["targets"][0].update(execution_providers=[]), "targets[0].execution_providers: List should have at least 1 item"),
+        (lambda d: d["targets"][0].update(memory_mb=0), "targets[0].memory_mb: Input should be greater than 0"),
+        (lambda d: d.update(targets=[]), "targets: List should have at least 1 item"),
+        (lambda d: d.update(inputs=[]), "inputs: List should have at least 1 item"),
+        (lambda d: d["inputs"].append(copy.deepcopy(d["inputs"][0])), "inputs has duplicate names: image"),
+        (lambda d: d["targets"].append(copy.deepcopy(d["targets"][0])), "targets has duplicate names: x86-camera"),
+        (lambda d: d["metrics"][0].update(value="high"), "metrics[0].value: Input should be a valid number"),
+        (lambda d: d["metrics"][0].update(name="Top-1"), "metrics[0].name: String should match pattern"),
+        (lambda d: d["inputs"][0].update(shape=[0, 3]), "inputs[0].shape[0]"),
+    ],
+)
 def test_bad_manifest_names_the_field(doc, mutate, expected):
     mutate(doc)
     problem = problem_of(doc)
     assert expected in problem
-    assert "Value error," not in problem          # pydantic's internal prefix never reaches the user
+    assert "Value error," not in problem  # pydantic's internal prefix never reaches the user
 
 
 def test_every_bad_field_is_listed_at_once(doc):
@@ -114,12 +119,15 @@ def test_integer_metric_value_is_a_number(doc):
     assert parse(doc).metrics[0].value == 1
 
 
-@pytest.mark.parametrize("data, expected", [
-    (b"name: [", "not valid YAML"),
-    (b"\xff\xfe\x00", "not valid YAML"),
-    (b"- a\n- b\n", "expected a mapping of manifest fields at the top level"),
-    (b"", "expected a mapping of manifest fields at the top level"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b"name: [", "not valid YAML"),
+        (b"\xff\xfe\x00", "not valid YAML"),
+        (b"- a\n- b\n", "expected a mapping of manifest fields at the top level"),
+        (b"", "expected a mapping of manifest fields at the top level"),
+    ],
+)
 def test_unparseable_manifest(data, expected):
     with pytest.raises(ConfigError) as info:
         parse_manifest_bytes(data, SOURCE)
@@ -143,8 +151,9 @@ def test_missing_manifest(tmp_path):
 
 
 def test_hardware_profile_is_typed():
-    hp = HardwareProfile(name="orin", arch="arm64", execution_providers=["TensorrtExecutionProvider", "CPUExecutionProvider"],
-                         memory_mb=512, storage_mb=64)
+    hp = HardwareProfile(
+        name="orin", arch="arm64", execution_providers=["TensorrtExecutionProvider", "CPUExecutionProvider"], memory_mb=512, storage_mb=64
+    )
     assert hp.execution_providers[0] == "TensorrtExecutionProvider"
     with pytest.raises(ValidationError):
         HardwareProfile(name="orin", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb="512", storage_mb=64)

@@ -54,8 +54,8 @@ def test_declared_model_is_sample_1_0_0_and_metrics_agree():
 
 def test_samples_behave_as_documented():
     image = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
-    image[0, 1] += 1.0                                            # green dominates frame 0
-    image[1, 2] += 1.0                                            # blue dominates frame 1
+    image[0, 1] += 1.0  # green dominates frame 0
+    image[1, 2] += 1.0  # blue dominates frame 1
     outs = {}
     for name in FILES[:3]:
         session = ort.InferenceSession(str(SAMPLES / name), providers=["CPUExecutionProvider"])

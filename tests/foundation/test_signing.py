@@ -56,7 +56,7 @@ def test_keys_create_writes_a_private_p256_key_0600_and_its_public_half(run_cli,
     assert isinstance(private, ec.EllipticCurvePrivateKey) and isinstance(private.curve, ec.SECP256R1)
     public = trusted(tmp_path / "k" / "signing.pub.pem")
     assert public.public_numbers() == private.public_key().public_numbers()
-    assert [p.name for p in (tmp_path / "k").iterdir() if p.name.startswith(".")] == []   # no temporary files left
+    assert [p.name for p in (tmp_path / "k").iterdir() if p.name.startswith(".")] == []  # no temporary files left
 
 
 def test_private_key_is_never_readable_by_others(tmp_path, monkeypatch):
@@ -69,7 +69,7 @@ def test_private_key_is_never_readable_by_others(tmp_path, monkeypatch):
     real_open = os.open
 
     def spy(path, flags, mode=0o777, *a, **k):
-        if ".signing.pem.tmp-" in str(path):       # the private key's temporary file, before its rename
+        if ".signing.pem.tmp-" in str(path):  # the private key's temporary file, before its rename
             modes.append(mode)
         return real_open(path, flags, mode, *a, **k)
 
@@ -116,8 +116,11 @@ def test_sign_then_verify(run_cli, detector_dir, keypair):
 
 def test_verify_with_another_key_fails(run_cli, signed_dir, keypair, other_keypair):
     res = run_cli("model", "verify", signed_dir, "--public-key", other_keypair[1])
-    assert_user_error(res, f"{signed_dir / 'model.yaml'}: signed by key {LocalKeySigner(keypair[0]).key_id}, "
-                           f"but the trusted key is {LocalKeySigner(other_keypair[0]).key_id}")
+    assert_user_error(
+        res,
+        f"{signed_dir / 'model.yaml'}: signed by key {LocalKeySigner(keypair[0]).key_id}, "
+        f"but the trusted key is {LocalKeySigner(other_keypair[0]).key_id}",
+    )
 
 
 def test_signature_by_another_key_under_the_trusted_key_id_fails(signed_dir, keypair, other_keypair):
@@ -134,50 +137,69 @@ def test_verify_tampered_model(run_cli, signed_dir, keypair):
     data = bytearray(art.read_bytes())
     data[100] ^= 0x01
     art.write_bytes(bytes(data))
-    assert_user_error(run_cli("model", "verify", signed_dir, "--public-key", keypair[1]),
-                      f"{signed_dir / 'model.yaml'}: artifact does not match the signed manifest: {art} has sha256",
-                      "fix: re-download the artifact")
+    assert_user_error(
+        run_cli("model", "verify", signed_dir, "--public-key", keypair[1]),
+        f"{signed_dir / 'model.yaml'}: artifact does not match the signed manifest: {art} has sha256",
+        "fix: re-download the artifact",
+    )
 
 
 def test_verify_tampered_manifest(run_cli, signed_dir, keypair):
     path = signed_dir / "model.yaml"
     path.write_text(path.read_text().replace("memory_mb: 256", "memory_mb: 128"))
-    assert_user_error(run_cli("model", "verify", signed_dir, "--public-key", keypair[1]),
-                      f"{path}: signature does not match the content (the manifest changed after signing")
+    assert_user_error(
+        run_cli("model", "verify", signed_dir, "--public-key", keypair[1]),
+        f"{path}: signature does not match the content (the manifest changed after signing",
+    )
 
 
 def test_verify_unsigned(run_cli, detector_dir, keypair):
-    assert_user_error(run_cli("model", "verify", detector_dir, "--public-key", keypair[1]),
-                      f"{detector_dir / 'model.yaml.sig'}: no signature file", "edgefleet model sign")
+    assert_user_error(
+        run_cli("model", "verify", detector_dir, "--public-key", keypair[1]),
+        f"{detector_dir / 'model.yaml.sig'}: no signature file",
+        "edgefleet model sign",
+    )
 
 
 def test_verify_missing_and_wrong_public_key(run_cli, signed_dir, keypair, tmp_path):
-    assert_user_error(run_cli("model", "verify", signed_dir, "--public-key", tmp_path / "nope.pem"),
-                      f"{tmp_path / 'nope.pem'}: public key file not found")
-    assert_user_error(run_cli("model", "verify", signed_dir, "--public-key", keypair[0]),
-                      f"{keypair[0]}: not a PEM public key")
+    assert_user_error(
+        run_cli("model", "verify", signed_dir, "--public-key", tmp_path / "nope.pem"), f"{tmp_path / 'nope.pem'}: public key file not found"
+    )
+    assert_user_error(run_cli("model", "verify", signed_dir, "--public-key", keypair[0]), f"{keypair[0]}: not a PEM public key")
 
 
 def test_sign_with_missing_or_wrong_key(run_cli, detector_dir, keypair, tmp_path):
-    assert_user_error(run_cli("model", "sign", detector_dir, "--key", tmp_path / "nope.pem"),
-                      f"{tmp_path / 'nope.pem'}: signing key file not found", f"edgefleet keys create {tmp_path / 'nope.pem'}")
-    assert_user_error(run_cli("model", "sign", detector_dir, "--key", keypair[1]),
-                      f"{keypair[1]}: not an unencrypted PEM private key", "not its .pub.pem")
+    assert_user_error(
+        run_cli("model", "sign", detector_dir, "--key", tmp_path / "nope.pem"),
+        f"{tmp_path / 'nope.pem'}: signing key file not found",
+        f"edgefleet keys create {tmp_path / 'nope.pem'}",
+    )
+    assert_user_error(
+        run_cli("model", "sign", detector_dir, "--key", keypair[1]), f"{keypair[1]}: not an unencrypted PEM private key", "not its .pub.pem"
+    )
     ed = tmp_path / "ed.pem"
-    ed.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    ed.write_bytes(
+        ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     assert_user_error(run_cli("model", "sign", detector_dir, "--key", ed), f"{ed}: signing key is not ECDSA P-256")
     p384 = tmp_path / "p384.pub.pem"
-    p384.write_bytes(ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    p384.write_bytes(
+        ec.generate_private_key(ec.SECP384R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     assert_user_error(run_cli("model", "verify", detector_dir, "--public-key", p384), f"{p384}: public key is not ECDSA P-256")
 
 
 def test_sign_refuses_a_manifest_that_does_not_pin_its_artifact(run_cli, detector_dir, keypair):
     art = detector_dir / "detector.onnx"
     art.write_bytes(art.read_bytes()[:-1])
-    assert_user_error(run_cli("model", "sign", detector_dir, "--key", keypair[0]),
-                      f"{detector_dir / 'model.yaml'}: refusing to sign: {art} is 2363 bytes but the manifest says 2364")
+    assert_user_error(
+        run_cli("model", "sign", detector_dir, "--key", keypair[0]),
+        f"{detector_dir / 'model.yaml'}: refusing to sign: {art} is 2363 bytes but the manifest says 2364",
+    )
     assert not (detector_dir / "model.yaml.sig").exists()
 
 
@@ -200,7 +222,7 @@ def test_any_flipped_byte_fails_verification(signed_dir, keypair, target):
             tampered = bytearray(original)
             tampered[pos] ^= mask
             path.write_bytes(bytes(tampered))
-            with pytest.raises(SignatureError) as info:   # always a signature failure, never a parse error or success
+            with pytest.raises(SignatureError) as info:  # always a signature failure, never a parse error or success
                 verify_model_dir(ModelDir(signed_dir), key)
             expected = "signature does not match the content" if target == "model.yaml" else "artifact does not match the signed manifest"
             assert expected in info.value.problem, (pos, mask, info.value)
@@ -246,14 +268,20 @@ def test_device_side_verification_matches_the_cli(signed_dir, keypair):
         verify_artifact(manifest, sig, signed_dir / "missing.onnx", trusted(keypair[1]), "device")
 
 
-@pytest.mark.parametrize("data, expected", [
-    (b"not json", "not an edgefleet signature file"),
-    (b"[]", "not an edgefleet signature file"),
-    (json.dumps({"format": "other/v1"}).encode(), "format is 'other/v1'"),
-    (json.dumps({"format": SIGNATURE_FORMAT, "algorithm": "rsa"}).encode(), "algorithm is 'rsa'"),
-    (json.dumps({"format": SIGNATURE_FORMAT, "algorithm": ALGORITHM, "key_id": "k", "signature": "!!"}).encode(), "not an edgefleet signature file"),
-    (json.dumps({"format": SIGNATURE_FORMAT, "algorithm": ALGORITHM, "signature": "AAAA"}).encode(), "'key_id'"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b"not json", "not an edgefleet signature file"),
+        (b"[]", "not an edgefleet signature file"),
+        (json.dumps({"format": "other/v1"}).encode(), "format is 'other/v1'"),
+        (json.dumps({"format": SIGNATURE_FORMAT, "algorithm": "rsa"}).encode(), "algorithm is 'rsa'"),
+        (
+            json.dumps({"format": SIGNATURE_FORMAT, "algorithm": ALGORITHM, "key_id": "k", "signature": "!!"}).encode(),
+            "not an edgefleet signature file",
+        ),
+        (json.dumps({"format": SIGNATURE_FORMAT, "algorithm": ALGORITHM, "signature": "AAAA"}).encode(), "'key_id'"),
+    ],
+)
 def test_bad_signature_files(data, expected):
     with pytest.raises(SignatureError) as info:
         Envelope.parse(data, "x.sig")
@@ -272,9 +300,15 @@ def test_raw_and_der_signatures_convert_both_ways(keypair):
 
 def test_rollback_order_round_trip():
     data = rollback_order("detector", "1.0.0", "ab" * 32, "gate failed", "1.1.0", "cd" * 32)
-    assert data == rollback_order("detector", "1.0.0", "ab" * 32, "gate failed", "1.1.0", "cd" * 32)          # canonical bytes
-    assert parse_rollback_order(data, "x") == {"model": "detector", "version": "1.0.0", "sha256": "ab" * 32, "reason": "gate failed",
-                                               "from_version": "1.1.0", "from_sha256": "cd" * 32}
+    assert data == rollback_order("detector", "1.0.0", "ab" * 32, "gate failed", "1.1.0", "cd" * 32)  # canonical bytes
+    assert parse_rollback_order(data, "x") == {
+        "model": "detector",
+        "version": "1.0.0",
+        "sha256": "ab" * 32,
+        "reason": "gate failed",
+        "from_version": "1.1.0",
+        "from_sha256": "cd" * 32,
+    }
     with pytest.raises(SignatureError, match="not a rollback order"):
         parse_rollback_order(b'{"format": "nope"}', "x")
 
@@ -283,9 +317,11 @@ def test_signing_modules_do_not_import_pulumi_or_onnxruntime():
     import subprocess
     import sys
 
-    code = ("import sys, edgefleet_agent.contract.artifact, edgefleet_agent.contract.digest, edgefleet_agent.contract.signing, "
-            "edgefleet_agent.contract.manifest, edgefleet.signing; "
-            "print(sorted(m for m in ('pulumi', 'onnxruntime', 'onnx', 'numpy') if m in sys.modules))")
+    code = (
+        "import sys, edgefleet_agent.contract.artifact, edgefleet_agent.contract.digest, edgefleet_agent.contract.signing, "
+        "edgefleet_agent.contract.manifest, edgefleet.signing; "
+        "print(sorted(m for m in ('pulumi', 'onnxruntime', 'onnx', 'numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 

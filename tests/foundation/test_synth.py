@@ -76,20 +76,29 @@ def test_every_record_has_the_documented_fields(graph):
 
 
 def test_urns_follow_pulumi_parent_type_chains(graph, by_name):
-    assert find(graph, "edgefleet:models:ModelVersion", "detector")["urn"] == \
-        "urn:pulumi:local::edgefleet::edgefleet:models:ModelVersion::detector"
+    assert (
+        find(graph, "edgefleet:models:ModelVersion", "detector")["urn"]
+        == "urn:pulumi:local::edgefleet::edgefleet:models:ModelVersion::detector"
+    )
     gate = by_name["detector-canary-gate"]
-    assert gate["urn"] == ("urn:pulumi:local::edgefleet::edgefleet:rollout:Rollout$edgefleet:rollout:Ring$"
-                           f"{DYN}RingGate::detector-canary-gate")
+    assert gate["urn"] == (
+        f"urn:pulumi:local::edgefleet::edgefleet:rollout:Rollout$edgefleet:rollout:Ring${DYN}RingGate::detector-canary-gate"
+    )
     assert by_name["cameras"]["urn"] == "urn:pulumi:local::edgefleet::edgefleet:fleet:DeviceGroup::cameras"
 
 
 def test_parents(graph):
     urn = {(r["type"], r["name"]): r["urn"] for r in graph["resources"]}
     parent_of = {(r["type"], r["name"]): r["parent"] for r in graph["resources"]}
-    for top in ("edgefleet:fleet:DeviceGroup", "edgefleet:models:ModelVersion", "edgefleet:registry:AppRegistry",
-                "edgefleet:signing:SigningKey", "edgefleet:storage:ModelStore", "edgefleet:rollout:Rollout"):
-        assert all(parent is None for (t, _), parent in parent_of.items() if t == top), top   # children of the stack
+    for top in (
+        "edgefleet:fleet:DeviceGroup",
+        "edgefleet:models:ModelVersion",
+        "edgefleet:registry:AppRegistry",
+        "edgefleet:signing:SigningKey",
+        "edgefleet:storage:ModelStore",
+        "edgefleet:rollout:Rollout",
+    ):
+        assert all(parent is None for (t, _), parent in parent_of.items() if t == top), top  # children of the stack
     rollout = urn[("edgefleet:rollout:Rollout", "detector")]
     for ring in RINGS:
         ring_urn = urn[("edgefleet:rollout:Ring", f"detector-{ring}")]
@@ -126,7 +135,7 @@ def test_ring_chain_dependencies(by_name):
 def test_artifact_waits_for_store_and_key(by_name):
     art = by_name["detector-local-artifact"]
     assert art["dependencies"] == sorted([by_name["local-models-dir"]["urn"], by_name["local-signing-keyfile"]["urn"]])
-    assert art["inputs"]["source"] == "models/detector/detector.onnx"      # project-relative: same graph in any checkout
+    assert art["inputs"]["source"] == "models/detector/detector.onnx"  # project-relative: same graph in any checkout
 
 
 def test_model_version_inputs_and_outputs(graph, local_project):
@@ -137,7 +146,7 @@ def test_model_version_inputs_and_outputs(graph, local_project):
     outputs = mv["outputs"]
     assert {"version", "digest", "size", "signature"} <= set(outputs)
     assert (outputs["version"], outputs["digest"], outputs["size"]) == ("1.0.0", manifest.sha256, 2364)
-    assert outputs["signature"] == "[computed at deploy]"      # made by the provider at deploy time, never faked
+    assert outputs["signature"] == "[computed at deploy]"  # made by the provider at deploy time, never faked
     assert outputs["publications"]["local"]["uri"] == "[computed at deploy]"
 
 
@@ -151,7 +160,7 @@ def test_component_outputs_are_recorded(graph, by_name):
 def test_synth_is_deterministic(local_project, graph):
     again = synth(local_project, "local")
     assert dumps(again) == dumps(graph)
-    assert str(local_project) not in dumps(graph)            # no absolute paths: other checkouts produce the same bytes
+    assert str(local_project) not in dumps(graph)  # no absolute paths: other checkouts produce the same bytes
 
 
 def test_same_bytes_from_another_checkout(tmp_path, graph):
@@ -166,7 +175,7 @@ def test_synth_cli_writes_the_graph(run_cli, project_copy, tmp_path, graph):
     assert f"wrote {out1}: 18 resources in stack local" in res.out_text
     assert run_cli("synth", "--stack", "local", "--project-dir", project_copy, "-o", out2).code == 0
     assert out1.read_bytes() == out2.read_bytes() == dumps(graph).encode()
-    res = run_cli("synth", "--stack", "local", "--project-dir", project_copy)   # stdout
+    res = run_cli("synth", "--stack", "local", "--project-dir", project_copy)  # stdout
     assert res.code == 0 and res.out == dumps(graph)
 
 
@@ -209,9 +218,15 @@ def test_secret_outputs_are_redacted_in_inputs_and_outputs():
     class Holder(pulumi.ComponentResource):
         def __init__(self, name):
             super().__init__("test:index:Holder", name, {"token": pulumi.Output.secret("hunter2-component")})
-            Thing(f"{name}-thing", {"password": pulumi.Output.secret("hunter2-input"), "plain": "visible",
-                                    "nested": {"key": pulumi.Output.secret("hunter2-nested")}},
-                  pulumi.ResourceOptions(parent=self))
+            Thing(
+                f"{name}-thing",
+                {
+                    "password": pulumi.Output.secret("hunter2-input"),
+                    "plain": "visible",
+                    "nested": {"key": pulumi.Output.secret("hunter2-nested")},
+                },
+                pulumi.ResourceOptions(parent=self),
+            )
             self.register_outputs({"out": pulumi.Output.secret("hunter2-output"), "shown": "ok"})
 
     pulumi.runtime.test(lambda: Holder("h"))()
@@ -240,10 +255,13 @@ def test_model_path_without_manifest(project_copy):
     assert str(err).startswith("stacks/Pulumi.test.yaml: edgefleet:models[0].path: models/nothere has no model.yaml")
 
 
-@pytest.mark.parametrize("damage, found", [
-    (lambda f: f.unlink(), "models/detector/detector.onnx is missing"),
-    (lambda f: f.write_bytes(f.read_bytes()[:100]), "models/detector/detector.onnx is 100 bytes, the manifest pins"),
-])
+@pytest.mark.parametrize(
+    "damage, found",
+    [
+        (lambda f: f.unlink(), "models/detector/detector.onnx is missing"),
+        (lambda f: f.write_bytes(f.read_bytes()[:100]), "models/detector/detector.onnx is 100 bytes, the manifest pins"),
+    ],
+)
 def test_a_model_file_missing_or_cut_short_fails_synth_instead_of_declaring_it(project_copy, damage, found):
     """Checked before anything is declared: `pulumi preview` would otherwise show a model it cannot ship."""
     damage(project_copy / "models" / "detector" / "detector.onnx")
@@ -270,8 +288,10 @@ def test_model_targets_match_no_group_hardware(project_copy):
     cfg = local_stack_config()
     cfg["edgefleet:groups"][0]["hardware"]["arch"] = "armv7"
     err = synth_error(project_copy, cfg)
-    assert err.problem.startswith("edgefleet:rollouts[0].model: model 'detector' targets x86-camera, jetson-orin, which match "
-                                  "no hardware of groups cameras (see models/detector/model.yaml)")
+    assert err.problem.startswith(
+        "edgefleet:rollouts[0].model: model 'detector' targets x86-camera, jetson-orin, which match "
+        "no hardware of groups cameras (see models/detector/model.yaml)"
+    )
 
 
 def test_invalid_manifest_is_named(project_copy):
@@ -284,16 +304,20 @@ def test_invalid_manifest_is_named(project_copy):
 
 
 def test_not_a_pulumi_project(run_cli, tmp_path):
-    assert_user_error(run_cli("synth", "--stack", "local", "--project-dir", tmp_path),
-                      f"error: {tmp_path / 'Pulumi.yaml'}: not a Pulumi project (no Pulumi.yaml)")
+    assert_user_error(
+        run_cli("synth", "--stack", "local", "--project-dir", tmp_path),
+        f"error: {tmp_path / 'Pulumi.yaml'}: not a Pulumi project (no Pulumi.yaml)",
+    )
 
 
 def test_bad_program_config_through_the_cli(run_cli, project_copy):
     cfg = local_stack_config()
     cfg["edgefleet:rollouts"][0]["model"] = "classifier"
     write_stack(project_copy, "test", cfg)
-    assert_user_error(run_cli("synth", "--stack", "test", "--project-dir", project_copy),
-                      "error: stacks/Pulumi.test.yaml: edgefleet:rollouts[0].model: no model named 'classifier'")
+    assert_user_error(
+        run_cli("synth", "--stack", "test", "--project-dir", project_copy),
+        "error: stacks/Pulumi.test.yaml: edgefleet:rollouts[0].model: no model named 'classifier'",
+    )
 
 
 def test_main_py_is_the_program_pulumi_runs(local_project):
@@ -314,6 +338,7 @@ def test_main_py_is_the_program_pulumi_runs(local_project):
     cwd = os.getcwd()
     os.chdir(local_project)
     try:
+
         def program() -> None:
             runpy.run_path(str(local_project / "__main__.py"), run_name="__main__")
 
@@ -333,7 +358,12 @@ def test_same_bytes_across_processes(local_project, tmp_path, graph):
     outs = []
     for seed in ("1", "2"):
         out = tmp_path / f"graph-{seed}.json"
-        subprocess.run([str(EDGEFLEET_BIN), "synth", "--stack", "local", "--project-dir", str(local_project), "--out", str(out)],
-                       check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed}, timeout=120)
+        subprocess.run(
+            [str(EDGEFLEET_BIN), "synth", "--stack", "local", "--project-dir", str(local_project), "--out", str(out)],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            timeout=120,
+        )
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] == dumps(graph).encode()

@@ -10,23 +10,49 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_stack(devices: int = 40, processes: int = 2, soak: float = 1.0, offline: int = 0, reconnect: float | None = None) -> dict:
-    gate = {"soak_seconds": soak, "deadline_seconds": 30, "min_reporting_share": 1.0, "success_share": 1.0,
-            "max_failure_share": 0.0, "max_invalid_output_share": 0.0, "max_error_rate": 0.01}
+    gate = {
+        "soak_seconds": soak,
+        "deadline_seconds": 30,
+        "min_reporting_share": 1.0,
+        "success_share": 1.0,
+        "max_failure_share": 0.0,
+        "max_invalid_output_share": 0.0,
+        "max_error_rate": 0.01,
+    }
     batch = {"count": devices, "prefix": "cam", "labels": {"site": "plant-a"}, "processes": processes, "offline": offline}
     if reconnect is not None:
         batch["reconnect_after_seconds"] = reconnect
-    return {"config": {
-        "edgefleet:platforms": ["local"],
-        "edgefleet:models": [{"path": "models/detector"}],
-        "edgefleet:groups": [{"name": "cameras", "labels": {"site": "plant-a"},
-                              "hardware": {"name": "x86-camera", "arch": "amd64", "execution_providers": ["CPUExecutionProvider"],
-                                           "memory_mb": 1024, "storage_mb": 4096}}],
-        "edgefleet:rollouts": [{"name": "detector", "model": "detector", "rings": [
-            {"name": "canary", "group": "cameras", "percent": 10, "gate": gate},
-            {"name": "early", "group": "cameras", "percent": 40, "gate": gate},
-            {"name": "broad", "group": "cameras", "percent": 100, "gate": gate}]}],
-        "edgefleet:local": {"devices": [batch], "poll_seconds": 0.1, "report_seconds": 0.3},
-    }}
+    return {
+        "config": {
+            "edgefleet:platforms": ["local"],
+            "edgefleet:models": [{"path": "models/detector"}],
+            "edgefleet:groups": [
+                {
+                    "name": "cameras",
+                    "labels": {"site": "plant-a"},
+                    "hardware": {
+                        "name": "x86-camera",
+                        "arch": "amd64",
+                        "execution_providers": ["CPUExecutionProvider"],
+                        "memory_mb": 1024,
+                        "storage_mb": 4096,
+                    },
+                }
+            ],
+            "edgefleet:rollouts": [
+                {
+                    "name": "detector",
+                    "model": "detector",
+                    "rings": [
+                        {"name": "canary", "group": "cameras", "percent": 10, "gate": gate},
+                        {"name": "early", "group": "cameras", "percent": 40, "gate": gate},
+                        {"name": "broad", "group": "cameras", "percent": 100, "gate": gate},
+                    ],
+                }
+            ],
+            "edgefleet:local": {"devices": [batch], "poll_seconds": 0.1, "report_seconds": 0.3},
+        }
+    }
 
 
 @pytest.fixture

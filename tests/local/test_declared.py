@@ -221,11 +221,15 @@ def edit_stack(p: Path, change) -> None:
 
 def append_ring(p: Path, name: str = "lab", count: int = 4, **gate) -> None:
     """A ring of new devices (a batch and a group of their own) after the stack's last ring."""
+
     def change(c):
         c["edgefleet:local"]["devices"].append({"count": count, "prefix": name, "labels": {"site": name}, "processes": 0})
-        c["edgefleet:groups"].append({"name": name, "labels": {"site": name}, "hardware": copy.deepcopy(c["edgefleet:groups"][0]["hardware"])})
+        c["edgefleet:groups"].append(
+            {"name": name, "labels": {"site": name}, "hardware": copy.deepcopy(c["edgefleet:groups"][0]["hardware"])}
+        )
         rings = c["edgefleet:rollouts"][0]["rings"]
         rings.append({"name": name, "group": name, "gate": {**rings[-1]["gate"], **gate}})
+
     edit_stack(p, change)
 
 
@@ -246,7 +250,9 @@ def test_a_ring_appended_to_a_succeeded_rollout_reopens_it_and_only_the_new_ring
     again = run(p)
     assert (again.status, again.reopened, again.progress["rollout_id"]) == ("succeeded", ("lab",), first.progress["rollout_id"])
     assert [r["rollout_id"] for r in hub(p).rollouts("detector")] == [first.progress["rollout_id"]], "no second attempt"
-    assert {k: v for k, v in ((s["ring"], s["set_at"]) for s in hub(p).ring_states()) if k in set_at} == set_at, "an earlier ring was redeployed"
+    assert {k: v for k, v in ((s["ring"], s["set_at"]) for s in hub(p).ring_states()) if k in set_at} == set_at, (
+        "an earlier ring was redeployed"
+    )
     keys = ("state", "deployed_at", "soak_started", "finished_at")
     assert [{k: r[k] for k in keys} for r in again.progress["rings"][:3]] == [{k: r[k] for k in keys} for r in first.progress["rings"]]
     reopened_at = next(i for i, e in enumerate(again.progress["events"]) if e["event"] == "reopened")
@@ -348,7 +354,7 @@ def test_abort_rolls_a_rollout_left_in_flight_back_and_unblocks_the_next_version
     p, versions = fleet
     killed_after_canary(p, versions)
     in_flight = hub(p).rollouts("detector")[-1]
-    versions.add("detector-1.1.0.onnx", "1.2.0")                     # moved on; 1.1.0's files are gone from models/
+    versions.add("detector-1.1.0.onnx", "1.2.0")  # moved on; 1.1.0's files are gone from models/
     refused = run(p)
     assert refused.status == "refused" and "`edgefleet up --stack local --abort REASON`" in refused.fix
 

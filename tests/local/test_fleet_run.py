@@ -51,8 +51,14 @@ def test_fleet_run_registers_the_devices_holds_the_fleet_lock_and_stops_its_agen
     p = project(devices=8, processes=1)
     hub_path = p / ".edgefleet" / "local" / "hub.sqlite"
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "400", "TERM": "dumb"}
-    proc = subprocess.Popen([sys.executable, "-m", "edgefleet", "fleet", "run", "--stack", "local", "--project-dir", str(p), "--every", "0.5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd="/")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet", "fleet", "run", "--stack", "local", "--project-dir", str(p), "--every", "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd="/",
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
@@ -98,11 +104,21 @@ def test_a_second_fleet_on_one_hub_is_refused_and_a_killed_holder_frees_the_lock
     p = project(devices=4, processes=0)
     cfg, _ = load_stack(p, "local")
     hub_path = p / cfg.local.hub
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
-        "from components.local.fleet import exclusive; "
-        "cm = exclusive(Path(sys.argv[2]), 'x', 'y'); cm.__enter__(); print('held', flush=True); time.sleep(60)"),
-        str(ROOT), str(lock_path(hub_path, "fleet"))], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+                "from components.local.fleet import exclusive; "
+                "cm = exclusive(Path(sys.argv[2]), 'x', 'y'); cm.__enter__(); print('held', flush=True); time.sleep(60)"
+            ),
+            str(ROOT),
+            str(lock_path(hub_path, "fleet")),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         fleet = LocalFleet(cfg, hub_path, tmp_path / "devices", b"", ["detector"])
@@ -120,14 +136,20 @@ def test_a_second_fleet_on_one_hub_is_refused_and_a_killed_holder_frees_the_lock
 # -- hardware: the group's profile is the device's ---------------------------------------------------------------
 def test_local_devices_take_their_groups_hardware_profile(project):
     p = project(devices=3)
-    edit_stack(p, lambda c: c["edgefleet:groups"][0]["hardware"].update(arch="arm64", execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    edit_stack(
+        p,
+        lambda c: c["edgefleet:groups"][0]["hardware"].update(
+            arch="arm64", execution_providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+        ),
+    )
     cfg, source = load_stack(p, "local")
     devices = local_devices(cfg, source)
     assert {(d.arch, d.providers) for d in devices} == {("arm64", ("CUDAExecutionProvider", "CPUExecutionProvider"))}
 
 
-@pytest.mark.parametrize("key, value, theirs", [("execution_providers", ["CUDAExecutionProvider"], "['CPUExecutionProvider']"),
-                                                ("arch", "arm64", "amd64")])
+@pytest.mark.parametrize(
+    "key, value, theirs", [("execution_providers", ["CUDAExecutionProvider"], "['CPUExecutionProvider']"), ("arch", "arm64", "amd64")]
+)
 def test_a_device_batch_that_contradicts_its_groups_hardware_is_a_config_error_naming_file_and_key(project, key, value, theirs):
     p = project(devices=3)
     edit_stack(p, lambda c: c["edgefleet:local"]["devices"][0].update({key: value}))
@@ -146,11 +168,22 @@ def test_a_batch_that_repeats_its_groups_hardware_is_fine_and_overlapping_groups
     assert len(local_devices(cfg, source)) == 3
 
     def overlap(c):
-        c["edgefleet:groups"].append({"name": "gpu", "devices": ["cam-0001"],
-                                      "hardware": {"name": "orin", "arch": "arm64", "execution_providers": ["CUDAExecutionProvider"],
-                                                   "memory_mb": 1024, "storage_mb": 4096}})
+        c["edgefleet:groups"].append(
+            {
+                "name": "gpu",
+                "devices": ["cam-0001"],
+                "hardware": {
+                    "name": "orin",
+                    "arch": "arm64",
+                    "execution_providers": ["CUDAExecutionProvider"],
+                    "memory_mb": 1024,
+                    "storage_mb": 4096,
+                },
+            }
+        )
+
     edit_stack(p, overlap)
-    with pytest.raises(ConfigError) as err:          # at load, so `edgefleet plan` and `policy` refuse it too
+    with pytest.raises(ConfigError) as err:  # at load, so `edgefleet plan` and `policy` refuse it too
         load_stack(p, "local")
     assert "edgefleet:groups[1].hardware: device cam-0001 is in groups 'cameras' and 'gpu'" in str(err.value)
 
@@ -259,8 +292,14 @@ def test_an_agent_restarted_from_a_short_lived_thread_outlives_that_thread(proje
     cfg, _ = load_stack(p, "local")
     from components.local.up import signer_for
 
-    fleet = LocalFleet(cfg, p / cfg.local.hub, p / ".edgefleet" / "local" / "devices", signer_for(cfg, p).public_key_pem(),
-                       ["detector"], devices=local_devices(cfg))
+    fleet = LocalFleet(
+        cfg,
+        p / cfg.local.hub,
+        p / ".edgefleet" / "local" / "devices",
+        signer_for(cfg, p).public_key_pem(),
+        ["detector"],
+        devices=local_devices(cfg),
+    )
     with fleet:
         [(device, model)] = fleet.processes()
         fleet.kill_process(device, model)

@@ -99,7 +99,9 @@ def truncate(path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("corrupt, reason", [(flip_one_byte, "sha256"), (truncate, "truncated")], ids=["one-flipped-byte", "truncated-download"])
+@pytest.mark.parametrize(
+    "corrupt, reason", [(flip_one_byte, "sha256"), (truncate, "truncated")], ids=["one-flipped-byte", "truncated-download"]
+)
 def test_a_corrupted_artifact_is_never_loaded_reported_and_halts_the_rollout(project, monkeypatch, corrupt, reason):
     p = project(devices=20, processes=1)
     assert run(p).status == "succeeded"
@@ -123,7 +125,7 @@ def test_a_model_signed_by_another_key_is_refused_by_every_canary_device(project
 
     from components.local.signer import LocalKeySigner
 
-    monkeypatch.setattr(up_module, "signer_for", lambda cfg, d: LocalKeySigner(other))   # publish with a key devices do not trust
+    monkeypatch.setattr(up_module, "signer_for", lambda cfg, d: LocalKeySigner(other))  # publish with a key devices do not trust
     real_fleet = up_module.LocalFleet
 
     def fleet(cfg, hub_path, state_root, public_key_pem, models, **kw):

@@ -81,7 +81,7 @@ def test_ring_deployment_sets_the_rings_devices_and_nothing_else(deployed):
     register(hub, local_devices(cfg))
     out = providers.RingDeploymentProvider().create(resolved(graph, "detector-canary-deployment", art))
     canary = out.outs["devices"]
-    assert len(canary) == 2                                   # 10% of 20
+    assert len(canary) == 2  # 10% of 20
     desired = hub.desired_for_devices([d.id for d in local_devices(cfg)], "detector")
     assert set(desired) == set(canary) and all(d.version == "1.0.0" for d in desired.values())
     diff = providers.RingDeploymentProvider().diff(out.id, out.outs, resolved(graph, "detector-canary-deployment", art))
@@ -100,7 +100,9 @@ def test_gate_provider_passes_a_healthy_ring_and_fails_the_update_with_the_reaso
     hub = LocalHub(p / cfg.local.hub)
     register(hub, local_devices(cfg))
     signer = LocalKeySigner(p / ".edgefleet" / "keys" / "signing.pem")
-    fleet = LocalFleet(cfg, p / cfg.local.hub, p / ".edgefleet" / "local" / "devices", signer.public_key_pem(), ["detector"], sim_period=0.3)
+    fleet = LocalFleet(
+        cfg, p / cfg.local.hub, p / ".edgefleet" / "local" / "devices", signer.public_key_pem(), ["detector"], sim_period=0.3
+    )
     with fleet:
         for ring in ("canary", "early", "broad"):
             providers.RingDeploymentProvider().create(resolved(graph, f"detector-{ring}-deployment", art))
@@ -108,7 +110,9 @@ def test_gate_provider_passes_a_healthy_ring_and_fails_the_update_with_the_reaso
             assert gate.outs["gate"].endswith(f":{ring}:passed")
         assert hub.rollouts("detector")[-1]["status"] == "succeeded"
 
-        add_version(p / "models" / "detector", SAMPLES / "detector-1.2.0-nan.onnx", "1.2.0", metrics=[parse_metric("accuracy=0.9@e", set())])
+        add_version(
+            p / "models" / "detector", SAMPLES / "detector-1.2.0-nan.onnx", "1.2.0", metrics=[parse_metric("accuracy=0.9@e", set())]
+        )
         graph2 = synth(p, "local")
         art2 = providers.ArtifactProvider().create(inputs(graph2, "detector-local-artifact"))
         providers.RingDeploymentProvider().create(resolved(graph2, "detector-canary-deployment", art2))
@@ -131,7 +135,9 @@ def fleet_run(project, monkeypatch):
 
     def start() -> None:
         stop, ready = threading.Event(), threading.Event()
-        thread = threading.Thread(target=serve, args=(p, "local", *load_stack(p, "local"), stop), kwargs={"on_ready": lambda *_: ready.set()}, daemon=True)
+        thread = threading.Thread(
+            target=serve, args=(p, "local", *load_stack(p, "local"), stop), kwargs={"on_ready": lambda *_: ready.set()}, daemon=True
+        )
         thread.start()
         assert ready.wait(30), "the fleet did not start"
         stops.append((stop, thread))
@@ -241,19 +247,28 @@ def test_under_pulumi_a_declared_older_version_rolls_back_and_a_rejected_one_is_
     with pytest.raises(RuntimeError) as refused:
         providers.RingDeploymentProvider().create(resolved(graph, "detector-canary-deployment", art))
     assert "failed the gate of ring 'canary'" in str(refused.value) and "--version 1.2.1" in str(refused.value)
-    assert next(s["desired"] for s in hub.ring_states() if s["ring"] == "canary") == canary_after_rollback, \
+    assert next(s["desired"] for s in hub.ring_states() if s["ring"] == "canary") == canary_after_rollback, (
         "a version a gate rejected must not reach the canary again"
+    )
 
 
-@pytest.mark.parametrize("cls", [providers.ModelStoreProvider, providers.SigningKeyProvider, providers.ArtifactProvider,
-                                 providers.RingDeploymentProvider, providers.RingGateProvider])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        providers.ModelStoreProvider,
+        providers.SigningKeyProvider,
+        providers.ArtifactProvider,
+        providers.RingDeploymentProvider,
+        providers.RingGateProvider,
+    ],
+)
 def test_each_provider_pickles_with_pulumis_serializer_and_loads_in_a_fresh_interpreter(cls):
     """Pulumi ships the provider to another process with dill; it must load there from the installed package."""
     blob = serialize_provider(cls())
-    code = ("import base64, sys, dill; p = dill.loads(base64.b64decode(sys.stdin.read())); "
-            "print(type(p).__module__, type(p).__name__)")
-    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": ""}, cwd="/")
+    code = "import base64, sys, dill; p = dill.loads(base64.b64decode(sys.stdin.read())); print(type(p).__module__, type(p).__name__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=blob, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": ""}, cwd="/"
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [cls.__module__, cls.__name__]
     assert len(base64.b64decode(blob)) < 20_000, "the provider captured more than its code (credentials, clients?)"

@@ -6,8 +6,12 @@ import os
 import subprocess
 from pathlib import Path
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "edgefleet-test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-           "GIT_COMMITTER_NAME": "edgefleet-test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "edgefleet-test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "edgefleet-test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
 
 
 def git(repo: Path, *args: str) -> str:

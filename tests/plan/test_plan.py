@@ -46,8 +46,12 @@ def local_stack(repo: Path) -> dict:
 
 
 def bump_to_1_1_0(repo: Path) -> None:
-    add_version(repo / "models" / "detector", repo / "models" / "samples" / "detector-1.1.0.onnx", "1.1.0",
-                metrics=[parse_metric(f"accuracy=0.9492@{DATASET}", set())])
+    add_version(
+        repo / "models" / "detector",
+        repo / "models" / "samples" / "detector-1.1.0.onnx",
+        "1.1.0",
+        metrics=[parse_metric(f"accuracy=0.9492@{DATASET}", set())],
+    )
 
 
 def test_version_bump(fleet_repo, capsys):
@@ -99,8 +103,12 @@ def breaking_model(path: Path) -> Path:
 
 
 def test_breaking_io_change(fleet_repo, tmp_path, capsys):
-    add_version(fleet_repo / "models" / "detector", breaking_model(tmp_path / "detector-2.onnx"), "2.0.0",
-                metrics=[parse_metric(f"accuracy=0.86@{DATASET}", set())])
+    add_version(
+        fleet_repo / "models" / "detector",
+        breaking_model(tmp_path / "detector-2.onnx"),
+        "2.0.0",
+        metrics=[parse_metric(f"accuracy=0.86@{DATASET}", set())],
+    )
     plan, md = plan_for(fleet_repo)
     assert "#### `detector` 1.0.0 → 2.0.0" in md
     assert "**I/O signature: ⛔ **breaking**" in md
@@ -145,11 +153,23 @@ def test_model_sent_to_hardware_that_cannot_run_it(fleet_repo, capsys):
     path = fleet_repo / "stacks" / "Pulumi.local.yaml"
     doc = yaml.safe_load(path.read_text())
     cfg = doc["config"]
-    cfg["edgefleet:groups"].append({"name": "gateways", "labels": {"site": "plant-b"},
-                                    "hardware": {"name": "pi-zero", "arch": "armv7", "execution_providers": ["CPUExecutionProvider"],
-                                                 "memory_mb": 128, "storage_mb": 64}})
+    cfg["edgefleet:groups"].append(
+        {
+            "name": "gateways",
+            "labels": {"site": "plant-b"},
+            "hardware": {
+                "name": "pi-zero",
+                "arch": "armv7",
+                "execution_providers": ["CPUExecutionProvider"],
+                "memory_mb": 128,
+                "storage_mb": 64,
+            },
+        }
+    )
     cfg["edgefleet:local"]["devices"].append({"count": 20, "prefix": "gw", "labels": {"site": "plant-b"}, "arch": "armv7"})
-    cfg["edgefleet:rollouts"][0]["rings"].append({"name": "gateways", "group": "gateways", "gate": {"soak_seconds": 4, "deadline_seconds": 60}})
+    cfg["edgefleet:rollouts"][0]["rings"].append(
+        {"name": "gateways", "group": "gateways", "gate": {"soak_seconds": 4, "deadline_seconds": 60}}
+    )
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     plan, md = plan_for(fleet_repo)
@@ -175,8 +195,8 @@ def test_a_base_that_todays_rules_reject_still_plans_so_the_fixing_pr_can_merge(
     """The base was declared under older rules; the plan reads its config typed but not re-judged."""
     head = synth(fleet_repo, "local")
     base = copy.deepcopy(head)
-    base["config"]["local"]["devices"][0]["execution_providers"] = ["CUDAExecutionProvider"]   # refused at load today
-    plan = compute_plan(base, head, base_ref="main", project_dir=fleet_repo)      # raised ConfigError before
+    base["config"]["local"]["devices"][0]["execution_providers"] = ["CUDAExecutionProvider"]  # refused at load today
+    plan = compute_plan(base, head, base_ref="main", project_dir=fleet_repo)  # raised ConfigError before
     assert plan["changed"] is False and all(v == 0 for v in plan["resources"]["counts"].values())
 
 
@@ -263,8 +283,7 @@ def test_a_provider_region_change_replaces_everything_it_manages(fleet_repo):
     providers = {e["type"]: e for e in changes if e["type"].startswith("pulumi:providers:")}
     assert set(providers) == {"pulumi:providers:aws", "pulumi:providers:aws-native"}
     assert all(e["action"] == "replace" and e["replace_keys"] == ["region"] for e in providers.values())
-    managed = [r for r in synth(fleet_repo, "aws-dev")["resources"]
-               if r["custom"] and r["type"].split(":", 1)[0] in ("aws", "aws-native")]
+    managed = [r for r in synth(fleet_repo, "aws-dev")["resources"] if r["custom"] and r["type"].split(":", 1)[0] in ("aws", "aws-native")]
     by_urn = {e["urn"]: e for e in changes}
     assert managed and all(by_urn[r["urn"]]["action"] == "replace" for r in managed)
     assert all("provider region changed" in by_urn[r["urn"]]["why"] for r in managed)
@@ -276,12 +295,24 @@ def test_recorded_provider_references_decide_what_a_moved_provider_replaces():
     stack = "urn:pulumi:prod::edgefleet::"
 
     def res(type_, name, provider=None, **inputs):
-        return {"urn": f"{stack}{type_}::{name}", "type": type_, "name": name, "custom": True, "parent": None,
-                "inputs": inputs, "options": {"provider": provider} if provider else {}}
+        return {
+            "urn": f"{stack}{type_}::{name}",
+            "type": type_,
+            "name": name,
+            "custom": True,
+            "parent": None,
+            "inputs": inputs,
+            "options": {"provider": provider} if provider else {},
+        }
 
     east, west = res("pulumi:providers:aws", "east", region="us-east-1"), res("pulumi:providers:aws", "west", region="us-west-2")
-    base = [east, west, res("aws:s3/bucket:Bucket", "a", provider=f"{east['urn']}::id-1"),
-            res("aws:s3/bucket:Bucket", "b", provider=f"{west['urn']}::id-2"), res("aws:s3/bucket:Bucket", "c")]
+    base = [
+        east,
+        west,
+        res("aws:s3/bucket:Bucket", "a", provider=f"{east['urn']}::id-1"),
+        res("aws:s3/bucket:Bucket", "b", provider=f"{west['urn']}::id-2"),
+        res("aws:s3/bucket:Bucket", "c"),
+    ]
     head = [dict(r) for r in base]
     head[0] = {**east, "inputs": {"region": "eu-west-1"}}
     actions = {e["name"]: (e["action"], e["why"]) for e in diff_resources(base, head)}
@@ -305,7 +336,10 @@ def test_a_store_made_public_blocks_the_plan(capsys, monkeypatch):
     assert (change["name"], change["action"], change["changed"]) == (pab["name"], "update", ["blockPublicPolicy"])
     md = render_markdown(plan)
     assert "❌ **blocked**: `store-private-encrypted`" in md
-    assert f"| `store-private-encrypted` | mandatory | ❌ failed | S3 bucket 'aws-models-bucket': public access block {pab['name']!r} leaves blockPublicPolicy off |" in md
+    assert (
+        f"| `store-private-encrypted` | mandatory | ❌ failed | S3 bucket 'aws-models-bucket': public access block {pab['name']!r} leaves blockPublicPolicy off |"
+        in md
+    )
 
     monkeypatch.setattr(edgefleet.plan, "base_graph", lambda *a: base)
     monkeypatch.setattr(edgefleet.synth, "synth", lambda *a: head)
@@ -316,10 +350,17 @@ def test_a_store_made_public_blocks_the_plan(capsys, monkeypatch):
 def test_a_change_the_program_tells_pulumi_to_ignore_is_not_in_the_plan():
     """The thing type keeps `ignore_changes=["properties"]` (a replacement would collide with its fixed name): Pulumi
     keeps the old value, so the plan must not announce a change either."""
+
     def thing_type(attrs, ignore):
-        return {"urn": "urn:pulumi:s::p::aws:iot/thingType:ThingType::t", "type": "aws:iot/thingType:ThingType", "name": "t",
-                "custom": True, "parent": None, "inputs": {"name": "t", "properties": {"searchableAttributes": attrs}},
-                "options": {"ignore_changes": ["properties"]} if ignore else {}}
+        return {
+            "urn": "urn:pulumi:s::p::aws:iot/thingType:ThingType::t",
+            "type": "aws:iot/thingType:ThingType",
+            "name": "t",
+            "custom": True,
+            "parent": None,
+            "inputs": {"name": "t", "properties": {"searchableAttributes": attrs}},
+            "options": {"ignore_changes": ["properties"]} if ignore else {},
+        }
 
     assert diff_resources([thing_type(["ring", "site"], True)], [thing_type(["ring"], True)]) == []
     [entry] = diff_resources([thing_type(["ring", "site"], False)], [thing_type(["ring"], False)])

@@ -17,13 +17,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_platforms_tables_load_without_pulumi():
-    code = ("import sys\n"
-            f"sys.path.insert(0, {str(ROOT)!r})\n"
-            "from components.registry import PLATFORMS\n"
-            "for entry in PLATFORMS.values():\n"
-            "    module = entry.load('replace_on')\n"
-            "    assert all(hasattr(module, t) for t in ('REPLACE_ON', 'REPLACE_ALL_BUT', 'IMMUTABLE_BY_NAME')), module.__name__\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pulumi', 'pydantic', 'edgefleet')))\n")
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from components.registry import PLATFORMS\n"
+        "for entry in PLATFORMS.values():\n"
+        "    module = entry.load('replace_on')\n"
+        "    assert all(hasattr(module, t) for t in ('REPLACE_ON', 'REPLACE_ALL_BUT', 'IMMUTABLE_BY_NAME')), module.__name__\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pulumi', 'pydantic', 'edgefleet')))\n"
+    )
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

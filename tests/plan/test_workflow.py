@@ -13,7 +13,7 @@ WORKFLOW = ROOT / ".github" / "workflows" / "preview.yml"
 
 def workflow() -> dict:
     doc = yaml.safe_load(WORKFLOW.read_text())
-    doc["on"] = doc.pop(True, doc.get("on"))      # YAML 1.1 reads the bare key `on` as a boolean
+    doc["on"] = doc.pop(True, doc.get("on"))  # YAML 1.1 reads the bare key `on` as a boolean
     return doc
 
 

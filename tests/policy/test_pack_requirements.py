@@ -32,8 +32,9 @@ def test_the_pack_requires_the_tested_pulumi_policy_and_a_consistent_pulumi():
     assert set(pack) == {"pulumi-policy", "pulumi"}
     policy = pack["pulumi-policy"]
     assert policy.specifier.contains(tested["pulumi-policy"])
-    assert any(s.operator == ">=" and s.version == ".".join(tested["pulumi-policy"].split(".")[:2]) for s in policy.specifier), \
+    assert any(s.operator == ">=" and s.version == ".".join(tested["pulumi-policy"].split(".")[:2]) for s in policy.specifier), (
         "the floor is the tested minor version, not an older untested one"
+    )
     assert pack["pulumi"].specifier.contains(tested["pulumi"])
     program = specs(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     assert program["pulumi"].specifier.contains(tested["pulumi"]) and program["pulumi-policy"].specifier.contains(tested["pulumi-policy"])

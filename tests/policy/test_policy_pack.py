@@ -39,15 +39,33 @@ def engine_view(graph):
     resources = {}
     for r in graph:
         props = r.get("outputs", {}) if not r.get("custom") else {**r["inputs"], **r.get("outputs", {})}
-        resources[r["urn"]] = PolicyResource(r["type"], unknown_checking_proxy(props), r["urn"], r["name"], opts(r.get("parent")),
-                                             provider if r.get("custom") else None, None, [], {})
+        resources[r["urn"]] = PolicyResource(
+            r["type"],
+            unknown_checking_proxy(props),
+            r["urn"],
+            r["name"],
+            opts(r.get("parent")),
+            provider if r.get("custom") else None,
+            None,
+            [],
+            {},
+        )
     for r in graph:
         res = resources[r["urn"]]
         res.parent = resources.get(r.get("parent"))
         res.dependencies = [resources[d] for d in r["dependencies"] if d in resources]
         res.property_dependencies = {k: [resources[d] for d in v if d in resources] for k, v in r["property_dependencies"].items()}
-    analyze = [ResourceValidationArgs(r["type"], unknown_checking_proxy(r["inputs"]), r["urn"], r["name"], opts(r.get("parent")),
-                                      provider if r.get("custom") else None) for r in graph]
+    analyze = [
+        ResourceValidationArgs(
+            r["type"],
+            unknown_checking_proxy(r["inputs"]),
+            r["urn"],
+            r["name"],
+            opts(r.get("parent")),
+            provider if r.get("custom") else None,
+        )
+        for r in graph
+    ]
     return analyze, list(resources.values())
 
 
@@ -127,10 +145,16 @@ def test_plain_turns_proxies_unknowns_and_secrets_into_data():
 
 
 def test_settings_come_from_pulumi_config_like_the_program_gets_them():
-    env = {"PULUMI_STACK": "prod", "PULUMI_CONFIG": json.dumps({
-        "edgefleet:policy": json.dumps({"production": True, "enforcement": {"metric-floor": "advisory"}}),
-        "edgefleet:aws": json.dumps({"region": "eu-west-1", "agent_version": "0.3.0"}),
-        "aws:region": "eu-west-1"})}
+    env = {
+        "PULUMI_STACK": "prod",
+        "PULUMI_CONFIG": json.dumps(
+            {
+                "edgefleet:policy": json.dumps({"production": True, "enforcement": {"metric-floor": "advisory"}}),
+                "edgefleet:aws": json.dumps({"region": "eu-west-1", "agent_version": "0.3.0"}),
+                "aws:region": "eu-west-1",
+            }
+        ),
+    }
     s = pack.settings_from_environment(env)
     assert s.stack == "prod" and s.production and s.agent_versions["aws"] == "0.3.0"
     assert s.level(rules.RULES_BY_NAME["metric-floor"]) == "advisory"

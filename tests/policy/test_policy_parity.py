@@ -15,9 +15,13 @@ from policies import aws, azure, compatibility, local
 from policies.settings import Settings
 
 profiles = st.builds(
-    HardwareProfile, name=st.just("hw"), arch=st.sampled_from(["amd64", "arm64", "armv7"]),
+    HardwareProfile,
+    name=st.just("hw"),
+    arch=st.sampled_from(["amd64", "arm64", "armv7"]),
     execution_providers=st.lists(st.sampled_from(KNOWN_PROVIDERS[:4]), min_size=1, max_size=3, unique=True),
-    memory_mb=st.integers(1, 4096), storage_mb=st.integers(1, 4096))
+    memory_mb=st.integers(1, 4096),
+    storage_mb=st.integers(1, 4096),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -30,14 +34,21 @@ def test_hardware_rule_agrees_with_edgefleet_config(target, hardware):
 def test_defaults_agree_with_the_stack_config_models():
     cfg = PolicyConfig()
     s = Settings()
-    assert (s.production, s.canary_max_share, s.min_canary_soak_seconds, s.max_metric_regression) == \
-        (cfg.production, cfg.canary_max_share, cfg.min_canary_soak_seconds, cfg.max_metric_regression)
+    assert (s.production, s.canary_max_share, s.min_canary_soak_seconds, s.max_metric_regression) == (
+        cfg.production,
+        cfg.canary_max_share,
+        cfg.min_canary_soak_seconds,
+        cfg.max_metric_regression,
+    )
     assert AwsConfig.model_fields["agent_version"].default == aws.DEFAULT_AGENT_VERSION
     assert AzureConfig.model_fields["agent_version"].default == azure.DEFAULT_AGENT_VERSION
     assert AGENT_VERSION == local.AGENT_VERSION, "the local fleet runs this checkout's agent"
 
 
-@given(st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)), st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)))
+@given(
+    st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)),
+    st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)),
+)
 def test_version_order_matches_semver(a, b):
     import semver
 

@@ -51,10 +51,14 @@ def test_a_registry_entry_whose_rules_cannot_be_used_names_the_file_the_key_and_
 
     platforms.modules.cache_clear()
     monkeypatch.setattr(platforms, "registry", lambda: entries(edge="components.edge.rules"))
-    with pytest.raises(platforms.PlatformRulesError, match=r"components/registry.py: PLATFORMS\['edge'\].policies .* fix: set it to 'policies.edge'"):
+    with pytest.raises(
+        platforms.PlatformRulesError, match=r"components/registry.py: PLATFORMS\['edge'\].policies .* fix: set it to 'policies.edge'"
+    ):
         platforms.modules()
     monkeypatch.setattr(platforms, "registry", lambda: entries(edge="policies.edge"))
-    with pytest.raises(platforms.PlatformRulesError, match=r"PLATFORMS\['edge'\].policies names 'policies.edge'.* fix: create policies/edge.py"):
+    with pytest.raises(
+        platforms.PlatformRulesError, match=r"PLATFORMS\['edge'\].policies names 'policies.edge'.* fix: create policies/edge.py"
+    ):
         platforms.modules()
     monkeypatch.setattr(platforms, "registry", lambda: entries(edge="policies.graph"))
     with pytest.raises(platforms.PlatformRulesError, match=r"policies/graph.py .* lacks stack_settings, exempt, PARTS; fix:"):

@@ -80,8 +80,13 @@ def test_production_canary_by_percent_passes_and_a_big_first_ring_fails():
 
 def test_production_canary_uses_membership_counts_when_known():
     g = fleet(platform="local", rings=[{"ring": "canary", "percent": 5}, {"ring": "broad", "percent": 100}])
-    r = result(g, "production-canary-ring", production=True, ring_devices={"detector": {"canary": 30, "broad": 70}},
-               rollout_devices={"detector": 100})
+    r = result(
+        g,
+        "production-canary-ring",
+        production=True,
+        ring_devices={"detector": {"canary": 30, "broad": 70}},
+        rollout_devices={"detector": 100},
+    )
     assert r.status == "failed" and "30 of 100 devices" in messages(r)
 
 
@@ -159,8 +164,12 @@ RENAMED = [{"name": "pixels", "element_type": "float32", "shape": ["batch", 3, 2
 
 def test_breaking_io_without_agent_bump_fails_and_with_bump_passes():
     base = {"detector": manifest()}
-    r = result(fleet(m=manifest(version="2.0.0", sha=SHA2, inputs=RENAMED)), "breaking-io-needs-agent", base_models=base,
-               agent_versions={"aws": "0.2.0"})
+    r = result(
+        fleet(m=manifest(version="2.0.0", sha=SHA2, inputs=RENAMED)),
+        "breaking-io-needs-agent",
+        base_models=base,
+        agent_versions={"aws": "0.2.0"},
+    )
     assert r.status == "failed" and "input 'image': renamed to 'pixels'" in messages(r) and "min_agent_version stays 0.1.0" in messages(r)
     ok = fleet(m=manifest(version="2.0.0", sha=SHA2, inputs=RENAMED, min_agent="0.2.0"))
     assert result(ok, "breaking-io-needs-agent", base_models=base, agent_versions={"aws": "0.2.0"}).status == "passed"
@@ -179,12 +188,15 @@ def test_adding_an_output_is_compatible_and_removing_one_breaks():
     assert compare_io(more, old).verdict == "breaking"
 
 
-@pytest.mark.parametrize("new_input,reason", [
-    ({"name": "image", "element_type": "float16", "shape": ["batch", 3, 224, 224]}, "dtype changed float32 -> float16"),
-    ({"name": "image", "element_type": "float32", "shape": ["batch", 3, 320, 320]}, "fixed dim 2 changed 224 -> 320"),
-    ({"name": "image", "element_type": "float32", "shape": [1, 3, 224, 224]}, "dim 0 symbolic 'batch' -> fixed 1"),
-    ({"name": "image", "element_type": "float32", "shape": ["batch", 224, 224]}, "rank changed"),
-])
+@pytest.mark.parametrize(
+    "new_input,reason",
+    [
+        ({"name": "image", "element_type": "float16", "shape": ["batch", 3, 224, 224]}, "dtype changed float32 -> float16"),
+        ({"name": "image", "element_type": "float32", "shape": ["batch", 3, 320, 320]}, "fixed dim 2 changed 224 -> 320"),
+        ({"name": "image", "element_type": "float32", "shape": [1, 3, 224, 224]}, "dim 0 symbolic 'batch' -> fixed 1"),
+        ({"name": "image", "element_type": "float32", "shape": ["batch", 224, 224]}, "rank changed"),
+    ],
+)
 def test_io_breaking_reasons(new_input, reason):
     verdict = compare_io(manifest(), manifest(inputs=[new_input]))
     assert verdict.verdict == "breaking" and any(reason in r for r in verdict.reasons)
@@ -215,13 +227,26 @@ def bucket_graph(acl=None, pab=True, sse=True, flags=None):
     bucket = rec("aws:s3/bucket:Bucket", "models-bucket", inputs={"acl": acl} if acl else {})
     g = [bucket]
     if pab:
-        g.append(rec("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "models-pab", inputs={
-            "bucket": "models-bucket-id", **(flags or {k: True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")})},
-            prop_deps={"bucket": [bucket["urn"]]}))
+        g.append(
+            rec(
+                "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+                "models-pab",
+                inputs={
+                    "bucket": "models-bucket-id",
+                    **(flags or {k: True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")}),
+                },
+                prop_deps={"bucket": [bucket["urn"]]},
+            )
+        )
     if sse:
-        g.append(rec("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration", "models-sse", inputs={
-            "bucket": "models-bucket-id", "rules": [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "aws:kms"}}]},
-            prop_deps={"bucket": [bucket["urn"]]}))
+        g.append(
+            rec(
+                "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+                "models-sse",
+                inputs={"bucket": "models-bucket-id", "rules": [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "aws:kms"}}]},
+                prop_deps={"bucket": [bucket["urn"]]},
+            )
+        )
     return g
 
 
@@ -229,20 +254,27 @@ def test_private_encrypted_bucket_passes():
     assert result(bucket_graph(), "store-private-encrypted").status == "passed"
 
 
-@pytest.mark.parametrize("kwargs,needle", [
-    ({"acl": "public-read"}, "public ACL 'public-read'"),
-    ({"pab": False}, "no aws.s3.BucketPublicAccessBlock"),
-    ({"flags": {"blockPublicAcls": True, "blockPublicPolicy": False, "ignorePublicAcls": True, "restrictPublicBuckets": False}},
-     "leaves blockPublicPolicy, restrictPublicBuckets off"),
-    ({"sse": False}, "declares no server-side encryption"),
-])
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"acl": "public-read"}, "public ACL 'public-read'"),
+        ({"pab": False}, "no aws.s3.BucketPublicAccessBlock"),
+        (
+            {"flags": {"blockPublicAcls": True, "blockPublicPolicy": False, "ignorePublicAcls": True, "restrictPublicBuckets": False}},
+            "leaves blockPublicPolicy, restrictPublicBuckets off",
+        ),
+        ({"sse": False}, "declares no server-side encryption"),
+    ],
+)
 def test_public_or_unencrypted_bucket_fails(kwargs, needle):
     r = result(bucket_graph(**kwargs), "store-private-encrypted")
     assert r.status == "failed" and needle in messages(r)
 
 
 def test_public_bucket_policy_fails():
-    policy = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*"}]})
+    policy = json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*"}]}
+    )
     g = bucket_graph() + [rec("aws:s3/bucketPolicy:BucketPolicy", "models-policy", inputs={"policy": policy})]
     assert "allows anyone (s3:GetObject)" in messages(result(g, "store-private-encrypted"))
 
@@ -256,17 +288,24 @@ def test_generic_model_store_facts_fail_when_public_or_unencrypted_and_local_is_
 
 
 def test_azure_storage_account_and_container():
-    good = [rec("azure-native:storage:StorageAccount", "models", inputs={"allowBlobPublicAccess": False}),
-            rec("azure-native:storage:BlobContainer", "models-c", inputs={"publicAccess": "None"})]
+    good = [
+        rec("azure-native:storage:StorageAccount", "models", inputs={"allowBlobPublicAccess": False}),
+        rec("azure-native:storage:BlobContainer", "models-c", inputs={"publicAccess": "None"}),
+    ]
     assert result(good, "store-private-encrypted").status == "passed"
-    bad = [rec("azure-native:storage:StorageAccount", "models", inputs={"allowBlobPublicAccess": True, "enableHttpsTrafficOnly": False}),
-           rec("azure-native:storage:BlobContainer", "models-c", inputs={"publicAccess": "Container"})]
+    bad = [
+        rec("azure-native:storage:StorageAccount", "models", inputs={"allowBlobPublicAccess": True, "enableHttpsTrafficOnly": False}),
+        rec("azure-native:storage:BlobContainer", "models-c", inputs={"publicAccess": "Container"}),
+    ]
     text = messages(result(bad, "store-private-encrypted"))
     assert "allowBlobPublicAccess: true" in text and "plain HTTP" in text and "anonymous reads (publicAccess: Container)" in text
 
 
 def test_registries():
-    assert result([rec("aws:ecr/repository:Repository", "agent", inputs={"imageTagMutability": "IMMUTABLE"})], "registry-hardened").status == "passed"
+    assert (
+        result([rec("aws:ecr/repository:Repository", "agent", inputs={"imageTagMutability": "IMMUTABLE"})], "registry-hardened").status
+        == "passed"
+    )
     r = result([rec("aws:ecr/repository:Repository", "agent", inputs={})], "registry-hardened")
     assert r.status == "failed" and "imageTagMutability MUTABLE" in messages(r)
     r = result([rec("azure-native:containerregistry:Registry", "acr", inputs={"adminUserEnabled": True})], "registry-hardened")
@@ -281,7 +320,10 @@ def test_signing_keys():
     assert result(fleet(platform="local", exportable=True), "signing-key-not-exportable").status == "not-applicable"
     r = result([rec("aws:kms/externalKey:ExternalKey", "imported")], "signing-key-not-exportable")
     assert "imported key material" in messages(r)
-    r = result([rec("azure-native:keyvault:Key", "k", inputs={"properties": {"kty": "EC", "attributes": {"exportable": True}}})], "signing-key-not-exportable")
+    r = result(
+        [rec("azure-native:keyvault:Key", "k", inputs={"properties": {"kty": "EC", "attributes": {"exportable": True}}})],
+        "signing-key-not-exportable",
+    )
     assert "Key Vault key 'k' is exportable" in messages(r)
 
 
@@ -294,22 +336,34 @@ def test_iam_wildcards():
     assert result(ok, "iam-no-wildcard-actions").status == "passed"
     r = result([rec("aws:iam/rolePolicy:RolePolicy", "p", inputs={"policy": doc("s3:*")})], "iam-no-wildcard-actions")
     assert r.status == "failed" and "wildcard actions: s3:*" in messages(r)
-    role = rec("aws:iam/role:Role", "gg", inputs={"assumeRolePolicy": doc("sts:AssumeRole"),
-                                                   "inlinePolicies": [{"name": "all", "policy": doc("*")}],
-                                                   "managedPolicyArns": ["arn:aws:iam::aws:policy/AdministratorAccess"]})
+    role = rec(
+        "aws:iam/role:Role",
+        "gg",
+        inputs={
+            "assumeRolePolicy": doc("sts:AssumeRole"),
+            "inlinePolicies": [{"name": "all", "policy": doc("*")}],
+            "managedPolicyArns": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+        },
+    )
     text = messages(result([role], "iam-no-wildcard-actions"))
     assert "inline policy 'all' allows wildcard actions: *" in text and "AdministratorAccess" in text
-    assert result([rec("aws:iam/policy:Policy", "deny", inputs={"policy": doc("*", effect="Deny")})], "iam-no-wildcard-actions").status == "passed"
+    assert (
+        result([rec("aws:iam/policy:Policy", "deny", inputs={"policy": doc("*", effect="Deny")})], "iam-no-wildcard-actions").status
+        == "passed"
+    )
     unknown = result([rec("aws:iam/policy:Policy", "p", inputs={"policy": "[unknown]"})], "iam-no-wildcard-actions")
     assert unknown.status == "passed" and unknown.findings[0].unverified
 
 
-@pytest.mark.parametrize("type_,label", [
-    ("aws:kms/key:Key", "KMS key policy"),
-    ("aws:kms/keyPolicy:KeyPolicy", "KMS key policy"),
-    ("aws:s3/bucketPolicy:BucketPolicy", "S3 bucket policy"),
-    ("aws:ecr/repositoryPolicy:RepositoryPolicy", "ECR repository policy"),
-])
+@pytest.mark.parametrize(
+    "type_,label",
+    [
+        ("aws:kms/key:Key", "KMS key policy"),
+        ("aws:kms/keyPolicy:KeyPolicy", "KMS key policy"),
+        ("aws:s3/bucketPolicy:BucketPolicy", "S3 bucket policy"),
+        ("aws:ecr/repositoryPolicy:RepositoryPolicy", "ECR repository policy"),
+    ],
+)
 def test_resource_policies_allow_no_wildcard_actions(type_, label):
     service = "s3" if "s3" in type_ else type_.split(":")[1].split("/")[0]
     ok = result([rec(type_, "res", inputs={"policy": doc(f"{service}:Describe")})], "iam-no-wildcard-actions")
@@ -319,10 +373,25 @@ def test_resource_policies_allow_no_wildcard_actions(type_, label):
 
 
 def test_deny_statements_may_use_wildcards_in_resource_policies():
-    deny_non_tls = json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "*",
-         "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]})
-    assert result([rec("aws:s3/bucketPolicy:BucketPolicy", "tls-only", inputs={"policy": deny_non_tls})], "iam-no-wildcard-actions").status == "passed"
+    deny_non_tls = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "DenyInsecureTransport",
+                    "Effect": "Deny",
+                    "Principal": "*",
+                    "Action": "s3:*",
+                    "Resource": "*",
+                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                }
+            ],
+        }
+    )
+    assert (
+        result([rec("aws:s3/bucketPolicy:BucketPolicy", "tls-only", inputs={"policy": deny_non_tls})], "iam-no-wildcard-actions").status
+        == "passed"
+    )
 
 
 def test_kms_key_without_a_declared_policy_or_with_an_unknown_one():
@@ -353,9 +422,16 @@ def test_every_rule_has_a_valid_default_level_and_unknown_rule_names_are_errors(
 
 
 def test_settings_from_stack_config_and_pulumi_config_agree():
-    config = {"platforms": ["aws"], "aws": {"region": "us-east-1", "agent_version": "0.4.0"},
-              "policy": {"production": True, "canary_max_share": 0.05, "metric_floors": {"accuracy": 0.8},
-                         "enforcement": {"metric-floor": "advisory"}}}
+    config = {
+        "platforms": ["aws"],
+        "aws": {"region": "us-east-1", "agent_version": "0.4.0"},
+        "policy": {
+            "production": True,
+            "canary_max_share": 0.05,
+            "metric_floors": {"accuracy": 0.8},
+            "enforcement": {"metric-floor": "advisory"},
+        },
+    }
     a = Settings.from_config(config, stack="prod")
     b = settings_from_pulumi_config({f"edgefleet:{k}": json.dumps(v) for k, v in config.items()} | {"aws:region": "us-east-1"}, "prod")
     assert a == b
@@ -386,8 +462,13 @@ def test_a_device_sas_close_to_expiry_is_an_advisory_warning_and_a_distant_one_p
     assert "ends 2026-12-10, 15 day(s) away" in messages(near) and "move it at least 30 days ahead" in messages(near)
     far = result(fleet(), "device-credentials-fresh", azure_sas_expiry="2027-06-30", today="2026-11-25")
     assert far.status == "passed"
-    mandatory = result(fleet(), "device-credentials-fresh", azure_sas_expiry="2026-12-10", today="2026-11-25",
-                       enforcement={"device-credentials-fresh": "mandatory"})
+    mandatory = result(
+        fleet(),
+        "device-credentials-fresh",
+        azure_sas_expiry="2026-12-10",
+        today="2026-11-25",
+        enforcement={"device-credentials-fresh": "mandatory"},
+    )
     assert mandatory.blocking
     assert result(fleet(), "device-credentials-fresh").status == "not-applicable"
 

@@ -100,8 +100,9 @@ def test_the_aws_key_and_bucket_policies_are_checked_for_wildcards():
 
     key = next(r for r in graph["resources"] if r["type"] == "aws:kms/key:Key" and "sign" in r["inputs"]["description"].lower())
     doc = json.loads(key["inputs"]["policy"])
-    doc["Statement"].append({"Sid": "Everything", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
-                             "Action": "kms:*", "Resource": "*"})
+    doc["Statement"].append(
+        {"Sid": "Everything", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*", "Resource": "*"}
+    )
     key["inputs"]["policy"] = json.dumps(doc)
     r = rule(run_policy(graph, project_dir=ROOT), "iam-no-wildcard-actions")
     assert r.status == "failed" and r.blocking

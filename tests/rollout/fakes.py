@@ -27,18 +27,25 @@ class FakeClock:
 
 @dataclass
 class Behaviour:
-    adopt_after: float = 1.0                  # seconds from desired change (or reconnect) to running it
-    online_at: float = 0.0                    # offline until this clock time
-    refuse: dict[str, str] = field(default_factory=dict)      # version -> reason the device refuses it
-    invalid: dict[str, float] = field(default_factory=dict)   # version -> share of outputs that are NaN
-    errors: dict[str, float] = field(default_factory=dict)    # version -> error rate
-    p99: dict[str, float] = field(default_factory=dict)       # version -> p99 latency ms (default 5)
+    adopt_after: float = 1.0  # seconds from desired change (or reconnect) to running it
+    online_at: float = 0.0  # offline until this clock time
+    refuse: dict[str, str] = field(default_factory=dict)  # version -> reason the device refuses it
+    invalid: dict[str, float] = field(default_factory=dict)  # version -> share of outputs that are NaN
+    errors: dict[str, float] = field(default_factory=dict)  # version -> error rate
+    p99: dict[str, float] = field(default_factory=dict)  # version -> p99 latency ms (default 5)
 
 
 def desired(version: str, sha: str | None = None) -> DesiredModel:
     sha = sha or (version.replace(".", "") * 64)[:64]
-    return DesiredModel(model="detector", version=version, sha256=sha, size=100, uri=f"file:///store/{sha}.onnx",
-                        manifest=f"version: {version}", signature="sig")
+    return DesiredModel(
+        model="detector",
+        version=version,
+        sha256=sha,
+        size=100,
+        uri=f"file:///store/{sha}.onnx",
+        manifest=f"version: {version}",
+        signature="sig",
+    )
 
 
 class FakeHub:
@@ -99,7 +106,17 @@ class FakeHub:
         v = serving.version if serving else None
         n = 100
         return DeviceReport(
-            device_id=dev, model="detector", version=v, sha256=serving.sha256 if serving else None,
-            status="failed" if refused else ("ok" if serving else "idle"), error=reason, failed_version=refused,
-            inferences=n if serving else 0, errors=int(n * b.errors.get(v, 0)), invalid_outputs=int(n * b.invalid.get(v, 0)),
-            p99_latency_ms=b.p99.get(v, 5.0) if serving else None, agent_version="0.1.0", reported_at=now)
+            device_id=dev,
+            model="detector",
+            version=v,
+            sha256=serving.sha256 if serving else None,
+            status="failed" if refused else ("ok" if serving else "idle"),
+            error=reason,
+            failed_version=refused,
+            inferences=n if serving else 0,
+            errors=int(n * b.errors.get(v, 0)),
+            invalid_outputs=int(n * b.invalid.get(v, 0)),
+            p99_latency_ms=b.p99.get(v, 5.0) if serving else None,
+            agent_version="0.1.0",
+            reported_at=now,
+        )

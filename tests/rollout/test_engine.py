@@ -10,8 +10,16 @@ from components.rollout.types import RingTarget
 from tests.rollout.fakes import Behaviour, FakeClock, FakeHub, desired
 
 V1, V2 = desired("1.0.0"), desired("1.1.0")
-GATE = GateConfig(soak_seconds=10, deadline_seconds=120, min_reporting_share=1.0, success_share=1.0,
-                  max_failure_share=0.0, max_invalid_output_share=0.0, max_error_rate=0.01, max_p99_latency_ms=50)
+GATE = GateConfig(
+    soak_seconds=10,
+    deadline_seconds=120,
+    min_reporting_share=1.0,
+    success_share=1.0,
+    max_failure_share=0.0,
+    max_invalid_output_share=0.0,
+    max_error_rate=0.01,
+    max_p99_latency_ms=50,
+)
 
 
 def fleet(n: int = 20, **overrides: Behaviour) -> dict[str, Behaviour]:
@@ -23,7 +31,7 @@ def fleet(n: int = 20, **overrides: Behaviour) -> dict[str, Behaviour]:
 def rings(devices: list[str], sizes=(2, 6), gate: GateConfig = GATE) -> tuple[RingPlan, ...]:
     cuts = [0, *sizes, len(devices)]
     names = ["canary", "early", "broad"]
-    return tuple(RingPlan(RingTarget("detector", names[i], i, tuple(devices[cuts[i]:cuts[i + 1]])), gate) for i in range(3))
+    return tuple(RingPlan(RingTarget("detector", names[i], i, tuple(devices[cuts[i] : cuts[i + 1]])), gate) for i in range(3))
 
 
 def unsigned_rollback(previous, failed, reason):
@@ -71,12 +79,15 @@ def test_each_ring_soaks_for_the_full_soak_time_after_adoption():
         assert ring["soak_started"] >= ring["deployed_at"] + 1.0, "soak started before devices adopted"
 
 
-@pytest.mark.parametrize("behaviour, expected_reason", [
-    (Behaviour(refuse={"1.1.0": "signature does not verify"}), "failure share"),
-    (Behaviour(invalid={"1.1.0": 1.0}), "invalid (NaN/Inf) outputs"),
-    (Behaviour(errors={"1.1.0": 0.5}), "error rate"),
-    (Behaviour(p99={"1.1.0": 400.0}), "p99 latency"),
-])
+@pytest.mark.parametrize(
+    "behaviour, expected_reason",
+    [
+        (Behaviour(refuse={"1.1.0": "signature does not verify"}), "failure share"),
+        (Behaviour(invalid={"1.1.0": 1.0}), "invalid (NaN/Inf) outputs"),
+        (Behaviour(errors={"1.1.0": 0.5}), "error rate"),
+        (Behaviour(p99={"1.1.0": 400.0}), "p99 latency"),
+    ],
+)
 def test_a_bad_canary_fails_its_gate_rolls_back_and_later_rings_never_see_the_version(behaviour, expected_reason):
     devices = fleet()
     canary_device = sorted(devices)[0]
@@ -121,7 +132,7 @@ def test_a_failure_fails_the_gate_at_once_without_waiting_for_the_soak():
 def test_offline_devices_are_pending_not_failures_and_catch_up_when_they_reconnect():
     devices = fleet()
     offline = sorted(devices)[1]
-    devices[offline] = Behaviour(online_at=1000.0 + 30)     # reconnects 30 s after the rollout starts
+    devices[offline] = Behaviour(online_at=1000.0 + 30)  # reconnects 30 s after the rollout starts
     progress, hub, _ = run(devices)
     assert progress["status"] == "succeeded"
     canary = progress["rings"][0]
@@ -163,7 +174,7 @@ def test_adoption_dropping_during_the_soak_restarts_the_soak():
     progress = engine.start(plan)
     while progress["rings"][0]["state"] != "soaking":
         engine.step(plan, progress) or clock.sleep(1.0)
-    devices[d].online_at = clock.now() + 1e12                      # goes dark mid-soak (reports go stale)
+    devices[d].online_at = clock.now() + 1e12  # goes dark mid-soak (reports go stale)
     hub.report = _stale_for(hub, d)
     for _ in range(5):
         engine.step(plan, progress) or clock.sleep(1.0)
@@ -249,7 +260,7 @@ def test_killed_at_every_step_the_engine_resumes_without_skipping_a_gate_or_depl
             RolloutEngine(CrashingHub(hub, crash_at, after), clock, unsigned_rollback, poll_seconds=1.0).run(plan)
         except Crash:
             pass
-        clock.sleep(3.0)                                           # the process is down for a while
+        clock.sleep(3.0)  # the process is down for a while
         final = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(plan)
         where = f"killed at mutation {crash_at} ({'after' if after else 'before'} it)"
         assert final["status"] == reference["status"], where
@@ -311,7 +322,7 @@ def test_a_long_kill_mid_soak_restarts_the_soak_instead_of_passing_on_the_first_
     hub = FakeHub(clock, fleet(), running=V1)
     plan = RolloutPlan("detector", V2, V1, rings(sorted(hub.behaviours)))
     engine = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0)
-    _until_soaking(engine, plan, engine.start(plan), clock)       # killed right after soak-started was saved
+    _until_soaking(engine, plan, engine.start(plan), clock)  # killed right after soak-started was saved
     clock.sleep(1000.0)
     resumed_at = clock.now()
     progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(plan)
@@ -329,7 +340,7 @@ def test_a_long_kill_while_waiting_for_adoption_moves_the_deadline_out_instead_o
     clock, hub, plan, engine, progress = started()
     while progress["rings"][0]["state"] != "waiting":
         engine.step(plan, progress)
-    clock.sleep(500.0)                                             # deadline is 120 s
+    clock.sleep(500.0)  # deadline is 120 s
     progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(plan)
     assert progress["status"] == "succeeded"
     assert [e["ring"] for e in events(progress, "observation-gap")] == ["canary"]
@@ -392,11 +403,14 @@ def test_a_slow_platform_query_is_watched_time_and_does_not_reset_the_soak():
 
 
 # -- the failure report names devices and values ----------------------------------------------------------
-@pytest.mark.parametrize("behaviour, metric, value, bound, text", [
-    (Behaviour(invalid={"1.1.0": 1.0}), "invalid_output_share", 1.0, 0.0, "NaN/Inf outputs 100.00% (max 0.00%)"),
-    (Behaviour(errors={"1.1.0": 0.5}), "error_rate", 0.5, 0.01, "error rate 50.00% (max 1.00%)"),
-    (Behaviour(p99={"1.1.0": 400.0}), "p99_latency_ms", 400.0, 50.0, "p99 latency 400.00 ms (max 50.00 ms)"),
-])
+@pytest.mark.parametrize(
+    "behaviour, metric, value, bound, text",
+    [
+        (Behaviour(invalid={"1.1.0": 1.0}), "invalid_output_share", 1.0, 0.0, "NaN/Inf outputs 100.00% (max 0.00%)"),
+        (Behaviour(errors={"1.1.0": 0.5}), "error_rate", 0.5, 0.01, "error rate 50.00% (max 1.00%)"),
+        (Behaviour(p99={"1.1.0": 400.0}), "p99_latency_ms", 400.0, 50.0, "p99 latency 400.00 ms (max 50.00 ms)"),
+    ],
+)
 def test_a_metric_gate_failure_names_the_offending_devices_with_their_values(behaviour, metric, value, bound, text):
     from components.rollout.report import failure_summary
 
@@ -440,9 +454,14 @@ def test_a_gate_resource_reports_only_a_ring_the_engine_passed():
     another ring's pass (the AWS, Azure and local gate providers all answer through `passed_ring`)."""
     from components.rollout.engine import passed_ring
 
-    progress = {"rollout_id": "detector@1.1.0+abc", "status": "succeeded",
-                "rings": [{"name": "canary", "state": "passed", "measured": {"adopted": 5}},
-                          {"name": "broad", "state": "passed", "measured": {"adopted": 50}}]}
+    progress = {
+        "rollout_id": "detector@1.1.0+abc",
+        "status": "succeeded",
+        "rings": [
+            {"name": "canary", "state": "passed", "measured": {"adopted": 5}},
+            {"name": "broad", "state": "passed", "measured": {"adopted": 50}},
+        ],
+    }
     assert passed_ring(progress, "broad")["measured"] == {"adopted": 50}
     with pytest.raises(RuntimeError, match=r"did not pass ring 'early'.*declare a new model version"):
         passed_ring(progress, "early")
@@ -457,7 +476,7 @@ def test_a_long_kill_during_a_rollback_moves_its_deadline_instead_of_timing_it_o
     clock, hub, plan, engine, progress = started(devices)
     while progress["status"] != "rolling_back" or len(progress["rollback"]["set"]) < len(progress["rollback"]["rings"]):
         engine.step(plan, progress) or clock.sleep(1.0)
-    clock.sleep(GATE.deadline_seconds * 5)                    # killed with the rollback set, resumed much later
+    clock.sleep(GATE.deadline_seconds * 5)  # killed with the rollback set, resumed much later
     progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).run(plan)
     assert progress["status"] == "rolled_back", progress["events"][-3:]
     gap = [e for e in events(progress, "observation-gap") if e["ring"] is None]
@@ -468,7 +487,7 @@ def test_an_operator_abort_rolls_every_touched_ring_back_under_a_signed_order():
     from edgefleet_agent.contract.errors import EdgefleetError
 
     clock, hub, plan, engine, progress = started()
-    while progress["rings"][1]["state"] != "soaking":                # canary passed, early soaking: then the process dies
+    while progress["rings"][1]["state"] != "soaking":  # canary passed, early soaking: then the process dies
         engine.step(plan, progress) or clock.sleep(1.0)
     progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=1.0).abort(plan, "found a bug in 1.1.0")
     assert progress["status"] == "rolled_back"

@@ -25,8 +25,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def report(dev: str, errors=0, invalid=0, p99=5.0, version=V2) -> DeviceReport:
-    return DeviceReport(device_id=dev, model="detector", version=version.version, sha256=version.sha256, status="ok",
-                        inferences=100, errors=errors, invalid_outputs=invalid, p99_latency_ms=p99, reported_at=10.0)
+    return DeviceReport(
+        device_id=dev,
+        model="detector",
+        version=version.version,
+        sha256=version.sha256,
+        status="ok",
+        inferences=100,
+        errors=errors,
+        invalid_outputs=invalid,
+        p99_latency_ms=p99,
+        reported_at=10.0,
+    )
 
 
 # -- offenders -----------------------------------------------------------------------------------------------
@@ -46,8 +56,9 @@ def test_gate_offenders_keep_only_breached_metrics_over_their_threshold_and_stay
     devices = [f"d{i:03d}" for i in range(100)]
     reports = {d: report(d, errors=50, invalid=0, p99=5.0 if i else 900.0) for i, d in enumerate(devices)}
     obs = observe_reports(devices, reports, V2, since=0.0)
-    gate = GateConfig(soak_seconds=0, deadline_seconds=10, success_share=1.0, min_reporting_share=1.0,
-                      max_error_rate=0.1, max_p99_latency_ms=100.0)
+    gate = GateConfig(
+        soak_seconds=0, deadline_seconds=10, success_share=1.0, min_reporting_share=1.0, max_error_rate=0.1, max_p99_latency_ms=100.0
+    )
     v = evaluate(gate, obs, since_deploy=0, soak_started=None, now=1)
     assert v.outcome == "fail"
     assert len(v.offenders) <= MAX_OFFENDERS
@@ -85,8 +96,8 @@ def test_a_held_lease_refuses_a_second_driver_with_the_hub_file_the_holder_and_t
             b.set_desired(target, V2)
         a.save_progress("detector@1", progress_record())
         a.set_desired(target, V2)
-        b.save_progress("other@1", progress_record("other"))     # other rollouts are not held
-        with a.lease("detector") as again:                     # re-entrant for its holder
+        b.save_progress("other@1", progress_record("other"))  # other rollouts are not held
+        with a.lease("detector") as again:  # re-entrant for its holder
             assert again.owner == "edgefleet up (stack local)"
         assert a.lease_holder("detector")["owner"] == "edgefleet up (stack local)"
     assert a.lease_holder("detector") is None
@@ -99,7 +110,7 @@ def test_the_holder_renews_its_lease_while_it_runs(tmp_path):
     path = tmp_path / "hub.sqlite"
     a, b = LocalHub(path), LocalHub(path)
     with a.lease("detector", owner="A", ttl=0.3):
-        time.sleep(1.0)                                        # three ttls: only renewal keeps it
+        time.sleep(1.0)  # three ttls: only renewal keeps it
         with pytest.raises(EdgefleetError, match="being driven by A"):
             with b.lease("detector", owner="B"):
                 pass
@@ -110,7 +121,7 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_can_no_longer_write(t
     clock = Clock()
     a, b = LocalHub(path, clock=clock), LocalHub(path, clock=clock)
     with a.lease("detector", owner="A", ttl=30):
-        clock.t += 31                                          # A stalled past its ttl (renewal thread never ran)
+        clock.t += 31  # A stalled past its ttl (renewal thread never ran)
         with b.lease("detector", owner="B") as held:
             assert held.took_over and "A" in held.took_over
             with pytest.raises(EdgefleetError, match="lost its lease"):
@@ -124,10 +135,17 @@ def test_a_lease_left_by_a_killed_process_on_this_host_is_taken_over_at_once(tmp
     path = tmp_path / "hub.sqlite"
     LocalHub(path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom components.local.hub import LocalHub\n"
-         f"h = LocalHub({str(path)!r})\nwith h.lease('detector', owner='edgefleet up', ttl=3600):\n"
-         "    print('held', flush=True)\n    time.sleep(120)\n"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom components.local.hub import LocalHub\n"
+            f"h = LocalHub({str(path)!r})\nwith h.lease('detector', owner='edgefleet up', ttl=3600):\n"
+            "    print('held', flush=True)\n    time.sleep(120)\n",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         mine = LocalHub(path)

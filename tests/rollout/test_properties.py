@@ -52,8 +52,10 @@ def test_membership_is_deterministic_and_independent_of_registry_order(ids, ps, 
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.from_regex(r"[a-z]{2,6}-[0-9]{1,4}", fullmatch=True), min_size=20, max_size=120, unique=True),
-       st.lists(st.from_regex(r"new-[0-9]{1,4}", fullmatch=True), max_size=20, unique=True))
+@given(
+    st.lists(st.from_regex(r"[a-z]{2,6}-[0-9]{1,4}", fullmatch=True), min_size=20, max_size=120, unique=True),
+    st.lists(st.from_regex(r"new-[0-9]{1,4}", fullmatch=True), max_size=20, unique=True),
+)
 def test_adding_devices_keeps_the_order_of_existing_devices(ids, new):
     """New devices can move a percent cut-off, but never reorder the fleet: the existing devices in the first
     k rings are always a prefix of the existing devices' order, so nobody leapfrogs anybody."""
@@ -70,14 +72,34 @@ def test_adding_devices_keeps_the_order_of_existing_devices(ids, new):
 
 observations = st.builds(
     lambda n, a, f, rep, inf, err, inv, p99: RingObservation(
-        devices=n, adopted=min(a, n), failed=min(f, n - min(a, n)), reporting=min(n, max(rep, min(a, n) + min(f, n - min(a, n)))),
-        inferences=inf, errors=min(err, inf), invalid_outputs=min(inv, inf), p99_latency_ms=p99),
-    st.integers(1, 50), st.integers(0, 50), st.integers(0, 50), st.integers(0, 50),
-    st.integers(0, 1000), st.integers(0, 1000), st.integers(0, 1000), st.one_of(st.none(), st.floats(0, 500)))
-gates = st.builds(GateConfig, soak_seconds=st.floats(0, 100), deadline_seconds=st.just(1000.0),
-                  success_share=st.floats(0.01, 1), max_failure_share=st.floats(0, 1),
-                  max_error_rate=st.one_of(st.none(), st.floats(0, 1)), max_invalid_output_share=st.one_of(st.none(), st.floats(0, 1)),
-                  max_p99_latency_ms=st.one_of(st.none(), st.floats(1, 500)))
+        devices=n,
+        adopted=min(a, n),
+        failed=min(f, n - min(a, n)),
+        reporting=min(n, max(rep, min(a, n) + min(f, n - min(a, n)))),
+        inferences=inf,
+        errors=min(err, inf),
+        invalid_outputs=min(inv, inf),
+        p99_latency_ms=p99,
+    ),
+    st.integers(1, 50),
+    st.integers(0, 50),
+    st.integers(0, 50),
+    st.integers(0, 50),
+    st.integers(0, 1000),
+    st.integers(0, 1000),
+    st.integers(0, 1000),
+    st.one_of(st.none(), st.floats(0, 500)),
+)
+gates = st.builds(
+    GateConfig,
+    soak_seconds=st.floats(0, 100),
+    deadline_seconds=st.just(1000.0),
+    success_share=st.floats(0.01, 1),
+    max_failure_share=st.floats(0, 1),
+    max_error_rate=st.one_of(st.none(), st.floats(0, 1)),
+    max_invalid_output_share=st.one_of(st.none(), st.floats(0, 1)),
+    max_p99_latency_ms=st.one_of(st.none(), st.floats(1, 500)),
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -15,21 +15,27 @@ from edgefleet_agent.contract.manifest import ModelDir, ModelManifest, parse_man
 from edgefleet_agent.contract.signing import Envelope, SignatureError, verify_bytes
 
 
-def verify_artifact(manifest_bytes: bytes, signature_bytes: bytes, model_path: Path,
-                    trusted: ec.EllipticCurvePublicKey, source: str) -> ModelManifest:
+def verify_artifact(
+    manifest_bytes: bytes, signature_bytes: bytes, model_path: Path, trusted: ec.EllipticCurvePublicKey, source: str
+) -> ModelManifest:
     """Returns the manifest once signature, digest and size all check out; raises SignatureError otherwise."""
     verify_bytes(manifest_bytes, Envelope.parse(signature_bytes, f"{source} (signature)"), trusted, source)
     manifest = parse_manifest_bytes(manifest_bytes, source)
     problem = same_file_digest(Path(model_path), manifest.sha256, manifest.size)
     if problem:
-        raise SignatureError(source, f"artifact does not match the signed manifest: {problem}",
-                             "re-download the artifact; if it changed on purpose, run `edgefleet model add` and re-sign")
+        raise SignatureError(
+            source,
+            f"artifact does not match the signed manifest: {problem}",
+            "re-download the artifact; if it changed on purpose, run `edgefleet model add` and re-sign",
+        )
     return manifest
 
 
 def verify_model_dir(model_dir: ModelDir, trusted: ec.EllipticCurvePublicKey) -> ModelManifest:
     if not model_dir.signature_path.is_file():
-        raise SignatureError(str(model_dir.signature_path), "no signature file", f"sign it with `edgefleet model sign {model_dir.path} --key KEY`")
+        raise SignatureError(
+            str(model_dir.signature_path), "no signature file", f"sign it with `edgefleet model sign {model_dir.path} --key KEY`"
+        )
     manifest_bytes = model_dir.manifest_bytes()
     signature_bytes = model_dir.signature_path.read_bytes()
     source = str(model_dir.manifest_path)

@@ -30,11 +30,11 @@ MODEL_CONFIGURATION = {
     ENV_RING: "Ring",
 }
 AGENT_CONFIGURATION = {ENV_NAMESPACE: "MetricNamespace", ENV_TRUSTED_KEY: "TrustedKeyPem"}
-ROLLOUT_ID_KEY = "RolloutId"       # merged beside Rollout and Ring; echoed by nobody, read by the gate's deployments
+ROLLOUT_ID_KEY = "RolloutId"  # merged beside Rollout and Ring; echoed by nobody, read by the gate's deployments
 
 # CloudWatch: a window's counts and latency per (rollout, ring, version), and per device only for a bad window
 DIMENSIONS = ("Rollout", "Ring", "Version")
 DEVICE_DIMENSION = "Device"
 COUNT_METRICS = (("Inferences", "inferences"), ("Errors", "errors"), ("InvalidOutputs", "invalid_outputs"))
 LATENCY_METRIC = "LatencyP99Ms"
-DEVICE_METRICS = (("DeviceErrorRate", "errors"), ("DeviceInvalidOutputShare", "invalid_outputs"))   # share of the window's inferences
+DEVICE_METRICS = (("DeviceErrorRate", "errors"), ("DeviceInvalidOutputShare", "invalid_outputs"))  # share of the window's inferences

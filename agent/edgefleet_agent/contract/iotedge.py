@@ -17,10 +17,10 @@ from typing import Any, TypedDict
 
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
 
-AGENT_FORMAT = "edgefleet-agent/1"          # schemaVersion of the agent module twin's desired properties
-TWIN_STRING_LIMIT = 4 * 1024                # IoT Hub: one string value in a twin, UTF-8 bytes
+AGENT_FORMAT = "edgefleet-agent/1"  # schemaVersion of the agent module twin's desired properties
+TWIN_STRING_LIMIT = 4 * 1024  # IoT Hub: one string value in a twin, UTF-8 bytes
 CHUNKED_FIELDS = ("manifest", "signature")  # model entry strings split like createOptions when over TWIN_STRING_LIMIT
-MAX_CHUNKS = 100                            # `name`, then `name01` … `name99`: IoT Edge's two-digit suffixes
+MAX_CHUNKS = 100  # `name`, then `name01` … `name99`: IoT Edge's two-digit suffixes
 CHUNK_KEY_RE = re.compile(rf"^({'|'.join(CHUNKED_FIELDS)})(0[1-9]|[1-9][0-9])$")
 REDACTED = "<redacted>"
 
@@ -38,7 +38,7 @@ class ReportedEntry(TypedDict):
     invalidOutputs: int
     p99LatencyMs: float | None
     agentVersion: str
-    ring: object            # echoed from the desired entry as the twin holds it
+    ring: object  # echoed from the desired entry as the twin holds it
     rollout: object
 
 
@@ -57,7 +57,7 @@ def split_utf8(text: str, limit: int = TWIN_STRING_LIMIT) -> list[str]:
     out, start = [], 0
     while start < len(data):
         end = min(start + limit, len(data))
-        while end < len(data) and data[end] & 0xC0 == 0x80:      # never inside a multi-byte character
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # never inside a multi-byte character
             end -= 1
         out.append(data[start:end].decode("utf-8"))
         start = end
@@ -98,9 +98,15 @@ def agent_desired(desired: DesiredModel, ring_key: str) -> dict[str, Any]:
     """One model as the agent module twin carries it (camelCase, no nulls: a null deletes a twin property). The
     manifest and signature are chunked: IoT Hub limits each twin string to 4 KB, and a model.yaml may be longer."""
     out: dict[str, Any] = {
-        "model": desired.model, "version": desired.version, "sha256": desired.sha256, "size": int(desired.size),
-        "uri": desired.uri, **chunked("manifest", desired.manifest), **chunked("signature", desired.signature),
-        "rollout": desired.rollout, "ring": ring_key,
+        "model": desired.model,
+        "version": desired.version,
+        "sha256": desired.sha256,
+        "size": int(desired.size),
+        "uri": desired.uri,
+        **chunked("manifest", desired.manifest),
+        **chunked("signature", desired.signature),
+        "rollout": desired.rollout,
+        "ring": ring_key,
     }
     if desired.rollback_order is not None:
         out["rollbackOrder"] = desired.rollback_order
@@ -114,10 +120,18 @@ def desired_from_agent(data: dict[str, Any]) -> DesiredModel:
         size = int(data["size"])
     except (TypeError, ValueError):
         raise ValueError(f"size {data['size']!r} is not an integer") from None
-    return DesiredModel(model=data["model"], version=data["version"], sha256=data["sha256"], size=size, uri=data["uri"],
-                        manifest=join_chunks(data, "manifest"), signature=join_chunks(data, "signature"),
-                        rollout=data.get("rollout", ""), rollback_order=data.get("rollbackOrder"),
-                        rollback_signature=data.get("rollbackSignature"))
+    return DesiredModel(
+        model=data["model"],
+        version=data["version"],
+        sha256=data["sha256"],
+        size=size,
+        uri=data["uri"],
+        manifest=join_chunks(data, "manifest"),
+        signature=join_chunks(data, "signature"),
+        rollout=data.get("rollout", ""),
+        rollback_order=data.get("rollbackOrder"),
+        rollback_signature=data.get("rollbackSignature"),
+    )
 
 
 def reported_entry(report: DeviceReport, desired_entry: dict[str, Any], secret: str | None = None) -> ReportedEntry:
@@ -125,7 +139,17 @@ def reported_entry(report: DeviceReport, desired_entry: dict[str, Any], secret: 
     error = report.error
     if error and secret:
         error = error.replace(secret, REDACTED)
-    return {"version": report.version, "sha256": report.sha256, "status": report.status, "error": error,
-            "failedVersion": report.failed_version, "inferences": report.inferences, "errors": report.errors,
-            "invalidOutputs": report.invalid_outputs, "p99LatencyMs": report.p99_latency_ms,
-            "agentVersion": report.agent_version, "ring": desired_entry.get("ring"), "rollout": desired_entry.get("rollout")}
+    return {
+        "version": report.version,
+        "sha256": report.sha256,
+        "status": report.status,
+        "error": error,
+        "failedVersion": report.failed_version,
+        "inferences": report.inferences,
+        "errors": report.errors,
+        "invalidOutputs": report.invalid_outputs,
+        "p99LatencyMs": report.p99_latency_ms,
+        "agentVersion": report.agent_version,
+        "ring": desired_entry.get("ring"),
+        "rollout": desired_entry.get("rollout"),
+    }

@@ -52,7 +52,7 @@ class HubFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._local = threading.local()
-        self._db().executescript(SCHEMA)              # idempotent; executescript manages its own transaction
+        self._db().executescript(SCHEMA)  # idempotent; executescript manages its own transaction
 
     # -- connection -----------------------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -86,7 +86,6 @@ class HubFile:
         return self._clock()
 
 
-
 class AgentHub(HubFile):
     """What an agent does with the hub: read its desired state, write its reports."""
 
@@ -101,13 +100,15 @@ class AgentHub(HubFile):
             db.executemany(
                 "INSERT INTO reports (device_id, model, report, reported_at) VALUES (?,?,?,?) "
                 "ON CONFLICT(device_id, model) DO UPDATE SET report=excluded.report, reported_at=excluded.reported_at",
-                [(r.device_id, r.model, _stamp(r, now), now) for r in reports])
-            db.executemany("INSERT OR IGNORE INTO served (device_id, model, version, sha256, first_seen) VALUES (?,?,?,?,?)",
-                           [(r.device_id, r.model, r.version, r.sha256, now) for r in reports if r.version and r.sha256])
+                [(r.device_id, r.model, _stamp(r, now), now) for r in reports],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO served (device_id, model, version, sha256, first_seen) VALUES (?,?,?,?,?)",
+                [(r.device_id, r.model, r.version, r.sha256, now) for r in reports if r.version and r.sha256],
+            )
 
     def put_report(self, report: DeviceReport) -> None:
         self.put_reports([report])
-
 
 
 def _stamp(report: DeviceReport, now: float) -> str:

@@ -39,18 +39,37 @@ MANIFEST_FILE = "model.yaml"
 SIGNATURE_FILE = "model.yaml.sig"
 
 ElementType = Literal[
-    "float32", "float16", "float64", "bfloat16",
-    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-    "bool", "string",
+    "float32",
+    "float16",
+    "float64",
+    "bfloat16",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "string",
 ]
 Arch = Literal["amd64", "arm64", "armv7"]
 
 # onnxruntime's execution provider names; a target lists them in order of preference.
 KNOWN_PROVIDERS = (
-    "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider",
-    "OpenVINOExecutionProvider", "CoreMLExecutionProvider", "QNNExecutionProvider",
-    "XnnpackExecutionProvider", "ArmNNExecutionProvider", "ACLExecutionProvider",
-    "DmlExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider",
+    "CPUExecutionProvider",
+    "CUDAExecutionProvider",
+    "TensorrtExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CoreMLExecutionProvider",
+    "QNNExecutionProvider",
+    "XnnpackExecutionProvider",
+    "ArmNNExecutionProvider",
+    "ACLExecutionProvider",
+    "DmlExecutionProvider",
+    "ROCMExecutionProvider",
+    "MIGraphXExecutionProvider",
 )
 
 # The agent version that first reads each manifest field added after format 1's: a manifest that uses one must name
@@ -147,9 +166,13 @@ class ModelManifest(Strict):
     def _readable_by_its_agents(self) -> "ModelManifest":
         need = required_agent_version(dict(self))
         if version_key(self.min_agent_version) < version_key(need):
-            used = ", ".join(f for f, v in FIELDS_SINCE.items() if version_key(v) > version_key(self.min_agent_version) and _used(dict(self), f))
-            raise ValueError(f"min_agent_version {self.min_agent_version} is older than {need}, the first agent that reads {used}; "
-                             f"set min_agent_version: {need}")
+            used = ", ".join(
+                f for f, v in FIELDS_SINCE.items() if version_key(v) > version_key(self.min_agent_version) and _used(dict(self), f)
+            )
+            raise ValueError(
+                f"min_agent_version {self.min_agent_version} is older than {need}, the first agent that reads {used}; "
+                f"set min_agent_version: {need}"
+            )
         return self
 
     @property
@@ -190,8 +213,11 @@ def parse_manifest_bytes(data: bytes, source: str) -> ModelManifest:
     fmt = raw.get("format", 1)
     if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > MANIFEST_FORMAT:
         wants = raw.get("min_agent_version")
-        raise FormatError(source, f"manifest format {fmt} is newer than the {MANIFEST_FORMAT} this agent reads",
-                          f"upgrade the agent{f' to {wants} or newer, as min_agent_version asks' if isinstance(wants, str) else ''}")
+        raise FormatError(
+            source,
+            f"manifest format {fmt} is newer than the {MANIFEST_FORMAT} this agent reads",
+            f"upgrade the agent{f' to {wants} or newer, as min_agent_version asks' if isinstance(wants, str) else ''}",
+        )
     try:
         return ModelManifest.model_validate(raw)
     except ValidationError as exc:
@@ -217,15 +243,19 @@ class ModelDir:
 
     def manifest_bytes(self) -> bytes:
         if not self.manifest_path.is_file():
-            raise EdgefleetError(str(self.manifest_path), "no manifest here",
-                                 f"create it with `edgefleet model add {self.path} --onnx FILE --version X.Y.Z`")
+            raise EdgefleetError(
+                str(self.manifest_path), "no manifest here", f"create it with `edgefleet model add {self.path} --onnx FILE --version X.Y.Z`"
+            )
         return self.manifest_path.read_bytes()
 
     def load(self) -> ModelManifest:
         manifest = parse_manifest_bytes(self.manifest_bytes(), str(self.manifest_path))
         if manifest.name != self.path.name:
-            raise ConfigError(str(self.manifest_path), f"name: {manifest.name!r} does not match its directory {self.path.name!r}",
-                              f"rename the directory to models/{manifest.name} or set name: {self.path.name}")
+            raise ConfigError(
+                str(self.manifest_path),
+                f"name: {manifest.name!r} does not match its directory {self.path.name!r}",
+                f"rename the directory to models/{manifest.name} or set name: {self.path.name}",
+            )
         return manifest
 
     def artifact_path(self, manifest: ModelManifest) -> Path:

@@ -84,8 +84,8 @@ class Signer(Protocol):
 def standin_public_key_pem() -> str:
     """A PEM the size and shape of a P-256 public key, for checks that must build what a deployment will carry
     before the stack's key exists (Key Vault and KMS create it at `pulumi up`)."""
-    body = base64.b64encode(bytes(91)).decode()                   # the size of a DER P-256 SubjectPublicKeyInfo
-    return "-----BEGIN PUBLIC KEY-----\n" + "\n".join(body[i:i + 64] for i in range(0, len(body), 64)) + "\n-----END PUBLIC KEY-----\n"
+    body = base64.b64encode(bytes(91)).decode()  # the size of a DER P-256 SubjectPublicKeyInfo
+    return "-----BEGIN PUBLIC KEY-----\n" + "\n".join(body[i : i + 64] for i in range(0, len(body), 64)) + "\n-----END PUBLIC KEY-----\n"
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,12 @@ class Envelope:
     signature: bytes
 
     def to_bytes(self) -> bytes:
-        body = {"format": SIGNATURE_FORMAT, "algorithm": ALGORITHM, "key_id": self.key_id,
-                "signature": base64.b64encode(self.signature).decode()}
+        body = {
+            "format": SIGNATURE_FORMAT,
+            "algorithm": ALGORITHM,
+            "key_id": self.key_id,
+            "signature": base64.b64encode(self.signature).decode(),
+        }
         return (json.dumps(body, indent=2) + "\n").encode()
 
     @classmethod
@@ -135,11 +139,17 @@ def verify_bytes(payload: bytes, envelope: Envelope, trusted: ec.EllipticCurvePu
     """Raises SignatureError unless `envelope` is a signature over exactly `payload` by `trusted`."""
     want = key_id_of(trusted)
     if envelope.key_id != want:
-        raise SignatureError(source, f"signed by key {envelope.key_id}, but the trusted key is {want}",
-                             "sign with the stack's signing key, or give the device the matching public key")
+        raise SignatureError(
+            source,
+            f"signed by key {envelope.key_id}, but the trusted key is {want}",
+            "sign with the stack's signing key, or give the device the matching public key",
+        )
     if not signs_digest(trusted, envelope.signature, hashlib.sha256(payload).digest()):
-        raise SignatureError(source, "signature does not match the content (the manifest changed after signing, or the signature is corrupt)",
-                             "re-sign the manifest with `edgefleet model sign`, or restore the signed manifest")
+        raise SignatureError(
+            source,
+            "signature does not match the content (the manifest changed after signing, or the signature is corrupt)",
+            "re-sign the manifest with `edgefleet model sign`, or restore the signed manifest",
+        )
 
 
 def rollback_order(model: str, version: str, sha256: str, reason: str, from_version: str, from_sha256: str) -> bytes:
@@ -147,8 +157,15 @@ def rollback_order(model: str, version: str, sha256: str, reason: str, from_vers
 
     It names both ends, so it only moves a device off the version that failed: replayed later, on a device
     that has since moved on, it no longer matches what that device runs and is refused."""
-    body = {"format": ROLLBACK_FORMAT, "model": model, "version": version, "sha256": sha256, "reason": reason,
-            "from_version": from_version, "from_sha256": from_sha256}
+    body = {
+        "format": ROLLBACK_FORMAT,
+        "model": model,
+        "version": version,
+        "sha256": sha256,
+        "reason": reason,
+        "from_version": from_version,
+        "from_sha256": from_sha256,
+    }
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -37,8 +37,11 @@ def _known_fields(cls: type[DataclassInstance], body: dict[str, Any], what: str,
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
         raise FormatError(what, f"format {fmt!r} is not a format number")
     if fmt > newest:
-        raise FormatError(what, f"is in format {fmt}, newer than the {newest} this agent reads",
-                          "upgrade the agent to the version the model's manifest names in min_agent_version")
+        raise FormatError(
+            what,
+            f"is in format {fmt}, newer than the {newest} this agent reads",
+            "upgrade the agent to the version the model's manifest names in min_agent_version",
+        )
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in body.items() if k in names}
 
@@ -55,7 +58,7 @@ class DesiredModel:
     manifest: str
     signature: str
     rollout: str = ""
-    rollback_order: str | None = None        # set only on a sanctioned downgrade: signed JSON (signing.rollback_order)
+    rollback_order: str | None = None  # set only on a sanctioned downgrade: signed JSON (signing.rollback_order)
     rollback_signature: str | None = None
     format: int = DESIRED_FORMAT
 
@@ -83,14 +86,14 @@ class DeviceReport:
 
     device_id: str
     model: str
-    version: str | None                      # version being served; None when nothing verified is loaded
+    version: str | None  # version being served; None when nothing verified is loaded
     sha256: str | None
     status: DeviceStatus
-    error: str | None = None                 # why the desired version was refused or broke
-    failed_version: str | None = None        # the desired version that was refused
-    inferences: int = 0                      # in the last reporting window
+    error: str | None = None  # why the desired version was refused or broke
+    failed_version: str | None = None  # the desired version that was refused
+    inferences: int = 0  # in the last reporting window
     errors: int = 0
-    invalid_outputs: int = 0                 # outputs holding NaN / Inf
+    invalid_outputs: int = 0  # outputs holding NaN / Inf
     p99_latency_ms: float | None = None
     agent_version: str = ""
     reported_at: float = 0.0

@@ -64,9 +64,9 @@ log = logging.getLogger("edgefleet.agent.greengrass")
 
 EXIT_REFUSED = 3
 
-BACKLOG_DATUMS = 200          # unsent data points kept for the next report (33 to 50 windows), oldest dropped first
-PUT_BATCH = 1000              # PutMetricData takes at most 1000 metrics (and 1 MB) per request
-CLIENT_RETRIES = 3            # botocore "standard" retry mode: attempts per request, with backoff
+BACKLOG_DATUMS = 200  # unsent data points kept for the next report (33 to 50 windows), oldest dropped first
+PUT_BATCH = 1000  # PutMetricData takes at most 1000 metrics (and 1 MB) per request
+CLIENT_RETRIES = 3  # botocore "standard" retry mode: attempts per request, with backoff
 CONNECT_TIMEOUT_SECONDS = 5
 READ_TIMEOUT_SECONDS = 10
 
@@ -92,15 +92,21 @@ class GreengrassEnvironment:
         if missing:
             raise GreengrassConfigError(
                 f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: the agent component's recipe sets them "
-                "from the model component's configuration (components/aws/recipes.py, edgefleet_agent/contract/greengrass.py)")
+                "from the model component's configuration (components/aws/recipes.py, edgefleet_agent/contract/greengrass.py)"
+            )
         model_file = environ[ENV_FILE].strip()
         if Path(model_file).name != model_file or model_file in (".", ".."):
             raise GreengrassConfigError(f"{ENV_FILE}={model_file!r} must be a plain file name under --model-dir")
-        return cls(manifest=environ[ENV_MANIFEST], signature=environ[ENV_SIGNATURE], model_file=model_file,
-                   rollback_order=environ.get(ENV_ROLLBACK_ORDER) or None,
-                   rollback_signature=environ.get(ENV_ROLLBACK_SIGNATURE) or None,
-                   rollout=environ.get(ENV_ROLLOUT, "").strip(), ring=environ.get(ENV_RING, "").strip(),
-                   namespace=environ.get(ENV_NAMESPACE, "").strip())
+        return cls(
+            manifest=environ[ENV_MANIFEST],
+            signature=environ[ENV_SIGNATURE],
+            model_file=model_file,
+            rollback_order=environ.get(ENV_ROLLBACK_ORDER) or None,
+            rollback_signature=environ.get(ENV_ROLLBACK_SIGNATURE) or None,
+            rollout=environ.get(ENV_ROLLOUT, "").strip(),
+            ring=environ.get(ENV_RING, "").strip(),
+            namespace=environ.get(ENV_NAMESPACE, "").strip(),
+        )
 
 
 def desired_from_environment(env: GreengrassEnvironment, model: str, model_dir: Path) -> DesiredModel:
@@ -118,8 +124,18 @@ def desired_from_environment(env: GreengrassEnvironment, model: str, model_dir: 
         version, sha256, size = found.group(1) if found else "unknown", "", 0
     else:
         model, version, sha256, size = m.name, m.version, m.sha256, m.size
-    return DesiredModel(model=model, version=version, sha256=sha256, size=size, uri=uri, manifest=env.manifest, signature=env.signature,
-                        rollout=env.rollout, rollback_order=env.rollback_order, rollback_signature=env.rollback_signature)
+    return DesiredModel(
+        model=model,
+        version=version,
+        sha256=sha256,
+        size=size,
+        uri=uri,
+        manifest=env.manifest,
+        signature=env.signature,
+        rollout=env.rollout,
+        rollback_order=env.rollback_order,
+        rollback_signature=env.rollback_signature,
+    )
 
 
 class MetricsClient(Protocol):
@@ -153,23 +169,38 @@ class CloudWatchMetrics:
             from botocore.config import Config
 
             self._client = boto3.client(
-                "cloudwatch", region_name=self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-                config=Config(retries={"max_attempts": CLIENT_RETRIES, "mode": "standard"}, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                              read_timeout=READ_TIMEOUT_SECONDS, user_agent_extra=f"edgefleet-agent/{__version__}"))
+                "cloudwatch",
+                region_name=self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+                config=Config(
+                    retries={"max_attempts": CLIENT_RETRIES, "mode": "standard"},
+                    connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                    read_timeout=READ_TIMEOUT_SECONDS,
+                    user_agent_extra=f"edgefleet-agent/{__version__}",
+                ),
+            )
         return self._client
 
     def datums(self, report: DeviceReport) -> list[MetricDatumTypeDef]:
         if report.version is None:
-            return []                       # nothing served: no version to file the window under
-        dims: list[DimensionTypeDef] = [{"Name": name, "Value": value}
-                                        for name, value in zip(DIMENSIONS, (self.rollout, self.ring, report.version), strict=True)]
+            return []  # nothing served: no version to file the window under
+        dims: list[DimensionTypeDef] = [
+            {"Name": name, "Value": value} for name, value in zip(DIMENSIONS, (self.rollout, self.ring, report.version), strict=True)
+        ]
         at = datetime.fromtimestamp(report.reported_at, timezone.utc)
         out: list[MetricDatumTypeDef] = [
             {"MetricName": name, "Dimensions": dims, "Timestamp": at, "Value": float(getattr(report, field)), "Unit": "Count"}
-            for name, field in COUNT_METRICS]
+            for name, field in COUNT_METRICS
+        ]
         if report.p99_latency_ms is not None:
-            out.append({"MetricName": LATENCY_METRIC, "Dimensions": dims, "Timestamp": at,
-                        "Value": float(report.p99_latency_ms), "Unit": "Milliseconds"})
+            out.append(
+                {
+                    "MetricName": LATENCY_METRIC,
+                    "Dimensions": dims,
+                    "Timestamp": at,
+                    "Value": float(report.p99_latency_ms),
+                    "Unit": "Milliseconds",
+                }
+            )
         return out + self.device_datums(report, dims, at)
 
     @staticmethod
@@ -179,16 +210,25 @@ class CloudWatchMetrics:
         if not report.inferences or not report.device_id:
             return []
         device: list[DimensionTypeDef] = [*dims, {"Name": DEVICE_DIMENSION, "Value": report.device_id}]
-        return [{"MetricName": name, "Dimensions": device, "Timestamp": at, "Value": getattr(report, field) / report.inferences,
-                 "Unit": "None"}
-                for name, field in DEVICE_METRICS if getattr(report, field) > 0]
+        return [
+            {"MetricName": name, "Dimensions": device, "Timestamp": at, "Value": getattr(report, field) / report.inferences, "Unit": "None"}
+            for name, field in DEVICE_METRICS
+            if getattr(report, field) > 0
+        ]
 
     def publish(self, report: DeviceReport) -> bool:
         """True if everything pending reached CloudWatch."""
         if not self.configured:
             if not self._warned_unconfigured:
-                log.warning("metrics are not published: %s=%r, %s=%r, %s=%r (the ring's deployment sets them)",
-                            ENV_NAMESPACE, self.namespace, ENV_ROLLOUT, self.rollout, ENV_RING, self.ring)
+                log.warning(
+                    "metrics are not published: %s=%r, %s=%r, %s=%r (the ring's deployment sets them)",
+                    ENV_NAMESPACE,
+                    self.namespace,
+                    ENV_ROLLOUT,
+                    self.rollout,
+                    ENV_RING,
+                    self.ring,
+                )
                 self._warned_unconfigured = True
             return False
         with self._lock:
@@ -203,8 +243,12 @@ class CloudWatchMetrics:
                     for _ in batch:
                         self._backlog.popleft()
             except Exception as exc:  # noqa: BLE001 - a metrics outage must never stop serving
-                log.warning("CloudWatch metrics not published (%d data points kept for the next report): %s: %s",
-                            len(self._backlog), type(exc).__name__, exc)
+                log.warning(
+                    "CloudWatch metrics not published (%d data points kept for the next report): %s: %s",
+                    len(self._backlog),
+                    type(exc).__name__,
+                    exc,
+                )
                 return False
         return True
 
@@ -216,8 +260,9 @@ class CloudWatchMetrics:
 class GreengrassTransport:
     """Transport for `python -m agent --transport greengrass`. The desired state never changes in-process."""
 
-    def __init__(self, model: str, model_dir: Path, environ: Mapping[str, str] | None = None,
-                 cloudwatch_client: MetricsClient | None = None) -> None:
+    def __init__(
+        self, model: str, model_dir: Path, environ: Mapping[str, str] | None = None, cloudwatch_client: MetricsClient | None = None
+    ) -> None:
         self.env = GreengrassEnvironment.from_environ(os.environ if environ is None else environ)
         self.model_dir = Path(model_dir)
         self._desired = desired_from_environment(self.env, model, self.model_dir)

@@ -43,9 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgefleet.agent.iotedge")
 
-RESYNC_SECONDS = 900.0        # a full get_twin at least this often, whatever patches said
-RETRY_MAX_SECONDS = 60.0      # longest wait between twin reads while the hub cannot be reached
-LOOPBACK = ("127.0.0.1", "::1", "localhost")   # plain http allowed only to a store on the device itself (tests)
+RESYNC_SECONDS = 900.0  # a full get_twin at least this often, whatever patches said
+RETRY_MAX_SECONDS = 60.0  # longest wait between twin reads while the hub cannot be reached
+LOOPBACK = ("127.0.0.1", "::1", "localhost")  # plain http allowed only to a store on the device itself (tests)
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -78,12 +78,14 @@ class IoTEdgeTransport:
     """Transport over an IoT Edge module twin. Thread-safe: the SDK calls the patch handler on its own thread,
     each model's agent reads `desired` from its sync loop and calls `report` from its reporting thread."""
 
-    def __init__(self, client: ModuleClient, *, resync_seconds: float = RESYNC_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, client: ModuleClient, *, resync_seconds: float = RESYNC_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.client = client
         self.resync_seconds = resync_seconds
         self._clock = clock
-        self._lock = threading.Lock()          # the desired-properties cache
-        self._report_lock = threading.Lock()   # one reported patch at a time, and the set of reported keys
+        self._lock = threading.Lock()  # the desired-properties cache
+        self._report_lock = threading.Lock()  # one reported patch at a time, and the set of reported keys
         self._desired: dict[str, Any] = {}
         self._version: int | None = None
         self._stale = True
@@ -93,7 +95,9 @@ class IoTEdgeTransport:
         self._retry_at: float | None = None
 
     @classmethod
-    def from_edge_environment(cls, *, resync_seconds: float = RESYNC_SECONDS, clock: Callable[[], float] = time.monotonic) -> "IoTEdgeTransport":
+    def from_edge_environment(
+        cls, *, resync_seconds: float = RESYNC_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> "IoTEdgeTransport":
         """The module client IoT Edge provides to this container (raises ImportError or OSError outside one)."""
         try:
             from azure.iot.device import IoTHubModuleClient
@@ -119,7 +123,7 @@ class IoTEdgeTransport:
         try:
             twin = self.client.get_twin() or {}
         except Exception:
-            with self._lock:                   # offline: back off instead of asking (and logging) every sync period
+            with self._lock:  # offline: back off instead of asking (and logging) every sync period
                 self._failures += 1
                 self._retry_at = self._clock() + min(RETRY_MAX_SECONDS, 2.0 ** min(self._failures, 6))
             raise
@@ -129,8 +133,8 @@ class IoTEdgeTransport:
         with self._lock:
             newer_patch = isinstance(self._version, int) and isinstance(version, int) and self._version > version
             if newer_patch and self._synced_at is not None:
-                self._stale = True             # a newer patch arrived while reading: read again next time
-            else:                              # (the first read always wins: a patch alone is no whole document)
+                self._stale = True  # a newer patch arrived while reading: read again next time
+            else:  # (the first read always wins: a patch alone is no whole document)
                 self._desired = copy.deepcopy(desired)
                 self._version = version if isinstance(version, int) else None
                 self._stale = newer_patch
@@ -148,9 +152,9 @@ class IoTEdgeTransport:
             with self._lock:
                 if isinstance(version, int) and isinstance(self._version, int):
                     if version <= self._version:
-                        return                 # already part of what we hold
+                        return  # already part of what we hold
                     if version > self._version + 1:
-                        self._stale = True     # one was missed: applied anyway, and the next refresh reads the twin
+                        self._stale = True  # one was missed: applied anyway, and the next refresh reads the twin
                 merge_patch(self._desired, patch)
                 if isinstance(version, int):
                     self._version = version
@@ -162,7 +166,7 @@ class IoTEdgeTransport:
 
     def _on_connection_state_change(self) -> None:
         with self._lock:
-            self._stale = True                 # patches sent while disconnected are not replayed
+            self._stale = True  # patches sent while disconnected are not replayed
 
     def _models_locked(self) -> dict[str, dict[str, Any]]:
         models = self._desired.get("models")
@@ -203,8 +207,9 @@ class IoTEdgeTransport:
             return found
         parts = urlsplit(found.uri)
         if parts.scheme != "https" and parts.hostname not in LOOPBACK:
-            raise ValueError(f"properties.desired.models.{key}.uri is {parts.scheme}://, not https://: "
-                             "the store's SAS is only ever sent over TLS")
+            raise ValueError(
+                f"properties.desired.models.{key}.uri is {parts.scheme}://, not https://: the store's SAS is only ever sent over TLS"
+            )
         return replace(found, uri=f"{found.uri}?{sas}")
 
     def report(self, report: DeviceReport) -> None:
@@ -260,8 +265,7 @@ class Trust:
     source: str
 
 
-def resolve_trust(file_pem: bytes | None, twin_trust: object, pinned_key_id: str | None = None,
-                  file_label: str = "--public-key") -> Trust:
+def resolve_trust(file_pem: bytes | None, twin_trust: object, pinned_key_id: str | None = None, file_label: str = "--public-key") -> Trust:
     """The key models must be signed with. A key file given on the command line wins. Otherwise the twin's
     `trust.publicKeyPem` is used only if its key id is the twin's `trust.keyId` (and the pinned id, if any)."""
     if file_pem is not None:
@@ -271,8 +275,11 @@ def resolve_trust(file_pem: bytes | None, twin_trust: object, pinned_key_id: str
             raise TrustRefused(str(exc).splitlines()[0]) from None
         source = file_label
     else:
-        if not isinstance(twin_trust, dict) or not isinstance(twin_trust.get("publicKeyPem"), str) \
-                or not isinstance(twin_trust.get("keyId"), str):
+        if (
+            not isinstance(twin_trust, dict)
+            or not isinstance(twin_trust.get("publicKeyPem"), str)
+            or not isinstance(twin_trust.get("keyId"), str)
+        ):
             raise TrustRefused("no trusted key: the module twin has no trust.publicKeyPem and trust.keyId, and no --public-key was given")
         try:
             key_id = key_id_of(load_public_key(twin_trust["publicKeyPem"].encode("utf-8"), "module twin trust.publicKeyPem"))
@@ -303,10 +310,22 @@ class EdgeSupervisor:
     valid one, every agent restarts under it (what they serve is re-verified against the new key).
     """
 
-    def __init__(self, transport: IoTEdgeTransport, device_id: str, state_dir: Path, *, public_key_pem: bytes | None = None,
-                 pinned_key_id: str | None = None, model: str | None = None, providers: Iterable[str] = ("CPUExecutionProvider",),
-                 sync_seconds: float = 0.5, report_seconds: float = 60.0, infer_interval: float = 0.0, threaded: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        transport: IoTEdgeTransport,
+        device_id: str,
+        state_dir: Path,
+        *,
+        public_key_pem: bytes | None = None,
+        pinned_key_id: str | None = None,
+        model: str | None = None,
+        providers: Iterable[str] = ("CPUExecutionProvider",),
+        sync_seconds: float = 0.5,
+        report_seconds: float = 60.0,
+        infer_interval: float = 0.0,
+        threaded: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.transport = transport
         self.device_id = device_id
         self.state_dir = Path(state_dir)
@@ -345,8 +364,12 @@ class EdgeSupervisor:
                 self._report_refusal(exc.reason)
                 return
             if exc.reason != self.refusal:
-                log.error("%s: refusing the module twin's new trusted key (%s); agents keep the key %s", self.device_id,
-                          exc.reason, self.trust.key_id)
+                log.error(
+                    "%s: refusing the module twin's new trusted key (%s); agents keep the key %s",
+                    self.device_id,
+                    exc.reason,
+                    self.trust.key_id,
+                )
                 self.refusal = exc.reason
             trust = self.trust
         else:
@@ -354,8 +377,12 @@ class EdgeSupervisor:
                 log.info("%s: trusted key %s accepted (%s)", self.device_id, trust.key_id, trust.source)
             self.refusal = None
         if self.trust is not None and trust.key_id != self.trust.key_id:
-            log.warning("%s: the trusted key changed from %s to %s: restarting every model's agent under it",
-                        self.device_id, self.trust.key_id, trust.key_id)
+            log.warning(
+                "%s: the trusted key changed from %s to %s: restarting every model's agent under it",
+                self.device_id,
+                self.trust.key_id,
+                trust.key_id,
+            )
             for name in list(self.agents):
                 self._stop(name, unload=False)
         self.trust = trust
@@ -367,7 +394,7 @@ class EdgeSupervisor:
 
     def _wanted(self) -> set[str]:
         if self.model is not None:
-            return {self.model}     # the agent itself unloads and clears its entry when the model leaves
+            return {self.model}  # the agent itself unloads and clears its entry when the model leaves
         return {e["model"] for e in self.transport.models().values() if isinstance(e.get("model"), str) and e["model"]}
 
     def _start(self, name: str, trust: Trust) -> None:
@@ -396,8 +423,9 @@ class EdgeSupervisor:
 
     def _serve(self, agent: DeviceAgent, stop: threading.Event) -> None:
         try:
-            agent.serve_forever(stop, sync_seconds=self.sync_seconds, report_seconds=self.report_seconds,
-                                infer_interval_seconds=self.infer_interval)
+            agent.serve_forever(
+                stop, sync_seconds=self.sync_seconds, report_seconds=self.report_seconds, infer_interval_seconds=self.infer_interval
+            )
         except Exception:  # noqa: BLE001
             log.exception("%s: the agent for %s stopped unexpectedly", self.device_id, agent.model)
 
@@ -408,8 +436,8 @@ class EdgeSupervisor:
             running.thread.join()
         try:
             if unload:
-                running.agent.sync()       # the model left the desired properties: record the unload on disk
-            running.agent.report()         # the transport removes the reported entry of a model no longer desired
+                running.agent.sync()  # the model left the desired properties: record the unload on disk
+            running.agent.report()  # the transport removes the reported entry of a model no longer desired
         except Exception as exc:  # noqa: BLE001
             log.warning("%s: final report for %s failed: %s", self.device_id, name, exc)
         finally:
@@ -428,10 +456,19 @@ class EdgeSupervisor:
             if self.model is not None and name != self.model:
                 continue
             try:
-                self.transport.report(DeviceReport(
-                    device_id=self.device_id, model=name, version=None, sha256=None, status="failed",
-                    error=f"trusted key refused: {reason}", failed_version=entry.get("version"),
-                    agent_version=__version__, reported_at=time.time()))
+                self.transport.report(
+                    DeviceReport(
+                        device_id=self.device_id,
+                        model=name,
+                        version=None,
+                        sha256=None,
+                        status="failed",
+                        error=f"trusted key refused: {reason}",
+                        failed_version=entry.get("version"),
+                        agent_version=__version__,
+                        reported_at=time.time(),
+                    )
+                )
             except Exception as exc:  # noqa: BLE001
                 log.warning("%s: could not report the refusal for %s: %s", self.device_id, name, exc)
 
