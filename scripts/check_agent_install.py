@@ -7,8 +7,8 @@ extra (none, [greengrass], [iotedge]) and checks what that resolved.
 For each extra, in $HOME/.cache/edgefleet/agent-check/<extra> (recreated every run; pip's own cache is reused):
   * install the wheel with that extra, constrained by constraints.txt (the versions CI tests with);
   * `pip check`;
-  * refuse the controller's packages: any distribution named pulumi*, typer*, rich*, matplotlib* or onnx
-    (onnxruntime is expected), naming the chain of requirements that pulled it in;
+  * refuse the controller's packages: edgefleet itself, or any distribution named pulumi*, typer*, rich*,
+    matplotlib* or onnx (onnxruntime is expected), naming the chain of requirements that pulled it in;
   * protobuf: onnxruntime itself requires `protobuf>=4.25.8`, so it is always installed; the check fails only
     if a requirement in the agent's tree pins it (==, ~=, < or <=), as pulumi-policy's `protobuf~=5.29.5` does
     on the controller side, and reports who requires it either way;
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ("base", "greengrass", "iotedge")                 # base: no extra
 SDK_IMPORT = {"greengrass": "boto3", "iotedge": "azure.iot.device"}
 FORBIDDEN_PREFIXES = ("pulumi", "typer", "rich", "matplotlib")   # the controller's: Pulumi, CLI, plotting
-FORBIDDEN_EXACT = ("onnx",)                                 # onnx (graph reading) is the controller's; onnxruntime is not
+FORBIDDEN_EXACT = ("edgefleet", "onnx")                     # the controller itself; onnx (graph reading), not onnxruntime
 PIN_OPERATORS = ("==", "===", "~=", "<", "<=")
 
 # Run inside a venv: every installed distribution with its requirements (importlib.metadata, stdlib only).
@@ -165,7 +165,9 @@ def check_extra(pip: list[str], wheel: Path, extra: str, venv: Path, constraints
     spec = f"{wheel}[{extra}]" if extra != "base" else str(wheel)
     pinned = ["--constraint", str(constraints)] if constraints is not None else []
     run([*pip, "--python", py, "install", "--quiet", "--no-input", *pinned, spec], f"installing {wheel.name} {label}")
-    dists = json.loads(run([py, "-c", LIST_DISTRIBUTIONS], "listing distributions").stdout)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONSAFEPATH"] = "1"          # nothing in the cwd (a checkout's *.egg-info, its packages) is seen
+    dists = json.loads(run([py, "-c", LIST_DISTRIBUTIONS], "listing distributions", cwd=venv, env=env).stdout)
     say(f"{label}: installed {len(dists)} distributions in {time.monotonic() - t0:.0f}s into {venv}")
 
     run([*pip, "--python", py, "check"], f"pip check {label}")
@@ -176,10 +178,8 @@ def check_extra(pip: list[str], wheel: Path, extra: str, venv: Path, constraints
         for p in problems:
             say(f"{label}: FORBIDDEN {p}")
         raise CheckFailed(f"{label}: the agent's install is not device-only (see FORBIDDEN above)")
-    say(f"{label}: none of pulumi*, typer*, rich*, matplotlib*, onnx installed")
+    say(f"{label}: none of edgefleet, pulumi*, typer*, rich*, matplotlib*, onnx installed")
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONSAFEPATH"] = "1"          # the cwd never shadows site-packages
     for cmd in ([str(venv / "bin" / "edgefleet-agent"), "--help"], [py, "-m", "edgefleet_agent", "--help"]):
         out = run(cmd, f"{label}: {' '.join(cmd[-3:])}", cwd=venv, env=env).stdout
         if "edgefleet device agent" not in out:
