@@ -3,7 +3,7 @@
 VENV ?= $(or $(EDGEFLEET_VENV),$(CURDIR)/.venv)
 export EDGEFLEET_VENV := $(VENV)
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test lint agent-check bench
 setup:
 	@./scripts/bootstrap
 
@@ -12,6 +12,12 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q
+
+lint: setup
+	@./scripts/lint
+
+agent-check:
+	@"$${PYTHON:-python3}" scripts/check_agent_install.py
 
 bench: setup
 	$(VENV)/bin/python benchmarks/run_all.py
