@@ -25,7 +25,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 from time import perf_counter
@@ -61,8 +60,18 @@ def clean_env() -> dict[str, str]:
 def install(venv: Path, targets: list[str], constraints: bool) -> float:
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--python", str(venv / "bin" / "python"),
-           "install", "--quiet", *(["-c", "constraints.txt"] if constraints else []), *targets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--disable-pip-version-check",
+        "--python",
+        str(venv / "bin" / "python"),
+        "install",
+        "--quiet",
+        *(["-c", "constraints.txt"] if constraints else []),
+        *targets,
+    ]
     t0 = perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -77,16 +86,27 @@ def site_packages(venv: Path) -> Path:
 
 
 def count_distributions(venv: Path) -> int:
-    out = subprocess.run([str(venv / "bin" / "python"), "-c",
-                          "import importlib.metadata as m; print(len(list(m.distributions())))"],
-                         capture_output=True, text=True, check=True, env=clean_env(), cwd=venv).stdout
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print(len(list(m.distributions())))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
+        cwd=venv,
+    ).stdout
     return int(out)
 
 
 def import_time_ms(venv: Path) -> float:
     """Total of -X importtime's self times (every module the import loads, interpreter start-up's included)."""
-    proc = subprocess.run([str(venv / "bin" / "python"), "-X", "importtime", "-c", IMPORT],
-                          capture_output=True, text=True, check=True, env=clean_env(), cwd=venv)
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-X", "importtime", "-c", IMPORT],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
+        cwd=venv,
+    )
     total_us = 0
     for line in proc.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
@@ -98,8 +118,7 @@ def import_time_ms(venv: Path) -> float:
 
 def help_time_ms(venv: Path) -> float:
     t0 = perf_counter()
-    subprocess.run([str(venv / "bin" / "edgefleet-agent"), "--help"], capture_output=True, check=True,
-                   env=clean_env(), cwd=venv)
+    subprocess.run([str(venv / "bin" / "edgefleet-agent"), "--help"], capture_output=True, check=True, env=clean_env(), cwd=venv)
     return (perf_counter() - t0) * 1000
 
 
@@ -113,22 +132,30 @@ def main() -> int:
     shown = py.relative_to(REPO) if py.is_relative_to(REPO) else py
     reproduce = f"{shown} benchmarks/install_bench.py --runs {args.runs}" + (" --no-constraints" if args.no_constraints else "")
     print(f"$ {reproduce}")
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}, "
-          f"load average {os.getloadavg()[0]:.2f}, {'constrained by constraints.txt' if not args.no_constraints else 'unconstrained'}; "
-          f"venvs in {args.workdir}")
+    print(
+        f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}, "
+        f"load average {os.getloadavg()[0]:.2f}, {'constrained by constraints.txt' if not args.no_constraints else 'unconstrained'}; "
+        f"venvs in {args.workdir}"
+    )
 
     rows: dict[str, dict] = {}
     for name, targets in ROWS:
         venv = args.workdir / name.split(" ")[0].replace("[", "-").replace("]", "")
         print(f"installing {name}: pip install {' '.join(targets)} ...", flush=True)
         seconds = install(venv, targets, not args.no_constraints)
-        rows[name] = {"pip_install": " ".join(targets), "venv": str(venv), "install_s": round(seconds, 1),
-                      "site_packages_mib": round(du_bytes(site_packages(venv)) / 2**20, 1),
-                      "distributions": count_distributions(venv), "import_ms": [], "help_ms": []}
+        rows[name] = {
+            "pip_install": " ".join(targets),
+            "venv": str(venv),
+            "install_s": round(seconds, 1),
+            "site_packages_mib": round(du_bytes(site_packages(venv)) / 2**20, 1),
+            "distributions": count_distributions(venv),
+            "import_ms": [],
+            "help_ms": [],
+        }
 
-    for venv in (Path(r["venv"]) for r in rows.values()):   # warm-up: page cache, nothing recorded
+    for venv in (Path(r["venv"]) for r in rows.values()):  # warm-up: page cache, nothing recorded
         import_time_ms(venv), help_time_ms(venv)
-    for _ in range(args.runs):                               # interleaved, so background load hits every row
+    for _ in range(args.runs):  # interleaved, so background load hits every row
         for r in rows.values():
             r["import_ms"].append(round(import_time_ms(Path(r["venv"])), 1))
             r["help_ms"].append(round(help_time_ms(Path(r["venv"])), 1))
@@ -140,23 +167,44 @@ def main() -> int:
     header = ("install", "site-packages", "ratio", "dists", "ratio", "import (ms)", "ratio", "--help (ms)", "ratio")
     table = []
     for name, r in rows.items():
-        table.append((name, f"{r['site_packages_mib']:.1f} MiB", f"{r['site_packages_mib'] / base['site_packages_mib']:.3f}",
-                      str(r["distributions"]), f"{r['distributions'] / base['distributions']:.3f}",
-                      f"{r['import_ms_median']:.0f}", f"{r['import_ms_median'] / base['import_ms_median']:.2f}",
-                      f"{r['help_ms_median']:.0f}", f"{r['help_ms_median'] / base['help_ms_median']:.2f}"))
+        table.append(
+            (
+                name,
+                f"{r['site_packages_mib']:.1f} MiB",
+                f"{r['site_packages_mib'] / base['site_packages_mib']:.3f}",
+                str(r["distributions"]),
+                f"{r['distributions'] / base['distributions']:.3f}",
+                f"{r['import_ms_median']:.0f}",
+                f"{r['import_ms_median'] / base['import_ms_median']:.2f}",
+                f"{r['help_ms_median']:.0f}",
+                f"{r['help_ms_median'] / base['help_ms_median']:.2f}",
+            )
+        )
     widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
     print()
     for row in [header, *table]:
-        print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-    print(f"\nratios against '{BASELINE}' (same run); import: -X importtime total of `{IMPORT}`, "
-          f"medians of {args.runs} interleaved runs; install times (warm pip cache, one sample): "
-          + ", ".join(f"{n} {r['install_s']:.0f}s" for n, r in rows.items()))
+        print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    print(
+        f"\nratios against '{BASELINE}' (same run); import: -X importtime total of `{IMPORT}`, "
+        f"medians of {args.runs} interleaved runs; install times (warm pip cache, one sample): "
+        + ", ".join(f"{n} {r['install_s']:.0f}s" for n, r in rows.items())
+    )
 
-    result = {"reproduce": reproduce, "date": date.today().isoformat(), "baseline": BASELINE,
-              "constraints": not args.no_constraints, "import_statement": IMPORT, "runs": args.runs,
-              "environment": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                              "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
-              "rows": rows}
+    result = {
+        "reproduce": reproduce,
+        "date": date.today().isoformat(),
+        "baseline": BASELINE,
+        "constraints": not args.no_constraints,
+        "import_statement": IMPORT,
+        "runs": args.runs,
+        "environment": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+        "rows": rows,
+    }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {OUT.relative_to(REPO)}")

@@ -13,7 +13,7 @@ BENCHMARKS = [
     ("synth", ["synth_bench.py"]),  # 1,000 declarations vs bare Pulumi mock registration
     ("agent", ["agent_bench.py"]),  # agent inference overhead, swap pause, failed inferences
     ("rollout", ["rollout_bench.py", "--runs", "3"]),  # 1,000-device rollout: time beyond the soaks
-    ("install", ["install_bench.py"]),            # device install (agent, per extra) vs the full install: size, imports
+    ("install", ["install_bench.py"]),  # device install (agent, per extra) vs the full install: size, imports
 ]
 
 

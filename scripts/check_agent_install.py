@@ -40,10 +40,10 @@ except ImportError:  # every pip carries a copy
     from pip._vendor.packaging.utils import canonicalize_name  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = ("base", "greengrass", "iotedge")                 # base: no extra
+EXTRAS = ("base", "greengrass", "iotedge")  # base: no extra
 SDK_IMPORT = {"greengrass": "boto3", "iotedge": "azure.iot.device"}
-FORBIDDEN_PREFIXES = ("pulumi", "typer", "rich", "matplotlib")   # the controller's: Pulumi, CLI, plotting
-FORBIDDEN_EXACT = ("edgefleet", "onnx")                     # the controller itself; onnx (graph reading), not onnxruntime
+FORBIDDEN_PREFIXES = ("pulumi", "typer", "rich", "matplotlib")  # the controller's: Pulumi, CLI, plotting
+FORBIDDEN_EXACT = ("edgefleet", "onnx")  # the controller itself; onnx (graph reading), not onnxruntime
 PIN_OPERATORS = ("==", "===", "~=", "<", "<=")
 
 # Run inside a venv: every installed distribution with its requirements (importlib.metadata, stdlib only).
@@ -128,8 +128,13 @@ def requirement_tree(dists: list[dict], extra: str | None) -> tuple[dict[str, li
 
 def requirers(dists: list[dict], target: str, extras: dict[str, set[str]]) -> list[tuple[str, Requirement]]:
     """The requirements on `target` that distributions in the agent's tree hold."""
-    return [(d["name"], r) for d in dists if canonicalize_name(d["name"]) in extras
-            for r in active_requirements(d, extras[canonicalize_name(d["name"])]) if canonicalize_name(r.name) == target]
+    return [
+        (d["name"], r)
+        for d in dists
+        if canonicalize_name(d["name"]) in extras
+        for r in active_requirements(d, extras[canonicalize_name(d["name"])])
+        if canonicalize_name(r.name) == target
+    ]
 
 
 def check_resolved(dists: list[dict], extra: str | None, label: str) -> list[str]:
@@ -148,8 +153,10 @@ def check_resolved(dists: list[dict], extra: str | None, label: str) -> list[str
         reqs = requirers(dists, "protobuf", extras)
         pins = [(who, r) for who, r in reqs if any(s.operator in PIN_OPERATORS for s in r.specifier)]
         shown = ", ".join(f"{who} ({r})" for who, r in reqs) or "nothing in the tree"
-        say(f"{label}: protobuf {protobuf['version']} installed, required by {shown}; "
-            f"{'PINNED' if pins else 'not pinned by the agent tree'}")
+        say(
+            f"{label}: protobuf {protobuf['version']} installed, required by {shown}; "
+            f"{'PINNED' if pins else 'not pinned by the agent tree'}"
+        )
         for who, r in pins:
             chain = " -> ".join([*chains.get(canonicalize_name(who), [who]), str(r)])
             problems.append(f"protobuf {protobuf['version']} is pinned by {who}: {chain}")
@@ -166,7 +173,7 @@ def check_extra(pip: list[str], wheel: Path, extra: str, venv: Path, constraints
     pinned = ["--constraint", str(constraints)] if constraints is not None else []
     run([*pip, "--python", py, "install", "--quiet", "--no-input", *pinned, spec], f"installing {wheel.name} {label}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONSAFEPATH"] = "1"          # nothing in the cwd (a checkout's *.egg-info, its packages) is seen
+    env["PYTHONSAFEPATH"] = "1"  # nothing in the cwd (a checkout's *.egg-info, its packages) is seen
     dists = json.loads(run([py, "-c", LIST_DISTRIBUTIONS], "listing distributions", cwd=venv, env=env).stdout)
     say(f"{label}: installed {len(dists)} distributions in {time.monotonic() - t0:.0f}s into {venv}")
 
@@ -206,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     version = subprocess.run([*pip, "--version"], capture_output=True, text=True).stdout.split()
     if len(version) < 2 or tuple(int(x) for x in version[1].split(".")[:2] if x.isdigit()) < (22, 3):
-        say(f"FAILED: needs pip 22.3 or later beside {sys.executable} (has: {' '.join(version[:2]) or 'none'}); "
-            f"run it with the project's venv: .venv/bin/python {Path(__file__).relative_to(ROOT)}")
+        say(
+            f"FAILED: needs pip 22.3 or later beside {sys.executable} (has: {' '.join(version[:2]) or 'none'}); "
+            f"run it with the project's venv: .venv/bin/python {Path(__file__).relative_to(ROOT)}"
+        )
         return 1
     try:
         build = args.workdir / "build"

@@ -36,15 +36,21 @@ def test_the_device_set_passes_and_protobuf_is_reported_not_pinned(check, capsys
 
 
 def test_a_controller_package_is_refused_with_the_requirements_that_pulled_it_in(check):
-    dists = [dist("edgefleet-agent", "0.2.0", "onnxruntime", 'helper; extra == "greengrass"'),
-             dist("onnxruntime"), dist("helper", "2.0", "typer>=0.12"), dist("typer", "0.29.2", "rich>=13.8.0"),
-             dist("rich", "15.0.0"), dist("onnx", "1.22.0"), dist("pulumi_aws", "7.51.1")]
+    dists = [
+        dist("edgefleet-agent", "0.2.0", "onnxruntime", 'helper; extra == "greengrass"'),
+        dist("onnxruntime"),
+        dist("helper", "2.0", "typer>=0.12"),
+        dist("typer", "0.29.2", "rich>=13.8.0"),
+        dist("rich", "15.0.0"),
+        dist("onnx", "1.22.0"),
+        dist("pulumi_aws", "7.51.1"),
+    ]
     problems = check.check_resolved(dists, "greengrass", "[greengrass]")
     assert problems == [
         "onnx 1.22.0 is installed; pulled in by: (not required by anything in edgefleet-agent's tree)",
         "pulumi_aws 7.51.1 is installed; pulled in by: (not required by anything in edgefleet-agent's tree)",
-        "rich 15.0.0 is installed; pulled in by: edgefleet-agent[greengrass] -> helper; extra == \"greengrass\" -> typer>=0.12 -> rich>=13.8.0",
-        "typer 0.29.2 is installed; pulled in by: edgefleet-agent[greengrass] -> helper; extra == \"greengrass\" -> typer>=0.12",
+        'rich 15.0.0 is installed; pulled in by: edgefleet-agent[greengrass] -> helper; extra == "greengrass" -> typer>=0.12 -> rich>=13.8.0',
+        'typer 0.29.2 is installed; pulled in by: edgefleet-agent[greengrass] -> helper; extra == "greengrass" -> typer>=0.12',
     ]
 
 
@@ -65,7 +71,8 @@ def test_extras_are_followed_only_when_requested(check):
 def test_an_extra_requested_further_down_is_followed(check):
     dists = [dist("edgefleet-agent", "0.2.0", "lib[cli]"), dist("lib", "1.0", 'rich; extra == "cli"'), dist("rich")]
     assert check.check_resolved(dists, None, "(no extra)") == [
-        "rich 1.0 is installed; pulled in by: edgefleet-agent -> lib[cli] -> rich; extra == \"cli\""]
+        'rich 1.0 is installed; pulled in by: edgefleet-agent -> lib[cli] -> rich; extra == "cli"'
+    ]
 
 
 @pytest.mark.parametrize("requirement", ["protobuf~=5.29.5", "protobuf<6", "protobuf==5.29.6", "protobuf<=5.29.6,>=4"])
@@ -77,6 +84,8 @@ def test_protobuf_pinned_anywhere_in_the_tree_fails(check, requirement):
 
 
 def test_a_protobuf_floor_or_exclusion_is_not_a_pin(check):
-    dists = [d for d in DEVICE if d is not AGENT] + [dist("edgefleet-agent", "0.2.0", "onnxruntime", "x"),
-                                                      dist("x", "1", "protobuf>=5,!=5.0.1")]
+    dists = [d for d in DEVICE if d is not AGENT] + [
+        dist("edgefleet-agent", "0.2.0", "onnxruntime", "x"),
+        dist("x", "1", "protobuf>=5,!=5.0.1"),
+    ]
     assert check.check_resolved(dists, None, "(no extra)") == []

@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, cast
 from urllib.parse import urlsplit
 
 from edgefleet_agent import __version__
@@ -102,8 +102,10 @@ class IoTEdgeTransport:
         try:
             from azure.iot.device import IoTHubModuleClient
         except ImportError as exc:
-            raise ImportError(f"azure-iot-device is not installed ({exc}); install agent/requirements.txt") from None
-        return cls(IoTHubModuleClient.create_from_edge_environment(), resync_seconds=resync_seconds, clock=clock)
+            raise ImportError(f"azure-iot-device is not installed ({exc}); install edgefleet-agent[iotedge]") from None
+        # The SDK types its handler setters for its async client too; this transport sets plain callables, as its docs show.
+        client = cast(ModuleClient, IoTHubModuleClient.create_from_edge_environment())
+        return cls(client, resync_seconds=resync_seconds, clock=clock)
 
     # -- the twin -------------------------------------------------------------------------------------------
     def connect(self) -> None:
