@@ -17,7 +17,7 @@ if __package__:
 else:
     from settings import Settings  # type: ignore[no-redef]
 
-AGENT_VERSION = "0.2.0"  # the agent in this checkout, which the local fleet runs (edgefleet_agent.__version__)
+AGENT_VERSION = "0.3.0"  # the agent in this checkout, which the local fleet runs (edgefleet_agent.__version__)
 
 
 def stack_settings(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,9 +7,9 @@ platform's gate read. They depend on the device contract only (hardware profiles
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from edgefleet_agent.contract.manifest import NAME_RE, HardwareProfile
 
@@ -34,14 +34,46 @@ class GateConfig(Strict):
     max_invalid_output_share: Share | None = 0.0
     # Metric thresholds judge nothing until the new version has served: a ring must not pass on silence.
     min_inferences: int = Field(default=1, ge=0)
+    # Quality: what the model says on the devices' real traffic (edgefleet_agent/contract/telemetry.py), against the
+    # version it replaces. A criterion judges nothing below min_quality_samples predictions on each side; a ring
+    # still short of them at its deadline fails (a quality gate never passes on silence).
+    shadow_soak_seconds: Annotated[float, Field(ge=0)] | None = None  # shadow the candidate this long before serving it
+    min_agreement: Share | None = None  # shadow: the candidate's top-1 class matches the served model's this often
+    max_latency_ratio: Annotated[float, Field(gt=0)] | None = None  # p50 latency: candidate / served (shadow), ring / control
+    max_distribution_shift: Share | None = None  # total variation distance of predicted classes, ring vs control
+    max_confidence_drop: Share | None = None  # control's mean top-1 confidence minus the ring's
+    min_live_accuracy: Share | None = None  # labelled requests (applications sent the true class) answered right
+    min_quality_samples: int = Field(default=200, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "GateConfig":
-        if self.deadline_seconds < self.soak_seconds:
+        if self.deadline_seconds < self.soak_seconds + (self.shadow_soak_seconds or 0):
             raise ValueError(
-                f"deadline_seconds ({self.deadline_seconds}) is shorter than soak_seconds ({self.soak_seconds}); no ring could ever pass"
+                f"deadline_seconds ({self.deadline_seconds}) is shorter than soak_seconds ({self.soak_seconds})"
+                + (f" plus shadow_soak_seconds ({self.shadow_soak_seconds})" if self.shadow_soak_seconds else "")
+                + "; no ring could ever pass"
             )
+        if self.min_agreement is not None and self.shadow_soak_seconds is None:
+            raise ValueError("min_agreement judges a shadow phase: set shadow_soak_seconds too (how long the ring shadows the candidate)")
         return self
+
+    @property
+    def quality(self) -> bool:
+        """Whether any quality criterion is set."""
+        return any(getattr(self, f) is not None for f in QUALITY_CRITERIA)
+
+    @model_serializer(mode="wrap")
+    def _quality_unset_unwritten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Quality settings left at their defaults are not written: a gate without them serializes (into resource inputs,
+        the graph, records) exactly as before they existed, so stacks already deployed see no change."""
+        body: dict[str, Any] = handler(self)
+        for name in (*QUALITY_CRITERIA, "shadow_soak_seconds", "min_quality_samples"):
+            if name in body and body[name] == GateConfig.model_fields[name].default:
+                del body[name]
+        return body
+
+
+QUALITY_CRITERIA = ("min_agreement", "max_latency_ratio", "max_distribution_shift", "max_confidence_drop", "min_live_accuracy")
 
 
 class RingConfig(Strict):
@@ -62,6 +94,9 @@ class RolloutConfig(Strict):
     name: Name
     model: Name
     rings: list[RingConfig] = Field(min_length=1)
+    # A share of each group's devices kept on the previous version as the control group that rings compare against
+    # (max_distribution_shift, max_confidence_drop, max_latency_ratio); after the last gate passes they follow.
+    control_holdback: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
 
     @model_validator(mode="after")
     def _unique_rings(self) -> "RolloutConfig":

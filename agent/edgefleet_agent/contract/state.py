@@ -19,17 +19,27 @@ from edgefleet_agent.contract.errors import FormatError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-DESIRED_FORMAT = 1
+DESIRED_FORMAT = 2  # 2: a desired state may carry a candidate to shadow and a sample-capture setting (agent 0.3.0)
 REPORT_FORMAT = 1
 
 DeviceStatus = Literal["ok", "failed", "updating", "idle"]
 
 
-def _dump(document: DataclassInstance) -> str:
-    body = dataclasses.asdict(document)
+def _unwritten_defaults(body: dict[str, Any]) -> dict[str, Any]:
+    """Format 1, and fields a newer format added but this document leaves unset, are not written: an older reader
+    gets exactly the bytes it always read."""
     if body.get("format") == 1:
         del body["format"]
-    return json.dumps(body, sort_keys=True)
+    for name in ("shadow", "capture"):
+        if name in body and body[name] is None:
+            del body[name]
+    if isinstance(body.get("shadow"), dict):
+        body["shadow"] = _unwritten_defaults(body["shadow"])
+    return body
+
+
+def _dump(document: DataclassInstance) -> str:
+    return json.dumps(_unwritten_defaults(dataclasses.asdict(document)), sort_keys=True)
 
 
 def _known_fields(cls: type[DataclassInstance], body: dict[str, Any], what: str, newest: int) -> dict[str, Any]:
@@ -60,7 +70,13 @@ class DesiredModel:
     rollout: str = ""
     rollback_order: str | None = None  # set only on a sanctioned downgrade: signed JSON (signing.rollback_order)
     rollback_signature: str | None = None
-    format: int = DESIRED_FORMAT
+    shadow: DesiredModel | None = None  # a candidate run beside the served model on the same requests, never answering
+    capture: dict[str, Any] | None = None  # opt-in sample capture: CaptureSpec (contract/capture.py) as JSON
+    format: int = 1  # 2 when shadow or capture is set: older agents refuse it, saying so, instead of misreading it
+
+    def __post_init__(self) -> None:
+        if self.format == 1 and (self.shadow is not None or self.capture is not None):
+            object.__setattr__(self, "format", 2)
 
     @property
     def is_rollback(self) -> bool:
@@ -77,7 +93,10 @@ class DesiredModel:
         body = json.loads(text)
         if not isinstance(body, dict):
             raise FormatError("desired state", "is not a JSON object")
-        return cls(**_known_fields(cls, body, "desired state", DESIRED_FORMAT))
+        fields = _known_fields(cls, body, "desired state", DESIRED_FORMAT)
+        if isinstance(fields.get("shadow"), dict):
+            fields["shadow"] = cls(**_known_fields(cls, fields["shadow"], "desired state's shadow", DESIRED_FORMAT))
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,13 @@ class DeviceReport:
     p99_latency_ms: float | None = None
     agent_version: str = ""
     reported_at: float = 0.0
+    # what the applications' requests showed (contract/telemetry.py), bounded whatever the traffic; None: none sent
+    p50_latency_ms: float | None = None
+    latency: list[int] | None = None  # Latency counts of the window
+    predictions: dict[str, Any] | None = None  # Predictions of the served model
+    shadow: dict[str, Any] | None = None  # Shadow: the candidate beside it
+    labelled: dict[str, Any] | None = None  # Labelled: requests that carried the true class
+    captured: int = 0  # samples captured in the window (opt-in)
     format: int = REPORT_FORMAT
 
     def to_json(self) -> str:
