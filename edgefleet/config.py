@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from components.stack import KEYS, PROJECT, parse_stack
+from edgefleet_agent.contract import yamlfile
 from edgefleet_agent.contract.errors import ConfigError
 
 
@@ -39,8 +40,9 @@ def read_stack_file(project_dir: Path, stack: str) -> tuple[dict[str, Any], str]
             source, f"no such stack file (stack {stack!r})", f"use one of: {', '.join(known) or 'none yet'}, or create {source}"
         )
     try:
-        # libyaml's parser when PyYAML has it: same safe loader, ~10x faster on a 1,000-group stack file
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        doc = yamlfile.load(path.read_text(encoding="utf-8")) or {}
+    except yamlfile.DuplicateKeyError as exc:
+        raise ConfigError(source, str(exc), f"keep one {exc.key!r}: with two, YAML would silently use the last") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(source, f"not valid YAML: {exc}", "fix the YAML syntax") from None
     if not isinstance(doc, dict):

@@ -23,6 +23,7 @@ import yaml
 
 from components import registry
 from edgefleet.config import parse_stack_config, read_stack_file, to_pulumi_config
+from edgefleet_agent.contract import yamlfile
 from edgefleet_agent.contract.errors import EdgefleetError
 
 GRAPH_FORMAT = "edgefleet-graph/v1"
@@ -36,7 +37,11 @@ def project_name(project_dir: Path) -> str:
         raise EdgefleetError(
             str(path), "not a Pulumi project (no Pulumi.yaml)", "run edgefleet from the project root or pass --project-dir"
         )
-    return str((yaml.safe_load(path.read_text()) or {}).get("name", "edgefleet"))
+    try:
+        doc = yamlfile.load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise EdgefleetError(str(path), f"not valid YAML: {exc}", "fix Pulumi.yaml") from None
+    return str(doc.get("name", "edgefleet") if isinstance(doc, dict) else "edgefleet")
 
 
 def _clean(value: Any) -> Any:

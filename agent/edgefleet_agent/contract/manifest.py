@@ -28,11 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from edgefleet_agent.contract import yamlfile
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError, FormatError, from_validation_error
-
-# libyaml's loader when PyYAML was built with it (the PyPI wheels are): ~10x faster, same safe subset.
-# Devices parse a manifest at every install and every start, so this is on the fleet's hot path.
-SAFE_LOADER: type[yaml.CSafeLoader] | type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MANIFEST_FORMAT = 1
 MANIFEST_FILE = "model.yaml"
@@ -205,7 +202,9 @@ def required_agent_version(fields: Mapping[str, Any]) -> str:
 def parse_manifest_bytes(data: bytes, source: str) -> ModelManifest:
     """Parses manifest bytes exactly as the device agent receives them."""
     try:
-        raw = yaml.load(data.decode("utf-8"), Loader=SAFE_LOADER)
+        raw = yamlfile.load(data.decode("utf-8"))
+    except yamlfile.DuplicateKeyError as exc:
+        raise ConfigError(source, str(exc), f"keep one {exc.key!r}: the manifest must say one thing, and its signature covers it") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(source, f"not valid YAML: {exc}", "fix the YAML syntax") from None
     if not isinstance(raw, dict):
