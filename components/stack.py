@@ -34,7 +34,7 @@ class ModelRef(Strict):
 
 
 class SigningConfig(Strict):
-    """Local stacks sign with a key file (created on first `edgefleet up`); cloud stacks create KMS / Key Vault keys."""
+    """Local stacks sign with a key file (made once by `edgefleet keys create`, never by `up`); cloud stacks create KMS / Key Vault keys."""
 
     key_file: str = ".edgefleet/keys/signing.pem"
 

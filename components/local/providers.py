@@ -66,12 +66,9 @@ class SigningKeyProvider(_Idempotent):
     def create(self, props: dict[str, Any]) -> CreateResult:
         from pathlib import Path
 
-        from components.local.signer import LocalKeySigner, create_key_file
+        from components.local.signer import stack_signer
 
-        path = Path(SigningKeyProps.of(props).key_file)
-        if not path.exists():
-            create_key_file(path)
-        signer = LocalKeySigner(path)
+        signer = stack_signer(Path(SigningKeyProps.of(props).key_file), "local")
         return CreateResult(id_=signer.key_id, outs={**props, "key_id": signer.key_id, "public_key_pem": signer.public_key_pem().decode()})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:

@@ -67,3 +67,17 @@ def create_key_file(path: str | os.PathLike[str]) -> Path:
 def public_key_path(private_key_path: str | os.PathLike[str]) -> Path:
     p = Path(private_key_path)
     return p.with_name(p.name.removesuffix(".pem") + ".pub.pem")
+
+
+def stack_signer(key_file: Path, stack: str) -> LocalKeySigner:
+    """The stack's signing key, which must exist: a key is made only by `edgefleet keys create`, never on the side.
+    A new key silently standing in for a lost one would be handed to every device as the key to trust, and every
+    device would drop the model it verified under the old one."""
+    if not Path(key_file).exists():
+        raise EdgefleetError(
+            str(key_file),
+            f"the signing key of stack {stack!r} is missing; nothing was signed or deployed",
+            f"a new stack: create it with `edgefleet keys create {key_file}`. A lost key: restore it from your backup; a new key "
+            "is a key rotation, which devices refuse unless the old key signs it (docs/signing.md)",
+        )
+    return LocalKeySigner(key_file)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from components.local.fleet import LocalFleet, exclusive, local_devices, lock_path, register
 from components.local.hub import LocalHub
 from components.local.plan import decide, engine_for
-from components.local.signer import LocalKeySigner, create_key_file
+from components.local.signer import LocalKeySigner, stack_signer
 from components.local.store import Published, publish
 from components.rollout.decide import Decision, plan_for
 from components.rollout.engine import TERMINAL, RolloutPlan, rings_changed
@@ -95,11 +95,8 @@ def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
     return out
 
 
-def signer_for(cfg: StackConfig, project_dir: Path) -> LocalKeySigner:
-    path = project_dir / cfg.signing.key_file
-    if not path.exists():
-        create_key_file(path)
-    return LocalKeySigner(path)
+def signer_for(cfg: StackConfig, project_dir: Path, stack: str = "local") -> LocalKeySigner:
+    return stack_signer(project_dir / cfg.signing.key_file, stack)
 
 
 def local_stack(cfg: Any, source: str, stack: str, verb: str) -> Any:
@@ -162,7 +159,7 @@ def _up(
     abort: str | None = None,
 ) -> list[Outcome]:
     devices = local_devices(cfg, source)
-    signer = signer_for(cfg, project_dir)
+    signer = signer_for(cfg, project_dir, stack)
     hub = LocalHub(hub_path)
     register(hub, devices)
     work: list[tuple[DeclaredRollout, Decision, RolloutPlan]] = []
@@ -335,7 +332,7 @@ def serve(
         )
     hub = LocalHub(project_dir / cfg.local.hub)
     register(hub, devices)
-    signer = signer_for(cfg, project_dir)
+    signer = signer_for(cfg, project_dir, stack)
     fleet = LocalFleet(
         cfg,
         project_dir / cfg.local.hub,

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from components.local.signer import create_key_file
+from components.stack import SigningConfig
 from edgefleet.cli import console
 from edgefleet_agent.contract.errors import EdgefleetError
 
@@ -81,6 +83,9 @@ def _prepare(src: Path, work: Path, devices: int, legacy: bool = False) -> None:
     batch["offline"] = min(batch.get("offline", 0), max(0, devices // 100))
     batch["reconnect_after_seconds"] = 6
     (work / "stacks" / "Pulumi.local.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    key = work / doc["config"].get("edgefleet:signing", {}).get("key_file", SigningConfig().key_file)
+    create_key_file(key)  # the first-run step a new stack takes: `edgefleet keys create`
+    console.print(f"created the demo stack's signing key {key.relative_to(work)} (as `edgefleet keys create` would)", highlight=False)
 
 
 def _kill_one_agent_later(fleet, delay: float, log: list[str]) -> None:

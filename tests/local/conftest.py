@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.local.signer import create_key_file
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -67,4 +69,5 @@ def project(tmp_path: Path):
         return tmp_path
 
     write()
+    create_key_file(tmp_path / ".edgefleet" / "keys" / "signing.pem")  # a new stack's first step: edgefleet keys create
     return write

@@ -13,6 +13,7 @@ from components.local.signer import create_key_file
 from components.local.up import up
 from edgefleet.model_add import add_version, parse_metric
 from edgefleet.synth import synth
+from edgefleet_agent.contract.errors import EdgefleetError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "models" / "samples"
 
@@ -125,7 +126,7 @@ def test_a_model_signed_by_another_key_is_refused_by_every_canary_device(project
 
     from components.local.signer import LocalKeySigner
 
-    monkeypatch.setattr(up_module, "signer_for", lambda cfg, d: LocalKeySigner(other))  # publish with a key devices do not trust
+    monkeypatch.setattr(up_module, "signer_for", lambda cfg, d, stack="local": LocalKeySigner(other))  # a key devices do not trust
     real_fleet = up_module.LocalFleet
 
     def fleet(cfg, hub_path, state_root, public_key_pem, models, **kw):
@@ -218,3 +219,21 @@ def test_up_refuses_a_cloud_stack_and_points_at_pulumi(project):
     assert "stacks/Pulumi.cloud.yaml" in str(err.value)
     assert "edgefleet up drives the local platform; this stack targets aws" in str(err.value)
     assert "pulumi up --stack cloud" in str(err.value)
+
+
+def test_a_lost_signing_key_is_an_error_never_a_new_key_handed_to_the_devices(project):
+    """The attack (or accident): the key file is gone. `up` once made a new key, gave it to every device as the key to
+    trust, and every device dropped the model it had verified. Now nothing is created, signed or deployed."""
+    p = project()
+    assert run(p).status == "succeeded"
+    key = p / ".edgefleet" / "keys" / "signing.pem"
+    before = {d: r.version for d, r in hub(p).reports("detector").items()}
+    key.unlink()
+    add(p, "detector-1.1.0.onnx", "1.1.0")
+    with pytest.raises(EdgefleetError) as err:
+        run(p)
+    assert str(err.value).startswith(f"{key}: the signing key of stack 'local' is missing; nothing was signed or deployed")
+    assert "edgefleet keys create" in str(err.value) and "restore it from your backup" in str(err.value)
+    assert not key.exists(), "no key was made on the side"
+    assert {d: r.version for d, r in hub(p).reports("detector").items()} == before
+    assert {s["desired"].version for s in hub(p).ring_states()} == {"1.0.0"}, "no ring was pointed at anything new"

@@ -17,12 +17,13 @@ from pulumi.dynamic.dynamic import serialize_provider
 from components.local import providers
 from components.local.fleet import LocalFleet, local_devices, lock_holder, lock_path, register
 from components.local.hub import LocalHub
-from components.local.signer import LocalKeySigner, create_key_file
+from components.local.signer import LocalKeySigner
 from components.local.up import serve
 from edgefleet.config import load_stack
 from edgefleet.model_add import add_version, parse_metric
 from edgefleet.synth import synth
 from edgefleet_agent.contract.artifact import verify_artifact
+from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.signing import load_public_key
 
 SAMPLES = Path(__file__).resolve().parents[2] / "models" / "samples"
@@ -37,7 +38,6 @@ def deployed(project, monkeypatch):
     """Project copy, its key, and the artifact created through the provider (cwd = project, as under Pulumi)."""
     p = project(devices=20, processes=0)
     monkeypatch.chdir(p)
-    create_key_file(p / ".edgefleet" / "keys" / "signing.pem")
     graph = synth(p, "local")
     art = providers.ArtifactProvider().create(inputs(graph, "detector-local-artifact"))
     return p, graph, art
@@ -130,7 +130,6 @@ def fleet_run(project, monkeypatch):
     `edgefleet fleet run` in a thread (stopped at teardown)."""
     p = project(devices=12, processes=0, soak=0.5)
     monkeypatch.chdir(p)
-    create_key_file(p / ".edgefleet" / "keys" / "signing.pem")
     stops: list[tuple[threading.Event, threading.Thread]] = []
 
     def start() -> None:
@@ -272,3 +271,16 @@ def test_each_provider_pickles_with_pulumis_serializer_and_loads_in_a_fresh_inte
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [cls.__module__, cls.__name__]
     assert len(base64.b64decode(blob)) < 20_000, "the provider captured more than its code (credentials, clients?)"
+
+
+def test_the_signing_key_provider_never_creates_a_key_under_pulumi_up(project, monkeypatch):
+    """Under `pulumi up --stack local` a missing key file used to be created on the spot; devices would then be told to
+    trust it. Now the provider fails and says how to restore or create it deliberately."""
+    p = project(devices=4, processes=0)
+    monkeypatch.chdir(p)
+    key = p / ".edgefleet" / "keys" / "signing.pem"
+    key.unlink()
+    key.with_name("signing.pub.pem").unlink()
+    with pytest.raises(EdgefleetError, match="the signing key of stack 'local' is missing") as err:
+        providers.SigningKeyProvider().create(inputs(synth(p, "local"), "local-signing-keyfile"))
+    assert "edgefleet keys create" in err.value.fix and not key.exists()
