@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, create_model
 
 from components import registry
+from components.rollout.membership import selectors_may_overlap
 from components.rollout.spec import DeviceGroupConfig, RolloutConfig, Strict
 from edgefleet_agent.contract.errors import ConfigError, from_validation_error
 from edgefleet_agent.contract.manifest import HardwareProfile, ModelManifest
@@ -181,8 +182,35 @@ def check_stack(cfg: Any) -> list[Problem]:
             if not math.isfinite(gate.soak_seconds):
                 out.append((f"{key}.gate.soak_seconds", "must be finite", "use a number of seconds"))
     if not out:
+        out += _overlapping_cloud_rollouts(cfg)
+    if not out:
         for entry in registry.PLATFORMS.values():  # each platform's own rules (ring queries, job policies, twin tags)
             out += entry.load("checks")(cfg)
+    return out
+
+
+def _overlapping_cloud_rollouts(cfg: Any) -> list[Problem]:
+    """Two rollouts of one model whose groups can hold the same device (where rings select by attributes; the local
+    fleet's membership is checked device by device in components/local/checks.py)."""
+    out: list[Problem] = []
+    groups = {g.name: g.model_copy(update={"platform": cfg.group_platform(g)}) for g in cfg.groups}
+    seen: list[tuple[int, Any]] = []
+    for i, r in enumerate(cfg.rollouts):
+        mine = [groups[ring.group] for ring in r.rings if ring.group in groups]
+        if any(g.platform == "local" for g in mine):
+            continue
+        for j, other in seen:
+            theirs = [groups[ring.group] for ring in other.rings if ring.group in groups]
+            if other.model == r.model and any(selectors_may_overlap(a, b) for a in mine for b in theirs):
+                out.append(
+                    (
+                        f"rollouts[{i}]",
+                        f"rollouts {other.name!r} (rollouts[{j}]) and {r.name!r} both ship model {r.model!r} to groups "
+                        "that can hold the same devices: each would set versions the other's gates never judged",
+                        "give each rollout of a model its own devices (disjoint groups), or make them one rollout",
+                    )
+                )
+        seen.append((i, r))
     return out
 
 

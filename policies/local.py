@@ -20,6 +20,9 @@ else:
 AGENT_VERSION = "0.3.0"  # the agent in this checkout, which the local fleet runs (edgefleet_agent.__version__)
 
 
+MEMBERSHIP_AT_LOAD = True  # components/local/checks.py computes each ring's devices and refuses an empty ring
+
+
 def stack_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"agent_versions": {"local": AGENT_VERSION}}
 

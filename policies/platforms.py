@@ -6,6 +6,7 @@ Each registry entry names its platform's rules module (`policies="policies.<name
     exempt(settings) -> bool         whether its ModelStores and SigningKeys are exempt from the hardening rules
     PARTS                            rule name -> its part of that rule, (Graph, Settings) -> findings; a part raises
                                      NotApplicable when the platform declares nothing it checks (hardening.py)
+    MEMBERSHIP_AT_LOAD (optional)    True when the stack's load computes each ring's devices and refuses an empty ring
 
 Standard library only. Imported as `policies.platforms` it imports `components.registry`, which is standard library
 only and imports nothing. Standalone, in the CrossGuard pack's own virtualenv (policies/ is sys.path[0], the project
@@ -87,3 +88,8 @@ def exempt(rec: Mapping[str, Any], settings: Settings) -> bool:
     platform = dig(rec, "inputs", "platform")
     module = dict(modules()).get(platform) if isinstance(platform, str) else None
     return module is not None and bool(module.exempt(settings))
+
+
+def membership_at_load(platform: str) -> bool:
+    """Whether loading a stack already computes this platform's ring membership (and refuses empty rings)."""
+    return any(name == platform and getattr(module, "MEMBERSHIP_AT_LOAD", False) for name, module in modules())

@@ -11,10 +11,12 @@ from typing import Any, Iterator, Mapping
 if __package__:
     from .engine import Finding, NotApplicable
     from .graph import ROLLOUT, Graph, dig, ring_name
+    from .platforms import membership_at_load
     from .settings import Settings
 else:
     from engine import Finding, NotApplicable  # type: ignore[no-redef]
     from graph import ROLLOUT, Graph, dig, ring_name  # type: ignore[no-redef]
+    from platforms import membership_at_load  # type: ignore[no-redef]
     from settings import Settings  # type: ignore[no-redef]
 
 
@@ -74,3 +76,73 @@ def check_production_canary(g: Graph, s: Settings) -> Iterator[Finding]:
                 f"canary may cover at most {fmt_share(s.canary_max_share)} (edgefleet:policy.canary_max_share)",
                 first["urn"],
             )
+
+
+def check_rings_select_devices(g: Graph, s: Settings) -> Iterator[Finding]:
+    """A ring of no devices would wait out its deadline and fail a version nobody ran. Known counts: the local fleet's
+    membership (computed offline) and cloud rings' declared sizes."""
+    rollouts = g.of_type(ROLLOUT)
+    if not rollouts:
+        raise NotApplicable("the stack declares no rollouts")
+    for ro in rollouts:
+        counts = s.ring_devices.get(ro["name"])
+        for ring in g.rings(ro):
+            platform = str(dig(ring, "inputs", "platform"))
+            declared = (s.declared_ring_devices.get(platform) or {}).get(ring_name(ring))
+            known = counts.get(ring_name(ring)) if counts is not None else declared
+            if known == 0:
+                yield Finding(f"rollout {ro['name']!r}: ring {ring_name(ring)!r} selects no devices", ring["urn"])
+
+
+def check_ring_sizes_declared(g: Graph, s: Settings) -> Iterator[Finding]:
+    """Where rings select by attributes (clouds), how many devices a ring reaches is only known at deploy unless the
+    stack declares it; an undeclared size hides an empty ring until its deadline."""
+    cloud = [
+        ring
+        for ro in g.of_type(ROLLOUT)
+        if s.ring_devices.get(ro["name"]) is None
+        for ring in g.rings(ro)
+        if not membership_at_load(str(dig(ring, "inputs", "platform")))
+    ]
+    if not cloud:
+        raise NotApplicable("every ring's devices are computed when the stack loads (local fleet)")
+    unknown = [r for r in cloud if ring_name(r) not in (s.declared_ring_devices.get(str(dig(r, "inputs", "platform"))) or {})]
+    for ring in unknown:
+        yield Finding(
+            f"ring {ring_name(ring)!r} ({dig(ring, 'inputs', 'platform')}) does not declare how many devices it reaches: an empty ring "
+            "would only show at its deadline",
+            ring["urn"],
+        )
+
+
+def selectors_may_overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two device groups (platform, labels, device ids) can select one device: on one platform, shared ids, or
+    labels no key of which differs. Restated from components/rollout/membership.py for the standard library (a parity
+    test keeps them equal)."""
+    if a.get("platform") != b.get("platform"):
+        return False
+    if set(a.get("devices") or ()) & set(b.get("devices") or ()):
+        return True
+    la, lb = a.get("labels") or {}, b.get("labels") or {}
+    return bool(la) and bool(lb) and all(la[k] == lb[k] for k in la.keys() & lb.keys())
+
+
+def check_one_rollout_per_device(g: Graph, s: Settings) -> Iterator[Finding]:
+    """Two rollouts of one model on devices both reach would each set versions the other's gates never judged."""
+    rollouts = g.of_type(ROLLOUT)
+    if len(rollouts) < 2:
+        raise NotApplicable("fewer than two rollouts")
+    groups = g.groups()
+    seen: list[tuple[dict, list[Mapping[str, Any]]]] = []
+    for ro in rollouts:
+        mine = [dig(groups.get(str(dig(r, "inputs", "group"))), "inputs") or {} for r in g.rings(ro)]
+        for other, theirs in seen:
+            if dig(other, "inputs", "model") != dig(ro, "inputs", "model"):
+                continue
+            if any(a is b or selectors_may_overlap(a, b) for a in mine for b in theirs):
+                yield Finding(
+                    f"rollouts {other['name']!r} and {ro['name']!r} both ship model {dig(ro, 'inputs', 'model')!r} to groups that can "
+                    "hold the same devices: give each rollout of a model its own devices, or make them one rollout",
+                    ro["urn"],
+                )
+        seen.append((ro, mine))

@@ -35,7 +35,7 @@ if __package__:
         check_model_digest,
         check_model_signed,
     )
-    from .rollouts import check_production_canary
+    from .rollouts import check_one_rollout_per_device, check_production_canary, check_ring_sizes_declared, check_rings_select_devices
     from .settings import Settings
 else:
     from engine import ADVISORY, LEVELS, MANDATORY, Report, Rule, run_rule  # type: ignore[no-redef]
@@ -52,7 +52,12 @@ else:
         check_signing_key,
         check_store,
     )
-    from rollouts import check_production_canary  # type: ignore[no-redef]
+    from rollouts import (  # type: ignore[no-redef]
+        check_one_rollout_per_device,
+        check_production_canary,
+        check_ring_sizes_declared,
+        check_rings_select_devices,
+    )
     from settings import Settings  # type: ignore[no-redef]
 
     from models import (  # type: ignore[no-redef]
@@ -89,6 +94,32 @@ RULES: tuple[Rule, ...] = (
         ("production", "canary_max_share", "min_canary_soak_seconds", "ring_devices", "rollout_devices", "declared_ring_devices"),
         "With policy.production, each rollout's first ring covers at most policy.canary_max_share of its devices and "
         "soaks at least policy.min_canary_soak_seconds.",
+    ),
+    Rule(
+        "rings-select-devices",
+        "Every ring selects devices",
+        MANDATORY,
+        check_rings_select_devices,
+        ("ring_devices", "declared_ring_devices"),
+        "A ring whose device count is known (the local fleet's membership, a cloud ring's declared size) selects at least one "
+        "device: an empty ring would wait out its deadline and fail a version no device ran.",
+    ),
+    Rule(
+        "ring-size-declared",
+        "Cloud rings declare how many devices they reach",
+        ADVISORY,
+        check_ring_sizes_declared,
+        ("ring_devices", "declared_ring_devices"),
+        "Rings that select by attributes declare their size (edgefleet:aws.rings.<ring>.devices), so an empty or shrunken ring "
+        "shows before deploy.",
+    ),
+    Rule(
+        "one-rollout-per-device",
+        "A model reaches each device through one rollout",
+        MANDATORY,
+        check_one_rollout_per_device,
+        description="Two rollouts of one model never target groups that can hold the same device: each would set versions the "
+        "other's gates never judged, on devices the other's rollback would not cover.",
     ),
     Rule(
         "metric-floor",

@@ -127,7 +127,7 @@ def decide(
             kind="forward" if order is None else "rollback",
             appended=reopen,
         )
-    if mine and mine[-1]["status"] in FAILED:
+    if mine and mine[-1]["status"] in FAILED and ever_served(mine[-1]):
         p = mine[-1]
         ring = (p.get("report") or {}).get("failed_ring", "?")
         reasons = "; ".join((p.get("report") or {}).get("reasons") or []) or p["status"]
@@ -225,6 +225,14 @@ def _reopens(
         return None
     newer = [d for d in current.values() if d is not None and version_key(d.version) > version_key(artifact[0])]
     return None if newer else tuple(r.name for r in plans[len(known) :])
+
+
+def ever_served(record: dict[str, Any]) -> bool:
+    """Whether any device served the record's version: a rejected version is burned only then. One no device ran (an
+    empty ring that timed out, a candidate every device refused to load) may be declared again, under a new attempt."""
+    measured = [r.get("measured") or {} for r in record.get("rings", [])]
+    sampled = [s for s in record.get("samples", []) if s.get("adopted")]
+    return bool(sampled) or any((m.get("adopted") or 0) > 0 for m in measured)
 
 
 def attempt_id(records: list[dict[str, Any]], first: str) -> str:

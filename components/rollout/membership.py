@@ -50,3 +50,13 @@ def ring_members(
         taken.update(chosen)
         out[ring.name] = sorted(chosen)
     return out
+
+
+def selectors_may_overlap(a: DeviceGroupConfig, b: DeviceGroupConfig) -> bool:
+    """Whether two device groups can select one device: on one platform, shared ids, or labels no key of which differs.
+    (policies/rollouts.py restates it for the standard library.)"""
+    if a.platform != b.platform:
+        return False
+    if set(a.devices) & set(b.devices):
+        return True
+    return bool(a.labels) and bool(b.labels) and all(a.labels[k] == b.labels[k] for k in a.labels.keys() & b.labels.keys())

@@ -266,7 +266,7 @@ time.sleep(600)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_agent_processes_stop_when_the_fleets_process_is_sigkilled(project):
-    p = project(devices=2, processes=1)
+    p = project(devices=3, processes=1)
     child = subprocess.Popen([sys.executable, "-c", FLEET_CHILD, str(p)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         [agent] = [int(pid) for pid in child.stdout.readline().split()]
@@ -288,7 +288,7 @@ def test_agent_processes_stop_when_the_fleets_process_is_sigkilled(project):
 
 def test_an_agent_restarted_from_a_short_lived_thread_outlives_that_thread(project):
     """Linux sends the parent-death signal when the forking *thread* ends: the demo restarts a killed agent from a timer thread."""
-    p = project(devices=2, processes=1)
+    p = project(devices=3, processes=1)
     cfg, _ = load_stack(p, "local")
     from components.local.up import signer_for
 

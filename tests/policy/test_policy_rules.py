@@ -403,11 +403,12 @@ def test_kms_key_without_a_declared_policy_or_with_an_unknown_one():
 # -- enforcement levels ---------------------------------------------------------------------------------------------------
 def test_enforcement_levels_decide_what_blocks():
     g = fleet(hardware=PI)
-    mandatory = evaluate(g, Settings())
+    sized = {"aws": {r["inputs"]["ring"]: 5 for r in g if r["type"] == "edgefleet:rollout:Ring"}}  # every ring declares its size
+    mandatory = evaluate(g, Settings(declared_ring_devices=sized))
     assert [r.name for r in mandatory.blocking] == ["hardware-can-run-model"]
-    advisory = evaluate(g, Settings(enforcement={"hardware-can-run-model": "advisory"}))
+    advisory = evaluate(g, Settings(declared_ring_devices=sized, enforcement={"hardware-can-run-model": "advisory"}))
     assert not advisory.blocking and [r.name for r in advisory.advisories] == ["hardware-can-run-model"]
-    disabled = evaluate(g, Settings(enforcement={"hardware-can-run-model": "disabled"}))
+    disabled = evaluate(g, Settings(declared_ring_devices=sized, enforcement={"hardware-can-run-model": "disabled"}))
     r = next(r for r in disabled.results if r.name == "hardware-can-run-model")
     assert r.status == "disabled" and not r.findings and not disabled.blocking
 
