@@ -25,7 +25,7 @@ from components.rollout.decide import Decision, plan_for
 from components.rollout.engine import TERMINAL, RolloutPlan, rings_changed
 from components.rollout.spec import DeviceGroupConfig, RingConfig, RolloutConfig
 from components.stack import StackConfig, parse_stack
-from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
+from edgefleet_agent.contract.errors import ConfigError, EdgefleetError, FaultError
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel
 
@@ -95,6 +95,23 @@ def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
     return out
 
 
+def fleet_fault(error: BaseException) -> FaultError:
+    """Why the simulated fleet stopped, as the fault it is (a full disk, a damaged hub), never a traceback."""
+    if isinstance(error, FaultError):
+        return error
+    if isinstance(error, OSError):
+        return FaultError(
+            str(error.filename or "the local fleet's state"),
+            f"the simulated fleet stopped: {error.strerror or error}",
+            "free disk space (or fix the path's permissions) and run the command again: the rollout resumes where it stood",
+        )
+    return FaultError(
+        "the local fleet",
+        f"the simulated fleet stopped: {type(error).__name__}: {error}",
+        "this is an edgefleet bug: report it with the simulated agents' log (.edgefleet/local/devices/simulated-agents.log)",
+    )
+
+
 def signer_for(cfg: StackConfig, project_dir: Path, stack: str = "local") -> LocalKeySigner:
     return stack_signer(project_dir / cfg.signing.key_file, stack)
 
@@ -161,6 +178,7 @@ def _up(
     devices = local_devices(cfg, source)
     signer = signer_for(cfg, project_dir, stack)
     hub = LocalHub(hub_path)
+    hub.check_integrity()  # a damaged hub is named, with the command that rebuilds it, before anything acts on it
     register(hub, devices)
     work: list[tuple[DeclaredRollout, Decision, RolloutPlan]] = []
     outcomes: list[Outcome] = []
@@ -218,7 +236,7 @@ def _up(
 
     def watch(progress: dict[str, Any]) -> None:
         if fleet.error is not None:
-            raise RuntimeError(f"the simulated fleet stopped: {fleet.error!r}") from fleet.error
+            raise fleet_fault(fleet.error) from fleet.error
         if on_update is not None:
             on_update(progress)
 
@@ -271,10 +289,23 @@ def declared_state(project_dir: Path, stack: str, graph: dict[str, Any]) -> list
             stack=stack,
         )
         devices = [dev for r in decision.rings for dev in r.target.selector]
-        reported = Counter(r.version for r in hub.reports(d.model, devices).values())
+        reports = hub.reports(d.model, devices)
+        reported = Counter(r.version for r in reports.values())
+        silent = len(devices) - len(reports)
+        others = len(reports) - reported.get(wanted.version, 0)
+        in_sync = decision.action == "up-to-date" and others == 0 and silent == 0
         set_to = sorted({v for v in decision.ring_versions.values() if v})
-        if decision.action == "up-to-date":
-            next_step = "in sync: every ring is set to the declared version"
+        if in_sync:
+            next_step = f"in sync: every ring is set to {wanted.version} and all {len(devices)} devices run it"
+        elif decision.action == "up-to-date":
+            running = ", ".join(
+                f"{v or 'nothing'}×{n}" for v, n in sorted(reported.items(), key=lambda kv: str(kv[0])) if v != wanted.version
+            )
+            next_step = (
+                f"every ring is set to {wanted.version}, but not every device runs it: "
+                + ", ".join(x for x in (f"{others} run {running}" if others else "", f"{silent} have not reported" if silent else "") if x)
+                + f"; `edgefleet up` has nothing to set: their reports say why (`edgefleet status --stack {stack} --json`)"
+            )
         elif decision.action == "resume" and decision.appended:
             next_step = (
                 f"rollout {decision.rollout_id} succeeded and the stack appends rings {', '.join(decision.appended)}: "
@@ -298,7 +329,8 @@ def declared_state(project_dir: Path, stack: str, graph: dict[str, Any]) -> list
                 "declared": wanted.version,
                 "rings_set_to": decision.ring_versions,
                 "running": dict(sorted(reported.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))),
-                "in_sync": decision.action == "up-to-date" and set(reported) <= {wanted.version},
+                "in_sync": in_sync,
+                "silent": silent,
                 "action": decision.action,
                 "kind": decision.kind,
                 "next": next_step,
@@ -347,6 +379,6 @@ def serve(
             on_ready(fleet, hub)
         while not stop.wait(tick_seconds if on_tick else 0.5):
             if fleet.error is not None:
-                raise RuntimeError(f"the simulated fleet stopped: {fleet.error!r}") from fleet.error
+                raise fleet_fault(fleet.error) from fleet.error
             if on_tick is not None:
                 on_tick(fleet, hub)

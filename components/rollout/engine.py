@@ -362,7 +362,11 @@ class RolloutEngine:
                 return True
             if now - rb["started_at"] - rb.get("unobserved", 0.0) > ring.gate.deadline_seconds:
                 rb["confirmed"][name] = False
-                rb.setdefault("unconfirmed", {})[name] = {"pending": list(obs.pending), **_counts(m)}
+                rb.setdefault("unconfirmed", {})[name] = {
+                    "pending": list(obs.pending),
+                    "failures": [list(f) for f in obs.failures],
+                    **_counts(m),
+                }
                 self._event(progress, name, "rollback-timeout", **_counts(m))
                 self._save(plan, progress)
                 return True

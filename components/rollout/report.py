@@ -33,10 +33,15 @@ def failure_summary(progress: Mapping[str, Any], later_rings: int = 0) -> str:
     never = ", ".join(r.get("never_deployed") or [])
     if later_rings > 0:
         never = (never + ", " if never else "") + f"{later_rings} later ring(s)"
+    unconfirmed = [
+        f"ring {ring}: " + (_listed([f"{d}: {why}" for d, why in u.get("failures", [])]) or f"{len(u.get('pending', []))} device(s) silent")
+        for ring, u in (r.get("unconfirmed") or {}).items()
+    ]
     return (
         f"rollout {progress['rollout_id']} halted at ring {r.get('failed_ring')!r}: {'; '.join(r.get('reasons', []))}. "
         f"Rolled back rings {r.get('rolled_back_rings')} to {r.get('rolled_back_to') or 'no model'} "
         f"({progress['status']}); never deployed: {never or 'none'}"
         + (f". Failing devices: {failing}" if failing else "")
         + (f". Offending devices: {offending}" if offending else "")
+        + (f". Devices that did not confirm the rollback: {'; '.join(unconfirmed)}" if unconfirmed else "")
     )

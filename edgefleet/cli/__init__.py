@@ -6,6 +6,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.errors import EdgefleetError, FaultError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -24,13 +25,22 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+# Exit codes, for every command (README, "Exit codes"): 0 success; 1 bad input (the message names the file, the key
+# and the fix); 2 usage (a flag the command does not take); 3 a rollout halted and was rolled back; 4 a mandatory
+# policy failed; 5 a fault of the environment, not the input (a locked or damaged hub, a full disk): retry or repair.
 EXIT_INPUT = 1
+EXIT_USAGE = 2
 EXIT_ROLLOUT_HALTED = 3
 EXIT_POLICY = 4
+EXIT_FAULT = 5
+
+
+def exit_code(exc: EdgefleetError) -> int:
+    return EXIT_FAULT if isinstance(exc, FaultError) else EXIT_INPUT
 
 
 def _register() -> None:
-    from edgefleet.cli import fleet, keys, model, plan, policy, synth  # noqa: F401  (each adds its commands to app)
+    from edgefleet.cli import fleet, hub, keys, model, plan, policy, synth  # noqa: F401  (each adds its commands to app)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,8 +51,17 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except EdgefleetError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
-        sys.exit(EXIT_INPUT)
-    except OSError as exc:  # a path the user gave that cannot be read or written
+        sys.exit(exit_code(exc))
+    except OSError as exc:  # a path the user gave that cannot be read or written, or a full disk
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(exc.filename or 'disk'))}: {escape(exc.strerror or str(exc))}\n"
+                "  fix: free space there and run the command again; what was written before stays consistent",
+                highlight=False,
+                markup=True,
+                soft_wrap=True,
+            )
+            sys.exit(EXIT_FAULT)
         where = re.sub(r"\.([^/]+)\.tmp-\d+-\d+$", r"\1", str(exc.filename or "file"))  # name the target, not fsutil's temp file
         err_console.print(
             f"[bold red]error:[/] {escape(str(where))}: {escape(exc.strerror or str(exc))}\n  fix: check the path exists "

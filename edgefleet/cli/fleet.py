@@ -16,7 +16,8 @@ from rich.table import Table
 
 from components.rollout.engine import FAILED
 from components.rollout.report import failure_summary
-from edgefleet.cli import EXIT_INPUT, EXIT_ROLLOUT_HALTED, app, console, err_console
+from edgefleet.cli import EXIT_INPUT, EXIT_ROLLOUT_HALTED, app, console, err_console, exit_code
+from edgefleet_agent.contract.errors import EdgefleetError
 
 fleet_app = typer.Typer(no_args_is_help=True, help="Run the local stack's simulated fleet, for `pulumi up --stack local`.")
 app.add_typer(fleet_app, name="fleet")
@@ -118,7 +119,15 @@ def up_cmd(
     """Synth the program, compare declared model versions with the hub, and run the staged rollout on the local fleet."""
     from components.local.up import REFUSED
 
-    outcomes = run_up(project_dir, stack, as_json, abort=abort)
+    try:
+        outcomes = run_up(project_dir, stack, as_json, abort=abort)
+    except EdgefleetError as exc:
+        if not as_json:
+            raise
+        # a script reading --json gets JSON whatever happened: the error, and the exit code the command ends with
+        code = exit_code(exc)
+        print(json.dumps({"error": {"where": exc.where, "problem": exc.problem, "fix": exc.fix, "exit_code": code}}, indent=2))
+        raise typer.Exit(code) from None
     if as_json:
         print(
             json.dumps(

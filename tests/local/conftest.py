@@ -11,10 +11,12 @@ from components.local.signer import create_key_file
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def small_stack(devices: int = 40, processes: int = 2, soak: float = 1.0, offline: int = 0, reconnect: float | None = None) -> dict:
+def small_stack(
+    devices: int = 40, processes: int = 2, soak: float = 1.0, offline: int = 0, reconnect: float | None = None, deadline: float = 30
+) -> dict:
     gate = {
         "soak_seconds": soak,
-        "deadline_seconds": 30,
+        "deadline_seconds": deadline,
         "min_reporting_share": 1.0,
         "success_share": 1.0,
         "max_failure_share": 0.0,

@@ -28,6 +28,11 @@ class EdgefleetError(Exception):
         return text
 
 
+class FaultError(EdgefleetError):
+    """The environment failed, not the input: a locked or damaged database, a full disk. The CLI exits 5 for these,
+    so scripts can tell a fault to retry or repair from input to correct (1)."""
+
+
 class ConfigError(EdgefleetError):
     """A stack file or manifest that does not describe a valid fleet."""
 

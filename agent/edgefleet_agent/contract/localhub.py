@@ -9,13 +9,15 @@ leaves the previous state intact. The schema is here, in the device contract, be
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
+from edgefleet_agent.contract.errors import FaultError
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
 SCHEMA = """
@@ -44,6 +46,94 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 
 
+BUSY_SECONDS = 30.0  # how long SQLite's own backoff waits for a lock before giving up
+
+
+class HubBusyError(FaultError):
+    """Another process held the hub's write lock for longer than BUSY_SECONDS."""
+
+
+class HubCorruptError(FaultError):
+    """The hub file is not a readable SQLite database any more."""
+
+
+def _holders(path: Path) -> list[str]:
+    """Processes that have the hub (or its write-ahead log) open, read from /proc: who may be holding the lock."""
+    targets = {str(path.resolve()), str(path.resolve()) + "-wal"}
+    out: list[str] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return out
+    for pid in proc.iterdir():
+        if not pid.name.isdigit() or int(pid.name) == os.getpid():
+            continue
+        try:
+            if not any(os.readlink(fd) in targets for fd in (pid / "fd").iterdir()):
+                continue
+            cmd = (pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        out.append(f"pid {pid.name} ({cmd[:80]})")
+    return out
+
+
+def hub_fault(path: Path, exc: sqlite3.Error) -> FaultError | None:
+    """The FaultError a SQLite error on the hub means (locked, damaged), or None for anything else."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        holders = _holders(path)
+        return HubBusyError(
+            str(path),
+            f"the hub stayed locked for {BUSY_SECONDS:.0f}s (SQLite: {text})"
+            + (f"; it is open in {', '.join(holders)}" if holders else ""),
+            "wait for that process to finish or stop it, then run the command again; nothing was changed by this one",
+        )
+    if isinstance(exc, sqlite3.OperationalError) and "disk I/O error" in text:
+        return FaultError(
+            str(path),
+            f"the hub file could not be read or written (SQLite: {text})",
+            "check the disk and the file's permissions, and that no other tool replaced it, then run the command again",
+        )
+    if isinstance(exc, sqlite3.OperationalError) and "disk is full" in text:
+        return FaultError(
+            str(path),
+            f"the disk holding the hub is full (SQLite: {text}); the write was not made",
+            "free space on that disk and run the command again: the hub keeps its last consistent state",
+        )
+    if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text or "corrupt" in text):
+        return HubCorruptError(
+            str(path),
+            f"the hub database is damaged (SQLite: {text})",
+            f"`edgefleet hub recover --hub {path}` moves it aside and rebuilds it from what is readable (rollout records, ring "
+            "states, the device registry); device reports start afresh as devices report again; then run the command again",
+        )
+    return None
+
+
+class _Connection(sqlite3.Connection):
+    """Turns a lock held too long or a damaged file into the FaultError that says so, wherever a statement runs."""
+
+    hub_path: Path
+
+    def execute(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
+        try:
+            return super().execute(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise (hub_fault(self.hub_path, exc) or exc) from exc
+
+    def executemany(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
+        try:
+            return super().executemany(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise (hub_fault(self.hub_path, exc) or exc) from exc
+
+    def executescript(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
+        try:
+            return super().executescript(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise (hub_fault(self.hub_path, exc) or exc) from exc
+
+
 class HubFile:
     """One connection per thread to the hub file, and short IMMEDIATE transactions."""
 
@@ -58,10 +148,11 @@ class HubFile:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None, factory=_Connection)
+            db.hub_path = self.path
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=30000")
+            db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
             self._local.db = db
         return db
 
@@ -75,6 +166,16 @@ class HubFile:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def check_integrity(self) -> None:
+        """SQLite's quick check: a damaged hub is named before anything acts on it (at the start of `up`, not every open)."""
+        rows = self._db().execute("PRAGMA quick_check").fetchall()
+        if [r[0] for r in rows] != ["ok"]:
+            fault = hub_fault(
+                self.path, sqlite3.DatabaseError(f"database disk image is malformed: {'; '.join(str(r[0]) for r in rows[:3])}")
+            )
+            assert fault is not None
+            raise fault
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
