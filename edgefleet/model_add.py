@@ -1,7 +1,9 @@
 """`edgefleet model add`: record a new model version from the real ONNX graph.
 
-Everything is computed and checked before anything is written; the artifact and the manifest are then
-each replaced atomically, and a stale signature is removed (it no longer matches the manifest).
+Metrics typed in with `--metric` are recorded as declared (`metrics:`); with `--dataset` the new version is also
+measured on a pinned evaluation set and those metrics are recorded as measured (`evaluation:`, see
+edgefleet/evaluate.py). Everything is computed, checked and measured before anything is written; the artifact and
+the manifest are then each replaced atomically, and a stale signature is removed (it no longer matches the manifest).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from edgefleet.evaluate import EvalSet, load_eval_set, measure, with_evaluation
 from edgefleet.onnx_check import inspect
 from edgefleet_agent.contract.errors import EdgefleetError, field_path, from_validation_error
 from edgefleet_agent.contract.manifest import (
@@ -66,6 +69,23 @@ class AddResult:
     manifest: ModelManifest
     previous_version: str | None
     removed_signature: bool
+    dataset: EvalSet | None = None  # measured on it (`--dataset`)
+    now_declared: tuple[str, ...] = ()  # --keep-metrics: the previous version's measured metrics, carried over as declared
+    raised_agent_from: str | None = None  # min_agent_version asked for (or carried over) before the fields needed more
+
+
+def carried_metrics(previous: ModelManifest) -> tuple[list[Metric], list[str]]:
+    """--keep-metrics: the previous version's declared metrics, and its measured ones as declared (they were measured
+    on the previous artifact, not this one), named after the set they were measured on."""
+    carried = list(previous.metrics)
+    ev = previous.evaluation
+    if ev is None:
+        return carried, []
+    for m in ev.metrics:
+        carried.append(
+            Metric(name=m.name, value=m.value, dataset=f"{ev.label}, measured on {previous.version}", higher_is_better=m.higher_is_better)
+        )
+    return carried, [m.name for m in ev.metrics]
 
 
 def add_version(
@@ -77,6 +97,8 @@ def add_version(
     keep_metrics: bool = False,
     min_agent_version: str | None = None,
     description: str | None = None,
+    dataset: Path | None = None,
+    output: str | None = None,
 ) -> AddResult:
     mdir = ModelDir(model_dir)
     name = mdir.path.name
@@ -109,12 +131,16 @@ def add_version(
         raise EdgefleetError(
             "--keep-metrics", "cannot be combined with --metric", "pass either the new evaluation (--metric) or --keep-metrics"
         )
-    if previous is not None and not metrics and not keep_metrics and previous.metrics:
+    if output is not None and dataset is None:
+        raise EdgefleetError("--output", "names the output to measure, and nothing is measured without --dataset", "pass --dataset too")
+    previous_metrics = [m.name for m in previous.metrics] if previous else []
+    previous_metrics += [m.name for m in previous.evaluation.metrics] if previous and previous.evaluation else []
+    if previous is not None and not metrics and not keep_metrics and dataset is None and previous_metrics:
         raise EdgefleetError(
             "--metric",
-            f"version {version} has no evaluation metrics; the manifest's {previous.version} had "
-            f"{', '.join(m.name for m in previous.metrics)}",
-            "pass --metric NAME=VALUE@DATASET for the new version, or --keep-metrics to carry the old ones over knowingly",
+            f"version {version} has no evaluation metrics; the manifest's {previous.version} had {', '.join(previous_metrics)}",
+            "pass --dataset models/datasets/<set>.yaml to measure the new version, --metric NAME=VALUE@DATASET to declare its "
+            "metrics, or --keep-metrics to carry the old ones over knowingly (as declared)",
         )
     if previous is None and not targets:
         raise EdgefleetError(
@@ -123,7 +149,10 @@ def add_version(
             "pass --target name=x86-gateway,arch=amd64,providers=CPUExecutionProvider,memory_mb=256,storage_mb=64",
         )
     graph = inspect(Path(onnx_file))
+    eval_set = load_eval_set(_descriptor(dataset)) if dataset is not None else None
     file_name = f"{name}.onnx"
+    carried, now_declared = carried_metrics(previous) if previous is not None and keep_metrics else ([], [])
+    chosen_agent = min_agent_version or (previous.min_agent_version if previous else BASELINE_AGENT_VERSION)
     try:
         manifest = ModelManifest(
             name=name,
@@ -134,9 +163,9 @@ def add_version(
             opset=graph.opset,
             inputs=graph.inputs,
             outputs=graph.outputs,
-            metrics=list(metrics) if metrics else (list(previous.metrics) if previous and keep_metrics else []),
+            metrics=list(metrics) if metrics else carried,
             targets=list(targets) if targets else list(previous.targets),
-            min_agent_version=min_agent_version or (previous.min_agent_version if previous else BASELINE_AGENT_VERSION),
+            min_agent_version=chosen_agent,
             description=description if description is not None else (previous.description if previous else ""),
         )
     except ValidationError as exc:  # e.g. a graph whose opset or I/O the manifest cannot describe
@@ -146,6 +175,18 @@ def add_version(
             f"a manifest cannot describe this graph: {problem}",
             "export the model with ONNX opset 7 or newer and named, typed inputs and outputs",
         ) from None
+    if eval_set is not None:
+        evaluation = measure(manifest, Path(onnx_file), eval_set, output, str(onnx_file))
+        clash = sorted({m.name for m in metrics or []} & {m.name for m in evaluation.metrics})
+        if clash:
+            raise EdgefleetError(
+                "--metric",
+                f"{', '.join(clash)} is measured on {eval_set.name} (--dataset) and also typed in",
+                f"drop --metric {clash[0]}=…: the measured value is recorded",
+            )
+        manifest, _ = with_evaluation(manifest, evaluation)
+        now_declared = [n for n in now_declared if manifest.measured(n) is None]
+    raised_from = chosen_agent if manifest.min_agent_version != chosen_agent else None
     target_file = mdir.path / file_name
     mdir.path.mkdir(parents=True, exist_ok=True)
     if Path(onnx_file).resolve() != target_file.resolve():
@@ -155,4 +196,9 @@ def add_version(
     if mdir.signature_path.exists():
         mdir.signature_path.unlink()
         removed = True
-    return AddResult(manifest, previous.version if previous else None, removed)
+    return AddResult(manifest, previous.version if previous else None, removed, eval_set, tuple(now_declared), raised_from)
+
+
+def _descriptor(dataset: Path) -> Path:
+    """`--dataset` names the set's .yaml; its .npz stands for the .yaml beside it."""
+    return dataset.with_suffix(".yaml") if dataset.suffix == ".npz" else dataset

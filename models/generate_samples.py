@@ -8,14 +8,27 @@ Weights are built analytically (no training), with seeded noise, so versions dif
   detector 1.2.0   valid ONNX, same signature, but every
                    output is NaN (a broken export)        -> models/samples/detector-1.2.0-nan.onnx
 
-Accuracy is measured with onnxruntime on a seeded evaluation set and recorded in
-models/samples/metrics.json, which `edgefleet model add --metric` reads in the demo.
+Accuracy is measured with onnxruntime on a seeded evaluation set of 512 float32 frames and recorded in
+models/samples/metrics.json, which the demo types in (declared) with `edgefleet model add --metric` for 1.2.0.
+
+It also writes the evaluation set `edgefleet model evaluate` measures on, small enough for git:
+
+  models/datasets/channel-dominance-eval.npz    128 uint8 frames 3x224x224 with their labels (format: models/datasets/README.md)
+  models/datasets/channel-dominance-eval.yaml   its descriptor, which pins the .npz by sha256
+
+Its frames are textured in 8x8 blocks (28x28 seeded normal cells per channel plus a per-channel offset), which
+deflate compresses ~30x, and a frame's label is the channel whose mean is highest in the float32 values the model
+receives ((uint8 - 128) / 32). The arrays are reproducible; the .npz's bytes depend on the zlib that wrote them,
+so the committed file and its pin are what counts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +38,10 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parent
 CHANNELS, SIZE, FILTERS, CLASSES = 3, 224, 16, 3
 DATASET = "channel-dominance-eval-v1 (seed 7, 512 images)"
+
+EVAL_SET = "channel-dominance-eval"
+EVAL_FRAMES, EVAL_BLOCK, EVAL_SEED = 128, 8, 11
+EVAL_SCALE, EVAL_ZERO_POINT = 1 / 32, 128.0  # float32 = (uint8 - zero_point) * scale: [-4, 3.97] in steps of 1/32
 
 
 def build(noise: float, seed: int, nan: bool = False) -> onnx.ModelProto:
@@ -87,6 +104,63 @@ def accuracy(path: Path) -> float:
     return round(correct / total, 4)
 
 
+def eval_set_arrays() -> dict[str, np.ndarray]:
+    """The arrays of models/datasets/channel-dominance-eval.npz (format: models/datasets/README.md)."""
+    rng = np.random.default_rng(EVAL_SEED)
+    cells = SIZE // EVAL_BLOCK
+    offsets = rng.uniform(-0.3, 0.3, (EVAL_FRAMES, CHANNELS))
+    values = rng.normal(0, 1, (EVAL_FRAMES, CHANNELS, cells, cells)) + offsets[:, :, None, None]
+    values = np.repeat(np.repeat(values, EVAL_BLOCK, axis=2), EVAL_BLOCK, axis=3)
+    frames = np.clip(np.round(values / EVAL_SCALE + EVAL_ZERO_POINT), 0, 255).astype(np.uint8)
+    seen = (frames.astype(np.float32) - np.float32(EVAL_ZERO_POINT)) * np.float32(EVAL_SCALE)  # what the model receives
+    means = seen.astype(np.float64).mean(axis=(2, 3))
+    top2 = np.sort(means, axis=1)[:, -2:]
+    assert (top2[:, 1] - top2[:, 0]).min() > 1e-4, "a frame without a clearly dominant channel"
+    return {
+        "frames": frames,
+        "labels": means.argmax(axis=1).astype(np.int64),
+        "classes": np.array(["red", "green", "blue"]),
+        "input": np.array("image"),
+        "element_type": np.array("float32"),
+        "scale": np.array(EVAL_SCALE, np.float64),
+        "zero_point": np.array(EVAL_ZERO_POINT, np.float64),
+        "task": np.array("classification"),
+    }
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A compressed .npz as numpy.load reads it, with fixed zip timestamps (np.savez_compressed stamps the time)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)  # keeps 0-d scalars 0-d
+    return buf.getvalue()
+
+
+def write_eval_set(datasets: Path) -> Path:
+    datasets.mkdir(exist_ok=True)
+    data = npz_bytes(eval_set_arrays())
+    npz = datasets / f"{EVAL_SET}.npz"
+    npz.write_bytes(data)
+    descriptor = datasets / f"{EVAL_SET}.yaml"
+    descriptor.write_text(
+        "# The sample task's evaluation set: `edgefleet model evaluate models/detector --dataset models/datasets/"
+        f"{EVAL_SET}.yaml`.\n"
+        "# Written by models/generate_samples.py; format: models/datasets/README.md. The digest pins the .npz: evaluate\n"
+        "# refuses a file that hashes differently, and records this digest in the manifest it measures.\n"
+        f"name: {EVAL_SET}\n"
+        f"file: {npz.name}\n"
+        f"sha256: {hashlib.sha256(data).hexdigest()}\n"
+        f"size: {len(data)}\n"
+        f"description: {EVAL_FRAMES} frames 3x224x224, uint8 (float32 = (uint8 - 128) / 32), labelled with the dominant colour channel "
+        f"(red, green, blue); seed {EVAL_SEED}\n"
+    )
+    return npz
+
+
 def main() -> int:
     samples = ROOT / "samples"
     samples.mkdir(exist_ok=True)
@@ -102,6 +176,8 @@ def main() -> int:
         metrics[version] = {"file": path.name, "accuracy": None if acc != acc else acc, "dataset": DATASET}
         print(f"{path.relative_to(ROOT.parent)}: {path.stat().st_size} bytes, accuracy {acc}")
     (samples / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    npz = write_eval_set(ROOT / "datasets")
+    print(f"{npz.relative_to(ROOT.parent)}: {npz.stat().st_size} bytes, {EVAL_FRAMES} frames")
     return 0
 
 

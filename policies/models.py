@@ -1,6 +1,10 @@
 """The model rules: every ModelVersion is signed by the stack's key, pins the digest its publications carry, meets
-the stack's metric floors, does not regress from the version it replaces, names an agent the fleet runs for its
-I/O signature, and goes only to hardware that can run it.
+the stack's metric floors, does not regress from the version it replaces, ships measured metrics on a production
+stack, names an agent the fleet runs for its I/O signature, and goes only to hardware that can run it.
+
+A manifest's metrics are declared (`metrics:`, typed in with `edgefleet model add --metric`) or measured
+(`evaluation:`, by `edgefleet model evaluate` on an evaluation set pinned by its digest); metrics_of() is the one view
+of both that the rules and `edgefleet plan` read.
 
 Standard library only; imports graph, engine, settings and compatibility, as `policies.x` or, in the CrossGuard
 pack's own virtualenv, as `x`.
@@ -143,6 +147,46 @@ def check_model_digest(g: Graph, s: Settings) -> Iterator[Finding]:
                     )
 
 
+def metrics_of(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every metric of a manifest by name: name, value, higher_is_better, dataset (a label), dataset_sha256 (None when
+    declared) and measured. A manifest never names a metric both ways (the contract refuses it); if a hand-made one
+    does, the measured value is the one that counts."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in manifest.get("metrics") or []:
+        if isinstance(m, Mapping) and "name" in m:
+            out[m["name"]] = {
+                "name": m["name"],
+                "value": m.get("value"),
+                "higher_is_better": m.get("higher_is_better", True),
+                "dataset": m.get("dataset"),
+                "dataset_sha256": None,
+                "measured": False,
+            }
+    ev = manifest.get("evaluation")
+    if isinstance(ev, Mapping):
+        sha = str(ev.get("dataset_sha256") or "")
+        for m in ev.get("metrics") or []:
+            if isinstance(m, Mapping) and "name" in m:
+                out[m["name"]] = {
+                    "name": m["name"],
+                    "value": m.get("value"),
+                    "higher_is_better": m.get("higher_is_better", True),
+                    "dataset": f"{ev.get('dataset')} (sha256 {sha[:12]})",
+                    "dataset_sha256": sha,
+                    "measured": True,
+                }
+    return out
+
+
+def how(metric: Mapping[str, Any]) -> str:
+    return "measured" if metric.get("measured") else "declared"
+
+
+def same_dataset(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Comparable: the same declared data set name, or the same pinned evaluation set (by digest)."""
+    return (a.get("dataset"), a.get("dataset_sha256")) == (b.get("dataset"), b.get("dataset_sha256"))
+
+
 def check_metric_floor(g: Graph, s: Settings) -> Iterator[Finding]:
     if not s.metric_floors:
         raise NotApplicable("no floors set (edgefleet:policy.metric_floors)")
@@ -151,17 +195,22 @@ def check_metric_floor(g: Graph, s: Settings) -> Iterator[Finding]:
         if manifest is None:
             yield Finding(f"model {model_name(m)!r}: manifest not visible", m["urn"], unverified=True)
             continue
-        metrics = {x["name"]: x for x in manifest.get("metrics") or []}
+        metrics = metrics_of(manifest)
         for metric, floor in sorted(s.metric_floors.items()):
             got = metrics.get(metric)
             where = f"model {manifest.get('name')} {manifest.get('version')}"
             if got is None:
-                yield Finding(f"{where} declares no {metric!r} evaluation; the stack requires {metric} >= {floor}", m["urn"])
-            elif got.get("higher_is_better", True) and got["value"] < floor:
-                yield Finding(f"{where}: {metric} {got['value']} is below the stack's floor {floor} (on {got.get('dataset')})", m["urn"])
-            elif not got.get("higher_is_better", True) and got["value"] > floor:
                 yield Finding(
-                    f"{where}: {metric} {got['value']} is above the stack's limit {floor} (lower is better; on {got.get('dataset')})",
+                    f"{where} declares no {metric!r} evaluation (neither measured nor declared); the stack requires {metric} >= {floor}",
+                    m["urn"],
+                )
+            elif got["higher_is_better"] and got["value"] < floor:
+                yield Finding(
+                    f"{where}: {metric} {got['value']} is below the stack's floor {floor} ({how(got)} on {got['dataset']})", m["urn"]
+                )
+            elif not got["higher_is_better"] and got["value"] > floor:
+                yield Finding(
+                    f"{where}: {metric} {got['value']} is above the stack's limit {floor} (lower is better; {how(got)} on {got['dataset']})",
                     m["urn"],
                 )
 
@@ -177,30 +226,66 @@ def check_metric_regression(g: Graph, s: Settings) -> Iterator[Finding]:
         old = s.base_models.get(model_name(m))
         if new is None or old is None or (old.get("sha256") == new.get("sha256") and old.get("version") == new.get("version")):
             continue
-        news = {x["name"]: x for x in new.get("metrics") or []}
-        for before in old.get("metrics") or []:
+        news = metrics_of(new)
+        for before in metrics_of(old).values():
             after = news.get(before["name"])
             label = f"model {new.get('name')} {old.get('version')} -> {new.get('version')}: {before['name']}"
             if after is None:
                 yield Finding(
-                    f"{label} was evaluated at {before['value']} and the new version drops it: re-evaluate on {before.get('dataset')}",
+                    f"{label} was evaluated at {before['value']} ({how(before)}) and the new version drops it: "
+                    f"re-evaluate on {before['dataset']}",
                     m["urn"],
                 )
                 continue
-            if after.get("dataset") != before.get("dataset"):
+            if not same_dataset(before, after):
                 yield Finding(
-                    f"{label} measured on {after.get('dataset')!r}, the old one on {before.get('dataset')!r}: not comparable",
+                    f"{label} is {how(after)} on {after['dataset']!r}, the old one was {how(before)} on {before['dataset']!r}: "
+                    "not comparable",
                     m["urn"],
                     unverified=True,
                 )
                 continue
-            worse = (before["value"] - after["value"]) if before.get("higher_is_better", True) else (after["value"] - before["value"])
+            worse = (before["value"] - after["value"]) if before["higher_is_better"] else (after["value"] - before["value"])
             if worse > s.max_metric_regression + 1e-12:
                 yield Finding(
                     f"{label} regresses {before['value']} -> {after['value']} ({worse:+.4g} worse; the stack allows "
                     f"{s.max_metric_regression})",
                     m["urn"],
                 )
+
+
+def check_metrics_measured(g: Graph, s: Settings) -> Iterator[Finding]:
+    """On a production stack every metric a model carries was measured on a pinned evaluation set; none is only
+    declared. Sandbox stacks (production false, like the shipped `local`) allow declared metrics: their live gates
+    judge the model."""
+    if not s.production:
+        raise NotApplicable(
+            "not a production stack (edgefleet:policy.production is false): declared metrics are allowed, the rollout's gates judge the model"
+        )
+    for m in declared_models(g):
+        manifest = manifest_of(m)
+        if manifest is None:
+            yield Finding(
+                f"model {model_name(m)!r}: manifest not visible, so how its metrics were obtained is unknown", m["urn"], unverified=True
+            )
+            continue
+        name, where = manifest.get("name"), f"model {manifest.get('name')} {manifest.get('version')}"
+        metrics = metrics_of(manifest)
+        declared = sorted(n for n, x in metrics.items() if not x["measured"])
+        measure = (
+            f"measure it on a pinned evaluation set (`edgefleet model evaluate models/{name} --dataset models/datasets/<set>.yaml`, "
+            "format in models/datasets/README.md) and sign the manifest again"
+        )
+        if not any(x["measured"] for x in metrics.values()):
+            what = f"only declared metrics ({', '.join(declared)}, typed in)" if declared else "no metrics"
+            yield Finding(f"{where} has {what}; a production stack ships models whose metrics were measured: {measure}", m["urn"])
+        elif declared:
+            yield Finding(
+                f"{where}: {', '.join(declared)} {'is' if len(declared) == 1 else 'are'} declared (typed in), not measured; "
+                f"a production stack ships measured metrics only: {measure}, or remove {'it' if len(declared) == 1 else 'them'} "
+                "from the manifest's metrics:",
+                m["urn"],
+            )
 
 
 def _model_platforms(g: Graph, m: Mapping[str, Any]) -> list[str]:

@@ -32,6 +32,7 @@ if __package__:
         check_hardware,
         check_metric_floor,
         check_metric_regression,
+        check_metrics_measured,
         check_model_digest,
         check_model_signed,
     )
@@ -65,6 +66,7 @@ else:
         check_hardware,
         check_metric_floor,
         check_metric_regression,
+        check_metrics_measured,
         check_model_digest,
         check_model_signed,
     )
@@ -136,6 +138,16 @@ RULES: tuple[Rule, ...] = (
         check_metric_regression,
         ("max_metric_regression", "base_models"),
         "Against the base graph, no metric gets worse by more than policy.max_metric_regression (absolute, in the metric's units).",
+    ),
+    Rule(
+        "metrics-measured",
+        "Production models ship measured metrics",
+        MANDATORY,
+        check_metrics_measured,
+        ("production",),
+        "With policy.production, every metric a model carries was measured by `edgefleet model evaluate` on an evaluation set "
+        "pinned by its digest (the manifest's evaluation), none only declared (typed in with `model add --metric`); a model "
+        "without measured metrics is refused. Stacks without production (the shipped local sandbox) allow declared metrics.",
     ),
     Rule(
         "breaking-io-needs-agent",

@@ -1,9 +1,11 @@
 """`edgefleet demo`: the whole story in one command, on a scratch copy of the project.
 
 1. roll out detector 1.0.0 to a fresh fleet (every ring);
-2. `edgefleet model add` 1.1.0 (better accuracy) and roll it through canary → early → broad,
-   killing one real agent process mid-rollout to show it recovers from disk;
-3. `edgefleet model add` 1.2.0, a valid ONNX model whose outputs are all NaN: the canary gate fails on
+2. `edgefleet model add --dataset` 1.1.0: its accuracy measured on the pinned evaluation set
+   (models/datasets/), better than 1.0.0's; roll it through canary → early → broad, killing one real agent
+   process mid-rollout to show it recovers from disk;
+3. 1.2.0, a valid ONNX model whose outputs are all NaN: `--dataset` refuses to measure it, so it is added
+   with a declared (typed-in) accuracy, which the local sandbox stack allows; the canary gate fails on
    invalid outputs, the canary is rolled back to 1.1.0 under a signed rollback order, and no device
    outside the canary ever receives 1.2.0.
 Then prints the timeline and writes a picture of it.
@@ -23,7 +25,14 @@ from components.stack import SigningConfig
 from edgefleet.cli import console
 from edgefleet_agent.contract.errors import EdgefleetError
 
-NEEDS = ("Pulumi.yaml", "stacks/Pulumi.local.yaml", "models/detector/model.yaml", "models/samples/metrics.json")
+NEEDS = (
+    "Pulumi.yaml",
+    "stacks/Pulumi.local.yaml",
+    "models/detector/model.yaml",
+    "models/samples/metrics.json",
+    "models/datasets/channel-dominance-eval.yaml",
+)
+EVAL_SET = "models/datasets/channel-dominance-eval.yaml"
 MARKER = ".edgefleet-demo"  # written into every workdir the demo creates: only those does it delete
 
 
@@ -144,19 +153,28 @@ def _run_demo(src: Path, work: Path, devices: int, legacy: bool = False) -> None
     console.rule(f"[bold]1/3 roll out detector 1.0.0 to {devices} devices")
     notes: list[str] = []
     results = run_up(work, "local", as_json=False)
-    console.rule("[bold]2/3 edgefleet model add detector 1.1.0 (better accuracy) and roll it out")
+    console.rule("[bold]2/3 edgefleet model add detector 1.1.0 --dataset (accuracy measured) and roll it out")
     m = metrics["1.1.0"]
-    add_version(
-        work / "models" / "detector",
-        samples / m["file"],
-        "1.1.0",
-        metrics=[parse_metric(f"accuracy={m['accuracy']}@{m['dataset']}", set())],
+    added = add_version(work / "models" / "detector", samples / m["file"], "1.1.0", dataset=work / EVAL_SET)
+    ev = added.manifest.evaluation
+    assert ev is not None
+    console.print(
+        f"  accuracy {ev.metrics[0].value} measured on {ev.label}, {ev.samples} frames (1.0.0 declared "
+        f"{metrics['1.0.0']['accuracy']} on another set); min agent {added.manifest.min_agent_version}",
+        highlight=False,
     )
     results += run_up(work, "local", as_json=False, on_fleet=lambda fleet: _kill_one_agent_later(fleet, 3.0, notes))
     for n in notes:
         console.print(f"  fault: {n}")
     console.rule("[bold]3/3 edgefleet model add detector 1.2.0 (NaN outputs) and try to roll it out")
     m = metrics["1.2.0"]
+    try:
+        add_version(work / "models" / "detector", samples / m["file"], "1.2.0", dataset=work / EVAL_SET)
+    except EdgefleetError as exc:
+        console.print(f"  --dataset refuses it: {exc.problem}", highlight=False, markup=False)
+    else:
+        raise EdgefleetError("edgefleet demo", "1.2.0's NaN outputs were measured as if they were a model", "see edgefleet/evaluate.py")
+    console.print("  added with a declared accuracy instead: the local stack is a sandbox, its gates judge the model", highlight=False)
     add_version(
         work / "models" / "detector",
         samples / m["file"],

@@ -1,4 +1,4 @@
-"""`edgefleet model add | validate | sign | verify`."""
+"""`edgefleet model add | evaluate | validate | sign | verify`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.cli import app, console
-from edgefleet_agent.contract.manifest import ModelDir
+from edgefleet_agent.contract.manifest import ModelDir, ModelManifest
 
-model_app = typer.Typer(no_args_is_help=True, help="Add, validate, sign and verify model versions.")
+model_app = typer.Typer(no_args_is_help=True, help="Add, evaluate, validate, sign and verify model versions.")
 app.add_typer(model_app, name="model")
 
 
@@ -20,7 +20,7 @@ def add(
     model_dir: Path = typer.Argument(..., help="models/<name>: created if missing."),
     onnx: Path = typer.Option(..., "--onnx", help="The ONNX file of the new version."),
     version: str = typer.Option(..., "--version", help="Semantic version, newer than the manifest's."),
-    metric: list[str] = typer.Option([], "--metric", help="NAME=VALUE@DATASET, repeatable."),
+    metric: list[str] = typer.Option([], "--metric", help="NAME=VALUE@DATASET, repeatable: recorded as declared (typed in)."),
     lower_is_better: list[str] = typer.Option([], "--lower-is-better", help="Metric names where lower is better."),
     keep_metrics: bool = typer.Option(False, "--keep-metrics", help="Carry the previous version's metrics over."),
     target: list[str] = typer.Option(
@@ -28,6 +28,12 @@ def add(
     ),
     min_agent_version: str | None = typer.Option(None, "--min-agent-version"),
     description: str | None = typer.Option(None, "--description"),
+    dataset: Path | None = typer.Option(
+        None, "--dataset", help="Also measure the new version on this evaluation set (models/datasets/<set>.yaml): recorded as measured."
+    ),
+    output: str | None = typer.Option(
+        None, "--output", help="With --dataset: the output holding the class scores (default: the only one)."
+    ),
 ) -> None:
     """Write or update models/<name>/model.yaml from the real ONNX graph (I/O read from the model, digest computed)."""
     from edgefleet.model_add import add_version, parse_metric, parse_target
@@ -41,12 +47,85 @@ def add(
         keep_metrics=keep_metrics,
         min_agent_version=min_agent_version,
         description=description,
+        dataset=dataset,
+        output=output,
     )
     m = result.manifest
     what = f"{result.previous_version} -> {m.version}" if result.previous_version else f"new model at {m.version}"
     console.print(
         escape(f"{model_dir}/model.yaml: {m.name} {what}, sha256 {m.sha256[:16]}…, {m.size} bytes, opset {m.opset}"), soft_wrap=True
     )
+    for line in metric_lines(m):
+        console.print(escape(f"  {line}"), soft_wrap=True, highlight=False)
+    if result.now_declared:
+        console.print(
+            escape(
+                f"carried {', '.join(result.now_declared)} over as declared: measured on {result.previous_version}, not on {m.version}; "
+                f"measure it with `edgefleet model evaluate {model_dir}`"
+            ),
+            soft_wrap=True,
+        )
+    if result.raised_agent_from:
+        console.print(escape(agent_note(result.raised_agent_from, m.min_agent_version)), soft_wrap=True)
+    if result.removed_signature:
+        console.print(
+            "removed the old model.yaml.sig: it signed the previous manifest; sign again with `edgefleet model sign`", soft_wrap=True
+        )
+
+
+def metric_lines(m: ModelManifest) -> list[str]:
+    """Each metric of a manifest, saying whether it was measured (and on what) or declared."""
+    lines = []
+    if m.evaluation is not None:
+        ev = m.evaluation
+        for x in ev.metrics:
+            lines.append(f"{x.name} {x.value:g} measured on {ev.label}, {ev.samples} samples, output {ev.output}, {ev.measured_with}")
+    lines += [f"{x.name} {x.value:g} declared (typed in) on {x.dataset}" for x in m.metrics]
+    return lines
+
+
+def agent_note(before: str, after: str) -> str:
+    return (
+        f"min_agent_version {before} -> {after}: agents before {after} do not read a manifest's `evaluation` "
+        "(a fleet on an older agent refuses this version; `edgefleet policy` checks that the fleet runs a new enough one)"
+    )
+
+
+@model_app.command("evaluate")
+def evaluate(
+    model_dir: Path = typer.Argument(..., help="models/<name>"),
+    dataset: Path | None = typer.Option(
+        None,
+        "--dataset",
+        help="The evaluation set's descriptor, models/datasets/<set>.yaml (or its .npz); default: the set the manifest was measured on.",
+    ),
+    output: str | None = typer.Option(None, "--output", help="The output holding one score per class (default: the model's only output)."),
+) -> None:
+    """Measure the model on an evaluation set pinned by digest and record the metrics in model.yaml as measured.
+
+    Exit codes: 0 measured (or already recorded), 1 bad input: a missing or invalid set, a set whose digest differs
+    from its pin, a set that does not fit the model's signature, a model whose outputs are NaN (nothing is written).
+    """
+    from edgefleet.evaluate import evaluate_model
+
+    result = evaluate_model(model_dir, dataset, output)
+    m, before, ev = result.manifest, result.previous, result.dataset
+    console.print(
+        escape(f"{model_dir}/model.yaml: {m.name} {m.version} on {ev.name} ({ev.samples} frames, sha256 {ev.sha256[:16]}…)"),
+        soft_wrap=True,
+        highlight=False,
+    )
+    for line in metric_lines(m):
+        console.print(escape(f"  {line}"), soft_wrap=True, highlight=False)
+    for x in result.replaced:
+        console.print(escape(f"  replaces the declared {x.name} {x.value:g} (on {x.dataset})"), soft_wrap=True, highlight=False)
+    if not result.changed:
+        console.print("unchanged: the manifest already records this measurement (signature kept)", soft_wrap=True)
+        return
+    if before.evaluation is not None and before.evaluation.dataset_sha256 != ev.sha256:
+        console.print(escape(f"the evaluation set changed: last measured on {before.evaluation.label}"), soft_wrap=True, highlight=False)
+    if m.min_agent_version != before.min_agent_version:
+        console.print(escape(agent_note(before.min_agent_version, m.min_agent_version)), soft_wrap=True)
     if result.removed_signature:
         console.print(
             "removed the old model.yaml.sig: it signed the previous manifest; sign again with `edgefleet model sign`", soft_wrap=True

@@ -1,4 +1,5 @@
-"""What changes between two graphs: models (versions, I/O signature, metrics, targets), rollouts (rings in order,
+"""What changes between two graphs: models (versions, I/O signature, metrics measured or declared and the evaluation set
+they were measured on, targets), rollouts (rings in order,
 devices and cumulative share per step, gates) and resources (create / update / replace / delete by URN).
 
 Pure over the graphs; imports policies/ (graph views, I/O compatibility, share format), membership and replace.
@@ -12,6 +13,7 @@ from edgefleet.plan.membership import Membership
 from edgefleet.plan.replace import follow_moved_providers, replace_keys, top_key
 from policies.compatibility import compare_io, signature_text
 from policies.graph import ROLLOUT, Graph, dig, manifest_of, ring_name
+from policies.models import how, metrics_of, same_dataset
 from policies.rollouts import fmt_share
 
 ACTIONS = ("create", "replace", "update", "delete")
@@ -19,23 +21,25 @@ ACTIONS = ("create", "replace", "update", "delete")
 
 # -- models -----------------------------------------------------------------------------------------------------------
 def _metric_rows(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    olds = {m["name"]: m for m in (old or {}).get("metrics") or []}
-    news = {m["name"]: m for m in (new or {}).get("metrics") or []}
+    """One row per metric: base and new value, each `measured` or `declared` (old_how / new_how), and the verdict."""
+    olds, news = metrics_of(old or {}), metrics_of(new or {})
     rows = []
     for name in list(olds) + [n for n in news if n not in olds]:
         a, b = olds.get(name), news.get(name)
-        higher = (b or a).get("higher_is_better", True)
+        higher = (b or a)["higher_is_better"]
         row = {
             "name": name,
-            "dataset": (b or a).get("dataset"),
+            "dataset": (b or a)["dataset"],
             "higher_is_better": higher,
             "old": a["value"] if a else None,
             "new": b["value"] if b else None,
+            "old_how": how(a) if a else None,
+            "new_how": how(b) if b else None,
             "delta": None,
         }
         if a and b:
             row["delta"] = round(b["value"] - a["value"], 10)
-            if a.get("dataset") != b.get("dataset"):
+            if not same_dataset(a, b):
                 row["verdict"] = "not comparable (dataset changed)"
                 row["old_dataset"] = a.get("dataset")
             elif row["delta"] == 0:
@@ -50,6 +54,21 @@ def _metric_rows(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -
 
 def _target_text(t: Mapping[str, Any]) -> str:
     return f"{t['name']} ({t['arch']}, {'/'.join(e.removesuffix('ExecutionProvider') for e in t['execution_providers'])}, {t['memory_mb']} MB RAM, {t['storage_mb']} MB disk)"
+
+
+def _evaluation(m: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What the manifest's measured metrics were measured on; None when it has none (every metric declared)."""
+    ev = (m or {}).get("evaluation")
+    if not isinstance(ev, Mapping):
+        return None
+    return {
+        "dataset": ev.get("dataset"),
+        "dataset_sha256": ev.get("dataset_sha256"),
+        "samples": ev.get("samples"),
+        "output": ev.get("output"),
+        "measured_with": ev.get("measured_with"),
+        "metrics": [x.get("name") for x in ev.get("metrics") or []],
+    }
 
 
 def _model_facts(m: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -84,6 +103,7 @@ def diff_models(base: Mapping[str, dict], head: Mapping[str, dict]) -> list[dict
                     "outputs": [f"{t['name']}: {signature_text(t)}" for t in (new or old).get("outputs") or []],
                 },
                 "metrics": _metric_rows(old, new),
+                "evaluation": {"old": _evaluation(old), "new": _evaluation(new)},
                 "targets": {
                     "added": [_target_text(t) for n, t in news_t.items() if n not in olds_t],
                     "removed": [_target_text(t) for n, t in olds_t.items() if n not in news_t],

@@ -29,6 +29,30 @@ def _md(text: Any) -> str:
     return str(text).replace("|", "\\|")
 
 
+def _value(value: float | None, how: str | None) -> str:
+    """A metric's value and how it is known: measured on a pinned set, or declared (typed in)."""
+    return "—" if value is None else f"{value} ({how})"
+
+
+def _evaluation_md(m: dict[str, Any]) -> list[str]:
+    ev, base = m["evaluation"]["new"], m["evaluation"]["old"]
+    if m["status"] == "removed" or not (ev or m["metrics"]):
+        return []
+    if ev is None:
+        text = "**Evaluation:** none measured; every metric above is declared (typed in with `edgefleet model add --metric`)"
+        return ["", text + (f", while the base was measured on `{_md(base['dataset'])}`." if base else ".")]
+    sha = str(ev["dataset_sha256"] or "")
+    text = (
+        f"**Evaluation:** {', '.join(ev['metrics'])} measured with {_md(ev['measured_with'])} on `{_md(ev['dataset'])}` "
+        f"({ev['samples']} samples, sha256 `{sha[:16]}…`), output `{_md(ev['output'])}`"
+    )
+    if base is None and any(r["old_how"] == "declared" for r in m["metrics"]):
+        text += "; the base's metrics were declared"
+    elif base is not None and base["dataset_sha256"] != ev["dataset_sha256"]:
+        text += f"; the base was measured on `{_md(base['dataset'])}` (sha256 `{str(base['dataset_sha256'])[:16]}…`)"
+    return ["", text + "."]
+
+
 def _model_md(m: dict[str, Any]) -> list[str]:
     old, new = m["old"], m["new"]
     if m["status"] == "added":
@@ -67,10 +91,12 @@ def _model_md(m: dict[str, Any]) -> list[str]:
         for r in m["metrics"]:
             arrow = "↑" if r["higher_is_better"] else "↓"
             delta = "" if r["delta"] is None else _signed(r["delta"])
+            dataset = _md(r["dataset"]) + (f" (base: {_md(r['old_dataset'])})" if r.get("old_dataset") else "")
             lines.append(
-                f"| {r['name']} {arrow} | {_md(r['dataset'])} | {'—' if r['old'] is None else r['old']} | "
-                f"{'—' if r['new'] is None else r['new']} | {delta} {r['verdict']} |"
+                f"| {r['name']} {arrow} | {dataset} | {_value(r['old'], r['old_how'])} | "
+                f"{_value(r['new'], r['new_how'])} | {delta} {r['verdict']} |"
             )
+    lines += _evaluation_md(m)
     t = m["targets"]
     lines += ["", "**Targets:** " + "; ".join(t["all"])]
     for kind in ("added", "removed", "changed"):

@@ -157,3 +157,91 @@ def test_hardware_profile_is_typed():
     assert hp.execution_providers[0] == "TensorrtExecutionProvider"
     with pytest.raises(ValidationError):
         HardwareProfile(name="orin", arch="arm64", execution_providers=["CPUExecutionProvider"], memory_mb="512", storage_mb=64)
+
+
+# -- evaluation: measured metrics (format 2, agent 0.3.0) ---------------------------------------------------------------
+EVALUATION = {
+    "dataset": "channel-dominance-eval",
+    "dataset_sha256": "d" * 64,
+    "samples": 128,
+    "output": "scores",
+    "metrics": [{"name": "accuracy", "value": 0.8203, "higher_is_better": True}],
+    "measured_with": "onnxruntime 1.32.0",
+}
+
+
+def measured(doc: dict) -> dict:
+    """The committed manifest with its declared accuracy measured instead, as `edgefleet model evaluate` writes it."""
+    return {**doc, "metrics": [], "evaluation": copy.deepcopy(EVALUATION), "min_agent_version": "0.3.0", "format": 2}
+
+
+def test_a_manifest_without_evaluation_is_format_1_and_byte_identical():
+    data = (DETECTOR / "model.yaml").read_bytes()
+    m = parse_manifest_bytes(data, SOURCE)
+    assert m.evaluation is None and m.format == 1
+    assert m.to_yaml().encode() == data, "an untouched manifest is written back exactly as agents before format 2 read it"
+    assert "evaluation" not in m.model_dump(mode="json") and "format" not in m.model_dump(mode="json")
+
+
+def test_evaluation_is_registered_with_the_agent_and_format_that_first_read_it():
+    import edgefleet_agent
+    from edgefleet_agent.contract.manifest import FIELDS_FORMAT, FIELDS_SINCE, MANIFEST_FORMAT, required_agent_version, required_format
+
+    assert FIELDS_SINCE["evaluation"] == edgefleet_agent.__version__ == "0.3.0"
+    assert FIELDS_FORMAT["evaluation"] == MANIFEST_FORMAT == 2
+    assert required_agent_version({"evaluation": EVALUATION}) == "0.3.0" and required_agent_version({"evaluation": None}) == "0.1.0"
+    assert required_format({"evaluation": EVALUATION}) == 2 and required_format({}) == 1
+
+
+def test_measured_manifest_round_trips_and_says_which_metric_is_which(doc):
+    m = parse(measured(doc))
+    assert m.format == 2 and m.min_agent_version == "0.3.0"
+    assert m.metric("accuracy") is None, "nothing declared"
+    acc = m.measured("accuracy")
+    assert acc is not None and acc.value == 0.8203
+    assert m.evaluation is not None and m.evaluation.label == f"channel-dominance-eval (sha256 {'d' * 12})"
+    text = m.to_yaml()
+    assert "format: 2" in text and "evaluation:\n  dataset: channel-dominance-eval\n  dataset_sha256: " in text
+    assert parse_manifest_bytes(text.encode(), SOURCE) == m
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (
+            lambda d: d.update(min_agent_version="0.2.0"),
+            "min_agent_version 0.2.0 is older than 0.3.0, the first agent that reads evaluation",
+        ),
+        (lambda d: d.pop("format"), "evaluation needs manifest format 2, and this manifest is format 1; set format: 2"),
+        (
+            lambda d: d.update(metrics=[{"name": "accuracy", "value": 0.86, "dataset": "eval-v1"}]),
+            "accuracy is both declared (metrics) and measured (evaluation.metrics)",
+        ),
+        (lambda d: d["evaluation"].update(dataset_sha256="abc"), "evaluation.dataset_sha256: String should match pattern"),
+        (lambda d: d["evaluation"].update(metrics=[]), "evaluation.metrics: List should have at least 1 item"),
+        (lambda d: d["evaluation"].update(samples=0), "evaluation.samples: Input should be greater than 0"),
+        (lambda d: d["evaluation"].update(split="val"), "evaluation.split: unknown key"),
+        (lambda d: d["evaluation"]["metrics"][0].update(dataset="x"), "evaluation.metrics[0].dataset: unknown key"),
+        (lambda d: d["evaluation"]["metrics"].append(dict(d["evaluation"]["metrics"][0])), "evaluation.metrics has duplicate names"),
+        (
+            lambda d: d["evaluation"]["metrics"][0].update(value=float("inf")),
+            "evaluation.metrics[0].value: Input should be a finite number",
+        ),
+    ],
+)
+def test_bad_evaluation_names_the_field(doc, mutate, expected):
+    d = measured(doc)
+    mutate(d)
+    assert expected in problem_of(d)
+
+
+def test_an_agent_before_format_2_refuses_a_measured_manifest_naming_the_agent_it_needs(doc, monkeypatch):
+    """What a 0.2 agent (MANIFEST_FORMAT 1) does with it: refuses the format by number, not an unknown key."""
+    from edgefleet_agent.contract import manifest as contract
+    from edgefleet_agent.contract.errors import FormatError
+
+    monkeypatch.setattr(contract, "MANIFEST_FORMAT", 1)
+    with pytest.raises(FormatError) as info:
+        parse(measured(doc))
+    assert "manifest format 2 is newer than the 1 this agent reads" in str(info.value)
+    assert "upgrade the agent to 0.3.0 or newer" in str(info.value)

@@ -1,4 +1,5 @@
-"""models/generate_samples.py is reproducible: the committed sample models are exactly what it generates."""
+"""models/generate_samples.py is reproducible: the committed sample models are exactly what it generates, and so
+are the arrays of the sample evaluation set (models/datasets/), which is small, pinned, and ranks the samples."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from edgefleet_agent.contract.manifest import ModelDir
 from .conftest import DETECTOR, REPO, SAMPLES
 
 FILES = ("detector-1.0.0.onnx", "detector-1.1.0.onnx", "detector-1.2.0-nan.onnx", "metrics.json")
+DATASETS = REPO / "models" / "datasets"
+EVAL_SET = DATASETS / "channel-dominance-eval.yaml"
 
 
 def load_generator():
@@ -32,6 +35,13 @@ def test_generator_run_in_a_copy_reproduces_the_committed_bytes(tmp_path):
     subprocess.run([sys.executable, "models/generate_samples.py"], cwd=tmp_path, check=True, capture_output=True, timeout=120)
     for name in FILES:
         assert (tmp_path / "models" / "samples" / name).read_bytes() == (SAMPLES / name).read_bytes(), name
+    made, committed = (d / "channel-dominance-eval" for d in (tmp_path / "models" / "datasets", DATASETS))
+    with np.load(made.with_suffix(".npz"), allow_pickle=False) as a, np.load(committed.with_suffix(".npz"), allow_pickle=False) as b:
+        assert a.files == b.files
+        for key in a.files:
+            assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+    if made.with_suffix(".npz").read_bytes() == committed.with_suffix(".npz").read_bytes():  # the same zlib wrote both
+        assert made.with_suffix(".yaml").read_text() == committed.with_suffix(".yaml").read_text()
 
 
 def test_build_is_deterministic():
@@ -65,3 +75,46 @@ def test_samples_behave_as_documented():
     for good in FILES[:2]:
         assert np.isfinite(outs[good]).all() and outs[good].argmax(axis=1).tolist() == [1, 2]
     assert np.isnan(outs["detector-1.2.0-nan.onnx"]).all()
+
+
+def test_eval_set_is_small_pinned_and_labelled_as_documented():
+    import yaml
+
+    from edgefleet.evaluate import load_eval_set
+    from edgefleet_agent.contract.digest import sha256_file
+
+    desc = yaml.safe_load(EVAL_SET.read_text())
+    npz = DATASETS / desc["file"]
+    assert (desc["sha256"], desc["size"]) == sha256_file(npz)
+    assert npz.stat().st_size < 1_000_000, "small enough for git (the limit is 5 MB; it is 0.65 MB)"
+    ev = load_eval_set(EVAL_SET)
+    assert (ev.name, ev.task, ev.input, ev.element_type, ev.classes) == (
+        "channel-dominance-eval",
+        "classification",
+        "image",
+        "float32",
+        ["red", "green", "blue"],
+    )
+    assert ev.frames.shape == (128, 3, 224, 224) and ev.frames.dtype == np.uint8 and (ev.scale, ev.zero_point) == (1 / 32, 128.0)
+    seen = (ev.frames.astype(np.float64) - ev.zero_point) * ev.scale
+    assert (seen.mean(axis=(2, 3)).argmax(axis=1) == ev.labels).all(), "a label is the channel with the highest mean"
+    assert sorted(np.bincount(ev.labels).tolist())[0] > 20, "every class is well represented"
+
+
+def test_eval_set_ranks_the_samples_as_metrics_json_does():
+    from edgefleet.evaluate import load_eval_set, measure
+    from edgefleet.onnx_check import inspect
+
+    ev = load_eval_set(EVAL_SET)
+    manifest = ModelDir(DETECTOR).load()
+    measured = {}
+    for version in ("1.0.0", "1.1.0"):
+        artifact = SAMPLES / f"detector-{version}.onnx"
+        graph = inspect(artifact)
+        m = manifest.model_copy(update={"sha256": graph.sha256, "version": version})
+        evaluation = measure(m, artifact, ev, None, "model.yaml")
+        assert (evaluation.dataset, evaluation.samples, evaluation.output) == ("channel-dominance-eval", 128, "scores")
+        measured[version] = evaluation.metrics[0].value
+    declared = json.loads((SAMPLES / "metrics.json").read_text())
+    assert measured == {"1.0.0": 0.8203, "1.1.0": 0.9609}, "the figures models/datasets/README.md gives"
+    assert (measured["1.1.0"] > measured["1.0.0"]) == (declared["1.1.0"]["accuracy"] > declared["1.0.0"]["accuracy"])

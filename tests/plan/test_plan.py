@@ -66,7 +66,10 @@ def test_version_bump(fleet_repo, capsys):
     assert "| version | 1.0.0 | 1.1.0 ✱ |" in md
     assert "| sha256 | `de6313948e98ba28…` |" in md
     assert "**I/O signature: ✅ unchanged**" in md
-    assert "| accuracy ↑ | channel-dominance-eval-v1 (seed 7, 512 images) | 0.8613 | 0.9492 | +0.0879 improved |" in md
+    assert (
+        "| accuracy ↑ | channel-dominance-eval-v1 (seed 7, 512 images) | 0.8613 (declared) | 0.9492 (declared) | +0.0879 improved |" in md
+    )
+    assert "**Evaluation:** none measured; every metric above is declared (typed in with `edgefleet model add --metric`)." in md
     assert "#### Rollout `detector`: detector 1.0.0 → 1.1.0" in md
     canary = math.ceil(count * rings[0]["percent"] / 100)
     assert f"| 1 | `{rings[0]['name']}` | {rings[0]['percent']}% of group cameras [x86-camera] | {canary} | {canary} |" in md
@@ -365,3 +368,39 @@ def test_a_change_the_program_tells_pulumi_to_ignore_is_not_in_the_plan():
     assert diff_resources([thing_type(["ring", "site"], True)], [thing_type(["ring"], True)]) == []
     [entry] = diff_resources([thing_type(["ring", "site"], False)], [thing_type(["ring"], False)])
     assert (entry["action"], entry["replace_keys"]) == ("replace", ["properties"])
+
+
+def test_plan_shows_measured_vs_declared_and_the_evaluation_set(fleet_repo, capsys):
+    from edgefleet.evaluate import evaluate_model
+
+    dataset = fleet_repo / "models" / "datasets" / "channel-dominance-eval.yaml"
+    pin = yaml.safe_load(dataset.read_text())["sha256"]
+    evaluate_model(fleet_repo / "models" / "detector", dataset)  # 1.0.0, its typed-in accuracy now measured
+    plan, md = plan_for(fleet_repo)
+    assert "#### `detector` 1.0.0 → 1.0.0" in md and "| min agent | 0.1.0 | 0.3.0 ✱ |" in md
+    assert (
+        f"| accuracy ↑ | channel-dominance-eval (sha256 {pin[:12]}) (base: channel-dominance-eval-v1 (seed 7, 512 images)) | "
+        "0.8613 (declared) | 0.8203 (measured) | -0.041 not comparable (dataset changed) |"
+    ) in md
+    assert (
+        f"**Evaluation:** accuracy measured with onnxruntime {plan['models'][0]['evaluation']['new']['measured_with'].split()[-1]} on "
+        f"`channel-dominance-eval` (128 samples, sha256 `{pin[:16]}…`), output `scores`; the base's metrics were declared."
+    ) in md
+    (row,) = plan["models"][0]["metrics"]
+    assert (row["old_how"], row["new_how"], row["verdict"]) == ("declared", "measured", "not comparable (dataset changed)")
+    assert plan["models"][0]["evaluation"]["old"] is None and plan["models"][0]["evaluation"]["new"]["dataset_sha256"] == pin
+    assert plan["policy"]["passed"], "the local fleet runs agent 0.3.0, which reads evaluation; the sandbox allows declared metrics"
+
+    git(fleet_repo, "commit", "--quiet", "-am", "measured 1.0.0")
+    add_version(fleet_repo / "models" / "detector", fleet_repo / "models" / "samples" / "detector-1.1.0.onnx", "1.1.0", dataset=dataset)
+    plan, md = plan_for(fleet_repo)
+    assert f"| accuracy ↑ | channel-dominance-eval (sha256 {pin[:12]}) | 0.8203 (measured) | 0.9609 (measured) | +0.1406 improved |" in md
+    assert "; the base" not in md.split("**Evaluation:**")[1].split("\n")[0], "same set as the base: nothing more to say"
+    code, _ = cli(fleet_repo, capsys, "plan", "--stack", "local", "--base", "HEAD")
+    assert code == 0
+
+
+def test_plan_says_when_nothing_was_measured(fleet_repo):
+    bump_to_1_1_0(fleet_repo)
+    _, md = plan_for(fleet_repo)
+    assert "0.8613 (declared) | 0.9492 (declared)" in md and "**Evaluation:** none measured" in md

@@ -6,7 +6,7 @@ import copy
 import json
 
 import pytest
-from policy_graphs import PI, SHA2, find, fleet, manifest, rec
+from policy_graphs import PI, SHA2, find, fleet, manifest, measured, rec
 
 from policies import local, rules
 from policies.compatibility import compare_io
@@ -156,6 +156,64 @@ def test_metric_on_a_different_dataset_is_unverified():
     new["metrics"][0]["dataset"] = "eval-v2"
     r = result(fleet(m=new), "metric-regression", base_models={"detector": manifest()})
     assert r.status == "passed" and r.findings[0].unverified and "not comparable" in r.findings[0].message
+
+
+def test_metric_floor_reads_measured_metrics_and_says_how_each_was_obtained():
+    r = result(fleet(m=measured(manifest(), accuracy=0.8)), "metric-floor", metric_floors={"accuracy": 0.85})
+    assert (
+        r.status == "failed"
+        and "accuracy 0.8 is below the stack's floor 0.85 (measured on channel-dominance-eval (sha256 dddd" in messages(r)
+    )
+    r = result(fleet(m=manifest(accuracy=0.8)), "metric-floor", metric_floors={"accuracy": 0.85})
+    assert "(declared on eval-v1)" in messages(r)
+    assert result(fleet(m=measured(manifest(), accuracy=0.9)), "metric-floor", metric_floors={"accuracy": 0.85}).status == "passed"
+
+
+def test_metric_regression_compares_measurements_on_the_same_pinned_set():
+    base = {"detector": measured(manifest(version="1.0.0"), accuracy=0.90)}
+    worse = fleet(m=measured(manifest(version="1.1.0", sha=SHA2), accuracy=0.85))
+    r = result(worse, "metric-regression", base_models=base, max_metric_regression=0.02)
+    assert r.status == "failed" and "regresses 0.9 -> 0.85" in messages(r)
+    other_set = fleet(m=measured(manifest(version="1.1.0", sha=SHA2), accuracy=0.85, dataset_sha256="e" * 64))
+    r = result(other_set, "metric-regression", base_models=base)
+    assert r.status == "passed" and r.findings[0].unverified and "not comparable" in messages(r), "another set (digest) is not comparable"
+
+
+def test_declared_then_measured_is_not_comparable():
+    r = result(fleet(m=measured(manifest(version="1.1.0", sha=SHA2))), "metric-regression", base_models={"detector": manifest()})
+    assert r.status == "passed" and r.findings[0].unverified
+    assert "accuracy is measured on 'channel-dominance-eval (sha256 dddddddddddd)', the old one was declared on 'eval-v1'" in messages(r)
+
+
+# -- measured metrics on production stacks ----------------------------------------------------------------------------
+def test_metrics_measured_is_not_applicable_outside_production():
+    r = result(fleet(), "metrics-measured")
+    assert r.status == "not-applicable" and "declared metrics are allowed" in r.note
+
+
+def test_production_refuses_declared_only_metrics():
+    r = result(fleet(), "metrics-measured", production=True)
+    assert (r.status, r.level, r.blocking) == ("failed", "mandatory", True)
+    assert "model detector 1.0.0 has only declared metrics (accuracy, typed in)" in messages(r)
+    assert "edgefleet model evaluate models/detector --dataset models/datasets/<set>.yaml" in messages(r)
+    r = result(fleet(m=manifest(accuracy=None)), "metrics-measured", production=True)
+    assert r.status == "failed" and "has no metrics" in messages(r)
+
+
+def test_production_passes_measured_metrics():
+    assert result(fleet(m=measured(manifest())), "metrics-measured", production=True).status == "passed"
+
+
+def test_production_refuses_a_declared_metric_beside_measured_ones():
+    m = measured(manifest())
+    m["metrics"] = [{"name": "f1", "value": 0.8, "dataset": "eval-v1", "higher_is_better": True}]
+    r = result(fleet(m=m), "metrics-measured", production=True)
+    assert r.status == "failed" and "f1 is declared (typed in), not measured" in messages(r)
+
+
+def test_production_can_lower_the_rule_for_tasks_not_measured_yet():
+    r = result(fleet(), "metrics-measured", production=True, enforcement={"metrics-measured": "advisory"})
+    assert (r.status, r.level, r.blocking) == ("failed", "advisory", False)
 
 
 # -- I/O and agent ---------------------------------------------------------------------------------------------------

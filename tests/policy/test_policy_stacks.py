@@ -67,6 +67,14 @@ def test_the_local_store_is_exempt_until_the_stack_is_production():
     assert r.status == "failed" and "is not encrypted at rest" in r.violations[0].message
 
 
+def test_the_local_sandbox_allows_declared_metrics_and_a_production_stack_does_not():
+    graph = graph_of("local")  # models/detector declares its accuracy (typed in)
+    assert rule(run_policy(graph), "metrics-measured").status == "not-applicable"
+    graph["config"].setdefault("policy", {})["production"] = True
+    r = rule(run_policy(graph), "metrics-measured")
+    assert r.status == "failed" and r.blocking and "only declared metrics (accuracy, typed in)" in r.violations[0].message
+
+
 def test_a_stack_that_does_not_synthesize_fails_instead_of_skipping(monkeypatch):
     from edgefleet import synth
     from edgefleet_agent.contract.errors import EdgefleetError

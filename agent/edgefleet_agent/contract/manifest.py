@@ -7,6 +7,11 @@ vouches for the model file too. Unknown keys are errors: a typo must never silen
 to what agents before it read; a later format names itself, and an agent refuses a format newer than
 MANIFEST_FORMAT with a message naming the agent version the manifest asks for, instead of failing on a key it
 does not know. The controller raises `min_agent_version` to what the fields it writes need.
+
+Format 2 (agent 0.3.0) adds `evaluation`: metrics measured by `edgefleet model evaluate` on an evaluation set pinned
+by its digest. Metrics under the top-level `metrics` are declared (typed in with `edgefleet model add --metric`);
+the two never name the same metric, so a signed manifest says which of its numbers were measured and on what.
+A manifest without `evaluation` is still format 1, written exactly as before.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pydantic import (
 from edgefleet_agent.contract import yamlfile
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError, FormatError, from_validation_error
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: `evaluation` (agent 0.3.0)
 MANIFEST_FILE = "model.yaml"
 SIGNATURE_FILE = "model.yaml.sig"
 
@@ -72,7 +77,10 @@ KNOWN_PROVIDERS = (
 # The agent version that first reads each manifest field added after format 1's: a manifest that uses one must name
 # at least that version in min_agent_version, so no agent receives a field it would refuse as unknown.
 BASELINE_AGENT_VERSION = "0.1.0"
-FIELDS_SINCE: dict[str, str] = {}
+FIELDS_SINCE: dict[str, str] = {"evaluation": "0.3.0"}
+# The manifest format that first carries each such field: an agent before it refuses the format by number, saying
+# which agent to upgrade to, instead of failing on a key it does not know.
+FIELDS_FORMAT: dict[str, int] = {"evaluation": 2}
 
 NAME_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_RE)]
@@ -115,6 +123,34 @@ class Metric(Strict):
     higher_is_better: bool = True
 
 
+class MeasuredMetric(Strict):
+    """A metric `edgefleet model evaluate` computed by running the model on its evaluation's data set."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    value: float = Field(allow_inf_nan=False)
+    higher_is_better: bool = True
+
+
+class Evaluation(Strict):
+    """What was measured, on which pinned data set, from which output, with what: the manifest's measured metrics.
+
+    `dataset` names the evaluation set (models/datasets/<dataset>.yaml in the repository) and `dataset_sha256` pins
+    the exact file the model ran on, so a reviewer can re-run the measurement and get the same numbers.
+    """
+
+    dataset: Name
+    dataset_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    samples: int = Field(gt=0)
+    output: str = Field(min_length=1)
+    metrics: list[MeasuredMetric] = Field(min_length=1)
+    measured_with: str = Field(min_length=1)
+
+    @property
+    def label(self) -> str:
+        """How plans and messages name the data set: its name and the start of its digest."""
+        return f"{self.dataset} (sha256 {self.dataset_sha256[:12]})"
+
+
 class HardwareProfile(Strict):
     """A class of device: what it can execute and how much room a model may take on it."""
 
@@ -142,7 +178,8 @@ class ModelManifest(Strict):
     opset: int = Field(ge=7)
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)
-    metrics: list[Metric] = Field(default_factory=list)
+    metrics: list[Metric] = Field(default_factory=list)  # declared: typed in, not measured here
+    evaluation: Evaluation | None = None  # measured (format 2, agent 0.3.0); unwritten when absent
     targets: list[HardwareProfile] = Field(min_length=1)
     min_agent_version: str
     description: str = ""
@@ -157,6 +194,25 @@ class ModelManifest(Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{label} has duplicate names: {', '.join(dupes)}")
+        if self.evaluation is not None:
+            measured = [m.name for m in self.evaluation.metrics]
+            dupes = sorted({n for n in measured if measured.count(n) > 1})
+            if dupes:
+                raise ValueError(f"evaluation.metrics has duplicate names: {', '.join(dupes)}")
+            both = sorted(set(measured) & {m.name for m in self.metrics})
+            if both:
+                raise ValueError(
+                    f"{', '.join(both)} is both declared (metrics) and measured (evaluation.metrics): a metric is one or the other; "
+                    "remove the declared one"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _format_names_its_fields(self) -> "ModelManifest":
+        need = required_format(dict(self))
+        if self.format < need:
+            used = ", ".join(f for f, v in FIELDS_FORMAT.items() if v > self.format and _used(dict(self), f))
+            raise ValueError(f"{used} needs manifest format {need}, and this manifest is format {self.format}; set format: {need}")
         return self
 
     @model_validator(mode="after")
@@ -177,13 +233,19 @@ class ModelManifest(Strict):
         return semver.Version.parse(self.version)
 
     def metric(self, name: str) -> Metric | None:
+        """The declared metric of that name (typed in); measured ones are in `evaluation` (see measured())."""
         return next((m for m in self.metrics if m.name == name), None)
+
+    def measured(self, name: str) -> MeasuredMetric | None:
+        return next((m for m in self.evaluation.metrics if m.name == name), None) if self.evaluation else None
 
     @model_serializer(mode="wrap")
     def _format_1_unwritten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         body: dict[str, Any] = handler(self)
         if body.get("format") == 1:
             del body["format"]
+        if body.get("evaluation", 0) is None:  # absent: the bytes agents before format 2 read
+            del body["evaluation"]
         return body
 
     def to_yaml(self) -> str:
@@ -197,6 +259,11 @@ def _used(fields: Mapping[str, Any], name: str) -> bool:
 def required_agent_version(fields: Mapping[str, Any]) -> str:
     """The oldest agent that reads every field a manifest with these field values uses."""
     return max([BASELINE_AGENT_VERSION, *(v for f, v in FIELDS_SINCE.items() if _used(fields, f))], key=version_key)
+
+
+def required_format(fields: Mapping[str, Any]) -> int:
+    """The oldest manifest format that carries every field a manifest with these field values uses."""
+    return max([1, *(v for f, v in FIELDS_FORMAT.items() if _used(fields, f))])
 
 
 def parse_manifest_bytes(data: bytes, source: str) -> ModelManifest:
