@@ -25,6 +25,7 @@ from edgefleet_agent import __version__
 if TYPE_CHECKING:
     from edgefleet_agent.transports.greengrass import GreengrassTransport
     from edgefleet_agent.transports.local import LocalHubTransport
+    from edgefleet_agent.trust import TrustedMetadata
 
 EXIT_OK, EXIT_CANNOT_START, EXIT_REFUSED = 0, 2, 3
 TRANSPORTS = ("local", "greengrass", "iotedge")
@@ -75,6 +76,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="iotedge: the only key id (sha256:…) the twin may name (default $EDGEFLEET_TRUSTED_KEY_ID)",
     )
     p.add_argument(
+        "--trusted-root",
+        type=Path,
+        default=Path(os.environ["EDGEFLEET_TUF_ROOT"]) if os.environ.get("EDGEFLEET_TUF_ROOT") else None,
+        help="the stack's first TUF root.json, shipped beside the public key (default $EDGEFLEET_TUF_ROOT); with "
+        "--metadata-url, every new install must be a current signed target (docs/signing.md)",
+    )
+    p.add_argument(
+        "--metadata-url",
+        default=os.environ.get("EDGEFLEET_TUF_METADATA_URL") or None,
+        help="where the store's TUF metadata is: file://, https:// (Azure: the store's SAS is added) or s3:// "
+        "(Greengrass: SigV4 with the token exchange service's credentials); default $EDGEFLEET_TUF_METADATA_URL",
+    )
+    p.add_argument("--metadata-refresh-seconds", type=float, default=60.0, help="retry period once the held timestamp expired")
+    p.add_argument(
         "--providers",
         default="CPUExecutionProvider",
         help="execution providers in order of preference, comma-separated (CPU is always the last resort)",
@@ -112,6 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ]
     if unused:
         p.error(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --transport {t}")
+    if (args.trusted_root is None) != (args.metadata_url is None):
+        p.error("--trusted-root and --metadata-url go together (the first root and where the metadata is)")
     if args.install_only and t != "greengrass":
         p.error("--install-only applies to --transport greengrass only")
     if t == "iotedge" and args.device_id is None:
@@ -180,6 +197,7 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
             pem,
             transport,
             execution_providers=[p.strip() for p in args.providers.split(",") if p.strip()],
+            trust=trusted_metadata(args),
         )
     except (OSError, EdgefleetError) as exc:
         return fail(exc)
@@ -208,6 +226,22 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
         agent.close()
         transport.close()
     return EXIT_OK
+
+
+def trusted_metadata(args: argparse.Namespace) -> TrustedMetadata | None:
+    """The store's TUF client when the device was given its first root (raises OSError/ValueError on a bad file)."""
+    if args.trusted_root is None:
+        logging.getLogger("edgefleet.agent").warning(
+            "%s: no --trusted-root: update metadata is not checked (revoked versions and frozen channels go unnoticed)", args.device_id
+        )
+        return None
+    from edgefleet_agent.trust import TrustedMetadata, load_root
+
+    try:
+        root = load_root(args.trusted_root)
+    except ValueError as exc:
+        raise OSError(f"{args.trusted_root}: not TUF root metadata ({exc})") from None
+    return TrustedMetadata(root, args.metadata_url, args.state_dir / args.model / "tuf", refresh_seconds=args.metadata_refresh_seconds)
 
 
 def run_iotedge(args: argparse.Namespace, stop: threading.Event) -> int:

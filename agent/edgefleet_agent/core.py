@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable
 
 from edgefleet_agent import __version__
 from edgefleet_agent.contract.artifact import verify_artifact
@@ -29,10 +29,14 @@ from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes, version_key
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
+from edgefleet_agent.contract.tuf import MetadataRefused
 from edgefleet_agent.download import FetchError, download
 from edgefleet_agent.serving import LoadedModel, LoadError, SessionCache, available_providers, choose_providers, load_model
 from edgefleet_agent.store import Pointer, SlotRef, SlotStore, StoreError, pause_point
 from edgefleet_agent.transports import Transport
+
+if TYPE_CHECKING:  # python-tuf loads only on a device given its TUF root (edgefleet_agent/trust.py)
+    from edgefleet_agent.trust import TrustedMetadata
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -96,10 +100,12 @@ class DeviceAgent:
         session_cache: SessionCache | None = None,
         refuse_invalid_warmup: bool = False,
         clock: Callable[[], float] = time.time,
+        trust: TrustedMetadata | None = None,
     ) -> None:
         """`durable=False` skips fsyncs and the state-directory lock: for simulated devices in one process only.
         `session_cache` shares sessions between agents of one process. `refuse_invalid_warmup` refuses a model
-        whose warm-up output holds NaN/Inf; by default such a model is served and the ring's gate judges it."""
+        whose warm-up output holds NaN/Inf; by default such a model is served and the ring's gate judges it.
+        `trust`: the store's TUF metadata (trust.py); with it, a new install must be a current signed target."""
         self.device_id = device_id
         self.model = model
         self.transport = transport
@@ -120,6 +126,7 @@ class DeviceAgent:
         self._notice: str | None = None  # a problem found at start, reported until the next change
         self._window = _Window()
         self._feed_counter = 0
+        self._trust = trust
 
     # -- what is served -------------------------------------------------------------------------------
     @property
@@ -253,6 +260,8 @@ class DeviceAgent:
             except Exception as exc:
                 log.warning("%s: cannot read the desired state, keeping what is served: %s", self.device_id, exc)
                 return False
+            if self._trust is not None:
+                self._trust.poll()  # a frozen channel becomes "metadata stale since …"; serving goes on
             if desired is None:
                 return self._unload()
             serving = self._serving
@@ -297,6 +306,7 @@ class DeviceAgent:
     def _install(self, desired: DesiredModel) -> None:
         manifest_bytes, signature_bytes = desired.manifest.encode("utf-8"), desired.signature.encode("utf-8")
         manifest = self._verify_desired(desired, manifest_bytes, signature_bytes)
+        self._check_trusted(desired, manifest_bytes)
         self._check_not_older(desired, manifest)
         slot = self.store.slot_name(manifest.version, manifest_bytes)
         try:
@@ -338,6 +348,15 @@ class DeviceAgent:
                 f"{manifest.name} {manifest.version} needs agent {manifest.min_agent_version} or newer; this agent is {__version__}"
             )
         return manifest
+
+    def _check_trusted(self, desired: DesiredModel, manifest_bytes: bytes) -> None:
+        """The update metadata (TUF, trust.py) must list exactly this artifact and manifest as a current target."""
+        if self._trust is None:
+            return
+        try:
+            self._trust.check(desired.model, desired.version, desired.sha256, desired.size, manifest_bytes)
+        except MetadataRefused as exc:
+            raise Refused(exc.reason, transient=exc.transient) from None
 
     def _check_not_older(self, desired: DesiredModel, manifest: ModelManifest) -> None:
         """Compares with the served version, or when idle with the last one served."""
@@ -504,7 +523,7 @@ class DeviceAgent:
             version=serving.ref.version if serving else None,
             sha256=serving.ref.sha256 if serving else None,
             status=self._status(serving, refusal, installing),
-            error=refusal.reason if refusal else notice,
+            error=refusal.reason if refusal else notice or (self._trust.notice if self._trust is not None else None),
             failed_version=refusal.desired.version if refusal else None,
             inferences=window.inferences,
             errors=window.errors,
