@@ -32,6 +32,7 @@ from components.rollout.spec import DeviceGroupConfig
 from components.stack import PROJECT, StackConfig
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet_agent.contract.tuf import ROOT_FILE
 
 # Agent processes infer on a synthetic 20 fps camera stream, as a device would; back to back, three of
 # them would take both cores of this machine from the other 997 devices.
@@ -231,6 +232,10 @@ class LocalFleet:
     models: list[str]
     sim_period: float = 0.5
     devices: list[LocalDevice] = field(default_factory=list)
+    # the stack's first TUF root and where its metadata is (components/local/trust.py); None: metadata not checked
+    trusted_root: bytes | None = None
+    metadata_url: str | None = None
+    metadata_refresh_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         self.devices = self.devices or local_devices(self.cfg)
@@ -285,9 +290,21 @@ class LocalFleet:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def provision_root(self, device_id: str) -> Path | None:
+        """The device's first TUF root, beside its trusted key, as a device is provisioned: written once, never replaced
+        (a device follows later roots through the chain the repository signs, ngclient's cache keeps them)."""
+        if self.trusted_root is None:
+            return None
+        path = self.state_root / device_id / ROOT_FILE
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(self.trusted_root)
+        return path
+
     # -- real agent processes ---------------------------------------------------------------------------
     def start_process(self, device_id: str, model: str) -> subprocess.Popen:
         d = next(x for x in self.devices if x.id == device_id)
+        root = self.provision_root(device_id)
         log = self.state_root / device_id / f"agent-{model}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -313,6 +330,9 @@ class LocalFleet:
             "--infer-interval",
             str(FRAME_INTERVAL_SECONDS),
         ]
+        if root is not None and self.metadata_url is not None:
+            cmd += ["--trusted-root", str(root), "--metadata-url", self.metadata_url]
+            cmd += ["--metadata-refresh-seconds", str(self.metadata_refresh_seconds)]
         env = dict(os.environ)
         if self._spawner is None:
             self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgefleet-agent-spawner")
@@ -362,6 +382,7 @@ class LocalFleet:
         between them a 50 ms check for desired-state changes so a ring's devices react at once."""
         from edgefleet_agent.core import DeviceAgent
         from edgefleet_agent.serving import SessionCache
+        from edgefleet_agent.trust import TrustedMetadata
 
         hub = LocalHub(self.hub_path)
         cache = SessionCache()
@@ -375,6 +396,15 @@ class LocalFleet:
         def agent_for(d: LocalDevice, model: str) -> DeviceAgent:
             agent = agents.get((d.id, model))
             if agent is None:
+                root = self.provision_root(d.id)
+                trust = None
+                if root is not None and self.metadata_url is not None:
+                    trust = TrustedMetadata(
+                        root.read_bytes(),
+                        self.metadata_url,
+                        self.state_root / d.id / model / "tuf",
+                        refresh_seconds=self.metadata_refresh_seconds,
+                    )
                 agent = DeviceAgent(
                     d.id,
                     model,
@@ -384,6 +414,7 @@ class LocalFleet:
                     execution_providers=d.providers,
                     durable=False,
                     session_cache=cache,
+                    trust=trust,
                 )
                 agent.start()
                 agents[(d.id, model)] = agent

@@ -11,6 +11,8 @@ from components.local.hub import LocalHub
 from components.local.up import declared_state
 from edgefleet_agent.contract.errors import EdgefleetError
 
+STALE = "metadata stale since "
+
 
 def read_status(project_dir: Path, cfg: Any, source: str, stack: str, graph: dict[str, Any]) -> dict[str, Any]:
     project_dir = Path(project_dir).resolve()
@@ -35,6 +37,9 @@ def read_status(project_dir: Path, cfg: Any, source: str, stack: str, graph: dic
                 "drift_devices": sorted(d for d, r in reports.items() if r.version != want)[:20],
                 "silent": len(state["devices"]) - len(reports),
                 "failures": sorted({r.error for r in reports.values() if r.status == "failed" and r.error})[:5],
+                # devices serving on, whose update metadata expired: a frozen channel (docs/signing.md)
+                "stale": sum(1 for r in reports.values() if (r.error or "").startswith(STALE)),
+                "notices": sorted({r.error for r in reports.values() if r.status != "failed" and r.error})[:5],
             }
         )
     latest: dict[str, dict] = {}

@@ -106,9 +106,11 @@ def decide(
         )
     mine = [p for p in records if (p["version"], p["sha256"]) == artifact]
     set_to = {(d.version, d.sha256) for d in current.values() if d is not None}
-    if set_to == {artifact} and all(d is not None for d in current.values()):
+    rejected = bool(mine) and mine[-1]["status"] in FAILED and ever_served(mine[-1])
+    if set_to == {artifact} and all(d is not None for d in current.values()) and not rejected:
+        # (rings set to a version a gate rejected, its desired state written again, are not up to date: refused below)
         return Decision("up-to-date", plans, versions, record=mine[-1] if mine else None)
-    reopen = _reopens(mine[-1], plans, current, artifact) if mine else None
+    reopen = _reopens(mine[-1], plans, current, artifact) if mine and not rejected else None
     if reopen is not None:
         p = mine[-1]
         order = _rollback_of(p)
@@ -127,7 +129,7 @@ def decide(
             kind="forward" if order is None else "rollback",
             appended=reopen,
         )
-    if mine and mine[-1]["status"] in FAILED and ever_served(mine[-1]):
+    if rejected:
         p = mine[-1]
         ring = (p.get("report") or {}).get("failed_ring", "?")
         reasons = "; ".join((p.get("report") or {}).get("reasons") or []) or p["status"]

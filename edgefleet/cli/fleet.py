@@ -193,6 +193,16 @@ def status_cmd(
             str(r["silent"]),
         )
     console.print(t)
+    for r in rows["rings"]:
+        if r.get("stale"):
+            console.print(
+                f"[yellow]{r['rollout']}/{r['ring']}: {r['stale']} device(s) serve on with stale update metadata: "
+                f"{escape((r.get('notices') or [''])[0])}[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
+        for why in r.get("failures") or []:
+            console.print(f"[red]{r['rollout']}/{r['ring']}: refused: {escape(why)}[/]", highlight=False, soft_wrap=True)
     for ro in rows["rollouts"]:
         console.print(f"{ro['rollout']}: last rollout {ro['version']} ({ro['status']})", highlight=False)
     for d in rows["declared"]:
