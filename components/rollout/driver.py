@@ -6,8 +6,9 @@ platform supplies only those; deciding what the declaration means (components/ro
 engine to this ring's verdict and failing with the engine's report are the same everywhere.
 
 With the platform's TUF repository (`trust`, a `TrustHook`: components/trust/repository.py over the platform's store),
-the driver re-signs the timestamp before it deploys and, when a gate rejected a version some device served, removes
-it from the signed targets, so every device refuses it afterwards even if its old desired state is replayed.
+the driver lists the declared version as a signed target and re-signs the timestamp before it deploys (a version
+revoked earlier stays out) and, when a gate rejected a version some device served, removes it from the signed targets,
+so every device refuses it afterwards even if its old desired state is replayed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from edgefleet_agent.contract.state import DesiredModel
 
 class TrustHook(Protocol):
     """The platform's TUF repository, as the driver uses it (components/trust/repository.py implements it)."""
+
+    def publish_desired(self, desired: DesiredModel) -> object:
+        """Lists the declared version as a signed target (never one that was revoked)."""
+        ...
 
     def refresh(self) -> object:
         """Re-signs the timestamp (devices refuse new installs on expired metadata)."""
@@ -135,7 +140,8 @@ def run_gate(
     plan = plan_for(gate.rollout, decision, gate.declared, signer)
     engine = RolloutEngine(hub, clock, rollback_authorizer(signer), poll_seconds=gate.poll_seconds, on_update=on_update)
     if trust is not None:
-        trust.refresh()  # a fresh timestamp before this ring deploys
+        trust.publish_desired(gate.declared)  # the declared version is a signed target (a revoked one stays out)
+        trust.refresh()  # and the timestamp is fresh before this ring deploys
     with lease():
         progress = engine.run(plan, until_ring=None if gate.last else gate.index)
     revoke_rejected(trust, progress)

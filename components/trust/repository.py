@@ -36,7 +36,8 @@ from components.trust.signer import MetadataSigner, tuf_key
 from components.trust.storage import MetadataStorage
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.signing import Signer
-from edgefleet_agent.contract.tuf import TargetIdentity, target_path
+from edgefleet_agent.contract.state import DesiredModel
+from edgefleet_agent.contract.tuf import TargetIdentity, manifest_digest, target_path
 
 REVOKED_FIELD = "x-edgefleet-revoked"
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
@@ -178,6 +179,13 @@ class TrustRepository:
         if changed:
             self._publish(signed, current.signed)
         return refused
+
+    def publish_desired(self, desired: DesiredModel) -> list[str]:
+        """Lists a declared version (its artifact and exact manifest) as a target: what a ring gate does before it
+        deploys. Returns the paths refused because they were revoked."""
+        return self.add_targets(
+            [TargetIdentity(desired.model, desired.version, desired.sha256, desired.size, manifest_digest(desired.manifest.encode()))]
+        )
 
     def revoke(self, model: str, version: str, sha256: str, reason: str) -> bool:
         """Removes the artifact's target and records why. True if anything changed."""

@@ -108,3 +108,39 @@ def test_the_greengrass_gate_revokes_the_version_it_rolled_back_and_refreshes_be
     )
     assert [r["version"] for r in state["revoked"].values()] == ["1.1.0"] and "canary" in next(iter(state["revoked"].values()))["reason"]
     assert state["roles"]["timestamp"]["version"] >= before + 2, "refreshed before the ring deployed, and again by the revocation"
+
+
+def test_the_greengrass_gate_lists_the_declared_version_before_it_deploys_and_never_lists_a_revoked_one(world, tmp_path):  # noqa: F811
+    """On the clouds no provider lists what it uploads: a version becomes a signed target when its first ring gate
+    runs. Before the gate, a device refuses it ("not in the signed targets"); after it, the device accepts exactly the
+    declared artifact and manifest. A version revoked between two rings is not put back by the next ring's gate."""
+    from test_aws_gate import BUCKET as GATE_BUCKET
+    from test_aws_gate import DEVICES, OLD, FakeClock, devices_on_every_new_deployment, metrics, props, pulumi_deploys, run_gate
+
+    online = KmsSigner(world.kms.key_id, REGION, client=world.clients.kms)
+    repo = TrustRepository(S3MetadataStorage(GATE_BUCKET, client=world.clients.s3), online)
+    old = TargetIdentity("detector", OLD.version, OLD.sha256, OLD.size, manifest_digest(OLD.manifest.encode()))
+    root = repo.init([LocalKeySigner(create_key_file(tmp_path / "root.pem"))], 1, [old])
+    device = TrustedMetadata(
+        root.to_bytes(), f"s3://{GATE_BUCKET}/tuf/metadata/", tmp_path / "device", fetcher=S3Fetcher(client=world.clients.s3)
+    )
+    declared = props(world, 0)
+    manifest = declared["manifest"].encode()
+    with pytest.raises(MetadataRefused, match=NOT_A_TARGET):
+        device.check("detector", "1.1.0", "b" * 64, 10, manifest)
+
+    devices_on_every_new_deployment(world, lambda p: {d: "SUCCEEDED" for d in DEVICES})
+    pulumi_deploys(world, "canary")
+    metrics(world, "canary", "1.1.0", inferences=300)
+    assert run_gate(declared, clients=world.clients, clock=FakeClock())["rings"][0]["state"] == "passed"
+    device.check("detector", "1.1.0", "b" * 64, 10, manifest)  # the declared artifact and its exact manifest
+    with pytest.raises(MetadataRefused):
+        device.check("detector", "1.1.0", "b" * 64, 10, manifest + b"# edited\n")
+
+    repo.revoke("detector", "1.1.0", "b" * 64, "revoked by hand")  # between two rings' gates
+    pulumi_deploys(world, "early")
+    metrics(world, "early", "1.1.0", inferences=100)
+    run_gate(props(world, 1), clients=world.clients, clock=FakeClock())
+    with pytest.raises(MetadataRefused, match=NOT_A_TARGET):
+        device.check("detector", "1.1.0", "b" * 64, 10, manifest)
+    assert [r["version"] for r in repo.state()["revoked"].values()] == ["1.1.0"]
