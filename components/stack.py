@@ -129,6 +129,14 @@ def check_stack(cfg: Any) -> list[Problem]:
             out.append(
                 (p, f"platform {p!r} is listed in platforms but has no `{PROJECT}:{p}` section", f"add `{PROJECT}:{p}:` with its settings")
             )
+    if cfg.trust.root_threshold > len(cfg.trust.root_keys):
+        out.append(
+            (
+                "trust.root_threshold",
+                f"{cfg.trust.root_threshold} root keys must sign a root, and trust.root_keys lists {len(cfg.trust.root_keys)}",
+                "list more root keys or lower the threshold",
+            )
+        )
     groups = {}
     for i, g in enumerate(cfg.groups):
         if g.name in groups:
