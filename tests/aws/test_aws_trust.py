@@ -144,3 +144,57 @@ def test_the_greengrass_gate_lists_the_declared_version_before_it_deploys_and_ne
     with pytest.raises(MetadataRefused, match=NOT_A_TARGET):
         device.check("detector", "1.1.0", "b" * 64, 10, manifest)
     assert [r["version"] for r in repo.state()["revoked"].values()] == ["1.1.0"]
+
+
+def test_the_scheduled_refresh_command_re_signs_the_buckets_timestamp_with_the_kms_key(s3, tmp_path, monkeypatch, capsys):
+    """What .github/workflows/trust-refresh.yml runs for aws-dev: `edgefleet trust refresh --stack aws-dev --store
+    s3://<bucket> --signing-key kms:<key>`, with the runner's credentials (here moto's, and the KMS key answering Sign
+    as real KMS does). The timestamp is re-signed by the KMS key and a device that saw the old one takes the new one."""
+    from aws_testkit import PROJECT
+    from tuf.api.metadata import Metadata
+
+    from edgefleet.cli import main
+
+    kms_client = boto3.client("kms", region_name=REGION)
+    kms = LocalKms(kms_client)
+    real_client = boto3.client
+    monkeypatch.setattr(
+        boto3, "client", lambda service, *a, **kw: {"kms": kms_client, "s3": s3}.get(service) or real_client(service, *a, **kw)
+    )
+    root = create_key_file(tmp_path / "root.pem")
+
+    def cli(*args: str) -> str:
+        try:
+            main(
+                [
+                    *args,
+                    "--stack",
+                    "aws-dev",
+                    "--project-dir",
+                    str(PROJECT),
+                    "--store",
+                    f"s3://{BUCKET}",
+                    "--signing-key",
+                    f"kms:{kms.key_id}",
+                ]
+            )
+        except SystemExit as exc:
+            assert not exc.code, capsys.readouterr()
+        return capsys.readouterr().out
+
+    cli("trust", "init", "--root-key", str(root))
+    repo = TrustRepository(S3MetadataStorage(BUCKET, client=s3), None)
+    before = repo.state()["roles"]["timestamp"]
+    first_root = s3.get_object(Bucket=BUCKET, Key="tuf/metadata/1.root.json")["Body"].read()
+    device = TrustedMetadata(first_root, f"s3://{BUCKET}/tuf/metadata/", tmp_path / "device", fetcher=S3Fetcher(client=s3))
+    device.refresh()
+    signs = sum(c[0] == "Sign" for c in kms.calls)
+
+    out = cli("trust", "refresh")
+    after = repo.state()["roles"]["timestamp"]
+    assert after["version"] == before["version"] + 1 and f"timestamp v{after['version']}" in out
+    assert sum(c[0] == "Sign" for c in kms.calls) == signs + 1, "one signature, by the stack's KMS key"
+    assert after["expires"] >= before["expires"] and not after["expired"]
+    device.refresh()
+    held = Metadata.from_bytes((tmp_path / "device" / "timestamp.json").read_bytes()).signed
+    assert held.version == after["version"], "the device verified the re-signed timestamp"
