@@ -3,7 +3,7 @@
     python benchmarks/trust_bench.py                      # 16 MiB artifact, 7 updates, 20 versions listed
     python benchmarks/trust_bench.py --size-mib 64 --updates 5 --versions 50
 
-One local HTTP server (127.0.0.1, a thread of this process) serves a TUF repository written by the publisher's code
+One local HTTP server (127.0.0.1, in its own process) serves a TUF repository written by the publisher's code
 (components/trust/, a root key and an online key, both P-256) and two artifacts: random bytes of --size-mib, and the
 2 KB sample model (models/samples/detector-1.0.0.onnx). For each update the publisher adds a version (new targets,
 snapshot and timestamp, what `edgefleet up` writes), then the device does what it does before an install:
