@@ -93,6 +93,7 @@ from components.platform import (
     StackBase,
     StoreOutputs,
     child,
+    read_after,
 )
 from components.rollout.engine import rollout_id
 from components.rollout.spec import DeviceGroupConfig
@@ -243,8 +244,10 @@ class AwsPlatform(Platform):
         aws_p, native_p = self.providers()
         return child(parent, provider=native_p if native else aws_p, **kwargs)
 
-    def _invoke_opts(self) -> pulumi.InvokeOutputOptions:
-        return pulumi.InvokeOutputOptions(provider=self.providers()[0])
+    def _invoke_opts(self, *after: pulumi.Resource) -> pulumi.InvokeOutputOptions:
+        """`after`: resources the invoke reads. Under `pulumi preview` an invoke whose arguments are unknown drops the
+        dependencies its arguments carried; naming them keeps the graph policies see whole."""
+        return pulumi.InvokeOutputOptions(provider=self.providers()[0], depends_on=list(after))
 
     def identity(self) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
         """(account id, deploying role ARN). The role defaults to the role `pulumi up` runs as."""
@@ -275,8 +278,9 @@ class AwsPlatform(Platform):
             opts=self.opts(parent),
         )
         aws.kms.Alias(f"{n}-kms-alias", name=f"alias/{self.naming.prefix}-signing", target_key_id=key.key_id, opts=self.opts(parent))
-        public = aws.kms.get_public_key_output(key_id=key.arn, opts=self._invoke_opts())
-        return KeyOutputs(key_ref=key.arn, public_key_pem=public.public_key_pem, exportable=False, handles=Key(key, public.public_key_pem))
+        public = aws.kms.get_public_key_output(key_id=key.arn, opts=self._invoke_opts(key))
+        public_key_pem = read_after(public.public_key_pem, key)
+        return KeyOutputs(key_ref=key.arn, public_key_pem=public_key_pem, exportable=False, handles=Key(key, public_key_pem))
 
     def model_store(self, parent) -> StoreOutputs:
         n = parent.resource_name
