@@ -1,8 +1,12 @@
-"""Turning a verified model file into something that can serve: an onnxruntime session, warmed up,
-with the synthetic input stream its manifest describes.
+"""Turning a verified model file into something that can serve: an onnxruntime session, warmed up, with the
+checks a request's inputs must pass, the output its telemetry watches, and the synthetic inputs its manifest
+describes (warm-up, and `DeviceAgent.infer()`).
 
 `SessionCache` lets a thousand simulated devices in one process share one session per model digest
 and provider list, so a fleet simulation measures the rollout, not a thousand copies of one model.
+
+A request to a served model (`DeviceAgent.predict`) either returns a `Prediction` or raises a `RequestError`, whose
+`status` is the HTTP status the inference endpoint answers with.
 """
 
 from __future__ import annotations
@@ -10,14 +14,16 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Hashable, Protocol
+from typing import Any, Callable, Hashable, Mapping, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
 from edgefleet_agent.contract.errors import EdgefleetError
-from edgefleet_agent.contract.manifest import ModelManifest
-from edgefleet_agent.tensors import non_finite_outputs, synthetic_inputs
+from edgefleet_agent.contract.manifest import ModelManifest, TensorSpec
+from edgefleet_agent.protocol import DATATYPE_OF_ELEMENT, datatype_of, shape_text
+from edgefleet_agent.telemetry import Watch, watched_output
+from edgefleet_agent.tensors import NUMPY_TYPES, non_finite_outputs, synthetic_inputs
 
 CPU = "CPUExecutionProvider"
 FEED_POOL = 4  # distinct synthetic inputs cycled through, so the stream is not one repeated tensor
@@ -35,6 +41,132 @@ class Session(Protocol):
 
 class LoadError(Exception):
     """onnxruntime refused the model, or its warm-up inference failed: it must not be served."""
+
+
+# -- requests -------------------------------------------------------------------------------------------------------
+class RequestError(Exception):
+    """A request the served model did not answer; `status` is the HTTP status the endpoint sends with the message."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(RequestError):
+    """Inputs that do not match the served version's signature (names, element types, shapes)."""
+
+
+class ModelNotFound(RequestError):
+    status = 404
+
+
+class VersionNotServed(RequestError):
+    """A request for a version other than the one served: only the current verified version answers."""
+
+    status = 404
+
+
+class NotReady(RequestError):
+    """Nothing verified is served for this model right now (idle, or every version refused)."""
+
+    status = 503
+
+
+class InferenceFailed(RequestError):
+    """onnxruntime failed on inputs that matched the signature: counted as the version's error."""
+
+    status = 500
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the served version answered. `outputs` holds every output of the model, by name."""
+
+    model: str
+    version: str
+    outputs: dict[str, np.ndarray]
+    latency_ms: float
+    invalid: bool  # a float output holds NaN or infinity
+
+
+@dataclass(frozen=True)
+class InputCheck:
+    """One input as the manifest declares it, precomputed so checking a request costs a few comparisons."""
+
+    name: str
+    dtype: np.dtype[Any] | None  # None: strings, or a type numpy lacks (bfloat16)
+    shape: tuple[int | str, ...]
+    datatype: str
+
+    @classmethod
+    def of(cls, spec: TensorSpec) -> InputCheck:
+        t = spec.element_type
+        return cls(spec.name, np.dtype(NUMPY_TYPES[t]) if t in NUMPY_TYPES else None, tuple(spec.shape), DATATYPE_OF_ELEMENT[t])
+
+
+def check_inputs(label: str, checks: tuple[InputCheck, ...], inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The feed for onnxruntime if `inputs` match the signature, else InvalidInput saying what differs."""
+    if len(inputs) != len(checks) or any(c.name not in inputs for c in checks):
+        names = ", ".join(repr(c.name) for c in checks)
+        missing = [c.name for c in checks if c.name not in inputs]
+        unknown = [n for n in inputs if all(c.name != n for c in checks)]
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(map(repr, missing))}")
+        if unknown:
+            parts.append(f"unknown input(s) {', '.join(map(repr, unknown))}")
+        raise InvalidInput(f"{label}: {'; '.join(parts)}; its inputs are {names}")
+    feed: dict[str, np.ndarray] = {}
+    symbols: dict[str, tuple[int, str]] = {}
+    for c in checks:
+        value = inputs[c.name]
+        if not isinstance(value, np.ndarray):
+            raise InvalidInput(f"{label}: input {c.name!r} is a {type(value).__name__}, not a numpy array")
+        if c.dtype is None:
+            if c.datatype != "BYTES":
+                raise InvalidInput(f"{label}: input {c.name!r} is {c.datatype}, which this agent cannot feed (numpy has no such type)")
+            if value.dtype.kind not in "OSU":
+                raise InvalidInput(f"{label}: input {c.name!r} is {_datatype(value)}; the model expects BYTES (strings)")
+            value = _as_strings(value)
+        elif value.dtype != c.dtype:
+            raise InvalidInput(f"{label}: input {c.name!r} is {_datatype(value)}; the model expects {c.datatype}")
+        if len(value.shape) != len(c.shape) or any(isinstance(d, int) and d != v for d, v in zip(c.shape, value.shape, strict=True)):
+            raise InvalidInput(f"{label}: input {c.name!r} has shape {shape_text(value.shape)}; the model expects {shape_text(c.shape)}")
+        for d, v in zip(c.shape, value.shape, strict=True):
+            if isinstance(d, str):
+                seen = symbols.setdefault(d, (v, c.name))
+                if seen[0] != v:
+                    raise InvalidInput(
+                        f"{label}: dimension {d!r} is {seen[0]} in input {seen[1]!r} but {v} in input {c.name!r}; it must be the same"
+                    )
+        feed[c.name] = value
+    return feed
+
+
+def _datatype(value: np.ndarray) -> str:
+    try:
+        return datatype_of(value)
+    except ValueError:
+        return f"numpy {value.dtype}"
+
+
+def _as_strings(value: np.ndarray) -> np.ndarray:
+    """onnxruntime takes string tensors as arrays of str: BYTES elements are decoded as UTF-8."""
+    if value.dtype.kind == "U":
+        return value
+    out = np.empty(value.shape, dtype=object)
+    flat, src = out.reshape(-1), value.reshape(-1)
+    for i, x in enumerate(src):
+        if isinstance(x, bytes):
+            try:
+                flat[i] = x.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"element {i} of a string input is not UTF-8") from None
+        else:
+            flat[i] = str(x)
+    return out
 
 
 def choose_providers(preference: list[str], available: list[str]) -> list[str]:
@@ -57,6 +189,8 @@ class LoadedModel:
     float_outputs: tuple[int, ...]
     feeds: tuple[dict[str, np.ndarray], ...]
     warmup_invalid: tuple[str, ...]
+    inputs: tuple[InputCheck, ...] = ()
+    watch: Watch | None = None  # the output its telemetry summarises
 
     def has_invalid(self, values: list[np.ndarray]) -> bool:
         for i in self.float_outputs:
@@ -112,6 +246,8 @@ def load_model(
         float_outputs=floats,
         feeds=feeds,
         warmup_invalid=tuple(non_finite_outputs(names, values)),
+        inputs=tuple(InputCheck.of(s) for s in manifest.inputs),
+        watch=watched_output(manifest, values),
     )
 
 
