@@ -227,7 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
         if parts == ["v2"]:
             return "server", None, None
         if parts in (["v2", "health", "live"], ["v2", "health", "ready"]):
-            return parts[2], None, None
+            return "health-" + parts[2], None, None
         if len(parts) >= 3 and parts[:2] == ["v2", "models"] and parts[2]:
             name, rest, version = parts[2], parts[3:], None
             if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
@@ -261,9 +261,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if what == "server":
                 self._json(200, server_metadata(__version__))
-            elif what == "live":
+            elif what == "health-live":
                 self._json(200, {"live": True})
-            elif what == "ready":
+            elif what == "health-ready":
                 agents = self.server.registry.all()
                 ready = bool(agents) and all(a.served() is not None for a in agents)
                 self._json(200 if ready else 400, {"ready": ready})

@@ -220,29 +220,34 @@ def _from_json(data: object, datatype: str, shape: tuple[int, ...], where: str) 
         raise bad_request(f"{where}: data must be a JSON array (or send it as binary data with binary_data_size)")
     count = math.prod(shape)
     try:
+        array: np.ndarray
         if datatype == "BYTES":
-            flat = np.asarray(data, dtype=object).reshape(-1)
-            if not all(isinstance(x, str) for x in flat):
+            strings = np.asarray(data, dtype=object).reshape(-1)
+            if not all(isinstance(x, str) for x in strings):
                 raise ValueError("BYTES elements in JSON must be strings")
-            array = np.empty(flat.size, dtype=object)
-            for i, x in enumerate(flat):
+            array = np.empty(strings.size, dtype=object)
+            for i, x in enumerate(strings):
                 array[i] = x.encode("utf-8")
         else:
-            array = np.asarray(data)
             target = NUMPY_OF_DATATYPE[datatype].newbyteorder("=")
-            if array.size:
-                if datatype == "BOOL":
-                    if array.dtype != np.bool_:
-                        raise ValueError("BOOL elements in JSON must be true or false")
-                elif target.kind in "iu":
-                    if array.dtype.kind not in "iu":
-                        raise ValueError(f"{datatype} elements in JSON must be integers")
+            if target.kind in "iu":  # exact: JSON integers up to UINT64's range, no floats, no booleans
+                nested = np.asarray(data, dtype=object)
+                ints = nested.reshape(-1).tolist()
+                if any(type(v) is not int for v in ints):
+                    raise ValueError(f"{datatype} elements in JSON must be integers")
+                try:
+                    array = np.array(ints, dtype=target).reshape(nested.shape)
+                except OverflowError:
                     info = np.iinfo(target)
-                    if array.min() < info.min or array.max() > info.max:
-                        raise ValueError(f"an element is outside {datatype}'s range {info.min}..{info.max}")
-                elif array.dtype.kind not in "iuf":
-                    raise ValueError(f"{datatype} elements in JSON must be numbers")
-            array = array.astype(target)
+                    raise ValueError(f"an element is outside {datatype}'s range {info.min}..{info.max}") from None
+            else:
+                array = np.asarray(data)
+                if array.size:
+                    if datatype == "BOOL" and array.dtype != np.bool_:
+                        raise ValueError("BOOL elements in JSON must be true or false")
+                    if datatype != "BOOL" and array.dtype.kind not in "iuf":
+                        raise ValueError(f"{datatype} elements in JSON must be numbers")
+                array = array.astype(target)
     except (ValueError, TypeError, OverflowError) as exc:
         raise bad_request(f"{where}: data cannot be read as {datatype}: {exc}") from None
     if array.size != count:
