@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from edgefleet_agent.contract.telemetry import CONFIDENCE_BINS, LATENCY_BOUNDS_M
 FLOAT_TYPES = ("float16", "float32", "float64")
 PROBABILITY_TOLERANCE = 1e-3
 MAX_CLASSES = 1 << 16  # a wider "classifier" is summarised by its values instead: counters stay small
+SMALL_ROW = 32  # rows up to this many classes are read in plain Python
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,7 @@ def watched_output(manifest: ModelManifest, warmup: Sequence[np.ndarray] | None 
     return None
 
 
-@dataclass(frozen=True)
-class Said:
+class Said(NamedTuple):
     """What one request's watched output said: top-1 class and confidence per row (classifier), or its mean."""
 
     top1: list[int] | None = None
@@ -100,18 +100,31 @@ def read_output(watch: Watch | None, values: Sequence[np.ndarray]) -> Said | Non
         mean = float(out.mean(dtype=np.float64))
         return Said(mean=mean) if math.isfinite(mean) else None
     c = watch.classes
-    if out.size == 0 or out.size % c:
+    size = out.size
+    if size == 0 or size % c:
         return None
-    rows = out.reshape(-1, c)
-    if rows.shape[0] == 1:  # the common case, without per-row arrays
-        row = rows[0]
-        top = int(row.argmax())
-        peak = float(row[top])
+    if size == c and c <= SMALL_ROW:  # one row of a few classes, the common case: plain Python beats numpy's calls
+        row = out.ravel().tolist()
+        if not all(map(math.isfinite, row)):
+            return None
+        peak = max(row)
+        top = row.index(peak)
         if watch.probabilities:
             conf = peak
         else:
-            conf = 1.0 / float(np.exp(row.astype(np.float64) - peak).sum())
-        return Said(top1=[top], confidence=[conf]) if math.isfinite(conf) else None
+            exp = math.exp
+            conf = 1.0 / sum(exp(v - peak) for v in row)
+        return Said([top], [conf]) if math.isfinite(conf) else None
+    rows = out.reshape(-1, c)
+    if rows.shape[0] == 1:  # one row of many classes
+        row1 = rows[0]
+        top = int(row1.argmax())
+        peak = float(row1[top])
+        if watch.probabilities:
+            conf = peak
+        else:
+            conf = 1.0 / float(np.exp(row1.astype(np.float64) - peak).sum())
+        return Said([top], [conf]) if math.isfinite(conf) else None
     tops = rows.argmax(axis=1)
     peaks = rows[np.arange(rows.shape[0]), tops].astype(np.float64)
     if watch.probabilities:
