@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from agent_testkit import MODEL, REPO, artifact_path
+from agent_testkit import MODEL, REPO, artifact_path, oip_infer
 
 from components.local.hub import LocalHub
 from components.rollout.types import RingTarget
@@ -62,8 +62,12 @@ def test_serve_verifies_a_signed_directory_and_serves_it(keys, v110):
     try:
         found = wait_for_line(proc, SERVING)
         assert found.group(1, 2) == (MODEL, "1.1.0")
-        response = infer(found.group(3), MODEL)
+        url = found.group(3)
+        response = infer(url, MODEL)
         assert (response["model_name"], response["model_version"]) == (MODEL, "1.1.0")
+        status, body = oip_infer(url, MODEL, np.zeros((1, 3, 8, 8), np.float32))  # a bad request …
+        assert status == 400 and "the model expects [batch, 3, 224, 224]" in body["error"]
+        assert infer(url, MODEL)["model_version"] == "1.1.0" and proc.poll() is None  # … and the process serves on
     finally:
         assert stop(proc) == 0
 
