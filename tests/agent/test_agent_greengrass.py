@@ -113,6 +113,7 @@ def offline_env(component: dict[str, str], region: bool = False) -> dict[str, st
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         AWS_ENDPOINT_URL="http://127.0.0.1:9",
+        EDGEFLEET_AGENT_PORT="0",  # the inference endpoint on any free port: 8000 may be taken on a test machine
     )
     if region:
         env["AWS_REGION"] = REGION

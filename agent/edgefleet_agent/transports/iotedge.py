@@ -40,6 +40,7 @@ from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
 if TYPE_CHECKING:
     from edgefleet_agent.core import DeviceAgent
+    from edgefleet_agent.endpoint import ModelRegistry
 
 log = logging.getLogger("edgefleet.agent.iotedge")
 
@@ -305,7 +306,8 @@ class _Running:
 
 
 class EdgeSupervisor:
-    """Keeps one DeviceAgent per desired model (or only `model`), all under one trusted key.
+    """Keeps one DeviceAgent per desired model (or only `model`), all under one trusted key, in one process: each
+    agent joins `registry` (the device's one inference endpoint) when it starts and leaves it when it stops.
 
     A refused trusted key runs no agent: every desired model is reported `failed` with the reason, so the
     ring's gate counts the device as failed rather than waiting for it. If the twin's key changes to another
@@ -325,6 +327,8 @@ class EdgeSupervisor:
         sync_seconds: float = 0.5,
         report_seconds: float = 60.0,
         infer_interval: float = 0.0,
+        synthetic_traffic: bool = False,
+        registry: ModelRegistry | None = None,
         threaded: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -338,6 +342,8 @@ class EdgeSupervisor:
         self.sync_seconds = sync_seconds
         self.report_seconds = report_seconds
         self.infer_interval = infer_interval
+        self.synthetic_traffic = synthetic_traffic
+        self.registry = registry
         self.threaded = threaded
         self._clock = clock
         self.agents: dict[str, _Running] = {}
@@ -415,6 +421,8 @@ class EdgeSupervisor:
                 self._start_problems[name] = str(exc)
             return
         self._start_problems.pop(name, None)
+        if self.registry is not None:
+            self.registry.add(agent)
         stop = threading.Event()
         thread = None
         if self.threaded:
@@ -426,13 +434,19 @@ class EdgeSupervisor:
     def _serve(self, agent: DeviceAgent, stop: threading.Event) -> None:
         try:
             agent.serve_forever(
-                stop, sync_seconds=self.sync_seconds, report_seconds=self.report_seconds, infer_interval_seconds=self.infer_interval
+                stop,
+                sync_seconds=self.sync_seconds,
+                report_seconds=self.report_seconds,
+                infer_interval_seconds=self.infer_interval,
+                synthetic_traffic=self.synthetic_traffic,
             )
         except Exception:  # noqa: BLE001
             log.exception("%s: the agent for %s stopped unexpectedly", self.device_id, agent.model)
 
     def _stop(self, name: str, unload: bool) -> None:
         running = self.agents.pop(name)
+        if self.registry is not None:
+            self.registry.remove(name)
         running.stop.set()
         if running.thread is not None:
             running.thread.join()
