@@ -80,14 +80,14 @@ def test_samples_behave_as_documented():
 def test_eval_set_is_small_pinned_and_labelled_as_documented():
     import yaml
 
-    from edgefleet.evaluate import load_eval_set
+    from components.datasets import load_set
     from edgefleet_agent.contract.digest import sha256_file
 
     desc = yaml.safe_load(EVAL_SET.read_text())
     npz = DATASETS / desc["file"]
     assert (desc["sha256"], desc["size"]) == sha256_file(npz)
     assert npz.stat().st_size < 1_000_000, "small enough for git (the limit is 5 MB; it is 0.65 MB)"
-    ev = load_eval_set(EVAL_SET)
+    ev = load_set(EVAL_SET)
     assert (ev.name, ev.task, ev.input, ev.element_type, ev.classes) == (
         "channel-dominance-eval",
         "classification",
@@ -102,10 +102,11 @@ def test_eval_set_is_small_pinned_and_labelled_as_documented():
 
 
 def test_eval_set_ranks_the_samples_as_metrics_json_does():
-    from edgefleet.evaluate import load_eval_set, measure
+    from components.datasets import load_set
+    from edgefleet.evaluate import measure
     from edgefleet.onnx_check import inspect
 
-    ev = load_eval_set(EVAL_SET)
+    ev = load_set(EVAL_SET)
     manifest = ModelDir(DETECTOR).load()
     measured = {}
     for version in ("1.0.0", "1.1.0"):
