@@ -383,3 +383,67 @@ def encode_infer_response(
         described.append(entry)
     doc["outputs"] = described
     return dumps(doc), binary
+
+
+# -- the client's side ----------------------------------------------------------------------------------------------
+def encode_infer_request(
+    inputs: Mapping[str, np.ndarray], label: int | None = None, request_id: str | None = None, binary: bool = True
+) -> tuple[bytes, list[bytes | memoryview], int | None]:
+    """$inference_request as (JSON, binary sections, Inference-Header-Content-Length or None). Inputs go as binary
+    tensors (Triton's extension) unless `binary` is False; every output comes back binary when they do."""
+    doc: dict[str, Any] = {}
+    if request_id is not None:
+        doc["id"] = request_id
+    params: dict[str, Any] = {"binary_data_output": True} if binary else {}
+    if label is not None:
+        params[LABEL_PARAMETER] = int(label)
+    if params:
+        doc["parameters"] = params
+    described: list[dict[str, Any]] = []
+    sections: list[bytes | memoryview] = []
+    for name, array in inputs.items():
+        entry: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype_of(array)}
+        if binary:
+            section = _binary(array)
+            sections.append(section)
+            entry["parameters"] = {"binary_data_size": len(section) if isinstance(section, bytes) else section.nbytes}
+        else:
+            entry["data"] = _json_data(array)
+        described.append(entry)
+    doc["inputs"] = described
+    head = dumps(doc)
+    return head, sections, len(head) if binary else None
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model: str
+    version: str | None
+    outputs: dict[str, np.ndarray]
+    id: str | None = None
+
+
+def parse_infer_response(body: bytes | memoryview, header_length: int | None) -> InferResponse:
+    """$inference_response, JSON or binary outputs. Raises ProtocolError (status 502: the server answered badly)."""
+    view = memoryview(body)
+    head, binary = (view, view[:0]) if header_length is None else (view[:header_length], view[header_length:])
+    try:
+        doc = json.loads(bytes(head))
+        raw_outputs = doc["outputs"]
+        outputs: dict[str, np.ndarray] = {}
+        offset = 0
+        for raw in raw_outputs:
+            name, datatype, shape = raw["name"], raw["datatype"], _shape(raw["shape"], f"output {raw['name']!r}")
+            if datatype not in NUMPY_OF_DATATYPE:
+                raise bad_request(f"output {name!r}: datatype {datatype!r} is not one of {', '.join(NUMPY_OF_DATATYPE)}")
+            size = (raw.get("parameters") or {}).get("binary_data_size")
+            if size is None:
+                outputs[name] = _from_json(raw.get("data"), datatype, shape, f"output {name!r}")
+            else:
+                outputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, f"output {name!r}")
+                offset += size
+        return InferResponse(doc["model_name"], doc.get("model_version"), outputs, doc.get("id"))
+    except ProtocolError as exc:
+        raise ProtocolError(502, f"the inference response is malformed: {exc.message}") from None
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ProtocolError(502, f"the inference response is malformed: {type(exc).__name__}: {exc}") from None
