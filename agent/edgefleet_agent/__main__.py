@@ -43,7 +43,6 @@ DEFAULT_REPORT_SECONDS = {"local": 0.5, "greengrass": 60.0, "iotedge": 60.0}
 # The local fleet runs many devices' agents on one machine: each takes a free port unless told one.
 DEFAULT_PORT = {"local": 0, "greengrass": 8000, "iotedge": 8000}
 HOST_ENV, PORT_ENV = "EDGEFLEET_AGENT_HOST", "EDGEFLEET_AGENT_PORT"
-ENDPOINT_FILE = "endpoint.json"
 QUIET_LOGGERS = ("azure", "botocore", "boto3", "urllib3", "paho")  # their debug output can hold tokens
 
 ENDPOINT_HELP = """endpoint:
@@ -322,6 +321,8 @@ def open_endpoint(args: argparse.Namespace) -> InferenceEndpoint | str:
 
 def write_endpoint_file(state_dir: Path, endpoint: InferenceEndpoint, models: list[str]) -> Path | None:
     """<state-dir>/endpoint.json: where this process serves, for the applications and tools on the device."""
+    from edgefleet_agent.client import ENDPOINT_FILE
+
     path = Path(state_dir) / ENDPOINT_FILE
     tmp = path.with_name(f".{ENDPOINT_FILE}.tmp")
     try:

@@ -19,10 +19,9 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
-from edgefleet_agent.protocol import InferResponse, ProtocolError, encode_infer_request, parse_infer_response
+from edgefleet_agent.protocol import HEADER_LENGTH, InferResponse, ProtocolError, encode_infer_request, parse_infer_response
 
-ENDPOINT_FILE = "endpoint.json"
-HEADER_LENGTH = "Inference-Header-Content-Length"
+ENDPOINT_FILE = "endpoint.json"  # <state-dir>/endpoint.json: {"url", "models", "pid", "protocol"}, written by `run`
 
 
 class InferenceError(Exception):

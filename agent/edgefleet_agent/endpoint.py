@@ -35,6 +35,7 @@ import numpy as np
 from edgefleet_agent import __version__
 from edgefleet_agent.contract.manifest import ModelManifest
 from edgefleet_agent.protocol import (
+    HEADER_LENGTH,
     InferRequest,
     ProtocolError,
     dumps,
@@ -53,7 +54,6 @@ DEFAULT_PORT = 8000  # the port Triton and KServe runtimes use for HTTP
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 IDLE_SECONDS = 300.0  # a keep-alive connection idle this long is closed (each holds a thread)
 SMALL_RESPONSE = 64 << 10  # binary sections up to this size are joined to the header: one send per response
-HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_HEADERS = 100
 MAX_LINE = 65536
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}

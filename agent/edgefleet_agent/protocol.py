@@ -34,6 +34,7 @@ from edgefleet_agent.contract.manifest import ModelManifest, TensorSpec
 PLATFORM = "onnx_onnxv1"
 EXTENSIONS = ("binary_tensor_data",)
 LABEL_PARAMETER = "label"
+HEADER_LENGTH = "Inference-Header-Content-Length"  # the JSON object's length when binary tensors follow it
 
 DATATYPE_OF_ELEMENT: dict[str, str] = {
     "bool": "BOOL",
