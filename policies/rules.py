@@ -35,7 +35,7 @@ if __package__:
         check_model_digest,
         check_model_signed,
     )
-    from .rollouts import check_production_canary
+    from .rollouts import check_production_canary, check_production_quality
     from .settings import Settings
 else:
     from engine import ADVISORY, LEVELS, MANDATORY, Report, Rule, run_rule  # type: ignore[no-redef]
@@ -52,7 +52,7 @@ else:
         check_signing_key,
         check_store,
     )
-    from rollouts import check_production_canary  # type: ignore[no-redef]
+    from rollouts import check_production_canary, check_production_quality  # type: ignore[no-redef]
     from settings import Settings  # type: ignore[no-redef]
 
     from models import (  # type: ignore[no-redef]
@@ -89,6 +89,16 @@ RULES: tuple[Rule, ...] = (
         ("production", "canary_max_share", "min_canary_soak_seconds", "ring_devices", "rollout_devices", "declared_ring_devices"),
         "With policy.production, each rollout's first ring covers at most policy.canary_max_share of its devices and "
         "soaks at least policy.min_canary_soak_seconds.",
+    ),
+    Rule(
+        "production-quality-gates",
+        "Production rollouts judge what the model says",
+        ADVISORY,
+        check_production_quality,
+        ("production",),
+        "With policy.production, each rollout has a ring whose gate sets a quality criterion (shadow agreement, prediction "
+        "shift, confidence drop or latency ratio against the previous version, live accuracy). Advisory: health gates "
+        "still stop a model that fails or returns NaN.",
     ),
     Rule(
         "metric-floor",

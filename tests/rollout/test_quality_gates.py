@@ -64,7 +64,6 @@ def sets(hub):
     return [(c[1], c[2], c[3]) for c in hub.calls if c[0] == "set_desired"]
 
 
-
 def good(d):
     """The succeeded record of an earlier rollout of `d` (what the rings ran before)."""
     return {
