@@ -15,7 +15,7 @@ from components.local.signer import LocalKeySigner, create_key_file
 from components.rollout.decide import plan_for
 from components.rollout.engine import RolloutEngine
 from components.rollout.rollback import rollback_authorizer
-from components.rollout.spec import CONTROL_RING, DeviceGroupConfig, RolloutConfig
+from components.rollout.spec import CONTROL_RING, DeviceGroupConfig, RolloutConfig, follower_gate
 from edgefleet_agent.contract.state import DeviceReport
 from edgefleet_agent.contract.telemetry import Latency, Predictions, Shadow
 from tests.rollout.fakes import FakeClock, desired
@@ -145,3 +145,20 @@ def test_a_blind_candidate_stops_in_the_canarys_shadow_and_applying_it_again_run
     assert (canary.version, canary.shadow, canary.is_rollback) == ("1.0.0", None, False)
     again = decide(hub, rollout, groups, replace(V2, rollout=""))
     assert again.action == "run" and again.rollout_id.endswith("#2"), "a version only ever shadowed is not burned"
+
+
+def test_a_stack_deployed_before_the_holdback_reopens_its_rollout_for_the_control_ring_only(tmp_path):
+    """What the stack's change does to a local stack already deployed: its succeeded rollout reopens for ring 'control'
+    (devices that already run the version, now held back), and nothing else is deployed."""
+    rollout, groups, hub, clock, signer = setup(tmp_path, {"1.0.0": GOOD})
+    before = RolloutConfig(
+        name=rollout.name, model=rollout.model, rings=[r.model_copy(update={"gate": follower_gate(r.gate)}) for r in rollout.rings]
+    )
+    roll(before, groups, hub, clock, signer, V1)
+    decision = decide(hub, rollout, groups, V1)
+    assert decision.action == "resume" and decision.appended == (CONTROL_RING,)
+    progress = RolloutEngine(hub, clock, rollback_authorizer(signer), poll_seconds=0.5).run(plan_for(rollout.name, decision, V1, signer))
+    assert progress["status"] == "succeeded"
+    reopened = next(i for i, e in enumerate(progress["events"]) if e["event"] == "reopened")
+    after = progress["events"][reopened:]
+    assert [e["ring"] for e in after if e["event"] in ("deployed", "already-deployed")] == [CONTROL_RING]
