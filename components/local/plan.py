@@ -190,8 +190,10 @@ def deploy_ring(props: dict[str, Any]) -> list[str]:
             promoting = progress["status"] == RolloutStatus.RUNNING and all(
                 r["state"] == RingState.PASSED for r in progress["rings"][: p.index]
             )
-            if promoting and hub.desired(ring.target) != plan.desired:  # never during a rollback, never past an unpassed gate
-                hub.set_desired(ring.target, plan.desired)
+            # in its current phase: a ring that shadows first gets the version it runs with the candidate beside it
+            want = plan.ring_desired(ring, progress["rings"][p.index] if p.index < len(progress["rings"]) else None)
+            if promoting and hub.desired(ring.target) != want:  # never during a rollback, never past an unpassed gate
+                hub.set_desired(ring.target, want)
     return list(ring.target.selector)
 
 

@@ -102,6 +102,13 @@ class RolloutPlan:
     def phase_desired(self, phase: RingPhase) -> DesiredModel:
         return self.shadow_desired() if phase == RingPhase.SHADOW else self.desired
 
+    def ring_desired(self, ring: RingPlan, record: RingRecord | None) -> DesiredModel:
+        """What `ring` is set to in its current phase, or in its first one while its record is still pending: a
+        platform that sets rings itself (a Pulumi ring deployment) must never serve a candidate the ring shadows first."""
+        if record is None or record["state"] == RingState.PENDING:
+            return self.phase_desired(RingPhase.SHADOW if self.shadows(ring) else RingPhase.SERVE)
+        return self.phase_desired(phase_of(record))
+
 
 RollbackAuthorizer = Callable[[DesiredModel, DesiredModel, str], DesiredModel]  # (last good, failed, reason) -> signed rollback
 

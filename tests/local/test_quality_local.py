@@ -162,3 +162,57 @@ def test_a_stack_deployed_before_the_holdback_reopens_its_rollout_for_the_contro
     reopened = next(i for i, e in enumerate(progress["events"]) if e["event"] == "reopened")
     after = progress["events"][reopened:]
     assert [e["ring"] for e in after if e["event"] in ("deployed", "already-deployed")] == [CONTROL_RING]
+
+
+def test_under_pulumi_a_shadow_rings_deployment_sets_the_candidate_beside_the_running_version_never_to_serve(project, monkeypatch):
+    """The RingDeployment resource runs before the ring's gate: for a ring that shadows first it must set the version
+    the ring runs with the candidate beside it, not the candidate alone."""
+    from components.local import providers
+    from components.local.fleet import local_devices, register
+    from components.local.plan import ring_plans as plans_of
+    from edgefleet.config import load_stack
+    from edgefleet.model_add import add_version
+    from edgefleet.synth import synth
+    from edgefleet_agent.contract.state import DesiredModel
+
+    p = project(devices=20, processes=0)
+    path = p / "stacks" / "Pulumi.local.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["config"]["edgefleet:rollouts"][0]["rings"][0]["gate"].update(shadow_soak_seconds=1, min_agreement=0.7)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.chdir(p)
+    create_key_file(p / ".edgefleet" / "keys" / "signing.pem")
+
+    def publish(graph: dict) -> tuple[dict, DesiredModel]:
+        art_inputs = next(r["inputs"] for r in graph["resources"] if r["name"] == "detector-local-artifact")
+        art = providers.ArtifactProvider().create(art_inputs)
+        keys = ("model", "version", "sha256", "size", "manifest")
+        return art.outs, DesiredModel(**{k: art_inputs[k] for k in keys}, uri=art.outs["uri"], signature=art.outs["signature"])
+
+    cfg, _ = load_stack(p, "local")
+    hub = LocalHub(p / cfg.local.hub)
+    register(hub, local_devices(cfg))
+    _, v1 = publish(synth(p, "local"))
+    rollout = cfg.rollouts[0]
+    groups = {g.name: g for g in cfg.groups}
+    rid = f"detector@1.0.0+{v1.sha256[:12]}"
+    v1 = replace(v1, rollout=rid)
+    for plan in plans_of(hub, rollout, groups):  # 1.0.0 rolled out and succeeded
+        hub.set_desired(plan.target, v1)
+    record = {"rollout_id": rid, "rollout": "detector", "model": "detector", "version": "1.0.0", "sha256": v1.sha256}
+    record.update(status="succeeded", started_at=1.0, previous_version=None, desired=v1.to_json(), events=[], samples=[])
+    record.update(rings=[{"name": r.name, "index": i, "state": "passed"} for i, r in enumerate(rollout.rings)])
+    hub.save_progress(rid, record)
+
+    add_version(p / "models" / "detector", SAMPLES / "detector-1.1.0.onnx", "1.1.0", keep_metrics=True)
+    graph = synth(p, "local")
+    outs, _ = publish(graph)
+    props = dict(next(r["inputs"] for r in graph["resources"] if r["name"] == "detector-canary-deployment"))
+    props.update(uri=outs["uri"], signature=outs["signature"])
+    props.pop("after", None)
+    canary = providers.RingDeploymentProvider().create(props).outs["devices"]
+    set_to = hub.desired_for_devices(canary, "detector")
+    assert {(d.version, d.shadow.version if d.shadow else None, d.is_rollback) for d in set_to.values()} == {("1.0.0", "1.1.0", False)}
+
+
+SAMPLES = ROOT / "models" / "samples"
