@@ -96,7 +96,7 @@ from components.platform import (
     read_after,
 )
 from components.rollout.engine import rollout_id
-from components.rollout.spec import DeviceGroupConfig
+from components.rollout.spec import DeviceGroupConfig, compares_with_control
 from components.stack import raise_first
 from edgefleet_agent.contract import greengrass as gg
 from edgefleet_agent.contract.manifest import ModelManifest
@@ -589,6 +589,8 @@ class AwsPlatform(Platform):
                 "agent_version": agent_cv.component_version,
                 "gate_config": ring.gate.model_dump(mode="json"),
                 "poll_seconds": self.aws.poll_seconds,
+                # written only for a ring that compares with the devices still on the previous version
+                **({"control_rings": [r.name for r in rollout.rings[index + 1 :]]} if compares_with_control(ring.gate) else {}),
             },
             child(parent, depends_on=[deployment], custom_timeouts=pulumi.CustomTimeouts(create=_gate_timeout(rings))),
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
 from components.rollout.engine import RingPlan, RolloutPlan, extends
-from components.rollout.progress import FAILED, TERMINAL, RingState, as_progress, last_good, rollout_id
+from components.rollout.progress import FAILED, TERMINAL, RingState, as_progress, last_good, rollout_id, served
 from edgefleet_agent.contract.manifest import version_key
 from edgefleet_agent.contract.signing import Signer, parse_rollback_order, rollback_order, sign_bytes
 from edgefleet_agent.contract.state import DesiredModel
@@ -57,7 +57,8 @@ def decide(
     A declaration older than the rings is an intentional rollback: a staged rollout whose desired state carries
     a signed rollback order. Rings appended to the artifact's succeeded rollout reopen that rollout, so only
     they are deployed and gated (a new attempt would soak every ring again, and its rollback target would be
-    this very version). Refused: a version a gate rolled back (a new version number is the retry), a
+    this very version). Refused: a version a gate rolled back (a new version number is the retry; a version that
+    was only ever shadowed, never served, is not burned: applying it again runs a new attempt), a
     different artifact under a version the rings run, and any change while another rollout is in flight —
     superseding it would leave the rings it reached on a version no gate passed, which the new rollout's
     rollback could not undo (a rollback order names the one version it moves devices off). `model_dir` and
@@ -127,7 +128,7 @@ def decide(
             kind="forward" if order is None else "rollback",
             appended=reopen,
         )
-    if mine and mine[-1]["status"] in FAILED and ever_served(mine[-1]):
+    if mine and mine[-1]["status"] in FAILED and served(mine[-1]) and ever_served(mine[-1]):
         p = mine[-1]
         ring = (p.get("report") or {}).get("failed_ring", "?")
         reasons = "; ".join((p.get("report") or {}).get("reasons") or []) or p["status"]

@@ -154,6 +154,14 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
             f"| {row['index'] + 1} | `{row['name']}`{mark} | {_md(row['selector'])} | {devices} | {_num(row['cumulative'])} | "
             f"{_share(row)} | {_md(row['gate_summary'])} |"
         )
+    if r.get("control_holdback"):
+        held = f"{r['control_devices']:,} devices, " if r.get("control_devices") is not None else ""
+        lines += [
+            "",
+            f"Control holdback: {held}{fmt_share(r['control_holdback'])} of each group, stays on the previous version as the "
+            "control group the rings' quality is compared with, then follows once the last gate passes.",
+            "",
+        ]
     for row in r["rings"]:
         if row["changes"]:
             lines.append(f"- ring `{row['name']}` changed: {', '.join(row['changes'])}")

@@ -403,7 +403,8 @@ def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, mak
     agent.report()
     entry = client.sent[-1]["models"][model_key(MODEL)]
     assert set(entry) == documented_reported_fields()  # every field, null when absent (IoT Hub then drops it)
-    assert set(client.reported["models"][model_key(MODEL)]) == documented_reported_fields() - {"error", "failedVersion"}
+    absent = {"error", "failedVersion", "quality"}  # null: this agent's window carried no request telemetry
+    assert set(client.reported["models"][model_key(MODEL)]) == documented_reported_fields() - absent
     assert {k: v for k, v in entry.items() if k != "p99LatencyMs"} == {
         "version": "1.1.0",
         "sha256": v110.sha256,
@@ -416,6 +417,7 @@ def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, mak
         "agentVersion": AGENT_VERSION,
         "ring": SPEC.key,
         "rollout": want.rollout,
+        "quality": None,
     }
     assert entry["p99LatencyMs"] > 0
 
@@ -586,3 +588,28 @@ def test_outside_iot_edge_the_agent_exits_2(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "edgefleet-agent: cannot create the IoT Edge module client:" in proc.stderr
+
+
+def test_a_windows_quality_leaves_no_class_of_an_earlier_window_in_the_twin_even_after_a_restart(keys, v110, http_store):
+    """Twin patches merge: a class the new window did not see must be nulled, or the gate would sum stale counts."""
+    from edgefleet_agent.contract.state import DeviceReport
+    from edgefleet_agent.contract.telemetry import Predictions
+
+    def report(classes: dict[int, int]) -> DeviceReport:
+        preds = Predictions("classes", "scores")
+        for c, n in classes.items():
+            for _ in range(n):
+                preds.add_class(c, 0.9)
+        return DeviceReport("cam-1", MODEL, "1.1.0", v110.sha256, "ok", inferences=sum(classes.values()), predictions=preds.to_json())
+
+    desired = module_twin_desired(ring_desired(v110, http_store), keys.pem)
+    client, transport = connected(desired)
+    transport.report(report({0: 5, 7: 3}))
+    transport.report(report({1: 4}))
+    held = client.reported["models"][model_key(MODEL)]["quality"]
+    assert held["classes"] == {"c1": 4} and held["n"] == 4
+    client2, restarted = connected(desired, reported=client.reported)  # a new process: what the twin holds is read back
+    restarted.report(report({2: 6}))
+    assert client2.reported["models"][model_key(MODEL)]["quality"]["classes"] == {"c2": 6}
+    restarted.report(DeviceReport("cam-1", MODEL, "1.1.0", v110.sha256, "ok"))  # no requests at all
+    assert "quality" not in client2.reported["models"][model_key(MODEL)]

@@ -86,7 +86,9 @@ def test_version_bump(fleet_repo, capsys):
     (rollout,) = plan["rollouts"]
     steps = [(r["name"], r["devices"], r["cumulative"]) for r in rollout["rings"]]
     assert [s[0] for s in steps] == [r["name"] for r in rings]
-    assert steps[-1][2] == count and sum(s[1] for s in steps) == count, "every device is in exactly one ring"
+    held = rollout.get("control_devices") or 0
+    assert held == math.floor(count * cfg["edgefleet:rollouts"][0].get("control_holdback", 0) + 1e-9)
+    assert steps[-1][2] + held == count and sum(s[1] for s in steps) + held == count, "every device is in one ring or the holdback"
     assert rollout["rings"][0]["share"] == canary / count
     replaced = {e["name"]: e for e in plan["resources"]["changes"] if e["action"] == "replace"}
     assert set(replaced["detector-local-artifact"]["replace_keys"]) >= {"sha256", "version"}
@@ -180,7 +182,8 @@ def test_model_sent_to_hardware_that_cannot_run_it(fleet_repo, capsys):
     assert "ring 'gateways' sends detector 1.0.0 to group 'gateways' (pi-zero), which can run none of its targets" in md
     assert "x86-camera: arch amd64 != armv7" in md
     row = plan["rollouts"][0]["rings"][-1]
-    assert (row["name"], row["devices"], row["hardware"]) == ("gateways", 20, "pi-zero")
+    held = math.floor(20 * cfg["edgefleet:rollouts"][0].get("control_holdback", 0) + 1e-9)  # held back from its group too
+    assert (row["name"], row["devices"], row["hardware"]) == ("gateways", 20 - held, "pi-zero")
     code, out = cli(fleet_repo, capsys, "policy", "--stack", "local")
     assert code == EXIT_POLICY and "hardware-can-run-model" in out
     code, out = cli(fleet_repo, capsys, "plan", "--stack", "local", "--base", "main")

@@ -10,7 +10,8 @@ Contract (docs/azure.md, "The agent module twin"; edgefleet_agent/contract/ioted
   exactly that many (`desired_from_agent`) before verifying, which reproduces the signed bytes. The agent
   downloads `uri + "?" + store.sasToken`; the token is never logged nor reported.
 - reported: `properties.reported.models.<key>` = exactly REPORTED_FIELDS, with `ring` and `rollout` echoed from
-  the desired entry (the ring's custom metrics count by them). A value the agent does not have is sent as
+  the desired entry (the ring's custom metrics count by them), and `quality`, the window's requests bounded; what the
+  twin held from the previous window (the last entry sent, or read at refresh) is nulled where this one lacks it. A value the agent does not have is sent as
   null, which IoT Hub applies as "remove this property". When a model leaves the desired properties, its
   reported entry is removed (also at start, for entries a previous run left behind).
 - The platform deploys one agent module per device group with no command line (components/azure/manifest.py
@@ -92,6 +93,7 @@ class IoTEdgeTransport:
         self._stale = True
         self._synced_at: float | None = None
         self._reported: set[str] = set()
+        self._sent: dict[str, dict[str, Any]] = {}  # the last reported entry per model key, as the twin holds it
         self._failures = 0
         self._retry_at: float | None = None
 
@@ -225,10 +227,13 @@ class IoTEdgeTransport:
                 if key in self._reported:
                     self.client.patch_twin_reported_properties({"models": {key: None}})
                     self._reported.discard(key)
+                    self._sent.pop(key, None)
                     log.info("%s left the desired properties: its reported entry is removed", report.model)
                 return
-            self.client.patch_twin_reported_properties({"models": {key: reported_entry(report, entry, sas)}})
+            patch = reported_entry(report, entry, sas, previous=self._sent.get(key))
+            self.client.patch_twin_reported_properties({"models": {key: patch}})
             self._reported.add(key)
+            self._sent[key] = merge_patch(copy.deepcopy(self._sent.get(key) or {}), dict(patch))
 
     def _forget_reports(self, reported: dict[str, Any], wanted: set[str]) -> None:
         """Removes reported entries of models no longer desired (left by an earlier run, or missed patches)."""
@@ -236,6 +241,8 @@ class IoTEdgeTransport:
         present = {k for k, v in models.items() if v is not None} if isinstance(models, dict) else set()
         with self._report_lock:
             self._reported |= present
+            if isinstance(models, dict):  # what the twin holds, so that the next report nulls what it no longer has
+                self._sent.update({k: copy.deepcopy(v) for k, v in models.items() if isinstance(v, dict) and k not in self._sent})
             gone = sorted(k for k in self._reported if k not in wanted)
             if not gone:
                 return
@@ -245,6 +252,8 @@ class IoTEdgeTransport:
                 log.warning("could not remove reported entries of %s: %s", ", ".join(gone), exc)
                 return
             self._reported -= set(gone)
+            for k in gone:
+                self._sent.pop(k, None)
         log.info("removed reported entries of models no longer desired: %s", ", ".join(gone))
 
     def close(self) -> None:
