@@ -403,9 +403,17 @@ def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, mak
     agent.report()
     entry = client.sent[-1]["models"][model_key(MODEL)]
     assert set(entry) == documented_reported_fields()  # every field, null when absent (IoT Hub then drops it)
-    absent = {"error", "failedVersion", "quality"}  # null: this agent's window carried no request telemetry
+    absent = {"error", "failedVersion"}  # null: nothing failed
     assert set(client.reported["models"][model_key(MODEL)]) == documented_reported_fields() - absent
-    assert {k: v for k, v in entry.items() if k != "p99LatencyMs"} == {
+    quality = entry["quality"]  # the 20 requests, bounded as the twin carries them
+    assert (quality["n"], quality["timed"], sum(quality["classes"].values()), quality["shadow"], quality["labelled"]) == (
+        20,
+        20,
+        20,
+        None,
+        None,
+    )
+    assert {k: v for k, v in entry.items() if k not in ("p99LatencyMs", "quality")} == {
         "version": "1.1.0",
         "sha256": v110.sha256,
         "status": "ok",
@@ -417,7 +425,6 @@ def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, mak
         "agentVersion": AGENT_VERSION,
         "ring": SPEC.key,
         "rollout": want.rollout,
-        "quality": None,
     }
     assert entry["p99LatencyMs"] > 0
 

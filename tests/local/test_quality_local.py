@@ -181,7 +181,6 @@ def test_under_pulumi_a_shadow_rings_deployment_sets_the_candidate_beside_the_ru
     doc["config"]["edgefleet:rollouts"][0]["rings"][0]["gate"].update(shadow_soak_seconds=1, min_agreement=0.7)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     monkeypatch.chdir(p)
-    create_key_file(p / ".edgefleet" / "keys" / "signing.pem")
 
     def publish(graph: dict) -> tuple[dict, DesiredModel]:
         art_inputs = next(r["inputs"] for r in graph["resources"] if r["name"] == "detector-local-artifact")
