@@ -31,6 +31,7 @@ from components.local.plan import engine_for, ring_plans  # noqa: E402
 from components.local.signer import LocalKeySigner, create_key_file  # noqa: E402
 from components.local.store import publish  # noqa: E402
 from components.rollout.engine import RolloutPlan, rollout_id  # noqa: E402
+from components.rollout.spec import QUALITY_CRITERIA  # noqa: E402
 from edgefleet.config import load_stack  # noqa: E402
 from edgefleet.model_add import add_version, parse_metric  # noqa: E402
 from edgefleet_agent.contract.manifest import ModelDir  # noqa: E402
@@ -68,7 +69,12 @@ def project(devices: int, soak: float, workdir: Path) -> Path:
     doc = yaml.safe_load((ROOT / "stacks" / "Pulumi.local.yaml").read_text())
     cfg = doc["config"]
     cfg["edgefleet:local"]["devices"] = [{"count": devices, "prefix": "cam", "labels": {"site": "plant-a"}, "processes": PROCS}]
+    # health gates only: quality gates need request telemetry from the agents' applications, which this fleet's
+    # simulated devices do not send (their one inference a sweep is not traffic), so they would wait and fail closed
+    cfg["edgefleet:rollouts"][0].pop("control_holdback", None)
     for ring in cfg["edgefleet:rollouts"][0]["rings"]:
+        for key in (*QUALITY_CRITERIA, "shadow_soak_seconds", "min_quality_samples"):
+            ring["gate"].pop(key, None)
         ring["gate"].update(soak_seconds=soak, deadline_seconds=max(120, 4 * soak))
     (workdir / "stacks" / "Pulumi.local.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return workdir

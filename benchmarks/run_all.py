@@ -14,6 +14,7 @@ BENCHMARKS = [
     ("agent", ["agent_bench.py"]),  # agent inference overhead, swap pause, failed inferences
     ("rollout", ["rollout_bench.py", "--runs", "3"]),  # 1,000-device rollout: time beyond the soaks
     ("install", ["install_bench.py"]),  # device install (agent, per extra) vs the full install: size, imports
+    ("serving", ["serving_bench.py"]),  # inference endpoint vs in-process session.run, telemetry cost, shadow cost
     ("trust", ["trust_bench.py"]),  # TUF metadata per update vs a 16 MiB artifact's download (loopback and a 50 Mbit/s link)
 ]
 

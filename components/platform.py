@@ -129,3 +129,11 @@ class Platform(ABC):
 def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
     """Options for a child resource: parented to the component, nothing else inherited from its opts."""
     return pulumi.ResourceOptions(parent=parent, **kwargs)
+
+
+def read_after(value: pulumi.Output[Any], *resources: pulumi.Resource) -> pulumi.Output[Any]:
+    """An invoke's result that carries the resources it reads as dependencies. Under `pulumi preview` an invoke whose
+    arguments are still unknown returns an unknown result with no dependencies at all (even those its arguments or
+    `depends_on` named), so what consumes it would look unrelated to the resource it reads: a thinner graph for the
+    policies than `pulumi up` builds."""
+    return pulumi.Output.all(value, *(r.urn for r in resources)).apply(lambda parts: parts[0])

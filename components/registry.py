@@ -9,7 +9,8 @@ module imports nothing: the CrossGuard pack's own virtualenv (policies/) reads i
     platform    the Platform that declares its resources (components/platform.py)
     mocks       what `edgefleet synth` shows for resources it computes at deploy time
     replace_on  which changed inputs force a replacement, per resource type (what `edgefleet plan` shows)
-    status      what `edgefleet status --stack` reads: (project_dir, StackConfig, source) -> status dict
+    status      what `edgefleet status --stack` reads: (project_dir, StackConfig, source, stack, graph) -> status dict
+    history     what `edgefleet history --stack` reads: (project_dir, StackConfig, source, stack) -> past rollouts
     policies    its policy rules: policies/<name>.py, importable standalone by the CrossGuard pack
 
 Platforms never import each other; what they share lives below them (components/rollout/, the contract).
@@ -32,6 +33,7 @@ class PlatformEntry:
     mocks: str
     replace_on: str
     status: str
+    history: str
     policies: str
 
     def load(self, part: str) -> Any:
@@ -51,6 +53,7 @@ PLATFORMS: dict[str, PlatformEntry] = {
         mocks="components.local.mocks",
         replace_on="components.local.replace_on",
         status="components.local.status:read_status",
+        history="components.local.status:read_history",
         policies="policies.local",
     ),
     "aws": PlatformEntry(
@@ -62,6 +65,7 @@ PLATFORMS: dict[str, PlatformEntry] = {
         mocks="components.aws.mocks",
         replace_on="components.aws.replace_on",
         status="components.aws.status:read_status",
+        history="components.aws.status:read_history",
         policies="policies.aws",
     ),
     "azure": PlatformEntry(
@@ -73,6 +77,7 @@ PLATFORMS: dict[str, PlatformEntry] = {
         mocks="components.azure.mocks",
         replace_on="components.azure.replace_on",
         status="components.azure.status:read_status",
+        history="components.azure.status:read_history",
         policies="policies.azure",
     ),
 }

@@ -74,6 +74,8 @@ class Rollout(pulumi.ComponentResource):
                 "version": args.model.manifest.version,
                 "sha256": args.model.manifest.sha256,
                 "rings": [r.name for r in cfg.rings],
+                # written only when declared: a rollout without one registers exactly as before it existed
+                **({"control_holdback": cfg.control_holdback} if cfg.control_holdback else {}),
             },
             opts,
         )

@@ -206,6 +206,27 @@ def check_stack(cfg: Any) -> list[Problem]:
             gate = ring.gate
             if not math.isfinite(gate.soak_seconds):
                 out.append((f"{key}.gate.soak_seconds", "must be finite", "use a number of seconds"))
+            if gate.shadow_soak_seconds is not None and platform != "local":
+                out.append(
+                    (
+                        f"{key}.gate.shadow_soak_seconds",
+                        f"shadow phases need the gate to set the ring's desired state, which only the local platform's ring "
+                        f"deployment leaves to it; group {group.name!r} is on {platform}, whose ring deployment serves the "
+                        "candidate itself before the gate could shadow it",
+                        "on this platform compare the ring with the devices still on the previous version instead "
+                        "(max_distribution_shift, max_confidence_drop, max_latency_ratio), or judge live accuracy (min_live_accuracy)",
+                    )
+                )
+        if r.control_holdback > 0 and any(p != "local" for _, p in on):
+            out.append(
+                (
+                    f"rollouts[{i}].control_holdback",
+                    "a control holdback is a share of each group's devices, which needs the device registry only the local "
+                    f"platform keeps; rollout {r.name!r} is on {next(p for _, p in on if p != 'local')}",
+                    "remove it: on this platform each ring compares with the later rings' devices, still on the previous "
+                    "version, so keep comparisons off the last ring",
+                )
+            )
     if not out:
         out += _overlapping_cloud_rollouts(cfg)
     if not out:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edgefleet.evaluate import EvalSet, load_eval_set, measure, with_evaluation
+from components.datasets import LabelledSet, load_set
+from edgefleet.evaluate import measure, with_evaluation
 from edgefleet.onnx_check import inspect
 from edgefleet_agent.contract.errors import EdgefleetError, field_path, from_validation_error
 from edgefleet_agent.contract.manifest import (
@@ -69,7 +70,7 @@ class AddResult:
     manifest: ModelManifest
     previous_version: str | None
     removed_signature: bool
-    dataset: EvalSet | None = None  # measured on it (`--dataset`)
+    dataset: LabelledSet | None = None  # measured on it (`--dataset`)
     now_declared: tuple[str, ...] = ()  # --keep-metrics: the previous version's measured metrics, carried over as declared
     raised_agent_from: str | None = None  # min_agent_version asked for (or carried over) before the fields needed more
 
@@ -149,7 +150,7 @@ def add_version(
             "pass --target name=x86-gateway,arch=amd64,providers=CPUExecutionProvider,memory_mb=256,storage_mb=64",
         )
     graph = inspect(Path(onnx_file))
-    eval_set = load_eval_set(_descriptor(dataset)) if dataset is not None else None
+    eval_set = load_set(_descriptor(dataset)) if dataset is not None else None
     file_name = f"{name}.onnx"
     carried, now_declared = carried_metrics(previous) if previous is not None and keep_metrics else ([], [])
     chosen_agent = min_agent_version or (previous.min_agent_version if previous else BASELINE_AGENT_VERSION)

@@ -67,7 +67,7 @@ def _platform_hooks() -> list[Any]:
     return [entry.load("mocks") for entry in registry.PLATFORMS.values()]
 
 
-def _monitor_and_mocks(stack: str, project: str, region: str):
+def _monitor_and_mocks(stack: str, project: str, region: str, preview: bool = False):
     from pulumi.runtime import rpc
     from pulumi.runtime.mocks import MockMonitor, Mocks
 
@@ -79,7 +79,9 @@ def _monitor_and_mocks(stack: str, project: str, region: str):
         def new_resource(self, args):
             state = dict(args.inputs)
             for hook in hooks:
-                state.update(hook.computed(args.typ, args.name, args.inputs, region) or {})
+                computed = hook.computed(args.typ, args.name, args.inputs, region) or {}
+                # before anything exists (preview), what a provider computes is unknown, as the engine reports it
+                state.update({k: rpc.UNKNOWN for k in computed} if preview else computed)
             return f"{args.name}-id", state
 
         def call(self, args):
@@ -169,8 +171,9 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def synth(project_dir: Path, stack: str) -> dict[str, Any]:
-    """Evaluates the fleet program for `stack` and returns the declared graph."""
+def synth(project_dir: Path, stack: str, preview: bool = False) -> dict[str, Any]:
+    """Evaluates the fleet program for `stack` and returns the declared graph. `preview`: as `pulumi preview` of a new
+    stack sees it, with every output a provider computes unknown (so invokes that read them are skipped)."""
     import pulumi
     from pulumi.runtime import settings
 
@@ -179,10 +182,10 @@ def synth(project_dir: Path, stack: str) -> dict[str, Any]:
     raw, source = read_stack_file(project_dir, stack)
     cfg = parse_stack_config(raw, source)  # fails early, naming the stack file and key (read once)
     region = cfg.aws.region if cfg.aws else "us-east-1"
-    monitor, mocks = _monitor_and_mocks(stack, project, region)
+    monitor, mocks = _monitor_and_mocks(stack, project, region, preview)
     settings.ROOT.set(None)  # a fresh root stack per synth, as a new `pulumi` process has
     pulumi.runtime.set_all_config(to_pulumi_config(raw), [])
-    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, monitor=monitor)
 
     from edgefleet.program import declare
 

@@ -25,6 +25,8 @@ def text(records: list[dict[str, Any]], t0: float | None = None) -> list[str]:
             version = (
                 f" {details['version']}" if "version" in details else (f" → {details['to_version']}" if "to_version" in details else "")
             )
+            if details.get("shadow"):
+                version += f" (shadowing {details['shadow']})"
             lines.append(
                 f"+{e['t'] - t0:7.1f}s  {r['model']} {r['version']:<8} {(e['ring'] or '-'):<8} {e['event']}{version}{counts}{extra}"
             )
@@ -33,7 +35,8 @@ def text(records: list[dict[str, Any]], t0: float | None = None) -> list[str]:
 
 def picture(records: list[dict[str, Any]], path: Path, title: str = "edgefleet rollout timeline") -> Path:
     """Writes a PNG: one row per ring, a band per version deployed there, the adoption curve inside it,
-    ✓/✗ where gates passed or failed, and hatched bands where a rollback restored the previous version."""
+    ✓/✗ where gates passed or failed, dotted bands where a ring shadowed a version without serving it, and hatched
+    bands where a rollback restored the previous version."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,6 +59,7 @@ def picture(records: list[dict[str, Any]], path: Path, title: str = "edgefleet r
     end = max((r.get("finished_at") or max((e["t"] for e in r["events"]), default=r["started_at"])) for r in records) - t0
     fig, ax = plt.subplots(figsize=(max(9, min(18, 4 + end / 6)), 1.3 + 1.1 * len(rings)), dpi=110)
     h = 0.7
+    shadowed = False
     for r in records:
         rb = r.get("rollback") or {}
         rb_start = rb.get("started_at")
@@ -65,9 +69,23 @@ def picture(records: list[dict[str, Any]], path: Path, title: str = "edgefleet r
             y = row[ring["name"]] - h / 2
             start = ring["deployed_at"] - t0
             stop = (ring["finished_at"] or r.get("finished_at") or (t0 + end)) - t0
-            ax.broken_barh(
-                [(start, max(stop - start, 0.05))], (y, h), facecolors=color[r["version"]], alpha=0.35, edgecolor=color[r["version"]]
-            )
+            only_shadowed = ring.get("phase") == "shadow"
+            if only_shadowed or ring.get("shadow_verdict"):  # the candidate ran beside the served version, answering nobody
+                shadow_start = (ring.get("started_at") or ring["deployed_at"]) - t0
+                shadow_stop = stop if only_shadowed else start
+                ax.broken_barh(
+                    [(shadow_start, max(shadow_stop - shadow_start, 0.05))],
+                    (y, h),
+                    facecolors="none",
+                    edgecolor=color[r["version"]],
+                    hatch="...",
+                    lw=1.0,
+                )
+                shadowed = True
+            if not only_shadowed:
+                ax.broken_barh(
+                    [(start, max(stop - start, 0.05))], (y, h), facecolors=color[r["version"]], alpha=0.35, edgecolor=color[r["version"]]
+                )
             pts = [
                 (s["t"] - t0, s["adopted"] / max(s["devices"], 1))
                 for s in r["samples"]
@@ -118,6 +136,8 @@ def picture(records: list[dict[str, Any]], path: Path, title: str = "edgefleet r
     ax.set_title(title, fontsize=11)
     ax.grid(axis="x", alpha=0.25)
     handles = [Patch(facecolor=color[v], alpha=0.5, label=v) for v in versions]
+    if shadowed:
+        handles.append(Patch(facecolor="none", edgecolor="#555555", hatch="...", label="shadow (not served)"))
     handles.append(Patch(facecolor="none", edgecolor="#555555", hatch="////", label="rollback"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, title="version", title_fontsize=8)
     fig.tight_layout()

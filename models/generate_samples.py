@@ -7,6 +7,10 @@ Weights are built analytically (no training), with seeded noise, so versions dif
   detector 1.1.0   cleaner weights, better accuracy      -> models/samples/detector-1.1.0.onnx
   detector 1.2.0   valid ONNX, same signature, but every
                    output is NaN (a broken export)        -> models/samples/detector-1.2.0-nan.onnx
+  detector 1.3.0   valid ONNX, finite and fast, but it
+                   ignores its input (an export whose
+                   preprocessing scaled it by zero): the
+                   same answer for every frame            -> models/samples/detector-1.3.0-constant.onnx
 
 Accuracy is measured with onnxruntime on a seeded evaluation set of 512 float32 frames and recorded in
 models/samples/metrics.json, which the demo types in (declared) with `edgefleet model add --metric` for 1.2.0.
@@ -16,7 +20,12 @@ It also writes the evaluation set `edgefleet model evaluate` measures on, small 
   models/datasets/channel-dominance-eval.npz    128 uint8 frames 3x224x224 with their labels (format: models/datasets/README.md)
   models/datasets/channel-dominance-eval.yaml   its descriptor, which pins the .npz by sha256
 
-Its frames are textured in 8x8 blocks (28x28 seeded normal cells per channel plus a per-channel offset), which
+and the traffic the local fleet's simulated applications send their devices, in the same format:
+
+  models/datasets/channel-dominance-live.npz    96 other frames (seed 23), brighter or darker as a camera's day goes,
+  models/datasets/channel-dominance-live.yaml   with their labels: `edgefleet:local` traffic sends them
+
+Their frames are textured in 8x8 blocks (28x28 seeded normal cells per channel plus a per-channel offset), which
 deflate compresses ~30x, and a frame's label is the channel whose mean is highest in the float32 values the model
 receives ((uint8 - 128) / 32). The arrays are reproducible; the .npz's bytes depend on the zlib that wrote them,
 so the committed file and its pin are what counts.
@@ -41,10 +50,12 @@ DATASET = "channel-dominance-eval-v1 (seed 7, 512 images)"
 
 EVAL_SET = "channel-dominance-eval"
 EVAL_FRAMES, EVAL_BLOCK, EVAL_SEED = 128, 8, 11
+LIVE_SET = "channel-dominance-live"
+LIVE_FRAMES, LIVE_SEED, LIVE_BRIGHTNESS = 96, 23, 0.8  # a frame's brightness shifts every channel alike: labels keep
 EVAL_SCALE, EVAL_ZERO_POINT = 1 / 32, 128.0  # float32 = (uint8 - zero_point) * scale: [-4, 3.97] in steps of 1/32
 
 
-def build(noise: float, seed: int, nan: bool = False) -> onnx.ModelProto:
+def build(noise: float, seed: int, nan: bool = False, ignore_input: bool = False) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     conv = np.zeros((FILTERS, CHANNELS, 3, 3), np.float32)
     for k in range(FILTERS):
@@ -57,8 +68,12 @@ def build(noise: float, seed: int, nan: bool = False) -> onnx.ModelProto:
     gemm += rng.normal(0, noise, gemm.shape).astype(np.float32)
     gemm_b = -(np.full((FILTERS,), 4.0, np.float32) @ gemm)  # cancels the ReLU bias: only channel means remain
     inits = [numpy_helper.from_array(a, n) for a, n in ((conv, "conv_w"), (conv_b, "conv_b"), (gemm, "fc_w"), (gemm_b, "fc_b"))]
-    nodes = [
-        helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
+    nodes = []
+    if ignore_input:  # the scale of a preprocessing step exported as 0: every frame becomes the same zeros
+        inits.append(numpy_helper.from_array(np.zeros((1,), np.float32), "input_scale"))
+        nodes.append(helper.make_node("Mul", ["image", "input_scale"], ["seen"]))
+    nodes += [
+        helper.make_node("Conv", ["seen" if ignore_input else "image", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("GlobalAveragePool", ["r"], ["p"]),
         helper.make_node("Flatten", ["p"], ["f"]),
@@ -104,12 +119,15 @@ def accuracy(path: Path) -> float:
     return round(correct / total, 4)
 
 
-def eval_set_arrays() -> dict[str, np.ndarray]:
-    """The arrays of models/datasets/channel-dominance-eval.npz (format: models/datasets/README.md)."""
-    rng = np.random.default_rng(EVAL_SEED)
+def eval_set_arrays(count: int = EVAL_FRAMES, seed: int = EVAL_SEED, brightness: float = 0.0) -> dict[str, np.ndarray]:
+    """The arrays of models/datasets/channel-dominance-eval.npz (format: models/datasets/README.md); with another
+    seed and a brightness spread, those of the live traffic set."""
+    rng = np.random.default_rng(seed)
     cells = SIZE // EVAL_BLOCK
-    offsets = rng.uniform(-0.3, 0.3, (EVAL_FRAMES, CHANNELS))
-    values = rng.normal(0, 1, (EVAL_FRAMES, CHANNELS, cells, cells)) + offsets[:, :, None, None]
+    offsets = rng.uniform(-0.3, 0.3, (count, CHANNELS))
+    values = rng.normal(0, 1, (count, CHANNELS, cells, cells)) + offsets[:, :, None, None]
+    if brightness:
+        values += rng.uniform(-brightness, brightness, (count, 1, 1, 1))
     values = np.repeat(np.repeat(values, EVAL_BLOCK, axis=2), EVAL_BLOCK, axis=3)
     frames = np.clip(np.round(values / EVAL_SCALE + EVAL_ZERO_POINT), 0, 255).astype(np.uint8)
     seen = (frames.astype(np.float32) - np.float32(EVAL_ZERO_POINT)) * np.float32(EVAL_SCALE)  # what the model receives
@@ -140,25 +158,46 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def write_eval_set(datasets: Path) -> Path:
+def write_set(datasets: Path, name: str, arrays: dict[str, np.ndarray], comment: str, description: str) -> Path:
     datasets.mkdir(exist_ok=True)
-    data = npz_bytes(eval_set_arrays())
-    npz = datasets / f"{EVAL_SET}.npz"
+    data = npz_bytes(arrays)
+    npz = datasets / f"{name}.npz"
     npz.write_bytes(data)
-    descriptor = datasets / f"{EVAL_SET}.yaml"
-    descriptor.write_text(
-        "# The sample task's evaluation set: `edgefleet model evaluate models/detector --dataset models/datasets/"
-        f"{EVAL_SET}.yaml`.\n"
-        "# Written by models/generate_samples.py; format: models/datasets/README.md. The digest pins the .npz: evaluate\n"
-        "# refuses a file that hashes differently, and records this digest in the manifest it measures.\n"
-        f"name: {EVAL_SET}\n"
+    (datasets / f"{name}.yaml").write_text(
+        comment + f"name: {name}\n"
         f"file: {npz.name}\n"
         f"sha256: {hashlib.sha256(data).hexdigest()}\n"
         f"size: {len(data)}\n"
-        f"description: {EVAL_FRAMES} frames 3x224x224, uint8 (float32 = (uint8 - 128) / 32), labelled with the dominant colour channel "
-        f"(red, green, blue); seed {EVAL_SEED}\n"
+        f"description: {description}\n"
     )
     return npz
+
+
+def write_eval_set(datasets: Path) -> Path:
+    return write_set(
+        datasets,
+        EVAL_SET,
+        eval_set_arrays(),
+        "# The sample task's evaluation set: `edgefleet model evaluate models/detector --dataset models/datasets/"
+        f"{EVAL_SET}.yaml`.\n"
+        "# Written by models/generate_samples.py; format: models/datasets/README.md. The digest pins the .npz: evaluate\n"
+        "# refuses a file that hashes differently, and records this digest in the manifest it measures.\n",
+        f"{EVAL_FRAMES} frames 3x224x224, uint8 (float32 = (uint8 - 128) / 32), labelled with the dominant colour channel "
+        f"(red, green, blue); seed {EVAL_SEED}",
+    )
+
+
+def write_live_set(datasets: Path) -> Path:
+    return write_set(
+        datasets,
+        LIVE_SET,
+        eval_set_arrays(LIVE_FRAMES, LIVE_SEED, LIVE_BRIGHTNESS),
+        "# Traffic for the local fleet: its simulated applications send these frames to their devices' agents, with the\n"
+        "# label on a share of them (stacks/Pulumi.local.yaml, edgefleet:local traffic). Not the evaluation set: gates judge\n"
+        "# the model on frames it was not measured on. Written by models/generate_samples.py; format: models/datasets/README.md.\n",
+        f"{LIVE_FRAMES} frames 3x224x224 like the evaluation set's, other seed ({LIVE_SEED}), brightness varying by up to "
+        f"±{LIVE_BRIGHTNESS} on every channel alike",
+    )
 
 
 def main() -> int:
@@ -168,6 +207,7 @@ def main() -> int:
         "1.0.0": (ROOT / "samples" / "detector-1.0.0.onnx", build(noise=0.6, seed=1)),
         "1.1.0": (samples / "detector-1.1.0.onnx", build(noise=0.1, seed=2)),
         "1.2.0": (samples / "detector-1.2.0-nan.onnx", build(noise=0.15, seed=2, nan=True)),
+        "1.3.0": (samples / "detector-1.3.0-constant.onnx", build(noise=0.1, seed=3, ignore_input=True)),
     }
     metrics = {}
     for version, (path, model) in outputs.items():
@@ -176,8 +216,8 @@ def main() -> int:
         metrics[version] = {"file": path.name, "accuracy": None if acc != acc else acc, "dataset": DATASET}
         print(f"{path.relative_to(ROOT.parent)}: {path.stat().st_size} bytes, accuracy {acc}")
     (samples / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    npz = write_eval_set(ROOT / "datasets")
-    print(f"{npz.relative_to(ROOT.parent)}: {npz.stat().st_size} bytes, {EVAL_FRAMES} frames")
+    for npz, count in ((write_eval_set(ROOT / "datasets"), EVAL_FRAMES), (write_live_set(ROOT / "datasets"), LIVE_FRAMES)):
+        print(f"{npz.relative_to(ROOT.parent)}: {npz.stat().st_size} bytes, {count} frames")
     return 0
 
 

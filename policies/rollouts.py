@@ -1,4 +1,5 @@
-"""The rollout rules: a production rollout starts with a small canary ring that soaks long enough.
+"""The rollout rules: a production rollout starts with a small canary ring that soaks long enough, and judges what
+its model says, not only whether it runs.
 
 Standard library only; imports graph, engine and settings, as `policies.x` or, in the CrossGuard pack's own
 virtualenv, as `x`.
@@ -146,3 +147,28 @@ def check_one_rollout_per_device(g: Graph, s: Settings) -> Iterator[Finding]:
                     ro["urn"],
                 )
         seen.append((ro, mine))
+
+
+# GateConfig's quality criteria (components/rollout/spec.py QUALITY_CRITERIA; a test keeps the two lists equal)
+QUALITY_CRITERIA = ("min_agreement", "max_latency_ratio", "max_distribution_shift", "max_confidence_drop", "min_live_accuracy")
+
+
+def check_production_quality(g: Graph, s: Settings) -> Iterator[Finding]:
+    """A production rollout whose gates set no quality criterion: they would pass a model that runs fast and clean
+    and answers wrong (a broken export that always says one class, two classes swapped)."""
+    if not s.production:
+        raise NotApplicable("not a production stack (edgefleet:policy.production is false)")
+    rollouts = g.of_type(ROLLOUT)
+    if not rollouts:
+        raise NotApplicable("the stack declares no rollouts")
+    for ro in rollouts:
+        rings = g.rings(ro)
+        if any(dig(r, "inputs", "gate", c) is not None for r in rings for c in QUALITY_CRITERIA):
+            continue
+        yield Finding(
+            f"rollout {ro['name']!r} ships to production with gates that judge only health (failures, errors, NaN/Inf, "
+            f"latency): no ring sets a quality criterion ({', '.join(QUALITY_CRITERIA)}), so a model that answers wrong, "
+            "fast and without errors passes every gate; shadow the candidate on the canary (shadow_soak_seconds, "
+            "min_agreement) or compare a ring with the devices still on the previous version (max_distribution_shift)",
+            ro["urn"],
+        )

@@ -36,7 +36,13 @@ if __package__:
         check_model_digest,
         check_model_signed,
     )
-    from .rollouts import check_one_rollout_per_device, check_production_canary, check_ring_sizes_declared, check_rings_select_devices
+    from .rollouts import (
+        check_one_rollout_per_device,
+        check_production_canary,
+        check_production_quality,
+        check_ring_sizes_declared,
+        check_rings_select_devices,
+    )
     from .settings import Settings
 else:
     from engine import ADVISORY, LEVELS, MANDATORY, Report, Rule, run_rule  # type: ignore[no-redef]
@@ -56,6 +62,7 @@ else:
     from rollouts import (  # type: ignore[no-redef]
         check_one_rollout_per_device,
         check_production_canary,
+        check_production_quality,
         check_ring_sizes_declared,
         check_rings_select_devices,
     )
@@ -122,6 +129,16 @@ RULES: tuple[Rule, ...] = (
         check_one_rollout_per_device,
         description="Two rollouts of one model never target groups that can hold the same device: each would set versions the "
         "other's gates never judged, on devices the other's rollback would not cover.",
+    ),
+    Rule(
+        "production-quality-gates",
+        "Production rollouts judge what the model says",
+        ADVISORY,
+        check_production_quality,
+        ("production",),
+        "With policy.production, each rollout has a ring whose gate sets a quality criterion (shadow agreement, prediction "
+        "shift, confidence drop or latency ratio against the previous version, live accuracy). Advisory: health gates "
+        "still stop a model that fails or returns NaN.",
     ),
     Rule(
         "metric-floor",

@@ -1,16 +1,23 @@
-"""`edgefleet-agent` (and `python -m agent`): the device agent process, on the local hub, on Greengrass or as an
-IoT Edge module.
+"""`edgefleet-agent` (and `python -m agent`): the device agent process.
+
+    edgefleet-agent run --transport local|greengrass|iotedge …   the device: desired state from the fleet, one
+                                                                 Open Inference Protocol endpoint for all its models
+    edgefleet-agent serve --model-dir DIR --public-key KEY       one signed model directory, no fleet
+    edgefleet-agent --transport …                                (no command) the same as `run`: what deployed
+                                                                 recipes and IoT Edge manifests run
 
 Exit codes: 0 stopped by SIGTERM/SIGINT (or `--install-only` installed the desired model); 2 cannot start
 (bad arguments or key, missing hub, incomplete Greengrass environment, no IoT Edge environment, state
-directory held by another agent); 3 the desired model was refused (Greengrass: the previous model stays
-in the state directory, and the non-zero exit fails the deployment on this device).
+directory held by another agent, endpoint address in use); 3 the model was refused (Greengrass: the previous model
+stays in the state directory, and the non-zero exit fails the deployment on this device; `serve`: the directory does
+not verify or does not load).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import signal
@@ -23,17 +30,33 @@ from typing import TYPE_CHECKING
 from edgefleet_agent import __version__
 
 if TYPE_CHECKING:
+    from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+    from edgefleet_agent.core import DeviceAgent
+    from edgefleet_agent.endpoint import InferenceEndpoint
     from edgefleet_agent.transports.greengrass import GreengrassTransport
     from edgefleet_agent.transports.local import LocalHubTransport
     from edgefleet_agent.trust import TrustedMetadata
 
 EXIT_OK, EXIT_CANNOT_START, EXIT_REFUSED = 0, 2, 3
 TRANSPORTS = ("local", "greengrass", "iotedge")
+COMMANDS = ("run", "serve")
 DEFAULT_REPORT_SECONDS = {"local": 0.5, "greengrass": 60.0, "iotedge": 60.0}
+# The local fleet runs many devices' agents on one machine: each takes a free port unless told one.
+DEFAULT_PORT = {"local": 0, "greengrass": 8000, "iotedge": 8000}
+HOST_ENV, PORT_ENV = "EDGEFLEET_AGENT_HOST", "EDGEFLEET_AGENT_PORT"
 QUIET_LOGGERS = ("azure", "botocore", "boto3", "urllib3", "paho")  # their debug output can hold tokens
 
-EPILOG = f"""\
-transports:
+ENDPOINT_HELP = """endpoint:
+  One Open Inference Protocol (KServe v2) endpoint over HTTP serves every model of this process:
+  POST http://HOST:PORT/v2/models/<model>/infer (JSON or binary tensors), GET /v2/health/ready, /v2/models/<model>.
+  Bound to 127.0.0.1 (only the device's own applications) unless --host says otherwise; --port picks the port
+  (defaults: 8000; `run --transport local` takes a free port, as the local fleet runs many agents on one machine).
+  $EDGEFLEET_AGENT_HOST and $EDGEFLEET_AGENT_PORT set the defaults where there is no command line (an IoT Edge
+  module: --host 0.0.0.0 there lets the other modules reach it over the module network). `run` writes the address to
+  <state-dir>/endpoint.json. Requests carrying a "label" parameter (the true class) count towards live accuracy.
+"""
+
+RUN_EPILOG = f"""transports:
   local       the local fleet's SQLite hub (--hub); what `edgefleet up --stack local` drives
   greengrass  an AWS IoT Greengrass v2 component: the model comes from the component's environment
               (EDGEFLEET_MODEL_MANIFEST, _SIGNATURE, _FILE under --model-dir, EDGEFLEET_ROLLBACK_ORDER/_SIGNATURE,
@@ -43,26 +66,79 @@ transports:
               model unless --model is given); reports go to its reported properties. Without --public-key the
               twin's trust.publicKeyPem is used, only if it matches trust.keyId (and --trusted-key-id, if given).
 
+{ENDPOINT_HELP}
+traffic:
+  Health (requests, errors, NaN/Inf outputs, latency, predicted classes) comes from the applications' requests.
+  --synthetic-traffic (or --infer-interval) adds a thread sending seeded random inputs, for demos and the local
+  fleet's simulated devices only: never on a real device, where it would be what the gates judge.
+
 exit codes:
   {EXIT_OK}  stopped by SIGTERM or SIGINT; or --install-only installed and verified the desired model
   {EXIT_CANNOT_START}  cannot start: bad arguments or key, missing hub, incomplete Greengrass environment,
-     no IoT Edge environment, or another agent holds the state directory
+     no IoT Edge environment, another agent holds the state directory, or the endpoint's address is in use
   {EXIT_REFUSED}  the desired model was refused (greengrass, or --install-only); the reason is on stderr and the
      previously served model stays in the state directory
+
+Without a command, edgefleet-agent runs `run` (what deployed recipes and manifests call). To try one signed model
+without a fleet: edgefleet-agent serve --help.
+"""
+
+SERVE_EPILOG = f"""Verifies the directory exactly as a device verifies an install: model.yaml.sig against --public-key, the artifact's
+sha256 and size against the signed manifest, and min_agent_version against this agent ({__version__}); then loads
+and warms the model and serves it. Revocation is NOT checked here: a version the fleet has since revoked still serves,
+as long as the key signed it. Nothing is written beside the model: its verified copy lives in a temporary directory.
+
+{ENDPOINT_HELP}
+exit codes:
+  {EXIT_OK}  stopped by SIGTERM or SIGINT
+  {EXIT_CANNOT_START}  cannot start: bad arguments, an unreadable or invalid --public-key, the address is in use
+  {EXIT_REFUSED}  the directory does not verify (signature, sha256 or size, min_agent_version, manifest) or onnxruntime
+     cannot load or run it: stderr names the file, the problem and the fix
 """
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def _add_endpoint_flags(p: argparse.ArgumentParser, port_help: str) -> None:
+    p.add_argument(
+        "--host",
+        default=os.environ.get(HOST_ENV) or "127.0.0.1",
+        help=f"address the endpoint listens on (default ${HOST_ENV} or 127.0.0.1: the device's own applications only)",
+    )
+    p.add_argument("--port", type=int, default=None, help=port_help)
+    p.add_argument(
+        "--max-request-mib",
+        type=float,
+        default=64.0,
+        help="largest inference request body accepted, in MiB; larger ones are answered 413 (default 64)",
+    )
+
+
+def _env_port(p: argparse.ArgumentParser) -> int | None:
+    raw = os.environ.get(PORT_ENV)
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        p.error(f"${PORT_ENV}={raw!r} is not a port number")
+
+
+def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="edgefleet-agent",
-        description="edgefleet device agent " + __version__,
-        epilog=EPILOG,
+        prog="edgefleet-agent [run]",
+        description=f"edgefleet device agent {__version__}: installs the models the fleet wants once they verify, "
+        "serves them to the device's applications on one Open Inference Protocol endpoint, reports their health",
+        epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--transport", choices=TRANSPORTS, default="local", help="where the desired state comes from (default: local)")
     p.add_argument("--hub", type=Path, help="local: the local hub's SQLite file (required)")
     p.add_argument("--device-id", help="this device's id (iotedge: default $IOTEDGE_DEVICEID)")
-    p.add_argument("--model", help="model name, e.g. detector (iotedge: default every model in the module twin)")
+    p.add_argument(
+        "--model",
+        action="append",
+        help="model name, e.g. detector; repeat for several models on one endpoint (iotedge: default every model in the "
+        "module twin; greengrass: exactly one)",
+    )
     p.add_argument("--model-dir", type=Path, help="greengrass: where the model component's artifacts are mounted (required)")
     p.add_argument("--state-dir", required=True, type=Path, help="where this device keeps its model slots")
     p.add_argument(
@@ -101,7 +177,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="report period (default: 0.5 local, 60 greengrass and iotedge: each report is a CloudWatch call or a twin update)",
     )
-    p.add_argument("--infer-interval", type=float, default=0.0, help="pause between inferences (0: back to back)")
+    _add_endpoint_flags(p, f"port the endpoint listens on (default ${PORT_ENV}, else 8000; with --transport local a free port)")
+    p.add_argument(
+        "--synthetic-traffic",
+        action="store_true",
+        help="also send seeded random inputs to each model, back to back (demos and simulated devices only; off by default)",
+    )
+    p.add_argument(
+        "--infer-interval",
+        type=float,
+        default=None,
+        help="pause between synthetic requests, in seconds; implies --synthetic-traffic",
+    )
     p.add_argument(
         "--install-only",
         action="store_true",
@@ -109,7 +196,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "serving; for a component's Startup step",
     )
     p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """`run`'s arguments (argv without the command word)."""
+    p = run_parser()
     args = p.parse_args(argv)
+    args.command = "run"
 
     t = args.transport
     need = {
@@ -131,13 +225,75 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--trusted-root and --metadata-url go together (the first root and where the metadata is)")
     if args.install_only and t != "greengrass":
         p.error("--install-only applies to --transport greengrass only")
+    models: list[str] = list(dict.fromkeys(args.model or []))
+    if t == "greengrass" and len(models) != 1:
+        p.error("--transport greengrass serves one --model: the component's environment describes one model")
+    if t == "iotedge" and len(models) > 1:
+        p.error("--transport iotedge takes at most one --model (without it, every model the module twin names)")
+    args.models = models
+    args.model = models[0] if models else None
     if t == "iotedge" and args.device_id is None:
         args.device_id = os.environ.get("IOTEDGE_DEVICEID") or None
         if args.device_id is None:
             p.error("--transport iotedge needs --device-id or $IOTEDGE_DEVICEID (IoT Edge sets it in every module)")
     if args.report_seconds is None:
         args.report_seconds = DEFAULT_REPORT_SECONDS[t]
+    if args.port is None:
+        env = _env_port(p)
+        args.port = env if env is not None else DEFAULT_PORT[t]
+    args.synthetic = args.synthetic_traffic or args.infer_interval is not None
+    if args.infer_interval is None:
+        args.infer_interval = 0.0
+    args.max_body_bytes = int(args.max_request_mib * (1 << 20))
+    if args.max_body_bytes <= 0:
+        p.error("--max-request-mib must be positive")
     return args
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgefleet-agent serve",
+        description="Serve one signed model directory (models/<name>: model.yaml, model.yaml.sig, the .onnx) on an Open "
+        "Inference Protocol endpoint, verified exactly as a device verifies it, without a fleet. Revocation is not checked.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model-dir", required=True, type=Path, help="the signed model directory, e.g. models/detector")
+    p.add_argument("--public-key", required=True, type=Path, help="PEM public key the model must be signed with")
+    _add_endpoint_flags(p, f"port the endpoint listens on (default ${PORT_ENV}, else 8000; 0: any free port)")
+    p.add_argument(
+        "--providers",
+        default="CPUExecutionProvider",
+        help="execution providers in order of preference, comma-separated (CPU is always the last resort)",
+    )
+    p.add_argument("--report-seconds", type=float, default=60.0, help="how often to log a summary of the requests served (default 60)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def parse_serve_args(argv: list[str]) -> argparse.Namespace:
+    p = serve_parser()
+    args = p.parse_args(argv)
+    args.command = "serve"
+    if args.port is None:
+        env = _env_port(p)
+        args.port = env if env is not None else 8000
+    args.max_body_bytes = int(args.max_request_mib * (1 << 20))
+    if args.max_body_bytes <= 0:
+        p.error("--max-request-mib must be positive")
+    return args
+
+
+def parse_command(argv: list[str]) -> argparse.Namespace:
+    """`run …`, `serve …`, or (no command word) the arguments of `run`."""
+    if argv and argv[0] == "serve":
+        return parse_serve_args(argv[1:])
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    elif argv and argv[0] == "--version":
+        print(f"edgefleet-agent {__version__}")
+        raise SystemExit(EXIT_OK)
+    return parse_args(argv)
 
 
 def fail(message: object, code: int = EXIT_CANNOT_START) -> int:
@@ -146,30 +302,62 @@ def fail(message: object, code: int = EXIT_CANNOT_START) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_command(sys.argv[1:] if argv is None else list(argv))
     level = args.log_level.upper()
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
     stop = threading.Event()
+    who = getattr(args, "device_id", None) or "edgefleet-agent"
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logging.getLogger("edgefleet.agent").info("%s: %s received, stopping", args.device_id, signal.Signals(signum).name)
+        logging.getLogger("edgefleet.agent").info("%s: %s received, stopping", who, signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.command == "serve":
+        return run_serve(args, stop)
     if args.transport == "iotedge":
         return run_iotedge(args, stop)
     return run_single(args, stop)
 
 
+def open_endpoint(args: argparse.Namespace) -> InferenceEndpoint | str:
+    """The endpoint, bound (not yet serving), or why it cannot be."""
+    from edgefleet_agent.endpoint import InferenceEndpoint, ModelRegistry
+
+    try:
+        return InferenceEndpoint(ModelRegistry(), host=args.host, port=args.port, max_body_bytes=args.max_body_bytes)
+    except OSError as exc:
+        return f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; pass a free --port (or --port 0 for any)"
+    except OverflowError as exc:
+        return f"--port {args.port}: {exc}"
+
+
+def write_endpoint_file(state_dir: Path, endpoint: InferenceEndpoint, models: list[str]) -> Path | None:
+    """<state-dir>/endpoint.json: where this process serves, for the applications and tools on the device."""
+    from edgefleet_agent.client import ENDPOINT_FILE
+
+    path = Path(state_dir) / ENDPOINT_FILE
+    tmp = path.with_name(f".{ENDPOINT_FILE}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"url": endpoint.url, "models": models, "pid": os.getpid(), "protocol": "open-inference/v2"}) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        logging.getLogger("edgefleet.agent").warning("could not write %s: %s", path, exc)
+        return None
+    return path
+
+
 def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
-    """One model on one transport: the local hub, or the Greengrass component's environment."""
+    """The local hub (one or more models) or the Greengrass component's environment (one model), one endpoint."""
     from edgefleet_agent.contract.errors import EdgefleetError
     from edgefleet_agent.contract.signing import load_public_key
     from edgefleet_agent.core import DeviceAgent
+    from edgefleet_agent.serving import SessionCache
     from edgefleet_agent.store import StoreError
 
     greengrass = args.transport == "greengrass"
@@ -190,20 +378,30 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
             except ImportError as exc:  # a Python built without sqlite3, as on some device images
                 return fail(f"the local transport is not part of this installation ({exc})")
             transport = LocalHubTransport(args.hub)
-        agent = DeviceAgent(
-            args.device_id,
-            args.model,
-            args.state_dir,
-            pem,
-            transport,
-            execution_providers=[p.strip() for p in args.providers.split(",") if p.strip()],
-            trust=trusted_metadata(args),
-        )
+        cache = SessionCache()
+        providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+        root = trusted_root(args)
+        agents = [
+            DeviceAgent(
+                args.device_id,
+                m,
+                args.state_dir,
+                pem,
+                transport,
+                execution_providers=providers,
+                session_cache=cache,
+                trust=trusted_metadata(args, root, m),
+            )
+            for m in args.models
+        ]
     except (OSError, EdgefleetError) as exc:
         return fail(exc)
 
+    endpoint: InferenceEndpoint | None = None
+    endpoint_file: Path | None = None
     try:
         if greengrass:
+            agent = agents[0]
             agent.start()
             agent.sync()
             first = agent.build_report()  # nothing has run yet: this window is empty
@@ -213,39 +411,183 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
             if args.install_only:
                 logging.getLogger("edgefleet.agent").info("%s: %s %s installed and verified", args.device_id, args.model, first.version)
                 return EXIT_OK
-        agent.start()
+        opened = open_endpoint(args)
+        if isinstance(opened, str):
+            return fail(opened)
+        endpoint = opened
+        for agent in agents:
+            agent.start()
+            endpoint.registry.add(agent)
         # Everything loaded so far lives as long as the process: freezing it keeps full garbage collections
         # (which hold the GIL) from scanning it, the largest source of inference pauses during a swap.
         gc.freeze()
-        agent.serve_forever(
-            stop, sync_seconds=args.sync_seconds, report_seconds=args.report_seconds, infer_interval_seconds=args.infer_interval
-        )
+        endpoint.start()
+        endpoint_file = write_endpoint_file(args.state_dir, endpoint, args.models)
+        serve_all(agents, stop, args)
     except StoreError as exc:
         return fail(exc)
     finally:
-        agent.close()
+        if endpoint is not None:
+            endpoint.close()
+        if endpoint_file is not None:
+            endpoint_file.unlink(missing_ok=True)
+        for agent in agents:
+            agent.close()
         transport.close()
     return EXIT_OK
 
 
-def trusted_metadata(args: argparse.Namespace) -> TrustedMetadata | None:
-    """The store's TUF client when the device was given its first root (raises OSError/ValueError on a bad file)."""
+def trusted_root(args: argparse.Namespace) -> bytes | None:
+    """The stack's first TUF root, when the device was given one (raises OSError on a bad file)."""
     if args.trusted_root is None:
         logging.getLogger("edgefleet.agent").warning(
             "%s: no --trusted-root: update metadata is not checked (revoked versions and frozen channels go unnoticed)", args.device_id
         )
         return None
-    from edgefleet_agent.trust import TrustedMetadata, load_root
+    from edgefleet_agent.trust import load_root
 
     try:
-        root = load_root(args.trusted_root)
+        return load_root(args.trusted_root)
     except ValueError as exc:
         raise OSError(f"{args.trusted_root}: not TUF root metadata ({exc})") from None
-    return TrustedMetadata(root, args.metadata_url, args.state_dir / args.model / "tuf", refresh_seconds=args.metadata_refresh_seconds)
+
+
+def trusted_metadata(args: argparse.Namespace, root: bytes | None, model: str) -> TrustedMetadata | None:
+    """One model's TUF client (each model keeps its own metadata cache under <state-dir>/<model>/tuf/)."""
+    if root is None:
+        return None
+    from edgefleet_agent.trust import TrustedMetadata
+
+    return TrustedMetadata(root, args.metadata_url, args.state_dir / model / "tuf", refresh_seconds=args.metadata_refresh_seconds)
+
+
+def serve_all(agents: list[DeviceAgent], stop: threading.Event, args: argparse.Namespace) -> None:
+    """Each model's agent syncs and reports on threads of its own until `stop`; the endpoint serves them all."""
+    threads = [
+        threading.Thread(
+            target=agent.serve_forever,
+            args=(stop,),
+            kwargs={
+                "sync_seconds": args.sync_seconds,
+                "report_seconds": args.report_seconds,
+                "infer_interval_seconds": args.infer_interval,
+                "synthetic_traffic": args.synthetic,
+            },
+            name=f"agent-{agent.model}",
+        )
+        for agent in agents
+    ]
+    for t in threads:
+        t.start()
+    stop.wait()
+    for t in threads:
+        t.join()
+
+
+class _FixedTransport:
+    """`serve`'s desired state: the one directory, forever; reports become a log line per window with requests."""
+
+    def __init__(self, desired: DesiredModel) -> None:
+        self.desired_model = desired
+        self.log = logging.getLogger("edgefleet.agent.serve")
+
+    def desired(self, device_id: str, model: str) -> DesiredModel | None:
+        return self.desired_model
+
+    def report(self, report: DeviceReport) -> None:
+        if not report.inferences:
+            return
+        self.log.info(
+            "%s %s: %d requests, %d errors, %d with NaN/Inf outputs, p50 %s ms, p99 %s ms",
+            report.model,
+            report.version,
+            report.inferences,
+            report.errors,
+            report.invalid_outputs,
+            report.p50_latency_ms,
+            report.p99_latency_ms,
+        )
+
+
+def run_serve(args: argparse.Namespace, stop: threading.Event) -> int:
+    """One signed model directory, verified as a device verifies an install, on one endpoint."""
+    import tempfile
+
+    from edgefleet_agent.contract.artifact import verify_model_dir
+    from edgefleet_agent.contract.errors import EdgefleetError
+    from edgefleet_agent.contract.manifest import ModelDir, version_key
+    from edgefleet_agent.contract.signing import load_public_key
+    from edgefleet_agent.contract.state import DesiredModel
+    from edgefleet_agent.core import DeviceAgent
+
+    try:
+        pem = args.public_key.read_bytes()
+        trusted = load_public_key(pem, f"{args.public_key}: trusted public key")
+    except OSError as exc:
+        return fail(f"{args.public_key}: cannot read the public key: {exc.strerror or exc}")
+    except EdgefleetError as exc:
+        return fail(exc)
+    model_dir = ModelDir(args.model_dir)
+    try:
+        manifest = verify_model_dir(model_dir, trusted)
+        if version_key(manifest.min_agent_version) > version_key(__version__):
+            raise EdgefleetError(
+                str(model_dir.manifest_path),
+                f"{manifest.name} {manifest.version} needs agent {manifest.min_agent_version} or newer; this agent is {__version__}",
+                f"upgrade edgefleet-agent to {manifest.min_agent_version} or newer",
+            )
+        manifest_text = model_dir.manifest_bytes().decode("utf-8")
+        signature_text = model_dir.signature_path.read_text(encoding="utf-8")
+    except EdgefleetError as exc:
+        return fail(f"refusing {args.model_dir}: {exc}", EXIT_REFUSED)
+    except (OSError, UnicodeDecodeError) as exc:
+        return fail(f"refusing {args.model_dir}: {exc}", EXIT_REFUSED)
+    desired = DesiredModel(
+        model=manifest.name,
+        version=manifest.version,
+        sha256=manifest.sha256,
+        size=manifest.size,
+        uri=model_dir.artifact_path(manifest).absolute().as_uri(),
+        manifest=manifest_text,
+        signature=signature_text,
+    )
+    opened = open_endpoint(args)
+    if isinstance(opened, str):
+        return fail(opened)
+    endpoint = opened
+    with tempfile.TemporaryDirectory(prefix="edgefleet-serve-") as state:
+        agent = DeviceAgent(
+            "serve",
+            manifest.name,
+            Path(state),
+            pem,
+            _FixedTransport(desired),
+            execution_providers=[p.strip() for p in args.providers.split(",") if p.strip()],
+            durable=False,
+        )
+        try:
+            agent.sync()  # the same install a device runs: signature, digest, min_agent_version, load and warm-up
+            first = agent.build_report()
+            if first.status != "ok":
+                return fail(f"refusing {args.model_dir}: {manifest.name} {manifest.version}: {first.error}", EXIT_REFUSED)
+            endpoint.registry.add(agent)
+            gc.freeze()
+            endpoint.start()
+            print(
+                f"edgefleet-agent: serving {manifest.name} {manifest.version} at {endpoint.url}/v2/models/{manifest.name} "
+                "(Open Inference Protocol; revocation is not checked)",
+                file=sys.stderr,
+                flush=True,
+            )
+            agent.serve_forever(stop, sync_seconds=3600.0, report_seconds=args.report_seconds)
+        finally:
+            endpoint.close()
+            agent.close()
+    return EXIT_OK
 
 
 def run_iotedge(args: argparse.Namespace, stop: threading.Event) -> int:
-    """Every model the module twin names (or only --model), one DeviceAgent each."""
+    """Every model the module twin names (or only --model), one DeviceAgent each, all on one endpoint."""
     from edgefleet_agent.transports.iotedge import EdgeSupervisor, IoTEdgeTransport, TrustRefused, resolve_trust
 
     pem = None
@@ -261,6 +603,12 @@ def run_iotedge(args: argparse.Namespace, stop: threading.Event) -> int:
         transport = IoTEdgeTransport.from_edge_environment()
     except (ImportError, OSError, ValueError) as exc:
         return fail(f"cannot create the IoT Edge module client: {exc}")
+    opened = open_endpoint(args)
+    if isinstance(opened, str):
+        transport.close()
+        return fail(opened)
+    endpoint = opened
+    endpoint_file: Path | None = None
     try:
         try:
             transport.connect()
@@ -277,12 +625,19 @@ def run_iotedge(args: argparse.Namespace, stop: threading.Event) -> int:
             sync_seconds=args.sync_seconds,
             report_seconds=args.report_seconds,
             infer_interval=args.infer_interval,
+            synthetic_traffic=args.synthetic,
+            registry=endpoint.registry,
         )
+        endpoint.start()
+        endpoint_file = write_endpoint_file(args.state_dir, endpoint, [])
         try:
             supervisor.run(stop)
         finally:
             supervisor.close()
     finally:
+        endpoint.close()
+        if endpoint_file is not None:
+            endpoint_file.unlink(missing_ok=True)
         transport.close()
     return EXIT_OK
 

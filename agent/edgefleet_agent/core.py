@@ -6,11 +6,20 @@ Guarantees (tested in tests/agent):
     matches the digest and size the manifest pins, both when installed and again at every start;
   * no downgrade (and no different artifact under the same version) without a rollback order signed by
     the same key naming exactly that model, version and sha256;
+  * on a device given the stack's TUF root (trust.py), a new install must be a current signed target in fresh
+    update metadata: a revoked version is refused even when its desired state is replayed;
   * a refused version is reported with the reason and not retried until the desired state changes
     (download failures, which may be transient, are retried with exponential backoff);
   * a swap is one reference assignment after the new session has loaded and run: requests in flight finish
     on the old session, and the on-disk pointer is renamed into place before that assignment, so a kill at
     any instant restarts on a verified model, old or new.
+
+Requests come from the device's applications through `predict()` (the inference endpoint calls it; so can any
+code in the process), always on the current verified version; `infer()` is one synthetic request through the same
+path. Each report carries what those requests showed (telemetry.py, bounded). When the desired state names a
+`shadow` candidate, it is verified like an install (no downgrade rule: it is never served), loaded, and run on the
+same requests on a thread of its own (shadow.py); its slot is kept beside the pointer's, never named by it, and a
+later install of that version reuses the slot and the loaded session.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Callable, Hashable, Iterable
 
+import numpy as np
+
 from edgefleet_agent import __version__
 from edgefleet_agent.contract.artifact import verify_artifact
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -31,8 +42,23 @@ from edgefleet_agent.contract.signing import Envelope, SignatureError, load_publ
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
 from edgefleet_agent.contract.tuf import MetadataRefused
 from edgefleet_agent.download import FetchError, download
-from edgefleet_agent.serving import LoadedModel, LoadError, SessionCache, available_providers, choose_providers, load_model
+from edgefleet_agent.serving import (
+    InferenceFailed,
+    LoadedModel,
+    LoadError,
+    NotReady,
+    Prediction,
+    RequestError,
+    SessionCache,
+    VersionNotServed,
+    available_providers,
+    check_inputs,
+    choose_providers,
+    load_model,
+)
+from edgefleet_agent.shadow import ShadowRunner
 from edgefleet_agent.store import Pointer, SlotRef, SlotStore, StoreError, pause_point
+from edgefleet_agent.telemetry import Window, read_output
 from edgefleet_agent.transports import Transport
 
 if TYPE_CHECKING:  # python-tuf loads only on a device given its TUF root (edgefleet_agent/trust.py)
@@ -42,7 +68,6 @@ log = logging.getLogger("edgefleet.agent")
 
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
-LATENCY_WINDOW_CAP = 100_000  # latencies kept per report window; beyond it the newest overwrite the oldest
 
 
 class Refused(Exception):
@@ -62,6 +87,17 @@ class _Serving:
     key: Hashable
 
 
+@dataclass(frozen=True, eq=False)
+class _Candidate:
+    """The shadow: verified and loaded like an install, run beside the served version, never served."""
+
+    desired: DesiredModel
+    ref: SlotRef
+    manifest: ModelManifest
+    key: Hashable
+    runner: ShadowRunner
+
+
 @dataclass(frozen=True)
 class _Refusal:
     desired: DesiredModel
@@ -70,21 +106,9 @@ class _Refusal:
     attempts: int
 
 
-class _Window:
-    __slots__ = ("inferences", "errors", "invalid", "latencies")
-
-    def __init__(self) -> None:
-        self.inferences = 0
-        self.errors = 0
-        self.invalid = 0
-        self.latencies: list[float] = []
-
-
-def p99(latencies: list[float]) -> float | None:
-    if not latencies:
-        return None
-    ordered = sorted(latencies)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 class DeviceAgent:
@@ -124,9 +148,11 @@ class DeviceAgent:
         self._refusal: _Refusal | None = None
         self._installing: DesiredModel | None = None
         self._notice: str | None = None  # a problem found at start, reported until the next change
-        self._window = _Window()
+        self._window = Window()
         self._feed_counter = 0
         self._trust = trust
+        self._candidate: _Candidate | None = None  # the shadow
+        self._candidate_refusal: _Refusal | None = None
 
     # -- what is served -------------------------------------------------------------------------------
     @property
@@ -138,6 +164,11 @@ class DeviceAgent:
     def current_sha256(self) -> str | None:
         serving = self._serving
         return serving.ref.sha256 if serving else None
+
+    def served(self) -> tuple[str, ModelManifest] | None:
+        """The served version and its signed manifest, read together (None when nothing is served)."""
+        serving = self._serving
+        return (serving.ref.version, serving.manifest) if serving else None
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -202,7 +233,9 @@ class DeviceAgent:
                 outcome = f"serving previous {serving.ref.version}" if serving else "serving nothing"
                 self._notice = "at start: slot failed verification: " + "; ".join(problems) + f"; {outcome}"
             with self._state_lock:
-                self._serving = serving
+                with self._metrics_lock:
+                    self._serving = serving
+                    self._window = Window(serving.loaded.watch if serving else None)
             if serving is not None:
                 log.info(
                     "%s: serving %s %s after re-verifying it (providers %s)",
@@ -263,38 +296,53 @@ class DeviceAgent:
             if self._trust is not None:
                 self._trust.poll()  # a frozen channel becomes "metadata stale since …"; serving goes on
             if desired is None:
-                return self._unload()
-            serving = self._serving
-            if serving is not None and (serving.ref.version, serving.ref.sha256) == (desired.version, desired.sha256):
-                return self._forget_refusal()
-            refusal = self._refusal
-            attempts = 1
-            if refusal is not None and refusal.desired == desired:
-                if refusal.retry_at is None or self.clock() < refusal.retry_at:
-                    return False
-                attempts = refusal.attempts + 1
-            self._installing = desired
-            try:
-                self._install(desired)
-                return True
-            except Refused as exc:
-                retry_at = None
-                if exc.transient:
-                    retry_at = self.clock() + min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(attempts - 1, 16))
-                with self._state_lock:
-                    self._refusal = _Refusal(desired, exc.reason, retry_at, attempts)
-                log.warning(
-                    "%s: refused %s %s: %s%s",
-                    self.device_id,
-                    self.model,
-                    desired.version,
-                    exc.reason,
-                    f" (retrying in {retry_at - self.clock():.0f} s)" if retry_at else "",
-                )
-                self._clean_quietly()
-                return refusal is None or refusal.desired != desired or refusal.reason != exc.reason
-            finally:
-                self._installing = None
+                shadow_changed = self._drop_candidate()
+                return self._unload() or shadow_changed
+            changed = self._sync_served(desired)
+            return self._sync_candidate(desired) or changed
+
+    def _retry(self, refusal: _Refusal | None, desired: DesiredModel) -> int | None:
+        """The attempt number for `desired`, or None while a refusal of exactly it stands (or waits to be retried)."""
+        if refusal is None or refusal.desired != desired:
+            return 1
+        if refusal.retry_at is None or self.clock() < refusal.retry_at:
+            return None
+        return refusal.attempts + 1
+
+    def _refusal_of(self, desired: DesiredModel, exc: Refused, attempts: int) -> _Refusal:
+        retry_at = None
+        if exc.transient:
+            retry_at = self.clock() + min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(attempts - 1, 16))
+        return _Refusal(desired, exc.reason, retry_at, attempts)
+
+    def _sync_served(self, desired: DesiredModel) -> bool:
+        serving = self._serving
+        if serving is not None and (serving.ref.version, serving.ref.sha256) == (desired.version, desired.sha256):
+            return self._forget_refusal()
+        refusal = self._refusal
+        attempts = self._retry(refusal, desired)
+        if attempts is None:
+            return False
+        self._installing = desired
+        try:
+            self._install(desired)
+            return True
+        except Refused as exc:
+            made = self._refusal_of(desired, exc, attempts)
+            with self._state_lock:
+                self._refusal = made
+            log.warning(
+                "%s: refused %s %s: %s%s",
+                self.device_id,
+                self.model,
+                desired.version,
+                exc.reason,
+                f" (retrying in {made.retry_at - self.clock():.0f} s)" if made.retry_at else "",
+            )
+            self._clean_quietly()
+            return refusal is None or refusal.desired != desired or refusal.reason != exc.reason
+        finally:
+            self._installing = None
 
     def _forget_refusal(self) -> bool:
         if self._refusal is None:
@@ -319,8 +367,8 @@ class DeviceAgent:
                 f"could not write {self.model} {manifest.version} under {self.store.root}: {exc.strerror or exc}", transient=True
             ) from None
 
-    def _verify_desired(self, desired: DesiredModel, manifest_bytes: bytes, signature_bytes: bytes) -> ModelManifest:
-        source = f"desired {desired.model} {desired.version}"
+    def _verify_desired(self, desired: DesiredModel, manifest_bytes: bytes, signature_bytes: bytes, what: str = "desired") -> ModelManifest:
+        source = f"{what} {desired.model} {desired.version}"
         if desired.model != self.model:
             raise Refused(f"desired state names model {desired.model!r}, but this agent serves {self.model!r}")
         try:
@@ -444,10 +492,13 @@ class DeviceAgent:
             old = self._serving
             with self._metrics_lock:
                 self._serving = serving
-                self._window = _Window()
+                self._window = Window(serving.loaded.watch if serving else None)
             self._pointer = pointer
             self._refusal = None
             self._notice = None
+            candidate = self._candidate
+        if candidate is not None:
+            candidate.runner.retarget(serving)  # the candidate is compared with the version now served
         if old is not None:
             self._cache.release(old.key)
 
@@ -469,68 +520,172 @@ class DeviceAgent:
         log.info("%s: desired state is empty; serving nothing", self.device_id)
         return True
 
-    def _clean_quietly(self) -> None:
+    # -- the shadow candidate ---------------------------------------------------------------------------
+    def _sync_candidate(self, desired: DesiredModel) -> bool:
+        """Loads, keeps or drops the candidate `desired.shadow` names. A candidate equal to the served version is none."""
+        wanted = desired.shadow
+        if wanted is not None and (wanted.version, wanted.sha256) == (desired.version, desired.sha256):
+            wanted = None
+        if wanted is None:
+            return self._drop_candidate()
+        candidate = self._candidate
+        if candidate is not None and candidate.desired == wanted:
+            return False
+        refusal = self._candidate_refusal
+        attempts = self._retry(refusal, wanted)
+        if attempts is None:
+            return False
+        dropped = self._drop_candidate(forget_refusal=False)
         try:
-            self.store.clean(keep=self._pointer.slots())
+            self._load_candidate(wanted)
+        except Refused as exc:
+            made = self._refusal_of(wanted, exc, attempts)
+            with self._state_lock:
+                self._candidate_refusal = made
+            log.warning("%s: refused shadow candidate %s %s: %s", self.device_id, self.model, wanted.version, exc.reason)
+            self._clean_quietly()
+            return dropped or refusal is None or refusal.desired != wanted or refusal.reason != exc.reason
+        return True
+
+    def _load_candidate(self, wanted: DesiredModel) -> None:
+        """Verified exactly as an install (signature, digest, size, min_agent_version), without the downgrade rule."""
+        manifest_bytes, signature_bytes = wanted.manifest.encode("utf-8"), wanted.signature.encode("utf-8")
+        manifest = self._verify_desired(wanted, manifest_bytes, signature_bytes, what="shadow")
+        slot = self.store.slot_name(manifest.version, manifest_bytes)
+        try:
+            model_path = self._reusable_slot(slot, manifest_bytes)
+            if model_path is None:
+                model_path = self._fetch_slot(wanted, manifest, slot, manifest_bytes, signature_bytes)
+        except OSError as exc:
+            raise Refused(
+                f"could not write {self.model} {manifest.version} under {self.store.root}: {exc.strerror or exc}", transient=True
+            ) from None
+        loaded, key = self._load(manifest, model_path)
+        runner = ShadowRunner(self.model, manifest.version, manifest.sha256, loaded)
+        candidate = _Candidate(wanted, SlotRef(slot, manifest.version, manifest.sha256), manifest, key, runner)
+        with self._state_lock:
+            runner.retarget(self._serving)
+            self._candidate = candidate
+            self._candidate_refusal = None
+        log.info("%s: shadowing %s %s beside the served version", self.device_id, self.model, manifest.version)
+
+    def _drop_candidate(self, forget_refusal: bool = True) -> bool:
+        with self._state_lock:
+            candidate, self._candidate = self._candidate, None
+            refused = self._candidate_refusal is not None and forget_refusal
+            if forget_refusal:
+                self._candidate_refusal = None
+        if candidate is None:
+            return refused
+        candidate.runner.close()
+        self._cache.release(candidate.key)
+        log.info("%s: no longer shadowing %s %s", self.device_id, self.model, candidate.ref.version)
+        self._clean_quietly()
+        return True
+
+    @property
+    def shadow_runner(self) -> ShadowRunner | None:
+        """The candidate being shadowed, if any (tests and benchmarks drain it)."""
+        candidate = self._candidate
+        return candidate.runner if candidate else None
+
+    def _clean_quietly(self) -> None:
+        keep = self._pointer.slots()
+        candidate = self._candidate
+        if candidate is not None:
+            keep.add(candidate.ref.slot)
+        try:
+            self.store.clean(keep=keep)
         except OSError as exc:
             log.warning("%s: could not remove stale files under %s: %s", self.device_id, self.store.root, exc)
 
     # -- serving and metrics --------------------------------------------------------------------------
+    def predict(self, inputs: dict[str, np.ndarray], label: int | None = None, version: str | None = None) -> Prediction:
+        """One request from an application: the current verified version answers (`version`, if given, must be it).
+
+        Raises NotReady (nothing served), VersionNotServed, InvalidInput (names, element types or shapes differ from
+        the served version's signature) or InferenceFailed (onnxruntime failed: counted as the version's error).
+        `label` is the true class, if the application knows it (live accuracy of a classifier). A shadow candidate,
+        if any, gets the same inputs later on its own thread; its answer is never returned."""
+        serving = self._serving
+        if serving is None:
+            raise NotReady(f"model {self.model!r} has no verified version loaded on this device (status {self.status})")
+        ref = serving.ref
+        if version is not None and version != ref.version:
+            raise VersionNotServed(f"model {self.model!r} version {version!r} is not served here; this device serves {ref.version}")
+        loaded = serving.loaded
+        feed = check_inputs(f"{self.model} {ref.version}", loaded.inputs, inputs)
+        start = perf_counter()
+        try:
+            values = loaded.session.run(loaded.output_names, feed)
+        except Exception as exc:
+            ms = (perf_counter() - start) * 1000.0
+            with self._metrics_lock:
+                if serving is self._serving:
+                    self._window.record(ms, True, False, None, None)
+            log.debug("%s: inference failed: %s", self.device_id, exc)
+            raise InferenceFailed(f"{self.model} {ref.version} failed on this request: {_first_line(exc)}") from None
+        ms = (perf_counter() - start) * 1000.0
+        invalid = loaded.has_invalid(values)
+        said = read_output(loaded.watch, values)
+        with self._metrics_lock:
+            if serving is self._serving:  # a request that straddled a swap is not the new version's
+                self._window.record(ms, False, invalid, said, label)
+        candidate = self._candidate
+        if candidate is not None:
+            candidate.runner.offer(serving, feed, loaded.output_names, values, said, ms)
+        return Prediction(self.model, ref.version, dict(zip(loaded.output_names, values, strict=True)), ms, invalid)
+
     def infer(self) -> bool:
-        """One inference on the served session with the next synthetic input; False if nothing is served."""
+        """One synthetic request (the manifest's seeded inputs) through predict(); False if nothing is served."""
         serving = self._serving
         if serving is None:
             return False
-        loaded = serving.loaded
+        feeds = serving.loaded.feeds
         n = self._feed_counter
         self._feed_counter = n + 1
-        feeds = loaded.feeds[n % len(loaded.feeds)]
-        failed = invalid = False
-        start = perf_counter()
         try:
-            values = loaded.session.run(loaded.output_names, feeds)
-        except Exception as exc:
-            failed = True
-            log.debug("%s: inference failed: %s", self.device_id, exc)
-        else:
-            invalid = loaded.has_invalid(values)
-        ms = (perf_counter() - start) * 1000.0
-        with self._metrics_lock:
-            if serving is self._serving:  # a request that straddled a swap is not the new version's
-                w = self._window
-                w.inferences += 1
-                if failed:
-                    w.errors += 1
-                else:
-                    if invalid:
-                        w.invalid += 1
-                    lat = w.latencies
-                    if len(lat) < LATENCY_WINDOW_CAP:
-                        lat.append(ms)
-                    else:
-                        lat[w.inferences % LATENCY_WINDOW_CAP] = ms
+            self.predict(feeds[n % len(feeds)])
+        except NotReady:
+            return False
+        except (InferenceFailed, RequestError):
+            pass  # counted (an inference failure) or not the version's fault (a swap changed its inputs meanwhile)
         return True
 
     def build_report(self) -> DeviceReport:
         """Snapshots what is served and the metrics since the last report, and starts a new window."""
         with self._state_lock:
             serving, refusal, installing, notice = self._serving, self._refusal, self._installing, self._notice
+            candidate, candidate_refusal = self._candidate, self._candidate_refusal
             with self._metrics_lock:
-                window, self._window = self._window, _Window()
+                window, self._window = self._window, Window(serving.loaded.watch if serving else None)
+        latency = window.latency_summary()
+        predictions = window.predictions()
+        labelled = window.labelled_summary()
+        shadow = candidate.runner.take() if candidate is not None else None
+        stale = self._trust.notice if self._trust is not None else None  # "metadata stale since …": serving goes on
+        errors = [e for e in (refusal.reason if refusal else notice or stale,) if e]
+        if candidate_refusal is not None:
+            errors.append(f"shadow candidate {self.model} {candidate_refusal.desired.version} refused: {candidate_refusal.reason}")
         return DeviceReport(
             device_id=self.device_id,
             model=self.model,
             version=serving.ref.version if serving else None,
             sha256=serving.ref.sha256 if serving else None,
             status=self._status(serving, refusal, installing),
-            error=refusal.reason if refusal else notice or (self._trust.notice if self._trust is not None else None),
+            error="; ".join(errors) or None,
             failed_version=refusal.desired.version if refusal else None,
-            inferences=window.inferences,
+            inferences=window.requests,
             errors=window.errors,
             invalid_outputs=window.invalid,
-            p99_latency_ms=p99(window.latencies),
+            p99_latency_ms=latency.quantile(0.99),
             agent_version=__version__,
             reported_at=self.clock(),
+            p50_latency_ms=latency.quantile(0.5),
+            latency=latency.to_json() if latency.n else None,
+            predictions=predictions.to_json() if predictions else None,
+            shadow=shadow.to_json() if shadow else None,
+            labelled=labelled.to_json() if labelled else None,
         )
 
     def report(self) -> None:
@@ -538,20 +693,30 @@ class DeviceAgent:
 
     # -- the device process ---------------------------------------------------------------------------
     def serve_forever(
-        self, stop: threading.Event, sync_seconds: float = 0.5, report_seconds: float = 0.5, infer_interval_seconds: float = 0.0
+        self,
+        stop: threading.Event,
+        sync_seconds: float = 0.5,
+        report_seconds: float = 0.5,
+        infer_interval_seconds: float = 0.0,
+        synthetic_traffic: bool = False,
     ) -> None:
-        """Runs until `stop` is set: one inference thread, one reporting thread, and sync in this thread.
+        """Runs until `stop` is set: one reporting thread, and sync in this thread. Requests come from the
+        applications (predict(), the endpoint); `synthetic_traffic=True` (demos and the local fleet's simulated
+        devices only) adds a thread that sends synthetic requests, `infer_interval_seconds` apart.
 
         Reports run on their own thread so a long download shows as "updating" instead of going silent.
         """
         self.start()
         halt = threading.Event()
         threads = [
-            threading.Thread(
-                target=self._inference_loop, args=(halt, infer_interval_seconds), name=f"agent-infer-{self.device_id}", daemon=True
-            ),
             threading.Thread(target=self._report_loop, args=(halt, report_seconds), name=f"agent-report-{self.device_id}", daemon=True),
         ]
+        if synthetic_traffic:
+            threads.append(
+                threading.Thread(
+                    target=self._inference_loop, args=(halt, infer_interval_seconds), name=f"agent-infer-{self.device_id}", daemon=True
+                )
+            )
         for t in threads:
             t.start()
         try:
@@ -586,10 +751,14 @@ class DeviceAgent:
             log.warning("%s: report failed: %s", self.device_id, exc)
 
     def close(self) -> None:
-        """Releases the session and the state directory (call after serve_forever has returned)."""
+        """Releases the sessions and the state directory (call after serve_forever has returned)."""
         with self._sync_lock:
             with self._state_lock:
                 old, self._serving = self._serving, None
+                candidate, self._candidate = self._candidate, None
+            if candidate is not None:
+                candidate.runner.close()
+                self._cache.release(candidate.key)
             if old is not None:
                 self._cache.release(old.key)
             self.store.unlock()

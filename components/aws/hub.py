@@ -10,6 +10,14 @@
   count as pending, never as healthy. When the ring's error rate or invalid-output share is over its gate,
   it also names the devices behind it (`device_offenders`) from the per-device metrics agents file only for
   bad windows.
+- quality: when the ring's gate has quality criteria (or the desired state shadows a candidate), the same observation
+  reads what the agents filed of their requests for that ring and version (contract/greengrass.py): class counts
+  (the classes ListMetrics knows plus PROBED_CLASSES indices, since a new metric takes minutes to be listed; whatever
+  the classes miss of the predictions count is compared as "other"), confidence bins, the requests' p50 (CloudWatch's
+  percentile over the values and counts every agent filed: the merged histogram's median), a shadowed candidate's
+  counts and p50s, labelled counts. `summarize` reads the same for a control group: the later rings (their names
+  come with the gate's inputs, `control_rings`) on the previous version. No quality metric is per device, so a
+  failed quality gate on AWS names no offending devices; its report gives the ring's and the control's values.
 - load_progress / save_progress: one JSON object per rollout under rollouts/ in the model bucket
   (versioned, KMS-encrypted), so a gate resumes where the last `pulumi up` stopped.
 
@@ -40,10 +48,12 @@ from components.aws.plan import (
 )
 from components.rollout.gate import THRESHOLDS, measure
 from components.rollout.progress import last_good, rollout_id
+from components.rollout.quality import ShadowSummary, Summary
 from components.rollout.spec import GateConfig
 from components.rollout.types import OFFENDERS_PER_METRIC, RingObservation, RingTarget
 from edgefleet_agent.contract import greengrass as gg
 from edgefleet_agent.contract.state import DesiredModel
+from edgefleet_agent.contract.telemetry import CONFIDENCE_BINS, OTHER
 
 log = logging.getLogger("edgefleet.aws.hub")
 
@@ -59,6 +69,7 @@ FAILED_STATES = ("FAILED", "REJECTED", "TIMED_OUT")
 MAX_QUERIES = 500  # GetMetricData without a Metrics Insights query: at most 500 metrics per request
 PROBED_THINGS = 250  # succeeded job executions read directly: one ListJobExecutionsForJob page
 LOOKBACK_SECONDS = 3 * 3600  # as ListMetrics RecentlyActive=PT3H; 182 one-minute periods x 500 metrics < 100,800 data points
+PROBED_CLASSES = 32  # class indices read whether or not ListMetrics lists them yet
 
 
 class Clients:
@@ -210,6 +221,11 @@ class AwsHub:
         return base if base.rollout == rid else replace(base, rollout=rid)
 
     def set_desired(self, target: RingTarget, desired: DesiredModel | None) -> None:
+        if desired is not None and desired.shadow is not None:
+            raise ValueError(
+                f"ring {target.ring!r}: a Greengrass deployment cannot carry a candidate to shadow (the stack check refuses "
+                "shadow_soak_seconds on AWS rings)"
+            )
         self.clients.greengrass.create_deployment(**self.deployment_request(target, desired))
 
     def deployment_request(self, target: RingTarget, desired: DesiredModel | None) -> dict[str, Any]:
@@ -262,10 +278,138 @@ class AwsHub:
             failures=tuple((thing, status) for thing, status in failures),
             pending=tuple(thing for thing, _ in pending),
         )
+        if desired is not None and obs.adopted and self._reads_quality(target.ring, desired):
+            quality = self.ring_summary(target.ring, desired.version, since, desired.shadow)
+            obs = replace(obs, summary=replace(quality, devices=obs.adopted))
         breached = self.offender_metrics(target.ring, obs)
         if desired is None or not breached:
             return obs
         return replace(obs, offenders=self.device_offenders(target.ring, desired.version, since, breached, job_id))
+
+    def _reads_quality(self, ring: str, desired: DesiredModel) -> bool:
+        gate = (self.gates or {}).get(ring)
+        return desired.shadow is not None or gate is None or gate.quality
+
+    def summarize(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> Summary:
+        """The control group's telemetry: what agents on `desired` filed under each of `targets`' rings since `since`."""
+        out = [self.ring_summary(t.ring, desired.version, since, None) for t in targets]
+        return merge_summaries(out)
+
+    # -- quality metrics ---------------------------------------------------------------------------------------
+    def _stat(self, qid: str, name: str, stat: str, dims: list[dict[str, str]], period: int) -> dict[str, Any]:
+        return {
+            "Id": qid,
+            "ReturnData": True,
+            "MetricStat": {
+                "Metric": {"Namespace": self.metric_namespace, "MetricName": name, "Dimensions": dims},
+                "Period": period,
+                "Stat": stat,
+            },
+        }
+
+    def quality_queries(self, ring: str, version: str, period: int, classes: list[str], candidate: str | None) -> list[dict[str, Any]]:
+        """GetMetricData queries for a ring's (or control ring's) quality summary: one per class probed, per confidence
+        bin, the requests' p50 and count, a shadowed candidate's counts and p50s, the labelled counts."""
+        dims = self._dimensions(ring, version)
+        q = [self._stat("pn", gg.PREDICTIONS_METRIC, "Sum", dims, period)]
+        q += [
+            self._stat(f"c{i}", gg.CLASS_METRIC, "Sum", [*dims, {"Name": gg.CLASS_DIMENSION, "Value": c}], period)
+            for i, c in enumerate(classes)
+        ]
+        q += [
+            self._stat(f"b{i}", gg.CONFIDENCE_METRIC, "Sum", [*dims, {"Name": gg.BIN_DIMENSION, "Value": str(i)}], period)
+            for i in range(CONFIDENCE_BINS)
+        ]
+        q += [
+            self._stat("lp", gg.REQUEST_LATENCY_METRIC, "p50", dims, period),
+            self._stat("ln", gg.REQUEST_LATENCY_METRIC, "SampleCount", dims, period),
+        ]
+        q += [self._stat(f"y{i}", name, "Sum", dims, period) for i, (name, _) in enumerate(gg.LABELLED_METRICS)]
+        if candidate is not None:
+            cdims = [*dims, {"Name": gg.CANDIDATE_DIMENSION, "Value": candidate}]
+            q += [self._stat(f"s{i}", name, "Sum", cdims, period) for i, (name, _) in enumerate(gg.SHADOW_COUNT_METRICS)]
+            q += [
+                self._stat("sp", gg.SHADOW_LATENCY_METRIC, "p50", cdims, period),
+                self._stat("sn", gg.SHADOW_LATENCY_METRIC, "SampleCount", cdims, period),
+                self._stat("tp", gg.SHADOW_SERVED_LATENCY_METRIC, "p50", cdims, period),
+                self._stat("tn", gg.SHADOW_SERVED_LATENCY_METRIC, "SampleCount", cdims, period),
+            ]
+        return q
+
+    def ring_summary(self, ring: str, version: str, since: float, candidate: DesiredModel | None) -> Summary:
+        """What agents on `version` in `ring` filed of their requests since `since`: sums over the window's periods; a
+        p50 over several periods is their sample-weighted mean."""
+        listed = self._listed_dimension(ring, version, gg.CLASS_METRIC, gg.CLASS_DIMENSION)
+        classes = list(dict.fromkeys([*(str(i) for i in range(PROBED_CLASSES)), OTHER, *listed]))[: MAX_QUERIES - 40]
+        start = math.floor(since / 60) * 60
+        end = max(start + 60, math.ceil(self.now() / 60) * 60)
+        period = min(end - start, 3600)
+        series = self._series(self.quality_queries(ring, version, period, classes, candidate.version if candidate else None), start, end)
+
+        def total(qid: str) -> int:
+            return int(round(sum(v for _, v in series.get(qid, []))))
+
+        def p50(value: str, count: str) -> float | None:
+            weights = dict(series.get(count, []))
+            pairs = [(v, weights.get(t, 0.0)) for t, v in series.get(value, [])]
+            n = sum(w for _, w in pairs)
+            return sum(v * w for v, w in pairs) / n if n else None
+
+        counts = {c: total(f"c{i}") for i, c in enumerate(classes)}
+        shadow = None
+        if candidate is not None:
+            compared, agree, errors, invalid = (total(f"s{i}") for i in range(len(gg.SHADOW_COUNT_METRICS)))
+            shadow = ShadowSummary(candidate.version, candidate.sha256, compared, agree, errors, invalid, p50("sp", "sn"), p50("tp", "tn"))
+        return Summary(
+            devices=0,
+            predictions=total("pn"),
+            classes={c: n for c, n in counts.items() if n},
+            confidence=tuple(total(f"b{i}") for i in range(CONFIDENCE_BINS)),
+            latency_n=total("ln"),
+            p50_ms=p50("lp", "ln"),
+            shadow=shadow,
+            labelled=total("y0"),
+            correct=total("y1"),
+        )
+
+    def _series(self, queries: list[dict[str, Any]], start: int, end: int) -> dict[str, list[tuple[datetime, float]]]:
+        kwargs: dict[str, Any] = {
+            "MetricDataQueries": queries,
+            "StartTime": datetime.fromtimestamp(start, timezone.utc),
+            "EndTime": datetime.fromtimestamp(end, timezone.utc),
+            "ScanBy": "TimestampAscending",
+        }
+        out: dict[str, list[tuple[datetime, float]]] = {}
+        while True:
+            resp = self.clients.cloudwatch.get_metric_data(**kwargs)
+            for r in resp.get("MetricDataResults", []):
+                out.setdefault(r["Id"], []).extend(
+                    (t, float(v)) for t, v in zip(r.get("Timestamps", []), r.get("Values", []), strict=False) if v is not None
+                )
+            if not resp.get("NextToken"):
+                return out
+            kwargs["NextToken"] = resp["NextToken"]
+
+    def _listed_dimension(self, ring: str, version: str, metric_name: str, dimension: str) -> list[str]:
+        """Values of `dimension` that ListMetrics knows for the metric under this ring and version (errors: none)."""
+        kwargs: dict[str, Any] = {
+            "Namespace": self.metric_namespace,
+            "MetricName": metric_name,
+            "Dimensions": self._dimensions(ring, version),
+            "RecentlyActive": "PT3H",
+        }
+        found: list[str] = []
+        try:
+            while True:
+                resp = self.clients.cloudwatch.list_metrics(**kwargs)
+                for metric in resp.get("Metrics", []):
+                    found += [d["Value"] for d in metric.get("Dimensions", []) if d.get("Name") == dimension]
+                if not resp.get("NextToken"):
+                    break
+                kwargs["NextToken"] = resp["NextToken"]
+        except Exception as exc:  # noqa: BLE001 - the probed classes still count
+            log.warning("quality: ListMetrics failed (%s: %s); reading the probed classes only", type(exc).__name__, exc)
+        return found
 
     def offender_metrics(self, ring: str, obs: RingObservation) -> list[str]:
         """The per-device metrics worth reading: those whose ring value is over the ring's gate (the only case
@@ -472,3 +616,23 @@ class AwsHub:
     def last_good(self, rollout: str, before: str | None = None) -> DesiredModel | None:
         """The rollback target: the desired model of the latest rollout of `rollout` that succeeded."""
         return last_good(self.rollouts(rollout), before)
+
+
+def merge_summaries(parts: list[Summary]) -> Summary:
+    """Sums of several rings' summaries; their p50s averaged, weighted by their timed requests."""
+    classes: dict[str, int] = {}
+    for p in parts:
+        for k, v in p.classes.items():
+            classes[k] = classes.get(k, 0) + v
+    timed = sum(p.latency_n for p in parts)
+    bins = [sum(p.confidence[i] if i < len(p.confidence) else 0 for p in parts) for i in range(CONFIDENCE_BINS)]
+    return Summary(
+        devices=sum(p.devices for p in parts),
+        predictions=sum(p.predictions for p in parts),
+        classes=classes,
+        confidence=tuple(bins) if any(bins) else (),
+        latency_n=timed,
+        p50_ms=sum((p.p50_ms or 0.0) * p.latency_n for p in parts) / timed if timed else None,
+        labelled=sum(p.labelled for p in parts),
+        correct=sum(p.correct for p in parts),
+    )

@@ -23,6 +23,7 @@ from components.rollout.driver import run_gate as drive_gate
 from components.rollout.hub import WallClock
 from components.rollout.progress import Progress, rollout_id
 from components.rollout.spec import DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
+from components.rollout.types import RingTarget
 from edgefleet_agent.contract.state import DesiredModel
 
 ACCOUNT_RE = r"[0-9]{12}"
@@ -294,6 +295,7 @@ class AwsRingGateProps(RingGateProps):
     model_component: str
     agent_component: str
     agent_version: str
+    control_rings: list[str] = []  # the rings after this one, still on the previous version: its quality's control group
 
 
 def desired_from_props(props: Mapping[str, Any]) -> DesiredModel:
@@ -311,12 +313,14 @@ def run_gate(props: Mapping[str, Any], clients: Any = None, clock: Any = None) -
     p = AwsRingGateProps.of(props)
     clock = clock or WallClock()
     hub = AwsHub.from_props(p, clients=clients, clock=clock.now)
+    rings = p.ring_plans(p.targets)
+    control = tuple(RingTarget(p.rollout, name, p.index + 1 + i, None) for i, name in enumerate(p.control_rings))
     gate = GateInputs(
         rollout=p.rollout,
         ring=p.ring,
         index=p.index,
         total_rings=p.total_rings,
-        rings=p.ring_plans(p.targets),
+        rings=(*rings[:-1], replace(rings[-1], control=control)),
         declared=p.declared(),
         poll_seconds=p.poll_seconds,
         apply=f"run `pulumi up --stack {p.stack}`",

@@ -93,9 +93,10 @@ from components.platform import (
     StackBase,
     StoreOutputs,
     child,
+    read_after,
 )
 from components.rollout.engine import rollout_id
-from components.rollout.spec import DeviceGroupConfig
+from components.rollout.spec import DeviceGroupConfig, compares_with_control
 from components.stack import raise_first
 from edgefleet_agent.contract import greengrass as gg
 from edgefleet_agent.contract.manifest import ModelManifest
@@ -243,8 +244,10 @@ class AwsPlatform(Platform):
         aws_p, native_p = self.providers()
         return child(parent, provider=native_p if native else aws_p, **kwargs)
 
-    def _invoke_opts(self) -> pulumi.InvokeOutputOptions:
-        return pulumi.InvokeOutputOptions(provider=self.providers()[0])
+    def _invoke_opts(self, *after: pulumi.Resource) -> pulumi.InvokeOutputOptions:
+        """`after`: resources the invoke reads. Under `pulumi preview` an invoke whose arguments are unknown drops the
+        dependencies its arguments carried; naming them keeps the graph policies see whole."""
+        return pulumi.InvokeOutputOptions(provider=self.providers()[0], depends_on=list(after))
 
     def identity(self) -> tuple[pulumi.Output[str], pulumi.Output[str]]:
         """(account id, deploying role ARN). The role defaults to the role `pulumi up` runs as."""
@@ -275,8 +278,9 @@ class AwsPlatform(Platform):
             opts=self.opts(parent),
         )
         aws.kms.Alias(f"{n}-kms-alias", name=f"alias/{self.naming.prefix}-signing", target_key_id=key.key_id, opts=self.opts(parent))
-        public = aws.kms.get_public_key_output(key_id=key.arn, opts=self._invoke_opts())
-        return KeyOutputs(key_ref=key.arn, public_key_pem=public.public_key_pem, exportable=False, handles=Key(key, public.public_key_pem))
+        public = aws.kms.get_public_key_output(key_id=key.arn, opts=self._invoke_opts(key))
+        public_key_pem = read_after(public.public_key_pem, key)
+        return KeyOutputs(key_ref=key.arn, public_key_pem=public_key_pem, exportable=False, handles=Key(key, public_key_pem))
 
     def model_store(self, parent) -> StoreOutputs:
         n = parent.resource_name
@@ -585,6 +589,8 @@ class AwsPlatform(Platform):
                 "agent_version": agent_cv.component_version,
                 "gate_config": ring.gate.model_dump(mode="json"),
                 "poll_seconds": self.aws.poll_seconds,
+                # written only for a ring that compares with the devices still on the previous version
+                **({"control_rings": [r.name for r in rollout.rings[index + 1 :]]} if compares_with_control(ring.gate) else {}),
             },
             child(parent, depends_on=[deployment], custom_timeouts=pulumi.CustomTimeouts(create=_gate_timeout(rings))),
         )

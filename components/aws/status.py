@@ -15,3 +15,11 @@ def read_status(project_dir: Path, cfg: Any, source: str, stack: str, graph: dic
         "status reads the local hub; this stack has no local platform",
         "for cloud stacks, see the Greengrass console or `pulumi stack output`",
     )
+
+
+def read_history(project_dir: Path, cfg: Any, source: str, stack: str) -> list[dict[str, Any]]:
+    raise EdgefleetError(
+        source,
+        "history reads the local hub; this stack's rollout records live in its cloud store",
+        "for cloud stacks, see the Greengrass console or the rollout records in the stack's model store",
+    )

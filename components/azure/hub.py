@@ -20,6 +20,13 @@
   and only for a metric that can fail the gate: IoT Hub allows 20 queries a minute per S1/S2 unit, and the gate polls
   every `poll_seconds`. With the ring's gates known (`run_gate`), that is a metric whose ring-wide value breaches
   its threshold, so a healthy ring costs no query; without them, one that is above zero.
+- quality: for a ring whose gate has quality criteria, one aggregate twin query per side sums what the adopted agents
+  reported of their requests (`quality` in contract/iotedge.py): the count of classified requests, class counts for
+  PROBED_CLASSES indices and "other" (predictions of classes beyond them count as "other"), the confidence bins, a
+  shadowed candidate's counts and labelled counts; IoT Hub's query language sums and averages but cannot merge
+  histograms, so a side's p50 is the mean of its devices' own medians. `summarize` runs the same query over the control
+  group (the later rings' devices on the previous version). One more query, TOP 20 devices' own summaries, lets a failed
+  quality gate name devices (IoT Hub has no ORDER BY: any 20 matching devices, ranked here).
 - progress: JSON blobs next to the models (container `rollouts`), so any machine can resume a rollout.
 
 `run_gate` is what the RingGate dynamic provider calls under `pulumi up`: the same engine as the local fleet.
@@ -51,11 +58,15 @@ from components.rollout.driver import run_gate as drive_gate
 from components.rollout.gate import THRESHOLDS, measure
 from components.rollout.hub import WallClock
 from components.rollout.progress import Progress, rollout_id
+from components.rollout.quality import ShadowSummary, Summary
 from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, RingObservation, RingTarget
-from edgefleet_agent.contract.iotedge import model_key
+from edgefleet_agent.contract.iotedge import class_key, model_key
 from edgefleet_agent.contract.state import DesiredModel
+from edgefleet_agent.contract.telemetry import CONFIDENCE_BINS, OTHER
 
 FAILURE_SAMPLE = 20
+PROBED_CLASSES = 32  # class indices summed by name in a ring's quality query; the rest of the predictions are "other"
+QUALITY_SAMPLE = 20  # devices whose own quality summary a ring with quality criteria reads, to name offenders
 # Microsoft's "Reporting Failure" system metric, for a hub that returns no queries with the configuration.
 RUNTIME_FAILED_QUERY = (
     "SELECT deviceId FROM devices.modules WHERE moduleId = '$edgeAgent' AND configurations.[[{id}]].status = 'Applied' "
@@ -185,6 +196,11 @@ class AzureHub:
 
     def set_desired(self, target: RingTarget, desired: DesiredModel | None) -> None:
         spec = self._spec(target)
+        if desired is not None and desired.shadow is not None:
+            raise ValueError(
+                f"ring {target.ring!r}: a ring layer cannot carry a candidate to shadow (the stack check refuses "
+                "shadow_soak_seconds on Azure rings)"
+            )
         if desired is None:
             for cfg in self.ring_configurations(spec.key):
                 self.client.delete_configuration(cfg["id"], "*")
@@ -240,7 +256,64 @@ class AzureHub:
             failures=failures,
         )
         offenders = self._offenders(spec, desired, obs) if adopted else ()
-        return dataclasses.replace(obs, offenders=offenders) if offenders else obs
+        if offenders:
+            obs = dataclasses.replace(obs, offenders=offenders)
+        gate = self.gates.get(spec.key)
+        if adopted and (gate is None or gate.quality):
+            where = metric_where(spec, desired, "adopted")
+            summary = self.quality_summary(spec.model, where, desired.shadow.version if desired.shadow else None)
+            if summary.devices:
+                obs = dataclasses.replace(obs, summary=summary, device_summaries=self.device_summaries(spec.model, where))
+        return obs
+
+    def summarize(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> Summary:
+        """The control group's telemetry: agents of `targets`' rings that serve `desired`, from their latest reports."""
+        keys = [self._spec(t).key for t in targets]
+        if not keys:
+            return Summary()
+        r = _reported(desired.model)
+        rings = " OR ".join(f"{r}.ring = '{k}'" for k in keys)
+        where = (
+            f"moduleId = '{AGENT_MODULE}' AND ({rings}) AND {r}.version = '{desired.version}' AND {r}.sha256 = '{desired.sha256}' "
+            f"AND {r}.status = 'ok'"
+        )
+        return self.quality_summary(desired.model, where)
+
+    def quality_summary(self, model: str, where: str, candidate: str | None = None) -> Summary:
+        """One aggregate query: the sums of the matching agents' quality entries (contract/iotedge.py); `candidate`: the
+        version they shadow, whose counts it sums too."""
+        q = f"{_reported(model)}.quality"
+        classes = [str(i) for i in range(PROBED_CLASSES)] + [OTHER]
+        parts = [
+            "COUNT() AS devices",
+            f"SUM({q}.n) AS n",
+            *(f"SUM({q}.classes.{class_key(c)}) AS {class_key(c)}" for c in classes),
+            *(f"SUM({q}.confidence.b{i}) AS b{i}" for i in range(CONFIDENCE_BINS)),
+            f"SUM({q}.timed) AS timed",
+            f"AVG({q}.p50Ms) AS p50",
+            f"SUM({q}.labelled.n) AS yn",
+            f"SUM({q}.labelled.correct) AS yc",
+            *(f"SUM({q}.shadow.{f}) AS s_{f}" for f in ("compared", "agree", "errors", "invalid")),
+            f"AVG({q}.shadow.p50Ms) AS sp",
+            f"AVG({q}.shadow.servedP50Ms) AS tp",
+        ]
+        rows = self.client.query(f"SELECT {', '.join(parts)} FROM devices.modules WHERE {where} AND IS_DEFINED({q}.timed)")
+        row = rows[0] if rows else {}
+        return _summary(row, classes, candidate)
+
+    def device_summaries(self, model: str, where: str) -> tuple[tuple[str, Summary], ...]:
+        """A sample of adopted devices' own quality summaries (TOP QUALITY_SAMPLE; IoT Hub has no ORDER BY)."""
+        q = f"{_reported(model)}.quality"
+        rows = self.client.query(
+            f"SELECT TOP {QUALITY_SAMPLE} deviceId, {q} AS quality FROM devices.modules WHERE {where} AND IS_DEFINED({q}.timed)",
+            limit=QUALITY_SAMPLE,
+        )
+        out = []
+        for row in rows:
+            entry = row.get("quality")
+            if isinstance(entry, dict):
+                out.append((str(row.get("deviceId")), _device_summary(entry)))
+        return tuple(out)
 
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None:
         return self.progress.load(rollout_id)
@@ -349,6 +422,69 @@ class AzureHub:
         ]
 
 
+def _reported(model: str) -> str:
+    return f"properties.reported.models.{model_key(model)}"
+
+
+def _count(value: Any) -> int:
+    n = _number(value)
+    return int(n) if n is not None else 0
+
+
+def _summary(row: Mapping[str, Any], classes: list[str], candidate: str | None) -> Summary:
+    """A Summary from one aggregate row of quality_summary."""
+    bins = tuple(_count(row.get(f"b{i}")) for i in range(CONFIDENCE_BINS))
+    shadow = None
+    if candidate is not None:
+        shadow = ShadowSummary(
+            candidate,
+            "",
+            *(_count(row.get(f"s_{f}")) for f in ("compared", "agree", "errors", "invalid")),
+            _number(row.get("sp")),
+            _number(row.get("tp")),
+        )
+    counts = {c: _count(row.get(class_key(c))) for c in classes}
+    return Summary(
+        devices=_count(row.get("devices")),
+        predictions=_count(row.get("n")),
+        classes={c: n for c, n in counts.items() if n},
+        confidence=bins if any(bins) else (),
+        latency_n=_count(row.get("timed")),
+        p50_ms=_number(row.get("p50")),
+        shadow=shadow,
+        labelled=_count(row.get("yn")),
+        correct=_count(row.get("yc")),
+    )
+
+
+def _device_summary(entry: Mapping[str, Any]) -> Summary:
+    """One device's own quality entry as a Summary."""
+    classes = entry.get("classes") if isinstance(entry.get("classes"), dict) else {}
+    conf = entry.get("confidence") if isinstance(entry.get("confidence"), dict) else {}
+    sh = entry.get("shadow") if isinstance(entry.get("shadow"), dict) else None
+    lab = entry.get("labelled") if isinstance(entry.get("labelled"), dict) else {}
+    bins = tuple(_count(conf.get(f"b{i}")) for i in range(CONFIDENCE_BINS))
+    return Summary(
+        devices=1,
+        predictions=_count(entry.get("n")),
+        classes={(k[1:] if k != OTHER else k): _count(v) for k, v in classes.items() if _count(v)},
+        confidence=bins if any(bins) else (),
+        latency_n=_count(entry.get("timed")),
+        p50_ms=_number(entry.get("p50Ms")),
+        shadow=None
+        if sh is None
+        else ShadowSummary(
+            str(sh.get("version", "")),
+            str(sh.get("sha256", "")),
+            *(_count(sh.get(f)) for f in ("compared", "agree", "errors", "invalid")),
+            _number(sh.get("p50Ms")),
+            _number(sh.get("servedP50Ms")),
+        ),
+        labelled=_count(lab.get("n")),
+        correct=_count(lab.get("correct")),
+    )
+
+
 def _number(value: Any) -> float | None:
     """A reported number, or None for anything an agent should not have sent (JSON booleans are not counts)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -404,12 +540,14 @@ def run_gate(
             raise ProviderInputError("AzureRingGateProps: key_url is required to sign rollback orders")
         signer = KeyVaultSigner(p.key_url)
     rings = p.ring_configs()
+    plans = p.ring_plans([f"{p.rollout}.{r.name}" for r in rings])
     gate = GateInputs(
         rollout=p.rollout,
         ring=p.ring,
         index=p.index,
         total_rings=len(rings),
-        rings=p.ring_plans([f"{p.rollout}.{r.name}" for r in rings]),
+        # each ring's control group: the rings after it, whose devices still run the previous version
+        rings=tuple(replace(plan, control=tuple(later.target for later in plans[i + 1 :])) for i, plan in enumerate(plans)),
         declared=p.declared(),
         poll_seconds=p.poll_seconds,
         apply=f"run `pulumi up --stack {p.stack}`",

@@ -40,6 +40,7 @@ from components.platform import (
     StackBase,
     StoreOutputs,
     child,
+    read_after,
 )
 from components.rollout.engine import rollout_id
 from components.rollout.spec import DeviceGroupConfig
@@ -106,9 +107,12 @@ class Foundation(pulumi.ComponentResource):
         )
         self.hub_host = self.hub.properties.apply(lambda p: p.host_name)
         keys = azure.iothub.list_iot_hub_resource_keys_for_key_name_output(
-            key_name=HUB_POLICY, resource_name=self.hub.name, resource_group_name=self.rg.name
+            key_name=HUB_POLICY,
+            resource_name=self.hub.name,
+            resource_group_name=self.rg.name,
+            opts=pulumi.InvokeOutputOptions(depends_on=[self.hub, self.rg]),
         )
-        self.hub_key = pulumi.Output.secret(keys.primary_key)
+        self.hub_key = pulumi.Output.secret(read_after(keys.primary_key, self.hub, self.rg))
         self.register_outputs({"resourceGroup": self.rg.name, "hubHostName": self.hub_host, "hubPolicy": HUB_POLICY})
 
     def hub_access(self) -> dict[str, Any]:
@@ -223,13 +227,14 @@ class AzurePlatform(Platform):
             permissions="r",
             protocols="https",
             shared_access_expiry_time=f"{self.az.device_sas_expiry}T00:00:00Z",
+            opts=pulumi.InvokeOutputOptions(depends_on=[account, f.rg]),
         )
         endpoint = account.primary_endpoints.apply(lambda e: e.blob)
         return StoreOutputs(
             uri=endpoint.apply(lambda e: f"{e.rstrip('/')}/{MODELS_CONTAINER}/"),
             encrypted=True,
             public_access_blocked=True,
-            handles=_Store(account, endpoint, pulumi.Output.secret(sas.service_sas_token), access),
+            handles=_Store(account, endpoint, pulumi.Output.secret(read_after(sas.service_sas_token, account, f.rg)), access),
         )
 
     # -- signing key --------------------------------------------------------------------------------------------

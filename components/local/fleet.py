@@ -380,10 +380,15 @@ class LocalFleet:
     def _sim_loop(self) -> None:
         """Full sweeps every `sim_period` (sync, one real inference, report for every online device), and
         between them a 50 ms check for desired-state changes so a ring's devices react at once."""
+        import onnxruntime
+
         from edgefleet_agent.core import DeviceAgent
         from edgefleet_agent.serving import SessionCache
         from edgefleet_agent.trust import TrustedMetadata
 
+        # onnxruntime's own logger writes each failed run to stderr from C++, once per simulated device: a thousand
+        # lines over the live display. The agents catch every failure and report it (counted per device, per window).
+        onnxruntime.set_default_logger_severity(4)
         hub = LocalHub(self.hub_path)
         cache = SessionCache()
         batch = _Batch()

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from components.rollout.membership import Device
-from components.rollout.observe import observe_reports
+from components.rollout.observe import control_summary, observe_reports
+from components.rollout.quality import Summary
 from components.rollout.types import RingObservation, RingTarget
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.localhub import AgentHub
@@ -158,6 +159,11 @@ class LocalHub(AgentHub):
         model = desired.model if desired else self._ring_model(target)
         reports = self.reports(model, devices) if model else {}
         return observe_reports(devices, reports, desired, since)
+
+    def summarize(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> Summary:
+        """The control group's telemetry: devices of `targets` still serving `desired`, from each one's latest report."""
+        devices = sorted({d for t in targets for d in t.selector})
+        return control_summary(devices, self.reports(desired.model, devices), desired, since)
 
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None:
         row = self._db().execute("SELECT progress FROM progress WHERE rollout_id=?", (rollout_id,)).fetchone()

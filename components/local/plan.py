@@ -20,25 +20,43 @@ from components.rollout.driver import GateFailed, GateInputs, gate_decision
 from components.rollout.driver import run_gate as drive_gate
 from components.rollout.engine import RingPlan, RolloutEngine
 from components.rollout.hub import WallClock
-from components.rollout.membership import ring_members
+from components.rollout.membership import control_members, in_group, ring_members
 from components.rollout.progress import Progress, RingState, RolloutStatus
 from components.rollout.rollback import rollback_authorizer
-from components.rollout.spec import DeviceGroupConfig, RingConfig, RolloutConfig
+from components.rollout.spec import CONTROL_RING, DeviceGroupConfig, RingConfig, RolloutConfig, follower_gate
 from components.rollout.types import RingTarget
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel
 
 
 def ring_plans(
-    hub: LocalHub, rollout: RolloutConfig, groups: dict[str, DeviceGroupConfig], rid: str = "", rings: list[RingConfig] | None = None
+    hub: LocalHub,
+    rollout: RolloutConfig,
+    groups: dict[str, DeviceGroupConfig],
+    rid: str = "",
+    rings: list[RingConfig] | None = None,
+    complete: bool = True,
 ) -> list[RingPlan]:
-    """Ring membership from the hub's device registry (pure function of registry and config)."""
+    """Ring membership from the hub's device registry (pure function of registry and config).
+
+    Each ring's control group is every device of the rollout's groups that no ring up to it holds: the later rings'
+    and the control holdback's, still on the previous version. With a control holdback, a `complete` plan (every
+    ring of the rollout: not a Pulumi gate of an earlier ring) ends with the holdback as ring CONTROL_RING, which
+    follows the last ring once its gate passes, under that ring's health criteria."""
     rings = list(rings if rings is not None else rollout.rings)
-    members = ring_members(rollout.name, rings, groups, hub.devices())
-    return [
-        RingPlan(RingTarget(rollout=rollout.name, ring=r.name, index=i, selector=tuple(members[r.name])), r.gate)
-        for i, r in enumerate(rings)
-    ]
+    devices = hub.devices()
+    members = ring_members(rollout.name, rings, groups, devices, rollout.control_holdback)
+    in_rollout = sorted(d.id for d in devices if any(in_group(d, groups[r.group]) for r in rings))
+    out, taken = [], set()
+    for i, r in enumerate(rings):
+        taken.update(members[r.name])
+        rest = tuple(d for d in in_rollout if d not in taken)
+        control = (RingTarget(rollout.name, CONTROL_RING, len(rings), rest),) if rest else ()
+        out.append(RingPlan(RingTarget(rollout=rollout.name, ring=r.name, index=i, selector=tuple(members[r.name])), r.gate, control))
+    if complete and rollout.control_holdback > 0:
+        held = tuple(control_members(rollout.name, rings, groups, devices, rollout.control_holdback))
+        out.append(RingPlan(RingTarget(rollout.name, CONTROL_RING, len(rings), held), follower_gate(rings[-1].gate)))
+    return out
 
 
 def engine_for(hub: LocalHub, key_file: str, poll_seconds: float, on_update=None) -> RolloutEngine:
@@ -119,10 +137,15 @@ class LocalRingProps(RingGateProps):
     total_rings: int
     groups: dict[str, dict[str, Any]]
     key_file: str
+    control_holdback: float = 0.0  # written only when the rollout declares one
 
     def rollout_config(self) -> tuple[RolloutConfig, dict[str, DeviceGroupConfig]]:
         groups = {n: DeviceGroupConfig.model_validate(g, strict=False) for n, g in self.groups.items()}
-        return RolloutConfig(name=self.rollout, model=self.model, rings=self.ring_configs()), groups
+        # the rings up to this one, validated one by one: the rollout's rules (its last ring's) were checked when it was declared
+        rollout = RolloutConfig.model_construct(
+            name=self.rollout, model=self.model, rings=self.ring_configs(), control_holdback=self.control_holdback
+        )
+        return rollout, groups
 
     @property
     def apply(self) -> str:
@@ -131,7 +154,7 @@ class LocalRingProps(RingGateProps):
 
 def _gate(hub: LocalHub, p: LocalRingProps) -> tuple[GateInputs, Decision]:
     rollout, groups = p.rollout_config()
-    plans = tuple(ring_plans(hub, rollout, groups))
+    plans = tuple(ring_plans(hub, rollout, groups, complete=p.index == p.total_rings - 1))
     if not plans[p.index].target.selector:
         raise RuntimeError(
             f"ring {p.ring!r} of rollout {p.rollout!r} has no devices in the local hub {p.hub}: under `pulumi up` nothing registers "
@@ -168,8 +191,10 @@ def deploy_ring(props: dict[str, Any]) -> list[str]:
             promoting = progress["status"] == RolloutStatus.RUNNING and all(
                 r["state"] == RingState.PASSED for r in progress["rings"][: p.index]
             )
-            if promoting and hub.desired(ring.target) != plan.desired:  # never during a rollback, never past an unpassed gate
-                hub.set_desired(ring.target, plan.desired)
+            # in its current phase: a ring that shadows first gets the version it runs with the candidate beside it
+            want = plan.ring_desired(ring, progress["rings"][p.index] if p.index < len(progress["rings"]) else None)
+            if promoting and hub.desired(ring.target) != want:  # never during a rollback, never past an unpassed gate
+                hub.set_desired(ring.target, want)
     return list(ring.target.selector)
 
 

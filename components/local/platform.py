@@ -92,6 +92,7 @@ class LocalPlatform(Platform):
             "key_file": self.stack.signing.key_file,
             "poll_seconds": self.local.poll_seconds,
             "stack": pulumi.get_stack(),
+            **({"control_holdback": spec.rollout.control_holdback} if spec.rollout.control_holdback else {}),
         }
         after = {"after": spec.previous_gate} if spec.previous_gate is not None else {}
         deployment = providers.RingDeployment(f"{parent.resource_name}-deployment", {**common, **after}, child(parent))

@@ -50,3 +50,35 @@ def read_status(project_dir: Path, cfg: Any, source: str, stack: str, graph: dic
         "rollouts": [{"rollout": k, "version": v["version"], "status": v["status"]} for k, v in latest.items()],
         "declared": declared_state(project_dir, stack, graph),
     }
+
+
+def read_history(project_dir: Path, cfg: Any, source: str, stack: str) -> list[dict[str, Any]]:
+    """Every rollout the hub recorded, oldest first: outcome, rings reached, duration, and a failing gate's numbers."""
+    path = Path(project_dir).resolve() / cfg.local.hub
+    if not path.is_file():
+        raise EdgefleetError(str(path), "no local hub yet, so no history", f"run `edgefleet up --stack {stack}` first")
+    return [history_entry(p) for p in LocalHub(path).rollouts()]
+
+
+def history_entry(p: dict[str, Any]) -> dict[str, Any]:
+    """One rollout record as history shows it; the same shape whichever platform kept the record."""
+    report = p.get("report") or {}
+    failed = next((r for r in p.get("rings", []) if r.get("state") == "failed"), None)
+    verdict = (failed or {}).get("verdict") or {}
+    finished = p.get("finished_at")
+    return {
+        "rollout": p["rollout"],
+        "rollout_id": p["rollout_id"],
+        "model": p.get("model"),
+        "version": p.get("version"),
+        "from": p.get("previous_version"),
+        "outcome": str(p.get("status")),
+        "rings_reached": [r["name"] for r in p.get("rings", []) if r.get("state") not in ("pending", None)],
+        "rings_passed": [r["name"] for r in p.get("rings", []) if r.get("state") == "passed"],
+        "started_at": p.get("started_at"),
+        "finished_at": finished,
+        "duration_seconds": round(finished - p["started_at"], 1) if finished and p.get("started_at") else None,
+        "failed_ring": report.get("failed_ring"),
+        "reasons": report.get("reasons") or verdict.get("reasons") or [],
+        "measured": verdict.get("measured"),
+    }

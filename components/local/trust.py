@@ -2,9 +2,10 @@
 
 `edgefleet up --stack local` initialises it on first use with the stack's root key file(s) (made by `edgefleet keys
 create --role root`, never by `up`), publishes each declared artifact as a target, re-signs the timestamp before it
-deploys, and revokes a version a gate rejected after some device served it. The fleet hands every device the first
-root (root.json version 1, the one devices are provisioned with) in its state directory. Under `pulumi up --stack
-local` the ring gate does the same through the store its declared artifact lives in (`repository_for_uri`).
+deploys, and revokes a version a gate rejected once it is burned (a ring served it and a device ran it). The fleet
+hands every device the first root (root.json version 1, the one devices are provisioned with) in its state directory.
+Under `pulumi up --stack local` the ring gate does the same through the store its declared artifact lives in
+(`repository_for_uri`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Any, Iterable
 from urllib.parse import unquote, urlparse
 
 from components.local.signer import LocalKeySigner
-from components.rollout.decide import ever_served
-from components.rollout.progress import FAILED
+from components.rollout.decide import burned
 from components.trust.repository import Expiry, TrustRepository
 from components.trust.storage import DirectoryStorage
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -53,7 +53,7 @@ def identity(desired: DesiredModel) -> TargetIdentity:
     return TargetIdentity(desired.model, desired.version, desired.sha256, desired.size, manifest_digest(desired.manifest.encode()))
 
 
-def store_identities(store: Path, burned: set[tuple[str, str]]) -> list[TargetIdentity]:
+def store_identities(store: Path, revoked: set[tuple[str, str]]) -> list[TargetIdentity]:
     """Every artifact already in the local store (published before the store was a TUF repository), except versions
     a gate rejected: what a new repository lists, so devices can still roll back to what they ran before."""
     out = []
@@ -63,27 +63,28 @@ def store_identities(store: Path, burned: set[tuple[str, str]]) -> list[TargetId
             m = parse_manifest_bytes(data, str(manifest_path))
         except EdgefleetError:
             continue
-        if (m.version, m.sha256) in burned or not (manifest_path.with_suffix(".onnx")).is_file():
+        if (m.version, m.sha256) in revoked or not (manifest_path.with_suffix(".onnx")).is_file():
             continue
         out.append(TargetIdentity(m.name, m.version, m.sha256, m.size, manifest_digest(data)))
     return out
 
 
 def burned_versions(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rollout records of versions a gate rejected after a device served them: the ones revoked."""
-    return [p for p in records if p["status"] in FAILED and ever_served(p)]
+    """Rollout records of burned versions (decide.burned: rejected after a ring served them and a device ran them):
+    the ones revoked."""
+    return [p for p in records if burned(p)]
 
 
 def ensure_repository(project_dir: Path, cfg: Any, stack: str, signer: Signer, records: list[dict[str, Any]]) -> TrustRepository:
     repo = repository(project_dir, cfg, signer)
     if not repo.initialised():
-        burned = burned_versions(records)
+        rejected = burned_versions(records)
         repo.init(
             root_signers(project_dir, cfg, stack),
             cfg.trust.root_threshold,
-            store_identities(Path(project_dir) / cfg.local.store, {(p["version"], p["sha256"]) for p in burned}),
+            store_identities(Path(project_dir) / cfg.local.store, {(p["version"], p["sha256"]) for p in rejected}),
         )
-        for p in burned:
+        for p in rejected:
             repo.revoke(p["model"], p["version"], p["sha256"], _reason(p))
     return repo
 
@@ -95,9 +96,9 @@ def _reason(progress: dict[str, Any]) -> str:
 
 
 def revoke_rejected(repo: TrustRepository, progress: dict[str, Any]) -> bool:
-    """After a rollout: a version a gate rejected is removed from the signed targets once any device served it (one
-    that only ran in shadow, or that no device ran, may be declared again, so it stays)."""
-    if progress["status"] not in FAILED or not ever_served(progress):
+    """After a rollout: a burned version (decide.burned) is removed from the signed targets; one that was only ever
+    shadowed, or that no device ran, may be declared again, so it stays."""
+    if not burned(progress):
         return False
     return repo.revoke(progress["model"], progress["version"], progress["sha256"], _reason(progress))
 

@@ -91,6 +91,7 @@ def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
                 )
                 for ring in rings
             ],
+            control_holdback=float(r["inputs"].get("control_holdback") or 0.0),
         )
         art = artifacts[r["inputs"]["model"]]
         out.append(DeclaredRollout(cfg, groups, r["inputs"]["model"], art["manifest"], art["source"]))

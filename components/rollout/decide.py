@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal
 
 from components.rollout.engine import RingPlan, RolloutPlan, extends
-from components.rollout.progress import FAILED, TERMINAL, RingState, as_progress, last_good, rollout_id
+from components.rollout.progress import FAILED, TERMINAL, RingState, as_progress, last_good, rollout_id, served
 from edgefleet_agent.contract.manifest import version_key
 from edgefleet_agent.contract.signing import Signer, parse_rollback_order, rollback_order, sign_bytes
 from edgefleet_agent.contract.state import DesiredModel
@@ -57,7 +57,8 @@ def decide(
     A declaration older than the rings is an intentional rollback: a staged rollout whose desired state carries
     a signed rollback order. Rings appended to the artifact's succeeded rollout reopen that rollout, so only
     they are deployed and gated (a new attempt would soak every ring again, and its rollback target would be
-    this very version). Refused: a version a gate rolled back (a new version number is the retry), a
+    this very version). Refused: a version a gate rolled back (a new version number is the retry; a version that
+    was only ever shadowed, never served, is not burned: applying it again runs a new attempt), a
     different artifact under a version the rings run, and any change while another rollout is in flight —
     superseding it would leave the rings it reached on a version no gate passed, which the new rollout's
     rollback could not undo (a rollback order names the one version it moves devices off). `model_dir` and
@@ -106,7 +107,7 @@ def decide(
         )
     mine = [p for p in records if (p["version"], p["sha256"]) == artifact]
     set_to = {(d.version, d.sha256) for d in current.values() if d is not None}
-    rejected = bool(mine) and mine[-1]["status"] in FAILED and ever_served(mine[-1])
+    rejected = bool(mine) and burned(mine[-1])
     if set_to == {artifact} and all(d is not None for d in current.values()) and not rejected:
         # (rings set to a version a gate rejected, its desired state written again, are not up to date: refused below)
         return Decision("up-to-date", plans, versions, record=mine[-1] if mine else None)
@@ -230,11 +231,19 @@ def _reopens(
 
 
 def ever_served(record: dict[str, Any]) -> bool:
-    """Whether any device served the record's version: a rejected version is burned only then. One no device ran (an
+    """Whether any device ran the record's version: a rejected version is burned only then (see `burned`). One no device ran (an
     empty ring that timed out, a candidate every device refused to load) may be declared again, under a new attempt."""
     measured = [r.get("measured") or {} for r in record.get("rings", [])]
     sampled = [s for s in record.get("samples", []) if s.get("adopted")]
     return bool(sampled) or any((m.get("adopted") or 0) > 0 for m in measured)
+
+
+def burned(record: dict[str, Any]) -> bool:
+    """Whether the record's version is burned: a gate rejected it after a ring was set to serve it (`served`; not
+    only to shadow it) and a device served it (`ever_served`). A burned version is refused when declared again and
+    removed from the signed targets (components/rollout/driver.py, components/local/trust.py); one only ever shadowed,
+    or that no device ran, may be declared again, so it stays a target."""
+    return record.get("status") in FAILED and served(record) and ever_served(record)
 
 
 def attempt_id(records: list[dict[str, Any]], first: str) -> str:

@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol
 
-from components.rollout.decide import Decision, RestoreHint, attempt_id, decide, ever_served, plan_for
+from components.rollout.decide import Decision, RestoreHint, attempt_id, burned, decide, plan_for
 from components.rollout.engine import RingPlan, RolloutEngine
 from components.rollout.hub import Clock, FleetHub
 from components.rollout.progress import FAILED, Progress, RingState, RolloutStatus, as_progress, last_good, rollout_id
@@ -44,9 +44,9 @@ class TrustHook(Protocol):
 
 
 def revoke_rejected(trust: TrustHook | None, record: Mapping[str, Any]) -> bool:
-    """A version a gate rejected leaves the signed targets once a device served it (one that only ran in shadow, or
-    that no device ran, may be declared again, so it stays)."""
-    if trust is None or record["status"] not in FAILED or not ever_served(dict(record)):
+    """A version a gate rejected leaves the signed targets once it is burned (decide.burned: a ring served it and a
+    device ran it); one that was only ever shadowed, or that no device ran, may be declared again, so it stays."""
+    if trust is None or not burned(dict(record)):
         return False
     return trust.revoke(record["model"], record["version"], record["sha256"], failure_summary(as_progress(dict(record))))
 

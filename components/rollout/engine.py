@@ -10,6 +10,14 @@ rollout whose plan gains rings reopens for them. When a gate fails, every ring t
 to the last good version under a signed rollback order, the engine waits for devices to report it, and the
 rollout ends with a report naming the gate, the devices (failing, and offending by their own metrics) and
 the measured values. Later rings never receive the failed version.
+
+A ring whose gate declares `shadow_soak_seconds` first shadows the candidate: its desired state is the version it
+ran before (the rollback target) with the candidate as `shadow`, judged on the shadow criteria for the shadow soak;
+then it serves the candidate and soaks as any ring. The phase is in the ring's record. A rollout stopped while its
+rings only shadowed the candidate never served it: those rings go back to what they ran, without the candidate and
+without a rollback order (nothing was served that needs undoing), and the version is not burned (decide.py).
+A first rollout (nothing to shadow beside) and a declared rollback (back to a version served before) skip the shadow
+phase, and compare with no previous version; the ring's events and verdict say so.
 """
 
 from __future__ import annotations
@@ -24,14 +32,18 @@ from components.rollout.progress import (
     FAILED,
     TERMINAL,
     Progress,
+    RingPhase,
     RingRecord,
     RingState,
+    RollbackRecord,
     RolloutStatus,
     as_progress,
     last_good,
+    phase_of,
     ring_record,
     rollout_id,
 )
+from components.rollout.quality import QualityContext, needs_control
 from components.rollout.spec import GateConfig
 from components.rollout.types import RingTarget
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -47,6 +59,7 @@ MIN_UNOBSERVED = 10.0  # floor of the default gap bound: a busy 2-core box must 
 class RingPlan:
     target: RingTarget
     gate: GateConfig
+    control: tuple[RingTarget, ...] = ()  # where devices still on the previous version are: its quality's control group
 
     @property
     def name(self) -> str:
@@ -64,6 +77,37 @@ class RolloutPlan:
     @property
     def rollout_id(self) -> str:
         return self.attempt_id or rollout_id(self.rollout, self.desired)
+
+    @property
+    def no_baseline(self) -> str | None:
+        """Why this rollout compares with no previous version (None: it does)."""
+        if self.previous is None:
+            return "a first rollout: no previous version to compare with"
+        if self.desired.is_rollback:
+            return "a declared rollback returns to a version served before"
+        if (self.previous.version, self.previous.sha256) == (self.desired.version, self.desired.sha256):
+            return "the previous version is this very artifact"
+        return None
+
+    def shadows(self, ring: RingPlan) -> bool:
+        return ring.gate.shadow_soak_seconds is not None and self.no_baseline is None
+
+    def shadow_desired(self) -> DesiredModel:
+        """A shadow phase's desired state: the last good version, served as before, with the candidate beside it."""
+        assert self.previous is not None, "only a rollout with a previous version shadows"
+        return replace(
+            self.previous, rollout=self.rollout_id, rollback_order=None, rollback_signature=None, shadow=replace(self.desired, shadow=None)
+        )
+
+    def phase_desired(self, phase: RingPhase) -> DesiredModel:
+        return self.shadow_desired() if phase == RingPhase.SHADOW else self.desired
+
+    def ring_desired(self, ring: RingPlan, record: RingRecord | None) -> DesiredModel:
+        """What `ring` is set to in its current phase, or in its first one while its record is still pending: a
+        platform that sets rings itself (a Pulumi ring deployment) must never serve a candidate the ring shadows first."""
+        if record is None or record["state"] == RingState.PENDING:
+            return self.phase_desired(RingPhase.SHADOW if self.shadows(ring) else RingPhase.SERVE)
+        return self.phase_desired(phase_of(record))
 
 
 RollbackAuthorizer = Callable[[DesiredModel, DesiredModel, str], DesiredModel]  # (last good, failed, reason) -> signed rollback
@@ -184,16 +228,24 @@ class RolloutEngine:
         now = self.clock.now()
         if ring_state["state"] == RingState.PENDING:
             ring_state["state"] = RingState.DEPLOYING
+            if plan.shadows(ring):
+                ring_state["phase"] = RingPhase.SHADOW
+            elif ring.gate.shadow_soak_seconds is not None:
+                self._event(progress, ring.name, "shadow-skipped", reasons=[f"nothing to shadow beside: {plan.no_baseline}"])
             self._save(plan, progress)  # intent first: a kill after this point resumes into the check below
             return True
+        phase = phase_of(ring_state)
+        want = plan.phase_desired(phase)
         if ring_state["state"] == RingState.DEPLOYING:
-            if self.hub.desired(ring.target) != plan.desired:
-                self.hub.set_desired(ring.target, plan.desired)
-                self._event(progress, ring.name, "deployed", version=plan.desired.version)
+            shadowing = {"shadow": plan.desired.version} if phase == RingPhase.SHADOW else {}
+            if self.hub.desired(ring.target) != want:
+                self.hub.set_desired(ring.target, want)
+                self._event(progress, ring.name, "deployed", version=want.version, **shadowing)
             else:
-                self._event(progress, ring.name, "already-deployed", version=plan.desired.version)
+                self._event(progress, ring.name, "already-deployed", version=want.version, **shadowing)
             ring_state["state"] = RingState.WAITING
             ring_state["deployed_at"] = ring_state["observed_at"] = now
+            ring_state.setdefault("started_at", now)
             self._save(plan, progress)
             return True
         deployed_at = ring_state["deployed_at"]
@@ -201,21 +253,31 @@ class RolloutEngine:
         gap = now - (ring_state["observed_at"] or ring_state["soak_started"] or deployed_at)
         if gap > self.max_unobserved:
             return self._unobserved(plan, progress, ring_state, gap, now)
-        obs = self.hub.observe(ring.target, plan.desired, since=deployed_at)
-        ring_state["observed_at"] = self.clock.now()  # after the call: a slow platform query is watched time
-        verdict = evaluate(ring.gate, obs, deployed_at + ring_state["unobserved"], ring_state["soak_started"], now)
+        obs = self.hub.observe(ring.target, want, since=deployed_at)
+        ctx = self._quality_context(plan, ring, phase, since=deployed_at)
+        ring_state["observed_at"] = self.clock.now()  # after the calls: a slow platform query is watched time
+        started = ring_state.get("started_at", deployed_at)
+        verdict = evaluate(ring.gate, obs, started + ring_state["unobserved"], ring_state["soak_started"], now, ctx)
         ring_state["measured"] = verdict.measured
         self._sample(progress, ring.name, verdict.measured, now, force=verdict.outcome in ("pass", "fail"))
         if verdict.outcome == "soak" and ring_state["soak_started"] is None:
             ring_state["state"] = RingState.SOAKING
             ring_state["soak_started"] = now
-            self._event(progress, ring.name, "soak-started", **_counts(verdict.measured))
+            self._event(progress, ring.name, "soak-started", **_counts(verdict.measured), **_phase(verdict.measured))
             self._save(plan, progress)
             return True
         if verdict.outcome == "wait" and ring_state["soak_started"] is not None:
             ring_state["state"] = RingState.WAITING  # adoption fell back below the bar: the soak starts over
             ring_state["soak_started"] = None
             self._event(progress, ring.name, "soak-reset", reasons=verdict.reasons)
+            self._save(plan, progress)
+            return True
+        if verdict.outcome == "pass" and phase == RingPhase.SHADOW:
+            ring_state["shadow_verdict"] = {"outcome": "pass", "reasons": verdict.reasons, "measured": verdict.measured}
+            ring_state["phase"] = RingPhase.SERVE  # the next step sets the ring to serve the candidate
+            ring_state["state"] = RingState.DEPLOYING
+            ring_state["soak_started"] = None
+            self._event(progress, ring.name, "shadow-passed", reasons=verdict.reasons, **_counts(verdict.measured))
             self._save(plan, progress)
             return True
         if verdict.outcome == "pass":
@@ -233,32 +295,61 @@ class RolloutEngine:
                 "failures": [list(f) for f in obs.failures],
                 "offenders": verdict.offenders,
                 "pending": list(obs.pending),
+                **({"notes": verdict.notes} if verdict.notes else {}),
             }
-            self._event(progress, ring.name, "gate-failed", reasons=verdict.reasons, **_counts(verdict.measured))
+            self._event(
+                progress, ring.name, "gate-failed", reasons=verdict.reasons, **_counts(verdict.measured), **_phase(verdict.measured)
+            )
             self._begin_rollback(plan, progress, ring_state, f"gate of ring {ring.name!r} failed: " + "; ".join(verdict.reasons))
             return True
         self._maybe_save_sample(plan, progress, now)
         return False
 
+    def _quality_context(self, plan: RolloutPlan, ring: RingPlan, phase: RingPhase, since: float) -> QualityContext:
+        """What the ring's quality is compared with: in the serve phase of a rollout with a previous version, the
+        devices of `ring.control` still on it, observed over the same window."""
+        shadowed = plan.shadows(ring)
+        if phase == RingPhase.SHADOW or not ring.gate.quality:
+            return QualityContext(phase=phase, shadowed=shadowed)
+        if plan.no_baseline is not None:
+            return QualityContext(phase=phase, no_baseline=plan.no_baseline, shadowed=shadowed)
+        control = None
+        if ring.control and plan.previous is not None and (needs_control(ring.gate, shadowed) or ring.gate.max_latency_ratio is not None):
+            control = self.hub.summarize(ring.control, plan.previous, since)
+        return QualityContext(phase=phase, control=control, shadowed=shadowed)
+
     def _begin_rollback(self, plan: RolloutPlan, progress: Progress, ring_state: RingRecord, reason: str) -> None:
-        """Every ring touched so far goes back to the last good version, under a rollback order signed for `reason`."""
+        """Every ring touched so far goes back to the last good version, under a rollback order signed for `reason`;
+        a ring that only shadowed the version goes back to what it ran, without the candidate and with no order."""
         now = self.clock.now()
-        touched = [r["name"] for r in progress["rings"] if r["state"] != RingState.PENDING]  # an aborted ring may not be deployed yet
+        touched = [r for r in progress["rings"] if r["state"] != RingState.PENDING]  # an aborted ring may not be deployed yet
+        shadow_only = [r["name"] for r in touched if phase_of(r) == RingPhase.SHADOW]
         ring_state["state"] = RingState.FAILED
         ring_state["finished_at"] = now
-        rollback_to = self._rollback_desired(plan, reason)
+        rollback_to = self._rollback_desired(plan, reason) if len(shadow_only) < len(touched) else None
         progress["status"] = RolloutStatus.ROLLING_BACK
         to_version = plan.previous.version if plan.previous else None
-        progress["rollback"] = {
+        rb: RollbackRecord = {
             "started_at": now,
-            "rings": touched,
+            "rings": [r["name"] for r in touched],
             "to_version": to_version,
             "reason": reason,
             "desired": rollback_to.to_json() if rollback_to else None,
             "set": [],
             "confirmed": {},
         }
-        self._event(progress, None, "rollback-started", rings=touched, to_version=to_version)
+        if shadow_only:
+            rb["shadow_rings"] = shadow_only
+            rb["shadow_desired"] = plan.previous.to_json() if plan.previous else None
+        progress["rollback"] = rb
+        self._event(
+            progress,
+            None,
+            "rollback-started",
+            rings=[r["name"] for r in touched],
+            to_version=to_version,
+            **({"shadow_only": shadow_only} if shadow_only else {}),
+        )
         self._save(plan, progress)
 
     def abort(self, plan: RolloutPlan, reason: str) -> Progress:
@@ -316,11 +407,17 @@ class RolloutEngine:
         assert rb is not None, "a rollout rolling back has a rollback record"
         now = self.clock.now()
         by_name = {r.name: r for r in plan.rings}
-        target_desired = DesiredModel.from_json(rb["desired"])
+        served_target = DesiredModel.from_json(rb["desired"])
+        shadow_target = DesiredModel.from_json(rb.get("shadow_desired"))
+
+        def target_of(name: str) -> DesiredModel | None:
+            return shadow_target if name in rb.get("shadow_rings", ()) else served_target
+
         for name in rb["rings"]:
             if name not in rb["set"]:
                 ring = by_name[name]
                 current = self.hub.desired(ring.target)
+                target_desired = target_of(name)
                 if not _same_version(current, target_desired):
                     self.hub.set_desired(ring.target, target_desired)
                 rb["set"].append(name)
@@ -346,7 +443,7 @@ class RolloutEngine:
             if name in rb["confirmed"]:
                 continue
             ring = by_name[name]
-            obs = self.hub.observe(ring.target, target_desired, since=rb["started_at"])
+            obs = self.hub.observe(ring.target, target_of(name), since=rb["started_at"])
             still_bad = self.hub.observe(ring.target, plan.desired, since=rb["started_at"]).adopted
             rb["observed_at"] = self.clock.now()
             m = measure(obs)
@@ -379,6 +476,10 @@ class RolloutEngine:
         complete = all(rb["confirmed"].get(n) for n in rb["rings"])
         progress["status"] = RolloutStatus.ROLLED_BACK if complete else RolloutStatus.ROLLBACK_INCOMPLETE
         progress["finished_at"] = now
+        shadowed = {
+            "served": any(n not in rb.get("shadow_rings", ()) for n in rb["rings"]),
+            "shadow_rings": rb.get("shadow_rings", []),
+        }
         progress["report"] = {
             "outcome": progress["status"],
             "failed_ring": failed_ring["name"],
@@ -391,6 +492,8 @@ class RolloutEngine:
             "never_deployed": [r["name"] for r in progress["rings"] if r["state"] == RingState.PENDING],
             "silent_devices": rb.get("silent", {}),
             "unconfirmed": rb.get("unconfirmed", {}),
+            **(shadowed if rb.get("shadow_rings") else {}),
+            **({"notes": failed_verdict["notes"]} if failed_verdict.get("notes") else {}),
         }
         self._event(progress, None, progress["status"], to_version=rb["to_version"])
         self._save(plan, progress)
@@ -468,7 +571,15 @@ def extends(progress: Progress, plan: RolloutPlan) -> bool:
 def _same_version(a: DesiredModel | None, b: DesiredModel | None) -> bool:
     if a is None or b is None:
         return a is b
-    return (a.version, a.sha256, a.is_rollback) == (b.version, b.sha256, b.is_rollback)
+    return (a.version, a.sha256, a.is_rollback, _shadowed(a)) == (b.version, b.sha256, b.is_rollback, _shadowed(b))
+
+
+def _shadowed(d: DesiredModel) -> tuple[str, str] | None:
+    return (d.shadow.version, d.shadow.sha256) if d.shadow is not None else None
+
+
+def _phase(m: Mapping[str, Any]) -> dict[str, Any]:
+    return {"phase": m["phase"]} if "phase" in m else {}
 
 
 def _counts(m: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,12 +2,17 @@
 
 Order of judgement: failures first (a bad canary must stop at once, not after its soak), then the
 deadline, then adoption, then the soak. Offline devices are pending, never failures, until the deadline.
+Quality criteria (components/rollout/quality.py) are failures too once they have their samples; a ring whose
+soak is done but whose quality criteria are still short of samples keeps soaking, and fails at its deadline.
+A ring that shadows first is judged in two phases: the shadow phase soaks `shadow_soak_seconds` on the shadow
+criteria, the serve phase `soak_seconds` on the others (`QualityContext.phase`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from components.rollout.quality import QualityContext, judge, quality_offenders
 from components.rollout.spec import GateConfig
 from components.rollout.types import Measured, RingObservation, Verdict
 
@@ -81,37 +86,86 @@ def adoption_met(gate: GateConfig, m: Measured) -> bool:
     return m["devices"] > 0 and m["adopted_share"] >= gate.success_share and m["reporting_share"] >= gate.min_reporting_share
 
 
-def evaluate(gate: GateConfig, obs: RingObservation, since_deploy: float, soak_started: float | None, now: float) -> Verdict:
-    """`soak_started` is when adoption was first met (None: not yet). Times in seconds on the hub's clock."""
+def quality_text(q: dict[str, Any]) -> str:
+    """The quality values a verdict passed on, in one line."""
+    parts = []
+    if "agreement" in q:
+        parts.append(f"shadow agreement {q['agreement']:.1%} on {q['shadow']['compared']:,} requests")
+    if "distribution_shift" in q:
+        parts.append(f"prediction shift {q['distribution_shift']:.3f} (chi-square p={q['chi2_p']:.2g})")
+    if "confidence_drop" in q:
+        parts.append(f"confidence drop {q['confidence_drop']:+.3f}")
+    if "latency_ratio" in q:
+        parts.append(f"latency ratio {q['latency_ratio']:.2f}x")
+    if "live_accuracy" in q:
+        parts.append(f"live accuracy {q['live_accuracy']:.1%}")
+    return ", ".join(parts)
+
+
+def evaluate(
+    gate: GateConfig, obs: RingObservation, since_deploy: float, soak_started: float | None, now: float, ctx: QualityContext | None = None
+) -> Verdict:
+    """`soak_started` is when adoption was first met (None: not yet). Times in seconds on the hub's clock. `ctx`: the
+    phase and what quality is compared with (None: the serve phase, no control group)."""
+    ctx = ctx or QualityContext()
     m = measure(obs)
-    bad = _breached(gate, m)
+    shadow = ctx.phase == "shadow"
+    q = judge(gate, obs.summary, ctx) if gate.quality or shadow else None
+    if gate.shadow_soak_seconds is not None or shadow:
+        m["phase"] = ctx.phase
+    if q is not None:
+        m["quality"] = q.measured
+    notes = q.notes if q is not None else []
+    bad = _breached(gate, m) + (q.breaches if q is not None else [])
     if bad:
-        return Verdict("fail", [why for _, why in bad], m, offenders(gate, obs, [k for k, _ in bad]))
+        health = [k for k, _ in bad if k in THRESHOLDS]
+        quality = [k for k, _ in bad if k not in THRESHOLDS and k != "failure_share"]
+        share = max(1, MAX_OFFENDERS // max(1, len(health) + len(quality)))
+        named = offenders(gate, obs, health, share * len(health)) if health else []
+        if quality:
+            named += quality_offenders(gate, obs.device_summaries, quality, ctx.control, share * len(quality))
+        return Verdict("fail", [why for _, why in bad], m, named[:MAX_OFFENDERS], notes)
     if m["devices"] == 0:
         return Verdict("fail", ["ring has no devices"], m)
     elapsed = now - since_deploy
+    soak_for = (gate.shadow_soak_seconds or 0.0) if shadow else gate.soak_seconds
+    what = "shadowing the candidate" if shadow else "on the new version"
     met = adoption_met(gate, m)
     soaked_for = now - soak_started if met and soak_started is not None else None
-    soaked = soaked_for is not None and soaked_for >= gate.soak_seconds
+    soaked = soaked_for is not None and soaked_for >= soak_for
     served = (m["inferences"] or 0) >= gate.min_inferences
-    if soaked and served:
+    short = q.short if q is not None else []
+    if soaked and served and not short:
+        extra = quality_text(q.measured) if q is not None else ""
         return Verdict(
-            "pass", [f"{m['adopted']}/{m['devices']} on the new version for {soaked_for:.1f}s soak, {m['inferences'] or 0} inferences"], m
+            "pass",
+            [
+                f"{m['adopted']}/{m['devices']} {what} for {soaked_for:.1f}s {'shadow soak' if shadow else 'soak'}, "
+                f"{m['inferences'] or 0} inferences" + (f"; {extra}" if extra else "")
+            ]
+            + notes,
+            m,
+            notes=notes,
         )
     if elapsed > gate.deadline_seconds:
         why = (
             f"deadline {gate.deadline_seconds:.0f}s passed with {m['adopted']}/{m['devices']} adopted "
             f"(needs {gate.success_share:.0%}), {m['reporting']}/{m['devices']} reporting (needs {gate.min_reporting_share:.0%})"
         )
-        if soaked:
+        if soaked and not served:
             why = (
                 f"deadline {gate.deadline_seconds:.0f}s passed with {m['inferences'] or 0} inferences on the new version in the "
                 f"devices' latest report windows (needs {gate.min_inferences}): its health metrics were never measured"
             )
+        elif soaked:
+            why = (
+                f"deadline {gate.deadline_seconds:.0f}s passed with quality criteria short of samples in the devices' latest "
+                f"report windows ({'; '.join(short)}): a quality gate never passes on silence"
+            )
         elif met:
-            why = f"deadline {gate.deadline_seconds:.0f}s passed before the {gate.soak_seconds:.0f}s soak completed"
-        return Verdict("fail", [why], m)
-    if soaked:
+            why = f"deadline {gate.deadline_seconds:.0f}s passed before the {soak_for:.0f}s {'shadow soak' if shadow else 'soak'} completed"
+        return Verdict("fail", [why], m, notes=notes)
+    if soaked and not served:
         return Verdict(
             "soak",
             [
@@ -120,6 +174,10 @@ def evaluate(gate: GateConfig, obs: RingObservation, since_deploy: float, soak_s
             ],
             m,
         )
+    if soaked:
+        return Verdict("soak", [f"soak done, waiting for quality samples: {'; '.join(short)}"], m)
     if met:
-        return Verdict("soak", [f"soaking {0 if soak_started is None else now - soak_started:.1f}/{gate.soak_seconds:.0f}s"], m)
+        return Verdict(
+            "soak", [f"{'shadow ' if shadow else ''}soaking {0 if soak_started is None else now - soak_started:.1f}/{soak_for:.0f}s"], m
+        )
     return Verdict("wait", [f"{m['adopted']}/{m['devices']} adopted, {m['pending']} pending"], m)

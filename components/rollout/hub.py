@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from components.rollout.quality import Summary
 from components.rollout.types import RingObservation, RingTarget
 from edgefleet_agent.contract.state import DesiredModel
 
@@ -20,6 +21,11 @@ class FleetHub(Protocol):
 
     def observe(self, target: RingTarget, desired: DesiredModel | None, since: float) -> RingObservation:
         """Counts the ring's devices by how they stand towards `desired`, counting reports made after `since`."""
+        ...
+
+    def summarize(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> Summary:
+        """The telemetry of the devices of `targets` that serve `desired`, from reports made after `since`: the control
+        group a ring's quality is compared with (devices still on the previous version, over the same window)."""
         ...
 
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None: ...

@@ -5,6 +5,11 @@ a stable hash of (rollout, device id): a ring with `percent: 5` takes the first 
 ring with `percent: 30` takes up to the first 30%, and so on. Adding devices to the fleet moves only the
 new devices into rings; existing devices keep their ring as long as the ring's cut-off does not move past
 them. Rings are disjoint: a device belongs to the first ring that selects it.
+
+A rollout's control holdback (`control_holdback`, a share) keeps the last floor(share x n) devices of each of its
+groups' order out of every ring: they stay on the previous version as the control group the rings' quality is
+compared with, and follow once the last gate passes. Taken from the end of the order, it moves no device of a ring
+whose percent is at most 100 x (1 - share).
 """
 
 from __future__ import annotations
@@ -32,11 +37,25 @@ def rank(rollout: str, device_id: str) -> str:
     return hashlib.sha256(f"{rollout}\0{device_id}".encode()).hexdigest()
 
 
+def control_members(
+    rollout: str, rings: list[RingConfig], groups: dict[str, DeviceGroupConfig], devices: list[Device], holdback: float
+) -> list[str]:
+    """The control holdback: per group the rings use, the last floor(holdback x members) devices of the rollout's order."""
+    out: set[str] = set()
+    if holdback <= 0:
+        return []
+    for name in dict.fromkeys(r.group for r in rings):
+        members = sorted((d for d in devices if in_group(d, groups[name])), key=lambda d: rank(rollout, d.id))
+        count = math.floor(len(members) * holdback + 1e-9)
+        out.update(d.id for d in members[len(members) - count :] if count)
+    return sorted(out)
+
+
 def ring_members(
-    rollout: str, rings: list[RingConfig], groups: dict[str, DeviceGroupConfig], devices: list[Device]
+    rollout: str, rings: list[RingConfig], groups: dict[str, DeviceGroupConfig], devices: list[Device], holdback: float = 0.0
 ) -> dict[str, list[str]]:
-    """Ring name -> sorted device ids."""
-    taken: set[str] = set()
+    """Ring name -> sorted device ids (the control holdback's devices in none)."""
+    taken: set[str] = set(control_members(rollout, rings, groups, devices, holdback))
     out: dict[str, list[str]] = {}
     for ring in rings:
         group = groups[ring.group]

@@ -1,18 +1,73 @@
 """A ring's observation from per-device reports: the classification every platform that sees devices one by
-one shares (the local hub, and the AWS and Azure gates when they list offending devices)."""
+one shares (the local hub, and the AWS and Azure gates when they list offending devices).
+
+A desired state is adopted by a device that serves its version, healthy, and shadows nothing else: a shadow summary
+it reports must be of the desired state's candidate (a device with no traffic reports none: the gate's quality
+criteria then wait for samples and fail closed), and a desired state without a candidate is adopted only once the
+device stopped shadowing (a ring set back from a shadow phase). A device that reports the candidate as its failed
+version (it could not load it beside the served model) has failed it.
+"""
 
 from __future__ import annotations
 
 import heapq
+from typing import Iterable
 
+from components.rollout.quality import Summary, Telemetry
 from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, RingObservation
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet_agent.contract.telemetry import Labelled, Latency, Predictions, Shadow
+
+
+def shadow_of(report: DeviceReport) -> Shadow | None:
+    return Shadow.from_json(report.shadow) if report.shadow else None
 
 
 def is_on(report: DeviceReport, desired: DesiredModel | None) -> bool:
     if desired is None:
         return report.version is None
-    return report.version == desired.version and report.sha256 == desired.sha256 and report.status == "ok"
+    if not (report.version == desired.version and report.sha256 == desired.sha256 and report.status == "ok"):
+        return False
+    shadow = shadow_of(report)
+    if shadow is None:
+        return True
+    want = desired.shadow
+    return want is not None and (shadow.version, shadow.sha256) == (want.version, want.sha256)
+
+
+def failed_on(report: DeviceReport, desired: DesiredModel | None) -> bool:
+    if desired is None or report.failed_version is None:
+        return False
+    if report.status == "failed" and report.failed_version == desired.version:
+        return True
+    return desired.shadow is not None and report.failed_version == desired.shadow.version
+
+
+def telemetry_of(report: DeviceReport) -> tuple[Predictions | None, Latency | None, Shadow | None, Labelled | None]:
+    """The contract's telemetry a report carries (None where it carries none)."""
+    return (
+        Predictions.from_json(report.predictions) if report.predictions else None,
+        Latency.from_json(report.latency) if report.latency else None,
+        shadow_of(report),
+        Labelled.from_json(report.labelled) if report.labelled else None,
+    )
+
+
+def has_telemetry(report: DeviceReport) -> bool:
+    return any(x is not None for x in (report.predictions, report.latency, report.shadow, report.labelled))
+
+
+def summarize(reports: Iterable[DeviceReport]) -> Summary:
+    """The summed telemetry of `reports` (each device's latest window)."""
+    total = Telemetry()
+    for r in reports:
+        total.add(*telemetry_of(r))
+    return total.summary()
+
+
+def control_summary(devices: Iterable[str], reports: dict[str, DeviceReport], desired: DesiredModel, since: float) -> Summary:
+    """What the devices still on `desired` (the control group of a comparison) reported since `since`."""
+    return summarize(r for d in devices if (r := reports.get(d)) is not None and r.reported_at >= since and is_on(r, desired))
 
 
 def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desired: DesiredModel | None, since: float) -> RingObservation:
@@ -22,12 +77,17 @@ def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desire
     failures: list[tuple[str, str]] = []
     pending: list[str] = []
     per_device: dict[str, list[tuple[str, float]]] = {k: [] for k in OFFENDER_METRICS}
+    total = Telemetry()
+    summaries: list[tuple[str, Summary]] = []
     for dev in devices:
         r = reports.get(dev)
         fresh = r is not None and r.reported_at >= since
         if fresh:
             reporting += 1
-        if r is not None and fresh and is_on(r, desired):
+        if r is not None and fresh and failed_on(r, desired):
+            failed += 1
+            failures.append((dev, r.error or "failed"))
+        elif r is not None and fresh and is_on(r, desired):
             adopted += 1
             inferences += r.inferences
             errors += r.errors
@@ -38,9 +98,12 @@ def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desire
             if r.inferences:
                 per_device["error_rate"].append((dev, round(r.errors / r.inferences, 6)))
                 per_device["invalid_output_share"].append((dev, round(r.invalid_outputs / r.inferences, 6)))
-        elif r is not None and fresh and desired is not None and r.status == "failed" and r.failed_version == desired.version:
-            failed += 1
-            failures.append((dev, r.error or "failed"))
+            if has_telemetry(r):
+                parts = telemetry_of(r)
+                total.add(*parts)
+                one = Telemetry()
+                one.add(*parts)
+                summaries.append((dev, one.summary()))
         else:
             pending.append(dev)
     p99s.sort()
@@ -56,6 +119,8 @@ def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desire
         failures=tuple(failures[:50]),
         pending=tuple(pending[:50]),
         offenders=_worst(per_device),
+        summary=total.summary() if summaries else None,
+        device_summaries=tuple(summaries),
     )
 
 

@@ -36,17 +36,29 @@ TERMINAL = frozenset({RolloutStatus.SUCCEEDED, RolloutStatus.ROLLED_BACK, Rollou
 FAILED = frozenset({RolloutStatus.ROLLED_BACK, RolloutStatus.ROLLBACK_INCOMPLETE})
 
 
+class RingPhase(StrEnum):
+    """What a ring's desired state is in its current phase. A ring whose gate shadows first (shadow_soak_seconds) runs
+    the version it ran before with the candidate beside it (SHADOW), then, once the shadow gate holds, serves it (SERVE).
+    Records written before phases existed have none: their rings served."""
+
+    SHADOW = "shadow"
+    SERVE = "serve"
+
+
 class RingRecord(TypedDict):
     name: str
     index: int
     state: RingState
-    deployed_at: float | None
+    deployed_at: float | None  # when this phase's desired state was set: reports count from then
     soak_started: float | None
     finished_at: float | None
     verdict: dict[str, Any] | None  # {"outcome": "pass"|"fail"|"aborted", "reasons", "measured", …}
     measured: Measured | None  # gate.measure() of the latest observation
     observed_at: float | None
     unobserved: float  # seconds nobody watched: they move the ring's deadline out
+    phase: NotRequired[RingPhase]  # absent: serve (records before phases)
+    started_at: NotRequired[float]  # the ring's first deployment (its shadow phase): its deadline counts from then
+    shadow_verdict: NotRequired[dict[str, Any]]  # the shadow phase's passing verdict
 
 
 class RollbackRecord(TypedDict):
@@ -61,6 +73,8 @@ class RollbackRecord(TypedDict):
     unobserved: NotRequired[float]
     silent: NotRequired[dict[str, int]]
     unconfirmed: NotRequired[dict[str, Any]]
+    shadow_rings: NotRequired[list[str]]  # rings that only shadowed the version: set back to `shadow_desired`, no order
+    shadow_desired: NotRequired[str | None]  # what they ran before (DesiredModel JSON), without the candidate
 
 
 class Progress(TypedDict):
@@ -107,7 +121,19 @@ def as_progress(raw: dict[str, Any]) -> Progress:
     for ring in raw["rings"]:
         ring["state"] = RingState(ring["state"])
         ring.setdefault("unobserved", 0.0)
+        if "phase" in ring:
+            ring["phase"] = RingPhase(ring["phase"])
     return raw  # type: ignore[return-value]
+
+
+def phase_of(ring: RingRecord | dict[str, Any]) -> RingPhase:
+    return RingPhase(ring.get("phase") or RingPhase.SERVE)
+
+
+def served(progress: Progress | dict[str, Any]) -> bool:
+    """Whether any ring of this rollout was ever set to serve its version. A rollout that stopped while its rings only
+    shadowed the version never served it: undoing it needed no rollback order, and the version is not burned."""
+    return any(r["state"] != RingState.PENDING and phase_of(r) == RingPhase.SERVE for r in progress["rings"])
 
 
 def last_good(records: Iterable[Progress | dict[str, Any]], before: str | None = None) -> DesiredModel | None:

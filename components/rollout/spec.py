@@ -74,6 +74,23 @@ class GateConfig(Strict):
 
 
 QUALITY_CRITERIA = ("min_agreement", "max_latency_ratio", "max_distribution_shift", "max_confidence_drop", "min_live_accuracy")
+CONTROL_RING = "control"  # the name a rollout's control holdback has among its rings, once it follows
+
+
+def compares_with_control(gate: GateConfig) -> bool:
+    """Whether a ring's serve phase needs devices still on the previous version: prediction shift and confidence drop
+    always do, the latency ratio unless the ring judged it beside the served model in a shadow phase."""
+    return (
+        gate.max_distribution_shift is not None
+        or gate.max_confidence_drop is not None
+        or (gate.max_latency_ratio is not None and gate.shadow_soak_seconds is None)
+    )
+
+
+def follower_gate(gate: GateConfig) -> GateConfig:
+    """The gate of the control holdback when it follows the last ring: the last ring's health criteria, no quality
+    criteria (nothing is left on the previous version to compare with, and the version has passed every comparison)."""
+    return gate.model_copy(update={**{k: None for k in QUALITY_CRITERIA}, "shadow_soak_seconds": None})
 
 
 class RingConfig(Strict):
@@ -104,6 +121,16 @@ class RolloutConfig(Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"ring names must be unique within a rollout: {', '.join(dupes)}")
+        if self.control_holdback > 0 and CONTROL_RING in names:
+            raise ValueError(f"ring name {CONTROL_RING!r} is the control holdback's once it follows the last ring: rename the ring")
+        last = self.rings[-1]
+        if self.control_holdback == 0 and compares_with_control(last.gate):
+            raise ValueError(
+                f"the last ring {last.name!r} compares with a control group (max_distribution_shift, max_confidence_drop or "
+                "max_latency_ratio without a shadow phase), but it takes every remaining device, so none would be left on the "
+                "previous version to compare with: declare control_holdback (a share of each group kept on the previous "
+                "version until the last gate passes, e.g. 0.05)"
+            )
         return self
 
 

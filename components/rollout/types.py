@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
+
+from components.rollout.quality import Summary
 
 OFFENDER_METRICS = ("error_rate", "invalid_output_share", "p99_latency_ms")  # keys of gate.measure()
 OFFENDERS_PER_METRIC = 20
@@ -26,6 +28,10 @@ class RingObservation:
     `offenders` lets a failed metric gate name the devices behind it: for each of the metrics in
     OFFENDER_METRICS, the worst devices serving the desired version (at most OFFENDERS_PER_METRIC each,
     worst first). Optional: a platform that only has aggregates leaves it empty; the report then names none.
+
+    `summary` sums what the adopted devices' applications saw (predictions, latency, a shadowed candidate, labelled
+    requests: components/rollout/quality.py) and `device_summaries` is each adopted device's own, so that a failed
+    quality gate can name the devices behind it. Platforms that cannot read telemetry leave both empty.
     """
 
     devices: int  # targeted
@@ -39,6 +45,8 @@ class RingObservation:
     failures: tuple[tuple[str, str], ...] = ()  # (device, reason), a sample for the report
     pending: tuple[str, ...] = ()  # devices not yet on the desired version (a sample)
     offenders: tuple[tuple[str, str, float], ...] = ()  # (device, metric, value) from that device's own window
+    summary: Summary | None = None  # telemetry of the adopted devices' latest windows, summed
+    device_summaries: tuple[tuple[str, Summary], ...] = ()  # (device, its own summary), adopted devices
 
     @property
     def pending_count(self) -> int:
@@ -60,6 +68,8 @@ class Measured(TypedDict):
     invalid_output_share: float | None
     p99_latency_ms: float | None
     inferences: int
+    phase: NotRequired[str]  # a ring that shadows first: "shadow" or "serve"
+    quality: NotRequired[dict[str, Any]]  # the quality criteria's values (quality.judge), with the control group's
 
 
 @dataclass
@@ -68,3 +78,4 @@ class Verdict:
     reasons: list[str]
     measured: Measured
     offenders: list[dict[str, Any]] = field(default_factory=list)  # on a metric failure: devices over the breached thresholds
+    notes: list[str] = field(default_factory=list)  # criteria that did not apply, and why (never a silent pass)

@@ -22,8 +22,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Ship ONNX models to edge fleets, ring by ring, as Pulumi infrastructure-as-code.",
 )
-console = Console()
-err_console = Console(stderr=True)
+# Where output is not a terminal (a pipe, a CI log), rich would cut tables to 80 columns ("cana…"): write them full
+# width instead, and without colour there or when NO_COLOR is set (rich honours it) or --no-color is given.
+PIPE_WIDTH = 200
+
+
+def _console(stderr: bool = False) -> Console:
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=PIPE_WIDTH, no_color=True, highlight=False)
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+
+@app.callback()
+def _options(no_color: bool = typer.Option(False, "--no-color", help="Plain text: no colour or styles (also: NO_COLOR=1).")) -> None:
+    if no_color:
+        for c in (console, err_console):
+            c.no_color = True
+
 
 # Exit codes, for every command (README, "Exit codes"): 0 success; 1 bad input (the message names the file, the key
 # and the fix); 2 usage (a flag the command does not take); 3 a rollout halted and was rolled back; 4 a mandatory

@@ -218,6 +218,41 @@ def status_cmd(
             console.print(f"  {escape(d['next'])}", highlight=False, soft_wrap=True)
 
 
+@app.command("history")
+def history_cmd(
+    stack: str | None = typer.Option(None, "--stack", "-s", help="The stack whose rollouts to list (required)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Only rollouts of this model."),
+    as_json: bool = typer.Option(False, "--json"),
+    project_dir: Path = typer.Option(Path("."), "--project-dir"),
+) -> None:
+    """Past rollouts, oldest first: outcome, rings reached, duration, and the failing gate's numbers."""
+    from edgefleet.status import fleet_history
+
+    rows = fleet_history(project_dir, stack, model)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"history · stack {stack}" + (f" · model {model}" if model else ""), title_justify="left")
+    for col in ("started", "rollout", "version", "outcome", "rings reached", "duration", "why it stopped"):
+        t.add_column(col, overflow="fold")
+    for h in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["started_at"])) if h["started_at"] else ""
+        colour = {"succeeded": "green", "rolled_back": "red", "rollback_incomplete": "red"}.get(h["outcome"], "yellow")
+        why = (f"ring {h['failed_ring']}: " + "; ".join(h["reasons"])) if h["failed_ring"] else ""
+        t.add_row(
+            started,
+            h["rollout_id"],
+            f"{h['from'] or 'nothing'} → {h['version']}",
+            f"[{colour}]{h['outcome']}[/]",
+            ", ".join(h["rings_reached"]) or "none",
+            f"{h['duration_seconds']:.0f}s" if h["duration_seconds"] is not None else "in flight",
+            escape(why),
+        )
+    console.print(t)
+    if not rows:
+        console.print("no rollouts recorded yet", highlight=False)
+
+
 @app.command("demo")
 def demo_cmd(
     workdir: Path | None = typer.Option(

@@ -26,15 +26,18 @@ def plan_cmd(
     project_dir: Path = typer.Option(Path("."), "--project-dir", help="The Pulumi project (holds Pulumi.yaml)."),
 ) -> None:
     """Diff the stack at --base against the working tree, offline: models, rings and devices, resources, policy."""
-    from edgefleet.plan import base_graph, compute_plan, render_markdown
+    from edgefleet.plan import compute_plan, render_markdown
+    from edgefleet.plan.base_policy import judge_with_base
     from edgefleet.synth import synth
     from edgefleet_agent.fsutil import atomic_write_bytes
 
     project_dir = project_dir.resolve()
     err_console.print(f"synthesizing stack {stack} at {base} (temporary worktree) and in the working tree…", highlight=False)
-    old = base_graph(project_dir, stack, base)
     new = synth(project_dir, stack)
-    plan = compute_plan(old, new, base_ref=base, project_dir=project_dir)
+    judged = judge_with_base(project_dir, stack, base, new)  # the base's rules and settings judge the change
+    if judged.note:
+        err_console.print(judged.note, highlight=False)
+    plan = compute_plan(judged.graph, new, base_ref=base, project_dir=project_dir, policy=judged.report, weakens=judged.weakens)
     as_data = json.dumps(plan, indent=2, sort_keys=True) + "\n"
     text = as_data if as_json else render_markdown(plan) + "\n"
     print(text, end="")
@@ -42,6 +45,11 @@ def plan_cmd(
         atomic_write_bytes(out, text.encode())
     if json_out is not None:
         atomic_write_bytes(json_out, as_data.encode())
+    if plan["weakens_policy"]:
+        err_console.print(
+            f"this change weakens the policy ({len(plan['weakens_policy'])} item(s)): review it; the base's policy judged it",
+            highlight=False,
+        )
     if plan["policy"]["blocking"]:
         err_console.print(f"blocked by mandatory rule(s): {', '.join(plan['policy']['blocking'])}", highlight=False)
         # Not typer.Exit: under main()'s standalone_mode=False typer *returns* that code and main() drops it.

@@ -30,43 +30,55 @@ def policy_cmd(
     ),
     project_dir: Path = typer.Option(Path("."), "--project-dir", help="The Pulumi project (holds Pulumi.yaml)."),
 ) -> None:
-    """Check the stack against edgefleet's rules (signing, digests, canaries, metrics, agent, hardware, hardening)."""
-    from edgefleet.plan import base_graph, policy_settings, run_policy
+    """Check the stack against edgefleet's rules (signing, digests, canaries, metrics, agent, hardware, hardening). With
+    --base, the base's rules and policy settings judge the stack, as `edgefleet plan` does: a change cannot loosen the
+    rules that judge it."""
+    from edgefleet.plan import policy_settings, run_policy
+    from edgefleet.plan.base_policy import base_settings, judge_with_base
     from edgefleet.synth import synth
     from edgefleet_agent.fsutil import atomic_write_bytes
     from policies.crossguard import crossguard_config
 
     project_dir = project_dir.resolve()
     graph = synth(project_dir, stack)
-    old = base_graph(project_dir, stack, base) if base else None
-    report = run_policy(graph, old, project_dir)
-    if pack_config is not None:
-        config = crossguard_config(policy_settings(graph, old))
+    weakens: list[str] = []
+    if base:
+        judged = judge_with_base(project_dir, stack, base, graph)
+        report, weakens, settings = judged.report, judged.weakens, base_settings(graph, judged.graph, project_dir)
+        if judged.note:
+            err_console.print(judged.note, highlight=False)
+    else:
+        report, settings = run_policy(graph, None, project_dir).to_dict(), policy_settings(graph, None)
+    if pack_config is not None:  # the CrossGuard pack gets the same settings: the base's, with --base
+        config = crossguard_config(settings)
         atomic_write_bytes(pack_config, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
         err_console.print(
             f"wrote {pack_config}: pass it to `pulumi preview --policy-pack policies --policy-pack-config {pack_config}`", highlight=False
         )
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        print(json.dumps({**report, "weakens_policy": weakens}, indent=2, sort_keys=True))
     else:
         table = Table(
-            title=f"policy · stack {stack}" + (f" · base {base}" if base else " · no base (regression rules not run)"), show_lines=True
+            title=f"policy · stack {stack}" + (f" · judged by base {base}" if base else " · no base (regression rules not run)"),
+            show_lines=True,
         )
         for col in ("rule", "level", "result"):
             table.add_column(col, no_wrap=True)
         table.add_column("details", overflow="fold")
-        for r in report.results:
-            result = r.status if not (r.status == "failed" and r.level == "advisory") else "advisory"
-            details = "\n".join(("(unverified) " if f.unverified else "") + f.message for f in r.findings) or r.note
-            table.add_row(r.name, r.level, f"[{STYLE.get(r.status, '')}]{result}[/]", escape(details))
+        for r in report["rules"]:
+            result = r["status"] if not (r["status"] == "failed" and r["level"] == "advisory") else "advisory"
+            details = "\n".join(("(unverified) " if f["unverified"] else "") + f["message"] for f in r["findings"]) or r["note"]
+            table.add_row(r["name"], r["level"], f"[{STYLE.get(r['status'], '')}]{result}[/]", escape(details))
         console.print(table)
-        if report.blocking:
+        for w in weakens:
+            console.print(f"[yellow]weakens policy:[/] {escape(w)}", highlight=False)
+        advisories = sum(1 for r in report["rules"] if r["status"] == "failed" and r["level"] == "advisory")
+        if report["blocking"]:
             console.print(
-                f"[bold red]blocked[/] by {len(report.blocking)} mandatory rule(s): {', '.join(r.name for r in report.blocking)}",
-                highlight=False,
+                f"[bold red]blocked[/] by {len(report['blocking'])} mandatory rule(s): {', '.join(report['blocking'])}", highlight=False
             )
         else:
-            console.print(f"[green]passed[/]: no mandatory rule fails ({len(report.advisories)} advisory finding(s))", highlight=False)
-    if report.blocking:
+            console.print(f"[green]passed[/]: no mandatory rule fails ({advisories} advisory finding(s))", highlight=False)
+    if report["blocking"]:
         # Not typer.Exit: under main()'s standalone_mode=False typer *returns* that code and main() drops it.
         raise SystemExit(EXIT_POLICY)

@@ -23,12 +23,20 @@ __all__ = ["COMMENT_MARKER", "PLAN_FORMAT", "base_graph", "compute_plan", "polic
 PLAN_FORMAT = "edgefleet-plan/v1"
 
 
-def compute_plan(base: Mapping[str, Any], head: Mapping[str, Any], base_ref: str = "", project_dir: Path | None = None) -> dict[str, Any]:
-    """Everything a reviewer needs, as JSON-friendly data. Pure over the two graphs (and, for the digest rule, the files)."""
+def compute_plan(
+    base: Mapping[str, Any],
+    head: Mapping[str, Any],
+    base_ref: str = "",
+    project_dir: Path | None = None,
+    policy: dict[str, Any] | None = None,
+    weakens: list[str] | None = None,
+) -> dict[str, Any]:
+    """Everything a reviewer needs, as JSON-friendly data. Pure over the two graphs (and, for the digest rule, the files).
+    `policy`: the report of the base's rules and settings on the head (base_policy.py); without it, this checkout's."""
     base_g, head_g = Graph(base["resources"]), Graph(head["resources"])
     base_m, head_m = membership(base), membership(head)
     resources = diff_resources(base["resources"], head["resources"])
-    report = run_policy(head, base, project_dir)
+    report = policy if policy is not None else run_policy(head, base, project_dir).to_dict()
     counts = {a: sum(1 for e in resources if e["action"] == a) for a in ACTIONS}
     models = diff_models(base_g.models(), head_g.models())
     rollouts = diff_rollouts(base_g, head_g, base_m, head_m)
@@ -42,5 +50,6 @@ def compute_plan(base: Mapping[str, Any], head: Mapping[str, Any], base_ref: str
         "models": models,
         "rollouts": rollouts,
         "resources": {"counts": counts, "changes": resources},
-        "policy": report.to_dict(),
+        "policy": report,
+        "weakens_policy": list(weakens or []),
     }

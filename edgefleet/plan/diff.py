@@ -142,7 +142,28 @@ def gate_summary(gate: Mapping[str, Any]) -> str:
         parts.append(f"NaN/Inf outputs ≤ {fmt_share(gate['max_invalid_output_share'])}")
     if gate.get("max_p99_latency_ms") is not None:
         parts.append(f"p99 ≤ {gate['max_p99_latency_ms']:g} ms")
-    return ", ".join(parts)
+    return ", ".join(parts + quality_summary(gate))
+
+
+def quality_summary(gate: Mapping[str, Any]) -> list[str]:
+    """The gate's quality criteria as the plan prints them (none when the gate declares none)."""
+    out = []
+    if gate.get("shadow_soak_seconds") is not None:
+        out.append(f"shadows the candidate {gate['shadow_soak_seconds']:g}s first")
+    if gate.get("min_agreement") is not None:
+        out.append(f"shadow agreement ≥ {fmt_share(gate['min_agreement'])}")
+    if gate.get("max_latency_ratio") is not None:
+        vs = "the served model (shadow)" if gate.get("shadow_soak_seconds") is not None else "the control group"
+        out.append(f"p50 latency ≤ {gate['max_latency_ratio']:g}x {vs}")
+    if gate.get("max_distribution_shift") is not None:
+        out.append(f"prediction shift vs control ≤ {gate['max_distribution_shift']:g} (TVD, chi-square p < 0.01)")
+    if gate.get("max_confidence_drop") is not None:
+        out.append(f"confidence drop vs control ≤ {gate['max_confidence_drop']:g}")
+    if gate.get("min_live_accuracy") is not None:
+        out.append(f"live accuracy ≥ {fmt_share(gate['min_live_accuracy'])}")
+    if out:
+        out.append(f"≥ {gate.get('min_quality_samples', 200):,} samples a side")
+    return out
 
 
 def _selector(ring: Mapping[str, Any], group: Mapping[str, Any] | None) -> str:
@@ -229,7 +250,11 @@ def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Memb
         version_changed = (
             old is None or dig(old, "inputs", "sha256") != inputs.get("sha256") or dig(old, "inputs", "version") != inputs.get("version")
         )
-        rings_changed = bool(removed) or any(r["status"] != "unchanged" for r in rows)
+        rings_changed = (
+            bool(removed)
+            or any(r["status"] != "unchanged" for r in rows)
+            or (old is not None and dig(old, "inputs", "control_holdback") != inputs.get("control_holdback"))
+        )
         if old is not None and not version_changed and not rings_changed:
             continue
         out.append(
@@ -247,6 +272,11 @@ def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Memb
                 "devices": head_m.rollout_devices.get(name),
                 "fleet": stack_fleet,
                 "counted": counted,
+                **(
+                    {"control_holdback": inputs["control_holdback"], "control_devices": (head_m.control or {}).get(name)}
+                    if inputs.get("control_holdback")
+                    else {}
+                ),
             }
         )
     for name, old in sorted(base_ro.items()):

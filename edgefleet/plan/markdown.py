@@ -154,6 +154,14 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
             f"| {row['index'] + 1} | `{row['name']}`{mark} | {_md(row['selector'])} | {devices} | {_num(row['cumulative'])} | "
             f"{_share(row)} | {_md(row['gate_summary'])} |"
         )
+    if r.get("control_holdback"):
+        held = f"{r['control_devices']:,} devices, " if r.get("control_devices") is not None else ""
+        lines += [
+            "",
+            f"Control holdback: {held}{fmt_share(r['control_holdback'])} of each group, stays on the previous version as the "
+            "control group the rings' quality is compared with, then follows once the last gate passes.",
+            "",
+        ]
     for row in r["rings"]:
         if row["changes"]:
             lines.append(f"- ring `{row['name']}` changed: {', '.join(row['changes'])}")
@@ -206,7 +214,9 @@ def policy_md(policy: dict[str, Any]) -> list[str]:
     lines = [
         "### Policy",
         "",
-        f"{status}" + ("" if policy["has_base"] else " (no base graph: regression checks not run)"),
+        f"{status}"
+        + ("" if policy["has_base"] else " (no base graph: regression checks not run)")
+        + (" · judged by the base's rules and settings" if policy.get("judged_by") == "base" else ""),
         "",
         "| rule | level | result | details |",
         "|---|---|---|---|",
@@ -223,6 +233,10 @@ def policy_md(policy: dict[str, Any]) -> list[str]:
 def render_markdown(plan: dict[str, Any]) -> str:
     base = f"`{plan['base_ref']}`" if plan["base_ref"] else "nothing"
     lines = [COMMENT_MARKER, f"## edgefleet plan · stack `{plan['stack']}` · {base} → this change", ""]
+    if plan.get("weakens_policy"):
+        lines += ["> [!WARNING]", "> **This change weakens policy.** The base's policy judged it; once merged, these judge what follows:"]
+        lines += [f"> - {_md(w)}" for w in plan["weakens_policy"]]
+        lines += ["> Changes to policy settings, `policies/` and `.github/workflows/` need a code owner's review (CODEOWNERS).", ""]
     if plan.get("base_note"):
         lines += [f"_{plan['base_note']}: everything below is new._", ""]
     if not plan["changed"]:

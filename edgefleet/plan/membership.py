@@ -35,6 +35,7 @@ class Membership:
     rollout_devices: dict[str, int]
     fleet: int | None
     declared: frozenset[str] = frozenset()
+    control: Mapping[str, int] | None = None  # rollout -> devices its control holdback keeps on the previous version
 
     def counted(self, rollout: str) -> str | None:
         if rollout not in self.rings:
@@ -54,7 +55,7 @@ def membership(graph: Mapping[str, Any]) -> Membership:
         return Membership({}, {}, None)
     from pydantic import ValidationError
 
-    from components.rollout.membership import in_group, ring_members
+    from components.rollout.membership import control_members, in_group, ring_members
     from components.stack import StackConfig
 
     # Typed, but not held to today's cross-field rules: a base that a newer rule rejects (the PR that fixes it)
@@ -70,17 +71,20 @@ def membership(graph: Mapping[str, Any]) -> Membership:
     groups = {g.name: g for g in cfg.groups}
     if any(r.group not in groups for ro in cfg.rollouts for r in ro.rings):
         return Membership({}, {}, None)
-    rings, totals, declared = {}, {}, set()
+    rings, totals, declared, control = {}, {}, set(), {}
     for ro in cfg.rollouts:
         rollout_groups = [groups[r.group] for r in ro.rings]
         platforms = {cfg.group_platform(g) for g in rollout_groups}
         if platforms == {"local"} and devices:
-            rings[ro.name] = {r: len(ids) for r, ids in ring_members(ro.name, ro.rings, groups, devices).items()}
+            holdback = ro.control_holdback
+            rings[ro.name] = {r: len(ids) for r, ids in ring_members(ro.name, ro.rings, groups, devices, holdback).items()}
             totals[ro.name] = sum(1 for d in devices if any(in_group(d, g) for g in rollout_groups))
+            if holdback:
+                control[ro.name] = len(control_members(ro.name, ro.rings, groups, devices, holdback))
         elif len(platforms) == 1 and platforms != {"local"}:
             sizes = _declared_sizes(cfg, next(iter(platforms)))
             if sizes and all(r.name in sizes for r in ro.rings):
                 rings[ro.name] = {r.name: sizes[r.name] for r in ro.rings}
                 totals[ro.name] = sum(rings[ro.name].values())
                 declared.add(ro.name)
-    return Membership(rings, totals, len(devices) if devices else None, frozenset(declared))
+    return Membership(rings, totals, len(devices) if devices else None, frozenset(declared), control)

@@ -31,8 +31,10 @@ def policy_settings(graph: Mapping[str, Any], base: Mapping[str, Any] | None = N
     )
 
 
-def run_policy(graph: Mapping[str, Any], base: Mapping[str, Any] | None = None, project_dir: Path | None = None) -> Report:
-    settings = policy_settings(graph, base, project_dir)
+def run_policy(
+    graph: Mapping[str, Any], base: Mapping[str, Any] | None = None, project_dir: Path | None = None, settings: Settings | None = None
+) -> Report:
+    settings = settings or policy_settings(graph, base, project_dir)
     try:
         return evaluate(graph["resources"], settings)
     except ValueError as exc:

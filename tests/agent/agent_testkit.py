@@ -4,10 +4,16 @@ a transport and a clock the test controls, and a small HTTP model store that can
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import http.server
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
 
 from components.local.signer import LocalKeySigner
 from edgefleet.model_add import add_version
@@ -38,15 +44,15 @@ class Publisher:
         self.keys = keys
         self.count = 0
 
-    def publish(self, version: str, onnx: str, signer: LocalKeySigner | None = None, **add_kwargs) -> DesiredModel:
+    def publish(self, version: str, onnx: str, signer: LocalKeySigner | None = None, model: str = MODEL, **add_kwargs) -> DesiredModel:
         self.count += 1
-        model_dir = self.root / f"{self.count:03d}-{version}" / MODEL
+        model_dir = self.root / f"{self.count:03d}-{version}" / model
         add_version(model_dir, SAMPLES / onnx, version, metrics=[], targets=[TARGET], **add_kwargs)
         mdir = ModelDir(model_dir)
         sign_model_dir(mdir, signer or self.keys.signer)
         manifest = mdir.load()
         return DesiredModel(
-            model=MODEL,
+            model=model,
             version=version,
             sha256=manifest.sha256,
             size=manifest.size,
@@ -140,3 +146,21 @@ class HttpStore:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def oip_infer(url: str, model: str, image: np.ndarray, label: int | None = None, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+    """One JSON inference request to an Open Inference Protocol endpoint (the detector's `image` input), without
+    tritonclient: (HTTP status, the response document)."""
+    doc: dict[str, Any] = {
+        "inputs": [{"name": "image", "shape": list(image.shape), "datatype": "FP32", "data": image.reshape(-1).tolist()}]
+    }
+    if label is not None:
+        doc["parameters"] = {"label": label}
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("POST", f"/v2/models/{model}/infer", json.dumps(doc), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        conn.close()

@@ -26,7 +26,14 @@ from agent_testkit import MODEL, REPO, FakeTransport, artifact_bytes
 
 from components.aws.plan import RingComponents, components_spec
 from components.aws.recipes import AGENT_ENV, agent_recipe, model_recipe
-from edgefleet_agent.contract.greengrass import DEVICE_METRICS, REQUIRED_ENV
+from edgefleet_agent.contract.greengrass import (
+    CLASS_METRIC,
+    CONFIDENCE_METRIC,
+    DEVICE_METRICS,
+    PREDICTIONS_METRIC,
+    REQUEST_LATENCY_METRIC,
+    REQUIRED_ENV,
+)
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 from edgefleet_agent.core import DeviceAgent
@@ -113,6 +120,7 @@ def offline_env(component: dict[str, str], region: bool = False) -> dict[str, st
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         AWS_ENDPOINT_URL="http://127.0.0.1:9",
+        EDGEFLEET_AGENT_PORT="0",  # the inference endpoint on any free port: 8000 may be taken on a test machine
     )
     if region:
         env["AWS_REGION"] = REGION
@@ -230,12 +238,15 @@ def test_metrics_land_where_the_gate_reads_them(tmp_path, keys, v110, aws_offlin
         wrong = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=start, EndTime=time.time() + 60)
         assert all(r["Values"] == [] for r in wrong["MetricDataResults"])
 
+        # Besides the health metrics, the agent files the quality summaries the quality gates read (per class, per
+        # confidence bin): all of them under the ring, rollout and version the gate queries.
         listed = cloudwatch.list_metrics(Namespace=NAMESPACE)["Metrics"]
-        assert {m["MetricName"] for m in listed} == set(units)
-        assert all(
-            sorted((d["Name"], d["Value"]) for d in m["Dimensions"]) == [("Ring", "canary"), ("Rollout", ROLLOUT), ("Version", "1.1.0")]
-            for m in listed
-        )
+        quality = {PREDICTIONS_METRIC, CLASS_METRIC, CONFIDENCE_METRIC, REQUEST_LATENCY_METRIC}
+        assert {m["MetricName"] for m in listed} == set(units) | quality
+        ring = {("Ring", "canary"), ("Rollout", ROLLOUT), ("Version", "1.1.0")}
+        for m in listed:
+            dims = {(d["Name"], d["Value"]) for d in m["Dimensions"]}
+            assert dims == ring if m["MetricName"] in units else ring <= dims, m
 
 
 def test_a_nan_device_files_its_own_metric_where_the_gate_looks_for_offenders(tmp_path, keys, v120_nan, aws_offline):

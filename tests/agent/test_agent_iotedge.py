@@ -23,8 +23,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
-from agent_testkit import MODEL, REPO, SAMPLES, TARGET, FakeTransport, artifact_bytes
+from agent_testkit import MODEL, REPO, SAMPLES, TARGET, FakeTransport, artifact_bytes, oip_infer
 from azure_testkit import run_query
 
 from components.azure.hub import AzureHub, MemoryProgressStore
@@ -47,6 +48,7 @@ from edgefleet_agent.contract.manifest import HardwareProfile, Metric, ModelDir
 from edgefleet_agent.contract.signing import key_id_of, load_public_key, sign_bytes
 from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.core import DeviceAgent
+from edgefleet_agent.endpoint import InferenceEndpoint, ModelRegistry
 from edgefleet_agent.transports.iotedge import EdgeSupervisor, IoTEdgeTransport, TrustRefused, resolve_trust
 
 SAS = "sv=2022-11-02&sr=c&sp=r&se=2031-01-01T00%3A00%3A00Z&sig=S3CRETsasSIGNATURE%2Bx%3D"
@@ -401,8 +403,17 @@ def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, mak
     agent.report()
     entry = client.sent[-1]["models"][model_key(MODEL)]
     assert set(entry) == documented_reported_fields()  # every field, null when absent (IoT Hub then drops it)
-    assert set(client.reported["models"][model_key(MODEL)]) == documented_reported_fields() - {"error", "failedVersion"}
-    assert {k: v for k, v in entry.items() if k != "p99LatencyMs"} == {
+    absent = {"error", "failedVersion"}  # null: nothing failed
+    assert set(client.reported["models"][model_key(MODEL)]) == documented_reported_fields() - absent
+    quality = entry["quality"]  # the 20 requests, bounded as the twin carries them
+    assert (quality["n"], quality["timed"], sum(quality["classes"].values()), quality["shadow"], quality["labelled"]) == (
+        20,
+        20,
+        20,
+        None,
+        None,
+    )
+    assert {k: v for k, v in entry.items() if k not in ("p99LatencyMs", "quality")} == {
         "version": "1.1.0",
         "sha256": v110.sha256,
         "status": "ok",
@@ -532,26 +543,34 @@ def test_trust_from_the_twin_only_when_its_key_id_matches(keys):
     assert (chosen.pem, chosen.source) == (other, "--public-key")
 
 
-def test_the_supervisor_runs_one_agent_per_model_and_stops_removed_ones(tmp_path, keys, v110, http_store):
+def test_the_supervisor_runs_one_agent_per_model_on_one_endpoint_and_stops_removed_ones(tmp_path, keys, v110, http_store):
+    """The module's agents serve the device's applications on one endpoint, and report the traffic they send."""
     want = ring_desired(v110, http_store)
     client, transport = connected(module_twin_desired(want, keys.pem))
-    sup = EdgeSupervisor(transport, "cam-1", tmp_path / "state", sync_seconds=0.05, report_seconds=0.05)
+    registry = ModelRegistry()
+    sup = EdgeSupervisor(transport, "cam-1", tmp_path / "state", sync_seconds=0.05, report_seconds=0.05, registry=registry)
+    endpoint = InferenceEndpoint(registry, port=0).start()
     try:
         sup.step()
         assert set(sup.agents) == {MODEL} and sup.trust.source == "module twin trust"
+        assert registry.names() == [MODEL]
         deadline = time.monotonic() + 20
         while (client.reported.get("models", {}).get(model_key(MODEL), {}).get("inferences") or 0) == 0:
             assert time.monotonic() < deadline, client.reported
+            status, body = oip_infer(endpoint.url, MODEL, np.zeros((1, 3, 224, 224), np.float32))
+            assert status in (200, 503), body  # 503 until the first sync has installed the model
             time.sleep(0.02)
         assert client.reported["models"][model_key(MODEL)]["status"] == "ok"
 
         client.service_update({"models": {model_key(MODEL): None}})
         sup.step()
         assert sup.agents == {} and client.reported["models"] == {}
+        assert registry.names() == [] and oip_infer(endpoint.url, MODEL, np.zeros((1, 3, 224, 224), np.float32))[0] == 404
         pointer = json.loads((tmp_path / "state" / MODEL / "current.json").read_text())
         assert pointer["current"] is None and pointer["previous"]["version"] == "1.1.0"
     finally:
         sup.close()
+        endpoint.close()
 
 
 # -- the real SDK and the process ---------------------------------------------------------------------------------------
@@ -576,3 +595,28 @@ def test_outside_iot_edge_the_agent_exits_2(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "edgefleet-agent: cannot create the IoT Edge module client:" in proc.stderr
+
+
+def test_a_windows_quality_leaves_no_class_of_an_earlier_window_in_the_twin_even_after_a_restart(keys, v110, http_store):
+    """Twin patches merge: a class the new window did not see must be nulled, or the gate would sum stale counts."""
+    from edgefleet_agent.contract.state import DeviceReport
+    from edgefleet_agent.contract.telemetry import Predictions
+
+    def report(classes: dict[int, int]) -> DeviceReport:
+        preds = Predictions("classes", "scores")
+        for c, n in classes.items():
+            for _ in range(n):
+                preds.add_class(c, 0.9)
+        return DeviceReport("cam-1", MODEL, "1.1.0", v110.sha256, "ok", inferences=sum(classes.values()), predictions=preds.to_json())
+
+    desired = module_twin_desired(ring_desired(v110, http_store), keys.pem)
+    client, transport = connected(desired)
+    transport.report(report({0: 5, 7: 3}))
+    transport.report(report({1: 4}))
+    held = client.reported["models"][model_key(MODEL)]["quality"]
+    assert held["classes"] == {"c1": 4} and held["n"] == 4
+    client2, restarted = connected(desired, reported=client.reported)  # a new process: what the twin holds is read back
+    restarted.report(report({2: 6}))
+    assert client2.reported["models"][model_key(MODEL)]["quality"]["classes"] == {"c2": 6}
+    restarted.report(DeviceReport("cam-1", MODEL, "1.1.0", v110.sha256, "ok"))  # no requests at all
+    assert "quality" not in client2.reported["models"][model_key(MODEL)]

@@ -7,6 +7,7 @@ own store, not on how a particular transport behaves.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from agent_testkit import MODEL, REPO, FakeTransport
+from agent_testkit import MODEL, REPO, FakeTransport, oip_infer
 
 from components.local.hub import LocalHub
 from components.rollout.types import RingTarget
@@ -64,6 +66,15 @@ class Device:
     def signal(self, sig: int) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(15)
+
+    def request(self) -> int | None:
+        """One request from an application, through the endpoint <state>/endpoint.json names: its HTTP status, or None
+        while there is no endpoint yet."""
+        try:
+            url = json.loads((self.state / "endpoint.json").read_text())["url"]
+            return oip_infer(url, MODEL, np.zeros((1, 3, 224, 224), np.float32), timeout=5)[0]
+        except (OSError, ValueError, KeyError):
+            return None
 
     def kill_if_running(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -155,7 +166,14 @@ def test_kill_during_swap_restarts_on_a_verified_model(device, keys, v100, v110,
     restarted_at = time.time()
     device.start("restarted")
     report = device.wait_for(
-        lambda: (r := device.last_report()) and r.reported_at >= restarted_at and r.version == "1.1.0" and r.inferences > 0 and r,
+        lambda: (
+            device.request() in (200, 503, None)  # an application's traffic: 503 while nothing is loaded yet
+            and (r := device.last_report())
+            and r.reported_at >= restarted_at
+            and r.version == "1.1.0"
+            and r.inferences > 0
+            and r
+        ),
         "a report of 1.1.0 in service",
     )
     assert (report.sha256, report.status, report.errors, report.invalid_outputs) == (v110.sha256, "ok", 0, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 from agent_testkit import FakeTransport
 
@@ -170,20 +171,25 @@ def test_unavailable_providers_fall_back_to_cpu(make_agent, transport, v100):
     assert agent_.providers == (CPU,)
 
 
-def test_serve_forever_infers_syncs_and_reports(make_agent, transport, v100, v110):
+def test_serve_forever_syncs_and_reports_the_applications_requests(make_agent, transport, v100, v110):
+    """serve_forever syncs and reports; the requests it reports are the applications' (predict), across a swap."""
     agent_ = make_agent()
     transport.desired_model = v100
     stop = threading.Event()
     thread = threading.Thread(target=agent_.serve_forever, args=(stop,), kwargs={"sync_seconds": 0.05, "report_seconds": 0.05})
     thread.start()
+    image = {"image": np.zeros((1, 3, 224, 224), np.float32)}
     try:
         deadline = time.monotonic() + 10
         while not any(r.version == "1.0.0" and r.inferences > 0 for r in transport.reports):
             assert time.monotonic() < deadline
+            if agent_.current_version:
+                assert agent_.predict(image).version == "1.0.0"
             time.sleep(0.02)
         transport.desired_model = v110
         while not any(r.version == "1.1.0" and r.inferences > 0 for r in transport.reports):
             assert time.monotonic() < deadline
+            agent_.predict(image)
             time.sleep(0.02)
     finally:
         stop.set()
@@ -192,3 +198,24 @@ def test_serve_forever_infers_syncs_and_reports(make_agent, transport, v100, v11
     last = transport.reports[-1]
     assert (last.version, last.status, last.errors) == ("1.1.0", "ok", 0)
     assert sum(r.errors for r in transport.reports) == 0
+
+
+@pytest.mark.parametrize("synthetic", [False, True])
+def test_synthetic_traffic_only_when_asked(make_agent, transport, v100, synthetic):
+    """Without applications' requests a device reports none: synthetic inputs are an opt-in for demos."""
+    agent_ = make_agent()
+    transport.desired_model = v100
+    stop = threading.Event()
+    kwargs = {"sync_seconds": 0.05, "report_seconds": 0.05, "synthetic_traffic": synthetic}
+    thread = threading.Thread(target=agent_.serve_forever, args=(stop,), kwargs=kwargs)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sum(1 for r in transport.reports if r.version == "1.0.0") < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(10)
+    counted = sum(r.inferences for r in transport.reports)
+    assert counted > 0 if synthetic else counted == 0

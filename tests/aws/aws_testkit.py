@@ -248,3 +248,26 @@ def devices_report(job_id: str, statuses: dict[str, str]) -> None:
             "numberOfRemovedThings": counts["REMOVED"],
         }
     )
+
+
+# -- CloudWatch percentiles, which moto does not compute ----------------------------------------------------------
+def moto_percentiles(monkeypatch: Any) -> None:
+    """Teaches moto's CloudWatch the pNN statistics over raw values (data filed with Values and Counts, as agents file
+    request latencies), by nearest rank as CloudWatch computes them on raw data points; other statistics unchanged."""
+    import math
+    import re
+
+    from moto.cloudwatch.models import Statistics
+
+    real = Statistics.get_statistics_for_type
+
+    def with_percentiles(self: Any, stat: str) -> Any:
+        m = re.fullmatch(r"p(\d+(?:\.\d+)?)", stat)
+        if m is None:
+            return real(self, stat)
+        values = sorted(self.metric_single_values_list)
+        if not values:
+            return None
+        return values[max(0, math.ceil(float(m.group(1)) / 100 * len(values)) - 1)]
+
+    monkeypatch.setattr(Statistics, "get_statistics_for_type", with_percentiles)

@@ -69,6 +69,26 @@ CASES = {
         "exceeds the ring's 5 devices",
     ),
     "percent ring on AWS": (lambda c: _rings(c)[0].update(percent=5), "edgefleet:rollouts[0].rings[0].percent", "only the local platform"),
+    "control holdback on AWS": (
+        lambda c: c["edgefleet:rollouts"][0].update(control_holdback=0.05),
+        "edgefleet:rollouts[0].control_holdback",
+        "only the local platform keeps",
+    ),
+    "shadow phase on AWS": (
+        lambda c: _rings(c)[0]["gate"].update(shadow_soak_seconds=600, min_agreement=0.8),
+        "edgefleet:rollouts[0].rings[0].gate.shadow_soak_seconds",
+        "serves the candidate itself",
+    ),
+    "a last ring that compares with nobody": (
+        lambda c: _rings(c)[2]["gate"].update(max_distribution_shift=0.1),
+        "edgefleet:rollouts[0]",
+        "declare control_holdback",
+    ),
+    "agreement without a shadow phase": (
+        lambda c: _rings(c)[0]["gate"].update(min_agreement=0.8),
+        "edgefleet:rollouts[0].rings[0].gate",
+        "set shadow_soak_seconds too",
+    ),
     "model targets match no hardware": (
         lambda c: c["edgefleet:groups"][0]["hardware"].update(arch="armv7"),
         "edgefleet:rollouts[0].model",

@@ -395,3 +395,42 @@ def test_appended_ring_gate_judges_the_new_ring_after_a_succeeded_rollout(world,
     saved = json.loads(world.clients.s3.get_object(Bucket=BUCKET, Key="rollouts/detector/detector@1.1.0+bbbbbbbbbbbb.json")["Body"].read())
     assert saved["status"] == "succeeded" and [(r["name"], r["state"]) for r in saved["rings"]] == [(r, "passed") for r in three]
     assert len(world.gg.created()) == 3, "only Pulumi's three deployments: the gate deploys nothing for a healthy ring"
+
+
+def quality(world, ring: str, version: str, classes: dict[str, float]) -> None:
+    dims = [{"Name": "Rollout", "Value": "detector"}, {"Name": "Ring", "Value": ring}, {"Name": "Version", "Value": version}]
+    world.clients.cloudwatch.put_metric_data(
+        Namespace=NAMESPACE,
+        MetricData=[{"MetricName": "Predictions", "Dimensions": dims, "Value": sum(classes.values()), "Unit": "Count"}]
+        + [
+            {"MetricName": "PredictedClass", "Dimensions": [*dims, {"Name": "Class", "Value": c}], "Value": n, "Unit": "Count"}
+            for c, n in classes.items()
+        ],
+    )
+
+
+def test_a_ring_that_compares_with_its_control_reads_the_later_rings_on_the_previous_version_and_rolls_back(world):
+    """The canary's gate names the rings after it (`control_rings`): their devices, still on 1.0.0, are its control."""
+    save_succeeded(world, OLD)
+    devices_on_every_new_deployment(world, lambda p: {d: "SUCCEEDED" for d in DEVICES})
+    pulumi_deploys(world, "canary")
+    metrics(world, "canary", "1.1.0", inferences=300)
+    quality(world, "canary", "1.1.0", {"0": 280, "1": 10, "2": 10})
+    quality(world, "early", "1.0.0", {"0": 340, "1": 330, "2": 330})
+    gate = {**GATE, "max_distribution_shift": 0.2}
+    with pytest.raises(RuntimeError) as err:
+        run_gate({**props(world, 0, gate=gate), "control_rings": ["early"]}, clients=world.clients, clock=FakeClock())
+    message = str(err.value)
+    assert "prediction shift: total variation 0.593 > max 0.2" in message and "vs control {0: 34%, 1: 33%, 2: 33%} (1,000)" in message
+    assert json.loads(world.gg.created()[-1]["components"][MODEL_C]["configurationUpdate"]["merge"])["RollbackOrder"]
+
+
+def test_a_ring_that_compares_with_a_control_it_cannot_read_fails_closed(world):
+    save_succeeded(world, OLD)
+    devices_on_every_new_deployment(world, lambda p: {d: "SUCCEEDED" for d in DEVICES})
+    pulumi_deploys(world, "canary")
+    metrics(world, "canary", "1.1.0", inferences=300)
+    quality(world, "canary", "1.1.0", {"0": 100, "1": 100, "2": 100})
+    gate = {**GATE, "max_distribution_shift": 0.2, "deadline_seconds": 20}
+    with pytest.raises(RuntimeError, match="never passes on silence"):
+        run_gate({**props(world, 0, gate=gate), "control_rings": ["early"]}, clients=world.clients, clock=FakeClock())

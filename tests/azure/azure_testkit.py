@@ -191,7 +191,7 @@ def run_query(sql: str, devices: list[dict[str, Any]], modules: list[dict[str, A
     cond = Condition(where)
     docs = [d for d in (modules if collection == "devices.modules" else devices) if cond.eval(d) is True]
     items = [p.strip() for p in projection.split(",")]
-    agg = [re.match(r"^(COUNT|SUM|MAX|MIN)\((.*)\)\s+AS\s+(\w+)$", p, re.I) for p in items]
+    agg = [re.match(r"^(COUNT|SUM|MAX|MIN|AVG)\((.*)\)\s+AS\s+(\w+)$", p, re.I) for p in items]
     if all(agg):
         row = {}
         for a in agg:
@@ -202,6 +202,7 @@ def run_query(sql: str, devices: list[dict[str, Any]], modules: list[dict[str, A
                 "SUM": sum(values) if values else None,
                 "MAX": max(values) if values else None,
                 "MIN": min(values) if values else None,
+                "AVG": sum(values) / len(values) if values else None,
             }[fn]
         return [row]
     rows = []

@@ -66,6 +66,12 @@ CASES = [
         "already took",
     ),
     (lambda c: c["edgefleet:rollouts"][0]["rings"][0].update(percent=5), "edgefleet:rollouts[0].rings[0].percent", "twin tag"),
+    (
+        lambda c: c["edgefleet:rollouts"][0]["rings"][0]["gate"].update(shadow_soak_seconds=600, min_agreement=0.8),
+        "edgefleet:rollouts[0].rings[0].gate.shadow_soak_seconds",
+        "serves the candidate itself",
+    ),
+    (lambda c: c["edgefleet:rollouts"][0].update(control_holdback=0.05), "edgefleet:rollouts[0].control_holdback", "only the local"),
     (lambda c: c.pop("edgefleet:azure"), "edgefleet:azure", "edgefleet:azure"),
 ]
 

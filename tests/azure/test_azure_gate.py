@@ -63,7 +63,13 @@ def release(signer, version: str) -> dict:
 
 
 @pytest.fixture
-def fleet(hub, signer):
+def rings() -> list[RingConfig]:
+    """The rollout's rings (a test may parametrize `rings` with others)."""
+    return RINGS
+
+
+@pytest.fixture
+def fleet(hub, signer, rings):
     for d in ("c1", "c2"):
         hub.devices[d] = SimDevice(tags={"group": "cameras", "ring": "canary"})
     for d in ("b1", "b2", "b3", "b4"):
@@ -92,7 +98,7 @@ def fleet(hub, signer):
             "check": "edgefleet-agent",
         }
     )
-    conditions = mf.ring_conditions([({"group": "cameras"}, [], dict(r.labels)) for r in RINGS])
+    conditions = mf.ring_conditions([({"group": "cameras"}, [], dict(r.labels)) for r in rings])
     specs = [
         mf.RingDeploymentSpec(
             rollout="detector",
@@ -104,12 +110,14 @@ def fleet(hub, signer):
             agent=AGENT,
             agent_schema="1.1",
         )
-        for i, r in enumerate(RINGS)
+        for i, r in enumerate(rings)
     ]
     clock = TickingClock(hub)
     store = MemoryProgressStore()
 
     class Fleet:
+        ring_list = rings
+
         def azure_hub(self) -> AzureHub:
             return AzureHub(
                 HubClient(HUB_HOST, POLICY, KEY, hub.endpoint),
@@ -131,10 +139,10 @@ def fleet(hub, signer):
             props = {
                 **access,
                 "rollout": "detector",
-                "ring": RINGS[index].name,
+                "ring": rings[index].name,
                 "index": index,
                 "poll_seconds": 30,
-                "rings": [r.model_dump(mode="json") for r in RINGS],
+                "rings": [r.model_dump(mode="json") for r in rings],
                 "ring_specs": [s.to_json() for s in specs],
                 **rel,
             }
@@ -148,7 +156,7 @@ def fleet(hub, signer):
 
 def roll_out(fleet, rel) -> dict:
     progress = None
-    for i in range(len(RINGS)):
+    for i in range(len(fleet.ring_list)):
         fleet.deploy(i, rel)
         progress = fleet.gate(i, rel)
     return progress
@@ -469,3 +477,102 @@ def test_runtime_failures_are_read_with_the_configurations_own_query(hub, fleet,
     live["systemMetrics"]["queries"] = {}
     assert [d for d, _ in h._runtime_failures(hub._public(live))] == ["c2"]  # Microsoft's documented query as the fallback
     assert any("$edgeAgent" in r["body"]["query"] for r in hub.requests if r["path"] == "/devices/query")
+
+
+# -- quality gates -------------------------------------------------------------------------------------------------------
+COMPARES = GateConfig(
+    soak_seconds=600, deadline_seconds=1800, min_reporting_share=0.9, success_share=0.95, max_failure_share=0.0, max_distribution_shift=0.2
+)
+QUALITY_RINGS = [RingConfig(name="canary", group="cameras", labels={"ring": "canary"}, gate=COMPARES), RINGS[1]]
+
+
+def twin_quality(classes: dict[int, int]) -> dict:
+    """A quality entry as an agent reports it and IoT Hub keeps it (nulls removed)."""
+    from edgefleet_agent.contract.iotedge import quality_entry
+    from edgefleet_agent.contract.state import DeviceReport
+    from edgefleet_agent.contract.telemetry import Latency, Predictions
+
+    preds, lat = Predictions("classes", "scores"), Latency()
+    for cls, n in classes.items():
+        for _ in range(n):
+            preds.add_class(cls, 0.8)
+            lat.add(3.0)
+    entry = quality_entry(DeviceReport("d", "detector", "x", "x", "ok", predictions=preds.to_json(), latency=lat.to_json()))
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+@pytest.mark.parametrize("rings", [QUALITY_RINGS])
+def test_a_canary_whose_predictions_shift_from_the_later_rings_fails_naming_the_control_and_devices(hub, fleet, signer):
+    v1, v2 = release(signer, "1.0.0"), release(signer, "2.0.0")
+    for d in ("b1", "b2", "b3", "b4"):
+        hub.devices[d].metrics["1.0.0"] = {"quality": twin_quality({0: 34, 1: 33, 2: 33})}
+    first = roll_out(fleet, v1)
+    assert first["status"] == "succeeded"
+    assert any("not judged: a first rollout" in r for r in first["rings"][0]["verdict"]["reasons"])
+    for d in ("c1", "c2"):
+        hub.devices[d].metrics["2.0.0"] = {"quality": twin_quality({0: 90, 1: 5, 2: 5})}
+    fleet.deploy(0, v2)
+    with pytest.raises(RuntimeError) as e:
+        fleet.gate(0, v2)
+    text = str(e.value)
+    assert "halted at ring 'canary'" in text and "prediction shift: total variation 0.56" in text
+    assert "vs control {0: 34%, 1: 33%, 2: 33%} (400)" in text and "to 1.0.0" in text
+    assert "Offending devices: c1 prediction shift 0.560 (max 0.200) classes {0: 90%, 1: 5%, 2: 5%}" in text
+    queries = [r["body"]["query"] for r in hub.requests if r["path"] == "/devices/query"]
+    control = [q for q in queries if "detector.broad" in q and "SUM(" in q]
+    assert control and "version = '1.0.0'" in control[-1], "the control group is the later ring on the previous version"
+
+
+@pytest.mark.parametrize("rings", [QUALITY_RINGS])
+def test_a_canary_that_answers_like_its_control_passes_and_one_with_no_telemetry_fails_closed(hub, fleet, signer):
+    v1, v2, v3 = release(signer, "1.0.0"), release(signer, "2.0.0"), release(signer, "3.0.0")
+    for d in ("b1", "b2", "b3", "b4"):
+        hub.devices[d].metrics["1.0.0"] = {"quality": twin_quality({0: 34, 1: 33, 2: 33})}
+    roll_out(fleet, v1)
+    for d in ("c1", "c2"):
+        hub.devices[d].metrics["2.0.0"] = {"quality": twin_quality({0: 33, 1: 35, 2: 32})}
+    fleet.deploy(0, v2)
+    passed = fleet.gate(0, v2)
+    q = passed["rings"][0]["verdict"]["measured"]["quality"]
+    assert passed["rings"][0]["state"] == "passed" and q["distribution_shift"] < 0.05 and q["control"]["devices"] == 4
+    assert q["ring"]["p50_ms"] == pytest.approx(3.0 * 1.0, rel=0.2), "the mean of the devices' own medians"
+    hub.devices["b1"].metrics["2.0.0"] = hub.devices["b1"].metrics["1.0.0"]
+    fleet.deploy(1, v2)
+    fleet.gate(1, v2)
+    fleet.deploy(0, v3)  # no device reports telemetry for 3.0.0
+    with pytest.raises(RuntimeError, match="never passes on silence"):
+        fleet.gate(0, v3)
+
+
+def test_a_reported_quality_entry_is_bounded_fits_the_twin_and_leaves_no_stale_class(hub):
+    from edgefleet_agent.contract.iotedge import reported_entry
+    from edgefleet_agent.contract.state import DeviceReport
+    from edgefleet_agent.contract.telemetry import TOP_K, Labelled, Latency, Predictions, Shadow
+
+    def report(classes: range) -> DeviceReport:
+        preds, lat = Predictions("classes", "scores"), Latency()
+        for c in classes:
+            for _ in range(c + 1):
+                preds.add_class(c, 0.99)
+                lat.add(1000.0 * (c + 1))
+        shadow = Shadow("10.20.30", "f" * 64, 999999, 999998, 99, 99, lat, lat)
+        return DeviceReport(
+            "d",
+            "detector",
+            "1.0.0",
+            "a" * 64,
+            "ok",
+            predictions=preds.to_json(),
+            latency=lat.to_json(),
+            shadow=shadow.to_json(),
+            labelled=Labelled(99999, 99999).to_json(),
+        )
+
+    first = reported_entry(report(range(1000, 1100)), {"ring": "detector.canary", "rollout": "r"})
+    quality = first["quality"]
+    assert len(quality["classes"]) == TOP_K + 1 and "other" in quality["classes"]
+    assert mf.twin_size(first) < 1500, "a model's reported entry stays small: a twin's 32 KB hold many models"
+    second = reported_entry(report(range(3)), {"ring": "detector.canary", "rollout": "r"}, previous=first)
+    classes = second["quality"]["classes"]
+    assert {k for k, v in classes.items() if v is not None} == {"c0", "c1", "c2"}
+    assert all(classes[k] is None for k in first["quality"]["classes"]), "a class the window did not see is nulled"

@@ -229,8 +229,8 @@ def test_percent_ring_on_a_non_local_platform(project_copy):
     err = error_of(project_copy, cfg)
     assert err.problem.startswith(
         "edgefleet:rollouts[0].rings[0].percent: percentage rings need the device registry, "
-        "which only the local platform keeps; group 'cameras' is on aws (and 2 more)"
-    )
+        "which only the local platform keeps; group 'cameras' is on aws (and "
+    ), "the rings' percents, and the local stack's shadow phase and holdback, which need the local platform too"
     assert "labels" in err.fix
 
 

@@ -86,7 +86,9 @@ def test_version_bump(fleet_repo, capsys):
     (rollout,) = plan["rollouts"]
     steps = [(r["name"], r["devices"], r["cumulative"]) for r in rollout["rings"]]
     assert [s[0] for s in steps] == [r["name"] for r in rings]
-    assert steps[-1][2] == count and sum(s[1] for s in steps) == count, "every device is in exactly one ring"
+    held = rollout.get("control_devices") or 0
+    assert held == math.floor(count * cfg["edgefleet:rollouts"][0].get("control_holdback", 0) + 1e-9)
+    assert steps[-1][2] + held == count and sum(s[1] for s in steps) + held == count, "every device is in one ring or the holdback"
     assert rollout["rings"][0]["share"] == canary / count
     replaced = {e["name"]: e for e in plan["resources"]["changes"] if e["action"] == "replace"}
     assert set(replaced["detector-local-artifact"]["replace_keys"]) >= {"sha256", "version"}
@@ -180,7 +182,8 @@ def test_model_sent_to_hardware_that_cannot_run_it(fleet_repo, capsys):
     assert "ring 'gateways' sends detector 1.0.0 to group 'gateways' (pi-zero), which can run none of its targets" in md
     assert "x86-camera: arch amd64 != armv7" in md
     row = plan["rollouts"][0]["rings"][-1]
-    assert (row["name"], row["devices"], row["hardware"]) == ("gateways", 20, "pi-zero")
+    held = math.floor(20 * cfg["edgefleet:rollouts"][0].get("control_holdback", 0) + 1e-9)  # held back from its group too
+    assert (row["name"], row["devices"], row["hardware"]) == ("gateways", 20 - held, "pi-zero")
     code, out = cli(fleet_repo, capsys, "policy", "--stack", "local")
     assert code == EXIT_POLICY and "hardware-can-run-model" in out
     code, out = cli(fleet_repo, capsys, "plan", "--stack", "local", "--base", "main")
@@ -236,11 +239,11 @@ def test_plan_counts_the_devices_the_local_fleet_registers(fleet_repo):
 
 
 def test_one_run_writes_markdown_and_json_and_synthesizes_the_base_once(fleet_repo, tmp_path, capsys, monkeypatch):
-    import edgefleet.plan
+    import edgefleet.plan.base_policy as base_policy
 
     calls = []
-    real = edgefleet.plan.base_graph
-    monkeypatch.setattr(edgefleet.plan, "base_graph", lambda *a: calls.append(a) or real(*a))
+    real = base_policy.synth_subprocess
+    monkeypatch.setattr(base_policy, "synth_subprocess", lambda *a, **k: calls.append(a) or real(*a, **k))
     bump_to_1_1_0(fleet_repo)
     md_path, json_path = tmp_path / "plan.md", tmp_path / "plan.json"
     code, out = cli(fleet_repo, capsys, "plan", "--stack", "local", "--base", "main", "--out", str(md_path), "--json-out", str(json_path))
@@ -326,7 +329,6 @@ def test_recorded_provider_references_decide_what_a_moved_provider_replaces():
 
 def test_a_store_made_public_blocks_the_plan(capsys, monkeypatch):
     """The plan of a change that opens the model store shows the mandatory failure, and `edgefleet plan` exits non-zero."""
-    import edgefleet.plan
     import edgefleet.synth
 
     base = synth(ROOT, "aws-dev")
@@ -344,10 +346,10 @@ def test_a_store_made_public_blocks_the_plan(capsys, monkeypatch):
         in md
     )
 
-    monkeypatch.setattr(edgefleet.plan, "base_graph", lambda *a: base)
-    monkeypatch.setattr(edgefleet.synth, "synth", lambda *a: head)
+    monkeypatch.setattr(edgefleet.synth, "synth", lambda *a: head)  # the working tree; the base comes from main's worktree
     code, out = cli(ROOT, capsys, "plan", "--stack", "aws-dev", "--base", "main")
-    assert code == EXIT_POLICY and out.strip() == md.strip()
+    assert code == EXIT_POLICY and "❌ **blocked**: `store-private-encrypted` · judged by the base's rules and settings" in out
+    assert out.strip().replace(" · judged by the base's rules and settings", "") == md.strip()
 
 
 def test_a_change_the_program_tells_pulumi_to_ignore_is_not_in_the_plan():

@@ -127,6 +127,38 @@ def test_single_ring_production_rollout_fails():
     assert r.status == "failed" and "covering 100%" in messages(r)
 
 
+# -- production quality gates ----------------------------------------------------------------------------------------
+def test_quality_rule_is_not_applicable_outside_production_and_advisory_in_it():
+    assert result(fleet(), "production-quality-gates").status == "not-applicable"
+    r = result(fleet(), "production-quality-gates", production=True)
+    assert r.status == "failed" and r.level == "advisory"
+    assert "judge only health" in messages(r) and "min_agreement" in messages(r)
+    report = evaluate(fleet(), Settings(production=True, canary_max_share=1.0))
+    assert "production-quality-gates" not in [b.name for b in report.blocking], "advisory: it reports, it does not block"
+
+
+@pytest.mark.parametrize(
+    "gate",
+    [
+        {"shadow_soak_seconds": 600, "min_agreement": 0.9},
+        {"max_distribution_shift": 0.1},
+        {"max_confidence_drop": 0.05},
+        {"max_latency_ratio": 1.5},
+        {"min_live_accuracy": 0.9},
+    ],
+)
+def test_any_quality_criterion_on_any_ring_satisfies_the_quality_rule(gate):
+    g = fleet(rings=[{"ring": "canary", "labels": {"ring": "canary"}}, {"ring": "broad", "gate": gate}])
+    assert result(g, "production-quality-gates", production=True).status == "passed"
+
+
+def test_the_quality_rules_criteria_are_the_gates():
+    from components.rollout.spec import QUALITY_CRITERIA
+    from policies.rollouts import QUALITY_CRITERIA as RULE_CRITERIA
+
+    assert RULE_CRITERIA == QUALITY_CRITERIA
+
+
 # -- metrics --------------------------------------------------------------------------------------------------------
 def test_metric_floor_pass_fail_and_missing():
     assert result(fleet(), "metric-floor", metric_floors={"accuracy": 0.85}).status == "passed"

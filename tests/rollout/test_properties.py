@@ -133,3 +133,79 @@ def test_a_soaked_ring_that_served_nothing_waits_for_evidence_then_fails_at_its_
     assert served.outcome == "pass"
     late = evaluate(gate, silent, since_deploy=0, soak_started=0, now=61)
     assert late.outcome == "fail" and "its health metrics were never measured" in late.reasons[0]
+
+
+# -- control holdback -------------------------------------------------------------------------------------------------
+holdbacks = st.floats(min_value=0.0, max_value=0.49)
+
+
+@settings(max_examples=200, deadline=None)
+@given(device_ids, percents, holdbacks)
+def test_the_control_holdback_is_the_tail_of_the_order_in_no_ring_and_the_rest_of_the_group(ids, ps, h):
+    import math
+
+    from components.rollout.membership import control_members, rank
+
+    rings = rings_for(ps)
+    members = ring_members("detector", rings, GROUPS, fleet(ids, other=5), holdback=h)
+    control = control_members("detector", rings, GROUPS, fleet(ids, other=5), h)
+    flat = [d for ring in members.values() for d in ring]
+    assert not set(flat) & set(control), "a control device is in a ring"
+    assert len(control) == math.floor(len(ids) * h + 1e-9)
+    order = sorted(ids, key=lambda d: rank("detector", d))
+    assert set(control) == set(order[len(order) - len(control) :]), "the holdback is the end of the rollout's order"
+    if ps[-1] == 100:
+        assert set(flat) | set(control) == set(ids)
+
+
+@settings(max_examples=200, deadline=None)
+@given(device_ids, percents, holdbacks)
+def test_a_holdback_moves_no_device_of_a_ring_that_ends_before_it(ids, ps, h):
+    without = ring_members("detector", rings_for(ps), GROUPS, fleet(ids))
+    held = ring_members("detector", rings_for(ps), GROUPS, fleet(ids), holdback=h)
+    reach = 0.0
+    for p, name in zip(ps, without, strict=True):
+        reach = p
+        if reach <= 100 * (1 - h) - 1e-9:
+            assert held[name] == without[name]
+    assert ring_members("detector", rings_for(ps), GROUPS, fleet(ids), holdback=0.0) == without
+
+
+# -- quality gates ------------------------------------------------------------------------------------------------------
+def test_a_quality_gate_with_no_telemetry_waits_then_fails_closed_at_its_deadline():
+    from components.rollout.quality import QualityContext, Summary
+
+    gate = GateConfig(soak_seconds=0, deadline_seconds=60, max_distribution_shift=0.1)
+    quiet = RingObservation(devices=5, adopted=5, failed=0, reporting=5, inferences=40)
+    ctx = QualityContext(control=Summary(devices=20, predictions=4000, classes={"0": 2000, "1": 2000}))
+    waiting = evaluate(gate, quiet, since_deploy=0, soak_started=0, now=10, ctx=ctx)
+    assert waiting.outcome == "soak" and "waiting for quality samples" in waiting.reasons[0]
+    late = evaluate(gate, quiet, since_deploy=0, soak_started=0, now=61, ctx=ctx)
+    assert late.outcome == "fail" and "never passes on silence" in late.reasons[0]
+    assert "the ring's predictions has 0 (needs 200)" in late.reasons[0]
+
+
+summaries = st.builds(
+    lambda n, a, b: __import__("components.rollout.quality", fromlist=["Summary"]).Summary(
+        devices=5, predictions=n, classes={"0": a * n // max(a + b, 1), "1": n - a * n // max(a + b, 1)}
+    ),
+    st.integers(0, 3000),
+    st.integers(0, 10),
+    st.integers(0, 10),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(summaries, summaries, st.floats(0, 1))
+def test_a_prediction_shift_fails_only_when_large_significant_and_sampled_on_both_sides(ring, control, bound):
+    from components.rollout.quality import ALPHA, QualityContext, aligned, chi2_homogeneity, total_variation
+
+    gate = GateConfig(soak_seconds=0, deadline_seconds=60, max_distribution_shift=bound)
+    obs = RingObservation(devices=5, adopted=5, failed=0, reporting=5, inferences=40, summary=ring)
+    v = evaluate(gate, obs, since_deploy=0, soak_started=0, now=10, ctx=QualityContext(control=control))
+    a, b = aligned(ring.class_counts(), control.class_counts())
+    significant = total_variation(a, b) > bound and chi2_homogeneity(a, b)[2] < ALPHA
+    sampled = ring.predictions >= gate.min_quality_samples and control.predictions >= gate.min_quality_samples
+    assert (v.outcome == "fail") == (sampled and significant)
+    if v.outcome == "pass":
+        assert sampled

@@ -4,6 +4,14 @@ In: the agent component's recipe (components/aws/recipes.py) sets these environm
 component's configuration keys, through recipe variables the nucleus interpolates at deployment time.
 Out: CloudWatch metrics under the stack's namespace, dimensioned by rollout, ring and version, which the ring's
 gate reads (components/aws/hub.py). Both sides import the names from here.
+
+What the applications' traffic showed (contract/telemetry.py) travels as the same bounded summaries, per rollout, ring
+and version, never per device: the count of classified requests and, with a `Class` dimension, the top-1 class
+counts of the window's top-K classes plus "other" (a ring's metric streams grow with the model's classes, never with
+its devices); top-1 confidence counts with a `Bin` dimension (CONFIDENCE_BINS streams); every request's latency as one
+metric of values and counts (bucket bounds and their counts, so CloudWatch's percentiles over a ring are the merged
+histogram's); a shadowed candidate's compared / agreeing / failed / NaN requests and both models' latencies with a
+`Candidate` dimension (the candidate's version); labelled requests and how many were right.
 """
 
 from __future__ import annotations
@@ -38,3 +46,16 @@ DEVICE_DIMENSION = "Device"
 COUNT_METRICS = (("Inferences", "inferences"), ("Errors", "errors"), ("InvalidOutputs", "invalid_outputs"))
 LATENCY_METRIC = "LatencyP99Ms"
 DEVICE_METRICS = (("DeviceErrorRate", "errors"), ("DeviceInvalidOutputShare", "invalid_outputs"))  # share of the window's inferences
+
+# Quality: bounded summaries of the window's requests (contract/telemetry.py), per (rollout, ring, version)
+CLASS_DIMENSION = "Class"  # a class index as text, or telemetry.OTHER
+BIN_DIMENSION = "Bin"  # a confidence bin, "0" .. CONFIDENCE_BINS - 1
+CANDIDATE_DIMENSION = "Candidate"  # the shadowed candidate's version
+PREDICTIONS_METRIC = "Predictions"  # classified requests (Count)
+CLASS_METRIC = "PredictedClass"  # top-1 class counts (Count), dimension Class
+CONFIDENCE_METRIC = "Top1Confidence"  # top-1 confidence counts (Count), dimension Bin
+REQUEST_LATENCY_METRIC = "RequestLatencyMs"  # every request's latency: Values (bucket bounds) and Counts, Milliseconds
+SHADOW_COUNT_METRICS = (("ShadowCompared", "compared"), ("ShadowAgree", "agree"), ("ShadowErrors", "errors"), ("ShadowInvalid", "invalid"))
+SHADOW_LATENCY_METRIC = "ShadowLatencyMs"  # the candidate's, on the shadowed requests; dimension Candidate
+SHADOW_SERVED_LATENCY_METRIC = "ShadowServedLatencyMs"  # the served model's, on the same requests; dimension Candidate
+LABELLED_METRICS = (("LabelledRequests", "n"), ("LabelledCorrect", "correct"))

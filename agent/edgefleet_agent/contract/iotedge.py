@@ -4,7 +4,13 @@ desired: `properties.desired` = {"schemaVersion": AGENT_FORMAT, "trust": {"keyId
 "models": {<model_key(model)>: agent_desired(...)}}. IoT Hub holds at most 4 KB in a twin string, so the manifest and
 signature come in `<name>Chunks` pieces named the way IoT Edge splits createOptions; `desired_from_agent` joins exactly
 that many, which reproduces the signed bytes.
-reported: `properties.reported.models.<key>` = exactly REPORTED_FIELDS (`reported_entry`).
+reported: `properties.reported.models.<key>` = exactly REPORTED_FIELDS (`reported_entry`). `quality` is what the
+applications' requests showed in the window (contract/telemetry.py), bounded so that a module twin's reported
+properties (32 KB) hold it for many models: {"n": classified requests, "classes": {"c<class>" | "other": count} (the
+window's top-K classes and "other"), "confidence": {"b0" .. "b9": count}, "timed": timed requests, "p50Ms": their median,
+"shadow": {"version", "sha256", "compared", "agree", "errors", "invalid", "p50Ms", "servedP50Ms"}, "labelled": {"n",
+"correct"}}, each part null when the window had none. Twin patches merge, so a class the window did not see is sent as
+null (`reported_entry(previous=...)`): the twin holds this window's counts only, and the gate's queries sum them.
 
 The controller writes the desired side (components/azure/manifest.py), the agent reads it
 (edgefleet_agent/transports/iotedge.py); both import the format from here.
@@ -16,6 +22,7 @@ import re
 from typing import Any, TypedDict
 
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
+from edgefleet_agent.contract.telemetry import OTHER, Labelled, Latency, Predictions, Shadow
 
 AGENT_FORMAT = "edgefleet-agent/1"  # schemaVersion of the agent module twin's desired properties
 TWIN_STRING_LIMIT = 4 * 1024  # IoT Hub: one string value in a twin, UTF-8 bytes
@@ -40,6 +47,7 @@ class ReportedEntry(TypedDict):
     agentVersion: str
     ring: object  # echoed from the desired entry as the twin holds it
     rollout: object
+    quality: dict[str, Any] | None  # the window's requests, bounded (see the module's docstring)
 
 
 REPORTED_FIELDS = tuple(ReportedEntry.__annotations__)
@@ -134,8 +142,58 @@ def desired_from_agent(data: dict[str, Any]) -> DesiredModel:
     )
 
 
-def reported_entry(report: DeviceReport, desired_entry: dict[str, Any], secret: str | None = None) -> ReportedEntry:
-    """One model's reported properties, exactly the documented fields (ring and rollout echoed from desired)."""
+def class_key(cls: str) -> str:
+    """A class's key in the twin: query paths cannot start with a digit."""
+    return cls if cls == OTHER else f"c{cls}"
+
+
+def quality_entry(report: DeviceReport) -> dict[str, Any] | None:
+    """The report's telemetry as the twin carries it (None: the window had no requests)."""
+    preds = Predictions.from_json(report.predictions) if report.predictions else None
+    latency = Latency.from_json(report.latency) if report.latency else None
+    shadow = Shadow.from_json(report.shadow) if report.shadow else None
+    labelled = Labelled.from_json(report.labelled) if report.labelled else None
+    if preds is None and latency is None and shadow is None and labelled is None:
+        return None
+    classified = preds is not None and preds.kind == "classes"
+    bounded = preds.bounded() if preds is not None and classified else None
+    timed = latency.n if latency is not None else 0
+    return {
+        "n": bounded.n if bounded is not None else 0,
+        "classes": {class_key(k): v for k, v in sorted(bounded.classes.items())} if bounded is not None else None,
+        "confidence": {f"b{i}": c for i, c in enumerate(bounded.confidence)} if bounded is not None and bounded.confidence else None,
+        "timed": timed,
+        "p50Ms": latency.quantile(0.5) if latency is not None and timed else report.p50_latency_ms,
+        "shadow": None
+        if shadow is None
+        else {
+            "version": shadow.version,
+            "sha256": shadow.sha256,
+            "compared": shadow.compared,
+            "agree": shadow.agree,
+            "errors": shadow.errors,
+            "invalid": shadow.invalid,
+            "p50Ms": shadow.latency.quantile(0.5),
+            "servedP50Ms": shadow.served_latency.quantile(0.5),
+        },
+        "labelled": None if labelled is None else {"n": labelled.n, "correct": labelled.correct},
+    }
+
+
+def _nulled(new: Any, old: Any) -> Any:
+    """`new` as a merge patch over `old`: keys of `old` that `new` lacks are sent as null, so none lingers."""
+    if not isinstance(new, dict) or not isinstance(old, dict):
+        return new
+    out = {k: _nulled(v, old.get(k)) for k, v in new.items()}
+    out.update({k: None for k in old if k not in new})
+    return out
+
+
+def reported_entry(
+    report: DeviceReport, desired_entry: dict[str, Any], secret: str | None = None, previous: dict[str, Any] | None = None
+) -> ReportedEntry:
+    """One model's reported properties, exactly the documented fields (ring and rollout echoed from desired). `previous`:
+    the entry the twin holds (the last one sent), whose quality keys this window lacks are nulled."""
     error = report.error
     if error and secret:
         error = error.replace(secret, REDACTED)
@@ -152,4 +210,5 @@ def reported_entry(report: DeviceReport, desired_entry: dict[str, Any], secret: 
         "agentVersion": report.agent_version,
         "ring": desired_entry.get("ring"),
         "rollout": desired_entry.get("rollout"),
+        "quality": _nulled(quality_entry(report), (previous or {}).get("quality")),
     }

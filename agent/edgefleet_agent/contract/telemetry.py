@@ -164,6 +164,7 @@ class Shadow:
     latency: Latency = field(default_factory=Latency)  # the candidate's
     served_latency: Latency = field(default_factory=Latency)  # the served model's, on the same requests
     predictions: Predictions | None = None  # what the candidate said
+    dropped: int = 0  # requests not shadowed because the candidate was behind (its queue was full): not compared
 
     def agreement(self) -> float | None:
         return self.agree / self.compared if self.compared else None
@@ -191,6 +192,7 @@ class Shadow:
             self.latency.merged(other.latency),
             self.served_latency.merged(other.served_latency),
             preds,
+            self.dropped + other.dropped,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -204,6 +206,7 @@ class Shadow:
             "latency": self.latency.to_json(),
             "served_latency": self.served_latency.to_json(),
             "predictions": self.predictions.to_json() if self.predictions else None,
+            "dropped": self.dropped,
         }
 
     @classmethod
@@ -220,6 +223,7 @@ class Shadow:
             latency=Latency.from_json(data.get("latency")),
             served_latency=Latency.from_json(data.get("served_latency")),
             predictions=Predictions.from_json(data.get("predictions")),
+            dropped=int(data.get("dropped", 0)),
         )
 
 

@@ -16,7 +16,8 @@ Contract (docs/aws.md, "The agent on Greengrass"; components/aws/recipes.py is t
   `DeviceErrorRate` / `DeviceInvalidOutputShare` (fractions of the window's inferences) with a fourth dimension,
   `Device` (the thing name), so a failed gate can name the devices behind it (`AwsHub.device_offenders`).
   Healthy windows file none: CloudWatch bills each metric stream, so per-device cost follows misbehaving
-  devices only. Credentials come from the token exchange service
+  devices only. What the applications' requests showed (the report's predictions, latency, shadow and labelled
+  summaries) goes under the same three dimensions, bounded (`quality_datums`; names in contract/greengrass.py). Credentials come from the token exchange service
   through boto3's container provider (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, `AWS_CONTAINER_AUTHORIZATION_TOKEN`);
   the region from `AWS_REGION`. boto3 is imported and the client built on the first report, never at import.
 - A refused model is not served; the process exits with `EXIT_REFUSED` (see `python -m agent --help`) so
@@ -39,6 +40,11 @@ from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 from edgefleet_agent import __version__
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.greengrass import (
+    BIN_DIMENSION,
+    CANDIDATE_DIMENSION,
+    CLASS_DIMENSION,
+    CLASS_METRIC,
+    CONFIDENCE_METRIC,
     COUNT_METRICS,
     DEVICE_DIMENSION,
     DEVICE_METRICS,
@@ -51,11 +57,18 @@ from edgefleet_agent.contract.greengrass import (
     ENV_ROLLBACK_SIGNATURE,
     ENV_ROLLOUT,
     ENV_SIGNATURE,
+    LABELLED_METRICS,
     LATENCY_METRIC,
+    PREDICTIONS_METRIC,
+    REQUEST_LATENCY_METRIC,
     REQUIRED_ENV,
+    SHADOW_COUNT_METRICS,
+    SHADOW_LATENCY_METRIC,
+    SHADOW_SERVED_LATENCY_METRIC,
 )
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet_agent.contract.telemetry import LATENCY_BOUNDS_MS, Labelled, Latency, Predictions, Shadow
 
 if TYPE_CHECKING:
     from types_boto3_cloudwatch.type_defs import DimensionTypeDef, MetricDatumTypeDef
@@ -138,6 +151,12 @@ def desired_from_environment(env: GreengrassEnvironment, model: str, model_dir: 
     )
 
 
+def bucket_value(i: int) -> float:
+    """The value a latency bucket is filed as: its upper bound (the last, open bucket: 1.2 times the last bound), so that
+    CloudWatch's percentiles over many devices are the merged histogram's Latency.quantile."""
+    return LATENCY_BOUNDS_MS[i] if i < len(LATENCY_BOUNDS_MS) else LATENCY_BOUNDS_MS[-1] * 1.2
+
+
 class MetricsClient(Protocol):
     """What CloudWatchMetrics calls of boto3's CloudWatch client (tests pass a stand-in)."""
 
@@ -201,7 +220,57 @@ class CloudWatchMetrics:
                     "Unit": "Milliseconds",
                 }
             )
-        return out + self.device_datums(report, dims, at)
+        return out + self.quality_datums(report, dims, at) + self.device_datums(report, dims, at)
+
+    @staticmethod
+    def quality_datums(report: DeviceReport, dims: list[DimensionTypeDef], at: datetime) -> list[MetricDatumTypeDef]:
+        """The window's telemetry as bounded summaries under the ring's dimensions: at most TOP_K + 1 class counts, the
+        confidence bins, one latency histogram (values and counts), a shadowed candidate's counts and latencies, and
+        labelled counts; counts of zero are not filed. Nothing per device."""
+        out: list[MetricDatumTypeDef] = []
+
+        def count(name: str, value: int, extra: list[DimensionTypeDef] | None = None) -> None:
+            if value > 0:
+                out.append(
+                    {"MetricName": name, "Dimensions": [*dims, *(extra or [])], "Timestamp": at, "Value": float(value), "Unit": "Count"}
+                )
+
+        def histogram(name: str, latency: Latency, extra: list[DimensionTypeDef] | None = None) -> None:
+            pairs = [(bucket_value(i), c) for i, c in enumerate(latency.counts) if c > 0]
+            if pairs:
+                out.append(
+                    {
+                        "MetricName": name,
+                        "Dimensions": [*dims, *(extra or [])],
+                        "Timestamp": at,
+                        "Values": [v for v, _ in pairs],
+                        "Counts": [float(c) for _, c in pairs],
+                        "Unit": "Milliseconds",
+                    }
+                )
+
+        preds = Predictions.from_json(report.predictions) if report.predictions else None
+        if preds is not None and preds.kind == "classes":
+            preds = preds.bounded()
+            count(PREDICTIONS_METRIC, preds.n)
+            for cls, n in sorted(preds.classes.items()):
+                count(CLASS_METRIC, n, [{"Name": CLASS_DIMENSION, "Value": cls}])
+            for i, n in enumerate(preds.confidence):
+                count(CONFIDENCE_METRIC, n, [{"Name": BIN_DIMENSION, "Value": str(i)}])
+        if report.latency:
+            histogram(REQUEST_LATENCY_METRIC, Latency.from_json(report.latency))
+        shadow = Shadow.from_json(report.shadow) if report.shadow else None
+        if shadow is not None:
+            candidate: list[DimensionTypeDef] = [{"Name": CANDIDATE_DIMENSION, "Value": shadow.version}]
+            for name, field in SHADOW_COUNT_METRICS:
+                count(name, int(getattr(shadow, field)), candidate)
+            histogram(SHADOW_LATENCY_METRIC, shadow.latency, candidate)
+            histogram(SHADOW_SERVED_LATENCY_METRIC, shadow.served_latency, candidate)
+        labelled = Labelled.from_json(report.labelled) if report.labelled else None
+        if labelled is not None:
+            for name, field in LABELLED_METRICS:
+                count(name, int(getattr(labelled, field)))
+        return out
 
     @staticmethod
     def device_datums(report: DeviceReport, dims: list[DimensionTypeDef], at: datetime) -> list[MetricDatumTypeDef]:

@@ -10,7 +10,8 @@ Contract (docs/azure.md, "The agent module twin"; edgefleet_agent/contract/ioted
   exactly that many (`desired_from_agent`) before verifying, which reproduces the signed bytes. The agent
   downloads `uri + "?" + store.sasToken`; the token is never logged nor reported.
 - reported: `properties.reported.models.<key>` = exactly REPORTED_FIELDS, with `ring` and `rollout` echoed from
-  the desired entry (the ring's custom metrics count by them). A value the agent does not have is sent as
+  the desired entry (the ring's custom metrics count by them), and `quality`, the window's requests bounded; what the
+  twin held from the previous window (the last entry sent, or read at refresh) is nulled where this one lacks it. A value the agent does not have is sent as
   null, which IoT Hub applies as "remove this property". When a model leaves the desired properties, its
   reported entry is removed (also at start, for entries a previous run left behind).
 - The platform deploys one agent module per device group with no command line (components/azure/manifest.py
@@ -40,6 +41,7 @@ from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
 if TYPE_CHECKING:
     from edgefleet_agent.core import DeviceAgent
+    from edgefleet_agent.endpoint import ModelRegistry
 
 log = logging.getLogger("edgefleet.agent.iotedge")
 
@@ -91,6 +93,7 @@ class IoTEdgeTransport:
         self._stale = True
         self._synced_at: float | None = None
         self._reported: set[str] = set()
+        self._sent: dict[str, dict[str, Any]] = {}  # the last reported entry per model key, as the twin holds it
         self._failures = 0
         self._retry_at: float | None = None
 
@@ -224,10 +227,13 @@ class IoTEdgeTransport:
                 if key in self._reported:
                     self.client.patch_twin_reported_properties({"models": {key: None}})
                     self._reported.discard(key)
+                    self._sent.pop(key, None)
                     log.info("%s left the desired properties: its reported entry is removed", report.model)
                 return
-            self.client.patch_twin_reported_properties({"models": {key: reported_entry(report, entry, sas)}})
+            patch = reported_entry(report, entry, sas, previous=self._sent.get(key))
+            self.client.patch_twin_reported_properties({"models": {key: patch}})
             self._reported.add(key)
+            self._sent[key] = merge_patch(copy.deepcopy(self._sent.get(key) or {}), dict(patch))
 
     def _forget_reports(self, reported: dict[str, Any], wanted: set[str]) -> None:
         """Removes reported entries of models no longer desired (left by an earlier run, or missed patches)."""
@@ -235,6 +241,8 @@ class IoTEdgeTransport:
         present = {k for k, v in models.items() if v is not None} if isinstance(models, dict) else set()
         with self._report_lock:
             self._reported |= present
+            if isinstance(models, dict):  # what the twin holds, so that the next report nulls what it no longer has
+                self._sent.update({k: copy.deepcopy(v) for k, v in models.items() if isinstance(v, dict) and k not in self._sent})
             gone = sorted(k for k in self._reported if k not in wanted)
             if not gone:
                 return
@@ -244,6 +252,8 @@ class IoTEdgeTransport:
                 log.warning("could not remove reported entries of %s: %s", ", ".join(gone), exc)
                 return
             self._reported -= set(gone)
+            for k in gone:
+                self._sent.pop(k, None)
         log.info("removed reported entries of models no longer desired: %s", ", ".join(gone))
 
     def close(self) -> None:
@@ -305,7 +315,8 @@ class _Running:
 
 
 class EdgeSupervisor:
-    """Keeps one DeviceAgent per desired model (or only `model`), all under one trusted key.
+    """Keeps one DeviceAgent per desired model (or only `model`), all under one trusted key, in one process: each
+    agent joins `registry` (the device's one inference endpoint) when it starts and leaves it when it stops.
 
     A refused trusted key runs no agent: every desired model is reported `failed` with the reason, so the
     ring's gate counts the device as failed rather than waiting for it. If the twin's key changes to another
@@ -325,6 +336,8 @@ class EdgeSupervisor:
         sync_seconds: float = 0.5,
         report_seconds: float = 60.0,
         infer_interval: float = 0.0,
+        synthetic_traffic: bool = False,
+        registry: ModelRegistry | None = None,
         threaded: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -338,6 +351,8 @@ class EdgeSupervisor:
         self.sync_seconds = sync_seconds
         self.report_seconds = report_seconds
         self.infer_interval = infer_interval
+        self.synthetic_traffic = synthetic_traffic
+        self.registry = registry
         self.threaded = threaded
         self._clock = clock
         self.agents: dict[str, _Running] = {}
@@ -415,6 +430,8 @@ class EdgeSupervisor:
                 self._start_problems[name] = str(exc)
             return
         self._start_problems.pop(name, None)
+        if self.registry is not None:
+            self.registry.add(agent)
         stop = threading.Event()
         thread = None
         if self.threaded:
@@ -426,13 +443,19 @@ class EdgeSupervisor:
     def _serve(self, agent: DeviceAgent, stop: threading.Event) -> None:
         try:
             agent.serve_forever(
-                stop, sync_seconds=self.sync_seconds, report_seconds=self.report_seconds, infer_interval_seconds=self.infer_interval
+                stop,
+                sync_seconds=self.sync_seconds,
+                report_seconds=self.report_seconds,
+                infer_interval_seconds=self.infer_interval,
+                synthetic_traffic=self.synthetic_traffic,
             )
         except Exception:  # noqa: BLE001
             log.exception("%s: the agent for %s stopped unexpectedly", self.device_id, agent.model)
 
     def _stop(self, name: str, unload: bool) -> None:
         running = self.agents.pop(name)
+        if self.registry is not None:
+            self.registry.remove(name)
         running.stop.set()
         if running.thread is not None:
             running.thread.join()
