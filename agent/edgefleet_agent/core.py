@@ -6,8 +6,8 @@ Guarantees (tested in tests/agent):
     matches the digest and size the manifest pins, both when installed and again at every start;
   * no downgrade (and no different artifact under the same version) without a rollback order signed by
     the same key naming exactly that model, version and sha256;
-  * on a device given the stack's TUF root (trust.py), a new install must be a current signed target in fresh
-    update metadata: a revoked version is refused even when its desired state is replayed;
+  * on a device given the stack's TUF root (trust.py), a new install, and a shadow candidate, must be a current
+    signed target in fresh update metadata: a revoked version is refused even when its desired state is replayed;
   * a refused version is reported with the reason and not retried until the desired state changes
     (download failures, which may be transient, are retried with exponential backoff);
   * a swap is one reference assignment after the new session has loaded and run: requests in flight finish
@@ -548,9 +548,11 @@ class DeviceAgent:
         return True
 
     def _load_candidate(self, wanted: DesiredModel) -> None:
-        """Verified exactly as an install (signature, digest, size, min_agent_version), without the downgrade rule."""
+        """Verified exactly as an install (signature, digest, size, min_agent_version, the signed targets), without the
+        downgrade rule."""
         manifest_bytes, signature_bytes = wanted.manifest.encode("utf-8"), wanted.signature.encode("utf-8")
         manifest = self._verify_desired(wanted, manifest_bytes, signature_bytes, what="shadow")
+        self._check_trusted(wanted, manifest_bytes)  # a revoked version is not run, not even in shadow
         slot = self.store.slot_name(manifest.version, manifest_bytes)
         try:
             model_path = self._reusable_slot(slot, manifest_bytes)

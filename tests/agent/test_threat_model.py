@@ -98,6 +98,24 @@ def test_replay_of_a_rejected_version_is_refused_once_it_is_revoked(world, insta
     assert installed.current_version == "1.1.0"
 
 
+def test_a_revoked_version_replayed_as_a_shadow_candidate_is_not_run_and_serving_goes_on(world, installed, transport, v120_nan, v110):
+    """Attack: the rejected version's desired state is replayed as the candidate a ring shadows (a shadow phase's
+    desired state), so the device would download it and run it on its applications' requests.
+    Refusal: a candidate is verified like an install, the signed targets included: it is never loaded, the device
+    keeps serving 1.1.0 (status ok) and its report names the refused candidate."""
+    import dataclasses
+
+    world.repo.add_targets([ident(v120_nan)])
+    world.repo.revoke(MODEL, "1.2.0", v120_nan.sha256, "gate of ring 'canary' failed: NaN outputs")
+    world.sync()
+    transport.desired_model = dataclasses.replace(v110, shadow=v120_nan)
+    installed.sync()
+    report = installed.build_report()
+    assert installed.shadow_runner is None, "the revoked candidate is not run"
+    assert (report.version, report.status) == ("1.1.0", "ok")
+    assert "shadow candidate detector 1.2.0 refused" in report.error and NOT_A_TARGET in report.error
+
+
 def test_a_validly_signed_version_that_was_never_published_is_refused(world, installed, transport, publisher):
     """Attack: someone with the manifest signing key (a leaked CI key) signs a model and writes its desired state into
     the channel, without going through the publisher (no rollout, no gate).
