@@ -21,6 +21,7 @@ from components.local.hub import LocalHub
 from components.local.plan import decide, engine_for
 from components.local.signer import LocalKeySigner, stack_signer
 from components.local.store import Published, publish
+from components.local.traffic import load_traffic
 from components.rollout.decide import Decision, plan_for
 from components.rollout.engine import TERMINAL, RolloutPlan, rings_changed
 from components.rollout.spec import DeviceGroupConfig, RingConfig, RolloutConfig
@@ -177,6 +178,7 @@ def _up(
     abort: str | None = None,
 ) -> list[Outcome]:
     devices = local_devices(cfg, source)
+    traffic = load_traffic(cfg, project_dir, local_models(cfg), source)  # refused before the hub is touched
     signer = signer_for(cfg, project_dir, stack)
     hub = LocalHub(hub_path)
     hub.check_integrity()  # a damaged hub is named, with the command that rebuilds it, before anything acts on it
@@ -233,6 +235,7 @@ def _up(
         sorted({d.model for d, _, _ in work}),
         sim_period=cfg.local.report_seconds,
         devices=devices,
+        traffic=traffic,
     )
 
     def watch(progress: dict[str, Any]) -> None:
@@ -363,6 +366,7 @@ def serve(
             f"no rollout of {stack} targets local device groups, so the fleet would have no model to run",
             "declare a rollout under edgefleet:rollouts whose rings use local groups",
         )
+    traffic = load_traffic(cfg, project_dir, models, source)
     hub = LocalHub(project_dir / cfg.local.hub)
     register(hub, devices)
     signer = signer_for(cfg, project_dir, stack)
@@ -374,6 +378,7 @@ def serve(
         models,
         sim_period=cfg.local.report_seconds,
         devices=devices,
+        traffic=traffic,
     )
     with fleet:
         if on_ready is not None:
