@@ -51,7 +51,7 @@ DATASET = "channel-dominance-eval-v1 (seed 7, 512 images)"
 EVAL_SET = "channel-dominance-eval"
 EVAL_FRAMES, EVAL_BLOCK, EVAL_SEED = 128, 8, 11
 LIVE_SET = "channel-dominance-live"
-LIVE_FRAMES, LIVE_SEED, LIVE_BRIGHTNESS = 96, 23, 0.8  # a frame's brightness shifts every channel alike: labels keep
+LIVE_FRAMES, LIVE_SEED, LIVE_BRIGHTNESS = 96, 31, 0.2  # a frame's brightness shifts every channel alike: labels keep
 EVAL_SCALE, EVAL_ZERO_POINT = 1 / 32, 128.0  # float32 = (uint8 - zero_point) * scale: [-4, 3.97] in steps of 1/32
 
 

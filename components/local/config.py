@@ -28,9 +28,21 @@ class LocalDevices(Strict):
         return self
 
 
+class LocalTraffic(Strict):
+    """What the applications on every simulated device send one model: the frames of a pinned labelled set, the true
+    label on a share of them (applications rarely know it). Without it, devices send the manifest's seeded random
+    inputs, and gates judge noise."""
+
+    dataset: str = Field(description="the set's descriptor, relative to the project (format: models/datasets/README.md)")
+    labelled_share: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.25, description="the share of requests that carry the true label (live accuracy); 0: none do"
+    )
+
+
 class LocalConfig(Strict):
     hub: str = ".edgefleet/local/hub.sqlite"
     store: str = ".edgefleet/local/store"
     devices: list[LocalDevices] = Field(min_length=1)
     poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.2
     report_seconds: Annotated[float, Field(gt=0, le=300)] = 0.5
+    traffic: dict[Name, LocalTraffic] = Field(default_factory=dict, description="per model name: what its applications send")

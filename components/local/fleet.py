@@ -28,15 +28,18 @@ from pathlib import Path
 from typing import Iterator
 
 from components.local.hub import LocalHub
+from components.local.traffic import Traffic
 from components.rollout.spec import DeviceGroupConfig
 from components.stack import PROJECT, StackConfig
+from edgefleet_agent.client import ENDPOINT_FILE
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 from edgefleet_agent.contract.tuf import ROOT_FILE
 
-# Agent processes infer on a synthetic 20 fps camera stream, as a device would; back to back, three of
-# them would take both cores of this machine from the other 997 devices.
+# Agent processes get a 20 fps camera stream, as a device would; back to back, three of them would take both cores
+# of this machine from the other 997 devices.
 FRAME_INTERVAL_SECONDS = 0.05
+ENDPOINT_RETRY_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -236,12 +239,14 @@ class LocalFleet:
     trusted_root: bytes | None = None
     metadata_url: str | None = None
     metadata_refresh_seconds: float = 60.0
+    traffic: dict[str, Traffic] = field(default_factory=dict)  # per model; a model without it gets synthetic inputs
 
     def __post_init__(self) -> None:
         self.devices = self.devices or local_devices(self.cfg)
         self._locks = ExitStack()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._apps: list[threading.Thread] = []
         self._procs: dict[tuple[str, str], subprocess.Popen] = {}
         self._spawner: ThreadPoolExecutor | None = None
         self._started_at = 0.0
@@ -265,9 +270,21 @@ class LocalFleet:
         key_path.parent.mkdir(parents=True, exist_ok=True)
         key_path.write_bytes(self.public_key_pem)
         for d in self.devices:
+            if d.kind == "process":
+                # A previous run's address could name a port another device's agent now listens on.
+                (self.state_root / d.id / ENDPOINT_FILE).unlink(missing_ok=True)
+        for d in self.devices:
             if d.kind == "process" and d.reconnect_after is None:
                 for model in self.models:
                     self.start_process(d.id, model)
+        for d in self.devices:
+            for model in self.models:
+                if d.kind == "process" and model in self.traffic:
+                    app = threading.Thread(
+                        target=self._application, args=(d.id, self.traffic[model]), name=f"app-{d.id}-{model}", daemon=True
+                    )
+                    app.start()
+                    self._apps.append(app)
         self._locks.enter_context(_agent_log(self.state_root / "simulated-agents.log"))
         self._thread = threading.Thread(target=self._run_sims, name="edgefleet-sim-fleet", daemon=True)
         self._thread.start()
@@ -276,6 +293,9 @@ class LocalFleet:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        for app in self._apps:
+            app.join(timeout=15)
+        self._apps = []
         for key in list(self._procs):
             self.stop_process(*key)
         if self._spawner is not None:
@@ -327,9 +347,9 @@ class LocalFleet:
             "0.2",
             "--report-seconds",
             str(self.sim_period),
-            "--infer-interval",
-            str(FRAME_INTERVAL_SECONDS),
         ]
+        if model not in self.traffic:
+            cmd += ["--infer-interval", str(FRAME_INTERVAL_SECONDS)]
         if root is not None and self.metadata_url is not None:
             cmd += ["--trusted-root", str(root), "--metadata-url", self.metadata_url]
             cmd += ["--metadata-refresh-seconds", str(self.metadata_refresh_seconds)]
@@ -367,6 +387,40 @@ class LocalFleet:
     def processes(self) -> dict[tuple[str, str], subprocess.Popen]:
         return dict(self._procs)
 
+    def _application(self, device_id: str, traffic: Traffic) -> None:
+        """An application on an agent process's device: one request per frame interval to the address the agent wrote
+        down, through the agent's own client. A device that is down (not started yet, killed, restarting) is retried
+        until it answers; a request it refuses is counted, not retried."""
+        from edgefleet_agent.client import InferenceClient, InferenceError
+
+        state_dir = self.state_root / device_id
+        client: InferenceClient | None = None
+        n = 0
+        while not self._stop.is_set():
+            if client is None:
+                try:
+                    client = InferenceClient.from_state_dir(state_dir, timeout=5.0)
+                except InferenceError:
+                    self._stop.wait(ENDPOINT_RETRY_SECONDS)
+                    continue
+            inputs, label = traffic.request(device_id, n)
+            try:
+                client.infer(traffic.model, inputs, label=label)
+            except InferenceError as exc:
+                if exc.unreachable:
+                    client.close()
+                    client = None
+                    self._stop.wait(ENDPOINT_RETRY_SECONDS)
+                    continue
+                if exc.status != 503:  # 503: nothing verified loaded yet, as NotReady in-process
+                    traffic.count(label, refused=True)
+            else:
+                traffic.count(label, refused=False)
+            n += 1
+            self._stop.wait(FRAME_INTERVAL_SECONDS)
+        if client is not None:
+            client.close()
+
     # -- simulated devices ------------------------------------------------------------------------------
     def _online(self, d: LocalDevice, now: float) -> bool:
         return d.reconnect_after is None or now - self._started_at >= d.reconnect_after
@@ -383,7 +437,7 @@ class LocalFleet:
         import onnxruntime
 
         from edgefleet_agent.core import DeviceAgent
-        from edgefleet_agent.serving import SessionCache
+        from edgefleet_agent.serving import NotReady, RequestError, SessionCache
         from edgefleet_agent.trust import TrustedMetadata
 
         # onnxruntime's own logger writes each failed run to stderr from C++, once per simulated device: a thousand
@@ -395,6 +449,7 @@ class LocalFleet:
         sims = [d for d in self.devices if d.kind == "sim"]
         by_id = {d.id: d for d in sims}
         agents: dict[tuple[str, str], DeviceAgent] = {}
+        sent: dict[tuple[str, str], int] = {}
         watermarks = {m: 0.0 for m in self.models}
         late_processes = {d.id for d in self.devices if d.kind == "process" and d.reconnect_after is not None}
 
@@ -441,8 +496,21 @@ class LocalFleet:
                 for d in online:
                     agent = agent_for(d, model)
                     agent.sync()
-                    if full:
+                    if full and model not in self.traffic:
                         agent.infer()
+                    elif full:
+                        traffic = self.traffic[model]
+                        n = sent.get((d.id, model), 0)
+                        inputs, label = traffic.request(d.id, n)
+                        try:
+                            agent.predict(inputs, label=label)
+                        except NotReady:
+                            pass  # nothing verified loaded: the application has no one to ask yet
+                        except RequestError:
+                            traffic.count(label, refused=True)
+                        else:
+                            traffic.count(label, refused=False)
+                        sent[(d.id, model)] = n + 1
                     agent.report()
                 if batch.reports:
                     hub.put_reports(batch.reports)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from components.rollout.membership import Device
-from components.rollout.observe import control_summary, observe_reports
+from components.rollout.observe import SoakWindows, control_summary, observe_reports
 from components.rollout.quality import Summary
 from components.rollout.types import RingObservation, RingTarget
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -55,6 +55,7 @@ class LocalHub(AgentHub):
     def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
         super().__init__(path, clock)
         self._held: dict[str, Lease] = {}
+        self._ring_windows, self._control_windows = SoakWindows(), SoakWindows()  # a device keeps only its latest window here
 
     # -- device registry ------------------------------------------------------------------------------
     def register_devices(self, devices: Iterable[tuple[str, dict[str, str], str, list[str], str]]) -> None:
@@ -157,13 +158,13 @@ class LocalHub(AgentHub):
     def observe(self, target: RingTarget, desired: DesiredModel | None, since: float) -> RingObservation:
         devices = list(target.selector)
         model = desired.model if desired else self._ring_model(target)
-        reports = self.reports(model, devices) if model else {}
+        reports = self._ring_windows.summed(self.reports(model, devices), since) if model else {}
         return observe_reports(devices, reports, desired, since)
 
     def summarize(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> Summary:
         """The control group's telemetry: devices of `targets` still serving `desired`, from each one's latest report."""
         devices = sorted({d for t in targets for d in t.selector})
-        return control_summary(devices, self.reports(desired.model, devices), desired, since)
+        return control_summary(devices, self._control_windows.summed(self.reports(desired.model, devices), since), desired, since)
 
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None:
         row = self._db().execute("SELECT progress FROM progress WHERE rollout_id=?", (rollout_id,)).fetchone()

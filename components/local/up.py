@@ -22,6 +22,7 @@ from components.local.hub import LocalHub
 from components.local.plan import decide, engine_for
 from components.local.signer import LocalKeySigner, stack_signer
 from components.local.store import Published, publish
+from components.local.traffic import load_traffic
 from components.local.trust import ensure_repository, expiry_of, first_root, identity, revoke_rejected
 from components.rollout.decide import Decision, plan_for
 from components.rollout.engine import TERMINAL, RolloutPlan, rings_changed
@@ -179,6 +180,7 @@ def _up(
     abort: str | None = None,
 ) -> list[Outcome]:
     devices = local_devices(cfg, source)
+    traffic = load_traffic(cfg, project_dir, local_models(cfg), source)  # refused before the hub is touched
     signer = signer_for(cfg, project_dir, stack)
     hub = LocalHub(hub_path)
     hub.check_integrity()  # a damaged hub is named, with the command that rebuilds it, before anything acts on it
@@ -253,6 +255,7 @@ def _up(
         trusted_root=first_root(repo),
         metadata_url=repo.storage.url,
         metadata_refresh_seconds=cfg.trust.device_refresh_seconds,
+        traffic=traffic,
     )
 
     fresh_until = [time.time() + expiry_of(cfg).timestamp.total_seconds() / 2]
@@ -405,6 +408,7 @@ def serve(
             f"no rollout of {stack} targets local device groups, so the fleet would have no model to run",
             "declare a rollout under edgefleet:rollouts whose rings use local groups",
         )
+    traffic = load_traffic(cfg, project_dir, models, source)
     hub = LocalHub(project_dir / cfg.local.hub)
     register(hub, devices)
     signer = signer_for(cfg, project_dir, stack)
@@ -420,6 +424,7 @@ def serve(
         trusted_root=first_root(repo),
         metadata_url=repo.storage.url,
         metadata_refresh_seconds=cfg.trust.device_refresh_seconds,
+        traffic=traffic,
     )
     with fleet:
         if on_ready is not None:

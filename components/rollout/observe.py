@@ -11,7 +11,8 @@ version (it could not load it beside the served model) has failed it.
 from __future__ import annotations
 
 import heapq
-from typing import Iterable
+from dataclasses import replace
+from typing import Any, Iterable
 
 from components.rollout.quality import Summary, Telemetry
 from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, RingObservation
@@ -131,3 +132,53 @@ def _worst(per_device: dict[str, list[tuple[str, float]]]) -> tuple[tuple[str, s
         ranked = heapq.nsmallest(OFFENDERS_PER_METRIC, (v for v in values if v[1] > 0), key=lambda v: (-v[1], v[0]))
         out += [(dev, metric, value) for dev, value in ranked]
     return tuple(out)
+
+
+def _merge(a: Any, b: Any) -> Any:
+    """Two windows' summaries of one kind, or the newer alone where they cannot add up (another output watched)."""
+    if a is None or b is None:
+        return b if b is not None else a
+    try:
+        return a.merged(b)
+    except ValueError:
+        return b
+
+
+class SoakWindows:
+    """Each device's report windows summed over a gate's phase, for platforms that keep only a device's latest window
+    (the local hub, a module twin). A gate that read one window at a time would need `min_quality_samples` requests
+    within a single report period, whatever the ring's size: a ring of 50 cameras answering a frame each per period
+    would never be judged. Windows are told apart by `reported_at`; one the observer polled past unseen is not
+    counted (sampled, never counted twice). A device's sum starts again when what it serves or shadows changes, or
+    the phase does (another `since`). Health figures (requests, errors, p99) stay the latest window's."""
+
+    def __init__(self) -> None:
+        self._sums: dict[tuple[str, str], tuple[tuple[Any, ...], float, DeviceReport]] = {}
+
+    def summed(self, reports: dict[str, DeviceReport], since: float) -> dict[str, DeviceReport]:
+        out: dict[str, DeviceReport] = {}
+        for dev, r in reports.items():
+            if r.reported_at < since or not has_telemetry(r):
+                out[dev] = r
+                continue
+            shadow = shadow_of(r)
+            key = (r.version, r.sha256, shadow.version if shadow else None, shadow.sha256 if shadow else None, since)
+            held = self._sums.get((dev, r.model))
+            if held is None or held[0] != key:
+                total = r
+            elif r.reported_at > held[1]:
+                parts = zip(telemetry_of(held[2]), telemetry_of(r), strict=True)
+                p, lat, sh, lab = (_merge(a, b) for a, b in parts)
+                total = replace(
+                    r,
+                    predictions=p.to_json() if p else None,
+                    latency=lat.to_json() if lat else None,
+                    shadow=sh.to_json() if sh else None,
+                    labelled=lab.to_json() if lab else None,
+                )
+            else:
+                out[dev] = held[2]
+                continue
+            self._sums[(dev, r.model)] = (key, r.reported_at, total)
+            out[dev] = total
+        return out

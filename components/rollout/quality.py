@@ -210,7 +210,8 @@ class ShadowSummary:
 
 @dataclass(frozen=True)
 class Summary:
-    """One side of a comparison: what devices on one version said and how fast, summed over their latest windows.
+    """One side of a comparison: what devices on one version said and how fast, summed over their windows (the latest,
+    or every window of the phase where the platform sums them: observe.SoakWindows).
 
     Platforms fill it from what they can read: exact merged histograms (local, AWS), or per-device medians averaged
     (Azure, whose twin queries sum and average but cannot merge histograms); `p50_ms` is the side's median either way."""

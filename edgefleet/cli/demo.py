@@ -31,6 +31,7 @@ NEEDS = (
     "models/detector/model.yaml",
     "models/samples/metrics.json",
     "models/datasets/channel-dominance-eval.yaml",
+    "models/datasets/channel-dominance-live.yaml",
 )
 EVAL_SET = "models/datasets/channel-dominance-eval.yaml"
 MARKER = ".edgefleet-demo"  # written into every workdir the demo creates: only those does it delete

@@ -82,6 +82,7 @@ def outcome_line(o) -> str:
 
 
 def run_up(project_dir: Path, stack: str, as_json: bool, on_fleet=None, abort: str | None = None) -> list:
+    from components.local.traffic import describe
     from components.local.up import up
     from edgefleet.synth import synth
 
@@ -90,17 +91,29 @@ def run_up(project_dir: Path, stack: str, as_json: bool, on_fleet=None, abort: s
         return up(project_dir, stack, graph, on_fleet=on_fleet, abort=abort)
     live = Live(console=console, refresh_per_second=4, transient=False)
     last: dict[str, Any] = {}
+    started: list[Any] = []
+
+    def fleet_started(fleet) -> None:
+        started.append(fleet)
+        for model in fleet.models:
+            console.print(describe(model, fleet.traffic.get(model)), highlight=False, soft_wrap=True)
+        if on_fleet is not None:
+            on_fleet(fleet)
 
     def show(progress: dict[str, Any]) -> None:
         last["p"] = progress
         live.update(progress_table(progress))
 
     with live:
-        outcomes = up(project_dir, stack, graph, on_update=show, on_fleet=on_fleet, abort=abort)
+        outcomes = up(project_dir, stack, graph, on_update=show, on_fleet=fleet_started, abort=abort)
         if "p" in last:
             live.update(progress_table(last["p"]))
     if "p" in last and not console.is_terminal:
         console.line()  # rich leaves a non-terminal's last frame unterminated
+    for fleet in started:
+        for model, traffic in fleet.traffic.items():
+            if model in fleet.models:
+                console.print(describe(model, traffic), highlight=False, soft_wrap=True)
     return outcomes
 
 
@@ -284,6 +297,7 @@ def fleet_run_cmd(
 ) -> None:
     """Register the stack's simulated devices in the local hub and run them (and their agent processes) until
     Ctrl-C: the fleet that `pulumi up --stack local`, run in another terminal, rolls out to."""
+    from components.local.traffic import describe
     from components.local.up import serve
     from edgefleet.config import load_stack
 
@@ -298,6 +312,8 @@ def fleet_run_cmd(
             highlight=False,
             soft_wrap=True,
         )
+        for model in fleet.models:
+            console.print(describe(model, fleet.traffic.get(model)), highlight=False, soft_wrap=True)
         console.print(f"now run `pulumi up --stack {stack}` in another terminal; Ctrl-C here stops the fleet", highlight=False)
 
     def tick(fleet, hub) -> None:
@@ -307,6 +323,8 @@ def fleet_run_cmd(
                 counts[r.version or "none"] = counts.get(r.version or "none", 0) + 1
             running = ", ".join(f"{v}×{n}" for v, n in sorted(counts.items())) or "no reports yet"
             console.print(f"{time.strftime('%H:%M:%S')} {model}: {running}", highlight=False)
+            if model in fleet.traffic:
+                console.print(f"         {describe(model, fleet.traffic[model])}", highlight=False, soft_wrap=True)
 
     try:
         cfg, source = load_stack(Path(project_dir).resolve(), stack)

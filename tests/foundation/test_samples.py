@@ -146,6 +146,6 @@ def test_live_traffic_set_is_another_sample_of_the_task():
     assert (seen.mean(axis=(2, 3)).argmax(axis=1) == live.labels).all()
     assert sorted(np.bincount(live.labels).tolist())[0] > 15
     brightness = lambda s: s.feed(s.frames).mean(axis=(1, 2, 3))  # noqa: E731
-    assert brightness(live).std() > 2 * brightness(ev).std(), "the live frames vary in brightness"
+    assert brightness(live).std() > 1.4 * brightness(ev).std(), "the live frames vary more in brightness"
     shared = {f.tobytes() for f in ev.frames} & {f.tobytes() for f in live.frames}
     assert not shared

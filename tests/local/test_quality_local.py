@@ -17,7 +17,7 @@ from components.rollout.engine import RolloutEngine
 from components.rollout.rollback import rollback_authorizer
 from components.rollout.spec import CONTROL_RING, DeviceGroupConfig, RolloutConfig, follower_gate
 from edgefleet_agent.contract.state import DeviceReport
-from edgefleet_agent.contract.telemetry import Latency, Predictions, Shadow
+from edgefleet_agent.contract.telemetry import Labelled, Latency, Predictions, Shadow
 from tests.rollout.fakes import FakeClock, desired
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +67,7 @@ class ScriptedFleet:
                     p99_latency_ms=3.0,
                     predictions=preds.to_json(),
                     latency=lat.to_json(),
+                    labelled=Labelled(N, N - 2).to_json(),  # the applications sent the true class with every request
                     **extra,
                 )
             )
