@@ -28,6 +28,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from edgefleet_agent import __version__
+from edgefleet_agent.logs import DEFAULT_EVERY_SECONDS
+from edgefleet_agent.logs import install as install_repeat_filter
 
 if TYPE_CHECKING:
     from edgefleet_agent.contract.state import DesiredModel, DeviceReport
@@ -181,6 +183,12 @@ def run_parser() -> argparse.ArgumentParser:
         "serving; for a component's Startup step",
     )
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-repeat-seconds",
+        type=float,
+        default=DEFAULT_EVERY_SECONDS,
+        help=f"log a repeated warning or error once per this many seconds, with how often it recurred (default {DEFAULT_EVERY_SECONDS:.0f})",
+    )
     return p
 
 
@@ -251,6 +259,12 @@ def serve_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report-seconds", type=float, default=60.0, help="how often to log a summary of the requests served (default 60)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-repeat-seconds",
+        type=float,
+        default=DEFAULT_EVERY_SECONDS,
+        help=f"log a repeated warning or error once per this many seconds, with how often it recurred (default {DEFAULT_EVERY_SECONDS:.0f})",
+    )
     return p
 
 
@@ -290,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    repeats = install_repeat_filter(args.log_repeat_seconds)
 
     stop = threading.Event()
     who = getattr(args, "device_id", None) or "edgefleet-agent"
@@ -300,11 +315,15 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if args.command == "serve":
-        return run_serve(args, stop)
-    if args.transport == "iotedge":
-        return run_iotedge(args, stop)
-    return run_single(args, stop)
+    try:
+        if args.command == "serve":
+            return run_serve(args, stop)
+        if args.transport == "iotedge":
+            return run_iotedge(args, stop)
+        return run_single(args, stop)
+    finally:
+        for line in repeats.summary():
+            print(f"edgefleet-agent: at exit, {line}", file=sys.stderr, flush=True)
 
 
 def open_endpoint(args: argparse.Namespace) -> InferenceEndpoint | str:
