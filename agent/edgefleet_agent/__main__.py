@@ -28,6 +28,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from edgefleet_agent import __version__
+from edgefleet_agent.contract.iotedge import ENDPOINT_HOST_ENV, ENDPOINT_PORT, ENDPOINT_PORT_ENV
 from edgefleet_agent.logs import DEFAULT_EVERY_SECONDS
 from edgefleet_agent.logs import install as install_repeat_filter
 
@@ -43,8 +44,8 @@ TRANSPORTS = ("local", "greengrass", "iotedge")
 COMMANDS = ("run", "serve")
 DEFAULT_REPORT_SECONDS = {"local": 0.5, "greengrass": 60.0, "iotedge": 60.0}
 # The local fleet runs many devices' agents on one machine: each takes a free port unless told one.
-DEFAULT_PORT = {"local": 0, "greengrass": 8000, "iotedge": 8000}
-HOST_ENV, PORT_ENV = "EDGEFLEET_AGENT_HOST", "EDGEFLEET_AGENT_PORT"
+DEFAULT_PORT = {"local": 0, "greengrass": ENDPOINT_PORT, "iotedge": ENDPOINT_PORT}
+HOST_ENV, PORT_ENV = ENDPOINT_HOST_ENV, ENDPOINT_PORT_ENV
 QUIET_LOGGERS = ("azure", "botocore", "boto3", "urllib3", "paho")  # their debug output can hold tokens
 
 ENDPOINT_HELP = """endpoint:
