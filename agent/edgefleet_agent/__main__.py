@@ -183,6 +183,12 @@ def run_parser() -> argparse.ArgumentParser:
         help=f"greengrass: install and verify the desired model, then exit {EXIT_OK} (or {EXIT_REFUSED} if refused) without "
         "serving; for a component's Startup step",
     )
+    p.add_argument(
+        "--capture-dir",
+        type=Path,
+        help="local: the stack's capture store; this device writes captured samples (only when its desired state asks) under "
+        "<capture-dir>/<model>/<device-id>/ and nowhere else. Without it, nothing is captured",
+    )
     p.add_argument("--log-level", default="INFO")
     p.add_argument(
         "--log-repeat-seconds",
@@ -357,6 +363,7 @@ def write_endpoint_file(state_dir: Path, endpoint: InferenceEndpoint, models: li
 
 def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
     """The local hub (one or more models) or the Greengrass component's environment (one model), one endpoint."""
+    from edgefleet_agent.capture import CaptureSinkError, LocalCaptureSink
     from edgefleet_agent.contract.errors import EdgefleetError
     from edgefleet_agent.contract.signing import load_public_key
     from edgefleet_agent.core import DeviceAgent
@@ -383,11 +390,21 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
             transport = LocalHubTransport(args.hub)
         cache = SessionCache()
         providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+        capture_dir = getattr(args, "capture_dir", None) if args.transport == "local" else None
         agents = [
-            DeviceAgent(args.device_id, m, args.state_dir, pem, transport, execution_providers=providers, session_cache=cache)
+            DeviceAgent(
+                args.device_id,
+                m,
+                args.state_dir,
+                pem,
+                transport,
+                execution_providers=providers,
+                session_cache=cache,
+                capture_sink=LocalCaptureSink(capture_dir, m, args.device_id) if capture_dir is not None else None,
+            )
             for m in args.models
         ]
-    except (OSError, EdgefleetError) as exc:
+    except (OSError, EdgefleetError, CaptureSinkError) as exc:
         return fail(exc)
 
     endpoint: InferenceEndpoint | None = None

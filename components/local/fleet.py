@@ -235,6 +235,7 @@ class LocalFleet:
     sim_period: float = 0.5
     devices: list[LocalDevice] = field(default_factory=list)
     traffic: dict[str, Traffic] = field(default_factory=dict)  # per model; a model without it gets synthetic inputs
+    captures_root: Path | None = None  # the declared capture store (edgefleet:capture.store); None: devices capture nothing
 
     def __post_init__(self) -> None:
         self.devices = self.devices or local_devices(self.cfg)
@@ -333,6 +334,8 @@ class LocalFleet:
         ]
         if model not in self.traffic:
             cmd += ["--infer-interval", str(FRAME_INTERVAL_SECONDS)]
+        if self.captures_root is not None:
+            cmd += ["--capture-dir", str(self.captures_root)]
         env = dict(os.environ)
         if self._spawner is None:
             self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgefleet-agent-spawner")
@@ -416,6 +419,7 @@ class LocalFleet:
         between them a 50 ms check for desired-state changes so a ring's devices react at once."""
         import onnxruntime
 
+        from edgefleet_agent.capture import LocalCaptureSink
         from edgefleet_agent.core import DeviceAgent
         from edgefleet_agent.serving import NotReady, RequestError, SessionCache
 
@@ -444,6 +448,7 @@ class LocalFleet:
                     execution_providers=d.providers,
                     durable=False,
                     session_cache=cache,
+                    capture_sink=LocalCaptureSink(self.captures_root, model, d.id, durable=False) if self.captures_root else None,
                 )
                 agent.start()
                 agents[(d.id, model)] = agent

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from components.local.captures import store_root
 from components.local.fleet import LocalFleet, exclusive, local_devices, lock_path, register
 from components.local.hub import LocalHub
 from components.local.plan import decide, engine_for
@@ -236,6 +237,7 @@ def _up(
         sim_period=cfg.local.report_seconds,
         devices=devices,
         traffic=traffic,
+        captures_root=store_root(cfg, project_dir),
     )
 
     def watch(progress: dict[str, Any]) -> None:
@@ -379,6 +381,7 @@ def serve(
         sim_period=cfg.local.report_seconds,
         devices=devices,
         traffic=traffic,
+        captures_root=store_root(cfg, project_dir),
     )
     with fleet:
         if on_ready is not None:
