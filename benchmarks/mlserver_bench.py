@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM too stops the servers through their finally blocks
 
-    signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         result = run(args)
     except Unavailable as exc:
@@ -515,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlserver_bench: interrupted; servers stopped", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"\nreproduce: .venv/bin/python {result['command']}   (load average {result['load_average'][0]:.2f} on {result['cpus']} CPUs)")
     print(
         f"onnxruntime {result['onnxruntime']} here and {result['mlserver']['onnxruntime']} in MLServer's venv; session options "
