@@ -90,6 +90,23 @@ def test_the_in_process_side_is_the_baseline_and_the_others_are_set_against_it_a
     assert "MLServer JSON p50 = 50.0x edgefleet binary's" in text and "edgefleet binary throughput = 50.0x MLServer JSON's" in text
     assert "serialising it: p50 200.000 ms" in text
 
+    g = bench.goals(result)
+    assert g["added_p50_ms"] == {"detector": pytest.approx(0.4)} and g["throughput_ratio_large"] == pytest.approx(0.9) and g["met"]
+    assert (
+        bench.goals(
+            {
+                "models": [
+                    {
+                        "model": "detector",
+                        "sides": bench.compare({**stats, "edgefleet_binary": {**stats["edgefleet_binary"], "p50_ms": 6.0}}),
+                    }
+                ]
+            }
+        )["met"]
+        is False
+    )
+    assert "detector +0.400" in bench.goals_line(g) and bench.goals_line(g).endswith("0.900x -> met")
+
 
 def test_a_refusal_is_read_from_triton_clients_message(bench):
     message = (
