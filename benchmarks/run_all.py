@@ -15,6 +15,8 @@ BENCHMARKS = [
     ("rollout", ["rollout_bench.py", "--runs", "3"]),  # 1,000-device rollout: time beyond the soaks
     ("install", ["install_bench.py"]),  # device install (agent, per extra) vs the full install: size, imports
     ("serving", ["serving_bench.py"]),  # inference endpoint vs in-process session.run, telemetry cost, shadow cost
+    # beside MLServer 1.7.1 on the same models; builds its own venv once, prints "skipped: <reason>" if it cannot
+    ("mlserver", ["mlserver_bench.py", "--skip-if-unavailable"]),
     ("trust", ["trust_bench.py"]),  # TUF metadata per update vs a 16 MiB artifact's download (loopback and a 50 Mbit/s link)
 ]
 

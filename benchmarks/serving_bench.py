@@ -42,11 +42,13 @@ from time import perf_counter
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # timing.py, shared with mlserver_bench.py
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
 import tritonclient.http as triton  # noqa: E402
+from timing import against, interleaved, pct, summarize  # noqa: E402
 
 from components.local.signer import LocalKeySigner, create_key_file, public_key_path  # noqa: E402
 from edgefleet.model_add import add_version  # noqa: E402
@@ -99,11 +101,6 @@ def publish(root: Path, signer: LocalKeySigner, name: str, onnx_file: Path, vers
     return model_dir, desired
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 # -- 1. endpoint vs in-process -------------------------------------------------------------------------------------------
 def start_serve(model_dir: Path, key: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
@@ -147,37 +144,16 @@ def endpoint_vs_inprocess(name: str, model_dir: Path, key: Path, rounds: int, pe
             "endpoint_binary": lambda: client.infer(manifest.name, [binary]),
             "endpoint_json": lambda: client.infer(manifest.name, [as_json], outputs=json_outputs),
         }
-        for call in sides.values():  # warm up every path
-            for _ in range(max(3, per_round // 10)):
-                call()
-        lat: dict[str, list[float]] = {k: [] for k in sides}
-        busy: dict[str, float] = dict.fromkeys(sides, 0.0)
-        for r in range(rounds):
-            order = list(sides) if r % 2 == 0 else list(reversed(sides))  # ABBA
-            for side in order:
-                call = sides[side]
-                n = per_round if side != "endpoint_json" else max(5, per_round // 4)
-                t_round = perf_counter()
-                for _ in range(n):
-                    t = perf_counter()
-                    call()
-                    lat[side].append((perf_counter() - t) * 1000.0)
-                busy[side] += perf_counter() - t_round
+        counts = {side: per_round if side != "endpoint_json" else max(5, per_round // 4) for side in sides}
+        lat, busy = interleaved(sides, rounds, counts, warmup=dict.fromkeys(sides, max(3, per_round // 10)))
     finally:
         proc.terminate()
         proc.wait(30)
     out: dict = {"model": name, "input_bytes": int(x.nbytes), "requests": {k: len(v) for k, v in lat.items()}}
     for side, values in lat.items():
-        out[side] = {
-            "p50_ms": statistics.median(values),
-            "p99_ms": pct(values, 0.99),
-            "throughput_per_s": len(values) / busy[side],
-        }
-    base = out["in_process"]
+        out[side] = summarize(values, busy[side])
     for side in ("endpoint_binary", "endpoint_json"):
-        out[side]["added_p50_ms"] = out[side]["p50_ms"] - base["p50_ms"]
-        out[side]["added_p99_ms"] = out[side]["p99_ms"] - base["p99_ms"]
-        out[side]["throughput_ratio"] = out[side]["throughput_per_s"] / base["throughput_per_s"]
+        out[side].update(against(out[side], out["in_process"]))
     return out
 
 

@@ -70,6 +70,6 @@ class RingGateProps(Props):
 
     def ring_plans(self, selectors: list[Any]) -> tuple[RingPlan, ...]:
         return tuple(
-            RingPlan(RingTarget(self.rollout, r.name, i, selector), r.gate)
+            RingPlan(RingTarget(self.rollout, r.name, i, selector), r.gate, capture=r.capture.spec() if r.capture else None)
             for i, (r, selector) in enumerate(zip(self.ring_configs(), selectors, strict=True))
         )

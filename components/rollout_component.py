@@ -41,6 +41,8 @@ class Ring(pulumi.ComponentResource):
                 "percent": spec.ring.percent,
                 "labels": dict(spec.ring.labels),
                 "gate": spec.ring.gate.model_dump(mode="json"),
+                # written only when declared: a ring without capture registers exactly as before it existed
+                **({"capture": spec.ring.capture.model_dump(mode="json")} if spec.ring.capture is not None else {}),
                 "model": args.model.manifest.name,
                 "version": args.model.manifest.version,
                 "sha256": args.model.manifest.sha256,

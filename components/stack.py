@@ -70,6 +70,19 @@ class PolicyConfig(Strict):
     enforcement: dict[str, Enforcement] = Field(default_factory=dict)
 
 
+class CaptureDestination(Strict):
+    """Where the samples this stack's devices capture (rings' `capture`) may go, for how long, and why: the declaration
+    the policy `capture-destination-declared` asks for before any ring captures (docs/capture.md)."""
+
+    store: str = Field(
+        min_length=1,
+        description="local: a directory relative to the project (e.g. .edgefleet/local/captures); AWS: s3://bucket/prefix; "
+        "Azure: https://<account>.blob.core.windows.net/<container>. Never the model store",
+    )
+    retention_days: int = Field(ge=1, le=3650, description="how long captured samples are kept before they are deleted")
+    purpose: str = Field(min_length=1, description="why samples are captured (e.g. 'labelling and retraining of detector')")
+
+
 class StackCore(Strict):
     """The sections every stack has; StackConfig adds one optional section per registered platform."""
 
@@ -79,6 +92,7 @@ class StackCore(Strict):
     rollouts: list[RolloutConfig] = Field(default_factory=list)
     signing: SigningConfig = SigningConfig()
     trust: TrustConfig = TrustConfig()
+    capture: CaptureDestination | None = None  # where rings' captured samples may go; None: declared nowhere
 
     def group(self, name: str) -> GroupConfig:
         return next(g for g in self.groups if g.name == name)
@@ -215,6 +229,15 @@ def check_stack(cfg: Any) -> list[Problem]:
                         "candidate itself before the gate could shadow it",
                         "on this platform compare the ring with the devices still on the previous version instead "
                         "(max_distribution_shift, max_confidence_drop, max_latency_ratio), or judge live accuracy (min_live_accuracy)",
+                    )
+                )
+            if ring.capture is not None and platform != "local":
+                out.append(
+                    (
+                        f"{key}.capture",
+                        f"sample capture is implemented on the local platform only; group {group.name!r} is on {platform}, "
+                        "whose devices would not receive the setting (docs/capture.md, 'On AWS and Azure')",
+                        "remove capture from this ring, or capture on a local ring",
                     )
                 )
         if r.control_holdback > 0 and any(p != "local" for _, p in on):

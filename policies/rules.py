@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 if __package__:
+    from .capture import CAPTURE_RULE, check_capture_destination
     from .engine import ADVISORY, LEVELS, MANDATORY, Report, Rule, run_rule
     from .graph import Graph
     from .hardening import (
@@ -45,6 +46,7 @@ if __package__:
     )
     from .settings import Settings
 else:
+    from capture import CAPTURE_RULE, check_capture_destination  # type: ignore[no-redef]
     from engine import ADVISORY, LEVELS, MANDATORY, Report, Rule, run_rule  # type: ignore[no-redef]
     from graph import Graph  # type: ignore[no-redef]
     from hardening import (  # type: ignore[no-redef]
@@ -221,6 +223,16 @@ RULES: tuple[Rule, ...] = (
         description="IAM and IoT policies, role inline and trust policies, KMS key policies and S3/ECR resource policies "
         "allow no action containing '*' and no Allow+NotAction (Deny statements may use wildcards), "
         "and no AdministratorAccess-like managed policies are attached.",
+    ),
+    Rule(
+        CAPTURE_RULE,
+        "Sample capture has a declared destination",
+        MANDATORY,
+        check_capture_destination,
+        ("capture_destination",),
+        "A stack whose rings capture samples (a ring's capture) declares where captured data may go, for how long and why "
+        "(edgefleet:capture: store, retention_days, purpose), and that store is not the model store. Mandatory: once "
+        "captured, a device's real inputs have left it.",
     ),
 )
 RULES_BY_NAME = {r.name: r for r in RULES}

@@ -55,6 +55,7 @@ class Settings:
     today: str | None = None  # ISO date the expiry rule counts from; None: today (UTC)
     sas_warning_days: int = DEFAULT_SAS_WARNING_DAYS
     project_dir: str | None = None
+    capture_destination: Mapping[str, Any] | None = None  # edgefleet:capture: where captured samples may go
 
     def level(self, rule: Rule) -> str:
         return self.enforcement.get(rule.name, rule.default_level)
@@ -75,6 +76,7 @@ class Settings:
             metric_floors={str(k): float(v) for k, v in (policy.get("metric_floors") or {}).items()},
             max_metric_regression=float(policy.get("max_metric_regression", DEFAULT_MAX_METRIC_REGRESSION)),
             enforcement={str(k): str(v) for k, v in (policy.get("enforcement") or {}).items()},
+            capture_destination=config.get("capture") if isinstance(config.get("capture"), Mapping) else None,
             **platform_settings(config),
             **extra,
         )
@@ -144,4 +146,5 @@ SETTING_SCHEMA: dict[str, dict[str, Any]] = {
     "azure_sas_expiry": {"type": "string"},
     "today": {"type": "string"},
     "sas_warning_days": {"type": "integer", "minimum": 1},
+    "capture_destination": {"type": "object"},
 }

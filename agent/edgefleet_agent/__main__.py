@@ -28,6 +28,9 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from edgefleet_agent import __version__
+from edgefleet_agent.contract.iotedge import ENDPOINT_HOST_ENV, ENDPOINT_PORT, ENDPOINT_PORT_ENV
+from edgefleet_agent.logs import DEFAULT_EVERY_SECONDS
+from edgefleet_agent.logs import install as install_repeat_filter
 
 if TYPE_CHECKING:
     from edgefleet_agent.contract.state import DesiredModel, DeviceReport
@@ -42,8 +45,8 @@ TRANSPORTS = ("local", "greengrass", "iotedge")
 COMMANDS = ("run", "serve")
 DEFAULT_REPORT_SECONDS = {"local": 0.5, "greengrass": 60.0, "iotedge": 60.0}
 # The local fleet runs many devices' agents on one machine: each takes a free port unless told one.
-DEFAULT_PORT = {"local": 0, "greengrass": 8000, "iotedge": 8000}
-HOST_ENV, PORT_ENV = "EDGEFLEET_AGENT_HOST", "EDGEFLEET_AGENT_PORT"
+DEFAULT_PORT = {"local": 0, "greengrass": ENDPOINT_PORT, "iotedge": ENDPOINT_PORT}
+HOST_ENV, PORT_ENV = ENDPOINT_HOST_ENV, ENDPOINT_PORT_ENV
 QUIET_LOGGERS = ("azure", "botocore", "boto3", "urllib3", "paho")  # their debug output can hold tokens
 
 ENDPOINT_HELP = """endpoint:
@@ -195,7 +198,19 @@ def run_parser() -> argparse.ArgumentParser:
         help=f"greengrass: install and verify the desired model, then exit {EXIT_OK} (or {EXIT_REFUSED} if refused) without "
         "serving; for a component's Startup step",
     )
+    p.add_argument(
+        "--capture-dir",
+        type=Path,
+        help="local: the stack's capture store; this device writes captured samples (only when its desired state asks) under "
+        "<capture-dir>/<model>/<device-id>/ and nowhere else. Without it, nothing is captured",
+    )
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-repeat-seconds",
+        type=float,
+        default=DEFAULT_EVERY_SECONDS,
+        help=f"log a repeated warning or error once per this many seconds, with how often it recurred (default {DEFAULT_EVERY_SECONDS:.0f})",
+    )
     return p
 
 
@@ -268,6 +283,12 @@ def serve_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--report-seconds", type=float, default=60.0, help="how often to log a summary of the requests served (default 60)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-repeat-seconds",
+        type=float,
+        default=DEFAULT_EVERY_SECONDS,
+        help=f"log a repeated warning or error once per this many seconds, with how often it recurred (default {DEFAULT_EVERY_SECONDS:.0f})",
+    )
     return p
 
 
@@ -307,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    repeats = install_repeat_filter(args.log_repeat_seconds)
 
     stop = threading.Event()
     who = getattr(args, "device_id", None) or "edgefleet-agent"
@@ -317,11 +339,15 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if args.command == "serve":
-        return run_serve(args, stop)
-    if args.transport == "iotedge":
-        return run_iotedge(args, stop)
-    return run_single(args, stop)
+    try:
+        if args.command == "serve":
+            return run_serve(args, stop)
+        if args.transport == "iotedge":
+            return run_iotedge(args, stop)
+        return run_single(args, stop)
+    finally:
+        for line in repeats.summary():
+            print(f"edgefleet-agent: at exit, {line}", file=sys.stderr, flush=True)
 
 
 def open_endpoint(args: argparse.Namespace) -> InferenceEndpoint | str:
@@ -354,6 +380,7 @@ def write_endpoint_file(state_dir: Path, endpoint: InferenceEndpoint, models: li
 
 def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
     """The local hub (one or more models) or the Greengrass component's environment (one model), one endpoint."""
+    from edgefleet_agent.capture import CaptureSinkError, LocalCaptureSink
     from edgefleet_agent.contract.errors import EdgefleetError
     from edgefleet_agent.contract.signing import load_public_key
     from edgefleet_agent.core import DeviceAgent
@@ -381,6 +408,7 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
         cache = SessionCache()
         providers = [p.strip() for p in args.providers.split(",") if p.strip()]
         root = trusted_root(args)
+        capture_dir = getattr(args, "capture_dir", None) if args.transport == "local" else None
         agents = [
             DeviceAgent(
                 args.device_id,
@@ -391,10 +419,11 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
                 execution_providers=providers,
                 session_cache=cache,
                 trust=trusted_metadata(args, root, m),
+                capture_sink=LocalCaptureSink(capture_dir, m, args.device_id) if capture_dir is not None else None,
             )
             for m in args.models
         ]
-    except (OSError, EdgefleetError) as exc:
+    except (OSError, EdgefleetError, CaptureSinkError) as exc:
         return fail(exc)
 
     endpoint: InferenceEndpoint | None = None

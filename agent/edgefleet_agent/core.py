@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Callable, Hashable, Iterable
 import numpy as np
 
 from edgefleet_agent import __version__
+from edgefleet_agent.capture import Capturer, CaptureSink
 from edgefleet_agent.contract.artifact import verify_artifact
+from edgefleet_agent.contract.capture import CaptureSpec
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes, version_key
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
@@ -58,7 +60,7 @@ from edgefleet_agent.serving import (
 )
 from edgefleet_agent.shadow import ShadowRunner
 from edgefleet_agent.store import Pointer, SlotRef, SlotStore, StoreError, pause_point
-from edgefleet_agent.telemetry import Window, read_output
+from edgefleet_agent.telemetry import Said, Window, read_output
 from edgefleet_agent.transports import Transport
 
 if TYPE_CHECKING:  # python-tuf loads only on a device given its TUF root (edgefleet_agent/trust.py)
@@ -125,11 +127,14 @@ class DeviceAgent:
         refuse_invalid_warmup: bool = False,
         clock: Callable[[], float] = time.time,
         trust: TrustedMetadata | None = None,
+        capture_sink: CaptureSink | None = None,
     ) -> None:
         """`durable=False` skips fsyncs and the state-directory lock: for simulated devices in one process only.
         `session_cache` shares sessions between agents of one process. `refuse_invalid_warmup` refuses a model
         whose warm-up output holds NaN/Inf; by default such a model is served and the ring's gate judges it.
-        `trust`: the store's TUF metadata (trust.py); with it, a new install must be a current signed target."""
+        `trust`: the store's TUF metadata (trust.py); with it, a new install must be a current signed target.
+        `capture_sink` is where this device may write captured samples (capture.py); without one, a desired state
+        that asks for capture captures nothing."""
         self.device_id = device_id
         self.model = model
         self.transport = transport
@@ -153,6 +158,8 @@ class DeviceAgent:
         self._trust = trust
         self._candidate: _Candidate | None = None  # the shadow
         self._candidate_refusal: _Refusal | None = None
+        self.capture = Capturer(device_id, model, self.store.root, capture_sink, clock)
+        self._capture_problem: str | None = None  # a capture setting this agent could not read
 
     # -- what is served -------------------------------------------------------------------------------
     @property
@@ -295,11 +302,25 @@ class DeviceAgent:
                 return False
             if self._trust is not None:
                 self._trust.poll()  # a frozen channel becomes "metadata stale since …"; serving goes on
+            self._sync_capture(desired)
             if desired is None:
                 shadow_changed = self._drop_candidate()
                 return self._unload() or shadow_changed
             changed = self._sync_served(desired)
             return self._sync_candidate(desired) or changed
+
+    def _sync_capture(self, desired: DesiredModel | None) -> None:
+        """Sample capture as the desired state says (off without it); a setting this agent cannot read turns it off."""
+        body = desired.capture if desired is not None else None
+        try:
+            spec = CaptureSpec.from_json(body)
+            problem = None
+        except EdgefleetError as exc:
+            spec, problem = None, f"capture setting refused: {exc.problem}"
+        if problem != self._capture_problem and problem is not None:
+            log.warning("%s: %s; capturing nothing", self.device_id, problem)
+        self._capture_problem = problem
+        self.capture.configure(spec, desired.rollout if desired is not None else "")
 
     def _retry(self, refusal: _Refusal | None, desired: DesiredModel) -> int | None:
         """The attempt number for `desired`, or None while a refusal of exactly it stands (or waits to be retried)."""
@@ -563,7 +584,7 @@ class DeviceAgent:
                 f"could not write {self.model} {manifest.version} under {self.store.root}: {exc.strerror or exc}", transient=True
             ) from None
         loaded, key = self._load(manifest, model_path)
-        runner = ShadowRunner(self.model, manifest.version, manifest.sha256, loaded)
+        runner = ShadowRunner(self.model, manifest.version, manifest.sha256, loaded, on_disagree=self._shadow_disagreed)
         candidate = _Candidate(wanted, SlotRef(slot, manifest.version, manifest.sha256), manifest, key, runner)
         with self._state_lock:
             runner.retarget(self._serving)
@@ -584,6 +605,31 @@ class DeviceAgent:
         log.info("%s: no longer shadowing %s %s", self.device_id, self.model, candidate.ref.version)
         self._clean_quietly()
         return True
+
+    def _shadow_disagreed(
+        self,
+        token: object,
+        feed: dict[str, np.ndarray],
+        names: list[str],
+        served: list[np.ndarray],
+        served_said: Said | None,
+        candidate_said: Said | None,
+    ) -> None:
+        """The shadow runner's hook (its thread): a disagreement, captured when the ring asks for it."""
+        candidate = self._candidate
+        if not self.capture.wants_disagreement() or candidate is None or not isinstance(token, _Serving):
+            return
+        self.capture.consider_disagreement(
+            token.ref.version,
+            token.ref.sha256,
+            feed,
+            names,
+            served,
+            served_said.top1 if served_said else None,
+            served_said.confidence if served_said else None,
+            candidate.ref.version,
+            candidate_said.top1 if candidate_said else None,
+        )
 
     @property
     def shadow_runner(self) -> ShadowRunner | None:
@@ -636,6 +682,8 @@ class DeviceAgent:
         candidate = self._candidate
         if candidate is not None:
             candidate.runner.offer(serving, feed, loaded.output_names, values, said, ms)
+        if said is not None and said.confidence is not None and self.capture.on:
+            self.capture.consider_request(ref.version, ref.sha256, feed, loaded.output_names, values, said.top1, said.confidence)
         return Prediction(self.model, ref.version, dict(zip(loaded.output_names, values, strict=True)), ms, invalid)
 
     def infer(self) -> bool:
@@ -665,8 +713,11 @@ class DeviceAgent:
         predictions = window.predictions()
         labelled = window.labelled_summary()
         shadow = candidate.runner.take() if candidate is not None else None
+        captured = self.capture.take()
         stale = self._trust.notice if self._trust is not None else None  # "metadata stale since …": serving goes on
         errors = [e for e in (refusal.reason if refusal else notice or stale,) if e]
+        if self._capture_problem is not None:
+            errors.append(self._capture_problem)
         if candidate_refusal is not None:
             errors.append(f"shadow candidate {self.model} {candidate_refusal.desired.version} refused: {candidate_refusal.reason}")
         return DeviceReport(
@@ -688,6 +739,8 @@ class DeviceAgent:
             predictions=predictions.to_json() if predictions else None,
             shadow=shadow.to_json() if shadow else None,
             labelled=labelled.to_json() if labelled else None,
+            captured=captured.captured,
+            capture_failed=captured.failed or None,
         )
 
     def report(self) -> None:

@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from time import perf_counter
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +27,10 @@ from edgefleet_agent.serving import LoadedModel
 from edgefleet_agent.telemetry import Said, Window, read_output
 
 log = logging.getLogger("edgefleet.agent.shadow")
+
+# Called on the candidate's thread for each compared request on which it disagreed: (token, feed, served output names,
+# served outputs, served Said, candidate Said). Sample capture uses it; its exceptions are logged, never raised.
+OnDisagree = Callable[[object, dict[str, np.ndarray], list[str], list[np.ndarray], "Said | None", "Said | None"], None]
 
 SHADOW_QUEUE = 4  # jobs waiting for the candidate at most
 SHADOW_QUEUE_BYTES = 64 << 20  # … and their inputs' bytes at most (one larger job is still taken when the queue is empty)
@@ -65,8 +70,10 @@ class ShadowRunner:
         loaded: LoadedModel,
         capacity: int = SHADOW_QUEUE,
         max_bytes: int = SHADOW_QUEUE_BYTES,
+        on_disagree: OnDisagree | None = None,
     ) -> None:
         self.label = label
+        self.on_disagree = on_disagree
         self.version = version
         self.sha256 = sha256
         self.loaded = loaded
@@ -147,8 +154,10 @@ class ShadowRunner:
             invalid = loaded.has_invalid(values)
             said = read_output(loaded.watch, values)
             agree = self._agrees(job, values, said)
+            current = True
             with self._cond:
-                if job.token is self._token:
+                current = job.token is self._token
+                if current:
                     t = self._tally
                     t.compared += 1
                     t.agree += agree
@@ -158,6 +167,11 @@ class ShadowRunner:
                     if said is not None:
                         t.said.add_said(said)
                 self._cond.notify_all()
+            if not agree and current and self.on_disagree is not None:
+                try:
+                    self.on_disagree(job.token, job.feed, job.served_names, job.served, job.served_said, said)
+                except Exception as exc:  # noqa: BLE001 - a capture problem never stops the comparison
+                    log.warning("%s: shadow %s: disagreement hook failed: %s", self.label, self.version, exc)
 
     def _agrees(self, job: _Job, values: list[np.ndarray], said: Said | None) -> bool:
         served_top1 = job.served_said.top1 if job.served_said is not None else None

@@ -30,7 +30,11 @@ from edgefleet_agent.contract.iotedge import (
     AGENT_FORMAT,
     CHUNK_KEY_RE,
     CHUNKED_FIELDS,
+    ENDPOINT_HOST_ENV,
+    ENDPOINT_PORT,
+    ENDPOINT_PORT_ENV,
     MAX_CHUNKS,
+    MODULE_LISTEN_HOST,
     TWIN_STRING_LIMIT,
     agent_desired,
     chunk_keys,
@@ -54,6 +58,7 @@ TAG_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 BAD_VALUE_RE = re.compile(r"['\\\x00-\x1f]")
 
 DEFAULT_CREATE_OPTIONS: dict[str, Any] = {
+    "ExposedPorts": {f"{ENDPOINT_PORT}/tcp": {}},  # to the IoT Edge network only: no PortBindings, no host port
     "HostConfig": {
         "Binds": ["edgefleet-models:/var/lib/edgefleet"],  # models survive container restarts and image updates
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
@@ -99,6 +104,8 @@ class AgentModule:
             "env": {
                 "EDGEFLEET_PLATFORM": {"value": "azure"},
                 "EDGEFLEET_AGENT_VERSION": {"value": self.agent_version},
+                ENDPOINT_HOST_ENV: {"value": MODULE_LISTEN_HOST},
+                ENDPOINT_PORT_ENV: {"value": str(ENDPOINT_PORT)},
                 **{k: {"value": v} for k, v in sorted(self.env.items())},
             },
         }
@@ -457,9 +464,19 @@ def check_manifest(modules_content: dict[str, Any], contract: bool = True) -> li
             problems.append(Problem(f"$edgeAgent {where}.settings.createOptions is not a string", fix))
             continue
         try:
-            json.loads("".join(parts))
+            options = json.loads("".join(parts))
         except ValueError as e:
             problems.append(Problem(f"$edgeAgent {where}.settings.createOptions is not JSON ({e})", fix))
+            continue
+        bound = ((options.get("HostConfig") or {}).get("PortBindings") or {}) if isinstance(options, dict) else {}
+        if where == f"modules.{AGENT_MODULE}" and f"{ENDPOINT_PORT}/tcp" in bound:
+            problems.append(
+                Problem(
+                    f"$edgeAgent {where}.settings.createOptions binds the agent's inference port {ENDPOINT_PORT} to a host port: "
+                    "the endpoint answers unauthenticated requests and must be reachable only by the device's modules",
+                    f"remove HostConfig.PortBindings['{ENDPOINT_PORT}/tcp']; modules call http://{AGENT_MODULE}:{ENDPOINT_PORT}/v2/...",
+                )
+            )
     problems += twin_problems(modules_content)
     if not contract:
         return problems

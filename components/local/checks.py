@@ -5,13 +5,15 @@
 - every ring selects at least one device (a ring of none would wait for its deadline and fail a version no device
   ever ran);
 - two rollouts of one model never reach the same device (the second would set a version the first's gates never
-  judged, on devices the first one's rollback would not cover).
+  judged, on devices the first one's rollback would not cover);
+- a declared capture store (`edgefleet:capture.store`) is a directory of its own, never the model store.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from components.local.captures import store_problems
 from components.local.fleet import local_devices
 from components.rollout.membership import Device, ring_members
 from components.stack import PROJECT, Problem
@@ -19,6 +21,9 @@ from edgefleet_agent.contract.errors import ConfigError
 
 
 def check_stack(cfg: Any) -> list[Problem]:
+    out = store_problems(cfg)
+    if out:
+        return out
     try:
         devices = local_devices(cfg)
     except ConfigError as exc:

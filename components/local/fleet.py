@@ -240,6 +240,7 @@ class LocalFleet:
     metadata_url: str | None = None
     metadata_refresh_seconds: float = 60.0
     traffic: dict[str, Traffic] = field(default_factory=dict)  # per model; a model without it gets synthetic inputs
+    captures_root: Path | None = None  # the declared capture store (edgefleet:capture.store); None: devices capture nothing
 
     def __post_init__(self) -> None:
         self.devices = self.devices or local_devices(self.cfg)
@@ -353,6 +354,8 @@ class LocalFleet:
         if root is not None and self.metadata_url is not None:
             cmd += ["--trusted-root", str(root), "--metadata-url", self.metadata_url]
             cmd += ["--metadata-refresh-seconds", str(self.metadata_refresh_seconds)]
+        if self.captures_root is not None:
+            cmd += ["--capture-dir", str(self.captures_root)]
         env = dict(os.environ)
         if self._spawner is None:
             self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgefleet-agent-spawner")
@@ -436,6 +439,7 @@ class LocalFleet:
         between them a 50 ms check for desired-state changes so a ring's devices react at once."""
         import onnxruntime
 
+        from edgefleet_agent.capture import LocalCaptureSink
         from edgefleet_agent.core import DeviceAgent
         from edgefleet_agent.serving import NotReady, RequestError, SessionCache
         from edgefleet_agent.trust import TrustedMetadata
@@ -475,6 +479,7 @@ class LocalFleet:
                     durable=False,
                     session_cache=cache,
                     trust=trust,
+                    capture_sink=LocalCaptureSink(self.captures_root, model, d.id, durable=False) if self.captures_root else None,
                 )
                 agent.start()
                 agents[(d.id, model)] = agent

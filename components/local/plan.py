@@ -52,7 +52,8 @@ def ring_plans(
         taken.update(members[r.name])
         rest = tuple(d for d in in_rollout if d not in taken)
         control = (RingTarget(rollout.name, CONTROL_RING, len(rings), rest),) if rest else ()
-        out.append(RingPlan(RingTarget(rollout=rollout.name, ring=r.name, index=i, selector=tuple(members[r.name])), r.gate, control))
+        target = RingTarget(rollout=rollout.name, ring=r.name, index=i, selector=tuple(members[r.name]))
+        out.append(RingPlan(target, r.gate, control, capture=r.capture.spec() if r.capture else None))
     if complete and rollout.control_holdback > 0:
         held = tuple(control_members(rollout.name, rings, groups, devices, rollout.control_holdback))
         out.append(RingPlan(RingTarget(rollout.name, CONTROL_RING, len(rings), held), follower_gate(rings[-1].gate)))

@@ -62,11 +62,13 @@ class Traffic:
         return cls(model, dataset, labelled_share, [{dataset.input: np.ascontiguousarray(fed[i : i + 1])} for i in range(len(fed))])
 
     def request(self, device_id: str, n: int) -> tuple[dict[str, np.ndarray], int | None]:
-        """The `n`-th request of `device_id`: devices start at different frames (by their id), so a ring of a few
-        devices still sends the whole set; the label goes with request n when ⌊(n+1)·share⌋ > ⌊n·share⌋."""
-        i = (zlib.crc32(device_id.encode()) + n) % len(self.feeds)
+        """The `n`-th request of `device_id`. Devices start at different places (by their id), in the set and in
+        the labelling cycle, so a ring of a few devices sends the whole set and any moment's requests carry the declared
+        share of labels; request k of that cycle carries its label when ⌊(k+1)·share⌋ > ⌊k·share⌋."""
+        k = zlib.crc32(device_id.encode()) + n
+        i = k % len(self.feeds)
         share = self.labelled_share
-        label = int(self.dataset.labels[i]) if math.floor((n + 1) * share) > math.floor(n * share) else None
+        label = int(self.dataset.labels[i]) if math.floor((k + 1) * share) > math.floor(k * share) else None
         return self.feeds[i], label
 
     def count(self, label: int | None, refused: bool) -> None:

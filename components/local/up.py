@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from components.local.captures import store_root
 from components.local.fleet import LocalFleet, exclusive, local_devices, lock_path, register
 from components.local.hub import LocalHub
 from components.local.plan import decide, engine_for
@@ -256,6 +257,7 @@ def _up(
         metadata_url=repo.storage.url,
         metadata_refresh_seconds=cfg.trust.device_refresh_seconds,
         traffic=traffic,
+        captures_root=store_root(cfg, project_dir),
     )
 
     fresh_until = [time.time() + expiry_of(cfg).timestamp.total_seconds() / 2]
@@ -425,6 +427,7 @@ def serve(
         metadata_url=repo.storage.url,
         metadata_refresh_seconds=cfg.trust.device_refresh_seconds,
         traffic=traffic,
+        captures_root=store_root(cfg, project_dir),
     )
     with fleet:
         if on_ready is not None:

@@ -46,6 +46,7 @@ from components.rollout.progress import (
 from components.rollout.quality import QualityContext, needs_control
 from components.rollout.spec import GateConfig
 from components.rollout.types import RingTarget
+from edgefleet_agent.contract.capture import CaptureSpec
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.state import DesiredModel
 
@@ -60,6 +61,7 @@ class RingPlan:
     target: RingTarget
     gate: GateConfig
     control: tuple[RingTarget, ...] = ()  # where devices still on the previous version are: its quality's control group
+    capture: CaptureSpec | None = None  # opt-in sample capture on the ring's devices, carried by its desired state
 
     @property
     def name(self) -> str:
@@ -102,12 +104,18 @@ class RolloutPlan:
     def phase_desired(self, phase: RingPhase) -> DesiredModel:
         return self.shadow_desired() if phase == RingPhase.SHADOW else self.desired
 
+    def ring_phase_desired(self, ring: RingPlan, phase: RingPhase) -> DesiredModel:
+        """A ring's desired state in `phase`: the phase's, with the ring's capture setting when it declares one (a ring
+        without capture gets exactly the phase's desired state)."""
+        desired = self.phase_desired(phase)
+        return desired if ring.capture is None else replace(desired, capture=ring.capture.to_json())
+
     def ring_desired(self, ring: RingPlan, record: RingRecord | None) -> DesiredModel:
         """What `ring` is set to in its current phase, or in its first one while its record is still pending: a
         platform that sets rings itself (a Pulumi ring deployment) must never serve a candidate the ring shadows first."""
         if record is None or record["state"] == RingState.PENDING:
-            return self.phase_desired(RingPhase.SHADOW if self.shadows(ring) else RingPhase.SERVE)
-        return self.phase_desired(phase_of(record))
+            return self.ring_phase_desired(ring, RingPhase.SHADOW if self.shadows(ring) else RingPhase.SERVE)
+        return self.ring_phase_desired(ring, phase_of(record))
 
 
 RollbackAuthorizer = Callable[[DesiredModel, DesiredModel, str], DesiredModel]  # (last good, failed, reason) -> signed rollback
@@ -235,7 +243,7 @@ class RolloutEngine:
             self._save(plan, progress)  # intent first: a kill after this point resumes into the check below
             return True
         phase = phase_of(ring_state)
-        want = plan.phase_desired(phase)
+        want = plan.ring_phase_desired(ring, phase)
         if ring_state["state"] == RingState.DEPLOYING:
             shadowing = {"shadow": plan.desired.version} if phase == RingPhase.SHADOW else {}
             if self.hub.desired(ring.target) != want:

@@ -159,8 +159,8 @@ def evaluate(
             )
         elif soaked:
             why = (
-                f"deadline {gate.deadline_seconds:.0f}s passed with quality criteria short of samples in the devices' latest "
-                f"report windows ({'; '.join(short)}): a quality gate never passes on silence"
+                f"deadline {gate.deadline_seconds:.0f}s passed with quality criteria short of samples in what the devices "
+                f"reported ({'; '.join(short)}): a quality gate never passes on silence"
             )
         elif met:
             why = f"deadline {gate.deadline_seconds:.0f}s passed before the {soak_for:.0f}s {'shadow soak' if shadow else 'soak'} completed"

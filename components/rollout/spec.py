@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
+from edgefleet_agent.contract.capture import DEFAULT_MAX_SAMPLE_BYTES, MAX_PER_DAY_LIMIT, MAX_SAMPLE_BYTES_LIMIT, CaptureSpec
 from edgefleet_agent.contract.manifest import NAME_RE, HardwareProfile
 
 Name = Annotated[str, Field(pattern=NAME_RE)]
@@ -93,6 +94,36 @@ def follower_gate(gate: GateConfig) -> GateConfig:
     return gate.model_copy(update={**{k: None for k in QUALITY_CRITERIA}, "shadow_soak_seconds": None})
 
 
+class CaptureConfig(Strict):
+    """Sample capture on a ring's devices (opt-in; docs/capture.md): requests the model was unsure about, or on which a
+    shadowed candidate disagreed, kept with their predictions for labelling and retraining. The stack must declare
+    where captured data may go (`edgefleet:capture`); the policy `capture-destination-declared` refuses it otherwise."""
+
+    low_confidence_below: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="capture a request whose top-1 confidence (a classifier's, in any row) is below this"
+    )
+    on_shadow_disagreement: bool = Field(
+        default=False, description="capture a request on which the shadowed candidate's top-1 class differs from the served model's"
+    )
+    max_per_device_per_day: int = Field(
+        default=100, ge=1, le=MAX_PER_DAY_LIMIT, description="at most this many captures per device per UTC day (kept across restarts)"
+    )
+    min_seconds_between: float = Field(default=60.0, ge=0, allow_inf_nan=False, description="rate limit: seconds between two captures")
+    max_sample_bytes: int = Field(
+        default=DEFAULT_MAX_SAMPLE_BYTES, ge=1, le=MAX_SAMPLE_BYTES_LIMIT, description="requests whose inputs are larger are not captured"
+    )
+
+    @model_validator(mode="after")
+    def _has_criterion(self) -> "CaptureConfig":
+        if self.low_confidence_below is None and not self.on_shadow_disagreement:
+            raise ValueError("capture needs a criterion: set low_confidence_below, on_shadow_disagreement, or both")
+        return self
+
+    def spec(self) -> CaptureSpec:
+        """The contract's form, what the ring's desired state carries."""
+        return CaptureSpec(**self.model_dump())
+
+
 class RingConfig(Strict):
     """A step of a rollout: which devices of a group, and the gate they must pass before the next ring.
 
@@ -105,6 +136,15 @@ class RingConfig(Strict):
     percent: Annotated[float, Field(gt=0, le=100)] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     gate: GateConfig = GateConfig()
+    capture: CaptureConfig | None = None  # opt-in sample capture on this ring's devices; None: off
+
+    @model_serializer(mode="wrap")
+    def _capture_unset_unwritten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A ring without capture serializes (resource inputs, records) exactly as before capture existed."""
+        body: dict[str, Any] = handler(self)
+        if body.get("capture", 0) is None:
+            del body["capture"]
+        return body
 
 
 class RolloutConfig(Strict):

@@ -7,7 +7,10 @@
 3. 1.2.0, a valid ONNX model whose outputs are all NaN: `--dataset` refuses to measure it, so it is added
    with a declared (typed-in) accuracy, which the local sandbox stack allows; the canary gate fails on
    invalid outputs, the canary is rolled back to 1.1.0 under a signed rollback order, and no device
-   outside the canary ever receives 1.2.0.
+   outside the canary ever receives 1.2.0;
+4. 1.3.0, a valid, fast model that ignores its input (always one class), added with a typed-in accuracy of 0.99:
+   health gates would pass it; the canary shadows it on the cameras' frames (edgefleet:local.traffic), its answers
+   agree with 1.1.0's on about a third of them, and no device ever serves it.
 Then prints the timeline and writes a picture of it.
 """
 
@@ -154,10 +157,10 @@ def _run_demo(src: Path, work: Path, devices: int, legacy: bool = False) -> None
     samples = src / "models" / "samples"
     metrics = json.loads((samples / "metrics.json").read_text())
     _prepare(src, work, devices, legacy)
-    console.rule(f"[bold]1/3 roll out detector 1.0.0 to {devices} devices")
+    console.rule(f"[bold]1/4 roll out detector 1.0.0 to {devices} devices")
     notes: list[str] = []
     results = run_up(work, "local", as_json=False)
-    console.rule("[bold]2/3 edgefleet model add detector 1.1.0 --dataset (accuracy measured) and roll it out")
+    console.rule("[bold]2/4 edgefleet model add detector 1.1.0 --dataset (accuracy measured) and roll it out")
     m = metrics["1.1.0"]
     added = add_version(work / "models" / "detector", samples / m["file"], "1.1.0", dataset=work / EVAL_SET)
     ev = added.manifest.evaluation
@@ -170,7 +173,7 @@ def _run_demo(src: Path, work: Path, devices: int, legacy: bool = False) -> None
     results += run_up(work, "local", as_json=False, on_fleet=lambda fleet: _kill_one_agent_later(fleet, 3.0, notes))
     for n in notes:
         console.print(f"  fault: {n}")
-    console.rule("[bold]3/3 edgefleet model add detector 1.2.0 (NaN outputs) and try to roll it out")
+    console.rule("[bold]3/4 edgefleet model add detector 1.2.0 (NaN outputs) and try to roll it out")
     m = metrics["1.2.0"]
     try:
         add_version(work / "models" / "detector", samples / m["file"], "1.2.0", dataset=work / EVAL_SET)
@@ -186,6 +189,14 @@ def _run_demo(src: Path, work: Path, devices: int, legacy: bool = False) -> None
         metrics=[parse_metric(f"accuracy={metrics['1.1.0']['accuracy']}@{m['dataset']}", set())],
     )
     results += run_up(work, "local", as_json=False)
+    console.rule("[bold]4/4 edgefleet model add detector 1.3.0 (ignores its input, accuracy typed in as 0.99) and try to roll it out")
+    m = metrics["1.3.0"]
+    add_version(work / "models" / "detector", samples / m["file"], "1.3.0", metrics=[parse_metric(f"accuracy=0.99@{m['dataset']}", set())])
+    console.print(
+        f"  measured on the pinned set it would score {m['accuracy']}; declared, only what it answers on the cameras' frames can stop it",
+        highlight=False,
+    )
+    results += run_up(work, "local", as_json=False)
     console.rule("[bold]outcome")
     for o in results:
         console.print(outcome_line(o), highlight=False)
@@ -198,9 +209,11 @@ def _run_demo(src: Path, work: Path, devices: int, legacy: bool = False) -> None
     console.print(
         f"\n1.2.0 was ever served by {contained['ever_served']} device(s), all in the canary: {contained['outside_canary'] == []}"
     )
+    blind = containment(work, "detector", "1.3.0", canary="canary")
+    console.print(f"1.3.0 was ever served by {blind['ever_served']} device(s)")
     console.print(f"picture: {png}")
-    expected = ["succeeded", "succeeded", "rolled_back"]
-    if [o.status for o in results] != expected or contained["outside_canary"]:
+    expected = ["succeeded", "succeeded", "rolled_back", "rolled_back"]
+    if [o.status for o in results] != expected or contained["outside_canary"] or blind["ever_served"]:
         raise EdgefleetError(
             "edgefleet demo",
             f"the story did not go as expected: {[o.status for o in results]} (expected {expected})",

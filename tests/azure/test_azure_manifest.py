@@ -101,6 +101,32 @@ def test_the_agent_module_carries_image_create_options_restart_policy_and_the_mo
     assert mf.desired_from_agent(model) == desired  # what the agent reads back is what was signed
 
 
+def test_the_agent_serves_other_modules_on_the_iot_edge_network_and_no_host_port(signer, edge_schemas):
+    """Applications are other modules: they reach the agent by module name on Docker's azure-iot-edge network. A host
+    port would put an unauthenticated inference endpoint on the device's LAN."""
+    module = base(signer)["$edgeAgent"]["properties.desired"]["modules"][mf.AGENT_MODULE]
+    options = json.loads(module["settings"]["createOptions"])
+    assert options["ExposedPorts"] == {"8000/tcp": {}} and "PortBindings" not in options["HostConfig"]
+    assert (module["env"]["EDGEFLEET_AGENT_HOST"], module["env"]["EDGEFLEET_AGENT_PORT"]) == ({"value": "0.0.0.0"}, {"value": "8000"})
+    from edgefleet_agent.__main__ import parse_command
+
+    env = {k: v["value"] for k, v in module["env"].items()}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {**env, "IOTEDGE_DEVICEID": "cam-1"}.items():  # IoT Edge sets the device id in every module
+            mp.setenv(k, v)
+        args = parse_command(["--transport", "iotedge", "--state-dir", "/var/lib/edgefleet"])
+    assert (args.host, args.port) == ("0.0.0.0", 8000), "the agent the module runs must listen where the manifest says"
+
+    exposed = mf.AgentModule(
+        image=AGENT.image,
+        agent_version="0.1.0",
+        create_options={**mf.DEFAULT_CREATE_OPTIONS, "HostConfig": {"PortBindings": {"8000/tcp": [{"HostPort": "8000"}]}}},
+    )
+    problems = mf.check_manifest(base(signer, agent=exposed))
+    assert [p for p in problems if "host port" in str(p)], problems
+    assert vendor_errors(edge_schemas, base(signer, agent=exposed)) == [], "the vendor schema allows it: only our check refuses"
+
+
 def test_layers_use_path_keys_so_iot_hub_classifies_them_as_layered(desired):
     layer = mf.ring_layer(agent=AGENT, agent_schema="1.1", desired=desired, ring_key="detector.canary")
     for module, parts in layer.items():

@@ -39,6 +39,12 @@ def test_the_declared_share_of_requests_carries_the_true_label(share):
     assert all(by_frame[inputs["image"].tobytes()] == label for inputs, label in labelled), "a label sent with another frame"
 
 
+def test_a_fleet_that_sent_few_requests_each_still_sends_the_declared_share_of_labels():
+    t = traffic_of(0.25)
+    firsts = [t.request(f"cam-{i:04d}", n)[1] for i in range(400) for n in range(2)]
+    assert 0.2 < sum(label is not None for label in firsts) / len(firsts) < 0.3
+
+
 def test_requests_are_the_sets_frames_as_the_model_takes_them_and_devices_start_apart():
     t = traffic_of(0.25)
     inputs, _ = t.request("cam-0000", 0)

@@ -30,6 +30,11 @@ CHUNKED_FIELDS = ("manifest", "signature")  # model entry strings split like cre
 MAX_CHUNKS = 100  # `name`, then `name01` … `name99`: IoT Edge's two-digit suffixes
 CHUNK_KEY_RE = re.compile(rf"^({'|'.join(CHUNKED_FIELDS)})(0[1-9]|[1-9][0-9])$")
 REDACTED = "<redacted>"
+# Where the module serves the device's other modules: inside the IoT Edge network (Docker's bridge network
+# azure-iot-edge), reached by module name, never on a host port: http://edgefleet-agent:8000/v2/...
+ENDPOINT_HOST_ENV, ENDPOINT_PORT_ENV = "EDGEFLEET_AGENT_HOST", "EDGEFLEET_AGENT_PORT"
+MODULE_LISTEN_HOST = "0.0.0.0"  # the module's own network namespace: its interfaces face only the IoT Edge network
+ENDPOINT_PORT = 8000
 
 
 class ReportedEntry(TypedDict):

@@ -30,7 +30,7 @@ def _unwritten_defaults(body: dict[str, Any]) -> dict[str, Any]:
     gets exactly the bytes it always read."""
     if body.get("format") == 1:
         del body["format"]
-    for name in ("shadow", "capture"):
+    for name in ("shadow", "capture", "capture_failed"):
         if name in body and body[name] is None:
             del body[name]
     if isinstance(body.get("shadow"), dict):
@@ -122,7 +122,8 @@ class DeviceReport:
     predictions: dict[str, Any] | None = None  # Predictions of the served model
     shadow: dict[str, Any] | None = None  # Shadow: the candidate beside it
     labelled: dict[str, Any] | None = None  # Labelled: requests that carried the true class
-    captured: int = 0  # samples captured in the window (opt-in)
+    captured: int = 0  # samples captured in the window (opt-in, docs/capture.md)
+    capture_failed: int | None = None  # captures whose write failed in the window; written only when some did
     format: int = REPORT_FORMAT
 
     def to_json(self) -> str:
