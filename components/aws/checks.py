@@ -174,16 +174,11 @@ def check_aws_recipes(cfg: StackConfig, project_dir: Path, stack: str) -> list[t
         if manifest.name not in shipped:
             continue
         text = mdir.manifest_bytes().decode("utf-8")
-        model_c, agent_c = naming.model_component(manifest.name), naming.agent_component(manifest.name)
+        model_c, agent_c = naming.model_component(manifest.name), naming.agent_component
         uri = f"s3://{'b' * 63}/{model_key(manifest.name, manifest.sha256)}"
         for what, recipe in (
-            ("model", model_recipe(model_c, manifest, text, signature, uri)),
-            (
-                "agent",
-                agent_recipe(
-                    agent_c, cfg.aws.agent_version, manifest.name, model_c, image, cfg.aws.metric_namespace, standin_public_key_pem()
-                ),
-            ),
+            ("model", model_recipe(model_c, manifest, text, signature, uri, agent_c, cfg.aws.agent_version)),
+            ("agent", agent_recipe(agent_c, cfg.aws.agent_version, image, cfg.aws.metric_namespace, standin_public_key_pem())),
         ):
             errors = recipe_errors(recipe)
             if errors:
