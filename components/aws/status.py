@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from components.aws.plan import MAX_QUERY_TERMS, Naming, query_terms
-from components.rollout.status import gap, latest_record, ring_row, rollout_row
+from components.rollout.status import CloudError, gap, latest_record, ring_row, rollout_row
 from edgefleet_agent.contract import greengrass as gg
-from edgefleet_agent.contract.errors import EdgefleetError, FaultError
+from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
 
 GATE_TYPE = "pulumi-python:dynamic/edgefleet-aws:RingGate"
@@ -145,14 +145,6 @@ def classify(exc: BaseException, operation: str) -> Cause:
     )
 
 
-class CloudError(FaultError):
-    """A cloud that could not be reached or would not answer. `kind` is Cause.kind."""
-
-    def __init__(self, where: str, cause: Cause) -> None:
-        super().__init__(where, cause.problem, cause.fix)
-        self.kind = cause.kind
-
-
 @dataclass
 class Caller:
     """Calls one AWS operation with bounded retries (full-jitter exponential backoff), counting every request."""
@@ -173,7 +165,7 @@ class Caller:
                 if cause.retry and attempt + 1 < self.attempts:
                     self.sleep(random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt)))
                     continue
-                raise CloudError(where, cause) from None
+                raise CloudError(where, cause.problem, cause.fix, cause.kind) from None
         raise AssertionError("unreachable")
 
     @property

@@ -27,8 +27,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from edgefleet_agent.contract.errors import FaultError
+
 FORMAT = 1  # the `--json` document's format; additions keep it, a removal or rename would need a new one
 DRIFT_NAMES = 20
+
+
+class CloudError(FaultError):
+    """A cloud that could not be reached or would not answer: `kind` is credentials, expired, invalid, denied, throttled,
+    unavailable, unreachable or failed. A FaultError, so the CLI exits 5 (README, "Exit codes")."""
+
+    def __init__(self, where: str, problem: str, fix: str | None, kind: str) -> None:
+        super().__init__(where, problem, fix)
+        self.kind = kind
 
 
 def sorted_versions(counts: Mapping[str | None, int]) -> dict[str | None, int]:
