@@ -15,6 +15,7 @@ BENCHMARKS = [
     ("rollout", ["rollout_bench.py", "--runs", "3"]),  # 1,000-device rollout: time beyond the soaks
     ("install", ["install_bench.py"]),  # device install (agent, per extra) vs the full install: size, imports
     ("serving", ["serving_bench.py"]),  # inference endpoint vs in-process session.run, telemetry cost, shadow cost
+    ("status", ["status_bench.py"]),  # `edgefleet status` on AWS/Azure doubles at 1,000 and 10,000 devices: requests, wall time
 ]
 
 
