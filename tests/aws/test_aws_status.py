@@ -314,3 +314,15 @@ def test_json_keys_partial_exit_and_watch_as_json_lines(monkeypatch, capsys):
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and len(lines) == 3 and sleeps == [2.0, 2.0, 2.0], "Ctrl-C ends the watch cleanly"
     assert [d["rings"][0]["reported"] for d in lines] == [{"1.0.0": 5}] * 3 and not lines[0]["partial"]
+
+
+def test_fleet_indexing_takes_at_most_ten_status_shadows_so_the_stack_check_refuses_more_models():
+    from components.aws.checks import check_stack
+    from components.aws.platform import status_shadow_names
+
+    cfg, _ = load_stack(PROJECT, STACK)
+    assert status_shadow_names(cfg) == ("edgefleet-detector",)
+    many = cfg.model_copy(update={"rollouts": [r.model_copy(update={"model": f"m{i:02d}"}) for r in cfg.rollouts for i in range(11)]})
+    problems = [p for p in check_stack(many) if "named shadows" in p[1]]
+    assert len(problems) == 1 and problems[0][0] == "edgefleet:rollouts" and "at most 10" in problems[0][2]
+    assert len(status_shadow_names(many)) == 10
