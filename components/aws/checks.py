@@ -26,6 +26,16 @@ def check_stack(cfg: StackConfig) -> list[tuple[str, str, str]]:
         return []
     out: list[tuple[str, str, str]] = []
     on_aws = aws_groups(cfg)
+    shipped = sorted({r.model for r in cfg.rollouts if any(ring.group in on_aws for ring in r.rings)})
+    if len(shipped) > 10 and cfg.aws.manage_fleet_indexing:
+        out.append(
+            (
+                "edgefleet:rollouts",
+                f"{len(shipped)} models are rolled out on AWS, but fleet indexing indexes at most 10 named shadows, and "
+                "`edgefleet status` counts devices per version through each model's status shadow (edgefleet-<model>)",
+                "split the models over two stacks of separate accounts or regions, or ship at most 10 models per stack",
+            )
+        )
     groups = {g.name: g for g in cfg.groups}
     for i, g in enumerate(cfg.groups):
         if g.name not in on_aws:

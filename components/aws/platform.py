@@ -56,7 +56,7 @@ import pulumi_aws as aws
 import pulumi_aws_native as aws_native
 
 from components.aws import providers
-from components.aws.checks import check_aws_recipes
+from components.aws.checks import aws_groups, check_aws_recipes
 from components.aws.config import AwsConfig
 from components.aws.plan import (
     SEARCHABLE_ATTRIBUTES,
@@ -104,6 +104,16 @@ from edgefleet_agent.contract.manifest import ModelManifest
 FLEET_TYPE = "edgefleet:aws:Fleet"
 
 
+MAX_INDEXED_SHADOWS = 10  # fleet indexing's filter takes at most 10 named shadows
+
+
+def status_shadow_names(stack: Any) -> tuple[str, ...]:
+    """The status shadows fleet indexing must index: one per model rolled out on AWS, sorted (stable inputs)."""
+    on_aws = aws_groups(stack)
+    models = {r.model for r in stack.rollouts if any(ring.group in on_aws for ring in r.rings)}
+    return tuple(sorted(gg.status_shadow(m) for m in models))[:MAX_INDEXED_SHADOWS]
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=False)
 
@@ -136,11 +146,23 @@ class GreengrassFleet(pulumi.ComponentResource):
         if aws_cfg.manage_fleet_indexing:
             # Dynamic thing groups are fleet-indexing queries: REGISTRY mode indexes thingTypeName, attributes and
             # thingGroupNames, everything the ring queries use. Account- and region-wide: one stack should own it.
+            # The agents' status shadows (`edgefleet-<model>`, contract/greengrass.py) are indexed too, their version as
+            # a custom field, so `edgefleet status` counts a ring's devices per version in one aggregation.
+            shadows = status_shadow_names(p.stack)
             self.indexing = aws.iot.IndexingConfiguration(
                 f"{name}-fleet-indexing",
                 thing_indexing_configuration={
                     "thing_indexing_mode": "REGISTRY",
                     "thing_connectivity_indexing_mode": "STATUS",
+                    **(
+                        {
+                            "named_shadow_indexing_mode": "ON",
+                            "filter": {"named_shadow_names": list(shadows)},
+                            "custom_fields": [{"name": f"shadow.name.{s}.reported.version", "type": "String"} for s in shadows],
+                        }
+                        if shadows
+                        else {}
+                    ),
                 },
                 opts=p.opts(self),
             )

@@ -548,3 +548,45 @@ def test_help_names_the_transports_and_exit_codes():
         "--install-only",
     ):
         assert text in proc.stdout
+
+
+# -- the status shadow ---------------------------------------------------------------------------------------------------
+def test_the_status_shadow_is_written_on_change_and_heartbeat_only_and_matches_the_iot_data_model(aws_offline, caplog):
+    import boto3
+    from botocore.stub import ANY, Stubber
+
+    from edgefleet_agent.contract.greengrass import STATUS_SHADOW_HEARTBEAT, status_shadow, status_shadow_field
+    from edgefleet_agent.transports.greengrass import StatusShadow
+
+    client = boto3.client("iot-data", region_name=REGION, endpoint_url="https://example-ats.iot.eu-west-1.amazonaws.com")
+    stub = Stubber(client)
+    now = [1000.0]
+    shadow = StatusShadow(MODEL, "detector@1.1.0+x", "canary", client=client, clock=lambda: now[0])
+    sent: list[dict] = []
+    client.meta.events.register(
+        "provide-client-params.iot-data.UpdateThingShadow", lambda params, **_: sent.append(json.loads(params["payload"]))
+    )
+    for _ in range(3):  # first report, a change of version, the heartbeat
+        stub.add_response(
+            "update_thing_shadow", {"payload": b"{}"}, {"thingName": "thing-1", "shadowName": f"edgefleet-{MODEL}", "payload": ANY}
+        )
+    with stub:
+        assert shadow.publish(_report("1.0.0"))
+        now[0] += 60
+        assert shadow.publish(_report("1.0.0")), "unchanged and fresh: nothing sent"
+        assert shadow.publish(_report("1.1.0"))
+        now[0] += STATUS_SHADOW_HEARTBEAT
+        assert shadow.publish(_report("1.1.0"))
+    stub.assert_no_pending_responses()
+    assert [d["state"]["reported"]["version"] for d in sent] == ["1.0.0", "1.1.0", "1.1.0"]
+    assert set(sent[0]["state"]) == {"reported"} and len(json.dumps(sent[0])) < 1024, "reported only, small"
+    assert sent[0]["state"]["reported"]["ring"] == "canary" and sent[0]["state"]["reported"]["rollout"] == "detector@1.1.0+x"
+    assert status_shadow_field(MODEL, "version") == f"shadow.name.{status_shadow(MODEL)}.reported.version"
+
+    class Down:
+        def update_thing_shadow(self, **_):
+            raise ConnectionError("no route")
+
+    assert StatusShadow(MODEL, "r", "canary", client=Down()).publish(_report("1.0.0")) is False
+    assert "status shadow edgefleet-detector not updated" in caplog.text
+    assert StatusShadow(MODEL, "r", "canary").publish(_report("1.0.0")) is False, "off Greengrass without a client: nothing"

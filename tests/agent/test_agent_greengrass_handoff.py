@@ -202,3 +202,31 @@ def test_an_incomplete_handoff_is_not_a_desired_state(tmp_path, broken):
         (model_dir / CURRENT).write_text("d-123\n")
     transport = HandoffTransport(tmp_path, "")
     assert transport.refresh() == set() and transport.desired("thing-1", MODEL) is None
+
+
+def test_each_handed_over_model_keeps_its_status_shadow_under_its_own_deployment(tmp_path, keys, v110):
+    """`edgefleet status` counts a ring's devices per version from the agents' status shadows: the one agent of a
+    device keeps one per model, with the rollout and ring its model component handed over."""
+    from edgefleet_agent.contract.state import DeviceReport
+
+    work = tmp_path / "work"
+    assert finish_sync(startup(v110, work, tmp_path / "a"), work, keys) is not None
+
+    class Shadows:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, str, dict]] = []
+
+        def update_thing_shadow(self, thingName: str, shadowName: str, payload: bytes) -> dict:
+            self.sent.append((thingName, shadowName, json.loads(payload)))
+            return {}
+
+    client = Shadows()
+    transport = HandoffTransport(work, "", shadow_client=client)
+    assert transport.refresh() == {MODEL}
+    handoff = transport.handoff(MODEL)
+    assert handoff is not None
+    transport.report(DeviceReport("thing-1", MODEL, "1.1.0", v110.sha256, "ok"))
+    [(thing, name, doc)] = client.sent
+    reported = doc["state"]["reported"]
+    assert (thing, name) == ("thing-1", f"edgefleet-{MODEL}")
+    assert (reported["version"], reported["ring"], reported["rollout"]) == ("1.1.0", handoff.ring, handoff.desired.rollout)

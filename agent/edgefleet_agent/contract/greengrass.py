@@ -95,3 +95,32 @@ SHADOW_COUNT_METRICS = (("ShadowCompared", "compared"), ("ShadowAgree", "agree")
 SHADOW_LATENCY_METRIC = "ShadowLatencyMs"  # the candidate's, on the shadowed requests; dimension Candidate
 SHADOW_SERVED_LATENCY_METRIC = "ShadowServedLatencyMs"  # the served model's, on the same requests; dimension Candidate
 LABELLED_METRICS = (("LabelledRequests", "n"), ("LabelledCorrect", "correct"))
+
+# The status shadow: a named shadow per model on the device's thing, `edgefleet-<model>`, that the agent updates
+# (iot-data UpdateThingShadow, with the token exchange service's credentials) when what it serves or its status
+# changes, and at most every STATUS_SHADOW_HEARTBEAT seconds otherwise. It holds only STATUS_SHADOW_FIELDS (well under
+# 1 KB), so fleet indexing can count a ring's devices per reported version in one GetBucketsAggregation call
+# (`shadow.name.edgefleet-<model>.reported.version`, a custom field of the stack's indexing configuration) instead of
+# one call per device. Fields: version and sha256 served (null: nothing verified), status (the report's), rollout and
+# ring (the deployment's, as the agent received them), at (epoch seconds of the report).
+STATUS_SHADOW_PREFIX = "edgefleet-"
+STATUS_SHADOW_FIELDS = ("version", "sha256", "status", "rollout", "ring", "at")
+STATUS_SHADOW_HEARTBEAT = 3600
+
+
+def status_shadow(model: str) -> str:
+    """The named shadow an agent serving `model` keeps (shadow names: [a-zA-Z0-9:_-], at most 64 characters)."""
+    return f"{STATUS_SHADOW_PREFIX}{model}"[:64]
+
+
+def status_shadow_field(model: str, field: str) -> str:
+    """A status shadow field as fleet indexing names it."""
+    return f"shadow.name.{status_shadow(model)}.reported.{field}"
+
+
+def status_shadow_document(
+    version: str | None, sha256: str | None, status: str, rollout: str, ring: str, at: float
+) -> dict[str, dict[str, dict[str, object]]]:
+    """The UpdateThingShadow payload: the reported state only, so the agent never writes desired."""
+    values = (version, sha256, str(status), rollout, ring, int(at))
+    return {"state": {"reported": dict(zip(STATUS_SHADOW_FIELDS, values, strict=True))}}

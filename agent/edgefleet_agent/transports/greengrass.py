@@ -28,6 +28,8 @@ Contract (docs/aws.md, "The agent on Greengrass"; components/aws/recipes.py is t
   summaries) goes under the same three dimensions, bounded (`quality_datums`; names in contract/greengrass.py). Credentials come from the token exchange service
   through boto3's container provider (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, `AWS_CONTAINER_AUTHORIZATION_TOKEN`);
   the region from `AWS_REGION`. boto3 is imported and the client built on the first report, never at import.
+- The device's status shadow `edgefleet-<model>` (contract/greengrass.py, `StatusShadow`) holds what it serves and its
+  status, so `edgefleet status` counts a ring's devices per version through fleet indexing in one call.
 - A refused model is not served; the process exits with `EXIT_REFUSED` (see `python -m agent --help`) so
   that the component breaks and the deployment fails on this device: the gate counts job executions, so
   an agent that kept running would be counted as having adopted the version it refused.
@@ -35,6 +37,7 @@ Contract (docs/aws.md, "The agent on Greengrass"; components/aws/recipes.py is t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -89,10 +92,13 @@ from edgefleet_agent.contract.greengrass import (
     SHADOW_COUNT_METRICS,
     SHADOW_LATENCY_METRIC,
     SHADOW_SERVED_LATENCY_METRIC,
+    STATUS_SHADOW_HEARTBEAT,
     STOPPED,
     VERDICT,
     VERDICT_KEYS,
     VERDICT_PENDING,
+    status_shadow,
+    status_shadow_document,
 )
 from edgefleet_agent.contract.manifest import is_valid_name, parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
@@ -357,22 +363,101 @@ class CloudWatchMetrics:
         return len(self._backlog)
 
 
+class ShadowClient(Protocol):
+    """What StatusShadow calls of boto3's iot-data client (tests pass a stand-in)."""
+
+    def update_thing_shadow(self, *, thingName: str, shadowName: str, payload: bytes) -> object: ...
+
+
+class StatusShadow:
+    """Keeps the device's status shadow (`edgefleet-<model>`, contract/greengrass.py) up to date: what it serves, its
+    status, the rollout and ring it was given. Written when any of those changes and otherwise at most every
+    STATUS_SHADOW_HEARTBEAT seconds, so a fleet costs IoT a few shadow updates an hour, not one a report. The data
+    endpoint comes from iot:DescribeEndpoint (iot:Data-ATS) with the token exchange service's credentials. Never raises:
+    a failure is logged and the next report tries again. Without the token exchange service's environment (not on
+    Greengrass) and without a client it does nothing."""
+
+    def __init__(
+        self,
+        model: str,
+        rollout: str,
+        ring: str,
+        client: ShadowClient | None = None,
+        region: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = status_shadow(model)
+        self.rollout = rollout
+        self.ring = ring
+        self.region = region
+        self._client = client
+        self._clock = clock
+        self._sent: tuple[object, ...] | None = None
+        self._sent_at = 0.0
+
+    @property
+    def configured(self) -> bool:
+        return self._client is not None or bool(os.environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+
+    def client(self) -> ShadowClient:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            config = Config(
+                retries={"max_attempts": CLIENT_RETRIES, "mode": "standard"},
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                read_timeout=READ_TIMEOUT_SECONDS,
+                user_agent_extra=f"edgefleet-agent/{__version__}",
+            )
+            address = boto3.client("iot", region_name=region, config=config).describe_endpoint(endpointType="iot:Data-ATS")[
+                "endpointAddress"
+            ]
+            self._client = boto3.client("iot-data", region_name=region, endpoint_url=f"https://{address}", config=config)
+        return self._client
+
+    def publish(self, report: DeviceReport) -> bool:
+        """True if the shadow holds this report's state (sent now, or unchanged and fresh)."""
+        if not self.configured:
+            return False
+        state = (report.version, report.sha256, str(report.status), self.rollout, self.ring)
+        now = self._clock()
+        if state == self._sent and now - self._sent_at < STATUS_SHADOW_HEARTBEAT:
+            return True
+        doc = status_shadow_document(report.version, report.sha256, str(report.status), self.rollout, self.ring, now)
+        try:
+            self.client().update_thing_shadow(thingName=report.device_id, shadowName=self.name, payload=json.dumps(doc).encode())
+        except Exception as exc:  # noqa: BLE001 - a shadow outage must never stop serving
+            log.warning("status shadow %s not updated: %s: %s", self.name, type(exc).__name__, exc)
+            return False
+        self._sent, self._sent_at = state, now
+        return True
+
+
 class GreengrassTransport:
     """Transport for `python -m agent --transport greengrass`. The desired state never changes in-process."""
 
     def __init__(
-        self, model: str, model_dir: Path, environ: Mapping[str, str] | None = None, cloudwatch_client: MetricsClient | None = None
+        self,
+        model: str,
+        model_dir: Path,
+        environ: Mapping[str, str] | None = None,
+        cloudwatch_client: MetricsClient | None = None,
+        shadow_client: ShadowClient | None = None,
     ) -> None:
         self.env = GreengrassEnvironment.from_environ(os.environ if environ is None else environ)
         self.model_dir = Path(model_dir)
         self._desired = desired_from_environment(self.env, model, self.model_dir)
         self.metrics = CloudWatchMetrics(self.env.namespace, self.env.rollout, self.env.ring, client=cloudwatch_client)
+        self.shadow = StatusShadow(model, self.env.rollout, self.env.ring, client=shadow_client)
 
     def desired(self, device_id: str, model: str) -> DesiredModel | None:
         return self._desired
 
     def report(self, report: DeviceReport) -> None:
         self.metrics.publish(report)
+        self.shadow.publish(report)
 
     def close(self) -> None:
         pass
@@ -436,11 +521,14 @@ class HandoffTransport:
         cloudwatch_client: MetricsClient | None = None,
         clock: Callable[[], float] = time.monotonic,
         grace_seconds: float = REMOVAL_GRACE_SECONDS,
+        shadow_client: ShadowClient | None = None,
     ) -> None:
         self.root = handoff_root(state_dir)
         self.namespace = namespace
         self.grace_seconds = grace_seconds
         self._client = cloudwatch_client
+        self._shadow_client = shadow_client
+        self.shadows: dict[str, StatusShadow] = {}  # per model: what `edgefleet status` counts through fleet indexing
         self._clock = clock
         self._lock = threading.Lock()
         self._handoffs: dict[str, Handoff] = {}
@@ -495,9 +583,14 @@ class HandoffTransport:
         metrics = self.metrics.get(report.model)
         if metrics is None:
             metrics = self.metrics[report.model] = CloudWatchMetrics(self.namespace, "", "", client=self._client)
+        shadow = self.shadows.get(report.model)
+        if shadow is None:
+            shadow = self.shadows[report.model] = StatusShadow(report.model, "", "", client=self._shadow_client)
         if handoff is not None:  # dimensions follow the model's current deployment; a removed model keeps its last
             metrics.rollout, metrics.ring = handoff.desired.rollout, handoff.ring
+            shadow.rollout, shadow.ring = handoff.desired.rollout, handoff.ring
         metrics.publish(report)
+        shadow.publish(report)
 
     def write_verdict(self, model: str, verdict: Mapping[str, str]) -> bool:
         """<model>/verdict, replaced atomically, as key=value lines (one line each: the model component reads it with sed)."""
