@@ -3,24 +3,36 @@ they run, and the drift, from that platform's status reader (components/registry
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from components import registry
+from components.rollout.status import document
 from edgefleet.config import load_stack
 from edgefleet.synth import synth
 from edgefleet_agent.contract.errors import EdgefleetError
 
 
-def fleet_status(project_dir: Path, stack: str) -> dict[str, Any]:
-    cfg, source = load_stack(Path(project_dir).resolve(), stack)
+def status_reader(project_dir: Path, stack: str, overrides: dict[str, dict[str, Any]] | None = None) -> Callable[[], dict[str, Any]]:
+    """A function that reads the stack's status now, for every platform of the stack (`--watch` calls it again and
+    again: the stack file is read and the program synthesized once). `overrides[platform]`: keyword arguments for that
+    platform's reader (tests pass their clients)."""
+    project_dir = Path(project_dir)
+    cfg, source = load_stack(project_dir.resolve(), stack)
     graph = synth(project_dir, stack)
-    out: dict[str, Any] = {"rings": [], "rollouts": [], "declared": []}
-    for name in cfg.platforms:
-        part = registry.platform(name).load("status")(project_dir, cfg, source, stack, graph)
-        for key in out:
-            out[key] += part.get(key, [])
-    return out
+    readers = [(name, registry.platform(name).load("status")) for name in cfg.platforms]
+
+    def read() -> dict[str, Any]:
+        parts = [reader(project_dir, cfg, source, stack, graph, **(overrides or {}).get(name, {})) for name, reader in readers]
+        return document(stack, parts, time.time())
+
+    return read
+
+
+def fleet_status(project_dir: Path, stack: str) -> dict[str, Any]:
+    """The stack's status once: `components/rollout/status.py` documents the keys."""
+    return status_reader(project_dir, stack)()
 
 
 def fleet_history(project_dir: Path, stack: str | None, model: str | None = None) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@
 
 Exit codes: 0 stopped by SIGTERM/SIGINT (or `--install-only` installed the desired model); 2 cannot start
 (bad arguments or key, missing hub, incomplete Greengrass environment, no IoT Edge environment, state
-directory held by another agent, endpoint address in use); 3 the model was refused (Greengrass: the previous model
+directory held by another agent, endpoint address in use); 3 the model was refused (Greengrass with --model: the previous model
 stays in the state directory, and the non-zero exit fails the deployment on this device; `serve`: the directory does
 not verify or does not load).
 """
@@ -61,10 +61,13 @@ ENDPOINT_HELP = """endpoint:
 
 RUN_EPILOG = f"""transports:
   local       the local fleet's SQLite hub (--hub); what `edgefleet up --stack local` drives
-  greengrass  an AWS IoT Greengrass v2 component: the model comes from the component's environment
-              (EDGEFLEET_MODEL_MANIFEST, _SIGNATURE, _FILE under --model-dir, EDGEFLEET_ROLLBACK_ORDER/_SIGNATURE,
-              EDGEFLEET_ROLLOUT, EDGEFLEET_RING), health goes to CloudWatch (EDGEFLEET_METRIC_NAMESPACE).
-              A refused model makes the agent exit {EXIT_REFUSED} after its first sync, keeping the previous one.
+  greengrass  an AWS IoT Greengrass v2 component, one per device: every model component hands its desired state
+              over in <state-dir>/_greengrass/models/<model>/ and waits for the agent's verdict there (a refused
+              version fails that model component's Startup, not this process); health goes to CloudWatch
+              (EDGEFLEET_METRIC_NAMESPACE). With --model and --model-dir (recipes before agent 0.4.0): one model
+              from the component's environment (EDGEFLEET_MODEL_MANIFEST, _SIGNATURE, _FILE under --model-dir,
+              EDGEFLEET_ROLLBACK_ORDER/_SIGNATURE, EDGEFLEET_ROLLOUT, EDGEFLEET_RING); a refused model makes the
+              agent exit {EXIT_REFUSED} after its first sync, keeping the previous one.
   iotedge     an Azure IoT Edge module: the module twin's desired properties name the models (one agent per
               model unless --model is given); reports go to its reported properties. Without --public-key the
               twin's trust.publicKeyPem is used, only if it matches trust.keyId (and --trusted-key-id, if given).
@@ -79,7 +82,7 @@ exit codes:
   {EXIT_OK}  stopped by SIGTERM or SIGINT; or --install-only installed and verified the desired model
   {EXIT_CANNOT_START}  cannot start: bad arguments or key, missing hub, incomplete Greengrass environment,
      no IoT Edge environment, another agent holds the state directory, or the endpoint's address is in use
-  {EXIT_REFUSED}  the desired model was refused (greengrass, or --install-only); the reason is on stderr and the
+  {EXIT_REFUSED}  the desired model was refused (greengrass with --model, or --install-only); the reason is on stderr and the
      previously served model stays in the state directory
 
 Without a command, edgefleet-agent runs `run` (what deployed recipes and manifests call). To try one signed model
@@ -140,9 +143,13 @@ def run_parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         help="model name, e.g. detector; repeat for several models on one endpoint (iotedge: default every model in the "
-        "module twin; greengrass: exactly one)",
+        "module twin; greengrass: every model the model components hand over, or exactly one from the environment)",
     )
-    p.add_argument("--model-dir", type=Path, help="greengrass: where the model component's artifacts are mounted (required)")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        help="greengrass with --model (recipes before agent 0.4.0): where the model component's artifacts are mounted",
+    )
     p.add_argument("--state-dir", required=True, type=Path, help="where this device keeps its model slots")
     p.add_argument(
         "--public-key",
@@ -195,8 +202,8 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--install-only",
         action="store_true",
-        help=f"greengrass: install and verify the desired model, then exit {EXIT_OK} (or {EXIT_REFUSED} if refused) without "
-        "serving; for a component's Startup step",
+        help=f"greengrass with --model: install and verify the desired model, then exit {EXIT_OK} (or {EXIT_REFUSED} if refused) "
+        "without serving; for a component's Startup step",
     )
     p.add_argument(
         "--capture-dir",
@@ -223,7 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t = args.transport
     need = {
         "local": ("hub", "device_id", "model", "public_key"),
-        "greengrass": ("device_id", "model", "model_dir", "public_key"),
+        "greengrass": ("device_id", "public_key", *(("model_dir",) if args.model else ())),
         "iotedge": (),
     }[t]
     missing = [f"--{name.replace('_', '-')}" for name in need if getattr(args, name) is None]
@@ -238,11 +245,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --transport {t}")
     if (args.trusted_root is None) != (args.metadata_url is None):
         p.error("--trusted-root and --metadata-url go together (the first root and where the metadata is)")
-    if args.install_only and t != "greengrass":
-        p.error("--install-only applies to --transport greengrass only")
+    if args.install_only and (t != "greengrass" or not args.model):
+        p.error("--install-only applies to --transport greengrass with --model only")
     models: list[str] = list(dict.fromkeys(args.model or []))
-    if t == "greengrass" and len(models) != 1:
-        p.error("--transport greengrass serves one --model: the component's environment describes one model")
+    if t == "greengrass" and len(models) > 1:
+        p.error(
+            "--transport greengrass takes at most one --model (the component's environment describes one model; "
+            "without --model, every model the model components hand over)"
+        )
+    if t == "greengrass" and not models and args.model_dir is not None:
+        p.error("--model-dir needs --model: without it the models come from <state-dir>/_greengrass")
     if t == "iotedge" and len(models) > 1:
         p.error("--transport iotedge takes at most one --model (without it, every model the module twin names)")
     args.models = models
@@ -344,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_serve(args, stop)
         if args.transport == "iotedge":
             return run_iotedge(args, stop)
+        if args.transport == "greengrass" and not args.models:
+            return run_greengrass(args, stop)
         return run_single(args, stop)
     finally:
         for line in repeats.summary():
@@ -612,6 +626,51 @@ def run_serve(args: argparse.Namespace, stop: threading.Event) -> int:
         finally:
             endpoint.close()
             agent.close()
+    return EXIT_OK
+
+
+def run_greengrass(args: argparse.Namespace, stop: threading.Event) -> int:
+    """The device's one agent component: every model its model components hand over, all on one endpoint."""
+    from edgefleet_agent.contract.errors import EdgefleetError
+    from edgefleet_agent.contract.greengrass import ENV_NAMESPACE
+    from edgefleet_agent.contract.signing import load_public_key
+    from edgefleet_agent.transports.greengrass import GreengrassSupervisor, HandoffTransport
+
+    try:
+        pem = args.public_key.read_bytes()
+        load_public_key(pem, f"{args.public_key}: trusted public key")
+        root = trusted_root(args)
+    except (OSError, EdgefleetError) as exc:
+        return fail(exc)
+    transport = HandoffTransport(args.state_dir, os.environ.get(ENV_NAMESPACE, "").strip())
+    opened = open_endpoint(args)
+    if isinstance(opened, str):
+        return fail(opened)
+    endpoint = opened
+    endpoint_file: Path | None = None
+    supervisor = GreengrassSupervisor(
+        transport,
+        args.device_id,
+        args.state_dir,
+        pem,
+        providers=[p.strip() for p in args.providers.split(",") if p.strip()],
+        sync_seconds=args.sync_seconds,
+        report_seconds=args.report_seconds,
+        infer_interval=args.infer_interval,
+        synthetic_traffic=args.synthetic,
+        registry=endpoint.registry,
+        trust_for=lambda model: trusted_metadata(args, root, model),
+    )
+    try:
+        endpoint.start()
+        endpoint_file = write_endpoint_file(args.state_dir, endpoint, [])
+        supervisor.run(stop)
+    finally:
+        supervisor.close()
+        endpoint.close()
+        if endpoint_file is not None:
+            endpoint_file.unlink(missing_ok=True)
+        transport.close()
     return EXIT_OK
 
 

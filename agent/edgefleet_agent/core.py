@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import TYPE_CHECKING, Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Literal
 
 import numpy as np
 
@@ -186,6 +186,16 @@ class DeviceAgent:
     @property
     def status(self) -> DeviceStatus:
         return self._status(self._serving, self._refusal, self._installing)
+
+    def outcome(self, desired: DesiredModel) -> tuple[Literal["installed", "refused", "pending"], str]:
+        """What became of `desired` so far: installed (served now), refused (with the reason), or pending (not synced
+        yet, or installing). A platform that waits for the agent's answer (Greengrass's model components) reads it."""
+        serving, refusal, installing = self._serving, self._refusal, self._installing
+        if installing is None and serving is not None and (serving.ref.version, serving.ref.sha256) == (desired.version, desired.sha256):
+            return "installed", ""
+        if installing is None and refusal is not None and refusal.desired == desired:
+            return "refused", refusal.reason
+        return "pending", ""
 
     @staticmethod
     def _status(serving: _Serving | None, refusal: _Refusal | None, installing: DesiredModel | None) -> DeviceStatus:

@@ -26,6 +26,16 @@ def check_stack(cfg: StackConfig) -> list[tuple[str, str, str]]:
         return []
     out: list[tuple[str, str, str]] = []
     on_aws = aws_groups(cfg)
+    shipped = sorted({r.model for r in cfg.rollouts if any(ring.group in on_aws for ring in r.rings)})
+    if len(shipped) > 10 and cfg.aws.manage_fleet_indexing:
+        out.append(
+            (
+                "edgefleet:rollouts",
+                f"{len(shipped)} models are rolled out on AWS, but fleet indexing indexes at most 10 named shadows, and "
+                "`edgefleet status` counts devices per version through each model's status shadow (edgefleet-<model>)",
+                "split the models over two stacks of separate accounts or regions, or ship at most 10 models per stack",
+            )
+        )
     groups = {g.name: g for g in cfg.groups}
     for i, g in enumerate(cfg.groups):
         if g.name not in on_aws:
@@ -174,16 +184,11 @@ def check_aws_recipes(cfg: StackConfig, project_dir: Path, stack: str) -> list[t
         if manifest.name not in shipped:
             continue
         text = mdir.manifest_bytes().decode("utf-8")
-        model_c, agent_c = naming.model_component(manifest.name), naming.agent_component(manifest.name)
+        model_c, agent_c = naming.model_component(manifest.name), naming.agent_component
         uri = f"s3://{'b' * 63}/{model_key(manifest.name, manifest.sha256)}"
         for what, recipe in (
-            ("model", model_recipe(model_c, manifest, text, signature, uri)),
-            (
-                "agent",
-                agent_recipe(
-                    agent_c, cfg.aws.agent_version, manifest.name, model_c, image, cfg.aws.metric_namespace, standin_public_key_pem()
-                ),
-            ),
+            ("model", model_recipe(model_c, manifest, text, signature, uri, agent_c, cfg.aws.agent_version)),
+            ("agent", agent_recipe(agent_c, cfg.aws.agent_version, image, cfg.aws.metric_namespace, standin_public_key_pem())),
         ):
             errors = recipe_errors(recipe)
             if errors:

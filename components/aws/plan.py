@@ -73,8 +73,10 @@ class Naming:
     def model_component(self, model: str) -> str:
         return self.component(model, "Model")
 
-    def agent_component(self, model: str) -> str:
-        return self.component(model, "Agent")
+    @property
+    def agent_component(self) -> str:
+        """The stack's one agent component: every model component of the stack depends on it (agent 0.4.0 on)."""
+        return fit(f"edgefleet.{self.slug}.Agent", 128)
 
     def deployment_name(self, rollout: str, ring: str, version: str | None, rollback: bool = False) -> str:
         what = "remove model" if version is None else f"{'rollback to ' if rollback else ''}{version}"
@@ -220,7 +222,9 @@ def deployment_policies() -> dict[str, Any]:
 # -- deployment payloads ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RingComponents:
-    """The two components a ring runs for one model, and where the ring sits (merged into the model's config)."""
+    """The components a ring runs for one model, and where the ring sits (merged into the model's config). The agent
+    is not deployed by name: the model component depends on it (`>=` the stack's agent version), so the nucleus
+    resolves one agent version for every model of the device. `agent_component`/`agent_version` stay for the record."""
 
     model_component: str
     agent_component: str
@@ -237,7 +241,8 @@ def components_spec(
     Forward: the model version, with any earlier rollback order reset away. Rollback: the last good version
     with the signed rollback order merged into the model component's configuration, the only thing that
     makes the agent accept a lower version. `model_version=None`: the ring runs no model (a first rollout
-    that failed), and Greengrass removes both components from the ring's devices.
+    that failed): Greengrass removes the model component from the ring's devices, and the agent component with it
+    unless another model still depends on it (then its Shutdown marker makes the agent unload the model).
     """
     if model_version is None:
         return {}
@@ -248,10 +253,7 @@ def components_spec(
     else:
         merge.update({"RollbackOrder": rollback[0], "RollbackSignature": rollback[1]})
     update["merge"] = json.dumps(merge, sort_keys=True)
-    return {
-        c.model_component: {"componentVersion": model_version, "configurationUpdate": update},
-        c.agent_component: {"componentVersion": c.agent_version},
-    }
+    return {c.model_component: {"componentVersion": model_version, "configurationUpdate": update}}
 
 
 def deployment_tags(rollout: str, ring: str, version: str | None) -> dict[str, str]:

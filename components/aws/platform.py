@@ -9,7 +9,7 @@ thing groups, which pulumi-aws lacks):
   the `edgefleet:aws:Fleet` component: thing type, fleet indexing, the Greengrass device role (token
   exchange), its role alias and the core devices' IoT policy.
 - publish_model: content-addressed artifact, manifest and KMS signature objects; the model component
-  version and the agent component.
+  version, which depends on the stack's one agent component (declared once, with the fleet).
 - ring: the ring's dynamic thing group, its Greengrass deployment, its CloudWatch alarms and its gate.
 
 Deployments, replacement and what is never deleted
@@ -56,7 +56,7 @@ import pulumi_aws as aws
 import pulumi_aws_native as aws_native
 
 from components.aws import providers
-from components.aws.checks import check_aws_recipes
+from components.aws.checks import aws_groups, check_aws_recipes
 from components.aws.config import AwsConfig
 from components.aws.plan import (
     SEARCHABLE_ATTRIBUTES,
@@ -104,6 +104,16 @@ from edgefleet_agent.contract.manifest import ModelManifest
 FLEET_TYPE = "edgefleet:aws:Fleet"
 
 
+MAX_INDEXED_SHADOWS = 10  # fleet indexing's filter takes at most 10 named shadows
+
+
+def status_shadow_names(stack: Any) -> tuple[str, ...]:
+    """The status shadows fleet indexing must index: one per model rolled out on AWS, sorted (stable inputs)."""
+    on_aws = aws_groups(stack)
+    models = {r.model for r in stack.rollouts if any(ring.group in on_aws for ring in r.rings)}
+    return tuple(sorted(gg.status_shadow(m) for m in models))[:MAX_INDEXED_SHADOWS]
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=False)
 
@@ -136,11 +146,23 @@ class GreengrassFleet(pulumi.ComponentResource):
         if aws_cfg.manage_fleet_indexing:
             # Dynamic thing groups are fleet-indexing queries: REGISTRY mode indexes thingTypeName, attributes and
             # thingGroupNames, everything the ring queries use. Account- and region-wide: one stack should own it.
+            # The agents' status shadows (`edgefleet-<model>`, contract/greengrass.py) are indexed too, their version as
+            # a custom field, so `edgefleet status` counts a ring's devices per version in one aggregation.
+            shadows = status_shadow_names(p.stack)
             self.indexing = aws.iot.IndexingConfiguration(
                 f"{name}-fleet-indexing",
                 thing_indexing_configuration={
                     "thing_indexing_mode": "REGISTRY",
                     "thing_connectivity_indexing_mode": "STATUS",
+                    **(
+                        {
+                            "named_shadow_indexing_mode": "ON",
+                            "filter": {"named_shadow_names": list(shadows)},
+                            "custom_fields": [{"name": f"shadow.name.{s}.reported.version", "type": "String"} for s in shadows],
+                        }
+                        if shadows
+                        else {}
+                    ),
                 },
                 opts=p.opts(self),
             )
@@ -175,12 +197,24 @@ class GreengrassFleet(pulumi.ComponentResource):
             ),
             opts=p.opts(self),
         )
+        # The device's one agent (every model of the device on one endpoint): one component per stack, which the
+        # model components depend on; deployments never name it, so no model deployment restarts it.
+        image = registry.repository.repository_url.apply(lambda url: f"{url}:{aws_cfg.agent_version}")
+        self.agent = aws_native.greengrassv2.ComponentVersion(
+            f"{name}-agent-component",
+            inline_recipe=pulumi.Output.all(image, base.key.outputs.handles.public_key_pem).apply(
+                lambda a: recipe_text(agent_recipe(p.naming.agent_component, aws_cfg.agent_version, a[0], aws_cfg.metric_namespace, a[1]))
+            ),
+            tags={"edgefleet:agent-version": aws_cfg.agent_version},
+            opts=p.opts(self, native=True, retain_on_delete=True),
+        )
         self.register_outputs(
             {
                 "thingType": self.thing_type.arn,
                 "deviceRole": self.role.arn,
                 "roleAlias": self.role_alias.alias,
                 "coreDevicePolicy": self.core_policy.name,
+                "agentComponent": self.agent.arn,
             }
         )
 
@@ -206,7 +240,7 @@ class Registry:
 @dataclass(frozen=True)
 class Components:
     model: Any  # aws_native.greengrassv2.ComponentVersion of the model
-    agent: Any  # … and of its agent
+    agent: Any  # … and the stack's one agent component, which the model component depends on
 
 
 @dataclass(frozen=True)
@@ -411,7 +445,6 @@ class AwsPlatform(Platform):
         n = parent.resource_name
         st: Store = base.store.outputs.handles
         signing: Key = base.key.outputs.handles
-        registry: Registry = base.registry.outputs.handles
         store, key = base.store, base.key
         bucket = st.bucket
         # Content-addressed and retained: a new version never overwrites an old one, and moving on never deletes
@@ -473,28 +506,17 @@ class AwsPlatform(Platform):
         )
         uri = art.uri
         model_component = self.naming.model_component(manifest.name)
+        agent_cv = self.fleet(base).agent
         model_cv = aws_native.greengrassv2.ComponentVersion(
             f"{n}-model-component",
             inline_recipe=pulumi.Output.all(uri, sig.signature).apply(
-                lambda a: recipe_text(model_recipe(model_component, manifest, manifest_text, a[1], a[0]))
+                lambda a: recipe_text(
+                    model_recipe(model_component, manifest, manifest_text, a[1], a[0], self.naming.agent_component, self.aws.agent_version)
+                )
             ),
             tags={"edgefleet:model": manifest.name, "edgefleet:version": manifest.version, "edgefleet:sha256": manifest.sha256},
             # Greengrass reads the artifact to compute its digest when the version is created: the object must exist
-            opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[art, man, sig_obj]),
-        )
-        image = registry.repository.repository_url.apply(lambda url: f"{url}:{self.aws.agent_version}")
-        agent_component = self.naming.agent_component(manifest.name)
-        agent_cv = aws_native.greengrassv2.ComponentVersion(
-            f"{n}-agent-component",
-            inline_recipe=pulumi.Output.all(image, signing.public_key_pem).apply(
-                lambda a: recipe_text(
-                    agent_recipe(
-                        agent_component, self.aws.agent_version, manifest.name, model_component, a[0], self.aws.metric_namespace, a[1]
-                    )
-                )
-            ),
-            tags={"edgefleet:model": manifest.name, "edgefleet:agent-version": self.aws.agent_version},
-            opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[model_cv]),
+            opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[art, man, sig_obj, agent_cv]),
         )
         return PublishOutputs(
             uri=uri,

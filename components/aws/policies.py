@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgefleet_agent.contract.greengrass import STATUS_SHADOW_PREFIX
+
 VERSION = "2012-10-17"
 
 KEY_ADMIN = [
@@ -125,7 +127,11 @@ def device_role_trust() -> dict[str, Any]:
 
 
 def device_role_policy(bucket_arn: str, storage_key_arn: str, region: str, repository_arn: str, metric_namespace: str) -> dict[str, Any]:
-    """What a device may do with AWS credentials: read model artifacts, pull the agent image, publish health."""
+    """What a device may do with AWS credentials: read model artifacts, pull the agent image, publish health, and keep
+    its own status shadows (`edgefleet-<model>`, contract/greengrass.py): the IoT credentials provider sets
+    `credentials-iot:ThingName` to the thing whose certificate asked, so a device updates its own thing's shadows only."""
+    arn_parts = repository_arn.split(":")
+    partition_, account = arn_parts[1], arn_parts[4]
     # The nucleus's S3 downloader calls GetBucketLocation before each artifact download (else the deployment fails
     # with S3_GET_BUCKET_LOCATION_ACCESS_DENIED). AWS's token-exchange role policy grants it on "*" and its
     # component-artifact policy adds s3:GetObject on the bucket's objects: docs.aws.amazon.com/greengrass/v2/
@@ -153,6 +159,41 @@ def device_role_policy(bucket_arn: str, storage_key_arn: str, region: str, repos
             "Action": ["cloudwatch:PutMetricData"],
             "Resource": "*",
             "Condition": {"StringEquals": {"cloudwatch:namespace": metric_namespace}},
+        },
+        {
+            "Sid": "ReportStatusShadow",
+            "Effect": "Allow",
+            "Action": ["iot:UpdateThingShadow"],
+            "Resource": f"arn:{partition_}:iot:{region}:{account}:thing/${{credentials-iot:ThingName}}/{STATUS_SHADOW_PREFIX}*",
+        },
+        {"Sid": "FindIotDataEndpoint", "Effect": "Allow", "Action": ["iot:DescribeEndpoint"], "Resource": "*"},  # takes no resource
+    )
+
+
+def status_read_policy(partition: str, region: str, account: str, bucket: str) -> dict[str, Any]:
+    """What `edgefleet status --stack <aws stack>` calls (`components/aws/status.py`), read only: the rings' latest
+    deployments, fleet indexing's count and buckets over the default thing index, the model bucket's rollout records,
+    and the tagging look-up that finds that bucket (sts:GetCallerIdentity needs no permission)."""
+    return _doc(
+        {
+            "Sid": "ReadRingDeployments",
+            "Effect": "Allow",
+            "Action": ["greengrass:ListDeployments", "greengrass:GetDeployment"],
+            "Resource": "*",
+        },
+        {
+            "Sid": "CountRingDevices",
+            "Effect": "Allow",
+            "Action": ["iot:GetStatistics", "iot:GetBucketsAggregation"],
+            "Resource": f"arn:{partition}:iot:{region}:{account}:index/AWS_Things",
+        },
+        {"Sid": "FindModelBucket", "Effect": "Allow", "Action": ["tag:GetResources"], "Resource": "*"},
+        {"Sid": "ListRolloutRecords", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:{partition}:s3:::{bucket}"},
+        {
+            "Sid": "ReadRolloutRecords",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": f"arn:{partition}:s3:::{bucket}/rollouts/*",
         },
     )
 

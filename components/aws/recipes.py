@@ -1,4 +1,4 @@
-"""Greengrass component recipes: one model component version per model version, and the agent component.
+"""Greengrass component recipes: one model component version per model version, and the stack's one agent component.
 
 The model component carries the artifact (its S3 URI, content-addressed) and, as configuration, the exact
 signed manifest bytes and their signature. Greengrass computes each artifact's digest itself when the
@@ -7,8 +7,22 @@ who published the model. So the agent verifies the manifest's signature against 
 artifact against the manifest) before it serves anything. Rollback orders arrive the same way: a rollback
 deployment merges `RollbackOrder`/`RollbackSignature` into the model component's configuration.
 
-The agent runs from the stack's ECR image (`python3 -m agent …` inside it), reads the model component's
-configuration through recipe variables set into its environment, and mounts the model's artifacts read-only.
+One endpoint per device: the agent component (one per stack, long-lived) runs one container that serves every model
+of the device on 127.0.0.1:8000 (host network). It depends on no model, so a new model version never restarts it.
+Each model component's Startup hands its desired state to the agent through the agent component's work directory
+(`{<agent>:work:path}/_greengrass/models/<model>/`, layout in edgefleet_agent/contract/greengrass.py) and waits for the
+agent's verdict on it: installed and verified, exit 0; refused, the reason on stderr and exit 3, so the deployment
+fails on that device (the gate counts it) and Greengrass rolls back to the previous deployment, whose model
+component hands the previous desired state over again. Why a directory and not IPC: the agent runs in Docker, where
+Greengrass IPC needs the nucleus socket and SVCUID mounted in; a shared directory needs nothing but the work
+directory the container already mounts, and a shell on the host.
+
+The model component's dependency on the agent is HARD: the nucleus starts a component only once its HARD
+dependencies are RUNNING, while a SOFT dependency is ready in any state (GreengrassService.dependencyReady), so with
+SOFT the hand-off could run before the agent's work directory was set up for it. HARD restarts the *model* component
+when the agent changes state (its Startup hands the same state over again); nothing restarts the agent. Its version
+requirement is `>=` the stack's agent version, so models published under different agent versions resolve to one
+agent version (the newest required) instead of conflicting, and ring deployments need not name the agent.
 Recipes are plain dicts so tests can validate them against the GDK schema exactly as `gdk` does.
 """
 
@@ -21,7 +35,23 @@ from typing import Any
 
 from components.aws.plan import GG_ARCH
 from edgefleet_agent.contract.errors import EdgefleetError
-from edgefleet_agent.contract.greengrass import AGENT_CONFIGURATION, ENV_NAMESPACE, ENV_TRUSTED_KEY, MODEL_CONFIGURATION
+from edgefleet_agent.contract.greengrass import (
+    AGENT_CONFIGURATION,
+    ARTIFACTS_DIR,
+    CURRENT,
+    DESIRED_FILES,
+    DESIRED_PREFIX,
+    ENV_NAMESPACE,
+    ENV_TRUSTED_KEY,
+    HANDOFF_DIR,
+    HANDOFF_MODELS,
+    SERIAL,
+    STOPPED,
+    VERDICT,
+    VERDICT_INSTALLED,
+    VERDICT_REFUSED,
+)
+from edgefleet_agent.contract.iotedge import ENDPOINT_PORT
 from edgefleet_agent.contract.manifest import ModelManifest
 
 RECIPE_FORMAT = "2020-01-25"
@@ -30,21 +60,109 @@ DOCKER_MANAGER = "aws.greengrass.DockerApplicationManager"
 TOKEN_EXCHANGE = "aws.greengrass.TokenExchangeService"
 NUCLEUS_V2 = ">=2.0.0 <3.0.0"
 
+AGENT_CONTAINER = "edgefleet-agent"
+AGENT_HOST = "127.0.0.1"  # host network: the device's own applications (and containers on the host network) only
+AGENT_PORT = ENDPOINT_PORT
+STARTUP_TIMEOUT_SECONDS = 900  # copy the artifact, then the agent verifies, loads and warms the model up
+VERDICT_WAIT_SECONDS = 840  # the Startup script gives up (exit 4) before the nucleus kills it, saying why
+EXIT_REFUSED, EXIT_NO_VERDICT = 3, 4
+# model component's Setenv: name -> its configuration key (DESIRED_FILES' values); the script writes each to a file
+DESIRED_ENV = {"EDGEFLEET_HANDOFF_" + name.upper().replace(".", "_").replace("-", "_"): key for name, key in DESIRED_FILES.items()}
 
-def model_recipe(component: str, manifest: ModelManifest, manifest_text: str, signature: str, artifact_uri: str) -> dict[str, Any]:
-    """A component with no process: Greengrass downloads the artifact; the agent that depends on it serves it.
+
+def handoff_dir(agent_component: str, model: str) -> str:
+    """Where a model component hands its desired state over (host side; the agent sees it under /state)."""
+    return f"{{{agent_component}:work:path}}/{HANDOFF_DIR}/{HANDOFF_MODELS}/{model}"
+
+
+def startup_script(agent_component: str, manifest: ModelManifest) -> str:
+    """POSIX sh (no Python on the host): copy the artifact, commit the desired state, wait for the agent's verdict.
+
+    Values come from the environment (Setenv), never spliced into the script, so a manifest's quotes or newlines
+    cannot break it; only the work path, the model name and the sha256 (both restricted to safe characters) are.
+    """
+    artifact = f"{manifest.sha256}.onnx"
+    env = dict(zip(DESIRED_FILES, DESIRED_ENV, strict=True))
+    writes = [f'printf \'%s\' "${var}" > "$d/{name}"' for name, var in env.items()]
+    lines = [
+        "set -eu",
+        f'm="{handoff_dir(agent_component, manifest.name)}"',
+        f'mkdir -p "$m/{ARTIFACTS_DIR}"',
+        f'a="$m/{ARTIFACTS_DIR}/{artifact}"',
+        f'if [ ! -f "$a" ]; then cp "{{artifacts:path}}/{artifact}" "$a.tmp.$$"; mv -f "$a.tmp.$$" "$a"; fi',
+        'serial="$(date +%s)-$$"',
+        f'd="$m/{DESIRED_PREFIX}$serial"',
+        'rm -rf "$d"',
+        'mkdir "$d"',
+        *writes,
+        f'printf \'%s\\n\' "$serial" > "$d/{SERIAL}"',
+        f'printf \'%s\\n\' "{DESIRED_PREFIX}$serial" > "$m/.{CURRENT}.tmp.$$"',
+        f'mv -f "$m/.{CURRENT}.tmp.$$" "$m/{CURRENT}"',
+        f'rm -f "$m/{STOPPED}"',
+        f'for old in "$m"/{DESIRED_PREFIX}*; do if [ "$old" != "$d" ]; then rm -rf "$old"; fi; done',
+        f"deadline=$(( $(date +%s) + {VERDICT_WAIT_SECONDS} ))",
+        "while :; do",
+        f'  v="$m/{VERDICT}"',
+        '  if [ -f "$v" ] && [ "$(sed -n \'s/^serial=//p\' "$v")" = "$serial" ]; then',
+        '    status="$(sed -n \'s/^status=//p\' "$v")"',
+        f'    if [ "$status" = "{VERDICT_INSTALLED}" ]; then',
+        f'      echo "edgefleet: {manifest.name} $(sed -n \'s/^version=//p\' "$v") installed and verified by the agent"',
+        "      exit 0",
+        "    fi",
+        f'    if [ "$status" = "{VERDICT_REFUSED}" ]; then',
+        f'      echo "edgefleet: the agent refused {manifest.name} $(sed -n \'s/^version=//p\' "$v"): $(sed -n \'s/^reason=//p\' "$v"); '
+        f'it keeps serving $(sed -n \'s/^serving=//p\' "$v")" >&2',
+        f"      exit {EXIT_REFUSED}",
+        "    fi",
+        "  fi",
+        '  if [ "$(date +%s)" -ge "$deadline" ]; then',
+        f'    echo "edgefleet: no verdict on {manifest.name} {manifest.version} from the agent within {VERDICT_WAIT_SECONDS} s '
+        f'(is {agent_component} running? see its log)" >&2',
+        f"    exit {EXIT_NO_VERDICT}",
+        "  fi",
+        "  sleep 1",
+        "done",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def shutdown_script(agent_component: str, model: str) -> str:
+    """Marks the model component stopped: Startup (after an update or a restart) removes the marker within seconds;
+    a component removed from the device never does, and the agent unloads its model after a grace period."""
+    return f'm="{handoff_dir(agent_component, model)}"; if [ -d "$m" ]; then : > "$m/{STOPPED}"; fi\n'
+
+
+def model_recipe(
+    component: str,
+    manifest: ModelManifest,
+    manifest_text: str,
+    signature: str,
+    artifact_uri: str,
+    agent_component: str,
+    agent_version: str,
+) -> dict[str, Any]:
+    """The model's artifact and configuration, and the lifecycle that hands them to the device's agent.
 
     One manifest per architecture the model targets, so a deployment to hardware the model was not built
     for fails on the device instead of running it.
     """
     arches = sorted({GG_ARCH[t.arch] for t in manifest.targets})
     artifact = {"URI": artifact_uri, "Unarchive": "NONE", "Permission": {"Read": "OWNER", "Execute": "NONE"}}
+    lifecycle = {
+        "Setenv": {var: f"{{configuration:/{key}}}" for var, key in DESIRED_ENV.items()},
+        "Startup": {"Script": startup_script(agent_component, manifest), "Timeout": STARTUP_TIMEOUT_SECONDS, "RequiresPrivilege": False},
+        "Shutdown": {"Script": shutdown_script(agent_component, manifest.name), "RequiresPrivilege": False},
+    }
     return {
         "RecipeFormatVersion": RECIPE_FORMAT,
         "ComponentName": component,
         "ComponentVersion": manifest.version,
         "ComponentDescription": f"{manifest.name} {manifest.version} (sha256 {manifest.sha256[:12]}): {manifest.description}"[:1024],
         "ComponentPublisher": PUBLISHER,
+        "ComponentDependencies": {
+            # HARD: started once the agent is RUNNING; restarts this component (never the agent) when the agent does
+            agent_component: {"VersionRequirement": f">={agent_version}", "DependencyType": "HARD"},
+        },
         "ComponentConfiguration": {
             "DefaultConfiguration": {
                 "Model": manifest.name,
@@ -62,78 +180,58 @@ def model_recipe(component: str, manifest: ModelManifest, manifest_text: str, si
             }
         },
         "Manifests": [
-            {"Name": f"linux-{arch}", "Platform": {"os": "linux", "architecture": arch}, "Lifecycle": {}, "Artifacts": [artifact]}
+            {"Name": f"linux-{arch}", "Platform": {"os": "linux", "architecture": arch}, "Lifecycle": lifecycle, "Artifacts": [artifact]}
             for arch in arches
         ],
     }
 
 
-# name in the container <- recipe variable (interpolated by the nucleus at deployment time)
-AGENT_ENV = {
-    **{env: f"{{model}}:configuration:/{key}" for env, key in MODEL_CONFIGURATION.items()},
-    ENV_NAMESPACE: f"configuration:/{AGENT_CONFIGURATION[ENV_NAMESPACE]}",
-}
 TRUSTED_KEY_ENV = ENV_TRUSTED_KEY
-
-
-INSTALL_TIMEOUT_SECONDS = 600  # download + verify + load of a large model on a slow device
 
 
 def agent_recipe(
     component: str,
     version: str,
-    model_name: str,
-    model_component: str,
     image: str,
     metric_namespace: str,
     trusted_key_pem: str,
     report_seconds: int = 60,
 ) -> dict[str, Any]:
-    """The device agent for one model: pulls `image` from ECR and runs `python3 -m agent` in it.
+    """The device's one agent: pulls `image` from ECR and runs `python3 -m agent --transport greengrass` in it, serving
+    every model the model components hand over on one endpoint, 127.0.0.1:8000 on the host network.
 
-    Values reach the container as environment variables set through Setenv, never spliced into the shell
-    command, so a manifest's quotes or newlines cannot break it; the trusted key is written to a file the
-    agent's `--public-key` reads. AWS credentials come from the token exchange service (the device role)
-    for the agent's CloudWatch metrics. If the agent refuses a model (bad signature, digest, or a downgrade
-    without a valid rollback order) it exits non-zero while keeping its last good model: the component breaks,
-    the deployment fails on that device and Greengrass (failureHandlingPolicy ROLLBACK) restores the previous
-    deployment, which is what the gate counts as a failed device.
+    It depends on no model component: deploying a model never restarts it. The trusted key and the metric namespace
+    are its own configuration (Setenv, never spliced into the shell command); the key is written to a file the
+    agent's `--public-key` reads. AWS credentials come from the token exchange service (the device role) for the
+    agent's CloudWatch metrics.
     """
-    env = {name: "{" + var.format(model=model_component) + "}" for name, var in AGENT_ENV.items()}
-    env[TRUSTED_KEY_ENV] = "{configuration:/" + AGENT_CONFIGURATION[ENV_TRUSTED_KEY] + "}"
-    passthrough = ["AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_REGION", *AGENT_ENV]
-    container = f"edgefleet-{model_name}"
-
-    def agent(name: str, *flags: str) -> str:
-        return " ".join(
-            [
-                f"printf '%s\\n' \"${TRUSTED_KEY_ENV}\" > {{work:path}}/trusted.pem &&",
-                "exec docker run --rm --network=host",
-                f"--name {name}",
-                *(f"-e {var}" for var in passthrough),
-                f"-v {{{model_component}:artifacts:path}}:/models:ro",
-                "-v {work:path}:/state",
-                image,
-                f"python3 -m agent --transport greengrass --device-id {{iot:thingName}} --model {model_name} --model-dir /models",
-                "--state-dir /state --public-key /state/trusted.pem",
-                *flags,
-            ]
-        )
-
-    # Install verifies and installs the model before the component counts as running: a refused model fails
-    # the install (exit 3), so the deployment fails on this device and the gate counts it, instead of the
-    # deployment succeeding while Run is still about to refuse.
-    install = agent(f"{container}-install", "--install-only")
-    run = agent(container, "--report-seconds {configuration:/ReportSeconds}")
+    env = {
+        ENV_NAMESPACE: "{configuration:/" + AGENT_CONFIGURATION[ENV_NAMESPACE] + "}",
+        TRUSTED_KEY_ENV: "{configuration:/" + AGENT_CONFIGURATION[ENV_TRUSTED_KEY] + "}",
+    }
+    passthrough = ["AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_REGION", ENV_NAMESPACE]
+    run = " ".join(
+        [
+            f"printf '%s\\n' \"${TRUSTED_KEY_ENV}\" > {{work:path}}/trusted.pem &&",
+            f"(docker rm -f {AGENT_CONTAINER} >/dev/null 2>&1 || true) &&",
+            "exec docker run --rm --network=host",
+            f"--name {AGENT_CONTAINER}",
+            *(f"-e {var}" for var in passthrough),
+            "-v {work:path}:/state",
+            image,
+            "python3 -m agent --transport greengrass --device-id {iot:thingName}",
+            "--state-dir /state --public-key /state/trusted.pem",
+            f"--host {AGENT_HOST} --port {AGENT_PORT}",
+            "--report-seconds {configuration:/ReportSeconds}",
+        ]
+    )
     return {
         "RecipeFormatVersion": RECIPE_FORMAT,
         "ComponentName": component,
         "ComponentVersion": version,
-        "ComponentDescription": f"edgefleet device agent {version} serving model {model_name}",
+        "ComponentDescription": f"edgefleet device agent {version}: every model of the device on http://{AGENT_HOST}:{AGENT_PORT}",
         "ComponentPublisher": PUBLISHER,
         "ComponentDependencies": {
-            # HARD: the agent restarts when the model component changes version or configuration
-            model_component: {"VersionRequirement": ">=0.0.0", "DependencyType": "HARD"},
             DOCKER_MANAGER: {"VersionRequirement": NUCLEUS_V2, "DependencyType": "HARD"},
             TOKEN_EXCHANGE: {"VersionRequirement": NUCLEUS_V2, "DependencyType": "HARD"},
         },
@@ -150,9 +248,8 @@ def agent_recipe(
                 "Platform": {"os": "linux"},
                 "Lifecycle": {
                     "Setenv": env,
-                    "Install": {"Script": install, "Timeout": INSTALL_TIMEOUT_SECONDS, "RequiresPrivilege": False},
                     "Run": {"Script": run, "RequiresPrivilege": False},
-                    "Shutdown": {"Script": f"docker stop {container} || true", "RequiresPrivilege": False},
+                    "Shutdown": {"Script": f"docker stop {AGENT_CONTAINER} || true", "RequiresPrivilege": False},
                 },
                 "Artifacts": [{"URI": f"docker:{image}"}],
             }

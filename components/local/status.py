@@ -9,6 +9,7 @@ from typing import Any
 
 from components.local.hub import LocalHub
 from components.local.up import declared_state
+from components.rollout.status import ring_row, rollout_row
 from edgefleet_agent.contract.errors import EdgefleetError
 
 STALE = "metadata stale since "
@@ -25,30 +26,31 @@ def read_status(project_dir: Path, cfg: Any, source: str, stack: str, graph: dic
         desired = state["desired"]
         reports = hub.reports(state["model"], state["devices"])
         want = desired.version if desired else None
-        reported = Counter(r.version for r in reports.values())
         rings.append(
-            {
-                "rollout": state["rollout"],
-                "ring": state["ring"],
-                "desired": (f"{want} (rollback)" if desired and desired.is_rollback else want),
-                "devices": len(state["devices"]),
-                "reported": dict(sorted(reported.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))),
-                "drift": sum(1 for r in reports.values() if r.version != want),
-                "drift_devices": sorted(d for d, r in reports.items() if r.version != want)[:20],
-                "silent": len(state["devices"]) - len(reports),
-                "failures": sorted({r.error for r in reports.values() if r.status == "failed" and r.error})[:5],
-                # devices serving on, whose update metadata expired: a frozen channel (docs/signing.md)
-                "stale": sum(1 for r in reports.values() if (r.error or "").startswith(STALE)),
-                "notices": sorted({r.error for r in reports.values() if r.status != "failed" and r.error})[:5],
-            }
+            ring_row(
+                platform="local",
+                rollout=state["rollout"],
+                ring=state["ring"],
+                desired=want,
+                rollback=bool(desired and desired.is_rollback),
+                devices=len(state["devices"]),
+                reported=Counter(r.version for r in reports.values()),
+                drift_devices=(d for d, r in reports.items() if r.version != want),
+                failures=(r.error for r in reports.values() if r.status == "failed" and r.error),
+                stale=sum(1 for r in reports.values() if (r.error or "").startswith(STALE)),
+                notices=(r.error for r in reports.values() if r.status != "failed" and r.error),
+            )
         )
     latest: dict[str, dict] = {}
     for p in hub.rollouts():
         latest[p["rollout"]] = p
+    declared = declared_state(project_dir, stack, graph)
+    versions = {d["rollout"]: d["declared"] for d in declared}
+    names = list(dict.fromkeys([*latest, *versions]))
     return {
         "rings": rings,
-        "rollouts": [{"rollout": k, "version": v["version"], "status": v["status"]} for k, v in latest.items()],
-        "declared": declared_state(project_dir, stack, graph),
+        "rollouts": [rollout_row(platform="local", rollout=k, declared=versions.get(k), record=latest.get(k)) for k in names],
+        "declared": declared,
     }
 
 

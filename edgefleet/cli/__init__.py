@@ -45,12 +45,15 @@ def _options(no_color: bool = typer.Option(False, "--no-color", help="Plain text
 
 # Exit codes, for every command (README, "Exit codes"): 0 success; 1 bad input (the message names the file, the key
 # and the fix); 2 usage (a flag the command does not take); 3 a rollout halted and was rolled back; 4 a mandatory
-# policy failed; 5 a fault of the environment, not the input (a locked or damaged hub, a full disk): retry or repair.
+# policy failed; 5 a fault of the environment, not the input (a locked or damaged hub, a full disk, a cloud that cannot
+# be reached: no or expired credentials, throttled, 5xx): retry or repair; 6 `status` answered only in part (the
+# output names what it could not read and why).
 EXIT_INPUT = 1
 EXIT_USAGE = 2
 EXIT_ROLLOUT_HALTED = 3
 EXIT_POLICY = 4
 EXIT_FAULT = 5
+EXIT_PARTIAL = 6
 
 
 def exit_code(exc: EdgefleetError) -> int:

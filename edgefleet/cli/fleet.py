@@ -16,7 +16,7 @@ from rich.table import Table
 
 from components.rollout.engine import FAILED
 from components.rollout.report import failure_summary
-from edgefleet.cli import EXIT_INPUT, EXIT_ROLLOUT_HALTED, app, console, err_console, exit_code
+from edgefleet.cli import EXIT_INPUT, EXIT_PARTIAL, EXIT_ROLLOUT_HALTED, app, console, err_console, exit_code
 from edgefleet_agent.contract.errors import EdgefleetError
 
 fleet_app = typer.Typer(no_args_is_help=True, help="Run the local stack's simulated fleet, for `pulumi up --stack local`.")
@@ -177,36 +177,33 @@ def up_cmd(
         raise typer.Exit(EXIT_INPUT)
 
 
-@app.command("status")
-def status_cmd(
-    stack: str = typer.Option(..., "--stack", "-s"),
-    as_json: bool = typer.Option(False, "--json"),
-    project_dir: Path = typer.Option(Path("."), "--project-dir"),
-) -> None:
-    """Each ring's desired and reported versions, drift (devices running something other than desired), and
-    whether the declared versions are what the rings run."""
-    from edgefleet.status import fleet_status
+def _status_error(exc: EdgefleetError) -> dict[str, Any]:
+    return {"error": {"where": exc.where, "problem": exc.problem, "fix": exc.fix, "exit_code": exit_code(exc)}}
 
-    rows = fleet_status(project_dir, stack)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    t = Table(title=f"stack {stack}", title_justify="left")
+
+def _render_status(doc: dict[str, Any], stack: str) -> None:
+    when = time.strftime("%H:%M:%S", time.localtime(doc["at"]))
+    title = f"stack {stack} · {when}" + (" · [bold yellow]PARTIAL[/]" if doc["partial"] else "")
+    t = Table(title=title, title_justify="left")
     for col in ("rollout", "ring", "desired", "devices", "reported versions", "drift", "silent"):
         t.add_column(col)
-    for r in rows["rings"]:
-        reported = ", ".join(f"{v or 'none'}×{n}" for v, n in r["reported"].items())
+
+    def n(value: Any) -> str:
+        return "?" if value is None else str(value)
+
+    for r in doc["rings"]:
+        reported = "?" if r["reported"] is None else ", ".join(f"{v or 'none'}×{k}" for v, k in r["reported"].items())
         t.add_row(
-            r["rollout"],
-            r["ring"],
-            r["desired"] or "none",
-            str(r["devices"]),
+            r["rollout"] + (f" ({r['platform']})" if r.get("platform") and r["platform"] != "local" else ""),
+            r["ring"] + (" [yellow](partial)[/]" if r.get("partial") else ""),
+            r["desired"] or ("?" if r.get("partial") else "none"),
+            n(r["devices"]),
             reported,
-            f"[red]{r['drift']}[/]" if r["drift"] else "0",
-            str(r["silent"]),
+            f"[red]{r['drift']}[/]" if r["drift"] else n(r["drift"]),
+            n(r["silent"]),
         )
     console.print(t)
-    for r in rows["rings"]:
+    for r in doc["rings"]:
         if r.get("stale"):
             console.print(
                 f"[yellow]{r['rollout']}/{r['ring']}: {r['stale']} device(s) serve on with stale update metadata: "
@@ -216,9 +213,23 @@ def status_cmd(
             )
         for why in r.get("failures") or []:
             console.print(f"[red]{r['rollout']}/{r['ring']}: refused: {escape(why)}[/]", highlight=False, soft_wrap=True)
-    for ro in rows["rollouts"]:
-        console.print(f"{ro['rollout']}: last rollout {ro['version']} ({ro['status']})", highlight=False)
-    for d in rows["declared"]:
+    for ro in doc["rollouts"]:
+        state = f"last rollout {ro['version']} ({ro['status']})" if ro["status"] else "no rollout record read"
+        declared = f"declared {ro['declared']}; " if ro.get("declared") else ""
+        console.print(f"{ro['rollout']}: {declared}{state}", highlight=False, soft_wrap=True)
+        gate = ro.get("last_gate")
+        if gate:
+            measured = ", ".join(f"{k}={v}" for k, v in (gate.get("measured") or {}).items() if v is not None)
+            reasons = "; ".join(gate.get("reasons") or [])
+            console.print(
+                f"  last gate: ring {gate['ring']} {gate['state']}"
+                + (f" ({gate['outcome']})" if gate.get("outcome") else "")
+                + (f": {escape(reasons)}" if reasons else "")
+                + (f"\n  measured: {escape(measured)}" if measured else ""),
+                highlight=False,
+                soft_wrap=True,
+            )
+    for d in doc["declared"]:
         running = ", ".join(f"{v or 'none'}×{n}" for v, n in d["running"].items()) or "no reports"
         rings = ", ".join(d["set_to"]) or "nothing"
         colour = "green" if d["in_sync"] else "yellow"
@@ -229,6 +240,61 @@ def status_cmd(
         )
         if not d["in_sync"]:
             console.print(f"  {escape(d['next'])}", highlight=False, soft_wrap=True)
+    for g in doc["gaps"]:
+        console.print(f"[yellow]partial:[/] {escape(g['where'])}: {escape(g['problem'])}", highlight=False, soft_wrap=True)
+        if g.get("fix"):
+            console.print(f"  fix: {escape(g['fix'])}", highlight=False, soft_wrap=True)
+
+
+@app.command("status")
+def status_cmd(
+    stack: str = typer.Option(..., "--stack", "-s"),
+    as_json: bool = typer.Option(False, "--json", help="JSON for machines (with --watch: one JSON document a line)."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Read again every --interval seconds until Ctrl-C."),
+    interval: float = typer.Option(10.0, "--interval", min=0.1, help="Seconds between reads with --watch."),
+    project_dir: Path = typer.Option(Path("."), "--project-dir"),
+) -> None:
+    """For every rollout: the declared version, each ring's desired version, devices per reported version, drift,
+    silent devices, the rollout's state and its last gate verdict. Exits 6 when part of the answer could not be read
+    (the output says which part and why), 5 when the stack's cloud cannot be reached."""
+    from edgefleet.status import status_reader
+
+    try:
+        read = status_reader(project_dir, stack)
+        doc = read()
+    except EdgefleetError as exc:
+        if not as_json:
+            raise
+        print(json.dumps(_status_error(exc), indent=None if watch else 2))
+        raise typer.Exit(exit_code(exc)) from None
+    if not watch:
+        if as_json:
+            print(json.dumps(doc, indent=2))
+        else:
+            _render_status(doc, stack)
+        if doc["partial"]:
+            raise typer.Exit(EXIT_PARTIAL)
+        return
+    shown: dict[str, Any] | None = doc
+    try:
+        while True:
+            if shown is not None and as_json:
+                print(json.dumps(shown), flush=True)
+            elif shown is not None:
+                if console.is_terminal:
+                    console.clear()
+                _render_status(shown, stack)
+            time.sleep(interval)
+            try:
+                shown = read()
+            except EdgefleetError as exc:  # a later read failing (throttled, token expired) is shown; the watch goes on
+                shown = None
+                if as_json:
+                    print(json.dumps({**_status_error(exc), "at": round(time.time(), 3)}), flush=True)
+                else:
+                    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    except KeyboardInterrupt:
+        return
 
 
 @app.command("history")

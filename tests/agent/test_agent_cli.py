@@ -175,7 +175,7 @@ def test_run_serves_several_models_on_one_endpoint_and_updates_them_without_rest
         assert not (state / "endpoint.json").exists()
 
 
-def test_greengrass_serves_one_model(tmp_path, keys):
+def test_greengrass_takes_one_model_from_its_environment_or_every_handed_over_model(tmp_path, keys):
     proc = subprocess.run(
         [sys.executable, "-m", "agent", "--transport", "greengrass", "--device-id", "t", "--model", "a", "--model", "b"]
         + ["--model-dir", str(tmp_path), "--state-dir", str(tmp_path / "s"), "--public-key", str(keys.pem_path)],
@@ -184,7 +184,7 @@ def test_greengrass_serves_one_model(tmp_path, keys):
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2 and "--transport greengrass serves one --model" in proc.stderr
+    assert proc.returncode == 2 and "--transport greengrass takes at most one --model" in proc.stderr
 
 
 def test_run_help_keeps_the_old_form_and_names_serve():

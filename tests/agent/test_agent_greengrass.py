@@ -1,9 +1,10 @@
-"""The agent on Greengrass: the environment and command line the platform's recipes give it, CloudWatch metrics
-where the ring's gate reads them, refusals that fail the deployment, and an image that holds what it imports.
+"""The agent on Greengrass, as recipes before agent 0.4.0 ran it (one model from the component's environment, which
+`--model` keeps working): CloudWatch metrics where the ring's gate reads them, refusals that exit non-zero, and an
+image that holds what it imports. The one-agent-per-device binding is in test_agent_greengrass_handoff.py.
 
-The component's environment is derived from the platform's own recipes (components/aws/recipes.py) and a ring's
-deployment (components/aws/plan.py components_spec), with a small stand-in for the nucleus's recipe-variable
-interpolation; the command line is the one in the agent recipe's Run script. No nucleus, no Docker here.
+The environment is the model component's configuration (its recipe's defaults, components/aws/recipes.py, merged with
+a ring's deployment, components/aws/plan.py components_spec) under the contract's names (MODEL_CONFIGURATION); the
+command line is the one those recipes ran (LEGACY_COMMAND). No nucleus, no Docker here.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ import pytest
 from agent_testkit import MODEL, REPO, FakeTransport, artifact_bytes
 
 from components.aws.plan import RingComponents, components_spec
-from components.aws.recipes import AGENT_ENV, agent_recipe, model_recipe
+from components.aws.recipes import model_recipe
 from edgefleet_agent.contract.greengrass import (
+    AGENT_CONFIGURATION,
     CLASS_METRIC,
     CONFIDENCE_METRIC,
     DEVICE_METRICS,
+    ENV_NAMESPACE,
+    MODEL_CONFIGURATION,
     PREDICTIONS_METRIC,
     REQUEST_LATENCY_METRIC,
     REQUIRED_ENV,
@@ -49,25 +53,22 @@ REGION = "eu-west-1"
 NAMESPACE = "Edgefleet/Agent"
 ROLLOUT = "detector"
 MODEL_C = "edgefleet.aws-dev.detector.Model"
-AGENT_C = "edgefleet.aws-dev.detector.Agent"
+AGENT_C = "edgefleet.aws-dev.Agent"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/edgefleet-aws-dev/agent:0.1.0"
 
 
-# -- what Greengrass hands the container ------------------------------------------------------------------------------
-def _recipes(desired: DesiredModel, pem: bytes) -> tuple[dict, dict]:
+# -- what Greengrass handed the container (recipes before agent 0.4.0) ------------------------------------------------
+LEGACY_ENV = (*MODEL_CONFIGURATION, ENV_NAMESPACE)
+LEGACY_COMMAND = (
+    "python3 -m agent --transport greengrass --device-id {iot:thingName} --model detector --model-dir /models "
+    "--state-dir /state --public-key /state/trusted.pem --report-seconds {configuration:/ReportSeconds}"
+)
+
+
+def _model_recipe(desired: DesiredModel) -> dict:
     manifest = parse_manifest_bytes(desired.manifest.encode(), "test")
-    model = model_recipe(MODEL_C, manifest, desired.manifest, desired.signature, f"s3://bucket/models/{MODEL}/{desired.sha256}.onnx")
-    agent = agent_recipe(AGENT_C, "0.1.0", MODEL, MODEL_C, IMAGE, NAMESPACE, pem.decode())
-    return model, agent
-
-
-def _interpolate(value: str, config: dict[str, dict], own: str) -> str:
-    """The nucleus's `{[component:]configuration:/Key}` recipe variables (top-level keys are all the recipes use)."""
-
-    def one(m: re.Match) -> str:
-        return str(config[m.group(1) or own][m.group(2)])
-
-    return re.sub(r"\{(?:([^:{}]+):)?configuration:/([^{}/]+)\}", one, value)
+    uri = f"s3://bucket/models/{MODEL}/{desired.sha256}.onnx"
+    return model_recipe(MODEL_C, manifest, desired.manifest, desired.signature, uri, AGENT_C, "0.1.0")
 
 
 def component_environment(
@@ -75,30 +76,26 @@ def component_environment(
 ) -> dict[str, str]:
     """The agent container's EDGEFLEET_* environment for a ring's deployment of `desired` (a rollback when it
     carries an order), and the artifact placed in `model_dir` under the name Greengrass gives it."""
-    model, agent = _recipes(desired, pem)
-    config = {
-        MODEL_C: dict(model["ComponentConfiguration"]["DefaultConfiguration"]),
-        AGENT_C: dict(agent["ComponentConfiguration"]["DefaultConfiguration"]),
-    }
+    model = _model_recipe(desired)
+    defaults = model["ComponentConfiguration"]["DefaultConfiguration"]
+    config = dict(defaults)
     order = (desired.rollback_order, desired.rollback_signature or "") if desired.rollback_order else None
     update = components_spec(RingComponents(MODEL_C, AGENT_C, "0.1.0", ROLLOUT, ring), desired.version, desired.rollout, order)[MODEL_C]
     for pointer in update["configurationUpdate"].get("reset", []):
-        key = pointer.lstrip("/")
-        config[MODEL_C][key] = model["ComponentConfiguration"]["DefaultConfiguration"][key]
-    config[MODEL_C].update(json.loads(update["configurationUpdate"]["merge"]))
+        config[pointer.lstrip("/")] = defaults[pointer.lstrip("/")]
+    config.update(json.loads(update["configurationUpdate"]["merge"]))
     artifact_name = model["Manifests"][0]["Artifacts"][0]["URI"].rsplit("/", 1)[-1]
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / artifact_name).write_bytes(artifact_bytes(desired) if data is None else data)
-    setenv = agent["Manifests"][0]["Lifecycle"]["Setenv"]
-    return {name: _interpolate(setenv[name], config, AGENT_C) for name in AGENT_ENV}
+    env = {name: str(config[key]) for name, key in MODEL_CONFIGURATION.items()}
+    env[ENV_NAMESPACE] = NAMESPACE
+    assert AGENT_CONFIGURATION[ENV_NAMESPACE] == "MetricNamespace"
+    return env
 
 
 def recipe_command(pem: bytes, desired: DesiredModel, model_dir: Path, state_dir: Path, key: Path, report_seconds: str = "60") -> list[str]:
-    """The agent recipe's `python3 -m agent …` command, with the container's paths mapped to test directories."""
-    _, agent = _recipes(desired, pem)
-    script = agent["Manifests"][0]["Lifecycle"]["Run"]["Script"]
-    words = shlex.split(script[script.index("python3 -m agent") :])
-    assert words[:3] == ["python3", "-m", "agent"]
+    """The old agent recipe's `python3 -m agent …` command, with the container's paths mapped to test directories."""
+    words = shlex.split(LEGACY_COMMAND)
     paths = {
         "/models": str(model_dir),
         "/state": str(state_dir),
@@ -157,7 +154,7 @@ def aws_offline(monkeypatch):
 # -- the environment -----------------------------------------------------------------------------------------------------
 def test_the_components_environment_is_the_desired_model(tmp_path, keys, v110):
     env = component_environment(v110, keys.pem, tmp_path / "models", ring="early")
-    assert set(REQUIRED_ENV) <= set(env) == set(AGENT_ENV)
+    assert set(REQUIRED_ENV) <= set(env) == set(LEGACY_ENV)
     desired = GreengrassTransport(MODEL, tmp_path / "models", environ=env).desired("thing-1", MODEL)
     assert desired == dataclasses.replace(v110, uri=(tmp_path / "models" / f"{v110.sha256}.onnx").as_uri(), rollout=ROLLOUT)
     assert Path(desired.uri.removeprefix("file://")).read_bytes() == artifact_bytes(v110)
@@ -551,3 +548,45 @@ def test_help_names_the_transports_and_exit_codes():
         "--install-only",
     ):
         assert text in proc.stdout
+
+
+# -- the status shadow ---------------------------------------------------------------------------------------------------
+def test_the_status_shadow_is_written_on_change_and_heartbeat_only_and_matches_the_iot_data_model(aws_offline, caplog):
+    import boto3
+    from botocore.stub import ANY, Stubber
+
+    from edgefleet_agent.contract.greengrass import STATUS_SHADOW_HEARTBEAT, status_shadow, status_shadow_field
+    from edgefleet_agent.transports.greengrass import StatusShadow
+
+    client = boto3.client("iot-data", region_name=REGION, endpoint_url="https://example-ats.iot.eu-west-1.amazonaws.com")
+    stub = Stubber(client)
+    now = [1000.0]
+    shadow = StatusShadow(MODEL, "detector@1.1.0+x", "canary", client=client, clock=lambda: now[0])
+    sent: list[dict] = []
+    client.meta.events.register(
+        "provide-client-params.iot-data.UpdateThingShadow", lambda params, **_: sent.append(json.loads(params["payload"]))
+    )
+    for _ in range(3):  # first report, a change of version, the heartbeat
+        stub.add_response(
+            "update_thing_shadow", {"payload": b"{}"}, {"thingName": "thing-1", "shadowName": f"edgefleet-{MODEL}", "payload": ANY}
+        )
+    with stub:
+        assert shadow.publish(_report("1.0.0"))
+        now[0] += 60
+        assert shadow.publish(_report("1.0.0")), "unchanged and fresh: nothing sent"
+        assert shadow.publish(_report("1.1.0"))
+        now[0] += STATUS_SHADOW_HEARTBEAT
+        assert shadow.publish(_report("1.1.0"))
+    stub.assert_no_pending_responses()
+    assert [d["state"]["reported"]["version"] for d in sent] == ["1.0.0", "1.1.0", "1.1.0"]
+    assert set(sent[0]["state"]) == {"reported"} and len(json.dumps(sent[0])) < 1024, "reported only, small"
+    assert sent[0]["state"]["reported"]["ring"] == "canary" and sent[0]["state"]["reported"]["rollout"] == "detector@1.1.0+x"
+    assert status_shadow_field(MODEL, "version") == f"shadow.name.{status_shadow(MODEL)}.reported.version"
+
+    class Down:
+        def update_thing_shadow(self, **_):
+            raise ConnectionError("no route")
+
+    assert StatusShadow(MODEL, "r", "canary", client=Down()).publish(_report("1.0.0")) is False
+    assert "status shadow edgefleet-detector not updated" in caplog.text
+    assert StatusShadow(MODEL, "r", "canary").publish(_report("1.0.0")) is False, "off Greengrass without a client: nothing"

@@ -232,7 +232,8 @@ def test_rings_select_on_the_thing_type_and_attributes_fleet_indexing_indexes(gr
 
 def test_components_carry_the_artifact_manifest_and_signature(graph: Graph):
     comps = {r["name"]: r for r in graph.of_type("aws-native:greengrassv2:ComponentVersion")}
-    model, agent = comps["detector-model-component"], comps["detector-agent-component"]
+    model, agent = comps["detector-model-component"], comps["aws-greengrass-agent-component"]
+    assert len(comps) == 2, "one agent component per stack, whatever the number of models"
     recipe = json.loads(model["inputs"]["inlineRecipe"])
     assert recipe["ComponentName"] == "edgefleet.aws-dev.detector.Model" and recipe["ComponentVersion"] == "1.0.0"
     uris = {a["URI"] for m in recipe["Manifests"] for a in m["Artifacts"]}
@@ -247,8 +248,11 @@ def test_components_carry_the_artifact_manifest_and_signature(graph: Graph):
     assert artifact["urn"] in model["dependencies"], "the artifact exists before Greengrass reads it to compute its digest"
     arches = {m["Platform"]["architecture"] for m in recipe["Manifests"]}
     assert arches == {"amd64", "aarch64"}  # the model's two targets
+    assert recipe["ComponentDependencies"] == {"edgefleet.aws-dev.Agent": {"VersionRequirement": ">=0.1.0", "DependencyType": "HARD"}}
+    assert agent["urn"] in model["dependencies"]
     agent_recipe = json.loads(agent["inputs"]["inlineRecipe"])
-    assert agent_recipe["ComponentDependencies"]["edgefleet.aws-dev.detector.Model"]["DependencyType"] == "HARD"
+    assert agent_recipe["ComponentName"] == "edgefleet.aws-dev.Agent" and agent_recipe["ComponentVersion"] == "0.1.0"
+    assert not any(d.endswith(".Model") for d in agent_recipe["ComponentDependencies"]), "no model restarts the agent"
     run = agent_recipe["Manifests"][0]["Lifecycle"]["Run"]["Script"]
     assert "python3 -m agent" in run and "123456789012.dkr.ecr.eu-west-1.amazonaws.com/edgefleet-aws-dev/agent:0.1.0" in run
     assert "name: detector" not in run, "manifest text reaches the agent through Setenv, never inside the shell command"
@@ -257,7 +261,7 @@ def test_components_carry_the_artifact_manifest_and_signature(graph: Graph):
     ]
     for r in (model, agent):
         assert r["options"].get("retain_on_delete") is True, "a rollback deploys old component versions: never delete them"
-        assert graph.parent(r)["type"] == "edgefleet:models:ModelVersion"
+    assert graph.parent(model)["type"] == "edgefleet:models:ModelVersion" and graph.parent(agent)["type"] == "edgefleet:aws:Fleet"
 
 
 def _ring_resources(graph: Graph, kind: str) -> dict[str, dict]:
@@ -283,7 +287,7 @@ def test_one_deployment_per_ring_with_the_rings_job_policy(graph: Graph):
         assert job["timeoutConfig"] == {"inProgressTimeoutInMinutes": timeout}
         components = inputs["components"]
         assert components["edgefleet.aws-dev.detector.Model"]["componentVersion"] == "1.0.0"
-        assert components["edgefleet.aws-dev.detector.Agent"]["componentVersion"] == "0.1.0"
+        assert set(components) == {"edgefleet.aws-dev.detector.Model"}, "the agent comes as the model's dependency, never by name"
         update = components["edgefleet.aws-dev.detector.Model"]["configurationUpdate"]
         assert update["reset"] == ["/RollbackOrder", "/RollbackSignature"], "a forward deployment clears any rollback order"
         assert json.loads(update["merge"]) == {"Ring": ring, "Rollout": "detector", "RolloutId": f"detector@1.0.0+{SHA[:12]}"}

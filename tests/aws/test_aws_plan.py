@@ -130,7 +130,7 @@ def test_job_policy_derives_from_the_gate_unless_set():
 def test_every_kind_of_deployment_payload_is_a_valid_create_deployment_request():
     aws = AwsConfig.model_validate({"region": "eu-west-1", "rings": {"canary": {"devices": 4}}})
     policy = ring_job_policy(aws, RingConfig(name="canary", group="g"))
-    ring = RingComponents("edgefleet.aws-dev.detector.Model", "edgefleet.aws-dev.detector.Agent", "0.1.0", "detector", "canary")
+    ring = RingComponents("edgefleet.aws-dev.detector.Model", "edgefleet.aws-dev.Agent", "0.1.0", "detector", "canary")
     target = "arn:aws:iot:eu-west-1:123456789012:thinggroup/edgefleet-aws-dev-detector-canary"
     payloads = [
         components_spec(ring, "1.2.0", "detector@1.2.0+abc"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from aws_testkit import PROJECT, Graph
 
-from components.aws.recipes import SCHEMA, agent_recipe, model_recipe, recipe_text
+from components.aws.recipes import SCHEMA, VERDICT_WAIT_SECONDS, agent_recipe, model_recipe, recipe_text
 from components.aws.recipes import recipe_errors as gdk_errors
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import ModelDir
@@ -28,7 +28,14 @@ def test_vendored_schema_is_the_shared_reference():
     assert SCHEMA.read_bytes() == SHARED_SCHEMA.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["detector-model-component", "detector-agent-component"])
+AGENT = "edgefleet.dev.Agent"
+
+
+def _model_recipe(manifest, text, signature="{}", uri="s3://b/k.onnx", component="edgefleet.dev.detector.Model"):
+    return model_recipe(component, manifest, text, signature, uri, AGENT, "0.4.0")
+
+
+@pytest.mark.parametrize("name", ["detector-model-component", "aws-greengrass-agent-component"])
 def test_declared_recipes_validate_against_the_gdk_schema(graph: Graph, name: str):
     recipe = json.loads(graph.named(name)["inputs"]["inlineRecipe"])
     assert gdk_errors(recipe) == []
@@ -39,39 +46,45 @@ def test_model_recipe_for_every_target_architecture_validates():
     three = manifest.model_copy(
         update={"targets": [*manifest.targets, manifest.targets[1].model_copy(update={"name": "pi", "arch": "armv7"})]}
     )
-    recipe = model_recipe(
-        "edgefleet.dev.detector.Model", three, text, '{"format": "edgefleet-signature/v1"}', "s3://b/models/detector/x.onnx"
-    )
+    recipe = _model_recipe(three, text, '{"format": "edgefleet-signature/v1"}', "s3://b/models/detector/x.onnx")
     assert gdk_errors(recipe) == []
     assert [m["Platform"]["architecture"] for m in recipe["Manifests"]] == ["aarch64", "amd64", "arm"]
     assert json.loads(recipe_text(recipe)) == recipe
 
 
-def test_agent_recipe_validates_and_keeps_values_out_of_the_shell():
+def test_model_recipe_hands_over_to_the_agent_without_restarting_it():
+    """The model component depends on the stack's one agent (HARD: started once the agent runs; it restarts the model
+    component, never the agent), hands its configuration over through Setenv (never spliced into the script), and
+    waits for the verdict in Startup, which Greengrass waits for before it reports the deployment."""
     manifest, text = _manifest()
+    recipe = _model_recipe(manifest, text)
+    assert recipe["ComponentDependencies"] == {AGENT: {"VersionRequirement": ">=0.4.0", "DependencyType": "HARD"}}
+    lifecycle = recipe["Manifests"][0]["Lifecycle"]
+    assert set(lifecycle) == {"Setenv", "Startup", "Shutdown"}
+    assert lifecycle["Setenv"]["EDGEFLEET_HANDOFF_MANIFEST_YAML"] == "{configuration:/Manifest}"
+    assert lifecycle["Setenv"]["EDGEFLEET_HANDOFF_ROLLBACK_ORDER"] == "{configuration:/RollbackOrder}"
+    startup = lifecycle["Startup"]
+    assert startup["Timeout"] > VERDICT_WAIT_SECONDS
+    assert "{edgefleet.dev.Agent:work:path}/_greengrass/models/detector" in startup["Script"]
+    assert manifest.description not in startup["Script"] and "{configuration:" not in startup["Script"]
+
+
+def test_agent_recipe_serves_every_model_on_one_endpoint_and_depends_on_no_model():
     recipe = agent_recipe(
-        "edgefleet.dev.detector.Agent",
-        "0.1.0",
-        "detector",
-        "edgefleet.dev.detector.Model",
-        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/edgefleet-dev/agent:0.1.0",
+        AGENT,
+        "0.4.0",
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/edgefleet-dev/agent:0.4.0",
         "Edgefleet/Agent",
         "-----BEGIN PUBLIC KEY-----\nMFk...\n-----END PUBLIC KEY-----\n",
     )
     assert gdk_errors(recipe) == []
+    assert set(recipe["ComponentDependencies"]) == {"aws.greengrass.DockerApplicationManager", "aws.greengrass.TokenExchangeService"}
     lifecycle = recipe["Manifests"][0]["Lifecycle"]
-    assert lifecycle["Setenv"]["EDGEFLEET_MODEL_MANIFEST"] == "{edgefleet.dev.detector.Model:configuration:/Manifest}"
-    assert lifecycle["Setenv"]["EDGEFLEET_ROLLBACK_ORDER"] == "{edgefleet.dev.detector.Model:configuration:/RollbackOrder}"
     script = lifecycle["Run"]["Script"]
-    assert "BEGIN PUBLIC KEY" not in script and "-e EDGEFLEET_MODEL_MANIFEST" in script
-    assert "{edgefleet.dev.detector.Model:artifacts:path}:/models:ro" in script
-    deps = recipe["ComponentDependencies"]
-    assert set(deps) == {"edgefleet.dev.detector.Model", "aws.greengrass.DockerApplicationManager", "aws.greengrass.TokenExchangeService"}
-    install = lifecycle["Install"]["Script"]
-    assert "--install-only" in install and "--install-only" not in script, (
-        "a refused model must fail Install, so the deployment fails on the device before the component runs"
-    )
-    assert "BEGIN PUBLIC KEY" not in install and "{edgefleet.dev.detector.Model:artifacts:path}:/models:ro" in install
+    assert "BEGIN PUBLIC KEY" not in script and "--name edgefleet-agent " in script
+    assert "--network=host" in script and "--host 127.0.0.1 --port 8000" in script
+    assert "--model" not in script and "-v {work:path}:/state" in script
+    assert "Install" not in lifecycle, "nothing about a model happens in the agent's own lifecycle"
 
 
 @pytest.mark.parametrize(
@@ -85,7 +98,7 @@ def test_agent_recipe_validates_and_keeps_values_out_of_the_shell():
 )
 def test_the_validation_rejects_broken_recipes(break_it, where):
     manifest, text = _manifest()
-    recipe = copy.deepcopy(model_recipe("edgefleet.dev.detector.Model", manifest, text, "{}", "s3://b/k.onnx"))
+    recipe = copy.deepcopy(_model_recipe(manifest, text))
     break_it(recipe)
     errors = gdk_errors(recipe)
     assert errors and any(where in e for e in errors), errors
@@ -93,7 +106,7 @@ def test_the_validation_rejects_broken_recipes(break_it, where):
 
 def test_validation_is_case_insensitive_like_gdk():
     manifest, text = _manifest()
-    recipe = model_recipe("edgefleet.dev.detector.Model", manifest, text, "{}", "s3://b/k.onnx")
+    recipe = _model_recipe(manifest, text)
     shouted = {k.upper(): v for k, v in recipe.items()}
     assert gdk_errors(shouted) == []
     assert Path(SCHEMA).is_file()
@@ -101,7 +114,7 @@ def test_validation_is_case_insensitive_like_gdk():
 
 def test_a_recipe_the_schema_rejects_is_refused_before_it_is_declared():
     manifest, text = _manifest()
-    recipe = model_recipe("edgefleet.dev.detector.Model", manifest, text, "{}", "s3://b/models/detector/x.onnx")
+    recipe = _model_recipe(manifest, text, uri="s3://b/models/detector/x.onnx")
     recipe["ComponentVersion"] = 7  # the schema wants a string
     with pytest.raises(EdgefleetError) as info:
         recipe_text(recipe)

@@ -3,7 +3,9 @@
 The hub implements what Microsoft documents for the calls edgefleet makes: SAS authentication, configurations
 (PUT create -> 201 or 409 when the id exists; PUT with If-Match -> 200, 412 on a stale ETag, 404 when missing,
 400 when the immutable content changes; GET 200/404; DELETE with If-Match -> 204/404/412), twin queries with
-x-ms-continuation paging, and error bodies of the form {"Message": "ErrorCode:<code>;<text>"}. Faults (429 with
+x-ms-continuation paging and GROUP BY over one property (the rows `edgefleet status` counts versions with), a
+query quota answering 429 with Retry-After (`query_quota` requests, pages included, per `quota_window` seconds, as IoT
+Hub's 20 queries a minute per S1 unit), and error bodies of the form {"Message": "ErrorCode:<code>;<text>"}. Faults (429 with
 Retry-After, 5xx) are injected per call. Devices can be simulated: the hub applies configurations the way IoT
 Hub layers them (the highest-priority base, then layers above it by priority and creation time) and marks them
 Applied on the device's $edgeAgent twin (except for `unapplied` devices, which it has not reached yet); the
@@ -180,18 +182,42 @@ def matches(condition: str, doc: dict[str, Any]) -> bool:
     return Condition(condition).eval(doc) is True
 
 
-QUERY = re.compile(r"^SELECT\s+(?:TOP\s+(\d+)\s+)?(.*?)\s+FROM\s+(devices\.modules|devices)\s+WHERE\s+(.*)$", re.S | re.I)
+QUERY = re.compile(
+    r"^SELECT\s+(?:TOP\s+(\d+)\s+)?(.*?)\s+FROM\s+(devices\.modules|devices)\s+WHERE\s+(.*?)(?:\s+GROUP\s+BY\s+([A-Za-z0-9_$.]+))?$",
+    re.S | re.I,
+)
 
 
 def run_query(sql: str, devices: list[dict[str, Any]], modules: list[dict[str, Any]]) -> list[dict[str, Any]]:
     m = QUERY.match(sql.strip())
     if not m:
         raise ValueError(f"unsupported query {sql!r}")
-    top, projection, collection, where = m.groups()
+    top, projection, collection, where, group_by = m.groups()
     cond = Condition(where)
     docs = [d for d in (modules if collection == "devices.modules" else devices) if cond.eval(d) is True]
     items = [p.strip() for p in projection.split(",")]
     agg = [re.match(r"^(COUNT|SUM|MAX|MIN|AVG)\((.*)\)\s+AS\s+(\w+)$", p, re.I) for p in items]
+    if group_by:
+        # IoT Hub's GROUP BY: one row per value of the grouping property (a group of documents without it carries
+        # no such key); the projection is that property and COUNT()
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for d in docs:
+            groups.setdefault(json.dumps(resolve(d, group_by) if resolve(d, group_by) is not UNDEF else None), []).append(d)
+        rows = []
+        for key, members in sorted(groups.items()):
+            row: dict[str, Any] = {}
+            for p, a in zip(items, agg, strict=True):
+                if a:
+                    row[a.group(3)] = len(members)
+                else:
+                    pm = re.match(r"^(.*?)\s+AS\s+(\w+)$", p, re.I)
+                    path, alias = (pm.group(1), pm.group(2)) if pm else (p, p.split(".")[-1])
+                    if path != group_by:
+                        raise ValueError(f"GROUP BY {group_by}: cannot project {path}")
+                    if json.loads(key) is not None:
+                        row[alias] = json.loads(key)
+            rows.append(row)
+        return rows
     if all(agg):
         row = {}
         for a in agg:
@@ -262,6 +288,12 @@ class FakeIotHub:
         self.timeline: list[tuple[str, str, list[str]]] = []  # (op, id, ids present after it)
         self.page_size_cap = 2
         self.unapplied: set[str] = set()  # devices IoT Hub has not applied deployments to yet
+        # IoT Hub's query quota (20 a minute per S1/S2 unit): at most `query_quota` query requests (each page counts)
+        # in any `quota_window` seconds, then 429 ThrottlingException with Retry-After until the window has room
+        self.query_quota: int | None = None
+        self.quota_window = 60.0
+        self.query_times: list[float] = []
+        self.throttled = 0
         self._etags = itertools.count(1)
         self._created = itertools.count(1)
         self.lock = threading.RLock()
@@ -427,6 +459,10 @@ class FakeIotHub:
                     if parts[:1] == ["configurations"]:
                         return self._configurations(method, parts[1:], body)
                     if parts == ["devices", "query"] and method == "POST":
+                        wait = hub._quota_wait()
+                        if wait:
+                            hub.throttled += 1
+                            return self._error(429, "ThrottlingException", "query quota exceeded", {"Retry-After": f"{wait:.3f}"})
                         return self._query(body["query"])
                     return self._error(404, "NotFound", url.path)
 
@@ -503,6 +539,17 @@ class FakeIotHub:
                 self._handle("POST")
 
         return Handler
+
+    def _quota_wait(self) -> float:
+        """Seconds until the query quota has room (0: it has, and this query is counted)."""
+        if self.query_quota is None:
+            return 0.0
+        now = time.monotonic()
+        self.query_times = [t for t in self.query_times if t > now - self.quota_window]
+        if len(self.query_times) >= self.query_quota:
+            return max(0.001, self.query_times[0] + self.quota_window - now)
+        self.query_times.append(now)
+        return 0.0
 
     def _etag(self) -> str:
         return base64.b64encode(str(next(self._etags)).encode()).decode()

@@ -1,8 +1,16 @@
-"""The agent on AWS IoT Greengrass v2: desired state from the component's environment, health to CloudWatch.
+"""The agent on AWS IoT Greengrass v2: desired state from the model components' hand-off directory (or, for recipes
+before agent 0.4.0, the component's environment), health to CloudWatch.
 
 Contract (docs/aws.md, "The agent on Greengrass"; components/aws/recipes.py is the source of truth):
 
-- The model component carries the exact signed manifest and its signature as configuration. The agent
+- One long-lived agent component per stack serves every model of the device on one endpoint (`run --transport
+  greengrass` without --model). Each model component's Startup writes its desired state into
+  `<state-dir>/_greengrass/models/<model>/` (names in contract/greengrass.py) and waits for the verdict the agent
+  writes beside it: `HandoffTransport` reads those directories, `GreengrassSupervisor` runs one DeviceAgent per model
+  (like the IoT Edge supervisor) and writes the verdicts. A new desired state is applied in the running process; a
+  refused one is answered `status=refused`, and the model component's Startup exits non-zero with the reason, so the
+  deployment fails on this device (the gate counts it) and Greengrass rolls it back.
+- Before agent 0.4.0 (kept for `--model`): the model component carries the exact signed manifest and its signature as configuration. The agent
   component's recipe sets them, through recipe variables, into the container's environment
   (`EDGEFLEET_MODEL_MANIFEST`, `EDGEFLEET_MODEL_SIGNATURE`, `EDGEFLEET_MODEL_FILE`, `EDGEFLEET_ROLLBACK_ORDER`,
   `EDGEFLEET_ROLLBACK_SIGNATURE`, `EDGEFLEET_ROLLOUT`, `EDGEFLEET_RING`, `EDGEFLEET_METRIC_NAMESPACE`) and
@@ -20,6 +28,8 @@ Contract (docs/aws.md, "The agent on Greengrass"; components/aws/recipes.py is t
   summaries) goes under the same three dimensions, bounded (`quality_datums`; names in contract/greengrass.py). Credentials come from the token exchange service
   through boto3's container provider (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, `AWS_CONTAINER_AUTHORIZATION_TOKEN`);
   the region from `AWS_REGION`. boto3 is imported and the client built on the first report, never at import.
+- The device's status shadow `edgefleet-<model>` (contract/greengrass.py, `StatusShadow`) holds what it serves and its
+  status, so `edgefleet status` counts a ring's devices per version through fleet indexing in one call.
 - A refused model is not served; the process exits with `EXIT_REFUSED` (see `python -m agent --help`) so
   that the component breaks and the deployment fails on this device: the gate counts job executions, so
   an agent that kept running would be counted as having adopted the version it refused.
@@ -27,25 +37,38 @@ Contract (docs/aws.md, "The agent on Greengrass"; components/aws/recipes.py is t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, Sequence
 
 from edgefleet_agent import __version__
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.greengrass import (
+    ARTIFACTS_DIR,
     BIN_DIMENSION,
     CANDIDATE_DIMENSION,
     CLASS_DIMENSION,
     CLASS_METRIC,
     CONFIDENCE_METRIC,
     COUNT_METRICS,
+    CURRENT,
+    D_FILE,
+    D_MANIFEST,
+    D_RING,
+    D_ROLLBACK_ORDER,
+    D_ROLLBACK_SIGNATURE,
+    D_ROLLOUT,
+    D_SIGNATURE,
+    DESIRED_FILES,
+    DESIRED_PREFIX,
     DEVICE_DIMENSION,
     DEVICE_METRICS,
     DIMENSIONS,
@@ -57,21 +80,36 @@ from edgefleet_agent.contract.greengrass import (
     ENV_ROLLBACK_SIGNATURE,
     ENV_ROLLOUT,
     ENV_SIGNATURE,
+    HANDOFF_DIR,
+    HANDOFF_MODELS,
     LABELLED_METRICS,
     LATENCY_METRIC,
     PREDICTIONS_METRIC,
+    REMOVAL_GRACE_SECONDS,
     REQUEST_LATENCY_METRIC,
     REQUIRED_ENV,
+    SERIAL,
     SHADOW_COUNT_METRICS,
     SHADOW_LATENCY_METRIC,
     SHADOW_SERVED_LATENCY_METRIC,
+    STATUS_SHADOW_HEARTBEAT,
+    STOPPED,
+    VERDICT,
+    VERDICT_KEYS,
+    VERDICT_PENDING,
+    status_shadow,
+    status_shadow_document,
 )
-from edgefleet_agent.contract.manifest import parse_manifest_bytes
+from edgefleet_agent.contract.manifest import is_valid_name, parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 from edgefleet_agent.contract.telemetry import LATENCY_BOUNDS_MS, Labelled, Latency, Predictions, Shadow
 
 if TYPE_CHECKING:
     from types_boto3_cloudwatch.type_defs import DimensionTypeDef, MetricDatumTypeDef
+
+    from edgefleet_agent.core import DeviceAgent
+    from edgefleet_agent.endpoint import ModelRegistry
+    from edgefleet_agent.trust import TrustedMetadata
 
 log = logging.getLogger("edgefleet.agent.greengrass")
 
@@ -326,22 +364,404 @@ class CloudWatchMetrics:
         return len(self._backlog)
 
 
+class ShadowClient(Protocol):
+    """What StatusShadow calls of boto3's iot-data client (tests pass a stand-in)."""
+
+    def update_thing_shadow(self, *, thingName: str, shadowName: str, payload: bytes) -> object: ...
+
+
+class StatusShadow:
+    """Keeps the device's status shadow (`edgefleet-<model>`, contract/greengrass.py) up to date: what it serves, its
+    status, the rollout and ring it was given. Written when any of those changes and otherwise at most every
+    STATUS_SHADOW_HEARTBEAT seconds, so a fleet costs IoT a few shadow updates an hour, not one a report. The data
+    endpoint comes from iot:DescribeEndpoint (iot:Data-ATS) with the token exchange service's credentials. Never raises:
+    a failure is logged and the next report tries again. Without the token exchange service's environment (not on
+    Greengrass) and without a client it does nothing."""
+
+    def __init__(
+        self,
+        model: str,
+        rollout: str,
+        ring: str,
+        client: ShadowClient | None = None,
+        region: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = status_shadow(model)
+        self.rollout = rollout
+        self.ring = ring
+        self.region = region
+        self._client = client
+        self._clock = clock
+        self._sent: tuple[object, ...] | None = None
+        self._sent_at = 0.0
+
+    @property
+    def configured(self) -> bool:
+        return self._client is not None or bool(os.environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+
+    def client(self) -> ShadowClient:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            config = Config(
+                retries={"max_attempts": CLIENT_RETRIES, "mode": "standard"},
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                read_timeout=READ_TIMEOUT_SECONDS,
+                user_agent_extra=f"edgefleet-agent/{__version__}",
+            )
+            address = boto3.client("iot", region_name=region, config=config).describe_endpoint(endpointType="iot:Data-ATS")[
+                "endpointAddress"
+            ]
+            self._client = boto3.client("iot-data", region_name=region, endpoint_url=f"https://{address}", config=config)
+        return self._client
+
+    def publish(self, report: DeviceReport) -> bool:
+        """True if the shadow holds this report's state (sent now, or unchanged and fresh)."""
+        if not self.configured:
+            return False
+        state = (report.version, report.sha256, str(report.status), self.rollout, self.ring)
+        now = self._clock()
+        if state == self._sent and now - self._sent_at < STATUS_SHADOW_HEARTBEAT:
+            return True
+        doc = status_shadow_document(report.version, report.sha256, str(report.status), self.rollout, self.ring, now)
+        try:
+            self.client().update_thing_shadow(thingName=report.device_id, shadowName=self.name, payload=json.dumps(doc).encode())
+        except Exception as exc:  # noqa: BLE001 - a shadow outage must never stop serving
+            log.warning("status shadow %s not updated: %s: %s", self.name, type(exc).__name__, exc)
+            return False
+        self._sent, self._sent_at = state, now
+        return True
+
+
 class GreengrassTransport:
     """Transport for `python -m agent --transport greengrass`. The desired state never changes in-process."""
 
     def __init__(
-        self, model: str, model_dir: Path, environ: Mapping[str, str] | None = None, cloudwatch_client: MetricsClient | None = None
+        self,
+        model: str,
+        model_dir: Path,
+        environ: Mapping[str, str] | None = None,
+        cloudwatch_client: MetricsClient | None = None,
+        shadow_client: ShadowClient | None = None,
     ) -> None:
         self.env = GreengrassEnvironment.from_environ(os.environ if environ is None else environ)
         self.model_dir = Path(model_dir)
         self._desired = desired_from_environment(self.env, model, self.model_dir)
         self.metrics = CloudWatchMetrics(self.env.namespace, self.env.rollout, self.env.ring, client=cloudwatch_client)
+        self.shadow = StatusShadow(model, self.env.rollout, self.env.ring, client=shadow_client)
 
     def desired(self, device_id: str, model: str) -> DesiredModel | None:
         return self._desired
 
     def report(self, report: DeviceReport) -> None:
         self.metrics.publish(report)
+        self.shadow.publish(report)
 
     def close(self) -> None:
         pass
+
+
+# -- one agent per device: the model components' hand-off directory (agent 0.4.0) ----------------------------------
+class HandoffError(Exception):
+    """A model's hand-off directory does not hold a complete desired state (yet)."""
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """One committed desired state from a model component: its serial (echoed in the verdict) and what it asks for."""
+
+    serial: str
+    desired: DesiredModel
+    ring: str
+
+
+def handoff_root(state_dir: Path) -> Path:
+    return Path(state_dir) / HANDOFF_DIR / HANDOFF_MODELS
+
+
+def read_handoff(model_dir: Path, model: str) -> Handoff | None:
+    """The desired state `model_dir/current` names, None before any model component committed one. The files hold the
+    exact bytes the model component's configuration carried (read as bytes: no newline translation)."""
+    try:
+        current = (model_dir / CURRENT).read_bytes().decode("utf-8").strip()
+    except FileNotFoundError:
+        return None
+    if not current.startswith(DESIRED_PREFIX) or Path(current).name != current:
+        raise HandoffError(f"{model_dir / CURRENT} names {current!r}, not a {DESIRED_PREFIX}<serial> directory")
+    d = model_dir / current
+    values = {name: (d / name).read_bytes().decode("utf-8") for name in (*DESIRED_FILES, SERIAL)}
+    environ = {
+        ENV_MANIFEST: values[D_MANIFEST],
+        ENV_SIGNATURE: values[D_SIGNATURE],
+        ENV_FILE: values[D_FILE],
+        ENV_ROLLBACK_ORDER: values[D_ROLLBACK_ORDER],
+        ENV_ROLLBACK_SIGNATURE: values[D_ROLLBACK_SIGNATURE],
+        ENV_ROLLOUT: values[D_ROLLOUT],
+        ENV_RING: values[D_RING],
+    }
+    try:
+        env = GreengrassEnvironment.from_environ(environ)
+    except GreengrassConfigError as exc:
+        raise HandoffError(f"{d}: {exc}") from None
+    return Handoff(serial=values[SERIAL].strip(), desired=desired_from_environment(env, model, model_dir / ARTIFACTS_DIR), ring=env.ring)
+
+
+class HandoffTransport:
+    """Desired state for every model whose component committed one under `<state-dir>/_greengrass/models/`, and
+    reports to CloudWatch under each model's own rollout and ring. `refresh()` re-reads the directory; a model whose
+    component left a `stopped` marker for `grace_seconds` of this process's own observation is no longer desired
+    (a restart or an update removes the marker within seconds; a removed component never does)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        namespace: str,
+        cloudwatch_client: MetricsClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        grace_seconds: float = REMOVAL_GRACE_SECONDS,
+        shadow_client: ShadowClient | None = None,
+    ) -> None:
+        self.root = handoff_root(state_dir)
+        self.namespace = namespace
+        self.grace_seconds = grace_seconds
+        self._client = cloudwatch_client
+        self._shadow_client = shadow_client
+        self.shadows: dict[str, StatusShadow] = {}  # per model: what `edgefleet status` counts through fleet indexing
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._handoffs: dict[str, Handoff] = {}
+        self._stopped_since: dict[str, float] = {}
+        self._problems: dict[str, str] = {}
+        self.metrics: dict[str, CloudWatchMetrics] = {}
+
+    def refresh(self) -> set[str]:
+        """Reads every model's committed desired state; returns the models wanted now. A directory that cannot be read
+        keeps the last desired state read from it (a model component may be mid-way through committing a new one)."""
+        found: dict[str, Handoff] = {}
+        try:
+            entries = sorted(p for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name))
+        except FileNotFoundError:
+            entries = []
+        now = self._clock()
+        for model_dir in entries:
+            name = model_dir.name
+            if (model_dir / STOPPED).exists():
+                since = self._stopped_since.setdefault(name, now)
+                if now - since >= self.grace_seconds:
+                    if name in self._handoffs:
+                        log.info("%s: its model component has been stopped for %.0f s: no longer desired", name, now - since)
+                    continue
+            else:
+                self._stopped_since.pop(name, None)
+            try:
+                handoff = read_handoff(model_dir, name)
+            except (OSError, UnicodeDecodeError, HandoffError) as exc:
+                if self._problems.get(name) != str(exc):
+                    log.warning("%s: cannot read the desired state from %s (keeping the last one): %s", name, model_dir, exc)
+                    self._problems[name] = str(exc)
+                handoff = self._handoffs.get(name)
+            else:
+                self._problems.pop(name, None)
+            if handoff is not None:
+                found[name] = handoff
+        with self._lock:
+            self._handoffs = found
+        return set(found)
+
+    def handoff(self, model: str) -> Handoff | None:
+        with self._lock:
+            return self._handoffs.get(model)
+
+    def desired(self, device_id: str, model: str) -> DesiredModel | None:
+        handoff = self.handoff(model)
+        return handoff.desired if handoff is not None else None
+
+    def report(self, report: DeviceReport) -> None:
+        handoff = self.handoff(report.model)
+        metrics = self.metrics.get(report.model)
+        if metrics is None:
+            metrics = self.metrics[report.model] = CloudWatchMetrics(self.namespace, "", "", client=self._client)
+        shadow = self.shadows.get(report.model)
+        if shadow is None:
+            shadow = self.shadows[report.model] = StatusShadow(report.model, "", "", client=self._shadow_client)
+        if handoff is not None:  # dimensions follow the model's current deployment; a removed model keeps its last
+            metrics.rollout, metrics.ring = handoff.desired.rollout, handoff.ring
+            shadow.rollout, shadow.ring = handoff.desired.rollout, handoff.ring
+        metrics.publish(report)
+        shadow.publish(report)
+
+    def write_verdict(self, model: str, verdict: Mapping[str, str]) -> bool:
+        """<model>/verdict, replaced atomically, as key=value lines (one line each: the model component reads it with sed)."""
+        model_dir = self.root / model
+        text = "".join(f"{k}={' '.join(str(verdict.get(k, '')).split())}\n" for k in VERDICT_KEYS)
+        tmp = model_dir / f".{VERDICT}.tmp"
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, model_dir / VERDICT)
+        except OSError as exc:
+            log.warning("%s: cannot write the verdict in %s: %s", model, model_dir, exc)
+            return False
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Agent:
+    agent: DeviceAgent
+    stop: threading.Event
+    thread: threading.Thread | None
+    verdict: str = ""  # the last verdict written, so an unchanged one is not rewritten every step
+
+
+class GreengrassSupervisor:
+    """One DeviceAgent per model found in the hand-off directory, all in this process and on one endpoint
+    (`registry`): a model whose component commits a new desired state is swapped in place; one that appears gets an
+    agent; one whose component is gone is unloaded. After every step each model's verdict is written for the serial
+    of its committed desired state, which is what the model component's Startup waits for."""
+
+    def __init__(
+        self,
+        transport: HandoffTransport,
+        device_id: str,
+        state_dir: Path,
+        public_key_pem: bytes,
+        *,
+        providers: Iterable[str] = ("CPUExecutionProvider",),
+        sync_seconds: float = 0.5,
+        report_seconds: float = 60.0,
+        infer_interval: float = 0.0,
+        synthetic_traffic: bool = False,
+        registry: ModelRegistry | None = None,
+        threaded: bool = True,
+        trust_for: Callable[[str], TrustedMetadata | None] | None = None,
+    ) -> None:
+        from edgefleet_agent.serving import SessionCache
+
+        self.transport = transport
+        self.device_id = device_id
+        self.state_dir = Path(state_dir)
+        self.public_key_pem = public_key_pem
+        self.providers = list(providers)
+        self.sync_seconds = sync_seconds
+        self.report_seconds = report_seconds
+        self.infer_interval = infer_interval
+        self.synthetic_traffic = synthetic_traffic
+        self.registry = registry
+        self.threaded = threaded
+        self.trust_for = trust_for
+        self.cache = SessionCache()
+        self.agents: dict[str, _Agent] = {}
+        self._start_problems: dict[str, str] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - supervision goes on; the agents keep serving
+                log.exception("%s: supervision step failed", self.device_id)
+            stop.wait(self.sync_seconds)
+
+    def step(self) -> None:
+        wanted = self.transport.refresh()
+        for name in sorted(set(self.agents) - wanted):
+            self._stop(name, unload=True)
+        for name in sorted(wanted - set(self.agents)):
+            self._start(name)
+        for name, running in self.agents.items():
+            if not self.threaded:
+                running.agent.sync()
+            self._verdict(name, running)
+
+    def _verdict(self, name: str, running: _Agent) -> None:
+        handoff = self.transport.handoff(name)
+        if handoff is None:
+            return
+        status, reason = running.agent.outcome(handoff.desired)
+        verdict = {
+            "serial": handoff.serial,
+            "model": name,
+            "version": handoff.desired.version,
+            "status": status,
+            "serving": running.agent.current_version or "",
+            "reason": reason,
+        }
+        key = repr(sorted(verdict.items()))
+        if key == running.verdict:
+            return
+        if status != VERDICT_PENDING:
+            log.info("%s: %s %s %s%s", self.device_id, name, handoff.desired.version, status, f": {reason}" if reason else "")
+        if self.transport.write_verdict(name, verdict):
+            running.verdict = key
+
+    def _start(self, name: str) -> None:
+        from edgefleet_agent.core import DeviceAgent
+        from edgefleet_agent.store import StoreError
+
+        agent = None
+        try:
+            agent = DeviceAgent(
+                self.device_id,
+                name,
+                self.state_dir,
+                self.public_key_pem,
+                self.transport,
+                execution_providers=self.providers,
+                session_cache=self.cache,
+                trust=self.trust_for(name) if self.trust_for is not None else None,
+            )
+            agent.start()
+        except (StoreError, OSError, EdgefleetError) as exc:
+            if agent is not None:
+                agent.close()
+            if self._start_problems.get(name) != str(exc):
+                log.error("%s: cannot start the agent for %s (retrying): %s", self.device_id, name, exc)
+                self._start_problems[name] = str(exc)
+            return
+        self._start_problems.pop(name, None)
+        if self.registry is not None:
+            self.registry.add(agent)
+        stop = threading.Event()
+        thread = None
+        if self.threaded:
+            thread = threading.Thread(target=self._serve, args=(agent, stop), name=f"agent-{name}", daemon=True)
+            thread.start()
+        self.agents[name] = _Agent(agent, stop, thread)
+        log.info("%s: agent for %s started", self.device_id, name)
+
+    def _serve(self, agent: DeviceAgent, stop: threading.Event) -> None:
+        try:
+            agent.serve_forever(
+                stop,
+                sync_seconds=self.sync_seconds,
+                report_seconds=self.report_seconds,
+                infer_interval_seconds=self.infer_interval,
+                synthetic_traffic=self.synthetic_traffic,
+            )
+        except Exception:  # noqa: BLE001
+            log.exception("%s: the agent for %s stopped unexpectedly", self.device_id, agent.model)
+
+    def _stop(self, name: str, unload: bool) -> None:
+        running = self.agents.pop(name)
+        if self.registry is not None:
+            self.registry.remove(name)
+        running.stop.set()
+        if running.thread is not None:
+            running.thread.join()
+        try:
+            if unload:
+                running.agent.sync()  # no longer desired: record the unload on disk
+            running.agent.report()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: final report for %s failed: %s", self.device_id, name, exc)
+        finally:
+            running.agent.close()
+        log.info("%s: agent for %s stopped", self.device_id, name)
+
+    def close(self) -> None:
+        for name in list(self.agents):
+            self._stop(name, unload=False)
