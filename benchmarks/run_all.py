@@ -17,6 +17,7 @@ BENCHMARKS = [
     ("serving", ["serving_bench.py"]),  # inference endpoint vs in-process session.run, telemetry cost, shadow cost
     # beside MLServer 1.7.1 on the same models; builds its own venv once, prints "skipped: <reason>" if it cannot
     ("mlserver", ["mlserver_bench.py", "--skip-if-unavailable"]),
+    ("trust", ["trust_bench.py"]),  # TUF metadata per update vs a 16 MiB artifact's download (loopback and a 50 Mbit/s link)
     ("status", ["status_bench.py"]),  # `edgefleet status` on AWS/Azure doubles at 1,000 and 10,000 devices: requests, wall time
 ]
 

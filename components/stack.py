@@ -40,6 +40,22 @@ class SigningConfig(Strict):
     key_file: str = ".edgefleet/keys/signing.pem"
 
 
+TufRole = Literal["root", "targets", "snapshot", "timestamp"]
+
+
+class TrustConfig(Strict):
+    """The stack's TUF repository (docs/signing.md, "Update metadata"): root keys and threshold, each role's expiry.
+
+    Root keys are key files made by `edgefleet keys create --role root` and kept offline; the online roles (targets,
+    snapshot, timestamp) are signed by the stack's signing key. Expiry defaults: root 365 days, targets 30, snapshot 7,
+    timestamp 1. `device_refresh_seconds`: how often a device whose timestamp expired tries for a fresh one."""
+
+    root_keys: list[str] = Field(default_factory=lambda: [".edgefleet/keys/root.pem"], min_length=1)
+    root_threshold: int = Field(default=1, ge=1)
+    expiry_seconds: dict[TufRole, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    device_refresh_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+
 Enforcement = Literal["advisory", "mandatory", "disabled"]
 
 
@@ -75,6 +91,7 @@ class StackCore(Strict):
     groups: list[GroupConfig] = Field(min_length=1)
     rollouts: list[RolloutConfig] = Field(default_factory=list)
     signing: SigningConfig = SigningConfig()
+    trust: TrustConfig = TrustConfig()
     capture: CaptureDestination | None = None  # where rings' captured samples may go; None: declared nowhere
 
     def group(self, name: str) -> GroupConfig:
@@ -126,6 +143,14 @@ def check_stack(cfg: Any) -> list[Problem]:
             out.append(
                 (p, f"platform {p!r} is listed in platforms but has no `{PROJECT}:{p}` section", f"add `{PROJECT}:{p}:` with its settings")
             )
+    if cfg.trust.root_threshold > len(cfg.trust.root_keys):
+        out.append(
+            (
+                "trust.root_threshold",
+                f"{cfg.trust.root_threshold} root keys must sign a root, and trust.root_keys lists {len(cfg.trust.root_keys)}",
+                "list more root keys or lower the threshold",
+            )
+        )
     groups = {}
     for i, g in enumerate(cfg.groups):
         if g.name in groups:

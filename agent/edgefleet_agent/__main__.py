@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from edgefleet_agent.endpoint import InferenceEndpoint
     from edgefleet_agent.transports.greengrass import GreengrassTransport
     from edgefleet_agent.transports.local import LocalHubTransport
+    from edgefleet_agent.trust import TrustedMetadata
 
 EXIT_OK, EXIT_CANNOT_START, EXIT_REFUSED = 0, 2, 3
 TRANSPORTS = ("local", "greengrass", "iotedge")
@@ -161,6 +162,20 @@ def run_parser() -> argparse.ArgumentParser:
         help="iotedge: the only key id (sha256:…) the twin may name (default $EDGEFLEET_TRUSTED_KEY_ID)",
     )
     p.add_argument(
+        "--trusted-root",
+        type=Path,
+        default=Path(os.environ["EDGEFLEET_TUF_ROOT"]) if os.environ.get("EDGEFLEET_TUF_ROOT") else None,
+        help="the stack's first TUF root.json, shipped beside the public key (default $EDGEFLEET_TUF_ROOT); with "
+        "--metadata-url, every new install must be a current signed target (docs/signing.md)",
+    )
+    p.add_argument(
+        "--metadata-url",
+        default=os.environ.get("EDGEFLEET_TUF_METADATA_URL") or None,
+        help="where the store's TUF metadata is: file://, https:// (Azure: the store's SAS is added) or s3:// "
+        "(Greengrass: SigV4 with the token exchange service's credentials); default $EDGEFLEET_TUF_METADATA_URL",
+    )
+    p.add_argument("--metadata-refresh-seconds", type=float, default=60.0, help="retry period once the held timestamp expired")
+    p.add_argument(
         "--providers",
         default="CPUExecutionProvider",
         help="execution providers in order of preference, comma-separated (CPU is always the last resort)",
@@ -228,6 +243,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ]
     if unused:
         p.error(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --transport {t}")
+    if (args.trusted_root is None) != (args.metadata_url is None):
+        p.error("--trusted-root and --metadata-url go together (the first root and where the metadata is)")
     if args.install_only and (t != "greengrass" or not args.model):
         p.error("--install-only applies to --transport greengrass with --model only")
     models: list[str] = list(dict.fromkeys(args.model or []))
@@ -404,6 +421,7 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
             transport = LocalHubTransport(args.hub)
         cache = SessionCache()
         providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+        root = trusted_root(args)
         capture_dir = getattr(args, "capture_dir", None) if args.transport == "local" else None
         agents = [
             DeviceAgent(
@@ -414,6 +432,7 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
                 transport,
                 execution_providers=providers,
                 session_cache=cache,
+                trust=trusted_metadata(args, root, m),
                 capture_sink=LocalCaptureSink(capture_dir, m, args.device_id) if capture_dir is not None else None,
             )
             for m in args.models
@@ -459,6 +478,30 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
             agent.close()
         transport.close()
     return EXIT_OK
+
+
+def trusted_root(args: argparse.Namespace) -> bytes | None:
+    """The stack's first TUF root, when the device was given one (raises OSError on a bad file)."""
+    if args.trusted_root is None:
+        logging.getLogger("edgefleet.agent").warning(
+            "%s: no --trusted-root: update metadata is not checked (revoked versions and frozen channels go unnoticed)", args.device_id
+        )
+        return None
+    from edgefleet_agent.trust import load_root
+
+    try:
+        return load_root(args.trusted_root)
+    except ValueError as exc:
+        raise OSError(f"{args.trusted_root}: not TUF root metadata ({exc})") from None
+
+
+def trusted_metadata(args: argparse.Namespace, root: bytes | None, model: str) -> TrustedMetadata | None:
+    """One model's TUF client (each model keeps its own metadata cache under <state-dir>/<model>/tuf/)."""
+    if root is None:
+        return None
+    from edgefleet_agent.trust import TrustedMetadata
+
+    return TrustedMetadata(root, args.metadata_url, args.state_dir / model / "tuf", refresh_seconds=args.metadata_refresh_seconds)
 
 
 def serve_all(agents: list[DeviceAgent], stop: threading.Event, args: argparse.Namespace) -> None:
@@ -596,6 +639,7 @@ def run_greengrass(args: argparse.Namespace, stop: threading.Event) -> int:
     try:
         pem = args.public_key.read_bytes()
         load_public_key(pem, f"{args.public_key}: trusted public key")
+        root = trusted_root(args)
     except (OSError, EdgefleetError) as exc:
         return fail(exc)
     transport = HandoffTransport(args.state_dir, os.environ.get(ENV_NAMESPACE, "").strip())
@@ -615,6 +659,7 @@ def run_greengrass(args: argparse.Namespace, stop: threading.Event) -> int:
         infer_interval=args.infer_interval,
         synthetic_traffic=args.synthetic,
         registry=endpoint.registry,
+        trust_for=lambda model: trusted_metadata(args, root, model),
     )
     try:
         endpoint.start()

@@ -6,6 +6,8 @@ Guarantees (tested in tests/agent):
     matches the digest and size the manifest pins, both when installed and again at every start;
   * no downgrade (and no different artifact under the same version) without a rollback order signed by
     the same key naming exactly that model, version and sha256;
+  * on a device given the stack's TUF root (trust.py), a new install, and a shadow candidate, must be a current
+    signed target in fresh update metadata: a revoked version is refused even when its desired state is replayed;
   * a refused version is reported with the reason and not retried until the desired state changes
     (download failures, which may be transient, are retried with exponential backoff);
   * a swap is one reference assignment after the new session has loaded and run: requests in flight finish
@@ -28,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import Callable, Hashable, Iterable, Literal
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Literal
 
 import numpy as np
 
@@ -40,6 +42,7 @@ from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes, version_key
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
+from edgefleet_agent.contract.tuf import MetadataRefused
 from edgefleet_agent.download import FetchError, download
 from edgefleet_agent.serving import (
     InferenceFailed,
@@ -59,6 +62,9 @@ from edgefleet_agent.shadow import ShadowRunner
 from edgefleet_agent.store import Pointer, SlotRef, SlotStore, StoreError, pause_point
 from edgefleet_agent.telemetry import Said, Window, read_output
 from edgefleet_agent.transports import Transport
+
+if TYPE_CHECKING:  # python-tuf loads only on a device given its TUF root (edgefleet_agent/trust.py)
+    from edgefleet_agent.trust import TrustedMetadata
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -120,11 +126,13 @@ class DeviceAgent:
         session_cache: SessionCache | None = None,
         refuse_invalid_warmup: bool = False,
         clock: Callable[[], float] = time.time,
+        trust: TrustedMetadata | None = None,
         capture_sink: CaptureSink | None = None,
     ) -> None:
         """`durable=False` skips fsyncs and the state-directory lock: for simulated devices in one process only.
         `session_cache` shares sessions between agents of one process. `refuse_invalid_warmup` refuses a model
         whose warm-up output holds NaN/Inf; by default such a model is served and the ring's gate judges it.
+        `trust`: the store's TUF metadata (trust.py); with it, a new install must be a current signed target.
         `capture_sink` is where this device may write captured samples (capture.py); without one, a desired state
         that asks for capture captures nothing."""
         self.device_id = device_id
@@ -147,6 +155,7 @@ class DeviceAgent:
         self._notice: str | None = None  # a problem found at start, reported until the next change
         self._window = Window()
         self._feed_counter = 0
+        self._trust = trust
         self._candidate: _Candidate | None = None  # the shadow
         self._candidate_refusal: _Refusal | None = None
         self.capture = Capturer(device_id, model, self.store.root, capture_sink, clock)
@@ -301,6 +310,8 @@ class DeviceAgent:
             except Exception as exc:
                 log.warning("%s: cannot read the desired state, keeping what is served: %s", self.device_id, exc)
                 return False
+            if self._trust is not None:
+                self._trust.poll()  # a frozen channel becomes "metadata stale since …"; serving goes on
             self._sync_capture(desired)
             if desired is None:
                 shadow_changed = self._drop_candidate()
@@ -374,6 +385,7 @@ class DeviceAgent:
     def _install(self, desired: DesiredModel) -> None:
         manifest_bytes, signature_bytes = desired.manifest.encode("utf-8"), desired.signature.encode("utf-8")
         manifest = self._verify_desired(desired, manifest_bytes, signature_bytes)
+        self._check_trusted(desired, manifest_bytes)
         self._check_not_older(desired, manifest)
         slot = self.store.slot_name(manifest.version, manifest_bytes)
         try:
@@ -415,6 +427,15 @@ class DeviceAgent:
                 f"{manifest.name} {manifest.version} needs agent {manifest.min_agent_version} or newer; this agent is {__version__}"
             )
         return manifest
+
+    def _check_trusted(self, desired: DesiredModel, manifest_bytes: bytes) -> None:
+        """The update metadata (TUF, trust.py) must list exactly this artifact and manifest as a current target."""
+        if self._trust is None:
+            return
+        try:
+            self._trust.check(desired.model, desired.version, desired.sha256, desired.size, manifest_bytes)
+        except MetadataRefused as exc:
+            raise Refused(exc.reason, transient=exc.transient) from None
 
     def _check_not_older(self, desired: DesiredModel, manifest: ModelManifest) -> None:
         """Compares with the served version, or when idle with the last one served."""
@@ -558,9 +579,11 @@ class DeviceAgent:
         return True
 
     def _load_candidate(self, wanted: DesiredModel) -> None:
-        """Verified exactly as an install (signature, digest, size, min_agent_version), without the downgrade rule."""
+        """Verified exactly as an install (signature, digest, size, min_agent_version, the signed targets), without the
+        downgrade rule."""
         manifest_bytes, signature_bytes = wanted.manifest.encode("utf-8"), wanted.signature.encode("utf-8")
         manifest = self._verify_desired(wanted, manifest_bytes, signature_bytes, what="shadow")
+        self._check_trusted(wanted, manifest_bytes)  # a revoked version is not run, not even in shadow
         slot = self.store.slot_name(manifest.version, manifest_bytes)
         try:
             model_path = self._reusable_slot(slot, manifest_bytes)
@@ -701,7 +724,8 @@ class DeviceAgent:
         labelled = window.labelled_summary()
         shadow = candidate.runner.take() if candidate is not None else None
         captured = self.capture.take()
-        errors = [e for e in (refusal.reason if refusal else notice,) if e]
+        stale = self._trust.notice if self._trust is not None else None  # "metadata stale since …": serving goes on
+        errors = [e for e in (refusal.reason if refusal else notice or stale,) if e]
         if self._capture_problem is not None:
             errors.append(self._capture_problem)
         if candidate_refusal is not None:

@@ -310,6 +310,7 @@ def run_gate(props: Mapping[str, Any], clients: Any = None, clock: Any = None) -
     """The RingGate resource on AWS: the shared driver over Greengrass deployments and the agents' CloudWatch metrics."""
     from components.aws.hub import AwsHub
     from components.aws.signer import KmsSigner
+    from components.aws.trust_store import repository_for_uri
 
     p = AwsRingGateProps.of(props)
     clock = clock or WallClock()
@@ -327,4 +328,6 @@ def run_gate(props: Mapping[str, Any], clients: Any = None, clock: Any = None) -
         apply=f"run `pulumi up --stack {p.stack}`",
     )
     signer = KmsSigner(p.signing_key, p.region, client=clients.kms if clients is not None else None)
-    return drive_gate(gate, hub, signer, clock)
+    # the bucket is the stack's TUF repository: refreshed before the ring deploys, a rejected version revoked
+    trust = repository_for_uri(gate.declared.uri, signer, client=getattr(clients, "s3", None), region=p.region)
+    return drive_gate(gate, hub, signer, clock, trust=trust)

@@ -521,9 +521,17 @@ def hub_from_props(props: Mapping[str, Any] | AzureRingGateProps, progress: Prog
     return AzureHub(client, specs, store, gates=gates, poll_seconds=p.poll_seconds, **kwargs)
 
 
-def run_gate(props: Mapping[str, Any], hub: AzureHub | None = None, signer: Any = None, clock: Any = None) -> Progress:
-    """The RingGate resource on Azure: the shared driver over the rings' layered deployments and the module twins."""
+def run_gate(
+    props: Mapping[str, Any], hub: AzureHub | None = None, signer: Any = None, clock: Any = None, trust_container: Any = None
+) -> Progress:
+    """The RingGate resource on Azure: the shared driver over the rings' layered deployments and the module twins. The
+    store's container is the stack's TUF repository (components/azure/trust_store.py): refreshed before the ring deploys,
+    a rejected version revoked. `trust_container`: a ContainerClient stand-in (tests); given a hub but no container,
+    the gate runs without it."""
+    from components.azure.trust_store import repository_for_uri
+
     p = AzureRingGateProps.of(props)
+    connect = hub is None or trust_container is not None
     hub = hub or hub_from_props(p)
     if signer is None:
         from components.azure.signer import KeyVaultSigner
@@ -544,4 +552,5 @@ def run_gate(props: Mapping[str, Any], hub: AzureHub | None = None, signer: Any 
         poll_seconds=p.poll_seconds,
         apply=f"run `pulumi up --stack {p.stack}`",
     )
-    return drive_gate(gate, hub, signer, clock or WallClock())
+    trust = repository_for_uri(gate.declared.uri, signer, container=trust_container) if connect else None
+    return drive_gate(gate, hub, signer, clock or WallClock(), trust=trust)

@@ -34,6 +34,7 @@ from components.stack import PROJECT, StackConfig
 from edgefleet_agent.client import ENDPOINT_FILE
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet_agent.contract.tuf import ROOT_FILE
 
 # Agent processes get a 20 fps camera stream, as a device would; back to back, three of them would take both cores
 # of this machine from the other 997 devices.
@@ -234,6 +235,10 @@ class LocalFleet:
     models: list[str]
     sim_period: float = 0.5
     devices: list[LocalDevice] = field(default_factory=list)
+    # the stack's first TUF root and where its metadata is (components/local/trust.py); None: metadata not checked
+    trusted_root: bytes | None = None
+    metadata_url: str | None = None
+    metadata_refresh_seconds: float = 60.0
     traffic: dict[str, Traffic] = field(default_factory=dict)  # per model; a model without it gets synthetic inputs
     captures_root: Path | None = None  # the declared capture store (edgefleet:capture.store); None: devices capture nothing
 
@@ -306,9 +311,21 @@ class LocalFleet:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def provision_root(self, device_id: str) -> Path | None:
+        """The device's first TUF root, beside its trusted key, as a device is provisioned: written once, never replaced
+        (a device follows later roots through the chain the repository signs, ngclient's cache keeps them)."""
+        if self.trusted_root is None:
+            return None
+        path = self.state_root / device_id / ROOT_FILE
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(self.trusted_root)
+        return path
+
     # -- real agent processes ---------------------------------------------------------------------------
     def start_process(self, device_id: str, model: str) -> subprocess.Popen:
         d = next(x for x in self.devices if x.id == device_id)
+        root = self.provision_root(device_id)
         log = self.state_root / device_id / f"agent-{model}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -334,6 +351,9 @@ class LocalFleet:
         ]
         if model not in self.traffic:
             cmd += ["--infer-interval", str(FRAME_INTERVAL_SECONDS)]
+        if root is not None and self.metadata_url is not None:
+            cmd += ["--trusted-root", str(root), "--metadata-url", self.metadata_url]
+            cmd += ["--metadata-refresh-seconds", str(self.metadata_refresh_seconds)]
         if self.captures_root is not None:
             cmd += ["--capture-dir", str(self.captures_root)]
         env = dict(os.environ)
@@ -422,6 +442,7 @@ class LocalFleet:
         from edgefleet_agent.capture import LocalCaptureSink
         from edgefleet_agent.core import DeviceAgent
         from edgefleet_agent.serving import NotReady, RequestError, SessionCache
+        from edgefleet_agent.trust import TrustedMetadata
 
         # onnxruntime's own logger writes each failed run to stderr from C++, once per simulated device: a thousand
         # lines over the live display. The agents catch every failure and report it (counted per device, per window).
@@ -439,6 +460,15 @@ class LocalFleet:
         def agent_for(d: LocalDevice, model: str) -> DeviceAgent:
             agent = agents.get((d.id, model))
             if agent is None:
+                root = self.provision_root(d.id)
+                trust = None
+                if root is not None and self.metadata_url is not None:
+                    trust = TrustedMetadata(
+                        root.read_bytes(),
+                        self.metadata_url,
+                        self.state_root / d.id / model / "tuf",
+                        refresh_seconds=self.metadata_refresh_seconds,
+                    )
                 agent = DeviceAgent(
                     d.id,
                     model,
@@ -448,6 +478,7 @@ class LocalFleet:
                     execution_providers=d.providers,
                     durable=False,
                     session_cache=cache,
+                    trust=trust,
                     capture_sink=LocalCaptureSink(self.captures_root, model, d.id, durable=False) if self.captures_root else None,
                 )
                 agent.start()

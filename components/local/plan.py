@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlparse
 from components.local.fleet import lock_holder, lock_path
 from components.local.hub import LocalHub
 from components.local.signer import LocalKeySigner
+from components.local.trust import repository_for_uri
 from components.props import RingGateProps
 from components.rollout.decide import Decision, plan_for
 from components.rollout.decide import decide as decide_rings
@@ -210,11 +211,13 @@ def run_gate(props: dict[str, Any]) -> Progress:
             f"no local fleet is running on the hub {p.hub} (nobody holds {fleet_lock}), so ring {p.ring!r} could only time out. "
             f"Run `edgefleet fleet run --stack {p.stack}` in another terminal, then `pulumi up` again"
         )
+    signer = LocalKeySigner(p.key_file)
     return drive_gate(
         gate,
         hub,
-        LocalKeySigner(p.key_file),
+        signer,
         WallClock(),
         decision=decision,
         lease=lambda: hub.lease(p.rollout, owner="pulumi up (ring gate)"),
+        trust=repository_for_uri(gate.declared.uri, signer),  # the store the artifact is in is the TUF repository
     )

@@ -84,9 +84,14 @@ class ArtifactProvider(_Idempotent):
 
         from components.local.signer import LocalKeySigner
         from components.local.store import publish
+        from components.local.trust import identity, repository_for_uri
 
         p = ArtifactProps.of(props)
-        published = publish(Path(p.store), p.manifest, Path(p.source), LocalKeySigner(p.key_file), p.source)
+        signer = LocalKeySigner(p.key_file)
+        published = publish(Path(p.store), p.manifest, Path(p.source), signer, p.source)
+        repo = repository_for_uri(published.uri, signer)  # none yet: `edgefleet fleet run` makes it, listing the store
+        if repo is not None:
+            repo.add_targets([identity(published.desired(""))])
         return CreateResult(
             id_=f"{published.model}@{published.version}+{published.sha256[:12]}",
             outs={**props, "uri": published.uri, "signature": published.signature_text},

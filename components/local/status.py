@@ -12,6 +12,8 @@ from components.local.up import declared_state
 from components.rollout.status import ring_row, rollout_row
 from edgefleet_agent.contract.errors import EdgefleetError
 
+STALE = "metadata stale since "
+
 
 def read_status(project_dir: Path, cfg: Any, source: str, stack: str, graph: dict[str, Any]) -> dict[str, Any]:
     project_dir = Path(project_dir).resolve()
@@ -35,6 +37,8 @@ def read_status(project_dir: Path, cfg: Any, source: str, stack: str, graph: dic
                 reported=Counter(r.version for r in reports.values()),
                 drift_devices=(d for d, r in reports.items() if r.version != want),
                 failures=(r.error for r in reports.values() if r.status == "failed" and r.error),
+                stale=sum(1 for r in reports.values() if (r.error or "").startswith(STALE)),
+                notices=(r.error for r in reports.values() if r.status != "failed" and r.error),
             )
         )
     latest: dict[str, dict] = {}

@@ -11,6 +11,7 @@ Pulumi CLI the dynamic providers in providers.py make the same decision resource
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from components.local.plan import decide, engine_for
 from components.local.signer import LocalKeySigner, stack_signer
 from components.local.store import Published, publish
 from components.local.traffic import load_traffic
+from components.local.trust import ensure_repository, expiry_of, first_root, identity, revoke_rejected
 from components.rollout.decide import Decision, plan_for
 from components.rollout.engine import TERMINAL, RolloutPlan, rings_changed
 from components.rollout.spec import DeviceGroupConfig, RingConfig, RolloutConfig
@@ -184,6 +186,8 @@ def _up(
     hub = LocalHub(hub_path)
     hub.check_integrity()  # a damaged hub is named, with the command that rebuilds it, before anything acts on it
     register(hub, devices)
+    # the store is the stack's TUF repository: made on first use with the stack's root key (docs/signing.md)
+    repo = ensure_repository(project_dir, cfg, stack, signer, hub.rollouts())
     work: list[tuple[DeclaredRollout, Decision, RolloutPlan]] = []
     outcomes: list[Outcome] = []
     for d in declared(graph):
@@ -195,6 +199,7 @@ def _up(
         else:
             published: Published = publish(project_dir / cfg.local.store, d.manifest_text, project_dir / d.source, signer, d.source)
             wanted = published.desired("")
+            repo.add_targets([identity(wanted)])  # never puts back a version a gate rejected: that stays revoked
         decision = decide(
             hub,
             d.config,
@@ -208,6 +213,17 @@ def _up(
             outcomes.append(Outcome(d.config.name, d.model, None, wanted.version, "up-to-date", decision.record))
         elif decision.action == "refused":
             running = sorted({v for v in decision.ring_versions.values() if v})
+            if decision.status == "previously-rolled-back" and decision.record is not None:
+                # the rejected version's desired state was written into the rings again (replayed): the rollback stays
+                # in force, and the version stays out of the signed targets, which devices check before any install
+                revoke_rejected(repo, decision.record)
+                restored = restore_rollback(hub, decision)
+                if restored:
+                    decision = replace(
+                        decision,
+                        problem=decision.problem
+                        + f"; rings {', '.join(restored)} were set to it again and are back on the version they were rolled back to",
+                    )
             outcomes.append(
                 Outcome(
                     d.config.name,
@@ -228,6 +244,7 @@ def _up(
             work.append((d, decision, plan))
     if not work:
         return outcomes
+    repo.refresh()  # a fresh timestamp before anything deploys: devices refuse installs on expired metadata
     fleet = LocalFleet(
         cfg,
         hub_path,
@@ -236,13 +253,21 @@ def _up(
         sorted({d.model for d, _, _ in work}),
         sim_period=cfg.local.report_seconds,
         devices=devices,
+        trusted_root=first_root(repo),
+        metadata_url=repo.storage.url,
+        metadata_refresh_seconds=cfg.trust.device_refresh_seconds,
         traffic=traffic,
         captures_root=store_root(cfg, project_dir),
     )
 
+    fresh_until = [time.time() + expiry_of(cfg).timestamp.total_seconds() / 2]
+
     def watch(progress: dict[str, Any]) -> None:
         if fleet.error is not None:
             raise fleet_fault(fleet.error) from fleet.error
+        if time.time() >= fresh_until[0]:  # a rollout outlasting half the timestamp's life keeps it fresh as it deploys
+            repo.refresh()
+            fresh_until[0] = time.time() + expiry_of(cfg).timestamp.total_seconds() / 2
         if on_update is not None:
             on_update(progress)
 
@@ -253,6 +278,7 @@ def _up(
             engine = engine_for(hub, str(project_dir / cfg.signing.key_file), cfg.local.poll_seconds, on_update=watch)
             with hub.lease(d.config.name, owner="edgefleet up"):  # a `pulumi up --stack local` gate may drive the same rings
                 progress = engine.run(plan) if abort is None else engine.abort(plan, abort)
+            revoke_rejected(repo, progress)  # a version a gate rejected after devices served it leaves the signed targets
             outcomes.append(
                 Outcome(
                     d.config.name,
@@ -266,6 +292,22 @@ def _up(
                 )
             )
     return outcomes
+
+
+def restore_rollback(hub: LocalHub, decision: Decision) -> list[str]:
+    """A finished rollback stays in force: rings it covered, and any ring set to the rejected version since (its desired
+    state replayed), go back to the version it rolled back to."""
+    record = decision.record or {}
+    rb = record.get("rollback") or {}
+    target = DesiredModel.from_json(rb.get("desired"))
+    restored = []
+    for ring in decision.rings:
+        now = hub.desired(ring.target)
+        rejected = now is not None and (now.version, now.sha256) == (record.get("version"), record.get("sha256"))
+        if (ring.name in rb.get("rings", []) or rejected) and now != target:
+            hub.set_desired(ring.target, target)
+            restored.append(ring.name)
+    return restored
 
 
 def declared_state(project_dir: Path, stack: str, graph: dict[str, Any]) -> list[dict[str, Any]]:
@@ -372,6 +414,7 @@ def serve(
     hub = LocalHub(project_dir / cfg.local.hub)
     register(hub, devices)
     signer = signer_for(cfg, project_dir, stack)
+    repo = ensure_repository(project_dir, cfg, stack, signer, hub.rollouts())
     fleet = LocalFleet(
         cfg,
         project_dir / cfg.local.hub,
@@ -380,6 +423,9 @@ def serve(
         models,
         sim_period=cfg.local.report_seconds,
         devices=devices,
+        trusted_root=first_root(repo),
+        metadata_url=repo.storage.url,
+        metadata_refresh_seconds=cfg.trust.device_refresh_seconds,
         traffic=traffic,
         captures_root=store_root(cfg, project_dir),
     )

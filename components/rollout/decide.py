@@ -107,9 +107,11 @@ def decide(
         )
     mine = [p for p in records if (p["version"], p["sha256"]) == artifact]
     set_to = {(d.version, d.sha256) for d in current.values() if d is not None}
-    if set_to == {artifact} and all(d is not None for d in current.values()):
+    rejected = bool(mine) and burned(mine[-1])
+    if set_to == {artifact} and all(d is not None for d in current.values()) and not rejected:
+        # (rings set to a version a gate rejected, its desired state written again, are not up to date: refused below)
         return Decision("up-to-date", plans, versions, record=mine[-1] if mine else None)
-    reopen = _reopens(mine[-1], plans, current, artifact) if mine else None
+    reopen = _reopens(mine[-1], plans, current, artifact) if mine and not rejected else None
     if reopen is not None:
         p = mine[-1]
         order = _rollback_of(p)
@@ -128,7 +130,7 @@ def decide(
             kind="forward" if order is None else "rollback",
             appended=reopen,
         )
-    if mine and mine[-1]["status"] in FAILED and served(mine[-1]) and ever_served(mine[-1]):
+    if rejected:
         p = mine[-1]
         ring = (p.get("report") or {}).get("failed_ring", "?")
         reasons = "; ".join((p.get("report") or {}).get("reasons") or []) or p["status"]
@@ -229,11 +231,19 @@ def _reopens(
 
 
 def ever_served(record: dict[str, Any]) -> bool:
-    """Whether any device served the record's version: a rejected version is burned only then. One no device ran (an
+    """Whether any device ran the record's version: a rejected version is burned only then (see `burned`). One no device ran (an
     empty ring that timed out, a candidate every device refused to load) may be declared again, under a new attempt."""
     measured = [r.get("measured") or {} for r in record.get("rings", [])]
     sampled = [s for s in record.get("samples", []) if s.get("adopted")]
     return bool(sampled) or any((m.get("adopted") or 0) > 0 for m in measured)
+
+
+def burned(record: dict[str, Any]) -> bool:
+    """Whether the record's version is burned: a gate rejected it after a ring was set to serve it (`served`; not
+    only to shadow it) and a device served it (`ever_served`). A burned version is refused when declared again and
+    removed from the signed targets (components/rollout/driver.py, components/local/trust.py); one only ever shadowed,
+    or that no device ran, may be declared again, so it stays a target."""
+    return record.get("status") in FAILED and served(record) and ever_served(record)
 
 
 def attempt_id(records: list[dict[str, Any]], first: str) -> str:

@@ -4,15 +4,20 @@ Under `pulumi up` each ring's gate resource (components/dynamic.py, RingGateProv
 platform's hub (how it reads and sets rings), a signer for rollback orders and the typed inputs of the gate. The
 platform supplies only those; deciding what the declaration means (components/rollout/decide.py), running the
 engine to this ring's verdict and failing with the engine's report are the same everywhere.
+
+With the platform's TUF repository (`trust`, a `TrustHook`: components/trust/repository.py over the platform's store),
+the driver lists the declared version as a signed target and re-signs the timestamp before it deploys (a version
+revoked earlier stays out) and, when a gate rejected a version some device served, removes it from the signed targets,
+so every device refuses it afterwards even if its old desired state is replayed.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
-from components.rollout.decide import Decision, RestoreHint, attempt_id, decide, plan_for
+from components.rollout.decide import Decision, RestoreHint, attempt_id, burned, decide, plan_for
 from components.rollout.engine import RingPlan, RolloutEngine
 from components.rollout.hub import Clock, FleetHub
 from components.rollout.progress import FAILED, Progress, RingState, RolloutStatus, as_progress, last_good, rollout_id
@@ -20,6 +25,30 @@ from components.rollout.report import failure_summary
 from components.rollout.rollback import rollback_authorizer
 from edgefleet_agent.contract.signing import Signer
 from edgefleet_agent.contract.state import DesiredModel
+
+
+class TrustHook(Protocol):
+    """The platform's TUF repository, as the driver uses it (components/trust/repository.py implements it)."""
+
+    def publish_desired(self, desired: DesiredModel) -> object:
+        """Lists the declared version as a signed target (never one that was revoked)."""
+        ...
+
+    def refresh(self) -> object:
+        """Re-signs the timestamp (devices refuse new installs on expired metadata)."""
+        ...
+
+    def revoke(self, model: str, version: str, sha256: str, reason: str) -> bool:
+        """Removes the artifact from the signed targets; True if anything changed."""
+        ...
+
+
+def revoke_rejected(trust: TrustHook | None, record: Mapping[str, Any]) -> bool:
+    """A version a gate rejected leaves the signed targets once it is burned (decide.burned: a ring served it and a
+    device ran it); one that was only ever shadowed, or that no device ran, may be declared again, so it stays."""
+    if trust is None or not burned(dict(record)):
+        return False
+    return trust.revoke(record["model"], record["version"], record["sha256"], failure_summary(as_progress(dict(record))))
 
 
 class GateHub(FleetHub, Protocol):
@@ -88,6 +117,7 @@ def run_gate(
     decision: Decision | None = None,
     lease: Callable[[], AbstractContextManager[Any]] = nullcontext,
     on_update: Callable[[Progress], None] | None = None,
+    trust: TrustHook | None = None,
 ) -> Progress:
     """Runs the engine until this ring's gate passes (the whole rollout for the last ring) and returns the record;
     raises GateFailed when the declaration is refused or the engine rolled back."""
@@ -95,6 +125,7 @@ def run_gate(
     if decision.action == "refused":
         if decision.status == "previously-rolled-back" and decision.record is not None:
             # a platform whose deployment resource runs before its gate has just set the rejected version again: undo that
+            revoke_rejected(trust, decision.record)  # a replay of the rejected desired state finds it revoked
             restored = restore_rollback(gate, hub, decision.record)
             again = (
                 f" Rings {', '.join(restored)} were set to it again and are back on the version they were rolled back to."
@@ -108,8 +139,12 @@ def run_gate(
         return as_progress(decision.record)
     plan = plan_for(gate.rollout, decision, gate.declared, signer)
     engine = RolloutEngine(hub, clock, rollback_authorizer(signer), poll_seconds=gate.poll_seconds, on_update=on_update)
+    if trust is not None:
+        trust.publish_desired(gate.declared)  # the declared version is a signed target (a revoked one stays out)
+        trust.refresh()  # and the timestamp is fresh before this ring deploys
     with lease():
         progress = engine.run(plan, until_ring=None if gate.last else gate.index)
+    revoke_rejected(trust, progress)
     if progress["status"] in FAILED:
         raise GateFailed(failure_summary(progress, later_rings=gate.total_rings - len(gate.rings)))
     if progress["status"] == RolloutStatus.SUPERSEDED:

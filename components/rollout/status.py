@@ -58,10 +58,14 @@ def ring_row(
     reported: Mapping[str | None, int] | None,
     drift_devices: Iterable[str] = (),
     failures: Iterable[str] = (),
+    stale: int | None = None,
+    notices: Iterable[str] = (),
     partial: bool = False,
 ) -> dict[str, Any]:
     """One ring's row. `devices` is what the ring selects; devices beyond those that reported are silent. When the
-    ring's size is unknown or its reports were not read, the row is partial and the counts it cannot know are None."""
+    ring's size is unknown or its reports were not read, the row is partial and the counts it cannot know are None.
+    `stale` counts devices serving on with expired update metadata (a frozen channel, docs/signing.md); None where
+    the platform's status source does not carry it."""
     counts = sorted_versions(reported or {})
     heard = sum(counts.values())
     known = reported is not None and devices is not None
@@ -77,6 +81,8 @@ def ring_row(
         "drift_devices": sorted(drift_devices)[:DRIFT_NAMES],
         "silent": max(0, devices - heard) if known and devices is not None else None,
         "failures": sorted(set(failures))[:5],
+        "stale": stale,
+        "notices": sorted(set(notices))[:5],
         "partial": partial or not known,
     }
 

@@ -61,7 +61,7 @@ def exit_code(exc: EdgefleetError) -> int:
 
 
 def _register() -> None:
-    from edgefleet.cli import fleet, hub, keys, model, plan, policy, samples, synth  # noqa: F401  (each adds its commands to app)
+    from edgefleet.cli import fleet, hub, keys, model, plan, policy, samples, synth, trust  # noqa: F401  (each adds its commands to app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from components.local.signer import create_key_file
-from components.stack import SigningConfig
+from components.stack import SigningConfig, TrustConfig
 from edgefleet.cli import console
 from edgefleet_agent.contract.errors import EdgefleetError
 
@@ -99,6 +99,9 @@ def _prepare(src: Path, work: Path, devices: int, legacy: bool = False) -> None:
     key = work / doc["config"].get("edgefleet:signing", {}).get("key_file", SigningConfig().key_file)
     create_key_file(key)  # the first-run step a new stack takes: `edgefleet keys create`
     console.print(f"created the demo stack's signing key {key.relative_to(work)} (as `edgefleet keys create` would)", highlight=False)
+    for rel in doc["config"].get("edgefleet:trust", {}).get("root_keys", TrustConfig().root_keys):
+        create_key_file(work / rel)  # and its TUF root key: `edgefleet keys create --role root`
+        console.print(f"created the demo stack's TUF root key {rel} (as `edgefleet keys create --role root` would)", highlight=False)
 
 
 def _kill_one_agent_later(fleet, delay: float, log: list[str]) -> None:

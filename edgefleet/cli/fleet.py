@@ -203,6 +203,16 @@ def _render_status(doc: dict[str, Any], stack: str) -> None:
             n(r["silent"]),
         )
     console.print(t)
+    for r in doc["rings"]:
+        if r.get("stale"):
+            console.print(
+                f"[yellow]{r['rollout']}/{r['ring']}: {r['stale']} device(s) serve on with stale update metadata: "
+                f"{escape((r.get('notices') or [''])[0])}[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
+        for why in r.get("failures") or []:
+            console.print(f"[red]{r['rollout']}/{r['ring']}: refused: {escape(why)}[/]", highlight=False, soft_wrap=True)
     for ro in doc["rollouts"]:
         state = f"last rollout {ro['version']} ({ro['status']})" if ro["status"] else "no rollout record read"
         declared = f"declared {ro['declared']}; " if ro.get("declared") else ""

@@ -500,7 +500,7 @@ def test_the_agent_imports_nothing_of_the_controller_and_only_what_its_distribut
         for req in importlib.metadata.requires("edgefleet-agent") or []
         if "extra ==" not in req
     }
-    assert wanted == {"onnxruntime", "numpy", "cryptography", "pyyaml", "pydantic", "semver"}
+    assert wanted == {"onnxruntime", "numpy", "cryptography", "pyyaml", "pydantic", "semver", "tuf"}
     closure, todo = set(), [w for w in wanted if _installed(w)]
     while todo:
         dist = todo.pop()

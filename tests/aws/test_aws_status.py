@@ -297,7 +297,8 @@ def test_json_keys_partial_exit_and_watch_as_json_lines(monkeypatch, capsys):
     assert code == 6 and doc["partial"] is True, "a partial answer exits 6, never 0"
     assert set(doc) == {"format", "stack", "at", "partial", "rings", "rollouts", "declared", "gaps"}
     assert set(doc["rings"][0]) == {
-        "platform", "rollout", "ring", "desired", "devices", "reported", "drift", "drift_devices", "silent", "failures", "partial"
+        "platform", "rollout", "ring", "desired", "devices", "reported", "drift", "drift_devices", "silent", "failures", "stale",
+        "notices", "partial"
     }  # fmt: skip
     code, out, _ = cli(capsys, "status", "--stack", STACK)
     assert code == 6 and "PARTIAL" in out and "partial: ring detector/canary: devices per version not read: throttled" in out

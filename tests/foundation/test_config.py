@@ -249,6 +249,17 @@ def test_platform_without_its_section(project_copy):
     assert err.problem.startswith("edgefleet:azure: platform 'azure' is listed in platforms but has no `edgefleet:azure` section")
 
 
+def test_a_root_threshold_above_the_root_keys_listed_fails_at_load(project_copy):
+    """No root could ever be signed: refused when the stack is read, before `edgefleet up` or `trust init` writes one."""
+    cfg = local_stack_config()
+    cfg["edgefleet:trust"] = {"root_keys": [".edgefleet/keys/root.pem"], "root_threshold": 2}
+    err = error_of(project_copy, cfg)
+    assert err.problem.startswith("edgefleet:trust.root_threshold: 2 root keys must sign a root, and trust.root_keys lists 1")
+    assert err.fix == "list more root keys or lower the threshold" and SOURCE in str(err)
+    cfg["edgefleet:trust"]["root_keys"].append(".edgefleet/keys/root-2.pem")
+    assert load(project_copy, cfg).trust.root_threshold == 2
+
+
 def test_platform_listed_twice(project_copy):
     cfg = local_stack_config()
     cfg["edgefleet:platforms"] = ["local", "local"]

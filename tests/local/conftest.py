@@ -72,4 +72,5 @@ def project(tmp_path: Path):
 
     write()
     create_key_file(tmp_path / ".edgefleet" / "keys" / "signing.pem")  # a new stack's first step: edgefleet keys create
+    create_key_file(tmp_path / ".edgefleet" / "keys" / "root.pem")  # and its TUF root key: edgefleet keys create --role root
     return write

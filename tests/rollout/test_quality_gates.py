@@ -135,6 +135,47 @@ def test_a_served_version_that_fails_in_a_later_rings_shadow_is_burned_and_only_
     assert d.action == "refused" and d.status == "previously-rolled-back"
 
 
+def test_revocation_follows_the_burn_a_version_only_ever_shadowed_stays_a_signed_target_a_served_one_leaves(tmp_path):
+    """The signed targets agree with decide: a candidate rejected in the canary's shadow (devices loaded it, none served
+    it) is not burned, so neither the gate driver nor `edgefleet up` revokes it and a device accepts it in the next
+    attempt; one rejected after a ring served it is burned and revoked, and a device refuses it."""
+    import pytest
+
+    from components.local.signer import LocalKeySigner, create_key_file
+    from components.local.trust import revoke_rejected as up_revokes
+    from components.rollout.driver import revoke_rejected as gate_revokes
+    from components.trust.repository import TrustRepository
+    from components.trust.storage import DirectoryStorage
+    from edgefleet_agent.contract.tuf import NOT_A_TARGET, MetadataRefused, TargetIdentity, manifest_digest
+    from edgefleet_agent.trust import TrustedMetadata
+
+    def ident(d):
+        return TargetIdentity(d.model, d.version, d.sha256, d.size, manifest_digest(d.manifest.encode()))
+
+    online = LocalKeySigner(create_key_file(tmp_path / "online.pem"))
+    repo = TrustRepository(DirectoryStorage(tmp_path / "store"), online)
+    root = repo.init([LocalKeySigner(create_key_file(tmp_path / "root.pem"))], 1, [ident(V1), ident(V2)])
+    device = TrustedMetadata(root.to_bytes(), (tmp_path / "store" / "tuf" / "metadata").as_uri(), tmp_path / "device")
+
+    def device_accepts(d) -> None:
+        device.check(d.model, d.version, d.sha256, d.size, d.manifest.encode())
+
+    shadowed, _, _ = run(fleet(**{f"d{i:02d}": Behaviour(agree={"1.1.0": 0.33}) for i in range(30)}))
+    assert shadowed["status"] == "rolled_back" and shadowed["report"]["served"] is False
+    assert not gate_revokes(repo, shadowed) and not up_revokes(repo, shadowed)
+    assert repo.revoked() == {}
+    device_accepts(V2)  # the next attempt of 1.1.0 can install
+
+    bad = {f"d{i:02d}": Behaviour(agree={"1.1.0": 0.2}) for i in range(4, 12)}
+    burned_run, _, _ = run(fleet(**bad), gates=(PLAIN, SHADOW, PLAIN))
+    assert burned_run["report"]["served"] is True
+    assert gate_revokes(repo, burned_run), "served in the canary, then rejected: revoked"
+    assert [r["version"] for r in repo.revoked().values()] == ["1.1.0"]
+    with pytest.raises(MetadataRefused, match=NOT_A_TARGET):
+        device_accepts(V2)
+    device_accepts(V1)
+
+
 def test_a_candidate_with_nan_outputs_in_shadow_fails_on_the_gates_invalid_output_bound_naming_devices():
     nan = {f"d{i:02d}": Behaviour(shadow_invalid={"1.1.0": 0.5}) for i in (1, 2)}
     progress, hub, _ = run(fleet(**nan))

@@ -109,6 +109,7 @@ if TYPE_CHECKING:
 
     from edgefleet_agent.core import DeviceAgent
     from edgefleet_agent.endpoint import ModelRegistry
+    from edgefleet_agent.trust import TrustedMetadata
 
 log = logging.getLogger("edgefleet.agent.greengrass")
 
@@ -637,6 +638,7 @@ class GreengrassSupervisor:
         synthetic_traffic: bool = False,
         registry: ModelRegistry | None = None,
         threaded: bool = True,
+        trust_for: Callable[[str], TrustedMetadata | None] | None = None,
     ) -> None:
         from edgefleet_agent.serving import SessionCache
 
@@ -651,6 +653,7 @@ class GreengrassSupervisor:
         self.synthetic_traffic = synthetic_traffic
         self.registry = registry
         self.threaded = threaded
+        self.trust_for = trust_for
         self.cache = SessionCache()
         self.agents: dict[str, _Agent] = {}
         self._start_problems: dict[str, str] = {}
@@ -709,6 +712,7 @@ class GreengrassSupervisor:
                 self.transport,
                 execution_providers=self.providers,
                 session_cache=self.cache,
+                trust=self.trust_for(name) if self.trust_for is not None else None,
             )
             agent.start()
         except (StoreError, OSError, EdgefleetError) as exc:

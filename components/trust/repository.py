@@ -1,0 +1,331 @@
+"""A stack's TUF repository: root, targets, snapshot and timestamp metadata in the model store, written with
+python-tuf's metadata API.
+
+Roles and keys (docs/signing.md, "Update metadata"):
+  * root: the stack's root key(s), offline (`edgefleet keys create --role root`), with a threshold; root signs only
+    root metadata (which keys sign the other roles) and its own successors (`edgefleet trust rotate-root`);
+  * targets, snapshot, timestamp: the stack's online signing key, the same one that signs manifests and rollback
+    orders (a key file, a KMS key, a Key Vault key). Targets must be online: a ring gate revokes a rejected version
+    inside `pulumi up`. Compromise of the online key is recovered by a root rotation naming a new online key, which
+    devices accept only when the root threshold signed it.
+
+Expiry (Expiry): root 365 days, targets 30, snapshot 7, timestamp 1 by default; `edgefleet:trust.expiry` in a stack
+file changes them. `refresh` re-signs the timestamp (and snapshot and targets once past half their life); `edgefleet
+up` and the ring gates call it before they deploy, `edgefleet trust refresh` on a schedule between rollouts.
+
+Consistent snapshots: targets and snapshot are written as `<version>.<role>.json` and never overwritten, then the
+timestamp last, so a device reading while a rollout publishes sees one repository state or the one before it.
+
+Revocation: removing a version's target (new targets, snapshot and timestamp versions). Its record stays inside the
+signed targets under `x-edgefleet-revoked` (who, why, when), so a device can say why it refuses, and so that publishing
+the same artifact again (`edgefleet up` with a version a gate rejected) cannot silently put it back.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Sequence
+
+from securesystemslib.signer import Key
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import Metadata, MetaFile, Root, Signed, Snapshot, TargetFile, Targets, Timestamp
+
+from components.trust.signer import MetadataSigner, tuf_key
+from components.trust.storage import MetadataStorage
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.signing import Signer
+from edgefleet_agent.contract.state import DesiredModel
+from edgefleet_agent.contract.tuf import TargetIdentity, manifest_digest, target_path
+
+REVOKED_FIELD = "x-edgefleet-revoked"
+ONLINE_ROLES = ("targets", "snapshot", "timestamp")
+
+
+@dataclass(frozen=True)
+class Expiry:
+    root: timedelta = timedelta(days=365)
+    targets: timedelta = timedelta(days=30)
+    snapshot: timedelta = timedelta(days=7)
+    timestamp: timedelta = timedelta(days=1)
+
+    @classmethod
+    def of_seconds(cls, seconds: dict[str, float]) -> "Expiry":
+        return cls(**{role: timedelta(seconds=float(s)) for role, s in seconds.items()})
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+class TrustError(EdgefleetError):
+    """The repository cannot do what was asked: not initialised, a key that does not meet a threshold, …"""
+
+
+class TrustRepository:
+    def __init__(
+        self, storage: MetadataStorage, online: Signer | None, expiry: Expiry = Expiry(), now: Callable[[], datetime] = utcnow
+    ) -> None:
+        self.storage = storage
+        self.online = MetadataSigner(online) if online is not None else None
+        self.expiry = expiry
+        self.now = now
+
+    # -- reading ----------------------------------------------------------------------------------------------------
+    def initialised(self) -> bool:
+        return self.storage.read("1.root.json") is not None
+
+    def root(self) -> Metadata[Root]:
+        """The newest root: 1.root.json, 2.root.json, … as far as they go."""
+        data = self.storage.read("1.root.json")
+        if data is None:
+            raise TrustError(
+                self.storage.url,
+                "no TUF repository here (no 1.root.json)",
+                "initialise it with `edgefleet trust init --stack STACK` (the local stack's `edgefleet up` does it with its root key)",
+            )
+        version = 1
+        while (nxt := self.storage.read(f"{version + 1}.root.json")) is not None:
+            data, version = nxt, version + 1
+        return Metadata[Root].from_bytes(data)
+
+    def _read(self, role: str) -> Metadata[Any]:
+        data = self.storage.read(f"{role}.json")
+        if data is None:
+            raise TrustError(self.storage.url, f"the repository has no {role}.json", "initialise it with `edgefleet trust init`")
+        return Metadata.from_bytes(data)
+
+    def targets(self) -> Metadata[Targets]:
+        md: Metadata[Targets] = self._read("targets")
+        return md
+
+    def revoked(self) -> dict[str, dict[str, Any]]:
+        return dict(self.targets().signed.unrecognized_fields.get(REVOKED_FIELD) or {})
+
+    def state(self) -> dict[str, Any]:
+        """What `edgefleet trust show` prints: each role's version and expiry, the targets, the revoked."""
+        root = self.root()
+        out: dict[str, Any] = {"url": self.storage.url, "roles": {}}
+        for role, md in (("root", root), *((r, self._read(r)) for r in ONLINE_ROLES)):
+            keys = root.signed.roles[role]
+            out["roles"][role] = {
+                "version": md.signed.version,
+                "expires": md.signed.expires.isoformat(),
+                "expired": md.signed.is_expired(self.now()),
+                "threshold": keys.threshold,
+                "keyids": list(keys.keyids),
+            }
+        targets = self.targets().signed
+        out["targets"] = {path: (TargetIdentity.from_custom(t.custom).__dict__ if t.custom else {}) for path, t in targets.targets.items()}
+        out["revoked"] = self.revoked()
+        return out
+
+    # -- writing ----------------------------------------------------------------------------------------------------
+    def _online(self) -> MetadataSigner:
+        if self.online is None:
+            raise TrustError(self.storage.url, "no online signing key was given", "pass the stack's signing key")
+        return self.online
+
+    def _expires(self, role: str) -> datetime:
+        lifetime: timedelta = getattr(self.expiry, role)
+        return self.now() + lifetime
+
+    def init(self, root_signers: Sequence[Signer], threshold: int, targets: Iterable[TargetIdentity] = ()) -> Metadata[Root]:
+        """Root version 1 (root keys with `threshold`, the online key for targets, snapshot and timestamp) and the
+        first targets, snapshot and timestamp. Refuses to overwrite an existing repository."""
+        if self.initialised():
+            raise TrustError(self.storage.url, "a TUF repository already exists here", "rotate its root with `edgefleet trust rotate-root`")
+        if not 1 <= threshold <= len(root_signers):
+            raise TrustError(
+                self.storage.url, f"root threshold {threshold} with {len(root_signers)} root key(s)", "give at least as many keys"
+            )
+        online = self._online()
+        root = Root(expires=self._expires("root"), consistent_snapshot=True)
+        for s in root_signers:
+            root.add_key(tuf_key(s.public_key_pem()), "root")
+        root.roles["root"].threshold = threshold
+        for role in ONLINE_ROLES:
+            root.add_key(online.public_key, role)
+        md = Metadata(root)
+        for s in root_signers:
+            md.sign(MetadataSigner(s), append=True)
+        self._check_root(None, md)
+        self.storage.write("1.root.json", md.to_bytes())
+        self.storage.write("root.json", md.to_bytes())
+        tg = Targets(version=1, expires=self._expires("targets"))
+        for ident in targets:
+            tg.targets[target_path(ident.model, ident.version, ident.sha256)] = _target_file(ident)
+        self._publish(tg, None)
+        return md
+
+    def add_targets(self, idents: Iterable[TargetIdentity]) -> list[str]:
+        """Publishes each artifact as a target (a no-op for one already listed as it is). Never re-adds a revoked one:
+        returns the paths it refused for that reason."""
+        current = self.targets()
+        signed = copy.deepcopy(current.signed)
+        revoked = signed.unrecognized_fields.get(REVOKED_FIELD) or {}
+        refused, changed = [], False
+        for ident in idents:
+            path = target_path(ident.model, ident.version, ident.sha256)
+            if path in revoked:
+                refused.append(path)
+                continue
+            want = _target_file(ident)
+            have = signed.targets.get(path)
+            if have is None or have.to_dict() != want.to_dict():
+                signed.targets[path] = want
+                changed = True
+        if changed:
+            self._publish(signed, current.signed)
+        return refused
+
+    def publish_desired(self, desired: DesiredModel) -> list[str]:
+        """Lists a declared version (its artifact and exact manifest) as a target: what a ring gate does before it
+        deploys. Returns the paths refused because they were revoked."""
+        return self.add_targets(
+            [TargetIdentity(desired.model, desired.version, desired.sha256, desired.size, manifest_digest(desired.manifest.encode()))]
+        )
+
+    def revoke(self, model: str, version: str, sha256: str, reason: str) -> bool:
+        """Removes the artifact's target and records why. True if anything changed."""
+        current = self.targets()
+        path = target_path(model, version, sha256)
+        revoked = dict(current.signed.unrecognized_fields.get(REVOKED_FIELD) or {})
+        if path not in current.signed.targets and path in revoked:
+            return False
+        signed = copy.deepcopy(current.signed)
+        signed.targets.pop(path, None)
+        revoked[path] = {"model": model, "version": version, "sha256": sha256, "reason": reason[:500], "at": self.now().isoformat()}
+        signed.unrecognized_fields[REVOKED_FIELD] = revoked
+        self._publish(signed, current.signed)
+        return True
+
+    def refresh(self) -> list[str]:
+        """Re-signs the timestamp with a new expiry, and snapshot and targets too once they are past half their life
+        (each re-signed role forces the ones below it). Returns the roles it re-signed."""
+        now = self.now()
+
+        def aging(md: Metadata[Any], role: str) -> bool:
+            lifetime: timedelta = getattr(self.expiry, role)
+            return bool(md.signed.expires - now < lifetime / 2)
+
+        targets = self.targets()
+        if aging(targets, "targets"):
+            self._publish(copy.deepcopy(targets.signed), targets.signed)
+            return ["targets", "snapshot", "timestamp"]
+        snapshot: Metadata[Snapshot] = self._read("snapshot")
+        if aging(snapshot, "snapshot"):
+            self._write_snapshot_and_timestamp(copy.deepcopy(snapshot.signed))
+            return ["snapshot", "timestamp"]
+        self._write_timestamp(snapshot.signed.version)
+        return ["timestamp"]
+
+    def _publish(self, targets: Targets, previous: Targets | None) -> None:
+        targets.version = (previous.version + 1) if previous is not None else targets.version
+        targets.expires = self._expires("targets")
+        md = Metadata(targets)
+        md.sign(self._online())
+        data = md.to_bytes()
+        self.storage.write(f"{targets.version}.targets.json", data)
+        self.storage.write("targets.json", data)
+        snap = self.storage.read("snapshot.json")
+        if snap is not None:
+            snapshot = Metadata[Snapshot].from_bytes(snap).signed
+        else:
+            snapshot = Snapshot()
+            snapshot.version = 0  # the first write makes it version 1
+        snapshot.meta["targets.json"] = MetaFile(version=targets.version)
+        self._write_snapshot_and_timestamp(snapshot)
+
+    def _write_snapshot_and_timestamp(self, snapshot: Snapshot) -> None:
+        snapshot.version += 1
+        snapshot.expires = self._expires("snapshot")
+        md = Metadata(snapshot)
+        md.sign(self._online())
+        data = md.to_bytes()
+        self.storage.write(f"{snapshot.version}.snapshot.json", data)
+        self.storage.write("snapshot.json", data)
+        self._write_timestamp(snapshot.version)
+
+    def _write_timestamp(self, snapshot_version: int) -> None:
+        old = self.storage.read("timestamp.json")
+        version = Metadata[Timestamp].from_bytes(old).signed.version + 1 if old is not None else 1
+        md = Metadata(Timestamp(version=version, expires=self._expires("timestamp"), snapshot_meta=MetaFile(version=snapshot_version)))
+        md.sign(self._online())
+        self.storage.write("timestamp.json", md.to_bytes())
+
+    # -- root rotation --------------------------------------------------------------------------------------------
+    def rotate_root(
+        self,
+        old_signers: Sequence[Signer],
+        new_signers: Sequence[Signer],
+        threshold: int,
+        new_online: Signer | None = None,
+    ) -> Metadata[Root]:
+        """The next root, signed by the old root's threshold (`old_signers`) and the new one's (`new_signers`), naming
+        the new root keys and, with `new_online`, a new online key for targets, snapshot and timestamp (which are then
+        re-signed with it). Devices follow it: ngclient accepts root N+1 only when root N's threshold signed it."""
+        current = self.root()
+        if not 1 <= threshold <= len(new_signers):
+            raise TrustError(self.storage.url, f"root threshold {threshold} with {len(new_signers)} new root key(s)", "give more keys")
+        root = copy.deepcopy(current.signed)
+        root.version += 1
+        root.expires = self._expires("root")
+        for keyid in list(root.roles["root"].keyids):
+            root.revoke_key(keyid, "root")
+        for s in new_signers:
+            root.add_key(tuf_key(s.public_key_pem()), "root")
+        root.roles["root"].threshold = threshold
+        if new_online is not None:
+            self.online = MetadataSigner(new_online)
+            for role in ONLINE_ROLES:
+                for keyid in list(root.roles[role].keyids):
+                    root.revoke_key(keyid, role)
+                root.add_key(self.online.public_key, role)
+        md = Metadata(root)
+        seen: set[str] = set()
+        for s in [*old_signers, *new_signers]:
+            ms = MetadataSigner(s)
+            if ms.public_key.keyid not in seen:
+                md.sign(ms, append=True)
+                seen.add(ms.public_key.keyid)
+        self._check_root(current, md)
+        self.storage.write(f"{root.version}.root.json", md.to_bytes())
+        self.storage.write("root.json", md.to_bytes())
+        if new_online is not None:
+            targets = self.targets()
+            self._publish(copy.deepcopy(targets.signed), targets.signed)
+        return md
+
+    def _check_root(self, previous: Metadata[Root] | None, new: Metadata[Root]) -> None:
+        """What a device will check: the previous root's threshold and the new root's own both signed it."""
+        for label, delegator in (("the previous root", previous), ("the new root", new)):
+            if delegator is None:
+                continue
+            try:
+                delegator.signed.verify_delegate(Root.type, new.signed_bytes, new.signatures)
+            except UnsignedMetadataError as exc:
+                role = delegator.signed.roles["root"]
+                raise TrustError(
+                    self.storage.url,
+                    f"root version {new.signed.version} is not signed by the threshold of {label} "
+                    f"({role.threshold} of {len(role.keyids)} keys): {exc}",
+                    "sign with enough of the current root keys (--old) and of the new ones (--new)",
+                ) from None
+
+
+def _target_file(ident: TargetIdentity) -> TargetFile:
+    return TargetFile(
+        length=ident.size,
+        hashes={"sha256": ident.sha256},
+        path=target_path(ident.model, ident.version, ident.sha256),
+        unrecognized_fields={"custom": ident.custom()},
+    )
+
+
+def key_of(signer: Signer) -> Key:
+    return tuf_key(signer.public_key_pem())
+
+
+__all__ = ["Expiry", "Signed", "TrustError", "TrustRepository", "key_of", "utcnow"]

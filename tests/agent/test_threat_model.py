@@ -1,0 +1,296 @@
+"""The threat model of update metadata (TUF), one test per attack: what the attacker does and what the device refuses.
+
+Set-up shared by every test: the stack's repository (components/trust/) is written by the publisher; devices read a
+*channel*, a copy of the repository that the attacker controls (a mirror, a CDN, a hub table, a man in the middle),
+so each attack is done to the channel, never to the publisher's own files. The device is the real DeviceAgent with
+python-tuf's ngclient (edgefleet_agent/trust.py). docs/signing.md ("Update metadata") states the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from agent_testkit import MODEL
+from tuf.api.metadata import Metadata, MetaFile, Snapshot, Timestamp
+
+from components.local.signer import LocalKeySigner, create_key_file
+from components.trust.repository import Expiry, TrustError, TrustRepository, utcnow
+from components.trust.signer import MetadataSigner
+from components.trust.storage import DirectoryStorage
+from edgefleet_agent.contract.state import DesiredModel
+from edgefleet_agent.contract.tuf import TargetIdentity, manifest_digest
+from edgefleet_agent.trust import NOT_A_TARGET, MetadataRefused, TrustedMetadata
+
+
+def ident(d: DesiredModel) -> TargetIdentity:
+    return TargetIdentity(d.model, d.version, d.sha256, d.size, manifest_digest(d.manifest.encode()))
+
+
+class World:
+    """The publisher's repository, the channel devices read, and the keys (the attacker may hold some)."""
+
+    def __init__(self, tmp: Path, keys, root_keys: int = 1, threshold: int = 1) -> None:
+        self.tmp = tmp
+        self.online = keys.signer
+        self.roots = [LocalKeySigner(create_key_file(tmp / f"root-{i}.pem")) for i in range(root_keys)]
+        self.repo = TrustRepository(DirectoryStorage(tmp / "store"), self.online)
+        self.repo.init(self.roots, threshold)
+        self.channel = tmp / "channel"
+        self.sync()
+
+    def sync(self) -> None:
+        """The channel serves what the publisher wrote."""
+        shutil.copytree(self.tmp / "store" / "tuf" / "metadata", self.channel, dirs_exist_ok=True)
+
+    def first_root(self) -> bytes:
+        return (self.channel / "1.root.json").read_bytes()
+
+    def trust(self, name: str = "dev-1") -> TrustedMetadata:
+        return TrustedMetadata(self.first_root(), self.channel.as_uri(), self.tmp / name / "tuf", refresh_seconds=0.0)
+
+    def write(self, name: str, md: Metadata) -> None:
+        (self.channel / name).write_bytes(md.to_bytes())
+
+    def channel_md(self, name: str) -> Metadata:
+        return Metadata.from_bytes((self.channel / name).read_bytes())
+
+
+@pytest.fixture
+def world(tmp_path, keys) -> World:
+    return World(tmp_path, keys)
+
+
+@pytest.fixture
+def installed(world, make_agent, transport, v100, v110):
+    """A device serving 1.1.0 (1.0.0 and 1.1.0 are signed targets), metadata verified."""
+    world.repo.add_targets([ident(v100), ident(v110)])
+    world.sync()
+    agent = make_agent(trust=world.trust())
+    transport.desired_model = v110
+    agent.sync()
+    assert agent.current_version == "1.1.0", agent.build_report().error
+    return agent
+
+
+def refused(agent, transport, desired) -> str:
+    transport.desired_model = desired
+    agent.sync()
+    report = agent.build_report()
+    assert report.status == "failed" and report.failed_version == desired.version, report
+    return report.error or ""
+
+
+def test_replay_of_a_rejected_version_is_refused_once_it_is_revoked(world, installed, transport, v120_nan, v110):
+    """Attack: a version a gate rejected stays validly signed (manifest signature, old desired state); the attacker
+    writes its old desired state into the device's channel again.
+    Refusal: the publisher removed it from the signed targets when the gate rolled it back, so the device refuses it as
+    "not in the signed targets: revoked or never published", and keeps serving 1.1.0."""
+    world.repo.add_targets([ident(v120_nan)])
+    world.repo.revoke(MODEL, "1.2.0", v120_nan.sha256, "gate of ring 'canary' failed: NaN outputs")
+    world.sync()
+    error = refused(installed, transport, v120_nan)
+    assert NOT_A_TARGET in error and "1.2.0" in error
+    assert installed.current_version == "1.1.0"
+
+
+def test_a_revoked_version_replayed_as_a_shadow_candidate_is_not_run_and_serving_goes_on(world, installed, transport, v120_nan, v110):
+    """Attack: the rejected version's desired state is replayed as the candidate a ring shadows (a shadow phase's
+    desired state), so the device would download it and run it on its applications' requests.
+    Refusal: a candidate is verified like an install, the signed targets included: it is never loaded, the device
+    keeps serving 1.1.0 (status ok) and its report names the refused candidate."""
+    import dataclasses
+
+    world.repo.add_targets([ident(v120_nan)])
+    world.repo.revoke(MODEL, "1.2.0", v120_nan.sha256, "gate of ring 'canary' failed: NaN outputs")
+    world.sync()
+    transport.desired_model = dataclasses.replace(v110, shadow=v120_nan)
+    installed.sync()
+    report = installed.build_report()
+    assert installed.shadow_runner is None, "the revoked candidate is not run"
+    assert (report.version, report.status) == ("1.1.0", "ok")
+    assert "shadow candidate detector 1.2.0 refused" in report.error and NOT_A_TARGET in report.error
+
+
+def test_a_validly_signed_version_that_was_never_published_is_refused(world, installed, transport, publisher):
+    """Attack: someone with the manifest signing key (a leaked CI key) signs a model and writes its desired state into
+    the channel, without going through the publisher (no rollout, no gate).
+    Refusal: its manifest signature verifies, but it is not in the signed targets: "revoked or never published"."""
+    rogue = publisher.publish("1.3.0", "detector-1.1.0.onnx")
+    assert NOT_A_TARGET in refused(installed, transport, rogue) and installed.current_version == "1.1.0"
+
+
+def test_freeze_is_detected_once_the_timestamp_expires_and_serving_goes_on(tmp_path, keys, make_agent, transport, v100, v110):
+    """Attack: the channel keeps serving the same metadata forever (a frozen mirror), hiding a revocation or a fix.
+    Refusal: the timestamp expires (a day in production, 2 seconds here); the device then reports "metadata stale since
+    …" while it keeps serving its verified model, and refuses new installs until fresh metadata arrives."""
+    world = World(tmp_path, keys)
+    world.repo.expiry = Expiry(timestamp=timedelta(seconds=2))
+    world.repo.add_targets([ident(v100), ident(v110)])
+    world.sync()
+    agent = make_agent(trust=world.trust())
+    transport.desired_model = v100
+    agent.sync()
+    assert agent.current_version == "1.0.0" and agent.build_report().error is None
+    time.sleep(2.5)  # the channel freezes: nobody re-signs the timestamp, and the one it serves expires
+    agent.sync()  # every sync polls: the held timestamp expired, the channel has none fresher
+    report = agent.build_report()
+    assert report.status == "ok" and report.version == "1.0.0", "expiry must never stop serving"
+    assert report.error and report.error.startswith("metadata stale since ") and "timestamp expired at" in report.error, report
+    error = refused(agent, transport, v110)
+    assert error.startswith("metadata stale since ") and agent.current_version == "1.0.0"
+    # the publisher refreshes (edgefleet up, a gate, or the scheduled `edgefleet trust refresh`): the device recovers
+    world.repo.expiry = Expiry()
+    world.repo.refresh()
+    world.sync()
+    agent.clock.now += 3600  # past the retry back-off of the refused install
+    agent.sync()
+    assert agent.current_version == "1.1.0" and agent.build_report().error is None
+
+
+def test_rollback_of_metadata_is_refused(world, installed, transport, v120_nan, v110):
+    """Attack: the channel serves an older, validly signed timestamp (and the snapshot and targets it names), from
+    before a revocation, so the revoked version looks published again.
+    Refusal: the device holds a newer timestamp and refuses to go back: "metadata rollback refused"."""
+    world.repo.add_targets([ident(v120_nan)])
+    world.sync()
+    old_timestamp = (world.channel / "timestamp.json").read_bytes()
+    world.repo.revoke(MODEL, "1.2.0", v120_nan.sha256, "gate failed")
+    world.sync()
+    transport.desired_model = v110
+    installed.sync()  # (already serving 1.1.0: nothing to install)
+    assert NOT_A_TARGET in refused(installed, transport, v120_nan)  # the device has seen the revocation
+    (world.channel / "timestamp.json").write_bytes(old_timestamp)
+    installed.clock.now += 3600
+    error = refused(installed, transport, dataclasses.replace(v120_nan, rollout="replayed"))
+    assert error.startswith("metadata rollback refused") and "timestamp" in error, error
+    assert installed.current_version == "1.1.0"
+
+
+def test_mix_and_match_of_metadata_is_refused(world, installed, transport, v120_nan):
+    """Attack: the channel combines metadata from different repository states: the current timestamp and snapshot,
+    but under the targets file the snapshot names it serves an older targets file (one that still lists 1.2.0).
+    Refusal: the snapshot pins the targets version, so the device refuses the mix: "metadata mix-and-match refused"."""
+    world.repo.add_targets([ident(v120_nan)])
+    world.sync()
+    listed = world.channel_md("targets.json")
+    world.repo.revoke(MODEL, "1.2.0", v120_nan.sha256, "gate failed")
+    world.sync()
+    current = world.channel_md("targets.json").signed.version
+    world.write(f"{current}.targets.json", listed)  # the older targets, under the name the current snapshot pins
+    error = refused(installed, transport, v120_nan)
+    assert error.startswith("metadata mix-and-match refused") and f"v{current}" in error, error
+
+
+def test_key_compromise_below_the_root_threshold_cannot_replace_the_root(tmp_path, keys, make_agent, transport, v100, v110, v120_nan):
+    """Attack: one of three root keys (threshold 2) and the channel are compromised; the attacker signs a new root that
+    names their own online key, and targets listing a version of their choice (here the rejected 1.2.0).
+    Refusal: a new root must be signed by the previous root's threshold: the device refuses it ("metadata signature
+    refused") and refuses the version; the publisher itself cannot be tricked into writing such a root either. A root
+    signed by two of the three keys is followed."""
+    world = World(tmp_path, keys, root_keys=3, threshold=2)
+    world.repo.add_targets([ident(v100), ident(v110)])
+    world.sync()
+    agent = make_agent(trust=world.trust())
+    transport.desired_model = v110
+    agent.sync()
+    assert agent.current_version == "1.1.0"
+
+    attacker = LocalKeySigner(create_key_file(tmp_path / "attacker.pem"))
+    evil = TrustRepository(DirectoryStorage(tmp_path / "evil"), attacker)
+    shutil.copytree(world.tmp / "store" / "tuf" / "metadata", tmp_path / "evil" / "tuf" / "metadata")
+    with pytest.raises(TrustError, match="not signed by the threshold"):
+        evil.rotate_root([world.roots[0]], [world.roots[0], LocalKeySigner(tmp_path / "attacker.pem")], 1, new_online=attacker)
+    # the publisher's check refused; an attacker simply skips it and writes the forged root into the channel
+    root = world.channel_md("1.root.json")
+    root.signed.version = 2
+    for role in ("targets", "snapshot", "timestamp"):
+        for keyid in list(root.signed.roles[role].keyids):
+            root.signed.revoke_key(keyid, role)
+        root.signed.add_key(MetadataSigner(attacker).public_key, role)
+    root.signatures.clear()
+    root.sign(MetadataSigner(world.roots[0]))
+    world.write("2.root.json", root)
+    error = refused(agent, transport, v120_nan)
+    assert error.startswith("metadata signature refused") and "root" in error, error
+    assert agent.current_version == "1.1.0"
+
+    # the threshold rotates the root: devices follow it and keep their model
+    (world.channel / "2.root.json").unlink()
+    world.repo.rotate_root(world.roots[1:], world.roots[1:], 2)
+    world.sync()
+    agent.clock.now += 3600
+    transport.desired_model = v100  # (no rollback order: refused, but only after the metadata refreshed)
+    agent.sync()
+    assert "downgrade" in agent.build_report().error and agent.current_version == "1.1.0"
+    assert (tmp_path / "dev-1" / "tuf" / "root_history" / "2.root.json").is_file(), "the device did not follow root v2"
+
+
+def test_fast_forward_attack_is_recovered_by_rotating_the_online_key(tmp_path, keys, make_agent, transport, v100, v110):
+    """Attack: with the online key (compromised), the attacker signs a timestamp and snapshot with huge version numbers.
+    The device cannot tell them from real ones and keeps them, so the publisher's real, lower-numbered metadata is then
+    refused as a rollback: every update is blocked (the fast-forward attack).
+    Refusal and recovery: the repository's real metadata is refused ("metadata rollback refused") until the root (offline,
+    threshold) names a new online key; the device follows that root, drops the metadata the old key signed and accepts
+    the repository's again, without losing its model."""
+    world = World(tmp_path, keys)
+    world.repo.add_targets([ident(v100), ident(v110)])
+    world.sync()
+    agent = make_agent(trust=world.trust())
+    transport.desired_model = v100
+    agent.sync()
+    assert agent.current_version == "1.0.0"
+
+    stolen = MetadataSigner(world.online)
+    snapshot = world.channel_md("snapshot.json")
+    snapshot.signed.version = 1000
+    snapshot.sign(stolen)
+    world.write("1000.snapshot.json", snapshot)
+    ts = Metadata(Timestamp(version=1000, expires=utcnow() + timedelta(days=1), snapshot_meta=MetaFile(version=1000)))
+    ts.sign(stolen)
+    world.write("timestamp.json", ts)
+    transport.desired_model = v110
+    agent.sync()  # the device accepts the fast-forwarded metadata (validly signed by the online key) and installs
+    assert agent.current_version == "1.1.0"
+
+    world.repo.refresh()
+    world.sync()  # the publisher's real timestamp has a lower version than the attacker's
+    with pytest.raises(MetadataRefused, match="^metadata rollback refused: New timestamp version .* must be >= 1000"):
+        agent._trust.refresh()  # what the device's next install would run into: every update blocked
+
+    new_online = LocalKeySigner(create_key_file(tmp_path / "online-2.pem"))
+    world.repo.rotate_root(world.roots, world.roots, 1, new_online=new_online)
+    world.sync()
+    agent._trust.refresh()  # follows root v2, drops the fast-forwarded timestamp, accepts the repository's
+    held = Metadata[Timestamp].from_bytes((tmp_path / "dev-1" / "tuf" / "timestamp.json").read_bytes()).signed
+    assert held.version < 1000 and agent.current_version == "1.1.0"
+
+
+def test_metadata_signed_by_an_unknown_key_is_refused(world, installed, transport, v120_nan, tmp_path):
+    """Attack: the attacker has no key the root names and signs their own targets listing the rejected version.
+    Refusal: the signature does not verify against the online key root names: "metadata signature refused"."""
+    world.repo.add_targets([ident(v120_nan)])
+    world.repo.revoke(MODEL, "1.2.0", v120_nan.sha256, "gate failed")
+    world.sync()
+    attacker = MetadataSigner(LocalKeySigner(create_key_file(tmp_path / "nobody.pem")))
+    snap = world.channel_md("snapshot.json")
+    snap.signed.version += 1
+    snap.sign(attacker)
+    world.write(f"{snap.signed.version}.snapshot.json", snap)
+    ts = world.channel_md("timestamp.json")
+    ts.signed.version += 1
+    ts.signed.snapshot_meta = MetaFile(version=snap.signed.version)
+    ts.sign(attacker)
+    world.write("timestamp.json", ts)
+    assert refused(installed, transport, v120_nan).startswith("metadata signature refused")
+
+
+def test_expiry_defaults_are_the_documented_ones():
+    """Not an attack: the lifetimes docs/signing.md promises (root 1 year, targets 30 days, snapshot 7, timestamp 1)."""
+    e = Expiry()
+    assert (e.root, e.targets, e.snapshot, e.timestamp) == (timedelta(days=365), timedelta(days=30), timedelta(days=7), timedelta(days=1))
+    assert Snapshot  # (imported for readers of the attacks above)

@@ -1,0 +1,96 @@
+"""The Azure blob model store as the stack's TUF repository: the publisher writes metadata blobs through the
+ContainerClient calls BlobMetadataStorage makes (an in-memory container here: no Azurite or storage account is
+reachable, so the real service is not exercised), and a device reads them over https with the store's SAS appended
+to every URL (the agent's UrlFetcher), as the IoT Edge module would."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from components.azure.trust_store import BlobMetadataStorage
+from components.local.signer import LocalKeySigner, create_key_file
+from components.trust.repository import TrustRepository
+from edgefleet_agent.contract.tuf import NOT_A_TARGET, MetadataRefused, TargetIdentity, manifest_digest
+from edgefleet_agent.trust import TrustedMetadata, UrlFetcher
+
+SAS = "sv=2024-11-04&sr=c&sp=r&sig=c2VjcmV0"
+MANIFEST = b"name: detector\n"
+
+
+class MemoryContainer:
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.settings: dict[str, object] = {}
+
+    def upload_blob(self, name, data, overwrite=False, content_settings=None, **_):
+        assert overwrite or name not in self.blobs
+        self.blobs[name] = bytes(data)
+        self.settings[name] = content_settings
+
+    def download_blob(self, name):
+        from types import SimpleNamespace
+
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if name not in self.blobs:
+            raise ResourceNotFoundError(f"{name} not found")
+        return SimpleNamespace(readall=lambda: self.blobs[name])
+
+
+@pytest.fixture
+def served():
+    """The container over http: 403 without the SAS, as a private container answers; the SAS itself is never logged."""
+    container = MemoryContainer()
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            url = urlsplit(self.path)
+            seen.append(url.path)
+            if parse_qs(url.query).get("sig") != ["c2VjcmV0"]:
+                self.send_error(403)
+                return
+            name = url.path.removeprefix("/models/")
+            if name not in container.blobs:
+                self.send_error(404)
+                return
+            body = container.blobs[name]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield container, f"http://127.0.0.1:{server.server_address[1]}/models", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_container_is_the_repository_and_a_device_reads_it_with_the_sas(served, tmp_path: Path):
+    container, url, seen = served
+    online = LocalKeySigner(create_key_file(tmp_path / "online.pem"))  # Key Vault's signer in production (KeyVaultSigner)
+    root = LocalKeySigner(create_key_file(tmp_path / "root.pem"))
+    repo = TrustRepository(BlobMetadataStorage(container, url), online)
+    target = TargetIdentity("detector", "1.2.0", "c" * 64, 4096, manifest_digest(MANIFEST))
+    repo.init([root], 1, [target])
+    assert container.settings["tuf/metadata/timestamp.json"].cache_control == "no-cache"
+
+    device = TrustedMetadata(container.blobs["tuf/metadata/1.root.json"], repo.storage.url, tmp_path / "dev", fetcher=UrlFetcher(SAS))
+    device.check("detector", "1.2.0", "c" * 64, 4096, MANIFEST)
+    repo.revoke("detector", "1.2.0", "c" * 64, "gate failed")
+    with pytest.raises(MetadataRefused, match=NOT_A_TARGET):
+        device.check("detector", "1.2.0", "c" * 64, 4096, MANIFEST)
+
+    without_sas = TrustedMetadata(container.blobs["tuf/metadata/1.root.json"], repo.storage.url, tmp_path / "dev2")
+    with pytest.raises(MetadataRefused) as err:
+        without_sas.check("detector", "1.2.0", "c" * 64, 4096, MANIFEST)
+    assert "403" in err.value.reason and "c2VjcmV0" not in err.value.reason
