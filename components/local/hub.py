@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from components.rollout.membership import Device
-from components.rollout.observe import SoakWindows, control_summary, observe_reports
+from components.rollout.observe import ObserveMemo, SoakWindows, control_summary, observe_reports
 from components.rollout.quality import Summary
 from components.rollout.types import RingObservation, RingTarget
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -45,6 +45,9 @@ class Lease:
     lost: str | None = None
 
 
+REREAD_SECONDS = 5.0
+
+
 def default_owner() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
@@ -56,6 +59,9 @@ class LocalHub(AgentHub):
         super().__init__(path, clock)
         self._held: dict[str, Lease] = {}
         self._ring_windows, self._control_windows = SoakWindows(), SoakWindows()  # a device keeps only its latest window here
+        self._report_cache: dict[str, tuple[float, dict[str, DeviceReport]]] = {}
+        self._reports_lock = threading.Lock()
+        self._observed: dict[tuple[str, str], ObserveMemo] = {}  # each ring's devices as observed at the last poll
 
     # -- device registry ------------------------------------------------------------------------------
     def register_devices(self, devices: Iterable[tuple[str, dict[str, str], str, list[str], str]]) -> None:
@@ -111,11 +117,38 @@ class LocalHub(AgentHub):
         return [d for (d,) in rows]
 
     def reports(self, model: str, device_ids: list[str] | None = None) -> dict[str, DeviceReport]:
+        """Each device's latest report of `model` (only those of `device_ids`, when given)."""
+        latest = self._latest_reports(model)
         if device_ids is None:
-            rows = self._db().execute("SELECT device_id, report FROM reports WHERE model=?", (model,)).fetchall()
-        else:
-            rows = self._select_in("SELECT device_id, report FROM reports WHERE model=? AND device_id IN ({})", [model], device_ids)
-        return {d: DeviceReport.from_json(r) for d, r in rows}
+            return dict(latest)
+        return {d: r for d in device_ids if (r := latest.get(d)) is not None}
+
+    def _latest_reports(self, model: str) -> dict[str, DeviceReport]:
+        """Every latest report of `model`, reading and parsing only the rows stamped since the previous read: a gate
+        polls a 10,000-device ring several times a second, and most of its devices said nothing new since. Rows
+        stamped up to REREAD_SECONDS before the newest one seen are read again, for a writer whose transaction
+        committed after a later stamp; one that took longer than that is sampled at its device's next report."""
+        with self._reports_lock:
+            seen, latest = self._report_cache.get(model, (None, {}))
+            if seen is None:
+                rows = self._db().execute("SELECT device_id, report, reported_at FROM reports WHERE model=?", (model,)).fetchall()
+            else:
+                rows = (
+                    self._db()
+                    .execute(
+                        "SELECT device_id, report, reported_at FROM reports WHERE model=? AND reported_at > ?",
+                        (model, seen - REREAD_SECONDS),
+                    )
+                    .fetchall()
+                )
+            newest = seen if seen is not None else float("-inf")
+            for dev, text, at in rows:
+                held = latest.get(dev)
+                if held is None or held.reported_at != at:
+                    latest[dev] = DeviceReport.from_json(text)
+                newest = max(newest, at)
+            self._report_cache[model] = (newest, latest)
+            return latest
 
     def _select_in(self, sql: str, head: list[Any], ids: list[str]) -> list[tuple]:
         out: list[tuple] = []
@@ -159,7 +192,8 @@ class LocalHub(AgentHub):
         devices = list(target.selector)
         model = desired.model if desired else self._ring_model(target)
         reports = self._ring_windows.summed(self.reports(model, devices), since) if model else {}
-        return observe_reports(devices, reports, desired, since)
+        memo = self._observed.setdefault((target.rollout, target.ring), ObserveMemo())
+        return observe_reports(devices, reports, desired, since, memo)
 
     def summarize(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> Summary:
         """The control group's telemetry: devices of `targets` still serving `desired`, from each one's latest report."""

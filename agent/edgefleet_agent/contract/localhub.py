@@ -8,6 +8,7 @@ leaves the previous state intact. The schema is here, in the device contract, be
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -213,6 +214,4 @@ class AgentHub(HubFile):
 
 
 def _stamp(report: DeviceReport, now: float) -> str:
-    data = json.loads(report.to_json())
-    data["reported_at"] = now
-    return json.dumps(data, sort_keys=True)
+    return dataclasses.replace(report, reported_at=now).to_json()
