@@ -66,11 +66,6 @@ def summarize(reports: Iterable[DeviceReport]) -> Summary:
     return total.summary()
 
 
-def control_summary(devices: Iterable[str], reports: dict[str, DeviceReport], desired: DesiredModel, since: float) -> Summary:
-    """What the devices still on `desired` (the control group of a comparison) reported since `since`."""
-    return summarize(r for d in devices if (r := reports.get(d)) is not None and r.reported_at >= since and is_on(r, desired))
-
-
 @dataclass(frozen=True)
 class _Device:
     """One device's part in a ring's observation, from its report: what the gate adds up."""
@@ -133,6 +128,18 @@ class ObserveMemo:
         else:
             self.seen[dev] = (r, seen)
         return seen
+
+
+def control_summary(
+    devices: Iterable[str], reports: dict[str, DeviceReport], desired: DesiredModel, since: float, memo: ObserveMemo | None = None
+) -> Summary:
+    """What the devices still on `desired` (the control group of a comparison) reported since `since`; with `memo`, at
+    the cost of what changed since the last poll (ObserveMemo)."""
+    if memo is None:
+        return summarize(r for d in devices if (r := reports.get(d)) is not None and r.reported_at >= since and is_on(r, desired))
+    memo.begin(desired, since)
+    on = sum(1 for d in devices if memo.device(d, reports.get(d), desired, since).state == "adopted")
+    return replace(memo.total.summary(), devices=on)
 
 
 def observe_reports(
@@ -226,8 +233,9 @@ class SoakWindows:
     the phase does (another `since`). Health figures (requests, errors, p99) stay the latest window's."""
 
     def __init__(self) -> None:
-        # (what is served and shadowed, since), the newest window summed, the sum, and the report it came from
-        self._sums: dict[tuple[str, str], tuple[tuple[Any, ...], float, DeviceReport, DeviceReport]] = {}
+        # (what is served and shadowed, since), the newest window summed, the sum, the report it came from, the sum's
+        # telemetry parsed
+        self._sums: dict[tuple[str, str], tuple[tuple[Any, ...], float, DeviceReport, DeviceReport, tuple[Any, ...]]] = {}
 
     def summed(self, reports: dict[str, DeviceReport], since: float) -> dict[str, DeviceReport]:
         out: dict[str, DeviceReport] = {}
@@ -239,13 +247,13 @@ class SoakWindows:
             if held is not None and held[3] is r and held[0][-1] == since:
                 out[dev] = held[2]  # the same report as at the last poll: nothing to parse or add
                 continue
-            shadow = shadow_of(r)
+            mine = telemetry_of(r)
+            shadow = mine[2]
             key = (r.version, r.sha256, shadow.version if shadow else None, shadow.sha256 if shadow else None, since)
             if held is None or held[0] != key:
-                total = r
+                total, parts = r, mine
             elif r.reported_at > held[1]:
-                parts = zip(telemetry_of(held[2]), telemetry_of(r), strict=True)
-                p, lat, sh, lab = (_merge(a, b) for a, b in parts)
+                p, lat, sh, lab = parts = tuple(_merge(a, b) for a, b in zip(held[4], mine, strict=True))
                 total = replace(
                     r,
                     predictions=p.to_json() if p else None,
@@ -256,6 +264,6 @@ class SoakWindows:
             else:
                 out[dev] = held[2]
                 continue
-            self._sums[(dev, r.model)] = (key, r.reported_at, total, r)
+            self._sums[(dev, r.model)] = (key, r.reported_at, total, r, parts)
             out[dev] = total
         return out

@@ -104,22 +104,7 @@ def v110() -> onnx.ModelProto:
     return onnx.load(str(SAMPLES / "detector-1.1.0.onnx"))
 
 
-def renamed(model: onnx.ModelProto, out: str) -> onnx.ModelProto:
-    """1.1.0 with its output renamed, to append nodes after it."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for node in m.graph.node:
-        node.output[:] = [out if o == "scores" else o for o in node.output]
-    del m.graph.output[:]
-    return m
-
-
-def finish(m: onnx.ModelProto, nodes, inits) -> onnx.ModelProto:
-    m.graph.node.extend(nodes)
-    m.graph.initializer.extend(inits)
-    m.graph.output.extend([helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])])
-    onnx.checker.check_model(m)
-    return m
+renamed, finish = samples.renamed, samples.finish
 
 
 def swaps_classes() -> onnx.ModelProto:
@@ -131,16 +116,7 @@ def swaps_classes() -> onnx.ModelProto:
 
 
 def ten_times_slower() -> onnx.ModelProto:
-    """1.1.0's answers after a wide convolution whose result is multiplied by zero: same outputs, far more work."""
-    m = renamed(v110(), "s")
-    heavy = np.random.default_rng(0).normal(0, 0.01, (48, 3, 7, 7)).astype(np.float32)
-    nodes = [
-        helper.make_node("Conv", ["image", "heavy"], ["h"], pads=[3, 3, 3, 3]),
-        helper.make_node("ReduceMean", ["h"], ["hm"], keepdims=0),
-        helper.make_node("Mul", ["hm", "zero"], ["hz"]),
-        helper.make_node("Add", ["s", "hz"], ["scores"]),
-    ]
-    return finish(m, nodes, [numpy_helper.from_array(heavy, "heavy"), numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    return samples.ten_times_slower(v110())
 
 
 def nan_on_bright() -> onnx.ModelProto:

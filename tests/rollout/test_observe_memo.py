@@ -74,3 +74,17 @@ def test_another_desired_state_starts_the_memory_over():
     assert observe_reports(DEVICES, reports, V2, 0.0, memo).adopted == 1
     assert observe_reports(DEVICES, reports, OTHER, 0.0, memo).adopted == 0, "remembered as adopted under another version"
     assert observe_reports(DEVICES, reports, V2, 6.0, memo).adopted == 0, "a window before the phase counted in it"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(one_report, max_size=4), min_size=1, max_size=8))
+def test_a_remembered_control_group_is_summed_as_if_read_afresh(polls):
+    """The control group's summary (devices still on the previous version) with a memo equals the one summed afresh."""
+    from components.rollout.observe import control_summary
+
+    memo = ObserveMemo()
+    reports: dict[str, DeviceReport] = {}
+    for t, changes in enumerate(polls):
+        for dev, version, classes, ms, failed, shadow in changes:
+            reports[dev] = report(dev, float(t), version, classes, ms, failed, False)
+        assert control_summary(DEVICES, dict(reports), OTHER, 0.0, memo) == control_summary(DEVICES, dict(reports), OTHER, 0.0)

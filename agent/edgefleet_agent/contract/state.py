@@ -10,6 +10,7 @@ what agents before formats existed read and wrote.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -62,8 +63,13 @@ def _known_fields(cls: type[DataclassInstance], body: dict[str, Any], what: str,
             f"is in format {fmt}, newer than the {newest} this agent reads",
             "upgrade the agent to the version the model's manifest names in min_agent_version",
         )
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _field_names(cls)
     return {k: v for k, v in body.items() if k in names}
+
+
+@functools.cache
+def _field_names(cls: type[DataclassInstance]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 @dataclass(frozen=True)
