@@ -85,6 +85,6 @@ def test_a_remembered_control_group_is_summed_as_if_read_afresh(polls):
     memo = ObserveMemo()
     reports: dict[str, DeviceReport] = {}
     for t, changes in enumerate(polls):
-        for dev, version, classes, ms, failed, shadow in changes:
+        for dev, version, classes, ms, failed, _ in changes:
             reports[dev] = report(dev, float(t), version, classes, ms, failed, False)
         assert control_summary(DEVICES, dict(reports), OTHER, 0.0, memo) == control_summary(DEVICES, dict(reports), OTHER, 0.0)

@@ -9,7 +9,6 @@ leaves the previous state intact. The schema is here, in the device contract, be
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sqlite3
 import threading
