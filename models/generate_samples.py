@@ -96,6 +96,38 @@ def build(noise: float, seed: int, nan: bool = False, ignore_input: bool = False
     return model
 
 
+def renamed(model: onnx.ModelProto, out: str) -> onnx.ModelProto:
+    """`model` with its output "scores" renamed, to append nodes after it."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for node in m.graph.node:
+        node.output[:] = [out if o == "scores" else o for o in node.output]
+    del m.graph.output[:]
+    return m
+
+
+def finish(m: onnx.ModelProto, nodes, inits) -> onnx.ModelProto:
+    m.graph.node.extend(nodes)
+    m.graph.initializer.extend(inits)
+    m.graph.output.extend([helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])])
+    onnx.checker.check_model(m)
+    return m
+
+
+def ten_times_slower(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`'s answers after a wide convolution whose result is multiplied by zero: same outputs, far more work
+    (about 10x detector 1.1.0's time a frame here). What a latency gate must stop, whatever else the model gets right."""
+    m = renamed(model, "s")
+    heavy = np.random.default_rng(0).normal(0, 0.01, (48, 3, 7, 7)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["image", "heavy"], ["h"], pads=[3, 3, 3, 3]),
+        helper.make_node("ReduceMean", ["h"], ["hm"], keepdims=0),
+        helper.make_node("Mul", ["hm", "zero"], ["hz"]),
+        helper.make_node("Add", ["s", "hz"], ["scores"]),
+    ]
+    return finish(m, nodes, [numpy_helper.from_array(heavy, "heavy"), numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+
+
 def eval_batches(n: int = 512, batch: int = 64):
     """The seeded evaluation set, in batches so memory stays small at 224x224."""
     rng = np.random.default_rng(7)

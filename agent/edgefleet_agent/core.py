@@ -128,14 +128,18 @@ class DeviceAgent:
         clock: Callable[[], float] = time.time,
         trust: TrustedMetadata | None = None,
         capture_sink: CaptureSink | None = None,
+        timer: Callable[[], float] = perf_counter,
     ) -> None:
         """`durable=False` skips fsyncs and the state-directory lock: for simulated devices in one process only.
         `session_cache` shares sessions between agents of one process. `refuse_invalid_warmup` refuses a model
         whose warm-up output holds NaN/Inf; by default such a model is served and the ring's gate judges it.
         `trust`: the store's TUF metadata (trust.py); with it, a new install must be a current signed target.
         `capture_sink` is where this device may write captured samples (capture.py); without one, a desired state
-        that asks for capture captures nothing."""
+        that asks for capture captures nothing. `timer` times each request's session.run: a simulated fleet passes
+        time.thread_time, the CPU time of the request's own thread, since its wall time on a machine shared by
+        thousands of simulated devices would measure the others."""
         self.device_id = device_id
+        self.timer = timer
         self.model = model
         self.transport = transport
         self.execution_providers = list(execution_providers)
@@ -594,7 +598,7 @@ class DeviceAgent:
                 f"could not write {self.model} {manifest.version} under {self.store.root}: {exc.strerror or exc}", transient=True
             ) from None
         loaded, key = self._load(manifest, model_path)
-        runner = ShadowRunner(self.model, manifest.version, manifest.sha256, loaded, on_disagree=self._shadow_disagreed)
+        runner = ShadowRunner(self.model, manifest.version, manifest.sha256, loaded, on_disagree=self._shadow_disagreed, timer=self.timer)
         candidate = _Candidate(wanted, SlotRef(slot, manifest.version, manifest.sha256), manifest, key, runner)
         with self._state_lock:
             runner.retarget(self._serving)
@@ -673,17 +677,17 @@ class DeviceAgent:
             raise VersionNotServed(f"model {self.model!r} version {version!r} is not served here; this device serves {ref.version}")
         loaded = serving.loaded
         feed = check_inputs(f"{self.model} {ref.version}", loaded.inputs, inputs)
-        start = perf_counter()
+        start = self.timer()
         try:
             values = loaded.session.run(loaded.output_names, feed)
         except Exception as exc:
-            ms = (perf_counter() - start) * 1000.0
+            ms = (self.timer() - start) * 1000.0
             with self._metrics_lock:
                 if serving is self._serving:
                     self._window.record(ms, True, False, None, None)
             log.debug("%s: inference failed: %s", self.device_id, exc)
             raise InferenceFailed(f"{self.model} {ref.version} failed on this request: {_first_line(exc)}") from None
-        ms = (perf_counter() - start) * 1000.0
+        ms = (self.timer() - start) * 1000.0
         invalid = loaded.has_invalid(values)
         said = read_output(loaded.watch, values)
         with self._metrics_lock:

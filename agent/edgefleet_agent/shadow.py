@@ -71,8 +71,10 @@ class ShadowRunner:
         capacity: int = SHADOW_QUEUE,
         max_bytes: int = SHADOW_QUEUE_BYTES,
         on_disagree: OnDisagree | None = None,
+        timer: Callable[[], float] = perf_counter,
     ) -> None:
         self.label = label
+        self.timer = timer
         self.on_disagree = on_disagree
         self.version = version
         self.sha256 = sha256
@@ -140,7 +142,7 @@ class ShadowRunner:
                 job = self._queue.popleft()
                 self._queued_bytes -= job.nbytes
                 self._busy = True
-            start = perf_counter()
+            start = self.timer()
             try:
                 values = loaded.session.run(loaded.output_names, job.feed)
             except Exception as exc:  # noqa: BLE001 - any failure of the candidate is its error, never the application's
@@ -150,7 +152,7 @@ class ShadowRunner:
                         self._tally.errors += 1
                     self._cond.notify_all()
                 continue
-            ms = (perf_counter() - start) * 1000.0
+            ms = (self.timer() - start) * 1000.0
             invalid = loaded.has_invalid(values)
             said = read_output(loaded.watch, values)
             agree = self._agrees(job, values, said)

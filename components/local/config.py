@@ -46,3 +46,10 @@ class LocalConfig(Strict):
     poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.2
     report_seconds: Annotated[float, Field(gt=0, le=300)] = 0.5
     traffic: dict[Name, LocalTraffic] = Field(default_factory=dict, description="per model name: what its applications send")
+    simulated_requests_per_sweep: int = Field(
+        default=2000,
+        ge=1,
+        description="at most this many of the simulated devices send their application's request in one sweep (in turn, "
+        "so each device's share is even); every device still syncs and reports each sweep. Two cores cannot run "
+        "10,000 devices' traffic at once: past this many devices a device sends a request every few sweeps",
+    )

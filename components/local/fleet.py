@@ -435,7 +435,8 @@ class LocalFleet:
             self.error = exc
 
     def _sim_loop(self) -> None:
-        """Full sweeps every `sim_period` (sync, one real inference, report for every online device), and
+        """Full sweeps every `sim_period` (sync, the application's request, report for every online device; past
+        edgefleet:local.simulated_requests_per_sweep devices they take turns to send a request, each timed by its thread's CPU time), and
         between them a 50 ms check for desired-state changes so a ring's devices react at once."""
         import onnxruntime
 
@@ -480,11 +481,13 @@ class LocalFleet:
                     session_cache=cache,
                     trust=trust,
                     capture_sink=LocalCaptureSink(self.captures_root, model, d.id, durable=False) if self.captures_root else None,
+                    timer=time.thread_time,
                 )
                 agent.start()
                 agents[(d.id, model)] = agent
             return agent
 
+        per_sweep = self.cfg.local.simulated_requests_per_sweep if self.cfg.local is not None else len(sims) or 1
         next_sweep = 0.0
         while not self._stop.is_set():
             tick = time.time()
@@ -498,12 +501,14 @@ class LocalFleet:
                 else:
                     online = [by_id[i] for i in changed if i in by_id and self._online(by_id[i], tick)]
                     batch.desired_map = changed
-                for d in online:
+                every = max(1, -(-len(online) // per_sweep))  # a device sends a request every `every` sweeps
+                for i, d in enumerate(online):
                     agent = agent_for(d, model)
                     agent.sync()
-                    if full and model not in self.traffic:
+                    asks = full and (i + self.sweeps) % every == 0
+                    if asks and model not in self.traffic:
                         agent.infer()
-                    elif full:
+                    elif asks:
                         traffic = self.traffic[model]
                         n = sent.get((d.id, model), 0)
                         inputs, label = traffic.request(d.id, n)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from components.rollout.membership import Device
-from components.rollout.observe import SoakWindows, control_summary, observe_reports
+from components.rollout.observe import ObserveMemo, SoakWindows, control_summary, observe_reports
 from components.rollout.quality import Summary
 from components.rollout.types import RingObservation, RingTarget
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -45,6 +45,9 @@ class Lease:
     lost: str | None = None
 
 
+REREAD_SECONDS = 5.0
+
+
 def default_owner() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
@@ -56,6 +59,9 @@ class LocalHub(AgentHub):
         super().__init__(path, clock)
         self._held: dict[str, Lease] = {}
         self._ring_windows, self._control_windows = SoakWindows(), SoakWindows()  # a device keeps only its latest window here
+        self._report_cache: dict[str, tuple[float, dict[str, tuple[float, str]], dict[str, tuple[float, DeviceReport]]]] = {}
+        self._reports_lock = threading.Lock()
+        self._observed: dict[tuple[str, ...], ObserveMemo] = {}  # each ring's devices as observed at the last poll
 
     # -- device registry ------------------------------------------------------------------------------
     def register_devices(self, devices: Iterable[tuple[str, dict[str, str], str, list[str], str]]) -> None:
@@ -111,11 +117,43 @@ class LocalHub(AgentHub):
         return [d for (d,) in rows]
 
     def reports(self, model: str, device_ids: list[str] | None = None) -> dict[str, DeviceReport]:
-        if device_ids is None:
-            rows = self._db().execute("SELECT device_id, report FROM reports WHERE model=?", (model,)).fetchall()
+        """Each device's latest report of `model` (only those of `device_ids`, when given). Parsed only when asked for
+        and changed since: a gate polls one ring of a 10,000-device fleet, whose other devices report on meanwhile."""
+        with self._reports_lock:
+            rows, parsed = self._latest_rows(model)
+            out: dict[str, DeviceReport] = {}
+            for dev in rows if device_ids is None else device_ids:
+                row = rows.get(dev)
+                if row is None:
+                    continue
+                held = parsed.get(dev)
+                if held is None or held[0] != row[0]:
+                    held = (row[0], DeviceReport.from_json(row[1]))
+                    parsed[dev] = held
+                out[dev] = held[1]
+            return out
+
+    def _latest_rows(self, model: str) -> tuple[dict[str, tuple[float, str]], dict[str, tuple[float, DeviceReport]]]:
+        """Every device's latest report row of `model` as (stamp, text), reading only the rows stamped since the
+        previous read. Rows stamped up to REREAD_SECONDS before the newest one seen are read again, for a writer whose
+        transaction committed after a later stamp; one that took longer than that is seen at its device's next report."""
+        seen, rows, parsed = self._report_cache.get(model, (None, {}, {}))
+        if seen is None:
+            fresh = self._db().execute("SELECT device_id, report, reported_at FROM reports WHERE model=?", (model,)).fetchall()
         else:
-            rows = self._select_in("SELECT device_id, report FROM reports WHERE model=? AND device_id IN ({})", [model], device_ids)
-        return {d: DeviceReport.from_json(r) for d, r in rows}
+            fresh = (
+                self._db()
+                .execute(
+                    "SELECT device_id, report, reported_at FROM reports WHERE model=? AND reported_at > ?", (model, seen - REREAD_SECONDS)
+                )
+                .fetchall()
+            )
+        newest = seen if seen is not None else float("-inf")
+        for dev, text, at in fresh:
+            rows[dev] = (at, text)
+            newest = max(newest, at)
+        self._report_cache[model] = (newest, rows, parsed)
+        return rows, parsed
 
     def _select_in(self, sql: str, head: list[Any], ids: list[str]) -> list[tuple]:
         out: list[tuple] = []
@@ -159,12 +197,14 @@ class LocalHub(AgentHub):
         devices = list(target.selector)
         model = desired.model if desired else self._ring_model(target)
         reports = self._ring_windows.summed(self.reports(model, devices), since) if model else {}
-        return observe_reports(devices, reports, desired, since)
+        memo = self._observed.setdefault((target.rollout, target.ring), ObserveMemo())
+        return observe_reports(devices, reports, desired, since, memo)
 
     def summarize(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> Summary:
         """The control group's telemetry: devices of `targets` still serving `desired`, from each one's latest report."""
         devices = sorted({d for t in targets for d in t.selector})
-        return control_summary(devices, self._control_windows.summed(self.reports(desired.model, devices), since), desired, since)
+        memo = self._observed.setdefault(("control", *(f"{t.rollout}/{t.ring}" for t in targets)), ObserveMemo())
+        return control_summary(devices, self._control_windows.summed(self.reports(desired.model, devices), since), desired, since, memo)
 
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None:
         row = self._db().execute("SELECT progress FROM progress WHERE rollout_id=?", (rollout_id,)).fetchone()

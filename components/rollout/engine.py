@@ -23,6 +23,7 @@ phase, and compare with no previous version; the ring's events and verdict say s
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
@@ -53,6 +54,7 @@ from edgefleet_agent.contract.state import DesiredModel
 __all__ = ["FAILED", "TERMINAL", "RingPlan", "RolloutEngine", "RolloutPlan", "last_good", "rollout_id"]
 
 SAMPLE_EVERY = 0.5
+MAX_DUTY = 0.02  # the share of its time the controller spends on its own work while it waits for devices
 MIN_UNOBSERVED = 10.0  # floor of the default gap bound: a busy 2-core box must not reset soaks
 
 
@@ -164,12 +166,24 @@ class RolloutEngine:
         """Runs the rollout to a terminal state, or until ring `until_ring` has passed its gate (a Pulumi gate
         resource drives one ring at a time), and returns the progress record."""
         progress = self.start(plan)
+        busy = 0.0
         while progress["status"] not in TERMINAL:
             if until_ring is not None and progress["rings"][until_ring]["state"] == RingState.PASSED:
                 break
-            if not self.step(plan, progress):
-                self.clock.sleep(self.poll_seconds)
+            started = time.perf_counter()
+            changed = self.step(plan, progress)
+            busy += time.perf_counter() - started
+            if not changed:
+                self.clock.sleep(self.pause_after(busy))
+                busy = 0.0
         return progress
+
+    def pause_after(self, busy: float) -> float:
+        """The wait before the next poll, after `busy` seconds of the controller's own work since the last wait: at
+        least poll_seconds, and long enough that polling takes at most MAX_DUTY of the time, so a ring of 10,000
+        devices is polled less often rather than the controller taking a core; never so long that the ring would
+        count as unobserved."""
+        return min(max(self.poll_seconds, busy * (1 - MAX_DUTY) / MAX_DUTY), max(self.poll_seconds, self.max_unobserved / 3))
 
     def start(self, plan: RolloutPlan) -> Progress:
         stored = self.hub.load_progress(plan.rollout_id)

@@ -11,10 +11,10 @@ version (it could not load it beside the served model) has failed it.
 from __future__ import annotations
 
 import heapq
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
-from components.rollout.quality import Summary, Telemetry
+from components.rollout.quality import RunningTelemetry, Summary, Telemetry
 from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, RingObservation
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 from edgefleet_agent.contract.telemetry import Labelled, Latency, Predictions, Shadow
@@ -66,13 +66,94 @@ def summarize(reports: Iterable[DeviceReport]) -> Summary:
     return total.summary()
 
 
-def control_summary(devices: Iterable[str], reports: dict[str, DeviceReport], desired: DesiredModel, since: float) -> Summary:
-    """What the devices still on `desired` (the control group of a comparison) reported since `since`."""
-    return summarize(r for d in devices if (r := reports.get(d)) is not None and r.reported_at >= since and is_on(r, desired))
+@dataclass(frozen=True)
+class _Device:
+    """One device's part in a ring's observation, from its report: what the gate adds up."""
+
+    state: str  # "failed" | "adopted" | "pending"
+    fresh: bool
+    error: str = ""
+    parts: tuple[Any, ...] | None = None  # telemetry_of(report), adopted devices with telemetry
+    summary: Summary | None = None  # that device's own
+    rates: tuple[tuple[str, float], ...] = ()  # (metric, value) of OFFENDER_METRICS in its window, adopted devices
 
 
-def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desired: DesiredModel | None, since: float) -> RingObservation:
-    """Classifies each device of a ring against `desired`. Shared by every platform that sees per-device reports."""
+def _device(r: DeviceReport | None, desired: DesiredModel | None, since: float) -> _Device:
+    fresh = r is not None and r.reported_at >= since
+    if r is None or not fresh:
+        return _Device("pending", fresh)
+    if failed_on(r, desired):
+        return _Device("failed", True, r.error or "failed")
+    if not is_on(r, desired):
+        return _Device("pending", True)
+    rates: list[tuple[str, float]] = []
+    if r.p99_latency_ms is not None:
+        rates.append(("p99_latency_ms", round(r.p99_latency_ms, 3)))
+    if r.inferences:
+        rates.append(("error_rate", round(r.errors / r.inferences, 6)))
+        rates.append(("invalid_output_share", round(r.invalid_outputs / r.inferences, 6)))
+    if not has_telemetry(r):
+        return _Device("adopted", True, rates=tuple(rates))
+    parts = telemetry_of(r)
+    one = Telemetry()
+    one.add(*parts)
+    return _Device("adopted", True, parts=parts, summary=one.summary(), rates=tuple(rates))
+
+
+class ObserveMemo:
+    """One ring's devices as seen at the last poll, and the running sum of the adopted ones' telemetry: kept by a
+    platform between polls so that a poll parses and sums only what changed since the last one."""
+
+    def __init__(self) -> None:
+        self.key: tuple[DesiredModel | None, float] | None = None
+        self.seen: dict[str, tuple[DeviceReport, _Device]] = {}
+        self.total = RunningTelemetry()
+
+    def begin(self, desired: DesiredModel | None, since: float) -> None:
+        """A poll starts: another desired state or phase starts the ring's memory over."""
+        if self.key is None or self.key[1] != since or self.key[0] != desired:
+            self.key, self.seen, self.total = (desired, since), {}, RunningTelemetry()
+
+    def device(self, dev: str, r: DeviceReport | None, desired: DesiredModel | None, since: float) -> _Device:
+        held = self.seen.get(dev)
+        if held is not None and held[0] is r:
+            return held[1]
+        seen = _device(r, desired, since)
+        if held is not None and held[1].parts is not None:
+            self.total.add(held[1].parts, -1)
+        if seen.parts is not None:
+            self.total.add(seen.parts)
+        if r is None:
+            self.seen.pop(dev, None)
+        else:
+            self.seen[dev] = (r, seen)
+        return seen
+
+
+def control_summary(
+    devices: Iterable[str], reports: dict[str, DeviceReport], desired: DesiredModel, since: float, memo: ObserveMemo | None = None
+) -> Summary:
+    """What the devices still on `desired` (the control group of a comparison) reported since `since`; with `memo`, at
+    the cost of what changed since the last poll (ObserveMemo)."""
+    if memo is None:
+        return summarize(r for d in devices if (r := reports.get(d)) is not None and r.reported_at >= since and is_on(r, desired))
+    memo.begin(desired, since)
+    on = sum(1 for d in devices if memo.device(d, reports.get(d), desired, since).state == "adopted")
+    return replace(memo.total.summary(), devices=on)
+
+
+def observe_reports(
+    devices: list[str],
+    reports: dict[str, DeviceReport],
+    desired: DesiredModel | None,
+    since: float,
+    memo: ObserveMemo | None = None,
+) -> RingObservation:
+    """Classifies each device of a ring against `desired`. Shared by every platform that sees per-device reports.
+
+    With `memo` (kept by the caller between polls of one ring, whose devices do not change), a device whose report
+    is the very object seen at the last poll, under the same desired state and phase, is not parsed, summarized or
+    summed again: a poll of a 10,000-device ring costs what changed since the last one."""
     adopted = failed = reporting = inferences = errors = invalid = 0
     p99s: list[float] = []
     failures: list[tuple[str, str]] = []
@@ -80,31 +161,30 @@ def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desire
     per_device: dict[str, list[tuple[str, float]]] = {k: [] for k in OFFENDER_METRICS}
     total = Telemetry()
     summaries: list[tuple[str, Summary]] = []
+    if memo is not None:
+        memo.begin(desired, since)
     for dev in devices:
         r = reports.get(dev)
-        fresh = r is not None and r.reported_at >= since
-        if fresh:
+        seen = memo.device(dev, r, desired, since) if memo is not None else _device(r, desired, since)
+        if seen.fresh:
             reporting += 1
-        if r is not None and fresh and failed_on(r, desired):
+        if seen.state == "failed":
             failed += 1
-            failures.append((dev, r.error or "failed"))
-        elif r is not None and fresh and is_on(r, desired):
+            failures.append((dev, seen.error))
+        elif seen.state == "adopted":
+            assert r is not None
             adopted += 1
             inferences += r.inferences
             errors += r.errors
             invalid += r.invalid_outputs
             if r.p99_latency_ms is not None:
                 p99s.append(r.p99_latency_ms)
-                per_device["p99_latency_ms"].append((dev, round(r.p99_latency_ms, 3)))
-            if r.inferences:
-                per_device["error_rate"].append((dev, round(r.errors / r.inferences, 6)))
-                per_device["invalid_output_share"].append((dev, round(r.invalid_outputs / r.inferences, 6)))
-            if has_telemetry(r):
-                parts = telemetry_of(r)
-                total.add(*parts)
-                one = Telemetry()
-                one.add(*parts)
-                summaries.append((dev, one.summary()))
+            for metric, value in seen.rates:
+                per_device[metric].append((dev, value))
+            if seen.parts is not None and seen.summary is not None:
+                if memo is None:
+                    total.add(*seen.parts)
+                summaries.append((dev, seen.summary))
         else:
             pending.append(dev)
     p99s.sort()
@@ -120,7 +200,7 @@ def observe_reports(devices: list[str], reports: dict[str, DeviceReport], desire
         failures=tuple(failures[:50]),
         pending=tuple(pending[:50]),
         offenders=_worst(per_device),
-        summary=total.summary() if summaries else None,
+        summary=(memo.total.summary() if memo is not None else total.summary()) if summaries else None,
         device_summaries=tuple(summaries),
     )
 
@@ -153,7 +233,9 @@ class SoakWindows:
     the phase does (another `since`). Health figures (requests, errors, p99) stay the latest window's."""
 
     def __init__(self) -> None:
-        self._sums: dict[tuple[str, str], tuple[tuple[Any, ...], float, DeviceReport]] = {}
+        # (what is served and shadowed, since), the newest window summed, the sum, the report it came from, the sum's
+        # telemetry parsed
+        self._sums: dict[tuple[str, str], tuple[tuple[Any, ...], float, DeviceReport, DeviceReport, tuple[Any, ...]]] = {}
 
     def summed(self, reports: dict[str, DeviceReport], since: float) -> dict[str, DeviceReport]:
         out: dict[str, DeviceReport] = {}
@@ -161,14 +243,17 @@ class SoakWindows:
             if r.reported_at < since or not has_telemetry(r):
                 out[dev] = r
                 continue
-            shadow = shadow_of(r)
-            key = (r.version, r.sha256, shadow.version if shadow else None, shadow.sha256 if shadow else None, since)
             held = self._sums.get((dev, r.model))
+            if held is not None and held[3] is r and held[0][-1] == since:
+                out[dev] = held[2]  # the same report as at the last poll: nothing to parse or add
+                continue
+            mine = telemetry_of(r)
+            shadow = mine[2]
+            key = (r.version, r.sha256, shadow.version if shadow else None, shadow.sha256 if shadow else None, since)
             if held is None or held[0] != key:
-                total = r
+                total, parts = r, mine
             elif r.reported_at > held[1]:
-                parts = zip(telemetry_of(held[2]), telemetry_of(r), strict=True)
-                p, lat, sh, lab = (_merge(a, b) for a, b in parts)
+                p, lat, sh, lab = parts = tuple(_merge(a, b) for a, b in zip(held[4], mine, strict=True))
                 total = replace(
                     r,
                     predictions=p.to_json() if p else None,
@@ -179,6 +264,6 @@ class SoakWindows:
             else:
                 out[dev] = held[2]
                 continue
-            self._sums[(dev, r.model)] = (key, r.reported_at, total)
+            self._sums[(dev, r.model)] = (key, r.reported_at, total, r, parts)
             out[dev] = total
         return out

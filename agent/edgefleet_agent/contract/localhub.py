@@ -8,7 +8,7 @@ leaves the previous state intact. The schema is here, in the device contract, be
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -213,6 +213,4 @@ class AgentHub(HubFile):
 
 
 def _stamp(report: DeviceReport, now: float) -> str:
-    data = json.loads(report.to_json())
-    data["reported_at"] = now
-    return json.dumps(data, sort_keys=True)
+    return dataclasses.replace(report, reported_at=now).to_json()

@@ -266,8 +266,24 @@ def required_format(fields: Mapping[str, Any]) -> int:
     return max([1, *(v for f, v in FIELDS_FORMAT.items() if _used(fields, f))])
 
 
+_PARSED: dict[tuple[int, bytes], ModelManifest] = {}  # by the format this agent reads, and the bytes
+_PARSED_KEEP = 16
+
+
 def parse_manifest_bytes(data: bytes, source: str) -> ModelManifest:
-    """Parses manifest bytes exactly as the device agent receives them."""
+    """Parses manifest bytes exactly as the device agent receives them. The result is a pure function of the bytes and
+    immutable, so the last few are kept: a simulated fleet installs one manifest on thousands of devices in a process."""
+    hit = _PARSED.get((MANIFEST_FORMAT, data))
+    if hit is not None:
+        return hit
+    manifest = _parse_manifest(data, source)
+    if len(_PARSED) >= _PARSED_KEEP:
+        _PARSED.pop(next(iter(_PARSED)), None)
+    _PARSED[(MANIFEST_FORMAT, data)] = manifest
+    return manifest
+
+
+def _parse_manifest(data: bytes, source: str) -> ModelManifest:
     try:
         raw = yamlfile.load(data.decode("utf-8"))
     except yamlfile.DuplicateKeyError as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 TOP_K = 8
@@ -74,7 +74,7 @@ class Latency:
     def from_json(cls, data: Any) -> Latency:
         if not isinstance(data, list) or len(data) != len(LATENCY_BOUNDS_MS) + 1:
             return cls()
-        return cls([int(x) for x in data])
+        return cls(list(map(int, data)))
 
 
 @dataclass
@@ -135,7 +135,14 @@ class Predictions:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "kind": self.kind,
+            "output": self.output,
+            "n": self.n,
+            "classes": dict(self.classes),
+            "confidence": list(self.confidence),
+            "values": list(self.values),
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> Predictions | None:
@@ -146,8 +153,8 @@ class Predictions:
             output=str(data.get("output", "")),
             n=int(data.get("n", 0)),
             classes={str(k): int(v) for k, v in (data.get("classes") or {}).items()},
-            confidence=[int(x) for x in data.get("confidence") or []],
-            values=[int(x) for x in data.get("values") or []],
+            confidence=list(map(int, data.get("confidence") or [])),
+            values=list(map(int, data.get("values") or [])),
         )
 
 
