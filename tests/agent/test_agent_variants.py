@@ -152,3 +152,140 @@ def test_a_cuda_device_gets_the_fp16_build_and_a_small_cpu_device_the_int8():
 def test_this_machine_reports_an_arch_the_manifest_knows_and_its_memory():
     facts = this_device("here", ["CPUExecutionProvider"])
     assert facts.arch in ARCHES and facts.memory_mb > 0
+
+
+# -- the device installs and serves the build it chose ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def with_builds(tmp_path_factory, keys):
+    """detector 1.2.0 measured on the committed set, with int8 and fp16 variants, signed: what the fleet publishes."""
+    import shutil
+
+    from agent_testkit import MODEL, SAMPLES, TARGET, FakeTransport  # noqa: F401
+
+    from edgefleet.evaluate import evaluate_model
+    from edgefleet.model_add import add_version
+    from edgefleet.signing import sign_model_dir
+    from edgefleet.variant_add import add_variant
+    from edgefleet_agent.contract.manifest import ModelDir
+    from edgefleet_agent.contract.state import DesiredModel
+
+    root = tmp_path_factory.mktemp("variants")
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "datasets", root / "datasets")
+    model_dir = root / MODEL
+    add_version(model_dir, SAMPLES / "detector-1.1.0.onnx", "1.2.0", metrics=[], targets=[TARGET])
+    evaluate_model(model_dir, root / "datasets" / "channel-dominance-eval.yaml")
+    add_variant(model_dir, "int8")
+    add_variant(model_dir, "fp16")
+    mdir = ModelDir(model_dir)
+    sign_model_dir(mdir, keys.signer)
+    m = mdir.load()
+    desired = DesiredModel(
+        model=MODEL,
+        version=m.version,
+        sha256=m.sha256,
+        size=m.size,
+        uri=mdir.artifact_path(m).as_uri(),
+        manifest=mdir.manifest_bytes().decode(),
+        signature=mdir.signature_path.read_text(),
+    )
+    return model_dir, m, desired
+
+
+def copy_of(model_dir: Path, where: Path) -> Path:
+    import shutil
+
+    shutil.copytree(model_dir, where / model_dir.name)
+    return where / model_dir.name
+
+
+def test_a_device_downloads_only_the_build_it_chose_verifies_it_and_reports_it(tmp_path, keys, with_builds):
+    from dataclasses import replace
+
+    from agent_testkit import MODEL, FakeTransport
+
+    from edgefleet_agent.core import DeviceAgent
+
+    model_dir, m, desired = with_builds
+    small = DeviceFacts("cam-3", "amd64", ("CPUExecutionProvider",), 200)  # below the reference's 256 MB
+    here = copy_of(model_dir, tmp_path / "store")
+    (here / m.file).unlink()  # the reference is not there: a device that fetched it would fail
+    wanted = choose(m, small)
+    assert wanted.kind == "fp16", "the smaller build that fits where the reference does not"
+    transport = FakeTransport(replace(desired, uri=(here / m.file).as_uri()))
+    agent = DeviceAgent("cam-3", MODEL, tmp_path / "state", keys.pem, transport, durable=False, device=small)
+    assert agent.sync()
+    report = agent.build_report()
+    assert report.status == "ok", report.error
+    assert (report.version, report.sha256, report.variant) == ("1.2.0", m.sha256, wanted.kind)
+    assert '"variant": "%s"' % wanted.kind in report.to_json()
+    agent.close()
+
+    again = DeviceAgent("cam-3", MODEL, tmp_path / "state", keys.pem, FakeTransport(None), durable=False, device=small)
+    again.start()
+    assert again.current_variant == wanted.kind, "the slot is re-verified at start against the variant's signed digest"
+    again.close()
+
+
+def test_a_tampered_variant_is_refused_and_never_served(tmp_path, keys, with_builds):
+    from dataclasses import replace
+
+    from agent_testkit import MODEL, FakeTransport
+
+    from edgefleet_agent.core import DeviceAgent
+
+    model_dir, m, desired = with_builds
+    here = copy_of(model_dir, tmp_path / "store")
+    (here / "detector.int8.onnx").write_bytes((here / "detector.int8.onnx").read_bytes()[:-1] + b"\0")
+    transport = FakeTransport(replace(desired, uri=(here / m.file).as_uri()))
+    big = DeviceFacts("gw-9", "amd64", ("CPUExecutionProvider",), 4096)
+    agent = DeviceAgent("gw-9", MODEL, tmp_path / "state", keys.pem, transport, durable=False, device=big, variant="int8")
+    agent.sync()
+    report = agent.build_report()
+    assert report.status == "failed" and report.version is None and report.variant is None
+    assert "sha256 mismatch: the downloaded int8 variant has sha256" in (report.error or "")
+    agent.close()
+
+
+def test_a_device_that_fits_no_build_reports_which_device_and_the_fix(tmp_path, keys, with_builds):
+    from agent_testkit import MODEL, FakeTransport
+
+    from edgefleet_agent.core import DeviceAgent
+
+    _, _, desired = with_builds
+    pi = DeviceFacts("pi-zero-4", "armv7", ("CPUExecutionProvider",), 64)
+    agent = DeviceAgent("pi-zero-4", MODEL, tmp_path / "state", keys.pem, FakeTransport(desired), durable=False, device=pi)
+    agent.sync()
+    report = agent.build_report()
+    assert report.status == "failed" and report.version is None
+    assert "device pi-zero-4 (armv7, 64 MB, CPUExecutionProvider): fits no build of detector 1.2.0" in (report.error or "")
+    assert "edgefleet model variant add" in (report.error or "")
+    agent.close()
+
+
+def test_serve_serves_the_asked_for_variant_and_refuses_one_the_manifest_lacks(keys, with_builds):
+    import subprocess
+    import sys
+
+    model_dir, _, _ = with_builds
+    repo = Path(__file__).resolve().parents[2]
+    args = [sys.executable, "-m", "agent", "serve", "--model-dir", str(model_dir), "--public-key", str(keys.pem_path), "--port", "0"]
+    proc = subprocess.Popen([*args, "--variant", "int8"], cwd=repo, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        for _ in range(200):
+            line = proc.stderr.readline()
+            if "serving detector" in line and " at http" in line or not line:
+                break
+        assert "serving detector 1.2.0 at http://" in line and "(build int8;" in line, line
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        proc.stderr.close()
+    (model_dir / "detector.fp16.onnx").rename(model_dir / "gone.onnx")
+    try:
+        done = subprocess.run([*args, "--variant", "fp16"], cwd=repo, capture_output=True, text=True, timeout=60)
+    finally:
+        (model_dir / "gone.onnx").rename(model_dir / "detector.fp16.onnx")
+    assert done.returncode == 3 and "fp16 variant does not match the signed manifest" in done.stderr, done.stderr
+    done = subprocess.run([*args, "--variant", "int4"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "has no int4 variant (it has fp32, int8, fp16)" in done.stderr, done.stderr
