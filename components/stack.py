@@ -67,6 +67,19 @@ class PolicyConfig(Strict):
     min_canary_soak_seconds: float = Field(default=300, ge=0)
     metric_floors: dict[str, float] = Field(default_factory=dict)
     max_metric_regression: float = Field(default=0.02, ge=0)
+    max_variant_drop: float = Field(
+        default=0.01,
+        ge=0,
+        description="the most a model variant (int8, fp16) may measure worse than its reference on the version's evaluation set, "
+        "absolute in the metric's units (0.01: one accuracy point); a variant that drops more is refused (rule variant-quality)",
+    )
+    min_variant_agreement: float = Field(
+        default=0.95,
+        ge=0,
+        le=1,
+        description="the least share of evaluation frames on which a variant must pick the reference's top-1 class; a variant "
+        "that agrees less is refused even when its metric holds (rule variant-quality)",
+    )
     enforcement: dict[str, Enforcement] = Field(default_factory=dict)
 
 

@@ -254,6 +254,44 @@ def check_metric_regression(g: Graph, s: Settings) -> Iterator[Finding]:
                 )
 
 
+def check_variant_quality(g: Graph, s: Settings) -> Iterator[Finding]:
+    """Each variant (manifest format 3) measured no worse than the stack allows against its reference, on the same
+    pinned evaluation set the version itself was measured on."""
+    for m in declared_models(g):
+        manifest = manifest_of(m)
+        if manifest is None:
+            continue
+        where = f"model {manifest.get('name')} {manifest.get('version')}"
+        ev = manifest.get("evaluation") or {}
+        for v in manifest.get("variants") or []:
+            c = v.get("comparison") or {}
+            label = f"{where}: the {v.get('kind')} variant ({v.get('file')})"
+            redo = f"`edgefleet model variant add models/{manifest.get('name')} --kind {v.get('kind')}`"
+            if ev.get("dataset_sha256") != c.get("dataset_sha256"):
+                yield Finding(
+                    f"{label} was compared on {c.get('dataset')} (sha256 {str(c.get('dataset_sha256'))[:12]}), the version is measured "
+                    f"on {ev.get('dataset')} (sha256 {str(ev.get('dataset_sha256'))[:12]}): not comparable; measure it again with {redo}",
+                    m["urn"],
+                )
+                continue
+            delta = float(c.get("delta", 0.0))
+            drop = -delta if c.get("higher_is_better", True) else delta
+            if drop > s.max_variant_drop + 1e-12:
+                yield Finding(
+                    f"{label} measures {c.get('metric')} {c.get('value')} against the reference's {c.get('reference')} "
+                    f"({drop:.4g} worse; the stack allows policy.max_variant_drop {s.max_variant_drop}); calibrate it "
+                    f"({redo} --calibration PATH), ship the reference alone, or raise max_variant_drop",
+                    m["urn"],
+                )
+            agreement = float(c.get("top1_agreement", 1.0))
+            if agreement < s.min_variant_agreement - 1e-12:
+                yield Finding(
+                    f"{label} picks the reference's top-1 class on {agreement:.2%} of {c.get('samples')} frames; the stack asks "
+                    f"policy.min_variant_agreement {s.min_variant_agreement:.2%}; calibrate it or ship the reference alone",
+                    m["urn"],
+                )
+
+
 def check_metrics_measured(g: Graph, s: Settings) -> Iterator[Finding]:
     """On a production stack every metric a model carries was measured on a pinned evaluation set; none is only
     declared. Sandbox stacks (production false, like the shipped `local`) allow declared metrics: their live gates

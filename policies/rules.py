@@ -36,6 +36,7 @@ if __package__:
         check_metrics_measured,
         check_model_digest,
         check_model_signed,
+        check_variant_quality,
     )
     from .rollouts import (
         check_one_rollout_per_device,
@@ -78,6 +79,7 @@ else:
         check_metrics_measured,
         check_model_digest,
         check_model_signed,
+        check_variant_quality,
     )
 
 RULES: tuple[Rule, ...] = (
@@ -157,6 +159,16 @@ RULES: tuple[Rule, ...] = (
         check_metric_regression,
         ("max_metric_regression", "base_models"),
         "Against the base graph, no metric gets worse by more than policy.max_metric_regression (absolute, in the metric's units).",
+    ),
+    Rule(
+        "variant-quality",
+        "Model variants measure close to their reference",
+        MANDATORY,
+        check_variant_quality,
+        ("max_variant_drop", "min_variant_agreement"),
+        "Each variant of a model version (int8, fp16: `edgefleet model variant add`) was compared with its reference on the "
+        "version's pinned evaluation set, drops its metric by at most policy.max_variant_drop and agrees with the reference's "
+        "top-1 on at least policy.min_variant_agreement of the frames.",
     ),
     Rule(
         "metrics-measured",

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 DEFAULT_CANARY_MAX_SHARE = 0.1
 DEFAULT_MIN_CANARY_SOAK_SECONDS = 300.0
 DEFAULT_MAX_METRIC_REGRESSION = 0.02
+DEFAULT_MAX_VARIANT_DROP = 0.01
+DEFAULT_MIN_VARIANT_AGREEMENT = 0.95
 DEFAULT_SAS_WARNING_DAYS = 30  # time to notice, rotate, and let every device pick up a new base deployment
 
 
@@ -45,6 +47,8 @@ class Settings:
     min_canary_soak_seconds: float = DEFAULT_MIN_CANARY_SOAK_SECONDS
     metric_floors: Mapping[str, float] = field(default_factory=dict)
     max_metric_regression: float = DEFAULT_MAX_METRIC_REGRESSION
+    max_variant_drop: float = DEFAULT_MAX_VARIANT_DROP
+    min_variant_agreement: float = DEFAULT_MIN_VARIANT_AGREEMENT
     enforcement: Mapping[str, str] = field(default_factory=dict)
     agent_versions: Mapping[str, str] = field(default_factory=dict)
     base_models: Mapping[str, Any] | None = None
@@ -75,6 +79,8 @@ class Settings:
             min_canary_soak_seconds=float(policy.get("min_canary_soak_seconds", DEFAULT_MIN_CANARY_SOAK_SECONDS)),
             metric_floors={str(k): float(v) for k, v in (policy.get("metric_floors") or {}).items()},
             max_metric_regression=float(policy.get("max_metric_regression", DEFAULT_MAX_METRIC_REGRESSION)),
+            max_variant_drop=float(policy.get("max_variant_drop", DEFAULT_MAX_VARIANT_DROP)),
+            min_variant_agreement=float(policy.get("min_variant_agreement", DEFAULT_MIN_VARIANT_AGREEMENT)),
             enforcement={str(k): str(v) for k, v in (policy.get("enforcement") or {}).items()},
             capture_destination=config.get("capture") if isinstance(config.get("capture"), Mapping) else None,
             **platform_settings(config),
@@ -138,6 +144,8 @@ SETTING_SCHEMA: dict[str, dict[str, Any]] = {
     "min_canary_soak_seconds": {"type": "number", "minimum": 0},
     "metric_floors": {"type": "object", "additionalProperties": {"type": "number"}},
     "max_metric_regression": {"type": "number", "minimum": 0},
+    "max_variant_drop": {"type": "number", "minimum": 0},
+    "min_variant_agreement": {"type": "number", "minimum": 0, "maximum": 1},
     "agent_versions": {"type": "object", "additionalProperties": {"type": "string"}},
     "base_models": {"type": "object"},
     "ring_devices": {"type": "object"},

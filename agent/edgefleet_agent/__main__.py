@@ -287,6 +287,13 @@ def serve_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-dir", required=True, type=Path, help="the signed model directory, e.g. models/detector")
     p.add_argument("--public-key", required=True, type=Path, help="PEM public key the model must be signed with")
+    p.add_argument(
+        "--variant",
+        default=None,
+        metavar="KIND",
+        help="serve this build of the version: fp32 (the reference), int8, fp16 (default: the best this machine can run, "
+        "from its arch, onnxruntime's providers and memory; docs/models.md#variants)",
+    )
     _add_endpoint_flags(p, f"port the endpoint listens on (default ${PORT_ENV}, else 8000; 0: any free port)")
     p.add_argument(
         "--providers",
@@ -572,7 +579,7 @@ def run_serve(args: argparse.Namespace, stop: threading.Event) -> int:
         return fail(exc)
     model_dir = ModelDir(args.model_dir)
     try:
-        manifest = verify_model_dir(model_dir, trusted)
+        manifest = verify_model_dir(model_dir, trusted, args.variant)
         if version_key(manifest.min_agent_version) > version_key(__version__):
             raise EdgefleetError(
                 str(model_dir.manifest_path),
@@ -607,6 +614,7 @@ def run_serve(args: argparse.Namespace, stop: threading.Event) -> int:
             _FixedTransport(desired),
             execution_providers=[p.strip() for p in args.providers.split(",") if p.strip()],
             durable=False,
+            variant=args.variant,
         )
         try:
             agent.sync()  # the same install a device runs: signature, digest, min_agent_version, load and warm-up
@@ -618,7 +626,7 @@ def run_serve(args: argparse.Namespace, stop: threading.Event) -> int:
             endpoint.start()
             print(
                 f"edgefleet-agent: serving {manifest.name} {manifest.version} at {endpoint.url}/v2/models/{manifest.name} "
-                "(Open Inference Protocol; revocation is not checked)",
+                f"(build {agent.current_variant}; Open Inference Protocol; revocation is not checked)",
                 file=sys.stderr,
                 flush=True,
             )

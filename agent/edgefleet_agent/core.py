@@ -39,7 +39,7 @@ from edgefleet_agent.capture import Capturer, CaptureSink
 from edgefleet_agent.contract.artifact import verify_artifact
 from edgefleet_agent.contract.capture import CaptureSpec
 from edgefleet_agent.contract.errors import EdgefleetError
-from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes, version_key
+from edgefleet_agent.contract.manifest import REFERENCE_KIND, ModelManifest, parse_manifest_bytes, version_key
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
 from edgefleet_agent.contract.tuf import MetadataRefused
@@ -62,6 +62,7 @@ from edgefleet_agent.shadow import ShadowRunner
 from edgefleet_agent.store import Pointer, SlotRef, SlotStore, StoreError, pause_point
 from edgefleet_agent.telemetry import Said, Window, read_output
 from edgefleet_agent.transports import Transport
+from edgefleet_agent.variants import Build, DeviceFacts, NoVariantFits, builds, choose, this_device
 
 if TYPE_CHECKING:  # python-tuf loads only on a device given its TUF root (edgefleet_agent/trust.py)
     from edgefleet_agent.trust import TrustedMetadata
@@ -108,6 +109,12 @@ class _Refusal:
     attempts: int
 
 
+def variant_uri(reference_uri: str, file: str) -> str:
+    """Variants are published beside the reference: the same location with the variant's file name."""
+    base, sep, _ = reference_uri.rpartition("/")
+    return f"{base}{sep}{file}" if sep else file
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
@@ -129,6 +136,8 @@ class DeviceAgent:
         trust: TrustedMetadata | None = None,
         capture_sink: CaptureSink | None = None,
         timer: Callable[[], float] = perf_counter,
+        variant: str | None = None,
+        device: DeviceFacts | None = None,
     ) -> None:
         """`durable=False` skips fsyncs and the state-directory lock: for simulated devices in one process only.
         `session_cache` shares sessions between agents of one process. `refuse_invalid_warmup` refuses a model
@@ -137,7 +146,9 @@ class DeviceAgent:
         `capture_sink` is where this device may write captured samples (capture.py); without one, a desired state
         that asks for capture captures nothing. `timer` times each request's session.run: a simulated fleet passes
         time.thread_time, the CPU time of the request's own thread, since its wall time on a machine shared by
-        thousands of simulated devices would measure the others."""
+        thousands of simulated devices would measure the others. `variant` asks for one build of each version (its
+        kind); without it the agent installs the best build `device` can run (variants.py; default: what this machine
+        reports)."""
         self.device_id = device_id
         self.timer = timer
         self.model = model
@@ -164,6 +175,8 @@ class DeviceAgent:
         self._candidate_refusal: _Refusal | None = None
         self.capture = Capturer(device_id, model, self.store.root, capture_sink, clock)
         self._capture_problem: str | None = None  # a capture setting this agent could not read
+        self.variant = variant
+        self._device = device
 
     # -- what is served -------------------------------------------------------------------------------
     @property
@@ -180,6 +193,28 @@ class DeviceAgent:
         """The served version and its signed manifest, read together (None when nothing is served)."""
         serving = self._serving
         return (serving.ref.version, serving.manifest) if serving else None
+
+    @property
+    def current_variant(self) -> str | None:
+        """The kind of build served (fp32: the reference), None when nothing is served."""
+        serving = self._serving
+        return self.store.slot_kind(serving.ref.slot) if serving else None
+
+    def device_facts(self) -> DeviceFacts:
+        if self._device is None:
+            self._device = this_device(self.device_id, available_providers())
+        return self._device
+
+    def _build_for(self, manifest: ModelManifest) -> Build:
+        """The build of this version to install: the asked-for kind or the best fit; Refused if the device runs none.
+        A version without variants installs its reference, as agents before 0.4.0 did (the controller matched it to the
+        group's hardware)."""
+        if not manifest.variants and self.variant in (None, REFERENCE_KIND):
+            return builds(manifest)[0]
+        try:
+            return choose(manifest, self.device_facts(), self.variant)
+        except NoVariantFits as exc:
+            raise Refused(f"{exc.where}: {exc.problem} (fix: {exc.fix})") from None
 
     @property
     def providers(self) -> tuple[str, ...]:
@@ -274,7 +309,8 @@ class DeviceAgent:
         except OSError as exc:
             raise Refused(f"slot {slot} is incomplete: {exc.strerror}: {exc.filename}") from None
         try:
-            return verify_artifact(manifest_bytes, signature_bytes, model_path, self._trusted, str(self.store.slot_dir(slot)))
+            kind = self.store.slot_kind(slot)
+            return verify_artifact(manifest_bytes, signature_bytes, model_path, self._trusted, str(self.store.slot_dir(slot)), kind)
         except SignatureError as exc:
             raise Refused(f"slot {slot} does not verify: {exc.problem}") from None
         except EdgefleetError as exc:
@@ -391,11 +427,12 @@ class DeviceAgent:
         manifest = self._verify_desired(desired, manifest_bytes, signature_bytes)
         self._check_trusted(desired, manifest_bytes)
         self._check_not_older(desired, manifest)
-        slot = self.store.slot_name(manifest.version, manifest_bytes)
+        build = self._build_for(manifest)
+        slot = self.store.slot_name(manifest.version, manifest_bytes, build.kind)
         try:
             model_path = self._reusable_slot(slot, manifest_bytes)
             if model_path is None:
-                model_path = self._fetch_slot(desired, manifest, slot, manifest_bytes, signature_bytes)
+                model_path = self._fetch_slot(desired, build, slot, manifest_bytes, signature_bytes)
             self._activate(SlotRef(slot, manifest.version, manifest.sha256), manifest, model_path)
         except OSError as exc:
             raise Refused(
@@ -491,18 +528,21 @@ class DeviceAgent:
             return None
         return model_path
 
-    def _fetch_slot(self, desired: DesiredModel, manifest: ModelManifest, slot: str, manifest_bytes: bytes, signature_bytes: bytes) -> Path:
+    def _fetch_slot(self, desired: DesiredModel, build: Build, slot: str, manifest_bytes: bytes, signature_bytes: bytes) -> Path:
+        """Downloads only the chosen build and checks it exactly as the reference is checked: size, sha256, signature."""
         part = self.store.download_path(slot)
+        uri = variant_uri(desired.uri, build.file) if build.kind != REFERENCE_KIND else desired.uri
         try:
-            digest = download(desired.uri, part, expected_size=manifest.size)
+            digest = download(uri, part, expected_size=build.size)
         except FetchError as exc:
             raise Refused(str(exc), transient=True) from None
         pause_point("downloaded")
-        if digest != manifest.sha256:
+        if digest != build.sha256:
             part.unlink(missing_ok=True)
-            raise Refused(f"sha256 mismatch: the downloaded artifact has sha256 {digest}, the signed manifest pins {manifest.sha256}")
+            what = "artifact" if build.kind == REFERENCE_KIND else f"{build.kind} variant"
+            raise Refused(f"sha256 mismatch: the downloaded {what} has sha256 {digest}, the signed manifest pins {build.sha256}")
         try:
-            verify_artifact(manifest_bytes, signature_bytes, part, self._trusted, desired.uri)
+            verify_artifact(manifest_bytes, signature_bytes, part, self._trusted, uri, build.kind)
         except EdgefleetError as exc:
             part.unlink(missing_ok=True)
             raise Refused(f"the downloaded artifact does not verify: {exc.problem}") from None
@@ -518,7 +558,14 @@ class DeviceAgent:
             self._cache.release(key)
             raise
         self._switch(_Serving(ref, manifest, loaded, key), pointer)
-        log.info("%s: now serving %s %s (providers %s)", self.device_id, self.model, ref.version, ",".join(loaded.providers))
+        log.info(
+            "%s: now serving %s %s (build %s, providers %s)",
+            self.device_id,
+            self.model,
+            ref.version,
+            self.store.slot_kind(ref.slot),
+            ",".join(loaded.providers),
+        )
         self._clean_quietly()
 
     def _switch(self, serving: _Serving | None, pointer: Pointer) -> None:
@@ -588,11 +635,12 @@ class DeviceAgent:
         manifest_bytes, signature_bytes = wanted.manifest.encode("utf-8"), wanted.signature.encode("utf-8")
         manifest = self._verify_desired(wanted, manifest_bytes, signature_bytes, what="shadow")
         self._check_trusted(wanted, manifest_bytes)  # a revoked version is not run, not even in shadow
-        slot = self.store.slot_name(manifest.version, manifest_bytes)
+        build = self._build_for(manifest)
+        slot = self.store.slot_name(manifest.version, manifest_bytes, build.kind)
         try:
             model_path = self._reusable_slot(slot, manifest_bytes)
             if model_path is None:
-                model_path = self._fetch_slot(wanted, manifest, slot, manifest_bytes, signature_bytes)
+                model_path = self._fetch_slot(wanted, build, slot, manifest_bytes, signature_bytes)
         except OSError as exc:
             raise Refused(
                 f"could not write {self.model} {manifest.version} under {self.store.root}: {exc.strerror or exc}", transient=True
@@ -749,6 +797,7 @@ class DeviceAgent:
             agent_version=__version__,
             reported_at=self.clock(),
             p50_latency_ms=latency.quantile(0.5),
+            variant=self.store.slot_kind(serving.ref.slot) if serving else None,
             latency=latency.to_json() if latency.n else None,
             predictions=predictions.to_json() if predictions else None,
             shadow=shadow.to_json() if shadow else None,

@@ -27,6 +27,7 @@ try:
 except ImportError:  # pragma: no cover - non-POSIX devices run without the single-agent lock
     fcntl = None  # type: ignore[assignment]
 
+from edgefleet_agent.contract.manifest import REFERENCE_KIND, VARIANT_KINDS
 from edgefleet_agent.fsutil import fsync_dir
 
 POINTER_FORMAT = "edgefleet-agent-pointer/v1"
@@ -102,9 +103,17 @@ class SlotStore:
 
     # -- layout ---------------------------------------------------------------------------------------
     @staticmethod
-    def slot_name(version: str, manifest_bytes: bytes) -> str:
-        """Named by the signed manifest's digest: the same signed version always lands in the same slot."""
-        return f"{version}-{hashlib.sha256(manifest_bytes).hexdigest()[:16]}"
+    def slot_name(version: str, manifest_bytes: bytes, kind: str | None = None) -> str:
+        """Named by the signed manifest's digest: the same signed version always lands in the same slot. A variant's
+        slot ends in its kind, which names the signed digest its file is checked against at every start."""
+        name = f"{version}-{hashlib.sha256(manifest_bytes).hexdigest()[:16]}"
+        return name if kind in (None, REFERENCE_KIND) else f"{name}-{kind}"
+
+    @staticmethod
+    def slot_kind(slot: str) -> str:
+        """The build a slot holds: the kind its name ends in, else the reference."""
+        tail = slot.rsplit("-", 1)[-1]
+        return tail if tail in VARIANT_KINDS else REFERENCE_KIND
 
     def slot_dir(self, slot: str) -> Path:
         return self.slots_dir / slot

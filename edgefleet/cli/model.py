@@ -1,4 +1,4 @@
-"""`edgefleet model add | evaluate | validate | sign | verify`."""
+"""`edgefleet model add | evaluate | variant add | validate | sign | verify`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from edgefleet_agent.contract.manifest import ModelDir, ModelManifest
 
 model_app = typer.Typer(no_args_is_help=True, help="Add, evaluate, validate, sign and verify model versions.")
 app.add_typer(model_app, name="model")
+variant_app = typer.Typer(no_args_is_help=True, help="Builds of a version for other hardware (int8, fp16), measured against the reference.")
+model_app.add_typer(variant_app, name="variant")
 
 
 @model_app.command("add")
@@ -189,3 +191,61 @@ def verify(
         f"[green]verified[/] {manifest.name} {manifest.version}: signature by the given key, sha256 {manifest.sha256[:16]}… matches",
         soft_wrap=True,
     )
+
+
+@variant_app.command("add")
+def variant_add(
+    model_dir: Path = typer.Argument(..., help="models/<name>: the version in its model.yaml gains the variant."),
+    kind: str = typer.Option(..., "--kind", help="int8 (onnxruntime quantization) or fp16 (onnxruntime float16 conversion)."),
+    calibration: Path | None = typer.Option(
+        None, "--calibration", help="int8 only: an .npz of input samples for static quantization (docs/models.md#calibration-set)."
+    ),
+) -> None:
+    """Build a variant from the reference, validate it as `model add` does, measure it against the reference on the
+    version's evaluation set and record it (measured) in model.yaml.
+
+    Exit codes: 0 recorded; 1 bad input: no measured evaluation to compare with, a calibration set that does not match
+    the inputs, a build onnxruntime cannot load or whose outputs are NaN (nothing is written).
+    """
+    from edgefleet.variant_add import add_variant
+
+    result = add_variant(model_dir, kind, calibration)
+    m, v, c = result.manifest, result.variant, result.variant.comparison
+    verb = "replaced" if result.replaced is not None else "added"
+    console.print(
+        escape(
+            f"{model_dir}/model.yaml: {m.name} {m.version} {verb} {v.kind} variant {v.file}, sha256 {v.sha256[:16]}…, {v.size} bytes "
+            f"({v.size / m.size:.0%} of the reference)"
+        ),
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(escape(f"  built with {v.built_with}"), soft_wrap=True, highlight=False)
+    console.print(
+        escape(
+            f"  measured on {c.dataset} (sha256 {c.dataset_sha256[:12]}), {c.samples} samples, output {c.output}: top-1 agreement "
+            f"{c.top1_agreement:.2%}, max score difference {c.max_abs_diff:g}, {c.metric} {c.value:g} vs reference {c.reference:g} "
+            f"(delta {c.delta:+g})"
+        ),
+        soft_wrap=True,
+        highlight=False,
+    )
+    r = v.requires
+    console.print(
+        escape(
+            f"  requires arch {', '.join(r.arch)}, {r.min_memory_mb} MB, {', '.join(r.providers)}; runs on {', '.join(v.execution_providers)}"
+        ),
+        soft_wrap=True,
+        highlight=False,
+    )
+    if result.raised_agent_from:
+        console.print(
+            escape(
+                f"min_agent_version {result.raised_agent_from} -> {m.min_agent_version}: agents before {m.min_agent_version} do not read variants"
+            ),
+            soft_wrap=True,
+        )
+    if result.removed_signature:
+        console.print(
+            "removed the old model.yaml.sig: it signed the previous manifest; sign again with `edgefleet model sign`", soft_wrap=True
+        )

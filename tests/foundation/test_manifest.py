@@ -187,8 +187,8 @@ def test_evaluation_is_registered_with_the_agent_and_format_that_first_read_it()
     import edgefleet_agent
     from edgefleet_agent.contract.manifest import FIELDS_FORMAT, FIELDS_SINCE, MANIFEST_FORMAT, required_agent_version, required_format
 
-    assert FIELDS_SINCE["evaluation"] == edgefleet_agent.__version__ == "0.3.0"
-    assert FIELDS_FORMAT["evaluation"] == MANIFEST_FORMAT == 2
+    assert FIELDS_SINCE["evaluation"] == "0.3.0" and FIELDS_SINCE["variants"] == edgefleet_agent.__version__ == "0.4.0"
+    assert FIELDS_FORMAT["evaluation"] == 2 and FIELDS_FORMAT["variants"] == MANIFEST_FORMAT == 3
     assert required_agent_version({"evaluation": EVALUATION}) == "0.3.0" and required_agent_version({"evaluation": None}) == "0.1.0"
     assert required_format({"evaluation": EVALUATION}) == 2 and required_format({}) == 1
 
@@ -245,3 +245,83 @@ def test_an_agent_before_format_2_refuses_a_measured_manifest_naming_the_agent_i
         parse(measured(doc))
     assert "manifest format 2 is newer than the 1 this agent reads" in str(info.value)
     assert "upgrade the agent to 0.3.0 or newer" in str(info.value)
+
+
+# -- variants: other builds of the version (format 3, agent 0.4.0) ------------------------------------------------------
+INT8 = {
+    "kind": "int8",
+    "file": "detector.int8.onnx",
+    "sha256": "e" * 64,
+    "size": 1900,
+    "execution_providers": ["CPUExecutionProvider"],
+    "requires": {"arch": ["amd64", "arm64"], "min_memory_mb": 64, "providers": ["CPUExecutionProvider"]},
+    "built_with": "onnxruntime 1.32.0 quantize_dynamic (QInt8 weights)",
+    "comparison": {
+        "dataset": "channel-dominance-eval",
+        "dataset_sha256": "d" * 64,
+        "samples": 128,
+        "output": "scores",
+        "top1_agreement": 0.9922,
+        "max_abs_diff": 0.031,
+        "metric": "accuracy",
+        "reference": 0.8203,
+        "value": 0.8125,
+        "delta": -0.0078,
+        "higher_is_better": True,
+        "measured_with": "onnxruntime 1.32.0, CPUExecutionProvider",
+    },
+}
+
+
+def with_variants(doc: dict) -> dict:
+    d = measured(doc)
+    return {**d, "variants": [copy.deepcopy(INT8)], "min_agent_version": "0.4.0", "format": 3}
+
+
+def test_a_manifest_with_variants_round_trips_and_keeps_the_reference_on_top(doc):
+    m = parse(with_variants(doc))
+    assert m.format == 3 and m.kinds == ["fp32", "int8"]
+    assert m.build(None) == m.build("fp32") == ("detector.onnx", m.sha256, 2364), "the reference stays the top-level file"
+    assert m.build("int8") == ("detector.int8.onnx", "e" * 64, 1900)
+    v = m.variant("int8")
+    assert v is not None and v.comparison.drop == pytest.approx(0.0078)
+    assert m.variant("fp16") is None
+    assert parse_manifest_bytes(m.to_yaml().encode(), SOURCE) == m
+    assert ModelDir(DETECTOR).artifact_path(m, "int8") == DETECTOR / "detector.int8.onnx"
+
+
+def test_manifests_without_variants_are_written_as_before(doc):
+    m = parse(measured(doc))
+    assert "variants" not in m.to_yaml() and m.format == 2
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d.update(min_agent_version="0.3.0"), "min_agent_version 0.3.0 is older than 0.4.0, the first agent that reads variants"),
+        (lambda d: d.update(format=2), "variants needs manifest format 3, and this manifest is format 2; set format: 3"),
+        (lambda d: d["variants"].append(copy.deepcopy(INT8)), "variants has more than one int8"),
+        (lambda d: d["variants"][0].update(file="detector.onnx"), "detector.onnx is the file of more than one build"),
+        (lambda d: d["variants"][0].update(kind="int4"), "variants[0].kind: Input should be 'int8' or 'fp16'"),
+        (lambda d: d["variants"][0]["requires"].update(arch=["sparc"]), "variants[0].requires.arch[0]"),
+        (lambda d: d["variants"][0]["requires"].update(providers=["FastEP"]), "unknown onnxruntime execution provider 'FastEP'"),
+        (lambda d: d["variants"][0].pop("comparison"), "variants[0].comparison: required key is missing"),
+        (lambda d: d["variants"][0]["comparison"].update(top1_agreement=1.5), "variants[0].comparison.top1_agreement"),
+    ],
+)
+def test_bad_variant_names_the_field(doc, mutate, expected):
+    d = with_variants(doc)
+    mutate(d)
+    assert expected in problem_of(d)
+
+
+def test_an_agent_before_format_3_refuses_a_manifest_with_variants_naming_the_agent_it_needs(doc, monkeypatch):
+    """What a 0.3 agent (MANIFEST_FORMAT 2) does with it: refuses by format number, never serves half of it."""
+    from edgefleet_agent.contract import manifest as contract
+    from edgefleet_agent.contract.errors import FormatError
+
+    monkeypatch.setattr(contract, "MANIFEST_FORMAT", 2)
+    with pytest.raises(FormatError) as info:
+        parse(with_variants(doc))
+    assert "manifest format 3 is newer than the 2 this agent reads" in str(info.value)
+    assert "upgrade the agent to 0.4.0 or newer" in str(info.value)

@@ -40,6 +40,7 @@ def test_defaults_agree_with_the_stack_config_models():
         cfg.min_canary_soak_seconds,
         cfg.max_metric_regression,
     )
+    assert (s.max_variant_drop, s.min_variant_agreement) == (cfg.max_variant_drop, cfg.min_variant_agreement)
     assert AwsConfig.model_fields["agent_version"].default == aws.DEFAULT_AGENT_VERSION
     assert AzureConfig.model_fields["agent_version"].default == azure.DEFAULT_AGENT_VERSION
     assert AGENT_VERSION == local.AGENT_VERSION, "the local fleet runs this checkout's agent"

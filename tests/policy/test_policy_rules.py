@@ -567,3 +567,58 @@ def test_a_device_sas_close_to_expiry_is_an_advisory_warning_and_a_distant_one_p
 def test_the_sas_expiry_reaches_the_rule_from_the_stack_config():
     settings = Settings.from_config({"azure": {"device_sas_expiry": "2027-06-30"}})
     assert settings.azure_sas_expiry == "2027-06-30"
+
+
+# -- variants (manifest format 3) ------------------------------------------------------------------------------------------
+def with_variant(delta: float, agreement: float = 0.99, dataset_sha256: str = "d" * 64) -> dict:
+    m = measured(manifest(), accuracy=0.82)
+    variant = {
+        "kind": "int8",
+        "file": "detector.int8.onnx",
+        "sha256": "e" * 64,
+        "size": 1000,
+        "execution_providers": ["CPUExecutionProvider"],
+        "requires": {"arch": ["amd64"], "min_memory_mb": 64, "providers": ["CPUExecutionProvider"]},
+        "built_with": "onnxruntime 1.32.0 quantization.quantize_dynamic",
+        "comparison": {
+            "dataset": "channel-dominance-eval",
+            "dataset_sha256": dataset_sha256,
+            "samples": 128,
+            "output": "scores",
+            "top1_agreement": agreement,
+            "max_abs_diff": 0.03,
+            "metric": "accuracy",
+            "reference": 0.82,
+            "value": round(0.82 + delta, 4),
+            "delta": delta,
+            "higher_is_better": True,
+            "measured_with": "onnxruntime 1.32.0",
+        },
+    }
+    return {**m, "variants": [variant], "min_agent_version": "0.4.0", "format": 3}
+
+
+def test_a_variant_within_the_stacks_bound_passes():
+    assert result(fleet(m=with_variant(-0.008)), "variant-quality").status == "passed"
+    assert result(fleet(m=manifest()), "variant-quality").status == "passed", "a version without variants has nothing to judge"
+
+
+def test_a_variant_that_drops_more_than_the_bound_is_refused_with_the_numbers_and_the_fix():
+    r = result(fleet(m=with_variant(-0.03)), "variant-quality")
+    assert r.status == "failed" and r.level == "mandatory"
+    text = messages(r)
+    assert "the int8 variant (detector.int8.onnx) measures accuracy 0.79 against the reference's 0.82" in text
+    assert "0.03 worse; the stack allows policy.max_variant_drop 0.01" in text and "--calibration PATH" in text
+    assert result(fleet(m=with_variant(-0.03)), "variant-quality", max_variant_drop=0.05).status == "passed"
+
+
+def test_a_variant_that_disagrees_with_the_reference_or_was_compared_on_another_set_is_refused():
+    r = result(fleet(m=with_variant(0.0, agreement=0.9)), "variant-quality")
+    assert r.status == "failed" and "picks the reference's top-1 class on 90.00% of 128 frames" in messages(r)
+    r = result(fleet(m=with_variant(0.0, dataset_sha256="f" * 64)), "variant-quality")
+    assert r.status == "failed" and "not comparable; measure it again with `edgefleet model variant add" in messages(r)
+
+
+def test_the_variant_bounds_come_from_the_stack_policy_section():
+    s = Settings.from_config({"policy": {"max_variant_drop": 0.002, "min_variant_agreement": 0.99}})
+    assert (s.max_variant_drop, s.min_variant_agreement) == (0.002, 0.99)

@@ -12,6 +12,11 @@ Format 2 (agent 0.3.0) adds `evaluation`: metrics measured by `edgefleet model e
 by its digest. Metrics under the top-level `metrics` are declared (typed in with `edgefleet model add --metric`);
 the two never name the same metric, so a signed manifest says which of its numbers were measured and on what.
 A manifest without `evaluation` is still format 1, written exactly as before.
+
+Format 3 (agent 0.4.0) adds `variants`: other builds of the same version (int8, fp16) built from the reference by
+`edgefleet model variant add`, each pinned by digest and size like the reference, with the hardware it needs and how
+it compared with the reference on the evaluation set. The reference stays the top-level `file`, so code that knows
+nothing of variants keeps serving it; a manifest without variants is written exactly as before.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from pydantic import (
 from edgefleet_agent.contract import yamlfile
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError, FormatError, from_validation_error
 
-MANIFEST_FORMAT = 2  # 2: `evaluation` (agent 0.3.0)
+MANIFEST_FORMAT = 3  # 2: `evaluation` (agent 0.3.0); 3: `variants` (agent 0.4.0)
 MANIFEST_FILE = "model.yaml"
 SIGNATURE_FILE = "model.yaml.sig"
 
@@ -77,10 +82,10 @@ KNOWN_PROVIDERS = (
 # The agent version that first reads each manifest field added after format 1's: a manifest that uses one must name
 # at least that version in min_agent_version, so no agent receives a field it would refuse as unknown.
 BASELINE_AGENT_VERSION = "0.1.0"
-FIELDS_SINCE: dict[str, str] = {"evaluation": "0.3.0"}
+FIELDS_SINCE: dict[str, str] = {"evaluation": "0.3.0", "variants": "0.4.0"}
 # The manifest format that first carries each such field: an agent before it refuses the format by number, saying
 # which agent to upgrade to, instead of failing on a key it does not know.
-FIELDS_FORMAT: dict[str, int] = {"evaluation": 2}
+FIELDS_FORMAT: dict[str, int] = {"evaluation": 2, "variants": 3}
 
 NAME_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_RE)]
@@ -151,6 +156,71 @@ class Evaluation(Strict):
         return f"{self.dataset} (sha256 {self.dataset_sha256[:12]})"
 
 
+def _check_providers(value: list[str]) -> list[str]:
+    for ep in value:
+        if ep not in KNOWN_PROVIDERS:
+            raise ValueError(f"unknown onnxruntime execution provider {ep!r}; known: {', '.join(KNOWN_PROVIDERS)}")
+    return value
+
+
+# The reference (top-level `file`) is the fp32 build; variants are other builds of it. A new kind is a format bump.
+REFERENCE_KIND = "fp32"
+VariantKind = Literal["int8", "fp16"]
+VARIANT_KINDS: tuple[str, ...] = ("int8", "fp16")
+
+
+class Requirements(Strict):
+    """What a device needs to run a variant; an agent never installs one whose requirements its device fails."""
+
+    arch: list[Arch] = Field(min_length=1)
+    min_memory_mb: int = Field(gt=0)
+    providers: list[str] = Field(min_length=1)  # the device must offer every one of these
+
+    _v_providers = field_validator("providers")(_check_providers)
+
+
+class Comparison(Strict):
+    """The variant against the reference on the version's evaluation set, both run in the same measurement.
+
+    `top1_agreement` is the share of frames where both pick the same class; `max_abs_diff` the largest difference
+    between their scores on `output`; `delta` is `value - reference` of `metric` (negative: the variant is worse when
+    higher is better). `measured_with` says with what, so a reviewer can re-run it and get the same numbers.
+    """
+
+    dataset: Name
+    dataset_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    samples: int = Field(gt=0)
+    output: str = Field(min_length=1)
+    top1_agreement: float = Field(ge=0.0, le=1.0)
+    max_abs_diff: float = Field(ge=0.0, allow_inf_nan=False)
+    metric: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    reference: float = Field(allow_inf_nan=False)
+    value: float = Field(allow_inf_nan=False)
+    delta: float = Field(allow_inf_nan=False)
+    higher_is_better: bool = True
+    measured_with: str = Field(min_length=1)
+
+    @property
+    def drop(self) -> float:
+        """How much worse than the reference the variant measured (0 or less: no worse)."""
+        return -self.delta if self.higher_is_better else self.delta
+
+
+class Variant(Strict):
+    """Another build of the version's reference, pinned by digest and size exactly as the reference is."""
+
+    kind: VariantKind
+    file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.onnx$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(gt=0)
+    execution_providers: list[str] = Field(min_length=1)  # the order the session tries them in
+    requires: Requirements
+    built_with: str = Field(min_length=1)
+    comparison: Comparison
+
+    _v_providers = field_validator("execution_providers")(_check_providers)
+
+
 class HardwareProfile(Strict):
     """A class of device: what it can execute and how much room a model may take on it."""
 
@@ -160,13 +230,7 @@ class HardwareProfile(Strict):
     memory_mb: int = Field(gt=0)
     storage_mb: int = Field(gt=0)
 
-    @field_validator("execution_providers")
-    @classmethod
-    def _known_providers(cls, value: list[str]) -> list[str]:
-        for ep in value:
-            if ep not in KNOWN_PROVIDERS:
-                raise ValueError(f"unknown onnxruntime execution provider {ep!r}; known: {', '.join(KNOWN_PROVIDERS)}")
-        return value
+    _v_providers = field_validator("execution_providers")(_check_providers)
 
 
 class ModelManifest(Strict):
@@ -180,6 +244,7 @@ class ModelManifest(Strict):
     outputs: list[TensorSpec] = Field(min_length=1)
     metrics: list[Metric] = Field(default_factory=list)  # declared: typed in, not measured here
     evaluation: Evaluation | None = None  # measured (format 2, agent 0.3.0); unwritten when absent
+    variants: list[Variant] = Field(default_factory=list)  # other builds (format 3, agent 0.4.0); unwritten when none
     targets: list[HardwareProfile] = Field(min_length=1)
     min_agent_version: str
     description: str = ""
@@ -205,6 +270,14 @@ class ModelManifest(Strict):
                     f"{', '.join(both)} is both declared (metrics) and measured (evaluation.metrics): a metric is one or the other; "
                     "remove the declared one"
                 )
+        kinds = [v.kind for v in self.variants]
+        dupes = sorted({k for k in kinds if kinds.count(k) > 1})
+        if dupes:
+            raise ValueError(f"variants has more than one {', '.join(dupes)}: a version has one build of each kind")
+        files = [self.file, *(v.file for v in self.variants)]
+        dupes = sorted({f for f in files if files.count(f) > 1})
+        if dupes:
+            raise ValueError(f"variants: {', '.join(dupes)} is the file of more than one build; each build has its own file")
         return self
 
     @model_validator(mode="after")
@@ -239,6 +312,22 @@ class ModelManifest(Strict):
     def measured(self, name: str) -> MeasuredMetric | None:
         return next((m for m in self.evaluation.metrics if m.name == name), None) if self.evaluation else None
 
+    def variant(self, kind: str) -> Variant | None:
+        return next((v for v in self.variants if v.kind == kind), None)
+
+    def build(self, kind: str | None) -> tuple[str, str, int]:
+        """The file, sha256 and size of the build of that kind (None or "fp32": the reference); KeyError if none."""
+        if kind in (None, REFERENCE_KIND):
+            return self.file, self.sha256, self.size
+        variant = self.variant(kind)
+        if variant is None:
+            raise KeyError(kind)
+        return variant.file, variant.sha256, variant.size
+
+    @property
+    def kinds(self) -> list[str]:
+        return [REFERENCE_KIND, *(v.kind for v in self.variants)]
+
     @model_serializer(mode="wrap")
     def _format_1_unwritten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         body: dict[str, Any] = handler(self)
@@ -246,6 +335,8 @@ class ModelManifest(Strict):
             del body["format"]
         if body.get("evaluation", 0) is None:  # absent: the bytes agents before format 2 read
             del body["evaluation"]
+        if body.get("variants", 0) == []:  # none: the bytes agents before format 3 read
+            del body["variants"]
         return body
 
     def to_yaml(self) -> str:
@@ -340,8 +431,9 @@ class ModelDir:
             )
         return manifest
 
-    def artifact_path(self, manifest: ModelManifest) -> Path:
-        return self.path / manifest.file
+    def artifact_path(self, manifest: ModelManifest, kind: str | None = None) -> Path:
+        """The reference's file, or with `kind` that build's (KeyError if the manifest has none of that kind)."""
+        return self.path / manifest.build(kind)[0]
 
 
 def is_valid_name(name: str) -> bool:
