@@ -18,6 +18,7 @@ BENCHMARKS = [
     # beside MLServer 1.7.1 on the same models; builds its own venv once, prints "skipped: <reason>" if it cannot
     ("mlserver", ["mlserver_bench.py", "--skip-if-unavailable"]),
     ("status", ["status_bench.py"]),  # `edgefleet status` on AWS/Azure doubles at 1,000 and 10,000 devices: requests, wall time
+    ("delta", ["delta_bench.py"]),  # patch vs full artifact of a 20 MB model: bytes, create/apply time and memory
 ]
 
 
