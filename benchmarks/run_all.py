@@ -19,6 +19,7 @@ BENCHMARKS = [
     ("mlserver", ["mlserver_bench.py", "--skip-if-unavailable"]),
     ("trust", ["trust_bench.py"]),  # TUF metadata per update vs a 16 MiB artifact's download (loopback and a 50 Mbit/s link)
     ("status", ["status_bench.py"]),  # `edgefleet status` on AWS/Azure doubles at 1,000 and 10,000 devices: requests, wall time
+    ("delta", ["delta_bench.py"]),  # patch vs full artifact of a 20 MB model: bytes, create/apply time and memory
 ]
 
 
