@@ -265,7 +265,9 @@ def main() -> int:
         print(f"{name:<62} {secs:8.3f} {secs / resources * 1000:12.3f} {secs / med_bare:6.2f}x")
     med_plan = statistics.median(plan_s) if plan_s else None
     if med_plan is not None:
-        print(f"{'edgefleet plan (head synth + base worktree synth + policy + diff)':<62} {med_plan:8.3f} {'':>12} {med_plan / med_bare:6.2f}x")
+        print(
+            f"{'edgefleet plan (head synth + base worktree synth + policy + diff)':<62} {med_plan:8.3f} {'':>12} {med_plan / med_bare:6.2f}x"
+        )
     print("-" * 92)
     print(f"ratio edgefleet synth / bare Pulumi registration   {med_synth / med_bare:.2f} (target <= 1.3)")
     if med_plan is not None:

@@ -28,6 +28,12 @@ class DeviceGroup(pulumi.ComponentResource):
                 "hardware": cfg.hardware.model_dump(mode="json"),
                 "labels": dict(cfg.labels),
                 "devices": list(cfg.devices),
+                # only when declared: a group without windows declares what it always did
+                **(
+                    {"timezone": cfg.timezone, "maintenance_windows": [w.model_dump(mode="json") for w in cfg.maintenance_windows]}
+                    if cfg.maintenance_windows
+                    else {}
+                ),
             },
             opts,
         )

@@ -53,10 +53,11 @@ def ring_plans(
         rest = tuple(d for d in in_rollout if d not in taken)
         control = (RingTarget(rollout.name, CONTROL_RING, len(rings), rest),) if rest else ()
         target = RingTarget(rollout=rollout.name, ring=r.name, index=i, selector=tuple(members[r.name]))
-        out.append(RingPlan(target, r.gate, control, capture=r.capture.spec() if r.capture else None))
+        out.append(RingPlan(target, r.gate, control, capture=r.capture.spec() if r.capture else None, window=groups[r.group].windows()))
     if complete and rollout.control_holdback > 0:
         held = tuple(control_members(rollout.name, rings, groups, devices, rollout.control_holdback))
-        out.append(RingPlan(RingTarget(rollout.name, CONTROL_RING, len(rings), held), follower_gate(rings[-1].gate)))
+        last = groups[rings[-1].group].windows()
+        out.append(RingPlan(RingTarget(rollout.name, CONTROL_RING, len(rings), held), follower_gate(rings[-1].gate), window=last))
     return out
 
 

@@ -47,6 +47,7 @@ from components.rollout.progress import (
 from components.rollout.quality import QualityContext, needs_control
 from components.rollout.spec import GateConfig
 from components.rollout.types import RingTarget
+from components.rollout.windows import Windows
 from edgefleet_agent.contract.capture import CaptureSpec
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.state import DesiredModel
@@ -64,6 +65,7 @@ class RingPlan:
     gate: GateConfig
     control: tuple[RingTarget, ...] = ()  # where devices still on the previous version are: its quality's control group
     capture: CaptureSpec | None = None  # opt-in sample capture on the ring's devices, carried by its desired state
+    window: Windows | None = None  # its group's maintenance windows: the ring deploys only while one is open
 
     @property
     def name(self) -> str:
@@ -249,6 +251,8 @@ class RolloutEngine:
         ring = plan.rings[ring_state["index"]]
         now = self.clock.now()
         if ring_state["state"] == RingState.PENDING:
+            if ring.window is not None and ring.window.open_until(now) is None:
+                return self._wait_for_window(plan, progress, ring_state, ring.window, now)
             ring_state["state"] = RingState.DEPLOYING
             if plan.shadows(ring):
                 ring_state["phase"] = RingPhase.SHADOW
@@ -326,6 +330,16 @@ class RolloutEngine:
             return True
         self._maybe_save_sample(plan, progress, now)
         return False
+
+    def _wait_for_window(self, plan: RolloutPlan, progress: Progress, ring_state: RingRecord, window: Windows, now: float) -> bool:
+        """A ring waits, undeployed, until its group's window opens: its deadline has not started. Said once."""
+        opens = window.next_open(now)
+        if ring_state.get("window_opens_at", -1.0) == opens:
+            return False
+        ring_state["window_opens_at"] = opens
+        self._event(progress, ring_state["name"], "window-wait", opens_at=opens, windows=window.describe())
+        self._save(plan, progress)
+        return True
 
     def _quality_context(self, plan: RolloutPlan, ring: RingPlan, phase: RingPhase, since: float) -> QualityContext:
         """What the ring's quality is compared with: in the serve phase of a rollout with a previous version, the

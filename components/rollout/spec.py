@@ -7,10 +7,12 @@ platform's gate read. They depend on the device contract only (hardware profiles
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
+from components.rollout.windows import MaintenanceWindow, Windows, check_timezone, never_opens
 from edgefleet_agent.contract.capture import DEFAULT_MAX_SAMPLE_BYTES, MAX_PER_DAY_LIMIT, MAX_SAMPLE_BYTES_LIMIT, CaptureSpec
 from edgefleet_agent.contract.manifest import NAME_RE, HardwareProfile
 
@@ -182,9 +184,38 @@ class DeviceGroupConfig(Strict):
     hardware: HardwareProfile
     labels: dict[str, str] = Field(default_factory=dict)
     devices: list[str] = Field(default_factory=list)
+    timezone: str = Field(default="UTC", description="the devices' IANA time zone (e.g. Europe/Berlin): windows are on its clock")
+    maintenance_windows: list[MaintenanceWindow] = Field(
+        default_factory=list,
+        description="when the group's devices may swap models (none: any time); a ring over the group deploys only "
+        "while one is open, and its deadline counts from then. Rollbacks and revocations ignore windows",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @model_serializer(mode="wrap")
+    def _windows_unset_unwritten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A group without windows serializes (resource inputs, the graph) exactly as before windows existed."""
+        body: dict[str, Any] = handler(self)
+        if body.get("timezone") == "UTC":
+            del body["timezone"]
+        if body.get("maintenance_windows") == []:
+            del body["maintenance_windows"]
+        return body
+
+    def windows(self) -> Windows | None:
+        return Windows(self.timezone, tuple(self.maintenance_windows)) if self.maintenance_windows else None
 
     @model_validator(mode="after")
     def _selects_something(self) -> "DeviceGroupConfig":
         if not self.labels and not self.devices:
             raise ValueError("a group needs labels or devices to select its members")
+        if never_opens(self.maintenance_windows, self.timezone, time.time()):
+            raise ValueError(
+                f"maintenance_windows: none of {[w.cron for w in self.maintenance_windows]} opens within a year "
+                "(e.g. a day that does not exist, such as 30 February): the group's rings would wait forever"
+            )
         return self

@@ -7,8 +7,11 @@ Pure over the graphs; imports policies/ (graph views, I/O compatibility, share f
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from components.rollout.windows import MaintenanceWindow, Windows
 from edgefleet.plan.membership import Membership
 from edgefleet.plan.replace import follow_moved_providers, replace_keys, top_key
 from policies.compatibility import compare_io, signature_text
@@ -229,9 +232,21 @@ def _ring_rows(
                 "gate_summary": gate_summary(inputs.get("gate") or {}),
                 "status": status,
                 "changes": changes,
+                **_window(groups.get(inputs.get("group"), {})),
             }
         )
     return rows
+
+
+def _window(group: Mapping[str, Any]) -> dict[str, Any]:
+    """A ring over a group with maintenance windows: them, and when the next one opens (UTC, from now)."""
+    declared = dig(group, "inputs", "maintenance_windows")
+    if not declared:
+        return {}
+    windows = Windows(dig(group, "inputs", "timezone") or "UTC", tuple(MaintenanceWindow.model_validate(w) for w in declared))
+    opens = windows.next_open(time.time())
+    when = datetime.fromtimestamp(opens, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if opens is not None else None
+    return {"windows": windows.describe(), "next_window": when}
 
 
 def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Membership) -> list[dict[str, Any]]:

@@ -165,6 +165,9 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
     for row in r["rings"]:
         if row["changes"]:
             lines.append(f"- ring `{row['name']}` changed: {', '.join(row['changes'])}")
+        if row.get("windows"):
+            opens = f"next opens {row['next_window']}" if row.get("next_window") else "**opens within no year**"
+            lines.append(f"- ring `{row['name']}` deploys only in its group's maintenance windows ({_md(row['windows'])}): {opens}")
     if r["removed_rings"]:
         lines.append(f"- rings removed: {', '.join(r['removed_rings'])}")
     first = r["rings"][0] if r["rings"] else None
