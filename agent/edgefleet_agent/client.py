@@ -97,6 +97,18 @@ class InferenceClient:
         status, _, _ = self._request("GET", f"/v2/models/{quote(model, safe='')}/ready")
         return status == 200
 
+    def defer(self, model: str, seconds: float) -> float:
+        """Holds the model's next swap back `seconds` more while the application is busy (edgefleet's extension; the
+        agent bounds it and never holds back a rollback). Returns until when (Unix time)."""
+        status, data, _ = self._request(
+            "POST",
+            f"/v2/models/{quote(model, safe='')}/defer",
+            json.dumps({"seconds": seconds}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        _raise_for(status, data)
+        return float(json.loads(data)["deferred_until"])
+
     def infer(
         self, model: str, inputs: Mapping[str, np.ndarray], label: int | None = None, version: str | None = None, binary: bool = True
     ) -> InferResponse:
@@ -112,13 +124,19 @@ class InferenceClient:
         if header_length is not None:
             headers[HEADER_LENGTH] = str(header_length)
         status, data, answer_length = self._request("POST", path + "/infer", body, headers)
-        if status != 200:
-            try:
-                message = json.loads(data)["error"]
-            except (ValueError, KeyError, TypeError):
-                message = data[:200].decode("utf-8", "replace")
-            raise InferenceError(status, message)
+        _raise_for(status, data)
         try:
             return parse_infer_response(data, int(answer_length) if answer_length is not None else None)
         except (ProtocolError, ValueError) as exc:
             raise InferenceError(502, str(getattr(exc, "message", exc))) from None
+
+
+def _raise_for(status: int, data: bytes) -> None:
+    """An answer other than 200 as InferenceError, with the endpoint's own message."""
+    if status == 200:
+        return
+    try:
+        message = json.loads(data)["error"]
+    except (ValueError, KeyError, TypeError):
+        message = data[:200].decode("utf-8", "replace")
+    raise InferenceError(status, message)

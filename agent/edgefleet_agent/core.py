@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Literal
@@ -71,6 +72,7 @@ log = logging.getLogger("edgefleet.agent")
 
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
+MAX_DEFER_SECONDS = 900.0  # how long an application may hold back one swap, however often it asks
 
 
 class Refused(Exception):
@@ -168,6 +170,10 @@ class DeviceAgent:
         self._refusal: _Refusal | None = None
         self._installing: DesiredModel | None = None
         self._notice: str | None = None  # a problem found at start, reported until the next change
+        self.max_defer_seconds = MAX_DEFER_SECONDS
+        self._defer_started: float | None = None  # the pending swap's first deferral
+        self._deferred_until: float | None = None
+        self._deferral: str | None = None  # "swap to … deferred …", reported while it holds
         self._window = Window()
         self._feed_counter = 0
         self._trust = trust
@@ -386,10 +392,39 @@ class DeviceAgent:
             retry_at = self.clock() + min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** min(attempts - 1, 16))
         return _Refusal(desired, exc.reason, retry_at, attempts)
 
+    def defer(self, seconds: float) -> float:
+        """An application busy with something that must not see a swap asks to hold the next one back `seconds` more.
+        Returns until when; one swap is held back at most max_defer_seconds from the first ask, however often it
+        asks. A rollback order never waits (a bad version must go), nor does a device serving nothing."""
+        now = self.clock()
+        with self._state_lock:
+            if self._defer_started is None:
+                self._defer_started = now
+            until = min(now + max(0.0, seconds), self._defer_started + self.max_defer_seconds)
+            self._deferred_until = max(until, self._deferred_until or now)
+            return self._deferred_until
+
+    def _held_back(self, desired: DesiredModel) -> bool:
+        """True while an application's deferral holds `desired` back (a forward swap only)."""
+        now = self.clock()
+        with self._state_lock:
+            if self._deferred_until is not None and now < self._deferred_until and desired.rollback_order is None:
+                when = datetime.fromtimestamp(self._deferred_until, timezone.utc).strftime("%H:%M:%S UTC")
+                self._deferral = f"swap to {desired.version} deferred by an application until {when}"
+                return True
+            if self._deferred_until is not None and now >= self._deferred_until:
+                self._defer_started = self._deferred_until = None
+            self._deferral = None
+            return False
+
     def _sync_served(self, desired: DesiredModel) -> bool:
         serving = self._serving
         if serving is not None and (serving.ref.version, serving.ref.sha256) == (desired.version, desired.sha256):
+            with self._state_lock:
+                self._deferral = None
             return self._forget_refusal()
+        if serving is not None and self._held_back(desired):
+            return False
         refusal = self._refusal
         attempts = self._retry(refusal, desired)
         if attempts is None:
@@ -777,7 +812,7 @@ class DeviceAgent:
         shadow = candidate.runner.take() if candidate is not None else None
         captured = self.capture.take()
         stale = self._trust.notice if self._trust is not None else None  # "metadata stale since …": serving goes on
-        errors = [e for e in (refusal.reason if refusal else notice or stale,) if e]
+        errors = [e for e in (refusal.reason if refusal else notice or stale, self._deferral) if e]
         if self._capture_problem is not None:
             errors.append(self._capture_problem)
         if candidate_refusal is not None:

@@ -6,6 +6,8 @@ every model the agent process runs (protocol.py is the wire format; this module 
     GET  /v2/models/{name}[/versions/{v}]      model metadata of the served version
     GET  /v2/models/{name}[/versions/{v}]/ready
     POST /v2/models/{name}[/versions/{v}]/infer
+    POST /v2/models/{name}/defer               edgefleet's extension: {"seconds": N} holds the model's next swap back
+                                               (bounded; never a rollback), answers {"name", "deferred_until"}
 
 A request always runs on the model's current verified version (`DeviceAgent.predict`); a version in the path must
 be that one, or the answer is 404. Health answers carry a JSON body ({"live": true}, {"ready": false}, {"name",
@@ -21,6 +23,7 @@ reach it. Payloads are never logged.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -67,6 +70,8 @@ class Servable(Protocol):
     def served(self) -> tuple[str, ModelManifest] | None: ...
 
     def predict(self, inputs: dict[str, np.ndarray], label: int | None = None, version: str | None = None) -> Prediction: ...
+
+    def defer(self, seconds: float) -> float: ...
 
 
 class ModelRegistry:
@@ -234,7 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
                 version, rest = rest[1], rest[2:]
             if rest == []:
                 return "metadata", name, version
-            if rest in (["ready"], ["infer"]):
+            if rest in (["ready"], ["infer"]) or (rest == ["defer"] and version is None):
                 return rest[0], name, version
         return "", None, None
 
@@ -291,6 +296,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
+        if what == "defer" and name is not None:
+            self._defer(name, body)
+            return
         if what != "infer" or name is None:
             if what:
                 self._error(405, f"{self.path}: use GET here")
@@ -324,6 +332,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         content_type = "application/octet-stream" if binary_parts else "application/json"
         self._send(200, json_part, binary_parts, content_type)
+
+    def _defer(self, name: str, body: bytes) -> None:
+        try:
+            agent = self._model(name)
+            try:
+                seconds = json.loads(body or b"{}").get("seconds")
+            except (ValueError, AttributeError):
+                seconds = None
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds <= 86400:
+                raise ProtocolError(400, 'defer takes {"seconds": N} with N a number from 0 to 86400')
+            until = agent.defer(float(seconds))
+        except (ProtocolError, RequestError) as exc:
+            self._error(exc.status, exc.message)
+            return
+        self._json(200, {"name": name, "deferred_until": until})
 
     @staticmethod
     def _outputs(request: InferRequest, manifest: ModelManifest, name: str) -> list[tuple[str, bool]]:
