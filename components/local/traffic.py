@@ -13,10 +13,10 @@ declared traffic gets the manifest's seeded random inputs (the agent's synthetic
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,12 @@ class Traffic:
         """The `n`-th request of `device_id`. Devices start at different places (by their id), in the set and in
         the labelling cycle, so a ring of a few devices sends the whole set and any moment's requests carry the declared
         share of labels; request k of that cycle carries its label when ⌊(k+1)·share⌋ > ⌊k·share⌋."""
-        k = zlib.crc32(device_id.encode()) + n
-        i = k % len(self.feeds)
+        start = hashlib.blake2b(device_id.encode(), digest_size=8).digest()
+        i = (int.from_bytes(start[:4], "big") + n) % len(self.feeds)
+        # the labelling cycle starts elsewhere for each device, so every frame is labelled by some devices (one cycle for
+        # both would label the same quarter of the set everywhere) and a fleet whose devices each send a request or
+        # two still samples the set evenly (CRC32, linear, put sequential ids' starts on a few residues)
+        k = int.from_bytes(start[4:], "big") + n  # below 2**32 + n: exact in the float products below
         share = self.labelled_share
         label = int(self.dataset.labels[i]) if math.floor((k + 1) * share) > math.floor(k * share) else None
         return self.feeds[i], label
