@@ -224,11 +224,7 @@ class TrustRepository:
     def _publish(self, targets: Targets, previous: Targets | None) -> None:
         targets.version = (previous.version + 1) if previous is not None else targets.version
         targets.expires = self._expires("targets")
-        md = Metadata(targets)
-        md.sign(self._online())
-        data = md.to_bytes()
-        self.storage.write(f"{targets.version}.targets.json", data)
-        self.storage.write("targets.json", data)
+        self._write_versioned(targets, "targets")
         snap = self.storage.read("snapshot.json")
         if snap is not None:
             snapshot = Metadata[Snapshot].from_bytes(snap).signed
@@ -241,12 +237,17 @@ class TrustRepository:
     def _write_snapshot_and_timestamp(self, snapshot: Snapshot) -> None:
         snapshot.version += 1
         snapshot.expires = self._expires("snapshot")
-        md = Metadata(snapshot)
+        self._write_versioned(snapshot, "snapshot")
+        self._write_timestamp(snapshot.version)
+
+    def _write_versioned(self, signed: Targets | Snapshot, role: str) -> None:
+        """Signs with the online key and writes `<version>.<role>.json` (what clients fetch, consistent snapshots) and
+        `<role>.json` (the repository's own current copy)."""
+        md = Metadata(signed)
         md.sign(self._online())
         data = md.to_bytes()
-        self.storage.write(f"{snapshot.version}.snapshot.json", data)
-        self.storage.write("snapshot.json", data)
-        self._write_timestamp(snapshot.version)
+        self.storage.write(f"{signed.version}.{role}.json", data)
+        self.storage.write(f"{role}.json", data)
 
     def _write_timestamp(self, snapshot_version: int) -> None:
         old = self.storage.read("timestamp.json")
