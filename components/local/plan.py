@@ -20,13 +20,25 @@ from components.rollout.driver import GateFailed, GateInputs, gate_decision
 from components.rollout.driver import run_gate as drive_gate
 from components.rollout.engine import RingPlan, RolloutEngine
 from components.rollout.hub import WallClock
-from components.rollout.membership import control_members, in_group, ring_members
+from components.rollout.membership import control_members, in_group, rank, ring_members
 from components.rollout.progress import Progress, RingState, RolloutStatus
 from components.rollout.rollback import rollback_authorizer
 from components.rollout.spec import CONTROL_RING, DeviceGroupConfig, RingConfig, RolloutConfig, follower_gate
 from components.rollout.types import RingTarget
 from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel
+
+CONTROL_SAMPLE = 1000  # devices a ring's quality is compared with, at most: past that the comparison only costs more
+
+
+def control_sample(rollout: str, devices: list[str]) -> tuple[str, ...]:
+    """The devices still on the previous version a ring's quality is compared with: all of them up to CONTROL_SAMPLE,
+    else the last CONTROL_SAMPLE of the rollout's order (the control holdback first, which is the end of that order).
+    Reading 9,500 devices' reports on every poll of a 500-device canary would cost the controller more than the
+    statistics gain: the comparison's test is decided long before that many devices."""
+    if len(devices) <= CONTROL_SAMPLE:
+        return tuple(devices)
+    return tuple(sorted(sorted(devices, key=lambda d: rank(rollout, d))[-CONTROL_SAMPLE:]))
 
 
 def ring_plans(
@@ -50,7 +62,7 @@ def ring_plans(
     out, taken = [], set()
     for i, r in enumerate(rings):
         taken.update(members[r.name])
-        rest = tuple(d for d in in_rollout if d not in taken)
+        rest = control_sample(rollout.name, [d for d in in_rollout if d not in taken])
         control = (RingTarget(rollout.name, CONTROL_RING, len(rings), rest),) if rest else ()
         target = RingTarget(rollout=rollout.name, ring=r.name, index=i, selector=tuple(members[r.name]))
         out.append(RingPlan(target, r.gate, control, capture=r.capture.spec() if r.capture else None, window=groups[r.group].windows()))

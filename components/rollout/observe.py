@@ -240,12 +240,23 @@ class SoakWindows:
     def summed(self, reports: dict[str, DeviceReport], since: float) -> dict[str, DeviceReport]:
         out: dict[str, DeviceReport] = {}
         for dev, r in reports.items():
-            if r.reported_at < since or not has_telemetry(r):
-                out[dev] = r
-                continue
             held = self._sums.get((dev, r.model))
             if held is not None and held[3] is r and held[0][-1] == since:
                 out[dev] = held[2]  # the same report as at the last poll: nothing to parse or add
+                continue
+            if r.reported_at < since:
+                out[dev] = r
+                continue
+            if not has_telemetry(r):
+                # a window without requests (a device whose applications were quiet) keeps what its earlier windows of
+                # the phase said: the sum is the phase's, not the latest window's
+                if held is not None and held[0][:2] == (r.version, r.sha256) and held[0][-1] == since:
+                    t = held[2]
+                    carried = replace(r, predictions=t.predictions, latency=t.latency, shadow=t.shadow, labelled=t.labelled)
+                    self._sums[(dev, r.model)] = (held[0], held[1], carried, r, held[4])
+                    out[dev] = carried
+                else:
+                    out[dev] = r
                 continue
             mine = telemetry_of(r)
             shadow = mine[2]

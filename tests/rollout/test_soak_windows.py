@@ -74,3 +74,18 @@ def test_a_ring_of_devices_answering_one_request_a_window_reaches_the_quality_sa
         obs = observe_reports(devices, soak.summed(reports, since=100.0), served, since=100.0)
     assert latest.summary is not None and latest.summary.predictions == 50
     assert obs is not None and obs.summary is not None and obs.summary.predictions == 200
+
+
+def test_a_quiet_window_keeps_what_the_phase_said():
+    """A device whose applications sent nothing in its latest window (the simulator's devices take turns at 10,000)
+    still counts what it said earlier in the phase: a gate starved of samples by quiet windows would wait and fail
+    closed on a good model."""
+    soak = SoakWindows()
+    soak.summed({"cam-1": window(10.0, [0] * 5)}, since=10.0)
+    quiet = replace(window(11.0, []), predictions=None, latency=None, labelled=None)
+    seen = soak.summed({"cam-1": quiet}, since=10.0)["cam-1"]
+    assert Predictions.from_json(seen.predictions).n == 5 and seen.inferences == 0 and seen.reported_at == 11.0
+    after = soak.summed({"cam-1": window(12.0, [1] * 3)}, since=10.0)["cam-1"]
+    assert Predictions.from_json(after.predictions).n == 8, "the quiet window lost or doubled the earlier ones"
+    other = soak.summed({"cam-1": replace(quiet, version="1.2.0", reported_at=13.0)}, since=10.0)["cam-1"]
+    assert other.predictions is None, "another version's quiet window carried the previous version's answers"
