@@ -40,7 +40,7 @@ from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes, version_key
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
-from edgefleet_agent.download import FetchError, download
+from edgefleet_agent.download import DigestMismatch, FetchError, download
 from edgefleet_agent.serving import (
     InferenceFailed,
     LoadedModel,
@@ -469,13 +469,14 @@ class DeviceAgent:
     def _fetch_slot(self, desired: DesiredModel, manifest: ModelManifest, slot: str, manifest_bytes: bytes, signature_bytes: bytes) -> Path:
         part = self.store.download_path(slot)
         try:
-            digest = download(desired.uri, part, expected_size=manifest.size)
+            download(desired.uri, part, expected_size=manifest.size, expected_sha256=manifest.sha256)
+        except DigestMismatch as exc:
+            raise Refused(
+                f"sha256 mismatch: the downloaded artifact has sha256 {exc.actual}, the signed manifest pins {exc.expected}"
+            ) from None
         except FetchError as exc:
             raise Refused(str(exc), transient=True) from None
         pause_point("downloaded")
-        if digest != manifest.sha256:
-            part.unlink(missing_ok=True)
-            raise Refused(f"sha256 mismatch: the downloaded artifact has sha256 {digest}, the signed manifest pins {manifest.sha256}")
         try:
             verify_artifact(manifest_bytes, signature_bytes, part, self._trusted, desired.uri)
         except EdgefleetError as exc:

@@ -6,6 +6,7 @@ exactly the pinned bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -15,9 +16,11 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from agent_testkit import artifact_bytes
 
 import edgefleet_agent.download as dl
 from edgefleet_agent.download import DigestMismatch, FetchError, download, partial_paths
+from edgefleet_agent.store import SlotStore
 
 MB = 1_000_000
 
@@ -359,3 +362,42 @@ def test_without_copy_file_range_the_local_copy_reads_and_writes(tmp_path, monke
     src.write_bytes(data)
     assert download(src.as_uri(), tmp_path / "out", len(data), expected_sha256=sha(data)) == sha(data)
     assert (tmp_path / "out").read_bytes() == data
+
+
+def test_the_store_keeps_only_the_newest_resumable_partial(tmp_path):
+    """A restarted agent resumes its download, so clean() keeps the newest partial that records what it is a prefix
+    of; older ones, partials without that record, and those older than a week are removed."""
+    store = SlotStore(tmp_path, "detector")
+    downloads = store.downloads_dir
+    downloads.mkdir()
+    for name, age in (("old", 100), ("new", 10)):
+        partial, state = partial_paths(downloads / name)
+        partial.write_bytes(b"x")
+        state.write_text("{}")
+        os.utime(partial, (time.time() - age, time.time() - age))
+    (downloads / "orphan.part").write_bytes(b"x")
+    store.clean(keep=set())
+    assert sorted(p.name for p in downloads.iterdir()) == ["new.part", "new.part.json"]
+    os.utime(downloads / "new.part", (0, 0))
+    store.clean(keep=set())
+    assert not downloads.exists()
+
+
+def test_the_agent_resumes_its_download_after_a_cut_and_a_restart(make_agent, transport, v110, store):
+    """Fault: the link drops half-way through an update and the agent is restarted before it retries. The refusal
+    is transient (reported, retried later); the partial download survives the refusal's clean-up and the restart;
+    the new agent asks only for the rest and serves the model once it verifies against the signed manifest."""
+    data = artifact_bytes(v110)
+    half = len(data) // 2
+    transport.desired_model = dataclasses.replace(v110, uri=store.put("m.onnx", Obj([Version(data)], cuts=[half, 0, None])))
+    agent_ = make_agent()
+    agent_.sync()
+    report = agent_.build_report()
+    assert report.status == "failed" and report.error.startswith(f"download truncated: {half} of {len(data)} bytes")
+    agent_.close()
+    agent_ = make_agent()
+    agent_.start()
+    agent_.sync()
+    assert (agent_.current_version, agent_.status) == ("1.1.0", "ok")
+    assert [r.range for r in store.requests] == [None, f"bytes={half}-", f"bytes={half}-"]
+    assert not agent_.store.downloads_dir.exists()
