@@ -52,7 +52,8 @@ class DigestMismatch(FetchError):
 
 
 class _Cut(FetchError):
-    """A transfer that stopped part-way (connection dropped, short body, server hiccup): worth resuming."""
+    """A transfer that stopped or could not start for now (connection dropped or refused, short body, a 5xx):
+    the partial file is kept, and resumed by a retry or by the next call."""
 
 
 def fetch(uri: str, dest: Path) -> None:
@@ -239,9 +240,9 @@ class _Source:
         elif parts.scheme not in ("http", "https"):
             raise FetchError(f"download failed: unsupported URI scheme {parts.scheme!r} in {uri} (expected file, http or https)")
 
-    def open(self, offset: int, validator: dict[str, Any] | None, resuming: bool) -> _Body:
+    def open(self, offset: int, validator: dict[str, Any] | None) -> _Body:
         """The object from `offset` if it is still the one `validator` names, else from its start."""
-        return self._open_file(offset, validator) if self.scheme == "file" else self._open_http(offset, validator, resuming)
+        return self._open_file(offset, validator) if self.scheme == "file" else self._open_http(offset, validator)
 
     def _open_file(self, offset: int, validator: dict[str, Any] | None) -> _Body:
         try:
@@ -254,7 +255,7 @@ class _Source:
         f.seek(start)
         return _Body(start, f, current, copy_fd=f.fileno())
 
-    def _open_http(self, offset: int, validator: dict[str, Any] | None, resuming: bool) -> _Body:
+    def _open_http(self, offset: int, validator: dict[str, Any] | None) -> _Body:
         headers = {}
         if offset and validator:
             headers = {"Range": f"bytes={offset}-", "If-Range": validator.get("etag") or validator["last_modified"]}
@@ -265,19 +266,19 @@ class _Source:
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code == 416 and headers:  # the partial file is no prefix of the object: fetch it whole
-                return self._open_http(0, None, resuming)
+                return self._open_http(0, None)
             message = f"download failed: HTTP {exc.code} {exc.reason} from {self.uri}"
-            raise (_Cut if resuming and exc.code in _RETRYABLE_STATUS else FetchError)(message) from None
+            raise (_Cut if exc.code in _RETRYABLE_STATUS else FetchError)(message) from None
         except (urllib.error.URLError, OSError) as exc:
             message = f"download failed: cannot reach {self.uri}: {getattr(exc, 'reason', exc)}"
-            raise (_Cut if resuming else FetchError)(message) from None
+            raise _Cut(message) from None
         if response.status == 206:
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
             served = _http_validator(response.headers)
             if not headers or match is None or int(match[1]) != offset or int(match[2]) < offset or served not in (None, validator):
                 # a range we did not ask for, or of another version of the object (If-Range ignored): never splice it
                 response.close()
-                return self._open_http(0, None, resuming)
+                return self._open_http(0, None)
             total = None if match[3] == "*" else int(match[3])
             return _Body(offset, response, validator, total=total, end=int(match[2]) + 1)
         length = response.headers.get("Content-Length")
@@ -376,7 +377,7 @@ class _Download:
         while not (self.pos and self.pos == self.expected_size):  # a partial file already whole needs only its hash
             body: _Body | None = None
             try:
-                body = self.source.open(self.pos, validator, resuming=cuts > 0)
+                body = self.source.open(self.pos, validator)
                 with body.stream:
                     if body.start != self.pos:
                         self._restart()
@@ -386,6 +387,8 @@ class _Download:
                     if self._pump(body):
                         return
             except _Cut as exc:
+                if body is None and not cuts:
+                    raise  # no store to talk to: the agent's own, longer backoff retries; the partial file stays
                 cuts += 1
                 # a response that brought nothing new means the source itself is short: retrying will not help
                 if cuts > self.retries or (cuts > 1 and body is not None and self.pos <= best):

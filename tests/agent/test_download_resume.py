@@ -50,6 +50,7 @@ class Obj:
     chunked: bool = False
     stall: list[float] = field(default_factory=lambda: [0.0])  # seconds of silence after the first 256 KB
     trickle: float = 0.0  # seconds between 64 KB pieces
+    fail: list[int | None] = field(default_factory=lambda: [None])  # an error status to answer with instead
 
 
 @dataclass
@@ -78,6 +79,11 @@ class Store:
                 stall = obj.stall[min(i, len(obj.stall) - 1)]
                 data, start, status = version.data, 0, 200
                 asked, if_range = self.headers.get("Range"), self.headers.get("If-Range")
+                fail = obj.fail[min(i, len(obj.fail) - 1)]
+                if fail:
+                    store.requests.append(Request(asked, if_range, fail))
+                    self.send_error(fail)
+                    return
                 if asked and obj.ranges and (if_range in (None, version.etag) or not obj.honour_if_range):
                     start, status = int(asked.removeprefix("bytes=").rstrip("-")), 206
                 store.requests.append(Request(asked, if_range, status))
@@ -231,6 +237,20 @@ def test_a_later_call_resumes_where_the_last_one_stopped(tmp_path, store):
         download(uri, dest, len(data), expected_sha256=sha(data), retries=1, backoff_seconds=0.01)
     assert download(uri, dest, len(data), expected_sha256=sha(data)) == sha(data)
     assert [r.range for r in store.requests] == [None, "bytes=500000-", "bytes=1000000-"]
+
+
+def test_a_store_unavailable_at_the_next_call_keeps_the_partial(tmp_path, store):
+    """Fault: the link drops, and when the agent tries again the store answers 503 (or cannot be reached). That call
+    fails at once, transiently, and keeps the partial file; the call after it resumes from there."""
+    data = body(2 * MB)
+    uri = store.put("m.onnx", Obj([Version(data)], cuts=[MB, None], fail=[None, 503, None]))
+    dest = tmp_path / "m.onnx"
+    for expected in ("download truncated: 1000000 of 2000000", "download failed: HTTP 503 Service Unavailable from http://"):
+        with pytest.raises(FetchError, match=expected):
+            download(uri, dest, len(data), expected_sha256=sha(data), retries=0)
+        assert partial_paths(dest)[0].stat().st_size == MB
+    assert download(uri, dest, len(data), expected_sha256=sha(data)) == sha(data)
+    assert [(r.range, r.status) for r in store.requests] == [(None, 200), (f"bytes={MB}-", 503), (f"bytes={MB}-", 206)]
 
 
 def test_a_partial_for_another_object_is_not_resumed(tmp_path, store):
