@@ -326,13 +326,13 @@ REAL_COPY_RANGE = dl._copy_range
 
 
 def interrupt_after(monkeypatch, copies: int) -> list[int]:
+    """Stops the local copy at its `copies`+1-th piece; returns the sizes of the pieces copied."""
     done: list[int] = []
-    real = REAL_COPY_RANGE
 
     def copy(src, dst, n):
         if len(done) == copies:
             raise Interrupted
-        done.append(real(src, dst, n))
+        done.append(REAL_COPY_RANGE(src, dst, n))
         return done[-1]
 
     monkeypatch.setattr(dl, "_copy_range", copy)
@@ -372,6 +372,25 @@ def test_file_uri_replaced_in_the_store_starts_again(tmp_path, monkeypatch):
     copied = interrupt_after(monkeypatch, 100)
     assert download(src.as_uri(), dest) == sha(new)
     assert sum(copied) == len(new) and dest.read_bytes() == new
+
+
+@pytest.mark.parametrize("scheme", ["file", "http"])
+def test_a_hasher_that_falls_behind_reads_the_file_back(tmp_path, monkeypatch, store, scheme):
+    """A slow CPU and a fast link: the writer never waits for the hasher, which reads back from the partial file
+    whatever it was not handed (and no buffer it was handed is read into again before it is hashed)."""
+    monkeypatch.setattr(dl, "HANDOVER_BYTES", dl.CHUNK + 1)  # at most one piece held
+    data = body(6 * dl.CHUNK + 7)
+    src = tmp_path / "m.onnx"
+    src.write_bytes(data)
+    uri = src.as_uri() if scheme == "file" else store.put("m.onnx", Obj([Version(data)]))
+    real = dl._Verifier.run
+
+    def slow(self):
+        time.sleep(0.2)  # everything is written before the first byte is hashed
+        real(self)
+
+    monkeypatch.setattr(dl._Verifier, "run", slow)
+    assert download(uri, tmp_path / "out", len(data), expected_sha256=sha(data)) == sha(data)
 
 
 def test_without_copy_file_range_the_local_copy_reads_and_writes(tmp_path, monkeypatch):
