@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 CHUNK = 1 << 20
-HANDOVER_BYTES = 4 * CHUNK  # what the writer may hold for the hasher; beyond it, the hasher reads the file back
+HANDOVER_BYTES = 4 * CHUNK  # written but not yet hashed: the writer waits beyond it
 HTTP_TIMEOUT_SECONDS = 30
 RETRIES = 4
 BACKOFF_SECONDS = 0.5
@@ -143,41 +143,46 @@ class _Bucket:
 
 
 class _Verifier(threading.Thread):
-    """Hashes the partial file from its first byte, in order, in a thread of its own beside the writer.
+    """Hashes the artifact in order, in a thread of its own beside the writer, so that the transfer and the hashing
+    overlap on two cores (hashlib and file reads release the GIL).
 
-    The writer hands over each piece it received while the hasher keeps up (at most HANDOVER_BYTES held), so those
-    cost no second read; what was not handed over (a local file copied in the kernel, a prefix left by an earlier
-    call, pieces written while the hasher was behind) is read back from the file. The writer never waits for the
-    hasher, and hashlib and file reads release the GIL, so the two overlap on two cores.
+    The writer hands over what it wrote: the bytes it received, which are hashed as they are, or a count of bytes
+    it copied in the kernel (a local file), which are read back from the partial file, as is a prefix left by an
+    earlier call (never trusted unhashed). The writer waits while HANDOVER_BYTES it handed over are unhashed, so
+    memory stays bounded whatever the artifact's size.
     """
 
-    def __init__(self, path: Path, written: int) -> None:
+    def __init__(self, path: Path, prefix: int) -> None:
         super().__init__(name=f"hash {path.name}", daemon=True)
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the thread)
         self._path = path
         self._cond = threading.Condition()
-        self._written = written
-        self._handed: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._pieces: collections.deque[bytes | int] = collections.deque([prefix] if prefix else [])
         self._held = 0
-        self._closing = self._cancelled = False
+        self._closing = self._cancelled = self._stopped = False
         self._error: OSError | None = None
         self.sha256 = hashlib.sha256()
         self.hashed = 0
         self.start()
 
-    def advance(self, written: int, piece: bytes = b"") -> None:
-        """`piece` is what was just written, ending at `written`; it is kept only while the hasher keeps up."""
+    def hand(self, piece: bytes | int) -> None:
+        """`piece` was written right after the last one: its bytes, or how many bytes to read back."""
         with self._cond:
-            if piece and self._held + len(piece) <= HANDOVER_BYTES:
-                self._handed.append((written - len(piece), piece))
-                self._held += len(piece)
-            self._written = written
-            self._cond.notify()
+            while self._held >= HANDOVER_BYTES and not self._stopped:
+                self._cond.wait()
+            if self._stopped:  # it failed: finish() says why
+                return
+            if isinstance(piece, int) and self._pieces and isinstance(self._pieces[-1], int):
+                self._pieces[-1] += piece
+            else:
+                self._pieces.append(piece)
+                self._held += 0 if isinstance(piece, int) else len(piece)
+            self._cond.notify_all()
 
     def finish(self) -> str:
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._cond.notify_all()
         self.join()
         if self._error is not None:
             raise self._error
@@ -186,7 +191,7 @@ class _Verifier(threading.Thread):
     def cancel(self) -> None:
         with self._cond:
             self._closing = self._cancelled = True
-            self._cond.notify()
+            self._cond.notify_all()
         self.join()
 
     def run(self) -> None:
@@ -195,33 +200,37 @@ class _Verifier(threading.Thread):
         try:
             while True:
                 with self._cond:
-                    while self.hashed >= self._written and not self._closing:
+                    while not self._pieces and not self._closing:
                         self._cond.wait()
-                    if self._cancelled or self.hashed >= self._written:
+                    if self._cancelled or not self._pieces:
                         return
-                    piece: bytes | None = None
-                    if self._handed and self._handed[0][0] == self.hashed:
-                        piece = self._handed.popleft()[1]
-                        self._held -= len(piece)
-                        end = self.hashed + len(piece)
-                    else:  # read back up to the next piece handed over, or to what is written
-                        end = self._handed[0][0] if self._handed else self._written
-                if piece is not None:
-                    self.sha256.update(piece)
-                    self.hashed = end
+                    piece = self._pieces.popleft()
+                if isinstance(piece, int):
+                    self._read_back(piece, view)
                     continue
-                self._file.seek(self.hashed)
-                while self.hashed < end and not self._cancelled:
-                    n = self._file.readinto(view[: min(CHUNK, end - self.hashed)])
-                    if not n:
-                        raise OSError(errno.EIO, f"{self._path} ends at byte {self.hashed}, before the {end} written to it")
-                    self.sha256.update(view[:n])
-                    self.hashed += n
+                self.sha256.update(piece)
+                self.hashed += len(piece)
+                with self._cond:
+                    self._held -= len(piece)
+                    self._cond.notify_all()
         except OSError as exc:
             self._error = exc
         finally:
+            with self._cond:
+                self._stopped = True
+                self._cond.notify_all()
             view.release()
             self._file.close()
+
+    def _read_back(self, count: int, view: memoryview) -> None:
+        self._file.seek(self.hashed)
+        end = self.hashed + count
+        while self.hashed < end and not self._cancelled:
+            n = self._file.readinto(view[: min(CHUNK, end - self.hashed)])
+            if not n:
+                raise OSError(errno.EIO, f"{self._path} ends at byte {self.hashed}, before the {end} written to it")
+            self.sha256.update(view[:n])
+            self.hashed += n
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -378,7 +387,6 @@ class _Download:
             self.pos, self._out, self._verifier = pos, out, _Verifier(self.partial, pos)
             try:
                 self._attempts(validator)
-                self._verifier.advance(self.pos)
                 return self._verifier.finish()
             finally:
                 if self._verifier.is_alive():
@@ -455,8 +463,9 @@ class _Download:
                 cut = f"download failed after {self.pos} bytes from {self.uri}: {exc}"
             if data:
                 _write_all(out, memoryview(data))
-            self.pos += got
-            self._verifier.advance(self.pos, data)
+            if got:
+                self.pos += got
+                self._verifier.hand(data or got)
             if self.expected_size is not None and self.pos > self.expected_size:
                 raise FetchError(f"download too large: more than the {self.expected_size} bytes the signed manifest pins, from {self.uri}")
             if cut:
@@ -476,7 +485,8 @@ class _Download:
 def _copy_range(src: int, dst: int, n: int) -> int:
     """Copies up to `n` bytes from `src`'s position to `dst`'s in the kernel; -1 where that is not supported.
 
-    Measured on ext4: steadier and cheaper than read() and write() through a buffer (see benchmarks/README.md).
+    Measured here (ext4 in a VM, benchmarks/README.md): half the CPU of read() and write() through a buffer, and
+    steady where write() from user memory sometimes costs four times as much.
     """
     try:
         return os.copy_file_range(src, dst, n)

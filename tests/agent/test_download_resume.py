@@ -374,25 +374,6 @@ def test_file_uri_replaced_in_the_store_starts_again(tmp_path, monkeypatch):
     assert sum(copied) == len(new) and dest.read_bytes() == new
 
 
-@pytest.mark.parametrize("scheme", ["file", "http"])
-def test_a_hasher_that_falls_behind_reads_the_file_back(tmp_path, monkeypatch, store, scheme):
-    """A slow CPU and a fast link: the writer never waits for the hasher, which reads back from the partial file
-    whatever it was not handed (and no buffer it was handed is read into again before it is hashed)."""
-    monkeypatch.setattr(dl, "HANDOVER_BYTES", dl.CHUNK + 1)  # at most one piece held
-    data = body(6 * dl.CHUNK + 7)
-    src = tmp_path / "m.onnx"
-    src.write_bytes(data)
-    uri = src.as_uri() if scheme == "file" else store.put("m.onnx", Obj([Version(data)]))
-    real = dl._Verifier.run
-
-    def slow(self):
-        time.sleep(0.2)  # everything is written before the first byte is hashed
-        real(self)
-
-    monkeypatch.setattr(dl._Verifier, "run", slow)
-    assert download(uri, tmp_path / "out", len(data), expected_sha256=sha(data)) == sha(data)
-
-
 def test_without_copy_file_range_the_local_copy_reads_and_writes(tmp_path, monkeypatch):
     """Platforms or file systems without copy_file_range fall back to read and write, with the same result."""
     monkeypatch.setattr(dl, "_copy_range", lambda src, dst, n: -1)
@@ -401,6 +382,35 @@ def test_without_copy_file_range_the_local_copy_reads_and_writes(tmp_path, monke
     src.write_bytes(data)
     assert download(src.as_uri(), tmp_path / "out", len(data), expected_sha256=sha(data)) == sha(data)
     assert (tmp_path / "out").read_bytes() == data
+
+
+@pytest.mark.parametrize("scheme", ["file", "http"])
+def test_a_slow_hasher_holds_back_the_writer(tmp_path, monkeypatch, store, scheme):
+    """A slow CPU and a fast link: the writer waits while HANDOVER_BYTES (here 1 MiB) are still to be hashed, so
+    memory stays bounded whatever the artifact's size (the bound plus one piece), and the digest is of every byte."""
+    monkeypatch.setattr(dl, "HANDOVER_BYTES", dl.CHUNK)
+    data = body(6 * dl.CHUNK + 7)
+    src = tmp_path / "m.onnx"
+    src.write_bytes(data)
+    uri = src.as_uri() if scheme == "file" else store.put("m.onnx", Obj([Version(data)]))
+    held: list[int] = []
+    real_hand = dl._Verifier.hand
+
+    def slow_hand(self, piece):
+        held.append(self._held)
+        real_hand(self, piece)
+        time.sleep(0.01)
+
+    real_update = dl._Verifier.run
+
+    def slow_start(self):
+        time.sleep(0.2)  # the writer is far ahead before the first byte is hashed
+        real_update(self)
+
+    monkeypatch.setattr(dl._Verifier, "hand", slow_hand)
+    monkeypatch.setattr(dl._Verifier, "run", slow_start)
+    assert download(uri, tmp_path / "out", len(data), expected_sha256=sha(data)) == sha(data)
+    assert max(held) < 2 * dl.CHUNK
 
 
 def test_the_store_keeps_only_the_newest_resumable_partial(tmp_path):
