@@ -5,8 +5,8 @@ platform, the agent downloads with this code.
 The bytes go to `<dest>.part` first, beside a small `<dest>.part.json` that records which object they are a prefix
 of (the URI without its query, the pinned size and digest, and the object's validator: the HTTP ETag or
 Last-Modified, or a local file's size, mtime and inode). A later call for the same object continues from the
-partial file's length (HTTP `Range` with `If-Range`, so a changed object is sent whole, never spliced); the digest
-is then computed over the whole partial file again, so nothing of an earlier run is trusted unhashed.
+partial file's length (HTTP `Range` with `If-Range`, so a changed object is sent whole, never spliced); the bytes
+the earlier run left are read back and hashed again, so nothing of it is trusted unhashed.
 """
 
 from __future__ import annotations
