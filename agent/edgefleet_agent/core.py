@@ -44,7 +44,7 @@ from edgefleet_agent.contract.manifest import REFERENCE_KIND, ModelManifest, par
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
 from edgefleet_agent.contract.tuf import MetadataRefused
-from edgefleet_agent.download import FetchError, download
+from edgefleet_agent.download import DigestMismatch, FetchError, download
 from edgefleet_agent.serving import (
     InferenceFailed,
     LoadedModel,
@@ -568,14 +568,15 @@ class DeviceAgent:
         part = self.store.download_path(slot)
         uri = variant_uri(desired.uri, build.file) if build.kind != REFERENCE_KIND else desired.uri
         try:
-            digest = download(uri, part, expected_size=build.size)
+            download(uri, part, expected_size=build.size, expected_sha256=build.sha256)
+        except DigestMismatch as exc:
+            what = "artifact" if build.kind == REFERENCE_KIND else f"{build.kind} variant"
+            raise Refused(
+                f"sha256 mismatch: the downloaded {what} has sha256 {exc.actual}, the signed manifest pins {exc.expected}"
+            ) from None
         except FetchError as exc:
             raise Refused(str(exc), transient=True) from None
         pause_point("downloaded")
-        if digest != build.sha256:
-            part.unlink(missing_ok=True)
-            what = "artifact" if build.kind == REFERENCE_KIND else f"{build.kind} variant"
-            raise Refused(f"sha256 mismatch: the downloaded {what} has sha256 {digest}, the signed manifest pins {build.sha256}")
         try:
             verify_artifact(manifest_bytes, signature_bytes, part, self._trusted, uri, build.kind)
         except EdgefleetError as exc:

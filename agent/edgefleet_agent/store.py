@@ -3,7 +3,8 @@
     <state_dir>/<model>/
       current.json                pointer: {"current": slot ref | null, "previous": slot ref | null}
       slots/<version>-<id>/       one verified model version: model.onnx, model.yaml, model.yaml.sig
-      downloads/                  artifacts being fetched (never served; cleared at start)
+      downloads/                  artifacts being fetched (never served); only the newest resumable partial
+                                  download outlives a restart or a refusal, for a week at most
       agent.lock                  held while an agent process uses this directory
 
 Every step of an install is a rename of a fully written, fsynced file or directory, and the pointer is
@@ -28,6 +29,7 @@ except ImportError:  # pragma: no cover - non-POSIX devices run without the sing
     fcntl = None  # type: ignore[assignment]
 
 from edgefleet_agent.contract.manifest import REFERENCE_KIND, VARIANT_KINDS
+from edgefleet_agent.download import PARTIAL_SUFFIX, STATE_SUFFIX
 from edgefleet_agent.fsutil import fsync_dir
 
 POINTER_FORMAT = "edgefleet-agent-pointer/v1"
@@ -37,6 +39,7 @@ MANIFEST_FILE = "model.yaml"
 SIGNATURE_FILE = "model.yaml.sig"
 TMP_PREFIX = ".tmp-"
 PAUSE_ENV = "EDGEFLEET_AGENT_TEST_PAUSE_AT"
+PARTIAL_MAX_AGE_SECONDS = 7 * 24 * 3600
 STAGES = ("downloaded", "model-fsynced", "slot-committed", "before-pointer-rename", "pointer-renamed")
 
 
@@ -124,7 +127,7 @@ class SlotStore:
 
     def download_path(self, slot: str) -> Path:
         self.downloads_dir.mkdir(parents=True, exist_ok=True)
-        return self.downloads_dir / f"{slot}.part"
+        return self.downloads_dir / slot
 
     # -- writes ---------------------------------------------------------------------------------------
     def _fsync_file(self, path: Path) -> None:
@@ -202,11 +205,35 @@ class SlotStore:
         pause_point("pointer-renamed")
 
     # -- housekeeping ---------------------------------------------------------------------------------
+    def _clean_downloads(self) -> None:
+        """Keeps the newest partial download that says what it is a prefix of, so that a restarted agent (or the
+        retry after a dropped link) continues it rather than paying for its bytes again; the rest goes."""
+        if not self.downloads_dir.is_dir():
+            return
+        keep: set[str] = set()
+        partials = []
+        for state in self.downloads_dir.glob(f"*{STATE_SUFFIX}"):
+            partial = state.with_name(state.name.removesuffix(STATE_SUFFIX) + PARTIAL_SUFFIX)
+            try:
+                partials.append((partial.stat().st_mtime, state, partial))
+            except OSError:
+                continue
+        if partials:
+            at, state, partial = max(partials)
+            if time.time() - at < PARTIAL_MAX_AGE_SECONDS:
+                keep = {state.name, partial.name}
+        if not keep:
+            shutil.rmtree(self.downloads_dir, ignore_errors=True)
+            return
+        for p in self.downloads_dir.iterdir():
+            if p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
     def clean(self, keep: set[str] | None) -> None:
         """Removes what an interrupted install left behind and every slot the pointer no longer names
         (`keep=None`: the pointer is unreadable, so only temporary files go)."""
         (self.root / f".{POINTER_FILE}.tmp").unlink(missing_ok=True)
-        shutil.rmtree(self.downloads_dir, ignore_errors=True)
+        self._clean_downloads()
         if self.slots_dir.is_dir():
             for d in self.slots_dir.iterdir():
                 if d.name.startswith(TMP_PREFIX) or (keep is not None and d.name not in keep):

@@ -34,9 +34,9 @@ def downloads(monkeypatch):
     seen: list[str] = []
     real = edgefleet_agent.core.download
 
-    def spy(uri, dest, expected_size=None):
+    def spy(uri, dest, **kwargs):
         seen.append(uri)
-        return real(uri, dest, expected_size=expected_size)
+        return real(uri, dest, **kwargs)
 
     monkeypatch.setattr(edgefleet_agent.core, "download", spy)
     return seen
