@@ -72,3 +72,30 @@ def test_devices_on_the_previous_version_take_the_patch(project):
         assert r.update == {"path": "delta", "bytes": size, "fallback": None}, (r.device_id, r.update)
     full = (p / STORE / "detector" / f"{third.progress['sha256']}.onnx").stat().st_size
     assert size < full / 4
+
+
+def test_under_pulumi_the_artifact_provider_publishes_patches_within_the_stacks_max_share(project, monkeypatch):
+    from components.local import providers
+
+    p = project(devices=4, processes=0)
+    stack = p / "stacks" / "Pulumi.local.yaml"
+    doc = yaml.safe_load(stack.read_text())
+    doc["config"]["edgefleet:delta"] = {"max_share": 0.3}
+    stack.write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.chdir(p)
+
+    def create() -> str:
+        graph = synth(p, "local")
+        art = next(r["inputs"] for r in graph["resources"] if r["name"] == "detector-local-artifact")
+        assert art["delta_max_share"] == 0.3
+        return providers.ArtifactProvider().create(art).outs["sha256"]
+
+    first = create()  # 1.0.0
+    add(p, padded(p, "detector-1.1.0.onnx", "a.onnx"), "1.1.0")
+    second = create()
+    patches = p / STORE / "detector" / "patches"
+    assert not list(patches.glob("*")), "1.0.0 -> 1.1.0 shares nothing: over max_share 0.3, not published"
+    add(p, padded(p, "detector-1.0.0.onnx", "b.onnx"), "1.2.0")
+    third = create()
+    assert sorted(f.name for f in patches.iterdir()) == [f"{third}.from-{second}.{METHOD}"], "from the newest older versions only"
+    assert first != second
