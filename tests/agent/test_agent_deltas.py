@@ -214,3 +214,14 @@ def test_revoking_a_version_removes_the_patches_to_and_from_it(versions, tmp_pat
         [PatchIdentity(v110.model, METHOD, 1, "a" * 64, v100.version, v100.sha256, v100.size, v110.version, v110.sha256, v110.size, 1)]
     )
     assert len(digest_patch) == 1 and tuf.repo.patches() == []
+
+
+def test_the_patch_memory_budget_is_an_agent_option(tmp_path):
+    from edgefleet_agent.__main__ import parse_args
+
+    common = ["--hub", str(tmp_path / "hub.sqlite"), "--device-id", "d", "--model", "detector", "--public-key", str(tmp_path / "k.pem")]
+    common += ["--state-dir", str(tmp_path / "state")]
+    assert parse_args(common).patch_memory_mb == 16.0
+    assert parse_args([*common, "--patch-memory-mb", "0"]).patch_memory_mb == 0.0  # 0: never use patches
+    with pytest.raises(SystemExit):
+        parse_args([*common, "--patch-memory-mb", "-1"])

@@ -13,8 +13,11 @@ import yaml
 
 from components.local.hub import LocalHub
 from components.local.up import up
+from components.trust.repository import TrustRepository
+from components.trust.storage import DirectoryStorage
 from edgefleet.model_add import add_version, parse_metric
 from edgefleet.synth import synth
+from edgefleet_agent.contract.digest import sha256_file
 from edgefleet_agent.contract.tuf import patch_path
 from edgefleet_agent.delta import METHOD
 
@@ -72,6 +75,9 @@ def test_devices_on_the_previous_version_take_the_patch(project):
         assert r.update == {"path": "delta", "bytes": size, "fallback": None}, (r.device_id, r.update)
     full = (p / STORE / "detector" / f"{third.progress['sha256']}.onnx").stat().st_size
     assert size < full / 4
+    # the patch is a signed target of the store's TUF repository, with its own length and digest
+    [signed] = TrustRepository(DirectoryStorage(p / STORE), None).patches()
+    assert (signed.from_version, signed.to_version, signed.size, signed.sha256) == ("1.1.0", "1.2.0", size, sha256_file(patch)[0])
 
 
 def test_under_pulumi_the_artifact_provider_publishes_patches_within_the_stacks_max_share(project, monkeypatch):
