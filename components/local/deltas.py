@@ -4,7 +4,8 @@ where a device derives it from the artifact's URI), listed in the signed targets
 
 A patch is published only when it is at most `edgefleet:delta.max_share` of the full artifact: a model whose every
 weight moved compresses to about 84% of itself, which saves too little to be worth rebuilding on the device. A patch is
-built once: a later run reads the existing file's header and digest instead.
+built once: a later run reads the existing file's header and digest instead; one over the share leaves
+`<name>.too-large` (its size) so that it is not built again until the share grows past it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ def patch_file(store: Path, model: str, from_sha256: str, to_sha256: str) -> Pat
     return Path(store) / patch_path(model, from_sha256, to_sha256, METHOD)
 
 
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".too-large")
+
+
+def too_large(path: Path) -> int | None:
+    """The size of a patch built before and found over the share (its file deleted), if one was."""
+    try:
+        return int(_marker(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def published_patch(store: Path, base: StoredVersion, target: StoredVersion) -> PatchIdentity | None:
     """The patch already in the store from `base` to `target`, if one is there and rebuilds exactly that pair."""
     path = patch_file(store, target.model, base.sha256, target.sha256)
@@ -102,19 +115,23 @@ def publish_patches(
         bases = older[-recent:] if recent > 0 else []
     else:
         wanted = list(dict.fromkeys(from_sha256s))
-        bases = [v for sha in wanted for v in versions if v.sha256 == sha][: len(wanted)]
+        bases = [v for sha in wanted for v in versions if v.sha256 == sha]
     out = []
     seen: set[str] = set()
     for base in bases:
         if base.sha256 == target.sha256 or base.sha256 in seen:
             continue
         seen.add(base.sha256)
+        path = patch_file(store, model, base.sha256, target.sha256)
+        known = too_large(path)
+        if known is not None and known > max_share * target.size:
+            continue  # built before and over the share: not built again unless the share grows past it
         patch = published_patch(store, base, target)
         if patch is None:
-            path = patch_file(store, model, base.sha256, target.sha256)
             info = make_patch(base.artifact, target.artifact, path)
             patch = _identity(base, target, info.size, info.sha256, read_header(path).memory_needed)
         if patch.size > max_share * target.size:
+            _marker(path).write_text(f"{patch.size}\n")
             log.info(
                 "%s: no patch %s -> %s: %d bytes is more than %.0f%% of the artifact's %d",
                 model,

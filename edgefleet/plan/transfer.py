@@ -67,13 +67,17 @@ def patch_estimate(
     if not cfg.delta.enabled:
         return out
     from components.delta import make_patch
+    from components.local.deltas import too_large
     from edgefleet_agent.contract.tuf import patch_path
     from edgefleet_agent.delta import METHOD
 
     store = Path(project_dir) / str(art.get("store") or "")
     published = store / patch_path(model, from_sha, to_sha, METHOD)
+    known = too_large(published)
     if published.is_file():
         out.update(state="published", patch_bytes=published.stat().st_size)
+    elif known is not None:
+        out.update(state="publishable", patch_bytes=known)  # built before and found over the share (checked below)
     else:
         with tempfile.TemporaryDirectory(prefix="edgefleet-plan-") as tmp:
             old = store / model / f"{from_sha}.onnx"

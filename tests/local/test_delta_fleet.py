@@ -60,7 +60,7 @@ def test_devices_on_the_previous_version_take_the_patch(project):
     # 1.0.0 shares nothing with the padded 1.1.0: its patch (about half the artifact: xz on the hex padding) is over
     # edgefleet:delta.max_share, so none is published
     assert all(r.update["path"] == "full" and r.update["fallback"] == "no signed patch from 1.0.0" for r in second.values()), second
-    assert not list((p / STORE / "detector" / "patches").glob("*"))
+    assert not list((p / STORE / "detector" / "patches").glob(f"*.{METHOD}"))
 
     add(p, padded(p, "detector-1.0.0.onnx", "b.onnx"), "1.2.0")
     third = run(p)
@@ -100,8 +100,10 @@ def test_under_pulumi_the_artifact_provider_publishes_patches_within_the_stacks_
     add(p, padded(p, "detector-1.1.0.onnx", "a.onnx"), "1.1.0")
     second = create()
     patches = p / STORE / "detector" / "patches"
-    assert not list(patches.glob("*")), "1.0.0 -> 1.1.0 shares nothing: over max_share 0.3, not published"
+    assert not list(patches.glob(f"*.{METHOD}")), "1.0.0 -> 1.1.0 shares nothing: over max_share 0.3, not published"
+    assert [f.name for f in patches.iterdir()] == [f"{second}.from-{first}.{METHOD}.too-large"], "remembered, so not built again"
     add(p, padded(p, "detector-1.0.0.onnx", "b.onnx"), "1.2.0")
     third = create()
-    assert sorted(f.name for f in patches.iterdir()) == [f"{third}.from-{second}.{METHOD}"], "from the newest older versions only"
+    published = sorted(f.name for f in patches.glob(f"*.{METHOD}"))
+    assert published == [f"{third}.from-{second}.{METHOD}"], "from the newest older versions only (1.0.0's is over the share)"
     assert first != second
