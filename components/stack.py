@@ -56,6 +56,20 @@ class TrustConfig(Strict):
     device_refresh_seconds: Annotated[float, Field(gt=0)] = 60.0
 
 
+class DeltaConfig(Strict):
+    """Delta updates (docs/deltas.md): on the local platform the store publishes, with each version, a patch from the
+    version(s) its rollout moves devices off, and devices holding that version download the patch instead."""
+
+    enabled: bool = Field(
+        default=True, description="publish patches with each version on the local platform (devices use them when they fit)"
+    )
+    max_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.9,
+        description="a patch is published only when its size is at most this share of the full artifact's; a larger one "
+        "saves too few bytes to be worth rebuilding on the device",
+    )
+
+
 Enforcement = Literal["advisory", "mandatory", "disabled"]
 
 
@@ -105,6 +119,7 @@ class StackCore(Strict):
     rollouts: list[RolloutConfig] = Field(default_factory=list)
     signing: SigningConfig = SigningConfig()
     trust: TrustConfig = TrustConfig()
+    delta: DeltaConfig = DeltaConfig()
     capture: CaptureDestination | None = None  # where rings' captured samples may go; None: declared nowhere
 
     def group(self, name: str) -> GroupConfig:

@@ -176,6 +176,13 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--metadata-refresh-seconds", type=float, default=60.0, help="retry period once the held timestamp expired")
     p.add_argument(
+        "--patch-memory-mb",
+        type=float,
+        default=16.0,
+        help="the most memory applying a delta patch may hold, in MiB (default 16; a cdc-xz-1 patch needs about 1.7); "
+        "a patch needing more, like any failed patch, means the full download (docs/deltas.md). 0: never use patches",
+    )
+    p.add_argument(
         "--providers",
         default="CPUExecutionProvider",
         help="execution providers in order of preference, comma-separated (CPU is always the last resort)",
@@ -245,6 +252,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --transport {t}")
     if (args.trusted_root is None) != (args.metadata_url is None):
         p.error("--trusted-root and --metadata-url go together (the first root and where the metadata is)")
+    if args.patch_memory_mb < 0:
+        p.error("--patch-memory-mb must be 0 or more")
     if args.install_only and (t != "greengrass" or not args.model):
         p.error("--install-only applies to --transport greengrass with --model only")
     models: list[str] = list(dict.fromkeys(args.model or []))
@@ -441,6 +450,7 @@ def run_single(args: argparse.Namespace, stop: threading.Event) -> int:
                 session_cache=cache,
                 trust=trusted_metadata(args, root, m),
                 capture_sink=LocalCaptureSink(capture_dir, m, args.device_id) if capture_dir is not None else None,
+                patch_memory_bytes=int(args.patch_memory_mb * (1 << 20)),
             )
             for m in args.models
         ]

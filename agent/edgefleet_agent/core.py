@@ -43,7 +43,9 @@ from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import REFERENCE_KIND, ModelManifest, parse_manifest_bytes, version_key
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
-from edgefleet_agent.contract.tuf import MetadataRefused
+from edgefleet_agent.contract.tuf import MetadataRefused, patch_uri
+from edgefleet_agent.delta import METHOD as PATCH_METHOD
+from edgefleet_agent.delta import PatchError, apply_patch
 from edgefleet_agent.download import DigestMismatch, FetchError, download
 from edgefleet_agent.serving import (
     InferenceFailed,
@@ -73,6 +75,7 @@ log = logging.getLogger("edgefleet.agent")
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
 MAX_DEFER_SECONDS = 900.0  # how long an application may hold back one swap, however often it asks
+PATCH_MEMORY_BYTES = 16 << 20  # what applying a patch may hold (docs/deltas.md); --patch-memory-mb
 
 
 class Refused(Exception):
@@ -140,6 +143,7 @@ class DeviceAgent:
         timer: Callable[[], float] = perf_counter,
         variant: str | None = None,
         device: DeviceFacts | None = None,
+        patch_memory_bytes: int = PATCH_MEMORY_BYTES,
     ) -> None:
         """`durable=False` skips fsyncs and the state-directory lock: for simulated devices in one process only.
         `session_cache` shares sessions between agents of one process. `refuse_invalid_warmup` refuses a model
@@ -150,7 +154,7 @@ class DeviceAgent:
         time.thread_time, the CPU time of the request's own thread, since its wall time on a machine shared by
         thousands of simulated devices would measure the others. `variant` asks for one build of each version (its
         kind); without it the agent installs the best build `device` can run (variants.py; default: what this machine
-        reports)."""
+        reports). `patch_memory_bytes`: the most memory applying a patch may hold (docs/deltas.md); 0 never tries one."""
         self.device_id = device_id
         self.timer = timer
         self.model = model
@@ -183,6 +187,9 @@ class DeviceAgent:
         self._capture_problem: str | None = None  # a capture setting this agent could not read
         self.variant = variant
         self._device = device
+        self.patch_memory_bytes = patch_memory_bytes
+        self._fetched: dict[str, object] | None = None  # how the last _fetch_slot got its file
+        self._update: dict[str, object] | None = None  # how the last install was fetched (the report's `update`)
 
     # -- what is served -------------------------------------------------------------------------------
     @property
@@ -464,11 +471,15 @@ class DeviceAgent:
         self._check_not_older(desired, manifest)
         build = self._build_for(manifest)
         slot = self.store.slot_name(manifest.version, manifest_bytes, build.kind)
+        self._fetched = None
         try:
             model_path = self._reusable_slot(slot, manifest_bytes)
+            fetched = None
             if model_path is None:
                 model_path = self._fetch_slot(desired, build, slot, manifest_bytes, signature_bytes)
+                fetched = self._fetched
             self._activate(SlotRef(slot, manifest.version, manifest.sha256), manifest, model_path)
+            self._update = fetched if fetched is not None else {"path": "reused", "bytes": 0, "fallback": None}
         except OSError as exc:
             raise Refused(
                 f"could not write {self.model} {manifest.version} under {self.store.root}: {exc.strerror or exc}", transient=True
@@ -567,15 +578,22 @@ class DeviceAgent:
         """Downloads only the chosen build and checks it exactly as the reference is checked: size, sha256, signature."""
         part = self.store.download_path(slot)
         uri = variant_uri(desired.uri, build.file) if build.kind != REFERENCE_KIND else desired.uri
-        try:
-            download(uri, part, expected_size=build.size, expected_sha256=build.sha256)
-        except DigestMismatch as exc:
-            what = "artifact" if build.kind == REFERENCE_KIND else f"{build.kind} variant"
-            raise Refused(
-                f"sha256 mismatch: the downloaded {what} has sha256 {exc.actual}, the signed manifest pins {exc.expected}"
-            ) from None
-        except FetchError as exc:
-            raise Refused(str(exc), transient=True) from None
+        patched, why = self._patched(desired, build, part)
+        if patched is not None:
+            self._fetched = {"path": "delta", "bytes": patched, "fallback": None}  # apply_patch checked sha256 and size
+        else:
+            if why is not None:
+                log.info("%s: downloading %s %s whole: %s", self.device_id, self.model, desired.version, why)
+            try:
+                download(uri, part, expected_size=build.size, expected_sha256=build.sha256)
+            except DigestMismatch as exc:
+                what = "artifact" if build.kind == REFERENCE_KIND else f"{build.kind} variant"
+                raise Refused(
+                    f"sha256 mismatch: the downloaded {what} has sha256 {exc.actual}, the signed manifest pins {exc.expected}"
+                ) from None
+            except FetchError as exc:
+                raise Refused(str(exc), transient=True) from None
+            self._fetched = {"path": "full", "bytes": build.size, "fallback": why}
         pause_point("downloaded")
         try:
             verify_artifact(manifest_bytes, signature_bytes, part, self._trusted, uri, build.kind)
@@ -583,6 +601,48 @@ class DeviceAgent:
             part.unlink(missing_ok=True)
             raise Refused(f"the downloaded artifact does not verify: {exc.problem}") from None
         return self.store.commit_slot(slot, part, manifest_bytes, signature_bytes)
+
+    def _patched(self, desired: DesiredModel, build: Build, part: Path) -> tuple[int | None, str | None]:
+        """Rebuilds the reference artifact into `part` from the verified version served and a patch (docs/deltas.md).
+        (patch bytes, None) when it did; (None, why not) when a patch was looked for and not used; (None, None) when
+        none applies (nothing verified served, a variant, deltas off). Never trusts the rebuilt file beyond what
+        apply_patch checked (the signed sha256 and size); _fetch_slot verifies it as a download."""
+        serving = self._serving
+        if (
+            serving is None
+            or self.patch_memory_bytes <= 0
+            or build.kind != REFERENCE_KIND
+            or serving.ref.sha256 == build.sha256
+            or self.store.slot_kind(serving.ref.slot) != REFERENCE_KIND
+        ):
+            return None, None
+        base, _, _ = self.store.slot_files(serving.ref.slot)
+        old = serving.ref.sha256
+        expected_size: int | None = None
+        expected_sha256: str | None = None
+        if self._trust is not None:  # only a patch the signed targets list, checked by its own length and sha256
+            signed = self._trust.patch(self.model, old, build.sha256, PATCH_METHOD)
+            if signed is None:
+                return None, f"no signed patch from {serving.ref.version}"
+            if signed.memory_bytes > self.patch_memory_bytes:
+                return None, f"the patch needs {signed.memory_bytes} bytes of memory, more than the {self.patch_memory_bytes} allowed"
+            expected_size, expected_sha256 = signed.size, signed.sha256
+        patch_file = part.with_name(part.name + ".patch")
+        try:
+            digest = download(patch_uri(desired.uri, old, build.sha256, PATCH_METHOD), patch_file, expected_size=expected_size)
+            if expected_sha256 is not None and digest != expected_sha256:
+                return None, f"the downloaded patch has sha256 {digest[:12]}…, the signed targets list {expected_sha256[:12]}…"
+            size = patch_file.stat().st_size
+            apply_patch(base, patch_file, part, build.sha256, build.size, max_memory_bytes=self.patch_memory_bytes)
+        except FetchError as exc:
+            return None, f"patch not fetched: {_first_line(exc)}"
+        except PatchError as exc:
+            return None, f"patch refused ({exc.reason}): {exc.problem[:300]}"
+        except OSError as exc:
+            return None, f"patch not applied: {exc.strerror or exc}"
+        finally:
+            patch_file.unlink(missing_ok=True)
+        return size, None
 
     def _activate(self, ref: SlotRef, manifest: ModelManifest, model_path: Path) -> None:
         loaded, key = self._load(manifest, model_path)
@@ -840,6 +900,7 @@ class DeviceAgent:
             labelled=labelled.to_json() if labelled else None,
             captured=captured.captured,
             capture_failed=captured.failed or None,
+            update=self._update,
         )
 
     def report(self) -> None:

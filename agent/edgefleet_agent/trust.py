@@ -41,7 +41,7 @@ from tuf.api.metadata import Metadata, Root, Timestamp
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
-from edgefleet_agent.contract.tuf import NOT_A_TARGET, MetadataRefused, target_mismatches, target_path
+from edgefleet_agent.contract.tuf import NOT_A_TARGET, MetadataRefused, PatchIdentity, patch_path, target_mismatches, target_path
 
 __all__ = ["NOT_A_TARGET", "MetadataRefused", "S3Fetcher", "TrustedMetadata", "UrlFetcher", "load_root"]
 
@@ -189,6 +189,7 @@ class TrustedMetadata:
         self._fresh: _Fresh | None = None
         self._stale: str | None = None
         self._last_attempt = float("-inf")
+        self._checked: Updater | None = None  # the refresh the last check() passed on: patches are looked up in it
 
     # -- what a report says ---------------------------------------------------------------------------------------
     @property
@@ -290,6 +291,25 @@ class TrustedMetadata:
         )
         if problems:
             raise MetadataRefused(f"the signed target {path} does not match the desired state: " + "; ".join(problems), transient=False)
+        self._checked = updater
+
+    def patch(self, model: str, from_sha256: str, to_sha256: str, method: str) -> PatchIdentity | None:
+        """The signed patch from one artifact to another, in the metadata the last `check` verified (docs/deltas.md);
+        None when there is none, or it does not describe exactly that pair."""
+        updater = self._checked
+        if updater is None:
+            return None
+        try:
+            info = updater.get_targetinfo(patch_path(model, from_sha256, to_sha256, method))
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
+            log.info("no signed patch: %s", classify(exc))
+            return None
+        if info is None:
+            return None
+        patch = PatchIdentity.from_target(info.length, info.hashes, info.custom)
+        if patch is None or (patch.model, patch.method, patch.from_sha256, patch.to_sha256) != (model, method, from_sha256, to_sha256):
+            return None
+        return patch
 
 
 def load_root(path: Path) -> bytes:

@@ -37,6 +37,8 @@ class ArtifactProps(Props):
     sha256: str
     size: int
     manifest: str
+    delta_max_share: float | None = None  # given only when the stack sets edgefleet:delta (docs/deltas.md)
+    delta_enabled: bool = True
 
 
 class _Idempotent(ResourceProvider):
@@ -92,6 +94,14 @@ class ArtifactProvider(_Idempotent):
         repo = repository_for_uri(published.uri, signer)  # none yet: `edgefleet fleet run` makes it, listing the store
         if repo is not None:
             repo.add_targets([identity(published.desired(""))])
+        if p.delta_enabled:  # patches from the newest older versions in the store (docs/deltas.md)
+            from components.local.deltas import publish_patches
+            from components.stack import DeltaConfig
+
+            share = p.delta_max_share if p.delta_max_share is not None else DeltaConfig().max_share
+            patches = publish_patches(Path(p.store), published.model, published.sha256, None, share)
+            if repo is not None and patches:
+                repo.add_patches(patches)
         return CreateResult(
             id_=f"{published.model}@{published.version}+{published.sha256[:12]}",
             outs={**props, "uri": published.uri, "signature": published.signature_text},

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from components.local.captures import store_root
+from components.local.deltas import publish_patches
 from components.local.fleet import LocalFleet, exclusive, local_devices, lock_path, register
 from components.local.hub import LocalHub
 from components.local.plan import decide, engine_for
@@ -237,6 +238,8 @@ def _up(
                 )
             )
         else:
+            if abort is None and cfg.delta.enabled:
+                publish_rollout_patches(hub, repo, project_dir / cfg.local.store, decision, wanted, cfg.delta.max_share)
             plan = plan_for(d.config.name, decision, wanted, signer)
             changed = rings_changed(decision.record, plan) if decision.action == "resume" and decision.record else None
             if changed is not None:  # before the fleet starts: nothing is touched
@@ -292,6 +295,23 @@ def _up(
                 )
             )
     return outcomes
+
+
+def rollout_bases(hub: LocalHub, decision: Decision, wanted: DesiredModel) -> list[str]:
+    """The artifacts a rollout moves devices off: the version its plan names as previous, and what its rings run now."""
+    shas = [decision.previous.sha256] if decision.previous is not None else []
+    for ring in decision.rings:
+        now = hub.desired(ring.target)
+        if now is not None and now.model == wanted.model:
+            shas.append(now.sha256)
+    return [s for s in dict.fromkeys(shas) if s != wanted.sha256]
+
+
+def publish_rollout_patches(hub: LocalHub, repo: Any, store: Path, decision: Decision, wanted: DesiredModel, max_share: float) -> None:
+    """A patch from each version the rollout moves devices off to the declared one (docs/deltas.md), signed as targets."""
+    patches = publish_patches(store, wanted.model, wanted.sha256, rollout_bases(hub, decision, wanted), max_share)
+    if patches:
+        repo.add_patches(patches)
 
 
 def restore_rollback(hub: LocalHub, decision: Decision) -> list[str]:

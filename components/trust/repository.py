@@ -18,7 +18,8 @@ timestamp last, so a device reading while a rollout publishes sees one repositor
 
 Revocation: removing a version's target (new targets, snapshot and timestamp versions). Its record stays inside the
 signed targets under `x-edgefleet-revoked` (who, why, when), so a device can say why it refuses, and so that publishing
-the same artifact again (`edgefleet up` with a version a gate rejected) cannot silently put it back.
+the same artifact again (`edgefleet up` with a version a gate rejected) cannot silently put it back. Patches to and from
+a revoked version (docs/deltas.md) leave the targets with it, and are never listed again.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from components.trust.storage import MetadataStorage
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.signing import Signer
 from edgefleet_agent.contract.state import DesiredModel
-from edgefleet_agent.contract.tuf import TargetIdentity, manifest_digest, target_path
+from edgefleet_agent.contract.tuf import PatchIdentity, TargetIdentity, is_patch_target, manifest_digest, target_path
 
 REVOKED_FIELD = "x-edgefleet-revoked"
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
@@ -104,7 +105,7 @@ class TrustRepository:
         return dict(self.targets().signed.unrecognized_fields.get(REVOKED_FIELD) or {})
 
     def state(self) -> dict[str, Any]:
-        """What `edgefleet trust show` prints: each role's version and expiry, the targets, the revoked."""
+        """What `edgefleet trust show` prints: each role's version and expiry, the targets, the patches, the revoked."""
         root = self.root()
         out: dict[str, Any] = {"url": self.storage.url, "roles": {}}
         for role, md in (("root", root), *((r, self._read(r)) for r in ONLINE_ROLES)):
@@ -117,7 +118,8 @@ class TrustRepository:
                 "keyids": list(keys.keyids),
             }
         targets = self.targets().signed
-        out["targets"] = {path: (TargetIdentity.from_custom(t.custom).__dict__ if t.custom else {}) for path, t in targets.targets.items()}
+        out["targets"] = {path: _describe(t) for path, t in targets.targets.items() if not is_patch_target(t.custom)}
+        out["patches"] = {p.path: p.__dict__ for p in self.patches()}  # docs/deltas.md
         out["revoked"] = self.revoked()
         return out
 
@@ -180,6 +182,38 @@ class TrustRepository:
             self._publish(signed, current.signed)
         return refused
 
+    def add_patches(self, patches: Iterable[PatchIdentity]) -> list[str]:
+        """Lists each patch as a target (docs/deltas.md). Never one that starts or ends at a revoked version, nor one
+        whose versions are not both listed: returns the paths it refused."""
+        current = self.targets()
+        signed = copy.deepcopy(current.signed)
+        revoked = list((signed.unrecognized_fields.get(REVOKED_FIELD) or {}).values())
+        refused, changed = [], False
+        for patch in patches:
+            ends = ((patch.from_version, patch.from_sha256), (patch.to_version, patch.to_sha256))
+            gone = any(patch.links(r.get("model", ""), r.get("version", ""), r.get("sha256", "")) for r in revoked)
+            listed = all(target_path(patch.model, v, sha) in signed.targets for v, sha in ends)
+            if gone or not listed:
+                refused.append(patch.path)
+                continue
+            want = _patch_file(patch)
+            have = signed.targets.get(patch.path)
+            if have is None or have.to_dict() != want.to_dict():
+                signed.targets[patch.path] = want
+                changed = True
+        if changed:
+            self._publish(signed, current.signed)
+        return refused
+
+    def patches(self) -> list[PatchIdentity]:
+        """The patches the signed targets list."""
+        out = []
+        for t in self.targets().signed.targets.values():
+            patch = PatchIdentity.from_target(t.length, t.hashes, t.custom) if is_patch_target(t.custom) else None
+            if patch is not None:
+                out.append(patch)
+        return out
+
     def publish_desired(self, desired: DesiredModel) -> list[str]:
         """Lists a declared version (its artifact and exact manifest) as a target: what a ring gate does before it
         deploys. Returns the paths refused because they were revoked."""
@@ -188,15 +222,19 @@ class TrustRepository:
         )
 
     def revoke(self, model: str, version: str, sha256: str, reason: str) -> bool:
-        """Removes the artifact's target and records why. True if anything changed."""
+        """Removes the artifact's target, and every patch to or from it, and records why. True if anything changed."""
         current = self.targets()
         path = target_path(model, version, sha256)
         revoked = dict(current.signed.unrecognized_fields.get(REVOKED_FIELD) or {})
-        if path not in current.signed.targets and path in revoked:
+        linked = [p.path for p in self.patches() if p.links(model, version, sha256)]
+        if path not in current.signed.targets and path in revoked and not linked:
             return False
         signed = copy.deepcopy(current.signed)
         signed.targets.pop(path, None)
-        revoked[path] = {"model": model, "version": version, "sha256": sha256, "reason": reason[:500], "at": self.now().isoformat()}
+        for patch_path in linked:
+            signed.targets.pop(patch_path, None)
+        if path not in revoked or path in current.signed.targets:
+            revoked[path] = {"model": model, "version": version, "sha256": sha256, "reason": reason[:500], "at": self.now().isoformat()}
         signed.unrecognized_fields[REVOKED_FIELD] = revoked
         self._publish(signed, current.signed)
         return True
@@ -323,6 +361,16 @@ def _target_file(ident: TargetIdentity) -> TargetFile:
         path=target_path(ident.model, ident.version, ident.sha256),
         unrecognized_fields={"custom": ident.custom()},
     )
+
+
+def _patch_file(patch: PatchIdentity) -> TargetFile:
+    return TargetFile(length=patch.size, hashes={"sha256": patch.sha256}, path=patch.path, unrecognized_fields={"custom": patch.custom()})
+
+
+def _describe(t: TargetFile) -> dict[str, Any]:
+    """A version's target as `edgefleet trust show` prints it."""
+    ident = TargetIdentity.from_custom(t.custom)
+    return ident.__dict__ if ident is not None else {}
 
 
 def key_of(signer: Signer) -> Key:

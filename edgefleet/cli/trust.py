@@ -107,5 +107,10 @@ def show_cmd(
         console.print(f"  {role:9} v{r['version']:<4} expires {r['expires']}{flag}  threshold {r['threshold']}", highlight=False)
     for path, ident in state["targets"].items():
         console.print(escape(f"  target {path}: {ident.get('model')} {ident.get('version')}"), soft_wrap=True)
+    for path, patch in state.get("patches", {}).items():
+        console.print(
+            escape(f"  patch {path}: {patch['model']} {patch['from_version']} -> {patch['to_version']}, {patch['size']} bytes"),
+            soft_wrap=True,
+        )
     for path, why in state["revoked"].items():
         console.print(escape(f"  revoked {why['model']} {why['version']} ({path}) at {why['at']}: {why['reason']}"), soft_wrap=True)

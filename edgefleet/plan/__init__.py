@@ -15,6 +15,7 @@ from edgefleet.plan.diff import ACTIONS, diff_models, diff_resources, diff_rollo
 from edgefleet.plan.markdown import COMMENT_MARKER, render_markdown
 from edgefleet.plan.membership import membership
 from edgefleet.plan.policy import policy_settings, run_policy
+from edgefleet.plan.transfer import add_transfer
 from edgefleet.plan.worktree import base_graph
 from policies.graph import Graph
 
@@ -40,6 +41,8 @@ def compute_plan(
     counts = {a: sum(1 for e in resources if e["action"] == a) for a in ACTIONS}
     models = diff_models(base_g.models(), head_g.models())
     rollouts = diff_rollouts(base_g, head_g, base_m, head_m)
+    if project_dir is not None:
+        add_transfer(base, head, rollouts, Path(project_dir), base_ref)  # bytes per ring, full and with deltas
     return {
         "format": PLAN_FORMAT,
         "project": head.get("project"),

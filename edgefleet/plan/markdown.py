@@ -162,6 +162,7 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
             "control group the rings' quality is compared with, then follows once the last gate passes.",
             "",
         ]
+    lines += _transfer_md(r)
     for row in r["rings"]:
         if row["changes"]:
             lines.append(f"- ring `{row['name']}` changed: {', '.join(row['changes'])}")
@@ -179,6 +180,38 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
             f"for at least {first['soak_seconds']:g}s before ring `{r['rings'][1]['name'] if len(r['rings']) > 1 else '—'}` sees it.",
         ]
     return lines + [""]
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,} B"
+
+
+def _transfer_md(r: dict[str, Any]) -> list[str]:
+    """Bytes each ring ships, full and with the delta patch (edgefleet/plan/transfer.py)."""
+    d = r.get("delta")
+    if not d:
+        return []
+    why = {
+        "published": f"the store's published patch from {d['from_version']}, {_size(d['patch_bytes'] or 0)}",
+        "publishable": f"a patch from {d['from_version']} that `edgefleet up` will publish, {_size(d['patch_bytes'] or 0)}",
+        "too large": f"the patch from {d['from_version']} ({_size(d['patch_bytes'] or 0)}) is over edgefleet:delta.max_share "
+        f"({fmt_share(d['max_share'])}), so devices download the full artifact",
+        "unavailable": f"no patch: the artifact of {d['from_version']} is not in the local store or at the base ref",
+        "disabled": "deltas are off (edgefleet:delta.enabled)",
+    }[d["state"]]
+    rings = "; ".join(
+        f"`{row['name']}` {_size(row['bytes_full'])} full, {_size(row['bytes_delta'])} with deltas"
+        for row in r["rings"]
+        if "bytes_full" in row
+    )
+    return [
+        "",
+        f"Bytes to ship, each device assumed on {d['from_version']} ({_size(d['artifact_bytes'])} artifact; {why}): {rings}. "
+        f"In all: **{_size(d['bytes_full'])} full, {_size(d['bytes_delta'])} with deltas**.",
+    ]
 
 
 def _share(row: Mapping[str, Any]) -> str:

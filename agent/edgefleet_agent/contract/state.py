@@ -31,7 +31,7 @@ def _unwritten_defaults(body: dict[str, Any]) -> dict[str, Any]:
     gets exactly the bytes it always read."""
     if body.get("format") == 1:
         del body["format"]
-    for name in ("shadow", "capture", "capture_failed", "variant"):
+    for name in ("shadow", "capture", "capture_failed", "variant", "update"):
         if name in body and body[name] is None:
             del body[name]
     if isinstance(body.get("shadow"), dict):
@@ -141,6 +141,9 @@ class DeviceReport:
     captured: int = 0  # samples captured in the window (opt-in, docs/capture.md)
     capture_failed: int | None = None  # captures whose write failed in the window; written only when some did
     variant: str | None = None  # the build served (agent 0.4.0): fp32 (the reference), int8, fp16; unwritten when None
+    # how the last install was fetched (docs/deltas.md): {"path": "delta" | "full" | "reused", "bytes": n,
+    # "fallback": why no patch was used, or null}; unwritten when None (nothing installed since the agent started)
+    update: dict[str, Any] | None = None
     format: int = REPORT_FORMAT
 
     def to_json(self) -> str:

@@ -127,3 +127,98 @@ def target_mismatches(
     if ident.manifest_sha256 != want:
         out.append(f"manifest sha256 {ident.manifest_sha256[:12]}… in the signed targets vs {want[:12]}… desired")
     return out
+
+
+# -- patches (docs/deltas.md): a file that rebuilds one artifact from another, listed beside the versions -------------
+PATCH_KIND = "patch"
+
+
+def patch_name(from_sha256: str, to_sha256: str, method: str) -> str:
+    """A patch's file name: the two artifacts' digests and the format, so a device can derive it from what it holds."""
+    return f"{to_sha256}.from-{from_sha256}.{method}"
+
+
+def patch_path(model: str, from_sha256: str, to_sha256: str, method: str) -> str:
+    """The TUF target path of a patch, and its path under the store's root: `<model>/patches/<name>`."""
+    return f"{model}/patches/{patch_name(from_sha256, to_sha256, method)}"
+
+
+def patch_uri(artifact_uri: str, from_sha256: str, to_sha256: str, method: str) -> str:
+    """Where a patch to an artifact is published: `patches/` beside the artifact (the store's `<model>/` folder)."""
+    base, sep, _ = artifact_uri.partition("?")[0].rpartition("/")
+    query = artifact_uri.partition("?")[2]
+    uri = f"{base}/patches/{patch_name(from_sha256, to_sha256, method)}" if sep else f"patches/{patch_name(from_sha256, to_sha256, method)}"
+    return f"{uri}?{query}" if query else uri
+
+
+@dataclass(frozen=True)
+class PatchIdentity:
+    """A published patch as the signed targets list it: its own length and sha256, and the two versions it links."""
+
+    model: str
+    method: str
+    size: int
+    sha256: str
+    from_version: str
+    from_sha256: str
+    from_size: int
+    to_version: str
+    to_sha256: str
+    to_size: int
+    memory_bytes: int
+
+    @property
+    def path(self) -> str:
+        return patch_path(self.model, self.from_sha256, self.to_sha256, self.method)
+
+    def custom(self) -> dict[str, Any]:
+        return {CUSTOM_KEY: {"kind": PATCH_KIND, **{k: getattr(self, k) for k in PATCH_FIELDS if k not in ("size", "sha256")}}}
+
+    @classmethod
+    def from_target(cls, length: int, hashes: Mapping[str, str], custom: Mapping[str, Any] | None) -> PatchIdentity | None:
+        """The patch a signed target describes; None for a target that is not a well-formed patch."""
+        body = (custom or {}).get(CUSTOM_KEY)
+        if not isinstance(body, Mapping) or body.get("kind") != PATCH_KIND or "sha256" not in hashes:
+            return None
+        try:
+            return cls(
+                model=str(body["model"]),
+                method=str(body["method"]),
+                size=int(length),
+                sha256=str(hashes["sha256"]),
+                from_version=str(body["from_version"]),
+                from_sha256=str(body["from_sha256"]),
+                from_size=int(body["from_size"]),
+                to_version=str(body["to_version"]),
+                to_sha256=str(body["to_sha256"]),
+                to_size=int(body["to_size"]),
+                memory_bytes=int(body["memory_bytes"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def links(self, model: str, version: str, sha256: str) -> bool:
+        """True if this patch starts or ends at that version of that model (revoking it removes the patch)."""
+        return self.model == model and (
+            (self.from_version, self.from_sha256) == (version, sha256) or (self.to_version, self.to_sha256) == (version, sha256)
+        )
+
+
+PATCH_FIELDS = (
+    "model",
+    "method",
+    "size",
+    "sha256",
+    "from_version",
+    "from_sha256",
+    "from_size",
+    "to_version",
+    "to_sha256",
+    "to_size",
+    "memory_bytes",
+)
+
+
+def is_patch_target(custom: Mapping[str, Any] | None) -> bool:
+    body = (custom or {}).get(CUSTOM_KEY)
+    return isinstance(body, Mapping) and body.get("kind") == PATCH_KIND
