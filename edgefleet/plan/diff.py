@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 from edgefleet.plan.membership import Membership
 from edgefleet.plan.replace import follow_moved_providers, replace_keys, top_key
+from edgefleet.plan.variants import Hardware, parse_manifest, ring_variants
+from edgefleet_agent.contract.manifest import ModelManifest
 from policies.compatibility import compare_io, signature_text
 from policies.graph import ROLLOUT, Graph, dig, manifest_of, ring_name
 from policies.models import how, metrics_of, same_dataset
@@ -186,6 +188,8 @@ def _ring_rows(
     base_rings: Mapping[str, dict],
     base_counts: Mapping[str, int] | None,
     counted: str | None = None,
+    manifest: ModelManifest | None = None,
+    hardware: Mapping[str, Mapping[Hardware, int]] | None = None,
 ) -> list[dict]:
     groups = g.groups()
     rows, cumulative = [], 0
@@ -208,6 +212,7 @@ def _ring_rows(
             status = "changed"
         if devices is not None:
             cumulative += devices
+        builds = _builds(manifest, (hardware or {}).get(name), dig(groups.get(inputs.get("group"), {}), "inputs", "hardware"))
         rows.append(
             {
                 "index": inputs.get("index"),
@@ -229,9 +234,24 @@ def _ring_rows(
                 "gate_summary": gate_summary(inputs.get("gate") or {}),
                 "status": status,
                 "changes": changes,
+                **builds,
             }
         )
     return rows
+
+
+def _builds(manifest: ModelManifest | None, counted: Mapping[Hardware, int] | None, profile: Any) -> dict[str, Any]:
+    """The ring's `variants` ({kind: {devices, bytes, size}}: which build how many of its devices get, as each device
+    chooses) and `no_variant_fits` (devices that fit none, with why), where the manifest and the devices' hardware
+    are known: counted devices, else the group's hardware profile with counts unknown before deploy."""
+    if manifest is None:
+        return {}
+    if counted is None:
+        if not isinstance(profile, Mapping) or not {"arch", "execution_providers", "memory_mb"} <= set(profile):
+            return {}
+        counted = {(profile["arch"], tuple(profile["execution_providers"]), int(profile["memory_mb"])): None}  # type: ignore[dict-item]
+    variants, unfit = ring_variants(manifest, counted)
+    return {"variants": variants, **({"no_variant_fits": unfit} if unfit else {})}
 
 
 def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Membership) -> list[dict[str, Any]]:
@@ -243,8 +263,21 @@ def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Memb
         base_rings = {ring_name(r): r for r in base_g.rings(old)} if old else {}
         counted = head_m.counted(name)
         stack_fleet = head_m.fleet if counted == "local" else None  # declared sizes are of this rollout's rings only
+        model = head_g.models().get(inputs.get("model"))
+        manifest = parse_manifest(manifest_of(model)) if model is not None else None
+        if manifest is not None and (manifest.version, manifest.sha256) != (inputs.get("version"), inputs.get("sha256")):
+            manifest = None  # the rollout ships another version than the model declares: no builds to show
         rows = _ring_rows(
-            head_g, ro, head_m.rings.get(name), head_m.rollout_devices.get(name), stack_fleet, base_rings, base_m.rings.get(name), counted
+            head_g,
+            ro,
+            head_m.rings.get(name),
+            head_m.rollout_devices.get(name),
+            stack_fleet,
+            base_rings,
+            base_m.rings.get(name),
+            counted,
+            manifest,
+            (head_m.hardware or {}).get(name),
         )
         removed = [n for n in base_rings if n not in {r["name"] for r in rows}]
         version_changed = (
