@@ -148,3 +148,21 @@ def test_an_agent_that_reads_format_2_refuses_a_desired_state_with_variants_by_n
         _known_fields(DesiredModel, doc, "desired state", 2)
     assert "variants" not in DesiredModel(**body).to_json(), "a desired state without variants is written as before"
     assert DesiredModel.from_json(with_variants.to_json()) == with_variants
+
+
+def test_the_ring_gate_declares_the_same_variants_the_rings_configuration_writes(tmp_path):
+    """The gate compares the ring's configuration with what it declares and sets it again on a retry: both must list
+    the variants, or the gate would take its own ring for another version and write the variants away."""
+    from components.azure.hub import AzureRingGateProps
+
+    _, m, text = model_with_variants(tmp_path)
+    uri = f"https://efdev.blob.core.windows.net/models/detector/{m.sha256}.onnx"
+    p = AzureRingGateProps.model_construct(
+        model="detector", version=m.version, sha256=m.sha256, size=m.size, manifest=text, uri=uri, signature="s"
+    )
+    assert p.declared().variants == mf.desired_variants(m, uri) and p.declared().format == 3
+    reference = (REPO / "models" / "detector" / "model.yaml").read_text()
+    plain = AzureRingGateProps.model_construct(
+        model="detector", version="1.0.0", sha256="a" * 64, size=1, manifest=reference, uri=uri, signature="s"
+    )
+    assert plain.declared().variants is None
