@@ -49,7 +49,6 @@ from components.azure.manifest import (
     RING_LABEL,
     RingDeploymentSpec,
     desired_from_configuration,
-    desired_variants,
     metric_where,
     ring_configuration,
 )
@@ -61,9 +60,7 @@ from components.rollout.hub import WallClock
 from components.rollout.progress import Progress, rollout_id
 from components.rollout.quality import ShadowSummary, Summary
 from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, RingObservation, RingTarget
-from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.iotedge import class_key, model_key
-from edgefleet_agent.contract.manifest import parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.contract.telemetry import CONFIDENCE_BINS, OTHER
 
@@ -506,16 +503,6 @@ class AzureRingGateProps(RingGateProps):
     blob_endpoint: str | None = None  # rollout records; the gate needs these two and key_url unless it is handed a
     progress_container: str | None = None  # progress store and a signer (tests)
     key_url: str | None = None
-
-    def declared(self) -> DesiredModel:
-        """The declared artifact with its variants listed where the stack published them (manifest.desired_variants),
-        exactly as the ring's Configuration resource writes it: the gate compares with it and sets it again."""
-        d = super().declared()
-        try:
-            manifest = parse_manifest_bytes(self.manifest.encode(), "the ring gate's manifest")
-        except EdgefleetError:
-            return d  # the agent refuses it, saying why
-        return replace(d, variants=desired_variants(manifest, self.uri))
 
 
 def desired_from_props(props: Mapping[str, Any]) -> DesiredModel:

@@ -633,16 +633,11 @@ def ring_labels(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, st
 
 
 def desired_variants(manifest: Any, reference_uri: str) -> list[dict[str, Any]] | None:
-    """The desired state's `variants` for a version (kind order, as the twin gives them back): each build's blob,
-    content-addressed beside the reference's (`<model>/<sha256>.onnx`, published by providers.publish_artifact); None
-    for a version without variants."""
-    if not manifest.variants:
-        return None
-    folder = reference_uri.rpartition("/")[0]
-    return [
-        {"kind": v.kind, "uri": f"{folder}/{v.sha256}.onnx", "sha256": v.sha256, "size": v.size}
-        for v in sorted(manifest.variants, key=lambda v: v.kind)
-    ]
+    """The desired state's `variants` for a version: each build's blob, content-addressed beside the reference's
+    (`<model>/<sha256>.onnx`, published by providers.publish_artifact; components/props.py published_variants)."""
+    from components.props import published_variants
+
+    return published_variants(manifest, reference_uri)
 
 
 def ring_configuration(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, Any]:

@@ -330,3 +330,31 @@ def test_a_desired_state_that_lists_variants_is_fetched_from_there_as_an_azure_t
     assert report.status == "failed" and report.version is None
     assert f"the desired state lists the {wanted.kind} variant with sha256 {'0' * 64}" in (report.error or "")
     agent.close()
+
+
+def test_the_local_store_publishes_each_build_under_its_digest_and_the_desired_state_lists_them(tmp_path, keys, with_builds):
+    """`edgefleet up` and the local platform publish every build content-addressed beside the reference, so a later
+    version's int8 never replaces an earlier one's (a rollback finds its own), and the hub's desired state lists them."""
+    from agent_testkit import MODEL, FakeTransport
+
+    from components.local.store import publish
+    from edgefleet_agent.contract.manifest import ModelDir
+    from edgefleet_agent.contract.state import DesiredModel
+    from edgefleet_agent.core import DeviceAgent
+
+    model_dir, m, _ = with_builds
+    published = publish(
+        tmp_path / "store", ModelDir(model_dir).manifest_bytes().decode(), model_dir / m.file, keys.signer, "models/detector"
+    )
+    desired = DesiredModel.from_json(published.desired("").to_json())  # as the local hub stores and hands it out
+    assert desired is not None and desired.format == 3
+    assert sorted(v["kind"] for v in desired.variants or []) == sorted(v.kind for v in m.variants)
+    for v in m.variants:
+        assert (tmp_path / "store" / MODEL / f"{v.sha256}.onnx").read_bytes() == (model_dir / v.file).read_bytes()
+    small = DeviceFacts("cam-5", "amd64", ("CPUExecutionProvider",), 200)
+    (tmp_path / "store" / MODEL / f"{m.sha256}.onnx").unlink()  # only the chosen build is fetched
+    agent = DeviceAgent("cam-5", MODEL, tmp_path / "state", keys.pem, FakeTransport(desired), durable=False, device=small)
+    assert agent.sync()
+    report = agent.build_report()
+    assert report.status == "ok" and report.variant == choose(m, small).kind, report.error
+    agent.close()
