@@ -10,7 +10,22 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from components.rollout.engine import RingPlan
 from components.rollout.spec import RingConfig
 from components.rollout.types import RingTarget
+from edgefleet_agent.contract.errors import EdgefleetError
+from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel
+
+
+def published_variants(manifest: ModelManifest, reference_uri: str) -> list[dict[str, Any]] | None:
+    """The desired state's `variants` for a version (kind order): every platform that publishes a version's builds
+    publishes each content-addressed beside the reference (`<folder>/<sha256>.onnx`: the local store, S3, Azure blobs),
+    so devices fetch only the build they choose, and a rollback finds each version's own. None without variants."""
+    if not manifest.variants:
+        return None
+    folder = reference_uri.rpartition("/")[0]
+    return [
+        {"kind": v.kind, "uri": f"{folder}/{v.sha256}.onnx", "sha256": v.sha256, "size": v.size}
+        for v in sorted(manifest.variants, key=lambda v: v.kind)
+    ]
 
 
 class ProviderInputError(RuntimeError):
@@ -57,7 +72,12 @@ class RingGateProps(Props):
         return [RingConfig.model_validate(r, strict=False) for r in self.rings]
 
     def declared(self) -> DesiredModel:
-        """The declared artifact; its rollout id is the decision's (components/rollout/decide.py)."""
+        """The declared artifact, with its variants where the stack published them (published_variants); its rollout id
+        is the decision's (components/rollout/decide.py)."""
+        try:
+            variants = published_variants(parse_manifest_bytes(self.manifest.encode(), "the ring gate's manifest"), self.uri)
+        except EdgefleetError:
+            variants = None  # the agent refuses the manifest, saying why
         return DesiredModel(
             model=self.model,
             version=self.version,
@@ -66,6 +86,7 @@ class RingGateProps(Props):
             uri=self.uri,
             manifest=self.manifest,
             signature=self.signature,
+            variants=variants,
         )
 
     def ring_plans(self, selectors: list[Any]) -> tuple[RingPlan, ...]:

@@ -120,6 +120,20 @@ def variant_uri(reference_uri: str, file: str) -> str:
     return f"{base}{sep}{file}" if sep else file
 
 
+def build_uri(desired: DesiredModel, build: Build) -> str:
+    """Where to fetch `build`: the reference at the desired URI; a variant where the desired state lists it (Azure's
+    twin, format 3), else beside the reference. A listed digest that is not the signed one is refused before fetching."""
+    if build.kind == REFERENCE_KIND:
+        return desired.uri
+    listed = desired.variant_uri(build.kind)
+    if listed is None:
+        return variant_uri(desired.uri, build.file)
+    uri, sha256 = listed
+    if sha256 != build.sha256:
+        raise Refused(f"the desired state lists the {build.kind} variant with sha256 {sha256}, the signed manifest pins {build.sha256}")
+    return uri
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
@@ -577,7 +591,7 @@ class DeviceAgent:
     def _fetch_slot(self, desired: DesiredModel, build: Build, slot: str, manifest_bytes: bytes, signature_bytes: bytes) -> Path:
         """Downloads only the chosen build and checks it exactly as the reference is checked: size, sha256, signature."""
         part = self.store.download_path(slot)
-        uri = variant_uri(desired.uri, build.file) if build.kind != REFERENCE_KIND else desired.uri
+        uri = build_uri(desired, build)
         patched, why = self._patched(desired, build, part)
         if patched is not None:
             self._fetched = {"path": "delta", "bytes": patched, "fallback": None}  # apply_patch checked sha256 and size

@@ -187,7 +187,20 @@ def check_aws_recipes(cfg: StackConfig, project_dir: Path, stack: str) -> list[t
         model_c, agent_c = naming.model_component(manifest.name), naming.agent_component
         uri = f"s3://{'b' * 63}/{model_key(manifest.name, manifest.sha256)}"
         for what, recipe in (
-            ("model", model_recipe(model_c, manifest, text, signature, uri, agent_c, cfg.aws.agent_version)),
+            (
+                "model",
+                model_recipe(
+                    model_c,
+                    manifest,
+                    text,
+                    signature,
+                    uri,
+                    agent_c,
+                    cfg.aws.agent_version,
+                    {v.kind: f"s3://{'b' * 63}/{model_key(manifest.name, v.sha256)}" for v in manifest.variants},
+                    [g.hardware for g in cfg.groups if g.name in on_aws],
+                ),
+            ),
             ("agent", agent_recipe(agent_c, cfg.aws.agent_version, image, cfg.aws.metric_namespace, standin_public_key_pem())),
         ):
             errors = recipe_errors(recipe)

@@ -504,19 +504,51 @@ class AwsPlatform(Platform):
             metadata=objects,
             opts=self.opts(parent, **keep),
         )
+        # each variant beside it, content-addressed by its own digest: the recipe's manifests pick one per hardware
+        variants = [
+            providers.ModelArtifact(
+                f"{n}-artifact-{v.kind}",
+                {
+                    "region": self.aws.region,
+                    "bucket": bucket.bucket,
+                    "key": model_key(manifest.name, v.sha256),
+                    "source": str(source.parent / v.file),
+                    "sha256": v.sha256,
+                    "size": v.size,
+                    "kms_key": st.key.arn,
+                    "model": manifest.name,
+                    "version": manifest.version,
+                },
+                child(parent, **keep),
+            )
+            for v in manifest.variants
+        ]
+        kinds = [v.kind for v in manifest.variants]
+        on_aws = aws_groups(self.stack)
+        hardware = [g.hardware for g in self.stack.groups if g.name in on_aws]
         uri = art.uri
         model_component = self.naming.model_component(manifest.name)
         agent_cv = self.fleet(base).agent
         model_cv = aws_native.greengrassv2.ComponentVersion(
             f"{n}-model-component",
-            inline_recipe=pulumi.Output.all(uri, sig.signature).apply(
+            inline_recipe=pulumi.Output.all(uri, sig.signature, *(v.uri for v in variants)).apply(
                 lambda a: recipe_text(
-                    model_recipe(model_component, manifest, manifest_text, a[1], a[0], self.naming.agent_component, self.aws.agent_version)
+                    model_recipe(
+                        model_component,
+                        manifest,
+                        manifest_text,
+                        a[1],
+                        a[0],
+                        self.naming.agent_component,
+                        self.aws.agent_version,
+                        dict(zip(kinds, a[2:], strict=True)),
+                        hardware,
+                    )
                 )
             ),
             tags={"edgefleet:model": manifest.name, "edgefleet:version": manifest.version, "edgefleet:sha256": manifest.sha256},
             # Greengrass reads the artifact to compute its digest when the version is created: the object must exist
-            opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[art, man, sig_obj, agent_cv]),
+            opts=self.opts(parent, native=True, retain_on_delete=True, depends_on=[art, *variants, man, sig_obj, agent_cv]),
         )
         return PublishOutputs(
             uri=uri,

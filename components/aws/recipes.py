@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 from components.aws.plan import GG_ARCH
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -52,7 +52,8 @@ from edgefleet_agent.contract.greengrass import (
     VERDICT_REFUSED,
 )
 from edgefleet_agent.contract.iotedge import ENDPOINT_PORT
-from edgefleet_agent.contract.manifest import ModelManifest
+from edgefleet_agent.contract.manifest import REFERENCE_KIND, HardwareProfile, ModelManifest
+from edgefleet_agent.variants import Build, DeviceFacts, NoVariantFits, builds, choose
 
 RECIPE_FORMAT = "2020-01-25"
 PUBLISHER = "edgefleet"
@@ -66,6 +67,9 @@ AGENT_PORT = ENDPOINT_PORT
 STARTUP_TIMEOUT_SECONDS = 900  # copy the artifact, then the agent verifies, loads and warms the model up
 VERDICT_WAIT_SECONDS = 840  # the Startup script gives up (exit 4) before the nucleus kills it, saying why
 EXIT_REFUSED, EXIT_NO_VERDICT = 3, 4
+# the custom platform attribute a core device declares its hardware profile by (the nucleus's `platformOverride`,
+# docs/aws.md#variants): a version with variants has a recipe manifest per profile carrying only that profile's build
+HARDWARE_ATTRIBUTE = "edgefleet.hardware"
 # model component's Setenv: name -> its configuration key (DESIRED_FILES' values); the script writes each to a file
 DESIRED_ENV = {"EDGEFLEET_HANDOFF_" + name.upper().replace(".", "_").replace("-", "_"): key for name, key in DESIRED_FILES.items()}
 
@@ -75,21 +79,32 @@ def handoff_dir(agent_component: str, model: str) -> str:
     return f"{{{agent_component}:work:path}}/{HANDOFF_DIR}/{HANDOFF_MODELS}/{model}"
 
 
-def startup_script(agent_component: str, manifest: ModelManifest) -> str:
+def startup_script(agent_component: str, manifest: ModelManifest, chosen: list[Build] | None = None) -> str:
     """POSIX sh (no Python on the host): copy the artifact, commit the desired state, wait for the agent's verdict.
 
     Values come from the environment (Setenv), never spliced into the script, so a manifest's quotes or newlines
     cannot break it; only the work path, the model name and the sha256 (both restricted to safe characters) are.
     """
-    artifact = f"{manifest.sha256}.onnx"
     env = dict(zip(DESIRED_FILES, DESIRED_ENV, strict=True))
     writes = [f'printf \'%s\' "${var}" > "$d/{name}"' for name, var in env.items()]
+    copies = []
+    for build in chosen if chosen is not None else [None]:
+        if build is None or build.kind == REFERENCE_KIND:  # content-addressed: copied once
+            artifact = f"{manifest.sha256}.onnx"
+            copies += [
+                f'a="$m/{ARTIFACTS_DIR}/{artifact}"',
+                f'if [ ! -f "$a" ]; then cp "{{artifacts:path}}/{artifact}" "$a.tmp.$$"; mv -f "$a.tmp.$$" "$a"; fi',
+            ]
+        else:  # where the agent looks for a variant (beside the reference, by its file name): this version's, every time
+            copies += [
+                f'a="$m/{ARTIFACTS_DIR}/{build.file}"',
+                f'cp "{{artifacts:path}}/{build.sha256}.onnx" "$a.tmp.$$"; mv -f "$a.tmp.$$" "$a"',
+            ]
     lines = [
         "set -eu",
         f'm="{handoff_dir(agent_component, manifest.name)}"',
         f'mkdir -p "$m/{ARTIFACTS_DIR}"',
-        f'a="$m/{ARTIFACTS_DIR}/{artifact}"',
-        f'if [ ! -f "$a" ]; then cp "{{artifacts:path}}/{artifact}" "$a.tmp.$$"; mv -f "$a.tmp.$$" "$a"; fi',
+        *copies,
         'serial="$(date +%s)-$$"',
         f'd="$m/{DESIRED_PREFIX}$serial"',
         'rm -rf "$d"',
@@ -132,6 +147,51 @@ def shutdown_script(agent_component: str, model: str) -> str:
     return f'm="{handoff_dir(agent_component, model)}"; if [ -d "$m" ]; then : > "$m/{STOPPED}"; fi\n'
 
 
+def _artifact(uri: str) -> dict[str, Any]:
+    return {"URI": uri, "Unarchive": "NONE", "Permission": {"Read": "OWNER", "Execute": "NONE"}}
+
+
+def variant_manifests(
+    agent_component: str,
+    manifest: ModelManifest,
+    lifecycle: Callable[[list[Build]], dict[str, Any]],
+    uris: Mapping[str, str],
+    hardware: Sequence[HardwareProfile],
+) -> list[dict[str, Any]]:
+    """The recipe's manifests for a version with variants, most specific first (the nucleus takes the first whose
+    platform the device matches). First one per hardware profile of the stack's AWS groups, keyed on the device's
+    HARDWARE_ATTRIBUTE (set by the nucleus's `platformOverride`) and its architecture, carrying only the build the
+    device chooses on that hardware (edgefleet_agent/variants.py `choose`, the agent's own choice, so both agree);
+    then one per architecture for a device that declares no profile, carrying every build that architecture can run,
+    from which the agent chooses. A profile that fits no build gets no manifest of its own."""
+    out: list[dict[str, Any]] = []
+    for hw in sorted(hardware, key=lambda h: h.name):
+        try:
+            build = choose(manifest, DeviceFacts(hw.name, hw.arch, tuple(hw.execution_providers), hw.memory_mb))
+        except NoVariantFits:
+            continue
+        arch = GG_ARCH[hw.arch]
+        out.append(
+            {
+                "Name": f"linux-{arch}-{hw.name}-{build.kind}",
+                "Platform": {"os": "linux", "architecture": arch, HARDWARE_ATTRIBUTE: hw.name},
+                "Lifecycle": lifecycle([build]),
+                "Artifacts": [_artifact(uris[build.kind])],
+            }
+        )
+    for arch in sorted({GG_ARCH[t.arch] for t in manifest.targets}):
+        runnable = [b for b in builds(manifest) if any(GG_ARCH[a] == arch for a in b.requires.arch)]
+        out.append(
+            {
+                "Name": f"linux-{arch}",
+                "Platform": {"os": "linux", "architecture": arch},
+                "Lifecycle": lifecycle(runnable),
+                "Artifacts": [_artifact(uris[b.kind]) for b in runnable],
+            }
+        )
+    return out
+
+
 def model_recipe(
     component: str,
     manifest: ModelManifest,
@@ -140,19 +200,46 @@ def model_recipe(
     artifact_uri: str,
     agent_component: str,
     agent_version: str,
+    variant_uris: Mapping[str, str] | None = None,
+    hardware: Sequence[HardwareProfile] = (),
 ) -> dict[str, Any]:
     """The model's artifact and configuration, and the lifecycle that hands them to the device's agent.
 
     One manifest per architecture the model targets, so a deployment to hardware the model was not built
-    for fails on the device instead of running it.
+    for fails on the device instead of running it. A version with variants (`variant_uris`: kind -> its S3 URI) gets
+    a manifest per hardware profile of the stack's AWS groups with only the build that hardware gets first
+    (variant_manifests), so the nucleus downloads one build, not all.
     """
     arches = sorted({GG_ARCH[t.arch] for t in manifest.targets})
-    artifact = {"URI": artifact_uri, "Unarchive": "NONE", "Permission": {"Read": "OWNER", "Execute": "NONE"}}
-    lifecycle = {
-        "Setenv": {var: f"{{configuration:/{key}}}" for var, key in DESIRED_ENV.items()},
-        "Startup": {"Script": startup_script(agent_component, manifest), "Timeout": STARTUP_TIMEOUT_SECONDS, "RequiresPrivilege": False},
-        "Shutdown": {"Script": shutdown_script(agent_component, manifest.name), "RequiresPrivilege": False},
-    }
+    artifact = _artifact(artifact_uri)
+
+    def lifecycle(chosen: list[Build] | None = None) -> dict[str, Any]:
+        return {
+            "Setenv": {var: f"{{configuration:/{key}}}" for var, key in DESIRED_ENV.items()},
+            "Startup": {
+                "Script": startup_script(agent_component, manifest, chosen),
+                "Timeout": STARTUP_TIMEOUT_SECONDS,
+                "RequiresPrivilege": False,
+            },
+            "Shutdown": {"Script": shutdown_script(agent_component, manifest.name), "RequiresPrivilege": False},
+        }
+
+    if manifest.variants:
+        missing = [v.kind for v in manifest.variants if v.kind not in (variant_uris or {})]
+        if missing:
+            raise EdgefleetError(
+                f"Greengrass recipe {component}",
+                f"{manifest.name} {manifest.version} has variants {', '.join(missing)} with no published artifact URI",
+                "this is an edgefleet bug: publish every variant beside the reference before building the recipe",
+            )
+        manifests = variant_manifests(
+            agent_component, manifest, lifecycle, {REFERENCE_KIND: artifact_uri, **(variant_uris or {})}, hardware
+        )
+    else:
+        manifests = [
+            {"Name": f"linux-{arch}", "Platform": {"os": "linux", "architecture": arch}, "Lifecycle": lifecycle(), "Artifacts": [artifact]}
+            for arch in arches
+        ]
     return {
         "RecipeFormatVersion": RECIPE_FORMAT,
         "ComponentName": component,
@@ -179,10 +266,7 @@ def model_recipe(
                 "RolloutId": "",
             }
         },
-        "Manifests": [
-            {"Name": f"linux-{arch}", "Platform": {"os": "linux", "architecture": arch}, "Lifecycle": lifecycle, "Artifacts": [artifact]}
-            for arch in arches
-        ],
+        "Manifests": manifests,
     }
 
 

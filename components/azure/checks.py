@@ -178,6 +178,7 @@ def check_azure_manifests(cfg: StackConfig, project_dir: Path, registry_password
             signature=signature,
             uri=f"https://{STANDIN_ACCOUNT}.blob.core.windows.net/models/{m.name}/{m.sha256}.onnx",
         )
+        d = DesiredModel(**{**d.__dict__, "variants": mf.desired_variants(m, d.uri)})
         d = DesiredModel(**{**d.__dict__, "rollout": rollout_id(r.name, d)})
         conditions = mf.ring_conditions(
             [(dict(g.labels), list(g.devices), dict(ring.labels)) for g, ring in zip(groups, r.rings, strict=True)]

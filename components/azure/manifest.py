@@ -268,6 +268,20 @@ AGENT_DESIRED_SCHEMA: dict[str, Any] = {
                 "ring": {"type": "string", "minLength": 1},
                 "rollbackOrder": {"type": "string", "minLength": 1},
                 "rollbackSignature": {"type": "string", "minLength": 1},
+                "variants": {
+                    "type": "object",
+                    "propertyNames": {"pattern": "^[a-z0-9]{1,16}$"},
+                    "additionalProperties": {
+                        "type": "object",
+                        "required": ["uri", "sha256", "size"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "uri": {"type": "string", "pattern": "^https://"},
+                            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                            "size": {"type": "integer", "minimum": 1},
+                        },
+                    },
+                },
             },
             "dependencies": {"rollbackOrder": ["rollbackSignature"], "rollbackSignature": ["rollbackOrder"]},
         }
@@ -616,6 +630,14 @@ def ring_labels(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, st
         "edgefleet-version": desired.version,
         "edgefleet-kind": "rollback" if desired.is_rollback else "ring",
     }
+
+
+def desired_variants(manifest: Any, reference_uri: str) -> list[dict[str, Any]] | None:
+    """The desired state's `variants` for a version: each build's blob, content-addressed beside the reference's
+    (`<model>/<sha256>.onnx`, published by providers.publish_artifact; components/props.py published_variants)."""
+    from components.props import published_variants
+
+    return published_variants(manifest, reference_uri)
 
 
 def ring_configuration(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, Any]:

@@ -447,6 +447,7 @@ class AzurePlatform(Platform):
                 uri=uri,
                 manifest=model.manifest_text,
                 signature=signature,
+                variants=mf.desired_variants(manifest, uri),
             )
             d = DesiredModel(**{**d.__dict__, "rollout": rollout_id(spec.rollout.name, d)})
             props = mf.ring_configuration(mf.RingDeploymentSpec.from_json(ring_specs[spec.index]), d)

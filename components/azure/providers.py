@@ -119,7 +119,35 @@ def _publish(p: ModelArtifactProps, source: Any, signer: Any, container: Any) ->
         signature = sign_bytes(signer, manifest).to_bytes()
         container.upload_blob(f"{base}.yaml", manifest, overwrite=True)
         container.upload_blob(f"{base}.yaml.sig", signature, overwrite=True)
+    _publish_variants(p, source, container)
     return {"uri": f"{p.blob_endpoint.rstrip('/')}/{p.container}/{base}.onnx", "signature": signature.decode()}
+
+
+def _publish_variants(p: ModelArtifactProps, source: Any, container: Any) -> None:
+    """Each variant the signed manifest lists, from beside the reference's file, content-addressed by its own digest
+    (`<model>/<sha256>.onnx`, where manifest.desired_variants points devices); checked against its pin first."""
+    from pathlib import Path
+
+    from edgefleet_agent.contract.digest import same_file_digest
+    from edgefleet_agent.contract.errors import EdgefleetError
+    from edgefleet_agent.contract.manifest import parse_manifest_bytes
+
+    try:
+        variants = parse_manifest_bytes(p.manifest.encode(), p.source).variants
+    except EdgefleetError:
+        return  # the reference's own checks (and the agent) say what is wrong with the manifest
+    for v in variants:
+        file = Path(source).parent / v.file
+        problem = same_file_digest(file, v.sha256, v.size)
+        if problem:
+            raise EdgefleetError(
+                str(file), f"refusing to publish the {v.kind} variant: {problem}", "build it again with `edgefleet model variant add`"
+            )
+        name = f"{p.model}/{v.sha256}.onnx"
+        held = next(iter(container.list_blobs(name_starts_with=name, include=["metadata"])), None)
+        if held is None or held.name != name or (held.metadata or {}).get("sha256") != v.sha256:
+            with open(file, "rb") as fh:
+                container.upload_blob(name, fh, overwrite=True, metadata={"sha256": v.sha256, "version": p.version, "variant": v.kind})
 
 
 class ModelArtifactProvider(ResourceProvider):

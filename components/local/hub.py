@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from components.rollout.membership import Device
-from components.rollout.observe import ObserveMemo, SoakWindows, control_summary, observe_reports
+from components.rollout.observe import ObserveMemo, SoakWindows, control_summaries, control_summary, observe_reports
 from components.rollout.quality import Summary
 from components.rollout.types import RingObservation, RingTarget
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -205,6 +205,13 @@ class LocalHub(AgentHub):
         devices = sorted({d for t in targets for d in t.selector})
         memo = self._observed.setdefault(("control", *(f"{t.rollout}/{t.ring}" for t in targets)), ObserveMemo())
         return control_summary(devices, self._control_windows.summed(self.reports(desired.model, devices), since), desired, since, memo)
+
+    def summarize_variants(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> dict[str, Summary]:
+        """The control group per build its devices report serving (FleetHub's optional summarize_variants), from the
+        memo `summarize` keeps: what changed since the last poll."""
+        devices = sorted({d for t in targets for d in t.selector})
+        memo = self._observed.setdefault(("control", *(f"{t.rollout}/{t.ring}" for t in targets)), ObserveMemo())
+        return control_summaries(devices, self._control_windows.summed(self.reports(desired.model, devices), since), desired, since, memo)
 
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None:
         row = self._db().execute("SELECT progress FROM progress WHERE rollout_id=?", (rollout_id,)).fetchone()

@@ -1,6 +1,7 @@
 """The local model store: a directory of content-addressed artifacts with their manifests and signatures.
 
-Layout: <store>/<model>/<sha256>.onnx, <sha256>.yaml (the exact manifest bytes), <sha256>.yaml.sig.
+Layout: <store>/<model>/<sha256>.onnx, <sha256>.yaml (the exact manifest bytes), <sha256>.yaml.sig, and each variant
+of a version under its own digest, <variant sha256>.onnx, which the desired state lists (DesiredModel.variants).
 Publishing verifies the artifact against its manifest before copying, and reuses an existing signature
 when it still verifies (ECDSA signatures differ on every signing; a stable one keeps re-runs no-ops).
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from components.props import published_variants
 from edgefleet_agent.contract.artifact import verify_artifact
 from edgefleet_agent.contract.digest import same_file_digest
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -28,6 +31,7 @@ class Published:
     size: int
     version: str
     model: str
+    variants: list[dict[str, Any]] | None = None  # each build's file URI, content-addressed beside the reference
 
     def desired(self, rollout: str) -> DesiredModel:
         return DesiredModel(
@@ -39,6 +43,7 @@ class Published:
             manifest=self.manifest_text,
             signature=self.signature_text,
             rollout=rollout,
+            variants=self.variants,
         )
 
 
@@ -51,6 +56,15 @@ def publish(store: Path, manifest_text: str, artifact: Path, signer: Signer, sou
     dest = folder / f"{manifest.sha256}.onnx"
     if same_file_digest(dest, manifest.sha256, manifest.size) is not None:
         atomic_copy(Path(artifact), dest)
+    for v in manifest.variants:  # each build under its own digest: a rollback finds that version's, not a later one's
+        built = Path(artifact).parent / v.file
+        problem = same_file_digest(built, v.sha256, v.size)
+        if problem:
+            raise EdgefleetError(
+                str(built), f"refusing to publish the {v.kind} variant: {problem}", "build it again with `edgefleet model variant add`"
+            )
+        if same_file_digest(folder / f"{v.sha256}.onnx", v.sha256, v.size) is not None:
+            atomic_copy(built, folder / f"{v.sha256}.onnx")
     manifest_path = folder / f"{manifest.sha256}.yaml"
     sig_path = folder / f"{manifest.sha256}.yaml.sig"
     manifest_bytes = manifest_text.encode()
@@ -73,4 +87,5 @@ def publish(store: Path, manifest_text: str, artifact: Path, signer: Signer, sou
         size=manifest.size,
         version=manifest.version,
         model=manifest.name,
+        variants=published_variants(manifest, dest.resolve().as_uri()),
     )

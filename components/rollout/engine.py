@@ -352,7 +352,9 @@ class RolloutEngine:
         control = None
         if ring.control and plan.previous is not None and (needs_control(ring.gate, shadowed) or ring.gate.max_latency_ratio is not None):
             control = self.hub.summarize(ring.control, plan.previous, since)
-        return QualityContext(phase=phase, control=control, shadowed=shadowed)
+        per_build = getattr(self.hub, "summarize_variants", None)  # optional: hubs that see which build each device runs
+        variant_controls = tuple(per_build(ring.control, plan.previous, since).items()) if control is not None and per_build else ()
+        return QualityContext(phase=phase, control=control, shadowed=shadowed, variant_controls=variant_controls)
 
     def _begin_rollback(self, plan: RolloutPlan, progress: Progress, ring_state: RingRecord, reason: str) -> None:
         """Every ring touched so far goes back to the last good version, under a rollback order signed for `reason`;

@@ -10,6 +10,7 @@ criteria, the serve phase `soak_seconds` on the others (`QualityContext.phase`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from components.rollout.quality import QualityContext, judge, quality_offenders
@@ -102,12 +103,54 @@ def quality_text(q: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def for_variant(ctx: QualityContext, kind: str) -> QualityContext:
+    """The context one build's devices are judged in: compared with the control devices of the same build, where the
+    control group has any (else with the whole control group)."""
+    control = dict(ctx.variant_controls).get(kind)
+    return ctx if control is None else replace(ctx, control=control)
+
+
 def evaluate(
     gate: GateConfig, obs: RingObservation, since_deploy: float, soak_started: float | None, now: float, ctx: QualityContext | None = None
 ) -> Verdict:
-    """`soak_started` is when adoption was first met (None: not yet). Times in seconds on the hub's clock. `ctx`: the
-    phase and what quality is compared with (None: the serve phase, no control group)."""
+    """The ring's verdict, judging each build's devices on their own: a bad int8 build cannot hide behind good fp32
+    devices. `soak_started` is when the ring's adoption was first met (None: not yet). Times in seconds on the hub's
+    clock. `ctx`: the phase and what quality is compared with (None: the serve phase, no control group).
+
+    Where the devices that adopted or failed the version report more than one build (`obs.variants`), the ring's gate
+    is applied to the ring as a whole and to every build's devices (each compared with the control devices of its
+    own build, `for_variant`); the ring fails as soon as one of them fails, naming the build and its measured values,
+    and passes only once all of them pass. A ring of one build is judged as one, against that build's control."""
     ctx = ctx or QualityContext()
+    if len(obs.variants) == 1:
+        return _evaluate_one(gate, obs, since_deploy, soak_started, now, for_variant(ctx, obs.variants[0][0]))
+    whole = _evaluate_one(gate, obs, since_deploy, soak_started, now, ctx)
+    if not obs.variants:
+        return whole
+    judged = [(kind, _evaluate_one(gate, o, since_deploy, soak_started, now, for_variant(ctx, kind))) for kind, o in obs.variants]
+    whole.measured["variants"] = {kind: v.measured for kind, v in judged}
+    failed = [(kind, v) for kind, v in judged if v.outcome == "fail"]
+    if failed:
+        reasons = [f"variant {kind} ({v.measured['devices']} devices): {why}" for kind, v in failed for why in v.reasons]
+        if whole.outcome == "fail":
+            reasons += [f"whole ring: {why}" for why in whole.reasons]
+        named = [{**o, "variant": kind} for kind, v in failed for o in v.offenders] + (whole.offenders if whole.outcome == "fail" else [])
+        notes = list(dict.fromkeys(whole.notes + [n for _, v in failed for n in v.notes]))
+        return Verdict("fail", reasons, whole.measured, named[:MAX_OFFENDERS], notes)
+    if whole.outcome != "pass":
+        return whole
+    waiting = [(kind, v) for kind, v in judged if v.outcome != "pass"]
+    if waiting:
+        return Verdict("soak", [f"variant {kind}: {why}" for kind, v in waiting for why in v.reasons], whole.measured, notes=whole.notes)
+    return Verdict(
+        "pass", whole.reasons + [f"variant {kind}: {v.reasons[0]}" for kind, v in judged if v.reasons], whole.measured, notes=whole.notes
+    )
+
+
+def _evaluate_one(
+    gate: GateConfig, obs: RingObservation, since_deploy: float, soak_started: float | None, now: float, ctx: QualityContext
+) -> Verdict:
+    """One set of devices (a ring, or one build's devices in it) judged by the ring's gate."""
     m = measure(obs)
     shadow = ctx.phase == "shadow"
     q = judge(gate, obs.summary, ctx) if gate.quality or shadow else None

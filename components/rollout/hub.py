@@ -28,6 +28,10 @@ class FleetHub(Protocol):
         group a ring's quality is compared with (devices still on the previous version, over the same window)."""
         ...
 
+    # Optional: a hub that sees which build (variant) each device serves also offers
+    #   summarize_variants(targets, desired, since) -> dict[str, Summary]
+    # the same control group per build, so that each build's devices are compared with their own (gate.evaluate).
+
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None: ...
 
     def save_progress(self, rollout_id: str, progress: dict[str, Any]) -> None:

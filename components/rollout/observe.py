@@ -76,6 +76,7 @@ class _Device:
     parts: tuple[Any, ...] | None = None  # telemetry_of(report), adopted devices with telemetry
     summary: Summary | None = None  # that device's own
     rates: tuple[tuple[str, float], ...] = ()  # (metric, value) of OFFENDER_METRICS in its window, adopted devices
+    variant: str | None = None  # the build it reported serving (adopted, failed devices); None: unknown or not grouped
 
 
 def _device(r: DeviceReport | None, desired: DesiredModel | None, since: float) -> _Device:
@@ -83,7 +84,7 @@ def _device(r: DeviceReport | None, desired: DesiredModel | None, since: float) 
     if r is None or not fresh:
         return _Device("pending", fresh)
     if failed_on(r, desired):
-        return _Device("failed", True, r.error or "failed")
+        return _Device("failed", True, r.error or "failed", variant=r.variant)
     if not is_on(r, desired):
         return _Device("pending", True)
     rates: list[tuple[str, float]] = []
@@ -93,11 +94,11 @@ def _device(r: DeviceReport | None, desired: DesiredModel | None, since: float) 
         rates.append(("error_rate", round(r.errors / r.inferences, 6)))
         rates.append(("invalid_output_share", round(r.invalid_outputs / r.inferences, 6)))
     if not has_telemetry(r):
-        return _Device("adopted", True, rates=tuple(rates))
+        return _Device("adopted", True, rates=tuple(rates), variant=r.variant)
     parts = telemetry_of(r)
     one = Telemetry()
     one.add(*parts)
-    return _Device("adopted", True, parts=parts, summary=one.summary(), rates=tuple(rates))
+    return _Device("adopted", True, parts=parts, summary=one.summary(), rates=tuple(rates), variant=r.variant)
 
 
 class ObserveMemo:
@@ -108,11 +109,18 @@ class ObserveMemo:
         self.key: tuple[DesiredModel | None, float] | None = None
         self.seen: dict[str, tuple[DeviceReport, _Device]] = {}
         self.total = RunningTelemetry()
+        self.by_variant: dict[str, RunningTelemetry] = {}  # the same sums per reported variant (devices that report one)
 
     def begin(self, desired: DesiredModel | None, since: float) -> None:
         """A poll starts: another desired state or phase starts the ring's memory over."""
         if self.key is None or self.key[1] != since or self.key[0] != desired:
-            self.key, self.seen, self.total = (desired, since), {}, RunningTelemetry()
+            self.key, self.seen, self.total, self.by_variant = (desired, since), {}, RunningTelemetry(), {}
+
+    def _add(self, seen: _Device, sign: int) -> None:
+        assert seen.parts is not None
+        self.total.add(seen.parts, sign)
+        if seen.variant is not None:
+            self.by_variant.setdefault(seen.variant, RunningTelemetry()).add(seen.parts, sign)
 
     def device(self, dev: str, r: DeviceReport | None, desired: DesiredModel | None, since: float) -> _Device:
         held = self.seen.get(dev)
@@ -120,9 +128,9 @@ class ObserveMemo:
             return held[1]
         seen = _device(r, desired, since)
         if held is not None and held[1].parts is not None:
-            self.total.add(held[1].parts, -1)
+            self._add(held[1], -1)
         if seen.parts is not None:
-            self.total.add(seen.parts)
+            self._add(seen, 1)
         if r is None:
             self.seen.pop(dev, None)
         else:
@@ -142,6 +150,83 @@ def control_summary(
     return replace(memo.total.summary(), devices=on)
 
 
+class _Tally:
+    """The sums of one observation (a ring, or one variant's devices in it) as devices are added."""
+
+    def __init__(self) -> None:
+        self.devices = self.adopted = self.failed = self.reporting = self.inferences = self.errors = self.invalid = 0
+        self.p99s: list[float] = []
+        self.failures: list[tuple[str, str]] = []
+        self.pending: list[str] = []
+        self.per_device: dict[str, list[tuple[str, float]]] = {k: [] for k in OFFENDER_METRICS}
+        self.total = Telemetry()
+        self.summaries: list[tuple[str, Summary]] = []
+
+    def add(self, dev: str, seen: _Device, r: DeviceReport | None, sum_telemetry: bool) -> None:
+        self.devices += 1
+        if seen.fresh:
+            self.reporting += 1
+        if seen.state == "failed":
+            self.failed += 1
+            self.failures.append((dev, seen.error))
+        elif seen.state == "adopted":
+            assert r is not None
+            self.adopted += 1
+            self.inferences += r.inferences
+            self.errors += r.errors
+            self.invalid += r.invalid_outputs
+            if r.p99_latency_ms is not None:
+                self.p99s.append(r.p99_latency_ms)
+            for metric, value in seen.rates:
+                self.per_device[metric].append((dev, value))
+            if seen.parts is not None and seen.summary is not None:
+                if sum_telemetry:
+                    self.total.add(*seen.parts)
+                self.summaries.append((dev, seen.summary))
+        else:
+            self.pending.append(dev)
+
+    def observation(self, summed: Summary | None, variants: tuple[tuple[str, RingObservation], ...] = ()) -> RingObservation:
+        p99s = sorted(self.p99s)
+        return RingObservation(
+            devices=self.devices,
+            adopted=self.adopted,
+            failed=self.failed,
+            reporting=self.reporting,
+            inferences=self.inferences,
+            errors=self.errors,
+            invalid_outputs=self.invalid,
+            p99_latency_ms=p99s[min(len(p99s) - 1, int(len(p99s) * 0.99))] if p99s else None,
+            failures=tuple(self.failures[:50]),
+            pending=tuple(self.pending[:50]),
+            offenders=_worst(self.per_device),
+            summary=(summed if summed is not None else self.total.summary()) if self.summaries else None,
+            device_summaries=tuple(self.summaries),
+            variants=variants,
+        )
+
+
+def control_summaries(
+    devices: Iterable[str], reports: dict[str, DeviceReport], desired: DesiredModel, since: float, memo: ObserveMemo | None = None
+) -> dict[str, Summary]:
+    """control_summary per build the devices on `desired` report serving (kind: summary); devices that report none
+    are left out. With the memo control_summary keeps, at the cost of what changed since the last poll."""
+    on: dict[str, int] = {}
+    if memo is None:
+        groups: dict[str, list[DeviceReport]] = {}
+        for d in devices:
+            r = reports.get(d)
+            if r is not None and r.variant is not None and r.reported_at >= since and is_on(r, desired):
+                groups.setdefault(r.variant, []).append(r)
+        return {k: summarize(rs) for k, rs in sorted(groups.items())}
+    memo.begin(desired, since)
+    for d in devices:
+        seen = memo.device(d, reports.get(d), desired, since)
+        if seen.state == "adopted" and seen.variant is not None:
+            on[seen.variant] = on.get(seen.variant, 0) + 1
+    return {k: replace((memo.by_variant.get(k) or RunningTelemetry()).summary(), devices=n) for k, n in sorted(on.items())}
+
+
 def observe_reports(
     devices: list[str],
     reports: dict[str, DeviceReport],
@@ -151,58 +236,28 @@ def observe_reports(
 ) -> RingObservation:
     """Classifies each device of a ring against `desired`. Shared by every platform that sees per-device reports.
 
+    The devices that adopted or failed the desired state and report the build they serve (`DeviceReport.variant`)
+    are also observed per build, in `RingObservation.variants` (kind order), so that a gate judges each build's
+    devices on their own (gate.evaluate_variants); devices still pending belong to no build yet.
+
     With `memo` (kept by the caller between polls of one ring, whose devices do not change), a device whose report
     is the very object seen at the last poll, under the same desired state and phase, is not parsed, summarized or
     summed again: a poll of a 10,000-device ring costs what changed since the last one."""
-    adopted = failed = reporting = inferences = errors = invalid = 0
-    p99s: list[float] = []
-    failures: list[tuple[str, str]] = []
-    pending: list[str] = []
-    per_device: dict[str, list[tuple[str, float]]] = {k: [] for k in OFFENDER_METRICS}
-    total = Telemetry()
-    summaries: list[tuple[str, Summary]] = []
+    ring = _Tally()
+    kinds: dict[str, _Tally] = {}
     if memo is not None:
         memo.begin(desired, since)
     for dev in devices:
         r = reports.get(dev)
         seen = memo.device(dev, r, desired, since) if memo is not None else _device(r, desired, since)
-        if seen.fresh:
-            reporting += 1
-        if seen.state == "failed":
-            failed += 1
-            failures.append((dev, seen.error))
-        elif seen.state == "adopted":
-            assert r is not None
-            adopted += 1
-            inferences += r.inferences
-            errors += r.errors
-            invalid += r.invalid_outputs
-            if r.p99_latency_ms is not None:
-                p99s.append(r.p99_latency_ms)
-            for metric, value in seen.rates:
-                per_device[metric].append((dev, value))
-            if seen.parts is not None and seen.summary is not None:
-                if memo is None:
-                    total.add(*seen.parts)
-                summaries.append((dev, seen.summary))
-        else:
-            pending.append(dev)
-    p99s.sort()
-    return RingObservation(
-        devices=len(devices),
-        adopted=adopted,
-        failed=failed,
-        reporting=reporting,
-        inferences=inferences,
-        errors=errors,
-        invalid_outputs=invalid,
-        p99_latency_ms=p99s[min(len(p99s) - 1, int(len(p99s) * 0.99))] if p99s else None,
-        failures=tuple(failures[:50]),
-        pending=tuple(pending[:50]),
-        offenders=_worst(per_device),
-        summary=(memo.total.summary() if memo is not None else total.summary()) if summaries else None,
-        device_summaries=tuple(summaries),
+        ring.add(dev, seen, r, memo is None)
+        if seen.variant is not None and seen.state != "pending":
+            kinds.setdefault(seen.variant, _Tally()).add(dev, seen, r, memo is None)
+    variants = tuple(
+        (kind, kinds[kind].observation(memo.by_variant[kind].summary() if memo is not None and kind in memo.by_variant else None))
+        for kind in sorted(kinds)
     )
+    return ring.observation(memo.total.summary() if memo is not None else None, variants)
 
 
 def _worst(per_device: dict[str, list[tuple[str, float]]]) -> tuple[tuple[str, str, float], ...]:

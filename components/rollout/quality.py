@@ -410,12 +410,15 @@ class QualityContext:
     """What a ring's quality is judged against. `phase`: shadow (the candidate beside the served model) or serve.
     `control`: the devices still on the previous version over the same window (None: the ring has none).
     `no_baseline`: why comparisons with a previous version do not apply (None: they do). `shadowed`: the ring judged
-    the candidate's latency in its shadow phase, so without a control group the serve phase need not."""
+    the candidate's latency in its shadow phase, so without a control group the serve phase need not.
+    `variant_controls`: the control group per build its devices report (kind, summary); the devices of one build in
+    the ring are compared with the control devices of the same build where there are any (gate.evaluate)."""
 
     phase: str = "serve"  # progress.RingPhase
     control: Summary | None = None
     no_baseline: str | None = None
     shadowed: bool = False
+    variant_controls: tuple[tuple[str, Summary], ...] = ()
 
 
 @dataclass

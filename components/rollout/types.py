@@ -32,6 +32,7 @@ class RingObservation:
     `summary` sums what the adopted devices' applications saw (predictions, latency, a shadowed candidate, labelled
     requests: components/rollout/quality.py) and `device_summaries` is each adopted device's own, so that a failed
     quality gate can name the devices behind it. Platforms that cannot read telemetry leave both empty.
+    `variants` holds the same observation per build (fp32, int8, fp16) for the devices that report theirs.
     """
 
     devices: int  # targeted
@@ -47,6 +48,9 @@ class RingObservation:
     offenders: tuple[tuple[str, str, float], ...] = ()  # (device, metric, value) from that device's own window
     summary: Summary | None = None  # telemetry of the adopted devices' latest windows, summed
     device_summaries: tuple[tuple[str, Summary], ...] = ()  # (device, its own summary), adopted devices
+    # the devices that adopted or failed the desired state, observed per build they report serving (kind, observation),
+    # kind order; empty where devices report no build (older agents, platforms that see only counts)
+    variants: tuple[tuple[str, RingObservation], ...] = ()
 
     @property
     def pending_count(self) -> int:
@@ -70,6 +74,7 @@ class Measured(TypedDict):
     inferences: int
     phase: NotRequired[str]  # a ring that shadows first: "shadow" or "serve"
     quality: NotRequired[dict[str, Any]]  # the quality criteria's values (quality.judge), with the control group's
+    variants: NotRequired[dict[str, Any]]  # a ring of several builds: each build's devices measured alone (gate.evaluate)
 
 
 @dataclass

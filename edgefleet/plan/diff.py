@@ -14,6 +14,8 @@ from typing import Any, Mapping
 from components.rollout.windows import MaintenanceWindow, Windows
 from edgefleet.plan.membership import Membership
 from edgefleet.plan.replace import follow_moved_providers, replace_keys, top_key
+from edgefleet.plan.variants import Hardware, parse_manifest, ring_variants
+from edgefleet_agent.contract.manifest import ModelManifest
 from policies.compatibility import compare_io, signature_text
 from policies.graph import ROLLOUT, Graph, dig, manifest_of, ring_name
 from policies.models import how, metrics_of, same_dataset
@@ -189,6 +191,8 @@ def _ring_rows(
     base_rings: Mapping[str, dict],
     base_counts: Mapping[str, int] | None,
     counted: str | None = None,
+    manifest: ModelManifest | None = None,
+    hardware: Mapping[str, Mapping[Hardware, int]] | None = None,
 ) -> list[dict]:
     groups = g.groups()
     rows, cumulative = [], 0
@@ -211,6 +215,7 @@ def _ring_rows(
             status = "changed"
         if devices is not None:
             cumulative += devices
+        builds = _builds(manifest, (hardware or {}).get(name), dig(groups.get(inputs.get("group"), {}), "inputs", "hardware"))
         rows.append(
             {
                 "index": inputs.get("index"),
@@ -233,6 +238,7 @@ def _ring_rows(
                 "status": status,
                 "changes": changes,
                 **_window(groups.get(inputs.get("group"), {})),
+                **builds,
             }
         )
     return rows
@@ -249,6 +255,20 @@ def _window(group: Mapping[str, Any]) -> dict[str, Any]:
     return {"windows": windows.describe(), "next_window": when}
 
 
+def _builds(manifest: ModelManifest | None, counted: Mapping[Hardware, int] | None, profile: Any) -> dict[str, Any]:
+    """The ring's `variants` ({kind: {devices, bytes, size}}: which build how many of its devices get, as each device
+    chooses) and `no_variant_fits` (devices that fit none, with why), where the manifest and the devices' hardware
+    are known: counted devices, else the group's hardware profile with counts unknown before deploy."""
+    if manifest is None:
+        return {}
+    if counted is None:
+        if not isinstance(profile, Mapping) or not {"arch", "execution_providers", "memory_mb"} <= set(profile):
+            return {}
+        counted = {(profile["arch"], tuple(profile["execution_providers"]), int(profile["memory_mb"])): None}  # type: ignore[dict-item]
+    variants, unfit = ring_variants(manifest, counted)
+    return {"variants": variants, **({"no_variant_fits": unfit} if unfit else {})}
+
+
 def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Membership) -> list[dict[str, Any]]:
     base_ro = {r["name"]: r for r in base_g.of_type(ROLLOUT)}
     out = []
@@ -258,8 +278,21 @@ def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Memb
         base_rings = {ring_name(r): r for r in base_g.rings(old)} if old else {}
         counted = head_m.counted(name)
         stack_fleet = head_m.fleet if counted == "local" else None  # declared sizes are of this rollout's rings only
+        model = head_g.models().get(inputs.get("model"))
+        manifest = parse_manifest(manifest_of(model)) if model is not None else None
+        if manifest is not None and (manifest.version, manifest.sha256) != (inputs.get("version"), inputs.get("sha256")):
+            manifest = None  # the rollout ships another version than the model declares: no builds to show
         rows = _ring_rows(
-            head_g, ro, head_m.rings.get(name), head_m.rollout_devices.get(name), stack_fleet, base_rings, base_m.rings.get(name), counted
+            head_g,
+            ro,
+            head_m.rings.get(name),
+            head_m.rollout_devices.get(name),
+            stack_fleet,
+            base_rings,
+            base_m.rings.get(name),
+            counted,
+            manifest,
+            (head_m.hardware or {}).get(name),
         )
         removed = [n for n in base_rings if n not in {r["name"] for r in rows}]
         version_changed = (

@@ -137,11 +137,13 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
     else:
         fleet = "device counts are known at deploy: rings select devices by thing attributes / twin tags"
         whole = ""
+    builds = any(set(row.get("variants") or {}) - {"fp32"} or row.get("no_variant_fits") for row in r["rings"])
     lines += [
         f"Rings run in this order, each after the previous one's gate passes ({fleet}):",
         "",
-        "| step | ring | selects | devices | cumulative devices | cumulative share | gate |",
-        "|---|---|---|---|---|---|---|",
+        "| step | ring | selects | devices | cumulative devices | cumulative share | gate |"
+        + (" builds (devices, bytes) |" if builds else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if builds else ""),
     ]
     for row in r["rings"]:
         mark = {"new": " 🆕", "changed": " ✱"}.get(row["status"], "")
@@ -152,7 +154,7 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
             devices += f" (was {row['base_devices']:,})"
         lines.append(
             f"| {row['index'] + 1} | `{row['name']}`{mark} | {_md(row['selector'])} | {devices} | {_num(row['cumulative'])} | "
-            f"{_share(row)} | {_md(row['gate_summary'])} |"
+            f"{_share(row)} | {_md(row['gate_summary'])} |" + (f" {_builds(row)} |" if builds else "")
         )
     if r.get("control_holdback"):
         held = f"{r['control_devices']:,} devices, " if r.get("control_devices") is not None else ""
@@ -212,6 +214,17 @@ def _transfer_md(r: dict[str, Any]) -> list[str]:
         f"Bytes to ship, each device assumed on {d['from_version']} ({_size(d['artifact_bytes'])} artifact; {why}): {rings}. "
         f"In all: **{_size(d['bytes_full'])} full, {_size(d['bytes_delta'])} with deltas**.",
     ]
+
+
+def _builds(row: Mapping[str, Any]) -> str:
+    """Which build how many of the ring's devices get and their bytes, short: `fp32 8 (2.1 MB) · int8 2 (140 kB)`."""
+    parts = []
+    for kind, b in (row.get("variants") or {}).items():
+        parts.append(f"{kind} {b['devices']:,} ({_size(b['bytes'])})" if b["devices"] is not None else f"{kind} ({_size(b['size'])} each)")
+    unfit = row.get("no_variant_fits")
+    if unfit:
+        parts.append(f"⛔ fits none: {unfit['devices'] if unfit['devices'] is not None else 'all'}")
+    return " · ".join(parts) or "—"
 
 
 def _share(row: Mapping[str, Any]) -> str:

@@ -36,6 +36,10 @@ class Membership:
     fleet: int | None
     declared: frozenset[str] = frozenset()
     control: Mapping[str, int] | None = None  # rollout -> devices its control holdback keeps on the previous version
+    # rollout -> ring -> the hardware its devices report, as (arch, execution providers, memory MB) -> devices: what
+    # decides which build each device gets (plan/variants.py); local rings from each registered device's arch and
+    # providers (memory: its group's profile), declared rings from their group's hardware profile
+    hardware: Mapping[str, Mapping[str, Mapping[tuple[str, tuple[str, ...], int], int]]] | None = None
 
     def counted(self, rollout: str) -> str | None:
         if rollout not in self.rings:
@@ -72,12 +76,24 @@ def membership(graph: Mapping[str, Any]) -> Membership:
     if any(r.group not in groups for ro in cfg.rollouts for r in ro.rings):
         return Membership({}, {}, None)
     rings, totals, declared, control = {}, {}, set(), {}
+    hardware: dict[str, dict[str, dict[tuple[str, tuple[str, ...], int], int]]] = {}
+    facts = _device_facts(cfg) if devices else {}
     for ro in cfg.rollouts:
         rollout_groups = [groups[r.group] for r in ro.rings]
         platforms = {cfg.group_platform(g) for g in rollout_groups}
         if platforms == {"local"} and devices:
             holdback = ro.control_holdback
-            rings[ro.name] = {r: len(ids) for r, ids in ring_members(ro.name, ro.rings, groups, devices, holdback).items()}
+            members = ring_members(ro.name, ro.rings, groups, devices, holdback)
+            rings[ro.name] = {r: len(ids) for r, ids in members.items()}
+            memory = {r.name: groups[r.group].hardware.memory_mb for r in ro.rings}
+            hardware[ro.name] = {}
+            for r, ids in members.items():
+                counts: dict[tuple[str, tuple[str, ...], int], int] = {}
+                for dev in ids:
+                    arch, providers = facts[dev]
+                    key = (arch, providers, memory[r])
+                    counts[key] = counts.get(key, 0) + 1
+                hardware[ro.name][r] = counts
             totals[ro.name] = sum(1 for d in devices if any(in_group(d, g) for g in rollout_groups))
             if holdback:
                 control[ro.name] = len(control_members(ro.name, ro.rings, groups, devices, holdback))
@@ -85,6 +101,18 @@ def membership(graph: Mapping[str, Any]) -> Membership:
             sizes = _declared_sizes(cfg, next(iter(platforms)))
             if sizes and all(r.name in sizes for r in ro.rings):
                 rings[ro.name] = {r.name: sizes[r.name] for r in ro.rings}
+                hardware[ro.name] = {
+                    r.name: {(hw.arch, tuple(hw.execution_providers), hw.memory_mb): sizes[r.name]}
+                    for r in ro.rings
+                    if (hw := groups[r.group].hardware) is not None
+                }
                 totals[ro.name] = sum(rings[ro.name].values())
                 declared.add(ro.name)
-    return Membership(rings, totals, len(devices) if devices else None, frozenset(declared), control)
+    return Membership(rings, totals, len(devices) if devices else None, frozenset(declared), control, hardware)
+
+
+def _device_facts(cfg) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Each registered local device's arch and execution providers, as the local platform registers them."""
+    from components.local.fleet import local_devices as fleet_devices
+
+    return {d.id: (d.arch, tuple(d.providers)) for d in fleet_devices(cfg)}

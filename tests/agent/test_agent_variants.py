@@ -289,3 +289,72 @@ def test_serve_serves_the_asked_for_variant_and_refuses_one_the_manifest_lacks(k
     assert done.returncode == 3 and "fp16 variant does not match the signed manifest" in done.stderr, done.stderr
     done = subprocess.run([*args, "--variant", "int4"], cwd=repo, capture_output=True, text=True, timeout=60)
     assert done.returncode == 3 and "has no int4 variant (it has fp32, int8, fp16)" in done.stderr, done.stderr
+
+
+def test_a_desired_state_that_lists_variants_is_fetched_from_there_as_an_azure_twin_carries_it(tmp_path, keys, with_builds):
+    """Azure's twin lists each build's blob (content-addressed, not beside the reference under its file name): the device
+    chooses with `choose`, fetches the listed URI of that build only, and verifies it against the signed manifest; a
+    listing whose digest is not the signed one is refused before anything is fetched."""
+    import shutil
+    from dataclasses import replace
+
+    from agent_testkit import MODEL, FakeTransport
+
+    from edgefleet_agent.contract.iotedge import agent_desired, desired_from_agent
+    from edgefleet_agent.core import DeviceAgent
+
+    model_dir, m, desired = with_builds
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    listed = []
+    for v in m.variants:
+        shutil.copy(model_dir / v.file, blobs / f"{v.sha256}.onnx")
+        listed.append({"kind": v.kind, "uri": (blobs / f"{v.sha256}.onnx").as_uri(), "sha256": v.sha256, "size": v.size})
+    twin = agent_desired(replace(desired, uri=(blobs / f"{m.sha256}.onnx").as_uri(), variants=listed), "detector.canary")
+    from_twin = desired_from_agent(twin)
+    assert from_twin.format == 3 and {v["kind"] for v in from_twin.variants or []} == {v.kind for v in m.variants}
+
+    small = DeviceFacts("cam-7", "amd64", ("CPUExecutionProvider",), 200)
+    wanted = choose(m, small)
+    agent = DeviceAgent("cam-7", MODEL, tmp_path / "state", keys.pem, FakeTransport(from_twin), durable=False, device=small)
+    assert agent.sync()
+    report = agent.build_report()
+    assert report.status == "ok", report.error
+    assert report.variant == wanted.kind != "fp32"
+    agent.close()
+
+    wrong = replace(from_twin, variants=[{**v, "sha256": "0" * 64} for v in listed])
+    agent = DeviceAgent("cam-8", MODEL, tmp_path / "state2", keys.pem, FakeTransport(wrong), durable=False, device=small)
+    agent.sync()
+    report = agent.build_report()
+    assert report.status == "failed" and report.version is None
+    assert f"the desired state lists the {wanted.kind} variant with sha256 {'0' * 64}" in (report.error or "")
+    agent.close()
+
+
+def test_the_local_store_publishes_each_build_under_its_digest_and_the_desired_state_lists_them(tmp_path, keys, with_builds):
+    """`edgefleet up` and the local platform publish every build content-addressed beside the reference, so a later
+    version's int8 never replaces an earlier one's (a rollback finds its own), and the hub's desired state lists them."""
+    from agent_testkit import MODEL, FakeTransport
+
+    from components.local.store import publish
+    from edgefleet_agent.contract.manifest import ModelDir
+    from edgefleet_agent.contract.state import DesiredModel
+    from edgefleet_agent.core import DeviceAgent
+
+    model_dir, m, _ = with_builds
+    published = publish(
+        tmp_path / "store", ModelDir(model_dir).manifest_bytes().decode(), model_dir / m.file, keys.signer, "models/detector"
+    )
+    desired = DesiredModel.from_json(published.desired("").to_json())  # as the local hub stores and hands it out
+    assert desired is not None and desired.format == 3
+    assert sorted(v["kind"] for v in desired.variants or []) == sorted(v.kind for v in m.variants)
+    for v in m.variants:
+        assert (tmp_path / "store" / MODEL / f"{v.sha256}.onnx").read_bytes() == (model_dir / v.file).read_bytes()
+    small = DeviceFacts("cam-5", "amd64", ("CPUExecutionProvider",), 200)
+    (tmp_path / "store" / MODEL / f"{m.sha256}.onnx").unlink()  # only the chosen build is fetched
+    agent = DeviceAgent("cam-5", MODEL, tmp_path / "state", keys.pem, FakeTransport(desired), durable=False, device=small)
+    assert agent.sync()
+    report = agent.build_report()
+    assert report.status == "ok" and report.variant == choose(m, small).kind, report.error
+    agent.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from components.rollout.observe import control_summary, observe_reports
+from components.rollout.observe import control_summaries, control_summary, observe_reports
 from components.rollout.quality import Summary
 from components.rollout.types import RingObservation, RingTarget
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
@@ -90,6 +90,10 @@ class FakeHub:
         devices = [dev for t in targets for dev in t.selector]
         reports = {dev: r for dev in devices if (r := self.report(dev)) is not None}
         return control_summary(devices, reports, d, since)
+
+    def summarize_variants(self, targets: tuple[RingTarget, ...], d: DesiredModel, since: float) -> dict[str, Summary]:
+        devices = [dev for t in targets for dev in t.selector]
+        return control_summaries(devices, {dev: r for dev in devices if (r := self.report(dev)) is not None}, d, since)
 
     def load_progress(self, rollout_id: str) -> dict | None:
         p = self.progress.get(rollout_id)

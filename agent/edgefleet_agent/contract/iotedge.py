@@ -1,7 +1,8 @@
 """The Azure IoT Edge wire format: the agent module twin's desired and reported properties.
 
 desired: `properties.desired` = {"schemaVersion": AGENT_FORMAT, "trust": {"keyId", "publicKeyPem"}, "store": {"sasToken"},
-"models": {<model_key(model)>: agent_desired(...)}}. IoT Hub holds at most 4 KB in a twin string, so the manifest and
+"models": {<model_key(model)>: agent_desired(...)}}; a version with variants lists them in its entry as `variants` =
+{<kind>: {"uri", "sha256", "size"}} (an object: twins hold no arrays). IoT Hub holds at most 4 KB in a twin string, so the manifest and
 signature come in `<name>Chunks` pieces named the way IoT Edge splits createOptions; `desired_from_agent` joins exactly
 that many, which reproduces the signed bytes.
 reported: `properties.reported.models.<key>` = exactly REPORTED_FIELDS (`reported_entry`). `quality` is what the
@@ -124,6 +125,8 @@ def agent_desired(desired: DesiredModel, ring_key: str) -> dict[str, Any]:
     if desired.rollback_order is not None:
         out["rollbackOrder"] = desired.rollback_order
         out["rollbackSignature"] = desired.rollback_signature
+    if desired.variants:  # twins hold no arrays: keyed by kind
+        out["variants"] = {v["kind"]: {"uri": v["uri"], "sha256": v["sha256"], "size": int(v["size"])} for v in desired.variants}
     return out
 
 
@@ -144,7 +147,16 @@ def desired_from_agent(data: dict[str, Any]) -> DesiredModel:
         rollout=data.get("rollout", ""),
         rollback_order=data.get("rollbackOrder"),
         rollback_signature=data.get("rollbackSignature"),
+        variants=_variants(data.get("variants")),
     )
+
+
+def _variants(data: Any) -> list[dict[str, Any]] | None:
+    """The twin's `variants` ({kind: {uri, sha256, size}}, nulls left by a twin merge dropped) as the desired state's."""
+    if not isinstance(data, dict):
+        return None
+    out = [{"kind": kind, **v} for kind, v in sorted(data.items()) if isinstance(v, dict) and isinstance(v.get("uri"), str)]
+    return out or None
 
 
 def class_key(cls: str) -> str:

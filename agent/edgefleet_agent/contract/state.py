@@ -20,7 +20,8 @@ from edgefleet_agent.contract.errors import FormatError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-DESIRED_FORMAT = 2  # 2: a desired state may carry a candidate to shadow and a sample-capture setting (agent 0.3.0)
+DESIRED_FORMAT = 3  # 2: a desired state may carry a candidate to shadow and a sample-capture setting (agent 0.3.0)
+# 3: it may list the version's variants, where each build is published (agent 0.4.0)
 REPORT_FORMAT = 1
 
 DeviceStatus = Literal["ok", "failed", "updating", "idle"]
@@ -31,7 +32,7 @@ def _unwritten_defaults(body: dict[str, Any]) -> dict[str, Any]:
     gets exactly the bytes it always read."""
     if body.get("format") == 1:
         del body["format"]
-    for name in ("shadow", "capture", "capture_failed", "variant", "update"):
+    for name in ("shadow", "capture", "capture_failed", "variant", "update", "variants"):
         if name in body and body[name] is None:
             del body[name]
     if isinstance(body.get("shadow"), dict):
@@ -88,11 +89,22 @@ class DesiredModel:
     rollback_signature: str | None = None
     shadow: DesiredModel | None = None  # a candidate run beside the served model on the same requests, never answering
     capture: dict[str, Any] | None = None  # opt-in sample capture: CaptureSpec (contract/capture.py) as JSON
-    format: int = 1  # 2 when shadow or capture is set: older agents refuse it, saying so, instead of misreading it
+    # the version's variants and where each is published: [{kind, uri, sha256, size}] (unsigned: where to fetch only;
+    # what is installed is checked against the signed manifest's pins). The device fetches the one it chooses.
+    variants: list[dict[str, Any]] | None = None
+    format: int = 1  # 2 when shadow or capture is set, 3 with variants: older agents refuse it, saying so, not misreading it
 
     def __post_init__(self) -> None:
-        if self.format == 1 and (self.shadow is not None or self.capture is not None):
-            object.__setattr__(self, "format", 2)
+        need = 3 if self.variants else 2 if (self.shadow is not None or self.capture is not None) else 1
+        if self.format < need:
+            object.__setattr__(self, "format", need)
+
+    def variant_uri(self, kind: str) -> tuple[str, str] | None:
+        """(uri, sha256) of the listed variant `kind`; None when the desired state lists none of that kind."""
+        for v in self.variants or ():
+            if isinstance(v, dict) and v.get("kind") == kind and isinstance(v.get("uri"), str):
+                return v["uri"], str(v.get("sha256", ""))
+        return None
 
     @property
     def is_rollback(self) -> bool:
