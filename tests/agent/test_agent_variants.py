@@ -12,26 +12,11 @@ from hypothesis import strategies as st
 
 from edgefleet_agent.contract.manifest import ModelManifest
 from edgefleet_agent.variants import DeviceFacts, NoVariantFits, choose, this_device, unmet
+from tests.variant_entries import variant_entry
 
 DETECTOR = Path(__file__).resolve().parents[2] / "models" / "detector" / "model.yaml"
 ARCHES = ["amd64", "arm64", "armv7"]
 PROVIDERS = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "XnnpackExecutionProvider"]
-
-
-def comparison(drop: float) -> dict:
-    return {
-        "dataset": "channel-dominance-eval",
-        "dataset_sha256": "d" * 64,
-        "samples": 128,
-        "output": "scores",
-        "top1_agreement": 0.99,
-        "max_abs_diff": 0.01,
-        "metric": "accuracy",
-        "reference": 0.82,
-        "value": round(0.82 - drop, 4),
-        "delta": round(-drop, 4),
-        "measured_with": "onnxruntime 1.32.0",
-    }
 
 
 def manifest(variants: list[dict], targets: list[dict] | None = None) -> ModelManifest:
@@ -43,16 +28,8 @@ def manifest(variants: list[dict], targets: list[dict] | None = None) -> ModelMa
 
 
 def variant(kind: str, arch: list[str], memory: int, providers: list[str], eps: list[str], drop: float = 0.0) -> dict:
-    return {
-        "kind": kind,
-        "file": f"detector.{kind}.onnx",
-        "sha256": ("a" if kind == "int8" else "b") * 64,
-        "size": 1000 if kind == "int8" else 1500,
-        "execution_providers": eps,
-        "requires": {"arch": arch, "min_memory_mb": memory, "providers": providers},
-        "built_with": "test",
-        "comparison": comparison(drop),
-    }
+    sha256, size = ("a" * 64, 1000) if kind == "int8" else ("b" * 64, 1500)
+    return variant_entry(kind, sha256=sha256, size=size, eps=eps, memory=memory, providers=providers, arch=arch, drop=drop)
 
 
 variants_st = st.lists(

@@ -19,6 +19,7 @@ from components.aws.recipes import recipe_errors as gdk_errors
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import HardwareProfile, ModelManifest
 from edgefleet_agent.variants import DeviceFacts, choose
+from tests.variant_entries import variant_entry
 
 AGENT = "edgefleet.dev.Agent"
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
@@ -29,28 +30,7 @@ TINY = HardwareProfile(name="tiny", arch="amd64", execution_providers=[CPU], mem
 
 
 def variant(kind: str, digit: str, memory: int, eps: list[str], providers: list[str]) -> dict:
-    return {
-        "kind": kind,
-        "file": f"detector.{kind}.onnx",
-        "sha256": digit * 64,
-        "size": 1000,
-        "execution_providers": eps,
-        "requires": {"arch": ["amd64", "arm64"], "min_memory_mb": memory, "providers": providers},
-        "built_with": "test",
-        "comparison": {
-            "dataset": "channel-dominance-eval",
-            "dataset_sha256": "d" * 64,
-            "samples": 128,
-            "output": "scores",
-            "top1_agreement": 0.99,
-            "max_abs_diff": 0.01,
-            "metric": "accuracy",
-            "reference": 0.82,
-            "value": 0.81,
-            "delta": -0.01,
-            "measured_with": "onnxruntime",
-        },
-    }
+    return variant_entry(kind, sha256=digit * 64, size=1000, eps=eps, memory=memory, providers=providers)
 
 
 def with_variants() -> tuple[ModelManifest, str]:

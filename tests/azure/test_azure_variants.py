@@ -20,6 +20,7 @@ from edgefleet_agent.contract.errors import EdgefleetError, FormatError
 from edgefleet_agent.contract.manifest import ModelManifest
 from edgefleet_agent.contract.signing import sign_bytes
 from edgefleet_agent.contract.state import DesiredModel, _known_fields
+from tests.variant_entries import variant_entry
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = "CPUExecutionProvider"
@@ -39,30 +40,7 @@ def model_with_variants(where: Path) -> tuple[Path, ModelManifest, str]:
     for kind in ("int8", "fp16"):
         data = f"{kind} build of detector".encode()
         (d / f"detector.{kind}.onnx").write_bytes(data)
-        variants.append(
-            {
-                "kind": kind,
-                "file": f"detector.{kind}.onnx",
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "size": len(data),
-                "execution_providers": [CPU],
-                "requires": {"arch": ["amd64", "arm64"], "min_memory_mb": 64, "providers": [CPU]},
-                "built_with": "test",
-                "comparison": {
-                    "dataset": "channel-dominance-eval",
-                    "dataset_sha256": "d" * 64,
-                    "samples": 128,
-                    "output": "scores",
-                    "top1_agreement": 0.99,
-                    "max_abs_diff": 0.01,
-                    "metric": "accuracy",
-                    "reference": 0.82,
-                    "value": 0.81,
-                    "delta": -0.01,
-                    "measured_with": "onnxruntime",
-                },
-            }
-        )
+        variants.append(variant_entry(kind, sha256=hashlib.sha256(data).hexdigest(), size=len(data), eps=[CPU], memory=64, providers=[CPU]))
     doc.update(variants=variants, min_agent_version="0.4.0", format=3)
     text = yaml.safe_dump(doc, sort_keys=False)
     (d / "model.yaml").write_text(text)

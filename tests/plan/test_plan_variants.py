@@ -17,6 +17,8 @@ from edgefleet_agent.variants import DeviceFacts, choose
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_plan import bump_to_1_1_0, plan_for  # noqa: E402
 
+from tests.variant_entries import variant_entry
+
 ROOT = Path(__file__).resolve().parents[2]
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 
@@ -28,28 +30,7 @@ def manifest_with(variants: list[dict]) -> ModelManifest:
 
 
 def variant(kind: str, size: int, memory: int, eps: list[str], providers: list[str]) -> dict:
-    return {
-        "kind": kind,
-        "file": f"detector.{kind}.onnx",
-        "sha256": ("a" if kind == "int8" else "b") * 64,
-        "size": size,
-        "execution_providers": eps,
-        "requires": {"arch": ["amd64", "arm64"], "min_memory_mb": memory, "providers": providers},
-        "built_with": "test",
-        "comparison": {
-            "dataset": "channel-dominance-eval",
-            "dataset_sha256": "d" * 64,
-            "samples": 128,
-            "output": "scores",
-            "top1_agreement": 0.99,
-            "max_abs_diff": 0.01,
-            "metric": "accuracy",
-            "reference": 0.82,
-            "value": 0.81,
-            "delta": -0.01,
-            "measured_with": "onnxruntime",
-        },
-    }
+    return variant_entry(kind, sha256=("a" if kind == "int8" else "b") * 64, size=size, eps=eps, memory=memory, providers=providers)
 
 
 def test_each_kind_of_device_gets_what_it_would_choose_and_the_bytes_add_up():
