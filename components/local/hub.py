@@ -202,16 +202,20 @@ class LocalHub(AgentHub):
 
     def summarize(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> Summary:
         """The control group's telemetry: devices of `targets` still serving `desired`, from each one's latest report."""
-        devices = sorted({d for t in targets for d in t.selector})
-        memo = self._observed.setdefault(("control", *(f"{t.rollout}/{t.ring}" for t in targets)), ObserveMemo())
-        return control_summary(devices, self._control_windows.summed(self.reports(desired.model, devices), since), desired, since, memo)
+        return control_summary(*self._control(targets, desired, since))
 
     def summarize_variants(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> dict[str, Summary]:
         """The control group per build its devices report serving (FleetHub's optional summarize_variants), from the
         memo `summarize` keeps: what changed since the last poll."""
+        return control_summaries(*self._control(targets, desired, since))
+
+    def _control(
+        self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float
+    ) -> tuple[list[str], dict[str, DeviceReport], DesiredModel, float, ObserveMemo]:
+        """The control group's devices, their reports summed over the phase, and the memo its polls share."""
         devices = sorted({d for t in targets for d in t.selector})
         memo = self._observed.setdefault(("control", *(f"{t.rollout}/{t.ring}" for t in targets)), ObserveMemo())
-        return control_summaries(devices, self._control_windows.summed(self.reports(desired.model, devices), since), desired, since, memo)
+        return devices, self._control_windows.summed(self.reports(desired.model, devices), since), desired, since, memo
 
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None:
         row = self._db().execute("SELECT progress FROM progress WHERE rollout_id=?", (rollout_id,)).fetchone()
