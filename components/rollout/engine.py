@@ -5,7 +5,11 @@ resumed run never deploys twice), wait for adoption, soak, and judge the gate. E
 the hub before the next action, so a restarted engine continues from the saved state and no gate is skipped.
 A soak counts only watched time: devices report just their latest window, so a ring left unobserved for
 longer than `max_unobserved_seconds` (a long kill, a suspended laptop) starts its soak over, and that gap
-does not count against the ring's deadline either; a short kill keeps the soak's start time. A succeeded
+does not count against the ring's deadline either; a short kill keeps the soak's start time. A ring over a group with
+maintenance windows orders each swap only while a window is open (its first deployment, and its serve phase after a
+shadow soak), and its deadline pauses while the window is closed and its devices are still to swap: those devices wait
+for the next opening, so a closed window is no reason to fail a good ring. Once adopted, a ring soaks on wall-clock
+time, window or not: swapped devices keep serving (windows.earliest_schedule plans by the same rules). A succeeded
 rollout whose plan gains rings reopens for them. When a gate fails, every ring touched so far is set back
 to the last good version under a signed rollback order, the engine waits for devices to report it, and the
 rollout ends with a report naming the gate, the devices (failing, and offending by their own metrics) and
@@ -264,7 +268,13 @@ class RolloutEngine:
         want = plan.ring_phase_desired(ring, phase)
         if ring_state["state"] == RingState.DEPLOYING:
             shadowing = {"shadow": plan.desired.version} if phase == RingPhase.SHADOW else {}
-            if self.hub.desired(ring.target) != want:
+            current = self.hub.desired(ring.target)
+            if current != want and ring.window is not None:
+                if ring.window.open_until(now) is None:  # a swap (the serve phase's, after a shadow soak) waits too
+                    return self._wait_for_window(plan, progress, ring_state, ring.window, now)
+                if ring_state["observed_at"] is not None:  # the wait since the shadow phase's last look: deadline paused
+                    self._pause_deadline(ring_state, ring.window, ring_state["observed_at"], now)
+            if current != want:
                 self.hub.set_desired(ring.target, want)
                 self._event(progress, ring.name, "deployed", version=want.version, **shadowing)
             else:
@@ -279,11 +289,13 @@ class RolloutEngine:
         gap = now - (ring_state["observed_at"] or ring_state["soak_started"] or deployed_at)
         if gap > self.max_unobserved:
             return self._unobserved(plan, progress, ring_state, gap, now)
+        if ring.window is not None and ring_state["state"] == RingState.WAITING:
+            self._pause_deadline(ring_state, ring.window, ring_state["observed_at"] or deployed_at, now)
         obs = self.hub.observe(ring.target, want, since=deployed_at)
         ctx = self._quality_context(plan, ring, phase, since=deployed_at)
         ring_state["observed_at"] = self.clock.now()  # after the calls: a slow platform query is watched time
-        started = ring_state.get("started_at", deployed_at)
-        verdict = evaluate(ring.gate, obs, started + ring_state["unobserved"], ring_state["soak_started"], now, ctx)
+        started = ring_state.get("started_at", deployed_at) + ring_state["unobserved"] + ring_state.get("window_paused", 0.0)
+        verdict = evaluate(ring.gate, obs, started, ring_state["soak_started"], now, ctx)
         ring_state["measured"] = verdict.measured
         self._sample(progress, ring.name, verdict.measured, now, force=verdict.outcome in ("pass", "fail"))
         if verdict.outcome == "soak" and ring_state["soak_started"] is None:
@@ -340,6 +352,15 @@ class RolloutEngine:
         self._event(progress, ring_state["name"], "window-wait", opens_at=opens, windows=window.describe())
         self._save(plan, progress)
         return True
+
+    @staticmethod
+    def _pause_deadline(ring_state: RingRecord, window: Windows, since: float, now: float) -> None:
+        """The ring's deadline does not run while its window is closed and its devices are still to swap (it waits for
+        adoption, or to order its serve swap): they may not swap then, and a good ring must not fail for it. Counted
+        per step over the time since the last look, so it survives a restart in the ring's record."""
+        closed = max(0.0, now - since - window.open_seconds(since, now))
+        if closed > 0:
+            ring_state["window_paused"] = ring_state.get("window_paused", 0.0) + closed
 
     def _quality_context(self, plan: RolloutPlan, ring: RingPlan, phase: RingPhase, since: float) -> QualityContext:
         """What the ring's quality is compared with: in the serve phase of a rollout with a previous version, the

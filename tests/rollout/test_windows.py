@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from components.rollout.engine import RingPlan, RolloutEngine, RolloutPlan
-from components.rollout.spec import DeviceGroupConfig
+from components.rollout.spec import DeviceGroupConfig, GateConfig
 from components.rollout.types import RingTarget
 from components.rollout.windows import MaintenanceWindow, Windows
 from tests.rollout.fakes import Behaviour, FakeClock, FakeHub
@@ -117,3 +117,59 @@ def test_a_rollback_does_not_wait_for_a_window():
     assert progress["rollback"]["started_at"] > utc(2026, 12, 7, 0, 1), "the test did not fail outside the window"
     assert progress["finished_at"] - progress["rollback"]["started_at"] < 300, "the rollback waited for a window"
     assert all(hub.running(d)[0].version == "1.0.0" for d in devices)
+
+
+NIGHTLY_TEN_MINUTES = Windows("UTC", (MaintenanceWindow(cron="0 0 * * *", minutes=10),))  # 00:00-00:10 UTC
+LONG = GATE.model_copy(update={"deadline_seconds": 900})
+POLL = 240.0  # coarse: a day of polls keeps every sample, and each save copies them all
+
+
+def one_ring(devices: list[str], window: Windows = NIGHTLY_TEN_MINUTES, gate: GateConfig = LONG) -> RolloutPlan:
+    return RolloutPlan("detector", V2, V1, (RingPlan(RingTarget("detector", "canary", 0, tuple(devices)), gate, window=window),))
+
+
+def test_a_ring_still_adopting_when_its_window_closes_is_not_failed_by_the_closed_hours():
+    """Two of eight devices are offline through the first night's window and swap the next night. The ring's 900 s
+    deadline counts only open-window time while devices are still to swap: 600 s tonight, 240 s tomorrow, then a
+    wall-clock soak, and the ring passes; without the pause it would have failed at 00:17 on the first night."""
+    clock = FakeClock(utc(2026, 12, 7, 0, 0))
+    devices = {f"d{i:02d}": Behaviour(adopt_after=1.0) for i in range(8)}
+    devices["d06"] = devices["d07"] = Behaviour(adopt_after=1.0, online_at=utc(2026, 12, 8, 0, 0, 5))
+    hub = FakeHub(clock, devices, running=V1)
+    progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=POLL).run(one_ring(sorted(devices)))
+    assert progress["status"] == "succeeded", progress["rings"][0]["verdict"]
+    (ring,) = progress["rings"]
+    assert utc(2026, 12, 8, 0, 0) < ring["finished_at"] <= utc(2026, 12, 8, 0, 10)
+    assert ring["window_paused"] == pytest.approx(86400 - 600), "the pause is the closed hours while devices were to swap"
+
+
+def test_a_closed_window_pauses_the_deadline_but_never_stops_it():
+    """A device that never comes online: the ring fails once 900 s of open window have passed (600 s tonight, the rest
+    tomorrow), not at tonight's close and not never."""
+    clock = FakeClock(utc(2026, 12, 7, 0, 0))
+    devices = {f"d{i:02d}": Behaviour(adopt_after=1.0) for i in range(8)}
+    devices["d07"] = Behaviour(online_at=utc(2027, 1, 1))
+    hub = FakeHub(clock, devices, running=V1)
+    progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=POLL).run(one_ring(sorted(devices)))
+    assert progress["status"] == "rolled_back"
+    failed = next(e for e in progress["events"] if e["event"] == "gate-failed")
+    assert utc(2026, 12, 8, 0, 5) < failed["t"] < utc(2026, 12, 8, 0, 10), "the deadline ran in the closed hours, or not at all"
+    assert "deadline 900s passed" in failed["reasons"][0]
+
+
+def test_a_ring_that_shadows_orders_its_serve_swap_only_in_a_window_and_the_wait_does_not_burn_its_deadline():
+    """The 120 s shadow soak ends after a one-minute window has closed: the serve swap waits for the next night, and
+    the ring passes with its 900 s deadline (the closed hours waiting to swap do not count)."""
+    clock = FakeClock(utc(2026, 12, 7, 0, 0))
+    brief = Windows("UTC", (MaintenanceWindow(cron="0 0 * * *", minutes=1),))
+    devices = {f"d{i:02d}": Behaviour(adopt_after=1.0) for i in range(4)}
+    hub = FakeHub(clock, devices, running=V1)
+    gate = LONG.model_copy(update={"shadow_soak_seconds": 120.0})
+    progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=30.0).run(one_ring(sorted(devices), brief, gate))
+    assert progress["status"] == "succeeded", progress["rings"][0]["verdict"]
+    sets = [(c[2], c[4]) for c in hub.calls if c[0] == "set_desired"]
+    assert [v for v, _ in sets] == ["1.0.0", "1.1.0"], "shadow (previous version, candidate beside it), then serve"
+    assert all(brief.open_until(t) is not None for _, t in sets), f"a swap was ordered outside the window: {sets}"
+    assert sets[1][1] == utc(2026, 12, 8, 0, 0)
+    waits = [e["opens_at"] for e in progress["events"] if e["event"] == "window-wait"]
+    assert waits == [utc(2026, 12, 8, 0, 0)]
