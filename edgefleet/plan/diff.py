@@ -11,7 +11,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from components.rollout.windows import MaintenanceWindow, Windows
+from components.rollout.windows import MaintenanceWindow, RingTiming, Windows, earliest_schedule
 from edgefleet.plan.membership import Membership
 from edgefleet.plan.replace import follow_moved_providers, replace_keys, top_key
 from edgefleet.plan.variants import Hardware, parse_manifest, ring_variants
@@ -193,7 +193,9 @@ def _ring_rows(
     counted: str | None = None,
     manifest: ModelManifest | None = None,
     hardware: Mapping[str, Mapping[Hardware, int]] | None = None,
+    now: float | None = None,
 ) -> list[dict]:
+    now = _now() if now is None else now
     groups = g.groups()
     rows, cumulative = [], 0
     for ring in g.rings(rollout):
@@ -237,22 +239,72 @@ def _ring_rows(
                 "gate_summary": gate_summary(inputs.get("gate") or {}),
                 "status": status,
                 "changes": changes,
-                **_window(groups.get(inputs.get("group"), {})),
+                **_window(groups.get(inputs.get("group"), {}), now),
                 **builds,
             }
         )
     return rows
 
 
-def _window(group: Mapping[str, Any]) -> dict[str, Any]:
-    """A ring over a group with maintenance windows: them, and when the next one opens (UTC, from now)."""
+def _now() -> float:
+    return time.time()
+
+
+def _windows_of(group: Mapping[str, Any]) -> Windows | None:
     declared = dig(group, "inputs", "maintenance_windows")
     if not declared:
+        return None
+    return Windows(dig(group, "inputs", "timezone") or "UTC", tuple(MaintenanceWindow.model_validate(w) for w in declared))
+
+
+def _utc(at: float | None) -> str | None:
+    return datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if at is not None else None
+
+
+def _from_now(at: float | None, now: float) -> str | None:
+    """`+Hh MMm`: how long from `now` until `at`, to the minute (hours go past 24)."""
+    if at is None:
+        return None
+    minutes = max(0, int((at - now) // 60))
+    return f"+{minutes // 60}h {minutes % 60:02d}m"
+
+
+def _window(group: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """A ring over a group with maintenance windows: them, and when the next one opens (UTC, from now)."""
+    windows = _windows_of(group)
+    if windows is None:
         return {}
-    windows = Windows(dig(group, "inputs", "timezone") or "UTC", tuple(MaintenanceWindow.model_validate(w) for w in declared))
-    opens = windows.next_open(time.time())
-    when = datetime.fromtimestamp(opens, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if opens is not None else None
-    return {"windows": windows.describe(), "next_window": when}
+    return {"windows": windows.describe(), "next_window": _utc(windows.next_open(now))}
+
+
+def _earliest(head_g: Graph, rollout: Mapping[str, Any], rows: list[dict], shadows: bool, now: float) -> dict[str, Any]:
+    """A rollout with a windowed ring: each ring's earliest start and completion, and the rollout's (after its control
+    holdback follows the last ring, when it has one), if it went out now (windows.earliest_schedule). The lower bound:
+    every device swaps the moment it is asked (no adoption allowance), each soak as declared, and a ring shadows first
+    only when the rollout has a previous version to shadow beside (`shadows`). Added to the rows in place; returns the
+    rollout's fields. A rollout without windows is left as it was: its rings simply add up their soaks."""
+    groups = head_g.groups()
+    windows = [_windows_of(groups.get(row["group"], {})) for row in rows]
+    if not any(windows):
+        return {}
+    timings = []
+    for ring, window in zip(head_g.rings(rollout), windows, strict=True):  # the rows' rings, in the rows' order
+        soak = float(dig(ring, "inputs", "gate", "soak_seconds") or 0.0)
+        shadow = dig(ring, "inputs", "gate", "shadow_soak_seconds") if shadows else None
+        timings.append(RingTiming(window, soak, float(shadow) if shadow is not None else None))
+    if dig(rollout, "inputs", "control_holdback") and timings:
+        timings.append(RingTiming(timings[-1].window, timings[-1].soak_seconds))  # the holdback follows under the last gate
+    schedule = earliest_schedule(timings, now)
+    for row, ring in zip(rows, schedule, strict=False):
+        row["earliest_start"] = _utc(ring.start)
+        row["earliest_completion"] = _utc(ring.complete)
+        row["earliest_completion_in"] = _from_now(ring.complete, now)
+    done = schedule[-1].complete if schedule else None
+    return {
+        "earliest_completion": _utc(done),
+        "earliest_completion_in": _from_now(done, now),
+        "earliest_completion_seconds": round(done - now, 3) if done is not None else None,
+    }
 
 
 def _builds(manifest: ModelManifest | None, counted: Mapping[Hardware, int] | None, profile: Any) -> dict[str, Any]:
@@ -270,6 +322,7 @@ def _builds(manifest: ModelManifest | None, counted: Mapping[Hardware, int] | No
 
 
 def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Membership) -> list[dict[str, Any]]:
+    now = _now()  # windows' next openings and earliest completions are as if the change went out now
     base_ro = {r["name"]: r for r in base_g.of_type(ROLLOUT)}
     out = []
     for ro in head_g.of_type(ROLLOUT):
@@ -293,6 +346,7 @@ def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Memb
             counted,
             manifest,
             (head_m.hardware or {}).get(name),
+            now,
         )
         removed = [n for n in base_rings if n not in {r["name"] for r in rows}]
         version_changed = (
@@ -305,6 +359,7 @@ def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Memb
         )
         if old is not None and not version_changed and not rings_changed:
             continue
+        earliest = _earliest(head_g, ro, rows, shadows=old is not None and version_changed, now=now)
         out.append(
             {
                 "name": name,
@@ -325,6 +380,7 @@ def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Memb
                     if inputs.get("control_holdback")
                     else {}
                 ),
+                **earliest,
             }
         )
     for name, old in sorted(base_ro.items()):

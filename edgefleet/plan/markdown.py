@@ -168,9 +168,18 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
     for row in r["rings"]:
         if row["changes"]:
             lines.append(f"- ring `{row['name']}` changed: {', '.join(row['changes'])}")
+        done = f"; {_earliest(row)}" if "earliest_completion" in row else ""
         if row.get("windows"):
             opens = f"next opens {row['next_window']}" if row.get("next_window") else "**opens within no year**"
-            lines.append(f"- ring `{row['name']}` deploys only in its group's maintenance windows ({_md(row['windows'])}): {opens}")
+            lines.append(f"- ring `{row['name']}` deploys only in its group's maintenance windows ({_md(row['windows'])}): {opens}{done}")
+        elif done:
+            lines.append(f"- ring `{row['name']}`: {_earliest(row)}")
+    if "earliest_completion" in r:
+        holdback = ", after the control holdback follows the last ring" if r.get("control_holdback") else ""
+        lines.append(
+            f"- the rollout completes at the earliest {_when(r)}{holdback}: soaks as declared, rings in their maintenance "
+            "windows, every device swapping as soon as it is asked"
+        )
     if r["removed_rings"]:
         lines.append(f"- rings removed: {', '.join(r['removed_rings'])}")
     first = r["rings"][0] if r["rings"] else None
@@ -182,6 +191,19 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
             f"for at least {first['soak_seconds']:g}s before ring `{r['rings'][1]['name'] if len(r['rings']) > 1 else '—'}` sees it.",
         ]
     return lines + [""]
+
+
+def _when(r: dict[str, Any]) -> str:
+    if r.get("earliest_completion") is None:
+        return "**never: a maintenance window it needs opens within no year**"
+    return f"{r['earliest_completion']} ({r['earliest_completion_in']} from now)"
+
+
+def _earliest(row: dict[str, Any]) -> str:
+    """A ring's earliest completion, and its earliest start where that is not the next opening already shown."""
+    start = row.get("earliest_start")
+    later = f"earliest start {start}, " if start is not None and start != row.get("next_window", start) else ""
+    return f"{later}earliest completion {_when(row)}"
 
 
 def _size(n: int) -> str:
