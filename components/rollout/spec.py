@@ -188,7 +188,8 @@ class DeviceGroupConfig(Strict):
     maintenance_windows: list[MaintenanceWindow] = Field(
         default_factory=list,
         description="when the group's devices may swap models (none: any time); a ring over the group deploys only "
-        "while one is open, and its deadline counts from then. Rollbacks and revocations ignore windows",
+        "while one is open (each swap: a shadowing ring swaps twice), its deadline counts from then and pauses while "
+        "the window is closed and its devices are still to swap. Rollbacks and revocations ignore windows",
     )
 
     @field_validator("timezone")
