@@ -193,7 +193,8 @@ def _gate(hub: LocalHub, p: LocalRingProps) -> tuple[GateInputs, Decision]:
 
 def deploy_ring(props: dict[str, Any]) -> list[str]:
     """The RingDeployment resource: records the rollout's intent (so the gates resume this exact plan, with
-    the same signed desired state) and points the ring's devices at it. Returns the ring's devices."""
+    the same signed desired state) and points the ring's devices at it, while their group's maintenance window is open
+    (else the ring's gate does once one opens). Returns the ring's devices."""
     p = LocalRingProps.of(props)
     hub = LocalHub(p.hub)
     gate, decision = _gate(hub, p)
@@ -207,7 +208,9 @@ def deploy_ring(props: dict[str, Any]) -> list[str]:
             )
             # in its current phase: a ring that shadows first gets the version it runs with the candidate beside it
             want = plan.ring_desired(ring, progress["rings"][p.index] if p.index < len(progress["rings"]) else None)
-            if promoting and hub.desired(ring.target) != want:  # never during a rollback, never past an unpassed gate
+            # never outside the group's maintenance window either: then the ring's gate deploys once one opens
+            in_window = ring.window is None or ring.window.open_until(WallClock().now()) is not None
+            if promoting and in_window and hub.desired(ring.target) != want:  # never during a rollback, never past an unpassed gate
                 hub.set_desired(ring.target, want)
     return list(ring.target.selector)
 

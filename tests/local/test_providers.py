@@ -284,3 +284,21 @@ def test_the_signing_key_provider_never_creates_a_key_under_pulumi_up(project, m
     with pytest.raises(EdgefleetError, match="the signing key of stack 'local' is missing") as err:
         providers.SigningKeyProvider().create(inputs(synth(p, "local"), "local-signing-keyfile"))
     assert "edgefleet keys create" in err.value.fix and not key.exists()
+
+
+def test_ring_deployment_outside_its_groups_window_leaves_the_devices_to_the_gate(deployed):
+    """The ring resource points devices at the version only while their group's maintenance window is open: outside
+    it, the ring's gate (the engine) waits for the window and deploys then. The window here opens 12 hours from now."""
+    from datetime import datetime, timezone
+
+    p, graph, art = deployed
+    cfg, _ = load_stack(p, "local")
+    hub = LocalHub(p / cfg.local.hub)
+    register(hub, local_devices(cfg))
+    props = resolved(graph, "detector-canary-deployment", art)
+    later = (datetime.now(timezone.utc).hour + 12) % 24
+    for group in props["groups"].values():
+        group["maintenance_windows"] = [{"cron": f"0 {later} * * *", "minutes": 60}]
+    out = providers.RingDeploymentProvider().create(props)
+    assert len(out.outs["devices"]) == 2, "the ring's devices are still its outputs"
+    assert hub.desired_for_devices([d.id for d in local_devices(cfg)], "detector") == {}, "a swap was ordered outside the window"
