@@ -9,6 +9,7 @@ spurious starts around those changes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Sequence
@@ -55,7 +56,9 @@ class Windows:
         return ZoneInfo(self.timezone)
 
     def _local(self, at: float) -> datetime:
-        return datetime.fromtimestamp(at, self._zone()).replace(tzinfo=None)
+        """`at` on the devices' wall clock, floored to the second: cron names whole minutes, and a timestamp a hair
+        before one (x.9999998) would otherwise round onto it, and the window opening then be skipped."""
+        return datetime.fromtimestamp(math.floor(at), self._zone()).replace(tzinfo=None)
 
     def _stamp(self, local: datetime) -> float:
         return local.replace(tzinfo=self._zone()).timestamp()
