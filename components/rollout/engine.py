@@ -273,7 +273,7 @@ class RolloutEngine:
                 if ring.window.open_until(now) is None:  # a swap (the serve phase's, after a shadow soak) waits too
                     return self._wait_for_window(plan, progress, ring_state, ring.window, now)
                 if ring_state["observed_at"] is not None:  # the wait since the shadow phase's last look: deadline paused
-                    self._pause_deadline(ring_state, ring.window, ring_state["observed_at"], now)
+                    self._pause_deadline(progress, ring_state, ring.window, ring_state["observed_at"], now)
             if current != want:
                 self.hub.set_desired(ring.target, want)
                 self._event(progress, ring.name, "deployed", version=want.version, **shadowing)
@@ -290,7 +290,7 @@ class RolloutEngine:
         if gap > self.max_unobserved:
             return self._unobserved(plan, progress, ring_state, gap, now)
         if ring.window is not None and ring_state["state"] == RingState.WAITING:
-            self._pause_deadline(ring_state, ring.window, ring_state["observed_at"] or deployed_at, now)
+            self._pause_deadline(progress, ring_state, ring.window, ring_state["observed_at"] or deployed_at, now)
         obs = self.hub.observe(ring.target, want, since=deployed_at)
         ctx = self._quality_context(plan, ring, phase, since=deployed_at)
         ring_state["observed_at"] = self.clock.now()  # after the calls: a slow platform query is watched time
@@ -353,14 +353,25 @@ class RolloutEngine:
         self._save(plan, progress)
         return True
 
-    @staticmethod
-    def _pause_deadline(ring_state: RingRecord, window: Windows, since: float, now: float) -> None:
+    def _pause_deadline(self, progress: Progress, ring_state: RingRecord, window: Windows, since: float, now: float) -> None:
         """The ring's deadline does not run while its window is closed and its devices are still to swap (it waits for
         adoption, or to order its serve swap): they may not swap then, and a good ring must not fail for it. Counted
-        per step over the time since the last look, so it survives a restart in the ring's record."""
+        per step over the time since the last look, so it survives a restart in the ring's record; said once a closure."""
         closed = max(0.0, now - since - window.open_seconds(since, now))
-        if closed > 0:
-            ring_state["window_paused"] = ring_state.get("window_paused", 0.0) + closed
+        if closed <= 0:
+            return
+        ring_state["window_paused"] = ring_state.get("window_paused", 0.0) + closed
+        opens = window.next_open(now)
+        if ring_state["state"] == RingState.WAITING and ring_state.get("window_opens_at", -1.0) != opens:
+            ring_state["window_opens_at"] = opens
+            self._event(
+                progress,
+                ring_state["name"],
+                "deadline-paused",
+                opens_at=opens,
+                reasons=["its window closed with devices still to swap: they wait for the next opening, and so does its deadline"],
+                **_counts(ring_state["measured"] or {}),
+            )
 
     def _quality_context(self, plan: RolloutPlan, ring: RingPlan, phase: RingPhase, since: float) -> QualityContext:
         """What the ring's quality is compared with: in the serve phase of a rollout with a previous version, the
