@@ -406,3 +406,25 @@ def test_plan_says_when_nothing_was_measured(fleet_repo):
     bump_to_1_1_0(fleet_repo)
     _, md = plan_for(fleet_repo)
     assert "0.8613 (declared) | 0.9492 (declared)" in md and "**Evaluation:** none measured" in md
+
+
+def test_plan_shows_each_rings_download_cap_and_a_cap_change(fleet_repo):
+    path = fleet_repo / "stacks" / "Pulumi.local.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["config"]["edgefleet:groups"][0]["max_download_bytes_per_second"] = 250_000
+    doc["config"]["edgefleet:rollouts"][0]["rings"][0]["max_download_bytes_per_second"] = 50_000
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    plan, md = plan_for(fleet_repo)
+
+    (rollout,) = plan["rollouts"]
+    caps = {r["name"]: (r.get("download_cap"), r.get("download_cap_from"), r["changes"]) for r in rollout["rings"]}
+    assert caps == {
+        "canary": (50_000, "ring", ["download cap"]),
+        "early": (250_000, "group", ["download cap"]),
+        "broad": (250_000, "group", ["download cap"]),
+    }
+    assert "- ring `canary`: each device downloads at most 50,000 B/s (400 kbit/s) (set on the ring)" in md
+    assert "- ring `early`: each device downloads at most 250,000 B/s (2 Mbit/s) (set on group cameras)" in md
+    assert "- ring `broad` changed: download cap" in md
+    assert "The model and the ring layout do not change; download caps do." in md
+    assert plan["policy"]["passed"]
