@@ -63,6 +63,12 @@ class Outcome:
 REFUSED = ("previously-rolled-back", "refused")
 
 
+# Settings a group's or ring's resource inputs hold only when the stack declares them (so graphs of stacks without them
+# stay as they were): read back when present, or `edgefleet up` would run the rollout without them.
+GROUP_DECLARED_WHEN_SET = ("timezone", "maintenance_windows", "max_download_bytes_per_second")
+RING_DECLARED_WHEN_SET = ("capture", "max_download_bytes_per_second")
+
+
 def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
     """The local rollouts in a synthesized graph, with the exact manifest text each one ships."""
     by_urn = {r["urn"]: r for r in graph["resources"]}
@@ -75,7 +81,7 @@ def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
             {
                 "name": r["name"],
                 **{k: r["inputs"][k] for k in ("hardware", "labels", "devices")},
-                **{k: r["inputs"][k] for k in ("max_download_bytes_per_second",) if k in r["inputs"]},
+                **{k: r["inputs"][k] for k in GROUP_DECLARED_WHEN_SET if k in r["inputs"]},
                 "platform": r["inputs"]["platform"],
             },
             strict=False,
@@ -96,7 +102,7 @@ def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
             rings=[
                 RingConfig.model_validate(
                     {k: ring[k] for k in ("group", "labels", "gate")}
-                    | {k: ring[k] for k in ("max_download_bytes_per_second",) if k in ring}
+                    | {k: ring[k] for k in RING_DECLARED_WHEN_SET if k in ring}
                     | {"name": ring["ring"], "percent": ring.get("percent")},
                     strict=False,
                 )

@@ -104,3 +104,23 @@ def test_a_cap_where_devices_would_not_keep_it_is_refused(tmp_path, stack, says)
     text = str(err.value)
     assert f"stacks/Pulumi.{stack}.yaml: edgefleet:groups[0].max_download_bytes_per_second: a download cap on group" in text
     assert says in text
+
+
+def test_up_reads_back_every_setting_a_group_or_ring_declares_only_when_set(tmp_path):
+    """The graph holds windows, capture and the cap only when declared; `edgefleet up` reads the rollout from the graph,
+    so it must read them back, or it would run the rollout without them (windows and capture once were dropped)."""
+
+    def declare(c: dict) -> None:
+        capped(c)
+        c["edgefleet:groups"][0].update(timezone="Europe/Berlin", maintenance_windows=[{"cron": "0 2 * * *", "minutes": 60}])
+        c["edgefleet:rollouts"][0]["rings"][0]["capture"] = {"low_confidence_below": 0.5}
+        c["edgefleet:capture"] = {"store": ".edgefleet/local/captures", "retention_days": 30, "purpose": "labelling"}
+
+    project = stack_copy(tmp_path, "local", declare)
+    (rollout,) = declared(synth(project, "local"))
+    group = rollout.groups["cameras"]
+    assert (group.timezone, [w.cron for w in group.maintenance_windows]) == ("Europe/Berlin", ["0 2 * * *"])
+    assert group.max_download_bytes_per_second == GROUP_CAP
+    canary = rollout.config.rings[0]
+    assert canary.capture is not None and canary.capture.low_confidence_below == 0.5
+    assert canary.max_download_bytes_per_second == CANARY_CAP
