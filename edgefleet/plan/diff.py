@@ -244,7 +244,7 @@ def _ring_rows(
                 "status": status,
                 "changes": changes,
                 **_window(groups.get(inputs.get("group"), {})),
-                **_download_cap(ring, groups.get(inputs.get("group"), {})),
+                **_download_cap(ring, groups.get(inputs.get("group"), {}), manifest),
                 **builds,
             }
         )
@@ -262,14 +262,19 @@ def _window(group: Mapping[str, Any]) -> dict[str, Any]:
     return {"windows": windows.describe(), "next_window": when}
 
 
-def _download_cap(ring: Mapping[str, Any], group: Mapping[str, Any]) -> dict[str, Any]:
-    """A ring whose devices download under a cap: bytes a second, and whether the ring's own setting or its group's."""
+def _download_cap(ring: Mapping[str, Any], group: Mapping[str, Any], manifest: ModelManifest | None = None) -> dict[str, Any]:
+    """A ring whose devices download under a cap: bytes a second, whether the ring's own setting or its group's, and
+    (the manifest known) how long a full download of the reference artifact takes at that rate at least."""
     own, of_group = dig(ring, "inputs", "max_download_bytes_per_second"), dig(group, "inputs", "max_download_bytes_per_second")
     if own is not None:
-        return {"download_cap": own, "download_cap_from": "ring"}
-    if of_group is not None:
-        return {"download_cap": of_group, "download_cap_from": "group"}
-    return {}
+        out = {"download_cap": own, "download_cap_from": "ring"}
+    elif of_group is not None:
+        out = {"download_cap": of_group, "download_cap_from": "group"}
+    else:
+        return {}
+    if manifest is not None:
+        out["download_seconds"] = manifest.size / out["download_cap"]
+    return out
 
 
 def _builds(manifest: ModelManifest | None, counted: Mapping[Hardware, int] | None, profile: Any) -> dict[str, Any]:

@@ -184,7 +184,16 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
             lines.append(f"- ring `{row['name']}` deploys only in its group's maintenance windows ({_md(row['windows'])}): {opens}")
         if row.get("download_cap"):
             where = "set on the ring" if row.get("download_cap_from") == "ring" else f"set on group {row['group']}"
-            lines.append(f"- ring `{row['name']}`: each device downloads at most {_rate(row['download_cap'])} ({where})")
+            line = f"- ring `{row['name']}`: each device downloads at most {_rate(row['download_cap'])} ({where})"
+            if row.get("download_seconds") is not None:
+                line += f"; a full download of {r['model']} {r['to_version']} takes at least {row['download_seconds']:,.1f}s"
+                soak, deadline = row["gate"].get("soak_seconds") or 0, row["gate"].get("deadline_seconds")
+                if deadline is not None and row["download_seconds"] + soak > deadline:
+                    line += (
+                        f", which with the {soak:g}s soak exceeds the gate's deadline_seconds ({deadline:g}): **the gate would time "
+                        "out** unless the devices hold the version already or take a patch; raise the deadline or the cap"
+                    )
+            lines.append(line)
     if r["removed_rings"]:
         lines.append(f"- rings removed: {', '.join(r['removed_rings'])}")
     first = r["rings"][0] if r["rings"] else None
@@ -329,5 +338,10 @@ def render_markdown(plan: dict[str, Any]) -> str:
 def _rate(bytes_per_second: int) -> str:
     """A download cap as a reader checks it: bytes a second, and the link speed that is (decimal units, as links are sold)."""
     bits = bytes_per_second * 8
-    speed = f"{bits / 1e9:g} Gbit/s" if bits >= 1e9 else f"{bits / 1e6:g} Mbit/s" if bits >= 1e6 else f"{bits / 1e3:g} kbit/s"
+    if bits >= 1e9:
+        speed = f"{bits / 1e9:g} Gbit/s"
+    elif bits >= 1e6:
+        speed = f"{bits / 1e6:g} Mbit/s"
+    else:
+        speed = f"{bits / 1e3:g} kbit/s" if bits >= 1e3 else f"{bits:g} bit/s"
     return f"{bytes_per_second:,} B/s ({speed})"
