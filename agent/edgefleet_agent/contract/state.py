@@ -32,7 +32,7 @@ def _unwritten_defaults(body: dict[str, Any]) -> dict[str, Any]:
     gets exactly the bytes it always read."""
     if body.get("format") == 1:
         del body["format"]
-    for name in ("shadow", "capture", "capture_failed", "variant", "update", "variants"):
+    for name in ("shadow", "capture", "capture_failed", "variant", "update", "variants", "max_download_bytes_per_second"):
         if name in body and body[name] is None:
             del body[name]
     if isinstance(body.get("shadow"), dict):
@@ -92,6 +92,10 @@ class DesiredModel:
     # the version's variants and where each is published: [{kind, uri, sha256, size}] (unsigned: where to fetch only;
     # what is installed is checked against the signed manifest's pins). The device fetches the one it chooses.
     variants: list[dict[str, Any]] | None = None
+    # a cap on the device's download rate for this model, bytes a second (its ring's or group's setting; None: no cap).
+    # Unsigned, like variants: a rate is no security property. Needs no format: a reader that does not know the field
+    # drops it (_known_fields; every agent since the contract had formats), so an older agent downloads uncapped.
+    max_download_bytes_per_second: int | None = None
     format: int = 1  # 2 when shadow or capture is set, 3 with variants: older agents refuse it, saying so, not misreading it
 
     def __post_init__(self) -> None:
@@ -105,6 +109,13 @@ class DesiredModel:
             if isinstance(v, dict) and v.get("kind") == kind and isinstance(v.get("uri"), str):
                 return v["uri"], str(v.get("sha256", ""))
         return None
+
+    @property
+    def download_rate(self) -> int | None:
+        """The cap downloads for this desired state keep to, bytes a second: None when it sets none, or a value no
+        controller writes (not a positive integer), which is ignored rather than failing the install."""
+        cap = self.max_download_bytes_per_second
+        return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
 
     @property
     def is_rollback(self) -> bool:
