@@ -381,8 +381,8 @@ class RolloutEngine:
             return
         ring_state["window_paused"] = ring_state.get("window_paused", 0.0) + closed
         opens = window.next_open(now)
-        if ring_state["state"] == RingState.WAITING and ring_state.get("window_opens_at", -1.0) != opens:
-            ring_state["window_opens_at"] = opens
+        if ring_state["state"] == RingState.WAITING and ring_state.get("paused_until", -1.0) != opens:
+            ring_state["paused_until"] = opens
             self._event(
                 progress,
                 ring_state["name"],

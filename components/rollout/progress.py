@@ -60,6 +60,7 @@ class RingRecord(TypedDict):
     started_at: NotRequired[float]  # the ring's first deployment (its shadow phase): its deadline counts from then
     shadow_verdict: NotRequired[dict[str, Any]]  # the shadow phase's passing verdict
     window_paused: NotRequired[float]  # seconds its window was closed while its devices were still to swap: deadline moves out
+    paused_until: NotRequired[float | None]  # its deadline paused for a closed window: when that opens again (said once)
     window_opens_at: NotRequired[float | None]  # waiting for its group's maintenance window: when it opens (None: not within a year)
 
 

@@ -161,11 +161,13 @@ def test_a_closed_window_pauses_the_deadline_but_never_stops_it():
 
 
 def test_a_ring_that_shadows_orders_its_serve_swap_only_in_a_window_and_the_wait_does_not_burn_its_deadline():
-    """The 120 s shadow soak ends after a one-minute window has closed: the serve swap waits for the next night, and
-    the ring passes with its 900 s deadline (the closed hours waiting to swap do not count)."""
+    """A device offline until 00:05 keeps the shadow phase adopting past a one-minute window (the deadline pauses), and
+    the 120 s shadow soak ends later still: the serve swap waits for the next night, and the ring passes with its 900 s
+    deadline (the closed hours waiting to swap do not count). Each wait is said."""
     clock = FakeClock(utc(2026, 12, 7, 0, 0))
     brief = Windows("UTC", (MaintenanceWindow(cron="0 0 * * *", minutes=1),))
     devices = {f"d{i:02d}": Behaviour(adopt_after=1.0) for i in range(4)}
+    devices["d03"] = Behaviour(adopt_after=1.0, online_at=utc(2026, 12, 7, 0, 5))
     hub = FakeHub(clock, devices, running=V1)
     gate = LONG.model_copy(update={"shadow_soak_seconds": 120.0})
     progress = RolloutEngine(hub, clock, unsigned_rollback, poll_seconds=30.0).run(one_ring(sorted(devices), brief, gate))
@@ -174,5 +176,5 @@ def test_a_ring_that_shadows_orders_its_serve_swap_only_in_a_window_and_the_wait
     assert [v for v, _ in sets] == ["1.0.0", "1.1.0"], "shadow (previous version, candidate beside it), then serve"
     assert all(brief.open_until(t) is not None for _, t in sets), f"a swap was ordered outside the window: {sets}"
     assert sets[1][1] == utc(2026, 12, 8, 0, 0)
-    waits = [e["opens_at"] for e in progress["events"] if e["event"] == "window-wait"]
-    assert waits == [utc(2026, 12, 8, 0, 0)]
+    waits = [(e["event"], e["opens_at"]) for e in progress["events"] if e["event"] in ("window-wait", "deadline-paused")]
+    assert waits == [("deadline-paused", utc(2026, 12, 8, 0, 0)), ("window-wait", utc(2026, 12, 8, 0, 0))]
