@@ -59,6 +59,7 @@ from edgefleet_agent.contract.state import DesiredModel
 __all__ = ["FAILED", "TERMINAL", "RingPlan", "RolloutEngine", "RolloutPlan", "last_good", "rollout_id"]
 
 SAMPLE_EVERY = 0.5
+PAUSED_SAMPLE_EVERY = 300.0  # while a closed window pauses a ring (for hours, or days): a sample and a save every 5 min
 MAX_DUTY = 0.02  # the share of its time the controller spends on its own work while it waits for devices
 MIN_UNOBSERVED = 10.0  # floor of the default gap bound: a busy 2-core box must not reset soaks
 
@@ -292,7 +293,7 @@ class RolloutEngine:
                 if ring.window.open_until(now) is None:  # a swap (the serve phase's, after a shadow soak) waits too
                     return self._wait_for_window(plan, progress, ring_state, ring.window, now)
                 if ring_state["observed_at"] is not None:  # the wait since the shadow phase's last look: deadline paused
-                    self._pause_deadline(progress, ring_state, ring.window, ring_state["observed_at"], now)
+                    self._pause_deadline(plan, progress, ring_state, ring.window, ring_state["observed_at"], now)
             if current != want:
                 self.hub.set_desired(ring.target, want)
                 self._event(progress, ring.name, "deployed", version=want.version, **shadowing)
@@ -308,15 +309,17 @@ class RolloutEngine:
         gap = now - (ring_state["observed_at"] or ring_state["soak_started"] or deployed_at)
         if gap > self.max_unobserved:
             return self._unobserved(plan, progress, ring_state, gap, now)
-        if ring.window is not None and ring_state["state"] == RingState.WAITING:
-            self._pause_deadline(progress, ring_state, ring.window, ring_state["observed_at"] or deployed_at, now)
+        paused = ring.window is not None and ring_state["state"] == RingState.WAITING
+        if ring.window is not None and paused:
+            paused = self._pause_deadline(plan, progress, ring_state, ring.window, ring_state["observed_at"] or deployed_at, now)
+        every = PAUSED_SAMPLE_EVERY if paused else SAMPLE_EVERY
         obs = self.hub.observe(ring.target, want, since=deployed_at)
         ctx = self._quality_context(plan, ring, phase, since=deployed_at)
         ring_state["observed_at"] = self.clock.now()  # after the calls: a slow platform query is watched time
         started = ring_state.get("started_at", deployed_at) + ring_state["unobserved"] + ring_state.get("window_paused", 0.0)
         verdict = evaluate(ring.gate, obs, started, ring_state["soak_started"], now, ctx)
         ring_state["measured"] = verdict.measured
-        self._sample(progress, ring.name, verdict.measured, now, force=verdict.outcome in ("pass", "fail"))
+        self._sample(progress, ring.name, verdict.measured, now, force=verdict.outcome in ("pass", "fail"), every=every)
         if verdict.outcome == "soak" and ring_state["soak_started"] is None:
             ring_state["state"] = RingState.SOAKING
             ring_state["soak_started"] = now
@@ -359,7 +362,7 @@ class RolloutEngine:
             )
             self._begin_rollback(plan, progress, ring_state, f"gate of ring {ring.name!r} failed: " + "; ".join(verdict.reasons))
             return True
-        self._maybe_save_sample(plan, progress, now)
+        self._maybe_save_sample(plan, progress, now, every)
         return False
 
     def _wait_for_window(self, plan: RolloutPlan, progress: Progress, ring_state: RingRecord, window: Windows, now: float) -> bool:
@@ -372,13 +375,16 @@ class RolloutEngine:
         self._save(plan, progress)
         return True
 
-    def _pause_deadline(self, progress: Progress, ring_state: RingRecord, window: Windows, since: float, now: float) -> None:
+    def _pause_deadline(
+        self, plan: RolloutPlan, progress: Progress, ring_state: RingRecord, window: Windows, since: float, now: float
+    ) -> bool:
         """The ring's deadline does not run while its window is closed and its devices are still to swap (it waits for
         adoption, or to order its serve swap): they may not swap then, and a good ring must not fail for it. Counted
-        per step over the time since the last look, so it survives a restart in the ring's record; said once a closure."""
+        per step over the time since the last look, so it survives a restart in the ring's record; said once a closure.
+        Returns whether the window is closed now (the ring's timeline is then sampled every PAUSED_SAMPLE_EVERY)."""
         closed = max(0.0, now - since - window.open_seconds(since, now))
         if closed <= 0:
-            return
+            return False
         ring_state["window_paused"] = ring_state.get("window_paused", 0.0) + closed
         opens = window.next_open(now)
         if ring_state["state"] == RingState.WAITING and ring_state.get("paused_until", -1.0) != opens:
@@ -391,6 +397,8 @@ class RolloutEngine:
                 reasons=["its window closed with devices still to swap: they wait for the next opening, and so does its deadline"],
                 **_counts(ring_state["measured"] or {}),
             )
+            self._save(plan, progress)
+        return opens != now
 
     def _quality_context(self, plan: RolloutPlan, ring: RingPlan, phase: RingPhase, since: float) -> QualityContext:
         """What the ring's quality is compared with: in the serve phase of a rollout with a previous version, the
@@ -592,12 +600,14 @@ class RolloutEngine:
     def _event(self, progress: Progress, ring: str | None, event: str, **details: Any) -> None:
         progress["events"].append({"t": self.clock.now(), "ring": ring, "event": event, **details})
 
-    def _sample(self, progress: Progress, ring: str, m: Mapping[str, Any], now: float, force: bool = False) -> None:
-        """Thinned to one per SAMPLE_EVERY per ring, except at a verdict (`force`): the timeline must show what the
+    def _sample(
+        self, progress: Progress, ring: str, m: Mapping[str, Any], now: float, force: bool = False, every: float = SAMPLE_EVERY
+    ) -> None:
+        """Thinned to one per `every` per ring, except at a verdict (`force`): the timeline must show what the
         gate saw when it decided, even when that came moments after the last sample."""
         samples = progress["samples"]
         last = samples[-1] if samples and samples[-1]["ring"] == ring else None
-        if last is not None and now - last["t"] < SAMPLE_EVERY and not force:
+        if last is not None and now - last["t"] < every and not force:
             return
         if last is not None and last["t"] == now:
             samples.pop()
@@ -605,8 +615,8 @@ class RolloutEngine:
             {"t": now, "ring": ring, "adopted": m["adopted"], "failed": m["failed"], "pending": m["pending"], "devices": m["devices"]}
         )
 
-    def _maybe_save_sample(self, plan: RolloutPlan, progress: Progress, now: float) -> None:
-        if now - self._last_sample >= SAMPLE_EVERY:
+    def _maybe_save_sample(self, plan: RolloutPlan, progress: Progress, now: float, every: float = SAMPLE_EVERY) -> None:
+        if now - self._last_sample >= every:
             self._save(plan, progress)
 
     def _save(self, plan: RolloutPlan, progress: Progress) -> None:

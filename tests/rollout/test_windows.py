@@ -144,6 +144,8 @@ def test_a_ring_still_adopting_when_its_window_closes_is_not_failed_by_the_close
     assert ring["window_paused"] == pytest.approx(86400 - 600), "the pause is the closed hours while devices were to swap"
     paused = [e for e in progress["events"] if e["event"] == "deadline-paused"]
     assert [(e["opens_at"], e["adopted"], e["devices"]) for e in paused] == [(utc(2026, 12, 8, 0, 0), 6, 8)], "said once a closure"
+    closed = [x for x in progress["samples"] if utc(2026, 12, 7, 0, 10) < x["t"] < utc(2026, 12, 8, 0, 0)]
+    assert 0 < len(closed) <= (86400 - 600) / 300 + 1, "a paused ring is sampled every 5 minutes, not every poll"
 
 
 def test_a_closed_window_pauses_the_deadline_but_never_stops_it():
