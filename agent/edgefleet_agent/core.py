@@ -44,6 +44,7 @@ from edgefleet_agent.contract.manifest import REFERENCE_KIND, ModelManifest, par
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
 from edgefleet_agent.contract.tuf import MetadataRefused, patch_uri
+from edgefleet_agent.contract.windows import Windows
 from edgefleet_agent.delta import METHOD as PATCH_METHOD
 from edgefleet_agent.delta import PatchError, apply_patch
 from edgefleet_agent.download import DigestMismatch, FetchError, download
@@ -132,6 +133,27 @@ def build_uri(desired: DesiredModel, build: Build) -> str:
     if sha256 != build.sha256:
         raise Refused(f"the desired state lists the {build.kind} variant with sha256 {sha256}, the signed manifest pins {build.sha256}")
     return uri
+
+
+def window_wait(desired: DesiredModel, now: float) -> str | None:
+    """Why a swap to `desired` must wait at `now` for the group's maintenance window (the sentence reported while it
+    does), or None when it may go: a window is open, the desired state names none, or it is a rollback (a bad version
+    must go whatever the hour). Windows that do not parse return None here; the install refuses them."""
+    if desired.rollback_order is not None or not desired.windows:
+        return None
+    try:
+        windows = Windows.from_document(desired.windows)
+    except ValueError:
+        return None
+    if windows is None or windows.open_until(now) is not None:
+        return None
+    opens = windows.next_open(now)
+    when = (
+        "no window opens within a year"
+        if opens is None
+        else "the next opens " + datetime.fromtimestamp(opens, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    )
+    return f"swap to {desired.version} waits for the maintenance window ({windows.describe()}): {when}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -426,7 +448,8 @@ class DeviceAgent:
             return self._deferred_until
 
     def _held_back(self, desired: DesiredModel) -> bool:
-        """True while an application's deferral holds `desired` back (a forward swap only)."""
+        """True while an application's deferral, or the group's closed maintenance window, holds `desired` back (a
+        forward swap only: a rollback order never waits)."""
         now = self.clock()
         with self._state_lock:
             if self._deferred_until is not None and now < self._deferred_until and desired.rollback_order is None:
@@ -435,8 +458,9 @@ class DeviceAgent:
                 return True
             if self._deferred_until is not None and now >= self._deferred_until:
                 self._defer_started = self._deferred_until = None
-            self._deferral = None
-            return False
+            waits = window_wait(desired, now)
+            self._deferral = waits
+            return waits is not None
 
     def _sync_served(self, desired: DesiredModel) -> bool:
         serving = self._serving
@@ -479,6 +503,11 @@ class DeviceAgent:
         return True
 
     def _install(self, desired: DesiredModel) -> None:
+        if desired.rollback_order is None and desired.windows:
+            try:  # _held_back let it through: windows that do not parse are refused, never guessed at
+                Windows.from_document(desired.windows)
+            except ValueError as exc:
+                raise Refused(str(exc)) from None
         manifest_bytes, signature_bytes = desired.manifest.encode("utf-8"), desired.signature.encode("utf-8")
         manifest = self._verify_desired(desired, manifest_bytes, signature_bytes)
         self._check_trusted(desired, manifest_bytes)
