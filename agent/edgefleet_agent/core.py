@@ -441,11 +441,26 @@ class DeviceAgent:
         asks. A rollback order never waits (a bad version must go), nor does a device serving nothing."""
         now = self.clock()
         with self._state_lock:
+            if self._deferred_until is not None and now >= self._deferred_until and self._deferral is None:
+                self._defer_started = self._deferred_until = None  # expired with no swap held: this ask starts anew
             if self._defer_started is None:
                 self._defer_started = now
             until = min(now + max(0.0, seconds), self._defer_started + self.max_defer_seconds)
             self._deferred_until = max(until, self._deferred_until or now)
             return self._deferred_until
+
+    def deferred_until(self) -> float | None:
+        """Until when an application holds swaps back, None when it does not: for a platform whose own runtime applies
+        the update (Greengrass's nucleus, answered through DeferComponentUpdate). An expired deferral is forgotten here,
+        as a sync forgets it."""
+        now = self.clock()
+        with self._state_lock:
+            if self._deferred_until is None:
+                return None
+            if now < self._deferred_until:
+                return self._deferred_until
+            self._defer_started = self._deferred_until = None
+            return None
 
     def _held_back(self, desired: DesiredModel) -> bool:
         """True while an application's deferral, or the group's closed maintenance window, holds `desired` back (a
