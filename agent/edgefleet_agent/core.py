@@ -10,6 +10,9 @@ Guarantees (tested in tests/agent):
     signed target in fresh update metadata: a revoked version is refused even when its desired state is replayed;
   * a refused version is reported with the reason and not retried until the desired state changes
     (download failures, which may be transient, are retried with exponential backoff);
+  * a forward swap waits while an application defers it (at most MAX_DEFER_SECONDS from the first ask) and while the
+    desired state's maintenance windows are closed (reported as pending, with the reason); a rollback order never
+    waits, and windows that do not parse refuse the swap instead of being read as "always open";
   * a swap is one reference assignment after the new session has loaded and run: requests in flight finish
     on the old session, and the on-disk pointer is renamed into place before that assignment, so a kill at
     any instant restarts on a verified model, old or new.
