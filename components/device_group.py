@@ -34,6 +34,7 @@ class DeviceGroup(pulumi.ComponentResource):
                     if cfg.maintenance_windows
                     else {}
                 ),
+                **({"max_download_bytes_per_second": cfg.max_download_bytes_per_second} if cfg.max_download_bytes_per_second else {}),
             },
             opts,
         )

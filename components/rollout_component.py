@@ -43,6 +43,11 @@ class Ring(pulumi.ComponentResource):
                 "gate": spec.ring.gate.model_dump(mode="json"),
                 # written only when declared: a ring without capture registers exactly as before it existed
                 **({"capture": spec.ring.capture.model_dump(mode="json")} if spec.ring.capture is not None else {}),
+                **(
+                    {"max_download_bytes_per_second": spec.ring.max_download_bytes_per_second}
+                    if spec.ring.max_download_bytes_per_second is not None
+                    else {}
+                ),
                 "model": args.model.manifest.name,
                 "version": args.model.manifest.version,
                 "sha256": args.model.manifest.sha256,

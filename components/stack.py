@@ -196,6 +196,10 @@ def check_stack(cfg: Any) -> list[Problem]:
             out.append(
                 (f"groups[{i}].platform", "required when the stack has more than one platform", f"set platform to one of {cfg.platforms}")
             )
+        if g.max_download_bytes_per_second is not None and (
+            g.platform in cfg.platforms or (g.platform is None and len(cfg.platforms) == 1)
+        ):
+            out += _download_cap_problems(f"groups[{i}].max_download_bytes_per_second", g.name, cfg.group_platform(g))
     names = [r.name for r in cfg.rollouts]
     for i, r in enumerate(cfg.rollouts):
         if r.name in names[:i]:
@@ -268,6 +272,8 @@ def check_stack(cfg: Any) -> list[Problem]:
                         "remove capture from this ring, or capture on a local ring",
                     )
                 )
+            if ring.max_download_bytes_per_second is not None:
+                out += _download_cap_problems(f"{key}.max_download_bytes_per_second", group.name, platform)
         if r.control_holdback > 0 and any(p != "local" for _, p in on):
             out.append(
                 (
@@ -284,6 +290,29 @@ def check_stack(cfg: Any) -> list[Problem]:
         for entry in registry.PLATFORMS.values():  # each platform's own rules (ring queries, job policies, twin tags)
             out += entry.load("checks")(cfg)
     return out
+
+
+# Why a download cap set on a group of each platform but local would not reach its devices, and what to do instead.
+_UNCAPPED = {
+    "aws": (
+        "on Greengrass the nucleus downloads a component's artifacts itself, not the edgefleet agent (docs/aws.md), so the "
+        "cap would not apply",
+        "remove it: Greengrass downloads are not capped by edgefleet",
+    ),
+    "azure": (
+        "the IoT Edge agent module's twin does not carry a download cap yet (docs/azure.md), so the devices would download uncapped",
+        "remove it until the twin carries the cap, or deploy the group on the local platform",
+    ),
+}
+
+
+def _download_cap_problems(key: str, group: str, platform: str) -> list[Problem]:
+    """A download cap is kept by the agent's own downloader, which only the local platform's desired state feeds yet:
+    declared where it would be ignored, it is refused rather than silently not kept."""
+    if platform == "local":
+        return []
+    why, fix = _UNCAPPED.get(platform, ("its desired state does not carry a download cap", "remove it"))
+    return [(key, f"a download cap on group {group!r} ({platform}): {why}", fix)]
 
 
 def _overlapping_cloud_rollouts(cfg: Any) -> list[Problem]:

@@ -646,7 +646,7 @@ class DeviceAgent:
             if why is not None:
                 log.info("%s: downloading %s %s whole: %s", self.device_id, self.model, desired.version, why)
             try:
-                download(uri, part, expected_size=build.size, expected_sha256=build.sha256)
+                download(uri, part, expected_size=build.size, expected_sha256=build.sha256, max_bytes_per_second=desired.download_rate)
             except DigestMismatch as exc:
                 what = "artifact" if build.kind == REFERENCE_KIND else f"{build.kind} variant"
                 raise Refused(
@@ -690,7 +690,12 @@ class DeviceAgent:
             expected_size, expected_sha256 = signed.size, signed.sha256
         patch_file = part.with_name(part.name + ".patch")
         try:
-            digest = download(patch_uri(desired.uri, old, build.sha256, PATCH_METHOD), patch_file, expected_size=expected_size)
+            digest = download(
+                patch_uri(desired.uri, old, build.sha256, PATCH_METHOD),
+                patch_file,
+                expected_size=expected_size,
+                max_bytes_per_second=desired.download_rate,
+            )
             if expected_sha256 is not None and digest != expected_sha256:
                 return None, f"the downloaded patch has sha256 {digest[:12]}…, the signed targets list {expected_sha256[:12]}…"
             size = patch_file.stat().st_size

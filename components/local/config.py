@@ -50,6 +50,7 @@ class LocalConfig(Strict):
         default=2000,
         ge=1,
         description="at most this many of the simulated devices send their application's request in one sweep (in turn, "
-        "so each device's share is even); every device still syncs and reports each sweep. Two cores cannot run "
-        "10,000 devices' traffic at once: past this many devices a device sends a request every few sweeps",
+        "so each device's share is even); every device still syncs each sweep, and reports on its turn and whenever "
+        "what it serves changes. Two cores cannot run 10,000 devices' traffic at once: past this many devices a device "
+        "sends a request and reports every few sweeps",
     )

@@ -5,7 +5,8 @@ swap, one real inference, report) and writes all reports in one transaction, so 
 cores. Some devices run as separate `edgefleet-agent` processes (`python -m edgefleet_agent`), so faults are real: a killed process
 loses its memory and must recover from disk. Offline devices stay dark until `reconnect_after_seconds`.
 Simulated agents skip fsync (durable=False) — they are not real devices and thousands of fsyncs would
-measure the disk, not the system; agent processes are durable. One fleet per hub: two would step the same
+measure the disk, not the system; agent processes are durable. Simulated devices of one model also share one TUF
+client (shared_trust.py), as they share loaded sessions; each agent process keeps its own. One fleet per hub: two would step the same
 devices, so a fleet holds an exclusive lock beside the hub database while it runs.
 """
 
@@ -436,14 +437,16 @@ class LocalFleet:
 
     def _sim_loop(self) -> None:
         """Full sweeps every `sim_period` (sync, the application's request, report for every online device; past
-        edgefleet:local.simulated_requests_per_sweep devices they take turns to send a request, each timed by its thread's CPU time), and
-        between them a 50 ms check for desired-state changes so a ring's devices react at once."""
+        edgefleet:local.simulated_requests_per_sweep devices they take turns to send a request, each timed by its
+        thread's CPU time, and report on their turn or as soon as what they serve changes, as agents that report on
+        change and on a period do), and between them a 50 ms check for desired-state changes so a ring's devices react
+        at once."""
         import onnxruntime
 
+        from components.local.shared_trust import SharedTrust
         from edgefleet_agent.capture import LocalCaptureSink
         from edgefleet_agent.core import DeviceAgent
         from edgefleet_agent.serving import NotReady, RequestError, SessionCache
-        from edgefleet_agent.trust import TrustedMetadata
 
         # onnxruntime's own logger writes each failed run to stderr from C++, once per simulated device: a thousand
         # lines over the live display. The agents catch every failure and report it (counted per device, per window).
@@ -458,18 +461,25 @@ class LocalFleet:
         watermarks = {m: 0.0 for m in self.models}
         late_processes = {d.id for d in self.devices if d.kind == "process" and d.reconnect_after is not None}
 
+        shared_trust: dict[str, SharedTrust] = {}  # per model: one TUF client for every simulated device (shared_trust.py)
+
+        def trust_for(d: LocalDevice, model: str) -> SharedTrust | None:
+            root = self.provision_root(d.id)
+            if root is None or self.metadata_url is None:
+                return None
+            if model not in shared_trust:
+                shared_trust[model] = SharedTrust(
+                    root.read_bytes(),
+                    self.metadata_url,
+                    self.state_root / ".simulated" / model / "tuf",
+                    refresh_seconds=self.metadata_refresh_seconds,
+                )
+            return shared_trust[model]
+
         def agent_for(d: LocalDevice, model: str) -> DeviceAgent:
             agent = agents.get((d.id, model))
             if agent is None:
-                root = self.provision_root(d.id)
-                trust = None
-                if root is not None and self.metadata_url is not None:
-                    trust = TrustedMetadata(
-                        root.read_bytes(),
-                        self.metadata_url,
-                        self.state_root / d.id / model / "tuf",
-                        refresh_seconds=self.metadata_refresh_seconds,
-                    )
+                trust = trust_for(d, model)
                 agent = DeviceAgent(
                     d.id,
                     model,
@@ -504,7 +514,7 @@ class LocalFleet:
                 every = max(1, -(-len(online) // per_sweep))  # a device sends a request every `every` sweeps
                 for i, d in enumerate(online):
                     agent = agent_for(d, model)
-                    agent.sync()
+                    moved = agent.sync()
                     asks = full and (i + self.sweeps) % every == 0
                     if asks and model not in self.traffic:
                         agent.infer()
@@ -521,7 +531,8 @@ class LocalFleet:
                         else:
                             traffic.count(label, refused=False)
                         sent[(d.id, model)] = n + 1
-                    agent.report()
+                    if asks or moved or not full:
+                        agent.report()  # on its turn (its window holds its request) and whenever what it serves changed
                 if batch.reports:
                     hub.put_reports(batch.reports)
             for dev_id in list(late_processes):

@@ -45,9 +45,6 @@ class Lease:
     lost: str | None = None
 
 
-REREAD_SECONDS = 5.0
-
-
 def default_owner() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
@@ -134,18 +131,16 @@ class LocalHub(AgentHub):
             return out
 
     def _latest_rows(self, model: str) -> tuple[dict[str, tuple[float, str]], dict[str, tuple[float, DeviceReport]]]:
-        """Every device's latest report row of `model` as (stamp, text), reading only the rows stamped since the
-        previous read. Rows stamped up to REREAD_SECONDS before the newest one seen are read again, for a writer whose
-        transaction committed after a later stamp; one that took longer than that is seen at its device's next report."""
+        """Every device's latest report row of `model` as (stamp, text), reading only the rows stamped after the newest
+        one seen: writers stamp in commit order (AgentHub.put_reports), so none is missed, and the index on the stamp
+        makes the read cost what was written since."""
         seen, rows, parsed = self._report_cache.get(model, (None, {}, {}))
         if seen is None:
             fresh = self._db().execute("SELECT device_id, report, reported_at FROM reports WHERE model=?", (model,)).fetchall()
         else:
             fresh = (
                 self._db()
-                .execute(
-                    "SELECT device_id, report, reported_at FROM reports WHERE model=? AND reported_at > ?", (model, seen - REREAD_SECONDS)
-                )
+                .execute("SELECT device_id, report, reported_at FROM reports WHERE reported_at > ? AND model=?", (seen, model))
                 .fetchall()
             )
         newest = seen if seen is not None else float("-inf")

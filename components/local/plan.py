@@ -65,11 +65,29 @@ def ring_plans(
         rest = control_sample(rollout.name, [d for d in in_rollout if d not in taken])
         control = (RingTarget(rollout.name, CONTROL_RING, len(rings), rest),) if rest else ()
         target = RingTarget(rollout=rollout.name, ring=r.name, index=i, selector=tuple(members[r.name]))
-        out.append(RingPlan(target, r.gate, control, capture=r.capture.spec() if r.capture else None, window=groups[r.group].windows()))
+        out.append(
+            RingPlan(
+                target,
+                r.gate,
+                control,
+                capture=r.capture.spec() if r.capture else None,
+                window=groups[r.group].windows(),
+                download_cap=r.download_cap(groups[r.group]),
+            )
+        )
     if complete and rollout.control_holdback > 0:
         held = tuple(control_members(rollout.name, rings, groups, devices, rollout.control_holdback))
         last = groups[rings[-1].group].windows()
-        out.append(RingPlan(RingTarget(rollout.name, CONTROL_RING, len(rings), held), follower_gate(rings[-1].gate), window=last))
+        # the holdback holds devices of every group of the rollout: the strictest of their caps, so none exceeds its own
+        caps = [c for c in (groups[g].max_download_bytes_per_second for g in {r.group for r in rings}) if c is not None]
+        out.append(
+            RingPlan(
+                RingTarget(rollout.name, CONTROL_RING, len(rings), held),
+                follower_gate(rings[-1].gate),
+                window=last,
+                download_cap=min(caps) if caps else None,
+            )
+        )
     return out
 
 

@@ -63,6 +63,12 @@ class Outcome:
 REFUSED = ("previously-rolled-back", "refused")
 
 
+# Settings a group's or ring's resource inputs hold only when the stack declares them (so graphs of stacks without them
+# stay as they were): read back when present, or `edgefleet up` would run the rollout without them.
+GROUP_DECLARED_WHEN_SET = ("timezone", "maintenance_windows", "max_download_bytes_per_second")
+RING_DECLARED_WHEN_SET = ("capture", "max_download_bytes_per_second")
+
+
 def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
     """The local rollouts in a synthesized graph, with the exact manifest text each one ships."""
     by_urn = {r["urn"]: r for r in graph["resources"]}
@@ -72,7 +78,12 @@ def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
     artifacts = {by_urn[r["parent"]]["name"]: r["inputs"] for r in graph["resources"] if r["type"] == ARTIFACT}
     groups = {
         r["name"]: DeviceGroupConfig.model_validate(
-            {"name": r["name"], **{k: r["inputs"][k] for k in ("hardware", "labels", "devices")}, "platform": r["inputs"]["platform"]},
+            {
+                "name": r["name"],
+                **{k: r["inputs"][k] for k in ("hardware", "labels", "devices")},
+                **{k: r["inputs"][k] for k in GROUP_DECLARED_WHEN_SET if k in r["inputs"]},
+                "platform": r["inputs"]["platform"],
+            },
             strict=False,
         )
         for r in graph["resources"]
@@ -90,7 +101,10 @@ def declared(graph: dict[str, Any]) -> list[DeclaredRollout]:
             model=r["inputs"]["model"],
             rings=[
                 RingConfig.model_validate(
-                    {k: ring[k] for k in ("group", "labels", "gate")} | {"name": ring["ring"], "percent": ring.get("percent")}, strict=False
+                    {k: ring[k] for k in ("group", "labels", "gate")}
+                    | {k: ring[k] for k in RING_DECLARED_WHEN_SET if k in ring}
+                    | {"name": ring["ring"], "percent": ring.get("percent")},
+                    strict=False,
                 )
                 for ring in rings
             ],
@@ -324,8 +338,8 @@ def restore_rollback(hub: LocalHub, decision: Decision) -> list[str]:
     for ring in decision.rings:
         now = hub.desired(ring.target)
         rejected = now is not None and (now.version, now.sha256) == (record.get("version"), record.get("sha256"))
-        if (ring.name in rb.get("rings", []) or rejected) and now != target:
-            hub.set_desired(ring.target, target)
+        if (ring.name in rb.get("rings", []) or rejected) and now != ring.capped(target):
+            hub.set_desired(ring.target, ring.capped(target))
             restored.append(ring.name)
     return restored
 

@@ -158,8 +158,8 @@ def restore_rollback(gate: GateInputs, hub: GateHub, record: dict[str, Any]) -> 
     target = DesiredModel.from_json(rb.get("desired"))
     restored = []
     for ring in gate.rings:
-        if ring.name in rb.get("rings", []) and hub.desired(ring.target) != target:
-            hub.set_desired(ring.target, target)
+        if ring.name in rb.get("rings", []) and hub.desired(ring.target) != ring.capped(target):
+            hub.set_desired(ring.target, ring.capped(target))
             restored.append(ring.name)
     return restored
 

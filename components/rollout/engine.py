@@ -66,10 +66,26 @@ class RingPlan:
     control: tuple[RingTarget, ...] = ()  # where devices still on the previous version are: its quality's control group
     capture: CaptureSpec | None = None  # opt-in sample capture on the ring's devices, carried by its desired state
     window: Windows | None = None  # its group's maintenance windows: the ring deploys only while one is open
+    download_cap: int | None = None  # bytes a second its devices download at most (its own setting, else its group's)
 
     @property
     def name(self) -> str:
         return self.target.ring
+
+    def capped(self, desired: DesiredModel | None) -> DesiredModel | None:
+        """`desired` as this ring's devices get it: with exactly the ring's download cap (none when it has none, even
+        if `desired` was read from another ring), on the candidate it shadows too (a shadow candidate is downloaded as
+        well). Every desired state the ring is set to (a phase's, a rollback's) goes through here, so comparing the
+        ring's desired state with what it should be never sees a cap-only difference."""
+        if desired is None:
+            return None
+        cap = self.download_cap
+        shadow = desired.shadow
+        if shadow is not None and shadow.max_download_bytes_per_second != cap:
+            shadow = replace(shadow, max_download_bytes_per_second=cap)
+        if desired.max_download_bytes_per_second == cap and shadow is desired.shadow:
+            return desired
+        return replace(desired, max_download_bytes_per_second=cap, shadow=shadow)
 
 
 @dataclass(frozen=True)
@@ -109,10 +125,13 @@ class RolloutPlan:
         return self.shadow_desired() if phase == RingPhase.SHADOW else self.desired
 
     def ring_phase_desired(self, ring: RingPlan, phase: RingPhase) -> DesiredModel:
-        """A ring's desired state in `phase`: the phase's, with the ring's capture setting when it declares one (a ring
-        without capture gets exactly the phase's desired state)."""
+        """A ring's desired state in `phase`: the phase's, with the ring's capture setting and download cap when it
+        declares them (a ring with neither gets exactly the phase's desired state)."""
         desired = self.phase_desired(phase)
-        return desired if ring.capture is None else replace(desired, capture=ring.capture.to_json())
+        desired = desired if ring.capture is None else replace(desired, capture=ring.capture.to_json())
+        capped = ring.capped(desired)
+        assert capped is not None
+        return capped
 
     def ring_desired(self, ring: RingPlan, record: RingRecord | None) -> DesiredModel:
         """What `ring` is set to in its current phase, or in its first one while its record is still pending: a
@@ -455,7 +474,7 @@ class RolloutEngine:
             if name not in rb["set"]:
                 ring = by_name[name]
                 current = self.hub.desired(ring.target)
-                target_desired = target_of(name)
+                target_desired = ring.capped(target_of(name))  # a rollback's download keeps to the ring's cap too
                 if not _same_version(current, target_desired):
                     self.hub.set_desired(ring.target, target_desired)
                 rb["set"].append(name)

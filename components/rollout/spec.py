@@ -126,6 +126,24 @@ class CaptureConfig(Strict):
         return CaptureSpec(**self.model_dump())
 
 
+DOWNLOAD_CAP_DESCRIPTION = (
+    "a cap on each device's download rate for the models it installs, in bytes a second (e.g. 125000 for 1 Mbit/s); "
+    "unset: no cap. Carried by the desired state, kept by the agent's downloader (full artifacts, variants, patches)"
+)
+
+
+def check_download_cap(value: Any) -> Any:
+    """A download cap is a positive whole number of bytes a second, or unset: said in the stack file's terms."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"{value!r} is not a download cap: give a positive whole number of bytes a second (e.g. 125000 for 1 Mbit/s, "
+            "1000000 for 1 MB/s), or remove the key for no cap"
+        )
+    return value
+
+
 class RingConfig(Strict):
     """A step of a rollout: which devices of a group, and the gate they must pass before the next ring.
 
@@ -139,14 +157,24 @@ class RingConfig(Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     gate: GateConfig = GateConfig()
     capture: CaptureConfig | None = None  # opt-in sample capture on this ring's devices; None: off
+    max_download_bytes_per_second: int | None = Field(
+        default=None, description=DOWNLOAD_CAP_DESCRIPTION + "; on a ring, it overrides its group's for the ring's devices"
+    )
+
+    _download_cap = field_validator("max_download_bytes_per_second", mode="before")(check_download_cap)
 
     @model_serializer(mode="wrap")
     def _capture_unset_unwritten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A ring without capture serializes (resource inputs, records) exactly as before capture existed."""
+        """A ring without capture or a download cap serializes (resource inputs, records) exactly as before they existed."""
         body: dict[str, Any] = handler(self)
-        if body.get("capture", 0) is None:
-            del body["capture"]
+        for name in ("capture", "max_download_bytes_per_second"):
+            if body.get(name, 0) is None:
+                del body[name]
         return body
+
+    def download_cap(self, group: DeviceGroupConfig) -> int | None:
+        """The cap the ring's devices download under: the ring's own when it sets one, else its group's."""
+        return self.max_download_bytes_per_second if self.max_download_bytes_per_second is not None else group.max_download_bytes_per_second
 
 
 class RolloutConfig(Strict):
@@ -190,6 +218,9 @@ class DeviceGroupConfig(Strict):
         description="when the group's devices may swap models (none: any time); a ring over the group deploys only "
         "while one is open, and its deadline counts from then. Rollbacks and revocations ignore windows",
     )
+    max_download_bytes_per_second: int | None = Field(default=None, description=DOWNLOAD_CAP_DESCRIPTION)
+
+    _download_cap = field_validator("max_download_bytes_per_second", mode="before")(check_download_cap)
 
     @field_validator("timezone")
     @classmethod
@@ -204,6 +235,8 @@ class DeviceGroupConfig(Strict):
             del body["timezone"]
         if body.get("maintenance_windows") == []:
             del body["maintenance_windows"]
+        if body.get("max_download_bytes_per_second", 0) is None:
+            del body["max_download_bytes_per_second"]
         return body
 
     def windows(self) -> Windows | None:

@@ -193,8 +193,10 @@ def _ring_rows(
     counted: str | None = None,
     manifest: ModelManifest | None = None,
     hardware: Mapping[str, Mapping[Hardware, int]] | None = None,
+    base_groups: Mapping[str, Any] | None = None,
 ) -> list[dict]:
     groups = g.groups()
+    base_groups = base_groups or {}
     rows, cumulative = [], 0
     for ring in g.rings(rollout):
         inputs = ring.get("inputs") or {}
@@ -208,6 +210,10 @@ def _ring_rows(
             for key in ("index", "group", "percent", "labels", "gate", "platform"):
                 if dig(old, "inputs", key) != inputs.get(key):
                     changes.append(key)
+            if _download_cap(old, base_groups.get(dig(old, "inputs", "group"), {})) != _download_cap(
+                ring, groups.get(inputs.get("group"), {})
+            ):
+                changes.append("download cap")
             status = "changed" if changes else "unchanged"
         base_devices = base_counts[name] if base_counts is not None and name in base_counts else None
         if old is not None and None not in (devices, base_devices) and devices != base_devices:
@@ -238,6 +244,7 @@ def _ring_rows(
                 "status": status,
                 "changes": changes,
                 **_window(groups.get(inputs.get("group"), {})),
+                **_download_cap(ring, groups.get(inputs.get("group"), {}), manifest),
                 **builds,
             }
         )
@@ -253,6 +260,21 @@ def _window(group: Mapping[str, Any]) -> dict[str, Any]:
     opens = windows.next_open(time.time())
     when = datetime.fromtimestamp(opens, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if opens is not None else None
     return {"windows": windows.describe(), "next_window": when}
+
+
+def _download_cap(ring: Mapping[str, Any], group: Mapping[str, Any], manifest: ModelManifest | None = None) -> dict[str, Any]:
+    """A ring whose devices download under a cap: bytes a second, whether the ring's own setting or its group's, and
+    (the manifest known) how long a full download of the reference artifact takes at that rate at least."""
+    own, of_group = dig(ring, "inputs", "max_download_bytes_per_second"), dig(group, "inputs", "max_download_bytes_per_second")
+    if own is not None:
+        out = {"download_cap": own, "download_cap_from": "ring"}
+    elif of_group is not None:
+        out = {"download_cap": of_group, "download_cap_from": "group"}
+    else:
+        return {}
+    if manifest is not None:
+        out["download_seconds"] = manifest.size / out["download_cap"]
+    return out
 
 
 def _builds(manifest: ModelManifest | None, counted: Mapping[Hardware, int] | None, profile: Any) -> dict[str, Any]:
@@ -293,6 +315,7 @@ def diff_rollouts(base_g: Graph, head_g: Graph, base_m: Membership, head_m: Memb
             counted,
             manifest,
             (head_m.hardware or {}).get(name),
+            base_groups=base_g.groups(),
         )
         removed = [n for n in base_rings if n not in {r["name"] for r in rows}]
         version_changed = (

@@ -117,7 +117,18 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
         else f"{r['model']} {r['to_version']}"
     )
     lines = [f"#### Rollout `{r['name']}`: {what}" + (" (new rollout)" if r["status"] == "new" else ""), ""]
-    if not r["version_changed"]:
+    cap_only = (
+        not r.get("removed_rings")
+        and any(row["changes"] for row in r["rings"])
+        and all(row["status"] != "new" and set(row["changes"]) <= {"download cap"} for row in r["rings"])
+    )
+    if not r["version_changed"] and cap_only and r["status"] == "changed":
+        lines += [
+            f"The model and the ring layout do not change; download caps do. Nothing is downloaded now (the devices already "
+            f"run {r['model']} {r['to_version']}): the caps ride in the rings' desired states from the next version rolled out.",
+            "",
+        ]
+    elif not r["version_changed"]:
         lines += [
             f"The model does not change; the ring layout does. Devices that land in a new or changed ring are "
             f"(re)targeted with {r['model']} {r['to_version']}.",
@@ -171,6 +182,18 @@ def _rollout_md(r: dict[str, Any]) -> list[str]:
         if row.get("windows"):
             opens = f"next opens {row['next_window']}" if row.get("next_window") else "**opens within no year**"
             lines.append(f"- ring `{row['name']}` deploys only in its group's maintenance windows ({_md(row['windows'])}): {opens}")
+        if row.get("download_cap"):
+            where = "set on the ring" if row.get("download_cap_from") == "ring" else f"set on group {row['group']}"
+            line = f"- ring `{row['name']}`: each device downloads at most {_rate(row['download_cap'])} ({where})"
+            if row.get("download_seconds") is not None:
+                line += f"; a full download of {r['model']} {r['to_version']} takes at least {row['download_seconds']:,.1f}s"
+                soak, deadline = row["gate"].get("soak_seconds") or 0, row["gate"].get("deadline_seconds")
+                if deadline is not None and row["download_seconds"] + soak > deadline:
+                    line += (
+                        f", which with the {soak:g}s soak exceeds the gate's deadline_seconds ({deadline:g}): **the gate would time "
+                        "out** unless the devices hold the version already or take a patch; raise the deadline or the cap"
+                    )
+            lines.append(line)
     if r["removed_rings"]:
         lines.append(f"- rings removed: {', '.join(r['removed_rings'])}")
     first = r["rings"][0] if r["rings"] else None
@@ -310,3 +333,15 @@ def render_markdown(plan: dict[str, Any]) -> str:
     lines += _resources_md(plan["resources"])
     lines += policy_md(plan["policy"])
     return "\n".join(lines)
+
+
+def _rate(bytes_per_second: int) -> str:
+    """A download cap as a reader checks it: bytes a second, and the link speed that is (decimal units, as links are sold)."""
+    bits = bytes_per_second * 8
+    if bits >= 1e9:
+        speed = f"{bits / 1e9:g} Gbit/s"
+    elif bits >= 1e6:
+        speed = f"{bits / 1e6:g} Mbit/s"
+    else:
+        speed = f"{bits / 1e3:g} kbit/s" if bits >= 1e3 else f"{bits:g} bit/s"
+    return f"{bytes_per_second:,} B/s ({speed})"

@@ -12,6 +12,7 @@ import onnx
 import pytest
 from agent_testkit import SAMPLES, Publisher, artifact_path
 
+import edgefleet_agent.core
 from components.delta import make_patch
 from components.local.signer import LocalKeySigner, create_key_file
 from components.trust.repository import TrustRepository
@@ -225,3 +226,23 @@ def test_the_patch_memory_budget_is_an_agent_option(tmp_path):
     assert parse_args([*common, "--patch-memory-mb", "0"]).patch_memory_mb == 0.0  # 0: never use patches
     with pytest.raises(SystemExit):
         parse_args([*common, "--patch-memory-mb", "-1"])
+
+
+def test_the_patch_download_keeps_to_the_desired_states_cap(make_agent, transport, versions, monkeypatch):
+    v100, v110 = versions["1.0.0"], versions["1.1.0"]
+    publish_patch(v100, v110)
+    calls: list[tuple[str, object]] = []
+    real = edgefleet_agent.core.download
+
+    def spy(uri, dest, *args, **kwargs):
+        calls.append((uri, kwargs.get("max_bytes_per_second")))
+        return real(uri, dest, *args, **kwargs)
+
+    monkeypatch.setattr(edgefleet_agent.core, "download", spy)
+    agent = make_agent()
+    cap = 50_000_000
+    install(agent, transport, dataclasses.replace(v100, max_download_bytes_per_second=cap))
+    install(agent, transport, dataclasses.replace(v110, max_download_bytes_per_second=cap))
+    assert last_report(agent, transport).update["path"] == "delta"
+    assert [rate for _, rate in calls] == [cap, cap], "the full download of 1.0.0 and the patch to 1.1.0, both capped"
+    assert "/patches/" in calls[1][0]

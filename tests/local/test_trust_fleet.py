@@ -160,9 +160,9 @@ def test_a_rejected_version_is_revoked_and_every_device_refuses_its_replayed_des
     pinned = snapshot["signed"]["meta"]["targets.json"]["version"]
     shutil.copy(p / METADATA / f"{pinned}.targets.json", p / "pinned.bak")
     (p / METADATA / f"{pinned}.targets.json").write_text(json.dumps(listed_targets))
-    # devices that already hold the current targets keep it (it matches the snapshot); a new device must fetch it
-    for d in ("cam-0003", "cam-0004"):
-        shutil.rmtree(p / ".edgefleet" / "local" / "devices" / d / "detector" / "tuf", ignore_errors=True)
+    # devices that already hold the current targets keep it (it matches the snapshot); new devices must fetch it: here
+    # the simulated devices, whose one shared TUF cache (components/local/shared_trust.py) is wiped
+    shutil.rmtree(p / ".edgefleet" / "local" / "devices" / ".simulated" / "detector" / "tuf")
     replay(p, rejected)
     run_fleet_until(p, lambda rs: all("mix-and-match refused" in (rs[d].error or "") for d in ("cam-0003", "cam-0004")))
     assert {r.version for r in reports(p).values()} == {"1.1.0"}
@@ -209,7 +209,10 @@ def test_a_root_rotation_signed_by_the_old_root_is_followed_without_losing_the_m
     assert run(p).status == "succeeded"
     assert {r.version for r in reports(p).values()} == {"1.1.0"}
     devices = p / ".edgefleet" / "local" / "devices"
-    assert all((devices / d / "detector" / "tuf" / "root_history" / "2.root.json").is_file() for d in reports(p))
+    # each agent process keeps its own TUF cache; the simulated devices share one (components/local/shared_trust.py)
+    caches = [devices / r["id"] / "detector" / "tuf" for r in hub(p).device_rows() if r["kind"] == "process"]
+    caches.append(devices / ".simulated" / "detector" / "tuf")
+    assert len(caches) == 2 and all((c / "root_history" / "2.root.json").is_file() for c in caches)
     assert (devices / "cam-0005" / "trusted-root.json").read_bytes() == (p / METADATA / "1.root.json").read_bytes(), (
         "the device's provisioned root is never replaced: it follows the chain"
     )

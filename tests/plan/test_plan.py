@@ -406,3 +406,35 @@ def test_plan_says_when_nothing_was_measured(fleet_repo):
     bump_to_1_1_0(fleet_repo)
     _, md = plan_for(fleet_repo)
     assert "0.8613 (declared) | 0.9492 (declared)" in md and "**Evaluation:** none measured" in md
+
+
+def test_plan_shows_each_rings_download_cap_and_a_cap_change(fleet_repo):
+    """The cap per ring and where it is set, how long a full download takes at it, and a cap too low for the gate's
+    deadline flagged (at 10 B/s the sample model takes minutes: the early and broad gates would time out)."""
+    path = fleet_repo / "stacks" / "Pulumi.local.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["config"]["edgefleet:groups"][0]["max_download_bytes_per_second"] = 10
+    doc["config"]["edgefleet:rollouts"][0]["rings"][0]["max_download_bytes_per_second"] = 50_000
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    plan, md = plan_for(fleet_repo)
+
+    (rollout,) = plan["rollouts"]
+    caps = {r["name"]: (r.get("download_cap"), r.get("download_cap_from"), r["changes"]) for r in rollout["rings"]}
+    assert caps == {
+        "canary": (50_000, "ring", ["download cap"]),
+        "early": (10, "group", ["download cap"]),
+        "broad": (10, "group", ["download cap"]),
+    }
+    canary, early = rollout["rings"][0], rollout["rings"][1]
+    assert math.isclose(early["download_seconds"], canary["download_seconds"] * 5_000)
+    assert (
+        "- ring `canary`: each device downloads at most 50,000 B/s (400 kbit/s) (set on the ring); a full download of detector 1.0.0" in md
+    )
+    canary_line = next(line for line in md.splitlines() if line.startswith("- ring `canary`: each device"))
+    assert "time out" not in canary_line
+    early_line = next(line for line in md.splitlines() if line.startswith("- ring `early`: each device"))
+    assert early_line.startswith("- ring `early`: each device downloads at most 10 B/s (80 bit/s) (set on group cameras)")
+    assert "exceeds the gate's deadline_seconds (120): **the gate would time out**" in early_line
+    assert "- ring `broad` changed: download cap" in md
+    assert "The model and the ring layout do not change; download caps do." in md
+    assert plan["policy"]["passed"]

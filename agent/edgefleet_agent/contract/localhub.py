@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS ring_desired (
 CREATE TABLE IF NOT EXISTS reports (
     device_id TEXT NOT NULL, model TEXT NOT NULL, report TEXT NOT NULL, reported_at REAL NOT NULL,
     PRIMARY KEY (device_id, model));
+CREATE INDEX IF NOT EXISTS reports_by_time ON reports (reported_at);
 CREATE TABLE IF NOT EXISTS served (
     device_id TEXT NOT NULL, model TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL, first_seen REAL NOT NULL,
     PRIMARY KEY (device_id, model, sha256));
@@ -195,9 +196,14 @@ class AgentHub(HubFile):
         return DesiredModel.from_json(row[0]) if row else None
 
     def put_reports(self, reports: list[DeviceReport]) -> None:
-        """Stamps each report with the hub's clock (the time the hub received it) and stores it."""
-        now = self.now()
+        """Stamps each report with the hub's clock (the time the hub received it) and stores it.
+
+        The stamp is taken holding the write lock and is later than every stamp already stored, so stamps follow the
+        order writes commit in: a reader that saw every row up to stamp t finds all later ones with `reported_at > t`
+        (the controller reads only those), even across processes, a clock stepped back, or a frozen test clock."""
         with self._tx() as db:
+            (last,) = db.execute("SELECT max(reported_at) FROM reports").fetchone()
+            now = self.now() if last is None else max(self.now(), last + 1e-6)
             db.executemany(
                 "INSERT INTO reports (device_id, model, report, reported_at) VALUES (?,?,?,?) "
                 "ON CONFLICT(device_id, model) DO UPDATE SET report=excluded.report, reported_at=excluded.reported_at",

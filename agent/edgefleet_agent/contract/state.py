@@ -33,7 +33,7 @@ def _unwritten_defaults(body: dict[str, Any]) -> dict[str, Any]:
     gets exactly the bytes it always read."""
     if body.get("format") == 1:
         del body["format"]
-    for name in ("shadow", "capture", "capture_failed", "variant", "update", "variants", "windows"):
+    for name in ("shadow", "capture", "capture_failed", "variant", "update", "variants", "max_download_bytes_per_second", "windows"):
         if name in body and body[name] is None:
             del body[name]
     if isinstance(body.get("shadow"), dict):
@@ -93,8 +93,13 @@ class DesiredModel:
     # the version's variants and where each is published: [{kind, uri, sha256, size}] (unsigned: where to fetch only;
     # what is installed is checked against the signed manifest's pins). The device fetches the one it chooses.
     variants: list[dict[str, Any]] | None = None
+    # a cap on the device's download rate for this model, bytes a second (its ring's or group's setting; None: no cap).
+    # Unsigned, like variants: a rate is no security property. Needs no format: a reader that does not know the field
+    # drops it (_known_fields; every agent since the contract had formats), so an older agent downloads uncapped.
+    max_download_bytes_per_second: int | None = None
     # the group's maintenance windows (contract/windows.py `Windows.to_document`): a forward swap waits for one to be
-    # open; a rollback order never waits. None: no windows, always open
+    # open; a rollback order never waits. None: no windows, always open. Format 4: an agent that would ignore them
+    # (and swap whatever the hour) refuses the desired state instead, saying so
     windows: str | None = None
     format: int = 1  # 2 when shadow or capture is set, 3 with variants, 4 with windows: older agents refuse it, saying so
 
@@ -109,6 +114,13 @@ class DesiredModel:
             if isinstance(v, dict) and v.get("kind") == kind and isinstance(v.get("uri"), str):
                 return v["uri"], str(v.get("sha256", ""))
         return None
+
+    @property
+    def download_rate(self) -> int | None:
+        """The cap downloads for this desired state keep to, bytes a second: None when it sets none, or a value no
+        controller writes (not a positive integer), which is ignored rather than failing the install."""
+        cap = self.max_download_bytes_per_second
+        return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
 
     @property
     def is_rollback(self) -> bool:
