@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from agent_testkit import MODEL, artifact_bytes
@@ -230,3 +231,17 @@ def test_on_iot_edge_the_module_waits_for_the_window_and_a_rollback_does_not(mak
     client.desired = {**twin(keys, hosted(publisher.rollback(v100, v110)), spec(NIGHTLY)), "$version": 3}
     transport.refresh(force=True)
     assert agent.sync() is True and agent.current_version == "1.0.0"
+
+
+def test_around_a_start_neither_an_overlapping_window_nor_the_next_opening_is_missed():
+    """Regressions: the window open before a start a fraction of a second away was read as closed (an always-open
+    schedule of overlapping days blinked shut at each midnight), and a start less than a microsecond after `at` was
+    skipped (the device's local time is rounded to the microsecond), naming the opening after it."""
+    always = Windows("Europe/Berlin", (MaintenanceWindow(cron="0 0 * * *", minutes=2880),))
+    for day in (28, 29, 30):  # across the spring-forward night
+        midnight = datetime(2026, 3, day, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()
+        for d in (-1.0, -0.5, -1e-6, 0.0, 1e-6, 0.5):
+            assert always.open_until(midnight + d) is not None
+    twenty = Windows("UTC", (MaintenanceWindow(cron="*/20 * * * *", minutes=4),))
+    start = datetime(2027, 12, 30, 0, 0, tzinfo=timezone.utc).timestamp()
+    assert twenty.open_until(start - 2e-7) is None and twenty.next_open(start - 2e-7) == start

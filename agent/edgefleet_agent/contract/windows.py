@@ -73,11 +73,14 @@ class Windows:
         closes = []
         for w in self.windows:
             try:
-                start = croniter(w.cron, self._local(at) + timedelta(seconds=1)).get_prev(datetime)
+                starts = croniter(w.cron, self._local(at) + timedelta(seconds=1))
+                start = self._stamp(starts.get_prev(datetime))
+                if start > at:  # a start in the second after `at`: the one before it may still be open (overlapping windows)
+                    start = self._stamp(starts.get_prev(datetime))
             except CroniterBadDateError:
                 continue
-            end = self._stamp(start) + w.minutes * 60
-            if self._stamp(start) <= at < end:
+            end = start + w.minutes * 60
+            if start <= at < end:
                 closes.append(end)
         return max(closes) if closes else None
 
@@ -88,7 +91,12 @@ class Windows:
         starts = []
         for w in self.windows:
             try:
-                start = self._stamp(croniter(w.cron, self._local(at)).get_next(datetime))
+                # from a second before `at`: its local time is rounded to the microsecond, and a start a hair after `at`
+                # must not be skipped; a start at or before `at` would be open (open_until said none is), so go on past it
+                following = croniter(w.cron, self._local(at) - timedelta(seconds=1))
+                start = self._stamp(following.get_next(datetime))
+                while start <= at:
+                    start = self._stamp(following.get_next(datetime))
             except CroniterBadDateError:
                 continue
             if start - at <= HORIZON_DAYS * 86400:
