@@ -23,7 +23,7 @@ import copy
 import functools
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from edgefleet_agent.contract.iotedge import (
@@ -582,13 +582,20 @@ class RingDeploymentSpec:
     priority: int
     agent: AgentModule
     agent_schema: str
+    # the ring's group's maintenance windows (edgefleet_agent/contract/windows.py `Windows.to_document`), "" for none:
+    # every layer of the ring carries them, forward or rollback; the agent swaps forward only inside one, and a
+    # rollback whatever the hour
+    windows: str = ""
 
     @property
     def key(self) -> str:
         return f"{self.rollout}.{self.ring}"
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "agent": self.agent.to_json()}
+        body = {**asdict(self), "agent": self.agent.to_json()}
+        if not body["windows"]:  # a group without windows: the gate's inputs exactly as before windows existed
+            del body["windows"]
+        return body
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RingDeploymentSpec":
@@ -641,7 +648,9 @@ def desired_variants(manifest: Any, reference_uri: str) -> list[dict[str, Any]] 
 
 
 def ring_configuration(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, Any]:
-    """The Configuration resource's properties (less hub access) for `desired` in this ring."""
+    """The Configuration resource's properties (less hub access) for `desired` in this ring (with the group's windows)."""
+    if spec.windows and desired.windows != spec.windows:
+        desired = replace(desired, windows=spec.windows)
     return {
         "id_prefix": f"ef-{spec.rollout}-{spec.ring}",
         "id_hint": ("rb-" if desired.is_rollback else "") + f"v{desired.version}",
@@ -655,7 +664,10 @@ def ring_configuration(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[
 
 
 def desired_from_configuration(cfg: dict[str, Any], model: str) -> DesiredModel | None:
-    """Reads back the model a ring layer sets (None if the configuration sets none)."""
+    """Reads back the model a ring layer sets (None if the configuration sets none), without the group's windows."""
     twin = ((cfg.get("content") or {}).get("modulesContent") or {}).get(AGENT_MODULE) or {}
     data = twin.get(f"properties.desired.models.{model_key(model)}")
-    return desired_from_agent(data) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    # the windows are the ring's (ring_configuration adds them), not the engine's desired state, which it compares whole
+    return desired_from_agent({k: v for k, v in data.items() if k != "maintenanceWindows"})

@@ -422,6 +422,7 @@ class AzurePlatform(Platform):
                     priority=self.az.deployment_priority + 1,
                     agent=agent,
                     agent_schema=self.az.edge_agent_schema,
+                    windows=groups[i].windows_document(),
                 ).to_json()
                 for i, r in enumerate(rings)
             ]

@@ -51,7 +51,7 @@ from components.rollout.progress import (
 from components.rollout.quality import QualityContext, needs_control
 from components.rollout.spec import GateConfig
 from components.rollout.types import RingTarget
-from components.rollout.windows import Windows
+from components.rollout.windows import Windows, open_seconds
 from edgefleet_agent.contract.capture import CaptureSpec
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.state import DesiredModel
@@ -382,7 +382,7 @@ class RolloutEngine:
         adoption, or to order its serve swap): they may not swap then, and a good ring must not fail for it. Counted
         per step over the time since the last look, so it survives a restart in the ring's record; said once a closure.
         Returns whether the window is closed now (the ring's timeline is then sampled every PAUSED_SAMPLE_EVERY)."""
-        closed = max(0.0, now - since - window.open_seconds(since, now))
+        closed = max(0.0, now - since - open_seconds(window, since, now))
         if closed <= 0:
             return False
         ring_state["window_paused"] = ring_state.get("window_paused", 0.0) + closed

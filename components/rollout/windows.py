@@ -1,131 +1,59 @@
-"""Maintenance windows: when a device group may swap models, in the devices' own time zone.
-
-A window opens at each time its cron expression names (five fields: minute hour day-of-month month day-of-week, on the
-devices' wall clock) and stays open `minutes`. Cron is read on the naive local wall clock and each start converted with
-the IANA zone, so a window follows the devices' clocks across daylight-saving changes (a start that falls in the
-spring-forward gap opens when the clocks have jumped); croniter's own time-zone arithmetic is not used, as it names
-spurious starts around those changes.
-"""
+"""Maintenance windows: the device agent's contract holds the one implementation (edgefleet_agent/contract/windows.py),
+so the controller's engine and the devices read a group's cron the same way. Re-exported here for the engine, the
+spec and the plan, with what only the controller needs: open-window time over a span (the engine's deadline pause)
+and the earliest schedule of a rollout's rings (the plan)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Annotated, Sequence
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Sequence
 
-from croniter import CroniterBadDateError, croniter
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from edgefleet_agent.contract.windows import HORIZON_DAYS, MaintenanceWindow, Windows, check_timezone, never_opens
 
-HORIZON_DAYS = 366  # a window that does not open within a year is refused: it would hold its ring forever
-
-
-class MaintenanceWindow(BaseModel):
-    """One recurring window, e.g. `{cron: "0 2 * * 1-5", minutes: 120}`: weekdays from 02:00 to 04:00, local time."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)  # as spec.Strict, which imports this module
-
-    cron: str = Field(description="when the window opens: a five-field cron expression on the devices' local clock")
-    minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] = Field(description="how long it stays open")
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, value: str) -> str:
-        if len(value.split()) != 5 or not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a five-field cron expression (minute hour day-of-month month day-of-week)")
-        return value
+__all__ = [
+    "HORIZON_DAYS",
+    "MaintenanceWindow",
+    "RingSchedule",
+    "RingTiming",
+    "Windows",
+    "after_open",
+    "check_timezone",
+    "earliest_schedule",
+    "never_opens",
+    "open_seconds",
+]
 
 
-def check_timezone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{name!r} is not an IANA time zone name such as Europe/Berlin or UTC") from None
-    return name
+def open_seconds(windows: Windows, start: float, end: float) -> float:
+    """How many seconds of [start, end) some window is open."""
+    total, t = 0.0, start
+    while t < end:
+        closes = windows.open_until(t)
+        if closes is None:
+            opens = windows.next_open(t)
+            if opens is None or opens >= end:
+                break
+            t = opens
+            continue
+        total += min(closes, end) - t
+        t = closes
+    return total
 
 
-@dataclass(frozen=True)
-class Windows:
-    """A group's windows in its time zone. Times in and out are Unix timestamps."""
-
-    timezone: str
-    windows: tuple[MaintenanceWindow, ...]
-
-    def _zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
-
-    def _local(self, at: float) -> datetime:
-        """`at` on the devices' wall clock, floored to the second: cron names whole minutes, and a timestamp a hair
-        before one (x.9999998) would otherwise round onto it, and the window opening then be skipped."""
-        return datetime.fromtimestamp(math.floor(at), self._zone()).replace(tzinfo=None)
-
-    def _stamp(self, local: datetime) -> float:
-        return local.replace(tzinfo=self._zone()).timestamp()
-
-    def open_until(self, at: float) -> float | None:
-        """When the window open at `at` closes (the latest close of those open), or None when none is open."""
-        closes = []
-        for w in self.windows:
-            try:
-                start = croniter(w.cron, self._local(at) + timedelta(seconds=1)).get_prev(datetime)
-            except CroniterBadDateError:
-                continue
-            end = self._stamp(start) + w.minutes * 60
-            if self._stamp(start) <= at < end:
-                closes.append(end)
-        return max(closes) if closes else None
-
-    def next_open(self, at: float) -> float | None:
-        """`at` if a window is open then, else when the next one opens; None if none opens within HORIZON_DAYS."""
-        if self.open_until(at) is not None:
-            return at
-        starts = []
-        for w in self.windows:
-            try:
-                start = self._stamp(croniter(w.cron, self._local(at)).get_next(datetime))
-            except CroniterBadDateError:
-                continue
-            if start - at <= HORIZON_DAYS * 86400:
-                starts.append(start)
-        return min(starts) if starts else None
-
-    def open_seconds(self, start: float, end: float) -> float:
-        """How many seconds of [start, end) some window is open."""
-        total, t = 0.0, start
-        while t < end:
-            closes = self.open_until(t)
-            if closes is None:
-                opens = self.next_open(t)
-                if opens is None or opens >= end:
-                    break
-                t = opens
-                continue
-            total += min(closes, end) - t
-            t = closes
-        return total
-
-    def after_open(self, at: float, seconds: float) -> float | None:
-        """The earliest time by which `seconds` of open window have passed from `at` (the first opening at or after
-        `at` when `seconds` is 0); None when a window it needs does not open within HORIZON_DAYS."""
-        t, left = at, seconds
-        while True:
-            opened = self.next_open(t)
-            if opened is None:
-                return None
-            closes = self.open_until(opened)
-            assert closes is not None, "next_open names an instant inside a window"
-            if closes - opened >= left:
-                return opened + left
-            left -= closes - opened
-            t = closes
-
-    def describe(self) -> str:
-        return "; ".join(f"{w.cron} for {w.minutes} min" for w in self.windows) + f" ({self.timezone})"
-
-
-def never_opens(windows: list[MaintenanceWindow], timezone: str, at: float) -> bool:
-    return bool(windows) and Windows(timezone, tuple(windows)).next_open(at) is None
+def after_open(windows: Windows, at: float, seconds: float) -> float | None:
+    """The earliest time by which `seconds` of open window have passed from `at` (the first opening at or after `at`
+    when `seconds` is 0); None when a window it needs does not open within HORIZON_DAYS."""
+    t, left = at, seconds
+    while True:
+        opened = windows.next_open(t)
+        if opened is None:
+            return None
+        closes = windows.open_until(opened)
+        assert closes is not None, "next_open names an instant inside a window"
+        if closes - opened >= left:
+            return opened + left
+        left -= closes - opened
+        t = closes
 
 
 @dataclass(frozen=True)
@@ -176,7 +104,7 @@ def _ring_schedule(ring: RingTiming, ready: float) -> RingSchedule:
         if begin is None:
             return RingSchedule(first, None)
         first = begin if first is None else first
-        adopted = ring.window.after_open(begin, ring.adoption_seconds) if ring.window is not None else begin + ring.adoption_seconds
+        adopted = after_open(ring.window, begin, ring.adoption_seconds) if ring.window is not None else begin + ring.adoption_seconds
         if adopted is None:
             return RingSchedule(first, None)
         t = adopted + soak

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.rollout.windows import MaintenanceWindow, RingTiming, Windows, earliest_schedule
+from components.rollout.windows import MaintenanceWindow, RingTiming, Windows, after_open, earliest_schedule, open_seconds
 
 
 def utc(*args: int) -> float:
@@ -106,11 +106,11 @@ def test_without_windows_the_schedule_is_the_plain_sums(rings, start):
     st.floats(min_value=0, max_value=4 * 3600),
 )
 def test_a_swap_takes_exactly_its_open_window_time(window, at, seconds):
-    done = window.after_open(at, seconds)
+    done = after_open(window, at, seconds)
     assert done is not None and done >= at
     opened = window.next_open(at)
-    assert opened is not None and window.open_seconds(at, opened) == 0
-    assert window.open_seconds(opened, done) == pytest.approx(seconds, abs=1e-3)
+    assert opened is not None and open_seconds(window, at, opened) == 0
+    assert open_seconds(window, opened, done) == pytest.approx(seconds, abs=1e-3)
 
 
 @settings(max_examples=40, deadline=None)
