@@ -28,6 +28,7 @@ from typing import Any
 
 from edgefleet_agent.contract.iotedge import (
     AGENT_FORMAT,
+    CAP_KEY,
     CHUNK_KEY_RE,
     CHUNKED_FIELDS,
     ENDPOINT_HOST_ENV,
@@ -268,6 +269,7 @@ AGENT_DESIRED_SCHEMA: dict[str, Any] = {
                 "ring": {"type": "string", "minLength": 1},
                 "rollbackOrder": {"type": "string", "minLength": 1},
                 "rollbackSignature": {"type": "string", "minLength": 1},
+                CAP_KEY: {"type": "integer", "minimum": 1},  # the ring's download cap, bytes a second
                 "variants": {
                     "type": "object",
                     "propertyNames": {"pattern": "^[a-z0-9]{1,16}$"},
