@@ -23,7 +23,7 @@ import copy
 import functools
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from edgefleet_agent.contract.iotedge import (
@@ -584,18 +584,31 @@ class RingDeploymentSpec:
     priority: int
     agent: AgentModule
     agent_schema: str
+    # bytes a second the ring's devices download at most: the ring's own max_download_bytes_per_second, else its
+    # group's (RingConfig.download_cap); None: no cap. Every layer of the ring carries it (`ring_configuration`).
+    download_cap: int | None = None
 
     @property
     def key(self) -> str:
         return f"{self.rollout}.{self.ring}"
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "agent": self.agent.to_json()}
+        out = {**asdict(self), "agent": self.agent.to_json()}
+        if out["download_cap"] is None:  # unwritten when unset: an uncapped ring's gate inputs are what they were
+            del out["download_cap"]
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RingDeploymentSpec":
+        cap = data.get("download_cap")
         return cls(
-            **{**data, "agent": AgentModule.from_json(data["agent"]), "index": int(data["index"]), "priority": int(data["priority"])}
+            **{
+                **data,
+                "agent": AgentModule.from_json(data["agent"]),
+                "index": int(data["index"]),
+                "priority": int(data["priority"]),
+                "download_cap": int(cap) if cap is not None else None,  # Pulumi hands numbers back as floats
+            }
         )
 
 
@@ -643,7 +656,10 @@ def desired_variants(manifest: Any, reference_uri: str) -> list[dict[str, Any]] 
 
 
 def ring_configuration(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, Any]:
-    """The Configuration resource's properties (less hub access) for `desired` in this ring."""
+    """The Configuration resource's properties (less hub access) for `desired` in this ring, with exactly the ring's
+    download cap (whatever `desired` carried: the layer Pulumi declares and the ones the gate writes agree)."""
+    if desired.max_download_bytes_per_second != spec.download_cap:
+        desired = replace(desired, max_download_bytes_per_second=spec.download_cap)
     return {
         "id_prefix": f"ef-{spec.rollout}-{spec.ring}",
         "id_hint": ("rb-" if desired.is_rollback else "") + f"v{desired.version}",
