@@ -13,7 +13,10 @@ runtime reports lastDesiredStatus (500 for a version in `runtime_fails`, and the
 change), the agents report through the agent twin contract (healthy metrics unless a device's `metrics` say otherwise
 for a version), and `evaluate()` computes the system metrics
 (targeted, applied, reported success and failure) and custom metrics by running the configurations' own queries
-(three-valued logic: comparisons with a missing property are undefined). The Key Vault can answer 403
+(three-valued logic: comparisons with a missing property are undefined). Each device's agent module twin holds the
+desired properties IoT Hub computes from the applied base and layers (`SimDevice.agent_desired`), and a
+`SimModuleClient` gives the agent's IoT Edge transport that twin and, on a change, the whole new desired properties
+as its notification (no nulls for what a change dropped). The Key Vault can answer 403
 ForbiddenByRbac for a while, as a vault does until a new role assignment reaches it.
 """
 
