@@ -652,7 +652,7 @@ def run_greengrass(args: argparse.Namespace, stop: threading.Event) -> int:
     from edgefleet_agent.contract.errors import EdgefleetError
     from edgefleet_agent.contract.greengrass import ENV_NAMESPACE
     from edgefleet_agent.contract.signing import load_public_key
-    from edgefleet_agent.transports.greengrass import GreengrassSupervisor, HandoffTransport
+    from edgefleet_agent.transports.greengrass import GreengrassSupervisor, HandoffTransport, UpdateDeferrer
 
     try:
         pem = args.public_key.read_bytes()
@@ -678,6 +678,9 @@ def run_greengrass(args: argparse.Namespace, stop: threading.Event) -> int:
         synthetic_traffic=args.synthetic,
         registry=endpoint.registry,
         trust_for=lambda model: trusted_metadata(args, root, model),
+        # the nucleus's IPC, which the agent component's recipe passes into the container: deployments wait for the
+        # device's maintenance windows and its applications' deferrals (docs/aws.md, "Maintenance windows")
+        deferrer=UpdateDeferrer.from_greengrass_environment,
     )
     try:
         endpoint.start()

@@ -10,6 +10,9 @@ Guarantees (tested in tests/agent):
     signed target in fresh update metadata: a revoked version is refused even when its desired state is replayed;
   * a refused version is reported with the reason and not retried until the desired state changes
     (download failures, which may be transient, are retried with exponential backoff);
+  * a forward swap waits while an application defers it (at most MAX_DEFER_SECONDS from the first ask) and while the
+    desired state's maintenance windows are closed (reported as pending, with the reason); a rollback order never
+    waits, and windows that do not parse refuse the swap instead of being read as "always open";
   * a swap is one reference assignment after the new session has loaded and run: requests in flight finish
     on the old session, and the on-disk pointer is renamed into place before that assignment, so a kill at
     any instant restarts on a verified model, old or new.
@@ -44,6 +47,7 @@ from edgefleet_agent.contract.manifest import REFERENCE_KIND, ModelManifest, par
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
 from edgefleet_agent.contract.tuf import MetadataRefused, patch_uri
+from edgefleet_agent.contract.windows import Windows
 from edgefleet_agent.delta import METHOD as PATCH_METHOD
 from edgefleet_agent.delta import PatchError, apply_patch
 from edgefleet_agent.download import DigestMismatch, FetchError, download
@@ -132,6 +136,27 @@ def build_uri(desired: DesiredModel, build: Build) -> str:
     if sha256 != build.sha256:
         raise Refused(f"the desired state lists the {build.kind} variant with sha256 {sha256}, the signed manifest pins {build.sha256}")
     return uri
+
+
+def window_wait(desired: DesiredModel, now: float) -> str | None:
+    """Why a swap to `desired` must wait at `now` for the group's maintenance window (the sentence reported while it
+    does), or None when it may go: a window is open, the desired state names none, or it is a rollback (a bad version
+    must go whatever the hour). Windows that do not parse return None here; the install refuses them."""
+    if desired.rollback_order is not None or not desired.windows:
+        return None
+    try:
+        windows = Windows.from_document(desired.windows)
+    except ValueError:
+        return None
+    if windows is None or windows.open_until(now) is not None:
+        return None
+    opens = windows.next_open(now)
+    when = (
+        "no window opens within a year"
+        if opens is None
+        else "the next opens " + datetime.fromtimestamp(opens, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    )
+    return f"swap to {desired.version} waits for the maintenance window ({windows.describe()}): {when}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -419,14 +444,30 @@ class DeviceAgent:
         asks. A rollback order never waits (a bad version must go), nor does a device serving nothing."""
         now = self.clock()
         with self._state_lock:
+            if self._deferred_until is not None and now >= self._deferred_until and self._deferral is None:
+                self._defer_started = self._deferred_until = None  # expired with no swap held: this ask starts anew
             if self._defer_started is None:
                 self._defer_started = now
             until = min(now + max(0.0, seconds), self._defer_started + self.max_defer_seconds)
             self._deferred_until = max(until, self._deferred_until or now)
             return self._deferred_until
 
+    def deferred_until(self) -> float | None:
+        """Until when an application holds swaps back, None when it does not: for a platform whose own runtime applies
+        the update (Greengrass's nucleus, answered through DeferComponentUpdate). An expired deferral is forgotten here,
+        as a sync forgets it."""
+        now = self.clock()
+        with self._state_lock:
+            if self._deferred_until is None:
+                return None
+            if now < self._deferred_until:
+                return self._deferred_until
+            self._defer_started = self._deferred_until = None
+            return None
+
     def _held_back(self, desired: DesiredModel) -> bool:
-        """True while an application's deferral holds `desired` back (a forward swap only)."""
+        """True while an application's deferral, or the group's closed maintenance window, holds `desired` back (a
+        forward swap only: a rollback order never waits)."""
         now = self.clock()
         with self._state_lock:
             if self._deferred_until is not None and now < self._deferred_until and desired.rollback_order is None:
@@ -435,8 +476,9 @@ class DeviceAgent:
                 return True
             if self._deferred_until is not None and now >= self._deferred_until:
                 self._defer_started = self._deferred_until = None
-            self._deferral = None
-            return False
+            waits = window_wait(desired, now)
+            self._deferral = waits
+            return waits is not None
 
     def _sync_served(self, desired: DesiredModel) -> bool:
         serving = self._serving
@@ -479,6 +521,11 @@ class DeviceAgent:
         return True
 
     def _install(self, desired: DesiredModel) -> None:
+        if desired.rollback_order is None and desired.windows:
+            try:  # _held_back let it through: windows that do not parse are refused, never guessed at
+                Windows.from_document(desired.windows)
+            except ValueError as exc:
+                raise Refused(str(exc)) from None
         manifest_bytes, signature_bytes = desired.manifest.encode("utf-8"), desired.signature.encode("utf-8")
         manifest = self._verify_desired(desired, manifest_bytes, signature_bytes)
         self._check_trusted(desired, manifest_bytes)

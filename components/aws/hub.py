@@ -116,7 +116,9 @@ class AwsHub:
         clients: Any = None,
         clock=time.time,
         gates: dict[str, GateConfig] | None = None,
+        windows: dict[str, str] | None = None,
     ) -> None:
+        """`windows`: each ring's group's maintenance windows document, merged into its deployments' configuration."""
         self.region = region
         self.naming = Naming(stack)
         self.bucket = bucket
@@ -128,6 +130,7 @@ class AwsHub:
         self.agent_version = agent_version
         self.sites = sites
         self.gates = gates
+        self.windows = windows or {}
         self.clients = clients if clients is not None else Clients(region)
         self._clock = clock
         self._known: dict[str, DesiredModel] = {}
@@ -155,6 +158,7 @@ class AwsHub:
             clients=clients,
             clock=clock,
             gates={r.name: r.gate for r in p.ring_configs()},
+            windows=dict(zip((r.name for r in p.ring_configs()), p.windows, strict=True)) if p.windows else {},
         )
         declared = p.declared()
         hub.remember(replace(declared, rollout=rollout_id(p.rollout, declared)))
@@ -198,7 +202,9 @@ class AwsHub:
         site = self.sites.get(target.ring)
         if site is None or site.target_arn != target.selector:
             raise KeyError(f"ring {target.ring!r} of rollout {self.rollout!r} is not one this gate was given ({', '.join(self.sites)})")
-        return site, RingComponents(self.model_component, self.agent_component, self.agent_version, self.rollout, target.ring)
+        return site, RingComponents(
+            self.model_component, self.agent_component, self.agent_version, self.rollout, target.ring, self.windows.get(target.ring, "")
+        )
 
     # -- FleetHub -------------------------------------------------------------------------------------------
     def desired(self, target: RingTarget) -> DesiredModel | None:
@@ -239,7 +245,13 @@ class AwsHub:
         name = self.naming.deployment_name(self.rollout, target.ring, version, rollback=rollback)
         token = client_token(site.target_arn, rid, version or "none", "rollback" if rollback else "forward")
         return deployment_request(
-            site.target_arn, name, components, site.policy, deployment_tags(self.rollout, target.ring, version), client_token=token
+            site.target_arn,
+            name,
+            components,
+            site.policy,
+            deployment_tags(self.rollout, target.ring, version),
+            client_token=token,
+            notify=version is not None and not rollback,  # a rollback or a removal: nothing on the device may defer it
         )
 
     def _carries(self, deployment: dict[str, Any], desired: DesiredModel | None) -> bool:

@@ -24,6 +24,7 @@ from components.rollout.hub import WallClock
 from components.rollout.progress import Progress, rollout_id
 from components.rollout.spec import DeviceGroupConfig, GateConfig, RingConfig, RolloutConfig
 from components.rollout.types import RingTarget
+from edgefleet_agent.contract.greengrass import NOTIFY_COMPONENTS, SKIP_NOTIFY_COMPONENTS, WINDOWS_KEY
 from edgefleet_agent.contract.state import DesiredModel
 
 ACCOUNT_RE = r"[0-9]{12}"
@@ -210,11 +211,16 @@ def iot_job_configuration(policy: RingJobPolicy) -> dict[str, Any]:
     }
 
 
-def deployment_policies() -> dict[str, Any]:
-    """ROLLBACK: a device whose components fail to start returns to its previous deployment by itself."""
+def deployment_policies(notify: bool = True) -> dict[str, Any]:
+    """ROLLBACK: a device whose components fail to start returns to its previous deployment by itself.
+
+    NOTIFY_COMPONENTS (forward deployments): the nucleus asks the components subscribed to updates first, and the agent
+    defers the deployment (DeferComponentUpdate) while the device's maintenance window is closed or an application holds
+    a swap back (edgefleet_agent/contract/greengrass.py). `notify=False`, SKIP_NOTIFY_COMPONENTS, for rollbacks and
+    removals: no component is asked, so nothing on the device can hold a bad version in place."""
     return {
         "failureHandlingPolicy": "ROLLBACK",
-        "componentUpdatePolicy": {"action": "NOTIFY_COMPONENTS", "timeoutInSeconds": 60},
+        "componentUpdatePolicy": {"action": NOTIFY_COMPONENTS if notify else SKIP_NOTIFY_COMPONENTS, "timeoutInSeconds": 60},
         "configurationValidationPolicy": {"timeoutInSeconds": 60},
     }
 
@@ -231,6 +237,7 @@ class RingComponents:
     agent_version: str
     rollout: str
     ring: str
+    windows: str = ""  # the ring's group's maintenance windows document (DeviceGroupConfig.windows_document), "" for none
 
 
 def components_spec(
@@ -247,6 +254,8 @@ def components_spec(
     if model_version is None:
         return {}
     merge: dict[str, Any] = {"Rollout": c.rollout, "Ring": c.ring, "RolloutId": rollout_id}
+    if c.windows:  # the agent defers forward deployments outside them (a group without windows: the payload as before)
+        merge[WINDOWS_KEY] = c.windows
     update: dict[str, Any] = {}
     if rollback is None:
         update["reset"] = list(ROLLBACK_KEYS)
@@ -261,14 +270,21 @@ def deployment_tags(rollout: str, ring: str, version: str | None) -> dict[str, s
 
 
 def deployment_request(
-    target_arn: str, name: str, components: dict[str, Any], policy: RingJobPolicy, tags: dict[str, str], client_token: str | None = None
+    target_arn: str,
+    name: str,
+    components: dict[str, Any],
+    policy: RingJobPolicy,
+    tags: dict[str, str],
+    client_token: str | None = None,
+    notify: bool = True,
 ) -> dict[str, Any]:
-    """greengrassv2 CreateDeployment parameters (also the aws-native Deployment's inputs, which share the shape)."""
+    """greengrassv2 CreateDeployment parameters (also the aws-native Deployment's inputs, which share the shape).
+    `notify=False` for a rollback or a removal (deployment_policies)."""
     req: dict[str, Any] = {
         "targetArn": target_arn,
         "deploymentName": name,
         "components": components,
-        "deploymentPolicies": deployment_policies(),
+        "deploymentPolicies": deployment_policies(notify),
         "iotJobConfiguration": iot_job_configuration(policy),
         "tags": tags,
     }
@@ -298,6 +314,7 @@ class AwsRingGateProps(RingGateProps):
     agent_component: str
     agent_version: str
     control_rings: list[str] = []  # the rings after this one, still on the previous version: its quality's control group
+    windows: list[str] = []  # each ring's group's maintenance windows document ("" for none); written only when any
 
 
 def desired_from_props(props: Mapping[str, Any]) -> DesiredModel:

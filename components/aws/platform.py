@@ -572,6 +572,8 @@ class AwsPlatform(Platform):
         groups = {g.name: g for g in self.stack.groups}
         policy = ring_job_policy(self.aws, ring)
         rid = rollout_id(rollout.name, _desired_stub(manifest))
+        # each ring's group's maintenance windows up to this one: the agent defers forward deployments outside them
+        windows = [groups[r.group].windows_document() for r in rollout.rings[: index + 1]]
 
         # 1. the ring's devices: a dynamic thing group that excludes earlier rings (never later ones)
         query = ring_query(rollout, index, groups, self.naming.thing_type(self.aws), self.naming)
@@ -591,7 +593,7 @@ class AwsPlatform(Platform):
         previous_gate = earlier[-1].gate if earlier else None
         components = pulumi.Output.all(
             model_cv.component_name, model_cv.component_version, agent_cv.component_name, agent_cv.component_version
-        ).apply(lambda a: components_spec(RingComponents(a[0], a[2], a[3], rollout.name, ring.name), a[1], rid))
+        ).apply(lambda a: components_spec(RingComponents(a[0], a[2], a[3], rollout.name, ring.name, windows[-1]), a[1], rid))
         deployment = aws_native.greengrassv2.Deployment(
             f"{n}-deployment",
             target_arn=tg.arn,
@@ -645,6 +647,8 @@ class AwsPlatform(Platform):
                 "poll_seconds": self.aws.poll_seconds,
                 # written only for a ring that compares with the devices still on the previous version
                 **({"control_rings": [r.name for r in rollout.rings[index + 1 :]]} if compares_with_control(ring.gate) else {}),
+                # written only when a ring's group has maintenance windows: a stack without any keeps its gate's inputs
+                **({"windows": windows} if any(windows) else {}),
             },
             child(parent, depends_on=[deployment], custom_timeouts=pulumi.CustomTimeouts(create=_gate_timeout(rings))),
         )

@@ -13,9 +13,11 @@ Each model component's Startup hands its desired state to the agent through the 
 (`{<agent>:work:path}/_greengrass/models/<model>/`, layout in edgefleet_agent/contract/greengrass.py) and waits for the
 agent's verdict on it: installed and verified, exit 0; refused, the reason on stderr and exit 3, so the deployment
 fails on that device (the gate counts it) and Greengrass rolls back to the previous deployment, whose model
-component hands the previous desired state over again. Why a directory and not IPC: the agent runs in Docker, where
-Greengrass IPC needs the nucleus socket and SVCUID mounted in; a shared directory needs nothing but the work
-directory the container already mounts, and a shell on the host.
+component hands the previous desired state over again. Why a directory and not IPC: the model component's lifecycle is
+a shell on the host with no IPC client, and a shared directory needs nothing but the work directory the container
+already mounts. The agent's container does get the nucleus's IPC socket and SVCUID, for one thing only: deferring a
+forward deployment while the device's maintenance window is closed or an application holds a swap back
+(DeferComponentUpdate; docs/aws.md, "Maintenance windows").
 
 The model component's dependency on the agent is HARD: the nucleus starts a component only once its HARD
 dependencies are RUNNING, while a SOFT dependency is ready in any state (GreengrassService.dependencyReady), so with
@@ -50,6 +52,7 @@ from edgefleet_agent.contract.greengrass import (
     VERDICT,
     VERDICT_INSTALLED,
     VERDICT_REFUSED,
+    WINDOWS_KEY,
 )
 from edgefleet_agent.contract.iotedge import ENDPOINT_PORT
 from edgefleet_agent.contract.manifest import REFERENCE_KIND, HardwareProfile, ModelManifest
@@ -264,6 +267,7 @@ def model_recipe(
                 "Rollout": "",
                 "Ring": "",
                 "RolloutId": "",
+                WINDOWS_KEY: "",  # a ring deployment of a group with maintenance windows merges them (plan.components_spec)
             }
         },
         "Manifests": manifests,
@@ -271,6 +275,11 @@ def model_recipe(
 
 
 TRUSTED_KEY_ENV = ENV_TRUSTED_KEY
+# Greengrass IPC inside the agent's container (the nucleus sets both in the component's environment): the socket is
+# mounted at the same path and SVCUID authenticates the component, so the agent can subscribe to component updates and
+# defer a deployment (SubscribeToComponentUpdates and DeferComponentUpdate need no accessControl policy)
+IPC_SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
+IPC_ENV = ("SVCUID", IPC_SOCKET_ENV)
 
 
 def agent_recipe(
@@ -293,7 +302,7 @@ def agent_recipe(
         ENV_NAMESPACE: "{configuration:/" + AGENT_CONFIGURATION[ENV_NAMESPACE] + "}",
         TRUSTED_KEY_ENV: "{configuration:/" + AGENT_CONFIGURATION[ENV_TRUSTED_KEY] + "}",
     }
-    passthrough = ["AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_REGION", ENV_NAMESPACE]
+    passthrough = ["AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_REGION", ENV_NAMESPACE, *IPC_ENV]
     run = " ".join(
         [
             f"printf '%s\\n' \"${TRUSTED_KEY_ENV}\" > {{work:path}}/trusted.pem &&",
@@ -302,6 +311,7 @@ def agent_recipe(
             f"--name {AGENT_CONTAINER}",
             *(f"-e {var}" for var in passthrough),
             "-v {work:path}:/state",
+            f'-v "${IPC_SOCKET_ENV}:${IPC_SOCKET_ENV}"',
             image,
             "python3 -m agent --transport greengrass --device-id {iot:thingName}",
             "--state-dir /state --public-key /state/trusted.pem",

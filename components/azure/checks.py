@@ -195,6 +195,7 @@ def check_azure_manifests(cfg: StackConfig, project_dir: Path, registry_password
                 agent=agent,
                 agent_schema=az.edge_agent_schema,
                 download_cap=ring.download_cap(g),
+                windows=g.windows_document(),
             )
             layer = mf.ring_configuration(spec, d)["content"]["modulesContent"]
             refuse(

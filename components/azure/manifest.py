@@ -587,16 +587,22 @@ class RingDeploymentSpec:
     # bytes a second the ring's devices download at most: the ring's own max_download_bytes_per_second, else its
     # group's (RingConfig.download_cap); None: no cap. Every layer of the ring carries it (`ring_configuration`).
     download_cap: int | None = None
+    # the ring's group's maintenance windows (edgefleet_agent/contract/windows.py `Windows.to_document`), "" for none:
+    # every layer of the ring carries them, forward or rollback; the agent swaps forward only inside one, and a
+    # rollback whatever the hour
+    windows: str = ""
 
     @property
     def key(self) -> str:
         return f"{self.rollout}.{self.ring}"
 
     def to_json(self) -> dict[str, Any]:
-        out = {**asdict(self), "agent": self.agent.to_json()}
-        if out["download_cap"] is None:  # unwritten when unset: an uncapped ring's gate inputs are what they were
-            del out["download_cap"]
-        return out
+        body = {**asdict(self), "agent": self.agent.to_json()}
+        if not body["windows"]:  # a group without windows: the gate's inputs exactly as before windows existed
+            del body["windows"]
+        if body["download_cap"] is None:  # unwritten when unset: an uncapped ring's gate inputs are what they were
+            del body["download_cap"]
+        return body
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RingDeploymentSpec":
@@ -656,8 +662,11 @@ def desired_variants(manifest: Any, reference_uri: str) -> list[dict[str, Any]] 
 
 
 def ring_configuration(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, Any]:
-    """The Configuration resource's properties (less hub access) for `desired` in this ring, with exactly the ring's
-    download cap (whatever `desired` carried: the layer Pulumi declares and the ones the gate writes agree)."""
+    """The Configuration resource's properties (less hub access) for `desired` in this ring: with the group's windows,
+    and exactly the ring's download cap (whatever `desired` carried: the layer Pulumi declares and the ones the gate
+    writes agree)."""
+    if spec.windows and desired.windows != spec.windows:
+        desired = replace(desired, windows=spec.windows)
     if desired.max_download_bytes_per_second != spec.download_cap:
         desired = replace(desired, max_download_bytes_per_second=spec.download_cap)
     return {
@@ -673,7 +682,10 @@ def ring_configuration(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[
 
 
 def desired_from_configuration(cfg: dict[str, Any], model: str) -> DesiredModel | None:
-    """Reads back the model a ring layer sets (None if the configuration sets none)."""
+    """Reads back the model a ring layer sets (None if the configuration sets none), without the group's windows."""
     twin = ((cfg.get("content") or {}).get("modulesContent") or {}).get(AGENT_MODULE) or {}
     data = twin.get(f"properties.desired.models.{model_key(model)}")
-    return desired_from_agent(data) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    # the windows are the ring's (ring_configuration adds them), not the engine's desired state, which it compares whole
+    return desired_from_agent({k: v for k, v in data.items() if k != "maintenanceWindows"})

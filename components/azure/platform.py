@@ -423,6 +423,7 @@ class AzurePlatform(Platform):
                     agent=agent,
                     agent_schema=self.az.edge_agent_schema,
                     download_cap=r.download_cap(g),  # the ring's own, else its group's: as on every platform
+                    windows=g.windows_document(),
                 ).to_json()
                 for i, (r, g) in enumerate(zip(rings, groups, strict=True))
             ]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from components.rollout.membership import Device
-from components.rollout.observe import ObserveMemo, SoakWindows, control_summaries, control_summary, observe_reports
+from components.rollout.observe import ObserveMemo, SoakWindows
 from components.rollout.quality import Summary
 from components.rollout.types import RingObservation, RingTarget
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -45,6 +45,16 @@ class Lease:
     lost: str | None = None
 
 
+CHANGE_LOG = 1000  # reads whose changed devices are kept for memos to catch up from; a memo further behind reads all
+
+
+def _identity(desired: DesiredModel | None) -> tuple[str, ...]:
+    """What a memo of a ring is kept per: a rollback observes a ring against two desired states each poll."""
+    if desired is None:
+        return ("none",)
+    return (desired.version, desired.sha256, desired.shadow.sha256 if desired.shadow else "")
+
+
 def default_owner() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
@@ -58,7 +68,8 @@ class LocalHub(AgentHub):
         self._ring_windows, self._control_windows = SoakWindows(), SoakWindows()  # a device keeps only its latest window here
         self._report_cache: dict[str, tuple[float, dict[str, tuple[float, str]], dict[str, tuple[float, DeviceReport]]]] = {}
         self._reports_lock = threading.Lock()
-        self._observed: dict[tuple[str, ...], ObserveMemo] = {}  # each ring's devices as observed at the last poll
+        self._observed: dict[tuple[str, ...], dict[tuple[str, ...], ObserveMemo]] = {}  # per ring and desired state: _memo
+        self._changes: dict[str, list[tuple[int, list[str]]]] = {}  # per model: the devices each read found a new report of
 
     # -- device registry ------------------------------------------------------------------------------
     def register_devices(self, devices: Iterable[tuple[str, dict[str, str], str, list[str], str]]) -> None:
@@ -148,6 +159,10 @@ class LocalHub(AgentHub):
             rows[dev] = (at, text)
             newest = max(newest, at)
         self._report_cache[model] = (newest, rows, parsed)
+        if fresh:
+            log = self._changes.setdefault(model, [])
+            log.append(((log[-1][0] + 1) if log else 0, [dev for dev, _, _ in fresh]))
+            del log[:-CHANGE_LOG]
         return rows, parsed
 
     def _select_in(self, sql: str, head: list[Any], ids: list[str]) -> list[tuple]:
@@ -189,28 +204,66 @@ class LocalHub(AgentHub):
         return row[0] if row else None
 
     def observe(self, target: RingTarget, desired: DesiredModel | None, since: float) -> RingObservation:
-        devices = list(target.selector)
         model = desired.model if desired else self._ring_model(target)
-        reports = self._ring_windows.summed(self.reports(model, devices), since) if model else {}
-        memo = self._observed.setdefault((target.rollout, target.ring), ObserveMemo())
-        return observe_reports(devices, reports, desired, since, memo)
+        memo = self._memo((target.rollout, target.ring), desired)
+        return self._caught_up(memo, target.selector, model, desired, since, self._ring_windows).observation()
 
     def summarize(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> Summary:
         """The control group's telemetry: devices of `targets` still serving `desired`, from each one's latest report."""
-        return control_summary(*self._control(targets, desired, since))
+        return self._control(targets, desired, since).control()
 
     def summarize_variants(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> dict[str, Summary]:
         """The control group per build its devices report serving (FleetHub's optional summarize_variants), from the
         memo `summarize` keeps: what changed since the last poll."""
-        return control_summaries(*self._control(targets, desired, since))
+        return self._control(targets, desired, since).control_variants()
 
-    def _control(
-        self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float
-    ) -> tuple[list[str], dict[str, DeviceReport], DesiredModel, float, ObserveMemo]:
-        """The control group's devices, their reports summed over the phase, and the memo its polls share."""
-        devices = sorted({d for t in targets for d in t.selector})
-        memo = self._observed.setdefault(("control", *(f"{t.rollout}/{t.ring}" for t in targets)), ObserveMemo())
-        return devices, self._control_windows.summed(self.reports(desired.model, devices), since), desired, since, memo
+    def _control(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> ObserveMemo:
+        """The control group's memo, caught up: its devices, their reports summed over the phase."""
+        memo = self._memo(("control", *(f"{t.rollout}/{t.ring}" for t in targets)), desired)
+        return self._caught_up(memo, {d for t in targets for d in t.selector}, desired.model, desired, since, self._control_windows)
+
+    def _memo(self, what: tuple[str, ...], desired: DesiredModel | None) -> ObserveMemo:
+        """The memo of a ring (or control group) against one desired state; the two most recently used are kept (a
+        rollback observes a ring against the restored version and the one it replaces, each poll)."""
+        kept = self._observed.setdefault(what, {})
+        key = _identity(desired)
+        memo = kept.pop(key, None) or ObserveMemo()
+        kept[key] = memo
+        for old in list(kept)[:-2]:
+            del kept[old]
+        return memo
+
+    def _caught_up(
+        self,
+        memo: ObserveMemo,
+        members: Iterable[str],
+        model: str | None,
+        desired: DesiredModel | None,
+        since: float,
+        windows: SoakWindows,
+    ) -> ObserveMemo:
+        """`memo` brought up to the hub's latest reports: every member on its first poll (or another desired state or
+        phase), afterwards only the members whose report row changed since its last poll, so that a poll of a
+        10,000-device ring costs what changed, not the ring."""
+        fresh = memo.begin(desired, since)
+        if model is None:
+            if fresh:
+                for dev in sorted(members):
+                    memo.device(dev, None, desired, since)
+            return memo
+        with self._reports_lock:
+            self._latest_rows(model)
+            log = self._changes.get(model, [])
+            if fresh or not log or memo.read < log[0][0] - 1:
+                devices = sorted(members)
+                memo.members = frozenset(devices)
+            else:
+                devices = sorted({d for gen, devs in log if gen > memo.read for d in devs} & memo.members)
+            memo.read = log[-1][0] if log else memo.read
+        reports = windows.summed(self.reports(model, devices), since)
+        for dev in devices:
+            memo.device(dev, reports.get(dev), desired, since)
+        return memo
 
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None:
         row = self._db().execute("SELECT progress FROM progress WHERE rollout_id=?", (rollout_id,)).fetchone()

@@ -101,93 +101,44 @@ def _device(r: DeviceReport | None, desired: DesiredModel | None, since: float) 
     return _Device("adopted", True, parts=parts, summary=one.summary(), rates=tuple(rates), variant=r.variant)
 
 
-class ObserveMemo:
-    """One ring's devices as seen at the last poll, and the running sum of the adopted ones' telemetry: kept by a
-    platform between polls so that a poll parses and sums only what changed since the last one."""
-
-    def __init__(self) -> None:
-        self.key: tuple[DesiredModel | None, float] | None = None
-        self.seen: dict[str, tuple[DeviceReport, _Device]] = {}
-        self.total = RunningTelemetry()
-        self.by_variant: dict[str, RunningTelemetry] = {}  # the same sums per reported variant (devices that report one)
-
-    def begin(self, desired: DesiredModel | None, since: float) -> None:
-        """A poll starts: another desired state or phase starts the ring's memory over."""
-        if self.key is None or self.key[1] != since or self.key[0] != desired:
-            self.key, self.seen, self.total, self.by_variant = (desired, since), {}, RunningTelemetry(), {}
-
-    def _add(self, seen: _Device, sign: int) -> None:
-        assert seen.parts is not None
-        self.total.add(seen.parts, sign)
-        if seen.variant is not None:
-            self.by_variant.setdefault(seen.variant, RunningTelemetry()).add(seen.parts, sign)
-
-    def device(self, dev: str, r: DeviceReport | None, desired: DesiredModel | None, since: float) -> _Device:
-        held = self.seen.get(dev)
-        if held is not None and held[0] is r:
-            return held[1]
-        seen = _device(r, desired, since)
-        if held is not None and held[1].parts is not None:
-            self._add(held[1], -1)
-        if seen.parts is not None:
-            self._add(seen, 1)
-        if r is None:
-            self.seen.pop(dev, None)
-        else:
-            self.seen[dev] = (r, seen)
-        return seen
-
-
-def control_summary(
-    devices: Iterable[str], reports: dict[str, DeviceReport], desired: DesiredModel, since: float, memo: ObserveMemo | None = None
-) -> Summary:
-    """What the devices still on `desired` (the control group of a comparison) reported since `since`; with `memo`, at
-    the cost of what changed since the last poll (ObserveMemo)."""
-    if memo is None:
-        return summarize(r for d in devices if (r := reports.get(d)) is not None and r.reported_at >= since and is_on(r, desired))
-    memo.begin(desired, since)
-    on = sum(1 for d in devices if memo.device(d, reports.get(d), desired, since).state == "adopted")
-    return replace(memo.total.summary(), devices=on)
-
-
-class _Tally:
-    """The sums of one observation (a ring, or one variant's devices in it) as devices are added."""
+class _Running:
+    """The counts and per-device figures of one set of devices (a ring, or one build's devices in it), kept as devices
+    come and go: `count(…, -1)` takes out exactly what `count(…, 1)` put in."""
 
     def __init__(self) -> None:
         self.devices = self.adopted = self.failed = self.reporting = self.inferences = self.errors = self.invalid = 0
-        self.p99s: list[float] = []
-        self.failures: list[tuple[str, str]] = []
-        self.pending: list[str] = []
-        self.per_device: dict[str, list[tuple[str, float]]] = {k: [] for k in OFFENDER_METRICS}
-        self.total = Telemetry()
-        self.summaries: list[tuple[str, Summary]] = []
+        self.p99s: dict[str, float] = {}
+        self.failures: dict[str, str] = {}
+        self.pending: set[str] = set()
+        self.rates: dict[str, dict[str, float]] = {k: {} for k in OFFENDER_METRICS}
+        self.summaries: dict[str, Summary] = {}
 
-    def add(self, dev: str, seen: _Device, r: DeviceReport | None, sum_telemetry: bool) -> None:
-        self.devices += 1
+    def count(self, dev: str, seen: _Device, r: DeviceReport | None, sign: int) -> None:
+        self.devices += sign
         if seen.fresh:
-            self.reporting += 1
+            self.reporting += sign
         if seen.state == "failed":
-            self.failed += 1
-            self.failures.append((dev, seen.error))
+            self.failed += sign
+            _keep(self.failures, dev, seen.error, sign)
         elif seen.state == "adopted":
             assert r is not None
-            self.adopted += 1
-            self.inferences += r.inferences
-            self.errors += r.errors
-            self.invalid += r.invalid_outputs
+            self.adopted += sign
+            self.inferences += sign * r.inferences
+            self.errors += sign * r.errors
+            self.invalid += sign * r.invalid_outputs
             if r.p99_latency_ms is not None:
-                self.p99s.append(r.p99_latency_ms)
+                _keep(self.p99s, dev, r.p99_latency_ms, sign)
             for metric, value in seen.rates:
-                self.per_device[metric].append((dev, value))
-            if seen.parts is not None and seen.summary is not None:
-                if sum_telemetry:
-                    self.total.add(*seen.parts)
-                self.summaries.append((dev, seen.summary))
+                _keep(self.rates[metric], dev, value, sign)
+            if seen.summary is not None:
+                _keep(self.summaries, dev, seen.summary, sign)
+        elif sign > 0:
+            self.pending.add(dev)
         else:
-            self.pending.append(dev)
+            self.pending.discard(dev)
 
     def observation(self, summed: Summary | None, variants: tuple[tuple[str, RingObservation], ...] = ()) -> RingObservation:
-        p99s = sorted(self.p99s)
+        p99s = sorted(self.p99s.values())
         return RingObservation(
             devices=self.devices,
             adopted=self.adopted,
@@ -197,13 +148,105 @@ class _Tally:
             errors=self.errors,
             invalid_outputs=self.invalid,
             p99_latency_ms=p99s[min(len(p99s) - 1, int(len(p99s) * 0.99))] if p99s else None,
-            failures=tuple(self.failures[:50]),
-            pending=tuple(self.pending[:50]),
-            offenders=_worst(self.per_device),
-            summary=(summed if summed is not None else self.total.summary()) if self.summaries else None,
-            device_summaries=tuple(self.summaries),
+            failures=tuple(sorted(self.failures.items())[:50]),
+            pending=tuple(heapq.nsmallest(50, self.pending)),
+            offenders=_worst({metric: list(values.items()) for metric, values in self.rates.items()}),
+            summary=summed if self.summaries else None,
+            device_summaries=tuple(sorted(self.summaries.items())),
             variants=variants,
         )
+
+
+def _keep(held: dict[str, Any], dev: str, value: Any, sign: int) -> None:
+    if sign > 0:
+        held[dev] = value
+    else:
+        held.pop(dev, None)
+
+
+class ObserveMemo:
+    """One set of devices (a ring, or a control group) as observed so far under one desired state and phase: each
+    device's part and the running sums of all of them, so that a poll costs the devices whose report changed, not the
+    ring. A platform that can tell which devices reported since its last poll passes only those (the local hub);
+    otherwise every device is passed and those whose report is the very object seen before cost a lookup."""
+
+    def __init__(self) -> None:
+        self._reset(None)
+
+    def _reset(self, key: tuple[DesiredModel | None, float] | None) -> None:
+        self.key = key
+        self.seen: dict[str, tuple[DeviceReport | None, _Device]] = {}
+        self.total = RunningTelemetry()
+        self.by_variant: dict[str, RunningTelemetry] = {}  # the same sums per reported variant (devices that report one)
+        self.ring = _Running()
+        self.kinds: dict[str, _Running] = {}  # adopted and failed devices per build they report serving
+        self.read = -1  # for the platform: how far into its own record of reports this memo has caught up
+        self.members: frozenset[str] = frozenset()  # for the platform: the devices observed
+
+    def begin(self, desired: DesiredModel | None, since: float) -> bool:
+        """A poll starts: another desired state or phase starts the memo over (True: every device must be passed)."""
+        if self.key is not None and self.key[1] == since and self.key[0] == desired:
+            return False
+        self._reset((desired, since))
+        return True
+
+    def device(self, dev: str, r: DeviceReport | None, desired: DesiredModel | None, since: float) -> _Device:
+        held = self.seen.get(dev)
+        if held is not None and held[0] is r:
+            return held[1]
+        seen = _device(r, desired, since)
+        if held is not None:
+            self._count(dev, held[1], held[0], -1)
+        self._count(dev, seen, r, 1)
+        self.seen[dev] = (r, seen)
+        return seen
+
+    def _count(self, dev: str, seen: _Device, r: DeviceReport | None, sign: int) -> None:
+        self.ring.count(dev, seen, r, sign)
+        if seen.variant is not None and seen.state != "pending":
+            self.kinds.setdefault(seen.variant, _Running()).count(dev, seen, r, sign)
+        if seen.parts is not None:
+            self.total.add(seen.parts, sign)
+            if seen.variant is not None:
+                self.by_variant.setdefault(seen.variant, RunningTelemetry()).add(seen.parts, sign)
+
+    def observation(self) -> RingObservation:
+        variants = tuple(
+            (kind, run.observation(self.by_variant[kind].summary() if kind in self.by_variant else None))
+            for kind, run in sorted(self.kinds.items())
+            if run.devices
+        )
+        return self.ring.observation(self.total.summary(), variants)
+
+    def control(self) -> Summary:
+        """What the devices on the desired state reported: the control group of a comparison."""
+        return replace(self.total.summary(), devices=self.ring.adopted)
+
+    def control_variants(self) -> dict[str, Summary]:
+        """The same per build the devices report serving; devices that report none are left out."""
+        return {
+            kind: replace((self.by_variant.get(kind) or RunningTelemetry()).summary(), devices=run.adopted)
+            for kind, run in sorted(self.kinds.items())
+            if run.adopted
+        }
+
+
+def _pass(
+    devices: Iterable[str], reports: dict[str, DeviceReport], desired: DesiredModel | None, since: float, memo: ObserveMemo | None
+) -> ObserveMemo:
+    memo = memo if memo is not None else ObserveMemo()
+    memo.begin(desired, since)
+    for dev in devices:
+        memo.device(dev, reports.get(dev), desired, since)
+    return memo
+
+
+def control_summary(
+    devices: Iterable[str], reports: dict[str, DeviceReport], desired: DesiredModel, since: float, memo: ObserveMemo | None = None
+) -> Summary:
+    """What the devices still on `desired` (the control group of a comparison) reported since `since`; with `memo`, at
+    the cost of what changed since the last poll (ObserveMemo)."""
+    return _pass(devices, reports, desired, since, memo).control()
 
 
 def control_summaries(
@@ -211,20 +254,7 @@ def control_summaries(
 ) -> dict[str, Summary]:
     """control_summary per build the devices on `desired` report serving (kind: summary); devices that report none
     are left out. With the memo control_summary keeps, at the cost of what changed since the last poll."""
-    on: dict[str, int] = {}
-    if memo is None:
-        groups: dict[str, list[DeviceReport]] = {}
-        for d in devices:
-            r = reports.get(d)
-            if r is not None and r.variant is not None and r.reported_at >= since and is_on(r, desired):
-                groups.setdefault(r.variant, []).append(r)
-        return {k: summarize(rs) for k, rs in sorted(groups.items())}
-    memo.begin(desired, since)
-    for d in devices:
-        seen = memo.device(d, reports.get(d), desired, since)
-        if seen.state == "adopted" and seen.variant is not None:
-            on[seen.variant] = on.get(seen.variant, 0) + 1
-    return {k: replace((memo.by_variant.get(k) or RunningTelemetry()).summary(), devices=n) for k, n in sorted(on.items())}
+    return _pass(devices, reports, desired, since, memo).control_variants()
 
 
 def observe_reports(
@@ -242,22 +272,8 @@ def observe_reports(
 
     With `memo` (kept by the caller between polls of one ring, whose devices do not change), a device whose report
     is the very object seen at the last poll, under the same desired state and phase, is not parsed, summarized or
-    summed again: a poll of a 10,000-device ring costs what changed since the last one."""
-    ring = _Tally()
-    kinds: dict[str, _Tally] = {}
-    if memo is not None:
-        memo.begin(desired, since)
-    for dev in devices:
-        r = reports.get(dev)
-        seen = memo.device(dev, r, desired, since) if memo is not None else _device(r, desired, since)
-        ring.add(dev, seen, r, memo is None)
-        if seen.variant is not None and seen.state != "pending":
-            kinds.setdefault(seen.variant, _Tally()).add(dev, seen, r, memo is None)
-    variants = tuple(
-        (kind, kinds[kind].observation(memo.by_variant[kind].summary() if memo is not None and kind in memo.by_variant else None))
-        for kind in sorted(kinds)
-    )
-    return ring.observation(memo.total.summary() if memo is not None else None, variants)
+    summed again."""
+    return _pass(devices, reports, desired, since, memo).observation()
 
 
 def _worst(per_device: dict[str, list[tuple[str, float]]]) -> tuple[tuple[str, str, float], ...]:

@@ -242,6 +242,12 @@ class DeviceGroupConfig(Strict):
     def windows(self) -> Windows | None:
         return Windows(self.timezone, tuple(self.maintenance_windows)) if self.maintenance_windows else None
 
+    def windows_document(self) -> str:
+        """The windows as the cloud platforms' desired states carry them to the devices, which enforce them there
+        (edgefleet_agent/contract/windows.py); "" for a group without windows."""
+        windows = self.windows()
+        return windows.to_document() if windows is not None else ""
+
     @model_validator(mode="after")
     def _selects_something(self) -> "DeviceGroupConfig":
         if not self.labels and not self.devices:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from components.local.hub import LocalHub
 from components.rollout.engine import RolloutEngine, RolloutPlan
@@ -169,3 +171,53 @@ def test_an_engine_without_the_lease_cannot_drive_a_held_rollout(tmp_path):
         with pytest.raises(EdgefleetError, match="being driven by edgefleet up"):
             RolloutEngine(b, FakeClock()).run(plan)
     assert b.load_progress(plan.rollout_id) is None
+
+
+# -- incremental observation -----------------------------------------------------------------------------------
+V1 = desired("1.0.0")
+DEVICES = [f"d{i:02d}" for i in range(12)]
+_batch = st.lists(
+    st.tuples(
+        st.sampled_from(DEVICES),
+        st.sampled_from([V1, V2, None]),
+        st.sampled_from(["ok", "failed"]),
+        st.integers(0, 5),
+        st.one_of(st.none(), st.floats(1.0, 500.0)),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batches=st.lists(st.tuples(_batch, st.booleans()), min_size=1, max_size=6))
+def test_a_hub_that_reads_only_what_changed_observes_exactly_what_a_fresh_read_of_every_device_does(tmp_path_factory, batches):
+    """The local hub hands each ring's memo only the devices whose report changed since its last poll (and keeps one memo
+    per desired state, as a rollback observes two): after any sequence of reports, its observation of the ring against
+    either version equals a from-scratch observation of every device's latest report."""
+    path = tmp_path_factory.mktemp("hub") / "hub.sqlite"
+    hub = LocalHub(path)
+    target = RingTarget("detector", "canary", 0, DEVICES[:9])  # three devices report but are not in the ring
+    for batch, against_old_too in batches:
+        hub.put_reports(
+            [
+                DeviceReport(
+                    device_id=dev,
+                    model="detector",
+                    version=v.version if v else None,
+                    sha256=v.sha256 if v else None,
+                    status=status,
+                    error="broken" if status == "failed" else None,
+                    failed_version="1.1.0" if status == "failed" else None,
+                    inferences=10,
+                    errors=errors,
+                    invalid_outputs=0,
+                    p99_latency_ms=p99,
+                    reported_at=0.0,
+                )
+                for dev, v, status, errors, p99 in batch
+            ]
+        )
+        for version in (V2, V1) if against_old_too else (V2,):
+            seen = hub.observe(target, version, since=0.0)
+            fresh = LocalHub(path)
+            assert seen == observe_reports(DEVICES[:9], fresh.reports("detector", DEVICES[:9]), version, since=0.0)

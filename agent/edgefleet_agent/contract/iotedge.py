@@ -2,8 +2,11 @@
 
 desired: `properties.desired` = {"schemaVersion": AGENT_FORMAT, "trust": {"keyId", "publicKeyPem"}, "store": {"sasToken"},
 "models": {<model_key(model)>: agent_desired(...)}}; a version with variants lists them in its entry as `variants` =
-{<kind>: {"uri", "sha256", "size"}} (an object: twins hold no arrays), and a ring with a download cap (its own or its
-group's `max_download_bytes_per_second`) carries it as `maxDownloadBytesPerSecond` (a positive integer; absent: no cap). IoT Hub holds at most 4 KB in a twin string, so the manifest and
+{<kind>: {"uri", "sha256", "size"}} (an object: twins hold no arrays); a group with maintenance windows adds
+`maintenanceWindows`, the windows' document as one string (contract/windows.py; a string, so a layer's windows replace
+an earlier layer's whole instead of merging with them), which a forward swap waits for; and a ring with a download cap
+(its own or its group's `max_download_bytes_per_second`) carries it as `maxDownloadBytesPerSecond` (a positive integer;
+absent: no cap). IoT Hub holds at most 4 KB in a twin string, so the manifest and
 signature come in `<name>Chunks` pieces named the way IoT Edge splits createOptions; `desired_from_agent` joins exactly
 that many, which reproduces the signed bytes.
 reported: `properties.reported.models.<key>` = exactly REPORTED_FIELDS (`reported_entry`). `quality` is what the
@@ -20,6 +23,7 @@ The controller writes the desired side (components/azure/manifest.py), the agent
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, TypedDict
 
@@ -127,6 +131,8 @@ def agent_desired(desired: DesiredModel, ring_key: str) -> dict[str, Any]:
     if desired.rollback_order is not None:
         out["rollbackOrder"] = desired.rollback_order
         out["rollbackSignature"] = desired.rollback_signature
+    if desired.windows:  # one string: replaced whole by a later layer, never merged key by key
+        out["maintenanceWindows"] = desired.windows
     if desired.variants:  # twins hold no arrays: keyed by kind
         out["variants"] = {v["kind"]: {"uri": v["uri"], "sha256": v["sha256"], "size": int(v["size"])} for v in desired.variants}
     if desired.download_rate is not None:  # written only when set: an uncapped ring's entry is what it always was
@@ -152,6 +158,7 @@ def desired_from_agent(data: dict[str, Any]) -> DesiredModel:
         rollback_order=data.get("rollbackOrder"),
         rollback_signature=data.get("rollbackSignature"),
         variants=_variants(data.get("variants")),
+        windows=_windows(data.get("maintenanceWindows")),
         max_download_bytes_per_second=download_cap(data.get(CAP_KEY)),
     )
 
@@ -161,6 +168,14 @@ def download_cap(value: Any) -> int | None:
     value no controller writes (zero, negative, fractional, text, a boolean) is ignored, as the local hub's desired
     state ignores it (`DesiredModel.download_rate`), rather than failing the install."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _windows(data: Any) -> str | None:
+    """The entry's maintenanceWindows document, as text. Not checked here: windows that do not parse are refused by the
+    agent for a forward swap (never read as "no windows"), while a rollback in the same entry still goes through."""
+    if data is None or data == "":
+        return None
+    return data if isinstance(data, str) else json.dumps(data, sort_keys=True)
 
 
 def _variants(data: Any) -> list[dict[str, Any]] | None:

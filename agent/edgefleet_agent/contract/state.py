@@ -20,8 +20,9 @@ from edgefleet_agent.contract.errors import FormatError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-DESIRED_FORMAT = 3  # 2: a desired state may carry a candidate to shadow and a sample-capture setting (agent 0.3.0)
+DESIRED_FORMAT = 4  # 2: a desired state may carry a candidate to shadow and a sample-capture setting (agent 0.3.0)
 # 3: it may list the version's variants, where each build is published (agent 0.4.0)
+# 4: it may carry the group's maintenance windows, which a forward swap waits for (an older agent would ignore them)
 REPORT_FORMAT = 1
 
 DeviceStatus = Literal["ok", "failed", "updating", "idle"]
@@ -32,7 +33,7 @@ def _unwritten_defaults(body: dict[str, Any]) -> dict[str, Any]:
     gets exactly the bytes it always read."""
     if body.get("format") == 1:
         del body["format"]
-    for name in ("shadow", "capture", "capture_failed", "variant", "update", "variants", "max_download_bytes_per_second"):
+    for name in ("shadow", "capture", "capture_failed", "variant", "update", "variants", "max_download_bytes_per_second", "windows"):
         if name in body and body[name] is None:
             del body[name]
     if isinstance(body.get("shadow"), dict):
@@ -96,10 +97,14 @@ class DesiredModel:
     # Unsigned, like variants: a rate is no security property. Needs no format: a reader that does not know the field
     # drops it (_known_fields; every agent since the contract had formats), so an older agent downloads uncapped.
     max_download_bytes_per_second: int | None = None
-    format: int = 1  # 2 when shadow or capture is set, 3 with variants: older agents refuse it, saying so, not misreading it
+    # the group's maintenance windows (contract/windows.py `Windows.to_document`): a forward swap waits for one to be
+    # open; a rollback order never waits. None: no windows, always open. Format 4: an agent that would ignore them
+    # (and swap whatever the hour) refuses the desired state instead, saying so
+    windows: str | None = None
+    format: int = 1  # 2 when shadow or capture is set, 3 with variants, 4 with windows: older agents refuse it, saying so
 
     def __post_init__(self) -> None:
-        need = 3 if self.variants else 2 if (self.shadow is not None or self.capture is not None) else 1
+        need = 4 if self.windows else 3 if self.variants else 2 if (self.shadow is not None or self.capture is not None) else 1
         if self.format < need:
             object.__setattr__(self, "format", need)
 

@@ -67,6 +67,10 @@ from edgefleet_agent.contract.greengrass import (
     D_ROLLBACK_SIGNATURE,
     D_ROLLOUT,
     D_SIGNATURE,
+    D_WINDOWS,
+    DEFER_MESSAGE_LIMIT,
+    DEFER_RECHECK_MAX_SECONDS,
+    DEFER_RECHECK_MIN_SECONDS,
     DESIRED_FILES,
     DESIRED_PREFIX,
     DEVICE_DIMENSION,
@@ -84,6 +88,7 @@ from edgefleet_agent.contract.greengrass import (
     HANDOFF_MODELS,
     LABELLED_METRICS,
     LATENCY_METRIC,
+    OPTIONAL_FILES,
     PREDICTIONS_METRIC,
     REMOVAL_GRACE_SECONDS,
     REQUEST_LATENCY_METRIC,
@@ -103,6 +108,7 @@ from edgefleet_agent.contract.greengrass import (
 from edgefleet_agent.contract.manifest import is_valid_name, parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 from edgefleet_agent.contract.telemetry import LATENCY_BOUNDS_MS, Labelled, Latency, Predictions, Shadow
+from edgefleet_agent.contract.windows import Windows
 
 if TYPE_CHECKING:
     from types_boto3_cloudwatch.type_defs import DimensionTypeDef, MetricDatumTypeDef
@@ -476,6 +482,7 @@ class Handoff:
     serial: str
     desired: DesiredModel
     ring: str
+    windows: str = ""  # the ring's group's maintenance windows document (contract/windows.py), "" for none
 
 
 def handoff_root(state_dir: Path) -> Path:
@@ -492,7 +499,12 @@ def read_handoff(model_dir: Path, model: str) -> Handoff | None:
     if not current.startswith(DESIRED_PREFIX) or Path(current).name != current:
         raise HandoffError(f"{model_dir / CURRENT} names {current!r}, not a {DESIRED_PREFIX}<serial> directory")
     d = model_dir / current
-    values = {name: (d / name).read_bytes().decode("utf-8") for name in (*DESIRED_FILES, SERIAL)}
+    values = {name: (d / name).read_bytes().decode("utf-8") for name in (*DESIRED_FILES, SERIAL) if name not in OPTIONAL_FILES}
+    for name in OPTIONAL_FILES:
+        try:
+            values[name] = (d / name).read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            values[name] = ""
     environ = {
         ENV_MANIFEST: values[D_MANIFEST],
         ENV_SIGNATURE: values[D_SIGNATURE],
@@ -506,7 +518,12 @@ def read_handoff(model_dir: Path, model: str) -> Handoff | None:
         env = GreengrassEnvironment.from_environ(environ)
     except GreengrassConfigError as exc:
         raise HandoffError(f"{d}: {exc}") from None
-    return Handoff(serial=values[SERIAL].strip(), desired=desired_from_environment(env, model, model_dir / ARTIFACTS_DIR), ring=env.ring)
+    return Handoff(
+        serial=values[SERIAL].strip(),
+        desired=desired_from_environment(env, model, model_dir / ARTIFACTS_DIR),
+        ring=env.ring,
+        windows=values[D_WINDOWS].strip(),
+    )
 
 
 class HandoffTransport:
@@ -610,6 +627,142 @@ class HandoffTransport:
         pass
 
 
+# -- deferring deployments: maintenance windows and applications' deferrals, through Greengrass IPC --------------------
+class ComponentUpdateIPC(Protocol):
+    """What UpdateDeferrer calls of awsiot.greengrasscoreipc.clientv2.GreengrassCoreIPCClientV2 (awsiotsdk; tests pass a
+    stand-in with the same keyword signatures). Events are model.ComponentUpdatePolicyEvents: `pre_update_event`
+    (model.PreComponentUpdateEvent: `deployment_id`, `is_ggc_restarting`) or `post_update_event` (`deployment_id`)."""
+
+    def subscribe_to_component_updates(
+        self,
+        *,
+        on_stream_event: Callable[[object], None] | None = None,
+        on_stream_error: Callable[[Exception], bool] | None = None,
+        on_stream_closed: Callable[[], None] | None = None,
+    ) -> tuple[object, object]: ...
+
+    def defer_component_update(
+        self, *, deployment_id: str | None = None, message: str | None = None, recheck_after_ms: int | None = None
+    ) -> object: ...
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a deployment must wait now, and for how long before the nucleus asks again."""
+
+    seconds: float
+    reason: str
+
+
+def window_hold(documents: Iterable[str], now: float) -> Hold | None:
+    """The hold the device's maintenance windows put on a deployment at `now`: None while every window set the device's
+    models were given is open (or none was given). Windows that do not parse hold it too: a device never guesses at
+    when it may swap. The wait is until the next window opens, looked at again at least every DEFER_RECHECK_MAX_SECONDS."""
+    closed: list[tuple[float, str]] = []
+    for text in sorted(set(documents)):
+        try:
+            windows = Windows.from_document(text)
+        except ValueError as exc:
+            closed.append((DEFER_RECHECK_MAX_SECONDS, str(exc)))
+            continue
+        if windows is None or windows.open_until(now) is not None:
+            continue
+        opens = windows.next_open(now)
+        if opens is None:
+            closed.append((DEFER_RECHECK_MAX_SECONDS, f"no maintenance window of {windows.describe()} opens within a year"))
+        else:
+            when = datetime.fromtimestamp(opens, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            closed.append((opens - now, f"outside the maintenance window ({windows.describe()}): the next opens {when}"))
+    if not closed:
+        return None
+    wait = max(w for w, _ in closed)  # every window set must be open at once
+    return Hold(min(max(wait, DEFER_RECHECK_MIN_SECONDS), DEFER_RECHECK_MAX_SECONDS), "; ".join(r for _, r in closed))
+
+
+class UpdateDeferrer:
+    """Answers every PreComponentUpdateEvent the nucleus sends (componentUpdatePolicy NOTIFY_COMPONENTS) with
+    DeferComponentUpdate: recheck_after_ms=0 to let the deployment go ahead, or the hold's wait with its reason as the
+    message, after which the nucleus asks again. `hold(deployment_id, now)` decides. Never raises into the SDK's
+    threads; a closed stream is subscribed again by `ensure_subscribed` (the supervisor calls it every step)."""
+
+    def __init__(self, ipc: ComponentUpdateIPC, hold: Callable[[str, float], Hold | None], clock: Callable[[], float] = time.time) -> None:
+        self.ipc = ipc
+        self.hold = hold
+        self.clock = clock
+        self.subscribed = False
+        self.answers: list[tuple[str, int, str]] = []  # (deployment id, recheck_after_ms, message), the last few
+        self._lock = threading.Lock()
+        self._reason: str | None = None
+
+    @classmethod
+    def from_greengrass_environment(cls, hold: Callable[[str, float], Hold | None]) -> "UpdateDeferrer":
+        """Connects to the nucleus's IPC socket (AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT and SVCUID, which the
+        agent component's recipe passes into its container). Raises ImportError without awsiotsdk, KeyError or OSError
+        outside a Greengrass component."""
+        try:
+            from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+        except ImportError as exc:
+            raise ImportError(f"awsiotsdk is not installed ({exc}); install edgefleet-agent[greengrass]") from None
+        return cls(GreengrassCoreIPCClientV2(), hold)
+
+    def ensure_subscribed(self) -> bool:
+        if self.subscribed:
+            return True
+        try:
+            self.ipc.subscribe_to_component_updates(
+                on_stream_event=self.on_event, on_stream_error=self._on_error, on_stream_closed=self._on_closed
+            )
+        except Exception as exc:  # noqa: BLE001 - retried at the next step; serving goes on
+            log.warning("cannot subscribe to component updates (deployments are not deferred until it works): %s", exc)
+            return False
+        self.subscribed = True
+        log.info("subscribed to component updates: deployments wait for maintenance windows and applications' deferrals")
+        return True
+
+    def on_event(self, event: object) -> None:
+        pre = getattr(event, "pre_update_event", None)
+        if pre is None:
+            post = getattr(event, "post_update_event", None)
+            if post is not None:
+                log.info("deployment %s applied", getattr(post, "deployment_id", "?"))
+            return
+        deployment_id = str(getattr(pre, "deployment_id", None) or "")
+        try:
+            held = self.hold(deployment_id, self.clock())
+        except Exception:  # noqa: BLE001 - an answer is owed; without one the nucleus goes ahead after its timeout anyway
+            log.exception("deployment %s: cannot tell whether it must wait; letting it go ahead", deployment_id)
+            held = None
+        ms = 0 if held is None else int(held.seconds * 1000)
+        message = "edgefleet-agent: ready" if held is None else f"edgefleet-agent: {held.reason}"[:DEFER_MESSAGE_LIMIT]
+        try:
+            self.ipc.defer_component_update(deployment_id=deployment_id, message=message, recheck_after_ms=ms)
+        except Exception as exc:  # noqa: BLE001 - the nucleus goes ahead after the policy's timeout
+            log.warning("deployment %s: DeferComponentUpdate failed: %s", deployment_id, exc)
+            return
+        with self._lock:
+            self.answers = [*self.answers[-19:], (deployment_id, ms, message)]
+            reason = held.reason if held is not None else None
+            changed, self._reason = reason != self._reason, reason
+        if held is not None and changed:
+            log.info("deployment %s deferred %.0f s: %s", deployment_id, held.seconds, held.reason)
+        elif held is None and changed:
+            log.info("deployment %s may go ahead", deployment_id)
+
+    @property
+    def pending_reason(self) -> str | None:
+        """Why the last deployment the nucleus asked about is waiting, None when it was let go ahead."""
+        with self._lock:
+            return self._reason
+
+    def _on_error(self, error: Exception) -> bool:
+        log.warning("component update stream error: %s", error)
+        return False  # keep the stream open
+
+    def _on_closed(self) -> None:
+        log.warning("component update stream closed: subscribing again")
+        self.subscribed = False
+
+
 @dataclass
 class _Agent:
     agent: DeviceAgent
@@ -639,7 +792,10 @@ class GreengrassSupervisor:
         registry: ModelRegistry | None = None,
         threaded: bool = True,
         trust_for: Callable[[str], TrustedMetadata | None] | None = None,
+        deferrer: Callable[[Callable[[str, float], Hold | None]], UpdateDeferrer] | None = None,
     ) -> None:
+        """`deferrer` builds the UpdateDeferrer that answers the nucleus's update notifications with `update_hold`
+        (UpdateDeferrer.from_greengrass_environment on a device; None: deployments are never deferred)."""
         from edgefleet_agent.serving import SessionCache
 
         self.transport = transport
@@ -657,6 +813,43 @@ class GreengrassSupervisor:
         self.cache = SessionCache()
         self.agents: dict[str, _Agent] = {}
         self._start_problems: dict[str, str] = {}
+        self._deferred_since: dict[str, float] = {}  # deployment id -> when an application's deferral first held it
+        self.deferrer: UpdateDeferrer | None = None
+        if deferrer is not None:
+            try:
+                self.deferrer = deferrer(self.update_hold)
+            except Exception as exc:  # noqa: BLE001 - serving goes on; the nucleus then applies deployments at once
+                log.warning(
+                    "%s: no Greengrass IPC (%s): deployments are applied without waiting for maintenance windows or "
+                    "applications' deferrals",
+                    device_id,
+                    exc,
+                )
+
+    def update_hold(self, deployment_id: str, now: float) -> Hold | None:
+        """Whether the deployment the nucleus is about to apply must wait: while an application defers a swap (at most
+        MAX_DEFER_SECONDS from the first time it held this deployment), or while the device's maintenance windows are
+        closed. Only forward deployments ask: rollbacks are created with SKIP_NOTIFY_COMPONENTS."""
+        from edgefleet_agent.core import MAX_DEFER_SECONDS
+
+        running = self.agents.copy()  # (this runs on the SDK's thread; dict.copy is one step under the GIL)
+        agents = list(running.values())
+        deferred = [u for a in agents if (u := a.agent.deferred_until()) is not None]
+        if deferred:
+            if deployment_id not in self._deferred_since and len(self._deferred_since) >= 64:
+                self._deferred_since.pop(next(iter(self._deferred_since)))  # oldest first: a dict keeps insertion order
+            first = self._deferred_since.setdefault(deployment_id, now)
+            limit = min(max(a.agent.max_defer_seconds for a in agents), MAX_DEFER_SECONDS)
+            until = min(max(deferred), first + limit)
+            if until > now:
+                when = datetime.fromtimestamp(until, timezone.utc).strftime("%H:%M:%S UTC")
+                return Hold(max(until - now, DEFER_RECHECK_MIN_SECONDS), f"deferred by an application until {when}")
+        documents = []
+        for name in running:
+            handoff = self.transport.handoff(name)
+            if handoff is not None and handoff.windows:
+                documents.append(handoff.windows)
+        return window_hold(documents, now)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -667,6 +860,8 @@ class GreengrassSupervisor:
             stop.wait(self.sync_seconds)
 
     def step(self) -> None:
+        if self.deferrer is not None:
+            self.deferrer.ensure_subscribed()
         wanted = self.transport.refresh()
         for name in sorted(set(self.agents) - wanted):
             self._stop(name, unload=True)

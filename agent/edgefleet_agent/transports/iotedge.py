@@ -5,7 +5,9 @@ Contract (docs/azure.md, "The agent module twin"; edgefleet_agent/contract/ioted
 - desired: `properties.desired` = {"schemaVersion": "edgefleet-agent/1", "trust": {"keyId", "publicKeyPem"},
   "store": {"sasToken"}, "models": {<key>: {model, version, sha256, size, uri, manifest[, manifest01 …],
   manifestChunks, signature[, signature01 …], signatureChunks, rollout, ring[, rollbackOrder, rollbackSignature,
-  variants, maxDownloadBytesPerSecond]}}}, <key> = `contract.iotedge.model_key(model)`. IoT Hub holds at most 4 KB in a twin string, so the
+  variants, maintenanceWindows, maxDownloadBytesPerSecond]}}}, where maintenanceWindows (the ring's group's windows,
+  one JSON string) holds a forward swap until a window is open (DeviceAgent; a rollback never waits),
+  <key> = `contract.iotedge.model_key(model)`. IoT Hub holds at most 4 KB in a twin string, so the
   manifest and signature come in `<name>Chunks` pieces named the way IoT Edge splits createOptions; the agent joins
   exactly that many (`desired_from_agent`) before verifying, which reproduces the signed bytes. The agent
   downloads `uri + "?" + store.sasToken`; the token is never logged nor reported. `maxDownloadBytesPerSecond` (the
