@@ -292,24 +292,23 @@ def check_stack(cfg: Any) -> list[Problem]:
     return out
 
 
-# Why a download cap set on a group of each platform but local would not reach its devices, and what to do instead.
+# Platforms whose devices download with the edgefleet agent's own downloader, which keeps to the cap their desired
+# state carries: the local hub's desired state, the IoT Edge agent module's twin (`maxDownloadBytesPerSecond`).
+CAPPED_PLATFORMS = ("local", "azure")
+# Why a download cap set on a group of another platform would not reach its devices, and what to do instead.
 _UNCAPPED = {
     "aws": (
         "on Greengrass the nucleus downloads a component's artifacts itself, not the edgefleet agent (docs/aws.md), so the "
         "cap would not apply",
         "remove it: Greengrass downloads are not capped by edgefleet",
     ),
-    "azure": (
-        "the IoT Edge agent module's twin does not carry a download cap yet (docs/azure.md), so the devices would download uncapped",
-        "remove it until the twin carries the cap, or deploy the group on the local platform",
-    ),
 }
 
 
 def _download_cap_problems(key: str, group: str, platform: str) -> list[Problem]:
-    """A download cap is kept by the agent's own downloader, which only the local platform's desired state feeds yet:
-    declared where it would be ignored, it is refused rather than silently not kept."""
-    if platform == "local":
+    """A download cap is kept by the agent's own downloader, fed by the desired state of the platforms in
+    CAPPED_PLATFORMS: declared where it would be ignored, it is refused rather than silently not kept."""
+    if platform in CAPPED_PLATFORMS:
         return []
     why, fix = _UNCAPPED.get(platform, ("its desired state does not carry a download cap", "remove it"))
     return [(key, f"a download cap on group {group!r} ({platform}): {why}", fix)]

@@ -194,6 +194,7 @@ def check_azure_manifests(cfg: StackConfig, project_dir: Path, registry_password
                 priority=az.deployment_priority + 1,
                 agent=agent,
                 agent_schema=az.edge_agent_schema,
+                download_cap=ring.download_cap(g),
                 windows=g.windows_document(),
             )
             layer = mf.ring_configuration(spec, d)["content"]["modulesContent"]

@@ -540,7 +540,12 @@ def run_gate(
             raise ProviderInputError("AzureRingGateProps: key_url is required to sign rollback orders")
         signer = KeyVaultSigner(p.key_url)
     rings = p.ring_configs()
-    plans = p.ring_plans([f"{p.rollout}.{r.name}" for r in rings])
+    caps = {s.key: s.download_cap for s in (RingDeploymentSpec.from_json(d) for d in p.ring_specs)}
+    # each ring's download cap as its layer carries it (resolved from the stack when the platform built the specs), so
+    # what the engine sets a ring to, and compares its layer with, has exactly that cap
+    plans = tuple(
+        replace(plan, download_cap=caps.get(plan.target.selector)) for plan in p.ring_plans([f"{p.rollout}.{r.name}" for r in rings])
+    )
     gate = GateInputs(
         rollout=p.rollout,
         ring=p.ring,

@@ -28,6 +28,7 @@ from typing import Any
 
 from edgefleet_agent.contract.iotedge import (
     AGENT_FORMAT,
+    CAP_KEY,
     CHUNK_KEY_RE,
     CHUNKED_FIELDS,
     ENDPOINT_HOST_ENV,
@@ -268,6 +269,7 @@ AGENT_DESIRED_SCHEMA: dict[str, Any] = {
                 "ring": {"type": "string", "minLength": 1},
                 "rollbackOrder": {"type": "string", "minLength": 1},
                 "rollbackSignature": {"type": "string", "minLength": 1},
+                CAP_KEY: {"type": "integer", "minimum": 1},  # the ring's download cap, bytes a second
                 "variants": {
                     "type": "object",
                     "propertyNames": {"pattern": "^[a-z0-9]{1,16}$"},
@@ -582,6 +584,9 @@ class RingDeploymentSpec:
     priority: int
     agent: AgentModule
     agent_schema: str
+    # bytes a second the ring's devices download at most: the ring's own max_download_bytes_per_second, else its
+    # group's (RingConfig.download_cap); None: no cap. Every layer of the ring carries it (`ring_configuration`).
+    download_cap: int | None = None
     # the ring's group's maintenance windows (edgefleet_agent/contract/windows.py `Windows.to_document`), "" for none:
     # every layer of the ring carries them, forward or rollback; the agent swaps forward only inside one, and a
     # rollback whatever the hour
@@ -595,12 +600,21 @@ class RingDeploymentSpec:
         body = {**asdict(self), "agent": self.agent.to_json()}
         if not body["windows"]:  # a group without windows: the gate's inputs exactly as before windows existed
             del body["windows"]
+        if body["download_cap"] is None:  # unwritten when unset: an uncapped ring's gate inputs are what they were
+            del body["download_cap"]
         return body
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RingDeploymentSpec":
+        cap = data.get("download_cap")
         return cls(
-            **{**data, "agent": AgentModule.from_json(data["agent"]), "index": int(data["index"]), "priority": int(data["priority"])}
+            **{
+                **data,
+                "agent": AgentModule.from_json(data["agent"]),
+                "index": int(data["index"]),
+                "priority": int(data["priority"]),
+                "download_cap": int(cap) if cap is not None else None,  # Pulumi hands numbers back as floats
+            }
         )
 
 
@@ -648,9 +662,13 @@ def desired_variants(manifest: Any, reference_uri: str) -> list[dict[str, Any]] 
 
 
 def ring_configuration(spec: RingDeploymentSpec, desired: DesiredModel) -> dict[str, Any]:
-    """The Configuration resource's properties (less hub access) for `desired` in this ring (with the group's windows)."""
+    """The Configuration resource's properties (less hub access) for `desired` in this ring: with the group's windows,
+    and exactly the ring's download cap (whatever `desired` carried: the layer Pulumi declares and the ones the gate
+    writes agree)."""
     if spec.windows and desired.windows != spec.windows:
         desired = replace(desired, windows=spec.windows)
+    if desired.max_download_bytes_per_second != spec.download_cap:
+        desired = replace(desired, max_download_bytes_per_second=spec.download_cap)
     return {
         "id_prefix": f"ef-{spec.rollout}-{spec.ring}",
         "id_hint": ("rb-" if desired.is_rollback else "") + f"v{desired.version}",

@@ -422,9 +422,10 @@ class AzurePlatform(Platform):
                     priority=self.az.deployment_priority + 1,
                     agent=agent,
                     agent_schema=self.az.edge_agent_schema,
-                    windows=groups[i].windows_document(),
+                    download_cap=r.download_cap(g),  # the ring's own, else its group's: as on every platform
+                    windows=g.windows_document(),
                 ).to_json()
-                for i, r in enumerate(rings)
+                for i, (r, g) in enumerate(zip(rings, groups, strict=True))
             ]
         )
 

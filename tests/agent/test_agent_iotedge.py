@@ -376,7 +376,11 @@ def test_chunks_a_longer_manifest_left_behind_are_ignored(tmp_path, keys, publis
     # a notification carrying the whole new desired properties, without nulls for the keys it no longer has
     client.desired = {**module_twin_desired(small, keys.pem), "$version": client.desired["$version"] + 1}
     client.on_twin_desired_properties_patch_received(copy.deepcopy(client.desired))
-    assert "manifest02" in transport.models()[model_key(MODEL)]  # merged into the cache, still there
+    assert "manifest02" not in transport.models()[model_key(MODEL)]  # the layer set the entry whole: it replaced the old
+    assert transport.desired("cam-1", MODEL) == dataclasses.replace(small, uri=f"{small.uri}?{SAS}")
+    # a partial patch of the entry merges (a service-side update), and a chunk beyond the count is still ignored
+    client.service_update({"models": {model_key(MODEL): {"manifest02": "left over"}}})
+    assert "manifest02" in transport.models()[model_key(MODEL)]
     assert transport.desired("cam-1", MODEL) == dataclasses.replace(small, uri=f"{small.uri}?{SAS}")
     assert agent.sync() and agent.current_version == "1.6.0"
 

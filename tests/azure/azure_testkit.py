@@ -13,7 +13,10 @@ runtime reports lastDesiredStatus (500 for a version in `runtime_fails`, and the
 change), the agents report through the agent twin contract (healthy metrics unless a device's `metrics` say otherwise
 for a version), and `evaluate()` computes the system metrics
 (targeted, applied, reported success and failure) and custom metrics by running the configurations' own queries
-(three-valued logic: comparisons with a missing property are undefined). The Key Vault can answer 403
+(three-valued logic: comparisons with a missing property are undefined). Each device's agent module twin holds the
+desired properties IoT Hub computes from the applied base and layers (`SimDevice.agent_desired`), and a
+`SimModuleClient` gives the agent's IoT Edge transport that twin and, on a change, the whole new desired properties
+as its notification (no nulls for what a change dropped). The Key Vault can answer 403
 ForbiddenByRbac for a while, as a vault does until a new role assignment reaches it.
 """
 
@@ -252,6 +255,10 @@ class SimDevice:
     runtime_fails: dict[str, str] = field(default_factory=dict)  # version -> why its IoT Edge runtime cannot apply it
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # version -> reported metrics other than the healthy defaults
     reported: dict[str, Any] = field(default_factory=dict)
+    # the agent module twin's desired properties as IoT Hub computes them from the applied base and layers, with the
+    # $version IoT Hub gives them, and the module clients (SimModuleClient) connected to it
+    agent_desired: dict[str, Any] = field(default_factory=lambda: {"$version": 1})
+    module_clients: list[Any] = field(default_factory=list)
     edge_agent: dict[str, Any] = field(
         default_factory=lambda: {  # the $edgeAgent module twin, as IoT Hub keeps it
             "configurations": {},
@@ -362,6 +369,12 @@ class FakeIotHub:
                 if content != dev._content:
                     dev._content = content
                     twin["properties"]["desired"]["$version"] += 1
+                agent_desired = copy.deepcopy(mc.get(AGENT_MODULE, {}).get("properties.desired", {}))
+                if agent_desired != {k: v for k, v in dev.agent_desired.items() if k != "$version"}:
+                    # a deployment sets the module twin's desired properties whole: what it no longer has is gone
+                    dev.agent_desired = {**agent_desired, "$version": dev.agent_desired["$version"] + 1}
+                    for client in dev.module_clients:
+                        client.notify(copy.deepcopy(dev.agent_desired))
                 broken = [dev.runtime_fails[data["version"]] for data in desired.values() if data.get("version") in dev.runtime_fails]
                 twin["properties"]["reported"] = {
                     "lastDesiredVersion": twin["properties"]["desired"]["$version"],
@@ -557,6 +570,40 @@ class FakeIotHub:
     @staticmethod
     def _public(cfg: dict[str, Any]) -> dict[str, Any]:
         return {k: copy.deepcopy(v) for k, v in cfg.items() if not k.startswith("_")}
+
+
+class SimModuleClient:
+    """azure.iot.device's IoTHubModuleClient (sync, v2) of the edgefleet agent module on a simulated device, as
+    IoTEdgeTransport uses it: `get_twin()` reads the agent twin IoT Hub computed (`SimDevice.agent_desired`), and
+    when IoT Hub applies a change, the desired-properties handler gets the whole new desired properties (with
+    `$version`), which does not null the keys the change dropped. Reported patches are kept here, apart from the
+    reports `FakeIotHub.apply` simulates."""
+
+    def __init__(self, hub: "FakeIotHub", device_id: str) -> None:
+        self.hub = hub
+        self.device_id = device_id
+        self.on_twin_desired_properties_patch_received: Any = None
+        self.on_connection_state_change: Any = None
+        self.reported: list[dict[str, Any]] = []
+        self.notified: list[dict[str, Any]] = []
+        with hub.lock:
+            hub.devices[device_id].module_clients.append(self)
+
+    def get_twin(self) -> dict[str, Any]:
+        with self.hub.lock:
+            return {"desired": copy.deepcopy(self.hub.devices[self.device_id].agent_desired), "reported": {}}
+
+    def patch_twin_reported_properties(self, reported_properties_patch: dict[str, Any]) -> None:
+        self.reported.append(copy.deepcopy(reported_properties_patch))
+
+    def shutdown(self) -> None:
+        with self.hub.lock:
+            self.hub.devices[self.device_id].module_clients.remove(self)
+
+    def notify(self, desired: dict[str, Any]) -> None:
+        self.notified.append(desired)
+        if self.on_twin_desired_properties_patch_received is not None:
+            self.on_twin_desired_properties_patch_received(copy.deepcopy(desired))
 
 
 # -- the fake Key Vault ---------------------------------------------------------------------------------------------

@@ -69,7 +69,13 @@ def rings() -> list[RingConfig]:
 
 
 @pytest.fixture
-def fleet(hub, signer, rings):
+def caps() -> dict[str, int]:
+    """Each ring's download cap as the platform resolves it (ring name -> bytes a second; none: no cap)."""
+    return {}
+
+
+@pytest.fixture
+def fleet(hub, signer, rings, caps):
     for d in ("c1", "c2"):
         hub.devices[d] = SimDevice(tags={"group": "cameras", "ring": "canary"})
     for d in ("b1", "b2", "b3", "b4"):
@@ -109,6 +115,7 @@ def fleet(hub, signer, rings):
             priority=11,
             agent=AGENT,
             agent_schema="1.1",
+            download_cap=caps.get(r.name),
         )
         for i, r in enumerate(rings)
     ]
@@ -234,6 +241,32 @@ def test_a_rolled_back_layer_that_pulumi_recreates_is_rolled_back_again(hub, fle
         fleet.gate(0, v2)
     (cfg,) = fleet.ring_configs("canary")
     assert (cfg["labels"]["edgefleet-kind"], cfg["labels"]["edgefleet-version"]) == ("rollback", "1.0.0")
+
+
+@pytest.mark.parametrize("caps", [{"canary": 50_000, "broad": 250_000}])
+def test_a_capped_ring_passes_on_its_own_layer_and_rolls_back_under_its_cap(hub, fleet, signer, caps):
+    """The gate's plans carry each ring's cap as its layer does: the layer Pulumi created is the one the gate judges
+    (not re-deployed over a cap-only difference), and a rollback layer keeps the ring's cap."""
+
+    def cap_of(ring: str) -> object:
+        (cfg,) = fleet.ring_configs(ring)
+        return cfg["content"]["modulesContent"][mf.AGENT_MODULE]["properties.desired.models.detector"].get("maxDownloadBytesPerSecond")
+
+    v1, v2 = release(signer, "1.0.0"), release(signer, "2.0.0")
+    done = roll_out(fleet, v1)
+    assert done["status"] == "succeeded"
+    deploys = [(e["ring"], e["event"]) for e in done["events"] if e["event"] in ("deployed", "already-deployed")]
+    assert deploys == [("canary", "already-deployed"), ("broad", "already-deployed")]  # the layer is what the gate wants
+    assert (cap_of("canary"), cap_of("broad")) == (50_000, 250_000)
+    creates = [cid for op, cid, _ in hub.timeline if op == "create" and cid.startswith("ef-detector-")]
+    assert len(creates) == 2, creates  # one layer a ring, each `pulumi up`'s: the gates wrote none
+    hub.devices["c1"].refuse.add("2.0.0")
+    fleet.deploy(0, v2)
+    with pytest.raises(RuntimeError, match="halted at ring 'canary'"):
+        fleet.gate(0, v2)
+    (cfg,) = fleet.ring_configs("canary")
+    assert (cfg["labels"]["edgefleet-kind"], cfg["labels"]["edgefleet-version"]) == ("rollback", "1.0.0")
+    assert cap_of("canary") == 50_000
 
 
 def test_metrics_not_yet_evaluated_are_waited_for_not_read_as_an_empty_ring(hub, fleet, signer):

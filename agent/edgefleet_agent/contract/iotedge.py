@@ -4,7 +4,9 @@ desired: `properties.desired` = {"schemaVersion": AGENT_FORMAT, "trust": {"keyId
 "models": {<model_key(model)>: agent_desired(...)}}; a version with variants lists them in its entry as `variants` =
 {<kind>: {"uri", "sha256", "size"}} (an object: twins hold no arrays); a group with maintenance windows adds
 `maintenanceWindows`, the windows' document as one string (contract/windows.py; a string, so a layer's windows replace
-an earlier layer's whole instead of merging with them), which a forward swap waits for. IoT Hub holds at most 4 KB in a twin string, so the manifest and
+an earlier layer's whole instead of merging with them), which a forward swap waits for; and a ring with a download cap
+(its own or its group's `max_download_bytes_per_second`) carries it as `maxDownloadBytesPerSecond` (a positive integer;
+absent: no cap). IoT Hub holds at most 4 KB in a twin string, so the manifest and
 signature come in `<name>Chunks` pieces named the way IoT Edge splits createOptions; `desired_from_agent` joins exactly
 that many, which reproduces the signed bytes.
 reported: `properties.reported.models.<key>` = exactly REPORTED_FIELDS (`reported_entry`). `quality` is what the
@@ -32,6 +34,7 @@ AGENT_FORMAT = "edgefleet-agent/1"  # schemaVersion of the agent module twin's d
 TWIN_STRING_LIMIT = 4 * 1024  # IoT Hub: one string value in a twin, UTF-8 bytes
 CHUNKED_FIELDS = ("manifest", "signature")  # model entry strings split like createOptions when over TWIN_STRING_LIMIT
 MAX_CHUNKS = 100  # `name`, then `name01` … `name99`: IoT Edge's two-digit suffixes
+CAP_KEY = "maxDownloadBytesPerSecond"  # a model entry's download cap, bytes a second
 CHUNK_KEY_RE = re.compile(rf"^({'|'.join(CHUNKED_FIELDS)})(0[1-9]|[1-9][0-9])$")
 REDACTED = "<redacted>"
 # Where the module serves the device's other modules: inside the IoT Edge network (Docker's bridge network
@@ -132,6 +135,8 @@ def agent_desired(desired: DesiredModel, ring_key: str) -> dict[str, Any]:
         out["maintenanceWindows"] = desired.windows
     if desired.variants:  # twins hold no arrays: keyed by kind
         out["variants"] = {v["kind"]: {"uri": v["uri"], "sha256": v["sha256"], "size": int(v["size"])} for v in desired.variants}
+    if desired.download_rate is not None:  # written only when set: an uncapped ring's entry is what it always was
+        out[CAP_KEY] = desired.download_rate
     return out
 
 
@@ -154,7 +159,15 @@ def desired_from_agent(data: dict[str, Any]) -> DesiredModel:
         rollback_signature=data.get("rollbackSignature"),
         variants=_variants(data.get("variants")),
         windows=_windows(data.get("maintenanceWindows")),
+        max_download_bytes_per_second=download_cap(data.get(CAP_KEY)),
     )
+
+
+def download_cap(value: Any) -> int | None:
+    """The entry's `maxDownloadBytesPerSecond` as the desired state's cap: a positive integer, else None (no cap). A
+    value no controller writes (zero, negative, fractional, text, a boolean) is ignored, as the local hub's desired
+    state ignores it (`DesiredModel.download_rate`), rather than failing the install."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _windows(data: Any) -> str | None:

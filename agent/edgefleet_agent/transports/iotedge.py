@@ -5,12 +5,18 @@ Contract (docs/azure.md, "The agent module twin"; edgefleet_agent/contract/ioted
 - desired: `properties.desired` = {"schemaVersion": "edgefleet-agent/1", "trust": {"keyId", "publicKeyPem"},
   "store": {"sasToken"}, "models": {<key>: {model, version, sha256, size, uri, manifest[, manifest01 …],
   manifestChunks, signature[, signature01 …], signatureChunks, rollout, ring[, rollbackOrder, rollbackSignature,
-  maintenanceWindows]}}}, where maintenanceWindows (the ring's group's windows, one JSON string) holds a forward swap
-  until a window is open (DeviceAgent; a rollback never waits),
+  variants, maintenanceWindows, maxDownloadBytesPerSecond]}}}, where maintenanceWindows (the ring's group's windows,
+  one JSON string) holds a forward swap until a window is open (DeviceAgent; a rollback never waits),
   <key> = `contract.iotedge.model_key(model)`. IoT Hub holds at most 4 KB in a twin string, so the
   manifest and signature come in `<name>Chunks` pieces named the way IoT Edge splits createOptions; the agent joins
   exactly that many (`desired_from_agent`) before verifying, which reproduces the signed bytes. The agent
-  downloads `uri + "?" + store.sasToken`; the token is never logged nor reported.
+  downloads `uri + "?" + store.sasToken`; the token is never logged nor reported. `maxDownloadBytesPerSecond` (the
+  ring's download cap) becomes the DesiredModel's `max_download_bytes_per_second`, which the agent's downloader keeps
+  to; a value that is not a positive integer is ignored (logged), as on the local platform.
+- A ring's layer sets a model entry whole, and a notification of the whole desired properties does not null the keys
+  the new entry dropped (a removed cap, a longer predecessor's chunks, a rollback order): so a patch whose entry
+  carries every field a layer writes (WHOLE_ENTRY) replaces the cached entry instead of merging into it. A partial
+  patch of an entry (a service-side update of one property; null removes it) merges as IoT Hub merges it.
 - reported: `properties.reported.models.<key>` = exactly REPORTED_FIELDS, with `ring` and `rollout` echoed from
   the desired entry (the ring's custom metrics count by them), and `quality`, the window's requests bounded; what the
   twin held from the previous window (the last entry sent, or read at refresh) is nulled where this one lacks it. A value the agent does not have is sent as
@@ -37,7 +43,7 @@ from urllib.parse import urlsplit
 
 from edgefleet_agent import __version__
 from edgefleet_agent.contract.errors import EdgefleetError
-from edgefleet_agent.contract.iotedge import AGENT_FORMAT, desired_from_agent, model_key, reported_entry
+from edgefleet_agent.contract.iotedge import AGENT_FORMAT, CAP_KEY, desired_from_agent, model_key, reported_entry
 from edgefleet_agent.contract.signing import key_id_of, load_public_key
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 
@@ -50,6 +56,7 @@ log = logging.getLogger("edgefleet.agent.iotedge")
 RESYNC_SECONDS = 900.0  # a full get_twin at least this often, whatever patches said
 RETRY_MAX_SECONDS = 60.0  # longest wait between twin reads while the hub cannot be reached
 LOOPBACK = ("127.0.0.1", "::1", "localhost")  # plain http allowed only to a store on the device itself (tests)
+WHOLE_ENTRY = ("model", "version", "sha256", "size", "uri")  # a model entry carrying all of these is one a layer set whole
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +70,17 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
         else:
             target[key] = copy.deepcopy(value)
     return target
+
+
+def replace_whole_entries(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    """Drops from `target` each model entry that `patch` sets whole (every WHOLE_ENTRY field present), so that merging
+    `patch` afterwards leaves exactly the new entry: keys the old entry had and the new one lacks do not linger."""
+    models, held = patch.get("models"), target.get("models")
+    if not isinstance(models, dict) or not isinstance(held, dict):
+        return
+    for key, entry in models.items():
+        if isinstance(entry, dict) and all(entry.get(k) is not None for k in WHOLE_ENTRY):
+            held.pop(key, None)
 
 
 class ModuleClient(Protocol):
@@ -98,6 +116,7 @@ class IoTEdgeTransport:
         self._sent: dict[str, dict[str, Any]] = {}  # the last reported entry per model key, as the twin holds it
         self._failures = 0
         self._retry_at: float | None = None
+        self._ignored_caps: dict[str, object] = {}  # model key -> the bad cap last logged, so it is logged once
 
     @classmethod
     def from_edge_environment(
@@ -162,6 +181,7 @@ class IoTEdgeTransport:
                         return  # already part of what we hold
                     if version > self._version + 1:
                         self._stale = True  # one was missed: applied anyway, and the next refresh reads the twin
+                replace_whole_entries(self._desired, patch)
                 merge_patch(self._desired, patch)
                 if isinstance(version, int):
                     self._version = version
@@ -210,6 +230,7 @@ class IoTEdgeTransport:
             raise ValueError(f"properties.desired.models.{key} lacks {exc}") from None
         except ValueError as exc:
             raise ValueError(f"properties.desired.models.{key}: {exc}") from None
+        self._note_ignored_cap(key, entry.get(CAP_KEY), found)
         if not sas:
             return found
         parts = urlsplit(found.uri)
@@ -218,6 +239,21 @@ class IoTEdgeTransport:
                 f"properties.desired.models.{key}.uri is {parts.scheme}://, not https://: the store's SAS is only ever sent over TLS"
             )
         return replace(found, uri=f"{found.uri}?{sas}")
+
+    def _note_ignored_cap(self, key: str, raw: object, found: DesiredModel) -> None:
+        with self._lock:
+            if raw is None or found.max_download_bytes_per_second is not None:
+                self._ignored_caps.pop(key, None)
+                return
+            if key in self._ignored_caps and self._ignored_caps[key] == raw:
+                return
+            self._ignored_caps[key] = raw
+        log.warning(
+            "properties.desired.models.%s.%s is %r, not a positive whole number of bytes a second: ignored, downloads are not capped",
+            key,
+            CAP_KEY,
+            raw,
+        )
 
     def report(self, report: DeviceReport) -> None:
         key = model_key(report.model)
