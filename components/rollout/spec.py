@@ -215,9 +215,10 @@ class DeviceGroupConfig(Strict):
     timezone: str = Field(default="UTC", description="the devices' IANA time zone (e.g. Europe/Berlin): windows are on its clock")
     maintenance_windows: list[MaintenanceWindow] = Field(
         default_factory=list,
-        description="when the group's devices may swap models (none: any time); a ring over the group deploys only "
-        "while one is open (each swap: a shadowing ring swaps twice), its deadline counts from then and pauses while "
-        "the window is closed and its devices are still to swap. Rollbacks and revocations ignore windows",
+        description="when the group's devices may swap models (none: any time); a ring over the group swaps only while "
+        "one is open (local: the engine orders each swap then, a shadowing ring's serve swap too, and the ring's deadline "
+        "pauses while the window is closed and its devices are still to swap; Greengrass and IoT Edge: the agent holds "
+        "the swap). Rollbacks and revocations ignore windows",
     )
     max_download_bytes_per_second: int | None = Field(default=None, description=DOWNLOAD_CAP_DESCRIPTION)
 
