@@ -41,6 +41,7 @@ from edgefleet_agent.contract.tuf import ROOT_FILE
 # of this machine from the other 997 devices.
 FRAME_INTERVAL_SECONDS = 0.05
 ENDPOINT_RETRY_SECONDS = 0.2
+SWEEP_CHUNK = 500  # simulated devices between a sweep's report flushes and its looks for new desired states
 
 
 @dataclass(frozen=True)
@@ -497,6 +498,29 @@ class LocalFleet:
                 agents[(d.id, model)] = agent
             return agent
 
+        def step(d: LocalDevice, model: str, asks: bool, always: bool) -> None:
+            """One device's turn: sync, its application's request when `asks`, and a report when it asked, when what it
+            serves changed, or `always`."""
+            agent = agent_for(d, model)
+            moved = agent.sync()
+            if asks and model not in self.traffic:
+                agent.infer()
+            elif asks:
+                traffic = self.traffic[model]
+                n = sent.get((d.id, model), 0)
+                inputs, label = traffic.request(d.id, n)
+                try:
+                    agent.predict(inputs, label=label)
+                except NotReady:
+                    pass  # nothing verified loaded: the application has no one to ask yet
+                except RequestError:
+                    traffic.count(label, refused=True)
+                else:
+                    traffic.count(label, refused=False)
+                sent[(d.id, model)] = n + 1
+            if asks or moved or always:
+                agent.report()  # on its turn (its window holds its request) and whenever what it serves changed
+
         per_sweep = self.cfg.local.simulated_requests_per_sweep if self.cfg.local is not None else len(sims) or 1
         next_sweep = 0.0
         while not self._stop.is_set():
@@ -512,27 +536,21 @@ class LocalFleet:
                     online = [by_id[i] for i in changed if i in by_id and self._online(by_id[i], tick)]
                     batch.desired_map = changed
                 every = max(1, -(-len(online) // per_sweep))  # a device sends a request every `every` sweeps
+                done: set[str] = set()
                 for i, d in enumerate(online):
-                    agent = agent_for(d, model)
-                    moved = agent.sync()
+                    if i and i % SWEEP_CHUNK == 0:
+                        # a long sweep flushes what its devices said and takes up desired states set meanwhile: the
+                        # devices it already passed react now, the rest in turn, as real devices would, not a sweep later
+                        hub.put_reports(batch.reports)
+                        batch.reports = []
+                        moved_on, watermarks[model] = hub.desired_changed_since(model, watermarks[model])
+                        batch.desired_map.update(moved_on)
+                        for dev in sorted(done & moved_on.keys()):
+                            if self._online(by_id[dev], tick):
+                                step(by_id[dev], model, asks=False, always=True)
                     asks = full and (i + self.sweeps) % every == 0
-                    if asks and model not in self.traffic:
-                        agent.infer()
-                    elif asks:
-                        traffic = self.traffic[model]
-                        n = sent.get((d.id, model), 0)
-                        inputs, label = traffic.request(d.id, n)
-                        try:
-                            agent.predict(inputs, label=label)
-                        except NotReady:
-                            pass  # nothing verified loaded: the application has no one to ask yet
-                        except RequestError:
-                            traffic.count(label, refused=True)
-                        else:
-                            traffic.count(label, refused=False)
-                        sent[(d.id, model)] = n + 1
-                    if asks or moved or not full:
-                        agent.report()  # on its turn (its window holds its request) and whenever what it serves changed
+                    step(d, model, asks, always=not full)
+                    done.add(d.id)
                 if batch.reports:
                     hub.put_reports(batch.reports)
             for dev_id in list(late_processes):

@@ -294,3 +294,47 @@ def test_expiry_defaults_are_the_documented_ones():
     e = Expiry()
     assert (e.root, e.targets, e.snapshot, e.timestamp) == (timedelta(days=365), timedelta(days=30), timedelta(days=7), timedelta(days=1))
     assert Snapshot  # (imported for readers of the attacks above)
+
+
+# -- the local fleet's simulated devices share one client (components/local/shared_trust.py) ------------------------
+def shared(world: World):
+    from components.local.shared_trust import SharedTrust
+
+    return SharedTrust(world.first_root(), world.channel.as_uri(), world.tmp / "simulated" / "tuf", refresh_seconds=0.0)
+
+
+def check(trust, d: DesiredModel) -> None:
+    trust.check(d.model, d.version, d.sha256, d.size, d.manifest.encode())
+
+
+def test_a_shared_refresh_is_reused_only_while_the_channels_timestamp_is_unchanged(world, v100, v110, v120_nan):
+    """Attack on the simulator's shortcut: a version revoked (or published) a moment after a refresh must not be judged
+    on that refresh. Refusal: a new timestamp in the channel always means a full refresh, within the reuse window too."""
+    world.repo.add_targets([ident(v100), ident(v120_nan)])
+    world.sync()
+    trust = shared(world)
+    check(trust, v120_nan)  # refreshed: 1.2.0 is a target
+    first = trust.refresh()
+    assert trust.refresh() is first, "within the window and with the same timestamp, the refresh is reused"
+    world.repo.revoke(MODEL, "1.2.0", v120_nan.sha256, "gate of ring 'canary' failed: NaN outputs")
+    world.repo.add_targets([ident(v110)])
+    world.sync()
+    with pytest.raises(MetadataRefused, match="not in the signed targets"):
+        check(trust, v120_nan)
+    check(trust, v110)  # published a moment later: seen at once
+
+
+def test_a_failed_shared_refresh_is_never_reused(world, v100, v110):
+    """Attack: the channel's timestamp rolled back to an older one. Refusal: every check refreshes again and refuses it,
+    none passes on the strength of an earlier success."""
+    world.repo.add_targets([ident(v100)])
+    world.sync()
+    older = (world.channel / "timestamp.json").read_bytes()
+    world.repo.add_targets([ident(v110)])
+    world.sync()
+    trust = shared(world)
+    check(trust, v110)
+    (world.channel / "timestamp.json").write_bytes(older)
+    for _ in range(2):
+        with pytest.raises(MetadataRefused, match="rollback"):
+            check(trust, v110)
