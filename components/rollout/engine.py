@@ -60,7 +60,8 @@ __all__ = ["FAILED", "TERMINAL", "RingPlan", "RolloutEngine", "RolloutPlan", "la
 
 SAMPLE_EVERY = 0.5
 PAUSED_SAMPLE_EVERY = 300.0  # while a closed window pauses a ring (for hours, or days): a sample and a save every 5 min
-MAX_DUTY = 0.02  # the share of its time the controller spends on its own work while it waits for devices
+MAX_DUTY = 0.01  # the share of its time the controller spends on its own work while it waits for devices (a poll
+# of a 10,000-device ring then waits ~2 s, well inside the bound past which a ring counts as unobserved)
 MIN_UNOBSERVED = 10.0  # floor of the default gap bound: a busy 2-core box must not reset soaks
 
 
