@@ -503,6 +503,9 @@ class LocalFleet:
             serves changed, or `always`."""
             agent = agent_for(d, model)
             moved = agent.sync()
+            # a device that starts shadowing a candidate gets its application's next request at once: the shadow summary
+            # it then reports is what says it shadows (real applications send all the time; here devices take turns)
+            asks = asks or (moved and agent.shadow_runner is not None)
             if asks and model not in self.traffic:
                 agent.infer()
             elif asks:
