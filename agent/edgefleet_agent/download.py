@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 CHUNK = 1 << 20
 HANDOVER_BYTES = 4 * CHUNK  # written but not yet hashed: the writer waits beyond it
+INLINE_HASH_BYTES = CHUNK  # artifacts up to this size are hashed in the writer's thread: starting a thread costs more
 HTTP_TIMEOUT_SECONDS = 30
 RETRIES = 4
 BACKOFF_SECONDS = 0.5
@@ -152,8 +153,9 @@ class _Verifier(threading.Thread):
     memory stays bounded whatever the artifact's size.
     """
 
-    def __init__(self, path: Path, prefix: int) -> None:
+    def __init__(self, path: Path, prefix: int, threaded: bool = True) -> None:
         super().__init__(name=f"hash {path.name}", daemon=True)
+        self.threaded = threaded  # False: a small artifact, hashed as it is handed over (a thread would cost more)
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the thread)
         self._path = path
         self._cond = threading.Condition()
@@ -163,10 +165,14 @@ class _Verifier(threading.Thread):
         self._error: OSError | None = None
         self.sha256 = hashlib.sha256()
         self.hashed = 0
-        self.start()
+        if threaded:
+            self.start()
 
     def hand(self, piece: bytes | int) -> None:
         """`piece` was written right after the last one: its bytes, or how many bytes to read back."""
+        if not self.threaded:
+            self._pieces.append(piece)
+            return self._drain()
         with self._cond:
             while self._held >= HANDOVER_BYTES and not self._stopped:
                 self._cond.wait()
@@ -179,7 +185,27 @@ class _Verifier(threading.Thread):
                 self._held += 0 if isinstance(piece, int) else len(piece)
             self._cond.notify_all()
 
+    def _drain(self) -> None:
+        """Inline: hashes what was handed over (and the prefix) at once, in the writer's thread."""
+        view = memoryview(bytearray(CHUNK))
+        try:
+            while self._pieces:
+                piece = self._pieces.popleft()
+                if isinstance(piece, int):
+                    self._read_back(piece, view)
+                else:
+                    self.sha256.update(piece)
+                    self.hashed += len(piece)
+        finally:
+            view.release()
+
     def finish(self) -> str:
+        if not self.threaded:
+            try:
+                self._drain()
+            finally:
+                self._file.close()
+            return self.sha256.hexdigest()
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -189,6 +215,9 @@ class _Verifier(threading.Thread):
         return self.sha256.hexdigest()
 
     def cancel(self) -> None:
+        if not self.threaded:
+            self._file.close()
+            return
         with self._cond:
             self._closing = self._cancelled = True
             self._cond.notify_all()
@@ -384,20 +413,24 @@ class _Download:
         with open(self.partial, "r+b" if pos else "wb", buffering=0) as out:
             out.truncate(pos)
             out.seek(pos)
-            self.pos, self._out, self._verifier = pos, out, _Verifier(self.partial, pos)
+            self.pos, self._out, self._verifier = pos, out, self._new_verifier(pos)
             try:
                 self._attempts(validator)
                 return self._verifier.finish()
             finally:
-                if self._verifier.is_alive():
+                if self._verifier.is_alive() or not self._verifier.threaded:
                     self._verifier.cancel()
+
+    def _new_verifier(self, prefix: int) -> _Verifier:
+        small = self.expected_size is not None and self.expected_size <= INLINE_HASH_BYTES
+        return _Verifier(self.partial, prefix, threaded=not small)
 
     def _restart(self) -> None:
         """The source sends the object from its first byte: what the partial file holds may be of another version."""
         self._verifier.cancel()
         self._out.truncate(0)
         self._out.seek(0)
-        self.pos, self._verifier = 0, _Verifier(self.partial, 0)
+        self.pos, self._verifier = 0, self._new_verifier(0)
 
     def _attempts(self, validator: dict[str, Any] | None) -> None:
         cuts, best = 0, self.pos

@@ -222,10 +222,7 @@ class SlotStore:
             at, state, partial = max(partials)
             if time.time() - at < PARTIAL_MAX_AGE_SECONDS:
                 keep = {state.name, partial.name}
-        if not keep:
-            shutil.rmtree(self.downloads_dir, ignore_errors=True)
-            return
-        for p in self.downloads_dir.iterdir():
+        for p in self.downloads_dir.iterdir():  # the directory itself stays: removing it each install costs more than it frees
             if p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 

@@ -112,7 +112,7 @@ def test_both_slots_corrupt_serves_nothing(make_agent, installed, loads, transpo
 
 def test_leftovers_of_an_interrupted_install_are_removed(make_agent, installed, tmp_path):
     state = tmp_path / "state" / MODEL
-    (state / "downloads").mkdir()
+    (state / "downloads").mkdir(exist_ok=True)
     (state / "downloads" / "1.2.0-abc.part").write_bytes(b"partial")
     (state / "slots" / ".tmp-1.2.0-abc").mkdir()
     (state / "slots" / ".tmp-1.2.0-abc" / "model.onnx").write_bytes(b"partial")
@@ -121,7 +121,7 @@ def test_leftovers_of_an_interrupted_install_are_removed(make_agent, installed, 
     agent_ = restart(make_agent)
     assert agent_.current_version == "1.1.0"
     assert sorted(p.name for p in (state / "slots").iterdir()) == sorted(p.name for p in installed)
-    assert not (state / "downloads").exists() and not (state / ".current.json.tmp").exists()
+    assert not any((state / "downloads").iterdir()) and not (state / ".current.json.tmp").exists()
 
 
 def test_unreadable_pointer_serves_nothing_and_keeps_slots(make_agent, installed, tmp_path, transport, v110):
