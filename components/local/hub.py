@@ -262,7 +262,8 @@ class LocalHub(AgentHub):
             memo.read = log[-1][0] if log else memo.read
         reports = windows.summed(self.reports(model, devices), since)
         for dev in devices:
-            memo.device(dev, reports.get(dev), desired, since)
+            r = reports.get(dev)
+            memo.device(dev, r, desired, since, windows.parts(r) if r is not None else None)
         return memo
 
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None:

@@ -10,9 +10,11 @@ version (it could not load it beside the served model) has failed it.
 
 from __future__ import annotations
 
+import functools
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any, Iterable, overload
 
 from components.rollout.quality import RunningTelemetry, Summary, Telemetry
 from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, RingObservation
@@ -74,12 +76,50 @@ class _Device:
     fresh: bool
     error: str = ""
     parts: tuple[Any, ...] | None = None  # telemetry_of(report), adopted devices with telemetry
-    summary: Summary | None = None  # that device's own
     rates: tuple[tuple[str, float], ...] = ()  # (metric, value) of OFFENDER_METRICS in its window, adopted devices
     variant: str | None = None  # the build it reported serving (adopted, failed devices); None: unknown or not grouped
 
+    @functools.cached_property
+    def summary(self) -> Summary:
+        """That device's own summary: only a failed gate names devices by it, so it is made when first asked for."""
+        one = Telemetry()
+        if self.parts is not None:
+            one.add(*self.parts)
+        return one.summary()
 
-def _device(r: DeviceReport | None, desired: DesiredModel | None, since: float) -> _Device:
+
+class DeviceSummaries(Sequence[tuple[str, Summary]]):
+    """(device, its own summary) of a set of adopted devices, in device order, each made when first read."""
+
+    def __init__(self, devices: Iterable[tuple[str, _Device]]) -> None:
+        self._devices = sorted(devices, key=lambda d: d[0])
+        self._pairs: tuple[tuple[str, Summary], ...] | None = None
+
+    def _all(self) -> tuple[tuple[str, Summary], ...]:
+        if self._pairs is None:
+            self._pairs = tuple((dev, seen.summary) for dev, seen in self._devices)
+        return self._pairs
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, Summary]: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[str, Summary]]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        return self._all()[i]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"DeviceSummaries({len(self)} devices)"
+
+
+def _device(r: DeviceReport | None, desired: DesiredModel | None, since: float, parts: tuple[Any, ...] | None = None) -> _Device:
     fresh = r is not None and r.reported_at >= since
     if r is None or not fresh:
         return _Device("pending", fresh)
@@ -95,10 +135,7 @@ def _device(r: DeviceReport | None, desired: DesiredModel | None, since: float) 
         rates.append(("invalid_output_share", round(r.invalid_outputs / r.inferences, 6)))
     if not has_telemetry(r):
         return _Device("adopted", True, rates=tuple(rates), variant=r.variant)
-    parts = telemetry_of(r)
-    one = Telemetry()
-    one.add(*parts)
-    return _Device("adopted", True, parts=parts, summary=one.summary(), rates=tuple(rates), variant=r.variant)
+    return _Device("adopted", True, parts=parts if parts is not None else telemetry_of(r), rates=tuple(rates), variant=r.variant)
 
 
 class _Running:
@@ -111,7 +148,7 @@ class _Running:
         self.failures: dict[str, str] = {}
         self.pending: set[str] = set()
         self.rates: dict[str, dict[str, float]] = {k: {} for k in OFFENDER_METRICS}
-        self.summaries: dict[str, Summary] = {}
+        self.summaries: dict[str, _Device] = {}  # adopted devices with telemetry
 
     def count(self, dev: str, seen: _Device, r: DeviceReport | None, sign: int) -> None:
         self.devices += sign
@@ -130,8 +167,8 @@ class _Running:
                 _keep(self.p99s, dev, r.p99_latency_ms, sign)
             for metric, value in seen.rates:
                 _keep(self.rates[metric], dev, value, sign)
-            if seen.summary is not None:
-                _keep(self.summaries, dev, seen.summary, sign)
+            if seen.parts is not None:
+                _keep(self.summaries, dev, seen, sign)
         elif sign > 0:
             self.pending.add(dev)
         else:
@@ -152,7 +189,7 @@ class _Running:
             pending=tuple(heapq.nsmallest(50, self.pending)),
             offenders=_worst({metric: list(values.items()) for metric, values in self.rates.items()}),
             summary=summed if self.summaries else None,
-            device_summaries=tuple(sorted(self.summaries.items())),
+            device_summaries=DeviceSummaries(self.summaries.items()),
             variants=variants,
         )
 
@@ -190,11 +227,14 @@ class ObserveMemo:
         self._reset((desired, since))
         return True
 
-    def device(self, dev: str, r: DeviceReport | None, desired: DesiredModel | None, since: float) -> _Device:
+    def device(
+        self, dev: str, r: DeviceReport | None, desired: DesiredModel | None, since: float, parts: tuple[Any, ...] | None = None
+    ) -> _Device:
+        """`parts`: telemetry_of(r) where the caller parsed it already."""
         held = self.seen.get(dev)
         if held is not None and held[0] is r:
             return held[1]
-        seen = _device(r, desired, since)
+        seen = _device(r, desired, since, parts)
         if held is not None:
             self._count(dev, held[1], held[0], -1)
         self._count(dev, seen, r, 1)
@@ -307,6 +347,11 @@ class SoakWindows:
         # (what is served and shadowed, since), the newest window summed, the sum, the report it came from, the sum's
         # telemetry parsed
         self._sums: dict[tuple[str, str], tuple[tuple[Any, ...], float, DeviceReport, DeviceReport, tuple[Any, ...]]] = {}
+
+    def parts(self, r: DeviceReport) -> tuple[Any, ...] | None:
+        """telemetry_of(r) for a report `summed` returned, as it parsed or summed it (None: not one of those)."""
+        held = self._sums.get((r.device_id, r.model))
+        return held[4] if held is not None and held[2] is r else None
 
     def summed(self, reports: dict[str, DeviceReport], since: float) -> dict[str, DeviceReport]:
         out: dict[str, DeviceReport] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -47,7 +48,7 @@ class RingObservation:
     pending: tuple[str, ...] = ()  # devices not yet on the desired version (a sample)
     offenders: tuple[tuple[str, str, float], ...] = ()  # (device, metric, value) from that device's own window
     summary: Summary | None = None  # telemetry of the adopted devices' latest windows, summed
-    device_summaries: tuple[tuple[str, Summary], ...] = ()  # (device, its own summary), adopted devices
+    device_summaries: Sequence[tuple[str, Summary]] = ()  # (device, its own summary), adopted devices
     # the devices that adopted or failed the desired state, observed per build they report serving (kind, observation),
     # kind order; empty where devices report no build (older agents, platforms that see only counts)
     variants: tuple[tuple[str, RingObservation], ...] = ()
