@@ -164,3 +164,18 @@ def oip_infer(url: str, model: str, image: np.ndarray, label: int | None = None,
         return response.status, json.loads(response.read() or b"{}")
     finally:
         conn.close()
+
+
+def spy_rates(monkeypatch) -> list[object]:
+    """The download cap each call of the agent's downloader was given, in order (the real download still runs)."""
+    import edgefleet_agent.core
+
+    rates: list[object] = []
+    real = edgefleet_agent.core.download
+
+    def spy(*args, **kwargs):
+        rates.append(kwargs.get("max_bytes_per_second"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(edgefleet_agent.core, "download", spy)
+    return rates

@@ -8,9 +8,8 @@ import dataclasses
 import json
 import time
 
-from agent_testkit import artifact_bytes
+from agent_testkit import artifact_bytes, spy_rates
 
-import edgefleet_agent.core
 from edgefleet_agent.contract.state import DESIRED_FORMAT, DesiredModel
 
 
@@ -30,14 +29,7 @@ def test_sync_keeps_to_the_desired_states_cap_over_http(make_agent, transport, v
 
 
 def test_without_a_cap_the_download_is_not_paced(make_agent, transport, v100, http_store, monkeypatch):
-    rates: list[object] = []
-    real = edgefleet_agent.core.download
-
-    def spy(*args, **kwargs):
-        rates.append(kwargs.get("max_bytes_per_second"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(edgefleet_agent.core, "download", spy)
+    rates = spy_rates(monkeypatch)
     transport.desired_model = dataclasses.replace(v100, uri=http_store.url("uncapped/model.onnx", artifact_bytes(v100)))
     agent = make_agent()
     assert agent.sync() is True and agent.current_version == "1.0.0"
@@ -127,14 +119,7 @@ def test_a_rings_cap_reaches_the_device_through_the_local_hub_and_holds_across_a
         transport = LocalHubTransport(tmp_path / "hub.db")
         assert transport.desired("dev-2", "detector").max_download_bytes_per_second == group_cap
         assert transport.desired("dev-1", "detector").max_download_bytes_per_second == ring_cap
-        rates: list[object] = []
-        real = edgefleet_agent.core.download
-
-        def spy(*args, **kwargs):
-            rates.append(kwargs.get("max_bytes_per_second"))
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(edgefleet_agent.core, "download", spy)
+        rates = spy_rates(monkeypatch)
         agent = make_agent(transport=transport)
         started = time.monotonic()
         assert agent.sync() is True

@@ -11,10 +11,9 @@ import logging
 import time
 
 import pytest
-from agent_testkit import MODEL, artifact_bytes
+from agent_testkit import MODEL, artifact_bytes, spy_rates
 from test_agent_iotedge import SAS, connected, module_twin_desired, ring_desired
 
-import edgefleet_agent.core
 from components.azure.manifest import AGENT_MODULE, check_manifest
 from edgefleet_agent.contract.iotedge import CAP_KEY, agent_desired, desired_from_agent, model_key
 from edgefleet_agent.core import DeviceAgent
@@ -34,18 +33,6 @@ def make(tmp_path, keys):
     yield agent
     for a in made:
         a.close()
-
-
-def spy_rates(monkeypatch) -> list[object]:
-    rates: list[object] = []
-    real = edgefleet_agent.core.download
-
-    def spy(*args, **kwargs):
-        rates.append(kwargs.get("max_bytes_per_second"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(edgefleet_agent.core, "download", spy)
-    return rates
 
 
 def test_the_twin_carries_the_cap_only_when_set_and_reads_it_back(keys, v110, http_store):
