@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+import edgefleet_agent.core
 from components.local.signer import LocalKeySigner
 from edgefleet.model_add import add_version
 from edgefleet.signing import sign_model_dir
@@ -168,8 +169,6 @@ def oip_infer(url: str, model: str, image: np.ndarray, label: int | None = None,
 
 def spy_rates(monkeypatch) -> list[object]:
     """The download cap each call of the agent's downloader was given, in order (the real download still runs)."""
-    import edgefleet_agent.core
-
     rates: list[object] = []
     real = edgefleet_agent.core.download
 
