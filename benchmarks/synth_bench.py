@@ -2,6 +2,7 @@
 
     python benchmarks/synth_bench.py                   # 1,000 groups, 5 timed runs of each, interleaved
     python benchmarks/synth_bench.py --groups 200 --runs 3 --profile
+    python benchmarks/synth_bench.py --groups 10000 --runs 3 --plan   # issue 14's figures (10,017 resources)
 
 The stack is a temporary copy of the project whose stack file is the local stack with its one group
 (`cameras`, used by the three-ring rollout) plus 999 more of the same shape, so the program declares 1,000

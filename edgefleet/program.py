@@ -27,20 +27,32 @@ from edgefleet.config import check_known_key, parse_stack_config
 from edgefleet_agent.contract.errors import ConfigError
 from edgefleet_agent.contract.manifest import ModelDir, ModelManifest
 
+# (source, the config texts, the StackConfig parsed from them): what `edgefleet synth` parsed before it set the same texts
+# as the program's config; read_config takes it once instead of validating the same texts again.
+_handed_over: tuple[str, dict[str, str], Any] | None = None
+
+
+def hand_over_parsed(source: str, texts: dict[str, str], parsed: Any) -> None:
+    """Offers `parsed` (parse_stack_config of the texts `texts`, `edgefleet:<key>` -> text) to the next read_config."""
+    global _handed_over
+    _handed_over = (source, dict(texts), parsed)
+
 
 def read_config() -> tuple[Any, str]:
     """The engine's config, held to the same rules as `read_stack_file`: an unknown `edgefleet:` key is an error."""
+    global _handed_over
+    handed, _handed_over = _handed_over, None
     source = f"stacks/Pulumi.{pulumi.get_stack()}.yaml"
     for key in {**get_config_env(), **CONFIG.get()}:
         ns, _, name = key.partition(":")
         if ns == PROJECT:
             check_known_key(name, source)
     cfg = pulumi.Config(PROJECT)
+    texts = {key: text for key in KEYS if (text := cfg.get(key)) is not None}
+    if handed is not None and handed[0] == source and handed[1] == {f"{PROJECT}:{k}": t for k, t in texts.items()}:
+        return handed[2], source  # the same texts, already parsed by synth
     raw = {}
-    for key in KEYS:
-        text = cfg.get(key)
-        if text is None:
-            continue
+    for key, text in texts.items():
         try:
             raw[key] = json.loads(text)
         except json.JSONDecodeError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -72,11 +73,15 @@ def _monitor_and_mocks(stack: str, project: str, region: str, preview: bool = Fa
     from pulumi.runtime.mocks import MockMonitor, Mocks
 
     hooks = _platform_hooks()
+    # The monitor's thread hands the inputs it deserialized to the mocks (MockMonitor.RegisterResource); new_resource
+    # keeps them, cleaned, for the recording, so each request's inputs are deserialized once, not twice.
+    cleaned = threading.local()
 
     class GraphMocks(Mocks):
         """Echoes inputs and adds the outputs a provider would compute (ARNs, ids), deterministically."""
 
         def new_resource(self, args):
+            cleaned.inputs = _clean(args.inputs)
             state = dict(args.inputs)
             for hook in hooks:
                 computed = hook.computed(args.typ, args.name, args.inputs, region) or {}
@@ -104,8 +109,12 @@ def _monitor_and_mocks(stack: str, project: str, region: str, preview: bool = Fa
             return f"urn:pulumi:{stack}::{project}::{qualified}::{name}"
 
         def RegisterResource(self, request):
+            cleaned.inputs = None
             response = super().RegisterResource(request)
             if request.type != "pulumi:pulumi:Stack":
+                inputs, cleaned.inputs = cleaned.inputs, None
+                if inputs is None:  # the mocks did not see this request: read it here
+                    inputs = _clean(rpc.deserialize_properties(request.object))
                 urn = self.make_urn(request.parent, request.type, request.name)
                 self.records[urn] = {
                     "urn": urn,
@@ -113,7 +122,7 @@ def _monitor_and_mocks(stack: str, project: str, region: str, preview: bool = Fa
                     "name": request.name,
                     "custom": bool(request.custom),
                     "parent": None if request.parent in ("", self.root_urn) else request.parent,
-                    "inputs": _clean(rpc.deserialize_properties(request.object)),
+                    "inputs": inputs,
                     "dependencies": sorted(set(request.dependencies)),
                     "property_dependencies": {k: sorted(v.urns) for k, v in sorted(request.propertyDependencies.items()) if v.urns},
                     "options": {
@@ -184,11 +193,13 @@ def synth(project_dir: Path, stack: str, preview: bool = False) -> dict[str, Any
     region = cfg.aws.region if cfg.aws else "us-east-1"
     monitor, mocks = _monitor_and_mocks(stack, project, region, preview)
     settings.ROOT.set(None)  # a fresh root stack per synth, as a new `pulumi` process has
-    pulumi.runtime.set_all_config(to_pulumi_config(raw), [])
+    config = to_pulumi_config(raw)
+    pulumi.runtime.set_all_config(config, [])
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, monitor=monitor)
 
-    from edgefleet.program import declare
+    from edgefleet.program import declare, hand_over_parsed
 
+    hand_over_parsed(source, config, cfg)  # the program reads these same texts: it need not validate them again
     with _cwd(project_dir), _no_cyclic_gc():
         pulumi.runtime.test(lambda: declare(project_dir))()
     return {

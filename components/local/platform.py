@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,9 @@ class LocalPlatform(Platform):
         return RegistryOutputs(repository_url=pulumi.Output.from_input("source:agent (the local fleet runs the agent from this checkout)"))
 
     def device_group(self, parent, group: DeviceGroupConfig, base: StackBase) -> GroupOutputs:
+        # plain values: the JSON text now, not an Output.json_dumps chain per group (same string, known, no dependencies)
         selector = {"labels": dict(group.labels), "devices": list(group.devices)}
-        return GroupOutputs(target=pulumi.Output.from_input(pulumi.Output.json_dumps(selector)))
+        return GroupOutputs(target=pulumi.Output.from_input(json.dumps(selector)))
 
     def publish_model(self, parent, manifest: ModelManifest, manifest_text: str, artifact: Path, base: StackBase) -> PublishOutputs:
         source = str(artifact.relative_to(self.project_dir) if artifact.is_relative_to(self.project_dir) else artifact)

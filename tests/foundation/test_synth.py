@@ -184,6 +184,32 @@ def test_synth_cli_from_the_project_dir(run_cli, project_copy):
     assert res.code == 0 and json.loads(res.out)["stack"] == "local"
 
 
+def test_the_stack_is_validated_once_per_synth(local_project, graph, monkeypatch):
+    """synth hands its parse to the program, which reads the same texts back from Pulumi's config (issue 14)."""
+    import edgefleet.program as program
+    import edgefleet.synth as synth_mod
+
+    calls = []
+    real = synth_mod.parse_stack_config
+
+    def counting(raw, source):
+        calls.append(source)
+        return real(raw, source)
+
+    monkeypatch.setattr(synth_mod, "parse_stack_config", counting)
+    monkeypatch.setattr(program, "parse_stack_config", counting)
+    assert dumps(synth(local_project, "local")) == dumps(graph)
+    assert calls == ["stacks/Pulumi.local.yaml"] and program._handed_over is None  # taken once, then gone
+
+
+def test_the_program_validates_config_texts_other_than_those_handed_over(local_project, graph, monkeypatch):
+    import edgefleet.program as program
+
+    real = program.hand_over_parsed
+    monkeypatch.setattr(program, "hand_over_parsed", lambda source, texts, parsed: real(source, {**texts, "edgefleet:x": "1"}, None))
+    assert dumps(synth(local_project, "local")) == dumps(graph)  # the handed-over None was not used
+
+
 def test_synth_restores_the_working_directory(local_project):
     cwd = os.getcwd()
     synth(local_project, "local")
