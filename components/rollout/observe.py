@@ -92,12 +92,12 @@ class DeviceSummaries(Sequence[tuple[str, Summary]]):
     """(device, its own summary) of a set of adopted devices, in device order, each made when first read."""
 
     def __init__(self, devices: Iterable[tuple[str, _Device]]) -> None:
-        self._devices = sorted(devices, key=lambda d: d[0])
+        self._devices = list(devices)
         self._pairs: tuple[tuple[str, Summary], ...] | None = None
 
     def _all(self) -> tuple[tuple[str, Summary], ...]:
         if self._pairs is None:
-            self._pairs = tuple((dev, seen.summary) for dev, seen in self._devices)
+            self._pairs = tuple((dev, seen.summary) for dev, seen in sorted(self._devices, key=lambda d: d[0]))
         return self._pairs
 
     def __len__(self) -> int:
