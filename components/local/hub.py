@@ -45,7 +45,7 @@ class Lease:
     lost: str | None = None
 
 
-CHANGE_LOG = 1000  # reads whose changed devices are kept for memos to catch up from; a memo further behind reads all
+CHANGE_LOG = 64  # reads whose changed devices are kept for memos to catch up from; a memo further behind reads all
 
 
 def _identity(desired: DesiredModel | None) -> tuple[str, ...]:
