@@ -55,6 +55,23 @@ def _identity(desired: DesiredModel | None) -> tuple[str, ...]:
     return (desired.version, desired.sha256, desired.shadow.sha256 if desired.shadow else "")
 
 
+def _parsed(
+    rows: dict[str, tuple[float, str]], parsed: dict[str, tuple[float, DeviceReport]], devices: Iterable[str]
+) -> dict[str, DeviceReport]:
+    """The latest report of each of `devices` that has one, parsed only where its row changed since it was last parsed."""
+    out: dict[str, DeviceReport] = {}
+    for dev in devices:
+        row = rows.get(dev)
+        if row is None:
+            continue
+        held = parsed.get(dev)
+        if held is None or held[0] != row[0]:
+            held = (row[0], DeviceReport.from_json(row[1]))
+            parsed[dev] = held
+        out[dev] = held[1]
+    return out
+
+
 def default_owner() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
@@ -129,17 +146,7 @@ class LocalHub(AgentHub):
         and changed since: a gate polls one ring of a 10,000-device fleet, whose other devices report on meanwhile."""
         with self._reports_lock:
             rows, parsed = self._latest_rows(model)
-            out: dict[str, DeviceReport] = {}
-            for dev in rows if device_ids is None else device_ids:
-                row = rows.get(dev)
-                if row is None:
-                    continue
-                held = parsed.get(dev)
-                if held is None or held[0] != row[0]:
-                    held = (row[0], DeviceReport.from_json(row[1]))
-                    parsed[dev] = held
-                out[dev] = held[1]
-            return out
+            return _parsed(rows, parsed, rows if device_ids is None else device_ids)
 
     def _latest_rows(self, model: str) -> tuple[dict[str, tuple[float, str]], dict[str, tuple[float, DeviceReport]]]:
         """Every device's latest report row of `model` as (stamp, text), reading only the rows stamped after the newest
@@ -245,22 +252,23 @@ class LocalHub(AgentHub):
         """`memo` brought up to the hub's latest reports: every member on its first poll (or another desired state or
         phase), afterwards only the members whose report row changed since its last poll, so that a poll of a
         10,000-device ring costs what changed, not the ring."""
-        fresh = memo.begin(desired, since)
+        restart = memo.begin(desired, since)
         if model is None:
-            if fresh:
+            if restart:
                 for dev in sorted(members):
                     memo.device(dev, None, desired, since)
             return memo
         with self._reports_lock:
-            self._latest_rows(model)
+            rows, parsed = self._latest_rows(model)
             log = self._changes.get(model, [])
-            if fresh or not log or memo.read < log[0][0] - 1:
+            if restart or not log or memo.read < log[0][0] - 1:
                 devices = sorted(members)
                 memo.members = frozenset(devices)
             else:
                 devices = sorted({d for gen, devs in log if gen > memo.read for d in devs} & memo.members)
             memo.read = log[-1][0] if log else memo.read
-        reports = windows.summed(self.reports(model, devices), since)
+            latest = _parsed(rows, parsed, devices)
+        reports = windows.summed(latest, since)
         for dev in devices:
             r = reports.get(dev)
             memo.device(dev, r, desired, since, windows.parts(r) if r is not None else None)
