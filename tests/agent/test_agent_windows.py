@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from agent_testkit import MODEL, artifact_bytes
+from test_agent_iotedge import AGENT, SPEC
 
 from components.azure.manifest import (
     AGENT_MODULE,
-    AgentModule,
     RingDeploymentSpec,
     base_manifest,
     desired_from_configuration,
@@ -154,21 +154,10 @@ def test_an_application_deferral_stays_bounded_inside_a_window(serving_v100, tra
 
 
 # -- Azure IoT Edge: the ring layer carries the group's windows to the agent module twin -----------------------------
-AGENT = AgentModule(image="edgefleetdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")
 
 
 def spec(windows: Windows | None) -> RingDeploymentSpec:
-    return RingDeploymentSpec(
-        rollout="detector",
-        ring="canary",
-        index=0,
-        model=MODEL,
-        target_condition="(tags.ring='canary')",
-        priority=11,
-        agent=AGENT,
-        agent_schema="1.1",
-        windows=windows.to_document() if windows else "",
-    )
+    return dataclasses.replace(SPEC, windows=windows.to_document() if windows else "")
 
 
 def twin(keys, desired: DesiredModel, s: RingDeploymentSpec) -> dict:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from azure_testkit import HUB_HOST, KEY, POLICY, SimDevice, SimModuleClient
-from test_azure_gate import AGENT, release
+from azure_testkit import SimDevice, SimModuleClient
+from test_azure_gate import AGENT, base_layer, release
 
 from components.azure import manifest as mf
 from components.azure.configurations import ConfigurationProvider
@@ -90,31 +90,8 @@ def test_removing_the_cap_from_the_stack_removes_it_from_the_twin_and_the_agents
     id) that sets the model entry whole, and IoT Hub recomputes the twin from the layers that apply. The agent gets the
     whole new desired properties, without a null for the cap, and replaces the entry rather than merging it."""
     hub.devices["c1"] = SimDevice(tags={"group": "cameras", "ring": "canary"})
-    access = {"hub_host": HUB_HOST, "endpoint": hub.endpoint, "key_name": POLICY, "hub_key": KEY}
-    base = mf.base_manifest(
-        agent=AGENT,
-        runtime="1.5",
-        agent_schema="1.1",
-        hub_schema="1.2",
-        trust={"keyId": signer.key_id, "publicKeyPem": signer.public_key_pem().decode()},
-        store_sas="${secret:storeSas}",
-    )
     provider = ConfigurationProvider()
-    provider.create(
-        {
-            **access,
-            "id_prefix": "ef-base-cameras",
-            "id_hint": "agent-0.1.0",
-            "content": {"modulesContent": base},
-            "secrets": {"storeSas": "sv=x&sig=y"},
-            "target_condition": mf.group_condition({"group": "cameras"}),
-            "priority": 10,
-            "labels": {mf.BASE_LABEL: "cameras"},
-            "metrics": {},
-            "exclusive_label": mf.BASE_LABEL,
-            "check": "edgefleet-agent",
-        }
-    )
+    access = base_layer(hub, signer, provider)
     rel = release(signer, "1.0.0")
     d = DesiredModel(**{k: rel[k] for k in ("model", "version", "sha256", "size", "uri", "manifest", "signature")})
     d = dataclasses.replace(d, rollout=rollout_id("detector", d))

@@ -68,18 +68,9 @@ def rings() -> list[RingConfig]:
     return RINGS
 
 
-@pytest.fixture
-def caps() -> dict[str, int]:
-    """Each ring's download cap as the platform resolves it (ring name -> bytes a second; none: no cap)."""
-    return {}
-
-
-@pytest.fixture
-def fleet(hub, signer, rings, caps):
-    for d in ("c1", "c2"):
-        hub.devices[d] = SimDevice(tags={"group": "cameras", "ring": "canary"})
-    for d in ("b1", "b2", "b3", "b4"):
-        hub.devices[d] = SimDevice(tags={"group": "cameras"})
+def base_layer(hub, signer, provider: ConfigurationProvider | None = None) -> dict[str, str]:
+    """The cameras group's base layer (the agent module, trusting `signer`) created on `hub`; returns the hub access
+    every later layer is created with."""
     access = {"hub_host": HUB_HOST, "endpoint": hub.endpoint, "key_name": POLICY, "hub_key": KEY}
     base = mf.base_manifest(
         agent=AGENT,
@@ -89,7 +80,7 @@ def fleet(hub, signer, rings, caps):
         trust={"keyId": signer.key_id, "publicKeyPem": signer.public_key_pem().decode()},
         store_sas="${secret:storeSas}",
     )
-    ConfigurationProvider().create(
+    (provider or ConfigurationProvider()).create(
         {
             **access,
             "id_prefix": "ef-base-cameras",
@@ -104,6 +95,22 @@ def fleet(hub, signer, rings, caps):
             "check": "edgefleet-agent",
         }
     )
+    return access
+
+
+@pytest.fixture
+def caps() -> dict[str, int]:
+    """Each ring's download cap as the platform resolves it (ring name -> bytes a second; none: no cap)."""
+    return {}
+
+
+@pytest.fixture
+def fleet(hub, signer, rings, caps):
+    for d in ("c1", "c2"):
+        hub.devices[d] = SimDevice(tags={"group": "cameras", "ring": "canary"})
+    for d in ("b1", "b2", "b3", "b4"):
+        hub.devices[d] = SimDevice(tags={"group": "cameras"})
+    access = base_layer(hub, signer)
     conditions = mf.ring_conditions([({"group": "cameras"}, [], dict(r.labels)) for r in rings])
     specs = [
         mf.RingDeploymentSpec(

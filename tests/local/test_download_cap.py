@@ -5,11 +5,7 @@ the Greengrass nucleus downloads) is refused rather than silently ignored."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
-import yaml
 
 from components.local.fleet import local_devices, register
 from components.local.hub import LocalHub
@@ -20,21 +16,10 @@ from components.rollout.spec import CONTROL_RING
 from edgefleet.config import load_stack
 from edgefleet.synth import synth
 from edgefleet_agent.contract.errors import ConfigError
+from tests.foundation.test_unworkable_declarations import stack_copy
 from tests.rollout.test_engine import V1, V2
 
-REPO = Path(__file__).resolve().parents[2]
 GROUP_CAP, CANARY_CAP = 250_000, 50_000
-
-
-def stack_copy(tmp_path: Path, name: str, edit) -> Path:
-    shutil.copytree(REPO / "stacks", tmp_path / "stacks")
-    shutil.copytree(REPO / "models", tmp_path / "models")
-    shutil.copy2(REPO / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
-    path = tmp_path / "stacks" / f"Pulumi.{name}.yaml"
-    doc = yaml.safe_load(path.read_text())
-    edit(doc["config"])
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return tmp_path
 
 
 def capped(c: dict) -> None:

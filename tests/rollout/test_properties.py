@@ -90,16 +90,24 @@ observations = st.builds(
     st.integers(0, 1000),
     st.one_of(st.none(), st.floats(0, 500)),
 )
-gates = st.builds(
-    GateConfig,
-    soak_seconds=st.floats(0, 100),
-    deadline_seconds=st.just(1000.0),
-    success_share=st.floats(0.01, 1),
-    max_failure_share=st.floats(0, 1),
-    max_error_rate=st.one_of(st.none(), st.floats(0, 1)),
-    max_invalid_output_share=st.one_of(st.none(), st.floats(0, 1)),
-    max_p99_latency_ms=st.one_of(st.none(), st.floats(1, 500)),
-)
+
+
+def gate_configs(**more: st.SearchStrategy) -> st.SearchStrategy[GateConfig]:
+    """Health gates over their whole range (`more`: strategies for further fields)."""
+    return st.builds(
+        GateConfig,
+        soak_seconds=st.floats(0, 100),
+        deadline_seconds=st.just(1000.0),
+        success_share=st.floats(0.01, 1),
+        max_failure_share=st.floats(0, 1),
+        max_error_rate=st.one_of(st.none(), st.floats(0, 1)),
+        max_invalid_output_share=st.one_of(st.none(), st.floats(0, 1)),
+        max_p99_latency_ms=st.one_of(st.none(), st.floats(1, 500)),
+        **more,
+    )
+
+
+gates = gate_configs()
 
 
 @settings(max_examples=300, deadline=None)

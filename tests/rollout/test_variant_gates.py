@@ -14,6 +14,7 @@ from components.rollout.quality import QualityContext, Summary
 from components.rollout.spec import GateConfig
 from components.rollout.types import RingObservation
 from tests.rollout.test_observe_memo import DEVICES, V2, one_report, report
+from tests.rollout.test_properties import gate_configs
 
 KINDS = ("fp16", "fp32", "int8")
 
@@ -58,17 +59,7 @@ def ring_of(parts: list[RingObservation], pending: int) -> RingObservation:
     )
 
 
-gates = st.builds(
-    GateConfig,
-    soak_seconds=st.floats(0, 100),
-    deadline_seconds=st.just(1000.0),
-    success_share=st.floats(0.01, 1),
-    max_failure_share=st.floats(0, 1),
-    max_error_rate=st.one_of(st.none(), st.floats(0, 1)),
-    max_invalid_output_share=st.one_of(st.none(), st.floats(0, 1)),
-    max_p99_latency_ms=st.one_of(st.none(), st.floats(1, 500)),
-    min_inferences=st.integers(0, 50),
-)
+gates = gate_configs(min_inferences=st.integers(0, 50))
 
 
 @settings(max_examples=400, deadline=None)
