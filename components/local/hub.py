@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import orjson
+
 from components.rollout.membership import Device
 from components.rollout.observe import ObserveMemo, SoakWindows
 from components.rollout.quality import Summary
@@ -66,10 +68,21 @@ def _parsed(
             continue
         held = parsed.get(dev)
         if held is None or held[0] != row[0]:
-            held = (row[0], DeviceReport.from_json(row[1]))
+            held = (row[0], _report(row[1]))
             parsed[dev] = held
         out[dev] = held[1]
     return out
+
+
+def _report(text: str) -> DeviceReport:
+    """One report row, decoded by orjson (a fifth of the standard library's time: the controller decodes every report
+    of a 10,000-device fleet that changed since its last poll); text orjson refuses (a NaN the standard library
+    wrote) goes through the standard library as the agent reads it."""
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return DeviceReport.from_json(text)
+    return DeviceReport.from_body(body)
 
 
 def default_owner() -> str:

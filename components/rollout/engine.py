@@ -26,7 +26,7 @@ phase, and compare with no previous version; the ring's events and verdict say s
 
 from __future__ import annotations
 
-import copy
+import json
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
@@ -622,7 +622,7 @@ class RolloutEngine:
 
     def _save(self, plan: RolloutPlan, progress: Progress) -> None:
         self._last_sample = self.clock.now()
-        self.hub.save_progress(plan.rollout_id, copy.deepcopy(dict(progress)))
+        self.hub.save_progress(plan.rollout_id, json.loads(json.dumps(progress)))  # a copy, JSON as every hub stores it
         if self.on_update is not None:
             self.on_update(progress)
 

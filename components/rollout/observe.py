@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import functools
 import heapq
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, overload
 
-from components.rollout.quality import RunningTelemetry, Summary, Telemetry
+from components.rollout.quality import PartArrays, RunningTelemetry, Summary, Telemetry, part_arrays
 from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, RingObservation
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 from edgefleet_agent.contract.telemetry import Labelled, Latency, Predictions, Shadow
@@ -80,6 +80,12 @@ class _Device:
     variant: str | None = None  # the build it reported serving (adopted, failed devices); None: unknown or not grouped
 
     @functools.cached_property
+    def arrays(self) -> PartArrays:
+        """Its histograms as arrays, converted once for every running sum it is added to and taken out of."""
+        assert self.parts is not None
+        return part_arrays(self.parts)
+
+    @functools.cached_property
     def summary(self) -> Summary:
         """That device's own summary: only a failed gate names devices by it, so it is made when first asked for."""
         one = Telemetry()
@@ -91,13 +97,13 @@ class _Device:
 class DeviceSummaries(Sequence[tuple[str, Summary]]):
     """(device, its own summary) of a set of adopted devices, in device order, each made when first read."""
 
-    def __init__(self, devices: Iterable[tuple[str, _Device]]) -> None:
-        self._devices = list(devices)
+    def __init__(self, devices: Mapping[str, _Device]) -> None:
+        self._devices = dict(devices)  # a copy: the memo it comes from moves on at its next poll
         self._pairs: tuple[tuple[str, Summary], ...] | None = None
 
     def _all(self) -> tuple[tuple[str, Summary], ...]:
         if self._pairs is None:
-            self._pairs = tuple((dev, seen.summary) for dev, seen in sorted(self._devices, key=lambda d: d[0]))
+            self._pairs = tuple((dev, self._devices[dev].summary) for dev in sorted(self._devices))
         return self._pairs
 
     def __len__(self) -> int:
@@ -166,7 +172,8 @@ class _Running:
             if r.p99_latency_ms is not None:
                 _keep(self.p99s, dev, r.p99_latency_ms, sign)
             for metric, value in seen.rates:
-                _keep(self.rates[metric], dev, value, sign)
+                if value > 0:  # a zero rate is nobody's fault: never an offender
+                    _keep(self.rates[metric], dev, value, sign)
             if seen.parts is not None:
                 _keep(self.summaries, dev, seen, sign)
         elif sign > 0:
@@ -187,9 +194,9 @@ class _Running:
             p99_latency_ms=p99s[min(len(p99s) - 1, int(len(p99s) * 0.99))] if p99s else None,
             failures=tuple(sorted(self.failures.items())[:50]),
             pending=tuple(heapq.nsmallest(50, self.pending)),
-            offenders=_worst({metric: list(values.items()) for metric, values in self.rates.items()}),
+            offenders=WorstDevices({metric: dict(values) for metric, values in self.rates.items()}),
             summary=summed if self.summaries else None,
-            device_summaries=DeviceSummaries(self.summaries.items()),
+            device_summaries=DeviceSummaries(self.summaries),
             variants=variants,
         )
 
@@ -246,9 +253,9 @@ class ObserveMemo:
         if seen.variant is not None and seen.state != "pending":
             self.kinds.setdefault(seen.variant, _Running()).count(dev, seen, r, sign)
         if seen.parts is not None:
-            self.total.add(seen.parts, sign)
+            self.total.add(seen.parts, sign, seen.arrays)
             if seen.variant is not None:
-                self.by_variant.setdefault(seen.variant, RunningTelemetry()).add(seen.parts, sign)
+                self.by_variant.setdefault(seen.variant, RunningTelemetry()).add(seen.parts, sign, seen.arrays)
 
     def observation(self) -> RingObservation:
         variants = tuple(
@@ -316,13 +323,40 @@ def observe_reports(
     return _pass(devices, reports, desired, since, memo).observation()
 
 
-def _worst(per_device: dict[str, list[tuple[str, float]]]) -> tuple[tuple[str, str, float], ...]:
-    """The worst devices per metric, bounded; zero rates are nobody's fault and are left out."""
-    out: list[tuple[str, str, float]] = []
-    for metric, values in per_device.items():
-        ranked = heapq.nsmallest(OFFENDERS_PER_METRIC, (v for v in values if v[1] > 0), key=lambda v: (-v[1], v[0]))
-        out += [(dev, metric, value) for dev, value in ranked]
-    return tuple(out)
+class WorstDevices(Sequence[tuple[str, str, float]]):
+    """(device, metric, value): the worst devices per metric, bounded; zero rates are nobody's fault and are left out.
+    Ranked when first read: only a breached threshold names devices, and a ring of 10,000 is polled every second."""
+
+    def __init__(self, per_device: dict[str, dict[str, float]]) -> None:
+        self._per_device = per_device
+        self._ranked: tuple[tuple[str, str, float], ...] | None = None
+
+    def _all(self) -> tuple[tuple[str, str, float], ...]:
+        if self._ranked is None:
+            out: list[tuple[str, str, float]] = []
+            for metric, values in self._per_device.items():
+                ranked = heapq.nsmallest(OFFENDERS_PER_METRIC, (v for v in values.items() if v[1] > 0), key=lambda v: (-v[1], v[0]))
+                out += [(dev, metric, value) for dev, value in ranked]
+            self._ranked = tuple(out)
+        return self._ranked
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, str, float]: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[str, str, float]]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        return self._all()[i]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"WorstDevices({tuple(self)!r})"
 
 
 def _merge(a: Any, b: Any) -> Any:

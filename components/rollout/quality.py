@@ -290,6 +290,29 @@ class Summary:
         )
 
 
+Parts = tuple[Predictions | None, Latency | None, Shadow | None, Labelled | None]
+PartArrays = tuple[np.ndarray | None, ...]
+
+
+def part_arrays(parts: Parts) -> PartArrays:
+    """One device's histograms as the int64 arrays RunningTelemetry sums: confidence, latency, the shadow's counts
+    (compared, agree, errors, invalid), its latency and the served model's beside it, labelled (n, correct); None where
+    the report carries none (a classifier's confidence, a latency of no requests)."""
+    predictions, latency, shadow, labelled = parts
+
+    def ints(values: Any) -> np.ndarray:
+        return np.asarray(values, np.int64)
+
+    return (
+        ints(predictions.confidence) if predictions is not None and predictions.kind == "classes" and predictions.confidence else None,
+        ints(latency.counts) if latency is not None and latency.n else None,
+        ints([shadow.compared, shadow.agree, shadow.errors, shadow.invalid]) if shadow is not None else None,
+        ints(shadow.latency.counts) if shadow is not None else None,
+        ints(shadow.served_latency.counts) if shadow is not None else None,
+        ints([labelled.n, labelled.correct]) if labelled is not None else None,
+    )
+
+
 class RunningTelemetry:
     """Telemetry's sums kept across polls: a device's telemetry is added when its report arrives and taken out when
     a newer one replaces it, so a poll of a 10,000-device ring costs the reports that changed, not the ring. Every
@@ -309,9 +332,15 @@ class RunningTelemetry:
         self._served_latency = np.zeros(len(LATENCY_BOUNDS_MS) + 1, np.int64)
         self._labelled = np.zeros(2, np.int64)  # n, correct
 
-    def add(self, parts: tuple[Predictions | None, Latency | None, Shadow | None, Labelled | None], sign: int = 1) -> None:
-        """Adds one device's telemetry (`sign` -1: takes out what an earlier add put in)."""
+    def add(self, parts: Parts, sign: int = 1, arrays: PartArrays | None = None) -> None:
+        """Adds one device's telemetry (`sign` -1: takes out what an earlier add put in). `arrays`: part_arrays(parts),
+        where the caller keeps them: a device's report is added to its ring's sum and its build's, then taken out of
+        both when a newer one replaces it, and converts its histograms once for the four."""
         predictions, latency, shadow, labelled = parts
+        confidence, latency_counts, shadow_counts, shadow_latency, served_latency, labelled_counts = (
+            arrays if arrays is not None else part_arrays(parts)
+        )
+        add = np.add if sign > 0 else np.subtract
         self.devices += sign
         if predictions is not None and predictions.kind == "classes":
             if self._pred_output is None:
@@ -320,20 +349,21 @@ class RunningTelemetry:
                 self._pred_n += sign * predictions.n
                 for k, v in predictions.classes.items():
                     self._classes[k] += sign * v
-                if predictions.confidence:
-                    self._confidence += sign * np.asarray(predictions.confidence, np.int64)
-        if latency is not None and latency.n:
-            self._latency += sign * np.asarray(latency.counts, np.int64)
+                if confidence is not None:
+                    add(self._confidence, confidence, out=self._confidence)
+        if latency_counts is not None:
+            add(self._latency, latency_counts, out=self._latency)
         if shadow is not None:
             if self._shadow_key is None:
                 self._shadow_key = (shadow.version, shadow.sha256)
             if (shadow.version, shadow.sha256) == self._shadow_key:
+                assert shadow_counts is not None and shadow_latency is not None and served_latency is not None
                 self._shadows += sign
-                self._shadow_counts += sign * np.array([shadow.compared, shadow.agree, shadow.errors, shadow.invalid], np.int64)
-                self._shadow_latency += sign * np.asarray(shadow.latency.counts, np.int64)
-                self._served_latency += sign * np.asarray(shadow.served_latency.counts, np.int64)
-        if labelled is not None:
-            self._labelled += sign * np.array([labelled.n, labelled.correct], np.int64)
+                add(self._shadow_counts, shadow_counts, out=self._shadow_counts)
+                add(self._shadow_latency, shadow_latency, out=self._shadow_latency)
+                add(self._served_latency, served_latency, out=self._served_latency)
+        if labelled_counts is not None:
+            add(self._labelled, labelled_counts, out=self._labelled)
 
     def summary(self) -> Summary:
         latency = Latency([int(x) for x in self._latency])

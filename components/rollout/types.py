@@ -46,7 +46,7 @@ class RingObservation:
     p99_latency_ms: float | None = None
     failures: tuple[tuple[str, str], ...] = ()  # (device, reason), a sample for the report
     pending: tuple[str, ...] = ()  # devices not yet on the desired version (a sample)
-    offenders: tuple[tuple[str, str, float], ...] = ()  # (device, metric, value) from that device's own window
+    offenders: Sequence[tuple[str, str, float]] = ()  # (device, metric, value) from that device's own window
     summary: Summary | None = None  # telemetry of the adopted devices' latest windows, summed
     device_summaries: Sequence[tuple[str, Summary]] = ()  # (device, its own summary), adopted devices
     # the devices that adopted or failed the desired state, observed per build they report serving (kind, observation),

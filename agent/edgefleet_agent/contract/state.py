@@ -179,7 +179,17 @@ class DeviceReport:
 
     @classmethod
     def from_json(cls, text: str) -> DeviceReport:
-        body = json.loads(text)
+        return cls.from_body(json.loads(text))
+
+    @classmethod
+    def from_body(cls, body: Any) -> DeviceReport:
+        """A report already decoded from JSON: a controller reading thousands decodes them with its own parser."""
         if not isinstance(body, dict):
             raise FormatError("device report", "is not a JSON object")
+        fmt = body.get("format", 1)
+        if type(fmt) is int and 1 <= fmt <= REPORT_FORMAT and _REPORT_FIELDS.issuperset(body):
+            return cls(**body)  # every field known, the format readable: what nearly every report is
         return cls(**_known_fields(cls, body, "device report", REPORT_FORMAT))
+
+
+_REPORT_FIELDS = frozenset(f.name for f in dataclasses.fields(DeviceReport))
