@@ -221,3 +221,32 @@ def test_a_hub_that_reads_only_what_changed_observes_exactly_what_a_fresh_read_o
             seen = hub.observe(target, version, since=0.0)
             fresh = LocalHub(path)
             assert seen == observe_reports(DEVICES[:9], fresh.reports("detector", DEVICES[:9]), version, since=0.0)
+
+
+def test_report_rows_the_fast_decoder_refuses_or_cannot_map_are_read_as_the_agent_reads_them(tmp_path):
+    """The hub decodes rows with orjson, which refuses the NaN the standard library writes for a broken latency, and maps
+    rows straight onto DeviceReport only when every field is known: a NaN row and a row with a field this controller
+    does not know (a newer agent of the same format) still read exactly as DeviceReport.from_json reads them, and a
+    row of a newer format is refused as the agent refuses it."""
+    import json
+    import math
+    import sqlite3
+
+    from edgefleet_agent.contract.errors import FormatError
+
+    path = tmp_path / "hub.sqlite"
+    hub = LocalHub(path)
+    hub.put_reports([report("nan", p99=float("nan")), report("newer"), report("later")])
+    with sqlite3.connect(path) as db:
+        (text,) = db.execute("SELECT report FROM reports WHERE device_id='newer'").fetchone()
+        db.execute("UPDATE reports SET report=? WHERE device_id='newer'", (json.dumps({**json.loads(text), "gpu_temp_c": 71}),))
+        (text,) = db.execute("SELECT report FROM reports WHERE device_id='later'").fetchone()
+        db.execute("UPDATE reports SET report=? WHERE device_id='later'", (json.dumps({**json.loads(text), "format": 99}),))
+    fresh = LocalHub(path)
+    got = fresh.reports("detector", ["nan", "newer"])
+    with sqlite3.connect(path) as db:
+        rows = dict(db.execute("SELECT device_id, report FROM reports WHERE device_id IN ('nan', 'newer')").fetchall())
+    assert math.isnan(got["nan"].p99_latency_ms)
+    assert got["newer"] == DeviceReport.from_json(rows["newer"]) and not hasattr(got["newer"], "gpu_temp_c")
+    with pytest.raises(FormatError, match="format 99"):
+        fresh.reports("detector", ["later"])
