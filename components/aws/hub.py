@@ -323,7 +323,8 @@ class AwsHub:
         if len(filed) == 1:
             return ((next(iter(filed)), obs),)
         out = []
-        named: dict[str, tuple[tuple[str, str, float], ...]] = {}
+        named = obs.offenders  # each per-device metric is read once, for the ring or the first build over it
+        read = set(self.offender_metrics(ring, obs))
         for kind, m in sorted(filed.items()):
             build = replace(
                 obs,
@@ -342,15 +343,12 @@ class AwsHub:
                 quality = self.ring_summary(ring, desired.version, since, desired.shadow, variant=kind)
                 build = replace(build, summary=replace(quality, devices=obs.adopted))
             breached = self.offender_metrics(ring, build)
+            unread = [k for k in breached if k not in read]
+            if unread:
+                named += self.device_offenders(ring, desired.version, since, unread, job_id)
+                read.update(unread)
             if breached:
-                key = ",".join(breached)
-                if key not in named:
-                    named[key] = (
-                        obs.offenders
-                        if set(breached) <= {k for _, k, _ in obs.offenders}
-                        else self.device_offenders(ring, desired.version, since, breached, job_id)
-                    )
-                build = replace(build, offenders=tuple(o for o in named[key] if o[1] in breached))
+                build = replace(build, offenders=tuple(o for o in named if o[1] in breached))
             out.append((kind, build))
         return tuple(out)
 
