@@ -43,6 +43,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -315,7 +316,7 @@ class AzureHub:
             if adopted and (gate is None or gate.quality):
                 summary = self.quality_summary(spec.model, where, desired.shadow.version if desired.shadow else None)
                 if summary.devices:
-                    lazy = _LazySummaries(lambda where=where: self.device_summaries(spec.model, where))
+                    lazy = _LazySummaries(functools.partial(self.device_summaries, spec.model, where))
                     obs = dataclasses.replace(obs, summary=summary, device_summaries=lazy)
             out.append((kind, obs))
         return tuple(out)
