@@ -448,8 +448,9 @@ class AzureHub:
 
     def _offenders(self, spec: RingDeploymentSpec, obs: RingObservation, where: str) -> tuple[tuple[str, str, float], ...]:
         """(device, metric, value) from each adopted device's own window (those `where` selects: the ring's adopted
-        devices, or one build's), worst first, at most OFFENDERS_PER_METRIC a metric. IoT Hub's query language documents no ORDER BY: TOP returns any matching devices, so the rates (which
-        need two properties) are ranked among those; p99 is filtered by the gate's threshold when it is known."""
+        devices, or one build's), worst first, at most OFFENDERS_PER_METRIC a metric. IoT Hub's query language documents
+        no ORDER BY: TOP returns any matching devices, so the rates (which need two properties) are ranked among those;
+        p99 is filtered by the gate's threshold when it is known."""
         gate = self.gates.get(spec.key)
         ring = measure(obs)
         r = f"properties.reported.models.{model_key(spec.model)}"
