@@ -11,7 +11,7 @@ from components.rollout.engine import RingPlan
 from components.rollout.spec import RingConfig
 from components.rollout.types import RingTarget
 from edgefleet_agent.contract.errors import EdgefleetError
-from edgefleet_agent.contract.manifest import ModelManifest, parse_manifest_bytes
+from edgefleet_agent.contract.manifest import REFERENCE_KIND, ModelManifest, parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel
 
 
@@ -26,6 +26,14 @@ def published_variants(manifest: ModelManifest, reference_uri: str) -> list[dict
         {"kind": v.kind, "uri": f"{folder}/{v.sha256}.onnx", "sha256": v.sha256, "size": v.size}
         for v in sorted(manifest.variants, key=lambda v: v.kind)
     ]
+
+
+def variant_kinds(desired: DesiredModel | None) -> tuple[str, ...]:
+    """The builds a version ships (its variants and the reference, kind order), which the cloud hubs observe one by one;
+    () for a version of one build, whose devices all serve the reference: nothing to split, no read spent on it."""
+    if desired is None or not desired.variants:
+        return ()
+    return tuple(sorted({REFERENCE_KIND, *(str(v["kind"]) for v in desired.variants)}))
 
 
 class ProviderInputError(RuntimeError):

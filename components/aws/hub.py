@@ -18,6 +18,14 @@
   counts and p50s, labelled counts. `summarize` reads the same for a control group: the later rings (their names
   come with the gate's inputs, `control_rings`) on the previous version. No quality metric is per device, so a
   failed quality gate on AWS names no offending devices; its report gives the ring's and the control's values.
+- variants: for a version of several builds (`DesiredModel.variants`), agents file each window's health and quality
+  twice, under the ring's dimensions and with `Variant` (the build served; contract/greengrass.py says why both rather
+  than one set read with SEARCH or a build folded into `Version`: every ring-wide read, alarm and older hub stays as it
+  was, and a known-dimension MetricStat sees a new metric at once). `variant_observations` reads every build's health
+  in one GetMetricData call and, where the ring reads quality, each build's quality summary, so each build's devices
+  are judged on their own; `summarize_variants` reads the control group per build. IoT jobs count devices, not builds:
+  a build's observation carries the ring's counts (`own_counts=False`) with its own metrics. A version of one build
+  reads nothing more.
 - load_progress / save_progress: one JSON object per rollout under rollouts/ in the model bucket
   (versioned, KMS-encrypted), so a gate resumes where the last `pulumi up` stopped.
 
@@ -46,6 +54,7 @@ from components.aws.plan import (
     deployment_tags,
     progress_key,
 )
+from components.props import variant_kinds
 from components.rollout.gate import THRESHOLDS, measure
 from components.rollout.progress import last_good, rollout_id
 from components.rollout.quality import ShadowSummary, Summary
@@ -294,9 +303,71 @@ class AwsHub:
             quality = self.ring_summary(target.ring, desired.version, since, desired.shadow)
             obs = replace(obs, summary=replace(quality, devices=obs.adopted))
         breached = self.offender_metrics(target.ring, obs)
-        if desired is None or not breached:
-            return obs
-        return replace(obs, offenders=self.device_offenders(target.ring, desired.version, since, breached, job_id))
+        if desired is not None and breached:
+            obs = replace(obs, offenders=self.device_offenders(target.ring, desired.version, since, breached, job_id))
+        if desired is not None and obs.adopted and variant_kinds(desired):
+            obs = replace(obs, variants=self.variant_observations(target.ring, desired, since, obs, job_id))
+        return obs
+
+    def variant_observations(
+        self, ring: str, desired: DesiredModel, since: float, obs: RingObservation, job_id: str
+    ) -> tuple[tuple[str, RingObservation], ...]:
+        """Each build's devices observed on their own, from the per-build copies of the agents' metrics (`Variant`,
+        contract/greengrass.py): one GetMetricData call for every build's health, one quality read per build where the
+        ring reads quality. Builds nobody filed for are left out; a ring of one build is that build. IoT jobs count
+        devices, not builds, so each build's observation carries the ring's counts (adoption is judged once, alike for
+        every build) with its own health and quality. A build over a per-device threshold names the devices from the
+        ring's per-device metrics (bad windows only, of whichever build)."""
+        kinds = variant_kinds(desired)
+        filed = {k: m for k, m in self.variant_metrics(ring, desired.version, since, kinds).items() if m.get("inferences") is not None}
+        if len(filed) == 1:
+            return ((next(iter(filed)), obs),)
+        out = []
+        named = obs.offenders  # each per-device metric is read once, for the ring or the first build over it
+        read = set(self.offender_metrics(ring, obs))
+        for kind, m in sorted(filed.items()):
+            build = replace(
+                obs,
+                inferences=int(m.get("inferences") or 0),
+                errors=int(m.get("errors") or 0),
+                invalid_outputs=int(m.get("invalid") or 0),
+                p99_latency_ms=m.get("latency"),
+                failures=(),
+                offenders=(),
+                summary=None,
+                device_summaries=(),
+                variants=(),
+                own_counts=False,
+            )
+            if self._reads_quality(ring, desired):
+                quality = self.ring_summary(ring, desired.version, since, desired.shadow, variant=kind)
+                build = replace(build, summary=replace(quality, devices=obs.adopted))
+            breached = self.offender_metrics(ring, build)
+            unread = [k for k in breached if k not in read]
+            if unread:
+                named += self.device_offenders(ring, desired.version, since, unread, job_id)
+                read.update(unread)
+            if breached:
+                build = replace(build, offenders=tuple(o for o in named if o[1] in breached))
+            out.append((kind, build))
+        return tuple(out)
+
+    def variant_metrics(self, ring: str, version: str, since: float, kinds: tuple[str, ...]) -> dict[str, dict[str, float | None]]:
+        """ring_metrics per build, from the per-build copies (`Variant`), for all `kinds` in one GetMetricData call."""
+        start = math.floor(since / 60) * 60
+        end = max(start + 60, math.ceil(self.now() / 60) * 60)
+        period = min(end - start, 3600)
+        queries = [
+            {**q, "Id": f"{q['Id']}_{i}"} for i, kind in enumerate(kinds) for q in self.metric_queries(ring, version, period, variant=kind)
+        ]
+        series = self._series(queries, start, end)
+        out: dict[str, dict[str, float | None]] = {}
+        for i, kind in enumerate(kinds):
+            values = {key: [v for _, v in series.get(f"{key}_{i}", [])] for key in METRICS}
+            m: dict[str, float | None] = {k: sum(values[k]) if values[k] else None for k in ("inferences", "errors", "invalid")}
+            m["latency"] = max(values["latency"]) if values["latency"] else None
+            out[kind] = m
+        return out
 
     def _reads_quality(self, ring: str, desired: DesiredModel) -> bool:
         gate = (self.gates or {}).get(ring)
@@ -306,6 +377,16 @@ class AwsHub:
         """The control group's telemetry: what agents on `desired` filed under each of `targets`' rings since `since`."""
         out = [self.ring_summary(t.ring, desired.version, since, None) for t in targets]
         return merge_summaries(out)
+
+    def summarize_variants(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> dict[str, Summary]:
+        """The control group per build (FleetHub's optional summarize_variants), from the per-build copies of its
+        agents' quality metrics; builds nobody filed for are left out, and a version of one build reads nothing."""
+        out = {}
+        for kind in variant_kinds(desired) if targets else ():
+            s = merge_summaries([self.ring_summary(t.ring, desired.version, since, None, variant=kind) for t in targets])
+            if s.predictions or s.latency_n or s.labelled:
+                out[kind] = s
+        return out
 
     # -- quality metrics ---------------------------------------------------------------------------------------
     def _stat(self, qid: str, name: str, stat: str, dims: list[dict[str, str]], period: int) -> dict[str, Any]:
@@ -319,10 +400,13 @@ class AwsHub:
             },
         }
 
-    def quality_queries(self, ring: str, version: str, period: int, classes: list[str], candidate: str | None) -> list[dict[str, Any]]:
+    def quality_queries(
+        self, ring: str, version: str, period: int, classes: list[str], candidate: str | None, variant: str | None = None
+    ) -> list[dict[str, Any]]:
         """GetMetricData queries for a ring's (or control ring's) quality summary: one per class probed, per confidence
-        bin, the requests' p50 and count, a shadowed candidate's counts and p50s, the labelled counts."""
-        dims = self._dimensions(ring, version)
+        bin, the requests' p50 and count, a shadowed candidate's counts and p50s, the labelled counts. `variant`: of that
+        build's devices only (the per-build copies)."""
+        dims = self._dimensions(ring, version, variant)
         q = [self._stat("pn", gg.PREDICTIONS_METRIC, "Sum", dims, period)]
         q += [
             self._stat(f"c{i}", gg.CLASS_METRIC, "Sum", [*dims, {"Name": gg.CLASS_DIMENSION, "Value": c}], period)
@@ -348,15 +432,16 @@ class AwsHub:
             ]
         return q
 
-    def ring_summary(self, ring: str, version: str, since: float, candidate: DesiredModel | None) -> Summary:
-        """What agents on `version` in `ring` filed of their requests since `since`: sums over the window's periods; a
-        p50 over several periods is their sample-weighted mean."""
-        listed = self._listed_dimension(ring, version, gg.CLASS_METRIC, gg.CLASS_DIMENSION)
+    def ring_summary(self, ring: str, version: str, since: float, candidate: DesiredModel | None, variant: str | None = None) -> Summary:
+        """What agents on `version` in `ring` (serving build `variant`, if given) filed of their requests since `since`:
+        sums over the window's periods; a p50 over several periods is their sample-weighted mean."""
+        listed = self._listed_dimension(ring, version, gg.CLASS_METRIC, gg.CLASS_DIMENSION, variant)
         classes = list(dict.fromkeys([*(str(i) for i in range(PROBED_CLASSES)), OTHER, *listed]))[: MAX_QUERIES - 40]
         start = math.floor(since / 60) * 60
         end = max(start + 60, math.ceil(self.now() / 60) * 60)
         period = min(end - start, 3600)
-        series = self._series(self.quality_queries(ring, version, period, classes, candidate.version if candidate else None), start, end)
+        queries = self.quality_queries(ring, version, period, classes, candidate.version if candidate else None, variant)
+        series = self._series(queries, start, end)
 
         def total(qid: str) -> int:
             return int(round(sum(v for _, v in series.get(qid, []))))
@@ -402,12 +487,12 @@ class AwsHub:
                 return out
             kwargs["NextToken"] = resp["NextToken"]
 
-    def _listed_dimension(self, ring: str, version: str, metric_name: str, dimension: str) -> list[str]:
+    def _listed_dimension(self, ring: str, version: str, metric_name: str, dimension: str, variant: str | None = None) -> list[str]:
         """Values of `dimension` that ListMetrics knows for the metric under this ring and version (errors: none)."""
         kwargs: dict[str, Any] = {
             "Namespace": self.metric_namespace,
             "MetricName": metric_name,
-            "Dimensions": self._dimensions(ring, version),
+            "Dimensions": self._dimensions(ring, version, variant),
             "RecentlyActive": "PT3H",
         }
         found: list[str] = []
@@ -447,8 +532,8 @@ class AwsHub:
         return out[:limit]
 
     # -- CloudWatch ------------------------------------------------------------------------------------------
-    def metric_queries(self, ring: str, version: str, period: int) -> list[dict[str, Any]]:
-        dims = self._dimensions(ring, version)
+    def metric_queries(self, ring: str, version: str, period: int, variant: str | None = None) -> list[dict[str, Any]]:
+        dims = self._dimensions(ring, version, variant)
         return [
             {
                 "Id": key,
@@ -524,8 +609,9 @@ class AwsHub:
             out += [(d, key, round(v, 6)) for d, v in ranked[:OFFENDERS_PER_METRIC]]
         return tuple(out)
 
-    def _dimensions(self, ring: str, version: str) -> list[dict[str, str]]:
-        return [{"Name": name, "Value": value} for name, value in zip(gg.DIMENSIONS, (self.rollout, ring, version), strict=True)]
+    def _dimensions(self, ring: str, version: str, variant: str | None = None) -> list[dict[str, str]]:
+        dims = [{"Name": name, "Value": value} for name, value in zip(gg.DIMENSIONS, (self.rollout, ring, version), strict=True)]
+        return [*dims, {"Name": gg.VARIANT_DIMENSION, "Value": variant}] if variant else dims
 
     def _listed_devices(self, ring: str, version: str, metric_name: str, limit: int) -> list[str]:
         """Devices that filed `metric_name` for this ring and version in about the last three hours, at most `limit`."""

@@ -27,6 +27,14 @@
   histograms, so a side's p50 is the mean of its devices' own medians. `summarize` runs the same query over the control
   group (the later rings' devices on the previous version). One more query, TOP 20 devices' own summaries, lets a failed
   quality gate name devices (IoT Hub has no ORDER BY: any 20 matching devices, ranked here).
+- variants: for a version of several builds (`DesiredModel.variants`), agents report the build they serve (`variant`,
+  contract/iotedge.py) and each build's devices are judged on their own, so that a bad int8 build cannot hide behind
+  good fp32 devices: one GROUP BY query counts the ring's adopted and failed devices per build, and for a ring of
+  several builds each build costs one health query (its offender queries only when it breaches a metric) and, where
+  the gate compares quality, one quality query (its devices' own summaries only once a failed gate names them).
+  `summarize_variants` does the same for the control group (one GROUP BY, one quality query per build). Only the
+  version's own builds are read (at most three), so the queries grow with builds, never with devices; a version of
+  one build costs none.
 - progress: JSON blobs next to the models (container `rollouts`), so any machine can resume a rollout.
 
 `run_gate` is what the RingGate dynamic provider calls under `pulumi up`: the same engine as the local fleet.
@@ -35,13 +43,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, overload
 
 from components.azure.configurations import HubClient, apply_configuration
 from components.azure.manifest import (
@@ -52,7 +62,7 @@ from components.azure.manifest import (
     metric_where,
     ring_configuration,
 )
-from components.props import ProviderInputError, RingGateProps
+from components.props import ProviderInputError, RingGateProps, variant_kinds
 from components.rollout.driver import GateInputs
 from components.rollout.driver import run_gate as drive_gate
 from components.rollout.gate import THRESHOLDS, measure
@@ -255,7 +265,7 @@ class AzureHub:
             p99_latency_ms=float(stats["p99"]) if stats.get("p99") is not None else None,
             failures=failures,
         )
-        offenders = self._offenders(spec, desired, obs) if adopted else ()
+        offenders = self._offenders(spec, obs, metric_where(spec, desired, "adopted")) if adopted else ()
         if offenders:
             obs = dataclasses.replace(obs, offenders=offenders)
         gate = self.gates.get(spec.key)
@@ -264,20 +274,81 @@ class AzureHub:
             summary = self.quality_summary(spec.model, where, desired.shadow.version if desired.shadow else None)
             if summary.devices:
                 obs = dataclasses.replace(obs, summary=summary, device_summaries=self.device_summaries(spec.model, where))
+        if (adopted or failed) and variant_kinds(desired):
+            obs = dataclasses.replace(obs, variants=self._variants(spec, desired, obs))
         return obs
+
+    def _variants(self, spec: RingDeploymentSpec, desired: DesiredModel, ring: RingObservation) -> tuple[tuple[str, RingObservation], ...]:
+        """The ring's adopted and failed devices observed per build they report serving (`variant` in their entry): one
+        GROUP BY count of both, then, for a ring of several builds, per build one aggregate query of its adopted
+        devices' health (its failed devices are the rest of its count), its offender queries only for a metric it
+        breaches, and its quality query where the ring reads quality. Builds the version does not ship are left out,
+        so the queries are bounded by its builds (at most three), never by devices. A ring of one build is that build."""
+        kinds = variant_kinds(desired)
+        r = _reported(spec.model)
+        adopted_where = metric_where(spec, desired, "adopted")
+        rows = self.client.query(
+            f"SELECT {r}.variant AS variant, COUNT() AS n FROM devices.modules "
+            f"WHERE ({adopted_where}) OR ({metric_where(spec, desired, 'failed')}) GROUP BY {r}.variant"
+        )
+        counted = {str(row["variant"]): int(row.get("n") or 0) for row in rows if row.get("variant") in kinds and row.get("n")}
+        if len(counted) == 1:
+            return ((next(iter(counted)), ring),)
+        gate = self.gates.get(spec.key)
+        out = []
+        for kind, n in sorted(counted.items()):
+            where = f"{adopted_where} AND {r}.variant = '{kind}'"
+            stats = self._stats_where(spec.model, where)
+            adopted = min(n, int(stats.get("n") or 0))
+            obs = RingObservation(
+                devices=n,
+                adopted=adopted,
+                failed=n - adopted,
+                reporting=n,
+                inferences=int(stats.get("inferences") or 0),
+                errors=int(stats.get("errors") or 0),
+                invalid_outputs=int(stats.get("invalidOutputs") or 0),
+                p99_latency_ms=float(stats["p99"]) if stats.get("p99") is not None else None,
+            )
+            offenders = self._offenders(spec, obs, where) if adopted else ()
+            if offenders:
+                obs = dataclasses.replace(obs, offenders=offenders)
+            if adopted and (gate is None or gate.quality):
+                summary = self.quality_summary(spec.model, where, desired.shadow.version if desired.shadow else None)
+                if summary.devices:
+                    lazy = _LazySummaries(functools.partial(self.device_summaries, spec.model, where))
+                    obs = dataclasses.replace(obs, summary=summary, device_summaries=lazy)
+            out.append((kind, obs))
+        return tuple(out)
 
     def summarize(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> Summary:
         """The control group's telemetry: agents of `targets`' rings that serve `desired`, from their latest reports."""
+        where = self._control_where(targets, desired)
+        return self.quality_summary(desired.model, where) if where else Summary()
+
+    def summarize_variants(self, targets: tuple[RingTarget, ...], desired: DesiredModel, since: float) -> dict[str, Summary]:
+        """The control group per build its agents report serving (FleetHub's optional summarize_variants): one GROUP BY
+        count, then one quality query per build found; nothing for a version of one build."""
+        kinds = variant_kinds(desired)
+        where = self._control_where(targets, desired)
+        if not kinds or not where:
+            return {}
+        r = _reported(desired.model)
+        rows = self.client.query(f"SELECT {r}.variant AS variant, COUNT() AS n FROM devices.modules WHERE {where} GROUP BY {r}.variant")
+        found = sorted({str(row["variant"]) for row in rows if row.get("variant") in kinds and row.get("n")})
+        out = {kind: self.quality_summary(desired.model, f"{where} AND {r}.variant = '{kind}'") for kind in found}
+        return {kind: s for kind, s in out.items() if s.devices}
+
+    def _control_where(self, targets: tuple[RingTarget, ...], desired: DesiredModel) -> str | None:
         keys = [self._spec(t).key for t in targets]
         if not keys:
-            return Summary()
+            return None
         r = _reported(desired.model)
         rings = " OR ".join(f"{r}.ring = '{k}'" for k in keys)
-        where = (
+        return (
             f"moduleId = '{AGENT_MODULE}' AND ({rings}) AND {r}.version = '{desired.version}' AND {r}.sha256 = '{desired.sha256}' "
             f"AND {r}.status = 'ok'"
         )
-        return self.quality_summary(desired.model, where)
 
     def quality_summary(self, model: str, where: str, candidate: str | None = None) -> Summary:
         """One aggregate query: the sums of the matching agents' quality entries (contract/iotedge.py); `candidate`: the
@@ -352,6 +423,15 @@ class AzureHub:
         )
         return rows[0] if rows else {}
 
+    def _stats_where(self, model: str, where: str) -> dict[str, Any]:
+        """_stats of the devices `where` selects, with their count (`n`): one build's adopted devices."""
+        r = _reported(model)
+        rows = self.client.query(
+            f"SELECT COUNT() AS n, SUM({r}.inferences) AS inferences, SUM({r}.errors) AS errors, "
+            f"SUM({r}.invalidOutputs) AS invalidOutputs, MAX({r}.p99LatencyMs) AS p99 FROM devices.modules WHERE {where}"
+        )
+        return rows[0] if rows else {}
+
     def _failures(
         self, spec: RingDeploymentSpec, desired: DesiredModel, runtime: list[tuple[str, str]] | None = None
     ) -> tuple[tuple[str, str], ...]:
@@ -366,10 +446,11 @@ class AzureHub:
             out[device] = f"{out[device]}; {why}" if device in out else why
         return tuple(list(out.items())[:FAILURE_SAMPLE])
 
-    def _offenders(self, spec: RingDeploymentSpec, desired: DesiredModel, obs: RingObservation) -> tuple[tuple[str, str, float], ...]:
-        """(device, metric, value) from each adopted device's own window, worst first, at most OFFENDERS_PER_METRIC a
-        metric. IoT Hub's query language documents no ORDER BY: TOP returns any matching devices, so the rates (which
-        need two properties) are ranked among those; p99 is filtered by the gate's threshold when it is known."""
+    def _offenders(self, spec: RingDeploymentSpec, obs: RingObservation, where: str) -> tuple[tuple[str, str, float], ...]:
+        """(device, metric, value) from each adopted device's own window (those `where` selects: the ring's adopted
+        devices, or one build's), worst first, at most OFFENDERS_PER_METRIC a metric. IoT Hub's query language documents
+        no ORDER BY: TOP returns any matching devices, so the rates (which need two properties) are ranked among those;
+        p99 is filtered by the gate's threshold when it is known."""
         gate = self.gates.get(spec.key)
         ring = measure(obs)
         r = f"properties.reported.models.{model_key(spec.model)}"
@@ -382,7 +463,7 @@ class AzureHub:
             above = f"{math.floor(bound * 1000) / 1000:.3f}" if metric == "p99_latency_ms" else "0"
             rows = self.client.query(
                 f"SELECT TOP {OFFENDERS_PER_METRIC} deviceId, {', '.join(f'{r}.{p} AS {p}' for p in (prop, *also))} FROM devices.modules "
-                f"WHERE {metric_where(spec, desired, 'adopted')} AND {r}.{prop} > {above}",
+                f"WHERE {where} AND {r}.{prop} > {above}",
                 limit=OFFENDERS_PER_METRIC,
             )
             ranked = []
@@ -420,6 +501,29 @@ class AzureHub:
             )
             for row in rows
         ]
+
+
+class _LazySummaries(Sequence[tuple[str, Summary]]):
+    """A build's device summaries, queried when first read: only a failed quality gate reads them, to name devices."""
+
+    def __init__(self, read: Callable[[], tuple[tuple[str, Summary], ...]]) -> None:
+        self._read = read
+        self._pairs: tuple[tuple[str, Summary], ...] | None = None
+
+    def _all(self) -> tuple[tuple[str, Summary], ...]:
+        if self._pairs is None:
+            self._pairs = self._read()
+        return self._pairs
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, Summary]: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[tuple[str, Summary]]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        return self._all()[i]
 
 
 def _reported(model: str) -> str:

@@ -131,7 +131,9 @@ def evaluate(
     whole.measured["variants"] = {kind: v.measured for kind, v in judged}
     failed = [(kind, v) for kind, v in judged if v.outcome == "fail"]
     if failed:
-        reasons = [f"variant {kind} ({v.measured['devices']} devices): {why}" for kind, v in failed for why in v.reasons]
+        counted = {kind: o.own_counts for kind, o in obs.variants}
+        label = {kind: f"variant {kind} ({v.measured['devices']} devices)" if counted[kind] else f"variant {kind}" for kind, v in failed}
+        reasons = [f"{label[kind]}: {why}" for kind, v in failed for why in v.reasons]
         if whole.outcome == "fail":
             reasons += [f"whole ring: {why}" for why in whole.reasons]
         named = [{**o, "variant": kind} for kind, v in failed for o in v.offenders] + (whole.offenders if whole.outcome == "fail" else [])

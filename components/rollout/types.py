@@ -52,6 +52,9 @@ class RingObservation:
     # the devices that adopted or failed the desired state, observed per build they report serving (kind, observation),
     # kind order; empty where devices report no build (older agents, platforms that see only counts)
     variants: tuple[tuple[str, RingObservation], ...] = ()
+    # False: a build's observation that carries its ring's device counts with its own metrics (AWS: IoT jobs count
+    # devices, not builds), so a verdict does not give them as that build's
+    own_counts: bool = True
 
     @property
     def pending_count(self) -> int:

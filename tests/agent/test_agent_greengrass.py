@@ -243,8 +243,10 @@ def test_metrics_land_where_the_gate_reads_them(tmp_path, keys, v110, aws_offlin
         assert {m["MetricName"] for m in listed} == set(units) | quality
         ring = {("Ring", "canary"), ("Rollout", ROLLOUT), ("Version", "1.1.0")}
         for m in listed:
-            dims = {(d["Name"], d["Value"]) for d in m["Dimensions"]}
+            dims = {(d["Name"], d["Value"]) for d in m["Dimensions"]} - {("Variant", "fp32")}  # the per-build copy's
             assert dims == ring if m["MetricName"] in units else ring <= dims, m
+        copies = {m["MetricName"] for m in listed if {"Name": "Variant", "Value": "fp32"} in m["Dimensions"]}
+        assert copies == set(units) | quality, "the window is filed once more for the build the agent serves"
 
 
 def test_a_nan_device_files_its_own_metric_where_the_gate_looks_for_offenders(tmp_path, keys, v120_nan, aws_offline):
@@ -361,9 +363,9 @@ def test_a_metrics_outage_is_logged_kept_for_later_and_never_raised(caplog):
     assert metrics.publish(_report(None)) is True and len(client.calls) == 2  # nothing served: nothing to file
 
     down = CloudWatchMetrics(NAMESPACE, ROLLOUT, "canary", client=FlakyCloudWatch(failures=10_000))
-    for _ in range(100):
+    for _ in range(150):
         down.publish(_report("1.1.0"))
-    assert down.pending == 200  # bounded: the oldest go first
+    assert down.pending == 400  # bounded: the oldest go first
     unconfigured = CloudWatchMetrics(NAMESPACE, "", "", client=FlakyCloudWatch(failures=0))
     assert unconfigured.publish(_report("1.1.0")) is False and "metrics are not published" in caplog.text
 

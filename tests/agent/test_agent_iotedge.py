@@ -429,6 +429,7 @@ def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, mak
         "agentVersion": AGENT_VERSION,
         "ring": SPEC.key,
         "rollout": want.rollout,
+        "variant": "fp32",
     }
     assert entry["p99LatencyMs"] > 0
 

@@ -11,7 +11,7 @@ Hub layers them (the highest-priority base, then layers above it by priority and
 Applied on the device's $edgeAgent twin (except for `unapplied` devices, which it has not reached yet); the
 runtime reports lastDesiredStatus (500 for a version in `runtime_fails`, and then the agent's report does not
 change), the agents report through the agent twin contract (healthy metrics unless a device's `metrics` say otherwise
-for a version), and `evaluate()` computes the system metrics
+for a version; the build its `variant` names, if any), and `evaluate()` computes the system metrics
 (targeted, applied, reported success and failure) and custom metrics by running the configurations' own queries
 (three-valued logic: comparisons with a missing property are undefined). Each device's agent module twin holds the
 desired properties IoT Hub computes from the applied base and layers (`SimDevice.agent_desired`), and a
@@ -254,6 +254,7 @@ class SimDevice:
     refuse: set[str] = field(default_factory=set)  # versions this device's agent reports as failed
     runtime_fails: dict[str, str] = field(default_factory=dict)  # version -> why its IoT Edge runtime cannot apply it
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # version -> reported metrics other than the healthy defaults
+    variant: str | None = None  # the build its agent serves of every version (fp32, int8, fp16); None: reports none
     reported: dict[str, Any] = field(default_factory=dict)
     # the agent module twin's desired properties as IoT Hub computes them from the applied base and layers, with the
     # $version IoT Hub gives them, and the module clients (SimModuleClient) connected to it
@@ -393,6 +394,7 @@ class FakeIotHub:
                             "ring": data["ring"],
                             "rollout": d.rollout,
                             "version": dev.reported.get("models", {}).get(key, {}).get("version", "0.0.0"),
+                            **({"variant": dev.variant} if dev.variant else {}),
                         }
                     else:
                         models[key] = {
@@ -405,6 +407,7 @@ class FakeIotHub:
                             "errors": 0,
                             "invalidOutputs": 0,
                             "p99LatencyMs": 5.0,
+                            **({"variant": dev.variant} if dev.variant else {}),
                             **dev.metrics.get(d.version, {}),
                             **({"rollback": True} if d.rollback_order else {}),
                         }

@@ -21,6 +21,16 @@ its devices); top-1 confidence counts with a `Bin` dimension (CONFIDENCE_BINS st
 metric of values and counts (bucket bounds and their counts, so CloudWatch's percentiles over a ring are the merged
 histogram's); a shadowed candidate's compared / agreeing / failed / NaN requests and both models' latencies with a
 `Candidate` dimension (the candidate's version); labelled requests and how many were right.
+
+Per build (agent 0.4.0): a report that names the build it serves (fp32, int8, fp16) files its window's health and
+quality metrics twice, under the ring's dimensions as before and with a fourth, `Variant`, so that the gate judges each
+build's devices on their own. In CloudWatch a metric with another dimension is another metric: filing both keeps every
+ring-wide read (the gate's, the stack's alarms and dashboards, hubs and agents of either age) exactly as it was, and
+reads of one build are plain MetricStat queries of known dimensions, which see a new metric at once (SEARCH and
+ListMetrics take minutes to see one, and SEARCH cannot merge percentiles). The cost is bounded: each device files one
+copy, so a ring's streams per version grow by the builds its devices serve (at most three; one for a version of a
+single build, which the gate does not read, since the agent files what it serves without knowing the others), never
+by devices; the per-device offender metrics carry no build.
 """
 
 from __future__ import annotations
@@ -98,6 +108,7 @@ ROLLOUT_ID_KEY = "RolloutId"  # merged beside Rollout and Ring; echoed by nobody
 
 # CloudWatch: a window's counts and latency per (rollout, ring, version), and per device only for a bad window
 DIMENSIONS = ("Rollout", "Ring", "Version")
+VARIANT_DIMENSION = "Variant"  # the build served, on the per-build copy of a window's health and quality metrics
 DEVICE_DIMENSION = "Device"
 COUNT_METRICS = (("Inferences", "inferences"), ("Errors", "errors"), ("InvalidOutputs", "invalid_outputs"))
 LATENCY_METRIC = "LatencyP99Ms"

@@ -16,6 +16,8 @@ window's top-K classes and "other"), "confidence": {"b0" .. "b9": count}, "timed
 "shadow": {"version", "sha256", "compared", "agree", "errors", "invalid", "p50Ms", "servedP50Ms"}, "labelled": {"n",
 "correct"}}, each part null when the window had none. Twin patches merge, so a class the window did not see is sent as
 null (`reported_entry(previous=...)`): the twin holds this window's counts only, and the gate's queries sum them.
+`variant` is the build served (fp32, int8, fp16; null before agent 0.4.0 or with nothing served), so that the gate
+groups a ring's devices by build (components/azure/hub.py).
 
 The controller writes the desired side (components/azure/manifest.py), the agent reads it
 (edgefleet_agent/transports/iotedge.py); both import the format from here.
@@ -60,6 +62,7 @@ class ReportedEntry(TypedDict):
     ring: object  # echoed from the desired entry as the twin holds it
     rollout: object
     quality: dict[str, Any] | None  # the window's requests, bounded (see the module's docstring)
+    variant: str | None  # the build served (fp32, int8, fp16): the gate judges each build's devices on their own
 
 
 REPORTED_FIELDS = tuple(ReportedEntry.__annotations__)
@@ -255,4 +258,5 @@ def reported_entry(
         "ring": desired_entry.get("ring"),
         "rollout": desired_entry.get("rollout"),
         "quality": _nulled(quality_entry(report), (previous or {}).get("quality")),
+        "variant": report.variant,
     }

@@ -25,7 +25,9 @@ Contract (docs/aws.md, "The agent on Greengrass"; components/aws/recipes.py is t
   `Device` (the thing name), so a failed gate can name the devices behind it (`AwsHub.device_offenders`).
   Healthy windows file none: CloudWatch bills each metric stream, so per-device cost follows misbehaving
   devices only. What the applications' requests showed (the report's predictions, latency, shadow and labelled
-  summaries) goes under the same three dimensions, bounded (`quality_datums`; names in contract/greengrass.py). Credentials come from the token exchange service
+  summaries) goes under the same three dimensions, bounded (`quality_datums`; names in contract/greengrass.py). A report
+  that names its build files the window's health and quality a second time with a fourth dimension, `Variant` (why both:
+  contract/greengrass.py), so the gate judges each build's devices on their own. Credentials come from the token exchange service
   through boto3's container provider (`AWS_CONTAINER_CREDENTIALS_FULL_URI`, `AWS_CONTAINER_AUTHORIZATION_TOKEN`);
   the region from `AWS_REGION`. boto3 is imported and the client built on the first report, never at import.
 - The device's status shadow `edgefleet-<model>` (contract/greengrass.py, `StatusShadow`) holds what it serves and its
@@ -99,6 +101,7 @@ from edgefleet_agent.contract.greengrass import (
     SHADOW_SERVED_LATENCY_METRIC,
     STATUS_SHADOW_HEARTBEAT,
     STOPPED,
+    VARIANT_DIMENSION,
     VERDICT,
     VERDICT_KEYS,
     VERDICT_PENDING,
@@ -121,7 +124,7 @@ log = logging.getLogger("edgefleet.agent.greengrass")
 
 EXIT_REFUSED = 3
 
-BACKLOG_DATUMS = 200  # unsent data points kept for the next report (33 to 50 windows), oldest dropped first
+BACKLOG_DATUMS = 400  # unsent data points kept for the next report (33 to 50 windows with their per-build copies), oldest first out
 PUT_BATCH = 1000  # PutMetricData takes at most 1000 metrics (and 1 MB) per request
 CLIENT_RETRIES = 3  # botocore "standard" retry mode: attempts per request, with backoff
 CONNECT_TIMEOUT_SECONDS = 5
@@ -264,7 +267,11 @@ class CloudWatchMetrics:
                     "Unit": "Milliseconds",
                 }
             )
-        return out + self.quality_datums(report, dims, at) + self.device_datums(report, dims, at)
+        out += self.quality_datums(report, dims, at)
+        if report.variant:
+            build: list[DimensionTypeDef] = [*dims, {"Name": VARIANT_DIMENSION, "Value": report.variant}]
+            out += [{**d, "Dimensions": [*build, *d["Dimensions"][len(dims) :]]} for d in out]
+        return out + self.device_datums(report, dims, at)
 
     @staticmethod
     def quality_datums(report: DeviceReport, dims: list[DimensionTypeDef], at: datetime) -> list[MetricDatumTypeDef]:
