@@ -126,10 +126,13 @@ def server_metadata(version: str) -> dict[str, Any]:
     return {"name": "edgefleet-agent", "version": version, "extensions": list(EXTENSIONS)}
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build this encoder again for every response
+
+
 def dumps(document: Mapping[str, Any]) -> bytes:
     """Compact JSON. NaN and infinities are written as NaN/Infinity (as Python's and rapidjson's readers accept):
     a model's invalid output reaches the application as it is, and is counted in the telemetry."""
-    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+    return _COMPACT.encode(document).encode("utf-8")
 
 
 def error_body(message: str) -> bytes:

@@ -140,6 +140,14 @@ def test_a_version_other_than_the_served_one_is_404(served):
     assert status == 404 and "error" in json.loads(data)
 
 
+def test_percent_encoded_paths_name_the_same_model_and_version(served):
+    _, endpoint = served
+    status, _, data = raw(endpoint, "GET", "/v2/models/%64etector/versions/1%2E1%2E0/ready")
+    assert status == 200 and json.loads(data) == {"name": "detector", "ready": True}
+    status, _, data = raw(endpoint, "GET", "/v2/models/de%2Ftector/ready")
+    assert status == 404 and "unknown model 'de/tector'" in json.loads(data)["error"]
+
+
 def bad_requests(x: np.ndarray) -> list[tuple[str, str, bytes | None, dict, int, str]]:
     good, good_headers = binary_request(x)
     short, short_headers = binary_request(x, declared=x.nbytes + 16)
