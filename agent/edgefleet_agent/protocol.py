@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import math
 import struct
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -259,6 +260,32 @@ def _from_json(data: object, datatype: str, shape: tuple[int, ...], where: str) 
     return array.reshape(shape)
 
 
+class _Binary(NamedTuple):
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    size: int
+    where: str
+
+
+class _Plan(NamedTuple):
+    """What a valid request header says when every input is binary: all but the tensors' bytes, so a repeated
+    header (a client sends the same one for every request of a shape) skips the JSON and its checks."""
+
+    inputs: tuple[_Binary, ...]
+    id: str | None
+    outputs: tuple[RequestedOutput, ...] | None
+    binary_output: bool
+    label: int | None
+    parameters: dict[str, Any]
+
+
+PLAN_HEADER_BYTES = 4096  # longer headers are parsed every time (they are the memo's keys)
+PLANS = 64  # headers remembered, the oldest forgotten first
+_plans: dict[bytes, _Plan] = {}  # read without the lock: a dict lookup is atomic
+_plans_lock = threading.Lock()
+
+
 def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> InferRequest:
     """$inference_request, with its binary tensors when `header_length` (Inference-Header-Content-Length) is given.
     Raises ProtocolError (400) for anything the protocol does not allow, saying which field and why."""
@@ -269,6 +296,44 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> 
         if header_length < 0 or header_length > len(view):
             raise bad_request(f"Inference-Header-Content-Length is {header_length}, but the body is {len(view)} bytes")
         head, binary = view[:header_length], view[header_length:]
+    key = bytes(head) if len(head) <= PLAN_HEADER_BYTES else None
+    plan = _plans.get(key) if key is not None else None
+    if plan is None:
+        return _parse(head, binary, key)
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for b in plan.inputs:
+        offset = _take_binary(inputs, b, binary, offset)
+    _check_consumed(binary, offset)
+    return InferRequest(
+        inputs=inputs,
+        id=plan.id,
+        outputs=list(plan.outputs) if plan.outputs is not None else None,
+        binary_output=plan.binary_output,
+        label=plan.label,
+        parameters=dict(plan.parameters),
+    )
+
+
+def _take_binary(inputs: dict[str, np.ndarray], b: _Binary, binary: memoryview, offset: int) -> int:
+    if offset + b.size > len(binary):
+        raise bad_request(
+            f"{b.where}: its {b.size} bytes of binary data run past the end of the body "
+            f"({len(binary) - offset} bytes left after the JSON and earlier tensors): the request is truncated"
+        )
+    inputs[b.name] = _from_binary(binary[offset : offset + b.size], b.datatype, b.shape, b.where)
+    return offset + b.size
+
+
+def _check_consumed(binary: memoryview, offset: int) -> None:
+    if offset != len(binary):
+        raise bad_request(
+            f"{len(binary) - offset} bytes follow the JSON and the inputs' binary data: "
+            "Inference-Header-Content-Length or a binary_data_size is wrong"
+        )
+
+
+def _parse(head: memoryview, binary: memoryview, key: bytes | None) -> InferRequest:
     try:
         doc = json.loads(bytes(head))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -286,6 +351,7 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> 
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise bad_request("inputs must be a non-empty list of tensors")
     inputs: dict[str, np.ndarray] = {}
+    described: list[_Binary] | None = []
     offset = 0
     for n, raw in enumerate(raw_inputs):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -306,22 +372,16 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> 
                 raise bad_request(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
             if "data" in raw:
                 raise bad_request(f"{where} has both data and binary_data_size")
-            if offset + size > len(binary):
-                raise bad_request(
-                    f"{where}: its {size} bytes of binary data run past the end of the body "
-                    f"({len(binary) - offset} bytes left after the JSON and earlier tensors): the request is truncated"
-                )
-            inputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, where)
-            offset += size
+            b = _Binary(name, datatype, shape, size, where)
+            offset = _take_binary(inputs, b, binary, offset)
+            if described is not None:
+                described.append(b)
         else:
             if "data" not in raw:
                 raise bad_request(f"{where} has neither data nor a binary_data_size parameter")
             inputs[name] = _from_json(raw["data"], datatype, shape, where)
-    if offset != len(binary):
-        raise bad_request(
-            f"{len(binary) - offset} bytes follow the JSON and the inputs' binary data: "
-            "Inference-Header-Content-Length or a binary_data_size is wrong"
-        )
+            described = None
+    _check_consumed(binary, offset)
     outputs: list[RequestedOutput] | None = None
     raw_outputs = doc.get("outputs")
     if raw_outputs is not None:
@@ -335,11 +395,19 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> 
             if "classification" in oparams:
                 raise bad_request(f"output {raw['name']!r}: the classification extension is not supported by this server")
             outputs.append(RequestedOutput(raw["name"], _flag(oparams, "binary_data", f"output {raw['name']!r}: ")))
+    binary_output = bool(_flag(params, "binary_data_output", "request "))
+    if key is not None and described is not None:
+        frozen = tuple(outputs) if outputs is not None else None
+        plan = _Plan(tuple(described), request_id, frozen, binary_output, label, dict(params))
+        with _plans_lock:
+            if len(_plans) >= PLANS:
+                del _plans[next(iter(_plans))]
+            _plans[key] = plan
     return InferRequest(
         inputs=inputs,
         id=request_id,
         outputs=outputs,
-        binary_output=bool(_flag(params, "binary_data_output", "request ")),
+        binary_output=binary_output,
         label=label,
         parameters=params,
     )

@@ -385,3 +385,31 @@ def test_json_data_that_does_not_fit_its_datatype_is_refused():
         document = {"inputs": [{"name": "t", "shape": [1], "datatype": datatype, "data": data}]}
         with pytest.raises(Exception, match=message):
             parse_infer_request(json.dumps(document).encode(), None)
+
+
+def test_a_repeated_header_reads_each_bodys_own_tensors_and_checks_its_framing():
+    """The second request with a header is read from the memo of the first: its own bytes, the same refusals."""
+    header = json.dumps(
+        {
+            "id": "r",
+            "inputs": [
+                {"name": "a", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+                {"name": "b", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": 8}},
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": False}}],
+            "parameters": {"label": 3, "binary_data_output": True, "custom": "x"},
+        }
+    ).encode()
+    for seed in range(3):
+        a, b = np.arange(2, dtype=np.float32) + seed, np.array([seed], np.int64)
+        request = parse_infer_request(header + a.tobytes() + b.tobytes(), len(header))
+        assert request.inputs["a"].tolist() == a.tolist() and request.inputs["b"].tolist() == b.tolist()
+        assert (request.id, request.label, request.binary_output) == ("r", 3, True)
+        assert request.outputs is not None and request.output_binary(request.outputs[0]) is False
+        assert request.parameters == {"label": 3, "binary_data_output": True, "custom": "x"}
+        request.parameters["custom"] = "changed by the application's handler"
+        request.outputs.clear()
+    with pytest.raises(Exception, match="input 'b': its 8 bytes of binary data run past the end of the body"):
+        parse_infer_request(header + a.tobytes() + b"\0" * 4, len(header))
+    with pytest.raises(Exception, match="4 bytes follow the JSON"):
+        parse_infer_request(header + a.tobytes() + b.tobytes() + b"\0" * 4, len(header))
