@@ -281,7 +281,7 @@ class _Plan(NamedTuple):
 
 
 PLAN_HEADER_BYTES = 4096  # longer headers are parsed every time (they are the memo's keys)
-PLANS = 64  # headers remembered, the oldest forgotten first
+PLANS = 64  # request (and response) headers remembered, the oldest forgotten first
 _plans: dict[bytes, _Plan] = {}  # read without the lock: a dict lookup is atomic
 _plans_lock = threading.Lock()
 
@@ -434,27 +434,55 @@ def _json_data(array: np.ndarray) -> list[Any]:
     return data
 
 
+_Described = tuple[str, str, tuple[int, ...], int | None]  # name, datatype, shape, binary_data_size (None: JSON data)
+_heads: dict[tuple[str, str, tuple[_Described, ...]], bytes] = {}  # read without the lock: a dict lookup is atomic
+_heads_lock = threading.Lock()
+
+
 def encode_infer_response(
     model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, np.ndarray, bool]]
 ) -> tuple[bytes, list[bytes | memoryview]]:
     """$inference_response as (JSON, binary sections in output order). When there are binary sections the caller
-    sends `Inference-Header-Content-Length: len(JSON)`."""
-    doc: dict[str, Any] = {"model_name": model, "model_version": version}
-    if request_id is not None:
-        doc["id"] = request_id
-    described: list[dict[str, Any]] = []
+    sends `Inference-Header-Content-Length: len(JSON)`. A response of binary outputs only and no id has the JSON of
+    the last one alike (same outputs, datatypes, shapes and sizes): it is remembered, not encoded again."""
     binary: list[bytes | memoryview] = []
+    described: list[_Described] = []
     for name, array, as_binary in outputs:
-        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        size = None
         if as_binary:
             section = _binary(array)
             binary.append(section)
-            entry["parameters"] = {"binary_data_size": len(section) if isinstance(section, bytes) else section.nbytes}
+            size = len(section) if isinstance(section, bytes) else section.nbytes
+        described.append((name, datatype_of(array), array.shape, size))
+    if request_id is not None or len(binary) < len(described):
+        return _response_json(model, version, request_id, outputs, described), binary
+    key = (model, version, tuple(described))
+    head = _heads.get(key)
+    if head is None:
+        head = _response_json(model, version, None, outputs, described)
+        with _heads_lock:
+            if len(_heads) >= PLANS:
+                del _heads[next(iter(_heads))]
+            _heads[key] = head
+    return head, binary
+
+
+def _response_json(
+    model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, np.ndarray, bool]], described: list[_Described]
+) -> bytes:
+    doc: dict[str, Any] = {"model_name": model, "model_version": version}
+    if request_id is not None:
+        doc["id"] = request_id
+    entries: list[dict[str, Any]] = []
+    for (name, datatype, shape, size), (_, array, _) in zip(described, outputs, strict=True):
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(shape)}
+        if size is not None:
+            entry["parameters"] = {"binary_data_size": size}
         else:
             entry["data"] = _json_data(array)
-        described.append(entry)
-    doc["outputs"] = described
-    return dumps(doc), binary
+        entries.append(entry)
+    doc["outputs"] = entries
+    return dumps(doc)
 
 
 # -- the client's side ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.core import DeviceAgent
 from edgefleet_agent.endpoint import InferenceEndpoint, ModelRegistry
-from edgefleet_agent.protocol import parse_infer_request
+from edgefleet_agent.protocol import encode_infer_response, parse_infer_request
 
 SHAPE = (1, 3, 224, 224)
 
@@ -413,3 +413,21 @@ def test_a_repeated_header_reads_each_bodys_own_tensors_and_checks_its_framing()
         parse_infer_request(header + a.tobytes() + b"\0" * 4, len(header))
     with pytest.raises(Exception, match="4 bytes follow the JSON"):
         parse_infer_request(header + a.tobytes() + b.tobytes() + b"\0" * 4, len(header))
+
+
+def test_a_remembered_response_header_describes_each_responses_own_outputs():
+    def encoded(scores: np.ndarray, request_id: str | None = None, binary: bool = True) -> tuple[dict, bytes]:
+        head, sections = encode_infer_response("m", "1.0.0", request_id, [("scores", scores, binary), ("n", np.arange(2), True)])
+        return json.loads(head), b"".join(bytes(s) for s in sections)
+
+    first, data = encoded(np.zeros((1, 3), np.float32))
+    again, data_again = encoded(np.ones((1, 3), np.float32))
+    assert again == first and data_again[:12] == np.ones(3, np.float32).tobytes() and data != data_again
+    assert [o["parameters"]["binary_data_size"] for o in first["outputs"]] == [12, 16]
+    wider, _ = encoded(np.zeros((2, 3), np.float32))
+    assert wider["outputs"][0]["shape"] == [2, 3] and wider["outputs"][0]["parameters"]["binary_data_size"] == 24
+    assert encoded(np.zeros((1, 3), np.float64))[0]["outputs"][0]["datatype"] == "FP64"
+    with_id, _ = encoded(np.zeros((1, 3), np.float32), request_id="r-1")
+    assert with_id["id"] == "r-1" and "id" not in encoded(np.zeros((1, 3), np.float32))[0]
+    as_json, _ = encoded(np.full((1, 3), 2.0, np.float32), binary=False)
+    assert as_json["outputs"][0]["data"] == [2.0, 2.0, 2.0] and "parameters" not in as_json["outputs"][0]
