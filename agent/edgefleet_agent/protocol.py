@@ -269,8 +269,8 @@ class _Binary(NamedTuple):
 
 
 class _Plan(NamedTuple):
-    """What a valid request header says when every input is binary: all but the tensors' bytes, so a repeated
-    header (a client sends the same one for every request of a shape) skips the JSON and its checks."""
+    """What a valid request header without an id says when every input is binary: all but the tensors' bytes, so a
+    repeated header (a client sends the same one for every request of a shape) skips the JSON and its checks."""
 
     inputs: tuple[_Binary, ...]
     id: str | None
@@ -396,7 +396,7 @@ def _parse(head: memoryview, binary: memoryview, key: bytes | None) -> InferRequ
                 raise bad_request(f"output {raw['name']!r}: the classification extension is not supported by this server")
             outputs.append(RequestedOutput(raw["name"], _flag(oparams, "binary_data", f"output {raw['name']!r}: ")))
     binary_output = bool(_flag(params, "binary_data_output", "request "))
-    if key is not None and described is not None:
+    if key is not None and described is not None and request_id is None:  # ids differ request by request
         frozen = tuple(outputs) if outputs is not None else None
         plan = _Plan(tuple(described), request_id, frozen, binary_output, label, dict(params))
         with _plans_lock:

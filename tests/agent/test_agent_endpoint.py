@@ -15,6 +15,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from edgefleet_agent import protocol
 from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.core import DeviceAgent
 from edgefleet_agent.endpoint import InferenceEndpoint, ModelRegistry
@@ -391,7 +392,6 @@ def test_a_repeated_header_reads_each_bodys_own_tensors_and_checks_its_framing()
     """The second request with a header is read from the memo of the first: its own bytes, the same refusals."""
     header = json.dumps(
         {
-            "id": "r",
             "inputs": [
                 {"name": "a", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
                 {"name": "b", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": 8}},
@@ -404,7 +404,8 @@ def test_a_repeated_header_reads_each_bodys_own_tensors_and_checks_its_framing()
         a, b = np.arange(2, dtype=np.float32) + seed, np.array([seed], np.int64)
         request = parse_infer_request(header + a.tobytes() + b.tobytes(), len(header))
         assert request.inputs["a"].tolist() == a.tolist() and request.inputs["b"].tolist() == b.tolist()
-        assert (request.id, request.label, request.binary_output) == ("r", 3, True)
+        assert (request.id, request.label, request.binary_output) == (None, 3, True)
+        assert header in protocol._plans
         assert request.outputs is not None and request.output_binary(request.outputs[0]) is False
         assert request.parameters == {"label": 3, "binary_data_output": True, "custom": "x"}
         request.parameters["custom"] = "changed by the application's handler"
