@@ -273,7 +273,6 @@ class _Plan(NamedTuple):
     repeated header (a client sends the same one for every request of a shape) skips the JSON and its checks."""
 
     inputs: tuple[_Binary, ...]
-    id: str | None
     outputs: tuple[RequestedOutput, ...] | None
     binary_output: bool
     label: int | None
@@ -307,7 +306,6 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> 
     _check_consumed(binary, offset)
     return InferRequest(
         inputs=inputs,
-        id=plan.id,
         outputs=list(plan.outputs) if plan.outputs is not None else None,
         binary_output=plan.binary_output,
         label=plan.label,
@@ -398,7 +396,7 @@ def _parse(head: memoryview, binary: memoryview, key: bytes | None) -> InferRequ
     binary_output = bool(_flag(params, "binary_data_output", "request "))
     if key is not None and described is not None and request_id is None:  # ids differ request by request
         frozen = tuple(outputs) if outputs is not None else None
-        plan = _Plan(tuple(described), request_id, frozen, binary_output, label, dict(params))
+        plan = _Plan(tuple(described), frozen, binary_output, label, dict(params))
         with _plans_lock:
             if len(_plans) >= PLANS:
                 del _plans[next(iter(_plans))]
@@ -443,8 +441,8 @@ def encode_infer_response(
     model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, np.ndarray, bool]]
 ) -> tuple[bytes, list[bytes | memoryview]]:
     """$inference_response as (JSON, binary sections in output order). When there are binary sections the caller
-    sends `Inference-Header-Content-Length: len(JSON)`. A response of binary outputs only and no id has the JSON of
-    the last one alike (same outputs, datatypes, shapes and sizes): it is remembered, not encoded again."""
+    sends `Inference-Header-Content-Length: len(JSON)`. Without an id, the JSON of binary outputs depends only on the
+    model, its version and each output's name, datatype, shape and size: it is remembered, not encoded again."""
     binary: list[bytes | memoryview] = []
     described: list[_Described] = []
     for name, array, as_binary in outputs:
