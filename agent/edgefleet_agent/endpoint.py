@@ -228,7 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self) -> tuple[str, str | None, str | None]:
         """(what, model, version) for a path; what is "" when no route matches."""
         path = self.path.split("?", 1)[0]
-        parts = [unquote(p) for p in path.strip("/").split("/")]
+        parts = path.strip("/").split("/")
+        if "%" in path:
+            parts = [unquote(p) for p in parts]
         if parts == ["v2"]:
             return "server", None, None
         if parts in (["v2", "health", "live"], ["v2", "health", "ready"]):

@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import math
 import struct
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -126,10 +127,13 @@ def server_metadata(version: str) -> dict[str, Any]:
     return {"name": "edgefleet-agent", "version": version, "extensions": list(EXTENSIONS)}
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build this encoder again for every response
+
+
 def dumps(document: Mapping[str, Any]) -> bytes:
     """Compact JSON. NaN and infinities are written as NaN/Infinity (as Python's and rapidjson's readers accept):
     a model's invalid output reaches the application as it is, and is counted in the telemetry."""
-    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+    return _COMPACT.encode(document).encode("utf-8")
 
 
 def error_body(message: str) -> bytes:
@@ -256,6 +260,31 @@ def _from_json(data: object, datatype: str, shape: tuple[int, ...], where: str) 
     return array.reshape(shape)
 
 
+class _Binary(NamedTuple):
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    size: int
+    where: str
+
+
+class _Plan(NamedTuple):
+    """What a valid request header without an id says when every input is binary: all but the tensors' bytes, so a
+    repeated header (a client sends the same one for every request of a shape) skips the JSON and its checks."""
+
+    inputs: tuple[_Binary, ...]
+    outputs: tuple[RequestedOutput, ...] | None
+    binary_output: bool
+    label: int | None
+    parameters: dict[str, Any]
+
+
+PLAN_HEADER_BYTES = 4096  # longer headers are parsed every time (they are the memo's keys)
+PLANS = 64  # request (and response) headers remembered, the oldest forgotten first
+_plans: dict[bytes, _Plan] = {}  # read without the lock: a dict lookup is atomic
+_plans_lock = threading.Lock()
+
+
 def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> InferRequest:
     """$inference_request, with its binary tensors when `header_length` (Inference-Header-Content-Length) is given.
     Raises ProtocolError (400) for anything the protocol does not allow, saying which field and why."""
@@ -266,6 +295,43 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> 
         if header_length < 0 or header_length > len(view):
             raise bad_request(f"Inference-Header-Content-Length is {header_length}, but the body is {len(view)} bytes")
         head, binary = view[:header_length], view[header_length:]
+    key = bytes(head) if len(head) <= PLAN_HEADER_BYTES else None
+    plan = _plans.get(key) if key is not None else None
+    if plan is None:
+        return _parse(head, binary, key)
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for b in plan.inputs:
+        offset = _take_binary(inputs, b, binary, offset)
+    _check_consumed(binary, offset)
+    return InferRequest(
+        inputs=inputs,
+        outputs=list(plan.outputs) if plan.outputs is not None else None,
+        binary_output=plan.binary_output,
+        label=plan.label,
+        parameters=dict(plan.parameters),
+    )
+
+
+def _take_binary(inputs: dict[str, np.ndarray], b: _Binary, binary: memoryview, offset: int) -> int:
+    if offset + b.size > len(binary):
+        raise bad_request(
+            f"{b.where}: its {b.size} bytes of binary data run past the end of the body "
+            f"({len(binary) - offset} bytes left after the JSON and earlier tensors): the request is truncated"
+        )
+    inputs[b.name] = _from_binary(binary[offset : offset + b.size], b.datatype, b.shape, b.where)
+    return offset + b.size
+
+
+def _check_consumed(binary: memoryview, offset: int) -> None:
+    if offset != len(binary):
+        raise bad_request(
+            f"{len(binary) - offset} bytes follow the JSON and the inputs' binary data: "
+            "Inference-Header-Content-Length or a binary_data_size is wrong"
+        )
+
+
+def _parse(head: memoryview, binary: memoryview, key: bytes | None) -> InferRequest:
     try:
         doc = json.loads(bytes(head))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -283,6 +349,7 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> 
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise bad_request("inputs must be a non-empty list of tensors")
     inputs: dict[str, np.ndarray] = {}
+    described: list[_Binary] | None = []
     offset = 0
     for n, raw in enumerate(raw_inputs):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -303,22 +370,16 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> 
                 raise bad_request(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
             if "data" in raw:
                 raise bad_request(f"{where} has both data and binary_data_size")
-            if offset + size > len(binary):
-                raise bad_request(
-                    f"{where}: its {size} bytes of binary data run past the end of the body "
-                    f"({len(binary) - offset} bytes left after the JSON and earlier tensors): the request is truncated"
-                )
-            inputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, where)
-            offset += size
+            b = _Binary(name, datatype, shape, size, where)
+            offset = _take_binary(inputs, b, binary, offset)
+            if described is not None:
+                described.append(b)
         else:
             if "data" not in raw:
                 raise bad_request(f"{where} has neither data nor a binary_data_size parameter")
             inputs[name] = _from_json(raw["data"], datatype, shape, where)
-    if offset != len(binary):
-        raise bad_request(
-            f"{len(binary) - offset} bytes follow the JSON and the inputs' binary data: "
-            "Inference-Header-Content-Length or a binary_data_size is wrong"
-        )
+            described = None
+    _check_consumed(binary, offset)
     outputs: list[RequestedOutput] | None = None
     raw_outputs = doc.get("outputs")
     if raw_outputs is not None:
@@ -332,11 +393,19 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> 
             if "classification" in oparams:
                 raise bad_request(f"output {raw['name']!r}: the classification extension is not supported by this server")
             outputs.append(RequestedOutput(raw["name"], _flag(oparams, "binary_data", f"output {raw['name']!r}: ")))
+    binary_output = bool(_flag(params, "binary_data_output", "request "))
+    if key is not None and described is not None and request_id is None:  # ids differ request by request
+        frozen = tuple(outputs) if outputs is not None else None
+        plan = _Plan(tuple(described), frozen, binary_output, label, dict(params))
+        with _plans_lock:
+            if len(_plans) >= PLANS:
+                del _plans[next(iter(_plans))]
+            _plans[key] = plan
     return InferRequest(
         inputs=inputs,
         id=request_id,
         outputs=outputs,
-        binary_output=bool(_flag(params, "binary_data_output", "request ")),
+        binary_output=binary_output,
         label=label,
         parameters=params,
     )
@@ -363,27 +432,55 @@ def _json_data(array: np.ndarray) -> list[Any]:
     return data
 
 
+_Described = tuple[str, str, tuple[int, ...], int | None]  # name, datatype, shape, binary_data_size (None: JSON data)
+_heads: dict[tuple[str, str, tuple[_Described, ...]], bytes] = {}  # read without the lock: a dict lookup is atomic
+_heads_lock = threading.Lock()
+
+
 def encode_infer_response(
     model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, np.ndarray, bool]]
 ) -> tuple[bytes, list[bytes | memoryview]]:
     """$inference_response as (JSON, binary sections in output order). When there are binary sections the caller
-    sends `Inference-Header-Content-Length: len(JSON)`."""
-    doc: dict[str, Any] = {"model_name": model, "model_version": version}
-    if request_id is not None:
-        doc["id"] = request_id
-    described: list[dict[str, Any]] = []
+    sends `Inference-Header-Content-Length: len(JSON)`. Without an id, the JSON of binary outputs depends only on the
+    model, its version and each output's name, datatype, shape and size: it is remembered, not encoded again."""
     binary: list[bytes | memoryview] = []
+    described: list[_Described] = []
     for name, array, as_binary in outputs:
-        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        size = None
         if as_binary:
             section = _binary(array)
             binary.append(section)
-            entry["parameters"] = {"binary_data_size": len(section) if isinstance(section, bytes) else section.nbytes}
+            size = len(section) if isinstance(section, bytes) else section.nbytes
+        described.append((name, datatype_of(array), array.shape, size))
+    if request_id is not None or len(binary) < len(described):
+        return _response_json(model, version, request_id, outputs, described), binary
+    key = (model, version, tuple(described))
+    head = _heads.get(key)
+    if head is None:
+        head = _response_json(model, version, None, outputs, described)
+        with _heads_lock:
+            if len(_heads) >= PLANS:
+                del _heads[next(iter(_heads))]
+            _heads[key] = head
+    return head, binary
+
+
+def _response_json(
+    model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, np.ndarray, bool]], described: list[_Described]
+) -> bytes:
+    doc: dict[str, Any] = {"model_name": model, "model_version": version}
+    if request_id is not None:
+        doc["id"] = request_id
+    entries: list[dict[str, Any]] = []
+    for (name, datatype, shape, size), (_, array, _) in zip(described, outputs, strict=True):
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(shape)}
+        if size is not None:
+            entry["parameters"] = {"binary_data_size": size}
         else:
             entry["data"] = _json_data(array)
-        described.append(entry)
-    doc["outputs"] = described
-    return dumps(doc), binary
+        entries.append(entry)
+    doc["outputs"] = entries
+    return dumps(doc)
 
 
 # -- the client's side ----------------------------------------------------------------------------------------------

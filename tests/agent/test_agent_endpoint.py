@@ -15,10 +15,11 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from edgefleet_agent import protocol
 from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.core import DeviceAgent
 from edgefleet_agent.endpoint import InferenceEndpoint, ModelRegistry
-from edgefleet_agent.protocol import parse_infer_request
+from edgefleet_agent.protocol import encode_infer_response, parse_infer_request
 
 SHAPE = (1, 3, 224, 224)
 
@@ -138,6 +139,14 @@ def test_a_version_other_than_the_served_one_is_404(served):
     body, headers = binary_request(image())
     status, _, data = raw(endpoint, "POST", "/v2/models/detector/versions/2.0.0/infer", body, headers)
     assert status == 404 and "error" in json.loads(data)
+
+
+def test_percent_encoded_paths_name_the_same_model_and_version(served):
+    _, endpoint = served
+    status, _, data = raw(endpoint, "GET", "/v2/models/%64etector/versions/1%2E1%2E0/ready")
+    assert status == 200 and json.loads(data) == {"name": "detector", "ready": True}
+    status, _, data = raw(endpoint, "GET", "/v2/models/de%2Ftector/ready")
+    assert status == 404 and "unknown model 'de/tector'" in json.loads(data)["error"]
 
 
 def bad_requests(x: np.ndarray) -> list[tuple[str, str, bytes | None, dict, int, str]]:
@@ -377,3 +386,49 @@ def test_json_data_that_does_not_fit_its_datatype_is_refused():
         document = {"inputs": [{"name": "t", "shape": [1], "datatype": datatype, "data": data}]}
         with pytest.raises(Exception, match=message):
             parse_infer_request(json.dumps(document).encode(), None)
+
+
+def test_a_repeated_header_reads_each_bodys_own_tensors_and_checks_its_framing():
+    """The second request with a header is read from the memo of the first: its own bytes, the same refusals."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "a", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}},
+                {"name": "b", "shape": [1], "datatype": "INT64", "parameters": {"binary_data_size": 8}},
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": False}}],
+            "parameters": {"label": 3, "binary_data_output": True, "custom": "x"},
+        }
+    ).encode()
+    for seed in range(3):
+        a, b = np.arange(2, dtype=np.float32) + seed, np.array([seed], np.int64)
+        request = parse_infer_request(header + a.tobytes() + b.tobytes(), len(header))
+        assert request.inputs["a"].tolist() == a.tolist() and request.inputs["b"].tolist() == b.tolist()
+        assert (request.id, request.label, request.binary_output) == (None, 3, True)
+        assert header in protocol._plans
+        assert request.outputs is not None and request.output_binary(request.outputs[0]) is False
+        assert request.parameters == {"label": 3, "binary_data_output": True, "custom": "x"}
+        request.parameters["custom"] = "changed by the application's handler"
+        request.outputs.clear()
+    with pytest.raises(Exception, match="input 'b': its 8 bytes of binary data run past the end of the body"):
+        parse_infer_request(header + a.tobytes() + b"\0" * 4, len(header))
+    with pytest.raises(Exception, match="4 bytes follow the JSON"):
+        parse_infer_request(header + a.tobytes() + b.tobytes() + b"\0" * 4, len(header))
+
+
+def test_a_remembered_response_header_describes_each_responses_own_outputs():
+    def encoded(scores: np.ndarray, request_id: str | None = None, binary: bool = True) -> tuple[dict, bytes]:
+        head, sections = encode_infer_response("m", "1.0.0", request_id, [("scores", scores, binary), ("n", np.arange(2), True)])
+        return json.loads(head), b"".join(bytes(s) for s in sections)
+
+    first, data = encoded(np.zeros((1, 3), np.float32))
+    again, data_again = encoded(np.ones((1, 3), np.float32))
+    assert again == first and data_again[:12] == np.ones(3, np.float32).tobytes() and data != data_again
+    assert [o["parameters"]["binary_data_size"] for o in first["outputs"]] == [12, 16]
+    wider, _ = encoded(np.zeros((2, 3), np.float32))
+    assert wider["outputs"][0]["shape"] == [2, 3] and wider["outputs"][0]["parameters"]["binary_data_size"] == 24
+    assert encoded(np.zeros((1, 3), np.float64))[0]["outputs"][0]["datatype"] == "FP64"
+    with_id, _ = encoded(np.zeros((1, 3), np.float32), request_id="r-1")
+    assert with_id["id"] == "r-1" and "id" not in encoded(np.zeros((1, 3), np.float32))[0]
+    as_json, _ = encoded(np.full((1, 3), 2.0, np.float32), binary=False)
+    assert as_json["outputs"][0]["data"] == [2.0, 2.0, 2.0] and "parameters" not in as_json["outputs"][0]
