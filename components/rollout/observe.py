@@ -150,6 +150,7 @@ class _Running:
 
     def __init__(self) -> None:
         self.devices = self.adopted = self.failed = self.reporting = self.inferences = self.errors = self.invalid = 0
+        self.pending_fresh = 0  # pending devices that reported since the phase began
         self.p99s: dict[str, float] = {}
         self.failures: dict[str, str] = {}
         self.pending: set[str] = set()
@@ -176,10 +177,13 @@ class _Running:
                     _keep(self.rates[metric], dev, value, sign)
             if seen.parts is not None:
                 _keep(self.summaries, dev, seen, sign)
-        elif sign > 0:
-            self.pending.add(dev)
         else:
-            self.pending.discard(dev)
+            if seen.fresh:
+                self.pending_fresh += sign
+            if sign > 0:
+                self.pending.add(dev)
+            else:
+                self.pending.discard(dev)
 
     def observation(self, summed: Summary | None, variants: tuple[tuple[str, RingObservation], ...] = ()) -> RingObservation:
         p99s = sorted(self.p99s.values())
@@ -212,9 +216,15 @@ class ObserveMemo:
     """One set of devices (a ring, or a control group) as observed so far under one desired state and phase: each
     device's part and the running sums of all of them, so that a poll costs the devices whose report changed, not the
     ring. A platform that can tell which devices reported since its last poll passes only those (the local hub);
-    otherwise every device is passed and those whose report is the very object seen before cost a lookup."""
+    otherwise every device is passed and those whose report is the very object seen before cost a lookup.
 
-    def __init__(self) -> None:
+    Per build: while every adopted or failed device reports the same build (nearly every ring), that build's figures are
+    the ring's less its pending devices, and are derived so; sums per build are kept only from the poll a second build
+    (or a device reporting none beside one that does) appears, rebuilt then from what each device last reported.
+    `split=True` keeps them from the start (the reference the tests compare with)."""
+
+    def __init__(self, split: bool = False) -> None:
+        self._always_split = split
         self._reset(None)
 
     def _reset(self, key: tuple[DesiredModel | None, float] | None) -> None:
@@ -223,7 +233,9 @@ class ObserveMemo:
         self.total = RunningTelemetry()
         self.by_variant: dict[str, RunningTelemetry] = {}  # the same sums per reported variant (devices that report one)
         self.ring = _Running()
-        self.kinds: dict[str, _Running] = {}  # adopted and failed devices per build they report serving
+        self.kinds: dict[str, _Running] = {}  # adopted and failed devices per build they report serving, once split
+        self.builds: dict[str | None, int] = {}  # adopted and failed devices per build reported (None: none reported)
+        self.split = self._always_split
         self.read = -1  # for the platform: how far into its own record of reports this memo has caught up
         self.members: frozenset[str] = frozenset()  # for the platform: the devices observed
 
@@ -242,28 +254,55 @@ class ObserveMemo:
         if held is not None and held[0] is r:
             return held[1]
         seen = _device(r, desired, since, parts)
+        if not self.split and seen.state != "pending" and any(n and kind != seen.variant for kind, n in self.builds.items()):
+            self._split()
         if held is not None:
             self._count(dev, held[1], held[0], -1)
         self._count(dev, seen, r, 1)
         self.seen[dev] = (r, seen)
         return seen
 
-    def _count(self, dev: str, seen: _Device, r: DeviceReport | None, sign: int) -> None:
-        self.ring.count(dev, seen, r, sign)
-        if seen.variant is not None and seen.state != "pending":
+    def _count(self, dev: str, seen: _Device, r: DeviceReport | None, sign: int, whole: bool = True) -> None:
+        if whole:
+            self.ring.count(dev, seen, r, sign)
+            if seen.parts is not None:
+                self.total.add(seen.parts, sign, seen.arrays)
+            if seen.state != "pending":
+                self.builds[seen.variant] = self.builds.get(seen.variant, 0) + sign
+        if not self.split or seen.variant is None:
+            return
+        if seen.state != "pending":
             self.kinds.setdefault(seen.variant, _Running()).count(dev, seen, r, sign)
         if seen.parts is not None:
-            self.total.add(seen.parts, sign, seen.arrays)
-            if seen.variant is not None:
-                self.by_variant.setdefault(seen.variant, RunningTelemetry()).add(seen.parts, sign, seen.arrays)
+            self.by_variant.setdefault(seen.variant, RunningTelemetry()).add(seen.parts, sign, seen.arrays)
+
+    def _split(self) -> None:
+        """From now on keep sums per build, starting from what each device last reported."""
+        self.split = True
+        for dev, (r, seen) in self.seen.items():
+            self._count(dev, seen, r, 1, whole=False)
+
+    def _single(self) -> str | None:
+        """The one build every adopted or failed device reports, while unsplit (None: no such device, or none reported)."""
+        kinds = [kind for kind, n in self.builds.items() if n]
+        return kinds[0] if len(kinds) == 1 else None
 
     def observation(self) -> RingObservation:
+        summed = self.total.summary()
+        if not self.split:
+            whole = self.ring.observation(summed)
+            kind = self._single()
+            if kind is None:
+                return whole
+            ring = self.ring
+            own = replace(whole, devices=ring.adopted + ring.failed, reporting=ring.reporting - ring.pending_fresh, pending=())
+            return replace(whole, variants=((kind, own),))
         variants = tuple(
             (kind, run.observation(self.by_variant[kind].summary() if kind in self.by_variant else None))
             for kind, run in sorted(self.kinds.items())
             if run.devices
         )
-        return self.ring.observation(self.total.summary(), variants)
+        return self.ring.observation(summed, variants)
 
     def control(self) -> Summary:
         """What the devices on the desired state reported: the control group of a comparison."""
@@ -271,6 +310,9 @@ class ObserveMemo:
 
     def control_variants(self) -> dict[str, Summary]:
         """The same per build the devices report serving; devices that report none are left out."""
+        if not self.split:
+            kind = self._single()
+            return {kind: self.control()} if kind is not None and self.ring.adopted else {}
         return {
             kind: replace((self.by_variant.get(kind) or RunningTelemetry()).summary(), devices=run.adopted)
             for kind, run in sorted(self.kinds.items())

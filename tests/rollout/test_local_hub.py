@@ -250,3 +250,56 @@ def test_report_rows_the_fast_decoder_refuses_or_cannot_map_are_read_as_the_agen
     assert got["newer"] == DeviceReport.from_json(rows["newer"]) and not hasattr(got["newer"], "gpu_temp_c")
     with pytest.raises(FormatError, match="format 99"):
         fresh.reports("detector", ["later"])
+
+
+_build_batch = st.lists(
+    st.tuples(
+        st.sampled_from(DEVICES),
+        st.sampled_from([V1, V2, None]),
+        st.sampled_from(["ok", "failed"]),
+        st.sampled_from([None, "fp32", "int8"]),
+        st.integers(0, 40),
+        st.sampled_from([5.0, 20.0]),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=st.lists(_build_batch, min_size=1, max_size=6))
+def test_per_build_figures_derived_while_one_build_is_reported_equal_those_kept_per_build(batches):
+    """A ring memo keeps sums per build only once a second build (or a device reporting none beside one that does)
+    appears, and until then derives the one build's figures from the ring's: after any sequence of reports, its
+    observation and control summaries per build equal those of a memo that keeps every build's sums from the start."""
+    from components.rollout.observe import ObserveMemo, control_summaries, control_summary
+    from edgefleet_agent.contract.telemetry import Latency, Predictions
+
+    lazy, kept = ObserveMemo(), ObserveMemo(split=True)
+    lazy_control, kept_control = ObserveMemo(), ObserveMemo(split=True)
+    latest: dict[str, DeviceReport] = {}
+    for n, batch in enumerate(batches):
+        for dev, v, status, variant, top, p99 in batch:
+            preds = Predictions("classes", "scores")
+            for i in range(top % 7):
+                preds.add_class(i % 3, 0.05 * (i + top % 5))
+            lat = Latency()
+            lat.add(p99)
+            latest[dev] = DeviceReport(
+                device_id=dev,
+                model="detector",
+                version=v.version if v else None,
+                sha256=v.sha256 if v else None,
+                status=status,
+                error="broken" if status == "failed" else None,
+                failed_version="1.1.0" if status == "failed" else None,
+                inferences=10,
+                errors=top % 3,
+                p99_latency_ms=p99,
+                reported_at=float(n),
+                variant=variant,
+                predictions=preds.to_json() if top % 2 else None,
+                latency=lat.to_json() if top % 2 else None,
+            )
+        assert observe_reports(DEVICES, latest, V2, 0.0, lazy) == observe_reports(DEVICES, latest, V2, 0.0, kept)
+        assert control_summaries(DEVICES, latest, V1, 0.0, lazy_control) == control_summaries(DEVICES, latest, V1, 0.0, kept_control)
+        assert control_summary(DEVICES, latest, V1, 0.0, lazy_control) == control_summary(DEVICES, latest, V1, 0.0, kept_control)
