@@ -332,7 +332,7 @@ def run_gate(props: Mapping[str, Any], clients: Any = None, clock: Any = None) -
     p = AwsRingGateProps.of(props)
     clock = clock or WallClock()
     hub = AwsHub.from_props(p, clients=clients, clock=clock.now)
-    rings = p.ring_plans(p.targets)
+    rings = p.ring_plans(p.targets, p.windows)
     control = tuple(RingTarget(p.rollout, name, p.index + 1 + i, None) for i, name in enumerate(p.control_rings))
     gate = GateInputs(
         rollout=p.rollout,
