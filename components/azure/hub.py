@@ -37,7 +37,8 @@
   one build costs none.
 - progress: JSON blobs next to the models (container `rollouts`), so any machine can resume a rollout.
 
-`run_gate` is what the RingGate dynamic provider calls under `pulumi up`: the same engine as the local fleet.
+`run_gate` is what the RingGate dynamic provider calls under `pulumi up`: the same engine as the local fleet, each ring
+planned with its spec's download cap and maintenance windows (a ring's deadline pauses while its window is closed).
 """
 
 from __future__ import annotations
