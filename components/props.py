@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from components.rollout.engine import RingPlan
 from components.rollout.spec import RingConfig
 from components.rollout.types import RingTarget
+from components.rollout.windows import Windows
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import REFERENCE_KIND, ModelManifest, parse_manifest_bytes
 from edgefleet_agent.contract.state import DesiredModel
@@ -97,8 +98,17 @@ class RingGateProps(Props):
             variants=variants,
         )
 
-    def ring_plans(self, selectors: list[Any]) -> tuple[RingPlan, ...]:
+    def ring_plans(self, selectors: list[Any], windows: list[str] | None = None) -> tuple[RingPlan, ...]:
+        """`windows`: each ring's group's maintenance windows document ("" for none), as the platform's gate props carry
+        them; the engine then pauses a ring's deadline while its window is closed, as on the local platform, rather than
+        failing a good ring whose devices wait for their window. None or []: no ring has windows."""
+        docs = windows or [""] * len(selectors)
         return tuple(
-            RingPlan(RingTarget(self.rollout, r.name, i, selector), r.gate, capture=r.capture.spec() if r.capture else None)
-            for i, (r, selector) in enumerate(zip(self.ring_configs(), selectors, strict=True))
+            RingPlan(
+                RingTarget(self.rollout, r.name, i, selector),
+                r.gate,
+                capture=r.capture.spec() if r.capture else None,
+                window=Windows.from_document(doc),
+            )
+            for i, (r, selector, doc) in enumerate(zip(self.ring_configs(), selectors, docs, strict=True))
         )

@@ -1,5 +1,6 @@
 """Pure data for the AWS platform: names, fleet-indexing queries, ring job policies and Greengrass deployment
-requests, and the gate's typed inputs, handed to the shared gate driver (components/rollout/driver.py).
+requests, and the gate's typed inputs (each ring's maintenance windows among them), handed to the shared gate driver
+(components/rollout/driver.py).
 
 The Pulumi program (platform.py) and the gate/rollback code (hub.py) build their CreateDeployment payloads
 with the same `deployment_request`, so the deployment Pulumi declares for a ring and the one the gate
@@ -314,7 +315,9 @@ class AwsRingGateProps(RingGateProps):
     agent_component: str
     agent_version: str
     control_rings: list[str] = []  # the rings after this one, still on the previous version: its quality's control group
-    windows: list[str] = []  # each ring's group's maintenance windows document ("" for none); written only when any
+    # each ring's group's maintenance windows document ("" for none), written only when any: merged into the ring's
+    # deployments, and the ring's deadline pauses while its window is closed (ring_plans)
+    windows: list[str] = []
 
 
 def desired_from_props(props: Mapping[str, Any]) -> DesiredModel:
@@ -332,7 +335,7 @@ def run_gate(props: Mapping[str, Any], clients: Any = None, clock: Any = None) -
     p = AwsRingGateProps.of(props)
     clock = clock or WallClock()
     hub = AwsHub.from_props(p, clients=clients, clock=clock.now)
-    rings = p.ring_plans(p.targets)
+    rings = p.ring_plans(p.targets, p.windows)
     control = tuple(RingTarget(p.rollout, name, p.index + 1 + i, None) for i, name in enumerate(p.control_rings))
     gate = GateInputs(
         rollout=p.rollout,

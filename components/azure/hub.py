@@ -37,7 +37,8 @@
   one build costs none.
 - progress: JSON blobs next to the models (container `rollouts`), so any machine can resume a rollout.
 
-`run_gate` is what the RingGate dynamic provider calls under `pulumi up`: the same engine as the local fleet.
+`run_gate` is what the RingGate dynamic provider calls under `pulumi up`: the same engine as the local fleet, each ring
+planned with its spec's download cap and maintenance windows (a ring's deadline pauses while its window is closed).
 """
 
 from __future__ import annotations
@@ -644,11 +645,14 @@ def run_gate(
             raise ProviderInputError("AzureRingGateProps: key_url is required to sign rollback orders")
         signer = KeyVaultSigner(p.key_url)
     rings = p.ring_configs()
-    caps = {s.key: s.download_cap for s in (RingDeploymentSpec.from_json(d) for d in p.ring_specs)}
-    # each ring's download cap as its layer carries it (resolved from the stack when the platform built the specs), so
-    # what the engine sets a ring to, and compares its layer with, has exactly that cap
+    specs = [RingDeploymentSpec.from_json(d) for d in p.ring_specs]
+    caps, windows = {s.key: s.download_cap for s in specs}, {s.key: s.windows for s in specs}
+    keys = [f"{p.rollout}.{r.name}" for r in rings]
+    # each ring's download cap and windows as its layer carries them (resolved from the stack when the platform built the
+    # specs): what the engine sets a ring to, and compares its layer with, has exactly that cap, and the ring's deadline
+    # pauses while its window is closed
     plans = tuple(
-        replace(plan, download_cap=caps.get(plan.target.selector)) for plan in p.ring_plans([f"{p.rollout}.{r.name}" for r in rings])
+        replace(plan, download_cap=caps.get(plan.target.selector)) for plan in p.ring_plans(keys, [windows.get(k, "") for k in keys])
     )
     gate = GateInputs(
         rollout=p.rollout,

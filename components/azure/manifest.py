@@ -270,6 +270,7 @@ AGENT_DESIRED_SCHEMA: dict[str, Any] = {
                 "rollbackOrder": {"type": "string", "minLength": 1},
                 "rollbackSignature": {"type": "string", "minLength": 1},
                 CAP_KEY: {"type": "integer", "minimum": 1},  # the ring's download cap, bytes a second
+                "maintenanceWindows": {"type": "string", "minLength": 1},  # the ring's group's windows document
                 "variants": {
                     "type": "object",
                     "propertyNames": {"pattern": "^[a-z0-9]{1,16}$"},

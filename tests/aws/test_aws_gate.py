@@ -9,6 +9,7 @@ KMS does for MessageType=DIGEST (moto does not; see test_aws_signer.py).
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime, timezone
 
@@ -23,6 +24,7 @@ from components.aws.hub import AwsHub, RingSite
 from components.aws.plan import Naming, RingComponents, RingJobPolicy, components_spec, deployment_request, deployment_tags, run_gate
 from components.rollout.engine import rollout_id
 from components.rollout.types import RingTarget
+from components.rollout.windows import MaintenanceWindow, Windows
 from edgefleet_agent.contract.signing import Envelope, load_public_key, parse_rollback_order, verify_bytes
 from edgefleet_agent.contract.state import DesiredModel
 
@@ -83,7 +85,7 @@ def world(aws_env):
         yield type("World", (), {"clients": clients, "gg": fake_gg, "kms": local_kms, "iot": iot})()
 
 
-def props(world, index: int, rings=("canary", "early"), version="1.1.0", sha="b" * 64, gate=None) -> dict:
+def props(world, index: int, rings=("canary", "early"), version="1.1.0", sha="b" * 64, gate=None, windows="") -> dict:
     return {
         "region": REGION,
         "stack": "aws-dev",
@@ -110,16 +112,17 @@ def props(world, index: int, rings=("canary", "early"), version="1.1.0", sha="b"
         "agent_version": "0.1.0",
         "gate_config": gate or GATE,
         "poll_seconds": 1,
+        **({"windows": [windows] * (index + 1)} if windows else {}),
     }
 
 
-def pulumi_deploys(world, ring: str, version="1.1.0", sha="b" * 64) -> str:
+def pulumi_deploys(world, ring: str, version="1.1.0", sha="b" * 64, windows="") -> str:
     """What the ring's aws-native Deployment does at `pulumi up`: the same request the program declares."""
     rid = f"detector@{version}+{sha[:12]}"
     req = deployment_request(
         arn(ring),
         Naming("aws-dev").deployment_name("detector", ring, version),
-        components_spec(RingComponents(MODEL_C, AGENT_C, "0.1.0", "detector", ring), version, rid),
+        components_spec(RingComponents(MODEL_C, AGENT_C, "0.1.0", "detector", ring, windows), version, rid),
         POLICY,
         deployment_tags("detector", ring, version),
     )
@@ -434,3 +437,86 @@ def test_a_ring_that_compares_with_a_control_it_cannot_read_fails_closed(world):
     gate = {**GATE, "max_distribution_shift": 0.2, "deadline_seconds": 20}
     with pytest.raises(RuntimeError, match="never passes on silence"):
         run_gate({**props(world, 0, gate=gate), "control_rings": ["early"]}, clients=world.clients, clock=FakeClock())
+
+
+# MAINTENANCE WINDOWS: the ring's group's windows (`windows` in the gate's inputs) pause the ring's deadline while they
+# are closed and its devices are still to swap, as on the local platform. Without them the gate counted a ring's
+# deadline on the wall clock, so a good ring whose devices deferred the deployment to their window was rolled back.
+EVEN_MINUTES = Windows("UTC", (MaintenanceWindow(cron="*/2 * * * *", minutes=1),))  # open one minute in two
+
+
+class WindowedFleet(FakeClock):
+    """The ring's devices under the agent's deferral: they hold Pulumi's deployment (QUEUED) until the clock reaches
+    `adopt_at`, inside an opening of their window, then take it and serve."""
+
+    def __init__(self, world, job: str, start: float, adopt_at: float | None) -> None:
+        super().__init__()
+        self.t, self.world, self.job, self.adopt_at = start, world, job, adopt_at
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        if self.adopt_at is not None and self.t >= self.adopt_at:
+            self.adopt_at = None
+            devices_report(self.job, {d: "SUCCEEDED" for d in DEVICES})
+            dims = [{"Name": "Rollout", "Value": "detector"}, {"Name": "Ring", "Value": "canary"}, {"Name": "Version", "Value": "1.1.0"}]
+            self.world.clients.cloudwatch.put_metric_data(
+                Namespace=NAMESPACE,
+                MetricData=[
+                    {
+                        "MetricName": "Inferences",
+                        "Dimensions": dims,
+                        "Value": 100,
+                        "Unit": "Count",
+                        "Timestamp": datetime.fromtimestamp(self.t, timezone.utc),
+                    }
+                ],
+            )
+
+
+def even_minute() -> float:
+    """The latest opening of EVEN_MINUTES at or before now (moto stamps what it records with the real time)."""
+    return math.floor(time.time() / 120) * 120
+
+
+def windowed_canary(world) -> tuple[dict, str]:
+    """The canary's gate inputs with its group's windows, and the IoT job of the deployment Pulumi made for it."""
+    devices_on_every_new_deployment(world, lambda p: {d: ("QUEUED" if p["components"] else "SUCCEEDED") for d in DEVICES})
+    job = pulumi_deploys(world, "canary", windows=EVEN_MINUTES.to_document())
+    return props(world, 0, windows=EVEN_MINUTES.to_document()), job
+
+
+def test_a_ring_whose_devices_wait_for_their_window_is_not_failed_while_it_is_closed(world):
+    """The gate starts 10 s before the window closes; the devices swap only at its next opening, 70 s later: past the
+    60 s deadline on the wall clock, well inside it in open-window time. Without the windows in the ring's plan the
+    gate failed the ring at its deadline, in the closed window, and rolled it back."""
+    opened = even_minute()
+    gate_props, job = windowed_canary(world)
+    progress = run_gate(gate_props, clients=world.clients, clock=WindowedFleet(world, job, opened + 50, adopt_at=opened + 120))
+    ring = progress["rings"][0]
+    assert ring["state"] == "passed" and ring["measured"]["adopted"] == 3
+    assert ring["window_paused"] >= 55, "the minute the window was closed did not count against the deadline"
+    events = [e["event"] for e in progress["events"] if e["ring"] == "canary"]
+    assert events[0] == "already-deployed" and "deadline-paused" in events
+    assert len(world.gg.created()) == 1, "Pulumi's deployment only: the window neither holds it back nor deploys it again"
+
+
+def test_a_ring_whose_window_is_open_and_whose_devices_never_swap_still_fails_at_its_deadline(world):
+    """A gate that starts while the window is closed waits for it and judges Pulumi's deployment once it opens
+    ("already-deployed", never a second one); devices that never swap fail the ring once 60 s of open window have
+    passed, and the rollback goes out at once, asking no component (a closed window holds no rollback)."""
+    opened = even_minute()
+    gate_props, job = windowed_canary(world)
+    clock = WindowedFleet(world, job, opened + 70, adopt_at=None)
+    with pytest.raises(RuntimeError, match="halted at ring 'canary'"):
+        run_gate(gate_props, clients=world.clients, clock=clock)
+    record = AwsHub.from_props(gate_props, clients=world.clients).rollouts("detector")[-1]
+    events = {e["event"]: e for e in record["events"] if e["ring"] == "canary"}
+    assert events["window-wait"]["opens_at"] == opened + 120
+    assert events["already-deployed"]["t"] >= opened + 120, "its deadline starts when the window opens"
+    failed = events["gate-failed"]["t"]
+    assert failed - events["already-deployed"]["t"] - record["rings"][0].get("window_paused", 0.0) >= 60
+    assert EVEN_MINUTES.open_until(failed) is not None, "the deadline runs out in open-window time"
+    created = world.gg.created()
+    assert len(created) == 2 and created[1]["components"] == {}, "Pulumi's deployment, then the rollback: nothing else"
+    assert created[1]["deploymentPolicies"]["componentUpdatePolicy"]["action"] == "SKIP_NOTIFY_COMPONENTS"
+    assert record["status"] == "rolled_back"

@@ -149,3 +149,25 @@ def test_a_model_manifest_too_long_for_the_agent_twin_stops_the_stack(project, r
     assert "a module twin holds at most 32768" in text and f"the {path.stat().st_size}-byte model.yaml of detector" in text
     assert "shorten the largest model.yaml" in text
     assert registrations == [], registrations
+
+
+def test_a_stack_whose_group_has_maintenance_windows_synthesizes_with_them_in_layers_and_gates(project):
+    """The contract check once refused the layers' `maintenanceWindows`, so no Azure stack could declare windows."""
+    import json
+
+    from components.azure import manifest as mf
+    from components.rollout.windows import Windows
+
+    window = {"cron": "0 2 * * *", "minutes": 120}
+    edit(project, lambda c: c["edgefleet:groups"][0].update(timezone="Europe/Berlin", maintenance_windows=[window]))
+    graph = synth(project, "azure-dev")
+    layers = [
+        r["inputs"]["content"]["modulesContent"][mf.AGENT_MODULE]["properties.desired.models.detector"]
+        for r in graph["resources"]
+        if r["type"].endswith("edgefleet-azure:Configuration")
+        and "properties.desired.models.detector" in r["inputs"]["content"]["modulesContent"].get(mf.AGENT_MODULE, {})
+    ]
+    gates = [r["inputs"] for r in graph["resources"] if r["type"].endswith("edgefleet-azure:RingGate")]
+    assert layers and gates
+    for doc in [m["maintenanceWindows"] for m in layers] + [s["windows"] for g in gates for s in g["ring_specs"]]:
+        assert json.loads(doc)["windows"] == [window] and Windows.from_document(doc) is not None

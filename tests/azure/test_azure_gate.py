@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from azure_testkit import HUB_HOST, KEY, POLICY, FakeKeyVault, SimDevice, StaticToken
@@ -15,6 +16,7 @@ from components.azure.hub import AzureHub, MemoryProgressStore, hub_from_props, 
 from components.local.signer import LocalKeySigner, create_key_file
 from components.rollout.engine import rollout_id
 from components.rollout.spec import GateConfig, RingConfig
+from components.rollout.windows import MaintenanceWindow, Windows
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, sign_bytes, verify_bytes
 from edgefleet_agent.contract.state import DesiredModel
@@ -34,12 +36,15 @@ class TickingClock:
     def __init__(self, hub) -> None:
         self.t = 1_000.0
         self.hub = hub
+        self.on_tick: Callable[[float], None] | None = None  # what the fleet does at each new time, before IoT Hub's cycle
 
     def now(self) -> float:
         return self.t
 
     def sleep(self, seconds: float) -> None:
         self.t += seconds
+        if self.on_tick is not None:
+            self.on_tick(self.t)
         self.hub.tick()
 
 
@@ -105,7 +110,13 @@ def caps() -> dict[str, int]:
 
 
 @pytest.fixture
-def fleet(hub, signer, rings, caps):
+def windows() -> str:
+    """The rings' group's maintenance windows document, as the platform puts it in each ring's spec ("": none)."""
+    return ""
+
+
+@pytest.fixture
+def fleet(hub, signer, rings, caps, windows):
     for d in ("c1", "c2"):
         hub.devices[d] = SimDevice(tags={"group": "cameras", "ring": "canary"})
     for d in ("b1", "b2", "b3", "b4"):
@@ -123,6 +134,7 @@ def fleet(hub, signer, rings, caps):
             agent=AGENT,
             agent_schema="1.1",
             download_cap=caps.get(r.name),
+            windows=windows,
         )
         for i, r in enumerate(rings)
     ]
@@ -131,6 +143,7 @@ def fleet(hub, signer, rings, caps):
 
     class Fleet:
         ring_list = rings
+        engine_clock = clock
 
         def azure_hub(self) -> AzureHub:
             return AzureHub(
@@ -286,6 +299,69 @@ def test_metrics_not_yet_evaluated_are_waited_for_not_read_as_an_empty_ring(hub,
     d = h.desired(target)
     obs = h.observe(target, d, since=0)
     assert obs.devices == 2 and obs.adopted == 2 and obs.inferences == 200 and obs.p99_latency_ms == 5.0
+
+
+# -- maintenance windows: the ring's windows (its spec's `windows`) pause its deadline while they are closed -------------
+# Without them in the gate's ring plans the deadline ran on the wall clock, so a good ring whose devices waited for their
+# window was rolled back at it.
+HOURLY = Windows("UTC", (MaintenanceWindow(cron="0 * * * *", minutes=10),))  # open the first 10 minutes of every hour
+
+
+def hold_until(hub, devices: set[str], at: float | None):
+    """The canary's devices swap only from `at` (an opening of their window; None: never): until then the layer does
+    not reach them, so the gate sees them pending, as it does devices whose agent holds the swap for the window."""
+    hub.unapplied.update(devices)
+
+    def tick(t: float) -> None:
+        if at is not None and t >= at:
+            hub.unapplied.difference_update(devices)
+
+    return tick
+
+
+@pytest.mark.parametrize("windows", [HOURLY.to_document()])
+def test_a_ring_whose_devices_wait_for_their_window_is_not_failed_while_it_is_closed(hub, fleet, signer):
+    """The gate starts 5 minutes before the window closes; the devices swap at its next opening, 55 minutes later: past
+    the 30-minute deadline on the wall clock, well inside it in open-window time."""
+    v1 = release(signer, "1.0.0")
+    fleet.engine_clock.t = 3600 + 300
+    fleet.engine_clock.on_tick = hold_until(hub, {"c1", "c2"}, at=7200)
+    fleet.deploy(0, v1)
+    progress = fleet.gate(0, v1)
+    ring = progress["rings"][0]
+    assert ring["state"] == "passed" and ring["measured"]["adopted"] == 2
+    assert ring["window_paused"] >= 3000, "the 50 minutes the window was closed did not count against the deadline"
+    events = [e["event"] for e in progress["events"] if e["ring"] == "canary"]
+    assert events[0] == "already-deployed" and "deadline-paused" in events
+    creates = [cid for op, cid, _ in hub.timeline if op == "create" and cid.startswith("ef-detector-")]
+    assert len(creates) == 1, "Pulumi's layer only: the window neither holds it back nor makes the gate deploy again"
+
+
+@pytest.mark.parametrize("windows", [HOURLY.to_document()])
+@pytest.mark.parametrize(
+    "rings",
+    [[RingConfig(name="canary", group="cameras", labels={"ring": "canary"}, gate=GATE.model_copy(update={"deadline_seconds": 900}))]],
+)
+def test_a_ring_whose_window_is_open_and_whose_devices_never_swap_still_fails_at_its_deadline(hub, fleet, signer):
+    """A gate that starts while the window is closed waits for it and judges Pulumi's layer once it opens; devices that
+    never swap fail the ring once 900 s of open window have passed, and the rollback (a first version: the layer removed)
+    does not wait for a window."""
+    v1 = release(signer, "1.0.0")
+    fleet.engine_clock.t = 3600 - 600
+    fleet.engine_clock.on_tick = hold_until(hub, {"c1", "c2"}, at=None)
+    fleet.deploy(0, v1)
+    with pytest.raises(RuntimeError, match="halted at ring 'canary'"):
+        fleet.gate(0, v1)
+    record = fleet.azure_hub().rollouts("detector")[-1]
+    events = {e["event"]: e for e in record["events"] if e["ring"] == "canary"}
+    assert events["window-wait"]["opens_at"] == 3600
+    assert events["already-deployed"]["t"] >= 3600, "its deadline starts when the window opens"
+    failed = events["gate-failed"]["t"]
+    assert failed - events["already-deployed"]["t"] - record["rings"][0]["window_paused"] >= 900
+    assert HOURLY.open_until(failed) is not None, "the deadline runs out in open-window time"
+    assert record["status"] == "rolled_back" and fleet.ring_configs("canary") == []
+    creates = [cid for op, cid, _ in hub.timeline if op == "create" and cid.startswith("ef-detector-")]
+    assert len(creates) == 1, "Pulumi's layer only: the gate never deployed the version itself"
 
 
 # -- the Key Vault signer ----------------------------------------------------------------------------------------------

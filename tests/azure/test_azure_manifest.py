@@ -146,6 +146,32 @@ def test_a_rollback_layer_carries_the_signed_rollback_order(edge_schemas, signer
     assert vendor_errors(edge_schemas, mf.effective_manifest(base(signer), layer)) == []
 
 
+def test_a_windowed_rings_layers_pass_the_agent_contract_forward_and_rollback(edge_schemas, signer, desired):
+    """A group's maintenance windows ride in every layer of its rings as `maintenanceWindows`; the contract check that
+    runs before a layer is sent (and in the stack check) once refused them, so no windowed ring could deploy on Azure."""
+    windows = '{"timezone":"Europe/Berlin","windows":[{"cron":"0 2 * * *","minutes":60}]}'
+    spec = mf.RingDeploymentSpec(
+        rollout="detector",
+        ring="canary",
+        index=0,
+        model="detector",
+        target_condition="tags.ring='canary'",
+        priority=11,
+        agent=AGENT,
+        agent_schema="1.1",
+        windows=windows,
+    )
+    order = rollback_order("detector", "1.0.0", desired.sha256, "gate of ring 'canary' failed", "1.1.0", "cd" * 32)
+    rb = DesiredModel(
+        **{**desired.__dict__, "rollback_order": order.decode(), "rollback_signature": sign_bytes(signer, order).to_bytes().decode()}
+    )
+    for d in (desired, rb):
+        layer = mf.ring_configuration(spec, d)["content"]["modulesContent"]
+        assert layer[mf.AGENT_MODULE]["properties.desired.models.detector"]["maintenanceWindows"] == windows
+        assert mf.check_manifest(layer) == [] and mf.check_manifest(mf.effective_manifest(base(signer), layer)) == []
+        assert vendor_errors(edge_schemas, mf.effective_manifest(base(signer), layer)) == []
+
+
 @pytest.mark.parametrize(
     "break_it,needle",
     [
