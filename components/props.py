@@ -103,12 +103,19 @@ class RingGateProps(Props):
         them; the engine then pauses a ring's deadline while its window is closed, as on the local platform, rather than
         failing a good ring whose devices wait for their window. None or []: no ring has windows."""
         docs = windows or [""] * len(selectors)
+        try:
+            parsed = [Windows.from_document(doc) for doc in docs]
+        except ValueError as exc:
+            raise ProviderInputError(
+                f"{type(self).__name__} of rollout {self.rollout!r}: a ring's windows cannot be read ({exc}); run "
+                f"`pulumi up --stack {self.stack}` again so the gate is recreated from the stack file's groups"
+            ) from None
         return tuple(
             RingPlan(
                 RingTarget(self.rollout, r.name, i, selector),
                 r.gate,
                 capture=r.capture.spec() if r.capture else None,
-                window=Windows.from_document(doc),
+                window=window,
             )
-            for i, (r, selector, doc) in enumerate(zip(self.ring_configs(), selectors, docs, strict=True))
+            for i, (r, selector, window) in enumerate(zip(self.ring_configs(), selectors, parsed, strict=True))
         )

@@ -520,3 +520,13 @@ def test_a_ring_whose_window_is_open_and_whose_devices_never_swap_still_fails_at
     assert len(created) == 2 and created[1]["components"] == {}, "Pulumi's deployment, then the rollback: nothing else"
     assert created[1]["deploymentPolicies"]["componentUpdatePolicy"]["action"] == "SKIP_NOTIFY_COMPONENTS"
     assert record["status"] == "rolled_back"
+
+
+def test_a_gate_whose_recorded_windows_cannot_be_read_stops_naming_them_and_the_fix(world):
+    """Gate inputs edited by hand (or written by a broken tool): the gate never guesses when a ring may swap, and stops
+    with the provider's input error rather than a bare ValueError, saying how to recreate them."""
+    from components.props import ProviderInputError
+
+    with pytest.raises(ProviderInputError, match=r"windows cannot be read \(maintenance windows are not JSON.*pulumi up --stack"):
+        run_gate({**props(world, 0), "windows": ["{not json"]}, clients=world.clients, clock=FakeClock())
+    assert world.gg.created() == [], "nothing deployed"
