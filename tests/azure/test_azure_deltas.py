@@ -193,3 +193,16 @@ def test_without_a_trust_repository_the_patch_is_still_published_beside_the_arti
     publish_artifact(v2, signer=signer, container=box)
     assert patch_path("detector", v1["sha256"], v2["sha256"], METHOD) in box.blobs  # a device derives it from the URI
     assert not [n for n in box.blobs if n.startswith("tuf/")]
+
+
+def test_the_stacks_delta_settings_reach_the_azure_artifact_and_a_stack_without_them_is_unchanged(tmp_path, azure_dev_graph):
+    from edgefleet.synth import synth
+    from tests.foundation.test_unworkable_declarations import stack_copy
+
+    graph = synth(
+        stack_copy(tmp_path, "azure-dev", lambda c: c.update({"edgefleet:delta": {"enabled": False, "max_share": 0.3}})), "azure-dev"
+    )
+    art = next(r["inputs"] for r in graph["resources"] if r["name"] == "detector-azure-artifact")
+    assert (art["delta_enabled"], art["delta_max_share"]) == (False, 0.3)
+    unset = next(r["inputs"] for r in azure_dev_graph["resources"] if r["name"] == "detector-azure-artifact")
+    assert "delta_enabled" not in unset and "delta_max_share" not in unset
