@@ -178,7 +178,7 @@ def _publish_patches(p: ModelArtifactProps, source: Any, signer: Any, container:
     versions = [
         _BlobVersion(p.model, m["version"], m["sha256"], -1)  # its size once downloaded: the blob's own is not trusted
         for name, m in held.items()
-        if name == f"{p.model}/{m.get('sha256')}.onnx" and m.get("version") and "variant" not in m
+        if name == f"{p.model}/{m.get('sha256')}.onnx" and _semver(m.get("version")) and "variant" not in m
     ]
     patches = []
     for base in patch_bases(versions, target, None):
@@ -217,6 +217,13 @@ def _publish_patches(p: ModelArtifactProps, source: Any, signer: Any, container:
         repo.add_targets([TargetIdentity(p.model, p.version, p.sha256, p.size, manifest_digest(p.manifest.encode()))])
         repo.add_patches(patches)
     return patches
+
+
+def _semver(value: Any) -> bool:
+    """Whether a blob's `version` metadata orders against others: a blob written by other tools is not a base."""
+    import semver
+
+    return isinstance(value, str) and semver.Version.is_valid(value)
 
 
 @dataclass(frozen=True)

@@ -103,12 +103,14 @@ def test_a_second_version_publishes_a_signed_patch_a_device_rebuilds_the_new_art
     publish_artifact(v1, signer=signer, container=box)
     assert not [n for n in box.blobs if "/patches/" in n], "nothing to patch from yet"
     listed(repo, v1)
+    box.upload_blob(f"detector/{'e' * 64}.onnx", b"another tool's", metadata={"sha256": "e" * 64, "version": "latest"})
     out = publish_artifact(v2, signer=signer, container=box)
 
     name = patch_path("detector", v1["sha256"], v2["sha256"], METHOD)
     assert name.startswith("detector/patches/") and name in box.blobs
     patch_bytes = box.blobs[name][0]
     assert len(patch_bytes) < v2["size"] / 4
+    assert [n for n in box.blobs if "/patches/" in n] == [name], "a blob whose version does not order is no base"
     assert [(p.path, p.size, p.sha256, p.from_version, p.to_version) for p in repo.patches()] == [
         (name, len(patch_bytes), hashlib.sha256(patch_bytes).hexdigest(), "1.0.0", "1.1.0")
     ]
