@@ -9,17 +9,24 @@ Chosen by measurement against bsdiff4 and zstd --patch-from: benchmarks/delta_be
 from __future__ import annotations
 
 import hashlib
+import logging
 import lzma
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Protocol, Sequence, TypeVar
 
 from pyfastcdc import FastCDC
 
-from edgefleet_agent.delta import COPY, LITERAL, METHOD, OP, PatchHeader
+from edgefleet_agent.contract.manifest import version_key
+from edgefleet_agent.contract.tuf import PatchIdentity
+from edgefleet_agent.delta import COPY, LITERAL, METHOD, OP, PatchHeader, read_header
 from edgefleet_agent.fsutil import fsync_dir
+
+log = logging.getLogger("edgefleet.delta")
+
+DEFAULT_RECENT = 2  # without a named base: patches from this many of the newest older versions in the store
 
 AVG_CHUNK = 16 * 1024
 # The device's decoder holds the dictionary: 1 MiB keeps a patch's memory small, and on float weights a larger one
@@ -78,6 +85,74 @@ def make_patch(
         header = PatchHeader(from_size, to_size, old_digest.hexdigest(), new_digest.hexdigest(), len(ops), literal_size, DICT_SIZE)
         size, sha256 = _write(out, header, ops, literals)
     return PatchInfo(size=size, sha256=sha256, from_sha256=header.from_sha256, to_sha256=header.to_sha256, method=METHOD)
+
+
+class Version(Protocol):
+    """A published version as a store knows it: the local store's files, the Azure container's blobs."""
+
+    model: str
+    version: str
+    sha256: str
+    size: int
+
+
+V = TypeVar("V", bound=Version)
+
+
+def patch_bases(versions: Sequence[V], target: Version, from_sha256s: Iterable[str] | None, recent: int = DEFAULT_RECENT) -> list[V]:
+    """The versions a store builds patches to `target` from: each of `from_sha256s` it holds (None: the `recent` newest
+    older ones), never the target itself, each once. The same on every platform, so devices get the same patches."""
+    if from_sha256s is None:
+        older = sorted(
+            (v for v in versions if version_key(v.version) < version_key(target.version)), key=lambda v: (version_key(v.version), v.sha256)
+        )
+        bases = older[-recent:] if recent > 0 else []
+    else:
+        bases = [v for sha in dict.fromkeys(from_sha256s) for v in versions if v.sha256 == sha]
+    out: list[V] = []
+    for base in bases:
+        if base.sha256 != target.sha256 and all(b.sha256 != base.sha256 for b in out):
+            out.append(base)
+    return out
+
+
+def patch_identity(base: Version, target: Version, size: int, sha256: str, memory_bytes: int) -> PatchIdentity:
+    """What the signed targets list for a patch from `base` to `target` (docs/deltas.md)."""
+    return PatchIdentity(
+        model=target.model,
+        method=METHOD,
+        size=size,
+        sha256=sha256,
+        from_version=base.version,
+        from_sha256=base.sha256,
+        from_size=base.size,
+        to_version=target.version,
+        to_sha256=target.sha256,
+        to_size=target.size,
+        memory_bytes=memory_bytes,
+    )
+
+
+def build_patch(base: Version, target: Version, base_file: Path, target_file: Path, out: Path) -> PatchIdentity:
+    info = make_patch(base_file, target_file, out)
+    return patch_identity(base, target, info.size, info.sha256, read_header(out).memory_needed)
+
+
+def within_share(patch: PatchIdentity, max_share: float) -> bool:
+    """Whether a patch saves enough to publish: at most `max_share` (edgefleet:delta.max_share) of the full artifact.
+    A model whose every weight moved compresses to about 84% of itself, too little to be worth the device's CPU."""
+    if patch.size <= max_share * patch.to_size:
+        return True
+    log.info(
+        "%s: no patch %s -> %s: %d bytes is more than %.0f%% of the artifact's %d",
+        patch.model,
+        patch.from_version,
+        patch.to_version,
+        patch.size,
+        max_share * 100,
+        patch.to_size,
+    )
+    return False
 
 
 def _append(ops: list[list[int]], kind: int, offset: int, length: int) -> None:

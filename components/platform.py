@@ -105,6 +105,13 @@ class Platform(ABC):
         self.stack = stack
         self.project_dir = Path(project_dir)
 
+    def delta_inputs(self) -> dict[str, Any]:
+        """edgefleet:delta for a publishing provider, only when the stack sets it: graphs of stacks that do not stay as
+        they were (docs/deltas.md)."""
+        if "delta" not in self.stack.model_fields_set:
+            return {}
+        return {"delta_enabled": self.stack.delta.enabled, "delta_max_share": self.stack.delta.max_share}
+
     @abstractmethod
     def signing_key(self, parent: SigningKey) -> KeyOutputs: ...
 

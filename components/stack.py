@@ -57,11 +57,11 @@ class TrustConfig(Strict):
 
 
 class DeltaConfig(Strict):
-    """Delta updates (docs/deltas.md): on the local platform the store publishes, with each version, a patch from the
-    version(s) its rollout moves devices off, and devices holding that version download the patch instead."""
+    """Delta updates (docs/deltas.md): on the local and Azure platforms the store publishes, with each version, a patch
+    from the version(s) its rollout moves devices off, and devices holding that version download the patch instead."""
 
     enabled: bool = Field(
-        default=True, description="publish patches with each version on the local platform (devices use them when they fit)"
+        default=True, description="publish patches with each version on the local and Azure platforms (devices use them when they fit)"
     )
     max_share: Annotated[float, Field(gt=0, le=1)] = Field(
         default=0.9,

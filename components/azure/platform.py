@@ -401,6 +401,7 @@ class AzurePlatform(Platform):
                 "sha256": manifest.sha256,
                 "size": manifest.size,
                 "manifest": manifest_text,
+                **self.delta_inputs(),
             },
             child(parent, depends_on=[base.store, base.key]),
         )

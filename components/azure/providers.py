@@ -12,6 +12,7 @@ Storage roles; on a fresh stack those take minutes to apply, so their work runs 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -38,6 +39,8 @@ class ModelArtifactProps(Props):
     sha256: str
     size: int
     manifest: str
+    delta_max_share: float | None = None  # given only when the stack sets edgefleet:delta (docs/deltas.md)
+    delta_enabled: bool = True
 
 
 class SigningPublicKeyProvider(ResourceProvider):
@@ -120,7 +123,10 @@ def _publish(p: ModelArtifactProps, source: Any, signer: Any, container: Any) ->
         container.upload_blob(f"{base}.yaml", manifest, overwrite=True)
         container.upload_blob(f"{base}.yaml.sig", signature, overwrite=True)
     _publish_variants(p, source, container)
-    return {"uri": f"{p.blob_endpoint.rstrip('/')}/{p.container}/{base}.onnx", "signature": signature.decode()}
+    uri = f"{p.blob_endpoint.rstrip('/')}/{p.container}/{base}.onnx"
+    if p.delta_enabled:
+        _publish_patches(p, source, signer, container, uri)
+    return {"uri": uri, "signature": signature.decode()}
 
 
 def _publish_variants(p: ModelArtifactProps, source: Any, container: Any) -> None:
@@ -148,6 +154,86 @@ def _publish_variants(p: ModelArtifactProps, source: Any, container: Any) -> Non
         if held is None or held.name != name or (held.metadata or {}).get("sha256") != v.sha256:
             with open(file, "rb") as fh:
                 container.upload_blob(name, fh, overwrite=True, metadata={"sha256": v.sha256, "version": p.version, "variant": v.kind})
+
+
+def _publish_patches(p: ModelArtifactProps, source: Any, signer: Any, container: Any, uri: str) -> list[Any]:
+    """A patch to this version from each of the two newest older versions in the container, as the local store's
+    Pulumi provider publishes them (docs/deltas.md): at `<model>/patches/<name>` beside the artifacts, where the
+    devices' read SAS reaches and the agent derives it from the artifact's URI; listed in the container's TUF targets
+    when it is a repository. A patch over `max_share` leaves `<name>.too-large` (its size) so it is not built again."""
+    import tempfile
+    from dataclasses import replace
+    from pathlib import Path
+
+    from components.azure.trust_store import repository_for_uri
+    from components.delta import build_patch, patch_bases, patch_identity, within_share
+    from components.stack import DeltaConfig
+    from edgefleet_agent.contract.digest import sha256_file
+    from edgefleet_agent.contract.tuf import TargetIdentity, manifest_digest, patch_path
+    from edgefleet_agent.delta import METHOD
+
+    share = p.delta_max_share if p.delta_max_share is not None else DeltaConfig().max_share
+    target = _BlobVersion(p.model, p.version, p.sha256, p.size)
+    held = {b.name: b.metadata or {} for b in container.list_blobs(name_starts_with=f"{p.model}/", include=["metadata"])}
+    versions = [
+        _BlobVersion(p.model, m["version"], m["sha256"], -1)  # its size once downloaded: the blob's own is not trusted
+        for name, m in held.items()
+        if name == f"{p.model}/{m.get('sha256')}.onnx" and _semver(m.get("version")) and "variant" not in m
+    ]
+    patches = []
+    for base in patch_bases(versions, target, None):
+        name = patch_path(p.model, base.sha256, target.sha256, METHOD)
+        known = held.get(f"{name}.too-large", {}).get("size")
+        if known is not None and int(known) > share * target.size:
+            continue
+        have = held.get(name, {})
+        if have.get("to_sha256") == target.sha256 and have.get("from_sha256") == base.sha256:
+            base = replace(base, size=int(have["from_size"]))
+            patch = patch_identity(base, target, int(have["size"]), have["sha256"], int(have["memory_bytes"]))
+            fits = within_share(patch, share)
+        else:
+            with tempfile.TemporaryDirectory(prefix="edgefleet-delta-") as tmp:
+                old, out = Path(tmp) / "base.onnx", Path(tmp) / "patch"
+                with open(old, "wb") as fh:
+                    container.download_blob(f"{p.model}/{base.sha256}.onnx").readinto(fh)
+                digest, size = sha256_file(old)
+                if digest != base.sha256:
+                    continue  # the blob is not the version it names: no patch from it, devices download in full
+                base = replace(base, size=size)
+                patch = build_patch(base, target, old, Path(source), out)
+                fits = within_share(patch, share)
+                if fits:
+                    meta = {"sha256": patch.sha256, "size": str(patch.size), "from_sha256": base.sha256, "from_size": str(size)}
+                    with open(out, "rb") as fh:
+                        container.upload_blob(
+                            name, fh, overwrite=True, metadata={**meta, "to_sha256": target.sha256, "memory_bytes": str(patch.memory_bytes)}
+                        )
+        if not fits:
+            container.upload_blob(f"{name}.too-large", f"{patch.size}\n".encode(), overwrite=True, metadata={"size": str(patch.size)})
+            continue
+        patches.append(patch)
+    repo = repository_for_uri(uri, signer, container) if patches else None
+    if repo is not None:  # none yet: `edgefleet trust init` lists the container
+        repo.add_targets([TargetIdentity(p.model, p.version, p.sha256, p.size, manifest_digest(p.manifest.encode()))])
+        repo.add_patches(patches)
+    return patches
+
+
+def _semver(value: Any) -> bool:
+    """Whether a blob's `version` metadata orders against others: a blob written by other tools is not a base."""
+    import semver
+
+    return isinstance(value, str) and semver.Version.is_valid(value)
+
+
+@dataclass(frozen=True)
+class _BlobVersion:
+    """A version the container holds (components.delta.Version)."""
+
+    model: str
+    version: str
+    sha256: str
+    size: int
 
 
 class ModelArtifactProvider(ResourceProvider):

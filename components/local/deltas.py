@@ -10,21 +10,16 @@ built once: a later run reads the existing file's header and digest instead; one
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from components.delta import make_patch
+from components.delta import DEFAULT_RECENT, build_patch, patch_bases, patch_identity, within_share
 from edgefleet_agent.contract.digest import sha256_file
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import parse_manifest_bytes, version_key
 from edgefleet_agent.contract.tuf import PatchIdentity, patch_path
 from edgefleet_agent.delta import METHOD, PatchError, read_header
-
-log = logging.getLogger("edgefleet.local.deltas")
-
-DEFAULT_RECENT = 2  # without a named base: patches from this many of the newest older versions in the store
 
 
 @dataclass(frozen=True)
@@ -80,23 +75,7 @@ def published_patch(store: Path, base: StoredVersion, target: StoredVersion) -> 
         return None
     if (header.from_sha256, header.from_size, header.to_sha256, header.to_size) != (base.sha256, base.size, target.sha256, target.size):
         return None
-    return _identity(base, target, size, sha256, header.memory_needed)
-
-
-def _identity(base: StoredVersion, target: StoredVersion, size: int, sha256: str, memory: int) -> PatchIdentity:
-    return PatchIdentity(
-        model=target.model,
-        method=METHOD,
-        size=size,
-        sha256=sha256,
-        from_version=base.version,
-        from_sha256=base.sha256,
-        from_size=base.size,
-        to_version=target.version,
-        to_sha256=target.sha256,
-        to_size=target.size,
-        memory_bytes=memory,
-    )
+    return patch_identity(base, target, size, sha256, header.memory_needed)
 
 
 def publish_patches(
@@ -110,38 +89,16 @@ def publish_patches(
     target = next((v for v in versions if v.sha256 == to_sha256), None)
     if target is None:
         return []
-    if from_sha256s is None:
-        older = [v for v in versions if version_key(v.version) < version_key(target.version)]
-        bases = older[-recent:] if recent > 0 else []
-    else:
-        wanted = list(dict.fromkeys(from_sha256s))
-        bases = [v for sha in wanted for v in versions if v.sha256 == sha]
     out = []
-    seen: set[str] = set()
-    for base in bases:
-        if base.sha256 == target.sha256 or base.sha256 in seen:
-            continue
-        seen.add(base.sha256)
+    for base in patch_bases(versions, target, from_sha256s, recent):
         path = patch_file(store, model, base.sha256, target.sha256)
         known = too_large(path)
         if known is not None and known > max_share * target.size:
             continue  # built before and over the share: not built again unless the share grows past it
-        patch = published_patch(store, base, target)
-        if patch is None:
-            info = make_patch(base.artifact, target.artifact, path)
-            patch = _identity(base, target, info.size, info.sha256, read_header(path).memory_needed)
-        if patch.size > max_share * target.size:
+        patch = published_patch(store, base, target) or build_patch(base, target, base.artifact, target.artifact, path)
+        if not within_share(patch, max_share):
             _marker(path).write_text(f"{patch.size}\n")
-            log.info(
-                "%s: no patch %s -> %s: %d bytes is more than %.0f%% of the artifact's %d",
-                model,
-                base.version,
-                target.version,
-                patch.size,
-                max_share * 100,
-                target.size,
-            )
-            patch_file(store, model, base.sha256, target.sha256).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             continue
         out.append(patch)
     return out

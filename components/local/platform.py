@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pulumi
 
@@ -67,18 +66,11 @@ class LocalPlatform(Platform):
                 "sha256": manifest.sha256,
                 "size": manifest.size,
                 "manifest": manifest_text,
-                **self._delta_inputs(),
+                **self.delta_inputs(),
             },
             child(parent, depends_on=[base.store, base.key]),
         )
         return PublishOutputs(uri=art.uri, signature=art.signature)
-
-    def _delta_inputs(self) -> dict[str, Any]:
-        """edgefleet:delta, only when the stack sets it: graphs of stacks that do not stay as they were."""
-        delta = self.stack.delta
-        if "delta" not in self.stack.model_fields_set:
-            return {}
-        return {"delta_enabled": delta.enabled, "delta_max_share": delta.max_share}
 
     def ring(self, parent, spec: RingSpec, model, group, base: StackBase) -> RingOutputs:
         published = model.published[self.name]
