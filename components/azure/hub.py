@@ -50,9 +50,8 @@ import math
 import re
 import time
 import urllib.parse
-from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Callable, Mapping, Protocol, overload
+from typing import Any, Mapping, Protocol
 
 from components.azure.configurations import HubClient, apply_configuration
 from components.azure.manifest import (
@@ -70,7 +69,7 @@ from components.rollout.gate import THRESHOLDS, measure
 from components.rollout.hub import WallClock
 from components.rollout.progress import Progress, rollout_id
 from components.rollout.quality import ShadowSummary, Summary
-from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, RingObservation, RingTarget
+from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, Lazy, RingObservation, RingTarget
 from edgefleet_agent.contract.iotedge import class_key, model_key
 from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.contract.telemetry import CONFIDENCE_BINS, OTHER
@@ -317,7 +316,7 @@ class AzureHub:
             if adopted and (gate is None or gate.quality):
                 summary = self.quality_summary(spec.model, where, desired.shadow.version if desired.shadow else None)
                 if summary.devices:
-                    lazy = _LazySummaries(functools.partial(self.device_summaries, spec.model, where))
+                    lazy = Lazy(functools.partial(self.device_summaries, spec.model, where))
                     obs = dataclasses.replace(obs, summary=summary, device_summaries=lazy)
             out.append((kind, obs))
         return tuple(out)
@@ -502,29 +501,6 @@ class AzureHub:
             )
             for row in rows
         ]
-
-
-class _LazySummaries(Sequence[tuple[str, Summary]]):
-    """A build's device summaries, queried when first read: only a failed quality gate reads them, to name devices."""
-
-    def __init__(self, read: Callable[[], tuple[tuple[str, Summary], ...]]) -> None:
-        self._read = read
-        self._pairs: tuple[tuple[str, Summary], ...] | None = None
-
-    def _all(self) -> tuple[tuple[str, Summary], ...]:
-        if self._pairs is None:
-            self._pairs = self._read()
-        return self._pairs
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-    @overload
-    def __getitem__(self, i: int) -> tuple[str, Summary]: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[tuple[str, Summary]]: ...
-    def __getitem__(self, i: int | slice) -> Any:
-        return self._all()[i]
 
 
 def _reported(model: str) -> str:

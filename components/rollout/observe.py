@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import functools
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, overload
+from typing import Any, Iterable
 
 from components.rollout.quality import PartArrays, RunningTelemetry, Summary, Telemetry, part_arrays
-from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, RingObservation
+from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, Lazy, RingObservation
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
 from edgefleet_agent.contract.telemetry import Labelled, Latency, Predictions, Shadow
 
@@ -94,35 +94,10 @@ class _Device:
         return one.summary()
 
 
-class DeviceSummaries(Sequence[tuple[str, Summary]]):
-    """(device, its own summary) of a set of adopted devices, in device order, each made when first read."""
-
-    def __init__(self, devices: Mapping[str, _Device]) -> None:
-        self._devices = dict(devices)  # a copy: the memo it comes from moves on at its next poll
-        self._pairs: tuple[tuple[str, Summary], ...] | None = None
-
-    def _all(self) -> tuple[tuple[str, Summary], ...]:
-        if self._pairs is None:
-            self._pairs = tuple((dev, self._devices[dev].summary) for dev in sorted(self._devices))
-        return self._pairs
-
-    def __len__(self) -> int:
-        return len(self._devices)
-
-    @overload
-    def __getitem__(self, i: int) -> tuple[str, Summary]: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[tuple[str, Summary]]: ...
-    def __getitem__(self, i: int | slice) -> Any:
-        return self._all()[i]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and tuple(self) == tuple(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"DeviceSummaries({len(self)} devices)"
+def device_summaries(devices: Mapping[str, _Device]) -> Lazy[tuple[str, Summary]]:
+    """(device, its own summary) of a set of adopted devices, in device order, made when first read."""
+    held = dict(devices)  # a copy: the memo it comes from moves on at its next poll
+    return Lazy(lambda: tuple((dev, held[dev].summary) for dev in sorted(held)), size=len(held))
 
 
 def _device(r: DeviceReport | None, desired: DesiredModel | None, since: float, parts: tuple[Any, ...] | None = None) -> _Device:
@@ -198,9 +173,9 @@ class _Running:
             p99_latency_ms=p99s[min(len(p99s) - 1, int(len(p99s) * 0.99))] if p99s else None,
             failures=tuple(sorted(self.failures.items())[:50]),
             pending=tuple(heapq.nsmallest(50, self.pending)),
-            offenders=WorstDevices({metric: dict(values) for metric, values in self.rates.items()}),
+            offenders=worst_devices({metric: dict(values) for metric, values in self.rates.items()}),
             summary=summed if self.summaries else None,
-            device_summaries=DeviceSummaries(self.summaries),
+            device_summaries=device_summaries(self.summaries),
             variants=variants,
         )
 
@@ -365,40 +340,18 @@ def observe_reports(
     return _pass(devices, reports, desired, since, memo).observation()
 
 
-class WorstDevices(Sequence[tuple[str, str, float]]):
-    """(device, metric, value): the worst devices per metric, bounded; zero rates are nobody's fault and are left out.
-    Ranked when first read: only a breached threshold names devices, and a ring of 10,000 is polled every second."""
+def worst_devices(per_device: dict[str, dict[str, float]]) -> Lazy[tuple[str, str, float]]:
+    """(device, metric, value): the worst devices per metric, bounded, ranked when first read (only a breached threshold
+    names devices); zero rates are nobody's fault and are left out."""
 
-    def __init__(self, per_device: dict[str, dict[str, float]]) -> None:
-        self._per_device = per_device
-        self._ranked: tuple[tuple[str, str, float], ...] | None = None
+    def rank() -> tuple[tuple[str, str, float], ...]:
+        out: list[tuple[str, str, float]] = []
+        for metric, values in per_device.items():
+            ranked = heapq.nsmallest(OFFENDERS_PER_METRIC, (v for v in values.items() if v[1] > 0), key=lambda v: (-v[1], v[0]))
+            out += [(dev, metric, value) for dev, value in ranked]
+        return tuple(out)
 
-    def _all(self) -> tuple[tuple[str, str, float], ...]:
-        if self._ranked is None:
-            out: list[tuple[str, str, float]] = []
-            for metric, values in self._per_device.items():
-                ranked = heapq.nsmallest(OFFENDERS_PER_METRIC, (v for v in values.items() if v[1] > 0), key=lambda v: (-v[1], v[0]))
-                out += [(dev, metric, value) for dev, value in ranked]
-            self._ranked = tuple(out)
-        return self._ranked
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-    @overload
-    def __getitem__(self, i: int) -> tuple[str, str, float]: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[tuple[str, str, float]]: ...
-    def __getitem__(self, i: int | slice) -> Any:
-        return self._all()[i]
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and tuple(self) == tuple(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"WorstDevices({tuple(self)!r})"
+    return Lazy(rank)
 
 
 def _merge(a: Any, b: Any) -> Any:

@@ -2,14 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Generic, Literal, NotRequired, TypedDict, TypeVar, overload
 
 from components.rollout.quality import Summary
 
 OFFENDER_METRICS = ("error_rate", "invalid_output_share", "p99_latency_ms")  # keys of gate.measure()
 OFFENDERS_PER_METRIC = 20
+
+T = TypeVar("T")
+
+
+class Lazy(Sequence[T], Generic[T]):
+    """A sequence made when first read, then kept: an observation carries what only a failed gate reads (the devices to
+    name, each one's summary), and a ring of 10,000 devices is polled every second. `size`: its length, where it is
+    known without making it."""
+
+    def __init__(self, read: Callable[[], tuple[T, ...]], size: int | None = None) -> None:
+        self._read = read
+        self._size = size
+        self._items: tuple[T, ...] | None = None
+
+    def _all(self) -> tuple[T, ...]:
+        if self._items is None:
+            self._items = self._read()
+        return self._items
+
+    def __len__(self) -> int:
+        return self._size if self._size is not None else len(self._all())
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[T]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        return self._all()[i]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Lazy({len(self)} items)"
 
 
 @dataclass(frozen=True)
