@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -40,6 +41,16 @@ def desired(signer) -> DesiredModel:
 
 
 AGENT = mf.AgentModule(image="efdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")
+CANARY = mf.RingDeploymentSpec(
+    rollout="detector",
+    ring="canary",
+    index=0,
+    model="detector",
+    target_condition="tags.ring='canary'",
+    priority=11,
+    agent=AGENT,
+    agent_schema="1.1",
+)
 
 
 def base(signer, agent_schema="1.1", hub_schema="1.2", **kw):
@@ -150,17 +161,7 @@ def test_a_windowed_rings_layers_pass_the_agent_contract_forward_and_rollback(ed
     """A group's maintenance windows ride in every layer of its rings as `maintenanceWindows`; the contract check that
     runs before a layer is sent (and in the stack check) once refused them, so no windowed ring could deploy on Azure."""
     windows = '{"timezone":"Europe/Berlin","windows":[{"cron":"0 2 * * *","minutes":60}]}'
-    spec = mf.RingDeploymentSpec(
-        rollout="detector",
-        ring="canary",
-        index=0,
-        model="detector",
-        target_condition="tags.ring='canary'",
-        priority=11,
-        agent=AGENT,
-        agent_schema="1.1",
-        windows=windows,
-    )
+    spec = dataclasses.replace(CANARY, windows=windows)
     order = rollback_order("detector", "1.0.0", desired.sha256, "gate of ring 'canary' failed", "1.1.0", "cd" * 32)
     rb = DesiredModel(
         **{**desired.__dict__, "rollback_order": order.decode(), "rollback_signature": sign_bytes(signer, order).to_bytes().decode()}
@@ -276,16 +277,7 @@ def test_explicit_device_ids_select_like_the_local_registry():
 def test_the_custom_metrics_count_what_the_agent_reports(desired):
     from azure_testkit import run_query
 
-    spec = mf.RingDeploymentSpec(
-        rollout="detector",
-        ring="canary",
-        index=0,
-        model="detector",
-        target_condition="tags.ring='canary'",
-        priority=11,
-        agent=AGENT,
-        agent_schema="1.1",
-    )
+    spec = CANARY
     queries = mf.ring_metrics(spec, desired)
     ok = {"status": "ok", "version": "1.0.0", "sha256": desired.sha256, "ring": spec.key, "rollout": desired.rollout}
     twins = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 from azure_testkit import run_query
+from test_azure_manifest import CANARY
 
 from components.azure import manifest as mf
 from components.azure.hub import AzureHub, MemoryProgressStore
@@ -14,17 +15,7 @@ from components.rollout.spec import GateConfig
 from components.rollout.types import OFFENDERS_PER_METRIC, RingTarget
 from edgefleet_agent.contract.state import DesiredModel
 
-AGENT = mf.AgentModule(image="efdev.azurecr.io/edgefleet-agent:0.1.0", agent_version="0.1.0")
-SPEC = mf.RingDeploymentSpec(
-    rollout="detector",
-    ring="canary",
-    index=0,
-    model="detector",
-    target_condition="tags.ring='canary'",
-    priority=11,
-    agent=AGENT,
-    agent_schema="1.1",
-)
+SPEC = CANARY
 TARGET = RingTarget(SPEC.rollout, SPEC.ring, 0, SPEC.key)
 NEW = DesiredModel(
     model="detector",
