@@ -342,12 +342,12 @@ def observe_reports(
 
 def worst_devices(per_device: dict[str, dict[str, float]]) -> Lazy[tuple[str, str, float]]:
     """(device, metric, value): the worst devices per metric, bounded, ranked when first read (only a breached threshold
-    names devices); zero rates are nobody's fault and are left out."""
+    names devices). `per_device` holds no zero rate (_Running.count keeps none: nobody's fault)."""
 
     def rank() -> tuple[tuple[str, str, float], ...]:
         out: list[tuple[str, str, float]] = []
         for metric, values in per_device.items():
-            ranked = heapq.nsmallest(OFFENDERS_PER_METRIC, (v for v in values.items() if v[1] > 0), key=lambda v: (-v[1], v[0]))
+            ranked = heapq.nsmallest(OFFENDERS_PER_METRIC, values.items(), key=lambda v: (-v[1], v[0]))
             out += [(dev, metric, value) for dev, value in ranked]
         return tuple(out)
 
