@@ -188,6 +188,25 @@ _batch = st.lists(
 )
 
 
+def ring_report(dev: str, v, status: str, errors: int, p99: float | None, at: float, **telemetry) -> DeviceReport:
+    """A device's report in the incremental-observation properties: serving `v` (None: nothing), or failed on 1.1.0."""
+    return DeviceReport(
+        device_id=dev,
+        model="detector",
+        version=v.version if v else None,
+        sha256=v.sha256 if v else None,
+        status=status,
+        error="broken" if status == "failed" else None,
+        failed_version="1.1.0" if status == "failed" else None,
+        inferences=10,
+        errors=errors,
+        invalid_outputs=0,
+        p99_latency_ms=p99,
+        reported_at=at,
+        **telemetry,
+    )
+
+
 @settings(max_examples=25, deadline=None)
 @given(batches=st.lists(st.tuples(_batch, st.booleans()), min_size=1, max_size=6))
 def test_a_hub_that_reads_only_what_changed_observes_exactly_what_a_fresh_read_of_every_device_does(tmp_path_factory, batches):
@@ -198,25 +217,7 @@ def test_a_hub_that_reads_only_what_changed_observes_exactly_what_a_fresh_read_o
     hub = LocalHub(path)
     target = RingTarget("detector", "canary", 0, DEVICES[:9])  # three devices report but are not in the ring
     for batch, against_old_too in batches:
-        hub.put_reports(
-            [
-                DeviceReport(
-                    device_id=dev,
-                    model="detector",
-                    version=v.version if v else None,
-                    sha256=v.sha256 if v else None,
-                    status=status,
-                    error="broken" if status == "failed" else None,
-                    failed_version="1.1.0" if status == "failed" else None,
-                    inferences=10,
-                    errors=errors,
-                    invalid_outputs=0,
-                    p99_latency_ms=p99,
-                    reported_at=0.0,
-                )
-                for dev, v, status, errors, p99 in batch
-            ]
-        )
+        hub.put_reports([ring_report(dev, v, status, errors, p99, at=0.0) for dev, v, status, errors, p99 in batch])
         for version in (V2, V1) if against_old_too else (V2,):
             seen = hub.observe(target, version, since=0.0)
             fresh = LocalHub(path)
@@ -284,18 +285,13 @@ def test_per_build_figures_derived_while_one_build_is_reported_equal_those_kept_
                 preds.add_class(i % 3, 0.05 * (i + top % 5))
             lat = Latency()
             lat.add(p99)
-            latest[dev] = DeviceReport(
-                device_id=dev,
-                model="detector",
-                version=v.version if v else None,
-                sha256=v.sha256 if v else None,
-                status=status,
-                error="broken" if status == "failed" else None,
-                failed_version="1.1.0" if status == "failed" else None,
-                inferences=10,
-                errors=top % 3,
-                p99_latency_ms=p99,
-                reported_at=float(n),
+            latest[dev] = ring_report(
+                dev,
+                v,
+                status,
+                top % 3,
+                p99,
+                at=float(n),
                 variant=variant,
                 predictions=preds.to_json() if top % 2 else None,
                 latency=lat.to_json() if top % 2 else None,
