@@ -103,6 +103,26 @@ def base_layer(hub, signer, provider: ConfigurationProvider | None = None) -> di
     return access
 
 
+def ring_specs(rings, caps: dict[str, int] | None = None, windows: str = "") -> list[mf.RingDeploymentSpec]:
+    """Each ring's layered deployment spec over the `cameras` group, as the Azure platform builds them."""
+    conditions = mf.ring_conditions([({"group": "cameras"}, [], dict(r.labels)) for r in rings])
+    return [
+        mf.RingDeploymentSpec(
+            rollout="detector",
+            ring=r.name,
+            index=i,
+            model="detector",
+            target_condition=conditions[i],
+            priority=11,
+            agent=AGENT,
+            agent_schema="1.1",
+            download_cap=(caps or {}).get(r.name),
+            windows=windows,
+        )
+        for i, r in enumerate(rings)
+    ]
+
+
 @pytest.fixture
 def caps() -> dict[str, int]:
     """Each ring's download cap as the platform resolves it (ring name -> bytes a second; none: no cap)."""
@@ -122,22 +142,7 @@ def fleet(hub, signer, rings, caps, windows):
     for d in ("b1", "b2", "b3", "b4"):
         hub.devices[d] = SimDevice(tags={"group": "cameras"})
     access = base_layer(hub, signer)
-    conditions = mf.ring_conditions([({"group": "cameras"}, [], dict(r.labels)) for r in rings])
-    specs = [
-        mf.RingDeploymentSpec(
-            rollout="detector",
-            ring=r.name,
-            index=i,
-            model="detector",
-            target_condition=conditions[i],
-            priority=11,
-            agent=AGENT,
-            agent_schema="1.1",
-            download_cap=caps.get(r.name),
-            windows=windows,
-        )
-        for i, r in enumerate(rings)
-    ]
+    specs = ring_specs(rings, caps, windows)
     clock = TickingClock(hub)
     store = MemoryProgressStore()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 from azure_testkit import HUB_HOST, KEY, POLICY, SimDevice
-from test_azure_gate import AGENT, TickingClock, base_layer, release, twin_quality
+from test_azure_gate import TickingClock, base_layer, release, ring_specs, twin_quality
 
 from components.azure import manifest as mf
 from components.azure.configurations import ConfigurationProvider, HubClient
@@ -64,21 +64,7 @@ def two_builds(hub, signer):
             ]
 
         def specs(self, gate: GateConfig) -> list[mf.RingDeploymentSpec]:
-            rings = self.rings(gate)
-            conditions = mf.ring_conditions([({"group": "cameras"}, [], dict(r.labels)) for r in rings])
-            return [
-                mf.RingDeploymentSpec(
-                    rollout="detector",
-                    ring=r.name,
-                    index=i,
-                    model="detector",
-                    target_condition=conditions[i],
-                    priority=11,
-                    agent=AGENT,
-                    agent_schema="1.1",
-                )
-                for i, r in enumerate(rings)
-            ]
+            return ring_specs(self.rings(gate))
 
         def props(self, index: int, rel: dict, gate: GateConfig) -> dict:
             rings = self.rings(gate)
