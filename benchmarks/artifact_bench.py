@@ -31,11 +31,9 @@ What is measured, on one generated file of random bytes (in a temporary director
 
 Targets: publisher path <= 1.15x sha256sum (issue 2) and <= 1.05x openssl dgst (issue 13, same SHA-256 code);
 device fetch + verify <= 1.05x max(cp, openssl dgst) from file:// and from HTTP (issue 13: hashing overlaps the
-copy, so the slower of the two is all it may cost); peak RSS of every edgefleet child <= 64 MiB. On a machine
-with other work on its cores, the overlapped paths lose most: they need a second core that is free (and with
-Linux's autogroup scheduling, a session's threads share one session's slice, so when other sessions keep the cores
-busy the fetch's two threads get what openssl's one would). The CPU seconds of each fetch thread are printed so
-the cost with a free core can be read off any run: about the busiest thread's.
+copy, so the slower of the two is all it may cost); peak RSS of every edgefleet child <= 64 MiB. The overlapped
+paths need a second core that is free: on a machine with other work on its cores they lose most. The CPU seconds
+of each fetch thread are printed so the cost with a free core can be read off any run: about the busiest thread's.
 
 Both edgefleet paths run in a child process that imports only edgefleet.digest / signing / manifest / artifact
 (never pulumi or onnxruntime); the child times each step with perf_counter and reports its own ru_maxrss, the
