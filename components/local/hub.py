@@ -281,10 +281,10 @@ class LocalHub(AgentHub):
                 devices = sorted({d for gen, devs in log if gen > memo.read for d in devs} & memo.members)
             memo.read = log[-1][0] if log else memo.read
             latest = _parsed(rows, parsed, devices)
-        reports = windows.summed(latest, since)
+        summed = windows.summed(latest, since)
         for dev in devices:
-            r = reports.get(dev)
-            memo.device(dev, r, desired, since, windows.parts(r) if r is not None else None)
+            got = summed.get(dev)
+            memo.device(dev, got.report if got else None, desired, since, got.parts if got else None)
         return memo
 
     def load_progress(self, rollout_id: str) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ import functools
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from components.rollout.quality import PartArrays, RunningTelemetry, Summary, Telemetry, part_arrays
 from components.rollout.types import OFFENDER_METRICS, OFFENDERS_PER_METRIC, Lazy, RingObservation
@@ -27,11 +27,15 @@ def shadow_of(report: DeviceReport) -> Shadow | None:
 
 
 def is_on(report: DeviceReport, desired: DesiredModel | None) -> bool:
+    return _is_on(report, desired, shadow_of(report))
+
+
+def _is_on(report: DeviceReport, desired: DesiredModel | None, shadow: Shadow | None) -> bool:
+    """is_on, with the shadow summary the caller has already parsed (or summed over the phase)."""
     if desired is None:
         return report.version is None
     if not (report.version == desired.version and report.sha256 == desired.sha256 and report.status == "ok"):
         return False
-    shadow = shadow_of(report)
     if shadow is None:
         return True
     want = desired.shadow
@@ -101,12 +105,13 @@ def device_summaries(devices: Mapping[str, _Device]) -> Lazy[tuple[str, Summary]
 
 
 def _device(r: DeviceReport | None, desired: DesiredModel | None, since: float, parts: tuple[Any, ...] | None = None) -> _Device:
+    """`parts`: the device's telemetry where the caller has it (SoakWindows' sums of the phase); None: r's own."""
     fresh = r is not None and r.reported_at >= since
     if r is None or not fresh:
         return _Device("pending", fresh)
     if failed_on(r, desired):
         return _Device("failed", True, r.error or "failed", variant=r.variant)
-    if not is_on(r, desired):
+    if not _is_on(r, desired, parts[2] if parts is not None else shadow_of(r)):
         return _Device("pending", True)
     rates: list[tuple[str, float]] = []
     if r.p99_latency_ms is not None:
@@ -114,9 +119,11 @@ def _device(r: DeviceReport | None, desired: DesiredModel | None, since: float, 
     if r.inferences:
         rates.append(("error_rate", round(r.errors / r.inferences, 6)))
         rates.append(("invalid_output_share", round(r.invalid_outputs / r.inferences, 6)))
-    if not has_telemetry(r):
-        return _Device("adopted", True, rates=tuple(rates), variant=r.variant)
-    return _Device("adopted", True, parts=parts if parts is not None else telemetry_of(r), rates=tuple(rates), variant=r.variant)
+    if parts is None:
+        if not has_telemetry(r):
+            return _Device("adopted", True, rates=tuple(rates), variant=r.variant)
+        parts = telemetry_of(r)
+    return _Device("adopted", True, parts=parts, rates=tuple(rates), variant=r.variant)
 
 
 class _Running:
@@ -224,7 +231,7 @@ class ObserveMemo:
     def device(
         self, dev: str, r: DeviceReport | None, desired: DesiredModel | None, since: float, parts: tuple[Any, ...] | None = None
     ) -> _Device:
-        """`parts`: telemetry_of(r) where the caller parsed it already."""
+        """`parts`: the device's telemetry where the caller has it (SoakWindows' sums); None: r's own."""
         held = self.seen.get(dev)
         if held is not None and held[0] is r:
             return held[1]
@@ -364,62 +371,56 @@ def _merge(a: Any, b: Any) -> Any:
         return b
 
 
+class Summed(NamedTuple):
+    """A device's latest report (its health figures, what it serves) and its telemetry summed over the phase: the four
+    parts of telemetry_of, or None where no window of the phase carried any."""
+
+    report: DeviceReport
+    parts: tuple[Any, ...] | None
+
+
 class SoakWindows:
     """Each device's report windows summed over a gate's phase, for platforms that keep only a device's latest window
     (the local hub, a module twin). A gate that read one window at a time would need `min_quality_samples` requests
     within a single report period, whatever the ring's size: a ring of 50 cameras answering a frame each per period
     would never be judged. Windows are told apart by `reported_at`; one the observer polled past unseen is not
     counted (sampled, never counted twice). A device's sum starts again when what it serves or shadows changes, or
-    the phase does (another `since`). Health figures (requests, errors, p99) stay the latest window's."""
+    the phase does (another `since`). Health figures (requests, errors, p99) stay the latest window's. The sums stay
+    parsed (never written back into a report as JSON): the observer adds them up as they are."""
 
     def __init__(self) -> None:
-        # (what is served and shadowed, since), the newest window summed, the sum, the report it came from, the sum's
-        # telemetry parsed
-        self._sums: dict[tuple[str, str], tuple[tuple[Any, ...], float, DeviceReport, DeviceReport, tuple[Any, ...]]] = {}
+        # (what is served and shadowed, since), the newest window summed, the latest report, the sum
+        self._sums: dict[tuple[str, str], tuple[tuple[Any, ...], float, DeviceReport, tuple[Any, ...]]] = {}
 
-    def parts(self, r: DeviceReport) -> tuple[Any, ...] | None:
-        """telemetry_of(r) for a report `summed` returned, as it parsed or summed it (None: not one of those)."""
-        held = self._sums.get((r.device_id, r.model))
-        return held[4] if held is not None and held[2] is r else None
-
-    def summed(self, reports: dict[str, DeviceReport], since: float) -> dict[str, DeviceReport]:
-        out: dict[str, DeviceReport] = {}
+    def summed(self, reports: dict[str, DeviceReport], since: float) -> dict[str, Summed]:
+        out: dict[str, Summed] = {}
         for dev, r in reports.items():
             held = self._sums.get((dev, r.model))
-            if held is not None and held[3] is r and held[0][-1] == since:
-                out[dev] = held[2]  # the same report as at the last poll: nothing to parse or add
+            if held is not None and held[2] is r and held[0][-1] == since:
+                out[dev] = Summed(r, held[3])  # the same report as at the last poll: nothing to parse or add
                 continue
             if r.reported_at < since:
-                out[dev] = r
+                out[dev] = Summed(r, None)
                 continue
             if not has_telemetry(r):
                 # a window without requests (a device whose applications were quiet) keeps what its earlier windows of
                 # the phase said: the sum is the phase's, not the latest window's
                 if held is not None and held[0][:2] == (r.version, r.sha256) and held[0][-1] == since:
-                    t = held[2]
-                    carried = replace(r, predictions=t.predictions, latency=t.latency, shadow=t.shadow, labelled=t.labelled)
-                    self._sums[(dev, r.model)] = (held[0], held[1], carried, r, held[4])
-                    out[dev] = carried
+                    self._sums[(dev, r.model)] = (held[0], held[1], r, held[3])
+                    out[dev] = Summed(r, held[3])
                 else:
-                    out[dev] = r
+                    out[dev] = Summed(r, None)
                 continue
             mine = telemetry_of(r)
             shadow = mine[2]
             key = (r.version, r.sha256, shadow.version if shadow else None, shadow.sha256 if shadow else None, since)
             if held is None or held[0] != key:
-                total, parts = r, mine
+                parts = mine
             elif r.reported_at > held[1]:
-                p, lat, sh, lab = parts = tuple(_merge(a, b) for a, b in zip(held[4], mine, strict=True))
-                total = replace(
-                    r,
-                    predictions=p.to_json() if p else None,
-                    latency=lat.to_json() if lat else None,
-                    shadow=sh.to_json() if sh else None,
-                    labelled=lab.to_json() if lab else None,
-                )
+                parts = tuple(_merge(a, b) for a, b in zip(held[3], mine, strict=True))
             else:
-                out[dev] = held[2]
+                out[dev] = Summed(held[2], held[3])
                 continue
-            self._sums[(dev, r.model)] = (key, r.reported_at, total, r, parts)
-            out[dev] = total
+            self._sums[(dev, r.model)] = (key, r.reported_at, r, parts)
+            out[dev] = Summed(r, parts)
         return out

@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from components.rollout.observe import SoakWindows, observe_reports
+from components.rollout.observe import ObserveMemo, SoakWindows, Summed, observe_reports
 from edgefleet_agent.contract.state import DeviceReport
 from edgefleet_agent.contract.telemetry import Labelled, Latency, Predictions, Shadow
 from tests.rollout.fakes import desired
@@ -36,6 +36,12 @@ def window(at: float, classes: list[int], right: int = 0, version: str = "1.1.0"
     )
 
 
+def predictions_of(got: Summed) -> int:
+    """How many answers the phase's summed predictions count."""
+    assert got.parts is not None and isinstance(got.parts[0], Predictions)
+    return got.parts[0].n
+
+
 @given(st.lists(st.integers(min_value=0, max_value=5), min_size=1, max_size=30), st.integers(min_value=1, max_value=4))
 def test_every_window_counts_once_however_often_the_gate_polls(sizes, polls_per_window):
     soak = SoakWindows()
@@ -44,22 +50,23 @@ def test_every_window_counts_once_however_often_the_gate_polls(sizes, polls_per_
         r = window(100.0 + i, [i % 3] * n, right=n // 2)
         for _ in range(polls_per_window):  # the engine polls faster than devices report: the same window again
             seen = soak.summed({"cam-1": r}, since=100.0)["cam-1"]
-    assert seen is not None
-    assert Predictions.from_json(seen.predictions).n == sum(sizes)
-    assert Labelled.from_json(seen.labelled).n == sum(sizes) and Labelled.from_json(seen.labelled).correct == sum(n // 2 for n in sizes)
-    assert seen.inferences == sizes[-1], "health figures stay the latest window's"
+    assert seen is not None and seen.parts is not None
+    predictions, _, _, labelled = seen.parts
+    assert predictions.n == sum(sizes)
+    assert labelled.n == sum(sizes) and labelled.correct == sum(n // 2 for n in sizes)
+    assert seen.report.inferences == sizes[-1], "health figures stay the latest window's"
 
 
 def test_a_new_phase_or_another_version_starts_the_sum_again():
     soak = SoakWindows()
     soak.summed({"cam-1": window(10.0, [0] * 5)}, since=10.0)
-    assert Predictions.from_json(soak.summed({"cam-1": window(11.0, [0] * 5)}, since=10.0)["cam-1"].predictions).n == 10
+    assert predictions_of(soak.summed({"cam-1": window(11.0, [0] * 5)}, since=10.0)["cam-1"]) == 10
     after = soak.summed({"cam-1": window(12.0, [1] * 3)}, since=11.5)["cam-1"]
-    assert Predictions.from_json(after.predictions).n == 3, "a window of an earlier phase leaked into the next"
+    assert predictions_of(after) == 3, "a window of an earlier phase leaked into the next"
     other = soak.summed({"cam-1": window(13.0, [2] * 4, version="1.2.0")}, since=11.5)["cam-1"]
-    assert Predictions.from_json(other.predictions).n == 4, "two versions' answers summed as one"
+    assert predictions_of(other) == 4, "two versions' answers summed as one"
     shadowing = soak.summed({"cam-1": window(14.0, [2] * 4, version="1.2.0", shadow="1.3.0")}, since=11.5)["cam-1"]
-    assert Shadow.from_json(shadowing.shadow).compared == 4
+    assert shadowing.parts is not None and isinstance(shadowing.parts[2], Shadow) and shadowing.parts[2].compared == 4
 
 
 def test_a_ring_of_devices_answering_one_request_a_window_reaches_the_quality_sample_it_needs():
@@ -71,7 +78,11 @@ def test_a_ring_of_devices_answering_one_request_a_window_reaches_the_quality_sa
     for period in range(4):
         reports = {dev: replace(window(100.0 + period, [period % 3]), device_id=dev) for dev in devices}
         latest = observe_reports(devices, reports, served, since=100.0)
-        obs = observe_reports(devices, soak.summed(reports, since=100.0), served, since=100.0)
+        memo = ObserveMemo()
+        memo.begin(served, 100.0)
+        for dev, got in soak.summed(reports, since=100.0).items():
+            memo.device(dev, got.report, served, 100.0, got.parts)
+        obs = memo.observation()
     assert latest.summary is not None and latest.summary.predictions == 50
     assert obs is not None and obs.summary is not None and obs.summary.predictions == 200
 
@@ -84,8 +95,8 @@ def test_a_quiet_window_keeps_what_the_phase_said():
     soak.summed({"cam-1": window(10.0, [0] * 5)}, since=10.0)
     quiet = replace(window(11.0, []), predictions=None, latency=None, labelled=None)
     seen = soak.summed({"cam-1": quiet}, since=10.0)["cam-1"]
-    assert Predictions.from_json(seen.predictions).n == 5 and seen.inferences == 0 and seen.reported_at == 11.0
+    assert predictions_of(seen) == 5 and seen.report.inferences == 0 and seen.report.reported_at == 11.0
     after = soak.summed({"cam-1": window(12.0, [1] * 3)}, since=10.0)["cam-1"]
-    assert Predictions.from_json(after.predictions).n == 8, "the quiet window lost or doubled the earlier ones"
+    assert predictions_of(after) == 8, "the quiet window lost or doubled the earlier ones"
     other = soak.summed({"cam-1": replace(quiet, version="1.2.0", reported_at=13.0)}, since=10.0)["cam-1"]
-    assert other.predictions is None, "another version's quiet window carried the previous version's answers"
+    assert other.parts is None, "another version's quiet window carried the previous version's answers"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 TOP_K = 8
 OTHER = "other"
@@ -146,7 +146,7 @@ class Predictions:
 
     @classmethod
     def from_json(cls, data: Any) -> Predictions | None:
-        if not isinstance(data, Mapping) or data.get("kind") not in ("classes", "values"):
+        if not isinstance(data, dict) or data.get("kind") not in ("classes", "values"):
             return None
         return cls(
             kind=data["kind"],
@@ -218,7 +218,7 @@ class Shadow:
 
     @classmethod
     def from_json(cls, data: Any) -> Shadow | None:
-        if not isinstance(data, Mapping) or not isinstance(data.get("version"), str):
+        if not isinstance(data, dict) or not isinstance(data.get("version"), str):
             return None
         return cls(
             version=data["version"],
@@ -252,6 +252,6 @@ class Labelled:
 
     @classmethod
     def from_json(cls, data: Any) -> Labelled | None:
-        if not isinstance(data, Mapping):
+        if not isinstance(data, dict):
             return None
         return cls(int(data.get("n", 0)), int(data.get("correct", 0)))
