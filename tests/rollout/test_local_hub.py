@@ -253,6 +253,42 @@ def test_report_rows_the_fast_decoder_refuses_or_cannot_map_are_read_as_the_agen
         fresh.reports("detector", ["later"])
 
 
+_report_fields = st.fixed_dictionaries(
+    {
+        "device_id": st.text(max_size=8),
+        "model": st.just("detector"),
+        "version": st.sampled_from([None, "1.0.0"]),
+        "sha256": st.sampled_from([None, "a" * 64]),
+        "status": st.sampled_from(["ok", "failed", "updating"]),
+    },
+    optional={
+        "inferences": st.integers(0, 10**6),
+        "p99_latency_ms": st.floats(0, 1e4),
+        "variant": st.sampled_from(["fp32", "int8"]),
+        "predictions": st.fixed_dictionaries({"kind": st.just("classes"), "n": st.integers(0, 9)}),
+        "format": st.just(1),
+    },
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=_report_fields)
+def test_a_report_filled_in_directly_is_the_report_its_constructor_makes(body):
+    """The controller builds each decoded report without the frozen dataclass's __init__ (_build): what it gets must be
+    indistinguishable from DeviceReport(**body): equal, hashed alike (a field value that cannot be hashed aside),
+    frozen, and a body missing a required field still refused naming it."""
+    import dataclasses
+
+    built, made = DeviceReport.from_body(dict(body)), DeviceReport(**body)
+    assert built == made and dataclasses.asdict(built) == dataclasses.asdict(made)
+    assert repr(built) == repr(made)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.version = "9.9.9"  # type: ignore[misc]
+    missing = {k: v for k, v in body.items() if k != "status"}
+    with pytest.raises(TypeError, match="status"):
+        DeviceReport.from_body(missing)
+
+
 _build_batch = st.lists(
     st.tuples(
         st.sampled_from(DEVICES),

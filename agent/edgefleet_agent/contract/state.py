@@ -13,12 +13,14 @@ import dataclasses
 import functools
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from edgefleet_agent.contract.errors import FormatError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+
+_Doc = TypeVar("_Doc", bound="DataclassInstance")
 
 DESIRED_FORMAT = 4  # 2: a desired state may carry a candidate to shadow and a sample-capture setting (agent 0.3.0)
 # 3: it may list the version's variants, where each build is published (agent 0.4.0)
@@ -74,6 +76,31 @@ def _known_fields(cls: type[DataclassInstance], body: dict[str, Any], what: str,
 @functools.cache
 def _field_names(cls: type[DataclassInstance]) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+@functools.cache
+def _plain_defaults(cls: type[DataclassInstance]) -> tuple[dict[str, Any], frozenset[str]] | None:
+    """(defaults, required fields) of a dataclass whose defaults are plain values and that has no __post_init__;
+    None for any other, which _build then constructs as usual."""
+    fields = dataclasses.fields(cls)
+    if hasattr(cls, "__post_init__") or any(f.default_factory is not dataclasses.MISSING for f in fields):
+        return None
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    return defaults, frozenset(f.name for f in fields if f.name not in defaults)
+
+
+def _build(cls: type[_Doc], fields: dict[str, Any]) -> _Doc:
+    """cls(**fields), filled in directly: a frozen dataclass's __init__ sets each of its fields through
+    object.__setattr__, five times the rest of decoding a report with orjson, and a controller decodes every report
+    of a 10,000-device fleet that changed since its last poll. The same object either way (equal, hashed alike,
+    frozen); a document missing a required field goes through __init__, which says which."""
+    plain = _plain_defaults(cls)
+    if plain is None or not plain[1].issubset(fields):
+        return cls(**fields)
+    obj = object.__new__(cls)
+    obj.__dict__.update(plain[0])
+    obj.__dict__.update(fields)
+    return obj
 
 
 @dataclass(frozen=True)
@@ -188,4 +215,4 @@ class DeviceReport:
         """A report already decoded from JSON: a controller reading thousands decodes them with its own parser."""
         if not isinstance(body, dict):
             raise FormatError("device report", "is not a JSON object")
-        return cls(**_known_fields(cls, body, "device report", REPORT_FORMAT))
+        return _build(cls, _known_fields(cls, body, "device report", REPORT_FORMAT))
