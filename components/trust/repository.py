@@ -332,13 +332,15 @@ class TrustRepository:
         each other's, so each reads back after writing and writes again (one version higher) while what it finds names
         an older snapshot or is another's of the same version, which a device that saw one would ignore the other as."""
         mine: tuple[int, bytes] | None = None
-        for _ in range(RETRIES):
+        for attempt in range(RETRIES + 1):
             newest = self._read("snapshot").signed.version
             stored = self.storage.read("timestamp.json")
             current = Metadata[Timestamp].from_bytes(stored).signed if stored is not None else None
             if current is not None and current.snapshot_meta.version >= newest and not resign:
                 if mine is None or stored == mine[1] or current.version > mine[0]:
                     return
+            if attempt == RETRIES:
+                break
             version = max(current.version if current is not None else 0, mine[0] if mine is not None else 0) + 1
             md = Metadata(Timestamp(version=version, expires=self._expires("timestamp"), snapshot_meta=MetaFile(version=newest)))
             md.sign(self._online())
