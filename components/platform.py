@@ -11,6 +11,8 @@ resources, the model's publication, the rings before this one), each carrying th
 
 from __future__ import annotations
 
+import functools
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pulumi
 
 from components.rollout.spec import DeviceGroupConfig, RingConfig, RolloutConfig
+from components.rollout.windows import Windows, longest_hold
 from edgefleet_agent.contract.manifest import ModelManifest
 
 if TYPE_CHECKING:
@@ -136,6 +139,24 @@ class Platform(ABC):
 def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
     """Options for a child resource: parented to the component, nothing else inherited from its opts."""
     return pulumi.ResourceOptions(parent=parent, **kwargs)
+
+
+def held_deadline(ring: RingConfig, group: DeviceGroupConfig) -> float:
+    """The longest a ring's gate can take to judge it: its deadline, stretched by however long its group's maintenance
+    windows keep the ring waiting to deploy or pause that deadline (the engine's rules). Every platform's gate timeout
+    is built on it, so a ring waiting days for its window does not time the Pulumi operation out."""
+    return _held(group.windows(), ring.gate.deadline_seconds)
+
+
+def ring_gate_timeout(spec: RingSpec, slack_seconds: int) -> str:
+    """The Pulumi create timeout of a gate that judges its own ring: held_deadline, a rollback's wait (rollbacks ignore
+    windows), and `slack_seconds`."""
+    return f"{int(held_deadline(spec.ring, spec.group) + spec.ring.gate.deadline_seconds) + slack_seconds}s"
+
+
+@functools.cache
+def _held(windows: Windows | None, seconds: float) -> float:
+    return longest_hold(windows, seconds, time.time() // 86400 * 86400)  # from the start of today: one value all day
 
 
 def read_after(value: pulumi.Output[Any], *resources: pulumi.Resource) -> pulumi.Output[Any]:

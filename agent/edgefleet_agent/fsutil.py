@@ -42,6 +42,28 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
     fsync_dir(path.parent)
 
 
+def create_bytes(path: Path, data: bytes) -> bool:
+    """Writes `path` only if it does not exist, and never visibly half-written (a hard link of a complete temporary
+    file, which fails when the name is taken). False when it was taken: concurrent writers learn who lost."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
 def atomic_copy(src: Path, dst: Path) -> None:
     """Copies in chunks (constant memory) and publishes the copy with one rename."""
     dst = Path(dst)

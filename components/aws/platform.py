@@ -93,6 +93,7 @@ from components.platform import (
     StackBase,
     StoreOutputs,
     child,
+    held_deadline,
     read_after,
 )
 from components.rollout.engine import rollout_id
@@ -650,7 +651,7 @@ class AwsPlatform(Platform):
                 # written only when a ring's group has maintenance windows: a stack without any keeps its gate's inputs
                 **({"windows": windows} if any(windows) else {}),
             },
-            child(parent, depends_on=[deployment], custom_timeouts=pulumi.CustomTimeouts(create=_gate_timeout(rings))),
+            child(parent, depends_on=[deployment], custom_timeouts=pulumi.CustomTimeouts(create=_gate_timeout(rings, groups))),
         )
         devices = pulumi.Output.all(tg.arn).apply(lambda a: {"thingGroup": a[0], "query": query, "expectedDevices": policy.devices})
         return RingOutputs(deployment=deployment.deployment_id, gate=gate.gate, devices=devices, handles=RingParts(tg, gate))
@@ -725,7 +726,8 @@ def _desired_stub(manifest: ModelManifest):
     )
 
 
-def _gate_timeout(rings) -> str:
-    """Long enough for every ring up to this one to be judged, plus a rollback's wait."""
-    deadlines = [r.gate.deadline_seconds for r in rings]
-    return f"{int((sum(deadlines) + max(deadlines)) * 1.2) + 600}s"
+def _gate_timeout(rings, groups: dict[str, DeviceGroupConfig]) -> str:
+    """Long enough for every ring up to this one to be judged, each waiting for its group's windows, plus a rollback's
+    wait (rollbacks ignore windows)."""
+    judged = [held_deadline(r, groups[r.group]) for r in rings]
+    return f"{int((sum(judged) + max(r.gate.deadline_seconds for r in rings)) * 1.2) + 600}s"

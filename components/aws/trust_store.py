@@ -43,6 +43,22 @@ class S3MetadataStorage:
             raise
 
     def write(self, name: str, data: bytes) -> None:
+        self._put(name, data)
+
+    def create(self, name: str, data: bytes) -> bool:
+        """S3's conditional write (If-None-Match: *): 412 when the key exists, 409 while another conditional write of
+        it is in flight; either way another publisher has the name."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._put(name, data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise
+        return True
+
+    def _put(self, name: str, data: bytes, **conditions: str) -> None:
         # no-cache: a CDN or proxy in front of the bucket must never serve yesterday's timestamp as today's
         self.client.put_object(
             Bucket=self.bucket,
@@ -51,6 +67,7 @@ class S3MetadataStorage:
             ContentType="application/json",
             CacheControl="no-cache",
             ChecksumAlgorithm="SHA256",
+            **conditions,
         )
 
 

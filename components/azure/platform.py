@@ -41,6 +41,7 @@ from components.platform import (
     StoreOutputs,
     child,
     read_after,
+    ring_gate_timeout,
 )
 from components.rollout.engine import rollout_id
 from components.rollout.spec import DeviceGroupConfig
@@ -475,7 +476,6 @@ class AzurePlatform(Platform):
             },
             child(parent, depends_on=[group_base.configuration]),
         )
-        gate_cfg = spec.ring.gate
         gate = RingGate(
             f"{parent.resource_name}-gate",
             {
@@ -498,7 +498,7 @@ class AzurePlatform(Platform):
                 "poll_seconds": self.az.poll_seconds,
                 "deployment": deployment.config_id,
             },
-            child(parent, custom_timeouts=pulumi.CustomTimeouts(create=f"{int(gate_cfg.deadline_seconds * 2) + 900}s")),
+            child(parent, custom_timeouts=pulumi.CustomTimeouts(create=ring_gate_timeout(spec, 900))),
         )
         return RingOutputs(deployment=deployment.config_id, gate=gate.gate, devices=props.apply(lambda p: p["target_condition"]))
 

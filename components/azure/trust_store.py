@@ -42,12 +42,25 @@ class BlobMetadataStorage:
             return None
 
     def write(self, name: str, data: bytes) -> None:
+        self._upload(name, data, overwrite=True)
+
+    def create(self, name: str, data: bytes) -> bool:
+        """upload_blob(overwrite=False) is a conditional put (If-None-Match: *): ResourceExistsError when it exists."""
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self._upload(name, data, overwrite=False)
+        except ResourceExistsError:
+            return False
+        return True
+
+    def _upload(self, name: str, data: bytes, overwrite: bool) -> None:
         from azure.storage.blob import ContentSettings
 
         self.container.upload_blob(
             f"{self.prefix}/{name}",
             data,
-            overwrite=True,
+            overwrite=overwrite,
             content_settings=ContentSettings(content_type="application/json", cache_control="no-cache"),
         )
 

@@ -20,6 +20,7 @@ from components.platform import (
     StackBase,
     StoreOutputs,
     child,
+    ring_gate_timeout,
 )
 from components.rollout.spec import DeviceGroupConfig
 from edgefleet_agent.contract.errors import ConfigError
@@ -106,6 +107,6 @@ class LocalPlatform(Platform):
                 "deployment": deployment.id,
                 "gate_config": spec.ring.gate.model_dump(mode="json"),
             },
-            child(parent, custom_timeouts=pulumi.CustomTimeouts(create=f"{int(spec.ring.gate.deadline_seconds * 2) + 60}s")),
+            child(parent, custom_timeouts=pulumi.CustomTimeouts(create=ring_gate_timeout(spec, 60))),
         )
         return RingOutputs(deployment=deployment.id, gate=gate.gate, devices=deployment.devices)

@@ -1,10 +1,11 @@
 """Maintenance windows: the device agent's contract holds the one implementation (edgefleet_agent/contract/windows.py),
 so the controller's engine and the devices read a group's cron the same way. Re-exported here for the engine, the
-spec and the plan, with what only the controller needs: open-window time over a span (the engine's deadline pause)
-and the earliest schedule of a rollout's rings (the plan)."""
+spec and the plan, with what only the controller needs: open-window time over a span (the engine's deadline pause),
+the earliest schedule of a rollout's rings (the plan) and the longest a deadline can be held (the gates' timeouts)."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,6 +20,7 @@ __all__ = [
     "after_open",
     "check_timezone",
     "earliest_schedule",
+    "longest_hold",
     "never_opens",
     "open_seconds",
 ]
@@ -54,6 +56,43 @@ def after_open(windows: Windows, at: float, seconds: float) -> float | None:
             return opened + left
         left -= closes - opened
         t = closes
+
+
+HOLD_OPENINGS = 500  # longest_hold scans HORIZON_DAYS or this many openings (an hourly window: 3 weeks), whichever is first
+
+
+def longest_hold(windows: Windows | None, seconds: float, at: float) -> float:
+    """The longest wall-clock time `seconds` of open-window time can take, starting at any instant from `at` on: how long
+    a ring's deadline can stretch, as the engine waits for the window to open and pauses the deadline while it is closed,
+    so a gate's timeout outlasts a ring legitimately waiting days for its window. `seconds` itself without windows; the
+    worst start is the moment a window closes. Windows that stop opening make it a year (never_opens refused those)."""
+    if windows is None:
+        return seconds
+    opened: list[tuple[float, float]] = []
+    t = at
+    for _ in range(HOLD_OPENINGS):
+        opens = windows.next_open(t)
+        if opens is None or opens >= at + HORIZON_DAYS * 86400:
+            break
+        closes = windows.open_until(opens)
+        assert closes is not None, "next_open names an instant inside a window"
+        if opened and opens <= opened[-1][1]:
+            opened[-1] = (opened[-1][0], closes)
+        else:
+            opened.append((opens, closes))
+        t = closes
+    if not opened:
+        return HORIZON_DAYS * 86400 + seconds
+    total = [0.0]  # total[k]: open seconds in opened[:k]
+    for opens, closes in opened:
+        total.append(total[-1] + closes - opens)
+    longest = 0.0
+    for i, start in enumerate([min(at, opened[0][0]), *(closes for _, closes in opened)]):
+        # from `start`, the window opened[i] opens next; the deadline ends inside opened[k]
+        k = bisect_left(total, total[i] + seconds, lo=i + 1) - 1
+        if k < len(opened):
+            longest = max(longest, opened[k][0] + seconds - (total[k] - total[i]) - start)
+    return longest
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,12 @@ up` and the ring gates call it before they deploy, `edgefleet trust refresh` on 
 Consistent snapshots: targets and snapshot are written as `<version>.<role>.json` and never overwritten, then the
 timestamp last, so a device reading while a rollout publishes sees one repository state or the one before it.
 
+Concurrent publishers (two stacks sharing a store, CI beside a laptop): versioned metadata is written create-only
+(storage.create), so only one can write targets N+1; the other re-reads the newest and redoes its change on top
+(RETRIES times, then TrustError: run again). The newest version is found by probing `<version+1>.<role>.json` past the
+current copy, so a publisher that stopped between writes leaves a version the next one builds on and lists. Only
+timestamp.json is overwritten: each publisher points it at the newest snapshot and checks after writing.
+
 Revocation: removing a version's target (new targets, snapshot and timestamp versions). Its record stays inside the
 signed targets under `x-edgefleet-revoked` (who, why, when), so a device can say why it refuses, and so that publishing
 the same artifact again (`edgefleet up` with a version a gate rejected) cannot silently put it back. Patches to and from
@@ -42,6 +48,7 @@ from edgefleet_agent.contract.tuf import PatchIdentity, TargetIdentity, is_patch
 
 REVOKED_FIELD = "x-edgefleet-revoked"
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
+RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -92,10 +99,19 @@ class TrustRepository:
         return Metadata[Root].from_bytes(data)
 
     def _read(self, role: str) -> Metadata[Any]:
-        data = self.storage.read(f"{role}.json")
-        if data is None:
+        md = self._newest(role)
+        if md is None:
             raise TrustError(self.storage.url, f"the repository has no {role}.json", "initialise it with `edgefleet trust init`")
-        return Metadata.from_bytes(data)
+        return md
+
+    def _newest(self, role: str) -> Metadata[Any] | None:
+        """The newest `<version>.<role>.json`, probing on from the current copy `<role>.json`: a publisher that raced
+        another or stopped between the two writes leaves the copy behind the versioned file."""
+        data = self.storage.read(f"{role}.json")
+        version = Metadata.from_bytes(data).signed.version if data is not None else 0
+        while (nxt := self.storage.read(f"{version + 1}.{role}.json")) is not None:
+            data, version = nxt, version + 1
+        return Metadata.from_bytes(data) if data is not None else None
 
     def targets(self) -> Metadata[Targets]:
         md: Metadata[Targets] = self._read("targets")
@@ -153,66 +169,76 @@ class TrustRepository:
         for s in root_signers:
             md.sign(MetadataSigner(s), append=True)
         self._check_root(None, md)
-        self.storage.write("1.root.json", md.to_bytes())
+        if not self.storage.create("1.root.json", md.to_bytes()):
+            raise TrustError(
+                self.storage.url,
+                "another publisher initialised this repository at the same time",
+                "nothing to do: it is initialised once; check it with `edgefleet trust show`",
+            )
         self.storage.write("root.json", md.to_bytes())
         tg = Targets(version=1, expires=self._expires("targets"))
         for ident in targets:
             tg.targets[target_path(ident.model, ident.version, ident.sha256)] = _target_file(ident)
-        self._publish(tg, None)
+        if not self._create(tg, "targets"):
+            raise self._raced("targets", 1)
+        self._publish_snapshot()
         return md
 
     def add_targets(self, idents: Iterable[TargetIdentity]) -> list[str]:
         """Publishes each artifact as a target (a no-op for one already listed as it is). Never re-adds a revoked one:
         returns the paths it refused for that reason."""
-        current = self.targets()
-        signed = copy.deepcopy(current.signed)
-        revoked = signed.unrecognized_fields.get(REVOKED_FIELD) or {}
-        refused, changed = [], False
-        for ident in idents:
-            path = target_path(ident.model, ident.version, ident.sha256)
-            if path in revoked:
-                refused.append(path)
-                continue
-            want = _target_file(ident)
-            have = signed.targets.get(path)
-            if have is None or have.to_dict() != want.to_dict():
-                signed.targets[path] = want
-                changed = True
-        if changed:
-            self._publish(signed, current.signed)
+        idents = list(idents)
+        refused: list[str] = []
+
+        def change(signed: Targets) -> bool:
+            refused.clear()
+            revoked = signed.unrecognized_fields.get(REVOKED_FIELD) or {}
+            changed = False
+            for ident in idents:
+                path = target_path(ident.model, ident.version, ident.sha256)
+                if path in revoked:
+                    refused.append(path)
+                    continue
+                want = _target_file(ident)
+                have = signed.targets.get(path)
+                if have is None or have.to_dict() != want.to_dict():
+                    signed.targets[path] = want
+                    changed = True
+            return changed
+
+        self._change_targets(change)
         return refused
 
     def add_patches(self, patches: Iterable[PatchIdentity]) -> list[str]:
         """Lists each patch as a target (docs/deltas.md). Never one that starts or ends at a revoked version, nor one
         whose versions are not both listed: returns the paths it refused."""
-        current = self.targets()
-        signed = copy.deepcopy(current.signed)
-        revoked = list((signed.unrecognized_fields.get(REVOKED_FIELD) or {}).values())
-        refused, changed = [], False
-        for patch in patches:
-            ends = ((patch.from_version, patch.from_sha256), (patch.to_version, patch.to_sha256))
-            gone = any(patch.links(r.get("model", ""), r.get("version", ""), r.get("sha256", "")) for r in revoked)
-            listed = all(target_path(patch.model, v, sha) in signed.targets for v, sha in ends)
-            if gone or not listed:
-                refused.append(patch.path)
-                continue
-            want = _patch_file(patch)
-            have = signed.targets.get(patch.path)
-            if have is None or have.to_dict() != want.to_dict():
-                signed.targets[patch.path] = want
-                changed = True
-        if changed:
-            self._publish(signed, current.signed)
+        patches = list(patches)
+        refused: list[str] = []
+
+        def change(signed: Targets) -> bool:
+            refused.clear()
+            revoked = list((signed.unrecognized_fields.get(REVOKED_FIELD) or {}).values())
+            changed = False
+            for patch in patches:
+                ends = ((patch.from_version, patch.from_sha256), (patch.to_version, patch.to_sha256))
+                gone = any(patch.links(r.get("model", ""), r.get("version", ""), r.get("sha256", "")) for r in revoked)
+                listed = all(target_path(patch.model, v, sha) in signed.targets for v, sha in ends)
+                if gone or not listed:
+                    refused.append(patch.path)
+                    continue
+                want = _patch_file(patch)
+                have = signed.targets.get(patch.path)
+                if have is None or have.to_dict() != want.to_dict():
+                    signed.targets[patch.path] = want
+                    changed = True
+            return changed
+
+        self._change_targets(change)
         return refused
 
     def patches(self) -> list[PatchIdentity]:
         """The patches the signed targets list."""
-        out = []
-        for t in self.targets().signed.targets.values():
-            patch = PatchIdentity.from_target(t.length, t.hashes, t.custom) if is_patch_target(t.custom) else None
-            if patch is not None:
-                out.append(patch)
-        return out
+        return _patches_of(self.targets().signed)
 
     def publish_desired(self, desired: DesiredModel) -> list[str]:
         """Lists a declared version (its artifact and exact manifest) as a target: what a ring gate does before it
@@ -223,76 +249,123 @@ class TrustRepository:
 
     def revoke(self, model: str, version: str, sha256: str, reason: str) -> bool:
         """Removes the artifact's target, and every patch to or from it, and records why. True if anything changed."""
-        current = self.targets()
         path = target_path(model, version, sha256)
-        revoked = dict(current.signed.unrecognized_fields.get(REVOKED_FIELD) or {})
-        linked = [p.path for p in self.patches() if p.links(model, version, sha256)]
-        if path not in current.signed.targets and path in revoked and not linked:
-            return False
-        signed = copy.deepcopy(current.signed)
-        signed.targets.pop(path, None)
-        for patch_path in linked:
-            signed.targets.pop(patch_path, None)
-        if path not in revoked or path in current.signed.targets:
-            revoked[path] = {"model": model, "version": version, "sha256": sha256, "reason": reason[:500], "at": self.now().isoformat()}
-        signed.unrecognized_fields[REVOKED_FIELD] = revoked
-        self._publish(signed, current.signed)
-        return True
+
+        def change(signed: Targets) -> bool:
+            revoked = dict(signed.unrecognized_fields.get(REVOKED_FIELD) or {})
+            linked = [p.path for p in _patches_of(signed) if p.links(model, version, sha256)]
+            listed = path in signed.targets
+            if not listed and path in revoked and not linked:
+                return False
+            signed.targets.pop(path, None)
+            for patch_path in linked:
+                signed.targets.pop(patch_path, None)
+            if path not in revoked or listed:
+                revoked[path] = {"model": model, "version": version, "sha256": sha256, "reason": reason[:500], "at": self.now().isoformat()}
+            signed.unrecognized_fields[REVOKED_FIELD] = revoked
+            return True
+
+        return self._change_targets(change)
 
     def refresh(self) -> list[str]:
         """Re-signs the timestamp with a new expiry, and snapshot and targets too once they are past half their life
         (each re-signed role forces the ones below it). Returns the roles it re-signed."""
         now = self.now()
 
-        def aging(md: Metadata[Any], role: str) -> bool:
-            lifetime: timedelta = getattr(self.expiry, role)
-            return bool(md.signed.expires - now < lifetime / 2)
+        def aging(signed: Signed) -> bool:
+            lifetime: timedelta = getattr(self.expiry, signed.type)
+            return bool(signed.expires - now < lifetime / 2)
 
-        targets = self.targets()
-        if aging(targets, "targets"):
-            self._publish(copy.deepcopy(targets.signed), targets.signed)
+        if aging(self.targets().signed):
+            self._change_targets(aging)
             return ["targets", "snapshot", "timestamp"]
-        snapshot: Metadata[Snapshot] = self._read("snapshot")
-        if aging(snapshot, "snapshot"):
-            self._write_snapshot_and_timestamp(copy.deepcopy(snapshot.signed))
+        if aging(self._read("snapshot").signed):
+            self._publish_snapshot(resign=True)
             return ["snapshot", "timestamp"]
-        self._write_timestamp(snapshot.signed.version)
+        self._publish_timestamp(resign=True)
         return ["timestamp"]
 
-    def _publish(self, targets: Targets, previous: Targets | None) -> None:
-        targets.version = (previous.version + 1) if previous is not None else targets.version
-        targets.expires = self._expires("targets")
-        self._write_versioned(targets, "targets")
-        snap = self.storage.read("snapshot.json")
-        if snap is not None:
-            snapshot = Metadata[Snapshot].from_bytes(snap).signed
+    def _change_targets(self, change: Callable[[Targets], bool]) -> bool:
+        """Applies `change` to the newest targets and writes the result as the next version. When another publisher
+        wrote that version first, applies `change` again on top of theirs, so neither change is lost. Then makes the
+        snapshot and timestamp name the newest targets, also when `change` had nothing to do: a publisher that stopped
+        after writing targets leaves a version devices do not see yet (a revocation among them). False when unchanged."""
+        for _ in range(RETRIES):
+            current = self.targets()
+            signed = copy.deepcopy(current.signed)
+            if not change(signed):
+                self._publish_snapshot()
+                return False
+            signed.version = current.signed.version + 1
+            signed.expires = self._expires("targets")
+            if self._create(signed, "targets"):
+                self._publish_snapshot()
+                return True
+        raise self._raced("targets", signed.version)
+
+    def _publish_snapshot(self, resign: bool = False) -> None:
+        """Writes the next snapshot naming the newest targets (unless the newest snapshot already does and `resign` is
+        not asked), then the timestamp. A snapshot version another publisher took is re-read: theirs is fresh, and
+        names targets at least as new, or is followed by one that does."""
+        for _ in range(RETRIES):
+            current: Metadata[Snapshot] | None = self._newest("snapshot")
+            newest = self.targets().signed.version
+            if current is not None and current.signed.meta["targets.json"].version >= newest and not resign:
+                break
+            if current is not None:
+                snapshot = copy.deepcopy(current.signed)
+            else:
+                snapshot = Snapshot()
+                snapshot.version = 0  # the first write makes it version 1
+            snapshot.version += 1
+            snapshot.expires = self._expires("snapshot")
+            snapshot.meta["targets.json"] = MetaFile(version=newest)
+            if self._create(snapshot, "snapshot"):
+                break
+            resign = False
         else:
-            snapshot = Snapshot()
-            snapshot.version = 0  # the first write makes it version 1
-        snapshot.meta["targets.json"] = MetaFile(version=targets.version)
-        self._write_snapshot_and_timestamp(snapshot)
+            raise self._raced("snapshot", snapshot.version)
+        self._publish_timestamp()
 
-    def _write_snapshot_and_timestamp(self, snapshot: Snapshot) -> None:
-        snapshot.version += 1
-        snapshot.expires = self._expires("snapshot")
-        self._write_versioned(snapshot, "snapshot")
-        self._write_timestamp(snapshot.version)
+    def _publish_timestamp(self, resign: bool = False) -> None:
+        """Points timestamp.json, the one name that is overwritten, at the newest snapshot. Two publishers can overwrite
+        each other's, so each reads back after writing and writes again (one version higher) while what it finds names
+        an older snapshot or is another's of the same version, which a device that saw one would ignore the other as."""
+        mine: tuple[int, bytes] | None = None
+        for attempt in range(RETRIES + 1):
+            newest = self._read("snapshot").signed.version
+            stored = self.storage.read("timestamp.json")
+            current = Metadata[Timestamp].from_bytes(stored).signed if stored is not None else None
+            if current is not None and current.snapshot_meta.version >= newest and not resign:
+                if mine is None or stored == mine[1] or current.version > mine[0]:
+                    return
+            if attempt == RETRIES:
+                break
+            version = max(current.version if current is not None else 0, mine[0] if mine is not None else 0) + 1
+            md = Metadata(Timestamp(version=version, expires=self._expires("timestamp"), snapshot_meta=MetaFile(version=newest)))
+            md.sign(self._online())
+            mine = (version, md.to_bytes())
+            self.storage.write("timestamp.json", mine[1])
+            resign = False
+        raise self._raced("timestamp", mine[0] if mine else 1)
 
-    def _write_versioned(self, signed: Targets | Snapshot, role: str) -> None:
-        """Signs with the online key and writes `<version>.<role>.json` (what clients fetch, consistent snapshots) and
-        `<role>.json` (the repository's own current copy)."""
+    def _create(self, signed: Targets | Snapshot, role: str) -> bool:
+        """Signs with the online key and creates `<version>.<role>.json` (what clients fetch, consistent snapshots),
+        then replaces `<role>.json` (the repository's own current copy). False when that version was taken."""
         md = Metadata(signed)
         md.sign(self._online())
         data = md.to_bytes()
-        self.storage.write(f"{signed.version}.{role}.json", data)
+        if not self.storage.create(f"{signed.version}.{role}.json", data):
+            return False
         self.storage.write(f"{role}.json", data)
+        return True
 
-    def _write_timestamp(self, snapshot_version: int) -> None:
-        old = self.storage.read("timestamp.json")
-        version = Metadata[Timestamp].from_bytes(old).signed.version + 1 if old is not None else 1
-        md = Metadata(Timestamp(version=version, expires=self._expires("timestamp"), snapshot_meta=MetaFile(version=snapshot_version)))
-        md.sign(self._online())
-        self.storage.write("timestamp.json", md.to_bytes())
+    def _raced(self, role: str, version: int) -> TrustError:
+        return TrustError(
+            self.storage.url,
+            f"another publisher wrote {role} v{version} at the same time, {RETRIES} times in a row",
+            "run again (the repository is consistent: devices see the last complete state)",
+        )
 
     # -- root rotation --------------------------------------------------------------------------------------------
     def rotate_root(
@@ -330,11 +403,15 @@ class TrustRepository:
                 md.sign(ms, append=True)
                 seen.add(ms.public_key.keyid)
         self._check_root(current, md)
-        self.storage.write(f"{root.version}.root.json", md.to_bytes())
+        if not self.storage.create(f"{root.version}.root.json", md.to_bytes()):
+            raise TrustError(
+                self.storage.url,
+                f"another publisher wrote root v{root.version} at the same time",
+                "check it with `edgefleet trust show`, and rotate again on top of it if it is not the root you meant",
+            )
         self.storage.write("root.json", md.to_bytes())
         if new_online is not None:
-            targets = self.targets()
-            self._publish(copy.deepcopy(targets.signed), targets.signed)
+            self._change_targets(lambda signed: True)
         return md
 
     def _check_root(self, previous: Metadata[Root] | None, new: Metadata[Root]) -> None:
@@ -365,6 +442,15 @@ def _target_file(ident: TargetIdentity) -> TargetFile:
 
 def _patch_file(patch: PatchIdentity) -> TargetFile:
     return TargetFile(length=patch.size, hashes={"sha256": patch.sha256}, path=patch.path, unrecognized_fields={"custom": patch.custom()})
+
+
+def _patches_of(targets: Targets) -> list[PatchIdentity]:
+    out = []
+    for t in targets.targets.values():
+        patch = PatchIdentity.from_target(t.length, t.hashes, t.custom) if is_patch_target(t.custom) else None
+        if patch is not None:
+            out.append(patch)
+    return out
 
 
 def _describe(t: TargetFile) -> dict[str, Any]:

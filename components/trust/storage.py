@@ -1,5 +1,5 @@
 """Where a stack's TUF metadata lives: named objects under `tuf/metadata/` in the model store. A directory here;
-S3 (components/aws/trust_store.py) and Azure blob (components/azure/trust_store.py) implement the same three calls."""
+S3 (components/aws/trust_store.py) and Azure blob (components/azure/trust_store.py) implement the same four calls."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from edgefleet_agent.contract.tuf import METADATA_PREFIX
-from edgefleet_agent.fsutil import atomic_write_bytes
+from edgefleet_agent.fsutil import atomic_write_bytes, create_bytes
 
 
 class MetadataStorage(Protocol):
@@ -20,7 +20,14 @@ class MetadataStorage(Protocol):
         """The object `tuf/metadata/<name>`, or None when there is none."""
         ...
 
-    def write(self, name: str, data: bytes) -> None: ...
+    def write(self, name: str, data: bytes) -> None:
+        """Replaces the object: only for names that move (timestamp.json, the current copies)."""
+        ...
+
+    def create(self, name: str, data: bytes) -> bool:
+        """Writes the object only if there is none, atomically; False when it exists. Versioned metadata is written
+        this way, so two publishers cannot both write version N+1 and lose one's change."""
+        ...
 
 
 class DirectoryStorage:
@@ -41,3 +48,6 @@ class DirectoryStorage:
 
     def write(self, name: str, data: bytes) -> None:
         atomic_write_bytes(self.root / name, data)
+
+    def create(self, name: str, data: bytes) -> bool:
+        return create_bytes(self.root / name, data)

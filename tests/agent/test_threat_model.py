@@ -25,6 +25,9 @@ from components.trust.storage import DirectoryStorage
 from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.contract.tuf import TargetIdentity, manifest_digest
 from edgefleet_agent.trust import NOT_A_TARGET, MetadataRefused, TrustedMetadata
+from tests.trust_races import V1, V2, V3, Interleaved, both_add_from_one_version, device_lists, listed
+from tests.trust_races import path as race_path
+from tests.trust_races import version as race_version
 
 
 def ident(d: DesiredModel) -> TargetIdentity:
@@ -338,3 +341,99 @@ def test_a_failed_shared_refresh_is_never_reused(world, v100, v110):
     for _ in range(2):
         with pytest.raises(MetadataRefused, match="rollback"):
             check(trust, v110)
+
+
+def store_device(store: Path, tmp: Path, name: str = "dev-1") -> TrustedMetadata:
+    """A device reading the publisher's store itself: what it sees is what the publishers left there."""
+    meta = store / "tuf" / "metadata"
+    return TrustedMetadata((meta / "1.root.json").read_bytes(), meta.as_uri(), tmp / name / "tuf", refresh_seconds=0.0)
+
+
+def test_two_publishers_adding_targets_from_one_version_lose_neither(tmp_path, keys):
+    """Race: two publishers on one store (two stacks sharing it, CI beside a laptop) both read targets v1 and both write
+    v2, so one's target silently vanished and its gate rolled out a version no metadata listed.
+    Refusal: v2 is created, never overwritten; the slower publisher finds it taken, re-reads it and adds its target on
+    top as v3, and a device's refresh lists both."""
+    store = tmp_path / "store"
+    both_add_from_one_version(DirectoryStorage(store), keys.signer, LocalKeySigner(create_key_file(tmp_path / "root.pem")))
+    device_lists(store_device(store, tmp_path), V1, V2, V3)
+
+
+def test_a_publisher_that_keeps_losing_the_race_stops_naming_store_role_and_version(tmp_path, keys):
+    """Race: another publisher writes each targets version this one is about to write, again and again.
+    Refusal: after RETRIES re-reads it stops with a TrustError naming the store, the role and version and the fix; the
+    other's targets are intact and a device sees a consistent repository without this one's."""
+    store = DirectoryStorage(tmp_path / "store")
+    TrustRepository(store, keys.signer).init([LocalKeySigner(create_key_file(tmp_path / "root.pem"))], 1, [V1])
+    other = TrustRepository(store, keys.signer)
+    theirs = [race_version(f"2.{i}.0", sha) for i, sha in enumerate("01234")]
+    pending = list(theirs)
+
+    def before(call: str, name: str) -> None:
+        if call == "create" and name.endswith(".targets.json"):
+            other.add_targets([pending.pop(0)])
+
+    with pytest.raises(TrustError) as err:
+        TrustRepository(Interleaved(store, before), keys.signer).add_targets([V2])
+    assert not pending
+    message = str(err.value)
+    assert store.url in message and "another publisher wrote targets v6 at the same time" in message and "run again" in message
+    assert listed(other) == {race_path(V1), *map(race_path, theirs)}
+    device = store_device(tmp_path / "store", tmp_path)
+    device_lists(device, V1, *theirs)
+    with pytest.raises(MetadataRefused, match=NOT_A_TARGET):
+        device_lists(device, V2)
+
+
+class Stopped(Exception):
+    """The publisher's process ended here (killed, a lost connection)."""
+
+
+def test_a_publisher_stopped_between_targets_and_snapshot_leaves_devices_the_state_before(tmp_path, keys):
+    """Race: the publisher stops after writing targets v2, before the snapshot naming it.
+    Refusal: devices still see the complete state before (v1: nothing half-applied), and running it again lists the
+    target it had written, without a new targets version."""
+    store = DirectoryStorage(tmp_path / "store")
+    TrustRepository(store, keys.signer).init([LocalKeySigner(create_key_file(tmp_path / "root.pem"))], 1, [V1])
+
+    def before(call: str, name: str) -> None:
+        if name.endswith(".snapshot.json"):
+            raise Stopped(name)
+
+    with pytest.raises(Stopped):
+        TrustRepository(Interleaved(store, before), keys.signer).add_targets([V2])
+    device = store_device(tmp_path / "store", tmp_path)
+    device_lists(device, V1)
+    with pytest.raises(MetadataRefused, match=NOT_A_TARGET):
+        device_lists(device, V2)
+
+    again = TrustRepository(store, keys.signer)
+    assert again.add_targets([V2]) == []
+    assert again.state()["roles"]["targets"]["version"] == 2
+    device_lists(device, V1, V2)
+
+
+def test_a_timestamp_a_slower_publisher_overwrote_is_written_again_with_a_higher_version(tmp_path, keys):
+    """Race: timestamp.json is the one name that is overwritten; publisher B writes timestamp v2 (naming snapshot 3),
+    then A, which read before B, writes its timestamp v2 naming the older snapshot 2 over it, hiding B's target, and a
+    device that took B's v2 would ignore A's same-numbered one.
+    Refusal: A reads back, finds a newer snapshot than the one it named, and writes timestamp v3 naming it, so the
+    device that saw B's v2 moves on and lists both targets."""
+    store = DirectoryStorage(tmp_path / "store")
+    TrustRepository(store, keys.signer).init([LocalKeySigner(create_key_file(tmp_path / "root.pem"))], 1, [V1])
+    other = TrustRepository(store, keys.signer)
+    device = store_device(tmp_path / "store", tmp_path)
+    raced: list[str] = []
+
+    def before(call: str, name: str) -> None:
+        if name == "timestamp.json" and not raced:
+            raced.append(name)
+            other.add_targets([V3])
+            device_lists(device, V3)
+
+    mine = TrustRepository(Interleaved(store, before), keys.signer)
+    mine.add_targets([V2])
+    assert raced
+    timestamp = Metadata[Timestamp].from_bytes(store.read("timestamp.json") or b"").signed
+    assert (timestamp.version, timestamp.snapshot_meta.version) == (3, 3)
+    device_lists(device, V1, V2, V3)

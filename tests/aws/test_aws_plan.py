@@ -175,3 +175,24 @@ def test_explicit_device_ids_make_a_static_group_the_rings_select_from(tmp_path)
     assert all(m["inputs"]["thingGroupName"] == "edgefleet-aws-dev-cameras" for m in members)
     canary = graph.named("detector-canary-thing-group")["inputs"]["queryString"]
     assert canary == "thingGroupNames:edgefleet-aws-dev-cameras AND attributes.ring:canary"
+
+
+def test_gate_timeouts_outlast_a_ring_waiting_for_its_maintenance_window():
+    """A ring whose group may swap one hour a week can wait 167 h for the opening while its gate legitimately waits:
+    the gate's Pulumi timeout (Greengrass's, and IoT Edge's and the local one through the shared ring_gate_timeout) must
+    go beyond that. Without windows the timeouts are what they were."""
+    from types import SimpleNamespace
+
+    from components.aws.platform import _gate_timeout
+    from components.platform import ring_gate_timeout
+
+    def seconds(timeout: str) -> int:
+        return int(timeout.removesuffix("s"))
+
+    plain = DeviceGroupConfig(name="cams", hardware=HW, labels={"site": "a"})
+    weekly = DeviceGroupConfig(name="cams", hardware=HW, labels={"site": "a"}, maintenance_windows=[{"cron": "0 2 * * 1", "minutes": 60}])
+    rings = [RingConfig(name="canary", group="cams", gate=GateConfig(deadline_seconds=600)), RingConfig(name="broad", group="cams")]
+    assert seconds(_gate_timeout(rings, {"cams": plain})) == int((600 + 3600 + 3600) * 1.2) + 600
+    assert seconds(_gate_timeout(rings, {"cams": weekly})) > 2 * 167 * 3600
+    assert seconds(ring_gate_timeout(SimpleNamespace(ring=rings[1], group=plain), 900)) == 3600 * 2 + 900
+    assert seconds(ring_gate_timeout(SimpleNamespace(ring=rings[1], group=weekly), 900)) > 167 * 3600 + 3600

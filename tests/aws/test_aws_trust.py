@@ -17,6 +17,7 @@ from components.local.signer import LocalKeySigner, create_key_file
 from components.trust.repository import TrustRepository
 from edgefleet_agent.contract.tuf import NOT_A_TARGET, MetadataRefused, TargetIdentity, manifest_digest
 from edgefleet_agent.trust import S3Fetcher, TrustedMetadata
+from tests.trust_races import V1, V2, V3, both_add_from_one_version, device_lists
 
 BUCKET = "edgefleet-dev-models"
 MANIFEST = b"name: detector\nversion: 1.1.0\n"
@@ -198,3 +199,22 @@ def test_the_scheduled_refresh_command_re_signs_the_buckets_timestamp_with_the_k
     device.refresh()
     held = Metadata.from_bytes((tmp_path / "device" / "timestamp.json").read_bytes()).signed
     assert held.version == after["version"], "the device verified the re-signed timestamp"
+
+
+def test_versioned_metadata_is_created_once_and_never_overwritten(s3):
+    """put_object(IfNoneMatch="*"), which moto honours as S3 does: 412 PreconditionFailed once the key exists."""
+    storage = S3MetadataStorage(BUCKET, client=s3)
+    assert storage.create("2.targets.json", b"first")
+    assert not storage.create("2.targets.json", b"second")
+    assert storage.read("2.targets.json") == b"first"
+
+
+def test_two_publishers_on_one_bucket_lose_neither_target(s3, tmp_path):
+    """Two stacks sharing a model store add a target from the same targets version: the slower one's conditional put
+    of that version is refused, it re-reads and adds on top, and a device reading with SigV4 lists both."""
+    online = LocalKeySigner(create_key_file(tmp_path / "online.pem"))  # the KMS key in production, as above
+    root = LocalKeySigner(create_key_file(tmp_path / "root.pem"))
+    both_add_from_one_version(S3MetadataStorage(BUCKET, client=s3), online, root)
+    first_root = s3.get_object(Bucket=BUCKET, Key="tuf/metadata/1.root.json")["Body"].read()
+    device = TrustedMetadata(first_root, f"s3://{BUCKET}/tuf/metadata/", tmp_path / "device", fetcher=S3Fetcher(client=s3))
+    device_lists(device, V1, V2, V3)

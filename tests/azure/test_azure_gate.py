@@ -436,7 +436,10 @@ class MemoryContainer:
         ]
 
     def upload_blob(self, name, data, overwrite=False, metadata=None, **_):
-        assert overwrite or name not in self.blobs
+        from azure.core.exceptions import ResourceExistsError
+
+        if not overwrite and name in self.blobs:
+            raise ResourceExistsError(f"{name}: The specified blob already exists.")
         self.blobs[name] = (data.read() if hasattr(data, "read") else bytes(data), dict(metadata or {}))
         self.uploads.append(name)
 

@@ -17,18 +17,25 @@ from components.local.signer import LocalKeySigner, create_key_file
 from components.trust.repository import TrustRepository
 from edgefleet_agent.contract.tuf import NOT_A_TARGET, MetadataRefused, TargetIdentity, manifest_digest
 from edgefleet_agent.trust import TrustedMetadata, UrlFetcher
+from tests.trust_races import V1, V2, V3, both_add_from_one_version, device_lists
 
 SAS = "sv=2024-11-04&sr=c&sp=r&sig=c2VjcmV0"
 MANIFEST = b"name: detector\n"
 
 
 class MemoryContainer:
+    """ContainerClient's calls as the SDK answers them: upload_blob(overwrite=False) of an existing blob is
+    ResourceExistsError (the service's 409 BlobAlreadyExists), a missing blob ResourceNotFoundError."""
+
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
         self.settings: dict[str, object] = {}
 
     def upload_blob(self, name, data, overwrite=False, content_settings=None, **_):
-        assert overwrite or name not in self.blobs
+        from azure.core.exceptions import ResourceExistsError
+
+        if not overwrite and name in self.blobs:
+            raise ResourceExistsError(f"{name}: The specified blob already exists.")
         self.blobs[name] = bytes(data)
         self.settings[name] = content_settings
 
@@ -94,3 +101,21 @@ def test_the_container_is_the_repository_and_a_device_reads_it_with_the_sas(serv
     with pytest.raises(MetadataRefused) as err:
         without_sas.check("detector", "1.2.0", "c" * 64, 4096, MANIFEST)
     assert "403" in err.value.reason and "c2VjcmV0" not in err.value.reason
+
+
+def test_versioned_metadata_is_created_once_and_never_overwritten():
+    storage = BlobMetadataStorage(MemoryContainer(), "https://efdev.blob.core.windows.net/models")
+    assert storage.create("2.targets.json", b"first")
+    assert not storage.create("2.targets.json", b"second")
+    assert storage.read("2.targets.json") == b"first"
+
+
+def test_two_publishers_on_one_container_lose_neither_target(served, tmp_path: Path):
+    """Two stacks' gates add a target to one container from the same targets version: the slower one's
+    upload_blob(overwrite=False) of that version is refused, it re-reads and adds on top, and a device lists both."""
+    container, url, _ = served
+    online = LocalKeySigner(create_key_file(tmp_path / "online.pem"))
+    root = LocalKeySigner(create_key_file(tmp_path / "root.pem"))
+    both_add_from_one_version(BlobMetadataStorage(container, url), online, root)
+    device = TrustedMetadata(container.blobs["tuf/metadata/1.root.json"], f"{url}/tuf/metadata/", tmp_path / "dev", fetcher=UrlFetcher(SAS))
+    device_lists(device, V1, V2, V3)

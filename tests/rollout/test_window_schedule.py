@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.rollout.windows import MaintenanceWindow, RingTiming, Windows, after_open, earliest_schedule, open_seconds
+from components.rollout.windows import (
+    MaintenanceWindow,
+    RingTiming,
+    Windows,
+    after_open,
+    earliest_schedule,
+    longest_hold,
+    open_seconds,
+)
 
 
 def utc(*args: int) -> float:
@@ -123,3 +131,29 @@ def test_a_later_start_never_completes_earlier(rings, start, later):
     early, late = earliest_schedule(rings, start), earliest_schedule(rings, start + later)
     for a, b in zip(early, late, strict=True):
         assert a.complete is not None and b.complete is not None and b.complete >= a.complete - 1e-6
+
+
+WEEKLY_HOUR = Windows("UTC", (MaintenanceWindow(cron="0 2 * * 1", minutes=60),))  # Mondays 02:00-03:00 UTC
+
+
+def test_a_deadline_is_held_longest_from_the_moment_its_window_closes():
+    """Open one hour a week: a ring waits up to 167 h for the opening, and an hour of deadline then takes the whole
+    hour; two hours of deadline pause a second week. Nightly 02:00-03:00: 90 min run to 04:30 the night after next's
+    02:00 minus one window's close (03:00), 47.5 h."""
+    at = utc(2026, 12, 9, 12, 0)
+    assert longest_hold(WEEKLY_HOUR, 0, at) == 167 * 3600
+    assert longest_hold(WEEKLY_HOUR, 3600, at) == 168 * 3600
+    assert longest_hold(WEEKLY_HOUR, 7200, at) == 336 * 3600
+    assert longest_hold(NIGHTLY_UTC, 5400, at) == 47.5 * 3600
+    assert longest_hold(None, 5400, at) == 5400
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    start=st.floats(min_value=utc(2026, 1, 1), max_value=utc(2027, 1, 1)),
+    seconds=st.floats(min_value=0, max_value=3 * 3600),
+)
+def test_no_start_takes_longer_than_the_longest_hold(start, seconds):
+    """after_open, the engine's own accounting, never needs more wall time from any start than longest_hold names."""
+    done = after_open(NIGHTLY_UTC, start, seconds)
+    assert done is not None and done - start <= longest_hold(NIGHTLY_UTC, seconds, start) + 1e-6

@@ -1,0 +1,81 @@
+"""Two publishers writing one TUF repository at once (two stacks sharing a model store, CI beside a laptop), for every
+store: the other publisher's whole run is slotted in between this publisher's read of the newest metadata and its
+write, the interleaving that used to lose one's targets. Shared by tests/agent (a directory), tests/aws (S3) and
+tests/azure (blob)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from components.trust.repository import TrustRepository
+from components.trust.storage import MetadataStorage
+from edgefleet_agent.contract.tuf import TargetIdentity, manifest_digest, target_path
+
+MANIFEST = b"name: detector\n"
+
+
+def version(number: str, sha: str) -> TargetIdentity:
+    return TargetIdentity("detector", number, sha * 64, 4096, manifest_digest(MANIFEST))
+
+
+V1, V2, V3 = version("1.0.0", "a"), version("1.1.0", "b"), version("1.2.0", "c")
+
+
+class Interleaved:
+    """The store as one publisher sees it: `before(call, name)` runs just before each of its writes, where the other
+    publisher's run is slotted in."""
+
+    def __init__(self, storage: MetadataStorage, before: Callable[[str, str], None]) -> None:
+        self.storage = storage
+        self.before = before
+
+    @property
+    def url(self) -> str:
+        return self.storage.url
+
+    def read(self, name: str) -> bytes | None:
+        return self.storage.read(name)
+
+    def write(self, name: str, data: bytes) -> None:
+        self.before("write", name)
+        self.storage.write(name, data)
+
+    def create(self, name: str, data: bytes) -> bool:
+        self.before("create", name)
+        return self.storage.create(name, data)
+
+
+def listed(repo: TrustRepository) -> set[str]:
+    return set(repo.targets().signed.targets)
+
+
+def path(ident: TargetIdentity) -> str:
+    return target_path(ident.model, ident.version, ident.sha256)
+
+
+def device_lists(device: Any, *idents: TargetIdentity) -> None:
+    """A device (TrustedMetadata) refreshes the whole chain and finds each version a target."""
+    for ident in idents:
+        device.check(ident.model, ident.version, ident.sha256, ident.size, MANIFEST)
+
+
+def both_add_from_one_version(storage: MetadataStorage, online: Any, root: Any) -> TrustRepository:
+    """Publisher A and B both read targets v1 (listing V1); B writes v2 (adding V3) before A writes its v2 (adding V2).
+    A's create-only write finds v2 taken, re-reads B's and adds V2 on top as v3: both targets end up listed."""
+    TrustRepository(storage, online).init([root], 1, [V1])
+    other = TrustRepository(storage, online)
+    raced: list[str] = []
+
+    def before(call: str, name: str) -> None:
+        if call == "create" and name.endswith(".targets.json") and not raced:
+            raced.append(name)
+            other.add_targets([V3])
+
+    mine = TrustRepository(Interleaved(storage, before), online)
+    assert mine.add_targets([V2]) == []
+    assert raced == ["2.targets.json"], "both started from targets v1"
+    assert listed(mine) == {path(V1), path(V2), path(V3)}
+    assert mine.targets().signed.version == 3
+    state = mine.state()["roles"]
+    assert state["snapshot"]["version"] == 3 and state["timestamp"]["version"] == 3
+    return mine
