@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from agent_testkit import SHAPE, client, image, infer
 from tritonclient.utils import InferenceServerException
 
 from edgefleet_agent import protocol
@@ -20,34 +21,6 @@ from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.core import DeviceAgent
 from edgefleet_agent.endpoint import InferenceEndpoint, ModelRegistry
 from edgefleet_agent.protocol import encode_infer_response, parse_infer_request
-
-SHAPE = (1, 3, 224, 224)
-
-
-@pytest.fixture
-def served(make_agent, transport, v110):
-    agent_ = make_agent()
-    transport.desired_model = v110
-    agent_.sync()
-    registry = ModelRegistry()
-    registry.add(agent_)
-    endpoint = InferenceEndpoint(registry, port=0, max_body_bytes=4 << 20).start()
-    yield agent_, endpoint
-    endpoint.close()
-
-
-def client(endpoint: InferenceEndpoint) -> triton.InferenceServerClient:
-    return triton.InferenceServerClient(endpoint.url.removeprefix("http://"))
-
-
-def image(seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
-
-
-def infer(c: triton.InferenceServerClient, x: np.ndarray, binary: bool = True, **kwargs) -> triton.InferResult:
-    inp = triton.InferInput("image", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x, binary_data=binary)
-    return c.infer("detector", [inp], outputs=[triton.InferRequestedOutput("scores", binary_data=binary)], **kwargs)
 
 
 def raw(endpoint: InferenceEndpoint, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
