@@ -303,11 +303,13 @@ class _Binary(NamedTuple):
     shape: tuple[int, ...]
     size: int
     where: str
+    shared: SharedMemoryRef | None = None  # in a shared-memory region, not in the body
 
 
 class _Plan(NamedTuple):
-    """What a valid request header without an id says when every input is binary: all but the tensors' bytes, so a
-    repeated header (a client sends the same one for every request of a shape) skips the JSON and its checks."""
+    """What a valid request header without an id says when every input is binary or in shared memory: all but the
+    tensors' bytes, so a repeated header (a client sends the same one for every request of a shape) skips the JSON and
+    its checks."""
 
     inputs: tuple[_Binary, ...]
     outputs: tuple[RequestedOutput, ...] | None
@@ -340,7 +342,7 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None, sha
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for b in plan.inputs:
-        offset = _take_binary(inputs, b, binary, offset)
+        offset = _take_binary(inputs, b, binary, offset, shared)
     _check_consumed(binary, offset)
     return InferRequest(
         inputs=inputs,
@@ -351,7 +353,12 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None, sha
     )
 
 
-def _take_binary(inputs: dict[str, np.ndarray], b: _Binary, binary: memoryview, offset: int) -> int:
+def _take_binary(inputs: dict[str, np.ndarray], b: _Binary, binary: memoryview, offset: int, shared: SharedMemory | None) -> int:
+    if b.shared is not None:
+        if shared is None:
+            raise bad_request(f"{b.where}: this endpoint has no shared memory")
+        inputs[b.name] = _from_binary(shared.view(b.shared, b.where), b.datatype, b.shape, b.where, "shared_memory_byte_size")
+        return offset
     if offset + b.size > len(binary):
         raise bad_request(
             f"{b.where}: its {b.size} bytes of binary data run past the end of the body "
@@ -407,18 +414,17 @@ def _parse(head: memoryview, binary: memoryview, key: bytes | None, shared: Shar
         if ref is not None:
             if "data" in raw or size is not None:
                 raise bad_request(f"{where} is in shared memory: it takes neither data nor binary_data_size")
-            if shared is None:
-                raise bad_request(f"{where}: this endpoint has no shared memory")
-            buf = shared.view(ref, where)
-            inputs[name] = _from_binary(buf, datatype, shape, where, "shared_memory_byte_size")
-            described = None  # the region's bytes are read afresh by every request
+            b = _Binary(name, datatype, shape, ref.byte_size, where, ref)
+            offset = _take_binary(inputs, b, binary, offset, shared)
+            if described is not None:
+                described.append(b)
         elif size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise bad_request(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
             if "data" in raw:
                 raise bad_request(f"{where} has both data and binary_data_size")
             b = _Binary(name, datatype, shape, size, where)
-            offset = _take_binary(inputs, b, binary, offset)
+            offset = _take_binary(inputs, b, binary, offset, shared)
             if described is not None:
                 described.append(b)
         else:
