@@ -510,8 +510,9 @@ def encode_infer_response(
 ) -> tuple[bytes, list[bytes | memoryview]]:
     """$inference_response as (JSON, binary sections in output order); each output is binary (True), JSON data
     (False) or already written to shared memory (None: described, no data). When there are binary sections the caller
-    sends `Inference-Header-Content-Length: len(JSON)`. Without an id, the JSON of binary outputs depends only on the
-    model, its version and each output's name, datatype, shape and size: it is remembered, not encoded again."""
+    sends `Inference-Header-Content-Length: len(JSON)`. Without an id, the JSON of binary and shared-memory outputs
+    depends only on the model, its version and each output's name, datatype, shape and size: it is remembered, not
+    encoded again."""
     binary: list[bytes | memoryview] = []
     described: list[_Described] = []
     for name, array, as_binary in outputs:
@@ -523,7 +524,7 @@ def encode_infer_response(
             binary.append(section)
             size = len(section) if isinstance(section, bytes) else section.nbytes
         described.append((name, datatype_of(array), array.shape, size))
-    if request_id is not None or len(binary) < len(described):
+    if request_id is not None or any(size is None for _, _, _, size in described):
         return _response_json(model, version, request_id, outputs, described), binary
     key = (model, version, tuple(described))
     head = _heads.get(key)

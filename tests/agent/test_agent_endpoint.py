@@ -390,7 +390,7 @@ def test_a_repeated_header_reads_each_bodys_own_tensors_and_checks_its_framing()
 
 
 def test_a_remembered_response_header_describes_each_responses_own_outputs():
-    def encoded(scores: np.ndarray, request_id: str | None = None, binary: bool = True) -> tuple[dict, bytes]:
+    def encoded(scores: np.ndarray, request_id: str | None = None, binary: bool | None = True) -> tuple[dict, bytes]:
         head, sections = encode_infer_response("m", "1.0.0", request_id, [("scores", scores, binary), ("n", np.arange(2), True)])
         return json.loads(head), b"".join(bytes(s) for s in sections)
 
@@ -405,3 +405,6 @@ def test_a_remembered_response_header_describes_each_responses_own_outputs():
     assert with_id["id"] == "r-1" and "id" not in encoded(np.zeros((1, 3), np.float32))[0]
     as_json, _ = encoded(np.full((1, 3), 2.0, np.float32), binary=False)
     assert as_json["outputs"][0]["data"] == [2.0, 2.0, 2.0] and "parameters" not in as_json["outputs"][0]
+    for _ in range(2):  # an output written to shared memory is described without data, remembered or not
+        in_shm, data = encoded(np.zeros((1, 3), np.float32), binary=None)
+        assert in_shm["outputs"][0] == {"name": "scores", "datatype": "FP32", "shape": [1, 3]} and data == np.arange(2).tobytes()
