@@ -16,8 +16,8 @@ A request always runs on the model's current verified version (`DeviceAgent.pred
 be that one, or the answer is 404. Health answers carry a JSON body ({"live": true}, {"ready": false}, {"name",
 "ready"}) and say false with status 400, so both readings of the protocol (status code, body) agree. Errors are
 `{"error": "..."}` with: 400 a request the protocol or the model's signature does not allow, 404 an unknown model,
-version or path, 405 a wrong method, 411 no Content-Length, 413 a body over the limit, 415 an unknown
-Content-Encoding, 500 the model failed on valid inputs, 503 nothing verified is loaded for that model.
+version, shared-memory region or path, 405 a wrong method, 411 no Content-Length, 413 a body over the limit, 415 an
+unknown Content-Encoding, 500 the model failed on valid inputs, 503 nothing verified is loaded for that model.
 
 The standard library's ThreadingHTTPServer, one thread per connection, HTTP/1.1 keep-alive, Nagle off, every
 response sent in one write when it is small. Bound to 127.0.0.1 by default: only the device's own applications
@@ -332,10 +332,10 @@ class _Handler(BaseHTTPRequestHandler):
                 header_length = int(header) if header is not None else None
             except ValueError:
                 raise ProtocolError(400, f"{HEADER_LENGTH} must be an integer, got {header!r}") from None
-            request = parse_infer_request(body, header_length, self.server.regions)
+            regions = self.server.regions
+            request = parse_infer_request(body, header_length, regions)
             served_version, manifest = self._served(agent, version)
             wanted = self._outputs(request, manifest, name)
-            regions = self.server.regions
             destinations = {n: regions.view(ref, f"output {n!r}") for n, _, ref in wanted if ref is not None}
             prediction = agent.predict(request.inputs, label=request.label, version=version)
             outputs: list[tuple[str, np.ndarray, bool | None]] = []
