@@ -57,6 +57,8 @@ ENDPOINT_HELP = """endpoint:
   $EDGEFLEET_AGENT_HOST and $EDGEFLEET_AGENT_PORT set the defaults where there is no command line (an IoT Edge
   module: --host 0.0.0.0 there lets the other modules reach it over the module network). `run` writes the address to
   <state-dir>/endpoint.json. Requests carrying a "label" parameter (the true class) count towards live accuracy.
+  Applications sharing the agent's /dev/shm can pass tensors in shared memory (Triton's system shared-memory
+  extension: POST /v2/systemsharedmemory/region/<name>/register), within --shm-max-regions and --shm-max-mib.
 """
 
 RUN_EPILOG = f"""transports:
@@ -116,6 +118,27 @@ def _add_endpoint_flags(p: argparse.ArgumentParser, port_help: str) -> None:
         default=64.0,
         help="largest inference request body accepted, in MiB; larger ones are answered 413 (default 64)",
     )
+    p.add_argument(
+        "--shm-max-regions",
+        type=int,
+        default=None,
+        help="system shared-memory regions applications may register at once (default 16; 0 refuses every one)",
+    )
+    p.add_argument(
+        "--shm-max-mib",
+        type=float,
+        default=None,
+        help="MiB of registered shared-memory regions the agent maps at most (default 256)",
+    )
+
+
+def _endpoint_limits(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    args.max_body_bytes = int(args.max_request_mib * (1 << 20))
+    if args.max_body_bytes <= 0:
+        p.error("--max-request-mib must be positive")
+    args.shm_max_bytes = int(args.shm_max_mib * (1 << 20)) if args.shm_max_mib is not None else None
+    if (args.shm_max_regions or 0) < 0 or (args.shm_max_bytes or 0) < 0:
+        p.error("--shm-max-regions and --shm-max-mib must not be negative (0 refuses every region)")
 
 
 def _env_port(p: argparse.ArgumentParser) -> int | None:
@@ -280,9 +303,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.synthetic = args.synthetic_traffic or args.infer_interval is not None
     if args.infer_interval is None:
         args.infer_interval = 0.0
-    args.max_body_bytes = int(args.max_request_mib * (1 << 20))
-    if args.max_body_bytes <= 0:
-        p.error("--max-request-mib must be positive")
+    _endpoint_limits(p, args)
     return args
 
 
@@ -327,9 +348,7 @@ def parse_serve_args(argv: list[str]) -> argparse.Namespace:
     if args.port is None:
         env = _env_port(p)
         args.port = env if env is not None else 8000
-    args.max_body_bytes = int(args.max_request_mib * (1 << 20))
-    if args.max_body_bytes <= 0:
-        p.error("--max-request-mib must be positive")
+    _endpoint_limits(p, args)
     return args
 
 
@@ -383,9 +402,15 @@ def main(argv: list[str] | None = None) -> int:
 def open_endpoint(args: argparse.Namespace) -> InferenceEndpoint | str:
     """The endpoint, bound (not yet serving), or why it cannot be."""
     from edgefleet_agent.endpoint import InferenceEndpoint, ModelRegistry
+    from edgefleet_agent.shm import SharedMemoryRegions
 
     try:
-        return InferenceEndpoint(ModelRegistry(), host=args.host, port=args.port, max_body_bytes=args.max_body_bytes)
+        regions = SharedMemoryRegions()
+        if args.shm_max_regions is not None:
+            regions.max_regions = args.shm_max_regions
+        if args.shm_max_bytes is not None:
+            regions.max_mapped_bytes = args.shm_max_bytes
+        return InferenceEndpoint(ModelRegistry(), host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, regions=regions)
     except OSError as exc:
         return f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; pass a free --port (or --port 0 for any)"
     except OverflowError as exc:

@@ -8,13 +8,16 @@ every model the agent process runs (protocol.py is the wire format; this module 
     POST /v2/models/{name}[/versions/{v}]/infer
     POST /v2/models/{name}/defer               edgefleet's extension: {"seconds": N} holds the model's next swap back
                                                (bounded; never a rollback), answers {"name", "deferred_until"}
+    GET  /v2/systemsharedmemory[/region/{r}]/status     Triton's system shared-memory extension (shm.py): register
+    POST /v2/systemsharedmemory/region/{r}/register     {"key", "offset", "byte_size"}, then name the region in an
+    POST /v2/systemsharedmemory[/region/{r}]/unregister input's or output's shared_memory_* parameters
 
 A request always runs on the model's current verified version (`DeviceAgent.predict`); a version in the path must
 be that one, or the answer is 404. Health answers carry a JSON body ({"live": true}, {"ready": false}, {"name",
 "ready"}) and say false with status 400, so both readings of the protocol (status code, body) agree. Errors are
 `{"error": "..."}` with: 400 a request the protocol or the model's signature does not allow, 404 an unknown model,
-version or path, 405 a wrong method, 411 no Content-Length, 413 a body over the limit, 415 an unknown
-Content-Encoding, 500 the model failed on valid inputs, 503 nothing verified is loaded for that model.
+version, shared-memory region or path, 405 a wrong method, 411 no Content-Length, 413 a body over the limit, 415 an
+unknown Content-Encoding, 500 the model failed on valid inputs, 503 nothing verified is loaded for that model.
 
 The standard library's ThreadingHTTPServer, one thread per connection, HTTP/1.1 keep-alive, Nagle off, every
 response sent in one write when it is small. Bound to 127.0.0.1 by default: only the device's own applications
@@ -41,14 +44,17 @@ from edgefleet_agent.protocol import (
     HEADER_LENGTH,
     InferRequest,
     ProtocolError,
+    SharedMemoryRef,
     dumps,
     encode_infer_response,
     error_body,
     model_metadata,
     parse_infer_request,
     server_metadata,
+    write_shared_output,
 )
 from edgefleet_agent.serving import ModelNotFound, NotReady, Prediction, RequestError, VersionNotServed
+from edgefleet_agent.shm import SharedMemoryRegions
 
 log = logging.getLogger("edgefleet.agent.endpoint")
 
@@ -235,6 +241,11 @@ class _Handler(BaseHTTPRequestHandler):
             return "server", None, None
         if parts in (["v2", "health", "live"], ["v2", "health", "ready"]):
             return "health-" + parts[2], None, None
+        if parts[:2] == ["v2", "systemsharedmemory"]:
+            if parts[2:] in (["status"], ["unregister"]):
+                return "shm-" + parts[2], None, None
+            if len(parts) == 5 and parts[2] == "region" and parts[3] and parts[4] in ("status", "register", "unregister"):
+                return "shm-" + parts[4], parts[3], None
         if len(parts) >= 3 and parts[:2] == ["v2", "models"] and parts[2]:
             name, rest, version = parts[2], parts[3:], None
             if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
@@ -286,11 +297,15 @@ class _Handler(BaseHTTPRequestHandler):
                     self._json(400, {"name": name, "ready": False})
                 else:
                     self._json(200, {"name": name, "ready": True})
+            elif what == "shm-status":
+                self._send(200, dumps(self.server.regions.status(name)))
             elif what == "infer":
                 self._error(405, f"{self.path}: use POST for inference", close=False)
+            elif what in ("shm-register", "shm-unregister"):
+                self._error(405, f"{self.path}: use POST here", close=False)
             else:
                 self._error(404, f"no such endpoint: GET {self.path}")
-        except RequestError as exc:
+        except (ProtocolError, RequestError) as exc:
             self._error(exc.status, exc.message)
 
     def do_POST(self) -> None:  # noqa: N802
@@ -300,6 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if what == "defer" and name is not None:
             self._defer(name, body)
+            return
+        if what in ("shm-register", "shm-unregister"):
+            self._shared_memory(what, name, body)
             return
         if what != "infer" or name is None:
             if what:
@@ -314,16 +332,20 @@ class _Handler(BaseHTTPRequestHandler):
                 header_length = int(header) if header is not None else None
             except ValueError:
                 raise ProtocolError(400, f"{HEADER_LENGTH} must be an integer, got {header!r}") from None
-            request = parse_infer_request(body, header_length)
+            regions = self.server.regions
+            request = parse_infer_request(body, header_length, regions)
             served_version, manifest = self._served(agent, version)
             wanted = self._outputs(request, manifest, name)
+            destinations = {n: regions.view(ref, f"output {n!r}") for n, _, ref in wanted if ref is not None}
             prediction = agent.predict(request.inputs, label=request.label, version=version)
-            outputs = []
-            for out_name, binary in wanted:
+            outputs: list[tuple[str, np.ndarray, bool | None]] = []
+            for out_name, binary, ref in wanted:
                 value = prediction.outputs.get(out_name)
                 if value is None:  # the version changed between the check and the request: its outputs did too
                     raise ProtocolError(400, f"model {name!r} {prediction.version} has no output {out_name!r}")
-                outputs.append((out_name, value, binary))
+                if ref is not None:
+                    write_shared_output(destinations[out_name], value, f"output {out_name!r}")
+                outputs.append((out_name, value, None if ref is not None else binary))
             json_part, binary_parts = encode_infer_response(name, prediction.version, request.id, outputs)
         except (ProtocolError, RequestError) as exc:
             self._error(exc.status, exc.message)
@@ -350,16 +372,32 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(200, {"name": name, "deferred_until": until})
 
+    def _shared_memory(self, what: str, name: str | None, body: bytes) -> None:
+        regions = self.server.regions
+        try:
+            if what == "shm-unregister":
+                regions.unregister(name)
+            elif name is not None:
+                try:
+                    document = json.loads(body or b"null")
+                except ValueError:
+                    document = None
+                regions.register(name, document)
+        except ProtocolError as exc:
+            self._error(exc.status, exc.message)
+            return
+        self._send(200, b"")
+
     @staticmethod
-    def _outputs(request: InferRequest, manifest: ModelManifest, name: str) -> list[tuple[str, bool]]:
+    def _outputs(request: InferRequest, manifest: ModelManifest, name: str) -> list[tuple[str, bool, SharedMemoryRef | None]]:
         names = [o.name for o in manifest.outputs]
         if request.outputs is None:
-            return [(n, request.output_binary(None)) for n in names]
-        chosen: list[tuple[str, bool]] = []
+            return [(n, request.output_binary(None), None) for n in names]
+        chosen: list[tuple[str, bool, SharedMemoryRef | None]] = []
         for requested in request.outputs:
             if requested.name not in names:
                 raise ProtocolError(400, f"model {name!r} has no output {requested.name!r}; its outputs are {', '.join(map(repr, names))}")
-            chosen.append((requested.name, request.output_binary(requested)))
+            chosen.append((requested.name, request.output_binary(requested), requested.shared_memory))
         return chosen
 
     def _read_body(self) -> bytes | None:
@@ -414,9 +452,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], registry: ModelRegistry, max_body_bytes: int) -> None:
+    def __init__(self, address: tuple[str, int], registry: ModelRegistry, max_body_bytes: int, regions: SharedMemoryRegions) -> None:
         self.registry = registry
         self.max_body_bytes = max_body_bytes
+        self.regions = regions
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -434,9 +473,11 @@ class InferenceEndpoint:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        regions: SharedMemoryRegions | None = None,
     ) -> None:
         self.registry = registry
-        self._server = _Server((host, port), registry, max_body_bytes)
+        self.regions = regions if regions is not None else SharedMemoryRegions()
+        self._server = _Server((host, port), registry, max_body_bytes, self.regions)
         self._thread: threading.Thread | None = None
 
     @property
@@ -464,6 +505,7 @@ class InferenceEndpoint:
             self._thread.join(10)
             self._thread = None
         self._server.server_close()
+        self.regions.unregister()
 
     def __enter__(self) -> InferenceEndpoint:
         return self.start()

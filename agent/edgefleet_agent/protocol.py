@@ -12,6 +12,10 @@ docs/protocol/extension_binary_data.md):
 - An output is returned as binary when its request output says `"binary_data": true`, or, without that, when the
   request's `"binary_data_output"` parameter is true; otherwise as JSON. No `outputs` in the request means every
   output, with the request's default.
+- Shared memory (Triton's docs/protocol/extension_shared_memory.md, system memory only): an input with parameters
+  `shared_memory_region` and `shared_memory_byte_size` (and optionally `shared_memory_offset`) is read from that
+  registered region, its bytes laid out as a binary tensor's; a requested output with them is written there, and its
+  response output carries no data. The regions themselves are shm.py's.
 - Errors are `{"error": "<message>"}` with an HTTP error status (ProtocolError.status).
 
 Extensions to the protocol, as its Parameters section allows: the request parameter `label` (an integer) is the true
@@ -26,14 +30,14 @@ import math
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from edgefleet_agent.contract.manifest import ModelManifest, TensorSpec
 
 PLATFORM = "onnx_onnxv1"
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "system_shared_memory")
 LABEL_PARAMETER = "label"
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the JSON object's length when binary tensors follow it
 
@@ -130,7 +134,7 @@ def server_metadata(version: str) -> dict[str, Any]:
 _COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps would build this encoder again for every response
 
 
-def dumps(document: Mapping[str, Any]) -> bytes:
+def dumps(document: Mapping[str, Any] | Sequence[Any]) -> bytes:
     """Compact JSON. NaN and infinities are written as NaN/Infinity (as Python's and rapidjson's readers accept):
     a model's invalid output reaches the application as it is, and is counted in the telemetry."""
     return _COMPACT.encode(document).encode("utf-8")
@@ -141,10 +145,25 @@ def error_body(message: str) -> bytes:
 
 
 # -- requests -------------------------------------------------------------------------------------------------------
+class SharedMemoryRef(NamedTuple):
+    """Where a tensor's bytes are in a registered shared-memory region (the shared_memory_* parameters)."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+class SharedMemory(Protocol):
+    """The registered regions a request may name (shm.SharedMemoryRegions)."""
+
+    def view(self, ref: SharedMemoryRef, where: str) -> memoryview: ...
+
+
 @dataclass(frozen=True)
 class RequestedOutput:
     name: str
     binary: bool | None  # None: the request's default (binary_data_output)
+    shared_memory: SharedMemoryRef | None = None
 
 
 @dataclass
@@ -182,13 +201,31 @@ def _flag(params: Mapping[str, Any], name: str, where: str) -> bool | None:
     return value
 
 
+def _shared_memory(params: Mapping[str, Any], where: str) -> SharedMemoryRef | None:
+    region = params.get("shared_memory_region")
+    size = params.get("shared_memory_byte_size")
+    if region is None and size is None:
+        if "shared_memory_offset" in params:
+            raise bad_request(f"{where}shared_memory_offset is given without shared_memory_region and shared_memory_byte_size")
+        return None
+    if region is None or size is None:
+        raise bad_request(f"{where}shared memory takes both shared_memory_region and shared_memory_byte_size; only one is given")
+    if not isinstance(region, str) or not region:
+        raise bad_request(f"{where}shared_memory_region must be the name of a registered region, got {region!r}")
+    offset = params.get("shared_memory_offset", 0)
+    for what, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad_request(f"{where}{what} must be a non-negative integer, got {value!r}")
+    return SharedMemoryRef(region, offset, size)
+
+
 def _shape(value: object, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise bad_request(f"{where}: shape must be a list of non-negative integers, got {json.dumps(value)[:100]}")
     return tuple(value)
 
 
-def _decode_bytes_elements(buf: memoryview, count: int, where: str) -> np.ndarray:
+def _decode_bytes_elements(buf: memoryview, count: int, where: str, size_name: str = "binary_data_size") -> np.ndarray:
     """BYTES in binary: each element a 4-byte little-endian length, then that many bytes."""
     out = np.empty(count, dtype=object)
     pos, end = 0, len(buf)
@@ -202,18 +239,18 @@ def _decode_bytes_elements(buf: memoryview, count: int, where: str) -> np.ndarra
         out[i] = bytes(buf[pos : pos + n])
         pos += n
     if pos != end:
-        raise bad_request(f"{where}: binary_data_size is {end} bytes, but its {count} BYTES elements take {pos}")
+        raise bad_request(f"{where}: {size_name} is {end} bytes, but its {count} BYTES elements take {pos}")
     return out
 
 
-def _from_binary(buf: memoryview, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
+def _from_binary(buf: memoryview, datatype: str, shape: tuple[int, ...], where: str, size_name: str = "binary_data_size") -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
-        return _decode_bytes_elements(buf, count, where).reshape(shape)
+        return _decode_bytes_elements(buf, count, where, size_name).reshape(shape)
     dtype = NUMPY_OF_DATATYPE[datatype]
     need = count * dtype.itemsize
     if len(buf) != need:
-        raise bad_request(f"{where}: binary_data_size is {len(buf)} bytes, but shape {shape_text(shape)} of {datatype} takes {need}")
+        raise bad_request(f"{where}: {size_name} is {len(buf)} bytes, but shape {shape_text(shape)} of {datatype} takes {need}")
     array = np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
     if datatype == "BOOL" and count and np.frombuffer(buf, dtype=np.uint8).max() > 1:
         raise bad_request(f"{where}: BOOL elements must be bytes 0 or 1")
@@ -266,11 +303,13 @@ class _Binary(NamedTuple):
     shape: tuple[int, ...]
     size: int
     where: str
+    shared: SharedMemoryRef | None = None  # in a shared-memory region, not in the body
 
 
 class _Plan(NamedTuple):
-    """What a valid request header without an id says when every input is binary: all but the tensors' bytes, so a
-    repeated header (a client sends the same one for every request of a shape) skips the JSON and its checks."""
+    """What a valid request header without an id says when every input is binary or in shared memory: all but the
+    tensors' bytes, so a repeated header (a client sends the same one for every request of a shape) skips the JSON and
+    its checks."""
 
     inputs: tuple[_Binary, ...]
     outputs: tuple[RequestedOutput, ...] | None
@@ -285,9 +324,10 @@ _plans: dict[bytes, _Plan] = {}  # read without the lock: a dict lookup is atomi
 _plans_lock = threading.Lock()
 
 
-def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> InferRequest:
-    """$inference_request, with its binary tensors when `header_length` (Inference-Header-Content-Length) is given.
-    Raises ProtocolError (400) for anything the protocol does not allow, saying which field and why."""
+def parse_infer_request(body: bytes | memoryview, header_length: int | None, shared: SharedMemory | None = None) -> InferRequest:
+    """$inference_request, with its binary tensors when `header_length` (Inference-Header-Content-Length) is given and
+    its shared-memory inputs read from `shared`'s regions (a view, not a copy). Raises ProtocolError (400; 404 for an
+    unregistered region) for anything the protocol does not allow, saying which field and why."""
     view = memoryview(body)
     if header_length is None:
         head, binary = view, view[:0]
@@ -298,11 +338,11 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> 
     key = bytes(head) if len(head) <= PLAN_HEADER_BYTES else None
     plan = _plans.get(key) if key is not None else None
     if plan is None:
-        return _parse(head, binary, key)
+        return _parse(head, binary, key, shared)
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for b in plan.inputs:
-        offset = _take_binary(inputs, b, binary, offset)
+        offset = _take_binary(inputs, b, binary, offset, shared)
     _check_consumed(binary, offset)
     return InferRequest(
         inputs=inputs,
@@ -313,7 +353,12 @@ def parse_infer_request(body: bytes | memoryview, header_length: int | None) -> 
     )
 
 
-def _take_binary(inputs: dict[str, np.ndarray], b: _Binary, binary: memoryview, offset: int) -> int:
+def _take_binary(inputs: dict[str, np.ndarray], b: _Binary, binary: memoryview, offset: int, shared: SharedMemory | None) -> int:
+    if b.shared is not None:
+        if shared is None:
+            raise bad_request(f"{b.where}: this endpoint has no shared memory")
+        inputs[b.name] = _from_binary(shared.view(b.shared, b.where), b.datatype, b.shape, b.where, "shared_memory_byte_size")
+        return offset
     if offset + b.size > len(binary):
         raise bad_request(
             f"{b.where}: its {b.size} bytes of binary data run past the end of the body "
@@ -331,7 +376,7 @@ def _check_consumed(binary: memoryview, offset: int) -> None:
         )
 
 
-def _parse(head: memoryview, binary: memoryview, key: bytes | None) -> InferRequest:
+def _parse(head: memoryview, binary: memoryview, key: bytes | None, shared: SharedMemory | None) -> InferRequest:
     try:
         doc = json.loads(bytes(head))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -365,13 +410,21 @@ def _parse(head: memoryview, binary: memoryview, key: bytes | None) -> InferRequ
         shape = _shape(raw.get("shape"), where)
         tparams = _parameters(raw.get("parameters"), f"{where}: ")
         size = tparams.get("binary_data_size")
-        if size is not None:
+        ref = _shared_memory(tparams, f"{where}: ")
+        if ref is not None:
+            if "data" in raw or size is not None:
+                raise bad_request(f"{where} is in shared memory: it takes neither data nor binary_data_size")
+            b = _Binary(name, datatype, shape, ref.byte_size, where, ref)
+            offset = _take_binary(inputs, b, binary, offset, shared)
+            if described is not None:
+                described.append(b)
+        elif size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise bad_request(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
             if "data" in raw:
                 raise bad_request(f"{where} has both data and binary_data_size")
             b = _Binary(name, datatype, shape, size, where)
-            offset = _take_binary(inputs, b, binary, offset)
+            offset = _take_binary(inputs, b, binary, offset, shared)
             if described is not None:
                 described.append(b)
         else:
@@ -392,7 +445,8 @@ def _parse(head: memoryview, binary: memoryview, key: bytes | None) -> InferRequ
             oparams = _parameters(raw.get("parameters"), f"output {raw['name']!r}: ")
             if "classification" in oparams:
                 raise bad_request(f"output {raw['name']!r}: the classification extension is not supported by this server")
-            outputs.append(RequestedOutput(raw["name"], _flag(oparams, "binary_data", f"output {raw['name']!r}: ")))
+            where = f"output {raw['name']!r}: "
+            outputs.append(RequestedOutput(raw["name"], _flag(oparams, "binary_data", where), _shared_memory(oparams, where)))
     binary_output = bool(_flag(params, "binary_data_output", "request "))
     if key is not None and described is not None and request_id is None:  # ids differ request by request
         frozen = tuple(outputs) if outputs is not None else None
@@ -432,27 +486,45 @@ def _json_data(array: np.ndarray) -> list[Any]:
     return data
 
 
-_Described = tuple[str, str, tuple[int, ...], int | None]  # name, datatype, shape, binary_data_size (None: JSON data)
+def write_shared_output(dest: memoryview, array: np.ndarray, where: str) -> None:
+    """An output's bytes (laid out as a binary tensor's) into its shared-memory destination, which must hold them."""
+    section = _binary(array)
+    n = len(section) if isinstance(section, bytes) else section.nbytes
+    if n > len(dest):
+        raise bad_request(
+            f"{where}: shared_memory_byte_size is {len(dest)} bytes, but the output of shape {shape_text(array.shape)} takes {n}: "
+            "ask for at least that many"
+        )
+    dest[:n] = section
+
+
+_IN_SHARED_MEMORY = -1
+# name, datatype, shape, binary_data_size (None: JSON data, _IN_SHARED_MEMORY: no data)
+_Described = tuple[str, str, tuple[int, ...], int | None]
 _heads: dict[tuple[str, str, tuple[_Described, ...]], bytes] = {}  # read without the lock: a dict lookup is atomic
 _heads_lock = threading.Lock()
 
 
 def encode_infer_response(
-    model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, np.ndarray, bool]]
+    model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, np.ndarray, bool | None]]
 ) -> tuple[bytes, list[bytes | memoryview]]:
-    """$inference_response as (JSON, binary sections in output order). When there are binary sections the caller
-    sends `Inference-Header-Content-Length: len(JSON)`. Without an id, the JSON of binary outputs depends only on the
-    model, its version and each output's name, datatype, shape and size: it is remembered, not encoded again."""
+    """$inference_response as (JSON, binary sections in output order); each output is binary (True), JSON data
+    (False) or already written to shared memory (None: described, no data). When there are binary sections the caller
+    sends `Inference-Header-Content-Length: len(JSON)`. Without an id, the JSON of binary and shared-memory outputs
+    depends only on the model, its version and each output's name, datatype, shape and size: it is remembered, not
+    encoded again."""
     binary: list[bytes | memoryview] = []
     described: list[_Described] = []
     for name, array, as_binary in outputs:
         size = None
-        if as_binary:
+        if as_binary is None:
+            size = _IN_SHARED_MEMORY
+        elif as_binary:
             section = _binary(array)
             binary.append(section)
             size = len(section) if isinstance(section, bytes) else section.nbytes
         described.append((name, datatype_of(array), array.shape, size))
-    if request_id is not None or len(binary) < len(described):
+    if request_id is not None or any(size is None for _, _, _, size in described):
         return _response_json(model, version, request_id, outputs, described), binary
     key = (model, version, tuple(described))
     head = _heads.get(key)
@@ -466,7 +538,7 @@ def encode_infer_response(
 
 
 def _response_json(
-    model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, np.ndarray, bool]], described: list[_Described]
+    model: str, version: str, request_id: str | None, outputs: Sequence[tuple[str, np.ndarray, bool | None]], described: list[_Described]
 ) -> bytes:
     doc: dict[str, Any] = {"model_name": model, "model_version": version}
     if request_id is not None:
@@ -474,10 +546,10 @@ def _response_json(
     entries: list[dict[str, Any]] = []
     for (name, datatype, shape, size), (_, array, _) in zip(described, outputs, strict=True):
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(shape)}
-        if size is not None:
-            entry["parameters"] = {"binary_data_size": size}
-        else:
+        if size is None:
             entry["data"] = _json_data(array)
+        elif size != _IN_SHARED_MEMORY:
+            entry["parameters"] = {"binary_data_size": size}
         entries.append(entry)
     doc["outputs"] = entries
     return dumps(doc)

@@ -38,6 +38,12 @@ AGREE_RTOL = 1e-3
 AGREE_ATOL = 1e-5
 
 
+def _kept(array: np.ndarray) -> np.ndarray:
+    """An input as the candidate reads it later: a writable view (a shared-memory region, which the application
+    reuses for its next request) is copied; the request's own bytes are not."""
+    return array.copy() if array.base is not None and array.flags.writeable else array
+
+
 @dataclass(frozen=True, eq=False)
 class _Job:
     token: object  # the served version the request ran on
@@ -104,8 +110,12 @@ class ShadowRunner:
         """Queues one request for the candidate, or drops it (counted) when the candidate is behind. Never blocks
         beyond a short lock; False when dropped."""
         nbytes = 0
+        shared = False
         for a in feed.values():
             nbytes += a.nbytes
+            shared = shared or (a.base is not None and a.flags.writeable)
+        if shared:
+            feed = {k: _kept(v) for k, v in feed.items()}
         with self._cond:
             if self._closed or token is not self._token:
                 return False

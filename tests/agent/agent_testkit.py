@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import tritonclient.http as triton
 
 import edgefleet_agent.core
 from components.local.signer import LocalKeySigner
@@ -22,10 +23,12 @@ from edgefleet.signing import sign_model_dir
 from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir
 from edgefleet_agent.contract.signing import rollback_order, sign_bytes
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet_agent.endpoint import InferenceEndpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "models" / "samples"
 MODEL = "detector"
+SHAPE = (1, 3, 224, 224)  # the detector's image
 TARGET = HardwareProfile(name="x86-gateway", arch="amd64", execution_providers=["CPUExecutionProvider"], memory_mb=256, storage_mb=64)
 
 
@@ -147,6 +150,20 @@ class HttpStore:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def client(endpoint: InferenceEndpoint) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(endpoint.url.removeprefix("http://"))
+
+
+def image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
+
+
+def infer(c: triton.InferenceServerClient, x: np.ndarray, binary: bool = True, **kwargs) -> triton.InferResult:
+    inp = triton.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    return c.infer("detector", [inp], outputs=[triton.InferRequestedOutput("scores", binary_data=binary)], **kwargs)
 
 
 def oip_infer(url: str, model: str, image: np.ndarray, label: int | None = None, timeout: float = 30.0) -> tuple[int, dict[str, Any]]:

@@ -14,6 +14,7 @@ from agent_testkit import MODEL, Clock, FakeTransport, HttpStore, Keys, Publishe
 from components.local.signer import LocalKeySigner, create_key_file, public_key_path
 from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.core import DeviceAgent
+from edgefleet_agent.endpoint import InferenceEndpoint, ModelRegistry
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +92,16 @@ def http_store():
     store = HttpStore()
     yield store
     store.close()
+
+
+@pytest.fixture
+def served(make_agent, transport, v110):
+    """The detector 1.1.0 served by an endpoint on a free port of 127.0.0.1: (agent, endpoint)."""
+    agent_ = make_agent()
+    transport.desired_model = v110
+    agent_.sync()
+    registry = ModelRegistry()
+    registry.add(agent_)
+    endpoint = InferenceEndpoint(registry, port=0, max_body_bytes=4 << 20).start()
+    yield agent_, endpoint
+    endpoint.close()

@@ -11,12 +11,15 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
+import tritonclient.utils.shared_memory as shm
 from agent_testkit import MODEL, REPO, artifact_path, oip_infer
+from tritonclient.utils import InferenceServerException
 
 from components.local.hub import LocalHub
 from components.rollout.types import RingTarget
@@ -70,6 +73,32 @@ def test_serve_verifies_a_signed_directory_and_serves_it(keys, v110):
         assert infer(url, MODEL)["model_version"] == "1.1.0" and proc.poll() is None  # … and the process serves on
     finally:
         assert stop(proc) == 0
+
+
+def test_serve_takes_tensors_in_shared_memory_within_its_limits(keys, v110):
+    x = np.random.default_rng(4).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    key = f"/edgefleet-cli-test-{uuid.uuid4().hex[:12]}"
+    region = shm.create_shared_memory_region("frame", key, x.nbytes + 12, create_only=True)
+    proc = agent(
+        "serve", "--model-dir", str(artifact_path(v110).parent), "--public-key", str(keys.pem_path), "--port", "0",
+        "--shm-max-regions", "1",
+    )  # fmt: skip
+    try:
+        c = triton.InferenceServerClient(wait_for_line(proc, SERVING).group(3).removeprefix("http://"))
+        shm.set_shared_memory_region(region, [x])
+        c.register_system_shared_memory("frame", key, x.nbytes + 12)
+        with pytest.raises(InferenceServerException, match="1 regions are registered, this endpoint's limit"):
+            c.register_system_shared_memory("scores", key, 12, offset=x.nbytes)
+        image = triton.InferInput("image", list(x.shape), "FP32").set_shared_memory("frame", x.nbytes)
+        scores = triton.InferRequestedOutput("scores")
+        scores.set_shared_memory("frame", 12, offset=x.nbytes)
+        c.infer(MODEL, [image], outputs=[scores])
+        binary = triton.InferInput("image", list(x.shape), "FP32").set_data_from_numpy(x)
+        expected = c.infer(MODEL, [binary]).as_numpy("scores")
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(region, np.float32, [1, 3], offset=x.nbytes), expected)
+    finally:
+        assert stop(proc) == 0
+        shm.destroy_shared_memory_region(region)
 
 
 def serve_once(*args: str) -> subprocess.CompletedProcess:

@@ -9,29 +9,12 @@ import json
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from agent_testkit import image
 from tritonclient.http._utils import _get_inference_request
 
 from edgefleet_agent.client import InferenceClient, InferenceError
 from edgefleet_agent.endpoint import InferenceEndpoint, ModelRegistry
 from edgefleet_agent.protocol import encode_infer_request, parse_infer_request
-
-SHAPE = (1, 3, 224, 224)
-
-
-@pytest.fixture
-def served(make_agent, transport, v110):
-    agent_ = make_agent()
-    transport.desired_model = v110
-    agent_.sync()
-    registry = ModelRegistry()
-    registry.add(agent_)
-    endpoint = InferenceEndpoint(registry, port=0, max_body_bytes=4 << 20).start()
-    yield agent_, endpoint
-    endpoint.close()
-
-
-def image(seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
 
 
 @pytest.mark.parametrize("binary", [True, False])

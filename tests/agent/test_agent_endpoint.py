@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from agent_testkit import SHAPE, client, image, infer
 from tritonclient.utils import InferenceServerException
 
 from edgefleet_agent import protocol
@@ -20,34 +21,6 @@ from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.core import DeviceAgent
 from edgefleet_agent.endpoint import InferenceEndpoint, ModelRegistry
 from edgefleet_agent.protocol import encode_infer_response, parse_infer_request
-
-SHAPE = (1, 3, 224, 224)
-
-
-@pytest.fixture
-def served(make_agent, transport, v110):
-    agent_ = make_agent()
-    transport.desired_model = v110
-    agent_.sync()
-    registry = ModelRegistry()
-    registry.add(agent_)
-    endpoint = InferenceEndpoint(registry, port=0, max_body_bytes=4 << 20).start()
-    yield agent_, endpoint
-    endpoint.close()
-
-
-def client(endpoint: InferenceEndpoint) -> triton.InferenceServerClient:
-    return triton.InferenceServerClient(endpoint.url.removeprefix("http://"))
-
-
-def image(seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
-
-
-def infer(c: triton.InferenceServerClient, x: np.ndarray, binary: bool = True, **kwargs) -> triton.InferResult:
-    inp = triton.InferInput("image", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x, binary_data=binary)
-    return c.infer("detector", [inp], outputs=[triton.InferRequestedOutput("scores", binary_data=binary)], **kwargs)
 
 
 def raw(endpoint: InferenceEndpoint, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
@@ -417,7 +390,7 @@ def test_a_repeated_header_reads_each_bodys_own_tensors_and_checks_its_framing()
 
 
 def test_a_remembered_response_header_describes_each_responses_own_outputs():
-    def encoded(scores: np.ndarray, request_id: str | None = None, binary: bool = True) -> tuple[dict, bytes]:
+    def encoded(scores: np.ndarray, request_id: str | None = None, binary: bool | None = True) -> tuple[dict, bytes]:
         head, sections = encode_infer_response("m", "1.0.0", request_id, [("scores", scores, binary), ("n", np.arange(2), True)])
         return json.loads(head), b"".join(bytes(s) for s in sections)
 
@@ -432,3 +405,6 @@ def test_a_remembered_response_header_describes_each_responses_own_outputs():
     assert with_id["id"] == "r-1" and "id" not in encoded(np.zeros((1, 3), np.float32))[0]
     as_json, _ = encoded(np.full((1, 3), 2.0, np.float32), binary=False)
     assert as_json["outputs"][0]["data"] == [2.0, 2.0, 2.0] and "parameters" not in as_json["outputs"][0]
+    for _ in range(2):  # an output written to shared memory is described without data, remembered or not
+        in_shm, data = encoded(np.zeros((1, 3), np.float32), binary=None)
+        assert in_shm["outputs"][0] == {"name": "scores", "datatype": "FP32", "shape": [1, 3]} and data == np.arange(2).tobytes()

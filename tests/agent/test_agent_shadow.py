@@ -253,3 +253,28 @@ def test_a_failing_candidate_counts_errors_and_a_stale_request_is_not_compared()
     finally:
         runner.close()
     assert not runner._thread.is_alive()
+
+
+def test_the_candidate_reads_a_shared_memory_input_as_it_was_when_served():
+    seen, moved_on = [], threading.Event()
+
+    class Recording(Fixed):
+        def run(self, names, feeds):
+            moved_on.wait(10)
+            seen.append(feeds["x"].tolist())
+            return super().run(names, feeds)
+
+    region = bytearray(16)
+    x = np.frombuffer(memoryview(region), np.float32).reshape(1, 4)
+    x[:] = 1
+    runner = ShadowRunner("m", "2.0.0", "0" * 64, loaded(Recording(np.ones((1, 4), np.float32))))
+    token = object()
+    runner.retarget(token)
+    try:
+        assert runner.offer(token, {"x": x}, ["boxes"], [x], None, 1.0)
+        x[:] = 7  # the application rewrites its region for its next request before the candidate runs
+        moved_on.set()
+        assert runner.drain()
+        assert seen == [[[1, 1, 1, 1]]]
+    finally:
+        runner.close()
