@@ -19,13 +19,14 @@ import io
 import json
 import os
 import re
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 from urllib.parse import unquote, urlsplit
 
 CHUNK = 1 << 20
@@ -151,16 +152,23 @@ class _Verifier(threading.Thread):
     it copied in the kernel (a local file), which are read back from the partial file, as is a prefix left by an
     earlier call (never trusted unhashed). The writer waits while HANDOVER_BYTES it handed over are unhashed, so
     memory stays bounded whatever the artifact's size.
+
+    Received bytes live in a ring of `ring` bytes allocated once (`room`): the writer reads into the part the
+    hasher has finished with and hands over views of it, instead of a new 1 MiB bytes object per read, whose
+    allocation and first-touch page faults were most of the HTTP writer's CPU (benchmarks/README.md).
     """
 
-    def __init__(self, path: Path, prefix: int, threaded: bool = True) -> None:
+    def __init__(self, path: Path, prefix: int, threaded: bool, ring: int) -> None:
         super().__init__(name=f"hash {path.name}", daemon=True)
         self.threaded = threaded  # False: a small artifact, hashed as it is handed over (a thread would cost more)
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the thread)
         self._path = path
         self._cond = threading.Condition()
-        self._pieces: collections.deque[bytes | int] = collections.deque([prefix] if prefix else [])
+        self._pieces: collections.deque[bytes | memoryview | int] = collections.deque([prefix] if prefix else [])
         self._held = 0
+        self._ring_size = max(1, ring)
+        self._ring: memoryview | None = None
+        self._ring_at = 0
         self._closing = self._cancelled = self._stopped = False
         self._error: OSError | None = None
         self.sha256 = hashlib.sha256()
@@ -168,7 +176,27 @@ class _Verifier(threading.Thread):
         if threaded:
             self.start()
 
-    def hand(self, piece: bytes | int) -> None:
+    def room(self, n: int) -> memoryview:
+        """Where the writer may receive its next (up to) `n` bytes: the ring after the last view handed over, once
+        the hasher is done with it. Fewer than `n` at the ring's end; hand over what arrived before the next call."""
+        if self._ring is None:
+            self._ring = memoryview(bytearray(self._ring_size))
+        at = self._ring_at if self._ring_at < self._ring_size else 0
+        want = max(1, min(n, self._ring_size - at))
+        if self.threaded:
+            with self._cond:
+                while self._held + want > self._ring_size and not self._stopped:
+                    self._cond.wait()
+        self._ring_at = at + want
+        return self._ring[at : at + want]
+
+    def received(self, view: memoryview, n: int) -> None:
+        """The first `n` bytes of the last `room` were written: hands them over and gives the rest back."""
+        self._ring_at -= len(view) - n
+        if n:
+            self.hand(view[:n])
+
+    def hand(self, piece: bytes | memoryview | int) -> None:
         """`piece` was written right after the last one: its bytes, or how many bytes to read back."""
         if not self.threaded:
             self._pieces.append(piece)
@@ -438,8 +466,9 @@ class _Download:
         return out
 
     def _new_verifier(self, prefix: int) -> _Verifier:
-        small = self.expected_size is not None and self.expected_size <= INLINE_HASH_BYTES
-        return _Verifier(self.partial, prefix, threaded=not small)
+        if self.expected_size is not None and self.expected_size <= INLINE_HASH_BYTES:
+            return _Verifier(self.partial, prefix, threaded=False, ring=self.expected_size + 1)
+        return _Verifier(self.partial, prefix, threaded=True, ring=HANDOVER_BYTES)
 
     def _restart(self) -> None:
         """The source sends the object from its first byte: what the partial file holds may be of another version."""
@@ -483,6 +512,7 @@ class _Download:
         """Copies one response to the partial file, advancing `pos`; returns whether the object is complete."""
         want = self.expected_size if self.expected_size is not None else body.total
         out, copy_fd = self._out, body.copy_fd
+        receive = _receiver(body.stream)
         while True:
             n = self.bucket.chunk() if self.bucket else CHUNK
             if body.end is not None:
@@ -491,17 +521,22 @@ class _Download:
                 n = min(n, self.expected_size + 1 - self.pos)  # one byte past the pin says "too large"
             if n <= 0:
                 break
-            cut, data, got = None, b"", 0
+            cut, data, got, room = None, b"", 0, None
             try:
                 if copy_fd is not None:
                     got = _copy_range(copy_fd, out.fileno(), n)
                     if got <= 0:  # unsupported here, or a file system that says 0 too early: let read() find the end
                         copy_fd = None
                         continue
+                elif receive is not None:
+                    room = self._verifier.room(n)
+                    got = receive(room) or 0
                 else:
                     # read1: what has arrived, so a stall loses nothing already received
-                    data = body.stream.read1(n) if isinstance(body.stream, http.client.HTTPResponse) else body.stream.read(n) or b""
+                    data = body.stream.read1(n)  # type: ignore[union-attr]
                     got = len(data)
+                    if got < n and receive is None:
+                        receive = _receiver(body.stream, drained=True)
             except http.client.IncompleteRead as exc:
                 data = exc.partial
                 got = len(data)
@@ -510,11 +545,15 @@ class _Download:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the partial file's disk, not the source
                     raise
                 cut = f"download failed after {self.pos} bytes from {self.uri}: {exc}"
-            if data:
+            if room is not None:
+                _write_all(out, room[:got])
+                self._verifier.received(room, got)
+            elif data:
                 _write_all(out, memoryview(data))
             if got:
                 self.pos += got
-                self._verifier.hand(data or got)
+                if room is None:
+                    self._verifier.hand(data or got)
             if self.expected_size is not None and self.pos > self.expected_size:
                 raise FetchError(f"download too large: more than the {self.expected_size} bytes the signed manifest pins, from {self.uri}")
             if cut:
@@ -529,6 +568,22 @@ class _Download:
             message = f"download truncated: {self.pos} of {want} bytes from {self.uri}"
             raise (FetchError if self.source.scheme == "file" else _Cut)(message)
         return True
+
+
+def _receiver(stream: io.RawIOBase | io.BufferedIOBase, drained: bool = False) -> Callable[[memoryview], int | None] | None:
+    """How to read a response's next bytes into a given buffer with one read (what has arrived, so a stall or a cut
+    loses nothing already received); None: through `read1`, which returns a new bytes object each time.
+
+    An HTTP body of known framing is read from the socket itself (`recv_into`; over TLS, decrypted into the
+    buffer), but only once `read1` came back short, which says the response's own read buffer, which may hold the
+    body's first bytes, is empty. A chunked body stays with `read1`, which parses the framing.
+    """
+    if not isinstance(stream, http.client.HTTPResponse):
+        return stream.readinto
+    raw = getattr(stream.fp, "raw", None)
+    if not drained or stream.chunked or not isinstance(raw, socket.SocketIO):
+        return None
+    return raw.readinto
 
 
 def _copy_range(src: int, dst: int, n: int) -> int:

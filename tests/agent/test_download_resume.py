@@ -413,6 +413,30 @@ def test_a_slow_hasher_holds_back_the_writer(tmp_path, monkeypatch, store, schem
     assert max(held) < 2 * dl.CHUNK
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_cuts_inside_a_small_reused_buffer_resume_and_verify(tmp_path, monkeypatch, store, chunked):
+    """Received bytes go through a ring of HANDOVER_BYTES reused for every read (here 100,000 bytes, so it wraps
+    about 30 times): cuts that land mid-ring and mid-read lose nothing already received, every resumed range
+    starts where the last one ended, and the digest is of every byte. A body of known length is read from the
+    socket into the ring, not through read1."""
+    monkeypatch.setattr(dl, "HANDOVER_BYTES", 100_000)
+    read1_calls: list[int] = []
+    real_read1 = dl.http.client.HTTPResponse.read1
+
+    def counted(self, n=-1):
+        read1_calls.append(n)
+        return real_read1(self, n)
+
+    monkeypatch.setattr(dl.http.client.HTTPResponse, "read1", counted)
+    data = body(3 * MB + 7)
+    uri = store.put("m.onnx", Obj([Version(data)], cuts=[333_333, 1_000_001, None], chunked=chunked))
+    dest = tmp_path / "m.onnx"
+    assert download(uri, dest, len(data), expected_sha256=sha(data), backoff_seconds=0.01) == sha(data)
+    assert dest.read_bytes() == data and leftovers(dest) == ["m.onnx"]
+    assert [r.range for r in store.requests] == [None, "bytes=333333-", "bytes=1333334-"]
+    assert (len(read1_calls) <= 2 * len(store.requests)) != chunked  # content-length: only until its buffer is empty
+
+
 def test_the_store_keeps_only_the_newest_resumable_partial(tmp_path):
     """A restarted agent resumes its download, so clean() keeps the newest partial that records what it is a prefix
     of; older ones, partials without that record, and those older than a week are removed."""
