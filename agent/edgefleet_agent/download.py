@@ -576,14 +576,25 @@ def _receiver(stream: io.RawIOBase | io.BufferedIOBase, drained: bool = False) -
 
     An HTTP body of known framing is read from the socket itself (`recv_into`; over TLS, decrypted into the
     buffer), but only once `read1` came back short, which says the response's own read buffer, which may hold the
-    body's first bytes, is empty. A chunked body stays with `read1`, which parses the framing.
+    body's first bytes, is empty; like `read1`, it stops at the response's Content-Length. A chunked body stays
+    with `read1`, which parses the framing.
     """
     if not isinstance(stream, http.client.HTTPResponse):
         return stream.readinto
     raw = getattr(stream.fp, "raw", None)
     if not drained or stream.chunked or not isinstance(raw, socket.SocketIO):
         return None
-    return raw.readinto
+    if stream.length is None:
+        return raw.readinto
+    response, recv_into = stream, raw.readinto
+
+    def receive(view: memoryview) -> int | None:
+        got = recv_into(view[: response.length])
+        if got and response.length is not None:
+            response.length -= got
+        return got
+
+    return receive
 
 
 def _copy_range(src: int, dst: int, n: int) -> int:
