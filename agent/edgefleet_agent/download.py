@@ -154,8 +154,8 @@ class _Verifier(threading.Thread):
     memory stays bounded whatever the artifact's size.
 
     Received bytes live in a ring of `ring` bytes allocated once (`room`): the writer reads into the part the
-    hasher has finished with and hands over views of it, instead of a new 1 MiB bytes object per read: a sixth of
-    the HTTP writer's CPU, and about 40% over TLS, which delivers at most 16 KiB a read (benchmarks/README.md).
+    hasher has finished with and hands over views of it, instead of a new 1 MiB bytes object per read: a sixth to a
+    quarter of the HTTP writer's CPU, and 40-50% over TLS, which delivers at most 16 KiB a read (benchmarks/README.md).
     """
 
     def __init__(self, path: Path, prefix: int, threaded: bool, ring: int) -> None:
