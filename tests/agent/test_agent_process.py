@@ -165,17 +165,21 @@ def test_kill_during_swap_restarts_on_a_verified_model(device, keys, v100, v110,
 
     restarted_at = time.time()
     device.start("restarted")
-    report = device.wait_for(
-        lambda: (
-            device.request() in (200, 503, None)  # an application's traffic: 503 while nothing is loaded yet
-            and (r := device.last_report())
-            and r.reported_at >= restarted_at
-            and r.version == "1.1.0"
-            and r.inferences > 0
-            and r
-        ),
-        "a report of 1.1.0 in service",
-    )
+
+    def served_and_counted() -> DeviceReport | None:
+        """An application's request (503 while nothing is loaded yet), then the report of the window that counted it.
+        Each report replaces the last every 0.05 s and the next windows are empty, so it is looked for over a few
+        report periods after the answer: read once, it was often gone when requests were slow (a loaded machine)."""
+        if device.request() not in (200, 503, None):
+            return None
+        for _ in range(20):
+            r = device.last_report()
+            if r and r.reported_at >= restarted_at and r.version == "1.1.0" and r.inferences > 0:
+                return r
+            time.sleep(0.01)
+        return None
+
+    report = device.wait_for(served_and_counted, "a report of 1.1.0 in service")
     assert (report.sha256, report.status, report.errors, report.invalid_outputs) == (v110.sha256, "ok", 0, 0)
     assert device.signal(signal.SIGTERM) == 0, device.log.read_text()
 
