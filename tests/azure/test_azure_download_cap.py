@@ -9,7 +9,8 @@ import dataclasses
 
 import pytest
 from azure_testkit import SimDevice, SimModuleClient
-from test_azure_gate import AGENT, base_layer, release
+from test_azure_gate import base_layer, release
+from test_azure_manifest import CANARY
 
 from components.azure import manifest as mf
 from components.azure.configurations import ConfigurationProvider
@@ -95,17 +96,7 @@ def test_removing_the_cap_from_the_stack_removes_it_from_the_twin_and_the_agents
     rel = release(signer, "1.0.0")
     d = DesiredModel(**{k: rel[k] for k in ("model", "version", "sha256", "size", "uri", "manifest", "signature")})
     d = dataclasses.replace(d, rollout=rollout_id("detector", d))
-    spec = mf.RingDeploymentSpec(
-        rollout="detector",
-        ring="canary",
-        index=0,
-        model="detector",
-        target_condition="tags.group='cameras' AND (tags.ring='canary')",
-        priority=11,
-        agent=AGENT,
-        agent_schema="1.1",
-        download_cap=CANARY_CAP,
-    )
+    spec = dataclasses.replace(CANARY, target_condition="tags.group='cameras' AND (tags.ring='canary')", download_cap=CANARY_CAP)
 
     def deploy(s: mf.RingDeploymentSpec) -> str:
         """What `pulumi up` does for the ring: create its layer (create-before-delete retires the old one)."""
