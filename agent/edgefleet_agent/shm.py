@@ -7,7 +7,8 @@ list of {"name", "key", "offset", "byte_size"}; an unknown region is 404; regist
 not open, or a range past the object's end is 400; unregistering a name that is not registered succeeds. Two
 differences, both refusals Triton would not make: a key must name an object directly under /dev/shm (one leading `/`
 as shm_open takes it, no other `/`, no `..`), and the regions are bounded in count and in mapped bytes, so an
-application cannot make the agent map without limit. An offset need not be page-aligned.
+application cannot make the agent map without limit (a region unregistered under a request in flight counts until that
+request ends and it is unmapped). An offset need not be page-aligned.
 
 Only processes that share the agent's IPC namespace (its /dev/shm) can use this: applications on the device itself,
 or containers started with the agent's IPC namespace (IoT Edge: HostConfig IpcMode, see docs/agent.md).
@@ -20,6 +21,7 @@ import mmap
 import os
 import stat
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,10 @@ class SharedMemoryRegions:
         self.root = root
         self._lock = threading.Lock()
         self._regions: dict[str, _Region] = {}  # replaced, never mutated: requests read it without the lock
+        # Unregistered while a request still reads or writes them: unmapped (and gone from here) when the last view is
+        # released, and counted against max_mapped_bytes until then, or held requests would let an application map
+        # without limit by unregistering and registering again.
+        self._unmapping: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
 
     def register(self, name: str, body: object) -> None:
         """$system_shared_memory_register_request for region `name`. ProtocolError (400) names what is wrong."""
@@ -92,12 +98,14 @@ class SharedMemoryRegions:
                     f"failed to register shared memory region {name!r}: {len(self._regions)} regions are registered, "
                     f"this endpoint's limit (unregister one, or raise --shm-max-regions)"
                 )
-            mapped = sum(len(r.map) for r in self._regions.values())
+            unmapping = sum(len(m) for m in self._unmapping)
+            mapped = sum(len(r.map) for r in self._regions.values()) + unmapping
             start = offset % mmap.ALLOCATIONGRANULARITY
             if mapped + start + byte_size > self.max_mapped_bytes:
+                held = f", {unmapping} of them still mapped for requests in flight on unregistered regions" if unmapping else ""
                 raise bad_request(
                     f"failed to register shared memory region {name!r}: {byte_size} more bytes would map "
-                    f"{mapped + start + byte_size} bytes, over this endpoint's limit of {self.max_mapped_bytes} "
+                    f"{mapped + start + byte_size} bytes, over this endpoint's limit of {self.max_mapped_bytes}{held} "
                     "(unregister regions, or raise --shm-max-mib)"
                 )
             region = _Region(name, body["key"], offset, byte_size, self._map(name, file_name, offset - start, start + byte_size), start)
@@ -130,11 +138,12 @@ class SharedMemoryRegions:
         with self._lock:
             gone = [r for n, r in self._regions.items() if name is None or n == name]
             self._regions = {n: r for n, r in self._regions.items() if r not in gone}
-        for region in gone:
-            try:
-                region.map.close()
-            except BufferError:  # a request in flight still reads or writes it: unmapped when its views are gone
-                log.debug("shared memory region %r is unmapped when its in-flight requests finish", region.name)
+            for region in gone:
+                try:
+                    region.map.close()
+                except BufferError:  # a request in flight still reads or writes it: unmapped when its views are gone
+                    self._unmapping.add(region.map)
+                    log.debug("shared memory region %r is unmapped when its in-flight requests finish", region.name)
 
     def status(self, name: str | None = None) -> list[dict[str, Any]]:
         """$system_shared_memory_status_response; ProtocolError 404 for a name not registered."""

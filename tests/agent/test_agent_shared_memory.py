@@ -8,7 +8,10 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import threading
+import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ import tritonclient.utils.shared_memory as shm
 from agent_testkit import SHAPE, client, image, infer
 from tritonclient.utils import InferenceServerException
 
+import edgefleet_agent.serving
 from edgefleet_agent.endpoint import InferenceEndpoint, ModelRegistry
 from edgefleet_agent.protocol import SharedMemoryRef, parse_infer_request
 from edgefleet_agent.shm import SharedMemoryRegions
@@ -231,3 +235,152 @@ def test_an_input_in_shared_memory_is_read_in_place_not_copied():
     x = parse_infer_request(json.dumps(header).encode(), None, Regions()).inputs["x"]
     assert x.tolist() == [[1, 2], [3, 4]]
     assert np.shares_memory(x, np.frombuffer(memory, np.uint8))
+
+
+# -- a region unregistered while a request uses it -----------------------------------------------------------------------
+class HeldSession:
+    """A session whose runs, once `hold` is set, say so (`running`) and wait for `release`: a request held in flight
+    after its shared-memory input has been read in place and its output's destination looked up."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.hold = False
+        self.running = threading.Event()
+        self.release = threading.Event()
+
+    def run(self, names, feeds):
+        if self.hold:
+            self.running.set()
+            assert self.release.wait(20)
+        return self.session.run(names, feeds)
+
+    def get_providers(self):
+        return self.session.get_providers()
+
+
+@pytest.fixture
+def held(make_agent, transport, v110, monkeypatch):
+    """(endpoint factory, the served version's HeldSession): detector 1.1.0 whose requests can be held in flight."""
+    opened: list[HeldSession] = []
+    real = edgefleet_agent.serving.open_session
+    monkeypatch.setattr(
+        edgefleet_agent.serving, "open_session", lambda path, providers: opened.append(HeldSession(real(path, providers))) or opened[-1]
+    )
+    agent_ = make_agent()
+    transport.desired_model = v110
+    agent_.sync()
+    registry = ModelRegistry()
+    registry.add(agent_)
+    endpoints: list[InferenceEndpoint] = []
+
+    def endpoint(regions: SharedMemoryRegions | None = None) -> InferenceEndpoint:
+        endpoints.append(InferenceEndpoint(registry, port=0, regions=regions).start())
+        return endpoints[-1]
+
+    yield endpoint, opened[-1]
+    for e in endpoints:
+        e.close()
+
+
+def mappings(key: str) -> int:
+    """How many times this process (the agent, and Triton's client for the application) maps shared-memory `key`."""
+    path = f"/dev/shm/{key.lstrip('/')}"
+    return sum(1 for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(" " + path))
+
+
+def eventually(condition, seconds: float = 10.0) -> bool:
+    """A request's views are released when its handler returns, just after the answer is sent."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def in_flight(endpoint: InferenceEndpoint, session: HeldSession, region_in: str, region_out: str) -> tuple[threading.Thread, list]:
+    """A shared-memory request sent on its own connection and held in the model; its result (or error) lands in the list."""
+    answer: list = []
+
+    def send() -> None:
+        try:
+            answer.append(shm_infer(client(endpoint), region_in, region_out))
+        except Exception as exc:  # noqa: BLE001 - the test reads it
+            answer.append(exc)
+
+    session.hold = True
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    assert session.running.wait(20), "the request never reached the model"
+    return thread, answer
+
+
+def test_unregistering_or_reregistering_a_region_a_request_uses_keeps_it_mapped_until_the_request_ends(held, regions):
+    """The race: the application unregisters (or registers again, smaller, elsewhere) the regions a request reads its
+    input from and writes its output into while the model runs. Unmapped then, the model would read freed memory and
+    the output write would fault (SIGBUS or SIGSEGV ends the agent). Expected: unregister answers at once, the names are
+    free, the request finishes in the regions it named when it arrived (its output where it asked), the agent unmaps
+    them after it, and serving goes on with the new registrations."""
+    make_endpoint, session = held
+    endpoint = make_endpoint()
+    c = client(endpoint)
+    in_key, in_handle = regions("in", IMAGE_BYTES)
+    out_key, out_handle = regions("out", SCORES_BYTES)
+    new_key, new_handle = regions("new", 4096)
+    x = image(3)
+    expected = infer(c, x).as_numpy("scores")
+    shm.set_shared_memory_region(in_handle, [x])
+    application = mappings(in_key), mappings(out_key)
+    c.register_system_shared_memory("in", in_key, IMAGE_BYTES)
+    c.register_system_shared_memory("out", out_key, SCORES_BYTES)
+    assert (mappings(in_key), mappings(out_key)) == (application[0] + 1, application[1] + 1)
+
+    thread, answer = in_flight(endpoint, session, "in", "out")
+    c.unregister_system_shared_memory("in")
+    c.unregister_system_shared_memory()
+    assert c.get_system_shared_memory_status() == []
+    c.register_system_shared_memory("out", new_key, 4)  # the name again, another object, too small for the output
+    assert (mappings(in_key), mappings(out_key)) == (application[0] + 1, application[1] + 1), "unmapped under the request"
+    session.release.set()
+    thread.join(20)
+
+    assert not isinstance(answer[0], Exception), answer[0]
+    assert answer[0].get_output("scores") == {"name": "scores", "datatype": "FP32", "shape": [1, 3]}
+    np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.float32, [1, 3]), expected)
+    assert shm.get_contents_as_numpy(new_handle, np.uint8, [4096]).max() == 0  # not the region registered since
+    assert eventually(lambda: (mappings(in_key), mappings(out_key)) == application), "still mapped after the request"
+    session.hold = False
+    with pytest.raises(InferenceServerException, match="input 'image': Unable to find shared memory region: 'in'"):
+        shm_infer(c, "in", "out")
+    c.register_system_shared_memory("in", in_key, IMAGE_BYTES)
+    with pytest.raises(InferenceServerException, match="Invalid offset \\+ byte size for shared memory region: 'out'"):
+        shm_infer(c, "in", "out")
+    assert infer(c, x).get_response()["model_version"] == "1.1.0"
+
+
+def test_a_region_unregistered_under_a_request_counts_against_the_mapped_bytes_until_unmapped(held, regions):
+    """The attack: hold requests in flight on a region, unregister it and register another, again and again. Were the
+    region's bytes no longer counted once unregistered, each held request would let the application map another
+    --shm-max-mib. Expected: registration is refused while the unregistered region is still mapped, and accepted
+    once the request that held it has ended."""
+    make_endpoint, session = held
+    endpoint = make_endpoint(SharedMemoryRegions(max_mapped_bytes=IMAGE_BYTES + 4096))
+    c = client(endpoint)
+    in_key, in_handle = regions("in", IMAGE_BYTES)
+    out_key, _ = regions("out", SCORES_BYTES)
+    shm.set_shared_memory_region(in_handle, [image(4)])
+    application = mappings(in_key)
+    c.register_system_shared_memory("in", in_key, IMAGE_BYTES)
+    c.register_system_shared_memory("out", out_key, SCORES_BYTES)
+
+    thread, answer = in_flight(endpoint, session, "in", "out")
+    c.unregister_system_shared_memory("in")
+    with pytest.raises(InferenceServerException, match="over this endpoint's limit .* still mapped for requests in flight") as err:
+        c.register_system_shared_memory("again", in_key, IMAGE_BYTES)
+    assert err.value.status() == "400"
+    session.release.set()
+    thread.join(20)
+    assert not isinstance(answer[0], Exception), answer[0]
+    assert eventually(lambda: mappings(in_key) == application)
+    c.register_system_shared_memory("again", in_key, IMAGE_BYTES)
+    assert sorted(r["name"] for r in c.get_system_shared_memory_status()) == ["again", "out"]
