@@ -17,7 +17,7 @@ if __package__:
 else:
     from settings import Settings  # type: ignore[no-redef]
 
-AGENT_VERSION = "0.4.0"  # the agent in this checkout, which the local fleet runs (edgefleet_agent.__version__)
+AGENT_VERSION = "0.5.0"  # the agent in this checkout, which the local fleet runs (edgefleet_agent.__version__)
 
 
 MEMBERSHIP_AT_LOAD = True  # components/local/checks.py computes each ring's devices and refuses an empty ring

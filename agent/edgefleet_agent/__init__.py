@@ -4,4 +4,4 @@ Its own distribution (agent/pyproject.toml): a device installs `edgefleet-agent`
 imports nothing of the controller; the controller imports its contract (edgefleet_agent/contract/).
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 from edgefleet_agent.contract.errors import ConfigError, EdgefleetError
 from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir, ModelManifest, TensorSpec, parse_manifest_bytes
 
-from .conftest import DETECTOR
+from .conftest import DETECTOR, REPO
 
 SOURCE = "models/detector/model.yaml"
 
@@ -185,12 +186,31 @@ def test_a_manifest_without_evaluation_is_format_1_and_byte_identical():
 
 def test_evaluation_is_registered_with_the_agent_and_format_that_first_read_it():
     import edgefleet_agent
-    from edgefleet_agent.contract.manifest import FIELDS_FORMAT, FIELDS_SINCE, MANIFEST_FORMAT, required_agent_version, required_format
+    from edgefleet_agent.contract.manifest import (
+        FIELDS_FORMAT,
+        FIELDS_SINCE,
+        MANIFEST_FORMAT,
+        required_agent_version,
+        required_format,
+        version_key,
+    )
 
-    assert FIELDS_SINCE["evaluation"] == "0.3.0" and FIELDS_SINCE["variants"] == edgefleet_agent.__version__ == "0.4.0"
+    assert FIELDS_SINCE["evaluation"] == "0.3.0" and FIELDS_SINCE["variants"] == "0.4.0"
+    newest = max(FIELDS_SINCE.values(), key=version_key)
+    assert version_key(newest) <= version_key(edgefleet_agent.__version__), "a field this checkout's agent does not read"
     assert FIELDS_FORMAT["evaluation"] == 2 and FIELDS_FORMAT["variants"] == MANIFEST_FORMAT == 3
     assert required_agent_version({"evaluation": EVALUATION}) == "0.3.0" and required_agent_version({"evaluation": None}) == "0.1.0"
     assert required_format({"evaluation": EVALUATION}) == 2 and required_format({}) == 1
+
+
+def test_the_agent_docs_say_what_this_agent_version_and_every_version_the_contract_names_added():
+    """A bump without its entry would leave operators guessing what a stack's agent_version gets them."""
+    import edgefleet_agent
+    from edgefleet_agent.contract.manifest import FIELDS_SINCE
+
+    text = (REPO / "docs" / "agent.md").read_text()
+    listed = set(re.findall(r"^\| (\d+\.\d+\.\d+) \|", text, re.MULTILINE))
+    assert {edgefleet_agent.__version__, *FIELDS_SINCE.values()} <= listed
 
 
 def test_measured_manifest_round_trips_and_says_which_metric_is_which(doc):

@@ -24,7 +24,7 @@ _Doc = TypeVar("_Doc", bound="DataclassInstance")
 
 DESIRED_FORMAT = 4  # 2: a desired state may carry a candidate to shadow and a sample-capture setting (agent 0.3.0)
 # 3: it may list the version's variants, where each build is published (agent 0.4.0)
-# 4: it may carry the group's maintenance windows, which a forward swap waits for (an older agent would ignore them)
+# 4: it may carry the group's maintenance windows, which a forward swap waits for (agent 0.5.0; an older one would ignore them)
 REPORT_FORMAT = 1
 
 DeviceStatus = Literal["ok", "failed", "updating", "idle"]
