@@ -298,7 +298,7 @@ def test_json_keys_partial_exit_and_watch_as_json_lines(monkeypatch, capsys):
     assert set(doc) == {"format", "stack", "at", "partial", "rings", "rollouts", "declared", "gaps"}
     assert set(doc["rings"][0]) == {
         "platform", "rollout", "ring", "desired", "devices", "reported", "drift", "drift_devices", "silent", "failures", "stale",
-        "notices", "partial"
+        "notices", "partial", "held", "held_reasons"
     }  # fmt: skip
     code, out, _ = cli(capsys, "status", "--stack", STACK)
     assert code == 6 and "PARTIAL" in out and "partial: ring detector/canary: devices per version not read: throttled" in out
