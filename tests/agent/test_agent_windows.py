@@ -216,8 +216,11 @@ def test_on_iot_edge_the_module_waits_for_the_window_and_a_rollback_does_not(mak
     agent.report()
     assert "waits for the maintenance window" in client.reported["models"]["detector"]["error"]
     assert client.reported["models"]["detector"]["status"] == "ok"
+    assert client.reported["models"]["detector"]["deferred"] == "outside the maintenance window (0 2 * * * for 120 min (Europe/Berlin))"
     clock.now = OPEN
     assert agent.sync() is True and agent.current_version == "1.1.0"
+    agent.report()
+    assert client.reported["models"]["detector"]["deferred"] is None, "sent as null: IoT Hub drops it from the twin"
     clock.now = CLOSED + 86400
     client.desired = {**twin(keys, hosted(publisher.rollback(v100, v110)), spec(NIGHTLY)), "$version": 3}
     transport.refresh(force=True)
