@@ -1,6 +1,6 @@
 """`edgefleet status --stack azure-dev` against the local IoT Hub (tests/azure/azure_testkit.py): the configurations'
-desired versions and system metrics, one GROUP BY twin query per ring (and one for its held devices when it drifts), paging, the query quota's 429s, and keys that
-are missing or wrong."""
+desired versions and system metrics, one GROUP BY twin query per ring (and one for its held devices when it drifts),
+paging, the query quota's 429s, and keys that are missing or wrong."""
 
 from __future__ import annotations
 
