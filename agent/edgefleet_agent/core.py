@@ -45,7 +45,14 @@ from edgefleet_agent.contract.capture import CaptureSpec
 from edgefleet_agent.contract.errors import EdgefleetError
 from edgefleet_agent.contract.manifest import REFERENCE_KIND, ModelManifest, parse_manifest_bytes, version_key
 from edgefleet_agent.contract.signing import Envelope, SignatureError, load_public_key, parse_rollback_order, verify_bytes
-from edgefleet_agent.contract.state import DesiredModel, DeviceReport, DeviceStatus
+from edgefleet_agent.contract.state import (
+    DEFERRED_BY_APPLICATION,
+    DesiredModel,
+    DeviceReport,
+    DeviceStatus,
+    deferral_summary,
+    outside_window,
+)
 from edgefleet_agent.contract.tuf import MetadataRefused, patch_uri
 from edgefleet_agent.contract.windows import Windows
 from edgefleet_agent.delta import METHOD as PATCH_METHOD
@@ -142,6 +149,12 @@ def window_wait(desired: DesiredModel, now: float) -> str | None:
     """Why a swap to `desired` must wait at `now` for the group's maintenance window (the sentence reported while it
     does), or None when it may go: a window is open, the desired state names none, or it is a rollback (a bad version
     must go whatever the hour). Windows that do not parse return None here; the install refuses them."""
+    held = _window_hold(desired, now)
+    return held[0] if held is not None else None
+
+
+def _window_hold(desired: DesiredModel, now: float) -> tuple[str, str] | None:
+    """(window_wait's sentence, the report's `deferred`: the same on every device of the group whatever its clock)."""
     if desired.rollback_order is not None or not desired.windows:
         return None
     try:
@@ -156,7 +169,8 @@ def window_wait(desired: DesiredModel, now: float) -> str | None:
         if opens is None
         else "the next opens " + datetime.fromtimestamp(opens, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     )
-    return f"swap to {desired.version} waits for the maintenance window ({windows.describe()}): {when}"
+    described = windows.describe()
+    return f"swap to {desired.version} waits for the maintenance window ({described}): {when}", outside_window(described)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -217,6 +231,7 @@ class DeviceAgent:
         self._defer_started: float | None = None  # the pending swap's first deferral
         self._deferred_until: float | None = None
         self._deferral: str | None = None  # "swap to … deferred …", reported while it holds
+        self._held: str | None = None  # the report's `deferred` beside it: the cause alone, for grouping
         self._window = Window()
         self._feed_counter = 0
         self._trust = trust
@@ -472,19 +487,20 @@ class DeviceAgent:
         with self._state_lock:
             if self._deferred_until is not None and now < self._deferred_until and desired.rollback_order is None:
                 when = datetime.fromtimestamp(self._deferred_until, timezone.utc).strftime("%H:%M:%S UTC")
-                self._deferral = f"swap to {desired.version} deferred by an application until {when}"
+                self._deferral = f"swap to {desired.version} {DEFERRED_BY_APPLICATION} until {when}"
+                self._held = DEFERRED_BY_APPLICATION
                 return True
             if self._deferred_until is not None and now >= self._deferred_until:
                 self._defer_started = self._deferred_until = None
-            waits = window_wait(desired, now)
-            self._deferral = waits
+            waits = _window_hold(desired, now)
+            self._deferral, self._held = waits if waits is not None else (None, None)
             return waits is not None
 
     def _sync_served(self, desired: DesiredModel) -> bool:
         serving = self._serving
         if serving is not None and (serving.ref.version, serving.ref.sha256) == (desired.version, desired.sha256):
             with self._state_lock:
-                self._deferral = None
+                self._deferral = self._held = None
             return self._forget_refusal()
         if serving is not None and self._held_back(desired):
             return False
@@ -967,6 +983,7 @@ class DeviceAgent:
             captured=captured.captured,
             capture_failed=captured.failed or None,
             update=self._update,
+            deferred=deferral_summary(self._held),
         )
 
     def report(self) -> None:

@@ -147,8 +147,9 @@ class GreengrassFleet(pulumi.ComponentResource):
         if aws_cfg.manage_fleet_indexing:
             # Dynamic thing groups are fleet-indexing queries: REGISTRY mode indexes thingTypeName, attributes and
             # thingGroupNames, everything the ring queries use. Account- and region-wide: one stack should own it.
-            # The agents' status shadows (`edgefleet-<model>`, contract/greengrass.py) are indexed too, their version as
-            # a custom field, so `edgefleet status` counts a ring's devices per version in one aggregation.
+            # The agents' status shadows (`edgefleet-<model>`, contract/greengrass.py) are indexed too, their version and
+            # deferred as custom fields, so `edgefleet status` counts a ring's devices per version, and its held devices
+            # per reason, in one aggregation each.
             shadows = status_shadow_names(p.stack)
             self.indexing = aws.iot.IndexingConfiguration(
                 f"{name}-fleet-indexing",
@@ -159,7 +160,11 @@ class GreengrassFleet(pulumi.ComponentResource):
                         {
                             "named_shadow_indexing_mode": "ON",
                             "filter": {"named_shadow_names": list(shadows)},
-                            "custom_fields": [{"name": f"shadow.name.{s}.reported.version", "type": "String"} for s in shadows],
+                            "custom_fields": [
+                                {"name": f"shadow.name.{s}.reported.{f}", "type": "String"}
+                                for s in shadows
+                                for f in gg.STATUS_SHADOW_INDEXED
+                            ],
                         }
                         if shadows
                         else {}

@@ -7,8 +7,10 @@ tagged `edgefleet:stack=<stack>`, paged). Per rollout: its records' keys (`ListO
 group's latest Greengrass deployment (`ListDeployments` LATEST_ONLY, `GetDeployment`): the desired version; the ring's
 size (`iot:GetStatistics` over the ring's own fleet-indexing query, as its dynamic thing group selects); the connected
 devices per version the agents reported in their status shadow (`iot:GetBucketsAggregation` on
-`shadow.name.edgefleet-<model>.reported.version`, contract/greengrass.py). So the calls grow with rings and pages, never
-with devices: Greengrass answers installed components per device only, and this never asks it that.
+`shadow.name.edgefleet-<model>.reported.version`, contract/greengrass.py); for a ring with drift, the devices held back
+per reason (one more `iot:GetBucketsAggregation`, on `…reported.deferred`, over the ring's connected devices not on the
+desired version: `held_query`). So the calls grow with rings and pages, never with devices: Greengrass answers
+installed components per device only, and this never asks it that.
 
 Silent devices are those the ring selects that are not counted under a version: never reported, or not connected
 (`connectivity.connected`, indexed by the stack's indexing configuration).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -267,12 +270,23 @@ def desired_of(deployment: dict[str, Any] | None, model_component: str) -> tuple
     return spec.get("componentVersion"), bool(isinstance(merge, dict) and merge.get("RollbackOrder"))
 
 
+def held_query(query: str, model: str, desired: str | None) -> str:
+    """The ring's connected devices not on `desired`, as far as fleet indexing's MAX_QUERY_TERMS leave room: the agent
+    writes one reason into every model's status shadow (the nucleus holds a deployment whole, whichever models it
+    changes), so a device already on this ring's version is held for another model's deployment, not this one's."""
+    out = connected_reporting(query)
+    if desired and PLAIN_VALUE.fullmatch(desired) and query_terms(out) < MAX_QUERY_TERMS:
+        out = f"({out}) AND NOT {gg.status_shadow_field(model, 'version')}:{desired}"
+    return out
+
+
 def versions_of(response: dict[str, Any]) -> dict[str | None, int]:
     """{version: devices} from a GetBucketsAggregation answer."""
     return {b["keyValue"]: int(b.get("count") or 0) for b in response.get("buckets") or []}
 
 
 CONNECTED = "connectivity.connected:true"
+PLAIN_VALUE = re.compile(r"[A-Za-z0-9._]+")  # a version written into a query term as it is (no quoting, no escapes)
 
 
 def connected_reporting(query: str) -> str:
@@ -407,6 +421,21 @@ def _ring(clients: Any, call: Caller, spec: RolloutSpec, ring: RingSpec, arn: st
     except CloudError as err:
         _gap(gaps, err, "devices per version not read")
         partial = True
+    held: dict[str, int] | None = {} if reported is not None else None
+    if reported is not None and any(n for v, n in reported.items() if v != desired):  # a held device is not on desired
+        try:
+            resp = call(
+                iot,
+                "get_buckets_aggregation",
+                where,
+                queryString=held_query(ring.query, spec.model, desired),
+                aggregationField=gg.status_shadow_field(spec.model, "deferred"),
+                bucketsAggregationType={"termsAggregation": {"maxBuckets": MAX_BUCKETS}},
+            )
+            held = {str(k): n for k, n in versions_of(resp).items() if k}
+        except CloudError as err:
+            _gap(gaps, err, "devices held back not read")
+            held, partial = None, True
     return ring_row(
         platform="aws",
         rollout=spec.rollout,
@@ -416,6 +445,7 @@ def _ring(clients: Any, call: Caller, spec: RolloutSpec, ring: RingSpec, arn: st
         devices=devices,
         reported=reported,
         partial=partial,
+        held=held,
     )
 
 

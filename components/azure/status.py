@@ -5,10 +5,12 @@ the cause and the fix). Per ring: its newest layer (`GET /configurations/{id}`: 
 metric `targetedCount`, the ring's size as IoT Hub last evaluated it; a layer not evaluated yet costs one `COUNT()`
 query over its target condition), and one twin query grouping the ring's agent module twins by the version they
 report (`SELECT <r>.version AS version, COUNT() AS n FROM devices.modules WHERE moduleId = 'edgefleet-agent' AND
-<r>.ring = '<rollout>.<ring>' GROUP BY <r>.version`, paged with x-ms-continuation). Per rollout: its records in the
-stack's `rollouts` container (the state and the last gate verdict with its values). So the calls grow with rings and
-pages, never with devices, and a watch costs (1 + 2 × rings) queries and reads per read against IoT Hub's quota (20
-queries a minute per S1/S2 unit): use --interval 30 or more on a small hub.
+<r>.ring = '<rollout>.<ring>' GROUP BY <r>.version`, paged with x-ms-continuation); for a ring with drift, one more
+grouping the devices held back by why (`held_query`: a held device is one not on the desired version yet, so a settled
+ring costs none). Per rollout: its records in the stack's `rollouts` container (the state and the last gate verdict
+with its values). So the calls grow with rings and pages, never with devices, and a watch costs at most
+(1 + 3 × rings) queries and reads per read against IoT Hub's quota (20 queries a minute per S1/S2 unit): use
+--interval 30 or more on a small hub.
 
 Silent devices are those the ring's layer targets that report no version for the ring. 429 and 5xx answers are retried
 with backoff honouring Retry-After, a bounded number of times (`RETRY`); a ring whose reads still fail is shown partial,
@@ -73,6 +75,24 @@ def version_query(spec: RingDeploymentSpec) -> str:
         f"SELECT {r}.version AS version, COUNT() AS n FROM devices.modules "
         f"WHERE moduleId = '{AGENT_MODULE}' AND {r}.ring = '{spec.key}' GROUP BY {r}.version"
     )
+
+
+def held_query(spec: RingDeploymentSpec) -> str:
+    """One row per reason the ring's agents give for holding a swap back (a row without `deferred`: agents holding
+    none, or written before the field)."""
+    r = f"properties.reported.models.{model_key(spec.model)}"
+    return (
+        f"SELECT {r}.deferred AS deferred, COUNT() AS n FROM devices.modules "
+        f"WHERE moduleId = '{AGENT_MODULE}' AND {r}.ring = '{spec.key}' GROUP BY {r}.deferred"
+    )
+
+
+def held_of(rows: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for row in rows:
+        if isinstance(why := row.get("deferred"), str) and why:
+            out[why] = out.get(why, 0) + int(row.get("n") or 0)
+    return out
 
 
 def versions_of(rows: list[dict[str, Any]]) -> dict[str | None, int]:
@@ -208,6 +228,13 @@ def _ring(client: Any, hub: str, spec: RingDeploymentSpec, layers: list[dict[str
     except IotHubError as err:
         _failed(gaps, err, hub, where, "devices per version not read")
         partial = True
+    held: dict[str, int] | None = {} if reported is not None else None
+    if reported is not None and any(n for v, n in reported.items() if v != desired):
+        try:
+            held = held_of(client.query(held_query(spec)))
+        except IotHubError as err:
+            _failed(gaps, err, hub, where, "devices held back not read")
+            held, partial = None, True
     return ring_row(
         platform="azure",
         rollout=spec.rollout,
@@ -217,6 +244,7 @@ def _ring(client: Any, hub: str, spec: RingDeploymentSpec, layers: list[dict[str
         devices=devices,
         reported=reported,
         partial=partial,
+        held=held,
     )
 
 

@@ -39,6 +39,7 @@ def read_status(project_dir: Path, cfg: Any, source: str, stack: str, graph: dic
                 failures=(r.error for r in reports.values() if r.status == "failed" and r.error),
                 stale=sum(1 for r in reports.values() if (r.error or "").startswith(STALE)),
                 notices=(r.error for r in reports.values() if r.status != "failed" and r.error),
+                held=Counter(r.deferred for r in reports.values() if r.deferred),
             )
         )
     latest: dict[str, dict] = {}

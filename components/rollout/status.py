@@ -13,6 +13,10 @@ A ring (`ring_row`):
     drift_devices                  some of them by name (at most DRIFT_NAMES; cloud readers count, they do not list)
     silent                         devices in the ring with no report to count (never reported, or not connected)
     failures                       a few failure reasons devices reported
+    held                           devices whose swap to the desired version waits: for their group's maintenance
+                                   window, or an application's deferral (None: not read, or the platform's source
+                                   does not carry it)
+    held_reasons                   {reason: devices} of those, most held first (at most HELD_REASONS reasons)
     partial                        True when part of this row could not be read (see `gaps`); its numbers are
                                    then lower bounds or None, never a healthy zero
 A rollout (`rollout_row`):
@@ -31,6 +35,7 @@ from edgefleet_agent.contract.errors import FaultError
 
 FORMAT = 1  # the `--json` document's format; additions keep it, a removal or rename would need a new one
 DRIFT_NAMES = 20
+HELD_REASONS = 5
 
 
 class CloudError(FaultError):
@@ -61,11 +66,12 @@ def ring_row(
     stale: int | None = None,
     notices: Iterable[str] = (),
     partial: bool = False,
+    held: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """One ring's row. `devices` is what the ring selects; devices beyond those that reported are silent. When the
     ring's size is unknown or its reports were not read, the row is partial and the counts it cannot know are None.
     `stale` counts devices serving on with expired update metadata (a frozen channel, docs/signing.md); None where
-    the platform's status source does not carry it."""
+    the platform's status source does not carry it; so is `held`, {reason: devices} of devices whose swap waits."""
     counts = sorted_versions(reported or {})
     heard = sum(counts.values())
     known = reported is not None and devices is not None
@@ -84,6 +90,8 @@ def ring_row(
         "stale": stale,
         "notices": sorted(set(notices))[:5],
         "partial": partial or not known,
+        "held": sum(held.values()) if held is not None else None,
+        "held_reasons": dict(sorted(((r, n) for r, n in (held or {}).items() if n), key=lambda rn: (-rn[1], rn[0]))[:HELD_REASONS]),
     }
 
 

@@ -213,6 +213,8 @@ def _render_status(doc: dict[str, Any], stack: str) -> None:
             )
         for why in r.get("failures") or []:
             console.print(f"[red]{r['rollout']}/{r['ring']}: refused: {escape(why)}[/]", highlight=False, soft_wrap=True)
+        for why, count in (r.get("held_reasons") or {}).items():
+            console.print(f"[yellow]{r['rollout']}/{r['ring']}: {count} held: {escape(why)}[/]", highlight=False, soft_wrap=True)
     for ro in doc["rollouts"]:
         state = f"last rollout {ro['version']} ({ro['status']})" if ro["status"] else "no rollout record read"
         declared = f"declared {ro['declared']}; " if ro.get("declared") else ""

@@ -29,9 +29,11 @@ def test_a_deferred_swap_waits_for_the_deferral_then_happens(serving_v100, trans
     report = agent.build_report()
     assert report.version == "1.0.0" and report.status == "ok", "a deferred device is pending, not failed"
     assert "swap to 1.1.0 deferred by an application until" in (report.error or "")
+    assert report.deferred == "deferred by an application", "no time in it: held devices group by it"
     clock.now += 121
     assert agent.sync() is True and agent.current_version == "1.1.0"
-    assert "deferred" not in (agent.build_report().error or "")
+    report = agent.build_report()
+    assert "deferred" not in (report.error or "") and report.deferred is None
 
 
 def test_an_application_cannot_hold_a_swap_back_forever(serving_v100, transport, clock, v110):

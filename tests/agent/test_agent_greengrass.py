@@ -557,7 +557,7 @@ def test_the_status_shadow_is_written_on_change_and_heartbeat_only_and_matches_t
     import boto3
     from botocore.stub import ANY, Stubber
 
-    from edgefleet_agent.contract.greengrass import STATUS_SHADOW_HEARTBEAT, status_shadow, status_shadow_field
+    from edgefleet_agent.contract.greengrass import STATUS_SHADOW_FIELDS, STATUS_SHADOW_HEARTBEAT, status_shadow, status_shadow_field
     from edgefleet_agent.transports.greengrass import StatusShadow
 
     client = boto3.client("iot-data", region_name=REGION, endpoint_url="https://example-ats.iot.eu-west-1.amazonaws.com")
@@ -584,6 +584,8 @@ def test_the_status_shadow_is_written_on_change_and_heartbeat_only_and_matches_t
     assert set(sent[0]["state"]) == {"reported"} and len(json.dumps(sent[0])) < 1024, "reported only, small"
     assert sent[0]["state"]["reported"]["ring"] == "canary" and sent[0]["state"]["reported"]["rollout"] == "detector@1.1.0+x"
     assert status_shadow_field(MODEL, "version") == f"shadow.name.{status_shadow(MODEL)}.reported.version"
+    assert STATUS_SHADOW_FIELDS[:6] == ("version", "sha256", "status", "rollout", "ring", "at"), "fields are only appended"
+    assert sent[0]["state"]["reported"]["deferred"] is None, "nothing held: null, which the shadow drops"
 
     class Down:
         def update_thing_shadow(self, **_):

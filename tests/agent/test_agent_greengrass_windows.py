@@ -266,3 +266,60 @@ def test_the_recipes_give_the_agent_ipc_and_the_model_component_a_windows_defaul
     manifest = parse_manifest_bytes(v100.manifest.encode(), "test")
     recipe = model_recipe("c", manifest, v100.manifest, v100.signature, "s3://b/x.onnx", AGENT_C, "0.4.0")
     assert recipe["ComponentConfiguration"]["DefaultConfiguration"][WINDOWS_KEY] == "", "Setenv interpolates a key that exists"
+
+
+# -- what `edgefleet status` sees: the status shadow's `deferred` -------------------------------------------------------
+class Shadows:
+    """iot-data's UpdateThingShadow as StatusShadow calls it: each payload sent, decoded."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def update_thing_shadow(self, *, thingName: str, shadowName: str, payload: bytes) -> object:
+        self.sent.append(json.loads(payload)["state"]["reported"])
+        return {}
+
+
+def test_a_held_deployment_shows_in_the_status_shadow_with_its_reason_written_once_and_cleared_when_it_goes(tmp_path, keys, v100):
+    ipc, clock, shadows = FakeIPC(), Clock(), Shadows()
+    sup = GreengrassSupervisor(
+        HandoffTransport(tmp_path / "work", "", shadow_client=shadows),
+        "thing-1",
+        tmp_path / "work",
+        keys.pem,
+        threaded=False,
+        deferrer=lambda hold: UpdateDeferrer(ipc, hold, clock),
+    )
+    try:
+        deploy(sup, v100, tmp_path / "work", tmp_path / "a1", NIGHTLY)
+        sup.agents[MODEL].agent.report()
+        assert shadows.sent[-1]["version"] == "1.0.0" and shadows.sent[-1]["deferred"] is None
+        clock.now = CLOSED
+        ipc.pre_update("dep-1.1.0")
+        for _ in range(3):
+            sup.step()
+        window = "outside the maintenance window (0 2 * * * for 120 min (Europe/Berlin))"
+        assert [s["deferred"] for s in shadows.sent] == [None, window], "written once when the reason changes, not every step"
+        assert shadows.sent[-1]["version"] == "1.0.0", "the rest of the state is the last report's"
+        ipc.pre_update("dep-1.1.0")
+        sup.agents[MODEL].agent.report()
+        assert len(shadows.sent) == 2, "asked again for the same reason: nothing new to write"
+
+        clock.now = OPEN
+        ipc.pre_update("dep-1.1.0")
+        sup.step()
+        assert shadows.sent[-1]["deferred"] is None and len(shadows.sent) == 3, "let go: null, which the shadow drops"
+
+        agent = sup.agents[MODEL].agent
+        agent.clock = clock
+        agent.defer(120)
+        ipc.pre_update("dep-2")
+        sup.step()
+        assert shadows.sent[-1]["deferred"] == "deferred by an application", "no time in it: held devices group by it"
+        ipc.subscriptions[-1]["on_stream_event"](
+            SimpleNamespace(pre_update_event=None, post_update_event=SimpleNamespace(deployment_id="dep-2"))
+        )
+        sup.step()
+        assert shadows.sent[-1]["deferred"] is None, "applied: nothing waits"
+    finally:
+        sup.close()

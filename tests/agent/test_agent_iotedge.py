@@ -407,7 +407,7 @@ def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, mak
     agent.report()
     entry = client.sent[-1]["models"][model_key(MODEL)]
     assert set(entry) == documented_reported_fields()  # every field, null when absent (IoT Hub then drops it)
-    absent = {"error", "failedVersion"}  # null: nothing failed
+    absent = {"error", "failedVersion", "deferred"}  # null: nothing failed, nothing held
     assert set(client.reported["models"][model_key(MODEL)]) == documented_reported_fields() - absent
     quality = entry["quality"]  # the 20 requests, bounded as the twin carries them
     assert (quality["n"], quality["timed"], sum(quality["classes"].values()), quality["shadow"], quality["labelled"]) == (
@@ -430,6 +430,7 @@ def test_reports_carry_exactly_the_documented_fields(keys, v110, http_store, mak
         "ring": SPEC.key,
         "rollout": want.rollout,
         "variant": "fp32",
+        "deferred": None,
     }
     assert entry["p99LatencyMs"] > 0
 

@@ -93,6 +93,7 @@ def test_outside_the_window_a_forward_swap_waits_and_is_reported_pending_with_th
         "swap to 1.1.0 waits for the maintenance window (0 2 * * * for 120 min (Europe/Berlin)): the next opens 2026-12-05 01:00 UTC"
         in (report.error or "")
     )
+    assert report.deferred == "outside the maintenance window (0 2 * * * for 120 min (Europe/Berlin))", "the same on every device"
     assert agent.outcome(transport.desired_model)[0] == "pending"
 
 
@@ -102,7 +103,8 @@ def test_inside_the_window_it_swaps(serving_v100, transport, clock, v110):
     assert agent.sync() is False
     clock.now = OPEN
     assert agent.sync() is True and agent.current_version == "1.1.0"
-    assert "maintenance window" not in (agent.build_report().error or "")
+    report = agent.build_report()
+    assert "maintenance window" not in (report.error or "") and report.deferred is None
 
 
 def test_the_window_closes_at_its_end(serving_v100, transport, clock, v110):
@@ -214,8 +216,11 @@ def test_on_iot_edge_the_module_waits_for_the_window_and_a_rollback_does_not(mak
     agent.report()
     assert "waits for the maintenance window" in client.reported["models"]["detector"]["error"]
     assert client.reported["models"]["detector"]["status"] == "ok"
+    assert client.reported["models"]["detector"]["deferred"] == "outside the maintenance window (0 2 * * * for 120 min (Europe/Berlin))"
     clock.now = OPEN
     assert agent.sync() is True and agent.current_version == "1.1.0"
+    agent.report()
+    assert client.reported["models"]["detector"]["deferred"] is None, "sent as null: IoT Hub drops it from the twin"
     clock.now = CLOSED + 86400
     client.desired = {**twin(keys, hosted(publisher.rollback(v100, v110)), spec(NIGHTLY)), "$version": 3}
     transport.refresh(force=True)

@@ -136,7 +136,8 @@ def test_status_counts_devices_per_version_per_ring_with_aggregate_calls(graph, 
         "reasons": ["error rate 5.00% > 1.00%"],
         "measured": {"error_rate": 0.05},
     }
-    # one identity check, one tag look-up, records listed and read once; per ring: deployment (2), size, versions
+    # one identity check, one tag look-up, records listed and read once; per ring: deployment (2), size, versions, and
+    # for a ring with drift (early, broad: the canary's 5 devices all run 1.0.0) its held devices
     assert caller.calls == {
         "get_caller_identity": 1,
         "get_resources": 1,
@@ -145,15 +146,60 @@ def test_status_counts_devices_per_version_per_ring_with_aggregate_calls(graph, 
         "list_deployments": 3,
         "get_deployment": 3,
         "get_statistics": 3,
-        "get_buckets_aggregation": 3,
+        "get_buckets_aggregation": 3 + 2,
     }
+
+
+def test_held_devices_show_per_ring_with_their_reason_and_stop_showing_once_released(graph, cloud, capsys, monkeypatch):
+    """What the agents wrote into their status shadows' `deferred`, counted per reason with one aggregation a ring."""
+    from edgefleet_agent.contract.state import DEFERRED_BY_APPLICATION, outside_window
+
+    clients, index, deployments = cloud
+    fleet(index, deployments)
+    window = outside_window("0 2 * * 1-5 for 120 min (Europe/Berlin)")
+    shadow = gg.status_shadow("detector")
+
+    def hold(thing: str, version: str, why: str | None) -> None:
+        doc = gg.status_shadow_document(version, "sha", "ok", "detector@x", "broad", 0, why)["state"]["reported"]
+        index.things[thing]["shadows"][shadow] = {"reported": {k: v for k, v in doc.items() if v is not None}}
+
+    for i in (8, 18, 28):
+        hold(f"broad-{i}", "0.9.0", window)
+    hold("broad-38", "0.9.0", DEFERRED_BY_APPLICATION)
+    hold("broad-0", "1.0.0", DEFERRED_BY_APPLICATION)  # on the ring's version: held for another model's deployment
+    older = gg.status_shadow_document("0.9.0", "sha", "ok", "detector@x", "broad", 0)["state"]["reported"]
+    index.things["broad-48"]["shadows"][shadow] = {
+        "reported": {k: older[k] for k in ("version", "sha256", "status", "rollout", "ring", "at")}
+    }
+    out, caller = read(graph, clients)
+    rows = {r["ring"]: r for r in out["rings"]}
+    assert (rows["broad"]["held"], rows["broad"]["held_reasons"]) == (4, {window: 3, DEFERRED_BY_APPLICATION: 1})
+    assert rows["broad"]["reported"] == {"0.9.0": 50, "1.0.0": 350}, "an agent's shadow from before `deferred` still counts"
+    assert (rows["early"]["held"], rows["early"]["held_reasons"]) == (0, {})
+    assert out["gaps"] == [] and not rows["broad"]["partial"]
+
+    monkeypatch.setattr(aws_status, "Clients", lambda region: clients)
+    code, text, _ = cli(capsys, "status", "--stack", STACK, "--project-dir", str(PROJECT))
+    text = " ".join(text.split())
+    assert code == 0 and f"detector/broad: 3 held: {window}" in text and f"detector/broad: 1 held: {DEFERRED_BY_APPLICATION}" in text
+    code, doc, _ = cli(capsys, "status", "--stack", STACK, "--project-dir", str(PROJECT), "--json")
+    broad = next(r for r in json.loads(doc)["rings"] if r["ring"] == "broad")
+    assert (code, broad["held"], broad["held_reasons"]) == (0, 4, {window: 3, DEFERRED_BY_APPLICATION: 1})
+
+    for i in (8, 18, 28, 38):  # swapped: the agent writes null, and the shadow drops the field
+        hold(f"broad-{i}", "1.0.0", None)
+    code, text, _ = cli(capsys, "status", "--stack", STACK, "--project-dir", str(PROJECT))
+    assert code == 0 and "held" not in text
+    code, doc, _ = cli(capsys, "status", "--stack", STACK, "--project-dir", str(PROJECT), "--json")
+    broad = next(r for r in json.loads(doc)["rings"] if r["ring"] == "broad")
+    assert (broad["held"], broad["held_reasons"]) == (0, {})
 
 
 def test_calls_do_not_grow_with_devices(graph, cloud):
     clients, index, deployments = cloud
     fleet(index, deployments, scale=4)
     _, caller = read(graph, clients)
-    assert caller.total - caller.calls["get_object"] == 15
+    assert caller.total - caller.calls["get_object"] == 18
     assert sum(r["devices"] for r in read(graph, clients)[0]["rings"]) == 4 * sum(SIZES.values())
 
 
@@ -162,7 +208,7 @@ def test_throttling_is_retried_with_backoff_then_reported_as_a_partial_answer(gr
     fleet(index, deployments)
     index.fail("GetBucketsAggregation", "ThrottlingException", times=2)
     out, caller = read(graph, clients)
-    assert out["gaps"] == [] and caller.calls["get_buckets_aggregation"] == 5, "two throttled calls retried"
+    assert out["gaps"] == [] and caller.calls["get_buckets_aggregation"] == 3 + 2 + 2, "two throttled calls retried"
 
     index.fail("GetBucketsAggregation", "ThrottlingException", times=4)  # every attempt of the first ring
     out, caller = read(graph, clients)
@@ -298,7 +344,7 @@ def test_json_keys_partial_exit_and_watch_as_json_lines(monkeypatch, capsys):
     assert set(doc) == {"format", "stack", "at", "partial", "rings", "rollouts", "declared", "gaps"}
     assert set(doc["rings"][0]) == {
         "platform", "rollout", "ring", "desired", "devices", "reported", "drift", "drift_devices", "silent", "failures", "stale",
-        "notices", "partial"
+        "notices", "partial", "held", "held_reasons"
     }  # fmt: skip
     code, out, _ = cli(capsys, "status", "--stack", STACK)
     assert code == 6 and "PARTIAL" in out and "partial: ring detector/canary: devices per version not read: throttled" in out

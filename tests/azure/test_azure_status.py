@@ -1,6 +1,6 @@
 """`edgefleet status --stack azure-dev` against the local IoT Hub (tests/azure/azure_testkit.py): the configurations'
-desired versions and system metrics, one GROUP BY twin query per ring, paging, the query quota's 429s, and keys that
-are missing or wrong."""
+desired versions and system metrics, one GROUP BY twin query per ring (and one for its held devices when it drifts),
+paging, the query quota's 429s, and keys that are missing or wrong."""
 
 from __future__ import annotations
 
@@ -109,8 +109,34 @@ def test_status_reads_layers_and_groups_versions_per_ring(hub, azure_dev_graph):
         "broad",
         {"adopted_share": 1.0},
     )
-    assert len(hub.queries) == 3 and all("GROUP BY" in q for q in hub.queries), "one grouped query a ring"
-    assert len(hub.requests) - before == 1 + 3 + 3, "the configurations once, then per ring: its layer and one query"
+    assert len(hub.queries) == 3 + 2 and all("GROUP BY" in q for q in hub.queries), "per ring: versions; held only with drift"
+    assert len(hub.requests) - before == 1 + 3 + 5, "the configurations once, then per ring: its layer and its queries"
+
+
+def test_held_devices_show_per_ring_with_their_reason_and_stop_showing_once_released(hub, azure_dev_graph):
+    from edgefleet_agent.contract.state import DEFERRED_BY_APPLICATION, outside_window
+
+    window = outside_window("0 2 * * 1-5 for 120 min (Europe/Berlin)")
+    fleet(hub, azure_dev_graph)
+    behind = [
+        d
+        for d, s in hub.devices.items()
+        if d.startswith("broad-") and s.reported.get("models", {}).get("detector", {}).get("version") == "0.9.0"
+    ]
+    for d, why in zip(behind, [window, window, window, DEFERRED_BY_APPLICATION], strict=True):
+        hub.devices[d].reported["models"]["detector"]["deferred"] = why  # what the agent reports while held
+    hub.queries.clear()
+    rows = {r["ring"]: r for r in read(azure_dev_graph, client(hub))["rings"]}
+    assert (rows["broad"]["held"], rows["broad"]["held_reasons"]) == (4, {window: 3, DEFERRED_BY_APPLICATION: 1})
+    assert (rows["canary"]["held"], rows["canary"]["held_reasons"]) == (0, {})
+    assert rows["canary"]["drift"] == 0 and not any("deferred" in q and "detector.canary" in q for q in hub.queries), (
+        "a ring without drift holds nobody: not asked"
+    )
+
+    for d in behind:  # swapped: the agent sends null, and IoT Hub drops the key
+        del hub.devices[d].reported["models"]["detector"]["deferred"]
+    rows = {r["ring"]: r for r in read(azure_dev_graph, client(hub))["rings"]}
+    assert (rows["broad"]["held"], rows["broad"]["held_reasons"], rows["broad"]["partial"]) == (0, {}, False)
 
 
 def test_calls_grow_with_pages_not_devices(hub, azure_dev_graph):
@@ -120,7 +146,7 @@ def test_calls_grow_with_pages_not_devices(hub, azure_dev_graph):
     out = read(azure_dev_graph, client(hub))
     assert sum(r["devices"] for r in out["rings"]) == 20 * sum(SIZES.values())
     pages = len(hub.requests) - before - 1 - 3
-    assert pages == 3 * 2, "each ring's two versions, one page each"
+    assert pages == 3 * 2 + 3, "each ring's two versions, one page each, and its held devices' one group (none held)"
 
 
 def test_the_query_quota_is_waited_for_then_a_ring_it_denies_is_partial(hub, azure_dev_graph):

@@ -128,14 +128,20 @@ SHADOW_SERVED_LATENCY_METRIC = "ShadowServedLatencyMs"  # the served model's, on
 LABELLED_METRICS = (("LabelledRequests", "n"), ("LabelledCorrect", "correct"))
 
 # The status shadow: a named shadow per model on the device's thing, `edgefleet-<model>`, that the agent updates
-# (iot-data UpdateThingShadow, with the token exchange service's credentials) when what it serves or its status
-# changes, and at most every STATUS_SHADOW_HEARTBEAT seconds otherwise. It holds only STATUS_SHADOW_FIELDS (well under
-# 1 KB), so fleet indexing can count a ring's devices per reported version in one GetBucketsAggregation call
-# (`shadow.name.edgefleet-<model>.reported.version`, a custom field of the stack's indexing configuration) instead of
-# one call per device. Fields: version and sha256 served (null: nothing verified), status (the report's), rollout and
-# ring (the deployment's, as the agent received them), at (epoch seconds of the report).
+# (iot-data UpdateThingShadow, with the token exchange service's credentials) when what it serves, its status or why a
+# deployment waits changes, and at most every STATUS_SHADOW_HEARTBEAT seconds otherwise. It holds only
+# STATUS_SHADOW_FIELDS (well under 1 KB), so fleet indexing can count a ring's devices per reported version in one
+# GetBucketsAggregation call (`shadow.name.edgefleet-<model>.reported.version`, a custom field of the stack's indexing
+# configuration) instead of one call per device. Fields: version and sha256 served (null: nothing verified), status
+# (the report's), rollout and ring (the deployment's, as the agent received them), at (epoch seconds of the report);
+# and deferred: why a deployment waits on this device (a closed maintenance window, an
+# application's deferral: contract/state.py `deferral_summary`, at most DEFERRED_LIMIT characters, the same text on
+# every device held for the same cause), null when nothing is held (so the shadow drops it). It is a custom field too
+# (STATUS_SHADOW_INDEXED), so `edgefleet status` counts a ring's held devices per reason in one more aggregation; a
+# shadow written before it has no such field and counts as not held. Fields are only ever appended.
 STATUS_SHADOW_PREFIX = "edgefleet-"
-STATUS_SHADOW_FIELDS = ("version", "sha256", "status", "rollout", "ring", "at")
+STATUS_SHADOW_FIELDS = ("version", "sha256", "status", "rollout", "ring", "at", "deferred")
+STATUS_SHADOW_INDEXED = ("version", "deferred")  # the custom fields (String) of the stack's fleet-indexing configuration
 STATUS_SHADOW_HEARTBEAT = 3600
 
 
@@ -150,8 +156,8 @@ def status_shadow_field(model: str, field: str) -> str:
 
 
 def status_shadow_document(
-    version: str | None, sha256: str | None, status: str, rollout: str, ring: str, at: float
+    version: str | None, sha256: str | None, status: str, rollout: str, ring: str, at: float, deferred: str | None = None
 ) -> dict[str, dict[str, dict[str, object]]]:
     """The UpdateThingShadow payload: the reported state only, so the agent never writes desired."""
-    values = (version, sha256, str(status), rollout, ring, int(at))
+    values = (version, sha256, str(status), rollout, ring, int(at), deferred)
     return {"state": {"reported": dict(zip(STATUS_SHADOW_FIELDS, values, strict=True))}}

@@ -17,7 +17,9 @@ window's top-K classes and "other"), "confidence": {"b0" .. "b9": count}, "timed
 "correct"}}, each part null when the window had none. Twin patches merge, so a class the window did not see is sent as
 null (`reported_entry(previous=...)`): the twin holds this window's counts only, and the gate's queries sum them.
 `variant` is the build served (fp32, int8, fp16; null before agent 0.4.0 or with nothing served), so that the gate
-groups a ring's devices by build (components/azure/hub.py).
+groups a ring's devices by build (components/azure/hub.py). `deferred` is why a swap to the desired version waits
+(`outside the maintenance window (<windows>)`, `deferred by an application`; contract/state.py), null when nothing
+holds it: `edgefleet status` groups a ring's held devices by it. Agents before it write no such key, read as not held.
 
 The controller writes the desired side (components/azure/manifest.py), the agent reads it
 (edgefleet_agent/transports/iotedge.py); both import the format from here.
@@ -63,6 +65,7 @@ class ReportedEntry(TypedDict):
     rollout: object
     quality: dict[str, Any] | None  # the window's requests, bounded (see the module's docstring)
     variant: str | None  # the build served (fp32, int8, fp16): the gate judges each build's devices on their own
+    deferred: str | None  # why a swap to the desired version waits (DeviceReport.deferred); null: nothing held
 
 
 REPORTED_FIELDS = tuple(ReportedEntry.__annotations__)
@@ -259,4 +262,5 @@ def reported_entry(
         "rollout": desired_entry.get("rollout"),
         "quality": _nulled(quality_entry(report), (previous or {}).get("quality")),
         "variant": report.variant,
+        "deferred": report.deferred,
     }

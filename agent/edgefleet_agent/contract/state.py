@@ -26,8 +26,23 @@ DESIRED_FORMAT = 4  # 2: a desired state may carry a candidate to shadow and a s
 # 3: it may list the version's variants, where each build is published (agent 0.4.0)
 # 4: it may carry the group's maintenance windows, which a forward swap waits for (agent 0.5.0; an older one would ignore them)
 REPORT_FORMAT = 1
+DEFERRED_LIMIT = 200  # characters of a report's `deferred`: what `edgefleet status` groups a ring's held devices by
+DEFERRED_BY_APPLICATION = "deferred by an application"
 
 DeviceStatus = Literal["ok", "failed", "updating", "idle"]
+
+
+_UNWRITTEN_WHEN_NONE = (
+    "shadow",
+    "capture",
+    "capture_failed",
+    "variant",
+    "update",
+    "variants",
+    "max_download_bytes_per_second",
+    "windows",
+    "deferred",
+)
 
 
 def _unwritten_defaults(body: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +50,7 @@ def _unwritten_defaults(body: dict[str, Any]) -> dict[str, Any]:
     gets exactly the bytes it always read."""
     if body.get("format") == 1:
         del body["format"]
-    for name in ("shadow", "capture", "capture_failed", "variant", "update", "variants", "max_download_bytes_per_second", "windows"):
+    for name in _UNWRITTEN_WHEN_NONE:
         if name in body and body[name] is None:
             del body[name]
     if isinstance(body.get("shadow"), dict):
@@ -101,6 +116,20 @@ def _build(cls: type[_Doc], fields: dict[str, Any]) -> _Doc:
     obj.__dict__.update(plain[0])
     obj.__dict__.update(fields)
     return obj
+
+
+def outside_window(description: str) -> str:
+    """A report's `deferred` while the maintenance window `description` (contract/windows.py `Windows.describe`) is
+    closed."""
+    return f"outside the maintenance window ({description})"
+
+
+def deferral_summary(reason: str | None) -> str | None:
+    """`reason` as a report's `deferred`: one line of at most DEFERRED_LIMIT characters, None for none."""
+    if not reason:
+        return None
+    line = " ".join(reason.split())
+    return line if len(line) <= DEFERRED_LIMIT else line[: DEFERRED_LIMIT - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -201,6 +230,10 @@ class DeviceReport:
     # how the last install was fetched (docs/deltas.md): {"path": "delta" | "full" | "reused", "bytes": n,
     # "fallback": why no patch was used, or null}; unwritten when None (nothing installed since the agent started)
     update: dict[str, Any] | None = None
+    # why a swap to the desired version is held back now (`deferral_summary`), the same text on every device held for
+    # the same cause, so a ring's held devices group by it; None (unwritten) when nothing is held. Needs no format: an
+    # older reader drops it, an older agent's report lacks it (read as None)
+    deferred: str | None = None
     format: int = REPORT_FORMAT
 
     def to_json(self) -> str:

@@ -109,7 +109,7 @@ from edgefleet_agent.contract.greengrass import (
     status_shadow_document,
 )
 from edgefleet_agent.contract.manifest import is_valid_name, parse_manifest_bytes
-from edgefleet_agent.contract.state import DesiredModel, DeviceReport
+from edgefleet_agent.contract.state import DEFERRED_BY_APPLICATION, DesiredModel, DeviceReport, deferral_summary, outside_window
 from edgefleet_agent.contract.telemetry import LATENCY_BOUNDS_MS, Labelled, Latency, Predictions, Shadow
 from edgefleet_agent.contract.windows import Windows
 
@@ -385,7 +385,7 @@ class ShadowClient(Protocol):
 
 class StatusShadow:
     """Keeps the device's status shadow (`edgefleet-<model>`, contract/greengrass.py) up to date: what it serves, its
-    status, the rollout and ring it was given. Written when any of those changes and otherwise at most every
+    status, the rollout and ring it was given, and why a deployment waits (`hold`). Written when any of those changes and otherwise at most every
     STATUS_SHADOW_HEARTBEAT seconds, so a fleet costs IoT a few shadow updates an hour, not one a report. The data
     endpoint comes from iot:DescribeEndpoint (iot:Data-ATS) with the token exchange service's credentials. Never raises:
     a failure is logged and the next report tries again. Without the token exchange service's environment (not on
@@ -408,6 +408,9 @@ class StatusShadow:
         self._clock = clock
         self._sent: tuple[object, ...] | None = None
         self._sent_at = 0.0
+        self.held: str | None = None  # why the nucleus's deployment waits (UpdateDeferrer), for every model of the device
+        self._last: DeviceReport | None = None
+        self._lock = threading.Lock()  # the supervisor's step (hold) and the agent's reporting thread (publish)
 
     @property
     def configured(self) -> bool:
@@ -435,18 +438,32 @@ class StatusShadow:
         """True if the shadow holds this report's state (sent now, or unchanged and fresh)."""
         if not self.configured:
             return False
-        state = (report.version, report.sha256, str(report.status), self.rollout, self.ring)
-        now = self._clock()
-        if state == self._sent and now - self._sent_at < STATUS_SHADOW_HEARTBEAT:
+        with self._lock:
+            self._last = report
+            deferred = report.deferred or self.held
+            state = (report.version, report.sha256, str(report.status), self.rollout, self.ring, deferred)
+            now = self._clock()
+            if state == self._sent and now - self._sent_at < STATUS_SHADOW_HEARTBEAT:
+                return True
+            doc = status_shadow_document(report.version, report.sha256, str(report.status), self.rollout, self.ring, now, deferred)
+            try:
+                self.client().update_thing_shadow(thingName=report.device_id, shadowName=self.name, payload=json.dumps(doc).encode())
+            except Exception as exc:  # noqa: BLE001 - a shadow outage must never stop serving
+                log.warning("status shadow %s not updated: %s: %s", self.name, type(exc).__name__, exc)
+                return False
+            self._sent, self._sent_at = state, now
             return True
-        doc = status_shadow_document(report.version, report.sha256, str(report.status), self.rollout, self.ring, now)
-        try:
-            self.client().update_thing_shadow(thingName=report.device_id, shadowName=self.name, payload=json.dumps(doc).encode())
-        except Exception as exc:  # noqa: BLE001 - a shadow outage must never stop serving
-            log.warning("status shadow %s not updated: %s: %s", self.name, type(exc).__name__, exc)
-            return False
-        self._sent, self._sent_at = state, now
-        return True
+
+    def hold(self, reason: str | None) -> None:
+        """Why the device's pending deployment waits now (None: nothing waits). A change is written at once with the last
+        report's state, rather than at the next report (a minute later), so `edgefleet status` sees a window close."""
+        held = deferral_summary(reason)
+        if held == self.held:
+            return
+        self.held = held
+        last = self._last
+        if last is not None:
+            self.publish(last)
 
 
 class GreengrassTransport:
@@ -554,6 +571,7 @@ class HandoffTransport:
         self._client = cloudwatch_client
         self._shadow_client = shadow_client
         self.shadows: dict[str, StatusShadow] = {}  # per model: what `edgefleet status` counts through fleet indexing
+        self._held: str | None = None
         self._clock = clock
         self._lock = threading.Lock()
         self._handoffs: dict[str, Handoff] = {}
@@ -611,11 +629,19 @@ class HandoffTransport:
         shadow = self.shadows.get(report.model)
         if shadow is None:
             shadow = self.shadows[report.model] = StatusShadow(report.model, "", "", client=self._shadow_client)
+            shadow.held = deferral_summary(self._held)
         if handoff is not None:  # dimensions follow the model's current deployment; a removed model keeps its last
             metrics.rollout, metrics.ring = handoff.desired.rollout, handoff.ring
             shadow.rollout, shadow.ring = handoff.desired.rollout, handoff.ring
         metrics.publish(report)
         shadow.publish(report)
+
+    def hold(self, reason: str | None) -> None:
+        """Why the nucleus's pending deployment waits (UpdateDeferrer.held), into every model's status shadow: the
+        nucleus holds a deployment whole, and which models it changes is not known before it is applied."""
+        self._held = reason
+        for shadow in list(self.shadows.values()):
+            shadow.hold(reason)
 
     def write_verdict(self, model: str, verdict: Mapping[str, str]) -> bool:
         """<model>/verdict, replaced atomically, as key=value lines (one line each: the model component reads it with sed)."""
@@ -659,31 +685,34 @@ class Hold:
 
     seconds: float
     reason: str
+    held: str = ""  # the status shadow's `deferred`: the cause without times, alike on every device it holds
 
 
 def window_hold(documents: Iterable[str], now: float) -> Hold | None:
     """The hold the device's maintenance windows put on a deployment at `now`: None while every window set the device's
     models were given is open (or none was given). Windows that do not parse hold it too: a device never guesses at
     when it may swap. The wait is until the next window opens, looked at again at least every DEFER_RECHECK_MAX_SECONDS."""
-    closed: list[tuple[float, str]] = []
+    closed: list[tuple[float, str, str]] = []  # (wait, reason, the shadow's deferred)
     for text in sorted(set(documents)):
         try:
             windows = Windows.from_document(text)
         except ValueError as exc:
-            closed.append((DEFER_RECHECK_MAX_SECONDS, str(exc)))
+            closed.append((DEFER_RECHECK_MAX_SECONDS, str(exc), str(exc)))
             continue
         if windows is None or windows.open_until(now) is not None:
             continue
         opens = windows.next_open(now)
         if opens is None:
-            closed.append((DEFER_RECHECK_MAX_SECONDS, f"no maintenance window of {windows.describe()} opens within a year"))
+            reason = f"no maintenance window of {windows.describe()} opens within a year"
+            closed.append((DEFER_RECHECK_MAX_SECONDS, reason, outside_window(windows.describe())))
         else:
             when = datetime.fromtimestamp(opens, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            closed.append((opens - now, f"outside the maintenance window ({windows.describe()}): the next opens {when}"))
+            closed.append((opens - now, f"{outside_window(windows.describe())}: the next opens {when}", outside_window(windows.describe())))
     if not closed:
         return None
-    wait = max(w for w, _ in closed)  # every window set must be open at once
-    return Hold(min(max(wait, DEFER_RECHECK_MIN_SECONDS), DEFER_RECHECK_MAX_SECONDS), "; ".join(r for _, r in closed))
+    wait = max(w for w, _, _ in closed)  # every window set must be open at once
+    seconds = min(max(wait, DEFER_RECHECK_MIN_SECONDS), DEFER_RECHECK_MAX_SECONDS)
+    return Hold(seconds, "; ".join(r for _, r, _ in closed), "; ".join(h for _, _, h in closed))
 
 
 class UpdateDeferrer:
@@ -700,6 +729,7 @@ class UpdateDeferrer:
         self.answers: list[tuple[str, int, str]] = []  # (deployment id, recheck_after_ms, message), the last few
         self._lock = threading.Lock()
         self._reason: str | None = None
+        self._held: str | None = None
 
     @classmethod
     def from_greengrass_environment(cls, hold: Callable[[str, float], Hold | None]) -> "UpdateDeferrer":
@@ -732,6 +762,8 @@ class UpdateDeferrer:
             post = getattr(event, "post_update_event", None)
             if post is not None:
                 log.info("deployment %s applied", getattr(post, "deployment_id", "?"))
+                with self._lock:
+                    self._reason = self._held = None  # applied: nothing waits (a later one is asked about afresh)
             return
         deployment_id = str(getattr(pre, "deployment_id", None) or "")
         try:
@@ -750,6 +782,7 @@ class UpdateDeferrer:
             self.answers = [*self.answers[-19:], (deployment_id, ms, message)]
             reason = held.reason if held is not None else None
             changed, self._reason = reason != self._reason, reason
+            self._held = (held.held or held.reason) if held is not None else None
         if held is not None and changed:
             log.info("deployment %s deferred %.0f s: %s", deployment_id, held.seconds, held.reason)
         elif held is None and changed:
@@ -760,6 +793,12 @@ class UpdateDeferrer:
         """Why the last deployment the nucleus asked about is waiting, None when it was let go ahead."""
         with self._lock:
             return self._reason
+
+    @property
+    def held(self) -> str | None:
+        """pending_reason as the status shadow's `deferred`: the cause without times, alike on every device it holds."""
+        with self._lock:
+            return self._held
 
     def _on_error(self, error: Exception) -> bool:
         log.warning("component update stream error: %s", error)
@@ -850,7 +889,7 @@ class GreengrassSupervisor:
             until = min(max(deferred), first + limit)
             if until > now:
                 when = datetime.fromtimestamp(until, timezone.utc).strftime("%H:%M:%S UTC")
-                return Hold(max(until - now, DEFER_RECHECK_MIN_SECONDS), f"deferred by an application until {when}")
+                return Hold(max(until - now, DEFER_RECHECK_MIN_SECONDS), f"{DEFERRED_BY_APPLICATION} until {when}", DEFERRED_BY_APPLICATION)
         documents = []
         for name in running:
             handoff = self.transport.handoff(name)
@@ -869,6 +908,7 @@ class GreengrassSupervisor:
     def step(self) -> None:
         if self.deferrer is not None:
             self.deferrer.ensure_subscribed()
+            self.transport.hold(self.deferrer.held)
         wanted = self.transport.refresh()
         for name in sorted(set(self.agents) - wanted):
             self._stop(name, unload=True)
