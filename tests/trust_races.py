@@ -44,6 +44,13 @@ class Interleaved:
         self.before("create", name)
         return self.storage.create(name, data)
 
+    def read_tagged(self, name: str) -> tuple[bytes, str] | None:
+        return self.storage.read_tagged(name)
+
+    def swap(self, name: str, data: bytes, tag: str | None) -> bool:
+        self.before("swap", name)
+        return self.storage.swap(name, data, tag)
+
 
 def listed(repo: TrustRepository) -> set[str]:
     return set(repo.targets().signed.targets)
@@ -79,3 +86,16 @@ def both_add_from_one_version(storage: MetadataStorage, online: Any, root: Any) 
     state = mine.state()["roles"]
     assert state["snapshot"]["version"] == 3 and state["timestamp"]["version"] == 3
     return mine
+
+
+def swap_refuses_a_stale_tag(storage: MetadataStorage) -> None:
+    """The compare-and-swap timestamp.json is written with: the first write only while there is none, then only over
+    the copy that was read; a writer holding a stale tag changes nothing."""
+    assert storage.swap("timestamp.json", b"v1", None)
+    assert not storage.swap("timestamp.json", b"other v1", None), "the first write is create-only"
+    found = storage.read_tagged("timestamp.json")
+    assert found is not None and found[0] == b"v1"
+    assert storage.swap("timestamp.json", b"v2", found[1])
+    assert not storage.swap("timestamp.json", b"stale v2", found[1]), "the tag read before v2 is stale"
+    again = storage.read_tagged("timestamp.json")
+    assert again is not None and again[0] == b"v2" and again[1] != found[1]

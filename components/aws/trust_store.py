@@ -12,6 +12,8 @@ from typing import Any
 
 from edgefleet_agent.contract.tuf import METADATA_PREFIX
 
+MOVED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
 
 class S3MetadataStorage:
     def __init__(self, bucket: str, client: Any = None, region: str | None = None, prefix: str = METADATA_PREFIX) -> None:
@@ -53,7 +55,33 @@ class S3MetadataStorage:
         try:
             self._put(name, data, IfNoneMatch="*")
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if exc.response.get("Error", {}).get("Code") in MOVED:
+                return False
+            raise
+        return True
+
+    def read_tagged(self, name: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return bytes(response["Body"].read()), str(response["ETag"])
+
+    def swap(self, name: str, data: bytes, tag: str | None) -> bool:
+        """S3's conditional write If-Match: <ETag read>: 412 once another put replaced the object, 409 while another
+        conditional write of it is in flight, 404 if it was deleted; each means another publisher moved it."""
+        from botocore.exceptions import ClientError
+
+        if tag is None:
+            return self.create(name, data)
+        try:
+            self._put(name, data, IfMatch=tag)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in (*MOVED, "404", "NoSuchKey"):
                 return False
             raise
         return True

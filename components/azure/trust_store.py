@@ -54,7 +54,30 @@ class BlobMetadataStorage:
             return False
         return True
 
-    def _upload(self, name: str, data: bytes, overwrite: bool) -> None:
+    def read_tagged(self, name: str) -> tuple[bytes, str] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            download = self.container.download_blob(f"{self.prefix}/{name}")
+        except ResourceNotFoundError:
+            return None
+        return bytes(download.readall()), str(download.properties.etag)
+
+    def swap(self, name: str, data: bytes, tag: str | None) -> bool:
+        """upload_blob with If-Match: <etag read> (MatchConditions.IfNotModified): ResourceModifiedError (412
+        ConditionNotMet) once another upload replaced the blob, ResourceNotFoundError if it was deleted."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        if tag is None:
+            return self.create(name, data)
+        try:
+            self._upload(name, data, overwrite=True, etag=tag, match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
+    def _upload(self, name: str, data: bytes, overwrite: bool, **conditions: Any) -> None:
         from azure.storage.blob import ContentSettings
 
         self.container.upload_blob(
@@ -62,6 +85,7 @@ class BlobMetadataStorage:
             data,
             overwrite=overwrite,
             content_settings=ContentSettings(content_type="application/json", cache_control="no-cache"),
+            **conditions,
         )
 
 

@@ -25,7 +25,7 @@ from components.trust.storage import DirectoryStorage
 from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.contract.tuf import TargetIdentity, manifest_digest
 from edgefleet_agent.trust import NOT_A_TARGET, MetadataRefused, TrustedMetadata
-from tests.trust_races import V1, V2, V3, Interleaved, both_add_from_one_version, device_lists, listed
+from tests.trust_races import V1, V2, V3, Interleaved, both_add_from_one_version, device_lists, listed, swap_refuses_a_stale_tag
 from tests.trust_races import path as race_path
 from tests.trust_races import version as race_version
 
@@ -347,6 +347,29 @@ def store_device(store: Path, tmp: Path, name: str = "dev-1") -> TrustedMetadata
     """A device reading the publisher's store itself: what it sees is what the publishers left there."""
     meta = store / "tuf" / "metadata"
     return TrustedMetadata((meta / "1.root.json").read_bytes(), meta.as_uri(), tmp / name / "tuf", refresh_seconds=0.0)
+
+
+def test_the_local_timestamp_is_replaced_only_while_it_carries_the_copy_read(tmp_path):
+    """The directory store's compare-and-swap: the read, compare and rename run under an flock on a sidecar lock file,
+    so a second local publisher waits for the first one's swap and then finds its own copy stale."""
+    import fcntl
+    import os
+    import threading
+
+    storage = DirectoryStorage(tmp_path / "store")
+    swap_refuses_a_stale_tag(storage)
+    found = storage.read_tagged("timestamp.json")
+    assert found is not None
+    fd = os.open(storage.root / ".timestamp.json.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done: list[bool] = []
+    waiting = threading.Thread(target=lambda: done.append(storage.swap("timestamp.json", b"v3", found[1])))
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive() and not done, "the swap waits while another publisher holds the lock"
+    os.close(fd)
+    waiting.join(5)
+    assert done == [True] and storage.read("timestamp.json") == b"v3"
 
 
 def test_two_publishers_adding_targets_from_one_version_lose_neither(tmp_path, keys):

@@ -17,7 +17,7 @@ from components.local.signer import LocalKeySigner, create_key_file
 from components.trust.repository import TrustRepository
 from edgefleet_agent.contract.tuf import NOT_A_TARGET, MetadataRefused, TargetIdentity, manifest_digest
 from edgefleet_agent.trust import S3Fetcher, TrustedMetadata
-from tests.trust_races import V1, V2, V3, both_add_from_one_version, device_lists
+from tests.trust_races import V1, V2, V3, both_add_from_one_version, device_lists, swap_refuses_a_stale_tag
 
 BUCKET = "edgefleet-dev-models"
 MANIFEST = b"name: detector\nversion: 1.1.0\n"
@@ -207,6 +207,12 @@ def test_versioned_metadata_is_created_once_and_never_overwritten(s3):
     assert storage.create("2.targets.json", b"first")
     assert not storage.create("2.targets.json", b"second")
     assert storage.read("2.targets.json") == b"first"
+
+
+def test_the_timestamp_is_replaced_only_while_it_carries_the_etag_read(s3):
+    """put_object(IfMatch=<ETag read>), which moto honours as S3 does (412 PreconditionFailed for a stale ETag, checked
+    here against moto 5.2); the first write is put_object(IfNoneMatch="*")."""
+    swap_refuses_a_stale_tag(S3MetadataStorage(BUCKET, client=s3))
 
 
 def test_two_publishers_on_one_bucket_lose_neither_target(s3, tmp_path):

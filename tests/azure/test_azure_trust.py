@@ -17,7 +17,7 @@ from components.local.signer import LocalKeySigner, create_key_file
 from components.trust.repository import TrustRepository
 from edgefleet_agent.contract.tuf import NOT_A_TARGET, MetadataRefused, TargetIdentity, manifest_digest
 from edgefleet_agent.trust import TrustedMetadata, UrlFetcher
-from tests.trust_races import V1, V2, V3, both_add_from_one_version, device_lists
+from tests.trust_races import V1, V2, V3, both_add_from_one_version, device_lists, swap_refuses_a_stale_tag
 
 SAS = "sv=2024-11-04&sr=c&sp=r&sig=c2VjcmV0"
 MANIFEST = b"name: detector\n"
@@ -25,18 +25,28 @@ MANIFEST = b"name: detector\n"
 
 class MemoryContainer:
     """ContainerClient's calls as the SDK answers them: upload_blob(overwrite=False) of an existing blob is
-    ResourceExistsError (the service's 409 BlobAlreadyExists), a missing blob ResourceNotFoundError."""
+    ResourceExistsError (the service's 409 BlobAlreadyExists); upload_blob(etag=E, match_condition=IfNotModified)
+    of a blob whose ETag is no longer E is ResourceModifiedError (412 ConditionNotMet); a missing blob
+    ResourceNotFoundError. Every upload gives the blob a new ETag, as the service does."""
 
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
+        self.etags: dict[str, str] = {}
         self.settings: dict[str, object] = {}
+        self.uploads = 0
 
-    def upload_blob(self, name, data, overwrite=False, content_settings=None, **_):
-        from azure.core.exceptions import ResourceExistsError
+    def upload_blob(self, name, data, overwrite=False, content_settings=None, etag=None, match_condition=None, **_):
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 
         if not overwrite and name in self.blobs:
             raise ResourceExistsError(f"{name}: The specified blob already exists.")
+        if match_condition == MatchConditions.IfNotModified and self.etags.get(name) != etag:
+            raise ResourceModifiedError(f"{name}: The condition specified using HTTP conditional header(s) is not met.")
+        assert match_condition in (None, MatchConditions.IfNotModified), match_condition
+        self.uploads += 1
         self.blobs[name] = bytes(data)
+        self.etags[name] = f'"0x8DD{self.uploads:012X}"'
         self.settings[name] = content_settings
 
     def download_blob(self, name):
@@ -46,7 +56,8 @@ class MemoryContainer:
 
         if name not in self.blobs:
             raise ResourceNotFoundError(f"{name} not found")
-        return SimpleNamespace(readall=lambda: self.blobs[name])
+        data, etag = self.blobs[name], self.etags[name]
+        return SimpleNamespace(readall=lambda: data, properties=SimpleNamespace(etag=etag))
 
 
 @pytest.fixture
@@ -108,6 +119,11 @@ def test_versioned_metadata_is_created_once_and_never_overwritten():
     assert storage.create("2.targets.json", b"first")
     assert not storage.create("2.targets.json", b"second")
     assert storage.read("2.targets.json") == b"first"
+
+
+def test_the_timestamp_is_replaced_only_while_it_carries_the_etag_read():
+    """upload_blob(overwrite=True, etag=<read>, match_condition=IfNotModified); the first write is create-only."""
+    swap_refuses_a_stale_tag(BlobMetadataStorage(MemoryContainer(), "https://efdev.blob.core.windows.net/models"))
 
 
 def test_two_publishers_on_one_container_lose_neither_target(served, tmp_path: Path):
