@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from tuf.api.metadata import Metadata, Timestamp
+
 from components.trust.repository import TrustRepository
 from components.trust.storage import MetadataStorage
 from edgefleet_agent.contract.tuf import TargetIdentity, manifest_digest, target_path
@@ -99,3 +101,59 @@ def swap_refuses_a_stale_tag(storage: MetadataStorage) -> None:
     assert not storage.swap("timestamp.json", b"stale v2", found[1]), "the tag read before v2 is stale"
     again = storage.read_tagged("timestamp.json")
     assert again is not None and again[0] == b"v2" and again[1] != found[1]
+
+
+def timestamp_of(storage: MetadataStorage) -> tuple[int, int]:
+    """timestamp.json's (version, the snapshot version it names)."""
+    signed = Metadata[Timestamp].from_bytes(storage.read("timestamp.json") or b"").signed
+    return signed.version, signed.snapshot_meta.version
+
+
+def fillers(count: int) -> list[TargetIdentity]:
+    return [version(f"0.{i}.0", "0123456789"[i]) for i in range(count)]
+
+
+def slower_publisher_overwrites_a_newer_timestamp(storage: MetadataStorage, online: Any, root: Any) -> None:
+    """The race the compare-and-swap closes. Publisher A adds V2 (targets and snapshot 7) and reads timestamp v6
+    naming snapshot 6; B, slotted in before A's timestamp write, adds V3 (targets and snapshot 8) and moves the
+    timestamp to v7 naming 8; then A writes its timestamp naming 7. A plain overwrite, even read back, left snapshot 7
+    (without V3) visible until the next publish. Here A's swap is refused, it re-reads, finds snapshot 8 named and
+    writes nothing: the timestamp names 8, which lists V1, V2 and V3."""
+    TrustRepository(storage, online).init([root], 1, [V1])
+    other = TrustRepository(storage, online)
+    for filler in fillers(5):
+        other.add_targets([filler])
+    assert timestamp_of(storage) == (6, 6)
+    swaps: list[tuple[int, int]] = []
+
+    def before(call: str, name: str) -> None:
+        if call == "swap" and name == "timestamp.json":
+            swaps.append(timestamp_of(storage))
+            if len(swaps) == 1:
+                other.add_targets([V3])
+
+    mine = TrustRepository(Interleaved(storage, before), online)
+    assert mine.add_targets([V2]) == []
+    assert swaps == [(6, 6)], "A read timestamp v6 and tried once; after B's v7 it had nothing newer to name"
+    assert timestamp_of(storage) == (7, 8)
+    assert mine.targets().signed.version == 8 and listed(mine) >= {path(V1), path(V2), path(V3)}
+
+
+def refresh_never_moves_the_timestamp_back(storage: MetadataStorage, online: Any, root: Any) -> None:
+    """A scheduled refresh re-signs timestamp v1 naming snapshot 1 while a publisher, slotted in before its write, adds
+    V2 (snapshot 2, timestamp v2). The refresh's swap is refused; re-reading, it finds a fresher timestamp naming a
+    newer snapshot and leaves it: the timestamp never goes back to naming snapshot 1 nor repeats version 2."""
+    TrustRepository(storage, online).init([root], 1, [V1])
+    other = TrustRepository(storage, online)
+    seen: list[tuple[int, int]] = []
+
+    def before(call: str, name: str) -> None:
+        if call == "swap" and name == "timestamp.json":
+            seen.append(timestamp_of(storage))
+            if len(seen) == 1:
+                other.add_targets([V2])
+                seen.append(timestamp_of(storage))
+
+    assert TrustRepository(Interleaved(storage, before), online).refresh() == ["timestamp"]
+    assert seen == [(1, 1), (2, 2)], "one refused swap, no second attempt"
+    assert timestamp_of(storage) == (2, 2)

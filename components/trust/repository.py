@@ -20,7 +20,8 @@ Concurrent publishers (two stacks sharing a store, CI beside a laptop): versione
 (storage.create), so only one can write targets N+1; the other re-reads the newest and redoes its change on top
 (RETRIES times, then TrustError: run again). The newest version is found by probing `<version+1>.<role>.json` past the
 current copy, so a publisher that stopped between writes leaves a version the next one builds on and lists. Only
-timestamp.json is overwritten: each publisher points it at the newest snapshot and checks after writing.
+timestamp.json is overwritten, by compare-and-swap (storage.swap): it only ever moves to a higher version naming the
+same or a newer snapshot.
 
 Revocation: removing a version's target (new targets, snapshot and timestamp versions). Its record stays inside the
 signed targets under `x-edgefleet-revoked` (who, why, when), so a device can say why it refuses, and so that publishing
@@ -328,26 +329,28 @@ class TrustRepository:
         self._publish_timestamp()
 
     def _publish_timestamp(self, resign: bool = False) -> None:
-        """Points timestamp.json, the one name that is overwritten, at the newest snapshot. Two publishers can overwrite
-        each other's, so each reads back after writing and writes again (one version higher) while what it finds names
-        an older snapshot or is another's of the same version, which a device that saw one would ignore the other as."""
-        mine: tuple[int, bytes] | None = None
-        for attempt in range(RETRIES + 1):
+        """Points timestamp.json, the one name that is overwritten, at the newest snapshot with a compare-and-swap
+        against the copy it read (storage.swap), so a slower publisher cannot put back an older snapshot over a newer
+        one. A publisher whose copy another replaced re-reads it and writes only if it would name a newer snapshot: the
+        other's timestamp is as fresh as a re-signed one. The version is always the read copy's plus one, so no two
+        timestamps share a version and none goes backwards."""
+        version = 1
+        for _ in range(RETRIES):
             newest = self._read("snapshot").signed.version
-            stored = self.storage.read("timestamp.json")
-            current = Metadata[Timestamp].from_bytes(stored).signed if stored is not None else None
-            if current is not None and current.snapshot_meta.version >= newest and not resign:
-                if mine is None or stored == mine[1] or current.version > mine[0]:
-                    return
-            if attempt == RETRIES:
-                break
-            version = max(current.version if current is not None else 0, mine[0] if mine is not None else 0) + 1
-            md = Metadata(Timestamp(version=version, expires=self._expires("timestamp"), snapshot_meta=MetaFile(version=newest)))
+            found = self.storage.read_tagged("timestamp.json")
+            current = Metadata[Timestamp].from_bytes(found[0]).signed if found is not None else None
+            named = current.snapshot_meta.version if current is not None else 0
+            if named >= newest and not resign:
+                return
+            version = (current.version if current is not None else 0) + 1
+            md = Metadata(
+                Timestamp(version=version, expires=self._expires("timestamp"), snapshot_meta=MetaFile(version=max(newest, named)))
+            )
             md.sign(self._online())
-            mine = (version, md.to_bytes())
-            self.storage.write("timestamp.json", mine[1])
+            if self.storage.swap("timestamp.json", md.to_bytes(), found[1] if found is not None else None):
+                return
             resign = False
-        raise self._raced("timestamp", mine[0] if mine else 1)
+        raise self._raced("timestamp", version)
 
     def _create(self, signed: Targets | Snapshot, role: str) -> bool:
         """Signs with the online key and creates `<version>.<role>.json` (what clients fetch, consistent snapshots),

@@ -25,7 +25,7 @@ class MetadataStorage(Protocol):
         ...
 
     def write(self, name: str, data: bytes) -> None:
-        """Replaces the object: only for names that move (timestamp.json, the current copies)."""
+        """Replaces the object: only for the current copies `<role>.json`, which may lag (timestamp.json goes through swap)."""
         ...
 
     def create(self, name: str, data: bytes) -> bool:

@@ -25,7 +25,20 @@ from components.trust.storage import DirectoryStorage
 from edgefleet_agent.contract.state import DesiredModel
 from edgefleet_agent.contract.tuf import TargetIdentity, manifest_digest
 from edgefleet_agent.trust import NOT_A_TARGET, MetadataRefused, TrustedMetadata
-from tests.trust_races import V1, V2, V3, Interleaved, both_add_from_one_version, device_lists, listed, swap_refuses_a_stale_tag
+from tests.trust_races import (
+    V1,
+    V2,
+    V3,
+    Interleaved,
+    both_add_from_one_version,
+    device_lists,
+    fillers,
+    listed,
+    refresh_never_moves_the_timestamp_back,
+    slower_publisher_overwrites_a_newer_timestamp,
+    swap_refuses_a_stale_tag,
+    timestamp_of,
+)
 from tests.trust_races import path as race_path
 from tests.trust_races import version as race_version
 
@@ -436,27 +449,61 @@ def test_a_publisher_stopped_between_targets_and_snapshot_leaves_devices_the_sta
     device_lists(device, V1, V2)
 
 
-def test_a_timestamp_a_slower_publisher_overwrote_is_written_again_with_a_higher_version(tmp_path, keys):
-    """Race: timestamp.json is the one name that is overwritten; publisher B writes timestamp v2 (naming snapshot 3),
-    then A, which read before B, writes its timestamp v2 naming the older snapshot 2 over it, hiding B's target, and a
-    device that took B's v2 would ignore A's same-numbered one.
-    Refusal: A reads back, finds a newer snapshot than the one it named, and writes timestamp v3 naming it, so the
-    device that saw B's v2 moves on and lists both targets."""
+def test_a_slower_publisher_cannot_overwrite_a_newer_timestamp_with_its_older_one(tmp_path, keys):
+    """Race: timestamp.json is the one name that is overwritten. Publisher A (snapshot 7) and B (snapshot 8) both read
+    the timestamp naming 6; B writes it naming 8, then A overwrites it naming 7, and a device sees snapshot 7, without
+    B's target, until the next publish (reading back after writing only narrowed this: A found its own 7 and stopped).
+    Refusal: the timestamp is written by compare-and-swap; A's swap against the copy naming 6 is refused, it re-reads,
+    finds snapshot 8 named and leaves it, and a device lists both targets."""
+    store = tmp_path / "store"
+    slower_publisher_overwrites_a_newer_timestamp(
+        DirectoryStorage(store), keys.signer, LocalKeySigner(create_key_file(tmp_path / "root.pem"))
+    )
+    device_lists(store_device(store, tmp_path), V1, V2, V3)
+
+
+def test_a_refresh_racing_a_publish_never_moves_the_timestamp_back(tmp_path, keys):
+    """Race: a scheduled refresh re-signs the timestamp naming the snapshot it read while a publish moves it on.
+    Refusal: the refresh's swap is refused and it leaves the publisher's newer timestamp in place."""
+    store = tmp_path / "store"
+    refresh_never_moves_the_timestamp_back(DirectoryStorage(store), keys.signer, LocalKeySigner(create_key_file(tmp_path / "root.pem")))
+    device_lists(store_device(store, tmp_path), V1, V2)
+
+
+def test_a_publisher_that_keeps_losing_the_timestamp_stops_naming_store_role_and_version(tmp_path, keys):
+    """Race: before each of this publisher's timestamp swaps, another re-signs the timestamp and a third writes a newer
+    snapshot and stops before its timestamp, so there is always a newer snapshot to name and a stale copy to name it
+    over. Refusal: after RETRIES refused swaps it stops with a TrustError naming the store, the role and version and the
+    fix; devices see a consistent repository, and running again names the newest snapshot."""
     store = DirectoryStorage(tmp_path / "store")
     TrustRepository(store, keys.signer).init([LocalKeySigner(create_key_file(tmp_path / "root.pem"))], 1, [V1])
-    other = TrustRepository(store, keys.signer)
-    device = store_device(tmp_path / "store", tmp_path)
-    raced: list[str] = []
+    refresher = TrustRepository(store, keys.signer)
+
+    def stop(call: str, name: str) -> None:
+        if call == "swap":
+            raise Stopped(name)
+
+    stalled = TrustRepository(Interleaved(store, stop), keys.signer)
+    theirs = fillers(5)
+    pending = list(theirs)
 
     def before(call: str, name: str) -> None:
-        if name == "timestamp.json" and not raced:
-            raced.append(name)
-            other.add_targets([V3])
-            device_lists(device, V3)
+        if call == "swap" and name == "timestamp.json":
+            refresher.refresh()
+            with pytest.raises(Stopped):
+                stalled.add_targets([pending.pop(0)])
 
-    mine = TrustRepository(Interleaved(store, before), keys.signer)
-    mine.add_targets([V2])
-    assert raced
-    timestamp = Metadata[Timestamp].from_bytes(store.read("timestamp.json") or b"").signed
-    assert (timestamp.version, timestamp.snapshot_meta.version) == (3, 3)
-    device_lists(device, V1, V2, V3)
+    with pytest.raises(TrustError) as err:
+        TrustRepository(Interleaved(store, before), keys.signer).add_targets([V2])
+    assert not pending
+    message = str(err.value)
+    assert store.url in message and "another publisher wrote timestamp v6 at the same time, 5 times in a row" in message
+    assert "run again" in message
+    assert timestamp_of(store) == (6, 6)
+    device = store_device(tmp_path / "store", tmp_path)
+    device_lists(device, V1, V2, *theirs[:4])
+    with pytest.raises(MetadataRefused, match=NOT_A_TARGET):
+        device_lists(device, theirs[4])
+    assert TrustRepository(store, keys.signer).refresh() == ["timestamp"]
+    assert timestamp_of(store) == (7, 7)
+    device_lists(device, theirs[4])

@@ -17,7 +17,16 @@ from components.local.signer import LocalKeySigner, create_key_file
 from components.trust.repository import TrustRepository
 from edgefleet_agent.contract.tuf import NOT_A_TARGET, MetadataRefused, TargetIdentity, manifest_digest
 from edgefleet_agent.trust import S3Fetcher, TrustedMetadata
-from tests.trust_races import V1, V2, V3, both_add_from_one_version, device_lists, swap_refuses_a_stale_tag
+from tests.trust_races import (
+    V1,
+    V2,
+    V3,
+    both_add_from_one_version,
+    device_lists,
+    refresh_never_moves_the_timestamp_back,
+    slower_publisher_overwrites_a_newer_timestamp,
+    swap_refuses_a_stale_tag,
+)
 
 BUCKET = "edgefleet-dev-models"
 MANIFEST = b"name: detector\nversion: 1.1.0\n"
@@ -224,3 +233,20 @@ def test_two_publishers_on_one_bucket_lose_neither_target(s3, tmp_path):
     first_root = s3.get_object(Bucket=BUCKET, Key="tuf/metadata/1.root.json")["Body"].read()
     device = TrustedMetadata(first_root, f"s3://{BUCKET}/tuf/metadata/", tmp_path / "device", fetcher=S3Fetcher(client=s3))
     device_lists(device, V1, V2, V3)
+
+
+def test_a_slower_publisher_cannot_overwrite_a_newer_timestamp_in_the_bucket(s3, tmp_path):
+    """A (snapshot 7) and B (snapshot 8) both read the timestamp naming 6; B's put moves it to 8; A's
+    put_object(IfMatch=<the ETag naming 6>) is refused with 412, it re-reads and leaves B's. A device lists both."""
+    online = LocalKeySigner(create_key_file(tmp_path / "online.pem"))
+    root = LocalKeySigner(create_key_file(tmp_path / "root.pem"))
+    slower_publisher_overwrites_a_newer_timestamp(S3MetadataStorage(BUCKET, client=s3), online, root)
+    first_root = s3.get_object(Bucket=BUCKET, Key="tuf/metadata/1.root.json")["Body"].read()
+    device = TrustedMetadata(first_root, f"s3://{BUCKET}/tuf/metadata/", tmp_path / "device", fetcher=S3Fetcher(client=s3))
+    device_lists(device, V1, V2, V3)
+
+
+def test_a_refresh_racing_a_publish_never_moves_the_buckets_timestamp_back(s3, tmp_path):
+    online = LocalKeySigner(create_key_file(tmp_path / "online.pem"))
+    root = LocalKeySigner(create_key_file(tmp_path / "root.pem"))
+    refresh_never_moves_the_timestamp_back(S3MetadataStorage(BUCKET, client=s3), online, root)

@@ -33,10 +33,10 @@ ENDPOINT = "https://efdev.blob.core.windows.net/"
 
 class Container(MemoryContainer):
     """The calls BlobMetadataStorage and the patch download add: a missing blob is ResourceNotFoundError, a download
-    streams into a file."""
+    streams into a file and carries the blob's ETag."""
 
-    def upload_blob(self, name, data, overwrite=False, metadata=None, **_):
-        super().upload_blob(name, data, overwrite=overwrite, metadata=metadata)
+    def upload_blob(self, name, data, overwrite=False, metadata=None, etag=None, match_condition=None, **_):
+        super().upload_blob(name, data, overwrite=overwrite, metadata=metadata, etag=etag, match_condition=match_condition)
 
     def download_blob(self, name):
         from types import SimpleNamespace
@@ -46,7 +46,7 @@ class Container(MemoryContainer):
         if name not in self.blobs:
             raise ResourceNotFoundError(f"{name} not found")
         data = self.blobs[name][0]
-        return SimpleNamespace(readall=lambda: data, readinto=lambda fh: fh.write(data))
+        return SimpleNamespace(readall=lambda: data, readinto=lambda fh: fh.write(data), properties=SimpleNamespace(etag=self.etags[name]))
 
 
 @pytest.fixture

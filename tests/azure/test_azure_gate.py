@@ -420,10 +420,13 @@ def test_the_signer_holds_no_token_and_pickles_small(vault):
 
 # -- publishing a model -------------------------------------------------------------------------------------------------
 class MemoryContainer:
-    """The ContainerClient calls publish_artifact makes, in memory."""
+    """The ContainerClient calls publish_artifact makes, in memory. Every upload gives the blob a new ETag, and an
+    upload with etag=E and MatchConditions.IfNotModified of a blob whose ETag is no longer E is ResourceModifiedError
+    (the service's 412 ConditionNotMet), for BlobMetadataStorage's timestamp swap."""
 
     def __init__(self) -> None:
         self.blobs: dict[str, tuple[bytes, dict]] = {}
+        self.etags: dict[str, str] = {}
         self.uploads: list[str] = []
 
     def list_blobs(self, name_starts_with="", include=None):
@@ -435,18 +438,23 @@ class MemoryContainer:
             if n.startswith(name_starts_with)
         ]
 
-    def upload_blob(self, name, data, overwrite=False, metadata=None, **_):
-        from azure.core.exceptions import ResourceExistsError
+    def upload_blob(self, name, data, overwrite=False, metadata=None, etag=None, match_condition=None, **_):
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
 
         if not overwrite and name in self.blobs:
             raise ResourceExistsError(f"{name}: The specified blob already exists.")
+        if match_condition == MatchConditions.IfNotModified and self.etags.get(name) != etag:
+            raise ResourceModifiedError(f"{name}: The condition specified using HTTP conditional header(s) is not met.")
+        assert match_condition in (None, MatchConditions.IfNotModified), match_condition
         self.blobs[name] = (data.read() if hasattr(data, "read") else bytes(data), dict(metadata or {}))
         self.uploads.append(name)
+        self.etags[name] = f'"0x8DD{len(self.uploads):012X}"'
 
     def download_blob(self, name):
         from types import SimpleNamespace
 
-        return SimpleNamespace(readall=lambda: self.blobs[name][0])
+        return SimpleNamespace(readall=lambda: self.blobs[name][0], properties=SimpleNamespace(etag=self.etags.get(name)))
 
 
 def test_publishing_uploads_a_content_addressed_signed_artifact_once(signer):

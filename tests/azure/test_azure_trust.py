@@ -17,7 +17,16 @@ from components.local.signer import LocalKeySigner, create_key_file
 from components.trust.repository import TrustRepository
 from edgefleet_agent.contract.tuf import NOT_A_TARGET, MetadataRefused, TargetIdentity, manifest_digest
 from edgefleet_agent.trust import TrustedMetadata, UrlFetcher
-from tests.trust_races import V1, V2, V3, both_add_from_one_version, device_lists, swap_refuses_a_stale_tag
+from tests.trust_races import (
+    V1,
+    V2,
+    V3,
+    both_add_from_one_version,
+    device_lists,
+    refresh_never_moves_the_timestamp_back,
+    slower_publisher_overwrites_a_newer_timestamp,
+    swap_refuses_a_stale_tag,
+)
 
 SAS = "sv=2024-11-04&sr=c&sp=r&sig=c2VjcmV0"
 MANIFEST = b"name: detector\n"
@@ -135,3 +144,23 @@ def test_two_publishers_on_one_container_lose_neither_target(served, tmp_path: P
     both_add_from_one_version(BlobMetadataStorage(container, url), online, root)
     device = TrustedMetadata(container.blobs["tuf/metadata/1.root.json"], f"{url}/tuf/metadata/", tmp_path / "dev", fetcher=UrlFetcher(SAS))
     device_lists(device, V1, V2, V3)
+
+
+def test_a_slower_publisher_cannot_overwrite_a_newer_timestamp_in_the_container(served, tmp_path: Path):
+    """A (snapshot 7) and B (snapshot 8) both read the timestamp naming 6; B's upload moves it to 8; A's upload with
+    the ETag naming 6 (IfNotModified) is refused with 412 ConditionNotMet, it re-reads and leaves B's. A device lists
+    both."""
+    container, url, _ = served
+    online = LocalKeySigner(create_key_file(tmp_path / "online.pem"))
+    root = LocalKeySigner(create_key_file(tmp_path / "root.pem"))
+    slower_publisher_overwrites_a_newer_timestamp(BlobMetadataStorage(container, url), online, root)
+    device = TrustedMetadata(container.blobs["tuf/metadata/1.root.json"], f"{url}/tuf/metadata/", tmp_path / "dev", fetcher=UrlFetcher(SAS))
+    device_lists(device, V1, V2, V3)
+
+
+def test_a_refresh_racing_a_publish_never_moves_the_containers_timestamp_back(tmp_path: Path):
+    online = LocalKeySigner(create_key_file(tmp_path / "online.pem"))
+    root = LocalKeySigner(create_key_file(tmp_path / "root.pem"))
+    refresh_never_moves_the_timestamp_back(
+        BlobMetadataStorage(MemoryContainer(), "https://efdev.blob.core.windows.net/models"), online, root
+    )
