@@ -31,6 +31,9 @@ Output fields (--out JSON, a list with one object per run; fields are only ever 
   controller_s / _ratio      the controller's CPU time, and over the floor (the target)
   controller_wall_s / _ratio the same work in wall time
   controller_steps           engine steps taken (polls and transitions)
+  controller_gc_s            CPU time of cyclic garbage collections inside the controller's steps (part of
+                             controller_s)
+  gc_s                       the same in every thread of this process during the measured rollout
   rings                      per ring: devices, adopted at the verdict, adoption time (deployed -> soak started)
   peak_rss_mib               the fleet's peak resident memory: the sum of the processes' resident sets
   peak_pss_mib               the same as proportional sets (shared pages split between the processes): what the fleet
@@ -41,6 +44,7 @@ Output fields (--out JSON, a list with one object per run; fields are only ever 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -96,30 +100,49 @@ def project(devices: int, soak: float, workdir: Path) -> Path:
 
 
 class ControllerClock:
-    """Times every engine step (and start): CPU time of the controller's thread, and wall time."""
+    """Times every engine step (and start): CPU time of the controller's thread, and wall time; and the time the
+    process spent in cyclic garbage collections, in all threads and inside the controller's steps (a collection runs in
+    whichever thread allocates when a threshold is crossed, so the controller pays for the simulator's garbage too)."""
 
     def __init__(self) -> None:
         self.cpu = self.wall = 0.0
+        self.gc = self.controller_gc = 0.0
         self.steps = 0
         self._patched: list[tuple[str, Any]] = []
+        self._in_step = threading.local()
+        self._gc_started: dict[int, float] = {}
 
     def __enter__(self) -> ControllerClock:
         for name in ("step", "start"):
             original = getattr(engine_module.RolloutEngine, name)
             self._patched.append((name, original))
             setattr(engine_module.RolloutEngine, name, self._timed(original))
+        gc.callbacks.append(self._on_gc)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._on_gc)
         for name, original in self._patched:
             setattr(engine_module.RolloutEngine, name, original)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        now, thread = time.thread_time(), threading.get_ident()
+        if phase == "start":
+            self._gc_started[thread] = now
+            return
+        took = now - self._gc_started.pop(thread, now)
+        self.gc += took
+        if getattr(self._in_step, "on", False):
+            self.controller_gc += took
 
     def _timed(self, fn):
         def timed(*a, **kw):
             cpu, wall = time.thread_time(), time.perf_counter()
+            self._in_step.on = True
             try:
                 return fn(*a, **kw)
             finally:
+                self._in_step.on = False
                 self.cpu += time.thread_time() - cpu
                 self.wall += time.perf_counter() - wall
                 self.steps += 1
@@ -236,6 +259,8 @@ def run_once(devices: int, soak: float, slow: bool) -> dict[str, Any]:
             "controller_wall_s": round(clock.wall, 3),
             "controller_wall_ratio": round(clock.wall / floor, 4),
             "controller_steps": clock.steps,
+            "controller_gc_s": round(clock.controller_gc, 3),
+            "gc_s": round(clock.gc, 3),
             "rings": [
                 {
                     "ring": r["name"],
@@ -292,7 +317,8 @@ def main() -> int:
         print(f"  wall {r['wall_s']}s over a soak floor of {r['soak_floor_s']}s: {r['beyond_soak_ratio']:.1%} beyond")
         print(
             f"    controller's own work: {r['controller_s']}s CPU = {r['controller_ratio']:.2%} of the floor "
-            f"({r['controller_wall_s']}s wall = {r['controller_wall_ratio']:.2%}; {r['controller_steps']} steps)"
+            f"({r['controller_wall_s']}s wall = {r['controller_wall_ratio']:.2%}; {r['controller_steps']} steps; "
+            f"{r['controller_gc_s']}s of it in garbage collections, {r['gc_s']}s in all threads)"
         )
         for ring in r["rings"]:
             print(

@@ -145,7 +145,7 @@ def held_deadline(ring: RingConfig, group: DeviceGroupConfig) -> float:
     """The longest a ring's gate can take to judge it: its deadline, stretched by however long its group's maintenance
     windows keep the ring waiting to deploy or pause that deadline (the engine's rules). Every platform's gate timeout
     is built on it, so a ring waiting days for its window does not time the Pulumi operation out."""
-    return _held(group.windows(), ring.gate.deadline_seconds)
+    return _held(group.windows(), ring.gate.deadline_seconds, time.time() // 86400 * 86400)
 
 
 def ring_gate_timeout(spec: RingSpec, slack_seconds: int) -> str:
@@ -154,9 +154,12 @@ def ring_gate_timeout(spec: RingSpec, slack_seconds: int) -> str:
     return f"{int(held_deadline(spec.ring, spec.group) + spec.ring.gate.deadline_seconds) + slack_seconds}s"
 
 
-@functools.cache
-def _held(windows: Windows | None, seconds: float) -> float:
-    return longest_hold(windows, seconds, time.time() // 86400 * 86400)  # from the start of today: one value all day
+@functools.lru_cache(maxsize=1024)
+def _held(windows: Windows | None, seconds: float, day: float) -> float:
+    """longest_hold from the start of `day` (UTC): one value for every ring with the same windows all day, so a stack of
+    10,000 groups computes it once per distinct windows; keyed on the day, so a long-lived process (the Automation API)
+    does not keep the first day's value."""
+    return longest_hold(windows, seconds, day)
 
 
 def read_after(value: pulumi.Output[Any], *resources: pulumi.Resource) -> pulumi.Output[Any]:
