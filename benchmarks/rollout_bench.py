@@ -207,6 +207,7 @@ def soak_floor(progress: dict[str, Any], gates: list[dict[str, Any]]) -> float:
 
 def run_once(devices: int, soak: float, slow: bool) -> dict[str, Any]:
     expect = "rolled_back" if slow else "succeeded"
+    gc.collect()  # each run stands for one `edgefleet up` process: the last run's cyclic garbage is not its memory
     with tempfile.TemporaryDirectory(prefix="edgefleet-rollout-bench-") as tmp:
         p = project(devices, soak, Path(tmp))
         gates = [

@@ -229,26 +229,40 @@ def _agent_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-# Allocations between two young-generation collections while a fleet runs in this process (CPython's default: 700).
-YOUNG_GC_THRESHOLD = 50_000
+FULL_COLLECTION_SECONDS = 20.0
 
 
-@contextmanager
-def _young_collections_every(allocations: int) -> Iterator[None]:
-    """Collects the young generation every `allocations` net allocations instead of every 700 while the fleet runs.
+class _SweepCollections:
+    """Cyclic garbage collection at the simulator's pace while a fleet runs in this process, instead of CPython's
+    (a young collection every 700 net allocations, in whichever thread crosses the threshold).
 
-    Thousands of simulated devices build and drop reports and telemetry in this process all the time, so at the
-    default threshold a collection ran every few milliseconds, found objects still in use (a sweep's reports, a gate's
-    merged telemetry), promoted them and rescanned them in the older generations: at 3,000 devices 4.6 s of the
-    rollout went to collections, 1.6 s of them inside the controller's steps (benchmarks/rollout_bench.py, gc
-    callbacks). With 50,000, most of those objects are freed by reference counting before any collection sees them:
-    0.6-0.9 s in all. Cyclic garbage waits a little longer (at most 50,000 young objects)."""
-    before = gc.get_threshold()
-    gc.set_threshold(max(allocations, before[0]), *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
+    Thousands of simulated devices build and drop reports and telemetry here all the time: at the default threshold a
+    collection ran every few milliseconds, found objects still in use (a sweep's reports, a gate's merged telemetry),
+    promoted them and rescanned them in the older generations, and a full collection over every device's state landed
+    wherever it fell, often in the controller's step (benchmarks/rollout_bench.py `gc_s`, `controller_gc_s`: at 10,000
+    devices 2 s of the controller's 5 s, and simulator sweeps of 9 s). So automatic collection is off while the fleet
+    runs; the simulator collects the young generations after each sweep and everything every 20 s. Reference
+    counting still frees everything acyclic at once; cyclic garbage waits at most one sweep (or 20 s, once old)."""
+
+    def __init__(self) -> None:
+        self._enabled = gc.isenabled()
+        self._full_at = 0.0
+
+    def __enter__(self) -> "_SweepCollections":
+        gc.disable()
+        self._full_at = time.monotonic() + FULL_COLLECTION_SECONDS
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._enabled:
+            gc.enable()
+
+    def after_sweep(self) -> None:
+        if time.monotonic() < self._full_at:
+            gc.collect(1)
+            return
+        gc.collect()
+        self._full_at = time.monotonic() + FULL_COLLECTION_SECONDS
 
 
 @dataclass
@@ -279,6 +293,7 @@ class LocalFleet:
         self.sweeps = 0
         self.sweep_seconds: list[float] = []
         self.error: BaseException | None = None
+        self._collections: _SweepCollections | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -312,7 +327,7 @@ class LocalFleet:
                     app.start()
                     self._apps.append(app)
         self._locks.enter_context(_agent_log(self.state_root / "simulated-agents.log"))
-        self._locks.enter_context(_young_collections_every(YOUNG_GC_THRESHOLD))
+        self._collections = self._locks.enter_context(_SweepCollections())
         self._thread = threading.Thread(target=self._run_sims, name="edgefleet-sim-fleet", daemon=True)
         self._thread.start()
 
@@ -588,6 +603,8 @@ class LocalFleet:
                         self.start_process(dev_id, model)
             if full:
                 self.sweeps += 1
+                if self._collections is not None:
+                    self._collections.after_sweep()  # the sweep's own garbage: counted in its time
                 self.sweep_seconds.append(time.time() - tick)
                 next_sweep = tick + self.sim_period
             self._stop.wait(0.05)
