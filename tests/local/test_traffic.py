@@ -35,7 +35,7 @@ def test_the_declared_share_of_requests_carries_the_true_label(share):
     sent = [t.request("cam-0007", n) for n in range(1000)]
     labelled = [(inputs, label) for inputs, label in sent if label is not None]
     assert len(labelled) == round(1000 * share)
-    by_frame = {t.feeds[i]["image"].tobytes(): int(t.dataset.labels[i]) for i in range(len(t.feeds))}
+    by_frame = {t.frame(i).tobytes(): int(t.dataset.labels[i]) for i in range(t.dataset.samples)}
     assert all(by_frame[inputs["image"].tobytes()] == label for inputs, label in labelled), "a label sent with another frame"
 
 
@@ -51,6 +51,8 @@ def test_requests_are_the_sets_frames_as_the_model_takes_them_and_devices_start_
     assert list(inputs) == ["image"] and inputs["image"].shape == (1, 3, 224, 224) and inputs["image"].dtype == np.float32
     frames = [t.request("cam-0000", n)[0]["image"].tobytes() for n in range(t.dataset.samples)]
     assert len(set(frames)) == t.dataset.samples, "one device's requests cycle through every frame"
+    whole = t.dataset.feed(t.dataset.frames)  # as evaluation feeds the set: a frame converted alone is the same input
+    assert set(frames) == {whole[i : i + 1].tobytes() for i in range(t.dataset.samples)}
     firsts = {t.request(f"cam-{i:04d}", 0)[0]["image"].tobytes() for i in range(20)}
     assert len(firsts) > 10, "devices should not all send the same frame at the same moment"
 
