@@ -213,6 +213,16 @@ def test_the_agent_docs_say_what_this_agent_version_and_every_version_the_contra
     assert {edgefleet_agent.__version__, *FIELDS_SINCE.values()} <= listed
 
 
+def test_the_controller_requires_the_agent_in_this_checkout():
+    """The controller pins edgefleet-agent exactly; a bump that leaves the pin behind cannot be installed from a clone."""
+    import tomllib
+
+    import edgefleet_agent
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"edgefleet-agent=={edgefleet_agent.__version__}" in deps
+
+
 def test_measured_manifest_round_trips_and_says_which_metric_is_which(doc):
     m = parse(measured(doc))
     assert m.format == 2 and m.min_agent_version == "0.3.0"
