@@ -13,6 +13,7 @@ from typing import Any
 from edgefleet_agent.contract.tuf import METADATA_PREFIX
 
 MOVED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 
 
 class S3MetadataStorage:
@@ -35,14 +36,8 @@ class S3MetadataStorage:
         return f"s3://{self.bucket}/{self.prefix}/"
 
     def read(self, name: str) -> bytes | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            return bytes(self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")["Body"].read())
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
+        found = self.read_tagged(name)
+        return found[0] if found is not None else None
 
     def write(self, name: str, data: bytes) -> None:
         self._put(name, data)
@@ -66,7 +61,7 @@ class S3MetadataStorage:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}/{name}")
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if exc.response.get("Error", {}).get("Code") in NOT_FOUND:
                 return None
             raise
         return bytes(response["Body"].read()), str(response["ETag"])
@@ -81,7 +76,7 @@ class S3MetadataStorage:
         try:
             self._put(name, data, IfMatch=tag)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in (*MOVED, "404", "NoSuchKey"):
+            if exc.response.get("Error", {}).get("Code") in (*MOVED, *NOT_FOUND):
                 return False
             raise
         return True

@@ -34,12 +34,8 @@ class BlobMetadataStorage:
         return f"{self.container_url}/{self.prefix}/"
 
     def read(self, name: str) -> bytes | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            return bytes(self.container.download_blob(f"{self.prefix}/{name}").readall())
-        except ResourceNotFoundError:
-            return None
+        found = self.read_tagged(name)
+        return found[0] if found is not None else None
 
     def write(self, name: str, data: bytes) -> None:
         self._upload(name, data, overwrite=True)

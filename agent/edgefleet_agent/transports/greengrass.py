@@ -701,13 +701,14 @@ def window_hold(documents: Iterable[str], now: float) -> Hold | None:
             continue
         if windows is None or windows.open_until(now) is not None:
             continue
+        described = windows.describe()
+        held = outside_window(described)
         opens = windows.next_open(now)
         if opens is None:
-            reason = f"no maintenance window of {windows.describe()} opens within a year"
-            closed.append((DEFER_RECHECK_MAX_SECONDS, reason, outside_window(windows.describe())))
+            closed.append((DEFER_RECHECK_MAX_SECONDS, f"no maintenance window of {described} opens within a year", held))
         else:
             when = datetime.fromtimestamp(opens, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-            closed.append((opens - now, f"{outside_window(windows.describe())}: the next opens {when}", outside_window(windows.describe())))
+            closed.append((opens - now, f"{held}: the next opens {when}", held))
     if not closed:
         return None
     wait = max(w for w, _, _ in closed)  # every window set must be open at once
