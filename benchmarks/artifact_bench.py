@@ -22,7 +22,8 @@ What is measured, on one generated file of random bytes (in a temporary director
                                so the store costs the kernel's time, not Python's; on a two-core machine it still
                                takes CPU from the fetch, which a real store on another machine would not).
   sha256 variants              informative, how sha256_file was chosen: the same file hashed in the child by
-                               readinto loops of 1 and 8 MiB (1 MiB was sha256_file before issue 13),
+                               readinto loops of 1 and 8 MiB (1 MiB was sha256_file before issue 13), and of
+                               1 MiB starting 16 bytes past a page (where a fresh 1 MiB bytearray starts),
                                hashlib.file_digest, mmap in 16 MiB windows and a reader thread feeding a hashing
                                thread; each once a run, interleaved with the rest.
   sha256sum                    coreutils, as a subprocess (its wall time includes its ~1 ms process start).
@@ -162,11 +163,12 @@ def sha256_variants(path: Path, shipped: Callable[[Path], tuple[str, int]]) -> d
     import queue
     import threading
 
-    def readinto(chunk: int) -> str:
-        h, buf = hashlib.sha256(), bytearray(chunk)
-        view = memoryview(buf)
+    def readinto(chunk: int, misalign: int | None = None) -> str:
+        """`misalign`: the buffer starts that many bytes past a page (else wherever bytearray puts it)."""
+        h = hashlib.sha256()
+        view = memoryview(bytearray(chunk)) if misalign is None else memoryview(mmap.mmap(-1, chunk + misalign))[misalign:]
         with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
+            while n := f.readinto(view):
                 h.update(view[:n])
         return h.hexdigest()
 
@@ -211,6 +213,7 @@ def sha256_variants(path: Path, shipped: Callable[[Path], tuple[str, int]]) -> d
         "sha256_file (as shipped)": lambda: shipped(path)[0],
         "readinto loop, 1 MiB buffer": lambda: readinto(1 << 20),
         "readinto loop, 8 MiB buffer": lambda: readinto(8 << 20),
+        "readinto loop, 1 MiB buffer 16 B past a page": lambda: readinto(1 << 20, misalign=16),
         "hashlib.file_digest": file_digest,
         "mmap, 16 MiB windows": mmap_windows,
         "reader thread + hasher, 3 x 1 MiB": reader_thread,
