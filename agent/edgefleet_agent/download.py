@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import collections
 import errno
+import fcntl
 import hashlib
 import http.client
 import io
 import json
 import os
 import re
+import select
 import socket
 import threading
 import time
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 from urllib.parse import unquote, urlsplit
+
+from edgefleet_agent.contract.digest import read_buffer
 
 CHUNK = 1 << 20
 HANDOVER_BYTES = 4 * CHUNK  # written but not yet hashed: the writer waits beyond it
@@ -41,6 +45,7 @@ STATE_SUFFIX = ".part.json"
 STATE_FORMAT = "edgefleet-download/v1"
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)$")
+_NO_SPLICE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)  # splice(2) on an fd that does not support it
 
 
 class FetchError(Exception):
@@ -180,7 +185,7 @@ class _Verifier(threading.Thread):
         """Where the writer may receive its next (up to) `n` bytes: the ring after the last view handed over, once
         the hasher is done with it. Fewer than `n` at the ring's end; hand over what arrived before the next call."""
         if self._ring is None:
-            self._ring = memoryview(bytearray(self._ring_size))
+            self._ring = read_buffer(self._ring_size)
         at = self._ring_at if self._ring_at < self._ring_size else 0
         want = max(1, min(n, self._ring_size - at))
         if self.threaded:
@@ -215,7 +220,7 @@ class _Verifier(threading.Thread):
 
     def _drain(self) -> None:
         """Inline: hashes what was handed over (and the prefix) at once, in the writer's thread."""
-        view = memoryview(bytearray(CHUNK))
+        view = read_buffer(CHUNK)
         try:
             while self._pieces:
                 piece = self._pieces.popleft()
@@ -252,8 +257,7 @@ class _Verifier(threading.Thread):
         self.join()
 
     def run(self) -> None:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
+        view = read_buffer(CHUNK)
         try:
             while True:
                 with self._cond:
@@ -510,6 +514,14 @@ class _Download:
 
     def _pump(self, body: _Body) -> bool:
         """Copies one response to the partial file, advancing `pos`; returns whether the object is complete."""
+        splice: list[_Splice] = []
+        try:
+            return self._pump_body(body, splice)
+        finally:
+            for pipe in splice:
+                pipe.close()
+
+    def _pump_body(self, body: _Body, splice: list[_Splice]) -> bool:
         want = self.expected_size if self.expected_size is not None else body.total
         out, copy_fd = self._out, body.copy_fd
         receive = _receiver(body.stream)
@@ -528,6 +540,10 @@ class _Download:
                     if got <= 0:  # unsupported here, or a file system that says 0 too early: let read() find the end
                         copy_fd = None
                         continue
+                elif splice and splice[0].usable:
+                    got = splice[0].move(out.fileno(), n)
+                    if got < 0:
+                        continue
                 elif receive is not None:
                     room = self._verifier.room(n)
                     got = receive(room) or 0
@@ -537,6 +553,7 @@ class _Download:
                     got = len(data)
                     if got < n and receive is None:
                         receive = _receiver(body.stream, drained=True)
+                        splice[:] = [s for s in [_Splice.of(body.stream)] if s is not None]
             except http.client.IncompleteRead as exc:
                 data = exc.partial
                 got = len(data)
@@ -568,6 +585,82 @@ class _Download:
             message = f"download truncated: {self.pos} of {want} bytes from {self.uri}"
             raise (FetchError if self.source.scheme == "file" else _Cut)(message)
         return True
+
+
+class _Splice:
+    """A plain-HTTP body moved from the socket to the partial file in the kernel (Linux `splice(2)` through a pipe)
+    instead of received into a buffer and written out of it: those two copies were the writer's CPU, and the writer
+    kept an HTTP fetch over max(cp, openssl) while the store's server shared the two cores (benchmarks/README.md,
+    artifact_bench.py). The hasher reads the bytes back from the page cache, as it does a local file's.
+
+    Only once the response's own buffer is drained (`_receiver`), never over TLS (the socket holds ciphertext), and
+    never where `os.splice` is missing. A file system that refuses it turns it off (`usable`) after moving what the
+    pipe already holds by read and write; the response goes on through the buffer.
+    """
+
+    def __init__(self, response: http.client.HTTPResponse, sock: socket.socket) -> None:
+        self._response, self._sock = response, sock
+        self._timeout = sock.gettimeout()
+        self._read, self._write = os.pipe2(os.O_CLOEXEC)
+        self.usable = True
+        try:
+            fcntl.fcntl(self._write, fcntl.F_SETPIPE_SZ, CHUNK)  # 64 KiB by default: sixteen times the calls
+        except (AttributeError, OSError):
+            pass
+
+    @classmethod
+    def of(cls, stream: io.RawIOBase | io.BufferedIOBase) -> _Splice | None:
+        raw = getattr(getattr(stream, "fp", None), "raw", None)
+        sock = getattr(raw, "_sock", None)
+        if not hasattr(os, "splice") or not isinstance(stream, http.client.HTTPResponse) or stream.chunked:
+            return None
+        if type(sock) is not socket.socket:  # an ssl.SSLSocket, or a SocketIO this code does not know
+            return None
+        return cls(stream, sock)
+
+    def move(self, out: int, n: int) -> int:
+        """Up to `n` bytes of the body, from the socket to `out`'s position; 0 at its end, -1 if the socket refuses."""
+        length = self._response.length
+        n = n if length is None else min(n, length)
+        if n <= 0:
+            return 0
+        got = self._from_socket(n)
+        moved = 0
+        try:
+            while moved < got:
+                moved += os.splice(self._read, out, got - moved)
+        except OSError as exc:
+            if exc.errno not in _NO_SPLICE:
+                raise
+            self.usable = False
+            while moved < got:
+                piece = memoryview(os.read(self._read, got - moved))
+                moved += len(piece)
+                while piece:
+                    piece = piece[os.write(out, piece) :]
+        if length is not None:
+            self._response.length = length - got
+        return got
+
+    def _from_socket(self, n: int) -> int:
+        fd = self._sock.fileno()
+        while True:
+            try:
+                return os.splice(fd, self._write, n)
+            except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+                poll = select.poll()
+                poll.register(fd, select.POLLIN)
+                if not poll.poll(None if self._timeout is None else self._timeout * 1000):
+                    raise TimeoutError(errno.ETIMEDOUT, "timed out") from None
+            except OSError as exc:
+                if exc.errno not in _NO_SPLICE:
+                    raise
+                self.usable = False
+                return -1  # nothing moved: the buffer takes over
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
 
 
 def _receiver(stream: io.RawIOBase | io.BufferedIOBase, drained: bool = False) -> Callable[[memoryview], int | None] | None:

@@ -7,10 +7,12 @@ exactly the pinned bytes.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import http.server
 import json
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -131,6 +133,28 @@ def store():
     s = Store()
     yield s
     s.close()
+
+
+@pytest.fixture(params=["splice", "buffer"])
+def http_path(request, monkeypatch) -> list[str]:
+    """How a plain-HTTP body reaches the partial file: moved in the kernel (Linux splice(2)), or received into the
+    hasher's ring and written from it (elsewhere, and over TLS). Yields the sides of each splice call made."""
+    calls: list[str] = []
+    if request.param == "buffer":
+        monkeypatch.delattr(os, "splice", raising=False)
+        yield calls
+        return
+    if not hasattr(os, "splice"):
+        pytest.skip("os.splice is Linux's")
+    real = os.splice
+
+    def counted(src, dst, count, *args, **kwargs):
+        calls.append("pipe->file" if stat.S_ISFIFO(os.fstat(src).st_mode) else "socket->pipe")
+        return real(src, dst, count, *args, **kwargs)
+
+    monkeypatch.setattr(os, "splice", counted)
+    yield calls
+    assert "socket->pipe" in calls and "pipe->file" in calls, "the body did not go through the kernel"
 
 
 def leftovers(dest) -> list[str]:
@@ -278,7 +302,7 @@ def test_retries_are_bounded(tmp_path, store):
     assert partial_paths(dest)[0].stat().st_size == 400_000
 
 
-def test_a_stalled_server_is_a_cut_and_is_resumed(tmp_path, store, monkeypatch):
+def test_a_stalled_server_is_a_cut_and_is_resumed(tmp_path, store, monkeypatch, http_path):
     """Fault: the store stops sending for longer than the read timeout after 256 KB, then trickles. The timeout
     counts as a cut; the next request resumes from what arrived."""
     monkeypatch.setattr(dl, "HTTP_TIMEOUT_SECONDS", 0.3)
@@ -418,7 +442,8 @@ def test_cuts_inside_a_small_reused_buffer_resume_and_verify(tmp_path, monkeypat
     """Received bytes go through a ring of HANDOVER_BYTES reused for every read (here 100,000 bytes, so it wraps
     about 30 times): cuts that land mid-ring and mid-read lose nothing already received, every resumed range
     starts where the last one ended, and the digest is of every byte. A body of known length is read from the
-    socket into the ring, not through read1."""
+    socket into the ring, not through read1 (where splice(2) is not used: here it is switched off)."""
+    monkeypatch.delattr(os, "splice", raising=False)
     monkeypatch.setattr(dl, "HANDOVER_BYTES", 100_000)
     read1_calls: list[int] = []
     real_read1 = dl.http.client.HTTPResponse.read1
@@ -474,3 +499,38 @@ def test_the_agent_resumes_its_download_after_a_cut_and_a_restart(make_agent, tr
     assert (agent_.current_version, agent_.status) == ("1.1.0", "ok")
     assert [r.range for r in store.requests] == [None, f"bytes={half}-", f"bytes={half}-"]
     assert not any(agent_.store.downloads_dir.iterdir()), "the finished download left nothing behind"
+
+
+def test_a_plain_http_body_moves_in_the_kernel_through_cuts(tmp_path, store, http_path):
+    """Cuts that land while bytes are in the kernel's pipe lose nothing and duplicate nothing: every resumed range
+    starts where the partial file ends, and the digest (hashed from the page cache) is of every byte."""
+    data = body(5 * MB + 3)
+    uri = store.put("m.onnx", Obj([Version(data)], cuts=[1_234_567, 2_000_001, None]))
+    dest = tmp_path / "m.onnx"
+    assert download(uri, dest, len(data), expected_sha256=sha(data), backoff_seconds=0.01) == sha(data)
+    assert dest.read_bytes() == data and leftovers(dest) == ["m.onnx"]
+    assert [r.range for r in store.requests] == [None, "bytes=1234567-", "bytes=3234568-"]
+
+
+@pytest.mark.skipif(not hasattr(os, "splice"), reason="os.splice is Linux's")
+@pytest.mark.parametrize("side", ["socket->pipe", "pipe->file"])
+def test_an_fd_that_refuses_splice_hands_the_body_to_the_buffer_midway(tmp_path, store, monkeypatch, side):
+    """A socket or file system without splice support (EINVAL) after 2 MB have moved: what the pipe holds is
+    written out by read and write, the rest of the body comes through the buffer, and the file is exact."""
+    real, moved = os.splice, [0]
+
+    def refusing(src, dst, count, *args, **kwargs):
+        here = "pipe->file" if stat.S_ISFIFO(os.fstat(src).st_mode) else "socket->pipe"
+        if here == side and moved[0] >= 2 * MB:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        got = real(src, dst, count, *args, **kwargs)
+        moved[0] += got if here == "pipe->file" else 0
+        return got
+
+    monkeypatch.setattr(os, "splice", refusing)
+    data = body(4 * MB + 1)
+    uri = store.put("m.onnx", Obj([Version(data)]))
+    dest = tmp_path / "m.onnx"
+    assert download(uri, dest, len(data), expected_sha256=sha(data)) == sha(data)
+    assert dest.read_bytes() == data and len(store.requests) == 1
+    assert 2 * MB <= moved[0] < len(data), "part of the body went through the kernel, the rest did not"
