@@ -80,6 +80,7 @@ class TrustRepository:
         self.online = MetadataSigner(online) if online is not None else None
         self.expiry = expiry
         self.now = now
+        self._root: Metadata[Root] | None = None  # the newest root seen: later ones are probed for before each signature
 
     # -- reading ----------------------------------------------------------------------------------------------------
     def initialised(self) -> bool:
@@ -141,10 +142,36 @@ class TrustRepository:
         return out
 
     # -- writing ----------------------------------------------------------------------------------------------------
-    def _online(self) -> MetadataSigner:
+    def _online(self, role: str) -> MetadataSigner:
+        """The online key, once the newest root is seen to name it for `role`.
+
+        Another publisher's root rotation may have named a new online key since this one's configuration was written:
+        metadata signed with the old key would be refused by every device that followed the rotation, so each update
+        would be blocked until someone noticed. Refused here, before anything is written."""
+        online = self._online_key()
+        root = self._newest_root()
+        named = root.signed.roles[role].keyids
+        if online.public_key.keyid not in named:
+            raise TrustError(
+                self.storage.url,
+                f"root v{root.signed.version} names {', '.join(k[:12] for k in named)} as the {role} key, not this publisher's "
+                f"online key {online.public_key.keyid[:12]} (a root rotation moved the online key)",
+                "sign with the key that rotation named (the stack's edgefleet:signing key), or rotate the root again to name "
+                "this one: `edgefleet trust rotate-root --stack S --old K… --new K… --online-key KEY`",
+            )
+        return online
+
+    def _online_key(self) -> MetadataSigner:
         if self.online is None:
             raise TrustError(self.storage.url, "no online signing key was given", "pass the stack's signing key")
         return self.online
+
+    def _newest_root(self) -> Metadata[Root]:
+        if self._root is None:
+            self._root = self.root()
+        while (nxt := self.storage.read(f"{self._root.signed.version + 1}.root.json")) is not None:
+            self._root = Metadata[Root].from_bytes(nxt)
+        return self._root
 
     def _expires(self, role: str) -> datetime:
         lifetime: timedelta = getattr(self.expiry, role)
@@ -159,7 +186,7 @@ class TrustRepository:
             raise TrustError(
                 self.storage.url, f"root threshold {threshold} with {len(root_signers)} root key(s)", "give at least as many keys"
             )
-        online = self._online()
+        online = self._online_key()
         root = Root(expires=self._expires("root"), consistent_snapshot=True)
         for s in root_signers:
             root.add_key(tuf_key(s.public_key_pem()), "root")
@@ -346,7 +373,7 @@ class TrustRepository:
             md = Metadata(
                 Timestamp(version=version, expires=self._expires("timestamp"), snapshot_meta=MetaFile(version=max(newest, named)))
             )
-            md.sign(self._online())
+            md.sign(self._online("timestamp"))
             if self.storage.swap("timestamp.json", md.to_bytes(), found[1] if found is not None else None):
                 return
             resign = False
@@ -356,7 +383,7 @@ class TrustRepository:
         """Signs with the online key and creates `<version>.<role>.json` (what clients fetch, consistent snapshots),
         then replaces `<role>.json` (the repository's own current copy). False when that version was taken."""
         md = Metadata(signed)
-        md.sign(self._online())
+        md.sign(self._online(role))
         data = md.to_bytes()
         if not self.storage.create(f"{signed.version}.{role}.json", data):
             return False

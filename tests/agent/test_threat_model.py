@@ -507,3 +507,28 @@ def test_a_publisher_that_keeps_losing_the_timestamp_stops_naming_store_role_and
     assert TrustRepository(store, keys.signer).refresh() == ["timestamp"]
     assert timestamp_of(store) == (7, 7)
     device_lists(device, theirs[4])
+
+
+def test_a_publisher_still_holding_the_rotated_out_online_key_is_stopped_before_writing(tmp_path, keys, world):
+    """Fault: publisher B rotates the root to a new online key (e.g. after a leak) while publisher A (a CI job, the
+    other stack on the store) still has the old one configured. A's next publish, signed with a key root v2 no longer
+    names, would be refused by every device that followed the rotation: each update blocked until someone noticed.
+    Refusal: A stops with a TrustError naming the store, the root version and both keys, and how to fix it, before
+    writing anything; with the new key the same publish lands and a device that followed root v2 lists it."""
+    world.repo.add_targets([V1])
+    new_online = LocalKeySigner(create_key_file(tmp_path / "online-2.pem"))
+    stale = TrustRepository(DirectoryStorage(tmp_path / "store"), world.online)
+    stale.targets()  # A has been publishing before the rotation
+    world.repo.rotate_root(world.roots, world.roots, 1, new_online=new_online)
+    metadata = tmp_path / "store" / "tuf" / "metadata"
+    before = sorted(p.name for p in metadata.iterdir())
+    with pytest.raises(TrustError) as err:
+        stale.add_targets([V2])
+    message = str(err.value)
+    assert "root v2 names" in message and "not this publisher's online key" in message and "rotate-root" in message
+    assert MetadataSigner(new_online).public_key.keyid[:12] in message and MetadataSigner(world.online).public_key.keyid[:12] in message
+    assert sorted(p.name for p in metadata.iterdir()) == before, "nothing written"
+    with pytest.raises(TrustError, match="root v2 names"):
+        stale.refresh()  # the controller's periodic re-sign is stopped the same way
+    TrustRepository(DirectoryStorage(tmp_path / "store"), new_online).add_targets([V2])
+    device_lists(store_device(tmp_path / "store", tmp_path), V1, V2)
