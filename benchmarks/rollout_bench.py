@@ -15,8 +15,11 @@ TUF update metadata. It rolls out 1.0.0 (the boot rollout, timed but not measure
   controller       the engine's own work (hub reads and writes, gate evaluation, bookkeeping) as CPU time of its thread
                    (`controller_s`, the figure the target is on) and as wall time (`controller_wall_s`, which also
                    counts waiting for the GIL and the hub's lock while the simulator runs beside it);
-  fleet memory     of the whole local fleet: this process (controller and simulated devices) plus the agent processes,
-                   at its peak, as the sum of their proportional sets (PSS) and, for reference, of their resident sets.
+  fleet memory     of the whole local fleet while it runs (inside each `up`): this process (controller and simulated
+                   devices) plus the agent processes, at its peak, as the sum of their proportional sets (PSS) and, for
+                   reference, of their resident sets. The publisher's steps between the two `up`s (`model add` of the
+                   candidate, which evaluates it on the evaluation set, and synth) run in this process too but are a
+                   user's separate commands: their peak is reported on its own (publisher_peak_rss_mib).
 
 A run that does not end as expected (succeeded; rolled_back with --slow) is recorded with its reason, not raised.
 Targets (issue 14): at 10,000 devices with --soak 20, 3 of 3 runs succeed, controller_ratio <= 0.05 in each, fleet
@@ -38,6 +41,8 @@ Output fields (--out JSON, a list with one object per run; fields are only ever 
   peak_rss_mib               the fleet's peak resident memory: the sum of the processes' resident sets
   peak_pss_mib               the same as proportional sets (shared pages split between the processes): what the fleet
                              takes from the machine, and what the 1 GiB target is judged on
+  publisher_peak_rss_mib     this process's peak resident memory outside the two `up`s (model add, synth), when no
+                             fleet runs
   sim_sweep_median_s         one simulator sweep over every simulated device (sync, request, report)
 """
 
@@ -158,8 +163,10 @@ class PeakRss:
 
     def __init__(self) -> None:
         self.pids: list[int] = []
+        self.fleet_running = False  # set from the fleet's start to the end of its `up`
         self.peak = 0
         self.peak_pss = 0
+        self.publisher_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -181,6 +188,9 @@ class PeakRss:
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
+            if not self.fleet_running:
+                self.publisher_peak = max(self.publisher_peak, self.rss(os.getpid()))
+                continue
             pids = [os.getpid(), *self.pids]
             self.peak = max(self.peak, sum(self.rss(p) for p in pids))
             self.peak_pss = max(self.peak_pss, sum(self.pss(p) for p in pids))
@@ -218,6 +228,7 @@ def run_once(devices: int, soak: float, slow: bool) -> dict[str, Any]:
 
         def on_fleet(fleet) -> None:
             rss.pids[:] = [proc.pid for proc in fleet.processes().values()]
+            rss.fleet_running = True
             sweeps.clear()
             fleet_ref[:] = [fleet]
 
@@ -225,6 +236,7 @@ def run_once(devices: int, soak: float, slow: bool) -> dict[str, Any]:
         with rss:
             start = time.perf_counter()
             boot = up(p, "local", synth(p, "local"), on_fleet=on_fleet)[0]
+            rss.fleet_running = False
             boot_wall = time.perf_counter() - start
             out: dict[str, Any] = {"devices": devices, "soak_each_s": soak, "expect": expect}
             out.update(boot_status=boot.status, boot_wall_s=round(boot_wall, 1))
@@ -241,6 +253,7 @@ def run_once(devices: int, soak: float, slow: bool) -> dict[str, Any]:
                 start = time.perf_counter()
                 result = up(p, "local", graph, on_fleet=on_fleet)[0]
                 wall = time.perf_counter() - start
+            rss.fleet_running = False
             fleet = fleet_ref[0] if fleet_ref else None
         progress = result.progress or {}
         floor = soak_floor(progress, gates) or sum(g["soak_seconds"] for g in gates)
@@ -276,6 +289,7 @@ def run_once(devices: int, soak: float, slow: bool) -> dict[str, Any]:
             ],
             "peak_rss_mib": round(rss.peak / 2**20),
             "peak_pss_mib": round(rss.peak_pss / 2**20),
+            "publisher_peak_rss_mib": round(rss.publisher_peak / 2**20),
             "sim_sweep_median_s": round(statistics.median(fleet.sweep_seconds), 3) if fleet and fleet.sweep_seconds else None,
         }
 
@@ -327,7 +341,8 @@ def main() -> int:
             )
         print(
             f"  fleet memory at peak: {r['peak_pss_mib']} MiB PSS ({r['peak_rss_mib']} MiB as a sum of RSS); "
-            f"simulator sweep median {r['sim_sweep_median_s']}s",
+            f"simulator sweep median {r['sim_sweep_median_s']}s; between the ups (model add, synth) "
+            f"{r['publisher_peak_rss_mib']} MiB RSS",
             flush=True,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
