@@ -624,13 +624,20 @@ class _Splice:
         n = n if length is None else min(n, length)
         if n <= 0:
             return 0
+        start = os.lseek(out, 0, os.SEEK_CUR)
         got = self._from_socket(n)
+        if got < 0:
+            return got
         moved = 0
         try:
             while moved < got:
                 moved += os.splice(self._read, out, got - moved)
         except OSError as exc:
             if exc.errno not in _NO_SPLICE:
+                # the caller counts nothing of this piece: the file must not hold part of it either (a retry asks
+                # for the rest from where the caller's count ends)
+                os.ftruncate(out, start)
+                os.lseek(out, start, os.SEEK_SET)
                 raise
             self.usable = False
             while moved < got:

@@ -534,3 +534,28 @@ def test_an_fd_that_refuses_splice_hands_the_body_to_the_buffer_midway(tmp_path,
     assert download(uri, dest, len(data), expected_sha256=sha(data)) == sha(data)
     assert dest.read_bytes() == data and len(store.requests) == 1
     assert 2 * MB <= moved[0] < len(data), "part of the body went through the kernel, the rest did not"
+
+
+@pytest.mark.skipif(not hasattr(os, "splice"), reason="os.splice is Linux's")
+def test_a_disk_error_halfway_through_a_spliced_piece_leaves_no_uncounted_bytes(tmp_path, store, monkeypatch):
+    """Fault: the partial file's disk fails (EIO) after half of a piece has gone from the pipe into the file. The
+    piece is not counted, so the file must not keep its first half either: the retry's range starts where the count
+    ends, and a file that kept the half would hold it twice. The result is exact."""
+    real, state = os.splice, {"pipe_to_file": 0}
+
+    def failing(src, dst, count, *args, **kwargs):
+        if not stat.S_ISFIFO(os.fstat(src).st_mode):
+            return real(src, dst, count, *args, **kwargs)
+        state["pipe_to_file"] += 1
+        if state["pipe_to_file"] == 5:
+            return real(src, dst, max(1, count // 2), *args, **kwargs)
+        if state["pipe_to_file"] == 6:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst, count, *args, **kwargs)
+
+    monkeypatch.setattr(os, "splice", failing)
+    data = body(6 * MB)
+    uri = store.put("m.onnx", Obj([Version(data)]))
+    dest = tmp_path / "m.onnx"
+    assert download(uri, dest, len(data), expected_sha256=sha(data), backoff_seconds=0.01) == sha(data)
+    assert dest.read_bytes() == data and len(store.requests) == 2 and store.requests[1].range is not None
