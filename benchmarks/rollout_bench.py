@@ -15,7 +15,7 @@ TUF update metadata. It rolls out 1.0.0 (the boot rollout, timed but not measure
   controller       the engine's own work (hub reads and writes, gate evaluation, bookkeeping) as CPU time of its thread
                    (`controller_s`, the figure the target is on) and as wall time (`controller_wall_s`, which also
                    counts waiting for the GIL and the hub's lock while the simulator runs beside it);
-  fleet memory     of the whole local fleet while it runs (inside each `up`): this process (controller and simulated
+  fleet memory     of the whole local fleet while it runs (from its start to the end of each `up`): this process (controller and simulated
                    devices) plus the agent processes, at its peak, as the sum of their proportional sets (PSS) and, for
                    reference, of their resident sets. The publisher's steps between the two `up`s (`model add` of the
                    candidate, which evaluates it on the evaluation set, and synth) run in this process too but are a
@@ -41,8 +41,8 @@ Output fields (--out JSON, a list with one object per run; fields are only ever 
   peak_rss_mib               the fleet's peak resident memory: the sum of the processes' resident sets
   peak_pss_mib               the same as proportional sets (shared pages split between the processes): what the fleet
                              takes from the machine, and what the 1 GiB target is judged on
-  publisher_peak_rss_mib     this process's peak resident memory outside the two `up`s (model add, synth), when no
-                             fleet runs
+  publisher_peak_rss_mib     this process's peak resident memory while no fleet runs (model add, synth, and each `up`
+                             before its fleet starts)
   sim_sweep_median_s         one simulator sweep over every simulated device (sync, request, report)
 """
 
