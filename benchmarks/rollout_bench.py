@@ -15,9 +15,9 @@ TUF update metadata. It rolls out 1.0.0 (the boot rollout, timed but not measure
   controller       the engine's own work (hub reads and writes, gate evaluation, bookkeeping) as CPU time of its thread
                    (`controller_s`, the figure the target is on) and as wall time (`controller_wall_s`, which also
                    counts waiting for the GIL and the hub's lock while the simulator runs beside it);
-  fleet memory     of the whole local fleet while it runs (from its start to the end of each `up`): this process (controller and simulated
-                   devices) plus the agent processes, at its peak, as the sum of their proportional sets (PSS) and, for
-                   reference, of their resident sets. The publisher's steps between the two `up`s (`model add` of the
+  fleet memory     of the whole local fleet while it runs (from its start to the end of each `up`): this process
+                   (controller and simulated devices) plus the agent processes, at its peak, as the sum of their
+                   proportional sets (PSS) and, for reference, of their resident sets. The publisher's steps between the two `up`s (`model add` of the
                    candidate, which evaluates it on the evaluation set, and synth) run in this process too but are a
                    user's separate commands: their peak is reported on its own (publisher_peak_rss_mib).
 
