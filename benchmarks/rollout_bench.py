@@ -17,9 +17,10 @@ TUF update metadata. It rolls out 1.0.0 (the boot rollout, timed but not measure
                    counts waiting for the GIL and the hub's lock while the simulator runs beside it);
   fleet memory     of the whole local fleet while it runs (from its start to the end of each `up`): this process
                    (controller and simulated devices) plus the agent processes, at its peak, as the sum of their
-                   proportional sets (PSS) and, for reference, of their resident sets. The publisher's steps between the two `up`s (`model add` of the
-                   candidate, which evaluates it on the evaluation set, and synth) run in this process too but are a
-                   user's separate commands: their peak is reported on its own (publisher_peak_rss_mib).
+                   proportional sets (PSS) and, for reference, of their resident sets. The publisher's steps between
+                   the two `up`s (`model add` of the candidate, which evaluates it on the evaluation set, and synth)
+                   run in this process too but are a user's separate commands: their peak is reported on its own
+                   (publisher_peak_rss_mib).
 
 A run that does not end as expected (succeeded; rolled_back with --slow) is recorded with its reason, not raised.
 Targets (issue 14): at 10,000 devices with --soak 20, 3 of 3 runs succeed, controller_ratio <= 0.05 in each, fleet
