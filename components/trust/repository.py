@@ -88,17 +88,27 @@ class TrustRepository:
 
     def root(self) -> Metadata[Root]:
         """The newest root: 1.root.json, 2.root.json, … as far as they go."""
-        data = self.storage.read("1.root.json")
-        if data is None:
-            raise TrustError(
-                self.storage.url,
-                "no TUF repository here (no 1.root.json)",
-                "initialise it with `edgefleet trust init --stack STACK` (the local stack's `edgefleet up` does it with its root key)",
-            )
-        version = 1
+        self._root = None
+        return self._newest_root()
+
+    def _newest_root(self) -> Metadata[Root]:
+        """The newest root, probing on from the last one this repository read (versioned roots are never rewritten)."""
+        data: bytes | None = None
+        if self._root is None:
+            data = self.storage.read("1.root.json")
+            if data is None:
+                raise TrustError(
+                    self.storage.url,
+                    "no TUF repository here (no 1.root.json)",
+                    "initialise it with `edgefleet trust init --stack STACK` (the local stack's `edgefleet up` does it with its root key)",
+                )
+        version = 1 if self._root is None else self._root.signed.version
         while (nxt := self.storage.read(f"{version + 1}.root.json")) is not None:
             data, version = nxt, version + 1
-        return Metadata[Root].from_bytes(data)
+        if data is not None:
+            self._root = Metadata[Root].from_bytes(data)
+        assert self._root is not None
+        return self._root
 
     def _read(self, role: str) -> Metadata[Any]:
         md = self._newest(role)
@@ -165,13 +175,6 @@ class TrustRepository:
         if self.online is None:
             raise TrustError(self.storage.url, "no online signing key was given", "pass the stack's signing key")
         return self.online
-
-    def _newest_root(self) -> Metadata[Root]:
-        if self._root is None:
-            self._root = self.root()
-        while (nxt := self.storage.read(f"{self._root.signed.version + 1}.root.json")) is not None:
-            self._root = Metadata[Root].from_bytes(nxt)
-        return self._root
 
     def _expires(self, role: str) -> datetime:
         lifetime: timedelta = getattr(self.expiry, role)
