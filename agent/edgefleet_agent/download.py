@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -514,17 +515,14 @@ class _Download:
 
     def _pump(self, body: _Body) -> bool:
         """Copies one response to the partial file, advancing `pos`; returns whether the object is complete."""
-        splice: list[_Splice] = []
-        try:
-            return self._pump_body(body, splice)
-        finally:
-            for pipe in splice:
-                pipe.close()
+        with ExitStack() as pipes:
+            return self._pump_body(body, pipes)
 
-    def _pump_body(self, body: _Body, splice: list[_Splice]) -> bool:
+    def _pump_body(self, body: _Body, pipes: ExitStack) -> bool:
         want = self.expected_size if self.expected_size is not None else body.total
         out, copy_fd = self._out, body.copy_fd
         receive = _receiver(body.stream)
+        splice: _Splice | None = None
         while True:
             n = self.bucket.chunk() if self.bucket else CHUNK
             if body.end is not None:
@@ -540,8 +538,8 @@ class _Download:
                     if got <= 0:  # unsupported here, or a file system that says 0 too early: let read() find the end
                         copy_fd = None
                         continue
-                elif splice and splice[0].usable:
-                    got = splice[0].move(out.fileno(), n)
+                elif splice is not None and splice.usable:
+                    got = splice.move(out, n)
                     if got < 0:
                         continue
                 elif receive is not None:
@@ -553,7 +551,9 @@ class _Download:
                     got = len(data)
                     if got < n and receive is None:
                         receive = _receiver(body.stream, drained=True)
-                        splice[:] = [s for s in [_Splice.of(body.stream)] if s is not None]
+                        splice = _Splice.of(body.stream)
+                        if splice is not None:
+                            pipes.callback(splice.close)
             except http.client.IncompleteRead as exc:
                 data = exc.partial
                 got = len(data)
@@ -618,12 +618,13 @@ class _Splice:
             return None
         return cls(stream, sock)
 
-    def move(self, out: int, n: int) -> int:
-        """Up to `n` bytes of the body, from the socket to `out`'s position; 0 at its end, -1 if the socket refuses."""
+    def move(self, file: BinaryIO, n: int) -> int:
+        """Up to `n` bytes of the body, from the socket to `file`'s position; 0 at its end, -1 if the socket refuses."""
         length = self._response.length
         n = n if length is None else min(n, length)
         if n <= 0:
             return 0
+        out = file.fileno()
         start = os.lseek(out, 0, os.SEEK_CUR)
         got = self._from_socket(n)
         if got < 0:
@@ -641,10 +642,9 @@ class _Splice:
                 raise
             self.usable = False
             while moved < got:
-                piece = memoryview(os.read(self._read, got - moved))
+                piece = os.read(self._read, got - moved)
+                _write_all(file, memoryview(piece))
                 moved += len(piece)
-                while piece:
-                    piece = piece[os.write(out, piece) :]
         if length is not None:
             self._response.length = length - got
         return got
