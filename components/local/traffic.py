@@ -55,10 +55,6 @@ class Traffic:
     counts: TrafficCounts = field(default_factory=TrafficCounts)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    @classmethod
-    def of(cls, model: str, dataset: LabelledSet, labelled_share: float) -> "Traffic":
-        return cls(model, dataset, labelled_share)
-
     def frame(self, i: int) -> np.ndarray:
         """Frame `i` as the model receives it, a batch of one, converted per request: the whole set converted once
         would hold four times its bytes beside it (float32: 73.5 MiB for the shipped set's 128 frames, which take 18.4
@@ -133,7 +129,7 @@ def load_traffic(cfg: Any, project_dir: Path, models: list[str], source: str) ->
                     f"{key}.dataset: {spec.dataset} cannot feed {model} {manifest.version} ({where}): " + "; ".join(problems),
                     "point it at a set made for this model's input, or remove the entry (devices then send random inputs)",
                 )
-        out[model] = Traffic.of(model, dataset, spec.labelled_share)
+        out[model] = Traffic(model, dataset, spec.labelled_share)
     return out
 
 

@@ -25,7 +25,7 @@ SAMPLES = ROOT / "models" / "samples"
 
 
 def traffic_of(share: float) -> Traffic:
-    return Traffic.of("detector", load_set(ROOT / LIVE), share)
+    return Traffic("detector", load_set(ROOT / LIVE), share)
 
 
 # -- what each device sends ----------------------------------------------------------------------------------------
