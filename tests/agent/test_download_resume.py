@@ -135,6 +135,11 @@ def store():
     s.close()
 
 
+def splice_side(src: int) -> str:
+    """Which half of the downloader's splice a call is: from the socket into its pipe, or from the pipe to the file."""
+    return "pipe->file" if stat.S_ISFIFO(os.fstat(src).st_mode) else "socket->pipe"
+
+
 @pytest.fixture(params=["splice", "buffer"])
 def http_path(request, monkeypatch) -> list[str]:
     """How a plain-HTTP body reaches the partial file: moved in the kernel (Linux splice(2)), or received into the
@@ -149,7 +154,7 @@ def http_path(request, monkeypatch) -> list[str]:
     real = os.splice
 
     def counted(src, dst, count, *args, **kwargs):
-        calls.append("pipe->file" if stat.S_ISFIFO(os.fstat(src).st_mode) else "socket->pipe")
+        calls.append(splice_side(src))
         return real(src, dst, count, *args, **kwargs)
 
     monkeypatch.setattr(os, "splice", counted)
@@ -520,7 +525,7 @@ def test_an_fd_that_refuses_splice_hands_the_body_to_the_buffer_midway(tmp_path,
     real, moved = os.splice, [0]
 
     def refusing(src, dst, count, *args, **kwargs):
-        here = "pipe->file" if stat.S_ISFIFO(os.fstat(src).st_mode) else "socket->pipe"
+        here = splice_side(src)
         if here == side and moved[0] >= 2 * MB:
             raise OSError(errno.EINVAL, "Invalid argument")
         got = real(src, dst, count, *args, **kwargs)
@@ -544,7 +549,7 @@ def test_a_disk_error_halfway_through_a_spliced_piece_leaves_no_uncounted_bytes(
     real, state = os.splice, {"pipe_to_file": 0}
 
     def failing(src, dst, count, *args, **kwargs):
-        if not stat.S_ISFIFO(os.fstat(src).st_mode):
+        if splice_side(src) == "socket->pipe":
             return real(src, dst, count, *args, **kwargs)
         state["pipe_to_file"] += 1
         if state["pipe_to_file"] == 5:
