@@ -275,9 +275,21 @@ def held_query(query: str, model: str, desired: str | None) -> str:
     writes one reason into every model's status shadow (the nucleus holds a deployment whole, whichever models it
     changes), so a device already on this ring's version is held for another model's deployment, not this one's."""
     out = connected_reporting(query)
-    if desired and PLAIN_VALUE.fullmatch(desired) and query_terms(out) < MAX_QUERY_TERMS:
-        out = f"({out}) AND NOT {gg.status_shadow_field(model, 'version')}:{desired}"
+    value = query_value(desired) if desired else None
+    if value is not None and query_terms(out) < MAX_QUERY_TERMS:
+        out = f"({out}) AND NOT {gg.status_shadow_field(model, 'version')}:{value}"
     return out
+
+
+def query_value(value: str) -> str | None:
+    """`value` as a fleet-indexing term: as it is when plain, a quoted phrase when it holds semver's `-` or `+` (a
+    leading `-` would read as NOT, and the syntax documents phrases but not which characters a bare term may hold);
+    None for anything else, which a version never is."""
+    if PLAIN_VALUE.fullmatch(value):
+        return value
+    if SEMVER_VALUE.fullmatch(value):
+        return f'"{value}"'
+    return None
 
 
 def versions_of(response: dict[str, Any]) -> dict[str | None, int]:
@@ -286,7 +298,8 @@ def versions_of(response: dict[str, Any]) -> dict[str | None, int]:
 
 
 CONNECTED = "connectivity.connected:true"
-PLAIN_VALUE = re.compile(r"[A-Za-z0-9._]+")  # a version written into a query term as it is (no quoting, no escapes)
+PLAIN_VALUE = re.compile(r"[A-Za-z0-9._]+")  # written into a query term as it is
+SEMVER_VALUE = re.compile(r"[A-Za-z0-9._+-]+")  # pre-release and build metadata: quoted
 
 
 def connected_reporting(query: str) -> str:

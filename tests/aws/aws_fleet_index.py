@@ -2,7 +2,7 @@
 answered through `aws_testkit.emulate`, so botocore validates every request and response against the service model.
 
 Fleet indexing: things with a type, attributes, thing groups, connectivity and named shadows; the query subset the
-rings use (`field:value`, `field:*`, AND, OR, NOT, parentheses; NOT is the complement, so it matches things without
+rings use (`field:value`, `field:"phrase"` without spaces, `field:*`, AND, OR, NOT, parentheses; NOT is the complement, so it matches things without
 the field), at most 12 field terms a query as AWS allows; GetStatistics (count) and GetBucketsAggregation (terms
 aggregation: the values of one field among matching things that have it, most common first, at most maxBuckets).
 Faults: `fail(operation, code, times)` answers the next calls with that error code (ThrottlingException,
@@ -79,6 +79,10 @@ class Query:
         field, _, value = tok.partition(":")
         if not value:
             raise ValueError(f"not a field term: {tok!r}")
+        if value.startswith('"'):  # a phrase; values here hold no white space, so it is one token
+            if len(value) < 3 or not value.endswith('"') or '"' in value[1:-1]:
+                raise ValueError(f"unterminated phrase: {tok!r}")
+            value = value[1:-1]
         return ("term", field, value)
 
     def match(self, thing: dict[str, Any], node: Any = None) -> bool:

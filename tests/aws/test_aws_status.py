@@ -195,6 +195,22 @@ def test_held_devices_show_per_ring_with_their_reason_and_stop_showing_once_rele
     assert (broad["held"], broad["held_reasons"]) == (0, {})
 
 
+@pytest.mark.parametrize("desired", ["1.1.0", "1.1.0-rc.1", "2.0.0-rc.1+build.7", "1.1.0-x-y"])
+def test_held_query_leaves_out_devices_already_on_the_desired_version_whatever_its_semver_form(desired):
+    """A device on the ring's version is held for another model's deployment, not this one's: with a pre-release or
+    build version (`-`, `+`) the term is a quoted phrase, so the query still excludes it rather than dropping the term."""
+    from aws_fleet_index import Query
+
+    shadow = gg.status_shadow("detector")
+    things = {
+        name: {"attributes": {"ring": "early"}, "connectivity": {"connected": True}, "shadows": {shadow: {"reported": {"version": v}}}}
+        for name, v in (("on-desired", desired), ("behind", "1.0.0"))
+    }
+    query = aws_status.held_query("attributes.ring:early", "detector", desired)
+    assert f'"{desired}"' in query if "-" in desired or "+" in desired else f":{desired}" in query
+    assert [n for n, t in things.items() if Query(query).match(t)] == ["behind"]
+
+
 def test_calls_do_not_grow_with_devices(graph, cloud):
     clients, index, deployments = cloud
     fleet(index, deployments, scale=4)
