@@ -205,18 +205,22 @@ class _Instant:
     """A served model that answers at once: what is left of a request is the protocol and HTTP."""
 
     model = "detector"
+    version = "1.0.0"
 
     def __init__(self, manifest) -> None:
         self.manifest = manifest
-        self.out = {"scores": np.zeros((1, 3), np.float32)}
+        self.outputs = {"scores": np.zeros((1, 3), np.float32)}
 
     def served(self):
-        return ("1.0.0", self.manifest)
+        return (self.version, self.manifest)
 
-    def predict(self, inputs, label=None, version=None):
+    def run(self, inputs, version=None):
+        return self  # its own answer, with nothing to account for
+
+    def settle(self, label=None):
         from edgefleet_agent.serving import Prediction
 
-        return Prediction("detector", "1.0.0", self.out, 0.0, False)
+        return Prediction(self.model, self.version, self.outputs, 0.0, False)
 
 
 def null_server() -> None:

@@ -86,6 +86,7 @@ log = logging.getLogger("edgefleet.agent")
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 300.0
 MAX_DEFER_SECONDS = 900.0  # how long an application may hold back one swap, however often it asks
+SETTLE_WAIT_SECONDS = 0.5  # a report waits this long at most for answers sent and not yet accounted for
 PATCH_MEMORY_BYTES = 16 << 20  # what applying a patch may hold (docs/deltas.md); --patch-memory-mb
 
 
@@ -115,6 +116,30 @@ class _Candidate:
     manifest: ModelManifest
     key: Hashable
     runner: ShadowRunner
+
+
+class Answer:
+    """What `DeviceAgent.run` returns: the served version's outputs, to be accounted for once with `settle`."""
+
+    __slots__ = ("_agent", "serving", "feed", "values", "ms", "_prediction")
+
+    def __init__(self, agent: DeviceAgent, serving: _Serving, feed: dict[str, np.ndarray], values: list[np.ndarray], ms: float) -> None:
+        self._agent, self.serving, self.feed, self.values, self.ms = agent, serving, feed, values, ms
+        self._prediction: Prediction | None = None
+
+    @property
+    def version(self) -> str:
+        return self.serving.ref.version
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]:
+        return dict(zip(self.serving.loaded.output_names, self.values, strict=True))
+
+    def settle(self, label: int | None = None) -> Prediction:
+        """Records the answer (telemetry, shadow, capture) once; later calls return the same Prediction."""
+        if self._prediction is None:
+            self._prediction = self._agent._settle(self, label)
+        return self._prediction
 
 
 @dataclass(frozen=True)
@@ -221,6 +246,8 @@ class DeviceAgent:
         self._sync_lock = threading.RLock()  # one install at a time; start() runs under it too
         self._state_lock = threading.Lock()  # what a report snapshots together
         self._metrics_lock = threading.Lock()
+        self._settling = threading.Condition()  # answers sent but not yet accounted for (`run`), which a report waits for
+        self._unsettled = 0
         self._started = False
         self._pointer = Pointer()
         self._serving: _Serving | None = None
@@ -889,12 +916,20 @@ class DeviceAgent:
 
     # -- serving and metrics --------------------------------------------------------------------------
     def predict(self, inputs: dict[str, np.ndarray], label: int | None = None, version: str | None = None) -> Prediction:
-        """One request from an application: the current verified version answers (`version`, if given, must be it).
+        """One request from an application: the current verified version answers (`version`, if given, must be it),
+        and the answer is accounted for before it is returned (`run` then `Answer.settle`).
 
         Raises NotReady (nothing served), VersionNotServed, InvalidInput (names, element types or shapes differ from
         the served version's signature) or InferenceFailed (onnxruntime failed: counted as the version's error).
         `label` is the true class, if the application knows it (live accuracy of a classifier). A shadow candidate,
         if any, gets the same inputs later on its own thread; its answer is never returned."""
+        return self.run(inputs, version).settle(label)
+
+    def run(self, inputs: dict[str, np.ndarray], version: str | None = None) -> Answer:
+        """The served version's answer to one request, not yet accounted for: the endpoint sends it first and then
+        calls `settle`, so the telemetry (NaN check, top-1, the window), the shadow's copy and sample capture stay off
+        the application's latency (on a 1000-class output, 0.06-0.12 ms in the server after the model). Raises as
+        `predict`; a failed run is counted here."""
         serving = self._serving
         if serving is None:
             raise NotReady(f"model {self.model!r} has no verified version loaded on this device (status {self.status})")
@@ -914,17 +949,30 @@ class DeviceAgent:
             log.debug("%s: inference failed: %s", self.device_id, exc)
             raise InferenceFailed(f"{self.model} {ref.version} failed on this request: {_first_line(exc)}") from None
         ms = (self.timer() - start) * 1000.0
-        invalid = loaded.has_invalid(values)
-        said = read_output(loaded.watch, values)
-        with self._metrics_lock:
-            if serving is self._serving:  # a request that straddled a swap is not the new version's
-                self._window.record(ms, False, invalid, said, label)
-        candidate = self._candidate
-        if candidate is not None:
-            candidate.runner.offer(serving, feed, loaded.output_names, values, said, ms)
-        if said is not None and said.confidence is not None and self.capture.on:
-            self.capture.consider_request(ref.version, ref.sha256, feed, loaded.output_names, values, said.top1, said.confidence)
-        return Prediction(self.model, ref.version, dict(zip(loaded.output_names, values, strict=True)), ms, invalid)
+        with self._settling:
+            self._unsettled += 1
+        return Answer(self, serving, feed, values, ms)
+
+    def _settle(self, answer: Answer, label: int | None) -> Prediction:
+        serving, values, ms = answer.serving, answer.values, answer.ms
+        loaded, ref = serving.loaded, serving.ref
+        try:
+            invalid = loaded.has_invalid(values)
+            said = read_output(loaded.watch, values)
+            with self._metrics_lock:
+                if serving is self._serving:  # a request that straddled a swap is not the new version's
+                    self._window.record(ms, False, invalid, said, label)
+            candidate = self._candidate
+            if candidate is not None:
+                candidate.runner.offer(serving, answer.feed, loaded.output_names, values, said, ms)
+            if said is not None and said.confidence is not None and self.capture.on:
+                self.capture.consider_request(ref.version, ref.sha256, answer.feed, loaded.output_names, values, said.top1, said.confidence)
+        finally:
+            with self._settling:
+                self._unsettled -= 1
+                if not self._unsettled:
+                    self._settling.notify_all()
+        return Prediction(self.model, ref.version, answer.outputs, ms, invalid)
 
     def infer(self) -> bool:
         """One synthetic request (the manifest's seeded inputs) through predict(); False if nothing is served."""
@@ -943,7 +991,10 @@ class DeviceAgent:
         return True
 
     def build_report(self) -> DeviceReport:
-        """Snapshots what is served and the metrics since the last report, and starts a new window."""
+        """Snapshots what is served and the metrics since the last report, and starts a new window. An answer already
+        sent is in it: the report first waits (at most SETTLE_WAIT_SECONDS) for answers still being accounted for."""
+        with self._settling:
+            self._settling.wait_for(lambda: not self._unsettled, SETTLE_WAIT_SECONDS)
         with self._state_lock:
             serving, refusal, installing, notice = self._serving, self._refusal, self._installing, self._notice
             candidate, candidate_refusal = self._candidate, self._candidate_refusal

@@ -12,7 +12,8 @@ every model the agent process runs (protocol.py is the wire format; this module 
     POST /v2/systemsharedmemory/region/{r}/register     {"key", "offset", "byte_size"}, then name the region in an
     POST /v2/systemsharedmemory[/region/{r}]/unregister input's or output's shared_memory_* parameters
 
-A request always runs on the model's current verified version (`DeviceAgent.predict`); a version in the path must
+A request always runs on the model's current verified version (`DeviceAgent.run`; its telemetry is recorded once the
+answer is sent); a version in the path must
 be that one, or the answer is 404. Health answers carry a JSON body ({"live": true}, {"ready": false}, {"name",
 "ready"}) and say false with status 400, so both readings of the protocol (status code, body) agree. Errors are
 `{"error": "..."}` with: 400 a request the protocol or the model's signature does not allow, 404 an unknown model,
@@ -68,6 +69,18 @@ MAX_LINE = 65536
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}
 
 
+class Answer(Protocol):
+    """One request's outputs (DeviceAgent.run), sent before `settle` accounts for them."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]: ...
+
+    def settle(self, label: int | None = None) -> Prediction: ...
+
+
 class Servable(Protocol):
     """What the endpoint needs of a model's agent (DeviceAgent)."""
 
@@ -75,7 +88,7 @@ class Servable(Protocol):
 
     def served(self) -> tuple[str, ModelManifest] | None: ...
 
-    def predict(self, inputs: dict[str, np.ndarray], label: int | None = None, version: str | None = None) -> Prediction: ...
+    def run(self, inputs: dict[str, np.ndarray], version: str | None = None) -> Answer: ...
 
     def defer(self, seconds: float) -> float: ...
 
@@ -337,20 +350,42 @@ class _Handler(BaseHTTPRequestHandler):
             served_version, manifest = self._served(agent, version)
             wanted = self._outputs(request, manifest, name)
             destinations = {n: regions.view(ref, f"output {n!r}") for n, _, ref in wanted if ref is not None}
-            prediction = agent.predict(request.inputs, label=request.label, version=version)
-            outputs: list[tuple[str, np.ndarray, bool | None]] = []
-            for out_name, binary, ref in wanted:
-                value = prediction.outputs.get(out_name)
-                if value is None:  # the version changed between the check and the request: its outputs did too
-                    raise ProtocolError(400, f"model {name!r} {prediction.version} has no output {out_name!r}")
-                if ref is not None:
-                    write_shared_output(destinations[out_name], value, f"output {out_name!r}")
-                outputs.append((out_name, value, None if ref is not None else binary))
-            json_part, binary_parts = encode_infer_response(name, prediction.version, request.id, outputs)
+            answer = agent.run(request.inputs, version=version)
         except (ProtocolError, RequestError) as exc:
             self._error(exc.status, exc.message)
             return
         except Exception as exc:  # noqa: BLE001 - a bug must answer 500, never take the endpoint down
+            log.exception("inference request to %s failed unexpectedly", name)
+            self._error(500, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        try:
+            self._answer(name, request, wanted, destinations, answer)
+        finally:
+            answer.settle(request.label)  # after the application has its answer (DeviceAgent.run)
+
+    def _answer(
+        self,
+        name: str,
+        request: InferRequest,
+        wanted: list[tuple[str, bool, SharedMemoryRef | None]],
+        destinations: dict[str, memoryview],
+        answer: Answer,
+    ) -> None:
+        try:
+            values = answer.outputs
+            outputs: list[tuple[str, np.ndarray, bool | None]] = []
+            for out_name, binary, ref in wanted:
+                value = values.get(out_name)
+                if value is None:  # the version changed between the check and the request: its outputs did too
+                    raise ProtocolError(400, f"model {name!r} {answer.version} has no output {out_name!r}")
+                if ref is not None:
+                    write_shared_output(destinations[out_name], value, f"output {out_name!r}")
+                outputs.append((out_name, value, None if ref is not None else binary))
+            json_part, binary_parts = encode_infer_response(name, answer.version, request.id, outputs)
+        except (ProtocolError, RequestError) as exc:
+            self._error(exc.status, exc.message)
+            return
+        except Exception as exc:  # noqa: BLE001
             log.exception("inference request to %s failed unexpectedly", name)
             self._error(500, f"internal error: {type(exc).__name__}: {exc}")
             return

@@ -104,6 +104,31 @@ def test_a_label_counts_towards_live_accuracy(served):
     assert err.value.status() == "400"
 
 
+def test_the_answer_does_not_wait_for_telemetry_and_the_next_report_still_counts_it(served, monkeypatch):
+    """Telemetry (NaN check, top-1, the window, shadow, capture) runs after the response is sent: an application
+    gets its answer while it is held up; a report taken meanwhile waits for it and counts the request."""
+    import edgefleet_agent.core as core
+
+    agent_, endpoint = served
+    held, entered = threading.Event(), threading.Event()
+    real = core.read_output
+
+    def slow_read_output(watch, values):
+        entered.set()
+        assert held.wait(10), "telemetry was never released"
+        return real(watch, values)
+
+    monkeypatch.setattr(core, "read_output", slow_read_output)
+    c = client(endpoint)
+    start = time.monotonic()
+    result = infer(c, image(3), parameters={"label": 1})  # would block for 10 s if telemetry came first
+    assert time.monotonic() - start < 5 and result.as_numpy("scores").shape == (1, 3)
+    assert entered.wait(5)
+    threading.Timer(0.1, held.set).start()
+    report = agent_.build_report()  # waits for the answer already sent
+    assert report.inferences == 1 and report.labelled == {"n": 1, "correct": int(result.as_numpy("scores").argmax() == 1)}
+
+
 def test_a_version_other_than_the_served_one_is_404(served):
     _, endpoint = served
     with pytest.raises(InferenceServerException, match="version '1.0.0' is not served here; this device serves 1.1.0") as err:
