@@ -152,7 +152,8 @@ def endpoint_vs_inprocess(name: str, model_dir: Path, key: Path, rounds: int, pe
         }
         lat, busy = interleaved(sides, rounds, dict.fromkeys(sides, per_round), warmup=dict.fromkeys(sides, max(3, per_round // 10)))
         # JSON tensors, the reference, in rounds of their own: interleaved with the others, the server's parsing of
-        # 150,000 numbers a request slowed the requests after it (light_squeezenet's binary p50 by 0.2-0.5 ms)
+        # 150,000 numbers a request slowed the requests after it (light_squeezenet's binary p99 +2.1 to +5.0 ms over
+        # in-process in three runs, +0.3 and +0.6 ms in two without; benchmarks/README.md)
         json_side = {"endpoint_json": lambda: client.infer(manifest.name, [as_json], outputs=json_outputs)}
         json_lat, json_busy = interleaved(json_side, rounds, {"endpoint_json": max(5, per_round // 4)}, warmup={"endpoint_json": 3})
         lat.update(json_lat)
