@@ -351,6 +351,11 @@ class _Handler(BaseHTTPRequestHandler):
             wanted = self._outputs(request, manifest, name)
             destinations = {n: regions.view(ref, f"output {n!r}") for n, _, ref in wanted if ref is not None}
             answer = agent.run(request.inputs, version=version)
+            try:
+                json_part, binary_parts = self._encode(name, wanted, destinations, answer, request.id)
+            except BaseException:
+                answer.settle(request.label)
+                raise
         except (ProtocolError, RequestError) as exc:
             self._error(exc.status, exc.message)
             return
@@ -358,39 +363,31 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("inference request to %s failed unexpectedly", name)
             self._error(500, f"internal error: {type(exc).__name__}: {exc}")
             return
+        content_type = "application/octet-stream" if binary_parts else "application/json"
         try:
-            self._answer(name, request, wanted, destinations, answer)
+            self._send(200, json_part, binary_parts, content_type)
         finally:
-            answer.settle(request.label)  # after the application has its answer (DeviceAgent.run)
+            answer.settle(request.label)  # once the application has its answer (DeviceAgent.run)
 
-    def _answer(
-        self,
+    @staticmethod
+    def _encode(
         name: str,
-        request: InferRequest,
         wanted: list[tuple[str, bool, SharedMemoryRef | None]],
         destinations: dict[str, memoryview],
         answer: Answer,
-    ) -> None:
-        try:
-            values = answer.outputs
-            outputs: list[tuple[str, np.ndarray, bool | None]] = []
-            for out_name, binary, ref in wanted:
-                value = values.get(out_name)
-                if value is None:  # the version changed between the check and the request: its outputs did too
-                    raise ProtocolError(400, f"model {name!r} {answer.version} has no output {out_name!r}")
-                if ref is not None:
-                    write_shared_output(destinations[out_name], value, f"output {out_name!r}")
-                outputs.append((out_name, value, None if ref is not None else binary))
-            json_part, binary_parts = encode_infer_response(name, answer.version, request.id, outputs)
-        except (ProtocolError, RequestError) as exc:
-            self._error(exc.status, exc.message)
-            return
-        except Exception as exc:  # noqa: BLE001
-            log.exception("inference request to %s failed unexpectedly", name)
-            self._error(500, f"internal error: {type(exc).__name__}: {exc}")
-            return
-        content_type = "application/octet-stream" if binary_parts else "application/json"
-        self._send(200, json_part, binary_parts, content_type)
+        request_id: str | None,
+    ) -> tuple[bytes, list[bytes | memoryview]]:
+        """The response's JSON and binary sections; outputs named in shared memory are written into their regions."""
+        values = answer.outputs
+        outputs: list[tuple[str, np.ndarray, bool | None]] = []
+        for out_name, binary, ref in wanted:
+            value = values.get(out_name)
+            if value is None:  # the version changed between the check and the request: its outputs did too
+                raise ProtocolError(400, f"model {name!r} {answer.version} has no output {out_name!r}")
+            if ref is not None:
+                write_shared_output(destinations[out_name], value, f"output {out_name!r}")
+            outputs.append((out_name, value, None if ref is not None else binary))
+        return encode_infer_response(name, answer.version, request_id, outputs)
 
     def _defer(self, name: str, body: bytes) -> None:
         try:

@@ -129,6 +129,24 @@ def test_the_answer_does_not_wait_for_telemetry_and_the_next_report_still_counts
     assert report.inferences == 1 and report.labelled == {"n": 1, "correct": int(result.as_numpy("scores").argmax() == 1)}
 
 
+def test_an_answer_that_fails_to_encode_is_still_accounted_for_and_answers_500(served, monkeypatch):
+    """The model ran: its run counts in the report, which does not wait for an answer that was never sent."""
+    import edgefleet_agent.endpoint as endpoint_module
+
+    agent_, endpoint = served
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("encoder bug")
+
+    monkeypatch.setattr(endpoint_module, "encode_infer_response", broken)
+    with pytest.raises(InferenceServerException, match="internal error: RuntimeError: encoder bug") as err:
+        infer(client(endpoint), image(4))
+    assert err.value.status() == "500"
+    start = time.monotonic()
+    report = agent_.build_report()
+    assert time.monotonic() - start < 0.25 and report.inferences == 1
+
+
 def test_a_version_other_than_the_served_one_is_404(served):
     _, endpoint = served
     with pytest.raises(InferenceServerException, match="version '1.0.0' is not served here; this device serves 1.1.0") as err:
