@@ -20,43 +20,19 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import numpy as np  # noqa: E402
 import tritonclient.http as triton  # noqa: E402
-from serving_bench import LIGHT, SAMPLE, SERVING, publish  # noqa: E402
+from serving_bench import LIGHT, SAMPLE, baseline, publish, start_serve  # noqa: E402
 from timing import interleaved, pct  # noqa: E402
 
 from components.local.signer import LocalKeySigner, create_key_file, public_key_path  # noqa: E402
-from edgefleet_agent.contract.manifest import ModelDir  # noqa: E402
-from edgefleet_agent.serving import open_session  # noqa: E402
 
 OUT = REPO / "benchmarks" / "out" / "serving_ab.json"
-
-
-def serve(tree: Path, model_dir: Path, key: Path) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "agent"), str(tree)])}
-    cmd = [sys.executable, "-m", "edgefleet_agent", "serve", "--model-dir", str(model_dir), "--public-key", str(key)]
-    proc = subprocess.Popen(
-        cmd + ["--port", "0", "--report-seconds", "3600", "--log-level", "WARNING"], stderr=subprocess.PIPE, text=True, env=env
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if found := SERVING.search(line):
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, found.group(1)
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit(f"edgefleet-agent serve from {tree} did not start")
 
 
 def main() -> int:
@@ -79,18 +55,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         key = create_key_file(Path(tmp) / "k.pem")
         model_dir, _ = publish(Path(tmp), LocalKeySigner(key), name, source, "1.0.0")
-        manifest = ModelDir(model_dir).load()
+        manifest, shape, x, session = baseline(model_dir)
         spec = manifest.inputs[0]
-        shape = [d if isinstance(d, int) else 1 for d in spec.shape]
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        session = open_session(ModelDir(model_dir).artifact_path(manifest), ["CPUExecutionProvider"])
         outputs = [o.name for o in manifest.outputs]
         inp = triton.InferInput(spec.name, shape, "FP32")
         inp.set_data_from_numpy(x)
         sides = {"in_process": lambda: session.run(outputs, {spec.name: x})}
         try:
             for side, tree in trees.items():
-                proc, url = serve(tree, model_dir, public_key_path(key))
+                proc, url = start_serve(model_dir, public_key_path(key), tree)
                 procs.append(proc)
                 client = triton.InferenceServerClient(url.removeprefix("http://"))
                 sides[side] = lambda c=client: c.infer(name, [inp])

@@ -57,7 +57,7 @@ from timing import against, interleaved, pct, summarize  # noqa: E402
 from components.local.signer import LocalKeySigner, create_key_file, public_key_path  # noqa: E402
 from edgefleet.model_add import add_version  # noqa: E402
 from edgefleet.signing import sign_model_dir  # noqa: E402
-from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir  # noqa: E402
+from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir, ModelManifest  # noqa: E402
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport  # noqa: E402
 from edgefleet_agent.contract.telemetry import Shadow  # noqa: E402
 from edgefleet_agent.core import DeviceAgent  # noqa: E402
@@ -106,12 +106,16 @@ def publish(root: Path, signer: LocalKeySigner, name: str, onnx_file: Path, vers
 
 
 # -- 1. endpoint vs in-process -------------------------------------------------------------------------------------------
-def start_serve(model_dir: Path, key: Path) -> tuple[subprocess.Popen, str]:
+def start_serve(model_dir: Path, key: Path, tree: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """`edgefleet-agent serve` on a free port: (process, base URL). `tree`: the checkout whose agent it runs (its
+    `agent/` and root first on PYTHONPATH; serving_ab.py), else the installed one."""
+    env = None if tree is None else {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "agent"), str(tree)])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgefleet_agent", "serve", "--model-dir", str(model_dir), "--public-key", str(key)]
         + ["--port", "0", "--report-seconds", "3600", "--log-level", "WARNING"],
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -122,15 +126,21 @@ def start_serve(model_dir: Path, key: Path) -> tuple[subprocess.Popen, str]:
         if not line and proc.poll() is not None:
             break
     proc.kill()
-    raise SystemExit(f"edgefleet-agent serve did not start for {model_dir}")
+    raise SystemExit(f"edgefleet-agent serve did not start for {model_dir}" + (f" from {tree}" if tree else ""))
+
+
+def baseline(model_dir: Path) -> tuple[ModelManifest, list[int], np.ndarray, onnxruntime.InferenceSession]:
+    """The model's manifest, its first input's shape (variable dimensions 1), a seeded input of that shape, and the
+    in-process session every endpoint side is compared with (serving.open_session's options)."""
+    manifest = ModelDir(model_dir).load()
+    shape = [d if isinstance(d, int) else 1 for d in manifest.inputs[0].shape]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return manifest, shape, x, open_session(ModelDir(model_dir).artifact_path(manifest), ["CPUExecutionProvider"])
 
 
 def endpoint_vs_inprocess(name: str, model_dir: Path, key: Path, rounds: int, per_round: int) -> dict:
-    manifest = ModelDir(model_dir).load()
+    manifest, shape, x, session = baseline(model_dir)
     spec = manifest.inputs[0]
-    shape = [d if isinstance(d, int) else 1 for d in spec.shape]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    session = open_session(ModelDir(model_dir).artifact_path(manifest), ["CPUExecutionProvider"])
     names = [o.name for o in manifest.outputs]
     proc, url = start_serve(model_dir, key)
     regions: list = []
