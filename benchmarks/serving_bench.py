@@ -232,7 +232,10 @@ class _Instant:
     def run(self, inputs, version=None):
         return self  # its own answer, with nothing to account for
 
-    def settle(self, label=None):
+    def statistics(self):
+        return []
+
+    def settle(self, label=None, timing=None):
         from edgefleet_agent.serving import Prediction
 
         return Prediction(self.model, self.version, self.outputs, 0.0, False)

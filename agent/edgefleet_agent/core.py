@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from time import perf_counter
@@ -74,7 +74,7 @@ from edgefleet_agent.serving import (
 )
 from edgefleet_agent.shadow import ShadowRunner
 from edgefleet_agent.store import Pointer, SlotRef, SlotStore, StoreError, pause_point
-from edgefleet_agent.telemetry import Said, Window, read_output
+from edgefleet_agent.telemetry import Said, Totals, Window, read_output
 from edgefleet_agent.transports import Transport
 from edgefleet_agent.variants import Build, DeviceFacts, NoVariantFits, builds, choose, this_device
 
@@ -105,6 +105,7 @@ class _Serving:
     manifest: ModelManifest
     loaded: LoadedModel
     key: Hashable
+    totals: Totals = field(default_factory=Totals)  # since it began serving: the endpoint's statistics
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,6 +117,9 @@ class _Candidate:
     manifest: ModelManifest
     key: Hashable
     runner: ShadowRunner
+
+
+RequestTiming = tuple[int, int, int]  # ns: reading the request's tensors, encoding the answer, the whole request
 
 
 class Answer:
@@ -135,10 +139,11 @@ class Answer:
     def outputs(self) -> dict[str, np.ndarray]:
         return dict(zip(self.serving.loaded.output_names, self.values, strict=True))
 
-    def settle(self, label: int | None = None) -> Prediction:
-        """Records the answer (telemetry, shadow, capture) once; later calls return the same Prediction."""
+    def settle(self, label: int | None = None, timing: RequestTiming | None = None) -> Prediction:
+        """Records the answer (telemetry, statistics, shadow, capture) once; later calls return the same Prediction.
+        `timing`: the endpoint's (input, output, whole request) nanoseconds around the model."""
         if self._prediction is None:
-            self._prediction = self._agent._settle(self, label)
+            self._prediction = self._agent._settle(self, label, timing)
         return self._prediction
 
 
@@ -944,6 +949,7 @@ class DeviceAgent:
         except Exception as exc:
             ms = (self.timer() - start) * 1000.0
             with self._metrics_lock:
+                serving.totals.failed(int(self.clock() * 1000), int(ms * 1e6))
                 if serving is self._serving:
                     self._window.record(ms, True, False, None, None)
             log.debug("%s: inference failed: %s", self.device_id, exc)
@@ -953,13 +959,15 @@ class DeviceAgent:
             self._unsettled += 1
         return Answer(self, serving, feed, values, ms)
 
-    def _settle(self, answer: Answer, label: int | None) -> Prediction:
+    def _settle(self, answer: Answer, label: int | None, timing: RequestTiming | None) -> Prediction:
         serving, values, ms = answer.serving, answer.values, answer.ms
         loaded, ref = serving.loaded, serving.ref
         try:
             invalid = loaded.has_invalid(values)
             said = read_output(loaded.watch, values)
+            infer_ns = int(ms * 1e6)
             with self._metrics_lock:
+                serving.totals.succeeded(int(self.clock() * 1000), infer_ns, *(timing or ()))
                 if serving is self._serving:  # a request that straddled a swap is not the new version's
                     self._window.record(ms, False, invalid, said, label)
             candidate = self._candidate
@@ -973,6 +981,15 @@ class DeviceAgent:
                 if not self._unsettled:
                     self._settling.notify_all()
         return Prediction(self.model, ref.version, answer.outputs, ms, invalid)
+
+    def statistics(self) -> list[dict[str, object]]:
+        """Triton's $model_stat of the served version (none while nothing is served): counts and durations since it
+        began serving in this process."""
+        serving = self._serving
+        if serving is None:
+            return []
+        with self._metrics_lock:
+            return [serving.totals.document(self.model, serving.ref.version)]
 
     def infer(self) -> bool:
         """One synthetic request (the manifest's seeded inputs) through predict(); False if nothing is served."""

@@ -6,6 +6,8 @@ every model the agent process runs (protocol.py is the wire format; this module 
     GET  /v2/models/{name}[/versions/{v}]      model metadata of the served version
     GET  /v2/models/{name}[/versions/{v}]/ready
     POST /v2/models/{name}[/versions/{v}]/infer
+    GET  /v2/models[/{name}[/versions/{v}]]/stats   Triton's statistics extension: counts and durations of the served
+                                               versions since they began serving here (telemetry.Totals)
     POST /v2/models/{name}/defer               edgefleet's extension: {"seconds": N} holds the model's next swap back
                                                (bounded; never a rollback), answers {"name", "deferred_until"}
     GET  /v2/systemsharedmemory[/region/{r}]/status     Triton's system shared-memory extension (shm.py): register
@@ -34,6 +36,7 @@ import threading
 import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from time import perf_counter_ns
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -78,7 +81,7 @@ class Answer(Protocol):
     @property
     def outputs(self) -> dict[str, np.ndarray]: ...
 
-    def settle(self, label: int | None = None) -> Prediction: ...
+    def settle(self, label: int | None = None, timing: tuple[int, int, int] | None = None) -> Prediction: ...
 
 
 class Servable(Protocol):
@@ -89,6 +92,8 @@ class Servable(Protocol):
     def served(self) -> tuple[str, ModelManifest] | None: ...
 
     def run(self, inputs: dict[str, np.ndarray], version: str | None = None) -> Answer: ...
+
+    def statistics(self) -> list[dict[str, Any]]: ...
 
     def defer(self, seconds: float) -> float: ...
 
@@ -254,6 +259,8 @@ class _Handler(BaseHTTPRequestHandler):
             return "server", None, None
         if parts in (["v2", "health", "live"], ["v2", "health", "ready"]):
             return "health-" + parts[2], None, None
+        if parts == ["v2", "models", "stats"]:
+            return "stats", None, None
         if parts[:2] == ["v2", "systemsharedmemory"]:
             if parts[2:] in (["status"], ["unregister"]):
                 return "shm-" + parts[2], None, None
@@ -265,7 +272,7 @@ class _Handler(BaseHTTPRequestHandler):
                 version, rest = rest[1], rest[2:]
             if rest == []:
                 return "metadata", name, version
-            if rest in (["ready"], ["infer"]) or (rest == ["defer"] and version is None):
+            if rest in (["ready"], ["infer"], ["stats"]) or (rest == ["defer"] and version is None):
                 return rest[0], name, version
         return "", None, None
 
@@ -275,6 +282,15 @@ class _Handler(BaseHTTPRequestHandler):
             served = ", ".join(self.server.registry.names()) or "none"
             raise ModelNotFound(f"unknown model {name!r}; this device serves: {served}")
         return agent
+
+    def _statistics(self, name: str | None, version: str | None) -> list[dict[str, Any]]:
+        """$model_stat of every served version, of one model's, or of one version (404 if not served here)."""
+        if name is None:
+            return [stat for agent in self.server.registry.all() for stat in agent.statistics()]
+        agent = self._model(name)
+        if version is not None:
+            self._served(agent, version)
+        return agent.statistics()
 
     @staticmethod
     def _served(agent: Servable, version: str | None) -> tuple[str, ModelManifest]:
@@ -310,6 +326,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self._json(400, {"name": name, "ready": False})
                 else:
                     self._json(200, {"name": name, "ready": True})
+            elif what == "stats":
+                self._json(200, {"model_stats": self._statistics(name, version)})
             elif what == "shm-status":
                 self._send(200, dumps(self.server.regions.status(name)))
             elif what == "infer":
@@ -323,6 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         what, name, version = self._route()
+        received = perf_counter_ns()
         body = self._read_body()
         if body is None:
             return
@@ -346,13 +365,17 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 raise ProtocolError(400, f"{HEADER_LENGTH} must be an integer, got {header!r}") from None
             regions = self.server.regions
+            parsing = perf_counter_ns()
             request = parse_infer_request(body, header_length, regions)
+            input_ns = perf_counter_ns() - parsing
             served_version, manifest = self._served(agent, version)
             wanted = self._outputs(request, manifest, name)
             destinations = {n: regions.view(ref, f"output {n!r}") for n, _, ref in wanted if ref is not None}
             answer = agent.run(request.inputs, version=version)
             try:
+                encoding = perf_counter_ns()
                 json_part, binary_parts = self._encode(name, wanted, destinations, answer, request.id)
+                output_ns = perf_counter_ns() - encoding
             except BaseException:
                 answer.settle(request.label)
                 raise
@@ -367,7 +390,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._send(200, json_part, binary_parts, content_type)
         finally:
-            answer.settle(request.label)  # once the application has its answer (DeviceAgent.run)
+            # once the application has its answer (DeviceAgent.run)
+            answer.settle(request.label, (input_ns, output_ns, perf_counter_ns() - received))
 
     @staticmethod
     def _encode(

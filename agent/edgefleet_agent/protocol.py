@@ -37,7 +37,7 @@ import numpy as np
 from edgefleet_agent.contract.manifest import ModelManifest, TensorSpec
 
 PLATFORM = "onnx_onnxv1"
-EXTENSIONS = ("binary_tensor_data", "system_shared_memory")
+EXTENSIONS = ("binary_tensor_data", "system_shared_memory", "statistics")
 LABEL_PARAMETER = "label"
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the JSON object's length when binary tensors follow it
 

@@ -196,3 +196,57 @@ class Window:
 
     def labelled_summary(self) -> Labelled | None:
         return Labelled(self.labelled, self.correct) if self.labelled else None
+
+
+class Totals:
+    """Triton's statistics extension for one served version: cumulative counts and durations since it began serving
+    in this process (`GET /v2/models/{name}/stats`, read by tritonclient's get_inference_statistics and by
+    perf_analyzer). The endpoint times what surrounds the model: compute_input (reading the request's tensors),
+    compute_output (encoding the answer) and success (the request from its body to the answer sent); in-process
+    callers have the model's time only. Each request is one execution: the agent does not batch requests together.
+    Not thread-safe: the agent records under its metrics lock."""
+
+    __slots__ = ("success", "success_ns", "fail", "fail_ns", "input_ns", "infer_ns", "output_ns", "last_ms")
+
+    def __init__(self) -> None:
+        self.success = self.success_ns = self.fail = self.fail_ns = 0
+        self.input_ns = self.infer_ns = self.output_ns = self.last_ms = 0
+
+    def succeeded(self, at_ms: int, infer_ns: int, input_ns: int = 0, output_ns: int = 0, total_ns: int = 0) -> None:
+        self.success += 1
+        self.success_ns += max(total_ns, input_ns + infer_ns + output_ns)
+        self.input_ns += input_ns
+        self.infer_ns += infer_ns
+        self.output_ns += output_ns
+        self.last_ms = at_ms
+
+    def failed(self, at_ms: int, ns: int) -> None:
+        self.fail += 1
+        self.fail_ns += ns
+        self.last_ms = at_ms
+
+    def document(self, name: str, version: str) -> dict[str, object]:
+        """$model_stat."""
+
+        def stat(count: int, ns: int) -> dict[str, int]:
+            return {"count": count, "ns": ns}
+
+        n = self.success
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_ms,
+            "inference_count": n,
+            "execution_count": n,
+            "inference_stats": {
+                "success": stat(n, self.success_ns),
+                "fail": stat(self.fail, self.fail_ns),
+                "queue": stat(n, 0),  # no queue: a request runs on its connection's thread
+                "compute_input": stat(n, self.input_ns),
+                "compute_infer": stat(n, self.infer_ns),
+                "compute_output": stat(n, self.output_ns),
+                "cache_hit": stat(0, 0),
+                "cache_miss": stat(0, 0),
+            },
+            "batch_stats": [],
+        }

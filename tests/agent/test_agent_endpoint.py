@@ -3,6 +3,7 @@ HTTP for what a well-behaved client never sends. Bad requests get the protocol's
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import http.client
 import json
@@ -68,6 +69,42 @@ def test_triton_client_health_and_metadata(served):
     assert (status, json.loads(body)) == (200, {"ready": True})
     status, _, body = raw(endpoint, "GET", "/v2/models/detector/versions/1.1.0/ready")
     assert (status, json.loads(body)) == (200, {"name": "detector", "ready": True})
+
+
+def test_triton_clients_statistics_count_each_request_and_time_the_model_inside_it(served, monkeypatch):
+    """Triton's statistics extension as its client reads it: every answered request counted once, the model's time
+    inside the request's, a failed run counted as a failure, and nothing for a version not served here."""
+    agent_, endpoint = served
+    c = client(endpoint)
+    assert "statistics" in c.get_server_metadata()["extensions"]
+    for seed in range(4):
+        infer(c, image(seed))
+    [stat] = c.get_inference_statistics("detector")["model_stats"]
+    assert (stat["name"], stat["version"], stat["inference_count"], stat["execution_count"]) == ("detector", "1.1.0", 4, 4)
+    s = stat["inference_stats"]
+    assert s["success"]["count"] == s["compute_infer"]["count"] == s["compute_input"]["count"] == 4
+    assert 0 < s["compute_infer"]["ns"] < s["success"]["ns"] and s["compute_input"]["ns"] > 0 and s["compute_output"]["ns"] > 0
+    assert s["compute_infer"]["ns"] + s["compute_input"]["ns"] + s["compute_output"]["ns"] <= s["success"]["ns"]
+    assert s["fail"]["count"] == 0 and stat["last_inference"] == int(agent_.clock() * 1000)  # ms since the epoch
+    assert c.get_inference_statistics()["model_stats"] == c.get_inference_statistics("detector", "1.1.0")["model_stats"]
+
+    class Broken:
+        def run(self, *args, **kwargs):
+            raise RuntimeError("out of memory")
+
+    serving = agent_._serving
+    monkeypatch.setattr(agent_, "_serving", dataclasses.replace(serving, loaded=dataclasses.replace(serving.loaded, session=Broken())))
+    with pytest.raises(InferenceServerException, match="out of memory") as err:
+        infer(c, image(5))
+    assert err.value.status() == "500"
+    monkeypatch.setattr(agent_, "_serving", serving)
+    [stat] = c.get_inference_statistics("detector")["model_stats"]
+    assert (stat["inference_count"], stat["inference_stats"]["fail"]["count"]) == (4, 1)
+    with pytest.raises(InferenceServerException, match="version '1.0.0' is not served here") as err:
+        c.get_inference_statistics("detector", "1.0.0")
+    assert err.value.status() == "404"
+    with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+        c.get_inference_statistics("other")
 
 
 @pytest.mark.parametrize("binary", [True, False])
