@@ -32,13 +32,15 @@ from edgefleet_agent.contract.manifest import (
     Metric,
     ModelDir,
     ModelManifest,
+    TensorSpec,
     required_agent_version,
     required_format,
     version_key,
 )
 from edgefleet_agent.fsutil import atomic_write_bytes
 
-BATCH = 32
+MAX_BATCH = 32
+BATCH_INPUT_BYTES = 1 << 20  # a run's input: one 224x224 float frame; more frames make no run faster on one thread
 
 
 # -- the evaluation set ------------------------------------------------------------------------------------------------
@@ -58,13 +60,25 @@ def descriptor_path(dataset: Path | None, model_dir: Path, manifest: ModelManife
 
 
 # -- measuring ---------------------------------------------------------------------------------------------------------
+def batch_size(spec: TensorSpec, ev: LabelledSet) -> int:
+    """Frames per run: the model's fixed batch, else as many as fit in BATCH_INPUT_BYTES (1 to MAX_BATCH). The session
+    has one intra-op thread, so a bigger batch is not faster, and the model's activations grow with it: on the 128
+    frames of 224x224 of the shipped set, detector 1.1.0 took 0.16 s at 1 frame a run and 0.57 s at 32, and its
+    10x-slower variant (benchmarks/rollout_bench.py --slow) 1.40 s and 170 MiB peak at 1 against 3.06 s and 1,540 MiB
+    at 32 (2026-12-05, scratch measurement, one process each)."""
+    if isinstance(spec.shape[0], int):
+        return spec.shape[0]
+    frame = ev.feed(ev.frames[:1]).nbytes
+    return max(1, min(MAX_BATCH, BATCH_INPUT_BYTES // max(1, frame)))
+
+
 def measure(manifest: ModelManifest, artifact: Path, ev: LabelledSet, output: str | None, manifest_path: str) -> Evaluation:
     """Runs the model on every frame of the set; accuracy from the named output's highest score."""
     import onnxruntime as ort
 
     spec, out = check_fits(manifest, ev, output, manifest_path)
     session = _open_session(artifact)
-    batch = spec.shape[0] if isinstance(spec.shape[0], int) else BATCH
+    batch = batch_size(spec, ev)
     predicted = np.empty(ev.samples, np.int64)
     bad = 0
     for start in range(0, ev.samples, batch):

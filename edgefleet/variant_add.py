@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from components.datasets import LabelledSet, check_fits, load_set
-from edgefleet.evaluate import BATCH, descriptor_path
+from edgefleet.evaluate import batch_size, descriptor_path
 from edgefleet.onnx_check import _open_session, _ort_reason, compare_signature, inspect, validate
 from edgefleet_agent.contract.digest import sha256_file
 from edgefleet_agent.contract.errors import EdgefleetError
@@ -213,7 +213,7 @@ def scores(path: Path, spec: TensorSpec, out: TensorSpec, ev: LabelledSet) -> np
     """The named output on every frame of the set, [samples, classes], in float64."""
     session = _open_session(path)
     fixed = isinstance(spec.shape[0], int)
-    batch = spec.shape[0] if isinstance(spec.shape[0], int) else BATCH
+    batch = batch_size(spec, ev)
     result = []
     for start in range(0, ev.samples, batch):
         chunk = ev.frames[start : start + batch]

@@ -342,3 +342,26 @@ def test_evaluate_in_a_real_process_exits_1_with_the_message_only(models, detect
     res = run_cli_subprocess("model", "evaluate", "models/detector", "--dataset", f"models/datasets/{SET}.yaml", cwd=models.parent)
     assert res.code == 0, res.err
     assert parse_manifest_bytes((detector / "model.yaml").read_bytes(), "m").evaluation.dataset_sha256 == PIN
+
+
+def test_a_run_holds_one_224_frame_but_many_small_ones_and_a_fixed_batch_as_it_is():
+    """Evaluation memory follows the batch: a 224x224 float frame is a run of its own (a 32-frame batch took the
+    10x-slower sample to 1.5 GiB), small frames are batched up to MAX_BATCH, a fixed batch dimension is kept."""
+    from types import SimpleNamespace
+
+    from components.datasets import LabelledSet
+    from edgefleet.evaluate import MAX_BATCH, batch_size
+
+    def labelled(shape: tuple[int, ...], element_type: str = "float32") -> LabelledSet:
+        frames = np.zeros(shape, np.uint8)
+        return LabelledSet(
+            descriptor=Path("set.yaml"), path=Path("set.npz"), name="set", sha256="0" * 64, task="classification",
+            input="image", element_type=element_type, scale=1 / 255, zero_point=0.0, classes=["a", "b"], frames=frames,
+            labels=np.zeros(shape[0], np.int64),
+        )  # fmt: skip
+
+    dynamic, fixed = SimpleNamespace(shape=["N", 3, 224, 224]), SimpleNamespace(shape=[4, 3, 224, 224])
+    assert batch_size(dynamic, labelled((128, 3, 224, 224))) == 1
+    assert batch_size(dynamic, labelled((128, 3, 32, 32))) == MAX_BATCH  # 12 KB a frame
+    assert batch_size(dynamic, labelled((128, 3, 224, 224), "uint8")) == 6  # 147 KB a frame fed as bytes
+    assert batch_size(fixed, labelled((128, 3, 224, 224))) == 4
