@@ -65,6 +65,7 @@ from edgefleet_agent.serving import (
     NotReady,
     Prediction,
     RequestError,
+    RequestTiming,
     SessionCache,
     VersionNotServed,
     available_providers,
@@ -117,9 +118,6 @@ class _Candidate:
     manifest: ModelManifest
     key: Hashable
     runner: ShadowRunner
-
-
-RequestTiming = tuple[int, int, int]  # ns: reading the request's tensors, encoding the answer, the whole request
 
 
 class Answer:

@@ -57,7 +57,7 @@ from edgefleet_agent.protocol import (
     server_metadata,
     write_shared_output,
 )
-from edgefleet_agent.serving import ModelNotFound, NotReady, Prediction, RequestError, VersionNotServed
+from edgefleet_agent.serving import ModelNotFound, NotReady, Prediction, RequestError, RequestTiming, VersionNotServed
 from edgefleet_agent.shm import SharedMemoryRegions
 
 log = logging.getLogger("edgefleet.agent.endpoint")
@@ -81,7 +81,7 @@ class Answer(Protocol):
     @property
     def outputs(self) -> dict[str, np.ndarray]: ...
 
-    def settle(self, label: int | None = None, timing: tuple[int, int, int] | None = None) -> Prediction: ...
+    def settle(self, label: int | None = None, timing: RequestTiming | None = None) -> Prediction: ...
 
 
 class Servable(Protocol):

@@ -82,6 +82,9 @@ class InferenceFailed(RequestError):
     status = 500
 
 
+RequestTiming = tuple[int, int, int]  # ns the endpoint spent around the model: reading the tensors, encoding, the request
+
+
 class Prediction(NamedTuple):
     """What the served version answered. `outputs` holds every output of the model, by name. (A named tuple: made on
     every request, it costs a tenth of a frozen dataclass.)"""
