@@ -6,6 +6,7 @@ every model the agent process runs (protocol.py is the wire format; this module 
     GET  /v2/models/{name}[/versions/{v}]      model metadata of the served version
     GET  /v2/models/{name}[/versions/{v}]/ready
     POST /v2/models/{name}[/versions/{v}]/infer
+    GET  /v2/models/{name}[/versions/{v}]/config    Triton's model configuration extension (protocol.model_config)
     GET  /v2/models[/{name}[/versions/{v}]]/stats   Triton's statistics extension: counts and durations of the served
                                                versions since they began serving here (telemetry.Totals)
     POST /v2/models/{name}/defer               edgefleet's extension: {"seconds": N} holds the model's next swap back
@@ -52,6 +53,7 @@ from edgefleet_agent.protocol import (
     dumps,
     encode_infer_response,
     error_body,
+    model_config,
     model_metadata,
     parse_infer_request,
     server_metadata,
@@ -272,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
                 version, rest = rest[1], rest[2:]
             if rest == []:
                 return "metadata", name, version
-            if rest in (["ready"], ["infer"], ["stats"]) or (rest == ["defer"] and version is None):
+            if rest in (["ready"], ["infer"], ["stats"], ["config"]) or (rest == ["defer"] and version is None):
                 return rest[0], name, version
         return "", None, None
 
@@ -318,6 +320,9 @@ class _Handler(BaseHTTPRequestHandler):
                 agent = self._model(name)
                 served_version, manifest = self._served(agent, version)
                 self._json(200, model_metadata(name, [served_version], manifest))
+            elif what == "config" and name is not None:
+                agent = self._model(name)
+                self._json(200, model_config(name, self._served(agent, version)[1]))
             elif what == "ready" and name is not None:
                 agent = self._model(name)
                 try:

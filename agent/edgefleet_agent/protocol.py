@@ -37,7 +37,7 @@ import numpy as np
 from edgefleet_agent.contract.manifest import ModelManifest, TensorSpec
 
 PLATFORM = "onnx_onnxv1"
-EXTENSIONS = ("binary_tensor_data", "system_shared_memory", "statistics")
+EXTENSIONS = ("binary_tensor_data", "system_shared_memory", "statistics", "model_configuration")
 LABEL_PARAMETER = "label"
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the JSON object's length when binary tensors follow it
 
@@ -123,6 +123,29 @@ def model_metadata(name: str, versions: Sequence[str], manifest: ModelManifest) 
         "platform": PLATFORM,
         "inputs": [tensor_metadata(s) for s in manifest.inputs],
         "outputs": [tensor_metadata(s) for s in manifest.outputs],
+    }
+
+
+def model_config(name: str, manifest: ModelManifest) -> dict[str, Any]:
+    """Triton's model configuration extension (its ModelConfig in JSON), which Triton's tools read before they send
+    anything (perf_analyzer, model_analyzer). max_batch_size 0: the agent batches nothing across requests, so dims are
+    the model's whole shape, -1 where it varies. In Triton's vocabulary: platform onnxruntime_onnx, TYPE_* datatypes."""
+
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
+        datatype = DATATYPE_OF_ELEMENT[spec.element_type]
+        return {
+            "name": spec.name,
+            "data_type": "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}",
+            "dims": [d if isinstance(d, int) else -1 for d in spec.shape],
+        }
+
+    return {
+        "name": name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": 0,
+        "input": [tensor(s) for s in manifest.inputs],
+        "output": [tensor(s) for s in manifest.outputs],
     }
 
 

@@ -71,6 +71,32 @@ def test_triton_client_health_and_metadata(served):
     assert (status, json.loads(body)) == (200, {"name": "detector", "ready": True})
 
 
+def test_triton_client_reads_the_served_versions_model_configuration(served):
+    """Triton's model configuration extension, which Triton's own tools (perf_analyzer, model_analyzer) read before
+    they send a request: the served version's tensors in Triton's vocabulary, and no batching by the server."""
+    agent_, endpoint = served
+    c = client(endpoint)
+    assert "model_configuration" in c.get_server_metadata()["extensions"]
+    config = c.get_model_config("detector")
+    assert config == {
+        "name": "detector",
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": 0,
+        "input": [{"name": "image", "data_type": "TYPE_FP32", "dims": [-1, 3, 224, 224]}],
+        "output": [{"name": "scores", "data_type": "TYPE_FP32", "dims": [-1, 3]}],
+    }
+    assert c.get_model_config("detector", "1.1.0") == config
+    with pytest.raises(InferenceServerException, match="version '1.0.0' is not served here") as err:
+        c.get_model_config("detector", "1.0.0")
+    assert err.value.status() == "404"
+    with pytest.raises(InferenceServerException, match="unknown model 'other'") as err:
+        c.get_model_config("other")
+    assert err.value.status() == "404"
+    status, _, body = raw(endpoint, "POST", "/v2/models/detector/config", b"{}")
+    assert status == 405 and "use GET" in json.loads(body)["error"]
+
+
 def test_triton_clients_statistics_count_each_request_and_time_the_model_inside_it(served, monkeypatch):
     """Triton's statistics extension as its client reads it: every answered request counted once, the model's time
     inside the request's, a failed run counted as a failure, and nothing for a version not served here."""
