@@ -436,7 +436,7 @@ class _Instant:
     def statistics(self):
         return []
 
-    def settle(self, label=None, timing=None):
+    def settle(self, label=None, timing=None, answered=True):
         from edgefleet_agent.serving import Prediction
 
         return Prediction(self.model, self.version, self.outputs, 0.0, False)

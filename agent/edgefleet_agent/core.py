@@ -137,11 +137,12 @@ class Answer:
     def outputs(self) -> dict[str, np.ndarray]:
         return dict(zip(self.serving.loaded.output_names, self.values, strict=True))
 
-    def settle(self, label: int | None = None, timing: RequestTiming | None = None) -> Prediction:
+    def settle(self, label: int | None = None, timing: RequestTiming | None = None, answered: bool = True) -> Prediction:
         """Records the answer (telemetry, statistics, shadow, capture) once; later calls return the same Prediction.
-        `timing`: the endpoint's (input, output, whole request) nanoseconds around the model."""
+        `timing`: the endpoint's (input, output, whole request) nanoseconds around the model. `answered` False: the
+        model ran but its answer could not be sent; the statistics count a failed request, the report the model's run."""
         if self._prediction is None:
-            self._prediction = self._agent._settle(self, label, timing)
+            self._prediction = self._agent._settle(self, label, timing, answered)
         return self._prediction
 
 
@@ -957,7 +958,7 @@ class DeviceAgent:
             self._unsettled += 1
         return Answer(self, serving, feed, values, ms)
 
-    def _settle(self, answer: Answer, label: int | None, timing: RequestTiming | None) -> Prediction:
+    def _settle(self, answer: Answer, label: int | None, timing: RequestTiming | None, answered: bool) -> Prediction:
         serving, values, ms = answer.serving, answer.values, answer.ms
         loaded, ref = serving.loaded, serving.ref
         try:
@@ -965,7 +966,10 @@ class DeviceAgent:
             said = read_output(loaded.watch, values)
             infer_ns = int(ms * 1e6)
             with self._metrics_lock:
-                serving.totals.succeeded(int(self.clock() * 1000), infer_ns, *(timing or ()))
+                if answered:
+                    serving.totals.succeeded(int(self.clock() * 1000), infer_ns, *(timing or ()))
+                else:
+                    serving.totals.failed(int(self.clock() * 1000), infer_ns)
                 if serving is self._serving:  # a request that straddled a swap is not the new version's
                     self._window.record(ms, False, invalid, said, label)
             candidate = self._candidate

@@ -83,7 +83,7 @@ class Answer(Protocol):
     @property
     def outputs(self) -> dict[str, np.ndarray]: ...
 
-    def settle(self, label: int | None = None, timing: RequestTiming | None = None) -> Prediction: ...
+    def settle(self, label: int | None = None, timing: RequestTiming | None = None, answered: bool = True) -> Prediction: ...
 
 
 class Servable(Protocol):
@@ -382,7 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
                 json_part, binary_parts = self._encode(name, wanted, destinations, answer, request.id)
                 output_ns = perf_counter_ns() - encoding
             except BaseException:
-                answer.settle(request.label)
+                answer.settle(request.label, answered=False)
                 raise
         except (ProtocolError, RequestError) as exc:
             self._error(exc.status, exc.message)

@@ -193,7 +193,8 @@ def test_the_answer_does_not_wait_for_telemetry_and_the_next_report_still_counts
 
 
 def test_an_answer_that_fails_to_encode_is_still_accounted_for_and_answers_500(served, monkeypatch):
-    """The model ran: its run counts in the report, which does not wait for an answer that was never sent."""
+    """The model ran: its run counts in the report, which does not wait for an answer that was never sent; the
+    statistics (Triton's extension) count a failed request, not a success."""
     import edgefleet_agent.endpoint as endpoint_module
 
     agent_, endpoint = served
@@ -208,6 +209,9 @@ def test_an_answer_that_fails_to_encode_is_still_accounted_for_and_answers_500(s
     start = time.monotonic()
     report = agent_.build_report()
     assert time.monotonic() - start < 0.25 and report.inferences == 1
+    monkeypatch.undo()
+    [stat] = client(endpoint).get_inference_statistics("detector")["model_stats"]
+    assert (stat["inference_stats"]["success"]["count"], stat["inference_stats"]["fail"]["count"]) == (0, 1)
 
 
 def test_a_version_other_than_the_served_one_is_404(served):
