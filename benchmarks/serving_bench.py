@@ -188,9 +188,8 @@ def endpoint_vs_inprocess(name: str, model_dir: Path, key: Path, rounds: int, pe
             before = answered()
             wrk = by_rounds({"in_process": timed_round(sides["in_process"], per_round), **wrk_calls}, rounds)
             sent, counted = sum(wrk[k]["requests"] for k in wrk_calls), answered() - before
-            assert sent <= counted <= sent + 2 * rounds, (
-                f"{name}: wrk counted {sent} answers, the server {counted}"
-            )  # + in flight at the end
+            # the server also answers what was in flight when a run ended: a request or two a run
+            assert sent <= counted <= sent + 4 * rounds, f"{name}: wrk counted {sent} answers, the server {counted}"
     finally:
         proc.terminate()
         proc.wait(30)
