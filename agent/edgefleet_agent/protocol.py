@@ -132,12 +132,9 @@ def model_config(name: str, manifest: ModelManifest) -> dict[str, Any]:
     the model's whole shape, -1 where it varies. In Triton's vocabulary: platform onnxruntime_onnx, TYPE_* datatypes."""
 
     def tensor(spec: TensorSpec) -> dict[str, Any]:
-        datatype = DATATYPE_OF_ELEMENT[spec.element_type]
-        return {
-            "name": spec.name,
-            "data_type": "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}",
-            "dims": [d if isinstance(d, int) else -1 for d in spec.shape],
-        }
+        meta = tensor_metadata(spec)
+        datatype = "STRING" if meta["datatype"] == "BYTES" else meta["datatype"]
+        return {"name": spec.name, "data_type": f"TYPE_{datatype}", "dims": meta["shape"]}
 
     return {
         "name": name,
