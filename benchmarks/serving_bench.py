@@ -12,7 +12,7 @@ measured in the same run.
      model that answers without computing (the HTTP exchange alone, Triton's client with binary tensors and with
      shared memory, http.client and wrk; the same 600 KB input).
      And the same requests from wrk (C, one keep-alive connection), rounds of one second against rounds of
-     in-process runs: what the endpoint itself adds, without the 0.34-0.41 ms of CPU Triton's Python client spends
+     in-process runs: what the endpoint itself adds, without the 0.34-0.46 ms of CPU Triton's Python client spends
      on each request (against the do-nothing endpoint, Triton's client takes 0.39-0.43 ms p50, wrk 0.21).
   2. telemetry per request: what DeviceAgent.predict adds to session.run for the report (NaN/Inf check, the watched
      output's top-1 class and confidence, the window's counters), in ns, timed on real outputs; and the memory one
@@ -224,7 +224,7 @@ end
 class Wrk:
     """wrk (C, one thread, one keep-alive connection, each request sent when the last answer is in) posting one
     request body for `seconds` a call (whole seconds: wrk's unit): the endpoint's own cost, with a client that costs
-    microseconds where Triton's Python client spends 0.34-0.41 ms of CPU a request. A call returns that run's
+    microseconds where Triton's Python client spends 0.34-0.46 ms of CPU a request. A call returns that run's
     p50/p99 in ms (wrk's histogram, 1 µs resolution) and requests per second; an answer other than 2xx/3xx, or a
     connection error, stops the benchmark."""
 
@@ -692,7 +692,7 @@ def main() -> int:
         shadow = shadow_cost(root, pub.read_bytes(), large_desired, candidate, args.shadow_seconds, max(2, args.rounds // 2))
 
     # The latency goal is the endpoint's: judged with wrk where it is installed; without it, with Triton's Python
-    # client, whose own 0.34-0.41 ms of CPU a request is inside every figure it gives (the floor rows show it)
+    # client, whose own 0.34-0.46 ms of CPU a request is inside every figure it gives (the floor rows show it)
     judge = ("wrk", "wrk_binary", "wrk_shm") if all(e["wrk"] for e in endpoint) else ("Triton's client", "endpoint_binary", "endpoint_shm")
 
     def added(e: dict, side: str) -> float:
