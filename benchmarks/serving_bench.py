@@ -13,7 +13,7 @@ measured in the same run.
      shared memory, http.client and wrk; the same 600 KB input).
      And the same requests from wrk (C, one keep-alive connection), rounds of one second against rounds of
      in-process runs: what the endpoint itself adds, without the 0.34-0.46 ms of CPU Triton's Python client spends
-     on each request (against the do-nothing endpoint, Triton's client takes 0.39-0.43 ms p50, wrk 0.21).
+     on each request (against the do-nothing endpoint, Triton's client takes 0.39-0.46 ms p50, wrk 0.21).
   2. telemetry per request: what DeviceAgent.predict adds to session.run for the report (NaN/Inf check, the watched
      output's top-1 class and confidence, the window's counters), in ns, timed on real outputs; and the memory one
      served version's window holds (tracemalloc), before and after 100,000 requests.
@@ -65,6 +65,7 @@ from edgefleet_agent.contract.manifest import HardwareProfile, ModelDir, ModelMa
 from edgefleet_agent.contract.state import DesiredModel, DeviceReport  # noqa: E402
 from edgefleet_agent.contract.telemetry import Shadow  # noqa: E402
 from edgefleet_agent.core import DeviceAgent  # noqa: E402
+from edgefleet_agent.protocol import dumps  # noqa: E402
 from edgefleet_agent.serving import open_session  # noqa: E402
 from edgefleet_agent.telemetry import Said, Window, read_output  # noqa: E402
 
@@ -270,7 +271,7 @@ def wrk_sides(
     """wrk's requests: the input as a binary tensor (as Triton's client sends it), and through the shared-memory
     regions the Triton side registered (only this JSON on the socket)."""
     spec = manifest.inputs[0]
-    header = dumps_compact(
+    header = dumps(
         {
             "inputs": [{"name": spec.name, "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
             "parameters": {"binary_data_output": True},
@@ -299,12 +300,8 @@ def wrk_sides(
             ],
             "outputs": outputs,
         }
-        sides["wrk_shm"] = Wrk(url, manifest.name, dumps_compact(request), None, seconds, tmp)
+        sides["wrk_shm"] = Wrk(url, manifest.name, dumps(request), None, seconds, tmp)
     return sides
-
-
-def dumps_compact(document: dict) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def timed_round(call: Callable[[], object], n: int) -> Callable[[], dict]:
