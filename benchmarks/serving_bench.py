@@ -56,7 +56,7 @@ import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
 import tritonclient.http as triton  # noqa: E402
 import tritonclient.utils.shared_memory as shm  # noqa: E402
-from timing import against, interleaved, pct, summarize  # noqa: E402
+from timing import against, interleaved, pct, summarize, timed  # noqa: E402
 
 from components.local.signer import LocalKeySigner, create_key_file, public_key_path  # noqa: E402
 from edgefleet.model_add import add_version  # noqa: E402
@@ -179,7 +179,7 @@ def endpoint_vs_inprocess(name: str, model_dir: Path, key: Path, rounds: int, pe
         }
         wrk = None
         if shutil.which("wrk"):
-            wrk_calls = wrk_sides(url, manifest, x, names, values, (f"{manifest.name}-in", f"{manifest.name}-out"), 1, tmp)
+            wrk_calls = wrk_sides(url, manifest, x, names, values, shm_regions(manifest.name), 1, tmp)
             wrk_calls["wrk_binary"]()  # a warm-up run each
             wrk_calls["wrk_shm"]()
 
@@ -271,13 +271,7 @@ def wrk_sides(
     """wrk's requests: the input as a binary tensor (as Triton's client sends it), and through the shared-memory
     regions the Triton side registered (only this JSON on the socket)."""
     spec = manifest.inputs[0]
-    header = dumps(
-        {
-            "inputs": [{"name": spec.name, "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-            "parameters": {"binary_data_output": True},
-        }
-    )
-    sides = {"wrk_binary": Wrk(url, manifest.name, header + x.tobytes(), len(header), seconds, tmp)}
+    sides = {"wrk_binary": Wrk(url, manifest.name, *binary_request(spec.name, x), seconds, tmp)}
     if shm_regions is not None:
         region_in, region_out = shm_regions
         outputs, offset = [], 0
@@ -304,17 +298,23 @@ def wrk_sides(
     return sides
 
 
+def binary_request(input_name: str, x: np.ndarray) -> tuple[bytes, int]:
+    """An inference request with `x` as a binary tensor and binary outputs, as Triton's client sends it: the body and
+    its JSON's length (the Inference-Header-Content-Length header)."""
+    header = dumps(
+        {
+            "inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    return header + x.tobytes(), len(header)
+
+
 def timed_round(call: Callable[[], object], n: int) -> Callable[[], dict]:
     """A round of `n` timed calls, summarized as a wrk run is."""
 
     def run() -> dict:
-        lat = []
-        start = perf_counter()
-        for _ in range(n):
-            t = perf_counter()
-            call()
-            lat.append((perf_counter() - t) * 1000.0)
-        return {**summarize(lat, perf_counter() - start), "requests": n}
+        return {**summarize(*timed(call, n)), "requests": n}
 
     return run
 
@@ -378,6 +378,11 @@ def paired(client: triton.InferenceServerClient, model: str, call: Callable[[], 
     }
 
 
+def shm_regions(model: str) -> tuple[str, str]:
+    """The names the shared-memory side registers its input's and its outputs' regions under."""
+    return f"{model}-in", f"{model}-out"
+
+
 def shared_memory_side(
     client: triton.InferenceServerClient,
     model: str,
@@ -391,17 +396,18 @@ def shared_memory_side(
     and registered) and reads the first output from its region. The input is written once, as the binary side
     serializes its tensor once."""
     tag = f"/edgefleet-bench-{os.getpid()}-{model}"
+    region_in, region_out = shm_regions(model)
     out_bytes = sum(v.nbytes for v in values)
-    regions.append(shm.create_shared_memory_region(f"{model}-in", f"{tag}-in", x.nbytes))
-    regions.append(shm.create_shared_memory_region(f"{model}-out", f"{tag}-out", out_bytes))
+    regions.append(shm.create_shared_memory_region(region_in, f"{tag}-in", x.nbytes))
+    regions.append(shm.create_shared_memory_region(region_out, f"{tag}-out", out_bytes))
     shm.set_shared_memory_region(regions[0], [x])
-    client.register_system_shared_memory(f"{model}-in", f"{tag}-in", x.nbytes)
-    client.register_system_shared_memory(f"{model}-out", f"{tag}-out", out_bytes)
-    inp = triton.InferInput(input_name, list(x.shape), "FP32").set_shared_memory(f"{model}-in", x.nbytes)
+    client.register_system_shared_memory(region_in, f"{tag}-in", x.nbytes)
+    client.register_system_shared_memory(region_out, f"{tag}-out", out_bytes)
+    inp = triton.InferInput(input_name, list(x.shape), "FP32").set_shared_memory(region_in, x.nbytes)
     outputs, offset = [], 0
     for n, v in zip(names, values, strict=True):
         out = triton.InferRequestedOutput(n)
-        out.set_shared_memory(f"{model}-out", v.nbytes, offset=offset)
+        out.set_shared_memory(region_out, v.nbytes, offset=offset)
         outputs.append(out)
         offset += v.nbytes
 
@@ -468,13 +474,8 @@ def protocol_floor(rounds: int, per_round: int, tmp: Path) -> dict:
     inp.set_data_from_numpy(x)
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port))
-    header = json.dumps(
-        {
-            "inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    body, headers = header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+    body, header_length = binary_request("image", x)
+    headers = {"Inference-Header-Content-Length": str(header_length)}
 
     def raw() -> None:
         conn.request("POST", "/v2/models/detector/infer", body, headers)
@@ -487,20 +488,11 @@ def protocol_floor(rounds: int, per_round: int, tmp: Path) -> dict:
         "triton_client_shm": shared_memory_side(client, "detector", "image", x, ["scores"], [scores], regions),
         "http_client": raw,
     }
-    lat: dict[str, list[float]] = {k: [] for k in sides}
     try:
-        for call in sides.values():
-            for _ in range(20):
-                call()
-        for r in range(rounds):
-            for side in sides if r % 2 == 0 else reversed(list(sides)):
-                for _ in range(per_round):
-                    t = perf_counter()
-                    sides[side]()
-                    lat[side].append((perf_counter() - t) * 1000.0)
+        lat, _ = interleaved(sides, rounds, dict.fromkeys(sides, per_round), dict.fromkeys(sides, 20))
         wrk = None
         if shutil.which("wrk"):
-            runs = [Wrk(url, "detector", body, len(header), 1, tmp)() for _ in range(rounds)]
+            runs = [Wrk(url, "detector", body, header_length, 1, tmp)() for _ in range(rounds)]
             wrk = {k: statistics.median(r[k] for r in runs) for k in ("p50_ms", "p99_ms")}
     finally:
         conn.close()

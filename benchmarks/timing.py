@@ -28,14 +28,21 @@ def interleaved(
     busy: dict[str, float] = dict.fromkeys(sides, 0.0)
     for r in range(rounds):
         for side in list(sides) if r % 2 == 0 else list(reversed(list(sides))):
-            call, n = sides[side], counts[side]
-            t_round = perf_counter()
-            for _ in range(n):
-                t = perf_counter()
-                call()
-                lat[side].append((perf_counter() - t) * 1000.0)
-            busy[side] += perf_counter() - t_round
+            values, seconds = timed(sides[side], counts[side])
+            lat[side] += values
+            busy[side] += seconds
     return lat, busy
+
+
+def timed(call: Callable[[], object], n: int) -> tuple[list[float], float]:
+    """`n` calls: each one's latency in ms, and the seconds they took together."""
+    lat = []
+    start = perf_counter()
+    for _ in range(n):
+        t = perf_counter()
+        call()
+        lat.append((perf_counter() - t) * 1000.0)
+    return lat, perf_counter() - start
 
 
 def summarize(values: list[float], busy_s: float) -> dict[str, float]:
