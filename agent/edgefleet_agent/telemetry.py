@@ -200,8 +200,8 @@ class Window:
 
 class Totals:
     """Triton's statistics extension for one served version: cumulative counts and durations since it began serving
-    in this process (`GET /v2/models/{name}/stats`, read by tritonclient's get_inference_statistics and by
-    perf_analyzer). The endpoint times what surrounds the model: compute_input (reading the request's tensors),
+    in this process (`GET /v2/models/{name}/stats`, read by tritonclient's get_inference_statistics; perf_analyzer
+    reads it too but looks for integer versions only, docs/agent.md). The endpoint times what surrounds the model: compute_input (reading the request's tensors),
     compute_output (encoding the answer) and success (the request from its body to the answer sent); in-process
     callers have the model's time only. Each request is one execution: the agent does not batch requests together.
     Not thread-safe: the agent records under its metrics lock."""
